@@ -1,0 +1,69 @@
+"""The basic callbacks: put things on the device, perform the training steps, stop after one batch."""
+from __future__ import annotations
+
+import torch
+
+from ..learner import Callback, CancelFitException, Learner
+from ..utils import def_device, to_device
+
+__all__ = ["DeviceCB", "TrainCB", "SingleBatchCB"]
+
+
+class DeviceCB(Callback):
+    """Move the model (at before_fit) and every batch (at before_batch) to `device`.
+
+    Loaders that can hold their data on the device (`miniai.data.TensorLoader`, via `dls.to`) are moved once at
+    before_fit, so batching is slicing on the device and no batch crosses the host-device link (`move_data=False`
+    keeps them where they are). `channels_last=True` puts the model and 4-d inputs in channels-last memory
+    format, which convolutions on recent GPUs prefer.
+    """
+    order = -20  # before everyone else reads the model or the batch
+
+    def __init__(self, device: str | torch.device = def_device, move_data: bool = True,
+                 channels_last: bool = False) -> None:
+        self.device = torch.device(device)
+        self.move_data = move_data
+        self.channels_last = channels_last
+
+    def before_fit(self, learn: Learner) -> None:
+        learn.model.to(self.device)
+        if self.channels_last:
+            learn.model.to(memory_format=torch.channels_last)
+        if self.move_data and hasattr(learn.dls, "to"):
+            learn.dls.to(self.device)
+
+    def before_batch(self, learn: Learner) -> None:
+        batch = to_device(learn.batch, self.device)
+        if self.channels_last and isinstance(batch, (tuple, list)) and batch and batch[0].ndim == 4:
+            batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+        learn.batch = batch
+
+
+class TrainCB(Callback):
+    """The supervised training steps for a base `Learner`: the first `n_inp` batch items are model inputs."""
+
+    def __init__(self, n_inp: int = 1) -> None:
+        self.n_inp = n_inp
+
+    def predict(self, learn: Learner) -> None:
+        learn.preds = learn.model(*learn.batch[:self.n_inp])
+
+    def get_loss(self, learn: Learner) -> None:
+        learn.loss = learn.loss_func(learn.preds, *learn.batch[self.n_inp:])
+
+    def backward(self, learn: Learner) -> None:
+        learn.loss.backward()
+
+    def step(self, learn: Learner) -> None:
+        learn.opt.step()
+
+    def zero_grad(self, learn: Learner) -> None:
+        learn.opt.zero_grad()
+
+
+class SingleBatchCB(Callback):
+    """Stop the fit after the first batch: a quick check that model, data and callbacks fit together."""
+    order = 1
+
+    def after_batch(self, learn: Learner) -> None:
+        raise CancelFitException()

@@ -1,0 +1,107 @@
+"""MetricsCB: torcheval metrics and the mean loss, one row per training and per validation pass."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..learner import Callback, Learner
+
+__all__ = ["MetricsCB", "format_row"]
+
+
+def format_row(row: dict[str, Any], header: bool = False) -> str:
+    """One aligned line of a metrics table (the header line when `header`), for terminals and logs."""
+    cells = row.keys() if header else (_fmt(v) for v in row.values())
+    return "  ".join(f"{cell:<{max(8, len(name))}}" for cell, name in zip(cells, row.keys())).rstrip()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _print_rows() -> Callable[[dict[str, Any]], None]:
+    """A logger that prints a header before the first row, then one aligned line per row."""
+    first = True
+
+    def log(row: dict[str, Any]) -> None:
+        nonlocal first
+        if first:
+            print(format_row(row, header=True), flush=True)
+            first = False
+        print(format_row(row), flush=True)
+    return log
+
+
+class MetricsCB(Callback):
+    """Computes torcheval metrics and the batch-size-weighted mean loss for each pass, and logs one row.
+
+    `MetricsCB(MulticlassAccuracy())` names the metric after its class; `MetricsCB(accuracy=MulticlassAccuracy())`
+    names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
+    only at the end of each pass. After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names
+    schedulers and early stopping `monitor`), `history` one dict per pass, and `log_fn(row)` is called with the
+    formatted row (ProgressCB replaces `log_fn` to draw a table; the default prints aligned lines).
+    """
+    order = 10  # after callbacks that change preds or loss, before those that read the results
+
+    def __init__(self, *metrics: Any, **named_metrics: Any) -> None:
+        for metric in metrics:
+            named_metrics[type(metric).__name__] = metric
+        if "loss" in named_metrics:
+            raise ValueError("MetricsCB computes 'loss' itself; give your metric another name.")
+        self.metrics = named_metrics
+        self.log_fn: Callable[[dict[str, Any]], None] = _print_rows()
+        self.history: list[dict[str, Any]] = []
+        self.last: dict[str, float] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """Every name this callback logs in `last`: train_/valid_ × (metrics + loss)."""
+        return [f"{split}_{name}" for split in ("train", "valid") for name in [*self.metrics, "loss"]]
+
+    def before_fit(self, learn: Learner) -> None:
+        learn.metrics = self
+        self.history, self.last = [], {}
+
+    def before_epoch(self, learn: Learner) -> None:
+        self._device = _device_of(learn.model)
+        for metric in self.metrics.values():
+            metric.to(self._device)
+            metric.reset()
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self._device)
+        self._count = 0
+        self._start = time.perf_counter()
+
+    def after_batch(self, learn: Learner) -> None:
+        target = learn.batch[-1]
+        preds = learn.preds.detach()
+        for metric in self.metrics.values():
+            metric.update(preds, target)
+        n = len(target)
+        # accumulate on the device: a .item() here would stall the GPU every batch
+        self._loss_sum += learn.loss.detach().to(torch.float64) * n
+        self._count += n
+
+    def after_epoch(self, learn: Learner) -> None:
+        split = "train" if learn.training else "valid"
+        values = {name: float(metric.compute()) for name, metric in self.metrics.items()}
+        values["loss"] = float(self._loss_sum) / self._count if self._count else float("nan")
+        for name, value in values.items():
+            self.last[f"{split}_{name}"] = value
+        record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
+        self.history.append(record)
+        self.log_fn({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _format_time(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes:02d}:{secs:02d}"

@@ -1,0 +1,145 @@
+"""ProgressCB: progress bars and the metrics table in notebooks and terminals, plain lines in logs."""
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import torch
+from fastprogress.fastprogress import ConsoleMasterBar, NBMasterBar, progress_bar
+
+from ..learner import Callback, Learner
+from .metrics import format_row
+
+__all__ = ["ProgressCB", "in_notebook"]
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where HTML progress bars and live plots can be displayed)."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    ipython = shell.get_ipython()
+    return ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell"
+
+
+class _HostScalars:
+    """Scalars copied to the host without waiting for the device: each becomes readable once the device made it.
+
+    On CUDA, `loss.item()` every batch would make the CPU wait for the GPU; instead each loss is copied
+    asynchronously to pinned memory with an event behind it, and read only when the event says it is done.
+    """
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self._pending: deque[tuple[torch.Tensor, Any]] = deque()
+
+    def push(self, value: torch.Tensor) -> None:
+        if value.device.type == "cuda":
+            host = value.detach().to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending.append((host, event))
+        else:  # on the CPU (and MPS, which has no cheap events) reading is the computation itself
+            self.values.append(value.detach().float().item())
+
+    def drain(self, wait: bool = False) -> list[float]:
+        """Move every finished value into `values` (with `wait`, all of them: a sync, for the end of a pass)."""
+        while self._pending and (wait or self._pending[0][1].query()):
+            host, event = self._pending.popleft()
+            if wait:
+                event.synchronize()
+            self.values.append(host.float().item())
+        return self.values
+
+
+class ProgressCB(Callback):
+    """Shows progress: a bar with the running loss and the metrics table; with `plot=True` a live loss graph.
+
+    In a notebook it uses fastprogress's HTML bars (and graph); in a terminal, its console bars; when stdout is
+    not a terminal (CI logs, `| tee`), no bars at all, just a header and one plain line per pass. Train losses
+    per batch are kept in `losses` and valid losses per epoch in `valid_losses` for `plot_losses()`.
+    """
+    order = 30  # after MetricsCB, whose rows it shows
+
+    def __init__(self, plot: bool = False, mode: str | None = None, graph_every: float = 1.0) -> None:
+        if mode not in (None, "notebook", "terminal", "plain"):
+            raise ValueError(f"mode must be 'notebook', 'terminal', 'plain' or None (detect), got {mode!r}")
+        self.plot, self.mode, self.graph_every = plot, mode, graph_every
+        self.losses: list[float] = []
+        self.valid_losses: list[float] = []
+
+    def before_fit(self, learn: Learner) -> None:
+        self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if sys.stdout.isatty() else "plain")
+        self._train_losses = _HostScalars()
+        self.losses, self.valid_losses = self._train_losses.values, []
+        self._header_done, self._last_graph = False, 0.0
+        self._n_batches = len(learn.dls.train) if hasattr(learn.dls, "train") else 1
+        self._metrics = getattr(learn, "metrics", None)
+        if self._metrics is not None:
+            self._saved_log_fn, self._metrics.log_fn = self._metrics.log_fn, self._log
+        self.mbar = None
+        if self._mode != "plain":
+            bar_cls = NBMasterBar if self._mode == "notebook" else ConsoleMasterBar
+            self.mbar = bar_cls(learn.epochs)
+            learn.epochs = self.mbar
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if row.get("train") == "valid" and "loss" in row:
+            self.valid_losses.append(row["loss"])
+        if self._mode == "notebook":
+            if not self._header_done:
+                self.mbar.write(list(row), table=True)
+            self.mbar.write([f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()], table=True)
+        else:
+            # fastprogress's console bar only takes strings, so format whole lines ourselves
+            lines = ([format_row(row, header=True)] if not self._header_done else []) + [format_row(row)]
+            for line in lines:
+                if self.mbar is not None:
+                    self.mbar.write(line)
+                else:
+                    print(line, flush=True)
+        self._header_done = True
+
+    def before_epoch(self, learn: Learner) -> None:
+        if self.mbar is not None:
+            self.pbar = progress_bar(learn.dl, leave=False, parent=self.mbar)
+            learn.dl = self.pbar
+
+    def after_batch(self, learn: Learner) -> None:
+        if not learn.training:
+            return
+        self._train_losses.push(learn.loss)
+        if self.mbar is None:
+            return
+        values = self._train_losses.drain()
+        if values:
+            self.pbar.comment = f"{values[-1]:.3f}"
+        if self.plot and self._mode == "notebook" and time.perf_counter() - self._last_graph > self.graph_every:
+            self._update_graph(learn)
+
+    def after_epoch(self, learn: Learner) -> None:
+        if not learn.training:
+            self._train_losses.drain(wait=True)
+            if self.plot and self._mode == "notebook":
+                self._update_graph(learn)
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        self._train_losses.drain(wait=True)
+        if self._metrics is not None:
+            self._metrics.log_fn = self._saved_log_fn
+        if self.mbar is not None:
+            self.mbar.on_iter_end()
+
+    def _update_graph(self, learn: Learner) -> None:
+        n = self._n_batches
+        train = [list(range(len(self.losses))), self.losses]
+        valid = [[(i + 1) * n for i in range(len(self.valid_losses))], self.valid_losses]
+        self.mbar.update_graph([train, valid])
+        self._last_graph = time.perf_counter()
+
+    def plot_losses(self, ax: Any = None) -> Any:
+        """Train loss per batch and valid loss per epoch against the batch index; returns the Figure."""
+        from ..plotting import plot_losses  # plotting imports matplotlib: only when asked for
+        return plot_losses(self.losses, self.valid_losses, self._n_batches, ax=ax)

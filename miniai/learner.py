@@ -1,0 +1,244 @@
+"""The training loop: a `Learner` that fires named events, and `Callback`s that do everything else.
+
+Read this file top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs
+`before_<stage>`, its body, `after_<stage>`, and always `cleanup_<stage>` (even after a cancel or an error).
+
+Cancelling (raise from any callback):
+
+| raised in a callback    | skipped                                                   | still runs                                      |
+|-------------------------|-----------------------------------------------------------|-------------------------------------------------|
+| `CancelBatchException`  | the rest of this batch, incl. `after_batch`               | `cleanup_batch`, then the next batch            |
+| `CancelEpochException`  | the rest of this pass (train *or* valid), `after_epoch`   | `cleanup_batch`, `cleanup_epoch`, the next pass |
+| `CancelFitException`    | everything after                                          | `cleanup_batch`, `cleanup_epoch`, `cleanup_fit` |
+
+Learner state that callbacks may read (and from which event on it is valid):
+
+| attribute                       | valid from     | meaning                                                            |
+|---------------------------------|----------------|--------------------------------------------------------------------|
+| `model, dls, loss_func, cbs`    | always         | what the learner was built with                                    |
+| `opt`                           | `before_fit`   | the optimizer made by `opt_func(model.parameters(), lr)`           |
+| `n_epochs, epochs`              | `before_fit`   | how many epochs this fit runs, and the range the loop walks        |
+| `epoch, training, dl`           | `before_epoch` | epoch index; True for the training pass; the loader being walked   |
+| `iter, batch`                   | `before_batch` | batch index inside this pass; the batch (a tuple: inputs, targets) |
+| `preds`                         | `after_predict`| model output                                                       |
+| `loss`                          | `after_loss`   | loss tensor (still on the device)                                  |
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+
+__all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
+           "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
+
+EVENTS = ("before_fit", "after_fit", "cleanup_fit",
+          "before_epoch", "after_epoch", "cleanup_epoch",
+          "before_batch", "after_batch", "cleanup_batch",
+          "after_predict", "after_loss", "after_backward", "after_step")
+STEPS = ("predict", "get_loss", "backward", "step", "zero_grad")  # a callback may supply these (TrainCB)
+_EVENT_PREFIXES = ("before_", "after_", "cleanup_")
+
+
+class CancelFitException(Exception):
+    """Stop training now; `cleanup_batch`, `cleanup_epoch` and `cleanup_fit` still run."""
+
+
+class CancelEpochException(Exception):
+    """Skip the rest of this pass (train or valid) and its `after_epoch`; `cleanup_epoch` still runs."""
+
+
+class CancelBatchException(Exception):
+    """Skip the rest of this batch, `after_batch` included; `cleanup_batch` still runs."""
+
+
+class Callback:
+    """Base class for callbacks: define methods named after events (`before_fit(self, learn)`, ...).
+
+    The prefixes `before_`, `after_` and `cleanup_` are reserved for events: a method so named that is not an
+    event is an error when the callback is added. The names in `STEPS` are reserved too: a callback that
+    defines `predict`, `get_loss`, `backward`, `step` or `zero_grad` performs that step for the base `Learner`.
+    Callbacks run sorted by `order` (lower first); see `miniai.callbacks.ORDER` for the built-in values.
+    """
+    order: int = 0
+
+
+Handler = Callable[["Learner"], None]
+
+
+def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
+    """Map each event and step name to the bound methods that handle it, in callback order."""
+    table: dict[str, list[Handler]] = {name: [] for name in EVENTS + STEPS}
+    for cb in sorted(cbs, key=lambda cb: cb.order):
+        for name in dir(type(cb)):
+            if name.startswith(_EVENT_PREFIXES) and name not in table:
+                guess = difflib.get_close_matches(name, EVENTS, n=1)
+                raise TypeError(f"{type(cb).__name__}.{name} is not an event"
+                                + (f"; did you mean {guess[0]!r}?" if guess else f"; events are {', '.join(EVENTS)}")
+                                + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
+            if name in table and callable(getattr(cb, name)):
+                table[name].append(getattr(cb, name))
+    return table
+
+
+class Learner:
+    """Runs the training loop and fires events; the step methods are asked of the callbacks (see `TrainCB`).
+
+    `fit` makes a new optimizer each call with `opt_func(model.parameters(), lr)`.
+    """
+
+    def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
+                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD) -> None:
+        self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
+        self.opt: optim.Optimizer | None = None
+        self.training = False
+        self.cbs: list[Callback] = []
+        self._handlers = build_handlers([])
+        for cb in cbs or []:
+            self.add_cb(cb)
+
+    # --- callbacks -------------------------------------------------------------------------------------------
+    def add_cb(self, cb: Callback) -> Learner:
+        """Add a callback; dispatch tables are rebuilt (and checked for misspelled events) now, not per batch."""
+        self._handlers = build_handlers(self.cbs + [cb])
+        self.cbs.append(cb)
+        return self
+
+    def rm_cb(self, cb: Callback) -> Learner:
+        """Remove a callback (compared by identity)."""
+        self.cbs = [c for c in self.cbs if c is not cb]
+        self._handlers = build_handlers(self.cbs)
+        return self
+
+    def _emit(self, event: str) -> None:
+        for handler in self._handlers[event]:
+            handler(self)
+
+    # --- the loop --------------------------------------------------------------------------------------------
+    def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
+            cbs: Iterable[Callback] | None = None, lr: float | None = None) -> None:
+        """Train for `n_epochs`; `cbs` are added for this call only (removed afterwards, even if fit raises)."""
+        temporary = list(cbs or [])
+        for cb in temporary:
+            self.add_cb(cb)
+        try:
+            lr = self.lr if lr is None else lr
+            if lr is None:
+                raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2);"
+                                 " learn.lr_find() suggests one.")
+            self._check_steps()
+            self.n_epochs, self.epochs = n_epochs, range(n_epochs)
+            self.opt = self.opt_func(self.model.parameters(), lr)
+            self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
+        finally:
+            for cb in temporary:
+                self.rm_cb(cb)
+
+    def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
+        try:
+            self._emit(f"before_{name}")
+            body()
+            self._emit(f"after_{name}")
+        except cancel:
+            pass
+        finally:
+            self._emit(f"cleanup_{name}")
+
+    def _all_epochs(self, train: bool, valid: bool) -> None:
+        # read self.epochs here, after before_fit, so a callback (resume, progress bar) may replace it
+        for self.epoch in self.epochs:
+            if train:
+                self._one_epoch(True)
+            if valid:
+                with torch.no_grad():
+                    self._one_epoch(False)
+
+    def _one_epoch(self, training: bool) -> None:
+        self.training = training
+        self.model.train(training)
+        self.dl = self.dls.train if training else self.dls.valid
+        self._stage("epoch", self._all_batches, CancelEpochException)
+
+    def _all_batches(self) -> None:
+        for self.iter, self.batch in enumerate(self.dl):
+            self._stage("batch", self._one_batch, CancelBatchException)
+
+    def _one_batch(self) -> None:
+        self.predict()
+        self._emit("after_predict")
+        self.get_loss()
+        self._emit("after_loss")
+        if not self.training:
+            return
+        self.backward()
+        self._emit("after_backward")
+        self.step()
+        self._emit("after_step")
+        self.zero_grad()
+
+    # --- the steps: on the base Learner they are asked of the callbacks; TrainLearner overrides them ----------
+    def predict(self) -> None:
+        """Set `self.preds` from `self.batch`."""
+        self._emit("predict")
+
+    def get_loss(self) -> None:
+        """Set `self.loss` from `self.preds` and `self.batch`."""
+        self._emit("get_loss")
+
+    def backward(self) -> None:
+        """Compute gradients of `self.loss`."""
+        self._emit("backward")
+
+    def step(self) -> None:
+        """Update the parameters (optimizer step)."""
+        self._emit("step")
+
+    def zero_grad(self) -> None:
+        """Reset the gradients."""
+        self._emit("zero_grad")
+
+    def _check_steps(self) -> None:
+        # a base Learner with no TrainCB would "train" without ever predicting: say so before anything runs
+        missing = [s for s in STEPS if getattr(type(self), s) is getattr(Learner, s) and not self._handlers[s]]
+        if missing:
+            raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
+                            "or use TrainLearner, which defines the steps itself.")
+
+
+class TrainLearner(Learner):
+    """A Learner with the usual supervised steps: `model(x)`, `loss_func(preds, y)`, backward, step, zero_grad."""
+
+    def predict(self) -> None:
+        self.preds = self.model(self.batch[0])
+
+    def get_loss(self) -> None:
+        self.loss = self.loss_func(self.preds, self.batch[1])
+
+    def backward(self) -> None:
+        self.loss.backward()
+
+    def step(self) -> None:
+        self.opt.step()
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad()
+
+
+class MomentumLearner(TrainLearner):
+    """TrainLearner that keeps `mom` × the old gradients instead of zeroing them (momentum, the course's way)."""
+
+    def __init__(self, model: nn.Module, dls: Any, loss_func: Callable, lr: float | None = None,
+                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
+                 mom: float = 0.85) -> None:
+        self.mom = mom
+        super().__init__(model, dls, loss_func, lr, cbs, opt_func)
+
+    def zero_grad(self) -> None:
+        with torch.no_grad():
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad *= self.mom

@@ -1,0 +1,44 @@
+"""Tiny synthetic problems shared by the tests: they train in milliseconds and download nothing."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from miniai.learner import Callback, Learner, TrainLearner
+
+
+def linear_dls(n_train: int = 48, n_valid: int = 32, bs: int = 16, seed: int = 0) -> SimpleNamespace:
+    """y = 2x + 3 plus a little noise, as plain torch DataLoaders (train shuffled with a seeded generator)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ds(n: int) -> TensorDataset:
+        x = torch.randn(n, 1, generator=g)
+        return TensorDataset(x, 2 * x + 3 + 0.01 * torch.randn(n, 1, generator=g))
+    return SimpleNamespace(train=DataLoader(ds(n_train), bs, shuffle=True, generator=torch.Generator().manual_seed(seed)),
+                           valid=DataLoader(ds(n_valid), bs))
+
+
+def tiny_learner(cbs=(), lr: float = 0.1, learner_cls: type[Learner] = TrainLearner, **kwargs) -> Learner:
+    """A Linear(1, 1) fitting y = 2x + 3 (fastai's synth_learner idea): 3 train and 2 valid batches by default."""
+    torch.manual_seed(0)
+    return learner_cls(nn.Linear(1, 1), linear_dls(**kwargs), F.mse_loss, lr=lr, cbs=list(cbs))
+
+
+class EventLog(Callback):
+    """Records every event it sees, with the pass and batch index where they exist."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def _add(self, name: str, learn: Learner) -> None:
+        self.seen.append((name,))
+
+
+for _name in ("before_fit", "after_fit", "cleanup_fit", "before_epoch", "after_epoch", "cleanup_epoch",
+              "before_batch", "after_batch", "cleanup_batch", "after_predict", "after_loss", "after_backward",
+              "after_step"):
+    setattr(EventLog, _name, (lambda name: lambda self, learn: self._add(name, learn))(_name))

@@ -1,0 +1,179 @@
+"""The loop: event order, cancel semantics, callback order, temporary callbacks, steps and typo errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from miniai.callbacks import SingleBatchCB, TrainCB
+from miniai.learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
+                            MomentumLearner, TrainLearner)
+from tests.synth import EventLog, linear_dls, tiny_learner
+
+TRAIN_BATCH = ["before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch",
+               "cleanup_batch"]
+VALID_BATCH = ["before_batch", "after_predict", "after_loss", "after_batch", "cleanup_batch"]
+
+
+def names(log: EventLog) -> list[str]:
+    return [e[0] for e in log.seen]
+
+
+def test_event_sequence_of_two_epochs_three_train_two_valid_batches():
+    log = EventLog()
+    tiny_learner(cbs=[log]).fit(2)
+    epoch = (["before_epoch"] + TRAIN_BATCH * 3 + ["after_epoch", "cleanup_epoch"]
+             + ["before_epoch"] + VALID_BATCH * 2 + ["after_epoch", "cleanup_epoch"])
+    assert names(log) == ["before_fit"] + epoch * 2 + ["after_fit", "cleanup_fit"]
+
+
+class Raise(Callback):
+    """Raises `exc` at `event` on training batch `at` (or at the event whenever at is None)."""
+
+    def __init__(self, event: str, exc: type[Exception], at: int | None = None) -> None:
+        self.exc, self.at = exc, at
+        setattr(self, "_event", event)
+
+    def _maybe(self, learn):
+        if self.at is None or (learn.training and learn.iter == self.at):
+            raise self.exc()
+
+
+def raising(event: str, exc: type[Exception], at: int | None = None) -> Callback:
+    cls = type(f"Raise_{event}", (Raise,), {event: lambda self, learn: self._maybe(learn)})
+    return cls(event, exc, at)
+
+
+def test_cancel_batch_skips_rest_of_batch_and_after_batch_but_cleanup_runs():
+    log = EventLog()
+    tiny_learner(cbs=[log, raising("after_loss", CancelBatchException, at=1)]).fit(1, valid=False)
+    batch1 = names(log)[2 + 7:2 + 7 + 4]
+    assert batch1 == ["before_batch", "after_predict", "after_loss", "cleanup_batch"]
+    assert names(log).count("after_batch") == 2 and names(log).count("cleanup_batch") == 3
+    assert names(log)[-2:] == ["after_fit", "cleanup_fit"]
+
+
+def test_cancel_epoch_skips_rest_of_pass_then_next_pass_runs():
+    log = EventLog()
+    tiny_learner(cbs=[log, raising("after_batch", CancelEpochException, at=0)]).fit(1)
+    seq = names(log)
+    train_end = seq.index("cleanup_epoch")
+    assert "after_epoch" not in seq[:train_end]  # training pass cancelled: no after_epoch for it
+    assert seq[:train_end + 1] == ["before_fit", "before_epoch"] + TRAIN_BATCH + ["cleanup_epoch"]
+    # the validation pass still runs in full
+    assert seq[train_end + 1:] == ["before_epoch"] + VALID_BATCH * 2 + ["after_epoch", "cleanup_epoch",
+                                                                       "after_fit", "cleanup_fit"]
+
+
+def test_cancel_fit_skips_everything_after_but_cleanups_run():
+    log = EventLog()
+    tiny_learner(cbs=[log, raising("after_step", CancelFitException, at=1)]).fit(3)
+    assert names(log) == (["before_fit", "before_epoch"] + TRAIN_BATCH
+                          + ["before_batch", "after_predict", "after_loss", "after_backward", "after_step",
+                             "cleanup_batch", "cleanup_epoch", "cleanup_fit"])
+
+
+def test_single_batch_cancels_fit_but_cleanup_runs():
+    log = EventLog()
+    tiny_learner(cbs=[log]).fit(2, cbs=[SingleBatchCB()])
+    assert names(log) == ["before_fit", "before_epoch"] + TRAIN_BATCH + ["cleanup_epoch", "cleanup_fit"]
+
+
+def test_callbacks_run_sorted_by_order_then_insertion():
+    seen = []
+
+    def cb(tag, order):
+        return type(f"CB{tag}", (Callback,), {"order": order, "before_fit": lambda self, learn: seen.append(tag)})()
+    tiny_learner(cbs=[cb("c", 5), cb("a", -1), cb("b", 5), cb("d", 0)]).fit(1, cbs=[cb("e", 3)])
+    assert seen == ["a", "d", "e", "c", "b"]
+
+
+def test_temporary_callbacks_removed_after_normal_fit_and_after_exception():
+    learn = tiny_learner()
+    temp = EventLog()
+    learn.fit(1, cbs=[temp])
+    assert temp not in learn.cbs and temp.seen
+    boom = raising("after_loss", RuntimeError)
+    with pytest.raises(RuntimeError):
+        learn.fit(1, cbs=[boom, temp])
+    assert learn.cbs == [] and all(not handlers for handlers in learn._handlers.values())
+
+
+def test_cleanup_runs_when_a_callback_raises():
+    log = EventLog()
+    with pytest.raises(ZeroDivisionError):
+        tiny_learner(cbs=[log, raising("after_backward", ZeroDivisionError, at=2)]).fit(1)
+    assert names(log)[-3:] == ["cleanup_batch", "cleanup_epoch", "cleanup_fit"]
+    assert "after_fit" not in names(log)
+
+
+def test_typo_in_event_name_is_an_error_when_added():
+    class Typo(Callback):
+        def after_btach(self, learn): pass
+    with pytest.raises(TypeError, match="after_btach is not an event; did you mean 'after_batch'"):
+        tiny_learner(cbs=[Typo()])
+    with pytest.raises(TypeError, match="did you mean 'after_batch'"):
+        tiny_learner().fit(1, cbs=[Typo()])
+
+
+def test_training_reduces_loss_and_validation_has_no_grad():
+    grad_in_valid = []
+
+    class Spy(Callback):
+        def after_loss(self, learn):
+            if not learn.training:
+                grad_in_valid.append(learn.loss.requires_grad)
+    learn = tiny_learner(cbs=[Spy()])
+    w0 = learn.model.weight.item()
+    learn.fit(5)
+    assert grad_in_valid and not any(grad_in_valid)
+    assert abs(learn.model.weight.item() - 2) < abs(w0 - 2)
+
+
+def test_base_learner_with_traincb_equals_trainlearner():
+    a = tiny_learner(learner_cls=Learner, cbs=[TrainCB()])
+    b = tiny_learner()
+    a.fit(2); b.fit(2)
+    assert torch.equal(a.model.weight, b.model.weight) and torch.equal(a.model.bias, b.model.bias)
+
+
+def test_base_learner_without_steps_says_how_to_fix():
+    with pytest.raises(TypeError, match="add TrainCB"):
+        tiny_learner(learner_cls=Learner).fit(1)
+
+
+def test_fit_makes_optimizer_with_opt_func_and_lr():
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, opt_func=torch.optim.AdamW)
+    learn.fit(1)
+    assert isinstance(learn.opt, torch.optim.AdamW) and learn.opt.param_groups[0]["lr"] == 0.05
+    assert len(learn.opt.state) == 2  # weight and bias have Adam state
+    learn.fit(1, lr=0.01)
+    assert learn.opt.param_groups[0]["lr"] == 0.01
+
+
+def test_no_lr_anywhere_is_a_clear_error():
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=None)
+    with pytest.raises(ValueError, match="No learning rate: pass lr="):
+        learn.fit(1)
+
+
+def test_momentum_learner_keeps_scaled_gradients():
+    learn = tiny_learner(learner_cls=MomentumLearner)
+    assert learn.mom == 0.85
+    seen = []
+
+    class GradSpy(Callback):
+        def after_backward(self, learn): seen.append(learn.model.weight.grad.clone())
+        def after_batch(self, learn):
+            if learn.training: seen.append(learn.model.weight.grad.clone())
+    learn.fit(1, valid=False, cbs=[GradSpy()])
+    assert torch.allclose(seen[1], seen[0] * 0.85)
+
+
+def test_add_and_rm_cb():
+    learn, log = tiny_learner(), EventLog()
+    learn.add_cb(log)
+    learn.fit(1)
+    n = len(log.seen)
+    learn.rm_cb(log)
+    learn.fit(1)
+    assert len(log.seen) == n and learn.cbs == []
