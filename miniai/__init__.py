@@ -4,9 +4,10 @@
 """
 from .callbacks import DeviceCB, MetricsCB, ProgressCB, SingleBatchCB, TrainCB
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                      CancelStepException,
                       Learner, MomentumLearner, TrainLearner)
 
 __version__ = "0.1.0"
-__all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
+__all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
            "Learner", "MomentumLearner", "TrainLearner",
            "DeviceCB", "MetricsCB", "ProgressCB", "SingleBatchCB", "TrainCB"]

@@ -7,6 +7,7 @@ Cancelling (raise from any callback):
 
 | raised in a callback    | skipped                                                   | still runs                                      |
 |-------------------------|-----------------------------------------------------------|-------------------------------------------------|
+| `CancelStepException`   | this batch's `step`, `after_step` and `zero_grad`         | `after_batch` (gradient accumulation, fp16 skip)|
 | `CancelBatchException`  | the rest of this batch, incl. `after_batch`               | `cleanup_batch`, then the next batch            |
 | `CancelEpochException`  | the rest of this pass (train *or* valid), `after_epoch`   | `cleanup_batch`, `cleanup_epoch`, the next pass |
 | `CancelFitException`    | everything after                                          | `cleanup_batch`, `cleanup_epoch`, `cleanup_fit` |
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
+           "CancelStepException",
            "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
 
 EVENTS = ("before_fit", "after_fit", "cleanup_fit",
@@ -54,6 +56,15 @@ class CancelEpochException(Exception):
 
 class CancelBatchException(Exception):
     """Skip the rest of this batch, `after_batch` included; `cleanup_batch` still runs."""
+
+
+class CancelStepException(Exception):
+    """Skip this batch's optimizer `step`, `after_step` and `zero_grad` (the gradients stay); `after_batch` runs.
+
+    Raised from `after_backward` by gradient accumulation between optimizer steps, and from `step` by a mixed
+    precision scaler that found inf/NaN gradients: per-batch schedulers step at `after_step`, so they count
+    only the optimizer steps actually taken.
+    """
 
 
 class Callback:
@@ -174,11 +185,14 @@ class Learner:
         self._emit("after_loss")
         if not self.training:
             return
-        self.backward()
-        self._emit("after_backward")
-        self.step()
-        self._emit("after_step")
-        self.zero_grad()
+        try:
+            self.backward()
+            self._emit("after_backward")
+            self.step()
+            self._emit("after_step")
+            self.zero_grad()
+        except CancelStepException:
+            pass
 
     # --- the steps: on the base Learner they are asked of the callbacks; TrainLearner overrides them ----------
     def predict(self) -> None:

@@ -177,3 +177,22 @@ def test_add_and_rm_cb():
     learn.rm_cb(log)
     learn.fit(1)
     assert len(log.seen) == n and learn.cbs == []
+
+
+def test_cancel_step_skips_step_after_step_and_zero_grad_but_not_after_batch():
+    from miniai.learner import CancelStepException
+    log = EventLog()
+    learn = tiny_learner(cbs=[log, raising("after_backward", CancelStepException, at=0)])
+    w0 = learn.model.weight.detach().clone()
+    grads = []
+
+    class Spy(Callback):
+        order = 5
+        def after_batch(self, learn):
+            if learn.training and learn.iter == 0: grads.append(learn.model.weight.grad.clone())
+    learn.fit(1, valid=False, cbs=[Spy()])
+    assert names(log)[2:2 + 6] == ["before_batch", "after_predict", "after_loss", "after_backward", "after_batch",
+                                   "cleanup_batch"]
+    assert names(log).count("after_step") == 2
+    assert grads and grads[0].abs().sum() > 0  # the gradient was kept for the next batch
+    assert not torch.equal(w0, learn.model.weight)
