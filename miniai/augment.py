@@ -1,0 +1,169 @@
+"""Batch augmentations: random crop, flip and erase on a whole (N,C,H,W) tensor, on whatever device it lives.
+
+Each transform is a callable `x -> x` that keeps shape, dtype and device, and draws one random choice per image
+with tensor ops, never a Python loop over items. Randomness comes from torch's global generator for the
+batch's device (so `set_seed` makes runs repeatable), or from the `generator` given at construction. A
+generator on another device than the batch works too; its draws are made there and copied over, so give one
+on the batch's device to avoid the copy.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["RandomCrop", "RandomFlip", "RandomErase", "Compose", "batch_tfms"]
+
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check_batch(x: torch.Tensor, who: str) -> None:
+    """Raise a helpful error unless x is an (N,C,H,W) tensor."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{who} expects a batch tensor of shape (N,C,H,W); got {shape}. "
+                         "Add a channel dim with x[:, None] for (N,H,W) images.")
+
+
+def _rand(shape: Sequence[int], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform [0,1) float32 numbers of `shape` on x's device, drawn from `generator` or the global RNG."""
+    device = generator.device if generator is not None else x.device
+    return torch.rand(tuple(shape), generator=generator, device=device).to(x.device)
+
+
+def _randn(shape: Sequence[int], x: torch.Tensor, dtype: torch.dtype,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """Standard-normal numbers of `shape` and `dtype` on x's device, drawn from `generator` or the global RNG."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype).to(x.device)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class RandomCrop:
+    """Pad each side by `padding`, then cut a `size` crop at a random offset per image: (N,C,H,W) → (N,C,*size).
+
+    `mode` is 'constant' (pads with `fill`, default 0) or 'reflect'. With padding 0 and size (H,W) it is the identity.
+    """
+
+    def __init__(self, size: int | tuple[int, int], padding: int = 0, mode: str = "constant", fill: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        if mode not in ("constant", "reflect"):
+            raise ValueError(f"RandomCrop mode must be 'constant' or 'reflect'; got {mode!r}")
+        if padding < 0:
+            raise ValueError(f"RandomCrop padding must be >= 0; got {padding}")
+        self.size, self.padding, self.mode, self.fill, self.generator = _pair(size), padding, mode, fill, generator
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x, "RandomCrop")
+        n, c = x.shape[:2]
+        p = self.padding
+        if p and self.mode == "constant":
+            x = F.pad(x, (p, p, p, p), value=self.fill)
+        elif p:
+            x = F.pad(x, (p, p, p, p), mode="reflect")
+        ph, pw = x.shape[-2:]
+        sh, sw = self.size
+        if sh > ph or sw > pw:
+            raise ValueError(f"RandomCrop size {self.size} is larger than the padded image ({ph}, {pw}); "
+                             "lower size or raise padding")
+        # One (row, col) offset per image, uniform over the valid positions.
+        offsets = _rand((2, n), x, self.generator)
+        oy = (offsets[0] * (ph - sh + 1)).long().clamp_max(ph - sh)
+        ox = (offsets[1] * (pw - sw + 1)).long().clamp_max(pw - sw)
+        rows = oy[:, None] + torch.arange(sh, device=x.device)  # (N, sh)
+        cols = ox[:, None] + torch.arange(sw, device=x.device)  # (N, sw)
+        # Flat index of every kept pixel, shared across channels: one gather cuts all N crops at once.
+        idx = (rows[:, :, None] * pw + cols[:, None, :]).view(n, 1, sh * sw).expand(n, c, sh * sw)
+        return x.flatten(2).gather(2, idx).view(n, c, sh, sw)
+
+    def __repr__(self) -> str:
+        return f"RandomCrop(size={self.size}, padding={self.padding}, mode={self.mode!r})"
+
+
+class RandomFlip:
+    """Flip each image left-right with probability `p`: (N,C,H,W) → (N,C,H,W)."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"RandomFlip p must be a probability in [0, 1]; got {p}")
+        self.p, self.generator = p, generator
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x, "RandomFlip")
+        flip = _rand((x.shape[0],), x, self.generator) < self.p
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+    def __repr__(self) -> str:
+        return f"RandomFlip(p={self.p})"
+
+
+class RandomErase:
+    """With probability `p` per image, overwrite one random rectangle: (N,C,H,W) → (N,C,H,W).
+
+    Each rectangle side is 1 to `max_frac` of the image side, placed uniformly inside the image.
+    `fill='noise'` (the course's choice) fills with normal noise matching the batch's mean and std,
+    clamped to the batch's range, so the erased patch does not stand out in the statistics;
+    `fill='zero'` fills with zeros. All channels of a pixel are erased together.
+    """
+
+    def __init__(self, p: float = 0.5, max_frac: float = 0.3, fill: str = "noise",
+                 generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"RandomErase p must be a probability in [0, 1]; got {p}")
+        if not 0.0 < max_frac <= 1.0:
+            raise ValueError(f"RandomErase max_frac is a fraction of each image side, in (0, 1]; got {max_frac}")
+        if fill not in ("noise", "zero"):
+            raise ValueError(f"RandomErase fill must be 'noise' or 'zero'; got {fill!r}")
+        self.p, self.max_frac, self.fill, self.generator = p, max_frac, fill, generator
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x, "RandomErase")
+        n, c, h, w = x.shape
+        u = _rand((5, n), x, self.generator)  # apply?, height, width, top, left: one draw per image each
+        apply = u[0] < self.p
+        hmax, wmax = max(1, int(self.max_frac * h)), max(1, int(self.max_frac * w))
+        eh = (u[1] * hmax).long().clamp_max(hmax - 1) + 1  # in [1, hmax]
+        ew = (u[2] * wmax).long().clamp_max(wmax - 1) + 1
+        top = (u[3] * (h - eh + 1)).long().clamp_max(h - eh)
+        left = (u[4] * (w - ew + 1)).long().clamp_max(w - ew)
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        in_rows = (ys >= top[:, None]) & (ys < (top + eh)[:, None])  # (N, H)
+        in_cols = (xs >= left[:, None]) & (xs < (left + ew)[:, None])  # (N, W)
+        mask = (in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None])[:, None]  # (N, 1, H, W)
+        if self.fill == "zero":
+            return x.masked_fill(mask, 0)
+        # Stats stay tensors (no .item()), so no host-device sync; integer images get float noise, rounded back.
+        work = x.dtype if x.is_floating_point() else torch.float32
+        xf = x.to(work)
+        noise = _randn(x.shape, x, work, self.generator) * xf.std() + xf.mean()
+        noise = torch.minimum(torch.maximum(noise, xf.min()), xf.max())
+        if not x.is_floating_point():
+            noise = noise.round()
+        return torch.where(mask, noise.to(x.dtype), x)
+
+    def __repr__(self) -> str:
+        return f"RandomErase(p={self.p}, max_frac={self.max_frac}, fill={self.fill!r})"
+
+
+class Compose:
+    """Apply batch transforms in order: Compose(RandomCrop(28, 1), RandomFlip())(x)."""
+
+    def __init__(self, *tfms: BatchTransform) -> None:
+        self.tfms: list[BatchTransform] = list(tfms)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for tfm in self.tfms:
+            x = tfm(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"Compose({', '.join(map(repr, self.tfms))})"
+
+
+def batch_tfms(*tfms: BatchTransform) -> Compose:
+    """One callable that applies `tfms` in order to a batch tensor (a Compose)."""
+    return Compose(*tfms)

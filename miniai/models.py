@@ -1,0 +1,123 @@
+"""Model builders for 28×28 and 32×32 images: conv blocks, GeneralRelu, the course CNN, ResBlock, a small ResNet."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["conv", "GeneralRelu", "get_model", "init_weights", "ResBlock", "get_resnet"]
+
+# A layer factory: a class such as nn.ReLU or nn.BatchNorm2d, or a partial such as partial(GeneralRelu, leak=0.1).
+ActFactory = Callable[[], nn.Module]
+NormFactory = Callable[[int], nn.Module]
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _is_batchnorm(norm: NormFactory | None) -> bool:
+    """True when `norm` builds a BatchNorm layer (a class, or a functools.partial of one)."""
+    norm = getattr(norm, "func", norm)  # look through functools.partial
+    return isinstance(norm, type) and issubclass(norm, _BATCHNORMS)
+
+
+def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: ActFactory | None = nn.ReLU,
+         norm: NormFactory | None = None, bias: bool | None = None) -> nn.Sequential:
+    """Conv2d(ni→nf, padding ks//2), then norm(nf) if given, then act() if given: (N,ni,H,W) → (N,nf,⌈H/stride⌉,⌈W/stride⌉).
+
+    `bias` defaults to True unless `norm` is a BatchNorm, whose own shift makes a conv bias redundant.
+    """
+    if bias is None:
+        bias = not _is_batchnorm(norm)
+    layers: list[nn.Module] = [nn.Conv2d(ni, nf, kernel_size=ks, stride=stride, padding=ks // 2, bias=bias)]
+    if norm:
+        layers.append(norm(nf))
+    if act:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class GeneralRelu(nn.Module):
+    """ReLU (leaky if `leak`), shifted down by `sub`, clamped above at `maxv`: the course's tunable activation."""
+
+    def __init__(self, leak: float | None = None, sub: float | None = None, maxv: float | None = None) -> None:
+        super().__init__()
+        self.leak, self.sub, self.maxv = leak, sub, maxv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise; any shape in, same shape out."""
+        x = F.leaky_relu(x, self.leak) if self.leak else F.relu(x)
+        if self.sub is not None:
+            x = x - self.sub
+        if self.maxv is not None:
+            x = x.clamp_max(self.maxv)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"leak={self.leak}, sub={self.sub}, maxv={self.maxv}"
+
+
+def get_model(act: ActFactory | None = nn.ReLU, nfs: Sequence[int] = (8, 16, 32, 64),
+              norm: NormFactory | None = None) -> nn.Sequential:
+    """The course CNN: (N,1,28,28) → (N,10) logits via five stride-2 convs (28→14→7→4→2→1), then Flatten.
+
+    The first conv is 5×5 (1→nfs[0]); one 3×3 conv per consecutive pair of `nfs`; a last 3×3 conv to 10
+    channels with bias and no norm or activation. With the default four `nfs` the map reaches 1×1 exactly for
+    inputs of 17 to 32 pixels a side; other sizes or lengths of `nfs` leave a larger map and Flatten gives
+    more than 10 features.
+    """
+    layers = [conv(1, nfs[0], ks=5, act=act, norm=norm)]
+    layers += [conv(nfs[i], nfs[i + 1], act=act, norm=norm) for i in range(len(nfs) - 1)]
+    layers += [conv(nfs[-1], 10, act=None, norm=None, bias=True), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+def init_weights(m: nn.Module, leaky: float = 0.0) -> None:
+    """Kaiming-normal init of Conv1d/2d/3d and Linear weights for a (leaky) ReLU of slope `leaky`; use with model.apply.
+
+    Weight std becomes sqrt(2 / ((1 + leaky²) · fan_in)). Biases are left as PyTorch made them, as in the course.
+    """
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        nn.init.kaiming_normal_(m.weight, a=leaky)
+
+
+class ResBlock(nn.Module):
+    """Two convs plus a shortcut, then act: (N,ni,H,W) → (N,nf,⌈H/stride⌉,⌈W/stride⌉).
+
+    Main path: conv(ni→nf, stride 1, act, norm), conv(nf→nf, `stride`, norm, no act). Shortcut: 2×2 average pool
+    (ceil mode, so odd sizes match the conv) when stride is 2, then a 1×1 conv when ni ≠ nf.
+    """
+
+    def __init__(self, ni: int, nf: int, stride: int = 1, ks: int = 3, act: ActFactory | None = nn.ReLU,
+                 norm: NormFactory | None = nn.BatchNorm2d) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"ResBlock supports stride 1 or 2 (the shortcut pools 2×2); got stride={stride}")
+        self.convs = nn.Sequential(conv(ni, nf, ks=ks, stride=1, act=act, norm=norm),
+                                   conv(nf, nf, ks=ks, stride=stride, act=None, norm=norm))
+        self.idconv: nn.Module = nn.Identity() if ni == nf else conv(ni, nf, ks=1, stride=1, act=None)
+        self.pool: nn.Module = nn.Identity() if stride == 1 else nn.AvgPool2d(2, ceil_mode=True)
+        self.act: nn.Module = act() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.convs(x) + self.idconv(self.pool(x)))
+
+
+def get_resnet(in_channels: int = 1, n_classes: int = 10, nfs: Sequence[int] = (16, 32, 64, 128, 256),
+               act: ActFactory | None = nn.ReLU, norm: NormFactory | None = nn.BatchNorm2d,
+               dropout: float = 0.0) -> nn.Sequential:
+    """A small ResNet: (N,in_channels,H,W) → (N,n_classes) logits, e.g. (N,1,28,28) or (N,3,32,32).
+
+    A 5×5 stem ResBlock (stride 1), one stride-2 ResBlock per consecutive pair of `nfs`, global average pool,
+    optional dropout, a bias-free Linear and a BatchNorm1d on the logits (course style). Because of that last
+    BatchNorm1d, training needs batches of at least 2.
+    """
+    layers: list[nn.Module] = [ResBlock(in_channels, nfs[0], stride=1, ks=5, act=act, norm=norm)]
+    layers += [ResBlock(nfs[i], nfs[i + 1], stride=2, act=act, norm=norm) for i in range(len(nfs) - 1)]
+    # Global pooling (not a flatten at 1×1) is what makes one model fit both 28×28 and 32×32 inputs.
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers += [nn.Linear(nfs[-1], n_classes, bias=False), nn.BatchNorm1d(n_classes)]
+    return nn.Sequential(*layers)

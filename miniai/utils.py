@@ -1,0 +1,73 @@
+"""Small helpers every other piece needs: the default device, moving nested batches, seeding."""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["def_device", "to_device", "to_cpu", "set_seed"]
+
+
+def _pick_device() -> str:
+    """'cuda' if available, else 'mps' if available, else 'cpu'."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def_device: str = _pick_device()
+"""The device miniai uses when none is given: 'cuda', else 'mps', else 'cpu' (a string, as in the course)."""
+
+
+def _move(x: Any, fn: Any) -> Any:
+    """Apply `fn` to every tensor inside nested tuples/lists/dicts, keeping each container's type."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, dict):
+        # A shallow copy keeps the exact type (OrderedDict, defaultdict, ...) without knowing its constructor.
+        out = x.copy()
+        for k, v in x.items():
+            out[k] = _move(v, fn)
+        return out
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple: its constructor takes fields positionally
+        return type(x)(*(_move(o, fn) for o in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_move(o, fn) for o in x)
+    return x
+
+
+def to_device(x: Any, device: str | torch.device = def_device) -> Any:
+    """Move every tensor in `x` (a tensor or nested tuples/lists/dicts) to `device`; other values pass through."""
+    # non_blocking only towards an accelerator: a non-blocking copy *to the CPU* may be read before it lands.
+    non_blocking = torch.device(device).type != "cpu"
+    return _move(x, lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def to_cpu(x: Any) -> Any:
+    """Detach every tensor in `x` (nested tuples/lists/dicts) and move it to the CPU, keeping its dtype."""
+    # A blocking copy: the caller reads the values next (metrics, plots), so they must have arrived.
+    return _move(x, lambda t: t.detach().cpu())
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's `random`, NumPy and torch (CPU and every CUDA device); optionally force deterministic kernels.
+
+    With `deterministic=True`, torch raises on ops that have no deterministic implementation, and cuDNN
+    autotuning is turned off. With `deterministic=False` the deterministic-algorithms switch is turned off
+    again (as in the course), so each call states the mode you run in.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy's legacy seeder only takes 32-bit seeds
+    torch.manual_seed(seed)  # seeds the CPU generator and every CUDA/MPS device generator
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be reproducible; it must be set before the first cuBLAS call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)

@@ -1,0 +1,161 @@
+"""Batch augmentations: shape/dtype/device kept, random per batch, repeatable under set_seed, and correct."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from miniai.augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
+from miniai.utils import set_seed
+
+ALL_TFMS = [
+    lambda: RandomCrop(8, padding=2),
+    lambda: RandomCrop((6, 7), padding=1, mode="reflect"),
+    lambda: RandomFlip(),
+    lambda: RandomErase(p=1.0),
+    lambda: RandomErase(p=1.0, fill="zero"),
+    lambda: Compose(RandomCrop(8, 1), RandomFlip(), RandomErase()),
+]
+IDS = ["crop", "crop-reflect", "flip", "erase-noise", "erase-zero", "compose"]
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test draws from a known global RNG state, so a pass or failure repeats."""
+    set_seed(0)
+
+
+DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def batch(n: int = 64, c: int = 3, h: int = 8, w: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def expected_shape(tfm, x):
+    return (*x.shape[:2], 6, 7) if isinstance(tfm, RandomCrop) and tfm.size == (6, 7) else x.shape
+
+
+@pytest.mark.parametrize("make", ALL_TFMS, ids=IDS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_transforms_keep_shape_dtype_and_device(make, device, dtype):
+    tfm, x = make(), batch().to(device, dtype)
+    y = tfm(x)
+    assert y.shape == expected_shape(tfm, x) and y.dtype == dtype and y.device == x.device
+
+
+@pytest.mark.parametrize("make", ALL_TFMS, ids=IDS)
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "meta"])
+def test_transforms_differ_between_calls_but_repeat_under_set_seed(make, device):
+    tfm, x = make(), batch().to(device)
+    set_seed(1)
+    a, b = tfm(x), tfm(x)
+    assert not torch.equal(a, b), "two calls drew the same augmentation"
+    set_seed(1)
+    assert torch.equal(tfm(x), a) and torch.equal(tfm(x), b)
+
+
+@pytest.mark.parametrize("make", [lambda g: RandomCrop(8, 2, generator=g), lambda g: RandomFlip(generator=g),
+                                  lambda g: RandomErase(p=1.0, generator=g)], ids=["crop", "flip", "erase"])
+def test_generator_gives_repeatable_draws_and_leaves_global_rng_alone(make):
+    x = batch()
+    first = make(torch.Generator().manual_seed(5))(x)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    again = make(torch.Generator().manual_seed(5))(x)
+    assert torch.equal(first, again)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_flip_p1_is_torch_flip_and_p0_is_identity():
+    x = batch()
+    assert torch.equal(RandomFlip(p=1.0)(x), torch.flip(x, dims=[-1]))
+    assert torch.equal(RandomFlip(p=0.0)(x), x)
+
+
+def test_flip_flips_whole_images_or_nothing():
+    x = batch()
+    y = RandomFlip()(x)
+    flipped = (y == x.flip(-1)).flatten(1).all(1)
+    kept = (y == x).flatten(1).all(1)
+    assert torch.all(flipped | kept) and flipped.any() and kept.any()
+
+
+def test_crop_without_padding_at_full_size_is_identity():
+    x = batch(h=9, w=7)
+    assert torch.equal(RandomCrop((9, 7), padding=0)(x), x)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_crop_each_image_is_a_window_of_its_padded_image(mode):
+    x, size, pad = batch(n=16, h=8, w=8), (6, 7), 2
+    set_seed(3)
+    y = RandomCrop(size, padding=pad, mode=mode)(x)
+    padded = F.pad(x, (pad,) * 4, mode=mode)
+    positions = set()
+    for i in range(len(x)):  # a slow per-image reference: the window must exist somewhere in the padded image
+        windows = [(r, c) for r in range(padded.shape[-2] - size[0] + 1) for c in range(padded.shape[-1] - size[1] + 1)
+                   if torch.equal(padded[i, :, r:r + size[0], c:c + size[1]], y[i])]
+        assert windows, f"image {i} is not a crop of its padded image"
+        positions.add(windows[0])
+    assert len(positions) > 1, "all images got the same offset"
+
+
+def test_crop_too_large_says_how_to_fix():
+    with pytest.raises(ValueError, match=r"larger than the padded image \(10, 10\); lower size or raise padding"):
+        RandomCrop(11, padding=1)(batch())
+
+
+def test_erase_p0_is_identity():
+    x = batch()
+    assert torch.equal(RandomErase(p=0.0)(x), x)
+
+
+@pytest.mark.parametrize("fill", ["zero", "noise"])
+def test_erase_changes_one_rectangle_per_image_within_max_frac(fill):
+    x = batch(n=32, h=10, w=20) + 10.0  # offset so no original pixel is 0 and every erased pixel shows
+    y = RandomErase(p=1.0, max_frac=0.3, fill=fill)(x)
+    changed = (y != x)
+    assert torch.equal(changed, changed[:, :1].expand_as(changed)), "all channels of a pixel erase together"
+    sizes = set()
+    for m in changed[:, 0]:
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert 1 <= h <= 3 and 1 <= w <= 6
+        assert rows[-1] - rows[0] + 1 == h and cols[-1] - cols[0] + 1 == w and m.sum() == h * w
+        sizes.add((h, w))
+    assert len(sizes) > 1, "rectangle sizes should vary between images"
+    if fill == "zero":
+        assert torch.all(y[changed] == 0)
+    else:
+        assert y[changed].min() >= x.min() and y[changed].max() <= x.max()
+
+
+def test_erase_on_integer_images_stays_integer_and_in_range():
+    x = torch.randint(10, 200, (8, 1, 12, 12), dtype=torch.uint8)
+    y = RandomErase(p=1.0)(x)
+    assert y.dtype == torch.uint8 and not torch.equal(y, x)
+    assert y.min() >= x.min() and y.max() <= x.max()
+
+
+def test_compose_and_batch_tfms_apply_in_order():
+    x = batch()
+    shift = lambda t: t + 1  # noqa: E731
+    double = lambda t: t * 2  # noqa: E731
+    assert torch.equal(batch_tfms(shift, double)(x), (x + 1) * 2)
+    assert torch.equal(Compose(double, shift)(x), x * 2 + 1)
+    assert "RandomFlip(p=0.5)" in repr(batch_tfms(RandomFlip()))
+
+
+def test_non_batch_input_error_says_what_to_do():
+    with pytest.raises(ValueError, match=r"shape \(N,C,H,W\); got \(4, 8, 8\).*x\[:, None\]"):
+        RandomFlip()(torch.zeros(4, 8, 8))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: RandomFlip(p=1.5), "probability in \\[0, 1\\]; got 1.5"),
+    (lambda: RandomErase(max_frac=0.0), "fraction of each image side"),
+    (lambda: RandomErase(fill="mean"), "'noise' or 'zero'; got 'mean'"),
+    (lambda: RandomCrop(8, mode="edge"), "'constant' or 'reflect'; got 'edge'"),
+])
+def test_bad_arguments_are_rejected_with_a_message(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad()

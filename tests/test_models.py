@@ -1,0 +1,127 @@
+"""Shapes, bias rule, activation values and init statistics of miniai.models."""
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from miniai.models import GeneralRelu, ResBlock, conv, get_model, get_resnet, init_weights
+
+
+def test_get_model_maps_28x28_to_10_logits_through_five_halvings():
+    model = get_model()
+    x = torch.randn(3, 1, 28, 28)
+    sizes = []
+    for layer in model:
+        x = layer(x)
+        if x.ndim == 4:
+            sizes.append(x.shape[-1])
+    assert sizes == [14, 7, 4, 2, 1]
+    assert x.shape == (3, 10)
+
+
+def test_get_model_with_batchnorm_drops_conv_biases_except_the_last():
+    model = get_model(norm=nn.BatchNorm2d)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.bias is not None for c in convs] == [False] * 4 + [True]
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert not isinstance(model[-2][-1], (nn.ReLU, nn.BatchNorm2d)), "last conv must output raw logits"
+
+
+@pytest.mark.parametrize("norm, expect_bias", [
+    (None, True),
+    (nn.BatchNorm2d, False),
+    (nn.BatchNorm1d, False),
+    (partial(nn.BatchNorm2d, momentum=0.2), False),
+    (partial(nn.GroupNorm, 2), True),
+    (nn.InstanceNorm2d, True),
+])
+def test_conv_has_bias_unless_norm_is_batchnorm(norm, expect_bias):
+    layer = conv(4, 8, norm=norm)[0]
+    assert (layer.bias is not None) == expect_bias
+
+
+def test_conv_explicit_bias_wins_and_layers_are_in_order():
+    block = conv(3, 6, ks=5, stride=1, act=nn.GELU, norm=nn.BatchNorm2d, bias=True)
+    assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.GELU]
+    assert block[0].bias is not None and block[0].padding == (2, 2) and block[0].stride == (1, 1)
+    assert [type(m) for m in conv(3, 6, act=None)] == [nn.Conv2d]
+    assert conv(3, 6)(torch.randn(1, 3, 7, 7)).shape == (1, 6, 4, 4)
+
+
+def test_general_relu_on_hand_picked_values():
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
+    assert torch.equal(GeneralRelu()(x), torch.tensor([0.0, 0.0, 0.0, 0.5, 3.0]))
+    got = GeneralRelu(leak=0.1, sub=0.4, maxv=2.0)(x)
+    assert torch.allclose(got, torch.tensor([-0.6, -0.45, -0.4, 0.1, 2.0]))
+    assert torch.allclose(GeneralRelu(sub=0.5)(x), torch.tensor([-0.5, -0.5, -0.5, 0.0, 2.5]))
+    assert torch.equal(GeneralRelu(maxv=1.0)(x), torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0]))
+
+
+@pytest.mark.parametrize("leaky", [0.0, 0.1, 1.0])
+def test_init_weights_gives_kaiming_std(leaky):
+    torch.manual_seed(0)
+    layer = nn.Conv2d(64, 128, 3)  # fan_in = 64*9 = 576, 73,728 weights: std estimate within ~1%
+    bias_before = layer.bias.detach().clone()
+    layer.apply(partial(init_weights, leaky=leaky))
+    expected = math.sqrt(2 / ((1 + leaky**2) * 64 * 9))
+    assert layer.weight.std().item() == pytest.approx(expected, rel=0.03)
+    assert torch.equal(layer.bias, bias_before), "biases are left alone, as in the course"
+
+
+def test_init_weights_covers_linear_and_skips_norm_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(400, 300), nn.BatchNorm1d(300))
+    model.apply(init_weights)
+    assert model[0].weight.std().item() == pytest.approx(math.sqrt(2 / 400), rel=0.03)
+    assert torch.equal(model[1].weight, torch.ones(300))
+
+
+def test_resblock_shortcut_matches_shapes():
+    same = ResBlock(8, 8)
+    assert isinstance(same.idconv, nn.Identity) and isinstance(same.pool, nn.Identity)
+    assert same(torch.randn(2, 8, 7, 7)).shape == (2, 8, 7, 7)
+    down = ResBlock(8, 16, stride=2)
+    assert isinstance(down.pool, nn.AvgPool2d) and isinstance(down.idconv, nn.Sequential)
+    assert down(torch.randn(2, 8, 7, 7)).shape == (2, 16, 4, 4), "ceil-mode pool must match the odd-size conv"
+    assert down.convs[1][-1].__class__ is nn.BatchNorm2d, "second conv ends in norm, not an activation"
+
+
+def test_resblock_is_identity_plus_relu_when_convs_output_zero():
+    block = ResBlock(4, 4, norm=None)
+    for p in block.convs.parameters():
+        nn.init.zeros_(p)
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(block(x), F.relu(x))
+
+
+def test_resblock_rejects_unsupported_stride():
+    with pytest.raises(ValueError, match="stride 1 or 2.*got stride=3"):
+        ResBlock(4, 8, stride=3)
+
+
+@pytest.mark.parametrize("in_channels, size", [(1, 28), (3, 32)])
+def test_get_resnet_shapes_and_one_training_step(in_channels, size):
+    torch.manual_seed(0)
+    model = get_resnet(in_channels=in_channels, n_classes=10, nfs=(8, 16, 32), dropout=0.1)
+    assert any(isinstance(m, nn.Dropout) for m in model)
+    x, y = torch.randn(4, in_channels, size, size), torch.randint(0, 10, (4,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    model.eval()
+    assert model(x[:1]).shape == (1, 10)
+
+
+def test_get_resnet_default_widths_and_no_dropout_by_default():
+    model = get_resnet(in_channels=3, n_classes=7)
+    assert not any(isinstance(m, nn.Dropout) for m in model)
+    assert isinstance(model[-1], nn.BatchNorm1d) and model[-2].bias is None
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)

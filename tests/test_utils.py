@@ -1,0 +1,89 @@
+"""to_device/to_cpu on nested batches, def_device, and set_seed reproducibility."""
+import random
+from collections import OrderedDict, defaultdict, namedtuple
+
+import numpy as np
+import pytest
+import torch
+
+from miniai.utils import def_device, set_seed, to_cpu, to_device
+
+Pair = namedtuple("Pair", ["x", "y"])
+
+
+@pytest.fixture
+def restore_determinism():
+    """set_seed flips global torch flags; put them back so other tests are unaffected."""
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(flags[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1], flags[2]
+
+
+def test_def_device_is_a_usable_device_string():
+    assert def_device in ("cuda", "mps", "cpu")
+    assert torch.zeros(1, device=def_device).device.type == def_device
+
+
+def test_to_device_moves_every_tensor_in_nested_containers_and_keeps_types():
+    label = "keep me"
+    batch = {"img": (torch.ones(2, 3), [torch.zeros(2), 7, label]), "pair": Pair(torch.ones(1), None),
+             "od": OrderedDict(a=torch.ones(1))}
+    moved = to_device(batch, "meta")  # 'meta' exists on every machine, so this proves a real move
+    assert type(moved) is dict and type(moved["img"]) is tuple and type(moved["img"][1]) is list
+    assert moved["img"][0].device.type == "meta" and moved["img"][0].shape == (2, 3)
+    assert moved["img"][1][0].device.type == "meta"
+    assert moved["img"][1][1] == 7 and moved["img"][1][2] is label
+    assert isinstance(moved["pair"], Pair) and moved["pair"].x.device.type == "meta" and moved["pair"].y is None
+    assert type(moved["od"]) is OrderedDict and moved["od"]["a"].device.type == "meta"
+    assert batch["img"][0].device.type == "cpu", "the input is not modified in place"
+
+
+def test_to_device_cpu_and_defaultdict():
+    dd = defaultdict(list, a=torch.ones(2))
+    out = to_device(dd, torch.device("cpu"))
+    assert type(out) is defaultdict and out.default_factory is list and torch.equal(out["a"], torch.ones(2))
+    assert to_device(3.5, "meta") == 3.5
+
+
+def test_to_cpu_detaches_and_keeps_dtype():
+    w = torch.ones(3, requires_grad=True)
+    out = to_cpu([(w * 2).half(), {"k": w}, "label"])
+    assert type(out[1]) is dict and not out[1]["k"].requires_grad and out[2] == "label"
+    assert out[0].dtype == torch.float16 and not out[0].requires_grad and out[0].device.type == "cpu"
+    assert torch.equal(out[0], torch.full((3,), 2.0, dtype=torch.float16))
+    with pytest.raises(NotImplementedError):  # meta tensors have no data to copy: proves to_cpu really moves
+        to_cpu(torch.ones(1, device="meta"))
+
+
+def draws() -> tuple:
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist(), torch.randn(2).tolist()
+
+
+def test_set_seed_makes_python_numpy_and_torch_repeat(restore_determinism):
+    set_seed(42)
+    first = draws()
+    set_seed(42)
+    assert draws() == first
+    set_seed(43)
+    assert draws() != first
+
+
+def test_set_seed_deterministic_flag_sets_and_clears_torch_switches(restore_determinism):
+    set_seed(0, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    set_seed(0)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_device_cuda_round_trip_reads_back_the_values():
+    """The non-blocking copy to the GPU and the blocking copy back must deliver every value."""
+    x = {"a": [torch.arange(1_000_000, dtype=torch.float32)], "b": (torch.ones(3, dtype=torch.int64), "tag")}
+    on_gpu = to_device(x, "cuda")
+    assert on_gpu["a"][0].is_cuda and on_gpu["b"][0].is_cuda and on_gpu["b"][1] == "tag"
+    back = to_cpu(to_device(to_device(x, "cuda"), "cpu"))
+    assert torch.equal(back["a"][0], x["a"][0]) and torch.equal(back["b"][0], x["b"][0])
