@@ -3,11 +3,18 @@
 `from miniai import *` brings the names below, for notebooks; inside the package every import is explicit.
 """
 from .callbacks import DeviceCB, MetricsCB, ProgressCB, SingleBatchCB, TrainCB
+from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
                       CancelStepException,
                       Learner, MomentumLearner, TrainLearner)
 
+from .models import GeneralRelu, ResBlock, conv, get_model, get_resnet, init_weights
+from .utils import def_device, set_seed, to_cpu, to_device
+
 __version__ = "0.1.0"
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
            "Learner", "MomentumLearner", "TrainLearner",
-           "DeviceCB", "MetricsCB", "ProgressCB", "SingleBatchCB", "TrainCB"]
+           "DeviceCB", "MetricsCB", "ProgressCB", "SingleBatchCB", "TrainCB",
+           "GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights",
+           "Compose", "RandomCrop", "RandomErase", "RandomFlip", "batch_tfms",
+           "def_device", "set_seed", "to_cpu", "to_device"]

@@ -1,0 +1,71 @@
+"""Command line: `python -m miniai train --epochs 3 --lr 2e-2 [--out DIR]` trains the reference CNN on Fashion-MNIST."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "train"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m miniai` argument parser (one sub-command per job)."""
+    parser = argparse.ArgumentParser(prog="python -m miniai", description=__doc__)
+    jobs = parser.add_subparsers(dest="job", required=True)
+    t = jobs.add_parser("train", help="train the reference CNN on Fashion-MNIST and print a metrics table")
+    t.add_argument("--epochs", type=int, default=3, help="number of epochs (default 3)")
+    t.add_argument("--lr", type=float, default=2e-2, help="learning rate (default 2e-2)")
+    t.add_argument("--bs", type=int, default=1024, help="batch size (default 1024)")
+    t.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    t.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda, else mps, else cpu)")
+    t.add_argument("--data", default=None, help="directory with the four Fashion-MNIST IDX .gz files")
+    t.add_argument("--out", default=None, help="directory for the weights (model.pt) and the loss curve (loss.png)")
+    t.add_argument("--n-train", type=int, default=None, help="train on the first N images only (quick runs)")
+    t.add_argument("--n-valid", type=int, default=None, help="validate on the first N images only")
+    return parser
+
+
+def train(args: argparse.Namespace) -> float:
+    """Run the `train` job; returns the final validation accuracy."""
+    import torch.nn.functional as F
+    from torch import nn, optim
+    from torcheval.metrics import MulticlassAccuracy
+
+    from .callbacks import DeviceCB, MetricsCB, ProgressCB
+    from .data import get_dls
+    from .learner import TrainLearner
+    from .models import GeneralRelu, get_model, init_weights
+    from .utils import def_device, set_seed
+
+    set_seed(args.seed)
+    dls = get_dls(bs=args.bs, path=args.data, n_train=args.n_train, n_valid=args.n_valid)
+    act = partial(GeneralRelu, leak=0.1, sub=0.4)
+    model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
+    metrics, progress = MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()
+    cbs = [DeviceCB(args.device or def_device), metrics, progress]
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)
+    learn.fit(args.epochs)
+    accuracy = metrics.last["valid_accuracy"]
+    print(f"validation accuracy: {accuracy:.4f}", flush=True)
+    if args.out:
+        import torch
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(learn.model.state_dict(), out / "model.pt")
+        progress.plot_losses().savefig(out / "loss.png", dpi=100)
+        print(f"saved {out / 'model.pt'} and {out / 'loss.png'}", flush=True)
+    return accuracy
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m miniai` and the `miniai` script."""
+    args = build_parser().parse_args(argv)
+    if args.job == "train":
+        train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
