@@ -1,0 +1,201 @@
+"""Image grids for notebooks and scripts: every function returns the Figure and none calls plt.show().
+
+Imports nothing from miniai but `schedulers` (itself standalone, for plot_lrs). Under a headless backend (Agg) the returned Figure can be `savefig`-ed.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .schedulers import lr_trajectory
+
+__all__ = ["show_image", "show_images", "get_grid", "plot_lr_find", "plot_color_dim", "plot_dead_chart", "plot_act_stats",
+           "plot_recorder", "plot_lrs"]
+
+
+def _to_hwc(im: Any) -> np.ndarray:
+    """A tensor/array image as something imshow draws: [H,W] for one channel, [H,W,C] in [0,1] for colour."""
+    if isinstance(im, torch.Tensor):
+        im = im.detach().float().cpu().numpy()
+    im = np.asarray(im)
+    if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
+        im = im.transpose(1, 2, 0)  # CHW (torch) -> HWC (matplotlib)
+    if im.ndim == 3 and im.shape[-1] == 1:
+        im = im[..., 0]
+    if im.ndim == 3 and im.dtype.kind == "f" and (im.min() < 0 or im.max() > 1):
+        # normalized colour images fall outside [0,1], where imshow would clip them; rescale for display
+        im = (im - im.min()) / max(float(im.max() - im.min()), 1e-12)
+    return im
+
+
+def show_image(im: Any, ax: Axes | None = None, title: str | None = None, figsize: tuple[float, float] | None = None,
+               noframe: bool = True, **kwargs: Any) -> Figure:
+    """Draw one image ([C,H,W] or [H,W] tensor/array; one channel in grey) on `ax` or a new figure."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    im = _to_hwc(im)
+    if im.ndim == 2:
+        kwargs.setdefault("cmap", "gray")
+    ax.imshow(im, **kwargs)
+    if title is not None:
+        ax.set_title(title)
+    if noframe:
+        ax.axis("off")
+    return ax.figure
+
+
+def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, imsize: float = 2.0,
+             suptitle: str | None = None, **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    """A figure with a grid of at least `n` axes (near-square by default) and the flat array of the first n."""
+    if nrows is None and ncols is None:
+        nrows = int(math.sqrt(n))
+    if ncols is None:
+        ncols = math.ceil(n / nrows)
+    elif nrows is None:
+        nrows = math.ceil(n / ncols)
+    kwargs.setdefault("figsize", (ncols * imsize, nrows * imsize))
+    fig, axs = plt.subplots(nrows, ncols, squeeze=False, **kwargs)
+    for ax in axs.flat[n:]:
+        ax.set_axis_off()  # unused cells stay blank
+    if suptitle is not None:
+        fig.suptitle(suptitle)
+    return fig, axs.flatten()[:n]
+
+
+def show_images(ims: Sequence[Any] | torch.Tensor, nrows: int | None = None, ncols: int | None = None,
+                titles: Sequence[str] | None = None, imsize: float = 2.0, suptitle: str | None = None,
+                **kwargs: Any) -> Figure:
+    """Show a batch of images in a grid, with optional per-image titles; returns the Figure."""
+    fig, axs = get_grid(len(ims), nrows, ncols, imsize=imsize, suptitle=suptitle)
+    titles = list(titles) if titles is not None else [None] * len(ims)
+    for im, title, ax in zip(ims, titles, axs):
+        show_image(im, ax=ax, title=title, **kwargs)
+    return fig
+
+
+# ---------------------------------------------------------------- training diagnostics (lr finder, activations)
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float] | None = None,
+                 ax: Axes | None = None) -> Figure:
+    """Loss against learning rate on a log axis, with each suggested lr marked on the curve; returns the Figure."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    finite = losses[np.isfinite(losses)]
+    if len(finite) > 1:
+        # the last point is the blow-up that stopped the finder: let it leave the chart rather than squash the rest
+        low, high = finite.min(), finite[:-1].max()
+        pad = 0.05 * max(high - low, 1e-12)
+        ax.set_ylim(low - pad, high + pad)
+    for (name, lr), marker in zip((suggestions or {}).items(), "os^v<>"):
+        if np.isfinite(lr) and len(lrs):
+            i = int(np.argmin(np.abs(np.log(lrs) - np.log(lr))))
+            ax.plot(lrs[i], losses[i], marker, label=f"{name}: {lr:.2g}")
+    if suggestions:
+        ax.legend()
+    return ax.figure
+
+
+def plot_color_dim(hists: Sequence[Any], value_range: tuple[float, float] = (0.0, 10.0),
+                   labels: Sequence[str] | None = None, figsize: tuple[float, float] | None = None) -> Figure:
+    """One image per layer of log(1 + histogram counts): |activation| bins upwards, batches to the right.
+
+    `hists[i]` is a [n_batches, bins] tensor or array: the course's "colorful dimension" plot.
+    """
+    fig, axs = get_grid(max(len(hists), 1), figsize=figsize)
+    for i, (hist, ax) in enumerate(zip(hists, axs)):
+        image = np.log1p(np.asarray(torch.as_tensor(hist, dtype=torch.float32)).T)
+        extent = (-0.5, image.shape[1] - 0.5, *value_range) if image.size else None
+        ax.imshow(image, origin="lower", aspect="auto", extent=extent)
+        ax.set_title(labels[i] if labels else f"layer {i}")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("|activation|")
+    fig.tight_layout()
+    return fig
+
+
+def plot_dead_chart(fractions: Sequence[Any], labels: Sequence[str] | None = None, ax: Axes | None = None) -> Figure:
+    """Per layer, the share of activations in the lowest histogram bin over batches (1.0: all near zero)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    for i, frac in enumerate(fractions):
+        ax.plot(np.asarray(torch.as_tensor(frac, dtype=torch.float32)), label=labels[i] if labels else f"layer {i}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("share in lowest bin")
+    if len(fractions):
+        ax.legend()
+    return ax.figure
+
+
+def plot_act_stats(means: Sequence[Any], stds: Sequence[Any], labels: Sequence[str] | None = None,
+                   figsize: tuple[float, float] = (10, 4)) -> Figure:
+    """Activation means (left) and standard deviations (right) per layer over batches; returns the Figure."""
+    fig, axs = plt.subplots(1, 2, figsize=figsize)
+    for i, (mean, std) in enumerate(zip(means, stds)):
+        label = labels[i] if labels else f"layer {i}"
+        axs[0].plot(np.asarray(torch.as_tensor(mean, dtype=torch.float32)), label=label)
+        axs[1].plot(np.asarray(torch.as_tensor(std, dtype=torch.float32)), label=label)
+    for ax, name in zip(axs, ("mean", "std")):
+        ax.set_title(f"activation {name}")
+        ax.set_xlabel("batch")
+    if len(means):
+        axs[0].legend()
+    return fig
+
+
+# --- schedules ---------------------------------------------------------------------------------------------------
+def plot_recorder(recs: Mapping[str, Sequence[float]], ax: Axes | Sequence[Axes] | None = None,
+                  figsize: tuple[float, float] | None = None) -> Figure:
+    """Each recorded quantity (RecorderCB.recs: name -> one value per training batch) against the batch index.
+
+    With `ax=None` one panel per quantity; with one Axes all on it (with a legend); or one Axes per quantity.
+    """
+    names = list(recs)
+    if ax is None:
+        fig, axs = plt.subplots(1, max(len(names), 1), squeeze=False,
+                                figsize=figsize or (4.0 * max(len(names), 1), 3.0))
+        axs = list(axs.flat)
+    elif isinstance(ax, Axes):
+        axs = [ax] * len(names)
+    else:
+        axs = list(ax)
+        if len(axs) != len(names):
+            raise ValueError(f"got {len(axs)} axes for {len(names)} quantities ({', '.join(names)}): pass one each")
+    for name, a in zip(names, axs):
+        a.plot([float(v) for v in recs[name]], label=name)
+        a.set_xlabel("batch")
+        a.set_title(name)
+    if isinstance(ax, Axes) and names:
+        ax.legend()
+    return axs[0].figure
+
+
+def plot_lrs(scheduler: Callable[..., Any], opt: torch.optim.Optimizer, n_steps: int, ax: Axes | None = None,
+             **kwargs: Any) -> list[float]:
+    """Preview a schedule without training: plot and return the lr of each of `n_steps` steps.
+
+    `scheduler` is a scheduler class or any callable(opt, **kwargs), e.g.
+    `plot_lrs(lr_scheduler.CosineAnnealingLR, opt, n_steps=120, T_max=100)`; each step records the lr, then steps
+    the optimizer and the scheduler, as training does. Pass a fresh optimizer: the scheduler changes its lrs.
+    Returns the lrs (the figure is `ax.figure`, or `plt.gcf()` when no ax is given).
+    """
+    lrs = lr_trajectory(scheduler, opt, n_steps, **kwargs)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.0, 3.0))
+    ax.plot(lrs)
+    ax.set_xlabel("step")
+    ax.set_ylabel("lr")
+    ax.set_title(getattr(getattr(scheduler, "func", scheduler), "__name__", type(scheduler).__name__))
+    return lrs

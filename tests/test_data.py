@@ -1,0 +1,444 @@
+"""miniai.data: IDX reading, sources and caches, TensorLoader, DataLoaders (synthetic data; real data marked slow)."""
+from __future__ import annotations
+
+import gzip
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from miniai import data
+from miniai.data import (CACHE_STATS, CIFAR10_CLASSES, FASHION_CLASSES, DataLoaders, DataNotFoundError, IDXError,
+                         TensorLoader, get_dls, load_tensors, read_idx, write_idx)
+
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches(tmp_path, monkeypatch):
+    """Every test gets an empty in-memory cache and its own disk cache dir."""
+    monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINIAI_DATA", raising=False)
+    data.clear_cache()
+    yield
+    data.clear_cache()
+
+
+def fake_fashion(n_train=40, n_valid=12, seed=0):
+    """Random Fashion-MNIST-shaped uint8 images [N,28,28] and labels 0..9."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n_train, 28, 28), generator=g, dtype=torch.uint8),
+            torch.randint(0, 10, (n_train,), generator=g, dtype=torch.uint8),
+            torch.randint(0, 256, (n_valid, 28, 28), generator=g, dtype=torch.uint8),
+            torch.randint(0, 10, (n_valid,), generator=g, dtype=torch.uint8))
+
+
+def write_fashion_dir(d: Path, tensors, gz=True) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for name, t in zip(IDX_NAMES, tensors):
+        write_idx(d / (name + (".gz" if gz else "")), t)
+    return d
+
+
+def save_dd(d: Path, splits: dict, x_col: str, names) -> Path:
+    """Save a DatasetDict with the hub schema (Image() + ClassLabel) through the real `datasets` library."""
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    features = Features({x_col: Image(), "label": ClassLabel(names=list(names))})
+    def to_pil(x):  # [C,H,W] uint8 -> PIL ("L" for one channel, "RGB" for three)
+        return PIL.Image.fromarray(x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy())
+    DatasetDict({k: Dataset.from_dict({x_col: [to_pil(x) for x in xs], "label": ys.tolist()}, features=features)
+                 for k, (xs, ys) in splits.items()}).save_to_disk(str(d))
+    return d
+
+
+# ---------------------------------------------------------------- IDX reader and writer
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("tensor", [torch.arange(2 * 3 * 5, dtype=torch.uint8).view(2, 3, 5),
+                                    torch.tensor([7, 0, 255], dtype=torch.uint8),
+                                    torch.tensor([[-5, 70000], [1, 2]], dtype=torch.int32),
+                                    torch.tensor([1.5, -2.25], dtype=torch.float64)])
+def test_idx_round_trip(tmp_path, suffix, tensor):
+    path = tmp_path / f"t.idx{suffix}"
+    write_idx(path, tensor)
+    if suffix:
+        assert path.read_bytes()[:2] == b"\x1f\x8b"
+    back = read_idx(path)
+    assert back.dtype == tensor.dtype and torch.equal(back, tensor)
+
+
+def test_idx_header_is_big_endian_magic_then_dims(tmp_path):
+    write_idx(tmp_path / "a", torch.zeros(2, 3, dtype=torch.uint8))
+    assert (tmp_path / "a").read_bytes()[:12] == bytes.fromhex("00000802" "00000002" "00000003")
+
+
+def test_gzip_detected_by_content_not_name(tmp_path):
+    write_idx(tmp_path / "a.gz", torch.arange(6, dtype=torch.uint8))
+    (tmp_path / "a.gz").rename(tmp_path / "plain-name")
+    assert torch.equal(read_idx(tmp_path / "plain-name"), torch.arange(6, dtype=torch.uint8))
+
+
+def test_truncated_file_names_file_and_expected_size(tmp_path):
+    path = tmp_path / "imgs-idx3-ubyte"
+    write_idx(path, torch.zeros(3, 4, 5, dtype=torch.uint8))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(IDXError, match=r"imgs-idx3-ubyte: header says 3x4x5 uint8 = 60 data bytes, found 50 \(truncated"):
+        read_idx(path)
+
+
+def test_header_dims_claiming_more_than_data(tmp_path):
+    path = tmp_path / "liar"
+    path.write_bytes(bytes.fromhex("00000801" "000003e8") + bytes(10))  # says 1000 items, holds 10
+    with pytest.raises(IDXError, match="liar: header says 1000 uint8 = 1000 data bytes, found 10"):
+        read_idx(path)
+
+
+def test_trailing_bytes_are_an_error(tmp_path):
+    path = tmp_path / "long"
+    path.write_bytes(bytes.fromhex("00000801" "00000002") + bytes(5))
+    with pytest.raises(IDXError, match="long: header says 2 uint8 = 2 data bytes, found 5 \\(trailing bytes"):
+        read_idx(path)
+
+
+def test_wrong_magic_names_file(tmp_path):
+    path = tmp_path / "notidx.gz"
+    path.write_bytes(b"PK\x03\x04 this is a zip file")
+    with pytest.raises(IDXError, match=r"notidx.gz: not an IDX file: expected magic 0x0000TTNN.*got 0x504b0304"):
+        read_idx(path)
+
+
+def test_truncated_gzip_stream(tmp_path):
+    path = tmp_path / "x-idx3-ubyte.gz"
+    write_idx(path, torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(IDXError, match="x-idx3-ubyte.gz: broken gzip stream"):
+        read_idx(path)
+
+
+def _read_bytes(blob: bytes):
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "f").write_bytes(blob)
+        try:
+            return read_idx(Path(d) / "f")
+        except IDXError as e:
+            assert str(Path(d) / "f") in str(e)
+            return e
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=40))
+def test_random_bytes_give_our_error_or_a_consistent_array(blob):
+    out = _read_bytes(blob)
+    if isinstance(out, torch.Tensor):  # a rare valid IDX: its size must match the header exactly
+        ndim = blob[3]
+        assert tuple(out.shape) == tuple(int.from_bytes(blob[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+        assert 4 + 4 * ndim + out.numel() * out.element_size() == len(blob)
+
+
+_VALID = torch.arange(60, dtype=torch.int16).view(3, 4, 5) * 300
+_PLAIN = bytes.fromhex("00000B03" "00000003" "00000004" "00000005") + _VALID.numpy().astype(">i2").tobytes()
+_GZ = gzip.compress(_PLAIN)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([_PLAIN, _GZ]), st.data())
+def test_truncations_give_our_error_or_the_right_array(blob, draw):
+    cut = draw.draw(st.integers(0, len(blob)))
+    out = _read_bytes(blob[:cut])
+    if cut == len(blob):
+        assert isinstance(out, torch.Tensor) and torch.equal(out, _VALID)
+    else:
+        assert isinstance(out, IDXError)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, len(_GZ) - 1), st.integers(1, 255))
+def test_corrupt_gzip_bytes_give_our_error_or_the_right_array(pos, flip):
+    """gzip's CRC catches corrupt data, so a flipped byte can never yield a different array."""
+    blob = bytearray(_GZ)
+    blob[pos] ^= flip
+    out = _read_bytes(bytes(blob))
+    assert isinstance(out, IDXError) or torch.equal(out, _VALID)
+
+
+# ---------------------------------------------------------------- TensorLoader
+
+def loader(n=10, bs=4, **kwargs):
+    """Items whose x row is 10*y, so pairing can be checked after shuffling."""
+    y = torch.arange(n)
+    return TensorLoader((y * 10).float().unsqueeze(1), y, bs, **kwargs)
+
+
+def epoch_order(dl):
+    ys = []
+    for xb, yb in dl:
+        assert torch.equal(xb[:, 0], (yb * 10).float())
+        ys.append(yb)
+    return torch.cat(ys)
+
+
+def test_len_counts_batches_keeping_last_partial():
+    assert len(loader(10, 4)) == 3 and [len(yb) for _, yb in loader(10, 4)] == [4, 4, 2]
+    assert len(loader(10, 4, drop_last=True)) == 2 and [len(yb) for _, yb in loader(10, 4, drop_last=True)] == [4, 4]
+    assert len(loader(8, 4)) == 2
+
+
+def test_each_item_once_per_epoch_in_new_order():
+    dl = loader(50, 8, shuffle=True, seed=1)
+    first, second = epoch_order(dl), epoch_order(dl)
+    assert torch.equal(first.sort().values, torch.arange(50)) and torch.equal(second.sort().values, torch.arange(50))
+    assert not torch.equal(first, second)
+    assert dl.epoch == 2
+
+
+def test_unshuffled_loader_walks_in_order():
+    assert torch.equal(epoch_order(loader(10, 3)), torch.arange(10))
+
+
+def test_same_seed_same_order_and_documented_formula():
+    a, b = loader(30, 7, shuffle=True, seed=5), loader(30, 7, shuffle=True, seed=5)
+    assert [epoch_order(a).tolist() for _ in range(3)] == [epoch_order(b).tolist() for _ in range(3)]
+    assert torch.equal(a.permutation(4), torch.randperm(30, generator=torch.Generator().manual_seed(5 + 4)))
+
+
+def test_no_seed_draws_from_torch_global_rng():
+    torch.manual_seed(3)
+    a = loader(shuffle=True).seed
+    torch.manual_seed(3)
+    assert loader(shuffle=True).seed == a
+
+
+def test_state_dict_resumes_next_epoch_order():
+    dl = loader(40, 6, shuffle=True, seed=11)
+    epoch_order(dl), epoch_order(dl)
+    state = dl.state_dict()
+    assert state == {"seed": 11, "epoch": 2}
+    resumed = loader(40, 6, shuffle=True, seed=999)
+    resumed.load_state_dict(state)
+    assert epoch_order(resumed).tolist() == epoch_order(dl).tolist()
+
+
+def test_shard_gives_disjoint_equal_slices_of_one_permutation():
+    ranks = [loader(23, 4, shuffle=True, seed=2).shard(r, 3) for r in range(3)]
+    assert [len(dl) for dl in ranks] == [2, 2, 2]  # 23 // 3 = 7 items each -> batches of 4 and 3
+    orders = [epoch_order(dl) for dl in ranks]
+    assert [len(o) for o in orders] == [7, 7, 7]
+    assert len(set(torch.cat(orders).tolist())) == 21
+    assert torch.equal(torch.cat(orders), ranks[0].permutation(0)[:21])
+
+
+def test_shard_unshuffled_and_bad_args():
+    assert epoch_order(loader(10, 4).shard(1, 2)).tolist() == [5, 6, 7, 8, 9]
+    with pytest.raises(ValueError, match="rank=2, world_size=2"):
+        loader().shard(2, 2)
+
+
+def test_to_returns_self_and_moves_data():
+    dl = loader()
+    assert dl.to("cpu") is dl and dl.x.device.type == "cpu" and len(dl.dataset) == 10 and dl.bs == 4
+    dls = DataLoaders(dl, loader(6))
+    assert dls.to("cpu") is dls
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_cuda_batches_on_device_without_host_sync():
+    dl = loader(20, 8, shuffle=True, seed=0).to("cuda")
+    xb, yb = next(iter(dl))
+    assert xb.is_cuda and yb.is_cuda
+    assert epoch_order(dl).sort().values.tolist() == list(range(20))
+    cpu = loader(20, 8, shuffle=True, seed=0)
+    cpu.set_epoch(2)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # the per-epoch permutation copy must not block the host
+    try:
+        batches = [yb for _, yb in dl]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(torch.cat(batches).cpu(), epoch_order(cpu))  # same order as on the CPU
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="same length, got 3 and 2"):
+        TensorLoader(torch.zeros(3), torch.zeros(2))
+
+
+# ---------------------------------------------------------------- get_dls on synthetic IDX files
+
+def test_get_dls_from_path_shapes_dtypes_normalization(tmp_path):
+    raw = fake_fashion()
+    write_fashion_dir(tmp_path / "fm", raw)
+    dls = get_dls(path=tmp_path / "fm", bs=16, seed=0)
+    xb, yb = next(iter(dls.train))
+    assert xb.shape == (16, 1, 28, 28) and xb.dtype == torch.float32 and yb.dtype == torch.int64
+    assert len(dls.train) == 3 and len(dls.valid) == 1 and dls.classes == list(FASHION_CLASSES)
+    x = dls.train.x
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std(unbiased=False).item() - 1) < 1e-4
+    pix = raw[0].double() / 255
+    expected = ((raw[2].double() / 255 - pix.mean()) / pix.std(unbiased=False)).float()
+    assert torch.allclose(dls.valid.x[:, 0], expected, atol=1e-5)
+    assert torch.equal(dls.valid.y, raw[3].long())
+
+
+def test_env_var_and_plain_names_and_subsets(tmp_path, monkeypatch):
+    raw = fake_fashion()
+    monkeypatch.setenv("MINIAI_DATA", str(write_fashion_dir(tmp_path / "fm", raw, gz=False)))
+    dls = get_dls(bs=8, n_train=20, n_valid=5)
+    assert len(dls.train.x) == 20 and len(dls.valid.y) == 5
+    assert torch.equal(dls.valid.y, raw[3][:5].long())
+    with pytest.raises(ValueError, match="n_train must be in 1..40, got 41"):
+        get_dls(n_train=41)
+
+
+def test_second_get_dls_hits_memory_then_disk_cache(tmp_path, monkeypatch):
+    write_fashion_dir(tmp_path / "fm", fake_fashion())
+    before = dict(CACHE_STATS)
+    a = get_dls(path=tmp_path / "fm")
+    b = get_dls(path=tmp_path / "fm")
+    assert CACHE_STATS["decodes"] == before["decodes"] + 1
+    assert CACHE_STATS["memory_hits"] == before["memory_hits"] + 1
+    assert b.train.x.data_ptr() == a.train.x.data_ptr()  # the normalized tensors were reused, not recomputed
+    data.clear_cache()
+    monkeypatch.setattr(data, "read_idx", None)  # a disk hit must not read the IDX files at all
+    c = get_dls(path=tmp_path / "fm")
+    assert CACHE_STATS["disk_hits"] == before["disk_hits"] + 1 and torch.equal(c.valid.x, a.valid.x)
+
+
+def test_corrupt_disk_cache_is_rebuilt(tmp_path):
+    write_fashion_dir(tmp_path / "fm", fake_fashion())
+    get_dls(path=tmp_path / "fm")
+    [cache] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])
+    data.clear_cache()
+    decodes = CACHE_STATS["decodes"]
+    get_dls(path=tmp_path / "fm")
+    assert CACHE_STATS["decodes"] == decodes + 1
+    assert data._read_cache(cache) is not None and not list((tmp_path / "cache").glob(".*tmp"))
+
+
+def test_changed_source_file_invalidates_cache(tmp_path):
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion(seed=0))
+    get_dls(path=d)
+    new = fake_fashion(seed=1, n_valid=13)
+    write_idx(d / "t10k-images-idx3-ubyte.gz", new[2])
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", new[3])
+    assert torch.equal(load_tensors(path=d).valid_y, new[3].long())
+
+
+def test_corrupt_source_raises_idx_error(tmp_path):
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion())
+    f = d / "train-labels-idx1-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:-5])
+    with pytest.raises(IDXError, match="train-labels-idx1-ubyte.gz: broken gzip stream"):
+        get_dls(path=d)
+
+
+def test_missing_data_error_names_all_three_sources(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("MINIAI_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "no-system-dir")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.warns(UserWarning, match="lacks train-images-idx3-ubyte"):
+        with pytest.raises(DataNotFoundError) as info:
+            get_dls()
+    msg = str(info.value)
+    assert "MINIAI_DATA" in msg and "path=" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and str(tmp_path / "no-system-dir") in msg
+    assert "datasets.load_dataset('zalando-datasets/fashion_mnist')" in msg and "offline" in msg.lower()
+
+
+# ---------------------------------------------------------------- the hub code path, on local copies
+
+def test_saved_datasetdict_gives_same_tensors_as_idx(tmp_path):
+    raw = fake_fashion(n_train=30, n_valid=10)
+    idx = load_tensors(path=write_fashion_dir(tmp_path / "fm", raw))
+    dd_dir = save_dd(tmp_path / "dd", {"train": (idx.train_x, idx.train_y), "test": (idx.valid_x, idx.valid_y)},
+                     "image", FASHION_CLASSES)
+    hub = load_tensors(path=dd_dir)
+    for a, b in zip(hub[:4], idx[:4]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert hub.classes == FASHION_CLASSES and "saved DatasetDict" in hub.source
+    assert get_dls(path=dd_dir, bs=8).train.x.shape == (30, 1, 28, 28)
+
+
+def test_cifar10_from_saved_datasetdict(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    def split(n): return (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+                          torch.randint(0, 10, (n,), generator=g))
+    train, test = split(12), split(6)
+    d = save_dd(tmp_path / "cifar", {"train": train, "test": test}, "img", CIFAR10_CLASSES)
+    dls = get_dls("cifar10", bs=4, path=d)
+    xb, yb = next(iter(dls.train))
+    assert xb.shape == (4, 3, 32, 32) and xb.dtype == torch.float32 and yb.dtype == torch.int64
+    assert torch.equal(load_tensors("cifar10", path=d).train_x, train[0]) and dls.classes == list(CIFAR10_CLASSES)
+    channel_means = dls.train.x.mean(dim=(0, 2, 3))
+    assert torch.allclose(channel_means, torch.zeros(3), atol=1e-4)
+
+
+def test_from_dd_course_adapter():
+    from datasets import Dataset, DatasetDict
+    ds = lambda n: Dataset.from_dict({"x": [[float(i)] * 3 for i in range(n)], "label": list(range(n))})
+    dls = DataLoaders.from_dd(DatasetDict({"train": ds(10), "test": ds(6)}).with_format("torch"), 4)
+    xb, yb = next(iter(dls.train))
+    assert xb.shape == (4, 3) and yb.shape == (4,) and torch.equal(xb[:, 0], yb.float())
+    assert len(next(iter(dls.valid))[0]) == 6 and len(dls.train) == 3
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; choose one of"):
+        get_dls("mnist")
+
+
+# ---------------------------------------------------------------- the real Fashion-MNIST (fails, not skips, if absent)
+
+@pytest.mark.slow
+def test_real_fashion_mnist_counts_and_pixel_mean():
+    raw = load_tensors()
+    assert raw.train_x.shape == (60000, 1, 28, 28) and raw.valid_x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(raw.train_y).tolist() == [6000] * 10
+    assert raw.train_x.double().mean().item() / 255 == pytest.approx(0.286, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_real_get_dls_shapes_normalization_and_cache():
+    memory_hits = CACHE_STATS["memory_hits"]
+    dls = get_dls()
+    xb, yb = next(iter(dls.train))
+    assert xb.shape == (1024, 1, 28, 28) and xb.dtype == torch.float32
+    assert yb.shape == (1024,) and yb.dtype == torch.int64
+    assert len(dls.train) == 59 and len(dls.valid) == 10
+    assert dls.train.x.mean().item() == pytest.approx(0, abs=1e-3)
+    assert dls.train.x.std().item() == pytest.approx(1, abs=1e-3)
+    get_dls()
+    assert CACHE_STATS["memory_hits"] == memory_hits + 1
+
+
+@pytest.mark.slow
+def test_real_subset_through_datasets_matches_idx(tmp_path):
+    idx = load_tensors()
+    d = save_dd(tmp_path / "dd", {"train": (idx.train_x[:500], idx.train_y[:500]),
+                                  "test": (idx.valid_x[:200], idx.valid_y[:200])}, "image", FASHION_CLASSES)
+    hub = load_tensors(path=d)
+    assert torch.equal(hub.train_x, idx.train_x[:500]) and torch.equal(hub.train_y, idx.train_y[:500])
+    assert torch.equal(hub.valid_x, idx.valid_x[:200]) and torch.equal(hub.valid_y, idx.valid_y[:200])
+
+
+def test_load_dataset_on_local_hub_layout_gives_same_tensors(tmp_path):
+    """The hub call itself, datasets.load_dataset, on a local dir of parquet files with the hub schema."""
+    from datasets import load_from_disk
+    raw = fake_fashion(n_train=20, n_valid=8)
+    idx = load_tensors(path=write_fashion_dir(tmp_path / "fm", raw))
+    dd = load_from_disk(str(save_dd(tmp_path / "dd", {"train": (idx.train_x, idx.train_y),
+                                                      "test": (idx.valid_x, idx.valid_y)}, "image", FASHION_CLASSES)))
+    (tmp_path / "hub").mkdir()
+    for split in ("train", "test"):
+        dd[split].to_parquet(str(tmp_path / "hub" / f"{split}.parquet"))
+    loaded = data.load_hub_dataset(tmp_path / "hub", cache_dir=str(tmp_path / "hf-cache"))
+    assert loaded["train"].features["label"].names == list(FASHION_CLASSES)
+    x, y = data.hf_to_tensors(loaded["test"])
+    assert torch.equal(x, idx.valid_x) and torch.equal(y, idx.valid_y)

@@ -1,0 +1,49 @@
+"""miniai.plotting: figures come back (headless, Agg) and nothing calls plt.show()."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from miniai.plotting import get_grid, show_image, show_images  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_show(monkeypatch):
+    """Fail if the library calls plt.show(); close figures afterwards."""
+    def boom(*a, **k):
+        raise AssertionError("plt.show() called")
+    monkeypatch.setattr(plt, "show", boom)
+    yield
+    plt.close("all")
+
+
+def test_show_images_grid_with_titles():
+    xb, yb = torch.randn(9, 1, 28, 28), torch.arange(9)
+    classes = [f"c{i}" for i in range(10)]
+    fig = show_images(xb, titles=[classes[i] for i in yb])
+    assert isinstance(fig, Figure)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert titles == classes[:9]
+    assert fig.axes[0].images[0].get_array().shape == (28, 28)
+
+
+def test_show_images_rgb_and_uneven_grid():
+    fig = show_images(torch.randn(5, 3, 8, 8), ncols=3)
+    assert len(fig.axes) == 6 and sum(bool(ax.images) for ax in fig.axes) == 5
+    arr = fig.axes[0].images[0].get_array()
+    assert arr.shape == (8, 8, 3) and arr.min() >= 0 and arr.max() <= 1  # rescaled for display, not clipped
+
+
+def test_show_image_on_given_ax_returns_its_figure():
+    fig, ax = plt.subplots()
+    assert show_image(torch.rand(28, 28), ax=ax, title="t") is fig and ax.get_title() == "t"
+    assert isinstance(show_image(torch.rand(1, 4, 4)), Figure)
+
+
+def test_get_grid_shape():
+    fig, axs = get_grid(7, nrows=2)
+    assert len(axs) == 7 and len(fig.axes) == 8
