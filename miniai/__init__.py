@@ -2,19 +2,23 @@
 
 `from miniai import *` brings the names below, for notebooks; inside the package every import is explicit.
 """
-from .callbacks import DeviceCB, MetricsCB, ProgressCB, SingleBatchCB, TrainCB
+from .callbacks import (BaseSchedCB, BatchSchedCB, DeviceCB, EpochSchedCB, MetricsCB, ProgressCB, RecorderCB,
+                        SingleBatchCB, TrainCB, _beta1, _lr, _mom)
 from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
                       CancelStepException,
                       Learner, MomentumLearner, TrainLearner)
 
 from .models import GeneralRelu, ResBlock, conv, get_model, get_resnet, init_weights
+from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine, lr_trajectory
 from .utils import def_device, set_seed, to_cpu, to_device
 
 __version__ = "0.1.0"
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
            "Learner", "MomentumLearner", "TrainLearner",
            "DeviceCB", "MetricsCB", "ProgressCB", "SingleBatchCB", "TrainCB",
+           "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1",
            "GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights",
            "Compose", "RandomCrop", "RandomErase", "RandomFlip", "batch_tfms",
-           "def_device", "set_seed", "to_cpu", "to_device"]
+           "def_device", "set_seed", "to_cpu", "to_device",
+           "CosineAnnealing", "CosineOneCycle", "OneCycle", "WarmupCosine", "lr_trajectory"]
