@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from .schedulers import lr_trajectory
 
 __all__ = ["show_image", "show_images", "get_grid", "plot_lr_find", "plot_color_dim", "plot_dead_chart", "plot_act_stats",
-           "plot_recorder", "plot_lrs"]
+           "plot_recorder", "plot_lrs", "plot_losses"]
 
 
 def _to_hwc(im: Any) -> np.ndarray:
@@ -199,3 +199,17 @@ def plot_lrs(scheduler: Callable[..., Any], opt: torch.optim.Optimizer, n_steps:
     ax.set_ylabel("lr")
     ax.set_title(getattr(getattr(scheduler, "func", scheduler), "__name__", type(scheduler).__name__))
     return lrs
+
+
+# --- training curves ---------------------------------------------------------------------------------------------
+def plot_losses(train_losses: Sequence[float], valid_losses: Sequence[float], batches_per_epoch: int,
+                ax: Axes | None = None) -> Figure:
+    """Train loss per batch and valid loss at the end of each epoch, against the batch index."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 3.5))
+    ax.plot(range(len(train_losses)), list(train_losses), label="train")
+    ax.plot([(i + 1) * batches_per_epoch for i in range(len(valid_losses))], list(valid_losses), "o-", label="valid")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    return ax.figure

@@ -1,0 +1,125 @@
+"""MetricsCB against a hand computation, DeviceCB on nested batches, ProgressCB in every output mode."""
+import io
+from contextlib import redirect_stdout
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB, TrainCB
+from miniai.callbacks.metrics import format_row
+from miniai.learner import Callback, Learner, TrainLearner
+from tests.synth import tiny_learner
+
+
+def fixed_classification():
+    """4 classes, 10 train and 7 valid items in batches of 4 (so the last batch is short): known answers."""
+    g = torch.Generator().manual_seed(1)
+    x_train, x_valid = torch.randn(10, 3, generator=g), torch.randn(7, 3, generator=g)
+    y_train, y_valid = torch.randint(0, 4, (10,), generator=g), torch.randint(0, 4, (7,), generator=g)
+    batches = lambda x, y: [(x[i:i + 4], y[i:i + 4]) for i in range(0, len(x), 4)]
+    return SimpleNamespace(train=batches(x_train, y_train), valid=batches(x_valid, y_valid)), (x_valid, y_valid)
+
+
+def test_metrics_match_a_hand_computation():
+    torch.manual_seed(0)
+    dls, (xv, yv) = fixed_classification()
+    model = nn.Linear(3, 4)
+    metrics = MetricsCB(accuracy=MulticlassAccuracy())
+    metrics.log_fn = lambda row: None
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=0.1, cbs=[metrics])
+    learn.fit(1)
+    with torch.no_grad():
+        logits = model(xv)
+    # mean loss weighted by batch size == loss over the whole set; accuracy over the whole set
+    assert metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(logits, yv).item(), abs=1e-6)
+    assert metrics.last["valid_accuracy"] == pytest.approx((logits.argmax(1) == yv).float().mean().item())
+    assert [r["train"] for r in metrics.history] == ["train", "valid"]
+    assert set(metrics.names) == {"train_accuracy", "train_loss", "valid_accuracy", "valid_loss"}
+    assert learn.metrics is metrics
+
+
+def test_metrics_positional_metric_named_after_class_and_loss_name_reserved():
+    assert list(MetricsCB(MulticlassAccuracy()).metrics) == ["MulticlassAccuracy"]
+    with pytest.raises(ValueError, match="computes 'loss' itself"):
+        MetricsCB(loss=MulticlassAccuracy())
+
+
+def test_metrics_default_logger_prints_header_and_rows():
+    out = io.StringIO()
+    with redirect_stdout(out):
+        tiny_learner(cbs=[MetricsCB()]).fit(2)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["loss", "epoch", "train", "time"]
+    assert len(lines) == 5 and lines[1].split()[1:3] == ["0", "train"] and lines[4].split()[1:3] == ["1", "valid"]
+
+
+def test_format_row_aligns_columns():
+    row = {"accuracy": 0.81234, "loss": 0.5, "epoch": 0, "train": "train", "time": "00:01"}
+    assert format_row(row, header=True) == "accuracy  loss      epoch     train     time"
+    assert format_row(row) == "0.812     0.500     0         train     00:01"
+
+
+class Recorder(Callback):
+    order = 0
+
+    def __init__(self): self.devices = []
+
+    def before_batch(self, learn):
+        self.devices.append(learn.batch[0]["a"][1].device)
+
+
+def test_device_cb_moves_model_and_nested_batches():
+    # 'meta' is a device every machine has: moving there proves tensors were moved, not left alone
+    batch = ({"a": [torch.zeros(2), torch.ones(2)], "n": 3}, (torch.zeros(2),))
+    cb = DeviceCB("meta", move_data=False)
+    learn = SimpleNamespace(batch=batch, model=nn.Linear(1, 1), dls=None)
+    cb.before_fit(learn)
+    cb.before_batch(learn)
+    assert learn.model.weight.device.type == "meta"
+    assert learn.batch[0]["a"][1].device.type == "meta" and learn.batch[1][0].device.type == "meta"
+    assert learn.batch[0]["n"] == 3 and isinstance(learn.batch[0]["a"], list)
+
+
+def test_device_cb_moves_loaders_that_can_move():
+    moved = []
+    dls = SimpleNamespace(to=lambda device: moved.append(device))
+    DeviceCB("cpu").before_fit(SimpleNamespace(model=nn.Linear(1, 1), dls=dls))
+    assert moved == [torch.device("cpu")]
+
+
+@pytest.mark.parametrize("mode", ["plain", "terminal"])
+def test_progress_prints_table_rows_in_plain_and_terminal_mode(mode):
+    out = io.StringIO()
+    progress = ProgressCB(mode=mode)
+    with redirect_stdout(out):
+        tiny_learner(cbs=[MetricsCB(), progress]).fit(2)
+    lines = [l for l in out.getvalue().splitlines() if l.strip() and not l.startswith("Epoch")]
+    rows = [l for l in lines if l.split()[0] != "loss"]
+    assert any(l.split() == ["loss", "epoch", "train", "time"] for l in lines)
+    assert len([r for r in rows if r.split()[1:3] in (["0", "train"], ["0", "valid"], ["1", "train"],
+                                                      ["1", "valid"])]) == 4
+    assert len(progress.losses) == 2 * 3 and len(progress.valid_losses) == 2
+
+
+def test_progress_without_metrics_and_restores_metrics_logger():
+    metrics = MetricsCB()
+    original = metrics.log_fn
+    learn = tiny_learner(cbs=[metrics])
+    with redirect_stdout(io.StringIO()):
+        learn.fit(1, cbs=[ProgressCB(mode="plain")])
+        tiny_learner(cbs=[ProgressCB(mode="terminal")]).fit(1)
+    assert metrics.log_fn is original
+
+
+def test_progress_plot_losses_returns_figure():
+    import matplotlib
+    matplotlib.use("Agg")
+    progress = ProgressCB(mode="plain")
+    with redirect_stdout(io.StringIO()):
+        tiny_learner(cbs=[MetricsCB(), progress]).fit(2)
+    fig = progress.plot_losses()
+    assert len(fig.axes[0].lines) == 2
