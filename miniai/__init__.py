@@ -5,11 +5,13 @@
 from .callbacks import (BaseSchedCB, BatchSchedCB, DeviceCB, EpochSchedCB, MetricsCB, ProgressCB, RecorderCB,
                         SingleBatchCB, TrainCB, _beta1, _lr, _mom)
 from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
+from .data import DataLoaders, TensorLoader, get_dls, read_idx, write_idx
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
                       CancelStepException,
                       Learner, MomentumLearner, TrainLearner)
 
 from .models import GeneralRelu, ResBlock, conv, get_model, get_resnet, init_weights
+from .plotting import plot_losses, plot_lrs, show_image, show_images
 from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine, lr_trajectory
 from .utils import def_device, set_seed, to_cpu, to_device
 
@@ -21,4 +23,6 @@ __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochEx
            "GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights",
            "Compose", "RandomCrop", "RandomErase", "RandomFlip", "batch_tfms",
            "def_device", "set_seed", "to_cpu", "to_device",
-           "CosineAnnealing", "CosineOneCycle", "OneCycle", "WarmupCosine", "lr_trajectory"]
+           "CosineAnnealing", "CosineOneCycle", "OneCycle", "WarmupCosine", "lr_trajectory",
+           "DataLoaders", "TensorLoader", "get_dls", "read_idx", "write_idx",
+           "plot_losses", "plot_lrs", "show_image", "show_images"]
