@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="directory for the weights (model.pt) and the loss curve (loss.png)")
     t.add_argument("--n-train", type=int, default=None, help="train on the first N images only (quick runs)")
     t.add_argument("--n-valid", type=int, default=None, help="validate on the first N images only")
+    from .recipes import SCHEDULES  # the names only; the recipe itself is built in train()
+    t.add_argument("--sched", choices=list(SCHEDULES), default="none",
+                   help="lr schedule: " + "; ".join(f"{name}: {what}" for name, what in SCHEDULES.items())
+                   + " (with --out, its lr and momentum/beta1 curves go to schedule.png)")
     return parser
 
 
@@ -45,6 +49,10 @@ def train(args: argparse.Namespace) -> float:
     model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
     metrics, progress = MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()
     cbs = [DeviceCB(args.device or def_device), metrics, progress]
+    from .callbacks.scheduling import RecorderCB, _lr, _mom
+    from .recipes import make_sched_cb
+    recorder, sched_cb = RecorderCB(lr=_lr, mom=_mom), make_sched_cb(args.sched, args.epochs, len(dls.train))
+    cbs += [recorder] + ([sched_cb] if sched_cb else [])
     learn = TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)
     learn.fit(args.epochs)
     accuracy = metrics.last["valid_accuracy"]
@@ -56,6 +64,8 @@ def train(args: argparse.Namespace) -> float:
         torch.save(learn.model.state_dict(), out / "model.pt")
         progress.plot_losses().savefig(out / "loss.png", dpi=100)
         print(f"saved {out / 'model.pt'} and {out / 'loss.png'}", flush=True)
+        recorder.plot(out / "schedule.png")
+        print(f"saved {out / 'schedule.png'} (lr and momentum/beta1 against batch)", flush=True)
     return accuracy
 
 

@@ -149,6 +149,33 @@ class Learner:
             for cb in temporary:
                 self.rm_cb(cb)
 
+    def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, *, pct_start: float = 0.3,
+                      div_factor: float = 25.0, final_div_factor: float = 1e4, base_momentum: float = 0.85,
+                      max_momentum: float = 0.95, cycle_momentum: bool | None = None,
+                      cbs: Iterable[Callback] | None = None, **fit_kwargs: Any) -> None:
+        """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
+
+        The total steps are computed at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches
+        under gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None`
+        cycles momentum (SGD) or beta1 (Adam family) when the optimizer has one. Other keyword arguments go to `fit`.
+        """
+        # imported here: the callbacks import this module
+        from torch.optim.lr_scheduler import OneCycleLR
+
+        from .callbacks.scheduling import BatchSchedCB, steps_per_epoch
+        max_lr = self.lr if max_lr is None else max_lr
+
+        def one_cycle(opt: optim.Optimizer) -> OneCycleLR:
+            per_epoch = steps_per_epoch(self)
+            if per_epoch is None:
+                raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
+                                "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
+            cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults))
+            return OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, self.n_epochs * per_epoch), pct_start=pct_start,
+                              div_factor=div_factor, final_div_factor=final_div_factor, cycle_momentum=cycle,
+                              base_momentum=base_momentum, max_momentum=max_momentum)
+        self.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=max_lr, **fit_kwargs)
+
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
         try:
             self._emit(f"before_{name}")

@@ -164,7 +164,7 @@ def plot_recorder(recs: Mapping[str, Sequence[float]], ax: Axes | Sequence[Axes]
     """
     names = list(recs)
     if ax is None:
-        fig, axs = plt.subplots(1, max(len(names), 1), squeeze=False,
+        fig, axs = plt.subplots(1, max(len(names), 1), squeeze=False, layout="constrained",
                                 figsize=figsize or (4.0 * max(len(names), 1), 3.0))
         axs = list(axs.flat)
     elif isinstance(ax, Axes):

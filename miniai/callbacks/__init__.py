@@ -9,10 +9,19 @@
 |   0   | TrainCB, (default)  |                                                                    |
 |   1   | SingleBatchCB       | cancels after the first batch, once the others have seen it        |
 |  10   | MetricsCB           | after callbacks that change preds/loss; before those reading results|
+|  20   | BatchSchedCB,       | after MetricsCB: ReduceLROnPlateau reads the metric it logged at     |
+|       | EpochSchedCB        | after_epoch. They step at cleanup_batch / cleanup_epoch, so every    |
+|       |                     | after_batch reader sees the lr the batch trained with               |
+|  25   | RecorderCB          | records at after_batch, before the schedulers step (cleanup_batch)  |
 |  30   | ProgressCB          | draws what MetricsCB logged                                        |
+
+Checkpointing must save scheduler state after order 20 at the validation pass's after_epoch (or later), and load it
+after order 20 at before_fit, when the scheduling callbacks have built their schedulers.
 """
 from .basic import DeviceCB, SingleBatchCB, TrainCB
 from .metrics import MetricsCB
 from .progress import ProgressCB
+from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom
 
-__all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "ProgressCB"]
+__all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "ProgressCB",
+           "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1"]

@@ -1,0 +1,472 @@
+"""Schedulers as callbacks: every torch scheduler under the right callback, recording, misuse errors, resume."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+from functools import partial
+from types import SimpleNamespace
+
+import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.optim import lr_scheduler as ls
+
+from miniai.callbacks import MetricsCB
+from miniai.callbacks.scheduling import BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom, steps_per_epoch
+from miniai.learner import Callback, CancelFitException, CancelStepException, TrainLearner
+from miniai.plotting import plot_lrs, plot_recorder
+from miniai.recipes import SCHEDULES, make_sched_cb
+from miniai.schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine, lr_trajectory
+from tests.synth import EventLog, linear_dls
+
+matplotlib.use("Agg")
+
+N_TRAIN, BS, EPOCHS = 96, 16, 3          # 6 training batches per epoch, 18 in the fit
+BATCHES = N_TRAIN // BS
+SGD_MOM = partial(optim.SGD, momentum=0.9)
+
+
+def make_learner(cbs, opt_func=optim.SGD, lr=0.1, n_train=N_TRAIN):
+    """The tiny y = 2x + 3 problem with 6 training and 2 validation batches."""
+    torch.manual_seed(0)
+    return TrainLearner(nn.Linear(1, 1), linear_dls(n_train=n_train, bs=BS), F.mse_loss, lr=lr, cbs=list(cbs),
+                        opt_func=opt_func)
+
+
+def by_hand(factory, opt_func, lr, n_epochs, per_batch, batches=BATCHES):
+    """The (lr, momentum) each training batch runs with when the scheduler is stepped in a hand-written loop."""
+    opt = opt_func([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler, seen = factory(opt), []
+    group = opt.param_groups[0]
+    for _ in range(n_epochs):
+        for _ in range(batches):
+            seen.append((group["lr"], group["betas"][0] if "betas" in group else group.get("momentum")))
+            opt.step()
+            if per_batch:
+                scheduler.step()
+        if not per_batch:
+            scheduler.step()
+    return seen
+
+
+def _seq(opt):
+    return ls.SequentialLR(opt, [ls.LinearLR(opt, start_factor=0.1, total_iters=4), ls.CosineAnnealingLR(opt, 10)],
+                           milestones=[4])
+
+
+def _chained(opt):
+    return ls.ChainedScheduler([ls.ConstantLR(opt, factor=0.5, total_iters=5), ls.ExponentialLR(opt, gamma=0.9)])
+
+
+TOTAL = EPOCHS * BATCHES
+BATCH_CASES = {
+    "StepLR": (partial(ls.StepLR, step_size=4, gamma=0.5), optim.SGD),
+    "MultiStepLR": (partial(ls.MultiStepLR, milestones=[3, 11], gamma=0.3), optim.SGD),
+    "ExponentialLR": (partial(ls.ExponentialLR, gamma=0.9), optim.SGD),
+    "CosineAnnealingLR": (partial(ls.CosineAnnealingLR, T_max=TOTAL - 1, eta_min=0.01), optim.SGD),
+    "CosineAnnealingWarmRestarts": (partial(ls.CosineAnnealingWarmRestarts, T_0=5, T_mult=2), optim.SGD),
+    "CyclicLR-SGD-momentum": (partial(ls.CyclicLR, base_lr=0.01, max_lr=0.1, step_size_up=3), SGD_MOM),
+    "CyclicLR-AdamW-beta1": (partial(ls.CyclicLR, base_lr=0.001, max_lr=0.01, step_size_up=4, mode="triangular2",
+                                     base_momentum=0.8, max_momentum=0.9), optim.AdamW),
+    "OneCycleLR-AdamW": (partial(ls.OneCycleLR, max_lr=0.05, total_steps=TOTAL), optim.AdamW),
+    "OneCycleLR-SGD-linear": (partial(ls.OneCycleLR, max_lr=0.05, total_steps=TOTAL, anneal_strategy="linear"),
+                              SGD_MOM),
+    "LambdaLR": (partial(ls.LambdaLR, lr_lambda=lambda step: 1 / (1 + step)), optim.SGD),
+    "MultiplicativeLR": (partial(ls.MultiplicativeLR, lr_lambda=lambda step: 0.95), optim.SGD),
+    "LinearLR": (partial(ls.LinearLR, start_factor=0.2, total_iters=8), optim.SGD),
+    "PolynomialLR": (partial(ls.PolynomialLR, total_iters=TOTAL, power=2.0), optim.SGD),
+    "SequentialLR": (_seq, optim.SGD),
+    "ChainedScheduler": (_chained, optim.SGD),
+    "ours-CosineAnnealing": (partial(CosineAnnealing, T_max=TOTAL), optim.AdamW),
+    "ours-OneCycle": (partial(OneCycle, T_max=TOTAL, min_lr=0.01), optim.SGD),
+    "ours-CosineOneCycle": (partial(CosineOneCycle, max_lr=0.05, total_steps=TOTAL), optim.AdamW),
+    "ours-WarmupCosine": (partial(WarmupCosine, warmup_steps=4, total_steps=TOTAL), optim.SGD),
+}
+EPOCH_CASES = {
+    "StepLR": (partial(ls.StepLR, step_size=1, gamma=0.5), optim.SGD),
+    "MultiStepLR": (partial(ls.MultiStepLR, milestones=[2], gamma=0.1), optim.SGD),
+    "ExponentialLR": (partial(ls.ExponentialLR, gamma=0.7), optim.AdamW),
+    "CosineAnnealingLR": (partial(ls.CosineAnnealingLR, T_max=EPOCHS - 1), optim.SGD),
+    "LinearLR": (partial(ls.LinearLR, start_factor=0.5, total_iters=2), optim.SGD),
+    "OneCycleLR": (partial(ls.OneCycleLR, max_lr=0.05, total_steps=EPOCHS), optim.AdamW),
+    "SequentialLR": (lambda opt: ls.SequentialLR(opt, [ls.ConstantLR(opt, 0.5, total_iters=1),
+                                                       ls.ExponentialLR(opt, 0.5)], milestones=[1]), optim.SGD),
+}
+
+
+class StepCounter(Callback):
+    """Counts scheduler.step() calls of a scheduling callback by wrapping it once the scheduler is built."""
+    order = 21
+
+    def __init__(self, sched_cb):
+        self.sched_cb, self.calls = sched_cb, []
+
+    def before_fit(self, learn):
+        scheduler, real_step = self.sched_cb.scheduler, self.sched_cb.scheduler.step
+
+        def counted(*args):
+            self.calls.append((learn.epoch, learn.training, getattr(learn, "iter", None)))
+            return real_step(*args)
+        scheduler.step = counted
+
+
+@pytest.mark.parametrize("name", list(BATCH_CASES))
+def test_batch_scheduler_gives_each_batch_the_lr_of_a_hand_stepped_loop(name):
+    factory, opt_func = BATCH_CASES[name]
+    sched_cb, rec = BatchSchedCB(factory), RecorderCB(lr=_lr, mom=_mom)
+    counter = StepCounter(sched_cb)
+    learn = make_learner([sched_cb, rec, counter], opt_func=opt_func, lr=0.05)
+    learn.fit(EPOCHS)
+    expected = by_hand(factory, opt_func, 0.05, EPOCHS, per_batch=True)
+    assert list(zip(rec.recs["lr"], rec.recs["mom"])) == expected
+    # once between consecutive training batches, never during validation, never after the fit's last step
+    assert len(counter.calls) == TOTAL - 1 and all(training for _, training, _ in counter.calls)
+    assert sched_cb.n_steps == TOTAL
+    assert learn.opt.param_groups[0]["lr"] == rec.recs["lr"][-1]  # the schedule's last value is left in place
+
+
+@pytest.mark.parametrize("name", list(EPOCH_CASES))
+def test_epoch_scheduler_steps_after_each_training_pass_but_the_last(name):
+    factory, opt_func = EPOCH_CASES[name]
+    sched_cb, rec = EpochSchedCB(factory), RecorderCB(lr=_lr, mom=_mom)
+    counter = StepCounter(sched_cb)
+    learn = make_learner([sched_cb, rec, counter], opt_func=opt_func, lr=0.05)
+    learn.fit(EPOCHS)
+    assert list(zip(rec.recs["lr"], rec.recs["mom"])) == by_hand(factory, opt_func, 0.05, EPOCHS, per_batch=False)
+    assert [(epoch, training) for epoch, training, _ in counter.calls] == [(e, True) for e in range(EPOCHS - 1)]
+    assert learn.opt.param_groups[0]["lr"] == rec.recs["lr"][-1]
+
+
+def test_cyclic_lr_cycles_adam_beta1_and_sgd_momentum():
+    for key, first, lowest in (("CyclicLR-AdamW-beta1", 0.9, 0.8), ("CyclicLR-SGD-momentum", 0.9, 0.8)):
+        factory, opt_func = BATCH_CASES[key]
+        rec = RecorderCB(mom=_mom)
+        make_learner([BatchSchedCB(factory), rec], opt_func=opt_func).fit(EPOCHS)
+        assert rec.recs["mom"][0] == pytest.approx(first) and min(rec.recs["mom"]) == pytest.approx(lowest)
+
+
+def test_one_cycle_leaves_its_final_lr_not_an_extrapolation():
+    # a linear anneal stepped once past total_steps would go below min_lr (here: negative)
+    rec = RecorderCB(lr=_lr, beta1=_beta1)
+    factory = partial(ls.OneCycleLR, max_lr=0.05, total_steps=TOTAL, anneal_strategy="linear", pct_start=0.5)
+    learn = make_learner([BatchSchedCB(factory), rec], opt_func=optim.AdamW)
+    learn.fit(EPOCHS)
+    final_lr = 0.05 / 25 / 1e4
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(final_lr, rel=1e-9) and rec.recs["lr"][-1] > 0
+    assert max(rec.recs["lr"]) == pytest.approx(0.05) and min(rec.recs["beta1"]) == pytest.approx(0.85)
+    assert learn.opt.param_groups[0]["betas"][0] == pytest.approx(0.95)
+
+
+# --- ReduceLROnPlateau ----------------------------------------------------------------------------------------------
+class Scripted(Callback):
+    """Overwrites MetricsCB's valid_loss with a scripted sequence, after MetricsCB (10) and before schedulers (20)."""
+    order = 15
+
+    def __init__(self, values):
+        self.values = values
+
+    def after_epoch(self, learn):
+        if not learn.training:
+            learn.metrics.last["valid_loss"] = self.values[learn.epoch]
+
+
+def test_plateau_lowers_lr_after_patience_plus_one_stalled_epochs():
+    rec = RecorderCB(lr=_lr)
+    factory = partial(ls.ReduceLROnPlateau, mode="min", factor=0.1, patience=1)
+    learn = make_learner([MetricsCB(), Scripted([1.0, 0.5, 0.5, 0.5, 0.5]), EpochSchedCB(factory, "valid_loss"), rec])
+    learn.fit(5)
+    per_epoch = rec.recs["lr"][::BATCHES]
+    # epoch 1 improves, 2 and 3 stall (patience+1 = 2 epochs): only epoch 4 trains with the lower lr
+    assert per_epoch == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("monitor", ["valid_loss", "train_loss"])
+def test_plateau_is_fed_the_metric_metricscb_logged(monitor):
+    rec, metrics = RecorderCB(lr=_lr), MetricsCB()
+    # mode='max' on a falling loss: every epoch after the first is a bad one
+    factory = partial(ls.ReduceLROnPlateau, mode="max", factor=0.5, patience=0)
+    learn = make_learner([metrics, EpochSchedCB(factory, monitor=monitor), rec])
+    learn.fit(4)
+    split = monitor.split("_")[0]
+    values = [row["loss"] for row in metrics.history if row["train"] == split]
+    opt = optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler, expected = factory(opt), []
+    for value in values:
+        expected.append(opt.param_groups[0]["lr"])
+        scheduler.step(value)
+    assert rec.recs["lr"][::BATCHES] == expected and expected[-1] < expected[0]
+
+
+# --- misuse ---------------------------------------------------------------------------------------------------------
+def test_plateau_without_monitor_is_an_error():
+    with pytest.raises(TypeError, match="ReduceLROnPlateau needs the metric it watches: pass monitor="):
+        EpochSchedCB(partial(ls.ReduceLROnPlateau, patience=2))
+    hidden = EpochSchedCB(lambda opt: ls.ReduceLROnPlateau(opt))  # a lambda: caught when it is built
+    with pytest.raises(TypeError, match="pass monitor="):
+        make_learner([MetricsCB(), hidden]).fit(1)
+
+
+def test_plateau_per_batch_is_an_error():
+    with pytest.raises(TypeError, match=r"not per batch: use EpochSchedCB\(partial\(ReduceLROnPlateau"):
+        BatchSchedCB(ls.ReduceLROnPlateau)
+    with pytest.raises(TypeError, match="not per batch"):
+        make_learner([BatchSchedCB(lambda opt: ls.ReduceLROnPlateau(opt))]).fit(1)
+
+
+def test_unknown_monitor_lists_the_names_metricscb_logs():
+    cb = EpochSchedCB(partial(ls.ReduceLROnPlateau), monitor="val_loss")
+    with pytest.raises(ValueError, match="does not log that name; it logs train_loss, valid_loss"):
+        make_learner([MetricsCB(), cb]).fit(1)
+
+
+def test_monitor_without_metricscb_says_to_add_it():
+    cb = EpochSchedCB(partial(ls.ReduceLROnPlateau), monitor="valid_loss")
+    with pytest.raises(ValueError, match=r"has no MetricsCB: add MetricsCB\(\)"):
+        make_learner([cb]).fit(1)
+
+
+def test_monitor_for_a_scheduler_without_metric_is_an_error():
+    with pytest.raises(TypeError, match="monitor='valid_loss' is for ReduceLROnPlateau.*StepLR.*drop monitor="):
+        make_learner([MetricsCB(), EpochSchedCB(partial(ls.StepLR, step_size=1), monitor="valid_loss")]).fit(1)
+
+
+def test_factory_must_be_callable_and_return_a_scheduler():
+    with pytest.raises(TypeError, match="takes a factory, callable"):
+        BatchSchedCB(ls.StepLR(optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 2))
+    with pytest.raises(TypeError, match="returned 3, which has no step"):
+        make_learner([BatchSchedCB(lambda opt: 3)]).fit(1)
+
+
+@pytest.mark.parametrize("cls", [ls.OneCycleLR, CosineOneCycle])
+def test_one_cycle_shorter_than_the_fit_fails_before_training_and_says_how_many(cls):
+    log, rec = EventLog(), RecorderCB(lr=_lr)
+    learn = make_learner([BatchSchedCB(partial(cls, max_lr=0.05, total_steps=10)), log, rec])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=rf"{cls.__name__} has total_steps=10 but this fit takes 18 steps "
+                                         r"\(3 epochs × 6 optimizer steps per epoch.*total_steps=18"):
+        learn.fit(EPOCHS)
+    assert ("before_batch",) not in log.seen and rec.recs["lr"] == []
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+    with pytest.raises(ValueError, match="takes 3 steps .*once per epoch.*total_steps=3"):
+        make_learner([EpochSchedCB(partial(cls, max_lr=0.05, total_steps=2))]).fit(EPOCHS)
+
+
+# --- gradient accumulation: schedulers count optimizer steps ---------------------------------------------------------
+class Accumulate(Callback):
+    """A minimal gradient accumulation: an optimizer step every `every` batches and on the last one of a pass."""
+
+    def __init__(self, every):
+        self.every = every
+
+    def optimizer_steps(self, n_batches):
+        return math.ceil(n_batches / self.every)
+
+    def after_backward(self, learn):
+        last = learn.iter == len(learn.dl) - 1
+        if (learn.iter + 1) % self.every and not last:
+            raise CancelStepException()
+
+
+def test_accumulation_steps_the_schedule_per_optimizer_step_and_ends_on_its_final_value():
+    acc = Accumulate(4)  # 6 batches → steps after batches 3 and 5: 2 per epoch
+    learn = make_learner([acc], opt_func=optim.AdamW)
+    learn.fit(0)
+    assert steps_per_epoch(learn) == 2
+    rec = RecorderCB(lr=_lr)
+    counter_cb = BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.05, total_steps=EPOCHS * 2))
+    counter = StepCounter(counter_cb)
+    learn = make_learner([acc, counter_cb, counter, rec], opt_func=optim.AdamW)
+    learn.fit(EPOCHS)
+    assert [iter for _, _, iter in counter.calls] == [3, 5, 3, 5, 3]  # after each optimizer step but the last
+    # one lr per optimizer step, as a hand-written loop steps it; each is used by the batches that step accumulates
+    hand = [lr for lr, _ in by_hand(counter_cb.factory, optim.AdamW, 0.1, EPOCHS * 2, per_batch=True, batches=1)]
+    assert rec.recs["lr"] == [hand[2 * epoch + k] for epoch in range(EPOCHS) for k in (0, 0, 0, 0, 1, 1)]
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)
+
+
+def test_fit_one_cycle_counts_optimizer_steps_and_cycles_beta1():
+    rec = RecorderCB(lr=_lr, beta1=_beta1)
+    learn = make_learner([rec], opt_func=optim.AdamW)
+    learn.fit_one_cycle(EPOCHS, max_lr=0.05)
+    expected = by_hand(partial(ls.OneCycleLR, max_lr=0.05, total_steps=TOTAL), optim.AdamW, 0.05, EPOCHS, True)
+    assert list(zip(rec.recs["lr"], rec.recs["beta1"])) == expected
+    assert not any(isinstance(cb, BatchSchedCB) for cb in learn.cbs)  # the scheduler was for this fit only
+    learn = make_learner([Accumulate(4), rec], opt_func=optim.AdamW)
+    learn.fit_one_cycle(EPOCHS, max_lr=0.05, cycle_momentum=False)
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)
+    assert set(rec.recs["beta1"]) == {0.9}
+
+
+# --- state_dict / load_state_dict ----------------------------------------------------------------------------------
+class SaveAndStop(Callback):
+    """A stand-in for a checkpoint callback: after epoch `at`'s validation, keep every state_dict and stop."""
+    order = 80
+
+    def __init__(self, at):
+        self.at, self.saved = at, {}
+
+    def after_epoch(self, learn):
+        if not learn.training and learn.epoch == self.at:
+            self.saved = {id(cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")}
+            self.saved["learner"] = copy.deepcopy((learn.model.state_dict(), learn.opt.state_dict()))
+            raise CancelFitException()
+
+
+class Resume(Callback):
+    """A stand-in for a resume callback: at before_fit, after the schedulers built theirs, load states, skip epochs."""
+    order = 1000
+
+    def __init__(self, learner_state, states, start, optimizer=True):
+        self.learner_state, self.states, self.start, self.optimizer = learner_state, states, start, optimizer
+
+    def before_fit(self, learn):
+        learn.model.load_state_dict(self.learner_state[0])
+        if self.optimizer:  # replaces the param group dicts (lr, betas ...) with the saved ones
+            learn.opt.load_state_dict(self.learner_state[1])
+        for cb, state in self.states:
+            cb.load_state_dict(state)
+        learn.epochs = range(self.start, learn.n_epochs)
+
+
+RESUME_CASES = {
+    "OneCycleLR": (lambda: BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.05, total_steps=TOTAL)), optim.AdamW),
+    "CyclicLR": (lambda: BatchSchedCB(partial(ls.CyclicLR, base_lr=0.01, max_lr=0.1, step_size_up=4)), SGD_MOM),
+    "SequentialLR": (lambda: BatchSchedCB(_seq), optim.SGD),
+    "CosineOneCycle": (lambda: BatchSchedCB(partial(CosineOneCycle, max_lr=0.05, total_steps=TOTAL)), optim.AdamW),
+    "StepLR-epoch": (lambda: EpochSchedCB(partial(ls.StepLR, step_size=1, gamma=0.5)), optim.SGD),
+    "Plateau": (lambda: EpochSchedCB(partial(ls.ReduceLROnPlateau, mode="max", patience=0), "valid_loss"), optim.SGD),
+}
+
+
+@pytest.mark.parametrize("name", list(RESUME_CASES))
+@pytest.mark.parametrize("how", ["load_after_before_fit", "load_before_fit", "without_optimizer_state"])
+def test_state_dict_mid_schedule_continues_the_same_trajectory(name, how):
+    make_cb, opt_func = RESUME_CASES[name]
+    straight_rec = RecorderCB(lr=_lr, mom=_mom)
+    make_learner([MetricsCB(), make_cb(), straight_rec], opt_func=opt_func).fit(EPOCHS)
+
+    first_cb, first_rec, stop = make_cb(), RecorderCB(lr=_lr, mom=_mom), SaveAndStop(at=1)
+    make_learner([MetricsCB(), first_cb, first_rec, stop], opt_func=opt_func).fit(EPOCHS)
+    # through bytes, as a checkpoint file would be, loadable without unpickling code
+    buffer = io.BytesIO()
+    torch.save([stop.saved[id(first_cb)], stop.saved[id(first_rec)]], buffer)
+    buffer.seek(0)
+    sched_state, rec_state = torch.load(buffer, weights_only=True)
+
+    second_cb, second_rec = make_cb(), RecorderCB(lr=_lr, mom=_mom)
+    states = [(second_cb, sched_state), (second_rec, rec_state)]
+    if how == "load_before_fit":  # applied at before_fit, once the scheduler is built
+        for cb, state in states:
+            cb.load_state_dict(state)
+        states = []
+    resume = Resume(stop.saved["learner"], states, start=2, optimizer=how != "without_optimizer_state")
+    make_learner([MetricsCB(), second_cb, second_rec, resume], opt_func=opt_func).fit(EPOCHS)
+    assert second_rec.recs == straight_rec.recs
+    assert second_cb.n_steps == (TOTAL if isinstance(second_cb, BatchSchedCB) else EPOCHS)
+
+
+def test_state_dict_before_any_fit_says_when_it_exists():
+    with pytest.raises(RuntimeError, match="builds its scheduler at before_fit"):
+        BatchSchedCB(partial(ls.StepLR, step_size=1)).state_dict()
+
+
+# --- recording and plotting -----------------------------------------------------------------------------------------
+def test_recorder_records_each_training_batch_and_plots_one_panel_per_quantity(tmp_path):
+    rec = RecorderCB(lr=_lr, mom=_mom, loss=lambda cb: cb.learn.loss.item())
+    make_learner([BatchSchedCB(partial(CosineAnnealing, T_max=TOTAL)), rec], opt_func=SGD_MOM).fit(EPOCHS)
+    assert {name: len(values) for name, values in rec.recs.items()} == {"lr": TOTAL, "mom": TOTAL, "loss": TOTAL}
+    assert rec.recs["mom"] == [0.9] * TOTAL and rec.recs["loss"][-1] < rec.recs["loss"][0]
+    fig = rec.plot(tmp_path / "rec.png")
+    assert [ax.get_title() for ax in fig.axes] == ["lr", "mom", "loss"]
+    assert list(fig.axes[0].lines[0].get_ydata()) == rec.recs["lr"]
+    assert (tmp_path / "rec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mom_reads_beta1_or_momentum_and_says_when_there_is_neither():
+    rec = RecorderCB()
+    rec.learn = SimpleNamespace(opt=SimpleNamespace(param_groups=[{"lr": 0.1, "betas": (0.8, 0.99)}]))
+    assert _mom(rec) == _beta1(rec) == 0.8 and _lr(rec) == 0.1
+    rec.learn.opt.param_groups = [{"lr": 0.1, "momentum": 0.7}]  # e.g. replaced by opt.load_state_dict
+    assert _mom(rec) == 0.7
+    rec.learn.opt.param_groups = [{"lr": 0.1}]
+    with pytest.raises(KeyError, match="neither 'momentum' nor 'betas'"):
+        _mom(rec)
+
+
+def test_plot_recorder_on_given_axes():
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    assert plot_recorder({"lr": [1.0, 0.5], "mom": [0.9, 0.8]}, ax=ax) is fig
+    assert len(ax.lines) == 2 and ax.get_legend() is not None
+    fig2, axs = plt.subplots(1, 2)
+    with pytest.raises(ValueError, match="got 2 axes for 1 quantities"):
+        plot_recorder({"lr": [1.0]}, ax=axs)
+
+
+def test_plot_lrs_returns_the_lrs_the_steps_ran_with():
+    import matplotlib.pyplot as plt
+
+    def fresh():
+        return optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    _, ax = plt.subplots()
+    lrs = plot_lrs(ls.CosineAnnealingLR, fresh(), n_steps=120, ax=ax, T_max=100, eta_min=0.02)
+    assert lrs == lr_trajectory(ls.CosineAnnealingLR, fresh(), 120, T_max=100, eta_min=0.02)
+    assert len(lrs) == 120 and lrs[0] == 0.1 and lrs[100] == pytest.approx(0.02)
+    assert list(ax.lines[0].get_ydata()) == lrs and ax.get_title() == "CosineAnnealingLR"
+    ours = plot_lrs(OneCycle, fresh(), T_max=100, n_steps=100)
+    assert ours[0] == 0 and ours[50] == pytest.approx(0.1)
+
+
+# --- recipes (the CLI's --sched) -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_every_recipe_runs_and_ends_on_its_schedule(name):
+    cb = make_sched_cb(name, EPOCHS, BATCHES)
+    rec = RecorderCB(lr=_lr, mom=_mom)
+    learn = make_learner([MetricsCB(), rec] + ([cb] if cb else []), opt_func=optim.AdamW, lr=0.05)
+    learn.fit(EPOCHS)
+    assert len(rec.recs["lr"]) == TOTAL and all(lr >= 0 for lr in rec.recs["lr"])
+    if name == "none":
+        assert cb is None and set(rec.recs["lr"]) == {0.05}
+    else:
+        assert rec.recs["lr"] != [0.05] * TOTAL or name == "plateau"
+
+
+def test_unknown_recipe_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown schedule 'cosin'; choose one of: none, cosine, onecycle"):
+        make_sched_cb("cosin", 3, 10)
+
+
+# --- the real thing ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_fashion_mnist_cosine_per_batch_records_every_batch_and_learns():
+    from torcheval.metrics import MulticlassAccuracy
+
+    from miniai.callbacks import DeviceCB
+    from miniai.data import get_dls
+    from miniai.models import GeneralRelu, get_model, init_weights
+    from miniai.utils import set_seed
+
+    set_seed(42)
+    dls = get_dls(bs=1024)
+    model = get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d).apply(partial(init_weights,
+                                                                                                   leaky=0.1))
+    n_epochs, metrics = 3, MetricsCB(accuracy=MulticlassAccuracy())
+    rec = RecorderCB(lr=_lr, mom=_beta1)
+    sched = BatchSchedCB(partial(CosineAnnealing, T_max=n_epochs * len(dls.train)))
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=2e-2, opt_func=optim.AdamW,
+                         cbs=[DeviceCB(), metrics, sched, rec])
+    learn.fit(n_epochs)
+    assert len(rec.recs["lr"]) == n_epochs * len(dls.train)
+    assert rec.recs["lr"][0] == 2e-2 and rec.recs["lr"][-1] < 1e-4
+    assert metrics.last["valid_accuracy"] > 0.85
+
+
+@pytest.mark.slow
+def test_cli_sched_saves_the_recorder_plot(tmp_path):
+    from miniai.__main__ import main
+    assert main(["train", "--sched", "onecycle-torch", "--epochs", "1", "--n-train", "4096", "--n-valid", "1024",
+                 "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "schedule.png").read_bytes()[:4] == b"\x89PNG"
