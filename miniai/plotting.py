@@ -1,6 +1,7 @@
 """Image grids for notebooks and scripts: every function returns the Figure and none calls plt.show().
 
-Imports nothing from miniai but `schedulers` (itself standalone, for plot_lrs). Under a headless backend (Agg) the returned Figure can be `savefig`-ed.
+Imports nothing from miniai but `schedulers` (itself standalone, for plot_lrs). Under a headless backend (Agg)
+the returned Figure can be `savefig`-ed.
 """
 from __future__ import annotations
 

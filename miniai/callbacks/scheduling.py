@@ -156,7 +156,7 @@ class BaseSchedCB(Callback):
 
 
 class BatchSchedCB(BaseSchedCB):
-    """Step the scheduler once per optimizer step, between training batches: `BatchSchedCB(partial(OneCycleLR, ...))`."""
+    """Step the scheduler once per optimizer step, between training batches: `BatchSchedCB(partial(OneCycleLR, ..))`."""
 
     def __init__(self, factory: SchedulerFactory) -> None:
         if _is_plateau(factory):
