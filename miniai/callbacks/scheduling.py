@@ -29,6 +29,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 
+from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..schedulers import CosineOneCycle
 
@@ -77,6 +78,7 @@ class BaseSchedCB(Callback):
                             f"partial(lr_scheduler.StepLR, step_size=2); got {factory!r}")
         self.factory = factory
         self.scheduler: Any = None
+        self._opt: Optimizer | None = None  # the optimizer it was built on (not every scheduler exposes it)
         self.n_steps = 0
         self.total_steps: int | None = None
         self._in_fit = False
@@ -93,7 +95,8 @@ class BaseSchedCB(Callback):
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"{type(self).__name__}'s factory returned {scheduler!r}, which has no step(); "
                             f"the factory must return a scheduler built on the optimizer it is given")
-        self.scheduler, self.n_steps, self.total_steps = scheduler, 0, self._steps_in_fit(learn)
+        self.scheduler, self._opt, self.n_steps = scheduler, learn.opt, 0
+        self.total_steps = self._steps_in_fit(learn)
         self._check(learn)
         self._check_one_cycle(learn)
         self._in_fit = True
@@ -132,7 +135,7 @@ class BaseSchedCB(Callback):
             raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit; call state_dict() "
                                f"during or after a fit")
         groups = [{key: group[key] for key in ("lr", "momentum", "betas") if key in group}
-                  for group in self.scheduler.optimizer.param_groups]
+                  for group in self._opt.param_groups]
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
                               "param_groups": groups})
 
@@ -145,7 +148,7 @@ class BaseSchedCB(Callback):
             self._pending_state = state
 
     def _load(self, state: dict[str, Any]) -> None:
-        groups = self.scheduler.optimizer.param_groups
+        groups = self._opt.param_groups
         if len(state["param_groups"]) != len(groups):
             raise ValueError(f"the saved state has {len(state['param_groups'])} param groups but the optimizer has "
                              f"{len(groups)}; load it into a learner built the same way")
@@ -287,7 +290,7 @@ class RecorderCB(Callback):
         """One panel per recorded quantity against the batch index; saved as an image when `path` is given."""
         from ..plotting import plot_recorder  # here: matplotlib is slow to import and only plots need it
         fig = plot_recorder(self.recs)
-        if path is not None:
+        if path is not None and is_main_process():  # under DDP every rank records the same values; rank 0 writes
             fig.savefig(path, dpi=100)
         return fig
 
