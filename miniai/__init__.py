@@ -2,7 +2,8 @@
 
 `from miniai import *` brings the names below, for notebooks; inside the package every import is explicit.
 """
-from .callbacks import (BaseSchedCB, BatchSchedCB, DeviceCB, EpochSchedCB, MetricsCB, ProgressCB, RecorderCB,
+from .callbacks import (ActivationStats, Hook, Hooks, HooksCallback, LRFinderCB, LRFinderResult, append_stats,
+                        BaseSchedCB, BatchSchedCB, DeviceCB, EpochSchedCB, MetricsCB, ProgressCB, RecorderCB,
                         SingleBatchCB, TrainCB, _beta1, _lr, _mom)
 from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .data import DataLoaders, TensorLoader, get_dls, read_idx, write_idx
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
            "Learner", "MomentumLearner", "TrainLearner",
            "DeviceCB", "MetricsCB", "ProgressCB", "SingleBatchCB", "TrainCB",
+           "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",
            "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1",
            "GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights",
            "Compose", "RandomCrop", "RandomErase", "RandomFlip", "batch_tfms",

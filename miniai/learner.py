@@ -176,6 +176,14 @@ class Learner:
                               base_momentum=base_momentum, max_momentum=max_momentum)
         self.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=max_lr, **fit_kwargs)
 
+    def lr_find(self, start_lr: float = 1e-5, gamma: float = 1.3, max_mult: float = 3.0, max_epochs: int = 10,
+                plot: bool = True) -> Any:
+        """Grow the lr ×`gamma` a batch from `start_lr` until the loss blows up; plot loss against lr and return an
+        `LRFinderResult` (lrs, losses, valley, steepest). Model, optimizer and learner are left exactly as before.
+        """
+        from .callbacks.lr_finder import lr_find  # function-local: the callbacks import this module
+        return lr_find(self, start_lr, gamma, max_mult, max_epochs, plot)
+
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
         try:
             self._emit(f"before_{name}")

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from .schedulers import lr_trajectory
 
-__all__ = ["show_image", "show_images", "get_grid", "plot_lr_find", "plot_color_dim", "plot_dead_chart", "plot_act_stats",
+__all__ = ["show_image", "show_images", "get_grid",
+           "plot_lr_find", "plot_color_dim", "plot_dead_chart", "plot_act_stats",
            "plot_recorder", "plot_lrs", "plot_losses"]
 
 

@@ -7,21 +7,28 @@
 | -20   | DeviceCB            | moves model and batch before anyone reads them                     |
 | -10   | BatchTransformCB    | augments the batch once it is on the device                        |
 |   0   | TrainCB, (default)  |                                                                    |
+|   0   | HooksCallback,      | order does not matter: the hooks fire inside the model's forward;  |
+|       | ActivationStats     | they are registered at before_fit and removed at cleanup_fit       |
 |   1   | SingleBatchCB       | cancels after the first batch, once the others have seen it        |
 |  10   | MetricsCB           | after callbacks that change preds/loss; before those reading results|
 |  20   | BatchSchedCB,       | after MetricsCB: ReduceLROnPlateau reads the metric it logged at     |
 |       | EpochSchedCB        | after_epoch. They step at cleanup_batch / cleanup_epoch, so every    |
 |       |                     | after_batch reader sees the lr the batch trained with               |
+|  20   | LRFinderCB          | reads the loss at after_batch, grows the lr at cleanup_batch (as a   |
+|       |                     | scheduler); never combine it with one                              |
 |  25   | RecorderCB          | records at after_batch, before the schedulers step (cleanup_batch)  |
 |  30   | ProgressCB          | draws what MetricsCB logged                                        |
 
 Checkpointing must save scheduler state after order 20 at the validation pass's after_epoch (or later), and load it
 after order 20 at before_fit, when the scheduling callbacks have built their schedulers.
 """
+from .activations import ActivationStats, Hook, Hooks, HooksCallback, append_stats
 from .basic import DeviceCB, SingleBatchCB, TrainCB
+from .lr_finder import LRFinderCB, LRFinderResult
 from .metrics import MetricsCB
 from .progress import ProgressCB
 from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "ProgressCB",
+           "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",
            "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1"]

@@ -1,0 +1,191 @@
+"""Looking inside the model while it trains: forward hooks, and per-layer activation statistics.
+
+`Hook`/`Hooks` work on any model, with or without a Learner; `HooksCallback` registers hooks for one fit and
+always removes them (cleanup_fit runs after a cancel or an error too); `ActivationStats` records, per chosen
+layer and training batch, the activations' mean, std and a histogram of their absolute values.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..learner import Callback, Learner
+
+__all__ = ["Hook", "Hooks", "append_stats", "HooksCallback", "ActivationStats"]
+
+# fn(hook, module, inputs, output): the course's hook signature, with the Hook first so fn can keep state on it
+HookFn = Callable[["Hook", nn.Module, tuple, Any], None]
+
+
+class Hook:
+    """A forward hook on `module` that calls `fn(hook, module, inputs, output)`; remove it with `remove()` or `with`."""
+
+    def __init__(self, module: nn.Module, fn: HookFn) -> None:
+        self.module = module
+        self.handle = module.register_forward_hook(partial(fn, self))
+
+    def remove(self) -> None:
+        """Unregister the hook (safe to call twice); whatever `fn` stored on the hook stays readable."""
+        self.handle.remove()
+
+    def __enter__(self) -> Hook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class Hooks(list):
+    """One `Hook` per module, as a list; a context manager that removes them all on exit.
+
+    `modules` is a sequence of modules, or a model, in which case its direct children are hooked (what iterating
+    an `nn.Sequential` gives, as in the course's `Hooks(model, append_stats)`).
+    """
+
+    def __init__(self, modules: nn.Module | Iterable[nn.Module], fn: HookFn) -> None:
+        if isinstance(modules, nn.Module):
+            modules = modules.children()
+        super().__init__(Hook(m, fn) for m in modules)
+
+    def remove(self) -> None:
+        """Unregister every hook (the Hook objects, and what they stored, stay in the list)."""
+        for hook in self:
+            hook.remove()
+
+    def __enter__(self) -> Hooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __delitem__(self, i: Any) -> None:
+        # a hook dropped from the list must not stay registered on its module
+        for hook in (self[i] if isinstance(i, slice) else [self[i]]):
+            hook.remove()
+        super().__delitem__(i)
+
+
+def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
+                 bins: int = 40, range: tuple[float, float] = (0.0, 10.0)) -> None:
+    """Append the output's mean, std and `histc` of |output| (`bins` bins over `range`) to `hook.stats`.
+
+    `hook.stats` is the course's `([means], [stds], [hists])`, but every entry stays a tensor on the model's
+    device: nothing here waits for the GPU (no `.item()`, no `.cpu()`). Stack and move them when you read them
+    (`ActivationStats.stats` does, once). Values of |output| outside `range` are not counted in the histogram.
+    """
+    if not isinstance(output, Tensor):
+        raise TypeError(f"append_stats needs a module whose output is a tensor; {type(module).__name__} returned "
+                        f"{type(output).__name__}. Choose other modules (mod_filter) or write your own hook fn.")
+    if not hasattr(hook, "stats"):
+        hook.stats = ([], [], [])
+    acts = output.detach().float()  # no copy for float32; half/bfloat16 outputs are summarized in float32
+    std, mean = torch.std_mean(acts)  # one pass for both
+    hook.stats[0].append(mean)
+    hook.stats[1].append(std)
+    hook.stats[2].append(torch.histc(acts.abs(), bins, *range))
+
+
+class HooksCallback(Callback):
+    """Registers `hookfunc` as a forward hook on chosen modules for one fit; the hooks are always removed.
+
+    The modules are `mods` if given, else every module of `learn.model` (model included, in `modules()` order)
+    for which `mod_filter(module)` is true, chosen at before_fit. `hookfunc(hook, module, inputs, output)` is
+    called for training batches when `on_train` and validation batches when `on_valid`; the hooks are removed in
+    cleanup_fit, which runs after a normal end, a cancel or an error. After the fit, `hooks` keeps the Hook
+    objects (and whatever `hookfunc` stored on them); the next fit registers fresh ones.
+    """
+
+    def __init__(self, hookfunc: HookFn, mod_filter: Callable[[nn.Module], bool] = lambda m: True,
+                 on_train: bool = True, on_valid: bool = False, mods: Sequence[nn.Module] | None = None) -> None:
+        self.hookfunc, self.mod_filter, self.mods = hookfunc, mod_filter, mods
+        self.on_train, self.on_valid = on_train, on_valid
+        self.hooks = Hooks([], self._hookfunc)
+        self._active = False  # set per pass, so the hook need not keep a reference to the learner
+
+    def before_fit(self, learn: Learner) -> None:
+        self.hooks.remove()  # never two sets of hooks on a model, whatever happened before
+        mods = list(self.mods) if self.mods is not None else [m for m in learn.model.modules() if self.mod_filter(m)]
+        if not mods:
+            raise ValueError(f"{type(self).__name__}: mod_filter matched no module of {type(learn.model).__name__}; "
+                             "check the filter (e.g. fastcore's risinstance(nn.ReLU)) or pass mods=[...].")
+        self.hooks = Hooks(mods, self._hookfunc)
+
+    def before_epoch(self, learn: Learner) -> None:
+        self._active = self.on_train if learn.training else self.on_valid
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        self._active = False  # forward passes outside a pass (e.g. in after_fit) are not recorded
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        self.hooks.remove()
+
+    def _hookfunc(self, hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
+        if self._active:
+            self.hookfunc(hook, module, inputs, output)
+
+    def __iter__(self) -> Any:
+        # no __len__ on purpose: a callback with no hooks yet must not be falsy
+        return iter(self.hooks)
+
+
+class ActivationStats(HooksCallback):
+    """Per chosen layer and training batch: mean, std and histogram of |activations| (`bins` over `range`).
+
+    Statistics stay on the training device during the fit (no host sync per batch) and are moved to the CPU
+    once, when first read after new batches (`stats`). Plots: `color_dim()` (log-histogram image per layer over
+    batches, the "colorful dimension"), `dead_chart()` (share of activations in the lowest bin, i.e. near zero),
+    `plot_stats()` (means and stds per layer). Each returns its Figure.
+    """
+
+    def __init__(self, mod_filter: Callable[[nn.Module], bool] = lambda m: True, bins: int = 40,
+                 range: tuple[float, float] = (0.0, 10.0), on_train: bool = True, on_valid: bool = False,
+                 mods: Sequence[nn.Module] | None = None) -> None:
+        if bins < 1 or not range[0] < range[1]:
+            raise ValueError(f"need bins >= 1 and range=(low, high) with low < high; got bins={bins}, range={range}")
+        self.bins, self.range = bins, (float(range[0]), float(range[1]))
+        super().__init__(partial(append_stats, bins=bins, range=self.range), mod_filter, on_train, on_valid, mods)
+        self._cache: tuple[Hooks, tuple[int, ...], list[tuple[Tensor, Tensor, Tensor]]] | None = None
+
+    @property
+    def stats(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per hooked layer, CPU tensors `(means [n], stds [n], hists [n, bins])` over the n recorded batches."""
+        counts = tuple(len(h.stats[0]) if hasattr(h, "stats") else 0 for h in self.hooks)
+        if self._cache is None or self._cache[0] is not self.hooks or self._cache[1] != counts:
+            # the one place the recorded tensors cross to the host: a single sync, when someone looks
+            self._cache = (self.hooks, counts, [self._layer_stats(h) for h in self.hooks])
+        return self._cache[2]
+
+    def _layer_stats(self, hook: Hook) -> tuple[Tensor, Tensor, Tensor]:
+        if not getattr(hook, "stats", None) or not hook.stats[0]:
+            return torch.zeros(0), torch.zeros(0), torch.zeros(0, self.bins)
+        means, stds, hists = hook.stats
+        return torch.stack(means).cpu(), torch.stack(stds).cpu(), torch.stack(hists).cpu()
+
+    @property
+    def labels(self) -> list[str]:
+        """One name per hooked layer, for legends and titles: its index and class."""
+        return [f"{i}: {type(h.module).__name__}" for i, h in enumerate(self.hooks)]
+
+    def dead_fractions(self) -> list[Tensor]:
+        """Per layer, per batch: share of the counted activations in the lowest histogram bin (|x| near 0)."""
+        return [hists[:, 0] / hists.sum(1) for _, _, hists in self.stats]
+
+    def color_dim(self, figsize: tuple[float, float] | None = None) -> Any:
+        """The log-histogram of |activations| per layer (bins up, batches right): the "colorful dimension"."""
+        from ..plotting import plot_color_dim  # matplotlib is imported only when a plot is asked for
+        return plot_color_dim([h for _, _, h in self.stats], self.range, self.labels, figsize=figsize)
+
+    def dead_chart(self, ax: Any = None) -> Any:
+        """Share of activations in the lowest bin per layer over batches (1.0: every unit is dead)."""
+        from ..plotting import plot_dead_chart
+        return plot_dead_chart(self.dead_fractions(), self.labels, ax=ax)
+
+    def plot_stats(self, figsize: tuple[float, float] = (10, 4)) -> Any:
+        """Means (left) and stds (right) of the activations per layer over batches."""
+        from ..plotting import plot_act_stats
+        return plot_act_stats([m for m, _, _ in self.stats], [s for _, s, _ in self.stats], self.labels,
+                              figsize=figsize)

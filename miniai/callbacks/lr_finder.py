@@ -1,0 +1,246 @@
+"""The learning-rate finder: grow the lr every batch until the loss blows up, then suggest an lr from the curve.
+
+`LRFinderCB` does the growing and stopping; `lr_find(learn)` (also `Learner.lr_find`) runs it on a learner and
+puts everything back as it was; the suggestion functions are pure functions of the recorded (lrs, losses).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..learner import Callback, CancelEpochException, CancelFitException, Learner
+
+__all__ = ["LRFinderCB", "LRFinderResult", "lr_find", "smooth_losses", "steepest_lr", "valley_lr"]
+
+
+class LRFinderCB(Callback):
+    """Multiplies every param group's lr by `gamma` after each training batch; stops the fit once the loss
+    exceeds `max_mult` × its minimum so far, or is NaN/inf. Records `lrs` (param group 0) and `losses`.
+
+    The stopping rule assumes a non-negative loss. Validation passes are skipped. Each batch's loss is read
+    with `.item()`, a host sync per batch: the finder has to see the value to decide whether to stop. Like the
+    schedulers it changes the lr at cleanup_batch, so every after_batch reader sees the lr the batch used; don't
+    combine it with a scheduling callback, which would overwrite its lr.
+    """
+    order = 20  # with the schedulers, after MetricsCB
+
+    def __init__(self, gamma: float = 1.3, max_mult: float = 3.0) -> None:
+        if gamma <= 1 or max_mult <= 1:
+            raise ValueError(f"LRFinderCB needs gamma > 1 (lr growth per batch) and max_mult > 1 (stop when loss > "
+                             f"max_mult × min); got gamma={gamma}, max_mult={max_mult}")
+        self.gamma, self.max_mult = gamma, max_mult
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+
+    def before_fit(self, learn: Learner) -> None:
+        self.lrs, self.losses, self.min = [], [], math.inf
+        self._grow = False
+
+    def before_epoch(self, learn: Learner) -> None:
+        if not learn.training:
+            raise CancelEpochException()  # the finder only looks at training batches
+
+    def after_batch(self, learn: Learner) -> None:
+        loss = float(learn.loss.detach().float().item())  # sync point, on purpose (see the class docstring)
+        lr = learn.opt.param_groups[0]["lr"]
+        if self.lrs and not math.isclose(lr, self.lrs[-1] * self.gamma, rel_tol=1e-6):
+            raise RuntimeError(f"LRFinderCB set lr={self.lrs[-1] * self.gamma:.3g} but the batch ran with {lr:.3g}: "
+                               "another callback (a scheduler such as BatchSchedCB?) overwrote it. Remove it from "
+                               "the learner's callbacks while finding the lr.")
+        self.lrs.append(lr)
+        self.losses.append(loss)
+        self.min = min(self.min, loss)
+        if not math.isfinite(loss) or loss > self.max_mult * self.min:
+            raise CancelFitException()
+        self._grow = True  # only after a recorded batch, so lrs[i + 1] == lrs[i] * gamma
+
+    def cleanup_batch(self, learn: Learner) -> None:
+        if self._grow:
+            for param_group in learn.opt.param_groups:
+                param_group["lr"] *= self.gamma
+        self._grow = False
+
+
+# ------------------------------------------------------------------------------------------------ suggestions
+
+def _finite(lrs: Sequence[float], losses: Sequence[float]) -> tuple[list[float], list[float]]:
+    if len(lrs) != len(losses):
+        raise ValueError(f"lrs and losses need the same length, got {len(lrs)} and {len(losses)}")
+    pairs = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss) and lr > 0]
+    if not pairs:
+        raise ValueError("no finite loss recorded: nothing to suggest from (is the training loader empty, or "
+                         "start_lr already too large?)")
+    return [lr for lr, _ in pairs], [loss for _, loss in pairs]
+
+
+def smooth_losses(losses: Sequence[float], window: int = 5) -> list[float]:
+    """Centred moving average over `window` points (fewer at the ends).
+
+    Centred, not an exponential moving average: an EMA lags, and with the lr growing ×1.3 a batch, a lag of a
+    few batches would move every feature of the curve to a several times larger lr.
+    """
+    half = max(window, 1) // 2
+    return [sum(losses[max(0, i - half):i + half + 1]) / len(losses[max(0, i - half):i + half + 1])
+            for i in range(len(losses))]
+
+
+def steepest_lr(lrs: Sequence[float], losses: Sequence[float], window: int = 5) -> float:
+    """The lr where the smoothed loss falls fastest per unit of log(lr), looking only before its minimum.
+
+    Past the minimum the loss is rising (diverging), so no point there can be the one to pick. If the loss
+    never fell, this is the smallest lr tried: start lower.
+    """
+    lrs, losses = _finite(lrs, losses)
+    smooth = smooth_losses(losses, window)
+    lowest = min(range(len(smooth)), key=smooth.__getitem__)
+    if lowest == 0:
+        return lrs[0]
+    logs = [math.log(lr) for lr in lrs]
+    # slope between neighbours i and i+1, credited to the lr where that step started (the lr that produced it)
+    slopes = [(smooth[i + 1] - smooth[i]) / max(logs[i + 1] - logs[i], 1e-12) for i in range(lowest)]
+    return lrs[min(range(lowest), key=slopes.__getitem__)]
+
+
+def valley_lr(lrs: Sequence[float], losses: Sequence[float], window: int = 5, frac: float = 2 / 3) -> float:
+    """The lr where the smoothed loss, on its way down into the valley, has covered `frac` of its fall.
+
+    The fall runs from the highest smoothed loss before the minimum to the minimum itself; we return the first
+    lr past that peak whose smoothed loss is at most `peak - frac × (peak - min)`. Well inside the descent, it
+    is safer than the minimum (where the lr is already close to diverging) and, unlike the steepest point,
+    does not depend on the slope of a noisy curve. If the loss never fell, the smallest lr tried.
+    """
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac must be in (0, 1], got {frac}")
+    lrs, losses = _finite(lrs, losses)
+    smooth = smooth_losses(losses, window)
+    lowest = min(range(len(smooth)), key=smooth.__getitem__)
+    peak = max(range(lowest + 1), key=smooth.__getitem__)
+    if peak == lowest:
+        return lrs[0]
+    level = smooth[peak] - frac * (smooth[peak] - smooth[lowest])
+    return lrs[next(i for i in range(peak, lowest + 1) if smooth[i] <= level)]
+
+
+@dataclass(repr=False)
+class LRFinderResult:
+    """What `lr_find` saw: the lr and loss of every batch, and two suggested learning rates."""
+    lrs: list[float]
+    losses: list[float]
+    valley: float = field(default=math.nan)
+    steepest: float = field(default=math.nan)
+
+    @classmethod
+    def from_curve(cls, lrs: Sequence[float], losses: Sequence[float]) -> LRFinderResult:
+        """Compute the suggestions (valley_lr, steepest_lr) from a recorded curve."""
+        return cls(list(lrs), list(losses), valley_lr(lrs, losses), steepest_lr(lrs, losses))
+
+    @property
+    def suggestions(self) -> dict[str, float]:
+        """{'valley': ..., 'steepest': ...}."""
+        return {"valley": self.valley, "steepest": self.steepest}
+
+    def plot(self, ax: Any = None) -> Any:
+        """Loss against lr (log axis) with the suggestions marked; returns the Figure."""
+        from ..plotting import plot_lr_find  # matplotlib is imported only when a plot is asked for
+        return plot_lr_find(self.lrs, self.losses, self.suggestions, ax=ax)
+
+    def __repr__(self) -> str:
+        return f"LRFinderResult(valley={self.valley:.3g}, steepest={self.steepest:.3g}, {len(self.lrs)} batches)"
+
+
+# ------------------------------------------------------------------------------------------------ lr_find
+
+def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult: float = 3.0,
+            max_epochs: int = 10, plot: bool = True) -> LRFinderResult:
+    """Train from `start_lr`, ×`gamma` per batch, until the loss exceeds `max_mult` × its minimum (or NaN, or
+    `max_epochs` end); return the curve and suggestions. The model, optimizer, learner, data loaders' epoch
+    counters and torch's RNG are left exactly as they were: lr_find is a look, not a training run.
+
+    The learner's own callbacks run as in any fit (DeviceCB must), so a callback that records (MetricsCB,
+    ActivationStats) records the lr_find batches too, and data that DeviceCB moved to the device stays there.
+    No validation pass is run.
+    """
+    if start_lr <= 0:
+        raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
+    finder = LRFinderCB(gamma, max_mult)
+    with _restored(learn):
+        learn.fit(max_epochs, train=True, valid=False, cbs=[finder], lr=start_lr)
+    result = LRFinderResult.from_curve(finder.lrs, finder.losses)
+    if plot:
+        result.plot()
+    return result
+
+
+@contextlib.contextmanager
+def _restored(learn: Learner) -> Iterator[None]:
+    """Snapshot everything a fit changes and put it back on exit, also when the fit raised."""
+    model = learn.model
+    # every parameter and buffer slot: (module, name, the tensor object there now, a clone of its value). Putting
+    # back the very objects undoes a move by DeviceCB (model.to replaces buffers) and keeps the Parameters the
+    # optimizer references; the clones make the values bitwise what they were
+    clones: dict[int, torch.Tensor] = {}  # one clone per tensor, however often it is shared
+    slots = [(m, name, t, clones.setdefault(id(t), t.detach().clone())) for m in model.modules()
+             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]]
+    saved_grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+    saved_modes = [(m, m.training) for m in model.modules()]
+    # fit builds a new optimizer, so the old object is untouched; its state is kept anyway in case fit reuses it
+    saved_opt = learn.opt
+    saved_opt_state = None if saved_opt is None else _clone(saved_opt.state_dict())
+    # every learner attribute (lr, opt, cbs, epoch, preds, ...): the fit's leftovers are dropped, not just reset
+    saved_vars = dict(vars(learn))
+    # containers changed in place during the fit (add_cb appends to learn.cbs) get their contents back too
+    saved_contents = [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved_vars.values()
+                      if type(v) in (list, dict)]
+    loaders = [dl for dl in (getattr(learn.dls, "train", None), getattr(learn.dls, "valid", None))
+               if hasattr(dl, "state_dict") and hasattr(dl, "load_state_dict")]
+    saved_loaders = [(dl, _clone(dl.state_dict())) for dl in loaders]
+    generators = [g for g in (getattr(getattr(learn.dls, name, None), "generator", None) for name in ("train", "valid"))
+                  if isinstance(g, torch.Generator)]
+    saved_generators = [(g, g.get_state()) for g in generators]
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):  # shuffling and dropout in lr_find don't shift later runs
+            yield
+    finally:
+        with torch.no_grad():
+            for m, name, t, saved in slots:
+                if t.device == saved.device and t.dtype == saved.dtype and t.shape == saved.shape:
+                    t.copy_(saved)
+                else:  # model.to moved the data out from under this Parameter (.data = ...): move it back
+                    t.data = saved
+                if getattr(m, name) is not t:
+                    setattr(m, name, t)
+        for p, grad in saved_grads:
+            p.grad = grad
+        for m, mode in saved_modes:
+            m.training = mode
+        if saved_opt is not None and learn.opt is saved_opt:
+            saved_opt.load_state_dict(saved_opt_state)
+        learn.__dict__.clear()
+        learn.__dict__.update(saved_vars)
+        for container, contents in saved_contents:
+            if isinstance(container, list):
+                container[:] = contents
+            else:
+                container.clear()
+                container.update(contents)
+        for dl, state in saved_loaders:
+            dl.load_state_dict(state)
+        for g, state in saved_generators:
+            g.set_state(state)
+
+
+def _clone(obj: Any) -> Any:
+    """A deep copy in which tensors are cloned (so later in-place updates don't reach the copy)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj

@@ -1,0 +1,203 @@
+"""Hooks, HooksCallback and ActivationStats: hooks never outlive a fit, stats are counted per training batch."""
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import nn  # noqa: E402
+
+from miniai.callbacks.activations import ActivationStats, Hook, Hooks, HooksCallback, append_stats  # noqa: E402
+from miniai.learner import Callback, CancelFitException, TrainLearner  # noqa: E402
+from tests.synth import linear_dls  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+class Zero(nn.Module):
+    """A layer whose every unit is dead: outputs exactly 0 (but keeps the graph, so training still works)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0
+
+
+def mlp(dead: bool = False) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), Zero() if dead else nn.ReLU(), nn.Linear(8, 1))
+
+
+def learner(model: nn.Module, cbs=()) -> TrainLearner:
+    """3 training batches and 2 validation batches per epoch."""
+    return TrainLearner(model, linear_dls(n_train=48, n_valid=32, bs=16), F.mse_loss, lr=0.01, cbs=list(cbs))
+
+
+def n_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def record_calls(hook, module, inputs, output):
+    hook.calls = getattr(hook, "calls", 0) + 1
+
+
+# ------------------------------------------------------------------------------------------------ hooks
+
+def test_hooks_context_manager_records_then_removes_every_hook():
+    model = mlp()
+    with Hooks(model, record_calls) as hooks:
+        assert len(hooks) == 5 and n_hooks(model) == 5  # a model means its direct children
+        model(torch.randn(4, 1))
+        model(torch.randn(4, 1))
+    assert n_hooks(model) == 0
+    assert [h.calls for h in hooks] == [2] * 5  # what the hooks stored survives their removal
+    model(torch.randn(4, 1))
+    assert [h.calls for h in hooks] == [2] * 5
+
+
+def test_hook_context_manager_and_deleting_from_hooks_unregisters():
+    model = mlp()
+    with Hook(model[0], record_calls) as hook:
+        model(torch.randn(2, 1))
+    assert hook.calls == 1 and n_hooks(model) == 0
+    hooks = Hooks([model[1], model[3]], record_calls)
+    del hooks[0]
+    assert len(hooks) == 1 and len(model[1]._forward_hooks) == 0 and len(model[3]._forward_hooks) == 1
+    hooks.remove()
+    assert n_hooks(model) == 0
+
+
+def test_append_stats_matches_a_direct_computation():
+    x = torch.randn(64, 5) * 4
+    ident = nn.Identity()
+    with Hook(ident, append_stats) as hook:
+        ident(x)
+    means, stds, hists = hook.stats
+    assert torch.allclose(means[0], x.mean())
+    assert torch.allclose(stds[0], x.std())
+    assert torch.equal(hists[0], x.abs().histc(40, 0, 10))
+
+
+def test_append_stats_rejects_a_module_with_tuple_output():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+    pair = Pair()
+    with Hook(pair, append_stats), pytest.raises(TypeError, match="Pair returned tuple"):
+        pair(torch.ones(2))
+
+
+# ------------------------------------------------------------------------------------------------ HooksCallback
+
+def test_hooks_removed_after_a_normal_fit():
+    model = mlp()
+    cb = HooksCallback(record_calls, mod_filter=lambda m: isinstance(m, nn.Linear))
+    learner(model, [cb]).fit(2)
+    assert n_hooks(model) == 0
+    assert [h.calls for h in cb] == [6, 6, 6]  # 2 epochs × 3 training batches; validation not recorded
+
+
+def test_hooks_removed_after_cancel_fit():
+    class StopAfterTwo(Callback):
+        def after_batch(self, learn):
+            if learn.iter == 1:
+                raise CancelFitException()
+    model = mlp()
+    cb = HooksCallback(record_calls, mod_filter=lambda m: isinstance(m, nn.ReLU))
+    learner(model, [cb, StopAfterTwo()]).fit(3)
+    assert n_hooks(model) == 0 and [h.calls for h in cb] == [2, 2]
+
+
+def test_hooks_removed_after_an_exception_in_a_batch():
+    class Boom(Callback):
+        def after_loss(self, learn):
+            raise RuntimeError("boom in batch")
+    model = mlp()
+    learn = learner(model, [HooksCallback(record_calls)])
+    with pytest.raises(RuntimeError, match="boom in batch"):
+        learn.fit(1, cbs=[Boom()])
+    assert n_hooks(model) == 0
+
+
+def test_hooks_callback_on_valid_records_validation_batches_too():
+    cb = HooksCallback(record_calls, mod_filter=lambda m: isinstance(m, nn.ReLU), on_train=False, on_valid=True)
+    learner(mlp(), [cb]).fit(1)
+    assert [h.calls for h in cb] == [2, 2]
+
+
+def test_filter_matching_nothing_is_an_error_and_leaves_no_hooks():
+    model = mlp()
+    with pytest.raises(ValueError, match="mod_filter matched no module of Sequential"):
+        learner(model, [ActivationStats(lambda m: isinstance(m, nn.Conv2d))]).fit(1)
+    assert n_hooks(model) == 0
+
+
+# ------------------------------------------------------------------------------------------------ ActivationStats
+
+def test_activation_stats_shapes_and_counts_match_training_batches():
+    astats = ActivationStats(lambda m: isinstance(m, nn.ReLU), bins=20, range=(0, 5))
+    learner(mlp(), [astats]).fit(2)
+    assert len(astats.stats) == 2
+    for means, stds, hists in astats.stats:
+        assert means.shape == (6,) and stds.shape == (6,) and hists.shape == (6, 20)
+        assert means.device.type == "cpu"
+        # every batch holds 16 items × 8 units, all non-negative after a ReLU and below 5 here
+        assert torch.equal(hists.sum(1), torch.full((6,), 128.0))
+    assert astats.labels == ["0: ReLU", "1: ReLU"]
+
+
+def test_a_second_fit_starts_fresh_stats():
+    astats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learn = learner(mlp(), [astats])
+    learn.fit(2)
+    assert astats.stats[0][0].shape == (6,)
+    learn.fit(1)
+    assert astats.stats[0][0].shape == (3,)
+
+
+def test_dead_chart_is_one_for_a_layer_that_outputs_zeros():
+    astats = ActivationStats(lambda m: isinstance(m, (nn.ReLU, Zero)))
+    learner(mlp(dead=True), [astats]).fit(1)
+    relu, zero = astats.dead_fractions()
+    assert torch.equal(zero, torch.ones(3))
+    assert (relu < 1).all()
+    fig = astats.dead_chart()
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["0: ReLU", "1: Zero"]
+    assert list(lines[1].get_ydata()) == [1.0, 1.0, 1.0]
+
+
+def test_figures_are_drawn_headless():
+    astats = ActivationStats(lambda m: isinstance(m, (nn.ReLU, nn.Linear)))
+    learner(mlp(), [astats]).fit(1)
+    figs = [astats.color_dim(), astats.dead_chart(), astats.plot_stats()]
+    assert all(isinstance(fig, Figure) for fig in figs)
+    assert sum(1 for ax in figs[0].axes if ax.images) == 5  # one image per hooked layer
+    assert [len(ax.get_lines()) for ax in figs[2].axes] == [5, 5]  # means and stds, one line per layer
+    for fig in figs:
+        fig.savefig(io.BytesIO(), format="png")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_append_stats_never_syncs_with_the_gpu():
+    """Recording stays on the device: no .item()/.cpu() per batch (torch's sync debug mode would raise)."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU()).cuda()
+    x = torch.randn(64, 1, 28, 28, device="cuda")
+    with Hooks(model, append_stats) as hooks:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert all(t.is_cuda for h in hooks for stats in h.stats for t in stats)
+    assert [len(h.stats[2]) for h in hooks] == [3] * 4

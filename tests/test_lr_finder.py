@@ -1,0 +1,269 @@
+"""LRFinderCB, the suggestion functions and learn.lr_find(): a look that leaves everything exactly as it was."""
+import math
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import nn, optim  # noqa: E402
+
+from miniai.callbacks.lr_finder import (LRFinderCB, LRFinderResult, smooth_losses, steepest_lr,  # noqa: E402
+                                        valley_lr)
+from miniai.learner import Callback, CancelFitException, TrainLearner  # noqa: E402
+from tests.synth import linear_dls  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def quadratic_problem(scale: float, n: int = 64, d: int = 4, n_batches: int = 300):
+    """Least squares with known curvature: X^T X / n = scale² I, so the MSE's Hessian is λ I with λ = 2 scale².
+
+    Every batch is the full data set, so each step is plain gradient descent on that quadratic, which diverges
+    for lr > 2/λ. Returns the learner and 2/λ.
+    """
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(n, d, generator=g))
+    x = q * math.sqrt(n) * scale
+    y = x @ torch.randn(d, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+    lam = torch.linalg.eigvalsh(2 * x.T @ x / n).max().item()
+    torch.manual_seed(0)
+    dls = SimpleNamespace(train=[(x, y)] * n_batches, valid=[])
+    return TrainLearner(nn.Linear(d, 1, bias=False), dls, F.mse_loss, lr=0.1), 2 / lam
+
+
+def bn_learner(opt_func=optim.SGD) -> TrainLearner:
+    """A small MLP with BatchNorm (buffers, and modules that change with train/eval) on y = 2x + 3."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 1))
+    return TrainLearner(model, linear_dls(n_train=64, bs=16), F.mse_loss, lr=1e-2, opt_func=opt_func)
+
+
+def snapshot(learn: TrainLearner) -> dict:
+    """Everything lr_find promises to leave alone, as plain values and clones."""
+    opt = learn.opt
+    return {
+        "tensors": {k: v.clone() for k, v in learn.model.state_dict().items()},
+        "grads": [None if p.grad is None else p.grad.clone() for p in learn.model.parameters()],
+        "modes": [m.training for m in learn.model.modules()],
+        "vars": dict(vars(learn)),
+        "cbs": list(learn.cbs),
+        "opt": opt,
+        "opt_state": None if opt is None else {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                                               for p, s in opt.state.items()},
+        "opt_groups": None if opt is None else [{k: v for k, v in g.items() if k != "params"}
+                                                for g in opt.param_groups],
+        "loader": learn.dls.train.generator.get_state(),
+        "rng": torch.get_rng_state(),
+    }
+
+
+def assert_unchanged(before: dict, learn: TrainLearner) -> None:
+    after = learn.model.state_dict()
+    assert before["tensors"].keys() == after.keys()
+    for k, v in before["tensors"].items():
+        assert torch.equal(v, after[k]) and v.dtype == after[k].dtype, k  # bitwise, buffers included
+    for saved, p in zip(before["grads"], learn.model.parameters()):
+        assert (saved is None and p.grad is None) or torch.equal(saved, p.grad)
+    assert before["modes"] == [m.training for m in learn.model.modules()]
+    assert vars(learn).keys() == before["vars"].keys()
+    assert all(vars(learn)[k] is v for k, v in before["vars"].items())
+    assert learn.cbs == before["cbs"]
+    assert learn.opt is before["opt"]
+    if before["opt"] is not None:
+        assert learn.opt.state.keys() == before["opt_state"].keys()
+        for p, state in before["opt_state"].items():
+            for k, v in state.items():
+                assert torch.equal(v, learn.opt.state[p][k]) if torch.is_tensor(v) else v == learn.opt.state[p][k]
+        assert [{k: v for k, v in g.items() if k != "params"} for g in learn.opt.param_groups] == before["opt_groups"]
+    assert torch.equal(before["loader"], learn.dls.train.generator.get_state())
+    assert torch.equal(before["rng"], torch.get_rng_state())
+
+
+# ------------------------------------------------------------------------------------------------ lr_find
+
+def test_lr_find_before_any_fit_leaves_everything_as_it_was():
+    learn = bn_learner()
+    learn.model.eval()  # lr_find trains; the mode must come back
+    before = snapshot(learn)
+    res = learn.lr_find(plot=False)
+    assert len(res.lrs) > 3 and learn.opt is None
+    assert_unchanged(before, learn)
+
+
+def test_lr_find_after_a_fit_keeps_adamw_state_and_gradients_bitwise():
+    learn = bn_learner(optim.AdamW)
+    learn.fit(1, valid=False)
+    for p in learn.model.parameters():  # gradients a user left behind must survive too
+        p.grad = torch.full_like(p, 0.5)
+    before = snapshot(learn)
+    assert before["opt_state"] and all("exp_avg" in s for s in before["opt_state"].values())
+    learn.lr_find(plot=False)
+    assert_unchanged(before, learn)
+
+
+def test_fit_after_lr_find_is_the_same_as_fit_alone():
+    """Model, optimizer, loader order and RNG all restored: the next fit cannot tell lr_find ran."""
+    results = []
+    for look_first in (False, True):
+        learn = bn_learner(optim.AdamW)
+        torch.manual_seed(1)
+        if look_first:
+            learn.lr_find(plot=False)
+        learn.fit(2)
+        results.append([p.detach().clone() for p in learn.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_lr_find_undoes_a_model_move_made_by_a_callback():
+    """DeviceCB's model.to(device) swaps the data of parameters and replaces buffers; a dtype move does the same on
+    a CPU-only machine. Afterwards the very same tensor objects are back, with their dtype and values."""
+    class ToDouble(Callback):
+        order = -20
+
+        def before_fit(self, learn):
+            learn.model.double()
+
+        def before_batch(self, learn):
+            learn.batch = tuple(t.double() for t in learn.batch)
+    learn = bn_learner()
+    learn.add_cb(ToDouble())
+    objects = [*learn.model.parameters(), *learn.model.buffers()]
+    before = snapshot(learn)
+    learn.lr_find(plot=False)
+    assert all(a is b for a, b in zip(objects, [*learn.model.parameters(), *learn.model.buffers()]))
+    assert_unchanged(before, learn)  # includes dtype float32 for every parameter and buffer
+
+
+def test_lr_find_restores_even_when_the_fit_raises():
+    class BoomOnThirdBatch(Callback):
+        def after_step(self, learn):
+            if learn.iter == 2:
+                raise RuntimeError("boom during lr_find")
+    learn = bn_learner()
+    learn.add_cb(BoomOnThirdBatch())
+    before = snapshot(learn)
+    with pytest.raises(RuntimeError, match="boom during lr_find"):
+        learn.lr_find(plot=False)
+    assert_unchanged(before, learn)
+
+
+def test_lr_find_runs_no_validation_pass_and_grows_the_lr_geometrically():
+    class Passes(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def before_epoch(self, learn):
+            self.seen.append(learn.training)
+    passes = Passes()
+    learn = bn_learner()
+    learn.add_cb(passes)
+    res = learn.lr_find(start_lr=1e-4, gamma=2.0, max_epochs=3, plot=False)
+    assert set(passes.seen) == {True}
+    assert res.lrs[0] == 1e-4
+    assert res.lrs == pytest.approx([1e-4 * 2.0 ** i for i in range(len(res.lrs))])
+
+
+def test_lr_find_stops_early_on_divergence():
+    learn, limit = quadratic_problem(scale=1.0, n_batches=300)
+    res = learn.lr_find(max_epochs=1, plot=False)
+    assert len(res.lrs) < 100  # 300 batches were available
+    assert res.losses[-1] > 3 * min(res.losses)  # stopped because of the rule, on the batch that broke it
+    assert all(loss <= 3 * min(res.losses[:i + 1]) for i, loss in enumerate(res.losses[:-1]))
+    assert res.lrs[-1] > limit  # and it did so only once past the divergence threshold
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 3.0])
+def test_suggestions_fall_in_the_usable_range_of_a_known_quadratic(scale):
+    """Gradient descent on a quadratic with curvature λ diverges above 2/λ: suggestions must be below it, and not
+    absurdly small (within a factor 100); they track the curvature across a 100× range of λ."""
+    learn, limit = quadratic_problem(scale)
+    res = learn.lr_find(max_epochs=1, plot=False)
+    for name, lr in res.suggestions.items():
+        assert limit / 100 < lr < limit, (name, lr, limit)
+
+
+def test_lr_finder_cb_multiplies_every_param_group_and_stops_on_nan():
+    opt = SimpleNamespace(param_groups=[{"lr": 1e-3}, {"lr": 1e-2}])
+    cb = LRFinderCB(gamma=2.0, max_mult=3.0)
+    cb.before_fit(None)
+    for loss in (1.0, 0.5):
+        learn = SimpleNamespace(loss=torch.tensor(loss), opt=opt)
+        cb.after_batch(learn)
+        assert opt.param_groups[0]["lr"] == (1e-3 if loss == 1.0 else 2e-3)  # after_batch readers see the batch's lr
+        cb.cleanup_batch(learn)
+    assert [g["lr"] for g in opt.param_groups] == [4e-3, 4e-2]
+    with pytest.raises(CancelFitException):
+        cb.after_batch(SimpleNamespace(loss=torch.tensor(float("nan")), opt=opt))
+    cb.cleanup_batch(learn)
+    assert [g["lr"] for g in opt.param_groups] == [4e-3, 4e-2]  # no growth after the batch that stopped it
+    assert cb.lrs == [1e-3, 2e-3, 4e-3] and cb.losses[:2] == [1.0, 0.5] and math.isnan(cb.losses[2])
+
+
+def test_a_scheduler_overwriting_the_lr_is_an_error():
+    class ConstantLR(Callback):
+        order = 21
+
+        def cleanup_batch(self, learn):
+            for param_group in learn.opt.param_groups:
+                param_group["lr"] = 1e-3
+    learn = bn_learner()
+    learn.add_cb(ConstantLR())
+    with pytest.raises(RuntimeError, match="another callback .* overwrote it"):
+        learn.lr_find(plot=False)
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(ValueError, match="gamma > 1"):
+        LRFinderCB(gamma=0.9)
+    with pytest.raises(ValueError, match="start_lr must be > 0"):
+        bn_learner().lr_find(start_lr=0, plot=False)
+    with pytest.raises(ValueError, match="same length"):
+        valley_lr([1e-3, 1e-2], [1.0])
+
+
+# ------------------------------------------------------------------------------------------------ suggestions
+
+def test_smooth_losses_is_a_centred_average():
+    assert smooth_losses([1.0, 2.0, 3.0, 4.0, 5.0], window=3) == [1.5, 2.0, 3.0, 4.0, 4.5]
+    assert smooth_losses([3.0, 1.0], window=1) == [3.0, 1.0]
+
+
+def test_suggestions_on_a_sigmoid_shaped_curve():
+    """Loss falls from 2 to 0 as a logistic in log10(lr) centred at 1e-2, then explodes: the steepest point is the
+    centre, the valley the point two thirds of the way down (log10 lr = -2 + ln 2 / 3 ≈ -1.77)."""
+    lrs = [10 ** (-5 + 0.1 * i) for i in range(46)]  # 1e-5 .. ~3e-1
+    losses = [2 / (1 + math.exp(3 * (math.log10(lr) + 2))) for lr in lrs] + [10.0]
+    lrs = lrs + [lrs[-1] * 1.26]
+    assert math.log10(steepest_lr(lrs, losses, window=1)) == pytest.approx(-2.05, abs=0.11)
+    assert math.log10(valley_lr(lrs, losses, window=1)) == pytest.approx(-2 + math.log(2) / 3, abs=0.11)
+
+
+def test_suggestions_when_the_loss_never_fell_are_the_smallest_lr():
+    lrs, losses = [1e-3, 1e-2, 1e-1], [1.0, 2.0, 4.0]
+    assert steepest_lr(lrs, losses) == valley_lr(lrs, losses) == 1e-3
+
+
+def test_non_finite_losses_are_ignored():
+    lrs, losses = [1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.0, 0.5, float("nan")]
+    res = LRFinderResult.from_curve(lrs, losses)
+    assert res.valley in lrs[:3] and res.steepest in lrs[:3]
+
+
+def test_plots_are_drawn_headless():
+    learn, _ = quadratic_problem(1.0)
+    res = learn.lr_find(max_epochs=1)  # plot=True: draws, never shows
+    assert plt.get_fignums()
+    fig = res.plot()
+    assert isinstance(fig, Figure) and fig.axes[0].get_xscale() == "log"
+    assert [t.get_text().split(":")[0] for t in fig.axes[0].get_legend().get_texts()] == ["valley", "steepest"]
+    fig.savefig(__import__("io").BytesIO(), format="png")
