@@ -366,6 +366,23 @@ def test_state_dict_mid_schedule_continues_the_same_trajectory(name, how):
     assert second_cb.n_steps == (TOTAL if isinstance(second_cb, BatchSchedCB) else EPOCHS)
 
 
+@pytest.mark.parametrize("make_cb", [lambda: BatchSchedCB(partial(ls.StepLR, step_size=4, gamma=0.5)),
+                                     lambda: EpochSchedCB(partial(ls.StepLR, step_size=1, gamma=0.5))],
+                         ids=["per-batch", "per-epoch"])
+def test_state_saved_at_the_end_of_a_shorter_fit_resumes_into_a_longer_one(make_cb, recwarn):
+    straight = RecorderCB(lr=_lr)
+    make_learner([make_cb(), straight]).fit(EPOCHS)
+    first_cb, first_rec = make_cb(), RecorderCB(lr=_lr)
+    first = make_learner([first_cb, first_rec])
+    first.fit(1)  # its last step was left out: the fit ended there
+    second_cb, second_rec = make_cb(), RecorderCB(lr=_lr)
+    states = [(second_cb, first_cb.state_dict()), (second_rec, first_rec.state_dict())]
+    resume = Resume((first.model.state_dict(), first.opt.state_dict()), states, start=1)
+    make_learner([second_cb, second_rec, resume]).fit(EPOCHS)
+    assert second_rec.recs == straight.recs
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+
+
 def test_state_dict_before_any_fit_says_when_it_exists():
     with pytest.raises(RuntimeError, match="builds its scheduler at before_fit"):
         BatchSchedCB(partial(ls.StepLR, step_size=1)).state_dict()

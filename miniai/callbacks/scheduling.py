@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,7 @@ class BaseSchedCB(Callback):
         self.total_steps: int | None = None
         self._in_fit = False
         self._pending_state: dict[str, Any] | None = None
+        self._skipped: list[float] | None = None  # arguments of the fit's last step, which _advance leaves out
 
     def _steps_in_fit(self, learn: Learner) -> int | None:
         raise NotImplementedError
@@ -95,7 +97,7 @@ class BaseSchedCB(Callback):
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"{type(self).__name__}'s factory returned {scheduler!r}, which has no step(); "
                             f"the factory must return a scheduler built on the optimizer it is given")
-        self.scheduler, self._opt, self.n_steps = scheduler, learn.opt, 0
+        self.scheduler, self._opt, self.n_steps, self._skipped = scheduler, learn.opt, 0, None
         self.total_steps = self._steps_in_fit(learn)
         self._check(learn)
         self._check_one_cycle(learn)
@@ -126,18 +128,21 @@ class BaseSchedCB(Callback):
         self.n_steps += 1
         if self.total_steps is None or self.n_steps < self.total_steps:
             self.scheduler.step(*metric)
+        else:
+            self._skipped = list(metric)  # a longer fit resumed from this state takes the step (see _load)
 
     # --- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A copy of: `scheduler` (its own state_dict), `n_steps`, and `param_groups` (each group's lr and
-        momentum/betas, which the scheduler sets but keeps in the optimizer)."""
+        """A copy of: `scheduler` (its own state_dict), `n_steps`, `param_groups` (each group's lr and
+        momentum/betas, which the scheduler sets but keeps in the optimizer), and `skipped_step` (None, or the
+        arguments of the fit's last step, left out; a longer fit loading this state takes it)."""
         if self.scheduler is None:
             raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit; call state_dict() "
                                f"during or after a fit")
         groups = [{key: group[key] for key in ("lr", "momentum", "betas") if key in group}
                   for group in self._opt.param_groups]
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
-                              "param_groups": groups})
+                              "param_groups": groups, "skipped_step": self._skipped})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`: now if a fit is running (call it after this callback's before_fit, i.e. from an
@@ -156,6 +161,13 @@ class BaseSchedCB(Callback):
         self.n_steps = state["n_steps"]
         for group, saved in zip(groups, state["param_groups"]):
             group.update(saved)
+        skipped = state.get("skipped_step")
+        if skipped is not None and (self.total_steps is None or self.n_steps < self.total_steps):
+            # saved at the end of a shorter fit, which left its last step out; this fit goes on, so take it now.
+            # The saved run's optimizer did step for it, so torch's "step() before optimizer.step()" is wrong here.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                self.scheduler.step(*skipped)
 
 
 class BatchSchedCB(BaseSchedCB):
