@@ -5,10 +5,12 @@
 from .callbacks import (ActivationStats, Hook, Hooks, HooksCallback, LRFinderCB, LRFinderResult, append_stats,
                         BaseSchedCB, BatchSchedCB, DeviceCB, EpochSchedCB, MetricsCB, ProgressCB, RecorderCB,
                         SingleBatchCB, TrainCB, _beta1, _lr, _mom)
+from .callbacks import (CheckpointCB, CheckpointMismatchError, EarlyStoppingCB, GradClipCB, NonFiniteLossError,
+                        TerminateOnNaNCB, load_checkpoint)
 from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .data import DataLoaders, TensorLoader, get_dls, read_idx, write_idx
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                      CancelStepException,
+                      CancelStepException, LossInputError,
                       Learner, MomentumLearner, TrainLearner)
 
 from .models import GeneralRelu, ResBlock, conv, get_model, get_resnet, init_weights
@@ -20,6 +22,8 @@ __version__ = "0.1.0"
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
            "Learner", "MomentumLearner", "TrainLearner",
            "DeviceCB", "MetricsCB", "ProgressCB", "SingleBatchCB", "TrainCB",
+           "CheckpointCB", "CheckpointMismatchError", "EarlyStoppingCB", "GradClipCB", "NonFiniteLossError",
+           "TerminateOnNaNCB", "load_checkpoint", "LossInputError",
            "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",
            "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1",
            "GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights",

@@ -27,15 +27,16 @@ Learner state that callbacks may read (and from which event on it is valid):
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
-           "CancelStepException",
+           "CancelStepException", "LossInputError", "raise_loss_error",
            "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
 
 EVENTS = ("before_fit", "after_fit", "cleanup_fit",
@@ -131,8 +132,15 @@ class Learner:
 
     # --- the loop --------------------------------------------------------------------------------------------
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
-            cbs: Iterable[Callback] | None = None, lr: float | None = None) -> None:
-        """Train for `n_epochs`; `cbs` are added for this call only (removed afterwards, even if fit raises)."""
+            cbs: Iterable[Callback] | None = None, lr: float | None = None,
+            resume: str | os.PathLike | None = None) -> None:
+        """Train for `n_epochs`; `cbs` are added for this call only (removed afterwards, even if fit raises).
+
+        `resume`: a checkpoint file, or a `CheckpointCB` directory (its newest file): the run continues from the
+        checkpoint's epoch up to `n_epochs` in total, with model, optimizer, schedulers, data order and RNG
+        restored, so it ends as the run never stopped would. Ctrl-C (KeyboardInterrupt) runs every cleanup_*
+        and is re-raised with a note saying where it stopped and how to resume.
+        """
         temporary = list(cbs or [])
         for cb in temporary:
             self.add_cb(cb)
@@ -142,9 +150,22 @@ class Learner:
                 raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2);"
                                  " learn.lr_find() suggests one.")
             self._check_steps()
+            if train:
+                self._check_train_data()
             self.n_epochs, self.epochs = n_epochs, range(n_epochs)
+            self.epoch = self.iter = None  # set by the loop; None until the first epoch starts
+            if resume is not None:
+                # imported here: the callbacks import this module. Reads and checks the checkpoint now, before
+                # anything changes, and sets self.epochs; the callback loads it after every other before_fit.
+                from .callbacks.resume import start_resume
+                temporary.append(start_resume(self, resume))
+                self.add_cb(temporary[-1])
             self.opt = self.opt_func(self.model.parameters(), lr)
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
+        except KeyboardInterrupt as e:
+            from .callbacks.resume import report_interrupt  # imported here: the callbacks import this module
+            report_interrupt(self, e)  # notes where it stopped and how to resume, then re-raise: a user stop
+            raise
         finally:
             for cb in temporary:
                 self.rm_cb(cb)
@@ -207,6 +228,7 @@ class Learner:
         self.training = training
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
+        self.iter = None  # until the first batch: an interrupt in before_epoch is reported as such
         self._stage("epoch", self._all_batches, CancelEpochException)
 
     def _all_batches(self) -> None:
@@ -257,15 +279,75 @@ class Learner:
             raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                             "or use TrainLearner, which defines the steps itself.")
 
+    def _check_train_data(self) -> None:
+        # an empty loader would "train" zero batches and report nothing: say so before anything runs
+        dl = getattr(self.dls, "train", None)
+        try:
+            n_batches = len(dl)
+        except TypeError:  # no length (a generator, an IterableDataset): can't tell in advance
+            return
+        if n_batches:
+            return
+        dataset = getattr(dl, "dataset", None)
+        n_items = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+        bs = getattr(dl, "batch_size", getattr(dl, "bs", None))
+        why = ("its dataset is empty" if n_items == 0 else
+               f"{n_items} items with bs={bs} and drop_last=True make no full batch: use a smaller bs or "
+               "drop_last=False" if n_items is not None else "it yields nothing")
+        raise ValueError(f"dls.train has no batches: {why}. Check how the training set was built (a filter, "
+                         "n_train, a wrong path), or call fit(train=False) to only validate.")
+
+
+class LossInputError(ValueError, RuntimeError):
+    """The loss function rejected the model's output and the targets; the message shows both shapes and dtypes.
+
+    A subclass of both ValueError and RuntimeError, the two errors torch's losses raise, so existing
+    `except` clauses still catch it.
+    """
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+    return type(x).__name__
+
+
+def raise_loss_error(loss_func: Callable, preds: Any, targets: tuple, error: Exception) -> NoReturn:
+    """Re-raise `error` from `loss_func(preds, *targets)` as a LossInputError showing what each side looked like."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):  # not the inputs' fault: keep it as it is
+        raise error
+    name = getattr(loss_func, "__name__", type(loss_func).__name__)
+    raise LossInputError(
+        f"loss_func {name} failed on the model output (preds, {_describe(preds)}) and the targets "
+        f"({', '.join(_describe(t) for t in targets)}): {error}\nMake the model's output match what the loss "
+        "expects: e.g. F.cross_entropy takes logits (N, C) and int64 class indices (N,), F.mse_loss and "
+        "F.binary_cross_entropy_with_logits take preds and targets of the same shape and float dtype.") from error
+
 
 class TrainLearner(Learner):
-    """A Learner with the usual supervised steps: `model(x)`, `loss_func(preds, y)`, backward, step, zero_grad."""
+    """A Learner with the usual supervised steps: `model(x)`, `loss_func(preds, y)`, backward, step, zero_grad.
+
+    A `TerminateOnNaNCB` is added unless `nan_guard=False` (or one is already in `cbs`): a NaN or infinite loss
+    stops the fit with a message; remove it later with `learn.rm_cb(...)`.
+    """
+
+    def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
+                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
+                 nan_guard: bool = True) -> None:
+        super().__init__(model, dls, loss_func, lr, cbs, opt_func)
+        if nan_guard:
+            from .callbacks.guards import TerminateOnNaNCB  # imported here: the callbacks import this module
+            if not any(isinstance(cb, TerminateOnNaNCB) for cb in self.cbs):
+                self.add_cb(TerminateOnNaNCB())
 
     def predict(self) -> None:
         self.preds = self.model(self.batch[0])
 
     def get_loss(self) -> None:
-        self.loss = self.loss_func(self.preds, self.batch[1])
+        try:
+            self.loss = self.loss_func(self.preds, self.batch[1])
+        except (RuntimeError, ValueError) as e:  # a try costs nothing when nothing is raised
+            raise_loss_error(self.loss_func, self.preds, self.batch[1:], e)
 
     def backward(self) -> None:
         self.loss.backward()
@@ -282,9 +364,9 @@ class MomentumLearner(TrainLearner):
 
     def __init__(self, model: nn.Module, dls: Any, loss_func: Callable, lr: float | None = None,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
-                 mom: float = 0.85) -> None:
+                 mom: float = 0.85, nan_guard: bool = True) -> None:
         self.mom = mom
-        super().__init__(model, dls, loss_func, lr, cbs, opt_func)
+        super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard)
 
     def zero_grad(self) -> None:
         with torch.no_grad():

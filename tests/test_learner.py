@@ -6,7 +6,7 @@ from torch import nn
 
 from miniai.callbacks import SingleBatchCB, TrainCB
 from miniai.learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
-                            MomentumLearner, TrainLearner)
+                            MomentumLearner, TrainLearner, build_handlers)
 from tests.synth import EventLog, linear_dls, tiny_learner
 
 TRAIN_BATCH = ["before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch",
@@ -89,13 +89,14 @@ def test_callbacks_run_sorted_by_order_then_insertion():
 
 def test_temporary_callbacks_removed_after_normal_fit_and_after_exception():
     learn = tiny_learner()
+    before = list(learn.cbs)  # TrainLearner's own TerminateOnNaNCB
     temp = EventLog()
     learn.fit(1, cbs=[temp])
     assert temp not in learn.cbs and temp.seen
     boom = raising("after_loss", RuntimeError)
     with pytest.raises(RuntimeError):
         learn.fit(1, cbs=[boom, temp])
-    assert learn.cbs == [] and all(not handlers for handlers in learn._handlers.values())
+    assert learn.cbs == before and learn._handlers == build_handlers(before)
 
 
 def test_cleanup_runs_when_a_callback_raises():
@@ -171,12 +172,13 @@ def test_momentum_learner_keeps_scaled_gradients():
 
 def test_add_and_rm_cb():
     learn, log = tiny_learner(), EventLog()
+    before = list(learn.cbs)  # TrainLearner's own TerminateOnNaNCB
     learn.add_cb(log)
     learn.fit(1)
     n = len(log.seen)
     learn.rm_cb(log)
     learn.fit(1)
-    assert len(log.seen) == n and learn.cbs == []
+    assert len(log.seen) == n and learn.cbs == before
 
 
 def test_cancel_step_skips_step_after_step_and_zero_grad_but_not_after_batch():

@@ -10,6 +10,8 @@
 |   0   | HooksCallback,      | order does not matter: the hooks fire inside the model's forward;  |
 |       | ActivationStats     | they are registered at before_fit and removed at cleanup_fit       |
 |   1   | SingleBatchCB       | cancels after the first batch, once the others have seen it        |
+|   5   | TerminateOnNaNCB    | at after_loss, before the backward; at after_epoch, before         |
+|       |                     | CheckpointCB could save a broken model                             |
 |  10   | MetricsCB           | after callbacks that change preds/loss; before those reading results|
 |  20   | BatchSchedCB,       | after MetricsCB: ReduceLROnPlateau reads the metric it logged at     |
 |       | EpochSchedCB        | after_epoch. They step at cleanup_batch / cleanup_epoch, so every    |
@@ -17,18 +19,30 @@
 |  20   | LRFinderCB          | reads the loss at after_batch, grows the lr at cleanup_batch (as a   |
 |       |                     | scheduler); never combine it with one                              |
 |  25   | RecorderCB          | records at after_batch, before the schedulers step (cleanup_batch)  |
+|  25   | GradClipCB          | at after_backward, after GradAccumCB (15) cancelled in-between steps|
 |  30   | ProgressCB          | draws what MetricsCB logged                                        |
+|  70   | EarlyStoppingCB     | reads MetricsCB's value at after_epoch; cancels at the next        |
+|       |                     | training batch, so CheckpointCB still saves the last epoch         |
+|  80   | CheckpointCB        | saves after the validation pass's after_epoch of everyone above    |
+|       |                     | (schedulers, early stopping), so their state is the epoch's end    |
+| 1000  | ResumeCB            | made by fit(resume=...): loads the checkpoint after every other    |
+|       |                     | before_fit (schedulers built, model moved, optimizer final)        |
 
 Checkpointing must save scheduler state after order 20 at the validation pass's after_epoch (or later), and load it
 after order 20 at before_fit, when the scheduling callbacks have built their schedulers.
 """
 from .activations import ActivationStats, Hook, Hooks, HooksCallback, append_stats
 from .basic import DeviceCB, SingleBatchCB, TrainCB
+from .checkpoint import CheckpointCB, CheckpointMismatchError, load_checkpoint
+from .guards import EarlyStoppingCB, GradClipCB, NonFiniteLossError, TerminateOnNaNCB
 from .lr_finder import LRFinderCB, LRFinderResult
 from .metrics import MetricsCB
 from .progress import ProgressCB
+from .resume import ResumeCB
 from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "ProgressCB",
+           "CheckpointCB", "CheckpointMismatchError", "ResumeCB", "load_checkpoint",
+           "EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB",
            "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",
            "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..learner import Callback, CancelFitException, Learner
+from ..learner import Callback, CancelFitException, Learner, raise_loss_error
 from ..utils import def_device, to_device
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB"]
@@ -49,7 +49,10 @@ class TrainCB(Callback):
         learn.preds = learn.model(*learn.batch[:self.n_inp])
 
     def get_loss(self, learn: Learner) -> None:
-        learn.loss = learn.loss_func(learn.preds, *learn.batch[self.n_inp:])
+        try:
+            learn.loss = learn.loss_func(learn.preds, *learn.batch[self.n_inp:])
+        except (RuntimeError, ValueError) as e:  # show both shapes; a try costs nothing when nothing is raised
+            raise_loss_error(learn.loss_func, learn.preds, tuple(learn.batch[self.n_inp:]), e)
 
     def backward(self, learn: Learner) -> None:
         learn.loss.backward()

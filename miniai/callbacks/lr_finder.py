@@ -28,6 +28,7 @@ class LRFinderCB(Callback):
     combine it with a scheduling callback, which would overwrite its lr.
     """
     order = 20  # with the schedulers, after MetricsCB
+    handles_nonfinite_loss = True  # TerminateOnNaNCB stands aside: the finder stops on a NaN/inf loss itself
 
     def __init__(self, gamma: float = 1.3, max_mult: float = 3.0) -> None:
         if gamma <= 1 or max_mult <= 1:

@@ -1,0 +1,180 @@
+"""Guards that stop or steady a run: a NaN/inf loss stops it, a stalled metric stops it, gradients are clipped."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..learner import Callback, CancelFitException, Learner
+
+__all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "EarlyStoppingCB", "GradClipCB"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch, batch and learning rate."""
+
+
+def _lr(learn: Learner) -> float:
+    return learn.opt.param_groups[0]["lr"] if learn.opt is not None and learn.opt.param_groups else float("nan")
+
+
+class TerminateOnNaNCB(Callback):
+    """Stops the fit with `NonFiniteLossError` when a training loss is NaN or infinite (on by default in TrainLearner).
+
+    On the CPU each loss is checked as it is made (reading a CPU scalar costs nothing), so the fit stops at the
+    bad batch, before its backward pass. On an accelerator, reading the loss would make the host wait for the
+    device every batch; so the losses are kept (references to the device scalars, no kernel) and checked once
+    at the end of the training pass, or every `every` batches if given (each check is one synchronisation).
+    `immediate=True`/`False` forces either way.
+    The message then still names the first bad batch and the lr it ran with, and says that the weights took
+    the following steps too. Validation losses are not checked. Remove it with `learn.rm_cb(...)` or
+    `TrainLearner(..., nan_guard=False)`. It stands aside for a fit in which a callback sets the class attribute
+    `handles_nonfinite_loss = True` (the lr finder, which drives the loss to blow up on purpose).
+    """
+    order = 5  # at after_loss, before the backward; at after_epoch, before CheckpointCB saves a broken model
+
+    def __init__(self, every: int | None = None, immediate: bool | None = None) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"every must be >= 1 batches or None (end of the training pass), got {every}")
+        self.every = every
+        self.immediate = immediate  # None: check each loss at once on the CPU, deferred elsewhere
+        self._losses: list[torch.Tensor] = []
+        self._where: list[tuple[int, float]] = []  # (batch index, lr) of each kept loss
+        self._checked = 0
+        self._active = True
+
+    def before_fit(self, learn: Learner) -> None:
+        self._active = not any(getattr(cb, "handles_nonfinite_loss", False) for cb in learn.cbs)
+
+    def before_epoch(self, learn: Learner) -> None:
+        self._losses, self._where, self._checked = [], [], 0
+
+    def after_loss(self, learn: Learner) -> None:
+        if not learn.training or not self._active:
+            return
+        loss = learn.loss
+        if self.immediate or (self.immediate is None and loss.device.type == "cpu"):
+            # item() of a CPU scalar is a read, not a sync; the sum covers losses with reduction='none'
+            value = loss.item() if loss.numel() == 1 else float(loss.detach().float().sum())
+            if not math.isfinite(value):
+                self._fail(learn, learn.iter, _lr(learn), value, delayed=False)
+            return
+        self._losses.append(loss.detach())
+        self._where.append((learn.iter, _lr(learn)))  # python numbers: free to read; the lr this batch runs with
+        if self.every is not None and len(self._losses) - self._checked >= self.every:
+            self._check(learn)
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.training and len(self._losses) > self._checked:
+            self._check(learn)
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        self._losses = []  # don't keep device tensors alive between passes
+
+    def _check(self, learn: Learner) -> None:
+        start = self._checked
+        losses = torch.stack([t.float().reshape(-1).sum() for t in self._losses[start:]])
+        bad = ~torch.isfinite(losses)
+        self._checked = len(self._losses)
+        if bool(bad.any()):  # the one synchronisation
+            first = int(bad.nonzero()[0, 0])
+            batch, lr = self._where[start + first]
+            self._fail(learn, batch, lr, float(losses[first]), delayed=True)
+
+    def _fail(self, learn: Learner, batch: int, lr: float, value: float, delayed: bool) -> None:
+        after = (f" It was detected at batch {learn.iter}: the steps in between used non-finite gradients, so the "
+                 "weights are probably NaN now." if delayed and batch != learn.iter else "")
+        raise NonFiniteLossError(
+            f"training loss is {value} at epoch {learn.epoch}, batch {batch} (lr={lr:.3g}).{after} Try a lower lr "
+            "(learn.lr_find()), gradient clipping (GradClipCB), or check the data and the loss for NaN/inf; "
+            "resume from the last good checkpoint with learn.fit(n, resume=path).")
+
+
+class EarlyStoppingCB(Callback):
+    """Stops the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs.
+
+    `monitor` is any name MetricsCB logs (`learn.metrics.names`, e.g. 'valid_loss', 'valid_accuracy'), read from
+    `learn.metrics.last` after its pass. The decision is made at after_epoch, but the fit is cancelled only at
+    the next epoch's first training batch: by then CheckpointCB has saved the last epoch (with this callback's
+    counters), also in a fit without validation, where it saves when the next epoch begins.
+    """
+    order = 70  # after MetricsCB (10), which fills learn.metrics.last; before CheckpointCB (80) saves its state
+
+    def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0,
+                 mode: str = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if patience < 0 or min_delta < 0:
+            raise ValueError(f"patience and min_delta must be >= 0, got {patience} and {min_delta}")
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.best: float | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """{'best', 'wait', 'stopped_epoch'}: the best value seen, epochs without improvement, and where it stopped."""
+        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`."""
+        self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
+
+    def before_fit(self, learn: Learner) -> None:
+        metrics = getattr(learn, "metrics", None)
+        if metrics is None:
+            raise ValueError("EarlyStoppingCB needs a MetricsCB in the learner's cbs: it reads learn.metrics.last")
+        if self.monitor not in metrics.names:
+            raise ValueError(f"EarlyStoppingCB monitor {self.monitor!r} is not logged by MetricsCB; "
+                             f"choose one of {metrics.names}")
+        self.best, self.wait, self.stopped_epoch = None, 0, None
+
+    def before_batch(self, learn: Learner) -> None:
+        if learn.training and self.stopped_epoch is not None:
+            raise CancelFitException()
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.training != self.monitor.startswith("train_"):
+            return  # not the pass that logs the monitored value
+        value = learn.metrics.last[self.monitor]
+        improved = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                          else value > self.best + self.min_delta)
+        if improved and not math.isnan(value):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = learn.epoch
+
+
+class GradClipCB(Callback):
+    """Clips the gradients' total norm to `max_norm` (`torch.nn.utils.clip_grad_norm_`) after each backward.
+
+    No host sync: the norm stays on the device (`last_norm`). With a grad scaler (fp16 on CUDA), gradients are
+    scaled by the loss scale until unscaled, so clipping them as they are would clip at `max_norm × scale`.
+    GradClipCB therefore calls `scaler.unscale_(learn.opt)` first when it finds an enabled `torch.amp.GradScaler`
+    as `learn.scaler` or as the `scaler` attribute of a callback (the mixed precision callback); `scaler.step`
+    then knows not to unscale again. It runs after gradient accumulation (which cancels the step on the
+    batches in between), so it clips the summed gradients once per optimizer step.
+    """
+    order = 25  # at after_backward: after GradAccumCB's CancelStepException, so only real steps are clipped
+
+    def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
+        if max_norm <= 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        self.max_norm, self.norm_type = max_norm, norm_type
+        self.last_norm: torch.Tensor | None = None
+
+    def after_backward(self, learn: Learner) -> None:
+        scaler = _find_scaler(learn)
+        if scaler is not None:
+            scaler.unscale_(learn.opt)
+        self.last_norm = torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)
+
+
+def _find_scaler(learn: Learner) -> Any:
+    candidates = [getattr(learn, "scaler", None)] + [getattr(cb, "scaler", None) for cb in learn.cbs]
+    for scaler in candidates:
+        if isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled():
+            return scaler
+    return None

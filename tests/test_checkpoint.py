@@ -1,0 +1,354 @@
+"""CheckpointCB and resume: exact continuation (bitwise on the CPU), atomic writes, pruning, interrupts, errors."""
+import os
+import subprocess
+import sys
+import textwrap
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.optim import lr_scheduler
+
+import miniai.callbacks.checkpoint as checkpoint_module
+from miniai.callbacks import BatchSchedCB, EpochSchedCB, MetricsCB, RecorderCB, _lr
+from miniai.callbacks.checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, is_main_process,
+                                         load_checkpoint)
+from miniai.callbacks.guards import EarlyStoppingCB
+from miniai.data import DataLoaders, TensorLoader
+from miniai.learner import Callback, MomentumLearner, TrainLearner
+from miniai.schedulers import CosineAnnealing, CosineOneCycle
+from tests.synth import linear_dls
+
+N_BATCHES = 8  # per training epoch in make_learner
+
+
+def make_learner(path, cbs=(), model=None, opt_func=optim.AdamW, learner_cls=TrainLearner, **kwargs):
+    """4 → 1 regression with dropout, AdamW and shuffled batches (data order and RNG both matter), plus a recorder."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    y = x @ torch.randn(4, 1, generator=g) + 0.1 * torch.randn(64, 1, generator=g)
+    dls = DataLoaders(TensorLoader(x, y, bs=8, shuffle=True, seed=3), TensorLoader(x[:16], y[:16], bs=8))
+    model = model or nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 1))
+    rec, metrics = RecorderCB(lr=_lr), MetricsCB()
+    metrics.log_fn = lambda row: None  # quiet
+    cbs = [metrics, *cbs, rec] + ([CheckpointCB(path, **kwargs)] if path is not None else [])
+    return learner_cls(model, dls, F.mse_loss, lr=0.05, opt_func=opt_func, cbs=cbs), rec
+
+
+def without_time(history):
+    return [{k: v for k, v in row.items() if k != "time"} for row in history]
+
+
+SCHEDULES = {
+    "torch OneCycleLR per batch": lambda: BatchSchedCB(partial(lr_scheduler.OneCycleLR, max_lr=0.1,
+                                                               total_steps=3 * N_BATCHES)),
+    "torch StepLR per epoch": lambda: EpochSchedCB(partial(lr_scheduler.StepLR, step_size=1, gamma=0.5)),
+    "our CosineOneCycle per batch": lambda: BatchSchedCB(partial(CosineOneCycle, max_lr=0.1,
+                                                                 total_steps=3 * N_BATCHES)),
+    "our CosineAnnealing per epoch": lambda: EpochSchedCB(partial(CosineAnnealing, T_max=3, eta_min=0.01)),
+}
+
+
+class StopAt(Callback):
+    """Raises `exc` at `event` in `epoch` (training pass) at batch `at` (None: any)."""
+
+    def __init__(self, epoch, event="before_epoch", at=None, exc=KeyboardInterrupt):
+        self.epoch, self.at, self.exc = epoch, at, exc
+        setattr(self, event, self._maybe)
+
+    def _maybe(self, learn):
+        if learn.training and learn.epoch == self.epoch and (self.at is None or learn.iter == self.at):
+            raise self.exc()
+
+
+class StopBeforeEpoch(StopAt):
+    def before_epoch(self, learn):
+        self._maybe(learn)
+
+
+class StopAtBatch(StopAt):
+    def after_batch(self, learn):
+        self._maybe(learn)
+
+
+def same_params(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_resume_after_interrupt_ends_bitwise_equal_to_straight_run(tmp_path, schedule):
+    """fit(3) stopped after epoch 1, then a fresh learner (model, optimizer, scheduler) resumes to 3."""
+    straight, rec_straight = make_learner(tmp_path / "a", [SCHEDULES[schedule]()])
+    straight.fit(3)
+
+    stopped, _ = make_learner(tmp_path / "b", [SCHEDULES[schedule]()])
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(3, cbs=[StopBeforeEpoch(1)])
+    resumed, rec_resumed = make_learner(tmp_path / "c", [SCHEDULES[schedule]()])
+    assert not same_params(straight, resumed)  # the fresh learner really starts elsewhere
+    resumed.fit(3, resume=tmp_path / "b")
+
+    assert same_params(straight, resumed)
+    assert rec_resumed.recs["lr"] == rec_straight.recs["lr"] and len(rec_straight.recs["lr"]) == 3 * N_BATCHES
+    assert without_time(resumed.metrics.history) == without_time(straight.metrics.history)
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_resume_after_a_finished_shorter_fit_ends_bitwise_equal(tmp_path, schedule):
+    """fit(1) runs to its end, then fit(3, resume=...) continues: as fit(3) in one go."""
+    straight, rec_straight = make_learner(tmp_path / "a", [SCHEDULES[schedule]()])
+    straight.fit(3)
+    first, _ = make_learner(tmp_path / "b", [SCHEDULES[schedule]()])
+    first.fit(1)
+    resumed, rec_resumed = make_learner(tmp_path / "c", [SCHEDULES[schedule]()])
+    resumed.fit(3, resume=tmp_path / "b")
+    assert same_params(straight, resumed)
+    assert rec_resumed.recs["lr"] == rec_straight.recs["lr"]
+
+
+def test_resume_same_learner_mid_epoch_interrupt_continues_exactly(tmp_path):
+    """Ctrl-C in the middle of epoch 1: the same learner resumes from the end of epoch 0 and ends as straight."""
+    straight, _ = make_learner(tmp_path / "a", [SCHEDULES["torch OneCycleLR per batch"]()])
+    straight.fit(3)
+    learn, _ = make_learner(tmp_path / "b", [SCHEDULES["torch OneCycleLR per batch"]()])
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(3, cbs=[StopAtBatch(1, at=3)])
+    learn.fit(3, resume=tmp_path / "b")
+    assert same_params(straight, learn)
+
+
+def test_momentum_learner_with_torch_dataloader_resumes_exactly(tmp_path):
+    """MomentumLearner carries gradients between batches, and a torch DataLoader shuffles with a generator."""
+    def make(path):
+        torch.manual_seed(0)
+        learn = MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[CheckpointCB(path)])
+        return learn
+    straight = make(tmp_path / "a")
+    straight.fit(3)
+    stopped = make(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(3, cbs=[StopBeforeEpoch(2)])
+    assert load_checkpoint(tmp_path / "b")["grads"]  # the carried gradients are in the file
+    resumed = make(tmp_path / "c")
+    resumed.fit(3, resume=tmp_path / "b")
+    assert same_params(straight, resumed)
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys
+    import torch
+    from tests.test_checkpoint import SCHEDULES, make_learner
+    out = sys.argv[1]
+    result = {}
+    for i, name in enumerate(SCHEDULES):
+        learn, rec = make_learner(f"{out}/resumed{i}", [SCHEDULES[name]()])
+        learn.fit(3, resume=f"{out}/run{i}")
+        result[name] = (learn.model.state_dict(), rec.recs["lr"])
+    torch.save(result, f"{out}/resumed.pt")
+""")
+
+
+def test_resume_in_a_new_process_ends_bitwise_equal(tmp_path):
+    """Runs stopped after epoch 1 here; a fresh Python process resumes each to 3 and must match the straight runs."""
+    straight = {}
+    for i, name in enumerate(SCHEDULES):
+        learn, rec = make_learner(tmp_path / f"straight{i}", [SCHEDULES[name]()])
+        learn.fit(3)
+        straight[name] = (learn.model.state_dict(), rec.recs["lr"])
+        stopped, _ = make_learner(tmp_path / f"run{i}", [SCHEDULES[name]()])
+        with pytest.raises(KeyboardInterrupt):
+            stopped.fit(3, cbs=[StopBeforeEpoch(1)])
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, f"the resuming process failed:\n{done.stderr[-3000:]}"
+    resumed = torch.load(tmp_path / "resumed.pt")
+    for name in SCHEDULES:
+        (w_straight, lrs_straight), (w_resumed, lrs_resumed) = straight[name], resumed[name]
+        assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight), name
+        assert lrs_resumed == lrs_straight and len(lrs_straight) == 3 * N_BATCHES, name
+
+
+def test_checkpoint_holds_model_optimizer_callbacks_loaders_rng_and_metrics(tmp_path):
+    learn, _ = make_learner(tmp_path, [SCHEDULES["torch OneCycleLR per batch"](), EarlyStoppingCB(patience=5)])
+    learn.fit(2)
+    state = load_checkpoint(tmp_path)  # the directory: its newest file
+    assert find_checkpoint(tmp_path).name == "epoch_0002.pt" and state["epoch"] == 2
+    assert set(state["callbacks"]) == {"BatchSchedCB_0", "EarlyStoppingCB_0", "RecorderCB_0", "CheckpointCB_0"}
+    assert state["callbacks"]["BatchSchedCB_0"]["n_steps"] == 2 * N_BATCHES
+    assert state["loaders"]["train"] == {"state_dict": {"seed": 3, "epoch": 2}}
+    assert set(state["rng"]) >= {"python", "numpy", "torch"}
+    assert [h["epoch"] for h in state["metrics"]["history"]] == [0, 0, 1, 1]
+    assert state["optimizer_class"] == "AdamW" and state["optimizer"]["state"]
+    assert torch.equal(state["model"]["0.weight"], learn.model[0].weight.detach())
+
+
+def test_keeps_the_newest_and_the_best(tmp_path):
+    learn, _ = make_learner(tmp_path, keep=2, monitor="valid_loss", mode="max")  # max: the best is an early one
+    learn.fit(5)
+    valid = [h["loss"] for h in learn.metrics.history if h["train"] == "valid"]
+    best = valid.index(max(valid)) + 1
+    names = sorted(f.name for f in tmp_path.iterdir())
+    assert names == sorted({f"epoch_{best:04d}.pt", "epoch_0004.pt", "epoch_0005.pt"})
+    cb = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+    assert cb.best_path.name == f"epoch_{best:04d}.pt" and cb.best == max(valid)
+
+
+def test_every_n_epochs_and_always_the_last(tmp_path):
+    learn, _ = make_learner(tmp_path, every=2, keep=None)
+    learn.fit(5)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["epoch_0002.pt", "epoch_0004.pt", "epoch_0005.pt"]
+
+
+def test_fit_without_validation_still_saves_each_epoch(tmp_path):
+    learn, _ = make_learner(tmp_path, keep=None)
+    learn.fit(2, valid=False)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+
+
+def test_crash_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    learn, _ = make_learner(tmp_path)
+    learn.fit(1)
+    before = load_checkpoint(tmp_path)
+
+    def broken_write(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full (simulated)")
+    monkeypatch.setattr(checkpoint_module, "_write", broken_write)
+    learn2, _ = make_learner(tmp_path)
+    with pytest.raises(OSError, match="simulated"):
+        learn2.fit(3, resume=tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["epoch_0001.pt"]  # no temporary file left either
+    after = load_checkpoint(tmp_path)
+    assert after["epoch"] == 1 and all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "epoch_0001.pt").write_bytes(b"\x00" * 10)
+    learn, _ = make_learner(None)
+    with pytest.raises(CheckpointMismatchError, match="could not read checkpoint .*epoch_0001.pt.*truncated or corrupt"):
+        learn.fit(2, resume=tmp_path)
+
+
+def test_fresh_fit_refuses_a_directory_with_checkpoints_unless_overwrite(tmp_path):
+    make_learner(tmp_path)[0].fit(1)
+    with pytest.raises(FileExistsError, match=r"already holds checkpoints \(epoch_0001.pt\).*resume="):
+        make_learner(tmp_path)[0].fit(1)
+    make_learner(tmp_path, overwrite=True)[0].fit(2)
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+
+
+def test_checkpoint_from_a_different_model_lists_the_keys_and_changes_nothing(tmp_path):
+    make_learner(tmp_path)[0].fit(1)
+    other = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.2), nn.ReLU(), nn.Linear(6, 1), nn.ReLU(), nn.Linear(1, 1))
+    learn, _ = make_learner(None, model=other)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as info:
+        learn.fit(2, resume=tmp_path)
+    msg = str(info.value)
+    assert "different model" in msg
+    assert "missing from the checkpoint (2): 5.weight; 5.bias" in msg
+    assert "shape mismatch (3): 0.weight: checkpoint (8, 4) vs model (6, 4); 0.bias" in msg
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+def test_checkpoint_from_a_different_optimizer_is_an_error_before_anything_changes(tmp_path):
+    make_learner(tmp_path)[0].fit(1)
+    learn, _ = make_learner(None, opt_func=optim.SGD)
+    before = [p.clone() for p in learn.model.parameters()]
+    with pytest.raises(CheckpointMismatchError, match="saved with AdamW .* this fit made SGD"):
+        learn.fit(2, resume=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def test_resume_errors_name_the_problem(tmp_path):
+    learn, _ = make_learner(None)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        learn.fit(2, resume=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        learn.fit(2, resume=tmp_path)
+    make_learner(tmp_path / "run")[0].fit(3)
+    with pytest.raises(ValueError, match="after epoch 3, but fit asks for 2 epochs in total.*n_epochs >= 3"):
+        learn.fit(2, resume=tmp_path / "run")
+
+
+def test_monitor_must_be_a_logged_metric(tmp_path):
+    learn, _ = make_learner(tmp_path, monitor="valid_acc")
+    with pytest.raises(ValueError, match=r"monitor 'valid_acc' is not logged.*'valid_loss'"):
+        learn.fit(1)
+
+
+def test_keyboard_interrupt_runs_cleanup_removes_hooks_and_says_how_to_resume(tmp_path):
+    class Hooked(Callback):
+        def before_fit(self, learn):
+            self.calls, self.cleaned = 0, False
+            self.handle = learn.model.register_forward_hook(lambda *args: setattr(self, "calls", self.calls + 1))
+
+        def cleanup_fit(self, learn):
+            self.handle.remove()
+            self.cleaned = True
+
+    hooked = Hooked()
+    learn, _ = make_learner(tmp_path, [hooked])
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit(3, cbs=[StopAtBatch(1, at=2)])
+    note = "\n".join(getattr(info.value, "__notes__", []))
+    assert "interrupted in epoch 1 (from 0), training pass, at batch 2 (from 0) of 8" in note
+    assert f"learn.fit(3, resume='{tmp_path}')" in note and "epoch_0001.pt" in note
+    assert hooked.cleaned and not learn.model._forward_hooks  # cleanup_fit ran: the hook is gone
+    assert not any(isinstance(cb, StopAtBatch) for cb in learn.cbs)  # temporary callback removed
+    assert load_checkpoint(tmp_path)["epoch"] == 1  # the newest checkpoint is intact
+    calls = hooked.calls
+    learn.fit(3, resume=tmp_path)  # the learner is usable
+    assert hooked.calls > calls and hooked.cleaned
+
+
+def test_interrupt_without_checkpoints_says_how_to_enable_them():
+    learn, _ = make_learner(None)
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit(2, cbs=[StopBeforeEpoch(0)])
+    assert "epoch 0 (from 0), training pass, before its first batch" in info.value.__notes__[0]
+    assert "CheckpointCB(path)" in info.value.__notes__[0]
+
+
+def test_early_stopping_saves_the_last_epoch_and_a_resume_stops_at_once(tmp_path):
+    learn, _ = make_learner(tmp_path, [EarlyStoppingCB(patience=1, min_delta=100.0)])  # no epoch improves by 100
+    learn.fit(5)
+    assert load_checkpoint(tmp_path)["epoch"] == 2  # epoch 0 sets best, epoch 1 fails once: stop, saved
+    resumed, rec = make_learner(tmp_path / "more", [EarlyStoppingCB(patience=1, min_delta=100.0)])
+    resumed.fit(5, resume=tmp_path)
+    assert len(rec.recs["lr"]) == 2 * N_BATCHES  # restored, and no batch trained after the resume
+
+
+def test_early_stopping_in_a_fit_without_validation_still_saves_its_last_epoch(tmp_path):
+    learn, rec = make_learner(tmp_path, [EarlyStoppingCB("train_loss", patience=1, min_delta=100.0)], keep=None)
+    learn.fit(5, valid=False)
+    assert len(rec.recs["lr"]) == 2 * N_BATCHES and load_checkpoint(tmp_path)["epoch"] == 2
+
+
+def test_checkpoint_from_a_smaller_model_lists_unexpected_keys(tmp_path):
+    make_learner(tmp_path)[0].fit(1)
+    smaller = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU())
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected in the checkpoint \(2\): 3.weight; 3.bias"):
+        make_learner(None, model=smaller)[0].fit(2, resume=tmp_path)
+
+
+def test_is_main_process_without_distributed():
+    assert is_main_process()
+
+
+def test_checkpoint_from_another_kind_of_loader_is_an_error_before_anything_changes(tmp_path):
+    make_learner(tmp_path)[0].fit(1)
+    learn, _ = make_learner(None)
+    learn.dls.train = torch.utils.data.DataLoader(learn.dls.train.dataset, batch_size=8, shuffle=True)
+    before = [p.clone() for p in learn.model.parameters()]
+    with pytest.raises(CheckpointMismatchError, match="state_dict for dls.train but this loader .DataLoader. has none"):
+        learn.fit(2, resume=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))

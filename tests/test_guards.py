@@ -1,0 +1,301 @@
+"""TerminateOnNaNCB, EarlyStoppingCB, GradClipCB, and the clear errors for wiring mistakes."""
+import gzip
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import miniai.data as data_module
+from miniai.callbacks import MetricsCB, TrainCB
+from miniai.callbacks.guards import EarlyStoppingCB, GradClipCB, NonFiniteLossError, TerminateOnNaNCB
+from miniai.data import DataLoaders, DataNotFoundError, IDXError, TensorLoader, get_dls, write_idx
+from miniai.learner import Callback, Learner, LossInputError, MomentumLearner, TrainLearner
+from tests.synth import linear_dls, tiny_learner
+
+
+class Steps(Callback):
+    """Counts optimizer steps per epoch."""
+
+    def __init__(self):
+        self.steps = []
+
+    def before_epoch(self, learn):
+        if learn.training:
+            self.steps.append(0)
+
+    def after_step(self, learn):
+        self.steps[-1] += 1
+
+
+class PoisonLoss(Callback):
+    """Replaces the training loss of batch `at` in `epoch` by `value` (before the NaN guard sees it)."""
+    order = 1
+
+    def __init__(self, at, value=float("nan"), epoch=0):
+        self.at, self.value, self.epoch = at, value, epoch
+
+    def after_loss(self, learn):
+        if learn.training and learn.epoch == self.epoch and learn.iter == self.at:
+            learn.loss = learn.loss * self.value
+
+
+# ---------------------------------------------------------------- TerminateOnNaNCB
+
+def test_nan_loss_at_batch_5_stops_there_with_epoch_batch_and_lr():
+    steps = Steps()
+    learn = tiny_learner(cbs=[steps, PoisonLoss(at=5)], n_train=160, lr=0.01)  # 10 batches per epoch
+    weights = None
+
+    class Snapshot(Callback):
+        def after_step(self, learn):
+            nonlocal weights
+            weights = [p.detach().clone() for p in learn.model.parameters()]
+    learn.add_cb(Snapshot())
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 0, batch 5 \(lr=0.01\)"):
+        learn.fit(2)
+    assert steps.steps == [5]  # batches 0-4 stepped; batch 5 stopped before its backward
+    assert all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))  # and left the weights alone
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+def test_infinite_loss_stops_too():
+    learn = tiny_learner(cbs=[PoisonLoss(at=1, value=float("inf"), epoch=1)])
+    with pytest.raises(NonFiniteLossError, match="training loss is inf at epoch 1, batch 1"):
+        learn.fit(3)
+
+
+def test_deferred_check_names_the_first_bad_batch_and_warns_about_the_weights():
+    """The accelerator path (no sync per batch), forced on the CPU: checked at the end of the training pass."""
+    steps = Steps()
+    learn = tiny_learner(cbs=[steps, PoisonLoss(at=2), TerminateOnNaNCB(immediate=False)], n_train=160,
+                         learner_cls=lambda *a, **k: TrainLearner(*a, **k, nan_guard=False))
+    with pytest.raises(NonFiniteLossError, match="at epoch 0, batch 2 .*detected at batch 9.*probably NaN"):
+        learn.fit(2)
+    assert steps.steps == [10]  # the whole pass ran: the check came at its end
+
+
+def test_deferred_check_every_n_batches():
+    steps = Steps()
+    learn = tiny_learner(cbs=[steps, PoisonLoss(at=2), TerminateOnNaNCB(every=4, immediate=False)], n_train=160,
+                         learner_cls=lambda *a, **k: TrainLearner(*a, **k, nan_guard=False))
+    with pytest.raises(NonFiniteLossError, match="batch 2 .*detected at batch 3"):
+        learn.fit(1)
+    assert steps.steps == [3]  # batches 0-2 stepped; stopped at batch 3's after_loss (the 4th loss)
+
+
+def test_nan_guard_is_on_by_default_and_can_be_turned_off_or_removed():
+    learn = tiny_learner()
+    guards = [cb for cb in learn.cbs if isinstance(cb, TerminateOnNaNCB)]
+    assert len(guards) == 1
+    assert MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1).cbs[0].__class__ is TerminateOnNaNCB
+    mine = TerminateOnNaNCB(every=3)
+    assert [cb for cb in TrainLearner(nn.Linear(1, 1), linear_dls(), cbs=[mine]).cbs] == [mine]  # not doubled
+    assert not TrainLearner(nn.Linear(1, 1), linear_dls(), nan_guard=False).cbs
+    learn.rm_cb(guards[0]).add_cb(PoisonLoss(at=1))
+    learn.fit(1)  # no guard: the NaN trains on
+    assert not all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+def test_nan_guard_stands_aside_for_a_callback_that_handles_nonfinite_losses():
+    class Finder(Callback):
+        handles_nonfinite_loss = True
+    learn = tiny_learner(cbs=[PoisonLoss(at=1), Finder()])
+    learn.fit(1)  # no error
+
+
+# ---------------------------------------------------------------- EarlyStoppingCB
+
+class FakeMetrics(Callback):
+    """Stands in for MetricsCB: logs valid_loss from a fixed sequence, one value per epoch."""
+    order = 10
+
+    def __init__(self, values):
+        self.values, self.names, self.last = values, ["train_loss", "valid_loss"], {}
+
+    def before_fit(self, learn):
+        learn.metrics = self
+
+    def after_epoch(self, learn):
+        if not learn.training:
+            self.last = {"valid_loss": self.values[learn.epoch]}
+
+
+@pytest.mark.parametrize("values, kwargs, epochs_run", [
+    ([5, 4, 4.5, 4.2, 4.1, 3, 2, 1], dict(patience=3), 5),                      # no new best in epochs 2, 3, 4
+    ([5, 4, 3.9, 3.8, 3.7, 3.6, 3, 2], dict(patience=2, min_delta=0.5), 4),     # improvements < 0.5 don't count
+    ([1, 2, 3, 2, 2, 2, 9, 9], dict(patience=2, mode="max"), 5),
+    ([5, 4, 3, 2, 1, 0, -1, -2], dict(patience=1), 8),                          # always improving: runs to the end
+])
+def test_early_stopping_stops_after_patience_epochs_without_improvement(values, kwargs, epochs_run):
+    steps, early = Steps(), EarlyStoppingCB(**kwargs)
+    tiny_learner(cbs=[steps, FakeMetrics(values), early]).fit(8)
+    assert len([s for s in steps.steps if s]) == epochs_run  # the next epoch is cancelled at its start
+    assert early.stopped_epoch == (epochs_run - 1 if epochs_run < 8 else None)
+
+
+def test_early_stopping_unknown_monitor_lists_the_logged_names():
+    with pytest.raises(ValueError, match=r"monitor 'valid_acc' is not logged.*\['train_loss', 'valid_loss'\]"):
+        tiny_learner(cbs=[MetricsCB(), EarlyStoppingCB("valid_acc")]).fit(1)
+    with pytest.raises(ValueError, match="needs a MetricsCB"):
+        tiny_learner(cbs=[EarlyStoppingCB()]).fit(1)
+
+
+# ---------------------------------------------------------------- GradClipCB
+
+def test_grad_clip_bounds_the_total_norm_at_every_step():
+    norms = []
+
+    class Norm(Callback):
+        order = 30  # after GradClipCB
+
+        def after_backward(self, learn):
+            norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in learn.model.parameters()])))
+    clip = GradClipCB(0.01)
+    tiny_learner(cbs=[clip, Norm()]).fit(1)
+    assert len(norms) == 3 and all(n <= 0.01 + 1e-6 for n in norms)
+    assert float(clip.last_norm) > 0.01  # the unclipped norm was larger: clipping did something
+
+
+def test_grad_clip_unscales_first_when_a_grad_scaler_is_in_use():
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    loss = model(torch.randn(4, 3)).pow(2).mean()
+    scaler.scale(loss).backward()  # grads are 1024 × the true ones
+    holder = SimpleNamespace(scaler=scaler)  # as a mixed precision callback exposes it
+    learn = SimpleNamespace(model=model, opt=opt, cbs=[holder])
+    true_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])) / 1024
+    GradClipCB(max_norm=1e6).after_backward(learn)  # a bound far above: only the unscaling shows
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+    assert norm == pytest.approx(true_norm, rel=1e-5)
+    with pytest.raises(RuntimeError, match="unscale_\\(\\) has already been called"):
+        scaler.unscale_(opt)  # so scaler.step will not unscale twice
+
+
+# ---------------------------------------------------------------- clear errors
+
+def test_loss_shape_mismatch_shows_both_shapes_before_any_step():
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    dls = DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x, y, bs=8))
+    model = nn.Linear(4, 5)
+    before = model.weight.detach().clone()
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=0.1)
+    with pytest.raises(LossInputError, match=r"cross_entropy failed.*shape \(8, 5\) float32.*shape \(16,\) int64"):
+        learn.fit(1, cbs=[_WrongTargets()])
+    assert torch.equal(model.weight, before)
+    with pytest.raises(RuntimeError, match=r"mse_loss failed on the model output \(preds, shape \(16, 1\)"):
+        tiny_learner(cbs=[_WrongTargets()]).fit(1)  # still a RuntimeError for existing except clauses
+
+
+class _WrongTargets(Callback):
+    """Gives the batch targets of an incompatible shape."""
+
+    def before_batch(self, learn):
+        xb, yb = learn.batch
+        learn.batch = (xb, torch.cat([yb, yb]))
+
+
+def test_loss_shape_mismatch_with_train_cb_on_a_plain_learner():
+    learn = tiny_learner(cbs=[TrainCB(), _WrongTargets()], learner_cls=Learner)
+    with pytest.raises(LossInputError, match=r"\(preds, shape \(16, 1\) float32\) and the targets \(shape \(32, 1\)"):
+        learn.fit(1)
+
+
+@pytest.mark.parametrize("train_dl, why", [
+    (TensorLoader(torch.zeros(0, 1), torch.zeros(0, 1), bs=4), "its dataset is empty"),
+    (DataLoader(TensorDataset(torch.zeros(3, 1), torch.zeros(3, 1)), batch_size=4, drop_last=True),
+     "3 items with bs=4 and drop_last=True make no full batch"),
+])
+def test_empty_train_loader_is_an_error_before_anything_runs(train_dl, why):
+    started = []
+
+    class Started(Callback):
+        def before_fit(self, learn):
+            started.append(True)
+    learn = TrainLearner(nn.Linear(1, 1), DataLoaders(train_dl, linear_dls().valid), cbs=[Started()])
+    with pytest.raises(ValueError, match=f"dls.train has no batches: {why}"):
+        learn.fit(1)
+    assert not started
+    learn.fit(1, train=False)  # validating alone is fine
+
+
+def test_no_learning_rate_anywhere_is_an_error():
+    with pytest.raises(ValueError, match=r"No learning rate: pass lr= .*learn.fit\(3, lr=1e-2\)"):
+        tiny_learner(lr=None).fit(1)
+
+
+def test_misspelled_event_is_an_error_when_the_callback_is_added():
+    class Typo(Callback):
+        def after_btach(self, learn):
+            pass
+    with pytest.raises(TypeError, match="Typo.after_btach is not an event; did you mean 'after_batch'"):
+        tiny_learner(cbs=[Typo()])
+    with pytest.raises(TypeError, match="after_btach is not an event"):
+        tiny_learner().add_cb(Typo())
+
+
+def _fake_fashion_dir(d, n=6):
+    d.mkdir()
+    for split, m in (("train", n), ("t10k", n)):
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", torch.zeros(m, 28, 28, dtype=torch.uint8))
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", torch.zeros(m, dtype=torch.uint8))
+
+
+def test_data_directory_with_a_truncated_file_names_it_and_the_expected_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "fmnist"
+    _fake_fashion_dir(d)
+    raw = gzip.decompress((d / "train-images-idx3-ubyte.gz").read_bytes())
+    (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(IDXError, match=r"train-images-idx3-ubyte.gz: header says 6x28x28 uint8 = 4704 data bytes, "
+                                       r"found 4604 \(truncated\)"):
+        get_dls(path=d)
+
+
+def test_data_directory_with_missing_files_lists_them_and_the_fixes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_module, "SYSTEM_DATA_DIR", tmp_path / "no-system-dir")
+    monkeypatch.setattr(data_module, "_hub_unavailable", lambda *a, **k: "offline (test)")
+    d = tmp_path / "fmnist"
+    _fake_fashion_dir(d)
+    (d / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.warns(UserWarning, match="lacks t10k-labels-idx1-ubyte"), \
+            pytest.raises(DataNotFoundError, match=r"(?s)lacks t10k-labels-idx1-ubyte.*To fix"):
+        get_dls(path=d)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nan_guard_does_not_synchronize_inside_the_batch_loop_on_cuda():
+    """Sync debug mode 'error' around every batch: the guard keeps losses on the device; checks at the pass end."""
+    class NoSync(Callback):
+        order = -100
+
+        def before_batch(self, learn):
+            torch.cuda.set_sync_debug_mode("error")
+
+        def cleanup_batch(self, learn):
+            torch.cuda.set_sync_debug_mode("default")
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=g)
+    dls = DataLoaders(TensorLoader(x, x.sum(1, keepdim=True), bs=16, shuffle=True, seed=0),
+                      TensorLoader(x[:32], x[:32].sum(1, keepdim=True), bs=16)).to("cuda")
+    learn = TrainLearner(nn.Linear(4, 1).cuda(), dls, F.mse_loss, lr=0.01, cbs=[NoSync()])
+    try:
+        learn.fit(2)  # finite losses: no error, and no synchronisation in any batch
+        with pytest.raises(NonFiniteLossError, match="at epoch 0, batch 5 .*detected at batch 15"):
+            learn.fit(1, cbs=[PoisonLoss(at=5)])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_lr_find_runs_into_an_infinite_loss_with_the_nan_guard_on():
+    """LRFinderCB sets handles_nonfinite_loss: it stops on inf itself, the default guard stands aside."""
+    learn = tiny_learner(n_train=480)
+    result = learn.lr_find(start_lr=0.1, gamma=30.0, max_mult=1e300, plot=False)
+    assert result.losses[-1] == float("inf")
