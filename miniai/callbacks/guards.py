@@ -74,7 +74,9 @@ class TerminateOnNaNCB(Callback):
 
     def _check(self, learn: Learner) -> None:
         start = self._checked
-        losses = torch.stack([t.float().reshape(-1).sum() for t in self._losses[start:]])
+        kept = self._losses[start:]
+        # one stack kernel for scalar losses; losses with reduction='none' are summed first (NaN/inf survive a sum)
+        losses = torch.stack(kept if all(t.ndim == 0 for t in kept) else [t.sum() for t in kept]).float()
         bad = ~torch.isfinite(losses)
         self._checked = len(self._losses)
         if bool(bad.any()):  # the one synchronisation
