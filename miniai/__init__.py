@@ -7,6 +7,7 @@ from .callbacks import (ActivationStats, Hook, Hooks, HooksCallback, LRFinderCB,
                         SingleBatchCB, TrainCB, _beta1, _lr, _mom)
 from .callbacks import (CheckpointCB, CheckpointMismatchError, EarlyStoppingCB, GradClipCB, NonFiniteLossError,
                         TerminateOnNaNCB, load_checkpoint)
+from .callbacks import DDPCB
 from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .data import DataLoaders, TensorLoader, get_dls, read_idx, write_idx
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
@@ -21,7 +22,7 @@ from .utils import def_device, set_seed, to_cpu, to_device
 __version__ = "0.1.0"
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
            "Learner", "MomentumLearner", "TrainLearner",
-           "DeviceCB", "MetricsCB", "ProgressCB", "SingleBatchCB", "TrainCB",
+           "DDPCB", "DeviceCB", "MetricsCB", "ProgressCB", "SingleBatchCB", "TrainCB",
            "CheckpointCB", "CheckpointMismatchError", "EarlyStoppingCB", "GradClipCB", "NonFiniteLossError",
            "TerminateOnNaNCB", "load_checkpoint", "LossInputError",
            "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",

@@ -38,6 +38,8 @@ def train(args: argparse.Namespace) -> float:
     from torcheval.metrics import MulticlassAccuracy
 
     from .callbacks import DeviceCB, MetricsCB, ProgressCB
+    from .callbacks.ddp import DDPCB
+    from .distributed import is_main_process, rank, world_size
     from .data import get_dls
     from .learner import TrainLearner
     from .models import GeneralRelu, get_model, init_weights
@@ -49,6 +51,9 @@ def train(args: argparse.Namespace) -> float:
     model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
     metrics, progress = MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()
     cbs = [DeviceCB(args.device or def_device), metrics, progress]
+    if world_size() > 1:  # started by torchrun with several processes: train data-parallel
+        cbs.insert(0, DDPCB())
+        dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)
     from .callbacks.scheduling import RecorderCB, _lr, _mom
     from .recipes import make_sched_cb
     recorder, sched_cb = RecorderCB(lr=_lr, mom=_mom), make_sched_cb(args.sched, args.epochs, len(dls.train))
@@ -56,8 +61,9 @@ def train(args: argparse.Namespace) -> float:
     learn = TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)
     learn.fit(args.epochs)
     accuracy = metrics.last["valid_accuracy"]
-    print(f"validation accuracy: {accuracy:.4f}", flush=True)
-    if args.out:
+    if is_main_process():  # every rank has the same (all-reduced) metrics; one prints and writes
+        print(f"validation accuracy: {accuracy:.4f}", flush=True)
+    if args.out and is_main_process():
         import torch
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -368,20 +368,31 @@ class TensorLoader:
         # no seed: draw one from torch's global RNG, so torch.manual_seed() still makes runs repeatable
         self.seed: int = int(torch.randint(0, 2**31, ())) if seed is None else int(seed)
         self.epoch = 0
-        self.rank, self.world_size = 0, 1
+        self.rank, self.world_size, self.even = 0, 1, True
 
     @property
     def dataset(self) -> TensorDataset:
         """The held tensors as a `TensorDataset` (for code that reads `dl.dataset`)."""
         return TensorDataset(self.x, self.y)
 
-    def _n_items(self) -> int:
-        return len(self.x) // self.world_size  # sharded: the remainder is dropped so every rank has as many
+    def _spans(self) -> Iterator[tuple[int, int]]:
+        """(start, stop) positions in the epoch's order of each of this rank's batches.
+
+        Global batch g is positions [g*bs*W, (g+1)*bs*W) of the order (W = world_size); rank r takes the r-th of
+        W near-equal contiguous parts of it. So the W ranks together walk exactly the batches one process with
+        bs*W walks, and DDP's mean of the ranks' gradients is that process's gradient.
+        """
+        w = self.world_size
+        n = len(self.x) // w * w if self.even else len(self.x)  # even: drop the remainder, all ranks get as many
+        for g in range(0, n, self.bs * w):
+            m = min(self.bs * w, n - g)
+            start, stop = g + self.rank * m // w, g + (self.rank + 1) * m // w
+            if stop - start == self.bs or (stop > start and not self.drop_last):
+                yield start, stop
 
     def __len__(self) -> int:
         """Number of batches per epoch (on this rank)."""
-        n = self._n_items()
-        return n // self.bs if self.drop_last else math.ceil(n / self.bs)
+        return sum(1 for _ in self._spans())
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The (CPU) order of all items in `epoch`; identical on every rank."""
@@ -389,25 +400,24 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, self.epoch = self.epoch, self.epoch + 1  # counted on iter(), so a mid-epoch checkpoint resumes next
-        n, start = self._n_items(), self.rank * self._n_items()
         idx = None
         if self.shuffle:
             # one small host->device copy per epoch, then batches are gathered on the data's device; from pinned
             # memory the copy is asynchronous, so not even this one stalls the CPU (a pageable copy would sync)
-            idx = self.permutation(epoch)[start:start + n]
+            idx = self.permutation(epoch)
             if self.x.device.type == "cuda":
                 idx = idx.pin_memory().to(self.x.device, non_blocking=True)
             else:
                 idx = idx.to(self.x.device)
-        return self._batches(idx, start, n)
+        return self._batches(idx, list(self._spans()))
 
-    def _batches(self, idx: torch.Tensor | None, start: int, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(0, n - self.bs + 1 if self.drop_last else n, self.bs):
+    def _batches(self, idx: torch.Tensor | None, spans: list[tuple[int, int]]
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start, stop in spans:
             if idx is None:
-                s = slice(start + i, start + min(i + self.bs, n))
-                yield self.x[s], self.y[s]
+                yield self.x[start:stop], self.y[start:stop]
             else:
-                b = idx[i:i + self.bs]
+                b = idx[start:stop]
                 yield self.x[b], self.y[b]
 
     def state_dict(self) -> dict[str, int]:
@@ -422,12 +432,17 @@ class TensorLoader:
         """Make the next `iter()` run epoch `epoch` (as DistributedSampler.set_epoch)."""
         self.epoch = epoch
 
-    def shard(self, rank: int, world_size: int) -> TensorLoader:
-        """Walk only slice `rank` of `world_size` disjoint, equal-sized slices of each epoch's order; returns self."""
+    def shard(self, rank: int, world_size: int, even: bool = True) -> TensorLoader:
+        """Walk only part `rank` of each global batch of bs*world_size items of each epoch's order; returns self.
+
+        The ranks' parts are disjoint and cover the order. `even=True` (training) drops the last
+        len % world_size items of each epoch's order, so every rank has as many items and batches (DDP needs
+        that); `even=False` (validation) drops nothing, so ranks may differ by an item (or a batch).
+        """
         if not 0 <= rank < world_size or len(self.x) < world_size:
             raise ValueError(f"need 0 <= rank < world_size <= {len(self.x)} items, got rank={rank}, "
                              f"world_size={world_size}")
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.even = rank, world_size, even
         return self
 
     def to(self, device: str | torch.device) -> TensorLoader:

@@ -229,11 +229,13 @@ def test_shard_gives_disjoint_equal_slices_of_one_permutation():
     orders = [epoch_order(dl) for dl in ranks]
     assert [len(o) for o in orders] == [7, 7, 7]
     assert len(set(torch.cat(orders).tolist())) == 21
-    assert torch.equal(torch.cat(orders), ranks[0].permutation(0)[:21])
+    # global batch g (12 items) is the ranks' batch g side by side: batches [0:4|4:8|8:12], then [12:15|15:18|18:21]
+    perm = ranks[0].permutation(0)
+    assert torch.equal(torch.cat([o[:4] for o in orders] + [o[4:] for o in orders]), perm[:21])
 
 
 def test_shard_unshuffled_and_bad_args():
-    assert epoch_order(loader(10, 4).shard(1, 2)).tolist() == [5, 6, 7, 8, 9]
+    assert epoch_order(loader(10, 4).shard(1, 2)).tolist() == [4, 5, 6, 7, 9]  # batches [0:4|4:8], [8|9]
     with pytest.raises(ValueError, match="rank=2, world_size=2"):
         loader().shard(2, 2)
 

@@ -4,6 +4,8 @@
 
 | order | callback            | why there                                                          |
 |-------|---------------------|--------------------------------------------------------------------|
+| -30   | DDPCB               | joins the process group, gives DeviceCB this rank's GPU, wraps the |
+|       |                     | model in DDP and shards the loaders before anyone reads them       |
 | -20   | DeviceCB            | moves model and batch before anyone reads them                     |
 | -10   | BatchTransformCB    | augments the batch once it is on the device                        |
 |   0   | TrainCB, (default)  |                                                                    |
@@ -33,6 +35,7 @@ after order 20 at before_fit, when the scheduling callbacks have built their sch
 """
 from .activations import ActivationStats, Hook, Hooks, HooksCallback, append_stats
 from .basic import DeviceCB, SingleBatchCB, TrainCB
+from .ddp import DDPCB
 from .checkpoint import CheckpointCB, CheckpointMismatchError, load_checkpoint
 from .guards import EarlyStoppingCB, GradClipCB, NonFiniteLossError, TerminateOnNaNCB
 from .lr_finder import LRFinderCB, LRFinderResult
@@ -41,7 +44,7 @@ from .progress import ProgressCB
 from .resume import ResumeCB
 from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom
 
-__all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "ProgressCB",
+__all__ = ["DDPCB", "DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "ProgressCB",
            "CheckpointCB", "CheckpointMismatchError", "ResumeCB", "load_checkpoint",
            "EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB",
            "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
 
 __all__ = ["MetricsCB", "format_row"]
@@ -30,6 +31,8 @@ def _print_rows() -> Callable[[dict[str, Any]], None]:
 
     def log(row: dict[str, Any]) -> None:
         nonlocal first
+        if not is_main_process():  # under DDP every rank has the same rows; rank 0 prints them
+            return
         if first:
             print(format_row(row, header=True), flush=True)
             first = False
@@ -45,6 +48,8 @@ class MetricsCB(Callback):
     only at the end of each pass. After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names
     schedulers and early stopping `monitor`), `history` one dict per pass, and `log_fn(row)` is called with the
     formatted row (ProgressCB replaces `log_fn` to draw a table; the default prints aligned lines).
+    Under DDP the metric states and the loss sum are summed over all processes at the end of each pass, so every
+    rank reports the same values, those of the whole validation (or training) set; only rank 0 prints them.
     """
     order = 10  # after callbacks that change preds or loss, before those that read the results
 
@@ -64,6 +69,8 @@ class MetricsCB(Callback):
         return [f"{split}_{name}" for split in ("train", "valid") for name in [*self.metrics, "loss"]]
 
     def before_fit(self, learn: Learner) -> None:
+        if is_dist():
+            _check_syncable(self.metrics)
         learn.metrics = self
         self.history, self.last = [], {}
 
@@ -88,13 +95,31 @@ class MetricsCB(Callback):
 
     def after_epoch(self, learn: Learner) -> None:
         split = "train" if learn.training else "valid"
-        values = {name: float(metric.compute()) for name, metric in self.metrics.items()}
-        values["loss"] = float(self._loss_sum) / self._count if self._count else float("nan")
+        values = {name: float(value) for name, value in _compute(self.metrics).items()}
+        # one collective for both: under DDP each rank saw only its shard of the pass
+        loss_sum, count = all_reduce_sum(torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._count)]))
+        values["loss"] = float(loss_sum / count) if count else float("nan")
         for name, value in values.items():
             self.last[f"{split}_{name}"] = value
         record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
         self.history.append(record)
         self.log_fn({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
+
+
+def _compute(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Each metric's value; under DDP from the states of all ranks (every rank must call this at the same time)."""
+    if not is_dist():
+        return {name: metric.compute() for name, metric in metrics.items()}
+    from torcheval.metrics.toolkit import sync_and_compute_collection  # here: only distributed runs need it
+    return sync_and_compute_collection(metrics) if metrics else {}
+
+
+def _check_syncable(metrics: dict[str, Any]) -> None:
+    from torcheval.metrics import Metric  # imported here: only distributed runs need it
+    others = [name for name, metric in metrics.items() if not isinstance(metric, Metric)]
+    if others:
+        raise TypeError(f"under DDP MetricsCB merges metric states across processes, which it can do for torcheval "
+                        f"metrics only; {', '.join(others)} is not one: use a torcheval Metric")
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from fastprogress.fastprogress import ConsoleMasterBar, NBMasterBar, progress_bar
 
+from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from .metrics import format_row
 
@@ -72,6 +73,9 @@ class ProgressCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if sys.stdout.isatty() else "plain")
+        self._main = is_main_process()
+        if not self._main:  # under DDP only rank 0 draws bars and prints rows (all ranks log the same rows)
+            self._mode = "plain"
         self._train_losses = _HostScalars()
         self.losses, self.valid_losses = self._train_losses.values, []
         self._header_done, self._last_graph = False, 0.0
@@ -88,6 +92,8 @@ class ProgressCB(Callback):
     def _log(self, row: dict[str, Any]) -> None:
         if row.get("train") == "valid" and "loss" in row:
             self.valid_losses.append(row["loss"])
+        if not self._main:
+            return
         if self._mode == "notebook":
             if not self._header_done:
                 self.mbar.write(list(row), table=True)

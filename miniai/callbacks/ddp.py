@@ -1,0 +1,211 @@
+"""DDPCB: the same training script on N processes launched by torchrun, with PyTorch's DistributedDataParallel.
+
+    torchrun --nproc_per_node=2 my_script.py     # my_script.py builds its learner with DDPCB() in cbs
+
+At before_fit DDPCB joins the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT), gives this process its own device, wraps the model in DistributedDataParallel and
+shards the loaders. At cleanup_fit, after an error too, it undoes all of it: `learn.model` is the plain module
+again (state_dicts without a `module.` prefix), the loaders walk every item, and the process group it created is
+destroyed. Outside torchrun (no WORLD_SIZE > 1, no process group) it does nothing, so a script can always add it.
+
+The rest of miniai follows the ranks: MetricsCB sums its counts over all processes, so every rank reports the
+metrics of the whole validation set (and early stopping or best-model checkpointing decide the same everywhere);
+only rank 0 prints, draws and writes files (`miniai.distributed.is_main_process`).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
+
+from ..data import TensorLoader
+from ..distributed import is_dist, local_rank, rank, world_size
+from ..learner import Callback, Learner
+from .basic import DeviceCB
+
+__all__ = ["DDPCB"]
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_GROUP_IDS = itertools.count(1)  # numbers the process groups DDPCB starts in this process, the same on every rank
+
+
+class DDPCB(Callback):
+    """Train with DistributedDataParallel on every process of a torchrun launch (NCCL on GPUs, gloo on CPUs).
+
+    The device: DDPCB keeps the device *type* that DeviceCB was given (or the model's, without a DeviceCB) and
+    makes it this process's own: `cuda:$LOCAL_RANK` on GPUs. It sets that device on every DeviceCB in the
+    learner, which then moves batches there as usual. `backend=None` picks NCCL for CUDA and gloo for the CPU.
+    `sync_bn=True` converts BatchNorm layers to SyncBatchNorm for the fit (batch statistics over all ranks;
+    CUDA only) and back afterwards. Other keyword arguments go to DistributedDataParallel
+    (e.g. `find_unused_parameters=True`).
+
+    Sharding: every rank walks its part of each global batch of `bs × world_size` items of the same seeded order
+    (TensorLoader.shard), so the training pass has as many batches on every rank, and N ranks with batch size
+    bs train like one process with batch size N × bs. The validation loader is split without dropping an item.
+    Torch DataLoaders get a DistributedSampler for training and a contiguous split for validation.
+    """
+    order = -30  # before DeviceCB (-20), which moves model and batches to the device DDPCB picked
+    _plain_excepthook: ClassVar[Any] = None  # sys.excepthook before the first group torch wrapped it for
+
+    def __init__(self, sync_bn: bool = False, backend: str | None = None, **ddp_kwargs: Any) -> None:
+        if backend not in (None, "nccl", "gloo"):
+            raise ValueError(f"backend must be 'nccl' (CUDA), 'gloo' (CPU) or None (pick by device), got {backend!r}")
+        self.sync_bn, self.backend, self.ddp_kwargs = sync_bn, backend, ddp_kwargs
+        self.device: torch.device | None = None  # this process's device, set at before_fit
+        self.active = False  # whether this fit runs distributed
+        self._owns_group = False
+        self._plain: nn.Module | None = None
+        self._ddp: DistributedDataParallel | None = None
+        self._batchnorms: dict[str, nn.Module] = {}
+        self._restore: list[tuple[str, Any, Any]] = []  # (dls attribute, loader before, its shard state before)
+        self._samplers: list[DistributedSampler] = []
+
+    def before_fit(self, learn: Learner) -> None:
+        self.active = is_dist() or world_size() > 1
+        if not self.active:
+            return
+        device_cbs = [cb for cb in learn.cbs if isinstance(cb, DeviceCB)]
+        self.device = self._pick_device(device_cbs, learn.model)
+        backend = self.backend or ("nccl" if self.device.type == "cuda" else "gloo")
+        if backend == "nccl" and self.device.type != "cuda":
+            raise ValueError("backend='nccl' needs CUDA devices; this fit runs on the CPU: use backend='gloo' or None")
+        if self.sync_bn and self.device.type != "cuda":
+            raise ValueError("sync_bn=True needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); on the CPU "
+                             "use DDPCB(sync_bn=False): each rank then normalizes with its own batch statistics")
+        if not is_dist():
+            self._init_group(backend)
+        for cb in device_cbs:
+            cb.device = self.device
+        model = learn.model.to(self.device)
+        if any(getattr(cb, "channels_last", False) for cb in device_cbs):
+            model.to(memory_format=torch.channels_last)  # before wrapping: DDP lays out its gradient buckets now
+        if self.sync_bn:
+            self._batchnorms = {name: m for name, m in model.named_modules()
+                                if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # keeps the Parameters, so learn.opt still fits
+        self._plain = model
+        # DDP broadcasts rank 0's parameters and buffers here, so all ranks start from the same model
+        self._ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None, **self.ddp_kwargs)
+        learn.model = self._ddp
+        self._shard(learn)
+
+    def before_epoch(self, learn: Learner) -> None:
+        if learn.training:
+            for sampler in self._samplers:
+                sampler.set_epoch(learn.epoch)  # a new order each epoch, the same on every rank
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        if not self.active:
+            return
+        try:
+            if self._plain is not None:  # (wrapping may have failed after the SyncBatchNorm conversion)
+                plain = self._undo_sync_bn(self._plain) if self._batchnorms else self._plain
+                if self._ddp is None or learn.model is self._ddp:
+                    learn.model = plain
+            for name, before, shard_state in reversed(self._restore):
+                if shard_state is None:
+                    setattr(learn.dls, name, before)
+                else:
+                    before.shard(*shard_state)
+        finally:
+            self._ddp = self._plain = None
+            self._restore, self._samplers, self._batchnorms = [], [], {}
+            if self._owns_group and is_dist():
+                dist.destroy_process_group()
+            self._owns_group = False
+
+    # --- before_fit's parts ------------------------------------------------------------------------------------
+    def _pick_device(self, device_cbs: list[DeviceCB], model: nn.Module) -> torch.device:
+        if device_cbs:
+            kind = torch.device(device_cbs[0].device).type
+        else:
+            param = next(model.parameters(), None)
+            kind = param.device.type if param is not None else "cpu"
+        if kind == "cpu":
+            return torch.device("cpu")
+        if kind != "cuda":
+            raise ValueError(f"DDPCB trains on CUDA GPUs (NCCL) or CPUs (gloo), not on {kind!r}: "
+                             f"use DeviceCB('cpu') for a distributed run without CUDA")
+        index, n_gpus = local_rank(), torch.cuda.device_count()
+        if index >= n_gpus:
+            raise RuntimeError(f"LOCAL_RANK={index} but this machine has {n_gpus} GPU(s): start at most one process "
+                               f"per GPU (torchrun --nproc_per_node={n_gpus})")
+        torch.cuda.set_device(index)  # so NCCL and every tensor made with device='cuda' use this process's GPU
+        return torch.device("cuda", index)
+
+    def _init_group(self, backend: str) -> None:
+        missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
+        if missing:
+            raise RuntimeError(f"DDPCB found WORLD_SIZE={os.environ.get('WORLD_SIZE')} but not {', '.join(missing)}: "
+                               f"launch with torchrun (`torchrun --nproc_per_node=N script.py`), which sets "
+                               f"{', '.join(_TORCHRUN_VARS)} and LOCAL_RANK, or set them yourself")
+        kwargs = {"device_id": self.device} if backend == "nccl" else {}
+        store, r, w = next(dist.rendezvous("env://"))
+        # A fresh key prefix per group: torchrun's store outlives a fit, and a second fit's group built on the same
+        # keys could read the first group's (closed) addresses and fail with "Connection refused".
+        store = dist.PrefixStore(f"miniai_ddp_{next(_GROUP_IDS)}", store)
+        # init_process_group wraps sys.excepthook to prefix tracebacks with "[rankN]:"; let it wrap the original
+        # hook each time, or a process's third fit would print "[rank1]: [rank1]: [rank1]:"
+        if DDPCB._plain_excepthook is None:
+            DDPCB._plain_excepthook = sys.excepthook
+        sys.excepthook = DDPCB._plain_excepthook
+        dist.init_process_group(backend, store=store, rank=r, world_size=w, **kwargs)
+        self._owns_group = True
+
+    def _shard(self, learn: Learner) -> None:
+        r, w = rank(), world_size()
+        for name in ("train", "valid"):
+            dl = getattr(learn.dls, name, None)
+            if dl is None:
+                continue
+            # DDP's backward is a collective: every rank must train as many batches. Validation has none,
+            # so it keeps every item and the summed metrics cover the whole validation set.
+            even = name == "train"
+            if isinstance(dl, TensorLoader):
+                self._restore.append((name, dl, (dl.rank, dl.world_size, dl.even)))
+                dl.shard(r, w, even=even)
+            elif isinstance(dl, DataLoader):
+                self._restore.append((name, dl, None))
+                setattr(learn.dls, name, self._shard_torch_loader(dl, name, r, w, even))
+            else:
+                raise TypeError(f"DDPCB can't shard dls.{name}, a {type(dl).__name__}: use miniai.data.TensorLoader "
+                                f"or a torch DataLoader (built on a map-style dataset)")
+
+    def _shard_torch_loader(self, dl: DataLoader, name: str, r: int, w: int, even: bool) -> DataLoader:
+        if isinstance(dl.dataset, IterableDataset) or type(dl.batch_sampler) is not BatchSampler:
+            raise TypeError(f"DDPCB can't shard dls.{name}: a DataLoader over an IterableDataset or with a custom "
+                            f"batch_sampler decides its own items; shard it yourself by rank() and world_size()")
+        n = len(dl.dataset)
+        if n < w:
+            raise ValueError(f"dls.{name} has {n} items for {w} processes: every process needs at least one")
+        if even:
+            seed = [int(torch.randint(0, 2**31, ()))]
+            dist.broadcast_object_list(seed, src=0)  # rank 0's seed: the ranks' slices must be of one order
+            sampler: Any = DistributedSampler(dl.dataset, w, r, shuffle=isinstance(dl.sampler, RandomSampler),
+                                              seed=seed[0], drop_last=True)
+            self._samplers.append(sampler)
+        else:
+            sampler = range(r * n // w, (r + 1) * n // w)  # a contiguous part; order doesn't change metrics
+        return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers,
+                          collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
+                          timeout=dl.timeout, worker_init_fn=dl.worker_init_fn,
+                          multiprocessing_context=dl.multiprocessing_context, generator=dl.generator,
+                          prefetch_factor=dl.prefetch_factor, persistent_workers=dl.persistent_workers)
+
+    def _undo_sync_bn(self, model: nn.Module) -> nn.Module:
+        """Put the user's BatchNorm modules back in place of the SyncBatchNorm copies, with what they learned."""
+        for name, bn in self._batchnorms.items():
+            bn.load_state_dict(model.get_submodule(name).state_dict())
+            if not name:
+                return bn  # the model was a BatchNorm itself
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, bn)
+        return model

@@ -1,0 +1,57 @@
+"""Where this process stands in a torchrun launch: rank, world size, the main process, and a sum over processes.
+
+Every helper works without torch.distributed too: outside a process group the answers come from the variables
+torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE), and a plain `python script.py` is rank 0 of a world of 1. Reading
+the environment as a fallback matters after a fit: DDPCB destroys the process group at cleanup_fit, and code
+that runs later (printing the final accuracy, writing files) must still know it is not rank 0.
+Imports nothing from miniai, so a plain torch loop can use it.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["is_dist", "rank", "local_rank", "world_size", "is_main_process", "all_reduce_sum"]
+
+
+def is_dist() -> bool:
+    """True when a torch.distributed process group is initialized in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's global rank: the process group's, else $RANK (set by torchrun), else 0."""
+    return dist.get_rank() if is_dist() else int(os.environ.get("RANK", 0))
+
+
+def local_rank() -> int:
+    """This process's rank on its machine ($LOCAL_RANK, set by torchrun), else 0: the GPU index it should use."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def world_size() -> int:
+    """How many processes train together: the process group's size, else $WORLD_SIZE (set by torchrun), else 1."""
+    return dist.get_world_size() if is_dist() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the one process that prints, draws and writes files (True when not distributed)."""
+    return rank() == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all processes, in place, and return it; without a process group it is returned as is.
+
+    Every process must call it, in the same order, or they all wait forever. Under NCCL a CPU tensor makes the
+    trip through this process's current GPU (NCCL reduces only GPU tensors).
+    """
+    if not is_dist() or dist.get_world_size() == 1:
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        return tensor.copy_(on_gpu)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

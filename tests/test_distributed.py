@@ -1,0 +1,353 @@
+"""DDPCB and the rank-aware callbacks: 2 processes on the CPU (gloo) started with torchrun, plus in-process checks.
+
+Processes are expensive, so one torchrun launch checks most things at once (see WORKER); a second checks that a
+failure on one rank ends both. Each launch runs under a timeout, so a hang fails the test instead of blocking.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB, RecorderCB, _lr
+from miniai.callbacks.checkpoint import CheckpointCB, load_checkpoint
+from miniai.callbacks.ddp import DDPCB
+from miniai.data import DataLoaders, TensorLoader
+from miniai.distributed import all_reduce_sum, is_dist, is_main_process, rank, world_size
+from miniai.learner import TrainLearner
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN, N_VALID, BS, SEED, EPOCHS, LR = 70, 31, 8, 7, 2, 0.3  # 70 = 4 global batches of 2×8 and one of 6
+
+# Runs on each rank: argv = out dir. Writes rank{r}.json/.pt, resumed{r}.pt and failed{r}.json for the tests.
+WORKER = '''
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB, RecorderCB, _lr
+from miniai.callbacks.checkpoint import CheckpointCB
+from miniai.callbacks.ddp import DDPCB
+from miniai.data import DataLoaders, TensorLoader
+from miniai.distributed import is_dist, rank
+from miniai.learner import Callback, TrainLearner
+
+out = sys.argv[1]
+r = int(os.environ["RANK"])
+setup = torch.load(f"{out}/setup.pt")
+
+def learner(cbs):
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    model.load_state_dict(setup["init"] if r == 0 else {k: v + 1 for k, v in setup["init"].items()})  # DDP syncs
+    dls = DataLoaders(TensorLoader(setup["xt"], setup["yt"], setup["bs"], shuffle=True, seed=setup["seed"]),
+                      TensorLoader(setup["xv"], setup["yv"], setup["bs"]))
+    return TrainLearner(model, dls, F.cross_entropy, lr=setup["lr"], cbs=cbs)
+
+class FailOnRank1(Callback):
+    def after_backward(self, learn):
+        if rank() == 1 and learn.iter == 2:
+            raise RuntimeError("boom on rank 1")
+
+def record(name, learn, **extra):
+    with open(f"{out}/{name}{r}.json", "w") as f:
+        json.dump({"group_left": is_dist(), "model": type(learn.model).__name__, "train_len": len(learn.dls.train),
+                   **extra}, f)
+
+# A: train with the usual callbacks
+metrics, recorder = MetricsCB(accuracy=MulticlassAccuracy()), RecorderCB(lr=_lr)
+learn = learner([DDPCB(), DeviceCB("cpu"), metrics, ProgressCB(mode="plain"), recorder,
+                 CheckpointCB(f"{out}/ckpt_rank{r}")])
+learn.fit_one_cycle(setup["epochs"], setup["lr"])
+torch.save(learn.model.state_dict(), f"{out}/rank{r}.pt")
+recorder.plot(f"{out}/lr_rank{r}.png")
+record("rank", learn, last=metrics.last, lrs=recorder.recs["lr"], keys=list(learn.model.state_dict()))
+
+# B: the other way round: resume a single-process checkpoint in this 2-process run (MetricsCB prints itself)
+learn = learner([DDPCB(), DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy()), RecorderCB(lr=_lr)])
+learn.fit_one_cycle(setup["epochs"], setup["lr"], resume=f"{out}/single/epoch_0001.pt")
+torch.save(learn.model.state_dict(), f"{out}/resumed{r}.pt")
+
+# C: torch DataLoaders (a DistributedSampler for training, a contiguous split for validation)
+from torch.utils.data import DataLoader, TensorDataset
+learn = learner([DDPCB(), DeviceCB("cpu"), metrics])
+metrics.log_fn = lambda row: None  # quiet: the output counts above are about A and B
+learn.dls = DataLoaders(DataLoader(TensorDataset(setup["xt"], setup["yt"]), setup["bs"], shuffle=True),
+                        DataLoader(TensorDataset(setup["xv"], setup["yv"]), setup["bs"]))
+learn.fit(2)
+torch.save(learn.model.state_dict(), f"{out}/torchdl{r}.pt")
+record("torchdl", learn, last=metrics.last, sampler=type(learn.dls.train.sampler).__name__)
+
+# D: rank 1 fails in the middle of an epoch
+learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
+try:
+    learn.fit(1)
+finally:
+    record("failed", learn)
+'''
+
+
+def make_setup(out: Path) -> dict:
+    """Data and initial weights shared by the workers and the single-process reference."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 3, generator=g)
+    xt, xv = torch.randn(N_TRAIN, 6, generator=g), torch.randn(N_VALID, 6, generator=g)
+    torch.manual_seed(0)
+    init = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).state_dict()
+    setup = dict(xt=xt, yt=(xt @ w).argmax(1), xv=xv, yv=(xv @ w).argmax(1), init=init, bs=BS, seed=SEED,
+                 epochs=EPOCHS, lr=LR)
+    torch.save(setup, out / "setup.pt")
+    return setup
+
+
+def single_process_learner(setup: dict, bs: int, cbs=()) -> TrainLearner:
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    model.load_state_dict(setup["init"])
+    dls = DataLoaders(TensorLoader(setup["xt"], setup["yt"], bs, shuffle=True, seed=setup["seed"]),
+                      TensorLoader(setup["xv"], setup["yv"], bs))
+    return TrainLearner(model, dls, F.cross_entropy, lr=setup["lr"], cbs=[DeviceCB("cpu"), *cbs])
+
+
+def run_with_timeout(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` in its own process group and kill that group (workers included) if it outlives `timeout`."""
+    env = {**(env or os.environ), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[2:5])} ... hung for {timeout} s:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    """The single-process reference, then one torchrun launch of WORKER on 2 processes."""
+    out = tmp_path_factory.mktemp("ddp")
+    setup = make_setup(out)
+    # the reference: one process, bs 2×8, the same callbacks; its epoch-1 checkpoint is resumed by the workers
+    metrics, recorder = MetricsCB(accuracy=MulticlassAccuracy()), RecorderCB(lr=_lr)
+    metrics.log_fn = lambda row: None
+    single = single_process_learner(setup, 2 * BS, [metrics, recorder, CheckpointCB(out / "single")])
+    single.fit_one_cycle(EPOCHS, LR)
+    (out / "worker.py").write_text(textwrap.dedent(WORKER))
+    run = run_with_timeout([*TORCHRUN, str(out / "worker.py"), str(out)], timeout=90)
+    return SimpleNamespace(out=out, run=run, setup=setup, single=single.model.state_dict(), lrs=recorder.recs["lr"])
+
+
+def test_two_processes_train_like_one_with_twice_the_batch(launch):
+    """Identical ranks, = one process with bs 2×8, whole-set metrics, rank-0-only output, checkpoints both ways."""
+    out, run, setup = launch.out, launch.run, launch.setup
+    assert (out / "rank1.json").exists(), run.stdout + run.stderr
+    res = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    params = [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+    # identical on both ranks, and equal to one process walking the same order with the global batch
+    assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
+    for k, v in launch.single.items():
+        torch.testing.assert_close(params[0][k], v, atol=1e-5, rtol=0)
+    # the schedule counted per-rank batches: 5 a pass on each rank, the lrs the single process used
+    assert res[0]["lrs"] == pytest.approx(launch.lrs, abs=1e-12) and len(res[0]["lrs"]) == EPOCHS * 5
+    # every rank reports the metrics of the whole validation set (31 items: 15 on rank 0, 16 on rank 1)
+    assert res[0]["last"] == res[1]["last"]
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    model.load_state_dict(params[0])  # a DDP run's weights load into a plain module: no `module.` prefix
+    with torch.no_grad():
+        logits = model(setup["xv"])
+    assert res[0]["last"]["valid_accuracy"] == pytest.approx((logits.argmax(1) == setup["yv"]).float().mean().item())
+    assert res[0]["last"]["valid_loss"] == pytest.approx(F.cross_entropy(logits, setup["yv"]).item(), abs=1e-6)
+    # after the fit: the plain model, the whole loader (70 items in batches of 8), no process group
+    for r in res:
+        assert (r["model"], r["train_len"], r["group_left"]) == ("Sequential", 9, False)
+        assert not any(k.startswith("module.") for k in r["keys"])
+
+    # only rank 0 prints and writes: a header per fit (ProgressCB's, then MetricsCB's own), a valid row per epoch
+    assert run.stdout.count("accuracy") == 2 and run.stdout.count("valid") == EPOCHS + 1, run.stdout
+    assert (out / "lr_rank0.png").exists() and not (out / "lr_rank1.png").exists()
+    assert not (out / "ckpt_rank1").exists()
+    state = load_checkpoint(out / "ckpt_rank0" / f"epoch_{EPOCHS:04d}.pt")
+    fresh = single_process_learner(setup, 2 * BS)
+    fresh.model.load_state_dict(state["model"])  # DDP checkpoint -> single-process learner
+    assert all(torch.equal(fresh.model.state_dict()[k], params[0][k]) for k in params[0])
+    # single-process checkpoint -> DDP run: resuming after epoch 1 on 2 ranks ends where the single process did
+    for r in range(2):
+        resumed = torch.load(out / f"resumed{r}.pt")
+        for k, v in launch.single.items():
+            torch.testing.assert_close(resumed[k], v, atol=1e-5, rtol=0)
+
+
+def test_torch_dataloaders_are_sharded_and_given_back(launch):
+    out, setup = launch.out, launch.setup
+    res = [json.loads((out / f"torchdl{r}.json").read_text()) for r in range(2)]
+    params = [torch.load(out / f"torchdl{r}.pt") for r in range(2)]
+    assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    model.load_state_dict(params[0])
+    with torch.no_grad():
+        accuracy = (model(setup["xv"]).argmax(1) == setup["yv"]).float().mean().item()
+    assert res[0]["last"] == res[1]["last"] and res[0]["last"]["valid_accuracy"] == pytest.approx(accuracy)
+    assert [(r["sampler"], r["train_len"], r["model"]) for r in res] == [("RandomSampler", 9, "Sequential")] * 2
+
+
+def test_failure_on_one_rank_ends_both_with_the_error(launch):
+    """The worker's last fit raises on rank 1 mid-epoch: torchrun fails (no hang: the fixture has a timeout)."""
+    run = launch.run
+    assert run.returncode != 0
+    assert "boom on rank 1" in run.stdout + run.stderr
+    failed = json.loads((launch.out / "failed1.json").read_text())
+    # cleanup_fit ran on the failing rank: model unwrapped, process group destroyed
+    assert (failed["model"], failed["group_left"]) == ("Sequential", False)
+
+
+# ---------------------------------------------------------------- in one process
+
+@pytest.mark.parametrize("n, bs, world, drop_last", [(70, 8, 2, False), (70, 8, 2, True), (23, 4, 3, False)])
+def test_ranks_together_walk_the_batches_of_one_process(n, bs, world, drop_last):
+    """Rank r's batch g is the r-th equal part of batch g of one process with bs × world over the same order."""
+    ranks = []
+    for r in range(world):
+        dl = TensorLoader(torch.arange(n).unsqueeze(1), torch.arange(n), bs, shuffle=True, seed=3, drop_last=drop_last)
+        ranks.append([yb for _, yb in dl.shard(r, world)])
+        assert len(ranks[-1]) == len(dl)
+    assert len({len(batches) for batches in ranks}) == 1  # as many batches on every rank
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3))[:n - n % world]  # remainder dropped
+    expected = [order[i:i + bs * world] for i in range(0, len(order), bs * world)]
+    expected = [b for b in expected if len(b) == bs * world or not drop_last]
+    assert len(ranks[0]) == len(expected)
+    for g, batch in enumerate(expected):
+        assert torch.equal(torch.cat([batches[g] for batches in ranks]), batch)
+        assert len({len(batches[g]) for batches in ranks}) == 1  # equal parts: DDP's mean of means is the global mean
+
+
+def test_validation_shard_keeps_every_item_once():
+    ranks = [list(TensorLoader(torch.arange(31).unsqueeze(1), torch.arange(31), 8).shard(r, 2, even=False))
+             for r in range(2)]
+    items = torch.cat([yb for rank_batches in ranks for _, yb in rank_batches])
+    assert sorted(items.tolist()) == list(range(31))
+
+
+def test_helpers_read_the_torchrun_environment_without_a_process_group(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not is_dist() and (rank(), world_size(), is_main_process()) == (1, 2, False)
+    t = torch.ones(2)
+    assert all_reduce_sum(t) is t and t.tolist() == [1, 1]  # no group: nothing to sum over
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert (rank(), world_size(), is_main_process()) == (0, 1, True)
+
+
+def tiny(cbs, bs=8):
+    torch.manual_seed(0)
+    x = torch.randn(20, 6)
+    y = x.sum(1).gt(0).long()
+    dls = DataLoaders(TensorLoader(x, y, bs, shuffle=True, seed=0), TensorLoader(x[:9], y[:9], bs))
+    return TrainLearner(nn.Sequential(nn.Linear(6, 2)), dls, F.cross_entropy, lr=0.1, cbs=cbs)
+
+
+def test_ddpcb_does_nothing_outside_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    learn = tiny([DDPCB(), DeviceCB("cpu")])
+    model = learn.model
+    learn.fit(1)
+    assert learn.model is model and isinstance(model, nn.Sequential) and len(learn.dls.train) == 3
+
+
+def test_non_zero_rank_prints_nothing(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")  # no process group: the helpers read torchrun's variables
+    tiny([DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy())]).fit(1)
+    tiny([DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(mode="terminal")]).fit(1)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("env, cb, error, match", [
+    ({"WORLD_SIZE": "2", "RANK": "0"}, DDPCB(), RuntimeError, "not MASTER_ADDR, MASTER_PORT: launch with torchrun"),
+    ({"WORLD_SIZE": "2"}, DDPCB(sync_bn=True), ValueError, "sync_bn=True needs CUDA"),
+    ({"WORLD_SIZE": "2"}, DDPCB(backend="nccl"), ValueError, "backend='nccl' needs CUDA"),
+])
+def test_ddpcb_says_what_is_wrong_and_leaves_the_model(monkeypatch, env, cb, error, match):
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    learn = tiny([cb, DeviceCB("cpu")])
+    model = learn.model
+    with pytest.raises(error, match=match):
+        learn.fit(1)
+    assert learn.model is model and not is_dist()
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="backend must be 'nccl'"):
+        DDPCB(backend="mpi")
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_prints_and_writes_once(tmp_path):
+    """`torchrun --nproc_per_node=2 -m miniai train --sched onecycle` on real Fashion-MNIST (a subset, on the CPU)."""
+    run = run_with_timeout([*TORCHRUN, "-m", "miniai", "train", "--epochs", "1", "--sched", "onecycle", "--bs", "256",
+                            "--n-train", "4096", "--n-valid", "1000", "--device", "cpu", "--out", str(tmp_path)],
+                           timeout=150)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("validation accuracy:") == 1 and run.stdout.count("saved") == 2, run.stdout
+    assert not any(k.startswith("module.") for k in torch.load(tmp_path / "model.pt"))
+    assert {p.name for p in tmp_path.iterdir()} >= {"model.pt", "loss.png", "schedule.png"}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL with 2 processes needs 2 GPUs")
+def test_cli_on_two_gpus(tmp_path):
+    """The same on 2 GPUs: NCCL, one GPU per process (cuda:LOCAL_RANK), the sums reduced on the GPU."""
+    run = run_with_timeout([*TORCHRUN, "-m", "miniai", "train", "--epochs", "1", "--sched", "onecycle",
+                            "--n-train", "8192", "--out", str(tmp_path)], timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("validation accuracy:") == 1
+    assert not any(k.startswith("module.") for k in torch.load(tmp_path / "model.pt"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nccl_on_one_gpu_with_sync_bn(monkeypatch):
+    """A 1-process NCCL group made here (DDPCB joins it, leaves it): DDP on cuda:0, SyncBatchNorm in and out."""
+    import socket
+    import torch.distributed as dist
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                        "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
+    try:
+        metrics = MetricsCB(accuracy=MulticlassAccuracy())
+        learn = tiny([DDPCB(sync_bn=True), DeviceCB("cuda"), metrics])
+        learn.model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+        bn = learn.model[1]
+        learn.fit(1)
+        assert learn.model[1] is bn and type(bn) is nn.BatchNorm1d and bn.num_batches_tracked.item() == 3
+        assert next(learn.model.parameters()).device == torch.device("cuda", 0) and dist.is_initialized()
+        x, y = learn.dls.valid.x, learn.dls.valid.y
+        with torch.no_grad():
+            learn.model.eval()
+            accuracy = (learn.model(x.cuda()).argmax(1).cpu() == y.cpu()).float().mean().item()
+        assert metrics.last["valid_accuracy"] == pytest.approx(accuracy)
+    finally:
+        dist.destroy_process_group()
