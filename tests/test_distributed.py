@@ -50,7 +50,8 @@ setup = torch.load(f"{out}/setup.pt")
 def learner(cbs):
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     model.load_state_dict(setup["init"] if r == 0 else {k: v + 1 for k, v in setup["init"].items()})  # DDP syncs
-    dls = DataLoaders(TensorLoader(setup["xt"], setup["yt"], setup["bs"], shuffle=True, seed=setup["seed"]),
+    seed = setup["seed"] if r == 0 else None  # DDPCB gives every rank rank 0's seed
+    dls = DataLoaders(TensorLoader(setup["xt"], setup["yt"], setup["bs"], shuffle=True, seed=seed),
                       TensorLoader(setup["xv"], setup["yv"], setup["bs"]))
     return TrainLearner(model, dls, F.cross_entropy, lr=setup["lr"], cbs=cbs)
 

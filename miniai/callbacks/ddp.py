@@ -171,6 +171,12 @@ class DDPCB(Callback):
             even = name == "train"
             if isinstance(dl, TensorLoader):
                 self._restore.append((name, dl, (dl.rank, dl.world_size, dl.even)))
+                if dl.shuffle:
+                    # rank 0's seed for all: the ranks' parts must come from one order, and a loader made without
+                    # a seed drew one from torch's RNG, which the processes may not have seeded alike
+                    seed = [dl.seed]
+                    dist.broadcast_object_list(seed, src=0)
+                    dl.seed = seed[0]
                 dl.shard(r, w, even=even)
             elif isinstance(dl, DataLoader):
                 self._restore.append((name, dl, None))
