@@ -170,6 +170,18 @@ class Learner:
             for cb in temporary:
                 self.rm_cb(cb)
 
+    def compile(self, **kwargs: Any) -> Learner:
+        """Compile the model in place with `torch.compile(**kwargs)` (`nn.Module.compile`); returns the learner.
+
+        In place, so `learn.model` stays the user's module and its `state_dict` keys stay clean (no `_orig_mod.`).
+        The first epoch pays the compilation (tens of seconds on a CPU; see bench/overhead.py), and each new input
+        shape (a smaller last batch, the validation pass) compiles once more; later epochs run the compiled code.
+        """
+        if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
+            raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
+        self.model.compile(**kwargs)
+        return self
+
     def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, *, pct_start: float = 0.3,
                       div_factor: float = 25.0, final_div_factor: float = 1e4, base_momentum: float = 0.85,
                       max_momentum: float = 0.95, cycle_momentum: bool | None = None,
@@ -328,7 +340,8 @@ class TrainLearner(Learner):
     """A Learner with the usual supervised steps: `model(x)`, `loss_func(preds, y)`, backward, step, zero_grad.
 
     A `TerminateOnNaNCB` is added unless `nan_guard=False` (or one is already in `cbs`): a NaN or infinite loss
-    stops the fit with a message; remove it later with `learn.rm_cb(...)`.
+    stops the fit with a message; remove it later with `learn.rm_cb(...)`. A callback that defines `backward` or
+    `step` does that step instead of the built-in one (`MixedPrecisionCB`: a scaled backward, `scaler.step`).
     """
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
@@ -350,10 +363,17 @@ class TrainLearner(Learner):
             raise_loss_error(self.loss_func, self.preds, self.batch[1:], e)
 
     def backward(self) -> None:
-        self.loss.backward()
+        if self._handlers["backward"]:  # a callback owns it (a grad scaler's scaled backward)
+            self._emit("backward")
+        else:
+            self.loss.backward()
 
     def step(self) -> None:
-        self.opt.step()
+        if self._handlers["step"]:  # a callback owns it (a grad scaler's step, which may skip)
+            self._emit("step")
+        else:
+            self.opt.step()
+
 
     def zero_grad(self) -> None:
         self.opt.zero_grad()

@@ -8,6 +8,8 @@
 |       |                     | model in DDP and shards the loaders before anyone reads them       |
 | -20   | DeviceCB            | moves model and batch before anyone reads them                     |
 | -10   | BatchTransformCB    | augments the batch once it is on the device                        |
+|  -5   | MixedPrecisionCB    | enters autocast after the batch is moved and augmented in float32; |
+|       |                     | leaves it at after_loss before the other after_loss readers        |
 |   0   | TrainCB, (default)  |                                                                    |
 |   0   | HooksCallback,      | order does not matter: the hooks fire inside the model's forward;  |
 |       | ActivationStats     | they are registered at before_fit and removed at cleanup_fit       |
@@ -15,6 +17,8 @@
 |   5   | TerminateOnNaNCB    | at after_loss, before the backward; at after_epoch, before         |
 |       |                     | CheckpointCB could save a broken model                             |
 |  10   | MetricsCB           | after callbacks that change preds/loss; before those reading results|
+|  15   | GradAccumCB         | at after_backward: cancels the step between accumulation boundaries|
+|       |                     | (so GradClipCB at 25 clips only real steps); averages the grads    |
 |  20   | BatchSchedCB,       | after MetricsCB: ReduceLROnPlateau reads the metric it logged at     |
 |       | EpochSchedCB        | after_epoch. They step at cleanup_batch / cleanup_epoch, so every    |
 |       |                     | after_batch reader sees the lr the batch trained with               |
@@ -37,9 +41,11 @@ from .activations import ActivationStats, Hook, Hooks, HooksCallback, append_sta
 from .basic import DeviceCB, SingleBatchCB, TrainCB
 from .ddp import DDPCB
 from .checkpoint import CheckpointCB, CheckpointMismatchError, load_checkpoint
+from .grad_accum import GradAccumCB
 from .guards import EarlyStoppingCB, GradClipCB, NonFiniteLossError, TerminateOnNaNCB
 from .lr_finder import LRFinderCB, LRFinderResult
 from .metrics import MetricsCB
+from .mixed_precision import MixedPrecisionCB
 from .progress import ProgressCB
 from .resume import ResumeCB
 from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom
@@ -48,4 +54,5 @@ __all__ = ["DDPCB", "DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "Progre
            "CheckpointCB", "CheckpointMismatchError", "ResumeCB", "load_checkpoint",
            "EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB",
            "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",
-           "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1"]
+           "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1",
+           "MixedPrecisionCB", "GradAccumCB"]

@@ -1,0 +1,271 @@
+"""How much miniai's loop costs over a hand-written PyTorch loop, and how fast its data path is.
+
+    python bench/overhead.py                  # CUDA when present, else CPU; 5 interleaved reps; bs 1024 and 64
+    python bench/overhead.py --device cpu --reps 7 --bs 1024,64
+    python bench/overhead.py --quick          # a smoke run: 2 reps on a fraction of the data
+
+One epoch (the training pass only, no validation) of the reference model: `get_model(GeneralRelu(leak=0.1,
+sub=0.4), BatchNorm2d)` with leaky Kaiming init, AdamW, torch's OneCycleLR stepped every batch, cross-entropy,
+on Fashion-MNIST held in memory, normalized once. Rows:
+
+  1. hand    the floor: pre-normalized tensors on the device, a randperm per epoch, slicing, the same model,
+             optimizer and scheduler; no metrics, no progress display, no recording.
+  2. miniai  TrainLearner (with its default TerminateOnNaNCB) + DeviceCB + MetricsCB(accuracy) + ProgressCB
+             + BatchSchedCB(OneCycleLR) + RecorderCB(lr, mom): also computes accuracy and the mean loss, draws
+             the progress bar (terminal mode, into /dev/null) and records lr and momentum each batch.
+  3. +acts   row 2 + ActivationStats on the GeneralRelu layers (mean, std, 40-bin histogram per layer per batch).
+  4. +mp     row 2 + MixedPrecisionCB (bfloat16 on the CPU, float16 and a GradScaler on CUDA).
+     +compile row 2 + learn.compile(): its first epoch (compilation included) is shown on its own; the reps
+             after it reuse the compiled model (weights reset each rep).
+
+Rows are interleaved (rep 1 of every row, then rep 2, ...) so load drifting on a shared machine hits all rows
+alike; each cell is the median over the reps with the min-max, and the ratio is median(row) / median(row 1).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.optim.lr_scheduler import OneCycleLR
+from torch.utils.data import DataLoader, TensorDataset
+from torcheval.metrics import MulticlassAccuracy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from miniai.callbacks.activations import ActivationStats  # noqa: E402
+from miniai.callbacks.basic import DeviceCB  # noqa: E402
+from miniai.callbacks.metrics import MetricsCB  # noqa: E402
+from miniai.callbacks.mixed_precision import MixedPrecisionCB  # noqa: E402
+from miniai.callbacks.progress import ProgressCB  # noqa: E402
+from miniai.callbacks.scheduling import BatchSchedCB, RecorderCB, _lr, _mom  # noqa: E402
+from miniai.data import clear_cache, get_dls  # noqa: E402
+from miniai.learner import TrainLearner  # noqa: E402
+from miniai.models import GeneralRelu, get_model, init_weights  # noqa: E402
+
+LR = 1e-2
+
+
+def reference_model() -> nn.Module:
+    """The course CNN 8-16-32-64 with GeneralRelu and BatchNorm, leaky Kaiming init."""
+    act = partial(GeneralRelu, leak=0.1, sub=0.4)
+    return get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------- the rows
+
+def hand_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:
+    """Row 1: one epoch written by hand; x, y are normalized and already on the model's device."""
+    opt = optim.AdamW(model.parameters(), lr=LR)
+    sched = OneCycleLR(opt, max_lr=LR, total_steps=math.ceil(len(x) / bs))
+    model.train()
+    idx = torch.randperm(len(x), device=x.device)
+    for i in range(0, len(x), bs):
+        b = idx[i:i + bs]
+        loss = F.cross_entropy(model(x[b]), y[b])
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+
+
+def miniai_learner(dls, device: torch.device, extra: list | None = None) -> TrainLearner:
+    """Row 2's learner (plus `extra` callbacks)."""
+    cbs = [DeviceCB(device), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(mode="terminal"),
+           BatchSchedCB(partial(OneCycleLR, max_lr=LR, total_steps=len(dls.train))), RecorderCB(lr=_lr, mom=_mom),
+           *(extra or [])]
+    return TrainLearner(reference_model(), dls, F.cross_entropy, lr=LR, cbs=cbs, opt_func=optim.AdamW)
+
+
+def quietly(fn: Callable[[], None]) -> None:
+    """Run fn with stdout into /dev/null: the progress bar and metric rows are drawn, just not seen."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        fn()
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- data path
+
+def time_get_dls(reps: int) -> dict[str, list[float]]:
+    """get_dls() cold (no memory cache, an empty disk cache), from the disk cache, and warm (memory)."""
+    times: dict[str, list[float]] = {"cold": [], "disk": [], "warm": []}
+    saved = os.environ.get("MINIAI_CACHE")
+    try:
+        for _ in range(reps):
+            with tempfile.TemporaryDirectory() as cache:
+                os.environ["MINIAI_CACHE"] = cache
+                clear_cache()
+                for what in ("cold", "disk", "warm"):
+                    if what == "disk":
+                        clear_cache()
+                    start = time.perf_counter()
+                    get_dls()
+                    times[what].append(time.perf_counter() - start)
+    finally:
+        if saved is None:
+            os.environ.pop("MINIAI_CACHE", None)
+        else:
+            os.environ["MINIAI_CACHE"] = saved
+        clear_cache()
+    return times
+
+
+def loader_throughput(bs: int, device: torch.device, reps: int) -> tuple[list[float], list[float]]:
+    """Images/s over one shuffled epoch: miniai's TensorLoader vs DataLoader(TensorDataset), batches on `device`."""
+    dls = get_dls(bs=bs, device=device)
+    x, y = dls.train.x, dls.train.y
+    torch_dl = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=bs, shuffle=True,
+                          pin_memory=device.type == "cuda")
+
+    def walk(dl, move: bool) -> None:
+        for xb, yb in dl:
+            if move:
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    ours, theirs = [], []
+    for _ in range(reps):
+        ours.append(len(x) / timed(lambda: walk(dls.train, False), device))
+        theirs.append(len(x) / timed(lambda: walk(torch_dl, True), device))
+    return ours, theirs
+
+
+# ---------------------------------------------------------------- reporting
+
+def fmt_cell(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f})"
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}, device: {device} ({dev})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions of every row (>= 5 for the README)")
+    parser.add_argument("--bs", default="1024,64", help="comma-separated batch sizes")
+    parser.add_argument("--small-fraction", type=float, default=0.25,
+                        help="share of the 60,000 training images used at batch sizes below 256 (time budget)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the learn.compile() row")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1/10 of the data, no compile")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    reps = 2 if args.quick else args.reps
+    sizes = [int(b) for b in args.bs.split(",")]
+    command = "python bench/overhead.py " + " ".join(sys.argv[1:])
+    torch.manual_seed(0)
+
+    out = [f"Machine: {machine(device)}", f"Command: `{command.strip()}`", ""]
+    get_dls()  # decode (or read the disk cache) once before anything is timed
+
+    # ---- training rows
+    out += ["| row | bs | images | batches | median s (min-max) | ratio to 1 | overhead / batch |",
+            "|---|---|---|---|---|---|---|"]
+    for bs in sizes:
+        fraction = 0.1 if args.quick else (args.small_fraction if bs < 256 else 1.0)
+        n_train = round(60_000 * fraction)
+        dls = get_dls(bs=bs, n_train=n_train, device=device, seed=0)
+        n_batches = len(dls.train)
+        x, y = dls.train.x, dls.train.y
+        rows: dict[str, Callable[[], Callable[[], None]]] = {}
+
+        def hand() -> Callable[[], None]:
+            model = reference_model().to(device)
+            return lambda: hand_epoch(model, x, y, bs)
+
+        def learner(extra: Callable[[], list] = list) -> Callable[[], Callable[[], None]]:
+            def make() -> Callable[[], None]:
+                learn = miniai_learner(dls, device, extra())
+                return lambda: quietly(lambda: learn.fit(1, valid=False))
+            return make
+        rows["1. hand loop"] = hand
+        rows["2. miniai"] = learner()
+        rows["3. miniai + ActivationStats"] = learner(
+            lambda: [ActivationStats(lambda m: isinstance(m, GeneralRelu))])
+        rows["4. miniai + MixedPrecisionCB"] = learner(lambda: [MixedPrecisionCB()])
+        compiled = None
+        if not (args.quick or args.no_compile):
+            compiled = miniai_learner(dls, device)
+            compiled.compile()
+            initial = {k: v.clone() for k, v in compiled.model.state_dict().items()}
+            first = timed(lambda: quietly(lambda: compiled.fit(1, valid=False)), device)
+
+            def again() -> Callable[[], None]:
+                compiled.model.load_state_dict(initial)
+                return lambda: quietly(lambda: compiled.fit(1, valid=False))
+            rows["4. miniai + learn.compile()"] = again
+        times: dict[str, list[float]] = {name: [] for name in rows}
+        names = list(rows)
+        for rep in range(reps):
+            for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotate: no row always goes first
+                run = rows[name]()
+                times[name].append(timed(run, device))
+        floor = statistics.median(times["1. hand loop"])
+        for name in names:
+            med = statistics.median(times[name])
+            extra_ms = (med - floor) / n_batches * 1e3
+            out.append(f"| {name} | {bs} | {n_train} | {n_batches} | {fmt_cell(times[name])} | {med / floor:.3f} | "
+                       f"{'' if name.startswith('1.') else f'{extra_ms:+.2f} ms'} |")
+        if compiled is not None:
+            out.append(f"| 4. learn.compile(), first epoch | {bs} | {n_train} | {n_batches} | {first:.2f} | "
+                       f"{first / floor:.3f} | compilation included |")
+        print("\n".join(out[-len(names) - (compiled is not None):]), flush=True)
+
+    # ---- data path
+    dls_times = time_get_dls(1 if args.quick else 3)
+    out += ["", "| get_dls() | median s (min-max) |", "|---|---|",
+            f"| cold (empty disk cache, decode the IDX files) | {fmt_cell(dls_times['cold'])} |",
+            f"| from the disk cache | {fmt_cell(dls_times['disk'])} |",
+            f"| warm (in memory) | {fmt_cell(dls_times['warm'])} |",
+            "", "| loader, one shuffled epoch | bs | images/s, median (min-max) | ratio |", "|---|---|---|---|"]
+    for bs in sizes:
+        ours, theirs = loader_throughput(bs, device, reps)
+        out += [f"| miniai TensorLoader | {bs} | {statistics.median(ours):,.0f} ({min(ours):,.0f}-{max(ours):,.0f}) | "
+                f"{statistics.median(ours) / statistics.median(theirs):.1f}x |",
+                f"| DataLoader(TensorDataset) | {bs} | {statistics.median(theirs):,.0f} "
+                f"({min(theirs):,.0f}-{max(theirs):,.0f}) | 1 |"]
+    notes = ["", f"Each row: one training epoch (no validation), {reps} interleaved reps; ratio = median / median of "
+             "row 1; overhead / batch = (median - row 1's) / batches."]
+    if any(bs < 256 for bs in sizes) and not args.quick and args.small_fraction < 1:
+        notes.append(f"Batch sizes below 256 use the first {args.small_fraction:.0%} of the training set "
+                     "(time budget); the per-batch overhead is what they show.")
+    if args.quick:
+        notes.append("--quick: 2 reps on 10% of the data; not for the README.")
+    print("\n" + "\n".join(out + notes))
+
+
+if __name__ == "__main__":
+    main()

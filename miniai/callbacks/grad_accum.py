@@ -1,0 +1,62 @@
+"""Gradient accumulation: one optimizer step per `n_steps` training batches, as if the batch were n_steps× larger."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..learner import Callback, CancelStepException, Learner
+
+__all__ = ["GradAccumCB"]
+
+
+class GradAccumCB(Callback):
+    """Step the optimizer every `n_steps` training batches, on the mean of their gradients.
+
+    Between steps it raises `CancelStepException` from after_backward: the gradients add up in `.grad`, and
+    schedulers, `after_step` readers and `zero_grad` wait for the real step. At a step it divides the summed
+    gradients by the number of batches summed, k. Gradients are linear in the loss, so this is exactly scaling
+    each batch's loss by 1/k, but `learn.loss` stays each batch's true loss for MetricsCB and progress bars,
+    and nothing has to change between the loss and the backward. The last group of a training pass also steps,
+    even when it has fewer than `n_steps` batches (it is then their mean), so every epoch ends on a step.
+
+    `optimizer_steps(n_batches)` = ceil(n_batches / n_steps) is what the scheduling callbacks and
+    `fit_one_cycle` ask (through `miniai.callbacks.scheduling.steps_per_epoch`), so a one-cycle still ends
+    exactly on the fit's last step. With a train loader that has no length the last batch can't be told
+    apart: the batches after a pass's last full group then join the next pass's first group.
+    """
+    order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
+
+    def __init__(self, n_steps: int) -> None:
+        if not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"GradAccumCB needs n_steps, the batches per optimizer step, as an int >= 1; "
+                             f"got {n_steps!r}")
+        self.n_steps = n_steps
+        self._summed = 0  # batches whose gradients are in .grad since the last step
+        self._n_batches: int | None = None
+
+    def optimizer_steps(self, n_batches: int) -> int:
+        """Optimizer steps a training pass of `n_batches` batches takes."""
+        return math.ceil(n_batches / self.n_steps)
+
+    def before_epoch(self, learn: Learner) -> None:
+        if not learn.training:
+            return
+        try:
+            self._n_batches = len(learn.dls.train)
+        except TypeError:  # no length: a partial last group joins the next pass's first one
+            self._n_batches = None
+            return
+        if self._summed:  # a pass cut short (CancelEpochException) left a partial group: don't add it to this one
+            learn.opt.zero_grad()
+        self._summed = 0
+
+    def after_backward(self, learn: Learner) -> None:
+        self._summed += 1
+        last = self._n_batches is not None and learn.iter + 1 >= self._n_batches
+        if (learn.iter + 1) % self.n_steps and not last:
+            raise CancelStepException()  # keep adding gradients up
+        if self._summed > 1:
+            grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
+            torch._foreach_div_(grads, float(self._summed))  # one fused op per step (what clip_grad_norm_ uses)
+        self._summed = 0

@@ -1,0 +1,130 @@
+"""Mixed precision: the forward pass and the loss under `torch.autocast`; fp16 gradients kept in range by a GradScaler."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..learner import Callback, CancelStepException, Learner
+
+__all__ = ["MixedPrecisionCB"]
+
+_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class MixedPrecisionCB(Callback):
+    """Run the forward pass and the loss under `torch.autocast(dtype)`; with float16, scale them through a GradScaler.
+
+    `dtype=None` picks float16 with a `torch.amp.GradScaler` on CUDA, and bfloat16 without one elsewhere (the
+    CPU). bfloat16 has float32's exponent range, so its gradients need no scaling; float16 ones underflow without
+    it. Pass `dtype=torch.bfloat16` on a GPU that supports it to drop the scaler. `scaler_kwargs` go to the
+    GradScaler (`init_scale`, `growth_interval`, ...).
+
+    With a scaler, this callback does the learner's `backward` (of the scaled loss) and `step`
+    (`scaler.step(opt)`, then `scaler.update()`): `TrainLearner` lets a callback own those steps. When the
+    scaler finds inf/NaN gradients and skips the optimizer step, the gradients are zeroed and
+    `CancelStepException` is raised, so per-batch schedulers do not step for it (the schedule counts optimizer
+    steps taken), `after_step` readers see nothing, and torch never warns that the scheduler stepped first.
+    `n_skipped` counts those steps. `learn.loss` stays unscaled for metrics. The scaler is `self.scaler` (None
+    without one): `GradClipCB` finds it there and unscales before clipping. `state_dict()` is the scaler's
+    state, which `CheckpointCB` saves. Note the scaler's skip check is one host-device sync per optimizer step.
+    """
+    order = -5  # enter autocast after DeviceCB (-20) and batch transforms (-10) ran in float32; leave it at
+    # after_loss before the other after_loss callbacks read the loss, so their work is not autocast
+
+    def __init__(self, dtype: torch.dtype | None = None, **scaler_kwargs: Any) -> None:
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"MixedPrecisionCB dtype must be torch.float16, torch.bfloat16 or None (pick by "
+                             f"device), got {dtype!r}")
+        self.dtype, self.scaler_kwargs = dtype, scaler_kwargs
+        self.scaler: torch.amp.GradScaler | None = None
+        self._scaler_device = ""
+        self.n_skipped = 0
+        self._autocast: torch.autocast | None = None
+        self._in_autocast = False
+        self._stepped = False
+        self._hook: Any = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def before_fit(self, learn: Learner) -> None:
+        others = [type(cb).__name__ for cb in learn.cbs
+                  if cb is not self and any(callable(getattr(cb, s, None)) for s in ("backward", "step"))]
+        if others:
+            raise TypeError(f"MixedPrecisionCB does the backward and the optimizer step itself (through its grad "
+                            f"scaler), and {', '.join(others)} does them too: use TrainLearner without TrainCB "
+                            f"(TrainLearner lets MixedPrecisionCB own those steps)")
+        param = next(learn.model.parameters(), None)
+        device_type = param.device.type if param is not None else "cpu"
+        dtype = self.dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
+        if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise ValueError("this GPU does not support bfloat16: use MixedPrecisionCB() (float16 with a scaler)")
+        self._autocast = torch.autocast(device_type, dtype=dtype)
+        if dtype == torch.float16:
+            # kept across fits (its scale is learned); a new one only if the device changed
+            if self.scaler is None or self._scaler_device != device_type:
+                self.scaler = torch.amp.GradScaler(device_type, **self.scaler_kwargs)
+                self._scaler_device = device_type
+        else:
+            self.scaler = None
+        if self._pending_state is not None and self.scaler is not None:
+            self.scaler.load_state_dict(self._pending_state)
+        self._pending_state = None
+        # an optimizer post-step hook says whether scaler.step really stepped: public API, no extra sync
+        self._hook = learn.opt.register_step_post_hook(self._mark_stepped)
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        self._exit_autocast()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def before_batch(self, learn: Learner) -> None:
+        self._autocast.__enter__()
+        self._in_autocast = True
+
+    def after_loss(self, learn: Learner) -> None:
+        self._exit_autocast()  # backward runs outside autocast, as torch recommends
+
+    def cleanup_batch(self, learn: Learner) -> None:
+        self._exit_autocast()  # predict or the loss raised, or a callback cancelled the batch
+
+    def _exit_autocast(self) -> None:
+        if self._in_autocast:
+            self._in_autocast = False
+            self._autocast.__exit__(None, None, None)
+
+    def _mark_stepped(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._stepped = True
+
+    def backward(self, learn: Learner) -> None:
+        """Backward of the loss, scaled by the scaler's current scale (plain backward without a scaler)."""
+        (learn.loss if self.scaler is None else self.scaler.scale(learn.loss)).backward()
+
+    def step(self, learn: Learner) -> None:
+        """`scaler.step(opt)` and `scaler.update()`; a skipped step zeroes the grads and cancels the step."""
+        if self.scaler is None:
+            learn.opt.step()
+            return
+        self._stepped = False
+        fused = getattr(learn.opt, "_step_supports_amp_scaling", False)
+        # fused optimizers skip on the device and are always "called": the scale dropping is then the only sign
+        before = self.scaler.get_scale() if fused else 0.0
+        self.scaler.step(learn.opt)  # unscales (unless GradClipCB did), then steps unless a grad is inf/NaN
+        self.scaler.update()
+        if not self._stepped or (fused and self.scaler.get_scale() < before):
+            self.n_skipped += 1
+            learn.opt.zero_grad()  # the inf/NaN grads must not leak into the next step
+            raise CancelStepException()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The GradScaler's `state_dict()` (scale, growth tracker, factors); {} without a scaler."""
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`: now if the scaler exists, else when it is made at the next before_fit."""
+        if not state:
+            return
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state)
+        else:
+            self._pending_state = state

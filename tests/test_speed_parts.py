@@ -1,0 +1,289 @@
+"""Mixed precision, gradient accumulation, learn.compile() and the no-sync loop on CUDA."""
+from __future__ import annotations
+
+import math
+import warnings
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.optim.lr_scheduler import OneCycleLR
+from torcheval.metrics import MulticlassAccuracy
+
+from miniai.callbacks.activations import ActivationStats
+from miniai.callbacks.basic import DeviceCB
+from miniai.callbacks.grad_accum import GradAccumCB
+from miniai.callbacks.guards import GradClipCB
+from miniai.callbacks.metrics import MetricsCB
+from miniai.callbacks.mixed_precision import MixedPrecisionCB
+from miniai.callbacks.progress import ProgressCB
+from miniai.callbacks.scheduling import BatchSchedCB, RecorderCB, _lr, _mom, steps_per_epoch
+from miniai.data import DataLoaders, TensorLoader
+from miniai.learner import Callback, Learner, TrainLearner
+from miniai.models import GeneralRelu, get_model, init_weights
+from miniai.utils import set_seed
+from tests.synth import tiny_learner
+
+
+def reference_model() -> nn.Module:
+    return get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
+
+
+def linear_problem(n: int = 64, n_in: int = 3, bs: int = 16, seed: int = 0) -> tuple[TrainLearner, DataLoaders]:
+    """A Linear(3, 1) regression in unshuffled TensorLoaders: batch order is the same whatever the batch size."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, n_in, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3 + 0.1 * torch.randn(n, 1, generator=g)
+    dls = DataLoaders(TensorLoader(x, y, bs), TensorLoader(x[:16], y[:16], bs))
+    torch.manual_seed(seed)
+    return TrainLearner(nn.Linear(n_in, 1), dls, F.mse_loss, lr=0.1), dls
+
+
+class GradsBeforeStep(Callback):
+    """Copies the gradients the optimizer is about to use (after_backward, after GradAccumCB and GradClipCB)."""
+    order = 50
+
+    def __init__(self) -> None:
+        self.grads: list[list[torch.Tensor]] = []
+
+    def after_backward(self, learn: Learner) -> None:
+        self.grads.append([p.grad.clone() for p in learn.model.parameters()])
+
+
+class InfGradAt(Callback):
+    """Puts an inf into the first gradient at the given training batches (runs after the scaled backward)."""
+
+    def __init__(self, *batches: int) -> None:
+        self.batches = set(batches)
+
+    def after_backward(self, learn: Learner) -> None:
+        if learn.training and learn.iter in self.batches:
+            next(learn.model.parameters()).grad.view(-1)[0] = float("inf")
+
+
+# ---------------------------------------------------------------- gradient accumulation
+
+def test_grad_accum_4_batches_of_16_give_the_gradients_of_one_batch_of_64():
+    accum_learn, _ = linear_problem(bs=16)
+    accum_grads = GradsBeforeStep()
+    accum_learn.fit(1, valid=False, cbs=[GradAccumCB(4), accum_grads])
+    big_learn, _ = linear_problem(bs=64)
+    big_grads = GradsBeforeStep()
+    big_learn.fit(1, valid=False, cbs=[big_grads])
+    assert len(accum_grads.grads) == len(big_grads.grads) == 1  # one optimizer step each
+    for ours, theirs in zip(accum_grads.grads[0], big_grads.grads[0]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(accum_learn.model.parameters(), big_learn.model.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_accum_last_partial_group_steps_on_its_mean():
+    """5 batches with n=4: a step on the mean gradient of batches 1-4, and one on batch 5's alone."""
+    learn, dls = linear_problem(n=80, bs=16)
+    learn.add_cb(GradAccumCB(4))
+    assert steps_per_epoch(learn) == 2
+    steps = GradsBeforeStep()
+    learn.fit(1, valid=False, cbs=[steps], lr=0.0)  # lr 0: the weights stay, so every gradient can be recomputed
+    assert len(steps.grads) == 2
+    x, y = dls.train.x, dls.train.y
+    for grads, rows in zip(steps.grads, (slice(0, 64), slice(64, 80))):
+        learn.model.zero_grad()
+        F.mse_loss(learn.model(x[rows]), y[rows]).backward()
+        for ours, param in zip(grads, learn.model.parameters()):
+            torch.testing.assert_close(ours, param.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_accum_metrics_see_the_unscaled_loss():
+    plain, _ = linear_problem(bs=16)
+    plain_metrics = MetricsCB()
+    plain.fit(1, valid=False, cbs=[plain_metrics], lr=0.0)
+    accum, _ = linear_problem(bs=16)
+    accum_metrics = MetricsCB()
+    accum.fit(1, valid=False, cbs=[accum_metrics, GradAccumCB(4)], lr=0.0)
+    assert accum_metrics.last["train_loss"] == pytest.approx(plain_metrics.last["train_loss"], rel=1e-6)
+
+
+def test_grad_accum_one_cycle_ends_at_its_final_lr_on_the_last_optimizer_step():
+    learn, _ = linear_problem(n=160, bs=16)  # 10 batches an epoch; n=4 makes 3 optimizer steps an epoch
+    recorder, steps = RecorderCB(lr=_lr), GradsBeforeStep()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*lr_scheduler")  # no "lr_scheduler.step() before optimizer.step()"
+        learn.fit_one_cycle(2, 0.05, cbs=[GradAccumCB(4), recorder, steps], valid=False)
+    lrs = recorder.recs["lr"]
+    assert len(lrs) == 20 and len(steps.grads) == 6
+    assert lrs[-1] == pytest.approx(0.05 / 25 / 1e4)  # initial_lr / final_div_factor: the cycle's last value
+    # the lr changes only after an optimizer step: batches of one accumulation group share it
+    assert lrs[0] == lrs[1] == lrs[2] == lrs[3] != lrs[4]
+    assert lrs[8] == lrs[9] and lrs[10] != lrs[9]  # the epoch's short last group (2 batches) stepped too
+
+
+def test_grad_accum_rejects_bad_n_steps():
+    with pytest.raises(ValueError, match="n_steps, the batches per optimizer step"):
+        GradAccumCB(0)
+
+
+# ---------------------------------------------------------------- mixed precision
+
+def test_fp16_scaler_skip_does_not_step_the_scheduler_and_zeroes_the_grads():
+    """An inf gradient on the very first batch: no optimizer step, no scheduler step, no torch warning."""
+    learn = tiny_learner(lr=0.05, n_train=96)  # 6 batches
+    mp = MixedPrecisionCB(torch.float16, init_scale=2.0**8)  # small enough that fp16 gradients don't overflow
+    sched = BatchSchedCB(partial(OneCycleLR, max_lr=0.05, total_steps=6))
+    recorder = RecorderCB(lr=_lr)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+
+    class AfterFirstBatch(Callback):
+        order = 40
+
+        def after_batch(self, learn: Learner) -> None:
+            if learn.iter == 0:
+                self.weights = [p.detach().clone() for p in learn.model.parameters()]
+                self.grads = [p.grad for p in learn.model.parameters()]
+    seen = AfterFirstBatch()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*lr_scheduler")  # torch warns if the scheduler steps first
+        learn.fit(1, valid=False, cbs=[mp, InfGradAt(0), sched, recorder, seen])
+    assert mp.scaler is not None and mp.n_skipped == 1
+    for b, a in zip(before, seen.weights):
+        assert torch.equal(a, b)  # the skipped step left the weights alone
+    assert all(g is None or not g.any() for g in seen.grads)  # and cleared the inf gradients
+    assert sched.n_steps == 5  # it counted optimizer steps: 6 batches, one skipped
+    reference = OneCycleLR(optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.05), max_lr=0.05, total_steps=6)
+    expected = []
+    for _ in range(5):
+        expected.append(reference.get_last_lr()[0])
+        reference.optimizer.step()
+        reference.step()
+    assert recorder.recs["lr"] == pytest.approx([expected[0]] + expected)  # batch 1 reran batch 0's lr
+    assert mp.scaler.get_scale() == 2.0**7  # backed off once
+
+
+def test_scaler_state_round_trips_through_state_dict():
+    learn = tiny_learner(lr=0.05)
+    mp = MixedPrecisionCB(torch.float16, init_scale=1024.0)
+    learn.fit(1, cbs=[mp, InfGradAt(1)])
+    assert mp.n_skipped == 1
+    state = mp.state_dict()
+    assert state["scale"] == pytest.approx(512.0)
+    fresh = MixedPrecisionCB(torch.float16)
+    fresh.load_state_dict(state)  # before any fit: applied when the scaler is made
+    tiny_learner(lr=0.0).fit(1, train=False, cbs=[fresh])
+    assert fresh.scaler.get_scale() == pytest.approx(512.0)
+
+
+def test_grad_clip_unscales_before_clipping_under_a_scaler():
+    learn = tiny_learner(lr=0.0)
+    mp, clip, grads = MixedPrecisionCB(torch.float16, init_scale=2.0**12), GradClipCB(max_norm=1e9), GradsBeforeStep()
+    learn.fit(1, valid=False, cbs=[mp, clip, grads])
+    plain = tiny_learner(lr=0.0)
+    plain_grads = GradsBeforeStep()
+    plain.fit(1, valid=False, cbs=[plain_grads])
+    # after GradClipCB the gradients are true (unscaled) ones, close to fp32's up to fp16 rounding
+    for ours, theirs in zip(grads.grads[0], plain_grads.grads[0]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-2, atol=1e-3)
+
+
+def test_mixed_precision_autocasts_forward_and_loss_only():
+    seen = {}
+
+    class Probe(Callback):
+        def after_predict(self, learn: Learner) -> None:
+            seen["predict"] = (learn.preds.dtype, torch.is_autocast_enabled("cpu"))
+
+        def after_backward(self, learn: Learner) -> None:
+            seen["backward"] = torch.is_autocast_enabled("cpu")
+
+    learn = tiny_learner()
+    learn.fit(1, valid=False, cbs=[MixedPrecisionCB(), Probe()])  # dtype=None on the CPU: bfloat16, no scaler
+    assert seen == {"predict": (torch.bfloat16, True), "backward": False}
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_mixed_precision_leaves_autocast_when_the_forward_raises():
+    class Broken(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("broken forward")
+    learn = TrainLearner(Broken(1, 1), tiny_learner().dls, F.mse_loss, lr=0.1)
+    with pytest.raises(RuntimeError, match="broken forward"):
+        learn.fit(1, cbs=[MixedPrecisionCB()])
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_mixed_precision_refuses_a_second_owner_of_the_steps():
+    from miniai.callbacks.basic import TrainCB
+    learn = Learner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, lr=0.1, cbs=[TrainCB(), MixedPrecisionCB()])
+    with pytest.raises(TypeError, match="use TrainLearner without TrainCB"):
+        learn.fit(1)
+
+
+def test_mixed_precision_rejects_other_dtypes():
+    with pytest.raises(ValueError, match="torch.float16, torch.bfloat16 or None"):
+        MixedPrecisionCB(torch.float32)
+
+
+@pytest.mark.slow
+def test_bf16_on_cpu_trains_the_reference_model_within_1pct_of_fp32():
+    from miniai.data import get_dls
+    accuracies = {}
+    for name, extra in (("fp32", []), ("bf16", [MixedPrecisionCB(torch.bfloat16)])):
+        set_seed(42)
+        dls = get_dls(bs=1024, seed=42)
+        metrics = MetricsCB(accuracy=MulticlassAccuracy())
+        learn = TrainLearner(reference_model(), dls, F.cross_entropy, lr=1e-2, opt_func=optim.AdamW,
+                             cbs=[DeviceCB("cpu"), metrics, *extra])
+        learn.fit_one_cycle(1, 1e-2)
+        accuracies[name] = metrics.last["valid_accuracy"]
+    assert accuracies["fp32"] > 0.8
+    assert abs(accuracies["bf16"] - accuracies["fp32"]) < 0.01, accuracies
+
+
+# ---------------------------------------------------------------- compile
+
+@pytest.mark.slow  # inductor compiles C++ for the CPU: tens of seconds on 2 cores
+def test_compiled_fit_gives_the_same_losses_and_clean_state_dict_keys():
+    eager = tiny_learner()
+    eager_metrics = MetricsCB()
+    eager.fit(2, cbs=[eager_metrics])
+    compiled = tiny_learner()
+    compiled_metrics = MetricsCB()
+    assert compiled.compile() is compiled
+    compiled.fit(2, cbs=[compiled_metrics])
+    for ours, theirs in zip(compiled_metrics.history, eager_metrics.history):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4, abs=1e-6)
+    assert list(compiled.model.state_dict()) == ["weight", "bias"]  # no _orig_mod. prefix
+    tiny_learner().model.load_state_dict(compiled.model.state_dict())
+
+
+# ---------------------------------------------------------------- CUDA: no host-device sync in the batch loop
+
+class NoSyncInBatches(Callback):
+    """Turns torch's sync debug mode to 'error' from the first batch of each pass until its after_epoch."""
+    order = -100  # first at after_epoch: MetricsCB reads its values (one allowed sync) after this
+
+    def before_batch(self, learn: Learner) -> None:
+        torch.cuda.set_sync_debug_mode("error")
+
+    def after_epoch(self, learn: Learner) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("with_activation_stats", [False, True], ids=["row2", "row3"])
+def test_no_host_device_sync_inside_the_batch_loop_on_cuda(with_activation_stats):
+    from miniai.data import get_dls
+    dls = get_dls(bs=1024, device="cuda")
+    assert dls.train.x.device.type == "cuda"  # the whole dataset lives on the GPU
+    extra = [ActivationStats(lambda m: isinstance(m, GeneralRelu))] if with_activation_stats else []
+    cbs = [DeviceCB("cuda"), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(mode="terminal"),
+           BatchSchedCB(partial(OneCycleLR, max_lr=1e-2, total_steps=len(dls.train))),
+           RecorderCB(lr=_lr, mom=_mom), NoSyncInBatches(), *extra]
+    learn = TrainLearner(reference_model(), dls, F.cross_entropy, lr=1e-2, cbs=cbs, opt_func=optim.AdamW)
+    learn.fit(1)
+    assert learn.metrics.last["valid_accuracy"] > 0.7
+    assert not math.isnan(learn.metrics.last["train_loss"])
