@@ -83,10 +83,39 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
     if not hasattr(hook, "stats"):
         hook.stats = ([], [], [])
     acts = output.detach().float()  # no copy for float32; half/bfloat16 outputs are summarized in float32
-    std, mean = torch.std_mean(acts)  # one pass for both
+    flat = acts.reshape(-1)
+    mean = flat.mean()
+    # two passes (mean, then the squared deviations, summed pairwise): as accurate as torch.std_mean and ~7x
+    # faster on the CPU, where std_mean's one-pass Welford loop is not vectorized
+    std = ((flat - mean).square_().sum() / (flat.numel() - 1)).sqrt()
     hook.stats[0].append(mean)
     hook.stats[1].append(std)
-    hook.stats[2].append(torch.histc(acts.abs(), bins, *range))
+    hook.stats[2].append(_abs_histc(flat, bins, *range))
+
+
+def _abs_histc(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
+    """`torch.histc(flat.abs(), bins, low, high)`; on the CPU a bincount of bin indices, ~2.5x faster than histc.
+
+    CPU histc is a serial loop per element; here a few vectorized passes compute histc's own index,
+    (|x| - low) * bins / (high - low) truncated, and one bincount counts them. As histc: |x| == high counts in
+    the last bin, and values outside [low, high] and NaN are left out.
+    """
+    if flat.device.type != "cpu":
+        return torch.histc(flat.abs(), bins, low, high)  # fast on GPUs, where a bincount would also sync
+    pos = flat.abs()
+    if low:
+        pos.sub_(low)
+    pos.mul_(bins).div_(high - low)
+    pos.nan_to_num_(nan=bins + 1.0).clamp_(-1.0, bins + 1.0)  # NaN, inf, huge: out of range, yet castable
+    # histc's last bin is closed, [edge, high]: count |x| == high apart (reading a CPU max is no sync; it saves the
+    # compare pass whenever no activation reaches high, the usual case)
+    at_high = torch.count_nonzero(pos == bins) if pos.numel() and float(pos.max()) >= bins else 0
+    if low:
+        pos.floor_().add_(1)  # below low -> 0 (dropped); bin k -> k + 1
+    counts = torch.bincount(pos.to(torch.int32), minlength=bins + 3).to(flat.dtype)
+    hist = counts[1:bins + 1] if low else counts[:bins]
+    hist[-1] += at_high
+    return hist
 
 
 class HooksCallback(Callback):
