@@ -5,10 +5,11 @@
 from .callbacks import (ActivationStats, Hook, Hooks, HooksCallback, LRFinderCB, LRFinderResult, append_stats,
                         BaseSchedCB, BatchSchedCB, DeviceCB, EpochSchedCB, MetricsCB, ProgressCB, RecorderCB,
                         SingleBatchCB, TrainCB, _beta1, _lr, _mom)
+from .callbacks import SWACB, BatchTransformCB
+from .callbacks import GradAccumCB, MixedPrecisionCB
 from .callbacks import (CheckpointCB, CheckpointMismatchError, EarlyStoppingCB, GradClipCB, NonFiniteLossError,
                         TerminateOnNaNCB, load_checkpoint)
 from .callbacks import DDPCB
-from .callbacks import GradAccumCB, MixedPrecisionCB
 from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .data import DataLoaders, TensorLoader, get_dls, read_idx, write_idx
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
@@ -28,7 +29,7 @@ __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochEx
            "TerminateOnNaNCB", "load_checkpoint", "LossInputError",
            "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",
            "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1",
-           "GradAccumCB", "MixedPrecisionCB",
+           "BatchTransformCB", "SWACB", "GradAccumCB", "MixedPrecisionCB",
            "GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights",
            "Compose", "RandomCrop", "RandomErase", "RandomFlip", "batch_tfms",
            "def_device", "set_seed", "to_cpu", "to_device",

@@ -19,6 +19,8 @@
 |  10   | MetricsCB           | after callbacks that change preds/loss; before those reading results|
 |  15   | GradAccumCB         | at after_backward: cancels the step between accumulation boundaries|
 |       |                     | (so GradClipCB at 25 clips only real steps); averages the grads    |
+|  18   | SWACB               | before_fit after DeviceCB moved the model (copies it), before the    |
+|       |                     | schedulers count their steps (it makes them stand down at swa_start)|
 |  20   | BatchSchedCB,       | after MetricsCB: ReduceLROnPlateau reads the metric it logged at     |
 |       | EpochSchedCB        | after_epoch. They step at cleanup_batch / cleanup_epoch, so every    |
 |       |                     | after_batch reader sees the lr the batch trained with               |
@@ -38,6 +40,7 @@ Checkpointing must save scheduler state after order 20 at the validation pass's 
 after order 20 at before_fit, when the scheduling callbacks have built their schedulers.
 """
 from .activations import ActivationStats, Hook, Hooks, HooksCallback, append_stats
+from .augment import BatchTransformCB
 from .basic import DeviceCB, SingleBatchCB, TrainCB
 from .ddp import DDPCB
 from .checkpoint import CheckpointCB, CheckpointMismatchError, load_checkpoint
@@ -49,10 +52,11 @@ from .mixed_precision import MixedPrecisionCB
 from .progress import ProgressCB
 from .resume import ResumeCB
 from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom
+from .swa import SWACB
 
 __all__ = ["DDPCB", "DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "ProgressCB",
            "CheckpointCB", "CheckpointMismatchError", "ResumeCB", "load_checkpoint",
            "EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB",
            "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",
            "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1",
-           "MixedPrecisionCB", "GradAccumCB"]
+           "BatchTransformCB", "SWACB", "MixedPrecisionCB", "GradAccumCB"]

@@ -70,6 +70,10 @@ class BaseSchedCB(Callback):
     Attributes: `scheduler` (built at before_fit, kept after the fit), `n_steps` (optimizer steps, or epochs, seen
     in this fit; the scheduler has stepped once for each but the fit's last) and `total_steps` (how many this fit
     takes, or None when the train loader has no length).
+
+    `stand_down(epoch)` hands the lr over to another callback from that epoch on (SWACB calls it with `swa_start`
+    before this callback's before_fit): the scheduler stops stepping there, and the fit's step count (and a one
+    cycle's `total_steps` check) ends there too. `stop_epoch` holds that epoch, None when the schedule runs on.
     """
     order = 20  # after MetricsCB (10): ReduceLROnPlateau reads the metric it just logged
 
@@ -85,6 +89,25 @@ class BaseSchedCB(Callback):
         self._in_fit = False
         self._pending_state: dict[str, Any] | None = None
         self._skipped: list[float] | None = None  # arguments of the fit's last step, which _advance leaves out
+        self.stop_epoch: int | None = None
+
+    def stand_down(self, epoch: int | None) -> None:
+        """Stop stepping from the start of `epoch` (another callback drives the lr from there); None: run to the end.
+
+        Call it before this callback's before_fit (order 20) so the fit's step count ends at `epoch` too.
+        """
+        if epoch is not None and epoch < 0:
+            raise ValueError(f"stand_down takes the epoch the schedule stops at (>= 0) or None; got {epoch}")
+        self.stop_epoch = epoch
+
+    def _epochs_scheduled(self, learn: Learner) -> int:
+        """How many of the fit's epochs this schedule drives (all of them unless it stands down earlier)."""
+        return learn.n_epochs if self.stop_epoch is None else min(learn.n_epochs, self.stop_epoch)
+
+    def _scheduling(self, learn: Learner) -> bool:
+        """Whether this epoch is the schedule's (False from stop_epoch on, and in passes with no epoch number)."""
+        # SWACB validates the averaged model after the fit as epoch 'swa': no schedule covers that pass
+        return self.stop_epoch is None or (isinstance(learn.epoch, int) and learn.epoch < self.stop_epoch)
 
     def _steps_in_fit(self, learn: Learner) -> int | None:
         raise NotImplementedError
@@ -115,9 +138,10 @@ class BaseSchedCB(Callback):
             return
         name = type(self.scheduler).__name__
         if isinstance(self, EpochSchedCB):
-            how = f"{learn.n_epochs} epochs, and EpochSchedCB steps once per epoch"
+            how = f"{self._epochs_scheduled(learn)} epochs, and EpochSchedCB steps once per epoch"
         else:
-            how = (f"{learn.n_epochs} epochs × {self.total_steps // learn.n_epochs} optimizer steps per epoch, i.e. "
+            epochs = self._epochs_scheduled(learn)
+            how = (f"{epochs} epochs × {self.total_steps // max(1, epochs)} optimizer steps per epoch, i.e. "
                    f"len(dls.train) * n_epochs without gradient accumulation")
         raise ValueError(f"{name} has total_steps={capacity} but this fit takes {self.total_steps} steps ({how}): "
                          f"build it with total_steps={self.total_steps}, or call learn.fit_one_cycle(n_epochs, "
@@ -181,7 +205,7 @@ class BatchSchedCB(BaseSchedCB):
 
     def _steps_in_fit(self, learn: Learner) -> int | None:
         per_epoch = steps_per_epoch(learn)
-        return None if per_epoch is None else learn.n_epochs * per_epoch
+        return None if per_epoch is None else self._epochs_scheduled(learn) * per_epoch
 
     def _check(self, learn: Learner) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
@@ -195,7 +219,8 @@ class BatchSchedCB(BaseSchedCB):
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with
         if self._stepped:
             self._stepped = False
-            self._advance()
+            if self._scheduling(learn):
+                self._advance()
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
@@ -216,7 +241,7 @@ class EpochSchedCB(BaseSchedCB):
         self.monitor = monitor
 
     def _steps_in_fit(self, learn: Learner) -> int | None:
-        return learn.n_epochs
+        return self._epochs_scheduled(learn)
 
     def _check(self, learn: Learner) -> None:
         plateau = isinstance(self.scheduler, ReduceLROnPlateau)
@@ -236,12 +261,13 @@ class EpochSchedCB(BaseSchedCB):
                              f"{', '.join(metrics.names)}")
 
     def after_epoch(self, learn: Learner) -> None:
-        if self.monitor is not None and learn.training == self.monitor.startswith("train_"):
+        logs_monitor = self.monitor is not None and learn.training == self.monitor.startswith("train_")
+        if logs_monitor and self._scheduling(learn):
             self._advance(learn.metrics.last[self.monitor])
 
     def cleanup_epoch(self, learn: Learner) -> None:
         # cleanup, not after_epoch: a training pass cut short (CancelEpochException) is still an epoch
-        if self.monitor is None and learn.training:
+        if self.monitor is None and learn.training and self._scheduling(learn):
             self._advance()
 
 

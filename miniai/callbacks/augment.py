@@ -1,0 +1,66 @@
+"""BatchTransformCB: apply a transform to the inputs of each batch, on the device, as the batch arrives.
+
+The transforms themselves (random crop, flip, erase: whole-batch tensor code) live in `miniai.augment`; this
+callback only decides when they run. It runs after DeviceCB, so a GPU batch is augmented on the GPU.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..learner import Callback, Learner
+
+__all__ = ["BatchTransformCB"]
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place modification counter (shared with every view of the same data), if it keeps one."""
+    try:
+        return t._version
+    except RuntimeError:  # tensors made under torch.inference_mode keep no counter
+        return None
+
+
+class BatchTransformCB(Callback):
+    """Replace the batch inputs `batch[0]` with `tfm(batch[0])` at before_batch, in training and/or validation.
+
+    `on_train=True, on_val=False` (the default) is augmentation: `BatchTransformCB(batch_tfms(RandomCrop(28, 1),
+    RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping).
+
+    `tfm` must return a new tensor and leave its input alone: in-memory loaders (`TensorLoader`) hand out
+    unshuffled batches as views of the dataset, so an in-place edit would change the data itself. The callback
+    checks that (with the tensor's version counter, no copy) and raises if `tfm` modified its input.
+    """
+    order = -10  # after DeviceCB (-20): transform the batch where it now lives; before everyone who reads it
+
+    def __init__(self, tfm: Callable[[torch.Tensor], torch.Tensor], on_train: bool = True,
+                 on_val: bool = False) -> None:
+        if not callable(tfm):
+            raise TypeError(f"BatchTransformCB takes a callable x -> x (e.g. batch_tfms(RandomFlip())); got {tfm!r}")
+        self.tfm, self.on_train, self.on_val = tfm, on_train, on_val
+
+    def applies(self, training: bool) -> bool:
+        """Whether the transform runs in a training (`training=True`) or a validation pass."""
+        return self.on_train if training else self.on_val
+
+    def before_batch(self, learn: Learner) -> None:
+        if self.applies(learn.training):
+            learn.batch = self.transform_batch(learn.batch)
+
+    def transform_batch(self, batch: tuple | list) -> tuple | list:
+        """The batch with its first item transformed and every other item as it was (a new tuple or list)."""
+        if not isinstance(batch, (tuple, list)) or not batch:
+            raise TypeError(f"BatchTransformCB expects a batch (inputs, targets, ...) as a tuple or list; got "
+                            f"{type(batch).__name__}. Transform other batch shapes in a callback of your own.")
+        xb = batch[0]
+        before = _version(xb) if isinstance(xb, torch.Tensor) else None
+        out = self.tfm(xb)
+        if before is not None and _version(xb) != before:
+            raise RuntimeError(f"BatchTransformCB's transform {self.tfm!r} modified the batch in place; batches "
+                               "of in-memory loaders are views of the dataset, which has now been changed too "
+                               "(rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
+                               "x.mul_(2); or clone first).")
+        if hasattr(batch, "_fields"):  # a namedtuple's constructor takes its fields one by one
+            return type(batch)(out, *batch[1:])
+        return type(batch)((out, *batch[1:]))

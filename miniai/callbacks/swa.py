@@ -1,0 +1,146 @@
+"""Stochastic Weight Averaging (Izmailov et al. 2018) as a callback, on `torch.optim.swa_utils`.
+
+From epoch `swa_start` on, `SWALR` drives the lr (annealing it to `swa_lr`) and `AveragedModel` keeps the running
+mean of the weights at the end of each training epoch. After the last epoch the BatchNorm statistics of the
+averaged weights are recomputed on the training data (`update_bn`), the averaged model is validated once more,
+and it becomes `learn.model`.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+
+from ..learner import Callback, Learner
+from .augment import BatchTransformCB
+from .scheduling import BaseSchedCB
+
+__all__ = ["SWACB"]
+
+
+class SWACB(Callback):
+    """Average the weights of epochs `swa_start`, ..., last; at the end make the average (BN refreshed) `learn.model`.
+
+    Args:
+        swa_start: the first epoch (0-based) whose weights are averaged; from it on SWALR drives the lr, and every
+            scheduling callback (BatchSchedCB, EpochSchedCB) stands down. So a schedule runs for epochs
+            0..swa_start-1: a one-cycle for those epochs is `partial(OneCycleLR, total_steps=swa_start *
+            len(dls.train))`. (`fit_one_cycle` sizes its cycle for the whole fit, so SWA would cut it short.)
+        swa_lr: the lr SWALR anneals to (a float, or one per param group).
+        anneal_epochs: epochs the anneal takes. Epoch `swa_start` trains with the lr the schedule before left,
+            epoch `swa_start + k` with SWALR's k-th value; from `swa_start + anneal_epochs` on it is `swa_lr`.
+            0 jumps to `swa_lr` at `swa_start`.
+        anneal_strategy: 'cos' or 'linear' (SWALR's).
+
+    After the fit: `swa_model` (the `AveragedModel`), `raw_model` (the model as trained, also `learn.raw_model`)
+    and `learn.model`, the averaged network itself (the same class as the raw model). Its validation is logged
+    by MetricsCB as epoch 'swa', and `metrics` keeps that row's values. BatchNorm statistics are recomputed from
+    the training inputs with the transforms that also run in validation (`BatchTransformCB(on_val=True)`: e.g. a
+    normalization), not the train-only augmentations. A fit stopped by CancelFitException (EarlyStoppingCB) skips
+    after_fit and keeps the raw model. The average is not checkpointed: a fit resumed past `swa_start` averages nothing (and warns).
+    """
+    order = 18  # before_fit after DeviceCB (-20) has moved the model, before the schedulers (20) count their steps
+
+    def __init__(self, swa_start: int, swa_lr: float | Sequence[float], anneal_epochs: int = 1,
+                 anneal_strategy: str = "cos") -> None:
+        if not isinstance(swa_start, int) or swa_start < 0:
+            raise ValueError(f"swa_start is the first epoch to average (an int >= 0); got {swa_start!r}")
+        if not isinstance(anneal_epochs, int) or anneal_epochs < 0:
+            raise ValueError(f"anneal_epochs must be an int >= 0 (0: go straight to swa_lr); got {anneal_epochs!r}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear'; got {anneal_strategy!r}")
+        self.swa_start, self.swa_lr = swa_start, swa_lr
+        self.anneal_epochs, self.anneal_strategy = anneal_epochs, anneal_strategy
+        self.swa_model: AveragedModel | None = None
+        self.swa_scheduler: SWALR | None = None
+        self.raw_model: nn.Module | None = None
+        self.metrics: dict[str, float] = {}
+        self._stood_down: list[BaseSchedCB] = []
+
+    def before_fit(self, learn: Learner) -> None:
+        if self.swa_start >= learn.n_epochs:
+            raise ValueError(f"SWACB(swa_start={self.swa_start}) averages from epoch {self.swa_start} on, but this fit "
+                             f"has epochs 0..{learn.n_epochs - 1}: use swa_start < n_epochs (e.g. the last quarter "
+                             f"of them) or fit more epochs")
+        self.raw_model, self.swa_scheduler, self.metrics = learn.model, None, {}
+        # a copy made now, before HooksCallback (order 0) hooks the model, so hooks are not copied with it
+        self.swa_model = AveragedModel(learn.model)
+        self._stood_down = [cb for cb in learn.cbs if isinstance(cb, BaseSchedCB)]
+        for cb in self._stood_down:
+            cb.stand_down(self.swa_start)
+
+    def before_epoch(self, learn: Learner) -> None:
+        if learn.training and learn.epoch == self.swa_start:
+            # built now, on the lr the schedule left: SWALR anneals from the lr it finds to swa_lr
+            self.swa_scheduler = SWALR(learn.opt, self.swa_lr, anneal_epochs=self.anneal_epochs,
+                                       anneal_strategy=self.anneal_strategy)
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.training and self._averaging(learn):
+            self.swa_model.update_parameters(learn.model)
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        # like the schedulers: not after the fit's last training epoch, whose next lr nothing would use
+        if learn.training and self._averaging(learn) and learn.epoch < learn.n_epochs - 1:
+            self.swa_scheduler.step()
+
+    def _averaging(self, learn: Learner) -> bool:
+        return isinstance(learn.epoch, int) and learn.epoch >= self.swa_start and self.swa_scheduler is not None
+
+    def after_fit(self, learn: Learner) -> None:
+        if int(self.swa_model.n_averaged) == 0:
+            warnings.warn(f"SWACB: no epoch from swa_start={self.swa_start} on was trained in this fit, so nothing "
+                          "was averaged; learn.model is the raw model", stacklevel=2)
+            return
+        with torch.no_grad():  # update_bn only needs forward passes; without this it would build graphs
+            update_bn(self._bn_inputs(learn), self.swa_model)
+        learn.model = self.swa_model.module
+        learn.raw_model = self.raw_model
+        self._validate(learn)
+
+    def _bn_inputs(self, learn: Learner) -> Iterator[torch.Tensor]:
+        """The training inputs, on the averaged model's device, as the validation pass would see them."""
+        param = next(self.swa_model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        preprocess = [cb for cb in sorted(learn.cbs, key=lambda cb: cb.order)
+                      if isinstance(cb, BatchTransformCB) and cb.applies(training=False)]
+        dl = learn.dls.train
+        # iterating a loader advances its epoch counter (its next shuffle); this extra pass must not
+        state = dl.state_dict() if callable(getattr(dl, "state_dict", None)) else None
+        try:
+            for batch in dl:
+                batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+                batch = (batch[0].to(device), *batch[1:])  # only the inputs are used: no need to move the rest
+                for cb in preprocess:
+                    batch = cb.transform_batch(batch)
+                yield batch[0]
+        finally:
+            if state is not None:
+                dl.load_state_dict(state)
+
+    def _validate(self, learn: Learner) -> None:
+        """One more validation pass, of the averaged model, with every callback's epoch and batch events."""
+        last_epoch = learn.epoch
+        learn.epoch = "swa"  # MetricsCB logs the row as epoch 'swa'; schedulers and SWACB ignore the pass
+        try:
+            with torch.no_grad():
+                # the Learner's own validation pass (a private method: the loop has no public one-pass entry),
+                # so MetricsCB, ProgressCB and friends see it like any other
+                learn._one_epoch(False)
+        finally:
+            learn.epoch = last_epoch
+        metrics = getattr(learn, "metrics", None)
+        if metrics is not None:
+            self.metrics = {k: v for k, v in metrics.last.items() if k.startswith("valid_")}
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        for cb in self._stood_down:  # the schedules run whole again in fits without this callback
+            cb.stand_down(None)
+        self._stood_down = []
+
+    def __repr__(self) -> str:
+        return (f"SWACB(swa_start={self.swa_start}, swa_lr={self.swa_lr}, anneal_epochs={self.anneal_epochs}, "
+                f"anneal_strategy={self.anneal_strategy!r})")

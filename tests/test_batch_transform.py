@@ -1,0 +1,101 @@
+"""BatchTransformCB: which passes it transforms, that the data is never modified, and reproducibility."""
+from collections import namedtuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from miniai.augment import RandomCrop, RandomErase, RandomFlip, batch_tfms
+from miniai.callbacks import BatchTransformCB, DeviceCB
+from miniai.data import DataLoaders, TensorLoader
+from miniai.learner import Callback, Learner, TrainLearner
+from miniai.utils import set_seed
+
+
+class SeenInputs(Callback):
+    """Records (training, inputs) of every batch as the model gets it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bool, torch.Tensor]] = []
+
+    def after_predict(self, learn: Learner) -> None:
+        self.seen.append((learn.training, learn.batch[0].clone()))
+
+
+def image_learner(cbs, shuffle: bool = False) -> TrainLearner:
+    """32 random 1×8×8 'images' in 3 classes, 4 train and 2 valid batches of 8, a Flatten+Linear model."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+    dls = DataLoaders(TensorLoader(x, y, 8, shuffle=shuffle, seed=0), TensorLoader(x[:16].clone(), y[:16].clone(), 8))
+    torch.manual_seed(0)
+    return TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), dls, F.cross_entropy, lr=0.1, cbs=list(cbs))
+
+
+@pytest.mark.parametrize("on_val", [False, True])
+def test_transforms_training_batches_only_by_default(on_val):
+    seen = SeenInputs()
+    learn = image_learner([BatchTransformCB(lambda x: x + 100, on_val=on_val), seen])
+    learn.fit(1)
+    train = [xb for training, xb in seen.seen if training]
+    valid = [xb for training, xb in seen.seen if not training]
+    assert len(train) == 4 and len(valid) == 2
+    assert all(torch.equal(xb, learn.dls.train.x[i * 8:(i + 1) * 8] + 100) for i, xb in enumerate(train))
+    shift = 100 if on_val else 0
+    assert all(torch.equal(xb, learn.dls.valid.x[i * 8:(i + 1) * 8] + shift) for i, xb in enumerate(valid))
+
+
+def test_augmenting_leaves_the_dataset_unchanged():
+    tfm = batch_tfms(RandomCrop(8, padding=1), RandomFlip(), RandomErase(p=1.0))
+    learn = image_learner([BatchTransformCB(tfm, on_val=True)])
+    before = learn.dls.train.x.clone(), learn.dls.valid.x.clone()
+    learn.fit(2)  # unshuffled TensorLoader batches are views of these tensors
+    assert torch.equal(learn.dls.train.x, before[0]) and torch.equal(learn.dls.valid.x, before[1])
+
+
+def test_a_transform_that_edits_in_place_is_reported():
+    learn = image_learner([BatchTransformCB(lambda x: x.mul_(2))])
+    with pytest.raises(RuntimeError, match=r"modified the batch in place.*x.mul\(2\), not x.mul_\(2\)"):
+        learn.fit(1)
+
+
+def test_augmentation_is_random_per_batch_and_repeats_under_set_seed():
+    def run():
+        set_seed(42)
+        seen = SeenInputs()
+        image_learner([BatchTransformCB(batch_tfms(RandomFlip(), RandomErase(p=0.5))), seen], shuffle=True).fit(2)
+        return [xb for training, xb in seen.seen if training]
+    first, second = run(), run()
+    assert len(first) == 8 and all(torch.equal(a, b) for a, b in zip(first, second))
+    # unshuffled would repeat the data each epoch; the augmentation still differs from the raw inputs
+    raw = image_learner([]).dls.train.x
+    assert not any(torch.equal(xb, raw[:8]) for xb in first)
+
+
+def test_other_batch_items_pass_through_and_namedtuples_keep_their_type():
+    Batch = namedtuple("Batch", "x y")
+    cb = BatchTransformCB(lambda x: x * 2)
+    y = torch.arange(3)
+    out = cb.transform_batch(Batch(torch.ones(3), y))
+    assert type(out) is Batch and torch.equal(out.x, torch.full((3,), 2.0)) and out.y is y
+    assert isinstance(cb.transform_batch([torch.ones(1), y]), list)
+
+
+def test_non_tuple_batches_and_non_callables_are_rejected_with_a_message():
+    with pytest.raises(TypeError, match="expects a batch .* as a tuple or list; got Tensor"):
+        BatchTransformCB(lambda x: x).transform_batch(torch.ones(2))
+    with pytest.raises(TypeError, match="takes a callable"):
+        BatchTransformCB("flip")
+
+
+def test_runs_after_device_cb_moved_the_batch():
+    assert DeviceCB.order < BatchTransformCB.order < 0  # before TrainCB/predict, after the move to the device
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_transforms_on_the_gpu():
+    devices = []
+    learn = image_learner([DeviceCB("cuda", move_data=False), BatchTransformCB(lambda x: devices.append(x.device) or x)])
+    learn.fit(1)
+    assert devices and all(d.type == "cuda" for d in devices)

@@ -1,0 +1,196 @@
+"""SWACB: the average, the BatchNorm refresh, the lr hand-over from the schedulers to SWALR, the final validation."""
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.optim.lr_scheduler import OneCycleLR, StepLR
+
+from miniai.callbacks import (BatchSchedCB, BatchTransformCB, DeviceCB, EpochSchedCB, MetricsCB, RecorderCB, SWACB,
+                              _lr)
+from miniai.data import DataLoaders, TensorLoader
+from miniai.learner import Callback, Learner, TrainLearner
+from miniai.schedulers import lr_trajectory
+
+
+def bn_model() -> nn.Sequential:
+    """Linear(1→4), BatchNorm1d, ReLU, Linear(4→1): the smallest model with BatchNorm statistics to refresh."""
+    return nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+
+
+def bn_learner(cbs=(), lr: float = 0.1, n_train: int = 48, bs: int = 16) -> Learner:
+    """y = 2x + 3 on in-memory loaders (3 shuffled train batches, 2 valid batches) with bn_model."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x, xv = torch.randn(n_train, 1, generator=g), torch.randn(32, 1, generator=g)
+    dls = DataLoaders(TensorLoader(x, 2 * x + 3, bs, shuffle=True, seed=0), TensorLoader(xv, 2 * xv + 3, bs))
+    return TrainLearner(bn_model(), dls, F.mse_loss, lr=lr, cbs=list(cbs))
+
+
+class Snapshots(Callback):
+    """Keeps a copy of the parameters at the end of every training pass."""
+
+    def __init__(self) -> None:
+        self.params: list[dict[str, torch.Tensor]] = []
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.training:
+            self.params.append({k: p.detach().clone() for k, p in learn.model.named_parameters()})
+
+
+def per_epoch(lrs: list[float], batches: int) -> list[float]:
+    """The lr of each epoch, checking it stayed constant within the epoch."""
+    epochs = [lrs[i:i + batches] for i in range(0, len(lrs), batches)]
+    for e in epochs:
+        assert e == pytest.approx([e[0]] * len(e))
+    return [e[0] for e in epochs]
+
+
+def test_averaged_weights_are_the_mean_of_the_epoch_end_snapshots():
+    snaps, swa = Snapshots(), SWACB(swa_start=2, swa_lr=0.05)
+    learn = bn_learner([snaps, swa])
+    learn.fit(5)
+    assert len(snaps.params) == 5
+    averaged = dict(learn.model.named_parameters())
+    for name, p in averaged.items():
+        mean = torch.stack([s[name] for s in snaps.params[2:]]).mean(0)
+        assert torch.allclose(p, mean, atol=1e-6), name
+    # a real average of different weights, not one of them
+    assert not torch.allclose(averaged["0.weight"], snaps.params[-1]["0.weight"])
+    assert int(swa.swa_model.n_averaged) == 3
+
+
+def test_batchnorm_statistics_are_recomputed_for_the_averaged_weights():
+    swa = SWACB(swa_start=1, swa_lr=0.05)
+    learn = bn_learner([swa])
+    learn.fit(3)
+    bn, raw_bn = learn.model[1], swa.raw_model[1]
+    assert not torch.allclose(bn.running_mean, raw_bn.running_mean)
+    # by hand: BN's input is the averaged first Linear's output; update_bn's cumulative average over the
+    # train batches gives each batch's mean and unbiased variance equal weight
+    with torch.no_grad():
+        outs = [learn.model[0](xb) for xb, _ in learn.dls.train]
+    assert torch.allclose(bn.running_mean, torch.stack([h.mean(0) for h in outs]).mean(0), atol=1e-6)
+    assert torch.allclose(bn.running_var, torch.stack([h.var(0) for h in outs]).mean(0), atol=1e-6)
+    assert int(bn.num_batches_tracked) == len(learn.dls.train) == 3
+    assert bn.momentum == raw_bn.momentum == 0.1  # update_bn puts the momentum back
+
+
+def test_bn_refresh_uses_validation_transforms_but_not_train_only_augmentation():
+    shift = BatchTransformCB(lambda x: x + 10, on_train=True, on_val=True)  # preprocessing: every pass
+    noise = BatchTransformCB(lambda x: x + torch.randn_like(x) * 100)  # augmentation: training only
+    learn = bn_learner([shift, noise, SWACB(swa_start=1, swa_lr=0.01)], lr=0.01)
+    learn.fit(2)
+    bn = learn.model[1]
+    with torch.no_grad():
+        outs = [learn.model[0](xb + 10) for xb, _ in learn.dls.train]
+    assert torch.allclose(bn.running_mean, torch.stack([h.mean(0) for h in outs]).mean(0), atol=1e-5)
+
+
+def test_refreshing_batchnorm_does_not_shift_the_loaders_shuffle():
+    learn = bn_learner([SWACB(swa_start=1, swa_lr=0.05)])
+    learn.fit(3)
+    assert learn.dls.train.epoch == 3  # three training passes; the BN pass left the counter as it was
+
+
+def test_lr_follows_swalr_after_swa_start():
+    rec = RecorderCB(lr=_lr)
+    learn = bn_learner([rec, SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=2)], lr=0.1)
+    learn.fit(6)
+    # SWALR's cosine anneal from the lr it found (0.1) to swa_lr: epoch swa_start + k runs with its k-th value
+    alpha = lambda k: (1 - math.cos(math.pi * min(1.0, k / 2))) / 2  # noqa: E731
+    expected = [0.1, 0.1] + [0.01 * alpha(k) + 0.1 * (1 - alpha(k)) for k in range(4)]
+    assert per_epoch(rec.recs["lr"], 3) == pytest.approx(expected, abs=1e-12)
+    assert expected[3] == pytest.approx(0.055)
+
+
+def test_linear_anneal_and_jump_straight_to_swa_lr():
+    rec = RecorderCB(lr=_lr)
+    bn_learner([rec, SWACB(swa_start=1, swa_lr=0.02, anneal_epochs=2, anneal_strategy="linear")]).fit(4)
+    assert per_epoch(rec.recs["lr"], 3) == pytest.approx([0.1, 0.1, 0.06, 0.02])
+    rec = RecorderCB(lr=_lr)
+    bn_learner([rec, SWACB(swa_start=1, swa_lr=0.02, anneal_epochs=0)]).fit(3)
+    assert per_epoch(rec.recs["lr"], 3) == pytest.approx([0.1, 0.02, 0.02])
+
+
+def test_composes_with_a_batch_scheduler_running_before_swa_start():
+    cycle = partial(OneCycleLR, max_lr=0.1, total_steps=2 * 3)  # a whole cycle in the 2 epochs before SWA
+    sched, rec = BatchSchedCB(cycle), RecorderCB(lr=_lr)
+    learn = bn_learner([sched, rec, SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=0)])
+    learn.fit(4)  # without the hand-over, the 6-step cycle would be refused for a 12-step fit
+    lrs = rec.recs["lr"]
+    opt = optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    assert lrs[:6] == pytest.approx(lr_trajectory(cycle, opt, 6), abs=1e-12)
+    assert lrs[6:] == pytest.approx([0.01] * 6)
+    assert sched.n_steps == 6 and sched.scheduler.last_epoch == 5  # it stopped stepping at swa_start
+    assert sched.stop_epoch is None  # released after the fit: a later fit without SWA runs the whole schedule
+
+
+def test_composes_with_an_epoch_scheduler():
+    rec = RecorderCB(lr=_lr)
+    bn_learner([EpochSchedCB(partial(StepLR, step_size=1, gamma=0.5)), rec,
+                SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=1)]).fit(4)
+    # StepLR halves after epoch 0; its step after epoch 1 is the fit's last for it, and SWALR starts from 0.05
+    assert per_epoch(rec.recs["lr"], 3) == pytest.approx([0.1, 0.05, 0.05, 0.01])
+
+
+def test_fit_one_cycle_with_swa_runs_the_cycle_until_swa_start():
+    rec = RecorderCB(lr=_lr)
+    learn = bn_learner([rec])
+    learn.fit_one_cycle(4, 0.1, cbs=[SWACB(swa_start=3, swa_lr=0.01, anneal_epochs=0)])
+    lrs = rec.recs["lr"]
+    assert max(lrs[:9]) == pytest.approx(0.1, rel=0.05) and lrs[9:] == pytest.approx([0.01] * 3)
+
+
+def test_averaged_model_is_validated_logged_as_swa_and_left_as_learn_model():
+    metrics, swa = MetricsCB(), SWACB(swa_start=1, swa_lr=0.05)
+    learn = bn_learner([metrics, swa])
+    raw = learn.model
+    learn.fit(3)
+    assert learn.model is swa.swa_model.module and type(learn.model) is type(raw)
+    assert learn.raw_model is raw and swa.raw_model is raw and learn.model is not raw
+    last = metrics.history[-1]
+    assert (last["epoch"], last["train"]) == ("swa", "valid")
+    assert [row["epoch"] for row in metrics.history[:-1]] == [0, 0, 1, 1, 2, 2]
+    learn.model.eval()
+    with torch.no_grad():
+        x, y = learn.dls.valid.x, learn.dls.valid.y
+        loss = F.mse_loss(learn.model(x), y).item()
+    assert last["loss"] == pytest.approx(loss, rel=1e-5)
+    assert swa.metrics["valid_loss"] == pytest.approx(loss, rel=1e-5)
+    assert learn.epoch == 2  # the 'swa' pass does not leave its label behind
+
+
+def test_a_model_without_batchnorm_is_averaged_too():
+    learn = TrainLearner(nn.Linear(1, 1), bn_learner().dls, F.mse_loss, lr=0.1, cbs=[SWACB(1, 0.05)])
+    learn.fit(2)
+    assert isinstance(learn.model, nn.Linear) and learn.raw_model is not learn.model
+
+
+def test_swa_start_at_or_past_the_last_epoch_is_an_error():
+    with pytest.raises(ValueError, match=r"swa_start=3.*epochs 0..2: use swa_start < n_epochs"):
+        bn_learner([SWACB(swa_start=3, swa_lr=0.01)]).fit(3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(swa_start=-1), "swa_start is the first epoch"),
+    (dict(swa_start=1, anneal_epochs=-1), "anneal_epochs must be an int >= 0"),
+    (dict(swa_start=1, anneal_strategy="exp"), "anneal_strategy must be 'cos' or 'linear'"),
+])
+def test_bad_arguments_are_rejected_with_a_message(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SWACB(swa_lr=0.01, **kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bn_refresh_runs_on_the_models_device_when_the_data_stays_on_the_cpu():
+    learn = bn_learner([DeviceCB("cuda", move_data=False), SWACB(swa_start=1, swa_lr=0.05)])
+    learn.fit(2)
+    bn = learn.model[1]
+    assert bn.running_mean.device.type == "cuda" and learn.dls.train.x.device.type == "cpu"
+    with torch.no_grad():
+        outs = [learn.model[0](xb.cuda()) for xb, _ in learn.dls.train]
+    assert torch.allclose(bn.running_mean, torch.stack([h.mean(0) for h in outs]).mean(0), atol=1e-5)
