@@ -225,17 +225,18 @@ def test_mixed_precision_rejects_other_dtypes():
 
 @pytest.mark.slow
 def test_bf16_on_cpu_trains_the_reference_model_within_1pct_of_fp32():
+    """One epoch over a sixth of the training set: CPUs without native bf16 run its convolutions ~7x slower."""
     from miniai.data import get_dls
     accuracies = {}
-    for name, extra in (("fp32", []), ("bf16", [MixedPrecisionCB(torch.bfloat16)])):
+    for name, extra in (("fp32", []), ("bf16", [MixedPrecisionCB()])):  # dtype=None on the CPU: bfloat16
         set_seed(42)
-        dls = get_dls(bs=1024, seed=42)
+        dls = get_dls(bs=500, n_train=10_000, seed=42)
         metrics = MetricsCB(accuracy=MulticlassAccuracy())
         learn = TrainLearner(reference_model(), dls, F.cross_entropy, lr=1e-2, opt_func=optim.AdamW,
                              cbs=[DeviceCB("cpu"), metrics, *extra])
         learn.fit_one_cycle(1, 1e-2)
         accuracies[name] = metrics.last["valid_accuracy"]
-    assert accuracies["fp32"] > 0.8
+    assert accuracies["fp32"] > 0.7, accuracies
     assert abs(accuracies["bf16"] - accuracies["fp32"]) < 0.01, accuracies
 
 
