@@ -28,7 +28,8 @@ from tests.synth import tiny_learner
 
 
 def reference_model() -> nn.Module:
-    return get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
+    model = get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d)
+    return model.apply(partial(init_weights, leaky=0.1))
 
 
 def linear_problem(n: int = 64, n_in: int = 3, bs: int = 16, seed: int = 0) -> tuple[TrainLearner, DataLoaders]:

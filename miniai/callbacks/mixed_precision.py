@@ -1,4 +1,4 @@
-"""Mixed precision: the forward pass and the loss under `torch.autocast`; fp16 gradients kept in range by a GradScaler."""
+"""Mixed precision: forward pass and loss under `torch.autocast`; fp16 gradients kept in range by a GradScaler."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,7 +13,7 @@ _DTYPES = (torch.float16, torch.bfloat16)
 
 
 class MixedPrecisionCB(Callback):
-    """Run the forward pass and the loss under `torch.autocast(dtype)`; with float16, scale them through a GradScaler.
+    """Forward pass and loss under `torch.autocast(dtype)`; with float16, backward and step go through a GradScaler.
 
     `dtype=None` picks float16 with a `torch.amp.GradScaler` on CUDA, and bfloat16 without one elsewhere (the
     CPU). bfloat16 has float32's exponent range, so its gradients need no scaling; float16 ones underflow without
