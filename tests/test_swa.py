@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn, optim
 from torch.optim.lr_scheduler import OneCycleLR, StepLR
 
-from miniai.callbacks import (BatchSchedCB, BatchTransformCB, DeviceCB, EpochSchedCB, MetricsCB, RecorderCB, SWACB,
-                              _lr)
+from miniai.callbacks import (ActivationStats, BatchSchedCB, BatchTransformCB, DeviceCB, EpochSchedCB, MetricsCB,
+                              RecorderCB, SWACB, _lr)
 from miniai.data import DataLoaders, TensorLoader
 from miniai.learner import Callback, Learner, TrainLearner
 from miniai.schedulers import lr_trajectory
@@ -161,6 +161,14 @@ def test_averaged_model_is_validated_logged_as_swa_and_left_as_learn_model():
     assert last["loss"] == pytest.approx(loss, rel=1e-5)
     assert swa.metrics["valid_loss"] == pytest.approx(loss, rel=1e-5)
     assert learn.epoch == 2  # the 'swa' pass does not leave its label behind
+
+
+def test_the_average_does_not_copy_the_hooks_of_activation_stats():
+    astats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learn = bn_learner([astats, SWACB(swa_start=1, swa_lr=0.05)])
+    learn.fit(2)
+    assert all(not m._forward_hooks for m in learn.model.modules())  # copied before the hooks were registered
+    assert len(astats.stats[0][0]) == 6  # the raw model was hooked: 2 epochs × 3 training batches
 
 
 def test_a_model_without_batchnorm_is_averaged_too():

@@ -7,6 +7,9 @@
 | -30   | DDPCB               | joins the process group, gives DeviceCB this rank's GPU, wraps the |
 |       |                     | model in DDP and shards the loaders before anyone reads them       |
 | -20   | DeviceCB            | moves model and batch before anyone reads them                     |
+| -15   | SWACB               | copies the model at before_fit after DeviceCB moved it, before     |
+|       |                     | HooksCallback hooks it; makes the schedulers stand down at         |
+|       |                     | swa_start before they count their steps                            |
 | -10   | BatchTransformCB    | augments the batch once it is on the device                        |
 |  -5   | MixedPrecisionCB    | enters autocast after the batch is moved and augmented in float32; |
 |       |                     | leaves it at after_loss before the other after_loss readers        |
@@ -19,8 +22,6 @@
 |  10   | MetricsCB           | after callbacks that change preds/loss; before those reading results|
 |  15   | GradAccumCB         | at after_backward: cancels the step between accumulation boundaries|
 |       |                     | (so GradClipCB at 25 clips only real steps); averages the grads    |
-|  18   | SWACB               | before_fit after DeviceCB moved the model (copies it), before the    |
-|       |                     | schedulers count their steps (it makes them stand down at swa_start)|
 |  20   | BatchSchedCB,       | after MetricsCB: ReduceLROnPlateau reads the metric it logged at     |
 |       | EpochSchedCB        | after_epoch. They step at cleanup_batch / cleanup_epoch, so every    |
 |       |                     | after_batch reader sees the lr the batch trained with               |

@@ -42,7 +42,9 @@ class SWACB(Callback):
     normalization), not the train-only augmentations. A fit stopped by CancelFitException (EarlyStoppingCB) skips
     after_fit and keeps the raw model. The average is not checkpointed: a fit resumed past `swa_start` averages nothing (and warns).
     """
-    order = 18  # before_fit after DeviceCB (-20) has moved the model, before the schedulers (20) count their steps
+    # before_fit: after DeviceCB (-20) moved the model, before HooksCallback (0) hooks it (the copy must not carry
+    # the hooks), and before the schedulers (20) count their steps (they stand down at swa_start)
+    order = -15
 
     def __init__(self, swa_start: int, swa_lr: float | Sequence[float], anneal_epochs: int = 1,
                  anneal_strategy: str = "cos") -> None:
@@ -66,7 +68,6 @@ class SWACB(Callback):
                              f"has epochs 0..{learn.n_epochs - 1}: use swa_start < n_epochs (e.g. the last quarter "
                              f"of them) or fit more epochs")
         self.raw_model, self.swa_scheduler, self.metrics = learn.model, None, {}
-        # a copy made now, before HooksCallback (order 0) hooks the model, so hooks are not copied with it
         self.swa_model = AveragedModel(learn.model)
         self._stood_down = [cb for cb in learn.cbs if isinstance(cb, BaseSchedCB)]
         for cb in self._stood_down:
