@@ -106,10 +106,14 @@ def _abs_histc(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
     if low:
         pos.sub_(low)
     pos.mul_(bins).div_(high - low)
-    pos.nan_to_num_(nan=bins + 1.0).clamp_(-1.0, bins + 1.0)  # NaN, inf, huge: out of range, yet castable
-    # histc's last bin is closed, [edge, high]: count |x| == high apart (reading a CPU max is no sync; it saves the
-    # compare pass whenever no activation reaches high, the usual case)
-    at_high = torch.count_nonzero(pos == bins) if pos.numel() and float(pos.max()) >= bins else 0
+    # reading a CPU max costs no sync, and it spares the passes below whenever no activation reaches high (usual)
+    top = float(pos.max()) if pos.numel() else 0.0  # NaN if any is NaN
+    if not top <= bins + 1:
+        pos.nan_to_num_(nan=bins + 1.0).clamp_(max=bins + 1.0)  # NaN, inf, huge: out of range, yet castable
+    if low:
+        pos.clamp_(min=-1.0)
+    # histc's last bin is closed, [edge, high]: count |x| == high apart
+    at_high = torch.count_nonzero(pos == bins) if not top < bins else 0
     if low:
         pos.floor_().add_(1)  # below low -> 0 (dropped); bin k -> k + 1
     counts = torch.bincount(pos.to(torch.int32), minlength=bins + 3).to(flat.dtype)
