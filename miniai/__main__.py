@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-valid", type=int, default=None, help="validate on the first N images only")
     from .recipes import SCHEDULES  # the names only; the recipe itself is built in train()
     t.add_argument("--sched", choices=list(SCHEDULES), default="none",
-                   help="lr schedule: " + "; ".join(f"{name}: {what}" for name, what in SCHEDULES.items())
+                   # argparse %-formats help strings: escape the recipes' own percent signs
+                   help="lr schedule: " + "; ".join(f"{n}: {what}" for n, what in SCHEDULES.items()).replace("%", "%%")
                    + " (with --out, its lr and momentum/beta1 curves go to schedule.png)")
     return parser
 
