@@ -96,6 +96,7 @@ def test_runs_after_device_cb_moved_the_batch():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_transforms_on_the_gpu():
     devices = []
-    learn = image_learner([DeviceCB("cuda", move_data=False), BatchTransformCB(lambda x: devices.append(x.device) or x)])
+    record = BatchTransformCB(lambda x: devices.append(x.device) or x)
+    learn = image_learner([DeviceCB("cuda", move_data=False), record])
     learn.fit(1)
     assert devices and all(d.type == "cuda" for d in devices)

@@ -40,7 +40,8 @@ class SWACB(Callback):
     by MetricsCB as epoch 'swa', and `metrics` keeps that row's values. BatchNorm statistics are recomputed from
     the training inputs with the transforms that also run in validation (`BatchTransformCB(on_val=True)`: e.g. a
     normalization), not the train-only augmentations. A fit stopped by CancelFitException (EarlyStoppingCB) skips
-    after_fit and keeps the raw model. The average is not checkpointed: a fit resumed past `swa_start` averages nothing (and warns).
+    after_fit and keeps the raw model. The average is not checkpointed: a fit resumed past `swa_start` averages
+    nothing (and warns).
     """
     # before_fit: after DeviceCB (-20) moved the model, before HooksCallback (0) hooks it (the copy must not carry
     # the hooks), and before the schedulers (20) count their steps (they stand down at swa_start)
