@@ -170,53 +170,6 @@ class Learner:
             for cb in temporary:
                 self.rm_cb(cb)
 
-    def compile(self, **kwargs: Any) -> Learner:
-        """Compile the model in place with `torch.compile(**kwargs)` (`nn.Module.compile`); returns the learner.
-
-        In place, so `learn.model` stays the user's module and its `state_dict` keys stay clean (no `_orig_mod.`).
-        The first epoch pays the compilation (tens of seconds on a CPU; see bench/overhead.py), and each new input
-        shape (a smaller last batch, the validation pass) compiles once more; later epochs run the compiled code.
-        """
-        if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
-            raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
-        self.model.compile(**kwargs)
-        return self
-
-    def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, *, pct_start: float = 0.3,
-                      div_factor: float = 25.0, final_div_factor: float = 1e4, base_momentum: float = 0.85,
-                      max_momentum: float = 0.95, cycle_momentum: bool | None = None,
-                      cbs: Iterable[Callback] | None = None, **fit_kwargs: Any) -> None:
-        """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
-
-        The total steps are computed at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches
-        under gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None`
-        cycles momentum (SGD) or beta1 (Adam family) when the optimizer has one. Other keyword arguments go to `fit`.
-        """
-        # imported here: the callbacks import this module
-        from torch.optim.lr_scheduler import OneCycleLR
-
-        from .callbacks.scheduling import BatchSchedCB, steps_per_epoch
-        max_lr = self.lr if max_lr is None else max_lr
-
-        def one_cycle(opt: optim.Optimizer) -> OneCycleLR:
-            per_epoch = steps_per_epoch(self)
-            if per_epoch is None:
-                raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
-                                "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
-            cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults))
-            return OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, self.n_epochs * per_epoch), pct_start=pct_start,
-                              div_factor=div_factor, final_div_factor=final_div_factor, cycle_momentum=cycle,
-                              base_momentum=base_momentum, max_momentum=max_momentum)
-        self.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=max_lr, **fit_kwargs)
-
-    def lr_find(self, start_lr: float = 1e-5, gamma: float = 1.3, max_mult: float = 3.0, max_epochs: int = 10,
-                plot: bool = True) -> Any:
-        """Grow the lr ×`gamma` a batch from `start_lr` until the loss blows up; plot loss against lr and return an
-        `LRFinderResult` (lrs, losses, valley, steepest). Model, optimizer and learner are left exactly as before.
-        """
-        from .callbacks.lr_finder import lr_find  # function-local: the callbacks import this module
-        return lr_find(self, start_lr, gamma, max_mult, max_epochs, plot)
-
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
         try:
             self._emit(f"before_{name}")
@@ -309,6 +262,54 @@ class Learner:
         raise ValueError(f"dls.train has no batches: {why}. Check how the training set was built (a filter, "
                          "n_train, a wrong path), or call fit(train=False) to only validate.")
 
+    # --- conveniences built from callbacks (imported inside each method: the callbacks import this module) ---
+    def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, *, pct_start: float = 0.3,
+                      div_factor: float = 25.0, final_div_factor: float = 1e4, base_momentum: float = 0.85,
+                      max_momentum: float = 0.95, cycle_momentum: bool | None = None,
+                      cbs: Iterable[Callback] | None = None, **fit_kwargs: Any) -> None:
+        """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
+
+        The total steps are computed at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches
+        under gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None`
+        cycles momentum (SGD) or beta1 (Adam family) when the optimizer has one. Other keyword arguments go to `fit`.
+        """
+        # imported here: the callbacks import this module
+        from torch.optim.lr_scheduler import OneCycleLR
+
+        from .callbacks.scheduling import BatchSchedCB, steps_per_epoch
+        max_lr = self.lr if max_lr is None else max_lr
+
+        def one_cycle(opt: optim.Optimizer) -> OneCycleLR:
+            per_epoch = steps_per_epoch(self)
+            if per_epoch is None:
+                raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
+                                "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
+            cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults))
+            return OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, self.n_epochs * per_epoch), pct_start=pct_start,
+                              div_factor=div_factor, final_div_factor=final_div_factor, cycle_momentum=cycle,
+                              base_momentum=base_momentum, max_momentum=max_momentum)
+        self.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=max_lr, **fit_kwargs)
+
+    def lr_find(self, start_lr: float = 1e-5, gamma: float = 1.3, max_mult: float = 3.0, max_epochs: int = 10,
+                plot: bool = True) -> Any:
+        """Grow the lr ×`gamma` a batch from `start_lr` until the loss blows up; plot loss against lr and return an
+        `LRFinderResult` (lrs, losses, valley, steepest). Model, optimizer and learner are left exactly as before.
+        """
+        from .callbacks.lr_finder import lr_find  # function-local: the callbacks import this module
+        return lr_find(self, start_lr, gamma, max_mult, max_epochs, plot)
+
+    def compile(self, **kwargs: Any) -> Learner:
+        """Compile the model in place with `torch.compile(**kwargs)` (`nn.Module.compile`); returns the learner.
+
+        In place, so `learn.model` stays the user's module and its `state_dict` keys stay clean (no `_orig_mod.`).
+        The first epoch pays the compilation (tens of seconds on a CPU; see bench/overhead.py), and each new input
+        shape (a smaller last batch, the validation pass) compiles once more; later epochs run the compiled code.
+        """
+        if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
+            raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
+        self.model.compile(**kwargs)
+        return self
+
 
 class LossInputError(ValueError, RuntimeError):
     """The loss function rejected the model's output and the targets; the message shows both shapes and dtypes.
@@ -373,7 +374,6 @@ class TrainLearner(Learner):
             self._emit("step")
         else:
             self.opt.step()
-
 
     def zero_grad(self) -> None:
         self.opt.zero_grad()

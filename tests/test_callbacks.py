@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB, TrainCB
+from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB
 from miniai.callbacks.metrics import format_row
-from miniai.learner import Callback, Learner, TrainLearner
+from miniai.learner import Callback, TrainLearner
 from tests.synth import tiny_learner
 
 
