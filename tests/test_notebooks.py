@@ -1,0 +1,57 @@
+"""Every notebook in nbs/ runs top to bottom in a real Jupyter kernel, on the installed package, with MINIAI_QUICK=1.
+
+MINIAI_QUICK=1 makes each notebook train on a small subset for an epoch or two (their parameter cell reads it), so
+each takes well under two minutes. The notebooks train on the real Fashion-MNIST: without the data this fails.
+Needs the `python3` kernel in the venv (CI: `python -m ipykernel install --sys-prefix --name python3`).
+"""
+import re
+from pathlib import Path
+
+import pytest
+
+NBS = Path(__file__).resolve().parent.parent / "nbs"
+NOTEBOOKS = sorted(NBS.glob("*.ipynb"))
+CELL_TIMEOUT = 120  # seconds; a whole quick notebook takes well under this on two CPU cores
+
+
+def test_the_four_notebooks_are_there():
+    assert [p.name for p in NOTEBOOKS] == ["01_learner.ipynb", "02_schedulers.ipynb", "03_torch_schedulers.ipynb",
+                                           "04_resnet_swa.ipynb"]
+
+
+def _text_outputs(nb) -> str:
+    """All stream and text/plain output of the code cells, joined."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out["text"])
+            elif "text/plain" in out.get("data", {}):
+                parts.append(out["data"]["text/plain"])
+    return "\n".join(parts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_quickly_without_errors(path, monkeypatch):
+    import nbclient  # dev dependencies: pip install -e '.[dev]'
+    import nbformat
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("MINIAI_QUICK", "1")  # the kernel inherits this process's environment
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:  # run from a clean slate: the committed outputs are the full run's
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NBS)}})
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        pytest.fail(f"{path.name} failed under MINIAI_QUICK=1:\n{e}")
+    errors = [out for cell in nb.cells for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    text = _text_outputs(nb)
+    match = re.search(r"final validation accuracy: (0\.\d+|1\.0+)", text)
+    assert match, f"{path.name} printed no 'final validation accuracy: ...' line"
+    assert 0.1 < float(match.group(1)) <= 1.0  # it trained: 10 classes, so chance is 0.1
