@@ -19,7 +19,9 @@ on Fashion-MNIST held in memory, normalized once. Rows:
              after it reuse the compiled model (weights reset each rep).
 
 Rows are interleaved (rep 1 of every row, then rep 2, ...) so load drifting on a shared machine hits all rows
-alike; each cell is the median over the reps with the min-max, and the ratio is median(row) / median(row 1).
+alike; each cell is the median over the reps with the min-max, and the ratio is the median time per batch over
+row 1's (the same as the ratio of epoch times, except for rows run on fewer images: on the CPU, the mixed
+precision row, since bf16 convolutions are several times slower than float32 on CPUs without native bf16).
 """
 from __future__ import annotations
 
@@ -98,6 +100,11 @@ def quietly(fn: Callable[[], None]) -> None:
     """Run fn with stdout into /dev/null: the progress bar and metric rows are drawn, just not seen."""
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         fn()
+
+
+def progress(line: str) -> None:
+    """A line on stderr, so a long run shows where it is without mixing into the table on stdout."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -179,6 +186,9 @@ def main() -> None:
     parser.add_argument("--bs", default="1024,64", help="comma-separated batch sizes")
     parser.add_argument("--small-fraction", type=float, default=0.25,
                         help="share of the 60,000 training images used at batch sizes below 256 (time budget)")
+    parser.add_argument("--mp-images", type=int, default=6144,
+                        help="on the CPU, images the MixedPrecisionCB row trains on (bf16 is slow without native "
+                             "support); its ratio is then per batch")
     parser.add_argument("--no-compile", action="store_true", help="skip the learn.compile() row")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1/10 of the data, no compile")
     args = parser.parse_args()
@@ -194,40 +204,43 @@ def main() -> None:
     # ---- training rows
     out += ["| row | bs | images | batches | median s (min-max) | ratio to 1 | overhead / batch |",
             "|---|---|---|---|---|---|---|"]
+    slow_mp = device.type == "cpu" and not args.quick  # bf16 convolutions: native only on CPUs with AVX512-BF16/AMX
     for bs in sizes:
         fraction = 0.1 if args.quick else (args.small_fraction if bs < 256 else 1.0)
         n_train = round(60_000 * fraction)
         dls = get_dls(bs=bs, n_train=n_train, device=device, seed=0)
-        n_batches = len(dls.train)
+        n_mp = min(n_train, args.mp_images) if slow_mp else n_train
+        mp_dls = get_dls(bs=bs, n_train=n_mp, device=device, seed=0) if n_mp < n_train else dls
         x, y = dls.train.x, dls.train.y
-        rows: dict[str, Callable[[], Callable[[], None]]] = {}
 
         def hand() -> Callable[[], None]:
             model = reference_model().to(device)
             return lambda: hand_epoch(model, x, y, bs)
 
-        def learner(extra: Callable[[], list] = list) -> Callable[[], Callable[[], None]]:
+        def learner(extra: Callable[[], list] = list, data=dls) -> Callable[[], Callable[[], None]]:
             def make() -> Callable[[], None]:
-                learn = miniai_learner(dls, device, extra())
+                learn = miniai_learner(data, device, extra())
                 return lambda: quietly(lambda: learn.fit(1, valid=False))
             return make
-        rows["1. hand loop"] = hand
-        rows["2. miniai"] = learner()
-        rows["3. miniai + ActivationStats"] = learner(
-            lambda: [ActivationStats(lambda m: isinstance(m, GeneralRelu))])
-        rows["4. miniai + MixedPrecisionCB"] = learner(lambda: [MixedPrecisionCB()])
+        # name -> (factory of a timed run, its data); a run's factory builds its model untimed
+        rows: dict[str, tuple[Callable[[], Callable[[], None]], object]] = {
+            "1. hand loop": (hand, dls),
+            "2. miniai": (learner(), dls),
+            "3. miniai + ActivationStats": (learner(lambda: [ActivationStats(lambda m: isinstance(m, GeneralRelu))]),
+                                            dls),
+            "4. miniai + MixedPrecisionCB": (learner(lambda: [MixedPrecisionCB()], mp_dls), mp_dls)}
         compiled = None
         if not (args.quick or args.no_compile):
             compiled = miniai_learner(dls, device)
             compiled.compile()
             initial = {k: v.clone() for k, v in compiled.model.state_dict().items()}
             first = timed(lambda: quietly(lambda: compiled.fit(1, valid=False)), device)
+            progress(f"bs {bs}: learn.compile() first epoch {first:.2f} s")
 
             def again() -> Callable[[], None]:
                 compiled.model.load_state_dict(initial)
                 return lambda: quietly(lambda: compiled.fit(1, valid=False))
-            rows["4. miniai + learn.compile()"] = again
-        times: dict[str, list[float]] = {name: [] for name in rows}
+            rows["4. miniai + learn.compile()"] = (again, dls)
         names = list(rows)
         warm_dls = get_dls(bs=bs, n_train=3 * bs, device=device, seed=0)
         for name in names:  # untimed: lazy initialisation (kernels, allocator, imports) is not per-epoch cost
@@ -237,19 +250,21 @@ def main() -> None:
                 extra = [MixedPrecisionCB()] if "Mixed" in name else [
                     ActivationStats(lambda m: isinstance(m, GeneralRelu))] if "Activation" in name else []
                 quietly(lambda: miniai_learner(warm_dls, device, extra).fit(1, valid=False))
+        times: dict[str, list[float]] = {name: [] for name in rows}
         for rep in range(reps):
             for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotate: no row always goes first
-                run = rows[name]()
-                times[name].append(timed(run, device))
-        floor = statistics.median(times["1. hand loop"])
+                times[name].append(timed(rows[name][0](), device))
+                progress(f"bs {bs} rep {rep + 1}/{reps}: {name} {times[name][-1]:.2f} s")
+        floor = statistics.median(times["1. hand loop"]) / len(dls.train)  # seconds per batch
         for name in names:
-            med = statistics.median(times[name])
-            extra_ms = (med - floor) / n_batches * 1e3
-            out.append(f"| {name} | {bs} | {n_train} | {n_batches} | {fmt_cell(times[name])} | {med / floor:.3f} | "
-                       f"{'' if name.startswith('1.') else f'{extra_ms:+.2f} ms'} |")
+            data = rows[name][1]
+            med, n_batches = statistics.median(times[name]), len(data.train)
+            extra_ms = (med / n_batches - floor) * 1e3
+            out.append(f"| {name} | {bs} | {len(data.train.x)} | {n_batches} | {fmt_cell(times[name])} | "
+                       f"{med / n_batches / floor:.3f} | {'' if name.startswith('1.') else f'{extra_ms:+.2f} ms'} |")
         if compiled is not None:
-            out.append(f"| 4. learn.compile(), first epoch | {bs} | {n_train} | {n_batches} | {first:.2f} | "
-                       f"{first / floor:.3f} | compilation included |")
+            out.append(f"| 4. learn.compile(), first epoch | {bs} | {n_train} | {len(dls.train)} | {first:.2f} | "
+                       f"{first / len(dls.train) / floor:.3f} | compilation included |")
         print("\n".join(out[-len(names) - (compiled is not None):]), flush=True)
 
     # ---- data path
@@ -266,12 +281,16 @@ def main() -> None:
                 f"| DataLoader(TensorDataset) | {bs} | {statistics.median(theirs):,.0f} "
                 f"({min(theirs):,.0f}-{max(theirs):,.0f}) | 1 |"]
     notes = ["", f"Each row: one training epoch (no validation), {reps} interleaved reps after an untimed warm-up; "
-             "ratio = median / median of row 1; overhead / batch = (median - row 1's) / batches.",
+             "ratio = median time per batch / row 1's (the epoch-time ratio for rows on the same images); "
+             "overhead / batch = the difference of those per-batch times.",
              "Row 1 computes no metrics, draws no progress bar and records nothing; row 2 does all three (accuracy and "
              "mean loss, a terminal progress bar written to /dev/null, lr and momentum) plus TrainLearner's NaN guard."]
     if any(bs < 256 for bs in sizes) and not args.quick and args.small_fraction < 1:
         notes.append(f"Batch sizes below 256 use the first {args.small_fraction:.0%} of the training set "
                      "(time budget); the per-batch overhead is what they show.")
+    if slow_mp:
+        notes.append(f"On the CPU the MixedPrecisionCB row (bfloat16) trains on the first {args.mp_images} images: "
+                     "CPUs without native bf16 (AVX512-BF16/AMX) run its convolutions on a slow generic path.")
     if args.quick:
         notes.append("--quick: 2 reps on 10% of the data; not for the README.")
     print("\n" + "\n".join(out + notes))
