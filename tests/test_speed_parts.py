@@ -161,6 +161,18 @@ def test_fp16_scaler_skip_does_not_step_the_scheduler_and_zeroes_the_grads():
     assert mp.scaler.get_scale() == 2.0**7  # backed off once
 
 
+def test_grad_accum_under_an_fp16_scaler_steps_once_per_group_on_the_mean_gradient():
+    accum_learn, _ = linear_problem(bs=16)
+    mp, grads = MixedPrecisionCB(torch.float16, init_scale=2.0**8), GradsBeforeStep()
+    accum_learn.fit(1, valid=False, cbs=[mp, GradAccumCB(4), GradClipCB(max_norm=1e9), grads], lr=0.0)
+    plain_learn, _ = linear_problem(bs=64)
+    plain_grads = GradsBeforeStep()
+    plain_learn.fit(1, valid=False, cbs=[plain_grads], lr=0.0)
+    assert len(grads.grads) == 1 and mp.n_skipped == 0
+    for ours, theirs in zip(grads.grads[0], plain_grads.grads[0]):  # unscaled by GradClipCB, averaged by GradAccumCB
+        torch.testing.assert_close(ours, theirs, rtol=1e-2, atol=1e-3)
+
+
 def test_scaler_state_round_trips_through_state_dict():
     learn = tiny_learner(lr=0.05)
     mp = MixedPrecisionCB(torch.float16, init_scale=1024.0)
