@@ -18,10 +18,11 @@ on Fashion-MNIST held in memory, normalized once. Rows:
      +compile row 2 + learn.compile(): its first epoch (compilation included) is shown on its own; the reps
              after it reuse the compiled model (weights reset each rep).
 
-Rows are interleaved (rep 1 of every row, then rep 2, ...) so load drifting on a shared machine hits all rows
-alike; each cell is the median over the reps with the min-max, and the ratio is the median time per batch over
-row 1's (the same as the ratio of epoch times, except for rows run on fewer images: on the CPU, the mixed
-precision row, since bf16 convolutions are several times slower than float32 on CPUs without native bf16).
+Runs are paired: in every rep, each row runs right next to a run of row 1 (before it or after it, alternating),
+so the load drifting on a shared machine hits both alike. Each cell is the median over the reps with the min-max;
+the ratio is the median over reps of the row's time per batch over its paired row-1 run's (the ratio of epoch
+times, except for rows run on fewer images: on the CPU, the mixed precision row, since bf16 convolutions are
+several times slower than float32 on CPUs without native bf16).
 """
 from __future__ import annotations
 
@@ -250,18 +251,28 @@ def main() -> None:
                 extra = [MixedPrecisionCB()] if "Mixed" in name else [
                     ActivationStats(lambda m: isinstance(m, GeneralRelu))] if "Activation" in name else []
                 quietly(lambda: miniai_learner(warm_dls, device, extra).fit(1, valid=False))
+        hand_name, others = names[0], names[1:]
         times: dict[str, list[float]] = {name: [] for name in rows}
+        paired: dict[str, list[float]] = {name: [] for name in others}  # the hand loop run next to each row
         for rep in range(reps):
-            for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotate: no row always goes first
-                times[name].append(timed(rows[name][0](), device))
-                progress(f"bs {bs} rep {rep + 1}/{reps}: {name} {times[name][-1]:.2f} s")
-        floor = statistics.median(times["1. hand loop"]) / len(dls.train)  # seconds per batch
+            for i, name in enumerate(others[rep % len(others):] + others[:rep % len(others)]):  # rotated
+                # a pair: the hand loop right before or after the row (alternating), under the same load
+                pair = [hand_name, name] if (rep + i) % 2 == 0 else [name, hand_name]
+                for run in pair:
+                    times[run].append(timed(rows[run][0](), device))
+                    progress(f"bs {bs} rep {rep + 1}/{reps}: {run} {times[run][-1]:.2f} s")
+                paired[name].append(times[hand_name][-1])
+        floor = statistics.median(times[hand_name]) / len(dls.train)  # seconds per batch
         for name in names:
             data = rows[name][1]
             med, n_batches = statistics.median(times[name]), len(data.train)
-            extra_ms = (med / n_batches - floor) * 1e3
+            # paired: each run's time per batch over that of the hand loop run next to it, then the median of
+            # those ratios; on a shared machine the load drifts more between reps than between neighbouring runs
+            ratio = 1.0 if name == hand_name else statistics.median(
+                t / n_batches / (h / len(dls.train)) for t, h in zip(times[name], paired[name]))
+            extra_ms = (ratio - 1) * floor * 1e3
             out.append(f"| {name} | {bs} | {len(data.train.x)} | {n_batches} | {fmt_cell(times[name])} | "
-                       f"{med / n_batches / floor:.3f} | {'' if name.startswith('1.') else f'{extra_ms:+.2f} ms'} |")
+                       f"{ratio:.3f} | {'' if name.startswith('1.') else f'{extra_ms:+.2f} ms'} |")
         if compiled is not None:
             out.append(f"| 4. learn.compile(), first epoch | {bs} | {n_train} | {len(dls.train)} | {first:.2f} | "
                        f"{first / len(dls.train) / floor:.3f} | compilation included |")
@@ -280,9 +291,10 @@ def main() -> None:
                 f"{statistics.median(ours) / statistics.median(theirs):.1f}x |",
                 f"| DataLoader(TensorDataset) | {bs} | {statistics.median(theirs):,.0f} "
                 f"({min(theirs):,.0f}-{max(theirs):,.0f}) | 1 |"]
-    notes = ["", f"Each row: one training epoch (no validation), {reps} interleaved reps after an untimed warm-up; "
-             "ratio = median time per batch / row 1's (the epoch-time ratio for rows on the same images); "
-             "overhead / batch = the difference of those per-batch times.",
+    notes = ["", f"Each row: one training epoch (no validation), {reps} reps after an untimed warm-up, each run next to "
+             "a run of row 1; ratio = the median over reps of (time per batch / that row-1 run's time per batch), "
+             "a paired ratio, since the load on a shared machine drifts between reps; overhead / batch = "
+             "(ratio - 1) x row 1's median time per batch.",
              "Row 1 computes no metrics, draws no progress bar and records nothing; row 2 does all three (accuracy and "
              "mean loss, a terminal progress bar written to /dev/null, lr and momentum) plus TrainLearner's NaN guard."]
     if any(bs < 256 for bs in sizes) and not args.quick and args.small_fraction < 1:

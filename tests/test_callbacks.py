@@ -11,6 +11,7 @@ from torcheval.metrics import MulticlassAccuracy
 
 from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB
 from miniai.callbacks.metrics import format_row
+from miniai.data import TensorLoader
 from miniai.learner import Callback, TrainLearner
 from tests.synth import tiny_learner
 
@@ -89,6 +90,37 @@ def test_device_cb_moves_loaders_that_can_move():
     dls = SimpleNamespace(to=lambda device: moved.append(device))
     DeviceCB("cpu").before_fit(SimpleNamespace(model=nn.Linear(1, 1), dls=dls))
     assert moved == [torch.device("cpu")]
+
+
+def test_device_cb_leaves_batches_of_a_loader_on_the_device_alone():
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    here = SimpleNamespace(dl=TensorLoader(x, y, bs=4))
+    cb = DeviceCB("cpu")
+    cb.before_epoch(here)
+    here.batch = batch = next(iter(here.dl))
+    cb.before_batch(here)
+    assert here.batch is batch  # checked once per pass, not walked per batch
+    # the same loader with another target device: every batch is moved
+    cb = DeviceCB("meta")
+    cb.before_epoch(here)
+    cb.before_batch(here)
+    assert here.batch[0].device.type == "meta" and here.batch[1].device.type == "meta"
+
+
+class LossLog(Callback):
+    def __init__(self): self.losses = []
+
+    def after_batch(self, learn):
+        if learn.training:
+            self.losses.append(learn.loss.item())
+
+
+@pytest.mark.parametrize("mode", ["plain", "terminal"])
+def test_progress_keeps_every_train_loss_in_order(mode):
+    progress, log = ProgressCB(mode=mode), LossLog()
+    with redirect_stdout(io.StringIO()):
+        tiny_learner(cbs=[progress, log]).fit(3)
+    assert progress.losses == pytest.approx(log.losses) and len(log.losses) == 3 * 3
 
 
 @pytest.mark.parametrize("mode", ["plain", "terminal"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data import TensorLoader
 from ..learner import Callback, CancelFitException, Learner, raise_loss_error
 from ..utils import def_device, to_device
 
@@ -24,6 +25,7 @@ class DeviceCB(Callback):
         self.device = torch.device(device)
         self.move_data = move_data
         self.channels_last = channels_last
+        self._in_place = False  # this pass's batches already sit on the device: nothing to do per batch
 
     def before_fit(self, learn: Learner) -> None:
         learn.model.to(self.device)
@@ -32,11 +34,27 @@ class DeviceCB(Callback):
         if self.move_data and hasattr(learn.dls, "to"):
             learn.dls.to(self.device)
 
+    def before_epoch(self, learn: Learner) -> None:
+        # a TensorLoader on the device yields batches there: checking once per pass saves walking every batch
+        dl, here = learn.dl, _resolve(self.device)
+        self._in_place = (isinstance(dl, TensorLoader) and not self.channels_last
+                          and dl.x.device == here and dl.y.device == here)
+
     def before_batch(self, learn: Learner) -> None:
+        if self._in_place:
+            return
         batch = to_device(learn.batch, self.device)
         if self.channels_last and isinstance(batch, (tuple, list)) and batch and batch[0].ndim == 4:
             batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
         learn.batch = batch
+
+
+def _resolve(device: torch.device) -> torch.device:
+    """`device` with its index filled in, as tensors report it ('cuda' -> 'cuda:<current>', 'mps' -> 'mps:0')."""
+    if device.index is not None or device.type == "cpu":
+        return device
+    index = torch.cuda.current_device() if device.type == "cuda" else 0
+    return torch.device(device.type, index)
 
 
 class TrainCB(Callback):

@@ -134,7 +134,7 @@ class MetricsCB(Callback):
         self.log_fn({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
 
 
-_FLUSH_BATCHES = 32  # batches kept before a metric update: amortizes its fixed cost ...
+_FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
 
 

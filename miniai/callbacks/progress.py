@@ -26,33 +26,50 @@ def in_notebook() -> bool:
 
 
 class _HostScalars:
-    """Scalars copied to the host without waiting for the device: each becomes readable once the device made it.
+    """Scalars read to the host in bulk, without making the CPU wait for the device.
 
-    On CUDA, `loss.item()` every batch would make the CPU wait for the GPU; instead each loss is copied
-    asynchronously to pinned memory with an event behind it, and read only when the event says it is done.
+    Each batch only keeps a reference to its loss (reading it every batch costs several µs even on the CPU, and
+    on CUDA `loss.item()` would make the CPU wait for the GPU). `flush` stacks the kept ones into one tensor and
+    copies it to the host: on CUDA asynchronously into pinned memory with an event behind it, read once the event
+    says it is done; `drain` moves what has arrived into `values`.
     """
 
     def __init__(self) -> None:
         self.values: list[float] = []
+        self._kept: list[torch.Tensor] = []
         self._pending: deque[tuple[torch.Tensor, Any]] = deque()
 
     def push(self, value: torch.Tensor) -> None:
-        if value.device.type == "cuda":
-            host = value.detach().to("cpu", non_blocking=True)
+        value = value.detach()
+        self._kept.append(value if value.numel() == 1 else value.float().mean())  # reduction='none': its mean
+
+    def flush(self) -> None:
+        """Start copying the kept scalars to the host (one stack, one copy)."""
+        if not self._kept:
+            return
+        stacked = torch.stack([v.reshape(()) for v in self._kept]).float()
+        self._kept = []
+        if stacked.device.type == "cuda":
+            host = stacked.to("cpu", non_blocking=True)  # non_blocking to the CPU lands in pinned memory
             event = torch.cuda.Event()
             event.record()
             self._pending.append((host, event))
         else:  # on the CPU (and MPS, which has no cheap events) reading is the computation itself
-            self.values.append(value.detach().float().item())
+            self.values.extend(stacked.tolist())
 
     def drain(self, wait: bool = False) -> list[float]:
-        """Move every finished value into `values` (with `wait`, all of them: a sync, for the end of a pass)."""
+        """Move every value that has arrived into `values` (with `wait`: flush and take all, a sync for pass ends)."""
+        if wait:
+            self.flush()
         while self._pending and (wait or self._pending[0][1].query()):
             host, event = self._pending.popleft()
             if wait:
                 event.synchronize()
-            self.values.append(host.float().item())
+            self.values.extend(host.tolist())
         return self.values
+
+
+_READ_EVERY = 0.2  # seconds between reads of the running loss (bar comment, live graph)
 
 
 class ProgressCB(Callback):
@@ -78,7 +95,7 @@ class ProgressCB(Callback):
             self._mode = "plain"
         self._train_losses = _HostScalars()
         self.losses, self.valid_losses = self._train_losses.values, []
-        self._header_done, self._last_graph = False, 0.0
+        self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
         self._n_batches = len(learn.dls.train) if hasattr(learn.dls, "train") else 1
         self._metrics = getattr(learn, "metrics", None)
         if self._metrics is not None:
@@ -117,16 +134,23 @@ class ProgressCB(Callback):
         if not learn.training:
             return
         self._train_losses.push(learn.loss)
+        now = time.perf_counter()
+        if now - self._last_read < _READ_EVERY:  # the bar redraws a few times a second: read losses as often
+            return
+        self._last_read = now
+        self._train_losses.flush()
         if self.mbar is None:
             return
         values = self._train_losses.drain()
         if values:
             self.pbar.comment = f"{values[-1]:.3f}"
-        if self.plot and self._mode == "notebook" and time.perf_counter() - self._last_graph > self.graph_every:
+        if self.plot and self._mode == "notebook" and now - self._last_graph > self.graph_every:
             self._update_graph(learn)
 
     def after_epoch(self, learn: Learner) -> None:
-        if not learn.training:
+        if learn.training:
+            self._train_losses.flush()  # starts the copy; the validation pass runs while it lands
+        else:
             self._train_losses.drain(wait=True)
             if self.plot and self._mode == "notebook":
                 self._update_graph(learn)
