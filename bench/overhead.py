@@ -23,11 +23,16 @@ so the load drifting on a shared machine hits both alike. Each cell is the media
 the ratio is the median over reps of the row's time per batch over its paired row-1 run's (the ratio of epoch
 times, except for rows run on fewer images: on the CPU, the mixed precision row, since bf16 convolutions are
 several times slower than float32 on CPUs without native bf16).
+
+On Linux the script fixes glibc malloc's thresholds first (`fix_malloc`; `--default-malloc` to skip): with glibc's
+adaptive defaults, whether a run faults its activations' memory in anew every batch depends on the heap's layout
+left by whatever ran before, which adds up to 30% to either row at random. The page faults per batch are printed.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import math
 import os
 import platform
@@ -106,6 +111,36 @@ def quietly(fn: Callable[[], None]) -> None:
 def progress(line: str) -> None:
     """A line on stderr, so a long run shows where it is without mixing into the table on stdout."""
     print(line, file=sys.stderr, flush=True)
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far (memory the kernel had to map in); 0 where unknown."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def fix_malloc() -> str:
+    """Fix glibc malloc's mmap and trim thresholds for this process; returns a line saying what was done.
+
+    By default glibc adapts both as the program runs, and whether the activations freed after a batch go back to
+    the OS, to be faulted in again by the next batch, depends on the heap's layout at that moment: on this machine
+    an epoch at bs 1024 took either ~5k or ~800k page faults (+30% time) depending on what ran before, in the hand
+    loop and in miniai alike. Fixed thresholds keep freed memory in the process, so neither row draws the bad case
+    by chance. Each row's page faults per batch are printed so this can be checked.
+    """
+    if not sys.platform.startswith("linux"):
+        return "allocator: the platform's default"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):
+        ok = False
+    return ("allocator: glibc malloc with fixed thresholds (mmap 32 MiB, trim 1 GiB; see fix_malloc)" if ok
+            else "allocator: default (could not set glibc's malloc thresholds)")
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -192,6 +227,9 @@ def main() -> None:
                              "support); its ratio is then per batch")
     parser.add_argument("--no-compile", action="store_true", help="skip the learn.compile() row")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1/10 of the data, no compile")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's adaptive malloc thresholds alone (see fix_malloc: rows then draw a "
+                             "page-fault-heavy heap state by chance)")
     args = parser.parse_args()
     device = torch.device(args.device)
     reps = 2 if args.quick else args.reps
@@ -199,12 +237,13 @@ def main() -> None:
     command = "python bench/overhead.py " + " ".join(sys.argv[1:])
     torch.manual_seed(0)
 
-    out = [f"Machine: {machine(device)}", f"Command: `{command.strip()}`", ""]
+    allocator = "allocator: glibc's adaptive default (--default-malloc)" if args.default_malloc else fix_malloc()
+    out = [f"Machine: {machine(device)}", f"Command: `{command.strip()}`", allocator, ""]
     get_dls()  # decode (or read the disk cache) once before anything is timed
 
     # ---- training rows
-    out += ["| row | bs | images | batches | median s (min-max) | ratio to 1 | overhead / batch |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["| row | bs | images | batches | median s (min-max) | ratio to 1 | overhead / batch | page faults / batch |",
+            "|---|---|---|---|---|---|---|---|"]
     slow_mp = device.type == "cpu" and not args.quick  # bf16 convolutions: native only on CPUs with AVX512-BF16/AMX
     for bs in sizes:
         fraction = 0.1 if args.quick else (args.small_fraction if bs < 256 else 1.0)
@@ -253,13 +292,16 @@ def main() -> None:
                 quietly(lambda: miniai_learner(warm_dls, device, extra).fit(1, valid=False))
         hand_name, others = names[0], names[1:]
         times: dict[str, list[float]] = {name: [] for name in rows}
+        faults: dict[str, list[int]] = {name: [] for name in rows}
         paired: dict[str, list[float]] = {name: [] for name in others}  # the hand loop run next to each row
         for rep in range(reps):
             for i, name in enumerate(others[rep % len(others):] + others[:rep % len(others)]):  # rotated
                 # a pair: the hand loop right before or after the row (alternating), under the same load
                 pair = [hand_name, name] if (rep + i) % 2 == 0 else [name, hand_name]
                 for run in pair:
-                    times[run].append(timed(rows[run][0](), device))
+                    timed_run, before = rows[run][0](), page_faults()
+                    times[run].append(timed(timed_run, device))
+                    faults[run].append(page_faults() - before)
                     progress(f"bs {bs} rep {rep + 1}/{reps}: {run} {times[run][-1]:.2f} s")
                 paired[name].append(times[hand_name][-1])
         floor = statistics.median(times[hand_name]) / len(dls.train)  # seconds per batch
@@ -272,10 +314,11 @@ def main() -> None:
                 t / n_batches / (h / len(dls.train)) for t, h in zip(times[name], paired[name]))
             extra_ms = (ratio - 1) * floor * 1e3
             out.append(f"| {name} | {bs} | {len(data.train.x)} | {n_batches} | {fmt_cell(times[name])} | "
-                       f"{ratio:.3f} | {'' if name.startswith('1.') else f'{extra_ms:+.2f} ms'} |")
+                       f"{ratio:.3f} | {'' if name.startswith('1.') else f'{extra_ms:+.2f} ms'} | "
+                       f"{statistics.median(faults[name]) / n_batches:,.0f} |")
         if compiled is not None:
             out.append(f"| 4. learn.compile(), first epoch | {bs} | {n_train} | {len(dls.train)} | {first:.2f} | "
-                       f"{first / len(dls.train) / floor:.3f} | compilation included |")
+                       f"{first / len(dls.train) / floor:.3f} | compilation included | |")
         print("\n".join(out[-len(names) - (compiled is not None):]), flush=True)
 
     # ---- data path
