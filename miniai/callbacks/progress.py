@@ -77,7 +77,9 @@ class ProgressCB(Callback):
 
     In a notebook it uses fastprogress's HTML bars (and graph); in a terminal, its console bars; when stdout is
     not a terminal (CI logs, `| tee`), no bars at all, just a header and one plain line per pass. Train losses
-    per batch are kept in `losses` and valid losses per epoch in `valid_losses` for `plot_losses()`.
+    per batch are kept in `losses` and valid losses per epoch in `valid_losses` for `plot_losses()`; `losses` is
+    filled in bulk (a few times a second, and complete at the end of each validation pass and of the fit), since
+    reading each loss as it comes costs more than the rest of this callback.
     """
     order = 30  # after MetricsCB, whose rows it shows
 
