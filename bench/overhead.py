@@ -242,7 +242,8 @@ def main() -> None:
     get_dls()  # decode (or read the disk cache) once before anything is timed
 
     # ---- training rows
-    out += ["| row | bs | images | batches | median s (min-max) | ratio to 1 | overhead / batch | page faults / batch |",
+    out += ["| row | bs | images | batches | median s (min-max) | ratio to 1 | overhead / batch "
+            "| page faults / batch |",
             "|---|---|---|---|---|---|---|---|"]
     slow_mp = device.type == "cpu" and not args.quick  # bf16 convolutions: native only on CPUs with AVX512-BF16/AMX
     for bs in sizes:
@@ -257,18 +258,20 @@ def main() -> None:
             model = reference_model().to(device)
             return lambda: hand_epoch(model, x, y, bs)
 
-        def learner(extra: Callable[[], list] = list, data=dls) -> Callable[[], Callable[[], None]]:
+        def learner(extra: Callable[[], list], data) -> Callable[[], Callable[[], None]]:
             def make() -> Callable[[], None]:
                 learn = miniai_learner(data, device, extra())
                 return lambda: quietly(lambda: learn.fit(1, valid=False))
             return make
+        # the miniai rows: name -> (the callbacks added to row 2's, the data)
+        extras: dict[str, tuple[Callable[[], list], object]] = {
+            "2. miniai": (list, dls),
+            "3. miniai + ActivationStats": (lambda: [ActivationStats(lambda m: isinstance(m, GeneralRelu))], dls),
+            "4. miniai + MixedPrecisionCB": (lambda: [MixedPrecisionCB()], mp_dls)}
         # name -> (factory of a timed run, its data); a run's factory builds its model untimed
         rows: dict[str, tuple[Callable[[], Callable[[], None]], object]] = {
             "1. hand loop": (hand, dls),
-            "2. miniai": (learner(), dls),
-            "3. miniai + ActivationStats": (learner(lambda: [ActivationStats(lambda m: isinstance(m, GeneralRelu))]),
-                                            dls),
-            "4. miniai + MixedPrecisionCB": (learner(lambda: [MixedPrecisionCB()], mp_dls), mp_dls)}
+            **{name: (learner(extra, data), data) for name, (extra, data) in extras.items()}}
         compiled = None
         if not (args.quick or args.no_compile):
             compiled = miniai_learner(dls, device)
@@ -286,10 +289,8 @@ def main() -> None:
         for name in names:  # untimed: lazy initialisation (kernels, allocator, imports) is not per-epoch cost
             if name.startswith("1."):
                 hand_epoch(reference_model().to(device), warm_dls.train.x, warm_dls.train.y, bs)
-            elif "compile" not in name:  # the compiled learner has just run a whole epoch
-                extra = [MixedPrecisionCB()] if "Mixed" in name else [
-                    ActivationStats(lambda m: isinstance(m, GeneralRelu))] if "Activation" in name else []
-                quietly(lambda: miniai_learner(warm_dls, device, extra).fit(1, valid=False))
+            elif name in extras:  # not the compiled learner: it has just run a whole epoch
+                quietly(lambda: miniai_learner(warm_dls, device, extras[name][0]()).fit(1, valid=False))
         hand_name, others = names[0], names[1:]
         times: dict[str, list[float]] = {name: [] for name in rows}
         faults: dict[str, list[int]] = {name: [] for name in rows}
@@ -334,8 +335,8 @@ def main() -> None:
                 f"{statistics.median(ours) / statistics.median(theirs):.1f}x |",
                 f"| DataLoader(TensorDataset) | {bs} | {statistics.median(theirs):,.0f} "
                 f"({min(theirs):,.0f}-{max(theirs):,.0f}) | 1 |"]
-    notes = ["", f"Each row: one training epoch (no validation), {reps} reps after an untimed warm-up, each run next to "
-             "a run of row 1; ratio = the median over reps of (time per batch / that row-1 run's time per batch), "
+    notes = ["", f"Each row: one training epoch (no validation), {reps} reps after an untimed warm-up, each run next "
+             "to a run of row 1; ratio = the median over reps of (time per batch / that row-1 run's time per batch), "
              "a paired ratio, since the load on a shared machine drifts between reps; overhead / batch = "
              "(ratio - 1) x row 1's median time per batch.",
              "Row 1 computes no metrics, draws no progress bar and records nothing; row 2 does all three (accuracy and "
