@@ -28,6 +28,17 @@ def tiny_learner(cbs=(), lr: float = 0.1, learner_cls: type[Learner] = TrainLear
     return learner_cls(nn.Linear(1, 1), linear_dls(**kwargs), F.mse_loss, lr=lr, cbs=list(cbs))
 
 
+class LossLog(Callback):
+    """Records every training batch's loss, read with `.item()` as it comes."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def after_batch(self, learn: Learner) -> None:
+        if learn.training:
+            self.losses.append(learn.loss.item())
+
+
 class EventLog(Callback):
     """Records every event it sees, with the pass and batch index where they exist."""
 

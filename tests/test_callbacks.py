@@ -13,7 +13,7 @@ from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB
 from miniai.callbacks.metrics import format_row
 from miniai.data import TensorLoader
 from miniai.learner import Callback, TrainLearner
-from tests.synth import tiny_learner
+from tests.synth import LossLog, tiny_learner
 
 
 def fixed_classification():
@@ -105,14 +105,6 @@ def test_device_cb_leaves_batches_of_a_loader_on_the_device_alone():
     cb.before_epoch(here)
     cb.before_batch(here)
     assert here.batch[0].device.type == "meta" and here.batch[1].device.type == "meta"
-
-
-class LossLog(Callback):
-    def __init__(self): self.losses = []
-
-    def after_batch(self, learn):
-        if learn.training:
-            self.losses.append(learn.loss.item())
 
 
 @pytest.mark.parametrize("mode", ["plain", "terminal"])

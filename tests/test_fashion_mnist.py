@@ -13,7 +13,7 @@ from torcheval.metrics import MulticlassAccuracy
 
 from miniai import (DeviceCB, MetricsCB, ProgressCB, SingleBatchCB, TrainLearner, GeneralRelu, get_dls, get_model,
                     init_weights, set_seed)
-from miniai.learner import Callback
+from tests.synth import LossLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,13 +23,6 @@ def reference_learner(dls, cbs=()):
     act_gr = partial(GeneralRelu, leak=0.1, sub=0.4)
     model = get_model(act_gr, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
     return TrainLearner(model, dls, F.cross_entropy, lr=2e-2, cbs=[DeviceCB("cpu"), *cbs], opt_func=optim.AdamW)
-
-
-class LossLog(Callback):
-    def __init__(self): self.losses = []
-
-    def after_batch(self, learn):
-        if learn.training: self.losses.append(learn.loss.item())
 
 
 @pytest.mark.slow

@@ -113,13 +113,19 @@ class StepCounter(Callback):
         scheduler.step = counted
 
 
+def fit_counted(sched_cb, opt_func):
+    """Fit EPOCHS epochs with `sched_cb`, recording lr and momentum per batch and counting scheduler steps."""
+    rec, counter = RecorderCB(lr=_lr, mom=_mom), StepCounter(sched_cb)
+    learn = make_learner([sched_cb, rec, counter], opt_func=opt_func, lr=0.05)
+    learn.fit(EPOCHS)
+    return learn, rec, counter
+
+
 @pytest.mark.parametrize("name", list(BATCH_CASES))
 def test_batch_scheduler_gives_each_batch_the_lr_of_a_hand_stepped_loop(name):
     factory, opt_func = BATCH_CASES[name]
-    sched_cb, rec = BatchSchedCB(factory), RecorderCB(lr=_lr, mom=_mom)
-    counter = StepCounter(sched_cb)
-    learn = make_learner([sched_cb, rec, counter], opt_func=opt_func, lr=0.05)
-    learn.fit(EPOCHS)
+    sched_cb = BatchSchedCB(factory)
+    learn, rec, counter = fit_counted(sched_cb, opt_func)
     expected = by_hand(factory, opt_func, 0.05, EPOCHS, per_batch=True)
     assert list(zip(rec.recs["lr"], rec.recs["mom"])) == expected
     # once between consecutive training batches, never during validation, never after the fit's last step
@@ -131,10 +137,7 @@ def test_batch_scheduler_gives_each_batch_the_lr_of_a_hand_stepped_loop(name):
 @pytest.mark.parametrize("name", list(EPOCH_CASES))
 def test_epoch_scheduler_steps_after_each_training_pass_but_the_last(name):
     factory, opt_func = EPOCH_CASES[name]
-    sched_cb, rec = EpochSchedCB(factory), RecorderCB(lr=_lr, mom=_mom)
-    counter = StepCounter(sched_cb)
-    learn = make_learner([sched_cb, rec, counter], opt_func=opt_func, lr=0.05)
-    learn.fit(EPOCHS)
+    learn, rec, counter = fit_counted(EpochSchedCB(factory), opt_func)
     assert list(zip(rec.recs["lr"], rec.recs["mom"])) == by_hand(factory, opt_func, 0.05, EPOCHS, per_batch=False)
     assert [(epoch, training) for epoch, training, _ in counter.calls] == [(e, True) for e in range(EPOCHS - 1)]
     assert learn.opt.param_groups[0]["lr"] == rec.recs["lr"][-1]
