@@ -19,7 +19,7 @@ from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpoch
 from .models import GeneralRelu, ResBlock, conv, get_model, get_resnet, init_weights
 from .plotting import plot_losses, plot_lrs, show_image, show_images
 from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine, lr_trajectory
-from .utils import def_device, set_seed, to_cpu, to_device
+from .utils import def_device, model_device, set_seed, to_cpu, to_device
 
 __version__ = "0.1.0"
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
@@ -32,7 +32,7 @@ __all__ = ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochEx
            "BatchTransformCB", "SWACB", "GradAccumCB", "MixedPrecisionCB",
            "GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights",
            "Compose", "RandomCrop", "RandomErase", "RandomFlip", "batch_tfms",
-           "def_device", "set_seed", "to_cpu", "to_device",
+           "def_device", "model_device", "set_seed", "to_cpu", "to_device",
            "CosineAnnealing", "CosineOneCycle", "OneCycle", "WarmupCosine", "lr_trajectory",
            "DataLoaders", "TensorLoader", "get_dls", "read_idx", "write_idx",
            "plot_losses", "plot_lrs", "show_image", "show_images"]

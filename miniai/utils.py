@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["def_device", "to_device", "to_cpu", "set_seed"]
+__all__ = ["def_device", "model_device", "to_device", "to_cpu", "set_seed"]
 
 
 def _pick_device() -> str:
@@ -40,6 +40,12 @@ def _move(x: Any, fn: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(_move(o, fn) for o in x)
     return x
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter; the CPU for a model without parameters."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def to_device(x: Any, device: str | torch.device = def_device) -> Any:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from miniai.utils import def_device, set_seed, to_cpu, to_device
+from miniai.utils import def_device, model_device, set_seed, to_cpu, to_device
 
 Pair = namedtuple("Pair", ["x", "y"])
 
@@ -87,3 +87,8 @@ def test_to_device_cuda_round_trip_reads_back_the_values():
     assert on_gpu["a"][0].is_cuda and on_gpu["b"][0].is_cuda and on_gpu["b"][1] == "tag"
     back = to_cpu(to_device(to_device(x, "cuda"), "cpu"))
     assert torch.equal(back["a"][0], x["a"][0]) and torch.equal(back["b"][0], x["b"][0])
+
+
+def test_model_device_is_the_first_parameters_device_or_the_cpu():
+    assert model_device(torch.nn.Linear(1, 1).to("meta")) == torch.device("meta")
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters

@@ -28,6 +28,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Itera
 from ..data import TensorLoader
 from ..distributed import is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
+from ..utils import model_device
 from .basic import DeviceCB
 
 __all__ = ["DDPCB"]
@@ -127,8 +128,7 @@ class DDPCB(Callback):
         if device_cbs:
             kind = torch.device(device_cbs[0].device).type
         else:
-            param = next(model.parameters(), None)
-            kind = param.device.type if param is not None else "cpu"
+            kind = model_device(model).type
         if kind == "cpu":
             return torch.device("cpu")
         if kind != "cuda":

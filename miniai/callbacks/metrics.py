@@ -9,6 +9,7 @@ import torch
 
 from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
+from ..utils import model_device
 
 __all__ = ["MetricsCB", "format_row"]
 
@@ -77,7 +78,7 @@ class MetricsCB(Callback):
         self.history, self.last = [], {}
 
     def before_epoch(self, learn: Learner) -> None:
-        self._device = _device_of(learn.model)
+        self._device = model_device(learn.model)
         for metric in self.metrics.values():
             metric.to(self._device)
             metric.reset()
@@ -152,11 +153,6 @@ def _check_syncable(metrics: dict[str, Any]) -> None:
     if others:
         raise TypeError(f"under DDP MetricsCB merges metric states across processes, which it can do for torcheval "
                         f"metrics only; {', '.join(others)} is not one: use a torcheval Metric")
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _format_time(seconds: float) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from ..learner import Callback, CancelStepException, Learner
+from ..utils import model_device
 
 __all__ = ["MixedPrecisionCB"]
 
@@ -53,8 +54,7 @@ class MixedPrecisionCB(Callback):
             raise TypeError(f"MixedPrecisionCB does the backward and the optimizer step itself (through its grad "
                             f"scaler), and {', '.join(others)} does them too: use TrainLearner without TrainCB "
                             f"(TrainLearner lets MixedPrecisionCB own those steps)")
-        param = next(learn.model.parameters(), None)
-        device_type = param.device.type if param is not None else "cpu"
+        device_type = model_device(learn.model).type
         dtype = self.dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
         if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise ValueError("this GPU does not support bfloat16: use MixedPrecisionCB() (float16 with a scaler)")

@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from ..learner import Callback, Learner
+from ..utils import model_device
 from .augment import BatchTransformCB
 from .scheduling import BaseSchedCB
 
@@ -105,8 +106,7 @@ class SWACB(Callback):
 
     def _bn_inputs(self, learn: Learner) -> Iterator[torch.Tensor]:
         """The training inputs, on the averaged model's device, as the validation pass would see them."""
-        param = next(self.swa_model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = model_device(self.swa_model)
         preprocess = [cb for cb in sorted(learn.cbs, key=lambda cb: cb.order)
                       if isinstance(cb, BatchTransformCB) and cb.applies(training=False)]
         dl = learn.dls.train
