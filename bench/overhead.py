@@ -59,7 +59,8 @@ from miniai.callbacks.metrics import MetricsCB  # noqa: E402
 from miniai.callbacks.mixed_precision import MixedPrecisionCB  # noqa: E402
 from miniai.callbacks.progress import ProgressCB  # noqa: E402
 from miniai.callbacks.scheduling import BatchSchedCB, RecorderCB, _lr, _mom  # noqa: E402
-from miniai.data import clear_cache, get_dls  # noqa: E402
+from miniai.cache import clear_cache  # noqa: E402
+from miniai.data import get_dls  # noqa: E402
 from miniai.learner import TrainLearner  # noqa: E402
 from miniai.models import GeneralRelu, get_model, init_weights  # noqa: E402
 

@@ -11,7 +11,8 @@ from .callbacks import (CheckpointCB, CheckpointMismatchError, EarlyStoppingCB, 
                         TerminateOnNaNCB, load_checkpoint)
 from .callbacks import DDPCB
 from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
-from .data import DataLoaders, TensorLoader, get_dls, read_idx, write_idx
+from .data import DataLoaders, TensorLoader, get_dls
+from .idx import read_idx, write_idx
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
                       CancelStepException, LossInputError,
                       Learner, MomentumLearner, TrainLearner)

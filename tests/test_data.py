@@ -1,7 +1,10 @@
-"""miniai.data: IDX reading, sources and caches, TensorLoader, DataLoaders (synthetic data; real data marked slow)."""
+"""miniai.idx, sources, cache, data: IDX files, finding and caching data, loaders (synthetic; real data is slow)."""
 from __future__ import annotations
 
+import ast
 import gzip
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -10,9 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miniai import data
-from miniai.data import (CACHE_STATS, CIFAR10_CLASSES, FASHION_CLASSES, DataLoaders, DataNotFoundError, IDXError,
-                         TensorLoader, get_dls, load_tensors, read_idx, write_idx)
+from miniai import cache, sources
+from miniai.cache import CACHE_STATS, load_tensors
+from miniai.data import DataLoaders, TensorLoader, get_dls
+from miniai.idx import IDXError, read_idx, write_idx
+from miniai.sources import CIFAR10_CLASSES, FASHION_CLASSES, DataNotFoundError
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -22,9 +27,9 @@ def fresh_caches(tmp_path, monkeypatch):
     """Every test gets an empty in-memory cache and its own disk cache dir."""
     monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MINIAI_DATA", raising=False)
-    data.clear_cache()
+    cache.clear_cache()
     yield
-    data.clear_cache()
+    cache.clear_cache()
 
 
 def fake_fashion(n_train=40, n_valid=12, seed=0):
@@ -53,6 +58,30 @@ def save_dd(d: Path, splits: dict, x_col: str, names) -> Path:
     DatasetDict({k: Dataset.from_dict({x_col: [to_pil(x) for x in xs], "label": ys.tolist()}, features=features)
                  for k, (xs, ys) in splits.items()}).save_to_disk(str(d))
     return d
+
+
+# ---------------------------------------------------------------- module boundaries
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_MODULES = ("idx", "sources", "cache", "data")
+
+
+@pytest.mark.parametrize("module", DATA_MODULES)
+def test_data_modules_import_neither_learner_nor_callbacks(module):
+    """A plain torch loop can use the data modules: they import nothing from the training side."""
+    tree = ast.parse((ROOT / "miniai" / f"{module}.py").read_text())
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert not {m for m in imported if m.lstrip(".").split(".")[0] in ("learner", "callbacks")
+                or m.startswith(("miniai.learner", "miniai.callbacks"))}
+
+
+def test_datasets_is_imported_only_when_needed():
+    """`datasets` takes seconds to import: importing miniai and reading IDX files must not pay for it."""
+    code = ("import sys, miniai; from miniai.sources import find_source; find_source('fashion_mnist'); "
+            "print('datasets' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 # ---------------------------------------------------------------- IDX reader and writer
@@ -304,8 +333,8 @@ def test_second_get_dls_hits_memory_then_disk_cache(tmp_path, monkeypatch):
     assert CACHE_STATS["decodes"] == before["decodes"] + 1
     assert CACHE_STATS["memory_hits"] == before["memory_hits"] + 1
     assert b.train.x.data_ptr() == a.train.x.data_ptr()  # the normalized tensors were reused, not recomputed
-    data.clear_cache()
-    monkeypatch.setattr(data, "read_idx", None)  # a disk hit must not read the IDX files at all
+    cache.clear_cache()
+    monkeypatch.setattr(sources, "read_idx", None)  # a disk hit must not read the IDX files at all
     c = get_dls(path=tmp_path / "fm")
     assert CACHE_STATS["disk_hits"] == before["disk_hits"] + 1 and torch.equal(c.valid.x, a.valid.x)
 
@@ -313,13 +342,13 @@ def test_second_get_dls_hits_memory_then_disk_cache(tmp_path, monkeypatch):
 def test_corrupt_disk_cache_is_rebuilt(tmp_path):
     write_fashion_dir(tmp_path / "fm", fake_fashion())
     get_dls(path=tmp_path / "fm")
-    [cache] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
-    cache.write_bytes(cache.read_bytes()[:100])
-    data.clear_cache()
+    [cache_file] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
+    cache_file.write_bytes(cache_file.read_bytes()[:100])
+    cache.clear_cache()
     decodes = CACHE_STATS["decodes"]
     get_dls(path=tmp_path / "fm")
     assert CACHE_STATS["decodes"] == decodes + 1
-    assert data._read_cache(cache) is not None and not list((tmp_path / "cache").glob(".*tmp"))
+    assert cache._read_cache(cache_file) is not None and not list((tmp_path / "cache").glob(".*tmp"))
 
 
 def test_changed_source_file_invalidates_cache(tmp_path):
@@ -342,7 +371,7 @@ def test_corrupt_source_raises_idx_error(tmp_path):
 def test_missing_data_error_names_all_three_sources(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("MINIAI_DATA", str(tmp_path / "empty"))
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "no-system-dir")
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIR", tmp_path / "no-system-dir")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.warns(UserWarning, match="lacks train-images-idx3-ubyte"):
         with pytest.raises(DataNotFoundError) as info:
@@ -439,7 +468,7 @@ def test_load_dataset_on_local_hub_layout_gives_same_tensors(tmp_path):
     (tmp_path / "hub").mkdir()
     for split in ("train", "test"):
         dd[split].to_parquet(str(tmp_path / "hub" / f"{split}.parquet"))
-    loaded = data.load_hub_dataset(tmp_path / "hub", cache_dir=str(tmp_path / "hf-cache"))
+    loaded = sources.load_hub_dataset(tmp_path / "hub", cache_dir=str(tmp_path / "hf-cache"))
     assert loaded["train"].features["label"].names == list(FASHION_CLASSES)
-    x, y = data.hf_to_tensors(loaded["test"])
+    x, y = sources.hf_to_tensors(loaded["test"])
     assert torch.equal(x, idx.valid_x) and torch.equal(y, idx.valid_y)

@@ -8,10 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import miniai.data as data_module
+import miniai.sources as sources_module
 from miniai.callbacks import MetricsCB, TrainCB
 from miniai.callbacks.guards import EarlyStoppingCB, GradClipCB, NonFiniteLossError, TerminateOnNaNCB
-from miniai.data import DataLoaders, DataNotFoundError, IDXError, TensorLoader, get_dls, write_idx
+from miniai.data import DataLoaders, TensorLoader, get_dls
+from miniai.idx import IDXError, write_idx
+from miniai.sources import DataNotFoundError
 from miniai.learner import Callback, Learner, LossInputError, MomentumLearner, TrainLearner
 from tests.synth import linear_dls, tiny_learner
 
@@ -258,8 +260,8 @@ def test_data_directory_with_a_truncated_file_names_it_and_the_expected_size(tmp
 
 def test_data_directory_with_missing_files_lists_them_and_the_fixes(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data_module, "SYSTEM_DATA_DIR", tmp_path / "no-system-dir")
-    monkeypatch.setattr(data_module, "_hub_unavailable", lambda *a, **k: "offline (test)")
+    monkeypatch.setattr(sources_module, "SYSTEM_DATA_DIR", tmp_path / "no-system-dir")
+    monkeypatch.setattr(sources_module, "_hub_unavailable", lambda *a, **k: "offline (test)")
     d = tmp_path / "fmnist"
     _fake_fashion_dir(d)
     (d / "t10k-labels-idx1-ubyte.gz").unlink()

@@ -1,0 +1,110 @@
+"""Decoded datasets kept in memory (per process) and on disk (`$MINIAI_CACHE`, default ~/.cache/miniai).
+
+A source is decoded once (`miniai.sources`), saved as one torch file keyed by the source files' sizes and mtimes,
+and its training-set-normalized float32 copy is kept in memory, so a warm `get_dls()` is a dict lookup.
+Imports nothing from miniai but `sources`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from .sources import RawData, find_source, read_source
+
+__all__ = ["CACHE_STATS", "Normalized", "clear_cache", "load_normalized", "load_tensors"]
+
+CACHE_STATS: dict[str, int] = {"memory_hits": 0, "disk_hits": 0, "decodes": 0}
+"""How `load_tensors` was served, counted since import; tests read it to check the caches are used."""
+
+
+class Normalized(NamedTuple):
+    """float32 images (x/255 - mean)/std with the training set's per-channel mean and std [C]."""
+    train_x: torch.Tensor
+    valid_x: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+_MEMORY: dict[str, tuple[RawData, Normalized]] = {}  # source key -> (raw, normalized)
+
+
+def clear_cache() -> None:
+    """Forget the in-memory cache (the on-disk cache stays)."""
+    _MEMORY.clear()
+
+
+def _cache_file(name: str, key: str) -> Path:
+    return Path(os.environ.get("MINIAI_CACHE") or Path.home() / ".cache" / "miniai") / f"{name}_{key}.pt"
+
+
+def _read_cache(file: Path) -> RawData | None:
+    """The cached tensors, or None when missing, unreadable or malformed (then it is simply rebuilt)."""
+    try:
+        d = torch.load(file, weights_only=True)
+        raw = RawData(d["train_x"], d["train_y"], d["valid_x"], d["valid_y"], tuple(d["classes"]), d["source"])
+    except Exception:  # noqa: BLE001 -- any failure to read the cache means "decode again"
+        return None
+    ok = all(t.dtype == torch.uint8 and t.ndim == 4 for t in (raw.train_x, raw.valid_x)) and all(
+        t.dtype == torch.int64 and len(t) == len(x) for t, x in ((raw.train_y, raw.train_x), (raw.valid_y, raw.valid_x)))
+    return raw if ok else None
+
+
+def _write_cache(file: Path, raw: RawData) -> None:
+    """Save atomically (temp file + os.replace) so a crash never leaves a half-written cache; failures only warn."""
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**raw._asdict(), "classes": list(raw.classes)}, tmp)
+        os.replace(tmp, file)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write the data cache {file} ({e}); set MINIAI_CACHE to a writable dir", stacklevel=4)
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of x/255 over uint8 [N,C,H,W], exact via a 256-bin histogram (float64)."""
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        hist = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        mean = (hist * levels).sum() / hist.sum()
+        means.append(mean)
+        stds.append(((hist * (levels - mean) ** 2).sum() / hist.sum()).sqrt())
+    return torch.stack(means).float(), torch.stack(stds).float()
+
+
+def _normalize(raw: RawData) -> Normalized:
+    mean, std = _stats(raw.train_x)
+    scale, shift = (1 / (255 * std)).view(1, -1, 1, 1), (mean / std).view(1, -1, 1, 1)
+    # (x/255 - mean)/std, done in place on one float copy
+    return Normalized(*(x.to(torch.float32).mul_(scale).sub_(shift) for x in (raw.train_x, raw.valid_x)), mean, std)
+
+
+def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None = None
+                    ) -> tuple[RawData, Normalized]:
+    """`name`'s raw tensors and their normalized copy, from memory, the disk cache, or by decoding (in that order)."""
+    source = find_source(name, path)
+    key = source.key()
+    if key in _MEMORY:
+        CACHE_STATS["memory_hits"] += 1
+        return _MEMORY[key]
+    file = _cache_file(name, key)
+    raw = _read_cache(file)
+    if raw is not None:
+        CACHE_STATS["disk_hits"] += 1
+    else:
+        raw = read_source(source)
+        CACHE_STATS["decodes"] += 1
+        _write_cache(file, raw)
+    # the normalized tensors are cached too, so a warm get_dls() is a dict lookup plus slicing
+    _MEMORY[key] = (raw, _normalize(raw))
+    return _MEMORY[key]
+
+
+def load_tensors(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> RawData:
+    """The dataset as raw uint8 images [N,C,H,W] and int64 labels (cached), from the first available source."""
+    return load_normalized(name, path)[0]

@@ -1,0 +1,222 @@
+"""Where a dataset comes from: a directory of IDX files, a saved `DatasetDict`, or the Hugging Face hub.
+
+`find_source` picks the source and `read_source` decodes it into uint8 tensors (`RawData`); `miniai.cache` keeps
+the result so this runs once per source. Fashion-MNIST comes from (1) `path=` or `$MINIAI_DATA`, (2)
+`SYSTEM_DATA_DIR` (Debian's dataset-fashion-mnist), (3) the hub; CIFAR-10 from `path=` (a `save_to_disk` dir)
+or the hub. `datasets` is imported only inside the functions that read the hub or a saved `DatasetDict`.
+Imports nothing from miniai but `idx`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from .idx import IDXError, read_idx
+
+__all__ = ["DataNotFoundError", "FASHION_CLASSES", "CIFAR10_CLASSES", "SYSTEM_DATA_DIR", "RawData", "Source",
+           "find_source", "read_source", "load_hub_dataset", "hf_to_tensors"]
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's `dataset-fashion-mnist` puts the IDX files; module-level so tests can point it elsewhere."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No source for the dataset was available; the message lists every option and how to enable it."""
+
+
+class RawData(NamedTuple):
+    """Decoded dataset: uint8 images [N,C,H,W], int64 labels, class names, and where it came from."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    valid_x: torch.Tensor
+    valid_y: torch.Tensor
+    classes: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class _Spec:
+    hub: str             # hub id for datasets.load_dataset
+    x_col: str           # image column in the hub schema
+    classes: tuple[str, ...]
+    idx: bool            # whether IDX directories (path/MINIAI_DATA/system dir) can hold it
+
+
+_SPECS = {"fashion_mnist": _Spec("zalando-datasets/fashion_mnist", "image", FASHION_CLASSES, idx=True),
+          "cifar10": _Spec("uoft-cs/cifar10", "img", CIFAR10_CLASSES, idx=False)}
+_IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place to read dataset `name` from, found by `find_source`; `tried` says why earlier options failed."""
+    name: str
+    kind: str            # "idx" (four IDX files), "saved" (a DatasetDict.save_to_disk dir) or "hub"
+    where: str           # directory or hub id
+    files: tuple[Path, ...] = ()
+    tried: tuple[str, ...] = ()
+
+    def key(self) -> str:
+        """Cache key: changes when any source file's size or mtime does (a hub id is assumed immutable)."""
+        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.files]
+        return hashlib.sha1(repr((1, self.name, self.kind, self.where, stats)).encode()).hexdigest()[:16]
+
+
+def _idx_files(d: Path) -> tuple[tuple[Path, ...], list[str]]:
+    """The four Fashion-MNIST IDX files in `d` (.gz, plain, or LeCun's '.idx' spelling) and the missing stems."""
+    found, missing = [], []
+    for stem in _IDX_STEMS:
+        dotted = stem.replace("-idx", ".idx")
+        hit = next((d / n for n in (stem + ".gz", stem, dotted + ".gz", dotted) if (d / n).is_file()), None)
+        (found if hit else missing).append(hit or stem)
+    return tuple(found), missing
+
+
+def _dir_source(name: str, d: Path, tried: list[str]) -> tuple[Source | None, str]:
+    """A source for directory `d`, or None and the reason it holds no usable data."""
+    if (d / "dataset_dict.json").is_file():
+        return Source(name, "saved", str(d), tuple(sorted(f for f in d.rglob("*") if f.is_file())), tuple(tried)), ""
+    if not d.is_dir():
+        return None, f"{d} is not a directory"
+    if _SPECS[name].idx:
+        files, missing = _idx_files(d)
+        if not missing:
+            return Source(name, "idx", str(d), files, tuple(tried)), ""
+        return None, f"{d} lacks {', '.join(m + '(.gz)' for m in missing)} and is no saved DatasetDict"
+    return None, f"{d} holds no DatasetDict saved with save_to_disk (no dataset_dict.json)"
+
+
+def find_source(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> Source:
+    """The first local source of `name` in the documented order, else the hub (reads no data, probes no network)."""
+    if name not in _SPECS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(_SPECS)}")
+    spec, tried = _SPECS[name], []
+    user_dir = path if path is not None else (os.environ.get("MINIAI_DATA") if spec.idx else None)
+    if user_dir:
+        source, why = _dir_source(name, Path(user_dir), tried)
+        if source:
+            return source
+        tried.append(f"path=/MINIAI_DATA: {why}")
+        warnings.warn(f"{why}; trying the other sources", stacklevel=4)
+    if spec.idx:
+        source, why = _dir_source(name, SYSTEM_DATA_DIR, tried)
+        if source:
+            return source
+        tried.append(f"system dir: {why}")
+    return Source(name, "hub", spec.hub, tried=tuple(tried))  # last resort, checked only when it must be read
+
+
+def _not_found(name: str, tried: list[str]) -> DataNotFoundError:
+    """The one error for "no source worked": what was tried, and every way to fix it."""
+    spec = _SPECS[name]
+    fixes = [f"pass get_dls({name!r}, path=DIR) with DIR a DatasetDict saved by save_to_disk"]
+    if spec.idx:
+        fixes = [f"pass get_dls(path=DIR) or set MINIAI_DATA=DIR, where DIR holds {', '.join(_IDX_STEMS)} "
+                 "(.gz or plain), or a DatasetDict saved by save_to_disk",
+                 f"install Debian's package (`sudo apt-get install dataset-fashion-mnist`), which fills {SYSTEM_DATA_DIR}"]
+    fixes.append(f"go online (or pre-fill the HF cache and set HF_HUB_OFFLINE=1) so "
+                 f"datasets.load_dataset({spec.hub!r}) works")
+    return DataNotFoundError(f"No {name} data found. Tried:\n  " + "\n  ".join(tried) +
+                             "\nTo fix, do one of:\n  " + "\n  ".join(f"{i}. {f}" for i, f in enumerate(fixes, 1)))
+
+
+# ---------------------------------------------------------------- the hub and saved DatasetDicts
+
+def _hub_unavailable(timeout: float = 3.0) -> str:
+    """Why the hub can't be used right now ('' if it may be): offline mode, or the endpoint unreachable."""
+    env_offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+                      for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if env_offline:
+        # both libraries read offline mode once, at import; if it was set later, their retries would take ~25 s
+        import datasets.config
+        import huggingface_hub.constants
+        if datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE:
+            return ""  # let datasets look in its local cache
+        return "offline (HF_HUB_OFFLINE was set after `datasets` was imported, so its cache was not consulted)"
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return ""  # a direct probe says nothing about a proxied route; let `datasets` try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    # datasets retries for ~25 s before giving up on an unreachable hub, so probe first and fail fast
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as e:
+        return f"cannot reach {url.hostname} ({e})"
+    return ""
+
+
+def load_hub_dataset(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+    """A `DatasetDict` from a `save_to_disk` directory (`load_from_disk`), else `datasets.load_dataset(..., **kwargs)`.
+
+    `load_dataset` takes a hub id or a local directory in hub layout (e.g. train.parquet, test.parquet).
+    """
+    import datasets  # imported lazily: it is slow to import and only the hub/saved-dir paths need it
+    if (Path(name_or_path) / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(str(name_or_path))
+    return datasets.load_dataset(str(name_or_path), **kwargs)
+
+
+def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
+    """A HF `Dataset` with an image column and int labels -> (uint8 [N,C,H,W], int64 [N])."""
+    if x_col not in ds.column_names or y_col not in ds.column_names:
+        raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}")
+    # numpy formatting decodes every image (PIL, inside datasets) and stacks them into one array; this is the
+    # slow step of the hub path, which is why get_dls caches the result on disk
+    x = np.asarray(ds.with_format("numpy", columns=[x_col])[:][x_col])
+    y = np.asarray(ds.with_format("numpy", columns=[y_col])[:][y_col])
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise ValueError(f"column {x_col!r} must hold same-sized 8-bit images, got array {x.dtype} {x.shape}")
+    x = torch.from_numpy(x)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
+    return x, torch.from_numpy(y.astype(np.int64))
+
+
+# ---------------------------------------------------------------- decoding
+
+def _decode_idx(source: Source) -> RawData:
+    train_x, train_y, valid_x, valid_y = (read_idx(f) for f in source.files)
+    for f, t, nd in zip(source.files, (train_x, train_y, valid_x, valid_y), (3, 1, 3, 1)):
+        if t.ndim != nd or t.dtype != torch.uint8:
+            raise IDXError(f"{f}: expected a {nd}-dim uint8 array, got {t.ndim}-dim {t.dtype}")
+    for f, x, y in ((source.files[1], train_x, train_y), (source.files[3], valid_x, valid_y)):
+        if len(x) != len(y):
+            raise IDXError(f"{f}: {len(y)} labels for {len(x)} images")
+    return RawData(train_x.unsqueeze(1), train_y.long(), valid_x.unsqueeze(1), valid_y.long(),
+                   _SPECS[source.name].classes, f"IDX files in {source.where}")
+
+
+def _decode_dd(source: Source) -> RawData:
+    spec, dd = _SPECS[source.name], load_hub_dataset(source.where)
+    valid_split = next((s for s in ("test", "validation", "valid") if s in dd), None)
+    if "train" not in dd or valid_split is None:
+        raise ValueError(f"{source.where}: expected splits 'train' and 'test' (or 'validation'), got {list(dd)}")
+    label_feature = dd["train"].features.get("label")
+    classes = tuple(getattr(label_feature, "names", None) or spec.classes)
+    return RawData(*hf_to_tensors(dd["train"], spec.x_col), *hf_to_tensors(dd[valid_split], spec.x_col),
+                   classes, f"{'hub dataset' if source.kind == 'hub' else 'saved DatasetDict'} {source.where}")
+
+
+def read_source(source: Source) -> RawData:
+    """Decode `source` (the slow step the caches avoid); DataNotFoundError if it is the hub and that is out of reach."""
+    if source.kind == "idx":
+        return _decode_idx(source)
+    if source.kind == "saved":
+        return _decode_dd(source)
+    why = _hub_unavailable()
+    if why:
+        raise _not_found(source.name, [*source.tried, f"hub {source.where}: {why}"])
+    try:
+        return _decode_dd(source)
+    except OSError as e:  # datasets' ConnectionError / DatasetNotFoundError are OSErrors
+        raise _not_found(source.name, [*source.tried, f"hub {source.where}: {type(e).__name__}: {e}"]) from e
