@@ -1,9 +1,11 @@
 """The training loop: a `Learner` that fires named events, and `Callback`s that do everything else.
 
 Read this file top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs
-`before_<stage>`, its body, `after_<stage>`, and always `cleanup_<stage>` (even after a cancel or an error).
+`before_<stage>`, its body, `after_<stage>`, and always every `cleanup_<stage>` handler, even after a cancel, an
+error or Ctrl-C, and even when another cleanup handler raised. The first error raised is the one the user sees;
+errors raised by later cleanups are attached to it as notes.
 
-Cancelling (raise from any callback):
+Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
 
 | raised in a callback    | skipped                                                   | still runs                                      |
 |-------------------------|-----------------------------------------------------------|-------------------------------------------------|
@@ -12,15 +14,23 @@ Cancelling (raise from any callback):
 | `CancelEpochException`  | the rest of this pass (train *or* valid), `after_epoch`   | `cleanup_batch`, `cleanup_epoch`, the next pass |
 | `CancelFitException`    | everything after                                          | `cleanup_batch`, `cleanup_epoch`, `cleanup_fit` |
 
+A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) is not caught: it ends the fit as an error.
+
 Learner state that callbacks may read (and from which event on it is valid):
 
 | attribute                       | valid from     | meaning                                                            |
 |---------------------------------|----------------|--------------------------------------------------------------------|
 | `model, dls, loss_func, cbs`    | always         | what the learner was built with                                    |
+| `n_inp`                         | always         | the first `n_inp` items of a batch are the model's inputs, the rest|
+|                                 |                | its targets: `xb`, `yb` (the loss gets `loss_func(preds, *yb)`)    |
 | `opt`                           | `before_fit`   | the optimizer made by `opt_func(model.parameters(), lr)`           |
 | `n_epochs, epochs`              | `before_fit`   | how many epochs this fit runs, and the range the loop walks        |
+| `start_epoch, resumed_from`     | `before_fit`   | the first epoch this fit runs (0 unless resumed), the checkpoint   |
+|                                 |                | file it resumed from (or None)                                     |
+| `last_checkpoint`               | `before_fit`   | the newest good checkpoint of this run (or None)                   |
+| `schedule_stop`                 | `before_fit`   | epoch from which scheduling callbacks stop stepping (SWACB sets it)|
 | `epoch, training, dl`           | `before_epoch` | epoch index; True for the training pass; the loader being walked   |
-| `iter, batch`                   | `before_batch` | batch index inside this pass; the batch (a tuple: inputs, targets) |
+| `iter, batch, xb, yb`           | `before_batch` | batch index inside this pass; the batch; its inputs and targets    |
 | `preds`                         | `after_predict`| model output                                                       |
 | `loss`                          | `after_loss`   | loss tensor (still on the device)                                  |
 """
@@ -28,23 +38,23 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
-           "CancelStepException", "LossInputError", "raise_loss_error",
-           "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
+           "CancelStepException", "LossInputError", "supervised_loss", "build_handlers", "Learner", "TrainLearner",
+           "MomentumLearner"]
 
 EVENTS = ("before_fit", "after_fit", "cleanup_fit",
           "before_epoch", "after_epoch", "cleanup_epoch",
           "before_batch", "after_batch", "cleanup_batch",
           "after_predict", "after_loss", "after_backward", "after_step")
-STEPS = ("predict", "get_loss", "backward", "step", "zero_grad")  # a callback may supply these (TrainCB)
-_EVENT_PREFIXES = ("before_", "after_", "cleanup_")
+STEPS = ("predict", "get_loss", "backward", "step", "zero_grad")  # a callback may own these (see Callback)
 
 
 class CancelFitException(Exception):
@@ -63,49 +73,79 @@ class CancelStepException(Exception):
     """Skip this batch's optimizer `step`, `after_step` and `zero_grad` (the gradients stay); `after_batch` runs.
 
     Raised from `after_backward` by gradient accumulation between optimizer steps, and from `step` by a mixed
-    precision scaler that found inf/NaN gradients: per-batch schedulers step at `after_step`, so they count
+    precision scaler that found inf/NaN gradients: per-batch schedulers step only after `after_step`, so they count
     only the optimizer steps actually taken.
     """
 
 
 class Callback:
-    """Base class for callbacks: define methods named after events (`before_fit(self, learn)`, ...).
+    """Base class for callbacks: define methods named after events, `before_fit(self, learn)`, `after_batch`, ...
 
-    The prefixes `before_`, `after_` and `cleanup_` are reserved for events: a method so named that is not an
-    event is an error when the callback is added. The names in `STEPS` are reserved too: a callback that
-    defines `predict`, `get_loss`, `backward`, `step` or `zero_grad` performs that step for the base `Learner`.
-    Callbacks run sorted by `order` (lower first); see `miniai.callbacks.ORDER` for the built-in values.
+    Callbacks run sorted by `order` (lower first; the built-in values are tabled in `miniai.callbacks`). The
+    prefixes `before_`, `after_` and `cleanup_` are reserved for events: a method so named that is not an event
+    is an error when the callback is added.
+
+    Step ownership, the one rule: the learner's steps (`STEPS`: predict, get_loss, backward, step, zero_grad) are
+    the learner's own methods, unless a callback declares that it does a step instead, with
+    `owns_steps = ("backward", "step")` and a method `backward(self, learn)` for each. A method named like a step
+    but not declared is an error when the callback is added (a helper called `step` must never silently replace
+    the optimizer step), and so is a step owned by two callbacks. On the base `Learner`, which has no steps of its
+    own, a callback must own all five (`TrainCB`).
     """
     order: int = 0
+    owns_steps: tuple[str, ...] = ()
 
 
 Handler = Callable[["Learner"], None]
 
 
 def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
-    """Map each event and step name to the bound methods that handle it, in callback order."""
+    """Map each event (and each owned step) to the bound methods that handle it, in callback order; check names."""
     table: dict[str, list[Handler]] = {name: [] for name in EVENTS + STEPS}
     for cb in sorted(cbs, key=lambda cb: cb.order):
+        cls = type(cb).__name__
         for name in dir(type(cb)):
-            if name.startswith(_EVENT_PREFIXES) and name not in table:
+            if name.startswith(("before_", "after_", "cleanup_")) and name not in EVENTS:
                 guess = difflib.get_close_matches(name, EVENTS, n=1)
-                raise TypeError(f"{type(cb).__name__}.{name} is not an event"
+                raise TypeError(f"{cls}.{name} is not an event"
                                 + (f"; did you mean {guess[0]!r}?" if guess else f"; events are {', '.join(EVENTS)}")
                                 + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
-            if name in table and callable(getattr(cb, name)):
+            if name in STEPS and callable(getattr(cb, name)) and name not in cb.owns_steps:
+                raise TypeError(f"{cls}.{name} is named like the learner's {name!r} step, which a callback may "
+                                f"take over only on purpose: rename the method (e.g. '_{name}' or 'update') or, if "
+                                f"{cls} is meant to do the learner's {name}, declare owns_steps = ('{name}',).")
+        for name in cb.owns_steps:
+            if name not in STEPS or not callable(getattr(cb, name, None)):
+                raise TypeError(f"{cls}.owns_steps lists {name!r}: steps are {', '.join(STEPS)}, and each one "
+                                f"listed needs a method {name}(self, learn)")
+            if table[name]:
+                raise TypeError(f"{cls} and {table[name][0].__self__.__class__.__name__} both own the {name!r} step; "
+                                "only one callback may do it")
+        for name in EVENTS + cb.owns_steps:
+            if callable(getattr(cb, name, None)):
                 table[name].append(getattr(cb, name))
     return table
 
 
+def _add_note(error: BaseException, note: str) -> None:
+    """Attach `note` to `error` (shown under its traceback; Python < 3.11 has no notes, so print it there)."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        print(note, file=__import__("sys").stderr)
+
+
 class Learner:
-    """Runs the training loop and fires events; the step methods are asked of the callbacks (see `TrainCB`).
+    """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`).
 
     `fit` makes a new optimizer each call with `opt_func(model.parameters(), lr)`.
     """
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
-                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD) -> None:
+                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
+                 n_inp: int = 1) -> None:
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
+        self.n_inp = n_inp
         self.opt: optim.Optimizer | None = None
         self.training = False
         self.cbs: list[Callback] = []
@@ -115,7 +155,10 @@ class Learner:
 
     # --- callbacks -------------------------------------------------------------------------------------------
     def add_cb(self, cb: Callback) -> Learner:
-        """Add a callback; dispatch tables are rebuilt (and checked for misspelled events) now, not per batch."""
+        """Add a callback; dispatch tables are rebuilt (and names checked) now, not per batch."""
+        if any(c is cb for c in self.cbs):
+            raise ValueError(f"this {type(cb).__name__} is already one of the learner's callbacks (given to the "
+                             "Learner, add_cb or fit's cbs): adding it again would run it twice. Pass it once.")
         self._handlers = build_handlers(self.cbs + [cb])
         self.cbs.append(cb)
         return self
@@ -130,6 +173,16 @@ class Learner:
         for handler in self._handlers[event]:
             handler(self)
 
+    @property
+    def xb(self) -> tuple:
+        """The batch's inputs: its first `n_inp` items."""
+        return tuple(self.batch[:self.n_inp])
+
+    @property
+    def yb(self) -> tuple:
+        """The batch's targets: every item after the inputs."""
+        return tuple(self.batch[self.n_inp:])
+
     # --- the loop --------------------------------------------------------------------------------------------
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
             cbs: Iterable[Callback] | None = None, lr: float | None = None,
@@ -138,47 +191,66 @@ class Learner:
 
         `resume`: a checkpoint file, or a `CheckpointCB` directory (its newest file): the run continues from the
         checkpoint's epoch up to `n_epochs` in total, with model, optimizer, schedulers, data order and RNG
-        restored, so it ends as the run never stopped would. Ctrl-C (KeyboardInterrupt) runs every cleanup_*
-        and is re-raised with a note saying where it stopped and how to resume.
+        restored, so it ends as the run never stopped would; an `lr` given here replaces the checkpoint's.
+        Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
         """
-        temporary = list(cbs or [])
-        for cb in temporary:
-            self.add_cb(cb)
+        if not isinstance(n_epochs, int) or n_epochs < 0:
+            raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
+        temporary: list[Callback] = []
         try:
-            lr = self.lr if lr is None else lr
-            if lr is None:
-                raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2);"
-                                 " learn.lr_find() suggests one.")
+            for cb in cbs or []:
+                self.add_cb(cb)
+                temporary.append(cb)
+            self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
+            self.start_epoch, self.resumed_from = 0, None  # fit(resume=...) sets these, and
+            self.last_checkpoint = self.schedule_stop = None  # CheckpointCB and SWACB these
             self._check_steps()
-            if train:
-                self._check_train_data()
-            self.n_epochs, self.epochs = n_epochs, range(n_epochs)
-            self.epoch = self.iter = None  # set by the loop; None until the first epoch starts
+            self._check_data(train, valid)
             if resume is not None:
-                # imported here: the callbacks import this module. Reads and checks the checkpoint now, before
-                # anything changes, and sets self.epochs; the callback loads it after every other before_fit.
-                from .callbacks.resume import start_resume
-                temporary.append(start_resume(self, resume))
+                from .callbacks.resume import resume_cb  # here: the callbacks import this module
+                temporary.append(resume_cb(self, resume, lr))
                 self.add_cb(temporary[-1])
-            self.opt = self.opt_func(self.model.parameters(), lr)
+            self.opt = self.opt_func(self.model.parameters(), self._fit_lr(lr, resume))
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
         except KeyboardInterrupt as e:
-            from .callbacks.resume import report_interrupt  # imported here: the callbacks import this module
-            report_interrupt(self, e)  # notes where it stopped and how to resume, then re-raise: a user stop
+            from .callbacks.checkpoint import interrupt_note  # here: the callbacks import this module
+            _add_note(e, interrupt_note(self))
             raise
         finally:
             for cb in temporary:
                 self.rm_cb(cb)
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
+        error = None
         try:
             self._emit(f"before_{name}")
             body()
             self._emit(f"after_{name}")
         except cancel:
             pass
-        finally:
-            self._emit(f"cleanup_{name}")
+        except BaseException as e:  # also Ctrl-C: the cleanups below run, then it goes on up
+            error = e
+        try:
+            self._cleanup(name, error)
+        except cancel:  # a cleanup cancelled this stage, which is over anyway
+            pass
+        if error is not None:
+            raise error
+
+    def _cleanup(self, name: str, error: BaseException | None) -> None:
+        """Run every cleanup_<name> handler even if one raises; raise the first error unless one is in flight."""
+        first = None
+        for handler in self._handlers[f"cleanup_{name}"]:
+            try:
+                handler(self)
+            except BaseException as e:
+                if error is None and first is None:
+                    first = e
+                else:
+                    _add_note(error or first, f"(while cleaning up, {handler.__qualname__} also raised "
+                                              f"{type(e).__name__}: {e})")
+        if first is not None:
+            raise first
 
     def _all_epochs(self, train: bool, valid: bool) -> None:
         # read self.epochs here, after before_fit, so a callback (resume, progress bar) may replace it
@@ -193,117 +265,119 @@ class Learner:
         self.training = training
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
-        self.iter = None  # until the first batch: an interrupt in before_epoch is reported as such
+        if training and hasattr(self.dl, "set_epoch"):
+            self.dl.set_epoch(self.epoch)  # a loader with its own seed replays the same order in every fit
+        self.iter = None
         self._stage("epoch", self._all_batches, CancelEpochException)
 
     def _all_batches(self) -> None:
         for self.iter, self.batch in enumerate(self.dl):
             self._stage("batch", self._one_batch, CancelBatchException)
+        if self.iter is None:  # an empty pass would log NaN metrics and feed them to schedulers and early stopping
+            raise ValueError(f"dls.{'train' if self.training else 'valid'} yielded no batches in epoch {self.epoch}; "
+                             "check how it was built, or pass fit(valid=False) to train without validation.")
 
     def _one_batch(self) -> None:
-        self.predict()
+        self._do("predict")
         self._emit("after_predict")
-        self.get_loss()
+        self._do("get_loss")
         self._emit("after_loss")
         if not self.training:
             return
         try:
-            self.backward()
+            self._do("backward")
             self._emit("after_backward")
-            self.step()
+            self._do("step")
             self._emit("after_step")
-            self.zero_grad()
+            self._do("zero_grad")
         except CancelStepException:
             pass
 
-    # --- the steps: on the base Learner they are asked of the callbacks; TrainLearner overrides them ----------
+    def _do(self, step: str) -> None:
+        """Run a step: the callback that owns it, else the learner's own method."""
+        owner = self._handlers[step]
+        if owner:
+            owner[0](self)
+        else:
+            getattr(self, step)()
+
+    # --- the steps: the base Learner has none of its own; TrainLearner defines them ---------------------------
     def predict(self) -> None:
-        """Set `self.preds` from `self.batch`."""
-        self._emit("predict")
+        """Set `self.preds` from the inputs `self.xb`."""
+        self._owned("predict")
 
     def get_loss(self) -> None:
-        """Set `self.loss` from `self.preds` and `self.batch`."""
-        self._emit("get_loss")
+        """Set `self.loss` from `self.preds` and the targets `self.yb`."""
+        self._owned("get_loss")
 
     def backward(self) -> None:
         """Compute gradients of `self.loss`."""
-        self._emit("backward")
+        self._owned("backward")
 
     def step(self) -> None:
         """Update the parameters (optimizer step)."""
-        self._emit("step")
+        self._owned("step")
 
     def zero_grad(self) -> None:
         """Reset the gradients."""
-        self._emit("zero_grad")
+        self._owned("zero_grad")
 
+    def _owned(self, step: str) -> None:
+        if not self._handlers[step]:
+            raise TypeError(f"{type(self).__name__} has no way to {step}: add TrainCB() to cbs, or use TrainLearner")
+        self._handlers[step][0](self)
+
+    # --- checks before anything runs -------------------------------------------------------------------------
     def _check_steps(self) -> None:
-        # a base Learner with no TrainCB would "train" without ever predicting: say so before anything runs
         missing = [s for s in STEPS if getattr(type(self), s) is getattr(Learner, s) and not self._handlers[s]]
         if missing:
             raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                             "or use TrainLearner, which defines the steps itself.")
 
-    def _check_train_data(self) -> None:
-        # an empty loader would "train" zero batches and report nothing: say so before anything runs
-        dl = getattr(self.dls, "train", None)
-        try:
-            n_batches = len(dl)
-        except TypeError:  # no length (a generator, an IterableDataset): can't tell in advance
-            return
-        if n_batches:
-            return
-        dataset = getattr(dl, "dataset", None)
-        n_items = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
-        bs = getattr(dl, "batch_size", getattr(dl, "bs", None))
-        why = ("its dataset is empty" if n_items == 0 else
-               f"{n_items} items with bs={bs} and drop_last=True make no full batch: use a smaller bs or "
-               "drop_last=False" if n_items is not None else "it yields nothing")
-        raise ValueError(f"dls.train has no batches: {why}. Check how the training set was built (a filter, "
-                         "n_train, a wrong path), or call fit(train=False) to only validate.")
+    def _check_data(self, train: bool, valid: bool) -> None:
+        for name in ("train",) * train + ("valid",) * valid:
+            dl = getattr(self.dls, name, None)
+            try:
+                if len(dl):
+                    continue
+            except TypeError:  # no length (an IterableDataset): an empty pass is caught when it happens
+                continue
+            n = len(dl.dataset) if hasattr(getattr(dl, "dataset", None), "__len__") else None
+            why = ("its dataset is empty" if n == 0 else "it yields nothing" if n is None else
+                   f"{n} items with bs={getattr(dl, 'batch_size', '?')} and drop_last=True make no full batch")
+            raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a wrong "
+                             "path), or pass " + ("fit(train=False) to only validate." if name == "train" else
+                                                  "fit(valid=False) to train without validation."))
+
+    def _fit_lr(self, lr: float | None, resume: Any) -> float:
+        lr = self.lr if lr is None else lr
+        if lr is None and resume is None:
+            raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
+                             "learn.lr_find() suggests one.")
+        if lr == 0:
+            warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale this lr too)",
+                          stacklevel=3)
+        return 0.0 if lr is None else lr  # resuming: the checkpoint's optimizer state brings its own lr
 
     # --- conveniences built from callbacks (imported inside each method: the callbacks import this module) ---
-    def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, *, pct_start: float = 0.3,
-                      div_factor: float = 25.0, final_div_factor: float = 1e4, base_momentum: float = 0.85,
-                      max_momentum: float = 0.95, cycle_momentum: bool | None = None,
-                      cbs: Iterable[Callback] | None = None, **fit_kwargs: Any) -> None:
-        """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
-
-        The total steps are computed at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches
-        under gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None`
-        cycles momentum (SGD) or beta1 (Adam family) when the optimizer has one. Other keyword arguments go to `fit`.
-        """
-        # imported here: the callbacks import this module
-        from torch.optim.lr_scheduler import OneCycleLR
-
-        from .callbacks.scheduling import BatchSchedCB, steps_per_epoch
-        max_lr = self.lr if max_lr is None else max_lr
-
-        def one_cycle(opt: optim.Optimizer) -> OneCycleLR:
-            per_epoch = steps_per_epoch(self)
-            if per_epoch is None:
-                raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
-                                "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
-            cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults))
-            return OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, self.n_epochs * per_epoch), pct_start=pct_start,
-                              div_factor=div_factor, final_div_factor=final_div_factor, cycle_momentum=cycle,
-                              base_momentum=base_momentum, max_momentum=max_momentum)
-        self.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=max_lr, **fit_kwargs)
+    def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:
+        """Fit with torch's OneCycleLR stepped per optimizer step (see `miniai.callbacks.scheduling.fit_one_cycle`)."""
+        from .callbacks.scheduling import fit_one_cycle
+        fit_one_cycle(self, n_epochs, max_lr, **kwargs)
 
     def lr_find(self, start_lr: float = 1e-5, gamma: float = 1.3, max_mult: float = 3.0, max_epochs: int = 10,
                 plot: bool = True) -> Any:
-        """Grow the lr ×`gamma` a batch from `start_lr` until the loss blows up; plot loss against lr and return an
-        `LRFinderResult` (lrs, losses, valley, steepest). Model, optimizer and learner are left exactly as before.
-        """
-        from .callbacks.lr_finder import lr_find  # function-local: the callbacks import this module
+        """Grow the lr ×`gamma` a batch until the loss blows up; plot and return an `LRFinderResult` (lrs, losses,
+        valley, steepest). Model, optimizer, learner, loaders and RNGs are left exactly as before."""
+        from .callbacks.lr_finder import lr_find
         return lr_find(self, start_lr, gamma, max_mult, max_epochs, plot)
 
     def compile(self, **kwargs: Any) -> Learner:
         """Compile the model in place with `torch.compile(**kwargs)` (`nn.Module.compile`); returns the learner.
 
         In place, so `learn.model` stays the user's module and its `state_dict` keys stay clean (no `_orig_mod.`).
-        The first epoch pays the compilation (tens of seconds on a CPU; see bench/overhead.py), and each new input
-        shape (a smaller last batch, the validation pass) compiles once more; later epochs run the compiled code.
+        The first epoch pays the compilation, and each new input shape (a smaller last batch, the validation
+        pass) compiles once more; later epochs run the compiled code.
         """
         if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
             raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
@@ -311,8 +385,9 @@ class Learner:
         return self
 
 
+# --- the supervised loss, shared by TrainLearner and TrainCB ---------------------------------------------------
 class LossInputError(ValueError, RuntimeError):
-    """The loss function rejected the model's output and the targets; the message shows both shapes and dtypes.
+    """The loss function can't take the model's output and the targets; the message shows both shapes and dtypes.
 
     A subclass of both ValueError and RuntimeError, the two errors torch's losses raise, so existing
     `except` clauses still catch it.
@@ -325,55 +400,68 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
-def raise_loss_error(loss_func: Callable, preds: Any, targets: tuple, error: Exception) -> NoReturn:
-    """Re-raise `error` from `loss_func(preds, *targets)` as a LossInputError showing what each side looked like."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):  # not the inputs' fault: keep it as it is
-        raise error
+def supervised_loss(learn: Learner) -> torch.Tensor:
+    """`learn.loss_func(learn.preds, *learn.yb)`, refusing inputs that would silently compute the wrong loss."""
+    loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
     name = getattr(loss_func, "__name__", type(loss_func).__name__)
+    fix = None
+    if len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
+            and preds.shape != yb[0].shape and yb[0].is_floating_point():
+        try:
+            broadcast = torch.broadcast_shapes(preds.shape, yb[0].shape)
+        except RuntimeError:  # not broadcastable: the loss itself raises, and we show the shapes below
+            broadcast = preds.shape
+        if broadcast != preds.shape:  # e.g. (N,1) against (N,): an (N,N) loss that trains, wrongly
+            fix = (f"they broadcast to {tuple(broadcast)}, so the loss would compare every prediction with every "
+                   "target. Make the shapes equal (e.g. preds.squeeze(-1), or targets.view(-1, 1)).")
+    elif len(yb) != 1 and (getattr(getattr(loss_func, "func", loss_func), "__module__", None)
+                           or type(loss_func).__module__).startswith("torch.nn"):
+        fix = (f"torch's losses take one target, but the batch has {len(yb)} items after its n_inp={learn.n_inp} "
+               "inputs. Batches are (*inputs, *targets); if an item is no target (ids, weights), wrap the loss, "
+               "e.g. loss_func=lambda preds, y, ids: F.cross_entropy(preds, y).")
+    if fix is None:
+        try:
+            return loss_func(preds, *yb)
+        except (RuntimeError, ValueError, TypeError) as e:  # a try costs nothing when nothing is raised
+            if isinstance(e, torch.cuda.OutOfMemoryError):  # not the inputs' fault: keep it as it is
+                raise
+            error, fix = e, str(e)
+    else:
+        error = None
     raise LossInputError(
         f"loss_func {name} failed on the model output (preds, {_describe(preds)}) and the targets "
-        f"({', '.join(_describe(t) for t in targets)}): {error}\nMake the model's output match what the loss "
-        "expects: e.g. F.cross_entropy takes logits (N, C) and int64 class indices (N,), F.mse_loss and "
+        f"({', '.join(_describe(t) for t in yb)}): {fix}\nMake the model's output match what the loss expects: "
+        "e.g. F.cross_entropy takes logits (N, C) and int64 class indices (N,), F.mse_loss and "
         "F.binary_cross_entropy_with_logits take preds and targets of the same shape and float dtype.") from error
 
 
 class TrainLearner(Learner):
-    """A Learner with the usual supervised steps: `model(x)`, `loss_func(preds, y)`, backward, step, zero_grad.
+    """A Learner with the usual supervised steps: `model(*xb)`, `loss_func(preds, *yb)`, backward, step, zero_grad.
 
     A `TerminateOnNaNCB` is added unless `nan_guard=False` (or one is already in `cbs`): a NaN or infinite loss
-    stops the fit with a message; remove it later with `learn.rm_cb(...)`. A callback that defines `backward` or
-    `step` does that step instead of the built-in one (`MixedPrecisionCB`: a scaled backward, `scaler.step`).
+    stops the fit with a message; remove it later with `learn.rm_cb(...)`. A callback may own any step instead
+    (`MixedPrecisionCB` owns backward and step: a scaled backward, `scaler.step`); see `Callback`.
     """
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
-                 nan_guard: bool = True) -> None:
-        super().__init__(model, dls, loss_func, lr, cbs, opt_func)
+                 nan_guard: bool = True, n_inp: int = 1) -> None:
+        super().__init__(model, dls, loss_func, lr, cbs, opt_func, n_inp)
         if nan_guard:
-            from .callbacks.guards import TerminateOnNaNCB  # imported here: the callbacks import this module
-            if not any(isinstance(cb, TerminateOnNaNCB) for cb in self.cbs):
-                self.add_cb(TerminateOnNaNCB())
+            from .callbacks.guards import add_nan_guard  # here: the callbacks import this module
+            add_nan_guard(self)
 
     def predict(self) -> None:
-        self.preds = self.model(self.batch[0])
+        self.preds = self.model(*self.xb)
 
     def get_loss(self) -> None:
-        try:
-            self.loss = self.loss_func(self.preds, self.batch[1])
-        except (RuntimeError, ValueError) as e:  # a try costs nothing when nothing is raised
-            raise_loss_error(self.loss_func, self.preds, self.batch[1:], e)
+        self.loss = supervised_loss(self)
 
     def backward(self) -> None:
-        if self._handlers["backward"]:  # a callback owns it (a grad scaler's scaled backward)
-            self._emit("backward")
-        else:
-            self.loss.backward()
+        self.loss.backward()
 
     def step(self) -> None:
-        if self._handlers["step"]:  # a callback owns it (a grad scaler's step, which may skip)
-            self._emit("step")
-        else:
-            self.opt.step()
+        self.opt.step()
 
     def zero_grad(self) -> None:
         self.opt.zero_grad()
@@ -384,9 +472,9 @@ class MomentumLearner(TrainLearner):
 
     def __init__(self, model: nn.Module, dls: Any, loss_func: Callable, lr: float | None = None,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
-                 mom: float = 0.85, nan_guard: bool = True) -> None:
+                 mom: float = 0.85, nan_guard: bool = True, n_inp: int = 1) -> None:
         self.mom = mom
-        super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard)
+        super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard, n_inp)
 
     def zero_grad(self) -> None:
         with torch.no_grad():

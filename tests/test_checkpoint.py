@@ -281,7 +281,7 @@ def test_resume_errors_name_the_problem(tmp_path):
 
 def test_monitor_must_be_a_logged_metric(tmp_path):
     learn, _ = make_learner(tmp_path, monitor="valid_acc")
-    with pytest.raises(ValueError, match=r"monitor 'valid_acc' is not logged.*'valid_loss'"):
+    with pytest.raises(ValueError, match=r"monitor='valid_acc'\): MetricsCB does not log that name.*valid_loss"):
         learn.fit(1)
 
 
@@ -301,7 +301,7 @@ def test_keyboard_interrupt_runs_cleanup_removes_hooks_and_says_how_to_resume(tm
         learn.fit(3, cbs=[StopAtBatch(1, at=2)])
     note = "\n".join(getattr(info.value, "__notes__", []))
     assert "interrupted in epoch 1 (from 0), training pass, at batch 2 (from 0) of 8" in note
-    assert f"learn.fit(3, resume='{tmp_path}')" in note and "epoch_0001.pt" in note
+    assert f"learn.fit(3, resume='{tmp_path / 'epoch_0001.pt'}')" in note
     assert hooked.cleaned and not learn.model._forward_hooks  # cleanup_fit ran: the hook is gone
     assert not any(isinstance(cb, StopAtBatch) for cb in learn.cbs)  # temporary callback removed
     assert load_checkpoint(tmp_path)["epoch"] == 1  # the newest checkpoint is intact

@@ -128,19 +128,17 @@ def test_batch_scheduler_gives_each_batch_the_lr_of_a_hand_stepped_loop(name):
     learn, rec, counter = fit_counted(sched_cb, opt_func)
     expected = by_hand(factory, opt_func, 0.05, EPOCHS, per_batch=True)
     assert list(zip(rec.recs["lr"], rec.recs["mom"])) == expected
-    # once between consecutive training batches, never during validation, never after the fit's last step
-    assert len(counter.calls) == TOTAL - 1 and all(training for _, training, _ in counter.calls)
+    # once after every optimizer step, as a hand-written loop steps it; never during validation
+    assert len(counter.calls) == TOTAL and all(training for _, training, _ in counter.calls)
     assert sched_cb.n_steps == TOTAL
-    assert learn.opt.param_groups[0]["lr"] == rec.recs["lr"][-1]  # the schedule's last value is left in place
 
 
 @pytest.mark.parametrize("name", list(EPOCH_CASES))
-def test_epoch_scheduler_steps_after_each_training_pass_but_the_last(name):
+def test_epoch_scheduler_steps_after_each_training_pass(name):
     factory, opt_func = EPOCH_CASES[name]
     learn, rec, counter = fit_counted(EpochSchedCB(factory), opt_func)
     assert list(zip(rec.recs["lr"], rec.recs["mom"])) == by_hand(factory, opt_func, 0.05, EPOCHS, per_batch=False)
-    assert [(epoch, training) for epoch, training, _ in counter.calls] == [(e, True) for e in range(EPOCHS - 1)]
-    assert learn.opt.param_groups[0]["lr"] == rec.recs["lr"][-1]
+    assert [(epoch, training) for epoch, training, _ in counter.calls] == [(e, True) for e in range(EPOCHS)]
 
 
 def test_cyclic_lr_cycles_adam_beta1_and_sgd_momentum():
@@ -151,16 +149,24 @@ def test_cyclic_lr_cycles_adam_beta1_and_sgd_momentum():
         assert rec.recs["mom"][0] == pytest.approx(first) and min(rec.recs["mom"]) == pytest.approx(lowest)
 
 
-def test_one_cycle_leaves_its_final_lr_not_an_extrapolation():
-    # a linear anneal stepped once past total_steps would go below min_lr (here: negative)
+def lr_after(factory, opt_func, lr, n_steps):
+    """The lr a hand-written loop leaves in the optimizer after `n_steps` of `opt.step(); scheduler.step()`."""
+    opt = opt_func([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = factory(opt)
+    for _ in range(n_steps):
+        opt.step()
+        scheduler.step()
+    return opt.param_groups[0]["lr"]
+
+
+def test_after_the_fit_the_optimizer_holds_what_a_hand_written_loop_leaves():
     rec = RecorderCB(lr=_lr, beta1=_beta1)
-    factory = partial(ls.OneCycleLR, max_lr=0.05, total_steps=TOTAL, anneal_strategy="linear", pct_start=0.5)
+    factory = partial(ls.OneCycleLR, max_lr=0.05, total_steps=TOTAL, pct_start=0.5)
     learn = make_learner([BatchSchedCB(factory), rec], opt_func=optim.AdamW)
     learn.fit(EPOCHS)
-    final_lr = 0.05 / 25 / 1e4
-    assert learn.opt.param_groups[0]["lr"] == pytest.approx(final_lr, rel=1e-9) and rec.recs["lr"][-1] > 0
+    assert learn.opt.param_groups[0]["lr"] == lr_after(factory, optim.AdamW, 0.1, TOTAL)
     assert max(rec.recs["lr"]) == pytest.approx(0.05) and min(rec.recs["beta1"]) == pytest.approx(0.85)
-    assert learn.opt.param_groups[0]["betas"][0] == pytest.approx(0.95)
+    assert rec.recs["lr"][-1] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)  # the last batch trains with the final lr
 
 
 # --- ReduceLROnPlateau ----------------------------------------------------------------------------------------------
@@ -281,11 +287,11 @@ def test_accumulation_steps_the_schedule_per_optimizer_step_and_ends_on_its_fina
     counter = StepCounter(counter_cb)
     learn = make_learner([acc, counter_cb, counter, rec], opt_func=optim.AdamW)
     learn.fit(EPOCHS)
-    assert [iter for _, _, iter in counter.calls] == [3, 5, 3, 5, 3]  # after each optimizer step but the last
+    assert [iter for _, _, iter in counter.calls] == [3, 5, 3, 5, 3, 5]  # after each optimizer step
     # one lr per optimizer step, as a hand-written loop steps it; each is used by the batches that step accumulates
     hand = [lr for lr, _ in by_hand(counter_cb.factory, optim.AdamW, 0.1, EPOCHS * 2, per_batch=True, batches=1)]
     assert rec.recs["lr"] == [hand[2 * epoch + k] for epoch in range(EPOCHS) for k in (0, 0, 0, 0, 1, 1)]
-    assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)
+    assert rec.recs["lr"][-1] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)
 
 
 def test_fit_one_cycle_counts_optimizer_steps_and_cycles_beta1():
@@ -297,7 +303,7 @@ def test_fit_one_cycle_counts_optimizer_steps_and_cycles_beta1():
     assert not any(isinstance(cb, BatchSchedCB) for cb in learn.cbs)  # the scheduler was for this fit only
     learn = make_learner([Accumulate(4), rec], opt_func=optim.AdamW)
     learn.fit_one_cycle(EPOCHS, max_lr=0.05, cycle_momentum=False)
-    assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)
+    assert rec.recs["lr"][-1] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)
     assert set(rec.recs["beta1"]) == {0.9}
 
 
@@ -343,7 +349,7 @@ RESUME_CASES = {
 
 
 @pytest.mark.parametrize("name", list(RESUME_CASES))
-@pytest.mark.parametrize("how", ["load_after_before_fit", "load_before_fit", "without_optimizer_state"])
+@pytest.mark.parametrize("how", ["load_after_before_fit", "without_optimizer_state"])
 def test_state_dict_mid_schedule_continues_the_same_trajectory(name, how):
     make_cb, opt_func = RESUME_CASES[name]
     straight_rec = RecorderCB(lr=_lr, mom=_mom)
@@ -359,10 +365,6 @@ def test_state_dict_mid_schedule_continues_the_same_trajectory(name, how):
 
     second_cb, second_rec = make_cb(), RecorderCB(lr=_lr, mom=_mom)
     states = [(second_cb, sched_state), (second_rec, rec_state)]
-    if how == "load_before_fit":  # applied at before_fit, once the scheduler is built
-        for cb, state in states:
-            cb.load_state_dict(state)
-        states = []
     resume = Resume(stop.saved["learner"], states, start=2, optimizer=how != "without_optimizer_state")
     make_learner([MetricsCB(), second_cb, second_rec, resume], opt_func=opt_func).fit(EPOCHS)
     assert second_rec.recs == straight_rec.recs
@@ -389,6 +391,10 @@ def test_state_saved_at_the_end_of_a_shorter_fit_resumes_into_a_longer_one(make_
 def test_state_dict_before_any_fit_says_when_it_exists():
     with pytest.raises(RuntimeError, match="builds its scheduler at before_fit"):
         BatchSchedCB(partial(ls.StepLR, step_size=1)).state_dict()
+    cb = BatchSchedCB(partial(ls.StepLR, step_size=1))
+    make_learner([cb]).fit(1)
+    with pytest.raises(RuntimeError, match=r"load its state during a fit.*resume=path"):
+        cb.load_state_dict(cb.state_dict())  # the fit is over: the next before_fit builds a new scheduler
 
 
 # --- recording and plotting -----------------------------------------------------------------------------------------

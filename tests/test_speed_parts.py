@@ -181,8 +181,13 @@ def test_scaler_state_round_trips_through_state_dict():
     state = mp.state_dict()
     assert state["scale"] == pytest.approx(512.0)
     fresh = MixedPrecisionCB(torch.float16)
-    fresh.load_state_dict(state)  # before any fit: applied when the scaler is made
-    tiny_learner(lr=0.0).fit(1, train=False, cbs=[fresh])
+    with pytest.raises(RuntimeError, match="load its state during a float16 fit"):
+        fresh.load_state_dict(state)  # no scaler yet: it is made at before_fit
+
+    class Load(Callback):  # as fit(resume=...) does: after MixedPrecisionCB's before_fit made the scaler
+        def before_fit(self, learn):
+            fresh.load_state_dict(state)
+    tiny_learner(lr=0.0).fit(1, train=False, cbs=[fresh, Load()])
     assert fresh.scaler.get_scale() == pytest.approx(512.0)
 
 
@@ -226,9 +231,8 @@ def test_mixed_precision_leaves_autocast_when_the_forward_raises():
 
 def test_mixed_precision_refuses_a_second_owner_of_the_steps():
     from miniai.callbacks.basic import TrainCB
-    learn = Learner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, lr=0.1, cbs=[TrainCB(), MixedPrecisionCB()])
-    with pytest.raises(TypeError, match="use TrainLearner without TrainCB"):
-        learn.fit(1)
+    with pytest.raises(TypeError, match="TrainCB and MixedPrecisionCB both own the 'backward' step"):
+        Learner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, lr=0.1, cbs=[TrainCB(), MixedPrecisionCB()])
 
 
 def test_mixed_precision_rejects_other_dtypes():

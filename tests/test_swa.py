@@ -124,16 +124,16 @@ def test_composes_with_a_batch_scheduler_running_before_swa_start():
     opt = optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     assert lrs[:6] == pytest.approx(lr_trajectory(cycle, opt, 6), abs=1e-12)
     assert lrs[6:] == pytest.approx([0.01] * 6)
-    assert sched.n_steps == 6 and sched.scheduler.last_epoch == 5  # it stopped stepping at swa_start
-    assert sched.stop_epoch is None  # released after the fit: a later fit without SWA runs the whole schedule
+    assert sched.n_steps == 6 and sched.scheduler.last_epoch == 6  # it stopped stepping at swa_start
+    assert learn.schedule_stop == 2  # what SWACB told the schedulers; the next fit starts with None again
 
 
 def test_composes_with_an_epoch_scheduler():
     rec = RecorderCB(lr=_lr)
     bn_learner([EpochSchedCB(partial(StepLR, step_size=1, gamma=0.5)), rec,
                 SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=1)]).fit(4)
-    # StepLR halves after epoch 0; its step after epoch 1 is the fit's last for it, and SWALR starts from 0.05
-    assert per_epoch(rec.recs["lr"], 3) == pytest.approx([0.1, 0.05, 0.05, 0.01])
+    # StepLR halves after epochs 0 and 1, and SWALR starts from the 0.025 it left
+    assert per_epoch(rec.recs["lr"], 3) == pytest.approx([0.1, 0.05, 0.025, 0.01])
 
 
 def test_fit_one_cycle_with_swa_runs_the_cycle_until_swa_start():

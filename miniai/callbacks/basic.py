@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..data import TensorLoader
-from ..learner import Callback, CancelFitException, Learner, raise_loss_error
+from ..learner import STEPS, Callback, CancelFitException, Learner, supervised_loss
 from ..utils import def_device, to_device
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB"]
@@ -58,19 +58,24 @@ def _resolve(device: torch.device) -> torch.device:
 
 
 class TrainCB(Callback):
-    """The supervised training steps for a base `Learner`: the first `n_inp` batch items are model inputs."""
+    """The supervised training steps for a base `Learner` (the course's TrainCB): it owns all five steps.
 
-    def __init__(self, n_inp: int = 1) -> None:
+    `n_inp`, if given, sets `learn.n_inp` at before_fit (the course passed it here); None keeps the learner's.
+    """
+    owns_steps = STEPS
+
+    def __init__(self, n_inp: int | None = None) -> None:
         self.n_inp = n_inp
 
+    def before_fit(self, learn: Learner) -> None:
+        if self.n_inp is not None:
+            learn.n_inp = self.n_inp
+
     def predict(self, learn: Learner) -> None:
-        learn.preds = learn.model(*learn.batch[:self.n_inp])
+        learn.preds = learn.model(*learn.xb)
 
     def get_loss(self, learn: Learner) -> None:
-        try:
-            learn.loss = learn.loss_func(learn.preds, *learn.batch[self.n_inp:])
-        except (RuntimeError, ValueError) as e:  # show both shapes; a try costs nothing when nothing is raised
-            raise_loss_error(learn.loss_func, learn.preds, tuple(learn.batch[self.n_inp:]), e)
+        learn.loss = supervised_loss(learn)
 
     def backward(self, learn: Learner) -> None:
         learn.loss.backward()

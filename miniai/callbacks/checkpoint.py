@@ -1,12 +1,12 @@
-"""Checkpoints that resume exactly: `CheckpointCB` writes them (here), `learn.fit(n, resume=...)` reads them (resume.py).
+"""Checkpoints that resume exactly: what a checkpoint holds, writing files safely, `CheckpointCB`, the Ctrl-C note.
 
 A checkpoint file holds everything the rest of a run depends on, so a run stopped after epoch k and resumed in
-a new process ends with bitwise the same weights (on the CPU) as the run never stopped:
-  model (weights and buffers) and any gradients it carries (MomentumLearner keeps them), the optimizer,
-  `state_dict()` of every callback that has one (schedulers, grad scaler, early stopping, ...), the RNG states
-  (python, numpy, torch, cuda), the loaders' shuffling state, the epochs done and MetricsCB's history.
-Files are written atomically (temporary file, fsync, rename, fsync of the directory): a crash or Ctrl-C while
-saving leaves the previous newest checkpoint as it was.
+a new process (`learn.fit(n, resume=...)`, in resume.py) ends with bitwise the same weights (on the CPU) as the
+run never stopped: model (weights and buffers) and any gradients it carries (MomentumLearner keeps them), the
+optimizer with the name of each parameter, `state_dict()` of every callback that has one (schedulers, grad
+scaler, early stopping, ...), the RNG states (python, numpy, torch, cuda), the loaders' shuffling state, the
+epochs done and MetricsCB's history. Files are written atomically (temporary file, fsync, rename): a crash or
+Ctrl-C while saving leaves the previous newest checkpoint as it was.
 """
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import is_main_process
 from ..learner import Callback, Learner
+from .guards import NonFiniteLossError
+from .metrics import check_monitor
 
-__all__ = ["CheckpointCB", "CheckpointMismatchError", "is_main_process", "checkpoint_state", "save_checkpoint",
-           "list_checkpoints",
-           "find_checkpoint", "load_checkpoint"]
+__all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",
+           "find_checkpoint", "load_checkpoint", "interrupt_note"]
 
-_FORMAT, _VERSION = "miniai-checkpoint", 1
+_FORMAT, _VERSION = "miniai-checkpoint", 2  # version 2 adds the parameters' names to match optimizer state by
 _NAME = re.compile(r"^epoch_(\d+)\.pt$")  # "after N epochs"; tmp files start with a dot, so never match
 
 
@@ -36,13 +38,7 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit this learner (other model, optimizer); raised before anything is overwritten."""
 
 
-def is_main_process() -> bool:
-    """True unless torch.distributed is initialized and this is not rank 0 (only rank 0 writes files)."""
-    import torch.distributed as dist
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside DDP/DataParallel (`.module`) or torch.compile (`._orig_mod`) wrappers."""
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
@@ -55,23 +51,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- what goes in a checkpoint
 
-def _callback_key(learn: Learner, cb: Callback) -> str:
-    """'<class name>_<i>': i counts callbacks of the same class in `learn.cbs` (insertion order)."""
-    same = [c for c in learn.cbs if type(c) is type(cb)]
-    return f"{type(cb).__name__}_{next(i for i, c in enumerate(same) if c is cb)}"
+def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
+    """The callbacks with `state_dict`/`load_state_dict`, keyed '<class name>_<i>' (i counts that class in cbs)."""
+    found: dict[str, Callback] = {}
+    for cb in learn.cbs:
+        if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None)):
+            i = sum(type(c) is type(cb) for c in learn.cbs[:learn.cbs.index(cb)])
+            found[f"{type(cb).__name__}_{i}"] = cb
+    return found
 
 
-def _stateful_callbacks(learn: Learner) -> dict[str, Callback]:
-    return {_callback_key(learn, cb): cb for cb in learn.cbs
-            if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None))}
-
-
-def _generators(dl: Any) -> list[torch.Generator]:
+def loader_generators(dl: Any) -> list[torch.Generator]:
     """The torch.Generators a torch DataLoader draws its order from (its own, its sampler's), each once."""
     found: list[torch.Generator] = []
-    sampler = getattr(dl, "sampler", None)
-    batch_sampler = getattr(dl, "batch_sampler", None)
-    for owner in (dl, sampler, getattr(batch_sampler, "sampler", None)):
+    for owner in (dl, getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
         g = getattr(owner, "generator", None)
         if isinstance(g, torch.Generator) and all(g is not h for h in found):
             found.append(g)
@@ -81,12 +74,13 @@ def _generators(dl: Any) -> list[torch.Generator]:
 def _loader_state(dl: Any) -> dict[str, Any] | None:
     if callable(getattr(dl, "state_dict", None)) and callable(getattr(dl, "load_state_dict", None)):
         return {"state_dict": dl.state_dict()}  # miniai.data.TensorLoader: {seed, epoch}
-    gens = _generators(dl)
+    gens = loader_generators(dl)
     # a torch DataLoader without a generator draws from torch's global RNG, which is saved anyway
     return {"generators": [g.get_state() for g in gens]} if gens else None
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The state of every RNG a run draws from: Python's, NumPy's, torch's (and CUDA's once it is in use)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              # numpy's keys as a tensor, so the file loads with torch.load(weights_only=True)
@@ -97,9 +91,15 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[list[str]]:
+    """For each param group of `opt`, the names in `model` of its parameters, in the optimizer's order."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [[names.get(id(p), f"<unnamed {i}>") for i, p in enumerate(group["params"])] for group in opt.param_groups]
+
+
 def checkpoint_state(learn: Learner, epochs_done: int) -> dict[str, Any]:
-    """Everything `ResumeCB` needs to continue `learn` exactly after `epochs_done` epochs, as one dict."""
-    model = _unwrap(learn.model)
+    """Everything `fit(resume=...)` needs to continue `learn` exactly after `epochs_done` epochs, as one dict."""
+    model = unwrap(learn.model)
     metrics = getattr(learn, "metrics", None)
     keep_metrics = metrics is not None and not callable(getattr(metrics, "state_dict", None))
     return {
@@ -109,28 +109,15 @@ def checkpoint_state(learn: Learner, epochs_done: int) -> dict[str, Any]:
         # TrainLearner sets grads to None every step; MomentumLearner carries mom × grads into the next batch
         "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
         "optimizer": learn.opt.state_dict(), "optimizer_class": type(learn.opt).__name__,
-        "callbacks": {key: cb.state_dict() for key, cb in _stateful_callbacks(learn).items()},
+        "param_names": param_names(model, learn.opt),
+        "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(learn).items()},
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,
         "loaders": {name: _loader_state(getattr(learn.dls, name, None)) for name in ("train", "valid")},
-        "rng": _rng_state(),
+        "rng": rng_state(),
     }
 
 
 # ---------------------------------------------------------------- files
-
-def _fsync_dir(directory: Path) -> None:
-    # the rename is durable only once the directory entry is on disk; not possible on Windows
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def _write(obj: Any, f: Any) -> None:
     """Serialize `obj` into the open file `f` (a seam: tests make it fail midway)."""
@@ -148,10 +135,17 @@ def save_checkpoint(state: dict[str, Any], file: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, file)  # atomic: readers see the old file or the new one, never half of one
-    except BaseException:  # also Ctrl-C: leave no temporary file behind
+    except BaseException as e:  # also Ctrl-C: leave no temporary file behind
         tmp.unlink(missing_ok=True)
+        if not isinstance(e, KeyboardInterrupt) and isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None  # torch's writer reports a Ctrl-C as "enforce fail at inline_container"
         raise
-    _fsync_dir(file.parent)
+    if hasattr(os, "O_DIRECTORY"):  # the rename is durable once the directory entry is on disk (not on Windows)
+        fd = os.open(file.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return file
 
 
@@ -160,8 +154,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), f) for f in directory.iterdir() if (m := _NAME.match(f.name))]
-    return sorted(found)
+    return sorted((int(m.group(1)), f) for f in directory.iterdir() if (m := _NAME.match(f.name)))
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -202,14 +195,20 @@ class CheckpointCB(Callback):
     """Saves a checkpoint to `path/epoch_NNNN.pt` after every `every` epochs (and the last); keeps the newest `keep`.
 
     Args:
-        path: a directory. A fresh (not resumed) fit refuses one that already holds checkpoints, because
-            pruning would delete an earlier run's work; pass `overwrite=True` to delete them instead.
+        path: a directory. A fresh (not resumed) fit refuses one that already holds checkpoints, because they
+            are an earlier run's work; pass `overwrite=True` to delete them instead. A resumed fit keeps what is
+            there; checkpoints of later epochs than the one resumed from (a run that went on from it) are moved
+            into `path/superseded_<k>/`, so they are not overwritten and `resume=path` picks this run's newest.
         every: save after every `every`-th epoch, and always after the fit's last epoch.
-        keep: how many of the newest checkpoints stay (None: all); older ones are deleted.
+        keep: how many of this fit's newest checkpoints stay (None: all); its older ones are deleted. Files this
+            fit did not write are never deleted.
         monitor, mode: with `monitor` (a name MetricsCB logs, e.g. 'valid_loss'), the best checkpoint by it
             ('min' or 'max') is kept as well; its file is `best_path`.
     A checkpoint is written after the validation pass (or, in a fit without one, after the training pass), once
-    every scheduler has stepped. Only rank 0 writes when torch.distributed is initialized.
+    every scheduler has stepped, and only if the weights and the validation loss are finite (else the fit stops
+    with NonFiniteLossError naming the last good checkpoint). Only rank 0 writes under torch.distributed.
+    It warns when the run can't be resumed exactly: loaders with persistent workers (their RNG is not saved), and
+    callbacks of your own whose attributes change during the fit but that have no `state_dict`.
     """
     order = 80  # after MetricsCB and the epoch schedulers (their after_epoch), before EarlyStoppingCB stops the fit
 
@@ -226,7 +225,10 @@ class CheckpointCB(Callback):
         self.best: float | None = None
         self.best_path: Path | None = None
         self.last_path: Path | None = None
+        self._written: list[Path] = []  # files this fit wrote, oldest first: the only ones pruning may delete
         self._pending: int | None = None
+        self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
+        self._warned: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
         """{'best': best monitored value so far, 'best_file': its file name}, so a resumed run keeps the best."""
@@ -239,26 +241,26 @@ class CheckpointCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         if self.monitor is not None:
-            metrics = getattr(learn, "metrics", None)
-            if metrics is None:
-                raise ValueError(f"CheckpointCB(monitor={self.monitor!r}) needs a MetricsCB in the learner's cbs")
-            if self.monitor not in metrics.names:
-                raise ValueError(f"CheckpointCB monitor {self.monitor!r} is not logged by MetricsCB; "
-                                 f"choose one of {metrics.names}")
-        self.best, self.best_path, self.last_path, self._pending = None, None, None, None
+            check_monitor(learn, self.monitor, "CheckpointCB")
+        self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
+        self._watch(learn)
         if not is_main_process():
             return
         for stale in self.path.glob(".epoch_*.tmp") if self.path.is_dir() else []:
             stale.unlink(missing_ok=True)  # left by a process killed while saving
         existing = list_checkpoints(self.path)
-        from .resume import ResumeCB  # imported here: resume.py imports this module
-        resumer = next((cb for cb in learn.cbs if isinstance(cb, ResumeCB)), None)
-        if resumer is not None:
-            later = [f.name for done, f in existing if done > int(resumer.state["epoch"])]
+        if learn.resumed_from is not None:
+            done = learn.start_epoch
+            later = [f for epochs, f in existing if epochs > done]
             if later:
-                warnings.warn(f"resuming from epoch {resumer.state['epoch']}, but {self.path} also holds the later "
-                              f"{', '.join(later)}: they are overwritten as this run reaches their epoch, and "
-                              "resume= on the directory picks the newest", stacklevel=2)
+                aside = next(self.path / f"superseded_{k}" for k in range(1, 10**6)
+                             if not (self.path / f"superseded_{k}").exists())
+                aside.mkdir()
+                for f in later:
+                    f.rename(aside / f.name)
+                warnings.warn(f"resuming from epoch {done}: {self.path} held checkpoints of later epochs from a run "
+                              f"that went on from there ({', '.join(f.name for f in later)}); they were moved to "
+                              f"{aside} rather than overwritten", stacklevel=2)
         elif existing:
             if not self.overwrite:
                 raise FileExistsError(
@@ -286,6 +288,7 @@ class CheckpointCB(Callback):
         done, self._pending = self._pending, None
         if done % self.every and done != learn.n_epochs:
             return
+        self._check_finite(learn, done)
         file = self.path / f"epoch_{done:04d}.pt"
         if self.monitor is not None:
             if self.monitor not in learn.metrics.last:
@@ -295,16 +298,95 @@ class CheckpointCB(Callback):
             better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
             if better and not math.isnan(value):
                 self.best, self.best_path = value, file
+        self._warn_unsaved(learn)
         if not is_main_process():
             return
         save_checkpoint(checkpoint_state(learn, done), file)
-        self.last_path = file
-        self._prune()
+        self.last_path = learn.last_checkpoint = file
+        self._written = [f for f in self._written if f != file] + [file]
+        if self.keep is not None:
+            for old in self._written[:-self.keep]:
+                if old != self.best_path:
+                    old.unlink(missing_ok=True)
+                    self._written.remove(old)
 
-    def _prune(self) -> None:
-        if self.keep is None:
+    def _check_finite(self, learn: Learner, done: int) -> None:
+        """Refuse to save non-finite weights or after a non-finite validation loss: resume would pick them."""
+        model = unwrap(learn.model)
+        tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+        weights_ok = not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+        metrics = getattr(learn, "metrics", None)
+        loss = metrics.last.get("valid_loss") if metrics is not None else None
+        if weights_ok and (loss is None or math.isfinite(loss)):
             return
-        found = list_checkpoints(self.path)
-        for _, f in found[:-self.keep]:
-            if f != self.best_path:
-                f.unlink(missing_ok=True)
+        what = "the weights are not finite" if not weights_ok else f"the validation loss is {loss}"
+        good = learn.last_checkpoint
+        raise NonFiniteLossError(
+            f"after epoch {done} {what}, so no checkpoint was written for it." + (
+                f" The last good checkpoint is {good}: resume from it with a lower lr." if good is not None
+                else " No checkpoint of this run was written before it.")
+            + " Try a lower lr (learn.lr_find()) or gradient clipping (GradClipCB).")
+
+    # --- what a checkpoint can't bring back: say so ------------------------------------------------------------
+    def _watch(self, learn: Learner) -> None:
+        self._watched, self._warned = {}, set()
+        for name in ("train", "valid"):
+            dl = getattr(learn.dls, name, None)
+            if getattr(dl, "persistent_workers", False) and getattr(dl, "num_workers", 0) > 0:
+                warnings.warn(f"dls.{name} keeps persistent workers, whose random state a checkpoint can't save: a "
+                              "resumed run's random transforms in the workers will differ from the run never "
+                              "stopped (persistent_workers=False resumes exactly)", stacklevel=3)
+        own = [cb for cb in learn.cbs if not type(cb).__module__.startswith("miniai.")
+               and not callable(getattr(cb, "state_dict", None))]
+        for cb in own:
+            self._watched[type(cb).__name__] = (cb, _fingerprints(cb))
+
+    def _warn_unsaved(self, learn: Learner) -> None:
+        for cls, (cb, before) in self._watched.items():
+            changed = [k for k, v in _fingerprints(cb).items() if before.get(k, v) != v or k not in before]
+            new = [f"{cls}.{k}" for k in changed if f"{cls}.{k}" not in self._warned]
+            if new:
+                self._warned.update(new)
+                warnings.warn(f"{', '.join(new)} changed during the fit, but {cls} has no state_dict(), so the "
+                              "checkpoint can't save it and a resumed run starts it afresh: give the callback "
+                              "state_dict()/load_state_dict() to resume exactly", stacklevel=4)
+
+
+def _fingerprints(cb: Callback) -> dict[str, Any]:
+    """A cheap summary of each public attribute: its value for plain values, else its identity and size."""
+    out = {}
+    for k, v in vars(cb).items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, (int, float, str, bool, type(None))):
+            out[k] = v
+        elif isinstance(v, torch.Tensor):
+            out[k] = (id(v), v._version)
+        else:
+            out[k] = (id(v), len(v) if hasattr(v, "__len__") else None)
+    return out
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def interrupt_note(learn: Learner) -> str:
+    """What Ctrl-C stopped (epoch, pass, batch) and the call that continues the run; `fit` attaches it."""
+    epoch = getattr(learn, "epoch", None)
+    if epoch is None:
+        where = "before the first epoch started"
+    else:
+        n_batches = len(learn.dl) if hasattr(learn.dl, "__len__") else "?"
+        at = "before its first batch" if learn.iter is None else f"at batch {learn.iter} (from 0) of {n_batches}"
+        where = f"in epoch {epoch} (from 0), {'training' if learn.training else 'validation'} pass, {at}"
+    note = (f"Training interrupted {where}. Every cleanup ran; the learner holds the weights of that moment and "
+            "can fit again.")
+    newest = getattr(learn, "last_checkpoint", None)
+    saving = any(isinstance(cb, CheckpointCB) for cb in learn.cbs)
+    if newest is not None:
+        call = getattr(learn, "_resume_call", None) or f"learn.fit({learn.n_epochs}, resume={{path!r}})"
+        note += f" The newest checkpoint of this run is {newest}; continue the run with {call.format(path=str(newest))}."
+    elif saving:
+        note += " No checkpoint was written yet (the first is saved after the first epoch)."
+    else:
+        note += " To be able to resume, train with CheckpointCB(path) in the callbacks."
+    return note

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from ..learner import Callback, CancelFitException, Learner
+from .metrics import check_monitor
 
-__all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "EarlyStoppingCB", "GradClipCB"]
+__all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,10 +88,21 @@ class TerminateOnNaNCB(Callback):
     def _fail(self, learn: Learner, batch: int, lr: float, value: float, delayed: bool) -> None:
         after = (f" It was detected at batch {learn.iter}: the steps in between used non-finite gradients, so the "
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
+        good = learn.last_checkpoint
+        resume = (f" The last good checkpoint is {good}: continue from it with a lower lr, "
+                  f"learn.fit({learn.n_epochs}, lr=..., resume='{good}') (the lr given replaces the checkpoint's)."
+                  if good is not None else " There is no checkpoint of this run to resume from (CheckpointCB(path) "
+                  "saves one after each epoch).")
         raise NonFiniteLossError(
             f"training loss is {value} at epoch {learn.epoch}, batch {batch} (lr={lr:.3g}).{after} Try a lower lr "
-            "(learn.lr_find()), gradient clipping (GradClipCB), or check the data and the loss for NaN/inf; "
-            "resume from the last good checkpoint with learn.fit(n, resume=path).")
+            "(learn.lr_find()), gradient clipping (GradClipCB), or check the data and the loss for NaN/inf."
+            + resume)
+
+
+def add_nan_guard(learn: Learner) -> None:
+    """Add a `TerminateOnNaNCB` to `learn` unless it has one (TrainLearner's default guard)."""
+    if not any(isinstance(cb, TerminateOnNaNCB) for cb in learn.cbs):
+        learn.add_cb(TerminateOnNaNCB())
 
 
 class EarlyStoppingCB(Callback):
@@ -123,12 +135,7 @@ class EarlyStoppingCB(Callback):
         self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
 
     def before_fit(self, learn: Learner) -> None:
-        metrics = getattr(learn, "metrics", None)
-        if metrics is None:
-            raise ValueError("EarlyStoppingCB needs a MetricsCB in the learner's cbs: it reads learn.metrics.last")
-        if self.monitor not in metrics.names:
-            raise ValueError(f"EarlyStoppingCB monitor {self.monitor!r} is not logged by MetricsCB; "
-                             f"choose one of {metrics.names}")
+        check_monitor(learn, self.monitor, "EarlyStoppingCB")
         self.best, self.wait, self.stopped_epoch = None, 0, None
 
     def before_batch(self, learn: Learner) -> None:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
+from .checkpoint import CheckpointCB, loader_generators
 
 __all__ = ["LRFinderCB", "LRFinderResult", "lr_find", "smooth_losses", "steepest_lr", "valley_lr"]
 
@@ -160,16 +163,19 @@ def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult
             max_epochs: int = 10, plot: bool = True) -> LRFinderResult:
     """Train from `start_lr`, ×`gamma` per batch, until the loss exceeds `max_mult` × its minimum (or NaN, or
     `max_epochs` end); return the curve and suggestions. The model, optimizer, learner, data loaders' epoch
-    counters and torch's RNG are left exactly as they were: lr_find is a look, not a training run.
+    counters, the generators they draw from and the RNGs (torch's, Python's, NumPy's) are left exactly as they
+    were: lr_find is a look, not a training run.
 
     The learner's own callbacks run as in any fit (DeviceCB must), so a callback that records (MetricsCB,
-    ActivationStats) records the lr_find batches too, and data that DeviceCB moved to the device stays there.
-    No validation pass is run.
+    ActivationStats) records the lr_find batches too, and data that DeviceCB moved to the device stays there;
+    but CheckpointCB is left out: the finder's diverging run is never saved. No validation pass is run.
     """
     if start_lr <= 0:
         raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
     finder = LRFinderCB(gamma, max_mult)
     with _restored(learn):
+        for cb in [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)]:
+            learn.rm_cb(cb)  # put back by _restored
         learn.fit(max_epochs, train=True, valid=False, cbs=[finder], lr=start_lr)
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
     if plot:
@@ -200,9 +206,9 @@ def _restored(learn: Learner) -> Iterator[None]:
     loaders = [dl for dl in (getattr(learn.dls, "train", None), getattr(learn.dls, "valid", None))
                if hasattr(dl, "state_dict") and hasattr(dl, "load_state_dict")]
     saved_loaders = [(dl, _clone(dl.state_dict())) for dl in loaders]
-    generators = [g for g in (getattr(getattr(learn.dls, name, None), "generator", None) for name in ("train", "valid"))
-                  if isinstance(g, torch.Generator)]
-    saved_generators = [(g, g.get_state()) for g in generators]
+    generators = [g for name in ("train", "valid") for g in loader_generators(getattr(learn.dls, name, None))]
+    saved_generators = [(g, g.get_state()) for g in generators]  # a loader's and its sampler's own generators
+    saved_python, saved_numpy = random.getstate(), np.random.get_state()
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     try:
         with torch.random.fork_rng(devices=cuda):  # shuffling and dropout in lr_find don't shift later runs
@@ -234,6 +240,8 @@ def _restored(learn: Learner) -> Iterator[None]:
             dl.load_state_dict(state)
         for g, state in saved_generators:
             g.set_state(state)
+        random.setstate(saved_python)
+        np.random.set_state(saved_numpy)
 
 
 def _clone(obj: Any) -> Any:

@@ -11,7 +11,7 @@ from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
 from ..utils import model_device
 
-__all__ = ["MetricsCB", "format_row"]
+__all__ = ["MetricsCB", "format_row", "check_monitor"]
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -91,7 +91,12 @@ class MetricsCB(Callback):
     def after_batch(self, learn: Learner) -> None:
         # only keep references here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches
-        target = learn.batch[-1]
+        yb = learn.yb
+        if len(yb) != 1:
+            raise ValueError(f"MetricsCB compares the predictions with one target, but this batch has {len(yb)} "
+                             f"items after its n_inp={learn.n_inp} inputs. Batches are (*inputs, *targets): give "
+                             "the loader (inputs, target) batches, or set the learner's n_inp to the number of inputs.")
+        target = yb[0]
         preds = learn.preds.detach()
         self._pending.append((preds, target, learn.loss.detach()))
         self._pending_numel += preds.numel()
@@ -137,6 +142,17 @@ class MetricsCB(Callback):
 
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
+
+
+def check_monitor(learn: Learner, monitor: str, who: str) -> None:
+    """Raise if `monitor` is not a name the learner's MetricsCB logs; `who` names the callback asking."""
+    metrics = getattr(learn, "metrics", None)
+    if metrics is None or all(cb is not metrics for cb in learn.cbs):
+        raise ValueError(f"{who}(monitor={monitor!r}) reads the metric MetricsCB logs, and this learner has no "
+                         "MetricsCB: add MetricsCB() (it logs train_loss and valid_loss) to cbs")
+    if monitor not in metrics.names:
+        raise ValueError(f"{who}(monitor={monitor!r}): MetricsCB does not log that name; it logs "
+                         f"{', '.join(metrics.names)}")
 
 
 def _compute(metrics: dict[str, Any]) -> dict[str, Any]:

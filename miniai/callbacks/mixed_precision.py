@@ -21,8 +21,8 @@ class MixedPrecisionCB(Callback):
     it. Pass `dtype=torch.bfloat16` on a GPU that supports it to drop the scaler. `scaler_kwargs` go to the
     GradScaler (`init_scale`, `growth_interval`, ...).
 
-    With a scaler, this callback does the learner's `backward` (of the scaled loss) and `step`
-    (`scaler.step(opt)`, then `scaler.update()`): `TrainLearner` lets a callback own those steps. When the
+    This callback owns the learner's `backward` (of the scaled loss) and `step` (`scaler.step(opt)`, then
+    `scaler.update()`; plain ones without a scaler), so it can't be combined with another callback owning them. When the
     scaler finds inf/NaN gradients and skips the optimizer step, the gradients are zeroed and
     `CancelStepException` is raised, so per-batch schedulers do not step for it (the schedule counts optimizer
     steps taken), `after_step` readers see nothing, and torch never warns that the scheduler stepped first.
@@ -30,6 +30,7 @@ class MixedPrecisionCB(Callback):
     without one): `GradClipCB` finds it there and unscales before clipping. `state_dict()` is the scaler's
     state, which `CheckpointCB` saves. Note the scaler's skip check is one host-device sync per optimizer step.
     """
+    owns_steps = ("backward", "step")
     order = -5  # enter autocast after DeviceCB (-20) and batch transforms (-10) ran in float32; leave it at
     # after_loss before the other after_loss callbacks read the loss, so their work is not autocast
 
@@ -45,15 +46,8 @@ class MixedPrecisionCB(Callback):
         self._in_autocast = False
         self._stepped = False
         self._hook: Any = None
-        self._pending_state: dict[str, Any] | None = None
 
     def before_fit(self, learn: Learner) -> None:
-        others = [type(cb).__name__ for cb in learn.cbs
-                  if cb is not self and any(callable(getattr(cb, s, None)) for s in ("backward", "step"))]
-        if others:
-            raise TypeError(f"MixedPrecisionCB does the backward and the optimizer step itself (through its grad "
-                            f"scaler), and {', '.join(others)} does them too: use TrainLearner without TrainCB "
-                            f"(TrainLearner lets MixedPrecisionCB own those steps)")
         device_type = model_device(learn.model).type
         dtype = self.dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
         if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -66,9 +60,6 @@ class MixedPrecisionCB(Callback):
                 self._scaler_device = device_type
         else:
             self.scaler = None
-        if self._pending_state is not None and self.scaler is not None:
-            self.scaler.load_state_dict(self._pending_state)
-        self._pending_state = None
         # an optimizer post-step hook says whether scaler.step really stepped: public API, no extra sync
         self._hook = learn.opt.register_step_post_hook(self._mark_stepped)
 
@@ -121,10 +112,9 @@ class MixedPrecisionCB(Callback):
         return self.scaler.state_dict() if self.scaler is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`: now if the scaler exists, else when it is made at the next before_fit."""
-        if not state:
-            return
-        if self.scaler is not None:
+        """Restore `state_dict()` (during a fit, once before_fit made the scaler: `fit(resume=...)` does)."""
+        if state and self.scaler is None:
+            raise RuntimeError("MixedPrecisionCB makes its grad scaler at before_fit, and only for float16: load "
+                               "its state during a float16 fit (learn.fit(n, resume=path) does)")
+        if state:
             self.scaler.load_state_dict(state)
-        else:
-            self._pending_state = state

@@ -69,6 +69,14 @@ class _HostScalars:
         return self.values
 
 
+def _length(dl: Any) -> int | None:
+    """len(dl), or None for loaders that have none (a DataLoader over an IterableDataset raises TypeError)."""
+    try:
+        return len(dl)
+    except TypeError:
+        return None
+
+
 _READ_EVERY = 0.2  # seconds between reads of the running loss (bar comment, live graph)
 
 
@@ -89,6 +97,15 @@ class ProgressCB(Callback):
         self.plot, self.mode, self.graph_every = plot, mode, graph_every
         self.losses: list[float] = []
         self.valid_losses: list[float] = []
+        # every attribute is set here, so cleanup_fit works whatever failed before it (another before_fit, say)
+        self._train_losses = _HostScalars()
+        self._mode, self._main, self._header_done = "plain", True, False
+        self._last_graph = self._last_read = 0.0
+        self._n_batches: int | None = None
+        self._metrics: Any = None
+        self._saved_log_fn: Any = None
+        self.mbar: Any = None
+        self.pbar: Any = None
 
     def before_fit(self, learn: Learner) -> None:
         self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if sys.stdout.isatty() else "plain")
@@ -98,8 +115,10 @@ class ProgressCB(Callback):
         self._train_losses = _HostScalars()
         self.losses, self.valid_losses = self._train_losses.values, []
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
-        self._n_batches = len(learn.dls.train) if hasattr(learn.dls, "train") else 1
-        self._metrics = getattr(learn, "metrics", None)
+        self._saved_log_fn = None
+        self._n_batches = _length(getattr(learn.dls, "train", None))
+        metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
+        self._metrics = metrics if any(cb is metrics for cb in learn.cbs) else None
         if self._metrics is not None:
             self._saved_log_fn, self._metrics.log_fn = self._metrics.log_fn, self._log
         self.mbar = None
@@ -128,7 +147,7 @@ class ProgressCB(Callback):
         self._header_done = True
 
     def before_epoch(self, learn: Learner) -> None:
-        if self.mbar is not None:
+        if self.mbar is not None and _length(learn.dl) is not None:  # a bar needs the length; else no bar
             self.pbar = progress_bar(learn.dl, leave=False, parent=self.mbar)
             learn.dl = self.pbar
 
@@ -144,7 +163,7 @@ class ProgressCB(Callback):
         if self.mbar is None:
             return
         values = self._train_losses.drain()
-        if values:
+        if values and self.pbar is not None:
             self.pbar.comment = f"{values[-1]:.3f}"
         if self.plot and self._mode == "notebook" and now - self._last_graph > self.graph_every:
             self._update_graph(learn)
@@ -157,15 +176,19 @@ class ProgressCB(Callback):
             if self.plot and self._mode == "notebook":
                 self._update_graph(learn)
 
+    def cleanup_epoch(self, learn: Learner) -> None:
+        self.pbar = None
+
     def cleanup_fit(self, learn: Learner) -> None:
         self._train_losses.drain(wait=True)
-        if self._metrics is not None:
-            self._metrics.log_fn = self._saved_log_fn
+        if self._metrics is not None and self._saved_log_fn is not None:
+            self._metrics.log_fn, self._saved_log_fn = self._saved_log_fn, None
         if self.mbar is not None:
             self.mbar.on_iter_end()
+            self.mbar = None
 
     def _update_graph(self, learn: Learner) -> None:
-        n = self._n_batches
+        n = self._n_batches or 1
         train = [list(range(len(self.losses))), self.losses]
         valid = [[(i + 1) * n for i in range(len(self.valid_losses))], self.valid_losses]
         self.mbar.update_graph([train, valid])
@@ -174,4 +197,4 @@ class ProgressCB(Callback):
     def plot_losses(self, ax: Any = None) -> Any:
         """Train loss per batch and valid loss per epoch against the batch index; returns the Figure."""
         from ..plotting import plot_losses  # plotting imports matplotlib: only when asked for
-        return plot_losses(self.losses, self.valid_losses, self._n_batches, ax=ax)
+        return plot_losses(self.losses, self.valid_losses, self._n_batches or 1, ax=ax)

@@ -1,12 +1,14 @@
-"""Resuming from a checkpoint: `learn.fit(n, resume=path)` checks it, then loads it after every other before_fit.
+"""Resuming from a checkpoint: `learn.fit(n, resume=path)` reads and checks it, then loads it after every before_fit.
 
-Also what Ctrl-C says: where training stopped and how to resume it (`Learner.fit` attaches it to the interrupt).
+Everything is checked before anything is overwritten: the model's keys and shapes, the optimizer's class and the
+names of its parameters (its state is matched to parameters by name, so a model whose attributes were defined in
+another order still gets each layer's own moments), the schedules' length, the loaders. A refused resume leaves
+the learner as it was.
 """
 from __future__ import annotations
 
 import os
 import random
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,13 +18,93 @@ import torch
 from torch import nn
 
 from ..learner import Callback, Learner
-from .checkpoint import (CheckpointCB, CheckpointMismatchError, list_checkpoints, _generators, _stateful_callbacks,
-                         _unwrap, find_checkpoint, load_checkpoint)
+from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, load_checkpoint, loader_generators,
+                         param_names, stateful_callbacks, unwrap)
+from .scheduling import BaseSchedCB
 
-__all__ = ["ResumeCB", "start_resume", "interrupt_note", "report_interrupt"]
+__all__ = ["ResumeCB", "resume_cb"]
 
 
-# ---------------------------------------------------------------- checks, then restore
+def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) -> ResumeCB:
+    """Read a checkpoint, check it against the model, set `learn.epochs`; return the callback that loads it.
+
+    Called by `Learner.fit(resume=...)` before the optimizer is made or any callback runs, so a wrong file fails
+    at once and changes nothing. `lr` is the lr given to that fit, which replaces the checkpoint's.
+    """
+    file = find_checkpoint(path)
+    state = load_checkpoint(file)
+    done, n_epochs = int(state["epoch"]), learn.n_epochs
+    if done > n_epochs:
+        raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {n_epochs} epochs in total: "
+                         f"n_epochs counts from the start of the run, so pass n_epochs >= {done}.")
+    _check_model(unwrap(learn.model), state["model"], file)
+    if done == n_epochs:
+        warnings.warn(f"checkpoint {file} already finished {done} epochs: nothing left to train", stacklevel=3)
+    learn.epochs, learn.start_epoch, learn.resumed_from, learn.last_checkpoint = range(done, n_epochs), done, file, file
+    return ResumeCB(state, file, lr)
+
+
+class ResumeCB(Callback):
+    """Loads a checkpoint into the learner after every other `before_fit`: model, optimizer, callbacks, loaders, RNG.
+
+    Made by `learn.fit(n, resume=path)` through `resume_cb`. Running last at before_fit is what makes it work:
+    schedulers build their scheduler there, DeviceCB moves the model there (and DDP or compile may wrap it), and
+    only now is the optimizer final. An `lr` given to that fit replaces the checkpoint's (refused when a
+    scheduling callback would overwrite it at its next step).
+    """
+    order = 1000  # after every other before_fit
+
+    def __init__(self, state: dict[str, Any], file: Path, lr: float | None = None) -> None:
+        self.state, self.file, self.lr = state, file, lr
+
+    def before_fit(self, learn: Learner) -> None:
+        state, file = self.state, self.file
+        model = unwrap(learn.model)
+        # --- checks: nothing is changed until all of them pass
+        _check_model(model, state["model"], file)  # again: a callback may have changed the model since fit began
+        opt_state = _optimizer_state(learn.opt, model, state, file)
+        stateful, saved = stateful_callbacks(learn), state["callbacks"]
+        schedulers = [k for k, cb in stateful.items() if isinstance(cb, BaseSchedCB)]
+        if self.lr is not None and schedulers:
+            raise ValueError(
+                f"fit(lr={self.lr}, resume=...) with {', '.join(schedulers)}: its schedule sets the lr at every step, "
+                "so the lr given would be overwritten. Resume without lr= to continue the saved schedule, or start a "
+                f"new fit from the checkpoint's weights (learn.model.load_state_dict(load_checkpoint('{file}')"
+                "['model']), then e.g. learn.fit_one_cycle(n, max_lr=lower)).")
+        # CheckpointCB's own state is bookkeeping (best so far): resuming without one is normal
+        lost = [k for k in saved if k not in stateful and not k.startswith("CheckpointCB_")]
+        new = [k for k in stateful if k not in saved and not isinstance(stateful[k], CheckpointCB)]
+        if lost or new:
+            warnings.warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped)"
+                          if lost else "") + ("; " if lost and new else "") + (f"{new} start fresh (not in the "
+                          "checkpoint)" if new else "") + ". Pass the same callbacks as the saved run to continue "
+                          "it exactly.", stacklevel=2)
+        loaders = {name: getattr(learn.dls, name) for name in state["loaders"] if hasattr(learn.dls, name)}
+        for name, dl in loaders.items():
+            _check_loader(dl, state["loaders"][name], name)
+        # schedulers check their saved state against this fit as they load it (length, steps per epoch)
+        for key in sorted(stateful, key=lambda k: not isinstance(stateful[k], BaseSchedCB)):
+            if key in saved:
+                stateful[key].load_state_dict(saved[key])
+        # --- everything is checked: load
+        model.load_state_dict(state["model"])
+        for name, p in model.named_parameters():
+            grad = state["grads"].get(name)
+            p.grad = None if grad is None else grad.to(p.device, p.dtype)
+        _load_optimizer(learn.opt, opt_state)
+        if self.lr is not None:
+            for group in learn.opt.param_groups:
+                group["lr"] = self.lr
+        metrics = getattr(learn, "metrics", None)
+        if state["metrics"] is not None and metrics is not None and not callable(getattr(metrics, "state_dict", None)):
+            metrics.history, metrics.last = list(state["metrics"]["history"]), dict(state["metrics"]["last"])
+        for name, dl in loaders.items():
+            _load_loader_state(dl, state["loaders"][name])
+        _set_rng_state(state["rng"])  # last: nothing may draw random numbers between this and the first batch
+        self.state = {}  # let the checkpoint's tensors be freed
+
+
+# ---------------------------------------------------------------- checks
 
 def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path) -> None:
     """Raise CheckpointMismatchError naming every missing, unexpected and mis-shaped key."""
@@ -45,14 +127,37 @@ def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path) -
         + "\nBuild the same model as the run that saved it (same architecture and arguments); nothing was changed.")
 
 
-def _check_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any], file: Path) -> None:
-    saved_groups = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+def _optimizer_state(opt: torch.optim.Optimizer, model: nn.Module, state: dict[str, Any], file: Path
+                     ) -> dict[str, Any]:
+    """The saved optimizer state, its parameters put in this optimizer's order by name; raise if they don't fit."""
+    saved = state["optimizer"]
+    saved_groups = [len(g["params"]) for g in saved["param_groups"]]
     own_groups = [len(g["params"]) for g in opt.param_groups]
     if state["optimizer_class"] != type(opt).__name__ or saved_groups != own_groups:
         raise CheckpointMismatchError(
             f"checkpoint {file} was saved with {state['optimizer_class']} over param groups of sizes {saved_groups}; "
             f"this fit made {type(opt).__name__} with {own_groups}: pass the same opt_func (and param groups) as "
             "the run that saved it; nothing was changed.")
+    saved_names, own_names = state.get("param_names"), param_names(model, opt)
+    if saved_names is None:  # a version-1 checkpoint: no names saved
+        warnings.warn(f"{file} predates parameter names in checkpoints: the optimizer state is matched to the "
+                      "parameters by position, which is right only if the model defines them in the same order",
+                      stacklevel=3)
+        return saved
+    if saved_names == own_names:
+        return saved
+    differ = [i for i, (a, b) in enumerate(zip(saved_names, own_names)) if sorted(a) != sorted(b)]
+    if differ:
+        i = differ[0]
+        raise CheckpointMismatchError(
+            f"checkpoint {file}: the optimizer's param group {i} holds other parameters than this one's "
+            f"(saved: {sorted(set(saved_names[i]) - set(own_names[i]))[:5]}, here: "
+            f"{sorted(set(own_names[i]) - set(saved_names[i]))[:5]}): build the param groups as the saved run did.")
+    # the same parameters in another order (attributes defined in another order): torch pairs saved and current
+    # parameters by position, so list the saved ids in this optimizer's order
+    saved_id = {name: pid for names, g in zip(saved_names, saved["param_groups"]) for name, pid in zip(names, g["params"])}
+    groups = [{**g, "params": [saved_id[name] for name in names]} for g, names in zip(saved["param_groups"], own_names)]
+    return {**saved, "param_groups": groups}
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -65,73 +170,6 @@ def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     opt.param_groups[:] = groups
 
 
-class ResumeCB(Callback):
-    """Loads a checkpoint into the learner after every other `before_fit`: model, optimizer, callbacks, loaders, RNG.
-
-    Made by `learn.fit(n, resume=path)` through `start_resume`, which already checked the model's keys and set
-    `learn.epochs`. Running last at before_fit is what makes it work: schedulers build their scheduler there,
-    DeviceCB moves the model there (and DDP or compile may wrap it), and only now is the optimizer final.
-    """
-    order = 1000  # after every other before_fit
-
-    def __init__(self, state: dict[str, Any], file: Path) -> None:
-        self.state, self.file = state, file
-
-    def before_fit(self, learn: Learner) -> None:
-        state, file = self.state, self.file
-        model = _unwrap(learn.model)
-        _check_model(model, state["model"], file)  # again: a callback may have changed the model since fit began
-        _check_optimizer(learn.opt, state, file)
-        stateful = _stateful_callbacks(learn)
-        saved = state["callbacks"]
-        # CheckpointCB's own state is bookkeeping (best so far): resuming without one is normal
-        lost = [k for k in saved if k not in stateful and not k.startswith("CheckpointCB_")]
-        new = [k for k in stateful if k not in saved and not isinstance(stateful[k], CheckpointCB)]
-        if lost or new:
-            warnings.warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped)"
-                          if lost else "") + ("; " if lost and new else "") + (f"{new} start fresh (not in the "
-                          "checkpoint)" if new else "") + ". Pass the same callbacks as the saved run to continue "
-                          "it exactly.", stacklevel=2)
-        loaders = {name: getattr(learn.dls, name) for name in state["loaders"] if hasattr(learn.dls, name)}
-        for name, dl in loaders.items():
-            _check_loader(dl, state["loaders"][name], name)
-        # everything is checked: only from here on is anything overwritten
-        model.load_state_dict(state["model"])
-        for name, p in model.named_parameters():
-            grad = state["grads"].get(name)
-            p.grad = None if grad is None else grad.to(p.device, p.dtype)
-        _load_optimizer(learn.opt, state["optimizer"])
-        for key, cb in stateful.items():
-            if key in saved:
-                cb.load_state_dict(saved[key])
-        metrics = getattr(learn, "metrics", None)
-        if state["metrics"] is not None and metrics is not None and not callable(getattr(metrics, "state_dict", None)):
-            metrics.history, metrics.last = list(state["metrics"]["history"]), dict(state["metrics"]["last"])
-        for name, dl in loaders.items():
-            _load_loader_state(dl, state["loaders"][name])
-        _set_rng_state(state["rng"])  # last: nothing may draw random numbers between this and the first batch
-        self.state = {}  # let the checkpoint's tensors be freed
-
-
-def start_resume(learn: Learner, path: str | os.PathLike) -> ResumeCB:
-    """Read a checkpoint, check it against the model, set `learn.epochs`; return the callback that loads it.
-
-    Called by `Learner.fit(resume=...)` after it set `n_epochs`, before the optimizer is made or any callback
-    runs, so a wrong file fails at once and changes nothing.
-    """
-    file = find_checkpoint(path)
-    state = load_checkpoint(file)
-    done, n_epochs = int(state["epoch"]), learn.n_epochs
-    if done > n_epochs:
-        raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {n_epochs} epochs in total: "
-                         f"n_epochs counts from the start of the run, so pass n_epochs >= {done}.")
-    _check_model(_unwrap(learn.model), state["model"], file)
-    learn.epochs = range(done, n_epochs)
-    if done == n_epochs:
-        warnings.warn(f"checkpoint {file} already finished {done} epochs: nothing left to train", stacklevel=3)
-    return ResumeCB(state, file)
-
-
 def _check_loader(dl: Any, state: dict[str, Any] | None, name: str) -> None:
     """Raise CheckpointMismatchError if `dl` can't take the loader state saved for dls.<name>."""
     if state is None:
@@ -140,11 +178,13 @@ def _check_loader(dl: Any, state: dict[str, Any] | None, name: str) -> None:
         if not callable(getattr(dl, "load_state_dict", None)):
             raise CheckpointMismatchError(f"the checkpoint holds a state_dict for dls.{name} but this loader "
                                           f"({type(dl).__name__}) has none: use the same loader type as the saved run")
-    elif len(_generators(dl)) != len(state["generators"]):
-        raise CheckpointMismatchError(f"dls.{name} draws from {len(_generators(dl))} torch.Generator(s), the "
+    elif len(loader_generators(dl)) != len(state["generators"]):
+        raise CheckpointMismatchError(f"dls.{name} draws from {len(loader_generators(dl))} torch.Generator(s), the "
                                       f"checkpoint saved {len(state['generators'])}: build the loader as in the "
                                       "saved run")
 
+
+# ---------------------------------------------------------------- loading
 
 def _load_loader_state(dl: Any, state: dict[str, Any] | None) -> None:
     if state is None:
@@ -152,7 +192,7 @@ def _load_loader_state(dl: Any, state: dict[str, Any] | None) -> None:
     if "state_dict" in state:
         dl.load_state_dict(state["state_dict"])  # miniai.data.TensorLoader: {seed, epoch}
         return
-    for g, saved in zip(_generators(dl), state["generators"]):
+    for g, saved in zip(loader_generators(dl), state["generators"]):
         g.set_state(saved)
 
 
@@ -169,37 +209,3 @@ def _set_rng_state(state: dict[str, Any]) -> None:
             warnings.warn(f"the checkpoint has RNG states for {len(state['cuda'])} CUDA devices, this machine "
                           f"{torch.cuda.device_count()}; CUDA random numbers will differ from the saved run",
                           stacklevel=3)
-
-
-# ---------------------------------------------------------------- Ctrl-C
-
-def interrupt_note(learn: Learner) -> str:
-    """What Ctrl-C stopped (epoch, pass, batch) and how to resume; `Learner.fit` adds it to the KeyboardInterrupt."""
-    epoch = getattr(learn, "epoch", None)
-    if epoch is None:
-        where = "before the first epoch started"
-    else:
-        n_batches = len(learn.dl) if hasattr(learn.dl, "__len__") else "?"
-        at = "before its first batch" if learn.iter is None else f"at batch {learn.iter} (from 0) of {n_batches}"
-        where = f"in epoch {epoch} (from 0), {'training' if learn.training else 'validation'} pass, {at}"
-    note = (f"Training interrupted {where}. Every cleanup ran; the learner holds the weights of that moment and "
-            "can fit again.")
-    saver = next((cb for cb in learn.cbs if isinstance(cb, CheckpointCB)), None)
-    newest = list_checkpoints(saver.path)[-1][1] if saver is not None and list_checkpoints(saver.path) else None
-    if newest is not None:
-        note += (f" The newest checkpoint is {newest}; continue the run with "
-                 f"learn.fit({learn.n_epochs}, resume='{saver.path}').")
-    elif saver is not None:
-        note += " No checkpoint was written yet (the first is saved after the first epoch)."
-    else:
-        note += " To be able to resume, train with CheckpointCB(path) in the callbacks."
-    return note
-
-
-def report_interrupt(learn: Learner, error: KeyboardInterrupt) -> None:
-    """Attach `interrupt_note` to the KeyboardInterrupt (shown under its traceback); print it before 3.11."""
-    note = interrupt_note(learn)
-    if hasattr(error, "add_note"):
-        error.add_note(note)
-    else:
-        print(note, file=sys.stderr)

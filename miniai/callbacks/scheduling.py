@@ -2,28 +2,26 @@
 
 `BatchSchedCB(factory)` and `EpochSchedCB(factory)` take a factory, `factory(opt) -> scheduler` (a scheduler
 class, or a `functools.partial` of one with its arguments), and build the scheduler at `before_fit` on the
-optimizer that fit just made. Two rules hold for every scheduler:
+optimizer that fit just made. They step it exactly where a hand-written torch loop would, `opt.step();
+scheduler.step()`, so every schedule gives each batch the lr torch documents:
 
-- **A batch trains with the lr its schedule says, during the whole batch.** `BatchSchedCB` steps the scheduler
-  between batches (at `cleanup_batch`, after every `after_batch` reader such as `RecorderCB`), and only for
-  batches whose optimizer really stepped (those that reached `after_step`: `CancelStepException`, raised by
-  gradient accumulation or a grad scaler that skipped a step, means no scheduler step). `EpochSchedCB` steps
-  after the training pass (`cleanup_epoch`), or, for `ReduceLROnPlateau`, after the pass whose metric it
-  monitors (`after_epoch`, once MetricsCB has logged it). Nothing steps during validation.
-- **The lr left after the fit is the schedule's last value, not one past it.** The scheduler is not stepped
-  after the fit's final optimizer step (or final epoch), because nothing would train with that lr, and torch's
-  `OneCycleLR` stepped once more extrapolates (a linear anneal goes negative). The final step is known by
-  counting: a fit takes `n_epochs * steps_per_epoch(learn)` optimizer steps.
+- `BatchSchedCB` steps after each optimizer step that really happened (those that reached `after_step`:
+  `CancelStepException`, raised by gradient accumulation or a grad scaler that skipped a step, means no scheduler
+  step). It steps at `cleanup_batch`, after every `after_batch` reader such as `RecorderCB`, so they see the lr
+  the batch trained with.
+- `EpochSchedCB` steps after the training pass (`cleanup_epoch`), or, for `ReduceLROnPlateau`, after the pass
+  whose metric it monitors (`after_epoch`, once MetricsCB has logged it). Nothing steps during validation.
+- As in a hand-written loop, the last step leaves in the optimizer the lr of the step after the fit. From epoch
+  `learn.schedule_stop` on (set by SWACB, which drives the lr from there) they don't step.
 
 `steps_per_epoch(learn)` is `len(learn.dls.train)`, adjusted by every callback that defines
-`optimizer_steps(self, n_batches: int) -> int` (gradient accumulation: `math.ceil(n_batches / n)`). That method is
-the seam for callbacks that change how many optimizer steps a training pass takes; it is asked at `before_fit`.
+`optimizer_steps(self, n_batches: int) -> int` (gradient accumulation: `math.ceil(n_batches / n)`); a one-cycle
+schedule must last as many steps as the fit takes, which is checked before the first batch, also on resume.
 """
 from __future__ import annotations
 
 import copy
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +31,10 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..schedulers import CosineOneCycle
+from .metrics import check_monitor
 
-__all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "_lr", "_mom", "_beta1"]
+__all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
+           "_lr", "_mom", "_beta1"]
 
 SchedulerFactory = Callable[[Optimizer], Any]
 _ONE_CYCLES = (OneCycleLR, CosineOneCycle)  # schedules that end: running past total_steps is a mistake
@@ -52,28 +52,18 @@ def steps_per_epoch(learn: Learner) -> int | None:
     return n
 
 
-def _factory_class(factory: Any) -> Any:
-    """The class a factory builds when that can be told without calling it (a class or a partial of one)."""
+def _is_plateau(factory: Any) -> bool:
+    """Whether the factory (a class or a partial of one) builds a ReduceLROnPlateau, when that can be told."""
     while isinstance(factory, functools.partial):
         factory = factory.func
-    return factory if isinstance(factory, type) else None
-
-
-def _is_plateau(factory: Any) -> bool:
-    cls = _factory_class(factory)
-    return cls is not None and issubclass(cls, ReduceLROnPlateau)
+    return isinstance(factory, type) and issubclass(factory, ReduceLROnPlateau)
 
 
 class BaseSchedCB(Callback):
     """Builds `factory(learn.opt)` at before_fit; subclasses decide when it steps (see the module docstring).
 
-    Attributes: `scheduler` (built at before_fit, kept after the fit), `n_steps` (optimizer steps, or epochs, seen
-    in this fit; the scheduler has stepped once for each but the fit's last) and `total_steps` (how many this fit
-    takes, or None when the train loader has no length).
-
-    `stand_down(epoch)` hands the lr over to another callback from that epoch on (SWACB calls it with `swa_start`
-    before this callback's before_fit): the scheduler stops stepping there, and the fit's step count (and a one
-    cycle's `total_steps` check) ends there too. `stop_epoch` holds that epoch, None when the schedule runs on.
+    Attributes: `scheduler` (built at before_fit, kept after the fit; the course calls it `schedo`, which still
+    works), `n_steps` (how often it stepped, counting from the start of the run when resumed).
     """
     order = 20  # after MetricsCB (10): ReduceLROnPlateau reads the metric it just logged
 
@@ -83,115 +73,103 @@ class BaseSchedCB(Callback):
                             f"partial(lr_scheduler.StepLR, step_size=2); got {factory!r}")
         self.factory = factory
         self.scheduler: Any = None
-        self._opt: Optimizer | None = None  # the optimizer it was built on (not every scheduler exposes it)
         self.n_steps = 0
-        self.total_steps: int | None = None
-        self._in_fit = False
-        self._pending_state: dict[str, Any] | None = None
-        self._skipped: list[float] | None = None  # arguments of the fit's last step, which _advance leaves out
-        self.stop_epoch: int | None = None
+        self._opt: Optimizer | None = None  # the optimizer it was built on (not every scheduler exposes it)
+        self._per_epoch: int | None = None  # optimizer steps per training pass in this fit
+        self._learn: Learner | None = None  # the learner of the running fit (None outside a fit)
 
-    def stand_down(self, epoch: int | None) -> None:
-        """Stop stepping from the start of `epoch` (another callback drives the lr from there); None: run to the end.
-
-        Call it before this callback's before_fit (order 20) so the fit's step count ends at `epoch` too.
-        """
-        if epoch is not None and epoch < 0:
-            raise ValueError(f"stand_down takes the epoch the schedule stops at (>= 0) or None; got {epoch}")
-        self.stop_epoch = epoch
-
-    def _epochs_scheduled(self, learn: Learner) -> int:
-        """How many of the fit's epochs this schedule drives (all of them unless it stands down earlier)."""
-        return learn.n_epochs if self.stop_epoch is None else min(learn.n_epochs, self.stop_epoch)
-
-    def _scheduling(self, learn: Learner) -> bool:
-        """Whether this epoch is the schedule's (False from stop_epoch on, and in passes with no epoch number)."""
-        # SWACB validates the averaged model after the fit as epoch 'swa': no schedule covers that pass
-        return self.stop_epoch is None or (isinstance(learn.epoch, int) and learn.epoch < self.stop_epoch)
-
-    def _steps_in_fit(self, learn: Learner) -> int | None:
-        raise NotImplementedError
-
-    def _check(self, learn: Learner) -> None:
-        """Subclass checks, run at before_fit once the scheduler is built."""
+    @property
+    def schedo(self) -> Any:
+        """The course's name for `scheduler`."""
+        return self.scheduler
 
     def before_fit(self, learn: Learner) -> None:
         scheduler = self.factory(learn.opt)
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"{type(self).__name__}'s factory returned {scheduler!r}, which has no step(); "
                             f"the factory must return a scheduler built on the optimizer it is given")
-        self.scheduler, self._opt, self.n_steps, self._skipped = scheduler, learn.opt, 0, None
-        self.total_steps = self._steps_in_fit(learn)
+        self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
-        self._check_one_cycle(learn)
-        self._in_fit = True
-        if self._pending_state is not None:  # load_state_dict was called before the fit: apply it now
-            self._load(self._pending_state)
-            self._pending_state = None
+        self._check_length(learn)
+        self._learn = learn
 
     def cleanup_fit(self, learn: Learner) -> None:
-        self._in_fit = False
+        self._learn = None
 
-    def _check_one_cycle(self, learn: Learner) -> None:
+    def _check(self, learn: Learner) -> None:
+        """Subclass checks, run at before_fit once the scheduler is built."""
+
+    def _total_steps(self, learn: Learner) -> int | None:
+        """Steps this fit will take the scheduler through, from the start of the run (None if unknown)."""
+        raise NotImplementedError
+
+    def _check_length(self, learn: Learner) -> None:
         capacity = self.scheduler.total_steps if isinstance(self.scheduler, _ONE_CYCLES) else None
-        if capacity is None or self.total_steps is None or capacity >= self.total_steps:
+        total = self._total_steps(learn)
+        if capacity is None or total is None or capacity >= total:
             return
-        name = type(self.scheduler).__name__
-        if isinstance(self, EpochSchedCB):
-            how = f"{self._epochs_scheduled(learn)} epochs, and EpochSchedCB steps once per epoch"
-        else:
-            epochs = self._epochs_scheduled(learn)
-            how = (f"{epochs} epochs × {self.total_steps // max(1, epochs)} optimizer steps per epoch, i.e. "
-                   f"len(dls.train) * n_epochs without gradient accumulation")
-        raise ValueError(f"{name} has total_steps={capacity} but this fit takes {self.total_steps} steps ({how}): "
-                         f"build it with total_steps={self.total_steps}, or call learn.fit_one_cycle(n_epochs, "
-                         f"max_lr), which computes it.")
+        name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
+        how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
+               f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
+        if learn.resumed_from is not None:
+            raise ValueError(f"resuming a {name} of total_steps={capacity} into a fit that takes {total} steps "
+                             f"({how}): a one-cycle schedule can't be extended. Resume with the saved run's length "
+                             "to finish it, then start a new fit (e.g. learn.fit_one_cycle(n, max_lr)) for more.")
+        raise ValueError(f"{name} has total_steps={capacity} but this fit takes {total} steps ({how}): build it "
+                         f"with total_steps={total}, or call learn.fit_one_cycle(n_epochs, max_lr), which computes it.")
 
-    def _advance(self, *metric: float) -> None:
-        """Count one interval; step the scheduler unless it was the fit's last (nothing would use the next lr)."""
-        self.n_steps += 1
-        if self.total_steps is None or self.n_steps < self.total_steps:
+    def _step(self, learn: Learner, *metric: float) -> None:
+        if learn.schedule_stop is None or (isinstance(learn.epoch, int) and learn.epoch < learn.schedule_stop):
             self.scheduler.step(*metric)
-        else:
-            self._skipped = list(metric)  # a longer fit resumed from this state takes the step (see _load)
+            self.n_steps += 1
 
     # --- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A copy of: `scheduler` (its own state_dict), `n_steps`, `param_groups` (each group's lr and
-        momentum/betas, which the scheduler sets but keeps in the optimizer), and `skipped_step` (None, or the
-        arguments of the fit's last step, left out; a longer fit loading this state takes it)."""
+        """A copy of: `scheduler` (its own state_dict), `n_steps`, `steps_per_epoch`, and `param_groups` (each
+        group's lr and momentum/betas, which the scheduler sets but keeps in the optimizer)."""
         if self.scheduler is None:
             raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit; call state_dict() "
                                f"during or after a fit")
         groups = [{key: group[key] for key in ("lr", "momentum", "betas") if key in group}
                   for group in self._opt.param_groups]
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
-                              "param_groups": groups, "skipped_step": self._skipped})
+                              "steps_per_epoch": self._per_epoch, "param_groups": groups})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state`: now if a fit is running (call it after this callback's before_fit, i.e. from an
-        order above 20), else at the next before_fit, once the scheduler is built."""
-        if self._in_fit:
-            self._load(state)
-        else:
-            self._pending_state = state
+        """Continue from `state`, during a fit (after this callback's before_fit, as `fit(resume=...)` does).
 
-    def _load(self, state: dict[str, Any]) -> None:
+        The state is first checked against this fit: the same optimizer steps per epoch, and a one-cycle long
+        enough for it; nothing is changed if it is refused.
+        """
+        learn = self._learn
+        if self.scheduler is None or learn is None:
+            raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit: load its state during "
+                               "a fit, after that (learn.fit(n, resume=path) does)")
         groups = self._opt.param_groups
         if len(state["param_groups"]) != len(groups):
             raise ValueError(f"the saved state has {len(state['param_groups'])} param groups but the optimizer has "
                              f"{len(groups)}; load it into a learner built the same way")
+        saved_per_epoch = state.get("steps_per_epoch")
+        if isinstance(self, BatchSchedCB) and None not in (saved_per_epoch, self._per_epoch) \
+                and saved_per_epoch != self._per_epoch:
+            raise ValueError(f"the checkpoint's schedule took {saved_per_epoch} optimizer steps per epoch, this fit "
+                             f"takes {self._per_epoch} (another batch size, dataset or accumulation): the schedule "
+                             "would run out of step with the epochs. Resume with the saved run's settings.")
+        fresh = self.scheduler.state_dict()
         self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+        try:
+            self._check_length(learn)
+        except ValueError:
+            self.scheduler.load_state_dict(fresh)
+            raise
         self.n_steps = state["n_steps"]
         for group, saved in zip(groups, state["param_groups"]):
             group.update(saved)
-        skipped = state.get("skipped_step")
-        if skipped is not None and (self.total_steps is None or self.n_steps < self.total_steps):
-            # saved at the end of a shorter fit, which left its last step out; this fit goes on, so take it now.
-            # The saved run's optimizer did step for it, so torch's "step() before optimizer.step()" is wrong here.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-                self.scheduler.step(*skipped)
+
+
+def _epochs_scheduled(learn: Learner) -> int:
+    """How many of the fit's epochs schedules drive (all of them, unless SWACB takes over earlier)."""
+    return learn.n_epochs if learn.schedule_stop is None else min(learn.n_epochs, learn.schedule_stop)
 
 
 class BatchSchedCB(BaseSchedCB):
@@ -203,9 +181,8 @@ class BatchSchedCB(BaseSchedCB):
         super().__init__(factory)
         self._stepped = False
 
-    def _steps_in_fit(self, learn: Learner) -> int | None:
-        per_epoch = steps_per_epoch(learn)
-        return None if per_epoch is None else self._epochs_scheduled(learn) * per_epoch
+    def _total_steps(self, learn: Learner) -> int | None:
+        return None if self._per_epoch is None else _epochs_scheduled(learn) * self._per_epoch
 
     def _check(self, learn: Learner) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
@@ -219,8 +196,7 @@ class BatchSchedCB(BaseSchedCB):
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with
         if self._stepped:
             self._stepped = False
-            if self._scheduling(learn):
-                self._advance()
+            self._step(learn)
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
@@ -240,8 +216,8 @@ class EpochSchedCB(BaseSchedCB):
         super().__init__(factory)
         self.monitor = monitor
 
-    def _steps_in_fit(self, learn: Learner) -> int | None:
-        return self._epochs_scheduled(learn)
+    def _total_steps(self, learn: Learner) -> int | None:
+        return _epochs_scheduled(learn)
 
     def _check(self, learn: Learner) -> None:
         plateau = isinstance(self.scheduler, ReduceLROnPlateau)
@@ -252,27 +228,52 @@ class EpochSchedCB(BaseSchedCB):
         if not plateau:
             raise TypeError(f"monitor={self.monitor!r} is for ReduceLROnPlateau, but the factory built a "
                             f"{type(self.scheduler).__name__}, whose step() takes no metric: drop monitor=")
-        metrics = getattr(learn, "metrics", None)
-        if metrics is None or all(cb is not metrics for cb in learn.cbs):
-            raise ValueError(f"EpochSchedCB(monitor={self.monitor!r}) reads the metric MetricsCB logs, and this "
-                             f"learner has no MetricsCB: add MetricsCB() (it logs train_loss and valid_loss) to cbs")
-        if self.monitor not in metrics.names:
-            raise ValueError(f"EpochSchedCB(monitor={self.monitor!r}): MetricsCB does not log that name; it logs "
-                             f"{', '.join(metrics.names)}")
+        check_monitor(learn, self.monitor, type(self).__name__)
 
     def after_epoch(self, learn: Learner) -> None:
-        logs_monitor = self.monitor is not None and learn.training == self.monitor.startswith("train_")
-        if logs_monitor and self._scheduling(learn):
-            self._advance(learn.metrics.last[self.monitor])
+        if self.monitor is not None and learn.training == self.monitor.startswith("train_"):
+            self._step(learn, learn.metrics.last[self.monitor])
 
     def cleanup_epoch(self, learn: Learner) -> None:
         # cleanup, not after_epoch: a training pass cut short (CancelEpochException) is still an epoch
-        if self.monitor is None and learn.training and self._scheduling(learn):
-            self._advance()
+        if self.monitor is None and learn.training:
+            self._step(learn)
 
 
 _PLATEAU_NO_MONITOR = ("ReduceLROnPlateau needs the metric it watches: pass monitor=, a name MetricsCB logs, e.g. "
                        "EpochSchedCB(partial(ReduceLROnPlateau, mode='min', patience=2), monitor='valid_loss')")
+
+
+def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *, pct_start: float = 0.3,
+                  div_factor: float = 25.0, final_div_factor: float = 1e4, base_momentum: float = 0.85,
+                  max_momentum: float = 0.95, cycle_momentum: bool | None = None, cbs: Any = None,
+                  **fit_kwargs: Any) -> None:
+    """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
+
+    The total steps are counted at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches under
+    gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None` cycles
+    momentum (SGD) or beta1 (Adam family) when the optimizer has one. Other keyword arguments go to `fit`
+    (`resume=path` continues a saved one-cycle run: the checkpoint then brings the lr).
+    """
+    max_lr = learn.lr if max_lr is None else max_lr
+
+    def one_cycle(opt: Optimizer) -> OneCycleLR:
+        per_epoch = steps_per_epoch(learn)
+        if per_epoch is None:
+            raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
+                            "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
+        cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults))
+        return OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
+                          pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
+                          cycle_momentum=cycle, base_momentum=base_momentum, max_momentum=max_momentum)
+    resuming = fit_kwargs.get("resume") is not None
+    learn._resume_call = f"learn.fit_one_cycle({n_epochs}, max_lr={max_lr!r}, resume={{path!r}})"
+    try:
+        # an lr given to fit on resume replaces the checkpoint's; here it is only the cycle's peak, so leave it out
+        learn.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=None if resuming else max_lr,
+                  **fit_kwargs)
+    finally:
+        learn._resume_call = None
 
 
 # --- recording ---------------------------------------------------------------------------------------------------
@@ -289,8 +290,6 @@ class RecorderCB(Callback):
         self.fns = fns
         self.recs: dict[str, list[Any]] = {name: [] for name in fns}
         self.learn: Learner | None = None
-        self._in_fit = False
-        self._pending_state: dict[str, Any] | None = None
 
     @property
     def pg(self) -> dict[str, Any]:
@@ -300,12 +299,6 @@ class RecorderCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self.learn = learn
         self.recs = {name: [] for name in self.fns}
-        self._in_fit = True
-        if self._pending_state is not None:
-            self.load_state_dict(self._pending_state)
-
-    def cleanup_fit(self, learn: Learner) -> None:
-        self._in_fit = False
 
     def after_batch(self, learn: Learner) -> None:
         if learn.training:
@@ -317,12 +310,8 @@ class RecorderCB(Callback):
         return {"recs": copy.deepcopy(self.recs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `recs` (at the next before_fit when called outside a fit, since before_fit starts afresh)."""
-        if not self._in_fit:
-            self._pending_state = state
-            return
+        """Restore `recs` (during a fit: before_fit starts them afresh)."""
         self.recs = {name: list(state["recs"].get(name, [])) for name in self.fns}
-        self._pending_state = None
 
     def plot(self, path: str | None = None) -> Any:
         """One panel per recorded quantity against the batch index; saved as an image when `path` is given."""

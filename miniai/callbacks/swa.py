@@ -17,7 +17,6 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from ..learner import Callback, Learner
 from ..utils import model_device
 from .augment import BatchTransformCB
-from .scheduling import BaseSchedCB
 
 __all__ = ["SWACB"]
 
@@ -27,7 +26,8 @@ class SWACB(Callback):
 
     Args:
         swa_start: the first epoch (0-based) whose weights are averaged; from it on SWALR drives the lr, and every
-            scheduling callback (BatchSchedCB, EpochSchedCB) stands down. So a schedule runs for epochs
+            scheduling callback (BatchSchedCB, EpochSchedCB) stops stepping (SWACB sets `learn.schedule_stop`).
+            So a schedule runs for epochs
             0..swa_start-1: a one-cycle for those epochs is `partial(OneCycleLR, total_steps=swa_start *
             len(dls.train))`. (`fit_one_cycle` sizes its cycle for the whole fit, so SWA would cut it short.)
         swa_lr: the lr SWALR anneals to (a float, or one per param group).
@@ -45,7 +45,7 @@ class SWACB(Callback):
     nothing (and warns).
     """
     # before_fit: after DeviceCB (-20) moved the model, before HooksCallback (0) hooks it (the copy must not carry
-    # the hooks), and before the schedulers (20) count their steps (they stand down at swa_start)
+    # the hooks), and before the schedulers (20) count their steps (they stop at swa_start)
     order = -15
 
     def __init__(self, swa_start: int, swa_lr: float | Sequence[float], anneal_epochs: int = 1,
@@ -62,7 +62,6 @@ class SWACB(Callback):
         self.swa_scheduler: SWALR | None = None
         self.raw_model: nn.Module | None = None
         self.metrics: dict[str, float] = {}
-        self._stood_down: list[BaseSchedCB] = []
 
     def before_fit(self, learn: Learner) -> None:
         if self.swa_start >= learn.n_epochs:
@@ -71,9 +70,7 @@ class SWACB(Callback):
                              f"of them) or fit more epochs")
         self.raw_model, self.swa_scheduler, self.metrics = learn.model, None, {}
         self.swa_model = AveragedModel(learn.model)
-        self._stood_down = [cb for cb in learn.cbs if isinstance(cb, BaseSchedCB)]
-        for cb in self._stood_down:
-            cb.stand_down(self.swa_start)
+        learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
     def before_epoch(self, learn: Learner) -> None:
         if learn.training and learn.epoch == self.swa_start:
@@ -137,11 +134,6 @@ class SWACB(Callback):
         metrics = getattr(learn, "metrics", None)
         if metrics is not None:
             self.metrics = {k: v for k, v in metrics.last.items() if k.startswith("valid_")}
-
-    def cleanup_fit(self, learn: Learner) -> None:
-        for cb in self._stood_down:  # the schedules run whole again in fits without this callback
-            cb.stand_down(None)
-        self._stood_down = []
 
     def __repr__(self) -> str:
         return (f"SWACB(swa_start={self.swa_start}, swa_lr={self.swa_lr}, anneal_epochs={self.anneal_epochs}, "

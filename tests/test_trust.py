@@ -1,0 +1,494 @@
+"""Regression tests for the trust issue: each one reproduces a silent wrong result, a lost checkpoint or a buried
+error that the code before it produced, and checks the fix."""
+from __future__ import annotations
+
+import random
+import warnings
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.optim import lr_scheduler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorDataset
+from torcheval.metrics import MulticlassAccuracy
+
+import miniai.callbacks.checkpoint as checkpoint_module
+from miniai.callbacks import (ActivationStats, BatchSchedCB, CheckpointCB, MetricsCB, ProgressCB, RecorderCB, _lr,
+                              load_checkpoint)
+from miniai.callbacks.guards import NonFiniteLossError
+from miniai.data import DataLoaders, TensorLoader
+from miniai.learner import Callback, LossInputError, TrainLearner
+from miniai.utils import set_seed
+from tests.synth import LossLog, linear_dls, tiny_learner
+
+
+def classes(n=96, seed=0):
+    """4 features, 3 classes given by a fixed linear map: easy to learn, so accuracy means something."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return x, (x @ torch.randn(4, 3, generator=torch.Generator().manual_seed(99))).argmax(1)
+
+
+def quiet_metrics(**metrics):
+    cb = MetricsCB(**metrics)
+    cb.log_fn = lambda row: None
+    return cb
+
+
+# ---------------------------------------------------------------- 1.1 one definition of inputs and targets
+
+def test_a_batch_with_an_extra_item_is_refused_not_scored_on_the_wrong_target():
+    """(x, y, ids) batches: the loss read y while the metric read ids, and accuracy was silently wrong."""
+    x, y = classes()
+    ids = torch.arange(len(x))
+    dls = DataLoaders(DataLoader(TensorDataset(x, y, ids), 16), DataLoader(TensorDataset(x, y, ids), 16))
+    learn = TrainLearner(nn.Linear(4, 3), dls, F.cross_entropy, lr=0.1, cbs=[quiet_metrics(acc=MulticlassAccuracy())])
+    with pytest.raises(LossInputError, match=r"batch has 2 items after its n_inp=1 inputs.*wrap the loss"):
+        learn.fit(1)
+    learn.loss_func = lambda preds, y, ids: F.cross_entropy(preds, y)  # the loss is told: the metric still refuses
+    with pytest.raises(ValueError, match=r"MetricsCB compares the predictions with one target, but this batch has 2"):
+        learn.fit(1)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x1, x2):
+        return self.a(x1) + self.b(x2)
+
+
+def test_n_inp_inputs_go_to_the_model_and_the_rest_to_loss_and_metrics():
+    x, y = classes()
+    ds = TensorDataset(x, torch.zeros_like(x), y)
+    dls = DataLoaders(DataLoader(ds, 16, shuffle=True), DataLoader(ds, 32))
+    metrics = quiet_metrics(acc=MulticlassAccuracy())
+    learn = TrainLearner(TwoInputs(), dls, F.cross_entropy, lr=0.5, cbs=[metrics], n_inp=2)
+    learn.fit(3)
+    with torch.no_grad():
+        truth = (learn.model(x, torch.zeros_like(x)).argmax(1) == y).float().mean().item()
+    assert metrics.last["valid_acc"] == pytest.approx(truth) and truth > 0.6
+
+
+# ---------------------------------------------------------------- 1.2 step ownership
+
+class EMA(Callback):
+    """An exponential moving average of the weights, with a helper unluckily named `step`."""
+
+    def __init__(self):
+        self.avg = None
+
+    def step(self, learn):
+        self.avg = [p.detach().clone() for p in learn.model.parameters()]
+
+    def after_batch(self, learn):
+        if learn.training:
+            self.step(learn)
+
+
+def test_a_helper_named_like_a_step_is_an_error_with_the_fix():
+    """It used to replace opt.step(): the model never trained, and nothing said so."""
+    with pytest.raises(TypeError, match=r"EMA.step is named like the learner's 'step' step.*rename the method.*"
+                                        r"owns_steps = \('step',\)"):
+        tiny_learner(cbs=[EMA()])
+
+
+def test_a_callback_declaring_a_step_does_it_on_a_train_learner_too():
+    """TrainLearner took backward/step from callbacks but ignored predict/get_loss/zero_grad."""
+    calls = []
+
+    class Predict(Callback):
+        owns_steps = ("predict", "zero_grad")
+
+        def predict(self, learn):
+            calls.append("predict")
+            learn.preds = learn.model(*learn.xb)
+
+        def zero_grad(self, learn):
+            calls.append("zero_grad")
+            learn.opt.zero_grad()
+    tiny_learner(cbs=[Predict()]).fit(1, valid=False)
+    assert calls == ["predict", "zero_grad"] * 3
+
+
+def test_step_ownership_is_declared_and_exclusive():
+    class Declared(Callback):
+        owns_steps = ("step",)
+    with pytest.raises(TypeError, match="lists 'step'.*needs a method step"):
+        tiny_learner(cbs=[Declared()])
+
+    class Stepper(Callback):
+        owns_steps = ("step",)
+
+        def step(self, learn):
+            learn.opt.step()
+    with pytest.raises(TypeError, match="Stepper and Stepper both own the 'step' step"):
+        tiny_learner(cbs=[Stepper(), Stepper()])
+
+
+# ---------------------------------------------------------------- 1.3 set_seed reproduces a run
+
+@pytest.mark.parametrize("seed", [None, 7], ids=["global-rng", "own-seed"])
+def test_same_seed_same_dls_fresh_model_gives_the_same_run(seed):
+    """The loader used to carry its epoch counter from one fit to the next: the second run differed."""
+    x, y = classes(256)
+    dls = DataLoaders(TensorLoader(x, y, bs=16, shuffle=True, seed=seed), TensorLoader(x[:32], y[:32], bs=16))
+    runs = []
+    for _ in range(2):
+        set_seed(42)
+        log = LossLog()
+        TrainLearner(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 3)), dls, F.cross_entropy,
+                     lr=0.1, cbs=[log]).fit(2)
+        runs.append(log.losses)
+    assert runs[0] == runs[1]
+
+
+# ---------------------------------------------------------------- 1.5 empty validation
+
+class Empty(IterableDataset):
+    def __iter__(self):
+        return iter([])
+
+
+def test_an_empty_validation_loader_is_an_error_before_training():
+    log = LossLog()
+    learn = tiny_learner(cbs=[log])
+    learn.dls.valid = DataLoader(TensorDataset(torch.zeros(0, 1), torch.zeros(0, 1)), 16)
+    with pytest.raises(ValueError, match=r"dls.valid has no batches: its dataset is empty.*fit\(valid=False\)"):
+        learn.fit(2)
+    assert log.losses == []
+    learn.fit(1, valid=False)  # says how to go on without it
+
+
+def test_an_empty_iterable_validation_pass_is_an_error_at_its_end():
+    learn = tiny_learner(cbs=[quiet_metrics()])
+    learn.dls.valid = DataLoader(Empty(), 16)
+    with pytest.raises(ValueError, match=r"dls.valid yielded no batches in epoch 0"):
+        learn.fit(3)
+    assert learn.epoch == 0
+
+
+# ---------------------------------------------------------------- 1.7 broadcasting loss inputs
+
+def test_a_loss_that_broadcasts_preds_against_targets_is_refused_at_the_first_batch():
+    """F.mse_loss on (N,1) preds and (N,) targets computes an (N,N) loss and trains on it."""
+    learn = tiny_learner()
+    x, y = torch.randn(48, 1), torch.randn(48)
+    learn.dls.train = learn.dls.valid = DataLoader(TensorDataset(x, y), 16)
+    w0 = learn.model.weight.detach().clone()
+    with pytest.raises(LossInputError, match=r"shape \(16, 1\) float32.*shape \(16,\) float32.*broadcast to "
+                                             r"\(16, 16\)"):
+        learn.fit(1)
+    assert torch.equal(learn.model.weight, w0)
+
+
+# ---------------------------------------------------------------- 1.8 an explicit lr on resume
+
+def checkpointed(tmp_path, cbs=(), n=2, lr=0.1, **kwargs):
+    learn = tiny_learner(cbs=[*cbs, CheckpointCB(tmp_path, **kwargs)], lr=lr)
+    learn.fit(n)
+    return learn
+
+
+def test_an_lr_given_on_resume_replaces_the_checkpoints(tmp_path):
+    """It was silently ignored, so "lower the lr and resume" replayed the same run."""
+    checkpointed(tmp_path)
+    rec = RecorderCB(lr=_lr)
+    learn = tiny_learner(cbs=[rec, CheckpointCB(tmp_path)])
+    learn.fit(3, lr=1e-4, resume=tmp_path)
+    assert rec.recs["lr"] == [1e-4] * 3
+
+
+def test_an_lr_given_on_resume_with_a_schedule_is_refused_with_what_to_do(tmp_path):
+    sched = partial(BatchSchedCB, partial(lr_scheduler.StepLR, step_size=2))
+    checkpointed(tmp_path, cbs=[sched()])
+    learn = tiny_learner(cbs=[sched(), CheckpointCB(tmp_path)])
+    w0 = learn.model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"BatchSchedCB_0: its schedule sets the lr.*Resume without lr="):
+        learn.fit(3, lr=1e-4, resume=tmp_path)
+    assert torch.equal(learn.model.weight, w0)
+
+
+# ---------------------------------------------------------------- 1.9 the same callback twice
+
+def test_the_same_callback_twice_is_an_error_and_changes_nothing():
+    """Given to the Learner and to fit(cbs=...), it ran twice (a schedule stepped twice) and was then dropped."""
+    rec = RecorderCB(lr=_lr)
+    learn = tiny_learner(cbs=[rec])
+    before = list(learn.cbs)
+    with pytest.raises(ValueError, match="already one of the learner's callbacks"):
+        learn.fit(1, cbs=[rec])
+    assert learn.cbs == before
+    learn.fit(1)
+    assert len(rec.recs["lr"]) == 3
+
+
+# ---------------------------------------------------------------- 1.10 optimizer state by name
+
+class AB(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(1, 1), nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.a(x) + 2 * self.b(x)
+
+
+class BA(AB):
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.b, self.a = nn.Linear(1, 1), nn.Linear(1, 1)  # the same names, defined in the other order
+
+
+def test_optimizer_state_follows_parameter_names_not_positions(tmp_path):
+    """A model whose attributes were reordered got Adam's moments of the wrong layers."""
+    torch.manual_seed(0)
+    learn = TrainLearner(AB(), linear_dls(), F.mse_loss, lr=0.1, opt_func=optim.Adam, cbs=[CheckpointCB(tmp_path)])
+    learn.fit(1)
+    saved = {name: learn.opt.state[p]["exp_avg"].clone() for name, p in learn.model.named_parameters()}
+    other = TrainLearner(BA(), linear_dls(), F.mse_loss, lr=0.1, opt_func=optim.Adam)
+    with pytest.warns(UserWarning, match="nothing left to train"):
+        other.fit(1, resume=tmp_path)
+    for name, p in other.model.named_parameters():
+        assert torch.equal(other.opt.state[p]["exp_avg"], saved[name]), name
+
+
+# ---------------------------------------------------------------- 1.11 lr 0 and negative epochs
+
+def test_negative_epochs_are_an_error_and_lr_zero_a_warning():
+    learn = tiny_learner()
+    with pytest.raises(ValueError, match="n_epochs must be an int >= 0, got -1"):
+        learn.fit(-1)
+    with pytest.warns(UserWarning, match="lr=0: the optimizer will not change the weights"):
+        learn.fit(1, lr=0)
+
+
+# ---------------------------------------------------------------- 2.1 a resumed run deletes nothing it did not write
+
+def test_resuming_from_an_older_checkpoint_keeps_the_later_ones(tmp_path):
+    """Pruning kept the highest epoch numbers, the abandoned run's, and deleted the new run's checkpoints."""
+    checkpointed(tmp_path, n=5, keep=2)  # epoch_0004, epoch_0005
+    first = {f.name: f.read_bytes() for f in tmp_path.glob("epoch_*.pt")}
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path, keep=2)])
+    with pytest.warns(UserWarning, match="moved to .*superseded_1"):
+        learn.fit(6, resume=tmp_path / "epoch_0004.pt")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "superseded_1").iterdir()} == \
+        {"epoch_0005.pt": first["epoch_0005.pt"]}
+    assert sorted(f.name for f in tmp_path.glob("epoch_*.pt")) == ["epoch_0004.pt", "epoch_0005.pt", "epoch_0006.pt"]
+    assert (tmp_path / "epoch_0004.pt").read_bytes() == first["epoch_0004.pt"]  # not written by this fit: kept
+    assert load_checkpoint(tmp_path)["epoch"] == 6
+
+
+def test_ctrl_c_right_after_resuming_points_at_the_checkpoint_resumed_from(tmp_path):
+    checkpointed(tmp_path, n=3)
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])
+
+    class Stop(Callback):
+        def before_epoch(self, learn):
+            raise KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learn.fit(4, resume=tmp_path / "epoch_0001.pt", cbs=[Stop()])
+    assert f"learn.fit(4, resume='{tmp_path / 'epoch_0001.pt'}')" in info.value.__notes__[0]
+
+
+# ---------------------------------------------------------------- 2.2 no checkpoint of non-finite weights
+
+class PoisonAt(Callback):
+    """After the last optimizer step of epoch `epoch`, make a weight NaN (the loss of that batch was finite)."""
+    order = 50
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_step(self, learn):
+        if learn.epoch == self.epoch and learn.iter == len(learn.dl) - 1:
+            with torch.no_grad():
+                learn.model.weight.fill_(float("nan"))
+
+
+def test_non_finite_weights_are_never_saved_and_the_error_names_the_good_checkpoint(tmp_path):
+    learn = tiny_learner(cbs=[quiet_metrics(), CheckpointCB(tmp_path), PoisonAt(1)])
+    with pytest.raises(NonFiniteLossError, match=rf"after epoch 2 the weights are not finite.*"
+                                                 rf"{tmp_path / 'epoch_0001.pt'}"):
+        learn.fit(3)
+    assert sorted(f.name for f in tmp_path.glob("epoch_*.pt")) == ["epoch_0001.pt"]
+    assert torch.isfinite(load_checkpoint(tmp_path)["model"]["weight"]).all()
+
+
+# ---------------------------------------------------------------- 2.3 / 2.4 one-cycle and resume
+
+def test_extending_a_one_cycle_on_resume_is_refused_before_the_first_batch(tmp_path):
+    """It crashed after a whole epoch of training: "Tried to step 9 times"."""
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])
+    learn.fit_one_cycle(2, max_lr=0.1)
+    log = LossLog()
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path), log])
+    with pytest.raises(ValueError, match=r"resuming a OneCycleLR of total_steps=6 into a fit that takes 9 steps.*"
+                                         r"can't be extended"):
+        learn.fit_one_cycle(3, max_lr=0.1, resume=tmp_path)
+    assert log.losses == []
+
+
+def test_changing_the_batch_size_on_resume_is_refused_before_the_first_batch(tmp_path):
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path), BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2))])
+    learn.fit(2)
+    log = LossLog()
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path), BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2)), log],
+                         bs=8)
+    with pytest.raises(ValueError, match=r"took 3 optimizer steps per epoch, this fit takes 6"):
+        learn.fit(3, resume=tmp_path)
+    assert log.losses == []
+
+
+def test_ctrl_c_during_fit_one_cycle_says_the_call_that_continues_it(tmp_path):
+    class Stop(Callback):
+        def after_batch(self, learn):
+            if learn.epoch == 1:
+                raise KeyboardInterrupt()
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit_one_cycle(3, max_lr=0.1, cbs=[Stop()])
+    call = f"learn.fit_one_cycle(3, max_lr=0.1, resume='{tmp_path / 'epoch_0001.pt'}')"
+    assert call in info.value.__notes__[0]
+    exec(call, {"learn": tiny_learner(cbs=[CheckpointCB(tmp_path)])})  # and it does continue it
+
+
+# ---------------------------------------------------------------- 2.5 Ctrl-C while saving
+
+class InterruptingFile:
+    """A file whose third write raises KeyboardInterrupt, as Ctrl-C inside torch.save would."""
+
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def write(self, b):
+        self.n += 1
+        if self.n == 3:
+            raise KeyboardInterrupt()
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_shows_the_note_not_torchs_enforce_error(tmp_path, monkeypatch):
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])
+    monkeypatch.setattr(checkpoint_module, "_write", lambda obj, f: torch.save(obj, InterruptingFile(f)))
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit(2)
+    assert "Training interrupted in epoch 0" in info.value.__notes__[0]
+    assert list(tmp_path.iterdir()) == []  # the half-written file is gone
+
+
+# ---------------------------------------------------------------- 2.6 / 2.8 lr_find
+
+def test_lr_find_never_checkpoints_and_the_fit_after_it_is_not_refused(tmp_path):
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])
+    learn.lr_find(plot=False, max_epochs=2)
+    assert list(tmp_path.iterdir()) == [] and any(isinstance(cb, CheckpointCB) for cb in learn.cbs)
+    learn.fit(1)
+    assert [f.name for f in tmp_path.iterdir()] == ["epoch_0001.pt"]
+
+
+def test_lr_find_restores_python_numpy_and_sampler_rngs():
+    def draws(learn):
+        sampler = learn.dls.train.sampler
+        return random.random(), np.random.rand(), torch.randperm(8, generator=sampler.generator).tolist()
+
+    def learner():
+        learn = tiny_learner()
+        x, y = torch.randn(48, 1), torch.randn(48, 1)
+        sampler = RandomSampler(TensorDataset(x, y), generator=torch.Generator().manual_seed(5))
+        learn.dls.train = DataLoader(TensorDataset(x, y), 16, sampler=sampler)
+
+        class Augment(Callback):  # draws from Python's and NumPy's RNGs, as augmentations do
+            def before_batch(self, learn):
+                random.random(), np.random.rand()
+        learn.add_cb(Augment())
+        return learn
+    random.seed(1), np.random.seed(1)
+    expected = draws(learner())
+    random.seed(1), np.random.seed(1)
+    learn = learner()
+    learn.lr_find(plot=False, max_epochs=1)
+    assert draws(learn) == expected
+
+
+# ---------------------------------------------------------------- 2.7 what a checkpoint can't bring back
+
+def test_unsaved_state_is_named_in_a_warning(tmp_path):
+    class Counter(Callback):
+        def __init__(self):
+            self.count, self.seen = 0, []
+
+        def after_batch(self, learn):
+            self.count += 1
+    dl = DataLoader(TensorDataset(torch.randn(32, 1), torch.randn(32, 1)), 16, num_workers=1, persistent_workers=True)
+    learn = tiny_learner(cbs=[Counter(), CheckpointCB(tmp_path)])
+    learn.dls.train = dl
+    with pytest.warns(UserWarning) as record:
+        learn.fit(1)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "dls.train keeps persistent workers" in messages
+    assert "Counter.count changed during the fit, but Counter has no state_dict()" in messages
+    assert "Counter.seen" not in messages
+
+
+# ---------------------------------------------------------------- 3.1 cleanups run; the first error surfaces
+
+def test_a_before_fit_error_is_not_buried_by_progress_cleanup():
+    """ProgressCB.cleanup_fit failed with AttributeError: _train_losses, hiding the clear message."""
+    too_short = BatchSchedCB(partial(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=2))
+    learn = tiny_learner(cbs=[too_short, ProgressCB(mode="plain")])
+    with pytest.raises(ValueError, match="OneCycleLR has total_steps=2 but this fit takes 3 steps"):
+        learn.fit(1)
+
+
+def test_a_loader_without_len_trains_with_progress():
+    class Stream(IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            for _ in range(3):
+                x = torch.randn(16, 1, generator=g)
+                yield x, 2 * x + 3
+    learn = tiny_learner(cbs=[ProgressCB(mode="terminal", plot=True)])
+    learn.dls.train = DataLoader(Stream(), None)
+    learn.fit(1)
+    assert len(next(cb for cb in learn.cbs if isinstance(cb, ProgressCB)).losses) == 3
+
+
+def test_a_failing_cleanup_does_not_skip_the_others_nor_replace_the_error():
+    class Boom(Callback):
+        def after_batch(self, learn):
+            raise ZeroDivisionError("the first error")
+
+    class BadCleanup(Callback):
+        order = -100  # its cleanup runs before ActivationStats'
+
+        def cleanup_fit(self, learn):
+            raise RuntimeError("a cleanup that fails")
+    stats = ActivationStats()
+    learn = tiny_learner(cbs=[BadCleanup(), stats, Boom()])
+    with pytest.raises(ZeroDivisionError, match="the first error") as info:
+        learn.fit(1)
+    assert any("BadCleanup.cleanup_fit also raised RuntimeError: a cleanup that fails" in n
+               for n in info.value.__notes__)
+    assert not learn.model._forward_hooks  # ActivationStats' cleanup still ran
+
+
+def test_a_failing_cleanup_alone_is_raised_after_the_other_cleanups():
+    class BadCleanup(Callback):
+        order = -100
+
+        def cleanup_fit(self, learn):
+            raise RuntimeError("a cleanup that fails")
+    stats = ActivationStats()
+    learn = tiny_learner(cbs=[BadCleanup(), stats])
+    with pytest.raises(RuntimeError, match="a cleanup that fails"):
+        learn.fit(1)
+    assert not learn.model._forward_hooks
