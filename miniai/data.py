@@ -21,9 +21,15 @@ __all__ = ["TensorLoader", "DataLoaders", "get_dls"]
 class TensorLoader:
     """Batches `(xb, yb)` by slicing in-memory tensors; shuffled epochs are reproducible and resumable.
 
-    With `shuffle`, epoch e uses `torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))`,
-    a pure function of (seed, e). `epoch` counts the epochs started, so `state_dict()` = {seed, epoch}
-    resumes at the next epoch's order. Unshuffled batches are views of `x`/`y`: don't modify them in place.
+    The order of a shuffled loader:
+    - `seed=None` (default): each `iter()` draws its permutation from torch's global RNG (one int64 draw seeds a
+      `torch.Generator` for `randperm`, as torch's `RandomSampler` does). So `set_seed(s)` before a fit reproduces
+      it, in this process or a new one, and a checkpoint, which saves the global RNG state, resumes it exactly.
+    - `seed=<int>`: epoch e uses `torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))`, a pure
+      function of (seed, e) whatever the global RNG does. `epoch` counts `iter()` calls and `set_epoch(e)` sets
+      it; the Learner calls `set_epoch` before each training pass, so repeated fits replay the same orders.
+    `state_dict()` is {seed, epoch} (seed may be None). Unshuffled batches are views of `x`/`y`: don't modify them
+    in place. A sharded shuffled loader (`shard`) needs a seed, the same on every rank; DDPCB gives it one.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 1024, shuffle: bool = False,
@@ -33,8 +39,7 @@ class TensorLoader:
         if bs < 1:
             raise ValueError(f"bs must be >= 1, got {bs}")
         self.x, self.y, self.bs, self.shuffle, self.drop_last = x, y, bs, shuffle, drop_last
-        # no seed: draw one from torch's global RNG, so torch.manual_seed() still makes runs repeatable
-        self.seed: int = int(torch.randint(0, 2**31, ())) if seed is None else int(seed)
+        self.seed: int | None = None if seed is None else int(seed)
         self.epoch = 0
         self.rank, self.world_size, self.even = 0, 1, True
 
@@ -63,8 +68,22 @@ class TensorLoader:
         return sum(1 for _ in self._spans())
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        """The (CPU) order of all items in `epoch`; identical on every rank."""
+        """The (CPU) order of all items in `epoch` of a loader with a seed; identical on every rank."""
+        if self.seed is None:
+            raise ValueError("a TensorLoader with seed=None draws each order from torch's global RNG when iterated, "
+                             "so no epoch has a fixed order: give the loader a seed (TensorLoader(..., seed=0))")
         return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if self.seed is not None:
+            return self.permutation(epoch)
+        if self.world_size > 1:
+            raise ValueError(f"this loader is sharded over {self.world_size} processes but has seed=None, so each "
+                             "would draw its own order and they would walk overlapping items: set dl.seed to one "
+                             "value on every rank (DDPCB does this for a fit)")
+        # one int64 draw from the global RNG, whatever len(x): the global stream then advances by as much each epoch
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(seed))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, self.epoch = self.epoch, self.epoch + 1  # counted on iter(), so a mid-epoch checkpoint resumes next
@@ -72,7 +91,7 @@ class TensorLoader:
         if self.shuffle:
             # one small host->device copy per epoch, then batches are gathered on the data's device; from pinned
             # memory the copy is asynchronous, so not even this one stalls the CPU (a pageable copy would sync)
-            idx = self.permutation(epoch)
+            idx = self._order(epoch)
             if self.x.device.type == "cuda":
                 idx = idx.pin_memory().to(self.x.device, non_blocking=True)
             else:
@@ -88,16 +107,17 @@ class TensorLoader:
                 b = idx[start:stop]
                 yield self.x[b], self.y[b]
 
-    def state_dict(self) -> dict[str, int]:
-        """{'seed', 'epoch'}: enough to replay the same order from the next epoch on."""
+    def state_dict(self) -> dict[str, int | None]:
+        """{'seed', 'epoch'}: with a seed, enough to replay the same order from the next epoch on."""
         return {"seed": self.seed, "epoch": self.epoch}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore `seed` and `epoch` from `state_dict()`."""
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+    def load_state_dict(self, state: dict[str, int | None]) -> None:
+        """Restore `seed` (an int or None) and `epoch` from `state_dict()`."""
+        self.seed = None if state["seed"] is None else int(state["seed"])
+        self.epoch = int(state["epoch"])
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next `iter()` run epoch `epoch` (as DistributedSampler.set_epoch)."""
+        """Make the next `iter()` run epoch `epoch` (as DistributedSampler.set_epoch); with a seed, its order."""
         self.epoch = epoch
 
     def shard(self, rank: int, world_size: int, even: bool = True) -> TensorLoader:
@@ -156,7 +176,8 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
             n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
     """In-memory DataLoaders for `name`: float32 [N,C,H,W] normalized by the full training set's mean/std.
 
-    `n_train`/`n_valid` keep the first n items (quick runs); `device` moves all the data there once.
+    `n_train`/`n_valid` keep the first n items (quick runs); `device` moves all the data there once. `seed` is
+    the training TensorLoader's: None (default) draws each epoch's order from torch's global RNG.
     """
     raw, (train_x, valid_x, _, _) = load_normalized(name, path)
     for what, n, have in (("n_train", n_train, len(train_x)), ("n_valid", n_valid, len(valid_x))):

@@ -234,11 +234,52 @@ def test_same_seed_same_order_and_documented_formula():
     assert torch.equal(a.permutation(4), torch.randperm(30, generator=torch.Generator().manual_seed(5 + 4)))
 
 
-def test_no_seed_draws_from_torch_global_rng():
-    torch.manual_seed(3)
-    a = loader(shuffle=True).seed
-    torch.manual_seed(3)
-    assert loader(shuffle=True).seed == a
+def test_no_seed_draws_each_order_from_torch_global_rng_at_iter():
+    """set_seed before a fit reproduces it: the same loader, or a fresh one, walks the order the global RNG gives."""
+    dl = loader(50, 8, shuffle=True)
+    torch.manual_seed(42)
+    first = epoch_order(dl)
+    torch.manual_seed(42)
+    assert torch.equal(epoch_order(dl), first)
+    torch.manual_seed(42)
+    assert torch.equal(epoch_order(loader(50, 8, shuffle=True)), first)
+    torch.manual_seed(43)
+    assert not torch.equal(epoch_order(dl), first)
+    assert dl.seed is None and dl.state_dict() == {"seed": None, "epoch": 3}
+
+
+def test_no_seed_order_is_the_same_in_a_new_process():
+    code = ("import torch; from miniai.data import TensorLoader; torch.manual_seed(42); "
+            "print([yb.tolist() for _, yb in TensorLoader(torch.zeros(50), torch.arange(50), 8, shuffle=True)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    torch.manual_seed(42)
+    assert out.stdout.strip() == str([yb.tolist() for _, yb in loader(50, 8, shuffle=True)])
+
+
+def test_no_seed_state_dict_round_trip_keeps_none():
+    dl = loader(shuffle=True, seed=4)
+    dl.load_state_dict({"seed": None, "epoch": 3})
+    assert (dl.seed, dl.epoch) == (None, 3)
+    with pytest.raises(ValueError, match="seed=None.*global RNG.*give the loader a seed"):
+        dl.permutation(0)
+
+
+def test_sharded_loader_without_seed_refuses_to_shuffle():
+    """Each rank would draw its own order from its own RNG: overlapping items, silently."""
+    dl = loader(10, 2, shuffle=True).shard(0, 2)
+    with pytest.raises(ValueError, match="sharded over 2 processes but has seed=None.*set dl.seed"):
+        iter(dl)
+
+
+def test_set_epoch_replays_that_epochs_order():
+    """With a seed, epoch e's order is a pure function of (seed, e): set_epoch(3) gives a fresh loader's 4th."""
+    fresh = loader(30, 7, shuffle=True, seed=5)
+    orders = [epoch_order(fresh) for _ in range(4)]
+    dl = loader(30, 7, shuffle=True, seed=5)
+    epoch_order(dl)
+    dl.set_epoch(3)
+    torch.manual_seed(0)  # the global RNG plays no part
+    assert torch.equal(epoch_order(dl), orders[3]) and dl.epoch == 4
 
 
 def test_state_dict_resumes_next_epoch_order():
