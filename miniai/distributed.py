@@ -2,8 +2,9 @@
 
 Every helper works without torch.distributed too: outside a process group the answers come from the variables
 torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE), and a plain `python script.py` is rank 0 of a world of 1. Reading
-the environment as a fallback matters after a fit: DDPCB destroys the process group at cleanup_fit, and code
-that runs later (printing the final accuracy, writing files) must still know it is not rank 0.
+the environment as a fallback matters before the first fit: DDPCB joins the process group only then (and keeps
+it until the interpreter exits), and code that runs earlier (sharding a loader, printing) must already know its
+rank.
 Imports nothing from miniai, so a plain torch loop can use it.
 """
 from __future__ import annotations
@@ -37,7 +38,12 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """True on rank 0, the one process that prints, draws and writes files (True when not distributed)."""
+    """True on rank 0, the one process that prints, draws and writes files (True when not distributed).
+
+    This is miniai's one test for "should this process write?": callbacks and scripts use it, and under torchrun
+    it is right before a process group exists too ($RANK), so files written before or after a fit are not
+    written once per process.
+    """
     return rank() == 0
 
 

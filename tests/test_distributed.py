@@ -28,7 +28,8 @@ from miniai.learner import TrainLearner
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VALID, BS, SEED, EPOCHS, LR = 70, 31, 8, 7, 2, 0.3  # 70 = 4 global batches of 2×8 and one of 6
 
-# Runs on each rank: argv = out dir. Writes rank{r}.json/.pt, resumed{r}.pt and failed{r}.json for the tests.
+# Runs on each rank: argv = out dir. Writes rank{r}.json/.pt, resumed{r}.pt, torchdl{r}.json/.pt, unseeded{r}.json
+# and failed{r}.json for the tests.
 WORKER = '''
 import json, os, sys
 import torch
@@ -62,7 +63,7 @@ class FailOnRank1(Callback):
 
 def record(name, learn, **extra):
     with open(f"{out}/{name}{r}.json", "w") as f:
-        json.dump({"group_left": is_dist(), "model": type(learn.model).__name__, "train_len": len(learn.dls.train),
+        json.dump({"in_group": is_dist(), "model": type(learn.model).__name__, "train_len": len(learn.dls.train),
                    **extra}, f)
 
 # A: train with the usual callbacks
@@ -89,7 +90,25 @@ learn.fit(2)
 torch.save(learn.model.state_dict(), f"{out}/torchdl{r}.pt")
 record("torchdl", learn, last=metrics.last, sampler=type(learn.dls.train.sampler).__name__)
 
-# D: rank 1 fails in the middle of an epoch
+# D: a loader without a seed on ranks whose RNGs differ, twice: one order for both ranks, the same both times
+class Walked(Callback):
+    def __init__(self):
+        self.items = []
+    def before_batch(self, learn):
+        if learn.training:
+            self.items.append(learn.batch[0][:, 0].tolist())  # the first feature identifies the item
+
+walks = []
+for _ in range(2):
+    torch.manual_seed(100 + r)
+    walked = Walked()
+    learn = learner([DDPCB(), DeviceCB("cpu"), walked])
+    learn.dls.train.seed = None
+    learn.fit(2)
+    walks.append(walked.items)
+record("unseeded", learn, walks=walks, seed_after=learn.dls.train.seed)
+
+# E: rank 1 fails in the middle of an epoch
 learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
 try:
     learn.fit(1)
@@ -175,9 +194,9 @@ def test_two_processes_train_like_one_with_twice_the_batch(launch):
         logits = model(setup["xv"])
     assert res[0]["last"]["valid_accuracy"] == pytest.approx((logits.argmax(1) == setup["yv"]).float().mean().item())
     assert res[0]["last"]["valid_loss"] == pytest.approx(F.cross_entropy(logits, setup["yv"]).item(), abs=1e-6)
-    # after the fit: the plain model, the whole loader (70 items in batches of 8), no process group
+    # after the fit: the plain model, the whole loader (70 items in batches of 8); the group stays for later fits
     for r in res:
-        assert (r["model"], r["train_len"], r["group_left"]) == ("Sequential", 9, False)
+        assert (r["model"], r["train_len"], r["in_group"]) == ("Sequential", 9, True)
         assert not any(k.startswith("module.") for k in r["keys"])
 
     # only rank 0 prints and writes: a header per fit (ProgressCB's, then MetricsCB's own), a valid row per epoch
@@ -213,9 +232,25 @@ def test_failure_on_one_rank_ends_both_with_the_error(launch):
     run = launch.run
     assert run.returncode != 0
     assert "boom on rank 1" in run.stdout + run.stderr
+    assert "[rank1]: [rank1]:" not in run.stderr  # the group was joined once, so torch prefixed tracebacks once
     failed = json.loads((launch.out / "failed1.json").read_text())
-    # cleanup_fit ran on the failing rank: model unwrapped, process group destroyed
-    assert (failed["model"], failed["group_left"]) == ("Sequential", False)
+    # cleanup_fit ran on the failing rank: model unwrapped; the group is left at exit
+    assert (failed["model"], failed["in_group"]) == ("Sequential", True)
+
+
+def test_unseeded_loader_walks_rank_0s_drawn_order_on_every_rank(launch):
+    """The ranks' global RNGs differ, yet they split one order; rank 0's RNG seeded alike gives the same walk."""
+    res = [json.loads((launch.out / f"unseeded{r}.json").read_text()) for r in range(2)]
+    item = {x: i for i, x in enumerate(launch.setup["xt"][:, 0].tolist())}
+    for run in range(2):
+        walked = [[[item[x] for x in batch] for batch in res[r]["walks"][run]] for r in range(2)]
+        assert len(walked[0]) == len(walked[1]) == EPOCHS * 5
+        for e in range(EPOCHS):
+            items = [i for r in range(2) for batch in walked[r][e * 5:(e + 1) * 5] for i in batch]
+            assert sorted(items) == list(range(N_TRAIN))  # disjoint parts that cover the training set
+        assert walked[0][:5] != walked[0][5:]  # a new order each epoch
+    for r in range(2):
+        assert res[r]["walks"][0] == res[r]["walks"][1] and res[r]["seed_after"] is None
 
 
 # ---------------------------------------------------------------- in one process

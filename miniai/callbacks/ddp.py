@@ -2,11 +2,12 @@
 
     torchrun --nproc_per_node=2 my_script.py     # my_script.py builds its learner with DDPCB() in cbs
 
-At before_fit DDPCB joins the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR, MASTER_PORT), gives this process its own device, wraps the model in DistributedDataParallel and
-shards the loaders. At cleanup_fit, after an error too, it undoes all of it: `learn.model` is the plain module
-again (state_dicts without a `module.` prefix), the loaders walk every item, and the process group it created is
-destroyed. Outside torchrun (no WORLD_SIZE > 1, no process group) it does nothing, so a script can always add it.
+At its first fit DDPCB joins the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT), unless one is initialized already; the group stays for later fits and is destroyed
+when the interpreter exits. At before_fit it gives this process its own device, wraps the model in
+DistributedDataParallel and shards the loaders. At cleanup_fit, after an error too, it undoes that: `learn.model`
+is the plain module again (state_dicts without a `module.` prefix) and the loaders walk every item.
+Outside torchrun (no WORLD_SIZE > 1, no process group) it does nothing, so a script can always add it.
 
 The rest of miniai follows the ranks: MetricsCB sums its counts over all processes, so every rank reports the
 metrics of the whole validation set (and early stopping or best-model checkpointing decide the same everywhere);
@@ -14,10 +15,11 @@ only rank 0 prints, draws and writes files (`miniai.distributed.is_main_process`
 """
 from __future__ import annotations
 
-import itertools
+import atexit
 import os
-import sys
-from typing import Any, ClassVar
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,7 +36,6 @@ from .basic import DeviceCB
 __all__ = ["DDPCB"]
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-_GROUP_IDS = itertools.count(1)  # numbers the process groups DDPCB starts in this process, the same on every rank
 
 
 class DDPCB(Callback):
@@ -49,11 +50,12 @@ class DDPCB(Callback):
 
     Sharding: every rank walks its part of each global batch of `bs × world_size` items of the same seeded order
     (TensorLoader.shard), so the training pass has as many batches on every rank, and N ranks with batch size
-    bs train like one process with batch size N × bs. The validation loader is split without dropping an item.
-    Torch DataLoaders get a DistributedSampler for training and a contiguous split for validation.
+    bs train like one process with batch size N × bs. The seed is rank 0's: a shuffled TensorLoader without one
+    gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and None back at
+    cleanup_fit. The validation loader is split without dropping an item. Torch DataLoaders get a
+    DistributedSampler for training and a contiguous split for validation.
     """
     order = -30  # before DeviceCB (-20), which moves model and batches to the device DDPCB picked
-    _plain_excepthook: ClassVar[Any] = None  # sys.excepthook before the first group torch wrapped it for
 
     def __init__(self, sync_bn: bool = False, backend: str | None = None, **ddp_kwargs: Any) -> None:
         if backend not in (None, "nccl", "gloo"):
@@ -61,11 +63,10 @@ class DDPCB(Callback):
         self.sync_bn, self.backend, self.ddp_kwargs = sync_bn, backend, ddp_kwargs
         self.device: torch.device | None = None  # this process's device, set at before_fit
         self.active = False  # whether this fit runs distributed
-        self._owns_group = False
         self._plain: nn.Module | None = None
         self._ddp: DistributedDataParallel | None = None
         self._batchnorms: dict[str, nn.Module] = {}
-        self._restore: list[tuple[str, Any, Any]] = []  # (dls attribute, loader before, its shard state before)
+        self._undo: list[Callable[[], Any]] = []  # what puts each loader back, in the order the changes were made
         self._samplers: list[DistributedSampler] = []
 
     def before_fit(self, learn: Learner) -> None:
@@ -81,7 +82,7 @@ class DDPCB(Callback):
             raise ValueError("sync_bn=True needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); on the CPU "
                              "use DDPCB(sync_bn=False): each rank then normalizes with its own batch statistics")
         if not is_dist():
-            self._init_group(backend)
+            _join_group(backend, self.device)
         for cb in device_cbs:
             cb.device = self.device
         model = learn.model.to(self.device)
@@ -111,24 +112,15 @@ class DDPCB(Callback):
                 plain = self._undo_sync_bn(self._plain) if self._batchnorms else self._plain
                 if self._ddp is None or learn.model is self._ddp:
                     learn.model = plain
-            for name, before, shard_state in reversed(self._restore):
-                if shard_state is None:
-                    setattr(learn.dls, name, before)
-                else:
-                    before.shard(*shard_state)
+            for undo in reversed(self._undo):
+                undo()
         finally:
             self._ddp = self._plain = None
-            self._restore, self._samplers, self._batchnorms = [], [], {}
-            if self._owns_group and is_dist():
-                dist.destroy_process_group()
-            self._owns_group = False
+            self._undo, self._samplers, self._batchnorms = [], [], {}
 
     # --- before_fit's parts ------------------------------------------------------------------------------------
     def _pick_device(self, device_cbs: list[DeviceCB], model: nn.Module) -> torch.device:
-        if device_cbs:
-            kind = torch.device(device_cbs[0].device).type
-        else:
-            kind = model_device(model).type
+        kind = torch.device(device_cbs[0].device).type if device_cbs else model_device(model).type
         if kind == "cpu":
             return torch.device("cpu")
         if kind != "cuda":
@@ -141,25 +133,6 @@ class DDPCB(Callback):
         torch.cuda.set_device(index)  # so NCCL and every tensor made with device='cuda' use this process's GPU
         return torch.device("cuda", index)
 
-    def _init_group(self, backend: str) -> None:
-        missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
-        if missing:
-            raise RuntimeError(f"DDPCB found WORLD_SIZE={os.environ.get('WORLD_SIZE')} but not {', '.join(missing)}: "
-                               f"launch with torchrun (`torchrun --nproc_per_node=N script.py`), which sets "
-                               f"{', '.join(_TORCHRUN_VARS)} and LOCAL_RANK, or set them yourself")
-        kwargs = {"device_id": self.device} if backend == "nccl" else {}
-        store, r, w = next(dist.rendezvous("env://"))
-        # A fresh key prefix per group: torchrun's store outlives a fit, and a second fit's group built on the same
-        # keys could read the first group's (closed) addresses and fail with "Connection refused".
-        store = dist.PrefixStore(f"miniai_ddp_{next(_GROUP_IDS)}", store)
-        # init_process_group wraps sys.excepthook to prefix tracebacks with "[rankN]:"; let it wrap the original
-        # hook each time, or a process's third fit would print "[rank1]: [rank1]: [rank1]:"
-        if DDPCB._plain_excepthook is None:
-            DDPCB._plain_excepthook = sys.excepthook
-        sys.excepthook = DDPCB._plain_excepthook
-        dist.init_process_group(backend, store=store, rank=r, world_size=w, **kwargs)
-        self._owns_group = True
-
     def _shard(self, learn: Learner) -> None:
         r, w = rank(), world_size()
         for name in ("train", "valid"):
@@ -170,16 +143,18 @@ class DDPCB(Callback):
             # so it keeps every item and the summed metrics cover the whole validation set.
             even = name == "train"
             if isinstance(dl, TensorLoader):
-                self._restore.append((name, dl, (dl.rank, dl.world_size, dl.even)))
+                self._undo.append(partial(dl.shard, dl.rank, dl.world_size, dl.even))
                 if dl.shuffle:
-                    # rank 0's seed for all: the ranks' parts must come from one order, and a loader made without
-                    # a seed drew one from torch's RNG, which the processes may not have seeded alike
-                    seed = [dl.seed]
+                    # rank 0's seed for all: the ranks' parts must come from one order. Without a seed, a loader
+                    # would draw each order from its own process's RNG, which the processes may not have seeded alike
+                    if dl.seed is None:
+                        self._undo.append(partial(setattr, dl, "seed", None))
+                    seed = [int(torch.randint(0, 2**31, ())) if dl.seed is None else dl.seed]
                     dist.broadcast_object_list(seed, src=0)
                     dl.seed = seed[0]
                 dl.shard(r, w, even=even)
             elif isinstance(dl, DataLoader):
-                self._restore.append((name, dl, None))
+                self._undo.append(partial(setattr, learn.dls, name, dl))
                 setattr(learn.dls, name, self._shard_torch_loader(dl, name, r, w, even))
             else:
                 raise TypeError(f"DDPCB can't shard dls.{name}, a {type(dl).__name__}: use miniai.data.TensorLoader "
@@ -215,3 +190,19 @@ class DDPCB(Callback):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, bn)
         return model
+
+
+def _join_group(backend: str, device: torch.device) -> None:
+    """Join the process group torchrun describes (env://) for this and later fits; leave it at interpreter exit."""
+    missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
+    if missing:
+        raise RuntimeError(f"DDPCB found WORLD_SIZE={os.environ.get('WORLD_SIZE')} but not {', '.join(missing)}: "
+                           f"launch with torchrun (`torchrun --nproc_per_node=N script.py`), which sets "
+                           f"{', '.join(_TORCHRUN_VARS)} and LOCAL_RANK, or set them yourself")
+    dist.init_process_group(backend, **({"device_id": device} if backend == "nccl" else {}))
+    atexit.register(_leave_group)
+
+
+def _leave_group() -> None:
+    if is_dist():  # the script may have destroyed it itself
+        dist.destroy_process_group()
