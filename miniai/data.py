@@ -139,6 +139,9 @@ class TensorLoader:
         return self
 
 
+_VALID_SPLITS = ("validation", "valid", "test", "dev")  # from_dd's validation split: the first of these it finds
+
+
 class DataLoaders:
     """A train and a valid loader, plus the class names when known."""
 
@@ -157,11 +160,18 @@ class DataLoaders:
                 **kwargs: Any) -> DataLoaders:
         """Course adapter: torch DataLoaders over a HF DatasetDict (train shuffled; valid with 2x batch_size).
 
-        With `as_tuple`, dict batches become tuples in column order, as the course's `collate_dict` does.
+        Splits are picked by name, never by position: `train`, and for validation the first of `validation`,
+        `valid`, `test`, `dev`. With `as_tuple`, dict batches become tuples in column order, as the course's
+        `collate_dict` does.
         """
-        splits = list(dd.values())
-        train = dd["train"] if "train" in dd else splits[0]
-        valid = next((dd[s] for s in ("validation", "valid", "test") if s in dd), splits[-1])
+        valid_name = next((name for name in _VALID_SPLITS if name in dd), None)
+        if "train" not in dd or valid_name is None:
+            missing = "no 'train' split" if "train" not in dd else "no validation split"
+            raise ValueError(f"DataLoaders.from_dd: {missing}: found {list(dd)}, looked for 'train' and, for "
+                             f"validation, the first of {', '.join(map(repr, _VALID_SPLITS))}. Rename a split "
+                             "(dd['validation'] = dd.pop('heldout')) or split one off the training set "
+                             "(dd.update(dd['train'].train_test_split(test_size=0.1)))")
+        train, valid = dd["train"], dd[valid_name]
         collate = collate_fn
         if as_tuple:
             def collate(items: list) -> Any:

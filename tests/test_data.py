@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import re
 import subprocess
 import sys
 import tempfile
@@ -458,6 +459,26 @@ def test_from_dd_course_adapter():
     xb, yb = next(iter(dls.train))
     assert xb.shape == (4, 3) and yb.shape == (4,) and torch.equal(xb[:, 0], yb.float())
     assert len(next(iter(dls.valid))[0]) == 6 and len(dls.train) == 3
+
+
+@pytest.mark.parametrize("splits, valid", [(("dev", "train"), "dev"), (("train", "test", "validation"), "validation"),
+                                           (("valid", "train", "extra"), "valid")])
+def test_from_dd_picks_splits_by_name(splits, valid):
+    """Split order means nothing: train is 'train', validation the first of validation, valid, test, dev."""
+    from datasets import Dataset, DatasetDict
+    sizes = {name: 4 + i for i, name in enumerate(splits)}  # each split's size tells which one a loader walks
+    dd = DatasetDict({name: Dataset.from_dict({"x": [[0.0]] * n, "label": [0] * n}) for name, n in sizes.items()})
+    dls = DataLoaders.from_dd(dd.with_format("torch"), 2)
+    assert len(dls.train.dataset) == sizes["train"] and len(dls.valid.dataset) == sizes[valid]
+
+
+@pytest.mark.parametrize("splits, missing", [(("train",), "no validation split"), (("test", "dev"), "no 'train' split")])
+def test_from_dd_without_train_or_validation_split_is_an_error(splits, missing):
+    from datasets import Dataset, DatasetDict
+    dd = DatasetDict({name: Dataset.from_dict({"x": [[0.0]] * 3, "label": [0] * 3}) for name in splits})
+    found = re.escape(f"found {list(splits)}")
+    with pytest.raises(ValueError, match=rf"{missing}.*{found}.*'validation', 'valid', 'test', 'dev'"):
+        DataLoaders.from_dd(dd, 2)
 
 
 def test_unknown_dataset_name():
