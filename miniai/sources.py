@@ -1,9 +1,10 @@
 """Where a dataset comes from: a directory of IDX files, a saved `DatasetDict`, or the Hugging Face hub.
 
 `find_source` picks the source and `read_source` decodes it into uint8 tensors (`RawData`); `miniai.cache` keeps
-the result so this runs once per source. Fashion-MNIST comes from (1) `path=` or `$MINIAI_DATA`, (2)
-`SYSTEM_DATA_DIR` (Debian's dataset-fashion-mnist), (3) the hub; CIFAR-10 from `path=` (a `save_to_disk` dir)
-or the hub. `datasets` is imported only inside the functions that read the hub or a saved `DatasetDict`.
+the result so this runs once per source. A directory the user names (`path=`, or `$MINIAI_DATA` for
+Fashion-MNIST) is the only source tried: without the data it is an error, not a fallback. With none named,
+Fashion-MNIST comes from `SYSTEM_DATA_DIR` (Debian's dataset-fashion-mnist), else the hub; CIFAR-10 from the hub.
+`datasets` is imported only inside the functions that read the hub or a saved `DatasetDict`.
 Imports nothing from miniai but `idx`.
 """
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -84,38 +84,57 @@ def _idx_files(d: Path) -> tuple[tuple[Path, ...], list[str]]:
     return tuple(found), missing
 
 
-def _dir_source(name: str, d: Path, tried: list[str]) -> tuple[Source | None, str]:
-    """A source for directory `d`, or None and the reason it holds no usable data."""
+def _dir_source(name: str, d: Path) -> tuple[Source | None, str]:
+    """A source for directory `d`, or None and why it holds no usable data ("it lacks ...")."""
     if (d / "dataset_dict.json").is_file():
-        return Source(name, "saved", str(d), tuple(sorted(f for f in d.rglob("*") if f.is_file())), tuple(tried)), ""
+        return Source(name, "saved", str(d), tuple(sorted(f for f in d.rglob("*") if f.is_file()))), ""
+    if not d.exists():
+        return None, "it does not exist"
     if not d.is_dir():
-        return None, f"{d} is not a directory"
-    if _SPECS[name].idx:
-        files, missing = _idx_files(d)
-        if not missing:
-            return Source(name, "idx", str(d), files, tuple(tried)), ""
-        return None, f"{d} lacks {', '.join(m + '(.gz)' for m in missing)} and is no saved DatasetDict"
-    return None, f"{d} holds no DatasetDict saved with save_to_disk (no dataset_dict.json)"
+        return None, "it is not a directory"
+    if not _SPECS[name].idx:
+        return None, "it has no dataset_dict.json"
+    files, missing = _idx_files(d)
+    if missing:
+        return None, f"it lacks {', '.join(m + '(.gz)' for m in missing)} and has no dataset_dict.json"
+    return Source(name, "idx", str(d), files), ""
+
+
+def _no_data_in(name: str, d: Path, given_as: str, why: str) -> DataNotFoundError:
+    """The error for a directory the user named that holds no usable data: what was looked for, and the way out."""
+    spec, looked = _SPECS[name], "a DatasetDict saved with save_to_disk (dataset_dict.json)"
+    if spec.idx:
+        looked = (f"the four IDX files {', '.join(_IDX_STEMS)}, each .gz or plain (also spelled "
+                  f"train-images.idx3-ubyte and so on), or {looked}")
+    others = f"{SYSTEM_DATA_DIR} or the hub" if spec.idx else "the hub"
+    return DataNotFoundError(f"{d.absolute()} (given as {given_as}) holds no usable {name} data: {why}. Looked there for "
+                             f"{looked}. Point {given_as} at the directory that holds them, or give no directory "
+                             f"(no path=, MINIAI_DATA unset) to read {others}.")
 
 
 def find_source(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> Source:
-    """The first local source of `name` in the documented order, else the hub (reads no data, probes no network)."""
+    """Where `name` will be read from; reads no data and probes no network.
+
+    A directory the user names (`path`, else `$MINIAI_DATA` for Fashion-MNIST) must hold the data, or this raises
+    DataNotFoundError saying what was looked for there: it never falls back to another source. With none named:
+    `SYSTEM_DATA_DIR` (Fashion-MNIST), else the hub, which is checked only when it must be read.
+    """
     if name not in _SPECS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(_SPECS)}")
-    spec, tried = _SPECS[name], []
-    user_dir = path if path is not None else (os.environ.get("MINIAI_DATA") if spec.idx else None)
-    if user_dir:
-        source, why = _dir_source(name, Path(user_dir), tried)
-        if source:
-            return source
-        tried.append(f"path=/MINIAI_DATA: {why}")
-        warnings.warn(f"{why}; trying the other sources", stacklevel=4)
+    spec, env = _SPECS[name], os.environ.get("MINIAI_DATA")
+    if path is not None or (spec.idx and env):
+        d, given_as = (Path(path), "path=") if path is not None else (Path(env), "$MINIAI_DATA")
+        source, why = _dir_source(name, d)
+        if source is None:
+            raise _no_data_in(name, d, given_as, why)
+        return source
+    tried = []
     if spec.idx:
-        source, why = _dir_source(name, SYSTEM_DATA_DIR, tried)
+        source, why = _dir_source(name, SYSTEM_DATA_DIR)
         if source:
             return source
-        tried.append(f"system dir: {why}")
-    return Source(name, "hub", spec.hub, tried=tuple(tried))  # last resort, checked only when it must be read
+        tried.append(f"system dir {SYSTEM_DATA_DIR}: {why}")
+    return Source(name, "hub", spec.hub, tried=tuple(tried))
 
 
 def _not_found(name: str, tried: list[str]) -> DataNotFoundError:

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -410,18 +411,62 @@ def test_corrupt_source_raises_idx_error(tmp_path):
         get_dls(path=d)
 
 
-def test_missing_data_error_names_all_three_sources(tmp_path, monkeypatch):
-    (tmp_path / "empty").mkdir()
-    monkeypatch.setenv("MINIAI_DATA", str(tmp_path / "empty"))
+def test_missing_data_error_names_the_system_dir_the_hub_and_every_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "SYSTEM_DATA_DIR", tmp_path / "no-system-dir")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.warns(UserWarning, match="lacks train-images-idx3-ubyte"):
-        with pytest.raises(DataNotFoundError) as info:
-            get_dls()
+    with pytest.raises(DataNotFoundError) as info:
+        get_dls()
     msg = str(info.value)
     assert "MINIAI_DATA" in msg and "path=" in msg
     assert "apt-get install dataset-fashion-mnist" in msg and str(tmp_path / "no-system-dir") in msg
     assert "datasets.load_dataset('zalando-datasets/fashion_mnist')" in msg and "offline" in msg.lower()
+
+
+@pytest.fixture
+def system_dir(tmp_path, monkeypatch):
+    """A usable system dir, so a test can show that an explicit directory never falls back to it."""
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIR", write_fashion_dir(tmp_path / "system", fake_fashion()))
+
+
+LOOKED_FOR = (r"(?s)Looked there for the four IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+              r"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each \.gz or plain.*or a DatasetDict saved with "
+              r"save_to_disk")
+
+
+@pytest.mark.parametrize("make, why", [(lambda d: None, "it does not exist"),
+                                       (lambda d: d.mkdir(), "it lacks train-images-idx3-ubyte"),
+                                       (lambda d: d.write_text("x"), "it is not a directory")])
+def test_explicit_path_without_data_is_an_error_not_a_fallback(tmp_path, system_dir, make, why):
+    make(tmp_path / "typo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an error, not a warning and another source
+        with pytest.raises(DataNotFoundError, match=re.escape(f"{tmp_path / 'typo'} (given as path=) holds no usable "
+                                                              f"fashion_mnist data: {why}")) as info:
+            get_dls(path=tmp_path / "typo")
+    assert re.search(LOOKED_FOR, str(info.value))
+    assert get_dls(bs=8).classes == list(FASHION_CLASSES)  # no path: the system dir
+
+
+def test_explicit_path_missing_one_file_names_it(tmp_path, system_dir):
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion())
+    (d / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataNotFoundError, match=r"it lacks t10k-labels-idx1-ubyte\(\.gz\) and has no "
+                                                r"dataset_dict.json"):
+        get_dls(path=d)
+
+
+def test_miniai_data_without_data_is_an_error_naming_the_variable(tmp_path, system_dir, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("MINIAI_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DataNotFoundError, match=re.escape(f"{tmp_path / 'empty'} (given as $MINIAI_DATA) holds no")):
+        get_dls()
+
+
+def test_cifar10_path_without_a_saved_datasetdict_is_an_error(tmp_path):
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataNotFoundError, match=r"(?s)it has no dataset_dict.json.*Looked there for a DatasetDict "
+                                                r"saved with save_to_disk"):
+        get_dls("cifar10", path=tmp_path / "c")
 
 
 # ---------------------------------------------------------------- the hub code path, on local copies
