@@ -10,11 +10,12 @@ from .callbacks import GradAccumCB, MixedPrecisionCB
 from .callbacks import (CheckpointCB, CheckpointMismatchError, EarlyStoppingCB, GradClipCB, NonFiniteLossError,
                         TerminateOnNaNCB, load_checkpoint)
 from .callbacks import DDPCB
+from .callbacks.basic import LossInputError
 from .augment import Compose, RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .data import DataLoaders, TensorLoader, get_dls
 from .idx import read_idx, write_idx
 from .learner import (EVENTS, STEPS, Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                      CancelStepException, LossInputError,
+                      CancelStepException,
                       Learner, MomentumLearner, TrainLearner)
 
 from .models import GeneralRelu, ResBlock, conv, get_model, get_resnet, init_weights

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,8 +48,7 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
-           "CancelStepException", "LossInputError", "supervised_loss", "build_handlers", "Learner", "TrainLearner",
-           "MomentumLearner"]
+           "CancelStepException", "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
 
 EVENTS = ("before_fit", "after_fit", "cleanup_fit",
           "before_epoch", "after_epoch", "cleanup_epoch",
@@ -71,26 +71,20 @@ class CancelBatchException(Exception):
 
 class CancelStepException(Exception):
     """Skip this batch's optimizer `step`, `after_step` and `zero_grad` (the gradients stay); `after_batch` runs.
-
-    Raised from `after_backward` by gradient accumulation between optimizer steps, and from `step` by a mixed
-    precision scaler that found inf/NaN gradients: per-batch schedulers step only after `after_step`, so they count
-    only the optimizer steps actually taken.
-    """
+    (Gradient accumulation between steps; a grad scaler that found inf/NaN gradients.)"""
 
 
 class Callback:
     """Base class for callbacks: define methods named after events, `before_fit(self, learn)`, `after_batch`, ...
 
     Callbacks run sorted by `order` (lower first; the built-in values are tabled in `miniai.callbacks`). The
-    prefixes `before_`, `after_` and `cleanup_` are reserved for events: a method so named that is not an event
-    is an error when the callback is added.
+    prefixes `before_`, `after_` and `cleanup_` are reserved for events: any other method so named is an error.
 
-    Step ownership, the one rule: the learner's steps (`STEPS`: predict, get_loss, backward, step, zero_grad) are
-    the learner's own methods, unless a callback declares that it does a step instead, with
-    `owns_steps = ("backward", "step")` and a method `backward(self, learn)` for each. A method named like a step
-    but not declared is an error when the callback is added (a helper called `step` must never silently replace
-    the optimizer step), and so is a step owned by two callbacks. On the base `Learner`, which has no steps of its
-    own, a callback must own all five (`TrainCB`).
+    Step ownership, the one rule: the steps (`STEPS`) are the learner's own methods, unless a callback declares
+    that it does one instead, `owns_steps = ("backward", "step")`, with a method `backward(self, learn)` for each.
+    A method named like a step but not declared is an error when the callback is added (a helper called `step`
+    must never silently replace the optimizer step), and so is a step owned by two callbacks. The base `Learner`
+    has no steps of its own: a callback owns all five (`TrainCB`).
     """
     order: int = 0
     owns_steps: tuple[str, ...] = ()
@@ -128,11 +122,8 @@ def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
 
 
 def _add_note(error: BaseException, note: str) -> None:
-    """Attach `note` to `error` (shown under its traceback; Python < 3.11 has no notes, so print it there)."""
-    if hasattr(error, "add_note"):
-        error.add_note(note)
-    else:
-        print(note, file=__import__("sys").stderr)
+    """Attach `note` to `error`, shown under its traceback (Python < 3.11 has no notes: print it)."""
+    error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
 
 
 class Learner:
@@ -293,13 +284,9 @@ class Learner:
         except CancelStepException:
             pass
 
-    def _do(self, step: str) -> None:
-        """Run a step: the callback that owns it, else the learner's own method."""
+    def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
         owner = self._handlers[step]
-        if owner:
-            owner[0](self)
-        else:
-            getattr(self, step)()
+        owner[0](self) if owner else getattr(self, step)()
 
     # --- the steps: the base Learner has none of its own; TrainLearner defines them ---------------------------
     def predict(self) -> None:
@@ -323,13 +310,12 @@ class Learner:
         self._owned("zero_grad")
 
     def _owned(self, step: str) -> None:
-        if not self._handlers[step]:
-            raise TypeError(f"{type(self).__name__} has no way to {step}: add TrainCB() to cbs, or use TrainLearner")
+        self._check_steps([step])
         self._handlers[step][0](self)
 
     # --- checks before anything runs -------------------------------------------------------------------------
-    def _check_steps(self) -> None:
-        missing = [s for s in STEPS if getattr(type(self), s) is getattr(Learner, s) and not self._handlers[s]]
+    def _check_steps(self, steps: Iterable[str] = STEPS) -> None:
+        missing = [s for s in steps if getattr(type(self), s) is getattr(Learner, s) and not self._handlers[s]]
         if missing:
             raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                             "or use TrainLearner, which defines the steps itself.")
@@ -361,78 +347,23 @@ class Learner:
 
     # --- conveniences built from callbacks (imported inside each method: the callbacks import this module) ---
     def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:
-        """Fit with torch's OneCycleLR stepped per optimizer step (see `miniai.callbacks.scheduling.fit_one_cycle`)."""
+        """Fit with torch's OneCycleLR stepped per optimizer step (`miniai.callbacks.scheduling.fit_one_cycle`)."""
         from .callbacks.scheduling import fit_one_cycle
         fit_one_cycle(self, n_epochs, max_lr, **kwargs)
 
-    def lr_find(self, start_lr: float = 1e-5, gamma: float = 1.3, max_mult: float = 3.0, max_epochs: int = 10,
-                plot: bool = True) -> Any:
-        """Grow the lr ×`gamma` a batch until the loss blows up; plot and return an `LRFinderResult` (lrs, losses,
-        valley, steepest). Model, optimizer, learner, loaders and RNGs are left exactly as before."""
+    def lr_find(self, *args: Any, **kwargs: Any) -> Any:
+        """Grow the lr each batch until the loss blows up; plot and return an `LRFinderResult` with suggestions.
+        The learner is left exactly as it was (`miniai.callbacks.lr_finder.lr_find`)."""
         from .callbacks.lr_finder import lr_find
-        return lr_find(self, start_lr, gamma, max_mult, max_epochs, plot)
+        return lr_find(self, *args, **kwargs)
 
     def compile(self, **kwargs: Any) -> Learner:
-        """Compile the model in place with `torch.compile(**kwargs)` (`nn.Module.compile`); returns the learner.
-
-        In place, so `learn.model` stays the user's module and its `state_dict` keys stay clean (no `_orig_mod.`).
-        The first epoch pays the compilation, and each new input shape (a smaller last batch, the validation
-        pass) compiles once more; later epochs run the compiled code.
-        """
+        """Compile the model in place with `torch.compile(**kwargs)`, so its `state_dict` keys stay clean; returns
+        the learner. The first epoch pays the compilation, and each new input shape compiles once more."""
         if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
             raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
         self.model.compile(**kwargs)
         return self
-
-
-# --- the supervised loss, shared by TrainLearner and TrainCB ---------------------------------------------------
-class LossInputError(ValueError, RuntimeError):
-    """The loss function can't take the model's output and the targets; the message shows both shapes and dtypes.
-
-    A subclass of both ValueError and RuntimeError, the two errors torch's losses raise, so existing
-    `except` clauses still catch it.
-    """
-
-
-def _describe(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"shape {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
-    return type(x).__name__
-
-
-def supervised_loss(learn: Learner) -> torch.Tensor:
-    """`learn.loss_func(learn.preds, *learn.yb)`, refusing inputs that would silently compute the wrong loss."""
-    loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
-    name = getattr(loss_func, "__name__", type(loss_func).__name__)
-    fix = None
-    if len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
-            and preds.shape != yb[0].shape and yb[0].is_floating_point():
-        try:
-            broadcast = torch.broadcast_shapes(preds.shape, yb[0].shape)
-        except RuntimeError:  # not broadcastable: the loss itself raises, and we show the shapes below
-            broadcast = preds.shape
-        if broadcast != preds.shape:  # e.g. (N,1) against (N,): an (N,N) loss that trains, wrongly
-            fix = (f"they broadcast to {tuple(broadcast)}, so the loss would compare every prediction with every "
-                   "target. Make the shapes equal (e.g. preds.squeeze(-1), or targets.view(-1, 1)).")
-    elif len(yb) != 1 and (getattr(getattr(loss_func, "func", loss_func), "__module__", None)
-                           or type(loss_func).__module__).startswith("torch.nn"):
-        fix = (f"torch's losses take one target, but the batch has {len(yb)} items after its n_inp={learn.n_inp} "
-               "inputs. Batches are (*inputs, *targets); if an item is no target (ids, weights), wrap the loss, "
-               "e.g. loss_func=lambda preds, y, ids: F.cross_entropy(preds, y).")
-    if fix is None:
-        try:
-            return loss_func(preds, *yb)
-        except (RuntimeError, ValueError, TypeError) as e:  # a try costs nothing when nothing is raised
-            if isinstance(e, torch.cuda.OutOfMemoryError):  # not the inputs' fault: keep it as it is
-                raise
-            error, fix = e, str(e)
-    else:
-        error = None
-    raise LossInputError(
-        f"loss_func {name} failed on the model output (preds, {_describe(preds)}) and the targets "
-        f"({', '.join(_describe(t) for t in yb)}): {fix}\nMake the model's output match what the loss expects: "
-        "e.g. F.cross_entropy takes logits (N, C) and int64 class indices (N,), F.mse_loss and "
-        "F.binary_cross_entropy_with_logits take preds and targets of the same shape and float dtype.") from error
 
 
 class TrainLearner(Learner):
@@ -447,15 +378,17 @@ class TrainLearner(Learner):
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  nan_guard: bool = True, n_inp: int = 1) -> None:
         super().__init__(model, dls, loss_func, lr, cbs, opt_func, n_inp)
+        from .callbacks.basic import supervised_loss  # here: the callbacks import this module
+        from .callbacks.guards import add_nan_guard
+        self._supervised_loss = supervised_loss  # loss_func(preds, *yb), refusing inputs that give a wrong loss
         if nan_guard:
-            from .callbacks.guards import add_nan_guard  # here: the callbacks import this module
             add_nan_guard(self)
 
     def predict(self) -> None:
         self.preds = self.model(*self.xb)
 
     def get_loss(self) -> None:
-        self.loss = supervised_loss(self)
+        self.loss = self._supervised_loss(self)
 
     def backward(self) -> None:
         self.loss.backward()

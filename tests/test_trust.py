@@ -20,7 +20,8 @@ from miniai.callbacks import (ActivationStats, BatchSchedCB, CheckpointCB, Metri
                               load_checkpoint)
 from miniai.callbacks.guards import NonFiniteLossError
 from miniai.data import DataLoaders, TensorLoader
-from miniai.learner import Callback, LossInputError, TrainLearner
+from miniai.callbacks.basic import LossInputError
+from miniai.learner import Callback, TrainLearner
 from miniai.utils import set_seed
 from tests.synth import LossLog, linear_dls, tiny_learner
 

@@ -1,13 +1,14 @@
-"""The basic callbacks: put things on the device, perform the training steps, stop after one batch."""
+"""The basic callbacks: put things on the device, perform the training steps (and check the loss's inputs), stop
+after one batch."""
 from __future__ import annotations
 
 import torch
 
 from ..data import TensorLoader
-from ..learner import STEPS, Callback, CancelFitException, Learner, supervised_loss
+from ..learner import STEPS, Callback, CancelFitException, Learner
 from ..utils import def_device, to_device
 
-__all__ = ["DeviceCB", "TrainCB", "SingleBatchCB"]
+__all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "supervised_loss"]
 
 
 class DeviceCB(Callback):
@@ -55,6 +56,55 @@ def _resolve(device: torch.device) -> torch.device:
         return device
     index = torch.cuda.current_device() if device.type == "cuda" else 0
     return torch.device(device.type, index)
+
+
+class LossInputError(ValueError, RuntimeError):
+    """The loss function can't take the model's output and the targets; the message shows both shapes and dtypes.
+
+    A subclass of both ValueError and RuntimeError, the two errors torch's losses raise, so existing
+    `except` clauses still catch it.
+    """
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+    return type(x).__name__
+
+
+def supervised_loss(learn: Learner) -> torch.Tensor:
+    """`learn.loss_func(learn.preds, *learn.yb)`, refusing inputs that would silently compute the wrong loss."""
+    loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
+    name = getattr(loss_func, "__name__", type(loss_func).__name__)
+    fix = None
+    if len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
+            and preds.shape != yb[0].shape and yb[0].is_floating_point():
+        try:
+            broadcast = torch.broadcast_shapes(preds.shape, yb[0].shape)
+        except RuntimeError:  # not broadcastable: the loss itself raises, and we show the shapes below
+            broadcast = preds.shape
+        if broadcast != preds.shape:  # e.g. (N,1) against (N,): an (N,N) loss that trains, wrongly
+            fix = (f"they broadcast to {tuple(broadcast)}, so the loss would compare every prediction with every "
+                   "target. Make the shapes equal (e.g. preds.squeeze(-1), or targets.view(-1, 1)).")
+    elif len(yb) != 1 and (getattr(getattr(loss_func, "func", loss_func), "__module__", None)
+                           or type(loss_func).__module__).startswith("torch.nn"):
+        fix = (f"torch's losses take one target, but the batch has {len(yb)} items after its n_inp={learn.n_inp} "
+               "inputs. Batches are (*inputs, *targets); if an item is no target (ids, weights), wrap the loss, "
+               "e.g. loss_func=lambda preds, y, ids: F.cross_entropy(preds, y).")
+    if fix is None:
+        try:
+            return loss_func(preds, *yb)
+        except (RuntimeError, ValueError, TypeError) as e:  # a try costs nothing when nothing is raised
+            if isinstance(e, torch.cuda.OutOfMemoryError):  # not the inputs' fault: keep it as it is
+                raise
+            error, fix = e, str(e)
+    else:
+        error = None
+    raise LossInputError(
+        f"loss_func {name} failed on the model output (preds, {_describe(preds)}) and the targets "
+        f"({', '.join(_describe(t) for t in yb)}): {fix}\nMake the model's output match what the loss expects: "
+        "e.g. F.cross_entropy takes logits (N, C) and int64 class indices (N,), F.mse_loss and "
+        "F.binary_cross_entropy_with_logits take preds and targets of the same shape and float dtype.") from error
 
 
 class TrainCB(Callback):
