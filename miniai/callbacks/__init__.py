@@ -40,24 +40,23 @@
 Checkpointing must save scheduler state after order 20 at the validation pass's after_epoch (or later), and load it
 after order 20 at before_fit, when the scheduling callbacks have built their schedulers.
 """
-from .activations import ActivationStats, Hook, Hooks, HooksCallback, append_stats
-from .augment import BatchTransformCB
-from .basic import DeviceCB, SingleBatchCB, TrainCB
-from .ddp import DDPCB
-from .checkpoint import CheckpointCB, CheckpointMismatchError, load_checkpoint
-from .grad_accum import GradAccumCB
-from .guards import EarlyStoppingCB, GradClipCB, NonFiniteLossError, TerminateOnNaNCB
-from .lr_finder import LRFinderCB, LRFinderResult
-from .metrics import MetricsCB
-from .mixed_precision import MixedPrecisionCB
-from .progress import ProgressCB
-from .resume import ResumeCB
-from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom
-from .swa import SWACB
+from .._lazy import lazy_exports
 
-__all__ = ["DDPCB", "DeviceCB", "TrainCB", "SingleBatchCB", "MetricsCB", "ProgressCB",
-           "CheckpointCB", "CheckpointMismatchError", "ResumeCB", "load_checkpoint",
-           "EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB",
-           "Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats", "LRFinderCB", "LRFinderResult",
-           "BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1",
-           "BatchTransformCB", "SWACB", "MixedPrecisionCB", "GradAccumCB"]
+_EXPORTS = {name: f".{module}" for module, names in {
+    "activations": ["ActivationStats", "Hook", "Hooks", "HooksCallback", "append_stats"],
+    "augment": ["BatchTransformCB"],
+    "basic": ["DeviceCB", "SingleBatchCB", "TrainCB"],
+    "checkpoint": ["CheckpointCB", "CheckpointMismatchError", "load_checkpoint"],
+    "ddp": ["DDPCB"],
+    "grad_accum": ["GradAccumCB"],
+    "guards": ["EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB"],
+    "lr_finder": ["LRFinderCB", "LRFinderResult"],
+    "metrics": ["MetricsCB"],
+    "mixed_precision": ["MixedPrecisionCB"],
+    "progress": ["ProgressCB"],
+    "resume": ["ResumeCB"],
+    "scheduling": ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_beta1", "_lr", "_mom"],
+    "swa": ["SWACB"],
+}.items() for name in names}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)  # each module is imported when one of its names is used

@@ -6,7 +6,7 @@ import torch
 
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
-from ..utils import def_device, to_device
+from ..utils import def_device, fix_malloc, to_device
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "supervised_loss"]
 
@@ -17,7 +17,8 @@ class DeviceCB(Callback):
     Loaders that can hold their data on the device (`miniai.data.TensorLoader`, via `dls.to`) are moved once at
     before_fit, so batching is slicing on the device and no batch crosses the host-device link (`move_data=False`
     keeps them where they are). `channels_last=True` puts the model and 4-d inputs in channels-last memory
-    format, which convolutions on recent GPUs prefer.
+    format, which convolutions on recent GPUs prefer. On the CPU it fixes glibc's malloc thresholds for the
+    process (`miniai.utils.fix_malloc`; `MINIAI_MALLOC=default` opts out).
     """
     order = -20  # before everyone else reads the model or the batch
 
@@ -29,6 +30,8 @@ class DeviceCB(Callback):
         self._in_place = False  # this pass's batches already sit on the device: nothing to do per batch
 
     def before_fit(self, learn: Learner) -> None:
+        if self.device.type == "cpu":
+            fix_malloc()  # keeps activation memory from being given back and faulted in every batch (see fix_malloc)
         learn.model.to(self.device)
         if self.channels_last:
             learn.model.to(memory_format=torch.channels_last)

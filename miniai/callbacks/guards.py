@@ -55,7 +55,7 @@ class TerminateOnNaNCB(Callback):
         if not learn.training or not self._active:
             return
         loss = learn.loss
-        if self.immediate or (self.immediate is None and loss.device.type == "cpu"):
+        if self.immediate or (self.immediate is None and loss.is_cpu):
             # item() of a CPU scalar is a read, not a sync; the sum covers losses with reduction='none'
             value = loss.item() if loss.numel() == 1 else float(loss.detach().float().sum())
             if not math.isfinite(value):

@@ -91,16 +91,16 @@ class MetricsCB(Callback):
     def after_batch(self, learn: Learner) -> None:
         # only keep references here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches
-        yb = learn.yb
-        if len(yb) != 1:
-            raise ValueError(f"MetricsCB compares the predictions with one target, but this batch has {len(yb)} "
-                             f"items after its n_inp={learn.n_inp} inputs. Batches are (*inputs, *targets): give "
-                             "the loader (inputs, target) batches, or set the learner's n_inp to the number of inputs.")
-        target = yb[0]
-        preds = learn.preds.detach()
+        batch, n_inp = learn.batch, learn.n_inp
+        if len(batch) != n_inp + 1:  # (*inputs, target); learn.yb would build a tuple each batch
+            raise ValueError(f"MetricsCB compares the predictions with one target, but this batch has "
+                             f"{len(batch) - n_inp} items after its n_inp={n_inp} inputs. Batches are (*inputs, "
+                             "*targets): give the loader (inputs, target) batches, or set the learner's n_inp to "
+                             "the number of inputs.")
+        target, preds = batch[n_inp], learn.preds.detach()
         self._pending.append((preds, target, learn.loss.detach()))
         self._pending_numel += preds.numel()
-        self._count += len(target)
+        self._count += target.shape[0]
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
 

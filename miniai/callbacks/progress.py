@@ -7,7 +7,6 @@ from collections import deque
 from typing import Any
 
 import torch
-from fastprogress.fastprogress import ConsoleMasterBar, NBMasterBar, progress_bar
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
@@ -123,6 +122,8 @@ class ProgressCB(Callback):
             self._saved_log_fn, self._metrics.log_fn = self._metrics.log_fn, self._log
         self.mbar = None
         if self._mode != "plain":
+            # imported here: fastprogress takes a quarter of a second to import, and logs don't draw bars
+            from fastprogress.fastprogress import ConsoleMasterBar, NBMasterBar
             bar_cls = NBMasterBar if self._mode == "notebook" else ConsoleMasterBar
             self.mbar = bar_cls(learn.epochs)
             learn.epochs = self.mbar
@@ -148,6 +149,7 @@ class ProgressCB(Callback):
 
     def before_epoch(self, learn: Learner) -> None:
         if self.mbar is not None and _length(learn.dl) is not None:  # a bar needs the length; else no bar
+            from fastprogress.fastprogress import progress_bar
             self.pbar = progress_bar(learn.dl, leave=False, parent=self.mbar)
             learn.dl = self.pbar
 

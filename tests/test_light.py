@@ -1,0 +1,64 @@
+"""What users pay before training starts: `import miniai` is light, and the CPU allocator is protected."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import miniai
+
+HEAVY = ("matplotlib", "fastprogress", "datasets", "torcheval")
+
+
+def loaded_after(code: str, env: dict | None = None) -> list[str]:
+    """The heavy modules loaded after running `code` in a fresh interpreter."""
+    script = textwrap.dedent(code) + f"\nimport sys\nprint([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, check=True,
+                         env=env)
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_miniai_loads_no_plotting_progress_or_hub_libraries():
+    assert loaded_after("import miniai") == []
+
+
+def test_a_plain_fit_from_a_script_loads_none_of_them_either():
+    code = """
+        import os, torch, torch.nn.functional as F
+        from torch import nn
+        from miniai import TrainLearner, DeviceCB, ProgressCB, MetricsCB, TensorLoader, DataLoaders
+        x = torch.randn(64, 3); y = x.sum(1, keepdim=True)
+        dls = DataLoaders(TensorLoader(x, y, bs=16, shuffle=True), TensorLoader(x, y, bs=16))
+        TrainLearner(nn.Linear(3, 1), dls, F.mse_loss, lr=0.1, cbs=[DeviceCB("cpu"), MetricsCB(),
+                     ProgressCB(mode="plain")]).fit(1)
+    """
+    assert loaded_after(code) == []
+
+
+def test_star_import_still_brings_every_name():
+    namespace: dict = {}
+    exec("from miniai import *", namespace)
+    assert set(miniai.__all__) <= set(namespace) and "TrainLearner" in dir(miniai)
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
+        miniai.NoSuchThing
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_cpu_training_fixes_the_malloc_thresholds_unless_told_not_to():
+    code = """
+        import torch, torch.nn.functional as F
+        from torch import nn
+        import miniai.utils as u
+        from miniai import TrainLearner, DeviceCB, TensorLoader, DataLoaders
+        x = torch.randn(32, 3)
+        dls = DataLoaders(TensorLoader(x, x[:, :1], bs=16), TensorLoader(x, x[:, :1], bs=16))
+        TrainLearner(nn.Linear(3, 1), dls, F.mse_loss, lr=0.1, cbs=[DeviceCB("cpu")]).fit(1)
+        print(u._MALLOC_FIXED)
+    """
+    run = lambda env: subprocess.run([sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)],  # noqa: E731
+                                     capture_output=True, text=True, check=True, env=env).stdout.split()[0]
+    import os
+    assert run(dict(os.environ)) == "True"
+    assert run({**os.environ, "MINIAI_MALLOC": "default"}) == "False"
