@@ -2,12 +2,45 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "train"]
+__all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (epochs, batch size, item counts), else argparse's usage and the reason."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (the learning rate), else argparse's usage and the reason."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def data_dir(text: str) -> str:
+    """argparse type: a directory holding Fashion-MNIST, checked before any training (no file is read)."""
+    from .sources import DataNotFoundError, check_data_dir
+    try:
+        check_data_dir(text, given_as="--data")
+    except DataNotFoundError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,15 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m miniai", description=__doc__)
     jobs = parser.add_subparsers(dest="job", required=True)
     t = jobs.add_parser("train", help="train the reference CNN on Fashion-MNIST and print a metrics table")
-    t.add_argument("--epochs", type=int, default=3, help="number of epochs (default 3)")
-    t.add_argument("--lr", type=float, default=2e-2, help="learning rate (default 2e-2)")
-    t.add_argument("--bs", type=int, default=1024, help="batch size (default 1024)")
+    t.add_argument("--epochs", type=positive_int, default=3, help="number of epochs (default 3)")
+    t.add_argument("--lr", type=positive_float, default=2e-2, help="learning rate (default 2e-2)")
+    t.add_argument("--bs", type=positive_int, default=1024, help="batch size (default 1024)")
     t.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     t.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda, else mps, else cpu)")
-    t.add_argument("--data", default=None, help="directory with the four Fashion-MNIST IDX .gz files")
+    t.add_argument("--data", type=data_dir, default=None,
+                   help="directory with the four Fashion-MNIST IDX files (.gz or plain) or a saved DatasetDict")
     t.add_argument("--out", default=None, help="directory for the weights (model.pt) and the loss curve (loss.png)")
-    t.add_argument("--n-train", type=int, default=None, help="train on the first N images only (quick runs)")
-    t.add_argument("--n-valid", type=int, default=None, help="validate on the first N images only")
+    t.add_argument("--n-train", type=positive_int, default=None, help="train on the first N images only (quick runs)")
+    t.add_argument("--n-valid", type=positive_int, default=None, help="validate on the first N images only")
     from .recipes import SCHEDULES  # the names only; the recipe itself is built in train()
     t.add_argument("--sched", choices=list(SCHEDULES), default="none",
                    # argparse %-formats help strings: escape the recipes' own percent signs
@@ -78,8 +112,15 @@ def train(args: argparse.Namespace) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m miniai` and the `miniai` script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.job == "train":
+        if args.data is None:  # --data was checked as it was parsed; $MINIAI_DATA names a directory just as firmly
+            from .sources import DataNotFoundError, find_source
+            try:
+                find_source("fashion_mnist")
+            except DataNotFoundError as e:
+                parser.error(str(e))
         train(args)
     return 0
 

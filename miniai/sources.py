@@ -23,7 +23,7 @@ import torch
 from .idx import IDXError, read_idx
 
 __all__ = ["DataNotFoundError", "FASHION_CLASSES", "CIFAR10_CLASSES", "SYSTEM_DATA_DIR", "RawData", "Source",
-           "find_source", "read_source", "load_hub_dataset", "hf_to_tensors"]
+           "check_data_dir", "find_source", "read_source", "load_hub_dataset", "hf_to_tensors"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -74,6 +74,12 @@ class Source:
         return hashlib.sha1(repr((1, self.name, self.kind, self.where, stats)).encode()).hexdigest()[:16]
 
 
+def _spec(name: str) -> _Spec:
+    if name not in _SPECS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(_SPECS)}")
+    return _SPECS[name]
+
+
 def _idx_files(d: Path) -> tuple[tuple[Path, ...], list[str]]:
     """The four Fashion-MNIST IDX files in `d` (.gz, plain, or LeCun's '.idx' spelling) and the missing stems."""
     found, missing = [], []
@@ -100,16 +106,23 @@ def _dir_source(name: str, d: Path) -> tuple[Source | None, str]:
     return Source(name, "idx", str(d), files), ""
 
 
-def _no_data_in(name: str, d: Path, given_as: str, why: str) -> DataNotFoundError:
-    """The error for a directory the user named that holds no usable data: what was looked for, and the way out."""
-    spec, looked = _SPECS[name], "a DatasetDict saved with save_to_disk (dataset_dict.json)"
+def check_data_dir(path: str | os.PathLike, name: str = "fashion_mnist", given_as: str = "path=") -> Source:
+    """The source in directory `path`, which the user named; DataNotFoundError saying what was looked for if none.
+
+    `given_as` is how the user named it ('path=', '$MINIAI_DATA', '--data'), so the message speaks their language.
+    """
+    d, spec = Path(path), _spec(name)
+    source, why = _dir_source(name, d)
+    if source is not None:
+        return source
+    looked = "a DatasetDict saved with save_to_disk (dataset_dict.json)"
     if spec.idx:
         looked = (f"the four IDX files {', '.join(_IDX_STEMS)}, each .gz or plain (also spelled "
                   f"train-images.idx3-ubyte and so on), or {looked}")
     others = f"{SYSTEM_DATA_DIR} or the hub" if spec.idx else "the hub"
-    return DataNotFoundError(f"{d.absolute()} (given as {given_as}) holds no usable {name} data: {why}. Looked there for "
-                             f"{looked}. Point {given_as} at the directory that holds them, or give no directory "
-                             f"(no path=, MINIAI_DATA unset) to read {others}.")
+    raise DataNotFoundError(f"{d.absolute()} (given as {given_as}) holds no usable {name} data: {why}. Looked "
+                            f"there for {looked}. Point {given_as} at the directory that holds them, or name no "
+                            f"directory (and unset MINIAI_DATA) to read {others}.")
 
 
 def find_source(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> Source:
@@ -119,15 +132,11 @@ def find_source(name: str = "fashion_mnist", path: str | os.PathLike | None = No
     DataNotFoundError saying what was looked for there: it never falls back to another source. With none named:
     `SYSTEM_DATA_DIR` (Fashion-MNIST), else the hub, which is checked only when it must be read.
     """
-    if name not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {list(_SPECS)}")
-    spec, env = _SPECS[name], os.environ.get("MINIAI_DATA")
-    if path is not None or (spec.idx and env):
-        d, given_as = (Path(path), "path=") if path is not None else (Path(env), "$MINIAI_DATA")
-        source, why = _dir_source(name, d)
-        if source is None:
-            raise _no_data_in(name, d, given_as, why)
-        return source
+    spec, env = _spec(name), os.environ.get("MINIAI_DATA")
+    if path is not None:
+        return check_data_dir(path, name, "path=")
+    if spec.idx and env:
+        return check_data_dir(env, name, "$MINIAI_DATA")
     tried = []
     if spec.idx:
         source, why = _dir_source(name, SYSTEM_DATA_DIR)

@@ -1,0 +1,79 @@
+"""`python -m miniai train` answers bad arguments the argparse way: its usage line, the reason, exit status 2.
+
+The cases the issue names run as real subprocesses, all at once (each pays seconds of imports) and none may start
+training; the rest of the number checks call the same parser in this process.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BAD = {  # argv after `python -m miniai train` -> what stderr must say after "error: "
+    "epochs 0": (["--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
+    "bs -5": (["--bs", "-5"], "argument --bs: must be a positive integer, got '-5'"),
+    "lr 0": (["--lr", "0"], "argument --lr: must be a positive finite number, got '0'"),
+    "lr -1e-3": (["--lr=-1e-3"], "argument --lr: must be a positive finite number, got '-1e-3'"),
+    "n-train 0": (["--n-train", "0"], "argument --n-train: must be a positive integer, got '0'"),
+    "data without files": (["--data", "{tmp}"], "argument --data: {tmp} (given as --data) holds no usable "
+                                                "fashion_mnist data: it lacks train-images-idx3-ubyte"),
+}
+SMALL = ["--epochs", "1", "--n-train", "64", "--n-valid", "32", "--device", "cpu"]  # the case's flags come after
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every case of BAD, run concurrently: {case: (CompletedProcess, its --out dir)}."""
+    tmp = tmp_path_factory.mktemp("empty")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("MINIAI_DATA", None)
+    procs = {case: subprocess.Popen([sys.executable, "-m", "miniai", "train", *SMALL,
+                                     *(a.format(tmp=tmp) for a in argv), "--out", str(tmp / f"out {case}")],
+                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for case, (argv, _) in BAD.items()}
+    done = {}
+    for case, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        done[case] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return tmp, done
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
+    tmp, done = runs
+    run, reason = done[case], BAD[case][1].format(tmp=tmp)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("usage: python -m miniai train"), run.stderr
+    assert f"error: {reason}" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout == "" and not (tmp / f"out {case}").exists()  # it stopped before training
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["--bs", "2.5"], "argument --bs: must be a positive integer, got '2.5'"),
+    (["--lr", "nan"], "argument --lr: must be a positive finite number, got 'nan'"),
+    (["--lr", "inf"], "argument --lr: must be a positive finite number, got 'inf'"),
+    (["--n-valid", "0"], "argument --n-valid: must be a positive integer, got '0'"),
+])
+def test_more_bad_numbers_in_process(capsys, argv, reason):
+    """The same parser in this process (milliseconds): the rest of the number checks."""
+    from miniai.__main__ import main
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, *argv])
+    assert info.value.code == 2 and f"error: {reason}" in capsys.readouterr().err
+
+
+def test_miniai_data_without_files_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    from miniai.__main__ import main
+    monkeypatch.setenv("MINIAI_DATA", str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("usage: python -m miniai")
+    assert f"error: {tmp_path} (given as $MINIAI_DATA) holds no usable fashion_mnist data" in err
