@@ -517,7 +517,8 @@ def test_from_dd_picks_splits_by_name(splits, valid):
     assert len(dls.train.dataset) == sizes["train"] and len(dls.valid.dataset) == sizes[valid]
 
 
-@pytest.mark.parametrize("splits, missing", [(("train",), "no validation split"), (("test", "dev"), "no 'train' split")])
+@pytest.mark.parametrize("splits, missing", [(("train",), "no validation split"),
+                                             (("test", "dev"), "no 'train' split")])
 def test_from_dd_without_train_or_validation_split_is_an_error(splits, missing):
     from datasets import Dataset, DatasetDict
     dd = DatasetDict({name: Dataset.from_dict({"x": [[0.0]] * 3, "label": [0] * 3}) for name in splits})
