@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir"]
+__all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir", "device"]
 
 
 def positive_int(text: str) -> int:
@@ -43,6 +43,23 @@ def data_dir(text: str) -> str:
     return text
 
 
+def device(text: str) -> str:
+    """argparse type: a device torch knows and this machine has (cpu, cuda, cuda:1, mps)."""
+    import torch
+    try:
+        dev = torch.device(text)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:N or mps)") from e
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(dev.type, False) or (dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine")
+    return text
+
+
+class _UsageError(Exception):
+    """A bad argument found only once the data is loaded (e.g. --n-train larger than the dataset)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m miniai` argument parser (one sub-command per job)."""
     parser = argparse.ArgumentParser(prog="python -m miniai", description=__doc__)
@@ -52,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive_float, default=2e-2, help="learning rate (default 2e-2)")
     t.add_argument("--bs", type=positive_int, default=1024, help="batch size (default 1024)")
     t.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    t.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda, else mps, else cpu)")
+    t.add_argument("--device", type=device, default=None, help="cpu, cuda, mps (default: cuda, else mps, else cpu)")
     t.add_argument("--data", type=data_dir, default=None,
                    help="directory with the four Fashion-MNIST IDX files (.gz or plain) or a saved DatasetDict")
     t.add_argument("--out", default=None, help="directory for the weights (model.pt) and the loss curve (loss.png)")
@@ -78,10 +95,15 @@ def train(args: argparse.Namespace) -> float:
     from .data import get_dls
     from .learner import TrainLearner
     from .models import GeneralRelu, get_model, init_weights
-    from .utils import def_device, set_seed
+    from .utils import def_device, fix_malloc, set_seed
 
+    if (args.device or def_device) == "cpu" or str(args.device).startswith("cpu"):
+        fix_malloc()  # before anything is allocated: see fix_malloc (MINIAI_MALLOC=default opts out)
     set_seed(args.seed)
-    dls = get_dls(bs=args.bs, path=args.data, n_train=args.n_train, n_valid=args.n_valid)
+    try:
+        dls = get_dls(bs=args.bs, path=args.data, n_train=args.n_train, n_valid=args.n_valid)
+    except ValueError as e:  # e.g. --n-train larger than the dataset
+        raise _UsageError(str(e)) from e
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
     model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
     metrics, progress = MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()
@@ -121,7 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 find_source("fashion_mnist")
             except DataNotFoundError as e:
                 parser.error(str(e))
-        train(args)
+        try:
+            train(args)
+        except _UsageError as e:
+            parser.error(str(e))
     return 0
 
 

@@ -190,7 +190,10 @@ def _load_loader_state(dl: Any, state: dict[str, Any] | None) -> None:
     if state is None:
         return
     if "state_dict" in state:
-        dl.load_state_dict(state["state_dict"])  # miniai.data.TensorLoader: {seed, epoch}
+        saved = state["state_dict"]  # miniai.data.TensorLoader: {seed, epoch}
+        if "seed" in saved and saved["seed"] is None and getattr(dl, "seed", None) is not None:
+            saved = {**saved, "seed": dl.seed}  # a run without a seed resumed under DDP keeps the seed DDPCB shared
+        dl.load_state_dict(saved)
         return
     for g, saved in zip(loader_generators(dl), state["generators"]):
         g.set_state(saved)
