@@ -1,6 +1,7 @@
 """How much miniai's loop costs over a hand-written PyTorch loop, and how fast its data path is.
 
-    python bench/overhead.py                  # CUDA when present, else CPU; 5 interleaved reps; bs 1024 and 64
+    python bench/overhead.py --fresh --reps 7 # what users get: fresh processes, first and later epochs (fresh.py)
+    python bench/overhead.py                  # one long-lived process: CUDA when present, else CPU; 5 reps
     python bench/overhead.py --device cpu --reps 7 --bs 1024,64
     python bench/overhead.py --quick          # a smoke run: 2 reps on a fraction of the data
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import math
 import os
 import platform
@@ -124,24 +124,10 @@ def page_faults() -> int:
 
 
 def fix_malloc() -> str:
-    """Fix glibc malloc's mmap and trim thresholds for this process; returns a line saying what was done.
-
-    By default glibc adapts both as the program runs, and whether the activations freed after a batch go back to
-    the OS, to be faulted in again by the next batch, depends on the heap's layout at that moment: on this machine
-    an epoch at bs 1024 took either ~5k or ~800k page faults (+30% time) depending on what ran before, in the hand
-    loop and in miniai alike. Fixed thresholds keep freed memory in the process, so neither row draws the bad case
-    by chance. Each row's page faults per batch are printed so this can be checked.
-    """
-    if not sys.platform.startswith("linux"):
-        return "allocator: the platform's default"
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-    except (OSError, AttributeError):
-        ok = False
-    return ("allocator: glibc malloc with fixed thresholds (mmap 32 MiB, trim 1 GiB; see fix_malloc)" if ok
-            else "allocator: default (could not set glibc's malloc thresholds)")
+    """Fix glibc malloc's thresholds for this process (`miniai.utils.fix_malloc`); returns a line saying so."""
+    from miniai.utils import fix_malloc as fix
+    return ("allocator: glibc malloc with fixed thresholds (mmap 32 MiB, trim 1 GiB; miniai.utils.fix_malloc)"
+            if fix(force=True) else "allocator: the platform's default (could not set glibc's malloc thresholds)")
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -217,6 +203,12 @@ def machine(device: torch.device) -> str:
 
 
 def main() -> None:
+    if "--fresh" in sys.argv:  # the fresh-process mode lives in fresh.py, next to this file
+        sys.argv.remove("--fresh")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from fresh import main as fresh_main
+        fresh_main()
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions of every row (>= 5 for the README)")
@@ -228,6 +220,7 @@ def main() -> None:
                              "support); its ratio is then per batch")
     parser.add_argument("--no-compile", action="store_true", help="skip the learn.compile() row")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 reps, 1/10 of the data, no compile")
+    parser.add_argument("--fresh", action="store_true", help="fresh processes, first and later epochs (fresh.py)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's adaptive malloc thresholds alone (see fix_malloc: rows then draw a "
                              "page-fault-heavy heap state by chance)")
@@ -238,6 +231,8 @@ def main() -> None:
     command = "python bench/overhead.py " + " ".join(sys.argv[1:])
     torch.manual_seed(0)
 
+    if args.default_malloc:
+        os.environ["MINIAI_MALLOC"] = "default"  # or DeviceCB would fix the thresholds in the miniai rows
     allocator = "allocator: glibc's adaptive default (--default-malloc)" if args.default_malloc else fix_malloc()
     out = [f"Machine: {machine(device)}", f"Command: `{command.strip()}`", allocator, ""]
     get_dls()  # decode (or read the disk cache) once before anything is timed
