@@ -4,6 +4,8 @@ from contextlib import redirect_stdout
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -147,3 +149,25 @@ def test_progress_plot_losses_returns_figure():
         tiny_learner(cbs=[MetricsCB(), progress]).fit(2)
     fig = progress.plot_losses()
     assert len(fig.axes[0].lines) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(2, 6), st.booleans()), min_size=1, max_size=5),
+       st.integers(0, 2**31))
+def test_accuracy_equals_torcheval_multiclass_accuracy(batches, seed):
+    """miniai's dependency-free Accuracy against torcheval's, on logits and on label predictions."""
+    import warnings
+
+    from miniai.callbacks.metrics import Accuracy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torcheval.metrics import MulticlassAccuracy
+    g = torch.Generator().manual_seed(seed)
+    ours, theirs = Accuracy(), MulticlassAccuracy()
+    for n, classes, labels in batches:
+        target = torch.randint(0, classes, (n,), generator=g)
+        preds = torch.randint(0, classes, (n,), generator=g) if labels else torch.randn(n, classes, generator=g)
+        ours.update(preds, target)
+        theirs.update(preds, target)
+    assert ours.compute().item() == pytest.approx(theirs.compute().item(), abs=1e-7)
+    assert torch.isnan(ours.reset().compute())

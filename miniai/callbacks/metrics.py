@@ -11,7 +11,7 @@ from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
 from ..utils import model_device
 
-__all__ = ["MetricsCB", "format_row", "check_monitor"]
+__all__ = ["MetricsCB", "Accuracy", "format_row", "check_monitor"]
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -155,20 +155,67 @@ def check_monitor(learn: Learner, monitor: str, who: str) -> None:
                          f"{', '.join(metrics.names)}")
 
 
+class Accuracy:
+    """The share of items whose predicted class (argmax over dim 1, or the preds themselves when they are labels)
+    is the target: `MetricsCB(accuracy=Accuracy())`.
+
+    It works like torcheval's `MulticlassAccuracy` (update/compute/reset/to) and gives the same value, without its
+    costs: importing torcheval takes over a second, and its first `compute` compiles TorchScript. The two counts
+    stay on the device until `compute`, so updating never waits for the GPU; under DDP they are summed over ranks.
+    """
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(2, dtype=torch.int64)  # correct, total
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> Accuracy:
+        """Count the batch's correct predictions and its items."""
+        labels = preds.argmax(1) if preds.ndim == target.ndim + 1 else preds
+        self.counts += torch.stack([(labels == target).sum(), target.new_tensor(target.numel())])
+        return self
+
+    def compute(self) -> torch.Tensor:
+        """Correct / total, as a float tensor (NaN before any update)."""
+        return self.counts[0] / self.counts[1]
+
+    def reset(self) -> Accuracy:
+        """Start counting afresh."""
+        self.counts.zero_()
+        return self
+
+    def to(self, device: str | torch.device) -> Accuracy:
+        """Keep the counts on `device` (the model's)."""
+        self.counts = self.counts.to(device)
+        return self
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all processes (MetricsCB calls it under DDP before `compute`)."""
+        all_reduce_sum(self.counts)
+
+
 def _compute(metrics: dict[str, Any]) -> dict[str, Any]:
     """Each metric's value; under DDP from the states of all ranks (every rank must call this at the same time)."""
     if not is_dist():
         return {name: metric.compute() for name, metric in metrics.items()}
-    from torcheval.metrics.toolkit import sync_and_compute_collection  # here: only distributed runs need it
-    return sync_and_compute_collection(metrics) if metrics else {}
+    ours = {name: m for name, m in metrics.items() if callable(getattr(m, "all_reduce", None))}
+    for metric in ours.values():
+        metric.all_reduce()
+    values = {name: metric.compute() for name, metric in ours.items()}
+    others = {name: m for name, m in metrics.items() if name not in ours}
+    if others:
+        from torcheval.metrics.toolkit import sync_and_compute_collection  # here: only distributed runs need it
+        values.update(sync_and_compute_collection(others))
+    return {name: values[name] for name in metrics}
 
 
 def _check_syncable(metrics: dict[str, Any]) -> None:
+    others = [name for name, m in metrics.items() if not callable(getattr(m, "all_reduce", None))]
+    if not others:
+        return
     from torcheval.metrics import Metric  # imported here: only distributed runs need it
-    others = [name for name, metric in metrics.items() if not isinstance(metric, Metric)]
+    others = [name for name in others if not isinstance(metrics[name], Metric)]
     if others:
         raise TypeError(f"under DDP MetricsCB merges metric states across processes, which it can do for torcheval "
-                        f"metrics only; {', '.join(others)} is not one: use a torcheval Metric")
+                        f"metrics and miniai's Accuracy; {', '.join(others)} is neither: use a torcheval Metric")
 
 
 def _format_time(seconds: float) -> str:
