@@ -85,9 +85,17 @@ class Callback:
     A method named like a step but not declared is an error when the callback is added (a helper called `step`
     must never silently replace the optimizer step), and so is a step owned by two callbacks. The base `Learner`
     has no steps of its own: a callback owns all five (`TrainCB`).
+
+    Prediction passes (`get_preds`, `tta`, `infer`, `summary`) run the learner's predict step (and get_loss) over
+    one loader with only the callbacks that shape how the model sees the data, `inference = True` (DeviceCB,
+    BatchTransformCB's validation transforms, MixedPrecisionCB's autocast), and those owning predict/get_loss.
+    They get the events of a one-epoch validation-only fit (no optimizer step), and the learner is put back as it
+    was afterwards (`miniai.callbacks.preds`). Set `inference = True` on a callback of yours that inputs or
+    outputs must also pass through after training; leave it False for anything that records, logs or saves.
     """
     order: int = 0
     owns_steps: tuple[str, ...] = ()
+    inference: bool = False  # takes part in prediction passes (see above)
 
 
 Handler = Callable[["Learner"], None]

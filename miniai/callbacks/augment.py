@@ -33,6 +33,7 @@ class BatchTransformCB(Callback):
     checks that (with the tensor's version counter, no copy) and raises if `tfm` modified its input.
     """
     order = -10  # after DeviceCB (-20): transform the batch where it now lives; before everyone who reads it
+    inference = True  # prediction passes are validation passes: only the on_val transforms run there
 
     def __init__(self, tfm: Callable[[torch.Tensor], torch.Tensor], on_train: bool = True,
                  on_val: bool = False) -> None:

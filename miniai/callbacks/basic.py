@@ -21,6 +21,7 @@ class DeviceCB(Callback):
     process (`miniai.utils.fix_malloc`; `MINIAI_MALLOC=default` opts out).
     """
     order = -20  # before everyone else reads the model or the batch
+    inference = True  # predictions need the model and the batches on the device too
 
     def __init__(self, device: str | torch.device = def_device, move_data: bool = True,
                  channels_last: bool = False) -> None:

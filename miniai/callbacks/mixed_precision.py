@@ -31,6 +31,7 @@ class MixedPrecisionCB(Callback):
     state, which `CheckpointCB` saves. Note the scaler's skip check is one host-device sync per optimizer step.
     """
     owns_steps = ("backward", "step")
+    inference = True  # predictions are made under the same autocast as validation
     order = -5  # enter autocast after DeviceCB (-20) and batch transforms (-10) ran in float32; leave it at
     # after_loss before the other after_loss callbacks read the loss, so their work is not autocast
 
@@ -61,7 +62,8 @@ class MixedPrecisionCB(Callback):
         else:
             self.scaler = None
         # an optimizer post-step hook says whether scaler.step really stepped: public API, no extra sync
-        self._hook = learn.opt.register_step_post_hook(self._mark_stepped)
+        if learn.opt is not None:  # a prediction pass (get_preds) has no optimizer before the first fit
+            self._hook = learn.opt.register_step_post_hook(self._mark_stepped)
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._exit_autocast()
