@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from .cache import load_normalized
 
-__all__ = ["TensorLoader", "DataLoaders", "get_dls"]
+__all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls"]
 
 
 class TensorLoader:
@@ -139,14 +139,50 @@ class TensorLoader:
         return self
 
 
+class Normalize:
+    """uint8 pixels (..., C, H, W) → float32 (x/255 - mean)/std per channel: what `get_dls` did to its images.
+
+    The arithmetic is the one the loaders' data went through (`miniai.cache`), so new images normalized here are
+    bitwise what they would be in a loader. `infer` applies it to raw items; it pickles with `learn.export`.
+    """
+
+    def __init__(self, mean: Any, std: Any) -> None:
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if self.mean.shape != self.std.shape or not bool((self.std > 0).all()):
+            raise ValueError(f"Normalize needs one mean and one std > 0 per channel; got mean {self.mean.tolist()}, "
+                             f"std {self.std.tolist()}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        c = len(self.mean)
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim < 3 or x.shape[-3] != c:
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"Normalize takes uint8 pixels (..., {c}, H, W); got {got}")
+        scale = (1 / (255 * self.std)).view(c, 1, 1).to(x.device)
+        shift = (self.mean / self.std).view(c, 1, 1).to(x.device)
+        return x.to(torch.float32).mul_(scale).sub_(shift)  # as miniai.cache computes it, so bitwise the same
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
 _VALID_SPLITS = ("validation", "valid", "test", "dev")  # from_dd's validation split: the first of these it finds
 
 
 class DataLoaders:
-    """A train and a valid loader, plus the class names when known."""
+    """A train and a valid loader, plus the class names and the inputs' normalization when known.
 
-    def __init__(self, train: Any, valid: Any, classes: list[str] | None = None) -> None:
+    `normalize` turns raw items (uint8 pixels) into what the loaders yield, so `learn.infer` can take new raw
+    images: a callable, or `(mean, std)` per channel for a `Normalize`. Without it, `infer` takes inputs
+    already prepared as the loaders' are.
+    """
+
+    def __init__(self, train: Any, valid: Any, classes: list[str] | None = None,
+                 normalize: Callable[[torch.Tensor], torch.Tensor] | tuple[Any, Any] | None = None) -> None:
         self.train, self.valid, self.classes = train, valid, classes
+        self.normalize = Normalize(*normalize) if isinstance(normalize, (tuple, list)) else normalize
+        if self.normalize is not None and not callable(self.normalize):
+            raise TypeError(f"normalize must be a callable, (mean, std) or None; got {normalize!r}")
 
     def to(self, device: str | torch.device) -> DataLoaders:
         """Move loaders that hold their data (TensorLoader) to `device`; others pass through. Returns self."""
@@ -186,14 +222,16 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
             n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
     """In-memory DataLoaders for `name`: float32 [N,C,H,W] normalized by the full training set's mean/std.
 
+    The loaders carry the class names (`dls.classes`) and that normalization (`dls.normalize`, a `Normalize`).
+
     `n_train`/`n_valid` keep the first n items (quick runs); `device` moves all the data there once. `seed` is
     the training TensorLoader's: None (default) draws each epoch's order from torch's global RNG.
     """
-    raw, (train_x, valid_x, _, _) = load_normalized(name, path)
+    raw, (train_x, valid_x, mean, std) = load_normalized(name, path)
     for what, n, have in (("n_train", n_train, len(train_x)), ("n_valid", n_valid, len(valid_x))):
         if n is not None and not 0 < n <= have:
             raise ValueError(f"{what} must be in 1..{have}, got {n}")
     train = TensorLoader(train_x[:n_train], raw.train_y[:n_train], bs, shuffle=True, seed=seed)
     valid = TensorLoader(valid_x[:n_valid], raw.valid_y[:n_valid], valid_bs or bs)
-    dls = DataLoaders(train, valid, classes=list(raw.classes))
+    dls = DataLoaders(train, valid, classes=list(raw.classes), normalize=Normalize(mean, std))
     return dls.to(device) if device is not None else dls
