@@ -15,8 +15,8 @@ median over the pairs of (miniai time / hand time).
 Rows:
   hand    a hand-written loop: a randperm and slicing per epoch, forward, cross-entropy, backward, step,
           zero_grad; then a validation pass that computes the mean loss and the accuracy (what a user's loop prints)
-  miniai  TrainLearner with the README's callbacks: DeviceCB, MetricsCB(accuracy=MulticlassAccuracy()),
-          ProgressCB (terminal bars, written into /dev/null), and the default NaN guard
+  miniai  TrainLearner with the README's callbacks: DeviceCB, MetricsCB(accuracy=Accuracy()), ProgressCB
+          (terminal bars, written into /dev/null), and the default NaN guard
   acts    miniai + ActivationStats on the GeneralRelu layers
 
 Allocator (`--malloc`): `protected` (the default) is what users get: miniai's DeviceCB fixes glibc's malloc
@@ -67,11 +67,9 @@ def child(row: str, bs: int, epochs: int, n_train: int | None, malloc: str) -> d
     if row != "hand":
         import contextlib
 
-        from torcheval.metrics import MulticlassAccuracy
-
         from miniai.callbacks.activations import ActivationStats
         from miniai.callbacks.basic import DeviceCB
-        from miniai.callbacks.metrics import MetricsCB
+        from miniai.callbacks.metrics import Accuracy, MetricsCB
         from miniai.callbacks.progress import ProgressCB
         from miniai.learner import Callback, TrainLearner
     imported = time.perf_counter() - start
@@ -119,7 +117,7 @@ def child(row: str, bs: int, epochs: int, n_train: int | None, malloc: str) -> d
                 if not learn.training:
                     times.append(time.perf_counter() - self.t0)
                     faults.append((page_faults() - self.f0) / n_batches)
-        cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(mode="terminal"), EpochTimes()]
+        cbs = [DeviceCB(), MetricsCB(accuracy=Accuracy()), ProgressCB(mode="terminal"), EpochTimes()]
         if row == "acts":
             cbs.append(ActivationStats(lambda m: isinstance(m, GeneralRelu)))
         learn = TrainLearner(model, dls, F.cross_entropy, lr=LR, cbs=cbs, opt_func=optim.AdamW)

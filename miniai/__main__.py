@@ -87,9 +87,8 @@ def train(args: argparse.Namespace) -> float:
     """Run the `train` job; returns the final validation accuracy."""
     import torch.nn.functional as F
     from torch import nn, optim
-    from torcheval.metrics import MulticlassAccuracy
 
-    from .callbacks import DeviceCB, MetricsCB, ProgressCB
+    from .callbacks import Accuracy, DeviceCB, MetricsCB, ProgressCB
     from .callbacks.ddp import DDPCB
     from .distributed import is_main_process, rank, world_size
     from .data import get_dls
@@ -106,7 +105,7 @@ def train(args: argparse.Namespace) -> float:
         raise _UsageError(str(e)) from e
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
     model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
-    metrics, progress = MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()
+    metrics, progress = MetricsCB(accuracy=Accuracy()), ProgressCB()
     cbs = [DeviceCB(args.device or def_device), metrics, progress]
     if world_size() > 1:  # started by torchrun with several processes: train data-parallel
         cbs.insert(0, DDPCB())
