@@ -365,6 +365,42 @@ class Learner:
         from .callbacks.lr_finder import lr_find
         return lr_find(self, *args, **kwargs)
 
+    def get_preds(self, dl: Any = None, with_input: bool = False, with_loss: bool = False,
+                  act: Callable | None = None, cbs: Iterable[Callback] = ()) -> tuple:
+        """`(preds, targets)` over `dl` (default `dls.valid`), inputs first `with_input`, per-item losses last
+        `with_loss`, through the predict path; the learner is left as it was (`miniai.callbacks.preds.get_preds`)."""
+        from .callbacks.preds import get_preds
+        return get_preds(self, dl, with_input, with_loss, act, list(cbs))
+
+    def capture_preds(self, cbs: Iterable[Callback] | None = None, inps: bool = False) -> tuple:
+        """The course's name for `get_preds` on `dls.valid`: `(preds, targets)`, plus the inputs last `inps`."""
+        from .callbacks.preds import capture_preds
+        return capture_preds(self, cbs, inps)
+
+    def tta(self, dl: Any = None, tfms: Any = None, n: int = 1) -> tuple:
+        """`(probs, targets)`: softmax averaged over the inputs and `n` augmented copies (default: flipped)
+        (`miniai.callbacks.preds.tta`)."""
+        from .callbacks.preds import tta
+        return tta(self, dl, tfms, n)
+
+    def infer(self, items: Any, bs: int = 256) -> Any:
+        """Class index, name and probabilities for one raw image or a batch, normalized as the loaders' data
+        (`miniai.inference.infer`)."""
+        from .inference import infer
+        return infer(self, items, bs)
+
+    def summary(self, xb: Any = None) -> Any:
+        """Per layer: output shape, parameters and multiply-adds for one batch, with totals; a table in a notebook
+        (`miniai.summary.summary`)."""
+        from .summary import summary
+        return summary(self, xb)
+
+    def export(self, path: str | os.PathLike = "export.pkl") -> Any:
+        """Save the model, class names, normalization and predict-path callbacks for `load_learner`; pickles code,
+        so load only files you trust (`miniai.inference.export`)."""
+        from .inference import export
+        return export(self, path)
+
     def compile(self, **kwargs: Any) -> Learner:
         """Compile the model in place with `torch.compile(**kwargs)`, so its `state_dict` keys stay clean; returns
         the learner. The first epoch pays the compilation, and each new input shape compiles once more."""

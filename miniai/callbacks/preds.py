@@ -1,0 +1,310 @@
+"""Predictions after the fit: the learner's predict path run over one loader, gathered on the CPU.
+
+A *prediction pass* (`prediction_pass`) runs the learner's `predict` step, and `get_loss` for per-item losses, on
+every batch of one loader, in eval mode under `torch.no_grad()`. Only the callbacks that shape how the model sees
+the data take part (`Callback.inference = True`: DeviceCB, BatchTransformCB's validation transforms,
+MixedPrecisionCB's autocast) plus those owning predict/get_loss; they get the events of a validation-only fit of
+one epoch (`learn.training` is False, no optimizer is made or stepped). Nothing is recorded, logged or saved, and
+`kept` puts the learner back as it was: model, callbacks, loaders, RNGs.
+
+`get_preds` (also `Learner.get_preds`) gathers the outputs, `capture_preds` is the course's name for it, `tta`
+averages probabilities over augmented copies.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import inspect
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import RandomSampler
+
+from ..augment import Compose, RandomFlip
+from ..data import TensorLoader
+from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
+                       build_handlers)
+from ..utils import to_cpu
+from .augment import BatchTransformCB
+from .checkpoint import loader_generators
+
+__all__ = ["participants", "kept", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
+
+
+def participants(learn: Learner) -> list[Callback]:
+    """The learner's callbacks that take part in a prediction pass: `inference` ones and predict/get_loss owners."""
+    return [cb for cb in learn.cbs if cb.inference or {"predict", "get_loss"} & set(cb.owns_steps)]
+
+
+def _shallow(obj: Any) -> tuple[dict, list]:
+    """A copy of `vars(obj)`, and of the contents of the lists and dicts in it (appended to in place)."""
+    saved = dict(vars(obj))
+    return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
+
+
+def _put_back(obj: Any, state: tuple[dict, list]) -> None:
+    saved, contents = state
+    obj.__dict__.clear()
+    obj.__dict__.update(saved)
+    for container, content in contents:
+        if isinstance(container, list):
+            container[:] = content
+        else:
+            container.clear()
+            container.update(content)
+
+
+@contextlib.contextmanager
+def kept(learn: Learner, loaders: Iterable[Any] = ()) -> Iterator[None]:
+    """On exit, also after an error, put back everything a prediction pass may change.
+
+    That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
+    and train/eval modes; the attributes of the learner and of each of its callbacks; the attributes of the
+    in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and `loaders`, the
+    generators of torch DataLoaders; and the RNGs (torch's, CUDA's once in use, Python's, NumPy's). Weight values
+    are not copied: eval mode and `no_grad` leave them alone, so this costs next to nothing.
+    """
+    model = learn.model
+    slots = [(m, name, t, t.data) for m in model.modules()
+             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]]
+    grads = [(p, p.grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    dls = getattr(learn, "dls", None)
+    all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
+    holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
+    saved = [(obj, _shallow(obj)) for obj in holders]
+    generators = [(g, g.get_state()) for dl in all_loaders for g in loader_generators(dl)]
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        with torch.no_grad():
+            for m, name, t, data in slots:
+                if getattr(m, name) is not t:  # model.to() replaces buffer objects
+                    setattr(m, name, t)
+                if (t.device, t.dtype, t.shape, t.data_ptr()) != (data.device, data.dtype, data.shape, data.data_ptr()):
+                    t.data = data  # model.to() gives parameters new data: point them back at the old
+        for p, grad in grads:
+            p.grad = grad
+        for m, mode in modes:
+            m.training = mode
+        for obj, state in saved:
+            _put_back(obj, state)
+        for g, state in generators:
+            g.set_state(state)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
+
+
+def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] = (), with_loss: bool = False) -> None:
+    """Run the learner's predict path over `dl` once, with `cbs` added for the pass; call it inside `kept`.
+
+    The events are those of `fit(1, train=False)` for `participants(learn) + cbs`; `get_loss` and after_loss
+    only `with_loss`. The cancel table of `Learner` holds; cleanups always run.
+    """
+    # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
+    # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
+    learn._handlers = build_handlers([*participants(learn), *cbs])
+    learn.training, learn.dl, learn.n_epochs, learn.epochs, learn.epoch, learn.iter = False, dl, 1, range(1), 0, None
+    learn.model.eval()
+
+    def one_batch() -> None:
+        learn._do("predict")
+        learn._emit("after_predict")
+        if with_loss:
+            learn._do("get_loss")
+            learn._emit("after_loss")
+
+    def all_batches() -> None:
+        for learn.iter, learn.batch in enumerate(dl):
+            learn._stage("batch", one_batch, CancelBatchException)
+        if learn.iter is None:
+            raise ValueError("the loader given for predictions yielded no batches (an empty dataset, or drop_last "
+                             "with fewer items than bs?)")
+
+    with torch.no_grad():
+        learn._stage("fit", lambda: learn._stage("epoch", all_batches, CancelEpochException), CancelFitException)
+
+
+def unreduced(loss_func: Callable) -> Callable:
+    """`loss_func` returning one loss per item: `reduction='none'` on a copy of an nn loss, or as an argument."""
+    if loss_func is None:
+        raise TypeError("get_preds(with_loss=True) needs learn.loss_func, and this learner has none (an exported "
+                        "learner whose loss could not be pickled?): set learn.loss_func = F.cross_entropy, say")
+    if isinstance(getattr(loss_func, "reduction", None), str):  # nn.CrossEntropyLoss() and friends
+        per_item = copy.copy(loss_func)  # a shallow copy: the learner's loss object stays as it is
+        per_item.reduction = "none"
+        return per_item
+    try:
+        takes_reduction = "reduction" in inspect.signature(loss_func).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        takes_reduction = False
+    if takes_reduction:  # F.cross_entropy, F.mse_loss, partials of them
+        return functools.update_wrapper(functools.partial(loss_func, reduction="none"), loss_func)
+    name = getattr(loss_func, "__name__", type(loss_func).__name__)
+    raise TypeError(f"get_preds(with_loss=True) needs one loss per item, asked of loss_func with reduction='none'; "
+                    f"{name} takes no reduction argument. Use a loss that does (F.cross_entropy, "
+                    "nn.CrossEntropyLoss(), F.mse_loss, ...), give yours a `reduction` parameter, or compute the "
+                    "losses from the returned preds and targets yourself.")
+
+
+_CLASS_DIM_ACTS = (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax)
+
+
+def _activate(act: Callable, preds: Any) -> Any:
+    if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
+        preds = preds.float()  # probabilities from autocast's half-precision logits would keep 2-3 digits
+    if any(act is f for f in _CLASS_DIM_ACTS):  # torch's own need a dim: the class dim, as F.cross_entropy has it
+        return act(preds, dim=1 if preds.ndim > 1 else 0)
+    return act(preds)
+
+
+def _cat(parts: list[Any]) -> Any:
+    """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts) if first.ndim else torch.stack(parts)
+    if isinstance(first, dict):
+        return {k: _cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (tuple, list)):
+        items = [_cat([p[i] for p in parts]) for i in range(len(first))]
+        return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+    return parts
+
+
+def _unpack(items: tuple) -> Any:
+    """A batch's inputs or targets as returned: None for none, the tensor for one, else the tuple."""
+    return None if not items else items[0] if len(items) == 1 else items
+
+
+class _GatherPreds(Callback):
+    """Gathers each batch's preds (through `act`), targets and optionally inputs and per-item losses, on the CPU."""
+    order = 100  # after every other callback's after_batch: what it gathers is final
+    inference = True
+
+    def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None) -> None:
+        self.with_input, self.with_loss, self.act = with_input, with_loss, act
+        self.inputs: list[Any] = []
+        self.preds: list[Any] = []
+        self.targets: list[Any] = []
+        self.losses: list[torch.Tensor] = []
+
+    def after_batch(self, learn: Learner) -> None:
+        preds = learn.preds
+        if self.act is not None:
+            device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
+            with torch.autocast(device, enabled=False):  # act sees the model's output, not a recast of it
+                preds = _activate(self.act, preds)
+        self.preds.append(to_cpu(preds))
+        self.targets.append(to_cpu(learn.yb))
+        if self.with_input:
+            self.inputs.append(to_cpu(learn.xb))
+        if self.with_loss:
+            loss = learn.loss
+            if not isinstance(loss, torch.Tensor) or loss.ndim == 0:
+                raise ValueError("get_preds(with_loss=True): the get_loss step returned one loss for the batch, not "
+                                 "one per item. It must compute learn.loss_func(preds, *yb), which get_preds sets to "
+                                 "reduction='none' for the pass.")
+            self.losses.append(to_cpu(loss.reshape(len(loss), -1).mean(1) if loss.ndim > 1 else loss))
+
+    def result(self) -> tuple:
+        """(inputs?, preds, targets, losses?), each concatenated over the batches."""
+        out = (_cat(self.preds), _unpack(_cat(self.targets)))
+        if self.with_input:
+            out = (_unpack(_cat(self.inputs)), *out)
+        return (*out, _cat(self.losses)) if self.with_loss else out
+
+
+def _loader(learn: Learner, dl: Any) -> Any:
+    if dl is None:
+        dl = getattr(getattr(learn, "dls", None), "valid", None)
+        if dl is None:
+            raise ValueError("no loader to predict on: learn.dls has no valid loader (a learner from load_learner "
+                             "keeps none). Pass one, e.g. learn.get_preds(dl=loader), or dl=[(xb,)] for one batch.")
+    return dl
+
+
+def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool = False, with_loss: bool = False,
+              act: Callable | None = None, cbs: Sequence[Callback] = ()) -> tuple:
+    """`(preds, targets)` over every batch of `dl` (default `learn.dls.valid`), through the learner's predict path.
+
+    Returns `(inputs, preds, targets)` `with_input`, and per-item losses last `with_loss` (`loss_func` called with
+    `reduction='none'`; losses with more dims are averaged over them). Everything is concatenated on the CPU.
+    `preds` are the raw model outputs unless `act` is given, applied per batch to float32 outputs (half-precision
+    ones from autocast are upcast; torch's softmax and log_softmax go over the class dim 1). Targets are
+    `learn.yb`: the batch's items after its `n_inp` inputs (one tensor for one item, a tuple for more, None for
+    none). `cbs` join the pass. Eval mode, `no_grad`, and the learner is left exactly as it was: no optimizer
+    step, metric, log, checkpoint or RNG draw (see `prediction_pass`).
+    """
+    dl = _loader(learn, dl)
+    if act is not None and not callable(act):
+        raise TypeError(f"act must be a callable applied to each batch's preds (e.g. torch.softmax); got {act!r}")
+    loss_func = unreduced(learn.loss_func) if with_loss else None  # checked before anything runs
+    gather = _GatherPreds(with_input, with_loss, act)
+    with kept(learn, [dl]):
+        if with_loss:
+            learn.loss_func = loss_func  # for this pass only: kept() puts the learner's back
+        prediction_pass(learn, dl, [*cbs, gather], with_loss)
+    return gather.result()
+
+
+def capture_preds(learn: Learner, cbs: Sequence[Callback] | None = None, inps: bool = False) -> tuple:
+    """The course's name: `(preds, targets)` on `learn.dls.valid`, and the inputs last `inps` (see `get_preds`)."""
+    if inps:
+        inputs, preds, targets = get_preds(learn, with_input=True, cbs=list(cbs or []))
+        return preds, targets, inputs
+    return get_preds(learn, cbs=list(cbs or []))
+
+
+def _shuffled(dl: Any) -> bool:
+    return bool(getattr(dl, "shuffle", False)) or isinstance(getattr(dl, "sampler", None), RandomSampler)
+
+
+def tta(learn: Learner, dl: Iterable[Any] | None = None,
+        tfms: Callable[[torch.Tensor], torch.Tensor] | Sequence[Callable] | None = None, n: int = 1) -> tuple:
+    """Test-time augmentation: `(probs, targets)`, softmax probabilities averaged over the inputs and `n` copies.
+
+    `tfms` is a batch transform (x -> x, see `miniai.augment`) or a sequence of them, applied to the inputs after
+    the learner's own validation transforms (as a `BatchTransformCB(on_val=True)` added for each copy). The
+    default is a horizontal flip of (N,C,H,W) images, `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs
+    it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Their draws
+    come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `n=0` is
+    `get_preds(act=torch.softmax)`. Each copy is a prediction pass, so `dl` must give its items in the same order
+    every pass (unshuffled).
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n is the number of augmented copies, an int >= 0; got {n!r}")
+    dl = _loader(learn, dl)
+    if n and _shuffled(dl):
+        raise ValueError("tta averages each item's probabilities over several passes, so the loader must give the "
+                         "items in the same order each time: pass an unshuffled one (shuffle=False), e.g. dls.valid")
+    tfm = RandomFlip(p=1.0) if tfms is None else tfms if callable(tfms) else Compose(*tfms)
+    with kept(learn, [dl]):
+        plain = _GatherPreds(act=torch.softmax)
+        prediction_pass(learn, dl, [plain])
+        probs, targets = plain.result()
+        if n == 0:
+            return probs, targets
+        total = probs.clone()
+        for _ in range(n):
+            aug = _GatherPreds(act=torch.softmax)
+            try:
+                prediction_pass(learn, dl, [BatchTransformCB(tfm, on_train=False, on_val=True), aug])
+            except ValueError as e:
+                if tfms is None and "RandomFlip" in str(e):
+                    raise ValueError(f"tta's default tfms, a horizontal flip, needs (N,C,H,W) image batches: {e} "
+                                     "For other inputs pass tfms=... (a callable x -> x).") from e
+                raise
+            p, t = aug.result()
+            if isinstance(t, torch.Tensor) and isinstance(targets, torch.Tensor) and not torch.equal(t, targets):
+                raise ValueError("the loader gave its items in another order for an augmented copy than for the "
+                                 "plain pass; tta needs the same order every pass (an unshuffled loader)")
+            total += p
+    return total / (n + 1), targets

@@ -1,0 +1,203 @@
+"""Using a trained classifier on new data: `infer` on raw images, `export` to one file, `load_learner` from it.
+
+`infer` prepares raw items as the loaders prepared theirs (`dls.normalize`) and runs them through the learner's
+predict path (`miniai.callbacks.preds`); `export` writes what that path needs, and nothing of training, so
+`load_learner(path).infer(x)` works in a new process.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from .callbacks.basic import DeviceCB
+from .callbacks.checkpoint import unwrap
+from .callbacks.preds import get_preds, participants
+from .data import DataLoaders
+from .learner import Learner, TrainLearner
+
+__all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
+
+_FORMAT, _VERSION = "miniai-export", 1
+
+
+class Prediction(NamedTuple):
+    """What `infer` gives: class index, class name and probabilities; for a batch, one of each per item."""
+    index: int | torch.Tensor  # an int, or (N,) int64
+    label: str | list[str]  # dls.classes[index], or str(index) without class names
+    probs: torch.Tensor  # (C,), or (N, C)
+
+
+# ---------------------------------------------------------------- raw items -> one batch
+
+def _channels(normalize: Any) -> int | None:
+    mean = getattr(normalize, "mean", None)
+    return len(mean) if isinstance(mean, torch.Tensor) else None
+
+
+def _as_tensor(item: Any) -> tuple[torch.Tensor, bool]:
+    """A tensor, and whether its channels come last (ndarrays and PIL images, as images are stored)."""
+    if isinstance(item, torch.Tensor):
+        return item, False
+    if type(item).__module__.startswith("PIL."):  # no PIL import needed to recognise one
+        item = np.array(item)  # a copy: PIL hands out read-only buffers, which torch warns about
+    if isinstance(item, np.ndarray):
+        return torch.from_numpy(np.array(item)), True  # a writable copy, whoever owns the array
+    raise TypeError(f"infer takes images as tensors, ndarrays or PIL images (or a list of them); got "
+                    f"{type(item).__name__}")
+
+
+def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tuple[torch.Tensor, bool]:
+    """(N, C, H, W), and whether `t` was a batch. (H,W) and (C,H,W) are one item; (N,H,W) is a batch when C is 1."""
+    if t.ndim == 2:
+        return t[None, None], False
+    if t.ndim == 3:
+        if channels is None or t.shape[-1 if channels_last else 0] == channels:
+            return (t.permute(2, 0, 1) if channels_last else t)[None], False
+        if channels == 1:
+            return t[:, None], True
+    if t.ndim == 4:
+        return t.permute(0, 3, 1, 2) if channels_last else t, True
+    layout = "(H,W), (H,W,C) or (N,H,W,C) for ndarrays and PIL" if channels_last else "(H,W), (C,H,W) or (N,C,H,W)"
+    raise ValueError(f"infer: can't read an image of shape {tuple(t.shape)}" + (f" for a {channels}-channel model"
+                     if channels else "") + f"; give {layout}" + (", or (N,H,W)" if channels == 1 else ""))
+
+
+def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, bool]:
+    """One item or a batch of raw images as one model-input batch (N, C, H, W), and whether `items` was a batch.
+
+    Tensors are (H,W), (C,H,W) or (N,C,H,W); ndarrays and PIL images (H,W), (H,W,C) or (N,H,W,C); with one
+    channel, (N,H,W) is a batch; a list or tuple of items is a batch. With `normalize` (`dls.normalize`) the
+    items must be uint8 pixels, normalized as the loaders' were; without it, already-prepared float inputs.
+    """
+    channels = _channels(normalize)
+    if isinstance(items, (list, tuple)):
+        if not items:
+            raise ValueError("infer got an empty list: pass one item or a batch of items")
+        parts = [_canonical(*_as_tensor(item), channels) for item in items]
+        if any(batched for _, batched in parts):
+            raise ValueError("infer takes a list of single items; a list item here is itself a batch")
+        shapes = {tuple(x.shape[1:]) for x, _ in parts}
+        if len(shapes) > 1:
+            raise ValueError(f"infer: the items of a batch need one shape; got {sorted(shapes)}")
+        x, batched = torch.cat([x for x, _ in parts]), True
+    else:
+        x, batched = _canonical(*_as_tensor(items), channels)
+    x = x.contiguous()  # the layout the loaders' batches have, so the numbers are the same
+    if normalize is not None:
+        if x.dtype != torch.uint8:
+            raise TypeError(f"infer takes raw uint8 pixels (0-255), which it normalizes as the loaders did "
+                            f"(dls.normalize); got {x.dtype}. Convert 0-1 floats with (x * 255).round().to(torch."
+                            "uint8); pass already-normalized inputs to learn.get_preds(dl=[(x,)]) instead.")
+        return normalize(x), batched
+    if not x.is_floating_point():
+        raise TypeError(f"this learner's data carries no normalization (dls.normalize is None), so infer passes "
+                        f"inputs to the model as they are and can't scale {x.dtype} pixels: give float inputs "
+                        "prepared as the loaders' are, or build DataLoaders(..., normalize=(mean, std)) "
+                        "(get_dls does this)")
+    return x, batched
+
+
+def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
+    """Class index, class name and probabilities (softmax) for one raw image, or per item of a batch of them.
+
+    Items are read by `to_batch` (uint8 pixels, normalized with `learn.dls.normalize` when the loaders carry
+    it; otherwise already-normalized float tensors), then run through the learner's predict path in batches of
+    `bs` (`get_preds`), which leaves the learner as it was. For a single-input classifier; for anything else
+    use `learn.get_preds(dl=[(xb,)])`.
+    """
+    if learn.n_inp != 1:
+        raise ValueError(f"infer takes one input per item, but this learner's batches have n_inp={learn.n_inp}; "
+                         "use learn.get_preds(dl=[(x1, x2, ...)]) instead")
+    dls = getattr(learn, "dls", None)
+    x, batched = to_batch(items, getattr(dls, "normalize", None))
+    probs, _ = get_preds(learn, dl=[(x[i:i + bs],) for i in range(0, len(x), bs)], act=torch.softmax)
+    index = probs.argmax(1)
+    classes = getattr(dls, "classes", None)
+    labels = [classes[i] if classes else str(i) for i in index.tolist()]
+    return Prediction(index, labels, probs) if batched else Prediction(int(index[0]), labels[0], probs[0])
+
+
+# ---------------------------------------------------------------- export / load_learner
+
+def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
+    """Write what inference needs to one file with `torch.save`, for `load_learner`; returns the path.
+
+    The file pickles: the model module itself (class and weights, unwrapped from DDP/compile), `dls.classes`,
+    `dls.normalize`, `n_inp`, `loss_func` (if it pickles; else None, with a warning) and the callbacks of the
+    predict path (`Callback.inference`, predict/get_loss owners) except DeviceCB; no optimizer, data, training
+    callbacks or history. Pickle stores classes and functions by name, so the model's class (and any custom
+    normalize, loss or callback) must be importable under the same module path where the file is loaded
+    (defined in a module, not a notebook cell or lambda); and loading unpickles code: load only files you trust.
+    """
+    for step in ("predict", "get_loss"):
+        own = getattr(type(learn), step)
+        if own not in (getattr(Learner, step), getattr(TrainLearner, step)) \
+                and not any(step in cb.owns_steps for cb in learn.cbs):
+            raise TypeError(f"{type(learn).__name__} defines its own {step}, which load_learner (it builds a "
+                            f"TrainLearner) would not have: move it into a callback with owns_steps=('{step}',), "
+                            "which export saves")
+    loss_func = learn.loss_func
+    try:
+        pickle.dumps(loss_func)
+    except Exception as e:  # noqa: BLE001 -- a lambda, a local function, ...: the learner still exports
+        warnings.warn(f"export: loss_func can't be pickled ({e}); the loaded learner has none, so get_preds("
+                      "with_loss=True) won't work there. Use a module-level function or an nn loss.", stacklevel=3)
+        loss_func = None
+    dls = getattr(learn, "dls", None)
+    bundle = {"format": _FORMAT, "version": _VERSION, "torch": torch.__version__,
+              "model": unwrap(learn.model), "classes": getattr(dls, "classes", None),
+              "normalize": getattr(dls, "normalize", None), "n_inp": learn.n_inp, "loss_func": loss_func,
+              "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(bundle, tmp)
+        os.replace(tmp, path)  # never a half-written export under the real name
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        raise TypeError(f"learn.export could not pickle {_culprit(bundle)}: {e}. Everything exported must be "
+                        "importable by name where it is loaded: use module-level functions and classes instead of "
+                        "lambdas or local ones, or remove the callback first (learn.rm_cb(cb))") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _culprit(bundle: dict[str, Any]) -> str:
+    """Which part of the bundle fails to pickle (only asked after torch.save failed)."""
+    for key in ("model", "normalize", "cbs"):
+        parts = bundle[key] if key == "cbs" else [bundle[key]]
+        for part in parts:
+            try:
+                pickle.dumps(part)
+            except Exception:  # noqa: BLE001
+                return f"the callback {type(part).__name__}" if key == "cbs" else f"the {key}"
+    return "the learner's parts"
+
+
+def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainLearner:
+    """A learner for inference from `export`'s file: the model in eval mode on `device`, classes, normalization.
+
+    It is a `TrainLearner` with a `DeviceCB(device)` and the exported predict-path callbacks; its `dls` hold no
+    loaders, only `classes` and `normalize`, so `infer(x)` works and `get_preds` takes `dl=`. It has no lr:
+    to train on, pass one (`learn.fit(1, lr=...)`). This unpickles code (`torch.load(weights_only=False)`):
+    only load files you trust, with the model's class importable as it was at export.
+    """
+    bundle = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(bundle, dict) or bundle.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a miniai export (learn.export(path) writes one); a checkpoint loads with "
+                         "miniai.load_checkpoint, a state_dict with model.load_state_dict")
+    if bundle["version"] > _VERSION:
+        raise ValueError(f"{path} is an export of version {bundle['version']}, newer than this miniai reads "
+                         f"({_VERSION}): upgrade miniai")
+    model = bundle["model"].to(device).eval()
+    dls = DataLoaders(None, None, classes=bundle["classes"], normalize=bundle["normalize"])
+    return TrainLearner(model, dls, bundle["loss_func"], lr=None, cbs=[DeviceCB(device), *bundle["cbs"]],
+                        nan_guard=False, n_inp=bundle["n_inp"])

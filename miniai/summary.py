@@ -1,0 +1,140 @@
+"""A model summary: per layer, output shape, parameters and multiply-adds for one batch; a table anywhere.
+
+It is made as the course made it, with forward hooks (`miniai.callbacks.activations.Hook`/`Hooks`) on the layers
+during one batch of the learner's own predict path (so DeviceCB, validation transforms and autocast apply), not
+with a dependency such as torchinfo: the hooks see the real output shapes, multiply-adds have closed forms for
+the layers that dominate them (Conv, Linear), and miniai stays small.
+"""
+from __future__ import annotations
+
+import html
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .callbacks.activations import Hook, Hooks
+from .callbacks.preds import get_preds, kept
+from .learner import Learner
+
+__all__ = ["SummaryRow", "ModelSummary", "layer_macs", "summary"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def layer_macs(module: nn.Module, inputs: tuple, output: Any) -> int:
+    """Multiply-adds of one call of a Linear or Conv layer, in closed form (bias adds not counted); 0 for others."""
+    if isinstance(module, nn.Linear):  # each output value is a dot product over in_features
+        return output.numel() * module.in_features
+    if isinstance(module, _CONVS):  # each output value sums over (in_channels/groups) × kernel
+        return output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+    if isinstance(module, _TRANSPOSED):  # each input value is spread over (out_channels/groups) × kernel
+        return inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
+    return 0
+
+
+class SummaryRow(NamedTuple):
+    """One layer: its path in the model, class, output shape (None if not called), own parameters, MACs."""
+    name: str
+    layer: str
+    output_shape: tuple | None
+    params: int
+    macs: int
+
+
+def _shape(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape)
+    if isinstance(x, (tuple, list)):
+        return tuple(_shape(o) for o in x)
+    return type(x).__name__
+
+
+def _record(hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
+    if not hasattr(hook, "shape"):
+        hook.shape = _shape(output)  # a layer called twice keeps its first output's shape, and adds up its MACs
+    hook.macs = getattr(hook, "macs", 0) + layer_macs(module, inputs, output)
+
+
+@dataclass
+class ModelSummary:
+    """The rows of `summary`, with totals; prints as aligned text, shows as a table in a notebook."""
+    rows: list[SummaryRow]
+    input_shape: Any
+    total_params: int  # every parameter once (shared ones too), = sum(p.numel() for p in model.parameters())
+    trainable_params: int
+
+    @property
+    def total_macs(self) -> int:
+        """Multiply-adds of the whole batch (Linear and Conv layers)."""
+        return sum(row.macs for row in self.rows)
+
+    def _cells(self) -> list[list[str]]:
+        return [[row.name or "(model)", row.layer, "-" if row.output_shape is None else str(row.output_shape),
+                 f"{row.params:,}", f"{row.macs:,}"] for row in self.rows]
+
+    def _footer(self) -> list[str]:
+        first = self.input_shape
+        while isinstance(first, tuple) and first and isinstance(first[0], tuple):
+            first = first[0]  # several inputs: the batch size is the first one's
+        n = first[0] if isinstance(first, tuple) and first and isinstance(first[0], int) else None
+        per_item = f" ({self.total_macs // n:,} per item)" if n else ""
+        return [f"Input: {self.input_shape}",
+                f"Total params: {self.total_params:,} (trainable {self.trainable_params:,}, "
+                f"non-trainable {self.total_params - self.trainable_params:,})",
+                f"MACs for the batch: {self.total_macs:,}{per_item}"]
+
+    _HEAD = ["layer", "type", "output shape", "params", "MACs"]
+
+    def __str__(self) -> str:
+        cells = [self._HEAD, *self._cells()]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self._HEAD))]
+        lines = ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                 for r in cells]
+        rule = "-" * len(lines[0])
+        return "\n".join([lines[0], rule, *lines[1:], rule, *self._footer()])
+
+    __repr__ = __str__
+
+    def _repr_markdown_(self) -> str:
+        rows = [self._HEAD, ["--", "--", "--", "--:", "--:"], *self._cells()]
+        return "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n\n" + "  \n".join(self._footer())
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in self._HEAD)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self._cells())
+        foot = "<br>".join(html.escape(line) for line in self._footer())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><p>{foot}</p>"
+
+
+def summary(learn: Learner, xb: Any = None) -> ModelSummary:
+    """Per layer of `learn.model`: output shape, own parameters and multiply-adds for one batch, with totals.
+
+    The batch is the first of `learn.dls.valid`, or `xb` (the inputs: a tensor, or a tuple for n_inp > 1), run
+    through the learner's predict path (`get_preds`). Rows are the leaf modules, and any other module with
+    parameters of its own, in `named_modules()` order. MACs are counted for Linear and Conv layers (closed form,
+    `layer_macs`); the rest count 0, elementwise work being small beside them. The model is left as it was:
+    modes, placement, no gradients, the hooks removed, the loader's state and the RNGs untouched.
+    """
+    model = learn.model
+    mods = [(name, m) for name, m in model.named_modules()
+            if next(m.children(), None) is None or next(m.parameters(recurse=False), None) is not None]
+    with Hooks([m for _, m in mods], _record) as hooks, kept(learn, [getattr(learn.dls, "valid", None)]):
+        if xb is None:
+            dl = getattr(learn.dls, "valid", None)
+            if dl is None:
+                raise ValueError("summary needs a batch: learn.dls has no valid loader, so pass one, summary(xb=...)")
+            batches: Any = itertools.islice(dl, 1)
+        else:
+            batches = [(*xb,) if isinstance(xb, (tuple, list)) else (xb,)]
+        inputs = get_preds(learn, dl=batches, with_input=True)[0]
+    rows = [SummaryRow(name, type(m).__name__, getattr(h, "shape", None),
+                       sum(p.numel() for p in m.parameters(recurse=False)), getattr(h, "macs", 0))
+            for (name, m), h in zip(mods, hooks)]
+    params = list(model.parameters())  # each shared parameter once
+    return ModelSummary(rows, _shape(inputs), sum(p.numel() for p in params),
+                        sum(p.numel() for p in params if p.requires_grad))

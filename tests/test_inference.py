@@ -1,0 +1,200 @@
+"""infer on raw images, export and load_learner: a new process predicts what the exporting one did."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+
+from miniai.augment import RandomFlip
+from miniai.callbacks.augment import BatchTransformCB
+from miniai.callbacks.basic import DeviceCB, TrainCB
+from miniai.callbacks.metrics import MetricsCB
+from miniai.callbacks.mixed_precision import MixedPrecisionCB
+from miniai.data import DataLoaders, Normalize
+from miniai.inference import Prediction, load_learner
+from miniai.learner import Learner, TrainLearner
+from tests.test_preds import image_learner
+
+ROOT = Path(__file__).resolve().parents[1]
+PIXELS = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+
+
+def probs_of(learn, x: torch.Tensor) -> torch.Tensor:
+    """Softmax of the model on already-normalized inputs, as one batch through get_preds."""
+    return learn.get_preds(dl=[(x,)], act=torch.softmax)[0]
+
+
+# ---------------------------------------------------------------- infer
+
+def test_infer_normalizes_raw_pixels_as_the_loaders_did():
+    learn = image_learner()
+    one = learn.infer(PIXELS[0])
+    expected = probs_of(learn, learn.dls.normalize(PIXELS[:1]))[0]
+    assert isinstance(one, Prediction) and torch.equal(one.probs, expected)
+    assert one.index == int(expected.argmax()) and one.label == "abc"[one.index]
+    batch = learn.infer(PIXELS)
+    assert torch.equal(batch.probs, probs_of(learn, learn.dls.normalize(PIXELS)))
+    assert batch.index.shape == (6,) and batch.label == ["abc"[i] for i in batch.index.tolist()]
+
+
+@pytest.mark.parametrize("items, batched", [
+    (PIXELS[0, 0], False),  # (H,W)
+    (PIXELS[0], False),  # (C,H,W)
+    (PIXELS[:, 0], True),  # (N,H,W), one channel
+    (PIXELS, True),  # (N,C,H,W)
+    (PIXELS[0, 0].numpy(), False),  # ndarray (H,W)
+    (PIXELS[0].permute(1, 2, 0).numpy(), False),  # ndarray (H,W,C), as images are stored
+    (list(PIXELS), True),  # a list of (C,H,W) items
+], ids=["HW", "CHW", "NHW", "NCHW", "ndarray HW", "ndarray HWC", "list"])
+def test_infer_reads_every_usual_image_layout(items, batched):
+    learn = image_learner()
+    expected = learn.infer(PIXELS).probs
+    got = learn.infer(items)
+    assert torch.equal(got.probs, expected if batched else expected[0])
+    assert isinstance(got.index, torch.Tensor) == batched
+
+
+def test_infer_takes_pil_images():
+    from PIL import Image
+    learn = image_learner()
+    image = Image.fromarray(PIXELS[0, 0].numpy())
+    assert torch.equal(learn.infer(image).probs, learn.infer(PIXELS[0]).probs)
+    assert learn.infer([image, image]).label == [learn.infer(PIXELS[0]).label] * 2
+
+
+def test_infer_without_normalization_takes_prepared_inputs_and_says_so():
+    learn = image_learner()
+    learn.dls = DataLoaders(learn.dls.train, learn.dls.valid)  # no classes, no normalize
+    x = Normalize([0.4], [0.3])(PIXELS)
+    got = learn.infer(x)
+    assert torch.equal(got.probs, probs_of(learn, x)) and got.label == [str(i) for i in got.index.tolist()]
+    with pytest.raises(TypeError, match="no normalization.*float inputs"):
+        learn.infer(PIXELS)
+
+
+def test_infer_errors_say_what_to_pass():
+    learn = image_learner()
+    with pytest.raises(TypeError, match="raw uint8 pixels"):
+        learn.infer(PIXELS.float())
+    with pytest.raises(ValueError, match="can't read an image of shape \\(1, 1, 1, 8, 8\\)"):
+        learn.infer(PIXELS[:1, None])
+    with pytest.raises(TypeError, match="tensors, ndarrays or PIL"):
+        learn.infer("cat.png")
+    learn.n_inp = 2
+    with pytest.raises(ValueError, match="n_inp=2"):
+        learn.infer(PIXELS)
+
+
+# ---------------------------------------------------------------- export / load_learner
+
+def trained(cbs=()) -> TrainLearner:
+    learn = image_learner([BatchTransformCB(RandomFlip()), MetricsCB(), *cbs])
+    learn.fit(1)
+    return learn
+
+
+def run_python(code: str) -> None:
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, check=True, capture_output=True)
+
+
+def test_a_new_process_predicts_exactly_what_the_exporting_one_did(tmp_path):
+    learn = trained([MixedPrecisionCB()])
+    path = learn.export(tmp_path / "model.pkl")
+    torch.save(learn.dls.valid.x, tmp_path / "x.pt")
+    run_python(f"""
+        import torch
+        from miniai import load_learner
+        learn = load_learner({str(path)!r})
+        assert not learn.model.training and learn.lr is None
+        x = torch.load({str(tmp_path / 'x.pt')!r})
+        image = torch.arange(64, dtype=torch.uint8).view(1, 8, 8)
+        torch.save((learn.get_preds(dl=[(x[:16],), (x[16:],)])[0], learn.infer(image)), {str(tmp_path / 'out.pt')!r})
+    """)
+    preds, (index, label, probs) = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert torch.equal(preds, learn.get_preds(dl=[(learn.dls.valid.x[:16],), (learn.dls.valid.x[16:],)])[0])
+    here = learn.infer(torch.arange(64, dtype=torch.uint8).view(1, 8, 8))
+    assert (index, label) == (here.index, here.label) and torch.equal(probs, here.probs)
+
+
+def test_the_loaded_learner_has_the_predict_path_and_nothing_of_training(tmp_path):
+    learn = trained([MixedPrecisionCB()])
+    loaded = load_learner(learn.export(tmp_path / "m.pkl"))
+    assert [type(cb) for cb in loaded.cbs] == [DeviceCB, BatchTransformCB, MixedPrecisionCB]
+    assert loaded.dls.classes == ["a", "b", "c"] and isinstance(loaded.dls.normalize, Normalize)
+    assert loaded.dls.train is None and loaded.opt is None and not loaded.model.training
+    assert loaded.loss_func is F.cross_entropy
+    assert loaded.get_preds(dl=learn.dls.valid, with_loss=True)[2].shape == (40,)
+    with pytest.raises(ValueError, match="no valid loader"):
+        loaded.get_preds()
+
+
+def test_a_base_learner_with_train_cb_exports_too(tmp_path):
+    learn = Learner(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), image_learner().dls, F.cross_entropy,
+                    cbs=[TrainCB()])
+    loaded = load_learner(learn.export(tmp_path / "m.pkl"))
+    assert torch.equal(loaded.infer(PIXELS).probs, learn.infer(PIXELS).probs)
+
+
+def test_what_cannot_be_pickled_is_named_with_the_fix(tmp_path):
+    learn = image_learner([BatchTransformCB(lambda x: x * 2, on_val=True)])
+    with pytest.raises(TypeError, match="could not pickle the callback BatchTransformCB.*module-level"):
+        learn.export(tmp_path / "m.pkl")
+    assert list(tmp_path.iterdir()) == []  # no half-written file left
+    learn = image_learner()
+    learn.loss_func = lambda preds, y: F.cross_entropy(preds, y)
+    with pytest.warns(UserWarning, match="loss_func can't be pickled"):
+        loaded = load_learner(learn.export(tmp_path / "m.pkl"))
+    with pytest.raises(TypeError, match="has none"):
+        loaded.get_preds(dl=learn.dls.valid, with_loss=True)
+
+
+def test_a_learner_with_its_own_predict_is_refused_and_other_files_too(tmp_path):
+    class Custom(TrainLearner):
+        def predict(self):
+            self.preds = self.model(*self.xb) * 2
+    learn = image_learner()
+    custom = Custom(learn.model, learn.dls, F.cross_entropy)
+    with pytest.raises(TypeError, match="own predict.*owns_steps"):
+        custom.export(tmp_path / "m.pkl")
+    torch.save(learn.model.state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="not a miniai export"):
+        load_learner(tmp_path / "weights.pt")
+
+
+# ---------------------------------------------------------------- the real thing
+
+@pytest.mark.slow
+def test_fashion_mnist_predictions_tta_infer_and_export(tmp_path):
+    from miniai import GeneralRelu, get_dls, get_model, init_weights, set_seed
+    from miniai.cache import load_tensors
+    set_seed(0)
+    dls = get_dls(bs=256, n_train=8192, n_valid=512)
+    model = get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d)
+    model.apply(partial(init_weights, leaky=0.1))
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=2e-2, cbs=[DeviceCB("cpu")], opt_func=optim.AdamW)
+    learn.fit(1)
+    probs, targets = learn.get_preds(act=torch.softmax)
+    assert (probs.argmax(1) == targets).float().mean() > 0.6 and torch.equal(targets, dls.valid.y)
+    tta_probs, _ = learn.tta()
+    assert (tta_probs.argmax(1) == targets).float().mean() > 0.6
+    raw = load_tensors().valid_x[:256]  # the same uint8 images, normalized by infer as get_dls did
+    inferred = learn.infer(raw)
+    assert torch.equal(inferred.probs, probs[:256])
+    assert inferred.label[:3] == [dls.classes[i] for i in probs[:3].argmax(1).tolist()]
+    path = learn.export(tmp_path / "fmnist.pkl")
+    np.save(tmp_path / "raw.npy", raw.numpy())
+    run_python(f"""
+        import numpy as np, torch
+        from miniai import load_learner
+        learn = load_learner({str(path)!r})
+        torch.save(learn.infer(np.load({str(tmp_path / 'raw.npy')!r})[:, 0]).probs, {str(tmp_path / 'p.pt')!r})
+    """)
+    assert torch.equal(torch.load(tmp_path / "p.pt"), probs[:256])

@@ -1,0 +1,344 @@
+"""get_preds, capture_preds and tta: the learner's predict path over a loader, leaving the learner as it was."""
+from __future__ import annotations
+
+import random
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import lr_scheduler
+from torch.utils.data import DataLoader, TensorDataset
+
+from miniai.augment import RandomCrop, RandomFlip, batch_tfms
+from miniai.callbacks.augment import BatchTransformCB
+from miniai.callbacks.basic import DeviceCB
+from miniai.callbacks.checkpoint import CheckpointCB
+from miniai.callbacks.metrics import MetricsCB
+from miniai.callbacks.mixed_precision import MixedPrecisionCB
+from miniai.callbacks.progress import ProgressCB
+from miniai.callbacks.scheduling import BatchSchedCB, RecorderCB, _lr
+from miniai.data import DataLoaders, Normalize, TensorLoader
+from miniai.learner import Callback, CancelBatchException, TrainLearner
+
+
+def image_dls(n_train: int = 48, n_valid: int = 40, bs: int = 16, seed: int = 0) -> DataLoaders:
+    """Random 1×8×8 uint8 'images' in 3 classes, normalized; in-memory loaders (train shuffled by the global RNG)."""
+    g = torch.Generator().manual_seed(seed)
+    norm = Normalize([0.4], [0.3])
+    x = torch.randint(0, 256, (n_train + n_valid, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (n_train + n_valid,), generator=g)
+    xs = norm(x)
+    return DataLoaders(TensorLoader(xs[:n_train], y[:n_train], bs, shuffle=True),
+                       TensorLoader(xs[n_train:], y[n_train:], bs), classes=["a", "b", "c"], normalize=norm)
+
+
+def image_model() -> nn.Module:
+    """Conv, BatchNorm and Dropout, so eval mode matters: (N,1,8,8) -> (N,3)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Flatten(), nn.Linear(256, 3))
+
+
+def image_learner(cbs=(), **kwargs) -> TrainLearner:
+    return TrainLearner(image_model(), image_dls(**kwargs), F.cross_entropy, lr=0.1, cbs=[DeviceCB("cpu"), *cbs])
+
+
+def hand_loop(model, dl, fn=lambda m, x: m(x)) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([fn(model, xb) for xb, _ in dl])
+
+
+# ---------------------------------------------------------------- get_preds
+
+def test_get_preds_is_bitwise_a_hand_loop_over_the_same_loader():
+    learn = image_learner()
+    learn.fit(1)
+    inputs, preds, targets, losses = learn.get_preds(with_input=True, with_loss=True)
+    dl = learn.dls.valid
+    assert torch.equal(preds, hand_loop(learn.model, dl))
+    assert torch.equal(inputs, dl.x) and torch.equal(targets, dl.y)
+    with torch.no_grad():
+        expected = torch.cat([F.cross_entropy(learn.model(xb), yb, reduction="none") for xb, yb in dl])
+    assert torch.equal(losses, expected)
+    probs, _ = learn.get_preds(act=torch.softmax)
+    assert torch.equal(probs, torch.cat([F.softmax(p, dim=1) for p in preds.split(dl.bs)]))
+
+
+def test_get_preds_default_is_the_valid_loader_and_takes_any_iterable_of_batches():
+    learn = image_learner()
+    x = learn.dls.valid.x[:5]
+    preds, targets = learn.get_preds(dl=[(x,)])  # a batch of inputs only: no targets
+    assert targets is None and torch.equal(preds, hand_loop(learn.model, [(x, None)]))
+    plain = DataLoader(TensorDataset(learn.dls.valid.x, learn.dls.valid.y), batch_size=7)
+    assert torch.equal(learn.get_preds(dl=plain)[0], learn.get_preds()[0])
+
+
+def state_of(cb, clone):
+    try:
+        return clone(cb.state_dict()) if hasattr(cb, "state_dict") else None
+    except RuntimeError:  # a scheduler before its first fit has none yet
+        return "none yet"
+
+
+def snapshot(learn) -> dict:
+    """Everything get_preds promises to leave alone, as clones and object identities."""
+    def clone(obj):
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().clone()
+        if isinstance(obj, dict):
+            return {k: clone(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(clone(v) for v in obj)
+        return obj
+    opt = learn.opt
+    return {
+        "state": clone(learn.model.state_dict()),
+        "devices": [(t.device, t.data_ptr()) for t in learn.model.state_dict().values()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in learn.model.parameters()],
+        "modes": [m.training for m in learn.model.modules()],
+        "vars": dict(vars(learn)),
+        "cbs": list(learn.cbs),
+        "cb_vars": [dict(vars(cb)) for cb in learn.cbs],
+        "cb_states": [state_of(cb, clone) for cb in learn.cbs],
+        "opt": None if opt is None else clone(opt.state_dict()),
+        "loaders": [dict(vars(dl)) for dl in (learn.dls.train, learn.dls.valid)],
+        "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()),
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    def same(x, y):
+        if isinstance(x, torch.Tensor):
+            return torch.equal(x, y) and x.dtype == y.dtype
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(same(u, v) for u, v in zip(x, y))
+        if isinstance(x, np.ndarray):
+            return np.array_equal(x, y)
+        return x == y
+    for key in ("state", "devices", "grads", "modes", "cb_states", "opt", "rng"):
+        assert same(a[key], b[key]), key
+    assert a["cbs"] == b["cbs"]
+    for name in ("vars", "loaders"):  # the very same objects in every attribute
+        for saved, now in zip([a[name]] if name == "vars" else a[name], [b[name]] if name == "vars" else b[name]):
+            assert saved.keys() == now.keys() and all(saved[k] is now[k] for k in saved), name
+    for saved, now in zip(a["cb_vars"], b["cb_vars"]):
+        assert saved.keys() == now.keys() and all(saved[k] is now[k] for k in saved)
+
+
+def busy_learner(tmp_path) -> TrainLearner:
+    """Every kind of callback: inference ones, recorders, a scheduler, a checkpointer, a progress bar."""
+    cbs = [BatchTransformCB(batch_tfms(RandomFlip())), BatchTransformCB(lambda x: x * 1.5, on_train=True, on_val=True),
+           MixedPrecisionCB(), MetricsCB(), ProgressCB(mode="plain"), RecorderCB(lr=_lr),
+           BatchSchedCB(partial(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=3)), CheckpointCB(tmp_path)]
+    return image_learner(cbs)
+
+
+def everything_after_the_fit(learn) -> None:
+    learn.get_preds(with_input=True, with_loss=True, act=torch.softmax)
+    learn.capture_preds(inps=True)
+    learn.tta(n=2, tfms=batch_tfms(RandomCrop(8, 1), RandomFlip()))
+    learn.infer(torch.arange(192, dtype=torch.uint8).view(3, 8, 8))
+    learn.summary()
+
+
+@pytest.mark.parametrize("fitted", [False, True], ids=["before any fit", "after a fit"])
+def test_predicting_leaves_the_learner_bitwise_as_it_was(tmp_path, capsys, fitted):
+    learn = busy_learner(tmp_path)
+    if fitted:
+        learn.fit(1)
+        learn.model.train()  # a mode that differs from the pass's eval
+        learn.model[0].weight.grad = torch.ones_like(learn.model[0].weight)
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    files = sorted(tmp_path.iterdir())
+    capsys.readouterr()
+    before = snapshot(learn)
+    everything_after_the_fit(learn)
+    assert_same(before, snapshot(learn))
+    assert sorted(tmp_path.iterdir()) == files and capsys.readouterr().out == ""  # nothing saved or printed
+    assert all(not m._forward_hooks for m in learn.model.modules())
+
+
+def test_a_model_moved_by_a_callback_is_put_back():
+    class Mover(Callback):  # as DeviceCB does to another device: replaces buffers, gives parameters new data
+        inference = True
+
+        def before_fit(self, learn):
+            learn.model.double()
+
+        def before_batch(self, learn):
+            learn.batch = (learn.batch[0].double(), *learn.batch[1:])
+    learn = image_learner([Mover()])
+    before = snapshot(learn)
+    weight = learn.model[0].weight
+    preds, _ = learn.get_preds()
+    assert preds.dtype == torch.float64
+    assert_same(before, snapshot(learn))
+    assert learn.model[0].weight is weight and weight.dtype == torch.float32
+
+
+class EventLog(Callback):
+    inference = True
+
+    def __init__(self):
+        self.seen = []
+
+
+for _name in ("before_fit", "after_fit", "cleanup_fit", "before_epoch", "after_epoch", "cleanup_epoch",
+              "before_batch", "after_batch", "cleanup_batch", "after_predict", "after_loss"):
+    setattr(EventLog, _name, (lambda name: lambda self, learn: self.seen.append((name, learn.training)))(_name))
+
+
+class Trainer(Callback):
+    """Not an inference callback: a prediction pass must never call it."""
+    def before_fit(self, learn):
+        raise AssertionError("a training callback ran in a prediction pass")
+
+
+def test_the_pass_is_a_one_epoch_validation_fit_for_inference_callbacks_only():
+    own, extra = EventLog(), EventLog()
+    learn = image_learner([own, Trainer()], n_valid=20)  # two batches
+    learn.get_preds(cbs=[extra])
+    batch = ["before_batch", "after_predict", "after_batch", "cleanup_batch"]
+    assert extra.seen == [(e, False) for e in ["before_fit", "before_epoch", *batch, *batch, "after_epoch",
+                                               "cleanup_epoch", "after_fit", "cleanup_fit"]]
+    assert own.seen == []  # it saw the same, but the learner's callbacks are put back as they were
+    extra.seen.clear()
+    learn.get_preds(with_loss=True, cbs=[extra])
+    assert ("after_loss", False) in extra.seen
+
+
+def test_a_cancelled_batch_is_left_out_as_the_cancel_table_says():
+    class SkipFirst(Callback):
+        inference = True
+
+        def after_predict(self, learn):
+            if learn.iter == 0:
+                raise CancelBatchException()
+    learn = image_learner([SkipFirst()])
+    preds, targets = learn.get_preds()
+    assert torch.equal(targets, learn.dls.valid.y[16:]) and len(preds) == 24
+
+
+def test_only_validation_transforms_run():
+    cbs = [BatchTransformCB(lambda x: x * 0, on_train=True, on_val=False),
+           BatchTransformCB(lambda x: x * 2, on_train=False, on_val=True)]
+    learn = image_learner(cbs)
+    assert torch.equal(learn.get_preds()[0], hand_loop(learn.model, learn.dls.valid, lambda m, x: m(x * 2)))
+
+
+def test_mixed_precision_predicts_under_autocast_even_before_a_fit():
+    learn = image_learner([MixedPrecisionCB()])
+    preds, _ = learn.get_preds()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = hand_loop(learn.model, learn.dls.valid)
+    assert preds.dtype == torch.bfloat16 and torch.equal(preds, expected)
+    probs, _ = learn.get_preds(act=torch.softmax)  # probabilities in float32, from the same logits
+    assert probs.dtype == torch.float32 and torch.equal(probs, F.softmax(expected.float(), dim=1))
+
+
+# ---------------------------------------------------------------- per-item losses and targets
+
+def test_per_item_losses_for_functions_and_nn_losses_and_a_clear_error_otherwise():
+    learn = image_learner()
+    expected = torch.cat([F.cross_entropy(p, y, reduction="none")
+                          for p, y in zip(learn.get_preds()[0].split(16), learn.dls.valid.y.split(16))])
+    assert torch.equal(learn.get_preds(with_loss=True)[-1], expected)
+    learn.loss_func = loss = nn.CrossEntropyLoss()
+    assert torch.equal(learn.get_preds(with_loss=True)[-1], expected) and loss.reduction == "mean"
+    learn.loss_func = partial(F.cross_entropy, reduction="sum")
+    assert torch.equal(learn.get_preds(with_loss=True)[-1], expected)
+    learn.loss_func = lambda preds, y: F.cross_entropy(preds, y)
+    with pytest.raises(TypeError, match="takes no reduction argument.*F.cross_entropy"):
+        learn.get_preds(with_loss=True)
+
+
+def test_losses_of_several_values_per_item_are_averaged_to_one():
+    x = torch.randn(12, 2)
+    y = torch.randn(12, 2)
+    dls = DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4))
+    learn = TrainLearner(nn.Linear(2, 2), dls, F.mse_loss, lr=0.1)
+    preds, _, losses = learn.get_preds(with_loss=True)
+    assert losses.shape == (12,) and torch.allclose(losses, ((preds - y) ** 2).mean(1))
+
+
+def test_targets_are_the_items_after_n_inp_inputs():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, a, b):
+            return self.lin(a + b)
+    a, b, y, w = torch.randn(10, 3), torch.randn(10, 3), torch.randn(10, 1), torch.rand(10, 1)
+    valid = DataLoader(TensorDataset(a, b, y, w), batch_size=4)
+    learn = TrainLearner(TwoInputs(), DataLoaders(valid, valid), lambda p, y, w: (w * (p - y) ** 2).mean(), n_inp=2)
+    inputs, preds, targets = learn.get_preds(with_input=True)
+    assert torch.equal(inputs[0], a) and torch.equal(inputs[1], b)
+    assert isinstance(targets, tuple) and torch.equal(targets[0], y) and torch.equal(targets[1], w)
+
+
+def test_capture_preds_keeps_the_course_signature():
+    learn = image_learner()
+    preds, targets, inputs = learn.capture_preds(inps=True)  # the course puts the inputs last
+    assert torch.equal(preds, learn.get_preds()[0]) and torch.equal(inputs, learn.dls.valid.x)
+    from miniai import capture_preds
+    assert torch.equal(capture_preds(learn)[0], preds)
+
+
+def test_bad_calls_say_what_to_do():
+    learn = image_learner()
+    with pytest.raises(TypeError, match="act must be a callable"):
+        learn.get_preds(act="softmax")
+    with pytest.raises(ValueError, match="yielded no batches"):
+        learn.get_preds(dl=[])
+    learn.dls.valid = None
+    with pytest.raises(ValueError, match="no valid loader.*dl="):
+        learn.get_preds()
+
+
+# ---------------------------------------------------------------- tta
+
+def test_tta_with_no_copies_is_get_preds_with_softmax():
+    learn = image_learner([MixedPrecisionCB()])
+    probs, targets = learn.tta(n=0)
+    expected, expected_targets = learn.get_preds(act=torch.softmax)
+    assert torch.equal(probs, expected) and torch.equal(targets, expected_targets)
+
+
+def test_tta_default_averages_with_the_flipped_images():
+    learn = image_learner()
+    probs, _ = learn.tta()
+    soft = lambda m, x: F.softmax(m(x), dim=1)  # noqa: E731
+    plain, flipped = hand_loop(learn.model, learn.dls.valid, soft), hand_loop(
+        learn.model, learn.dls.valid, lambda m, x: soft(m, x.flip(-1)))
+    assert torch.equal(probs, (plain + flipped) / 2)
+
+
+def test_tta_with_random_transforms_repeats_exactly_and_leaves_the_rng_alone():
+    learn = image_learner()
+    rng = torch.get_rng_state()
+    tfms = [RandomCrop(8, 2), RandomFlip()]
+    first, _ = learn.tta(tfms=tfms, n=3)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(first, learn.tta(tfms=tfms, n=3)[0])
+    assert not torch.equal(first, learn.tta(tfms=tfms, n=1)[0])  # the copies differ from each other
+    assert torch.allclose(first.sum(1), torch.ones(len(first)))
+
+
+def test_tta_refuses_a_shuffled_loader_and_non_images_for_the_default_flip():
+    learn = image_learner()
+    with pytest.raises(ValueError, match="unshuffled"):
+        learn.tta(dl=learn.dls.train)
+    x, y = torch.randn(8, 5), torch.randint(0, 2, (8,))
+    tabular = TrainLearner(nn.Linear(5, 2), DataLoaders(None, TensorLoader(x, y, 4)), F.cross_entropy)
+    with pytest.raises(ValueError, match="default tfms, a horizontal flip, needs \\(N,C,H,W\\)"):
+        tabular.tta()
+    assert tabular.tta(tfms=lambda x: x + 0.1)[0].shape == (8, 2)
