@@ -26,6 +26,7 @@ _EXPORTS = {name: f".{module}" for module, names in {
     "callbacks.mixed_precision": ["MixedPrecisionCB"],
     "callbacks.preds": ["capture_preds", "get_preds", "tta"],
     "inference": ["Prediction", "load_learner"],
+    "interpret": ["Interpretation"],
     "summary": ["ModelSummary"],
     "models": ["GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights"],
     "augment": ["Compose", "RandomCrop", "RandomErase", "RandomFlip", "batch_tfms"],
@@ -33,7 +34,8 @@ _EXPORTS = {name: f".{module}" for module, names in {
     "schedulers": ["CosineAnnealing", "CosineOneCycle", "OneCycle", "WarmupCosine", "lr_trajectory"],
     "data": ["DataLoaders", "TensorLoader", "get_dls", "Normalize"],
     "idx": ["read_idx", "write_idx"],
-    "plotting": ["plot_losses", "plot_lrs", "show_image", "show_images"],
+    "plotting": ["plot_losses", "plot_lrs", "show_image", "show_images", "plot_confusion_matrix",
+                 "show_predictions"],
 }.items() for name in names}
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -395,6 +395,12 @@ class Learner:
         from .summary import summary
         return summary(self, xb)
 
+    def show_results(self, n: int = 9, dl: Any = None, **kwargs: Any) -> Any:
+        """A grid of the first `n` validation items with actual and predicted labels; returns the Figure
+        (`miniai.interpret.show_results`)."""
+        from .interpret import show_results
+        return show_results(self, n, dl, **kwargs)
+
     def export(self, path: str | os.PathLike = "export.pkl") -> Any:
         """Save the model, class names, normalization and predict-path callbacks for `load_learner`; pickles code,
         so load only files you trust (`miniai.inference.export`)."""

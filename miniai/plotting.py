@@ -19,7 +19,7 @@ from .schedulers import lr_trajectory
 
 __all__ = ["show_image", "show_images", "get_grid",
            "plot_lr_find", "plot_color_dim", "plot_dead_chart", "plot_act_stats",
-           "plot_recorder", "plot_lrs", "plot_losses"]
+           "plot_recorder", "plot_lrs", "plot_losses", "plot_confusion_matrix", "show_predictions"]
 
 
 def _to_hwc(im: Any) -> np.ndarray:
@@ -215,3 +215,41 @@ def plot_losses(train_losses: Sequence[float], valid_losses: Sequence[float], ba
     ax.set_ylabel("loss")
     ax.legend()
     return ax.figure
+
+
+# --- after the fit: interpretation (miniai.interpret) --------------------------------------------------------------
+def plot_confusion_matrix(cm: Any, classes: Sequence[str] | None = None, normalize: bool = False,
+                          ax: Axes | None = None, cmap: str = "Blues") -> Figure:
+    """Counts of (actual row, predicted column) as an image with each number written in; `normalize`: row shares."""
+    cm = np.asarray(torch.as_tensor(cm), dtype=float)
+    if normalize:
+        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)  # a class never seen keeps a row of zeros
+    n = len(cm)
+    if ax is None:
+        side = max(4.0, 0.55 * n + 2)
+        _, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(cm, cmap=cmap, interpolation="nearest")
+    names = list(classes) if classes is not None else [str(i) for i in range(n)]
+    ax.set_xticks(range(n), names, rotation=90)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    high = cm.max() / 2 if cm.size else 0
+    for (i, j), value in np.ndenumerate(cm):
+        ax.text(j, i, f"{value:.2f}" if normalize else f"{int(value)}", ha="center", va="center",
+                color="white" if value > high else "black", fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def show_predictions(ims: Sequence[Any] | torch.Tensor, actual: Sequence[str], predicted: Sequence[str],
+                     notes: Sequence[str] | None = None, nrows: int | None = None, ncols: int | None = None,
+                     imsize: float = 2.0, suptitle: str | None = None) -> Figure:
+    """A grid of images titled 'actual / predicted' (and a line of `notes` each): green when right, red when wrong."""
+    fig, axs = get_grid(len(ims), nrows, ncols, imsize=imsize, suptitle=suptitle)
+    for i, (im, true, pred, ax) in enumerate(zip(ims, actual, predicted, axs)):
+        show_image(im, ax=ax)
+        title = f"{true} / {pred}" + (f"\n{notes[i]}" if notes is not None else "")
+        ax.set_title(title, color="green" if true == pred else "red", fontsize=9)
+    fig.tight_layout()
+    return fig

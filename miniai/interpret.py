@@ -1,0 +1,115 @@
+"""Where a classifier goes wrong: confusion matrix, most-confused pairs, highest-loss items, results grids.
+
+`Interpretation.from_learner(learn)` computes the predictions once (`get_preds`: inputs, probabilities, targets,
+per-item losses), as fastai's ClassificationInterpretation does, and every table and plot reads those tensors.
+The drawing lives in `miniai.plotting`, imported only when a plot is asked for; every plot returns its Figure.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .callbacks.preds import get_preds, kept
+from .learner import Learner
+
+__all__ = ["Interpretation", "show_results"]
+
+
+def _names(classes: Sequence[str] | None, indices: torch.Tensor) -> list[str]:
+    return [classes[i] if classes else str(i) for i in indices.tolist()]
+
+
+def _images(inputs: Any, what: str) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim not in (3, 4):
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"{what} draws the inputs as images, (N,C,H,W) or (N,H,W); these are {shape}. The tables "
+                         "(confusion_matrix, most_confused, top_losses) work for any classifier.")
+    return inputs
+
+
+class Interpretation:
+    """Inputs, probabilities, targets and per-item losses of a classifier over one loader; tables and plots of them.
+
+    `probs` are softmax probabilities (N, C); `targets` class indices (N,); `predicted` is `probs.argmax(1)`;
+    `classes` are the names (`dls.classes`), or None for numbers.
+    """
+
+    def __init__(self, inputs: Any, probs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor,
+                 classes: Sequence[str] | None = None) -> None:
+        if not isinstance(targets, torch.Tensor) or targets.ndim != 1 or targets.is_floating_point() \
+                or probs.ndim != 2 or len(targets) != len(probs):
+            raise ValueError("Interpretation is for classifiers: one target of class indices (N,) per item and "
+                             f"(N, C) outputs; got targets {getattr(targets, 'shape', type(targets).__name__)}, "
+                             f"outputs {tuple(probs.shape)}")
+        self.inputs, self.probs, self.targets, self.losses, self.classes = inputs, probs, targets, losses, classes
+        self.predicted = probs.argmax(1)
+
+    @classmethod
+    def from_learner(cls, learn: Learner, dl: Iterable[Any] | None = None) -> Interpretation:
+        """Predict once over `dl` (default `learn.dls.valid`) with inputs and per-item losses (`learn.get_preds`)."""
+        inputs, probs, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True, act=torch.softmax)
+        return cls(inputs, probs, targets, losses, getattr(getattr(learn, "dls", None), "classes", None))
+
+    def confusion_matrix(self) -> torch.Tensor:
+        """(C, C) counts: row = actual class, column = predicted class."""
+        c = self.probs.shape[1]
+        return torch.bincount(self.targets * c + self.predicted, minlength=c * c).view(c, c)
+
+    def most_confused(self, min_val: int = 1) -> list[tuple[str, str, int]]:
+        """(actual, predicted, count) for every wrong pair seen at least `min_val` times, most frequent first."""
+        cm = self.confusion_matrix().fill_diagonal_(0)
+        pairs = [(int(cm[a, p]), a, p) for a, p in zip(*torch.nonzero(cm >= max(min_val, 1), as_tuple=True))]
+        return [(_names(self.classes, torch.tensor([a]))[0], _names(self.classes, torch.tensor([p]))[0], n)
+                for n, a, p in sorted(pairs, key=lambda t: (-t[0], t[1], t[2]))]
+
+    def top_losses(self, k: int | None = None, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `k` highest per-item losses (all by default; lowest with largest=False) and the items' indices."""
+        return self.losses.topk(len(self.losses) if k is None else min(k, len(self.losses)), largest=largest)
+
+    def plot_confusion_matrix(self, normalize: bool = False, ax: Any = None, **kwargs: Any) -> Any:
+        """The confusion matrix with its counts (row shares with `normalize`); returns the Figure."""
+        from .plotting import plot_confusion_matrix  # matplotlib is imported only when a plot is asked for
+        return plot_confusion_matrix(self.confusion_matrix(), self.classes, normalize=normalize, ax=ax, **kwargs)
+
+    def plot_top_losses(self, k: int = 9, largest: bool = True, **kwargs: Any) -> Any:
+        """The `k` highest-loss items: the most confidently wrong ones, titled actual/predicted, loss and the
+        probability given to the prediction; returns the Figure."""
+        losses, idx = self.top_losses(k, largest)
+        notes = [f"loss {loss:.2f}, p {self.probs[i, self.predicted[i]]:.2f}" for loss, i in zip(losses.tolist(), idx)]
+        return self._grid(idx, notes, "plot_top_losses", **kwargs)
+
+    def show_results(self, n: int = 9, **kwargs: Any) -> Any:
+        """The first `n` items titled actual/predicted (green when right, red when wrong); returns the Figure."""
+        return self._grid(torch.arange(min(n, len(self.targets))), None, "show_results", **kwargs)
+
+    def _grid(self, idx: torch.Tensor, notes: list[str] | None, what: str, **kwargs: Any) -> Any:
+        from .plotting import show_predictions
+        if not len(idx):
+            raise ValueError(f"{what}: no items to show (k or n is 0, or the loader was empty)")
+        return show_predictions(_images(self.inputs, what)[idx], _names(self.classes, self.targets[idx]),
+                                _names(self.classes, self.predicted[idx]), notes, **kwargs)
+
+
+def _head(dl: Iterable[Any], n: int) -> Iterator[Any]:
+    """The first batches of `dl` that hold `n` items."""
+    seen = 0
+    for batch in dl:
+        yield batch
+        seen += len(batch[0])
+        if seen >= n:
+            return
+
+
+def show_results(learn: Learner, n: int = 9, dl: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+    """The first `n` items of `dl` (default `learn.dls.valid`), titled actual/predicted; predicts only those batches.
+    Returns the Figure."""
+    dl = dl if dl is not None else getattr(getattr(learn, "dls", None), "valid", None)
+    if dl is None:
+        raise ValueError("show_results needs a loader: learn.dls has no valid loader, so pass dl=...")
+    with kept(learn, [dl]):  # reading the first batches moves the loader on: put it back too
+        inputs, probs, targets = get_preds(learn, _head(dl, n), with_input=True, act=torch.softmax)
+    interp = Interpretation(inputs, probs, targets, torch.zeros(len(targets)),
+                            getattr(getattr(learn, "dls", None), "classes", None))
+    return interp.show_results(n, **kwargs)

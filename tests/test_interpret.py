@@ -1,0 +1,141 @@
+"""Interpretation (confusion matrix, most confused, top losses, results grids) and the model summary."""
+from __future__ import annotations
+
+import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import nn
+
+from miniai.callbacks.augment import BatchTransformCB
+from miniai.data import DataLoaders, TensorLoader
+from miniai.interpret import Interpretation
+from miniai.learner import TrainLearner
+from miniai.summary import ModelSummary, layer_macs
+from tests.test_preds import assert_same, image_learner, snapshot
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def known() -> Interpretation:
+    """Six items of 3 classes with known probabilities: items 1, 4 and 5 are wrong."""
+    probs = torch.tensor([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.1, .1, .8], [.6, .3, .1], [.5, .1, .4]])
+    targets = torch.tensor([0, 0, 1, 2, 2, 2])
+    losses = F.nll_loss(probs.log(), targets, reduction="none")
+    return Interpretation(torch.zeros(6, 1, 4, 4), probs, targets, losses, ["a", "b", "c"])
+
+
+def test_confusion_matrix_and_most_confused_by_hand():
+    interp = known()
+    assert interp.confusion_matrix().tolist() == [[1, 1, 0], [0, 1, 0], [2, 0, 1]]
+    assert interp.most_confused() == [("c", "a", 2), ("a", "b", 1)]
+    assert interp.most_confused(min_val=2) == [("c", "a", 2)]
+
+
+def test_top_losses_are_the_most_confidently_wrong_items():
+    losses, idx = known().top_losses(3)
+    assert idx.tolist() == [4, 1, 5] and torch.allclose(losses, -torch.tensor([.1, .2, .4]).log())
+
+
+def test_from_learner_computes_the_predictions_once_through_get_preds():
+    learn = image_learner()
+    learn.fit(1)
+    before = snapshot(learn)
+    interp = Interpretation.from_learner(learn)
+    assert_same(before, snapshot(learn))
+    inputs, probs, targets, losses = learn.get_preds(with_input=True, with_loss=True, act=torch.softmax)
+    assert torch.equal(interp.probs, probs) and torch.equal(interp.losses, losses)
+    assert torch.equal(interp.inputs, inputs) and interp.classes == ["a", "b", "c"]
+    assert int(interp.confusion_matrix().sum()) == len(targets)
+
+
+def test_every_plot_returns_its_figure():
+    learn = image_learner()
+    interp = Interpretation.from_learner(learn)
+    for fig in (interp.plot_confusion_matrix(), interp.plot_confusion_matrix(normalize=True),
+                interp.plot_top_losses(4), interp.show_results(5), learn.show_results(20)):
+        assert isinstance(fig, Figure)
+    titles = [ax.get_title() for ax in learn.show_results(3).axes if ax.get_title()]
+    predicted = learn.get_preds()[0][:3].argmax(1)
+    assert titles == [f"{'abc'[t]} / {'abc'[p]}" for t, p in zip(learn.dls.valid.y[:3].tolist(), predicted.tolist())]
+    notes = [ax.get_title().split("\n")[1] for ax in interp.plot_top_losses(2).axes if ax.get_title()]
+    assert all(note.startswith("loss ") for note in notes)
+
+
+def test_plots_of_inputs_need_images_and_interpretation_needs_class_targets():
+    x, y = torch.randn(8, 5), torch.randint(0, 2, (8,))
+    learn = TrainLearner(nn.Linear(5, 2), DataLoaders(None, TensorLoader(x, y, 4)), F.cross_entropy)
+    interp = Interpretation.from_learner(learn)
+    assert interp.confusion_matrix().sum() == 8  # the tables work for any classifier
+    with pytest.raises(ValueError, match="draws the inputs as images"):
+        interp.plot_top_losses()
+    with pytest.raises(ValueError, match="for classifiers"):
+        Interpretation(x, torch.randn(8, 2), torch.randn(8), torch.zeros(8))
+
+
+# ---------------------------------------------------------------- summary
+
+def test_summary_counts_every_parameter_and_closed_form_macs():
+    learn = image_learner()
+    learn.model.train()
+    before = snapshot(learn)
+    summary = learn.summary()
+    assert_same(before, snapshot(learn))  # modes, placement, loaders, RNG: all as they were
+    assert all(not m._forward_hooks for m in learn.model.modules())
+    assert all(p.grad is None for p in learn.model.parameters())
+    assert isinstance(summary, ModelSummary)
+    assert summary.total_params == sum(p.numel() for p in learn.model.parameters())
+    assert summary.total_params == sum(r.params for r in summary.rows)
+    conv, linear = summary.rows[0], summary.rows[-1]
+    assert conv.output_shape == (16, 4, 8, 8) and conv.macs == 16 * 4 * 8 * 8 * 1 * 9
+    assert linear.output_shape == (16, 3) and linear.macs == 16 * 3 * 256
+    assert summary.input_shape == (16, 1, 8, 8) and summary.total_macs == conv.macs + linear.macs
+
+
+def test_summary_takes_an_explicit_batch_and_sees_the_validation_transforms():
+    flatten = BatchTransformCB(lambda x: x.flatten(1), on_val=True)
+    learn = TrainLearner(nn.Sequential(nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 3)), image_learner().dls,
+                         F.cross_entropy, cbs=[flatten])
+    summary = learn.summary(xb=torch.zeros(5, 1, 8, 8))
+    assert summary.input_shape == (5, 64) and [r.output_shape for r in summary.rows] == [(5, 10), (5, 10), (5, 3)]
+
+
+def test_shared_and_own_parameters_are_counted_once_in_the_total():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))  # a parameter of a module with children
+            self.lin = nn.Linear(4, 4)
+            self.again = self.lin  # the same layer twice
+
+        def forward(self, x):
+            return self.again(self.lin(x)) * self.scale
+    model = Tied()
+    learn = TrainLearner(model, DataLoaders(None, None), F.mse_loss)
+    summary = learn.summary(xb=torch.zeros(2, 4))
+    assert summary.total_params == sum(p.numel() for p in model.parameters()) == 21
+    assert [(r.name, r.params, r.macs) for r in summary.rows] == [("", 1, 0), ("lin", 20, 2 * 2 * 4 * 4)]
+
+
+def test_summary_shows_as_aligned_text_and_as_a_table_in_a_notebook():
+    summary = image_learner().summary()
+    text = str(summary)
+    table = text.splitlines()[:len(summary.rows) + 3]
+    assert table[0].split() == ["layer", "type", "output", "shape", "params", "MACs"]
+    assert len({len(line) for line in table[2:-1]}) == 1  # right-aligned numbers end in one column
+    assert repr(summary) == text and "Total params: 819" in text
+    assert summary._repr_markdown_().startswith("| layer | type |") and "<table>" in summary._repr_html_()
+
+
+def test_layer_macs_of_a_transposed_conv_count_from_its_input():
+    conv = nn.ConvTranspose2d(2, 3, 3, stride=2, groups=1)
+    x = torch.zeros(1, 2, 4, 4)
+    assert layer_macs(conv, (x,), conv(x)) == 1 * 2 * 4 * 4 * 3 * 9
