@@ -353,22 +353,22 @@ class Learner:
                           stacklevel=3)
         return 0.0 if lr is None else lr  # resuming: the checkpoint's optimizer state brings its own lr
 
-    # --- conveniences built from callbacks (imported inside each method: the callbacks import this module) ---
+    # --- conveniences built from callbacks: one-line delegations (imported here: the callbacks import this module)
     def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:
         """Fit with torch's OneCycleLR stepped per optimizer step (`miniai.callbacks.scheduling.fit_one_cycle`)."""
         from .callbacks.scheduling import fit_one_cycle
         fit_one_cycle(self, n_epochs, max_lr, **kwargs)
 
     def lr_find(self, *args: Any, **kwargs: Any) -> Any:
-        """Grow the lr each batch until the loss blows up; plot and return an `LRFinderResult` with suggestions.
-        The learner is left exactly as it was (`miniai.callbacks.lr_finder.lr_find`)."""
+        """Grow the lr a batch at a time until the loss blows up; the curve and suggested lrs; the learner is left
+        as it was (`miniai.callbacks.lr_finder.lr_find`)."""
         from .callbacks.lr_finder import lr_find
         return lr_find(self, *args, **kwargs)
 
     def get_preds(self, dl: Any = None, with_input: bool = False, with_loss: bool = False,
                   act: Callable | None = None, cbs: Iterable[Callback] = ()) -> tuple:
         """`(preds, targets)` over `dl` (default `dls.valid`), inputs first `with_input`, per-item losses last
-        `with_loss`, through the predict path; the learner is left as it was (`miniai.callbacks.preds.get_preds`)."""
+        `with_loss`, through the predict path; the learner is left as it was (`miniai.callbacks.preds`)."""
         from .callbacks.preds import get_preds
         return get_preds(self, dl, with_input, with_loss, act, list(cbs))
 
@@ -378,32 +378,28 @@ class Learner:
         return capture_preds(self, cbs, inps)
 
     def tta(self, dl: Any = None, tfms: Any = None, n: int = 1) -> tuple:
-        """`(probs, targets)`: softmax averaged over the inputs and `n` augmented copies (default: flipped)
-        (`miniai.callbacks.preds.tta`)."""
+        """`(probs, targets)`: softmax averaged over the inputs and `n` augmented copies (default: flipped)."""
         from .callbacks.preds import tta
         return tta(self, dl, tfms, n)
 
     def infer(self, items: Any, bs: int = 256) -> Any:
-        """Class index, name and probabilities for one raw image or a batch, normalized as the loaders' data
-        (`miniai.inference.infer`)."""
+        """Class index, name and probabilities of one raw image or a batch, normalized as the loaders' data were."""
         from .inference import infer
         return infer(self, items, bs)
 
     def summary(self, xb: Any = None) -> Any:
-        """Per layer: output shape, parameters and multiply-adds for one batch, with totals; a table in a notebook
-        (`miniai.summary.summary`)."""
+        """Per layer: output shape, parameters and multiply-adds for one batch, with totals (`miniai.summary`)."""
         from .summary import summary
         return summary(self, xb)
 
     def show_results(self, n: int = 9, dl: Any = None, **kwargs: Any) -> Any:
-        """A grid of the first `n` validation items with actual and predicted labels; returns the Figure
-        (`miniai.interpret.show_results`)."""
+        """A grid of `n` validation items with actual and predicted labels; returns the Figure."""
         from .interpret import show_results
         return show_results(self, n, dl, **kwargs)
 
     def export(self, path: str | os.PathLike = "export.pkl") -> Any:
-        """Save the model, class names, normalization and predict-path callbacks for `load_learner`; pickles code,
-        so load only files you trust (`miniai.inference.export`)."""
+        """Save model, class names, normalization and predict-path callbacks for `load_learner` (a pickle: load only
+        files you trust; `miniai.inference.export`)."""
         from .inference import export
         return export(self, path)
 
