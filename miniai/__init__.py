@@ -18,6 +18,7 @@ _EXPORTS = {name: f".{module}" for module, names in {
     "callbacks.checkpoint": ["CheckpointCB", "CheckpointMismatchError", "load_checkpoint"],
     "callbacks.guards": ["EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB"],
     "callbacks.activations": ["Hook", "Hooks", "HooksCallback", "ActivationStats", "append_stats"],
+    "callbacks.loggers": ["CSVLoggerCB", "TensorBoardCB"],
     "callbacks.lr_finder": ["LRFinderCB", "LRFinderResult"],
     "callbacks.scheduling": ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "_lr", "_mom", "_beta1"],
     "callbacks.augment": ["BatchTransformCB"],

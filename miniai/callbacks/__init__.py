@@ -30,6 +30,8 @@
 |  25   | RecorderCB          | records at after_batch, before the schedulers step (cleanup_batch)  |
 |  25   | GradClipCB          | at after_backward, after GradAccumCB (15) cancelled in-between steps|
 |  30   | ProgressCB          | draws what MetricsCB logged                                        |
+|  35   | CSVLoggerCB,        | write MetricsCB's row at after_epoch; read the lr at after_batch,  |
+|       | TensorBoardCB       | before the schedulers step (cleanup_batch)                         |
 |  70   | EarlyStoppingCB     | reads MetricsCB's value at after_epoch; cancels at the next        |
 |       |                     | training batch, so CheckpointCB still saves the last epoch         |
 |  80   | CheckpointCB        | saves after the validation pass's after_epoch of everyone above    |
@@ -50,6 +52,7 @@ _EXPORTS = {name: f".{module}" for module, names in {
     "ddp": ["DDPCB"],
     "grad_accum": ["GradAccumCB"],
     "guards": ["EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB"],
+    "loggers": ["CSVLoggerCB", "TensorBoardCB"],
     "lr_finder": ["LRFinderCB", "LRFinderResult"],
     "metrics": ["MetricsCB"],
     "mixed_precision": ["MixedPrecisionCB"],

@@ -1,0 +1,312 @@
+"""Loggers: MetricsCB's rows to a CSV file (`CSVLoggerCB`), metrics, losses and activations to TensorBoard.
+
+Both write only on rank 0 (`miniai.distributed.is_main_process`), stand aside during `lr_find` (its diverging run
+is a look, not training), and start writing at the first training pass of a fit, so a fit without one
+(`fit(train=False)`, used to evaluate) leaves what they wrote alone. Neither has a `state_dict`: a run resumed
+with `fit(resume=...)` keeps what was logged before the checkpoint's epoch, drops what a run that went on from it
+wrote later, and continues, so the log reads as that of a run never stopped.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..distributed import is_main_process
+from ..learner import Callback, Learner
+from .activations import ActivationStats
+from .lr_finder import LRFinderCB
+
+__all__ = ["CSVLoggerCB", "TensorBoardCB"]
+
+
+def _logs_this_fit(learn: Learner) -> bool:
+    """False on ranks other than 0 (every rank has the same rows) and in lr_find's fit."""
+    return is_main_process() and not any(isinstance(cb, LRFinderCB) for cb in learn.cbs)
+
+
+def _this_fits_metrics(learn: Learner) -> Any:
+    """The MetricsCB of this fit, or None (`learn.metrics` may be left over from an earlier fit)."""
+    metrics = getattr(learn, "metrics", None)
+    return metrics if any(cb is metrics for cb in learn.cbs) else None
+
+
+# ---------------------------------------------------------------- CSV
+
+class CSVLoggerCB(Callback):
+    """Writes MetricsCB's row of each pass to the CSV file `path`, plus the lr: one line per pass, as it ends.
+
+    Columns: `epoch`, `train` ('train' or 'valid'), each metric, `loss`, `time` (seconds) — the values of
+    `learn.metrics.history`, unrounded — and `lr`, param group 0's lr that the pass's last training batch ran with
+    (for a validation row, that of the training pass before it). Each line is flushed and fsynced as it is
+    written, so a crash leaves a readable file.
+    A fresh fit starts the file anew, unless `append=True`, which keeps its rows (same columns required). A
+    resumed fit (`fit(resume=...)`) keeps the rows of the epochs before the checkpoint's, drops any later ones
+    (a run that went on from that checkpoint) and appends. Needs a MetricsCB.
+    """
+    order = 35  # after MetricsCB (10), whose row it writes at after_epoch
+
+    def __init__(self, path: str | os.PathLike, append: bool = False) -> None:
+        self.path, self.append = Path(path), append
+        self.columns: list[str] = []
+        self._metrics: Any = None
+        self._active = False  # this fit writes (rank 0, not lr_find)
+        self._file: Any = None
+        self._writer: Any = None
+        self._lr: Any = None
+        self._rows_before = 0  # len(metrics.history) when this pass began: a row is written only if one was added
+
+    def before_fit(self, learn: Learner) -> None:
+        self._close()
+        self._metrics, self._lr = _this_fits_metrics(learn), None
+        if self._metrics is None:
+            raise ValueError("CSVLoggerCB writes the rows MetricsCB logs, and this fit has no MetricsCB: add "
+                             "MetricsCB() (it logs train_loss and valid_loss) to cbs")
+        self.columns = ["epoch", "train", *self._metrics.metrics, "loss", "time", "lr"]
+        self._active = _logs_this_fit(learn)
+
+    def before_epoch(self, learn: Learner) -> None:
+        if self._active and self._file is None and learn.training:
+            self._open(learn)
+        self._rows_before = len(self._metrics.history)
+
+    def _open(self, learn: Learner) -> None:
+        header, rows = _read_csv(self.path)
+        if learn.resumed_from is not None:
+            rows = _kept_rows(rows, header, learn.start_epoch, self.path)
+        elif not self.append:
+            rows = []
+        if rows and header != self.columns:
+            raise ValueError(f"{self.path} has the columns {header}, this fit logs {self.columns}: log to another "
+                             "path, or drop append=True to start the file anew")
+        _write_atomically(self.path, [self.columns, *rows])
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+
+    def after_batch(self, learn: Learner) -> None:
+        if learn.training and self._file is not None:
+            self._lr = learn.opt.param_groups[0]["lr"]  # a dict read: no device sync
+
+    def after_epoch(self, learn: Learner) -> None:
+        if self._file is None or len(self._metrics.history) == self._rows_before:
+            return
+        row = self._metrics.history[-1]
+        lr = self._lr if self._lr is not None else learn.opt.param_groups[0]["lr"]
+        self._writer.writerow([row[name] for name in self.columns[:-1]] + [float(lr)])
+        self._file.flush()
+        os.fsync(self._file.fileno())  # once per pass: a crash or power loss keeps every finished row
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = self._writer = None
+
+
+def _read_csv(path: Path) -> tuple[list[str] | None, list[list[str]]]:
+    """(header, rows) of a CSV file; (None, []) if there is none. A row cut short by a crash is left out."""
+    if not path.is_file():
+        return None, []
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    if not lines:
+        return None, []
+    header = lines[0]
+    return header, [row for row in lines[1:] if len(row) == len(header)]
+
+
+def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int, path: Path) -> list[list[str]]:
+    """The rows a run resumed at `start_epoch` keeps: those of its earlier epochs; earlier runs' rows (append=True)."""
+    if not rows:
+        return []
+    if header is None or "epoch" not in header:
+        raise ValueError(f"{path} has no 'epoch' column, so the rows before the resumed epoch can't be told apart: "
+                         "pass CSVLoggerCB a new path, or the file the run being resumed wrote")
+    epochs = [int(row[header.index("epoch")]) for row in rows]
+    # the run being resumed is the last stretch of rows whose epochs never go down; rows before it are older runs
+    start = max([i for i in range(1, len(epochs)) if epochs[i] < epochs[i - 1]], default=0)
+    return rows[:start] + [row for row, epoch in zip(rows[start:], epochs[start:]) if epoch < start_epoch]
+
+
+def _write_atomically(path: Path, lines: list[list[Any]]) -> None:
+    """Write a CSV file through a temporary file and a rename: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+class TensorBoardCB(Callback):
+    """Logs to TensorBoard: MetricsCB's values per pass, the train loss and lr per batch, activation histograms.
+
+    Two runs under `log_dir`, because each TensorBoard run has one step axis to cut back on resume:
+    - `log_dir/epoch`, step = epoch: `train_loss`, `valid_loss`, `valid_<metric>`... (MetricsCB's `last` names;
+      only with a MetricsCB); with `hist=True`, per layer of the learner's ActivationStats, the histogram of
+      |activations| over the training pass (`activations/<i>_<Layer>`) and the pass's mean and std.
+    - `log_dir/batch`, step = batch number from the start of the run (epoch × len(dls.train) + batch index, so a
+      resumed run continues the curve): `loss` (each training batch's, rank 0's under DDP) and `lr` (group 0).
+    Losses are kept as device tensors and read in one transfer at the end of each training pass (no sync per batch).
+    A fresh fit starts both runs anew: TensorBoard hides what earlier fits wrote to `log_dir` (use one log_dir per
+    run to keep them). A resumed fit hides what was written at or after the resumed epoch (`purge_step`).
+    Needs the tensorboard package: `pip install 'miniai[tensorboard]'`.
+    """
+    order = 35  # after MetricsCB (10), whose row it writes at after_epoch
+
+    def __init__(self, log_dir: str | os.PathLike, hist: bool = False) -> None:
+        if importlib.util.find_spec("tensorboard") is None:  # torch.utils.tensorboard needs it, and imports it late
+            raise ModuleNotFoundError("TensorBoardCB needs the tensorboard package, which is an optional extra of "
+                                      "miniai: pip install 'miniai[tensorboard]' (or pip install tensorboard)")
+        self.log_dir, self.hist = Path(log_dir), hist
+        self.writers: dict[str, Any] = {}  # 'epoch', 'batch' -> SummaryWriter, during a fit
+        self._active = False
+        self._metrics: Any = None
+        self._stats: ActivationStats | None = None
+        self._per_epoch: int | None = None
+        self._losses: list[torch.Tensor] = []
+        self._lrs: list[float] = []
+        self._steps: list[int] = []
+        self._written: list[int] = []  # per hooked layer: its batches already written
+        self._n_batches = 0
+        self._rows_before = 0  # len(metrics.history) when this pass began
+
+    def before_fit(self, learn: Learner) -> None:
+        self._close()
+        self._metrics = _this_fits_metrics(learn)
+        self._stats = next((cb for cb in learn.cbs if isinstance(cb, ActivationStats)), None)
+        if self.hist and self._stats is None:
+            raise ValueError("TensorBoardCB(hist=True) writes the histograms an ActivationStats records, and this fit "
+                             "has none: add ActivationStats(...) to cbs, or pass hist=False")
+        try:
+            self._per_epoch = len(learn.dls.train)
+        except TypeError:  # a loader without a length: batches are counted as they come
+            self._per_epoch = None
+            if learn.resumed_from is not None:
+                warnings.warn("TensorBoardCB: dls.train has no length, so the batch steps of this resumed fit can't "
+                              "continue the run's: they start again at 0", stacklevel=2)
+        self._losses, self._lrs, self._steps, self._n_batches = [], [], [], 0
+        self._active = _logs_this_fit(learn)
+
+    def before_epoch(self, learn: Learner) -> None:
+        if self._active and not self.writers and learn.training:
+            self._open(learn)
+        self._rows_before = len(self._metrics.history) if self._metrics is not None else 0
+
+    def _open(self, learn: Learner) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # here: an optional extra, imported only to write
+        start = learn.start_epoch
+        for name, purge_step in (("epoch", start), ("batch", start * (self._per_epoch or 0))):
+            directory = self.log_dir / name
+            _wait_past_newest(directory)
+            # purge_step: readers drop this run's earlier events at steps >= it (a fresh fit: all of them)
+            self.writers[name] = SummaryWriter(str(directory), purge_step=purge_step)
+        self._written = [0] * len(self._stats.hooks) if self._stats is not None else []
+
+    def after_batch(self, learn: Learner) -> None:
+        if not (self.writers and learn.training):
+            return
+        self._losses.append(learn.loss.detach())  # a reference: reading it now would make the CPU wait
+        self._lrs.append(learn.opt.param_groups[0]["lr"])
+        self._steps.append(learn.epoch * self._per_epoch + learn.iter if self._per_epoch else self._n_batches)
+        self._n_batches += 1
+
+    def after_epoch(self, learn: Learner) -> None:
+        if not self.writers or self._metrics is None or len(self._metrics.history) == self._rows_before:
+            return
+        row, split = self._metrics.history[-1], "train" if learn.training else "valid"
+        for name, value in row.items():
+            if name not in ("epoch", "train", "time"):
+                self.writers["epoch"].add_scalar(f"{split}_{name}", value, learn.epoch)
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        if not (self.writers and learn.training):
+            return
+        self._write_batches()
+        if self.hist:
+            self._write_activations(learn.epoch)
+        for writer in self.writers.values():
+            writer.flush()
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        self._close()
+
+    def _write_batches(self) -> None:
+        if not self._losses:
+            return
+        losses = [loss.reshape(()) if loss.numel() == 1 else loss.float().mean() for loss in self._losses]
+        values = torch.stack(losses).float().tolist()  # one transfer (and sync) per pass
+        writer = self.writers["batch"]
+        for step, loss, lr in zip(self._steps, values, self._lrs):
+            writer.add_scalar("loss", loss, step)
+            writer.add_scalar("lr", float(lr), step)
+        self._losses, self._lrs, self._steps = [], [], []
+
+    def _write_activations(self, epoch: int) -> None:
+        """Per hooked layer, the |activation| histogram summed over the batches recorded since the last write."""
+        stats, writer = self._stats, self.writers["epoch"]
+        low, high = stats.range
+        edges = torch.linspace(low, high, stats.bins + 1, dtype=torch.float64)
+        centers = (edges[:-1] + edges[1:]) / 2
+        for i, hook in enumerate(stats.hooks):
+            means, stds, hists = getattr(hook, "stats", ([], [], []))
+            new = slice(self._written[i], len(hists))
+            self._written[i] = len(hists)
+            if new.start >= new.stop:
+                continue
+            # one transfer per layer: [histogram summed over the pass, mean of the means, mean of the stds]
+            summary = torch.cat([torch.stack(hists[new]).sum(0), torch.stack(means[new]).mean()[None],
+                                 torch.stack(stds[new]).mean()[None]]).double().cpu()
+            counts, mean, std = summary[:-2], float(summary[-2]), float(summary[-1])
+            tag = f"activations/{i}_{type(hook.module).__name__}"
+            writer.add_scalar(f"{tag}/mean", mean, epoch)
+            writer.add_scalar(f"{tag}/std", std, epoch)
+            filled = counts.nonzero()
+            if len(filled) == 0:  # every value fell outside the histogram's range
+                continue
+            first, last = int(filled[0]), int(filled[-1]) + 1
+            # TensorBoard reads bucket i as [limit i-1, limit i], the first from `min`: so from the first filled bin to
+            # the last. The histogram holds bin counts, not values: min, max and the sums come from edges and centres
+            counts, mid = counts[first:last], centers[first:last]
+            writer.add_histogram_raw(tag, min=float(edges[first]), max=float(edges[last]), num=float(counts.sum()),
+                                     sum=float((mid * counts).sum()), sum_squares=float((mid**2 * counts).sum()),
+                                     bucket_limits=edges[first + 1:last + 1].tolist(), bucket_counts=counts.tolist(),
+                                     global_step=epoch)
+
+    def _close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
+        self._losses, self._lrs, self._steps = [], [], []
+
+
+_EVENT_FILE = re.compile(r"^events\.out\.tfevents\.(\d+)\.")
+
+
+def _wait_past_newest(directory: Path) -> None:
+    """Sleep until the clock is past the second in which the newest event file in `directory` was created (<= 1 s).
+
+    Why: readers take a run's files in name order, and a name starts with its creation second, then the pid and a
+    counter compared as text ('10' < '9'); a resumed fit's file must come after the one it purges.
+    """
+    stamps = [int(m.group(1)) for f in directory.glob("events.out.tfevents.*") if (m := _EVENT_FILE.match(f.name))]
+    if stamps:
+        wait = max(stamps) + 1 - time.time()
+        if wait > 0:
+            time.sleep(wait)

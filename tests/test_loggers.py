@@ -1,0 +1,238 @@
+"""CSVLoggerCB and TensorBoardCB: rows equal MetricsCB's history, TensorBoard reads back what was logged, and a run
+interrupted and resumed from a checkpoint logs what the run never stopped logs."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import warnings
+from functools import partial
+from pathlib import Path
+
+import pytest
+from torch import nn
+from torch.optim.lr_scheduler import StepLR
+
+from miniai.callbacks.activations import ActivationStats
+from miniai.callbacks.checkpoint import CheckpointCB
+from miniai.callbacks.loggers import CSVLoggerCB, TensorBoardCB
+from miniai.callbacks.metrics import MetricsCB
+from miniai.callbacks.scheduling import BatchSchedCB, RecorderCB, _lr
+from miniai.learner import Callback, CancelFitException, Learner
+from tests.synth import LossLog, tiny_learner
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+
+def quiet_metrics(**metrics) -> MetricsCB:
+    cb = MetricsCB(**metrics)
+    cb.log_fn = lambda row: None
+    return cb
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The CSV's rows with numbers parsed: epoch an int, train a string, the rest floats."""
+    with open(path, newline="") as f:
+        return [{k: int(v) if k == "epoch" else v if k == "train" else float(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def without(rows: list[dict], *keys: str) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in keys} for row in rows]
+
+
+def read_tb(log_dir: Path) -> dict:
+    """{run: {tag: [(step, value or bucket counts)]}} for the 'epoch' and 'batch' runs under log_dir."""
+    out = {}
+    for run in ("epoch", "batch"):
+        acc = EventAccumulator(str(log_dir / run), size_guidance={"scalars": 0, "histograms": 0})
+        acc.Reload()
+        tags = acc.Tags()
+        out[run] = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in tags["scalars"]}
+        out[run].update({tag: [(e.step, list(e.histogram_value.bucket), e.histogram_value.num)
+                               for e in acc.Histograms(tag)] for tag in tags["histograms"]})
+    return out
+
+
+class StopAt(Callback):
+    """Cancels the fit when pass (epoch, training) is about to start."""
+
+    def __init__(self, epoch: int, training: bool) -> None:
+        self.at = (epoch, training)
+
+    def before_epoch(self, learn: Learner) -> None:
+        if (learn.epoch, learn.training) == self.at:
+            raise CancelFitException()
+
+
+# ---------------------------------------------------------------- CSV
+
+def test_csv_rows_equal_the_metrics_history_plus_the_lr_of_the_last_training_batch(tmp_path):
+    from torcheval.metrics import MeanSquaredError
+    metrics, rec = quiet_metrics(mse=MeanSquaredError()), RecorderCB(lr=_lr)
+    sched = BatchSchedCB(partial(StepLR, step_size=2, gamma=0.5))  # the lr changes inside each epoch (3 batches)
+    learn = tiny_learner([metrics, CSVLoggerCB(tmp_path / "sub" / "log.csv"), rec, sched])
+    learn.fit(3)
+    rows = read_rows(tmp_path / "sub" / "log.csv")
+    assert list(rows[0]) == ["epoch", "train", "mse", "loss", "time", "lr"]
+    assert without(rows, "lr") == metrics.history  # exact: floats are written unrounded
+    last_lrs = [rec.recs["lr"][3 * e + 2] for e in range(3)]  # 3 training batches per epoch
+    assert [r["lr"] for r in rows] == [lr for lr in last_lrs for _ in ("train", "valid")]
+
+
+def test_a_fresh_fit_starts_the_file_anew_and_append_keeps_it(tmp_path):
+    learn = tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")])
+    learn.fit(2)
+    learn.fit(1)
+    assert [(r["epoch"], r["train"]) for r in read_rows(tmp_path / "log.csv")] == [(0, "train"), (0, "valid")]
+    learn = tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv", append=True)])
+    learn.fit(1)
+    assert len(read_rows(tmp_path / "log.csv")) == 4
+    from torcheval.metrics import MeanSquaredError
+    other = tiny_learner([quiet_metrics(mse=MeanSquaredError()), CSVLoggerCB(tmp_path / "log.csv", append=True)])
+    with pytest.raises(ValueError, match="has the columns .* drop append=True"):
+        other.fit(1)
+    assert len(read_rows(tmp_path / "log.csv")) == 4  # refused before anything was written
+
+
+def test_csv_needs_a_metrics_callback(tmp_path):
+    with pytest.raises(ValueError, match="no MetricsCB: add MetricsCB()"):
+        tiny_learner([CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
+
+
+def test_rows_written_before_a_crash_are_in_the_file(tmp_path):
+    class Boom(Callback):
+        def before_epoch(self, learn: Learner) -> None:
+            if learn.epoch == 1 and not learn.training:
+                raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv"), Boom()]).fit(3)
+    assert [(r["epoch"], r["train"]) for r in read_rows(tmp_path / "log.csv")] == [(0, "train"), (0, "valid"),
+                                                                                    (1, "train")]
+
+
+def test_lr_find_validation_only_fits_and_other_ranks_leave_the_logs_alone(tmp_path, monkeypatch):
+    csv_path, tb_dir = tmp_path / "log.csv", tmp_path / "tb"
+    learn = tiny_learner([quiet_metrics(), CSVLoggerCB(csv_path), TensorBoardCB(tb_dir)])
+    learn.fit(1)
+    before = csv_path.read_text(), sorted(p.name for p in tb_dir.rglob("*"))
+    learn.lr_find(plot=False, max_epochs=1)
+    learn.fit(1, train=False)  # evaluating
+    assert (csv_path.read_text(), sorted(p.name for p in tb_dir.rglob("*"))) == before
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets: is_main_process() is False before a process group exists
+    other = tmp_path / "rank1"
+    tiny_learner([quiet_metrics(), CSVLoggerCB(other / "log.csv"), TensorBoardCB(other / "tb")]).fit(1)
+    assert not other.exists()
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+def test_tensorboard_reads_back_the_metrics_per_pass_and_the_loss_and_lr_per_batch(tmp_path):
+    metrics, losses = quiet_metrics(), LossLog()
+    sched = BatchSchedCB(partial(StepLR, step_size=2, gamma=0.5))
+    rec = RecorderCB(lr=_lr)
+    tiny_learner([metrics, TensorBoardCB(tmp_path / "tb"), losses, sched, rec]).fit(3)
+    tb = read_tb(tmp_path / "tb")
+    assert set(tb["epoch"]) == {"train_loss", "valid_loss"}
+    for split in ("train", "valid"):
+        assert tb["epoch"][f"{split}_loss"] == [(r["epoch"], pytest.approx(r["loss"], rel=1e-6))
+                                                for r in metrics.history if r["train"] == split]
+    assert tb["batch"]["loss"] == [(i, pytest.approx(v, rel=1e-6)) for i, v in enumerate(losses.losses)]
+    assert tb["batch"]["lr"] == [(i, pytest.approx(v, rel=1e-6)) for i, v in enumerate(rec.recs["lr"])]
+
+
+def test_tensorboard_histograms_of_the_activation_stats_per_training_pass(tmp_path):
+    astats = ActivationStats(lambda m: isinstance(m, nn.ReLU), bins=10, range=(0, 2))
+    learn = tiny_learner([TensorBoardCB(tmp_path / "tb", hist=True), astats])
+    learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    learn.fit(2)
+    tb = read_tb(tmp_path / "tb")["epoch"]
+    (means, stds, hists), = astats.stats  # 6 training batches: 3 per epoch
+    for epoch in (0, 1):
+        counts = hists[3 * epoch:3 * epoch + 3].sum(0)
+        step, buckets, num = tb["activations/0_ReLU"][epoch]
+        filled = counts.nonzero()
+        assert step == epoch and num == counts.sum()
+        assert buckets == counts[int(filled[0]):int(filled[-1]) + 1].tolist()  # from the first to the last filled bin
+        this_pass = slice(3 * epoch, 3 * epoch + 3)
+        assert tb["activations/0_ReLU/mean"][epoch] == (epoch, pytest.approx(float(means[this_pass].mean())))
+        assert tb["activations/0_ReLU/std"][epoch] == (epoch, pytest.approx(float(stds[this_pass].mean())))
+
+
+def test_tensorboard_hist_needs_activation_stats(tmp_path):
+    with pytest.raises(ValueError, match=r"add ActivationStats\(...\) to cbs"):
+        tiny_learner([TensorBoardCB(tmp_path, hist=True)]).fit(1)
+
+
+def test_a_fresh_fit_starts_the_tensorboard_run_anew(tmp_path):
+    learn = tiny_learner([quiet_metrics(), TensorBoardCB(tmp_path / "tb")])
+    learn.fit(2)
+    learn.fit(1)
+    tb = read_tb(tmp_path / "tb")
+    assert [step for step, _ in tb["epoch"]["train_loss"]] == [0]
+    assert tb["epoch"]["train_loss"][0][1] == pytest.approx(learn.metrics.history[0]["loss"], rel=1e-6)
+    assert [step for step, _ in tb["batch"]["loss"]] == [0, 1, 2]
+
+
+def test_missing_tensorboard_is_an_error_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what find_spec reports for a package not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'miniai\[tensorboard\]'"):
+        TensorBoardCB("runs/x")
+
+
+def test_importing_and_building_the_loggers_imports_no_tensorboard():
+    code = ("import sys; from miniai.callbacks.loggers import CSVLoggerCB, TensorBoardCB; TensorBoardCB('x'); "
+            "CSVLoggerCB('y'); print([m for m in sys.modules if 'tensorboard' in m])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- resuming
+
+def logged_run(root: Path, n_epochs: int = 4, stop: tuple[int, bool] | None = None, resume: Path | None = None
+               ) -> Learner:
+    """A fit logging to root/log.csv and root/tb, checkpointing every epoch; cancelled before pass `stop`."""
+    cbs = [quiet_metrics(), CSVLoggerCB(root / "log.csv"), TensorBoardCB(root / "tb", hist=True),
+           ActivationStats(lambda m: isinstance(m, nn.Linear)), CheckpointCB(root / "ckpt", keep=None),
+           BatchSchedCB(partial(StepLR, step_size=2, gamma=0.5))]
+    learn = tiny_learner(cbs + ([StopAt(*stop)] if stop else []))
+    learn.fit(n_epochs, resume=resume)
+    return learn
+
+
+@pytest.mark.parametrize("stop, resume_from", [
+    ((2, False), 2),  # stopped inside epoch 2 (its training pass logged, not checkpointed): from the newest checkpoint
+    ((3, False), 2),  # from an older checkpoint than the newest: what the run logged after it is dropped
+])
+def test_an_interrupted_and_resumed_run_logs_what_the_uninterrupted_run_logs(tmp_path, stop, resume_from):
+    whole = logged_run(tmp_path / "whole")
+    logged_run(tmp_path / "cut", stop=stop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CheckpointCB says it moved later checkpoints aside
+        resumed = logged_run(tmp_path / "cut", resume=tmp_path / "cut" / "ckpt" / f"epoch_{resume_from:04d}.pt")
+    rows = read_rows(tmp_path / "cut" / "log.csv")
+    assert without(rows, "lr") == resumed.metrics.history  # the kept rows and the restored history agree
+    assert without(rows, "time") == without(read_rows(tmp_path / "whole" / "log.csv"), "time")
+    assert len(rows) == 8 and whole.metrics.history[-1]["loss"] == resumed.metrics.history[-1]["loss"]
+    assert read_tb(tmp_path / "cut" / "tb") == read_tb(tmp_path / "whole" / "tb")
+
+
+def test_a_new_event_file_sorts_after_one_made_in_the_same_second(tmp_path):
+    """Readers take a run's files in name order; names start with the creation second, then compare '10' < '9'."""
+    import time
+
+    from miniai.callbacks.loggers import _wait_past_newest
+    stamp = int(time.time())
+    (tmp_path / f"events.out.tfevents.{stamp:010d}.host.1.9").touch()
+    _wait_past_newest(tmp_path)
+    assert int(time.time()) > stamp
+
+
+def test_resuming_keeps_earlier_runs_rows_of_an_appended_file():
+    from miniai.callbacks.loggers import _kept_rows
+    header = ["epoch", "train", "loss"]
+    first = [[str(e), s, "1.0"] for e in (0, 1) for s in ("train", "valid")]
+    second = [[str(e), s, "2.0"] for e in (0, 1, 2) for s in ("train", "valid")]
+    assert _kept_rows(first + second, header, 1, Path("log.csv")) == first + second[:2]
+    assert _kept_rows(second, header, 0, Path("log.csv")) == []
