@@ -9,11 +9,14 @@ on the batch's device to avoid the copy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RandomCrop", "RandomFlip", "RandomErase", "Compose", "batch_tfms"]
+# the course's miniai.augment had these two: they live elsewhere here, and __getattr__ (at the end) imports them
+_COURSE_NAMES = ("summary", "capture_preds")
+__all__ = ["RandomCrop", "RandomFlip", "RandomErase", "Compose", "batch_tfms", *_COURSE_NAMES]
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -167,3 +170,10 @@ class Compose:
 def batch_tfms(*tfms: BatchTransform) -> Compose:
     """One callable that applies `tfms` in order to a batch tensor (a Compose)."""
     return Compose(*tfms)
+
+
+def __getattr__(name: str) -> Any:
+    """The fast.ai course's names for this module that live elsewhere in miniai (`summary`, `capture_preds`), and
+    advice for those it has no counterpart of (`RandErase`...): the table is in miniai/_course.py."""
+    from ._course import course_attr  # here: only names this module lacks need the table
+    return course_attr(__name__, name)

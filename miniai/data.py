@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from .cache import load_normalized
 
-__all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls"]
+__all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
 
 
 class TensorLoader:
@@ -235,3 +235,14 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
     valid = TensorLoader(valid_x[:n_valid], raw.valid_y[:n_valid], valid_bs or bs)
     dls = DataLoaders(train, valid, classes=list(raw.classes), normalize=Normalize(mean, std))
     return dls.to(device) if device is not None else dls
+
+
+def collate_dict(ds: Any) -> Callable[[list], tuple]:
+    """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
+    `ds.features` order (e.g. `(images, labels)`), what a Learner's batch is. `DataLoaders.from_dd` does it too."""
+    names = list(ds.features)
+
+    def collate(items: list) -> tuple:
+        batch = default_collate(items)
+        return tuple(batch[name] for name in names)
+    return collate

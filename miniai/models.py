@@ -1,13 +1,16 @@
-"""Model builders for 28×28 and 32×32 images: conv blocks, GeneralRelu, the course CNN, ResBlock, a small ResNet."""
+"""Model builders for 28×28 and 32×32 images: conv blocks, GeneralRelu, the course CNN, ResBlock, a small ResNet;
+LSUV init."""
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["conv", "GeneralRelu", "get_model", "init_weights", "ResBlock", "get_resnet"]
+__all__ = ["conv", "GeneralRelu", "get_model", "init_weights", "ResBlock", "get_resnet", "act_gr", "lsuv_init"]
 
 # A layer factory: a class such as nn.ReLU or nn.BatchNorm2d, or a partial such as partial(GeneralRelu, leak=0.1).
 ActFactory = Callable[[], nn.Module]
@@ -121,3 +124,47 @@ def get_resnet(in_channels: int = 1, n_classes: int = 10, nfs: Sequence[int] = (
         layers.append(nn.Dropout(dropout))
     layers += [nn.Linear(nfs[-1], n_classes, bias=False), nn.BatchNorm1d(n_classes)]
     return nn.Sequential(*layers)
+
+
+def act_gr(leak: float = 0.1, sub: float = 0.4, maxv: float | None = None) -> GeneralRelu:
+    """GeneralRelu(leak=0.1, sub=0.4), the course's activation for its ResNets; a factory: `get_model(act_gr)`."""
+    return GeneralRelu(leak=leak, sub=sub, maxv=maxv)
+
+
+def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor, tol: float = 1e-3,
+              max_iters: int = 100) -> tuple[float, float]:
+    """LSUV init of one layer: scale `m_in`'s weight and shift its bias until the output of `m` in `model(xb)` has
+    mean 0 and std 1 (within `tol`); returns that output's final (mean, std).
+
+    `m_in` is the layer with the weights and `m` the module whose output is measured, usually the activation after
+    it; go through the layers first to last, `for m, m_in in zip(acts, convs): lsuv_init(model, m, m_in, xb)`, so
+    each one sees inputs its predecessors already normalized. Without a bias (a conv before BatchNorm) only the
+    std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops.
+    """
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen["out"] = output.detach().float()
+
+    handle = m.register_forward_hook(record)
+    try:
+        with torch.no_grad():
+            for tries in range(max_iters + 1):
+                model(xb)
+                mean, std = float(seen["out"].mean()), float(seen["out"].std())
+                if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                    raise ValueError(f"lsuv_init: the output of {type(m).__name__} has mean {mean} and std {std} on "
+                                     "this batch, which no rescaling fixes (a dead layer, or non-finite values): check "
+                                     "the batch and the layers before it")
+                if abs(std - 1) <= tol and (m_in.bias is None or abs(mean) <= tol):
+                    break
+                if tries == max_iters:
+                    warnings.warn(f"lsuv_init: after {max_iters} tries the output of {type(m).__name__} has mean "
+                                  f"{mean:.4f} and std {std:.4f}, not within {tol} of 0 and 1", stacklevel=2)
+                    break
+                if m_in.bias is not None:
+                    m_in.bias -= mean
+                m_in.weight /= std
+    finally:
+        handle.remove()
+    return mean, std

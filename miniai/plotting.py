@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from .schedulers import lr_trajectory
 
-__all__ = ["show_image", "show_images", "get_grid",
+__all__ = ["show_image", "show_images", "get_grid", "subplots",
            "plot_lr_find", "plot_color_dim", "plot_dead_chart", "plot_act_stats",
            "plot_recorder", "plot_lrs", "plot_losses", "plot_confusion_matrix", "show_predictions"]
 
@@ -54,8 +54,15 @@ def show_image(im: Any, ax: Axes | None = None, title: str | None = None, figsiz
 
 
 def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, imsize: float = 2.0,
-             suptitle: str | None = None, **kwargs: Any) -> tuple[Figure, np.ndarray]:
-    """A figure with a grid of at least `n` axes (near-square by default) and the flat array of the first n."""
+             suptitle: str | None = None, *, title: str | None = None, weight: str = "bold", size: float = 14,
+             **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    """A figure with a grid of at least `n` axes (near-square by default) and the flat array of the first n.
+
+    `title` is the course's spelling of a figure title, drawn with font `weight` and `size`; other keyword
+    arguments go to `plt.subplots` (e.g. `figsize`).
+    """
+    if title is not None:
+        suptitle = title
     if nrows is None and ncols is None:
         nrows = int(math.sqrt(n))
     if ncols is None:
@@ -67,7 +74,7 @@ def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, imsize:
     for ax in axs.flat[n:]:
         ax.set_axis_off()  # unused cells stay blank
     if suptitle is not None:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, **({"weight": weight, "size": size} if title is not None else {}))
     return fig, axs.flatten()[:n]
 
 
@@ -215,6 +222,18 @@ def plot_losses(train_losses: Sequence[float], valid_losses: Sequence[float], ba
     ax.set_ylabel("loss")
     ax.legend()
     return ax.figure
+
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, imsize: float = 3.0,
+             suptitle: str | None = None, **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    """`plt.subplots` sized `imsize` inches per image (unless `figsize`), with an optional title; the axes always
+    come as an array (one Axes too), as in the course."""
+    if figsize is None:
+        figsize = (ncols * imsize, nrows * imsize)
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
+    if suptitle is not None:
+        fig.suptitle(suptitle)
+    return fig, axs if isinstance(axs, np.ndarray) else np.array([axs])
 
 
 # --- after the fit: interpretation (miniai.interpret) --------------------------------------------------------------

@@ -45,7 +45,7 @@ after order 20 at before_fit, when the scheduling callbacks have built their sch
 from .._lazy import lazy_exports
 
 _EXPORTS = {name: f".{module}" for module, names in {
-    "activations": ["ActivationStats", "Hook", "Hooks", "HooksCallback", "append_stats"],
+    "activations": ["ActivationStats", "Hook", "Hooks", "HooksCallback", "append_stats", "get_hist", "get_min"],
     "augment": ["BatchTransformCB"],
     "basic": ["DeviceCB", "SingleBatchCB", "TrainCB"],
     "checkpoint": ["CheckpointCB", "CheckpointMismatchError", "load_checkpoint"],

@@ -102,7 +102,7 @@ def get_hist(hook: Hook) -> Tensor:
 
 
 def get_min(hook: Hook) -> Tensor:
-    """Per recorded batch, the share of the counted |activations| in the lowest histogram bin (near zero), on the CPU."""
+    """Per recorded batch, the share of the counted |activations| in the lowest bin (near zero), on the CPU."""
     counts = torch.stack(hook.stats[2]).t().float().cpu()
     return counts[0] / counts.sum(0)
 
