@@ -1,9 +1,13 @@
-"""Command line: `python -m miniai train --epochs 3 --lr 2e-2 [--out DIR]` trains the reference CNN on Fashion-MNIST."""
+"""Command line: `python -m miniai train --epochs 3 --lr 2e-2 [--out DIR]` trains the reference CNN on Fashion-MNIST;
+`python -m miniai train --recipe five` runs a whole training recipe (see miniai.recipes) and prints its accuracy,
+with test-time augmentation where the recipe uses it, and the wall time since the process started."""
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -65,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m miniai", description=__doc__)
     jobs = parser.add_subparsers(dest="job", required=True)
     t = jobs.add_parser("train", help="train the reference CNN on Fashion-MNIST and print a metrics table")
-    t.add_argument("--epochs", type=positive_int, default=3, help="number of epochs (default 3)")
-    t.add_argument("--lr", type=positive_float, default=2e-2, help="learning rate (default 2e-2)")
-    t.add_argument("--bs", type=positive_int, default=1024, help="batch size (default 1024)")
+    from .recipes import RECIPES, SCHEDULES  # the names only; the recipe itself is built in train()
+    t.add_argument("--recipe", choices=list(RECIPES), default=None,
+                   help="a whole training recipe: " + "; ".join(f"{n}: {r.description}" for n, r in RECIPES.items())
+                   + " (--epochs, --lr, --bs override its values)")
+    t.add_argument("--epochs", type=positive_int, default=None, help="number of epochs (default 3)")
+    t.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 2e-2)")
+    t.add_argument("--bs", type=positive_int, default=None, help="batch size (default 1024)")
     t.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     t.add_argument("--device", type=device, default=None, help="cpu, cuda, mps (default: cuda, else mps, else cpu)")
     t.add_argument("--data", type=data_dir, default=None,
@@ -75,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="directory for the weights (model.pt) and the loss curve (loss.png)")
     t.add_argument("--n-train", type=positive_int, default=None, help="train on the first N images only (quick runs)")
     t.add_argument("--n-valid", type=positive_int, default=None, help="validate on the first N images only")
-    from .recipes import SCHEDULES  # the names only; the recipe itself is built in train()
+    t.add_argument("--holdout", type=positive_int, default=None,
+                   help="validate on N training images held out of training (a fixed split) instead of the test set")
     t.add_argument("--sched", choices=list(SCHEDULES), default="none",
                    # argparse %-formats help strings: escape the recipes' own percent signs
                    help="lr schedule: " + "; ".join(f"{n}: {what}" for n, what in SCHEDULES.items()).replace("%", "%%")
@@ -85,40 +94,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train(args: argparse.Namespace) -> float:
     """Run the `train` job; returns the final validation accuracy."""
+    from dataclasses import replace
+
     import torch.nn.functional as F
     from torch import nn, optim
 
     from .callbacks import Accuracy, DeviceCB, MetricsCB, ProgressCB
     from .callbacks.ddp import DDPCB
-    from .distributed import is_main_process, rank, world_size
+    from .callbacks.scheduling import RecorderCB, _lr, _mom
     from .data import get_dls
+    from .distributed import is_main_process, rank, world_size
     from .learner import TrainLearner
     from .models import GeneralRelu, get_model, init_weights
+    from .recipes import RECIPES, make_sched_cb, recipe_learner
     from .utils import def_device, fix_malloc, set_seed
 
-    if (args.device or def_device) == "cpu" or str(args.device).startswith("cpu"):
+    device = args.device or def_device
+    if device.startswith("cpu"):
         fix_malloc()  # before anything is allocated: see fix_malloc (MINIAI_MALLOC=default opts out)
+    recipe = RECIPES[args.recipe] if args.recipe else None
+    if recipe is not None:  # flags given explicitly override the recipe's values
+        recipe = replace(recipe, **{field: value for field, value in (("epochs", args.epochs), ("bs", args.bs),
+                                                                      ("max_lr", args.lr)) if value is not None})
+        epochs, bs = recipe.epochs, recipe.bs
+    else:
+        epochs, bs, lr = args.epochs or 3, args.bs or 1024, args.lr or 2e-2
     set_seed(args.seed)
     try:
-        dls = get_dls(bs=args.bs, path=args.data, n_train=args.n_train, n_valid=args.n_valid)
+        dls = get_dls(bs=bs, path=args.data, n_train=args.n_train, n_valid=args.n_valid, holdout=args.holdout or 0)
     except ValueError as e:  # e.g. --n-train larger than the dataset
         raise _UsageError(str(e)) from e
-    act = partial(GeneralRelu, leak=0.1, sub=0.4)
-    model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
-    metrics, progress = MetricsCB(accuracy=Accuracy()), ProgressCB()
-    cbs = [DeviceCB(args.device or def_device), metrics, progress]
     if world_size() > 1:  # started by torchrun with several processes: train data-parallel
-        cbs.insert(0, DDPCB())
         dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)
-    from .callbacks.scheduling import RecorderCB, _lr, _mom
-    from .recipes import make_sched_cb
-    recorder, sched_cb = RecorderCB(lr=_lr, mom=_mom), make_sched_cb(args.sched, args.epochs, len(dls.train))
-    cbs += [recorder] + ([sched_cb] if sched_cb else [])
-    learn = TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)
-    learn.fit(args.epochs)
+    metrics, progress, recorder = MetricsCB(accuracy=Accuracy()), ProgressCB(), RecorderCB(lr=_lr, mom=_mom)
+    cbs = [metrics, progress, recorder] + ([DDPCB()] if world_size() > 1 else [])
+    if recipe is not None:
+        learn = recipe_learner(recipe, dls, cbs, device=device)
+    else:
+        act = partial(GeneralRelu, leak=0.1, sub=0.4)
+        model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
+        sched_cb = make_sched_cb(args.sched, epochs, len(dls.train))
+        cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
+        learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
+    learn.fit(epochs)
     accuracy = metrics.last["valid_accuracy"]
+    what = f"held-out ({args.holdout} training images)" if args.holdout else "validation"
     if is_main_process():  # every rank has the same (all-reduced) metrics; one prints and writes
-        print(f"validation accuracy: {accuracy:.4f}", flush=True)
+        print(f"{what} accuracy: {accuracy:.4f}", flush=True)
+        if recipe is not None and recipe.tta:
+            probs, targets = learn.tta()
+            print(f"{what} accuracy with TTA (the flip averaged in): "
+                  f"{(probs.argmax(1) == targets).float().mean().item():.4f}", flush=True)
+        print(f"wall time: {process_seconds():.1f} s since the process started (imports and data included)",
+              flush=True)
     if args.out and is_main_process():
         import torch
         out = Path(args.out)
@@ -129,6 +157,19 @@ def train(args: argparse.Namespace) -> float:
         recorder.plot(out / "schedule.png")
         print(f"saved {out / 'schedule.png'} (lr and momentum/beta1 against batch)", flush=True)
     return accuracy
+
+
+_STARTED = time.perf_counter()  # where /proc can't tell when the process started: when this module was imported
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (from /proc on Linux, which counts the interpreter's own start-up)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _STARTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
