@@ -219,20 +219,31 @@ class DataLoaders:
 
 def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike | None = None,
             valid_bs: int | None = None, seed: int | None = None, device: str | torch.device | None = None,
-            n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
+            n_train: int | None = None, n_valid: int | None = None, holdout: int = 0,
+            holdout_seed: int = 0) -> DataLoaders:
     """In-memory DataLoaders for `name`: float32 [N,C,H,W] normalized by the full training set's mean/std.
 
     The loaders carry the class names (`dls.classes`) and that normalization (`dls.normalize`, a `Normalize`).
 
     `n_train`/`n_valid` keep the first n items (quick runs); `device` moves all the data there once. `seed` is
     the training TensorLoader's: None (default) draws each epoch's order from torch's global RNG.
+    `holdout=10_000` validates on that many training images instead of the test set, drawn at random with
+    `holdout_seed` (the same split every time) and left out of training: for choosing a recipe without ever
+    looking at the test set. `n_train`/`n_valid` then cut the remaining training images and the held-out ones.
     """
     raw, (train_x, valid_x, mean, std) = load_normalized(name, path)
+    train_y, valid_y = raw.train_y, raw.valid_y
+    if holdout:
+        if not 0 < holdout < len(train_x):
+            raise ValueError(f"holdout must be in 1..{len(train_x) - 1} training images, got {holdout}")
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(holdout_seed))
+        keep, held = order[holdout:].sort().values, order[:holdout].sort().values  # sorted: the dataset's order
+        train_x, train_y, valid_x, valid_y = train_x[keep], train_y[keep], train_x[held], train_y[held]
     for what, n, have in (("n_train", n_train, len(train_x)), ("n_valid", n_valid, len(valid_x))):
         if n is not None and not 0 < n <= have:
             raise ValueError(f"{what} must be in 1..{have}, got {n}")
-    train = TensorLoader(train_x[:n_train], raw.train_y[:n_train], bs, shuffle=True, seed=seed)
-    valid = TensorLoader(valid_x[:n_valid], raw.valid_y[:n_valid], valid_bs or bs)
+    train = TensorLoader(train_x[:n_train], train_y[:n_train], bs, shuffle=True, seed=seed)
+    valid = TensorLoader(valid_x[:n_valid], valid_y[:n_valid], valid_bs or bs)
     dls = DataLoaders(train, valid, classes=list(raw.classes), normalize=Normalize(mean, std))
     return dls.to(device) if device is not None else dls
 

@@ -580,3 +580,21 @@ def test_load_dataset_on_local_hub_layout_gives_same_tensors(tmp_path):
     assert loaded["train"].features["label"].names == list(FASHION_CLASSES)
     x, y = sources.hf_to_tensors(loaded["test"])
     assert torch.equal(x, idx.valid_x) and torch.equal(y, idx.valid_y)
+
+
+@pytest.mark.slow
+def test_holdout_validates_on_training_images_never_the_test_set():
+    """For choosing a recipe honestly: the held-out images come from the training set, the same every time, and
+    are not trained on."""
+    from miniai.cache import load_normalized
+    from miniai.data import get_dls
+    raw, (train_x, _, _, _) = load_normalized()
+    dls = get_dls(holdout=10_000)
+    order = torch.randperm(60_000, generator=torch.Generator().manual_seed(0))
+    held, kept = order[:10_000].sort().values, order[10_000:].sort().values
+    assert torch.equal(dls.valid.x, train_x[held]) and torch.equal(dls.valid.y, raw.train_y[held])
+    assert torch.equal(dls.train.x, train_x[kept]) and torch.equal(dls.train.y, raw.train_y[kept])
+    assert torch.equal(get_dls(holdout=10_000).valid.y, dls.valid.y)  # the same split every time
+    assert not torch.equal(get_dls(holdout=10_000, holdout_seed=1).valid.y, dls.valid.y)
+    with pytest.raises(ValueError, match="holdout must be in 1..59999"):
+        get_dls(holdout=60_000)
