@@ -14,7 +14,7 @@ _EXPORTS = {name: f".{module}" for module, names in {
     "learner": ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
                 "CancelStepException", "Learner", "MomentumLearner", "TrainLearner"],
     "callbacks.basic": ["DeviceCB", "SingleBatchCB", "TrainCB", "LossInputError"],
-    "callbacks.metrics": ["MetricsCB"],
+    "callbacks.metrics": ["MetricsCB", "Accuracy"],
     "callbacks.progress": ["ProgressCB"],
     "callbacks.ddp": ["DDPCB"],
     "callbacks.checkpoint": ["CheckpointCB", "CheckpointMismatchError", "load_checkpoint"],

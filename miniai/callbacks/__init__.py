@@ -54,7 +54,7 @@ _EXPORTS = {name: f".{module}" for module, names in {
     "guards": ["EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB"],
     "loggers": ["CSVLoggerCB", "TensorBoardCB"],
     "lr_finder": ["LRFinderCB", "LRFinderResult"],
-    "metrics": ["MetricsCB"],
+    "metrics": ["MetricsCB", "Accuracy"],
     "mixed_precision": ["MixedPrecisionCB"],
     "progress": ["ProgressCB"],
     "resume": ["ResumeCB"],
