@@ -460,3 +460,15 @@ class MomentumLearner(TrainLearner):
             for p in self.model.parameters():
                 if p.grad is not None:
                     p.grad *= self.mom
+
+
+# --- the fast.ai course's `from miniai.learner import *` also brought these; here they live in callbacks/ and ---
+# --- utils.py and are imported on first use (PEP 562), so this module still imports no other miniai module    ---
+_COURSE_NAMES = ("SingleBatchCB", "to_cpu", "MetricsCB", "DeviceCB", "TrainCB", "ProgressCB", "LRFinderCB", "lr_find")
+__all__ += [*_COURSE_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    """The course's names for this module that live elsewhere in miniai (the table is in miniai/_course.py)."""
+    from ._course import course_attr  # here: the callbacks it imports import this module
+    return course_attr(__name__, name)

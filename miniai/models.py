@@ -25,12 +25,14 @@ def _is_batchnorm(norm: NormFactory | None) -> bool:
     return isinstance(norm, type) and issubclass(norm, _BATCHNORMS)
 
 
-def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: ActFactory | None = nn.ReLU,
+def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: ActFactory | bool | None = nn.ReLU,
          norm: NormFactory | None = None, bias: bool | None = None) -> nn.Sequential:
     """Conv2d(ni→nf, padding ks//2), then norm(nf) if given, then act() if given: (N,ni,H,W) → (N,nf,⌈H/stride⌉,⌈W/stride⌉).
 
     `bias` defaults to True unless `norm` is a BatchNorm, whose own shift makes a conv bias redundant.
     """
+    if act is True:  # the course's conv(..., act=True): a ReLU
+        act = nn.ReLU
     if bias is None:
         bias = not _is_batchnorm(norm)
     layers: list[nn.Module] = [nn.Conv2d(ni, nf, kernel_size=ks, stride=stride, padding=ks // 2, bias=bias)]
