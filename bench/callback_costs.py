@@ -18,8 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn, optim
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # overhead.py, next to this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing

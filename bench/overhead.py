@@ -304,7 +304,7 @@ def main() -> None:
         floor = statistics.median(times[hand_name]) / len(dls.train)  # seconds per batch
         for name in names:
             data = rows[name][1]
-            med, n_batches = statistics.median(times[name]), len(data.train)
+            n_batches = len(data.train)
             # paired: each run's time per batch over that of the hand loop run next to it, then the median of
             # those ratios; on a shared machine the load drifts more between reps than between neighbouring runs
             ratio = 1.0 if name == hand_name else statistics.median(

@@ -128,6 +128,9 @@ def train(args: argparse.Namespace) -> float:
         dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)
     metrics, progress, recorder = MetricsCB(accuracy=Accuracy()), ProgressCB(), RecorderCB(lr=_lr, mom=_mom)
     cbs = [metrics, progress, recorder] + ([DDPCB()] if world_size() > 1 else [])
+    if args.out:
+        from .callbacks.loggers import CSVLoggerCB
+        cbs.append(CSVLoggerCB(Path(args.out) / "log.csv"))
     if recipe is not None:
         learn = recipe_learner(recipe, dls, cbs, device=device)
     else:
@@ -136,27 +139,36 @@ def train(args: argparse.Namespace) -> float:
         sched_cb = make_sched_cb(args.sched, epochs, len(dls.train))
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
+    fit_start = time.perf_counter()
     learn.fit(epochs)
-    accuracy = metrics.last["valid_accuracy"]
+    fit_s = time.perf_counter() - fit_start
+    result = {"command": getattr(args, "command", None),
+              "recipe": args.recipe, "seed": args.seed, "epochs": epochs, "bs": bs,
+              "accuracy": metrics.last["valid_accuracy"], "accuracy_tta": None,
+              "valid_on": f"{args.holdout} held-out training images" if args.holdout else "the test set"}
     what = f"held-out ({args.holdout} training images)" if args.holdout else "validation"
     if is_main_process():  # every rank has the same (all-reduced) metrics; one prints and writes
-        print(f"{what} accuracy: {accuracy:.4f}", flush=True)
+        print(f"{what} accuracy: {result['accuracy']:.4f}", flush=True)
         if recipe is not None and recipe.tta:
             probs, targets = learn.tta()
-            print(f"{what} accuracy with TTA (the flip averaged in): "
-                  f"{(probs.argmax(1) == targets).float().mean().item():.4f}", flush=True)
-        print(f"wall time: {process_seconds():.1f} s since the process started (imports and data included)",
-              flush=True)
+            result["accuracy_tta"] = (probs.argmax(1) == targets).float().mean().item()
+            print(f"{what} accuracy with TTA (the flip averaged in): {result['accuracy_tta']:.4f}", flush=True)
+        result.update(wall_s=process_seconds(), fit_s=fit_s, s_per_epoch=fit_s / epochs)
+        print(f"wall time: {result['wall_s']:.1f} s since the process started (imports and data included); "
+              f"{result['s_per_epoch']:.1f} s an epoch", flush=True)
     if args.out and is_main_process():
+        import json
+
         import torch
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         torch.save(learn.model.state_dict(), out / "model.pt")
         progress.plot_losses().savefig(out / "loss.png", dpi=100)
         print(f"saved {out / 'model.pt'} and {out / 'loss.png'}", flush=True)
         recorder.plot(out / "schedule.png")
         print(f"saved {out / 'schedule.png'} (lr and momentum/beta1 against batch)", flush=True)
-    return accuracy
+    return result["accuracy"]
 
 
 _STARTED = time.perf_counter()  # where /proc can't tell when the process started: when this module was imported
@@ -176,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m miniai` and the `miniai` script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command = "python -m miniai " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.job == "train":
         if args.data is None:  # --data was checked as it was parsed; $MINIAI_DATA names a directory just as firmly
             from .sources import DataNotFoundError, find_source

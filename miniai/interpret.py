@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from .callbacks.preds import get_preds, kept
+from .callbacks.preds import get_preds
+from .callbacks.state import kept
 from .learner import Learner
 
 __all__ = ["Interpretation", "show_results"]

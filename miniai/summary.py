@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .callbacks.activations import Hook, Hooks
-from .callbacks.preds import get_preds, kept
+from .callbacks.preds import get_preds
+from .callbacks.state import kept
 from .learner import Learner
 
 __all__ = ["SummaryRow", "ModelSummary", "layer_macs", "summary"]

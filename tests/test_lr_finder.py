@@ -158,17 +158,15 @@ def test_lr_find_restores_even_when_the_fit_raises():
 
 
 def test_lr_find_runs_no_validation_pass_and_grows_the_lr_geometrically():
-    class Passes(Callback):
-        def __init__(self):
-            self.seen = []
+    seen = []  # outside the callback: lr_find puts the callbacks' own attributes back afterwards
 
+    class Passes(Callback):
         def before_epoch(self, learn):
-            self.seen.append(learn.training)
-    passes = Passes()
+            seen.append(learn.training)
     learn = bn_learner()
-    learn.add_cb(passes)
+    learn.add_cb(Passes())
     res = learn.lr_find(start_lr=1e-4, gamma=2.0, max_epochs=3, plot=False)
-    assert set(passes.seen) == {True}
+    assert set(seen) == {True}
     assert res.lrs[0] == 1e-4
     assert res.lrs == pytest.approx([1e-4 * 2.0 ** i for i in range(len(res.lrs))])
 
@@ -267,3 +265,17 @@ def test_plots_are_drawn_headless():
     assert isinstance(fig, Figure) and fig.axes[0].get_xscale() == "log"
     assert [t.get_text().split(":")[0] for t in fig.axes[0].get_legend().get_texts()] == ["valley", "steepest"]
     fig.savefig(__import__("io").BytesIO(), format="png")
+
+
+def test_what_callbacks_recorded_during_lr_find_is_put_back():
+    """lr_find is a look: MetricsCB's history and the recorder are as they were before it."""
+    from miniai.callbacks import MetricsCB, RecorderCB, _lr
+    metrics, rec = MetricsCB(), RecorderCB(lr=_lr)
+    metrics.log_fn = lambda row: None
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.add_cb(rec)
+    learn.fit(1)
+    history, lrs = list(metrics.history), list(rec.recs["lr"])
+    learn.lr_find(plot=False, max_epochs=2)
+    assert metrics.history == history and rec.recs["lr"] == lrs

@@ -71,17 +71,19 @@ class Hooks(list):
 
 def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
                  bins: int = 40, range: tuple[float, float] = (0.0, 10.0)) -> None:
-    """Append the output's mean, std and `histc` of |output| (`bins` bins over `range`) to `hook.stats`.
+    """Record the output's mean, std and `histc` of |output| (`bins` bins over `range`) in `hook.stats`.
 
-    `hook.stats` is the course's `([means], [stds], [hists])`, but every entry stays a tensor on the model's
-    device: nothing here waits for the GPU (no `.item()`, no `.cpu()`). Stack and move them when you read them
-    (`ActivationStats.stats` does, once). Values of |output| outside `range` are not counted in the histogram.
+    `hook.stats` is the course's `([means], [stds], [hists])`, one entry per recorded batch, every entry a tensor
+    on the model's device. Nothing here waits for the GPU (no `.item()`, no `.cpu()`): stack and move them when
+    you read them (`ActivationStats.stats` does, once). Values of |output| outside `range` are not counted.
+
+    The entries are views of one buffer per hook (`hook.record`, a row per batch: mean, std, histogram), grown by
+    doubling: three small tensors of their own kept per batch would sit between the large temporaries in the heap
+    and make the allocator take fresh pages for those every batch (thousands of page faults a batch on the CPU).
     """
     if not isinstance(output, Tensor):
         raise TypeError(f"append_stats needs a module whose output is a tensor; {type(module).__name__} returned "
                         f"{type(output).__name__}. Choose other modules (mod_filter) or write your own hook fn.")
-    if not hasattr(hook, "stats"):
-        hook.stats = ([], [], [])
     acts = output.detach().float()  # no copy for float32; half/bfloat16 outputs are summarized in float32
     flat = acts.reshape(-1)
     mean = flat.mean()
@@ -90,9 +92,20 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
     # one-pass Welford loop is not vectorized
     dev = flat - mean
     std = (torch.dot(dev, dev) / (flat.numel() - 1)).sqrt()
-    hook.stats[0].append(mean)
-    hook.stats[1].append(std)
-    hook.stats[2].append(_abs_histc(flat, bins, *range))
+    del dev  # before the histogram's temporaries: the heap reuses its memory
+    row = torch.cat([mean.view(1), std.view(1), _abs_histc(flat, bins, *range)])
+    record, n = getattr(hook, "record", None), getattr(hook, "n_recorded", 0)
+    if record is None or n == len(record) or record.device != row.device or record.shape[1] != len(row):
+        grown = torch.empty(max(64, 2 * n), len(row), device=row.device)
+        if record is not None and n:
+            grown[:n] = record[:n]
+        record = hook.record = grown
+    record[n] = row
+    hook.n_recorded = n + 1
+    if n == 0 or not hasattr(hook, "stats"):
+        hook.stats = ([], [], [])
+    for entries, view in zip(hook.stats, (record[n, 0], record[n, 1], record[n, 2:])):
+        entries.append(view)
 
 
 def get_hist(hook: Hook) -> Tensor:
@@ -214,10 +227,11 @@ class ActivationStats(HooksCallback):
         return self._cache[2]
 
     def _layer_stats(self, hook: Hook) -> tuple[Tensor, Tensor, Tensor]:
-        if not getattr(hook, "stats", None) or not hook.stats[0]:
+        n = getattr(hook, "n_recorded", 0)
+        if not n:
             return torch.zeros(0), torch.zeros(0), torch.zeros(0, self.bins)
-        means, stds, hists = hook.stats
-        return torch.stack(means).cpu(), torch.stack(stds).cpu(), torch.stack(hists).cpu()
+        rows = hook.record[:n].cpu()  # the one copy to the host
+        return rows[:, 0], rows[:, 1], rows[:, 2:]
 
     @property
     def labels(self) -> list[str]:

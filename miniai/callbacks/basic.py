@@ -2,6 +2,8 @@
 after one batch."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..data import TensorLoader

@@ -5,18 +5,16 @@ puts everything back as it was; the suggestion functions are pure functions of t
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from .checkpoint import CheckpointCB, loader_generators
+from .checkpoint import CheckpointCB
+from .state import kept
 
 __all__ = ["LRFinderCB", "LRFinderResult", "lr_find", "smooth_losses", "steepest_lr", "valley_lr"]
 
@@ -166,82 +164,21 @@ def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult
     counters, the generators they draw from and the RNGs (torch's, Python's, NumPy's) are left exactly as they
     were: lr_find is a look, not a training run.
 
-    The learner's own callbacks run as in any fit (DeviceCB must), so a callback that records (MetricsCB,
-    ActivationStats) records the lr_find batches too, and data that DeviceCB moved to the device stays there;
-    but CheckpointCB is left out: the finder's diverging run is never saved. No validation pass is run.
+    The learner's own callbacks run as in any fit (DeviceCB must), and what they record of it (MetricsCB's
+    history, ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`); CheckpointCB is left out:
+    the finder's diverging run is never saved. No validation pass is run.
     """
     if start_lr <= 0:
         raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
     finder = LRFinderCB(gamma, max_mult)
-    with _restored(learn):
+    with kept(learn, weights=True):
         for cb in [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)]:
-            learn.rm_cb(cb)  # put back by _restored
+            learn.rm_cb(cb)  # put back by kept
         learn.fit(max_epochs, train=True, valid=False, cbs=[finder], lr=start_lr)
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
     if plot:
         result.plot()
     return result
-
-
-@contextlib.contextmanager
-def _restored(learn: Learner) -> Iterator[None]:
-    """Snapshot everything a fit changes and put it back on exit, also when the fit raised."""
-    model = learn.model
-    # every parameter and buffer slot: (module, name, the tensor object there now, a clone of its value). Putting
-    # back the very objects undoes a move by DeviceCB (model.to replaces buffers) and keeps the Parameters the
-    # optimizer references; the clones make the values bitwise what they were
-    clones: dict[int, torch.Tensor] = {}  # one clone per tensor, however often it is shared
-    slots = [(m, name, t, clones.setdefault(id(t), t.detach().clone())) for m in model.modules()
-             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]]
-    saved_grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
-    saved_modes = [(m, m.training) for m in model.modules()]
-    # fit builds a new optimizer, so the old object is untouched; its state is kept anyway in case fit reuses it
-    saved_opt = learn.opt
-    saved_opt_state = None if saved_opt is None else _clone(saved_opt.state_dict())
-    # every learner attribute (lr, opt, cbs, epoch, preds, ...): the fit's leftovers are dropped, not just reset
-    saved_vars = dict(vars(learn))
-    # containers changed in place during the fit (add_cb appends to learn.cbs) get their contents back too
-    saved_contents = [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved_vars.values()
-                      if type(v) in (list, dict)]
-    loaders = [dl for dl in (getattr(learn.dls, "train", None), getattr(learn.dls, "valid", None))
-               if hasattr(dl, "state_dict") and hasattr(dl, "load_state_dict")]
-    saved_loaders = [(dl, _clone(dl.state_dict())) for dl in loaders]
-    generators = [g for name in ("train", "valid") for g in loader_generators(getattr(learn.dls, name, None))]
-    saved_generators = [(g, g.get_state()) for g in generators]  # a loader's and its sampler's own generators
-    saved_python, saved_numpy = random.getstate(), np.random.get_state()
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):  # shuffling and dropout in lr_find don't shift later runs
-            yield
-    finally:
-        with torch.no_grad():
-            for m, name, t, saved in slots:
-                if t.device == saved.device and t.dtype == saved.dtype and t.shape == saved.shape:
-                    t.copy_(saved)
-                else:  # model.to moved the data out from under this Parameter (.data = ...): move it back
-                    t.data = saved
-                if getattr(m, name) is not t:
-                    setattr(m, name, t)
-        for p, grad in saved_grads:
-            p.grad = grad
-        for m, mode in saved_modes:
-            m.training = mode
-        if saved_opt is not None and learn.opt is saved_opt:
-            saved_opt.load_state_dict(saved_opt_state)
-        learn.__dict__.clear()
-        learn.__dict__.update(saved_vars)
-        for container, contents in saved_contents:
-            if isinstance(container, list):
-                container[:] = contents
-            else:
-                container.clear()
-                container.update(contents)
-        for dl, state in saved_loaders:
-            dl.load_state_dict(state)
-        for g, state in saved_generators:
-            g.set_state(state)
-        random.setstate(saved_python)
-        np.random.set_state(saved_numpy)
 
 
 def _clone(obj: Any) -> Any:

@@ -12,95 +12,29 @@ averages probabilities over augmented copies.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import inspect
-import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import RandomSampler
 
 from ..augment import Compose, RandomFlip
-from ..data import TensorLoader
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
 from ..utils import to_cpu
 from .augment import BatchTransformCB
-from .checkpoint import loader_generators
+from .state import kept
 
-__all__ = ["participants", "kept", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
+__all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
 
 
 def participants(learn: Learner) -> list[Callback]:
     """The learner's callbacks that take part in a prediction pass: `inference` ones and predict/get_loss owners."""
     return [cb for cb in learn.cbs if cb.inference or {"predict", "get_loss"} & set(cb.owns_steps)]
-
-
-def _shallow(obj: Any) -> tuple[dict, list]:
-    """A copy of `vars(obj)`, and of the contents of the lists and dicts in it (appended to in place)."""
-    saved = dict(vars(obj))
-    return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
-
-
-def _put_back(obj: Any, state: tuple[dict, list]) -> None:
-    saved, contents = state
-    obj.__dict__.clear()
-    obj.__dict__.update(saved)
-    for container, content in contents:
-        if isinstance(container, list):
-            container[:] = content
-        else:
-            container.clear()
-            container.update(content)
-
-
-@contextlib.contextmanager
-def kept(learn: Learner, loaders: Iterable[Any] = ()) -> Iterator[None]:
-    """On exit, also after an error, put back everything a prediction pass may change.
-
-    That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
-    and train/eval modes; the attributes of the learner and of each of its callbacks; the attributes of the
-    in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and `loaders`, the
-    generators of torch DataLoaders; and the RNGs (torch's, CUDA's once in use, Python's, NumPy's). Weight values
-    are not copied: eval mode and `no_grad` leave them alone, so this costs next to nothing.
-    """
-    model = learn.model
-    slots = [(m, name, t, t.data) for m in model.modules()
-             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]]
-    grads = [(p, p.grad) for p in model.parameters()]
-    modes = [(m, m.training) for m in model.modules()]
-    dls = getattr(learn, "dls", None)
-    all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
-    holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
-    saved = [(obj, _shallow(obj)) for obj in holders]
-    generators = [(g, g.get_state()) for dl in all_loaders for g in loader_generators(dl)]
-    python_rng, numpy_rng = random.getstate(), np.random.get_state()
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
-    finally:
-        with torch.no_grad():
-            for m, name, t, data in slots:
-                if getattr(m, name) is not t:  # model.to() replaces buffer objects
-                    setattr(m, name, t)
-                if (t.device, t.dtype, t.shape, t.data_ptr()) != (data.device, data.dtype, data.shape, data.data_ptr()):
-                    t.data = data  # model.to() gives parameters new data: point them back at the old
-        for p, grad in grads:
-            p.grad = grad
-        for m, mode in modes:
-            m.training = mode
-        for obj, state in saved:
-            _put_back(obj, state)
-        for g, state in generators:
-            g.set_state(state)
-        random.setstate(python_rng)
-        np.random.set_state(numpy_rng)
 
 
 def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] = (), with_loss: bool = False) -> None:

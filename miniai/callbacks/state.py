@@ -1,0 +1,87 @@
+"""Putting a learner back as it was after a look at it: `kept`, for lr_find (a fit) and prediction passes.
+
+Both run the learner's own loop, which changes the model, the learner's and callbacks' attributes, the loaders and
+the RNGs; `kept` snapshots all of it cheaply and restores it on exit, also after an error.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import TensorLoader
+from ..learner import Learner
+from .checkpoint import loader_generators
+
+__all__ = ["kept"]
+
+
+def _shallow(obj: Any) -> tuple[dict, list]:
+    """A copy of `vars(obj)`, and of the contents of the lists and dicts in it (appended to in place)."""
+    saved = dict(vars(obj))
+    return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
+
+
+def _put_back(obj: Any, state: tuple[dict, list]) -> None:
+    saved, contents = state
+    obj.__dict__.clear()
+    obj.__dict__.update(saved)
+    for container, content in contents:
+        if isinstance(container, list):
+            container[:] = content
+        else:
+            container.clear()
+            container.update(content)
+
+
+@contextlib.contextmanager
+def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> Iterator[None]:
+    """On exit, also after an error, put back everything a prediction pass (or, `weights=True`, a fit) may change.
+
+    That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
+    and train/eval modes; the attributes of the learner and of each of its callbacks (what they recorded too); the
+    attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
+    `loaders`, the generators of torch DataLoaders; and the RNGs (torch's, CUDA's once in use, Python's, NumPy's).
+    Weight values are copied only with `weights=True` (lr_find trains): eval mode and `no_grad` leave them alone,
+    so a prediction pass costs next to nothing here.
+    """
+    model = learn.model
+    clones: dict[int, torch.Tensor] = {}  # one copy per tensor, however often it is shared
+    slots = [(m, name, t, t.data, clones.setdefault(id(t), t.detach().clone()) if weights else None)
+             for m in model.modules()
+             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]]
+    grads = [(p, p.grad if p.grad is None or not weights else p.grad.detach().clone()) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    dls = getattr(learn, "dls", None)
+    all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
+    holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
+    saved = [(obj, _shallow(obj)) for obj in holders]
+    generators = [(g, g.get_state()) for dl in all_loaders for g in loader_generators(dl)]
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        with torch.no_grad():
+            for m, name, t, data, value in slots:
+                if getattr(m, name) is not t:  # model.to() replaces buffer objects
+                    setattr(m, name, t)
+                if (t.device, t.dtype, t.shape, t.data_ptr()) != (data.device, data.dtype, data.shape, data.data_ptr()):
+                    t.data = data  # model.to() gives parameters new data: point them back at the old
+                if value is not None:
+                    t.copy_(value)  # the values training changed in place
+        for p, grad in grads:
+            p.grad = grad
+        for m, mode in modes:
+            m.training = mode
+        for obj, state in saved:
+            _put_back(obj, state)
+        for g, state in generators:
+            g.set_state(state)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
