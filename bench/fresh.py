@@ -61,6 +61,8 @@ def child(row: str, bs: int, epochs: int, n_train: int | None, malloc: str) -> d
     from torch import nn, optim
 
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT / "bench"))
+    from handloop import hand_train_pass
     from miniai.data import get_dls
     from miniai.models import GeneralRelu, get_model, init_weights
     from miniai.utils import fix_malloc
@@ -87,14 +89,7 @@ def child(row: str, bs: int, epochs: int, n_train: int | None, malloc: str) -> d
         x, y, vx, vy = dls.train.x, dls.train.y, dls.valid.x, dls.valid.y
         for _ in range(epochs):
             t0, f0 = time.perf_counter(), page_faults()
-            model.train()
-            idx = torch.randperm(len(x))
-            for i in range(0, len(x), bs):
-                b = idx[i:i + bs]
-                loss = F.cross_entropy(model(x[b]), y[b])
-                loss.backward()
-                opt.step()
-                opt.zero_grad()
+            hand_train_pass(model, opt, x, y, bs)
             model.eval()
             total, correct = 0.0, 0
             with torch.no_grad():

@@ -52,6 +52,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # handloop.py, next to this file
+
+from handloop import hand_train_pass  # noqa: E402
 
 from miniai.callbacks.activations import ActivationStats  # noqa: E402
 from miniai.callbacks.basic import DeviceCB  # noqa: E402
@@ -83,16 +86,7 @@ def sync(device: torch.device) -> None:
 def hand_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:
     """Row 1: one epoch written by hand; x, y are normalized and already on the model's device."""
     opt = optim.AdamW(model.parameters(), lr=LR)
-    sched = OneCycleLR(opt, max_lr=LR, total_steps=math.ceil(len(x) / bs))
-    model.train()
-    idx = torch.randperm(len(x), device=x.device)
-    for i in range(0, len(x), bs):
-        b = idx[i:i + bs]
-        loss = F.cross_entropy(model(x[b]), y[b])
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
+    hand_train_pass(model, opt, x, y, bs, OneCycleLR(opt, max_lr=LR, total_steps=math.ceil(len(x) / bs)))
 
 
 def miniai_learner(dls, device: torch.device, extra: list | None = None) -> TrainLearner:
