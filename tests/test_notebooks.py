@@ -14,9 +14,9 @@ NOTEBOOKS = sorted(NBS.glob("*.ipynb"))
 CELL_TIMEOUT = 120  # seconds; a whole quick notebook takes well under this on two CPU cores
 
 
-def test_the_four_notebooks_are_there():
+def test_the_five_notebooks_are_there():
     assert [p.name for p in NOTEBOOKS] == ["01_learner.ipynb", "02_schedulers.ipynb", "03_torch_schedulers.ipynb",
-                                           "04_resnet_swa.ipynb"]
+                                           "04_resnet_swa.ipynb", "05_best_recipe.ipynb"]
 
 
 def _text_outputs(nb) -> str:
