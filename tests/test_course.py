@@ -47,8 +47,6 @@ COURSE_ALL = {
                 "rand_copy", "RandCopy"],
     "accel": ["MixedPrecision", "AccelerateCB"],
 }
-LEARNER_READY = "MetricsCB" in miniai.learner.__all__  # learner.py's course lines (see miniai/_course.py)
-needs_learner_lines = pytest.mark.skipif(not LEARNER_READY, reason="learner.py lacks its course __all__/__getattr__")
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +55,7 @@ def close_figures():
     plt.close("all")
 
 
-@pytest.mark.parametrize("module", [m for m in COURSE_ALL if m != "learner"] + [
-    pytest.param("learner", marks=needs_learner_lines)])
+@pytest.mark.parametrize("module", list(COURSE_ALL))
 def test_star_import_brings_every_course_name_miniai_has_and_names_what_to_use_for_the_others(module):
     namespace: dict = {}
     exec(f"from miniai.{module} import *", namespace)
@@ -86,7 +83,6 @@ def test_the_import_hook_only_stands_in_for_course_modules_we_lack():
         exec("from miniai.conv import nothing", {})
 
 
-@needs_learner_lines
 def test_learner_all_lists_exactly_the_course_names_it_lacks():
     own = [n for n in miniai.learner.__all__ if n not in course_names("learner")]
     assert set(miniai.learner.__all__) - set(own) == set(course_names("learner"))
@@ -236,7 +232,6 @@ print('ACCURACY', metrics.last['valid_accuracy'])
 
 
 @pytest.mark.slow
-@needs_learner_lines
 def test_a_course_style_script_trains_on_fashion_mnist():
     # one thread: on a busy 2-core machine two OpenMP threads waiting on each other made it 6x slower (8 s vs 46 s)
     out = subprocess.run([sys.executable, "-c", COURSE_SCRIPT], capture_output=True, text=True, timeout=120,
