@@ -85,10 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-valid", type=positive_int, default=None, help="validate on the first N images only")
     t.add_argument("--holdout", type=positive_int, default=None,
                    help="validate on N training images held out of training (a fixed split) instead of the test set")
-    t.add_argument("--sched", choices=list(SCHEDULES), default="none",
+    t.add_argument("--sched", choices=list(SCHEDULES), default=None,
                    # argparse %-formats help strings: escape the recipes' own percent signs
                    help="lr schedule: " + "; ".join(f"{n}: {what}" for n, what in SCHEDULES.items()).replace("%", "%%")
-                   + " (with --out, its lr and momentum/beta1 curves go to schedule.png)")
+                   + " (default none; not with --recipe, which has its own; with --out, its lr and momentum/beta1 "
+                   "curves go to schedule.png)")
     return parser
 
 
@@ -136,7 +137,7 @@ def train(args: argparse.Namespace) -> float:
     else:
         act = partial(GeneralRelu, leak=0.1, sub=0.4)
         model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
-        sched_cb = make_sched_cb(args.sched, epochs, len(dls.train))
+        sched_cb = make_sched_cb(args.sched or "none", epochs, len(dls.train))
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
     fit_start = time.perf_counter()
@@ -190,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command = "python -m miniai " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.job == "train":
+        if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
+            parser.error(f"--sched {args.sched} does not combine with --recipe {args.recipe}, which has its own "
+                         "one-cycle schedule: drop one of them")
         if args.data is None:  # --data was checked as it was parsed; $MINIAI_DATA names a directory just as firmly
             from .sources import DataNotFoundError, find_source
             try:

@@ -63,6 +63,7 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--device", "tpu:3"], "argument --device: not a device: 'tpu:3'"),
     (["--device", "cuda:7"], "argument --device: 'cuda:7' is not available on this machine"),
     (["--n-train", "99999999"], "n_train must be in 1..60000, got 99999999"),
+    (["--recipe", "fast", "--sched", "cosine"], "--sched cosine does not combine with --recipe fast"),
 ])
 def test_more_bad_numbers_in_process(capsys, argv, reason):
     """The same parser in this process (milliseconds): the rest of the number checks."""
