@@ -61,7 +61,8 @@ def device(text: str) -> str:
 
 
 class _UsageError(Exception):
-    """A bad argument found only once the data is loaded (e.g. --n-train larger than the dataset)."""
+    """A bad argument found by `train` (flags that don't combine; --n-train larger than the dataset); `main` shows
+    it as argparse's usage error, so a caller of `train` gets the same refusal."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +111,9 @@ def train(args: argparse.Namespace) -> float:
     from .recipes import RECIPES, make_sched_cb, recipe_learner
     from .utils import def_device, fix_malloc, set_seed
 
+    if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
+        raise _UsageError(f"--sched {args.sched} does not combine with --recipe {args.recipe}, which has its own "
+                          "one-cycle schedule: drop one of them")
     device = args.device or def_device
     if device.startswith("cpu"):
         fix_malloc()  # before anything is allocated: see fix_malloc (MINIAI_MALLOC=default opts out)
@@ -191,9 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command = "python -m miniai " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.job == "train":
-        if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
-            parser.error(f"--sched {args.sched} does not combine with --recipe {args.recipe}, which has its own "
-                         "one-cycle schedule: drop one of them")
         if args.data is None:  # --data was checked as it was parsed; $MINIAI_DATA names a directory just as firmly
             from .sources import DataNotFoundError, find_source
             try:
