@@ -138,9 +138,8 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     (defined in a module, not a notebook cell or lambda); and loading unpickles code: load only files you trust.
     """
     for step in ("predict", "get_loss"):
-        own = getattr(type(learn), step)
-        if own not in (getattr(Learner, step), getattr(TrainLearner, step)) \
-                and not any(step in cb.owns_steps for cb in learn.cbs):
+        own = getattr(type(learn), step, None)  # the base Learner has none; TrainLearner's is what load_learner has
+        if own not in (None, getattr(TrainLearner, step)) and not any(step in cb.owns_steps for cb in learn.cbs):
             raise TypeError(f"{type(learn).__name__} defines its own {step}, which load_learner (it builds a "
                             f"TrainLearner) would not have: move it into a callback with owns_steps=('{step}',), "
                             "which export saves")

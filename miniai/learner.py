@@ -1,9 +1,8 @@
 """The training loop: a `Learner` that fires named events, and `Callback`s that do everything else.
 
-Read this file top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs
-`before_<stage>`, its body, `after_<stage>`, and always every `cleanup_<stage>` handler, even after a cancel, an
-error or Ctrl-C, and even when another cleanup handler raised. The first error raised is the one the user sees;
-errors raised by later cleanups are attached to it as notes.
+Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs `before_<stage>`, its
+body, `after_<stage>`, and always every `cleanup_<stage>` handler, even after a cancel, an error or Ctrl-C, and
+even when another cleanup raised. The first error raised is the one the user sees (later ones become its notes).
 
 Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
 
@@ -16,23 +15,21 @@ Cancelling (raise from any callback; a cancel raised in a stage's cleanup only e
 
 A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) is not caught: it ends the fit as an error.
 
-Learner state that callbacks may read (and from which event on it is valid):
+Learner state that callbacks may read, and from which event on:
 
-| attribute                       | valid from     | meaning                                                            |
-|---------------------------------|----------------|--------------------------------------------------------------------|
-| `model, dls, loss_func, cbs`    | always         | what the learner was built with                                    |
-| `n_inp`                         | always         | the first `n_inp` items of a batch are the model's inputs, the rest|
-|                                 |                | its targets: `xb`, `yb` (the loss gets `loss_func(preds, *yb)`)    |
-| `opt`                           | `before_fit`   | the optimizer made by `opt_func(model.parameters(), lr)`           |
-| `n_epochs, epochs`              | `before_fit`   | how many epochs this fit runs, and the range the loop walks        |
-| `start_epoch, resumed_from`     | `before_fit`   | the first epoch this fit runs (0 unless resumed), the checkpoint   |
-|                                 |                | file it resumed from (or None)                                     |
-| `last_checkpoint`               | `before_fit`   | the newest good checkpoint of this run (or None)                   |
-| `schedule_stop`                 | `before_fit`   | epoch from which scheduling callbacks stop stepping (SWACB sets it)|
-| `epoch, training, dl`           | `before_epoch` | epoch index; True for the training pass; the loader being walked   |
-| `iter, batch, xb, yb`           | `before_batch` | batch index inside this pass; the batch; its inputs and targets    |
-| `preds`                         | `after_predict`| model output                                                       |
-| `loss`                          | `after_loss`   | loss tensor (still on the device)                                  |
+| attribute                    | from           | meaning                                                                   |
+|------------------------------|----------------|---------------------------------------------------------------------------|
+| `model, dls, loss_func, cbs` | always         | what the learner was built with                                           |
+| `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
+| `opt`                        | `before_fit`   | the optimizer, `opt_func(model.parameters(), lr)`, new in each fit        |
+| `n_epochs, epochs`           | `before_fit`   | epochs in this fit; the range the loop walks (resume starts it later)     |
+| `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
+| `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (or None)                          |
+| `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
+| `epoch, training, dl`        | `before_epoch` | the epoch index; True in the training pass; the loader walked             |
+| `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
+| `preds`                      | `after_predict`| the model's output                                                        |
+| `loss`                       | `after_loss`   | the loss tensor, `loss_func(preds, *yb)` (still on the device)            |
 """
 from __future__ import annotations
 
@@ -50,10 +47,8 @@ from torch import nn, optim
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
            "CancelStepException", "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
 
-EVENTS = ("before_fit", "after_fit", "cleanup_fit",
-          "before_epoch", "after_epoch", "cleanup_epoch",
-          "before_batch", "after_batch", "cleanup_batch",
-          "after_predict", "after_loss", "after_backward", "after_step")
+EVENTS = ("before_fit", "after_fit", "cleanup_fit", "before_epoch", "after_epoch", "cleanup_epoch",
+          "before_batch", "after_batch", "cleanup_batch", "after_predict", "after_loss", "after_backward", "after_step")
 STEPS = ("predict", "get_loss", "backward", "step", "zero_grad")  # a callback may own these (see Callback)
 
 
@@ -70,14 +65,13 @@ class CancelBatchException(Exception):
 
 
 class CancelStepException(Exception):
-    """Skip this batch's optimizer `step`, `after_step` and `zero_grad` (the gradients stay); `after_batch` runs.
-    (Gradient accumulation between steps; a grad scaler that found inf/NaN gradients.)"""
+    """Skip this batch's `step`, `after_step` and `zero_grad` (gradients stay: accumulation, an fp16 inf skip)."""
 
 
 class Callback:
     """Base class for callbacks: define methods named after events, `before_fit(self, learn)`, `after_batch`, ...
 
-    Callbacks run sorted by `order` (lower first; the built-in values are tabled in `miniai.callbacks`). The
+    Callbacks run sorted by `order`, lower first (the built-in values are tabled in `miniai.callbacks`). The
     prefixes `before_`, `after_` and `cleanup_` are reserved for events: any other method so named is an error.
 
     Step ownership, the one rule: the steps (`STEPS`) are the learner's own methods, unless a callback declares
@@ -86,16 +80,13 @@ class Callback:
     must never silently replace the optimizer step), and so is a step owned by two callbacks. The base `Learner`
     has no steps of its own: a callback owns all five (`TrainCB`).
 
-    Prediction passes (`get_preds`, `tta`, `infer`, `summary`) run the learner's predict step (and get_loss) over
-    one loader with only the callbacks that shape how the model sees the data, `inference = True` (DeviceCB,
-    BatchTransformCB's validation transforms, MixedPrecisionCB's autocast), and those owning predict/get_loss.
-    They get the events of a one-epoch validation-only fit (no optimizer step), and the learner is put back as it
-    was afterwards (`miniai.callbacks.preds`). Set `inference = True` on a callback of yours that inputs or
-    outputs must also pass through after training; leave it False for anything that records, logs or saves.
+    `inference = True`: the callback also shapes how the model sees data after training (DeviceCB, autocast), so
+    it takes part in prediction passes (`get_preds`, `tta`, `infer`: see `miniai.callbacks.preds`). Leave it
+    False for anything that records, logs or saves.
     """
     order: int = 0
     owns_steps: tuple[str, ...] = ()
-    inference: bool = False  # takes part in prediction passes (see above)
+    inference: bool = False
 
 
 Handler = Callable[["Learner"], None]
@@ -135,24 +126,17 @@ def _add_note(error: BaseException, note: str) -> None:
 
 
 class Learner:
-    """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`).
-
-    `fit` makes a new optimizer each call with `opt_func(model.parameters(), lr)`.
-    """
+    """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`)."""
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  n_inp: int = 1) -> None:
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
-        self.n_inp = n_inp
-        self.opt: optim.Optimizer | None = None
-        self.training = False
-        self.cbs: list[Callback] = []
+        self.n_inp, self.opt, self.training, self.cbs = n_inp, None, False, []
         self._handlers = build_handlers([])
         for cb in cbs or []:
             self.add_cb(cb)
 
-    # --- callbacks -------------------------------------------------------------------------------------------
     def add_cb(self, cb: Callback) -> Learner:
         """Add a callback; dispatch tables are rebuilt (and names checked) now, not per batch."""
         if any(c is cb for c in self.cbs):
@@ -167,10 +151,6 @@ class Learner:
         self.cbs = [c for c in self.cbs if c is not cb]
         self._handlers = build_handlers(self.cbs)
         return self
-
-    def _emit(self, event: str) -> None:
-        for handler in self._handlers[event]:
-            handler(self)
 
     @property
     def xb(self) -> tuple:
@@ -195,6 +175,12 @@ class Learner:
         """
         if not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
+        opt_lr = self.lr if lr is None else lr
+        if opt_lr is None and resume is None:
+            raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
+                             "learn.lr_find() suggests one.")
+        if opt_lr == 0:
+            warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=2)
         temporary: list[Callback] = []
         try:
             for cb in cbs or []:
@@ -203,16 +189,16 @@ class Learner:
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
             self.start_epoch, self.resumed_from = 0, None  # fit(resume=...) sets these, and
             self.last_checkpoint = self.schedule_stop = None  # CheckpointCB and SWACB these
-            self._check_steps()
-            self._check_data(train, valid)
+            self._check_steps_and_data(train, valid)
             if resume is not None:
-                from .callbacks.resume import resume_cb  # here: the callbacks import this module
+                from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
                 temporary.append(resume_cb(self, resume, lr))
                 self.add_cb(temporary[-1])
-            self.opt = self.opt_func(self.model.parameters(), self._fit_lr(lr, resume))
+            # resuming without an lr: the checkpoint's optimizer state brings its own
+            self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
         except KeyboardInterrupt as e:
-            from .callbacks.checkpoint import interrupt_note  # here: the callbacks import this module
+            from .callbacks.checkpoint import interrupt_note
             _add_note(e, interrupt_note(self))
             raise
         finally:
@@ -229,27 +215,24 @@ class Learner:
             pass
         except BaseException as e:  # also Ctrl-C: the cleanups below run, then it goes on up
             error = e
-        try:
-            self._cleanup(name, error)
-        except cancel:  # a cleanup cancelled this stage, which is over anyway
-            pass
-        if error is not None:
-            raise error
-
-    def _cleanup(self, name: str, error: BaseException | None) -> None:
-        """Run every cleanup_<name> handler even if one raises; raise the first error unless one is in flight."""
-        first = None
+        first = None  # every cleanup runs even if one raises; the first error is the one raised
         for handler in self._handlers[f"cleanup_{name}"]:
             try:
                 handler(self)
+            except cancel:  # a cleanup cancelled this stage, which is over anyway
+                pass
             except BaseException as e:
                 if error is None and first is None:
                     first = e
                 else:
                     _add_note(error or first, f"(while cleaning up, {handler.__qualname__} also raised "
                                               f"{type(e).__name__}: {e})")
-        if first is not None:
-            raise first
+        if error is not None or first is not None:
+            raise error if error is not None else first
+
+    def _emit(self, event: str) -> None:
+        for handler in self._handlers[event]:
+            handler(self)
 
     def _all_epochs(self, train: bool, valid: bool) -> None:
         # read self.epochs here, after before_fit, so a callback (resume, progress bar) may replace it
@@ -296,79 +279,39 @@ class Learner:
         owner = self._handlers[step]
         owner[0](self) if owner else getattr(self, step)()
 
-    # --- the steps: the base Learner has none of its own; TrainLearner defines them ---------------------------
-    def predict(self) -> None:
-        """Set `self.preds` from the inputs `self.xb`."""
-        self._owned("predict")
-
-    def get_loss(self) -> None:
-        """Set `self.loss` from `self.preds` and the targets `self.yb`."""
-        self._owned("get_loss")
-
-    def backward(self) -> None:
-        """Compute gradients of `self.loss`."""
-        self._owned("backward")
-
-    def step(self) -> None:
-        """Update the parameters (optimizer step)."""
-        self._owned("step")
-
-    def zero_grad(self) -> None:
-        """Reset the gradients."""
-        self._owned("zero_grad")
-
-    def _owned(self, step: str) -> None:
-        self._check_steps([step])
-        self._handlers[step][0](self)
-
-    # --- checks before anything runs -------------------------------------------------------------------------
-    def _check_steps(self, steps: Iterable[str] = STEPS) -> None:
-        missing = [s for s in steps if getattr(type(self), s) is getattr(Learner, s) and not self._handlers[s]]
+    def _check_steps_and_data(self, train: bool, valid: bool) -> None:
+        missing = [s for s in STEPS if not self._handlers[s] and not hasattr(self, s)]
         if missing:
             raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                             "or use TrainLearner, which defines the steps itself.")
-
-    def _check_data(self, train: bool, valid: bool) -> None:
-        for name in ("train",) * train + ("valid",) * valid:
+        for name in ("train",) * train + ("valid",) * valid:  # an empty loader of known length: before any batch
             dl = getattr(self.dls, name, None)
             try:
-                if len(dl):
-                    continue
+                empty = len(dl) == 0
             except TypeError:  # no length (an IterableDataset): an empty pass is caught when it happens
                 continue
-            n = len(dl.dataset) if hasattr(getattr(dl, "dataset", None), "__len__") else None
+            n = len(dl.dataset) if empty and hasattr(getattr(dl, "dataset", None), "__len__") else None
             why = ("its dataset is empty" if n == 0 else "it yields nothing" if n is None else
                    f"{n} items with bs={getattr(dl, 'batch_size', '?')} and drop_last=True make no full batch")
-            raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a wrong "
-                             "path), or pass " + ("fit(train=False) to only validate." if name == "train" else
-                                                  "fit(valid=False) to train without validation."))
+            if empty:
+                raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a "
+                                 "wrong path), or pass " + ("fit(train=False) to only validate." if name == "train"
+                                                            else "fit(valid=False) to train without validation."))
 
-    def _fit_lr(self, lr: float | None, resume: Any) -> float:
-        lr = self.lr if lr is None else lr
-        if lr is None and resume is None:
-            raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
-                             "learn.lr_find() suggests one.")
-        if lr == 0:
-            warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale this lr too)",
-                          stacklevel=3)
-        return 0.0 if lr is None else lr  # resuming: the checkpoint's optimizer state brings its own lr
-
-    # --- conveniences built from callbacks: one-line delegations (imported here: the callbacks import this module)
+    # --- conveniences built from callbacks: each hands over to its module (imported here: they import this one)
     def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:
         """Fit with torch's OneCycleLR stepped per optimizer step (`miniai.callbacks.scheduling.fit_one_cycle`)."""
         from .callbacks.scheduling import fit_one_cycle
         fit_one_cycle(self, n_epochs, max_lr, **kwargs)
 
     def lr_find(self, *args: Any, **kwargs: Any) -> Any:
-        """Grow the lr a batch at a time until the loss blows up; the curve and suggested lrs; the learner is left
-        as it was (`miniai.callbacks.lr_finder.lr_find`)."""
+        """The loss as the lr grows a batch at a time, and suggested lrs; the learner is left as it was."""
         from .callbacks.lr_finder import lr_find
         return lr_find(self, *args, **kwargs)
 
     def get_preds(self, dl: Any = None, with_input: bool = False, with_loss: bool = False,
                   act: Callable | None = None, cbs: Iterable[Callback] = ()) -> tuple:
-        """`(preds, targets)` over `dl` (default `dls.valid`), inputs first `with_input`, per-item losses last
-        `with_loss`, through the predict path; the learner is left as it was (`miniai.callbacks.preds`)."""
+        """`(preds, targets)` over `dl` (default `dls.valid`), inputs first `with_input`, per-item losses last."""
         from .callbacks.preds import get_preds
         return get_preds(self, dl, with_input, with_loss, act, list(cbs))
 
@@ -398,14 +341,12 @@ class Learner:
         return show_results(self, n, dl, **kwargs)
 
     def export(self, path: str | os.PathLike = "export.pkl") -> Any:
-        """Save model, class names, normalization and predict-path callbacks for `load_learner` (a pickle: load only
-        files you trust; `miniai.inference.export`)."""
+        """Save what `load_learner` needs to predict (a pickle: load only files you trust; `miniai.inference`)."""
         from .inference import export
         return export(self, path)
 
     def compile(self, **kwargs: Any) -> Learner:
-        """Compile the model in place with `torch.compile(**kwargs)`, so its `state_dict` keys stay clean; returns
-        the learner. The first epoch pays the compilation, and each new input shape compiles once more."""
+        """`torch.compile` the model in place (its `state_dict` keys stay clean); the first epoch pays for it."""
         if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
             raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
         self.model.compile(**kwargs)
@@ -416,33 +357,37 @@ class TrainLearner(Learner):
     """A Learner with the usual supervised steps: `model(*xb)`, `loss_func(preds, *yb)`, backward, step, zero_grad.
 
     A `TerminateOnNaNCB` is added unless `nan_guard=False` (or one is already in `cbs`): a NaN or infinite loss
-    stops the fit with a message; remove it later with `learn.rm_cb(...)`. A callback may own any step instead
-    (`MixedPrecisionCB` owns backward and step: a scaled backward, `scaler.step`); see `Callback`.
+    stops the fit with a message. A callback may own any step instead (`MixedPrecisionCB` owns backward and step).
     """
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  nan_guard: bool = True, n_inp: int = 1) -> None:
         super().__init__(model, dls, loss_func, lr, cbs, opt_func, n_inp)
-        from .callbacks.basic import supervised_loss  # here: the callbacks import this module
+        from .callbacks.basic import supervised_loss  # loss_func(preds, *yb), refusing shapes that give a wrong loss
         from .callbacks.guards import add_nan_guard
-        self._supervised_loss = supervised_loss  # loss_func(preds, *yb), refusing inputs that give a wrong loss
+        self._supervised_loss = supervised_loss
         if nan_guard:
             add_nan_guard(self)
 
     def predict(self) -> None:
+        """`preds = model(*xb)`."""
         self.preds = self.model(*self.xb)
 
     def get_loss(self) -> None:
+        """`loss = loss_func(preds, *yb)`."""
         self.loss = self._supervised_loss(self)
 
     def backward(self) -> None:
+        """Gradients of the loss."""
         self.loss.backward()
 
     def step(self) -> None:
+        """The optimizer step."""
         self.opt.step()
 
     def zero_grad(self) -> None:
+        """Reset the gradients."""
         self.opt.zero_grad()
 
 
@@ -455,20 +400,21 @@ class MomentumLearner(TrainLearner):
         self.mom = mom
         super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard, n_inp)
 
+    @torch.no_grad()
     def zero_grad(self) -> None:
-        with torch.no_grad():
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad *= self.mom
+        """Scale the gradients by `mom` instead of zeroing them."""
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad *= self.mom
 
 
-# --- the fast.ai course's `from miniai.learner import *` also brought these; here they live in callbacks/ and ---
-# --- utils.py and are imported on first use (PEP 562), so this module still imports no other miniai module    ---
+# The course's `from miniai.learner import *` also brought these; they live in callbacks/ and utils.py and are
+# imported on first use (PEP 562, table in miniai/_course.py), so this module imports no other miniai module.
 _COURSE_NAMES = ("SingleBatchCB", "to_cpu", "MetricsCB", "DeviceCB", "TrainCB", "ProgressCB", "LRFinderCB", "lr_find")
 __all__ += [*_COURSE_NAMES]
 
 
 def __getattr__(name: str) -> Any:
-    """The course's names for this module that live elsewhere in miniai (the table is in miniai/_course.py)."""
-    from ._course import course_attr  # here: the callbacks it imports import this module
+    """The course's names for this module that live elsewhere in miniai."""
+    from ._course import course_attr  # imported here: the callbacks it imports import this module
     return course_attr(__name__, name)

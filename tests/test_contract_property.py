@@ -94,8 +94,9 @@ class Model:
         if isinstance(out, CANCELS[name]):
             out = None
         raised = self.event(f"cleanup_{name}", where, cleanup=True)
-        if out is None and raised and not isinstance(raised[0], CANCELS[name]):
-            out = raised[0]  # a cleanup error ends the stage; its own cancel there ends only this stage
+        errors = [e for e in raised if not isinstance(e, CANCELS[name])]  # its own cancel there ends only this stage
+        if out is None and errors:
+            out = errors[0]  # the first other exception raised by a cleanup goes on up, even after its own cancel
         return out
 
     def fit(self) -> BaseException | None:
@@ -236,3 +237,13 @@ def test_an_error_in_a_cleanup_while_another_propagates_is_a_note_not_a_replacem
     with pytest.raises(exc, match="raiser 0") as info:
         learn.fit(1)
     assert any("also raised RuntimeError: raiser 1" in note for note in info.value.__notes__)
+
+
+def test_an_error_in_a_cleanup_after_its_stages_own_cancel_there_is_not_swallowed():
+    """The stage's own cancel in one cleanup_epoch handler, then a RuntimeError in the next: the old loop noted the
+    error on the cancel and swallowed both, so the fit went on as if nothing had failed."""
+    cancel = Spec(0, "cleanup_epoch", 0, True, 0, CancelEpochException, -1, False)
+    error = Spec(1, "cleanup_epoch", 0, True, 0, RuntimeError, 0, False)
+    assert isinstance(Model([cancel, error]).fit(), RuntimeError)
+    with pytest.raises(RuntimeError, match="raiser 1"):
+        learner([raiser(cancel), raiser(error)]).fit(2)
