@@ -32,7 +32,7 @@ _EXPORTS = {name: f".{module}" for module, names in {
     "inference": ["Prediction", "load_learner"],
     "interpret": ["Interpretation"],
     "summary": ["ModelSummary"],
-    "models": ["GeneralRelu", "ResBlock", "conv", "get_model", "get_resnet", "init_weights", "act_gr", "lsuv_init"],
+    "models": ["GeneralRelu", "ResBlock", "conv", "get_model", "get_convnet", "get_resnet", "init_weights", "act_gr", "lsuv_init"],
     "augment": ["Compose", "RandomCrop", "RandomErase", "RandomFlip", "batch_tfms"],
     "utils": ["def_device", "model_device", "set_seed", "to_cpu", "to_device"],
     "schedulers": ["CosineAnnealing", "CosineOneCycle", "OneCycle", "WarmupCosine", "lr_trajectory"],

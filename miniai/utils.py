@@ -78,7 +78,9 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        # only when the mode changes: the call imports sympy, triton and torch.distributed (1.7 s here, torch 2.14)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 _MALLOC_FIXED = False

@@ -37,6 +37,24 @@ def test_a_plain_fit_from_a_script_loads_none_of_them_either():
     assert loaded_after(code) == []
 
 
+def test_set_seed_does_not_pay_for_torchs_deterministic_mode_switch():
+    """torch.use_deterministic_algorithms(False) imports sympy, triton and torch.distributed (1.7 s on the CI
+    machine): set_seed called it every time, so every seeded script, notebook and CLI run paid for it."""
+    code = """
+        import sys, torch
+        from miniai.utils import set_seed
+        set_seed(42)
+        print(["sympy" in sys.modules, torch.are_deterministic_algorithms_enabled()])
+        set_seed(42, deterministic=True)
+        print([torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic])
+        set_seed(42)
+        print([torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic])
+    """
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["[False, False]", "[True, True]", "[False, False]"]
+
+
 def test_star_import_still_brings_every_name():
     namespace: dict = {}
     exec("from miniai import *", namespace)

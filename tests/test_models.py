@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miniai.models import GeneralRelu, ResBlock, conv, get_model, get_resnet, init_weights
+from miniai.models import GeneralRelu, ResBlock, conv, get_convnet, get_model, get_resnet, init_weights
 
 
 def test_get_model_maps_28x28_to_10_logits_through_five_halvings():
@@ -125,3 +125,12 @@ def test_get_resnet_default_widths_and_no_dropout_by_default():
     assert not any(isinstance(m, nn.Dropout) for m in model)
     assert isinstance(model[-1], nn.BatchNorm1d) and model[-2].bias is None
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("nfs, size, side", [((16, 32, 64), 28, 4), ((8, 16), 28, 7), ((16, 32, 64), 32, 4),
+                                              ((4, 8, 16, 32), 28, 2)])
+def test_get_convnet_reads_the_whole_last_map_with_one_linear(nfs, size, side):
+    model = get_convnet(nfs=nfs, size=size)
+    assert [type(m) for m in model[-2:]] == [nn.Flatten, nn.Linear]
+    assert model[-1].in_features == nfs[-1] * side * side
+    assert model(torch.randn(3, 1, size, size)).shape == (3, 10)

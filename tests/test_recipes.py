@@ -38,6 +38,13 @@ def test_every_recipe_builds_what_it_says_and_trains(name):
     assert sched.scheduler.total_steps == recipe.epochs * 4 and sched.n_steps == recipe.epochs * 4
 
 
+def test_a_recipe_with_an_unknown_model_or_activation_is_refused_when_made():
+    with pytest.raises(ValueError, match="model is 'resnet', 'cnn' or 'convnet' \\(got 'resnet18'\\)"):
+        replace(RECIPES["five"], model="resnet18")
+    with pytest.raises(ValueError, match="act is 'general' or 'relu' \\(got 'gelu'\\)"):
+        replace(RECIPES["fast"], act="gelu")
+
+
 @pytest.mark.slow
 def test_cli_recipe_prints_accuracy_tta_and_wall_time_and_writes_the_result(tmp_path):
     out = subprocess.run([sys.executable, "-m", "miniai", "train", "--recipe", "five", "--epochs", "1",
