@@ -215,20 +215,18 @@ class Learner:
             pass
         except BaseException as e:  # also Ctrl-C: the cleanups below run, then it goes on up
             error = e
-        first = None  # every cleanup runs even if one raises; the first error is the one raised
-        for handler in self._handlers[f"cleanup_{name}"]:
+        for handler in self._handlers[f"cleanup_{name}"]:  # every cleanup runs, even if one raises
             try:
                 handler(self)
             except cancel:  # a cleanup cancelled this stage, which is over anyway
                 pass
-            except BaseException as e:
-                if error is None and first is None:
-                    first = e
+            except BaseException as e:  # the first error is the one raised; later ones become its notes
+                if error is None:
+                    error = e
                 else:
-                    _add_note(error or first, f"(while cleaning up, {handler.__qualname__} also raised "
-                                              f"{type(e).__name__}: {e})")
-        if error is not None or first is not None:
-            raise error if error is not None else first
+                    _add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")
+        if error is not None:
+            raise error
 
     def _emit(self, event: str) -> None:
         for handler in self._handlers[event]:

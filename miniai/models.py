@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["conv", "GeneralRelu", "get_model", "get_convnet", "init_weights", "ResBlock", "get_resnet", "act_gr", "lsuv_init"]
+__all__ = ["conv", "GeneralRelu", "get_model", "get_convnet", "init_weights", "ResBlock", "get_resnet", "act_gr",
+           "lsuv_init"]
 
 # A layer factory: a class such as nn.ReLU or nn.BatchNorm2d, or a partial such as partial(GeneralRelu, leak=0.1).
 ActFactory = Callable[[], nn.Module]
