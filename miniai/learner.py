@@ -125,6 +125,11 @@ def _add_note(error: BaseException, note: str) -> None:
     error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
 
 
+def _skip_pass(name: str) -> str:
+    """How to fit without the empty `dls.<name>` pass, for the errors that refuse one."""
+    return "fit(train=False) to only validate." if name == "train" else "fit(valid=False) to train without validation."
+
+
 class Learner:
     """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`)."""
 
@@ -254,8 +259,9 @@ class Learner:
         for self.iter, self.batch in enumerate(self.dl):
             self._stage("batch", self._one_batch, CancelBatchException)
         if self.iter is None:  # an empty pass would log NaN metrics and feed them to schedulers and early stopping
-            raise ValueError(f"dls.{'train' if self.training else 'valid'} yielded no batches in epoch {self.epoch}; "
-                             "check how it was built, or pass fit(valid=False) to train without validation.")
+            name = "train" if self.training else "valid"
+            raise ValueError(f"dls.{name} yielded no batches in epoch {self.epoch}; check how it was built, or pass "
+                             + _skip_pass(name))
 
     def _one_batch(self) -> None:
         self._do("predict")
@@ -285,16 +291,15 @@ class Learner:
         for name in ("train",) * train + ("valid",) * valid:  # an empty loader of known length: before any batch
             dl = getattr(self.dls, name, None)
             try:
-                empty = len(dl) == 0
+                if len(dl):
+                    continue
             except TypeError:  # no length (an IterableDataset): an empty pass is caught when it happens
                 continue
-            n = len(dl.dataset) if empty and hasattr(getattr(dl, "dataset", None), "__len__") else None
+            n = len(dl.dataset) if hasattr(getattr(dl, "dataset", None), "__len__") else None
             why = ("its dataset is empty" if n == 0 else "it yields nothing" if n is None else
                    f"{n} items with bs={getattr(dl, 'batch_size', '?')} and drop_last=True make no full batch")
-            if empty:
-                raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a "
-                                 "wrong path), or pass " + ("fit(train=False) to only validate." if name == "train"
-                                                            else "fit(valid=False) to train without validation."))
+            raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a wrong "
+                             "path), or pass " + _skip_pass(name))
 
     # --- conveniences built from callbacks: each hands over to its module (imported here: they import this one)
     def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:

@@ -73,10 +73,15 @@ def get_model(act: ActFactory | None = nn.ReLU, nfs: Sequence[int] = (8, 16, 32,
     inputs of 17 to 32 pixels a side; other sizes or lengths of `nfs` leave a larger map and Flatten gives
     more than 10 features.
     """
-    layers = [conv(1, nfs[0], ks=5, act=act, norm=norm)]
-    layers += [conv(nfs[i], nfs[i + 1], act=act, norm=norm) for i in range(len(nfs) - 1)]
+    layers = _stride2_convs(act, nfs, norm)
     layers += [conv(nfs[-1], 10, act=None, norm=None, bias=True), nn.Flatten()]
     return nn.Sequential(*layers)
+
+
+def _stride2_convs(act: ActFactory | None, nfs: Sequence[int], norm: NormFactory | None) -> list[nn.Module]:
+    """The course CNN's body: a 5×5 stride-2 conv 1→nfs[0], then a 3×3 stride-2 conv per consecutive pair."""
+    layers = [conv(1, nfs[0], ks=5, act=act, norm=norm)]
+    return layers + [conv(nfs[i], nfs[i + 1], act=act, norm=norm) for i in range(len(nfs) - 1)]
 
 
 def get_convnet(act: ActFactory | None = nn.ReLU, nfs: Sequence[int] = (16, 32, 64),
@@ -87,12 +92,10 @@ def get_convnet(act: ActFactory | None = nn.ReLU, nfs: Sequence[int] = (16, 32, 
     `get_model` squeezes it down to 1×1 with two more convs: on Fashion-MNIST three convs and this head reach the
     accuracy of get_model's five in less time (convolutions on 2×2 and 1×1 maps are slow for their arithmetic).
     """
-    layers = [conv(1, nfs[0], ks=5, act=act, norm=norm)]
-    layers += [conv(nfs[i], nfs[i + 1], act=act, norm=norm) for i in range(len(nfs) - 1)]
     side = size
     for _ in nfs:
         side = (side + 1) // 2  # a stride-2 conv with padding ks//2 halves the side, rounding up
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(nfs[-1] * side * side, n_classes))
+    return nn.Sequential(*_stride2_convs(act, nfs, norm), nn.Flatten(), nn.Linear(nfs[-1] * side * side, n_classes))
 
 
 def init_weights(m: nn.Module, leaky: float = 0.0) -> None:

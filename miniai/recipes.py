@@ -73,6 +73,18 @@ def make_sched_cb(name: str, n_epochs: int, steps_per_epoch: int) -> BaseSchedCB
 
 # ---------------------------------------------------------------- whole training recipes
 
+# Recipe.act -> (activation factory, the leak init_weights uses for it); Recipe.model -> model builder
+_ACTS = {"general": (partial(GeneralRelu, leak=0.1, sub=0.4), 0.1), "relu": (nn.ReLU, 0.0)}
+_MODELS = {"resnet": lambda act, nfs: get_resnet(nfs=nfs, act=act),
+           "cnn": lambda act, nfs: get_model(act, nfs=nfs, norm=nn.BatchNorm2d),
+           "convnet": lambda act, nfs: get_convnet(act, nfs=nfs)}
+
+
+def _one_of(names: Any) -> str:
+    names = [repr(n) for n in names]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a training run fixes; `recipe_learner(recipe, dls)` builds it."""
@@ -93,9 +105,9 @@ class Recipe:
     channels_last: bool = True  # oneDNN's convolutions are faster in channels-last on CPUs
 
     def __post_init__(self) -> None:
-        if self.act not in ("general", "relu") or self.model not in ("resnet", "cnn", "convnet"):
-            raise ValueError(f"Recipe act is 'general' or 'relu' (got {self.act!r}); model is 'resnet', 'cnn' or "
-                             f"'convnet' (got {self.model!r})")
+        if self.act not in _ACTS or self.model not in _MODELS:
+            raise ValueError(f"Recipe act is {_one_of(_ACTS)} (got {self.act!r}); model is {_one_of(_MODELS)} "
+                             f"(got {self.model!r})")
 
     def augmentation(self) -> list:
         """The training-batch transforms this recipe uses."""
@@ -106,8 +118,7 @@ class Recipe:
 RECIPES = {  # chosen on 10,000 held-out training images (bench/recipe_search.py; nbs/05_best_recipe.ipynb)
     "fast": Recipe("the least wall time to 0.90 with a margin: three stride-2 convs 16-32-64 and a linear head "
                    "(get_convnet), ReLU, 4 epochs at bs 512, one-cycle to 5e-2, no augmentation", epochs=4, bs=512,
-                   max_lr=5e-2,
-                   nfs=(16, 32, 64), model="convnet", act="relu"),
+                   max_lr=5e-2, nfs=(16, 32, 64), model="convnet", act="relu"),
     "five": Recipe("0.93 in 5 epochs: ResNet 16-32-64-128-256 (1.2 M parameters), random crop (padding 1) and flip, "
                    "one-cycle, TTA", epochs=5, bs=256, max_lr=1e-2, nfs=(16, 32, 64, 128, 256), crop_padding=1,
                    flip=True, tta=True),
@@ -119,11 +130,8 @@ RECIPES = {  # chosen on 10,000 held-out training images (bench/recipe_search.py
 
 def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, device: Any = None) -> TrainLearner:
     """A TrainLearner set up as `recipe` says (model, AdamW, one-cycle, augmentation, loss), plus `cbs`."""
-    act, leak = (partial(GeneralRelu, leak=0.1, sub=0.4), 0.1) if recipe.act == "general" else (nn.ReLU, 0.0)
-    model = {"resnet": lambda: get_resnet(nfs=recipe.nfs, act=act),
-             "cnn": lambda: get_model(act, nfs=recipe.nfs, norm=nn.BatchNorm2d),
-             "convnet": lambda: get_convnet(act, nfs=recipe.nfs)}[recipe.model]()
-    model.apply(partial(init_weights, leaky=leak))
+    act, leak = _ACTS[recipe.act]
+    model = _MODELS[recipe.model](act, recipe.nfs).apply(partial(init_weights, leaky=leak))
     tfms = recipe.augmentation()
     loss = partial(F.cross_entropy, label_smoothing=recipe.label_smoothing) if recipe.label_smoothing \
         else F.cross_entropy

@@ -173,6 +173,13 @@ def test_an_empty_iterable_validation_pass_is_an_error_at_its_end():
     assert learn.epoch == 0
 
 
+def test_an_empty_iterable_training_pass_points_at_fit_train_false_not_valid_false():
+    learn = tiny_learner(cbs=[quiet_metrics()])
+    learn.dls.train = DataLoader(Empty(), 16)
+    with pytest.raises(ValueError, match=r"dls.train yielded no batches in epoch 0.*fit\(train=False\) to only validate"):
+        learn.fit(1)
+
+
 # ---------------------------------------------------------------- 1.7 broadcasting loss inputs
 
 def test_a_loss_that_broadcasts_preds_against_targets_is_refused_at_the_first_batch():
