@@ -1,5 +1,6 @@
 """Hooks, HooksCallback and ActivationStats: hooks never outlive a fit, stats are counted per training batch."""
 import io
+from functools import partial
 
 import matplotlib
 
@@ -7,6 +8,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -83,6 +86,26 @@ def test_append_stats_matches_a_direct_computation():
     assert torch.allclose(means[0], x.mean())
     assert torch.allclose(stds[0], x.std())
     assert torch.equal(hists[0], x.abs().histc(40, 0, 10))
+
+
+# values on and around bin edges, beyond the range, below a positive low, inf and NaN: histc's rules at each
+_EDGY = st.one_of(st.sampled_from([0.0, 0.25, 2.5, 9.75, 10.0, 10.25, 1e30, float("inf"), float("nan")]),
+                  st.integers(-44, 44).map(lambda k: k / 4), st.floats(-12, 12, width=32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_EDGY, min_size=2, max_size=40), st.sampled_from([(0.0, 10.0), (0.5, 3.0), (2.0, 2.5)]),
+       st.integers(1, 41), st.booleans())
+def test_append_stats_histogram_is_histc_of_abs_on_edges_nan_and_inf(values, range_, bins, half):
+    x = torch.tensor(values, dtype=torch.float32).reshape(-1, 1)
+    x = x.half() if half else x  # half outputs (autocast) are summarized in float32
+    ident = nn.Identity()
+    with Hook(ident, partial(append_stats, bins=bins, range=range_)) as hook:
+        ident(x)
+    expected = x.float().abs().histc(bins, *range_)
+    assert torch.equal(hook.stats[2][0], expected)
+    finite = x.float()
+    assert torch.equal(hook.stats[0][0].isnan(), finite.mean().isnan())
 
 
 def test_append_stats_rejects_a_module_with_tuple_output():

@@ -84,23 +84,23 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
     if not isinstance(output, Tensor):
         raise TypeError(f"append_stats needs a module whose output is a tensor; {type(module).__name__} returned "
                         f"{type(output).__name__}. Choose other modules (mod_filter) or write your own hook fn.")
-    acts = output.detach().float()  # no copy for float32; half/bfloat16 outputs are summarized in float32
-    flat = acts.reshape(-1)
+    flat = output.detach().reshape(-1)
+    if flat.dtype != torch.float32:  # half/bfloat16 outputs are summarized in float32
+        flat = flat.float()
     mean = flat.mean()
     # two passes, the mean, then the deviations and their dot product with themselves (a vectorized BLAS sum of
     # squares): as accurate as torch.std_mean on centred values, and far faster on the CPU, where std_mean's
     # one-pass Welford loop is not vectorized
     dev = flat - mean
-    std = (torch.dot(dev, dev) / (flat.numel() - 1)).sqrt()
+    std = torch.dot(dev, dev).div_(flat.numel() - 1).sqrt_()
     del dev  # before the histogram's temporaries: the heap reuses its memory
-    row = torch.cat([mean.view(1), std.view(1), _abs_histc(flat, bins, *range)])
     record, n = getattr(hook, "record", None), getattr(hook, "n_recorded", 0)
-    if record is None or n == len(record) or record.device != row.device or record.shape[1] != len(row):
-        grown = torch.empty(max(64, 2 * n), len(row), device=row.device)
+    if record is None or n == len(record) or record.device != flat.device or record.shape[1] != bins + 2:
+        grown = torch.empty(max(64, 2 * n), bins + 2, device=flat.device)
         if record is not None and n:
             grown[:n] = record[:n]
         record = hook.record = grown
-    record[n] = row
+    torch.cat([mean.view(1), std.view(1), _abs_histc(flat, bins, *range)], out=record[n])
     hook.n_recorded = n + 1
     if n == 0 or not hasattr(hook, "stats"):
         hook.stats = ([], [], [])
@@ -140,13 +140,14 @@ def _abs_histc(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
     if low:
         pos.clamp_(min=-1.0)
     # histc's last bin is closed, [edge, high]: count |x| == high apart
-    at_high = torch.count_nonzero(pos == bins) if not top < bins else 0
+    at_high = int(torch.count_nonzero(pos == bins)) if not top < bins else 0
     if low:
         pos.floor_().add_(1)  # below low -> 0 (dropped); bin k -> k + 1
-    counts = torch.bincount(pos.to(torch.int32), minlength=bins + 3).to(flat.dtype)
+    counts = torch.bincount(pos.to(torch.int32), minlength=bins + 3)
     hist = counts[1:bins + 1] if low else counts[:bins]
-    hist[-1] += at_high
-    return hist
+    if at_high:
+        hist[-1] += at_high
+    return hist.to(flat.dtype)
 
 
 class HooksCallback(Callback):
