@@ -171,3 +171,28 @@ def test_accuracy_equals_torcheval_multiclass_accuracy(batches, seed):
         theirs.update(preds, target)
     assert ours.compute().item() == pytest.approx(theirs.compute().item(), abs=1e-7)
     assert torch.isnan(ours.reset().compute())
+
+
+@pytest.mark.parametrize("preds, target, hint", [
+    (torch.randn(8, 10), torch.randint(0, 10, (8, 1)), r"squeeze"),  # targets kept as a column: 0.0 before
+    (torch.rand(8), torch.randint(0, 2, (8,)), r"binary"),  # a binary model's probabilities: ~0.0 before
+    (torch.randn(8, 1), torch.randint(0, 2, (8, 1)).float(), r"binary"),  # BCE-shaped logits and targets
+    (torch.randn(8, 10), F.one_hot(torch.randint(0, 10, (8,)), 10).float(), r"argmax\(1\)"),  # one-hot targets
+])
+def test_accuracy_refuses_preds_and_targets_it_would_compare_wrongly(preds, target, hint):
+    """Shapes or dtypes that broadcast or compare scores with labels gave a wrong accuracy without a word."""
+    from miniai.callbacks.metrics import Accuracy
+    with pytest.raises(ValueError, match=hint) as info:
+        Accuracy().update(preds, target)
+    assert str(tuple(preds.shape)) in str(info.value) and str(tuple(target.shape)) in str(info.value)
+
+
+def test_accuracy_takes_labels_logits_per_pixel_logits_and_float_class_ids():
+    from miniai.callbacks.metrics import Accuracy
+    target = torch.tensor([0, 1, 2, 1])
+    logits = F.one_hot(torch.tensor([0, 1, 1, 1]), 3).float()
+    assert Accuracy().update(logits, target).compute().item() == 0.75
+    assert Accuracy().update(logits, target.float()).compute().item() == 0.75  # class ids stored as floats
+    assert Accuracy().update(torch.tensor([0, 1, 1, 1]), target).compute().item() == 0.75
+    pixels = torch.randn(2, 3, 4, 4)
+    assert Accuracy().update(pixels, pixels.argmax(1)).compute().item() == 1.0

@@ -162,6 +162,8 @@ class Accuracy:
     It works like torcheval's `MulticlassAccuracy` (update/compute/reset/to) and gives the same value, without its
     costs: importing torcheval takes over a second, and its first `compute` compiles TorchScript. The two counts
     stay on the device until `compute`, so updating never waits for the GPU; under DDP they are summed over ranks.
+    Preds and targets it would compare wrongly (targets as a column, one-hot targets, a binary model's scores,
+    anything that broadcasts) are refused, with what to pass instead.
     """
 
     def __init__(self) -> None:
@@ -170,7 +172,11 @@ class Accuracy:
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> Accuracy:
         """Count the batch's correct predictions and its items."""
         labels = preds.argmax(1) if preds.ndim == target.ndim + 1 else preds
-        self.counts += torch.stack([(labels == target).sum(), target.new_tensor(target.numel())])
+        if labels.shape != target.shape or labels.is_floating_point():
+            # comparing them would broadcast, or compare scores with class ids: a wrong accuracy without a word
+            raise ValueError(_accuracy_mismatch(preds, target))
+        correct = (labels == target).sum()
+        self.counts += torch.stack([correct, torch.full_like(correct, target.numel())])
         return self
 
     def compute(self) -> torch.Tensor:
@@ -190,6 +196,23 @@ class Accuracy:
     def all_reduce(self) -> None:
         """Sum the counts over all processes (MetricsCB calls it under DDP before `compute`)."""
         all_reduce_sum(self.counts)
+
+
+def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
+    """Why Accuracy can't compare these preds and targets, and what to pass instead."""
+    shapes = f"got preds {tuple(preds.shape)} ({preds.dtype}) and targets {tuple(target.shape)} ({target.dtype})"
+    classes = preds.shape[1] if preds.ndim > 1 else 0
+    if target.ndim == preds.ndim and target.shape[1:2] == (1,) and classes > 1:
+        fix = "targets kept as a column: pass target.squeeze(1)"
+    elif target.shape == preds.shape and target.is_floating_point() and classes > 1:
+        fix = "targets one-hot or probabilities: pass target.argmax(1), the class ids"
+    elif target.shape == preds.shape:
+        fix = ("preds are scores, not labels: for a binary or multi-label model pass (preds > 0.5).long() "
+               "(probabilities) or (preds > 0).long() (logits), or use torcheval's BinaryAccuracy in MetricsCB")
+    else:
+        fix = "their shapes don't match"
+    return (f"Accuracy needs class scores (N, C, ...) with class ids (N, ...), or integer labels of the targets' "
+            f"shape; {shapes}: {fix}.")
 
 
 def _compute(metrics: dict[str, Any]) -> dict[str, Any]:
