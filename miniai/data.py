@@ -6,6 +6,7 @@ Imports nothing from miniai's callbacks or learner, so a plain torch loop can us
 """
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,8 +37,9 @@ class TensorLoader:
                  seed: int | None = None, drop_last: bool = False) -> None:
         if len(x) != len(y):
             raise ValueError(f"x and y need the same length, got {len(x)} and {len(y)}")
-        if bs < 1:
-            raise ValueError(f"bs must be >= 1, got {bs}")
+        if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
+            raise ValueError(f"bs must be an int >= 1, got {bs!r}")
+        bs = int(bs)
         self.x, self.y, self.bs, self.shuffle, self.drop_last = x, y, bs, shuffle, drop_last
         self.seed: int | None = None if seed is None else int(seed)
         self.epoch = 0

@@ -10,6 +10,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -598,3 +599,15 @@ def test_holdout_validates_on_training_images_never_the_test_set():
     assert not torch.equal(get_dls(holdout=10_000, holdout_seed=1).valid.y, dls.valid.y)
     with pytest.raises(ValueError, match="holdout must be in 1..59999"):
         get_dls(holdout=60_000)
+
+
+@pytest.mark.parametrize("bs", [2.5, "64", True, 0])
+def test_tensor_loader_refuses_a_batch_size_that_is_not_a_positive_int(bs):
+    """A float bs ended in torch's "'float' object cannot be interpreted as an integer", naming nothing."""
+    with pytest.raises(ValueError, match=r"bs must be an int >= 1, got"):
+        TensorLoader(torch.zeros(4, 2), torch.zeros(4), bs=bs)
+
+
+def test_tensor_loader_takes_a_numpy_int_batch_size():
+    loader = TensorLoader(torch.zeros(5, 2), torch.zeros(5), bs=np.int64(2))
+    assert [len(xb) for xb, _ in loader] == [2, 2, 1]
