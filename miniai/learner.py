@@ -34,6 +34,7 @@ Learner state that callbacks may read, and from which event on:
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import sys
 import warnings
@@ -184,6 +185,8 @@ class Learner:
         if opt_lr is None and resume is None:
             raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
                              "learn.lr_find() suggests one.")
+        if isinstance(opt_lr, float) and not math.isfinite(opt_lr):  # nan or inf would train to NaN weights
+            raise ValueError(f"lr must be a finite number, got {opt_lr}")
         if opt_lr == 0:
             warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=2)
         temporary: list[Callback] = []

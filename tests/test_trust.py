@@ -275,6 +275,26 @@ def test_negative_epochs_are_an_error_and_lr_zero_a_warning():
         learn.fit(1, lr=0)
 
 
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf")])
+def test_a_nan_or_infinite_lr_is_refused_before_training(lr):
+    """It trained, and the NaN guard then stopped the fit on a NaN loss, the weights already NaN."""
+    learn = tiny_learner()
+    before = [p.clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        learn.fit(1, lr=lr)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def test_metricscb_refuses_a_metric_class_or_a_non_metric_when_made():
+    """MetricsCB(accuracy=Accuracy) failed at before_fit with "Accuracy.to() missing 1 required argument"."""
+    from miniai.callbacks.metrics import Accuracy, MetricsCB
+    with pytest.raises(TypeError, match="'accuracy' is the class Accuracy: .*an instance, not a class"):
+        MetricsCB(accuracy=Accuracy)
+    with pytest.raises(TypeError, match="'acc' is function"):
+        MetricsCB(acc=lambda p, t: (p.argmax(1) == t).float().mean())
+
+
 # ---------------------------------------------------------------- 2.1 a resumed run deletes nothing it did not write
 
 def test_resuming_from_an_older_checkpoint_keeps_the_later_ones(tmp_path):

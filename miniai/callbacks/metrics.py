@@ -61,6 +61,11 @@ class MetricsCB(Callback):
             named_metrics[type(metric).__name__] = metric
         if "loss" in named_metrics:
             raise ValueError("MetricsCB computes 'loss' itself; give your metric another name.")
+        for name, metric in named_metrics.items():
+            if isinstance(metric, type) or not all(callable(getattr(metric, m, None)) for m in ("update", "compute")):
+                what = f"the class {metric.__name__}" if isinstance(metric, type) else type(metric).__name__
+                raise TypeError(f"MetricsCB metric {name!r} is {what}: pass a metric object with update and compute, "
+                                f"e.g. {name}=Accuracy() or torcheval's MulticlassAccuracy(), an instance, not a class")
         self.metrics = named_metrics
         self.log_fn: Callable[[dict[str, Any]], None] = _print_rows()
         self.history: list[dict[str, Any]] = []
