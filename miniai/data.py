@@ -29,8 +29,8 @@ class TensorLoader:
     - `seed=<int>`: epoch e uses `torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))`, a pure
       function of (seed, e) whatever the global RNG does. `epoch` counts `iter()` calls and `set_epoch(e)` sets
       it; the Learner calls `set_epoch` before each training pass, so repeated fits replay the same orders.
-    `state_dict()` is {seed, epoch} (seed may be None). Unshuffled batches are views of `x`/`y`: don't modify them
-    in place. A sharded shuffled loader (`shard`) needs a seed, the same on every rank; DDPCB gives it one.
+    `state_dict()` is {seed, epoch} (seed may be None). Every batch is a copy, so a transform may modify it in
+    place. A sharded shuffled loader (`shard`) needs a seed, the same on every rank; DDPCB gives it one.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 1024, shuffle: bool = False,
@@ -103,8 +103,8 @@ class TensorLoader:
     def _batches(self, idx: torch.Tensor | None, spans: list[tuple[int, int]]
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start, stop in spans:
-            if idx is None:
-                yield self.x[start:stop], self.y[start:stop]
+            if idx is None:  # copies, not views: an in-place transform must not change the data (or get_dls' cache)
+                yield self.x[start:stop].clone(), self.y[start:stop].clone()
             else:
                 b = idx[start:stop]
                 yield self.x[b], self.y[b]

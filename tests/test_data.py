@@ -611,3 +611,16 @@ def test_tensor_loader_refuses_a_batch_size_that_is_not_a_positive_int(bs):
 def test_tensor_loader_takes_a_numpy_int_batch_size():
     loader = TensorLoader(torch.zeros(5, 2), torch.zeros(5), bs=np.int64(2))
     assert [len(xb) for xb, _ in loader] == [2, 2, 1]
+
+
+def test_modifying_an_unshuffled_batch_in_place_leaves_the_loaders_data_as_it_was():
+    """Unshuffled batches were views of the loader's tensors, which get_dls shares through its in-memory cache:
+    an in-place transform on validation batches (the course's RandErase is one) changed the validation set for
+    every later epoch and every later get_dls() in the process, without a word."""
+    x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    loader = TensorLoader(x, y, bs=4)
+    for xb, yb in loader:
+        xb.zero_()
+        yb.zero_()
+    assert torch.equal(loader.x, torch.arange(10.0).view(10, 1)) and torch.equal(loader.y, torch.arange(10))
+    assert torch.equal(torch.cat([xb for xb, _ in loader]), torch.arange(10.0).view(10, 1))

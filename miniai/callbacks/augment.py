@@ -28,9 +28,10 @@ class BatchTransformCB(Callback):
     `on_train=True, on_val=False` (the default) is augmentation: `BatchTransformCB(batch_tfms(RandomCrop(28, 1),
     RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping).
 
-    `tfm` must return a new tensor and leave its input alone: in-memory loaders (`TensorLoader`) hand out
-    unshuffled batches as views of the dataset, so an in-place edit would change the data itself. The callback
-    checks that (with the tensor's version counter, no copy) and raises if `tfm` modified its input.
+    `tfm` must return a new tensor and leave its input alone: a loader may hand out batches that are views of its
+    dataset (slices of one tensor; miniai's `TensorLoader` copies), so an in-place edit could change the data
+    itself. The callback checks that (with the tensor's version counter, no copy) and raises if `tfm` modified
+    its input.
     """
     order = -10  # after DeviceCB (-20): transform the batch where it now lives; before everyone who reads it
     inference = True  # prediction passes are validation passes: only the on_val transforms run there
@@ -59,8 +60,8 @@ class BatchTransformCB(Callback):
         out = self.tfm(xb)
         if before is not None and _version(xb) != before:
             raise RuntimeError(f"BatchTransformCB's transform {self.tfm!r} modified the batch in place; batches "
-                               "of in-memory loaders are views of the dataset, which has now been changed too "
-                               "(rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
+                               "may be views of the loader's dataset, which would then change too (if yours are, "
+                               "rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
                                "x.mul_(2); or clone first).")
         if hasattr(batch, "_fields"):  # a namedtuple's constructor takes its fields one by one
             return type(batch)(out, *batch[1:])
