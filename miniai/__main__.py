@@ -60,6 +60,9 @@ def device(text: str) -> str:
     return text
 
 
+_OUTPUTS = ("model.pt", "result.json", "log.csv", "loss.png", "schedule.png")  # what train writes to --out
+
+
 class _UsageError(Exception):
     """A bad argument found by `train` (flags that don't combine; --n-train larger than the dataset); `main` shows
     it as argparse's usage error, so a caller of `train` gets the same refusal."""
@@ -82,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", type=data_dir, default=None,
                    help="directory with the four Fashion-MNIST IDX files (.gz or plain) or a saved DatasetDict")
     t.add_argument("--out", default=None, help="directory for the weights (model.pt) and the loss curve (loss.png)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier run in --out (without it, such a directory is refused)")
     t.add_argument("--n-train", type=positive_int, default=None, help="train on the first N images only (quick runs)")
     t.add_argument("--n-valid", type=positive_int, default=None, help="validate on the first N images only")
     t.add_argument("--holdout", type=positive_int, default=None,
@@ -114,6 +119,10 @@ def train(args: argparse.Namespace) -> float:
     if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
         raise _UsageError(f"--sched {args.sched} does not combine with --recipe {args.recipe}, which has its own "
                           "one-cycle schedule: drop one of them")
+    earlier = [name for name in _OUTPUTS if args.out and (Path(args.out) / name).exists()]
+    if earlier and not args.overwrite:  # else a second run with the same --out silently replaces the first one's
+        raise _UsageError(f"--out {args.out} already holds a run ({', '.join(earlier)}): choose another directory, "
+                          "or pass --overwrite to replace those files")
     device = args.device or def_device
     if device.startswith("cpu"):
         fix_malloc()  # before anything is allocated: see fix_malloc (MINIAI_MALLOC=default opts out)

@@ -81,3 +81,24 @@ def test_miniai_data_without_files_is_a_usage_error(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith("usage: python -m miniai")
     assert f"error: {tmp_path} (given as $MINIAI_DATA) holds no usable fashion_mnist data" in err
+
+
+def test_an_out_dir_holding_an_earlier_run_is_refused_before_training(tmp_path, capsys):
+    """A second run with the same --out silently replaced the first run's model.pt, result.json and plots."""
+    from miniai.__main__ import main
+    (tmp_path / "model.pt").write_bytes(b"the first run's weights")
+    (tmp_path / "result.json").write_text("{}")
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "already holds a run (model.pt, result.json)" in err and "--overwrite" in err
+    assert (tmp_path / "model.pt").read_bytes() == b"the first run's weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "result.json"]  # nothing written, no training
+
+
+def test_overwrite_replaces_an_earlier_runs_files(tmp_path, capsys):
+    from miniai.__main__ import main
+    (tmp_path / "model.pt").write_bytes(b"the first run's weights")
+    assert main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"]) == 0
+    assert (tmp_path / "model.pt").read_bytes() != b"the first run's weights"
+    assert {"model.pt", "result.json", "log.csv", "loss.png"} <= {p.name for p in tmp_path.iterdir()}
