@@ -176,15 +176,26 @@ class DataLoaders:
 
     `normalize` turns raw items (uint8 pixels) into what the loaders yield, so `learn.infer` can take new raw
     images: a callable, or `(mean, std)` per channel for a `Normalize`. Without it, `infer` takes inputs
-    already prepared as the loaders' are.
+    already prepared as the loaders' are. `item_shape`, one input's shape ((C, H, W) for images), lets `infer`
+    refuse items of another size; in-memory training loaders (TensorLoader) give it when it is not passed.
     """
 
     def __init__(self, train: Any, valid: Any, classes: list[str] | None = None,
-                 normalize: Callable[[torch.Tensor], torch.Tensor] | tuple[Any, Any] | None = None) -> None:
+                 normalize: Callable[[torch.Tensor], torch.Tensor] | tuple[Any, Any] | None = None,
+                 item_shape: tuple[int, ...] | None = None) -> None:
         self.train, self.valid, self.classes = train, valid, classes
         self.normalize = Normalize(*normalize) if isinstance(normalize, (tuple, list)) else normalize
         if self.normalize is not None and not callable(self.normalize):
             raise TypeError(f"normalize must be a callable, (mean, std) or None; got {normalize!r}")
+        self._item_shape = None if item_shape is None else tuple(item_shape)
+
+    @property
+    def item_shape(self) -> tuple[int, ...] | None:
+        """One input item's shape, as given or read from an in-memory training loader; None when unknown."""
+        x = getattr(self.train, "x", None)
+        if self._item_shape is None and isinstance(x, torch.Tensor):
+            return tuple(x.shape[1:])
+        return self._item_shape
 
     def to(self, device: str | torch.device) -> DataLoaders:
         """Move loaders that hold their data (TensorLoader) to `device`; others pass through. Returns self."""

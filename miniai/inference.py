@@ -118,9 +118,18 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                          "use learn.get_preds(dl=[(x1, x2, ...)]) instead")
     dls = getattr(learn, "dls", None)
     x, batched = to_batch(items, getattr(dls, "normalize", None))
+    expected = getattr(dls, "item_shape", None)
+    if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
+        raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
+                         "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")
     probs, _ = get_preds(learn, dl=[(x[i:i + bs],) for i in range(0, len(x), bs)], act=torch.softmax)
-    index = probs.argmax(1)
     classes = getattr(dls, "classes", None)
+    if probs.ndim != 2 or (classes and probs.shape[1] != len(classes)):
+        raise ValueError(f"infer is for classifiers with one output per class: the model gives outputs of shape "
+                         f"{tuple(probs.shape[1:])} per item" + (f", {probs.shape[1]} outputs per item for "
+                         f"{len(classes)} classes ({len(classes)} names in dls.classes)" if classes else "")
+                         + "; use learn.get_preds(dl=[(x,)]) for other models")
+    index = probs.argmax(1)
     labels = [classes[i] if classes else str(i) for i in index.tolist()]
     return Prediction(index, labels, probs) if batched else Prediction(int(index[0]), labels[0], probs[0])
 
@@ -153,7 +162,8 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     dls = getattr(learn, "dls", None)
     bundle = {"format": _FORMAT, "version": _VERSION, "torch": torch.__version__,
               "model": unwrap(learn.model), "classes": getattr(dls, "classes", None),
-              "normalize": getattr(dls, "normalize", None), "n_inp": learn.n_inp, "loss_func": loss_func,
+              "normalize": getattr(dls, "normalize", None), "item_shape": getattr(dls, "item_shape", None),
+              "n_inp": learn.n_inp, "loss_func": loss_func,
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -197,6 +207,7 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise ValueError(f"{path} is an export of version {bundle['version']}, newer than this miniai reads "
                          f"({_VERSION}): upgrade miniai")
     model = bundle["model"].to(device).eval()
-    dls = DataLoaders(None, None, classes=bundle["classes"], normalize=bundle["normalize"])
+    dls = DataLoaders(None, None, classes=bundle["classes"], normalize=bundle["normalize"],
+                      item_shape=bundle.get("item_shape"))  # exports before item_shape have none
     return TrainLearner(model, dls, bundle["loss_func"], lr=None, cbs=[DeviceCB(device), *bundle["cbs"]],
                         nan_guard=False, n_inp=bundle["n_inp"])

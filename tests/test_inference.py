@@ -21,7 +21,7 @@ from miniai.callbacks.mixed_precision import MixedPrecisionCB
 from miniai.data import DataLoaders, Normalize
 from miniai.inference import Prediction, load_learner
 from miniai.learner import Learner, TrainLearner
-from tests.test_preds import image_learner
+from tests.test_preds import image_dls, image_learner
 
 ROOT = Path(__file__).resolve().parents[1]
 PIXELS = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
@@ -90,6 +90,26 @@ def test_infer_errors_say_what_to_pass():
         learn.infer("cat.png")
     learn.n_inp = 2
     with pytest.raises(ValueError, match="n_inp=2"):
+        learn.infer(PIXELS)
+
+
+def test_infer_refuses_items_of_another_size_than_the_training_images(tmp_path):
+    """A model that pools accepts any size: a 12x12 image (not resized) got a confident prediction, without a word."""
+    pooled = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    learn = TrainLearner(pooled, image_dls(), F.cross_entropy, lr=0.1, cbs=[DeviceCB("cpu")])
+    big = torch.randint(0, 256, (1, 12, 12), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"trained on items of shape \(1, 8, 8\); got \(1, 12, 12\): resize"):
+        learn.infer(big)
+    loaded = load_learner(learn.export(tmp_path / "pooled.pkl"))  # the export keeps the shape
+    with pytest.raises(ValueError, match=r"trained on items of shape \(1, 8, 8\)"):
+        loaded.infer([big, big])
+    assert loaded.infer(PIXELS[0]).label in ("a", "b", "c")
+
+
+def test_infer_refuses_a_model_whose_outputs_are_not_one_per_class():
+    """5 outputs for 3 class names: an index of 3 or 4 crashed with IndexError, 0-2 was named silently."""
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 5)), image_dls(), F.cross_entropy, lr=0.1)
+    with pytest.raises(ValueError, match="5 outputs per item for 3 classes"):
         learn.infer(PIXELS)
 
 
