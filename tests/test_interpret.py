@@ -81,6 +81,17 @@ def test_plots_of_inputs_need_images_and_interpretation_needs_class_targets():
         Interpretation(x, torch.randn(8, 2), torch.randn(8), torch.zeros(8))
 
 
+
+def test_interpretation_refuses_targets_or_names_that_do_not_fit_the_outputs():
+    """Class 3 of a 3-output model broke confusion_matrix with "shape '[3, 3]' is invalid for input of size 12";
+    4 names for 3 outputs labelled every plot from a list that is not the model's."""
+    probs, losses = torch.full((4, 3), 1 / 3), torch.zeros(4)
+    with pytest.raises(ValueError, match="targets hold class 3, but the model gives 3 outputs"):
+        Interpretation(None, probs, torch.tensor([0, 1, 2, 3]), losses)
+    with pytest.raises(ValueError, match="4 class names for 3 outputs"):
+        Interpretation(None, probs, torch.tensor([0, 1, 2, 2]), losses, ["a", "b", "c", "d"])
+
+
 # ---------------------------------------------------------------- summary
 
 def test_summary_counts_every_parameter_and_closed_form_macs():
