@@ -279,3 +279,17 @@ def test_what_callbacks_recorded_during_lr_find_is_put_back():
     history, lrs = list(metrics.history), list(rec.recs["lr"])
     learn.lr_find(plot=False, max_epochs=2)
     assert metrics.history == history and rec.recs["lr"] == lrs
+
+
+def test_lr_find_warns_when_the_loss_rose_from_the_start():
+    """With start_lr already past divergence the curve is a few rising points, and the suggestions (valley 16.9
+    from start_lr=10 on a linear model) came back as if they meant something."""
+    learn, limit = quadratic_problem(scale=1.0)
+    with pytest.warns(UserWarning, match=r"start_lr=.* is probably already too large.*lr_find\(start_lr="):
+        learn.lr_find(start_lr=100 * limit, max_epochs=1, plot=False)
+
+
+def test_lr_find_from_a_small_lr_does_not_warn(recwarn):
+    learn, limit = quadratic_problem(scale=1.0)
+    learn.lr_find(max_epochs=1, plot=False)
+    assert not [w for w in recwarn if "too large" in str(w.message)]

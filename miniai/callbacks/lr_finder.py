@@ -6,6 +6,7 @@ puts everything back as it was; the suggestion functions are pure functions of t
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,6 +177,12 @@ def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult
             learn.rm_cb(cb)  # put back by kept
         learn.fit(max_epochs, train=True, valid=False, cbs=[finder], lr=start_lr)
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
+    _, finite = _finite(finder.lrs, finder.losses)
+    smooth = smooth_losses(finite)
+    if min(range(len(smooth)), key=smooth.__getitem__) < 3:  # no descent to read a suggestion from
+        warnings.warn(f"lr_find: the loss rose from the start ({len(finite)} batches, lowest within the first 3): "
+                      f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
+                      f"Try lr_find(start_lr={start_lr / 1000:g}).", stacklevel=2)
     if plot:
         result.plot()
     return result
