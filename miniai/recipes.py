@@ -8,6 +8,7 @@ training set (`get_dls(holdout=10_000)`), never on the test set (nbs/05_best_rec
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -108,6 +109,19 @@ class Recipe:
         if self.act not in _ACTS or self.model not in _MODELS:
             raise ValueError(f"Recipe act is {_one_of(_ACTS)} (got {self.act!r}); model is {_one_of(_MODELS)} "
                              f"(got {self.model!r})")
+        rules = {"epochs": ("an int >= 1", lambda v: isinstance(v, int) and v >= 1),
+                 "bs": ("an int >= 1", lambda v: isinstance(v, int) and v >= 1),
+                 "max_lr": ("a finite number > 0", lambda v: 0 < v < math.inf),
+                 "nfs": ("a non-empty tuple of ints >= 1", lambda v: bool(v) and all(isinstance(n, int) and n >= 1
+                                                                                    for n in v)),
+                 "weight_decay": ("a number >= 0", lambda v: v >= 0),
+                 "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+                 "crop_padding": ("an int >= 0", lambda v: isinstance(v, int) and v >= 0),
+                 "erase": ("a probability in [0, 1]", lambda v: 0 <= v <= 1),
+                 "pct_start": ("in (0, 1)", lambda v: 0 < v < 1)}
+        for field_name, (what, ok) in rules.items():
+            if not ok(getattr(self, field_name)):
+                raise ValueError(f"Recipe {field_name} must be {what}; got {getattr(self, field_name)!r}")
 
     def augmentation(self) -> list:
         """The training-batch transforms this recipe uses."""

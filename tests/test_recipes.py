@@ -45,6 +45,15 @@ def test_a_recipe_with_an_unknown_model_or_activation_is_refused_when_made():
         replace(RECIPES["fast"], act="gelu")
 
 
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("bs", 0), ("max_lr", -1.0), ("max_lr", float("nan")),
+                                          ("label_smoothing", 1.5), ("crop_padding", -1), ("erase", 2.0),
+                                          ("pct_start", 1.5), ("nfs", ()), ("nfs", (16, 0)), ("weight_decay", -0.1)])
+def test_a_recipe_with_a_value_out_of_range_is_refused_when_made(field, value):
+    """epochs=0 failed in the one-cycle with ZeroDivisionError, nfs=() with IndexError, others only mid-fit."""
+    with pytest.raises(ValueError, match=f"Recipe {field} must be"):
+        replace(RECIPES["fast"], **{field: value})
+
 @pytest.mark.slow
 def test_cli_recipe_prints_accuracy_tta_and_wall_time_and_writes_the_result(tmp_path):
     out = subprocess.run([sys.executable, "-m", "miniai", "train", "--recipe", "five", "--epochs", "1",
