@@ -201,6 +201,14 @@ def test_keeps_the_newest_and_the_best(tmp_path):
     assert cb.best_path.name == f"epoch_{best:04d}.pt" and cb.best == max(valid)
 
 
+def test_the_best_checkpoint_by_accuracy_is_the_highest(tmp_path):
+    """mode defaulted to 'min' whatever the monitor: by valid_accuracy the 'best' file was the worst epoch's."""
+    assert CheckpointCB(tmp_path, monitor="valid_accuracy").mode == "max"
+    assert CheckpointCB(tmp_path, monitor="valid_loss").mode == "min"
+    with pytest.raises(ValueError, match=r"CheckpointCB\(monitor='valid_foo'\) can't tell"):
+        CheckpointCB(tmp_path, monitor="valid_foo")
+
+
 def test_every_n_epochs_and_always_the_last(tmp_path):
     learn, _ = make_learner(tmp_path, every=2, keep=None)
     learn.fit(5)

@@ -139,6 +139,33 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(values, 
     assert early.stopped_epoch == (epochs_run - 1 if epochs_run < 8 else None)
 
 
+class FakeAccuracy(FakeMetrics):
+    """FakeMetrics logging valid_accuracy instead."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.names = ["train_accuracy", "train_loss", "valid_accuracy", "valid_loss"]
+
+    def after_epoch(self, learn):
+        if not learn.training:
+            self.last = {"valid_accuracy": self.values[learn.epoch], "valid_loss": 0.0}
+
+
+def test_early_stopping_on_accuracy_waits_for_it_to_stop_rising():
+    """The default mode was 'min' whatever the monitor: on valid_accuracy every rise counted as no improvement,
+    and an improving run was stopped after `patience` epochs."""
+    steps, early = Steps(), EarlyStoppingCB("valid_accuracy", patience=2)
+    tiny_learner(cbs=[steps, FakeAccuracy([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.91, 0.92]), early]).fit(8)
+    assert len([s for s in steps.steps if s]) == 8 and early.stopped_epoch is None and early.mode == "max"
+
+
+def test_a_monitor_whose_direction_the_name_does_not_tell_needs_a_mode():
+    assert EarlyStoppingCB("valid_loss").mode == "min" and EarlyStoppingCB("train_mse").mode == "min"
+    assert EarlyStoppingCB("valid_f1").mode == "max" and EarlyStoppingCB("valid_foo", mode="max").mode == "max"
+    with pytest.raises(ValueError, match=r"monitor='valid_foo'\) can't tell .* pass mode='min' or mode='max'"):
+        EarlyStoppingCB("valid_foo")
+
+
 def test_early_stopping_unknown_monitor_lists_the_logged_names():
     with pytest.raises(ValueError, match=r"monitor='valid_acc'\): MetricsCB does not log that name; it logs "
                                          r"train_loss, valid_loss"):

@@ -195,8 +195,8 @@ def test_plateau_lowers_lr_after_patience_plus_one_stalled_epochs():
 @pytest.mark.parametrize("monitor", ["valid_loss", "train_loss"])
 def test_plateau_is_fed_the_metric_metricscb_logged(monitor):
     rec, metrics = RecorderCB(lr=_lr), MetricsCB()
-    # mode='max' on a falling loss: every epoch after the first is a bad one
-    factory = partial(ls.ReduceLROnPlateau, mode="max", factor=0.5, patience=0)
+    # an improvement must beat the best by 10: every epoch after the first is a bad one
+    factory = partial(ls.ReduceLROnPlateau, mode="min", factor=0.5, patience=0, threshold=10.0, threshold_mode="abs")
     learn = make_learner([metrics, EpochSchedCB(factory, monitor=monitor), rec])
     learn.fit(4)
     split = monitor.split("_")[0]
@@ -207,6 +207,24 @@ def test_plateau_is_fed_the_metric_metricscb_logged(monitor):
         expected.append(opt.param_groups[0]["lr"])
         scheduler.step(value)
     assert rec.recs["lr"][::BATCHES] == expected and expected[-1] < expected[0]
+
+
+
+def test_plateau_watching_an_accuracy_in_min_mode_is_refused():
+    """torch's default mode='min' on valid_accuracy cut the lr each time the accuracy rose, without a word."""
+    from miniai.callbacks.metrics import Accuracy
+
+    x = torch.randn(32, 4)
+    y = (x[:, 0] > 0).long()
+    from miniai.data import DataLoaders, TensorLoader
+    dls = DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x, y, bs=8))
+    learn = TrainLearner(nn.Linear(4, 2), dls, F.cross_entropy, lr=0.1,
+                         cbs=[MetricsCB(accuracy=Accuracy()), EpochSchedCB(ls.ReduceLROnPlateau, "valid_accuracy")])
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau\(mode='min'\) watches 'valid_accuracy', which rises "
+                                         r"as it improves.*mode='max'"):
+        learn.fit(1)
+    learn.cbs[1].factory = partial(ls.ReduceLROnPlateau, mode="max")
+    learn.fit(1)
 
 
 # --- misuse ---------------------------------------------------------------------------------------------------------
@@ -344,7 +362,8 @@ RESUME_CASES = {
     "SequentialLR": (lambda: BatchSchedCB(_seq), optim.SGD),
     "CosineOneCycle": (lambda: BatchSchedCB(partial(CosineOneCycle, max_lr=0.05, total_steps=TOTAL)), optim.AdamW),
     "StepLR-epoch": (lambda: EpochSchedCB(partial(ls.StepLR, step_size=1, gamma=0.5)), optim.SGD),
-    "Plateau": (lambda: EpochSchedCB(partial(ls.ReduceLROnPlateau, mode="max", patience=0), "valid_loss"), optim.SGD),
+    "Plateau": (lambda: EpochSchedCB(partial(ls.ReduceLROnPlateau, patience=0, threshold=10.0, threshold_mode="abs"),
+                                     "valid_loss"), optim.SGD),  # never an improvement of 10: a cut every epoch
 }
 
 

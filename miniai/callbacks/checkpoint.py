@@ -25,7 +25,7 @@ from torch import nn
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from .guards import NonFiniteLossError
-from .metrics import check_monitor
+from .metrics import check_monitor, monitor_mode
 
 __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",
            "find_checkpoint", "load_checkpoint", "interrupt_note"]
@@ -203,7 +203,8 @@ class CheckpointCB(Callback):
         keep: how many of this fit's newest checkpoints stay (None: all); its older ones are deleted. Files this
             fit did not write are never deleted.
         monitor, mode: with `monitor` (a name MetricsCB logs, e.g. 'valid_loss'), the best checkpoint by it
-            ('min' or 'max') is kept as well; its file is `best_path`.
+            ('min' or 'max'; by default the way the name improves: a loss falls, an accuracy rises; a name that
+            says neither needs it) is kept as well; its file is `best_path`.
     A checkpoint is written after the validation pass (or, in a fit without one, after the training pass), once
     every scheduler has stepped, and only if the weights and the validation loss are finite (else the fit stops
     with NonFiniteLossError naming the last good checkpoint). Only rank 0 writes under torch.distributed.
@@ -213,13 +214,15 @@ class CheckpointCB(Callback):
     order = 80  # after MetricsCB and the epoch schedulers (their after_epoch), before EarlyStoppingCB stops the fit
 
     def __init__(self, path: str | os.PathLike, every: int = 1, keep: int | None = 3, monitor: str | None = None,
-                 mode: str = "min", overwrite: bool = False) -> None:
+                 mode: str | None = None, overwrite: bool = False) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 (save after every N epochs), got {every}")
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be >= 1 or None (keep all), got {keep}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if monitor is not None:
+            mode = monitor_mode(monitor, mode, "CheckpointCB")
+        elif mode not in (None, "min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max' (or None: read from the monitor's name), got {mode!r}")
         self.path, self.every, self.keep, self.monitor, self.mode = Path(path), every, keep, monitor, mode
         self.overwrite = overwrite
         self.best: float | None = None

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..learner import Callback, CancelFitException, Learner
-from .metrics import check_monitor
+from .metrics import check_monitor, monitor_mode
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB"]
 
@@ -109,16 +109,17 @@ class EarlyStoppingCB(Callback):
     """Stops the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs.
 
     `monitor` is any name MetricsCB logs (`learn.metrics.names`, e.g. 'valid_loss', 'valid_accuracy'), read from
-    `learn.metrics.last` after its pass. The decision is made at after_epoch, but the fit is cancelled only at
-    the next epoch's first training batch: by then CheckpointCB has saved the last epoch (with this callback's
-    counters), also in a fit without validation, where it saves when the next epoch begins.
+    `learn.metrics.last` after its pass; `mode` ('min' or 'max') defaults to the way its name improves (a loss or
+    error falls, an accuracy, F1 or AUC rises), and must be given for a name that says neither. The decision is
+    made at after_epoch, but the fit is cancelled only at the next epoch's first training batch: by then
+    CheckpointCB has saved the last epoch (with this callback's counters), also in a fit without validation, where
+    it saves when the next epoch begins.
     """
     order = 70  # after MetricsCB (10), which fills learn.metrics.last; before CheckpointCB (80) saves its state
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0,
-                 mode: str = "min") -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+                 mode: str | None = None) -> None:
+        mode = monitor_mode(monitor, mode, "EarlyStoppingCB")
         if patience < 0 or min_delta < 0:
             raise ValueError(f"patience and min_delta must be >= 0, got {patience} and {min_delta}")
         self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode

@@ -11,7 +11,7 @@ from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
 from ..utils import model_device
 
-__all__ = ["MetricsCB", "Accuracy", "format_row", "check_monitor"]
+__all__ = ["MetricsCB", "Accuracy", "format_row", "check_monitor", "monitor_mode"]
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -147,6 +147,25 @@ class MetricsCB(Callback):
 
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
+
+
+_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "perplexity")
+_HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "iou", "dice", "score")
+
+
+def monitor_mode(monitor: str, mode: str | None, who: str) -> str:
+    """`mode` ('min' or 'max') if given, else the way `monitor` improves, read from its name (as fastai and Keras
+    do: a loss or error falls, an accuracy rises); a name that says neither needs `mode`."""
+    if mode is not None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max' (or None: read from the monitor's name), got {mode!r}")
+        return mode
+    name = monitor.lower()
+    lower, higher = (any(word in name for word in words) for words in (_LOWER_IS_BETTER, _HIGHER_IS_BETTER))
+    if lower != higher:
+        return "min" if lower else "max"
+    raise ValueError(f"{who}(monitor={monitor!r}) can't tell from the name whether a higher value is better: "
+                     "pass mode='min' or mode='max'")
 
 
 def check_monitor(learn: Learner, monitor: str, who: str) -> None:

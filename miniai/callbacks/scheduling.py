@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..schedulers import CosineOneCycle
-from .metrics import check_monitor
+from .metrics import check_monitor, monitor_mode
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
            "_lr", "_mom", "_beta1"]
@@ -229,6 +229,14 @@ class EpochSchedCB(BaseSchedCB):
             raise TypeError(f"monitor={self.monitor!r} is for ReduceLROnPlateau, but the factory built a "
                             f"{type(self.scheduler).__name__}, whose step() takes no metric: drop monitor=")
         check_monitor(learn, self.monitor, type(self).__name__)
+        try:
+            way = monitor_mode(self.monitor, None, type(self).__name__)
+        except ValueError:
+            return  # the name says neither way: the scheduler's own mode stands
+        if self.scheduler.mode != way:  # torch's default is 'min', whatever is watched
+            raise ValueError(f"ReduceLROnPlateau(mode={self.scheduler.mode!r}) watches {self.monitor!r}, which "
+                             f"{'falls' if way == 'min' else 'rises'} as it improves: it would cut the lr while the "
+                             f"model gets better. Pass mode={way!r} to ReduceLROnPlateau")
 
     def after_epoch(self, learn: Learner) -> None:
         if self.monitor is not None and learn.training == self.monitor.startswith("train_"):
