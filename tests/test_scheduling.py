@@ -281,6 +281,21 @@ def test_one_cycle_shorter_than_the_fit_fails_before_training_and_says_how_many(
         make_learner([EpochSchedCB(partial(cls, max_lr=0.05, total_steps=2))]).fit(EPOCHS)
 
 
+
+@pytest.mark.parametrize("factory, field", [
+    (partial(ls.CosineAnnealingLR, T_max=EPOCHS), "T_max"),  # T_max in epochs, stepped per batch: the classic slip
+    (partial(CosineAnnealing, T_max=10), "T_max"),
+    (partial(OneCycle, T_max=10), "T_max"),
+    (partial(WarmupCosine, warmup_steps=2, total_steps=10), "total_steps"),
+], ids=["torch CosineAnnealingLR", "CosineAnnealing", "OneCycle", "WarmupCosine"])
+def test_a_schedule_shorter_than_the_fit_is_refused_for_every_schedule_that_ends(factory, field):
+    """Only the one-cycles were checked: a cosine with T_max of 3 epochs stepped per batch rose and fell 6 times
+    over the fit, and OneCycle/WarmupCosine ran past their end, without a word."""
+    with pytest.raises(ValueError, match=rf"has {field}=\d+ but this fit takes 18 steps .*{field}=18"):
+        make_learner([BatchSchedCB(factory)]).fit(EPOCHS)
+    make_learner([BatchSchedCB(partial(factory, **{field: 18}))]).fit(EPOCHS)  # the whole fit: fine
+
+
 # --- gradient accumulation: schedulers count optimizer steps ---------------------------------------------------------
 class Accumulate(Callback):
     """A minimal gradient accumulation: an optimizer step every `every` batches and on the last one of a pass."""

@@ -26,18 +26,20 @@ from collections.abc import Callable
 from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
-from ..schedulers import CosineOneCycle
+from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
            "_lr", "_mom", "_beta1"]
 
 SchedulerFactory = Callable[[Optimizer], Any]
-_ONE_CYCLES = (OneCycleLR, CosineOneCycle)  # schedules that end: running past total_steps is a mistake
+# schedules that end, and their length's name: stepped past it they rise again (cosines) or run off their shape
+_ENDING = ((OneCycleLR, "total_steps"), (CosineOneCycle, "total_steps"), (WarmupCosine, "total_steps"),
+           (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"))
 
 
 def steps_per_epoch(learn: Learner) -> int | None:
@@ -104,19 +106,25 @@ class BaseSchedCB(Callback):
         raise NotImplementedError
 
     def _check_length(self, learn: Learner) -> None:
-        capacity = self.scheduler.total_steps if isinstance(self.scheduler, _ONE_CYCLES) else None
+        field = next((f for cls, f in _ENDING if isinstance(self.scheduler, cls)), None)
+        capacity = getattr(self.scheduler, field) if field else None
         total = self._total_steps(learn)
-        if capacity is None or total is None or capacity >= total:
+        one_cycle = isinstance(self.scheduler, (OneCycleLR, CosineOneCycle))
+        # the fit's last step() only sets an lr no batch trains with: a one-cycle refuses it (torch raises), the
+        # others just need their end to reach the last batch's lr, at step total - 1
+        if capacity is None or total is None or capacity >= (total if one_cycle else total - 1):
             return
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
         how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
                f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
         if learn.resumed_from is not None:
-            raise ValueError(f"resuming a {name} of total_steps={capacity} into a fit that takes {total} steps "
+            raise ValueError(f"resuming a {name} of {field}={capacity} into a fit that takes {total} steps "
                              f"({how}): a one-cycle schedule can't be extended. Resume with the saved run's length "
                              "to finish it, then start a new fit (e.g. learn.fit_one_cycle(n, max_lr)) for more.")
-        raise ValueError(f"{name} has total_steps={capacity} but this fit takes {total} steps ({how}): build it "
-                         f"with total_steps={total}, or call learn.fit_one_cycle(n_epochs, max_lr), which computes it.")
+        hint = (", or call learn.fit_one_cycle(n_epochs, max_lr), which computes it" if one_cycle else
+                ", or for restarts on purpose CosineAnnealingWarmRestarts" if field == "T_max" else "")
+        raise ValueError(f"{name} has {field}={capacity} but this fit takes {total} steps ({how}): build it "
+                         f"with {field}={total}{hint}.")
 
     def _step(self, learn: Learner, *metric: float) -> None:
         if learn.schedule_stop is None or (isinstance(learn.epoch, int) and learn.epoch < learn.schedule_stop):
