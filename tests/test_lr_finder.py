@@ -293,3 +293,9 @@ def test_lr_find_from_a_small_lr_does_not_warn(recwarn):
     learn, limit = quadratic_problem(scale=1.0)
     learn.lr_find(max_epochs=1, plot=False)
     assert not [w for w in recwarn if "too large" in str(w.message)]
+
+
+def test_lr_find_warns_when_the_data_ran_out_before_the_curve_said_anything():
+    learn, _ = quadratic_problem(scale=1.0, n_batches=5)
+    with pytest.warns(UserWarning, match=r"only 5 batches before the data ran out \(max_epochs=1\)"):
+        learn.lr_find(max_epochs=1, plot=False)

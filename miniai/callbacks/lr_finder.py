@@ -179,10 +179,14 @@ def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
     _, finite = _finite(finder.lrs, finder.losses)
     smooth = smooth_losses(finite)
-    if min(range(len(smooth)), key=smooth.__getitem__) < 3:  # no descent to read a suggestion from
+    diverged = not math.isfinite(finder.losses[-1]) or finder.losses[-1] > max_mult * min(finite)
+    if diverged and min(range(len(smooth)), key=smooth.__getitem__) < 3:  # no descent to read a suggestion from
         warnings.warn(f"lr_find: the loss rose from the start ({len(finite)} batches, lowest within the first 3): "
                       f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
                       f"Try lr_find(start_lr={start_lr / 1000:g}).", stacklevel=2)
+    elif not diverged and len(finite) < 10:
+        warnings.warn(f"lr_find: only {len(finite)} batches before the data ran out (max_epochs={max_epochs}), "
+                      "too few for the suggestions to mean much: raise max_epochs or use more data.", stacklevel=2)
     if plot:
         result.plot()
     return result
