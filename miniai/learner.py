@@ -23,6 +23,7 @@ Learner state that callbacks may read, and from which event on:
 | `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
 | `opt`                        | `before_fit`   | the optimizer, `opt_func(model.parameters(), lr)`, new in each fit        |
 | `n_epochs, epochs`           | `before_fit`   | epochs in this fit; the range the loop walks (resume starts it later)     |
+| `passes`                     | `before_fit`   | the passes of each epoch: ("train", "valid"), or one of them              |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (or None)                          |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
@@ -195,6 +196,7 @@ class Learner:
                 self.add_cb(cb)
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
+            self.passes = ("train",) * train + ("valid",) * valid
             self.start_epoch, self.resumed_from = 0, None  # fit(resume=...) sets these, and
             self.last_checkpoint = self.schedule_stop = None  # CheckpointCB and SWACB these
             self._check_steps_and_data(train, valid)

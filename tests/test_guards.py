@@ -1,16 +1,19 @@
 """TerminateOnNaNCB, EarlyStoppingCB, GradClipCB, and the clear errors for wiring mistakes."""
 import gzip
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, TensorDataset
 
 import miniai.sources as sources_module
 from miniai.callbacks import MetricsCB, TrainCB
 from miniai.callbacks.guards import EarlyStoppingCB, GradClipCB, NonFiniteLossError, TerminateOnNaNCB
+from miniai.callbacks.scheduling import EpochSchedCB
 from miniai.data import DataLoaders, TensorLoader, get_dls
 from miniai.idx import IDXError, write_idx
 from miniai.sources import DataNotFoundError
@@ -328,3 +331,14 @@ def test_lr_find_runs_into_an_infinite_loss_with_the_nan_guard_on():
     learn = tiny_learner(n_train=480)
     result = learn.lr_find(start_lr=0.1, gamma=30.0, max_mult=1e300, plot=False)
     assert result.losses[-1] == float("inf")
+
+
+@pytest.mark.parametrize("make", [lambda: EarlyStoppingCB("valid_loss", patience=1),
+                                  lambda: EpochSchedCB(partial(ReduceLROnPlateau, patience=0), "valid_loss")],
+                         ids=["EarlyStoppingCB", "ReduceLROnPlateau"])
+def test_a_monitor_of_a_pass_the_fit_does_not_run_is_refused(make):
+    """fit(valid=False) with a callback watching valid_loss: it never got a value, so it silently never acted."""
+    with pytest.raises(ValueError, match=r"monitor='valid_loss'\) watches the valid pass, and this fit runs none "
+                                         r"\(fit\(\.\.\., valid=False\)\)"):
+        tiny_learner(cbs=[MetricsCB(), make()]).fit(2, valid=False)
+    tiny_learner(cbs=[MetricsCB(), make()]).fit(2)  # with the pass it watches: fine

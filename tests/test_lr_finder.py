@@ -299,3 +299,20 @@ def test_lr_find_warns_when_the_data_ran_out_before_the_curve_said_anything():
     learn, _ = quadratic_problem(scale=1.0, n_batches=5)
     with pytest.warns(UserWarning, match=r"only 5 batches before the data ran out \(max_epochs=1\)"):
         learn.lr_find(max_epochs=1, plot=False)
+
+
+def test_lr_find_leaves_out_callbacks_watching_a_validation_metric_and_puts_them_back():
+    from functools import partial
+
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    from miniai.callbacks import MetricsCB
+    from miniai.callbacks.guards import EarlyStoppingCB
+    from miniai.callbacks.scheduling import EpochSchedCB
+    learn = bn_learner()
+    watchers = [MetricsCB(), EarlyStoppingCB("valid_loss"), EpochSchedCB(partial(ReduceLROnPlateau), "valid_loss")]
+    for cb in watchers:
+        learn.add_cb(cb)
+    before = list(learn.cbs)
+    learn.lr_find(plot=False)  # the finder's fit has no validation pass for them to watch
+    assert learn.cbs == before

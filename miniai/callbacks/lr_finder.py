@@ -167,14 +167,17 @@ def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult
 
     The learner's own callbacks run as in any fit (DeviceCB must), and what they record of it (MetricsCB's
     history, ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`); CheckpointCB is left out:
-    the finder's diverging run is never saved. No validation pass is run.
+    the finder's diverging run is never saved. No validation pass is run, so callbacks watching a validation
+    metric (`EarlyStoppingCB('valid_loss')`, a ReduceLROnPlateau on one) are left out too.
     """
     if start_lr <= 0:
         raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
     finder = LRFinderCB(gamma, max_mult)
     with kept(learn, weights=True):
-        for cb in [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)]:
-            learn.rm_cb(cb)  # put back by kept
+        # left out (and put back by kept): the finder's run is never saved, and has no validation pass to watch
+        watches_valid = [cb for cb in learn.cbs if str(getattr(cb, "monitor", None)).startswith("valid_")]
+        for cb in [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)] + watches_valid:
+            learn.rm_cb(cb)
         learn.fit(max_epochs, train=True, valid=False, cbs=[finder], lr=start_lr)
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
     _, finite = _finite(finder.lrs, finder.losses)

@@ -177,6 +177,10 @@ def check_monitor(learn: Learner, monitor: str, who: str) -> None:
     if monitor not in metrics.names:
         raise ValueError(f"{who}(monitor={monitor!r}): MetricsCB does not log that name; it logs "
                          f"{', '.join(metrics.names)}")
+    split = monitor.split("_")[0]
+    if split not in getattr(learn, "passes", (split,)):  # it would never get a value, and never act
+        raise ValueError(f"{who}(monitor={monitor!r}) watches the {split} pass, and this fit runs none (fit(..., "
+                         f"{split}=False)): watch a metric of a pass it runs, or run the {split} pass")
 
 
 class Accuracy:
