@@ -196,3 +196,21 @@ def test_accuracy_takes_labels_logits_per_pixel_logits_and_float_class_ids():
     assert Accuracy().update(torch.tensor([0, 1, 1, 1]), target).compute().item() == 0.75
     pixels = torch.randn(2, 3, 4, 4)
     assert Accuracy().update(pixels, pixels.argmax(1)).compute().item() == 1.0
+
+
+def test_metricscb_names_a_metric_that_computes_more_than_one_number():
+    """torcheval's MulticlassAccuracy(average=None) ended in "only one element tensors can be converted"."""
+    class PerClass:
+        def update(self, preds, target):
+            pass
+
+        def compute(self):
+            return torch.tensor([0.5, 0.7])
+
+        def reset(self):
+            pass
+
+        def to(self, device):
+            return self
+    with pytest.raises(ValueError, match=r"'per_class' computed a tensor of shape \(2,\).*average='macro'"):
+        tiny_learner(cbs=[MetricsCB(per_class=PerClass())]).fit(1)

@@ -134,7 +134,7 @@ class MetricsCB(Callback):
     def after_epoch(self, learn: Learner) -> None:
         self._flush()
         split = "train" if learn.training else "valid"
-        values = {name: float(value) for name, value in _compute(self.metrics).items()}
+        values = {name: _number(name, value) for name, value in _compute(self.metrics).items()}
         # one collective for both: under DDP each rank saw only its shard of the pass
         loss_sum, count = all_reduce_sum(torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._count)]))
         values["loss"] = float(loss_sum / count) if count else float("nan")
@@ -147,6 +147,15 @@ class MetricsCB(Callback):
 
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
+
+
+def _number(name: str, value: Any) -> float:
+    """A metric's computed value as the one number MetricsCB logs, or an error naming the metric."""
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise ValueError(f"MetricsCB logs one number per metric, and {name!r} computed a tensor of shape "
+                         f"{tuple(value.shape)} (one value per class?): average it in the metric (torcheval: "
+                         "average='macro' or 'micro'), or record it in a callback of your own")
+    return float(value)
 
 
 _LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "perplexity")
