@@ -224,3 +224,12 @@ def test_append_stats_never_syncs_with_the_gpu():
             torch.cuda.set_sync_debug_mode("default")
     assert all(t.is_cuda for h in hooks for stats in h.stats for t in stats)
     assert [len(h.stats[2]) for h in hooks] == [3] * 4
+
+
+def test_hooks_on_modules_that_are_not_the_models_are_refused():
+    """mods of another model (a copy, or a model since replaced) were hooked, never called: no stats, no word."""
+    other = mlp()
+    cb = ActivationStats(mods=[other[1]])
+    with pytest.raises(ValueError, match=r"mods\[0\] \(ReLU\) is not a module of learn.model"):
+        learner(mlp(), [cb]).fit(1)
+    assert n_hooks(other) == 0

@@ -170,6 +170,12 @@ class HooksCallback(Callback):
     def before_fit(self, learn: Learner) -> None:
         self.hooks.remove()  # never two sets of hooks on a model, whatever happened before
         mods = list(self.mods) if self.mods is not None else [m for m in learn.model.modules() if self.mod_filter(m)]
+        ours = {id(m) for m in learn.model.modules()}
+        stray = next((i for i, m in enumerate(mods) if id(m) not in ours), None)
+        if stray is not None:  # hooked, never called: no stats, and no word of why
+            raise ValueError(f"{type(self).__name__}: mods[{stray}] ({type(mods[stray]).__name__}) is not a module of "
+                             "learn.model (of another model, or of one since replaced?): pass modules of learn.model, "
+                             "or a mod_filter")
         if not mods:
             raise ValueError(f"{type(self).__name__}: mod_filter matched no module of {type(learn.model).__name__}; "
                              "check the filter (e.g. fastcore's risinstance(nn.ReLU)) or pass mods=[...].")
