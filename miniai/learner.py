@@ -199,7 +199,7 @@ class Learner:
             self.passes = ("train",) * train + ("valid",) * valid
             self.start_epoch, self.resumed_from = 0, None  # fit(resume=...) sets these, and
             self.last_checkpoint = self.schedule_stop = None  # CheckpointCB and SWACB these
-            self._check_steps_and_data(train, valid)
+            self._check_steps_and_data()
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
                 temporary.append(resume_cb(self, resume, lr))
@@ -288,12 +288,12 @@ class Learner:
         owner = self._handlers[step]
         owner[0](self) if owner else getattr(self, step)()
 
-    def _check_steps_and_data(self, train: bool, valid: bool) -> None:
+    def _check_steps_and_data(self) -> None:
         missing = [s for s in STEPS if not self._handlers[s] and not hasattr(self, s)]
         if missing:
             raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                             "or use TrainLearner, which defines the steps itself.")
-        for name in ("train",) * train + ("valid",) * valid:  # an empty loader of known length: before any batch
+        for name in self.passes:  # an empty loader of known length: before any batch
             dl = getattr(self.dls, name, None)
             try:
                 if len(dl):
