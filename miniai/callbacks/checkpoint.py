@@ -219,10 +219,7 @@ class CheckpointCB(Callback):
             raise ValueError(f"every must be >= 1 (save after every N epochs), got {every}")
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be >= 1 or None (keep all), got {keep}")
-        if monitor is not None:
-            mode = monitor_mode(monitor, mode, "CheckpointCB")
-        elif mode not in (None, "min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max' (or None: read from the monitor's name), got {mode!r}")
+        mode = monitor_mode(monitor, mode, "CheckpointCB")
         self.path, self.every, self.keep, self.monitor, self.mode = Path(path), every, keep, monitor, mode
         self.overwrite = overwrite
         self.best: float | None = None

@@ -162,13 +162,15 @@ _LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "perplexity")
 _HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "iou", "dice", "score")
 
 
-def monitor_mode(monitor: str, mode: str | None, who: str) -> str:
+def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
     """`mode` ('min' or 'max') if given, else the way `monitor` improves, read from its name (as fastai and Keras
-    do: a loss or error falls, an accuracy rises); a name that says neither needs `mode`."""
+    do: a loss or error falls, an accuracy rises); a name that says neither needs `mode`. No monitor: `mode`."""
     if mode is not None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max' (or None: read from the monitor's name), got {mode!r}")
         return mode
+    if monitor is None:
+        return None
     name = monitor.lower()
     lower, higher = (any(word in name for word in words) for words in (_LOWER_IS_BETTER, _HIGHER_IS_BETTER))
     if lower != higher:
