@@ -92,6 +92,11 @@ def smooth_losses(losses: Sequence[float], window: int = 5) -> list[float]:
             for i in range(len(losses))]
 
 
+def _argmin(values: Sequence[float]) -> int:
+    """Index of the smallest value (the first, if tied)."""
+    return min(range(len(values)), key=values.__getitem__)
+
+
 def steepest_lr(lrs: Sequence[float], losses: Sequence[float], window: int = 5) -> float:
     """The lr where the smoothed loss falls fastest per unit of log(lr), looking only before its minimum.
 
@@ -100,7 +105,7 @@ def steepest_lr(lrs: Sequence[float], losses: Sequence[float], window: int = 5) 
     """
     lrs, losses = _finite(lrs, losses)
     smooth = smooth_losses(losses, window)
-    lowest = min(range(len(smooth)), key=smooth.__getitem__)
+    lowest = _argmin(smooth)
     if lowest == 0:
         return lrs[0]
     logs = [math.log(lr) for lr in lrs]
@@ -121,7 +126,7 @@ def valley_lr(lrs: Sequence[float], losses: Sequence[float], window: int = 5, fr
         raise ValueError(f"frac must be in (0, 1], got {frac}")
     lrs, losses = _finite(lrs, losses)
     smooth = smooth_losses(losses, window)
-    lowest = min(range(len(smooth)), key=smooth.__getitem__)
+    lowest = _argmin(smooth)
     peak = max(range(lowest + 1), key=smooth.__getitem__)
     if peak == lowest:
         return lrs[0]
@@ -183,7 +188,7 @@ def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult
     _, finite = _finite(finder.lrs, finder.losses)
     smooth = smooth_losses(finite)
     diverged = not math.isfinite(finder.losses[-1]) or finder.losses[-1] > max_mult * min(finite)
-    if diverged and min(range(len(smooth)), key=smooth.__getitem__) < 3:  # no descent to read a suggestion from
+    if diverged and _argmin(smooth) < 3:  # no descent to read a suggestion from
         warnings.warn(f"lr_find: the loss rose from the start ({len(finite)} batches, lowest within the first 3): "
                       f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
                       f"Try lr_find(start_lr={start_lr / 1000:g}).", stacklevel=2)
