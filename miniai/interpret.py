@@ -45,10 +45,12 @@ class Interpretation:
                              f"(N, C) outputs; got targets {getattr(targets, 'shape', type(targets).__name__)}, "
                              f"outputs {tuple(probs.shape)}")
         n_out = probs.shape[1]
-        if len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) < n_out:
-            bad = int(targets.max()) if int(targets.max()) >= n_out else int(targets.min())
-            raise ValueError(f"Interpretation: the targets hold class {bad}, but the model gives {n_out} outputs "
-                             f"(classes 0..{n_out - 1}); check that the model's head and the data match")
+        # each read once; with no targets there is nothing to check
+        low, high = (int(targets.min()), int(targets.max())) if len(targets) else (0, -1)
+        if low < 0 or high >= n_out:
+            raise ValueError(f"Interpretation: the targets hold class {high if high >= n_out else low}, but the model "
+                             f"gives {n_out} outputs (classes 0..{n_out - 1}); check that the model's head and the data "
+                             "match")
         if classes is not None and len(classes) != n_out:
             raise ValueError(f"Interpretation: {len(classes)} class names for {n_out} outputs: pass the names of "
                              "the model's classes, in its output order (or classes=None for numbers)")
