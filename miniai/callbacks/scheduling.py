@@ -38,6 +38,7 @@ __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_p
 
 SchedulerFactory = Callable[[Optimizer], Any]
 # schedules that end, and their length's name: stepped past it they rise again (cosines) or run off their shape
+_ONE_CYCLES = (OneCycleLR, CosineOneCycle)  # stepped past total_steps they raise (torch) or run off the cycle
 _ENDING = ((OneCycleLR, "total_steps"), (CosineOneCycle, "total_steps"), (WarmupCosine, "total_steps"),
            (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"))
 
@@ -109,7 +110,7 @@ class BaseSchedCB(Callback):
         field = next((f for cls, f in _ENDING if isinstance(self.scheduler, cls)), None)
         capacity = getattr(self.scheduler, field) if field else None
         total = self._total_steps(learn)
-        one_cycle = isinstance(self.scheduler, (OneCycleLR, CosineOneCycle))
+        one_cycle = isinstance(self.scheduler, _ONE_CYCLES)
         # the fit's last step() only sets an lr no batch trains with: a one-cycle refuses it (torch raises), the
         # others just need their end to reach the last batch's lr, at step total - 1
         if capacity is None or total is None or capacity >= (total if one_cycle else total - 1):
@@ -119,7 +120,7 @@ class BaseSchedCB(Callback):
                f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
         if learn.resumed_from is not None:
             raise ValueError(f"resuming a {name} of {field}={capacity} into a fit that takes {total} steps "
-                             f"({how}): a one-cycle schedule can't be extended. Resume with the saved run's length "
+                             f"({how}): a schedule that ends can't be extended. Resume with the saved run's length "
                              "to finish it, then start a new fit (e.g. learn.fit_one_cycle(n, max_lr)) for more.")
         hint = (", or call learn.fit_one_cycle(n_epochs, max_lr), which computes it" if one_cycle else
                 ", or for restarts on purpose CosineAnnealingWarmRestarts" if field == "T_max" else "")
