@@ -48,9 +48,9 @@ class Interpretation:
         # each read once; with no targets there is nothing to check
         low, high = (int(targets.min()), int(targets.max())) if len(targets) else (0, -1)
         if low < 0 or high >= n_out:
-            raise ValueError(f"Interpretation: the targets hold class {high if high >= n_out else low}, but the model "
-                             f"gives {n_out} outputs (classes 0..{n_out - 1}); check that the model's head and the data "
-                             "match")
+            bad = high if high >= n_out else low
+            raise ValueError(f"Interpretation: the targets hold class {bad}, but the model gives {n_out} outputs "
+                             f"(classes 0..{n_out - 1}); check that the model's head and the data match")
         if classes is not None and len(classes) != n_out:
             raise ValueError(f"Interpretation: {len(classes)} class names for {n_out} outputs: pass the names of "
                              "the model's classes, in its output order (or classes=None for numbers)")
