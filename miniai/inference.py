@@ -41,12 +41,13 @@ def _channels(normalize: Any) -> int | None:
     return len(mean) if isinstance(mean, torch.Tensor) else None
 
 
-def _as_tensor(item: Any) -> tuple[torch.Tensor, bool]:
+def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
     """A tensor, and whether its channels come last (ndarrays and PIL images, as images are stored)."""
     if isinstance(item, torch.Tensor):
         return item, False
     if type(item).__module__.startswith("PIL."):  # no PIL import needed to recognise one
-        item = np.array(item)  # a copy: PIL hands out read-only buffers, which torch warns about
+        mode = {1: "L", 3: "RGB"}.get(channels)  # a palette GIF's pixels are indices, not gray levels: convert
+        item = np.array(item.convert(mode) if mode and item.mode != mode else item)  # a copy: PIL's is read-only
     if isinstance(item, np.ndarray):
         return torch.from_numpy(np.array(item)), True  # a writable copy, whoever owns the array
     raise TypeError(f"infer takes images as tensors, ndarrays or PIL images (or a list of them); got "
@@ -60,6 +61,9 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
     if t.ndim == 3:
         if channels is None or t.shape[-1 if channels_last else 0] == channels:
             return (t.permute(2, 0, 1) if channels_last else t)[None], False
+        if channels == 1 and channels_last and t.shape[-1] in (3, 4):  # not a batch of images 3 pixels wide
+            raise ValueError(f"infer: an array of shape {tuple(t.shape)} looks like one RGB image, and this is a "
+                             "1-channel model: convert it to grayscale first (PIL: image.convert('L'))")
         if channels == 1:
             return t[:, None], True
     if t.ndim == 4:
@@ -81,7 +85,7 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
     if isinstance(items, (list, tuple)):
         if not items:
             raise ValueError("infer got an empty list: pass one item or a batch of items")
-        parts = [_canonical(*_as_tensor(item), channels) for item in items]
+        parts = [_canonical(*_as_tensor(item, channels), channels) for item in items]
         if any(batched for _, batched in parts):
             raise ValueError("infer takes a list of single items; a list item here is itself a batch")
         shapes = {tuple(x.shape[1:]) for x, _ in parts}
@@ -89,7 +93,7 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
             raise ValueError(f"infer: the items of a batch need one shape; got {sorted(shapes)}")
         x, batched = torch.cat([x for x, _ in parts]), True
     else:
-        x, batched = _canonical(*_as_tensor(items), channels)
+        x, batched = _canonical(*_as_tensor(items, channels), channels)
     x = x.contiguous()  # the layout the loaders' batches have, so the numbers are the same
     if normalize is not None:
         if x.dtype != torch.uint8:
@@ -116,6 +120,8 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     if learn.n_inp != 1:
         raise ValueError(f"infer takes one input per item, but this learner's batches have n_inp={learn.n_inp}; "
                          "use learn.get_preds(dl=[(x1, x2, ...)]) instead")
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise ValueError(f"infer: bs must be an int >= 1, got {bs!r}")
     dls = getattr(learn, "dls", None)
     x, batched = to_batch(items, getattr(dls, "normalize", None))
     expected = getattr(dls, "item_shape", None)

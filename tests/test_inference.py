@@ -70,6 +70,40 @@ def test_infer_takes_pil_images():
     assert learn.infer([image, image]).label == [learn.infer(PIXELS[0]).label] * 2
 
 
+@pytest.mark.parametrize("mode", ["P", "RGB", "RGBA", "LA", "GIF"])
+def test_infer_reads_a_pil_image_of_any_colour_mode_as_the_models_channels(mode):
+    """A palette image (any GIF) was read as palette indices and an RGB one as a batch of 8 one-row images."""
+    import io
+
+    from PIL import Image
+    learn = image_learner()
+    gray = Image.fromarray(PIXELS[0, 0].numpy())
+    if mode == "GIF":
+        buf = io.BytesIO()
+        gray.save(buf, format="GIF")
+        image = Image.open(io.BytesIO(buf.getvalue()))
+        assert image.mode == "P"
+    else:
+        image = gray.convert(mode)
+    got = learn.infer(image)
+    assert isinstance(got.index, int) and torch.equal(got.probs, learn.infer(gray).probs)
+
+
+def test_infer_refuses_an_rgb_array_for_a_grayscale_model_even_without_an_item_shape():
+    """(H,W,3) was read as H one-row images when the loaders did not give the items' shape."""
+    learn = image_learner()
+    learn.dls = DataLoaders(None, None, classes=["a", "b", "c"], normalize=learn.dls.normalize)  # no item_shape
+    rgb = PIXELS[0, 0, :, :, None].expand(8, 8, 3).numpy()
+    with pytest.raises(ValueError, match=r"\(8, 8, 3\) looks like one RGB image.*1-channel.*convert\('L'\)"):
+        learn.infer(rgb)
+    assert learn.infer(PIXELS[:, 0].numpy()).index.shape == (6,)  # (N,H,W) with N not 3 or 4 stays a batch
+
+
+def test_infer_refuses_a_batch_size_below_one():
+    with pytest.raises(ValueError, match="bs must be an int >= 1, got 0"):
+        image_learner().infer(PIXELS, bs=0)
+
+
 def test_infer_without_normalization_takes_prepared_inputs_and_says_so():
     learn = image_learner()
     learn.dls = DataLoaders(learn.dls.train, learn.dls.valid)  # no classes, no normalize
