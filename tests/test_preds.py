@@ -342,3 +342,31 @@ def test_tta_refuses_a_shuffled_loader_and_non_images_for_the_default_flip():
     with pytest.raises(ValueError, match="default tfms, a horizontal flip, needs \\(N,C,H,W\\)"):
         tabular.tta()
     assert tabular.tta(tfms=lambda x: x + 0.1)[0].shape == (8, 2)
+
+
+def test_softmax_over_one_output_or_across_items_is_refused():
+    """A binary model's (N,1) logits gave probabilities of 1.0 for every item (tta, infer, get_preds(act=softmax)),
+    and (N,) logits a softmax across the items of each batch, which depends on the batch size."""
+    x, y = torch.randn(16, 5), torch.randint(0, 2, (16,)).float()
+    for head in (nn.Linear(5, 1), nn.Sequential(nn.Linear(5, 1), nn.Flatten(0))):
+        learn = TrainLearner(head, DataLoaders(None, TensorLoader(x, y, 4)), F.mse_loss, lr=0.1)
+        for call in (lambda: learn.get_preds(act=torch.softmax), lambda: learn.tta(tfms=lambda x: x + 0.1),
+                     lambda: learn.get_preds(act=F.log_softmax)):
+            with pytest.raises(ValueError, match=r"softmax over the class dim 1.*act=torch.sigmoid"):
+                call()
+        assert learn.get_preds(act=torch.sigmoid)[0].min() > 0  # the right call for one score per item
+    with pytest.raises(ValueError, match="softmax over the class dim 1"):
+        TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), image_dls(), F.mse_loss).infer(
+            torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_tta_refuses_a_loader_shuffled_by_its_sampler_even_without_targets():
+    """A SubsetRandomSampler shuffles without dl.shuffle; with no targets to compare, tta averaged other items."""
+    from torch.utils.data import SequentialSampler, SubsetRandomSampler
+    learn = image_learner()
+    x = learn.dls.valid.x
+    for sampler in (SubsetRandomSampler(range(len(x))), torch.utils.data.RandomSampler(range(len(x)))):
+        with pytest.raises(ValueError, match="unshuffled"):
+            learn.tta(dl=DataLoader(TensorDataset(x), 8, sampler=sampler))
+    plain = learn.tta(dl=DataLoader(TensorDataset(x), 8, sampler=SequentialSampler(x)))[0]
+    assert torch.allclose(plain, learn.tta()[0])

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import RandomSampler
+from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from ..augment import Compose, RandomFlip
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
@@ -95,8 +95,13 @@ _CLASS_DIM_ACTS = (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax)
 def _activate(act: Callable, preds: Any) -> Any:
     if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
         preds = preds.float()  # probabilities from autocast's half-precision logits would keep 2-3 digits
-    if any(act is f for f in _CLASS_DIM_ACTS):  # torch's own need a dim: the class dim, as F.cross_entropy has it
-        return act(preds, dim=1 if preds.ndim > 1 else 0)
+    if any(act is f for f in _CLASS_DIM_ACTS):  # torch's own need a dim: the class dim 1, as F.cross_entropy has it
+        if not isinstance(preds, torch.Tensor) or preds.ndim < 2 or preds.shape[1] < 2:
+            shape = tuple(preds.shape) if isinstance(preds, torch.Tensor) else type(preds).__name__
+            raise ValueError(f"softmax over the class dim 1 needs 2 or more outputs per item; the model gives {shape}"
+                             " (1 is always 1.0; across the items of a batch is meaningless). For one score per item "
+                             "(a binary model) use act=torch.sigmoid")
+        return act(preds, dim=1)
     return act(preds)
 
 
@@ -198,7 +203,14 @@ def capture_preds(learn: Learner, cbs: Sequence[Callback] | None = None, inps: b
 
 
 def _shuffled(dl: Any) -> bool:
-    return bool(getattr(dl, "shuffle", False)) or isinstance(getattr(dl, "sampler", None), RandomSampler)
+    """Whether `dl` may give its items in another order each pass: shuffled, or a torch DataLoader whose sampler
+    is not sequential (a SubsetRandomSampler, a weighted one, ...; an iterable dataset's order is its own)."""
+    if getattr(dl, "shuffle", False):
+        return True
+    if not isinstance(dl, DataLoader) or isinstance(dl.dataset, IterableDataset):
+        return False
+    sampler = getattr(dl.batch_sampler, "sampler", dl.sampler)
+    return not isinstance(sampler, SequentialSampler)
 
 
 def tta(learn: Learner, dl: Iterable[Any] | None = None,
