@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from .cache import load_normalized
+from .sources import VALID_SPLITS
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
 
@@ -168,7 +169,6 @@ class Normalize:
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
 
 
-_VALID_SPLITS = ("validation", "valid", "test", "dev")  # from_dd's validation split: the first of these it finds
 
 
 class DataLoaders:
@@ -210,14 +210,14 @@ class DataLoaders:
         """Course adapter: torch DataLoaders over a HF DatasetDict (train shuffled; valid with 2x batch_size).
 
         Splits are picked by name, never by position: `train`, and for validation the first of `validation`,
-        `valid`, `test`, `dev`. With `as_tuple`, dict batches become tuples in column order, as the course's
+        `valid`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last`: training only. With `as_tuple`, dict batches become tuples in column order, as the course's
         `collate_dict` does.
         """
-        valid_name = next((name for name in _VALID_SPLITS if name in dd), None)
+        valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:
             missing = "no 'train' split" if "train" not in dd else "no validation split"
             raise ValueError(f"DataLoaders.from_dd: {missing}: found {list(dd)}, looked for 'train' and, for "
-                             f"validation, the first of {', '.join(map(repr, _VALID_SPLITS))}. Rename a split "
+                             f"validation, the first of {', '.join(map(repr, VALID_SPLITS))}. Rename a split "
                              "(dd['validation'] = dd.pop('heldout')) or split one off the training set "
                              "(dd.update(dd['train'].train_test_split(test_size=0.1)))")
         train, valid = dd["train"], dd[valid_name]
@@ -226,8 +226,9 @@ class DataLoaders:
             def collate(items: list) -> Any:
                 batch = collate_fn(items)
                 return tuple(batch.values()) if isinstance(batch, dict) else batch
+        valid_kwargs = {k: v for k, v in kwargs.items() if k != "drop_last"}  # every validation item is scored
         return cls(DataLoader(train, batch_size, shuffle=True, collate_fn=collate, **kwargs),
-                   DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **kwargs))
+                   DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs))
 
 
 def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike | None = None,
@@ -244,6 +245,12 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
     `holdout_seed` (the same split every time) and left out of training: for choosing a recipe without ever
     looking at the test set. `n_train`/`n_valid` then cut the remaining training images and the held-out ones.
     """
+    for what, n in (("holdout", holdout), ("n_train", n_train), ("n_valid", n_valid), ("valid_bs", valid_bs)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral)):
+            raise ValueError(f"{what} must be an int (a number of images{', a batch size' * (what == 'valid_bs')}) "
+                             f"or None; got {n!r}")
+    if valid_bs is not None and valid_bs < 1:
+        raise ValueError(f"valid_bs must be an int >= 1 or None (the training bs); got {valid_bs}")
     raw, (train_x, valid_x, mean, std) = load_normalized(name, path)
     train_y, valid_y = raw.train_y, raw.valid_y
     if holdout:
@@ -256,7 +263,7 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
         if n is not None and not 0 < n <= have:
             raise ValueError(f"{what} must be in 1..{have}, got {n}")
     train = TensorLoader(train_x[:n_train], train_y[:n_train], bs, shuffle=True, seed=seed)
-    valid = TensorLoader(valid_x[:n_valid], valid_y[:n_valid], valid_bs or bs)
+    valid = TensorLoader(valid_x[:n_valid], valid_y[:n_valid], bs if valid_bs is None else valid_bs)
     dls = DataLoaders(train, valid, classes=list(raw.classes), normalize=Normalize(mean, std))
     return dls.to(device) if device is not None else dls
 

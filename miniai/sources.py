@@ -23,13 +23,15 @@ import torch
 from .idx import IDXError, read_idx
 
 __all__ = ["DataNotFoundError", "FASHION_CLASSES", "CIFAR10_CLASSES", "SYSTEM_DATA_DIR", "RawData", "Source",
-           "check_data_dir", "find_source", "read_source", "load_hub_dataset", "hf_to_tensors"]
+           "VALID_SPLITS", "check_data_dir", "find_source", "read_source", "load_hub_dataset", "hf_to_tensors"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's `dataset-fashion-mnist` puts the IDX files; module-level so tests can point it elsewhere."""
+VALID_SPLITS = ("validation", "valid", "test", "dev")
+"""A DatasetDict's validation split is the first of these it has (by name, never by position)."""
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -226,9 +228,10 @@ def _decode_idx(source: Source) -> RawData:
 
 def _decode_dd(source: Source) -> RawData:
     spec, dd = _SPECS[source.name], load_hub_dataset(source.where)
-    valid_split = next((s for s in ("test", "validation", "valid") if s in dd), None)
+    valid_split = next((s for s in VALID_SPLITS if s in dd), None)
     if "train" not in dd or valid_split is None:
-        raise ValueError(f"{source.where}: expected splits 'train' and 'test' (or 'validation'), got {list(dd)}")
+        raise ValueError(f"{source.where}: expected a split 'train' and, for validation, one of "
+                         f"{', '.join(map(repr, VALID_SPLITS))}; got {list(dd)}")
     label_feature = dd["train"].features.get("label")
     classes = tuple(getattr(label_feature, "names", None) or spec.classes)
     return RawData(*hf_to_tensors(dd["train"], spec.x_col), *hf_to_tensors(dd[valid_split], spec.x_col),

@@ -369,6 +369,19 @@ def test_env_var_and_plain_names_and_subsets(tmp_path, monkeypatch):
         get_dls(n_train=41)
 
 
+@pytest.mark.parametrize("kwargs, name", [({"holdout": 0.2}, "holdout"), ({"n_train": 0.5}, "n_train"),
+                                          ({"n_valid": 5.0}, "n_valid"), ({"holdout": True}, "holdout"),
+                                          ({"n_train": True}, "n_train"), ({"valid_bs": 0}, "valid_bs"),
+                                          ({"valid_bs": 2.5}, "valid_bs")])
+def test_get_dls_refuses_counts_that_are_not_whole_numbers(tmp_path, kwargs, name):
+    """holdout=0.2 (a fraction, as sklearn takes it) ended in 'slice indices must be integers'; valid_bs=0 was
+    silently replaced by bs; holdout=True held out one image."""
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion())
+    with pytest.raises(ValueError, match=rf"{name} must be an int"):
+        get_dls(path=d, **kwargs)
+    assert len(get_dls(path=d, n_train=np.int64(20), holdout=np.int32(4)).train.x) == 20  # numpy ints are fine
+
+
 def test_second_get_dls_hits_memory_then_disk_cache(tmp_path, monkeypatch):
     write_fashion_dir(tmp_path / "fm", fake_fashion())
     before = dict(CACHE_STATS)
@@ -516,6 +529,25 @@ def test_from_dd_picks_splits_by_name(splits, valid):
     dd = DatasetDict({name: Dataset.from_dict({"x": [[0.0]] * n, "label": [0] * n}) for name, n in sizes.items()})
     dls = DataLoaders.from_dd(dd.with_format("torch"), 2)
     assert len(dls.train.dataset) == sizes["train"] and len(dls.valid.dataset) == sizes[valid]
+
+
+def test_get_dls_on_a_saved_datasetdict_validates_on_its_validation_split_as_from_dd_does(tmp_path):
+    """get_dls took 'test' before 'validation', so a DatasetDict with both was validated on its test set."""
+    raw = fake_fashion(n_train=12, n_valid=9)
+    splits = {"train": (raw[0][:, None], raw[1]), "validation": (raw[2][:5, None], raw[3][:5]),
+              "test": (raw[2][5:, None], raw[3][5:])}
+    d = save_dd(tmp_path / "dd", splits, "image", FASHION_CLASSES)
+    assert torch.equal(get_dls(path=d, bs=4).valid.y, raw[3][:5].long())
+
+
+def test_from_dd_drop_last_drops_only_training_items():
+    """drop_last=True (for BatchNorm's sake) was passed to the validation loader too: 3 of 7 items unscored."""
+    from datasets import Dataset, DatasetDict
+    dd = DatasetDict({name: Dataset.from_dict({"x": [[float(i)] for i in range(n)], "label": [0] * n})
+                      for name, n in (("train", 10), ("validation", 7))}).with_format("torch")
+    dls = DataLoaders.from_dd(dd, 2, drop_last=True)
+    assert sum(len(xb) for xb, _ in dls.valid) == 7 and sum(len(xb) for xb, _ in dls.train) == 10
+    assert len(dls.train) == 5 and DataLoaders.from_dd(dd, 4, drop_last=True).train.drop_last
 
 
 @pytest.mark.parametrize("splits, missing", [(("train",), "no validation split"),
