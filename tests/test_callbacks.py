@@ -178,6 +178,7 @@ def test_accuracy_equals_torcheval_multiclass_accuracy(batches, seed):
     (torch.rand(8), torch.randint(0, 2, (8,)), r"binary"),  # a binary model's probabilities: ~0.0 before
     (torch.randn(8, 1), torch.randint(0, 2, (8, 1)).float(), r"binary"),  # BCE-shaped logits and targets
     (torch.randn(8, 10), F.one_hot(torch.randint(0, 10, (8,)), 10).float(), r"argmax\(1\)"),  # one-hot targets
+    (torch.randn(8, 1), torch.randint(0, 2, (8,)), r"one score per item.*binary"),  # argmax of 1: the share of 0s
 ])
 def test_accuracy_refuses_preds_and_targets_it_would_compare_wrongly(preds, target, hint):
     """Shapes or dtypes that broadcast or compare scores with labels gave a wrong accuracy without a word."""
@@ -214,3 +215,47 @@ def test_metricscb_names_a_metric_that_computes_more_than_one_number():
             return self
     with pytest.raises(ValueError, match=r"'per_class' computed a tensor of shape \(2,\).*average='macro'"):
         tiny_learner(cbs=[MetricsCB(per_class=PerClass())]).fit(1)
+
+
+def test_metricscb_refuses_two_metrics_under_one_name_or_a_name_of_its_own_columns():
+    """MetricsCB(F1(average='macro'), F1(average='micro')) logged one of them; a metric named 'time' was printed
+    as the elapsed time and lost from the CSV; MetricsCB(Accuracy(), Accuracy=other) dropped one silently."""
+    from miniai.callbacks.metrics import Accuracy
+    with pytest.raises(ValueError, match=r"two metrics named 'Accuracy'.*name them.*MetricsCB\(name=metric"):
+        MetricsCB(Accuracy(), Accuracy())
+    with pytest.raises(ValueError, match="two metrics named 'Accuracy'"):
+        MetricsCB(Accuracy(), Accuracy=MulticlassAccuracy())
+    for name in ("loss", "time", "epoch", "train"):
+        with pytest.raises(ValueError, match=f"'{name}' is a column MetricsCB logs itself"):
+            MetricsCB(**{name: Accuracy()})
+    assert list(MetricsCB(Accuracy(), top=MulticlassAccuracy()).metrics) == ["Accuracy", "top"]
+
+
+def test_a_metric_with_update_compute_and_reset_but_no_to_works():
+    """The README promises any metric with update/compute/reset; one without .to failed at the first epoch."""
+    class MeanPred:
+        def __init__(self): self.total, self.n = 0.0, 0
+        def update(self, preds, target): self.total, self.n = self.total + float(preds.sum()), self.n + preds.numel()
+        def compute(self): return self.total / self.n
+        def reset(self): self.total, self.n = 0.0, 0
+    metrics = MetricsCB(mean=MeanPred())
+    metrics.log_fn = lambda row: None
+    learn = tiny_learner(cbs=[metrics])
+    learn.fit(1)
+    preds = learn.get_preds()[0]
+    assert metrics.last["valid_mean"] == pytest.approx(preds.mean().item(), rel=1e-5)
+    with pytest.raises(TypeError, match="'half' is MeanPredNoReset: pass a metric object with update, compute and "
+                                        "reset"):
+        MetricsCB(half=type("MeanPredNoReset", (), {"update": MeanPred.update, "compute": MeanPred.compute})())
+
+
+def test_small_values_keep_their_digits_and_every_fit_prints_its_header():
+    """A regression loss of 1.3e-4 printed as 0.000; a second fit printed rows without a header."""
+    assert format_row({"loss": 1.3e-4}) == "1.30e-04" and format_row({"loss": 0.25}) == "0.250"
+    assert format_row({"loss": 0.0}) == "0.000"
+    out = io.StringIO()
+    learn = tiny_learner(cbs=[MetricsCB()])
+    with redirect_stdout(out):
+        learn.fit(1)
+        learn.fit(1)
+    assert out.getvalue().count("epoch") == 2

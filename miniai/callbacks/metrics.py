@@ -21,8 +21,8 @@ def format_row(row: dict[str, Any], header: bool = False) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
+    if isinstance(value, float):  # 3 decimals, or 3 digits for values they would print as 0.000
+        return f"{value:.2e}" if 0 < abs(value) < 5e-4 else f"{value:.3f}"
     return str(value)
 
 
@@ -57,17 +57,24 @@ class MetricsCB(Callback):
     order = 10  # after callbacks that change preds or loss, before those that read the results
 
     def __init__(self, *metrics: Any, **named_metrics: Any) -> None:
-        for metric in metrics:
-            named_metrics[type(metric).__name__] = metric
-        if "loss" in named_metrics:
-            raise ValueError("MetricsCB computes 'loss' itself; give your metric another name.")
+        names = [type(metric).__name__ for metric in metrics] + list(named_metrics)
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice:  # one would replace the other without a word
+            raise ValueError(f"MetricsCB got two metrics named {twice!r} (a positional metric is named after its "
+                             "class): name them yourself, MetricsCB(name=metric, other_name=metric2)")
+        own = next((name for name in names if name in ("loss", "epoch", "train", "time")), None)
+        if own:
+            raise ValueError(f"{own!r} is a column MetricsCB logs itself; give your metric another name")
+        named_metrics = {**{type(metric).__name__: metric for metric in metrics}, **named_metrics}
         for name, metric in named_metrics.items():
-            if isinstance(metric, type) or not all(callable(getattr(metric, m, None)) for m in ("update", "compute")):
+            if isinstance(metric, type) or not all(callable(getattr(metric, m, None)) for m in _METRIC_METHODS):
                 what = f"the class {metric.__name__}" if isinstance(metric, type) else type(metric).__name__
-                raise TypeError(f"MetricsCB metric {name!r} is {what}: pass a metric object with update and compute, "
-                                f"e.g. {name}=Accuracy() or torcheval's MulticlassAccuracy(), an instance, not a class")
+                raise TypeError(f"MetricsCB metric {name!r} is {what}: pass a metric object with update, compute and "
+                                f"reset, e.g. {name}=Accuracy() or torcheval's MulticlassAccuracy(), an instance, not "
+                                "a class")
         self.metrics = named_metrics
         self.log_fn: Callable[[dict[str, Any]], None] = _print_rows()
+        self._default_log = self.log_fn
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, float] = {}
 
@@ -81,11 +88,14 @@ class MetricsCB(Callback):
             _check_syncable(self.metrics)
         learn.metrics = self
         self.history, self.last = [], {}
+        if self.log_fn is self._default_log:  # each fit's table starts with its header
+            self.log_fn = self._default_log = _print_rows()
 
     def before_epoch(self, learn: Learner) -> None:
         self._device = model_device(learn.model)
         for metric in self.metrics.values():
-            metric.to(self._device)
+            if callable(getattr(metric, "to", None)):  # torcheval's and ours keep their state on the device
+                metric.to(self._device)
             metric.reset()
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self._device)
         self._count = 0
@@ -145,6 +155,7 @@ class MetricsCB(Callback):
         self.log_fn({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
 
 
+_METRIC_METHODS = ("update", "compute", "reset")
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
 
@@ -211,7 +222,7 @@ class Accuracy:
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> Accuracy:
         """Count the batch's correct predictions and its items."""
         labels = preds.argmax(1) if preds.ndim == target.ndim + 1 else preds
-        if labels.shape != target.shape or labels.is_floating_point():
+        if labels.shape != target.shape or labels.is_floating_point() or labels is not preds and preds.shape[1] < 2:
             # comparing them would broadcast, or compare scores with class ids: a wrong accuracy without a word
             raise ValueError(_accuracy_mismatch(preds, target))
         correct = (labels == target).sum()
@@ -241,7 +252,10 @@ def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
     """Why Accuracy can't compare these preds and targets, and what to pass instead."""
     shapes = f"got preds {tuple(preds.shape)} ({preds.dtype}) and targets {tuple(target.shape)} ({target.dtype})"
     classes = preds.shape[1] if preds.ndim > 1 else 0
-    if target.ndim == preds.ndim and target.shape[1:2] == (1,) and classes > 1:
+    if classes == 1 and preds.ndim == target.ndim + 1:
+        fix = ("one score per item is a binary model, whose argmax is always class 0: pass (preds > 0).long() "
+               "(logits) or (preds > 0.5).long() (probabilities), or use torcheval's BinaryAccuracy in MetricsCB")
+    elif target.ndim == preds.ndim and target.shape[1:2] == (1,) and classes > 1:
         fix = "targets kept as a column: pass target.squeeze(1)"
     elif target.shape == preds.shape and target.is_floating_point() and classes > 1:
         fix = "targets one-hot or probabilities: pass target.argmax(1), the class ids"
