@@ -96,6 +96,32 @@ def test_grad_accum_last_partial_group_steps_on_its_mean():
             torch.testing.assert_close(ours, param.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_grad_accum_with_momentum_learner_keeps_the_momentum_as_it_is():
+    """MomentumLearner keeps mom x the old gradients in .grad; GradAccumCB divided them by k with the new ones, so
+    the momentum became mom/k (0.14 off a hand loop after 2 epochs). Also with a last group of one batch."""
+    from miniai.learner import MomentumLearner
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 3), torch.randn(20, 1)
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 20, 4)]  # 5 batches: groups of 2, 2 and 1
+    torch.manual_seed(1)
+    ours, theirs = nn.Linear(3, 1), nn.Linear(3, 1)
+    theirs.load_state_dict(ours.state_dict())
+    learn = MomentumLearner(ours, DataLoaders(batches, batches[:1]), F.mse_loss, lr=0.1, mom=0.85,
+                            cbs=[GradAccumCB(2)], nan_guard=False)
+    learn.fit(2, valid=False)
+    opt = optim.SGD(theirs.parameters(), 0.1)
+    for _ in range(2):
+        for i, (xb, yb) in enumerate(batches):
+            k = 1 if i == 4 else 2
+            (F.mse_loss(theirs(xb), yb) / k).backward()
+            if i % 2 == 1 or i == 4:
+                opt.step()
+                for param in theirs.parameters():
+                    param.grad *= 0.85
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_grad_accum_metrics_see_the_unscaled_loss():
     plain, _ = linear_problem(bs=16)
     plain_metrics = MetricsCB()

@@ -22,7 +22,8 @@ class GradAccumCB(Callback):
 
     `optimizer_steps(n_batches)` = ceil(n_batches / n_steps) is what the scheduling callbacks and
     `fit_one_cycle` ask (through `miniai.callbacks.scheduling.steps_per_epoch`), so a one-cycle still ends
-    exactly on the fit's last step. With a train loader that has no length the last batch can't be told
+    exactly on the fit's last step. Gradients already in `.grad` when a group begins (MomentumLearner keeps mom ×
+    the old ones instead of zeroing) are kept as they are: only the group's own are averaged. With a train loader that has no length the last batch can't be told
     apart: the batches after a pass's last full group then join the next pass's first group.
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
@@ -33,6 +34,7 @@ class GradAccumCB(Callback):
                              f"got {n_steps!r}")
         self.n_steps = n_steps
         self._summed = 0  # batches whose gradients are in .grad since the last step
+        self._carried: list[torch.Tensor] = []  # gradients in .grad before the group began (MomentumLearner's)
         self._n_batches: int | None = None
 
     def optimizer_steps(self, n_batches: int) -> int:
@@ -51,6 +53,12 @@ class GradAccumCB(Callback):
             learn.opt.zero_grad()
         self._summed = 0
 
+    def after_loss(self, learn: Learner) -> None:
+        if learn.training and not self._summed:
+            # a group starts: gradients already in .grad (MomentumLearner keeps mom x the old ones) are not this
+            # group's, and must come through the division below as they are; usually there are none (zero_grad)
+            self._carried = [p.grad.clone() for p in learn.model.parameters() if p.grad is not None]
+
     def after_backward(self, learn: Learner) -> None:
         self._summed += 1
         last = self._n_batches is not None and learn.iter + 1 >= self._n_batches
@@ -58,5 +66,10 @@ class GradAccumCB(Callback):
             raise CancelStepException()  # keep adding gradients up
         if self._summed > 1:
             grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
-            torch._foreach_div_(grads, float(self._summed))  # one fused op per step (what clip_grad_norm_ uses)
-        self._summed = 0
+            if self._carried:  # carried + (sum - carried) / k
+                torch._foreach_sub_(grads, self._carried)
+                torch._foreach_div_(grads, float(self._summed))
+                torch._foreach_add_(grads, self._carried)
+            else:
+                torch._foreach_div_(grads, float(self._summed))  # one fused op per step (what clip_grad_norm_ uses)
+        self._summed, self._carried = 0, []
