@@ -53,7 +53,7 @@ def by_hand(factory, opt_func, lr, n_epochs, per_batch, batches=BATCHES):
 
 
 def _seq(opt):
-    return ls.SequentialLR(opt, [ls.LinearLR(opt, start_factor=0.1, total_iters=4), ls.CosineAnnealingLR(opt, 10)],
+    return ls.SequentialLR(opt, [ls.LinearLR(opt, start_factor=0.1, total_iters=4), ls.CosineAnnealingLR(opt, 14)],
                            milestones=[4])
 
 
@@ -287,13 +287,43 @@ def test_one_cycle_shorter_than_the_fit_fails_before_training_and_says_how_many(
     (partial(CosineAnnealing, T_max=10), "T_max"),
     (partial(OneCycle, T_max=10), "T_max"),
     (partial(WarmupCosine, warmup_steps=2, total_steps=10), "total_steps"),
-], ids=["torch CosineAnnealingLR", "CosineAnnealing", "OneCycle", "WarmupCosine"])
+    (partial(ls.PolynomialLR, total_iters=EPOCHS), "total_iters"),  # lr 0 for 15 of 18 batches
+    (partial(ls.LinearLR, start_factor=1.0, end_factor=0.0, total_iters=EPOCHS), "total_iters"),
+], ids=["torch CosineAnnealingLR", "CosineAnnealing", "OneCycle", "WarmupCosine", "PolynomialLR", "LinearLR to 0"])
 def test_a_schedule_shorter_than_the_fit_is_refused_for_every_schedule_that_ends(factory, field):
     """Only the one-cycles were checked: a cosine with T_max of 3 epochs stepped per batch rose and fell 6 times
     over the fit, and OneCycle/WarmupCosine ran past their end, without a word."""
     with pytest.raises(ValueError, match=rf"has {field}=\d+ but this fit takes 18 steps .*{field}=18"):
         make_learner([BatchSchedCB(factory)]).fit(EPOCHS)
     make_learner([BatchSchedCB(partial(factory, **{field: 18}))]).fit(EPOCHS)  # the whole fit: fine
+
+
+def sequential(opt, cosine_steps):
+    """The common warmup-then-cosine: 3 steps of LinearLR warmup, then a CosineAnnealingLR."""
+    return ls.SequentialLR(opt, [ls.LinearLR(opt, start_factor=0.1, total_iters=3),
+                                 ls.CosineAnnealingLR(opt, T_max=cosine_steps)], milestones=[3])
+
+
+def test_a_schedule_inside_sequential_lr_that_ends_before_its_part_of_the_fit_is_refused():
+    """SequentialLR([warmup, CosineAnnealingLR(T_max=3 epochs)]) stepped per batch oscillated without a word."""
+    with pytest.raises(ValueError, match=r"CosineAnnealingLR \(in SequentialLR, from step 3\) has T_max=3 but runs "
+                                         r"15 steps there.*T_max=15"):
+        make_learner([BatchSchedCB(partial(sequential, cosine_steps=EPOCHS))]).fit(EPOCHS)
+    make_learner([BatchSchedCB(partial(sequential, cosine_steps=15))]).fit(EPOCHS)  # the rest of the fit: fine
+
+
+def test_a_warmup_that_holds_its_end_lr_may_be_shorter_than_the_fit():
+    learn = make_learner([BatchSchedCB(partial(ls.LinearLR, start_factor=0.1, total_iters=3))])
+    learn.fit(EPOCHS)
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(learn.lr)
+
+
+def test_a_scheduler_built_on_another_optimizer_is_refused():
+    """A scheduler made outside the factory (on the user's own optimizer) left learn.opt's lr alone all fit."""
+    other = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    sched = ls.OneCycleLR(other, max_lr=1.0, total_steps=18)
+    with pytest.raises(ValueError, match="built on another optimizer than learn.opt.*the optimizer it is given"):
+        make_learner([BatchSchedCB(lambda opt: sched)]).fit(EPOCHS)
 
 
 # --- gradient accumulation: schedulers count optimizer steps ---------------------------------------------------------

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import (CosineAnnealingLR, LinearLR, OneCycleLR, PolynomialLR, ReduceLROnPlateau,
+                                      SequentialLR)
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
@@ -37,10 +38,12 @@ __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_p
            "_lr", "_mom", "_beta1"]
 
 SchedulerFactory = Callable[[Optimizer], Any]
-# schedules that end, and their length's name: stepped past it they rise again (cosines) or run off their shape
+# schedules that end, and their length's name: stepped past it they rise again (cosines), run off their shape or
+# stay at lr 0 (PolynomialLR, a LinearLR to 0; a LinearLR to another factor is a warmup that holds its end)
 _ONE_CYCLES = (OneCycleLR, CosineOneCycle)  # stepped past total_steps they raise (torch) or run off the cycle
 _ENDING = ((OneCycleLR, "total_steps"), (CosineOneCycle, "total_steps"), (WarmupCosine, "total_steps"),
-           (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"))
+           (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"),
+           (PolynomialLR, "total_iters"), (LinearLR, "total_iters"))
 
 
 def steps_per_epoch(learn: Learner) -> int | None:
@@ -91,6 +94,11 @@ class BaseSchedCB(Callback):
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"{type(self).__name__}'s factory returned {scheduler!r}, which has no step(); "
                             f"the factory must return a scheduler built on the optimizer it is given")
+        if getattr(scheduler, "optimizer", learn.opt) is not learn.opt:  # it would leave learn.opt's lr alone
+            raise ValueError(f"{type(self).__name__}'s factory returned a {type(scheduler).__name__} built on another "
+                             "optimizer than learn.opt: fit makes a new optimizer each time, so the factory must "
+                             "build the scheduler on the optimizer it is given, e.g. partial(OneCycleLR, max_lr=0.1, "
+                             "total_steps=n)")
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
@@ -107,13 +115,23 @@ class BaseSchedCB(Callback):
         raise NotImplementedError
 
     def _check_length(self, learn: Learner) -> None:
-        field = next((f for cls, f in _ENDING if isinstance(self.scheduler, cls)), None)
-        capacity = getattr(self.scheduler, field) if field else None
         total = self._total_steps(learn)
+        if total is None:
+            return
+        if isinstance(self.scheduler, SequentialLR):  # each part runs from its milestone to the next
+            bounds = [0, *self.scheduler._milestones, total]
+            for part, start, end in zip(self.scheduler._schedulers, bounds, bounds[1:]):
+                field, capacity = _length(part)
+                if field and capacity < end - start - 1:
+                    raise ValueError(f"{type(part).__name__} (in SequentialLR, from step {start}) has {field}="
+                                     f"{capacity} but runs {end - start} steps there, to the end of this fit's "
+                                     f"{total}: build it with {field}={end - start}")
+            return
+        field, capacity = _length(self.scheduler)
         one_cycle = isinstance(self.scheduler, _ONE_CYCLES)
         # the fit's last step() only sets an lr no batch trains with: a one-cycle refuses it (torch raises), the
         # others just need their end to reach the last batch's lr, at step total - 1
-        if capacity is None or total is None or capacity >= (total if one_cycle else total - 1):
+        if field is None or capacity >= (total if one_cycle else total - 1):
             return
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
         how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
@@ -174,6 +192,14 @@ class BaseSchedCB(Callback):
         self.n_steps = state["n_steps"]
         for group, saved in zip(groups, state["param_groups"]):
             group.update(saved)
+
+
+def _length(scheduler: Any) -> tuple[str | None, int]:
+    """The name and value of the length of a schedule that ends (see _ENDING), or (None, 0)."""
+    if isinstance(scheduler, LinearLR) and scheduler.end_factor != 0:
+        return None, 0
+    field = next((f for cls, f in _ENDING if isinstance(scheduler, cls)), None)
+    return (field, getattr(scheduler, field)) if field else (None, 0)
 
 
 def _epochs_scheduled(learn: Learner) -> int:
