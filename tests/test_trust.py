@@ -211,6 +211,18 @@ def test_an_lr_given_on_resume_replaces_the_checkpoints(tmp_path):
     assert rec.recs["lr"] == [1e-4] * 3
 
 
+def test_an_lr_given_on_resume_keeps_the_param_groups_ratios(tmp_path):
+    """opt_func gave the weight lr/10 and the bias lr: fit(lr=0.02, resume=...) set both to 0.02 without a word."""
+    def two_groups(params, lr):
+        weight, bias = params
+        return optim.SGD([{"params": [weight], "lr": lr / 10}, {"params": [bias]}], lr=lr)
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1, opt_func=lambda p, lr: two_groups(list(p), lr),
+                         cbs=[CheckpointCB(tmp_path)])
+    learn.fit(2)
+    learn.fit(3, lr=0.02, resume=tmp_path)
+    assert [g["lr"] for g in learn.opt.param_groups] == pytest.approx([0.002, 0.02])
+
+
 def test_an_lr_given_on_resume_with_a_schedule_is_refused_with_what_to_do(tmp_path):
     sched = partial(BatchSchedCB, partial(lr_scheduler.StepLR, step_size=2))
     checkpointed(tmp_path, cbs=[sched()])

@@ -91,10 +91,11 @@ class ResumeCB(Callback):
         for name, p in model.named_parameters():
             grad = state["grads"].get(name)
             p.grad = None if grad is None else grad.to(p.device, p.dtype)
+        given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
         _load_optimizer(learn.opt, opt_state)
-        if self.lr is not None:
-            for group in learn.opt.param_groups:
-                group["lr"] = self.lr
+        if self.lr is not None:  # each group's as opt_func made it from that lr (groups may have their own ratios)
+            for group, lr in zip(learn.opt.param_groups, given):
+                group["lr"] = lr
         metrics = getattr(learn, "metrics", None)
         if state["metrics"] is not None and metrics is not None and not callable(getattr(metrics, "state_dict", None)):
             metrics.history, metrics.last = list(state["metrics"]["history"]), dict(state["metrics"]["last"])
