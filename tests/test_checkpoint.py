@@ -341,6 +341,40 @@ def test_early_stopping_in_a_fit_without_validation_still_saves_its_last_epoch(t
     assert len(rec.recs["lr"]) == 2 * N_BATCHES and load_checkpoint(tmp_path)["epoch"] == 2
 
 
+def test_early_stopping_between_every_n_epochs_still_saves_the_epoch_it_stopped_at(tmp_path):
+    """With every=2, a stop after epoch 3 left epoch_0002 only: "always after the fit's last epoch" did not hold."""
+    learn, rec = make_learner(tmp_path, [EarlyStoppingCB(patience=2, min_delta=100.0)], every=2, keep=None)
+    learn.fit(10)
+    assert len(rec.recs["lr"]) == 3 * N_BATCHES
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["epoch_0002.pt", "epoch_0003.pt"]
+    saved = load_checkpoint(tmp_path)
+    assert all(torch.equal(saved["model"][k], v) for k, v in learn.model.state_dict().items())
+
+
+def test_overwrite_deletes_the_earlier_run_only_once_this_one_has_saved(tmp_path):
+    """overwrite=True deleted every checkpoint at before_fit: a peek with SingleBatchCB (which saves nothing)
+    or a Ctrl-C in the first epoch left the directory empty."""
+    from miniai.callbacks.basic import SingleBatchCB
+    make_learner(tmp_path)[0].fit(2)
+    make_learner(tmp_path, overwrite=True)[0].fit(1, cbs=[SingleBatchCB()])
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    make_learner(tmp_path, overwrite=True)[0].fit(1)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["epoch_0001.pt"] and load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_the_best_path_after_a_resume_is_where_the_best_was_saved(tmp_path):
+    """The best file's name was joined to the new callback's directory: a missing file, or another run's."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    first, _ = make_learner(old, monitor="valid_loss", mode="max", keep=None)  # max: the best is an early epoch
+    first.fit(2)
+    best = next(cb for cb in first.cbs if isinstance(cb, CheckpointCB)).best_path
+    make_learner(new)[0].fit(2)  # another run's files, under the same names, where the resumed run writes
+    learn, _ = make_learner(new, monitor="valid_loss", mode="max", keep=None)
+    learn.fit(3, resume=old / "epoch_0002.pt")
+    cb = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+    assert cb.best_path in (best, new / "epoch_0003.pt") and cb.best_path.exists()
+
+
 def test_checkpoint_from_a_smaller_model_lists_unexpected_keys(tmp_path):
     make_learner(tmp_path)[0].fit(1)
     smaller = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU())

@@ -196,10 +196,12 @@ class CheckpointCB(Callback):
 
     Args:
         path: a directory. A fresh (not resumed) fit refuses one that already holds checkpoints, because they
-            are an earlier run's work; pass `overwrite=True` to delete them instead. A resumed fit keeps what is
+            are an earlier run's work; pass `overwrite=True` to delete them instead (once this fit has written its
+            first checkpoint, so a fit that saves none, or stops before its first, leaves them). A resumed fit keeps what is
             there; checkpoints of later epochs than the one resumed from (a run that went on from it) are moved
             into `path/superseded_<k>/`, so they are not overwritten and `resume=path` picks this run's newest.
-        every: save after every `every`-th epoch, and always after the fit's last epoch.
+        every: save after every `every`-th epoch, and always after the fit's last epoch (also when the fit
+            is stopped early, by EarlyStoppingCB or Ctrl-C, between two epochs).
         keep: how many of this fit's newest checkpoints stay (None: all); its older ones are deleted. Files this
             fit did not write are never deleted.
         monitor, mode: with `monitor` (a name MetricsCB logs, e.g. 'valid_loss'), the best checkpoint by it
@@ -227,22 +229,30 @@ class CheckpointCB(Callback):
         self.last_path: Path | None = None
         self._written: list[Path] = []  # files this fit wrote, oldest first: the only ones pruning may delete
         self._pending: int | None = None
+        self._skipped: tuple[int, int] | None = None  # an epoch `every` did not save, and its weights' versions
+        self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
         self._warned: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
-        """{'best': best monitored value so far, 'best_file': its file name}, so a resumed run keeps the best."""
-        return {"best": self.best, "best_file": self.best_path.name if self.best_path else None}
+        """{'best': best monitored value so far, 'best_file': its file's path}, so a resumed run keeps the best."""
+        return {"best": self.best, "best_file": str(self.best_path.resolve()) if self.best_path else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`."""
-        self.best = state["best"]
-        self.best_path = self.path / state["best_file"] if state["best_file"] else None
+        """Restore `state_dict()`; a best file that is no longer there (or, in older checkpoints, a bare file
+        name, whose directory is unknown) is forgotten with its value, so the resumed run finds a new best."""
+        best = Path(state["best_file"]) if state["best_file"] else None
+        if best is not None and not (best.is_absolute() and best.exists()):
+            warnings.warn(f"the best checkpoint of the resumed run ({best}) is not there any more: the best is "
+                          "looked for afresh from here on", stacklevel=2)
+            best = None
+        self.best, self.best_path = (state["best"], best) if best is not None else (None, None)
 
     def before_fit(self, learn: Learner) -> None:
         if self.monitor is not None:
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
+        self._skipped, self._replaced = None, []
         self._watch(learn)
         if not is_main_process():
             return
@@ -267,8 +277,7 @@ class CheckpointCB(Callback):
                     f"{self.path} already holds checkpoints ({', '.join(f.name for _, f in existing[-3:])}) from an "
                     f"earlier run. To continue it: learn.fit(n_epochs, resume='{self.path}'). To start over, pass "
                     "CheckpointCB(..., overwrite=True) (deletes them) or another path.")
-            for _, f in existing:
-                f.unlink()
+            self._replaced = [f for _, f in existing]  # deleted once this run has written a checkpoint
 
     def after_epoch(self, learn: Learner) -> None:
         if learn.training:
@@ -284,9 +293,18 @@ class CheckpointCB(Callback):
         if self._pending is not None:
             self._save(learn)
 
-    def _save(self, learn: Learner) -> None:
+    def cleanup_fit(self, learn: Learner) -> None:
+        # a fit stopped (EarlyStoppingCB, Ctrl-C) after an epoch that `every` skipped still saves that epoch, the
+        # last one it trained, if nothing has changed the weights since it ended (their in-place version counters)
+        if self._skipped is not None and self._skipped[1] == _versions(learn.model):
+            self._pending = self._skipped[0]
+            self._save(learn, force=True)
+        self._skipped = None
+
+    def _save(self, learn: Learner, force: bool = False) -> None:
         done, self._pending = self._pending, None
-        if done % self.every and done != learn.n_epochs:
+        if done % self.every and done != learn.n_epochs and not force:
+            self._skipped = (done, _versions(learn.model))
             return
         self._check_finite(learn, done)
         file = self.path / f"epoch_{done:04d}.pt"
@@ -302,7 +320,11 @@ class CheckpointCB(Callback):
         if not is_main_process():
             return
         save_checkpoint(checkpoint_state(learn, done), file)
-        self.last_path = learn.last_checkpoint = file
+        for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own
+            if old != file:
+                old.unlink(missing_ok=True)
+        self.last_path, self._replaced = file, []
+        learn.last_checkpoint = file
         self._written = [f for f in self._written if f != file] + [file]
         if self.keep is not None:
             for old in self._written[:-self.keep]:
@@ -350,6 +372,11 @@ class CheckpointCB(Callback):
                 warnings.warn(f"{', '.join(new)} changed during the fit, but {cls} has no state_dict(), so the "
                               "checkpoint can't save it and a resumed run starts it afresh: give the callback "
                               "state_dict()/load_state_dict() to resume exactly", stacklevel=4)
+
+
+def _versions(model: nn.Module) -> int:
+    """The sum of the in-place version counters of the model's tensors: it grows whenever one is changed."""
+    return sum(t._version for t in (*model.parameters(), *model.buffers()))
 
 
 def _fingerprints(cb: Callback) -> dict[str, Any]:
