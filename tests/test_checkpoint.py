@@ -375,6 +375,35 @@ def test_the_best_path_after_a_resume_is_where_the_best_was_saved(tmp_path):
     assert cb.best_path in (best, new / "epoch_0003.pt") and cb.best_path.exists()
 
 
+class NoLenLoader:
+    """Batches of `bs` without a __len__: GradAccumCB can't tell the last batch, so groups cross epochs."""
+
+    def __init__(self, x, y, bs):
+        self.x, self.y, self.bs = x, y, bs
+
+    def __iter__(self):
+        for i in range(0, len(self.x), self.bs):
+            yield self.x[i:i + self.bs], self.y[i:i + self.bs]
+
+
+def test_gradient_accumulation_across_epochs_resumes_exactly(tmp_path):
+    """The count of batches summed in .grad was not saved: the resumed step divided 3 batches' gradients by 2."""
+    from miniai.callbacks.grad_accum import GradAccumCB
+
+    def learner(path):
+        learn, _ = make_learner(path, [GradAccumCB(2)], opt_func=optim.SGD)
+        x, y = learn.dls.train.x[:40], learn.dls.train.y[:40]  # 5 batches of 8: one left over each epoch
+        learn.dls = DataLoaders(NoLenLoader(x, y, 8), learn.dls.valid)
+        return learn
+    straight = learner(tmp_path / "a")
+    straight.fit(3)
+    first = learner(tmp_path / "b")
+    first.fit(1)
+    resumed = learner(tmp_path / "b")
+    resumed.fit(3, resume=tmp_path / "b")
+    assert same_params(straight, resumed)
+
+
 def test_checkpoint_from_a_smaller_model_lists_unexpected_keys(tmp_path):
     make_learner(tmp_path)[0].fit(1)
     smaller = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU())

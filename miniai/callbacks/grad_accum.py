@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -36,6 +37,15 @@ class GradAccumCB(Callback):
         self._summed = 0  # batches whose gradients are in .grad since the last step
         self._carried: list[torch.Tensor] = []  # gradients in .grad before the group began (MomentumLearner's)
         self._n_batches: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """{'summed': batches whose gradients are in .grad, 'carried': the gradients there before them} (a group
+        may cross epochs when the loader has no length; the checkpoint restores .grad itself)."""
+        return {"summed": self._summed, "carried": [g.clone() for g in self._carried]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`."""
+        self._summed, self._carried = state["summed"], [g.clone() for g in state["carried"]]
 
     def optimizer_steps(self, n_batches: int) -> int:
         """Optimizer steps a training pass of `n_batches` batches takes."""
