@@ -77,6 +77,7 @@ class GradAccumCB(Callback):
         if self._summed > 1:
             grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
             if self._carried:  # carried + (sum - carried) / k
+                self._carried = [c.to(g.device) for c, g in zip(self._carried, grads)]  # loaded from a checkpoint
                 torch._foreach_sub_(grads, self._carried)
                 torch._foreach_div_(grads, float(self._summed))
                 torch._foreach_add_(grads, self._carried)
