@@ -211,13 +211,16 @@ def plot_lrs(scheduler: Callable[..., Any], opt: torch.optim.Optimizer, n_steps:
 
 
 # --- training curves ---------------------------------------------------------------------------------------------
-def plot_losses(train_losses: Sequence[float], valid_losses: Sequence[float], batches_per_epoch: int,
+def plot_losses(train_losses: Sequence[float], valid_losses: Sequence[float], valid_at: int | Sequence[int],
                 ax: Axes | None = None) -> Figure:
-    """Train loss per batch and valid loss at the end of each epoch, against the batch index."""
+    """Train loss per batch and valid loss at the end of each epoch, against the batch index; `valid_at` is the
+    number of training batches before each valid loss (an int: batches per epoch, the same for every epoch)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6.0, 3.5))
+    if isinstance(valid_at, int):
+        valid_at = [(i + 1) * valid_at for i in range(len(valid_losses))]
     ax.plot(range(len(train_losses)), list(train_losses), label="train")
-    ax.plot([(i + 1) * batches_per_epoch for i in range(len(valid_losses))], list(valid_losses), "o-", label="valid")
+    ax.plot(list(valid_at), list(valid_losses), "o-", label="valid")
     ax.set_xlabel("batch")
     ax.set_ylabel("loss")
     ax.legend()

@@ -47,7 +47,7 @@ def test_metrics_match_a_hand_computation():
 
 def test_metrics_positional_metric_named_after_class_and_loss_name_reserved():
     assert list(MetricsCB(MulticlassAccuracy()).metrics) == ["MulticlassAccuracy"]
-    with pytest.raises(ValueError, match="computes 'loss' itself"):
+    with pytest.raises(ValueError, match="'loss' is a column MetricsCB logs itself"):
         MetricsCB(loss=MulticlassAccuracy())
 
 
@@ -149,6 +149,36 @@ def test_progress_plot_losses_returns_figure():
         tiny_learner(cbs=[MetricsCB(), progress]).fit(2)
     fig = progress.plot_losses()
     assert len(fig.axes[0].lines) == 2
+
+
+def test_the_terminal_bar_counts_epochs_from_the_start_of_a_resumed_run(tmp_path, capsys):
+    """fit(5, resume=<epoch 2>) showed 'epoch 3/3', 'epoch 5/3': the epochs left, not the run's."""
+    from miniai.callbacks import CheckpointCB
+    tiny_learner(cbs=[CheckpointCB(tmp_path)]).fit(2)
+    capsys.readouterr()
+    tiny_learner(cbs=[CheckpointCB(tmp_path), ProgressCB(mode="terminal")]).fit(5, resume=tmp_path)
+    out = capsys.readouterr().out
+    assert "epoch 3/5 train" in out and "epoch 5/5 valid" in out and "epoch 3/3" not in out
+
+
+def test_valid_losses_are_plotted_after_the_batches_trained_also_without_a_loader_length():
+    """With a train loader without len the valid losses were drawn at x = 1, 2, 3 instead of 10, 20, 30."""
+    import matplotlib
+    matplotlib.use("Agg")
+
+    class NoLen:
+        def __init__(self, dl):
+            self.dl = dl
+
+        def __iter__(self):
+            return iter(self.dl)
+    progress = ProgressCB(mode="plain")
+    learn = tiny_learner(cbs=[MetricsCB(), progress])
+    learn.dls.train = NoLen(learn.dls.train)
+    with redirect_stdout(io.StringIO()):
+        learn.fit(3)
+    assert progress.valid_at == [3, 6, 9]
+    assert list(progress.plot_losses().axes[0].lines[1].get_xdata()) == [3, 6, 9]
 
 
 @settings(max_examples=60, deadline=None)

@@ -26,19 +26,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _print_rows() -> Callable[[dict[str, Any]], None]:
-    """A logger that prints a header before the first row, then one aligned line per row."""
-    first = True
+class _PrintRows:
+    """MetricsCB's default logger: prints a header before the first row (of each fit), then one aligned line per row."""
 
-    def log(row: dict[str, Any]) -> None:
-        nonlocal first
+    def __init__(self) -> None:
+        self.header_done = False
+
+    def __call__(self, row: dict[str, Any]) -> None:
         if not is_main_process():  # under DDP every rank has the same rows; rank 0 prints them
             return
-        if first:
+        if not self.header_done:
             print(format_row(row, header=True), flush=True)
-            first = False
+            self.header_done = True
         print(format_row(row), flush=True)
-    return log
 
 
 class MetricsCB(Callback):
@@ -73,8 +73,8 @@ class MetricsCB(Callback):
                                 f"reset, e.g. {name}=Accuracy() or torcheval's MulticlassAccuracy(), an instance, not "
                                 "a class")
         self.metrics = named_metrics
-        self.log_fn: Callable[[dict[str, Any]], None] = _print_rows()
-        self._default_log = self.log_fn
+        self._printer = _PrintRows()
+        self.log_fn: Callable[[dict[str, Any]], None] = self._printer
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, float] = {}
 
@@ -88,8 +88,7 @@ class MetricsCB(Callback):
             _check_syncable(self.metrics)
         learn.metrics = self
         self.history, self.last = [], {}
-        if self.log_fn is self._default_log:  # each fit's table starts with its header
-            self.log_fn = self._default_log = _print_rows()
+        self._printer.header_done = False  # each fit's table starts with its header
 
     def before_epoch(self, learn: Learner) -> None:
         self._device = model_device(learn.model)

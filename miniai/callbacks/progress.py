@@ -38,6 +38,11 @@ class _HostScalars:
         self._kept: list[torch.Tensor] = []
         self._pending: deque[tuple[torch.Tensor, Any]] = deque()
 
+    @property
+    def count(self) -> int:
+        """Every scalar pushed so far, arrived or not."""
+        return len(self.values) + len(self._kept) + sum(len(host) for host, _ in self._pending)
+
     def push(self, value: torch.Tensor) -> None:
         value = value.detach()
         self._kept.append(value if value.numel() == 1 else value.float().mean())  # reduction='none': its mean
@@ -95,8 +100,8 @@ class ConsoleBar:
         """A new pass begins: its elapsed time and estimate count from now."""
         self._start = time.perf_counter()
 
-    def show(self, epoch: int, split: str, done: int, total: int | None, comment: str = "") -> None:
-        """Redraw the bar: `done` of `total` batches of this pass."""
+    def show(self, epoch: int | str, split: str, done: int, total: int | None, comment: str = "") -> None:
+        """Redraw the bar: `done` of `total` batches of this pass (of epoch `epoch`, from 0, or SWACB's 'swa')."""
         elapsed = time.perf_counter() - self._start
         if total:
             filled = round(20 * done / total)
@@ -104,7 +109,8 @@ class ConsoleBar:
             bar = f"|{'█' * filled}{'-' * (20 - filled)}| {done}/{total} [{_clock(elapsed)}<{_clock(left)}]"
         else:
             bar = f"{done} batches [{_clock(elapsed)}]"
-        self._draw(f"epoch {epoch + 1}/{self.n_epochs} {split} {bar} {comment}".rstrip())
+        which = f"{epoch + 1}/{self.n_epochs}" if isinstance(epoch, int) else epoch
+        self._draw(f"epoch {which} {split} {bar} {comment}".rstrip())
 
     def write(self, line: str) -> None:
         """Print a line above the bar (the bar is redrawn at its next update)."""
@@ -132,7 +138,8 @@ class ProgressCB(Callback):
     In a notebook it uses fastprogress's HTML bars (and graph); in a terminal, a one-line bar of its own
     (`ConsoleBar`); when stdout is not a terminal (CI logs, `| tee`), no bars at all, just a header and one plain
     line per pass. Train losses
-    per batch are kept in `losses` and valid losses per epoch in `valid_losses` for `plot_losses()`; `losses` is
+    per batch are kept in `losses` and valid losses per epoch in `valid_losses` (after `valid_at` training batches)
+    for `plot_losses()`; `losses` is
     filled in bulk (a few times a second, and complete at the end of each validation pass and of the fit), since
     reading each loss as it comes costs more than the rest of this callback.
     """
@@ -144,11 +151,11 @@ class ProgressCB(Callback):
         self.plot, self.mode, self.graph_every = plot, mode, graph_every
         self.losses: list[float] = []
         self.valid_losses: list[float] = []
+        self.valid_at: list[int] = []  # the training batches seen before each valid loss: its x in the plots
         # every attribute is set here, so cleanup_fit works whatever failed before it (another before_fit, say)
         self._train_losses = _HostScalars()
         self._mode, self._main, self._header_done = "plain", True, False
         self._last_graph = self._last_read = 0.0
-        self._n_batches: int | None = None
         self._metrics: Any = None
         self._saved_log_fn: Any = None
         self.mbar: Any = None
@@ -161,25 +168,25 @@ class ProgressCB(Callback):
         if not self._main:  # under DDP only rank 0 draws bars and prints rows (all ranks log the same rows)
             self._mode = "plain"
         self._train_losses = _HostScalars()
-        self.losses, self.valid_losses = self._train_losses.values, []
+        self.losses, self.valid_losses, self.valid_at = self._train_losses.values, [], []
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
         self._saved_log_fn = None
-        self._n_batches = _length(getattr(learn.dls, "train", None))
         metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
         self._metrics = metrics if any(cb is metrics for cb in learn.cbs) else None
         if self._metrics is not None:
             self._saved_log_fn, self._metrics.log_fn = self._metrics.log_fn, self._log
         self.mbar = None
         if self._mode == "terminal":
-            self.mbar = ConsoleBar(len(learn.epochs))
+            self.mbar = ConsoleBar(learn.n_epochs)  # counted from the start of the run, also when resumed
         elif self._mode == "notebook":
             from fastprogress.fastprogress import NBMasterBar  # here: a quarter of a second to import
             self.mbar = NBMasterBar(learn.epochs)
             learn.epochs = self.mbar
 
     def _log(self, row: dict[str, Any]) -> None:
-        if row.get("train") == "valid" and "loss" in row:
+        if row.get("train") == "valid" and "loss" in row and isinstance(row.get("epoch"), int):  # not SWACB's
             self.valid_losses.append(row["loss"])
+            self.valid_at.append(self._train_losses.count)
         if not self._main:
             return
         if self._mode == "notebook":
@@ -247,13 +254,12 @@ class ProgressCB(Callback):
         self.mbar = None
 
     def _update_graph(self, learn: Learner) -> None:
-        n = self._n_batches or 1
         train = [list(range(len(self.losses))), self.losses]
-        valid = [[(i + 1) * n for i in range(len(self.valid_losses))], self.valid_losses]
+        valid = [self.valid_at, self.valid_losses]
         self.mbar.update_graph([train, valid])
         self._last_graph = time.perf_counter()
 
     def plot_losses(self, ax: Any = None) -> Any:
         """Train loss per batch and valid loss per epoch against the batch index; returns the Figure."""
         from ..plotting import plot_losses  # plotting imports matplotlib: only when asked for
-        return plot_losses(self.losses, self.valid_losses, self._n_batches or 1, ax=ax)
+        return plot_losses(self.losses, self.valid_losses, self.valid_at, ax=ax)
