@@ -163,6 +163,84 @@ def test_averaged_model_is_validated_logged_as_swa_and_left_as_learn_model():
     assert learn.epoch == 2  # the 'swa' pass does not leave its label behind
 
 
+def test_the_swa_pass_is_shown_and_logged_by_every_logger_and_a_csv_with_it_resumes(tmp_path, capsys):
+    """The 'swa' pass crashed ProgressCB's terminal bar (epoch + 1), TensorBoardCB (an int step) and a later
+    resume reading the CSV log (int('swa')), each after the whole fit had trained."""
+    import csv
+
+    from miniai.callbacks import CheckpointCB, CSVLoggerCB, ProgressCB, TensorBoardCB
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def learner():
+        progress = ProgressCB(mode="terminal")
+        return progress, bn_learner([MetricsCB(), SWACB(swa_start=1, swa_lr=0.05), progress,
+                                     CSVLoggerCB(tmp_path / "log.csv"), TensorBoardCB(tmp_path / "tb"),
+                                     CheckpointCB(tmp_path / "ck", keep=None)])
+    progress, learn = learner()
+    learn.fit(2)
+    out = capsys.readouterr().out
+    assert "epoch swa valid" in out and "epoch 2/2 train" in out
+    assert len(progress.valid_losses) == 2  # one per epoch: the average's loss is in the table, not the curve
+    with open(tmp_path / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "0", "1", "1", "swa"]
+    acc = EventAccumulator(str(tmp_path / "tb" / "epoch"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("swa_valid_loss")] == [2]
+    _, again = learner()
+    again.fit(3, resume=tmp_path / "ck")  # from epoch 2: the CSV's 'swa' row came after it, and is dropped
+    with open(tmp_path / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "0", "1", "1", "2", "2", "swa"]
+
+
+def test_swa_without_validation_averages_and_refreshes_but_validates_nothing():
+    """fit(valid=False) failed after training: 'NoneType' is not iterable, or "pass fit(valid=False)"."""
+    metrics, swa = MetricsCB(), SWACB(swa_start=1, swa_lr=0.05)
+    learn = bn_learner([metrics, swa])
+    learn.dls.valid = None
+    learn.fit(2, valid=False)
+    assert learn.model is swa.swa_model.module and swa.metrics == {}
+    assert [row["train"] for row in metrics.history] == ["train", "train"]
+
+
+def test_swa_with_batchnorm_and_two_inputs_is_refused_before_training():
+    """update_bn calls model(x) with the first input only: it failed after the whole fit."""
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = bn_model()
+
+        def forward(self, a, b):
+            return self.net(a + b)
+    x = torch.randn(32, 1)
+    dls = DataLoaders(TensorLoader(x, x, 8), TensorLoader(x, x, 8))
+    dls.train = [(x[i:i + 8], x[i:i + 8], 2 * x[i:i + 8]) for i in range(0, 32, 8)]
+    learn = TrainLearner(Two(), dls, F.mse_loss, lr=0.1, n_inp=2, cbs=[SWACB(1, 0.05)])
+    w = [p.clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match="n_inp=2.*BatchNorm.*one input"):
+        learn.fit(2)
+    assert all(torch.equal(a, b) for a, b in zip(w, learn.model.parameters()))
+
+
+def test_swa_resumed_past_swa_start_continues_exactly(tmp_path):
+    """The average and SWALR were not saved: a resume past swa_start averaged nothing, trained on another lr, and
+    said so only after the last epoch."""
+    from miniai.callbacks import CheckpointCB, RecorderCB, _lr
+
+    def learner(path):
+        rec = RecorderCB(lr=_lr)
+        return rec, bn_learner([MetricsCB(), SWACB(swa_start=1, swa_lr=0.01, anneal_epochs=2), rec,
+                                CheckpointCB(path, keep=None)])
+    rec, straight = learner(tmp_path / "a")
+    straight.fit(4)
+    _, first = learner(tmp_path / "b")
+    first.fit(2)
+    rec2, resumed = learner(tmp_path / "b")
+    resumed.fit(4, resume=tmp_path / "b")
+    assert rec2.recs["lr"] == rec.recs["lr"][-len(rec2.recs["lr"]):]
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_the_average_does_not_copy_the_hooks_of_activation_stats():
     astats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
     learn = bn_learner([astats, SWACB(swa_start=1, swa_lr=0.05)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import os
 import re
 import time
@@ -131,7 +132,8 @@ def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int
     if header is None or "epoch" not in header:
         raise ValueError(f"{path} has no 'epoch' column, so the rows before the resumed epoch can't be told apart: "
                          "pass CSVLoggerCB a new path, or the file the run being resumed wrote")
-    epochs = [int(row[header.index("epoch")]) for row in rows]
+    # SWACB's 'swa' row ends a run: it counts as after every epoch
+    epochs = [int(e) if e.isdigit() else math.inf for e in (row[header.index("epoch")] for row in rows)]
     # the run being resumed is the last stretch of rows whose epochs never go down; rows before it are older runs
     start = max([i for i in range(1, len(epochs)) if epochs[i] < epochs[i - 1]], default=0)
     return rows[:start] + [row for row, epoch in zip(rows[start:], epochs[start:]) if epoch < start_epoch]
@@ -231,9 +233,11 @@ class TensorBoardCB(Callback):
         if not self.writers or self._metrics is None or len(self._metrics.history) == self._rows_before:
             return
         row, split = self._metrics.history[-1], "train" if learn.training else "valid"
+        # SWACB's pass of the averaged model (epoch 'swa'): as swa_valid_<name>, at the step after the last epoch
+        step, prefix = (learn.epoch, "") if isinstance(learn.epoch, int) else (learn.n_epochs, f"{learn.epoch}_")
         for name, value in row.items():
             if name not in ("epoch", "train", "time"):
-                self.writers["epoch"].add_scalar(f"{split}_{name}", value, learn.epoch)
+                self.writers["epoch"].add_scalar(f"{prefix}{split}_{name}", value, step)
 
     def cleanup_epoch(self, learn: Learner) -> None:
         if not (self.writers and learn.training):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,8 +42,9 @@ class SWACB(Callback):
     by MetricsCB as epoch 'swa', and `metrics` keeps that row's values. BatchNorm statistics are recomputed from
     the training inputs with the transforms that also run in validation (`BatchTransformCB(on_val=True)`: e.g. a
     normalization), not the train-only augmentations. A fit stopped by CancelFitException (EarlyStoppingCB) skips
-    after_fit and keeps the raw model. The average is not checkpointed: a fit resumed past `swa_start` averages
-    nothing (and warns).
+    after_fit and keeps the raw model. Checkpoints hold the average so far and SWALR's state (`state_dict`), so
+    a fit resumed past `swa_start` goes on as if never stopped. In a fit without validation (`fit(valid=False)`)
+    the average is not validated either.
     """
     # before_fit: after DeviceCB (-20) moved the model, before HooksCallback (0) hooks it (the copy must not carry
     # the hooks), and before the schedulers (20) count their steps (they stop at swa_start)
@@ -62,13 +64,18 @@ class SWACB(Callback):
         self.swa_scheduler: SWALR | None = None
         self.raw_model: nn.Module | None = None
         self.metrics: dict[str, float] = {}
+        self._opt: torch.optim.Optimizer | None = None
 
     def before_fit(self, learn: Learner) -> None:
         if self.swa_start >= learn.n_epochs:
             raise ValueError(f"SWACB(swa_start={self.swa_start}) averages from epoch {self.swa_start} on, but this fit "
                              f"has epochs 0..{learn.n_epochs - 1}: use swa_start < n_epochs (e.g. the last quarter "
                              f"of them) or fit more epochs")
-        self.raw_model, self.swa_scheduler, self.metrics = learn.model, None, {}
+        if learn.n_inp != 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learn.model.modules()):
+            raise ValueError(f"SWACB recomputes the BatchNorm statistics of the average with torch's update_bn, which "
+                             f"calls the model with one input, and this learner's batches have n_inp={learn.n_inp} "
+                             "inputs: SWA with BatchNorm needs a model of one input")
+        self.raw_model, self.swa_scheduler, self.metrics, self._opt = learn.model, None, {}, learn.opt
         self.swa_model = AveragedModel(learn.model)
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
@@ -83,8 +90,8 @@ class SWACB(Callback):
             self.swa_model.update_parameters(learn.model)
 
     def cleanup_epoch(self, learn: Learner) -> None:
-        # like the schedulers: not after the fit's last training epoch, whose next lr nothing would use
-        if learn.training and self._averaging(learn) and learn.epoch < learn.n_epochs - 1:
+        # also after the fit's last epoch: a checkpoint of it then holds the lr the next epoch trains with
+        if learn.training and self._averaging(learn):
             self.swa_scheduler.step()
 
     def _averaging(self, learn: Learner) -> bool:
@@ -99,7 +106,21 @@ class SWACB(Callback):
             update_bn(self._bn_inputs(learn), self.swa_model)
         learn.model = self.swa_model.module
         learn.raw_model = self.raw_model
-        self._validate(learn)
+        if "valid" in learn.passes and learn.dls.valid is not None:  # fit(valid=False): no validation of it either
+            self._validate(learn)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The average so far (`swa_model`'s state, with `n_averaged`) and SWALR's state once it runs."""
+        return {"swa_model": self.swa_model.state_dict(),
+                "swa_scheduler": None if self.swa_scheduler is None else self.swa_scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`, during a fit (after before_fit, as `fit(resume=...)` does)."""
+        self.swa_model.load_state_dict(state["swa_model"])
+        if state["swa_scheduler"] is not None:  # resumed past swa_start: SWALR goes on where it was
+            self.swa_scheduler = SWALR(self._opt, self.swa_lr, anneal_epochs=self.anneal_epochs,
+                                       anneal_strategy=self.anneal_strategy)
+            self.swa_scheduler.load_state_dict(state["swa_scheduler"])
 
     def _bn_inputs(self, learn: Learner) -> Iterator[torch.Tensor]:
         """The training inputs, on the averaged model's device, as the validation pass would see them."""
