@@ -27,7 +27,7 @@ Learner state that callbacks may read, and from which event on:
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (or None)                          |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
-| `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader  |
+| `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `preds`                      | `after_predict`| the model's output                                                        |
 | `loss`                       | `after_loss`   | the loss tensor, `loss_func(preds, *yb)` (still on the device)            |
