@@ -196,10 +196,12 @@ def test_lr_finder_cb_multiplies_every_param_group_and_stops_on_nan():
     cb.before_fit(None)
     for loss in (1.0, 0.5):
         learn = SimpleNamespace(loss=torch.tensor(loss), opt=opt)
+        cb.after_step(learn)  # the optimizer stepped on this batch
         cb.after_batch(learn)
         assert opt.param_groups[0]["lr"] == (1e-3 if loss == 1.0 else 2e-3)  # after_batch readers see the batch's lr
         cb.cleanup_batch(learn)
     assert [g["lr"] for g in opt.param_groups] == [4e-3, 4e-2]
+    cb.after_step(learn)
     with pytest.raises(CancelFitException):
         cb.after_batch(SimpleNamespace(loss=torch.tensor(float("nan")), opt=opt))
     cb.cleanup_batch(learn)
@@ -316,3 +318,40 @@ def test_lr_find_leaves_out_callbacks_watching_a_validation_metric_and_puts_them
     before = list(learn.cbs)
     learn.lr_find(plot=False)  # the finder's fit has no validation pass for them to watch
     assert learn.cbs == before
+
+
+def test_lr_find_leaves_out_schedules_and_swa_which_belong_to_the_real_fit():
+    """With a OneCycleLR sized for the real fit lr_find failed asking for total_steps=320 (wrong advice for the
+    real fit); with SWACB(swa_start=15) it said 'use swa_start < n_epochs' of its own 10-epoch fit."""
+    from functools import partial
+
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    from miniai.callbacks.scheduling import BatchSchedCB
+    from miniai.callbacks.swa import SWACB
+    learn = bn_learner()
+    cbs = [BatchSchedCB(partial(OneCycleLR, max_lr=0.1, total_steps=12)), SWACB(swa_start=15, swa_lr=0.01)]
+    for cb in cbs:
+        learn.add_cb(cb)
+    before = list(learn.cbs)
+    result = learn.lr_find(plot=False)
+    assert learn.cbs == before and len(result.lrs) > 10
+
+
+def test_lr_find_with_gradient_accumulation_grows_the_lr_per_optimizer_step():
+    """The lr grew every batch, so gamma**k per real step with GradAccumCB(k): suggestions ~k times too high."""
+    from miniai.callbacks.grad_accum import GradAccumCB
+    torch.manual_seed(0)
+    x = torch.randn(4096, 8)
+    y = x @ torch.randn(8, 1) + 0.1 * torch.randn(4096, 1)
+
+    def learner(bs, cbs=()):
+        torch.manual_seed(1)
+        dls = SimpleNamespace(train=[(x[i:i + bs], y[i:i + bs]) for i in range(0, 4096, bs)], valid=[])
+        return TrainLearner(nn.Linear(8, 1), dls, F.mse_loss, lr=0.1, cbs=list(cbs))
+    big = learner(512).lr_find(plot=False, max_epochs=40)
+    accumulated = learner(128, [GradAccumCB(4)]).lr_find(plot=False, max_epochs=40)
+    assert all(b == pytest.approx(a * 1.3) for a, b in zip(accumulated.lrs, accumulated.lrs[1:]))
+    assert len(accumulated.lrs) == pytest.approx(len(big.lrs), abs=2)
+    assert accumulated.valley == pytest.approx(big.valley, rel=0.7)
+    assert accumulated.steepest == pytest.approx(big.steepest, rel=0.7)

@@ -1,4 +1,4 @@
-"""The learning-rate finder: grow the lr every batch until the loss blows up, then suggest an lr from the curve.
+"""The learning-rate finder: grow the lr every optimizer step until the loss blows up, then suggest an lr from the curve.
 
 `LRFinderCB` does the growing and stopping; `lr_find(learn)` (also `Learner.lr_find`) runs it on a learner and
 puts everything back as it was; the suggestion functions are pure functions of the recorded (lrs, losses).
@@ -15,14 +15,18 @@ import torch
 
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .checkpoint import CheckpointCB
+from .guards import EarlyStoppingCB
+from .scheduling import BaseSchedCB
 from .state import kept
+from .swa import SWACB
 
 __all__ = ["LRFinderCB", "LRFinderResult", "lr_find", "smooth_losses", "steepest_lr", "valley_lr"]
 
 
 class LRFinderCB(Callback):
-    """Multiplies every param group's lr by `gamma` after each training batch; stops the fit once the loss
-    exceeds `max_mult` × its minimum so far, or is NaN/inf. Records `lrs` (param group 0) and `losses`.
+    """Multiplies every param group's lr by `gamma` after each optimizer step; stops the fit once the loss
+    exceeds `max_mult` × its minimum so far, or is NaN/inf. Records `lrs` (param group 0) and `losses` (with
+    gradient accumulation, the mean loss of the batches of each step).
 
     The stopping rule assumes a non-negative loss. Validation passes are skipped. Each batch's loss is read
     with `.item()`, a host sync per batch: the finder has to see the value to decide whether to stop. Like the
@@ -42,14 +46,20 @@ class LRFinderCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min = [], [], math.inf
-        self._grow = False
+        self._grow, self._stepped, self._group = False, False, []
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:
             raise CancelEpochException()  # the finder only looks at training batches
 
+    def after_step(self, learn: Learner) -> None:
+        self._stepped = True
+
     def after_batch(self, learn: Learner) -> None:
-        loss = float(learn.loss.detach().float().item())  # sync point, on purpose (see the class docstring)
+        self._group.append(float(learn.loss.detach().float().item()))  # sync point, on purpose (see above)
+        if not self._stepped:  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
+            return
+        loss, self._group, self._stepped = sum(self._group) / len(self._group), [], False
         lr = learn.opt.param_groups[0]["lr"]
         if self.lrs and not math.isclose(lr, self.lrs[-1] * self.gamma, rel_tol=1e-6):
             raise RuntimeError(f"LRFinderCB set lr={self.lrs[-1] * self.gamma:.3g} but the batch ran with {lr:.3g}: "
@@ -163,6 +173,9 @@ class LRFinderResult:
 
 # ------------------------------------------------------------------------------------------------ lr_find
 
+_REAL_FIT_ONLY = (CheckpointCB, BaseSchedCB, SWACB, EarlyStoppingCB)  # callbacks lr_find leaves out
+
+
 def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult: float = 3.0,
             max_epochs: int = 10, plot: bool = True) -> LRFinderResult:
     """Train from `start_lr`, ×`gamma` per batch, until the loss exceeds `max_mult` × its minimum (or NaN, or
@@ -172,16 +185,17 @@ def lr_find(learn: Learner, start_lr: float = 1e-5, gamma: float = 1.3, max_mult
 
     The learner's own callbacks run as in any fit (DeviceCB must), and what they record of it (MetricsCB's
     history, ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`); CheckpointCB is left out:
-    the finder's diverging run is never saved. No validation pass is run, so callbacks watching a validation
-    metric (`EarlyStoppingCB('valid_loss')`, a ReduceLROnPlateau on one) are left out too.
+    the finder's diverging run is never saved. Left out as well, as they belong to the real fit: scheduling
+    callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no validation pass is
+    run) callbacks watching a validation metric.
     """
     if start_lr <= 0:
         raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
     finder = LRFinderCB(gamma, max_mult)
     with kept(learn, weights=True):
         # left out (and put back by kept): the finder's run is never saved, and has no validation pass to watch
-        watches_valid = [cb for cb in learn.cbs if str(getattr(cb, "monitor", None)).startswith("valid_")]
-        for cb in [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)] + watches_valid:
+        for cb in [cb for cb in learn.cbs if isinstance(cb, _REAL_FIT_ONLY)
+                   or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
         learn.fit(max_epochs, train=True, valid=False, cbs=[finder], lr=start_lr)
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
