@@ -100,3 +100,44 @@ def test_transforms_on_the_gpu():
     learn = image_learner([DeviceCB("cuda", move_data=False), record])
     learn.fit(1)
     assert devices and all(d.type == "cuda" for d in devices)
+
+
+class InputMeans(Callback):
+    """Keeps the mean absolute value of each input of every validation batch."""
+    order = 0
+
+    def __init__(self):
+        self.means = []
+
+    def before_batch(self, learn):
+        if not learn.training:
+            self.means.append([x.abs().mean().item() for x in learn.xb])
+
+
+def test_with_several_inputs_the_transform_must_say_which_it_takes():
+    """With n_inp=2 only batch[0] was transformed: a normalization applied to one input of two, without a word."""
+    class Sum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 1)
+
+        def forward(self, a, b):
+            return self.lin(a + b)
+    x = torch.rand(16, 1) + 1
+    dls = DataLoaders(None, None)
+    dls.train = dls.valid = [(x[i:i + 8], x[i:i + 8], x[i:i + 8]) for i in (0, 8)]
+
+    def fit(**kwargs):
+        seen = InputMeans()
+        learn = TrainLearner(Sum(), dls, F.mse_loss, lr=0.0, n_inp=2,
+                             cbs=[BatchTransformCB(lambda t: t * 100, on_val=True, **kwargs), seen])
+        learn.fit(1)
+        return seen.means[0]
+    with pytest.raises(ValueError, match=r"n_inp=2.*BatchTransformCB\(tfm, inputs='first'\) or inputs='all'"):
+        fit()
+    first, second = fit(inputs="all")
+    assert first > 90 and second > 90
+    first, second = fit(inputs="first")
+    assert first > 90 and second < 3
+    with pytest.raises(ValueError, match="inputs must be"):
+        BatchTransformCB(lambda t: t, inputs="second")

@@ -25,6 +25,9 @@ def _version(t: torch.Tensor) -> int | None:
 class BatchTransformCB(Callback):
     """Replace the batch inputs `batch[0]` with `tfm(batch[0])` at before_batch, in training and/or validation.
 
+    A learner whose batches have several inputs (`n_inp` > 1) needs `inputs='first'` (only `batch[0]`) or
+    `inputs='all'` (`tfm` on each input, separately): it is refused without, rather than half-transformed.
+
     `on_train=True, on_val=False` (the default) is augmentation: `BatchTransformCB(batch_tfms(RandomCrop(28, 1),
     RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping).
 
@@ -37,10 +40,19 @@ class BatchTransformCB(Callback):
     inference = True  # prediction passes are validation passes: only the on_val transforms run there
 
     def __init__(self, tfm: Callable[[torch.Tensor], torch.Tensor], on_train: bool = True,
-                 on_val: bool = False) -> None:
+                 on_val: bool = False, inputs: str | None = None) -> None:
         if not callable(tfm):
             raise TypeError(f"BatchTransformCB takes a callable x -> x (e.g. batch_tfms(RandomFlip())); got {tfm!r}")
-        self.tfm, self.on_train, self.on_val = tfm, on_train, on_val
+        if inputs not in (None, "first", "all"):
+            raise ValueError(f"inputs must be 'first', 'all' or None (one input); got {inputs!r}")
+        self.tfm, self.on_train, self.on_val, self.inputs = tfm, on_train, on_val, inputs
+        self._n = 1  # inputs transformed: the first n items of each batch
+
+    def before_fit(self, learn: Learner) -> None:
+        if learn.n_inp != 1 and self.inputs is None:
+            raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which BatchTransformCB "
+                             "transforms, BatchTransformCB(tfm, inputs='first') or inputs='all' (each one)")
+        self._n = learn.n_inp if self.inputs == "all" else 1
 
     def applies(self, training: bool) -> bool:
         """Whether the transform runs in a training (`training=True`) or a validation pass."""
@@ -48,14 +60,19 @@ class BatchTransformCB(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if self.applies(learn.training):
-            learn.batch = self.transform_batch(learn.batch)
+            learn.batch = self.transform_batch(learn.batch, self._n)
 
-    def transform_batch(self, batch: tuple | list) -> tuple | list:
-        """The batch with its first item transformed and every other item as it was (a new tuple or list)."""
+    def transform_batch(self, batch: tuple | list, n: int = 1) -> tuple | list:
+        """The batch with its first `n` items transformed and every other item as it was (a new tuple or list)."""
         if not isinstance(batch, (tuple, list)) or not batch:
             raise TypeError(f"BatchTransformCB expects a batch (inputs, targets, ...) as a tuple or list; got "
                             f"{type(batch).__name__}. Transform other batch shapes in a callback of your own.")
-        xb = batch[0]
+        out = [self._apply(xb) for xb in batch[:n]]
+        if hasattr(batch, "_fields"):  # a namedtuple's constructor takes its fields one by one
+            return type(batch)(*out, *batch[n:])
+        return type(batch)((*out, *batch[n:]))
+
+    def _apply(self, xb: torch.Tensor) -> torch.Tensor:
         before = _version(xb) if isinstance(xb, torch.Tensor) else None
         out = self.tfm(xb)
         if before is not None and _version(xb) != before:
@@ -63,6 +80,4 @@ class BatchTransformCB(Callback):
                                "may be views of the loader's dataset, which would then change too (if yours are, "
                                "rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
                                "x.mul_(2); or clone first).")
-        if hasattr(batch, "_fields"):  # a namedtuple's constructor takes its fields one by one
-            return type(batch)(out, *batch[1:])
-        return type(batch)((out, *batch[1:]))
+        return out
