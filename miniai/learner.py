@@ -115,7 +115,8 @@ def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
                                 f"listed needs a method {name}(self, learn)")
             if table[name]:
                 raise TypeError(f"{cls} and {table[name][0].__self__.__class__.__name__} both own the {name!r} step; "
-                                "only one callback may do it")
+                                "only one callback may do it (TrainCB owns all five: with a callback that owns "
+                                "some, use TrainLearner, whose own steps do the rest)")
         for name in EVENTS + cb.owns_steps:
             if callable(getattr(cb, name, None)):
                 table[name].append(getattr(cb, name))

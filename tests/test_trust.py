@@ -532,3 +532,18 @@ def test_a_failing_cleanup_alone_is_raised_after_the_other_cleanups():
     with pytest.raises(RuntimeError, match="a cleanup that fails"):
         learn.fit(1)
     assert not learn.model._forward_hooks
+
+
+def test_fit_one_cycle_with_lr_says_it_takes_max_lr():
+    """fit_one_cycle(2, lr=0.01) failed with "fit() got multiple values for keyword argument 'lr'"."""
+    with pytest.raises(TypeError, match=r"takes the cycle's peak as max_lr: fit_one_cycle\(2, max_lr=0.01\)"):
+        tiny_learner().fit_one_cycle(2, lr=0.01)
+
+
+def test_two_owners_of_a_step_are_told_how_to_combine_them():
+    """Learner + TrainCB + MixedPrecisionCB said only that both own 'backward'."""
+    from miniai.callbacks.basic import TrainCB
+    from miniai.callbacks.mixed_precision import MixedPrecisionCB
+    from miniai.learner import Learner
+    with pytest.raises(TypeError, match="both own the 'backward' step.*use TrainLearner"):
+        Learner(nn.Linear(1, 1), linear_dls(), F.mse_loss, cbs=[TrainCB(), MixedPrecisionCB()])

@@ -298,6 +298,9 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
     momentum (SGD) or beta1 (Adam family) when the optimizer has one. Other keyword arguments go to `fit`
     (`resume=path` continues a saved one-cycle run: the checkpoint then brings the lr).
     """
+    if "lr" in fit_kwargs:  # fit's lr would clash with the one fit_one_cycle passes
+        raise TypeError(f"fit_one_cycle takes the cycle's peak as max_lr: fit_one_cycle({n_epochs}, "
+                        f"max_lr={fit_kwargs['lr']!r})")
     max_lr = learn.lr if max_lr is None else max_lr
 
     def one_cycle(opt: Optimizer) -> OneCycleLR:
