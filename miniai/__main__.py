@@ -119,6 +119,8 @@ def train(args: argparse.Namespace) -> float:
     if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
         raise _UsageError(f"--sched {args.sched} does not combine with --recipe {args.recipe}, which has its own "
                           "one-cycle schedule: drop one of them")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise _UsageError(f"--out {args.out} is a file; --out names a directory for the run's files")
     earlier = [name for name in _OUTPUTS if args.out and (Path(args.out) / name).exists()]
     if earlier and not args.overwrite:  # else a second run with the same --out silently replaces the first one's
         raise _UsageError(f"--out {args.out} already holds a run ({', '.join(earlier)}): choose another directory, "
@@ -156,11 +158,14 @@ def train(args: argparse.Namespace) -> float:
     fit_start = time.perf_counter()
     learn.fit(epochs)
     fit_s = time.perf_counter() - fit_start
+    n_valid = len(dls.valid.y)  # what was validated on: --n-valid cuts the test set or the held-out images
+    valid_on = (f"{n_valid} held-out training images" if args.holdout else "the test set" if args.n_valid is None
+                else f"the first {n_valid} test images")
     result = {"command": getattr(args, "command", None),
               "recipe": args.recipe, "seed": args.seed, "epochs": epochs, "bs": bs,
-              "accuracy": metrics.last["valid_accuracy"], "accuracy_tta": None,
-              "valid_on": f"{args.holdout} held-out training images" if args.holdout else "the test set"}
-    what = f"held-out ({args.holdout} training images)" if args.holdout else "validation"
+              "accuracy": metrics.last["valid_accuracy"], "accuracy_tta": None, "valid_on": valid_on}
+    what = f"held-out ({n_valid} training images)" if args.holdout else "validation" if args.n_valid is None \
+        else f"validation ({valid_on})"
     if is_main_process():  # every rank has the same (all-reduced) metrics; one prints and writes
         print(f"{what} accuracy: {result['accuracy']:.4f}", flush=True)
         if recipe is not None and recipe.tta:

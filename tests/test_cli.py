@@ -3,6 +3,7 @@
 The cases the issue names run as real subprocesses, all at once (each pays seconds of imports) and none may start
 training; the rest of the number checks call the same parser in this process.
 """
+import json
 import os
 import subprocess
 import sys
@@ -102,3 +103,23 @@ def test_overwrite_replaces_an_earlier_runs_files(tmp_path, capsys):
     assert main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"]) == 0
     assert (tmp_path / "model.pt").read_bytes() != b"the first run's weights"
     assert {"model.pt", "result.json", "log.csv", "loss.png"} <= {p.name for p in tmp_path.iterdir()}
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["valid_on"] == "the first 32 test images"  # --n-valid 32: it said "the test set"
+    assert "validation (the first 32 test images) accuracy" in capsys.readouterr().out
+
+
+def test_the_held_out_count_printed_is_the_one_validated_on(tmp_path, capsys):
+    """--holdout 1000 --n-valid 200 printed 'held-out (1000 training images)' for an accuracy on 200."""
+    from miniai.__main__ import main
+    assert main(["train", *SMALL, "--holdout", "1000", "--n-valid", "200", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "result.json").read_text())["valid_on"] == "200 held-out training images"
+    assert "held-out (200 training images) accuracy" in capsys.readouterr().out
+
+
+def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    from miniai.__main__ import main
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path / "afile")])
+    assert info.value.code == 2 and "is a file; --out names a directory" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
