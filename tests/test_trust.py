@@ -479,6 +479,22 @@ def test_unsaved_state_is_named_in_a_warning(tmp_path):
     assert "Counter.seen" not in messages
 
 
+def test_unsaved_private_or_in_place_state_is_named_too(tmp_path):
+    """A warmup counting in self._n, or in self.state['n'], changed without a warning: attributes starting with _
+    were skipped and a dict was summarized by its identity and length."""
+    class Warmup(Callback):
+        def __init__(self):
+            self._n, self.state, self.history = 0, {"n": 0}, []
+
+        def after_batch(self, learn):
+            self._n += 1
+            self.state["n"] += 1
+    with pytest.warns(UserWarning) as record:
+        tiny_learner(cbs=[Warmup(), CheckpointCB(tmp_path)]).fit(1)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "Warmup._n, Warmup.state changed during the fit" in messages and "history" not in messages
+
+
 # ---------------------------------------------------------------- 3.1 cleanups run; the first error surfaces
 
 def test_a_before_fit_error_is_not_buried_by_progress_cleanup():

@@ -380,18 +380,21 @@ def _versions(model: nn.Module) -> int:
 
 
 def _fingerprints(cb: Callback) -> dict[str, Any]:
-    """A cheap summary of each public attribute: its value for plain values, else its identity and size."""
-    out = {}
-    for k, v in vars(cb).items():
-        if k.startswith("_"):
-            continue
-        if isinstance(v, (int, float, str, bool, type(None))):
-            out[k] = v
-        elif isinstance(v, torch.Tensor):
-            out[k] = (id(v), v._version)
-        else:
-            out[k] = (id(v), len(v) if hasattr(v, "__len__") else None)
-    return out
+    """A cheap summary of each attribute (private ones too), that changes when the attribute does."""
+    return {k: _summary(v) for k, v in vars(cb).items()}
+
+
+def _summary(value: Any, depth: int = 2) -> Any:
+    """Plain values as they are; a tensor's identity and in-place version; the items of small containers (so an
+    in-place `d['n'] += 1` shows), down to `depth` levels; anything else its identity and size."""
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    if isinstance(value, torch.Tensor):
+        return id(value), value._version
+    if depth and isinstance(value, (dict, list, tuple)) and len(value) <= 100:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        return id(value), tuple((k, _summary(v, depth - 1)) for k, v in items)
+    return id(value), len(value) if hasattr(value, "__len__") else None
 
 
 # ---------------------------------------------------------------- Ctrl-C
