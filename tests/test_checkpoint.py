@@ -404,6 +404,18 @@ def test_gradient_accumulation_across_epochs_resumes_exactly(tmp_path):
     assert same_params(straight, resumed)
 
 
+def test_a_checkpoint_of_another_dtype_is_named_in_a_warning(tmp_path):
+    """A float64 checkpoint loaded into a float32 model without a word (keys and shapes are checked)."""
+    learn, _ = make_learner(tmp_path, model=nn.Sequential(nn.Linear(4, 1)).double())
+    learn.dls.train.x, learn.dls.train.y = learn.dls.train.x.double(), learn.dls.train.y.double()
+    learn.dls.valid.x, learn.dls.valid.y = learn.dls.valid.x.double(), learn.dls.valid.y.double()
+    learn.fit(1)
+    again, _ = make_learner(None, model=nn.Sequential(nn.Linear(4, 1)))
+    with pytest.warns(UserWarning, match=r"holds other dtypes than the model \(0.weight: checkpoint torch.float64 vs "
+                                         r"model torch.float32"):
+        again.fit(2, resume=tmp_path)
+
+
 def test_checkpoint_from_a_smaller_model_lists_unexpected_keys(tmp_path):
     make_learner(tmp_path)[0].fit(1)
     smaller = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU())

@@ -61,7 +61,7 @@ class ResumeCB(Callback):
         state, file = self.state, self.file
         model = unwrap(learn.model)
         # --- checks: nothing is changed until all of them pass
-        _check_model(model, state["model"], file)  # again: a callback may have changed the model since fit began
+        _check_model(model, state["model"], file, warn=False)  # again: a callback may have changed the model
         opt_state = _optimizer_state(learn.opt, model, state, file)
         stateful, saved = stateful_callbacks(learn), state["callbacks"]
         schedulers = [k for k, cb in stateful.items() if isinstance(cb, BaseSchedCB)]
@@ -107,14 +107,21 @@ class ResumeCB(Callback):
 
 # ---------------------------------------------------------------- checks
 
-def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path) -> None:
-    """Raise CheckpointMismatchError naming every missing, unexpected and mis-shaped key."""
+def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path, warn: bool = True) -> None:
+    """Raise CheckpointMismatchError naming every missing, unexpected and mis-shaped key; warn of other dtypes."""
     own = model.state_dict()
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
     shapes = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in saved and saved[k].shape != own[k].shape]
     if not (missing or unexpected or shapes):
+        dtypes = [f"{k}: checkpoint {saved[k].dtype} vs model {own[k].dtype}"
+                  for k in own if saved[k].dtype != own[k].dtype]
+        if dtypes and warn:  # load_state_dict casts without a word: the resumed run computes in another precision
+            warnings.warn(f"checkpoint {file} holds other dtypes than the model ({'; '.join(dtypes[:3])}"
+                          + (f"; {len(dtypes) - 3} more" if len(dtypes) > 3 else "") + "): the weights are cast, and "
+                          "the resumed run differs from the saved one. Build the model in the saved dtype to "
+                          "continue it exactly.", stacklevel=4)
         return
 
     def listing(what: str, items: list[str]) -> str:
