@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_dist", "rank", "local_rank", "world_size", "is_main_process", "all_reduce_sum"]
+__all__ = ["is_dist", "rank", "local_rank", "world_size", "is_main_process", "all_reduce_sum", "all_gather"]
 
 
 def is_dist() -> bool:
@@ -61,3 +61,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.copy_(on_gpu)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather(obj: object) -> list[object]:
+    """Every process's `obj` (picklable), in rank order; `[obj]` without a process group. A collective, like
+    all_reduce_sum: every process must call it."""
+    if not is_dist():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -108,6 +108,29 @@ for _ in range(2):
     walks.append(walked.items)
 record("unseeded", learn, walks=walks, seed_after=learn.dls.train.seed)
 
+# F: ranks seeded apart, Dropout and a shuffled torch DataLoader: a run resumed in this process (whose RNG has moved
+# on since) ends as the one never stopped. Each rank's RNG and the DistributedSampler's seed come from the checkpoint.
+import torch.distributed as dist
+from miniai.utils import set_seed
+def dropout_learner(path):
+    set_seed(100 + r)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    model.load_state_dict({k.replace("2.", "3."): v for k, v in setup["init"].items()})
+    dls = DataLoaders(DataLoader(TensorDataset(setup["xt"], setup["yt"]), setup["bs"], shuffle=True),
+                      DataLoader(TensorDataset(setup["xv"], setup["yv"]), setup["bs"]))
+    quiet = MetricsCB()
+    quiet.log_fn = lambda row: None
+    return TrainLearner(model, dls, F.cross_entropy, lr=setup["lr"], cbs=[DDPCB(), DeviceCB("cpu"), quiet,
+                                                                          CheckpointCB(path)])
+straight = dropout_learner(f"{out}/F_straight")
+straight.fit(3)
+dropout_learner(f"{out}/F_stopped").fit(1)
+dist.barrier()  # rank 0 has written the checkpoint
+resumed = dropout_learner(f"{out}/F_stopped")
+torch.rand(7)  # the RNG moves on, as a notebook's does between cells
+resumed.fit(3, resume=f"{out}/F_stopped")
+torch.save({"straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()}, f"{out}/F{r}.pt")
+
 # E: rank 1 fails in the middle of an epoch
 learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
 try:
@@ -212,6 +235,15 @@ def test_two_processes_train_like_one_with_twice_the_batch(launch):
         resumed = torch.load(out / f"resumed{r}.pt")
         for k, v in launch.single.items():
             torch.testing.assert_close(resumed[k], v, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("r", [0, 1])
+def test_ranks_seeded_apart_with_a_torch_dataloader_resume_exactly(launch, r):
+    """The checkpoint held rank 0's RNG only, and DDPCB drew the DistributedSampler's seed before the resume
+    restored the RNG: a resumed run differed from the straight one, without a word."""
+    runs = torch.load(launch.out / f"F{r}.pt")
+    for k, v in runs["straight"].items():
+        assert torch.equal(v, runs["resumed"][k]), k
 
 
 def test_torch_dataloaders_are_sharded_and_given_back(launch):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..distributed import is_main_process
+from ..distributed import all_gather, is_dist, is_main_process
 from ..learner import Callback, Learner
 from .guards import NonFiniteLossError
 from .metrics import check_monitor, monitor_mode
@@ -74,9 +74,12 @@ def loader_generators(dl: Any) -> list[torch.Generator]:
 def _loader_state(dl: Any) -> dict[str, Any] | None:
     if callable(getattr(dl, "state_dict", None)) and callable(getattr(dl, "load_state_dict", None)):
         return {"state_dict": dl.state_dict()}  # miniai.data.TensorLoader: {seed, epoch}
-    gens = loader_generators(dl)
     # a torch DataLoader without a generator draws from torch's global RNG, which is saved anyway
-    return {"generators": [g.get_state() for g in gens]} if gens else None
+    state: dict[str, Any] = {"generators": [g.get_state() for g in loader_generators(dl)]}
+    seed = getattr(getattr(dl, "sampler", None), "seed", None)
+    if isinstance(seed, int):  # a DistributedSampler's order is its seed's (DDPCB draws it each fit) and the epoch
+        state["sampler_seed"] = seed
+    return state if state["generators"] or "sampler_seed" in state else None
 
 
 def rng_state() -> dict[str, Any]:
@@ -97,8 +100,9 @@ def param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[list[str]]
     return [[names.get(id(p), f"<unnamed {i}>") for i, p in enumerate(group["params"])] for group in opt.param_groups]
 
 
-def checkpoint_state(learn: Learner, epochs_done: int) -> dict[str, Any]:
-    """Everything `fit(resume=...)` needs to continue `learn` exactly after `epochs_done` epochs, as one dict."""
+def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
+    """Everything `fit(resume=...)` needs to continue `learn` exactly after `epochs_done` epochs, as one dict
+    (`rng_ranks`: under torch.distributed, every rank's `rng_state()`, so each resumes with its own)."""
     model = unwrap(learn.model)
     metrics = getattr(learn, "metrics", None)
     keep_metrics = metrics is not None and not callable(getattr(metrics, "state_dict", None))
@@ -113,7 +117,7 @@ def checkpoint_state(learn: Learner, epochs_done: int) -> dict[str, Any]:
         "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(learn).items()},
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,
         "loaders": {name: _loader_state(getattr(learn.dls, name, None)) for name in ("train", "valid")},
-        "rng": rng_state(),
+        "rng": rng_state(), "rng_ranks": rng_ranks,
     }
 
 
@@ -317,9 +321,10 @@ class CheckpointCB(Callback):
             if better and not math.isnan(value):
                 self.best, self.best_path = value, file
         self._warn_unsaved(learn)
+        rng_ranks = all_gather(rng_state()) if is_dist() else None  # ranks may draw differently (own seeds)
         if not is_main_process():
             return
-        save_checkpoint(checkpoint_state(learn, done), file)
+        save_checkpoint(checkpoint_state(learn, done, rng_ranks), file)
         for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own
             if old != file:
                 old.unlink(missing_ok=True)

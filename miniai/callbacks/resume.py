@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, load_checkpoint, loader_generators,
                          param_names, stateful_callbacks, unwrap)
@@ -101,7 +102,9 @@ class ResumeCB(Callback):
             metrics.history, metrics.last = list(state["metrics"]["history"]), dict(state["metrics"]["last"])
         for name, dl in loaders.items():
             _load_loader_state(dl, state["loaders"][name])
-        _set_rng_state(state["rng"])  # last: nothing may draw random numbers between this and the first batch
+        ranks = state.get("rng_ranks")  # every rank's own, when it was saved under DDP with as many processes
+        own = ranks[rank()] if ranks and is_dist() and len(ranks) == world_size() else state["rng"]
+        _set_rng_state(own)  # last: nothing may draw random numbers between this and the first batch
         self.state = {}  # let the checkpoint's tensors be freed
 
 
@@ -186,7 +189,7 @@ def _check_loader(dl: Any, state: dict[str, Any] | None, name: str) -> None:
         if not callable(getattr(dl, "load_state_dict", None)):
             raise CheckpointMismatchError(f"the checkpoint holds a state_dict for dls.{name} but this loader "
                                           f"({type(dl).__name__}) has none: use the same loader type as the saved run")
-    elif len(loader_generators(dl)) != len(state["generators"]):
+    elif len(loader_generators(dl)) != len(state.get("generators", [])):
         raise CheckpointMismatchError(f"dls.{name} draws from {len(loader_generators(dl))} torch.Generator(s), the "
                                       f"checkpoint saved {len(state['generators'])}: build the loader as in the "
                                       "saved run")
@@ -203,8 +206,11 @@ def _load_loader_state(dl: Any, state: dict[str, Any] | None) -> None:
             saved = {**saved, "seed": dl.seed}  # a run without a seed resumed under DDP keeps the seed DDPCB shared
         dl.load_state_dict(saved)
         return
-    for g, saved in zip(loader_generators(dl), state["generators"]):
+    for g, saved in zip(loader_generators(dl), state.get("generators", [])):
         g.set_state(saved)
+    sampler = getattr(dl, "sampler", None)
+    if "sampler_seed" in state and isinstance(getattr(sampler, "seed", None), int):
+        sampler.seed = state["sampler_seed"]  # DDPCB's DistributedSampler: the saved run's order
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
