@@ -164,10 +164,10 @@ def train(args: argparse.Namespace) -> float:
     result = {"command": getattr(args, "command", None),
               "recipe": args.recipe, "seed": args.seed, "epochs": epochs, "bs": bs,
               "accuracy": metrics.last["valid_accuracy"], "accuracy_tta": None, "valid_on": valid_on}
-    what = f"held-out ({n_valid} training images)" if args.holdout else "validation" if args.n_valid is None \
-        else f"validation ({valid_on})"
+    what = f"held-out ({n_valid} training images)" if args.holdout else "validation"
+    on = f" (on {valid_on})" if args.n_valid is not None and not args.holdout else ""
     if is_main_process():  # every rank has the same (all-reduced) metrics; one prints and writes
-        print(f"{what} accuracy: {result['accuracy']:.4f}", flush=True)
+        print(f"{what} accuracy: {result['accuracy']:.4f}{on}", flush=True)
         if recipe is not None and recipe.tta:
             probs, targets = learn.tta()
             result["accuracy_tta"] = (probs.argmax(1) == targets).float().mean().item()

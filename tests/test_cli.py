@@ -105,7 +105,7 @@ def test_overwrite_replaces_an_earlier_runs_files(tmp_path, capsys):
     assert {"model.pt", "result.json", "log.csv", "loss.png"} <= {p.name for p in tmp_path.iterdir()}
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["valid_on"] == "the first 32 test images"  # --n-valid 32: it said "the test set"
-    assert "validation (the first 32 test images) accuracy" in capsys.readouterr().out
+    assert "(on the first 32 test images)" in capsys.readouterr().out
 
 
 def test_the_held_out_count_printed_is_the_one_validated_on(tmp_path, capsys):
