@@ -21,21 +21,23 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["COURSE_MODULES", "NOT_PROVIDED", "course_names", "course_attr", "install"]
+__all__ = ["COURSE_MODULES", "NOT_PROVIDED", "NOT_PROVIDED_MODULES", "course_names", "course_attr", "install"]
 
 # course module -> {our module (under miniai.): the course's names it provides with their course meaning}
 COURSE_MODULES: dict[str, dict[str, list[str]]] = {
-    "datasets": {"data": ["DataLoaders", "collate_dict"],
+    "datasets": {"data": ["DataLoaders", "collate_dict"], "_course_defs": ["inplace"],
                  "plotting": ["show_image", "subplots", "get_grid", "show_images"]},
     "conv": {"utils": ["def_device", "to_device"], "models": ["conv"]},
     # learner.py is ours too: these are the names the course's learner module had and ours lacks
-    "learner": {"callbacks.basic": ["SingleBatchCB", "DeviceCB", "TrainCB"], "utils": ["to_cpu"],
+    "learner": {"callbacks.basic": ["SingleBatchCB", "DeviceCB", "TrainCB"], "_course_defs": ["to_cpu"],
                 "callbacks.metrics": ["MetricsCB"], "callbacks.progress": ["ProgressCB"],
                 "callbacks.lr_finder": ["LRFinderCB", "lr_find"]},
     "activations": {"utils": ["set_seed"],
                     "callbacks.activations": ["Hook", "Hooks", "HooksCallback", "append_stats", "get_hist", "get_min",
                                               "ActivationStats"]},
-    "init": {"models": ["GeneralRelu", "init_weights", "lsuv_init", "conv", "get_model"]},
+    # where a name of ours means something else (init_weights also does Linear layers; get_model's nfs), the
+    # course's meaning is defined in _course_defs
+    "init": {"models": ["GeneralRelu", "lsuv_init", "conv"], "_course_defs": ["init_weights", "get_model"]},
     "sgd": {"callbacks.scheduling": ["BaseSchedCB", "BatchSchedCB", "RecorderCB", "EpochSchedCB"]},
     "resnet": {"models": ["act_gr", "ResBlock"]},
     # augment.py is ours too, with its own batch transforms; the course patched these two onto Learner there
@@ -48,7 +50,6 @@ _ERASE = ("the course's erases 0 to max_num rectangles of a fixed size, the same
 
 # course module -> {course name: why it is not here, and what to use}
 NOT_PROVIDED: dict[str, dict[str, str]] = {
-    "datasets": {"inplace": "define it: def inplace(f): return lambda b: (f(b), b)[1]"},
     "conv": {"collate_device": "use DeviceCB() in cbs, which moves every batch"},
     "learner": {"run_cbs": "the Learner dispatches events itself (learn._emit)",
                 "with_cbs": "the Learner runs its stages itself (Learner._stage)"},
@@ -65,6 +66,14 @@ NOT_PROVIDED: dict[str, dict[str, str]] = {
                                 "MixedPrecisionCB (miniai.callbacks) does backward and step only: "
                                 "TrainLearner(..., cbs=[DeviceCB(), MixedPrecisionCB()])",
               "AccelerateCB": "not provided (HF accelerate): see MixedPrecisionCB and DDPCB in miniai.callbacks"},
+}
+
+
+# course modules with nothing of the same meaning here: importing one raises ImportError with this advice
+NOT_PROVIDED_MODULES = {
+    "training": "the course's miniai.training held notebook 04's hand-written loop (fit, accuracy, report, Dataset, "
+                "get_dls): use TrainLearner with MetricsCB(accuracy=Accuracy()) (from miniai import *), and "
+                "miniai.data.get_dls for Fashion-MNIST",
 }
 
 
@@ -96,7 +105,7 @@ class _CourseModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         package, _, course = fullname.rpartition(".")
-        if package != "miniai" or course not in COURSE_MODULES or course in _REAL:
+        if package != "miniai" or course not in {**COURSE_MODULES, **NOT_PROVIDED_MODULES} or course in _REAL:
             return None
         return importlib.util.spec_from_loader(fullname, self, origin="miniai._course")
 
@@ -105,6 +114,8 @@ class _CourseModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         name, course = module.__name__, module.__name__.rpartition(".")[2]
+        if course in NOT_PROVIDED_MODULES:
+            raise ImportError(f"miniai has no course module {name}: {NOT_PROVIDED_MODULES[course]}", name=name)
         module.__doc__ = (f"The fast.ai course's miniai.{course}: the names miniai has with the same meaning, "
                           "imported from where they live on first use (see miniai/_course.py).")
         module.__all__ = list(course_names(course))

@@ -239,3 +239,33 @@ def test_a_course_style_script_trains_on_fashion_mnist():
     assert out.returncode == 0, out.stderr[-3000:]
     accuracy = float(out.stdout.split("ACCURACY")[-1])
     assert math.isfinite(accuracy) and accuracy > 0.7, out.stdout[-2000:]
+
+
+def test_course_names_whose_meaning_differs_from_ours_keep_the_courses():
+    """from miniai.init import * gave our init_weights (Linear layers re-initialized too) and our get_model (nfs
+    without the input channel, a 5x5 first conv: a course-style nfs=[1,8,16,32,64] silently got an extra layer);
+    inplace was missing, so a star import ended in NameError at @inplace."""
+    namespace: dict = {}
+    exec("from miniai.init import *\nfrom miniai.datasets import *\nfrom miniai.learner import *", namespace)
+    linear = nn.Linear(512, 10)
+    before = linear.weight.clone()
+    linear.apply(namespace["init_weights"])
+    assert torch.equal(before, linear.weight)  # the course initializes convs only
+    conv = nn.Conv2d(3, 8, 3)
+    conv.apply(namespace["init_weights"])
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / 27), rel=0.25)
+    model = namespace["get_model"]()
+    assert sum(p.numel() for p in model.parameters()) == 30154  # the course's: 3x3 convs 1-8-16-32-64, then 10
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert namespace["get_model"](nfs=[1, 8, 16, 32, 64])[0][0].kernel_size == (3, 3)
+
+    @namespace["inplace"]
+    def double(b):
+        b["x"] = 2 * b["x"]
+    assert double({"x": 3}) == {"x": 6}
+    assert namespace["to_cpu"](torch.ones(2, dtype=torch.float16)).dtype == torch.float32
+
+
+def test_the_courses_training_module_is_refused_with_what_to_use():
+    with pytest.raises(ImportError, match="miniai has no course module miniai.training: .*TrainLearner"):
+        exec("from miniai.training import *", {})

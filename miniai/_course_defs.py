@@ -1,0 +1,52 @@
+"""The course names whose meaning differs from miniai's own name-alikes, defined here with the course's meaning.
+
+`miniai._course` serves them to code written for the course's package (`from miniai.init import *`), so a course
+notebook gets what it was written for; miniai's own code and notebooks use `miniai.models` and `miniai.utils`,
+whose `init_weights`, `get_model` and `to_cpu` differ as their docstrings say (Linear layers initialized too; `nfs`
+without the input channel and a 5×5 first conv; dtypes kept).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import conv
+from .utils import to_cpu as _to_cpu
+
+__all__ = ["init_weights", "get_model", "inplace", "to_cpu"]
+
+
+def init_weights(m: nn.Module, leaky: float = 0.0) -> None:
+    """The course's `init.init_weights`: Kaiming-normal weights for Conv1d/2d/3d only (Linear layers keep torch's)."""
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        nn.init.kaiming_normal_(m.weight, a=leaky)
+
+
+def get_model(act: Callable[[], nn.Module] = nn.ReLU, nfs: Sequence[int] | None = None,
+              norm: Callable[[int], nn.Module] | None = None) -> nn.Sequential:
+    """The course's `init.get_model`: a 3×3 stride-2 conv per consecutive pair of `nfs` (input channel first,
+    default [1, 8, 16, 32, 64]), a last conv to 10 channels, Flatten."""
+    nfs = [1, 8, 16, 32, 64] if nfs is None else list(nfs)
+    layers = [conv(nfs[i], nfs[i + 1], act=act, norm=norm) for i in range(len(nfs) - 1)]
+    return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=None, bias=True), nn.Flatten())
+
+
+def inplace(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The course's decorator: a function that changes its argument in place becomes one that also returns it."""
+    def _f(b: Any) -> Any:
+        f(b)
+        return b
+    return _f
+
+
+def to_cpu(x: Any) -> Any:
+    """The course's `to_cpu`: detached, on the CPU, and float16 made float32."""
+    x = _to_cpu(x)
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.dtype == torch.float16 else x
+    if isinstance(x, dict):
+        return {k: to_cpu(v) for k, v in x.items()}
+    return type(x)(to_cpu(v) for v in x) if isinstance(x, (list, tuple)) else x
