@@ -128,6 +128,11 @@ def _add_note(error: BaseException, note: str) -> None:
     error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
 
 
+def _listed(cbs: Callback | Iterable[Callback] | None) -> list[Callback]:
+    """`cbs` as a list: one callback alone (the course's `cbs=DeviceCB()`) is a list of one."""
+    return [cbs] if isinstance(cbs, Callback) else list(cbs or [])
+
+
 def _skip_pass(name: str) -> str:
     """How to fit without the empty `dls.<name>` pass, for the errors that refuse one."""
     return "fit(train=False) to only validate." if name == "train" else "fit(valid=False) to train without validation."
@@ -142,11 +147,14 @@ class Learner:
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
         self.n_inp, self.opt, self.training, self.cbs = n_inp, None, False, []
         self._handlers = build_handlers([])
-        for cb in cbs or []:
+        for cb in _listed(cbs):
             self.add_cb(cb)
 
     def add_cb(self, cb: Callback) -> Learner:
         """Add a callback; dispatch tables are rebuilt (and names checked) now, not per batch."""
+        if not isinstance(cb, Callback):
+            raise TypeError(f"{cb.__name__} is a class: pass an instance, {cb.__name__}()" if isinstance(cb, type) else
+                            f"callbacks subclass miniai.learner.Callback; got a {type(cb).__name__}")
         if any(c is cb for c in self.cbs):
             raise ValueError(f"this {type(cb).__name__} is already one of the learner's callbacks (given to the "
                              "Learner, add_cb or fit's cbs): adding it again would run it twice. Pass it once.")
@@ -163,12 +171,19 @@ class Learner:
     @property
     def xb(self) -> tuple:
         """The batch's inputs: its first `n_inp` items."""
-        return tuple(self.batch[:self.n_inp])
+        return tuple(self._items()[:self.n_inp])
 
     @property
     def yb(self) -> tuple:
         """The batch's targets: every item after the inputs."""
-        return tuple(self.batch[self.n_inp:])
+        return tuple(self._items()[self.n_inp:])
+
+    def _items(self) -> tuple | list:
+        if not isinstance(self.batch, (tuple, list)):  # slicing a tensor would give its rows as inputs and targets
+            raise TypeError(f"a batch is a tuple (*inputs, *targets); the loader gave a {type(self.batch).__name__}: "
+                            "build it on a TensorDataset(x, y) (dict batches: DataLoaders.from_dd or collate_dict), "
+                            "or own predict and get_loss in a callback that reads learn.batch itself")
+        return self.batch
 
     # --- the loop --------------------------------------------------------------------------------------------
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
@@ -193,7 +208,7 @@ class Learner:
             warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=2)
         temporary: list[Callback] = []
         try:
-            for cb in cbs or []:
+            for cb in _listed(cbs):
                 self.add_cb(cb)
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
@@ -294,8 +309,11 @@ class Learner:
         if missing:
             raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                             "or use TrainLearner, which defines the steps itself.")
-        for name in self.passes:  # an empty loader of known length: before any batch
+        for name in self.passes:  # a missing or empty loader (of known length): before any batch
             dl = getattr(self.dls, name, None)
+            if dl is None:
+                raise ValueError(f"dls has no {name} loader: give the learner DataLoaders(train_dl, valid_dl) "
+                                 "(miniai.data), or pass " + _skip_pass(name))
             try:
                 if len(dl):
                     continue

@@ -563,3 +563,59 @@ def test_two_owners_of_a_step_are_told_how_to_combine_them():
     from miniai.learner import Learner
     with pytest.raises(TypeError, match="both own the 'backward' step.*use TrainLearner"):
         Learner(nn.Linear(1, 1), linear_dls(), F.mse_loss, cbs=[TrainCB(), MixedPrecisionCB()])
+
+
+# ---------------------------------------------------------------- what a learner is given
+
+def test_a_single_callback_is_taken_as_a_list_of_one():
+    """The course's cbs=DeviceCB() (fastcore's L) failed with "'DeviceCB' object is not iterable"."""
+    from miniai.callbacks.basic import DeviceCB, SingleBatchCB
+    log = LossLog()
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1, cbs=DeviceCB("cpu"))
+    learn.fit(1, cbs=log)
+    learn.fit(1, cbs=SingleBatchCB())
+    assert len(log.losses) == 3 and len(learn.cbs) == 2  # DeviceCB and the NaN guard
+
+
+def test_a_callback_class_or_a_non_callback_is_refused_when_added():
+    """cbs=[DeviceCB] failed at before_fit with "missing 1 required positional argument: 'learn'"."""
+    from miniai.callbacks.basic import DeviceCB
+    with pytest.raises(TypeError, match=r"DeviceCB is a class: pass an instance, DeviceCB\(\)"):
+        tiny_learner(cbs=[DeviceCB])
+    with pytest.raises(TypeError, match="callbacks subclass miniai.learner.Callback; got a Duck"):
+        tiny_learner().fit(1, cbs=[type("Duck", (), {"before_fit": lambda self, learn: None})()])
+
+
+def test_loaders_that_are_missing_or_not_loaders_are_refused_before_training():
+    """Without dls.valid all training batches ran, then "no attribute 'valid'"; dls=(train, valid) gave
+    "'tuple' object has no attribute 'train'"."""
+    from types import SimpleNamespace
+    dls = linear_dls()
+    log = LossLog()
+    learn = TrainLearner(nn.Linear(1, 1), SimpleNamespace(train=dls.train), F.mse_loss, lr=0.1, cbs=[log])
+    with pytest.raises(ValueError, match=r"dls has no valid loader.*fit\(valid=False\)"):
+        learn.fit(1)
+    assert log.losses == []
+    learn.fit(1, valid=False)  # the fix the message gives
+    with pytest.raises(ValueError, match=r"dls has no train loader.*DataLoaders\(train_dl, valid_dl\)"):
+        TrainLearner(nn.Linear(1, 1), (dls.train, dls.valid), F.mse_loss, lr=0.1).fit(1)
+
+
+def test_a_batch_that_is_not_a_tuple_is_refused_at_the_first_batch():
+    """A DataLoader over a bare tensor gave batch[:1] = the first row as the input, the other rows as targets."""
+    x = torch.randn(16, 1)
+    dl = DataLoader(x, 4)
+    learn = TrainLearner(nn.Linear(1, 1), DataLoaders(dl, dl), lambda p, *y: p.mean(), lr=0.1)
+    with pytest.raises(TypeError, match=r"a batch is a tuple \(\*inputs, \*targets\); the loader gave a Tensor.*"
+                                        r"TensorDataset\(x, y\)"):
+        learn.fit(1)
+
+
+def test_a_temporary_train_cb_leaves_the_learners_n_inp_as_it_was():
+    from miniai.callbacks.basic import TrainCB
+    from miniai.learner import Learner
+    x = torch.randn(16, 1)
+    dl = DataLoader(TensorDataset(x, x, 2 * x), 4)
+    learn = Learner(nn.Bilinear(1, 1, 1), DataLoaders(dl, dl), F.mse_loss, lr=0.1)
+    learn.fit(1, cbs=[TrainCB(n_inp=2)])
+    assert learn.n_inp == 1
