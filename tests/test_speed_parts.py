@@ -300,6 +300,21 @@ def test_compiled_fit_gives_the_same_losses_and_clean_state_dict_keys():
     tiny_learner().model.load_state_dict(compiled.model.state_dict())
 
 
+def test_hooks_added_or_removed_after_compile_are_seen():
+    """Dynamo skips checking module hooks by default: after learn.compile() and a fit, ActivationStats recorded
+    nothing and summary() showed no shapes; hooks removed after were still called."""
+    learn = TrainLearner(nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)), tiny_learner().dls, F.mse_loss,
+                         lr=0.1)
+    learn.compile(backend="eager")  # the same dynamo front end as inductor, without compiling C++
+    learn.fit(1)
+    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learn.fit(1, cbs=[stats])
+    assert len(stats.stats[0][0]) == 3  # one entry per training batch
+    assert "MACs for the batch: 0" not in str(learn.summary())
+    learn.fit(1)
+    assert len(stats.stats[0][0]) == 3  # its hook, removed, is not called any more
+
+
 # ---------------------------------------------------------------- CUDA: no host-device sync in the batch loop
 
 class NoSyncInBatches(Callback):
