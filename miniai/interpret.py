@@ -66,7 +66,8 @@ class Interpretation:
     def confusion_matrix(self) -> torch.Tensor:
         """(C, C) counts: row = actual class, column = predicted class."""
         c = self.probs.shape[1]
-        return torch.bincount(self.targets * c + self.predicted, minlength=c * c).view(c, c)
+        # in int64: targets * c overflows a uint8 or int8 target dtype
+        return torch.bincount(self.targets.long() * c + self.predicted, minlength=c * c).view(c, c)
 
     def most_confused(self, min_val: int = 1) -> list[tuple[str, str, int]]:
         """(actual, predicted, count) for every wrong pair seen at least `min_val` times, most frequent first."""

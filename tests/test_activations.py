@@ -233,3 +233,53 @@ def test_hooks_on_modules_that_are_not_the_models_are_refused():
     with pytest.raises(ValueError, match=r"mods\[0\] \(ReLU\) is not a module of learn.model"):
         learner(mlp(), [cb]).fit(1)
     assert n_hooks(other) == 0
+
+
+def test_every_way_of_taking_a_hook_out_of_hooks_unregisters_it():
+    """pop(), clear(), remove(h) and hooks[i] = ... left the hooks registered on the model."""
+    model = mlp()
+    hooks = Hooks(model, record_calls)
+    hooks.pop()
+    assert n_hooks(model) == 4
+    hooks.remove(hooks[0])  # list.remove(value): that hook only
+    assert n_hooks(model) == 3 and len(hooks) == 3
+    hooks[0] = Hook(model[4], record_calls)
+    assert n_hooks(model) == 3 and len(model[4]._forward_hooks) == 1
+    hooks.clear()
+    assert n_hooks(model) == 0 and len(hooks) == 0
+    with pytest.raises(ValueError, match="not in list"):
+        hooks.remove(Hook(model[0], record_calls))
+
+
+def test_predictions_made_during_a_training_pass_are_not_recorded():
+    """get_preds from a callback in the training pass added its eval-mode batches to the training statistics."""
+    class PeekEachEpoch(Callback):
+        def after_epoch(self, learn):
+            if learn.training:
+                learn.get_preds()
+    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learner(mlp(), [stats, PeekEachEpoch()]).fit(2)
+    assert [len(means) for means, _, _ in stats.stats] == [6, 6]  # 2 epochs x 3 training batches
+
+
+def test_a_module_that_runs_twice_per_batch_is_refused():
+    """A ReLU module used twice in forward (torchvision's self.relu) gave interleaved statistics, 2 per batch."""
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.relu = nn.Linear(1, 8), nn.Linear(8, 8), nn.Linear(8, 1), nn.ReLU()
+
+        def forward(self, x):
+            return self.c(self.relu(self.b(self.relu(self.a(x)))))
+    with pytest.raises(ValueError, match=r"ReLU ran 2 times per training batch.*used in more than one place"):
+        learner(Shared(), [ActivationStats(lambda m: isinstance(m, nn.ReLU))]).fit(1)
+
+
+def test_mods_given_as_a_generator_serve_every_fit():
+    """mods=model.children() was used up by the first fit; the second said the mod_filter matched nothing."""
+    model = mlp()
+    stats = ActivationStats(mods=(m for m in model.children() if isinstance(m, nn.ReLU)))
+    learn = learner(model, [stats])
+    learn.fit(1)
+    learn.fit(1)
+    assert len(stats.hooks) == 2

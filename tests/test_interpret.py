@@ -150,3 +150,17 @@ def test_layer_macs_of_a_transposed_conv_count_from_its_input():
     conv = nn.ConvTranspose2d(2, 3, 3, stride=2, groups=1)
     x = torch.zeros(1, 2, 4, 4)
     assert layer_macs(conv, (x,), conv(x)) == 1 * 2 * 4 * 4 * 3 * 9
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16])
+def test_the_confusion_matrix_counts_small_integer_targets_right(dtype):
+    """targets * n_classes overflowed in the targets' dtype: uint8 gave a wrong matrix, int8 a bincount error."""
+    g = torch.Generator().manual_seed(0)
+    n_classes = 30
+    targets = torch.randint(0, n_classes, (500,), generator=g)
+    probs = torch.rand(500, n_classes, generator=g).softmax(1)
+    interp = Interpretation(None, probs, targets.to(dtype), torch.zeros(500))
+    expected = torch.zeros(n_classes, n_classes, dtype=torch.int64)
+    for t, p in zip(targets.tolist(), probs.argmax(1).tolist()):
+        expected[t, p] += 1
+    assert torch.equal(interp.confusion_matrix(), expected)

@@ -51,22 +51,43 @@ class Hooks(list):
             modules = modules.children()
         super().__init__(Hook(m, fn) for m in modules)
 
-    def remove(self) -> None:
-        """Unregister every hook (the Hook objects, and what they stored, stay in the list)."""
-        for hook in self:
-            hook.remove()
-
     def __enter__(self) -> Hooks:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
+    # a hook taken out of the list, however, must not stay registered on its module
     def __delitem__(self, i: Any) -> None:
-        # a hook dropped from the list must not stay registered on its module
         for hook in (self[i] if isinstance(i, slice) else [self[i]]):
             hook.remove()
         super().__delitem__(i)
+
+    def __setitem__(self, i: Any, value: Any) -> None:
+        for hook in (self[i] if isinstance(i, slice) else [self[i]]):
+            hook.remove()
+        super().__setitem__(i, value)
+
+    def pop(self, i: Any = -1) -> Hook:
+        """Take out hook `i` (the last by default), unregistered."""
+        hook = super().pop(i)
+        hook.remove()
+        return hook
+
+    def remove(self, hook: Hook | None = None) -> None:  # type: ignore[override]
+        """Unregister every hook (the Hook objects, and what they stored, stay in the list); with `hook`, take
+        that one out of the list, unregistered, as `list.remove` does."""
+        if hook is not None:
+            super().remove(hook)
+            hook.remove()
+            return
+        for h in self:
+            h.remove()
+
+    def clear(self) -> None:
+        """Unregister every hook and empty the list."""
+        self.remove()
+        super().clear()
 
 
 def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
@@ -162,10 +183,12 @@ class HooksCallback(Callback):
 
     def __init__(self, hookfunc: HookFn, mod_filter: Callable[[nn.Module], bool] = lambda m: True,
                  on_train: bool = True, on_valid: bool = False, mods: Sequence[nn.Module] | None = None) -> None:
-        self.hookfunc, self.mod_filter, self.mods = hookfunc, mod_filter, mods
+        self.hookfunc, self.mod_filter = hookfunc, mod_filter
+        self.mods = None if mods is None else list(mods)  # a generator would serve only the first fit
         self.on_train, self.on_valid = on_train, on_valid
         self.hooks = Hooks([], self._hookfunc)
         self._active = False  # set per pass, so the hook need not keep a reference to the learner
+        self._training = True  # the mode of this pass: a forward in the other mode is not of the pass
 
     def before_fit(self, learn: Learner) -> None:
         self.hooks.remove()  # never two sets of hooks on a model, whatever happened before
@@ -183,6 +206,7 @@ class HooksCallback(Callback):
 
     def before_epoch(self, learn: Learner) -> None:
         self._active = self.on_train if learn.training else self.on_valid
+        self._training = learn.training
 
     def cleanup_epoch(self, learn: Learner) -> None:
         self._active = False  # forward passes outside a pass (e.g. in after_fit) are not recorded
@@ -191,7 +215,8 @@ class HooksCallback(Callback):
         self.hooks.remove()
 
     def _hookfunc(self, hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
-        if self._active:
+        # not a forward in the other mode: get_preds or summary called from a callback during a training pass
+        if self._active and module.training == self._training:
             self.hookfunc(hook, module, inputs, output)
 
     def __iter__(self) -> Any:
@@ -223,6 +248,22 @@ class ActivationStats(HooksCallback):
         self.bins, self.range = bins, (float(range[0]), float(range[1]))
         super().__init__(partial(append_stats, bins=bins, range=self.range), mod_filter, on_train, on_valid, mods)
         self._cache: tuple[Hooks, tuple[int, ...], list[tuple[Tensor, Tensor, Tensor]]] | None = None
+        self._recorded_before: list[int] = []
+
+    def before_epoch(self, learn: Learner) -> None:
+        super().before_epoch(learn)
+        self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
+
+    def after_epoch(self, learn: Learner) -> None:
+        if not self._active or learn.iter is None:
+            return
+        for hook, before in zip(self.hooks, self._recorded_before):
+            runs = (getattr(hook, "n_recorded", 0) - before) / (learn.iter + 1)
+            if runs > 1:  # its statistics would interleave the places it runs, one entry each per batch
+                raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran {runs:g} times per training "
+                                 "batch: it is used in more than one place in forward (as torchvision's shared "
+                                 "self.relu), so its statistics would mix those places. Hook modules that run once "
+                                 "per batch (give each place its own module, or choose others with mod_filter).")
 
     @property
     def stats(self) -> list[tuple[Tensor, Tensor, Tensor]]:
