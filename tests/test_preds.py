@@ -370,3 +370,31 @@ def test_tta_refuses_a_loader_shuffled_by_its_sampler_even_without_targets():
             learn.tta(dl=DataLoader(TensorDataset(x), 8, sampler=sampler))
     plain = learn.tta(dl=DataLoader(TensorDataset(x), 8, sampler=SequentialSampler(x)))[0]
     assert torch.allclose(plain, learn.tta()[0])
+
+
+def test_a_callback_of_yours_left_out_of_the_predict_path_is_named():
+    """A course-style NormCB (before_batch rewrites the batch) was left out of capture_preds without a word: the
+    predictions were of unnormalized inputs."""
+    import warnings
+
+    class NormCB(Callback):
+        def before_batch(self, learn):
+            learn.batch = (learn.batch[0] * 2, *learn.batch[1:])
+    learn = image_learner([NormCB()])
+    with pytest.warns(UserWarning, match=r"get_preds leaves out NormCB.*inference = True.*inference = False"):
+        learn.get_preds()
+    NormCB.inference = True  # it prepares the batches: it takes part, and nothing is said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        doubled = learn.get_preds()[0]
+    assert torch.equal(doubled, hand_loop(learn.model, learn.dls.valid, lambda m, x: m(x * 2)))
+
+    class Counter(Callback):
+        inference = False  # records only: said so, so nothing is said
+
+        def before_batch(self, learn):
+            pass
+    learn = image_learner([Counter()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.get_preds()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -37,6 +38,18 @@ def participants(learn: Learner) -> list[Callback]:
     return [cb for cb in learn.cbs if cb.inference or {"predict", "get_loss"} & set(cb.owns_steps)]
 
 
+def _warn_left_out(learn: Learner, taking_part: list[Callback]) -> None:
+    """Name callbacks of the user's left out of the pass that may prepare batches and have not said they don't."""
+    said = lambda cb: any("inference" in vars(k) for k in type(cb).__mro__ if k is not Callback)  # noqa: E731
+    names = [type(cb).__name__ for cb in learn.cbs if all(cb is not p for p in taking_part) and not said(cb)
+             and not type(cb).__module__.startswith("miniai.") and callable(getattr(cb, "before_batch", None))]
+    if names:
+        warnings.warn(f"get_preds leaves out {', '.join(names)}: callbacks take part in prediction passes only with "
+                      f"inference = True (DeviceCB, validation transforms and autocast do). If {names[0]} prepares "
+                      "the batches the model needs (normalizing, reshaping), set inference = True on it; if it only "
+                      "records, set inference = False on its class to say so.", stacklevel=5)
+
+
 def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] = (), with_loss: bool = False) -> None:
     """Run the learner's predict path over `dl` once, with `cbs` added for the pass; call it inside `kept`.
 
@@ -45,7 +58,9 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     """
     # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
     # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
-    learn._handlers = build_handlers([*participants(learn), *cbs])
+    taking_part = participants(learn)
+    _warn_left_out(learn, taking_part)
+    learn._handlers = build_handlers([*taking_part, *cbs])
     learn.training, learn.dl, learn.n_epochs, learn.epochs, learn.epoch, learn.iter = False, dl, 1, range(1), 0, None
     learn.model.eval()
 
