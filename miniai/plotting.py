@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -39,12 +40,13 @@ def _to_hwc(im: Any) -> np.ndarray:
 
 def show_image(im: Any, ax: Axes | None = None, title: str | None = None, figsize: tuple[float, float] | None = None,
                noframe: bool = True, **kwargs: Any) -> Figure:
-    """Draw one image ([C,H,W] or [H,W] tensor/array; one channel in grey) on `ax` or a new figure."""
+    """Draw one image ([C,H,W] or [H,W] tensor/array; one channel in grey unless `rcParams['image.cmap']` or
+    `cmap` says otherwise) on `ax` or a new figure."""
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     im = _to_hwc(im)
-    if im.ndim == 2:
-        kwargs.setdefault("cmap", "gray")
+    if im.ndim == 2 and plt.rcParams["image.cmap"] == matplotlib.rcParamsDefault["image.cmap"]:
+        kwargs.setdefault("cmap", "gray")  # one channel in grey, unless you chose a colour map (rcParams or cmap=)
     ax.imshow(im, **kwargs)
     if title is not None:
         ax.set_title(title)
@@ -81,8 +83,10 @@ def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, imsize:
 def show_images(ims: Sequence[Any] | torch.Tensor, nrows: int | None = None, ncols: int | None = None,
                 titles: Sequence[str] | None = None, imsize: float = 2.0, suptitle: str | None = None,
                 **kwargs: Any) -> Figure:
-    """Show a batch of images in a grid, with optional per-image titles; returns the Figure."""
-    fig, axs = get_grid(len(ims), nrows, ncols, imsize=imsize, suptitle=suptitle)
+    """Show a batch of images in a grid, with optional per-image titles; returns the Figure. `figsize` sizes the
+    figure (as in the course); other keyword arguments go to each `show_image` (e.g. `cmap`)."""
+    fig, axs = get_grid(len(ims), nrows, ncols, imsize=imsize, suptitle=suptitle,
+                        **({"figsize": kwargs.pop("figsize")} if "figsize" in kwargs else {}))
     titles = list(titles) if titles is not None else [None] * len(ims)
     for im, title, ax in zip(ims, titles, axs):
         show_image(im, ax=ax, title=title, **kwargs)
@@ -134,10 +138,11 @@ def plot_color_dim(hists: Sequence[Any], value_range: tuple[float, float] = (0.0
     return fig
 
 
-def plot_dead_chart(fractions: Sequence[Any], labels: Sequence[str] | None = None, ax: Axes | None = None) -> Figure:
+def plot_dead_chart(fractions: Sequence[Any], labels: Sequence[str] | None = None, ax: Axes | None = None,
+                    figsize: tuple[float, float] = (6, 4)) -> Figure:
     """Per layer, the share of activations in the lowest histogram bin over batches (1.0: all near zero)."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+        _, ax = plt.subplots(figsize=figsize)
     for i, frac in enumerate(fractions):
         ax.plot(np.asarray(torch.as_tensor(frac, dtype=torch.float32)), label=labels[i] if labels else f"layer {i}")
     ax.set_ylim(-0.02, 1.02)

@@ -47,3 +47,16 @@ def test_show_image_on_given_ax_returns_its_figure():
 def test_get_grid_shape():
     fig, axs = get_grid(7, nrows=2)
     assert len(axs) == 7 and len(fig.axes) == 8
+
+
+def test_a_colour_map_chosen_by_the_user_is_kept_and_figsize_sizes_a_grid():
+    """show_image forced 'gray' over rcParams['image.cmap'] (the course's get_hist image came out grey);
+    show_images ignored figsize; dead_chart(figsize=) was a TypeError."""
+    im = torch.rand(8, 8)
+    assert show_image(im).axes[0].images[0].get_cmap().name == "gray"  # matplotlib's default map: grey
+    with plt.rc_context({"image.cmap": "viridis_r"}):
+        assert show_image(im).axes[0].images[0].get_cmap().name == "viridis_r"
+    assert show_image(im, cmap="magma").axes[0].images[0].get_cmap().name == "magma"
+    assert tuple(show_images([im] * 4, figsize=(8, 2)).get_size_inches()) == (8, 2)
+    from miniai.callbacks.activations import ActivationStats
+    assert tuple(ActivationStats().dead_chart(figsize=(11, 5)).get_size_inches()) == (11, 5)

@@ -295,10 +295,10 @@ class ActivationStats(HooksCallback):
         from ..plotting import plot_color_dim  # matplotlib is imported only when a plot is asked for
         return plot_color_dim([h for _, _, h in self.stats], self.range, self.labels, figsize=figsize)
 
-    def dead_chart(self, ax: Any = None) -> Any:
+    def dead_chart(self, ax: Any = None, figsize: tuple[float, float] = (6, 4)) -> Any:
         """Share of activations in the lowest bin per layer over batches (1.0: every unit is dead)."""
         from ..plotting import plot_dead_chart
-        return plot_dead_chart(self.dead_fractions(), self.labels, ax=ax)
+        return plot_dead_chart(self.dead_fractions(), self.labels, ax=ax, figsize=figsize)
 
     def plot_stats(self, figsize: tuple[float, float] = (10, 4)) -> Any:
         """Means (left) and stds (right) of the activations per layer over batches."""
