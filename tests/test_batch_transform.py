@@ -141,3 +141,13 @@ def test_with_several_inputs_the_transform_must_say_which_it_takes():
     assert first > 90 and second < 3
     with pytest.raises(ValueError, match="inputs must be"):
         BatchTransformCB(lambda t: t, inputs="second")
+
+
+def test_a_course_style_transform_of_the_whole_batch_is_refused_with_the_difference():
+    """The course's BatchTransformCB passed the whole batch: such a tfm returned a tuple, and the model then failed
+    with "'tuple' object has no attribute 'flatten'"."""
+    x = torch.randn(16, 1)
+    learn = TrainLearner(nn.Linear(1, 1), DataLoaders(TensorLoader(x, x, 4), TensorLoader(x, x, 4)), F.mse_loss, lr=0.1,
+                         cbs=[BatchTransformCB(lambda b: ((b[0] - 1) / 2, b[1]))])
+    with pytest.raises(TypeError, match=r"returned a tuple.*passes tfm the batch's inputs.*course's .*whole batch"):
+        learn.fit(1)

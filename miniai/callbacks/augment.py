@@ -75,6 +75,10 @@ class BatchTransformCB(Callback):
     def _apply(self, xb: torch.Tensor) -> torch.Tensor:
         before = _version(xb) if isinstance(xb, torch.Tensor) else None
         out = self.tfm(xb)
+        if isinstance(xb, torch.Tensor) and isinstance(out, (tuple, list)):
+            raise TypeError(f"BatchTransformCB's tfm returned a {type(out).__name__} for a tensor: it passes tfm the "
+                            "batch's inputs and takes back the new inputs (the course's BatchTransformCB passed the "
+                            "whole batch, (x, y)): write it as lambda xb: (xb - mean) / std")
         if before is not None and _version(xb) != before:
             raise RuntimeError(f"BatchTransformCB's transform {self.tfm!r} modified the batch in place; batches "
                                "may be views of the loader's dataset, which would then change too (if yours are, "
