@@ -210,8 +210,9 @@ class DataLoaders:
         """Course adapter: torch DataLoaders over a HF DatasetDict (train shuffled; valid with 2x batch_size).
 
         Splits are picked by name, never by position: `train`, and for validation the first of `validation`,
-        `valid`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last`: training only. With `as_tuple`, dict batches become tuples in column order, as the course's
-        `collate_dict` does.
+        `valid`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last`: training only. With
+        `as_tuple`, dict batches become tuples of the dataset's feature columns in `features` order (columns a
+        transform added are left out), as `collate_dict` and the course's `from_dd` do.
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:
@@ -222,10 +223,15 @@ class DataLoaders:
                              "(dd.update(dd['train'].train_test_split(test_size=0.1)))")
         train, valid = dd["train"], dd[valid_name]
         collate = collate_fn
-        if as_tuple:
+        if as_tuple:  # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
+            names = list(getattr(train, "features", None) or [])
+
             def collate(items: list) -> Any:
                 batch = collate_fn(items)
-                return tuple(batch.values()) if isinstance(batch, dict) else batch
+                if not isinstance(batch, dict):
+                    return batch
+                return tuple(batch[k] for k in names if k in batch) if any(k in batch for k in names) \
+                    else tuple(batch.values())
         valid_kwargs = {k: v for k, v in kwargs.items() if k != "drop_last"}  # every validation item is scored
         return cls(DataLoader(train, batch_size, shuffle=True, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs))

@@ -550,6 +550,17 @@ def test_from_dd_drop_last_drops_only_training_items():
     assert len(dls.train) == 5 and DataLoaders.from_dd(dd, 4, drop_last=True).train.drop_last
 
 
+def test_from_dd_batches_hold_the_feature_columns_in_features_order_as_collate_dict():
+    """A transform returning {'label', 'image'} gave (labels, images) batches, and one adding a column gave 3 items;
+    the course's from_dd (and our collate_dict) take the dataset's features, in their order."""
+    from datasets import Dataset, DatasetDict
+    dd = DatasetDict({name: Dataset.from_dict({"x": [[float(i)] * 3 for i in range(8)], "label": list(range(8))})
+                      for name in ("train", "test")})
+    relabelled = dd.with_transform(lambda b: {"label": b["label"], "x": torch.tensor(b["x"]), "idx": b["label"]})
+    xb, yb = next(iter(DataLoaders.from_dd(relabelled, 4).valid))
+    assert xb.shape == (8, 3) and yb.shape == (8,) and torch.equal(xb[:, 0], yb.float())
+
+
 @pytest.mark.parametrize("splits, missing", [(("train",), "no validation split"),
                                              (("test", "dev"), "no 'train' split")])
 def test_from_dd_without_train_or_validation_split_is_an_error(splits, missing):
