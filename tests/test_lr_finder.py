@@ -355,3 +355,9 @@ def test_lr_find_with_gradient_accumulation_grows_the_lr_per_optimizer_step():
     assert len(accumulated.lrs) == pytest.approx(len(big.lrs), abs=2)
     assert accumulated.valley == pytest.approx(big.valley, rel=0.7)
     assert accumulated.steepest == pytest.approx(big.steepest, rel=0.7)
+
+
+def test_positional_arguments_come_in_the_courses_order():
+    """The course's lr_find(gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10): lr_find(1.1) started at lr 1.1."""
+    result = bn_learner().lr_find(1.1, 3.0, 1e-4, 2, plot=False)
+    assert result.lrs[0] == pytest.approx(1e-4) and result.lrs[1] == pytest.approx(1.1e-4)
