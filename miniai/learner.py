@@ -376,10 +376,10 @@ class Learner:
         """`torch.compile` the model in place (its `state_dict` keys stay clean); the first epoch pays for it."""
         if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
             raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
-        import torch._dynamo  # here: a second to import
+        import torch._dynamo as dynamo  # here: a second to import
         # dynamo skips checking module hooks by default: hooks added later (ActivationStats, summary) would never
         # run, and removed ones would go on running; with the check, a change of hooks recompiles
-        torch._dynamo.config.skip_nnmodule_hook_guards = False
+        dynamo.config.skip_nnmodule_hook_guards = False
         self.model.compile(**kwargs)
         return self
 
