@@ -1,13 +1,17 @@
-"""What each callback costs per batch: every event handler of the benchmark's row-2 learner, timed on its own.
+"""What each callback costs per batch: every event handler of the README's learner, timed on its own.
 
     python bench/callback_costs.py                 # bs 64, a linear model (so the loop's own cost is not hidden)
     python bench/callback_costs.py --model reference --bs 1024
 
-A `TrainLearner` subclass times each handler call with `time.perf_counter` (the timer itself adds ~1 µs a call,
-and handlers run with cold caches right after the model's kernels, so treat the numbers as upper bounds that rank
-the callbacks, not as their exact cost). Handlers called at least once per batch are listed, most expensive first,
-in µs per call. The torch scheduler's own `step()`, which a hand-written loop pays too, is timed on its own and
-taken out of BatchSchedCB's row: the last line, the framework's own time per batch, leaves it out.
+The learner is the README's (DeviceCB, MetricsCB(accuracy=Accuracy()), ProgressCB, the NaN guard) plus a OneCycleLR
+BatchSchedCB and a RecorderCB. Every handler in the learner's dispatch table (events, cleanups and step owners) is
+wrapped in a timer with `time.perf_counter` (the timer itself adds ~1 µs a call, and handlers run with cold caches
+right after the model's kernels, so treat the numbers as upper bounds that rank the callbacks, not as their exact
+cost). Each handler is listed with its time per training batch: per-batch handlers per call, per-epoch ones
+(MetricsCB's after_epoch, which updates the metrics in bulk) spread over the epoch's batches; per-fit ones
+(before_fit, after_fit, cleanup_fit) are left out. The torch scheduler's own `step()`, which a hand-written loop
+pays too, is timed on its own and taken out of BatchSchedCB's row: the last line, the framework's own time per
+batch, leaves it out.
 """
 from __future__ import annotations
 
@@ -15,33 +19,47 @@ import argparse
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.optim.lr_scheduler import OneCycleLR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # overhead.py, next to this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from overhead import miniai_learner, quietly, reference_model  # noqa: E402
+from overhead import LR, quietly, reference_model  # noqa: E402
 
+import miniai.learner  # noqa: E402
+from miniai.callbacks import (Accuracy, BatchSchedCB, DeviceCB, MetricsCB, ProgressCB, RecorderCB, _lr,  # noqa: E402
+                              _mom)
 from miniai.data import get_dls  # noqa: E402
 from miniai.learner import Callback, Learner, TrainLearner  # noqa: E402
 
+_PER_FIT = ("before_fit", "after_fit", "cleanup_fit")
 
-def timed_emit(totals: dict[tuple[str, str], list[float]]):
-    """Replacements for `Learner._emit` and `Learner._cleanup` that add each handler's time and calls to `totals`."""
-    def timed(self: Learner, event: str) -> None:
-        for handler in self._handlers[event]:
+
+def time_every_handler(totals: dict[tuple[str, str], list[float]]) -> None:
+    """Make the learner's dispatch tables (built by `build_handlers` whenever the callbacks change) hold timed
+    wrappers of every handler, each adding its time and calls to `totals`."""
+    real = miniai.learner.build_handlers
+
+    def timed(handler: Callable[[Learner], None], event: str) -> Callable[[Learner], None]:
+        def call(learn: Learner) -> None:
             start = time.perf_counter()
-            handler(self)
+            handler(learn)
             cell = totals[(event, handler.__qualname__)]
             cell[0] += time.perf_counter() - start
             cell[1] += 1
+        call.__qualname__, call.__self__ = handler.__qualname__, handler.__self__
+        return call
 
-    def _cleanup(self: Learner, name: str, error: BaseException | None) -> None:
-        timed(self, f"cleanup_{name}")  # nothing raises here: no need for the real one's error handling
-    return timed, _cleanup
+    def build(cbs):
+        return {event: [timed(h, event) for h in handlers] for event, handlers in real(cbs).items()}
+    miniai.learner.build_handlers = build
 
 
 def timed_scheduler_steps(learn: Learner, totals: dict[tuple[str, str], list[float]]) -> None:
@@ -66,6 +84,13 @@ def timed_scheduler_steps(learn: Learner, totals: dict[tuple[str, str], list[flo
     learn.add_cb(Timing())
 
 
+def readme_learner(dls, device: torch.device, model: nn.Module) -> TrainLearner:
+    """The README's learner, plus a per-batch OneCycleLR and a RecorderCB."""
+    cbs = [DeviceCB(device), MetricsCB(accuracy=Accuracy()), ProgressCB(mode="terminal"),
+           BatchSchedCB(partial(OneCycleLR, max_lr=LR, total_steps=len(dls.train))), RecorderCB(lr=_lr, mom=_mom)]
+    return TrainLearner(model, dls, F.cross_entropy, lr=LR, cbs=cbs, opt_func=optim.AdamW)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bs", type=int, default=64)
@@ -78,14 +103,10 @@ def main() -> None:
     make_model = reference_model if args.model == "reference" else lambda: nn.Sequential(nn.Flatten(),
                                                                                          nn.Linear(784, 10))
     totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
-
-    class TimedLearner(TrainLearner):
-        _emit, _cleanup = timed_emit(totals)
+    time_every_handler(totals)
 
     def run() -> None:
-        learn = miniai_learner(dls, device)
-        learn.__class__ = TimedLearner  # the benchmark's learner as it is, with its events timed
-        learn.model = make_model()
+        learn = readme_learner(dls, device, make_model())
         timed_scheduler_steps(learn, totals)
         quietly(lambda: learn.fit(1, valid=False))
 
@@ -94,17 +115,24 @@ def main() -> None:
     for _ in range(args.epochs):
         run()
     n_batches = len(dls.train) * args.epochs
-    rows = sorted(((t / n, event, name) for (event, name), (t, n) in totals.items() if n >= n_batches),
-                  reverse=True)
-    print(f"bs {args.bs}, {args.model} model, {args.epochs} epochs of {len(dls.train)} batches; µs per call")
-    scheduler = sum(us for us, event, _ in rows if event == "(inside)")
-    for us, event, name in rows:
-        if name.startswith("BatchSchedCB.cleanup_batch"):
-            us -= scheduler
+    rows = sorted(((t / n_batches, t / n, event, name) for (event, name), (t, n) in totals.items()
+                   if event not in _PER_FIT and not name.startswith("Timing.")), reverse=True)
+    print(f"bs {args.bs}, {args.model} model, {args.epochs} epochs of {len(dls.train)} batches; µs per training "
+          "batch (per call)")
+    scheduler = sum(per_batch for per_batch, _, event, _ in rows if event == "(inside)")
+    steps = sum(n for (event, _), (_, n) in totals.items() if event == "(inside)")
+    own_rows = []
+    for per_batch, per_call, event, name in rows:
+        if name.startswith("BatchSchedCB.cleanup_batch"):  # the scheduler's step runs inside it
+            per_batch -= scheduler
+            per_call -= scheduler * n_batches / max(steps, 1)
             name += " (less the scheduler's own step)"
-        if name != "Timing.before_fit":
-            print(f"{us * 1e6:8.1f}  {event:14s} {name}")
-    print(f"{(sum(us for us, _, _ in rows) - 2 * scheduler) * 1e6:8.1f}  in all, per batch: the framework's own handlers")
+        if event != "(inside)":
+            own_rows.append((per_batch, per_call, event, name))
+    for per_batch, per_call, event, name in sorted(own_rows, reverse=True):
+        print(f"{per_batch * 1e6:8.1f}  ({per_call * 1e6:7.1f})  {event:14s} {name}")
+    print(f"{scheduler * 1e6:8.1f}  (the torch scheduler's own step(), left out of the total)")
+    print(f"{sum(row[0] for row in own_rows) * 1e6:8.1f}  in all, per batch: the framework's own handlers")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def child(row: str, bs: int, epochs: int, n_train: int | None, malloc: str) -> d
                 if not learn.training:
                     times.append(time.perf_counter() - self.t0)
                     faults.append((page_faults() - self.f0) / n_batches)
-        cbs = [DeviceCB(), MetricsCB(accuracy=Accuracy()), ProgressCB(mode="terminal"), EpochTimes()]
+        # on the CPU, as the hand loop: DeviceCB() would pick a GPU where there is one
+        cbs = [DeviceCB("cpu"), MetricsCB(accuracy=Accuracy()), ProgressCB(mode="terminal"), EpochTimes()]
         if row == "acts":
             cbs.append(ActivationStats(lambda m: isinstance(m, GeneralRelu)))
         learn = TrainLearner(model, dls, F.cross_entropy, lr=LR, cbs=cbs, opt_func=optim.AdamW)

@@ -46,8 +46,9 @@ class MetricsCB(Callback):
 
     `MetricsCB(MulticlassAccuracy())` names the metric after its class; `MetricsCB(accuracy=MulticlassAccuracy())`
     names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
-    only at the end of each pass. Batches reach the metrics' `update` up to 32 at a time, concatenated (one call's
-    fixed cost instead of 32; the same result for metrics that accumulate over samples, as torcheval's do).
+    only at the end of each pass. Batches reach the metrics' `update` up to 256 at a time (or 1M predictions),
+    concatenated (one call's fixed cost instead of 256; the same result for metrics that accumulate over samples,
+    as torcheval's do).
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
     `monitor`), `history` one dict per pass, and `log_fn(row)` is called with the formatted row (ProgressCB
     replaces `log_fn` to draw a table; the default prints aligned lines).
