@@ -1,12 +1,15 @@
 """Decoded datasets kept in memory (per process) and on disk (`$MINIAI_CACHE`, default ~/.cache/miniai).
 
-A source is decoded once (`miniai.sources`), saved as one torch file keyed by the source files' sizes and mtimes,
-and its training-set-normalized float32 copy is kept in memory, so a warm `get_dls()` is a dict lookup.
+A source is decoded once (`miniai.sources`), saved as one torch file (with a hash of its tensors) keyed by the
+source files' sizes, mtimes, inodes and ctimes, and its training-set-normalized float32 copy is kept in memory, so
+a warm `get_dls()` is a lookup and a copy.
 Imports nothing from miniai but `sources`.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -41,27 +44,39 @@ def _cache_file(name: str, key: str) -> Path:
     return Path(os.environ.get("MINIAI_CACHE") or Path.home() / ".cache" / "miniai") / f"{name}_{key}.pt"
 
 
+def _digest(raw: RawData) -> str:
+    """A hash of the four tensors' bytes: torch's zip reader checks none, so a damaged cache file would load."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in raw[:4]:
+        h.update(memoryview(t.contiguous().numpy()).cast("B"))
+    return h.hexdigest()
+
+
 def _read_cache(file: Path) -> RawData | None:
-    """The cached tensors, or None when missing, unreadable or malformed (then it is simply rebuilt)."""
+    """The cached tensors, or None when missing, unreadable, malformed or damaged (then it is simply rebuilt)."""
     try:
         d = torch.load(file, weights_only=True)
         raw = RawData(d["train_x"], d["train_y"], d["valid_x"], d["valid_y"], tuple(d["classes"]), d["source"])
+        ok = all(t.dtype == torch.uint8 and t.ndim == 4 for t in (raw.train_x, raw.valid_x)) and all(
+            t.dtype == torch.int64 and len(t) == len(x) for t, x in ((raw.train_y, raw.train_x),
+                                                                     (raw.valid_y, raw.valid_x)))
+        return raw if ok and d.get("digest") == _digest(raw) else None
     except Exception:  # noqa: BLE001 -- any failure to read the cache means "decode again"
         return None
-    ok = all(t.dtype == torch.uint8 and t.ndim == 4 for t in (raw.train_x, raw.valid_x)) and all(
-        t.dtype == torch.int64 and len(t) == len(x) for t, x in ((raw.train_y, raw.train_x), (raw.valid_y, raw.valid_x)))
-    return raw if ok else None
 
 
 def _write_cache(file: Path, raw: RawData) -> None:
     """Save atomically (temp file + os.replace) so a crash never leaves a half-written cache; failures only warn."""
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({**raw._asdict(), "classes": list(raw.classes)}, tmp)
+        torch.save({**raw._asdict(), "classes": list(raw.classes), "digest": _digest(raw)}, tmp)
         os.replace(tmp, file)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the cache "dir" is a file, say: there is no temporary file to remove
+            pass
         warnings.warn(f"could not write the data cache {file} ({e}); set MINIAI_CACHE to a writable dir", stacklevel=4)
 
 
@@ -86,12 +101,13 @@ def _normalize(raw: RawData) -> Normalized:
 
 def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None = None
                     ) -> tuple[RawData, Normalized]:
-    """`name`'s raw tensors and their normalized copy, from memory, the disk cache, or by decoding (in that order)."""
+    """`name`'s raw tensors and their normalized copy, from memory, the disk cache, or by decoding (in that order);
+    every call gets its own copy, so editing one run's data changes no later call's."""
     source = find_source(name, path)
     key = source.key()
     if key in _MEMORY:
         CACHE_STATS["memory_hits"] += 1
-        return _MEMORY[key]
+        return _copies(_MEMORY[key])
     file = _cache_file(name, key)
     raw = _read_cache(file)
     if raw is not None:
@@ -102,7 +118,15 @@ def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None 
         _write_cache(file, raw)
     # the normalized tensors are cached too, so a warm get_dls() is a dict lookup plus slicing
     _MEMORY[key] = (raw, _normalize(raw))
-    return _MEMORY[key]
+    return _copies(_MEMORY[key])
+
+
+def _copies(cached: tuple[RawData, Normalized]) -> tuple[RawData, Normalized]:
+    """Copies of the cached tensors (about 0.1 s for Fashion-MNIST): one run's in-place edits (an occlusion test,
+    label noise) must not reach the cache that every later get_dls() of the process reads."""
+    raw, norm = cached
+    return (raw._replace(**{k: getattr(raw, k).clone() for k in ("train_x", "train_y", "valid_x", "valid_y")}),
+            norm._replace(train_x=norm.train_x.clone(), valid_x=norm.valid_x.clone()))
 
 
 def load_tensors(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> RawData:

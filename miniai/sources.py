@@ -71,8 +71,10 @@ class Source:
     tried: tuple[str, ...] = ()
 
     def key(self) -> str:
-        """Cache key: changes when any source file's size or mtime does (a hub id is assumed immutable)."""
-        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.files]
+        """Cache key: changes when any source file's size, mtime, inode or ctime does (a file replaced by one of the
+        same size and mtime, as `cp -p` or `rsync -a` make, is a new inode; a hub id is assumed immutable)."""
+        stats = [(str(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                 for f, st in ((f, f.stat()) for f in self.files)]
         return hashlib.sha1(repr((1, self.name, self.kind, self.where, stats)).encode()).hexdigest()[:16]
 
 
@@ -87,8 +89,11 @@ def _idx_files(d: Path) -> tuple[tuple[Path, ...], list[str]]:
     found, missing = [], []
     for stem in _IDX_STEMS:
         dotted = stem.replace("-idx", ".idx")
-        hit = next((d / n for n in (stem + ".gz", stem, dotted + ".gz", dotted) if (d / n).is_file()), None)
-        (found if hit else missing).append(hit or stem)
+        hits = [d / n for n in (stem + ".gz", stem, dotted + ".gz", dotted) if (d / n).is_file()]
+        if len(hits) > 1:  # which one is the data? (gunzip -k and an edit leave two that may differ)
+            raise DataNotFoundError(f"{d} holds both {' and '.join(h.name for h in hits)}: remove all but the one "
+                                    "to read")
+        (found if hits else missing).append(hits[0] if hits else stem)
     return tuple(found), missing
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import os
 import re
 import subprocess
 import sys
@@ -389,7 +390,7 @@ def test_second_get_dls_hits_memory_then_disk_cache(tmp_path, monkeypatch):
     b = get_dls(path=tmp_path / "fm")
     assert CACHE_STATS["decodes"] == before["decodes"] + 1
     assert CACHE_STATS["memory_hits"] == before["memory_hits"] + 1
-    assert b.train.x.data_ptr() == a.train.x.data_ptr()  # the normalized tensors were reused, not recomputed
+    assert torch.equal(b.train.x, a.train.x) and b.train.x.data_ptr() != a.train.x.data_ptr()  # a copy each
     cache.clear_cache()
     monkeypatch.setattr(sources, "read_idx", None)  # a disk hit must not read the IDX files at all
     c = get_dls(path=tmp_path / "fm")
@@ -406,6 +407,70 @@ def test_corrupt_disk_cache_is_rebuilt(tmp_path):
     get_dls(path=tmp_path / "fm")
     assert CACHE_STATS["decodes"] == decodes + 1
     assert cache._read_cache(cache_file) is not None and not list((tmp_path / "cache").glob(".*tmp"))
+
+
+def test_editing_the_loaders_data_leaves_later_get_dls_and_load_tensors_alone(tmp_path):
+    """get_dls handed out views of the in-memory cache: an occlusion or label-noise experiment changed every later
+    get_dls() and load_tensors() of the process."""
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion())
+    first = get_dls(path=d, bs=8)
+    clean_x, clean_y = first.valid.x.clone(), first.valid.y.clone()
+    first.valid.x[:, :, :14] = 0
+    first.valid.y[:] = 0
+    load_tensors(path=d).train_y[:5] = 9
+    again = get_dls(path=d, bs=8)
+    assert torch.equal(again.valid.x, clean_x) and torch.equal(again.valid.y, clean_y)
+    assert torch.equal(load_tensors(path=d).train_y[:5], fake_fashion()[1][:5].long())
+
+
+def test_a_corrupted_byte_in_the_disk_cache_is_caught_and_decoded_again(tmp_path):
+    """torch's zip reader checks no data: a flipped pixel in the cache file was served until the sources changed."""
+    import zipfile
+    raw = fake_fashion()
+    d = write_fashion_dir(tmp_path / "fm", raw)
+    get_dls(path=d)
+    [cache_file] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
+    data = bytearray(cache_file.read_bytes())
+    with zipfile.ZipFile(cache_file) as z:  # the first tensor record, train_x's pixels
+        info = next(i for i in z.infolist() if "/data/" in i.filename)
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")  # the local header's own
+    data[info.header_offset + 30 + name_len + extra_len + 10] ^= 0xFF
+    cache_file.write_bytes(bytes(data))
+    cache.clear_cache()
+    decodes = CACHE_STATS["decodes"]
+    served = load_tensors(path=d)
+    assert CACHE_STATS["decodes"] == decodes + 1 and torch.equal(served.train_x[:, 0], raw[0])
+
+
+def test_a_source_file_replaced_with_the_same_size_and_mtime_is_read_again(tmp_path):
+    """cp -p, rsync -a or tar x keep the mtime: the cache, keyed by size and mtime, served the old labels."""
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion(), gz=False)
+    labels = d / "t10k-labels-idx1-ubyte"
+    get_dls(path=d)
+    stat = labels.stat()
+    new = (fake_fashion()[3] + 1) % 10
+    labels.unlink()
+    write_idx(labels, new)
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert labels.stat().st_size == stat.st_size and labels.stat().st_mtime_ns == stat.st_mtime_ns
+    assert torch.equal(get_dls(path=d).valid.y, new.long())
+
+
+def test_a_directory_with_both_a_gz_and_a_plain_file_is_refused(tmp_path):
+    """With t10k-labels-idx1-ubyte.gz and t10k-labels-idx1-ubyte both there, the .gz was read without a word."""
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion())
+    write_idx(d / "t10k-labels-idx1-ubyte", fake_fashion()[3])
+    with pytest.raises(DataNotFoundError, match=r"both t10k-labels-idx1-ubyte.gz and t10k-labels-idx1-ubyte: remove"):
+        get_dls(path=d)
+
+
+def test_a_cache_dir_that_is_a_file_only_warns(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "afile"))
+    (tmp_path / "afile").write_text("x")
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion())
+    with pytest.warns(UserWarning, match="could not write the data cache"):
+        assert len(get_dls(path=d, bs=8).train.x) == 40
 
 
 def test_changed_source_file_invalidates_cache(tmp_path):
