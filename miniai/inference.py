@@ -173,7 +173,12 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # hooks registered on the model (ActivationStats during a fit) are the fit's, not the model's: not exported
+    hooks = [(m, dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in bundle["model"].modules()]
     try:
+        for m, _, _ in hooks:
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
         torch.save(bundle, tmp)
         os.replace(tmp, path)  # never a half-written export under the real name
     except (pickle.PicklingError, TypeError, AttributeError) as e:
@@ -182,6 +187,9 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
                         "lambdas or local ones, or remove the callback first (learn.rm_cb(cb))") from e
     finally:
         tmp.unlink(missing_ok=True)
+        for m, forward, pre in hooks:
+            m._forward_hooks.update(forward)
+            m._forward_pre_hooks.update(pre)
     return path
 
 
@@ -205,7 +213,8 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     to train on, pass one (`learn.fit(1, lr=...)`). This unpickles code (`torch.load(weights_only=False)`):
     only load files you trust, with the model's class importable as it was at export.
     """
-    bundle = torch.load(path, map_location=device, weights_only=False)
+    # on the CPU first: torch.load can't map storages to an indexed CPU device ('cpu:0'); .to() below can
+    bundle = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(bundle, dict) or bundle.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a miniai export (learn.export(path) writes one); a checkpoint loads with "
                          "miniai.load_checkpoint, a state_dict with model.load_state_dict")

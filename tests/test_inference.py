@@ -252,3 +252,20 @@ def test_fashion_mnist_predictions_tta_infer_and_export(tmp_path):
         torch.save(learn.infer(np.load({str(tmp_path / 'raw.npy')!r})[:, 0]).probs, {str(tmp_path / 'p.pt')!r})
     """)
     assert torch.equal(torch.load(tmp_path / "p.pt"), probs[:256])
+
+
+def test_an_export_made_during_a_fit_carries_none_of_its_hooks_and_loads_on_cpu_0(tmp_path):
+    """Exported from a callback while ActivationStats hooked the model, the file failed to pickle its lambda filter
+    ('could not pickle the model') or carried the hooks; load_learner(device='cpu:0') failed in torch.load."""
+    from miniai.callbacks.activations import ActivationStats
+    from miniai.learner import Callback
+
+    class ExportAfterEpoch(Callback):
+        def after_epoch(self, learn):
+            if learn.training:
+                learn.export(tmp_path / "mid.pkl")
+    learn = image_learner([ActivationStats(lambda m: isinstance(m, nn.ReLU)), ExportAfterEpoch()])
+    learn.fit(1)
+    loaded = load_learner(tmp_path / "mid.pkl", device="cpu:0")
+    assert not any(m._forward_hooks for m in loaded.model.modules())
+    assert torch.equal(loaded.infer(PIXELS).probs, learn.infer(PIXELS).probs)
