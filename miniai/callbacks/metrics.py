@@ -135,11 +135,13 @@ class MetricsCB(Callback):
         # accumulate on the device: a .item() here would stall the GPU
         sizes = [len(t) for t in targets]
         stacked = torch.stack(losses).to(torch.float64)
-        if min(sizes) == max(sizes):
-            self._loss_sum += stacked.sum() * sizes[0]
-        else:  # a short last batch: weight each loss by its batch size
-            for loss, n in zip(stacked, sizes):
-                self._loss_sum += loss * n
+        # each batch's mean loss weighted by its size, one sum per run of equal sizes (usually all, then a short
+        # last batch): slices, so no list of sizes has to be copied to the device
+        start = 0
+        for end in range(1, len(sizes) + 1):
+            if end == len(sizes) or sizes[end] != sizes[start]:
+                self._loss_sum += stacked[start:end].sum() * sizes[start]
+                start = end
 
     def after_epoch(self, learn: Learner) -> None:
         self._flush()
