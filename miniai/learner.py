@@ -2,7 +2,8 @@
 
 Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs `before_<stage>`, its
 body, `after_<stage>`, and always every `cleanup_<stage>` handler, even after a cancel, an error or Ctrl-C, and
-even when another cleanup raised. The first error raised is the one the user sees (later ones become its notes).
+even when another cleanup raised. The first error raised is the one the user sees (later ones become its notes; a
+cancel on its way up to its stage is no error, so an error a cleanup raises meanwhile is the one seen).
 
 Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
 
@@ -68,6 +69,9 @@ class CancelBatchException(Exception):
 
 class CancelStepException(Exception):
     """Skip this batch's `step`, `after_step` and `zero_grad` (gradients stay: accumulation, an fp16 inf skip)."""
+
+
+_CANCELS = (CancelFitException, CancelEpochException, CancelBatchException, CancelStepException)
 
 
 class Callback:
@@ -247,8 +251,8 @@ class Learner:
             except cancel:  # a cleanup cancelled this stage, which is over anyway
                 pass
             except BaseException as e:  # the first error is the one raised; later ones become its notes
-                if error is None:
-                    error = e
+                if error is None or isinstance(error, _CANCELS) and not isinstance(e, _CANCELS):
+                    error = e  # (a cancel on its way up to its stage is no error: a real one takes its place)
                 else:
                     _add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")
         if error is not None:

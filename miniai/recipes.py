@@ -9,6 +9,7 @@ training set (`get_dls(holdout=10_000)`), never on the test set (nbs/05_best_rec
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -21,7 +22,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 from .augment import RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
-from .callbacks.scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB
+from .callbacks.scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, steps_per_epoch
 from .learner import Callback, TrainLearner
 from .models import GeneralRelu, get_convnet, get_model, get_resnet, init_weights
 from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
@@ -143,19 +144,32 @@ RECIPES = {  # chosen on 10,000 held-out training images (bench/recipe_search.py
 
 
 def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, device: Any = None) -> TrainLearner:
-    """A TrainLearner set up as `recipe` says (model, AdamW, one-cycle, augmentation, loss), plus `cbs`."""
+    """A TrainLearner set up as `recipe` says (model, AdamW, augmentation, loss, and a one-cycle over the optimizer
+    steps of whatever fit it runs: `learn.fit(recipe.epochs)`), plus `cbs`; warns when the loaders' batch size is
+    not the recipe's."""
     act, leak = _ACTS[recipe.act]
     model = _MODELS[recipe.model](act, recipe.nfs).apply(partial(init_weights, leaky=leak))
     tfms = recipe.augmentation()
     loss = partial(F.cross_entropy, label_smoothing=recipe.label_smoothing) if recipe.label_smoothing \
         else F.cross_entropy
-    total = recipe.epochs * len(dls.train)
-    # torch's OneCycleLR divides by zero when its warmup ends at step 0: keep at least 1.5 steps of it (tiny runs)
-    one_cycle = partial(OneCycleLR, max_lr=recipe.max_lr, pct_start=max(recipe.pct_start, 1.5 / total),
-                        total_steps=total)
+    bs = getattr(dls.train, "bs", None) or getattr(dls.train, "batch_size", None)
+    if bs is not None and bs != recipe.bs:
+        warnings.warn(f"recipe {_name(recipe)} was chosen at bs {recipe.bs}; these loaders have bs {bs}, so its lr and "
+                      "schedule may not suit them", stacklevel=2)
     extra = [DeviceCB(device, channels_last=recipe.channels_last) if device is not None else
-             DeviceCB(channels_last=recipe.channels_last), BatchSchedCB(one_cycle)]
+             DeviceCB(channels_last=recipe.channels_last)]
     if tfms:
         extra.append(BatchTransformCB(batch_tfms(*tfms)))
-    return TrainLearner(model, dls, loss, lr=recipe.max_lr, cbs=[*extra, *(cbs or [])],
-                        opt_func=partial(optim.AdamW, weight_decay=recipe.weight_decay))
+    learn = TrainLearner(model, dls, loss, lr=recipe.max_lr, cbs=[*extra, *(cbs or [])],
+                         opt_func=partial(optim.AdamW, weight_decay=recipe.weight_decay))
+
+    def one_cycle(opt: Optimizer) -> OneCycleLR:
+        # over the fit's epochs (learn.fit(n)) in optimizer steps (fewer than batches under GradAccumCB)
+        total = max(1, learn.n_epochs * (steps_per_epoch(learn) or 1))
+        # torch's OneCycleLR divides by zero when its warmup ends at step 0: keep at least 1.5 steps of it (tiny runs)
+        return OneCycleLR(opt, max_lr=recipe.max_lr, pct_start=max(recipe.pct_start, 1.5 / total), total_steps=total)
+    return learn.add_cb(BatchSchedCB(one_cycle))
+
+
+def _name(recipe: Recipe) -> str:
+    return next((name for name, r in RECIPES.items() if r == recipe), "(unnamed)")

@@ -289,3 +289,19 @@ def test_small_values_keep_their_digits_and_every_fit_prints_its_header():
         learn.fit(1)
         learn.fit(1)
     assert out.getvalue().count("epoch") == 2
+
+
+def test_channels_last_leaves_inputs_that_are_not_image_tensors_alone():
+    """DeviceCB(channels_last=True) read batch[0].ndim: a dict or tuple input ended in AttributeError."""
+    class DictModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 1)
+
+        def forward(self, d):
+            return self.lin(d["a"])
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    batches = [({"a": x[i:i + 4]}, y[i:i + 4]) for i in (0, 4)]
+    learn = TrainLearner(DictModel(), SimpleNamespace(train=batches, valid=batches), F.mse_loss, lr=0.1,
+                         cbs=[DeviceCB("cpu", channels_last=True)])
+    learn.fit(1)

@@ -342,3 +342,46 @@ def test_a_monitor_of_a_pass_the_fit_does_not_run_is_refused(make):
                                          r"\(fit\(\.\.\., valid=False\)\)"):
         tiny_learner(cbs=[MetricsCB(), make()]).fit(2, valid=False)
     tiny_learner(cbs=[MetricsCB(), make()]).fit(2)  # with the pass it watches: fine
+
+
+def test_the_deferred_nan_check_runs_also_when_the_pass_is_cancelled():
+    """On a GPU the guard checks the kept losses at after_epoch, which a cancel skips: SingleBatchCB or an early
+    CancelFitException ended with NaN weights and no error."""
+    from miniai.callbacks import SingleBatchCB
+    learn = tiny_learner(cbs=[PoisonLoss(at=0), TerminateOnNaNCB(immediate=False)])  # the GPU's way, on the CPU
+    with pytest.raises(NonFiniteLossError, match="training loss is nan at epoch 0, batch 0"):
+        learn.fit(1, cbs=[SingleBatchCB()])
+
+
+def test_the_direction_of_a_score_is_read_only_where_the_name_tells_it():
+    """'score' counted as higher-is-better: EarlyStoppingCB('valid_brier_score') stopped a run whose Brier score
+    kept falling, keeping the worst value as the best."""
+    assert EarlyStoppingCB("valid_brier_score").mode == "min" and EarlyStoppingCB("valid_fid_score").mode == "min"
+    assert EarlyStoppingCB("valid_MulticlassF1Score").mode == "max" and EarlyStoppingCB("valid_r2_score").mode == "max"
+    assert EarlyStoppingCB("valid_neg_mean_squared_error").mode == "max"  # scikit-learn's negated errors
+    with pytest.raises(ValueError, match="can't tell from the name"):
+        EarlyStoppingCB("valid_score")
+
+
+def test_integer_targets_that_would_broadcast_are_refused_too():
+    """The broadcast check ran for float targets only: Poisson counts (int64, (N,)) against (N,1) preds trained
+    on an (N,N) loss."""
+    x = torch.randn(32, 3)
+    y = torch.poisson(torch.full((32,), 2.0)).long()
+    learn = TrainLearner(nn.Linear(3, 1), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)),
+                         F.poisson_nll_loss, lr=0.01)
+    with pytest.raises(LossInputError, match=r"broadcast to \(8, 8\)"):
+        learn.fit(1)
+
+
+def test_torch_losses_that_take_several_targets_get_them():
+    """gaussian_nll_loss(preds, y, var) was refused: "torch's losses take one target"; cross_entropy still refuses
+    a batch with an extra item (it would take it as class weights)."""
+    x, y, var = torch.randn(32, 3), torch.randn(32, 1), torch.rand(32, 1) + 0.5
+    dl = DataLoader(TensorDataset(x, y, var), 8)
+    learn = TrainLearner(nn.Linear(3, 1), DataLoaders(dl, dl), F.gaussian_nll_loss, lr=0.01)
+    learn.fit(1)
+    ids = torch.arange(32)
+    dl = DataLoader(TensorDataset(x, torch.randint(0, 3, (32,)), ids), 8)
+    with pytest.raises(LossInputError, match=r"cross_entropy takes 1 target, but the batch has 2 items"):
+        TrainLearner(nn.Linear(3, 3), DataLoaders(dl, dl), F.cross_entropy, lr=0.01).fit(1)

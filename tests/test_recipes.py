@@ -66,3 +66,26 @@ def test_cli_recipe_prints_accuracy_tta_and_wall_time_and_writes_the_result(tmp_
     assert result["recipe"] == "five" and result["epochs"] == 1 and 0.1 < result["accuracy"] <= 1
     assert result["accuracy_tta"] is not None and result["wall_s"] > result["fit_s"] > 0
     assert (tmp_path / "log.csv").read_text().splitlines()[0].startswith("epoch,train,accuracy,loss,time")
+
+
+def test_a_recipes_one_cycle_spans_the_fit_in_optimizer_steps():
+    """The one-cycle was sized in batches for recipe.epochs: with GradAccumCB(2) the lr ended near its peak, and
+    learn.fit(1) ran 1/epochs of the cycle."""
+    from miniai.callbacks import GradAccumCB, RecorderCB, _lr
+    from miniai.recipes import RECIPES, recipe_learner
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x[:16], y[:16], 16))
+    recipe = replace(RECIPES["fast"], epochs=2, bs=16)
+    for cbs, n_epochs in (([GradAccumCB(2)], 2), ([], 1)):
+        rec = RecorderCB(lr=_lr)
+        learn = recipe_learner(recipe, dls, cbs=[rec, *cbs], device="cpu")
+        learn.fit(n_epochs)
+        assert rec.recs["lr"][-1] < 1e-4 * recipe.max_lr, rec.recs["lr"]  # annealed to the end of the cycle
+
+
+def test_loaders_of_another_batch_size_than_the_recipes_are_named():
+    from miniai.recipes import RECIPES, recipe_learner
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x[:16], y[:16], 16))
+    with pytest.warns(UserWarning, match="recipe fast was chosen at bs 512; these loaders have bs 16"):
+        recipe_learner(RECIPES["fast"], dls, device="cpu")

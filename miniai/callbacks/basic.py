@@ -51,7 +51,8 @@ class DeviceCB(Callback):
         if self._in_place:
             return
         batch = to_device(learn.batch, self.device)
-        if self.channels_last and isinstance(batch, (tuple, list)) and batch and batch[0].ndim == 4:
+        if self.channels_last and isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor) \
+                and batch[0].ndim == 4:
             batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
         learn.batch = batch
 
@@ -78,13 +79,19 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
+# torch's losses whose targets are more than one tensor, and how many: loss(preds, *targets)
+_N_TARGETS = {"gaussian_nll_loss": 2, "GaussianNLLLoss": 2, "ctc_loss": 3, "CTCLoss": 3, "margin_ranking_loss": 2,
+              "MarginRankingLoss": 2, "cosine_embedding_loss": 2, "CosineEmbeddingLoss": 2, "triplet_margin_loss": 2,
+              "TripletMarginLoss": 2, "triplet_margin_with_distance_loss": 2, "TripletMarginWithDistanceLoss": 2}
+
+
 def supervised_loss(learn: Learner) -> torch.Tensor:
     """`learn.loss_func(learn.preds, *learn.yb)`, refusing inputs that would silently compute the wrong loss."""
     loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
     name = getattr(loss_func, "__name__", type(loss_func).__name__)
     fix = None
     if len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
-            and preds.shape != yb[0].shape and yb[0].is_floating_point():
+            and preds.shape != yb[0].shape:
         try:
             broadcast = torch.broadcast_shapes(preds.shape, yb[0].shape)
         except RuntimeError:  # not broadcastable: the loss itself raises, and we show the shapes below
@@ -92,10 +99,12 @@ def supervised_loss(learn: Learner) -> torch.Tensor:
         if broadcast != preds.shape:  # e.g. (N,1) against (N,): an (N,N) loss that trains, wrongly
             fix = (f"they broadcast to {tuple(broadcast)}, so the loss would compare every prediction with every "
                    "target. Make the shapes equal (e.g. preds.squeeze(-1), or targets.view(-1, 1)).")
-    elif len(yb) != 1 and (getattr(getattr(loss_func, "func", loss_func), "__module__", None)
-                           or type(loss_func).__module__).startswith("torch.nn"):
-        fix = (f"torch's losses take one target, but the batch has {len(yb)} items after its n_inp={learn.n_inp} "
-               "inputs. Batches are (*inputs, *targets); if an item is no target (ids, weights), wrap the loss, "
+    elif len(yb) != _N_TARGETS.get(name, 1) and (getattr(getattr(loss_func, "func", loss_func), "__module__", None)
+                                                 or type(loss_func).__module__).startswith("torch.nn"):
+        n = _N_TARGETS.get(name, 1)
+        fix = (f"{name} takes {n} target{'s' * (n > 1)}, but the batch has {len(yb)} items after its "
+               f"n_inp={learn.n_inp} inputs (the loss would take the others as other arguments: weights, say). "
+               "Batches are (*inputs, *targets); if an item is no target (ids, weights), wrap the loss, "
                "e.g. loss_func=lambda preds, y, ids: F.cross_entropy(preds, y).")
     if fix is None:
         try:

@@ -71,7 +71,11 @@ class TerminateOnNaNCB(Callback):
             self._check(learn)
 
     def cleanup_epoch(self, learn: Learner) -> None:
-        self._losses = []  # don't keep device tensors alive between passes
+        try:  # a cancelled pass (SingleBatchCB, a time budget) skips after_epoch: its kept losses are checked here
+            if learn.training and len(self._losses) > self._checked:
+                self._check(learn)
+        finally:
+            self._losses = []  # don't keep device tensors alive between passes
 
     def _check(self, learn: Learner) -> None:
         start = self._checked

@@ -171,8 +171,9 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "perplexity")
-_HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "iou", "dice", "score")
+# words of a metric's name that say which way it improves; 'score' alone says nothing (a Brier or FID score falls)
+_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "perplexity", "brier", "fid", "nll", "wer", "cer")
+_HIGHER_IS_BETTER = ("acc", "f1", "auc", "auroc", "auprc", "precision", "recall", "iou", "dice", "r2", "bleu")
 
 
 def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
@@ -187,7 +188,8 @@ def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
     name = monitor.lower()
     lower, higher = (any(word in name for word in words) for words in (_LOWER_IS_BETTER, _HIGHER_IS_BETTER))
     if lower != higher:
-        return "min" if lower else "max"
+        negated = "neg_" in name  # scikit-learn's neg_mean_squared_error: the error, negated, rises
+        return "min" if lower != negated else "max"
     raise ValueError(f"{who}(monitor={monitor!r}) can't tell from the name whether a higher value is better: "
                      "pass mode='min' or mode='max'")
 
