@@ -28,6 +28,7 @@ Learner state that callbacks may read, and from which event on:
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (or None)                          |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
+| `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `preds`                      | `after_predict`| the model's output                                                        |
@@ -72,6 +73,7 @@ class CancelStepException(Exception):
 
 
 _CANCELS = (CancelFitException, CancelEpochException, CancelBatchException, CancelStepException)
+_OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": (CancelFitException,), "fit": ()}
 
 
 class Callback:
@@ -219,6 +221,7 @@ class Learner:
             self.passes = ("train",) * train + ("valid",) * valid
             self.start_epoch, self.resumed_from = 0, None  # fit(resume=...) sets these, and
             self.last_checkpoint = self.schedule_stop = None  # CheckpointCB and SWACB these
+            self.stop_requested = False  # and EarlyStoppingCB this
             self._check_steps_and_data()
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
@@ -251,7 +254,7 @@ class Learner:
             except cancel:  # a cleanup cancelled this stage, which is over anyway
                 pass
             except BaseException as e:  # the first error is the one raised; later ones become its notes
-                if error is None or isinstance(error, _CANCELS) and not isinstance(e, _CANCELS):
+                if error is None or isinstance(error, _OUTER_CANCELS[name]) and not isinstance(e, _CANCELS):
                     error = e  # (a cancel on its way up to its stage is no error: a real one takes its place)
                 else:
                     _add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")

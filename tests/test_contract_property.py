@@ -29,6 +29,7 @@ BATCH_EVENTS = ("before_batch", "after_predict", "after_loss", "after_backward",
 EXCEPTIONS = (CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
               ZeroDivisionError, KeyboardInterrupt)
 CANCELS = {"batch": CancelBatchException, "epoch": CancelEpochException, "fit": CancelFitException}
+OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": (CancelFitException,), "fit": ()}
 
 
 def stage_of(event: str) -> str:
@@ -95,8 +96,11 @@ class Model:
             out = None
         raised = self.event(f"cleanup_{name}", where, cleanup=True)
         errors = [e for e in raised if not isinstance(e, CANCELS[name])]  # its own cancel there ends only this stage
+        real = [e for e in errors if not isinstance(e, tuple(CANCELS.values()) + (CancelStepException,))]
         if out is None and errors:
             out = errors[0]  # the first other exception raised by a cleanup goes on up, even after its own cancel
+        elif isinstance(out, OUTER_CANCELS[name]) and real:
+            out = real[0]  # a cancel on its way up to its stage is no error: a real one raised meanwhile replaces it
         return out
 
     def fit(self) -> BaseException | None:
@@ -247,3 +251,12 @@ def test_an_error_in_a_cleanup_after_its_stages_own_cancel_there_is_not_swallowe
     assert isinstance(Model([cancel, error]).fit(), RuntimeError)
     with pytest.raises(RuntimeError, match="raiser 1"):
         learner([raiser(cancel), raiser(error)]).fit(2)
+
+
+def test_an_error_in_a_cleanup_while_an_outer_stages_cancel_is_on_its_way_up_is_raised():
+    """SingleBatchCB's CancelFitException on its way up, then the NaN guard's error in cleanup_epoch: the error was
+    a note on the cancel, which the fit stage then swallowed, so the fit ended as if it were fine."""
+    cancel = Spec(0, "after_batch", 0, True, 0, CancelFitException, 0, False)
+    error = Spec(1, "cleanup_epoch", 0, True, 0, RuntimeError, 0, False)
+    with pytest.raises(RuntimeError, match="raiser 1"):
+        learner([raiser(cancel), raiser(error)]).fit(1)

@@ -204,8 +204,8 @@ class CheckpointCB(Callback):
             first checkpoint, so a fit that saves none, or stops before its first, leaves them). A resumed fit keeps what is
             there; checkpoints of later epochs than the one resumed from (a run that went on from it) are moved
             into `path/superseded_<k>/`, so they are not overwritten and `resume=path` picks this run's newest.
-        every: save after every `every`-th epoch, and always after the fit's last epoch (also when the fit
-            is stopped early, by EarlyStoppingCB or Ctrl-C, between two epochs).
+        every: save after every `every`-th epoch, and always after the fit's last epoch (also the last of a fit
+            a callback stops early: EarlyStoppingCB sets `learn.stop_requested`).
         keep: how many of this fit's newest checkpoints stay (None: all); its older ones are deleted. Files this
             fit did not write are never deleted.
         monitor, mode: with `monitor` (a name MetricsCB logs, e.g. 'valid_loss'), the best checkpoint by it
@@ -233,7 +233,6 @@ class CheckpointCB(Callback):
         self.last_path: Path | None = None
         self._written: list[Path] = []  # files this fit wrote, oldest first: the only ones pruning may delete
         self._pending: int | None = None
-        self._skipped: tuple[int, int] | None = None  # an epoch `every` did not save, and its weights' versions
         self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
         self._warned: set[str] = set()
@@ -256,7 +255,7 @@ class CheckpointCB(Callback):
         if self.monitor is not None:
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
-        self._skipped, self._replaced = None, []
+        self._replaced = []
         self._watch(learn)
         if not is_main_process():
             return
@@ -297,18 +296,11 @@ class CheckpointCB(Callback):
         if self._pending is not None:
             self._save(learn)
 
-    def cleanup_fit(self, learn: Learner) -> None:
-        # a fit stopped (EarlyStoppingCB, Ctrl-C) after an epoch that `every` skipped still saves that epoch, the
-        # last one it trained, if nothing has changed the weights since it ended (their in-place version counters)
-        if self._skipped is not None and self._skipped[1] == _versions(learn.model):
-            self._pending = self._skipped[0]
-            self._save(learn, force=True)
-        self._skipped = None
-
-    def _save(self, learn: Learner, force: bool = False) -> None:
+    def _save(self, learn: Learner) -> None:
         done, self._pending = self._pending, None
-        if done % self.every and done != learn.n_epochs and not force:
-            self._skipped = (done, _versions(learn.model))
+        # the fit's last epoch is saved whatever `every` says: the planned last, or one after which a callback
+        # (EarlyStoppingCB, order 70, before this one) has asked the fit to stop
+        if done % self.every and done != learn.n_epochs and not learn.stop_requested:
             return
         self._check_finite(learn, done)
         file = self.path / f"epoch_{done:04d}.pt"
@@ -377,11 +369,6 @@ class CheckpointCB(Callback):
                 warnings.warn(f"{', '.join(new)} changed during the fit, but {cls} has no state_dict(), so the "
                               "checkpoint can't save it and a resumed run starts it afresh: give the callback "
                               "state_dict()/load_state_dict() to resume exactly", stacklevel=4)
-
-
-def _versions(model: nn.Module) -> int:
-    """The sum of the in-place version counters of the model's tensors: it grows whenever one is changed."""
-    return sum(t._version for t in (*model.parameters(), *model.buffers()))
 
 
 def _fingerprints(cb: Callback) -> dict[str, Any]:

@@ -159,6 +159,7 @@ class EarlyStoppingCB(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = learn.epoch
+            learn.stop_requested = True  # CheckpointCB saves this epoch, whatever its `every`
 
 
 class GradClipCB(Callback):
