@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .callbacks.activations import HOOK_IDS
 from .callbacks.basic import DeviceCB
 from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds, participants
@@ -173,12 +174,11 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # hooks registered on the model (ActivationStats during a fit) are the fit's, not the model's: not exported
-    hooks = [(m, dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in bundle["model"].modules()]
+    # hooks a fit registered (ActivationStats) are the fit's, not the model's: not exported (a pruning mask's or
+    # spectral norm's own hooks are, as part of the model)
+    hooks = [(m, {i: m._forward_hooks.pop(i) for i in list(m._forward_hooks) if i in HOOK_IDS})
+             for m in bundle["model"].modules()]
     try:
-        for m, _, _ in hooks:
-            m._forward_hooks.clear()
-            m._forward_pre_hooks.clear()
         torch.save(bundle, tmp)
         os.replace(tmp, path)  # never a half-written export under the real name
     except (pickle.PicklingError, TypeError, AttributeError) as e:
@@ -187,9 +187,8 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
                         "lambdas or local ones, or remove the callback first (learn.rm_cb(cb))") from e
     finally:
         tmp.unlink(missing_ok=True)
-        for m, forward, pre in hooks:
-            m._forward_hooks.update(forward)
-            m._forward_pre_hooks.update(pre)
+        for m, ours in hooks:
+            m._forward_hooks.update(ours)
     return path
 
 

@@ -283,3 +283,14 @@ def test_mods_given_as_a_generator_serve_every_fit():
     learn.fit(1)
     learn.fit(1)
     assert len(stats.hooks) == 2
+
+
+def test_a_layer_kept_in_eval_mode_during_training_is_still_recorded():
+    """The check against recording prediction passes read each module's own mode: a frozen layer in eval mode
+    (fine-tuning) was never recorded."""
+    class FreezeFirst(Callback):
+        def before_epoch(self, learn):
+            learn.model[1].eval()
+    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learner(mlp(), [stats, FreezeFirst()]).fit(1)
+    assert [len(means) for means, _, _ in stats.stats] == [3, 3]

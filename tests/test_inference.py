@@ -269,3 +269,14 @@ def test_an_export_made_during_a_fit_carries_none_of_its_hooks_and_loads_on_cpu_
     loaded = load_learner(tmp_path / "mid.pkl", device="cpu:0")
     assert not any(m._forward_hooks for m in loaded.model.modules())
     assert torch.equal(loaded.infer(PIXELS).probs, learn.infer(PIXELS).probs)
+
+
+def test_the_models_own_hooks_are_exported_with_it(tmp_path):
+    """A pruned model computes its weight in a forward pre-hook: export dropped it with the fit's hooks, and the
+    loaded model predicted with a stale weight."""
+    from torch.nn.utils import prune
+    learn = image_learner()
+    prune.l1_unstructured(learn.model[5], "weight", amount=0.5)
+    learn.fit(1, valid=False)
+    loaded = load_learner(learn.export(tmp_path / "pruned.pkl"))
+    assert torch.equal(loaded.infer(PIXELS).probs, learn.infer(PIXELS).probs)

@@ -21,16 +21,23 @@ __all__ = ["Hook", "Hooks", "append_stats", "get_hist", "get_min", "HooksCallbac
 HookFn = Callable[["Hook", nn.Module, tuple, Any], None]
 
 
+HOOK_IDS: set[int] = set()
+"""The handle ids of the hooks registered through `Hook` and not yet removed: the fit's, not the model's own (a
+pruning mask's or spectral norm's pre-hook), which `export` leaves out of the file."""
+
+
 class Hook:
     """A forward hook on `module` that calls `fn(hook, module, inputs, output)`; remove it with `remove()` or `with`."""
 
     def __init__(self, module: nn.Module, fn: HookFn) -> None:
         self.module = module
         self.handle = module.register_forward_hook(partial(fn, self))
+        HOOK_IDS.add(self.handle.id)
 
     def remove(self) -> None:
         """Unregister the hook (safe to call twice); whatever `fn` stored on the hook stays readable."""
         self.handle.remove()
+        HOOK_IDS.discard(self.handle.id)
 
     def __enter__(self) -> Hook:
         return self
@@ -189,6 +196,7 @@ class HooksCallback(Callback):
         self.hooks = Hooks([], self._hookfunc)
         self._active = False  # set per pass, so the hook need not keep a reference to the learner
         self._training = True  # the mode of this pass: a forward in the other mode is not of the pass
+        self._model: nn.Module | None = None  # the fit's model, whose mode tells a pass's forwards apart
 
     def before_fit(self, learn: Learner) -> None:
         self.hooks.remove()  # never two sets of hooks on a model, whatever happened before
@@ -203,6 +211,7 @@ class HooksCallback(Callback):
             raise ValueError(f"{type(self).__name__}: mod_filter matched no module of {type(learn.model).__name__}; "
                              "check the filter (e.g. fastcore's risinstance(nn.ReLU)) or pass mods=[...].")
         self.hooks = Hooks(mods, self._hookfunc)
+        self._model = learn.model
 
     def before_epoch(self, learn: Learner) -> None:
         self._active = self.on_train if learn.training else self.on_valid
@@ -213,10 +222,12 @@ class HooksCallback(Callback):
 
     def cleanup_fit(self, learn: Learner) -> None:
         self.hooks.remove()
+        self._model = None
 
     def _hookfunc(self, hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
-        # not a forward in the other mode: get_preds or summary called from a callback during a training pass
-        if self._active and module.training == self._training:
+        # not a forward of the model in the other mode (get_preds or summary called from a callback during a
+        # training pass); the model's mode, not the module's: a frozen layer kept in eval mode is still recorded
+        if self._active and self._model.training == self._training:
             self.hookfunc(hook, module, inputs, output)
 
     def __iter__(self) -> Any:
