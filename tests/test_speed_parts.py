@@ -122,6 +122,28 @@ def test_grad_accum_with_momentum_learner_keeps_the_momentum_as_it_is():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_grad_accum_with_momentum_pairs_carried_gradients_with_their_own_parameters():
+    """The carried gradients were paired by position with the parameters that had a .grad at the step: a layer
+    that gained one within the group (unfrozen mid-fit) crashed with 'Tensor lists must have the same number'."""
+    from miniai.learner import MomentumLearner
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 32, 4)]
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+
+    class Unfreeze(Callback):
+        def before_fit(self, learn):
+            learn.model[0].requires_grad_(False)
+
+        def after_batch(self, learn):
+            if learn.iter == 2:  # mid-group (groups of 2: batches 2 and 3)
+                learn.model[0].requires_grad_(True)
+    learn = MomentumLearner(model, DataLoaders(batches, batches[:1]), F.mse_loss, lr=0.01, cbs=[GradAccumCB(2),
+                                                                                                  Unfreeze()])
+    learn.fit(1, valid=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_grad_accum_metrics_see_the_unscaled_loss():
     plain, _ = linear_problem(bs=16)
     plain_metrics = MetricsCB()

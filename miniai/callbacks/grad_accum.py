@@ -35,17 +35,17 @@ class GradAccumCB(Callback):
                              f"got {n_steps!r}")
         self.n_steps = n_steps
         self._summed = 0  # batches whose gradients are in .grad since the last step
-        self._carried: list[torch.Tensor] = []  # gradients in .grad before the group began (MomentumLearner's)
+        self._carried: list[torch.Tensor | None] = []  # per parameter, its .grad before the group (MomentumLearner)
         self._n_batches: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """{'summed': batches whose gradients are in .grad, 'carried': the gradients there before them} (a group
         may cross epochs when the loader has no length; the checkpoint restores .grad itself)."""
-        return {"summed": self._summed, "carried": [g.clone() for g in self._carried]}
+        return {"summed": self._summed, "carried": [None if g is None else g.clone() for g in self._carried]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`."""
-        self._summed, self._carried = state["summed"], [g.clone() for g in state["carried"]]
+        self._summed, self._carried = state["summed"], [None if g is None else g.clone() for g in state["carried"]]
 
     def optimizer_steps(self, n_batches: int) -> int:
         """Optimizer steps a training pass of `n_batches` batches takes."""
@@ -66,8 +66,11 @@ class GradAccumCB(Callback):
     def after_loss(self, learn: Learner) -> None:
         if learn.training and not self._summed:
             # a group starts: gradients already in .grad (MomentumLearner keeps mom x the old ones) are not this
-            # group's, and must come through the division below as they are; usually there are none (zero_grad)
-            self._carried = [p.grad.clone() for p in learn.model.parameters() if p.grad is not None]
+            # group's, and must come through the division below as they are; usually there are none (zero_grad).
+            # One entry per parameter (None: no gradient), so they pair up whatever gains a gradient meanwhile
+            grads = [p.grad for p in learn.model.parameters()]
+            self._carried = [None if g is None else g.clone() for g in grads] if any(
+                g is not None for g in grads) else []
 
     def after_backward(self, learn: Learner) -> None:
         self._summed += 1
@@ -75,12 +78,16 @@ class GradAccumCB(Callback):
         if (learn.iter + 1) % self.n_steps and not last:
             raise CancelStepException()  # keep adding gradients up
         if self._summed > 1:
-            grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
-            if self._carried:  # carried + (sum - carried) / k
-                self._carried = [c.to(g.device) for c, g in zip(self._carried, grads)]  # loaded from a checkpoint
-                torch._foreach_sub_(grads, self._carried)
+            params = list(learn.model.parameters())
+            carried = self._carried or [None] * len(params)
+            pairs = [(p.grad, c) for p, c in zip(params, carried) if p.grad is not None]
+            plain = [g for g, c in pairs if c is None]
+            if plain:
+                torch._foreach_div_(plain, float(self._summed))  # one fused op per step (what clip_grad_norm_ uses)
+            kept = [(g, c.to(g.device)) for g, c in pairs if c is not None]  # carried + (sum - carried) / k
+            if kept:
+                grads, olds = [g for g, _ in kept], [c for _, c in kept]
+                torch._foreach_sub_(grads, olds)
                 torch._foreach_div_(grads, float(self._summed))
-                torch._foreach_add_(grads, self._carried)
-            else:
-                torch._foreach_div_(grads, float(self._summed))  # one fused op per step (what clip_grad_norm_ uses)
+                torch._foreach_add_(grads, olds)
         self._summed, self._carried = 0, []
