@@ -49,4 +49,6 @@ def to_cpu(x: Any) -> Any:
         return x.float() if x.dtype == torch.float16 else x
     if isinstance(x, dict):
         return {k: to_cpu(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple's constructor takes its fields one by one
+        return type(x)(*(to_cpu(v) for v in x))
     return type(x)(to_cpu(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -212,7 +212,8 @@ class DataLoaders:
         Splits are picked by name, never by position: `train`, and for validation the first of `validation`,
         `valid`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last`: training only. With
         `as_tuple`, dict batches become tuples of the dataset's feature columns in `features` order (columns a
-        transform added are left out), as `collate_dict` and the course's `from_dd` do.
+        transform added are left out), as `collate_dict` and the course's `from_dd` do; when a transform renamed
+        them (no longer all there), the batch's own columns in its order.
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:
@@ -230,8 +231,8 @@ class DataLoaders:
                 batch = collate_fn(items)
                 if not isinstance(batch, dict):
                     return batch
-                return tuple(batch[k] for k in names if k in batch) if any(k in batch for k in names) \
-                    else tuple(batch.values())
+                # a transform that renamed columns (image -> pixel_values) defines its own: the batch's order
+                return tuple(batch[k] for k in names) if all(k in batch for k in names) else tuple(batch.values())
         valid_kwargs = {k: v for k, v in kwargs.items() if k != "drop_last"}  # every validation item is scored
         return cls(DataLoader(train, batch_size, shuffle=True, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs))

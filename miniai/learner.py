@@ -339,7 +339,7 @@ class Learner:
         fit_one_cycle(self, n_epochs, max_lr, **kwargs)
 
     def lr_find(self, *args: Any, **kwargs: Any) -> Any:
-        """The loss as the lr grows a batch at a time, and suggested lrs; the learner is left as it was."""
+        """The loss as the lr grows an optimizer step at a time, and suggested lrs; the learner is left as it was."""
         from .callbacks.lr_finder import lr_find
         return lr_find(self, *args, **kwargs)
 
@@ -354,10 +354,10 @@ class Learner:
         from .callbacks.preds import capture_preds
         return capture_preds(self, cbs, inps)
 
-    def tta(self, dl: Any = None, tfms: Any = None, n: int = 1) -> tuple:
+    def tta(self, dl: Any = None, tfms: Any = None, n: int = 1, inputs: str | None = None) -> tuple:
         """`(probs, targets)`: softmax averaged over the inputs and `n` augmented copies (default: flipped)."""
         from .callbacks.preds import tta
-        return tta(self, dl, tfms, n)
+        return tta(self, dl, tfms, n, inputs)
 
     def infer(self, items: Any, bs: int = 256) -> Any:
         """Class index, name and probabilities of one raw image or a batch, normalized as the loaders' data were."""
@@ -380,7 +380,10 @@ class Learner:
         return export(self, path)
 
     def compile(self, **kwargs: Any) -> Learner:
-        """`torch.compile` the model in place (its `state_dict` keys stay clean); the first epoch pays for it."""
+        """`torch.compile` the model in place (its `state_dict` keys stay clean); the first epoch pays for it.
+
+        It turns on dynamo's module-hook guards for the process (`skip_nnmodule_hook_guards = False`), for every
+        compiled model: a change of hooks then recompiles instead of going unseen."""
         if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
             raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
         import torch._dynamo as dynamo  # here: a second to import

@@ -282,7 +282,7 @@ def test_a_metric_with_update_compute_and_reset_but_no_to_works():
 def test_small_values_keep_their_digits_and_every_fit_prints_its_header():
     """A regression loss of 1.3e-4 printed as 0.000; a second fit printed rows without a header."""
     assert format_row({"loss": 1.3e-4}) == "1.30e-04" and format_row({"loss": 0.25}) == "0.250"
-    assert format_row({"loss": 0.0}) == "0.000"
+    assert format_row({"loss": 0.0}) == "0.000" and format_row({"x": -1.3e-4}) == "-1.3e-04"  # 8 wide
     out = io.StringIO()
     learn = tiny_learner(cbs=[MetricsCB()])
     with redirect_stdout(out):

@@ -416,6 +416,18 @@ def test_a_checkpoint_of_another_dtype_is_named_in_a_warning(tmp_path):
         again.fit(2, resume=tmp_path)
 
 
+def test_a_run_directory_moved_with_its_files_keeps_its_best(tmp_path):
+    """The best file was saved as an absolute path: after `mv runs/a runs/b` the resumed run forgot its best."""
+    learn, _ = make_learner(tmp_path / "a", monitor="valid_loss", mode="max", keep=None)
+    learn.fit(2)
+    best = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path.name
+    (tmp_path / "a").rename(tmp_path / "b")
+    again, _ = make_learner(tmp_path / "b", monitor="valid_loss", mode="max", keep=None)
+    again.fit(3, resume=tmp_path / "b")
+    cb = next(cb for cb in again.cbs if isinstance(cb, CheckpointCB))
+    assert cb.best_path in (tmp_path / "b" / best, tmp_path / "b" / "epoch_0003.pt")
+
+
 def test_checkpoint_from_a_smaller_model_lists_unexpected_keys(tmp_path):
     make_learner(tmp_path)[0].fit(1)
     smaller = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU())

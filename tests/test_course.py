@@ -264,6 +264,9 @@ def test_course_names_whose_meaning_differs_from_ours_keep_the_courses():
         b["x"] = 2 * b["x"]
     assert double({"x": 3}) == {"x": 6}
     assert namespace["to_cpu"](torch.ones(2, dtype=torch.float16)).dtype == torch.float32
+    from collections import namedtuple
+    pair = namedtuple("Pair", "a b")
+    assert namespace["to_cpu"](pair(torch.ones(1), torch.zeros(1))).a.dtype == torch.float32
 
 
 def test_the_courses_training_module_is_refused_with_what_to_use():

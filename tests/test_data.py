@@ -626,6 +626,16 @@ def test_from_dd_batches_hold_the_feature_columns_in_features_order_as_collate_d
     assert xb.shape == (8, 3) and yb.shape == (8,) and torch.equal(xb[:, 0], yb.float())
 
 
+def test_from_dd_keeps_the_columns_a_transform_renamed():
+    """Keeping only features' columns dropped the inputs when a transform renamed image to pixel_values."""
+    from datasets import Dataset, DatasetDict
+    dd = DatasetDict({name: Dataset.from_dict({"x": [[float(i)] * 3 for i in range(8)], "label": list(range(8))})
+                      for name in ("train", "test")})
+    renamed = dd.with_transform(lambda b: {"pixel_values": torch.tensor(b["x"]), "label": b["label"]})
+    xb, yb = next(iter(DataLoaders.from_dd(renamed, 4).valid))
+    assert xb.shape == (8, 3) and torch.equal(xb[:, 0], yb.float())
+
+
 @pytest.mark.parametrize("splits, missing", [(("train",), "no validation split"),
                                              (("test", "dev"), "no 'train' split")])
 def test_from_dd_without_train_or_validation_split_is_an_error(splits, missing):

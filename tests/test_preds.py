@@ -398,3 +398,24 @@ def test_a_callback_of_yours_left_out_of_the_predict_path_is_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.get_preds()
+
+
+def test_tta_on_several_inputs_says_which_it_transforms_and_a_fixed_sampler_is_fine():
+    """tta built a BatchTransformCB without inputs=, which a 2-input learner refused with advice tta took no part in;
+    a DataLoader over a fixed list of indices was refused as shuffled."""
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, a, b):
+            return self.lin(a + b)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    dl = DataLoader(TensorDataset(x, x, y), 4)
+    learn = TrainLearner(Two(), DataLoaders(dl, dl), F.cross_entropy, lr=0.1, n_inp=2)
+    with pytest.raises(ValueError, match=r"tta\(..., inputs='first'\)"):
+        learn.tta(tfms=lambda t: t + 1)
+    assert learn.tta(tfms=lambda t: t + 1, inputs="all")[0].shape == (8, 3)
+    image = image_learner()
+    fixed = DataLoader(TensorDataset(image.dls.valid.x, image.dls.valid.y), 8, sampler=list(range(40)))
+    assert torch.allclose(image.tta(dl=fixed)[0], image.tta()[0])

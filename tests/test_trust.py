@@ -611,11 +611,14 @@ def test_a_batch_that_is_not_a_tuple_is_refused_at_the_first_batch():
         learn.fit(1)
 
 
-def test_a_temporary_train_cb_leaves_the_learners_n_inp_as_it_was():
+def test_train_cb_n_inp_stays_on_the_learner_for_infer_and_export():
+    """TrainCB(n_inp=2) sets learn.n_inp for good, as the course's did: infer and export read it after the fit."""
     from miniai.callbacks.basic import TrainCB
     from miniai.learner import Learner
     x = torch.randn(16, 1)
     dl = DataLoader(TensorDataset(x, x, 2 * x), 4)
-    learn = Learner(nn.Bilinear(1, 1, 1), DataLoaders(dl, dl), F.mse_loss, lr=0.1)
-    learn.fit(1, cbs=[TrainCB(n_inp=2)])
-    assert learn.n_inp == 1
+    learn = Learner(nn.Bilinear(1, 1, 1), DataLoaders(dl, dl), F.mse_loss, lr=0.1, cbs=[TrainCB(n_inp=2)])
+    learn.fit(1)
+    assert learn.n_inp == 2
+    with pytest.raises(ValueError, match="n_inp=2"):
+        learn.infer(x[:2])

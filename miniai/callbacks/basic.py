@@ -125,21 +125,17 @@ def supervised_loss(learn: Learner) -> torch.Tensor:
 class TrainCB(Callback):
     """The supervised training steps for a base `Learner` (the course's TrainCB): it owns all five steps.
 
-    `n_inp`, if given, sets `learn.n_inp` for the fit (the course passed it here); None keeps the learner's.
+    `n_inp`, if given, sets `learn.n_inp` at before_fit, and it stays (infer and export read it after the fit; the
+    course passed it here); None keeps the learner's.
     """
     owns_steps = STEPS
 
     def __init__(self, n_inp: int | None = None) -> None:
         self.n_inp = n_inp
-        self._n_inp_before: int | None = None
 
     def before_fit(self, learn: Learner) -> None:
         if self.n_inp is not None:
-            self._n_inp_before, learn.n_inp = learn.n_inp, self.n_inp
-
-    def cleanup_fit(self, learn: Learner) -> None:
-        if self._n_inp_before is not None:  # the learner's own again after the fit
-            learn.n_inp, self._n_inp_before = self._n_inp_before, None
+            learn.n_inp = self.n_inp
 
     def predict(self, learn: Learner) -> None:
         learn.preds = learn.model(*learn.xb)

@@ -234,6 +234,7 @@ class CheckpointCB(Callback):
         self._written: list[Path] = []  # files this fit wrote, oldest first: the only ones pruning may delete
         self._pending: int | None = None
         self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
+        self._resumed_from: Path | None = None
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
         self._warned: set[str] = set()
 
@@ -242,10 +243,13 @@ class CheckpointCB(Callback):
         return {"best": self.best, "best_file": str(self.best_path.resolve()) if self.best_path else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`; a best file that is no longer there (or, in older checkpoints, a bare file
-        name, whose directory is unknown) is forgotten with its value, so the resumed run finds a new best."""
+        """Restore `state_dict()`; a best file no longer where it was is looked for in the directory of the
+        checkpoint resumed from (a run moved or copied with its files), else forgotten with its value, so the
+        resumed run finds a new best."""
         best = Path(state["best_file"]) if state["best_file"] else None
-        if best is not None and not (best.is_absolute() and best.exists()):
+        if best is not None and not (best.is_absolute() and best.exists()) and self._resumed_from is not None:
+            best = Path(self._resumed_from).parent / best.name
+        if best is not None and not best.exists():
             warnings.warn(f"the best checkpoint of the resumed run ({best}) is not there any more: the best is "
                           "looked for afresh from here on", stacklevel=2)
             best = None
@@ -255,6 +259,7 @@ class CheckpointCB(Callback):
         if self.monitor is not None:
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
+        self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
         self._replaced = []
         self._watch(learn)
         if not is_main_process():

@@ -178,8 +178,8 @@ _REAL_FIT_ONLY = (CheckpointCB, BaseSchedCB, SWACB, EarlyStoppingCB)  # callback
 
 def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr: float = 1e-5,
             max_epochs: int = 10, plot: bool = True) -> LRFinderResult:
-    """Train from `start_lr`, ×`gamma` per batch, until the loss exceeds `max_mult` × its minimum (or NaN, or
-    `max_epochs` end); return the curve and suggestions. The model, optimizer, learner, data loaders' epoch
+    """Train from `start_lr`, ×`gamma` per optimizer step, until the loss exceeds `max_mult` × its minimum (or NaN,
+    or `max_epochs` end); return the curve and suggestions. The model, optimizer, learner, data loaders' epoch
     counters, the generators they draw from and the RNGs (torch's, Python's, NumPy's) are left exactly as they
     were: lr_find is a look, not a training run. The arguments come in the course's order (`lr_find(1.2)` is
     gamma).

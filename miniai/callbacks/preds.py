@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
+from torch.utils.data import (DataLoader, IterableDataset, RandomSampler, SubsetRandomSampler,
+                              WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
@@ -218,18 +219,21 @@ def capture_preds(learn: Learner, cbs: Sequence[Callback] | None = None, inps: b
 
 
 def _shuffled(dl: Any) -> bool:
-    """Whether `dl` may give its items in another order each pass: shuffled, or a torch DataLoader whose sampler
-    is not sequential (a SubsetRandomSampler, a weighted one, ...; an iterable dataset's order is its own)."""
+    """Whether `dl` may give its items in another order each pass: shuffled (`dl.shuffle`), or a torch DataLoader
+    whose sampler draws (torch's random samplers, a shuffling DistributedSampler, any sampler with a generator);
+    a fixed list of indices or a sequential sampler keeps its order."""
     if getattr(dl, "shuffle", False):
         return True
     if not isinstance(dl, DataLoader) or isinstance(dl.dataset, IterableDataset):
         return False
     sampler = getattr(dl.batch_sampler, "sampler", dl.sampler)
-    return not isinstance(sampler, SequentialSampler)
+    return isinstance(sampler, (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)) or bool(
+        getattr(sampler, "shuffle", False)) or hasattr(sampler, "generator")
 
 
 def tta(learn: Learner, dl: Iterable[Any] | None = None,
-        tfms: Callable[[torch.Tensor], torch.Tensor] | Sequence[Callable] | None = None, n: int = 1) -> tuple:
+        tfms: Callable[[torch.Tensor], torch.Tensor] | Sequence[Callable] | None = None, n: int = 1,
+        inputs: str | None = None) -> tuple:
     """Test-time augmentation: `(probs, targets)`, softmax probabilities averaged over the inputs and `n` copies.
 
     `tfms` is a batch transform (x -> x, see `miniai.augment`) or a sequence of them, applied to the inputs after
@@ -238,8 +242,12 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Their draws
     come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `n=0` is
     `get_preds(act=torch.softmax)`. Each copy is a prediction pass, so `dl` must give its items in the same order
-    every pass (unshuffled).
+    every pass (unshuffled). A learner whose batches have several inputs needs `inputs='first'` or `'all'`: the
+    inputs the transforms take (as `BatchTransformCB`'s).
     """
+    if learn.n_inp != 1 and inputs is None:
+        raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which the augmented copies "
+                         "transform, tta(..., inputs='first') or inputs='all' (each one)")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n is the number of augmented copies, an int >= 0; got {n!r}")
     dl = _loader(learn, dl)
@@ -257,7 +265,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         for _ in range(n):
             aug = _GatherPreds(act=torch.softmax)
             try:
-                prediction_pass(learn, dl, [BatchTransformCB(tfm, on_train=False, on_val=True), aug])
+                prediction_pass(learn, dl, [BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs), aug])
             except ValueError as e:
                 if tfms is None and "RandomFlip" in str(e):
                     raise ValueError(f"tta's default tfms, a horizontal flip, needs (N,C,H,W) image batches: {e} "
