@@ -19,7 +19,7 @@ __all__ = ["Interpretation", "show_results"]
 
 
 def _names(classes: Sequence[str] | None, indices: torch.Tensor) -> list[str]:
-    return [classes[i] if classes else str(i) for i in indices.tolist()]
+    return [classes[i] if classes is not None and len(classes) else str(i) for i in indices.tolist()]
 
 
 def _images(inputs: Any, what: str) -> torch.Tensor:

@@ -6,6 +6,7 @@ the returned Figure can be `savefig`-ed.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,8 +26,9 @@ __all__ = ["show_image", "show_images", "get_grid", "subplots",
 
 def _to_hwc(im: Any) -> np.ndarray:
     """A tensor/array image as something imshow draws: [H,W] for one channel, [H,W,C] in [0,1] for colour."""
-    if isinstance(im, torch.Tensor):
-        im = im.detach().float().cpu().numpy()
+    if isinstance(im, torch.Tensor):  # its dtype kept: uint8 pixels are drawn as such, as an ndarray's are
+        im = im.detach().cpu()
+        im = (im.float() if im.is_floating_point() or im.dtype == torch.bool else im).numpy()
     im = np.asarray(im)
     if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
         im = im.transpose(1, 2, 0)  # CHW (torch) -> HWC (matplotlib)
@@ -65,6 +67,8 @@ def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, imsize:
     """
     if title is not None:
         suptitle = title
+    if n < 1:
+        raise ValueError(f"get_grid needs n >= 1 images to lay out; got {n}")
     if nrows is None and ncols is None:
         nrows = int(math.sqrt(n))
     if ncols is None:
@@ -72,6 +76,9 @@ def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, imsize:
     elif nrows is None:
         nrows = math.ceil(n / ncols)
     kwargs.setdefault("figsize", (ncols * imsize, nrows * imsize))
+    if nrows * ncols < n:  # zip would draw the first nrows * ncols and drop the rest without a word
+        raise ValueError(f"a grid of {nrows}x{ncols} has no room for {n} images: give more rows or columns, or "
+                         "leave one of them out (it is computed)")
     fig, axs = plt.subplots(nrows, ncols, squeeze=False, **kwargs)
     for ax in axs.flat[n:]:
         ax.set_axis_off()  # unused cells stay blank
@@ -87,7 +94,10 @@ def show_images(ims: Sequence[Any] | torch.Tensor, nrows: int | None = None, nco
     figure (as in the course); other keyword arguments go to each `show_image` (e.g. `cmap`)."""
     fig, axs = get_grid(len(ims), nrows, ncols, imsize=imsize, suptitle=suptitle,
                         **({"figsize": kwargs.pop("figsize")} if "figsize" in kwargs else {}))
-    titles = list(titles) if titles is not None else [None] * len(ims)
+    titles = list(titles) if titles is not None else []
+    if len(titles) > len(ims):
+        raise ValueError(f"{len(titles)} titles for {len(ims)} images")
+    titles += [None] * (len(ims) - len(titles))  # the images without one are drawn untitled (the course's way)
     for im, title, ax in zip(ims, titles, axs):
         show_image(im, ax=ax, title=title, **kwargs)
     return fig
@@ -108,7 +118,9 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dic
     finite = losses[np.isfinite(losses)]
     if len(finite) > 1:
         # the last point is the blow-up that stopped the finder: let it leave the chart rather than squash the rest
-        low, high = finite.min(), finite[:-1].max()
+        low = finite.min()
+        # (unless it is not one: it stopped on a NaN after it, or the data ran out; 3x the minimum, the finder's rule)
+        high = max(finite[:-1].max(), finite[-1] if finite[-1] <= 3 * low else -np.inf)
         pad = 0.05 * max(high - low, 1e-12)
         ax.set_ylim(low - pad, high + pad)
     for (name, lr), marker in zip((suggestions or {}).items(), "os^v<>"):
@@ -217,14 +229,15 @@ def plot_lrs(scheduler: Callable[..., Any], opt: torch.optim.Optimizer, n_steps:
 
 # --- training curves ---------------------------------------------------------------------------------------------
 def plot_losses(train_losses: Sequence[float], valid_losses: Sequence[float], valid_at: int | Sequence[int],
-                ax: Axes | None = None) -> Figure:
+                ax: Axes | None = None, start: int = 0) -> Figure:
     """Train loss per batch and valid loss at the end of each epoch, against the batch index; `valid_at` is the
-    number of training batches before each valid loss (an int: batches per epoch, the same for every epoch)."""
+    batch index after which each valid loss was taken (an int: batches per epoch, the same for every epoch), and
+    `start` the index of the first train loss (a resumed run's losses begin after the epochs it did not train)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6.0, 3.5))
-    if isinstance(valid_at, int):
-        valid_at = [(i + 1) * valid_at for i in range(len(valid_losses))]
-    ax.plot(range(len(train_losses)), list(train_losses), label="train")
+    if isinstance(valid_at, numbers.Integral):
+        valid_at = [start + (i + 1) * valid_at for i in range(len(valid_losses))]
+    ax.plot(range(start, start + len(train_losses)), list(train_losses), label="train")
     ax.plot(list(valid_at), list(valid_losses), "o-", label="valid")
     ax.set_xlabel("batch")
     ax.set_ylabel("loss")
@@ -273,6 +286,9 @@ def show_predictions(ims: Sequence[Any] | torch.Tensor, actual: Sequence[str], p
                      notes: Sequence[str] | None = None, nrows: int | None = None, ncols: int | None = None,
                      imsize: float = 2.0, suptitle: str | None = None) -> Figure:
     """A grid of images titled 'actual / predicted' (and a line of `notes` each): green when right, red when wrong."""
+    if not len(ims) == len(actual) == len(predicted) or notes is not None and len(notes) != len(ims):
+        raise ValueError(f"show_predictions needs one label of each per image: {len(ims)} images, {len(actual)} "
+                         f"actual, {len(predicted)} predicted" + (f", {len(notes)} notes" if notes is not None else ""))
     fig, axs = get_grid(len(ims), nrows, ncols, imsize=imsize, suptitle=suptitle)
     for i, (im, true, pred, ax) in enumerate(zip(ims, actual, predicted, axs)):
         show_image(im, ax=ax)

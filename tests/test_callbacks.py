@@ -305,3 +305,21 @@ def test_channels_last_leaves_inputs_that_are_not_image_tensors_alone():
     learn = TrainLearner(DictModel(), SimpleNamespace(train=batches, valid=batches), F.mse_loss, lr=0.1,
                          cbs=[DeviceCB("cpu", channels_last=True)])
     learn.fit(1)
+
+
+def test_a_resumed_fits_loss_curve_counts_batches_from_the_start_of_the_run(tmp_path):
+    """After fit(resume=<epoch 1>) the train losses were drawn from x=0 and epoch 1's valid loss at batch 3, not 6."""
+    from miniai.callbacks import CheckpointCB
+    tiny_learner(cbs=[MetricsCB(), CheckpointCB(tmp_path)]).fit(1)
+    progress = ProgressCB(mode="plain")
+    with redirect_stdout(io.StringIO()):
+        tiny_learner(cbs=[MetricsCB(), CheckpointCB(tmp_path), progress]).fit(3, resume=tmp_path)
+    assert progress.valid_at == [6, 9]
+    import matplotlib
+    matplotlib.use("Agg")
+    train = progress.plot_losses().axes[0].lines[0]
+    assert list(train.get_xdata()) == list(range(3, 9))
+
+
+def test_huge_values_keep_the_columns_aligned_and_notebook_tables_format_like_the_terminals():
+    assert format_row({"loss": 12345.678}) == "1.23e+04" and format_row({"loss": -12345.0}) == "-1.2e+04"

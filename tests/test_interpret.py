@@ -164,3 +164,11 @@ def test_the_confusion_matrix_counts_small_integer_targets_right(dtype):
     for t, p in zip(targets.tolist(), probs.argmax(1).tolist()):
         expected[t, p] += 1
     assert torch.equal(interp.confusion_matrix(), expected)
+
+
+def test_class_names_given_as_an_array_work():
+    """An ndarray of class names failed with 'truth value of an array is ambiguous' in every title."""
+    import numpy as np
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    interp = Interpretation(None, probs, torch.tensor([0, 0]), torch.zeros(2), classes=np.array(["cat", "dog"]))
+    assert interp.most_confused() == [("cat", "dog", 1)]

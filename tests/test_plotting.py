@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -60,3 +61,27 @@ def test_a_colour_map_chosen_by_the_user_is_kept_and_figsize_sizes_a_grid():
     assert tuple(show_images([im] * 4, figsize=(8, 2)).get_size_inches()) == (8, 2)
     from miniai.callbacks.activations import ActivationStats
     assert tuple(ActivationStats().dead_chart(figsize=(11, 5)).get_size_inches()) == (11, 5)
+
+
+def test_raw_pixels_and_labels_are_drawn_as_given():
+    """A uint8 colour tensor was contrast-stretched (60 and 100 drawn black and white; as an ndarray it was not);
+    a grid or a title list shorter than the images dropped images without a word; get_grid(0) divided by zero."""
+    im = torch.full((3, 4, 5), 60, dtype=torch.uint8)
+    im[:, :2] = 100
+    drawn = show_image(im).axes[0].images[0].get_array()
+    assert drawn.dtype == np.uint8 and drawn.min() == 60 and drawn.max() == 100
+    ims = [torch.rand(8, 8)] * 5
+    with pytest.raises(ValueError, match="a grid of 1x2 has no room for 5 images"):
+        show_images(ims, nrows=1, ncols=2)
+    drawn = [ax for ax in show_images(ims, titles=["a", "b"]).axes if ax.images]
+    assert len(drawn) == 5 and [ax.get_title() for ax in drawn] == ["a", "b", "", "", ""]  # as the course's
+    with pytest.raises(ValueError, match="get_grid needs n >= 1"):
+        get_grid(0)
+
+
+def test_the_lr_finder_chart_keeps_a_last_point_that_is_no_blow_up():
+    from miniai.plotting import plot_lr_find
+    ax = plot_lr_find([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0], [2.3, 2.0, 1.2, 1.0, 2.8, float("nan")]).axes[0]
+    assert ax.get_ylim()[1] >= 2.8
+    ax = plot_lr_find([1e-4, 1e-3, 1e-2, 1e-1], [2.3, 1.2, 1.0, 50.0]).axes[0]
+    assert ax.get_ylim()[1] < 3  # the blow-up leaves the chart rather than squash the rest

@@ -21,8 +21,10 @@ def format_row(row: dict[str, Any], header: bool = False) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):  # 3 decimals, or 3 digits for values they would print as 0.000
-        return (f"{value:.2e}" if value > 0 else f"{value:.1e}") if 0 < abs(value) < 5e-4 else f"{value:.3f}"
+    if isinstance(value, float):  # 3 decimals, or 3 digits in 8 characters for values tiny or huge
+        if 0 < abs(value) < 5e-4 or abs(value) >= 1e4:  # 3 decimals would print 0.000, or overflow the column
+            return f"{value:.2e}" if value > 0 else f"{value:.1e}"
+        return f"{value:.3f}"
     return str(value)
 
 

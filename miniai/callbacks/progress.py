@@ -10,7 +10,7 @@ import torch
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
-from .metrics import format_row
+from .metrics import _fmt, format_row
 
 __all__ = ["ProgressCB", "ConsoleBar", "in_notebook"]
 
@@ -152,6 +152,7 @@ class ProgressCB(Callback):
         self.losses: list[float] = []
         self.valid_losses: list[float] = []
         self.valid_at: list[int] = []  # the training batches seen before each valid loss: its x in the plots
+        self._start = 0  # the run's batch index of this fit's first batch (resumed fits start later)
         # every attribute is set here, so cleanup_fit works whatever failed before it (another before_fit, say)
         self._train_losses = _HostScalars()
         self._mode, self._main, self._header_done = "plain", True, False
@@ -169,6 +170,8 @@ class ProgressCB(Callback):
             self._mode = "plain"
         self._train_losses = _HostScalars()
         self.losses, self.valid_losses, self.valid_at = self._train_losses.values, [], []
+        # a resumed run's batches are counted from the start of the run, like RecorderCB's (a guess without len)
+        self._start = learn.start_epoch * (_length(getattr(learn.dls, "train", None)) or 0)
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
         self._saved_log_fn = None
         metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
@@ -186,13 +189,13 @@ class ProgressCB(Callback):
     def _log(self, row: dict[str, Any]) -> None:
         if row.get("train") == "valid" and "loss" in row and isinstance(row.get("epoch"), int):  # not SWACB's
             self.valid_losses.append(row["loss"])
-            self.valid_at.append(self._train_losses.count)
+            self.valid_at.append(self._start + self._train_losses.count)
         if not self._main:
             return
         if self._mode == "notebook":
             if not self._header_done:
                 self.mbar.write(list(row), table=True)
-            self.mbar.write([f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()], table=True)
+            self.mbar.write([_fmt(v) for v in row.values()], table=True)
         else:
             lines = ([format_row(row, header=True)] if not self._header_done else []) + [format_row(row)]
             for line in lines:
@@ -254,7 +257,7 @@ class ProgressCB(Callback):
         self.mbar = None
 
     def _update_graph(self, learn: Learner) -> None:
-        train = [list(range(len(self.losses))), self.losses]
+        train = [list(range(self._start, self._start + len(self.losses))), self.losses]
         valid = [self.valid_at, self.valid_losses]
         self.mbar.update_graph([train, valid])
         self._last_graph = time.perf_counter()
@@ -262,4 +265,4 @@ class ProgressCB(Callback):
     def plot_losses(self, ax: Any = None) -> Any:
         """Train loss per batch and valid loss per epoch against the batch index; returns the Figure."""
         from ..plotting import plot_losses  # plotting imports matplotlib: only when asked for
-        return plot_losses(self.losses, self.valid_losses, self.valid_at, ax=ax)
+        return plot_losses(self.losses, self.valid_losses, self.valid_at, ax=ax, start=self._start)
