@@ -232,7 +232,7 @@ class Learner:
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
         except KeyboardInterrupt as e:
             from .callbacks.checkpoint import interrupt_note
-            _add_note(e, interrupt_note(self))
+            _add_note(e, interrupt_note(self, temporary))
             raise
         finally:
             for cb in temporary:
@@ -328,7 +328,7 @@ class Learner:
                 continue
             n = len(dl.dataset) if hasattr(getattr(dl, "dataset", None), "__len__") else None
             why = ("its dataset is empty" if n == 0 else "it yields nothing" if n is None else
-                   f"{n} items with bs={getattr(dl, 'batch_size', '?')} and drop_last=True make no full batch")
+                   f"{n} items with bs={getattr(dl, 'batch_size', getattr(dl, 'bs', '?'))} and drop_last=True make no full batch")
             raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a wrong "
                              "path), or pass " + _skip_pass(name))
 

@@ -622,3 +622,39 @@ def test_train_cb_n_inp_stays_on_the_learner_for_infer_and_export():
     assert learn.n_inp == 2
     with pytest.raises(ValueError, match="n_inp=2"):
         learn.infer(x[:2])
+
+
+# ---------------------------------------------------------------- the advice in messages works
+
+def test_the_nan_message_with_a_schedule_does_not_advise_a_resume_with_lr(tmp_path):
+    """'learn.fit(n, lr=..., resume=...)' was advised to a learner with a BatchSchedCB, and that call is refused."""
+    from miniai.callbacks.guards import NonFiniteLossError
+
+    class Poison(Callback):
+        def after_loss(self, learn):
+            if learn.epoch == 1 and learn.iter == 1:
+                learn.loss = learn.loss * float("nan")
+    sched = BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2))
+    learn = tiny_learner(cbs=[sched, Poison(), CheckpointCB(tmp_path)])
+    with pytest.raises(NonFiniteLossError, match=r"a schedule sets the lr, so start a new fit from its weights.*"
+                                                  r"load_checkpoint\("):
+        learn.fit(3)
+
+
+def test_the_ctrl_c_note_names_the_callbacks_given_to_the_interrupted_call(tmp_path):
+    """Resuming with the call the note gave dropped the CheckpointCB passed to fit(cbs=...): no more checkpoints."""
+    class Interrupt(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 1:
+                raise KeyboardInterrupt
+    learn = tiny_learner(cbs=[Interrupt()])
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit(3, cbs=[CheckpointCB(tmp_path)])
+    assert "giving it the same cbs=[...] as the interrupted call (CheckpointCB)" in " ".join(info.value.__notes__)
+
+
+def test_a_partial_of_a_several_target_loss_is_that_loss():
+    """partial(F.gaussian_nll_loss, eps=...) was named 'partial' and refused as a one-target loss."""
+    x, y, var = torch.randn(32, 3), torch.randn(32, 1), torch.rand(32, 1) + 0.5
+    dl = DataLoader(TensorDataset(x, y, var), 8)
+    TrainLearner(nn.Linear(3, 1), DataLoaders(dl, dl), partial(F.gaussian_nll_loss, eps=1e-3), lr=0.01).fit(1)

@@ -88,7 +88,8 @@ _N_TARGETS = {"gaussian_nll_loss": 2, "GaussianNLLLoss": 2, "ctc_loss": 3, "CTCL
 def supervised_loss(learn: Learner) -> torch.Tensor:
     """`learn.loss_func(learn.preds, *learn.yb)`, refusing inputs that would silently compute the wrong loss."""
     loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
-    name = getattr(loss_func, "__name__", type(loss_func).__name__)
+    named = getattr(loss_func, "func", loss_func)  # a partial(F.gaussian_nll_loss, eps=...) is that loss
+    name = getattr(named, "__name__", type(named).__name__)
     fix = None
     if len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
             and preds.shape != yb[0].shape:
@@ -98,7 +99,8 @@ def supervised_loss(learn: Learner) -> torch.Tensor:
             broadcast = preds.shape
         if broadcast != preds.shape:  # e.g. (N,1) against (N,): an (N,N) loss that trains, wrongly
             fix = (f"they broadcast to {tuple(broadcast)}, so the loss would compare every prediction with every "
-                   "target. Make the shapes equal (e.g. preds.squeeze(-1), or targets.view(-1, 1)).")
+                   "target. Make the shapes equal: give the model's output the targets' shape (e.g. end the model "
+                   "with nn.Flatten(0) for (N,) targets), or build the targets in the output's shape.")
     elif len(yb) != _N_TARGETS.get(name, 1) and (getattr(getattr(loss_func, "func", loss_func), "__module__", None)
                                                  or type(loss_func).__module__).startswith("torch.nn"):
         n = _N_TARGETS.get(name, 1)

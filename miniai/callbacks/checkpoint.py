@@ -24,7 +24,7 @@ from torch import nn
 
 from ..distributed import all_gather, is_dist, is_main_process
 from ..learner import Callback, Learner
-from .guards import NonFiniteLossError
+from .guards import NonFiniteLossError, lower_lr_advice
 from .metrics import check_monitor, monitor_mode
 
 __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",
@@ -347,7 +347,7 @@ class CheckpointCB(Callback):
         good = learn.last_checkpoint
         raise NonFiniteLossError(
             f"after epoch {done} {what}, so no checkpoint was written for it." + (
-                f" The last good checkpoint is {good}: resume from it with a lower lr." if good is not None
+                f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None
                 else " No checkpoint of this run was written before it.")
             + " Try a lower lr (learn.lr_find()) or gradient clipping (GradClipCB).")
 
@@ -396,7 +396,7 @@ def _summary(value: Any, depth: int = 2) -> Any:
 
 # ---------------------------------------------------------------- Ctrl-C
 
-def interrupt_note(learn: Learner) -> str:
+def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> str:
     """What Ctrl-C stopped (epoch, pass, batch) and the call that continues the run; `fit` attaches it."""
     epoch = getattr(learn, "epoch", None)
     if epoch is None:
@@ -411,7 +411,11 @@ def interrupt_note(learn: Learner) -> str:
     saving = any(isinstance(cb, CheckpointCB) for cb in learn.cbs)
     if newest is not None:
         call = getattr(learn, "_resume_call", None) or f"learn.fit({learn.n_epochs}, resume={{path!r}})"
-        note += f" The newest checkpoint of this run is {newest}; continue the run with {call.format(path=str(newest))}."
+        note += f" The newest checkpoint of this run is {newest}; continue the run with {call.format(path=str(newest))}"
+        own = ("ResumeCB", "BatchSchedCB") if getattr(learn, "_resume_call", None) else ("ResumeCB",)  # re-made
+        given = [type(cb).__name__ for cb in temporary or [] if type(cb).__name__ not in own]
+        # callbacks given to the interrupted call only: without them the run goes on without (its CheckpointCB, say)
+        note += f", giving it the same cbs=[...] as the interrupted call ({', '.join(given)})." if given else "."
     elif saving:
         note += " No checkpoint was written yet (the first is saved after the first epoch)."
     else:

@@ -93,14 +93,23 @@ class TerminateOnNaNCB(Callback):
         after = (f" It was detected at batch {learn.iter}: the steps in between used non-finite gradients, so the "
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         good = learn.last_checkpoint
-        resume = (f" The last good checkpoint is {good}: continue from it with a lower lr, "
-                  f"learn.fit({learn.n_epochs}, lr=..., resume='{good}') (the lr given replaces the checkpoint's)."
-                  if good is not None else " There is no checkpoint of this run to resume from (CheckpointCB(path) "
-                  "saves one after each epoch).")
+        resume = (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None else
+                  " There is no checkpoint of this run to resume from (CheckpointCB(path) saves one after each epoch).")
         raise NonFiniteLossError(
             f"training loss is {value} at epoch {learn.epoch}, batch {batch} (lr={lr:.3g}).{after} Try a lower lr "
             "(learn.lr_find()), gradient clipping (GradClipCB), or check the data and the loss for NaN/inf."
             + resume)
+
+
+def lower_lr_advice(learn: Learner, good: Any) -> str:
+    """How to go on from checkpoint `good` with a lower lr: a resume takes a new lr unless a schedule sets it."""
+    from .scheduling import BaseSchedCB  # here: scheduling imports this module's neighbours
+    if any(isinstance(cb, BaseSchedCB) for cb in learn.cbs):  # resume refuses lr= with a schedule
+        return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "
+                f"learn.model.load_state_dict(load_checkpoint('{good}')['model']), then e.g. "
+                "learn.fit_one_cycle(n, max_lr=lower).")
+    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}, lr=..., resume='{good}') (the lr given "
+            "replaces the checkpoint's).")
 
 
 def add_nan_guard(learn: Learner) -> None:

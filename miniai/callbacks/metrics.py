@@ -259,8 +259,9 @@ def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
     shapes = f"got preds {tuple(preds.shape)} ({preds.dtype}) and targets {tuple(target.shape)} ({target.dtype})"
     classes = preds.shape[1] if preds.ndim > 1 else 0
     if classes == 1 and preds.ndim == target.ndim + 1:
-        fix = ("one score per item is a binary model, whose argmax is always class 0: pass (preds > 0).long() "
-               "(logits) or (preds > 0.5).long() (probabilities), or use torcheval's BinaryAccuracy in MetricsCB")
+        fix = ("one score per item is a binary model, whose argmax is always class 0: use torcheval's "
+               "BinaryAccuracy(threshold=0) for logits (0.5, its default, for probabilities) on a model whose output "
+               "is (N,) (end it with nn.Flatten(0))")
     elif target.ndim == preds.ndim and target.shape[1:2] == (1,) and classes > 1:
         fix = "targets kept as a column: pass target.squeeze(1)"
     elif target.shape == preds.shape and target.is_floating_point() and classes > 1:

@@ -116,7 +116,7 @@ def _activate(act: Callable, preds: Any) -> Any:
             shape = tuple(preds.shape) if isinstance(preds, torch.Tensor) else type(preds).__name__
             raise ValueError(f"softmax over the class dim 1 needs 2 or more outputs per item; the model gives {shape}"
                              " (1 is always 1.0; across the items of a batch is meaningless). For one score per item "
-                             "(a binary model) use act=torch.sigmoid")
+                             "(a binary model) use learn.get_preds(act=torch.sigmoid)")
         return act(preds, dim=1)
     return act(preds)
 
