@@ -25,8 +25,9 @@ def _check_batch(x: torch.Tensor, who: str) -> None:
     """Raise a helpful error unless x is an (N,C,H,W) tensor."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{who} expects a batch tensor of shape (N,C,H,W); got {shape}. "
-                         "Add a channel dim with x[:, None] for (N,H,W) images.")
+        hint = (" Add a channel dim with x[:, None] for (N,H,W) images." if isinstance(x, torch.Tensor) and x.ndim == 3
+                else " It transforms image batches: for other inputs write a transform of your own.")
+        raise ValueError(f"{who} expects a batch tensor of shape (N,C,H,W); got {shape}.{hint}")
 
 
 def _rand(shape: Sequence[int], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -218,10 +218,12 @@ class DataLoaders:
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:
             missing = "no 'train' split" if "train" not in dd else "no validation split"
+            other = next((name for name in dd if name != "train"), None)
+            rename = (f"Rename a split (dd['{'train' if 'train' not in dd else 'validation'}'] = dd.pop({other!r}))"
+                      if other is not None else "Rename a split")
             raise ValueError(f"DataLoaders.from_dd: {missing}: found {list(dd)}, looked for 'train' and, for "
-                             f"validation, the first of {', '.join(map(repr, VALID_SPLITS))}. Rename a split "
-                             "(dd['validation'] = dd.pop('heldout')) or split one off the training set "
-                             "(dd.update(dd['train'].train_test_split(test_size=0.1)))")
+                             f"validation, the first of {', '.join(map(repr, VALID_SPLITS))}. {rename} or split one "
+                             "off the training set (dd.update(dd['train'].train_test_split(test_size=0.1)))")
         train, valid = dd["train"], dd[valid_name]
         collate = collate_fn
         if as_tuple:  # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)

@@ -159,3 +159,13 @@ def test_non_batch_input_error_says_what_to_do():
 def test_bad_arguments_are_rejected_with_a_message(bad, match):
     with pytest.raises(ValueError, match=match):
         bad()
+
+
+def test_the_shape_hint_fits_the_input():
+    """'Add a channel dim with x[:, None]' was also the advice for flat (N,D) inputs, where it gives (N,1,D)."""
+    from miniai.augment import RandomFlip
+    with pytest.raises(ValueError, match=r"x\[:, None\]"):
+        RandomFlip()(torch.rand(2, 8, 8))
+    with pytest.raises(ValueError, match="transform of your own") as info:
+        RandomFlip()(torch.rand(2, 8))
+    assert "x[:, None]" not in str(info.value)

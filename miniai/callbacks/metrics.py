@@ -112,8 +112,9 @@ class MetricsCB(Callback):
         if len(batch) != n_inp + 1:  # (*inputs, target); learn.yb would build a tuple each batch
             raise ValueError(f"MetricsCB compares the predictions with one target, but this batch has "
                              f"{len(batch) - n_inp} items after its n_inp={n_inp} inputs. Batches are (*inputs, "
-                             "*targets): give the loader (inputs, target) batches, or set the learner's n_inp to "
-                             "the number of inputs.")
+                             "*targets): give the loader (inputs, target) batches (leave other items, ids say, out "
+                             "in its collate_fn), or, if the extra items are inputs of the model, set the learner's "
+                             "n_inp to their number.")
         target, preds = batch[n_inp], learn.preds.detach()
         self._pending.append((preds, target, learn.loss.detach()))
         self._pending_numel += preds.numel()
