@@ -11,6 +11,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from miniai.learner import Callback, Learner, TrainLearner
 
 
+class SumOfInputs(nn.Module):
+    """A model of two inputs, `inner(a + b)`: for learners whose batches are (a, b, *targets), n_inp=2."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.inner(a + b)
+
+
 def linear_dls(n_train: int = 48, n_valid: int = 32, bs: int = 16, seed: int = 0) -> SimpleNamespace:
     """y = 2x + 3 plus a little noise, as plain torch DataLoaders (train shuffled with a seeded generator)."""
     g = torch.Generator().manual_seed(seed)

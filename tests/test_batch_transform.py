@@ -11,6 +11,7 @@ from miniai.callbacks import BatchTransformCB, DeviceCB
 from miniai.data import DataLoaders, TensorLoader
 from miniai.learner import Callback, Learner, TrainLearner
 from miniai.utils import set_seed
+from tests.synth import SumOfInputs
 
 
 class SeenInputs(Callback):
@@ -116,20 +117,13 @@ class InputMeans(Callback):
 
 def test_with_several_inputs_the_transform_must_say_which_it_takes():
     """With n_inp=2 only batch[0] was transformed: a normalization applied to one input of two, without a word."""
-    class Sum(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(1, 1)
-
-        def forward(self, a, b):
-            return self.lin(a + b)
     x = torch.rand(16, 1) + 1
     dls = DataLoaders(None, None)
     dls.train = dls.valid = [(x[i:i + 8], x[i:i + 8], x[i:i + 8]) for i in (0, 8)]
 
     def fit(**kwargs):
         seen = InputMeans()
-        learn = TrainLearner(Sum(), dls, F.mse_loss, lr=0.0, n_inp=2,
+        learn = TrainLearner(SumOfInputs(nn.Linear(1, 1)), dls, F.mse_loss, lr=0.0, n_inp=2,
                              cbs=[BatchTransformCB(lambda t: t * 100, on_val=True, **kwargs), seen])
         learn.fit(1)
         return seen.means[0]

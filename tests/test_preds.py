@@ -22,6 +22,7 @@ from miniai.callbacks.progress import ProgressCB
 from miniai.callbacks.scheduling import BatchSchedCB, RecorderCB, _lr
 from miniai.data import DataLoaders, Normalize, TensorLoader
 from miniai.learner import Callback, CancelBatchException, TrainLearner
+from tests.synth import SumOfInputs
 
 
 def image_dls(n_train: int = 48, n_valid: int = 40, bs: int = 16, seed: int = 0) -> DataLoaders:
@@ -270,16 +271,10 @@ def test_losses_of_several_values_per_item_are_averaged_to_one():
 
 
 def test_targets_are_the_items_after_n_inp_inputs():
-    class TwoInputs(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(3, 1)
-
-        def forward(self, a, b):
-            return self.lin(a + b)
     a, b, y, w = torch.randn(10, 3), torch.randn(10, 3), torch.randn(10, 1), torch.rand(10, 1)
     valid = DataLoader(TensorDataset(a, b, y, w), batch_size=4)
-    learn = TrainLearner(TwoInputs(), DataLoaders(valid, valid), lambda p, y, w: (w * (p - y) ** 2).mean(), n_inp=2)
+    learn = TrainLearner(SumOfInputs(nn.Linear(3, 1)), DataLoaders(valid, valid), lambda p, y, w: (w * (p - y) ** 2).mean(),
+                         n_inp=2)
     inputs, preds, targets = learn.get_preds(with_input=True)
     assert torch.equal(inputs[0], a) and torch.equal(inputs[1], b)
     assert isinstance(targets, tuple) and torch.equal(targets[0], y) and torch.equal(targets[1], w)
@@ -403,16 +398,9 @@ def test_a_callback_of_yours_left_out_of_the_predict_path_is_named():
 def test_tta_on_several_inputs_says_which_it_transforms_and_a_fixed_sampler_is_fine():
     """tta built a BatchTransformCB without inputs=, which a 2-input learner refused with advice tta took no part in;
     a DataLoader over a fixed list of indices was refused as shuffled."""
-    class Two(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(4, 3)
-
-        def forward(self, a, b):
-            return self.lin(a + b)
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     dl = DataLoader(TensorDataset(x, x, y), 4)
-    learn = TrainLearner(Two(), DataLoaders(dl, dl), F.cross_entropy, lr=0.1, n_inp=2)
+    learn = TrainLearner(SumOfInputs(nn.Linear(4, 3)), DataLoaders(dl, dl), F.cross_entropy, lr=0.1, n_inp=2)
     with pytest.raises(ValueError, match=r"tta\(..., inputs='first'\)"):
         learn.tta(tfms=lambda t: t + 1)
     assert learn.tta(tfms=lambda t: t + 1, inputs="all")[0].shape == (8, 3)

@@ -13,6 +13,7 @@ from miniai.callbacks import (ActivationStats, BatchSchedCB, BatchTransformCB, D
 from miniai.data import DataLoaders, TensorLoader
 from miniai.learner import Callback, Learner, TrainLearner
 from miniai.schedulers import lr_trajectory
+from tests.synth import SumOfInputs
 
 
 def bn_model() -> nn.Sequential:
@@ -204,17 +205,10 @@ def test_swa_without_validation_averages_and_refreshes_but_validates_nothing():
 
 def test_swa_with_batchnorm_and_two_inputs_is_refused_before_training():
     """update_bn calls model(x) with the first input only: it failed after the whole fit."""
-    class Two(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = bn_model()
-
-        def forward(self, a, b):
-            return self.net(a + b)
     x = torch.randn(32, 1)
     dls = DataLoaders(TensorLoader(x, x, 8), TensorLoader(x, x, 8))
     dls.train = [(x[i:i + 8], x[i:i + 8], 2 * x[i:i + 8]) for i in range(0, 32, 8)]
-    learn = TrainLearner(Two(), dls, F.mse_loss, lr=0.1, n_inp=2, cbs=[SWACB(1, 0.05)])
+    learn = TrainLearner(SumOfInputs(bn_model()), dls, F.mse_loss, lr=0.1, n_inp=2, cbs=[SWACB(1, 0.05)])
     w = [p.clone() for p in learn.model.parameters()]
     with pytest.raises(ValueError, match="n_inp=2.*BatchNorm.*one input"):
         learn.fit(2)
