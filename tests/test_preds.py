@@ -273,8 +273,8 @@ def test_losses_of_several_values_per_item_are_averaged_to_one():
 def test_targets_are_the_items_after_n_inp_inputs():
     a, b, y, w = torch.randn(10, 3), torch.randn(10, 3), torch.randn(10, 1), torch.rand(10, 1)
     valid = DataLoader(TensorDataset(a, b, y, w), batch_size=4)
-    learn = TrainLearner(SumOfInputs(nn.Linear(3, 1)), DataLoaders(valid, valid), lambda p, y, w: (w * (p - y) ** 2).mean(),
-                         n_inp=2)
+    learn = TrainLearner(SumOfInputs(nn.Linear(3, 1)), DataLoaders(valid, valid),
+                         lambda p, y, w: (w * (p - y) ** 2).mean(), n_inp=2)
     inputs, preds, targets = learn.get_preds(with_input=True)
     assert torch.equal(inputs[0], a) and torch.equal(inputs[1], b)
     assert isinstance(targets, tuple) and torch.equal(targets[0], y) and torch.equal(targets[1], w)
