@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .models import conv
-from .utils import to_cpu as _to_cpu
+from .utils import _move
 
 __all__ = ["init_weights", "get_model", "inplace", "to_cpu"]
 
@@ -43,12 +43,10 @@ def inplace(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def to_cpu(x: Any) -> Any:
-    """The course's `to_cpu`: detached, on the CPU, and float16 made float32."""
-    x = _to_cpu(x)
-    if isinstance(x, torch.Tensor):
-        return x.float() if x.dtype == torch.float16 else x
-    if isinstance(x, dict):
-        return {k: to_cpu(v) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple's constructor takes its fields one by one
-        return type(x)(*(to_cpu(v) for v in x))
-    return type(x)(to_cpu(v) for v in x) if isinstance(x, (list, tuple)) else x
+    """The course's `to_cpu`: detached, on the CPU, and float16 made float32 (nested containers too)."""
+    return _move(x, _cpu_float)
+
+
+def _cpu_float(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().cpu()
+    return t.float() if t.dtype == torch.float16 else t
