@@ -101,9 +101,8 @@ def supervised_loss(learn: Learner) -> torch.Tensor:
             fix = (f"they broadcast to {tuple(broadcast)}, so the loss would compare every prediction with every "
                    "target. Make the shapes equal: give the model's output the targets' shape (e.g. end the model "
                    "with nn.Flatten(0) for (N,) targets), or build the targets in the output's shape.")
-    elif len(yb) != _N_TARGETS.get(name, 1) and (getattr(getattr(loss_func, "func", loss_func), "__module__", None)
-                                                 or type(loss_func).__module__).startswith("torch.nn"):
-        n = _N_TARGETS.get(name, 1)
+    elif len(yb) != (n := _N_TARGETS.get(name, 1)) and (getattr(named, "__module__", None)
+                                                        or type(loss_func).__module__).startswith("torch.nn"):
         fix = (f"{name} takes {n} target{'s' * (n > 1)}, but the batch has {len(yb)} items after its "
                f"n_inp={learn.n_inp} inputs (the loss would take the others as other arguments: weights, say). "
                "Batches are (*inputs, *targets); if an item is no target (ids, weights), wrap the loss, "
