@@ -82,8 +82,7 @@ class SWACB(Callback):
     def before_epoch(self, learn: Learner) -> None:
         if learn.training and learn.epoch == self.swa_start:
             # built now, on the lr the schedule left: SWALR anneals from the lr it finds to swa_lr
-            self.swa_scheduler = SWALR(learn.opt, self.swa_lr, anneal_epochs=self.anneal_epochs,
-                                       anneal_strategy=self.anneal_strategy)
+            self.swa_scheduler = self._swalr(learn.opt)
 
     def after_epoch(self, learn: Learner) -> None:
         if learn.training and self._averaging(learn):
@@ -106,7 +105,7 @@ class SWACB(Callback):
             update_bn(self._bn_inputs(learn), self.swa_model)
         learn.model = self.swa_model.module
         learn.raw_model = self.raw_model
-        if "valid" in learn.passes and learn.dls.valid is not None:  # fit(valid=False): no validation of it either
+        if "valid" in learn.passes:  # fit(valid=False): no validation of it either
             self._validate(learn)
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,9 +117,11 @@ class SWACB(Callback):
         """Continue from `state_dict()`, during a fit (after before_fit, as `fit(resume=...)` does)."""
         self.swa_model.load_state_dict(state["swa_model"])
         if state["swa_scheduler"] is not None:  # resumed past swa_start: SWALR goes on where it was
-            self.swa_scheduler = SWALR(self._opt, self.swa_lr, anneal_epochs=self.anneal_epochs,
-                                       anneal_strategy=self.anneal_strategy)
+            self.swa_scheduler = self._swalr(self._opt)
             self.swa_scheduler.load_state_dict(state["swa_scheduler"])
+
+    def _swalr(self, opt: torch.optim.Optimizer) -> SWALR:
+        return SWALR(opt, self.swa_lr, anneal_epochs=self.anneal_epochs, anneal_strategy=self.anneal_strategy)
 
     def _bn_inputs(self, learn: Learner) -> Iterator[torch.Tensor]:
         """The training inputs, on the averaged model's device, as the validation pass would see them."""
