@@ -11,17 +11,18 @@ from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
 from ..utils import model_device
 
-__all__ = ["MetricsCB", "Accuracy", "format_row", "check_monitor", "monitor_mode"]
+__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode"]
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
     """One aligned line of a metrics table (the header line when `header`), for terminals and logs."""
-    cells = row.keys() if header else (_fmt(v) for v in row.values())
+    cells = row.keys() if header else (format_value(v) for v in row.values())
     return "  ".join(f"{cell:<{max(8, len(name))}}" for cell, name in zip(cells, row.keys())).rstrip()
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):  # 3 decimals, or 3 digits in 8 characters for values tiny or huge
+def format_value(value: Any) -> str:
+    """One cell of a metrics table: floats with 3 decimals, or, tiny or huge, 3 digits in 8 characters."""
+    if isinstance(value, float):
         if 0 < abs(value) < 5e-4 or abs(value) >= 1e4:  # 3 decimals would print 0.000, or overflow the column
             return f"{value:.2e}" if value > 0 else f"{value:.1e}"
         return f"{value:.3f}"

@@ -10,7 +10,7 @@ import torch
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
-from .metrics import _fmt, format_row
+from .metrics import format_row, format_value
 
 __all__ = ["ProgressCB", "ConsoleBar", "in_notebook"]
 
@@ -195,7 +195,7 @@ class ProgressCB(Callback):
         if self._mode == "notebook":
             if not self._header_done:
                 self.mbar.write(list(row), table=True)
-            self.mbar.write([_fmt(v) for v in row.values()], table=True)
+            self.mbar.write([format_value(v) for v in row.values()], table=True)
         else:
             lines = ([format_row(row, header=True)] if not self._header_done else []) + [format_row(row)]
             for line in lines:
