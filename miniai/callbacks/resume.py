@@ -189,7 +189,7 @@ def _check_loader(dl: Any, state: dict[str, Any] | None, name: str) -> None:
         if not callable(getattr(dl, "load_state_dict", None)):
             raise CheckpointMismatchError(f"the checkpoint holds a state_dict for dls.{name} but this loader "
                                           f"({type(dl).__name__}) has none: use the same loader type as the saved run")
-    elif len(loader_generators(dl)) != len(state.get("generators", [])):
+    elif len(loader_generators(dl)) != len(state["generators"]):
         raise CheckpointMismatchError(f"dls.{name} draws from {len(loader_generators(dl))} torch.Generator(s), the "
                                       f"checkpoint saved {len(state['generators'])}: build the loader as in the "
                                       "saved run")
@@ -206,7 +206,7 @@ def _load_loader_state(dl: Any, state: dict[str, Any] | None) -> None:
             saved = {**saved, "seed": dl.seed}  # a run without a seed resumed under DDP keeps the seed DDPCB shared
         dl.load_state_dict(saved)
         return
-    for g, saved in zip(loader_generators(dl), state.get("generators", [])):
+    for g, saved in zip(loader_generators(dl), state["generators"]):
         g.set_state(saved)
     sampler = getattr(dl, "sampler", None)
     if "sampler_seed" in state and isinstance(getattr(sampler, "seed", None), int):
