@@ -65,14 +65,16 @@ class Hooks(list):
         self.remove()
 
     # a hook taken out of the list, however, must not stay registered on its module
-    def __delitem__(self, i: Any) -> None:
+    def _unregister(self, i: Any) -> None:
         for hook in (self[i] if isinstance(i, slice) else [self[i]]):
             hook.remove()
+
+    def __delitem__(self, i: Any) -> None:
+        self._unregister(i)
         super().__delitem__(i)
 
     def __setitem__(self, i: Any, value: Any) -> None:
-        for hook in (self[i] if isinstance(i, slice) else [self[i]]):
-            hook.remove()
+        self._unregister(i)
         super().__setitem__(i, value)
 
     def pop(self, i: Any = -1) -> Hook:
