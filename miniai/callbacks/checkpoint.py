@@ -248,7 +248,7 @@ class CheckpointCB(Callback):
         resumed run finds a new best."""
         best = Path(state["best_file"]) if state["best_file"] else None
         if best is not None and not (best.is_absolute() and best.exists()) and self._resumed_from is not None:
-            best = Path(self._resumed_from).parent / best.name
+            best = self._resumed_from.parent / best.name
         if best is not None and not best.exists():
             warnings.warn(f"the best checkpoint of the resumed run ({best}) is not there any more: the best is "
                           "looked for afresh from here on", stacklevel=2)
