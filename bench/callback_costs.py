@@ -1,4 +1,5 @@
-"""What each callback costs per batch: every event handler of the README's learner, timed on its own.
+"""What each callback costs per batch: every event handler of the README's learner, timed on its own; and what the
+whole loop costs over a hand-written one.
 
     python bench/callback_costs.py                 # bs 64, a linear model (so the loop's own cost is not hidden)
     python bench/callback_costs.py --model reference --bs 1024
@@ -11,11 +12,19 @@ cost). Each handler is listed with its time per training batch: per-batch handle
 (MetricsCB's after_epoch, which updates the metrics in bulk) spread over the epoch's batches; per-fit ones
 (before_fit, after_fit, cleanup_fit) are left out. The torch scheduler's own `step()`, which a hand-written loop
 pays too, is timed on its own and taken out of BatchSchedCB's row: the last line, the framework's own time per
-batch, leaves it out.
+batch, leaves it out. The timer's own cost is measured too (an empty handler, timed the same way) and shown.
+
+First, before any timer is in place, the whole loop: `--pairs` paired training passes of the hand-written loop
+(`bench/handloop.py`: randperm, slicing, the five steps and the same OneCycleLR, no metrics or display) and of the
+learner above (same model, optimizer and schedule), in alternating order; the median over pairs of the
+difference per batch is what a user pays per batch for everything miniai does (dispatch, callbacks, its loader),
+with no timer in the way. With a linear model at bs 64 that is a third or more of the batch's time, so it shows.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -31,6 +40,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # overhead.py, next to this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from handloop import hand_train_pass  # noqa: E402
 from overhead import LR, quietly, reference_model  # noqa: E402
 
 import miniai.learner  # noqa: E402
@@ -91,22 +101,62 @@ def readme_learner(dls, device: torch.device, model: nn.Module) -> TrainLearner:
     return TrainLearner(model, dls, F.cross_entropy, lr=LR, cbs=cbs, opt_func=optim.AdamW)
 
 
+class _Empty(Callback):
+    """A handler that does nothing, timed like the others: the timer's own cost per call."""
+    order = 99
+
+    def after_batch(self, learn: Learner) -> None:
+        pass
+
+
+def whole_loop_cost(dls, make_model: Callable[[], nn.Module], pairs: int) -> tuple[list[float], list[float]]:
+    """Per-batch seconds of `pairs` paired training passes: the hand loop's and the learner's, alternating order."""
+    x, y, bs = dls.train.x, dls.train.y, dls.train.bs
+    n_batches = math.ceil(len(x) / bs)
+
+    def hand() -> None:
+        model = make_model()
+        opt = optim.AdamW(model.parameters(), lr=LR)
+        hand_train_pass(model, opt, x, y, bs, OneCycleLR(opt, max_lr=LR, total_steps=n_batches))
+
+    def ours() -> None:
+        learn = readme_learner(dls, torch.device("cpu"), make_model())
+        quietly(lambda: learn.fit(1, valid=False))
+    hand(), ours()  # untimed: first-call costs
+    times: dict[str, list[float]] = {"hand": [], "miniai": []}
+    for i in range(pairs):
+        for name, fn in (("hand", hand), ("miniai", ours))[::1 if i % 2 == 0 else -1]:
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) / n_batches)
+    return times["hand"], times["miniai"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--model", choices=["linear", "reference"], default="linear")
     parser.add_argument("--n-train", type=int, default=15_000)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after an untimed one)")
+    parser.add_argument("--pairs", type=int, default=9, help="paired passes for the whole-loop cost (0: skip it)")
     args = parser.parse_args()
     device = torch.device("cpu")
     dls = get_dls(bs=args.bs, n_train=args.n_train, device=device, seed=0)
     make_model = reference_model if args.model == "reference" else lambda: nn.Sequential(nn.Flatten(),
                                                                                          nn.Linear(784, 10))
+    if args.pairs:
+        hand, ours = whole_loop_cost(dls, make_model, args.pairs)
+        diffs = [(m - h) * 1e6 for h, m in zip(hand, ours)]
+        print(f"bs {args.bs}, {args.model} model, {len(dls.train)} batches a pass, {args.pairs} pairs; µs per batch, "
+              f"median (min-max): hand loop {statistics.median(hand) * 1e6:.0f}, miniai "
+              f"{statistics.median(ours) * 1e6:.0f}; miniai - hand {statistics.median(diffs):.1f} "
+              f"({min(diffs):.1f} to {max(diffs):.1f}): the whole loop's cost per batch, no timers\n")
     totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     time_every_handler(totals)
 
     def run() -> None:
         learn = readme_learner(dls, device, make_model())
+        learn.add_cb(_Empty())
         timed_scheduler_steps(learn, totals)
         quietly(lambda: learn.fit(1, valid=False))
 
@@ -115,6 +165,7 @@ def main() -> None:
     for _ in range(args.epochs):
         run()
     n_batches = len(dls.train) * args.epochs
+    timer = totals.pop(("after_batch", "_Empty.after_batch"))[0] / n_batches
     rows = sorted(((t / n_batches, t / n, event, name) for (event, name), (t, n) in totals.items()
                    if event not in _PER_FIT and not name.startswith("Timing.")), reverse=True)
     print(f"bs {args.bs}, {args.model} model, {args.epochs} epochs of {len(dls.train)} batches; µs per training "
@@ -132,7 +183,11 @@ def main() -> None:
     for per_batch, per_call, event, name in sorted(own_rows, reverse=True):
         print(f"{per_batch * 1e6:8.1f}  ({per_call * 1e6:7.1f})  {event:14s} {name}")
     print(f"{scheduler * 1e6:8.1f}  (the torch scheduler's own step(), left out of the total)")
-    print(f"{sum(row[0] for row in own_rows) * 1e6:8.1f}  in all, per batch: the framework's own handlers")
+    total = sum(row[0] for row in own_rows)
+    per_batch_handlers = sum(1 for row in own_rows if abs(row[0] - row[1]) < 1e-12)
+    print(f"{total * 1e6:8.1f}  in all, per batch: the framework's own handlers, timers included")
+    print(f"{timer * 1e6:8.1f}  (an empty handler timed the same way: the timer's own cost a call; the "
+          f"{per_batch_handlers} per-batch handlers above carry about {per_batch_handlers * timer * 1e6:.1f} of it)")
 
 
 if __name__ == "__main__":

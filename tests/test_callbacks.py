@@ -45,6 +45,25 @@ def test_metrics_match_a_hand_computation():
     assert learn.metrics is metrics
 
 
+def test_metrics_over_batches_whose_shapes_differ_past_the_batch_dimension():
+    # per-pixel classes on images of two sizes: the kept batches can't be concatenated, so each updates on its own
+    from miniai.callbacks.metrics import Accuracy
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 1, h, h, generator=g), torch.randint(0, 3, (2, h, h), generator=g)) for h in (4, 6, 4)]
+    model = nn.Conv2d(1, 3, 1)
+    metrics = MetricsCB(accuracy=Accuracy())
+    metrics.log_fn = lambda row: None
+    learn = TrainLearner(model, SimpleNamespace(train=batches, valid=batches), F.cross_entropy, lr=0.0, cbs=[metrics])
+    with pytest.warns(UserWarning, match="lr=0"):
+        learn.fit(1)
+    with torch.no_grad():
+        preds = [model(x) for x, _ in batches]
+    correct = sum(int((p.argmax(1) == y).sum()) for p, (_, y) in zip(preds, batches))
+    assert metrics.last["valid_accuracy"] == pytest.approx(correct / sum(y.numel() for _, y in batches))
+    loss = sum(F.cross_entropy(p, y).item() * len(y) for p, (_, y) in zip(preds, batches)) / 6
+    assert metrics.last["valid_loss"] == pytest.approx(loss, abs=1e-6)
+
+
 def test_metrics_positional_metric_named_after_class_and_loss_name_reserved():
     assert list(MetricsCB(MulticlassAccuracy()).metrics) == ["MulticlassAccuracy"]
     with pytest.raises(ValueError, match="'loss' is a column MetricsCB logs itself"):

@@ -4,6 +4,8 @@ from functools import partial
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +19,7 @@ from miniai.callbacks.scheduling import EpochSchedCB
 from miniai.data import DataLoaders, TensorLoader, get_dls
 from miniai.idx import IDXError, write_idx
 from miniai.sources import DataNotFoundError
-from miniai.callbacks.basic import LossInputError
+from miniai.callbacks.basic import LossInputError, _broadcast_shape
 from miniai.learner import Callback, Learner, MomentumLearner, TrainLearner
 from tests.synth import linear_dls, tiny_learner
 
@@ -361,6 +363,17 @@ def test_the_direction_of_a_score_is_read_only_where_the_name_tells_it():
     assert EarlyStoppingCB("valid_neg_mean_squared_error").mode == "max"  # scikit-learn's negated errors
     with pytest.raises(ValueError, match="can't tell from the name"):
         EarlyStoppingCB("valid_score")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, 2, 3]), max_size=4), st.lists(st.sampled_from([0, 1, 2, 3]), max_size=4))
+def test_the_loss_check_broadcasts_shapes_as_torch_does(a, b):
+    # the loss check's own broadcast (torch.broadcast_shapes raising for a classifier's shapes cost 40 µs a batch)
+    try:
+        expected = tuple(torch.broadcast_shapes(torch.Size(a), torch.Size(b)))
+    except RuntimeError:
+        expected = None
+    assert _broadcast_shape(torch.Size(a), torch.Size(b)) == expected
 
 
 def test_integer_targets_that_would_broadcast_are_refused_too():

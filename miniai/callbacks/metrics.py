@@ -102,7 +102,7 @@ class MetricsCB(Callback):
             metric.reset()
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self._device)
         self._count = 0
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (preds, target, loss) not added
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (preds, target, loss, n)
         self._pending_numel = 0
         self._start = time.perf_counter()
 
@@ -117,9 +117,10 @@ class MetricsCB(Callback):
                              "in its collate_fn), or, if the extra items are inputs of the model, set the learner's "
                              "n_inp to their number.")
         target, preds = batch[n_inp], learn.preds.detach()
-        self._pending.append((preds, target, learn.loss.detach()))
+        n = target.shape[0]
+        self._pending.append((preds, target, learn.loss.detach(), n))
         self._pending_numel += preds.numel()
-        self._count += target.shape[0]
+        self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
 
@@ -127,17 +128,17 @@ class MetricsCB(Callback):
         """Update the metrics and the loss sum with the kept batches, concatenated (same result: they accumulate)."""
         if not self._pending:
             return
-        preds, targets, losses = zip(*self._pending)
+        preds, targets, losses, sizes = zip(*self._pending)
         self._pending, self._pending_numel = [], 0
         if self.metrics:
-            same_shapes = all(p.shape[1:] == preds[0].shape[1:] and t.shape[1:] == targets[0].shape[1:]
-                              for p, t in zip(preds, targets))
-            batches = [(torch.cat(preds), torch.cat(targets))] if same_shapes else list(zip(preds, targets))
+            try:
+                batches = [(torch.cat(preds), torch.cat(targets))]
+            except RuntimeError:  # shapes differ past the batch dimension: update batch by batch
+                batches = list(zip(preds, targets))
             for p, t in batches:
                 for metric in self.metrics.values():
                     metric.update(p, t)
         # accumulate on the device: a .item() here would stall the GPU
-        sizes = [len(t) for t in targets]
         stacked = torch.stack(losses).to(torch.float64)
         # each batch's mean loss weighted by its size, one sum per run of equal sizes (usually all, then a short
         # last batch): slices, so no list of sizes has to be copied to the device
