@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--model", choices=["linear", "reference"], default="linear")
     parser.add_argument("--n-train", type=int, default=15_000)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after an untimed one)")
-    parser.add_argument("--pairs", type=int, default=9, help="paired passes for the whole-loop cost (0: skip it)")
+    parser.add_argument("--pairs", type=int, default=41, help="paired passes for the whole-loop cost (0: skip it)")
     args = parser.parse_args()
     device = torch.device("cpu")
     dls = get_dls(bs=args.bs, n_train=args.n_train, device=device, seed=0)
