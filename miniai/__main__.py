@@ -182,7 +182,8 @@ def train(args: argparse.Namespace) -> float:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-        torch.save(learn.model.state_dict(), out / "model.pt")
+        # on the CPU, so the file loads on a machine without the GPU it was trained on
+        torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, out / "model.pt")
         progress.plot_losses().savefig(out / "loss.png", dpi=100)
         print(f"saved {out / 'model.pt'} and {out / 'loss.png'}", flush=True)
         recorder.plot(out / "schedule.png")

@@ -104,7 +104,7 @@ class Recipe:
     erase: float = 0.0  # probability of random erasing
     pct_start: float = 0.25  # share of the one-cycle spent warming up
     tta: bool = False  # report test-time augmentation (the flip) as well
-    channels_last: bool = True  # oneDNN's convolutions are faster in channels-last on CPUs
+    channels_last: bool = True  # oneDNN's convolutions are faster in channels-last on CPUs (never used on MPS)
 
     def __post_init__(self) -> None:
         if self.act not in _ACTS or self.model not in _MODELS:
@@ -156,8 +156,9 @@ def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, 
     if bs is not None and bs != recipe.bs:
         warnings.warn(f"recipe {_name(recipe)} was chosen at bs {recipe.bs}; these loaders have bs {bs}, so its lr and "
                       "schedule may not suit them", stacklevel=2)
-    extra = [DeviceCB(device, channels_last=recipe.channels_last) if device is not None else
-             DeviceCB(channels_last=recipe.channels_last)]
+    extra = [DeviceCB(device) if device is not None else DeviceCB()]
+    # not on MPS: channels-last convolutions there gave wrong gradients in torch releases we allow (pytorch#140902)
+    extra[0].channels_last = recipe.channels_last and extra[0].device.type != "mps"
     if tfms:
         extra.append(BatchTransformCB(batch_tfms(*tfms)))
     learn = TrainLearner(model, dls, loss, lr=recipe.max_lr, cbs=[*extra, *(cbs or [])],

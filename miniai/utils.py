@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
 import random
 import sys
 from typing import Any
@@ -52,8 +53,9 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def to_device(x: Any, device: str | torch.device = def_device) -> Any:
     """Move every tensor in `x` (a tensor or nested tuples/lists/dicts) to `device`; other values pass through."""
-    # non_blocking only towards an accelerator: a non-blocking copy *to the CPU* may be read before it lands.
-    non_blocking = torch.device(device).type != "cpu"
+    # non_blocking only towards CUDA: a non-blocking copy *to the CPU* may be read before it lands, and one to MPS
+    # may read its source after the source is freed (pytorch#139550): batches would be silently corrupted
+    non_blocking = torch.device(device).type == "cuda"
     return _move(x, lambda t: t.to(device, non_blocking=non_blocking))
 
 
@@ -75,6 +77,11 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)  # seeds the CPU generator and every CUDA/MPS device generator
     if deterministic:
         # cuBLAS needs a fixed workspace to be reproducible; it must be set before the first cuBLAS call.
+        if "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.cuda.is_available() and torch.cuda.is_initialized():
+            warnings.warn("set_seed(deterministic=True) after CUDA was started: cuBLAS may already have read its "
+                          "workspace setting, so matrix products may not be reproducible. Call set_seed first, or "
+                          "set CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment before starting Python.",
+                          stacklevel=2)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = deterministic

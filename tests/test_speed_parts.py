@@ -239,6 +239,42 @@ def test_scaler_state_round_trips_through_state_dict():
     assert fresh.scaler.get_scale() == pytest.approx(512.0)
 
 
+def test_lr_find_under_an_fp16_scaler_stops_at_the_first_inf_loss_and_leaves_the_scaler_as_it_was():
+    """Skipped fp16 steps never reached after_step, so the finder never looked at their (inf) losses: it ran all
+    its epochs, and the scaler it left behind had a scale of 1e-41, whose inverse overflowed: the next fit's
+    weights went NaN."""
+    set_seed(0)
+    x = torch.randn(512, 8)
+    y = (x.sum(1) > 0).long()
+    dls = DataLoaders(TensorLoader(x, y, 32, shuffle=True, seed=0), TensorLoader(x[:64], y[:64], 32))
+    mp = MixedPrecisionCB(torch.float16)
+    learn = TrainLearner(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)), dls, F.cross_entropy, lr=1e-2,
+                         cbs=[mp])
+    learn.fit(1)
+    before = mp.scaler.state_dict()
+    losses = []
+
+    class Losses(Callback):
+        def after_loss(self, learn: Learner) -> None:
+            losses.append(float(learn.loss))
+    learn.add_cb(Losses())
+    learn.lr_find(start_lr=1e-2, gamma=4.0, max_mult=1e30, plot=False)
+    assert not math.isfinite(losses[-1]) and all(math.isfinite(v) for v in losses[:-1])  # stopped at the first
+    assert mp.scaler.state_dict() == before
+
+
+def test_momentum_learner_under_an_fp16_scaler_is_refused():
+    """MomentumLearner keeps mom × the unscaled gradients; the next scaled backward adds to them and the unscale
+    divides all by the scale: the momentum silently shrank 65536-fold."""
+    from miniai.learner import MomentumLearner
+    x = torch.randn(64, 4)
+    dls = DataLoaders(TensorLoader(x, x @ torch.randn(4, 1), 32), TensorLoader(x, x @ torch.randn(4, 1), 32))
+    learn = MomentumLearner(nn.Linear(4, 1), dls, F.mse_loss, lr=1e-3, cbs=[MixedPrecisionCB(torch.float16)])
+    with pytest.raises(TypeError, match="MomentumLearner.*float16.*bfloat16"):
+        learn.fit(1)
+    MomentumLearner(nn.Linear(4, 1), dls, F.mse_loss, lr=1e-3, cbs=[MixedPrecisionCB(torch.bfloat16)]).fit(1)
+
+
 def test_grad_clip_unscales_before_clipping_under_a_scaler():
     learn = tiny_learner(lr=0.0)
     mp, clip, grads = MixedPrecisionCB(torch.float16, init_scale=2.0**12), GradClipCB(max_norm=1e9), GradsBeforeStep()

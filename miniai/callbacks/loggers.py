@@ -276,7 +276,7 @@ class TensorBoardCB(Callback):
                 continue
             # one transfer per layer: [histogram summed over the pass, mean of the means, mean of the stds]
             summary = torch.cat([torch.stack(hists[new]).sum(0), torch.stack(means[new]).mean()[None],
-                                 torch.stack(stds[new]).mean()[None]]).double().cpu()
+                                 torch.stack(stds[new]).mean()[None]]).cpu().double()  # MPS has no float64
             counts, mean, std = summary[:-2], float(summary[-2]), float(summary[-1])
             tag = f"activations/{i}_{type(hook.module).__name__}"
             writer.add_scalar(f"{tag}/mean", mean, epoch)

@@ -57,8 +57,9 @@ class LRFinderCB(Callback):
 
     def after_batch(self, learn: Learner) -> None:
         self._group.append(float(learn.loss.detach().float().item()))  # sync point, on purpose (see above)
-        if not self._stepped:  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
-            return
+        if not self._stepped and math.isfinite(self._group[-1]):
+            return  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
+        # (a non-finite loss ends the finder at once: an fp16 scaler skips that step, so none would come)
         loss, self._group, self._stepped = sum(self._group) / len(self._group), [], False
         lr = learn.opt.param_groups[0]["lr"]
         if self.lrs and not math.isclose(lr, self.lrs[-1] * self.gamma, rel_tol=1e-6):

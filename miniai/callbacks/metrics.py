@@ -11,7 +11,7 @@ from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
 from ..utils import model_device
 
-__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode"]
+__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode", "sum_dtype"]
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -100,7 +100,7 @@ class MetricsCB(Callback):
             if callable(getattr(metric, "to", None)):  # torcheval's and ours keep their state on the device
                 metric.to(self._device)
             metric.reset()
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self._device)
+        self._loss_sum = torch.zeros((), dtype=sum_dtype(self._device), device=self._device)
         self._count = 0
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (preds, target, loss, n)
         self._pending_numel = 0
@@ -139,7 +139,7 @@ class MetricsCB(Callback):
                 for metric in self.metrics.values():
                     metric.update(p, t)
         # accumulate on the device: a .item() here would stall the GPU
-        stacked = torch.stack(losses).to(torch.float64)
+        stacked = torch.stack(losses).to(self._loss_sum.dtype)
         # each batch's mean loss weighted by its size, one sum per run of equal sizes (usually all, then a short
         # last batch): slices, so no list of sizes has to be copied to the device
         start = 0
@@ -165,6 +165,11 @@ class MetricsCB(Callback):
 _METRIC_METHODS = ("update", "compute", "reset")
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a pass's running sums on `device`: float64, except on MPS, which has none (float32 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _number(name: str, value: Any) -> float:

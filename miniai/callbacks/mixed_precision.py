@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from ..learner import Callback, CancelStepException, Learner
+from ..learner import Callback, CancelStepException, Learner, MomentumLearner
 from ..utils import model_device
 
 __all__ = ["MixedPrecisionCB"]
@@ -54,6 +54,11 @@ class MixedPrecisionCB(Callback):
         if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise ValueError("this GPU does not support bfloat16: use MixedPrecisionCB() (float16 with a scaler)")
         self._autocast = torch.autocast(device_type, dtype=dtype)
+        if dtype == torch.float16 and isinstance(learn, MomentumLearner):
+            raise TypeError(f"{type(learn).__name__} keeps mom × the gradients of the last step, unscaled, and a float16 "
+                            "GradScaler would add scaled ones and divide both by its scale (the momentum would "
+                            "shrink by the scale): with float16 use TrainLearner and an optimizer with momentum "
+                            "(opt_func=partial(optim.SGD, momentum=0.9)), or MixedPrecisionCB(torch.bfloat16)")
         if dtype == torch.float16:
             # kept across fits (its scale is learned); a new one only if the device changed
             if self.scaler is None or self._scaler_device != device_type:

@@ -54,9 +54,10 @@ class _HostScalars:
         stacked = torch.stack([v.reshape(()) for v in self._kept]).float()
         self._kept = []
         if stacked.device.type == "cuda":
-            host = stacked.to("cpu", non_blocking=True)  # non_blocking to the CPU lands in pinned memory
-            event = torch.cuda.Event()
-            event.record()
+            with torch.cuda.device(stacked.device):  # the event goes on the copy's stream (cuda:1 need not be current)
+                host = stacked.to("cpu", non_blocking=True)  # non_blocking to the CPU lands in pinned memory
+                event = torch.cuda.Event()
+                event.record()
             self._pending.append((host, event))
         else:  # on the CPU (and MPS, which has no cheap events) reading is the computation itself
             self.values.extend(stacked.tolist())

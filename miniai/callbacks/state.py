@@ -45,7 +45,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
     and train/eval modes; the attributes of the learner and of each of its callbacks (what they recorded too); the
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
-    `loaders`, the generators of torch DataLoaders; and the RNGs (torch's, CUDA's once in use, Python's, NumPy's).
+    `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's once in use, Python's, NumPy's).
     Weight values are copied only with `weights=True` (lr_find trains): eval mode and `no_grad` leave them alone,
     so a prediction pass costs next to nothing here.
     """
@@ -61,6 +61,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
     generators = [(g, g.get_state()) for dl in all_loaders for g in loader_generators(dl)]
+    # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
+    scalers = [(s, s.state_dict()) for obj in holders for s in vars(obj).values()
+               if isinstance(s, torch.amp.GradScaler) and s.is_enabled()]
     python_rng, numpy_rng = random.getstate(), np.random.get_state()
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     try:
@@ -83,5 +86,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
             _put_back(obj, state)
         for g, state in generators:
             g.set_state(state)
+        for scaler, state in scalers:
+            scaler.load_state_dict(state)
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)
