@@ -88,6 +88,9 @@ class Callback:
     must never silently replace the optimizer step), and so is a step owned by two callbacks. The base `Learner`
     has no steps of its own: a callback owns all five (`TrainCB`).
 
+    During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
+    `lr_find`, `add_cb` or `rm_cb`: they raise, since what they change would leak into the running fit.
+
     `inference = True`: the callback also shapes how the model sees data after training (DeviceCB, autocast), so
     it takes part in prediction passes (`get_preds`, `tta`, `infer`: see `miniai.callbacks.preds`). Leave it
     False for anything that records, logs or saves.
@@ -111,7 +114,7 @@ def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
                 raise TypeError(f"{cls}.{name} is not an event"
                                 + (f"; did you mean {guess[0]!r}?" if guess else f"; events are {', '.join(EVENTS)}")
                                 + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
-            if name in STEPS and callable(getattr(cb, name)) and name not in cb.owns_steps:
+            if name in STEPS and name not in cb.owns_steps and _defined_by_callback(type(cb), name):
                 raise TypeError(f"{cls}.{name} is named like the learner's {name!r} step, which a callback may "
                                 f"take over only on purpose: rename the method (e.g. '_{name}' or 'update') or, if "
                                 f"{cls} is meant to do the learner's {name}, declare owns_steps = ('{name}',).")
@@ -127,6 +130,13 @@ def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
             if callable(getattr(cb, name, None)):
                 table[name].append(getattr(cb, name))
     return table
+
+
+def _defined_by_callback(cls: type, name: str) -> bool:
+    """Whether `name` is a method of the callback's own, not inherited from nn.Module (`zero_grad`, a callback that
+    is also a module, an EMA of the weights, say, has without meaning the learner's step)."""
+    owner = next(k for k in cls.__mro__ if name in vars(k))
+    return callable(vars(owner)[name]) and owner is not nn.Module
 
 
 def _add_note(error: BaseException, note: str) -> None:
@@ -151,13 +161,14 @@ class Learner:
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  n_inp: int = 1) -> None:
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
-        self.n_inp, self.opt, self.training, self.cbs = n_inp, None, False, []
+        self.n_inp, self.opt, self.training, self.cbs, self._in_fit = n_inp, None, False, [], False
         self._handlers = build_handlers([])
         for cb in _listed(cbs):
             self.add_cb(cb)
 
     def add_cb(self, cb: Callback) -> Learner:
         """Add a callback; dispatch tables are rebuilt (and names checked) now, not per batch."""
+        self._not_in_fit("add_cb", "it would miss this fit's before_fit")
         if not isinstance(cb, Callback):
             raise TypeError(f"{cb.__name__} is a class: pass an instance, {cb.__name__}()" if isinstance(cb, type) else
                             f"callbacks subclass miniai.learner.Callback; got a {type(cb).__name__}")
@@ -170,9 +181,15 @@ class Learner:
 
     def rm_cb(self, cb: Callback) -> Learner:
         """Remove a callback (compared by identity)."""
+        self._not_in_fit("rm_cb", "its cleanup_fit (which removes hooks and closes files) would not run")
         self.cbs = [c for c in self.cbs if c is not cb]
         self._handlers = build_handlers(self.cbs)
         return self
+
+    def _not_in_fit(self, call: str, why: str) -> None:
+        if self._in_fit:  # lr_find and prediction passes lift this inside `kept`, which puts everything back
+            raise RuntimeError(f"learn.{call} was called during a fit (from a callback): {why}. Call it before or "
+                               "after the fit; to change what a callback does mid-fit, give it a flag it checks.")
 
     @property
     def xb(self) -> tuple:
@@ -202,6 +219,9 @@ class Learner:
         restored, so it ends as the run never stopped would; an `lr` given here replaces the checkpoint's.
         Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
         """
+        self._not_in_fit("fit", "the outer fit would go on with this one's optimizer, lr and records")
+        if torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
+            raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
         if not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
         opt_lr = self.lr if lr is None else lr
@@ -222,6 +242,8 @@ class Learner:
             self.start_epoch, self.resumed_from = 0, None  # fit(resume=...) sets these, and
             self.last_checkpoint = self.schedule_stop = None  # CheckpointCB and SWACB these
             self.stop_requested = False  # and EarlyStoppingCB this
+            if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
+                self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
             self._check_steps_and_data()
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
@@ -229,12 +251,18 @@ class Learner:
                 self.add_cb(temporary[-1])
             # resuming without an lr: the checkpoint's optimizer state brings its own
             self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
+            self._in_fit = True
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
         except KeyboardInterrupt as e:
             from .callbacks.checkpoint import interrupt_note
             _add_note(e, interrupt_note(self, temporary))
             raise
+        except _CANCELS as e:  # a cancel its stage did not catch: it came from outside that stage
+            _add_note(e, f"{type(e).__name__} was raised in {getattr(e, 'event', '?')}, outside the stage it cancels: see "
+                         "the cancel table in miniai/learner.py for where each one may be raised.")
+            raise
         finally:
+            self._in_fit = False
             for cb in temporary:
                 self.rm_cb(cb)
 
@@ -247,13 +275,15 @@ class Learner:
         except cancel:
             pass
         except BaseException as e:  # also Ctrl-C: the cleanups below run, then it goes on up
-            error = e
+            error = self._where(e)
+        self._event = f"cleanup_{name}"
         for handler in self._handlers[f"cleanup_{name}"]:  # every cleanup runs, even if one raises
             try:
                 handler(self)
             except cancel:  # a cleanup cancelled this stage, which is over anyway
                 pass
             except BaseException as e:  # the first error is the one raised; later ones become its notes
+                self._where(e)
                 if error is None or isinstance(error, _OUTER_CANCELS[name]) and not isinstance(e, _CANCELS):
                     error = e  # (a cancel on its way up to its stage is no error: a real one takes its place)
                 else:
@@ -261,7 +291,13 @@ class Learner:
         if error is not None:
             raise error
 
+    def _where(self, error: BaseException) -> BaseException:
+        if isinstance(error, _CANCELS) and not hasattr(error, "event"):
+            error.event = self._event  # where a cancel came from, for the note fit adds if no stage catches it
+        return error
+
     def _emit(self, event: str) -> None:
+        self._event = event  # for the error a misplaced cancel raises
         for handler in self._handlers[event]:
             handler(self)
 
@@ -271,8 +307,7 @@ class Learner:
             if train:
                 self._one_epoch(True)
             if valid:
-                with torch.no_grad():
-                    self._one_epoch(False)
+                self._one_epoch(False)
 
     def _one_epoch(self, training: bool) -> None:
         self.training = training
@@ -281,7 +316,8 @@ class Learner:
         if training and hasattr(self.dl, "set_epoch"):
             self.dl.set_epoch(self.epoch)  # a loader with its own seed replays the same order in every fit
         self.iter = None
-        self._stage("epoch", self._all_batches, CancelEpochException)
+        with torch.enable_grad() if training else torch.no_grad():  # whatever block fit was called in
+            self._stage("epoch", self._all_batches, CancelEpochException)
 
     def _all_batches(self) -> None:
         for self.iter, self.batch in enumerate(self.dl):

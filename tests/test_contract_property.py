@@ -99,8 +99,10 @@ class Model:
         real = [e for e in errors if not isinstance(e, tuple(CANCELS.values()) + (CancelStepException,))]
         if out is None and errors:
             out = errors[0]  # the first other exception raised by a cleanup goes on up, even after its own cancel
-        elif isinstance(out, OUTER_CANCELS[name]) and real:
-            out = real[0]  # a cancel on its way up to its stage is no error: a real one raised meanwhile replaces it
+        if isinstance(out, OUTER_CANCELS[name]) and real:
+            # a cancel on its way up to its stage is no error: a real one raised meanwhile replaces it, whether
+            # the cancel came from the body or from an earlier cleanup of this stage
+            out = real[0]
         return out
 
     def fit(self) -> BaseException | None:

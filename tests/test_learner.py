@@ -198,3 +198,31 @@ def test_cancel_step_skips_step_after_step_and_zero_grad_but_not_after_batch():
     assert names(log).count("after_step") == 2
     assert grads and grads[0].abs().sum() > 0  # the gradient was kept for the next batch
     assert not torch.equal(w0, learn.model.weight)
+
+
+# ---------------------------------------------------------------- what a callback may not do during a fit
+
+class _During(Callback):
+    """Calls `action(learn)` once, at the training pass's after_epoch."""
+
+    def __init__(self, action):
+        self.action, self.error = action, None
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.training:
+            self.action(learn)
+
+
+@pytest.mark.parametrize("action, what", [
+    (lambda learn: learn.fit(1, lr=1e-4), "fit"),  # ran on with the inner fit's optimizer, lr and records
+    (lambda learn: learn.lr_find(plot=False), "lr_find"),  # removed ActivationStats' hooks, closed CSVLoggerCB's file
+    (lambda learn: learn.add_cb(SingleBatchCB()), "add_cb"),  # the callback never got this fit's before_fit
+    (lambda learn: learn.rm_cb(learn.cbs[0]), "rm_cb"),  # its cleanup_fit never ran: hooks stayed on the model
+])
+def test_fit_lr_find_add_cb_and_rm_cb_are_refused_during_a_fit(action, what):
+    learn = tiny_learner()
+    with pytest.raises(RuntimeError, match=f"{what}.* during a fit"):
+        learn.fit(1, cbs=[_During(action)])
+    assert not any(isinstance(cb, _During) for cb in learn.cbs)
+    learn.fit(1)  # and the learner fits again afterwards
+    learn.add_cb(SingleBatchCB()).rm_cb(learn.cbs[-1])  # between fits all of it is fine

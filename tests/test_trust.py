@@ -658,3 +658,108 @@ def test_a_partial_of_a_several_target_loss_is_that_loss():
     x, y, var = torch.randn(32, 3), torch.randn(32, 1), torch.rand(32, 1) + 0.5
     dl = DataLoader(TensorDataset(x, y, var), 8)
     TrainLearner(nn.Linear(3, 1), DataLoaders(dl, dl), partial(F.gaussian_nll_loss, eps=1e-3), lr=0.01).fit(1)
+
+
+# ---------------------------------------------------------------- found by the probes of stop 21
+
+class _InterruptAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def before_epoch(self, learn) -> None:
+        if learn.epoch == self.epoch and learn.training:
+            raise KeyboardInterrupt()
+
+
+def test_the_ctrl_c_note_continues_a_fit_without_validation_without_validation(tmp_path):
+    """The note said learn.fit(4, resume=...): a validation pass the run never had then drew from the RNGs."""
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit(4, valid=False, cbs=[_InterruptAt(2)])
+    assert "learn.fit(4, valid=False, resume=" in "\n".join(info.value.__notes__)
+    with pytest.raises(KeyboardInterrupt) as info:
+        tiny_learner(cbs=[CheckpointCB(tmp_path / "cycle")]).fit_one_cycle(4, 0.1, valid=False, cbs=[_InterruptAt(2)])
+    assert "learn.fit_one_cycle(4, max_lr=0.1, valid=False, resume=" in "\n".join(info.value.__notes__)
+
+
+def test_fit_one_cycle_keeps_the_lr_ratio_of_the_param_groups_as_fit_does():
+    """opt_func built groups at (lr, lr/10); fit_one_cycle(max_lr) ran both at max_lr."""
+    def two_groups(params, lr):
+        params = list(params)
+        return optim.SGD([{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": lr / 10}], lr=lr)
+    learn = tiny_learner()
+    learn.opt_func = two_groups
+    peaks = []
+
+    class Peak(Callback):
+        order = 30
+
+        def after_batch(self, learn) -> None:
+            peaks.append([g["lr"] for g in learn.opt.param_groups])
+    learn.fit_one_cycle(2, max_lr=0.05, cbs=[Peak()])
+    top = max(peaks)
+    assert top[0] == pytest.approx(0.05, rel=0.2) and top[1] == pytest.approx(top[0] / 10)
+
+
+def test_a_metricscb_of_an_earlier_fit_is_not_read_by_a_later_one(tmp_path):
+    """learn.metrics stayed after a fit(cbs=[MetricsCB()]); a later fit's CheckpointCB read its NaN valid_loss and
+    stopped a healthy fit, and saved its history in the checkpoints."""
+    learn = tiny_learner()
+    metrics = MetricsCB()
+    metrics.log_fn = lambda row: None
+    learn.fit(1, cbs=[metrics])
+    metrics.last["valid_loss"] = float("nan")
+    checkpoints = CheckpointCB(tmp_path)
+    learn.fit(1, cbs=[checkpoints])
+    assert learn.metrics is None
+    assert torch.load(checkpoints.last_path, weights_only=True)["metrics"] is None
+
+
+def test_get_preds_refuses_a_callback_the_learner_already_has():
+    """get_preds(cbs=[norm]) with norm in the learner ran the transform twice."""
+    class Double(Callback):
+        inference = True
+
+        def before_batch(self, learn) -> None:
+            learn.batch = (learn.batch[0] * 2, *learn.batch[1:])
+    double = Double()
+    learn = tiny_learner(cbs=[double])
+    with pytest.raises(ValueError, match="already one of the learner's callbacks"):
+        learn.get_preds(cbs=[double])
+
+
+def test_fit_trains_under_an_outer_no_grad_and_says_so_under_inference_mode():
+    learn = tiny_learner()
+    with torch.no_grad():
+        learn.fit(1)  # was torch's bare "element 0 of tensors does not require grad"
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        learn.fit(1)
+
+
+def test_a_callback_that_is_also_an_nn_module_is_not_taken_for_a_step_owner():
+    """nn.Module's own zero_grad was refused as 'named like the learner's step': the fix the message gave (owns_steps)
+    would have made the module's zero_grad the learner's, and the model's gradients were never zeroed."""
+    class EMA(Callback, nn.Module):
+        def __init__(self) -> None:
+            nn.Module.__init__(self)
+            self.shadow = nn.Linear(1, 1)
+
+        def after_step(self, learn) -> None:
+            pass
+    learn = tiny_learner(cbs=[EMA()])
+    learn.fit(1)
+    assert learn._handlers["zero_grad"] == []
+
+
+@pytest.mark.parametrize("where, cancel", [("after_loss", "CancelStepException"),
+                                           ("before_epoch", "CancelBatchException")])
+def test_a_cancel_raised_outside_its_stage_says_so(where, cancel):
+    import miniai.learner as learner_module
+    exc = getattr(learner_module, cancel)
+
+    class Raise(Callback):
+        pass
+    setattr(Raise, where, lambda self, learn: (_ for _ in ()).throw(exc()))
+    with pytest.raises(exc) as info:
+        tiny_learner(cbs=[Raise()]).fit(1)
+    assert f"{cancel} was raised in {where}" in "\n".join(getattr(info.value, "__notes__", []))

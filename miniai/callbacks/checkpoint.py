@@ -410,8 +410,10 @@ def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> s
     newest = getattr(learn, "last_checkpoint", None)
     saving = any(isinstance(cb, CheckpointCB) for cb in learn.cbs)
     if newest is not None:
-        call = getattr(learn, "_resume_call", None) or f"learn.fit({learn.n_epochs}, resume={{path!r}})"
-        note += f" The newest checkpoint of this run is {newest}; continue the run with {call.format(path=str(newest))}"
+        call = getattr(learn, "_resume_call", None) or f"learn.fit({learn.n_epochs}{{passes}}, resume={{path!r}})"
+        passes = "".join(f", {p}=False" for p in ("train", "valid") if p not in getattr(learn, "passes", (p,)))
+        note += (f" The newest checkpoint of this run is {newest}; continue the run with "
+                 f"{call.format(path=str(newest), passes=passes)}")
         own = ("ResumeCB", "BatchSchedCB") if getattr(learn, "_resume_call", None) else ("ResumeCB",)  # re-made
         given = [type(cb).__name__ for cb in temporary or [] if type(cb).__name__ not in own]
         # callbacks given to the interrupted call only: without them the run goes on without (its CheckpointCB, say)

@@ -108,8 +108,9 @@ def lower_lr_advice(learn: Learner, good: Any) -> str:
         return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "
                 f"learn.model.load_state_dict(load_checkpoint('{good}')['model']), then e.g. "
                 "learn.fit_one_cycle(n, max_lr=lower).")
-    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}, lr=..., resume='{good}') (the lr given "
-            "replaces the checkpoint's).")
+    passes = "".join(f", {p}=False" for p in ("train", "valid") if p not in getattr(learn, "passes", (p,)))
+    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{passes}, lr=..., resume='{good}') (the lr "
+            "given replaces the checkpoint's).")
 
 
 def add_nan_guard(learn: Learner) -> None:

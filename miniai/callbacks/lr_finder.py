@@ -191,6 +191,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no validation pass is
     run) callbacks watching a validation metric.
     """
+    learn._not_in_fit("lr_find", "its own fit would remove the running fit's hooks and close its log files")
     if start_lr <= 0:
         raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
     finder = LRFinderCB(gamma, max_mult)

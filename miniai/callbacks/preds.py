@@ -60,6 +60,10 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
     # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
     taking_part = participants(learn)
+    twice = next((cb for cb in cbs if any(cb is own for own in learn.cbs)), None)
+    if twice is not None:  # it would run twice per batch (a transform applied twice)
+        raise ValueError(f"this {type(twice).__name__} is already one of the learner's callbacks: leave it out of "
+                         "cbs (with inference = True it takes part in prediction passes already)")
     _warn_left_out(learn, taking_part)
     learn._handlers = build_handlers([*taking_part, *cbs])
     learn.training, learn.dl, learn.n_epochs, learn.epochs, learn.epoch, learn.iter = False, dl, 1, range(1), 0, None

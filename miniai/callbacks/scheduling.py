@@ -293,6 +293,8 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
                   **fit_kwargs: Any) -> None:
     """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
 
+    Param groups peak at the lrs `opt_func(params, max_lr)` gives them, as `fit(lr=max_lr)` would start them.
+
     The total steps are counted at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches under
     gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None` cycles
     momentum (SGD) or beta1 (Adam family) when the optimizer has one. Other keyword arguments go to `fit`
@@ -309,11 +311,15 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
             raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
                             "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
         cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults))
-        return OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
+        # opt_func built the groups for lr=max_lr, as fit(lr=max_lr) does: each group peaks at its own lr (a body
+        # at max_lr/10 stays at a tenth); on resume the optimizer was built without an lr and the checkpoint's
+        # scheduler state brings the peaks
+        peaks = max_lr if resuming else [group["lr"] for group in opt.param_groups]
+        return OneCycleLR(opt, max_lr=peaks, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
                           pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
                           cycle_momentum=cycle, base_momentum=base_momentum, max_momentum=max_momentum)
     resuming = fit_kwargs.get("resume") is not None
-    learn._resume_call = f"learn.fit_one_cycle({n_epochs}, max_lr={max_lr!r}, resume={{path!r}})"
+    learn._resume_call = f"learn.fit_one_cycle({n_epochs}, max_lr={max_lr!r}{{passes}}, resume={{path!r}})"
     try:
         # an lr given to fit on resume replaces the checkpoint's; here it is only the cycle's peak, so leave it out
         learn.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=None if resuming else max_lr,

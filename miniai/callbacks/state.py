@@ -66,6 +66,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
                if isinstance(s, torch.amp.GradScaler) and s.is_enabled()]
     python_rng, numpy_rng = random.getstate(), np.random.get_state()
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    learn._in_fit = False  # the learner's own calls work in here (put back on exit): everything they change is kept
     try:
         with torch.random.fork_rng(devices=cuda):
             yield
