@@ -447,3 +447,46 @@ def test_checkpoint_from_another_kind_of_loader_is_an_error_before_anything_chan
     with pytest.raises(CheckpointMismatchError, match="state_dict for dls.train but this loader .DataLoader. has none"):
         learn.fit(2, resume=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+class _EpochScale(Callback):
+    """A per-epoch random input scale drawn from Python's RNG at before_epoch (order 0, before CheckpointCB's 80)."""
+
+    def __init__(self) -> None:
+        self.scale = 1.0
+
+    def before_epoch(self, learn) -> None:
+        if learn.training:
+            import random
+            self.scale = random.uniform(0.5, 1.5)
+
+    def before_batch(self, learn) -> None:
+        if learn.training:
+            learn.batch = (learn.batch[0] * self.scale, learn.batch[1])
+
+    def state_dict(self):
+        return {"scale": self.scale}
+
+    def load_state_dict(self, state) -> None:
+        self.scale = state["scale"]
+
+
+def test_a_fit_without_validation_saves_each_epoch_when_its_training_pass_is_done(tmp_path):
+    """It saved epoch k at before_epoch of k + 1, after lower-order callbacks had drawn from the RNGs there: the
+    resumed run drew again (weights 0.27 off); and the last epoch at after_fit, after SWACB had swapped in the
+    average: the raw weights were in no file, and resuming to extend the run was refused with wrong advice."""
+    from miniai.callbacks import SWACB
+    from miniai.utils import set_seed
+    set_seed(0)
+    full, _ = make_learner(tmp_path / "full", cbs=[_EpochScale()])
+    full.fit(4, valid=False)
+    resumed, _ = make_learner(tmp_path / "resumed", cbs=[_EpochScale()])
+    resumed.fit(4, valid=False, resume=tmp_path / "full" / "epoch_0002.pt")
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    swa, _ = make_learner(tmp_path / "swa", cbs=[SWACB(swa_start=1, swa_lr=0.01)])
+    swa.fit(2, valid=False)
+    saved = torch.load(tmp_path / "swa" / "epoch_0002.pt", weights_only=True)
+    raw = swa.raw_model.state_dict()
+    assert all(torch.equal(saved["model"][k], raw[k]) for k in raw)
+    assert not any(name.startswith("<unnamed") for group in saved["param_names"] for name in group)

@@ -125,8 +125,20 @@ def test_composes_with_a_batch_scheduler_running_before_swa_start():
     opt = optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     assert lrs[:6] == pytest.approx(lr_trajectory(cycle, opt, 6), abs=1e-12)
     assert lrs[6:] == pytest.approx([0.01] * 6)
-    assert sched.n_steps == 6 and sched.scheduler.last_epoch == 6  # it stopped stepping at swa_start
+    # it stopped stepping at swa_start, before the step past the cycle's end (that lr would train SWA's first epoch)
+    assert sched.n_steps == 5 and sched.scheduler.last_epoch == 5
     assert learn.schedule_stop == 2  # what SWACB told the schedulers; the next fit starts with None again
+
+
+@pytest.mark.parametrize("strategy", ["cos", "linear"])
+def test_the_first_swa_epoch_trains_with_the_cycles_last_lr_not_one_past_its_end(strategy):
+    """The schedule's step after epoch swa_start - 1 took a one-cycle one step past its end: the first SWA epoch
+    trained at 5,555× the cycle's final lr (cos), or at a negative lr (linear): gradient ascent."""
+    cycle = partial(OneCycleLR, max_lr=0.1, total_steps=2 * 3, anneal_strategy=strategy)
+    rec = RecorderCB(lr=_lr)
+    bn_learner([BatchSchedCB(cycle), rec, SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=1)]).fit(4)
+    lrs = rec.recs["lr"]
+    assert lrs[6:9] == pytest.approx([lrs[5]] * 3) and lrs[5] > 0
 
 
 def test_composes_with_an_epoch_scheduler():

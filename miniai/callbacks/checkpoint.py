@@ -289,13 +289,19 @@ class CheckpointCB(Callback):
 
     def after_epoch(self, learn: Learner) -> None:
         if learn.training:
-            self._pending = learn.epoch + 1  # saved after validation, or when the next epoch starts if none runs
+            self._pending = learn.epoch + 1  # saved after validation, or at this pass's cleanup if none runs
         elif self._pending is not None:
+            self._save(learn)
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        # a fit without validation: once every other cleanup of the pass ran (an epoch scheduler's step, SWALR's),
+        # before the next epoch's callbacks draw from the RNGs and before SWACB swaps in the average at after_fit
+        if learn.training and "valid" not in learn.passes and self._pending is not None:
             self._save(learn)
 
     def before_epoch(self, learn: Learner) -> None:
         if learn.training and self._pending is not None:
-            self._save(learn)  # the last epoch had no validation pass
+            self._save(learn)  # the last epoch's validation pass was cut short
 
     def after_fit(self, learn: Learner) -> None:
         if self._pending is not None:

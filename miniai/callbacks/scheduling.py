@@ -146,9 +146,19 @@ class BaseSchedCB(Callback):
                          f"with {field}={total}{hint}.")
 
     def _step(self, learn: Learner, *metric: float) -> None:
-        if learn.schedule_stop is None or (isinstance(learn.epoch, int) and learn.epoch < learn.schedule_stop):
-            self.scheduler.step(*metric)
-            self.n_steps += 1
+        stop = learn.schedule_stop
+        if stop is not None and not (isinstance(learn.epoch, int) and learn.epoch < stop):
+            return
+        if stop is not None and self._last_step_ends(learn):
+            return  # the next epochs (SWA's) train with the lr this step sets: one past a cycle's end, even < 0
+        self.scheduler.step(*metric)
+        self.n_steps += 1
+
+    def _last_step_ends(self, learn: Learner) -> bool:
+        """Whether this is the last step of the scheduled epochs, of a schedule that ends there."""
+        last = self.scheduler._schedulers[-1] if isinstance(self.scheduler, SequentialLR) else self.scheduler
+        total = self._total_steps(learn)
+        return _length(last)[0] is not None and total is not None and self.n_steps + 1 >= total
 
     # --- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

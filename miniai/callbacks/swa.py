@@ -30,9 +30,10 @@ class SWACB(Callback):
             scheduling callback (BatchSchedCB, EpochSchedCB) stops stepping (SWACB sets `learn.schedule_stop`).
             So a schedule runs for epochs
             0..swa_start-1: a one-cycle for those epochs is `partial(OneCycleLR, total_steps=swa_start *
-            len(dls.train))`. (`fit_one_cycle` sizes its cycle for the whole fit, so SWA would cut it short.)
+            len(dls.train))`, which `fit_one_cycle` builds itself: its cycle ends at `swa_start`.
         swa_lr: the lr SWALR anneals to (a float, or one per param group).
-        anneal_epochs: epochs the anneal takes. Epoch `swa_start` trains with the lr the schedule before left,
+        anneal_epochs: epochs the anneal takes. Epoch `swa_start` trains with the lr the schedule before left
+            (a schedule that ends there, a one-cycle, leaves the last lr it trained with, not the one past its end),
             epoch `swa_start + k` with SWALR's k-th value; from `swa_start + anneal_epochs` on it is `swa_lr`.
             0 jumps to `swa_lr` at `swa_start`.
         anneal_strategy: 'cos' or 'linear' (SWALR's).
