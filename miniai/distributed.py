@@ -71,3 +71,9 @@ def all_gather(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def barrier() -> None:
+    """Wait until every process reaches this point (nothing to wait for outside torch.distributed)."""
+    if is_dist():
+        dist.barrier()

@@ -131,6 +131,39 @@ torch.rand(7)  # the RNG moves on, as a notebook's does between cells
 resumed.fit(3, resume=f"{out}/F_stopped")
 torch.save({"straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()}, f"{out}/F{r}.pt")
 
+# G: what DDP can't do is refused on every rank, before anything hangs; a resume right after a fit finds the
+# checkpoint its fit wrote (no barrier of the script's own: CheckpointCB waits for rank 0's file)
+from miniai.callbacks import SWACB
+from torch.utils.data import SubsetRandomSampler
+refused = {}
+def refusal(name, call):
+    try:
+        call()
+    except (RuntimeError, TypeError, ValueError) as e:
+        refused[name] = str(e)
+quiet = MetricsCB()
+quiet.log_fn = lambda row: None
+refusal("lr_find", lambda: learner([DDPCB(), DeviceCB("cpu")]).lr_find(plot=False))
+refusal("swa", lambda: learner([DDPCB(), DeviceCB("cpu"), SWACB(1, 0.01)]).fit(2))
+learn = learner([DDPCB(), DeviceCB("cpu")])
+learn.dls = DataLoaders(DataLoader(TensorDataset(setup["xt"], setup["yt"]), setup["bs"],
+                                   sampler=SubsetRandomSampler(range(20))), learn.dls.valid)
+refusal("sampler", lambda: learn.fit(1))
+learn = learner([DDPCB(), DeviceCB("cpu")])
+learn.dls = DataLoaders(learn.dls.train, learn.dls.train)
+refusal("same_loader", lambda: learn.fit(1))
+class PredsNow(Callback):
+    def after_epoch(self, learn):
+        learn.get_preds()
+refusal("preds_in_fit", lambda: learner([DDPCB(), DeviceCB("cpu"), PredsNow()]).fit(1))
+first = learner([DDPCB(), DeviceCB("cpu"), quiet, CheckpointCB(f"{out}/G")])
+first.fit(2)
+last_checkpoint = str(first.last_checkpoint)
+again = learner([DDPCB(), DeviceCB("cpu"), quiet, CheckpointCB(f"{out}/G")])
+again.fit(3, resume=f"{out}/G")
+torch.save(again.model.state_dict(), f"{out}/G{r}.pt")
+record("G", again, refused=refused, last_checkpoint=last_checkpoint)
+
 # E: rank 1 fails in the middle of an epoch
 learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
 try:
@@ -257,6 +290,21 @@ def test_torch_dataloaders_are_sharded_and_given_back(launch):
         accuracy = (model(setup["xv"]).argmax(1) == setup["yv"]).float().mean().item()
     assert res[0]["last"] == res[1]["last"] and res[0]["last"]["valid_accuracy"] == pytest.approx(accuracy)
     assert [(r["sampler"], r["train_len"], r["model"]) for r in res] == [("RandomSampler", 9, "Sequential")] * 2
+
+
+def test_what_ddp_cannot_do_is_refused_on_every_rank_and_a_resume_right_after_a_fit_agrees(launch):
+    """Each of these was silent or hung: lr_find (each rank stopped on its own loss: a hang); SWACB (the average
+    stayed wrapped, each rank refreshed BatchNorm on its own shard); a DataLoader's own sampler (replaced by a
+    DistributedSampler over the whole dataset); one loader for both passes (sharded twice: a crash in gloo);
+    get_preds during the fit (this rank's shard only); and a resume right after a fit, where rank 1 could read
+    the directory before rank 0 had written its last file (ranks resumed from different epochs)."""
+    for r in (0, 1):
+        result = json.loads((launch.out / f"G{r}.json").read_text())
+        assert set(result["refused"]) == {"lr_find", "swa", "sampler", "same_loader", "preds_in_fit"}, result
+        assert "one process" in result["refused"]["lr_find"] and "SubsetRandomSampler" in result["refused"]["sampler"]
+        assert result["last_checkpoint"].endswith("epoch_0002.pt")  # rank 1 knows it too (NaN and Ctrl-C notes)
+    ranks = [torch.load(launch.out / f"G{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
 
 
 def test_failure_on_one_rank_ends_both_with_the_error(launch):

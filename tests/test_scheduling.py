@@ -558,3 +558,13 @@ def test_cli_sched_saves_the_recorder_plot(tmp_path):
     assert main(["train", "--sched", "onecycle-torch", "--epochs", "1", "--n-train", "4096", "--n-valid", "1024",
                  "--out", str(tmp_path)]) == 0
     assert (tmp_path / "schedule.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("factory", [partial(ls.OneCycleLR, max_lr=0.1, total_steps=9),
+                                     partial(ls.CosineAnnealingLR, T_max=9)])
+def test_a_schedule_longer_than_the_fit_is_named_in_a_warning(factory):
+    """Never flagged: a one-cycle sized for 3 epochs in a 1-epoch fit (or under DDP, sized with the unsharded
+    len(dls.train)) ended with the lr still high, without a word."""
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1)  # 3 batches an epoch
+    with pytest.warns(UserWarning, match=r"=9 but this fit takes 3 steps .* build it with (total_steps|T_max)=3"):
+        learn.fit(1, cbs=[BatchSchedCB(factory)])

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..distributed import all_gather, is_dist, is_main_process
+from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, Learner
 from .guards import NonFiniteLossError, lower_lr_advice
 from .metrics import check_monitor, monitor_mode
@@ -325,20 +325,22 @@ class CheckpointCB(Callback):
                 self.best, self.best_path = value, file
         self._warn_unsaved(learn)
         rng_ranks = all_gather(rng_state()) if is_dist() else None  # ranks may draw differently (own seeds)
-        if not is_main_process():
-            return
-        save_checkpoint(checkpoint_state(learn, done, rng_ranks), file)
-        for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own
-            if old != file:
-                old.unlink(missing_ok=True)
+        if is_main_process():
+            save_checkpoint(checkpoint_state(learn, done, rng_ranks), file)
+            for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own
+                if old != file:
+                    old.unlink(missing_ok=True)
+            self._written = [f for f in self._written if f != file] + [file]
+            if self.keep is not None:
+                for old in self._written[:-self.keep]:
+                    if old != self.best_path:
+                        old.unlink(missing_ok=True)
+                        self._written.remove(old)
+        # every rank knows the file (a NaN or Ctrl-C note on any of them names it), and none goes on before it
+        # exists: a script resuming right after the fit must not find an older newest checkpoint on another rank
         self.last_path, self._replaced = file, []
         learn.last_checkpoint = file
-        self._written = [f for f in self._written if f != file] + [file]
-        if self.keep is not None:
-            for old in self._written[:-self.keep]:
-                if old != self.best_path:
-                    old.unlink(missing_ok=True)
-                    self._written.remove(old)
+        barrier()
 
     def _check_finite(self, learn: Learner, done: int) -> None:
         """Refuse to save non-finite weights or after a non-finite validation loss: resume would pick them."""

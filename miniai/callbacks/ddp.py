@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
+                              SequentialSampler)
 
 from ..data import TensorLoader
 from ..distributed import is_dist, local_rank, rank, world_size
@@ -135,6 +136,9 @@ class DDPCB(Callback):
 
     def _shard(self, learn: Learner) -> None:
         r, w = rank(), world_size()
+        if getattr(learn.dls, "train", None) is getattr(learn.dls, "valid", None):
+            raise ValueError("dls.train and dls.valid are the same loader object, which DDPCB would shard twice "
+                             "(once to drop nothing, once evenly): give each pass its own loader")
         for name in ("train", "valid"):
             dl = getattr(learn.dls, name, None)
             if dl is None:
@@ -164,6 +168,12 @@ class DDPCB(Callback):
         if isinstance(dl.dataset, IterableDataset) or type(dl.batch_sampler) is not BatchSampler:
             raise TypeError(f"DDPCB can't shard dls.{name}: a DataLoader over an IterableDataset or with a custom "
                             f"batch_sampler decides its own items; shard it yourself by rank() and world_size()")
+        if type(dl.sampler) not in (SequentialSampler, RandomSampler) or isinstance(dl.sampler, RandomSampler) and (
+                dl.sampler.replacement or dl.sampler._num_samples is not None):
+            raise TypeError(f"DDPCB can't shard dls.{name}: its {type(dl.sampler).__name__} picks its own items, and "
+                            "a DistributedSampler over the whole dataset would replace it (training on items it "
+                            "leaves out). Build the loader on a torch.utils.data.Subset of the items with shuffle=True "
+                            "(or False), or shard it yourself by rank() and world_size()")
         n = len(dl.dataset)
         if n < w:
             raise ValueError(f"dls.{name} has {n} items for {w} processes: every process needs at least one")

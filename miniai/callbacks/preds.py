@@ -25,6 +25,7 @@ from torch.utils.data import (DataLoader, IterableDataset, RandomSampler, Subset
                               WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
+from ..distributed import is_dist
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
 from ..utils import to_cpu
@@ -182,6 +183,9 @@ class _GatherPreds(Callback):
 
 
 def _loader(learn: Learner, dl: Any) -> Any:
+    if learn._in_fit and is_dist():  # DDPCB has sharded the loaders: this process would see its part only
+        raise RuntimeError("under DDP, during a fit, each process's loaders hold only its shard, so predictions "
+                           "made now would cover part of the data: call get_preds or tta after the fit")
     if dl is None:
         dl = getattr(getattr(learn, "dls", None), "valid", None)
         if dl is None:

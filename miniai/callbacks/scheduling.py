@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (CosineAnnealingLR, LinearLR, OneCycleLR, PolynomialLR, ReduceLROnPlateau,
                                       SequentialLR)
 
-from ..distributed import is_main_process
+from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
@@ -129,13 +130,20 @@ class BaseSchedCB(Callback):
             return
         field, capacity = _length(self.scheduler)
         one_cycle = isinstance(self.scheduler, _ONE_CYCLES)
+        name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
+        how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
+               f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
+        if field is not None and capacity > total and learn.resumed_from is None:
+            # legitimate for a trial run, but usually a length counted wrong: the lr never comes down
+            warnings.warn(f"{name} has {field}={capacity} but this fit takes {total} steps ({how}): the fit ends "
+                          f"before the schedule does, with the lr it has at step {total}, not at its end. If that "
+                          f"is not on purpose, build it with {field}={total}"
+                          + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
+                             "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".", stacklevel=2)
         # the fit's last step() only sets an lr no batch trains with: a one-cycle refuses it (torch raises), the
         # others just need their end to reach the last batch's lr, at step total - 1
         if field is None or capacity >= (total if one_cycle else total - 1):
             return
-        name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
-        how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
-               f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
         if learn.resumed_from is not None:
             raise ValueError(f"resuming a {name} of {field}={capacity} into a fit that takes {total} steps "
                              f"({how}): a schedule that ends can't be extended. Resume with the saved run's length "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
+from ..distributed import is_dist
 from ..learner import Callback, Learner
 from ..utils import model_device
 from .augment import BatchTransformCB
@@ -68,6 +69,10 @@ class SWACB(Callback):
         self._opt: torch.optim.Optimizer | None = None
 
     def before_fit(self, learn: Learner) -> None:
+        if is_dist():
+            raise RuntimeError("SWACB does not run under DDP yet: the average would stay wrapped in "
+                               "DistributedDataParallel and each process would refresh its BatchNorm statistics on "
+                               "its own shard, leaving the processes with different models. Run SWA in one process.")
         if self.swa_start >= learn.n_epochs:
             raise ValueError(f"SWACB(swa_start={self.swa_start}) averages from epoch {self.swa_start} on, but this fit "
                              f"has epochs 0..{learn.n_epochs - 1}: use swa_start < n_epochs (e.g. the last quarter "
