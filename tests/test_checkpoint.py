@@ -490,3 +490,29 @@ def test_a_fit_without_validation_saves_each_epoch_when_its_training_pass_is_don
     raw = swa.raw_model.state_dict()
     assert all(torch.equal(saved["model"][k], raw[k]) for k in raw)
     assert not any(name.startswith("<unnamed") for group in saved["param_names"] for name in group)
+
+
+def test_resuming_with_another_kind_of_scheduler_is_refused(tmp_path):
+    """A OneCycleLR checkpoint resumed with CosineAnnealing made a hybrid schedule without a word (the other way
+    round: a bare KeyError: 'max_lr')."""
+    learn, _ = make_learner(tmp_path, cbs=[SCHEDULES["torch OneCycleLR per batch"]()])
+    learn.fit(2)
+    other, _ = make_learner(None, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=3 * N_BATCHES))])
+    with pytest.raises(ValueError, match="ran a OneCycleLR, this fit's builds a CosineAnnealing"):
+        other.fit(3, resume=tmp_path)
+
+
+def test_a_scheduler_without_state_dict_beside_checkpointcb_is_refused_before_training(tmp_path):
+    """The fit trained its first epoch, then died saving it with a bare AttributeError, and wrote no checkpoint."""
+    class NoState:
+        def __init__(self, opt):
+            self.optimizer = opt
+
+        def step(self):
+            for group in self.optimizer.param_groups:
+                group["lr"] *= 0.9
+    learn, _ = make_learner(tmp_path, cbs=[BatchSchedCB(NoState)])
+    with pytest.raises(TypeError, match="NoState has no state_dict/load_state_dict"):
+        learn.fit(2)
+    assert list(tmp_path.iterdir()) == []
+    make_learner(None, cbs=[BatchSchedCB(NoState)])[0].fit(1)  # without checkpoints it needs none

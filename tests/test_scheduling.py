@@ -568,3 +568,23 @@ def test_a_schedule_longer_than_the_fit_is_named_in_a_warning(factory):
     learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1)  # 3 batches an epoch
     with pytest.warns(UserWarning, match=r"=9 but this fit takes 3 steps .* build it with (total_steps|T_max)=3"):
         learn.fit(1, cbs=[BatchSchedCB(factory)])
+
+
+@pytest.mark.parametrize("parts, milestone, needed", [
+    (lambda opt: [ls.OneCycleLR(opt, max_lr=0.1, total_steps=9), ls.ConstantLR(opt, factor=1.0, total_iters=0)], 10, 10),
+    (lambda opt: [ls.LinearLR(opt, start_factor=0.1, total_iters=3), ls.OneCycleLR(opt, max_lr=0.1, total_steps=14)],
+     3, 15)])
+def test_a_one_cycle_inside_sequential_lr_needs_every_step_of_its_part(parts, milestone, needed):
+    """A first part one step short trained a batch at a negative lr; a last part one step short crashed with torch's
+    'Tried to step' at the fit's very last batch, before its checkpoint, so the run could never finish."""
+    factory = lambda opt: ls.SequentialLR(opt, parts(opt), milestones=[milestone])  # noqa: E731
+    with pytest.raises(ValueError, match=rf"OneCycleLR \(in SequentialLR.*total_steps={needed}"):
+        make_learner([BatchSchedCB(factory)]).fit(EPOCHS)
+
+
+def test_a_sequential_lr_milestone_past_the_end_of_the_fit_is_not_held_against_it():
+    """Its first part was said to run up to the milestone, past the fit, and refused with advice that would have
+    changed the schedule."""
+    factory = lambda opt: ls.SequentialLR(opt, [ls.CosineAnnealingLR(opt, T_max=18),  # noqa: E731
+                                                ls.ConstantLR(opt, factor=0.5, total_iters=2)], milestones=[25])
+    make_learner([BatchSchedCB(factory)]).fit(EPOCHS)

@@ -100,6 +100,12 @@ class BaseSchedCB(Callback):
                              "optimizer than learn.opt: fit makes a new optimizer each time, so the factory must "
                              "build the scheduler on the optimizer it is given, e.g. partial(OneCycleLR, max_lr=0.1, "
                              "total_steps=n)")
+        from .checkpoint import CheckpointCB  # here: checkpoint's neighbours import this module
+        if any(isinstance(cb, CheckpointCB) for cb in learn.cbs) and not all(
+                callable(getattr(scheduler, m, None)) for m in ("state_dict", "load_state_dict")):
+            raise TypeError(f"CheckpointCB saves every scheduler's state_dict() to resume it, and this "
+                            f"{type(scheduler).__name__} has no state_dict/load_state_dict: give it both (torch's "
+                            "LRScheduler has them; subclass it), or train without CheckpointCB")
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
@@ -120,10 +126,12 @@ class BaseSchedCB(Callback):
         if total is None:
             return
         if isinstance(self.scheduler, SequentialLR):  # each part runs from its milestone to the next
-            bounds = [0, *self.scheduler._milestones, total]
+            bounds = [0, *(min(m, total) for m in self.scheduler._milestones), total]  # a milestone may lie past it
             for part, start, end in zip(self.scheduler._schedulers, bounds, bounds[1:]):
                 field, capacity = _length(part)
-                if field and capacity < end - start - 1:
+                # a one-cycle past total_steps - 1 runs off its cycle (a negative lr), and its last part's step
+                # after the fit's last batch must not pass total_steps (torch raises); the others end at T_max
+                if field and capacity < end - start - (0 if isinstance(part, _ONE_CYCLES) else 1):
                     raise ValueError(f"{type(part).__name__} (in SequentialLR, from step {start}) has {field}="
                                      f"{capacity} but runs {end - start} steps there, to the end of this fit's "
                                      f"{total}: build it with {field}={end - start}")
@@ -170,26 +178,31 @@ class BaseSchedCB(Callback):
 
     # --- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A copy of: `scheduler` (its own state_dict), `n_steps`, `steps_per_epoch`, and `param_groups` (each
-        group's lr and momentum/betas, which the scheduler sets but keeps in the optimizer)."""
+        """A copy of: `scheduler` (its own state_dict) and its class name, `n_steps`, `steps_per_epoch`, and
+        `param_groups` (each group's lr and momentum/betas, which the scheduler sets but keeps in the optimizer)."""
         if self.scheduler is None:
             raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit; call state_dict() "
                                f"during or after a fit")
         groups = [{key: group[key] for key in ("lr", "momentum", "betas") if key in group}
                   for group in self._opt.param_groups]
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
-                              "steps_per_epoch": self._per_epoch, "param_groups": groups})
+                              "steps_per_epoch": self._per_epoch, "param_groups": groups,
+                              "scheduler_class": type(self.scheduler).__name__})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`, during a fit (after this callback's before_fit, as `fit(resume=...)` does).
 
-        The state is first checked against this fit: the same optimizer steps per epoch, and a one-cycle long
-        enough for it; nothing is changed if it is refused.
+        The state is first checked against this fit: the same scheduler class, the same optimizer steps per
+        epoch, and a one-cycle long enough for it; nothing is changed if it is refused.
         """
         learn = self._learn
         if self.scheduler is None or learn is None:
             raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit: load its state during "
                                "a fit, after that (learn.fit(n, resume=path) does)")
+        saved_class, ours = state.get("scheduler_class"), type(self.scheduler).__name__
+        if saved_class is not None and saved_class != ours:  # its state would make a hybrid of the two schedules
+            raise ValueError(f"the checkpoint's {type(self).__name__} ran a {saved_class}, this fit's builds a {ours}: "
+                             f"resume with the saved run's scheduler, or start a new fit from its weights")
         groups = self._opt.param_groups
         if len(state["param_groups"]) != len(groups):
             raise ValueError(f"the saved state has {len(state['param_groups'])} param groups but the optimizer has "
