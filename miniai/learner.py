@@ -41,7 +41,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -251,6 +251,7 @@ class Learner:
                 self.add_cb(temporary[-1])
             # resuming without an lr: the checkpoint's optimizer state brings its own
             self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
+            self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out: its call
             self._in_fit = True
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
         except KeyboardInterrupt as e:
@@ -302,6 +303,13 @@ class Learner:
             handler(self)
 
     def _all_epochs(self, train: bool, valid: bool) -> None:
+        in_opt = {id(p) for group in self.opt.param_groups for p in group["params"]}
+        new = [name for name, p in self.model.named_parameters() if p.requires_grad and id(p) not in in_opt
+               and id(p) not in self._params_at_opt]
+        if new:  # they would get gradients and never a step
+            raise RuntimeError(f"a callback's before_fit gave the model parameters not in the optimizer, which was "
+                               f"made before it ({', '.join(new[:5])}): change the model before fit, so fit's "
+                               "optimizer includes them")
         # read self.epochs here, after before_fit, so a callback (resume, progress bar) may replace it
         for self.epoch in self.epochs:
             if train:
@@ -324,8 +332,10 @@ class Learner:
             self._stage("batch", self._one_batch, CancelBatchException)
         if self.iter is None:  # an empty pass would log NaN metrics and feed them to schedulers and early stopping
             name = "train" if self.training else "valid"
-            raise ValueError(f"dls.{name} yielded no batches in epoch {self.epoch}; check how it was built, or pass "
-                             + _skip_pass(name))
+            once = (" It is an iterator (a generator?), which can be walked only once: give a list of batches or a "
+                    "DataLoader." if isinstance(self.dl, Iterator) else "")
+            raise ValueError(f"dls.{name} yielded no batches in epoch {self.epoch}.{once} Check how it was built, or "
+                             "pass " + _skip_pass(name))
 
     def _one_batch(self) -> None:
         self._do("predict")

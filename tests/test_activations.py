@@ -271,7 +271,7 @@ def test_a_module_that_runs_twice_per_batch_is_refused():
 
         def forward(self, x):
             return self.c(self.relu(self.b(self.relu(self.a(x)))))
-    with pytest.raises(ValueError, match=r"ReLU ran 2 times per training batch.*used in more than one place"):
+    with pytest.raises(ValueError, match=r"ReLU ran 2 times per batch.*used in more than one place"):
         learner(Shared(), [ActivationStats(lambda m: isinstance(m, nn.ReLU))]).fit(1)
 
 

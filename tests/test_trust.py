@@ -763,3 +763,63 @@ def test_a_cancel_raised_outside_its_stage_says_so(where, cancel):
     with pytest.raises(exc) as info:
         tiny_learner(cbs=[Raise()]).fit(1)
     assert f"{cancel} was raised in {where}" in "\n".join(getattr(info.value, "__notes__", []))
+
+
+def test_parameters_a_callback_adds_after_the_optimizer_was_made_are_refused():
+    """A callback giving the model a new head at before_fit: the head got gradients but was not in learn.opt, so it
+    never trained, without a word."""
+    class NewHead(Callback):
+        def before_fit(self, learn) -> None:
+            learn.model = nn.Sequential(learn.model, nn.Linear(1, 1))
+    with pytest.raises(RuntimeError, match=r"not in the optimizer.*1\.weight"):
+        tiny_learner(cbs=[NewHead()]).fit(1)
+
+
+def test_predictions_a_callback_makes_during_a_validation_pass_are_not_recorded_as_its_batches():
+    from miniai.callbacks import ActivationStats
+
+    class PredsNow(Callback):
+        order = 50
+
+        def after_batch(self, learn) -> None:
+            if not learn.training:
+                learn.get_preds()
+    x = torch.randn(32, 4)
+    dls = DataLoaders(TensorLoader(x, x.sum(1, keepdim=True), 8), TensorLoader(x[:16], x[:16].sum(1, keepdim=True), 8))
+    stats = ActivationStats(lambda m: isinstance(m, nn.Linear), on_train=False, on_valid=True)
+    TrainLearner(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)), dls, F.mse_loss, lr=0.01,
+                 cbs=[stats, PredsNow()]).fit(1)  # was "Linear ran 2 times per training batch" (from after_batch)
+    assert [len(h.stats[0]) for h in stats.hooks] == [2, 2]  # the 2 validation batches, not the predictions'
+
+
+def test_checkpointcb_lets_a_fit_that_saves_nothing_run_beside_an_earlier_runs_files(tmp_path):
+    """An evaluation-only fit(1, train=False) with CheckpointCB in the learner was refused with FileExistsError."""
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])
+    learn.fit(1)
+    learn.fit(1, train=False)
+    learn.fit(0)
+    with pytest.raises(FileExistsError):
+        learn.fit(1)
+
+
+def test_a_generator_used_up_by_its_first_epoch_is_named_as_such():
+    def batches():
+        for _ in range(2):
+            x = torch.randn(4, 1)
+            yield x, 2 * x
+    learn = TrainLearner(nn.Linear(1, 1), DataLoaders(batches(), [(torch.randn(4, 1), torch.randn(4, 1))]),
+                         F.mse_loss, lr=0.01)
+    with pytest.raises(ValueError, match="can be walked only once"):
+        learn.fit(2)
+
+
+def test_the_ctrl_c_note_of_an_interrupted_lr_find_says_the_learner_is_as_it_was():
+    class Interrupt(Callback):
+        def after_batch(self, learn) -> None:
+            if learn.iter == 1:
+                raise KeyboardInterrupt()
+    learn = tiny_learner(cbs=[Interrupt()])
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.lr_find(plot=False)
+    note = "\n".join(info.value.__notes__)
+    assert "lr_find was interrupted" in note and "holds the weights of that moment" not in note

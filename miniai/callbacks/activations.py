@@ -196,7 +196,8 @@ class HooksCallback(Callback):
         self.mods = None if mods is None else list(mods)  # a generator would serve only the first fit
         self.on_train, self.on_valid = on_train, on_valid
         self.hooks = Hooks([], self._hookfunc)
-        self._active = False  # set per pass, so the hook need not keep a reference to the learner
+        self._active = False  # set per batch, so the hook need not keep a reference to the learner
+        self._recording = False  # whether this pass records (on_train / on_valid)
         self._training = True  # the mode of this pass: a forward in the other mode is not of the pass
         self._model: nn.Module | None = None  # the fit's model, whose mode tells a pass's forwards apart
 
@@ -216,11 +217,19 @@ class HooksCallback(Callback):
         self._model = learn.model
 
     def before_epoch(self, learn: Learner) -> None:
-        self._active = self.on_train if learn.training else self.on_valid
+        self._recording = self.on_train if learn.training else self.on_valid
         self._training = learn.training
 
+    # only the pass's own forward, between before_batch and after_predict: not the predictions a callback makes
+    # later in the batch or the epoch (get_preds, summary), nor forwards outside a pass (in after_fit, say)
+    def before_batch(self, learn: Learner) -> None:
+        self._active = self._recording
+
+    def after_predict(self, learn: Learner) -> None:
+        self._active = False
+
     def cleanup_epoch(self, learn: Learner) -> None:
-        self._active = False  # forward passes outside a pass (e.g. in after_fit) are not recorded
+        self._active = self._recording = False
 
     def cleanup_fit(self, learn: Learner) -> None:
         self.hooks.remove()
@@ -268,12 +277,12 @@ class ActivationStats(HooksCallback):
         self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
 
     def after_epoch(self, learn: Learner) -> None:
-        if not self._active or learn.iter is None:
+        if not self._recording or learn.iter is None:
             return
         for hook, before in zip(self.hooks, self._recorded_before):
             runs = (getattr(hook, "n_recorded", 0) - before) / (learn.iter + 1)
             if runs > 1:  # its statistics would interleave the places it runs, one entry each per batch
-                raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran {runs:g} times per training "
+                raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran {runs:g} times per "
                                  "batch: it is used in more than one place in forward (as torchvision's shared "
                                  "self.relu), so its statistics would mix those places. Hook modules that run once "
                                  "per batch (give each place its own module, or choose others with mod_filter).")

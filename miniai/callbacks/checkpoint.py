@@ -262,8 +262,8 @@ class CheckpointCB(Callback):
         self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
         self._replaced = []
         self._watch(learn)
-        if not is_main_process():
-            return
+        if not is_main_process() or "train" not in learn.passes or learn.n_epochs <= learn.start_epoch:
+            return  # (a fit that trains no epoch saves nothing, so an earlier run's files are no concern of it)
         for stale in self.path.glob(".epoch_*.tmp") if self.path.is_dir() else []:
             stale.unlink(missing_ok=True)  # left by a process killed while saving
         existing = list_checkpoints(self.path)
@@ -406,6 +406,8 @@ def _summary(value: Any, depth: int = 2) -> Any:
 
 def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> str:
     """What Ctrl-C stopped (epoch, pass, batch) and the call that continues the run; `fit` attaches it."""
+    if any(type(cb).__name__ == "LRFinderCB" for cb in temporary or []):  # (lr_finder imports this module)
+        return "lr_find was interrupted; it puts back everything it changed, so the learner is as it was before."
     epoch = getattr(learn, "epoch", None)
     if epoch is None:
         where = "before the first epoch started"
