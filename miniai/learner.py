@@ -15,6 +15,8 @@ Cancelling (raise from any callback; a cancel raised in a stage's cleanup only e
 | `CancelFitException`    | everything after                                          | `cleanup_batch`, `cleanup_epoch`, `cleanup_fit` |
 
 A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) is not caught: it ends the fit as an error.
+A cancel raised after a backward (`after_backward`, `after_step`) leaves that batch's gradients in `.grad`, where the
+next step adds them: to drop a batch, raise before its backward (`after_loss`), or zero them first.
 
 Learner state that callbacks may read, and from which event on:
 

@@ -108,6 +108,17 @@ def test_append_stats_histogram_is_histc_of_abs_on_edges_nan_and_inf(values, ran
     assert torch.equal(hook.stats[0][0].isnan(), finite.mean().isnan())
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_EDGY, min_size=2, max_size=40), st.sampled_from([(0.0, 10.0), (0.5, 3.0), (2.0, 2.5)]),
+       st.integers(1, 41))
+def test_the_histogram_for_mps_and_deterministic_cuda_is_histc_of_abs_too(values, range_, bins):
+    """Off the CPU, MPS's histc waits for the GPU every call and CUDA's refuses deterministic mode: the scatter
+    path replaces it there, and must count as histc does (run here on CPU tensors)."""
+    from miniai.callbacks.activations import _abs_histc_scatter
+    x = torch.tensor(values, dtype=torch.float32)
+    assert torch.equal(_abs_histc_scatter(x, bins, *range_), x.abs().histc(bins, *range_))
+
+
 def test_append_stats_rejects_a_module_with_tuple_output():
     class Pair(nn.Module):
         def forward(self, x):

@@ -157,8 +157,10 @@ def _abs_histc(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
     (|x| - low) * bins / (high - low) truncated, and one bincount counts them. As histc: |x| == high counts in
     the last bin, and values outside [low, high] and NaN are left out.
     """
-    if flat.device.type != "cpu":
+    if flat.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         return torch.histc(flat.abs(), bins, low, high)  # fast on GPUs, where a bincount would also sync
+    if flat.device.type != "cpu":  # MPS (whose histc waits for the GPU each call) and deterministic CUDA (refused)
+        return _abs_histc_scatter(flat, bins, low, high)
     pos = flat.abs()
     if low:
         pos.sub_(low)
@@ -178,6 +180,16 @@ def _abs_histc(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
     if at_high:
         hist[-1] += at_high
     return hist.to(flat.dtype)
+
+
+def _abs_histc_scatter(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
+    """`_abs_histc` without reading anything back to the host: histc's index, then one scatter_add of ones."""
+    pos = flat.abs().sub_(low).mul_(bins).div_(high - low)  # histc's own index formula, as on the CPU
+    # |x| == high counts in the last bin; below low, above high and NaN go to an extra bin, dropped
+    idx = torch.where(pos == bins, bins - 1, pos.clamp(-1, bins + 1).nan_to_num(-1).floor())
+    idx = torch.where((pos >= 0) & (pos <= bins), idx, bins).long()
+    counts = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device).scatter_add_(0, idx, torch.ones_like(idx))
+    return counts[:bins].to(flat.dtype)
 
 
 class HooksCallback(Callback):

@@ -83,7 +83,7 @@ def _loader_state(dl: Any) -> dict[str, Any] | None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of every RNG a run draws from: Python's, NumPy's, torch's (and CUDA's once it is in use)."""
+    """The state of every RNG a run draws from: Python's, NumPy's, torch's (and CUDA's once it is in use, MPS's)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              # numpy's keys as a tensor, so the file loads with torch.load(weights_only=True)
@@ -91,6 +91,8 @@ def rng_state() -> dict[str, Any]:
     # only if CUDA is initialized: asking otherwise would start CUDA (seconds, memory) just to save a seed
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():  # dropout and augmentation on a Mac's GPU draw from it
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 

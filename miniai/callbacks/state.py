@@ -45,7 +45,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
     and train/eval modes; the attributes of the learner and of each of its callbacks (what they recorded too); the
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
-    `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's once in use, Python's, NumPy's).
+    `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and MPS's, Python's, NumPy's).
     Weight values are copied only with `weights=True` (lr_find trains): eval mode and `no_grad` leave them alone,
     so a prediction pass costs next to nothing here.
     """
@@ -65,7 +65,12 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     scalers = [(s, s.state_dict()) for obj in holders for s in vars(obj).values()
                if isinstance(s, torch.amp.GradScaler) and s.is_enabled()]
     python_rng, numpy_rng = random.getstate(), np.random.get_state()
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    # every CUDA device once CUDA is in use or about to be (a DeviceCB moving the model there: lr_find before any
+    # fit), and MPS's generator: what the pass draws on the device (dropout, augmentation) is put back too
+    to_cuda = any(getattr(getattr(cb, "device", None), "type", None) == "cuda" for cb in learn.cbs)
+    cuda = (list(range(torch.cuda.device_count())) if torch.cuda.is_available()
+            and (torch.cuda.is_initialized() or to_cuda) else [])
+    mps_rng = torch.mps.get_rng_state() if torch.backends.mps.is_available() else None
     learn._in_fit = False  # the learner's own calls work in here (put back on exit): everything they change is kept
     try:
         with torch.random.fork_rng(devices=cuda):
@@ -91,3 +96,5 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
             scaler.load_state_dict(state)
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)
+        if mps_rng is not None:
+            torch.mps.set_rng_state(mps_rng)
