@@ -163,6 +163,7 @@ def train(args: argparse.Namespace) -> float:
                 else f"the first {n_valid} test images")
     result = {"command": getattr(args, "command", None),
               "recipe": args.recipe, "seed": args.seed, "epochs": epochs, "bs": bs,
+              "world_size": world_size(),  # bs is per process: under torchrun the global batch is bs × world_size
               "accuracy": metrics.last["valid_accuracy"], "accuracy_tta": None, "valid_on": valid_on}
     what = f"held-out ({n_valid} training images)" if args.holdout else "validation"
     on = f" (on {valid_on})" if args.n_valid is not None and not args.holdout else ""

@@ -105,6 +105,7 @@ def test_overwrite_replaces_an_earlier_runs_files(tmp_path, capsys):
     assert {"model.pt", "result.json", "log.csv", "loss.png"} <= {p.name for p in tmp_path.iterdir()}
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["valid_on"] == "the first 32 test images"  # --n-valid 32: it said "the test set"
+    assert result["world_size"] == 1  # bs is per process: under torchrun, re-running the command alone halved it
     assert "(on the first 32 test images)" in capsys.readouterr().out
 
 

@@ -588,3 +588,11 @@ def test_a_sequential_lr_milestone_past_the_end_of_the_fit_is_not_held_against_i
     factory = lambda opt: ls.SequentialLR(opt, [ls.CosineAnnealingLR(opt, T_max=18),  # noqa: E731
                                                 ls.ConstantLR(opt, factor=0.5, total_iters=2)], milestones=[25])
     make_learner([BatchSchedCB(factory)]).fit(EPOCHS)
+
+
+def test_a_one_cycle_inside_chained_scheduler_that_ends_before_the_fit_is_refused():
+    """It crashed with torch's 'Tried to step' in the middle of the fit."""
+    factory = lambda opt: ls.ChainedScheduler([ls.OneCycleLR(opt, max_lr=0.1, total_steps=9),  # noqa: E731
+                                              ls.ExponentialLR(opt, gamma=0.99)])
+    with pytest.raises(ValueError, match=r"OneCycleLR \(in ChainedScheduler.*total_steps=18"):
+        make_learner([BatchSchedCB(factory)]).fit(EPOCHS)

@@ -245,6 +245,9 @@ def test_swa_resumed_past_swa_start_continues_exactly(tmp_path):
     assert rec2.recs["lr"] == rec.recs["lr"][-len(rec2.recs["lr"]):]
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+    _, again = learner(tmp_path / "b")  # an lr given past swa_start lasted one epoch, then SWALR set its own
+    with pytest.raises(ValueError, match=r"fit\(lr=0.05, resume=...\) with SWACB"):
+        again.fit(4, lr=0.05, resume=tmp_path / "b" / "epoch_0002.pt")
 
 
 def test_the_average_does_not_copy_the_hooks_of_activation_stats():

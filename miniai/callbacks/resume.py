@@ -22,6 +22,7 @@ from ..learner import Callback, Learner
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, load_checkpoint, loader_generators,
                          param_names, stateful_callbacks, unwrap)
 from .scheduling import BaseSchedCB
+from .swa import SWACB
 
 __all__ = ["ResumeCB", "resume_cb"]
 
@@ -65,7 +66,9 @@ class ResumeCB(Callback):
         _check_model(model, state["model"], file, warn=False)  # again: a callback may have changed the model
         opt_state = _optimizer_state(learn.opt, model, state, file)
         stateful, saved = stateful_callbacks(learn), state["callbacks"]
-        schedulers = [k for k, cb in stateful.items() if isinstance(cb, BaseSchedCB)]
+        # SWALR, once running (resumed past swa_start), sets the lr each epoch too
+        schedulers = [k for k, cb in stateful.items() if isinstance(cb, BaseSchedCB)
+                      or isinstance(cb, SWACB) and learn.start_epoch > cb.swa_start]
         if self.lr is not None and schedulers:
             raise ValueError(
                 f"fit(lr={self.lr}, resume=...) with {', '.join(schedulers)}: its schedule sets the lr at every step, "

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import (CosineAnnealingLR, LinearLR, OneCycleLR, PolynomialLR, ReduceLROnPlateau,
-                                      SequentialLR)
+from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, LinearLR, OneCycleLR, PolynomialLR,
+                                      ReduceLROnPlateau, SequentialLR)
 
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
@@ -125,16 +125,21 @@ class BaseSchedCB(Callback):
         total = self._total_steps(learn)
         if total is None:
             return
-        if isinstance(self.scheduler, SequentialLR):  # each part runs from its milestone to the next
-            bounds = [0, *(min(m, total) for m in self.scheduler._milestones), total]  # a milestone may lie past it
-            for part, start, end in zip(self.scheduler._schedulers, bounds, bounds[1:]):
+        if isinstance(self.scheduler, (SequentialLR, ChainedScheduler)):
+            parts = self.scheduler._schedulers
+            if isinstance(self.scheduler, SequentialLR):  # each part runs from its milestone to the next
+                bounds = [0, *(min(m, total) for m in self.scheduler._milestones), total]  # one may lie past it
+                spans = zip(parts, bounds, bounds[1:])
+            else:  # every part runs all the fit
+                spans = ((part, 0, total) for part in parts)
+            for part, start, end in spans:
                 field, capacity = _length(part)
                 # a one-cycle past total_steps - 1 runs off its cycle (a negative lr), and its last part's step
                 # after the fit's last batch must not pass total_steps (torch raises); the others end at T_max
                 if field and capacity < end - start - (0 if isinstance(part, _ONE_CYCLES) else 1):
-                    raise ValueError(f"{type(part).__name__} (in SequentialLR, from step {start}) has {field}="
-                                     f"{capacity} but runs {end - start} steps there, to the end of this fit's "
-                                     f"{total}: build it with {field}={end - start}")
+                    raise ValueError(f"{type(part).__name__} (in {type(self.scheduler).__name__}, from step {start}) "
+                                     f"has {field}={capacity} but runs {end - start} steps there, to the end of this "
+                                     f"fit's {total}: build it with {field}={end - start}")
             return
         field, capacity = _length(self.scheduler)
         one_cycle = isinstance(self.scheduler, _ONE_CYCLES)
@@ -328,8 +333,9 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
 
     The total steps are counted at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches under
     gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None` cycles
-    momentum (SGD) or beta1 (Adam family) when the optimizer has one. Other keyword arguments go to `fit`
-    (`resume=path` continues a saved one-cycle run: the checkpoint then brings the lr).
+    momentum (SGD) or beta1 (Adam family), between `max_momentum` and `base_momentum`, as torch's OneCycleLR does:
+    plain SGD (momentum 0) then trains with momentum too; `cycle_momentum=False` leaves it as it is. Other keyword
+    arguments go to `fit` (`resume=path` continues a saved one-cycle run: the checkpoint then brings the lr).
     """
     if "lr" in fit_kwargs:  # fit's lr would clash with the one fit_one_cycle passes
         raise TypeError(f"fit_one_cycle takes the cycle's peak as max_lr: fit_one_cycle({n_epochs}, "
