@@ -91,7 +91,8 @@ class Callback:
     has no steps of its own: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
-    `lr_find`, `add_cb` or `rm_cb`: they raise, since what they change would leak into the running fit.
+    `lr_find` or `add_cb`: they raise, since what they change would leak into the running fit. `rm_cb` works: the
+    fit is over for the callback removed, whose `cleanup_fit` runs at once.
 
     `inference = True`: the callback also shapes how the model sees data after training (DeviceCB, autocast), so
     it takes part in prediction passes (`get_preds`, `tta`, `infer`: see `miniai.callbacks.preds`). Leave it
@@ -158,12 +159,14 @@ def _skip_pass(name: str) -> str:
 
 class Learner:
     """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`)."""
+    _in_fit = False  # (class defaults: a learner pickled before they existed, or a subclass's own __init__, has them)
+    _predicting = False  # during get_preds, tta and summary passes (hooks of the fit leave their forwards alone)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  n_inp: int = 1) -> None:
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
-        self.n_inp, self.opt, self.training, self.cbs, self._in_fit = n_inp, None, False, [], False
+        self.n_inp, self.opt, self.training, self.cbs = n_inp, None, False, []
         self._handlers = build_handlers([])
         for cb in _listed(cbs):
             self.add_cb(cb)
@@ -182,10 +185,13 @@ class Learner:
         return self
 
     def rm_cb(self, cb: Callback) -> Learner:
-        """Remove a callback (compared by identity)."""
-        self._not_in_fit("rm_cb", "its cleanup_fit (which removes hooks and closes files) would not run")
+        """Remove a callback (compared by identity); removed during a fit, its cleanup_fit runs now: the fit is
+        over for it (its hooks removed, its files closed)."""
+        was_in = any(c is cb for c in self.cbs)
         self.cbs = [c for c in self.cbs if c is not cb]
         self._handlers = build_handlers(self.cbs)
+        if self._in_fit and was_in and callable(getattr(cb, "cleanup_fit", None)):
+            cb.cleanup_fit(self)
         return self
 
     def _not_in_fit(self, call: str, why: str) -> None:
@@ -222,7 +228,7 @@ class Learner:
         Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
         """
         self._not_in_fit("fit", "the outer fit would go on with this one's optimizer, lr and records")
-        if torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
+        if train and torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
             raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
         if not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")

@@ -227,6 +227,7 @@ def test_accuracy_equals_torcheval_multiclass_accuracy(batches, seed):
     (torch.rand(8), torch.randint(0, 2, (8,)), r"binary"),  # a binary model's probabilities: ~0.0 before
     (torch.randn(8, 1), torch.randint(0, 2, (8, 1)).float(), r"binary"),  # BCE-shaped logits and targets
     (torch.randn(8, 10), F.one_hot(torch.randint(0, 10, (8,)), 10).float(), r"argmax\(1\)"),  # one-hot targets
+    (torch.randn(8, 10), F.one_hot(torch.randint(0, 10, (8,)), 10), r"argmax\(1\)"),  # int one-hot: multi-label advice
     (torch.randn(8, 1), torch.randint(0, 2, (8,)), r"one score per item.*binary"),  # argmax of 1: the share of 0s
 ])
 def test_accuracy_refuses_preds_and_targets_it_would_compare_wrongly(preds, target, hint):

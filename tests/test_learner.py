@@ -217,12 +217,30 @@ class _During(Callback):
     (lambda learn: learn.fit(1, lr=1e-4), "fit"),  # ran on with the inner fit's optimizer, lr and records
     (lambda learn: learn.lr_find(plot=False), "lr_find"),  # removed ActivationStats' hooks, closed CSVLoggerCB's file
     (lambda learn: learn.add_cb(SingleBatchCB()), "add_cb"),  # the callback never got this fit's before_fit
-    (lambda learn: learn.rm_cb(learn.cbs[0]), "rm_cb"),  # its cleanup_fit never ran: hooks stayed on the model
 ])
-def test_fit_lr_find_add_cb_and_rm_cb_are_refused_during_a_fit(action, what):
+def test_fit_lr_find_and_add_cb_are_refused_during_a_fit(action, what):
     learn = tiny_learner()
     with pytest.raises(RuntimeError, match=f"{what}.* during a fit"):
         learn.fit(1, cbs=[_During(action)])
     assert not any(isinstance(cb, _During) for cb in learn.cbs)
     learn.fit(1)  # and the learner fits again afterwards
     learn.add_cb(SingleBatchCB()).rm_cb(learn.cbs[-1])  # between fits all of it is fine
+
+
+def test_a_callback_removed_during_a_fit_runs_its_cleanup_fit_at_once():
+    """Removed mid-fit (by itself, or by another callback), ActivationStats never ran its cleanup_fit: its hooks
+    stayed on the model and went on recording, after the fit too. A one-shot callback removing itself works."""
+    from miniai.callbacks import ActivationStats
+    stats = ActivationStats(lambda m: isinstance(m, nn.Linear))
+
+    class Remover(Callback):
+        def after_epoch(self, learn: Learner) -> None:
+            if learn.training and learn.epoch == 0:
+                learn.rm_cb(stats)
+                learn.rm_cb(self)  # itself, too
+    learn = tiny_learner(cbs=[stats, Remover()])
+    learn.fit(2)
+    assert stats not in learn.cbs and len(learn.cbs) == 1  # (the NaN guard)
+    assert not learn.model._forward_hooks  # its cleanup_fit ran
+    assert len(stats.stats[0][0]) == 3  # epoch 0's training batches only: the hooks went with it
+

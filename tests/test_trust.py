@@ -724,7 +724,7 @@ def test_get_preds_refuses_a_callback_the_learner_already_has():
             learn.batch = (learn.batch[0] * 2, *learn.batch[1:])
     double = Double()
     learn = tiny_learner(cbs=[double])
-    with pytest.raises(ValueError, match="already one of the learner's callbacks"):
+    with pytest.raises(ValueError, match="takes part in prediction passes already"):
         learn.get_preds(cbs=[double])
 
 
@@ -823,3 +823,32 @@ def test_the_ctrl_c_note_of_an_interrupted_lr_find_says_the_learner_is_as_it_was
         learn.lr_find(plot=False)
     note = "\n".join(info.value.__notes__)
     assert "lr_find was interrupted" in note and "holds the weights of that moment" not in note
+
+
+def test_fit_one_cycle_peaks_at_max_lr_whatever_lr_opt_func_sets():
+    """An opt_func that ignores the lr it is given (AdamW(p, lr=3e-4)) made fit_one_cycle(max_lr=1e-2) peak at 3e-4."""
+    learn = tiny_learner()
+    learn.opt_func = lambda params, lr: optim.SGD(params, lr=3e-4)
+    peaks = []
+
+    class Peak(Callback):
+        order = 30
+
+        def after_batch(self, learn) -> None:
+            peaks.append(learn.opt.param_groups[0]["lr"])
+    learn.fit_one_cycle(2, max_lr=1e-2, cbs=[Peak()])
+    assert max(peaks) == pytest.approx(1e-2, rel=0.2)
+
+
+def test_a_loss_of_your_own_that_reshapes_its_inputs_trains_with_a_warning_not_an_error():
+    """The broadcast check refused a correct custom loss, lambda p, y: F.binary_cross_entropy_with_logits(p[:, 0], y),
+    whose preds (N, 1) and targets (N,) it never broadcasts; torch's own losses are still refused."""
+    x = torch.randn(32, 4)
+    y = (x.sum(1) > 0).float()
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
+    own = lambda p, y: F.binary_cross_entropy_with_logits(p[:, 0], y)  # noqa: E731
+    with pytest.warns(UserWarning, match=r"\(16, 1\).*\(16,\).*If it reshapes them itself"):
+        TrainLearner(nn.Linear(4, 1), dls, own, lr=0.1).fit(1)
+    with pytest.raises(LossInputError, match="broadcast to"):
+        TrainLearner(nn.Linear(4, 1), dls, F.binary_cross_entropy_with_logits, lr=0.1).fit(1)
+

@@ -208,10 +208,10 @@ class HooksCallback(Callback):
         self.mods = None if mods is None else list(mods)  # a generator would serve only the first fit
         self.on_train, self.on_valid = on_train, on_valid
         self.hooks = Hooks([], self._hookfunc)
-        self._active = False  # set per batch, so the hook need not keep a reference to the learner
-        self._recording = False  # whether this pass records (on_train / on_valid)
+        self._active = False  # whether this pass records (on_train / on_valid)
         self._training = True  # the mode of this pass: a forward in the other mode is not of the pass
         self._model: nn.Module | None = None  # the fit's model, whose mode tells a pass's forwards apart
+        self._learn: Learner | None = None  # the fit's learner: is a prediction pass running?
 
     def before_fit(self, learn: Learner) -> None:
         self.hooks.remove()  # never two sets of hooks on a model, whatever happened before
@@ -226,31 +226,23 @@ class HooksCallback(Callback):
             raise ValueError(f"{type(self).__name__}: mod_filter matched no module of {type(learn.model).__name__}; "
                              "check the filter (e.g. fastcore's risinstance(nn.ReLU)) or pass mods=[...].")
         self.hooks = Hooks(mods, self._hookfunc)
-        self._model = learn.model
+        self._model, self._learn = learn.model, learn
 
     def before_epoch(self, learn: Learner) -> None:
-        self._recording = self.on_train if learn.training else self.on_valid
+        self._active = self.on_train if learn.training else self.on_valid
         self._training = learn.training
 
-    # only the pass's own forward, between before_batch and after_predict: not the predictions a callback makes
-    # later in the batch or the epoch (get_preds, summary), nor forwards outside a pass (in after_fit, say)
-    def before_batch(self, learn: Learner) -> None:
-        self._active = self._recording
-
-    def after_predict(self, learn: Learner) -> None:
-        self._active = False
-
     def cleanup_epoch(self, learn: Learner) -> None:
-        self._active = self._recording = False
+        self._active = False  # forward passes outside a pass (e.g. in after_fit) are not recorded
 
     def cleanup_fit(self, learn: Learner) -> None:
         self.hooks.remove()
-        self._model = None
+        self._model = self._learn = None
 
     def _hookfunc(self, hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
-        # not a forward of the model in the other mode (get_preds or summary called from a callback during a
-        # training pass); the model's mode, not the module's: a frozen layer kept in eval mode is still recorded
-        if self._active and self._model.training == self._training:
+        # not a forward of a prediction pass a callback runs during the fit (get_preds, summary), nor one in the
+        # other mode; the model's mode, not the module's: a frozen layer kept in eval mode is still recorded
+        if self._active and not self._learn._predicting and self._model.training == self._training:
             self.hookfunc(hook, module, inputs, output)
 
     def __iter__(self) -> Any:
@@ -289,7 +281,7 @@ class ActivationStats(HooksCallback):
         self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
 
     def after_epoch(self, learn: Learner) -> None:
-        if not self._recording or learn.iter is None:
+        if not self._active or learn.iter is None:
             return
         for hook, before in zip(self.hooks, self._recorded_before):
             runs = (getattr(hook, "n_recorded", 0) - before) / (learn.iter + 1)

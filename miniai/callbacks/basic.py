@@ -2,6 +2,7 @@
 after one batch."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -107,15 +108,19 @@ def supervised_loss(learn: Learner) -> torch.Tensor:
     named = getattr(loss_func, "func", loss_func)  # a partial(F.gaussian_nll_loss, eps=...) is that loss
     name = getattr(named, "__name__", type(named).__name__)
     fix = None
+    torchs = (getattr(named, "__module__", None) or type(loss_func).__module__).startswith("torch.nn")
     if len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
             and preds.shape != yb[0].shape:
         broadcast = _broadcast_shape(preds.shape, yb[0].shape)  # None: the loss raises, and we show the shapes
-        if broadcast is not None and broadcast != preds.shape:  # e.g. (N,1) against (N,): an (N,N) loss that trains, wrongly
+        if broadcast is not None and broadcast != preds.shape:  # (N,1) against (N,): an (N,N) loss that trains
             fix = (f"they broadcast to {tuple(broadcast)}, so the loss would compare every prediction with every "
                    "target. Make the shapes equal: give the model's output the targets' shape (e.g. end the model "
                    "with nn.Flatten(0) for (N,) targets), or build the targets in the output's shape.")
-    elif len(yb) != (n := _N_TARGETS.get(name, 1)) and (getattr(named, "__module__", None)
-                                                        or type(loss_func).__module__).startswith("torch.nn"):
+            if not torchs:  # a loss of your own may reshape them itself (p[:, 0]): say it, once, and go on
+                warnings.warn(f"loss_func {name} gets preds {tuple(preds.shape)} and targets {tuple(yb[0].shape)}: "
+                              f"{fix} (If it reshapes them itself, as p[:, 0] does, all is well.)", stacklevel=4)
+                fix = None
+    elif len(yb) != (n := _N_TARGETS.get(name, 1)) and torchs:
         fix = (f"{name} takes {n} target{'s' * (n > 1)}, but the batch has {len(yb)} items after its "
                f"n_inp={learn.n_inp} inputs (the loss would take the others as other arguments: weights, say). "
                "Batches are (*inputs, *targets); if an item is no target (ids, weights), wrap the loss, "

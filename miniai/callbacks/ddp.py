@@ -169,10 +169,10 @@ class DDPCB(Callback):
             raise TypeError(f"DDPCB can't shard dls.{name}: a DataLoader over an IterableDataset or with a custom "
                             f"batch_sampler decides its own items; shard it yourself by rank() and world_size()")
         if type(dl.sampler) not in (SequentialSampler, RandomSampler) or isinstance(dl.sampler, RandomSampler) and (
-                dl.sampler.replacement or dl.sampler._num_samples is not None):
+                dl.sampler.replacement or dl.sampler.num_samples != len(dl.dataset)):
             raise TypeError(f"DDPCB can't shard dls.{name}: its {type(dl.sampler).__name__} picks its own items, and "
-                            "a DistributedSampler over the whole dataset would replace it (training on items it "
-                            "leaves out). Build the loader on a torch.utils.data.Subset of the items with shuffle=True "
+                            "a DistributedSampler over the whole dataset would replace it (walking items it leaves "
+                            "out, and each item once). Build the loader on a torch.utils.data.Subset of the items with shuffle=True "
                             "(or False), or shard it yourself by rank() and world_size()")
         n = len(dl.dataset)
         if n < w:

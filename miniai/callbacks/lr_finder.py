@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from ..distributed import is_dist, world_size
+from ..distributed import world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .checkpoint import CheckpointCB
+from .ddp import DDPCB
 from .guards import EarlyStoppingCB
 from .scheduling import BaseSchedCB
 from .state import kept
@@ -193,7 +194,8 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     run) callbacks watching a validation metric.
     """
     learn._not_in_fit("lr_find", "its own fit would remove the running fit's hooks and close its log files")
-    if is_dist() or world_size() > 1:  # each process would stop on its own loss, and the others wait for it forever
+    if world_size() > 1 and any(isinstance(cb, DDPCB) for cb in learn.cbs):  # each process would stop on its own
+        # loss, and the others would wait for it forever
         raise RuntimeError("lr_find runs in one process: run it before launching torchrun (python script.py), "
                            "then train with the lr it suggests under torchrun")
     if start_lr <= 0:

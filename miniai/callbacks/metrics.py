@@ -272,8 +272,9 @@ def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
                "is (N,) (end it with nn.Flatten(0))")
     elif target.ndim == preds.ndim and target.shape[1:2] == (1,) and classes > 1:
         fix = "targets kept as a column: pass target.squeeze(1)"
-    elif target.shape == preds.shape and target.is_floating_point() and classes > 1:
-        fix = "targets one-hot or probabilities: pass target.argmax(1), the class ids"
+    elif target.shape == preds.shape and classes > 1:
+        fix = ("targets one-hot or probabilities: pass target.argmax(1), the class ids (for a multi-label model, "
+               "use torcheval's MultilabelAccuracy in MetricsCB)")
     elif target.shape == preds.shape:
         fix = ("preds are scores, not labels: for a binary or multi-label model pass (preds > 0.5).long() "
                "(probabilities) or (preds > 0).long() (logits), or use torcheval's BinaryAccuracy in MetricsCB")

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (DataLoader, IterableDataset, RandomSampler, SubsetRandomSampler,
                               WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
-from ..distributed import is_dist
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
 from ..utils import to_cpu
@@ -61,12 +61,13 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
     # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
     taking_part = participants(learn)
-    twice = next((cb for cb in cbs if any(cb is own for own in learn.cbs)), None)
+    twice = next((cb for cb in cbs if any(cb is own for own in taking_part)), None)
     if twice is not None:  # it would run twice per batch (a transform applied twice)
-        raise ValueError(f"this {type(twice).__name__} is already one of the learner's callbacks: leave it out of "
-                         "cbs (with inference = True it takes part in prediction passes already)")
+        raise ValueError(f"this {type(twice).__name__} takes part in prediction passes already (inference = True): "
+                         "leave it out of cbs")
     _warn_left_out(learn, taking_part)
     learn._handlers = build_handlers([*taking_part, *cbs])
+    learn._predicting = True  # (kept() puts it back) the fit's own hooks leave this pass's forwards alone
     learn.training, learn.dl, learn.n_epochs, learn.epochs, learn.epoch, learn.iter = False, dl, 1, range(1), 0, None
     learn.model.eval()
 
@@ -183,7 +184,10 @@ class _GatherPreds(Callback):
 
 
 def _loader(learn: Learner, dl: Any) -> Any:
-    if learn._in_fit and is_dist():  # DDPCB has sharded the loaders: this process would see its part only
+    dls = getattr(learn, "dls", None)
+    sharded = [getattr(dls, "train", None), getattr(dls, "valid", None)]
+    if learn._in_fit and isinstance(learn.model, DistributedDataParallel) and (dl is None or any(
+            dl is d for d in sharded)):  # DDPCB has sharded the fit's loaders: this process would see its part only
         raise RuntimeError("under DDP, during a fit, each process's loaders hold only its shard, so predictions "
                            "made now would cover part of the data: call get_preds or tta after the fit")
     if dl is None:

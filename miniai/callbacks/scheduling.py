@@ -177,9 +177,10 @@ class BaseSchedCB(Callback):
 
     def _last_step_ends(self, learn: Learner) -> bool:
         """Whether this is the last step of the scheduled epochs, of a schedule that ends there."""
-        last = self.scheduler._schedulers[-1] if isinstance(self.scheduler, SequentialLR) else self.scheduler
+        sched = self.scheduler  # of a SequentialLR, the last part; of a ChainedScheduler, any part
+        parts = sched._schedulers[-1:] if isinstance(sched, SequentialLR) else getattr(sched, "_schedulers", [sched])
         total = self._total_steps(learn)
-        return _length(last)[0] is not None and total is not None and self.n_steps + 1 >= total
+        return any(_length(p)[0] for p in parts) and total is not None and self.n_steps + 1 >= total
 
     # --- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -329,7 +330,8 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
                   **fit_kwargs: Any) -> None:
     """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
 
-    Param groups peak at the lrs `opt_func(params, max_lr)` gives them, as `fit(lr=max_lr)` would start them.
+    With several param groups, the one `opt_func` gives the highest lr peaks at `max_lr`, and the others keep their
+    ratios to it (a body at a tenth of the head's lr peaks at `max_lr / 10`).
 
     The total steps are counted at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches under
     gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None` cycles
@@ -348,10 +350,10 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
             raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
                             "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
         cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults))
-        # opt_func built the groups for lr=max_lr, as fit(lr=max_lr) does: each group peaks at its own lr (a body
-        # at max_lr/10 stays at a tenth); on resume the optimizer was built without an lr and the checkpoint's
-        # scheduler state brings the peaks
-        peaks = max_lr if resuming else [group["lr"] for group in opt.param_groups]
+        # the highest group peaks at max_lr, the others keep the ratios opt_func gave them (a body at a tenth of
+        # the head's lr stays at a tenth); on resume the checkpoint's scheduler state brings the peaks
+        lrs = [float(group["lr"]) for group in opt.param_groups]
+        peaks = [max_lr * (lr / max(lrs)) for lr in lrs] if not resuming and max(lrs) > 0 else max_lr
         return OneCycleLR(opt, max_lr=peaks, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
                           pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
                           cycle_momentum=cycle, base_momentum=base_momentum, max_momentum=max_momentum)

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
-from ..distributed import is_dist
 from ..learner import Callback, Learner
 from ..utils import model_device
 from .augment import BatchTransformCB
@@ -69,7 +69,7 @@ class SWACB(Callback):
         self._opt: torch.optim.Optimizer | None = None
 
     def before_fit(self, learn: Learner) -> None:
-        if is_dist():
+        if isinstance(learn.model, DistributedDataParallel):  # DDPCB (order -30) wrapped it
             raise RuntimeError("SWACB does not run under DDP yet: the average would stay wrapped in "
                                "DistributedDataParallel and each process would refresh its BatchNorm statistics on "
                                "its own shard, leaving the processes with different models. Run SWA in one process.")
