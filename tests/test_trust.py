@@ -852,3 +852,59 @@ def test_a_loss_of_your_own_that_reshapes_its_inputs_trains_with_a_warning_not_a
     with pytest.raises(LossInputError, match="broadcast to"):
         TrainLearner(nn.Linear(4, 1), dls, F.binary_cross_entropy_with_logits, lr=0.1).fit(1)
 
+
+
+def test_hooks_record_in_a_subclass_with_its_own_before_batch_and_a_forward_run_by_get_loss():
+    """Regressions of this stop, caught before they landed: recording had been switched on in before_batch and off
+    at after_predict, so a subclass's own before_batch (no super()) or a model run inside get_loss recorded nothing."""
+    from miniai.callbacks import ActivationStats
+
+    class Mine(ActivationStats):
+        def before_batch(self, learn) -> None:
+            self.seen = True
+
+    class LossRunsTheModel(Callback):  # a model that computes its own loss: predict does nothing
+        owns_steps = ("predict", "get_loss")
+
+        def predict(self, learn) -> None:
+            learn.preds = None
+
+        def get_loss(self, learn) -> None:
+            learn.loss = F.mse_loss(learn.model(learn.batch[0]), learn.batch[1])
+    for cbs in ([Mine(lambda m: isinstance(m, nn.Linear))],
+                [ActivationStats(lambda m: isinstance(m, nn.Linear)), LossRunsTheModel()]):
+        learn = tiny_learner(cbs=cbs)
+        learn.fit(1)
+        assert len(cbs[0].stats[0][0]) == 3
+
+
+def test_a_process_group_without_ddp_refuses_nothing(monkeypatch):
+    """lr_find, SWACB and get_preds mid-fit were refused under any process group, DDPCB or not."""
+    import socket
+    import torch.distributed as dist
+    from miniai.callbacks import SWACB
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        learn = tiny_learner()
+        learn.lr_find(plot=False)
+        learn.fit(2, cbs=[SWACB(swa_start=1, swa_lr=0.01), _During(lambda learn: learn.get_preds())])
+    finally:
+        dist.destroy_process_group()
+
+
+class _During(Callback):
+    def __init__(self, action) -> None:
+        self.action = action
+
+    def after_epoch(self, learn) -> None:
+        if learn.training:
+            self.action(learn)
+
+
+def test_a_validation_only_fit_runs_under_inference_mode():
+    learn = tiny_learner()
+    with torch.inference_mode():
+        learn.fit(1, train=False)
