@@ -516,3 +516,21 @@ def test_a_scheduler_without_state_dict_beside_checkpointcb_is_refused_before_tr
         learn.fit(2)
     assert list(tmp_path.iterdir()) == []
     make_learner(None, cbs=[BatchSchedCB(NoState)])[0].fit(1)  # without checkpoints it needs none
+
+
+def test_a_checkpoint_holding_a_type_the_safe_loader_refuses_says_which_not_corrupt(tmp_path):
+    """A numpy number in an lr_lambda: the message cut torch's text before the type's name, called the file perhaps
+    corrupt and pointed at an older one, which had the same problem."""
+    import numpy as np
+
+    class Decay:
+        def __init__(self, g):
+            self.g = g
+
+        def __call__(self, step):
+            return self.g ** step
+    learn, _ = make_learner(tmp_path, cbs=[BatchSchedCB(partial(lr_scheduler.LambdaLR, lr_lambda=Decay(np.float64(0.9))))])
+    learn.fit(1)
+    with pytest.raises(CheckpointMismatchError, match=r"holds a numpy\S*scalar.*add_safe_globals\(\[numpy") as info:
+        checkpoint_module.load_checkpoint(tmp_path)
+    assert "corrupt" not in str(info.value)

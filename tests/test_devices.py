@@ -22,3 +22,12 @@ def test_sums_over_a_pass_are_float64_except_on_mps_which_has_none():
     assert sum_dtype(torch.device("cpu")) == torch.float64
     assert sum_dtype(torch.device("cuda", 0)) == torch.float64
     assert sum_dtype(torch.device("mps")) == torch.float32
+
+
+def test_predictions_turn_autocast_off_only_where_torch_has_it():
+    """MPS before torch 2.5 has no autocast, and torch.autocast('mps', enabled=False) raised there: get_preds(act=)
+    and tta failed on a Mac. A device without autocast ('meta' here) has nothing to turn off."""
+    import contextlib
+    from miniai.callbacks.preds import _no_autocast
+    assert isinstance(_no_autocast("meta"), contextlib.nullcontext)
+    assert isinstance(_no_autocast("cpu"), torch.autocast)

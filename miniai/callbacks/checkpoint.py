@@ -183,6 +183,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any failure to read means the file can't be used; say which and why
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if refused:  # a sound file holding a type torch's safe loader does not know: say which, not "corrupt"
+            raise CheckpointMismatchError(
+                f"could not read checkpoint {file}: it holds a {refused[1]} (in a callback's or a scheduler's saved "
+                "state: a numpy number in an lr_lambda, say), a type torch's safe loader refuses. If you trust the "
+                f"file, allow it before resuming: torch.serialization.add_safe_globals([{refused[1]}]); to avoid "
+                "it, keep such values Python numbers (float(x)).") from e
         others = [str(f) for _, f in list_checkpoints(file.parent) if f != file]
         raise CheckpointMismatchError(
             f"could not read checkpoint {file} ({type(e).__name__}: {str(e)[:300]}). If the file is truncated or "

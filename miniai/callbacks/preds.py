@@ -12,6 +12,7 @@ averages probabilities over augmented copies.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -161,7 +162,7 @@ class _GatherPreds(Callback):
         preds = learn.preds
         if self.act is not None:
             device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
-            with torch.autocast(device, enabled=False):  # act sees the model's output, not a recast of it
+            with _no_autocast(device):  # act sees the model's output, not a recast of it
                 preds = _activate(self.act, preds)
         self.preds.append(to_cpu(preds))
         self.targets.append(to_cpu(learn.yb))
@@ -196,6 +197,14 @@ def _loader(learn: Learner, dl: Any) -> Any:
             raise ValueError("no loader to predict on: learn.dls has no valid loader (a learner from load_learner "
                              "keeps none). Pass one, e.g. learn.get_preds(dl=loader), or dl=[(xb,)] for one batch.")
     return dl
+
+
+def _no_autocast(device: str) -> Any:
+    """Autocast turned off on `device`; nothing to turn off where torch has no autocast (MPS before torch 2.5)."""
+    try:
+        return torch.autocast(device, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
 
 
 def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool = False, with_loss: bool = False,
