@@ -142,6 +142,12 @@ def _defined_by_callback(cls: type, name: str) -> bool:
     return callable(vars(owner)[name]) and owner is not nn.Module
 
 
+def _tag(error: BaseException, event: str) -> None:
+    """Note on a cancel the event it came from (the first), for fit's note if no stage catches it."""
+    if isinstance(error, _CANCELS) and not hasattr(error, "event"):
+        error.event = event
+
+
 def _add_note(error: BaseException, note: str) -> None:
     """Attach `note` to `error`, shown under its traceback (Python < 3.11 has no notes: print it)."""
     error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
@@ -267,8 +273,8 @@ class Learner:
             _add_note(e, interrupt_note(self, temporary))
             raise
         except _CANCELS as e:  # a cancel its stage did not catch: it came from outside that stage
-            _add_note(e, f"{type(e).__name__} was raised in {getattr(e, 'event', '?')}, outside the stage it cancels: see "
-                         "the cancel table in miniai/learner.py for where each one may be raised.")
+            _add_note(e, f"{type(e).__name__} was raised in {getattr(e, 'event', 'a step')}, outside the stage it "
+                         "cancels: see the cancel table in miniai/learner.py for where each one may be raised.")
             raise
         finally:
             self._in_fit = False
@@ -284,15 +290,14 @@ class Learner:
         except cancel:
             pass
         except BaseException as e:  # also Ctrl-C: the cleanups below run, then it goes on up
-            error = self._where(e)
-        self._event = f"cleanup_{name}"
+            error = e
         for handler in self._handlers[f"cleanup_{name}"]:  # every cleanup runs, even if one raises
             try:
                 handler(self)
             except cancel:  # a cleanup cancelled this stage, which is over anyway
                 pass
             except BaseException as e:  # the first error is the one raised; later ones become its notes
-                self._where(e)
+                _tag(e, f"cleanup_{name}")
                 if error is None or isinstance(error, _OUTER_CANCELS[name]) and not isinstance(e, _CANCELS):
                     error = e  # (a cancel on its way up to its stage is no error: a real one takes its place)
                 else:
@@ -300,15 +305,13 @@ class Learner:
         if error is not None:
             raise error
 
-    def _where(self, error: BaseException) -> BaseException:
-        if isinstance(error, _CANCELS) and not hasattr(error, "event"):
-            error.event = self._event  # where a cancel came from, for the note fit adds if no stage catches it
-        return error
-
     def _emit(self, event: str) -> None:
-        self._event = event  # for the error a misplaced cancel raises
-        for handler in self._handlers[event]:
-            handler(self)
+        try:  # (a try costs nothing until something is raised)
+            for handler in self._handlers[event]:
+                handler(self)
+        except _CANCELS as e:
+            _tag(e, event)
+            raise
 
     def _all_epochs(self, train: bool, valid: bool) -> None:
         in_opt = {id(p) for group in self.opt.param_groups for p in group["params"]}
@@ -438,8 +441,6 @@ class Learner:
 
         It turns on dynamo's module-hook guards for the process (`skip_nnmodule_hook_guards = False`), for every
         compiled model: a change of hooks then recompiles instead of going unseen."""
-        if not hasattr(self.model, "compile"):  # nn.Module.compile arrived in torch 2.2
-            raise RuntimeError(f"learn.compile() needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
         import torch._dynamo as dynamo  # here: a second to import
         # dynamo skips checking module hooks by default: hooks added later (ActivationStats, summary) would never
         # run, and removed ones would go on running; with the check, a change of hooks recompiles

@@ -153,10 +153,9 @@ class SWACB(Callback):
         last_epoch = learn.epoch
         learn.epoch = "swa"  # MetricsCB logs the row as epoch 'swa'; schedulers and SWACB ignore the pass
         try:
-            with torch.no_grad():
-                # the Learner's own validation pass (a private method: the loop has no public one-pass entry),
-                # so MetricsCB, ProgressCB and friends see it like any other
-                learn._one_epoch(False)
+            # the Learner's own validation pass (a private method: the loop has no public one-pass entry, and it
+            # runs under no_grad itself), so MetricsCB, ProgressCB and friends see it like any other
+            learn._one_epoch(False)
         finally:
             learn.epoch = last_epoch
         metrics = getattr(learn, "metrics", None)
