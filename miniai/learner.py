@@ -384,8 +384,9 @@ class Learner:
             except TypeError:  # no length (an IterableDataset): an empty pass is caught when it happens
                 continue
             n = len(dl.dataset) if hasattr(getattr(dl, "dataset", None), "__len__") else None
+            bs = getattr(dl, "batch_size", getattr(dl, "bs", "?"))
             why = ("its dataset is empty" if n == 0 else "it yields nothing" if n is None else
-                   f"{n} items with bs={getattr(dl, 'batch_size', getattr(dl, 'bs', '?'))} and drop_last=True make no full batch")
+                   f"{n} items with bs={bs} and drop_last=True make no full batch")
             raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a wrong "
                              "path), or pass " + _skip_pass(name))
 

@@ -24,8 +24,9 @@ from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, Learner
-from .guards import NonFiniteLossError, lower_lr_advice
+from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode
+from .scheduling import BaseSchedCB
 
 __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",
            "find_checkpoint", "load_checkpoint", "interrupt_note"]
@@ -210,8 +211,8 @@ class CheckpointCB(Callback):
     Args:
         path: a directory. A fresh (not resumed) fit refuses one that already holds checkpoints, because they
             are an earlier run's work; pass `overwrite=True` to delete them instead (once this fit has written its
-            first checkpoint, so a fit that saves none, or stops before its first, leaves them). A resumed fit keeps what is
-            there; checkpoints of later epochs than the one resumed from (a run that went on from it) are moved
+            first checkpoint, so a fit that saves none, or stops before its first, leaves them). A resumed fit keeps
+            what is there; checkpoints of later epochs than the one resumed from (a run that went on from it) are moved
             into `path/superseded_<k>/`, so they are not overwritten and `resume=path` picks this run's newest.
         every: save after every `every`-th epoch, and always after the fit's last epoch (also the last of a fit
             a callback stops early: EarlyStoppingCB sets `learn.stop_requested`).
@@ -370,6 +371,14 @@ class CheckpointCB(Callback):
 
     # --- what a checkpoint can't bring back: say so ------------------------------------------------------------
     def _watch(self, learn: Learner) -> None:
+        """Refuse, warn of or watch what a checkpoint of this fit could not save."""
+        for cb in learn.cbs:  # built by now (order 20): saving it would fail only after the first epoch's training
+            scheduler = getattr(cb, "scheduler", None) if isinstance(cb, BaseSchedCB) else None
+            if scheduler is not None and not all(callable(getattr(scheduler, m, None))
+                                                 for m in ("state_dict", "load_state_dict")):
+                raise TypeError(f"CheckpointCB saves every scheduler's state_dict() to resume it, and this "
+                                f"{type(scheduler).__name__} has no state_dict/load_state_dict: give it both (torch's "
+                                "LRScheduler has them; subclass it), or train without CheckpointCB")
         self._watched, self._warned = {}, set()
         for name in ("train", "valid"):
             dl = getattr(learn.dls, name, None)
@@ -430,9 +439,8 @@ def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> s
     saving = any(isinstance(cb, CheckpointCB) for cb in learn.cbs)
     if newest is not None:
         call = getattr(learn, "_resume_call", None) or f"learn.fit({learn.n_epochs}{{passes}}, resume={{path!r}})"
-        passes = "".join(f", {p}=False" for p in ("train", "valid") if p not in getattr(learn, "passes", (p,)))
         note += (f" The newest checkpoint of this run is {newest}; continue the run with "
-                 f"{call.format(path=str(newest), passes=passes)}")
+                 f"{call.format(path=str(newest), passes=pass_args(learn))}")
         own = ("ResumeCB", "BatchSchedCB") if getattr(learn, "_resume_call", None) else ("ResumeCB",)  # re-made
         given = [type(cb).__name__ for cb in temporary or [] if type(cb).__name__ not in own]
         # callbacks given to the interrupted call only: without them the run goes on without (its CheckpointCB, say)

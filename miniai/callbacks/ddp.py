@@ -172,8 +172,8 @@ class DDPCB(Callback):
                 dl.sampler.replacement or dl.sampler.num_samples != len(dl.dataset)):
             raise TypeError(f"DDPCB can't shard dls.{name}: its {type(dl.sampler).__name__} picks its own items, and "
                             "a DistributedSampler over the whole dataset would replace it (walking items it leaves "
-                            "out, and each item once). Build the loader on a torch.utils.data.Subset of the items with shuffle=True "
-                            "(or False), or shard it yourself by rank() and world_size()")
+                            "out, and each item once). Build the loader on a torch.utils.data.Subset of the items "
+                            "with shuffle=True (or False), or shard it yourself by rank() and world_size()")
         n = len(dl.dataset)
         if n < w:
             raise ValueError(f"dls.{name} has {n} items for {w} processes: every process needs at least one")

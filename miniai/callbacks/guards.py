@@ -9,7 +9,8 @@ import torch
 from ..learner import Callback, CancelFitException, Learner
 from .metrics import check_monitor, monitor_mode
 
-__all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB"]
+__all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
+           "lower_lr_advice", "pass_args"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -108,9 +109,13 @@ def lower_lr_advice(learn: Learner, good: Any) -> str:
         return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "
                 f"learn.model.load_state_dict(load_checkpoint('{good}')['model']), then e.g. "
                 "learn.fit_one_cycle(n, max_lr=lower).")
-    passes = "".join(f", {p}=False" for p in ("train", "valid") if p not in getattr(learn, "passes", (p,)))
-    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{passes}, lr=..., resume='{good}') (the lr "
-            "given replaces the checkpoint's).")
+    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{pass_args(learn)}, lr=..., resume='{good}') "
+            "(the lr given replaces the checkpoint's).")
+
+
+def pass_args(learn: Learner) -> str:
+    """The fit arguments for the passes the fit left out (', valid=False'), for the calls that continue it."""
+    return "".join(f", {p}=False" for p in ("train", "valid") if p not in getattr(learn, "passes", (p,)))
 
 
 def add_nan_guard(learn: Learner) -> None:

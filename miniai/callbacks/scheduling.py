@@ -100,12 +100,6 @@ class BaseSchedCB(Callback):
                              "optimizer than learn.opt: fit makes a new optimizer each time, so the factory must "
                              "build the scheduler on the optimizer it is given, e.g. partial(OneCycleLR, max_lr=0.1, "
                              "total_steps=n)")
-        from .checkpoint import CheckpointCB  # here: checkpoint's neighbours import this module
-        if any(isinstance(cb, CheckpointCB) for cb in learn.cbs) and not all(
-                callable(getattr(scheduler, m, None)) for m in ("state_dict", "load_state_dict")):
-            raise TypeError(f"CheckpointCB saves every scheduler's state_dict() to resume it, and this "
-                            f"{type(scheduler).__name__} has no state_dict/load_state_dict: give it both (torch's "
-                            "LRScheduler has them; subclass it), or train without CheckpointCB")
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)

@@ -45,7 +45,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
     and train/eval modes; the attributes of the learner and of each of its callbacks (what they recorded too); the
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
-    `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and MPS's, Python's, NumPy's).
+    `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
+    MPS's, Python's, NumPy's).
     Weight values are copied only with `weights=True` (lr_find trains): eval mode and `no_grad` leave them alone,
     so a prediction pass costs next to nothing here.
     """
