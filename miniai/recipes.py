@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import nn, optim
 from torch.optim import Optimizer
@@ -26,6 +27,7 @@ from .callbacks.scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, steps
 from .learner import Callback, TrainLearner
 from .models import GeneralRelu, get_convnet, get_model, get_resnet, init_weights
 from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
+from .utils import def_device
 
 __all__ = ["SCHEDULES", "make_sched_cb", "Recipe", "RECIPES", "recipe_learner"]
 
@@ -156,9 +158,9 @@ def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, 
     if bs is not None and bs != recipe.bs:
         warnings.warn(f"recipe {_name(recipe)} was chosen at bs {recipe.bs}; these loaders have bs {bs}, so its lr and "
                       "schedule may not suit them", stacklevel=2)
-    extra = [DeviceCB(device) if device is not None else DeviceCB()]
+    device = torch.device(def_device if device is None else device)
     # not on MPS: channels-last convolutions there gave wrong gradients in torch releases we allow (pytorch#140902)
-    extra[0].channels_last = recipe.channels_last and extra[0].device.type != "mps"
+    extra = [DeviceCB(device, channels_last=recipe.channels_last and device.type != "mps")]
     if tfms:
         extra.append(BatchTransformCB(batch_tfms(*tfms)))
     learn = TrainLearner(model, dls, loss, lr=recipe.max_lr, cbs=[*extra, *(cbs or [])],

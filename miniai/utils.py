@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-import warnings
 import random
 import sys
+import warnings
 from typing import Any
 
 import numpy as np

@@ -192,7 +192,7 @@ def _loader(learn: Learner, dl: Any) -> Any:
         raise RuntimeError("under DDP, during a fit, each process's loaders hold only its shard, so predictions "
                            "made now would cover part of the data: call get_preds or tta after the fit")
     if dl is None:
-        dl = getattr(getattr(learn, "dls", None), "valid", None)
+        dl = sharded[1]
         if dl is None:
             raise ValueError("no loader to predict on: learn.dls has no valid loader (a learner from load_learner "
                              "keeps none). Pass one, e.g. learn.get_preds(dl=loader), or dl=[(xb,)] for one batch.")
