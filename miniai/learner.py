@@ -1,9 +1,10 @@
 """The training loop: a `Learner` that fires named events, and `Callback`s that do everything else.
 
-Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs `before_<stage>`, its
-body, `after_<stage>`, and always every `cleanup_<stage>` handler, even after a cancel, an error or Ctrl-C, and
-even when another cleanup raised. The first error raised is the one the user sees (later ones become its notes; a
-cancel on its way up to its stage is no error, so an error a cleanup raises meanwhile is the one seen).
+Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch` (what fit checks first is in checks.py).
+Every stage runs `before_<stage>`, its body, `after_<stage>`, and always every `cleanup_<stage>` handler, even after
+a cancel, an error or Ctrl-C, and even when another cleanup raised. The first error raised is the one the user
+sees (later ones become its notes; a cancel on its way up to its stage is no error, so an error a cleanup raises
+meanwhile is the one seen).
 
 Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
 
@@ -38,17 +39,17 @@ Learner state that callbacks may read, and from which event on:
 """
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
+
+from .checks import (batch_type_error, check_callback_names, check_fit_args, check_loaders, check_new_params,
+                     empty_pass_error)
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
            "CancelStepException", "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
@@ -107,39 +108,14 @@ Handler = Callable[["Learner"], None]
 
 
 def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
-    """Map each event (and each owned step) to the bound methods that handle it, in callback order; check names."""
+    """Map each event (and each owned step) to the bound methods that handle it, in callback order."""
     table: dict[str, list[Handler]] = {name: [] for name in EVENTS + STEPS}
     for cb in sorted(cbs, key=lambda cb: cb.order):
-        cls = type(cb).__name__
-        for name in dir(type(cb)):
-            if name.startswith(("before_", "after_", "cleanup_")) and name not in EVENTS:
-                guess = difflib.get_close_matches(name, EVENTS, n=1)
-                raise TypeError(f"{cls}.{name} is not an event"
-                                + (f"; did you mean {guess[0]!r}?" if guess else f"; events are {', '.join(EVENTS)}")
-                                + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
-            if name in STEPS and name not in cb.owns_steps and _defined_by_callback(type(cb), name):
-                raise TypeError(f"{cls}.{name} is named like the learner's {name!r} step, which a callback may "
-                                f"take over only on purpose: rename the method (e.g. '_{name}' or 'update') or, if "
-                                f"{cls} is meant to do the learner's {name}, declare owns_steps = ('{name}',).")
-        for name in cb.owns_steps:
-            if name not in STEPS or not callable(getattr(cb, name, None)):
-                raise TypeError(f"{cls}.owns_steps lists {name!r}: steps are {', '.join(STEPS)}, and each one "
-                                f"listed needs a method {name}(self, learn)")
-            if table[name]:
-                raise TypeError(f"{cls} and {table[name][0].__self__.__class__.__name__} both own the {name!r} step; "
-                                "only one callback may do it (TrainCB owns all five: with a callback that owns "
-                                "some, use TrainLearner, whose own steps do the rest)")
+        check_callback_names(cb, EVENTS, STEPS, table)  # a misspelt event, an undeclared or twice-owned step
         for name in EVENTS + cb.owns_steps:
             if callable(getattr(cb, name, None)):
                 table[name].append(getattr(cb, name))
     return table
-
-
-def _defined_by_callback(cls: type, name: str) -> bool:
-    """Whether `name` is a method of the callback's own, not inherited from nn.Module (`zero_grad`, a callback that
-    is also a module, an EMA of the weights, say, has without meaning the learner's step)."""
-    owner = next(k for k in cls.__mro__ if name in vars(k))
-    return callable(vars(owner)[name]) and owner is not nn.Module
 
 
 def _tag(error: BaseException, event: str) -> None:
@@ -156,11 +132,6 @@ def _add_note(error: BaseException, note: str) -> None:
 def _listed(cbs: Callback | Iterable[Callback] | None) -> list[Callback]:
     """`cbs` as a list: one callback alone (the course's `cbs=DeviceCB()`) is a list of one."""
     return [cbs] if isinstance(cbs, Callback) else list(cbs or [])
-
-
-def _skip_pass(name: str) -> str:
-    """How to fit without the empty `dls.<name>` pass, for the errors that refuse one."""
-    return "fit(train=False) to only validate." if name == "train" else "fit(valid=False) to train without validation."
 
 
 class Learner:
@@ -216,10 +187,8 @@ class Learner:
         return tuple(self._items()[self.n_inp:])
 
     def _items(self) -> tuple | list:
-        if not isinstance(self.batch, (tuple, list)):  # slicing a tensor would give its rows as inputs and targets
-            raise TypeError(f"a batch is a tuple (*inputs, *targets); the loader gave a {type(self.batch).__name__}: "
-                            "build it on a TensorDataset(x, y) (dict batches: DataLoaders.from_dd or collate_dict), "
-                            "or own predict and get_loss in a callback that reads learn.batch itself")
+        if not isinstance(self.batch, (tuple, list)):
+            raise batch_type_error(self.batch)
         return self.batch
 
     # --- the loop --------------------------------------------------------------------------------------------
@@ -234,18 +203,8 @@ class Learner:
         Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
         """
         self._not_in_fit("fit", "the outer fit would go on with this one's optimizer, lr and records")
-        if train and torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
-            raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
-        if not isinstance(n_epochs, int) or n_epochs < 0:
-            raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
         opt_lr = self.lr if lr is None else lr
-        if opt_lr is None and resume is None:
-            raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
-                             "learn.lr_find() suggests one.")
-        if isinstance(opt_lr, float) and not math.isfinite(opt_lr):  # nan or inf would train to NaN weights
-            raise ValueError(f"lr must be a finite number, got {opt_lr}")
-        if opt_lr == 0:
-            warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=2)
+        check_fit_args(n_epochs, train, opt_lr, resume)
         temporary: list[Callback] = []
         try:
             for cb in _listed(cbs):
@@ -258,12 +217,15 @@ class Learner:
             self.stop_requested = False  # and EarlyStoppingCB this
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
-            self._check_steps_and_data()
+            missing = [s for s in STEPS if not self._handlers[s] and not hasattr(self, s)]
+            if missing:
+                raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
+                                "or use TrainLearner, which defines the steps itself.")
+            check_loaders(self.dls, self.passes)
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
                 temporary.append(resume_cb(self, resume, lr))
                 self.add_cb(temporary[-1])
-            # resuming without an lr: the checkpoint's optimizer state brings its own
             self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
             self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out: its call
             self._in_fit = True
@@ -314,13 +276,7 @@ class Learner:
             raise
 
     def _all_epochs(self, train: bool, valid: bool) -> None:
-        in_opt = {id(p) for group in self.opt.param_groups for p in group["params"]}
-        new = [name for name, p in self.model.named_parameters() if p.requires_grad and id(p) not in in_opt
-               and id(p) not in self._params_at_opt]
-        if new:  # they would get gradients and never a step
-            raise RuntimeError(f"a callback's before_fit gave the model parameters not in the optimizer, which was "
-                               f"made before it ({', '.join(new[:5])}): change the model before fit, so fit's "
-                               "optimizer includes them")
+        check_new_params(self.model, self.opt, self._params_at_opt)
         # read self.epochs here, after before_fit, so a callback (resume, progress bar) may replace it
         for self.epoch in self.epochs:
             if train:
@@ -342,11 +298,7 @@ class Learner:
         for self.iter, self.batch in enumerate(self.dl):
             self._stage("batch", self._one_batch, CancelBatchException)
         if self.iter is None:  # an empty pass would log NaN metrics and feed them to schedulers and early stopping
-            name = "train" if self.training else "valid"
-            once = (" It is an iterator (a generator?), which can be walked only once: give a list of batches or a "
-                    "DataLoader." if isinstance(self.dl, Iterator) else "")
-            raise ValueError(f"dls.{name} yielded no batches in epoch {self.epoch}.{once} Check how it was built, or "
-                             "pass " + _skip_pass(name))
+            raise empty_pass_error(self.training, self.epoch, self.dl)
 
     def _one_batch(self) -> None:
         self._do("predict")
@@ -367,28 +319,6 @@ class Learner:
     def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
         owner = self._handlers[step]
         owner[0](self) if owner else getattr(self, step)()
-
-    def _check_steps_and_data(self) -> None:
-        missing = [s for s in STEPS if not self._handlers[s] and not hasattr(self, s)]
-        if missing:
-            raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
-                            "or use TrainLearner, which defines the steps itself.")
-        for name in self.passes:  # a missing or empty loader (of known length): before any batch
-            dl = getattr(self.dls, name, None)
-            if dl is None:
-                raise ValueError(f"dls has no {name} loader: give the learner DataLoaders(train_dl, valid_dl) "
-                                 "(miniai.data), or pass " + _skip_pass(name))
-            try:
-                if len(dl):
-                    continue
-            except TypeError:  # no length (an IterableDataset): an empty pass is caught when it happens
-                continue
-            n = len(dl.dataset) if hasattr(getattr(dl, "dataset", None), "__len__") else None
-            bs = getattr(dl, "batch_size", getattr(dl, "bs", "?"))
-            why = ("its dataset is empty" if n == 0 else "it yields nothing" if n is None else
-                   f"{n} items with bs={bs} and drop_last=True make no full batch")
-            raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a wrong "
-                             "path), or pass " + _skip_pass(name))
 
     # --- conveniences built from callbacks: each hands over to its module (imported here: they import this one)
     def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:
@@ -438,15 +368,9 @@ class Learner:
         return export(self, path)
 
     def compile(self, **kwargs: Any) -> Learner:
-        """`torch.compile` the model in place (its `state_dict` keys stay clean); the first epoch pays for it.
-
-        It turns on dynamo's module-hook guards for the process (`skip_nnmodule_hook_guards = False`), for every
-        compiled model: a change of hooks then recompiles instead of going unseen."""
-        import torch._dynamo as dynamo  # here: a second to import
-        # dynamo skips checking module hooks by default: hooks added later (ActivationStats, summary) would never
-        # run, and removed ones would go on running; with the check, a change of hooks recompiles
-        dynamo.config.skip_nnmodule_hook_guards = False
-        self.model.compile(**kwargs)
+        """`torch.compile` the model in place, a change of hooks recompiling (`miniai.utils.compile_model`)."""
+        from .utils import compile_model
+        compile_model(self.model, **kwargs)
         return self
 
 

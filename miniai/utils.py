@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["def_device", "model_device", "to_device", "to_cpu", "set_seed", "fix_malloc"]
+__all__ = ["def_device", "model_device", "to_device", "to_cpu", "set_seed", "fix_malloc", "compile_model"]
 
 
 def _pick_device() -> str:
@@ -91,6 +91,18 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
 
 
 _MALLOC_FIXED = False
+
+
+def compile_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
+    """`model.compile(**kwargs)` in place (its `state_dict` keys stay clean), with dynamo watching module hooks.
+
+    Dynamo skips checking module hooks by default: hooks added later (ActivationStats, summary) would never run,
+    and removed ones would go on running. With the check (`skip_nnmodule_hook_guards = False`, set for the process
+    and so for every compiled model) a change of hooks recompiles instead of going unseen."""
+    import torch._dynamo as dynamo  # here: a second to import
+    dynamo.config.skip_nnmodule_hook_guards = False
+    model.compile(**kwargs)
+    return model
 
 
 def fix_malloc(force: bool = False) -> bool:

@@ -80,3 +80,21 @@ def test_cpu_training_fixes_the_malloc_thresholds_unless_told_not_to():
     import os
     assert run(dict(os.environ)) == "True"
     assert run({**os.environ, "MINIAI_MALLOC": "default"}) == "False"
+
+
+def test_the_loop_imports_only_its_checks_and_the_checks_import_no_other_miniai_module():
+    """The arrows point one way (the callbacks import learner.py, never the reverse at import time): importing the
+    loop loads no callback, data or plotting module, so it reads and runs on its own."""
+    code = """
+        import sys
+        import miniai.checks
+        checks_only = sorted(m for m in sys.modules if m.startswith("miniai."))
+        import miniai.learner
+        print(checks_only, sorted(m for m in sys.modules if m.startswith("miniai.")))
+    """
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, check=True)
+    checks_only, with_learner = eval("(" + out.stdout.strip().splitlines()[-1].replace("] [", "], [") + ")")
+    package_itself = ["miniai._course", "miniai._lazy"]  # `import miniai` (lazy re-exports, the course's names)
+    assert checks_only == package_itself + ["miniai.checks"]
+    assert with_learner == package_itself + ["miniai.checks", "miniai.learner"]

@@ -1,0 +1,117 @@
+"""What `Learner.fit` checks before it runs a batch, and the errors it raises when data runs dry.
+
+Each check turns a mistake that would otherwise train on silently (a negative epoch count, an empty loader, a
+parameter no optimizer steps) into an error that says what was wrong and how to fix it. Kept apart from
+learner.py so the loop reads top to bottom; this module imports no other miniai module.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn, optim
+
+__all__ = ["check_callback_names", "check_fit_args", "check_loaders", "check_new_params", "empty_pass_error",
+           "batch_type_error"]
+
+
+def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:
+    """A misspelt event, a method named like a step the callback does not declare, or a step that another callback
+    (its handler already in `owners[step]`) owns is an error when the callback is added, not a silent change."""
+    cls = type(cb).__name__
+    for name in dir(type(cb)):
+        if name.startswith(("before_", "after_", "cleanup_")) and name not in events:
+            guess = difflib.get_close_matches(name, events, n=1)
+            raise TypeError(f"{cls}.{name} is not an event"
+                            + (f"; did you mean {guess[0]!r}?" if guess else f"; events are {', '.join(events)}")
+                            + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
+        if name in steps and name not in cb.owns_steps and _defined_by_callback(type(cb), name):
+            raise TypeError(f"{cls}.{name} is named like the learner's {name!r} step, which a callback may take "
+                            f"over only on purpose: rename the method (e.g. '_{name}' or 'update') or, if {cls} is "
+                            f"meant to do the learner's {name}, declare owns_steps = ('{name}',).")
+    for name in cb.owns_steps:
+        if name not in steps or not callable(getattr(cb, name, None)):
+            raise TypeError(f"{cls}.owns_steps lists {name!r}: steps are {', '.join(steps)}, and each one listed "
+                            f"needs a method {name}(self, learn)")
+        if owners[name]:
+            raise TypeError(f"{cls} and {owners[name][0].__self__.__class__.__name__} both own the {name!r} step; "
+                            "only one callback may do it (TrainCB owns all five: with a callback that owns some, "
+                            "use TrainLearner, whose own steps do the rest)")
+
+
+def _defined_by_callback(cls: type, name: str) -> bool:
+    """Whether `name` is a method of the callback's own, not inherited from nn.Module (`zero_grad`, which a callback
+    that is also a module, an EMA of the weights say, has without meaning the learner's step)."""
+    owner = next(k for k in cls.__mro__ if name in vars(k))
+    return callable(vars(owner)[name]) and owner is not nn.Module
+
+
+def _skip_pass(name: str) -> str:
+    """How to fit without the empty `dls.<name>` pass, for the errors that refuse one."""
+    return "fit(train=False) to only validate." if name == "train" else "fit(valid=False) to train without validation."
+
+
+def check_fit_args(n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
+    """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode."""
+    if train and torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
+        raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
+    if not isinstance(n_epochs, int) or n_epochs < 0:
+        raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
+    if lr is None and resume is None:  # resuming without an lr: the checkpoint's optimizer state brings its own
+        raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
+                         "learn.lr_find() suggests one.")
+    if isinstance(lr, float) and not math.isfinite(lr):  # nan or inf would train to NaN weights
+        raise ValueError(f"lr must be a finite number, got {lr}")
+    if lr == 0:
+        warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=3)
+
+
+def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
+    """A missing or empty loader (of known length) is an error before any batch, not NaN metrics after."""
+    for name in passes:
+        dl = getattr(dls, name, None)
+        if dl is None:
+            raise ValueError(f"dls has no {name} loader: give the learner DataLoaders(train_dl, valid_dl) "
+                             "(miniai.data), or pass " + _skip_pass(name))
+        try:
+            if len(dl):
+                continue
+        except TypeError:  # no length (an IterableDataset): an empty pass is caught when it happens
+            continue
+        n = len(dl.dataset) if hasattr(getattr(dl, "dataset", None), "__len__") else None
+        bs = getattr(dl, "batch_size", getattr(dl, "bs", "?"))
+        why = ("its dataset is empty" if n == 0 else "it yields nothing" if n is None else
+               f"{n} items with bs={bs} and drop_last=True make no full batch")
+        raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a wrong "
+                         "path), or pass " + _skip_pass(name))
+
+
+def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:
+    """Parameters a callback's before_fit added after the optimizer was made would get gradients and never a step."""
+    in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+    new = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_opt
+           and id(p) not in params_at_opt]  # (opt_func may leave some out on purpose: those were there before)
+    if new:
+        raise RuntimeError(f"a callback's before_fit gave the model parameters not in the optimizer, which was "
+                           f"made before it ({', '.join(new[:5])}): change the model before fit, so fit's "
+                           "optimizer includes them")
+
+
+def empty_pass_error(training: bool, epoch: Any, dl: Any) -> ValueError:
+    """The error for a pass that yielded no batches (it would log NaN metrics and feed them to schedulers)."""
+    name = "train" if training else "valid"
+    once = (" It is an iterator (a generator?), which can be walked only once: give a list of batches or a "
+            "DataLoader." if isinstance(dl, Iterator) else "")
+    return ValueError(f"dls.{name} yielded no batches in epoch {epoch}.{once} Check how it was built, or pass "
+                      + _skip_pass(name))
+
+
+def batch_type_error(batch: Any) -> TypeError:
+    """The error for a batch that is not a tuple: slicing a tensor would give its rows as inputs and targets."""
+    return TypeError(f"a batch is a tuple (*inputs, *targets); the loader gave a {type(batch).__name__}: build it "
+                     "on a TensorDataset(x, y) (dict batches: DataLoaders.from_dd or collate_dict), or own predict "
+                     "and get_loss in a callback that reads learn.batch itself")
