@@ -71,19 +71,33 @@ def _read_cache(file: Path) -> RawData | None:
         return None
 
 
-def _write_cache(file: Path, raw: RawData) -> None:
+def _write_cache(file: Path, raw: RawData) -> bool:
     """Save atomically (temp file + os.replace) so a crash never leaves a half-written cache; failures only warn."""
     tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         torch.save({**raw._asdict(), "classes": list(raw.classes), "digest": _digest(raw)}, tmp)
         os.replace(tmp, file)
+        return True
     except OSError as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:  # the cache "dir" is a file, say: there is no temporary file to remove
             pass
         warnings.warn(f"could not write the data cache {file} ({e}); set MINIAI_CACHE to a writable dir", stacklevel=4)
+        return False
+
+
+def _remove_older_versions(file: Path) -> None:
+    """Remove the cache files of the same source's earlier contents (55 MB each for Fashion-MNIST), which no key
+    can name again; other sources' files stay (`<name>_<place>-<version>.pt`)."""
+    place = file.name.rsplit("-", 1)[0]
+    for old in file.parent.glob(f"{place}-*.pt"):
+        if old != file:
+            try:
+                old.unlink()
+            except OSError:  # another process removed it, or may not: a stale file only costs disk
+                pass
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +134,8 @@ def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None 
         else:
             raw = read_source(source)
             CACHE_STATS["decodes"] += 1
-            _write_cache(file, raw)
+            if _write_cache(file, raw):
+                _remove_older_versions(file)
         _MEMORY[key] = (raw, *_stats(raw.train_x))
     raw, mean, std = _MEMORY[key]
     # new tensors for every call (the raw ones copied, the normalized ones made afresh): one run's in-place edits

@@ -47,6 +47,10 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
     if isinstance(item, torch.Tensor):
         return item, False
     if type(item).__module__.startswith("PIL."):  # no PIL import needed to recognise one
+        if item.mode in ("I", "F") or item.mode.startswith(("I;", "BGR;")):  # PIL's 8-bit conversion clips these
+            raise TypeError(f"infer: a PIL image in mode {item.mode!r} holds pixels that are not 8-bit, and converting "
+                            "it to 8 bits would clip them (a 16-bit image turns white), not rescale: scale it to "
+                            "0-255 yourself first, as uint8 (16-bit: (np.asarray(image) // 257).astype(np.uint8))")
         mode = {1: "L", 3: "RGB"}.get(channels)  # a palette GIF's pixels are indices, not gray levels: convert
         item = np.array(item.convert(mode) if mode and item.mode != mode else item)  # a copy: PIL's is read-only
     if isinstance(item, np.ndarray):

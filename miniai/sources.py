@@ -54,10 +54,11 @@ class _Spec:
     x_col: str           # image column in the hub schema
     classes: tuple[str, ...]
     idx: bool            # whether IDX directories (path/MINIAI_DATA/system dir) can hold it
+    mode: str            # the PIL mode its images are decoded in ("L": 1 channel, "RGB": 3)
 
 
-_SPECS = {"fashion_mnist": _Spec("zalando-datasets/fashion_mnist", "image", FASHION_CLASSES, idx=True),
-          "cifar10": _Spec("uoft-cs/cifar10", "img", CIFAR10_CLASSES, idx=False)}
+_SPECS = {"fashion_mnist": _Spec("zalando-datasets/fashion_mnist", "image", FASHION_CLASSES, idx=True, mode="L"),
+          "cifar10": _Spec("uoft-cs/cifar10", "img", CIFAR10_CLASSES, idx=False, mode="RGB")}
 _IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -71,11 +72,13 @@ class Source:
     tried: tuple[str, ...] = ()
 
     def key(self) -> str:
-        """Cache key: changes when any source file's size, mtime, inode or ctime does (a file replaced by one of the
-        same size and mtime, as `cp -p` or `rsync -a` make, is a new inode; a hub id is assumed immutable)."""
+        """Cache key, '<place>-<version>': the place names the source (kind and where); the version changes when any
+        source file's size, mtime, inode or ctime does (a file replaced by one of the same size and mtime, as `cp -p`
+        or `rsync -a` make, is a new inode; a hub id is assumed immutable)."""
         stats = [(str(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
                  for f, st in ((f, f.stat()) for f in self.files)]
-        return hashlib.sha1(repr((1, self.name, self.kind, self.where, stats)).encode()).hexdigest()[:16]
+        place = hashlib.sha1(repr((2, self.name, self.kind, self.where)).encode()).hexdigest()[:8]
+        return f"{place}-{hashlib.sha1(repr(stats).encode()).hexdigest()[:12]}"
 
 
 def _spec(name: str) -> _Spec:
@@ -202,10 +205,16 @@ def load_hub_dataset(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
     return datasets.load_dataset(str(name_or_path), **kwargs)
 
 
-def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
-    """A HF `Dataset` with an image column and int labels -> (uint8 [N,C,H,W], int64 [N])."""
+def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A HF `Dataset` with an image column and int labels -> (uint8 [N,C,H,W], int64 [N]); an `Image()` column is
+    decoded in PIL `mode` ("L", "RGB") when given, as `infer` converts images."""
     if x_col not in ds.column_names or y_col not in ds.column_names:
         raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}")
+    if mode is not None and type(ds.features[x_col]).__name__ == "Image":
+        from datasets import Image  # (datasets is imported by whoever built `ds`)
+        # decoded as stored, a palette image gives its palette indices and an RGB one three channels
+        ds = ds.cast_column(x_col, Image(mode=mode))
     # numpy formatting decodes every image (PIL, inside datasets) and stacks them into one array; this is the
     # slow step of the hub path, which is why get_dls caches the result on disk
     x = np.asarray(ds.with_format("numpy", columns=[x_col])[:][x_col])
@@ -237,9 +246,15 @@ def _decode_dd(source: Source) -> RawData:
     if "train" not in dd or valid_split is None:
         raise ValueError(f"{source.where}: expected a split 'train' and, for validation, one of "
                          f"{', '.join(map(repr, VALID_SPLITS))}; got {list(dd)}")
-    label_feature = dd["train"].features.get("label")
-    classes = tuple(getattr(label_feature, "names", None) or spec.classes)
-    return RawData(*hf_to_tensors(dd["train"], spec.x_col), *hf_to_tensors(dd[valid_split], spec.x_col),
+    names = {split: getattr(dd[split].features.get("label"), "names", None) for split in ("train", valid_split)}
+    if names["train"] != names[valid_split]:  # label i would mean one class in training, another in validation
+        raise ValueError(f"{source.where}: split {valid_split!r} names its classes {names[valid_split]}, split 'train' "
+                         f"{names['train']}: a label would mean different classes in each. Give both splits the same "
+                         f"ClassLabel: dd[{valid_split!r}] = dd[{valid_split!r}].align_labels_with_mapping("
+                         "{name: i for i, name in enumerate(dd['train'].features['label'].names)}, 'label')")
+    classes = tuple(names["train"] or spec.classes)
+    return RawData(*hf_to_tensors(dd["train"], spec.x_col, mode=spec.mode),
+                   *hf_to_tensors(dd[valid_split], spec.x_col, mode=spec.mode),
                    classes, f"{'hub dataset' if source.kind == 'hub' else 'saved DatasetDict'} {source.where}")
 
 

@@ -482,6 +482,21 @@ def test_changed_source_file_invalidates_cache(tmp_path):
     assert torch.equal(load_tensors(path=d).valid_y, new[3].long())
 
 
+def test_a_changed_source_replaces_its_own_cache_file_and_leaves_other_sources_files(tmp_path):
+    """Every change of the source files wrote a new cache file and kept the old ones (55 MB each for Fashion-MNIST;
+    300 rewrites left 300 files). The cache of another source (another directory) is still in use: it stays."""
+    other = write_fashion_dir(tmp_path / "other", fake_fashion(seed=5))
+    load_tensors(path=other)
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion(seed=0))
+    for seed in (1, 2, 3):
+        load_tensors(path=d)
+        write_fashion_dir(d, fake_fashion(seed=seed))
+    cache.clear_cache()  # a new process: from the disk cache
+    assert torch.equal(load_tensors(path=d).valid_y, fake_fashion(seed=3)[3].long())
+    assert torch.equal(load_tensors(path=other).valid_y, fake_fashion(seed=5)[3].long())
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
 def test_corrupt_source_raises_idx_error(tmp_path):
     d = write_fashion_dir(tmp_path / "fm", fake_fashion())
     f = d / "train-labels-idx1-ubyte.gz"
@@ -560,6 +575,37 @@ def test_saved_datasetdict_gives_same_tensors_as_idx(tmp_path):
         assert a.dtype == b.dtype and torch.equal(a, b)
     assert hub.classes == FASHION_CLASSES and "saved DatasetDict" in hub.source
     assert get_dls(path=dd_dir, bs=8).train.x.shape == (30, 1, 28, 28)
+
+
+@pytest.mark.parametrize("mode", ["P", "LA", "RGB"])
+def test_a_saved_datasetdict_of_other_colour_modes_gives_the_gray_levels_infer_sees(tmp_path, mode):
+    """Palette images were decoded as their palette indices (123 gray levels off on average, while infer converts
+    the same image to gray): training and inference saw different pixels. LA and RGB gave 2 or 3 channels."""
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    gray = fake_fashion(n_train=6, n_valid=1)[0]
+    imgs = [PIL.Image.fromarray(x.numpy()).convert("RGB") for x in gray]
+    imgs = [im.convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=256) if mode == "P" else im.convert(mode)
+            for im in imgs]
+    features = Features({"image": Image(), "label": ClassLabel(names=list(FASHION_CLASSES))})
+    DatasetDict({k: Dataset.from_dict({"image": imgs, "label": [0] * 6}, features=features)
+                 for k in ("train", "test")}).save_to_disk(str(tmp_path / "dd"))
+    x = load_tensors(path=tmp_path / "dd").train_x
+    assert x.shape == (6, 1, 28, 28)
+    assert torch.equal(x[:, 0], torch.stack([torch.from_numpy(np.array(im.convert("L"))) for im in imgs]))
+
+
+def test_a_saved_datasetdict_whose_splits_name_the_classes_differently_is_refused(tmp_path):
+    """Class names came from the train split alone: a validation split listing them in another order had every
+    label read as the wrong class."""
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    imgs = [PIL.Image.fromarray(x.numpy()) for x in fake_fashion(n_train=4, n_valid=1)[0]]
+    def split(names): return Dataset.from_dict({"image": imgs, "label": [0, 1, 0, 1]},
+                                               features=Features({"image": Image(), "label": ClassLabel(names=names)}))
+    DatasetDict({"train": split(["cat", "dog"]), "test": split(["dog", "cat"])}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=r"'test'.*\['dog', 'cat'\].*'train'.*\['cat', 'dog'\]"):
+        load_tensors(path=tmp_path / "dd")
 
 
 def test_cifar10_from_saved_datasetdict(tmp_path):

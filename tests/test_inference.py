@@ -1,6 +1,7 @@
 """infer on raw images, export and load_learner: a new process predicts what the exporting one did."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,18 @@ def test_infer_reads_a_pil_image_of_any_colour_mode_as_the_models_channels(mode)
         image = gray.convert(mode)
     got = learn.infer(image)
     assert isinstance(got.index, int) and torch.equal(got.probs, learn.infer(gray).probs)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_infer_refuses_a_pil_image_whose_pixels_are_not_8_bit(mode):
+    """A 16-bit PNG (mode I;16), a 32-bit int or a float image was converted to 8 bits by PIL, which clips rather
+    than rescales: 99.9% white (or black), and a prediction on it without a word."""
+    from PIL import Image
+    learn = image_learner()
+    wide = Image.fromarray(PIXELS[0, 0].numpy().astype(np.uint16) * 257).convert(mode)
+    assert wide.mode == mode
+    with pytest.raises(TypeError, match=rf"mode '{re.escape(mode)}'.*not 8-bit.*clip.*uint8"):
+        learn.infer(wide)
 
 
 def test_infer_refuses_an_rgb_array_for_a_grayscale_model_even_without_an_item_shape():
