@@ -276,6 +276,23 @@ def test_checkpoint_from_a_different_optimizer_is_an_error_before_anything_chang
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
 
 
+@pytest.mark.parametrize("saved, given, changed", [
+    (partial(optim.AdamW, weight_decay=0.01), partial(optim.AdamW, weight_decay=0.3, betas=(0.5, 0.6)),
+     r"betas: \(0.9, 0.999\) saved, \(0.5, 0.6\) here; weight_decay: 0.01 saved, 0.3 here"),
+    (partial(optim.SGD, momentum=0.0), partial(optim.SGD, momentum=0.9, nesterov=True),
+     r"momentum: 0.0 saved, 0.9 here; nesterov: False saved, True here")], ids=["AdamW", "SGD"])
+def test_resuming_with_other_optimizer_settings_is_refused_before_anything_changes(tmp_path, saved, given, changed):
+    """torch's load_state_dict put the checkpoint's weight decay, betas and momentum back over the ones the new
+    opt_func was given: the run went on with settings the user had changed, without a word."""
+    make_learner(tmp_path, opt_func=saved)[0].fit(1)
+    learn, _ = make_learner(None, opt_func=given)
+    before = [p.clone() for p in learn.model.parameters()]
+    with pytest.raises(CheckpointMismatchError, match=changed + r".*same opt_func.*nothing was changed"):
+        learn.fit(2, resume=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+    make_learner(None, opt_func=saved)[0].fit(2, resume=tmp_path)  # the same settings resume
+
+
 def test_resume_errors_name_the_problem(tmp_path):
     learn, _ = make_learner(None)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):

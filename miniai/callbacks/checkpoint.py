@@ -103,6 +103,16 @@ def param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[list[str]]
     return [[names.get(id(p), f"<unnamed {i}>") for i, p in enumerate(group["params"])] for group in opt.param_groups]
 
 
+_SPEED_ONLY = ("foreach", "fused", "capturable", "differentiable")  # how torch computes the step, not what it is
+
+
+def optimizer_settings(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """What the optimizer was built with (`opt.defaults`), but the lr (fit's own) and the choice of implementation:
+    weight decay, betas, momentum..., compared on resume, where torch's load_state_dict would put the saved back."""
+    return {k: v for k, v in sorted(opt.defaults.items()) if k not in ("lr", "initial_lr", *_SPEED_ONLY)
+            and isinstance(v, (bool, int, float, str, tuple, type(None)))}
+
+
 def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
     """Everything `fit(resume=...)` needs to continue `learn` exactly after `epochs_done` epochs, as one dict
     (`rng_ranks`: under torch.distributed, every rank's `rng_state()`, so each resumes with its own)."""
@@ -116,6 +126,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         # TrainLearner sets grads to None every step; MomentumLearner carries mom × grads into the next batch
         "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
         "optimizer": learn.opt.state_dict(), "optimizer_class": type(learn.opt).__name__,
+        "optimizer_settings": optimizer_settings(learn.opt),
         "param_names": param_names(model, learn.opt),
         "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(learn).items()},
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,

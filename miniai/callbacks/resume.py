@@ -20,7 +20,7 @@ from torch import nn
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, load_checkpoint, loader_generators,
-                         param_names, stateful_callbacks, unwrap)
+                         optimizer_settings, param_names, stateful_callbacks, unwrap)
 from .scheduling import BaseSchedCB
 from .swa import SWACB
 
@@ -152,6 +152,16 @@ def _optimizer_state(opt: torch.optim.Optimizer, model: nn.Module, state: dict[s
             f"checkpoint {file} was saved with {state['optimizer_class']} over param groups of sizes {saved_groups}; "
             f"this fit made {type(opt).__name__} with {own_groups}: pass the same opt_func (and param groups) as "
             "the run that saved it; nothing was changed.")
+    saved_settings, own_settings = state.get("optimizer_settings"), optimizer_settings(opt)  # (older files: none)
+    changed = [f"{k}: {saved_settings.get(k)} saved, {own_settings.get(k)} here"
+               for k in sorted(set(saved_settings or {}) | set(own_settings)) if saved_settings is not None
+               and saved_settings.get(k) != own_settings.get(k)]
+    if changed:  # load_state_dict would put the saved values back over the ones this opt_func was given
+        raise CheckpointMismatchError(
+            f"checkpoint {file} was saved by an optimizer with other settings ({'; '.join(changed)}): resuming would "
+            "train with the saved ones. Pass the same opt_func as the run that saved it (or start a new run with "
+            "the new settings from the saved weights: learn.model.load_state_dict(load_checkpoint(file)['model'])); "
+            "nothing was changed.")
     saved_names, own_names = state.get("param_names"), param_names(model, opt)
     if saved_names is None:  # a version-1 checkpoint: no names saved
         warnings.warn(f"{file} predates parameter names in checkpoints: the optimizer state is matched to the "
