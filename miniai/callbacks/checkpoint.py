@@ -62,6 +62,59 @@ def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
     return found
 
 
+_GENERATORS = (torch.Generator, np.random.Generator, random.Random)
+
+
+def held_generators(cb: Any, depth: int = 5) -> list[Any]:
+    """The random generators (torch's, NumPy's, Python's) a callback holds of its own: in its attributes, in lists,
+    tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g) in a Compose inside
+    BatchTransformCB), down to `depth` levels, each once, in a fixed order. Models, tensors, the learner and long
+    containers (recorded values, not settings) are not searched: what they hold is saved on its own, or nothing."""
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(x: Any, level: int) -> None:
+        if id(x) in seen or isinstance(x, (str, bytes, int, float, nn.Module, torch.Tensor)) or hasattr(x, "cbs") \
+                or isinstance(x, (list, tuple, dict)) and len(x) > 100:
+            return
+        seen.add(id(x))
+        if isinstance(x, _GENERATORS):
+            found.append(x)
+        elif level:
+            items = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else \
+                vars(x).values() if hasattr(x, "__dict__") else ()
+            for v in list(items):
+                walk(v, level - 1)
+    walk(cb, depth)
+    return found
+
+
+def generator_state(g: Any) -> Any:
+    """The state of a torch, NumPy or Python generator, to give back with `set_generator_state`."""
+    return g.get_state() if isinstance(g, torch.Generator) else g.bit_generator.state \
+        if isinstance(g, np.random.Generator) else g.getstate()
+
+
+def set_generator_state(g: Any, state: Any) -> None:
+    """Put back a state from `generator_state`."""
+    if isinstance(g, torch.Generator):
+        g.set_state(state)
+    elif isinstance(g, np.random.Generator):
+        g.bit_generator.state = state
+    else:
+        g.setstate(state)
+
+
+def callback_generators(learn: Learner) -> dict[str, list[Any]]:
+    """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`."""
+    found = {}
+    for j, cb in enumerate(learn.cbs):
+        gens = held_generators(cb)
+        if gens:
+            found[f"{type(cb).__name__}_{sum(type(c) is type(cb) for c in learn.cbs[:j])}"] = gens
+    return found
+
+
 def loader_generators(dl: Any) -> list[torch.Generator]:
     """The torch.Generators a torch DataLoader draws its order from (its own, its sampler's), each once."""
     found: list[torch.Generator] = []
@@ -129,6 +182,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         "optimizer_settings": optimizer_settings(learn.opt),
         "param_names": param_names(model, learn.opt),
         "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(learn).items()},
+        "generators": {key: [generator_state(g) for g in gens] for key, gens in callback_generators(learn).items()},
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,
         "loaders": {name: _loader_state(getattr(learn.dls, name, None)) for name in ("train", "valid")},
         "rng": rng_state(), "rng_ranks": rng_ranks,

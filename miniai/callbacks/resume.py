@@ -19,8 +19,9 @@ from torch import nn
 
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
-from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, load_checkpoint, loader_generators,
-                         optimizer_settings, param_names, stateful_callbacks, unwrap)
+from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint, load_checkpoint,
+                         loader_generators, optimizer_settings, param_names, set_generator_state, stateful_callbacks,
+                         unwrap)
 from .scheduling import BaseSchedCB
 from .swa import SWACB
 
@@ -105,6 +106,15 @@ class ResumeCB(Callback):
             metrics.history, metrics.last = list(state["metrics"]["history"]), dict(state["metrics"]["last"])
         for name, dl in loaders.items():
             _load_loader_state(dl, state["loaders"][name])
+        saved_gens = state.get("generators", {})  # (older files: none)
+        for key, gens in callback_generators(learn).items():
+            if len(saved_gens.get(key, ())) == len(gens):
+                for g, g_state in zip(gens, saved_gens[key]):
+                    set_generator_state(g, g_state)
+            else:
+                warnings.warn(f"resuming from {file}: {key} holds {len(gens)} random generators, the checkpoint has "
+                              f"{len(saved_gens.get(key, ()))} for it: they go on from where they are, so the run "
+                              "will not continue exactly", stacklevel=2)
         ranks = state.get("rng_ranks")  # every rank's own, when it was saved under DDP with as many processes
         own = ranks[rank()] if ranks and is_dist() and len(ranks) == world_size() else state["rng"]
         _set_rng_state(own)  # last: nothing may draw random numbers between this and the first batch

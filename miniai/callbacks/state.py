@@ -15,7 +15,7 @@ import torch
 
 from ..data import TensorLoader
 from ..learner import Learner
-from .checkpoint import loader_generators
+from .checkpoint import callback_generators, generator_state, loader_generators, set_generator_state
 
 __all__ = ["kept"]
 
@@ -61,7 +61,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    generators = [(g, g.get_state()) for dl in all_loaders for g in loader_generators(dl)]
+    generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
+    generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
     scalers = [(s, s.state_dict()) for obj in holders for s in vars(obj).values()
                if isinstance(s, torch.amp.GradScaler) and s.is_enabled()]
@@ -92,7 +93,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
         for obj, state in saved:
             _put_back(obj, state)
         for g, state in generators:
-            g.set_state(state)
+            set_generator_state(g, state)
         for scaler, state in scalers:
             scaler.load_state_dict(state)
         random.setstate(python_rng)
