@@ -32,6 +32,7 @@ Learner state that callbacks may read, and from which event on:
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (or None)                          |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
+| `stopped_by`                 | `cleanup_*`    | what ended the stage early (a cancel, an error, Ctrl-C); None: it ran out |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `preds`                      | `after_predict`| the model's output                                                        |
@@ -244,15 +245,16 @@ class Learner:
                 self.rm_cb(cb)
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
-        error = None
+        error = stopped = None
         try:
             self._emit(f"before_{name}")
             body()
             self._emit(f"after_{name}")
-        except cancel:
-            pass
+        except cancel as e:
+            stopped = e
         except BaseException as e:  # also Ctrl-C: the cleanups below run, then it goes on up
-            error = e
+            error = stopped = e
+        self.stopped_by = stopped  # for the cleanups: did the stage run to its end, and if not, what stopped it
         for handler in self._handlers[f"cleanup_{name}"]:  # every cleanup runs, even if one raises
             try:
                 handler(self)

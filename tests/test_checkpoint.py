@@ -17,7 +17,7 @@ import miniai.callbacks.checkpoint as checkpoint_module
 from miniai.augment import RandomFlip, batch_tfms
 from miniai.callbacks import BatchSchedCB, EpochSchedCB, MetricsCB, RecorderCB, _lr
 from miniai.callbacks.checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, is_main_process,
-                                         load_checkpoint)
+                                         list_checkpoints, load_checkpoint)
 from miniai.callbacks.augment import BatchTransformCB
 from miniai.callbacks.guards import EarlyStoppingCB
 from miniai.data import DataLoaders, TensorLoader
@@ -585,3 +585,69 @@ def test_a_checkpoint_holding_a_type_the_safe_loader_refuses_says_which_not_corr
     with pytest.raises(CheckpointMismatchError, match=r"holds a numpy\S*scalar.*add_safe_globals\(\[numpy") as info:
         checkpoint_module.load_checkpoint(tmp_path)
     assert "corrupt" not in str(info.value)
+
+
+class _CutPass(Callback):
+    """Raises `exc` after batch `at` of the training or validation pass (every epoch, or only `epoch`)."""
+
+    def __init__(self, training, at=0, exc=None, event="after_batch", epoch=None):
+        from miniai.learner import CancelEpochException
+        self.training, self.at, self.exc, self.epoch = training, at, exc or CancelEpochException, epoch
+        setattr(self, event, self._maybe)
+
+    def _maybe(self, learn):
+        if learn.training == self.training and self.at in (None, learn.iter) and self.epoch in (None, learn.epoch):
+            raise self.exc()
+
+
+def test_a_validation_pass_cut_short_saves_its_epoch_before_the_next_one_draws(tmp_path):
+    """A validation pass cut by CancelEpochException (validate on a few batches) saved epoch k at before_epoch of
+    k + 1, after lower-order callbacks had drawn from the RNGs there: the resumed run was 0.29 off."""
+    from miniai.utils import set_seed
+    set_seed(0)
+    full, _ = make_learner(tmp_path / "full", cbs=[_EpochScale(), _CutPass(training=False)], keep=None)
+    full.fit(4)
+    resumed, _ = make_learner(tmp_path / "resumed", cbs=[_EpochScale(), _CutPass(training=False)])
+    resumed.fit(4, resume=tmp_path / "full" / "epoch_0002.pt")
+    assert same_params(full, resumed)
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_a_training_pass_cut_short_is_an_epoch_done_and_saved(tmp_path, valid):
+    """A "so many batches an epoch" callback (CancelEpochException in the training pass) made a whole fit write no
+    checkpoint, silently; the schedulers count such a pass as an epoch, and so does the checkpoint now."""
+    from miniai.utils import set_seed
+    set_seed(0)
+    full, _ = make_learner(tmp_path / "full", cbs=[_EpochScale(), _CutPass(training=True, at=3)], keep=None)
+    full.fit(3, valid=valid)
+    assert [f.name for _, f in list_checkpoints(tmp_path / "full")] == [f"epoch_000{i}.pt" for i in (1, 2, 3)]
+    resumed, _ = make_learner(tmp_path / "resumed", cbs=[_EpochScale(), _CutPass(training=True, at=3)])
+    resumed.fit(3, valid=valid, resume=tmp_path / "full" / "epoch_0001.pt")
+    assert same_params(full, resumed)
+
+
+def test_a_fit_cancelled_after_its_validation_pass_keeps_that_epochs_checkpoint(tmp_path):
+    """A callback of the default order raising CancelFitException in the validation pass's after_epoch (a time
+    budget) ended the fit before CheckpointCB's after_epoch: the newest file was an epoch behind the weights."""
+    from miniai.learner import CancelFitException
+    stop = _CutPass(training=False, at=None, exc=CancelFitException, event="after_epoch", epoch=1)
+    learn, _ = make_learner(tmp_path, cbs=[stop], keep=None)
+    learn.fit(4)
+    assert learn.last_checkpoint.name == "epoch_0002.pt"
+    assert all(torch.equal(load_checkpoint(tmp_path)["model"][k], v) for k, v in learn.model.state_dict().items())
+
+
+@pytest.mark.parametrize("where", ["training pass", "error in validation"])
+def test_a_pass_stopped_part_way_by_an_error_or_a_cancelled_fit_saves_no_epoch(tmp_path, where):
+    """What is saved as epoch k is k whole epochs: a training pass a CancelFitException (or an error) cut short is
+    not one, nor an epoch whose validation an error (or Ctrl-C) broke off, which a resume runs again."""
+    from miniai.learner import CancelFitException
+    cut = (_CutPass(training=True, at=2, exc=CancelFitException, epoch=1) if where == "training pass" else
+           _CutPass(training=False, at=0, exc=KeyboardInterrupt, epoch=1))
+    learn, _ = make_learner(tmp_path, cbs=[cut], keep=None)
+    if where == "training pass":
+        learn.fit(3, valid=False)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            learn.fit(3)
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]

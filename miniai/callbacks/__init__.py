@@ -34,8 +34,8 @@
 |       | TensorBoardCB       | before the schedulers step (cleanup_batch)                         |
 |  70   | EarlyStoppingCB     | reads MetricsCB's value at after_epoch; cancels at the next        |
 |       |                     | training batch, so CheckpointCB still saves the last epoch         |
-|  80   | CheckpointCB        | saves after the validation pass's after_epoch of everyone above    |
-|       |                     | (schedulers, early stopping), so their state is the epoch's end    |
+|  80   | CheckpointCB        | saves at the epoch's last pass's cleanup_epoch, after everyone     |
+|       |                     | above (schedulers, early stopping): their state is the epoch's end |
 | 1000  | ResumeCB            | made by fit(resume=...): loads the checkpoint after every other    |
 |       |                     | before_fit (schedulers built, model moved, optimizer final)        |
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
-from ..learner import Callback, Learner
+from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode
 from .scheduling import BaseSchedCB
@@ -292,7 +292,7 @@ class CheckpointCB(Callback):
     It warns when the run can't be resumed exactly: loaders with persistent workers (their RNG is not saved), and
     callbacks of your own whose attributes change during the fit but that have no `state_dict`.
     """
-    order = 80  # after MetricsCB and the epoch schedulers (their after_epoch), before EarlyStoppingCB stops the fit
+    order = 80  # its cleanup_epoch after MetricsCB's and the epoch schedulers' (EarlyStoppingCB, 70, has asked to stop)
 
     def __init__(self, path: str | os.PathLike, every: int = 1, keep: int | None = 3, monitor: str | None = None,
                  mode: str | None = None, overwrite: bool = False) -> None:
@@ -362,23 +362,20 @@ class CheckpointCB(Callback):
                     "CheckpointCB(..., overwrite=True) (deletes them) or another path.")
             self._replaced = [f for _, f in existing]  # deleted once this run has written a checkpoint
 
-    def after_epoch(self, learn: Learner) -> None:
-        if learn.training:
-            self._pending = learn.epoch + 1  # saved after validation, or at this pass's cleanup if none runs
-        elif self._pending is not None:
-            self._save(learn)
-
     def cleanup_epoch(self, learn: Learner) -> None:
-        # a fit without validation: once every other cleanup of the pass ran (an epoch scheduler's step, SWALR's),
-        # before the next epoch's callbacks draw from the RNGs and before SWACB swaps in the average at after_fit
-        if learn.training and "valid" not in learn.passes and self._pending is not None:
-            self._save(learn)
-
-    def before_epoch(self, learn: Learner) -> None:
-        if learn.training and self._pending is not None:
-            self._save(learn)  # the last epoch's validation pass was cut short
-
-    def after_fit(self, learn: Learner) -> None:
+        # Saved as its last pass's cleanups end (once every epoch scheduler has stepped, before the next epoch's
+        # callbacks draw from the RNGs and before SWACB swaps in the average at after_fit). A pass that ran out,
+        # or that a callback cut with CancelEpochException, is done (the schedulers count it too); a training pass
+        # a CancelFitException or an error stopped part way is not; after a done training pass, a validation pass
+        # saves unless an error (or Ctrl-C) broke it off, which a resume runs again.
+        stopped = learn.stopped_by
+        if learn.training:
+            if stopped is None or isinstance(stopped, CancelEpochException):
+                self._pending = learn.epoch + 1
+            if "valid" in learn.passes:
+                return
+        elif stopped is not None and not isinstance(stopped, (CancelEpochException, CancelFitException)):
+            return
         if self._pending is not None:
             self._save(learn)
 
