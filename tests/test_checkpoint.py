@@ -651,3 +651,14 @@ def test_a_pass_stopped_part_way_by_an_error_or_a_cancelled_fit_saves_no_epoch(t
         with pytest.raises(KeyboardInterrupt):
             learn.fit(3)
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]
+
+
+def test_resuming_into_a_shorter_fit_than_the_saved_schedule_says_so(tmp_path):
+    """fit_one_cycle(5) stopped after 2 epochs and resumed with fit_one_cycle(3, resume=...) ended at lr 0.061, the
+    cycle cut off near its peak, without a word (a fresh fit with the same too-long schedule warns)."""
+    learn, _ = make_learner(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_one_cycle(5, max_lr=0.1, cbs=[StopBeforeEpoch(2)])
+    resumed, _ = make_learner(None)
+    with pytest.warns(UserWarning, match=r"OneCycleLR has total_steps=40 but this fit takes 24 steps.*ends before"):
+        resumed.fit_one_cycle(3, max_lr=0.1, resume=tmp_path)

@@ -140,7 +140,7 @@ class BaseSchedCB(Callback):
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
         how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
                f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
-        if field is not None and capacity > total and learn.resumed_from is None:
+        if field is not None and capacity > total:
             # legitimate for a trial run, but usually a length counted wrong: the lr never comes down
             warnings.warn(f"{name} has {field}={capacity} but this fit takes {total} steps ({how}): the fit ends "
                           f"before the schedule does, with the lr it has at step {total}, not at its end. If that "
