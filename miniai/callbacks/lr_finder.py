@@ -25,12 +25,18 @@ from .swa import SWACB
 __all__ = ["LRFinderCB", "LRFinderResult", "lr_find", "smooth_losses", "steepest_lr", "valley_lr"]
 
 
-class LRFinderCB(Callback):
-    """Multiplies every param group's lr by `gamma` after each optimizer step; stops the fit once the loss
-    exceeds `max_mult` × its minimum so far, or is NaN/inf. Records `lrs` (param group 0) and `losses` (with
-    gradient accumulation, the mean loss of the batches of each step).
+_WINDOW = 5  # the median of 5 ignores two outliers and lags two batches (lr ×1.7 at gamma 1.3)
 
-    The stopping rule assumes a non-negative loss. Validation passes are skipped. Each batch's loss is read
+
+class LRFinderCB(Callback):
+    """Multiplies every param group's lr by `gamma` after each optimizer step; stops the fit once the typical loss
+    (the median of the last `_WINDOW`) exceeds `max_mult` × its minimum so far, or a loss is NaN/inf (then
+    `diverged` is True). Records `lrs` (the lr `fit` was given, as it grows: with param groups of their own lrs,
+    the one `fit(lr=...)` takes) and `losses` (with gradient accumulation, the mean loss of each step's batches).
+
+    The stopping rule assumes a non-negative loss. It reads a median, not each loss: one noisy batch (a trained
+    model's losses near 0 vary by far more than `max_mult`) must not end the search at its start, while a
+    diverging loss, three batches of five, ends it a few batches past the divergence. Validation passes are skipped. Each batch's loss is read
     with `.item()`, a host sync per batch: the finder has to see the value to decide whether to stop. Like the
     schedulers it changes the lr at cleanup_batch, so every after_batch reader sees the lr the batch used; don't
     combine it with a scheduling callback, which would overwrite its lr.
@@ -45,10 +51,14 @@ class LRFinderCB(Callback):
         self.gamma, self.max_mult = gamma, max_mult
         self.lrs: list[float] = []
         self.losses: list[float] = []
+        self.diverged = False
 
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min = [], [], math.inf
-        self._grow, self._stepped, self._group = False, False, []
+        self._grow, self._stepped, self._group, self._lr0, self.diverged = False, False, [], None, False
+        # opt.defaults' lr is the one fit made the optimizer with; group 0 may run at a fraction of it
+        group0 = learn.opt.param_groups[0]["lr"]
+        self._scale = float(learn.opt.defaults.get("lr", group0)) / group0 if group0 else 1.0
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:
@@ -64,14 +74,18 @@ class LRFinderCB(Callback):
         # (a non-finite loss ends the finder at once: an fp16 scaler skips that step, so none would come)
         loss, self._group, self._stepped = sum(self._group) / len(self._group), [], False
         lr = learn.opt.param_groups[0]["lr"]
-        if self.lrs and not math.isclose(lr, self.lrs[-1] * self.gamma, rel_tol=1e-6):
-            raise RuntimeError(f"LRFinderCB set lr={self.lrs[-1] * self.gamma:.3g} but the batch ran with {lr:.3g}: "
+        if self._lr0 is not None and not math.isclose(lr, self._lr0 * self.gamma, rel_tol=1e-6):
+            raise RuntimeError(f"LRFinderCB set lr={self._lr0 * self.gamma:.3g} but the batch ran with {lr:.3g}: "
                                "another callback (a scheduler such as BatchSchedCB?) overwrote it. Remove it from "
                                "the learner's callbacks while finding the lr.")
-        self.lrs.append(lr)
+        self._lr0 = lr
+        self.lrs.append(lr * self._scale)
         self.losses.append(loss)
-        self.min = min(self.min, loss)
-        if not math.isfinite(loss) or loss > self.max_mult * self.min:
+        if len(self.losses) >= _WINDOW and math.isfinite(loss):
+            typical = sorted(self.losses[-_WINDOW:])[_WINDOW // 2]
+            self.min = min(self.min, typical)
+        if not math.isfinite(loss) or self.min < math.inf and typical > self.max_mult * self.min:
+            self.diverged = True
             raise CancelFitException()
         self._grow = True  # only after a recorded batch, so lrs[i + 1] == lrs[i] * gamma
 
@@ -181,8 +195,8 @@ _REAL_FIT_ONLY = (CheckpointCB, BaseSchedCB, SWACB, EarlyStoppingCB)  # callback
 
 def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr: float = 1e-5,
             max_epochs: int = 10, plot: bool = True) -> LRFinderResult:
-    """Train from `start_lr`, ×`gamma` per optimizer step, until the loss exceeds `max_mult` × its minimum (or NaN,
-    or `max_epochs` end); return the curve and suggestions. The model, optimizer, learner, data loaders' epoch
+    """Train from `start_lr`, ×`gamma` per optimizer step, until the loss (a median of 5 batches: `LRFinderCB`)
+    exceeds `max_mult` × its minimum (or is NaN, or `max_epochs` end); return the curve and suggestions. The model, optimizer, learner, data loaders' epoch
     counters, the generators they draw from and the RNGs (torch's, Python's, NumPy's) are left exactly as they
     were: lr_find is a look, not a training run. The arguments come in the course's order (`lr_find(1.2)` is
     gamma).
@@ -210,7 +224,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
     _, finite = _finite(finder.lrs, finder.losses)
     smooth = smooth_losses(finite)
-    diverged = not math.isfinite(finder.losses[-1]) or finder.losses[-1] > max_mult * min(finite)
+    diverged = finder.diverged
     if diverged and _argmin(smooth) < 3:  # no descent to read a suggestion from
         warnings.warn(f"lr_find: the loss rose from the start ({len(finite)} batches, lowest within the first 3): "
                       f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
