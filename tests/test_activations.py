@@ -284,6 +284,10 @@ def test_a_module_that_runs_twice_per_batch_is_refused():
             return self.c(self.relu(self.b(self.relu(self.a(x)))))
     with pytest.raises(ValueError, match=r"ReLU ran 2 times per batch.*used in more than one place"):
         learner(Shared(), [ActivationStats(lambda m: isinstance(m, nn.ReLU))]).fit(1)
+    # a pass a cancel cut short (SingleBatchCB, the course's quick check) skipped the check, which ran at after_epoch
+    from miniai.callbacks import SingleBatchCB
+    with pytest.raises(ValueError, match=r"ReLU ran 2 times per batch"):
+        learner(Shared(), [ActivationStats(lambda m: isinstance(m, nn.ReLU)), SingleBatchCB()]).fit(1)
 
 
 def test_mods_given_as_a_generator_serve_every_fit():

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..learner import Callback, Learner
+from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 
 __all__ = ["Hook", "Hooks", "append_stats", "get_hist", "get_min", "HooksCallback", "ActivationStats"]
+
+_CANCELS = (CancelEpochException, CancelFitException)  # what may end a pass early without an error
 
 # fn(hook, module, inputs, output): the course's hook signature, with the Hook first so fn can keep state on it
 HookFn = Callable[["Hook", nn.Module, tuple, Any], None]
@@ -280,9 +282,15 @@ class ActivationStats(HooksCallback):
         super().before_epoch(learn)
         self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
 
-    def after_epoch(self, learn: Learner) -> None:
-        if not self._active or learn.iter is None:
-            return
+    def cleanup_epoch(self, learn: Learner) -> None:
+        # here, not at after_epoch: a pass a cancel cut short (SingleBatchCB) is checked too; after an error, no
+        # check: that error is the one to see
+        stopped = learn.stopped_by
+        if self._active and learn.iter is not None and (stopped is None or isinstance(stopped, _CANCELS)):
+            self._check_runs_per_batch(learn)
+        super().cleanup_epoch(learn)
+
+    def _check_runs_per_batch(self, learn: Learner) -> None:
         for hook, before in zip(self.hooks, self._recorded_before):
             runs = (getattr(hook, "n_recorded", 0) - before) / (learn.iter + 1)
             if runs > 1:  # its statistics would interleave the places it runs, one entry each per batch
