@@ -328,10 +328,10 @@ def test_tta_with_random_transforms_repeats_exactly_and_leaves_the_rng_alone():
     assert torch.allclose(first.sum(1), torch.ones(len(first)))
 
 
-def test_tta_refuses_a_shuffled_loader_and_non_images_for_the_default_flip():
+def test_tta_walks_a_shuffled_loader_in_order_and_refuses_non_images_for_the_default_flip():
     learn = image_learner()
-    with pytest.raises(ValueError, match="unshuffled"):
-        learn.tta(dl=learn.dls.train)
+    assert torch.equal(learn.tta(dl=learn.dls.train)[1], learn.dls.train.y)  # (it refused one before get_preds
+    # learned to walk a shuffled loader in order)
     x, y = torch.randn(8, 5), torch.randint(0, 2, (8,))
     tabular = TrainLearner(nn.Linear(5, 2), DataLoaders(None, TensorLoader(x, y, 4)), F.cross_entropy)
     with pytest.raises(ValueError, match="default tfms, a horizontal flip, needs \\(N,C,H,W\\)"):
@@ -360,11 +360,13 @@ def test_tta_refuses_a_loader_shuffled_by_its_sampler_even_without_targets():
     from torch.utils.data import SequentialSampler, SubsetRandomSampler
     learn = image_learner()
     x = learn.dls.valid.x
-    for sampler in (SubsetRandomSampler(range(len(x))), torch.utils.data.RandomSampler(range(len(x)))):
-        with pytest.raises(ValueError, match="unshuffled"):
-            learn.tta(dl=DataLoader(TensorDataset(x), 8, sampler=sampler))
+    with pytest.raises(ValueError, match="unshuffled"):
+        learn.tta(dl=DataLoader(TensorDataset(x), 8, sampler=SubsetRandomSampler(range(len(x)))))
     plain = learn.tta(dl=DataLoader(TensorDataset(x), 8, sampler=SequentialSampler(x)))[0]
     assert torch.allclose(plain, learn.tta()[0])
+    # torch's plain RandomSampler is walked in order, as get_preds walks it
+    shuffled = learn.tta(dl=DataLoader(TensorDataset(x), 8, sampler=torch.utils.data.RandomSampler(range(len(x)))))
+    assert torch.equal(shuffled[0], plain)
 
 
 def test_a_callback_of_yours_left_out_of_the_predict_path_is_named():
@@ -407,3 +409,30 @@ def test_tta_on_several_inputs_says_which_it_transforms_and_a_fixed_sampler_is_f
     image = image_learner()
     fixed = DataLoader(TensorDataset(image.dls.valid.x, image.dls.valid.y), 8, sampler=list(range(40)))
     assert torch.allclose(image.tta(dl=fixed)[0], image.tta()[0])
+
+
+@pytest.mark.parametrize("kind", ["TensorLoader", "DataLoader"])
+def test_get_preds_on_a_shuffled_or_drop_last_loader_gives_every_item_in_dataset_order(kind):
+    """get_preds(dl=dls.train) came back in a random order (scoring against the dataset's labels was wrong) and,
+    with drop_last, without the last items: a confusion matrix of 240 of 256 items. As fastai does, such a loader
+    is walked in order, every item once."""
+    from torch.utils.data import DataLoader, TensorDataset
+    learn = image_learner(n_train=45)
+    x, y = learn.dls.train.x, learn.dls.train.y
+    dl = (TensorLoader(x, y, bs=16, shuffle=True, drop_last=True) if kind == "TensorLoader" else
+          DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, drop_last=True))
+    preds, targets = learn.get_preds(dl=dl)
+    assert torch.equal(targets, y) and torch.equal(preds, hand_loop(learn.model, [(x, y)]))
+    probs, tta_targets = learn.tta(dl=dl)  # tta refused a shuffled loader: it can walk it in order as well
+    assert torch.equal(tta_targets, y)
+
+
+def test_get_preds_refuses_a_loader_it_cannot_walk_in_order():
+    """A sampler over part of the dataset, in a random order: rebuilt over the dataset it would predict on other
+    items; walked as it is, in another order each call. It says how to give one in order."""
+    from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+    learn = image_learner()
+    dl = DataLoader(TensorDataset(learn.dls.train.x, learn.dls.train.y), batch_size=8,
+                    sampler=SubsetRandomSampler(range(20)))
+    with pytest.raises(ValueError, match=r"in another order.*SubsetRandomSampler.*unshuffled"):
+        learn.get_preds(dl=dl)

@@ -23,10 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import (DataLoader, IterableDataset, RandomSampler, SubsetRandomSampler,
+from torch.utils.data import (DataLoader, IterableDataset, RandomSampler, SequentialSampler, SubsetRandomSampler,
                               WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
+from ..data import TensorLoader
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
 from ..utils import to_cpu
@@ -196,7 +197,27 @@ def _loader(learn: Learner, dl: Any) -> Any:
         if dl is None:
             raise ValueError("no loader to predict on: learn.dls has no valid loader (a learner from load_learner "
                              "keeps none). Pass one, e.g. learn.get_preds(dl=loader), or dl=[(xb,)] for one batch.")
-    return dl
+    return _in_order(dl)
+
+
+def _in_order(dl: Any) -> Any:
+    """`dl`, or, when it shuffles or drops its last items, a copy that walks every item once in the dataset's order
+    (predictions line up with `dl.dataset`, as fastai's get_preds does): a TensorLoader, or a torch DataLoader
+    with torch's plain random sampler. Any other sampler that draws (over part of the data, weighted) is refused."""
+    if isinstance(dl, TensorLoader) and dl.world_size == 1 and (dl.shuffle or dl.drop_last):
+        return TensorLoader(dl.x, dl.y, bs=dl.bs)
+    if not isinstance(dl, DataLoader) or isinstance(dl.dataset, IterableDataset) or not (_shuffled(dl) or
+                                                                                       dl.drop_last):
+        return dl
+    sampler = dl.sampler if dl.batch_size is not None else None
+    if isinstance(sampler, SequentialSampler) or (type(sampler) is RandomSampler and not sampler.replacement
+                                                   and sampler.num_samples == len(dl.dataset)):
+        return DataLoader(dl.dataset, dl.batch_size, collate_fn=dl.collate_fn, num_workers=dl.num_workers,
+                          pin_memory=dl.pin_memory)
+    what = type(getattr(dl.batch_sampler, "sampler", None) or dl.batch_sampler).__name__
+    raise ValueError(f"this DataLoader gives its items in another order each pass, or only some of them ({what}), "
+                     "so predictions would not line up with its dataset: pass an unshuffled loader over the items "
+                     "to predict, e.g. DataLoader(Subset(dataset, indices), batch_size) or dls.valid")
 
 
 def _no_autocast(device: str) -> Any:
@@ -217,7 +238,8 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     ones from autocast are upcast; torch's softmax and log_softmax go over the class dim 1). Targets are
     `learn.yb`: the batch's items after its `n_inp` inputs (one tensor for one item, a tuple for more, None for
     none). `cbs` join the pass. Eval mode, `no_grad`, and the learner is left exactly as it was: no optimizer
-    step, metric, log, checkpoint or RNG draw (see `prediction_pass`).
+    step, metric, log, checkpoint or RNG draw (see `prediction_pass`). A loader that shuffles or drops its last
+    items (`dls.train`) is walked in its dataset's order, every item once.
     """
     dl = _loader(learn, dl)
     if act is not None and not callable(act):
@@ -263,7 +285,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Their draws
     come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `n=0` is
     `get_preds(act=torch.softmax)`. Each copy is a prediction pass, so `dl` must give its items in the same order
-    every pass (unshuffled). A learner whose batches have several inputs needs `inputs='first'` or `'all'`: the
+    every pass (a shuffled one is walked in order, as by `get_preds`). A learner whose batches have several inputs needs `inputs='first'` or `'all'`: the
     inputs the transforms take (as `BatchTransformCB`'s).
     """
     if learn.n_inp != 1 and inputs is None:
