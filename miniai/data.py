@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset, default_collate
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate
 
 from .cache import load_normalized
 from .sources import VALID_SPLITS
@@ -210,10 +210,11 @@ class DataLoaders:
         """Course adapter: torch DataLoaders over a HF DatasetDict (train shuffled; valid with 2x batch_size).
 
         Splits are picked by name, never by position: `train`, and for validation the first of `validation`,
-        `valid`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last`: training only. With
-        `as_tuple`, dict batches become tuples of the dataset's feature columns in `features` order (columns a
-        transform added are left out), as `collate_dict` and the course's `from_dd` do; when a transform renamed
-        them (no longer all there), the batch's own columns in its order.
+        `valid`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last` and `sampler`: training
+        only (`shuffle`, default True, too). With `as_tuple`, dict batches become tuples of the dataset's feature
+        columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
+        `from_dd` do; when a transform renamed them (no longer all there), the batch's own columns in its order,
+        a label column (`label`, `labels`, `target`...) last.
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:
@@ -225,18 +226,12 @@ class DataLoaders:
                              f"validation, the first of {', '.join(map(repr, VALID_SPLITS))}. {rename} or split one "
                              "off the training set (dd.update(dd['train'].train_test_split(test_size=0.1)))")
         train, valid = dd["train"], dd[valid_name]
-        collate = collate_fn
-        if as_tuple:  # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
-            names = list(getattr(train, "features", None) or [])
-
-            def collate(items: list) -> Any:
-                batch = collate_fn(items)
-                if not isinstance(batch, dict):
-                    return batch
-                # a transform that renamed columns (image -> pixel_values) defines its own: the batch's order
-                return tuple(batch[k] for k in names) if all(k in batch for k in names) else tuple(batch.values())
-        valid_kwargs = {k: v for k, v in kwargs.items() if k != "drop_last"}  # every validation item is scored
-        return cls(DataLoader(train, batch_size, shuffle=True, collate_fn=collate, **kwargs),
+        # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
+        collate = _DictToTuple(list(getattr(train, "features", None) or []), collate_fn) if as_tuple else collate_fn
+        # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
+        shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
+        valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
+        return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs))
 
 
@@ -277,12 +272,29 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
     return dls.to(device) if device is not None else dls
 
 
+_LABELS = ("label", "labels", "target", "targets", "y")  # what a batch of (*inputs, *targets) ends with
+
+
+class _DictToTuple:
+    """`collate_fn`, then a dict batch as the tuple of its `names` columns, the learner's (*inputs, *targets).
+
+    When a transform renamed columns (the Hugging Face docs' image -> pixel_values) the batch's own columns are
+    used, in their order but with a label column last (that transform leaves `(label, pixel_values)`). A class,
+    not a closure: loader workers started by spawn (macOS, Windows) must pickle it."""
+
+    def __init__(self, names: list[str], collate_fn: Callable = default_collate, strict: bool = False) -> None:
+        self.names, self.collate_fn, self.strict = names, collate_fn, strict
+
+    def __call__(self, items: list) -> Any:
+        batch = self.collate_fn(items)
+        if not isinstance(batch, dict):
+            return batch
+        if self.strict or all(k in batch for k in self.names):
+            return tuple(batch[k] for k in self.names)
+        return tuple(batch[k] for k in sorted(batch, key=lambda k: k in _LABELS))  # (a stable sort)
+
+
 def collate_dict(ds: Any) -> Callable[[list], tuple]:
     """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
     `ds.features` order (e.g. `(images, labels)`), what a Learner's batch is. `DataLoaders.from_dd` does it too."""
-    names = list(ds.features)
-
-    def collate(items: list) -> tuple:
-        batch = default_collate(items)
-        return tuple(batch[name] for name in names)
-    return collate
+    return _DictToTuple(list(ds.features), strict=True)

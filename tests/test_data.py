@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from miniai import cache, sources
 from miniai.cache import CACHE_STATS, load_tensors
-from miniai.data import DataLoaders, TensorLoader, get_dls
+from miniai.data import DataLoaders, TensorLoader, collate_dict, get_dls
 from miniai.idx import IDXError, read_idx, write_idx
 from miniai.sources import CIFAR10_CLASSES, FASHION_CLASSES, DataNotFoundError
 
@@ -788,3 +788,27 @@ def test_modifying_an_unshuffled_batch_in_place_leaves_the_loaders_data_as_it_wa
         yb.zero_()
     assert torch.equal(loader.x, torch.arange(10.0).view(10, 1)) and torch.equal(loader.y, torch.arange(10))
     assert torch.equal(torch.cat([xb for xb, _ in loader]), torch.arange(10.0).view(10, 1))
+
+
+def test_from_dd_loaders_can_be_pickled_for_spawned_workers_and_put_the_label_last():
+    """The collate functions were closures, which workers started by spawn (macOS, Windows; forkserver on Linux
+    from Python 3.14) can't pickle. And the Hugging Face docs' transform (add pixel_values, del image) made batches
+    (label, pixel_values): the model was fed the labels. shuffle=False given to from_dd clashed with its own."""
+    import pickle
+
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    import PIL.Image
+    imgs = [PIL.Image.fromarray(x.numpy()) for x in fake_fashion(n_train=6, n_valid=1)[0]]
+    feats = Features({"image": Image(), "label": ClassLabel(names=list(FASHION_CLASSES))})
+    ds = Dataset.from_dict({"image": imgs, "label": [i % 10 for i in range(6)]}, features=feats)
+
+    def transforms(examples):
+        examples["pixel_values"] = [torch.from_numpy(np.array(im, dtype=np.float32) / 255)[None]
+                                    for im in examples["image"]]
+        del examples["image"]
+        return examples
+    dls = DataLoaders.from_dd(DatasetDict({"train": ds, "test": ds}).with_transform(transforms), 3, shuffle=False)
+    xb, yb = next(iter(dls.train))
+    assert xb.shape == (3, 1, 28, 28) and torch.equal(yb, torch.tensor([0, 1, 2]))  # in order: shuffle=False
+    pickle.dumps(dls.train.collate_fn)
+    pickle.dumps(collate_dict(ds))
