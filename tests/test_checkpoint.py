@@ -662,3 +662,14 @@ def test_resuming_into_a_shorter_fit_than_the_saved_schedule_says_so(tmp_path):
     resumed, _ = make_learner(None)
     with pytest.warns(UserWarning, match=r"OneCycleLR has total_steps=40 but this fit takes 24 steps.*ends before"):
         resumed.fit_one_cycle(3, max_lr=0.1, resume=tmp_path)
+
+
+def test_a_checkpoint_path_that_cannot_be_a_directory_is_an_error_before_training(tmp_path):
+    """A path under a regular file trained a whole epoch, then failed with a bare NotADirectoryError that did not
+    name CheckpointCB."""
+    (tmp_path / "afile").write_text("not a directory")
+    learn, _ = make_learner(tmp_path / "afile" / "run")
+    before = [p.clone() for p in learn.model.parameters()]
+    with pytest.raises(OSError, match=r"CheckpointCB can't make its directory .*afile/run"):
+        learn.fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))

@@ -339,7 +339,12 @@ class CheckpointCB(Callback):
         self._watch(learn)
         if not is_main_process() or "train" not in learn.passes or learn.n_epochs <= learn.start_epoch:
             return  # (a fit that trains no epoch saves nothing, so an earlier run's files are no concern of it)
-        for stale in self.path.glob(".epoch_*.tmp") if self.path.is_dir() else []:
+        try:  # now, not after an epoch of training
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise type(e)(f"CheckpointCB can't make its directory {self.path} ({e.strerror or e}): give it a path "
+                          "where a directory can be made") from e
+        for stale in self.path.glob(".epoch_*.tmp"):
             stale.unlink(missing_ok=True)  # left by a process killed while saving
         existing = list_checkpoints(self.path)
         if learn.resumed_from is not None:
