@@ -1,5 +1,6 @@
 """MetricsCB against a hand computation, DeviceCB on nested batches, ProgressCB in every output mode."""
 import io
+import math
 from contextlib import redirect_stdout
 from types import SimpleNamespace
 
@@ -11,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB
+from miniai.callbacks import Accuracy, DeviceCB, MetricsCB, ProgressCB
 from miniai.callbacks.metrics import format_row
-from miniai.data import TensorLoader
+from miniai.data import DataLoaders, TensorLoader
 from miniai.learner import Callback, TrainLearner
 from tests.synth import LossLog, tiny_learner
 
@@ -343,3 +344,34 @@ def test_a_resumed_fits_loss_curve_counts_batches_from_the_start_of_the_run(tmp_
 
 def test_huge_values_keep_the_columns_aligned_and_notebook_tables_format_like_the_terminals():
     assert format_row({"loss": 12345.678}) == "1.23e+04" and format_row({"loss": -12345.0}) == "-1.2e+04"
+
+
+def test_metricscb_with_a_model_returning_a_tuple_logs_the_loss_and_says_what_metrics_need():
+    """A model returning (logits, aux) with a loss that takes the tuple: even a loss-only MetricsCB() failed with
+    AttributeError: 'tuple' object has no attribute 'detach'."""
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 3)
+
+        def forward(self, x):
+            out = self.body(x)
+            return out, out.pow(2).mean()
+
+    def loss(preds, y):
+        return F.cross_entropy(preds[0], y) + 0.01 * preds[1]
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
+    metrics = MetricsCB()
+    metrics.log_fn = lambda row: None
+    TrainLearner(WithAux(), dls, loss, lr=0.1, cbs=[metrics]).fit(1)
+    assert math.isfinite(metrics.last["valid_loss"])
+    with pytest.raises(TypeError, match=r"MetricsCB's metric 'accuracy' takes a tensor.*a tuple.*metric of your own"):
+        TrainLearner(WithAux(), dls, loss, lr=0.1, cbs=[MetricsCB(accuracy=Accuracy())]).fit(1)
+    class FirstOutputAccuracy(Accuracy):  # the fix the message gives
+        def update(self, preds, targets):
+            super().update(preds[0], targets)
+    ok = MetricsCB(accuracy=FirstOutputAccuracy())
+    ok.log_fn = lambda row: None
+    TrainLearner(WithAux(), dls, loss, lr=0.1, cbs=[ok]).fit(1)
+    assert 0 <= ok.last["valid_accuracy"] <= 1

@@ -116,10 +116,13 @@ class MetricsCB(Callback):
                              "*targets): give the loader (inputs, target) batches (leave other items, ids say, out "
                              "in its collate_fn), or, if the extra items are inputs of the model, set the learner's "
                              "n_inp to their number.")
-        target, preds = batch[n_inp], learn.preds.detach()
+        target, preds = batch[n_inp], learn.preds
+        # a model returning (logits, aux) gives a tuple: kept as it is, for a metric of the user's that takes it
+        preds = preds.detach() if isinstance(preds, torch.Tensor) else tuple(
+            p.detach() if isinstance(p, torch.Tensor) else p for p in preds) if isinstance(preds, tuple) else preds
         n = target.shape[0]
         self._pending.append((preds, target, learn.loss.detach(), n))
-        self._pending_numel += preds.numel()
+        self._pending_numel += preds.numel() if isinstance(preds, torch.Tensor) else n
         self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
@@ -133,11 +136,19 @@ class MetricsCB(Callback):
         if self.metrics:
             try:
                 batches = [(torch.cat(preds), torch.cat(targets))]
-            except RuntimeError:  # shapes differ past the batch dimension: update batch by batch
+            except (RuntimeError, TypeError):  # shapes differ past the batch dimension, or tuples: batch by batch
                 batches = list(zip(preds, targets))
             for p, t in batches:
-                for metric in self.metrics.values():
-                    metric.update(p, t)
+                for name, metric in self.metrics.items():
+                    try:
+                        metric.update(p, t)
+                    except (TypeError, AttributeError) as e:
+                        if isinstance(p, torch.Tensor):
+                            raise
+                        raise TypeError(f"MetricsCB's metric {name!r} takes a tensor of predictions, but the model "
+                                        f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
+                                        "it a metric of your own whose update(preds, targets) picks the logits out "
+                                        "(e.g. calls the metric on preds[0])") from e
         # accumulate on the device: a .item() here would stall the GPU
         stacked = torch.stack(losses).to(self._loss_sum.dtype)
         # each batch's mean loss weighted by its size, one sum per run of equal sizes (usually all, then a short
