@@ -142,20 +142,25 @@ def test_tensorboard_reads_back_the_metrics_per_pass_and_the_loss_and_lr_per_bat
     assert tb["batch"]["lr"] == [(i, pytest.approx(v, rel=1e-6)) for i, v in enumerate(rec.recs["lr"])]
 
 
-def test_tensorboard_histograms_of_the_activation_stats_per_training_pass(tmp_path):
-    astats = ActivationStats(lambda m: isinstance(m, nn.ReLU), bins=10, range=(0, 2))
+@pytest.mark.parametrize("on_valid", [False, True])
+def test_tensorboard_histograms_of_the_activation_stats_per_training_pass(tmp_path, on_valid):
+    """With ActivationStats(on_valid=True), epoch 1's "training pass" histogram held epoch 0's validation batches
+    too (everything recorded since the last write)."""
+    astats = ActivationStats(lambda m: isinstance(m, nn.ReLU), bins=10, range=(0, 2), on_valid=on_valid)
     learn = tiny_learner([TensorBoardCB(tmp_path / "tb", hist=True), astats])
     learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
     learn.fit(2)
     tb = read_tb(tmp_path / "tb")["epoch"]
-    (means, stds, hists), = astats.stats  # 6 training batches: 3 per epoch
+    (means, stds, hists), = astats.stats  # 3 training batches an epoch (then the validation ones, on_valid)
+    per_epoch = 3 + len(learn.dls.valid) * on_valid
+    assert len(hists) == 2 * per_epoch
     for epoch in (0, 1):
-        counts = hists[3 * epoch:3 * epoch + 3].sum(0)
+        counts = hists[per_epoch * epoch:per_epoch * epoch + 3].sum(0)
         step, buckets, num = tb["activations/0_ReLU"][epoch]
         filled = counts.nonzero()
         assert step == epoch and num == counts.sum()
         assert buckets == counts[int(filled[0]):int(filled[-1]) + 1].tolist()  # from the first to the last filled bin
-        this_pass = slice(3 * epoch, 3 * epoch + 3)
+        this_pass = slice(per_epoch * epoch, per_epoch * epoch + 3)
         assert tb["activations/0_ReLU/mean"][epoch] == (epoch, pytest.approx(float(means[this_pass].mean())))
         assert tb["activations/0_ReLU/std"][epoch] == (epoch, pytest.approx(float(stds[this_pass].mean())))
 

@@ -209,6 +209,9 @@ class TensorBoardCB(Callback):
     def before_epoch(self, learn: Learner) -> None:
         if self._active and not self.writers and learn.training:
             self._open(learn)
+        if self.writers and learn.training and self._stats is not None:  # the pass's histograms start here (not
+            # at the last write: ActivationStats(on_valid=True) records the validation batches in between)
+            self._written = [len(getattr(hook, "stats", ([], [], []))[2]) for hook in self._stats.hooks]
         self._rows_before = len(self._metrics.history) if self._metrics is not None else 0
 
     def _open(self, learn: Learner) -> None:
@@ -263,7 +266,7 @@ class TensorBoardCB(Callback):
         self._losses, self._lrs, self._steps = [], [], []
 
     def _write_activations(self, epoch: int) -> None:
-        """Per hooked layer, the |activation| histogram summed over the batches recorded since the last write."""
+        """Per hooked layer, the |activation| histogram summed over the training pass's batches."""
         stats, writer = self._stats, self.writers["epoch"]
         low, high = stats.range
         edges = torch.linspace(low, high, stats.bins + 1, dtype=torch.float64)
