@@ -10,6 +10,7 @@ Imports nothing from miniai but `idx`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -201,8 +202,25 @@ def load_hub_dataset(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
     """
     import datasets  # imported lazily: it is slow to import and only the hub/saved-dir paths need it
     if (Path(name_or_path) / "dataset_dict.json").is_file():
-        return datasets.load_from_disk(str(name_or_path))
+        try:
+            return datasets.load_from_disk(str(name_or_path))
+        except IndexError as e:  # datasets fails so on a saved split with no rows: name it
+            splits = json.loads((Path(name_or_path) / "dataset_dict.json").read_text()).get("splits", [])
+            empty = [s for s in splits if _saved_rows(Path(name_or_path) / s) == 0]
+            if not empty:
+                raise
+            raise ValueError(f"{name_or_path}: split {empty[0]!r} holds no images (and `datasets` can't load a saved "
+                             "empty split back): give it some, or leave it out when saving") from e
     return datasets.load_dataset(str(name_or_path), **kwargs)
+
+
+def _saved_rows(split_dir: Path) -> int | None:
+    """The number of rows of a split saved with save_to_disk, from its arrow files' metadata (None if unreadable)."""
+    try:
+        import pyarrow as pa  # (datasets' own dependency)
+        return sum(pa.ipc.open_stream(str(f)).read_all().num_rows for f in sorted(split_dir.glob("*.arrow")))
+    except (ImportError, OSError, ValueError):  # (pyarrow's ArrowInvalid is a ValueError)
+        return None
 
 
 def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str | None = None
@@ -236,6 +254,10 @@ def _decode_idx(source: Source) -> RawData:
     for f, x, y in ((source.files[1], train_x, train_y), (source.files[3], valid_x, valid_y)):
         if len(x) != len(y):
             raise IDXError(f"{f}: {len(y)} labels for {len(x)} images")
+    for f, x, split in ((source.files[0], train_x, "training"), (source.files[2], valid_x, "validation")):
+        if len(x) == 0:
+            raise ValueError(f"{f} holds no images: the {split} split is empty. Put images in it (or, with no test "
+                             "images, get_dls(holdout=N) validates on N held-out training images)")
     return RawData(train_x.unsqueeze(1), train_y.long(), valid_x.unsqueeze(1), valid_y.long(),
                    _SPECS[source.name].classes, f"IDX files in {source.where}")
 
@@ -246,6 +268,10 @@ def _decode_dd(source: Source) -> RawData:
     if "train" not in dd or valid_split is None:
         raise ValueError(f"{source.where}: expected a split 'train' and, for validation, one of "
                          f"{', '.join(map(repr, VALID_SPLITS))}; got {list(dd)}")
+    for split in ("train", valid_split):
+        if len(dd[split]) == 0:
+            raise ValueError(f"{source.where}: split {split!r} holds no images: give it some (or, for validation, "
+                             "split some off the training set: dd.update(dd['train'].train_test_split(test_size=0.1)))")
     names = {split: getattr(dd[split].features.get("label"), "names", None) for split in ("train", valid_split)}
     if names["train"] != names[valid_split]:  # label i would mean one class in training, another in validation
         raise ValueError(f"{source.where}: split {valid_split!r} names its classes {names[valid_split]}, split 'train' "

@@ -812,3 +812,17 @@ def test_from_dd_loaders_can_be_pickled_for_spawned_workers_and_put_the_label_la
     assert xb.shape == (3, 1, 28, 28) and torch.equal(yb, torch.tensor([0, 1, 2]))  # in order: shuffle=False
     pickle.dumps(dls.train.collate_fn)
     pickle.dumps(collate_dict(ds))
+
+
+def test_an_empty_split_is_named_in_the_error(tmp_path):
+    """An IDX test split of 0 images failed inside the cache's checksum (RuntimeError: self.stride(-1) must be 1 to
+    view Long as Byte), a saved DatasetDict's with IndexError: list index out of range; neither named the split."""
+    raw = list(fake_fashion())
+    raw[2], raw[3] = torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8)
+    d = write_fashion_dir(tmp_path / "fm", raw)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz holds no images.*validation"):
+        get_dls(path=d)
+    x, y = fake_fashion(n_train=4, n_valid=1)[:2]
+    dd = save_dd(tmp_path / "dd", {"train": (x[:, None], y), "test": (x[:0, None], y[:0])}, "image", FASHION_CLASSES)
+    with pytest.raises(ValueError, match=r"split 'test'.*no images"):
+        get_dls(path=dd)
