@@ -27,15 +27,23 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-def layer_macs(module: nn.Module, inputs: tuple, output: Any) -> int:
-    """Multiply-adds of one call of a Linear or Conv layer, in closed form (bias adds not counted); 0 for others."""
+# layers with weights whose work is elementwise (small beside a Linear's or a Conv's) or a lookup: 0 MACs
+_ELEMENTWISE = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.EmbeddingBag, nn.PReLU)
+
+
+def layer_macs(module: nn.Module, inputs: tuple, output: Any) -> int | None:
+    """Multiply-adds of one call of a Linear or Conv layer, in closed form (bias adds not counted); 0 for layers
+    without weights and for norms and embeddings; None (not counted) for other layers with weights of their own,
+    which use them in ways of their own (attention, recurrent layers)."""
     if isinstance(module, nn.Linear):  # each output value is a dot product over in_features
         return output.numel() * module.in_features
     if isinstance(module, _CONVS):  # each output value sums over (in_channels/groups) × kernel
         return output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
     if isinstance(module, _TRANSPOSED):  # each input value is spread over (out_channels/groups) × kernel
         return inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
-    return 0
+    if isinstance(module, _ELEMENTWISE) or next(module.parameters(recurse=False), None) is None:
+        return 0
+    return None
 
 
 class SummaryRow(NamedTuple):
@@ -44,7 +52,7 @@ class SummaryRow(NamedTuple):
     layer: str
     output_shape: tuple | None
     params: int
-    macs: int
+    macs: int | None  # None: not counted (see layer_macs)
 
 
 def _shape(x: Any) -> Any:
@@ -58,7 +66,8 @@ def _shape(x: Any) -> Any:
 def _record(hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
     if not hasattr(hook, "shape"):
         hook.shape = _shape(output)  # a layer called twice keeps its first output's shape, and adds up its MACs
-    hook.macs = getattr(hook, "macs", 0) + layer_macs(module, inputs, output)
+    macs, before = layer_macs(module, inputs, output), getattr(hook, "macs", 0)
+    hook.macs = None if macs is None or before is None else before + macs
 
 
 @dataclass
@@ -71,12 +80,12 @@ class ModelSummary:
 
     @property
     def total_macs(self) -> int:
-        """Multiply-adds of the whole batch (Linear and Conv layers)."""
-        return sum(row.macs for row in self.rows)
+        """Multiply-adds of the whole batch (Linear and Conv layers; the rows not counted left out)."""
+        return sum(row.macs for row in self.rows if row.macs is not None)
 
     def _cells(self) -> list[list[str]]:
         return [[row.name or "(model)", row.layer, "-" if row.output_shape is None else str(row.output_shape),
-                 f"{row.params:,}", f"{row.macs:,}"] for row in self.rows]
+                 f"{row.params:,}", "?" if row.macs is None else f"{row.macs:,}"] for row in self.rows]
 
     def _footer(self) -> list[str]:
         first = self.input_shape
@@ -87,7 +96,14 @@ class ModelSummary:
         return [f"Input: {self.input_shape}",
                 f"Total params: {self.total_params:,} (trainable {self.trainable_params:,}, "
                 f"non-trainable {self.total_params - self.trainable_params:,})",
-                f"MACs for the batch: {self.total_macs:,}{per_item}"]
+                f"MACs for the batch: {self._at_least()}{self.total_macs:,}{per_item}{self._not_counted()}"]
+
+    def _at_least(self) -> str:
+        return "at least " if any(row.macs is None for row in self.rows) else ""
+
+    def _not_counted(self) -> str:
+        kinds = list(dict.fromkeys(row.layer for row in self.rows if row.macs is None))
+        return f" (not counted: {', '.join(kinds)})" if kinds else ""
 
     _HEAD = ["layer", "type", "output shape", "params", "MACs"]
 
@@ -118,7 +134,8 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
     The batch is the first of `learn.dls.valid`, or `xb` (the inputs: a tensor, or a tuple for n_inp > 1), run
     through the learner's predict path (`get_preds`). Rows are the leaf modules, and any other module with
     parameters of its own, in `named_modules()` order. MACs are counted for Linear and Conv layers (closed form,
-    `layer_macs`); the rest count 0, elementwise work being small beside them. The model is left as it was:
+    `layer_macs`); layers without weights, norms and embeddings count 0, their work being small beside them;
+    other layers with weights of their own (attention, recurrent) are not counted: '?', and the footer names them. The model is left as it was:
     modes, placement, no gradients, the hooks removed, the loader's state and the RNGs untouched.
     """
     model = learn.model

@@ -133,7 +133,27 @@ def test_shared_and_own_parameters_are_counted_once_in_the_total():
     learn = TrainLearner(model, DataLoaders(None, None), F.mse_loss)
     summary = learn.summary(xb=torch.zeros(2, 4))
     assert summary.total_params == sum(p.numel() for p in model.parameters()) == 21
-    assert [(r.name, r.params, r.macs) for r in summary.rows] == [("", 1, 0), ("lin", 20, 2 * 2 * 4 * 4)]
+    # the model's own scale: a parameter summary can't tell the use of (not counted: None, '?')
+    assert [(r.name, r.params, r.macs) for r in summary.rows] == [("", 1, None), ("lin", 20, 2 * 2 * 4 * 4)]
+
+
+def test_summary_says_which_layers_it_counts_no_macs_for():
+    """Attention and recurrent layers use their weights themselves (MultiheadAttention calls F.linear, its out_proj
+    is never called): they counted 0, and the total was half the transformer layer's, with no hint."""
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.lstm, self.norm = nn.MultiheadAttention(8, 2, batch_first=True), nn.LSTM(8, 8), \
+                nn.LayerNorm(8)
+
+        def forward(self, x):
+            return self.norm(self.lstm(self.attn(x, x, x)[0])[0])
+    learn = TrainLearner(Seq(), DataLoaders(None, None), F.mse_loss)
+    summary = learn.summary(xb=torch.zeros(2, 5, 8))
+    macs = {r.name: r.macs for r in summary.rows}
+    assert macs["attn"] is None and macs["lstm"] is None and macs["norm"] == 0
+    assert "MACs for the batch: at least 0 (0 per item) (not counted: MultiheadAttention, LSTM)" in str(summary)
+    assert "| attn | MultiheadAttention | ((2, 5, 8), (2, 5, 5)) | 216 | ? |" in summary._repr_markdown_()
 
 
 def test_summary_shows_as_aligned_text_and_as_a_table_in_a_notebook():
