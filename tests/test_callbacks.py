@@ -375,3 +375,20 @@ def test_metricscb_with_a_model_returning_a_tuple_logs_the_loss_and_says_what_me
     ok.log_fn = lambda row: None
     TrainLearner(WithAux(), dls, loss, lr=0.1, cbs=[ok]).fit(1)
     assert 0 <= ok.last["valid_accuracy"] <= 1
+
+
+def test_an_evaluation_fit_leaves_the_curves_of_the_training_fit_before_it():
+    """fit(train=False), the documented way to evaluate, emptied RecorderCB, ProgressCB's losses and ActivationStats:
+    every plot drew an empty figure afterwards."""
+    from miniai.callbacks import ActivationStats, RecorderCB, _lr
+    learn = tiny_learner()
+    stats, rec = ActivationStats(lambda m: isinstance(m, nn.Linear)), RecorderCB(lr=_lr)
+    progress = ProgressCB(mode="plain")
+    for cb in (stats, rec, progress, MetricsCB()):
+        learn.add_cb(cb)
+    with redirect_stdout(io.StringIO()):
+        learn.fit(2)
+        kept = (len(stats.stats[0][0]), list(rec.recs["lr"]), list(progress.losses), list(progress.valid_losses))
+        learn.fit(1, train=False)
+    assert kept[0] > 0 and kept[1] and kept[2] and kept[3]
+    assert (len(stats.stats[0][0]), rec.recs["lr"], progress.losses, progress.valid_losses) == kept

@@ -217,6 +217,8 @@ class HooksCallback(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self.hooks.remove()  # never two sets of hooks on a model, whatever happened before
+        if not (self.on_train and "train" in learn.passes or self.on_valid and "valid" in learn.passes):
+            return  # nothing to record (an evaluation, fit(train=False)): the last fit's records stay
         mods = list(self.mods) if self.mods is not None else [m for m in learn.model.modules() if self.mod_filter(m)]
         ours = {id(m) for m in learn.model.modules()}
         stray = next((i for i, m in enumerate(mods) if id(m) not in ours), None)

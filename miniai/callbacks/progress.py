@@ -156,6 +156,7 @@ class ProgressCB(Callback):
         self._start = 0  # the run's batch index of this fit's first batch (resumed fits start later)
         # every attribute is set here, so cleanup_fit works whatever failed before it (another before_fit, say)
         self._train_losses = _HostScalars()
+        self._curves = True  # whether this fit draws the loss curves (not an evaluation, fit(train=False))
         self._mode, self._main, self._header_done = "plain", True, False
         self._last_graph = self._last_read = 0.0
         self._metrics: Any = None
@@ -169,10 +170,12 @@ class ProgressCB(Callback):
         self._main = is_main_process()
         if not self._main:  # under DDP only rank 0 draws bars and prints rows (all ranks log the same rows)
             self._mode = "plain"
-        self._train_losses = _HostScalars()
-        self.losses, self.valid_losses, self.valid_at = self._train_losses.values, [], []
-        # a resumed run's batches are counted from the start of the run, like RecorderCB's (a guess without len)
-        self._start = learn.start_epoch * (_length(getattr(learn.dls, "train", None)) or 0)
+        self._curves = "train" in learn.passes  # an evaluation leaves the curves of the last fit that trained
+        if self._curves:
+            self._train_losses = _HostScalars()
+            self.losses, self.valid_losses, self.valid_at = self._train_losses.values, [], []
+            # a resumed run's batches are counted from the start of the run, like RecorderCB's (a guess without len)
+            self._start = learn.start_epoch * (_length(getattr(learn.dls, "train", None)) or 0)
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
         self._saved_log_fn = None
         metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
@@ -188,7 +191,8 @@ class ProgressCB(Callback):
             learn.epochs = self.mbar
 
     def _log(self, row: dict[str, Any]) -> None:
-        if row.get("train") == "valid" and "loss" in row and isinstance(row.get("epoch"), int):  # not SWACB's
+        if self._curves and row.get("train") == "valid" and "loss" in row and isinstance(row.get("epoch"), int):
+            # (not SWACB's pass, epoch 'swa')
             self.valid_losses.append(row["loss"])
             self.valid_at.append(self._start + self._train_losses.count)
         if not self._main:

@@ -366,8 +366,9 @@ class RecorderCB(Callback):
     """Record `fn(self)` for each `name=fn` after every training batch: `RecorderCB(lr=_lr, mom=_mom)`.
 
     The functions read `self.pg` (the optimizer's first param group, a dict with `lr`, `momentum` or `betas`, ...)
-    and `self.learn`. `recs[name]` is the list of values, one per training batch of the last fit; recorded at
-    `after_batch`, which still sees the hyperparameters the batch trained with (schedulers step after it).
+    and `self.learn`. `recs[name]` is the list of values, one per training batch of the last fit that trained (an
+    evaluation, fit(train=False), leaves them); recorded at `after_batch`, which still sees the hyperparameters the
+    batch trained with (schedulers step after it).
     """
     order = 25  # after the scheduling callbacks (20), so their after_* work is done; they step later anyway
 
@@ -383,7 +384,8 @@ class RecorderCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self.learn = learn
-        self.recs = {name: [] for name in self.fns}
+        if "train" in learn.passes:  # an evaluation (fit(train=False)) records nothing: the last fit's stay
+            self.recs = {name: [] for name in self.fns}
 
     def after_batch(self, learn: Learner) -> None:
         if learn.training:
