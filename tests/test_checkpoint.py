@@ -420,7 +420,8 @@ def test_the_best_path_after_a_resume_is_where_the_best_was_saved(tmp_path):
     first.fit(2)
     best = next(cb for cb in first.cbs if isinstance(cb, CheckpointCB)).best_path
     make_learner(new)[0].fit(2)  # another run's files, under the same names, where the resumed run writes
-    learn, _ = make_learner(new, monitor="valid_loss", mode="max", keep=None)
+    # (which it may only with overwrite=True: test_a_resumed_fit_does_not_write_into_another_runs_directory)
+    learn, _ = make_learner(new, monitor="valid_loss", mode="max", keep=None, overwrite=True)
     learn.fit(3, resume=old / "epoch_0002.pt")
     cb = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
     assert cb.best_path in (best, new / "epoch_0003.pt") and cb.best_path.exists()
@@ -673,3 +674,15 @@ def test_a_checkpoint_path_that_cannot_be_a_directory_is_an_error_before_trainin
     with pytest.raises(OSError, match=r"CheckpointCB can't make its directory .*afile/run"):
         learn.fit(1)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def test_a_resumed_fit_does_not_write_into_another_runs_directory(tmp_path):
+    """Resuming run A with a CheckpointCB pointing at run B's directory moved B's later files aside with a warning
+    calling them "a run that went on from there", and wrote A's epochs among B's: resume=B then loaded A's."""
+    make_learner(tmp_path / "a")[0].fit(1)
+    make_learner(tmp_path / "b")[0].fit(3)
+    learn, _ = make_learner(tmp_path / "b")
+    with pytest.raises(FileExistsError, match=r"already holds checkpoints .* of another run"):
+        learn.fit(2, resume=tmp_path / "a" / "epoch_0001.pt")
+    assert [f.name for _, f in list_checkpoints(tmp_path / "b")] == ["epoch_0001.pt", "epoch_0002.pt",
+                                                                      "epoch_0003.pt"]

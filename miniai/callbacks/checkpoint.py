@@ -347,7 +347,8 @@ class CheckpointCB(Callback):
         for stale in self.path.glob(".epoch_*.tmp"):
             stale.unlink(missing_ok=True)  # left by a process killed while saving
         existing = list_checkpoints(self.path)
-        if learn.resumed_from is not None:
+        resumed = learn.resumed_from
+        if resumed is not None and Path(resumed).resolve().parent == self.path.resolve():  # this run's own directory
             done = learn.start_epoch
             later = [f for epochs, f in existing if epochs > done]
             if later:
@@ -360,10 +361,11 @@ class CheckpointCB(Callback):
                               f"that went on from there ({', '.join(f.name for f in later)}); they were moved to "
                               f"{aside} rather than overwritten", stacklevel=2)
         elif existing:
-            if not self.overwrite:
+            if not self.overwrite:  # (a resumed run writing here would mix its files with another run's)
+                whose = "from an earlier run" if resumed is None else f"of another run than the one resumed ({resumed})"
                 raise FileExistsError(
-                    f"{self.path} already holds checkpoints ({', '.join(f.name for _, f in existing[-3:])}) from an "
-                    f"earlier run. To continue it: learn.fit(n_epochs, resume='{self.path}'). To start over, pass "
+                    f"{self.path} already holds checkpoints ({', '.join(f.name for _, f in existing[-3:])}) {whose}. "
+                    f"To continue that run: learn.fit(n_epochs, resume='{self.path}'). To start over, pass "
                     "CheckpointCB(..., overwrite=True) (deletes them) or another path.")
             self._replaced = [f for _, f in existing]  # deleted once this run has written a checkpoint
 
