@@ -274,11 +274,12 @@ class CheckpointCB(Callback):
     """Saves a checkpoint to `path/epoch_NNNN.pt` after every `every` epochs (and the last); keeps the newest `keep`.
 
     Args:
-        path: a directory. A fresh (not resumed) fit refuses one that already holds checkpoints, because they
-            are an earlier run's work; pass `overwrite=True` to delete them instead (once this fit has written its
-            first checkpoint, so a fit that saves none, or stops before its first, leaves them). A resumed fit keeps
-            what is there; checkpoints of later epochs than the one resumed from (a run that went on from it) are moved
-            into `path/superseded_<k>/`, so they are not overwritten and `resume=path` picks this run's newest.
+        path: a directory. A fresh fit, or one resumed from another directory, refuses one that already holds
+            checkpoints, because they are another run's work; pass `overwrite=True` to delete them instead (once
+            this fit has written its first checkpoint, so a fit that saves none, or stops before its first, leaves
+            them). A fit resumed from this directory keeps what is there; checkpoints of later epochs than the one
+            resumed from (a run that went on from it) are moved into `path/superseded_<k>/`, so they are not
+            overwritten and `resume=path` picks this run's newest.
         every: save after every `every`-th epoch, and always after the fit's last epoch (also the last of a fit
             a callback stops early: EarlyStoppingCB sets `learn.stop_requested`).
         keep: how many of this fit's newest checkpoints stay (None: all); its older ones are deleted. Files this
