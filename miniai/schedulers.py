@@ -92,9 +92,9 @@ def cosine_one_cycle(step: int, total_steps: int, max_lr: float, pct_start: floa
 # torch calls the step counter `last_epoch`; it counts scheduler steps (batches, under a per-batch callback).
 # Attributes are set before super().__init__ because torch's constructor already takes the first step.
 
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int (a number of scheduler steps), got {value!r}")
+def _check_positive(name: str, value: int, least: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:  # (True is an int to Python)
+        raise ValueError(f"{name} must be an int >= {least} (a number of scheduler steps), got {value!r}")
 
 
 def _per_group(name: str, value: float | Sequence[float], optimizer: Optimizer) -> list[float]:
@@ -127,7 +127,7 @@ class OneCycle(LRScheduler):
     """Smith's triangular policy: each group climbs from min_lr to its initial lr at T_max/2, back by T_max, repeats."""
 
     def __init__(self, optimizer: Optimizer, T_max: int, min_lr: float = 0.0, last_epoch: int = -1) -> None:
-        _check_positive("T_max", T_max)
+        _check_positive("T_max", T_max, least=2)  # a cycle of 1 step never leaves min_lr
         self.T_max, self.min_lr = T_max, min_lr
         super().__init__(optimizer, last_epoch)
 
@@ -148,7 +148,7 @@ class WarmupCosine(LRScheduler):
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
                  last_epoch: int = -1, *, start_factor: float = 0.0) -> None:
         _check_positive("total_steps", total_steps)
-        if not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
             raise ValueError(f"warmup_steps must be an int from 0 to total_steps={total_steps}, got {warmup_steps!r}")
         if not 0.0 <= start_factor <= 1.0:
             raise ValueError(f"start_factor is the fraction of the initial lr to warm up from, in [0, 1]; "

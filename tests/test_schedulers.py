@@ -287,7 +287,7 @@ def test_lr_trajectory_refuses_reduce_lr_on_plateau():
 # ---- argument errors ----
 
 def test_bad_arguments_say_what_to_pass():
-    with pytest.raises(ValueError, match="T_max must be a positive int"):
+    with pytest.raises(ValueError, match="T_max must be an int >= 1"):
         CosineAnnealing(make_opt(), T_max=0)
     with pytest.raises(ValueError, match="warmup_steps must be an int from 0 to total_steps=10"):
         WarmupCosine(make_opt(), warmup_steps=11, total_steps=10)
@@ -297,3 +297,14 @@ def test_bad_arguments_say_what_to_pass():
         CosineOneCycle(make_opt(), 0.1, 10, anneal_strategy="cosine")
     with pytest.raises(ValueError, match="pass cycle_momentum=False"):
         CosineOneCycle(torch.optim.Adagrad([torch.zeros(1, requires_grad=True)]), 0.1, 10)
+
+
+def test_lengths_are_ints_and_a_one_cycle_has_room_for_its_peak():
+    """True was taken as T_max (1), and a triangular cycle of 1 step never left min_lr: a fit at lr 0."""
+    from miniai.schedulers import CosineAnnealing, OneCycle
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for make in (lambda: CosineAnnealing(opt, T_max=True), lambda: OneCycle(opt, T_max=True),
+                 lambda: OneCycle(opt, T_max=1)):
+        with pytest.raises(ValueError, match="T_max must be"):
+            make()
+    assert OneCycle(opt, T_max=2).get_last_lr() == [0.0]
