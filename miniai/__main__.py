@@ -155,6 +155,9 @@ def train(args: argparse.Namespace) -> float:
         sched_cb = make_sched_cb(args.sched or "none", epochs, len(dls.train))
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
+    if earlier and is_main_process():  # --overwrite: gone now, so a run stopped part way leaves no mix of two runs
+        for name in earlier:
+            (Path(args.out) / name).unlink(missing_ok=True)
     fit_start = time.perf_counter()
     learn.fit(epochs)
     fit_s = time.perf_counter() - fit_start
@@ -221,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             train(args)
         except _UsageError as e:
             parser.error(str(e))
+        except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
+            print("\ninterrupted: the command keeps no checkpoints, so nothing of this run was saved"
+                  + (f" (--out {args.out} holds only what was written so far)" if args.out else "")
+                  + "; run it again to train from the start", file=sys.stderr)
+            return 130  # what a shell reports for a command stopped by Ctrl-C
     return 0
 
 

@@ -124,3 +124,20 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
         main(["train", *SMALL, "--out", str(tmp_path / "afile")])
     assert info.value.code == 2 and "is a file; --out names a directory" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_an_overwrite_run_stopped_part_way_leaves_no_file_of_the_earlier_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in an --overwrite run left its own log.csv beside the earlier run's model.pt, result.json and plots,
+    which said another seed and epoch count: half of two runs in one directory."""
+    from miniai.__main__ import main
+    from miniai.learner import Learner
+    for name in ("model.pt", "result.json", "loss.png", "schedule.png"):
+        (tmp_path / name).write_bytes(b"the first run's")
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Learner, "fit", interrupted)
+    assert main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"]) == 130
+    assert not any(p.read_bytes() == b"the first run's" for p in tmp_path.iterdir())
+    # and what it says fits a command, not a script (the fit's note advised adding CheckpointCB(path))
+    assert "the command keeps no checkpoints" in capsys.readouterr().err
