@@ -301,10 +301,13 @@ def test_a_nan_or_infinite_lr_is_refused_before_training(lr):
 def test_metricscb_refuses_a_metric_class_or_a_non_metric_when_made():
     """MetricsCB(accuracy=Accuracy) failed at before_fit with "Accuracy.to() missing 1 required argument"."""
     from miniai.callbacks.metrics import Accuracy, MetricsCB
-    with pytest.raises(TypeError, match="'accuracy' is the class Accuracy: .*an instance, not a class"):
+    with pytest.raises(TypeError, match=r"'accuracy' is the class Accuracy: .*an instance, Accuracy\(\), not the class"):
         MetricsCB(accuracy=Accuracy)
-    with pytest.raises(TypeError, match="'acc' is function"):
+    # a function said "is function ... an instance, not a class", which did not fit it
+    with pytest.raises(TypeError, match=r"'acc' is a function \(<lambda>\).*can't be averaged.*wrap it in a class"):
         MetricsCB(acc=lambda p, t: (p.argmax(1) == t).float().mean())
+    with pytest.raises(TypeError, match=r"'acc' is a str: .*update\(preds, targets\)"):
+        MetricsCB(acc="accuracy")
 
 
 # ---------------------------------------------------------------- 2.1 a resumed run deletes nothing it did not write

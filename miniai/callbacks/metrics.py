@@ -72,10 +72,16 @@ class MetricsCB(Callback):
         named_metrics = {**{type(metric).__name__: metric for metric in metrics}, **named_metrics}
         for name, metric in named_metrics.items():
             if isinstance(metric, type) or not all(callable(getattr(metric, m, None)) for m in _METRIC_METHODS):
-                what = f"the class {metric.__name__}" if isinstance(metric, type) else type(metric).__name__
+                if isinstance(metric, type):
+                    what, hint = f"the class {metric.__name__}", f"an instance, {metric.__name__}(), not the class"
+                elif callable(metric):  # a function of (preds, targets), as fastai and Keras take
+                    what = f"a function ({getattr(metric, '__name__', type(metric).__name__)})"
+                    hint = ("a function of one batch can't be averaged right over a pass of uneven batches: wrap it "
+                            "in a class with update(preds, targets), compute() and reset()")
+                else:
+                    what, hint = f"a {type(metric).__name__}", "one with update(preds, targets), compute() and reset()"
                 raise TypeError(f"MetricsCB metric {name!r} is {what}: pass a metric object with update, compute and "
-                                f"reset, e.g. {name}=Accuracy() or torcheval's MulticlassAccuracy(), an instance, not "
-                                "a class")
+                                f"reset, e.g. {name}=Accuracy() or torcheval's MulticlassAccuracy(); {hint}")
         self.metrics = named_metrics
         self._printer = _PrintRows()
         self.log_fn: Callable[[dict[str, Any]], None] = self._printer
