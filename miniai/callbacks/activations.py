@@ -332,8 +332,9 @@ class ActivationStats(HooksCallback):
         return plot_color_dim([h for _, _, h in self.stats], self.range, self.labels, figsize=figsize)
 
     def dead_chart(self, ax: Any = None, figsize: tuple[float, float] = (6, 4)) -> Any:
-        """Share of activations in the lowest bin (|x| below range[1] / bins, 0.25 by default) per layer over batches,
-        the course's chart: after a ReLU, 1.0 means every unit is dead; a tanh layer's small values count too."""
+        """Share of activations in the lowest bin (|x| below its upper edge: 0.25 with the default range and bins) per
+        layer over batches, the course's chart: after a ReLU 1.0 means every unit is dead; a tanh's small values
+        count too."""
         from ..plotting import plot_dead_chart
         return plot_dead_chart(self.dead_fractions(), self.labels, ax=ax, figsize=figsize)
 
