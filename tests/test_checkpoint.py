@@ -134,6 +134,11 @@ def test_generators_held_by_callbacks_and_their_transforms_are_checkpointed(tmp_
         learn, _ = make_learner(path, [flips, NoisyTarget()], model=model)
         learn.dls.train.x, learn.dls.valid.x = learn.dls.train.x.view(-1, 1, 2, 2), learn.dls.valid.x.view(-1, 1, 2, 2)
         return learn
+    assert same_params(*straight_and_resumed(make, tmp_path))
+
+
+def straight_and_resumed(make, tmp_path):
+    """fit(3) in one go, and fit(3) stopped by Ctrl-C before epoch 2 then resumed by a fresh learner: both learners."""
     straight = make(tmp_path / "a")
     straight.fit(3)
     stopped = make(tmp_path / "b")
@@ -141,7 +146,7 @@ def test_generators_held_by_callbacks_and_their_transforms_are_checkpointed(tmp_
         stopped.fit(3, cbs=[StopBeforeEpoch(2)])
     resumed = make(tmp_path / "c")
     resumed.fit(3, resume=tmp_path / "b")
-    assert same_params(straight, resumed)
+    return straight, resumed
 
 
 def test_resume_same_learner_mid_epoch_interrupt_continues_exactly(tmp_path):
@@ -161,14 +166,8 @@ def test_momentum_learner_with_torch_dataloader_resumes_exactly(tmp_path):
         torch.manual_seed(0)
         learn = MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[CheckpointCB(path)])
         return learn
-    straight = make(tmp_path / "a")
-    straight.fit(3)
-    stopped = make(tmp_path / "b")
-    with pytest.raises(KeyboardInterrupt):
-        stopped.fit(3, cbs=[StopBeforeEpoch(2)])
+    straight, resumed = straight_and_resumed(make, tmp_path)
     assert load_checkpoint(tmp_path / "b")["grads"]  # the carried gradients are in the file
-    resumed = make(tmp_path / "c")
-    resumed.fit(3, resume=tmp_path / "b")
     assert same_params(straight, resumed)
 
 
