@@ -685,3 +685,21 @@ def test_a_resumed_fit_does_not_write_into_another_runs_directory(tmp_path):
         learn.fit(2, resume=tmp_path / "a" / "epoch_0001.pt")
     assert [f.name for _, f in list_checkpoints(tmp_path / "b")] == ["epoch_0001.pt", "epoch_0002.pt",
                                                                       "epoch_0003.pt"]
+
+
+def test_a_flipped_bit_in_a_checkpoints_tensors_is_found_when_it_is_loaded(tmp_path):
+    """torch's zip reader checks no CRC: one flipped bit in any weight loaded with changed weights, silently."""
+    import struct
+    import zipfile
+    make_learner(tmp_path, keep=None)[0].fit(2)
+    file = tmp_path / "epoch_0002.pt"
+    raw = bytearray(file.read_bytes())
+    info = next(i for i in zipfile.ZipFile(file).infolist() if "/data/" in i.filename and i.file_size >= 4)
+    name_len, extra_len = struct.unpack("<HH", bytes(raw[info.header_offset + 26:info.header_offset + 30]))
+    raw[info.header_offset + 30 + name_len + extra_len + 3] ^= 0x40  # one bit of the tensor's data
+    file.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointMismatchError, match=r"epoch_0002.pt is damaged.*checksums.*epoch_0001.pt"):
+        load_checkpoint(file)
+    with pytest.raises(CheckpointMismatchError, match="is damaged"):
+        make_learner(None)[0].fit(3, resume=file)
+    assert load_checkpoint(tmp_path / "epoch_0001.pt")["epoch"] == 1

@@ -16,6 +16,7 @@ import random
 import re
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
+from ..utils import byte_sums
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode
 from .scheduling import BaseSchedCB
@@ -196,8 +198,23 @@ def _write(obj: Any, f: Any) -> None:
     torch.save(obj, f)
 
 
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a checkpoint's state (dicts, lists and tuples inside), in a fixed order, its checksum left out."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if key != "checksum":
+                yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
 def save_checkpoint(state: dict[str, Any], file: str | os.PathLike) -> Path:
-    """Write `state` to `file` atomically: a temporary file in the same directory, fsync, rename, fsync the dir."""
+    """Write `state` to `file` atomically: a temporary file in the same directory, fsync, rename, fsync the dir.
+    The checksums of its tensors go with it (`byte_sums`): a flipped bit is found when it is loaded."""
+    state = {**state, "checksum": byte_sums(_tensors(state))}
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
@@ -265,6 +282,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointMismatchError(f"{file} is not a miniai checkpoint (no format tag {_FORMAT!r}); "
                                       "pass a file written by CheckpointCB")
+    if "checksum" in state and state["checksum"] != byte_sums(_tensors(state)):  # (files before checksums: none)
+        others = [str(f) for _, f in list_checkpoints(file.parent) if f != file]
+        raise CheckpointMismatchError(f"checkpoint {file} is damaged: its tensors are not the bytes that were saved "
+                                      "(their checksums differ). Resume from another one" +
+                                      (f": {', '.join(others)}" if others else "") + ".")
     return state
 
 
