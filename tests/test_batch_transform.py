@@ -145,3 +145,6 @@ def test_a_course_style_transform_of_the_whole_batch_is_refused_with_the_differe
                          cbs=[BatchTransformCB(lambda b: ((b[0] - 1) / 2, b[1]))])
     with pytest.raises(TypeError, match=r"returned a tuple.*passes tfm the batch's inputs.*course's .*whole batch"):
         learn.fit(1)
+    # the fix it gives normalizes validation batches too (without on_val=True they stayed raw, silently)
+    with pytest.raises(TypeError, match=r"BatchTransformCB\(lambda xb: \(xb - mean\) / std, on_val=True\)"):
+        learn.fit(1)

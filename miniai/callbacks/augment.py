@@ -78,7 +78,9 @@ class BatchTransformCB(Callback):
         if isinstance(xb, torch.Tensor) and isinstance(out, (tuple, list)):
             raise TypeError(f"BatchTransformCB's tfm returned a {type(out).__name__} for a tensor: it passes tfm the "
                             "batch's inputs and takes back the new inputs (the course's BatchTransformCB passed the "
-                            "whole batch, (x, y)): write it as lambda xb: (xb - mean) / std")
+                            "whole batch, (x, y), and by default also to validation batches): write it as "
+                            "BatchTransformCB(lambda xb: (xb - mean) / std, on_val=True) for a normalization, which "
+                            "validation needs as well (the default, on_val=False, is for augmentations)")
         if before is not None and _version(xb) != before:
             raise RuntimeError(f"BatchTransformCB's transform {self.tfm!r} modified the batch in place; batches "
                                "may be views of the loader's dataset, which would then change too (if yours are, "
