@@ -596,3 +596,13 @@ def test_a_one_cycle_inside_chained_scheduler_that_ends_before_the_fit_is_refuse
                                               ls.ExponentialLR(opt, gamma=0.99)])
     with pytest.raises(ValueError, match=r"OneCycleLR \(in ChainedScheduler.*total_steps=18"):
         make_learner([BatchSchedCB(factory)]).fit(EPOCHS)
+
+
+def test_an_evaluation_fit_says_nothing_of_the_schedules_length():
+    """learn.fit(1, train=False) with a learner's own one-cycle (the course's notebooks do this) warned that
+    OneCycleLR's total_steps was longer than the fit, which took no step."""
+    import warnings
+    learn = make_learner([BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=1000))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1, train=False)

@@ -1,4 +1,5 @@
-"""Gradient accumulation: one optimizer step per `n_steps` training batches, as if the batch were n_steps× larger."""
+"""Gradient accumulation: one optimizer step per `n_steps` training batches, on the mean of their gradients (as one
+batch n_steps× larger when the batches are the same size; a short last batch weighs as much as a full one)."""
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ class GradAccumCB(Callback):
     `optimizer_steps(n_batches)` = ceil(n_batches / n_steps) is what the scheduling callbacks and
     `fit_one_cycle` ask (through `miniai.callbacks.scheduling.steps_per_epoch`), so a one-cycle still ends
     exactly on the fit's last step. Gradients already in `.grad` when a group begins (MomentumLearner keeps mom ×
-    the old ones instead of zeroing) are kept as they are: only the group's own are averaged. With a train loader that has no length the last batch can't be told
-    apart: the batches after a pass's last full group then join the next pass's first group.
+    the old ones instead of zeroing) are kept as they are: only the group's own are averaged. With a train loader
+    that has no length the last batch can't be told apart: the batches after a pass's last full group then join the
+    next pass's first group.
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
 

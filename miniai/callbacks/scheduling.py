@@ -102,7 +102,8 @@ class BaseSchedCB(Callback):
                              "total_steps=n)")
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
-        self._check_length(learn)
+        if "train" in learn.passes:  # (an evaluation steps no schedule: its length is no concern of it)
+            self._check_length(learn)
         self._learn = learn
 
     def cleanup_fit(self, learn: Learner) -> None:
