@@ -162,15 +162,19 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     it; go through the layers first to last, `for m, m_in in zip(acts, convs): lsuv_init(model, m, m_in, xb)`, so
     each one sees inputs its predecessors already normalized. Without a bias (a conv before BatchNorm) only the
     std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops.
+    When it can't work (a dead layer; a norm layer between `m_in` and `m`, which undoes any rescaling) it raises,
+    and the model is left as it was.
     """
     seen: dict[str, torch.Tensor] = {}
 
     def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         seen["out"] = output.detach().float()
 
+    saved = {k: v.clone() for k, v in model.state_dict().items()}  # (BatchNorm's running stats change too)
     handle = m.register_forward_hook(record)
     try:
         with torch.no_grad():
+            before = None
             for tries in range(max_iters + 1):
                 model(xb)
                 mean, std = float(seen["out"].mean()), float(seen["out"].std())
@@ -178,6 +182,12 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                     raise ValueError(f"lsuv_init: the output of {type(m).__name__} has mean {mean} and std {std} on "
                                      "this batch, which no rescaling fixes (a dead layer, or non-finite values): check "
                                      "the batch and the layers before it")
+                # rescaled by 1/before, 5% or more, and the std did not move: something undoes the scaling
+                if before is not None and abs(before - 1) > 0.05 and abs(std - before) <= 1e-4 * before:
+                    raise ValueError(f"lsuv_init: dividing {type(m_in).__name__}'s weight by {before:.4g} left the "
+                                     f"std of {type(m).__name__}'s output at {std:.4g}: a normalization layer between "
+                                     "them (BatchNorm) undoes any rescaling, so LSUV has nothing to fix there (it is "
+                                     "for models without one). The model is as it was.")
                 if abs(std - 1) <= tol and (m_in.bias is None or abs(mean) <= tol):
                     break
                 if tries == max_iters:
@@ -187,6 +197,10 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                 if m_in.bias is not None:
                     m_in.bias -= mean
                 m_in.weight /= std
+                before = std
+    except BaseException:
+        model.load_state_dict(saved)
+        raise
     finally:
         handle.remove()
     return mean, std

@@ -272,3 +272,18 @@ def test_course_names_whose_meaning_differs_from_ours_keep_the_courses():
 def test_the_courses_training_module_is_refused_with_what_to_use():
     with pytest.raises(ImportError, match="miniai has no course module miniai.training: .*TrainLearner"):
         exec("from miniai.training import *", {})
+
+
+def test_lsuv_init_through_a_batchnorm_says_it_cannot_and_leaves_the_model_as_it_was():
+    """On the README's model (conv, BatchNorm, activation) each try divided the weight by ~0.6 again, as BatchNorm
+    undid it: after 84 tries the weights were 1e37, the running stats NaN, and the error blamed the batch."""
+    from miniai.models import get_model
+    torch.manual_seed(0)
+    model = get_model(act_gr, norm=nn.BatchNorm2d)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    acts = [m for m in model.modules() if isinstance(m, GeneralRelu)]
+    with pytest.raises(ValueError, match=r"a normalization layer between them.*The model is as it was"):
+        lsuv_init(model, acts[0], convs[0], torch.randn(64, 1, 28, 28))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not acts[0]._forward_hooks
