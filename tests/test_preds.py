@@ -240,7 +240,9 @@ def test_mixed_precision_predicts_under_autocast_even_before_a_fit():
     preds, _ = learn.get_preds()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = hand_loop(learn.model, learn.dls.valid)
-    assert preds.dtype == torch.bfloat16 and torch.equal(preds, expected)
+    # the same values, in float32 (capture_preds returned bf16 logits; the course's to_cpu upcast half precision)
+    assert preds.dtype == torch.float32 and torch.equal(preds, expected.float())
+    assert learn.capture_preds()[0].dtype == torch.float32
     probs, _ = learn.get_preds(act=torch.softmax)  # probabilities in float32, from the same logits
     assert probs.dtype == torch.float32 and torch.equal(probs, F.softmax(expected.float(), dim=1))
 

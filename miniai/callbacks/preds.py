@@ -165,6 +165,8 @@ class _GatherPreds(Callback):
             device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
             with _no_autocast(device):  # act sees the model's output, not a recast of it
                 preds = _activate(self.act, preds)
+        if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
+            preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         self.preds.append(to_cpu(preds))
         self.targets.append(to_cpu(learn.yb))
         if self.with_input:
@@ -234,8 +236,9 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
 
     Returns `(inputs, preds, targets)` `with_input`, and per-item losses last `with_loss` (`loss_func` called with
     `reduction='none'`; losses with more dims are averaged over them). Everything is concatenated on the CPU.
-    `preds` are the raw model outputs unless `act` is given, applied per batch to float32 outputs (half-precision
-    ones from autocast are upcast; torch's softmax and log_softmax go over the class dim 1). Targets are
+    `preds` are the raw model outputs (in float32 when autocast made them half precision: the same values) unless
+    `act` is given, applied per batch to float32 outputs (torch's softmax and log_softmax go over the class dim 1).
+    Targets are
     `learn.yb`: the batch's items after its `n_inp` inputs (one tensor for one item, a tuple for more, None for
     none). `cbs` join the pass. Eval mode, `no_grad`, and the learner is left exactly as it was: no optimizer
     step, metric, log, checkpoint or RNG draw (see `prediction_pass`). A loader that shuffles or drops its last
