@@ -438,3 +438,20 @@ def test_get_preds_refuses_a_loader_it_cannot_walk_in_order():
                     sampler=SubsetRandomSampler(range(20)))
     with pytest.raises(ValueError, match=r"in another order.*SubsetRandomSampler.*unshuffled"):
         learn.get_preds(dl=dl)
+
+
+def test_get_preds_walks_a_loader_of_a_class_of_its_own_as_it_is():
+    """A shuffled loader subclass normalizing in its __iter__ was replaced by a plain copy of its class's parent:
+    the normalization was dropped and accuracy fell from 1.00 to 0.86, silently. Such a loader is walked as it is
+    (its own order, preds and targets together); one that drops items is refused."""
+    learn = image_learner()
+    x, y = learn.dls.valid.x, learn.dls.valid.y
+
+    class Halved(TensorLoader):
+        def __iter__(self):
+            return ((xb / 2, yb) for xb, yb in super().__iter__())
+    inputs, preds, targets = learn.get_preds(dl=Halved(x, y, 8, shuffle=True), with_input=True)
+    assert sorted(inputs.flatten().tolist()) == sorted((x / 2).flatten().tolist())  # the halved inputs, all of them
+    assert torch.allclose(preds, hand_loop(learn.model, [(inputs, targets)]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"Halved drops its last items"):
+        learn.get_preds(dl=Halved(x, y, 16, drop_last=True))

@@ -204,18 +204,27 @@ def _loader(learn: Learner, dl: Any) -> Any:
 
 def _in_order(dl: Any) -> Any:
     """`dl`, or, when it shuffles or drops its last items, a copy that walks every item once in the dataset's order
-    (predictions line up with `dl.dataset`, as fastai's get_preds does): a TensorLoader, or a torch DataLoader
-    with torch's plain random sampler. Any other sampler that draws (over part of the data, weighted) is refused."""
-    if isinstance(dl, TensorLoader) and dl.world_size == 1 and (dl.shuffle or dl.drop_last):
+    (predictions line up with `dl.dataset`, as fastai's get_preds does): of a TensorLoader, or of a torch
+    DataLoader with torch's plain random sampler. A loader of a class of its own (whose `__iter__` may do work a
+    copy would skip) is walked as it is, in its own order, unless it drops items; a sampler that draws over part
+    of the data, or weighted, is refused."""
+    if type(dl) is TensorLoader and dl.world_size == 1 and (dl.shuffle or dl.drop_last):
         return TensorLoader(dl.x, dl.y, bs=dl.bs)
-    if not isinstance(dl, DataLoader) or isinstance(dl.dataset, IterableDataset) or not (_shuffled(dl) or
-                                                                                       dl.drop_last):
+    drops = bool(getattr(dl, "drop_last", False))
+    if type(dl) is not DataLoader or isinstance(dl.dataset, IterableDataset) or not (_shuffled(dl) or drops):
+        if drops:  # the last items would be missing from the predictions, without a word
+            raise ValueError(f"this {type(dl).__name__} drops its last items (drop_last=True), so predictions would "
+                             "miss them: pass a loader without drop_last over the items to predict, e.g. dls.valid")
         return dl
-    sampler = dl.sampler if dl.batch_size is not None else None
+    sampler = dl.sampler if dl.batch_size is not None or dl.batch_sampler is None else None  # (None: batch_sampler)
     if isinstance(sampler, SequentialSampler) or (type(sampler) is RandomSampler and not sampler.replacement
                                                    and sampler.num_samples == len(dl.dataset)):
-        return DataLoader(dl.dataset, dl.batch_size, collate_fn=dl.collate_fn, num_workers=dl.num_workers,
-                          pin_memory=dl.pin_memory)
+        workers = {"num_workers": dl.num_workers, "worker_init_fn": dl.worker_init_fn, "timeout": dl.timeout,
+                   "multiprocessing_context": dl.multiprocessing_context,
+                   "persistent_workers": dl.persistent_workers} if dl.num_workers else {}
+        if dl.num_workers:
+            workers["prefetch_factor"] = dl.prefetch_factor
+        return DataLoader(dl.dataset, dl.batch_size, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, **workers)
     what = type(getattr(dl.batch_sampler, "sampler", None) or dl.batch_sampler).__name__
     raise ValueError(f"this DataLoader gives its items in another order each pass, or only some of them ({what}), "
                      "so predictions would not line up with its dataset: pass an unshuffled loader over the items "
