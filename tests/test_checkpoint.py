@@ -703,3 +703,31 @@ def test_a_flipped_bit_in_a_checkpoints_tensors_is_found_when_it_is_loaded(tmp_p
     with pytest.raises(CheckpointMismatchError, match="is damaged"):
         make_learner(None)[0].fit(3, resume=file)
     assert load_checkpoint(tmp_path / "epoch_0001.pt")["epoch"] == 1
+
+
+class _AttrDict(dict):
+    """A common config idiom: attribute access to a dict's items (a missing one raises KeyError, not AttributeError)."""
+    __getattr__ = dict.__getitem__
+
+
+class OddHolder(Callback):
+    """A callback holding what the generator search must take in its stride: a NumPy MT19937 generator (arrays in
+    its state), an attribute-dict config, a module, and the OS's random source (no state)."""
+    def __init__(self):
+        import random
+        self.g = np.random.Generator(np.random.MT19937(3))
+        self.config, self.np, self.os_random = _AttrDict(scale=0.1), np, random.SystemRandom()
+
+    def before_batch(self, learn):
+        x, y = learn.batch
+        learn.batch = (x, y + self.config.scale * float(self.g.normal()))
+
+
+def test_the_generator_search_takes_configs_modules_and_numpys_other_bit_generators(tmp_path):
+    """A NumPy Generator on MT19937 made every checkpoint unreadable (numpy arrays, refused by the safe loader); an
+    attribute-dict config raised KeyError: 'cbs', a module OSError, SystemRandom NotImplementedError."""
+    def make(path):
+        torch.manual_seed(0)
+        return make_learner(path, [OddHolder()])[0]
+    assert same_params(*straight_and_resumed(make, tmp_path))
+    make(None).get_preds()

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import re
+import types
 import warnings
 from pathlib import Path
 from collections.abc import Iterator
@@ -65,6 +66,9 @@ def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
 
 
 _GENERATORS = (torch.Generator, np.random.Generator, random.Random)
+# what held_generators does not look into: numbers and text, what is saved on its own (models, tensors, the
+# learner), and modules and classes (a callback holding `np` would have it search all of NumPy)
+_NOT_SEARCHED = (str, bytes, int, float, nn.Module, torch.Tensor, Learner, types.ModuleType, type)
 
 
 def held_generators(cb: Any, depth: int = 5) -> list[Any]:
@@ -76,11 +80,10 @@ def held_generators(cb: Any, depth: int = 5) -> list[Any]:
     seen: set[int] = set()
 
     def walk(x: Any, level: int) -> None:
-        if id(x) in seen or isinstance(x, (str, bytes, int, float, nn.Module, torch.Tensor)) or hasattr(x, "cbs") \
-                or isinstance(x, (list, tuple, dict)) and len(x) > 100:
+        if id(x) in seen or isinstance(x, _NOT_SEARCHED) or isinstance(x, (list, tuple, dict)) and len(x) > 100:
             return
         seen.add(id(x))
-        if isinstance(x, _GENERATORS):
+        if isinstance(x, _GENERATORS) and not isinstance(x, random.SystemRandom):  # (the OS's: no state)
             found.append(x)
         elif level:
             items = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else \
@@ -92,9 +95,11 @@ def held_generators(cb: Any, depth: int = 5) -> list[Any]:
 
 
 def generator_state(g: Any) -> Any:
-    """The state of a torch, NumPy or Python generator, to give back with `set_generator_state`."""
-    return g.get_state() if isinstance(g, torch.Generator) else g.bit_generator.state \
-        if isinstance(g, np.random.Generator) else g.getstate()
+    """The state of a torch, NumPy or Python generator, to give back with `set_generator_state`; NumPy's arrays in
+    it (MT19937's key, Philox's counter) as tensors, which torch's safe loader reads back."""
+    if isinstance(g, torch.Generator):
+        return g.get_state()
+    return _plain(g.bit_generator.state) if isinstance(g, np.random.Generator) else g.getstate()
 
 
 def set_generator_state(g: Any, state: Any) -> None:
@@ -102,9 +107,26 @@ def set_generator_state(g: Any, state: Any) -> None:
     if isinstance(g, torch.Generator):
         g.set_state(state)
     elif isinstance(g, np.random.Generator):
-        g.bit_generator.state = state
+        g.bit_generator.state = _numpy(state)
     else:
         g.setstate(state)
+
+
+def _plain(x: Any) -> Any:
+    """NumPy's arrays and numbers inside a generator state as tensors and Python numbers."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):  # its bytes as signed ints of the same size (torch saves no uint64), and its dtype
+        signed = x.view(f"i{x.itemsize}") if x.dtype.kind == "u" else x
+        return {"ndarray": torch.from_numpy(signed.copy()), "dtype": x.dtype.str}
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _numpy(x: Any) -> Any:
+    """`_plain`'s arrays back as NumPy arrays of their own dtype."""
+    if isinstance(x, dict) and set(x) == {"ndarray", "dtype"}:
+        return x["ndarray"].numpy().view(np.dtype(x["dtype"]))
+    return {k: _numpy(v) for k, v in x.items()} if isinstance(x, dict) else x
 
 
 def callback_generators(learn: Learner) -> dict[str, list[Any]]:
