@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .models import conv
-from .utils import _move
+from .utils import map_tensors
 
 __all__ = ["init_weights", "get_model", "inplace", "to_cpu"]
 
@@ -44,7 +44,7 @@ def inplace(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def to_cpu(x: Any) -> Any:
     """The course's `to_cpu`: detached, on the CPU, and float16 made float32 (nested containers too)."""
-    return _move(x, _cpu_float)
+    return map_tensors(x, _cpu_float)
 
 
 def _cpu_float(t: torch.Tensor) -> torch.Tensor:

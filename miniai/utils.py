@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["def_device", "model_device", "to_device", "to_cpu", "set_seed", "fix_malloc", "compile_model", "byte_sums"]
+__all__ = ["def_device", "model_device", "map_tensors", "to_device", "to_cpu", "set_seed", "fix_malloc", "compile_model", "byte_sums"]
 
 
 def _pick_device() -> str:
@@ -28,7 +28,7 @@ def_device: str = _pick_device()
 """The device miniai uses when none is given: 'cuda', else 'mps', else 'cpu' (a string, as in the course)."""
 
 
-def _move(x: Any, fn: Any) -> Any:
+def map_tensors(x: Any, fn: Any) -> Any:
     """Apply `fn` to every tensor inside nested tuples/lists/dicts, keeping each container's type."""
     if isinstance(x, torch.Tensor):
         return fn(x)
@@ -36,12 +36,12 @@ def _move(x: Any, fn: Any) -> Any:
         # A shallow copy keeps the exact type (OrderedDict, defaultdict, ...) without knowing its constructor.
         out = x.copy()
         for k, v in x.items():
-            out[k] = _move(v, fn)
+            out[k] = map_tensors(v, fn)
         return out
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple: its constructor takes fields positionally
-        return type(x)(*(_move(o, fn) for o in x))
+        return type(x)(*(map_tensors(o, fn) for o in x))
     if isinstance(x, (list, tuple)):
-        return type(x)(_move(o, fn) for o in x)
+        return type(x)(map_tensors(o, fn) for o in x)
     return x
 
 
@@ -56,13 +56,13 @@ def to_device(x: Any, device: str | torch.device = def_device) -> Any:
     # non_blocking only towards CUDA: a non-blocking copy *to the CPU* may be read before it lands, and one to MPS
     # may read its source after the source is freed (pytorch#139550): batches would be silently corrupted
     non_blocking = torch.device(device).type == "cuda"
-    return _move(x, lambda t: t.to(device, non_blocking=non_blocking))
+    return map_tensors(x, lambda t: t.to(device, non_blocking=non_blocking))
 
 
 def to_cpu(x: Any) -> Any:
     """Detach every tensor in `x` (nested tuples/lists/dicts) and move it to the CPU, keeping its dtype."""
     # A blocking copy: the caller reads the values next (metrics, plots), so they must have arrived.
-    return _move(x, lambda t: t.detach().cpu())
+    return map_tensors(x, lambda t: t.detach().cpu())
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:

@@ -295,7 +295,7 @@ def test_a_metric_with_update_compute_and_reset_but_no_to_works():
     learn.fit(1)
     preds = learn.get_preds()[0]
     assert metrics.last["valid_mean"] == pytest.approx(preds.mean().item(), rel=1e-5)
-    with pytest.raises(TypeError, match="'half' is MeanPredNoReset: pass a metric object with update, compute and "
+    with pytest.raises(TypeError, match="'half' is a MeanPredNoReset: pass a metric object with update, compute and "
                                         "reset"):
         MetricsCB(half=type("MeanPredNoReset", (), {"update": MeanPred.update, "compute": MeanPred.compute})())
 
@@ -392,3 +392,35 @@ def test_an_evaluation_fit_leaves_the_curves_of_the_training_fit_before_it():
         learn.fit(1, train=False)
     assert kept[0] > 0 and kept[1] and kept[2] and kept[3]
     assert (len(stats.stats[0][0]), rec.recs["lr"], progress.losses, progress.valid_losses) == kept
+
+
+def test_metricscb_keeps_dict_and_namedtuple_preds_detached_and_of_their_own_type():
+    """Dict preds (torchvision segmentation's {'out', 'aux'}, a Hugging Face ModelOutput) were kept with their
+    autograd graphs, up to 256 batches of them; a namedtuple became a plain tuple, so preds.logits broke."""
+    from collections import namedtuple
+    Out = namedtuple("Out", "logits aux")
+    seen = []
+
+    class Looks(Accuracy):
+        def update(self, preds, targets):
+            seen.append((type(preds), [t.requires_grad for t in (preds.values() if isinstance(preds, dict) else preds)]))
+            super().update(preds["out"] if isinstance(preds, dict) else preds.logits, targets)
+
+    for wrap in (lambda out: {"out": out, "aux": out.sum(1)}, lambda out: Out(out, out.sum(1))):
+        class Model(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Linear(4, 3)
+
+            def forward(self, x):
+                return wrap(self.body(x))
+
+        def loss(preds, y):
+            return F.cross_entropy(preds["out"] if isinstance(preds, dict) else preds.logits, y)
+        x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        metrics = MetricsCB(accuracy=Looks())
+        metrics.log_fn = lambda row: None
+        TrainLearner(Model(), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), loss, lr=0.1,
+                     cbs=[metrics]).fit(1)
+        assert 0 <= metrics.last["valid_accuracy"] <= 1
+    assert {kind for kind, _ in seen} == {dict, Out} and not any(any(grads) for _, grads in seen)

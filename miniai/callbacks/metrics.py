@@ -9,7 +9,7 @@ import torch
 
 from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
-from ..utils import model_device
+from ..utils import map_tensors, model_device
 
 __all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode", "sum_dtype"]
 
@@ -122,13 +122,12 @@ class MetricsCB(Callback):
                              "*targets): give the loader (inputs, target) batches (leave other items, ids say, out "
                              "in its collate_fn), or, if the extra items are inputs of the model, set the learner's "
                              "n_inp to their number.")
-        target, preds = batch[n_inp], learn.preds
-        # a model returning (logits, aux) gives a tuple: kept as it is, for a metric of the user's that takes it
-        preds = preds.detach() if isinstance(preds, torch.Tensor) else tuple(
-            p.detach() if isinstance(p, torch.Tensor) else p for p in preds) if isinstance(preds, tuple) else preds
+        # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached), for a
+        # metric of the user's that takes them
+        target, preds = batch[n_inp], map_tensors(learn.preds, torch.Tensor.detach)
         n = target.shape[0]
         self._pending.append((preds, target, learn.loss.detach(), n))
-        self._pending_numel += preds.numel() if isinstance(preds, torch.Tensor) else n
+        self._pending_numel += _numel(preds)
         self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
@@ -177,6 +176,14 @@ class MetricsCB(Callback):
         record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
         self.history.append(record)
         self.log_fn({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
+
+
+def _numel(preds: Any) -> int:
+    """Elements of the tensors in `preds` (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(preds, torch.Tensor):
+        return preds.numel()
+    items = preds.values() if isinstance(preds, dict) else preds if isinstance(preds, (list, tuple)) else ()
+    return sum(_numel(p) for p in items)
 
 
 _METRIC_METHODS = ("update", "compute", "reset")
