@@ -731,3 +731,35 @@ def test_the_generator_search_takes_configs_modules_and_numpys_other_bit_generat
         return make_learner(path, [OddHolder()])[0]
     assert same_params(*straight_and_resumed(make, tmp_path))
     make(None).get_preds()
+
+
+def test_resume_compares_only_the_optimizer_settings_both_have_and_takes_an_optimizer_without_defaults(tmp_path):
+    """A checkpoint from an older torch lacks the settings a newer one added (decoupled_weight_decay): resume was
+    refused over them, though load_state_dict fills them in. A hand-written optimizer without .defaults failed with
+    AttributeError at the first save, and in lr_find."""
+    make_learner(tmp_path / "a")[0].fit(1)
+    file = tmp_path / "a" / "epoch_0001.pt"
+    state = torch.load(file, weights_only=True)
+    del state["optimizer_settings"]["weight_decay"]
+    checkpoint_module.save_checkpoint(state, file)
+    make_learner(None)[0].fit(2, resume=file)
+
+    class Plain:  # a hand-written SGD, the course's way: no torch.optim.Optimizer, so no .defaults
+        def __init__(self, params, lr):
+            self.param_groups, self.state = [{"params": list(params), "lr": lr}], {}
+
+        @torch.no_grad()
+        def step(self):
+            for p in self.param_groups[0]["params"]:
+                p -= self.param_groups[0]["lr"] * p.grad
+
+        def zero_grad(self):
+            for p in self.param_groups[0]["params"]:
+                p.grad = None
+
+        def state_dict(self):
+            return {"state": {}, "param_groups": [{"lr": self.param_groups[0]["lr"],
+                                                   "params": list(range(len(self.param_groups[0]["params"])))}]}
+    learn, _ = make_learner(tmp_path / "b", opt_func=Plain)
+    learn.fit(1)
+    learn.lr_find(max_epochs=1, plot=False)

@@ -186,7 +186,8 @@ _SPEED_ONLY = ("foreach", "fused", "capturable", "differentiable")  # how torch 
 def optimizer_settings(opt: torch.optim.Optimizer) -> dict[str, Any]:
     """What the optimizer was built with (`opt.defaults`), but the lr (fit's own) and the choice of implementation:
     weight decay, betas, momentum..., compared on resume, where torch's load_state_dict would put the saved back."""
-    return {k: v for k, v in sorted(opt.defaults.items()) if k not in ("lr", "initial_lr", *_SPEED_ONLY)
+    defaults = getattr(opt, "defaults", {})  # (an optimizer of one's own may have none)
+    return {k: v for k, v in sorted(defaults.items()) if k not in ("lr", "initial_lr", *_SPEED_ONLY)
             and isinstance(v, (bool, int, float, str, tuple, type(None)))}
 
 

@@ -58,7 +58,7 @@ class LRFinderCB(Callback):
         self._grow, self._stepped, self._group, self._lr0, self.diverged = False, False, [], None, False
         # opt.defaults' lr is the one fit made the optimizer with; group 0 may run at a fraction of it
         group0 = learn.opt.param_groups[0]["lr"]
-        self._scale = float(learn.opt.defaults.get("lr", group0)) / group0 if group0 else 1.0
+        self._scale = float(getattr(learn.opt, "defaults", {}).get("lr", group0)) / group0 if group0 else 1.0
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:

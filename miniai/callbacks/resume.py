@@ -162,10 +162,10 @@ def _optimizer_state(opt: torch.optim.Optimizer, model: nn.Module, state: dict[s
             f"checkpoint {file} was saved with {state['optimizer_class']} over param groups of sizes {saved_groups}; "
             f"this fit made {type(opt).__name__} with {own_groups}: pass the same opt_func (and param groups) as "
             "the run that saved it; nothing was changed.")
-    saved_settings, own_settings = state.get("optimizer_settings"), optimizer_settings(opt)  # (older files: none)
-    changed = [f"{k}: {saved_settings.get(k)} saved, {own_settings.get(k)} here"
-               for k in sorted(set(saved_settings or {}) | set(own_settings)) if saved_settings is not None
-               and saved_settings.get(k) != own_settings.get(k)]
+    saved_settings, own_settings = state.get("optimizer_settings") or {}, optimizer_settings(opt)  # (older: none)
+    # the settings both have (a newer torch adds some, which load_state_dict fills with their defaults)
+    changed = [f"{k}: {saved_settings[k]} saved, {own_settings[k]} here"
+               for k in sorted(set(saved_settings) & set(own_settings)) if saved_settings[k] != own_settings[k]]
     if changed:  # load_state_dict would put the saved values back over the ones this opt_func was given
         raise CheckpointMismatchError(
             f"checkpoint {file} was saved by an optimizer with other settings ({'; '.join(changed)}): resuming would "
