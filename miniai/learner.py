@@ -32,7 +32,7 @@ Learner state that callbacks may read, and from which event on:
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (or None)                          |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
-| `stopped_by`                 | `cleanup_*`    | what ended the stage early (a cancel, an error, Ctrl-C); None: it ran out |
+| `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: it ran out|
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `preds`                      | `after_predict`| the model's output                                                        |
@@ -263,7 +263,8 @@ class Learner:
             except BaseException as e:  # the first error is the one raised; later ones become its notes
                 _tag(e, f"cleanup_{name}")
                 if error is None or isinstance(error, _OUTER_CANCELS[name]) and not isinstance(e, _CANCELS):
-                    error = e  # (a cancel on its way up to its stage is no error: a real one takes its place)
+                    error = self.stopped_by = e  # (a cancel on its way up is no error: a real one takes its place;
+                    # the later cleanups see it: CheckpointCB saves no epoch a cleanup found broken)
                 else:
                     _add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")
         if error is not None:

@@ -763,3 +763,19 @@ def test_resume_compares_only_the_optimizer_settings_both_have_and_takes_an_opti
     learn, _ = make_learner(tmp_path / "b", opt_func=Plain)
     learn.fit(1)
     learn.lr_find(max_epochs=1, plot=False)
+
+
+def test_an_epoch_whose_cleanup_raised_is_not_saved(tmp_path):
+    """The NaN guard (deferred check, on an accelerator) raising in a pass's cleanup_epoch did not stop CheckpointCB,
+    later in the same cleanup, from saving the epoch: the error named epoch 1 as the last good checkpoint while
+    resume=dir and learn.last_checkpoint pointed at epoch 2. learn.stopped_by now carries a cleanup's error."""
+    class FailsAtCleanup(Callback):
+        order = 5
+
+        def cleanup_epoch(self, learn):
+            if learn.epoch == 1:
+                raise FloatingPointError("found a NaN loss in this pass")
+    learn, _ = make_learner(tmp_path, cbs=[FailsAtCleanup()], keep=None)
+    with pytest.raises(FloatingPointError):
+        learn.fit(3, valid=False)
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]
