@@ -779,3 +779,17 @@ def test_an_epoch_whose_cleanup_raised_is_not_saved(tmp_path):
     with pytest.raises(FloatingPointError):
         learn.fit(3, valid=False)
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]
+
+
+def test_a_validation_pass_cancelled_part_way_ranks_no_checkpoint_by_an_older_value(tmp_path):
+    """A callback ending the fit part way through a validation pass (a time budget): with monitor='valid_loss' the
+    fit raised "no value ... a validation metric in a fit without validation?" in epoch 0, and in a later epoch
+    ranked the new file by the previous epoch's valid_loss."""
+    from miniai.learner import CancelFitException
+    for epoch in (0, 1):
+        stop = _CutPass(training=False, at=0, exc=CancelFitException, epoch=epoch)
+        learn, _ = make_learner(tmp_path / str(epoch), cbs=[stop], keep=None, monitor="valid_loss")
+        learn.fit(3)
+        cb = next(c for c in learn.cbs if isinstance(c, CheckpointCB))
+        assert learn.last_checkpoint.name == f"epoch_000{epoch + 1}.pt"
+        assert cb.best_path == (None if epoch == 0 else tmp_path / "1" / "epoch_0001.pt")

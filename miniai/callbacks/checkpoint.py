@@ -440,11 +440,8 @@ class CheckpointCB(Callback):
             return
         self._check_finite(learn, done)
         file = self.path / f"epoch_{done:04d}.pt"
-        if self.monitor is not None:
-            if self.monitor not in learn.metrics.last:
-                raise ValueError(f"CheckpointCB monitor {self.monitor!r} has no value after epoch {done} (a "
-                                 f"validation metric in a fit without validation?); logged: {list(learn.metrics.last)}")
-            value = learn.metrics.last[self.monitor]
+        value = self._monitored(learn, done) if self.monitor is not None else None
+        if value is not None:
             better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
             if better and not math.isnan(value):
                 self.best, self.best_path = value, file
@@ -466,6 +463,21 @@ class CheckpointCB(Callback):
         self.last_path, self._replaced = file, []
         learn.last_checkpoint = file
         barrier()
+
+    def _monitored(self, learn: Learner, done: int) -> float | None:
+        """This epoch's value of the monitored metric; None when a cancel cut short the pass that logs it (an older
+        epoch's value must not rank this file)."""
+        split = "train" if self.monitor.startswith("train_") else "valid"
+        metrics = learn.metrics
+        logged = metrics is not None and self.monitor in metrics.last and any(
+            row.get("epoch") == learn.epoch and row.get("train") == split for row in metrics.history[-2:])
+        if logged:
+            return metrics.last[self.monitor]
+        if learn.stopped_by is None:  # the pass ran to its end and logged no such value
+            raise ValueError(f"CheckpointCB monitor {self.monitor!r} has no value after epoch {done} (a validation "
+                             "metric in a fit without validation?); logged: "
+                             f"{list(metrics.last) if metrics is not None else []}")
+        return None
 
     def _check_finite(self, learn: Learner, done: int) -> None:
         """Refuse to save non-finite weights or after a non-finite validation loss: resume would pick them."""
