@@ -8,6 +8,7 @@ Imports nothing from miniai but `sources`.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -79,16 +80,26 @@ def _write_cache(file: Path, raw: RawData) -> bool:
         return False
 
 
-def _remove_older_versions(file: Path) -> None:
-    """Remove the cache files of the same source's earlier contents (55 MB each for Fashion-MNIST), which no key
-    can name again; other sources' files stay (`<name>_<place>-<version>.pt`)."""
-    place = file.name.rsplit("-", 1)[0]
-    for old in file.parent.glob(f"{place}-*.pt"):
-        if old != file:
-            try:
-                old.unlink()
-            except OSError:  # another process removed it, or may not: a stale file only costs disk
-                pass
+def _remove_older_versions(name: str, file: Path) -> None:
+    """Remove the cache files of the same source's earlier contents (55 MB each for Fashion-MNIST), but the newest
+    one besides `file` (machines sharing a cache dir, each with its own copy of the data at the same path, take
+    turns), and those of an older miniai's naming, which no key names any more; other sources' files stay."""
+    place = file.name.rsplit("-", 1)[0]  # '<name>_<place>'
+    same = sorted((f for f in file.parent.glob(f"{place}-*.pt") if f != file), key=_mtime, reverse=True)
+    old_naming = re.compile(rf"{re.escape(name)}_[0-9a-f]{{16}}\.pt")
+    legacy = [f for f in file.parent.glob(f"{name}_*.pt") if old_naming.fullmatch(f.name)]
+    for old in same[1:] + legacy:
+        try:
+            old.unlink()
+        except OSError:  # another process removed it, or may not: a stale file only costs disk
+            pass
+
+
+def _mtime(file: Path) -> float:
+    try:
+        return file.stat().st_mtime
+    except OSError:  # (removed meanwhile)
+        return 0.0
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +137,7 @@ def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None 
             raw = read_source(source)
             CACHE_STATS["decodes"] += 1
             if _write_cache(file, raw):
-                _remove_older_versions(file)
+                _remove_older_versions(name, file)
         _MEMORY[key] = (raw, *_stats(raw.train_x))
     raw, mean, std = _MEMORY[key]
     # new tensors for every call (the raw ones copied, the normalized ones made afresh): one run's in-place edits

@@ -482,9 +482,12 @@ def test_changed_source_file_invalidates_cache(tmp_path):
     assert torch.equal(load_tensors(path=d).valid_y, new[3].long())
 
 
-def test_a_changed_source_replaces_its_own_cache_file_and_leaves_other_sources_files(tmp_path):
+def test_a_changed_source_keeps_two_cache_files_and_leaves_other_sources_files(tmp_path):
     """Every change of the source files wrote a new cache file and kept the old ones (55 MB each for Fashion-MNIST;
-    300 rewrites left 300 files). The cache of another source (another directory) is still in use: it stays."""
+    300 rewrites left 300 files). The newest two stay (machines sharing a cache dir, each with its own copy of the
+    data at one path, take turns); another source's file (another directory) stays; an older naming's go."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "fashion_mnist_0123456789abcdef.pt").write_bytes(b"an older miniai's cache")
     other = write_fashion_dir(tmp_path / "other", fake_fashion(seed=5))
     load_tensors(path=other)
     d = write_fashion_dir(tmp_path / "fm", fake_fashion(seed=0))
@@ -494,7 +497,8 @@ def test_a_changed_source_replaces_its_own_cache_file_and_leaves_other_sources_f
     cache.clear_cache()  # a new process: from the disk cache
     assert torch.equal(load_tensors(path=d).valid_y, fake_fashion(seed=3)[3].long())
     assert torch.equal(load_tensors(path=other).valid_y, fake_fashion(seed=5)[3].long())
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    assert not (tmp_path / "cache" / "fashion_mnist_0123456789abcdef.pt").exists()
 
 
 def test_corrupt_source_raises_idx_error(tmp_path):
