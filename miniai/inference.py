@@ -47,10 +47,11 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
     if isinstance(item, torch.Tensor):
         return item, False
     if type(item).__module__.startswith("PIL."):  # no PIL import needed to recognise one
-        if item.mode in ("I", "F") or item.mode.startswith(("I;", "BGR;")):  # PIL's 8-bit conversion clips these
-            raise TypeError(f"infer: a PIL image in mode {item.mode!r} holds pixels that are not 8-bit, and converting "
-                            "it to 8 bits would clip them (a 16-bit image turns white), not rescale: scale it to "
-                            "0-255 yourself first, as uint8 (16-bit: (np.asarray(image) // 257).astype(np.uint8))")
+        if item.mode in ("I", "F") or item.mode.startswith(("I;", "BGR;")):  # PIL's 8-bit conversion would clip
+            # these (a 16-bit image turns white): their values as they are, 8-bit ones as uint8
+            item = np.array(item)
+            small = item.dtype.kind in "iu" and item.size and 0 <= item.min() and item.max() <= 255
+            return torch.from_numpy(item.astype(np.uint8) if small else item), True
         mode = {1: "L", 3: "RGB"}.get(channels)  # a palette GIF's pixels are indices, not gray levels: convert
         item = np.array(item.convert(mode) if mode and item.mode != mode else item)  # a copy: PIL's is read-only
     if isinstance(item, np.ndarray):
@@ -104,7 +105,8 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
         if x.dtype != torch.uint8:
             raise TypeError(f"infer takes raw uint8 pixels (0-255), which it normalizes as the loaders did "
                             f"(dls.normalize); got {x.dtype}. Convert 0-1 floats with (x * 255).round().to(torch."
-                            "uint8); pass already-normalized inputs to learn.get_preds(dl=[(x,)]) instead.")
+                            "uint8), 16-bit pixels with (x // 257).to(torch.uint8); pass already-normalized inputs to "
+                            "learn.get_preds(dl=[(x,)]) instead.")
         return normalize(x), batched
     if not x.is_floating_point():
         raise TypeError(f"this learner's data carries no normalization (dls.normalize is None), so infer passes "

@@ -1,7 +1,6 @@
 """infer on raw images, export and load_learner: a new process predicts what the exporting one did."""
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import textwrap
@@ -91,15 +90,28 @@ def test_infer_reads_a_pil_image_of_any_colour_mode_as_the_models_channels(mode)
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I", "F"])
-def test_infer_refuses_a_pil_image_whose_pixels_are_not_8_bit(mode):
+def test_infer_never_clips_a_pil_image_whose_pixels_are_not_8_bit(mode):
     """A 16-bit PNG (mode I;16), a 32-bit int or a float image was converted to 8 bits by PIL, which clips rather
-    than rescales: 99.9% white (or black), and a prediction on it without a word."""
+    than rescales: 99.9% white (or black), and a prediction on it without a word. Their values go in as they are:
+    refused where uint8 pixels are needed (with the scaling to use), taken as 8-bit when they are 0-255."""
     from PIL import Image
     learn = image_learner()
     wide = Image.fromarray(PIXELS[0, 0].numpy().astype(np.uint16) * 257).convert(mode)
     assert wide.mode == mode
-    with pytest.raises(TypeError, match=rf"mode '{re.escape(mode)}'.*not 8-bit.*clip.*uint8"):
+    with pytest.raises(TypeError, match=r"raw uint8 pixels.*16-bit pixels with \(x // 257\)"):
         learn.infer(wide)
+    if mode != "F":  # an int image holding 0-255 is 8-bit pixels: the same prediction as the uint8 image
+        narrow = Image.fromarray(PIXELS[0, 0].numpy().astype(np.int32)).convert(mode)
+        assert torch.equal(learn.infer(narrow).probs, learn.infer(PIXELS[0]).probs)
+
+
+def test_infer_takes_a_float_pil_image_where_the_learner_has_no_normalization():
+    """A float image (a depth map) for a learner without normalization was refused, though nothing is converted."""
+    from PIL import Image
+    learn = image_learner()
+    learn.dls = DataLoaders(None, None, classes=["a", "b", "c"], item_shape=(1, 8, 8))
+    x = torch.rand(8, 8)
+    assert torch.equal(learn.infer(Image.fromarray(x.numpy(), mode="F")).probs, learn.infer(x[None]).probs)
 
 
 def test_infer_refuses_an_rgb_array_for_a_grayscale_model_even_without_an_item_shape():
