@@ -226,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(e))
         except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
             print("\ninterrupted: the command keeps no checkpoints, so nothing of this run was saved"
-                  + (f" (--out {args.out} holds only what was written so far)" if args.out else "")
+                  + (f" (--out {args.out} holds only what was written so far"
+                     + (", and no longer the earlier run's files, which --overwrite removed" if args.overwrite
+                        else "") + ")" if args.out else "")
                   + "; run it again to train from the start", file=sys.stderr)
             return 130  # what a shell reports for a command stopped by Ctrl-C
     return 0
