@@ -139,6 +139,7 @@ class Learner:
     """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`)."""
     _in_fit = False  # (class defaults: a learner pickled before they existed, or a subclass's own __init__, has them)
     _predicting = False  # during get_preds, tta and summary passes (hooks of the fit leave their forwards alone)
+    stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
