@@ -398,3 +398,18 @@ def test_torch_losses_that_take_several_targets_get_them():
     dl = DataLoader(TensorDataset(x, torch.randint(0, 3, (32,)), ids), 8)
     with pytest.raises(LossInputError, match=r"cross_entropy takes 1 target, but the batch has 2 items"):
         TrainLearner(nn.Linear(3, 3), DataLoaders(dl, dl), F.cross_entropy, lr=0.01).fit(1)
+
+
+@pytest.mark.parametrize("name, mode", [
+    ("valid_answer_exact_match", None), ("valid_fidelity", None), ("valid_confidence", None),
+    ("valid_evidence_lower_bound", None), ("valid_power", None),  # 'wer', 'fid' inside other words: ask
+    ("valid_wer", "min"), ("valid_fid", "min"), ("valid_top5_accuracy", "max"), ("validMeanAbsError", "min"),
+    ("valid_BinaryAUROC", "max"), ("neg_mean_squared_error", "max"), ("valid_r2_score", "max")])
+def test_the_direction_is_read_from_whole_parts_of_the_name(name, mode):
+    """'wer' and 'fid' were looked for anywhere in the name: exact_match (ans-wer), lower_bound (lo-wer) and
+    fidelity fell to 'min', so EarlyStoppingCB stopped a rising metric and CheckpointCB kept the worst file."""
+    if mode is None:
+        with pytest.raises(ValueError, match="can't tell from the name"):
+            EarlyStoppingCB(name)
+    else:
+        assert EarlyStoppingCB(name).mode == mode

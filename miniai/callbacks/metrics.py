@@ -1,6 +1,7 @@
 """MetricsCB: torcheval metrics and the mean loss, one row per training and per validation pass."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -206,8 +207,15 @@ def _number(name: str, value: Any) -> float:
 
 
 # words of a metric's name that say which way it improves; 'score' alone says nothing (a Brier or FID score falls)
-_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "perplexity", "brier", "fid", "nll", "wer", "cer")
-_HIGHER_IS_BETTER = ("acc", "f1", "auc", "auroc", "auprc", "precision", "recall", "iou", "dice", "r2", "bleu")
+# words a part of the name starts with (acc: accuracy), and acronyms a part must be: 'fid' in 'fidelity' or 'wer' in
+# 'answer' says nothing
+_LOWER_IS_BETTER = (("loss", "error", "perplexity", "brier"), ("mse", "rmse", "mae", "fid", "nll", "wer", "cer"))
+_HIGHER_IS_BETTER = (("acc", "precision", "recall", "dice", "bleu"), ("f1", "auc", "auroc", "auprc", "iou", "r2"))
+
+
+def _says(parts: list[str], words: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
+    starts, acronyms = words
+    return any(part.startswith(starts) or part in acronyms for part in parts)
 
 
 def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
@@ -219,10 +227,11 @@ def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
         return mode
     if monitor is None:
         return None
-    name = monitor.lower()
-    lower, higher = (any(word in name for word in words) for words in (_LOWER_IS_BETTER, _HIGHER_IS_BETTER))
+    # the name's parts: valid_top5_accuracy -> valid, top5, accuracy; validMeanAbsError -> valid, mean, abs, error
+    parts = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", monitor).lower().replace("-", "_").split("_")
+    lower, higher = _says(parts, _LOWER_IS_BETTER), _says(parts, _HIGHER_IS_BETTER)
     if lower != higher:
-        negated = "neg_" in name  # scikit-learn's neg_mean_squared_error: the error, negated, rises
+        negated = "neg" in parts  # scikit-learn's neg_mean_squared_error: the error, negated, rises
         return "min" if lower != negated else "max"
     raise ValueError(f"{who}(monitor={monitor!r}) can't tell from the name whether a higher value is better: "
                      "pass mode='min' or mode='max'")
