@@ -424,3 +424,15 @@ def test_metricscb_keeps_dict_and_namedtuple_preds_detached_and_of_their_own_typ
                      cbs=[metrics]).fit(1)
         assert 0 <= metrics.last["valid_accuracy"] <= 1
     assert {kind for kind, _ in seen} == {dict, Out} and not any(any(grads) for _, grads in seen)
+
+
+def test_accuracy_leaves_out_the_targets_cross_entropy_ignores():
+    """Items marked -100 (padding, unlabelled: what F.cross_entropy skips) counted as misses: two right answers and
+    two padding tokens gave 0.5; a padded tagger's accuracy read 0.346 for 0.657 over its real tokens."""
+    acc = Accuracy()
+    preds = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
+    acc.update(preds, torch.tensor([0, 1, -100, -100]))
+    assert float(acc.compute()) == 1.0
+    tokens = Accuracy()  # (N, C, L) outputs of a tagger, targets (N, L) padded with -100
+    tokens.update(torch.tensor([[[2.0, 2.0, 2.0], [0.0, 0.0, 0.0]]]), torch.tensor([[0, 1, -100]]))
+    assert float(tokens.compute()) == 0.5

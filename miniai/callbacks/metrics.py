@@ -260,10 +260,12 @@ class Accuracy:
     costs: importing torcheval takes over a second, and its first `compute` compiles TorchScript. The two counts
     stay on the device until `compute`, so updating never waits for the GPU; under DDP they are summed over ranks.
     Preds and targets it would compare wrongly (targets as a column, one-hot targets, a binary model's scores,
-    anything that broadcasts) are refused, with what to pass instead.
+    anything that broadcasts) are refused, with what to pass instead. Targets of `ignore_index` (-100, what torch's
+    cross-entropy skips: padding, unlabelled items) are left out of both counts, as the loss leaves them out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ignore_index: int = -100) -> None:
+        self.ignore_index = ignore_index
         self.counts = torch.zeros(2, dtype=torch.int64)  # correct, total
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> Accuracy:
@@ -272,8 +274,9 @@ class Accuracy:
         if labels.shape != target.shape or labels.is_floating_point() or labels is not preds and preds.shape[1] < 2:
             # comparing them would broadcast, or compare scores with class ids: a wrong accuracy without a word
             raise ValueError(_accuracy_mismatch(preds, target))
-        correct = (labels == target).sum()
-        self.counts += torch.stack([correct, torch.full_like(correct, target.numel())])
+        counted = target != self.ignore_index
+        correct = ((labels == target) & counted).sum()
+        self.counts += torch.stack([correct, counted.sum()])
         return self
 
     def compute(self) -> torch.Tensor:
