@@ -455,3 +455,14 @@ def test_get_preds_walks_a_loader_of_a_class_of_its_own_as_it_is():
     assert torch.allclose(preds, hand_loop(learn.model, [(inputs, targets)]), atol=1e-6)
     with pytest.raises(ValueError, match=r"Halved drops its last items"):
         learn.get_preds(dl=Halved(x, y, 16, drop_last=True))
+
+
+def test_per_item_losses_of_padded_sequences_leave_the_padding_out():
+    """A tagger's (N, C, L) losses were averaged over every position, the padding's zeros too: each item's loss was
+    its true loss × real length / padded length, and "top losses" ranked the longest sequences."""
+    logits = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[0, 1, -100, -100], [2, 1, 0, 1]])
+    learn = TrainLearner(nn.Identity(), DataLoaders(None, None), F.cross_entropy)
+    _, _, losses = learn.get_preds(dl=[(logits, targets)], with_loss=True)
+    per_token = F.cross_entropy(logits, targets, reduction="none")
+    assert torch.allclose(losses, torch.stack([per_token[0, :2].mean(), per_token[1].mean()]))

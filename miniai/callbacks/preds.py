@@ -177,7 +177,7 @@ class _GatherPreds(Callback):
                 raise ValueError("get_preds(with_loss=True): the get_loss step returned one loss for the batch, not "
                                  "one per item. It must compute learn.loss_func(preds, *yb), which get_preds sets to "
                                  "reduction='none' for the pass.")
-            self.losses.append(to_cpu(loss.reshape(len(loss), -1).mean(1) if loss.ndim > 1 else loss))
+            self.losses.append(to_cpu(_per_item(loss, learn.yb)))
 
     def result(self) -> tuple:
         """(inputs?, preds, targets, losses?), each concatenated over the batches."""
@@ -185,6 +185,19 @@ class _GatherPreds(Callback):
         if self.with_input:
             out = (_unpack(_cat(self.inputs)), *out)
         return (*out, _cat(self.losses)) if self.with_loss else out
+
+
+def _per_item(loss: torch.Tensor, yb: tuple) -> torch.Tensor:
+    """One loss per item: a loss with more dims (per token, per pixel) averaged over them, leaving out the positions
+    whose target is -100 (padding: cross-entropy gives them 0, and counting them would rank items by length)."""
+    if loss.ndim == 1:
+        return loss
+    flat = loss.reshape(len(loss), -1)
+    target = yb[0] if len(yb) == 1 else None
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape:
+        counted = (target != -100).reshape(len(loss), -1)
+        return (flat * counted).sum(1) / counted.sum(1).clamp(min=1)
+    return flat.mean(1)
 
 
 def _loader(learn: Learner, dl: Any) -> Any:
@@ -244,7 +257,7 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     """`(preds, targets)` over every batch of `dl` (default `learn.dls.valid`), through the learner's predict path.
 
     Returns `(inputs, preds, targets)` `with_input`, and per-item losses last `with_loss` (`loss_func` called with
-    `reduction='none'`; losses with more dims are averaged over them). Everything is concatenated on the CPU.
+    `reduction='none'`; losses with more dims are averaged over them, positions with target -100 left out). Everything is concatenated on the CPU.
     `preds` are the raw model outputs (in float32 when autocast made them half precision: the same values) unless
     `act` is given, applied per batch to float32 outputs (torch's softmax and log_softmax go over the class dim 1).
     Targets are
