@@ -77,6 +77,9 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
         if dl is None:
             raise ValueError(f"dls has no {name} loader: give the learner DataLoaders(train_dl, valid_dl) "
                              "(miniai.data), or pass " + _skip_pass(name))
+        if name == "valid" and getattr(dl, "drop_last", False):  # metrics over part of the set, without a word
+            raise ValueError("dls.valid drops its last items (drop_last=True): the validation metrics would leave "
+                             "them out. Build the validation loader without drop_last (it only matters for training)")
         try:
             if len(dl):
                 continue

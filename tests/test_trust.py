@@ -911,3 +911,17 @@ def test_a_validation_only_fit_runs_under_inference_mode():
     learn = tiny_learner()
     with torch.inference_mode():
         learn.fit(1, train=False)
+
+
+def test_a_validation_loader_that_drops_items_is_refused():
+    """MetricsCB scored 96 of 100 validation items (drop_last=True on a hand-built valid loader), while get_preds
+    on the same loader walked all 100: the two disagreed, without a word."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from miniai.data import DataLoaders
+    x, y = torch.randn(100, 3), torch.randn(100, 1)
+    dls = DataLoaders(DataLoader(TensorDataset(x, y), 32), DataLoader(TensorDataset(x, y), 32, drop_last=True))
+    learn = TrainLearner(nn.Linear(3, 1), dls, F.mse_loss, lr=0.1)
+    with pytest.raises(ValueError, match=r"dls.valid drops its last items.*without drop_last"):
+        learn.fit(1)
+    learn.fit(1, valid=False)  # training may drop them
