@@ -436,3 +436,24 @@ def test_accuracy_leaves_out_the_targets_cross_entropy_ignores():
     tokens = Accuracy()  # (N, C, L) outputs of a tagger, targets (N, L) padded with -100
     tokens.update(torch.tensor([[[2.0, 2.0, 2.0], [0.0, 0.0, 0.0]]]), torch.tensor([[0, 1, -100]]))
     assert float(tokens.compute()) == 0.5
+
+
+def test_metricscb_logs_the_loss_of_a_two_headed_model_with_a_tuple_of_targets():
+    """Batches (x, (y1, y2)) for a two-headed model: even a loss-only MetricsCB failed with AttributeError: 'tuple'
+    object has no attribute 'shape', so no valid_loss, EarlyStoppingCB or CheckpointCB(monitor=...)."""
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.a(x), self.b(x)
+
+    def loss(preds, targets):
+        return F.cross_entropy(preds[0], targets[0]) + F.mse_loss(preds[1], targets[1])
+    x = torch.randn(32, 4)
+    batches = [(x[i:i + 8], (torch.randint(0, 3, (8,)), torch.randn(8, 1))) for i in range(0, 32, 8)]
+    metrics = MetricsCB()
+    metrics.log_fn = lambda row: None
+    TrainLearner(TwoHeads(), SimpleNamespace(train=batches, valid=batches), loss, lr=0.1, cbs=[metrics]).fit(1)
+    assert math.isfinite(metrics.last["valid_loss"])

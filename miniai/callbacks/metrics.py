@@ -126,7 +126,7 @@ class MetricsCB(Callback):
         # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached), for a
         # metric of the user's that takes them
         target, preds = batch[n_inp], map_tensors(learn.preds, torch.Tensor.detach)
-        n = target.shape[0]
+        n = len(target[0]) if isinstance(target, (tuple, list)) else len(target)  # (two heads: a tuple of targets)
         self._pending.append((preds, target, learn.loss.detach(), n))
         self._pending_numel += _numel(preds)
         self._count += n
