@@ -466,3 +466,12 @@ def test_per_item_losses_of_padded_sequences_leave_the_padding_out():
     _, _, losses = learn.get_preds(dl=[(logits, targets)], with_loss=True)
     per_token = F.cross_entropy(logits, targets, reduction="none")
     assert torch.allclose(losses, torch.stack([per_token[0, :2].mean(), per_token[1].mean()]))
+
+
+def test_get_preds_over_batches_of_different_lengths_says_what_to_do():
+    """Batches padded each to its own longest sequence: the whole pass ran, then torch.cat failed with "Sizes of
+    tensors must match except in dimension 0", saying nothing of why or what to do."""
+    learn = TrainLearner(nn.Identity(), DataLoaders(None, None), F.mse_loss)
+    batches = [(torch.zeros(2, 3, 5), torch.zeros(2, 5)), (torch.zeros(2, 3, 7), torch.zeros(2, 7))]
+    with pytest.raises(ValueError, match=r"differ past the batch dimension \(\(3, 5\) \.\.\. \(3, 7\)\).*collate_fn"):
+        learn.get_preds(dl=batches)

@@ -133,6 +133,12 @@ def _cat(parts: list[Any]) -> Any:
     """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors."""
     first = parts[0]
     if isinstance(first, torch.Tensor):
+        if first.ndim and any(p.shape[1:] != first.shape[1:] for p in parts):  # batches padded each to its own length
+            shapes = sorted({tuple(p.shape[1:]) for p in parts})
+            raise ValueError(f"get_preds concatenates the batches' results, and these differ past the batch "
+                             f"dimension ({shapes[0]} ... {shapes[-1]}): batches padded each to its own longest item, "
+                             "say. Pad every batch to one length in the collate_fn, or predict batch by batch "
+                             "(learn.get_preds(dl=[batch]) for each)")
         return torch.cat(parts) if first.ndim else torch.stack(parts)
     if isinstance(first, dict):
         return {k: _cat([p[k] for p in parts]) for k in first}
