@@ -264,8 +264,9 @@ class Learner:
             except BaseException as e:  # the first error is the one raised; later ones become its notes
                 _tag(e, f"cleanup_{name}")
                 if error is None or isinstance(error, _OUTER_CANCELS[name]) and not isinstance(e, _CANCELS):
-                    error = self.stopped_by = e  # (a cancel on its way up is no error: a real one takes its place;
-                    # the later cleanups see it: CheckpointCB saves no epoch a cleanup found broken)
+                    error = e  # (a cancel on its way up to its stage is no error: a real one takes its place)
+                    if not isinstance(e, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup
+                        self.stopped_by = e  # found broken (a cancel there only ends what is over anyway)
                 else:
                     _add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")
         if error is not None:

@@ -1,7 +1,9 @@
 """Small helpers every other piece needs: the default device, moving nested batches, seeding, the CPU allocator."""
 from __future__ import annotations
 
+import copy
 import ctypes
+import dataclasses
 import os
 import random
 import sys
@@ -33,11 +35,15 @@ def map_tensors(x: Any, fn: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return fn(x)
     if isinstance(x, dict):
-        # A shallow copy keeps the exact type (OrderedDict, defaultdict, ...) without knowing its constructor.
-        out = x.copy()
+        # A shallow copy keeps the exact type (OrderedDict, an attribute-dict, a model output) without calling its
+        # constructor (dict.copy would give a plain dict)
+        out = copy.copy(x)
         for k, v in x.items():
             out[k] = map_tensors(v, fn)
         return out
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):  # a model output as a dataclass
+        return dataclasses.replace(x, **{f.name: map_tensors(getattr(x, f.name), fn)
+                                         for f in dataclasses.fields(x) if f.init})
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple: its constructor takes fields positionally
         return type(x)(*(map_tensors(o, fn) for o in x))
     if isinstance(x, (list, tuple)):
@@ -100,10 +106,14 @@ def byte_sums(tensors: Any) -> list[int]:
     any changed byte shows, at a few ms for 50 MB (hashing the bytes takes 0.1 s, summing them as uint8 0.2)."""
     sums = []
     for t in tensors:
-        if t.numel() == 0 or t.layout != torch.strided:  # nothing to sum (an empty tensor), or no plain bytes
+        if t.numel() == 0 or t.layout != torch.strided or t.is_nested or t.is_meta:  # no plain bytes to sum
             sums += [0, 0, 0]
             continue
-        data = t.detach().contiguous().reshape(-1).view(torch.uint8)
+        t = t.detach()
+        t = (t.int_repr() if t.is_quantized else t).resolve_conj().resolve_neg().contiguous()
+        data = t.reshape(-1).view(torch.uint8)
+        if data.storage_offset() % 8:  # a slice at an odd offset (buf[-5:]): int64 words need an aligned copy
+            data = data.clone()
         whole = len(data) // 8 * 8
         words = data[:whole].view(torch.int64)
         sums += [int(words.sum()), int(words[1::2].sum()), int(data[whole:].sum(dtype=torch.int64))]

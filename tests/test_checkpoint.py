@@ -793,3 +793,43 @@ def test_a_validation_pass_cancelled_part_way_ranks_no_checkpoint_by_an_older_va
         cb = next(c for c in learn.cbs if isinstance(c, CheckpointCB))
         assert learn.last_checkpoint.name == f"epoch_000{epoch + 1}.pt"
         assert cb.best_path == (None if epoch == 0 else tmp_path / "1" / "epoch_0001.pt")
+
+
+class _SliceState(Callback):
+    """A callback whose state_dict returns a slice at an odd offset (buf[-5:]), and a model buffer that is one."""
+    def __init__(self):
+        self.buf = torch.arange(11, dtype=torch.float32)
+
+    def state_dict(self):
+        return {"tail": self.buf[-5:]}
+
+    def load_state_dict(self, state):
+        self.buf[-5:] = state["tail"]
+
+
+def test_checksums_take_tensors_at_odd_offsets_and_a_cancel_in_a_cleanup_still_saves_the_epoch(tmp_path):
+    """The checksum's int64 view of a slice at an odd offset raised at the first save (after an epoch of training:
+    no checkpoint); and a CancelFitException raised in a cleanup_epoch ("stop after this epoch") counted as the
+    pass broken, so its finished epoch was not saved."""
+    from miniai.learner import CancelFitException
+
+    class StopAfter(Callback):
+        order = 5
+
+        def cleanup_epoch(self, learn):
+            if learn.epoch == 1:
+                raise CancelFitException()
+    learn, _ = make_learner(tmp_path, cbs=[_SliceState(), StopAfter()], keep=None)
+    learn.fit(4, valid=False)
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert torch.equal(load_checkpoint(tmp_path)["callbacks"]["_SliceState_0"]["tail"], torch.arange(6.0, 11.0))
+
+
+def test_a_monitor_whose_pass_was_cut_short_warns_and_a_train_monitor_reads_its_own_pass(tmp_path):
+    """monitor='train_loss' with a cut training pass raised "a validation metric in a fit without validation?" (it
+    read the validation pass's state); a file saved unranked said nothing."""
+    cut = _CutPass(training=True, at=2)
+    learn, _ = make_learner(tmp_path / "train", cbs=[cut], keep=None, monitor="train_loss")
+    with pytest.warns(UserWarning, match=r"training pass of epoch 0 was cut short before it logged 'train_loss'"):
+        learn.fit(2)
+    assert learn.last_checkpoint.name == "epoch_0002.pt"

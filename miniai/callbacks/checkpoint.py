@@ -222,7 +222,7 @@ def _write(obj: Any, f: Any) -> None:
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a checkpoint's state (dicts, lists and tuples inside), in a fixed order, its checksum left out."""
+    """Every tensor in a checkpoint's state (in dicts, lists, tuples), in a fixed order, its checksum left out."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
@@ -354,6 +354,7 @@ class CheckpointCB(Callback):
         self.last_path: Path | None = None
         self._written: list[Path] = []  # files this fit wrote, oldest first: the only ones pruning may delete
         self._pending: int | None = None
+        self._train_cut = False  # whether this epoch's training pass was cut short
         self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
         self._resumed_from: Path | None = None
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
@@ -423,6 +424,7 @@ class CheckpointCB(Callback):
         # saves unless an error (or Ctrl-C) broke it off, which a resume runs again.
         stopped = learn.stopped_by
         if learn.training:
+            self._train_cut = stopped is not None  # (a train_* monitor reads whether its pass logged)
             if stopped is None or isinstance(stopped, CancelEpochException):
                 self._pending = learn.epoch + 1
             if "valid" in learn.passes:
@@ -473,10 +475,17 @@ class CheckpointCB(Callback):
             row.get("epoch") == learn.epoch and row.get("train") == split for row in metrics.history[-2:])
         if logged:
             return metrics.last[self.monitor]
-        if learn.stopped_by is None:  # the pass ran to its end and logged no such value
+        cut = self._train_cut if split == "train" else learn.stopped_by is not None  # the pass that logs it
+        if not cut:  # it ran to its end and logged no such value
             raise ValueError(f"CheckpointCB monitor {self.monitor!r} has no value after epoch {done} (a validation "
                              "metric in a fit without validation?); logged: "
                              f"{list(metrics.last) if metrics is not None else []}")
+        if "unranked" not in self._warned:
+            self._warned.add("unranked")
+            which = "training" if split == "train" else "validation"
+            warnings.warn(f"CheckpointCB: the {which} pass of epoch {done - 1} was cut short before it logged "
+                          f"{self.monitor!r}, so its checkpoint is saved but not ranked for the best one (as every "
+                          "such epoch's will be)", stacklevel=3)
         return None
 
     def _check_finite(self, learn: Learner, done: int) -> None:
