@@ -158,6 +158,7 @@ def train(args: argparse.Namespace) -> float:
     if earlier and is_main_process():  # --overwrite: gone now, so a run stopped part way leaves no mix of two runs
         for name in earlier:
             (Path(args.out) / name).unlink(missing_ok=True)
+        args.removed_earlier = True  # (for the Ctrl-C message)
     fit_start = time.perf_counter()
     learn.fit(epochs)
     fit_s = time.perf_counter() - fit_start
@@ -227,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
             print("\ninterrupted: the command keeps no checkpoints, so nothing of this run was saved"
                   + (f" (--out {args.out} holds only what was written so far"
-                     + (", and no longer the earlier run's files, which --overwrite removed" if args.overwrite
-                        else "") + ")" if args.out else "")
+                     + (", and no longer the earlier run's files, which --overwrite removed"
+                        if getattr(args, "removed_earlier", False) else "") + ")" if args.out else "")
                   + "; run it again to train from the start", file=sys.stderr)
             return 130  # what a shell reports for a command stopped by Ctrl-C
     return 0

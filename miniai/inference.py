@@ -50,6 +50,7 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
         if item.mode in ("I", "F") or item.mode.startswith(("I;", "BGR;")):  # PIL's 8-bit conversion would clip
             # these (a 16-bit image turns white): their values as they are, 8-bit ones as uint8
             item = np.array(item)
+            item = item if item.dtype.isnative else item.astype(item.dtype.newbyteorder("="))  # (I;16B: big-endian)
             small = item.dtype.kind in "iu" and item.size and 0 <= item.min() and item.max() <= 255
             return torch.from_numpy(item.astype(np.uint8) if small else item), True
         mode = {1: "L", 3: "RGB"}.get(channels)  # a palette GIF's pixels are indices, not gray levels: convert

@@ -185,9 +185,9 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                 # rescaled by 1/before, 5% or more, and the std did not move: something undoes the scaling
                 if before is not None and abs(before - 1) > 0.05 and abs(std - before) <= 1e-4 * before:
                     raise ValueError(f"lsuv_init: dividing {type(m_in).__name__}'s weight by {before:.4g} left the "
-                                     f"std of {type(m).__name__}'s output at {std:.4g}: a normalization layer between "
-                                     "them (BatchNorm) undoes any rescaling, so LSUV has nothing to fix there (it is "
-                                     "for models without one). The model is as it was.")
+                                     f"std of {type(m).__name__}'s output at {std:.4g}: something between them undoes "
+                                     "the rescaling (a normalization layer, BatchNorm say: LSUV is for models without "
+                                     "one), or the activation saturates. The model is as it was.")
                 if abs(std - 1) <= tol and (m_in.bias is None or abs(mean) <= tol):
                     break
                 if tries == max_iters:

@@ -37,7 +37,10 @@ def map_tensors(x: Any, fn: Any) -> Any:
     if isinstance(x, dict):
         # A shallow copy keeps the exact type (OrderedDict, an attribute-dict, a model output) without calling its
         # constructor (dict.copy would give a plain dict)
-        out = copy.copy(x)
+        try:
+            out = copy.copy(x)
+        except TypeError:  # a class whose copy needs constructor arguments: its items in a plain dict
+            out = dict(x)
         for k, v in x.items():
             out[k] = map_tensors(v, fn)
         return out

@@ -283,7 +283,7 @@ def test_lsuv_init_through_a_batchnorm_says_it_cannot_and_leaves_the_model_as_it
     before = {k: v.clone() for k, v in model.state_dict().items()}
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     acts = [m for m in model.modules() if isinstance(m, GeneralRelu)]
-    with pytest.raises(ValueError, match=r"a normalization layer between them.*The model is as it was"):
+    with pytest.raises(ValueError, match=r"something between them undoes the rescaling \(a normalization layer.*The model is as it was"):
         lsuv_init(model, acts[0], convs[0], torch.randn(64, 1, 28, 28))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not acts[0]._forward_hooks

@@ -92,3 +92,31 @@ def test_to_device_cuda_round_trip_reads_back_the_values():
 def test_model_device_is_the_first_parameters_device_or_the_cpu():
     assert model_device(torch.nn.Linear(1, 1).to("meta")) == torch.device("meta")
     assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters
+
+
+def test_map_tensors_keeps_dict_subclasses_and_maps_dataclasses():
+    """dict.copy gave an attribute-dict back as a plain dict (a metric reading preds.logits then failed), and an
+    OrderedDict subclass whose constructor takes arguments raised; a dataclass output kept its autograd graph."""
+    import dataclasses
+    from collections import OrderedDict
+
+    from miniai.utils import map_tensors
+
+    class AttrDict(dict):
+        __getattr__ = dict.__getitem__
+
+    class Needs(OrderedDict):
+        def __init__(self, required, *args):
+            super().__init__(*args)
+
+    @dataclasses.dataclass
+    class Output:
+        logits: torch.Tensor
+        n: int = 0
+    w = torch.ones(2, requires_grad=True)
+    got = map_tensors(AttrDict(logits=w * 2), torch.Tensor.detach)
+    assert type(got) is AttrDict and not got.logits.requires_grad
+    needs = map_tensors(Needs("x", {"a": w * 2}), torch.Tensor.detach)  # can't be copied: a plain dict, not a crash
+    assert type(needs) is dict and torch.equal(needs["a"], w * 2) and not needs["a"].requires_grad
+    out = map_tensors(Output(w * 2, 3), torch.Tensor.detach)
+    assert type(out) is Output and not out.logits.requires_grad and out.n == 3

@@ -269,8 +269,9 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     Targets are
     `learn.yb`: the batch's items after its `n_inp` inputs (one tensor for one item, a tuple for more, None for
     none). `cbs` join the pass. Eval mode, `no_grad`, and the learner is left exactly as it was: no optimizer
-    step, metric, log, checkpoint or RNG draw (see `prediction_pass`). A loader that shuffles or drops its last
-    items (`dls.train`) is walked in its dataset's order, every item once.
+    step, metric, log, checkpoint or RNG draw (see `prediction_pass`). A TensorLoader or DataLoader that shuffles
+    or drops its last items (`dls.train`) is walked in its dataset's order, every item once; a loader of a class of
+    its own is walked as it is, in its own order (preds and targets together), and refused if it drops items.
     """
     dl = _loader(learn, dl)
     if act is not None and not callable(act):
