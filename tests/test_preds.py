@@ -475,3 +475,29 @@ def test_get_preds_over_batches_of_different_lengths_says_what_to_do():
     batches = [(torch.zeros(2, 3, 5), torch.zeros(2, 5)), (torch.zeros(2, 3, 7), torch.zeros(2, 7))]
     with pytest.raises(ValueError, match=r"differ past the batch dimension \(\(3, 5\) \.\.\. \(3, 7\)\).*collate_fn"):
         learn.get_preds(dl=batches)
+
+
+def test_tta_refuses_a_batch_sampler_of_its_own_that_may_shuffle_and_get_preds_walks_it_as_it_is():
+    """A bucketing batch sampler that shuffles its batches was not seen as shuffling: with targets that can't tell
+    the order (an unlabelled test set's dummy labels), tta averaged other items' probabilities (off by up to 0.33)."""
+    from torch.utils.data import Sampler
+
+    class Buckets(Sampler):
+        def __init__(self, n, bs, shuffle):
+            self.n, self.bs, self.shuffle = n, bs, shuffle
+
+        def __len__(self):
+            return (self.n + self.bs - 1) // self.bs
+
+        def __iter__(self):
+            batches = [list(range(i, min(i + self.bs, self.n))) for i in range(0, self.n, self.bs)]
+            return iter([batches[i] for i in torch.randperm(len(batches))] if self.shuffle else batches)
+    learn = image_learner()
+    x, y = learn.dls.valid.x, torch.zeros(len(learn.dls.valid.x), dtype=torch.long)
+    shuffling = DataLoader(TensorDataset(x, y), batch_sampler=Buckets(len(x), 8, shuffle=True))
+    with pytest.raises(ValueError, match="unshuffled"):
+        learn.tta(dl=shuffling)
+    inputs, preds, _ = learn.get_preds(dl=shuffling, with_input=True)  # its own order, preds and inputs together
+    assert torch.allclose(preds, hand_loop(learn.model, [(inputs, y)]), atol=1e-6)
+    ordered = DataLoader(TensorDataset(x, y), batch_sampler=Buckets(len(x), 8, shuffle=False))
+    assert torch.allclose(learn.tta(dl=ordered)[0], learn.tta(dl=DataLoader(TensorDataset(x, y), 8))[0])

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import (DataLoader, IterableDataset, RandomSampler, SequentialSampler, SubsetRandomSampler,
-                              WeightedRandomSampler)
+from torch.utils.data import (BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler,
+                              SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
 from ..data import TensorLoader
@@ -230,7 +230,8 @@ def _in_order(dl: Any) -> Any:
     if type(dl) is TensorLoader and dl.world_size == 1 and (dl.shuffle or dl.drop_last):
         return TensorLoader(dl.x, dl.y, bs=dl.bs)
     drops = bool(getattr(dl, "drop_last", False))
-    if type(dl) is not DataLoader or isinstance(dl.dataset, IterableDataset) or not (_shuffled(dl) or drops):
+    if type(dl) is not DataLoader or isinstance(dl.dataset, IterableDataset) or _own_batches(dl) or not (
+            _shuffled(dl) or drops):  # (a batch sampler of its own: walked as it is too, preds and targets together)
         if drops:  # the last items would be missing from the predictions, without a word
             raise ValueError(f"this {type(dl).__name__} drops its last items (drop_last=True), so predictions would "
                              "miss them: pass a loader without drop_last over the items to predict, e.g. dls.valid")
@@ -293,6 +294,11 @@ def capture_preds(learn: Learner, cbs: Sequence[Callback] | None = None, inps: b
     return get_preds(learn, cbs=list(cbs or []))
 
 
+def _own_batches(dl: DataLoader) -> bool:
+    """Whether a DataLoader was given a batch sampler of its own (not torch's BatchSampler)."""
+    return dl.batch_sampler is not None and type(dl.batch_sampler) is not BatchSampler
+
+
 def _shuffled(dl: Any) -> bool:
     """Whether `dl` may give its items in another order each pass: shuffled (`dl.shuffle`), or a torch DataLoader
     whose sampler draws (torch's random samplers, a shuffling DistributedSampler, any sampler with a generator);
@@ -301,6 +307,8 @@ def _shuffled(dl: Any) -> bool:
         return True
     if not isinstance(dl, DataLoader) or isinstance(dl.dataset, IterableDataset):
         return False
+    if _own_batches(dl):  # a batch sampler of its own (buckets by length, say): its `shuffle` if it says, else maybe
+        return bool(getattr(dl.batch_sampler, "shuffle", True))
     sampler = getattr(dl.batch_sampler, "sampler", dl.sampler)
     return isinstance(sampler, (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)) or bool(
         getattr(sampler, "shuffle", False)) or hasattr(sampler, "generator")
