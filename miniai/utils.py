@@ -8,12 +8,14 @@ import os
 import random
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["def_device", "model_device", "map_tensors", "to_device", "to_cpu", "set_seed", "fix_malloc", "compile_model", "byte_sums"]
+__all__ = ["def_device", "model_device", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed", "fix_malloc",
+           "compile_model", "byte_sums"]
 
 
 def _pick_device() -> str:
@@ -100,6 +102,15 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
 
 
 _MALLOC_FIXED = False
+
+
+def tensors_in(x: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside nested dicts, lists and tuples (or `x` itself), in order."""
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (dict, list, tuple)):
+        for v in x.values() if isinstance(x, dict) else x:
+            yield from tensors_in(v)
 
 
 def byte_sums(tensors: Any) -> list[int]:

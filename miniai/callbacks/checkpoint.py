@@ -17,7 +17,6 @@ import re
 import types
 import warnings
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import byte_sums
+from ..utils import byte_sums, tensors_in
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode
 from .scheduling import BaseSchedCB
@@ -55,14 +54,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- what goes in a checkpoint
 
+def _keyed(learn: Learner) -> dict[str, Callback]:
+    """The learner's callbacks keyed '<class name>_<i>' (i counts that class in cbs), as checkpoints name them."""
+    cbs = learn.cbs
+    return {f"{type(cb).__name__}_{sum(type(c) is type(cb) for c in cbs[:j])}": cb for j, cb in enumerate(cbs)}
+
+
 def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
-    """The callbacks with `state_dict`/`load_state_dict`, keyed '<class name>_<i>' (i counts that class in cbs)."""
-    found: dict[str, Callback] = {}
-    for cb in learn.cbs:
-        if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None)):
-            i = sum(type(c) is type(cb) for c in learn.cbs[:learn.cbs.index(cb)])
-            found[f"{type(cb).__name__}_{i}"] = cb
-    return found
+    """The callbacks with `state_dict`/`load_state_dict`, keyed as `_keyed` does."""
+    return {key: cb for key, cb in _keyed(learn).items()
+            if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None))}
 
 
 _GENERATORS = (torch.Generator, np.random.Generator, random.Random)
@@ -131,12 +132,8 @@ def _numpy(x: Any) -> Any:
 
 def callback_generators(learn: Learner) -> dict[str, list[Any]]:
     """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`."""
-    found = {}
-    for j, cb in enumerate(learn.cbs):
-        gens = held_generators(cb)
-        if gens:
-            found[f"{type(cb).__name__}_{sum(type(c) is type(cb) for c in learn.cbs[:j])}"] = gens
-    return found
+    gens = {key: held_generators(cb) for key, cb in _keyed(learn).items()}
+    return {key: found for key, found in gens.items() if found}
 
 
 def loader_generators(dl: Any) -> list[torch.Generator]:
@@ -221,23 +218,21 @@ def _write(obj: Any, f: Any) -> None:
     torch.save(obj, f)
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a checkpoint's state (in dicts, lists, tuples), in a fixed order, its checksum left out."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            if key != "checksum":
-                yield from _tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _tensors(value)
+def _checksum(state: dict[str, Any]) -> list[int]:
+    """`byte_sums` of every tensor in a checkpoint's state, in a fixed order, its own checksum left out."""
+    return byte_sums(tensors_in({k: v for k, v in state.items() if k != "checksum"}))
+
+
+def _others(file: Path) -> str:
+    """The other checkpoints beside `file`, for an error that refuses it: ': a, b' (or nothing)."""
+    others = [str(f) for _, f in list_checkpoints(file.parent) if f != file]
+    return f": {', '.join(others)}" if others else ""
 
 
 def save_checkpoint(state: dict[str, Any], file: str | os.PathLike) -> Path:
     """Write `state` to `file` atomically: a temporary file in the same directory, fsync, rename, fsync the dir.
     The checksums of its tensors go with it (`byte_sums`): a flipped bit is found when it is loaded."""
-    state = {**state, "checksum": byte_sums(_tensors(state))}
+    state = {**state, "checksum": _checksum(state)}
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
@@ -296,20 +291,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 "state: a numpy number in an lr_lambda, say), a type torch's safe loader refuses. If you trust the "
                 f"file, allow it before resuming: torch.serialization.add_safe_globals([{refused[1]}]); to avoid "
                 "it, keep such values Python numbers (float(x)).") from e
-        others = [str(f) for _, f in list_checkpoints(file.parent) if f != file]
         raise CheckpointMismatchError(
             f"could not read checkpoint {file} ({type(e).__name__}: {str(e)[:300]}). If the file is truncated or "
-            "corrupt, resume from another one" + (f": {', '.join(others)}" if others else "") + ". If it holds a "
+            f"corrupt, resume from another one{_others(file)}. If it holds a "
             "callback state of a type the safe loader refuses, allow that type with "
             "torch.serialization.add_safe_globals([...]).") from e
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointMismatchError(f"{file} is not a miniai checkpoint (no format tag {_FORMAT!r}); "
                                       "pass a file written by CheckpointCB")
-    if "checksum" in state and state["checksum"] != byte_sums(_tensors(state)):  # (files before checksums: none)
-        others = [str(f) for _, f in list_checkpoints(file.parent) if f != file]
+    if "checksum" in state and state["checksum"] != _checksum(state):  # (files before checksums: none)
         raise CheckpointMismatchError(f"checkpoint {file} is damaged: its tensors are not the bytes that were saved "
-                                      "(their checksums differ). Resume from another one" +
-                                      (f": {', '.join(others)}" if others else "") + ".")
+                                      f"(their checksums differ). Resume from another one{_others(file)}.")
     return state
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
-from ..utils import map_tensors, model_device
+from ..utils import map_tensors, model_device, tensors_in
 
 __all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode", "sum_dtype"]
 
@@ -128,7 +128,7 @@ class MetricsCB(Callback):
         target, preds = batch[n_inp], map_tensors(learn.preds, torch.Tensor.detach)
         n = len(target[0]) if isinstance(target, (tuple, list)) else len(target)  # (two heads: a tuple of targets)
         self._pending.append((preds, target, learn.loss.detach(), n))
-        self._pending_numel += _numel(preds)
+        self._pending_numel += sum(t.numel() for t in tensors_in(preds))
         self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
@@ -177,14 +177,6 @@ class MetricsCB(Callback):
         record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
         self.history.append(record)
         self.log_fn({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
-
-
-def _numel(preds: Any) -> int:
-    """Elements of the tensors in `preds` (a tensor, or tuples, lists and dicts of them)."""
-    if isinstance(preds, torch.Tensor):
-        return preds.numel()
-    items = preds.values() if isinstance(preds, dict) else preds if isinstance(preds, (list, tuple)) else ()
-    return sum(_numel(p) for p in items)
 
 
 _METRIC_METHODS = ("update", "compute", "reset")
