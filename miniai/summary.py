@@ -135,8 +135,9 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
     through the learner's predict path (`get_preds`). Rows are the leaf modules, and any other module with
     parameters of its own, in `named_modules()` order. MACs are counted for Linear and Conv layers (closed form,
     `layer_macs`); layers without weights, norms and embeddings count 0, their work being small beside them;
-    other layers with weights of their own (attention, recurrent) are not counted: '?', and the footer names them. The model is left as it was:
-    modes, placement, no gradients, the hooks removed, the loader's state and the RNGs untouched.
+    other layers with weights of their own (attention, recurrent) are not counted: '?', and the footer names them.
+    The model is left as it was: modes, placement, no gradients, the hooks removed, the loader's state and the RNGs
+    untouched.
     """
     model = learn.model
     mods = [(name, m) for name, m in model.named_modules()

@@ -36,8 +36,9 @@ class LRFinderCB(Callback):
 
     The stopping rule assumes a non-negative loss. It reads a median, not each loss: one noisy batch (a trained
     model's losses near 0 vary by far more than `max_mult`) must not end the search at its start, while a
-    diverging loss, three batches of five, ends it a few batches past the divergence. Validation passes are skipped. Each batch's loss is read
-    with `.item()`, a host sync per batch: the finder has to see the value to decide whether to stop. Like the
+    diverging loss, three batches of five, ends it a few batches past the divergence. Validation passes are
+    skipped. Each batch's loss is read with `.item()`, a host sync per batch: the finder has to see the value to
+    decide whether to stop. Like the
     schedulers it changes the lr at cleanup_batch, so every after_batch reader sees the lr the batch used; don't
     combine it with a scheduling callback, which would overwrite its lr.
     """
@@ -196,10 +197,10 @@ _REAL_FIT_ONLY = (CheckpointCB, BaseSchedCB, SWACB, EarlyStoppingCB)  # callback
 def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr: float = 1e-5,
             max_epochs: int = 10, plot: bool = True) -> LRFinderResult:
     """Train from `start_lr`, ×`gamma` per optimizer step, until the loss (a median of 5 batches: `LRFinderCB`)
-    exceeds `max_mult` × its minimum (or is NaN, or `max_epochs` end); return the curve and suggestions. The model, optimizer, learner, data loaders' epoch
-    counters, the generators they draw from and the RNGs (torch's, Python's, NumPy's) are left exactly as they
-    were: lr_find is a look, not a training run. The arguments come in the course's order (`lr_find(1.2)` is
-    gamma).
+    exceeds `max_mult` × its minimum (or is NaN, or `max_epochs` end); return the curve and suggestions. The model,
+    optimizer, learner, data loaders' epoch counters, the generators they draw from and the RNGs (torch's, Python's,
+    NumPy's) are left exactly as they were: lr_find is a look, not a training run. The arguments come in the
+    course's order (`lr_find(1.2)` is gamma).
 
     The learner's own callbacks run as in any fit (DeviceCB must), and what they record of it (MetricsCB's
     history, ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`); CheckpointCB is left out:

@@ -264,15 +264,15 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     """`(preds, targets)` over every batch of `dl` (default `learn.dls.valid`), through the learner's predict path.
 
     Returns `(inputs, preds, targets)` `with_input`, and per-item losses last `with_loss` (`loss_func` called with
-    `reduction='none'`; losses with more dims are averaged over them, positions with target -100 left out). Everything is concatenated on the CPU.
-    `preds` are the raw model outputs (in float32 when autocast made them half precision: the same values) unless
-    `act` is given, applied per batch to float32 outputs (torch's softmax and log_softmax go over the class dim 1).
-    Targets are
-    `learn.yb`: the batch's items after its `n_inp` inputs (one tensor for one item, a tuple for more, None for
-    none). `cbs` join the pass. Eval mode, `no_grad`, and the learner is left exactly as it was: no optimizer
-    step, metric, log, checkpoint or RNG draw (see `prediction_pass`). A TensorLoader or DataLoader that shuffles
-    or drops its last items (`dls.train`) is walked in its dataset's order, every item once; a loader of a class of
-    its own is walked as it is, in its own order (preds and targets together), and refused if it drops items.
+    `reduction='none'`; losses with more dims are averaged over them, positions with target -100 left out).
+    Everything is concatenated on the CPU. `preds` are the raw model outputs (in float32 when autocast made them
+    half precision: the same values) unless `act` is given, applied per batch to float32 outputs (torch's softmax
+    and log_softmax go over the class dim 1). Targets are `learn.yb`: the batch's items after its `n_inp` inputs
+    (one tensor for one item, a tuple for more, None for none). `cbs` join the pass. Eval mode, `no_grad`, and the
+    learner is left exactly as it was: no optimizer step, metric, log, checkpoint or RNG draw (see
+    `prediction_pass`). A TensorLoader or DataLoader that shuffles or drops its last items (`dls.train`) is walked
+    in its dataset's order, every item once; a loader of a class of its own is walked as it is, in its own order
+    (preds and targets together), and refused if it drops items.
     """
     dl = _loader(learn, dl)
     if act is not None and not callable(act):
@@ -325,8 +325,8 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Their draws
     come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `n=0` is
     `get_preds(act=torch.softmax)`. Each copy is a prediction pass, so `dl` must give its items in the same order
-    every pass (a shuffled one is walked in order, as by `get_preds`). A learner whose batches have several inputs needs `inputs='first'` or `'all'`: the
-    inputs the transforms take (as `BatchTransformCB`'s).
+    every pass (a shuffled one is walked in order, as by `get_preds`). A learner whose batches have several inputs
+    needs `inputs='first'` or `'all'`: the inputs the transforms take (as `BatchTransformCB`'s).
     """
     if learn.n_inp != 1 and inputs is None:
         raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which the augmented copies "
