@@ -390,9 +390,9 @@ class TrainLearner(Learner):
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  nan_guard: bool = True, n_inp: int = 1) -> None:
         super().__init__(model, dls, loss_func, lr, cbs, opt_func, n_inp)
-        from .callbacks.basic import supervised_loss  # loss_func(preds, *yb), refusing shapes that give a wrong loss
+        from .callbacks.basic import SupervisedLoss  # loss_func(preds, *yb), refusing shapes that give a wrong loss
         from .callbacks.guards import add_nan_guard
-        self._supervised_loss = supervised_loss
+        self._supervised_loss = SupervisedLoss()
         if nan_guard:
             add_nan_guard(self)
 

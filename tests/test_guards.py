@@ -413,3 +413,31 @@ def test_the_direction_is_read_from_whole_parts_of_the_name(name, mode):
             EarlyStoppingCB(name)
     else:
         assert EarlyStoppingCB(name).mode == mode
+
+
+
+class _FlatTargetsFrom(Callback):
+    """From batch `at` of each pass on, the targets become (N,) against the model's (N, 1) preds (they broadcast)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def before_batch(self, learn):
+        if learn.iter >= self.at:
+            learn.batch = (learn.batch[0], learn.batch[1][:, 0])
+
+
+def test_the_loss_check_runs_again_when_the_shapes_change_part_way_through_a_fit():
+    """The loss's input check is skipped while the shapes are those it passed (it cost 8 µs a batch): shapes that
+    change on a later batch, or a loss changed between fits, are checked afresh, not trained on."""
+    learn = tiny_learner(cbs=[_FlatTargetsFrom(at=1)])
+    with pytest.raises(LossInputError, match=r"shape \(16, 1\) float32.*shape \(16,\) float32.*broadcast"):
+        learn.fit(1)
+    assert learn.iter == 1
+    learn = tiny_learner(cbs=[_FlatTargetsFrom(at=0)])
+    learn.loss_func = lambda p, y: F.mse_loss(p[:, 0], y)
+    with pytest.warns(UserWarning, match="If it reshapes them itself"):
+        learn.fit(1)  # a loss of the user's own, which reshapes the (N, 1) preds itself
+    learn.loss_func = F.mse_loss  # the same shapes, now broadcast
+    with pytest.raises(LossInputError, match="mse_loss failed.*broadcast"):
+        learn.fit(1)

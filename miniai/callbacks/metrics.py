@@ -123,12 +123,16 @@ class MetricsCB(Callback):
                              "*targets): give the loader (inputs, target) batches (leave other items, ids say, out "
                              "in its collate_fn), or, if the extra items are inputs of the model, set the learner's "
                              "n_inp to their number.")
-        # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached), for a
-        # metric of the user's that takes them
-        target, preds = batch[n_inp], map_tensors(learn.preds, torch.Tensor.detach)
-        n = len(target[0]) if isinstance(target, (tuple, list)) else len(target)  # (two heads: a tuple of targets)
+        target, preds = batch[n_inp], learn.preds
+        if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
+            preds, n, numel = preds.detach(), target.shape[0], preds.numel()
+        else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
+            # for a metric of the user's that takes them; two heads have a tuple of targets
+            preds = map_tensors(preds, torch.Tensor.detach)
+            n = len(target[0]) if isinstance(target, (tuple, list)) else len(target)
+            numel = sum(t.numel() for t in tensors_in(preds))
         self._pending.append((preds, target, learn.loss.detach(), n))
-        self._pending_numel += sum(t.numel() for t in tensors_in(preds))
+        self._pending_numel += numel
         self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
