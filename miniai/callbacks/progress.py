@@ -27,10 +27,10 @@ def in_notebook() -> bool:
 class _HostScalars:
     """Scalars read to the host in bulk, without making the CPU wait for the device.
 
-    Each batch only keeps a reference to its loss (reading it every batch costs several µs even on the CPU, and
-    on CUDA `loss.item()` would make the CPU wait for the GPU). `flush` stacks the kept ones into one tensor and
-    copies it to the host: on CUDA asynchronously into pinned memory with an event behind it, read once the event
-    says it is done; `drain` moves what has arrived into `values`.
+    A CPU scalar is read as it comes (`item()` costs less than keeping a detached reference). Elsewhere each batch
+    only keeps a reference to its loss (on CUDA `loss.item()` would make the CPU wait for the GPU): `flush` stacks
+    the kept ones into one tensor and copies it to the host, on CUDA asynchronously into pinned memory with an
+    event behind it, read once the event says it is done; `drain` moves what has arrived into `values`.
     """
 
     def __init__(self) -> None:
@@ -44,6 +44,9 @@ class _HostScalars:
         return len(self.values) + len(self._kept) + sum(len(host) for host, _ in self._pending)
 
     def push(self, value: torch.Tensor) -> None:
+        if value.is_cpu and value.numel() == 1 and not self._kept and not self._pending:  # (kept in order)
+            self.values.append(value.item())
+            return
         value = value.detach()
         self._kept.append(value if value.numel() == 1 else value.float().mean())  # reduction='none': its mean
 
