@@ -457,3 +457,21 @@ def test_metricscb_logs_the_loss_of_a_two_headed_model_with_a_tuple_of_targets()
     metrics.log_fn = lambda row: None
     TrainLearner(TwoHeads(), SimpleNamespace(train=batches, valid=batches), loss, lr=0.1, cbs=[metrics]).fit(1)
     assert math.isfinite(metrics.last["valid_loss"])
+
+
+@pytest.mark.parametrize("n", [48, 40])  # equal batches; a short last one
+def test_metricscb_logs_the_mean_of_a_loss_with_reduction_none(n):
+    """A loss of per-item values (reduction='none', in an evaluation fit) was logged as their sum × the batch size
+    (242.9 for a true 15.2), or, with a short last batch, raised a bare 'stack expects each tensor to be equal
+    size'. ProgressCB and the NaN guard already took such losses; the batch's loss is the mean of its items'."""
+    torch.manual_seed(0)
+    x = torch.randn(n, 1)
+    y = 2 * x + 3
+    dls = DataLoaders(TensorLoader(x, y, bs=16), TensorLoader(x, y, bs=16))
+    metrics = MetricsCB()
+    learn = TrainLearner(nn.Linear(1, 1), dls, lambda p, t: F.mse_loss(p, t, reduction="none"), cbs=[metrics])
+    with redirect_stdout(io.StringIO()):
+        learn.fit(1, train=False)
+    with torch.no_grad():
+        truth = F.mse_loss(learn.model(x), y).item()
+    assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-6)

@@ -131,7 +131,10 @@ class MetricsCB(Callback):
             preds = map_tensors(preds, torch.Tensor.detach)
             n = len(target[0]) if isinstance(target, (tuple, list)) else len(target)
             numel = sum(t.numel() for t in tensors_in(preds))
-        self._pending.append((preds, target, learn.loss.detach(), n))
+        loss = learn.loss.detach()
+        if loss.ndim:  # per-item losses (reduction='none', in an evaluation fit): the batch's loss is their mean
+            loss = loss.float().mean()
+        self._pending.append((preds, target, loss, n))
         self._pending_numel += numel
         self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
