@@ -475,3 +475,39 @@ def test_metricscb_logs_the_mean_of_a_loss_with_reduction_none(n):
     with torch.no_grad():
         truth = F.mse_loss(learn.model(x), y).item()
     assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-6)
+
+
+class _DictNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        out = self.lin(x)
+        return {"cls": out[:, :3], "reg": out[:, 3]}
+
+
+def _dict_loss(p, t):
+    if not isinstance(t, dict):  # a tuple of one dict per item (torchvision's detection style)
+        t = {key: torch.stack([d[key] for d in t]) for key in ("cls", "reg")}
+    return F.cross_entropy(p["cls"], t["cls"]) + F.mse_loss(p["reg"], t["reg"])
+
+
+@pytest.mark.parametrize("per_item", [False, True])
+def test_metricscb_weights_each_batch_by_its_items_when_targets_are_dicts(per_item):
+    """The batch's size was read as len(target): a dict's number of keys, or the first item's dict's, so a pass of
+    batches of 16 and 4 logged the plain mean of the two batch losses (3.18 for a true 3.34)."""
+    from torch.utils.data import DataLoader
+    torch.manual_seed(0)
+    x, y, z = torch.randn(20, 4), torch.randint(0, 3, (20,)), torch.randn(20)
+    items = [(x[i], {"cls": y[i], "reg": z[i]}) for i in range(20)]
+    collate = (lambda b: (torch.stack([i[0] for i in b]), tuple(i[1] for i in b))) if per_item else None
+    dl = DataLoader(items, batch_size=16, collate_fn=collate)
+    metrics = MetricsCB()
+    learn = TrainLearner(_DictNet(), DataLoaders(dl, dl), _dict_loss, cbs=[metrics])
+    with redirect_stdout(io.StringIO()):
+        learn.fit(1, train=False)
+    with torch.no_grad():
+        p = learn.model(x)
+    truth = (F.cross_entropy(p["cls"], y, reduction="none") + (p["reg"] - z) ** 2).mean().item()
+    assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-6)

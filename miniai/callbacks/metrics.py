@@ -52,7 +52,9 @@ class MetricsCB(Callback):
     names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
     only at the end of each pass. Batches reach the metrics' `update` up to 256 at a time (or 1M predictions),
     concatenated (one call's fixed cost instead of 256; the same result for metrics that accumulate over samples,
-    as torcheval's do).
+    as torcheval's do). The loss is each batch's loss weighted by its items, as fastai and Keras log it: for a loss
+    that averages over some of a batch's items only (`ignore_index`, class weights) that is not the loss over the
+    whole set, and a batch with no item counted (every target ignored) makes it NaN, as torch's loss is.
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
     `monitor`), `history` one dict per pass, and `log_fn(row)` is called with the formatted row (ProgressCB
     replaces `log_fn` to draw a table; the default prints aligned lines).
@@ -127,9 +129,10 @@ class MetricsCB(Callback):
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             preds, n, numel = preds.detach(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
-            # for a metric of the user's that takes them; two heads have a tuple of targets
+            # for a metric of the user's that takes them; the items are counted in the first input, since targets
+            # may be a tuple per head, a dict, or one dict per item (detection)
             preds = map_tensors(preds, torch.Tensor.detach)
-            n = len(target[0]) if isinstance(target, (tuple, list)) else len(target)
+            n = _n_items(target if isinstance(target, torch.Tensor) else batch[0])
             numel = sum(t.numel() for t in tensors_in(preds))
         loss = learn.loss.detach()
         if loss.ndim:  # per-item losses (reduction='none', in an evaluation fit): the batch's loss is their mean
@@ -189,6 +192,15 @@ class MetricsCB(Callback):
 _METRIC_METHODS = ("update", "compute", "reset")
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
+
+
+def _n_items(x: Any) -> int:
+    """How many items a part of a batch holds: a tensor's first dimension, a dict's first value's, a list's length."""
+    if isinstance(x, torch.Tensor):
+        return x.shape[0] if x.ndim else 1
+    if isinstance(x, dict):
+        return _n_items(next(iter(x.values()))) if x else 0
+    return len(x)
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
