@@ -440,6 +440,22 @@ def test_get_preds_refuses_a_loader_it_cannot_walk_in_order():
         learn.get_preds(dl=dl)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_get_preds_refuses_a_loader_over_one_process_s_shard(shuffle):
+    """A DistributedSampler without shuffling (the usual DDP test loader) was walked as it is: 16 predictions for
+    31 items, every second one plus a repeated padding item, and a confusion matrix of 16, without a word."""
+    from torch.utils.data import DistributedSampler
+    learn = image_learner()
+    ds = TensorDataset(learn.dls.train.x[:31], learn.dls.train.y[:31])
+    dl = DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=2, rank=1, shuffle=shuffle))
+    with pytest.raises(ValueError, match=r"only some of them \(DistributedSampler\).*unshuffled loader"):
+        learn.get_preds(dl=dl)
+    with pytest.raises(ValueError, match=r"DistributedSampler"):
+        learn.tta(dl=dl)
+    one = DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=1, rank=0, shuffle=False))
+    assert len(learn.get_preds(dl=one)[0]) == 31  # one process's "shard" is the whole dataset
+
+
 def test_get_preds_walks_a_loader_of_a_class_of_its_own_as_it_is():
     """A shuffled loader subclass normalizing in its __iter__ was replaced by a plain copy of its class's parent:
     the normalization was dropped and accuracy fell from 1.00 to 0.86, silently. Such a loader is walked as it is

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import (BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler,
-                              SubsetRandomSampler, WeightedRandomSampler)
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
+                              SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
 from ..data import TensorLoader
@@ -230,6 +230,9 @@ def _in_order(dl: Any) -> Any:
     if type(dl) is TensorLoader and dl.world_size == 1 and (dl.shuffle or dl.drop_last):
         return TensorLoader(dl.x, dl.y, bs=dl.bs)
     drops = bool(getattr(dl, "drop_last", False))
+    sampler = getattr(getattr(dl, "batch_sampler", None), "sampler", getattr(dl, "sampler", None))
+    if isinstance(sampler, DistributedSampler) and sampler.num_replicas > 1:  # one process's part, padded
+        return _refuse_order(dl)
     if type(dl) is not DataLoader or isinstance(dl.dataset, IterableDataset) or _own_batches(dl) or not (
             _shuffled(dl) or drops):  # (a batch sampler of its own: walked as it is too, preds and targets together)
         if drops:  # the last items would be missing from the predictions, without a word
@@ -245,6 +248,10 @@ def _in_order(dl: Any) -> Any:
         if dl.num_workers:
             workers["prefetch_factor"] = dl.prefetch_factor
         return DataLoader(dl.dataset, dl.batch_size, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, **workers)
+    return _refuse_order(dl)
+
+
+def _refuse_order(dl: DataLoader) -> Any:
     what = type(getattr(dl.batch_sampler, "sampler", None) or dl.batch_sampler).__name__
     raise ValueError(f"this DataLoader gives its items in another order each pass, or only some of them ({what}), "
                      "so predictions would not line up with its dataset: pass an unshuffled loader over the items "
