@@ -141,6 +141,23 @@ def test_the_first_swa_epoch_trains_with_the_cycles_last_lr_not_one_past_its_end
     assert lrs[6:9] == pytest.approx([lrs[5]] * 3) and lrs[5] > 0
 
 
+@pytest.mark.parametrize("milestone", [6, 8])
+def test_a_one_cycle_inside_a_sequential_lr_hands_its_last_lr_to_swa(milestone):
+    """Only the SequentialLR's last part was asked whether it ends: with the one-cycle first and its milestone past
+    swa_start, the schedule took it one step past its end, and the first SWA epoch trained at a negative lr."""
+    from torch.optim.lr_scheduler import ConstantLR, SequentialLR
+
+    def schedule(opt):
+        parts = [OneCycleLR(opt, max_lr=0.1, total_steps=6, anneal_strategy="linear"),
+                 ConstantLR(opt, factor=0.1, total_iters=100)]
+        return SequentialLR(opt, parts, milestones=[milestone])
+    rec = RecorderCB(lr=_lr)
+    bn_learner([BatchSchedCB(schedule), rec, SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=1)]).fit(4)
+    lrs = rec.recs["lr"]
+    # past the milestone the one-cycle's last lr; at it, the schedule's own next lr, ConstantLR's 0.1/25 × 0.1
+    assert lrs[6:9] == pytest.approx([lrs[5] if milestone > 6 else 4e-4] * 3) and lrs[5] > 0
+
+
 def test_composes_with_an_epoch_scheduler():
     rec = RecorderCB(lr=_lr)
     bn_learner([EpochSchedCB(partial(StepLR, step_size=1, gamma=0.5)), rec,

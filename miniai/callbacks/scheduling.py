@@ -20,6 +20,7 @@ schedule must last as many steps as the fit takes, which is checked before the f
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
 import warnings
@@ -172,10 +173,14 @@ class BaseSchedCB(Callback):
 
     def _last_step_ends(self, learn: Learner) -> bool:
         """Whether this is the last step of the scheduled epochs, of a schedule that ends there."""
-        sched = self.scheduler  # of a SequentialLR, the last part; of a ChainedScheduler, any part
-        parts = sched._schedulers[-1:] if isinstance(sched, SequentialLR) else getattr(sched, "_schedulers", [sched])
-        total = self._total_steps(learn)
-        return any(_length(p)[0] for p in parts) and total is not None and self.n_steps + 1 >= total
+        sched, total = self.scheduler, self._total_steps(learn)
+        if total is None or self.n_steps + 1 < total:
+            return False
+        if isinstance(sched, SequentialLR):  # the part this step runs: at a milestone, the next part starts afresh
+            parts = [sched._schedulers[bisect.bisect_right(sched._milestones, total)]]
+        else:  # of a ChainedScheduler, any part
+            parts = getattr(sched, "_schedulers", [sched])
+        return any(_length(p)[0] for p in parts)
 
     # --- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
