@@ -377,6 +377,17 @@ def test_extending_a_one_cycle_on_resume_is_refused_before_the_first_batch(tmp_p
     assert log.losses == []
 
 
+def test_fit_one_cycle_resumes_on_a_learner_built_without_an_lr(tmp_path):
+    """Its docstring says the checkpoint brings the lr on resume; a learner built with lr=None crashed inside torch
+    (TypeError: unsupported operand type(s) for /: 'NoneType' and 'float')."""
+    straight = tiny_learner(cbs=[CheckpointCB(tmp_path)], lr=0.05)
+    straight.fit_one_cycle(3, 0.1)
+    resumed = tiny_learner(lr=None)
+    resumed.fit_one_cycle(3, resume=tmp_path / "epoch_0001.pt")
+    assert torch.equal(resumed.model.weight, straight.model.weight)
+    assert resumed.opt.param_groups[0]["lr"] == straight.opt.param_groups[0]["lr"]
+
+
 def test_changing_the_batch_size_on_resume_is_refused_before_the_first_batch(tmp_path):
     learn = tiny_learner(cbs=[CheckpointCB(tmp_path), BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2))])
     learn.fit(2)

@@ -353,7 +353,10 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         # the highest group peaks at max_lr, the others keep the ratios opt_func gave them (a body at a tenth of
         # the head's lr stays at a tenth); on resume the checkpoint's scheduler state brings the peaks
         lrs = [float(group["lr"]) for group in opt.param_groups]
-        peaks = [max_lr * (lr / max(lrs)) for lr in lrs] if not resuming and max(lrs) > 0 else max_lr
+        if resuming:  # the checkpoint's scheduler and optimizer bring the peaks: any number builds it meanwhile
+            peaks = 1.0 if max_lr is None else max_lr
+        else:
+            peaks = [max_lr * (lr / max(lrs)) for lr in lrs] if max(lrs) > 0 else max_lr
         return OneCycleLR(opt, max_lr=peaks, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
                           pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
                           cycle_momentum=cycle, base_momentum=base_momentum, max_momentum=max_momentum)
