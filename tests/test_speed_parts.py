@@ -227,7 +227,7 @@ def test_scaler_state_round_trips_through_state_dict():
     learn.fit(1, cbs=[mp, InfGradAt(1)])
     assert mp.n_skipped == 1
     state = mp.state_dict()
-    assert state["scale"] == pytest.approx(512.0)
+    assert state["scaler"]["scale"] == pytest.approx(512.0)
     fresh = MixedPrecisionCB(torch.float16)
     with pytest.raises(RuntimeError, match="load its state during a float16 fit"):
         fresh.load_state_dict(state)  # no scaler yet: it is made at before_fit
@@ -404,3 +404,19 @@ def test_no_host_device_sync_inside_the_batch_loop_on_cuda(with_activation_stats
     learn.fit(1)
     assert learn.metrics.last["valid_accuracy"] > 0.7
     assert not math.isnan(learn.metrics.last["train_loss"])
+
+
+def test_the_count_of_skipped_fp16_steps_continues_on_resume(tmp_path):
+    """n_skipped counts from the start of the run, as BatchSchedCB's n_steps does; resumed, it restarted at 0 (a
+    run that skipped 2 steps reported 1)."""
+    from miniai.callbacks.checkpoint import CheckpointCB
+
+    class InfGradAtEpochBatch(InfGradAt):
+        def after_backward(self, learn: Learner) -> None:
+            if learn.training and (learn.epoch, learn.iter) in self.batches:
+                next(learn.model.parameters()).grad.view(-1)[0] = float("inf")
+    straight = MixedPrecisionCB(torch.float16, init_scale=2.0**8)
+    tiny_learner(cbs=[straight, InfGradAtEpochBatch((0, 1), (1, 1)), CheckpointCB(tmp_path)]).fit(2)
+    resumed = MixedPrecisionCB(torch.float16, init_scale=2.0**8)
+    tiny_learner(cbs=[resumed, InfGradAtEpochBatch((0, 1), (1, 1))]).fit(2, resume=tmp_path / "epoch_0001.pt")
+    assert straight.n_skipped == resumed.n_skipped == 2

@@ -115,11 +115,14 @@ class MixedPrecisionCB(Callback):
             raise CancelStepException()
 
     def state_dict(self) -> dict[str, Any]:
-        """The GradScaler's `state_dict()` (scale, growth tracker, factors); {} without a scaler."""
-        return self.scaler.state_dict() if self.scaler is not None else {}
+        """`scaler`: the GradScaler's `state_dict()` (scale, growth tracker, factors; {} without a scaler), and
+        `n_skipped`, so a resumed run's count goes on from the start of the run."""
+        return {"scaler": self.scaler.state_dict() if self.scaler is not None else {}, "n_skipped": self.n_skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (during a fit, once before_fit made the scaler: `fit(resume=...)` does)."""
+        if "n_skipped" in state:  # (a checkpoint of before the count was saved holds the scaler's state alone)
+            self.n_skipped, state = state["n_skipped"], state["scaler"]
         if state and self.scaler is None:
             raise RuntimeError("MixedPrecisionCB makes its grad scaler at before_fit, and only for float16: load "
                                "its state during a float16 fit (learn.fit(n, resume=path) does)")
