@@ -606,3 +606,34 @@ def test_an_evaluation_fit_says_nothing_of_the_schedules_length():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.fit(1, train=False)
+
+
+class _StopBeforeEpoch(Callback):
+    """Ends the fit at the first batch of epoch `epoch`, before it trains (as EarlyStoppingCB does)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def before_batch(self, learn):
+        if learn.training and learn.epoch == self.epoch:
+            raise CancelFitException()
+
+
+def test_an_epoch_scheduler_steps_once_per_epoch_that_trained():
+    """A fit ended at the first batch of an epoch (EarlyStoppingCB's way) stepped the schedule for that epoch too:
+    ExponentialLR(0.7) left 0.05 × 0.7³ after two epochs, not the hand-written loop's 0.05 × 0.7²."""
+    sched = EpochSchedCB(partial(ls.ExponentialLR, gamma=0.7))
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[sched, _StopBeforeEpoch(2)])
+    learn.fit(5)
+    assert sched.n_steps == 2 and learn.opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.7**2)
+
+
+def test_an_evaluation_fit_keeps_the_schedulers_of_the_fit_that_trained():
+    """The docstring says the scheduler is kept after the fit: an evaluation, fit(train=False), replaced it with a
+    fresh one and set n_steps to 0."""
+    sched = BatchSchedCB(partial(ls.StepLR, step_size=1))
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[sched])
+    learn.fit(2)
+    scheduler, steps = sched.scheduler, sched.n_steps
+    learn.fit(1, train=False)
+    assert sched.scheduler is scheduler and sched.n_steps == steps == 6

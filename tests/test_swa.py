@@ -158,6 +158,23 @@ def test_a_one_cycle_inside_a_sequential_lr_hands_its_last_lr_to_swa(milestone):
     assert lrs[6:9] == pytest.approx([lrs[5] if milestone > 6 else 4e-4] * 3) and lrs[5] > 0
 
 
+def test_an_evaluation_fit_leaves_swa_and_its_average_alone():
+    """fit(1, train=False) after an SWA fit refused ('averages from epoch 2 on, but this fit has epochs 0..0'), and
+    fit(3, train=False) made raw_model the average, started a fresh one, emptied metrics and warned, wrongly, that
+    learn.model was the raw model. An evaluation trains nothing: SWACB stands aside, as the schedules do."""
+    import warnings
+    metrics, swa = MetricsCB(), SWACB(swa_start=2, swa_lr=0.01)
+    learn = bn_learner([metrics, swa])
+    learn.fit(3)
+    average, raw, n, swa_metrics = learn.model, swa.raw_model, int(swa.swa_model.n_averaged), dict(swa.metrics)
+    for epochs in (1, 3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            learn.fit(epochs, train=False)
+        assert learn.model is average and swa.raw_model is raw and int(swa.swa_model.n_averaged) == n == 1
+        assert swa.metrics == swa_metrics and metrics.last["valid_loss"] == pytest.approx(swa_metrics["valid_loss"])
+
+
 def test_composes_with_an_epoch_scheduler():
     rec = RecorderCB(lr=_lr)
     bn_learner([EpochSchedCB(partial(StepLR, step_size=1, gamma=0.5)), rec,

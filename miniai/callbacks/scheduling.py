@@ -92,6 +92,8 @@ class BaseSchedCB(Callback):
         return self.scheduler
 
     def before_fit(self, learn: Learner) -> None:
+        if "train" not in learn.passes:  # an evaluation steps nothing: the last training fit's scheduler stays
+            return
         scheduler = self.factory(learn.opt)
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"{type(self).__name__}'s factory returned {scheduler!r}, which has no step(); "
@@ -103,8 +105,7 @@ class BaseSchedCB(Callback):
                              "total_steps=n)")
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
-        if "train" in learn.passes:  # (an evaluation steps no schedule: its length is no concern of it)
-            self._check_length(learn)
+        self._check_length(learn)
         self._learn = learn
 
     def cleanup_fit(self, learn: Learner) -> None:
@@ -287,6 +288,7 @@ class EpochSchedCB(BaseSchedCB):
             raise TypeError(_PLATEAU_NO_MONITOR)
         super().__init__(factory)
         self.monitor = monitor
+        self._stepped = False  # whether this training pass took an optimizer step
 
     def _total_steps(self, learn: Learner) -> int | None:
         return _epochs_scheduled(learn)
@@ -310,13 +312,21 @@ class EpochSchedCB(BaseSchedCB):
                              f"{'falls' if way == 'min' else 'rises'} as it improves: it would cut the lr while the "
                              f"model gets better. Pass mode={way!r} to ReduceLROnPlateau")
 
+    def before_epoch(self, learn: Learner) -> None:
+        if learn.training:
+            self._stepped = False
+
+    def after_step(self, learn: Learner) -> None:
+        self._stepped = True
+
     def after_epoch(self, learn: Learner) -> None:
         if self.monitor is not None and learn.training == self.monitor.startswith("train_"):
             self._step(learn, learn.metrics.last[self.monitor])
 
     def cleanup_epoch(self, learn: Learner) -> None:
-        # cleanup, not after_epoch: a training pass cut short (CancelEpochException) is still an epoch
-        if self.monitor is None and learn.training:
+        # cleanup, not after_epoch: a training pass cut short (CancelEpochException) is still an epoch, if it
+        # trained (a fit ended at its first batch, EarlyStoppingCB's way, took no step: nor does the schedule)
+        if self.monitor is None and learn.training and self._stepped:
             self._step(learn)
 
 

@@ -67,8 +67,13 @@ class SWACB(Callback):
         self.raw_model: nn.Module | None = None
         self.metrics: dict[str, float] = {}
         self._opt: torch.optim.Optimizer | None = None
+        self._on = False  # whether this fit trains (an evaluation leaves the average and the records alone)
+        self._stepped = False  # whether this training pass took an optimizer step
 
     def before_fit(self, learn: Learner) -> None:
+        self._on = "train" in learn.passes
+        if not self._on:
+            return
         if isinstance(learn.model, DistributedDataParallel):  # DDPCB (order -30) wrapped it
             raise RuntimeError("SWACB does not run under DDP yet: the average would stay wrapped in "
                                "DistributedDataParallel and each process would refresh its BatchNorm statistics on "
@@ -86,23 +91,30 @@ class SWACB(Callback):
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
     def before_epoch(self, learn: Learner) -> None:
+        self._stepped = False
         if learn.training and learn.epoch == self.swa_start:
             # built now, on the lr the schedule left: SWALR anneals from the lr it finds to swa_lr
             self.swa_scheduler = self._swalr(learn.opt)
+
+    def after_step(self, learn: Learner) -> None:
+        self._stepped = True
 
     def after_epoch(self, learn: Learner) -> None:
         if learn.training and self._averaging(learn):
             self.swa_model.update_parameters(learn.model)
 
     def cleanup_epoch(self, learn: Learner) -> None:
-        # also after the fit's last epoch: a checkpoint of it then holds the lr the next epoch trains with
-        if learn.training and self._averaging(learn):
+        # also after the fit's last epoch: a checkpoint of it then holds the lr the next epoch trains with; not
+        # for a pass that took no step (a fit ended at its first batch, EarlyStoppingCB's way)
+        if learn.training and self._stepped and self._averaging(learn):
             self.swa_scheduler.step()
 
     def _averaging(self, learn: Learner) -> bool:
         return isinstance(learn.epoch, int) and learn.epoch >= self.swa_start and self.swa_scheduler is not None
 
     def after_fit(self, learn: Learner) -> None:
+        if not self._on:
+            return
         if int(self.swa_model.n_averaged) == 0:
             warnings.warn(f"SWACB: no epoch from swa_start={self.swa_start} on was trained in this fit, so nothing "
                           "was averaged; learn.model is the raw model", stacklevel=2)
