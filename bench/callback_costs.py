@@ -52,6 +52,9 @@ from miniai.learner import Callback, Learner, TrainLearner  # noqa: E402
 _PER_FIT = ("before_fit", "after_fit", "cleanup_fit")
 
 
+_running: list[tuple[str, str]] = []  # the handler being timed (event, name), for the costs measured inside it
+
+
 def time_every_handler(totals: dict[tuple[str, str], list[float]]) -> None:
     """Make the learner's dispatch tables (built by `build_handlers` whenever the callbacks change) hold timed
     wrappers of every handler, each adding its time and calls to `totals`."""
@@ -59,11 +62,14 @@ def time_every_handler(totals: dict[tuple[str, str], list[float]]) -> None:
 
     def timed(handler: Callable[[Learner], None], event: str) -> Callable[[Learner], None]:
         def call(learn: Learner) -> None:
+            _running.append((event, handler.__qualname__))
             start = time.perf_counter()
-            handler(learn)
-            cell = totals[(event, handler.__qualname__)]
-            cell[0] += time.perf_counter() - start
-            cell[1] += 1
+            try:
+                handler(learn)
+            finally:
+                cell = totals[_running.pop()]
+                cell[0] += time.perf_counter() - start
+                cell[1] += 1
         call.__qualname__, call.__self__ = handler.__qualname__, handler.__self__
         return call
 
@@ -72,8 +78,26 @@ def time_every_handler(totals: dict[tuple[str, str], list[float]]) -> None:
     miniai.learner.build_handlers = build
 
 
-def timed_scheduler_steps(learn: Learner, totals: dict[tuple[str, str], list[float]]) -> None:
-    """Time the torch scheduler's own step() apart (a hand-written loop pays it too)."""
+def _timed_inside(fn: Callable, what: str, totals: dict[tuple[str, str], list[float]],
+                  inside: dict[tuple[str, str], float]) -> Callable:
+    """`fn`, its time added to `totals[('(inside)', what)]` and to `inside[the handler it ran in]`."""
+    def call(*args: object) -> object:
+        start = time.perf_counter()
+        out = fn(*args)
+        spent = time.perf_counter() - start
+        cell = totals[("(inside)", what)]
+        cell[0] += spent
+        cell[1] += 1
+        if _running:
+            inside[_running[-1]] += spent
+        return out
+    return call
+
+
+def time_what_a_hand_loop_pays_too(learn: Learner, totals: dict[tuple[str, str], list[float]],
+                                   inside: dict[tuple[str, str], float]) -> None:
+    """Time apart the torch scheduler's own step() and the metrics' own update() and compute(): a hand-written loop
+    with the same schedule, reporting the same training accuracy, pays them too."""
     from miniai.callbacks.scheduling import BaseSchedCB
 
     class Timing(Callback):
@@ -82,15 +106,13 @@ def timed_scheduler_steps(learn: Learner, totals: dict[tuple[str, str], list[flo
         def before_fit(self, learn: Learner) -> None:
             for cb in learn.cbs:
                 if isinstance(cb, BaseSchedCB):
-                    step = cb.scheduler.step
-
-                    def timed_step(*args, step=step):
-                        start = time.perf_counter()
-                        step(*args)
-                        cell = totals[("(inside)", "the scheduler's own step()")]
-                        cell[0] += time.perf_counter() - start
-                        cell[1] += 1
-                    cb.scheduler.step = timed_step
+                    cb.scheduler.step = _timed_inside(cb.scheduler.step, "the scheduler's own step()", totals, inside)
+                if isinstance(cb, MetricsCB):
+                    for metric in cb.metrics.values():
+                        for method in ("update", "compute"):
+                            setattr(metric, method, _timed_inside(getattr(metric, method),
+                                                                  "the metrics' own update() and compute()",
+                                                                  totals, inside))
     learn.add_cb(Timing())
 
 
@@ -152,42 +174,42 @@ def main() -> None:
               f"{statistics.median(ours) * 1e6:.0f}; miniai - hand {statistics.median(diffs):.1f} "
               f"({min(diffs):.1f} to {max(diffs):.1f}): the whole loop's cost per batch, no timers\n")
     totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    inside: dict[tuple[str, str], float] = defaultdict(float)
     time_every_handler(totals)
 
     def run() -> None:
         learn = readme_learner(dls, device, make_model())
         learn.add_cb(_Empty())
-        timed_scheduler_steps(learn, totals)
+        time_what_a_hand_loop_pays_too(learn, totals, inside)
         quietly(lambda: learn.fit(1, valid=False))
 
     run()  # untimed: imports, allocator, first-call costs
-    totals.clear()
+    totals.clear(), inside.clear()
     for _ in range(args.epochs):
         run()
     n_batches = len(dls.train) * args.epochs
     timer = totals.pop(("after_batch", "_Empty.after_batch"))[0] / n_batches
-    rows = sorted(((t / n_batches, t / n, event, name) for (event, name), (t, n) in totals.items()
-                   if event not in _PER_FIT and not name.startswith("Timing.")), reverse=True)
     print(f"bs {args.bs}, {args.model} model, {args.epochs} epochs of {len(dls.train)} batches; µs per training "
           "batch (per call)")
-    scheduler = sum(per_batch for per_batch, _, event, _ in rows if event == "(inside)")
-    steps = sum(n for (event, _), (_, n) in totals.items() if event == "(inside)")
     own_rows = []
-    for per_batch, per_call, event, name in rows:
-        if name.startswith("BatchSchedCB.cleanup_batch"):  # the scheduler's step runs inside it
-            per_batch -= scheduler
-            per_call -= scheduler * n_batches / max(steps, 1)
-            name += " (less the scheduler's own step)"
-        if event != "(inside)":
-            own_rows.append((per_batch, per_call, event, name))
+    for (event, name), (t, n) in totals.items():
+        if event in _PER_FIT or name.startswith("Timing.") or event == "(inside)":
+            continue
+        t -= inside.get((event, name), 0.0)
+        note = " (less the time inside it measured apart, below)" if (event, name) in inside else ""
+        own_rows.append((t / n_batches, t / n, event, name + note))
     for per_batch, per_call, event, name in sorted(own_rows, reverse=True):
         print(f"{per_batch * 1e6:8.1f}  ({per_call * 1e6:7.1f})  {event:14s} {name}")
-    print(f"{scheduler * 1e6:8.1f}  (the torch scheduler's own step(), left out of the total)")
+    for (event, name), (t, n) in totals.items():
+        if event == "(inside)":
+            print(f"{t / n_batches * 1e6:8.1f}  ({t / n * 1e6:7.1f})  {name}, which a hand-written loop doing the same "
+                  "pays too: left out of the total")
     total = sum(row[0] for row in own_rows)
     per_batch_handlers = sum(1 for row in own_rows if abs(row[0] - row[1]) < 1e-12)
     print(f"{total * 1e6:8.1f}  in all, per batch: the framework's own handlers, timers included")
     print(f"{timer * 1e6:8.1f}  (an empty handler timed the same way: the timer's own cost a call; the "
           f"{per_batch_handlers} per-batch handlers above carry about {per_batch_handlers * timer * 1e6:.1f} of it)")
+    print(f"{(total - per_batch_handlers * timer) * 1e6:8.1f}  in all, less the timers' own cost")
 
 
 if __name__ == "__main__":

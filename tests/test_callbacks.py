@@ -511,3 +511,23 @@ def test_metricscb_weights_each_batch_by_its_items_when_targets_are_dicts(per_it
         p = learn.model(x)
     truth = (F.cross_entropy(p["cls"], y, reduction="none") + (p["reg"] - z) ** 2).mean().item()
     assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-6)
+
+
+def test_metricscb_sums_losses_kept_on_a_device_as_it_sums_cpu_ones():
+    """CPU losses are read as they come and summed in Python; a GPU's stay tensors, summed on the device in runs of
+    equal batch sizes. The second path runs only off the CPU, so it is driven here with the same kept batches."""
+    torch.manual_seed(0)
+    sizes = [16, 16, 16, 5, 16, 3]
+    losses = torch.rand(len(sizes), dtype=torch.float32)
+    learn = SimpleNamespace(model=nn.Linear(1, 1))
+    results = []
+    for as_tensor in (False, True):
+        cb = MetricsCB()
+        cb.before_epoch(learn)
+        cb._pending = [(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long), loss if as_tensor else loss.item(), n)
+                       for loss, n in zip(losses, sizes)]
+        cb._count = sum(sizes)
+        cb._flush()
+        results.append(float(cb._loss_sum) / cb._count)
+    truth = float((losses.double() * torch.tensor(sizes, dtype=torch.float64)).sum() / sum(sizes))
+    assert results == pytest.approx([truth, truth], rel=1e-12)

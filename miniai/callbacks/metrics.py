@@ -134,10 +134,11 @@ class MetricsCB(Callback):
             preds = map_tensors(preds, torch.Tensor.detach)
             n = _n_items(target if isinstance(target, torch.Tensor) else batch[0])
             numel = sum(t.numel() for t in tensors_in(preds))
-        loss = learn.loss.detach()
+        loss = learn.loss
         if loss.ndim:  # per-item losses (reduction='none', in an evaluation fit): the batch's loss is their mean
-            loss = loss.float().mean()
-        self._pending.append((preds, target, loss, n))
+            loss = loss.detach().float().mean()
+        # a CPU scalar is read now (cheaper than stacking it later); on a GPU reading it would wait for the GPU
+        self._pending.append((preds, target, loss.item() if loss.is_cpu else loss.detach(), n))
         self._pending_numel += numel
         self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
@@ -165,6 +166,9 @@ class MetricsCB(Callback):
                                         f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
                                         "it a metric of your own whose update(preds, targets) picks the logits out "
                                         "(e.g. calls the metric on preds[0])") from e
+        if not isinstance(losses[0], torch.Tensor):  # read on the CPU: a Python sum, in float64 as on a device
+            self._loss_sum += sum(loss * n for loss, n in zip(losses, sizes))
+            return
         # accumulate on the device: a .item() here would stall the GPU
         stacked = torch.stack(losses).to(self._loss_sum.dtype)
         # each batch's mean loss weighted by its size, one sum per run of equal sizes (usually all, then a short
