@@ -21,6 +21,7 @@ from .callbacks.basic import DeviceCB
 from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds, participants
 from .data import DataLoaders
+from .distributed import is_main_process
 from .learner import Learner, TrainLearner
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -159,6 +160,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     callbacks or history. Pickle stores classes and functions by name, so the model's class (and any custom
     normalize, loss or callback) must be importable under the same module path where the file is loaded
     (defined in a module, not a notebook cell or lambda); and loading unpickles code: load only files you trust.
+    Under DDP every rank holds the same model and rank 0 alone writes.
     """
     for step in ("predict", "get_loss"):
         own = getattr(type(learn), step, None)  # the base Learner has none; TrainLearner's is what load_learner has
@@ -180,6 +182,8 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "n_inp": learn.n_inp, "loss_func": loss_func,
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
     path = Path(path)
+    if not is_main_process():
+        return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # hooks a fit registered (ActivationStats) are the fit's, not the model's: not exported (a pruning mask's or
     # spectral norm's own hooks are, as part of the model)

@@ -164,6 +164,23 @@ again.fit(3, resume=f"{out}/G")
 torch.save(again.model.state_dict(), f"{out}/G{r}.pt")
 record("G", again, refused=refused, last_checkpoint=last_checkpoint)
 
+# H: BatchNorm. Rank 0 alone predicts on a sample batch during the fit (a plot of samples): that must not wait for
+# rank 1 (DDP's forward broadcasts the buffers, a collective). After fit(valid=False) every rank holds the same
+# running statistics, and export writes on rank 0 only.
+from miniai.distributed import is_main_process
+class SamplePreds(Callback):
+    def after_epoch(self, learn):
+        if learn.training and is_main_process():
+            learn.get_preds(dl=[(setup["xv"][:4], setup["yv"][:4])])
+torch.manual_seed(r)  # the ranks start apart: DDP broadcasts rank 0's model
+bn = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+dls = DataLoaders(TensorLoader(setup["xt"], setup["yt"], setup["bs"], shuffle=True, seed=setup["seed"]),
+                  TensorLoader(setup["xv"], setup["yv"], setup["bs"]))
+learn = TrainLearner(bn, dls, F.cross_entropy, lr=setup["lr"], cbs=[DDPCB(), DeviceCB("cpu"), SamplePreds()])
+learn.fit(2, valid=False)
+torch.save(learn.model.state_dict(), f"{out}/H{r}.pt")
+learn.export(f"{out}/H_export{r}.pkl")
+
 # E: rank 1 fails in the middle of an epoch
 learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
 try:
@@ -194,8 +211,25 @@ def single_process_learner(setup: dict, bs: int, cbs=()) -> TrainLearner:
     return TrainLearner(model, dls, F.cross_entropy, lr=setup["lr"], cbs=[DeviceCB("cpu"), *cbs])
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from Linux's /proc (none elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()  # (the name in parentheses may hold spaces)
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def run_with_timeout(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `cmd` in its own process group and kill that group (workers included) if it outlives `timeout`."""
+    """Run `cmd` in its own process group and kill it and every process below it if it outlives `timeout`."""
     env = {**(env or os.environ), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -205,8 +239,16 @@ def run_with_timeout(cmd: list[str], timeout: float, env: dict | None = None) ->
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        # torchrun starts each worker in a session of its own: killing its group alone left them running, holding
+        # the output pipes, and communicate() then waited for ever
+        if not Path("/proc").exists():
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stdout, stderr = proc.communicate(timeout=30)
         pytest.fail(f"{' '.join(cmd[2:5])} ... hung for {timeout} s:\n{stdout}\n{stderr}")
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
@@ -277,6 +319,17 @@ def test_ranks_seeded_apart_with_a_torch_dataloader_resume_exactly(launch, r):
     runs = torch.load(launch.out / f"F{r}.pt")
     for k, v in runs["straight"].items():
         assert torch.equal(v, runs["resumed"][k]), k
+
+
+def test_batchnorm_under_ddp_rank_0_predicting_alone_and_the_same_model_on_every_rank_after(launch):
+    """A rank-0-only get_preds during the fit on a BatchNorm model hung both ranks (DDP's forward broadcasts the
+    buffers, a collective rank 1 never joined); after fit(valid=False) the ranks' running statistics differed,
+    and export wrote on every rank, the last writer winning."""
+    out, run = launch.out, launch.run
+    assert (out / "H1.pt").exists(), run.stdout + run.stderr
+    states = [torch.load(out / f"H{r}.pt") for r in range(2)]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert (out / "H_export0.pkl").exists() and not (out / "H_export1.pkl").exists()
 
 
 def test_torch_dataloaders_are_sharded_and_given_back(launch):

@@ -71,6 +71,8 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     learn._handlers = build_handlers([*taking_part, *cbs])
     learn._predicting = True  # (kept() puts it back) the fit's own hooks leave this pass's forwards alone
     learn.training, learn.dl, learn.n_epochs, learn.epochs, learn.epoch, learn.iter = False, dl, 1, range(1), 0, None
+    if isinstance(learn.model, DistributedDataParallel):  # during a DDP fit: its forward broadcasts the buffers, a
+        learn.model = learn.model.module  # collective the other ranks never join when one rank predicts alone
     learn.model.eval()
 
     def one_batch() -> None:
