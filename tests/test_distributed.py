@@ -181,6 +181,21 @@ learn.fit(2, valid=False)
 torch.save(learn.model.state_dict(), f"{out}/H{r}.pt")
 learn.export(f"{out}/H_export{r}.pkl")
 
+# I: a validation loader over an IterableDataset the script shards itself, named in presharded: left as it is,
+# the metrics summed over the ranks are those of the whole set
+from torch.utils.data import IterableDataset
+from miniai.distributed import world_size
+class MyShard(IterableDataset):
+    def __iter__(self):
+        return iter([(setup["xv"][i], setup["yv"][i]) for i in range(rank(), len(setup["xv"]), world_size())])
+metrics = MetricsCB(accuracy=MulticlassAccuracy())
+metrics.log_fn = lambda row: None
+learn = learner([DDPCB(presharded=("valid",)), DeviceCB("cpu"), metrics])
+learn.dls.valid = DataLoader(MyShard(), batch_size=setup["bs"])
+learn.fit(1)
+record("presharded", learn, last=metrics.last)
+torch.save(learn.model.state_dict(), f"{out}/presharded{r}.pt")
+
 # E: rank 1 fails in the middle of an epoch
 learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
 try:
@@ -330,6 +345,22 @@ def test_batchnorm_under_ddp_rank_0_predicting_alone_and_the_same_model_on_every
     states = [torch.load(out / f"H{r}.pt") for r in range(2)]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert (out / "H_export0.pkl").exists() and not (out / "H_export1.pkl").exists()
+
+
+def test_a_loader_sharded_by_the_script_is_named_in_presharded_and_left_as_it_is(launch):
+    """DDPCB refused every loader over an IterableDataset, even one sharded as its own message advised: no way to
+    say so. Named in presharded, it is left as it is, and the metrics cover the whole validation set."""
+    out, setup = launch.out, launch.setup
+    res = [json.loads((out / f"presharded{r}.json").read_text()) for r in range(2)]
+    assert res[0]["last"] == res[1]["last"]
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    model.load_state_dict(torch.load(out / "presharded0.pt"))
+    with torch.no_grad():
+        logits = model(setup["xv"])
+    assert res[0]["last"]["valid_loss"] == pytest.approx(F.cross_entropy(logits, setup["yv"]).item(), abs=1e-6)
+    assert res[0]["last"]["valid_accuracy"] == pytest.approx((logits.argmax(1) == setup["yv"]).float().mean().item())
+    with pytest.raises(ValueError, match=r"presharded names the loaders"):
+        DDPCB(presharded="valid")
 
 
 def test_torch_dataloaders_are_sharded_and_given_back(launch):

@@ -54,14 +54,22 @@ class DDPCB(Callback):
     bs train like one process with batch size N × bs. The seed is rank 0's: a shuffled TensorLoader without one
     gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and None back at
     cleanup_fit. The validation loader is split without dropping an item. Torch DataLoaders get a
-    DistributedSampler for training and a contiguous split for validation.
+    DistributedSampler for training and a contiguous split for validation. A loader DDPCB can't shard (over an
+    IterableDataset, or with a batch sampler of its own) you shard yourself, by `rank()` and `world_size()`, and
+    name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation loader must give each
+    item to one rank (the metrics are summed over ranks); a training one, as many batches to every rank (DDP's
+    backward waits for all of them).
     """
     order = -30  # before DeviceCB (-20), which moves model and batches to the device DDPCB picked
 
-    def __init__(self, sync_bn: bool = False, backend: str | None = None, **ddp_kwargs: Any) -> None:
+    def __init__(self, sync_bn: bool = False, backend: str | None = None, presharded: tuple[str, ...] = (),
+                 **ddp_kwargs: Any) -> None:
         if backend not in (None, "nccl", "gloo"):
             raise ValueError(f"backend must be 'nccl' (CUDA), 'gloo' (CPU) or None (pick by device), got {backend!r}")
-        self.sync_bn, self.backend, self.ddp_kwargs = sync_bn, backend, ddp_kwargs
+        if isinstance(presharded, str) or not set(presharded) <= {"train", "valid"}:
+            raise ValueError(f"presharded names the loaders you sharded yourself, a tuple of 'train' and/or 'valid'; "
+                             f"got {presharded!r}")
+        self.sync_bn, self.backend, self.ddp_kwargs, self.presharded = sync_bn, backend, ddp_kwargs, tuple(presharded)
         self.device: torch.device | None = None  # this process's device, set at before_fit
         self.active = False  # whether this fit runs distributed
         self._plain: nn.Module | None = None
@@ -148,7 +156,7 @@ class DDPCB(Callback):
                              "(once to drop nothing, once evenly): give each pass its own loader")
         for name in ("train", "valid"):
             dl = getattr(learn.dls, name, None)
-            if dl is None:
+            if dl is None or name in self.presharded:
                 continue
             # DDP's backward is a collective: every rank must train as many batches. Validation has none,
             # so it keeps every item and the summed metrics cover the whole validation set.
@@ -169,18 +177,21 @@ class DDPCB(Callback):
                 setattr(learn.dls, name, self._shard_torch_loader(dl, name, r, w, even))
             else:
                 raise TypeError(f"DDPCB can't shard dls.{name}, a {type(dl).__name__}: use miniai.data.TensorLoader "
-                                f"or a torch DataLoader (built on a map-style dataset)")
+                                f"or a torch DataLoader (built on a map-style dataset), or shard it yourself by rank() "
+                                f"and world_size() and say so, DDPCB(presharded=('{name}',))")
 
     def _shard_torch_loader(self, dl: DataLoader, name: str, r: int, w: int, even: bool) -> DataLoader:
         if isinstance(dl.dataset, IterableDataset) or type(dl.batch_sampler) is not BatchSampler:
-            raise TypeError(f"DDPCB can't shard dls.{name}: a DataLoader over an IterableDataset or with a custom "
-                            f"batch_sampler decides its own items; shard it yourself by rank() and world_size()")
+            raise TypeError(f"DDPCB can't shard dls.{name}: a DataLoader over an IterableDataset or with a batch "
+                            f"sampler of its own (or none: batch_size=None) decides its own items; shard it yourself "
+                            f"by rank() and world_size() and say so, DDPCB(presharded=('{name}',))")
         if type(dl.sampler) not in (SequentialSampler, RandomSampler) or isinstance(dl.sampler, RandomSampler) and (
                 dl.sampler.replacement or dl.sampler.num_samples != len(dl.dataset)):
             raise TypeError(f"DDPCB can't shard dls.{name}: its {type(dl.sampler).__name__} picks its own items, and "
                             "a DistributedSampler over the whole dataset would replace it (walking items it leaves "
                             "out, and each item once). Build the loader on a torch.utils.data.Subset of the items "
-                            "with shuffle=True (or False), or shard it yourself by rank() and world_size()")
+                            "with shuffle=True (or False), or shard it yourself by rank() and world_size() and say "
+                            f"so, DDPCB(presharded=('{name}',))")
         n = len(dl.dataset)
         if n < w:
             raise ValueError(f"dls.{name} has {n} items for {w} processes: every process needs at least one")
