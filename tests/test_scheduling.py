@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import warnings
 from functools import partial
 from types import SimpleNamespace
 
@@ -637,3 +638,32 @@ def test_an_evaluation_fit_keeps_the_schedulers_of_the_fit_that_trained():
     scheduler, steps = sched.scheduler, sched.n_steps
     learn.fit(1, train=False)
     assert sched.scheduler is scheduler and sched.n_steps == steps == 6
+
+
+class _DropBatch(Callback):
+    """Drops training batch `it` of every epoch before its backward, the documented way (after_loss)."""
+    order = 5
+
+    def __init__(self, it):
+        self.it = it
+
+    def after_loss(self, learn):
+        if learn.training and learn.iter == self.it:
+            from miniai.learner import CancelBatchException
+            raise CancelBatchException()
+
+
+def test_a_schedule_left_short_of_its_end_by_steps_that_did_not_happen_says_so():
+    """Under GradAccumCB(2) a dropped batch that closed a group merged it with the next: 4 of the 6 planned steps,
+    and the one-cycle's last batch trained at lr 0.046 instead of near 0, without a word."""
+    from miniai.callbacks.grad_accum import GradAccumCB
+    sched = BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=6))
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(n_train=80), F.mse_loss, lr=0.1,
+                         cbs=[GradAccumCB(2), sched, _DropBatch(1)])
+    with pytest.warns(UserWarning, match=r"OneCycleLR took 4 of the 6 steps.*2 optimizer steps did not happen"):
+        learn.fit(2)
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(n_train=80), F.mse_loss, lr=0.1,
+                         cbs=[GradAccumCB(2), BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=6))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(2)  # every planned step taken: no word

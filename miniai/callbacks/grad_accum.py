@@ -27,7 +27,9 @@ class GradAccumCB(Callback):
     exactly on the fit's last step. Gradients already in `.grad` when a group begins (MomentumLearner keeps mom ×
     the old ones instead of zeroing) are kept as they are: only the group's own are averaged. With a train loader
     that has no length the last batch can't be told apart: the batches after a pass's last full group then join the
-    next pass's first group.
+    next pass's first group. A batch dropped before its backward (`CancelBatchException` at after_loss) leaves its
+    group a batch short; if it was the group's last, the group goes on into the next one, one optimizer step fewer
+    (BatchSchedCB says so at the end of the fit when that leaves a schedule short of its end).
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
 

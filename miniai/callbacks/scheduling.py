@@ -271,6 +271,19 @@ class BatchSchedCB(BaseSchedCB):
             self._stepped = False
             self._step(learn)
 
+    def after_fit(self, learn: Learner) -> None:
+        total = self._total_steps(learn)
+        if self._learn is None or total is None or not _length(self.scheduler)[0]:
+            return  # an evaluation, a loader without a length, or a schedule that never ends
+        # the schedule steps with the optimizer: steps that did not happen leave it short of its end (1%: a few
+        # float16 overflow skips at the start of a long run leave the lr at its end, near enough)
+        if total - self.n_steps > max(1, total // 100):
+            warnings.warn(f"{type(self.scheduler).__name__} took {self.n_steps} of the {total} steps this fit planned "
+                          f"for it: {total - self.n_steps} optimizer steps did not happen (float16 overflows "
+                          "MixedPrecisionCB skipped, batches dropped before their step under GradAccumCB, a "
+                          "CancelStepException), and the schedule steps with the optimizer, so it ended short of its "
+                          f"end: the last batch trained at lr {self._opt.param_groups[0]['lr']:.3g}.", stacklevel=2)
+
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
                       "EpochSchedCB(partial(ReduceLROnPlateau, ...), monitor='valid_loss')")
