@@ -15,8 +15,27 @@ from typing import Any
 import torch
 from torch import nn, optim
 
-__all__ = ["check_callback_names", "check_fit_args", "check_loaders", "check_new_params", "empty_pass_error",
-           "batch_type_error"]
+__all__ = ["check_new_callback", "check_steps", "check_callback_names", "check_fit_args", "check_loaders",
+           "check_new_params", "empty_pass_error", "batch_type_error"]
+
+
+def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
+    """A callback given as its class, or not one (`base`, the learner's Callback), or already among `cbs` (it would
+    run twice), is an error."""
+    if not isinstance(cb, base):
+        raise TypeError(f"{cb.__name__} is a class: pass an instance, {cb.__name__}()" if isinstance(cb, type) else
+                        f"callbacks subclass miniai.learner.Callback; got a {type(cb).__name__}")
+    if any(c is cb for c in cbs):
+        raise ValueError(f"this {type(cb).__name__} is already one of the learner's callbacks (given to the "
+                         "Learner, add_cb or fit's cbs): adding it again would run it twice. Pass it once.")
+
+
+def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> None:
+    """Each step is done by a callback that owns it or by the learner's own method, or fit can't run."""
+    missing = [s for s in steps if not owners[s] and not hasattr(learn, s)]
+    if missing:
+        raise TypeError(f"{type(learn).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
+                        "or use TrainLearner, which defines the steps itself.")
 
 
 def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:

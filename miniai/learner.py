@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from .checks import (batch_type_error, check_callback_names, check_fit_args, check_loaders, check_new_params,
-                     empty_pass_error)
+from .checks import (batch_type_error, check_callback_names, check_fit_args, check_loaders, check_new_callback,
+                     check_new_params, check_steps, empty_pass_error)
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
            "CancelStepException", "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
@@ -153,12 +153,7 @@ class Learner:
     def add_cb(self, cb: Callback) -> Learner:
         """Add a callback; dispatch tables are rebuilt (and names checked) now, not per batch."""
         self._not_in_fit("add_cb", "it would miss this fit's before_fit")
-        if not isinstance(cb, Callback):
-            raise TypeError(f"{cb.__name__} is a class: pass an instance, {cb.__name__}()" if isinstance(cb, type) else
-                            f"callbacks subclass miniai.learner.Callback; got a {type(cb).__name__}")
-        if any(c is cb for c in self.cbs):
-            raise ValueError(f"this {type(cb).__name__} is already one of the learner's callbacks (given to the "
-                             "Learner, add_cb or fit's cbs): adding it again would run it twice. Pass it once.")
+        check_new_callback(cb, self.cbs, Callback)  # an instance of Callback, not one of the learner's already
         self._handlers = build_handlers(self.cbs + [cb])
         self.cbs.append(cb)
         return self
@@ -219,10 +214,7 @@ class Learner:
             self.stop_requested = False  # and EarlyStoppingCB this
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
-            missing = [s for s in STEPS if not self._handlers[s] and not hasattr(self, s)]
-            if missing:
-                raise TypeError(f"{type(self).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
-                                "or use TrainLearner, which defines the steps itself.")
+            check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
             check_loaders(self.dls, self.passes)
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
