@@ -531,3 +531,37 @@ def test_metricscb_sums_losses_kept_on_a_device_as_it_sums_cpu_ones():
         results.append(float(cb._loss_sum) / cb._count)
     truth = float((losses.double() * torch.tensor(sizes, dtype=torch.float64)).sum() / sum(sizes))
     assert results == pytest.approx([truth, truth], rel=1e-12)
+
+
+class _TwoHeadsSeqFirst(nn.Module):
+    """Inputs (T, N, F), as nn.LSTM takes them by default; two heads: logits and a regression."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, xs):
+        out = self.lin(xs).mean(0)
+        return out[:, :2], out[:, 2]
+
+
+def test_metricscb_counts_a_two_head_target_s_items_whatever_the_inputs_layout():
+    """Counting the items in the first input (for dict targets) miscounted sequence-first inputs (T, N, F) and an
+    (x, lengths) tuple: a tuple of targets, one per head, is counted in its first tensor, as before."""
+    from torch.utils.data import DataLoader
+    torch.manual_seed(0)
+    x, y1, y2 = torch.randn(20, 7, 3), torch.randint(0, 2, (20,)), torch.randn(20)
+    items = [(x[i], y1[i], y2[i]) for i in range(20)]
+
+    def collate(b):
+        return torch.stack([i[0] for i in b], 1), (torch.stack([i[1] for i in b]), torch.stack([i[2] for i in b]))
+    dl = DataLoader(items, batch_size=16, collate_fn=collate)  # batches of 16 and 4
+    metrics = MetricsCB()
+    learn = TrainLearner(_TwoHeadsSeqFirst(), DataLoaders(dl, dl),
+                         lambda p, t: F.cross_entropy(p[0], t[0]) + F.mse_loss(p[1], t[1]), cbs=[metrics])
+    with redirect_stdout(io.StringIO()):
+        learn.fit(1, train=False)
+    with torch.no_grad():
+        p = learn.model(x.transpose(0, 1))
+    truth = (F.cross_entropy(p[0], y1) + F.mse_loss(p[1], y2)).item()
+    assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-6)

@@ -129,10 +129,9 @@ class MetricsCB(Callback):
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             preds, n, numel = preds.detach(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
-            # for a metric of the user's that takes them; the items are counted in the first input, since targets
-            # may be a tuple per head, a dict, or one dict per item (detection)
+            # for a metric of the user's that takes them
             preds = map_tensors(preds, torch.Tensor.detach)
-            n = _n_items(target if isinstance(target, torch.Tensor) else batch[0])
+            n = _n_items(target)
             numel = sum(t.numel() for t in tensors_in(preds))
         loss = learn.loss
         if loss.ndim:  # per-item losses (reduction='none', in an evaluation fit): the batch's loss is their mean
@@ -198,13 +197,17 @@ _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
 
 
-def _n_items(x: Any) -> int:
-    """How many items a part of a batch holds: a tensor's first dimension, a dict's first value's, a list's length."""
-    if isinstance(x, torch.Tensor):
-        return x.shape[0] if x.ndim else 1
-    if isinstance(x, dict):
-        return _n_items(next(iter(x.values()))) if x else 0
-    return len(x)
+def _n_items(target: Any) -> int:
+    """How many items a batch's targets are for: a tensor's first dimension; of a dict (one tensor per key), its
+    first value's; of a tuple or list, its length if it holds one dict per item (detection), else its first
+    target's (one target per head)."""
+    if isinstance(target, torch.Tensor):
+        return target.shape[0] if target.ndim else 1
+    if isinstance(target, dict):
+        return _n_items(next(iter(target.values()))) if target else 0
+    if not target or isinstance(target[0], dict):
+        return len(target)
+    return _n_items(target[0])
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
