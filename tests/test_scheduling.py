@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import redirect_stdout
 import io
 import math
 import warnings
@@ -667,3 +668,19 @@ def test_a_schedule_left_short_of_its_end_by_steps_that_did_not_happen_says_so()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.fit(2)  # every planned step taken: no word
+
+
+def test_an_evaluation_fit_steps_no_plateau_schedule():
+    """With the scheduler kept through an evaluation, a ReduceLROnPlateau watching valid_loss was still stepped by
+    each evaluation (its lr halved three times by three evaluations), or, evaluated first, raised AttributeError."""
+    from tests.synth import tiny_learner
+    plateau = partial(ls.ReduceLROnPlateau, patience=0, factor=0.5)
+    sched = EpochSchedCB(plateau, monitor="valid_loss")
+    learn = tiny_learner(cbs=[MetricsCB(), sched])
+    with redirect_stdout(io.StringIO()):
+        learn.fit(1, train=False)  # first an evaluation: nothing to step
+        learn.fit(2)
+        state, steps, lr = copy.deepcopy(sched.scheduler.state_dict()), sched.n_steps, learn.opt.param_groups[0]["lr"]
+        for _ in range(3):
+            learn.fit(1, train=False)
+    assert sched.n_steps == steps and sched.scheduler.state_dict() == state and sched._opt.param_groups[0]["lr"] == lr

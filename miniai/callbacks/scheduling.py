@@ -333,6 +333,8 @@ class EpochSchedCB(BaseSchedCB):
         self._stepped = True
 
     def after_epoch(self, learn: Learner) -> None:
+        if self._learn is None:  # an evaluation: the last training fit's scheduler is kept as it was
+            return
         if self.monitor is not None and learn.training == self.monitor.startswith("train_"):
             self._step(learn, learn.metrics.last[self.monitor])
 
