@@ -113,13 +113,6 @@ class DDPCB(Callback):
             for sampler in self._samplers:
                 sampler.set_epoch(learn.epoch)  # a new order each epoch, the same on every rank
 
-    def after_fit(self, learn: Learner) -> None:
-        if self.active and self._ddp is not None and self._ddp.broadcast_buffers:
-            # each rank's last forward updated its BatchNorm statistics on its own batch: leave every rank with
-            # rank 0's, one model, as DDP does at each forward (not after an error: a rank may be gone)
-            for buffer in self._plain.buffers():
-                dist.broadcast(buffer, src=0)
-
     def cleanup_fit(self, learn: Learner) -> None:
         if not self.active:
             return
