@@ -441,3 +441,20 @@ def test_the_loss_check_runs_again_when_the_shapes_change_part_way_through_a_fit
     learn.loss_func = F.mse_loss  # the same shapes, now broadcast
     with pytest.raises(LossInputError, match="mse_loss failed.*broadcast"):
         learn.fit(1)
+
+
+def test_a_train_cb_pickled_before_it_kept_its_loss_check_still_trains():
+    """Exports and pickles written before TrainCB kept a SupervisedLoss held TrainCBs without one: loaded, their
+    get_loss raised AttributeError: 'TrainCB' object has no attribute '_loss'. The function supervised_loss, the
+    name those versions exported, still works too."""
+    import pickle
+    from miniai.callbacks.basic import supervised_loss
+    old = TrainCB()
+    del old.__dict__["_loss"]  # what unpickling an older TrainCB gives
+    loaded = pickle.loads(pickle.dumps(old))
+    learn = tiny_learner(cbs=[loaded], learner_cls=Learner)
+    learn.fit(1)
+    learn.batch = (torch.zeros(4, 1), torch.zeros(4))
+    learn.preds = torch.zeros(4, 1)
+    with pytest.raises(LossInputError, match="broadcast"):
+        supervised_loss(learn)

@@ -11,7 +11,7 @@ from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
 from ..utils import def_device, fix_malloc, to_device
 
-__all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "SupervisedLoss"]
+__all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "SupervisedLoss", "supervised_loss"]
 
 
 class DeviceCB(Callback):
@@ -134,6 +134,12 @@ class SupervisedLoss:
             "F.binary_cross_entropy_with_logits take preds and targets of the same shape and float dtype.") from error
 
 
+def supervised_loss(learn: Learner) -> torch.Tensor:
+    """`SupervisedLoss()(learn)`: the loss, its inputs checked every call (a learner keeps a SupervisedLoss, which
+    checks them only when they change)."""
+    return SupervisedLoss()(learn)
+
+
 def _name(loss_func: Any) -> str:
     named = getattr(loss_func, "func", loss_func)  # a partial(F.gaussian_nll_loss, eps=...) is that loss
     return getattr(named, "__name__", type(named).__name__)
@@ -174,6 +180,10 @@ class TrainCB(Callback):
     def __init__(self, n_inp: int | None = None) -> None:
         self.n_inp = n_inp
         self._loss = SupervisedLoss()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # one pickled before TrainCB kept its loss check (an older export) gets one now
+        self.__dict__.update({"_loss": SupervisedLoss(), **state})
 
     def before_fit(self, learn: Learner) -> None:
         if self.n_inp is not None:
