@@ -454,6 +454,9 @@ def test_get_preds_refuses_a_loader_over_one_process_s_shard(shuffle):
         learn.tta(dl=dl)
     one = DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=1, rank=0, shuffle=False))
     assert len(learn.get_preds(dl=one)[0]) == 31  # one process's "shard" is the whole dataset
+    shard = TensorLoader(*ds.tensors, bs=8, shuffle=shuffle).shard(0, 2, even=False)  # 15 of the 31 items
+    with pytest.raises(ValueError, match=r"one process's part"):
+        learn.get_preds(dl=shard)
 
 
 def test_get_preds_walks_a_loader_of_a_class_of_its_own_as_it_is():

@@ -229,7 +229,11 @@ def _in_order(dl: Any) -> Any:
     DataLoader with torch's plain random sampler. A loader of a class of its own (whose `__iter__` may do work a
     copy would skip) is walked as it is, in its own order, unless it drops items; a sampler that draws over part
     of the data, or weighted, is refused."""
-    if type(dl) is TensorLoader and dl.world_size == 1 and (dl.shuffle or dl.drop_last):
+    if isinstance(dl, TensorLoader) and dl.world_size > 1:  # sharded (TensorLoader.shard): one process's part
+        raise ValueError(f"this TensorLoader walks one process's part of its items (rank {dl.rank} of "
+                         f"{dl.world_size}), so predictions would miss the others: pass the whole loader, e.g. "
+                         "TensorLoader(x, y, bs) over the items to predict")
+    if type(dl) is TensorLoader and (dl.shuffle or dl.drop_last):
         return TensorLoader(dl.x, dl.y, bs=dl.bs)
     drops = bool(getattr(dl, "drop_last", False))
     sampler = getattr(getattr(dl, "batch_sampler", None), "sampler", getattr(dl, "sampler", None))
