@@ -420,3 +420,5 @@ def test_the_count_of_skipped_fp16_steps_continues_on_resume(tmp_path):
     resumed = MixedPrecisionCB(torch.float16, init_scale=2.0**8)
     tiny_learner(cbs=[resumed, InfGradAtEpochBatch((0, 1), (1, 1))]).fit(2, resume=tmp_path / "epoch_0001.pt")
     assert straight.n_skipped == resumed.n_skipped == 2
+    tiny_learner(cbs=[resumed, InfGradAtEpochBatch((0, 1))]).fit(1)  # a new run counts its own
+    assert resumed.n_skipped == 1

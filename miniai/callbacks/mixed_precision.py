@@ -26,9 +26,10 @@ class MixedPrecisionCB(Callback):
     scaler finds inf/NaN gradients and skips the optimizer step, the gradients are zeroed and
     `CancelStepException` is raised, so per-batch schedulers do not step for it (the schedule counts optimizer
     steps taken), `after_step` readers see nothing, and torch never warns that the scheduler stepped first.
-    `n_skipped` counts those steps. `learn.loss` stays unscaled for metrics. The scaler is `self.scaler` (None
-    without one): `GradClipCB` finds it there and unscales before clipping. `state_dict()` is the scaler's
-    state, which `CheckpointCB` saves. Note the scaler's skip check is one host-device sync per optimizer step.
+    `n_skipped` counts those steps in the last fit that trained (from the start of the run when resumed).
+    `learn.loss` stays unscaled for metrics. The scaler is `self.scaler` (None without one): `GradClipCB` finds it
+    there and unscales before clipping. `state_dict()` holds the scaler's state and `n_skipped`, which
+    `CheckpointCB` saves. Note the scaler's skip check is one host-device sync per optimizer step.
     """
     owns_steps = ("backward", "step")
     inference = True  # predictions are made under the same autocast as validation
@@ -49,6 +50,8 @@ class MixedPrecisionCB(Callback):
         self._hook: Any = None
 
     def before_fit(self, learn: Learner) -> None:
+        if "train" in learn.passes:
+            self.n_skipped = 0  # (a resumed fit gets its run's count back from the checkpoint)
         device_type = model_device(learn.model).type
         dtype = self.dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
         if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -121,10 +124,12 @@ class MixedPrecisionCB(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (during a fit, once before_fit made the scaler: `fit(resume=...)` does)."""
-        if "n_skipped" in state:  # (a checkpoint of before the count was saved holds the scaler's state alone)
-            self.n_skipped, state = state["n_skipped"], state["scaler"]
-        if state and self.scaler is None:
+        n_skipped, scaler = (state["n_skipped"], state["scaler"]) if "n_skipped" in state else (None, state)
+        # (a checkpoint of before the count was saved holds the scaler's state alone)
+        if scaler and self.scaler is None:
             raise RuntimeError("MixedPrecisionCB makes its grad scaler at before_fit, and only for float16: load "
                                "its state during a float16 fit (learn.fit(n, resume=path) does)")
-        if state:
-            self.scaler.load_state_dict(state)
+        if scaler:
+            self.scaler.load_state_dict(scaler)
+        if n_skipped is not None:
+            self.n_skipped = n_skipped

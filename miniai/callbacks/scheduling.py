@@ -279,10 +279,11 @@ class BatchSchedCB(BaseSchedCB):
         # float16 overflow skips at the start of a long run leave the lr at its end, near enough)
         if total - self.n_steps > max(1, total // 100):
             warnings.warn(f"{type(self.scheduler).__name__} took {self.n_steps} of the {total} steps this fit planned "
-                          f"for it: {total - self.n_steps} optimizer steps did not happen (float16 overflows "
-                          "MixedPrecisionCB skipped, batches dropped before their step under GradAccumCB, a "
-                          "CancelStepException), and the schedule steps with the optimizer, so it ended short of its "
-                          f"end: the last batch trained at lr {self._opt.param_groups[0]['lr']:.3g}.", stacklevel=2)
+                          f"for it: {total - self.n_steps} optimizer steps did not happen (passes cut short or batches "
+                          "skipped by a callback, float16 overflows MixedPrecisionCB skipped, batches dropped before "
+                          "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
+                          "optimizer, so it ended short of its end: the last batch trained at lr "
+                          f"{self._opt.param_groups[0]['lr']:.3g}.", stacklevel=2)
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
