@@ -15,6 +15,17 @@ from pathlib import Path
 __all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir", "device"]
 
 
+def seed(text: str) -> int:
+    """argparse type: a seed torch, NumPy and Python all take (an integer in 0..2**64-1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**64-1 (torch's seed range), got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (epochs, batch size, item counts), else argparse's usage and the reason."""
     try:
@@ -77,14 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", choices=list(RECIPES), default=None,
                    help="a whole training recipe: " + "; ".join(f"{n}: {r.description}" for n, r in RECIPES.items())
                    + " (--epochs, --lr, --bs override its values)")
-    t.add_argument("--epochs", type=positive_int, default=None, help="number of epochs (default 3)")
-    t.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 2e-2)")
-    t.add_argument("--bs", type=positive_int, default=None, help="batch size (default 1024)")
-    t.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    t.add_argument("--epochs", type=positive_int, default=None,
+                   help="number of epochs (default 3, or the recipe's)")
+    t.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default 2e-2; with --recipe, the one-cycle's peak, default the recipe's)")
+    t.add_argument("--bs", type=positive_int, default=None, help="batch size (default 1024, or the recipe's)")
+    t.add_argument("--seed", type=seed, default=42, help="random seed (default 42)")
     t.add_argument("--device", type=device, default=None, help="cpu, cuda, mps (default: cuda, else mps, else cpu)")
     t.add_argument("--data", type=data_dir, default=None,
                    help="directory with the four Fashion-MNIST IDX files (.gz or plain) or a saved DatasetDict")
-    t.add_argument("--out", default=None, help="directory for the weights (model.pt) and the loss curve (loss.png)")
+    t.add_argument("--out", default=None,
+                   help="directory for the run's files: the weights (model.pt), the result (result.json), the "
+                        "metrics per epoch (log.csv), the loss curve (loss.png) and the lr/momentum curves "
+                        "(schedule.png)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier run in --out (without it, such a directory is refused)")
     t.add_argument("--n-train", type=positive_int, default=None, help="train on the first N images only (quick runs)")
@@ -96,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lr schedule: " + "; ".join(f"{n}: {what}" for n, what in SCHEDULES.items()).replace("%", "%%")
                    + " (default none; not with --recipe, which has its own; with --out, its lr and momentum/beta1 "
                    "curves go to schedule.png)")
+    parser.train_parser = t  # (main shows train's own usage with the errors train() finds)
     return parser
 
 
@@ -152,7 +169,10 @@ def train(args: argparse.Namespace) -> float:
     else:
         act = partial(GeneralRelu, leak=0.1, sub=0.4)
         model = get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
-        sched_cb = make_sched_cb(args.sched or "none", epochs, len(dls.train))
+        try:
+            sched_cb = make_sched_cb(args.sched or "none", epochs, len(dls.train))
+        except ValueError as e:  # a one-cycle with no room for its peak: before --overwrite removes anything
+            raise _UsageError(str(e)) from e
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
     if earlier and is_main_process():  # --overwrite: gone now, so a run stopped part way leaves no mix of two runs
@@ -176,7 +196,7 @@ def train(args: argparse.Namespace) -> float:
         if recipe is not None and recipe.tta:
             probs, targets = learn.tta()
             result["accuracy_tta"] = (probs.argmax(1) == targets).float().mean().item()
-            print(f"{what} accuracy with TTA (the flip averaged in): {result['accuracy_tta']:.4f}", flush=True)
+            print(f"{what} accuracy with TTA (the flip averaged in): {result['accuracy_tta']:.4f}{on}", flush=True)
         result.update(wall_s=process_seconds(), fit_s=fit_s, s_per_epoch=fit_s / epochs)
         print(f"wall time: {result['wall_s']:.1f} s since the process started (imports and data included); "
               f"{result['s_per_epoch']:.1f} s an epoch", flush=True)
@@ -213,18 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m miniai` and the `miniai` script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.command = "python -m miniai " + " ".join(sys.argv[1:] if argv is None else argv)
+    prog = "miniai" if argv is None and Path(sys.argv[0]).name == "miniai" else "python -m miniai"  # (the script)
+    args.command = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.job == "train":
         if args.data is None:  # --data was checked as it was parsed; $MINIAI_DATA names a directory just as firmly
             from .sources import DataNotFoundError, find_source
             try:
                 find_source("fashion_mnist")
             except DataNotFoundError as e:
-                parser.error(str(e))
+                parser.train_parser.error(str(e))
         try:
             train(args)
         except _UsageError as e:
-            parser.error(str(e))
+            parser.train_parser.error(str(e))
         except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
             print("\ninterrupted: the command keeps no checkpoints, so nothing of this run was saved"
                   + (f" (--out {args.out} holds only what was written so far"

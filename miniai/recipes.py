@@ -39,7 +39,8 @@ SCHEDULES = {
     "onecycle-torch": "torch's OneCycleLR, max_lr=lr, with momentum/beta1 cycling, per batch",
     "warmup-cosine": "linear warmup over the first 10% of the steps, then cosine to 0, per batch (ours)",
     "step": "StepLR: lr × 0.1 every third of the epochs, per epoch",
-    "plateau": "ReduceLROnPlateau on valid_loss: lr × 0.1 after 1 epoch without improvement (needs MetricsCB)",
+    "plateau": "ReduceLROnPlateau on valid_loss: lr × 0.1 after 2 epochs in a row without improvement (patience 1; "
+               "needs MetricsCB)",
 }
 
 
@@ -72,6 +73,9 @@ def make_sched_cb(name: str, n_epochs: int, steps_per_epoch: int) -> BaseSchedCB
     assert recipes.keys() == SCHEDULES.keys()
     if name not in recipes:
         raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    if name.startswith("onecycle") and total < 2:  # its peak in the middle needs a step before and after
+        raise ValueError(f"schedule {name!r} needs at least 2 optimizer steps, and this fit has {total} ({n_epochs} "
+                         f"epoch(s) of {steps_per_epoch} batch(es)): train more epochs or use smaller batches")
     return recipes[name]()
 
 

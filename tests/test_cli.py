@@ -65,13 +65,19 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--device", "cuda:7"], "argument --device: 'cuda:7' is not available on this machine"),
     (["--n-train", "99999999"], "n_train must be in 1..60000, got 99999999"),
     (["--recipe", "fast", "--sched", "cosine"], "--sched cosine does not combine with --recipe fast"),
+    (["--seed", "99999999999999999999"], "argument --seed: must be an integer in 0..2**64-1"),  # a torch traceback
+    (["--seed", "-1"], "argument --seed: must be an integer in 0..2**64-1"),
+    (["--bs", "64", "--sched", "onecycle"], "schedule 'onecycle' needs at least 2 optimizer steps, and this fit "
+                                            "has 1"),  # a traceback: T_max must be an int >= 2
 ])
 def test_more_bad_numbers_in_process(capsys, argv, reason):
-    """The same parser in this process (milliseconds): the rest of the number checks."""
+    """The same parser in this process (milliseconds): the rest of the number checks, each with train's usage (the
+    errors train() finds showed the top-level usage)."""
     from miniai.__main__ import main
     with pytest.raises(SystemExit) as info:
         main(["train", *SMALL, *argv])
-    assert info.value.code == 2 and f"error: {reason}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"error: {reason}" in err and err.startswith("usage: python -m miniai train")
 
 
 def test_miniai_data_without_files_is_a_usage_error(tmp_path, monkeypatch, capsys):
@@ -95,6 +101,16 @@ def test_an_out_dir_holding_an_earlier_run_is_refused_before_training(tmp_path, 
     assert info.value.code == 2 and "already holds a run (model.pt, result.json)" in err and "--overwrite" in err
     assert (tmp_path / "model.pt").read_bytes() == b"the first run's weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "result.json"]  # nothing written, no training
+
+
+def test_a_schedule_refused_keeps_the_earlier_runs_files(tmp_path, capsys):
+    """--overwrite removed the earlier run's files just before a fit that then failed on its schedule."""
+    from miniai.__main__ import main
+    (tmp_path / "model.pt").write_bytes(b"the first run's weights")
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--bs", "64", "--sched", "onecycle", "--out", str(tmp_path), "--overwrite"])
+    assert info.value.code == 2 and "needs at least 2 optimizer steps" in capsys.readouterr().err
+    assert (tmp_path / "model.pt").read_bytes() == b"the first run's weights"
 
 
 def test_overwrite_replaces_an_earlier_runs_files(tmp_path, capsys):
