@@ -18,7 +18,6 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
 from .guards import EarlyStoppingCB
-from .metrics import MetricsCB
 from .scheduling import BaseSchedCB
 from .state import kept
 from .swa import SWACB
@@ -192,8 +191,7 @@ class LRFinderResult:
 
 # ------------------------------------------------------------------------------------------------ lr_find
 
-# callbacks lr_find leaves out (MetricsCB: its table of the finder's passes read as epochs of training)
-_REAL_FIT_ONLY = (CheckpointCB, BaseSchedCB, SWACB, EarlyStoppingCB, MetricsCB)
+_REAL_FIT_ONLY = (CheckpointCB, BaseSchedCB, SWACB, EarlyStoppingCB)  # callbacks lr_find leaves out
 
 
 def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr: float = 1e-5,
@@ -204,12 +202,11 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     NumPy's) are left exactly as they were: lr_find is a look, not a training run. The arguments come in the
     course's order (`lr_find(1.2)` is gamma).
 
-    The learner's own callbacks run as in any fit (DeviceCB must), and what they record of it (ActivationStats,
-    ProgressCB's losses) is put back afterwards too (`miniai.callbacks.state.kept`); CheckpointCB is left out:
+    The learner's own callbacks run as in any fit (DeviceCB must), and what they record of it (MetricsCB's
+    history, ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`); CheckpointCB is left out:
     the finder's diverging run is never saved. Left out as well, as they belong to the real fit: scheduling
-    callbacks (they would set the lr the finder sets), SWACB, EarlyStoppingCB, MetricsCB (a table of the finder's
-    passes would read as epochs of training) and (no validation pass is run) callbacks watching a validation
-    metric.
+    callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no validation pass is
+    run) callbacks watching a validation metric.
     """
     learn._not_in_fit("lr_find", "its own fit would remove the running fit's hooks and close its log files")
     if world_size() > 1 and any(isinstance(cb, DDPCB) for cb in learn.cbs):  # each process would stop on its own
