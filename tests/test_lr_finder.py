@@ -391,3 +391,17 @@ def test_lr_find_does_not_stop_on_one_noisy_batch():
     learn.fit(3, valid=False)  # well trained: losses near 0, a few batches far above the rest
     result = learn.lr_find(plot=False)
     assert len(result.lrs) > 20 and max(result.lrs) > 1e-2  # it got past the noise, to lrs that move the model
+
+
+def test_lr_find_prints_no_metrics_table(capsys):
+    """A newcomer's lr_find printed MetricsCB's table, a row per finder pass labelled epochs 0-7: it read as eight
+    epochs of training where the README promises a look."""
+    from miniai.callbacks import MetricsCB, ProgressCB
+    metrics = MetricsCB()
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.add_cb(ProgressCB(mode="plain"))
+    learn.lr_find(plot=False, max_epochs=3)
+    assert capsys.readouterr().out == "" and metrics.history == []
+    learn.fit(1)  # the table is back for a real fit
+    assert "valid" in capsys.readouterr().out
