@@ -50,7 +50,7 @@ class MixedPrecisionCB(Callback):
         self._hook: Any = None
 
     def before_fit(self, learn: Learner) -> None:
-        if "train" in learn.passes:
+        if not learn._predicting and "train" in learn.passes:  # (a prediction pass, which it joins, has no passes)
             self.n_skipped = 0  # (a resumed fit gets its run's count back from the checkpoint)
         device_type = model_device(learn.model).type
         dtype = self.dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
