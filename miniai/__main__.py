@@ -16,13 +16,13 @@ __all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "d
 
 
 def seed(text: str) -> int:
-    """argparse type: a seed torch, NumPy and Python all take (an integer in 0..2**64-1)."""
+    """argparse type: a seed torch takes (an integer in -2**63..2**64-1; set_seed reduces NumPy's to 32 bits)."""
     try:
         value = int(text)
     except ValueError:
-        value = -1
-    if not 0 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**64-1 (torch's seed range), got {text!r}")
+        value = 2**64
+    if not -2**63 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an integer in -2**63..2**64-1 (torch's seed range), got {text!r}")
     return value
 
 
@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory with the four Fashion-MNIST IDX files (.gz or plain) or a saved DatasetDict")
     t.add_argument("--out", default=None,
                    help="directory for the run's files: the weights (model.pt), the result (result.json), the "
-                        "metrics per epoch (log.csv), the loss curve (loss.png) and the lr/momentum curves "
-                        "(schedule.png)")
+                        "metrics of each training and validation pass (log.csv), the loss curve (loss.png) and the "
+                        "lr/momentum curves (schedule.png)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier run in --out (without it, such a directory is refused)")
     t.add_argument("--n-train", type=positive_int, default=None, help="train on the first N images only (quick runs)")
@@ -165,6 +165,10 @@ def train(args: argparse.Namespace) -> float:
         from .callbacks.loggers import CSVLoggerCB
         cbs.append(CSVLoggerCB(Path(args.out) / "log.csv"))
     if recipe is not None:
+        if epochs * len(dls.train) < 2:  # (its one-cycle is built at fit: refuse now, before --overwrite removes files)
+            from .recipes import _one_step
+            raise _UsageError(_one_step(f"recipe {args.recipe}'s one-cycle", epochs * len(dls.train), epochs,
+                                        len(dls.train)))
         learn = recipe_learner(recipe, dls, cbs, device=device)
     else:
         act = partial(GeneralRelu, leak=0.1, sub=0.4)

@@ -38,7 +38,7 @@ SCHEDULES = {
     "onecycle-cosine": "torch's OneCycleLR policy (lr and momentum/beta1) from scratch, per batch (ours)",
     "onecycle-torch": "torch's OneCycleLR, max_lr=lr, with momentum/beta1 cycling, per batch",
     "warmup-cosine": "linear warmup over the first 10% of the steps, then cosine to 0, per batch (ours)",
-    "step": "StepLR: lr × 0.1 every third of the epochs, per epoch",
+    "step": "StepLR: lr × 0.1 every n_epochs // 3 epochs (every epoch below 6), per epoch",
     "plateau": "ReduceLROnPlateau on valid_loss: lr × 0.1 after 2 epochs in a row without improvement (patience 1; "
                "needs MetricsCB)",
 }
@@ -54,6 +54,11 @@ def _torch_one_cycle(opt: Optimizer, total_steps: int) -> OneCycleLR:
 
 def _our_one_cycle(opt: Optimizer, total_steps: int) -> CosineOneCycle:
     return CosineOneCycle(opt, max_lr=_max_lrs(opt), total_steps=total_steps)
+
+
+def _one_step(what: str, total: int, n_epochs: int, per_epoch: int) -> str:
+    return (f"{what} needs at least 2 optimizer steps, and this fit has {total} ({n_epochs} epoch(s) of {per_epoch} "
+            "batch(es)): train more epochs or use smaller batches")
 
 
 def make_sched_cb(name: str, n_epochs: int, steps_per_epoch: int) -> BaseSchedCB | None:
@@ -74,8 +79,7 @@ def make_sched_cb(name: str, n_epochs: int, steps_per_epoch: int) -> BaseSchedCB
     if name not in recipes:
         raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
     if name.startswith("onecycle") and total < 2:  # its peak in the middle needs a step before and after
-        raise ValueError(f"schedule {name!r} needs at least 2 optimizer steps, and this fit has {total} ({n_epochs} "
-                         f"epoch(s) of {steps_per_epoch} batch(es)): train more epochs or use smaller batches")
+        raise ValueError(_one_step(f"schedule {name!r}", total, n_epochs, steps_per_epoch))
     return recipes[name]()
 
 
@@ -173,6 +177,9 @@ def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, 
     def one_cycle(opt: Optimizer) -> OneCycleLR:
         # over the fit's epochs (learn.fit(n)) in optimizer steps (fewer than batches under GradAccumCB)
         total = max(1, learn.n_epochs * (steps_per_epoch(learn) or 1))
+        if total < 2:  # its peak in the middle needs a step before and after
+            raise ValueError(_one_step(f"recipe {_name(recipe)}'s one-cycle", total, learn.n_epochs,
+                                       steps_per_epoch(learn) or 1))
         # torch's OneCycleLR divides by zero when its warmup ends at step 0: keep at least 1.5 steps of it (tiny runs)
         return OneCycleLR(opt, max_lr=recipe.max_lr, pct_start=max(recipe.pct_start, 1.5 / total), total_steps=total)
     return learn.add_cb(BatchSchedCB(one_cycle))

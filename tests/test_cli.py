@@ -65,8 +65,8 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--device", "cuda:7"], "argument --device: 'cuda:7' is not available on this machine"),
     (["--n-train", "99999999"], "n_train must be in 1..60000, got 99999999"),
     (["--recipe", "fast", "--sched", "cosine"], "--sched cosine does not combine with --recipe fast"),
-    (["--seed", "99999999999999999999"], "argument --seed: must be an integer in 0..2**64-1"),  # a torch traceback
-    (["--seed", "-1"], "argument --seed: must be an integer in 0..2**64-1"),
+    (["--seed", "99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),  # a traceback
+    (["--seed", "-99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),
     (["--bs", "64", "--sched", "onecycle"], "schedule 'onecycle' needs at least 2 optimizer steps, and this fit "
                                             "has 1"),  # a traceback: T_max must be an int >= 2
 ])
@@ -110,6 +110,18 @@ def test_a_schedule_refused_keeps_the_earlier_runs_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", *SMALL, "--bs", "64", "--sched", "onecycle", "--out", str(tmp_path), "--overwrite"])
     assert info.value.code == 2 and "needs at least 2 optimizer steps" in capsys.readouterr().err
+    assert (tmp_path / "model.pt").read_bytes() == b"the first run's weights"
+
+
+def test_a_recipe_whose_one_cycle_has_no_room_is_refused_before_removing_anything(tmp_path, capsys):
+    """The check above covered --sched only: --recipe on a one-step fit raised a traceback (pct_start 1.5) after
+    --overwrite had removed the earlier run's files."""
+    from miniai.__main__ import main
+    (tmp_path / "model.pt").write_bytes(b"the first run's weights")
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--bs", "64", "--recipe", "fast", "--out", str(tmp_path), "--overwrite"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "recipe fast's one-cycle needs at least 2 optimizer steps" in err
     assert (tmp_path / "model.pt").read_bytes() == b"the first run's weights"
 
 
