@@ -21,6 +21,7 @@ from miniai.callbacks.mixed_precision import MixedPrecisionCB
 from miniai.data import DataLoaders, Normalize
 from miniai.inference import Prediction, load_learner
 from miniai.learner import Learner, TrainLearner
+from tests.synth import tiny_learner
 from tests.test_preds import image_dls, image_learner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,3 +306,15 @@ def test_the_models_own_hooks_are_exported_with_it(tmp_path):
     learn.fit(1, valid=False)
     loaded = load_learner(learn.export(tmp_path / "pruned.pkl"))
     assert torch.equal(loaded.infer(PIXELS).probs, learn.infer(PIXELS).probs)
+
+
+def test_a_learner_with_train_cb_and_a_lambda_loss_exports_after_a_fit(tmp_path):
+    """The loss check's cache held the loss itself, and TrainCB is exported: a lambda loss, which export leaves out
+    with a warning, made export fail after a fit (TypeError: could not pickle the callback TrainCB)."""
+    learn = tiny_learner(cbs=[TrainCB()], learner_cls=Learner)
+    learn.loss_func = lambda p, y: F.mse_loss(p, y)
+    learn.fit(1)
+    with pytest.warns(UserWarning, match="loss_func can't be pickled"):
+        path = learn.export(tmp_path / "m.pkl")
+    loaded = load_learner(path)
+    assert torch.equal(loaded.get_preds(dl=learn.dls.valid)[0], learn.get_preds()[0])

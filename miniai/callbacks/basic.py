@@ -112,6 +112,9 @@ class SupervisedLoss:
     def __init__(self) -> None:
         self._passed: tuple | None = None  # the loss and shapes that last passed the checks
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_passed": None}  # the cache holds the loss, which may not pickle (a lambda): export leaves it out
+
     def __call__(self, learn: Learner) -> torch.Tensor:
         loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
         first = yb[0] if yb else None
