@@ -198,16 +198,18 @@ _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in floa
 
 
 def _n_items(target: Any) -> int:
-    """How many items a batch's targets are for: a tensor's first dimension; of a dict (one tensor per key), its
-    first value's; of a tuple or list, its length if it holds one dict per item (detection), else its first
-    target's (one target per head)."""
+    """How many items a batch's targets are for: a tensor's first dimension; of a dict (one entry per key), its
+    first value's; of a tuple or list of tensors that share their first dimension, that (one target per head);
+    of any other tuple or list (one dict, string, number or tensor of its own length per item), its length."""
     if isinstance(target, torch.Tensor):
         return target.shape[0] if target.ndim else 1
     if isinstance(target, dict):
         return _n_items(next(iter(target.values()))) if target else 0
-    if not target or isinstance(target[0], dict):
-        return len(target)
-    return _n_items(target[0])
+    if isinstance(target, (tuple, list)) and target and all(isinstance(t, torch.Tensor) and t.ndim for t in target):
+        sizes = {t.shape[0] for t in target}
+        if len(sizes) == 1:  # heads over one batch (a per-item list of equal lengths would be stacked: a tensor)
+            return sizes.pop()
+    return len(target)
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
