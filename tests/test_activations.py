@@ -309,3 +309,16 @@ def test_a_layer_kept_in_eval_mode_during_training_is_still_recorded():
     stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
     learner(mlp(), [stats, FreezeFirst()]).fit(1)
     assert [len(means) for means, _, _ in stats.stats] == [3, 3]
+
+
+@pytest.mark.parametrize("range_, bins", [((0.0, 0.7), 7), ((0.1, 0.7), 40), ((0.0, 1 / 3), 10), ((-0.1, 0.6), 25)])
+def test_the_histogram_is_histc_s_on_ranges_not_exact_in_float32(range_, bins):
+    """With high - low not exact in float32, |x| == high (a saturated activation: Hardtanh(-0.7, 0.7)) fell out
+    of the histogram (14 of 900 counted) and values at inner bin edges went to the next bin."""
+    from miniai.callbacks.activations import _abs_histc, _abs_histc_scatter
+    low, high = range_
+    edges = torch.linspace(low, high, bins + 1)
+    x = torch.cat([edges, torch.nextafter(edges, torch.tensor(9.0)), torch.nextafter(edges, torch.tensor(-9.0)),
+                   torch.full((900,), float(torch.tensor(high))), torch.rand(100)])
+    for histogram in (_abs_histc, _abs_histc_scatter):
+        assert torch.equal(histogram(x.clone(), bins, low, high), x.abs().histc(bins, low, high))

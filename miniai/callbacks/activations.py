@@ -155,42 +155,41 @@ def get_min(hook: Hook) -> Tensor:
 def _abs_histc(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
     """`torch.histc(flat.abs(), bins, low, high)`; on the CPU a bincount of bin indices, ~2.5x faster than histc.
 
-    CPU histc is a serial loop per element; here a few vectorized passes compute histc's own index,
-    (|x| - low) * bins / (high - low) truncated, and one bincount counts them. As histc: |x| == high counts in
-    the last bin, and values outside [low, high] and NaN are left out.
+    CPU histc is a serial loop per element; here a few vectorized passes compute histc's own bin index in its own
+    float arithmetic: (|x| - low) * bins / (high - low), with low, high and their difference in the input's
+    dtype (a range like (0, 0.7) is not exact in float32), truncated; |x| == high counts in the last bin, and
+    values outside [low, high] (tested on the values, as histc does) and NaN are left out.
     """
     if flat.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         return torch.histc(flat.abs(), bins, low, high)  # fast on GPUs, where a bincount would also sync
     if flat.device.type != "cpu":  # MPS (whose histc waits for the GPU each call) and deterministic CUDA (refused)
         return _abs_histc_scatter(flat, bins, low, high)
+    lo, hi = torch.tensor(low, dtype=flat.dtype), torch.tensor(high, dtype=flat.dtype)
     pos = flat.abs()
-    if low:
-        pos.sub_(low)
-    pos.mul_(bins).div_(high - low)
-    # reading a CPU max costs no sync, and it spares the passes below whenever no activation reaches high (usual)
+    # reading a CPU max costs no sync; with low 0 and no |x| past high (usual) no value needs leaving out
     top = float(pos.max()) if pos.numel() else 0.0  # NaN if any is NaN
-    if not top <= bins + 1:
-        pos.nan_to_num_(nan=bins + 1.0).clamp_(max=bins + 1.0)  # NaN, inf, huge: out of range, yet castable
+    inside = None if not low and top <= float(hi) else (pos >= lo) & (pos <= hi)
     if low:
-        pos.clamp_(min=-1.0)
-    # histc's last bin is closed, [edge, high]: count |x| == high apart
-    at_high = int(torch.count_nonzero(pos == bins)) if not top < bins else 0
-    if low:
-        pos.floor_().add_(1)  # below low -> 0 (dropped); bin k -> k + 1
-    counts = torch.bincount(pos.to(torch.int32), minlength=bins + 3)
-    hist = counts[1:bins + 1] if low else counts[:bins]
-    if at_high:
-        hist[-1] += at_high
-    return hist.to(flat.dtype)
+        pos.sub_(lo)
+    # divided by a full tensor: torch divides by a scalar as a product with its reciprocal, histc does not
+    pos.mul_(bins).div_((hi - lo).expand_as(pos))
+    if inside is not None:
+        pos.nan_to_num_(0.0)  # (left out below; a NaN has no integer to truncate to)
+    index = pos.clamp_(0, bins - 1).to(torch.int32)  # |x| == high, at bins, goes to the last bin
+    if inside is not None:
+        index = torch.where(inside, index, bins)  # an extra bin, dropped
+    return torch.bincount(index, minlength=bins + 1)[:bins].to(flat.dtype)
 
 
 def _abs_histc_scatter(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
     """`_abs_histc` without reading anything back to the host: histc's index, then one scatter_add of ones."""
-    pos = flat.abs().sub_(low).mul_(bins).div_(high - low)  # histc's own index formula, as on the CPU
-    # |x| == high counts in the last bin; below low, above high and NaN go to an extra bin, dropped
-    idx = torch.where(pos == bins, bins - 1, pos.clamp(-1, bins + 1).nan_to_num(-1).floor())
-    idx = torch.where((pos >= 0) & (pos <= bins), idx, bins).long()
-    counts = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device).scatter_add_(0, idx, torch.ones_like(idx))
+    lo, hi = (torch.tensor(v, dtype=flat.dtype, device=flat.device) for v in (low, high))
+    value = flat.abs()
+    inside = (value >= lo) & (value <= hi)
+    pos = (value - lo).mul_(bins).div_((hi - lo).expand_as(value)).nan_to_num_(0.0).clamp_(0, bins - 1)
+    index = torch.where(inside, pos.long(), bins)  # outside [low, high] and NaN: an extra bin, dropped
+    counts = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device).scatter_add_(0, index,
+                                                                                    torch.ones_like(index))
     return counts[:bins].to(flat.dtype)
 
 
