@@ -18,7 +18,7 @@ from torcheval.metrics import MulticlassAccuracy
 import miniai.callbacks.checkpoint as checkpoint_module
 from miniai.callbacks import (ActivationStats, BatchSchedCB, CheckpointCB, MetricsCB, ProgressCB, RecorderCB, _lr,
                               load_checkpoint)
-from miniai.callbacks.guards import NonFiniteLossError
+from miniai.callbacks.guards import EarlyStoppingCB, NonFiniteLossError
 from miniai.data import DataLoaders, TensorLoader
 from miniai.callbacks.basic import LossInputError
 from miniai.learner import Callback, TrainLearner
@@ -936,3 +936,36 @@ def test_a_validation_loader_that_drops_items_is_refused():
     with pytest.raises(ValueError, match=r"dls.valid drops its last items.*without drop_last"):
         learn.fit(1)
     learn.fit(1, valid=False)  # training may drop them
+
+
+class _ValidScore:
+    """A metric that rises as the loss falls here (1 - MSE), named as an accuracy is."""
+
+    def __init__(self):
+        self.reset()
+
+    def update(self, preds, target):
+        self.sum, self.n = self.sum + float(((preds - target) ** 2).sum()), self.n + len(target)
+
+    def compute(self):
+        return 1 - self.sum / max(self.n, 1)
+
+    def reset(self):
+        self.sum, self.n = 0.0, 0
+
+
+def test_a_resume_watching_another_metric_looks_for_the_best_afresh(tmp_path):
+    """Resumed with EarlyStoppingCB and CheckpointCB watching valid_loss where the run watched valid_accuracy,
+    the saved best accuracy was compared with losses: the fit stopped at once while the loss improved, and the
+    best-by-accuracy file was named best by loss."""
+    def cbs(monitor):
+        return [quiet_metrics(accuracy=_ValidScore()), EarlyStoppingCB(monitor, patience=1),
+                CheckpointCB(tmp_path, monitor=monitor)]
+    tiny_learner(cbs=cbs("valid_accuracy"), lr=0.01).fit(2)
+    learn = tiny_learner(cbs=cbs("valid_loss"), lr=0.01)
+    with pytest.warns(UserWarning, match=r"watched 'valid_accuracy' \(max\).*watches 'valid_loss' \(min\)"):
+        learn.fit(5, resume=tmp_path)
+    stopper = next(cb for cb in learn.cbs if isinstance(cb, EarlyStoppingCB))
+    saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+    assert stopper.stopped_epoch is None and learn.epoch == 4  # the loss kept improving: no stop
+    assert saver.best_path.name == "epoch_0005.pt" and saver.best == learn.metrics.history[-1]["loss"]

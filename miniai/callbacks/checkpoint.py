@@ -26,7 +26,7 @@ from torch import nn
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import byte_sums, tensors_in
-from .guards import NonFiniteLossError, lower_lr_advice, pass_args
+from .guards import NonFiniteLossError, _same_watch, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode
 from .scheduling import BaseSchedCB
 
@@ -353,13 +353,18 @@ class CheckpointCB(Callback):
         self._warned: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
-        """{'best': best monitored value so far, 'best_file': its file's path}, so a resumed run keeps the best."""
-        return {"best": self.best, "best_file": str(self.best_path.resolve()) if self.best_path else None}
+        """{'best': best monitored value so far, 'best_file': its file's path, 'monitor', 'mode'}, so a resumed
+        run keeps the best (unless it watches something else)."""
+        return {"best": self.best, "best_file": str(self.best_path.resolve()) if self.best_path else None,
+                "monitor": self.monitor, "mode": self.mode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`; a best file no longer where it was is looked for in the directory of the
         checkpoint resumed from (a run moved or copied with its files), else forgotten with its value, so the
         resumed run finds a new best."""
+        if not _same_watch(self, state, "CheckpointCB"):
+            self.best, self.best_path = None, None
+            return
         best = Path(state["best_file"]) if state["best_file"] else None
         if best is not None and not (best.is_absolute() and best.exists()) and self._resumed_from is not None:
             best = self._resumed_from.parent / best.name

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -102,6 +103,18 @@ class TerminateOnNaNCB(Callback):
             + resume)
 
 
+def _same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
+    """Whether `state` was saved watching what `cb` watches (checkpoints from before that was saved: assumed so);
+    if not, a warning that its best is not carried over."""
+    saved = (state.get("monitor", cb.monitor), state.get("mode", cb.mode))
+    if saved == (cb.monitor, cb.mode):
+        return True
+    warnings.warn(f"{who} watched {saved[0]!r} ({saved[1]}) in the run resumed from and watches {cb.monitor!r} "
+                  f"({cb.mode}) now: its best value so far is not carried over, the best is looked for afresh",
+                  stacklevel=3)
+    return False
+
+
 def lower_lr_advice(learn: Learner, good: Any) -> str:
     """How to go on from checkpoint `good` with a lower lr: a resume takes a new lr unless a schedule sets it."""
     from .scheduling import BaseSchedCB  # here: scheduling imports this module's neighbours
@@ -147,11 +160,17 @@ class EarlyStoppingCB(Callback):
         self.stopped_epoch: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """{'best', 'wait', 'stopped_epoch'}: the best value seen, epochs without improvement, and where it stopped."""
-        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+        """{'best', 'wait', 'stopped_epoch', 'monitor', 'mode'}: the best value seen, epochs without improvement,
+        where it stopped, and what it watched."""
+        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch, "monitor": self.monitor,
+                "mode": self.mode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`."""
+        """Restore `state_dict()`; saved while watching another metric (or way), it is not taken: the wait starts
+        afresh, with a warning (a best accuracy compared with losses would stop the fit at once)."""
+        if not _same_watch(self, state, "EarlyStoppingCB"):
+            self.best, self.wait, self.stopped_epoch = None, 0, None
+            return
         self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
 
     def before_fit(self, learn: Learner) -> None:
