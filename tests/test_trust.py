@@ -969,3 +969,19 @@ def test_a_resume_watching_another_metric_looks_for_the_best_afresh(tmp_path):
     saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
     assert stopper.stopped_epoch is None and learn.epoch == 4  # the loss kept improving: no stop
     assert saver.best_path.name == "epoch_0005.pt" and saver.best == learn.metrics.history[-1]["loss"]
+
+
+def test_recorders_given_in_another_order_on_resume_are_refused_not_emptied(tmp_path):
+    """Checkpoint states are matched to callbacks by class and order: two RecorderCBs swapped on resume each got
+    the other's records, kept none of them, and recorded only the resumed epochs, without a word."""
+    from miniai.callbacks.scheduling import RecorderCB, _lr
+
+    def loss_of(cb):
+        return float(cb.learn.loss)
+    tiny_learner(cbs=[RecorderCB(lr=_lr), RecorderCB(loss=loss_of), CheckpointCB(tmp_path)]).fit(2)
+    learn = tiny_learner(cbs=[RecorderCB(loss=loss_of), RecorderCB(lr=_lr)])
+    with pytest.raises(ValueError, match=r"records loss, and the state given to it recorded lr.*in the order"):
+        learn.fit(3, resume=tmp_path)
+    learn = tiny_learner(cbs=[RecorderCB(lr=_lr), RecorderCB(loss=loss_of)])
+    learn.fit(3, resume=tmp_path)
+    assert [len(cb.recs[name]) for cb, name in zip(learn.cbs, ("lr", "loss"))] == [9, 9]

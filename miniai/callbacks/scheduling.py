@@ -432,8 +432,12 @@ class RecorderCB(Callback):
         return {"recs": copy.deepcopy(self.recs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `recs` (during a fit: before_fit starts them afresh)."""
-        self.recs = {name: list(state["recs"].get(name, [])) for name in self.fns}
+        """Restore `recs` (during a fit: before_fit starts them afresh); recorded under other names, refused."""
+        if set(state["recs"]) != set(self.fns):  # another RecorderCB's records (checkpoints match them by order)
+            raise ValueError(f"this RecorderCB records {', '.join(self.fns)}, and the state given to it recorded "
+                             f"{', '.join(state['recs']) or 'nothing'}: resuming, give the RecorderCBs in the order "
+                             "of the run resumed from, recording what they recorded")
+        self.recs = {name: list(state["recs"][name]) for name in self.fns}
 
     def plot(self, path: str | None = None) -> Any:
         """One panel per recorded quantity against the batch index; saved as an image when `path` is given."""
