@@ -985,3 +985,13 @@ def test_recorders_given_in_another_order_on_resume_are_refused_not_emptied(tmp_
     learn = tiny_learner(cbs=[RecorderCB(lr=_lr), RecorderCB(loss=loss_of)])
     learn.fit(3, resume=tmp_path)
     assert [len(cb.recs[name]) for cb, name in zip(learn.cbs, ("lr", "loss"))] == [9, 9]
+
+
+def test_two_checkpoint_callbacks_in_one_directory_are_refused(tmp_path):
+    """CheckpointCB(d, keep=1) and CheckpointCB(d, keep=1, monitor='valid_loss') each deleted the other's files:
+    the best checkpoint went, while best_path still named it."""
+    learn = tiny_learner(cbs=[quiet_metrics(), CheckpointCB(tmp_path, keep=1),
+                              CheckpointCB(tmp_path / ".", keep=1, monitor="valid_loss")])
+    with pytest.raises(ValueError, match="two CheckpointCBs write into"):
+        learn.fit(2)
+    assert list(tmp_path.iterdir()) == []

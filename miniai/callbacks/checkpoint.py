@@ -375,6 +375,10 @@ class CheckpointCB(Callback):
         self.best, self.best_path = (state["best"], best) if best is not None else (None, None)
 
     def before_fit(self, learn: Learner) -> None:
+        if any(cb is not self and isinstance(cb, CheckpointCB) and cb.path.resolve() == self.path.resolve()
+               for cb in learn.cbs):  # each would delete the other's files as it keeps its own newest
+            raise ValueError(f"two CheckpointCBs write into {self.path}: give each its own directory (one "
+                             "CheckpointCB(path, keep=n, monitor=...) keeps the newest n and the best)")
         if self.monitor is not None:
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
