@@ -995,3 +995,22 @@ def test_two_checkpoint_callbacks_in_one_directory_are_refused(tmp_path):
     with pytest.raises(ValueError, match="two CheckpointCBs write into"):
         learn.fit(2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_loader_seed_the_resume_would_replace_is_refused(tmp_path):
+    """Resumed with TensorLoader(seed=7) where the run shuffled with seed=0, the loader's seed was silently set back
+    to 0, for this fit and the next ones."""
+    def learner(seed):
+        torch.manual_seed(0)
+        x = torch.randn(48, 1)
+        dls = DataLoaders(TensorLoader(x, 2 * x + 3, 16, shuffle=True, seed=seed), TensorLoader(x, 2 * x + 3, 16))
+        return TrainLearner(nn.Linear(1, 1), dls, F.mse_loss, lr=0.1, cbs=[CheckpointCB(tmp_path / str(seed))])
+    learner(0).fit(2)
+    learn = learner(7)
+    with pytest.raises(checkpoint_module.CheckpointMismatchError,
+                       match=r"seed=7, and the run resumed from shuffled with seed=0"):
+        learn.fit(3, resume=tmp_path / "0")
+    assert learn.dls.train.seed == 7
+    learn = learner(None)
+    learn.fit(3, resume=tmp_path / "0")  # no seed of its own: it walks the saved run's order
+    assert learn.dls.train.seed == 0

@@ -212,6 +212,12 @@ def _check_loader(dl: Any, state: dict[str, Any] | None, name: str) -> None:
         if not callable(getattr(dl, "load_state_dict", None)):
             raise CheckpointMismatchError(f"the checkpoint holds a state_dict for dls.{name} but this loader "
                                           f"({type(dl).__name__}) has none: use the same loader type as the saved run")
+        saved, given = state["state_dict"].get("seed"), getattr(dl, "seed", None)
+        # a seed given to this loader that the resume would replace (under DDP, DDPCB may have drawn one now)
+        if saved is not None and given is not None and given != saved and not is_dist():
+            raise CheckpointMismatchError(f"dls.{name} has seed={given}, and the run resumed from shuffled with "
+                                          f"seed={saved}: an exact resume walks the saved run's order. Build the "
+                                          f"loader with seed={saved} (or None), or start a new fit for another order")
     elif len(loader_generators(dl)) != len(state["generators"]):
         raise CheckpointMismatchError(f"dls.{name} draws from {len(loader_generators(dl))} torch.Generator(s), the "
                                       f"checkpoint saved {len(state['generators'])}: build the loader as in the "
