@@ -19,7 +19,7 @@ import torch
 from .sources import RawData, find_source, read_source
 from .utils import byte_sums
 
-__all__ = ["CACHE_STATS", "Normalized", "clear_cache", "load_normalized", "load_tensors"]
+__all__ = ["CACHE_STATS", "Normalized", "clear_cache", "load_normalized", "load_tensors", "normalized_split"]
 
 CACHE_STATS: dict[str, int] = {"memory_hits": 0, "disk_hits": 0, "decodes": 0}
 """How `load_tensors` was served, counted since import; tests read it to check the caches are used."""
@@ -114,10 +114,16 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(means).float(), torch.stack(stds).float()
 
 
-def _normalize(raw: RawData, mean: torch.Tensor, std: torch.Tensor) -> Normalized:
+def _normalize(train_x: torch.Tensor, valid_x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> Normalized:
     scale, shift = (1 / (255 * std)).view(1, -1, 1, 1), (mean / std).view(1, -1, 1, 1)
     # (x/255 - mean)/std, done in place on one float copy
-    return Normalized(*(x.to(torch.float32).mul_(scale).sub_(shift) for x in (raw.train_x, raw.valid_x)), mean, std)
+    return Normalized(*(x.to(torch.float32).mul_(scale).sub_(shift) for x in (train_x, valid_x)), mean, std)
+
+
+def normalized_split(train_x: torch.Tensor, valid_x: torch.Tensor) -> Normalized:
+    """uint8 images [N,C,H,W] of a split of one's own, normalized with the per-channel mean and std of `train_x`
+    alone (a held-out part of the training set must not shape the normalization, as the test set does not)."""
+    return _normalize(train_x, valid_x, *_stats(train_x))
 
 
 def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None = None
@@ -143,7 +149,7 @@ def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None 
     # new tensors for every call (the raw ones copied, the normalized ones made afresh): one run's in-place edits
     # (an occlusion test, label noise) must not reach the cache that every later call of the process reads
     copy = raw._replace(**{k: getattr(raw, k).clone() for k in ("train_x", "train_y", "valid_x", "valid_y")})
-    return copy, _normalize(raw, mean, std)
+    return copy, _normalize(raw.train_x, raw.valid_x, mean, std)
 
 
 def load_tensors(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> RawData:

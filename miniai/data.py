@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate
 
-from .cache import load_normalized
+from .cache import load_normalized, normalized_split
 from .sources import VALID_SPLITS
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
@@ -239,7 +239,8 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
             valid_bs: int | None = None, seed: int | None = None, device: str | torch.device | None = None,
             n_train: int | None = None, n_valid: int | None = None, holdout: int = 0,
             holdout_seed: int = 0) -> DataLoaders:
-    """In-memory DataLoaders for `name`: float32 [N,C,H,W] normalized by the full training set's mean/std.
+    """In-memory DataLoaders for `name`: float32 [N,C,H,W] normalized by the training set's mean/std (with
+    `holdout`, by the images trained on).
 
     The loaders carry the class names (`dls.classes`) and that normalization (`dls.normalize`, a `Normalize`).
 
@@ -262,7 +263,9 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
             raise ValueError(f"holdout must be in 1..{len(train_x) - 1} training images, got {holdout}")
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(holdout_seed))
         keep, held = order[holdout:].sort().values, order[:holdout].sort().values  # sorted: the dataset's order
-        train_x, train_y, valid_x, valid_y = train_x[keep], train_y[keep], train_x[held], train_y[held]
+        # normalized by the images trained on: the held-out ones stay unseen, as the test set is
+        train_x, valid_x, mean, std = normalized_split(raw.train_x[keep], raw.train_x[held])
+        train_y, valid_y = train_y[keep], train_y[held]
     for what, n, have in (("n_train", n_train, len(train_x)), ("n_valid", n_valid, len(valid_x))):
         if n is not None and not 0 < n <= have:
             raise ValueError(f"{what} must be in 1..{have}, got {n}")
