@@ -322,3 +322,15 @@ def test_the_histogram_is_histc_s_on_ranges_not_exact_in_float32(range_, bins):
                    torch.full((900,), float(torch.tensor(high))), torch.rand(100)])
     for histogram in (_abs_histc, _abs_histc_scatter):
         assert torch.equal(histogram(x.clone(), bins, low, high), x.abs().histc(bins, low, high))
+
+
+def test_a_training_pass_run_with_the_model_in_eval_mode_says_it_recorded_nothing():
+    """A callback putting the whole model in eval mode for training (to freeze BatchNorm) left ActivationStats with
+    nothing recorded and no word: it records the forwards made in the pass's mode."""
+    class Frozen(Callback):
+        def before_epoch(self, learn):
+            learn.model.eval()
+    stats = ActivationStats(mod_filter=lambda m: isinstance(m, nn.ReLU))
+    with pytest.warns(UserWarning, match=r"recorded nothing in this training pass of \d+ batches.*eval mode"):
+        learner(mlp(), [stats, Frozen()]).fit(1)
+    assert all(len(h.stats[0]) == 0 if hasattr(h, "stats") else True for h in stats.hooks)
