@@ -334,3 +334,9 @@ def test_a_training_pass_run_with_the_model_in_eval_mode_says_it_recorded_nothin
     with pytest.warns(UserWarning, match=r"recorded nothing in this training pass of \d+ batches.*eval mode"):
         learner(mlp(), [stats, Frozen()]).fit(1)
     assert all(len(h.stats[0]) == 0 if hasattr(h, "stats") else True for h in stats.hooks)
+
+
+def test_an_infinite_range_is_refused_as_histc_refuses_it():
+    """range=(0, inf) was accepted: every finite value counted in bin 0, an inf activation crashed in bincount."""
+    with pytest.raises(ValueError, match="finite range"):
+        ActivationStats(range=(0.0, float("inf")))

@@ -999,18 +999,33 @@ def test_two_checkpoint_callbacks_in_one_directory_are_refused(tmp_path):
 
 def test_a_loader_seed_the_resume_would_replace_is_refused(tmp_path):
     """Resumed with TensorLoader(seed=7) where the run shuffled with seed=0, the loader's seed was silently set back
-    to 0, for this fit and the next ones."""
-    def learner(seed):
+    to 0, for this fit and the next ones; resumed with a seed where the run had none, it walked another order."""
+    def learner(seed, run=None):
         torch.manual_seed(0)
         x = torch.randn(48, 1)
         dls = DataLoaders(TensorLoader(x, 2 * x + 3, 16, shuffle=True, seed=seed), TensorLoader(x, 2 * x + 3, 16))
-        return TrainLearner(nn.Linear(1, 1), dls, F.mse_loss, lr=0.1, cbs=[CheckpointCB(tmp_path / str(seed))])
-    learner(0).fit(2)
+        return TrainLearner(nn.Linear(1, 1), dls, F.mse_loss, lr=0.1,
+                            cbs=[CheckpointCB(tmp_path / str(run))] if run is not None else [])
+    learner(0, run="a").fit(2)
     learn = learner(7)
     with pytest.raises(checkpoint_module.CheckpointMismatchError,
                        match=r"seed=7, and the run resumed from shuffled with seed=0"):
-        learn.fit(3, resume=tmp_path / "0")
+        learn.fit(3, resume=tmp_path / "a")
     assert learn.dls.train.seed == 7
     learn = learner(None)
-    learn.fit(3, resume=tmp_path / "0")  # no seed of its own: it walks the saved run's order
-    assert learn.dls.train.seed == 0
+    learn.fit(3, resume=tmp_path / "a")  # no seed of its own: it walks the saved run's order, then has none again
+    assert learn.dls.train.seed is None
+    learner(5, run="b").fit(2)
+    learn.fit(3, resume=tmp_path / "b")  # so a resume from another run is no mismatch of a seed it never gave
+    learner(None, run="c").fit(2)  # a run that drew its orders from torch's RNG, resumed with a seed of its own
+    with pytest.raises(checkpoint_module.CheckpointMismatchError, match=r"seed=7, and the run resumed from drew"):
+        learner(7).fit(3, resume=tmp_path / "c")
+
+
+def test_a_recorder_recording_one_more_name_resumes_with_it_empty(tmp_path):
+    """Refusing RecorderCBs swapped on resume must not refuse one that records a name more than the saved run."""
+    from miniai.callbacks.scheduling import RecorderCB, _lr, _mom
+    tiny_learner(cbs=[RecorderCB(lr=_lr), CheckpointCB(tmp_path)]).fit(2)
+    rec = RecorderCB(lr=_lr, mom=_mom)
+    tiny_learner(cbs=[rec]).fit(3, resume=tmp_path)
+    assert len(rec.recs["lr"]) == 9 and len(rec.recs["mom"]) == 3

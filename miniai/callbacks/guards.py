@@ -107,7 +107,7 @@ def _same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
     """Whether `state` was saved watching what `cb` watches (checkpoints from before that was saved: assumed so);
     if not, a warning that its best is not carried over."""
     saved = (state.get("monitor", cb.monitor), state.get("mode", cb.mode))
-    if saved == (cb.monitor, cb.mode):
+    if saved == (cb.monitor, cb.mode) or saved[0] is None:  # (nothing watched, no best to carry over)
         return True
     warnings.warn(f"{who} watched {saved[0]!r} ({saved[1]}) in the run resumed from and watches {cb.monitor!r} "
                   f"({cb.mode}) now: its best value so far is not carried over, the best is looked for afresh",

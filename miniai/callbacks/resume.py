@@ -59,6 +59,11 @@ class ResumeCB(Callback):
 
     def __init__(self, state: dict[str, Any], file: Path, lr: float | None = None) -> None:
         self.state, self.file, self.lr = state, file, lr
+        self._seedless: list[Any] = []  # loaders built without a seed, which take the saved run's for this fit
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        for dl in self._seedless:  # their own again: a later resume from another run is not refused for it
+            dl.seed = None
 
     def before_fit(self, learn: Learner) -> None:
         state, file = self.state, self.file
@@ -104,6 +109,7 @@ class ResumeCB(Callback):
         metrics = getattr(learn, "metrics", None)
         if state["metrics"] is not None and metrics is not None and not callable(getattr(metrics, "state_dict", None)):
             metrics.history, metrics.last = list(state["metrics"]["history"]), dict(state["metrics"]["last"])
+        self._seedless = [dl for dl in loaders.values() if getattr(dl, "seed", 0) is None and not is_dist()]
         for name, dl in loaders.items():
             _load_loader_state(dl, state["loaders"][name])
         saved_gens = state.get("generators", {})  # (older files: none)
@@ -213,11 +219,14 @@ def _check_loader(dl: Any, state: dict[str, Any] | None, name: str) -> None:
             raise CheckpointMismatchError(f"the checkpoint holds a state_dict for dls.{name} but this loader "
                                           f"({type(dl).__name__}) has none: use the same loader type as the saved run")
         saved, given = state["state_dict"].get("seed"), getattr(dl, "seed", None)
-        # a seed given to this loader that the resume would replace (under DDP, DDPCB may have drawn one now)
-        if saved is not None and given is not None and given != saved and not is_dist():
-            raise CheckpointMismatchError(f"dls.{name} has seed={given}, and the run resumed from shuffled with "
-                                          f"seed={saved}: an exact resume walks the saved run's order. Build the "
-                                          f"loader with seed={saved} (or None), or start a new fit for another order")
+        # a seed given to this loader that differs from the saved run's (under DDP, DDPCB may have drawn one now)
+        if given is not None and given != saved and not is_dist():
+            what = f"shuffled with seed={saved}" if saved is not None else "drew its orders from torch's RNG"
+            raise CheckpointMismatchError(f"dls.{name} has seed={given}, and the run resumed from {what}: an exact "
+                                          "resume walks the saved run's order. Build the loader with seed="
+                                          f"{saved if saved is not None else 'None'}"
+                                          f"{' (or None)' if saved is not None else ''}, or start a new fit for "
+                                          "another order")
     elif len(loader_generators(dl)) != len(state["generators"]):
         raise CheckpointMismatchError(f"dls.{name} draws from {len(loader_generators(dl))} torch.Generator(s), the "
                                       f"checkpoint saved {len(state['generators'])}: build the loader as in the "
