@@ -126,10 +126,9 @@ def normalized_split(train_x: torch.Tensor, valid_x: torch.Tensor) -> Normalized
     return _normalize(train_x, valid_x, *_stats(train_x))
 
 
-def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None = None
-                    ) -> tuple[RawData, Normalized]:
-    """`name`'s raw tensors and their normalized copy, from memory, the disk cache, or by decoding (in that order);
-    every call gets its own copy, so editing one run's data changes no later call's."""
+def _cached(name: str, path: str | os.PathLike | None) -> tuple[RawData, torch.Tensor, torch.Tensor]:
+    """`name`'s raw tensors and their training images' mean and std, from memory, the disk cache, or by decoding
+    (in that order); the cached objects themselves, which callers copy before handing out."""
     source = find_source(name, path)
     key = source.key()
     if key in _MEMORY:
@@ -145,13 +144,24 @@ def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None 
             if _write_cache(file, raw):
                 _remove_older_versions(name, file)
         _MEMORY[key] = (raw, *_stats(raw.train_x))
-    raw, mean, std = _MEMORY[key]
-    # new tensors for every call (the raw ones copied, the normalized ones made afresh): one run's in-place edits
-    # (an occlusion test, label noise) must not reach the cache that every later call of the process reads
-    copy = raw._replace(**{k: getattr(raw, k).clone() for k in ("train_x", "train_y", "valid_x", "valid_y")})
-    return copy, _normalize(raw.train_x, raw.valid_x, mean, std)
+    return _MEMORY[key]
+
+
+def _copy(raw: RawData) -> RawData:
+    # new tensors for every call: one run's in-place edits (an occlusion test, label noise) must not reach the
+    # cache that every later call of the process reads
+    return raw._replace(**{k: getattr(raw, k).clone() for k in ("train_x", "train_y", "valid_x", "valid_y")})
+
+
+def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None = None
+                    ) -> tuple[RawData, Normalized]:
+    """`name`'s raw tensors and their normalized copy (`_cached`); every call gets its own copy, so editing one
+    run's data changes no later call's."""
+    raw, mean, std = _cached(name, path)
+    return _copy(raw), _normalize(raw.train_x, raw.valid_x, mean, std)
 
 
 def load_tensors(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> RawData:
-    """The dataset as raw uint8 images [N,C,H,W] and int64 labels (cached), from the first available source."""
-    return load_normalized(name, path)[0]
+    """The dataset as raw uint8 images [N,C,H,W] and int64 labels (cached, a copy of its own), from the first
+    available source."""
+    return _copy(_cached(name, path)[0])

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate
 
-from .cache import load_normalized, normalized_split
+from .cache import load_normalized, load_tensors, normalized_split
 from .sources import VALID_SPLITS
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
@@ -256,16 +256,18 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
                              f"or None; got {n!r}")
     if valid_bs is not None and valid_bs < 1:
         raise ValueError(f"valid_bs must be an int >= 1 or None (the training bs); got {valid_bs}")
-    raw, (train_x, valid_x, mean, std) = load_normalized(name, path)
-    train_y, valid_y = raw.train_y, raw.valid_y
     if holdout:
-        if not 0 < holdout < len(train_x):
-            raise ValueError(f"holdout must be in 1..{len(train_x) - 1} training images, got {holdout}")
-        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(holdout_seed))
+        raw = load_tensors(name, path)
+        if not 0 < holdout < len(raw.train_x):
+            raise ValueError(f"holdout must be in 1..{len(raw.train_x) - 1} training images, got {holdout}")
+        order = torch.randperm(len(raw.train_x), generator=torch.Generator().manual_seed(holdout_seed))
         keep, held = order[holdout:].sort().values, order[:holdout].sort().values  # sorted: the dataset's order
         # normalized by the images trained on: the held-out ones stay unseen, as the test set is
         train_x, valid_x, mean, std = normalized_split(raw.train_x[keep], raw.train_x[held])
-        train_y, valid_y = train_y[keep], train_y[held]
+        train_y, valid_y = raw.train_y[keep], raw.train_y[held]
+    else:
+        raw, (train_x, valid_x, mean, std) = load_normalized(name, path)
+        train_y, valid_y = raw.train_y, raw.valid_y
     for what, n, have in (("n_train", n_train, len(train_x)), ("n_valid", n_valid, len(valid_x))):
         if n is not None and not 0 < n <= have:
             raise ValueError(f"{what} must be in 1..{have}, got {n}")
