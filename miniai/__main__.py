@@ -130,7 +130,7 @@ def train(args: argparse.Namespace) -> float:
     from .distributed import is_main_process, rank, world_size
     from .learner import TrainLearner
     from .models import GeneralRelu, get_model, init_weights
-    from .recipes import RECIPES, make_sched_cb, recipe_learner
+    from .recipes import RECIPES, check_one_cycle_room, make_sched_cb, recipe_learner
     from .utils import def_device, fix_malloc, set_seed
 
     if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
@@ -165,10 +165,10 @@ def train(args: argparse.Namespace) -> float:
         from .callbacks.loggers import CSVLoggerCB
         cbs.append(CSVLoggerCB(Path(args.out) / "log.csv"))
     if recipe is not None:
-        if epochs * len(dls.train) < 2:  # (its one-cycle is built at fit: refuse now, before --overwrite removes files)
-            from .recipes import _one_step
-            raise _UsageError(_one_step(f"recipe {args.recipe}'s one-cycle", epochs * len(dls.train), epochs,
-                                        len(dls.train)))
+        try:  # its one-cycle is built at fit: refuse now, before --overwrite removes anything
+            check_one_cycle_room(f"recipe {args.recipe}'s one-cycle", epochs, len(dls.train))
+        except ValueError as e:
+            raise _UsageError(str(e)) from e
         learn = recipe_learner(recipe, dls, cbs, device=device)
     else:
         act = partial(GeneralRelu, leak=0.1, sub=0.4)

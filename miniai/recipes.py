@@ -29,7 +29,7 @@ from .models import GeneralRelu, get_convnet, get_model, get_resnet, init_weight
 from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .utils import def_device
 
-__all__ = ["SCHEDULES", "make_sched_cb", "Recipe", "RECIPES", "recipe_learner"]
+__all__ = ["SCHEDULES", "check_one_cycle_room", "make_sched_cb", "Recipe", "RECIPES", "recipe_learner"]
 
 SCHEDULES = {
     "none": "constant lr",
@@ -56,9 +56,12 @@ def _our_one_cycle(opt: Optimizer, total_steps: int) -> CosineOneCycle:
     return CosineOneCycle(opt, max_lr=_max_lrs(opt), total_steps=total_steps)
 
 
-def _one_step(what: str, total: int, n_epochs: int, per_epoch: int) -> str:
-    return (f"{what} needs at least 2 optimizer steps, and this fit has {total} ({n_epochs} epoch(s) of {per_epoch} "
-            "batch(es)): train more epochs or use smaller batches")
+def check_one_cycle_room(what: str, n_epochs: int, per_epoch: int) -> None:
+    """Raise ValueError when a one-cycle over `n_epochs` × `per_epoch` optimizer steps has no room for its peak."""
+    total = n_epochs * per_epoch
+    if total < 2:  # its peak in the middle needs a step before and after
+        raise ValueError(f"{what} needs at least 2 optimizer steps, and this fit has {total} ({n_epochs} epoch(s) of "
+                         f"{per_epoch} batch(es)): train more epochs or use smaller batches")
 
 
 def make_sched_cb(name: str, n_epochs: int, steps_per_epoch: int) -> BaseSchedCB | None:
@@ -78,8 +81,8 @@ def make_sched_cb(name: str, n_epochs: int, steps_per_epoch: int) -> BaseSchedCB
     assert recipes.keys() == SCHEDULES.keys()
     if name not in recipes:
         raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
-    if name.startswith("onecycle") and total < 2:  # its peak in the middle needs a step before and after
-        raise ValueError(_one_step(f"schedule {name!r}", total, n_epochs, steps_per_epoch))
+    if name.startswith("onecycle"):
+        check_one_cycle_room(f"schedule {name!r}", n_epochs, steps_per_epoch)
     return recipes[name]()
 
 
@@ -176,10 +179,9 @@ def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, 
 
     def one_cycle(opt: Optimizer) -> OneCycleLR:
         # over the fit's epochs (learn.fit(n)) in optimizer steps (fewer than batches under GradAccumCB)
-        total = max(1, learn.n_epochs * (steps_per_epoch(learn) or 1))
-        if total < 2:  # its peak in the middle needs a step before and after
-            raise ValueError(_one_step(f"recipe {_name(recipe)}'s one-cycle", total, learn.n_epochs,
-                                       steps_per_epoch(learn) or 1))
+        per_epoch = steps_per_epoch(learn) or 1
+        check_one_cycle_room(f"recipe {_name(recipe)}'s one-cycle", learn.n_epochs, per_epoch)
+        total = learn.n_epochs * per_epoch
         # torch's OneCycleLR divides by zero when its warmup ends at step 0: keep at least 1.5 steps of it (tiny runs)
         return OneCycleLR(opt, max_lr=recipe.max_lr, pct_start=max(recipe.pct_start, 1.5 / total), total_steps=total)
     return learn.add_cb(BatchSchedCB(one_cycle))
