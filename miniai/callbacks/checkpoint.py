@@ -26,8 +26,8 @@ from torch import nn
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import byte_sums, tensors_in
-from .guards import NonFiniteLossError, _same_watch, lower_lr_advice, pass_args
-from .metrics import check_monitor, monitor_mode
+from .guards import NonFiniteLossError, lower_lr_advice, pass_args
+from .metrics import check_monitor, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
 
 __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",
@@ -362,7 +362,7 @@ class CheckpointCB(Callback):
         """Restore `state_dict()`; a best file no longer where it was is looked for in the directory of the
         checkpoint resumed from (a run moved or copied with its files), else forgotten with its value, so the
         resumed run finds a new best."""
-        if not _same_watch(self, state, "CheckpointCB"):
+        if not same_watch(self, state, "CheckpointCB"):
             self.best, self.best_path = None, None
             return
         best = Path(state["best_file"]) if state["best_file"] else None

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 
 from ..learner import Callback, CancelFitException, Learner
-from .metrics import check_monitor, monitor_mode
+from .metrics import check_monitor, monitor_mode, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
            "lower_lr_advice", "pass_args"]
@@ -103,18 +102,6 @@ class TerminateOnNaNCB(Callback):
             + resume)
 
 
-def _same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
-    """Whether `state` was saved watching what `cb` watches (checkpoints from before that was saved: assumed so);
-    if not, a warning that its best is not carried over."""
-    saved = (state.get("monitor", cb.monitor), state.get("mode", cb.mode))
-    if saved == (cb.monitor, cb.mode) or saved[0] is None:  # (nothing watched, no best to carry over)
-        return True
-    warnings.warn(f"{who} watched {saved[0]!r} ({saved[1]}) in the run resumed from and watches {cb.monitor!r} "
-                  f"({cb.mode}) now: its best value so far is not carried over, the best is looked for afresh",
-                  stacklevel=3)
-    return False
-
-
 def lower_lr_advice(learn: Learner, good: Any) -> str:
     """How to go on from checkpoint `good` with a lower lr: a resume takes a new lr unless a schedule sets it."""
     from .scheduling import BaseSchedCB  # here: scheduling imports this module's neighbours
@@ -168,7 +155,7 @@ class EarlyStoppingCB(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`; saved while watching another metric (or way), it is not taken: the wait starts
         afresh, with a warning (a best accuracy compared with losses would stop the fit at once)."""
-        if not _same_watch(self, state, "EarlyStoppingCB"):
+        if not same_watch(self, state, "EarlyStoppingCB"):
             self.best, self.wait, self.stopped_epoch = None, 0, None
             return
         self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
 from ..utils import map_tensors, model_device, tensors_in
 
-__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode", "sum_dtype"]
+__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode", "same_watch",
+           "sum_dtype"]
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -270,6 +272,18 @@ def check_monitor(learn: Learner, monitor: str, who: str) -> None:
     if split not in getattr(learn, "passes", (split,)):  # it would never get a value, and never act
         raise ValueError(f"{who}(monitor={monitor!r}) watches the {split} pass, and this fit runs none (fit(..., "
                          f"{split}=False)): watch a metric of a pass it runs, or run the {split} pass")
+
+
+def same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
+    """Whether `state` was saved watching what `cb` watches (checkpoints from before that was saved: assumed so);
+    if not, a warning that its best is not carried over."""
+    saved = (state.get("monitor", cb.monitor), state.get("mode", cb.mode))
+    if saved == (cb.monitor, cb.mode) or saved[0] is None:  # (nothing watched, no best to carry over)
+        return True
+    warnings.warn(f"{who} watched {saved[0]!r} ({saved[1]}) in the run resumed from and watches {cb.monitor!r} "
+                  f"({cb.mode}) now: its best value so far is not carried over, the best is looked for afresh",
+                  stacklevel=3)
+    return False
 
 
 class Accuracy:

@@ -223,10 +223,9 @@ def _check_loader(dl: Any, state: dict[str, Any] | None, name: str) -> None:
         if given is not None and given != saved and not is_dist():
             what = f"shuffled with seed={saved}" if saved is not None else "drew its orders from torch's RNG"
             raise CheckpointMismatchError(f"dls.{name} has seed={given}, and the run resumed from {what}: an exact "
-                                          "resume walks the saved run's order. Build the loader with seed="
-                                          f"{saved if saved is not None else 'None'}"
-                                          f"{' (or None)' if saved is not None else ''}, or start a new fit for "
-                                          "another order")
+                                          f"resume walks the saved run's order. Build the loader with seed={saved}"
+                                          f"{' (or None)' * (saved is not None)}, or start a new fit for another "
+                                          "order")
     elif len(loader_generators(dl)) != len(state["generators"]):
         raise CheckpointMismatchError(f"dls.{name} draws from {len(loader_generators(dl))} torch.Generator(s), the "
                                       f"checkpoint saved {len(state['generators'])}: build the loader as in the "
