@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = "miniai" if argv is None and Path(sys.argv[0]).name == "miniai" else "python -m miniai"  # (the script)
-    args.command = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else argv)  # pasted into a shell: the same
     if args.job == "train":
         if args.data is None:  # --data was checked as it was parsed; $MINIAI_DATA names a directory just as firmly
             from .sources import DataNotFoundError, find_source

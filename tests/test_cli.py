@@ -169,3 +169,13 @@ def test_an_overwrite_run_stopped_part_way_leaves_no_file_of_the_earlier_run(tmp
     assert not any(p.read_bytes() == b"the first run's" for p in tmp_path.iterdir())
     # and what it says fits a command, not a script (the fit's note advised adding CheckpointCB(path))
     assert "the command keeps no checkpoints" in capsys.readouterr().err
+
+
+def test_the_recorded_command_runs_again_when_pasted_into_a_shell(tmp_path):
+    """result.json's command joined the arguments with spaces: an --out with a space in it named two words."""
+    import shlex
+    from miniai.__main__ import main
+    out = tmp_path / "my runs"
+    assert main(["train", *SMALL, "--out", str(out)]) == 0
+    words = shlex.split(json.loads((out / "result.json").read_text())["command"])
+    assert words[:3] == ["python", "-m", "miniai"] and words[3:] == ["train", *SMALL, "--out", str(out)]
