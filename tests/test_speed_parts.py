@@ -122,6 +122,36 @@ def test_grad_accum_with_momentum_learner_keeps_the_momentum_as_it_is():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_pass_cut_inside_a_group_drops_that_group_s_gradients_and_keeps_the_momentum():
+    """A training pass ended mid-group (CancelEpochException) left a partial group; GradAccumCB dropped it at the
+    next pass with opt.zero_grad(), wiping too the momentum MomentumLearner carries in .grad (a hand loop, and the
+    same fit without GradAccumCB, keep mom x the last step's gradients)."""
+    from miniai.learner import CancelEpochException, MomentumLearner
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 3), torch.randn(24, 1)
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 24, 4)]  # 6 batches; the pass is cut after 3
+
+    class CutAfterThree(Callback):
+        def after_batch(self, learn):
+            if learn.training and learn.iter == 2:
+                raise CancelEpochException()
+    torch.manual_seed(1)
+    ours, theirs = nn.Linear(3, 1), nn.Linear(3, 1)
+    theirs.load_state_dict(ours.state_dict())
+    learn = MomentumLearner(ours, DataLoaders(batches, batches[:1]), F.mse_loss, lr=0.1, mom=0.85,
+                            cbs=[GradAccumCB(2), CutAfterThree()], nan_guard=False)
+    learn.fit(2, valid=False)
+    opt = optim.SGD(theirs.parameters(), 0.1)
+    for _ in range(2):  # batches 0-1 a group and a step; batch 2 starts a group the cut drops
+        for xb, yb in batches[:2]:
+            (F.mse_loss(theirs(xb), yb) / 2).backward()
+        opt.step()
+        for param in theirs.parameters():
+            param.grad *= 0.85
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_grad_accum_with_momentum_pairs_carried_gradients_with_their_own_parameters():
     """The carried gradients were paired by position with the parameters that had a .grad at the step: a layer
     that gained one within the group (unfrozen mid-fit) crashed with 'Tensor lists must have the same number'."""

@@ -2,6 +2,7 @@
 batch n_steps× larger when the batches are the same size; a short last batch weighs as much as a full one)."""
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -63,9 +64,11 @@ class GradAccumCB(Callback):
         except TypeError:  # no length: a partial last group joins the next pass's first one
             self._n_batches = None
             return
-        if self._summed:  # a pass cut short (CancelEpochException) left a partial group: don't add it to this one
-            learn.opt.zero_grad()
-        self._summed = 0
+        if self._summed:  # a pass cut short (CancelEpochException) left a partial group: drop its gradients,
+            # keeping what was in .grad before it (MomentumLearner's momentum; for others nothing, as zero_grad)
+            for param, carried in zip(learn.model.parameters(), self._carried or itertools.repeat(None)):
+                param.grad = carried
+        self._summed, self._carried = 0, []
 
     def after_loss(self, learn: Learner) -> None:
         if learn.training and not self._summed:
