@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 __all__ = ["def_device", "model_device", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed", "fix_malloc",
-           "compile_model", "byte_sums"]
+           "compile_model", "byte_sums", "len_or_none"]
 
 
 def _pick_device() -> str:
@@ -168,3 +168,11 @@ def fix_malloc(force: bool = False) -> bool:
     except (OSError, AttributeError):  # not glibc (musl, say): nothing to fix
         _MALLOC_FIXED = False
     return _MALLOC_FIXED
+
+
+def len_or_none(obj: Any) -> int | None:
+    """len(obj), or None for what has none: a DataLoader over an IterableDataset has `__len__`, but it raises."""
+    try:
+        return len(obj)
+    except TypeError:
+        return None

@@ -376,6 +376,42 @@ def test_interrupt_without_checkpoints_says_how_to_enable_them():
     assert "CheckpointCB(path)" in info.value.__notes__[0]
 
 
+def test_ctrl_c_over_a_loader_without_a_length_stays_a_keyboard_interrupt_with_its_note():
+    """A DataLoader over an IterableDataset has __len__ but len() raises: the note's len(learn.dl) turned Ctrl-C
+    into a TypeError (a script's `except KeyboardInterrupt` missed it; the resume advice was lost)."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            return iter([(torch.randn(4, generator=g), torch.randn(1, generator=g)) for _ in range(12)])
+    dls = DataLoaders(DataLoader(Stream(), batch_size=4), DataLoader(Stream(), batch_size=4))
+    learn = TrainLearner(nn.Linear(4, 1), dls, F.mse_loss, lr=0.1)
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit(1, cbs=[StopAtBatch(0, at=1)])
+    assert "training pass, at batch 1 (from 0) of ?" in info.value.__notes__[0]
+
+
+def test_a_callback_holding_a_loader_without_a_length_is_checkpointed(tmp_path):
+    """CheckpointCB's look at a callback's attributes called len() on anything with __len__: a callback of the
+    user's holding a DataLoader over an IterableDataset made every save raise TypeError."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(range(4))
+
+    class Holder(Callback):
+        def __init__(self):
+            self.probe_dl, self.n = DataLoader(Stream()), 0
+
+        def after_epoch(self, learn):
+            self.n += 1
+    learn, _ = make_learner(tmp_path, [Holder()])
+    learn.fit(2)
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+
+
 def test_early_stopping_saves_the_last_epoch_and_a_resume_stops_at_once(tmp_path):
     learn, _ = make_learner(tmp_path, [EarlyStoppingCB(patience=1, min_delta=100.0)])  # no epoch improves by 100
     learn.fit(5)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import byte_sums, tensors_in
+from ..utils import byte_sums, len_or_none, tensors_in
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -554,7 +554,7 @@ def _summary(value: Any, depth: int = 2) -> Any:
     if depth and isinstance(value, (dict, list, tuple)) and len(value) <= 100:
         items = value.items() if isinstance(value, dict) else enumerate(value)
         return id(value), tuple((k, _summary(v, depth - 1)) for k, v in items)
-    return id(value), len(value) if hasattr(value, "__len__") else None
+    return id(value), len_or_none(value)
 
 
 # ---------------------------------------------------------------- Ctrl-C
@@ -567,8 +567,9 @@ def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> s
     if epoch is None:
         where = "before the first epoch started"
     else:
-        n_batches = len(learn.dl) if hasattr(learn.dl, "__len__") else "?"
-        at = "before its first batch" if learn.iter is None else f"at batch {learn.iter} (from 0) of {n_batches}"
+        n_batches = len_or_none(learn.dl)
+        at = "before its first batch" if learn.iter is None else \
+            f"at batch {learn.iter} (from 0) of {'?' if n_batches is None else n_batches}"
         where = f"in epoch {epoch} (from 0), {'training' if learn.training else 'validation'} pass, {at}"
     note = (f"Training interrupted {where}. Every cleanup ran; the learner holds the weights of that moment and "
             "can fit again.")

@@ -10,6 +10,7 @@ import torch
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
+from ..utils import len_or_none
 from .metrics import format_row, format_value
 
 __all__ = ["ProgressCB", "ConsoleBar", "in_notebook"]
@@ -75,14 +76,6 @@ class _HostScalars:
                 event.synchronize()
             self.values.extend(host.tolist())
         return self.values
-
-
-def _length(dl: Any) -> int | None:
-    """len(dl), or None for loaders that have none (a DataLoader over an IterableDataset raises TypeError)."""
-    try:
-        return len(dl)
-    except TypeError:
-        return None
 
 
 _READ_EVERY = 0.2  # seconds between reads of the running loss (bar comment, live graph)
@@ -178,7 +171,7 @@ class ProgressCB(Callback):
             self._train_losses = _HostScalars()
             self.losses, self.valid_losses, self.valid_at = self._train_losses.values, [], []
             # a resumed run's batches are counted from the start of the run, like RecorderCB's (a guess without len)
-            self._start = learn.start_epoch * (_length(getattr(learn.dls, "train", None)) or 0)
+            self._start = learn.start_epoch * (len_or_none(getattr(learn.dls, "train", None)) or 0)
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
         self._saved_log_fn = None
         metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
@@ -215,10 +208,10 @@ class ProgressCB(Callback):
 
     def before_epoch(self, learn: Learner) -> None:
         if self._mode == "terminal":
-            self._pass_length = _length(learn.dl)
+            self._pass_length = len_or_none(learn.dl)
             self.mbar.start()
             self.mbar.show(learn.epoch, "train" if learn.training else "valid", 0, self._pass_length)
-        elif self.mbar is not None and _length(learn.dl) is not None:  # a bar needs the length; else no bar
+        elif self.mbar is not None and len_or_none(learn.dl) is not None:  # a bar needs the length; else no bar
             from fastprogress.fastprogress import progress_bar
             self.pbar = progress_bar(learn.dl, leave=False, parent=self.mbar)
             learn.dl = self.pbar
