@@ -137,6 +137,37 @@ def test_generators_held_by_callbacks_and_their_transforms_are_checkpointed(tmp_
     assert same_params(*straight_and_resumed(make, tmp_path))
 
 
+def _noise(x, generator, scale=0.1):
+    return x + scale * torch.randn(x.shape, generator=generator)
+
+
+def _closure_noise(generator):
+    def noise(x):
+        return x + 0.1 * torch.randn(x.shape, generator=generator)
+    return noise
+
+
+def _default_noise(x, generator=torch.Generator().manual_seed(11)):
+    return x + 0.1 * torch.randn(x.shape, generator=generator)
+
+
+@pytest.mark.parametrize("form", ["partial", "closure", "default argument"])
+def test_a_generator_in_a_partial_a_closure_or_a_default_is_checkpointed(tmp_path, form):
+    """BatchTransformCB(partial(noise, generator=g)), or a closure over g: the search for generators looked in
+    attributes, lists and dicts only, so a resumed run went on from where the interrupted one had left g (0.036 off
+    the run never stopped, without a warning), and lr_find moved g on."""
+    def make(path):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(123)
+        if form == "default argument":
+            _default_noise.__defaults__[0].manual_seed(11)  # one generator for every learner: put it back each time
+        tfm = {"partial": partial(_noise, generator=g), "closure": _closure_noise(g),
+               "default argument": _default_noise}[form]
+        learn, _ = make_learner(path, [BatchTransformCB(tfm)])
+        return learn
+    assert same_params(*straight_and_resumed(make, tmp_path))
+
+
 def straight_and_resumed(make, tmp_path):
     """fit(3) in one go, and fit(3) stopped by Ctrl-C before epoch 2 then resumed by a fresh learner: both learners."""
     straight = make(tmp_path / "a")

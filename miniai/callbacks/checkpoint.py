@@ -10,12 +10,14 @@ Ctrl-C while saving leaves the previous newest checkpoint as it was.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
 import re
 import types
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +89,33 @@ def held_generators(cb: Any, depth: int = 5) -> list[Any]:
         if isinstance(x, _GENERATORS) and not isinstance(x, random.SystemRandom):  # (the OS's: no state)
             found.append(x)
         elif level:
-            items = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else \
-                vars(x).values() if hasattr(x, "__dict__") else ()
-            for v in list(items):
+            for v in list(_held_by(x)):
                 walk(v, level - 1)
     walk(cb, depth)
     return found
+
+
+def _held_by(x: Any) -> Iterable[Any]:
+    """What `x` holds that may hold a generator: the items of a container; a partial's arguments; what a function
+    closes over and its default arguments (`BatchTransformCB(partial(noise, generator=g))`); else its attributes."""
+    if isinstance(x, dict):
+        return x.values()
+    if isinstance(x, (list, tuple)):
+        return x
+    if isinstance(x, functools.partial):
+        return (x.func, *x.args, *x.keywords.values())
+    if isinstance(x, types.MethodType):
+        return (x.__self__, x.__func__)
+    if isinstance(x, types.FunctionType):
+        return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values())
+    return vars(x).values() if hasattr(x, "__dict__") else ()
+
+
+def _contents(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a name the function closes over that is not assigned yet
+        return None
 
 
 def generator_state(g: Any) -> Any:
