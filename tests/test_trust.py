@@ -326,6 +326,20 @@ def test_resuming_from_an_older_checkpoint_keeps_the_later_ones(tmp_path):
     assert load_checkpoint(tmp_path)["epoch"] == 6
 
 
+def test_a_refused_resume_leaves_the_checkpoint_directory_as_it_was(tmp_path):
+    """A resume from an older checkpoint that a later check refused (an optimizer of other settings) had already
+    moved the run's newer checkpoints to superseded_1/, so the next resume=<dir>, the fix made, went on from the
+    older epoch without a word."""
+    from miniai.callbacks.checkpoint import CheckpointMismatchError
+    checkpointed(tmp_path, n=4)
+    before = sorted(str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*"))
+    learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])
+    learn.opt_func = partial(optim.SGD, weight_decay=0.1)
+    with pytest.raises(CheckpointMismatchError, match="weight_decay"):
+        learn.fit(5, resume=tmp_path / "epoch_0002.pt")
+    assert sorted(str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*")) == before
+
+
 def test_ctrl_c_right_after_resuming_points_at_the_checkpoint_resumed_from(tmp_path):
     checkpointed(tmp_path, n=3)
     learn = tiny_learner(cbs=[CheckpointCB(tmp_path)])

@@ -338,8 +338,9 @@ class CheckpointCB(Callback):
             checkpoints, because they are another run's work; pass `overwrite=True` to delete them instead (once
             this fit has written its first checkpoint, so a fit that saves none, or stops before its first, leaves
             them). A fit resumed from this directory keeps what is there; checkpoints of later epochs than the one
-            resumed from (a run that went on from it) are moved into `path/superseded_<k>/`, so they are not
-            overwritten and `resume=path` picks this run's newest.
+            resumed from (a run that went on from it) are moved into `path/superseded_<k>/` at the fit's first
+            save (a fit refused or stopped before it leaves them), so they are not overwritten and `resume=path`
+            picks this run's newest.
         every: save after every `every`-th epoch, and always after the fit's last epoch (also the last of a fit
             a callback stops early: EarlyStoppingCB sets `learn.stop_requested`).
         keep: how many of this fit's newest checkpoints stay (None: all); its older ones are deleted. Files this
@@ -371,6 +372,7 @@ class CheckpointCB(Callback):
         self._pending: int | None = None
         self._train_cut = False  # whether this epoch's training pass was cut short
         self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
+        self._superseded: list[Path] = []  # later epochs' files of the resumed run, moved aside at the first save
         self._resumed_from: Path | None = None
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
         self._warned: set[str] = set()
@@ -406,7 +408,7 @@ class CheckpointCB(Callback):
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
         self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
-        self._replaced = []
+        self._replaced, self._superseded = [], []
         self._watch(learn)
         if not is_main_process() or "train" not in learn.passes or learn.n_epochs <= learn.start_epoch:
             return  # (a fit that trains no epoch saves nothing, so an earlier run's files are no concern of it)
@@ -420,17 +422,8 @@ class CheckpointCB(Callback):
         existing = list_checkpoints(self.path)
         resumed = learn.resumed_from
         if resumed is not None and Path(resumed).resolve().parent == self.path.resolve():  # this run's own directory
-            done = learn.start_epoch
-            later = [f for epochs, f in existing if epochs > done]
-            if later:
-                aside = next(self.path / f"superseded_{k}" for k in range(1, 10**6)
-                             if not (self.path / f"superseded_{k}").exists())
-                aside.mkdir()
-                for f in later:
-                    f.rename(aside / f.name)
-                warnings.warn(f"resuming from epoch {done}: {self.path} held checkpoints of later epochs from a run "
-                              f"that went on from there ({', '.join(f.name for f in later)}); they were moved to "
-                              f"{aside} rather than overwritten", stacklevel=2)
+            # moved at this fit's first save: until then a later check may refuse the fit, which must change nothing
+            self._superseded = [f for epochs, f in existing if epochs > learn.start_epoch]
         elif existing:
             if not self.overwrite:  # (a resumed run writing here would mix its files with another run's)
                 whose = "from an earlier run" if resumed is None else f"of another run than the one resumed ({resumed})"
@@ -474,6 +467,8 @@ class CheckpointCB(Callback):
         self._warn_unsaved(learn)
         rng_ranks = all_gather(rng_state()) if is_dist() else None  # ranks may draw differently (own seeds)
         if is_main_process():
+            if self._superseded:
+                self._set_aside(learn.start_epoch)
             save_checkpoint(checkpoint_state(learn, done, rng_ranks), file)
             for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own
                 if old != file:
@@ -489,6 +484,18 @@ class CheckpointCB(Callback):
         self.last_path, self._replaced = file, []
         learn.last_checkpoint = file
         barrier()
+
+    def _set_aside(self, resumed_epoch: int) -> None:
+        """Move the checkpoints of a run that went on from the one resumed into `superseded_<k>/`, with a warning."""
+        later, self._superseded = self._superseded, []
+        aside = next(self.path / f"superseded_{k}" for k in range(1, 10**6)
+                     if not (self.path / f"superseded_{k}").exists())
+        aside.mkdir()
+        for f in later:
+            f.rename(aside / f.name)
+        warnings.warn(f"resumed from epoch {resumed_epoch}: {self.path} held checkpoints of later epochs from a run "
+                      f"that went on from there ({', '.join(f.name for f in later)}); they were moved to {aside} "
+                      "rather than overwritten", stacklevel=2)
 
     def _monitored(self, learn: Learner, done: int) -> float | None:
         """This epoch's value of the monitored metric; None when a cancel cut short the pass that logs it (an older
