@@ -23,6 +23,7 @@ from .callbacks.preds import get_preds, participants
 from .data import DataLoaders
 from .distributed import is_main_process
 from .learner import Learner, TrainLearner
+from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
 
@@ -48,12 +49,11 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
     if isinstance(item, torch.Tensor):
         return item, False
     if type(item).__module__.startswith("PIL."):  # no PIL import needed to recognise one
-        if item.mode in ("I", "F") or item.mode.startswith(("I;", "BGR;")):  # PIL's 8-bit conversion would clip
-            # these (a 16-bit image turns white): their values as they are, 8-bit ones as uint8
+        if wide_pixels(item.mode):  # PIL's 8-bit conversion would clip these
+            # (a 16-bit image turns white): their values as they are, in their own type, whatever they are (a dark
+            # 16-bit image may hold only values below 256: they are not 8-bit pixels)
             item = np.array(item)
-            item = item if item.dtype.isnative else item.astype(item.dtype.newbyteorder("="))  # (I;16B: big-endian)
-            small = item.dtype.kind in "iu" and item.size and 0 <= item.min() and item.max() <= 255
-            return torch.from_numpy(item.astype(np.uint8) if small else item), True
+            return torch.from_numpy(item if item.dtype.isnative else item.astype(item.dtype.newbyteorder("="))), True
         mode = {1: "L", 3: "RGB"}.get(channels)  # a palette GIF's pixels are indices, not gray levels: convert
         item = np.array(item.convert(mode) if mode and item.mode != mode else item)  # a copy: PIL's is read-only
     if isinstance(item, np.ndarray):

@@ -223,6 +223,12 @@ def _saved_rows(split_dir: Path) -> int | None:
         return None
 
 
+def wide_pixels(mode: str) -> bool:
+    """Whether a PIL image mode holds pixels wider than 8 bits (16- or 32-bit ints, floats): PIL's conversion to
+    "L" or "RGB" clips those rather than rescales them (a 16-bit image turns white)."""
+    return mode in ("I", "F") or mode.startswith(("I;", "BGR;"))
+
+
 def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """A HF `Dataset` with an image column and int labels -> (uint8 [N,C,H,W], int64 [N]); an `Image()` column is
