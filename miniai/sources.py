@@ -10,6 +10,7 @@ Imports nothing from miniai but `idx`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
@@ -235,19 +236,45 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
     decoded in PIL `mode` ("L", "RGB") when given, as `infer` converts images."""
     if x_col not in ds.column_names or y_col not in ds.column_names:
         raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}")
-    if mode is not None and type(ds.features[x_col]).__name__ == "Image":
+    feature = ds.features[x_col]
+    if mode is not None and type(feature).__name__ == "Image":
         from datasets import Image  # (datasets is imported by whoever built `ds`)
+        wide = sorted(m for m in _image_modes(ds, x_col) if wide_pixels(m))
+        if wide:
+            raise ValueError(f"column {x_col!r} holds images of mode {', '.join(wide)}, whose pixels are not 8-bit: "
+                             f"converting them to {mode} would clip them (a 16-bit image turns white). Store them as "
+                             "8-bit images first: 16-bit pixels // 257, 0-1 floats * 255 rounded, as uint8")
         # decoded as stored, a palette image gives its palette indices and an RGB one three channels
         ds = ds.cast_column(x_col, Image(mode=mode))
     # numpy formatting decodes every image (PIL, inside datasets) and stacks them into one array; this is the
     # slow step of the hub path, which is why get_dls caches the result on disk
     x = np.asarray(ds.with_format("numpy", columns=[x_col])[:][x_col])
     y = np.asarray(ds.with_format("numpy", columns=[y_col])[:][y_col])
+    if x.dtype.kind in "iu" and _declared_dtype(feature) == "uint8":
+        x = x.astype(np.uint8)  # numpy formatting widens uint8 arrays (Array2D, lists) to int64: their values fit
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
         raise ValueError(f"column {x_col!r} must hold same-sized 8-bit images, got array {x.dtype} {x.shape}")
     x = torch.from_numpy(x)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
     return x, torch.from_numpy(y.astype(np.int64))
+
+
+def _image_modes(ds: Any, x_col: str) -> set[str]:
+    """The PIL modes of the images in an `Image()` column, read from their headers (no pixels decoded)."""
+    import PIL.Image
+    from datasets import Image
+    modes = set()
+    for item in ds.cast_column(x_col, Image(decode=False))[x_col]:
+        with PIL.Image.open(io.BytesIO(item["bytes"]) if item["bytes"] is not None else item["path"]) as image:
+            modes.add(image.mode)
+    return modes
+
+
+def _declared_dtype(feature: Any) -> str | None:
+    """The element type a datasets feature declares: an Array2D's or a Value's, or, for lists, their items'."""
+    while getattr(feature, "dtype", None) is None and hasattr(feature, "feature"):
+        feature = feature.feature
+    return getattr(feature, "dtype", None)
 
 
 # ---------------------------------------------------------------- decoding

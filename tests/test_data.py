@@ -751,6 +751,34 @@ def test_load_dataset_on_local_hub_layout_gives_same_tensors(tmp_path):
     assert torch.equal(x, idx.valid_x) and torch.equal(y, idx.valid_y)
 
 
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_hf_images_wider_than_8_bits_are_refused_not_clipped(mode):
+    """16-bit or float images in an Image() column were converted to "L" by PIL, which clips: two gray levels
+    left (0 and 255), normalized and trained on without a word (infer refuses such images for that reason)."""
+    import PIL.Image
+    from datasets import Dataset, Features, Image, Value
+    pixels = torch.randint(0, 256, (4, 6, 6), dtype=torch.uint8).numpy()
+    image = {"I;16": lambda a: PIL.Image.fromarray(a.astype(np.uint16) * 257),
+             "F": lambda a: PIL.Image.fromarray(a.astype(np.float32) / 255)}[mode]
+    ds = Dataset.from_dict({"image": [image(a) for a in pixels], "label": [0, 1, 2, 3]},
+                           features=Features({"image": Image(), "label": Value("int64")}))
+    with pytest.raises(ValueError, match=rf"column 'image' holds images of mode {re.escape(mode)}.*not 8-bit.*clip"):
+        sources.hf_to_tensors(ds, mode="L")
+
+
+@pytest.mark.parametrize("kind", ["Array2D", "Sequence"])
+def test_hf_uint8_array_columns_are_read_as_the_pixels_they_declare(kind):
+    """datasets' numpy formatting widens uint8 arrays to int64, and the column was refused as 'array int64' though
+    it is declared uint8: a DatasetDict made from tensors (Dataset.from_dict) could not be used."""
+    from datasets import Array2D, Dataset, Features, Sequence, Value
+    pixels = torch.randint(0, 256, (4, 6, 6), dtype=torch.uint8)
+    feature = Array2D((6, 6), "uint8") if kind == "Array2D" else Sequence(Sequence(Value("uint8")))
+    ds = Dataset.from_dict({"image": pixels.numpy(), "label": [0, 1, 2, 3]},
+                           features=Features({"image": feature, "label": Value("int64")}))
+    x, y = sources.hf_to_tensors(ds, mode="L")
+    assert x.dtype == torch.uint8 and torch.equal(x, pixels[:, None]) and y.tolist() == [0, 1, 2, 3]
+
+
 @pytest.mark.slow
 def test_holdout_validates_on_training_images_never_the_test_set():
     """For choosing a recipe honestly: the held-out images come from the training set, the same every time, and
