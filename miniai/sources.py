@@ -279,6 +279,17 @@ def _declared_dtype(feature: Any) -> str | None:
 
 # ---------------------------------------------------------------- decoding
 
+def _check_labels(y: torch.Tensor, classes: tuple[str, ...], what: str) -> None:
+    """Refuse labels that name no class: the loss would fail at the first batch holding one (on a GPU, a device-side
+    assert), far from the file, or a metric would count it as a class."""
+    bad = y[(y < 0) | (y >= len(classes))] if len(y) else y
+    if len(bad):
+        raise ValueError(f"{what} holds labels {sorted(set(bad.tolist()))[:5]} outside 0..{len(classes) - 1}, the "
+                         f"{len(classes)} classes ({', '.join(classes[:3])}, ...); -1 is the datasets library's "
+                         "'no label'. Keep only items with a class label (e.g. ds.filter(lambda item: item['label'] "
+                         ">= 0)), or fix the labels")
+
+
 def _decode_idx(source: Source) -> RawData:
     train_x, train_y, valid_x, valid_y = (read_idx(f) for f in source.files)
     for f, t, nd in zip(source.files, (train_x, train_y, valid_x, valid_y), (3, 1, 3, 1)):
@@ -291,8 +302,11 @@ def _decode_idx(source: Source) -> RawData:
         if len(x) == 0:
             raise ValueError(f"{f} holds no images: the {split} split is empty. Put images in it (or, with no test "
                              "images, get_dls(holdout=N) validates on N held-out training images)")
-    return RawData(train_x.unsqueeze(1), train_y.long(), valid_x.unsqueeze(1), valid_y.long(),
-                   _SPECS[source.name].classes, f"IDX files in {source.where}")
+    classes = _SPECS[source.name].classes
+    for f, y in ((source.files[1], train_y), (source.files[3], valid_y)):
+        _check_labels(y, classes, str(f))
+    return RawData(train_x.unsqueeze(1), train_y.long(), valid_x.unsqueeze(1), valid_y.long(), classes,
+                   f"IDX files in {source.where}")
 
 
 def _decode_dd(source: Source) -> RawData:
@@ -312,9 +326,11 @@ def _decode_dd(source: Source) -> RawData:
                          f"ClassLabel: dd[{valid_split!r}] = dd[{valid_split!r}].align_labels_with_mapping("
                          "{name: i for i, name in enumerate(dd['train'].features['label'].names)}, 'label')")
     classes = tuple(names["train"] or spec.classes)
-    return RawData(*hf_to_tensors(dd["train"], spec.x_col, mode=spec.mode),
-                   *hf_to_tensors(dd[valid_split], spec.x_col, mode=spec.mode),
-                   classes, f"{'hub dataset' if source.kind == 'hub' else 'saved DatasetDict'} {source.where}")
+    tensors = {split: hf_to_tensors(dd[split], spec.x_col, mode=spec.mode) for split in ("train", valid_split)}
+    for split, (_, y) in tensors.items():
+        _check_labels(y, classes, f"{source.where}: split {split!r}")
+    return RawData(*tensors["train"], *tensors[valid_split], classes,
+                   f"{'hub dataset' if source.kind == 'hub' else 'saved DatasetDict'} {source.where}")
 
 
 def read_source(source: Source) -> RawData:

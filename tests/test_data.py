@@ -751,6 +751,27 @@ def test_load_dataset_on_local_hub_layout_gives_same_tensors(tmp_path):
     assert torch.equal(x, idx.valid_x) and torch.equal(y, idx.valid_y)
 
 
+def test_idx_labels_outside_the_classes_are_refused_naming_the_file(tmp_path):
+    """A label 10 of Fashion-MNIST's 10 classes loaded without a word; the fit then ended in a bare 'Target 10 is
+    out of bounds' (on a GPU, a device-side assert), naming no file."""
+    train_x, train_y, valid_x, valid_y = fake_fashion()
+    valid_y[3] = 10
+    d = write_fashion_dir(tmp_path / "fm", (train_x, train_y, valid_x, valid_y))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz holds labels \[10\] outside 0..9"):
+        load_tensors(path=d)
+
+
+def test_datasetdict_labels_outside_the_classes_are_refused_naming_the_split(tmp_path):
+    """datasets' ClassLabel takes -1 for 'no label': such items were trained on as a class, until the loss failed."""
+    train_x, train_y, valid_x, valid_y = fake_fashion()
+    train_y = train_y.long()
+    train_y[0] = -1
+    d = save_dd(tmp_path / "dd", {"train": (train_x[:, None], train_y), "test": (valid_x[:, None], valid_y)},
+                "image", FASHION_CLASSES)
+    with pytest.raises(ValueError, match=r"split 'train' .*holds labels \[-1\] outside 0..9"):
+        load_tensors(path=d)
+
+
 @pytest.mark.parametrize("mode", ["I;16", "F"])
 def test_hf_images_wider_than_8_bits_are_refused_not_clipped(mode):
     """16-bit or float images in an Image() column were converted to "L" by PIL, which clips: two gray levels
