@@ -68,7 +68,7 @@ BATCH_CASES = {
     "StepLR": (partial(ls.StepLR, step_size=4, gamma=0.5), optim.SGD),
     "MultiStepLR": (partial(ls.MultiStepLR, milestones=[3, 11], gamma=0.3), optim.SGD),
     "ExponentialLR": (partial(ls.ExponentialLR, gamma=0.9), optim.SGD),
-    "CosineAnnealingLR": (partial(ls.CosineAnnealingLR, T_max=TOTAL - 1, eta_min=0.01), optim.SGD),
+    "CosineAnnealingLR": (partial(ls.CosineAnnealingLR, T_max=TOTAL, eta_min=0.01), optim.SGD),
     "CosineAnnealingWarmRestarts": (partial(ls.CosineAnnealingWarmRestarts, T_0=5, T_mult=2), optim.SGD),
     "CyclicLR-SGD-momentum": (partial(ls.CyclicLR, base_lr=0.01, max_lr=0.1, step_size_up=3), SGD_MOM),
     "CyclicLR-AdamW-beta1": (partial(ls.CyclicLR, base_lr=0.001, max_lr=0.01, step_size_up=4, mode="triangular2",
@@ -91,7 +91,7 @@ EPOCH_CASES = {
     "StepLR": (partial(ls.StepLR, step_size=1, gamma=0.5), optim.SGD),
     "MultiStepLR": (partial(ls.MultiStepLR, milestones=[2], gamma=0.1), optim.SGD),
     "ExponentialLR": (partial(ls.ExponentialLR, gamma=0.7), optim.AdamW),
-    "CosineAnnealingLR": (partial(ls.CosineAnnealingLR, T_max=EPOCHS - 1), optim.SGD),
+    "CosineAnnealingLR": (partial(ls.CosineAnnealingLR, T_max=EPOCHS), optim.SGD),
     "LinearLR": (partial(ls.LinearLR, start_factor=0.5, total_iters=2), optim.SGD),
     "OneCycleLR": (partial(ls.OneCycleLR, max_lr=0.05, total_steps=EPOCHS), optim.AdamW),
     "SequentialLR": (lambda opt: ls.SequentialLR(opt, [ls.ConstantLR(opt, 0.5, total_iters=1),
@@ -298,6 +298,19 @@ def test_a_schedule_shorter_than_the_fit_is_refused_for_every_schedule_that_ends
     with pytest.raises(ValueError, match=rf"has {field}=\d+ but this fit takes 18 steps .*{field}=18"):
         make_learner([BatchSchedCB(factory)]).fit(EPOCHS)
     make_learner([BatchSchedCB(partial(factory, **{field: 18}))]).fit(EPOCHS)  # the whole fit: fine
+
+
+@pytest.mark.parametrize("per", ["epoch", "batch"])
+def test_a_schedule_one_step_short_is_refused_too(per):
+    """A step short was let through, so its last step's lr, often 0, trained the last batch, and under EpochSchedCB
+    the whole last epoch (CosineAnnealingLR(T_max=2) over fit(3): epoch 3 at lr 0, without a word)."""
+    steps = EPOCHS if per == "epoch" else TOTAL
+    make = EpochSchedCB if per == "epoch" else BatchSchedCB
+    with pytest.raises(ValueError, match=rf"has T_max={steps - 1} but this fit takes {steps} steps.*T_max={steps}"):
+        make_learner([make(partial(ls.CosineAnnealingLR, T_max=steps - 1))]).fit(EPOCHS)
+    if per == "batch":  # and so is a part of a SequentialLR (after its 3 warmup steps)
+        with pytest.raises(ValueError, match=rf"runs {steps - 3} steps there.*T_max={steps - 3}"):
+            make_learner([make(partial(sequential, cosine_steps=steps - 4))]).fit(EPOCHS)
 
 
 def sequential(opt, cosine_steps):

@@ -131,9 +131,7 @@ class BaseSchedCB(Callback):
                 spans = ((part, 0, total) for part in parts)
             for part, start, end in spans:
                 field, capacity = _length(part)
-                # a one-cycle past total_steps - 1 runs off its cycle (a negative lr), and its last part's step
-                # after the fit's last batch must not pass total_steps (torch raises); the others end at T_max
-                if field and capacity < end - start - (0 if isinstance(part, _ONE_CYCLES) else 1):
+                if field and capacity < end - start:
                     raise ValueError(f"{type(part).__name__} (in {type(self.scheduler).__name__}, from step {start}) "
                                      f"has {field}={capacity} but runs {end - start} steps there, to the end of this "
                                      f"fit's {total}: build it with {field}={end - start}")
@@ -150,9 +148,9 @@ class BaseSchedCB(Callback):
                           f"is not on purpose, build it with {field}={total}"
                           + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
                              "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".", stacklevel=2)
-        # the fit's last step() only sets an lr no batch trains with: a one-cycle refuses it (torch raises), the
-        # others just need their end to reach the last batch's lr, at step total - 1
-        if field is None or capacity >= (total if one_cycle else total - 1):
+        # one step short, the last batch (under EpochSchedCB the whole last epoch) trains with the schedule's end
+        # value, often lr 0; a one-cycle would even step past its end, which torch refuses
+        if field is None or capacity >= total:
             return
         if learn.resumed_from is not None:
             raise ValueError(f"resuming a {name} of {field}={capacity} into a fit that takes {total} steps "
