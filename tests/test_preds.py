@@ -357,6 +357,17 @@ def test_softmax_over_one_output_or_across_items_is_refused():
             torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize("act", [partial(torch.softmax, dim=1), nn.Softmax(dim=1), lambda p: p.softmax(1),
+                                 partial(F.log_softmax, dim=-1)], ids=["partial", "nn.Softmax", "lambda", "log"])
+def test_a_softmax_of_ones_own_over_one_output_is_refused_too(act):
+    """Only torch's softmax functions themselves were refused on one output per item: the same softmax through
+    partial, nn.Softmax or a lambda gave 'probabilities' of 1.0 for every item without a word."""
+    x, y = torch.randn(16, 5), torch.randint(0, 2, (16,)).float()
+    learn = TrainLearner(nn.Linear(5, 1), DataLoaders(None, TensorLoader(x, y[:, None], 4)), F.mse_loss, lr=0.1)
+    with pytest.raises(ValueError, match=r"one value for every item.*act=torch.sigmoid"):
+        learn.get_preds(act=act)
+
+
 def test_tta_refuses_a_loader_shuffled_by_its_sampler_even_without_targets():
     """A SubsetRandomSampler shuffles without dl.shuffle; with no targets to compare, tta averaged other items."""
     from torch.utils.data import SequentialSampler, SubsetRandomSampler

@@ -128,7 +128,19 @@ def _activate(act: Callable, preds: Any) -> Any:
                              " (1 is always 1.0; across the items of a batch is meaningless). For one score per item "
                              "(a binary model) use learn.get_preds(act=torch.sigmoid)")
         return act(preds, dim=1)
-    return act(preds)
+    out = act(preds)
+    if _one_output(preds) and isinstance(out, torch.Tensor) and out.shape == preds.shape and len(out) > 1 \
+            and bool((out == out.reshape(-1)[0]).all()) and not bool((preds == preds.reshape(-1)[0]).all()):
+        # what varied from item to item is gone: a softmax (through partial, nn.Softmax, ...) over one output
+        raise ValueError(f"act gave one value for every item ({float(out.reshape(-1)[0]):g}) from outputs that "
+                         f"differ, one per item {tuple(preds.shape)}: a softmax over a single output is always 1.0. "
+                         "For one score per item (a binary model) use act=torch.sigmoid")
+    return out
+
+
+def _one_output(preds: Any) -> bool:
+    """Whether `preds` is a tensor of one output per item: (N,), or (N, 1, ...)."""
+    return isinstance(preds, torch.Tensor) and preds.ndim >= 1 and (preds.ndim == 1 or preds.shape[1] == 1)
 
 
 def _cat(parts: list[Any]) -> Any:
