@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir", "device"]
+__all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir", "out_dir", "device"]
 
 
 def seed(text: str) -> int:
@@ -59,6 +59,15 @@ def data_dir(text: str) -> str:
     return text
 
 
+def out_dir(text: str) -> str:
+    """argparse type: a directory for the run's files, not a file (made, with its parents, before training)."""
+    if not text:  # (a script's unset $OUTDIR): the run would save nothing
+        raise argparse.ArgumentTypeError("must name a directory, got ''")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; --out names a directory for the run's files")
+    return text
+
+
 def device(text: str) -> str:
     """argparse type: a device torch knows and this machine has (cpu, cuda, cuda:1, mps)."""
     import torch
@@ -98,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", type=device, default=None, help="cpu, cuda, mps (default: cuda, else mps, else cpu)")
     t.add_argument("--data", type=data_dir, default=None,
                    help="directory with the four Fashion-MNIST IDX files (.gz or plain) or a saved DatasetDict")
-    t.add_argument("--out", default=None,
+    t.add_argument("--out", type=out_dir, default=None,
                    help="directory for the run's files: the weights (model.pt), the result (result.json), the "
                         "metrics of each training and validation pass (log.csv), the loss curve (loss.png) and the "
                         "lr/momentum curves (schedule.png)")
@@ -137,9 +146,11 @@ def train(args: argparse.Namespace) -> float:
     if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
         raise _UsageError(f"--sched {args.sched} does not combine with --recipe {args.recipe}, which has its own "
                           "one-cycle schedule: drop one of them")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise _UsageError(f"--out {args.out} is a file; --out names a directory for the run's files")
     earlier = [name for name in _OUTPUTS if args.out and (Path(args.out) / name).exists()]
+    folders = [name for name in earlier if not (Path(args.out) / name).is_file()]
+    if folders:  # --overwrite replaces files; it would stop at this one, the files before it already deleted
+        raise _UsageError(f"--out {args.out}: {folders[0]} is a directory, not a file of an earlier run: move it "
+                          "away, or choose another --out")
     if earlier and not args.overwrite:  # else a second run with the same --out silently replaces the first one's
         raise _UsageError(f"--out {args.out} already holds a run ({', '.join(earlier)}): choose another directory, "
                           "or pass --overwrite to replace those files")
@@ -180,6 +191,11 @@ def train(args: argparse.Namespace) -> float:
             raise _UsageError(str(e)) from e
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
+    if args.out and is_main_process():
+        try:  # now, not after the training: a parent that is a file, or no permission, would lose the whole run
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _UsageError(f"--out {args.out}: can't make the directory ({e.strerror or e})") from e
     if earlier and is_main_process():  # --overwrite: gone now, so a run stopped part way leaves no mix of two runs
         for name in earlier:
             (Path(args.out) / name).unlink(missing_ok=True)
@@ -247,10 +263,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 find_source("fashion_mnist")
             except DataNotFoundError as e:
                 parser.train_parser.error(str(e))
+        from .callbacks.guards import NonFiniteLossError
         try:
             train(args)
         except _UsageError as e:
             parser.train_parser.error(str(e))
+        except NonFiniteLossError as e:  # its advice is for scripts (lr_find, GradClipCB, a checkpoint to resume)
+            what = str(e).split(" Try a lower lr")[0].split(" The last good checkpoint")[0]
+            print(f"{parser.train_parser.prog}: error: {what} Run the command again with a lower --lr (it keeps no "
+                  "checkpoints, so it starts over).", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
             print("\ninterrupted: the command keeps no checkpoints, so nothing of this run was saved"
                   + (f" (--out {args.out} holds only what was written so far"

@@ -179,3 +179,44 @@ def test_the_recorded_command_runs_again_when_pasted_into_a_shell(tmp_path):
     assert main(["train", *SMALL, "--out", str(out)]) == 0
     words = shlex.split(json.loads((out / "result.json").read_text())["command"])
     assert words[:3] == ["python", "-m", "miniai"] and words[3:] == ["train", *SMALL, "--out", str(out)]
+
+
+def test_an_empty_out_is_a_usage_error(capsys):
+    """--out "" (a script's unset $OUTDIR) trained, exited 0 and saved nothing: the weights lost without a word."""
+    from miniai.__main__ import main
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", ""])
+    assert info.value.code == 2 and "argument --out: must name a directory, got ''" in capsys.readouterr().err
+
+
+def test_an_out_under_a_file_is_a_usage_error_before_training(tmp_path, capsys, monkeypatch):
+    """--out afile/run trained the whole run, then ended in a NotADirectoryError traceback: nothing saved."""
+    from miniai.__main__ import main
+    from miniai.learner import Learner
+    (tmp_path / "afile").write_text("mine")
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **k: pytest.fail("trained before refusing --out"))
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path / "afile" / "run")])
+    assert info.value.code == 2 and "can't make the directory" in capsys.readouterr().err
+
+
+def test_overwrite_deletes_nothing_when_an_earlier_output_name_is_a_directory(tmp_path, capsys):
+    """--overwrite unlinked the earlier files in turn and stopped at one that is a directory (IsADirectoryError,
+    a traceback), the files before it already deleted."""
+    from miniai.__main__ import main
+    (tmp_path / "model.pt").write_bytes(b"the first run's")
+    (tmp_path / "loss.png").mkdir()
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"])
+    assert info.value.code == 2 and "loss.png is a directory" in capsys.readouterr().err
+    assert (tmp_path / "model.pt").read_bytes() == b"the first run's"
+
+
+def test_a_diverging_run_ends_with_advice_for_the_command(capsys):
+    """--lr 1e8 ended in a NonFiniteLossError traceback advising learn.lr_find(), GradClipCB and CheckpointCB(path),
+    none of which a command-line user can give."""
+    from miniai.__main__ import main
+    assert main(["train", *SMALL, "--bs", "16", "--lr", "1e8"]) == 1
+    err = capsys.readouterr().err
+    assert "training loss is nan" in err and "a lower --lr" in err and "Traceback" not in err
+    assert "lr_find" not in err and "GradClipCB" not in err
