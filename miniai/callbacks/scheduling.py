@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, Linea
                                       ReduceLROnPlateau, SequentialLR)
 
 from ..distributed import is_main_process, world_size
-from ..learner import Callback, Learner
+from ..learner import Callback, Learner, MomentumLearner
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
 
@@ -360,7 +360,8 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
     The total steps are counted at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches under
     gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None` cycles
     momentum (SGD) or beta1 (Adam family), between `max_momentum` and `base_momentum`, as torch's OneCycleLR does:
-    plain SGD (momentum 0) then trains with momentum too; `cycle_momentum=False` leaves it as it is. Other keyword
+    plain SGD (momentum 0) then trains with momentum too, except on a `MomentumLearner`, which carries its own;
+    `cycle_momentum=False` leaves it as it is. Other keyword
     arguments go to `fit` (`resume=path` continues a saved one-cycle run: the checkpoint then brings the lr).
     """
     if "lr" in fit_kwargs:  # fit's lr would clash with the one fit_one_cycle passes
@@ -373,7 +374,9 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         if per_epoch is None:
             raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
                             "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
-        cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults))
+        # (a MomentumLearner carries its own momentum in the gradients: plain SGD's would be a second one)
+        cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults)) \
+            and not (isinstance(learn, MomentumLearner) and "momentum" in opt.defaults)
         # the highest group peaks at max_lr, the others keep the ratios opt_func gave them (a body at a tenth of
         # the head's lr stays at a tenth); on resume the checkpoint's scheduler state brings the peaks
         lrs = [float(group["lr"]) for group in opt.param_groups]
