@@ -313,6 +313,13 @@ def test_a_schedule_one_step_short_is_refused_too(per):
             make_learner([make(partial(sequential, cosine_steps=steps - 4))]).fit(EPOCHS)
 
 
+def test_a_too_short_triangular_one_cycle_is_pointed_to_fit_one_cycle_not_to_restarts():
+    """miniai's OneCycle, too short, was told 'or for restarts on purpose CosineAnnealingWarmRestarts'."""
+    with pytest.raises(ValueError, match="T_max=18, or call learn.fit_one_cycle") as info:
+        make_learner([BatchSchedCB(partial(OneCycle, T_max=10))]).fit(EPOCHS)
+    assert "Restarts" not in str(info.value)
+
+
 def sequential(opt, cosine_steps):
     """The common warmup-then-cosine: 3 steps of LinearLR warmup, then a CosineAnnealingLR."""
     return ls.SequentialLR(opt, [ls.LinearLR(opt, start_factor=0.1, total_iters=3),

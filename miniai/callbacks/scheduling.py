@@ -42,7 +42,8 @@ __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_p
 SchedulerFactory = Callable[[Optimizer], Any]
 # schedules that end, and their length's name: stepped past it they rise again (cosines), run off their shape or
 # stay at lr 0 (PolynomialLR, a LinearLR to 0; a LinearLR to another factor is a warmup that holds its end)
-_ONE_CYCLES = (OneCycleLR, CosineOneCycle)  # stepped past total_steps they raise (torch) or run off the cycle
+_ONE_CYCLES = (OneCycleLR, CosineOneCycle, OneCycle)  # (a too-short one is pointed to fit_one_cycle)
+_COSINES = (CosineAnnealingLR, CosineAnnealing)  # (a too-short one may have wanted restarts)
 _ENDING = ((OneCycleLR, "total_steps"), (CosineOneCycle, "total_steps"), (WarmupCosine, "total_steps"),
            (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"),
            (PolynomialLR, "total_iters"), (LinearLR, "total_iters"))
@@ -137,7 +138,6 @@ class BaseSchedCB(Callback):
                                      f"fit's {total}: build it with {field}={end - start}")
             return
         field, capacity = _length(self.scheduler)
-        one_cycle = isinstance(self.scheduler, _ONE_CYCLES)
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
         how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
                f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
@@ -156,8 +156,10 @@ class BaseSchedCB(Callback):
             raise ValueError(f"resuming a {name} of {field}={capacity} into a fit that takes {total} steps "
                              f"({how}): a schedule that ends can't be extended. Resume with the saved run's length "
                              "to finish it, then start a new fit (e.g. learn.fit_one_cycle(n, max_lr)) for more.")
-        hint = (", or call learn.fit_one_cycle(n_epochs, max_lr), which computes it" if one_cycle else
-                ", or for restarts on purpose CosineAnnealingWarmRestarts" if field == "T_max" else "")
+        hint = (", or call learn.fit_one_cycle(n_epochs, max_lr), which computes it"
+                if isinstance(self.scheduler, _ONE_CYCLES) else
+                ", or for restarts on purpose CosineAnnealingWarmRestarts" if isinstance(self.scheduler, _COSINES)
+                else "")
         raise ValueError(f"{name} has {field}={capacity} but this fit takes {total} steps ({how}): build it "
                          f"with {field}={total}{hint}.")
 
