@@ -4,16 +4,18 @@ with test-time augmentation where the recipe uses it, and the wall time since th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir", "out_dir", "device"]
+__all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir", "out_dir", "device",
+           "claimed"]
 
 
 def seed(text: str) -> int:
@@ -191,11 +193,6 @@ def train(args: argparse.Namespace) -> float:
             raise _UsageError(str(e)) from e
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
-    if args.out and is_main_process():
-        try:  # now, not after the training: a parent that is a file, or no permission, would lose the whole run
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise _UsageError(f"--out {args.out}: can't make the directory ({e.strerror or e})") from e
     if earlier and is_main_process():  # --overwrite: gone now, so a run stopped part way leaves no mix of two runs
         for name in earlier:
             (Path(args.out) / name).unlink(missing_ok=True)
@@ -237,6 +234,47 @@ def train(args: argparse.Namespace) -> float:
     return result["accuracy"]
 
 
+@contextlib.contextmanager
+def claimed(out: str | None) -> Iterator[None]:
+    """Make the directory `out` and hold it for this run (its pid in `out/.miniai-run`, removed at the end): a run
+    started into it meanwhile is refused, where both would pass the check for an earlier run and write there."""
+    from .distributed import is_main_process
+    if not out or not is_main_process():  # (under torchrun, rank 0 writes the files)
+        yield
+        return
+    try:  # now, not after the training: a parent that is a file, or no permission, would lose the whole run
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _UsageError(f"--out {out}: can't make the directory ({e.strerror or e})") from e
+    claim = Path(out) / ".miniai-run"
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        text = claim.read_text().strip()  # (empty: its run is between making the file and writing its pid)
+        pid = int(text) if text.isdigit() else None
+        if pid is None or _running(pid):
+            raise _UsageError(f"--out {out} is in use by another run ({f'process {pid}' if pid else claim}): wait "
+                              f"for it to end, or choose another --out (if no run uses it, delete {claim})") from None
+        claim.unlink()  # left by a run that was killed
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        claim.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
 _STARTED = time.perf_counter()  # where /proc can't tell when the process started: when this module was imported
 
 
@@ -265,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.train_parser.error(str(e))
         from .callbacks.guards import NonFiniteLossError
         try:
-            train(args)
+            with claimed(args.out):
+                train(args)
         except _UsageError as e:
             parser.train_parser.error(str(e))
         except NonFiniteLossError as e:  # its advice is for scripts (lr_find, GradClipCB, a checkpoint to resume)

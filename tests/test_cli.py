@@ -220,3 +220,18 @@ def test_a_diverging_run_ends_with_advice_for_the_command(capsys):
     err = capsys.readouterr().err
     assert "training loss is nan" in err and "a lower --lr" in err and "Traceback" not in err
     assert "lr_find" not in err and "GradClipCB" not in err
+
+
+def test_a_second_run_into_an_out_in_use_is_refused_and_a_dead_runs_claim_is_taken_over(tmp_path, capsys):
+    """Two runs started together with one --out both passed the check for an earlier run (nothing was written
+    yet) and wrote into the same directory: log.csv of one, result.json and model.pt of the other."""
+    from miniai.__main__ import main
+    (tmp_path / ".miniai-run").write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path)])
+    assert info.value.code == 2 and f"in use by another run (process {os.getppid()})" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".miniai-run"]
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".miniai-run").write_text(ended.stdout.strip())  # left by a run that was killed
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "model.pt").exists() and not (tmp_path / ".miniai-run").exists()
