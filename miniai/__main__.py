@@ -236,43 +236,24 @@ def train(args: argparse.Namespace) -> float:
 
 @contextlib.contextmanager
 def claimed(out: str | None) -> Iterator[None]:
-    """Make the directory `out` and hold it for this run (its pid in `out/.miniai-run`, removed at the end): a run
-    started into it meanwhile is refused, where both would pass the check for an earlier run and write there."""
+    """Make the directory `out` and hold it for this run (`miniai.utils.claim_dir`): a run started into it meanwhile
+    is refused, where both would pass the check for an earlier run and write there."""
     from .distributed import is_main_process
+    from .utils import DirInUseError, claim_dir
     if not out or not is_main_process():  # (under torchrun, rank 0 writes the files)
         yield
         return
     try:  # now, not after the training: a parent that is a file, or no permission, would lose the whole run
         Path(out).mkdir(parents=True, exist_ok=True)
+        claim = claim_dir(Path(out), f"--out {out}")
+    except DirInUseError as e:
+        raise _UsageError(str(e)) from None
     except OSError as e:
         raise _UsageError(f"--out {out}: can't make the directory ({e.strerror or e})") from e
-    claim = Path(out) / ".miniai-run"
-    try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        text = claim.read_text().strip()  # (empty: its run is between making the file and writing its pid)
-        pid = int(text) if text.isdigit() else None
-        if pid is None or _running(pid):
-            raise _UsageError(f"--out {out} is in use by another run ({f'process {pid}' if pid else claim}): wait "
-                              f"for it to end, or choose another --out (if no run uses it, delete {claim})") from None
-        claim.unlink()  # left by a run that was killed
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
     try:
         yield
     finally:
         claim.unlink(missing_ok=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        return True
-    return True
 
 
 _STARTED = time.perf_counter()  # where /proc can't tell when the process started: when this module was imported

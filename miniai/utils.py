@@ -9,13 +9,14 @@ import random
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = ["def_device", "model_device", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed", "fix_malloc",
-           "compile_model", "byte_sums", "len_or_none"]
+           "compile_model", "byte_sums", "len_or_none", "claim_dir", "DirInUseError"]
 
 
 def _pick_device() -> str:
@@ -176,3 +177,39 @@ def len_or_none(obj: Any) -> int | None:
         return len(obj)
     except TypeError:
         return None
+
+
+class DirInUseError(RuntimeError):
+    """A directory a run writes into is held by another running process (`claim_dir`)."""
+
+
+def claim_dir(path: Path, what: str) -> Path:
+    """Hold the directory `path` for this process: its pid in `path/.miniai-run`, the file returned (unlink it to
+    let go). Raise DirInUseError, naming `what`, while another running process holds it: two runs started together
+    would both find it free of earlier files and write into it. The claim of a process that ended is taken over."""
+    claim = path / ".miniai-run"
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        text = claim.read_text().strip()  # (empty: its run is between making the file and writing its pid)
+        pid = int(text) if text.isdigit() else None
+        if pid != os.getpid() and (pid is None or _running(pid)):
+            raise DirInUseError(f"{what} is in use by another run ({f'process {pid}' if pid else claim}): wait for "
+                                f"it to end, or choose another directory (if no run uses it, delete {claim})") from None
+        claim.unlink()  # left by a run that was killed
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return claim
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # where os.kill ends the process instead of asking: take it as running
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
