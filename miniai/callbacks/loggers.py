@@ -1,6 +1,6 @@
 """Loggers: MetricsCB's rows to a CSV file (`CSVLoggerCB`), metrics, losses and activations to TensorBoard.
 
-Both write only on rank 0 (`miniai.distributed.is_main_process`), are left out of `lr_find` (its diverging run
+Both write only on rank 0 (`miniai.distributed.is_main_process`), stand aside during `lr_find` (its diverging run
 is a look, not training), and start writing at the first training pass of a fit, so a fit without one
 (`fit(train=False)`, used to evaluate) leaves what they wrote alone. Neither has a `state_dict`: a run resumed
 with `fit(resume=...)` keeps what was logged before the checkpoint's epoch, drops what a run that went on from it
@@ -23,8 +23,14 @@ import torch
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from .activations import ActivationStats
+from .lr_finder import LRFinderCB
 
 __all__ = ["CSVLoggerCB", "TensorBoardCB"]
+
+
+def _logs_this_fit(learn: Learner) -> bool:
+    """False on ranks other than 0 (every rank has the same rows) and in lr_find's fit."""
+    return is_main_process() and not any(isinstance(cb, LRFinderCB) for cb in learn.cbs)
 
 
 def _this_fits_metrics(learn: Learner) -> Any:
@@ -52,7 +58,7 @@ class CSVLoggerCB(Callback):
         self.path, self.append = Path(path), append
         self.columns: list[str] = []
         self._metrics: Any = None
-        self._active = False  # this fit writes (rank 0)
+        self._active = False  # this fit writes (rank 0, not lr_find)
         self._file: Any = None
         self._writer: Any = None
         self._lr: Any = None
@@ -65,7 +71,7 @@ class CSVLoggerCB(Callback):
             raise ValueError("CSVLoggerCB writes the rows MetricsCB logs, and this fit has no MetricsCB: add "
                              "MetricsCB() (it logs train_loss and valid_loss) to cbs")
         self.columns = ["epoch", "train", *self._metrics.metrics, "loss", "time", "lr"]
-        self._active = is_main_process()  # (every rank has the same rows)
+        self._active = _logs_this_fit(learn)
 
     def before_epoch(self, learn: Learner) -> None:
         if self._active and self._file is None and learn.training:
@@ -198,7 +204,7 @@ class TensorBoardCB(Callback):
                 warnings.warn("TensorBoardCB: dls.train has no length, so the batch steps of this resumed fit can't "
                               "continue the run's: they start again at 0", stacklevel=2)
         self._losses, self._lrs, self._steps, self._n_batches = [], [], [], 0
-        self._active = is_main_process()  # (every rank has the same rows)
+        self._active = _logs_this_fit(learn)
 
     def before_epoch(self, learn: Learner) -> None:
         if self._active and not self.writers and learn.training:

@@ -18,8 +18,6 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
 from .guards import EarlyStoppingCB
-from .loggers import CSVLoggerCB, TensorBoardCB
-from .metrics import MetricsCB
 from .scheduling import BaseSchedCB
 from .state import kept
 from .swa import SWACB
@@ -193,8 +191,7 @@ class LRFinderResult:
 
 # ------------------------------------------------------------------------------------------------ lr_find
 
-# callbacks lr_find leaves out: they belong to the real fit
-_REAL_FIT_ONLY = (CheckpointCB, BaseSchedCB, SWACB, EarlyStoppingCB, MetricsCB, CSVLoggerCB, TensorBoardCB)
+_REAL_FIT_ONLY = (CheckpointCB, BaseSchedCB, SWACB, EarlyStoppingCB)  # callbacks lr_find leaves out
 
 
 def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr: float = 1e-5,
@@ -205,12 +202,11 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     NumPy's) are left exactly as they were: lr_find is a look, not a training run. The arguments come in the
     course's order (`lr_find(1.2)` is gamma).
 
-    The learner's own callbacks run as in any fit (DeviceCB must), and what they record of it (ActivationStats, the
-    recorder) is put back afterwards too (`miniai.callbacks.state.kept`); CheckpointCB is left out: the finder's
-    diverging run is never saved. Left out as well, as they belong to the real fit: MetricsCB and the loggers (the
-    finder's passes are no epochs to report, and the metrics would keep the finder's counts), scheduling callbacks (they would set
-    the lr the finder sets), SWACB and EarlyStoppingCB, and (no validation pass is run) callbacks watching a
-    validation metric.
+    The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB's table is not shown), and what they
+    record of it (MetricsCB's history, ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`);
+    CheckpointCB is left out: the finder's diverging run is never saved. Left out as well, as they belong to the
+    real fit: scheduling callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no
+    validation pass is run) callbacks watching a validation metric.
     """
     learn._not_in_fit("lr_find", "its own fit would remove the running fit's hooks and close its log files")
     if world_size() > 1 and any(isinstance(cb, DDPCB) for cb in learn.cbs):  # each process would stop on its own
@@ -225,7 +221,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
         for cb in [cb for cb in learn.cbs if isinstance(cb, _REAL_FIT_ONLY)
                    or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
-        learn.fit(max_epochs, train=True, valid=False, cbs=[finder], lr=start_lr)
+        learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
     _, finite = _finite(finder.lrs, finder.losses)
     smooth = smooth_losses(finite)
@@ -240,6 +236,16 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     if plot:
         result.plot()
     return result
+
+
+class _NoTable(Callback):
+    """Keeps MetricsCB's table of the finder's passes off the screen: its rows, labelled epochs 0, 1, ..., read as
+    epochs of training (`kept` puts the logger back)."""
+    order = 31  # after ProgressCB (30) has put its own logger in place
+
+    def before_fit(self, learn: Learner) -> None:
+        if getattr(learn, "metrics", None) is not None:
+            learn.metrics.log_fn = lambda row: None
 
 
 def _clone(obj: Any) -> Any:
