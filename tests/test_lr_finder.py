@@ -405,3 +405,69 @@ def test_lr_find_prints_no_metrics_table(capsys):
     assert capsys.readouterr().out == "" and metrics.history == []
     learn.fit(1)  # the table is back for a real fit
     assert "valid" in capsys.readouterr().out
+
+
+def test_lr_find_leaves_the_metric_objects_as_the_last_fit_left_them():
+    """lr_find put back MetricsCB's history and last, but its metrics' own state (reset and updated in place) held
+    the finder's last pass: Accuracy.compute() read 0.33 after the fit and NaN after lr_find."""
+    from miniai.callbacks import MetricsCB
+
+    class SquaredError:  # keeps its sums in a tensor it resets and updates in place, as Accuracy and torcheval's do
+        def __init__(self):
+            self.sums = torch.zeros(2)
+
+        def update(self, preds, target):
+            self.sums += torch.stack([((preds - target) ** 2).sum(), torch.tensor(float(len(target)))])
+
+        def compute(self):
+            return self.sums[0] / self.sums[1]
+
+        def reset(self):
+            self.sums.zero_()
+    metric = SquaredError()
+    metrics = MetricsCB(mse=metric)
+    metrics.log_fn = lambda row: None
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.fit(1)
+    sums = metric.sums.clone()
+    learn.lr_find(plot=False, max_epochs=3)
+    assert torch.equal(metric.sums, sums)
+
+
+def test_a_course_style_fit_with_lr_finder_cb_leaves_the_logs_alone(tmp_path):
+    """The course runs the finder as learn.fit(n, cbs=[LRFinderCB()]): the loggers stand aside for it as for
+    lr_find (a change that left them out of lr_find only had that fit write its diverging run over log.csv)."""
+    from miniai.callbacks import MetricsCB
+    from miniai.callbacks.loggers import CSVLoggerCB
+    from miniai.callbacks.lr_finder import LRFinderCB
+    metrics = MetricsCB()
+    metrics.log_fn = lambda row: None
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.add_cb(CSVLoggerCB(tmp_path / "log.csv"))
+    learn.fit(1)
+    logged = (tmp_path / "log.csv").read_text()
+    learn.fit(2, cbs=[LRFinderCB()])
+    assert (tmp_path / "log.csv").read_text() == logged
+
+
+def test_a_callback_reading_the_metrics_works_during_lr_find():
+    """lr_find runs the learner's callbacks as any fit: one reading learn.metrics.last sees the finder's values."""
+    from miniai.callbacks import MetricsCB
+    seen = []  # (outside the callback: lr_find puts back the callbacks' own attributes)
+
+    class ReadsTrainLoss(Callback):
+        order = MetricsCB.order + 1
+
+        def after_epoch(self, learn):
+            if learn.training:
+                seen.append(learn.metrics.last["train_loss"])
+    metrics, reader = MetricsCB(), ReadsTrainLoss()
+    metrics.log_fn = lambda row: None
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.add_cb(reader)
+    learn.lr_find(plot=False, max_epochs=3)
+    assert seen and math.isfinite(seen[0])
+

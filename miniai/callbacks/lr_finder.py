@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..distributed import world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .checkpoint import CheckpointCB
@@ -246,14 +244,3 @@ class _NoTable(Callback):
     def before_fit(self, learn: Learner) -> None:
         if getattr(learn, "metrics", None) is not None:
             learn.metrics.log_fn = lambda row: None
-
-
-def _clone(obj: Any) -> Any:
-    """A deep copy in which tensors are cloned (so later in-place updates don't reach the copy)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
