@@ -368,6 +368,21 @@ def test_a_softmax_of_ones_own_over_one_output_is_refused_too(act):
         learn.get_preds(act=act)
 
 
+@pytest.mark.parametrize("act", [torch.sigmoid, lambda p: (p > 0).float(), torch.relu, lambda p: p.clamp(0, 1)],
+                         ids=["sigmoid", "hard labels", "relu", "clamp"])
+def test_an_act_that_saturates_on_a_batch_is_not_taken_for_a_softmax(act):
+    """A check of the outputs' values refused a confident binary model's sigmoid (every logit > 17 gives 1.0 in
+    float32), hard labels, relu on negative outputs: all right, and refused only on some batches."""
+    x, y = torch.randn(8, 5), torch.randint(0, 2, (8,)).float()
+    head = nn.Linear(5, 1)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-30.0 if act is torch.relu else 30.0)  # saturated: one value out for every item
+        head.weight[0, 0] = 1e-3  # (the outputs still differ)
+    learn = TrainLearner(head, DataLoaders(None, TensorLoader(x, y[:, None], 4)), F.mse_loss, lr=0.1)
+    assert learn.get_preds(act=act)[0].shape == (8, 1)
+
+
 def test_tta_refuses_a_loader_shuffled_by_its_sampler_even_without_targets():
     """A SubsetRandomSampler shuffles without dl.shuffle; with no targets to compare, tta averaged other items."""
     from torch.utils.data import SequentialSampler, SubsetRandomSampler

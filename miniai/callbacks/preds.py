@@ -128,14 +128,23 @@ def _activate(act: Callable, preds: Any) -> Any:
                              " (1 is always 1.0; across the items of a batch is meaningless). For one score per item "
                              "(a binary model) use learn.get_preds(act=torch.sigmoid)")
         return act(preds, dim=1)
-    out = act(preds)
-    if _one_output(preds) and isinstance(out, torch.Tensor) and out.shape == preds.shape and len(out) > 1 \
-            and bool((out == out.reshape(-1)[0]).all()) and not bool((preds == preds.reshape(-1)[0]).all()):
-        # what varied from item to item is gone: a softmax (through partial, nn.Softmax, ...) over one output
-        raise ValueError(f"act gave one value for every item ({float(out.reshape(-1)[0]):g}) from outputs that "
-                         f"differ, one per item {tuple(preds.shape)}: a softmax over a single output is always 1.0. "
-                         "For one score per item (a binary model) use act=torch.sigmoid")
-    return out
+    if _one_output(preds) and _normalizes_items(act, preds):  # a softmax through partial, nn.Softmax, a lambda
+        raise ValueError(f"act normalizes over the class dim, which holds one output per item here "
+                         f"{tuple(preds.shape)}: it gives one value for every item (a softmax over a single output "
+                         "is always 1.0). For one score per item (a binary model) use act=torch.sigmoid")
+    return act(preds)
+
+
+def _normalizes_items(act: Callable, preds: torch.Tensor) -> bool:
+    """Whether `act` maps two clearly different one-output items (logits -1 and 1) to one value: a softmax or
+    log-softmax over dim 1. Judged on that probe, not on the batch, where a sigmoid may saturate to 1.0."""
+    probe = torch.tensor([-1.0, 1.0], dtype=preds.dtype, device=preds.device)
+    probe = probe.view(2, *[1] * (preds.ndim - 1)).expand(2, *preds.shape[1:]).contiguous()
+    try:
+        out = act(probe)
+    except Exception:  # an act made for other inputs than this probe: not the softmax looked for
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == probe.shape and bool((out[0] == out[1]).all())
 
 
 def _one_output(preds: Any) -> bool:
