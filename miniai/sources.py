@@ -260,19 +260,23 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
 
 
 def _image_modes(ds: Any, x_col: str) -> set[str]:
-    """The PIL modes of the images in an `Image()` column, read from their headers (no pixels decoded)."""
+    """The PIL modes of the images in an `Image()` column, read from their headers (no pixels decoded: of images
+    stored as bytes, the usual case)."""
     import PIL.Image
     from datasets import Image
     modes = set()
     for item in ds.cast_column(x_col, Image(decode=False))[x_col]:
-        with PIL.Image.open(io.BytesIO(item["bytes"]) if item["bytes"] is not None else item["path"]) as image:
+        if item["bytes"] is None:  # stored by path (maybe a URL or inside an archive): datasets opens those
+            modes.add(Image().decode_example(item).mode)
+            continue
+        with PIL.Image.open(io.BytesIO(item["bytes"])) as image:
             modes.add(image.mode)
     return modes
 
 
 def _declared_dtype(feature: Any) -> str | None:
     """The element type a datasets feature declares: an Array2D's or a Value's, or, for lists, their items'."""
-    while getattr(feature, "dtype", None) is None and hasattr(feature, "feature"):
+    while hasattr(feature, "feature"):  # (datasets < 4's Sequence has a dtype of its own: "list")
         feature = feature.feature
     return getattr(feature, "dtype", None)
 

@@ -800,6 +800,38 @@ def test_hf_uint8_array_columns_are_read_as_the_pixels_they_declare(kind):
     assert x.dtype == torch.uint8 and torch.equal(x, pixels[:, None]) and y.tolist() == [0, 1, 2, 3]
 
 
+def test_hf_images_stored_by_a_path_datasets_opens_are_read(tmp_path):
+    """An Image() column stored by path, here inside a zip archive (datasets opens such paths, as it does URLs):
+    the mode check handed the path to PIL, which can't open it, where decoding had worked."""
+    import zipfile
+
+    import PIL.Image
+    from datasets import Dataset, Image
+    pixels = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    PIL.Image.fromarray(pixels).save(tmp_path / "0.png")
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        archive.write(tmp_path / "0.png", "0.png")
+    url = f"zip://0.png::{tmp_path / 'images.zip'}"
+    ds = Dataset.from_dict({"image": [url] * 2, "label": [0, 1]}).cast_column("image", Image())
+    x, _ = sources.hf_to_tensors(ds, mode="L")
+    assert torch.equal(x[1, 0], torch.from_numpy(pixels))
+
+
+def test_the_declared_pixel_type_is_read_through_lists_of_older_datasets_too():
+    """datasets < 4 (which pyproject allows) gives its Sequence a dtype of its own, 'list': the walk to the items'
+    type stopped there, so uint8 list columns were still refused as int64 on those versions."""
+    import dataclasses
+    import typing
+
+    from datasets import Value
+
+    @dataclasses.dataclass
+    class Sequence:  # as datasets 2.x and 3.x define it
+        feature: typing.Any
+        dtype: typing.ClassVar[str] = "list"
+    assert sources._declared_dtype(Sequence(Sequence(Value("uint8")))) == "uint8"
+
+
 @pytest.mark.slow
 def test_holdout_validates_on_training_images_never_the_test_set():
     """For choosing a recipe honestly: the held-out images come from the training set, the same every time, and

@@ -67,7 +67,7 @@ class GradAccumCB(Callback):
         if self._summed:  # a pass cut short (CancelEpochException) left a partial group: drop its gradients,
             # keeping what was in .grad before it (MomentumLearner's momentum; for others nothing, as zero_grad)
             for param, carried in zip(learn.model.parameters(), self._carried or itertools.repeat(None)):
-                param.grad = carried
+                param.grad = None if carried is None else carried.to(param.device)  # (a checkpoint's: on the CPU)
         self._summed, self._carried = 0, []
 
     def after_loss(self, learn: Learner) -> None:
