@@ -237,23 +237,31 @@ def train(args: argparse.Namespace) -> float:
 @contextlib.contextmanager
 def claimed(out: str | None) -> Iterator[None]:
     """Make the directory `out` and hold it for this run (`miniai.utils.claim_dir`): a run started into it meanwhile
-    is refused, where both would pass the check for an earlier run and write there."""
+    is refused, where both would pass the check for an earlier run and write there. Directories made here are
+    removed again when the run is refused (a usage error), if they stayed empty."""
     from .distributed import is_main_process
     from .utils import DirInUseError, claim_dir
     if not out or not is_main_process():  # (under torchrun, rank 0 writes the files)
         yield
         return
+    made = [d for d in (Path(out), *Path(out).parents) if not d.exists()]  # deepest first
     try:  # now, not after the training: a parent that is a file, or no permission, would lose the whole run
         Path(out).mkdir(parents=True, exist_ok=True)
-        claim = claim_dir(Path(out), f"--out {out}")
+        release = claim_dir(Path(out), f"--out {out}")
     except DirInUseError as e:
         raise _UsageError(str(e)) from None
     except OSError as e:
         raise _UsageError(f"--out {out}: can't make the directory ({e.strerror or e})") from e
     try:
         yield
+    except _UsageError:
+        release()
+        for d in made:
+            with contextlib.suppress(OSError):  # (not empty: left as it is)
+                d.rmdir()
+        raise
     finally:
-        claim.unlink(missing_ok=True)
+        release()
 
 
 _STARTED = time.perf_counter()  # where /proc can't tell when the process started: when this module was imported

@@ -8,7 +8,7 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,33 +183,38 @@ class DirInUseError(RuntimeError):
     """A directory a run writes into is held by another running process (`claim_dir`)."""
 
 
-def claim_dir(path: Path, what: str) -> Path:
-    """Hold the directory `path` for this process: its pid in `path/.miniai-run`, the file returned (unlink it to
-    let go). Raise DirInUseError, naming `what`, while another running process holds it: two runs started together
-    would both find it free of earlier files and write into it. The claim of a process that ended is taken over."""
+def claim_dir(path: Path, what: str) -> Callable[[], None]:
+    """Hold the directory `path` for this process until the function returned is called: an exclusive lock on
+    `path/.miniai-run` (holding the pid, for the message), which the system drops when the process ends, however it
+    ends. Raise DirInUseError, naming `what`, while another process holds it: two runs started together would both
+    find the directory free of earlier files and write into it. (On Windows, which has no flock: no claim.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return lambda: None
     claim = path / ".miniai-run"
-    try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        text = claim.read_text().strip()  # (empty: its run is between making the file and writing its pid)
-        pid = int(text) if text.isdigit() else None
-        if pid != os.getpid() and (pid is None or _running(pid)):
-            raise DirInUseError(f"{what} is in use by another run ({f'process {pid}' if pid else claim}): wait for "
-                                f"it to end, or choose another directory (if no run uses it, delete {claim})") from None
-        claim.unlink()  # left by a run that was killed
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    return claim
+    while True:
+        fd = os.open(claim, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise DirInUseError(f"{what} is in use by another run" + (f" (process {holder})" if holder else "")
+                                + ": wait for it to end, or choose another directory") from None
+        try:
+            if os.stat(claim).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder let go (and removed the file) between our open and lock: claim the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
 
+    held = [fd]
 
-def _running(pid: int) -> bool:
-    if os.name == "nt":  # where os.kill ends the process instead of asking: take it as running
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        return True
-    return True
+    def release() -> None:  # (once: a second call does nothing)
+        if held:
+            claim.unlink(missing_ok=True)  # while still locked: a run opening it meanwhile claims a new file
+            os.close(held.pop())
+    return release

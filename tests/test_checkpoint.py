@@ -446,14 +446,13 @@ def test_a_callback_holding_a_loader_without_a_length_is_checkpointed(tmp_path):
 def test_a_checkpoint_directory_in_use_by_another_running_fit_is_refused(tmp_path):
     """Two runs started together into one CheckpointCB directory both found it free of earlier checkpoints and
     wrote their epochs over each other's."""
-    from miniai.utils import DirInUseError
-    tmp_path.mkdir(exist_ok=True)
-    (tmp_path / ".miniai-run").write_text(str(os.getppid()))  # a live process holds it
+    from miniai.utils import DirInUseError, claim_dir
+    release = claim_dir(tmp_path, "held")  # another run holds it
     learn, _ = make_learner(tmp_path)
     with pytest.raises(DirInUseError, match=rf"CheckpointCB's directory {tmp_path} is in use by another run"):
         learn.fit(1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".miniai-run"]  # its claim left as it was
-    (tmp_path / ".miniai-run").unlink()
+    release()
     learn.fit(2)
     assert not (tmp_path / ".miniai-run").exists() and load_checkpoint(tmp_path)["epoch"] == 2
 

@@ -226,12 +226,22 @@ def test_a_second_run_into_an_out_in_use_is_refused_and_a_dead_runs_claim_is_tak
     """Two runs started together with one --out both passed the check for an earlier run (nothing was written
     yet) and wrote into the same directory: log.csv of one, result.json and model.pt of the other."""
     from miniai.__main__ import main
-    (tmp_path / ".miniai-run").write_text(str(os.getppid()))  # a live process holds it
+    from miniai.utils import claim_dir
+    release = claim_dir(tmp_path, "held")  # another run holds it (a lock of another open file: as another process)
     with pytest.raises(SystemExit) as info:
         main(["train", *SMALL, "--out", str(tmp_path)])
-    assert info.value.code == 2 and f"in use by another run (process {os.getppid()})" in capsys.readouterr().err
+    assert info.value.code == 2 and f"in use by another run (process {os.getpid()})" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == [".miniai-run"]
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / ".miniai-run").write_text(ended.stdout.strip())  # left by a run that was killed
+    release()
+    (tmp_path / ".miniai-run").write_text("12345")  # left by a run that was killed: its lock went with it
     assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
     assert (tmp_path / "model.pt").exists() and not (tmp_path / ".miniai-run").exists()
+
+
+def test_a_refused_run_leaves_no_directory_it_made(tmp_path, capsys):
+    """--out was made (with its parents) before train()'s own checks, so a refused run left it behind."""
+    from miniai.__main__ import main
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--recipe", "fast", "--sched", "cosine", "--out", str(tmp_path / "a" / "b")])
+    assert info.value.code == 2 and "does not combine" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

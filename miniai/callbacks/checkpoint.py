@@ -17,7 +17,7 @@ import random
 import re
 import types
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +373,7 @@ class CheckpointCB(Callback):
         self._train_cut = False  # whether this epoch's training pass was cut short
         self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
         self._superseded: list[Path] = []  # later epochs' files of the resumed run, moved aside at the first save
-        self._claim: Path | None = None  # path/.miniai-run while this fit writes there (claim_dir)
+        self._release: Callable[[], None] | None = None  # lets go of path while this fit writes there (claim_dir)
         self._resumed_from: Path | None = None
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
         self._warned: set[str] = set()
@@ -409,7 +409,7 @@ class CheckpointCB(Callback):
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
         self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
-        self._replaced, self._superseded, self._claim = [], [], None
+        self._replaced, self._superseded, self._release = [], [], None
         self._watch(learn)
         if not is_main_process() or "train" not in learn.passes or learn.n_epochs <= learn.start_epoch:
             return  # (a fit that trains no epoch saves nothing, so an earlier run's files are no concern of it)
@@ -419,7 +419,7 @@ class CheckpointCB(Callback):
             raise type(e)(f"CheckpointCB can't make its directory {self.path} ({e.strerror or e}): give it a path "
                           "where a directory can be made") from e
         # held for the fit: a run started into it meanwhile would also find it free and write over this one's epochs
-        self._claim = claim_dir(self.path, f"CheckpointCB's directory {self.path}")
+        self._release = claim_dir(self.path, f"CheckpointCB's directory {self.path}")
         for stale in self.path.glob(".epoch_*.tmp"):
             stale.unlink(missing_ok=True)  # left by a process killed while saving
         existing = list_checkpoints(self.path)
@@ -437,9 +437,9 @@ class CheckpointCB(Callback):
             self._replaced = [f for _, f in existing]  # deleted once this run has written a checkpoint
 
     def cleanup_fit(self, learn: Learner) -> None:
-        if getattr(self, "_claim", None) is not None:  # (a CheckpointCB pickled by an older miniai has none)
-            self._claim.unlink(missing_ok=True)
-            self._claim = None
+        if getattr(self, "_release", None) is not None:  # (a CheckpointCB pickled by an older miniai has none)
+            self._release()
+            self._release = None
 
     def cleanup_epoch(self, learn: Learner) -> None:
         # Saved as its last pass's cleanups end (once every epoch scheduler has stepped, before the next epoch's
