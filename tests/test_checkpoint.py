@@ -168,6 +168,19 @@ def test_a_generator_in_a_partial_a_closure_or_a_default_is_checkpointed(tmp_pat
     assert same_params(*straight_and_resumed(make, tmp_path))
 
 
+def test_the_generator_search_leaves_the_global_generators_to_the_rng_state():
+    """Through a bound method (random.randint is one of Python's global Random) or a default argument
+    (generator=torch.default_generator) the search found the global generators, already saved as the RNG state:
+    a checkpoint written before then had none for the callback, and resuming from it warned."""
+    import random
+
+    from miniai.callbacks.checkpoint import held_generators
+
+    def jitter(x, generator=torch.default_generator):
+        return x + torch.randn(x.shape, generator=generator)
+    assert held_generators(BatchTransformCB(partial(jitter, shift=random.randint))) == []
+
+
 def straight_and_resumed(make, tmp_path):
     """fit(3) in one go, and fit(3) stopped by Ctrl-C before epoch 2 then resumed by a fresh learner: both learners."""
     straight = make(tmp_path / "a")

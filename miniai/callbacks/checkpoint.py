@@ -74,6 +74,10 @@ _GENERATORS = (torch.Generator, np.random.Generator, random.Random)
 _NOT_SEARCHED = (str, bytes, int, float, nn.Module, torch.Tensor, Learner, types.ModuleType, type)
 
 
+# the global generators (Python's, behind random.randint and the like; torch's CPU one) are saved as the RNG state
+_GLOBAL_GENERATORS = (random.random.__self__, torch.default_generator)
+
+
 def held_generators(cb: Any, depth: int = 5) -> list[Any]:
     """The random generators (torch's, NumPy's, Python's) a callback holds of its own: in its attributes, in lists,
     tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g) in a Compose inside
@@ -83,7 +87,8 @@ def held_generators(cb: Any, depth: int = 5) -> list[Any]:
     seen: set[int] = set()
 
     def walk(x: Any, level: int) -> None:
-        if id(x) in seen or isinstance(x, _NOT_SEARCHED) or isinstance(x, (list, tuple, dict)) and len(x) > 100:
+        if id(x) in seen or isinstance(x, _NOT_SEARCHED) or isinstance(x, (list, tuple, dict)) and len(x) > 100 \
+                or any(x is g for g in _GLOBAL_GENERATORS):
             return
         seen.add(id(x))
         if isinstance(x, _GENERATORS) and not isinstance(x, random.SystemRandom):  # (the OS's: no state)
