@@ -161,13 +161,18 @@ def test_tensorboard_histograms_of_the_activation_stats_per_training_pass(tmp_pa
         assert step == epoch and num == counts.sum()
         assert buckets == counts[int(filled[0]):int(filled[-1]) + 1].tolist()  # from the first to the last filled bin
         this_pass = slice(per_epoch * epoch, per_epoch * epoch + 3)
-        assert tb["activations/0_ReLU/mean"][epoch] == (epoch, pytest.approx(float(means[this_pass].mean())))
-        assert tb["activations/0_ReLU/std"][epoch] == (epoch, pytest.approx(float(stds[this_pass].mean())))
+        # named for what they are: a mean over the batches of each batch's mean and std (the tags mean and std
+        # claimed the pass's, whose std also counts how far the batch means moved)
+        assert tb["activations/0_ReLU/batch_mean"][epoch] == (epoch, pytest.approx(float(means[this_pass].mean())))
+        assert tb["activations/0_ReLU/batch_std"][epoch] == (epoch, pytest.approx(float(stds[this_pass].mean())))
 
 
 def test_tensorboard_hist_needs_activation_stats(tmp_path):
     with pytest.raises(ValueError, match=r"add ActivationStats\(...\) to cbs"):
         tiny_learner([TensorBoardCB(tmp_path, hist=True)]).fit(1)
+    # one recording validation batches only left every epoch's histograms unwritten, without a word
+    with pytest.raises(ValueError, match=r"records no training batch \(on_train=False\)"):
+        tiny_learner([TensorBoardCB(tmp_path, hist=True), ActivationStats(on_train=False, on_valid=True)]).fit(1)
 
 
 def test_a_fresh_fit_starts_the_tensorboard_run_anew(tmp_path):

@@ -162,7 +162,9 @@ class TensorBoardCB(Callback):
     Two runs under `log_dir`, because each TensorBoard run has one step axis to cut back on resume:
     - `log_dir/epoch`, step = epoch: `train_loss`, `valid_loss`, `valid_<metric>`... (MetricsCB's `last` names;
       only with a MetricsCB); with `hist=True`, per layer of the learner's ActivationStats, the histogram of
-      |activations| over the training pass (`activations/<i>_<Layer>`) and the pass's mean and std.
+      |activations| over the training pass (`activations/<i>_<Layer>`), and the mean over its batches of each
+      batch's mean and std (`.../batch_mean`, `.../batch_std`: plot_stats's curves, one point per pass; a pass's
+      own std would also count how far the batch means moved).
     - `log_dir/batch`, step = batch number from the start of the run (epoch × len(dls.train) + batch index, so a
       resumed run continues the curve): `loss` (each training batch's, rank 0's under DDP) and `lr` (group 0).
     Losses are kept as device tensors and read in one transfer at the end of each training pass (no sync per batch).
@@ -196,6 +198,10 @@ class TensorBoardCB(Callback):
         if self.hist and self._stats is None:
             raise ValueError("TensorBoardCB(hist=True) writes the histograms an ActivationStats records, and this fit "
                              "has none: add ActivationStats(...) to cbs, or pass hist=False")
+        if self.hist and not self._stats.on_train:  # it would write nothing, every epoch, without a word
+            raise ValueError("TensorBoardCB(hist=True) writes the training passes' histograms, and this fit's "
+                             "ActivationStats records no training batch (on_train=False): let it (on_train=True), "
+                             "or pass hist=False")
         try:
             self._per_epoch = len(learn.dls.train)
         except TypeError:  # a loader without a length: batches are counted as they come
@@ -282,8 +288,8 @@ class TensorBoardCB(Callback):
                                  torch.stack(stds[new]).mean()[None]]).cpu().double()  # MPS has no float64
             counts, mean, std = summary[:-2], float(summary[-2]), float(summary[-1])
             tag = f"activations/{i}_{type(hook.module).__name__}"
-            writer.add_scalar(f"{tag}/mean", mean, epoch)
-            writer.add_scalar(f"{tag}/std", std, epoch)
+            writer.add_scalar(f"{tag}/batch_mean", mean, epoch)  # (not the pass's mean and std: the means of the
+            writer.add_scalar(f"{tag}/batch_std", std, epoch)  # batches' own, what plot_stats draws per batch)
             filled = counts.nonzero()
             if len(filled) == 0:  # every value fell outside the histogram's range
                 continue
