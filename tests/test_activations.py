@@ -290,6 +290,23 @@ def test_a_module_that_runs_twice_per_batch_is_refused():
         learner(Shared(), [ActivationStats(lambda m: isinstance(m, nn.ReLU)), SingleBatchCB()]).fit(1)
 
 
+def test_a_module_recomputed_by_activation_checkpointing_is_named_as_such():
+    """torch.utils.checkpoint runs the checkpointed forward again in backward: the refusal said the module was
+    used in more than one place and advised giving each place its own module, advice that could not be followed."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.relu, self.c = nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.c(checkpoint(lambda t: self.relu(self.a(t)), x, use_reentrant=False))
+    with pytest.raises(ValueError, match=r"ReLU ran 2 times per batch.*activation checkpointing.*outside the "
+                                         r"checkpointed parts"):
+        learner(Checkpointed(), [ActivationStats(lambda m: isinstance(m, nn.ReLU))]).fit(1)
+
+
 def test_mods_given_as_a_generator_serve_every_fit():
     """mods=model.children() was used up by the first fit; the second said the mod_filter matched nothing."""
     model = mlp()

@@ -303,8 +303,10 @@ class ActivationStats(HooksCallback):
             if runs > 1:  # its statistics would interleave the places it runs, one entry each per batch
                 raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran {runs:g} times per "
                                  "batch: it is used in more than one place in forward (as torchvision's shared "
-                                 "self.relu), so its statistics would mix those places. Hook modules that run once "
-                                 "per batch (give each place its own module, or choose others with mod_filter).")
+                                 "self.relu), or activation checkpointing (torch.utils.checkpoint) runs its forward "
+                                 "again during backward, so its statistics would mix those runs. Hook modules that "
+                                 "run once per batch (give each place its own module, or choose modules outside the "
+                                 "checkpointed parts with mod_filter).")
 
     @property
     def stats(self) -> list[tuple[Tensor, Tensor, Tensor]]:
