@@ -298,10 +298,10 @@ def test_a_module_recomputed_by_activation_checkpointing_is_named_as_such():
     class Checkpointed(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.relu, self.c = nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)
+            self.a, self.relu, self.b, self.c = nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 1)
 
-        def forward(self, x):
-            return self.c(checkpoint(lambda t: self.relu(self.a(t)), x, use_reentrant=False))
+        def forward(self, x):  # (the recomputation stops once it has what backward needs: b's input, past relu)
+            return self.c(checkpoint(lambda t: self.b(self.relu(self.a(t))), x, use_reentrant=False))
     with pytest.raises(ValueError, match=r"ReLU ran 2 times per batch.*activation checkpointing.*outside the "
                                          r"checkpointed parts"):
         learner(Checkpointed(), [ActivationStats(lambda m: isinstance(m, nn.ReLU))]).fit(1)
