@@ -228,6 +228,21 @@ def test_an_interrupted_and_resumed_run_logs_what_the_uninterrupted_run_logs(tmp
     assert read_tb(tmp_path / "cut" / "tb") == read_tb(tmp_path / "whole" / "tb")
 
 
+def test_a_resume_logging_other_columns_is_told_to_log_the_runs_metrics_not_to_drop_append(tmp_path):
+    """A resumed fit with a metric the run did not log was told to 'drop append=True', which it had not given and
+    which a resume ignores (it keeps the run's rows)."""
+    from torcheval.metrics import MeanSquaredError
+    learn = tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv"), CheckpointCB(tmp_path / "ckpt")])
+    learn.fit(2)
+    other = tiny_learner([quiet_metrics(mse=MeanSquaredError()), CSVLoggerCB(tmp_path / "log.csv"),
+                          CheckpointCB(tmp_path / "ckpt")])
+    with pytest.raises(ValueError, match="has the columns .*: give the resumed fit the run's metrics") as info, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the resume names the state it drops)
+        other.fit(3, resume=tmp_path / "ckpt")
+    assert "append" not in str(info.value)
+
+
 def test_a_new_event_file_sorts_after_one_made_in_the_same_second(tmp_path):
     """Readers take a run's files in name order; names start with the creation second, then compare '10' < '9'."""
     import time

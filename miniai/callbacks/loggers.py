@@ -85,8 +85,9 @@ class CSVLoggerCB(Callback):
         elif not self.append:
             rows = []
         if rows and header != self.columns:
-            raise ValueError(f"{self.path} has the columns {header}, this fit logs {self.columns}: log to another "
-                             "path, or drop append=True to start the file anew")
+            fix = ("give the resumed fit the run's metrics, or log to another path" if learn.resumed_from is not None
+                   else "log to another path, or drop append=True to start the file anew")
+            raise ValueError(f"{self.path} has the columns {header}, this fit logs {self.columns}: {fix}")
         _write_atomically(self.path, [self.columns, *rows])
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
