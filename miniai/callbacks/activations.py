@@ -331,6 +331,10 @@ class ActivationStats(HooksCallback):
 
     def dead_fractions(self) -> list[Tensor]:
         """Per layer, per batch: share of the counted activations in the lowest histogram bin (|x| near 0)."""
+        if self.range[0] > 0:  # zeros are not counted: a dead layer would show NaN, a half-dead one too little
+            raise ValueError(f"dead units are the activations at 0, and this ActivationStats counts |x| from "
+                             f"{self.range[0]:g} (range={self.range}): record with a range from 0, e.g. "
+                             f"range=(0, {self.range[1]:g})")
         return [hists[:, 0] / hists.sum(1) for _, _, hists in self.stats]
 
     def color_dim(self, figsize: tuple[float, float] | None = None) -> Any:
