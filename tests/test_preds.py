@@ -513,6 +513,19 @@ def test_per_item_losses_of_padded_sequences_leave_the_padding_out():
     assert torch.allclose(losses, torch.stack([per_token[0, :2].mean(), per_token[1].mean()]))
 
 
+@pytest.mark.parametrize("loss", [partial(F.cross_entropy, ignore_index=0), nn.CrossEntropyLoss(ignore_index=0)],
+                         ids=["partial", "module"])
+def test_per_item_losses_leave_out_the_loss_s_own_ignore_index(loss):
+    """Only targets of -100 were left out: padding with the loss's own ignore_index (0 here) counted as zeros, so
+    each item's loss was diluted by its padding."""
+    logits = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[1, 2, 0, 0], [2, 1, 2, 1]])
+    learn = TrainLearner(nn.Identity(), DataLoaders(None, None), loss)
+    _, _, losses = learn.get_preds(dl=[(logits, targets)], with_loss=True)
+    per_token = F.cross_entropy(logits, targets, reduction="none", ignore_index=0)
+    assert torch.allclose(losses, torch.stack([per_token[0, :2].mean(), per_token[1].mean()]))
+
+
 def test_get_preds_over_batches_of_different_lengths_says_what_to_do():
     """Batches padded each to its own longest sequence: the whole pass ran, then torch.cat failed with "Sizes of
     tensors must match except in dimension 0", saying nothing of why or what to do."""

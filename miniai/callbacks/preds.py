@@ -206,7 +206,7 @@ class _GatherPreds(Callback):
                 raise ValueError("get_preds(with_loss=True): the get_loss step returned one loss for the batch, not "
                                  "one per item. It must compute learn.loss_func(preds, *yb), which get_preds sets to "
                                  "reduction='none' for the pass.")
-            self.losses.append(to_cpu(_per_item(loss, learn.yb)))
+            self.losses.append(to_cpu(_per_item(loss, learn.yb, _ignored_target(learn.loss_func))))
 
     def result(self) -> tuple:
         """(inputs?, preds, targets, losses?), each concatenated over the batches."""
@@ -216,15 +216,22 @@ class _GatherPreds(Callback):
         return (*out, _cat(self.losses)) if self.with_loss else out
 
 
-def _per_item(loss: torch.Tensor, yb: tuple) -> torch.Tensor:
+def _ignored_target(loss_func: Any) -> int:
+    """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
+    given to a partial of F.cross_entropy), else torch's default, -100."""
+    return getattr(loss_func, "keywords", {}).get("ignore_index", getattr(loss_func, "ignore_index", -100))
+
+
+def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100) -> torch.Tensor:
     """One loss per item: a loss with more dims (per token, per pixel) averaged over them, leaving out the positions
-    whose target is -100 (padding: cross-entropy gives them 0, and counting them would rank items by length)."""
+    whose target is `ignored` (padding: cross-entropy gives them 0, and counting them would rank items by
+    length)."""
     if loss.ndim == 1:
         return loss
     flat = loss.reshape(len(loss), -1)
     target = yb[0] if len(yb) == 1 else None
     if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape:
-        counted = (target != -100).reshape(len(loss), -1)
+        counted = (target != ignored).reshape(len(loss), -1)
         return (flat * counted).sum(1) / counted.sum(1).clamp(min=1)
     return flat.mean(1)
 
@@ -298,7 +305,8 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     """`(preds, targets)` over every batch of `dl` (default `learn.dls.valid`), through the learner's predict path.
 
     Returns `(inputs, preds, targets)` `with_input`, and per-item losses last `with_loss` (`loss_func` called with
-    `reduction='none'`; losses with more dims are averaged over them, positions with target -100 left out).
+    `reduction='none'`; losses with more dims are averaged over them, leaving out the positions whose target is the
+    loss's `ignore_index`, -100 unless it says otherwise).
     Everything is concatenated on the CPU. `preds` are the raw model outputs (in float32 when autocast made them
     half precision: the same values) unless `act` is given, applied per batch to float32 outputs (torch's softmax
     and log_softmax go over the class dim 1). Targets are `learn.yb`: the batch's items after its `n_inp` inputs
