@@ -187,7 +187,8 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
     """Hold the directory `path` for this process until the function returned is called: an exclusive lock on
     `path/.miniai-run` (holding the pid, for the message), which the system drops when the process ends, however it
     ends. Raise DirInUseError, naming `what`, while another process holds it: two runs started together would both
-    find the directory free of earlier files and write into it. (On Windows, which has no flock: no claim.)"""
+    find the directory free of earlier files and write into it. (No claim on Windows, which has no flock, nor on a
+    filesystem without locks.)"""
     try:
         import fcntl
     except ImportError:
@@ -202,6 +203,9 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
             os.close(fd)
             raise DirInUseError(f"{what} is in use by another run" + (f" (process {holder})" if holder else "")
                                 + ": wait for it to end, or choose another directory") from None
+        except OSError:  # a filesystem without locks (some network ones): no claim, as on Windows
+            os.close(fd)
+            return lambda: None
         try:
             if os.stat(claim).st_ino == os.fstat(fd).st_ino:
                 break

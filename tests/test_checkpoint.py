@@ -470,6 +470,19 @@ def test_a_checkpoint_directory_in_use_by_another_running_fit_is_refused(tmp_pat
     assert not (tmp_path / ".miniai-run").exists() and load_checkpoint(tmp_path)["epoch"] == 2
 
 
+def test_a_filesystem_without_locks_checkpoints_without_a_claim(tmp_path, monkeypatch):
+    """Some network filesystems refuse flock (ENOLCK): the claim must not stop a fit that can save its checkpoints."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    learn, _ = make_learner(tmp_path)
+    learn.fit(1)
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
 def test_early_stopping_saves_the_last_epoch_and_a_resume_stops_at_once(tmp_path):
     learn, _ = make_learner(tmp_path, [EarlyStoppingCB(patience=1, min_delta=100.0)])  # no epoch improves by 100
     learn.fit(5)
