@@ -364,12 +364,13 @@ def test_a_softmax_of_ones_own_over_one_output_is_refused_too(act):
     partial, nn.Softmax or a lambda gave 'probabilities' of 1.0 for every item without a word."""
     x, y = torch.randn(16, 5), torch.randint(0, 2, (16,)).float()
     learn = TrainLearner(nn.Linear(5, 1), DataLoaders(None, TensorLoader(x, y[:, None], 4)), F.mse_loss, lr=0.1)
-    with pytest.raises(ValueError, match=r"one value for every item.*act=torch.sigmoid"):
+    with pytest.raises(ValueError, match=r"softmax over dim 1, which holds one output per item.*act=torch.sigmoid"):
         learn.get_preds(act=act)
 
 
-@pytest.mark.parametrize("act", [torch.sigmoid, lambda p: (p > 0).float(), torch.relu, lambda p: p.clamp(0, 1)],
-                         ids=["sigmoid", "hard labels", "relu", "clamp"])
+@pytest.mark.parametrize("act", [torch.sigmoid, lambda p: (p > 0).float(), torch.relu, lambda p: p.clamp(0, 1),
+                                 lambda p: p.clamp(1, 5), lambda p: p.sigmoid() > 0.9],
+                         ids=["sigmoid", "hard labels", "relu", "clamp", "ratings", "threshold"])
 def test_an_act_that_saturates_on_a_batch_is_not_taken_for_a_softmax(act):
     """A check of the outputs' values refused a confident binary model's sigmoid (every logit > 17 gives 1.0 in
     float32), hard labels, relu on negative outputs: all right, and refused only on some batches."""
@@ -524,6 +525,39 @@ def test_per_item_losses_leave_out_the_loss_s_own_ignore_index(loss):
     _, _, losses = learn.get_preds(dl=[(logits, targets)], with_loss=True)
     per_token = F.cross_entropy(logits, targets, reduction="none", ignore_index=0)
     assert torch.allclose(losses, torch.stack([per_token[0, :2].mean(), per_token[1].mean()]))
+
+
+def test_the_act_check_runs_once_a_pass_and_leaves_outputs_that_are_not_floats_alone():
+    """The check ran act on a probe of its own every batch (an act counting its calls saw two per batch), and on
+    uint8 or bool outputs the probe overflowed or refused every act."""
+    calls = []
+
+    def counted(p):
+        calls.append(len(p))
+        return torch.sigmoid(p)
+    x, y = torch.randn(16, 5), torch.randint(0, 2, (16, 1)).float()
+    learn = TrainLearner(nn.Linear(5, 1), DataLoaders(None, TensorLoader(x, y, 4)), F.mse_loss, lr=0.1)
+    learn.get_preds(act=counted)
+    assert calls.count(4) == 4 and len(calls) <= 6  # four batches, and the check's probes once
+    labeller = TrainLearner(nn.Identity(), DataLoaders(None, None), F.mse_loss)
+    for dtype in (torch.uint8, torch.bool):
+        labels = torch.ones(4, 1, dtype=dtype)
+        assert labeller.get_preds(dl=[(labels, labels)], act=lambda p: p)[0].dtype == dtype
+
+
+def test_a_loss_whose_ignore_index_is_none_ignores_nothing():
+    """Some libraries' losses say ignore_index=None for 'nothing ignored': the per-item losses crashed comparing it."""
+    class DiceLike(nn.Module):
+        ignore_index, reduction = None, "mean"
+
+        def forward(self, preds, target):
+            losses = (preds.softmax(1).gather(1, target[:, None])[:, 0] - 1) ** 2
+            return losses.mean() if self.reduction == "mean" else losses
+    logits = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[0, 1, 2, 0], [2, 1, 0, 1]])
+    learn = TrainLearner(nn.Identity(), DataLoaders(None, None), DiceLike())
+    _, _, losses = learn.get_preds(dl=[(logits, targets)], with_loss=True)
+    assert torch.allclose(losses, ((logits.softmax(1).gather(1, targets[:, None])[:, 0] - 1) ** 2).mean(1))
 
 
 def test_get_preds_over_batches_of_different_lengths_says_what_to_do():

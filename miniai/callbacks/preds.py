@@ -128,28 +128,27 @@ def _activate(act: Callable, preds: Any) -> Any:
                              " (1 is always 1.0; across the items of a batch is meaningless). For one score per item "
                              "(a binary model) use learn.get_preds(act=torch.sigmoid)")
         return act(preds, dim=1)
-    if _one_output(preds) and _normalizes_items(act, preds):  # a softmax through partial, nn.Softmax, a lambda
-        raise ValueError(f"act normalizes over the class dim, which holds one output per item here "
-                         f"{tuple(preds.shape)}: it gives one value for every item (a softmax over a single output "
-                         "is always 1.0). For one score per item (a binary model) use act=torch.sigmoid")
     return act(preds)
 
 
-def _normalizes_items(act: Callable, preds: torch.Tensor) -> bool:
-    """Whether `act` maps two clearly different one-output items (logits -1 and 1) to one value: a softmax or
-    log-softmax over dim 1. Judged on that probe, not on the batch, where a sigmoid may saturate to 1.0."""
-    probe = torch.tensor([-1.0, 1.0], dtype=preds.dtype, device=preds.device)
-    probe = probe.view(2, *[1] * (preds.ndim - 1)).expand(2, *preds.shape[1:]).contiguous()
-    try:
-        out = act(probe)
-    except Exception:  # an act made for other inputs than this probe: not the softmax looked for
-        return False
-    return isinstance(out, torch.Tensor) and out.shape == probe.shape and bool((out[0] == out[1]).all())
-
-
-def _one_output(preds: Any) -> bool:
-    """Whether `preds` is a tensor of one output per item: (N,), or (N, 1, ...)."""
-    return isinstance(preds, torch.Tensor) and preds.ndim >= 1 and (preds.ndim == 1 or preds.shape[1] == 1)
+def _check_act(act: Callable, preds: Any) -> None:
+    """Refuse a softmax or log-softmax over dim 1 given some other way (partial, nn.Softmax, a lambda) for one output
+    per item, (N, 1, ...), where it is 1.0 (or 0.0) for every item; torch's own functions are checked by `_activate`."""
+    if any(act is f for f in _CLASS_DIM_ACTS) or not (isinstance(preds, torch.Tensor) and preds.is_floating_point()
+                                                      and preds.ndim >= 2 and preds.shape[1] == 1):
+        return
+    rest = [1] * (preds.ndim - 2)
+    logits = torch.tensor([-1.0, 1.0], device=preds.device)
+    try:  # the logits as one output of two items, and as two classes of one item
+        apart, together = act(logits.view(2, 1, *rest)), act(logits.view(1, 2, *rest))
+        softmax = bool((apart == 1).all()) and torch.allclose(together.sum(1), torch.ones(()))
+        log_softmax = bool((apart == 0).all()) and torch.allclose(together.exp().sum(1), torch.ones(()))
+    except Exception:  # an act for other inputs than these (or returning no tensor): not a softmax
+        return
+    if softmax or log_softmax:
+        raise ValueError(f"act is a {'log-' * log_softmax}softmax over dim 1, which holds one output per item here "
+                         f"{tuple(preds.shape)}: it gives {'0.0' if log_softmax else '1.0'} for every item. For one "
+                         "score per item (a binary model) use act=torch.sigmoid")
 
 
 def _cat(parts: list[Any]) -> Any:
@@ -191,6 +190,8 @@ class _GatherPreds(Callback):
     def after_batch(self, learn: Learner) -> None:
         preds = learn.preds
         if self.act is not None:
+            if learn.iter == 0:  # (once a pass: the act, not the batch, is what is checked)
+                _check_act(self.act, preds)
             device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
             with _no_autocast(device):  # act sees the model's output, not a recast of it
                 preds = _activate(self.act, preds)
@@ -218,8 +219,9 @@ class _GatherPreds(Callback):
 
 def _ignored_target(loss_func: Any) -> int:
     """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
-    given to a partial of F.cross_entropy), else torch's default, -100."""
-    return getattr(loss_func, "keywords", {}).get("ignore_index", getattr(loss_func, "ignore_index", -100))
+    given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
+    value = getattr(loss_func, "keywords", {}).get("ignore_index", getattr(loss_func, "ignore_index", -100))
+    return value if isinstance(value, int) else -100
 
 
 def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100) -> torch.Tensor:
