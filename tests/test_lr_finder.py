@@ -471,3 +471,40 @@ def test_a_callback_reading_the_metrics_works_during_lr_find():
     learn.lr_find(plot=False, max_epochs=3)
     assert seen and math.isfinite(seen[0])
 
+
+
+def test_lr_find_puts_back_metrics_holding_namedtuples_or_other_metrics():
+    """The first copy of a metric's state rebuilt a namedtuple from a generator (lr_find crashed) and copied one
+    level only (a wrapper's inner metric kept the finder's counts)."""
+    from collections import namedtuple
+
+    from miniai.callbacks import MetricsCB
+    Sums = namedtuple("Sums", "error count")
+
+    class Inner:
+        def __init__(self):
+            self.sums = Sums(torch.zeros(()), torch.zeros(()))
+
+        def update(self, preds, target):
+            self.sums.error.add_(((preds - target) ** 2).sum())
+            self.sums.count.add_(len(target))
+
+        def compute(self):
+            return self.sums.error / self.sums.count
+
+        def reset(self):
+            self.sums.error.zero_()
+            self.sums.count.zero_()
+
+    class Wrapper(Inner):
+        def __init__(self):
+            self.inner = Inner()
+            self.update, self.compute, self.reset = self.inner.update, self.inner.compute, self.inner.reset
+    metrics = MetricsCB(plain=Inner(), wrapped=Wrapper())
+    metrics.log_fn = lambda row: None
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.fit(1)
+    before = {name: float(m.compute()) for name, m in metrics.metrics.items()}
+    learn.lr_find(plot=False, max_epochs=3)
+    assert {name: float(m.compute()) for name, m in metrics.metrics.items()} == before

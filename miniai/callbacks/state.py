@@ -6,6 +6,7 @@ the RNGs; `kept` snapshots all of it cheaply and restores it on exit, also after
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -27,15 +28,13 @@ def _shallow(obj: Any) -> tuple[dict, list]:
     return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
 
 
-def _clone(obj: Any) -> Any:
-    """A copy in which tensors are cloned and lists, tuples and dicts copied (later in-place updates miss it)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
+def _metric_state(metric: Any) -> dict[str, Any]:
+    """A copy of a metric object's attributes that its in-place updates can't reach: a deep copy, or, for one holding
+    what can't be copied (a lock, a file), a copy of its tensors, lists and dicts, the rest as they are."""
+    try:
+        return copy.deepcopy(vars(metric))
+    except Exception:
+        return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.copy(v) for k, v in vars(metric).items()}
 
 
 def _put_back(obj: Any, state: tuple[dict, list]) -> None:
@@ -74,8 +73,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
     # a fit's metrics (MetricsCB's) reset and update their counts in place: copies of their state, to put back
-    metrics = [(m, {k: _clone(v) for k, v in vars(m).items()}) for cb in learn.cbs if weights and isinstance(
-        cb, MetricsCB) for m in cb.metrics.values() if hasattr(m, "__dict__")]
+    metrics = [(m, _metric_state(m)) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
+               for m in cb.metrics.values() if hasattr(m, "__dict__")]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
