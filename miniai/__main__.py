@@ -244,8 +244,8 @@ def claimed(out: str | None) -> Iterator[None]:
     if not out or not is_main_process():  # (under torchrun, rank 0 writes the files)
         yield
         return
-    made = [d for d in (Path(out), *Path(out).parents) if not d.exists()]  # deepest first
     try:  # now, not after the training: a parent that is a file, or no permission, would lose the whole run
+        made = [d for d in (Path(out), *Path(out).parents) if not d.exists()]  # deepest first
         Path(out).mkdir(parents=True, exist_ok=True)
         release = claim_dir(Path(out), f"--out {out}")
     except DirInUseError as e:

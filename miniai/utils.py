@@ -187,13 +187,18 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
     """Hold the directory `path` for this process until the function returned is called: an exclusive lock on
     `path/.miniai-run` (holding the pid, for the message), which the system drops when the process ends, however it
     ends. Raise DirInUseError, naming `what`, while another process holds it: two runs started together would both
-    find the directory free of earlier files and write into it. (No claim on Windows, which has no flock, nor on a
+    find the directory free of earlier files and write into it. This process may claim it again (the CLI's --out
+    and a CheckpointCB there): it lets go at the last release. (No claim on Windows, which has no flock, nor on a
     filesystem without locks.)"""
     try:
         import fcntl
     except ImportError:
         return lambda: None
     claim = path / ".miniai-run"
+    key = os.path.realpath(claim)
+    if key in _CLAIMS:  # (a second lock of our own would be refused: flock locks are per open file)
+        _CLAIMS[key][1] += 1
+        return _releaser(key, claim)
     while True:
         fd = os.open(claim, os.O_CREAT | os.O_RDWR)
         try:
@@ -205,6 +210,7 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
                                 + ": wait for it to end, or choose another directory") from None
         except OSError:  # a filesystem without locks (some network ones): no claim, as on Windows
             os.close(fd)
+            claim.unlink(missing_ok=True)
             return lambda: None
         try:
             if os.stat(claim).st_ino == os.fstat(fd).st_ino:
@@ -212,13 +218,30 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
         except FileNotFoundError:
             pass
         os.close(fd)  # its holder let go (and removed the file) between our open and lock: claim the new one
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except OSError:  # a full disk, say: let go rather than hold it for the rest of the process
+        claim.unlink(missing_ok=True)
+        os.close(fd)
+        raise
+    _CLAIMS[key] = [fd, 1]
+    return _releaser(key, claim)
 
-    held = [fd]
+
+_CLAIMS: dict[str, list[int]] = {}  # this process's claims: claim file -> [its locked fd, claims not released]
+
+
+def _releaser(key: str, claim: Path) -> Callable[[], None]:
+    released = []
 
     def release() -> None:  # (once: a second call does nothing)
-        if held:
+        if released or key not in _CLAIMS:
+            return
+        released.append(True)
+        _CLAIMS[key][1] -= 1
+        if _CLAIMS[key][1] == 0:
+            fd = _CLAIMS.pop(key)[0]
             claim.unlink(missing_ok=True)  # while still locked: a run opening it meanwhile claims a new file
-            os.close(held.pop())
+            os.close(fd)
     return release

@@ -1,6 +1,11 @@
 """Tiny synthetic problems shared by the tests: they train in milliseconds and download nothing."""
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -64,3 +69,20 @@ for _name in ("before_fit", "after_fit", "cleanup_fit", "before_epoch", "after_e
               "before_batch", "after_batch", "cleanup_batch", "after_predict", "after_loss", "after_backward",
               "after_step"):
     setattr(EventLog, _name, (lambda name: lambda self, learn: self._add(name, learn))(_name))
+
+
+@contextlib.contextmanager
+def held_by_another_process(directory: Path) -> Iterator[int]:
+    """`directory` claimed (miniai.utils.claim_dir) by another running process, for the block; yields its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                               "from miniai.utils import claim_dir; claim_dir(Path(sys.argv[1]), 'x'); "
+                               "print('held', flush=True); sys.stdin.read()", str(directory)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.stdin.close()  # it ends, and the system drops its lock
+        holder.wait()
+

@@ -310,10 +310,11 @@ def test_a_module_recomputed_by_activation_checkpointing_is_named_as_such():
 def test_dead_fractions_need_a_range_that_counts_zeros():
     """With range=(0.5, 3) a fully dead ReLU counted nothing: dead_fractions was NaN (an empty dead_chart) where the
     docstring promises 1.0 for every unit dead."""
-    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU), range=(0.5, 3.0))
-    learner(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)), [stats]).fit(1)
-    with pytest.raises(ValueError, match=r"activations at 0.*counts \|x\| from 0.5.*range=\(0, 3\)"):
-        stats.dead_fractions()
+    for low in (0.5, -1.0):  # (from -1, zeros fell in a bin above the lowest: a dead layer showed 0.0)
+        stats = ActivationStats(lambda m: isinstance(m, nn.ReLU), range=(low, 3.0))
+        learner(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)), [stats]).fit(1)
+        with pytest.raises(ValueError, match=rf"activations at 0.*starts at {low:g}.*range=\(0, 3\)"):
+            stats.dead_fractions()
 
 
 def test_mods_given_as_a_generator_serve_every_fit():

@@ -460,13 +460,17 @@ def test_a_checkpoint_directory_in_use_by_another_running_fit_is_refused(tmp_pat
     """Two runs started together into one CheckpointCB directory both found it free of earlier checkpoints and
     wrote their epochs over each other's."""
     from miniai.utils import DirInUseError, claim_dir
-    release = claim_dir(tmp_path, "held")  # another run holds it
+    from tests.synth import held_by_another_process
     learn, _ = make_learner(tmp_path)
-    with pytest.raises(DirInUseError, match=rf"CheckpointCB's directory {tmp_path} is in use by another run"):
-        learn.fit(1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".miniai-run"]  # its claim left as it was
-    release()
+    with held_by_another_process(tmp_path) as pid:
+        with pytest.raises(DirInUseError, match=rf"CheckpointCB's directory {tmp_path} is in use by another run "
+                                                rf"\(process {pid}\)"):
+            learn.fit(1)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".miniai-run"]  # its claim left as it was
+    release = claim_dir(tmp_path, "--out")  # this process's own claim (the CLI's --out) does not refuse it
     learn.fit(2)
+    assert (tmp_path / ".miniai-run").exists()  # still held by the outer claim
+    release()
     assert not (tmp_path / ".miniai-run").exists() and load_checkpoint(tmp_path)["epoch"] == 2
 
 

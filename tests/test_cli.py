@@ -226,14 +226,11 @@ def test_a_second_run_into_an_out_in_use_is_refused_and_a_dead_runs_claim_is_tak
     """Two runs started together with one --out both passed the check for an earlier run (nothing was written
     yet) and wrote into the same directory: log.csv of one, result.json and model.pt of the other."""
     from miniai.__main__ import main
-    from miniai.utils import claim_dir
-    release = claim_dir(tmp_path, "held")  # another run holds it (a lock of another open file: as another process)
-    with pytest.raises(SystemExit) as info:
+    from tests.synth import held_by_another_process
+    with held_by_another_process(tmp_path) as pid, pytest.raises(SystemExit) as info:
         main(["train", *SMALL, "--out", str(tmp_path)])
-    assert info.value.code == 2 and f"in use by another run (process {os.getpid()})" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".miniai-run"]
-    release()
-    (tmp_path / ".miniai-run").write_text("12345")  # left by a run that was killed: its lock went with it
+    assert info.value.code == 2 and f"in use by another run (process {pid})" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == [".miniai-run"]  # left by the holder, whose lock ended with it
     assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
     assert (tmp_path / "model.pt").exists() and not (tmp_path / ".miniai-run").exists()
 

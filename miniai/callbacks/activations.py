@@ -331,10 +331,10 @@ class ActivationStats(HooksCallback):
 
     def dead_fractions(self) -> list[Tensor]:
         """Per layer, per batch: share of the counted activations in the lowest histogram bin (|x| near 0)."""
-        if self.range[0] > 0:  # zeros are not counted: a dead layer would show NaN, a half-dead one too little
-            raise ValueError(f"dead units are the activations at 0, and this ActivationStats counts |x| from "
-                             f"{self.range[0]:g} (range={self.range}): record with a range from 0, e.g. "
-                             f"range=(0, {self.range[1]:g})")
+        if self.range[0] != 0:  # zeros are not in the lowest bin: a dead layer would show NaN (or 0.0), not 1.0
+            raise ValueError(f"dead units are the activations at 0, which are counted in the lowest bin only when the "
+                             f"histogram starts at 0, and this one starts at {self.range[0]:g} (range={self.range}): "
+                             f"record with range=(0, {self.range[1]:g})")
         return [hists[:, 0] / hists.sum(1) for _, _, hists in self.stats]
 
     def color_dim(self, figsize: tuple[float, float] | None = None) -> Any:
