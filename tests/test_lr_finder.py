@@ -508,3 +508,48 @@ def test_lr_find_puts_back_metrics_holding_namedtuples_or_other_metrics():
     before = {name: float(m.compute()) for name, m in metrics.metrics.items()}
     learn.lr_find(plot=False, max_epochs=3)
     assert {name: float(m.compute()) for name, m in metrics.metrics.items()} == before
+
+
+def test_lr_find_leaves_metrics_that_share_objects_or_hold_locks_as_they_were():
+    """A deep copy of the metrics' state, put back after lr_find, froze what a metric only refers to (another
+    metric, the model: NaN or stale values logged in every later fit) and could not copy a lock or a file."""
+    import threading
+
+    from miniai.callbacks import MetricsCB
+
+    class Mean:
+        def __init__(self):
+            self.total, self.lock = torch.zeros(2), threading.Lock()
+
+        def update(self, preds, target):
+            with self.lock:
+                self.total += torch.stack([(preds - target).abs().sum(), torch.tensor(float(len(target)))])
+
+        def compute(self):
+            return self.total[0] / self.total[1]
+
+        def reset(self):
+            self.total.zero_()
+
+    class Twice:  # reads another metric of the same MetricsCB
+        def __init__(self, other):
+            self.other = other
+
+        def update(self, preds, target):
+            pass
+
+        def compute(self):
+            return 2 * self.other.compute()
+
+        def reset(self):
+            pass
+    mae = Mean()
+    metrics = MetricsCB(mae=mae, twice=Twice(mae))
+    metrics.log_fn = lambda row: None
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.fit(1)
+    learn.lr_find(plot=False, max_epochs=3)
+    assert metrics.metrics["twice"].other is mae
+    learn.fit(1)
+    assert metrics.last["valid_twice"] == pytest.approx(2 * metrics.last["valid_mae"])

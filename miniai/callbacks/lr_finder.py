@@ -200,8 +200,9 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     NumPy's) are left exactly as they were: lr_find is a look, not a training run. The arguments come in the
     course's order (`lr_find(1.2)` is gamma).
 
-    The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB's table is not shown), and what they
-    record of it (MetricsCB's history, ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`);
+    The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB logs the loss only, and shows no
+    table), and what they record of it (MetricsCB's history, ActivationStats) is put back afterwards too
+    (`miniai.callbacks.state.kept`);
     CheckpointCB is left out: the finder's diverging run is never saved. Left out as well, as they belong to the
     real fit: scheduling callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no
     validation pass is run) callbacks watching a validation metric.
@@ -219,7 +220,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
         for cb in [cb for cb in learn.cbs if isinstance(cb, _REAL_FIT_ONLY)
                    or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
-        learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
+        learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _LossOnly()], lr=start_lr)
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
     _, finite = _finite(finder.lrs, finder.losses)
     smooth = smooth_losses(finite)
@@ -236,11 +237,12 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     return result
 
 
-class _NoTable(Callback):
-    """Keeps MetricsCB's table of the finder's passes off the screen: its rows, labelled epochs 0, 1, ..., read as
-    epochs of training (`kept` puts the logger back)."""
+class _LossOnly(Callback):
+    """Keeps MetricsCB to the loss in the finder's passes: no table (its rows, labelled epochs 0, 1, ..., read as
+    epochs of training), and its metrics untouched, their counts still the last fit's (`kept` puts both back)."""
     order = 31  # after ProgressCB (30) has put its own logger in place
 
     def before_fit(self, learn: Learner) -> None:
         if getattr(learn, "metrics", None) is not None:
             learn.metrics.log_fn = lambda row: None
+            learn.metrics.metrics = {}

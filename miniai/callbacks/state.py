@@ -6,7 +6,6 @@ the RNGs; `kept` snapshots all of it cheaply and restores it on exit, also after
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -17,7 +16,6 @@ import torch
 from ..data import TensorLoader
 from ..learner import Learner
 from .checkpoint import callback_generators, generator_state, loader_generators, set_generator_state
-from .metrics import MetricsCB
 
 __all__ = ["kept"]
 
@@ -26,15 +24,6 @@ def _shallow(obj: Any) -> tuple[dict, list]:
     """A copy of `vars(obj)`, and of the contents of the lists and dicts in it (appended to in place)."""
     saved = dict(vars(obj))
     return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
-
-
-def _metric_state(metric: Any) -> dict[str, Any]:
-    """A copy of a metric object's attributes that its in-place updates can't reach: a deep copy, or, for one holding
-    what can't be copied (a lock, a file), a copy of its tensors, lists and dicts, the rest as they are."""
-    try:
-        return copy.deepcopy(vars(metric))
-    except Exception:
-        return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.copy(v) for k, v in vars(metric).items()}
 
 
 def _put_back(obj: Any, state: tuple[dict, list]) -> None:
@@ -58,8 +47,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's).
-    Weight values, and MetricsCB's metric objects' counts, are copied only with `weights=True` (lr_find trains:
-    eval mode and `no_grad` leave the weights alone, and no metric runs), so a prediction pass costs next to nothing.
+    Weight values are copied only with `weights=True` (lr_find trains): eval mode and `no_grad` leave them alone,
+    so a prediction pass costs next to nothing here.
     """
     model = learn.model
     clones: dict[int, torch.Tensor] = {}  # one copy per tensor, however often it is shared
@@ -72,9 +61,6 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    # a fit's metrics (MetricsCB's) reset and update their counts in place: copies of their state, to put back
-    metrics = [(m, _metric_state(m)) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
-               for m in cb.metrics.values() if hasattr(m, "__dict__")]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
@@ -106,9 +92,6 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
             m.training = mode
         for obj, state in saved:
             _put_back(obj, state)
-        for metric, state in metrics:
-            metric.__dict__.clear()
-            metric.__dict__.update(state)
         for g, state in generators:
             set_generator_state(g, state)
         for scaler, state in scalers:
