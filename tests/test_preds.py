@@ -358,7 +358,9 @@ def test_softmax_over_one_output_or_across_items_is_refused():
 
 
 @pytest.mark.parametrize("act", [partial(torch.softmax, dim=1), nn.Softmax(dim=1), lambda p: p.softmax(1),
-                                 partial(F.log_softmax, dim=-1)], ids=["partial", "nn.Softmax", "lambda", "log"])
+                                 partial(F.log_softmax, dim=-1), partial(F.softmax, dim=1, dtype=torch.float64),
+                                 lambda p: p.softmax(1).half()],
+                         ids=["partial", "nn.Softmax", "lambda", "log", "float64", "half"])
 def test_a_softmax_of_ones_own_over_one_output_is_refused_too(act):
     """Only torch's softmax functions themselves were refused on one output per item: the same softmax through
     partial, nn.Softmax or a lambda gave 'probabilities' of 1.0 for every item without a word."""
@@ -366,6 +368,15 @@ def test_a_softmax_of_ones_own_over_one_output_is_refused_too(act):
     learn = TrainLearner(nn.Linear(5, 1), DataLoaders(None, TensorLoader(x, y[:, None], 4)), F.mse_loss, lr=0.1)
     with pytest.raises(ValueError, match=r"softmax over dim 1, which holds one output per item.*act=torch.sigmoid"):
         learn.get_preds(act=act)
+
+    class SkipFirst(Callback):  # the check ran at batch 0 only: a pass whose first batch was cancelled skipped it
+        inference = True
+
+        def before_batch(self, learn):
+            if learn.iter == 0:
+                raise CancelBatchException()
+    with pytest.raises(ValueError, match=r"softmax over dim 1"):
+        learn.get_preds(act=act, cbs=[SkipFirst()])
 
 
 @pytest.mark.parametrize("act", [torch.sigmoid, lambda p: (p > 0).float(), torch.relu, lambda p: p.clamp(0, 1),

@@ -139,12 +139,14 @@ def _check_act(act: Callable, preds: Any) -> None:
         return
     rest = [1] * (preds.ndim - 2)
     logits = torch.tensor([-1.0, 1.0], device=preds.device)
-    try:  # the logits as one output of two items, and as two classes of one item
-        apart, together = act(logits.view(2, 1, *rest)), act(logits.view(1, 2, *rest))
-        softmax = bool((apart == 1).all()) and torch.allclose(together.sum(1), torch.ones(()))
-        log_softmax = bool((apart == 0).all()) and torch.allclose(together.exp().sum(1), torch.ones(()))
+    try:  # the logits as one output of two items, and as two classes of one item (in float: any dtype act gives)
+        apart, together = act(logits.view(2, 1, *rest)).float(), act(logits.view(1, 2, *rest)).float()
     except Exception:  # an act for other inputs than these (or returning no tensor): not a softmax
         return
+    if apart.shape != (2, 1, *preds.shape[2:]) or together.shape != (1, 2, *preds.shape[2:]):
+        return
+    softmax = bool((apart == 1).all() and ((together.sum(1) - 1).abs() < 1e-3).all())
+    log_softmax = bool((apart == 0).all() and ((together.exp().sum(1) - 1).abs() < 1e-3).all())
     if softmax or log_softmax:
         raise ValueError(f"act is a {'log-' * log_softmax}softmax over dim 1, which holds one output per item here "
                          f"{tuple(preds.shape)}: it gives {'0.0' if log_softmax else '1.0'} for every item. For one "
@@ -182,6 +184,7 @@ class _GatherPreds(Callback):
 
     def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None) -> None:
         self.with_input, self.with_loss, self.act = with_input, with_loss, act
+        self._act_checked = False
         self.inputs: list[Any] = []
         self.preds: list[Any] = []
         self.targets: list[Any] = []
@@ -190,8 +193,9 @@ class _GatherPreds(Callback):
     def after_batch(self, learn: Learner) -> None:
         preds = learn.preds
         if self.act is not None:
-            if learn.iter == 0:  # (once a pass: the act, not the batch, is what is checked)
+            if not self._act_checked:  # (once: the act, not the batch, is what is checked)
                 _check_act(self.act, preds)
+                self._act_checked = True
             device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
             with _no_autocast(device):  # act sees the model's output, not a recast of it
                 preds = _activate(self.act, preds)
