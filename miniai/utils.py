@@ -7,6 +7,7 @@ import dataclasses
 import os
 import random
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -187,8 +188,8 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
     """Hold the directory `path` for this process until the function returned is called: an exclusive lock on
     `path/.miniai-run` (holding the pid, for the message), which the system drops when the process ends, however it
     ends. Raise DirInUseError, naming `what`, while another process holds it: two runs started together would both
-    find the directory free of earlier files and write into it. This process may claim it again (the CLI's --out
-    and a CheckpointCB there): it lets go at the last release. (No claim on Windows, which has no flock, nor on a
+    find the directory free of earlier files and write into it. This thread may claim it again (the CLI's --out
+    and a CheckpointCB there): it lets go at the last release; another thread is refused. (No claim on Windows, which has no flock, nor on a
     filesystem without locks.)"""
     try:
         import fcntl
@@ -197,6 +198,9 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
     claim = path / ".miniai-run"
     key = os.path.realpath(claim)
     if key in _CLAIMS:  # (a second lock of our own would be refused: flock locks are per open file)
+        if _CLAIMS[key][2] != threading.get_ident():  # another thread's run: as another process's
+            raise DirInUseError(f"{what} is in use by another run of this process (another thread): wait for it "
+                                "to end, or choose another directory")
         _CLAIMS[key][1] += 1
         return _releaser(key, claim)
     while True:
@@ -225,11 +229,15 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
         claim.unlink(missing_ok=True)
         os.close(fd)
         raise
-    _CLAIMS[key] = [fd, 1]
+    _CLAIMS[key] = [fd, 1, threading.get_ident()]
     return _releaser(key, claim)
 
 
-_CLAIMS: dict[str, list[int]] = {}  # this process's claims: claim file -> [its locked fd, claims not released]
+# this process's claims: claim file -> [its locked fd, claims not released, the claiming thread]; a forked child
+# holds none of them (its own claim of the parent's directory is refused by the parent's lock)
+_CLAIMS: dict[str, list[int]] = {}
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_CLAIMS.clear)
 
 
 def _releaser(key: str, claim: Path) -> Callable[[], None]:

@@ -120,3 +120,34 @@ def test_map_tensors_keeps_dict_subclasses_and_maps_dataclasses():
     assert type(needs) is dict and torch.equal(needs["a"], w * 2) and not needs["a"].requires_grad
     out = map_tensors(Output(w * 2, 3), torch.Tensor.detach)
     assert type(out) is Output and not out.logits.requires_grad and out.n == 3
+
+
+def test_a_directory_claim_refuses_another_thread_and_a_forked_child(tmp_path):
+    """Claims counted per process let a second fit of another thread into a directory being written (both found it
+    free), and a child forked during a run inherited the count, so its claim of the parent's directory passed."""
+    import multiprocessing
+    import threading
+
+    from miniai.utils import DirInUseError, claim_dir
+    release = claim_dir(tmp_path, "the run")
+    outcome = []
+
+    def other_thread():
+        try:
+            claim_dir(tmp_path, "the other run")()
+            outcome.append("claimed")
+        except DirInUseError as e:
+            outcome.append(str(e))
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert "in use by another run of this process (another thread)" in outcome[0]
+    child = multiprocessing.get_context("fork").Process(target=claim_dir, args=(tmp_path, "the child's run"))
+    child.start()
+    child.join()
+    assert child.exitcode != 0  # refused: DirInUseError
+    again = claim_dir(tmp_path, "the run, within itself")  # this thread's own claim counts: the CLI's --out and
+    again()  # its CheckpointCB
+    assert (tmp_path / ".miniai-run").exists()
+    release()
+    assert not (tmp_path / ".miniai-run").exists()
