@@ -16,6 +16,7 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
 from .guards import EarlyStoppingCB
+from .metrics import MetricsCB
 from .scheduling import BaseSchedCB
 from .state import kept
 from .swa import SWACB
@@ -200,9 +201,9 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     NumPy's) are left exactly as they were: lr_find is a look, not a training run. The arguments come in the
     course's order (`lr_find(1.2)` is gamma).
 
-    The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB logs the loss only, and shows no
-    table), and what they record of it (MetricsCB's history, ActivationStats) is put back afterwards too
-    (`miniai.callbacks.state.kept`);
+    The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB shows no table), and what they record
+    of it (MetricsCB's history, its metrics' counts when they have a `state_dict`, as miniai's and torcheval's do,
+    ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`);
     CheckpointCB is left out: the finder's diverging run is never saved. Left out as well, as they belong to the
     real fit: scheduling callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no
     validation pass is run) callbacks watching a validation metric.
@@ -220,7 +221,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
         for cb in [cb for cb in learn.cbs if isinstance(cb, _REAL_FIT_ONLY)
                    or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
-        learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _LossOnly()], lr=start_lr)
+        learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
     _, finite = _finite(finder.lrs, finder.losses)
     smooth = smooth_losses(finite)
@@ -237,12 +238,12 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     return result
 
 
-class _LossOnly(Callback):
-    """Keeps MetricsCB to the loss in the finder's passes: no table (its rows, labelled epochs 0, 1, ..., read as
-    epochs of training), and its metrics untouched, their counts still the last fit's (`kept` puts both back)."""
+class _NoTable(Callback):
+    """Keeps MetricsCB's tables of the finder's passes off the screen: their rows, labelled epochs 0, 1, ..., read as
+    epochs of training (`kept` puts the loggers back)."""
     order = 31  # after ProgressCB (30) has put its own logger in place
 
     def before_fit(self, learn: Learner) -> None:
-        if getattr(learn, "metrics", None) is not None:
-            learn.metrics.log_fn = lambda row: None
-            learn.metrics.metrics = {}
+        for cb in learn.cbs:
+            if isinstance(cb, MetricsCB):
+                cb.log_fn = lambda row: None

@@ -322,6 +322,14 @@ class Accuracy:
         self.counts.zero_()
         return self
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """{'counts': [correct, total]} (as torcheval's metrics give theirs; lr_find puts it back after its look)."""
+        return {"counts": self.counts}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore `state_dict()`."""
+        self.counts = state["counts"].to(self.counts.device)
+
     def to(self, device: str | torch.device) -> Accuracy:
         """Keep the counts on `device` (the model's)."""
         self.counts = self.counts.to(device)

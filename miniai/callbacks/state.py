@@ -16,6 +16,7 @@ import torch
 from ..data import TensorLoader
 from ..learner import Learner
 from .checkpoint import callback_generators, generator_state, loader_generators, set_generator_state
+from .metrics import MetricsCB
 
 __all__ = ["kept"]
 
@@ -24,6 +25,17 @@ def _shallow(obj: Any) -> tuple[dict, list]:
     """A copy of `vars(obj)`, and of the contents of the lists and dicts in it (appended to in place)."""
     saved = dict(vars(obj))
     return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
+
+
+def _clone(obj: Any) -> Any:
+    """A copy of a metric's state_dict: tensors cloned, lists and dicts copied (later in-place updates miss it)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    return obj
 
 
 def _put_back(obj: Any, state: tuple[dict, list]) -> None:
@@ -47,8 +59,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's).
-    Weight values are copied only with `weights=True` (lr_find trains): eval mode and `no_grad` leave them alone,
-    so a prediction pass costs next to nothing here.
+    Weight values, and the counts of MetricsCB's metrics that have a `state_dict`, are copied only with
+    `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so a
+    prediction pass costs next to nothing here.
     """
     model = learn.model
     clones: dict[int, torch.Tensor] = {}  # one copy per tensor, however often it is shared
@@ -61,6 +74,11 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
+    # a fit's metrics reset and update their counts in place; those with a state_dict (miniai's, torcheval's) get
+    # them back (a metric's own declared state: no copy of what it only refers to)
+    metrics = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
+               for m in cb.metrics.values() if callable(getattr(m, "state_dict", None))
+               and callable(getattr(m, "load_state_dict", None))]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
@@ -92,6 +110,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
             m.training = mode
         for obj, state in saved:
             _put_back(obj, state)
+        for metric, state in metrics:
+            metric.load_state_dict(state)
         for g, state in generators:
             set_generator_state(g, state)
         for scaler, state in scalers:
