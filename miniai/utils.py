@@ -181,7 +181,7 @@ def len_or_none(obj: Any) -> int | None:
 
 
 class DirInUseError(RuntimeError):
-    """A directory a run writes into is held by another running process (`claim_dir`)."""
+    """A directory a run writes into is held by another running process, or another thread (`claim_dir`)."""
 
 
 def claim_dir(path: Path, what: str) -> Callable[[], None]:

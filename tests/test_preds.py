@@ -359,8 +359,9 @@ def test_softmax_over_one_output_or_across_items_is_refused():
 
 @pytest.mark.parametrize("act", [partial(torch.softmax, dim=1), nn.Softmax(dim=1), lambda p: p.softmax(1),
                                  partial(F.log_softmax, dim=-1), partial(F.softmax, dim=1, dtype=torch.float64),
-                                 lambda p: p.softmax(1).half()],
-                         ids=["partial", "nn.Softmax", "lambda", "log", "float64", "half"])
+                                 lambda p: p.softmax(1).half(), lambda p: p.bfloat16().softmax(1),
+                                 lambda p: p.softmax(1).squeeze(1)],
+                         ids=["partial", "nn.Softmax", "lambda", "log", "float64", "half", "bfloat16", "squeezed"])
 def test_a_softmax_of_ones_own_over_one_output_is_refused_too(act):
     """Only torch's softmax functions themselves were refused on one output per item: the same softmax through
     partial, nn.Softmax or a lambda gave 'probabilities' of 1.0 for every item without a word."""
@@ -377,6 +378,15 @@ def test_a_softmax_of_ones_own_over_one_output_is_refused_too(act):
                 raise CancelBatchException()
     with pytest.raises(ValueError, match=r"softmax over dim 1"):
         learn.get_preds(act=act, cbs=[SkipFirst()])
+
+
+@pytest.mark.parametrize("act", [partial(F.softmax, dim=1), nn.LogSoftmax(dim=1)], ids=["softmax", "log"])
+def test_a_softmax_over_one_output_per_pixel_is_refused(act):
+    """A binary segmentation model's (N, 1, H, W) outputs through nn.LogSoftmax(dim=1): 0.0 for every pixel."""
+    x = torch.randn(4, 1, 8, 8)
+    learn = TrainLearner(nn.Conv2d(1, 1, 3, padding=1), DataLoaders(None, TensorLoader(x, x, 2)), F.mse_loss)
+    with pytest.raises(ValueError, match=r"softmax over dim 1, which holds one output per item here \(2, 1, 8, 8\)"):
+        learn.get_preds(act=act)
 
 
 @pytest.mark.parametrize("act", [torch.sigmoid, lambda p: (p > 0).float(), torch.relu, lambda p: p.clamp(0, 1),
