@@ -437,7 +437,7 @@ def test_lr_find_leaves_the_metric_objects_as_the_last_fit_left_them():
     seen.clear()
     learn.lr_find(plot=False, max_epochs=3)
     assert seen  # the finder's passes logged the training accuracy
-    print("DBG", before, [float(m.compute()) for metrics in (first, second) for m in metrics.metrics.values()], first.metrics, second.metrics); assert [float(m.compute()) for metrics in (first, second) for m in metrics.metrics.values()] == before
+    assert [float(m.compute()) for metrics in (first, second) for m in metrics.metrics.values()] == before
 
 
 def test_a_course_style_fit_with_lr_finder_cb_leaves_the_logs_alone(tmp_path):
