@@ -521,3 +521,37 @@ def test_lr_find_leaves_metrics_that_share_objects_or_hold_locks_as_they_were():
     assert metrics.metrics["twice"].other is mae
     learn.fit(1)
     assert metrics.last["valid_twice"] == pytest.approx(2 * metrics.last["valid_mae"])
+
+
+@pytest.mark.parametrize("with_state_dict", [False, True], ids=["none", "tuple state"])
+def test_lr_find_leaves_a_metric_of_ones_own_as_it_was(with_state_dict):
+    """A metric without a state_dict ran in the finder's passes and kept their counts (NaN after lr_find); one whose
+    state_dict holds a tuple got the finder's counts back (the copy shared the tuple's tensors)."""
+    from miniai.callbacks import MetricsCB
+
+    class SquaredError:
+        def __init__(self):
+            self.sums = (torch.zeros(()), torch.zeros(()))
+
+        def update(self, preds, target):
+            self.sums[0].add_(((preds - target) ** 2).sum())
+            self.sums[1].add_(len(target))
+
+        def compute(self):
+            return self.sums[0] / self.sums[1]
+
+        def reset(self):
+            for t in self.sums:
+                t.zero_()
+    if with_state_dict:
+        SquaredError.state_dict = lambda self: {"sums": self.sums}
+        SquaredError.load_state_dict = lambda self, state: setattr(self, "sums", state["sums"])
+    metric = SquaredError()
+    metrics = MetricsCB(mse=metric)
+    metrics.log_fn = lambda row: None
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.fit(1)
+    before = float(metric.compute())
+    learn.lr_find(plot=False, max_epochs=3)
+    assert float(metric.compute()) == before

@@ -389,6 +389,15 @@ def test_a_softmax_over_one_output_per_pixel_is_refused(act):
         learn.get_preds(act=act)
 
 
+def test_a_softmax_over_an_items_pixels_is_not_taken_for_one_over_dim_1():
+    """A heatmap model's softmax over each item's positions, p.flatten(1).softmax(1).view_as(p), was refused: on a
+    probe without the item's pixels it looked like a softmax over dim 1."""
+    x = torch.randn(4, 1, 8, 8)
+    learn = TrainLearner(nn.Conv2d(1, 1, 3, padding=1), DataLoaders(None, TensorLoader(x, x, 2)), F.mse_loss)
+    probs = learn.get_preds(act=lambda p: p.flatten(1).softmax(1).view_as(p))[0]
+    assert torch.allclose(probs.flatten(1).sum(1), torch.ones(4))
+
+
 @pytest.mark.parametrize("act", [torch.sigmoid, lambda p: (p > 0).float(), torch.relu, lambda p: p.clamp(0, 1),
                                  lambda p: p.clamp(1, 5), lambda p: p.sigmoid() > 0.9],
                          ids=["sigmoid", "hard labels", "relu", "clamp", "ratings", "threshold"])

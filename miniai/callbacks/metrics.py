@@ -328,7 +328,7 @@ class Accuracy:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore `state_dict()`."""
-        self.counts = state["counts"].to(self.counts.device)
+        self.counts = state["counts"]
 
     def to(self, device: str | torch.device) -> Accuracy:
         """Keep the counts on `device` (the model's)."""

@@ -137,11 +137,12 @@ def _check_act(act: Callable, preds: Any) -> None:
     if any(act is f for f in _CLASS_DIM_ACTS) or not (isinstance(preds, torch.Tensor) and preds.is_floating_point()
                                                       and preds.ndim >= 2 and preds.shape[1] == 1):
         return
-    rest = [1] * (preds.ndim - 2)
+    rest, space = [1] * (preds.ndim - 2), preds.shape[2:]  # (per pixel: a softmax over an item's pixels is fine)
     logits = torch.tensor([-1.0, 1.0], device=preds.device)
     try:  # the logits as one output of two items, and as two classes of one item (in float: any dtype act gives;
         # bfloat16's sums are within 1e-2 of 1)
-        apart, together = act(logits.view(2, 1, *rest)).float(), act(logits.view(1, 2, *rest)).float()
+        apart = act(logits.view(2, 1, *rest).expand(2, 1, *space).contiguous()).float()
+        together = act(logits.view(1, 2, *rest).expand(1, 2, *space).contiguous()).float()
         softmax = bool((apart == 1).all() and ((together.sum(1) - 1).abs() < 1e-2).all())
         log_softmax = bool((apart == 0).all() and ((together.exp().sum(1) - 1).abs() < 1e-2).all())
     except Exception:  # an act for other inputs than these (or returning no tensor, or another shape): no softmax

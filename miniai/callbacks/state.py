@@ -6,7 +6,9 @@ the RNGs; `kept` snapshots all of it cheaply and restores it on exit, also after
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,7 +20,7 @@ from ..learner import Learner
 from .checkpoint import callback_generators, generator_state, loader_generators, set_generator_state
 from .metrics import MetricsCB
 
-__all__ = ["kept"]
+__all__ = ["kept", "restorable"]
 
 
 def _shallow(obj: Any) -> tuple[dict, list]:
@@ -27,15 +29,10 @@ def _shallow(obj: Any) -> tuple[dict, list]:
     return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
 
 
-def _clone(obj: Any) -> Any:
-    """A copy of a metric's state_dict: tensors cloned, lists and dicts copied (later in-place updates miss it)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone(v) for v in obj]
-    return obj
+def restorable(metric: Any) -> bool:
+    """Whether `kept` can put a metric's counts back: it has `state_dict` and `load_state_dict` (miniai's and
+    torcheval's metrics do)."""
+    return all(callable(getattr(metric, m, None)) for m in ("state_dict", "load_state_dict"))
 
 
 def _put_back(obj: Any, state: tuple[dict, list]) -> None:
@@ -75,10 +72,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
     # a fit's metrics reset and update their counts in place; those with a state_dict (miniai's, torcheval's) get
-    # them back (a metric's own declared state: no copy of what it only refers to)
-    metrics = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
-               for m in cb.metrics.values() if callable(getattr(m, "state_dict", None))
-               and callable(getattr(m, "load_state_dict", None))]
+    # them back (a copy of a metric's own declared state: nothing it only refers to); lr_find sets the others aside
+    metrics = [(m, copy.deepcopy(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
+               for m in cb.metrics.values() if restorable(m)]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
@@ -110,8 +106,6 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
             m.training = mode
         for obj, state in saved:
             _put_back(obj, state)
-        for metric, state in metrics:
-            metric.load_state_dict(state)
         for g, state in generators:
             set_generator_state(g, state)
         for scaler, state in scalers:
@@ -120,3 +114,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
         np.random.set_state(numpy_rng)
         if mps_rng is not None:
             torch.mps.set_rng_state(mps_rng)
+        for metric, state in metrics:  # last: a metric of the user's refusing its own state must not stop the rest
+            try:
+                metric.load_state_dict(state)
+            except Exception as e:
+                warnings.warn(f"could not put back the counts of {type(metric).__name__} ({type(e).__name__}: {e}): "
+                              "they are those of the last pass run here", stacklevel=3)
