@@ -555,3 +555,54 @@ def test_lr_find_leaves_a_metric_of_ones_own_as_it_was(with_state_dict):
     before = float(metric.compute())
     learn.lr_find(plot=False, max_epochs=3)
     assert float(metric.compute()) == before
+
+
+def test_lr_find_runs_every_metric_and_copies_only_their_counts():
+    """Setting aside the metrics without a state_dict broke a callback reading one during lr_find (KeyError), and a
+    deep copy of a state_dict could not copy a lock it held and broke what it only refers to."""
+    import threading
+
+    from miniai.callbacks import MetricsCB
+    shared = object()
+    seen = []
+
+    class Count:  # no state_dict
+        def __init__(self):
+            self.n = torch.zeros(())
+
+        def update(self, preds, target):
+            self.n += len(target)
+
+        def compute(self):
+            return self.n
+
+        def reset(self):
+            self.n.zero_()
+
+    class Locked(Count):
+        def __init__(self):
+            super().__init__()
+            self.lock, self.ref = threading.Lock(), shared
+
+        def state_dict(self):
+            return {"n": self.n, "lock": self.lock, "ref": self.ref}
+
+        def load_state_dict(self, state):
+            self.n, self.lock, self.ref = state["n"], state["lock"], state["ref"]
+
+    class Reads(Callback):
+        order = MetricsCB.order + 1
+
+        def after_epoch(self, learn):
+            if learn.training:
+                seen.append(learn.metrics.last["train_count"])
+    count, locked = Count(), Locked()
+    metrics = MetricsCB(count=count, locked=locked)
+    metrics.log_fn = lambda row: None
+    learn = bn_learner()
+    learn.add_cb(metrics)
+    learn.fit(1)
+    before = (float(count.compute()), float(locked.compute()))
+    learn.add_cb(Reads())
+    learn.lr_find(plot=False, max_epochs=3)
+    assert seen and (float(count.compute()), float(locked.compute())) == before and locked.ref is shared

@@ -18,7 +18,7 @@ from .ddp import DDPCB
 from .guards import EarlyStoppingCB
 from .metrics import MetricsCB
 from .scheduling import BaseSchedCB
-from .state import kept, restorable
+from .state import kept
 from .swa import SWACB
 
 __all__ = ["LRFinderCB", "LRFinderResult", "lr_find", "smooth_losses", "steepest_lr", "valley_lr"]
@@ -201,9 +201,9 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     NumPy's) are left exactly as they were: lr_find is a look, not a training run. The arguments come in the
     course's order (`lr_find(1.2)` is gamma).
 
-    The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB shows no table and runs only the
-    metrics with a `state_dict`, as miniai's and torcheval's have), and what they record of it (MetricsCB's history
-    and its metrics' counts, ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`);
+    The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB shows no table), and what they record
+    of it (MetricsCB's history and its metrics' counts, ActivationStats) is put back afterwards too
+    (`miniai.callbacks.state.kept`);
     CheckpointCB is left out: the finder's diverging run is never saved. Left out as well, as they belong to the
     real fit: scheduling callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no
     validation pass is run) callbacks watching a validation metric.
@@ -239,13 +239,11 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
 
 
 class _NoTable(Callback):
-    """Keeps MetricsCB's tables of the finder's passes off the screen (their rows, labelled epochs 0, 1, ..., read as
-    epochs of training), and sets aside the metrics that `kept` can't put back, those without a `state_dict`, so
-    the finder's passes leave their counts alone (`kept` puts the loggers and the metrics back)."""
+    """Keeps MetricsCB's tables of the finder's passes off the screen: their rows, labelled epochs 0, 1, ..., read as
+    epochs of training (`kept` puts the loggers back)."""
     order = 31  # after ProgressCB (30) has put its own logger in place
 
     def before_fit(self, learn: Learner) -> None:
         for cb in learn.cbs:
             if isinstance(cb, MetricsCB):
                 cb.log_fn = lambda row: None
-                cb.metrics = {name: m for name, m in cb.metrics.items() if restorable(m)}

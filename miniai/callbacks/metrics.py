@@ -327,8 +327,8 @@ class Accuracy:
         return {"counts": self.counts}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore `state_dict()`."""
-        self.counts = state["counts"]
+        """Restore `state_dict()` (on the device the counts are on now)."""
+        self.counts = state["counts"].to(self.counts.device)
 
     def to(self, device: str | torch.device) -> Accuracy:
         """Keep the counts on `device` (the model's)."""

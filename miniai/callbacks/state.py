@@ -20,7 +20,7 @@ from ..learner import Learner
 from .checkpoint import callback_generators, generator_state, loader_generators, set_generator_state
 from .metrics import MetricsCB
 
-__all__ = ["kept", "restorable"]
+__all__ = ["kept"]
 
 
 def _shallow(obj: Any) -> tuple[dict, list]:
@@ -29,10 +29,36 @@ def _shallow(obj: Any) -> tuple[dict, list]:
     return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
 
 
-def restorable(metric: Any) -> bool:
-    """Whether `kept` can put a metric's counts back: it has `state_dict` and `load_state_dict` (miniai's and
-    torcheval's metrics do)."""
-    return all(callable(getattr(metric, m, None)) for m in ("state_dict", "load_state_dict"))
+def _clone(obj: Any) -> Any:
+    """A copy of a metric's counts that its in-place updates can't reach: tensors and NumPy arrays copied, lists,
+    tuples (named ones too) and dicts rebuilt; anything else, which the metric only refers to, kept as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, dict):
+        copied = copy.copy(obj)  # (a defaultdict stays one)
+        copied.update((k, _clone(v)) for k, v in obj.items())
+        return copied
+    if isinstance(obj, (list, tuple)):
+        items = [_clone(v) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    return obj
+
+
+def _metric_state(metric: Any) -> tuple[bool, Any]:
+    """(whether it has a state_dict, a copy of that, or else of its attributes), for `_put_back_metric`."""
+    if all(callable(getattr(metric, m, None)) for m in ("state_dict", "load_state_dict")):  # miniai's, torcheval's
+        return True, _clone(metric.state_dict())
+    return False, _clone(dict(getattr(metric, "__dict__", {})))
+
+
+def _put_back_metric(metric: Any, state: tuple[bool, Any]) -> None:
+    has_state_dict, saved = state
+    if has_state_dict:
+        metric.load_state_dict(saved)
+    else:
+        metric.__dict__.update(saved)
 
 
 def _put_back(obj: Any, state: tuple[dict, list]) -> None:
@@ -56,9 +82,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's).
-    Weight values, and the counts of MetricsCB's metrics that have a `state_dict`, are copied only with
-    `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so a
-    prediction pass costs next to nothing here.
+    Weight values, and the counts of MetricsCB's metrics (their `state_dict`, or else their attributes; a metric
+    held inside another keeps the finder's), are copied only with `weights=True` (lr_find trains: eval mode and
+    `no_grad` leave the weights alone, and no metric runs), so a prediction pass costs next to nothing here.
     """
     model = learn.model
     clones: dict[int, torch.Tensor] = {}  # one copy per tensor, however often it is shared
@@ -71,10 +97,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    # a fit's metrics reset and update their counts in place; those with a state_dict (miniai's, torcheval's) get
-    # them back (a copy of a metric's own declared state: nothing it only refers to); lr_find sets the others aside
-    metrics = [(m, copy.deepcopy(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
-               for m in cb.metrics.values() if restorable(m)]
+    # a fit's metrics reset and update their counts in place: copies of those (their state_dict, or attributes)
+    metrics = [(m, _metric_state(m)) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
+               for m in cb.metrics.values()]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
@@ -116,7 +141,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
             torch.mps.set_rng_state(mps_rng)
         for metric, state in metrics:  # last: a metric of the user's refusing its own state must not stop the rest
             try:
-                metric.load_state_dict(state)
+                _put_back_metric(metric, state)
             except Exception as e:
-                warnings.warn(f"could not put back the counts of {type(metric).__name__} ({type(e).__name__}: {e}): "
-                              "they are those of the last pass run here", stacklevel=3)
+                warnings.warn(f"could not put back all the counts of {type(metric).__name__} ({type(e).__name__}: "
+                              f"{e}): some may be the finder's", stacklevel=4)
