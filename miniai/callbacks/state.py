@@ -30,35 +30,27 @@ def _shallow(obj: Any) -> tuple[dict, list]:
 
 
 def _clone(obj: Any) -> Any:
-    """A copy of a metric's counts that its in-place updates can't reach: tensors and NumPy arrays copied, lists,
-    tuples (named ones too) and dicts rebuilt; anything else, which the metric only refers to, kept as it is."""
+    """A copy of a metric's state_dict that its in-place updates can't reach: tensors and NumPy arrays copied, lists,
+    tuples (named ones too) and dicts rebuilt; anything else, which the state only refers to, kept as it is."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().clone()
     if isinstance(obj, np.ndarray):
         return obj.copy()
     if isinstance(obj, dict):
-        copied = copy.copy(obj)  # (a defaultdict stays one)
-        copied.update((k, _clone(v)) for k, v in obj.items())
+        copied = copy.copy(obj)  # (an OrderedDict, a defaultdict stays one)
+        for k, v in obj.items():
+            copied[k] = _clone(v)
         return copied
-    if isinstance(obj, (list, tuple)):
-        items = [_clone(v) for v in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    if type(obj) in (list, tuple):
+        return type(obj)(_clone(v) for v in obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*(_clone(v) for v in obj))
     return obj
 
 
-def _metric_state(metric: Any) -> tuple[bool, Any]:
-    """(whether it has a state_dict, a copy of that, or else of its attributes), for `_put_back_metric`."""
-    if all(callable(getattr(metric, m, None)) for m in ("state_dict", "load_state_dict")):  # miniai's, torcheval's
-        return True, _clone(metric.state_dict())
-    return False, _clone(dict(getattr(metric, "__dict__", {})))
-
-
-def _put_back_metric(metric: Any, state: tuple[bool, Any]) -> None:
-    has_state_dict, saved = state
-    if has_state_dict:
-        metric.load_state_dict(saved)
-    else:
-        metric.__dict__.update(saved)
+def _restorable(metric: Any) -> bool:
+    """Whether a metric says what its state is: `state_dict` and `load_state_dict` (miniai's and torcheval's)."""
+    return all(callable(getattr(metric, m, None)) for m in ("state_dict", "load_state_dict"))
 
 
 def _put_back(obj: Any, state: tuple[dict, list]) -> None:
@@ -82,9 +74,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's).
-    Weight values, and the counts of MetricsCB's metrics (their `state_dict`, or else their attributes; a metric
-    held inside another keeps the finder's), are copied only with `weights=True` (lr_find trains: eval mode and
-    `no_grad` leave the weights alone, and no metric runs), so a prediction pass costs next to nothing here.
+    Weight values, and the counts of MetricsCB's metrics that have a `state_dict`, are copied only with
+    `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so a
+    prediction pass costs next to nothing here.
     """
     model = learn.model
     clones: dict[int, torch.Tensor] = {}  # one copy per tensor, however often it is shared
@@ -97,9 +89,10 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    # a fit's metrics reset and update their counts in place: copies of those (their state_dict, or attributes)
-    metrics = [(m, _metric_state(m)) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
-               for m in cb.metrics.values()]
+    # a fit's metrics reset and update their counts in place: copies of those that say what their state is (the
+    # others keep the finder's counts: see lr_find)
+    metrics = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
+               for m in cb.metrics.values() if _restorable(m)]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
@@ -141,7 +134,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
             torch.mps.set_rng_state(mps_rng)
         for metric, state in metrics:  # last: a metric of the user's refusing its own state must not stop the rest
             try:
-                _put_back_metric(metric, state)
+                metric.load_state_dict(state)
             except Exception as e:
                 warnings.warn(f"could not put back all the counts of {type(metric).__name__} ({type(e).__name__}: "
                               f"{e}): some may be the finder's", stacklevel=4)
