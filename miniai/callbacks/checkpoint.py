@@ -33,7 +33,7 @@ from .metrics import check_monitor, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
 
 __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",
-           "find_checkpoint", "load_checkpoint", "interrupt_note"]
+           "find_checkpoint", "load_checkpoint", "interrupt_note", "has_state"]
 
 _FORMAT, _VERSION = "miniai-checkpoint", 2  # version 2 adds the parameters' names to match optimizer state by
 _NAME = re.compile(r"^epoch_(\d+)\.pt$")  # "after N epochs"; tmp files start with a dot, so never match
@@ -62,10 +62,14 @@ def _keyed(learn: Learner) -> dict[str, Callback]:
     return {f"{type(cb).__name__}_{sum(type(c) is type(cb) for c in cbs[:j])}": cb for j, cb in enumerate(cbs)}
 
 
+def has_state(obj: Any) -> bool:
+    """Whether `obj` says what its state is: `state_dict` and `load_state_dict`, as checkpoints save and restore it."""
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
 def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
     """The callbacks with `state_dict`/`load_state_dict`, keyed as `_keyed` does."""
-    return {key: cb for key, cb in _keyed(learn).items()
-            if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None))}
+    return {key: cb for key, cb in _keyed(learn).items() if has_state(cb)}
 
 
 _GENERATORS = (torch.Generator, np.random.Generator, random.Random)
@@ -175,7 +179,7 @@ def loader_generators(dl: Any) -> list[torch.Generator]:
 
 
 def _loader_state(dl: Any) -> dict[str, Any] | None:
-    if callable(getattr(dl, "state_dict", None)) and callable(getattr(dl, "load_state_dict", None)):
+    if has_state(dl):
         return {"state_dict": dl.state_dict()}  # miniai.data.TensorLoader: {seed, epoch}
     # a torch DataLoader without a generator draws from torch's global RNG, which is saved anyway
     state: dict[str, Any] = {"generators": [g.get_state() for g in loader_generators(dl)]}
@@ -554,8 +558,7 @@ class CheckpointCB(Callback):
         """Refuse, warn of or watch what a checkpoint of this fit could not save."""
         for cb in learn.cbs:  # built by now (order 20): saving it would fail only after the first epoch's training
             scheduler = getattr(cb, "scheduler", None) if isinstance(cb, BaseSchedCB) else None
-            if scheduler is not None and not all(callable(getattr(scheduler, m, None))
-                                                 for m in ("state_dict", "load_state_dict")):
+            if scheduler is not None and not has_state(scheduler):
                 raise TypeError(f"CheckpointCB saves every scheduler's state_dict() to resume it, and this "
                                 f"{type(scheduler).__name__} has no state_dict/load_state_dict: give it both (torch's "
                                 "LRScheduler has them; subclass it), or train without CheckpointCB")

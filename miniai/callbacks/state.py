@@ -17,7 +17,7 @@ import torch
 
 from ..data import TensorLoader
 from ..learner import Learner
-from .checkpoint import callback_generators, generator_state, loader_generators, set_generator_state
+from .checkpoint import callback_generators, generator_state, has_state, loader_generators, set_generator_state
 from .metrics import MetricsCB
 
 __all__ = ["kept"]
@@ -46,11 +46,6 @@ def _clone(obj: Any) -> Any:
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
         return type(obj)(*(_clone(v) for v in obj))
     return obj
-
-
-def _restorable(metric: Any) -> bool:
-    """Whether a metric says what its state is: `state_dict` and `load_state_dict` (miniai's and torcheval's)."""
-    return all(callable(getattr(metric, m, None)) for m in ("state_dict", "load_state_dict"))
 
 
 def _put_back(obj: Any, state: tuple[dict, list]) -> None:
@@ -92,7 +87,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     # a fit's metrics reset and update their counts in place: copies of those that say what their state is (the
     # others keep the finder's counts: see lr_find)
     metrics = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
-               for m in cb.metrics.values() if _restorable(m)]
+               for m in cb.metrics.values() if has_state(m)]  # (miniai's and torcheval's)
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
