@@ -15,6 +15,7 @@ from torch import nn, optim  # noqa: E402
 
 from miniai.callbacks.lr_finder import (LRFinderCB, LRFinderResult, smooth_losses, steepest_lr,  # noqa: E402
                                         valley_lr)
+from miniai.callbacks.metrics import MetricsCB  # noqa: E402
 from miniai.learner import Callback, CancelFitException, TrainLearner  # noqa: E402
 from tests.synth import linear_dls  # noqa: E402
 
@@ -46,6 +47,19 @@ def bn_learner(opt_func=optim.SGD) -> TrainLearner:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 1))
     return TrainLearner(model, linear_dls(n_train=64, bs=16), F.mse_loss, lr=1e-2, opt_func=opt_func)
+
+
+class TrainValues(Callback):
+    """Appends, after each training pass, `name` from `metrics.last` (default `learn.metrics`) to `seen`, a list of
+    the test's (held as its append: lr_find puts back the callbacks' attributes, lists' contents too)."""
+    order = MetricsCB.order + 1  # once MetricsCB has logged the pass
+
+    def __init__(self, name, seen, metrics=None):
+        self.name, self.record, self.metrics = name, seen.append, metrics
+
+    def after_epoch(self, learn):
+        if learn.training:
+            self.record((self.metrics or learn.metrics).last[self.name])
 
 
 def snapshot(learn: TrainLearner) -> dict:
@@ -418,20 +432,13 @@ def test_lr_find_leaves_the_metric_objects_as_the_last_fit_left_them():
     from miniai.data import DataLoaders, TensorLoader
     torch.manual_seed(0)
     x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    seen = []  # (outside the callback: lr_find puts back the callbacks' own attributes)
-
-    class WatchesTrainAccuracy(Callback):
-        order = MetricsCB.order + 1
-
-        def after_epoch(self, learn):
-            if learn.training:
-                seen.append(first.last["train_accuracy"])
+    seen = []
     first, second = MetricsCB(accuracy=Accuracy()), MetricsCB(torch_accuracy=MulticlassAccuracy())
     for metrics in (first, second):
         metrics.log_fn = lambda row: None
     valid = TensorLoader(x[:24], y[:24], 16)  # (other items than the finder's passes count)
     learn = TrainLearner(nn.Linear(4, 3), DataLoaders(TensorLoader(x, y, 16, shuffle=True), valid),
-                         F.cross_entropy, lr=0.1, cbs=[first, second, WatchesTrainAccuracy()])
+                         F.cross_entropy, lr=0.1, cbs=[first, second, TrainValues("train_accuracy", seen, first)])
     learn.fit(1)
     before = [float(m.compute()) for metrics in (first, second) for m in metrics.metrics.values()]
     seen.clear()
@@ -460,15 +467,8 @@ def test_a_course_style_fit_with_lr_finder_cb_leaves_the_logs_alone(tmp_path):
 def test_a_callback_reading_the_metrics_works_during_lr_find():
     """lr_find runs the learner's callbacks as any fit: one reading learn.metrics.last sees the finder's values."""
     from miniai.callbacks import MetricsCB
-    seen = []  # (outside the callback: lr_find puts back the callbacks' own attributes)
-
-    class ReadsTrainLoss(Callback):
-        order = MetricsCB.order + 1
-
-        def after_epoch(self, learn):
-            if learn.training:
-                seen.append(learn.metrics.last["train_loss"])
-    metrics, reader = MetricsCB(), ReadsTrainLoss()
+    seen = []
+    metrics, reader = MetricsCB(), TrainValues("train_loss", seen)
     metrics.log_fn = lambda row: None
     learn = bn_learner()
     learn.add_cb(metrics)
@@ -597,12 +597,6 @@ def test_lr_find_runs_every_metric_and_copies_only_their_counts():
             super().reset()
             self.classes = Counter()
 
-    class Reads(Callback):
-        order = MetricsCB.order + 1
-
-        def after_epoch(self, learn):
-            if learn.training:
-                seen.append(learn.metrics.last["train_count"])
     count, locked = Count(), Locked()
     metrics = MetricsCB(count=count, locked=locked)
     metrics.log_fn = lambda row: None
@@ -610,6 +604,6 @@ def test_lr_find_runs_every_metric_and_copies_only_their_counts():
     learn.add_cb(metrics)
     learn.fit(1)
     before, classes = float(locked.compute()), dict(locked.classes)
-    learn.add_cb(Reads())
+    learn.add_cb(TrainValues("train_count", seen))
     learn.lr_find(plot=False, max_epochs=3)
     assert seen and float(locked.compute()) == before and locked.ref is shared and dict(locked.classes) == classes
