@@ -3,6 +3,7 @@
 The cases the issue names run as real subprocesses, all at once (each pays seconds of imports) and none may start
 training; the rest of the number checks call the same parser in this process.
 """
+import gc
 import json
 import os
 import subprocess
@@ -128,7 +129,11 @@ def test_a_recipe_whose_one_cycle_has_no_room_is_refused_before_removing_anythin
 def test_overwrite_replaces_an_earlier_runs_files(tmp_path, capsys):
     from miniai.__main__ import main
     (tmp_path / "model.pt").write_bytes(b"the first run's weights")
+    frozen = gc.get_freeze_count()
     assert main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"]) == 0
+    # the command freezes the collector's objects as it ends its own process; called from Python, the caller's
+    # process goes on, and its garbage must stay collectable
+    assert gc.get_freeze_count() == frozen
     assert (tmp_path / "model.pt").read_bytes() != b"the first run's weights"
     assert {"model.pt", "result.json", "log.csv", "loss.png"} <= {p.name for p in tmp_path.iterdir()}
     result = json.loads((tmp_path / "result.json").read_text())
