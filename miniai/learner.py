@@ -4,7 +4,7 @@ Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch` (
 Every stage runs `before_<stage>`, its body, `after_<stage>`, and always every `cleanup_<stage>` handler, even after
 a cancel, an error or Ctrl-C, and even when another cleanup raised. The first error raised is the one the user
 sees (later ones become its notes; a cancel on its way up to its stage is no error, so an error a cleanup raises
-meanwhile is the one seen).
+meanwhile is the one seen, and a cleanup's cancel of a stage further out, CancelFitException, replaces it).
 
 Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
 
@@ -123,6 +123,14 @@ def _tag(error: BaseException, event: str) -> None:
     """Note on a cancel the event it came from (the first), for fit's note if no stage catches it."""
     if isinstance(error, _CANCELS) and not hasattr(error, "event"):
         error.event = event
+
+
+def _ends_more(new: BaseException, cancel: BaseException) -> bool:
+    """Whether `new` replaces `cancel` on its way up: an error does, and so does a cancel of an outer stage (a
+    CancelFitException from a cleanup, while a CancelEpochException goes up, must still end the fit)."""
+    rank = [next(i for i, c in enumerate(_CANCELS) if isinstance(e, c)) if isinstance(e, _CANCELS) else -1
+            for e in (new, cancel)]
+    return rank[0] < rank[1]  # (_CANCELS runs from the outermost stage in)
 
 
 def _add_note(error: BaseException, note: str) -> None:
@@ -255,7 +263,7 @@ class Learner:
                 pass
             except BaseException as e:  # the first error is the one raised; later ones become its notes
                 _tag(e, f"cleanup_{name}")
-                if error is None or isinstance(error, _OUTER_CANCELS[name]) and not isinstance(e, _CANCELS):
+                if error is None or isinstance(error, _OUTER_CANCELS[name]) and _ends_more(e, error):
                     error = e  # (a cancel on its way up to its stage is no error: a real one takes its place)
                     if not isinstance(e, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup
                         self.stopped_by = e  # found broken (a cancel there only ends what is over anyway)

@@ -32,6 +32,13 @@ CANCELS = {"batch": CancelBatchException, "epoch": CancelEpochException, "fit": 
 OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": (CancelFitException,), "fit": ()}
 
 
+def ends_more(new: BaseException, cancel: BaseException) -> bool:
+    """An error, or a cancel of a stage further out than `cancel`'s (CancelStepException is innermost)."""
+    order = [CancelFitException, CancelEpochException, CancelBatchException, CancelStepException]
+    rank = [order.index(type(e)) if type(e) in order else -1 for e in (new, cancel)]
+    return rank[0] < rank[1]
+
+
 def stage_of(event: str) -> str:
     if event.endswith("_fit"):
         return "fit"
@@ -94,15 +101,14 @@ class Model:
                 break
         if isinstance(out, CANCELS[name]):
             out = None
-        raised = self.event(f"cleanup_{name}", where, cleanup=True)
-        errors = [e for e in raised if not isinstance(e, CANCELS[name])]  # its own cancel there ends only this stage
-        real = [e for e in errors if not isinstance(e, tuple(CANCELS.values()) + (CancelStepException,))]
-        if out is None and errors:
-            out = errors[0]  # the first other exception raised by a cleanup goes on up, even after its own cancel
-        if isinstance(out, OUTER_CANCELS[name]) and real:
-            # a cancel on its way up to its stage is no error: a real one raised meanwhile replaces it, whether
-            # the cancel came from the body or from an earlier cleanup of this stage
-            out = real[0]
+        for e in self.event(f"cleanup_{name}", where, cleanup=True):
+            if isinstance(e, CANCELS[name]):
+                continue  # its own cancel there ends only this stage
+            if out is None or isinstance(out, OUTER_CANCELS[name]) and ends_more(e, out):
+                # the first other exception raised by a cleanup goes on up, even after its own cancel; a cancel on
+                # its way up to its stage is no error: a real one raised meanwhile replaces it, and so does the
+                # cancel of a stage further out, whether the first came from the body or from an earlier cleanup
+                out = e
         return out
 
     def fit(self) -> BaseException | None:
@@ -262,3 +268,20 @@ def test_an_error_in_a_cleanup_while_an_outer_stages_cancel_is_on_its_way_up_is_
     error = Spec(1, "cleanup_epoch", 0, True, 0, RuntimeError, 0, False)
     with pytest.raises(RuntimeError, match="raiser 1"):
         learner([raiser(cancel), raiser(error)]).fit(1)
+
+
+@pytest.mark.parametrize("first", [("after_batch", CancelEpochException), ("cleanup_batch", CancelEpochException)])
+def test_a_fit_cancel_from_a_cleanup_while_an_inner_cancel_is_on_its_way_up_ends_the_fit(first):
+    """CancelEpochException on its way up (from the batch, or from an earlier cleanup_batch), then a
+    CancelFitException from a cleanup_batch: the fit's cancel became a note on the epoch's, which the epoch stage
+    then caught, so the fit trained on for every epoch left."""
+    event, exc = first
+    epoch_cancel = Spec(0, event, 0, True, 0, exc, 0, False)
+    fit_cancel = Spec(1, "cleanup_batch", 0, True, 0, CancelFitException, 1, False)
+    model = Model([epoch_cancel, fit_cancel])
+    assert model.fit() is None
+    recorder = Recorder()
+    learner([recorder, raiser(epoch_cancel), raiser(fit_cancel)]).fit(N_EPOCHS)
+    assert recorder.trace == model.trace
+    assert recorder.trace[-3:] == [("cleanup_batch", 0, True, 0), ("cleanup_epoch", 0, True, None),
+                                   ("cleanup_fit", None, None, None)]
