@@ -93,8 +93,8 @@ class Callback:
     has no steps of its own: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
-    `lr_find` or `add_cb`: they raise, since what they change would leak into the running fit. `rm_cb` works: the
-    fit is over for the callback removed, whose `cleanup_fit` runs at once.
+    `lr_find`, `add_cb` or `rm_cb`: they raise, since what they change would leak into the running fit (to stop a
+    callback mid-fit, give it a flag it checks).
 
     `inference = True`: the callback also shapes how the model sees data after training (DeviceCB, autocast), so
     it takes part in prediction passes (`get_preds`, `tta`, `infer`: see `miniai.callbacks.preds`). Leave it
@@ -167,13 +167,10 @@ class Learner:
         return self
 
     def rm_cb(self, cb: Callback) -> Learner:
-        """Remove a callback (compared by identity); removed during a fit, its cleanup_fit runs now: the fit is
-        over for it (its hooks removed, its files closed)."""
-        was_in = any(c is cb for c in self.cbs)
+        """Remove a callback (compared by identity)."""
+        self._not_in_fit("rm_cb", "the loop would still call its handlers of the event running, after its cleanup")
         self.cbs = [c for c in self.cbs if c is not cb]
         self._handlers = build_handlers(self.cbs)
-        if self._in_fit and was_in and callable(getattr(cb, "cleanup_fit", None)):
-            cb.cleanup_fit(self)
         return self
 
     def _not_in_fit(self, call: str, why: str) -> None:
