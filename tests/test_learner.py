@@ -1,4 +1,6 @@
 """The loop: event order, cancel semantics, callback order, temporary callbacks, steps and typo errors."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -244,3 +246,27 @@ def test_rm_cb_during_a_fit_is_refused_and_the_fit_goes_on_whole():
     assert learn.cbs == before and not learn.model._forward_hooks  # cleanups ran, once; nothing removed
     learn.rm_cb(stats)  # between fits it is fine
     assert stats not in learn.cbs
+
+
+@pytest.mark.parametrize("event, exc", [("after_backward", KeyboardInterrupt), ("after_backward", RuntimeError),
+                                        ("after_step", CancelFitException)])
+def test_a_fit_that_stopped_after_a_backward_leaves_no_gradients_in_the_next_fit(event, exc):
+    """Ctrl-C (or an error, or a CancelFitException) after a backward left that batch's gradients in .grad, and the
+    next fit's first step added them: it differed from a fresh learner's fit from the same weights."""
+    def stop(self, learn: Learner) -> None:
+        if learn.iter == 1 and not self.fired:
+            self.fired = True
+            raise exc("stop")
+    stop = type("Stop", (Callback,), {event: stop, "fired": False})()
+    learn = tiny_learner(cbs=[stop])
+    with contextlib.suppress(exc):  # (a CancelFitException ends the fit quietly)
+        learn.fit(1)
+    assert stop.fired
+    weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    learn.dls.train.generator.manual_seed(0)  # the same shuffle as the fresh learner's
+    learn.fit(1)
+    fresh = tiny_learner()
+    fresh.model.load_state_dict(weights)
+    fresh.fit(1)
+    for p, q in zip(learn.model.parameters(), fresh.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
