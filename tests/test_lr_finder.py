@@ -607,3 +607,32 @@ def test_lr_find_runs_every_metric_and_copies_only_their_counts():
     learn.add_cb(TrainValues("train_count", seen))
     learn.lr_find(plot=False, max_epochs=3)
     assert seen and float(locked.compute()) == before and locked.ref is shared and dict(locked.classes) == classes
+
+
+def test_lr_find_puts_back_a_callback_of_ones_own_through_its_state_dict():
+    """A callback averaging the weights in place (an EMA: a tensor it updates, a count, a log of lists in a dict)
+    kept the finder's diverging steps: lr_find copied attributes one level deep, and did not use its state_dict."""
+    class EMA(Callback):
+        def __init__(self) -> None:
+            self.avg, self.n, self.log = None, torch.zeros(()), {"n": []}
+
+        def after_step(self, learn) -> None:
+            w = learn.model[0].weight.detach()
+            self.avg = w.clone() if self.avg is None else self.avg.mul_(0.9).add_(w, alpha=0.1)
+            self.n += 1
+            self.log["n"].append(int(self.n))
+
+        def state_dict(self) -> dict:
+            return {"avg": self.avg, "n": self.n, "log": self.log}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.avg.copy_(state["avg"])
+            self.n.copy_(state["n"])
+            self.log = state["log"]
+    ema = EMA()
+    learn = bn_learner()
+    learn.add_cb(ema)
+    learn.fit(1)
+    avg, n, log = ema.avg.clone(), ema.n.clone(), {"n": list(ema.log["n"])}
+    learn.lr_find(plot=False, max_epochs=2)
+    assert torch.equal(ema.avg, avg) and torch.equal(ema.n, n) and ema.log == log

@@ -203,7 +203,8 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
 
     The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB shows no table), and what they record
     of it (MetricsCB's history, its metrics' counts when they have a `state_dict` as miniai's and torcheval's do,
-    ActivationStats) is put back afterwards too (`miniai.callbacks.state.kept`);
+    ActivationStats, and a callback of yours through its `state_dict` if it has one) is put back afterwards too
+    (`miniai.callbacks.state.kept`);
     CheckpointCB is left out: the finder's diverging run is never saved. Left out as well, as they belong to the
     real fit: scheduling callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no
     validation pass is run) callbacks watching a validation metric.

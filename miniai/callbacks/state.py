@@ -69,7 +69,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's).
-    Weight values, and the counts of MetricsCB's metrics that have a `state_dict`, are copied only with
+    Weight values, and the states of MetricsCB's metrics and of the user's callbacks that have a `state_dict`
+    (whatever they change in place: the attribute copies are one level deep), are copied only with
     `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so a
     prediction pass costs next to nothing here.
     """
@@ -84,10 +85,13 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
     holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    # a fit's metrics reset and update their counts in place: copies of those that say what their state is (the
-    # others keep the finder's counts: see lr_find)
-    metrics = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
-               for m in cb.metrics.values() if has_state(m)]  # (miniai's and torcheval's)
+    # a fit's metrics reset and update their counts in place, and a callback of the user's may change tensors or
+    # nested containers in place (an average of the weights): copies of the states of those that say what it is
+    # (the others keep the finder's counts: see lr_find); miniai's own callbacks are put back by their attributes
+    states = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
+              for m in cb.metrics.values() if has_state(m)]  # (miniai's and torcheval's)
+    states += [(cb, _clone(cb.state_dict())) for cb in learn.cbs if weights and has_state(cb)
+               and not type(cb).state_dict.__module__.startswith("miniai.")]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
@@ -127,9 +131,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
         np.random.set_state(numpy_rng)
         if mps_rng is not None:
             torch.mps.set_rng_state(mps_rng)
-        for metric, state in metrics:  # last: a metric of the user's refusing its own state must not stop the rest
+        for obj, state in states:  # last: a user's metric or callback refusing its own state must not stop the rest
             try:
-                metric.load_state_dict(state)
+                obj.load_state_dict(state)
             except Exception as e:
-                warnings.warn(f"could not put back all the counts of {type(metric).__name__} ({type(e).__name__}: "
+                warnings.warn(f"could not put back all the state of {type(obj).__name__} ({type(e).__name__}: "
                               f"{e}): some may be the finder's", stacklevel=4)
