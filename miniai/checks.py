@@ -30,18 +30,29 @@ def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
                          "Learner, add_cb or fit's cbs): adding it again would run it twice. Pass it once.")
 
 
-def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> None:
-    """Each step is done by a callback that owns it or by the learner's own method, or fit can't run."""
+def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list], plain: type) -> None:
+    """Each step is done by a callback that owns it or by the learner's own method, or fit can't run; and a step
+    method of the learner's class other than `plain`'s (TrainLearner's) that a callback owns would never run."""
     missing = [s for s in steps if not owners[s] and not hasattr(learn, s)]
     if missing:
         raise TypeError(f"{type(learn).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                         "or use TrainLearner, which defines the steps itself.")
+    for s in steps:
+        own = getattr(type(learn), s, None)
+        if owners[s] and own is not None and own is not getattr(plain, s, None):
+            owner = owners[s][0].__self__.__class__.__name__
+            raise TypeError(f"{type(learn).__name__}.{s} would never run: {owner} owns the {s!r} step, and a step a "
+                            f"callback owns replaces the learner's. Do what {type(learn).__name__}.{s} adds in a "
+                            f"callback event instead (after_backward, after_step...), or leave {owner} out.")
 
 
 def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:
     """A misspelt event, a method named like a step the callback does not declare, or a step that another callback
     (its handler already in `owners[step]`) owns is an error when the callback is added, not a silent change."""
     cls = type(cb).__name__
+    if isinstance(cb.owns_steps, str):  # ("backward") is a string: the letters would be checked as step names
+        raise TypeError(f"{cls}.owns_steps is the string {cb.owns_steps!r}: make it a tuple of step names, "
+                        f"owns_steps = ({cb.owns_steps!r},) (the comma makes the tuple)")
     for name in dir(type(cb)):
         if name.startswith(("before_", "after_", "cleanup_")) and name not in events:
             guess = difflib.get_close_matches(name, events, n=1)

@@ -90,7 +90,8 @@ class Callback:
     Step ownership, the one rule: the steps (`STEPS`) are the learner's own methods, unless a callback declares
     that it does one instead, `owns_steps = ("backward", "step")`, with a method `backward(self, learn)` for each.
     A method named like a step but not declared is an error when the callback is added (a helper called `step`
-    must never silently replace the optimizer step), and so is a step owned by two callbacks. The base `Learner`
+    must never silently replace the optimizer step), and so is a step owned by two callbacks, or (at fit) by a
+    callback and a learner subclass's own method, which would never run. The base `Learner`
     has no steps of its own: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
@@ -220,7 +221,7 @@ class Learner:
             self.stop_requested = False  # and EarlyStoppingCB this
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
-            check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
+            check_steps(self, STEPS, self._handlers, TrainLearner)  # each done by the learner or by a callback
             check_loaders(self.dls, self.passes)
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module

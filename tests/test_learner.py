@@ -270,3 +270,30 @@ def test_a_fit_that_stopped_after_a_backward_leaves_no_gradients_in_the_next_fit
     fresh.fit(1)
     for p, q in zip(learn.model.parameters(), fresh.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_owns_steps_given_as_a_string_says_to_make_it_a_tuple():
+    """owns_steps = ("backward") is a string: the check iterated over its letters ("lists 'b'")."""
+    class Backward(Callback):
+        owns_steps = ("backward")
+
+        def backward(self, learn: Learner) -> None:
+            learn.loss.backward()
+    with pytest.raises(TypeError, match=r"owns_steps is the string 'backward'.*\('backward',\)"):
+        tiny_learner(cbs=[Backward()])
+
+
+def test_a_learners_own_step_that_a_callback_would_bypass_is_an_error():
+    """A TrainLearner subclass adding an L1 penalty in its backward lost it without a word once MixedPrecisionCB,
+    which owns backward and step, was added; MomentumLearner's zero_grad (its momentum) under TrainCB likewise."""
+    from miniai.callbacks import MixedPrecisionCB
+    from miniai.learner import MomentumLearner
+
+    class L1(TrainLearner):
+        def backward(self) -> None:
+            (self.loss + 1e-3 * sum(p.abs().sum() for p in self.model.parameters())).backward()
+    with pytest.raises(TypeError, match=r"L1\.backward would never run: MixedPrecisionCB owns the 'backward' step"):
+        tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)], learner_cls=L1).fit(1)
+    with pytest.raises(TypeError, match=r"MomentumLearner\.zero_grad would never run: TrainCB owns"):
+        tiny_learner(cbs=[TrainCB()], learner_cls=MomentumLearner).fit(1)
+    tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)]).fit(1)  # TrainLearner's own steps: replaced on purpose
