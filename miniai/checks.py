@@ -89,7 +89,7 @@ def check_fit_args(n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
     """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode."""
     if train and torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
         raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
-    if not isinstance(n_epochs, int) or n_epochs < 0:
+    if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
         raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
     if lr is None and resume is None:  # resuming without an lr: the checkpoint's optimizer state brings its own
         raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
@@ -107,7 +107,10 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
         if dl is None:
             raise ValueError(f"dls has no {name} loader: give the learner DataLoaders(train_dl, valid_dl) "
                              "(miniai.data), or pass " + _skip_pass(name))
-        if name == "valid" and getattr(dl, "drop_last", False):  # metrics over part of the set, without a word
+        # metrics over part of the set, without a word; a DataLoader given batch_sampler=BatchSampler(...,
+        # drop_last=True) has dl.drop_last False, so its batch sampler's is read too
+        if name == "valid" and (getattr(dl, "drop_last", False)
+                                or getattr(getattr(dl, "batch_sampler", None), "drop_last", False)):
             raise ValueError("dls.valid drops its last items (drop_last=True): the validation metrics would leave "
                              "them out. Build the validation loader without drop_last (it only matters for training)")
         try:

@@ -10,7 +10,8 @@ Cancelling (raise from any callback; a cancel raised in a stage's cleanup only e
 
 | raised in a callback    | skipped                                                   | still runs                                      |
 |-------------------------|-----------------------------------------------------------|-------------------------------------------------|
-| `CancelStepException`   | this batch's `step`, `after_step` and `zero_grad`         | `after_batch` (gradient accumulation, fp16 skip)|
+| `CancelStepException`   | this batch's `step`, `after_step` and `zero_grad` (raise  | `after_batch` (gradient accumulation, fp16 skip)|
+|                         | it in `after_backward`; in `after_step`: `zero_grad`)     |                                                 |
 | `CancelBatchException`  | the rest of this batch, incl. `after_batch`               | `cleanup_batch`, then the next batch            |
 | `CancelEpochException`  | the rest of this pass (train *or* valid), `after_epoch`   | `cleanup_batch`, `cleanup_epoch`, the next pass |
 | `CancelFitException`    | everything after                                          | `cleanup_batch`, `cleanup_epoch`, `cleanup_fit` |
@@ -175,6 +176,10 @@ class Learner:
         self._handlers = build_handlers(self.cbs)
         return self
 
+    def __getstate__(self) -> dict:
+        # a copy (deepcopy, pickle) made by a callback mid-fit is in no fit: it may fit on its own
+        return {k: v for k, v in vars(self).items() if k not in ("_in_fit", "_predicting")}
+
     def _not_in_fit(self, call: str, why: str) -> None:
         if self._in_fit:  # lr_find and prediction passes lift this inside `kept`, which puts everything back
             raise RuntimeError(f"learn.{call} was called during a fit (from a callback): {why}. Call it before or "
@@ -238,11 +243,17 @@ class Learner:
             _add_note(e, interrupt_note(self, temporary))
             raise
         except _CANCELS as e:  # a cancel its stage did not catch: it came from outside that stage
+            where = (" CancelStepException may be raised in after_backward or after_step; before the backward, "
+                     "CancelBatchException skips the batch." if isinstance(e, CancelStepException) else "")
             _add_note(e, f"{type(e).__name__} was raised in {getattr(e, 'event', 'a step')}, outside the stage it "
-                         "cancels: see the cancel table in miniai/learner.py for where each one may be raised.")
+                         f"cancels: see the cancel table in miniai/learner.py for where each one may be raised.{where}")
             raise
         finally:
             self._in_fit = False
+            for name in ("loss", "preds"):  # the last training batch's graph: nothing needs it, and a copy of the
+                value = getattr(self, name, None)  # learner fails on it
+                if isinstance(value, torch.Tensor) and value.requires_grad:
+                    setattr(self, name, value.detach())
             for cb in temporary:
                 self.rm_cb(cb)
 

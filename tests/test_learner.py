@@ -8,7 +8,7 @@ from torch import nn
 
 from miniai.callbacks import SingleBatchCB, TrainCB
 from miniai.learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
-                            MomentumLearner, TrainLearner, build_handlers)
+                            CancelStepException, MomentumLearner, TrainLearner, build_handlers)
 from tests.synth import EventLog, linear_dls, tiny_learner
 
 TRAIN_BATCH = ["before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch",
@@ -297,3 +297,56 @@ def test_a_learners_own_step_that_a_callback_would_bypass_is_an_error():
     with pytest.raises(TypeError, match=r"MomentumLearner\.zero_grad would never run: TrainCB owns"):
         tiny_learner(cbs=[TrainCB()], learner_cls=MomentumLearner).fit(1)
     tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)]).fit(1)  # TrainLearner's own steps: replaced on purpose
+
+
+def test_a_cancel_step_before_the_backward_says_where_it_may_be_raised():
+    """CancelStepException in after_loss ended the fit with a note pointing at the cancel table, which did not say
+    where CancelStepException may be raised."""
+    class Skip(Callback):
+        def after_loss(self, learn: Learner) -> None:
+            raise CancelStepException()
+    with pytest.raises(CancelStepException) as info:
+        tiny_learner(cbs=[Skip()]).fit(1)
+    note = " ".join(info.value.__notes__)
+    assert "after_backward" in note and "CancelBatchException" in note
+
+
+def test_a_copy_of_the_learner_made_during_a_fit_can_fit():
+    """A deep copy (or a pickle: the same __getstate__) made by a callback mid-fit kept _in_fit=True forever: its fit
+    was refused as 'called during a fit'."""
+    import copy
+    copies = []
+
+    class Snapshot(Callback):
+        def after_epoch(self, learn: Learner) -> None:
+            if not learn.training:
+                copies.append(copy.deepcopy(learn))
+    learn = tiny_learner(cbs=[Snapshot()])
+    learn.fit(1)
+    for c in copies:
+        c.rm_cb(next(cb for cb in c.cbs if type(cb).__name__ == "Snapshot"))
+        c.fit(1)
+
+
+def test_a_learner_copies_after_a_training_only_fit():
+    """After fit(valid=False), learn.loss and learn.preds held the last batch's autograd graph: copy.deepcopy(learn)
+    failed with torch's 'Only Tensors created explicitly by the user' error."""
+    import copy
+    learn = tiny_learner()
+    learn.fit(1, valid=False)
+    assert not learn.loss.requires_grad and not learn.preds.requires_grad
+    copy.deepcopy(learn).fit(1)
+
+
+def test_n_epochs_must_be_an_int_not_a_bool():
+    with pytest.raises(ValueError, match="n_epochs must be an int >= 0, got True"):
+        tiny_learner().fit(True)
+
+
+def test_a_learner_with_a_default_activation_stats_pickles():
+    """ActivationStats' default mod_filter was a lambda: torch.save(learn) failed with a PicklingError."""
+    import pickle
+    from miniai.callbacks import ActivationStats
+    learn = tiny_learner(cbs=[ActivationStats()])
+    learn.fit(1)
+    pickle.loads(pickle.dumps(learn))

@@ -187,6 +187,11 @@ def _abs_histc_scatter(flat: Tensor, bins: int, low: float, high: float) -> Tens
     return counts[:bins].to(flat.dtype)
 
 
+def every_module(module: nn.Module) -> bool:
+    """The default `mod_filter`: every module (a function, not a lambda, so a learner holding it pickles)."""
+    return True
+
+
 class HooksCallback(Callback):
     """Registers `hookfunc` as a forward hook on chosen modules for one fit; the hooks are always removed.
 
@@ -197,7 +202,7 @@ class HooksCallback(Callback):
     objects (and whatever `hookfunc` stored on them); the next fit registers fresh ones.
     """
 
-    def __init__(self, hookfunc: HookFn, mod_filter: Callable[[nn.Module], bool] = lambda m: True,
+    def __init__(self, hookfunc: HookFn, mod_filter: Callable[[nn.Module], bool] = every_module,
                  on_train: bool = True, on_valid: bool = False, mods: Sequence[nn.Module] | None = None) -> None:
         self.hookfunc, self.mod_filter = hookfunc, mod_filter
         self.mods = None if mods is None else list(mods)  # a generator would serve only the first fit
@@ -268,7 +273,7 @@ class ActivationStats(HooksCallback):
     `plot_stats()` (means and stds per layer). Each returns its Figure.
     """
 
-    def __init__(self, mod_filter: Callable[[nn.Module], bool] = lambda m: True, bins: int = 40,
+    def __init__(self, mod_filter: Callable[[nn.Module], bool] = every_module, bins: int = 40,
                  range: tuple[float, float] = (0.0, 10.0), on_train: bool = True, on_valid: bool = False,
                  mods: Sequence[nn.Module] | None = None) -> None:
         if bins < 1 or not range[0] < range[1] or not all(math.isfinite(v) for v in range):
