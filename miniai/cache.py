@@ -89,10 +89,21 @@ def _remove_older_versions(name: str, file: Path) -> None:
     old_naming = re.compile(rf"{re.escape(name)}_[0-9a-f]{{16}}\.pt")
     legacy = [f for f in file.parent.glob(f"{name}_*.pt") if old_naming.fullmatch(f.name)]
     for old in same[1:] + legacy:
+        if not _is_cache_file(old):  # a user's file of the same name pattern (MINIAI_CACHE a shared folder)
+            continue
         try:
             old.unlink()
         except OSError:  # another process removed it, or may not: a stale file only costs disk
             pass
+
+
+def _is_cache_file(file: Path) -> bool:
+    """Whether `file` holds what `_write_cache` writes (read lazily: mmap, no pixels loaded); only those are removed."""
+    try:
+        d = torch.load(file, weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- not a torch file we can read: not ours to delete
+        return False
+    return isinstance(d, dict) and {"train_x", "train_y", "valid_x", "valid_y", "classes", "source"} <= d.keys()
 
 
 def _mtime(file: Path) -> float:
@@ -120,10 +131,22 @@ def _normalize(train_x: torch.Tensor, valid_x: torch.Tensor, mean: torch.Tensor,
     return Normalized(*(x.to(torch.float32).mul_(scale).sub_(shift) for x in (train_x, valid_x)), mean, std)
 
 
-def normalized_split(train_x: torch.Tensor, valid_x: torch.Tensor) -> Normalized:
+def _check_spread(mean: torch.Tensor, std: torch.Tensor, what: str) -> None:
+    """Refuse training images of one gray level in a channel: nothing to learn, and normalizing divides by std 0."""
+    for c in range(len(std)):
+        if std[c] == 0:
+            raise ValueError(f"{what}: the training images are all one gray level ({round(float(mean[c]) * 255)} of "
+                             f"255, channel {c}), nothing to learn from, and normalizing them would divide by 0. If "
+                             "the files hold zeros where pixels belong (a broken download or copy), fetch them again")
+
+
+def normalized_split(train_x: torch.Tensor, valid_x: torch.Tensor, what: str = "train_x") -> Normalized:
     """uint8 images [N,C,H,W] of a split of one's own, normalized with the per-channel mean and std of `train_x`
-    alone (a held-out part of the training set must not shape the normalization, as the test set does not)."""
-    return _normalize(train_x, valid_x, *_stats(train_x))
+    alone (a held-out part of the training set must not shape the normalization, as the test set does not);
+    `what` names the data in the error for training images of one gray level."""
+    mean, std = _stats(train_x)
+    _check_spread(mean, std, what)
+    return _normalize(train_x, valid_x, mean, std)
 
 
 def _cached(name: str, path: str | os.PathLike | None) -> tuple[RawData, torch.Tensor, torch.Tensor]:
@@ -158,6 +181,7 @@ def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None 
     """`name`'s raw tensors and their normalized copy (`_cached`); every call gets its own copy, so editing one
     run's data changes no later call's."""
     raw, mean, std = _cached(name, path)
+    _check_spread(mean, std, raw.source)
     return _copy(raw), _normalize(raw.train_x, raw.valid_x, mean, std)
 
 

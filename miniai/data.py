@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate
 
 from .cache import load_normalized, load_tensors, normalized_split
-from .sources import VALID_SPLITS
+from .sources import VALID_SPLITS, check_split_classes
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
 
@@ -214,7 +214,8 @@ class DataLoaders:
         only (`shuffle`, default True, too). With `as_tuple`, dict batches become tuples of the dataset's feature
         columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
         `from_dd` do; when a transform renamed them (no longer all there), the batch's own columns in its order,
-        a label column (`label`, `labels`, `target`...) last.
+        a label column (`label`, `labels`, `target`...) last. Splits whose ClassLabels name the classes
+        differently are refused, as by `get_dls`.
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:
@@ -225,6 +226,7 @@ class DataLoaders:
             raise ValueError(f"DataLoaders.from_dd: {missing}: found {list(dd)}, looked for 'train' and, for "
                              f"validation, the first of {', '.join(map(repr, VALID_SPLITS))}. {rename} or split one "
                              "off the training set (dd.update(dd['train'].train_test_split(test_size=0.1)))")
+        check_split_classes(dd, valid_name, "DataLoaders.from_dd")  # as get_dls: label i means one class in both
         train, valid = dd["train"], dd[valid_name]
         # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
         collate = _DictToTuple(list(getattr(train, "features", None) or []), collate_fn) if as_tuple else collate_fn
@@ -263,7 +265,7 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
         order = torch.randperm(len(raw.train_x), generator=torch.Generator().manual_seed(holdout_seed))
         keep, held = order[holdout:].sort().values, order[:holdout].sort().values  # sorted: the dataset's order
         # normalized by the images trained on: the held-out ones stay unseen, as the test set is
-        train_x, valid_x, mean, std = normalized_split(raw.train_x[keep], raw.train_x[held])
+        train_x, valid_x, mean, std = normalized_split(raw.train_x[keep], raw.train_x[held], raw.source)
         train_y, valid_y = raw.train_y[keep], raw.train_y[held]
     else:
         raw, (train_x, valid_x, mean, std) = load_normalized(name, path)

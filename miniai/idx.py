@@ -28,11 +28,15 @@ class IDXError(ValueError):
 def read_idx(path: str | os.PathLike) -> torch.Tensor:
     """Read an IDX file (gzipped or plain, detected from its content) into a tensor of its stored dtype."""
     raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip's magic; an IDX file starts with two zero bytes, so no ambiguity
+    gzipped = raw[:2] == b"\x1f\x8b"  # gzip's magic; an IDX file starts with two zero bytes, so no ambiguity
+    if gzipped:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise IDXError(f"{path}: broken gzip stream ({e}); the file is truncated or corrupt, fetch it again") from e
+    if not raw:  # (the magic's hex below would read "got 0x")
+        raise IDXError(f"{path}: the file is empty (0 bytes{' once gunzipped' * gzipped}), not an IDX file: it was "
+                       "cut off, fetch it again")
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES or raw[3] == 0:
         raise IDXError(f"{path}: not an IDX file: expected magic 0x0000TTNN with type TT in "
                        f"{{08,09,0B,0C,0D,0E}} and NN >= 1 dims, got 0x{raw[:4].hex()}")

@@ -25,7 +25,8 @@ import torch
 from .idx import IDXError, read_idx
 
 __all__ = ["DataNotFoundError", "FASHION_CLASSES", "CIFAR10_CLASSES", "SYSTEM_DATA_DIR", "RawData", "Source",
-           "VALID_SPLITS", "check_data_dir", "find_source", "read_source", "load_hub_dataset", "hf_to_tensors"]
+           "VALID_SPLITS", "check_data_dir", "check_split_classes", "find_source", "read_source", "load_hub_dataset",
+           "hf_to_tensors"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -102,10 +103,24 @@ def _idx_files(d: Path) -> tuple[tuple[Path, ...], list[str]]:
     return tuple(found), missing
 
 
+def _files_under(d: Path) -> tuple[Path, ...]:
+    """Every file under `d`, sorted, through symlinked folders too: re-pointing a split's symlink must change the
+    cache key (Path.rglob does not follow them). Without symlinks, the files rglob finds."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(d, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink back up the tree: walked already, and would loop forever
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        files += [f for f in (Path(root) / n for n in names) if f.is_file()]
+    return tuple(sorted(files))
+
+
 def _dir_source(name: str, d: Path) -> tuple[Source | None, str]:
     """A source for directory `d`, or None and why it holds no usable data ("it lacks ...")."""
     if (d / "dataset_dict.json").is_file():
-        return Source(name, "saved", str(d), tuple(sorted(f for f in d.rglob("*") if f.is_file()))), ""
+        return Source(name, "saved", str(d), _files_under(d)), ""
     if not d.exists():
         return None, "it does not exist"
     if not d.is_dir():
@@ -187,7 +202,10 @@ def _hub_unavailable(timeout: float = 3.0) -> str:
         return "offline (HF_HUB_OFFLINE was set after `datasets` was imported, so its cache was not consulted)"
     if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
         return ""  # a direct probe says nothing about a proxied route; let `datasets` try
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    if not url.scheme or not url.hostname:  # e.g. 'hf-mirror.com': neither we nor huggingface_hub can use it
+        return f"HF_ENDPOINT={endpoint!r} is not a URL: set it with its scheme, e.g. HF_ENDPOINT=https://{endpoint}"
     # datasets retries for ~25 s before giving up on an unreachable hub, so probe first and fail fast
     try:
         socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
@@ -252,11 +270,58 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
     y = np.asarray(ds.with_format("numpy", columns=[y_col])[:][y_col])
     if x.dtype.kind in "iu" and _declared_dtype(feature) == "uint8":
         x = x.astype(np.uint8)  # numpy formatting widens uint8 arrays (Array2D, lists) to int64: their values fit
+    if x.dtype == object:  # numpy could not stack the images into one array: say why
+        missing = [row for row, item in enumerate(x) if item is None]
+        if missing:
+            raise _no_image(x_col, missing[0])
+        raise ValueError(f"column {x_col!r} holds images that differ in size or number of channels (gray and RGB, "
+                         "say): pass mode='L' or mode='RGB' to convert them all to one, and give them one size")
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
         raise ValueError(f"column {x_col!r} must hold same-sized 8-bit images, got array {x.dtype} {x.shape}")
     x = torch.from_numpy(x)
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
-    return x, torch.from_numpy(y.astype(np.int64))
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    elif type(feature).__name__ == "Image" or not _channels_first(x.shape[1:], x_col):  # (decoded images are HWC)
+        x = x.permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
+    return x, torch.from_numpy(_class_indices(y, y_col))
+
+
+_CHANNELS = (1, 2, 3, 4)  # gray, gray + alpha, RGB, RGBA
+
+
+def _channels_first(shape: tuple[int, ...], x_col: str) -> bool:
+    """Whether arrays of one image's 3-dim `shape` are (C, H, W), not (H, W, C): the end that holds 1 to 4 channels
+    says; an error when both ends could, or neither."""
+    first, last = shape[0] in _CHANNELS, shape[-1] in _CHANNELS
+    if first == last:
+        raise ValueError(f"column {x_col!r} holds arrays of shape {tuple(shape)} per image: can't tell channels-first "
+                         f"(C, H, W) from channels-last (H, W, C), 1 to 4 channels being at "
+                         f"{'both ends' if first else 'neither end'}. Store gray images as (H, W) arrays, color ones "
+                         "as (H, W, C), or as Image()")
+    return first
+
+
+def _no_image(x_col: str, row: int) -> ValueError:
+    """The error for a missing image (None), naming its row: datasets' own is a TypeError about subscripting None."""
+    return ValueError(f"column {x_col!r} has no image in row {row} (None): drop such rows "
+                      f"(ds.filter(lambda item: item[{x_col!r}] is not None)) or give them their image")
+
+
+def _class_indices(y: np.ndarray, y_col: str) -> np.ndarray:
+    """Labels as int64 class indices: ints (and bools) as they are, floats only when whole numbers, never strings."""
+    if y.dtype.kind == "f":
+        bad = y[~(np.isfinite(y) & (y == np.round(y)))]  # truncating 0.9 or 2.99 would pick a class at random
+        if len(bad):
+            raise ValueError(f"column {y_col!r} holds labels [{', '.join(str(v) for v in bad[:5])}] that are not "
+                             "whole numbers, where class indices 0, 1, ... belong: fix the labels")
+    elif y.dtype.kind not in "biu":
+        what = "strings" if all(isinstance(v, str) for v in y[:100]) else f"{y.dtype} values"
+        raise ValueError(f"column {y_col!r} holds {what} ({', '.join(repr(v) for v in y[:3].tolist())}, ...), not "
+                         "class indices 0, 1, ...: if they are class names, give every split one ClassLabel, which "
+                         "turns each name into its index (Dataset.class_encode_column would give each split its "
+                         f"own order): dd = dd.cast_column({y_col!r}, datasets.ClassLabel(names=sorted(set("
+                         f"dd['train'][{y_col!r}]))))")
+    return y.astype(np.int64)
 
 
 def _image_modes(ds: Any, x_col: str) -> set[str]:
@@ -265,7 +330,9 @@ def _image_modes(ds: Any, x_col: str) -> set[str]:
     import PIL.Image
     from datasets import Image
     modes = set()
-    for item in ds.cast_column(x_col, Image(decode=False))[x_col]:
+    for row, item in enumerate(ds.cast_column(x_col, Image(decode=False))[x_col]):
+        if item is None:
+            raise _no_image(x_col, row)
         if item["bytes"] is None:  # stored by path (maybe a URL or inside an archive): datasets opens those
             modes.add(Image().decode_example(item).mode)
             continue
@@ -283,15 +350,48 @@ def _declared_dtype(feature: Any) -> str | None:
 
 # ---------------------------------------------------------------- decoding
 
-def _check_labels(y: torch.Tensor, classes: tuple[str, ...], what: str) -> None:
+_HF_NO_LABEL = ("-1 is the datasets library's 'no label'. Keep only items with a class label (e.g. "
+                "ds.filter(lambda item: item['label'] >= 0)), or fix the labels")
+_IDX_BAD_LABELS = "The file is damaged or holds another dataset's labels: fetch it again, or fix the labels"
+
+
+def _check_labels(y: torch.Tensor, classes: tuple[str, ...], what: str, fix: str) -> None:
     """Refuse labels that name no class: the loss would fail at the first batch holding one (on a GPU, a device-side
-    assert), far from the file, or a metric would count it as a class."""
+    assert), far from the file, or a metric would count it as a class. `fix` says what to do, for this kind of
+    source."""
     bad = y[(y < 0) | (y >= len(classes))] if len(y) else y
     if len(bad):
         raise ValueError(f"{what} holds labels {sorted(set(bad.tolist()))[:5]} outside 0..{len(classes) - 1}, the "
-                         f"{len(classes)} classes ({', '.join(classes[:3])}, ...); -1 is the datasets library's "
-                         "'no label'. Keep only items with a class label (e.g. ds.filter(lambda item: item['label'] "
-                         ">= 0)), or fix the labels")
+                         f"{len(classes)} classes ({', '.join(classes[:3])}, ...). {fix}")
+
+
+def _check_same_shape(train_x: torch.Tensor, valid_x: torch.Tensor, train_what: str, valid_what: str) -> None:
+    """Refuse validation images of another size or channel count than the training ones: a model that pools them
+    to one size validates on them without a word, and infer() refuses such images."""
+    if train_x.shape[1:] != valid_x.shape[1:]:
+        raise ValueError(f"{valid_what} holds images of shape (C, H, W) {tuple(valid_x.shape[1:])}, {train_what} "
+                         f"{tuple(train_x.shape[1:])}: a model trained on the one can't be validated on the other. "
+                         "Give both splits images of one size and number of channels")
+
+
+def check_split_classes(dd: Any, valid_split: str, where: str) -> None:
+    """Refuse a DatasetDict whose split `valid_split` names the classes of a label column (a ClassLabel) otherwise
+    than split 'train' does, or not at all: a label would mean one class in training, another in validation."""
+    features = {split: getattr(dd[split], "features", None) or {} for split in ("train", valid_split)}
+    for col in [c for c in features["train"] if c in features[valid_split]]:
+        train, valid = (getattr(features[s][col], "names", None) for s in ("train", valid_split))
+        if train == valid:
+            continue
+        if train is None or valid is None:  # plain ints: taken as indices into the other split's names
+            to, of = (valid_split, "train") if valid is None else ("train", valid_split)
+            fix = f"dd[{to!r}] = dd[{to!r}].cast_column({col!r}, dd[{of!r}].features[{col!r}])"
+        else:  # names in another order (or others): map each label by its name
+            fix = (f"dd[{valid_split!r}] = dd[{valid_split!r}].align_labels_with_mapping({{name: i for i, name in "
+                   f"enumerate(dd['train'].features[{col!r}].names)}}, {col!r})")
+        raise ValueError(f"{where}: split {valid_split!r} names the classes of column {col!r} "
+                         f"{'nowhere (plain ints)' if valid is None else valid}, split 'train' "
+                         f"{'nowhere (plain ints)' if train is None else train}: a label would mean different "
+                         f"classes in each. Give both splits the same ClassLabel: {fix}")
 
 
 def _decode_idx(source: Source) -> RawData:
@@ -308,7 +408,8 @@ def _decode_idx(source: Source) -> RawData:
                              "images, get_dls(holdout=N) validates on N held-out training images)")
     classes = _SPECS[source.name].classes
     for f, y in ((source.files[1], train_y), (source.files[3], valid_y)):
-        _check_labels(y, classes, str(f))
+        _check_labels(y, classes, str(f), _IDX_BAD_LABELS)
+    _check_same_shape(train_x.unsqueeze(1), valid_x.unsqueeze(1), str(source.files[0]), str(source.files[2]))
     return RawData(train_x.unsqueeze(1), train_y.long(), valid_x.unsqueeze(1), valid_y.long(), classes,
                    f"IDX files in {source.where}")
 
@@ -323,16 +424,17 @@ def _decode_dd(source: Source) -> RawData:
         if len(dd[split]) == 0:
             raise ValueError(f"{source.where}: split {split!r} holds no images: give it some (or, for validation, "
                              "split some off the training set: dd.update(dd['train'].train_test_split(test_size=0.1)))")
-    names = {split: getattr(dd[split].features.get("label"), "names", None) for split in ("train", valid_split)}
-    if names["train"] != names[valid_split]:  # label i would mean one class in training, another in validation
-        raise ValueError(f"{source.where}: split {valid_split!r} names its classes {names[valid_split]}, split 'train' "
-                         f"{names['train']}: a label would mean different classes in each. Give both splits the same "
-                         f"ClassLabel: dd[{valid_split!r}] = dd[{valid_split!r}].align_labels_with_mapping("
-                         "{name: i for i, name in enumerate(dd['train'].features['label'].names)}, 'label')")
-    classes = tuple(names["train"] or spec.classes)
-    tensors = {split: hf_to_tensors(dd[split], spec.x_col, mode=spec.mode) for split in ("train", valid_split)}
-    for split, (_, y) in tensors.items():
-        _check_labels(y, classes, f"{source.where}: split {split!r}")
+    check_split_classes(dd, valid_split, source.where)
+    classes = tuple(getattr(dd["train"].features.get("label"), "names", None) or spec.classes)
+    tensors = {}
+    for split in ("train", valid_split):
+        try:
+            tensors[split] = hf_to_tensors(dd[split], spec.x_col, mode=spec.mode)
+        except ValueError as e:  # hf_to_tensors knows the column, not the split
+            raise ValueError(f"{source.where}: split {split!r}: {e}") from e
+        _check_labels(tensors[split][1], classes, f"{source.where}: split {split!r}", _HF_NO_LABEL)
+    _check_same_shape(tensors["train"][0], tensors[valid_split][0], "split 'train'",
+                      f"{source.where}: split {valid_split!r}")
     return RawData(*tensors["train"], *tensors[valid_split], classes,
                    f"{'hub dataset' if source.kind == 'hub' else 'saved DatasetDict'} {source.where}")
 

@@ -485,9 +485,13 @@ def test_changed_source_file_invalidates_cache(tmp_path):
 def test_a_changed_source_keeps_two_cache_files_and_leaves_other_sources_files(tmp_path):
     """Every change of the source files wrote a new cache file and kept the old ones (55 MB each for Fashion-MNIST;
     300 rewrites left 300 files). The newest two stay (machines sharing a cache dir, each with its own copy of the
-    data at one path, take turns); another source's file (another directory) stays; an older naming's go."""
+    data at one path, take turns); another source's file (another directory) stays; an older naming's go (files
+    that hold what miniai writes: a user's file named so stays, test_data_trust)."""
     (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "fashion_mnist_0123456789abcdef.pt").write_bytes(b"an older miniai's cache")
+    x, y = fake_fashion(seed=4)[:2]
+    torch.save({"train_x": x[:, None], "train_y": y.long(), "valid_x": x[:, None], "valid_y": y.long(),
+                "classes": list(FASHION_CLASSES), "source": "IDX files in /old"},
+               tmp_path / "cache" / "fashion_mnist_0123456789abcdef.pt")
     other = write_fashion_dir(tmp_path / "other", fake_fashion(seed=5))
     load_tensors(path=other)
     d = write_fashion_dir(tmp_path / "fm", fake_fashion(seed=0))

@@ -1,0 +1,309 @@
+"""Data that loaded without a word but meant something else: labels, splits, layouts, the caches (synthetic data)."""
+from __future__ import annotations
+
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from miniai import cache, sources, utils
+from miniai.cache import CACHE_STATS, load_tensors
+from miniai.data import DataLoaders, get_dls
+from miniai.idx import IDXError, read_idx
+from miniai.sources import FASHION_CLASSES
+from tests.test_data import fake_fashion, save_dd, write_fashion_dir
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches(tmp_path, monkeypatch):
+    """Every test gets an empty in-memory cache and its own disk cache dir."""
+    monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINIAI_DATA", raising=False)
+    cache.clear_cache()
+    yield
+    cache.clear_cache()
+
+
+def gray(n: int, size: int = 6, seed: int = 0) -> list:
+    """n random gray PIL images of size x size."""
+    import PIL.Image
+    g = np.random.default_rng(seed)
+    return [PIL.Image.fromarray(g.integers(0, 256, (size, size), dtype=np.uint8)) for _ in range(n)]
+
+
+def dd_of(labels: dict, feature, images: dict | None = None):
+    """A DatasetDict of gray images with the given label lists per split and one label feature for all."""
+    from datasets import Dataset, DatasetDict, Features, Image
+    features = Features({"image": Image(), "label": feature})
+    return DatasetDict({k: Dataset.from_dict({"image": (images or {}).get(k) or gray(len(y), seed=i), "label": y},
+                                             features=features) for i, (k, y) in enumerate(labels.items())})
+
+
+def relabelled(ds, feature):
+    """`ds` with its label column declared `feature`, the ints kept as they are."""
+    from datasets import Features
+    return ds.cast(Features({**ds.features, "label": feature}))
+
+
+def message_code(e: pytest.ExceptionInfo) -> str:
+    """The `dd... = ...` statement an error message ends with (its suggested fix)."""
+    return re.search(r"(dd(\[[^\]]+\])? = .*)$", str(e.value)).group(1)
+
+
+# ---------------------------------------------------------------- labels (finding 1)
+
+@pytest.mark.parametrize("labels, dtype, shown", [([0.9, 1.5, 2.99, 9.7], "float32", "0.9"),
+                                                  ([float("nan"), 1.0, 2.0, 3.0], "float64", "nan")])
+def test_labels_that_are_not_whole_numbers_are_refused_naming_the_split_and_column(tmp_path, labels, dtype, shown):
+    """Float labels were cast to int64, truncating: 0.9, 1.5, 2.99, 9.7 trained as classes 0, 1, 2, 9 (NaN as a
+    huge negative label, reported as 'outside 0..9')."""
+    from datasets import Value
+    dd_of({"train": labels, "test": labels}, Value(dtype)).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=rf"split 'train'.*column 'label'.*{shown}.*not whole numbers"):
+        load_tensors(path=tmp_path / "dd")
+
+
+def test_whole_number_float_labels_are_read_as_those_classes(tmp_path):
+    from datasets import Value
+    dd_of({"train": [0.0, 1.0, 9.0], "test": [2.0, 3.0]}, Value("float32")).save_to_disk(str(tmp_path / "dd"))
+    raw = load_tensors(path=tmp_path / "dd")
+    assert raw.train_y.tolist() == [0, 1, 9] and raw.valid_y.tolist() == [2, 3]
+
+
+def test_class_name_labels_are_refused_with_a_fix_that_works(tmp_path):
+    """String labels gave `ValueError: invalid literal for int()`; the message's fix gives every split one
+    ClassLabel (DatasetDict.class_encode_column would encode each split on its own, in different orders)."""
+    from datasets import Value
+    dd = dd_of({"train": ["Dress", "Bag", "Coat", "Bag"], "test": ["Coat", "Dress"]}, Value("string"))
+    dd.save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=r"split 'train'.*column 'label' holds strings.*'Dress'") as e:
+        load_tensors(path=tmp_path / "dd")
+    import datasets
+    scope = {"dd": dd, "datasets": datasets}
+    exec(message_code(e), scope)
+    scope["dd"].save_to_disk(str(tmp_path / "fixed"))
+    raw = load_tensors(path=tmp_path / "fixed")
+    assert raw.classes == ("Bag", "Coat", "Dress") and raw.train_y.tolist() == [2, 0, 1, 0]
+    assert raw.valid_y.tolist() == [1, 2]
+
+
+# ---------------------------------------------------------------- class names of splits (findings 2, 8)
+
+def test_from_dd_refuses_splits_that_name_their_classes_in_other_orders():
+    """get_dls refused such a DatasetDict, from_dd validated on it: label 0 meant 'cat' in training, 'dog' in
+    validation."""
+    from datasets import ClassLabel
+    dd = dd_of({"train": [0, 1, 2], "validation": [0, 1, 2]}, ClassLabel(names=["cat", "dog", "frog"]))
+    dd["validation"] = relabelled(dd["validation"], ClassLabel(names=["dog", "frog", "cat"]))
+    with pytest.raises(ValueError, match=r"'validation'.*\['dog', 'frog', 'cat'\].*'train'.*\['cat', 'dog', 'frog'\]"):
+        DataLoaders.from_dd(dd, 2)
+
+
+@pytest.mark.parametrize("valid_feature", ["plain ints", "other order"])
+def test_the_fix_the_class_names_error_suggests_runs_and_is_accepted(tmp_path, valid_feature):
+    """The message suggested align_labels_with_mapping, which fails (datasets 5.2) on a split of plain ints."""
+    from datasets import ClassLabel, Value
+    names = ["cat", "dog", "frog"]
+    dd = dd_of({"train": [0, 1, 2], "test": [2, 1]}, ClassLabel(names=names))
+    other = Value("int64") if valid_feature == "plain ints" else ClassLabel(names=names[::-1])
+    dd["test"] = relabelled(dd["test"], other)
+    dd.save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=r"a label would mean different classes") as e:
+        load_tensors(path=tmp_path / "dd")
+    scope = {"dd": dd}
+    exec(message_code(e), scope)
+    scope["dd"].save_to_disk(str(tmp_path / "fixed"))
+    raw = load_tensors(path=tmp_path / "fixed")
+    # plain ints are taken as indices into train's names; reordered names are mapped by name (2 -> 'cat' -> 0)
+    assert raw.classes == tuple(names) and raw.valid_y.tolist() == ([2, 1] if valid_feature == "plain ints" else [0, 1])
+
+
+# ---------------------------------------------------------------- image sizes of splits (finding 3)
+
+def test_idx_validation_images_of_another_size_are_refused_naming_both_files(tmp_path):
+    """Test images of 32x32 with training ones of 28x28 loaded, and the model validated on them without a word."""
+    train_x, train_y, _, valid_y = fake_fashion()
+    d = write_fashion_dir(tmp_path / "fm", (train_x, train_y, torch.zeros(12, 32, 32, dtype=torch.uint8), valid_y))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz.*\(1, 32, 32\).*train-images-idx3-ubyte.gz.*"
+                                         r"\(1, 28, 28\)"):
+        load_tensors(path=d)
+
+
+def test_datasetdict_validation_images_of_another_size_or_channels_are_refused(tmp_path):
+    from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features
+    dd_of({"train": [0, 1], "test": [1]}, ClassLabel(names=list(FASHION_CLASSES)),
+          images={"train": gray(2, 6), "test": gray(1, 8)}).save_to_disk(str(tmp_path / "size"))
+    with pytest.raises(ValueError, match=r"split 'test'.*\(1, 8, 8\).*split 'train'.*\(1, 6, 6\)"):
+        load_tensors(path=tmp_path / "size")
+    def split(c):
+        features = Features({"image": Array3D((c, 6, 6), "uint8"), "label": ClassLabel(names=list(FASHION_CLASSES))})
+        return Dataset.from_dict({"image": np.zeros((2, c, 6, 6), np.uint8), "label": [0, 1]}, features=features)
+    DatasetDict(train=split(1), test=split(3)).save_to_disk(str(tmp_path / "channels"))
+    with pytest.raises(ValueError, match=r"split 'test'.*\(3, 6, 6\).*split 'train'.*\(1, 6, 6\)"):
+        load_tensors(path=tmp_path / "channels")
+
+
+# ---------------------------------------------------------------- layouts (finding 7)
+
+def test_channels_first_arrays_are_read_as_channels_first():
+    """Array3D((1, 28, 28)) columns were taken as (H, W, C) and came out [N, 28, 1, 28]."""
+    from datasets import Array3D, Dataset, Features, Value
+    pixels = torch.randint(0, 256, (4, 1, 7, 5), dtype=torch.uint8)
+    def ds(p, shape):
+        features = Features({"image": Array3D(shape, "uint8"), "label": Value("int64")})
+        return Dataset.from_dict({"image": p.numpy(), "label": [0, 1, 2, 3]}, features=features)
+    assert torch.equal(sources.hf_to_tensors(ds(pixels, (1, 7, 5)))[0], pixels)
+    rgb = torch.randint(0, 256, (4, 3, 7, 5), dtype=torch.uint8)
+    assert torch.equal(sources.hf_to_tensors(ds(rgb.permute(0, 2, 3, 1).contiguous(), (7, 5, 3)))[0], rgb)
+    with pytest.raises(ValueError, match=r"\(3, 7, 3\).*can't tell.*\(C, H, W\).*\(H, W, C\)"):
+        sources.hf_to_tensors(ds(torch.zeros(4, 3, 7, 3, dtype=torch.uint8), (3, 7, 3)))
+
+
+# ---------------------------------------------------------------- cache key (finding 4)
+
+def test_a_saved_datasetdicts_cache_key_follows_symlinked_split_folders(tmp_path):
+    """Split folders that are symlinks were not walked: re-pointing one served the old split from the cache."""
+    from datasets import ClassLabel
+    feature = ClassLabel(names=list(FASHION_CLASSES))
+    for version, labels in (("v1", [1, 2]), ("v2", [3, 4])):
+        dd_of({"train": [0, 1, 2], "test": labels}, feature).save_to_disk(str(tmp_path / version))
+    current = tmp_path / "current"
+    current.mkdir()
+    shutil.copy(tmp_path / "v1" / "dataset_dict.json", current)
+    for split in ("train", "test"):
+        (current / split).symlink_to(tmp_path / "v1" / split)
+    assert load_tensors(path=current).valid_y.tolist() == [1, 2]
+    (current / "test").unlink()
+    (current / "test").symlink_to(tmp_path / "v2" / "test")
+    cache.clear_cache()  # a new process
+    assert load_tensors(path=current).valid_y.tolist() == [3, 4]
+    # without symlinks the key's files are those it always had, so existing cache files stay valid
+    plain = sources.find_source(path=tmp_path / "v1").files
+    assert plain == tuple(sorted(f for f in (tmp_path / "v1").rglob("*") if f.is_file()))
+
+
+# ---------------------------------------------------------------- the cache file's checksum (finding 5)
+
+def test_checksums_see_swapped_words_and_blocks():
+    """The checksum summed 8-byte words (all, every second): swapping two words of the same parity, or two blocks,
+    left it as it was, and a damaged cache file was served."""
+    t = torch.arange(4096, dtype=torch.int64)
+    words = t.clone()
+    words[[0, 2]] = words[[2, 0]]
+    blocks = t.clone()
+    blocks[:512], blocks[1024:1536] = t[1024:1536], t[:512]
+    assert len({str(utils.byte_sums([x])) for x in (t, words, blocks)}) == 3
+
+
+def test_swapped_label_words_in_the_disk_cache_are_caught_and_decoded_again(tmp_path):
+    raw = fake_fashion()
+    d = write_fashion_dir(tmp_path / "fm", raw)
+    load_tensors(path=d)
+    [cache_file] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
+    data = bytearray(cache_file.read_bytes())
+    with zipfile.ZipFile(cache_file) as z:  # train_y: 40 int64 labels
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size == 40 * 8)
+    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little") \
+        + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    k = next(k for k in range(2, 40, 2) if raw[1][k] != raw[1][0])
+    w = lambda i: slice(start + 8 * i, start + 8 * i + 8)  # noqa: E731
+    data[w(0)], data[w(k)] = data[w(k)], data[w(0)]
+    cache_file.write_bytes(bytes(data))
+    cache.clear_cache()
+    decodes = CACHE_STATS["decodes"]
+    assert torch.equal(load_tensors(path=d).train_y, raw[1].long()) and CACHE_STATS["decodes"] == decodes + 1
+
+
+def test_files_with_the_older_checksum_are_decoded_again_or_still_verify(tmp_path):
+    """A cache file of the earlier checksum is decoded again (and rewritten); a checkpoint's is checked by it."""
+    raw = fake_fashion()
+    d = write_fashion_dir(tmp_path / "fm", raw)
+    served = load_tensors(path=d)
+    [cache_file] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
+    old = {**served._asdict(), "classes": list(served.classes), "digest": utils._legacy_byte_sums(served[:4])}
+    torch.save(old, cache_file)
+    cache.clear_cache()
+    decodes = CACHE_STATS["decodes"]
+    assert torch.equal(load_tensors(path=d).valid_y, raw[3].long()) and CACHE_STATS["decodes"] == decodes + 1
+    assert torch.load(cache_file, weights_only=True)["digest"] == utils.byte_sums(served[:4])
+    tensors = [torch.arange(10.0), torch.ones(3, dtype=torch.int64)]
+    assert utils.checksums_match(utils._legacy_byte_sums(tensors), tensors)
+    assert utils.checksums_match(utils.byte_sums(tensors), tensors)
+    assert not utils.checksums_match(utils._legacy_byte_sums(tensors), [tensors[0] + 1, tensors[1]])
+    assert not utils.checksums_match(utils.byte_sums(tensors), [tensors[0] + 1, tensors[1]])
+
+
+# ---------------------------------------------------------------- cache cleanup (finding 6)
+
+def test_cache_cleanup_leaves_a_users_file_named_like_an_older_cache_file(tmp_path):
+    """With MINIAI_CACHE a shared folder, a user's fashion_mnist_<16 digits>.pt (a checkpoint named by a
+    timestamp) was deleted as an older miniai's cache file."""
+    (tmp_path / "cache").mkdir()
+    user = tmp_path / "cache" / "fashion_mnist_2024061512304599.pt"
+    torch.save({"weights": torch.ones(3)}, user)
+    load_tensors(path=write_fashion_dir(tmp_path / "fm", fake_fashion()))
+    assert torch.equal(torch.load(user, weights_only=True)["weights"], torch.ones(3))
+
+
+# ---------------------------------------------------------------- clearer errors (finding 8)
+
+@pytest.mark.parametrize("mode", [None, "L"])
+def test_a_missing_image_is_named_by_its_row(mode):
+    """A None image gave `TypeError: 'NoneType' object is not subscriptable`."""
+    from datasets import Dataset, Features, Image, Value
+    images = gray(4)
+    images[2] = None
+    ds = Dataset.from_dict({"image": images, "label": [0, 1, 2, 3]},
+                           features=Features({"image": Image(), "label": Value("int64")}))
+    with pytest.raises(ValueError, match=r"column 'image' has no image in row 2"):
+        sources.hf_to_tensors(ds, mode=mode)
+
+
+def test_an_empty_idx_file_says_it_is_empty(tmp_path):
+    """It said `not an IDX file: ... got 0x`."""
+    (tmp_path / "t.idx").write_bytes(b"")
+    with pytest.raises(IDXError, match=r"t.idx: the file is empty \(0 bytes\)"):
+        read_idx(tmp_path / "t.idx")
+
+
+def test_idx_labels_outside_the_classes_get_advice_for_idx_files(tmp_path):
+    """The advice was the datasets library's (`ds.filter(...)`), which an IDX file can't take."""
+    train_x, train_y, valid_x, valid_y = fake_fashion()
+    valid_y[3] = 10
+    d = write_fashion_dir(tmp_path / "fm", (train_x, train_y, valid_x, valid_y))
+    with pytest.raises(ValueError, match=r"outside 0..9") as e:
+        load_tensors(path=d)
+    assert "filter" not in str(e.value) and "-1 is the datasets" not in str(e.value)
+    assert "t10k-labels-idx1-ubyte.gz" in str(e.value) and "fetch" in str(e.value)
+
+
+def test_an_hf_endpoint_without_a_scheme_is_named_with_the_fix(monkeypatch):
+    """HF_ENDPOINT=hf-mirror.com gave 'cannot reach None'."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "hf-mirror.com")
+    assert "HF_ENDPOINT='hf-mirror.com'" in sources._hub_unavailable()
+    assert "https://hf-mirror.com" in sources._hub_unavailable()
+
+
+def test_images_of_mixed_modes_without_a_mode_say_so():
+    """Gray and RGB images in one column with mode=None said `got array object (6,)`."""
+    import PIL.Image
+    from datasets import Dataset, Features, Image, Value
+    images = gray(2) + [PIL.Image.new("RGB", (6, 6))]
+    ds = Dataset.from_dict({"image": images, "label": [0, 1, 2]},
+                           features=Features({"image": Image(), "label": Value("int64")}))
+    with pytest.raises(ValueError, match=r"column 'image'.*differ in size or number of channels.*mode="):
+        sources.hf_to_tensors(ds)
+
+
+def test_a_training_set_of_one_gray_level_is_refused_naming_the_data(tmp_path):
+    """All-zero training images (a zero-filled download) said `Normalize needs one mean and one std > 0`."""
+    _, train_y, valid_x, valid_y = fake_fashion()
+    d = write_fashion_dir(tmp_path / "fm", (torch.zeros(40, 28, 28, dtype=torch.uint8), train_y, valid_x, valid_y))
+    with pytest.raises(ValueError, match=r"IDX files in .*fm.*training images are all one gray level"):
+        get_dls(path=d)
