@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .callbacks.activations import HOOK_IDS
+from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
 from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds, participants
@@ -55,6 +56,10 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
             item = np.array(item)
             return torch.from_numpy(item if item.dtype.isnative else item.astype(item.dtype.newbyteorder("="))), True
         mode = {1: "L", 3: "RGB"}.get(channels)  # a palette GIF's pixels are indices, not gray levels: convert
+        if mode is None and item.mode in ("P", "PA"):
+            raise TypeError("infer got a palette image (a GIF, say), whose pixels are indices into its palette, and "
+                            "can't tell the model's channels (no dls.item_shape, and dls.normalize is no Normalize): "
+                            "convert it first, image.convert('L') or convert('RGB') as the model was trained")
         item = np.array(item.convert(mode) if mode and item.mode != mode else item)  # a copy: PIL's is read-only
     if isinstance(item, np.ndarray):
         return torch.from_numpy(np.array(item)), True  # a writable copy, whoever owns the array
@@ -81,15 +86,17 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
                      if channels else "") + f"; give {layout}" + (", or (N,H,W)" if channels == 1 else ""))
 
 
-def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
-             ) -> tuple[torch.Tensor, bool]:
+def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             channels: int | None = None, transformed: bool = False) -> tuple[torch.Tensor, bool]:
     """One item or a batch of raw images as one model-input batch (N, C, H, W), and whether `items` was a batch.
 
     Tensors are (H,W), (C,H,W) or (N,C,H,W); ndarrays and PIL images (H,W), (H,W,C) or (N,H,W,C); with one
     channel, (N,H,W) is a batch; a list or tuple of items is a batch. With `normalize` (`dls.normalize`) the
-    items must be uint8 pixels, normalized as the loaders' were; without it, already-prepared float inputs.
+    items must be uint8 pixels, normalized as the loaders' were; without it, already-prepared float inputs, or,
+    `transformed` (validation transforms of the learner prepare the loaders' batches), items as the loaders give
+    them. `channels` (the model's, when `normalize` has no per-channel mean) is what PIL images are converted to.
     """
-    channels = _channels(normalize)
+    channels = _channels(normalize) or channels
     if isinstance(items, (list, tuple)):
         if not items:
             raise ValueError("infer got an empty list: pass one item or a batch of items")
@@ -111,11 +118,13 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
                             "'I' image of 0-255) with x.to(torch.uint8); pass already-normalized inputs to "
                             "learn.get_preds(dl=[(x,)]) instead.")
         return normalize(x), batched
-    if not x.is_floating_point():
-        raise TypeError(f"this learner's data carries no normalization (dls.normalize is None), so infer passes "
-                        f"inputs to the model as they are and can't scale {x.dtype} pixels: give float inputs "
-                        "prepared as the loaders' are, or build DataLoaders(..., normalize=(mean, std)) "
-                        "(get_dls does this)")
+    if not x.is_floating_point() and not transformed:
+        raise TypeError(f"this learner's data carries no normalization (dls.normalize is None) and no validation "
+                        f"transform (BatchTransformCB(on_val=True)) prepares its batches, so infer passes inputs to "
+                        f"the model as they are and can't scale {x.dtype} pixels: give float inputs prepared as the "
+                        "loaders' items are. DataLoaders(..., normalize=(mean, std)) (get_dls does this) lets infer "
+                        "take raw pixels, but only if the loaders' items were normalized with that mean and std "
+                        "(otherwise the model would see them normalized in a way it never was)")
     return x, batched
 
 
@@ -123,9 +132,10 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     """Class index, class name and probabilities (softmax) for one raw image, or per item of a batch of them.
 
     Items are read by `to_batch` (uint8 pixels, normalized with `learn.dls.normalize` when the loaders carry
-    it; otherwise already-normalized float tensors), then run through the learner's predict path in batches of
-    `bs` (`get_preds`), which leaves the learner as it was. For a single-input classifier; for anything else
-    use `learn.get_preds(dl=[(xb,)])`.
+    it; otherwise already-normalized float tensors, or, where a validation transform (`BatchTransformCB(on_val=
+    True)`) or a callback of yours with `inference = True` prepares the batches, items as the loaders give
+    them), then run through the learner's predict path in batches of `bs` (`get_preds`), which leaves the
+    learner as it was. For a single-input classifier; for anything else use `learn.get_preds(dl=[(xb,)])`.
     """
     if learn.n_inp != 1:
         raise ValueError(f"infer takes one input per item, but this learner's batches have n_inp={learn.n_inp}; "
@@ -133,8 +143,14 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         raise ValueError(f"infer: bs must be an int >= 1, got {bs!r}")
     dls = getattr(learn, "dls", None)
-    x, batched = to_batch(items, getattr(dls, "normalize", None))
     expected = getattr(dls, "item_shape", None)
+    # the items go through the learner's inference callbacks (get_preds): a validation transform, or a callback of
+    # the user's, prepares them as it prepares the loaders' batches, whatever their dtype
+    transformed = any(cb.on_val if isinstance(cb, BatchTransformCB) else not type(cb).__module__.startswith("miniai.")
+                      for cb in participants(learn))
+    x, batched = to_batch(items, getattr(dls, "normalize", None),
+                          channels=expected[0] if expected is not None and len(expected) == 3 else None,
+                          transformed=transformed)
     if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
         raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
                          "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .callbacks.preds import get_preds
+from .callbacks.preds import get_preds, unreduced
 from .callbacks.state import kept
 from .learner import Learner
 
@@ -60,6 +60,8 @@ class Interpretation:
     @classmethod
     def from_learner(cls, learn: Learner, dl: Iterable[Any] | None = None) -> Interpretation:
         """Predict once over `dl` (default `learn.dls.valid`) with inputs and per-item losses (`learn.get_preds`)."""
+        # checked here, so the error names the call the user made (get_preds would name itself)
+        unreduced(learn.loss_func, "Interpretation.from_learner (for top_losses)")
         inputs, probs, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True, act=torch.softmax)
         return cls(inputs, probs, targets, losses, getattr(getattr(learn, "dls", None), "classes", None))
 

@@ -18,11 +18,11 @@ from miniai.callbacks.augment import BatchTransformCB
 from miniai.callbacks.basic import DeviceCB, TrainCB
 from miniai.callbacks.metrics import MetricsCB
 from miniai.callbacks.mixed_precision import MixedPrecisionCB
-from miniai.data import DataLoaders, Normalize
+from miniai.data import DataLoaders, Normalize, TensorLoader
 from miniai.inference import Prediction, load_learner
 from miniai.learner import Learner, TrainLearner
 from tests.synth import tiny_learner
-from tests.test_preds import image_dls, image_learner
+from tests.test_preds import image_dls, image_learner, image_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PIXELS = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
@@ -317,3 +317,34 @@ def test_a_learner_with_train_cb_and_a_lambda_loss_exports_after_a_fit(tmp_path)
         path = learn.export(tmp_path / "m.pkl")
     loaded = load_learner(path)
     assert torch.equal(loaded.get_preds(dl=learn.dls.valid)[0], learn.get_preds()[0])
+
+
+def test_infer_reads_a_palette_image_as_gray_levels_whatever_the_normalization():
+    """With dls.normalize a custom callable (no mean to count channels from), a palette image went in as its
+    palette indices: the channels now come from the training items' shape; without it, a clear error."""
+    from PIL import Image
+    learn = image_learner()
+    norm = learn.dls.normalize
+    custom = lambda x: norm(x)  # noqa: E731 -- a normalize of the user's own
+    learn.dls = DataLoaders(learn.dls.train, learn.dls.valid, classes=["a", "b", "c"], normalize=custom)
+    palette = Image.fromarray(PIXELS[0, 0].numpy()).convert("P", palette=Image.ADAPTIVE, colors=16)
+    expected = learn.infer(np.array(palette.convert("L"))).probs
+    assert not torch.equal(learn.infer(np.array(palette)).probs, expected)  # the indices would predict otherwise
+    assert torch.equal(learn.infer(palette).probs, expected)
+    learn.dls = DataLoaders(None, None, classes=["a", "b", "c"], normalize=custom)  # no item_shape either
+    with pytest.raises(TypeError, match=r"palette image.*indices.*convert\('L'\) or convert\('RGB'\)"):
+        learn.infer(palette)
+
+
+def test_infer_takes_the_uint8_items_the_loaders_give_when_a_validation_transform_normalizes():
+    """Loaders of raw uint8 images normalized by BatchTransformCB(on_val=True): infer refused the very items the
+    loaders give, and its advice (DataLoaders(..., normalize=...)) normalized them twice."""
+    norm = BatchTransformCB(Normalize([0.4], [0.3]), on_train=True, on_val=True)
+    dl = TensorLoader(PIXELS, torch.zeros(6, dtype=torch.long), 4)
+    learn = TrainLearner(image_model(), DataLoaders(dl, dl), F.cross_entropy, cbs=[norm])
+    probs, _ = learn.get_preds(act=torch.softmax)
+    assert torch.equal(learn.infer(PIXELS).probs, probs)
+    learn.rm_cb(norm)  # nothing normalizes: the message says so and does not advise normalizing loaders' data twice
+    with pytest.raises(TypeError, match=r"no normalization.*no validation transform.*float inputs.*only if the "
+                                        r"loaders' items were normalized"):
+        learn.infer(PIXELS)

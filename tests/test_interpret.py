@@ -192,3 +192,11 @@ def test_class_names_given_as_an_array_work():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
     interp = Interpretation(None, probs, torch.tensor([0, 0]), torch.zeros(2), classes=np.array(["cat", "dog"]))
     assert interp.most_confused() == [("cat", "dog", 1)]
+
+
+def test_from_learner_with_a_loss_that_gives_no_per_item_losses_names_the_call_made():
+    """A lambda loss made from_learner fail with an error about a get_preds(with_loss=True) call never made."""
+    learn = image_learner()
+    learn.loss_func = lambda p, t: F.cross_entropy(p, t)
+    with pytest.raises(TypeError, match=r"Interpretation.from_learner.*one loss per item.*<lambda>.*reduction"):
+        Interpretation.from_learner(learn)

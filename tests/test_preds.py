@@ -623,3 +623,82 @@ def test_tta_refuses_a_batch_sampler_of_its_own_that_may_shuffle_and_get_preds_w
     assert torch.allclose(preds, hand_loop(learn.model, [(inputs, y)]), atol=1e-6)
     ordered = DataLoader(TensorDataset(x, y), batch_sampler=Buckets(len(x), 8, shuffle=False))
     assert torch.allclose(learn.tta(dl=ordered)[0], learn.tta(dl=DataLoader(TensorDataset(x, y), 8))[0])
+
+
+def test_get_preds_walks_every_item_of_a_batch_sampler_that_drops_last():
+    """DataLoader(batch_sampler=BatchSampler(..., drop_last=True)) has dl.drop_last False: get_preds returned 192
+    of 203 items without a word. Like a DataLoader(drop_last=True), it is walked in order, every item once."""
+    from torch.utils.data import BatchSampler, SequentialSampler
+    learn = image_learner(n_train=45)
+    x, y = learn.dls.train.x, learn.dls.train.y
+    ds = TensorDataset(x, y)
+    dl = DataLoader(ds, batch_sampler=BatchSampler(SequentialSampler(ds), batch_size=16, drop_last=True))
+    preds, targets = learn.get_preds(dl=dl)
+    assert torch.equal(targets, y) and torch.allclose(preds, hand_loop(learn.model, [(x, y)]), atol=1e-6)
+
+
+class _Named(torch.utils.data.Dataset):
+    """Ten items (x, name): default_collate gives each batch's names as a sequence of strings."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> tuple:
+        return torch.full((3,), float(i)), f"item{i}"
+
+
+@pytest.mark.parametrize("bs", [4, 5])
+def test_per_item_targets_in_a_sequence_are_concatenated_as_sequences(bs):
+    """Targets that come as a sequence per batch (names, one dict per item) were zipped position by position across
+    the batches: scrambled ([['item0', 'item5'], ...]), or IndexError with uneven batches."""
+    learn = TrainLearner(nn.Linear(3, 2), DataLoaders(None, None), lambda p, t: p.sum())
+    preds, names = learn.get_preds(dl=DataLoader(_Named(), bs))
+    assert list(names) == [f"item{i}" for i in range(10)] and len(preds) == 10
+    dicts = DataLoader(_Named(), bs, collate_fn=lambda b: (torch.stack([x for x, _ in b]),
+                                                             tuple({"name": n} for _, n in b)))
+    _, targets = learn.get_preds(dl=dicts)
+    assert list(targets) == [{"name": f"item{i}"} for i in range(10)]
+
+
+def test_heads_in_a_tuple_are_still_concatenated_head_by_head():
+    """(target_a, target_b) per batch and a model's (logits, aux) stay one concatenation per head."""
+    class TwoHeads(nn.Module):
+        def forward(self, x):
+            return x * 2, x.sum()
+    learn = TrainLearner(TwoHeads(), DataLoaders(None, None), lambda p, a, b: p[0].sum())
+    x = torch.arange(10.0)[:, None]
+    batches = [(x[:4], x[:4, 0], [x[:4, 0] + 1, x[:4, 0] + 2]), (x[4:], x[4:, 0], [x[4:, 0] + 1, x[4:, 0] + 2])]
+    (twice, sums), (a, b) = learn.get_preds(dl=batches)
+    assert torch.equal(twice, x * 2) and torch.equal(sums, torch.tensor([6.0, 39.0]))
+    assert torch.equal(a, x[:, 0]) and torch.equal(b[0], x[:, 0] + 1) and torch.equal(b[1], x[:, 0] + 2)
+
+
+def test_act_on_a_model_returning_a_tuple_says_how_to_pick_the_logits():
+    """get_preds(act=torch.softmax) on a model returning (logits, aux) advised act=torch.sigmoid, which fails too."""
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 4)
+
+        def forward(self, x):
+            out = self.lin(x)
+            return out, out.detach().mean()
+    x, y = torch.randn(20, 5), torch.randint(0, 4, (20,))
+    learn = TrainLearner(WithAux(), DataLoaders(None, None), lambda p, t: F.cross_entropy(p[0], t))
+    for act in (torch.softmax, torch.sigmoid):
+        with pytest.raises(TypeError, match=r"returns a tuple.*act=lambda preds: torch.softmax\(preds\[0\], dim=1\)"):
+            learn.get_preds(dl=[(x, y)], act=act)
+    probs, _ = learn.get_preds(dl=[(x, y)], act=lambda p: torch.softmax(p[0], dim=1))  # the advice works
+    assert torch.allclose(probs.sum(1), torch.ones(20))
+
+
+def test_per_item_losses_of_uint8_targets_count_every_class():
+    """Compared with uint8 targets, -100 wrapped to 156: the per-position losses of class 156 were left out."""
+    def ce(preds, target, reduction="mean"):
+        return F.cross_entropy(preds, target.long(), reduction=reduction)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 200, 4, generator=g), torch.randint(0, 200, (6, 4), generator=g)
+    y[:, :2] = 156
+    learn = TrainLearner(nn.Identity(), DataLoaders(None, None), ce)
+    _, _, losses = learn.get_preds(dl=[(x, y.to(torch.uint8))], with_loss=True)
+    assert torch.allclose(losses, F.cross_entropy(x, y, reduction="none").mean(1))

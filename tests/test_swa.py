@@ -333,3 +333,25 @@ def test_a_one_cycle_inside_a_chained_scheduler_hands_over_to_swa_at_its_last_lr
     bn_learner([BatchSchedCB(factory), rec, SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=1)]).fit(4)
     lrs = rec.recs["lr"]
     assert lrs[6:9] == pytest.approx([lrs[5]] * 3) and lrs[5] > 0
+
+
+class Shift(Callback):
+    """Preprocessing of the user's own that every pass needs, declared for prediction passes: inference = True."""
+    inference, order = True, -10
+
+    def before_batch(self, learn: Learner) -> None:
+        xb, *rest = learn.batch
+        learn.batch = (xb + 10, *rest)
+
+
+def test_bn_refresh_runs_the_inference_callbacks_a_prediction_pass_runs():
+    """The BatchNorm refresh ran only BatchTransformCB(on_val=True): with the preprocessing in a callback of the
+    user's (inference = True), the statistics came from inputs the model never sees (valid accuracy 0.98 -> 0.56)."""
+    learn = bn_learner([Shift(), SWACB(swa_start=1, swa_lr=0.01)], lr=0.01)
+    learn.fit(2)
+    bn = learn.model[1]
+    with torch.no_grad():
+        outs = [learn.model[0](xb + 10) for xb, _ in learn.dls.train]
+    assert torch.allclose(bn.running_mean, torch.stack([h.mean(0) for h in outs]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([h.var(0) for h in outs]).mean(0), atol=1e-5)
+    assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1 and not learn.model.training

@@ -52,11 +52,15 @@ class MetricsCB(Callback):
 
     `MetricsCB(MulticlassAccuracy())` names the metric after its class; `MetricsCB(accuracy=MulticlassAccuracy())`
     names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
-    only at the end of each pass. Batches reach the metrics' `update` up to 256 at a time (or 1M predictions),
-    concatenated (one call's fixed cost instead of 256; the same result for metrics that accumulate over samples,
-    as torcheval's do). The loss is each batch's loss weighted by its items, as fastai and Keras log it: for a loss
-    that averages over some of a batch's items only (`ignore_index`, class weights) that is not the loss over the
-    whole set, and a batch with no item counted (every target ignored) makes it NaN, as torch's loss is.
+    only at the end of each pass. Each metric's `update` gets each batch; a metric whose class says `additive =
+    True` (Accuracy: an update over concatenated batches counts what one per batch does) gets them up to 256 at a
+    time (or 1M predictions), concatenated (one call's fixed cost instead of 256). The loss is each batch's loss
+    weighted by its items, as fastai and Keras log it: for a loss that averages over some of a batch's items only
+    (`ignore_index`, class weights) that is not the loss over the whole set, and a batch with no item counted
+    (every target ignored) makes it NaN, as torch's loss is. Per-item losses (`reduction='none'`) are averaged
+    over the batch leaving out targets of the loss's `ignore_index`, as 'mean' does. A pass that computes no loss
+    (`get_preds(cbs=[MetricsCB(...)])` without `with_loss=True`) logs none. Dict batches (with a predict and
+    get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
     `monitor`), `history` one dict per pass, and `log_fn(row)` is called with the formatted row (ProgressCB
     replaces `log_fn` to draw a table; the default prints aligned lines).
@@ -66,16 +70,11 @@ class MetricsCB(Callback):
     order = 10  # after callbacks that change preds or loss, before those that read the results
 
     def __init__(self, *metrics: Any, **named_metrics: Any) -> None:
-        names = [type(metric).__name__ for metric in metrics] + list(named_metrics)
-        twice = next((name for name in names if names.count(name) > 1), None)
-        if twice:  # one would replace the other without a word
-            raise ValueError(f"MetricsCB got two metrics named {twice!r} (a positional metric is named after its "
-                             "class): name them yourself, MetricsCB(name=metric, other_name=metric2)")
-        own = next((name for name in names if name in ("loss", "epoch", "train", "time")), None)
-        if own:
-            raise ValueError(f"{own!r} is a column MetricsCB logs itself; give your metric another name")
-        named_metrics = {**{type(metric).__name__: metric for metric in metrics}, **named_metrics}
-        for name, metric in named_metrics.items():
+        # a class passed by mistake is named after itself, not its metaclass ('type', 'ABCMeta')
+        positional = [(metric.__name__ if isinstance(metric, type) else type(metric).__name__, metric)
+                      for metric in metrics]
+        for (name, metric), named in [*((pair, False) for pair in positional),
+                                      *((pair, True) for pair in named_metrics.items())]:
             if isinstance(metric, type) or not all(callable(getattr(metric, m, None)) for m in _METRIC_METHODS):
                 if isinstance(metric, type):
                     what, hint = f"the class {metric.__name__}", f"an instance, {metric.__name__}(), not the class"
@@ -86,8 +85,17 @@ class MetricsCB(Callback):
                 else:
                     what, hint = f"a {type(metric).__name__}", "one with update(preds, targets), compute() and reset()"
                 raise TypeError(f"MetricsCB metric {name!r} is {what}: pass a metric object with update, compute and "
-                                f"reset, e.g. {name}=Accuracy() or torcheval's MulticlassAccuracy(); {hint}")
-        self.metrics = named_metrics
+                                f"reset, e.g. {f'{name}=' * named}Accuracy() or torcheval's MulticlassAccuracy(); "
+                                f"{hint}")
+        names = [name for name, _ in positional] + list(named_metrics)
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice:  # one would replace the other without a word
+            raise ValueError(f"MetricsCB got two metrics named {twice!r} (a positional metric is named after its "
+                             "class): name them yourself, MetricsCB(name=metric, other_name=metric2)")
+        own = next((name for name in names if name in ("loss", "epoch", "train", "time")), None)
+        if own:
+            raise ValueError(f"{own!r} is a column MetricsCB logs itself; give your metric another name")
+        self.metrics = {**dict(positional), **named_metrics}
         self._printer = _PrintRows()
         self.log_fn: Callable[[dict[str, Any]], None] = self._printer
         self.history: list[dict[str, Any]] = []
@@ -107,12 +115,18 @@ class MetricsCB(Callback):
 
     def before_epoch(self, learn: Learner) -> None:
         self._device = model_device(learn.model)
+        # metrics that say their state is the same after one update over concatenated batches as after one per
+        # batch (`additive = True`: Accuracy) get the batches concatenated, one call's fixed cost instead of up
+        # to 256; any other (a windowed metric, a per-batch statistic) gets one update per batch
+        self._bulk = {name: m for name, m in self.metrics.items() if getattr(m, "additive", False) is True}
+        self._each = {name: m for name, m in self.metrics.items() if name not in self._bulk}
         for metric in self.metrics.values():
             if callable(getattr(metric, "to", None)):  # torcheval's and ours keep their state on the device
                 metric.to(self._device)
             metric.reset()
         self._loss_sum = torch.zeros((), dtype=sum_dtype(self._device), device=self._device)
         self._count = 0
+        self._lossless = False  # set by a pass that computes no loss (get_preds without with_loss): none is logged
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (preds, target, loss, n)
         self._pending_numel = 0
         self._start = time.perf_counter()
@@ -121,13 +135,11 @@ class MetricsCB(Callback):
         # only keep references here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches
         batch, n_inp = learn.batch, learn.n_inp
-        if len(batch) != n_inp + 1:  # (*inputs, target); learn.yb would build a tuple each batch
-            raise ValueError(f"MetricsCB compares the predictions with one target, but this batch has "
-                             f"{len(batch) - n_inp} items after its n_inp={n_inp} inputs. Batches are (*inputs, "
-                             "*targets): give the loader (inputs, target) batches (leave other items, ids say, out "
-                             "in its collate_fn), or, if the extra items are inputs of the model, set the learner's "
-                             "n_inp to their number.")
-        target, preds = batch[n_inp], learn.preds
+        if isinstance(batch, (tuple, list)) and len(batch) == n_inp + 1:  # (*inputs, target)
+            target = batch[n_inp]
+        else:
+            target = self._odd_target(batch, n_inp)
+        preds = learn.preds
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             preds, n, numel = preds.detach(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
@@ -136,37 +148,50 @@ class MetricsCB(Callback):
             n = _n_items(target)
             numel = sum(t.numel() for t in tensors_in(preds))
         loss = learn.loss
-        if loss.ndim:  # per-item losses (reduction='none', in an evaluation fit): the batch's loss is their mean
-            loss = loss.detach().float().mean()
-        # a CPU scalar is read now (cheaper than stacking it later); on a GPU reading it would wait for the GPU
-        self._pending.append((preds, target, loss.item() if loss.is_cpu else loss.detach(), n))
+        if loss is None:  # a prediction pass without a loss step (get_preds without with_loss): no loss to log
+            self._lossless, loss = True, 0.0
+        else:
+            if loss.ndim:  # per-item losses (reduction='none', in an evaluation fit): their mean, as 'mean' takes it
+                loss = _mean_loss(loss.detach(), target, learn.loss_func)
+            # a CPU scalar is read now (cheaper than stacking it later); on a GPU reading it would wait for the GPU
+            loss = loss.item() if loss.is_cpu else loss.detach()
+        self._pending.append((preds, target, loss, n))
         self._pending_numel += numel
         self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
 
+    def _odd_target(self, batch: Any, n_inp: int) -> Any:
+        """The target of a batch that is not (*inputs, target): for the loss alone, whatever counts its items (a
+        dict batch's first value, read by a predict and get_loss of the user's); for metrics, an error."""
+        if not isinstance(batch, (tuple, list)):
+            if self.metrics:  # a dict has no position to read the target from
+                raise TypeError(f"MetricsCB gives its metrics the batch's target, the item after the inputs of a "
+                                f"tuple (*inputs, target), and this batch is a {type(batch).__name__}: give the "
+                                "loader tuple batches (collate_fn=collate_dict(dataset), DataLoaders.from_dd), or keep "
+                                "MetricsCB() for the loss alone and compute the metrics in a callback of your own")
+            return batch
+        raise ValueError(f"MetricsCB compares the predictions with one target, but this batch has "
+                         f"{len(batch) - n_inp} items after its n_inp={n_inp} inputs. Batches are (*inputs, "
+                         "*targets): give the loader (inputs, target) batches (leave other items, ids say, out "
+                         "in its collate_fn), or, if the extra items are inputs of the model, set the learner's "
+                         "n_inp to their number.")
+
     def _flush(self) -> None:
-        """Update the metrics and the loss sum with the kept batches, concatenated (same result: they accumulate)."""
+        """Update the metrics and the loss sum with the kept batches: concatenated for additive metrics (the same
+        result), one batch at a time for the others."""
         if not self._pending:
             return
         preds, targets, losses, sizes = zip(*self._pending)
         self._pending, self._pending_numel = [], 0
-        if self.metrics:
+        if self._bulk:
             try:
                 batches = [(torch.cat(preds), torch.cat(targets))]
             except (RuntimeError, TypeError):  # shapes differ past the batch dimension, or tuples: batch by batch
                 batches = list(zip(preds, targets))
-            for p, t in batches:
-                for name, metric in self.metrics.items():
-                    try:
-                        metric.update(p, t)
-                    except (TypeError, AttributeError) as e:
-                        if isinstance(p, torch.Tensor):
-                            raise
-                        raise TypeError(f"MetricsCB's metric {name!r} takes a tensor of predictions, but the model "
-                                        f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
-                                        "it a metric of your own whose update(preds, targets) picks the logits out "
-                                        "(e.g. calls the metric on preds[0])") from e
+            _update(self._bulk, batches)
+        if self._each:
+            _update(self._each, list(zip(preds, targets)))
         if not isinstance(losses[0], torch.Tensor):  # read on the CPU: a Python sum, in float64 as on a device
             self._loss_sum += sum(loss * n for loss, n in zip(losses, sizes))
             return
@@ -186,7 +211,8 @@ class MetricsCB(Callback):
         values = {name: _number(name, value) for name, value in _compute(self.metrics).items()}
         # one collective for both: under DDP each rank saw only its shard of the pass
         loss_sum, count = all_reduce_sum(torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._count)]))
-        values["loss"] = float(loss_sum / count) if count else float("nan")
+        if not self._lossless:  # (a stale learn.loss from an earlier fit is no loss of this pass)
+            values["loss"] = float(loss_sum / count) if count else float("nan")
         for name, value in values.items():
             self.last[f"{split}_{name}"] = value
         record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
@@ -195,6 +221,50 @@ class MetricsCB(Callback):
 
 
 _METRIC_METHODS = ("update", "compute", "reset")
+
+
+def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
+    """Update each metric with each (preds, target); a metric that can't take the model's tuple says so."""
+    for p, t in batches:
+        for name, metric in metrics.items():
+            try:
+                metric.update(p, t)
+            except (TypeError, AttributeError) as e:
+                if isinstance(p, torch.Tensor):
+                    raise
+                raise TypeError(f"MetricsCB's metric {name!r} takes a tensor of predictions, but the model "
+                                f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
+                                "it a metric of your own whose update(preds, targets) picks the logits out "
+                                "(e.g. calls the metric on preds[0])") from e
+
+
+def _ignored_target(loss_func: Any) -> int:
+    """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
+    given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
+    value = getattr(loss_func, "keywords", {}).get("ignore_index", getattr(loss_func, "ignore_index", -100))
+    return value if isinstance(value, int) else -100
+
+
+def _counted(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
+    """Where `target` is not `ignore_index`; None when no target can be: no ignore_index, or one the targets' dtype
+    can't hold (compared with uint8 targets, -100 would wrap to 156 and leave out class 156)."""
+    if ignore_index is None or target.dtype == torch.bool:
+        return None
+    if not target.is_floating_point() and not torch.iinfo(target.dtype).min <= ignore_index <= torch.iinfo(
+            target.dtype).max:
+        return None
+    return target != ignore_index
+
+
+def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
+    """A batch's per-item (or per-position) losses as the batch's loss: their mean over the positions whose
+    integer target is not the loss's ignore_index, as reduction='mean' and get_preds leave those out."""
+    loss = loss.float()
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape:
+        mask = _counted(target, _ignored_target(loss_func))
+        if mask is not None:  # (no position counted: NaN, as torch's mean loss is)
+            return (loss * mask).sum() / mask.sum()
+    return loss.mean()
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
 
@@ -295,10 +365,12 @@ class Accuracy:
     stay on the device until `compute`, so updating never waits for the GPU; under DDP they are summed over ranks.
     Preds and targets it would compare wrongly (targets as a column, one-hot targets, a binary model's scores,
     anything that broadcasts) are refused, with what to pass instead. Targets of `ignore_index` (-100, what torch's
-    cross-entropy skips: padding, unlabelled items) are left out of both counts, as the loss leaves them out.
+    cross-entropy skips: padding, unlabelled items) are left out of both counts, as the loss leaves them out
+    (`ignore_index=None`: none is; nor is one the targets' dtype can't hold, -100 in uint8 targets).
     """
+    additive = True  # an update over concatenated batches counts what one per batch would: MetricsCB batches them
 
-    def __init__(self, ignore_index: int = -100) -> None:
+    def __init__(self, ignore_index: int | None = -100) -> None:
         self.ignore_index = ignore_index
         self.counts = torch.zeros(2, dtype=torch.int64)  # correct, total
 
@@ -308,9 +380,12 @@ class Accuracy:
         if labels.shape != target.shape or labels.is_floating_point() or labels is not preds and preds.shape[1] < 2:
             # comparing them would broadcast, or compare scores with class ids: a wrong accuracy without a word
             raise ValueError(_accuracy_mismatch(preds, target))
-        counted = target != self.ignore_index
-        correct = ((labels == target) & counted).sum()
-        self.counts += torch.stack([correct, counted.sum()])
+        mask = _counted(target, self.ignore_index)
+        if mask is None:  # every target counts
+            self.counts[0] += (labels == target).sum()
+            self.counts[1] += target.numel()
+        else:
+            self.counts += torch.stack([((labels == target) & mask).sum(), mask.sum()])
         return self
 
     def compute(self) -> torch.Tensor:

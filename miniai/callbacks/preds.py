@@ -32,6 +32,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
                        build_handlers)
 from ..utils import to_cpu
 from .augment import BatchTransformCB
+from .metrics import _counted, _ignored_target
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -42,23 +43,25 @@ def participants(learn: Learner) -> list[Callback]:
     return [cb for cb in learn.cbs if cb.inference or {"predict", "get_loss"} & set(cb.owns_steps)]
 
 
-def _warn_left_out(learn: Learner, taking_part: list[Callback]) -> None:
+def _warn_left_out(learn: Learner, taking_part: list[Callback], who: str = "get_preds") -> None:
     """Name callbacks of the user's left out of the pass that may prepare batches and have not said they don't."""
     said = lambda cb: any("inference" in vars(k) for k in type(cb).__mro__ if k is not Callback)  # noqa: E731
     names = [type(cb).__name__ for cb in learn.cbs if all(cb is not p for p in taking_part) and not said(cb)
              and not type(cb).__module__.startswith("miniai.") and callable(getattr(cb, "before_batch", None))]
     if names:
-        warnings.warn(f"get_preds leaves out {', '.join(names)}: callbacks take part in prediction passes only with "
+        warnings.warn(f"{who} leaves out {', '.join(names)}: callbacks take part in prediction passes only with "
                       f"inference = True (DeviceCB, validation transforms and autocast do). If {names[0]} prepares "
                       "the batches the model needs (normalizing, reshaping), set inference = True on it; if it only "
                       "records, set inference = False on its class to say so.", stacklevel=5)
 
 
-def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] = (), with_loss: bool = False) -> None:
+def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] = (), with_loss: bool = False,
+                    who: str = "get_preds") -> None:
     """Run the learner's predict path over `dl` once, with `cbs` added for the pass; call it inside `kept`.
 
     The events are those of `fit(1, train=False)` for `participants(learn) + cbs`; `get_loss` and after_loss
-    only `with_loss`. The cancel table of `Learner` holds; cleanups always run.
+    only `with_loss` (without it `learn.loss` is None for the pass). The cancel table of `Learner` holds; cleanups
+    always run. `who` names the caller in the warning about callbacks left out.
     """
     # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
     # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
@@ -67,10 +70,12 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     if twice is not None:  # it would run twice per batch (a transform applied twice)
         raise ValueError(f"this {type(twice).__name__} takes part in prediction passes already (inference = True): "
                          "leave it out of cbs")
-    _warn_left_out(learn, taking_part)
+    _warn_left_out(learn, taking_part, who)
     learn._handlers = build_handlers([*taking_part, *cbs])
     learn._predicting = True  # (kept() puts it back) the fit's own hooks leave this pass's forwards alone
     learn.training, learn.dl, learn.n_epochs, learn.epochs, learn.epoch, learn.iter = False, dl, 1, range(1), 0, None
+    if not with_loss:  # no loss step runs: callbacks (MetricsCB) must not read an earlier fit's loss as this pass's
+        learn.loss = None
     if isinstance(learn.model, DistributedDataParallel):  # during a DDP fit: its forward broadcasts the buffers, a
         learn.model = learn.model.module  # collective the other ranks never join when one rank predicts alone
     learn.model.eval()
@@ -93,11 +98,12 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
         learn._stage("fit", lambda: learn._stage("epoch", all_batches, CancelEpochException), CancelFitException)
 
 
-def unreduced(loss_func: Callable) -> Callable:
-    """`loss_func` returning one loss per item: `reduction='none'` on a copy of an nn loss, or as an argument."""
+def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Callable:
+    """`loss_func` returning one loss per item: `reduction='none'` on a copy of an nn loss, or as an argument;
+    `who` names the call that needs it in the errors."""
     if loss_func is None:
-        raise TypeError("get_preds(with_loss=True) needs learn.loss_func, and this learner has none (an exported "
-                        "learner whose loss could not be pickled?): set learn.loss_func = F.cross_entropy, say")
+        raise TypeError(f"{who} needs learn.loss_func, and this learner has none (an exported learner whose loss "
+                        "could not be pickled?): set learn.loss_func = F.cross_entropy, say")
     if isinstance(getattr(loss_func, "reduction", None), str):  # nn.CrossEntropyLoss() and friends
         per_item = copy.copy(loss_func)  # a shallow copy: the learner's loss object stays as it is
         per_item.reduction = "none"
@@ -109,21 +115,28 @@ def unreduced(loss_func: Callable) -> Callable:
     if takes_reduction:  # F.cross_entropy, F.mse_loss, partials of them
         return functools.update_wrapper(functools.partial(loss_func, reduction="none"), loss_func)
     name = getattr(loss_func, "__name__", type(loss_func).__name__)
-    raise TypeError(f"get_preds(with_loss=True) needs one loss per item, asked of loss_func with reduction='none'; "
+    raise TypeError(f"{who} needs one loss per item, asked of loss_func with reduction='none'; "
                     f"{name} takes no reduction argument. Use a loss that does (F.cross_entropy, "
                     "nn.CrossEntropyLoss(), F.mse_loss, ...), give yours a `reduction` parameter, or compute the "
-                    "losses from the returned preds and targets yourself.")
+                    "losses yourself from the preds and targets of learn.get_preds().")
 
 
 _CLASS_DIM_ACTS = (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax)
 
 
 def _activate(act: Callable, preds: Any) -> Any:
-    if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
+    if not isinstance(preds, torch.Tensor):  # (logits, aux), a dict: an act of the user's may pick the logits out
+        try:
+            return act(preds)
+        except (TypeError, AttributeError) as e:
+            raise TypeError(f"act is applied to the model's output, and this model returns a {type(preds).__name__}, "
+                            f"not a tensor: pick the logits out in act, e.g. act=lambda preds: torch.softmax(preds[0], "
+                            "dim=1), or leave act out and apply it to the part you need") from e
+    if preds.dtype in (torch.float16, torch.bfloat16):
         preds = preds.float()  # probabilities from autocast's half-precision logits would keep 2-3 digits
     if any(act is f for f in _CLASS_DIM_ACTS):  # torch's own need a dim: the class dim 1, as F.cross_entropy has it
-        if not isinstance(preds, torch.Tensor) or preds.ndim < 2 or preds.shape[1] < 2:
-            shape = tuple(preds.shape) if isinstance(preds, torch.Tensor) else type(preds).__name__
+        if preds.ndim < 2 or preds.shape[1] < 2:
+            shape = tuple(preds.shape)
             raise ValueError(f"softmax over the class dim 1 needs 2 or more outputs per item; the model gives {shape}"
                              " (1 is always 1.0; across the items of a batch is meaningless). For one score per item "
                              "(a binary model) use learn.get_preds(act=torch.sigmoid)")
@@ -154,7 +167,8 @@ def _check_act(act: Callable, preds: Any) -> None:
 
 
 def _cat(parts: list[Any]) -> Any:
-    """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors."""
+    """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors; a
+    tuple or list of one entry per item (strings, dicts, tensors of their own lengths) is joined as a sequence."""
     first = parts[0]
     if isinstance(first, torch.Tensor):
         if first.ndim and any(p.shape[1:] != first.shape[1:] for p in parts):  # batches padded each to its own length
@@ -167,9 +181,29 @@ def _cat(parts: list[Any]) -> Any:
     if isinstance(first, dict):
         return {k: _cat([p[k] for p in parts]) for k in first}
     if isinstance(first, (tuple, list)):
-        items = [_cat([p[i] for p in parts]) for i in range(len(first))]
-        return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+        if not hasattr(first, "_fields") and _per_item_sequence(parts):
+            return type(first)(item for p in parts for item in p)
+        return _cat_slots(parts)
     return parts
+
+
+def _cat_slots(parts: list[Any]) -> Any:
+    """Concatenate per-batch tuples or lists slot by slot: (logits, aux), a batch's (target_a, target_b)."""
+    first = parts[0]
+    items = [_cat([p[i] for p in parts]) for i in range(len(first))]
+    return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+
+
+def _per_item_sequence(parts: list[Sequence]) -> bool:
+    """Whether per-batch tuples or lists hold one entry per item (as default_collate gives strings, or a collate
+    one dict per item) rather than one per head: no tensor in them, a length that differs between batches, or
+    tensors of different first dimensions (heads over one batch share it)."""
+    if any(len(p) != len(parts[0]) for p in parts):
+        return True
+    tensors = [t for t in parts[0] if isinstance(t, torch.Tensor)]
+    if not tensors:
+        return True
+    return len(tensors) == len(parts[0]) and all(t.ndim for t in tensors) and len({len(t) for t in tensors}) > 1
 
 
 def _unpack(items: tuple) -> Any:
@@ -215,17 +249,11 @@ class _GatherPreds(Callback):
 
     def result(self) -> tuple:
         """(inputs?, preds, targets, losses?), each concatenated over the batches."""
-        out = (_cat(self.preds), _unpack(_cat(self.targets)))
+        # a batch's targets and inputs are its slots after and before n_inp: joined slot by slot, whatever they hold
+        out = (_cat(self.preds), _unpack(_cat_slots(self.targets)))
         if self.with_input:
-            out = (_unpack(_cat(self.inputs)), *out)
+            out = (_unpack(_cat_slots(self.inputs)), *out)
         return (*out, _cat(self.losses)) if self.with_loss else out
-
-
-def _ignored_target(loss_func: Any) -> int:
-    """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
-    given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
-    value = getattr(loss_func, "keywords", {}).get("ignore_index", getattr(loss_func, "ignore_index", -100))
-    return value if isinstance(value, int) else -100
 
 
 def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100) -> torch.Tensor:
@@ -236,8 +264,10 @@ def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100) -> torch.Tenso
         return loss
     flat = loss.reshape(len(loss), -1)
     target = yb[0] if len(yb) == 1 else None
-    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape:
-        counted = (target != ignored).reshape(len(loss), -1)
+    counted = _counted(target, ignored) if isinstance(target, torch.Tensor) and not target.is_floating_point() \
+        and target.shape == loss.shape else None  # (None also where the dtype can't hold `ignored`: uint8 -100)
+    if counted is not None:
+        counted = counted.reshape(len(loss), -1)
         return (flat * counted).sum(1) / counted.sum(1).clamp(min=1)
     return flat.mean(1)
 
@@ -269,7 +299,8 @@ def _in_order(dl: Any) -> Any:
                          "TensorLoader(x, y, bs) over the items to predict")
     if type(dl) is TensorLoader and (dl.shuffle or dl.drop_last):
         return TensorLoader(dl.x, dl.y, bs=dl.bs)
-    drops = bool(getattr(dl, "drop_last", False))
+    # a DataLoader given batch_sampler=BatchSampler(..., drop_last=True) has dl.drop_last False: read both
+    drops = bool(getattr(dl, "drop_last", False) or getattr(getattr(dl, "batch_sampler", None), "drop_last", False))
     sampler = getattr(getattr(dl, "batch_sampler", None), "sampler", getattr(dl, "sampler", None))
     if isinstance(sampler, DistributedSampler) and sampler.num_replicas > 1:  # one process's part, padded
         return _refuse_order(dl)
@@ -279,7 +310,9 @@ def _in_order(dl: Any) -> Any:
             raise ValueError(f"this {type(dl).__name__} drops its last items (drop_last=True), so predictions would "
                              "miss them: pass a loader without drop_last over the items to predict, e.g. dls.valid")
         return dl
-    sampler = dl.sampler if dl.batch_size is not None or dl.batch_sampler is None else None  # (None: batch_sampler)
+    # the items' sampler and batch size: the loader's own, or those of torch's BatchSampler it was given
+    sampler = getattr(dl.batch_sampler, "sampler", dl.sampler)
+    bs = dl.batch_size if dl.batch_size is not None else getattr(dl.batch_sampler, "batch_size", None)
     if isinstance(sampler, SequentialSampler) or (type(sampler) is RandomSampler and not sampler.replacement
                                                    and sampler.num_samples == len(dl.dataset)):
         workers = {"num_workers": dl.num_workers, "worker_init_fn": dl.worker_init_fn, "timeout": dl.timeout,
@@ -287,7 +320,7 @@ def _in_order(dl: Any) -> Any:
                    "persistent_workers": dl.persistent_workers} if dl.num_workers else {}
         if dl.num_workers:
             workers["prefetch_factor"] = dl.prefetch_factor
-        return DataLoader(dl.dataset, dl.batch_size, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, **workers)
+        return DataLoader(dl.dataset, bs, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, **workers)
     return _refuse_order(dl)
 
 

@@ -2,23 +2,23 @@
 
 From epoch `swa_start` on, `SWALR` drives the lr (annealing it to `swa_lr`) and `AveragedModel` keeps the running
 mean of the weights at the end of each training epoch. After the last epoch the BatchNorm statistics of the
-averaged weights are recomputed on the training data (`update_bn`), the averaged model is validated once more,
-and it becomes `learn.model`.
+averaged weights are recomputed on the training data (as `update_bn` does), the averaged model is validated once
+more, and it becomes `learn.model`.
 """
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+from torch.optim.swa_utils import SWALR, AveragedModel
 
 from ..learner import Callback, Learner
-from ..utils import model_device
-from .augment import BatchTransformCB
+from .preds import prediction_pass
+from .state import kept
 
 __all__ = ["SWACB"]
 
@@ -42,7 +42,8 @@ class SWACB(Callback):
     After the fit: `swa_model` (the `AveragedModel`), `raw_model` (the model as trained, also `learn.raw_model`)
     and `learn.model`, the averaged network itself (the same class as the raw model). Its validation is logged
     by MetricsCB as epoch 'swa', and `metrics` keeps that row's values. BatchNorm statistics are recomputed from
-    the training inputs with the transforms that also run in validation (`BatchTransformCB(on_val=True)`: e.g. a
+    the training inputs as a prediction pass sees them, through the callbacks that take part in one (DeviceCB,
+    the validation transforms `BatchTransformCB(on_val=True)`, autocast, your own `inference = True` ones: e.g. a
     normalization), not the train-only augmentations. A fit stopped by CancelFitException (EarlyStoppingCB) skips
     after_fit and keeps the raw model. Checkpoints hold the average so far and SWALR's state (`state_dict`), so
     a fit resumed past `swa_start` goes on as if never stopped. In a fit without validation (`fit(valid=False)`)
@@ -119,8 +120,7 @@ class SWACB(Callback):
             warnings.warn(f"SWACB: no epoch from swa_start={self.swa_start} on was trained in this fit, so nothing "
                           "was averaged; learn.model is the raw model", stacklevel=2)
             return
-        with torch.no_grad():  # update_bn only needs forward passes; without this it would build graphs
-            update_bn(self._bn_inputs(learn), self.swa_model)
+        self._refresh_bn(learn)
         learn.model = self.swa_model.module
         learn.raw_model = self.raw_model
         if "valid" in learn.passes:  # fit(valid=False): no validation of it either
@@ -141,24 +141,27 @@ class SWACB(Callback):
     def _swalr(self, opt: torch.optim.Optimizer) -> SWALR:
         return SWALR(opt, self.swa_lr, anneal_epochs=self.anneal_epochs, anneal_strategy=self.anneal_strategy)
 
-    def _bn_inputs(self, learn: Learner) -> Iterator[torch.Tensor]:
-        """The training inputs, on the averaged model's device, as the validation pass would see them."""
-        device = model_device(self.swa_model)
-        preprocess = [cb for cb in sorted(learn.cbs, key=lambda cb: cb.order)
-                      if isinstance(cb, BatchTransformCB) and cb.applies(training=False)]
-        dl = learn.dls.train
-        # iterating a loader advances its epoch counter (its next shuffle); this extra pass must not
-        state = dl.state_dict() if callable(getattr(dl, "state_dict", None)) else None
+    def _refresh_bn(self, learn: Learner) -> None:
+        """torch's update_bn for the averaged model, on the training inputs as a prediction pass sees them: through
+        the same inference callbacks (DeviceCB, validation transforms, autocast, the user's `inference = True`
+        ones), so the statistics are those of the inputs the model is validated and used on."""
+        model = self.swa_model.module
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        momenta, was_training = [bn.momentum for bn in bns], model.training
+        for bn in bns:  # as update_bn: a cumulative average over the pass, every batch weighing the same
+            bn.reset_running_stats()
+            bn.momentum = None
+        dl = learn.dls.train  # (its order does not matter; kept puts back its shuffle counter and the RNGs)
         try:
-            for batch in dl:
-                batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-                batch = (batch[0].to(device), *batch[1:])  # only the inputs are used: no need to move the rest
-                for cb in preprocess:
-                    batch = cb.transform_batch(batch)
-                yield batch[0]
+            with kept(learn, [dl]):
+                learn.model = model
+                prediction_pass(learn, dl, [_TrainMode()], who="SWACB's BatchNorm refresh")
         finally:
-            if state is not None:
-                dl.load_state_dict(state)
+            for bn, momentum in zip(bns, momenta):
+                bn.momentum = momentum
+            model.train(was_training)
 
     def _validate(self, learn: Learner) -> None:
         """One more validation pass, of the averaged model, with every callback's epoch and batch events."""
@@ -177,3 +180,11 @@ class SWACB(Callback):
     def __repr__(self) -> str:
         return (f"SWACB(swa_start={self.swa_start}, swa_lr={self.swa_lr}, anneal_epochs={self.anneal_epochs}, "
                 f"anneal_strategy={self.anneal_strategy!r})")
+
+
+class _TrainMode(Callback):
+    """Puts the model in training mode for a prediction pass (which starts it in eval mode): BatchNorm layers then
+    update their statistics, as in update_bn."""
+
+    def before_epoch(self, learn: Learner) -> None:
+        learn.model.train()

@@ -1,0 +1,218 @@
+"""MetricsCB and Accuracy give the right numbers (or a clear error) in the corner cases a hostile tester found."""
+from __future__ import annotations
+
+import contextlib
+import io
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, TensorDataset
+
+from miniai.callbacks.metrics import Accuracy, MetricsCB
+from miniai.data import DataLoaders, TensorLoader
+from miniai.learner import Callback, TrainLearner
+
+
+def classifier_data(n: int = 90, d: int = 5, c: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, c, (n,), generator=g)
+
+
+def evaluate(learn: TrainLearner) -> None:
+    """A validation-only fit, its printed rows swallowed."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.fit(1, train=False)
+
+
+# ---------------------------------------------------------------- the loss MetricsCB logs
+
+def test_a_prediction_pass_without_a_loss_step_logs_no_stale_loss():
+    """get_preds(cbs=[MetricsCB()]) logged the last fit's learn.loss as the test loss (and, on a learner never
+    fit, raised AttributeError): a pass that computes no loss logs none; with_loss=True logs the real one."""
+    x, y = classifier_data()
+    torch.manual_seed(0)
+    model = nn.Linear(5, 4)
+    learn = TrainLearner(model, DataLoaders(TensorLoader(x, y, 32), TensorLoader(x, y, 32)), F.cross_entropy)
+    learn.loss = torch.tensor(123.0)  # what a fit leaves behind
+    test = TensorLoader(x * 3, y, 32)
+    m = MetricsCB(accuracy=Accuracy())
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.get_preds(dl=test, cbs=[m])
+    with torch.no_grad():
+        p = model(x * 3)
+    assert "valid_loss" not in m.last and "loss" not in m.history[-1]
+    assert m.last["valid_accuracy"] == pytest.approx((p.argmax(1) == y).float().mean().item())
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.get_preds(dl=test, cbs=[m], with_loss=True)
+    assert m.last["valid_loss"] == pytest.approx(F.cross_entropy(p, y).item(), rel=1e-5)
+    del learn.loss  # a learner never fit has no loss at all
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.get_preds(dl=test, cbs=[m])
+    assert "valid_loss" not in m.last
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["per item", "per token"])
+def test_an_unreduced_loss_leaves_out_ignored_targets_as_the_mean_one_does(per_token):
+    """With reduction='none', MetricsCB averaged the per-item losses counting ignore_index targets as 0 loss:
+    its valid_loss disagreed with reduction='mean' (and with get_preds). Now both log the same."""
+    g = torch.Generator().manual_seed(0)
+    if per_token:
+        x, y = torch.randn(70, 5, 9, generator=g), torch.randint(0, 4, (70, 9), generator=g)
+        y[:, 5:] = -100
+        model = nn.Conv1d(5, 4, 1)
+    else:
+        x, y = torch.randn(70, 5, generator=g), torch.randint(0, 4, (70,), generator=g)
+        y[::3] = -100
+        model = nn.Linear(5, 4)
+    dls = DataLoaders(TensorLoader(x, y, 32), TensorLoader(x, y, 32))
+    logged = {}
+    for reduction in ("mean", "none"):
+        m = MetricsCB()
+        evaluate(TrainLearner(model, dls, partial(F.cross_entropy, reduction=reduction), cbs=[m]))
+        logged[reduction] = m.last["valid_loss"]
+    assert logged["none"] == pytest.approx(logged["mean"], rel=1e-6)
+    y0 = torch.where(y == -100, 0, y)  # the loss's own ignore_index (0 here), as get_preds reads it
+    dls0 = DataLoaders(TensorLoader(x, y0, 32), TensorLoader(x, y0, 32))
+    for reduction in ("mean", "none"):
+        m = MetricsCB()
+        evaluate(TrainLearner(model, dls0, nn.CrossEntropyLoss(ignore_index=0, reduction=reduction), cbs=[m]))
+        logged[reduction] = m.last["valid_loss"]
+    assert logged["none"] == pytest.approx(logged["mean"], rel=1e-6)
+
+
+# ---------------------------------------------------------------- what reaches the metrics
+
+class BatchCount:
+    """How many update() calls it got, and the worst batch's error rate: statistics of each batch."""
+
+    def reset(self) -> None:
+        self.n, self.worst = 0, 0.0
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.n += 1
+        self.worst = max(self.worst, (preds.argmax(1) != target).float().mean().item())
+
+    def compute(self) -> float:
+        return float(self.n)
+
+
+def test_a_metric_not_known_to_be_additive_gets_one_update_per_batch():
+    """MetricsCB concatenated up to 256 batches into one update: a per-batch statistic (a windowed metric, the
+    worst batch) came out wrong. Only metrics that say they are additive (Accuracy) get concatenated batches."""
+    x, y = classifier_data(n=400, c=3, d=6)
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    dl = TensorLoader(x, y, 20)
+    counter = BatchCount()
+    m = MetricsCB(updates=counter, accuracy=Accuracy())
+    evaluate(TrainLearner(model, DataLoaders(dl, dl), F.cross_entropy, cbs=[m]))
+    with torch.no_grad():
+        errors = [(model(xb).argmax(1) != yb).float().mean().item() for xb, yb in dl]
+    assert m.last["valid_updates"] == len(dl) == 20 and counter.worst == pytest.approx(max(errors))
+    assert m.last["valid_accuracy"] == pytest.approx((model(x).argmax(1) == y).float().mean().item())
+    assert Accuracy.additive
+
+
+def test_a_torcheval_windowed_metric_sees_each_batch_on_its_own():
+    metrics = pytest.importorskip("torcheval.metrics")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 3, generator=g), torch.randn(200, generator=g)
+    x[:150] *= 10
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+    dl = TensorLoader(x, y, 25)
+    make = lambda: metrics.WindowedMeanSquaredError(max_num_updates=2, enable_lifetime=False)  # noqa: E731
+    m = MetricsCB(wmse=make())
+    evaluate(TrainLearner(model, DataLoaders(dl, dl), F.mse_loss, cbs=[m]))
+    hand = make()
+    with torch.no_grad():
+        for xb, yb in dl:
+            hand.update(model(xb), yb)
+    assert m.last["valid_wmse"] == pytest.approx(hand.compute().item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- Accuracy
+
+def test_accuracy_never_ignores_a_class_that_ignore_index_wraps_to():
+    """Targets stored as uint8: -100 wrapped to 156, so class 156 was left out of the accuracy."""
+    preds = torch.zeros(4, 200)
+    preds[:, 156] = 1  # every item predicted as class 156
+    target = torch.tensor([156, 156, 3, 156], dtype=torch.uint8)
+    assert Accuracy().update(preds, target).compute().item() == pytest.approx(0.75)
+    long = torch.tensor([156, -100, 3, 156])  # in a dtype that holds -100, it is ignored
+    assert Accuracy().update(preds, long).compute().item() == pytest.approx(2 / 3)
+
+
+def test_accuracy_with_ignore_index_none_counts_every_target():
+    acc = Accuracy(ignore_index=None).update(torch.eye(3), torch.tensor([0, 1, 1]))
+    assert acc.compute().item() == pytest.approx(2 / 3)
+    assert Accuracy(ignore_index=None).update(torch.eye(2), torch.tensor([-100, 1])).compute().item() == 0.5
+
+
+# ---------------------------------------------------------------- validation loaders that drop items
+
+def test_a_validation_loader_whose_batch_sampler_drops_items_is_refused():
+    """DataLoader(batch_sampler=BatchSampler(..., drop_last=True)) has dl.drop_last False: the validation
+    metrics covered 192 of 203 items without a word."""
+    x, y = classifier_data(n=203)
+    ds = TensorDataset(x, y)
+    valid = DataLoader(ds, batch_sampler=BatchSampler(SequentialSampler(ds), batch_size=64, drop_last=True))
+    learn = TrainLearner(nn.Linear(5, 4), DataLoaders(valid, valid), F.cross_entropy, cbs=[MetricsCB()])
+    with pytest.raises(ValueError, match=r"dls.valid drops its last items"):
+        evaluate(learn)
+
+
+# ---------------------------------------------------------------- clear errors
+
+class DictItems(Dataset):
+    def __init__(self, keys: int) -> None:
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return 50
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"x": torch.randn(5, generator=torch.Generator().manual_seed(i)), "y": i % 3}
+        if self.keys == 3:
+            item["id"] = i
+        return item
+
+
+class DictSteps(Callback):
+    owns_steps = ("predict", "get_loss")
+
+    def predict(self, learn) -> None:
+        learn.preds = learn.model(learn.batch["x"])
+
+    def get_loss(self, learn) -> None:
+        learn.loss = learn.loss_func(learn.preds, learn.batch["y"])
+
+
+@pytest.mark.parametrize("keys", [2, 3])
+def test_dict_batches_log_the_loss_and_refuse_metrics_with_a_clear_error(keys):
+    """With a predict/get_loss of the user's reading dict batches, MetricsCB raised KeyError: 1 (or spoke of
+    items after n_inp inputs). The loss alone is logged; a metric, which needs a target, says what to do."""
+    dl = DataLoader(DictItems(keys), 16)
+    torch.manual_seed(0)
+    m = MetricsCB()
+    learn = TrainLearner(nn.Linear(5, 3), DataLoaders(dl, dl), F.cross_entropy, cbs=[DictSteps(), m])
+    evaluate(learn)
+    with torch.no_grad():
+        hand = [(F.cross_entropy(learn.model(b["x"]), b["y"]).item(), len(b["y"])) for b in dl]
+    assert m.last["valid_loss"] == pytest.approx(sum(loss * n for loss, n in hand) / 50, rel=1e-6)
+    learn = TrainLearner(nn.Linear(5, 3), DataLoaders(dl, dl), F.cross_entropy,
+                         cbs=[DictSteps(), MetricsCB(acc=Accuracy())])
+    with pytest.raises(TypeError, match=r"target.*tuple.*this batch is a dict.*collate_dict"):
+        evaluate(learn)
+
+
+def test_metric_classes_passed_positionally_are_named_after_themselves():
+    """MetricsCB(Accuracy) named the metric 'type' (torcheval's classes 'ABCMeta'), and two classes collided."""
+    with pytest.raises(TypeError, match=r"metric 'Accuracy' is the class Accuracy.*Accuracy\(\), not the class"):
+        MetricsCB(Accuracy)
+    metrics = pytest.importorskip("torcheval.metrics")
+    with pytest.raises(TypeError, match=r"metric 'MulticlassAccuracy' is the class MulticlassAccuracy"):
+        MetricsCB(metrics.MulticlassAccuracy, metrics.MulticlassF1Score)
