@@ -179,7 +179,11 @@ def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, 
 
     def one_cycle(opt: Optimizer) -> OneCycleLR:
         # over the fit's epochs (learn.fit(n)) in optimizer steps (fewer than batches under GradAccumCB)
-        per_epoch = steps_per_epoch(learn) or 1
+        per_epoch = steps_per_epoch(learn)
+        if per_epoch is None:  # a cycle of a guessed length would train at wrong lrs, then torch raises mid-fit
+            raise TypeError(f"recipe {_name(recipe)}'s one-cycle needs len(dls.train) to count its steps; this train "
+                            "loader has no length: give it __len__ (batches per epoch), or build a TrainLearner "
+                            "with BatchSchedCB(partial(OneCycleLR, total_steps=...)) yourself")
         check_one_cycle_room(f"recipe {_name(recipe)}'s one-cycle", learn.n_epochs, per_epoch)
         total = learn.n_epochs * per_epoch
         # torch's OneCycleLR divides by zero when its warmup ends at step 0: keep at least 1.5 steps of it (tiny runs)

@@ -7,8 +7,8 @@ scheduling callbacks). Because the lr depends only on `last_epoch` and the confi
 `state_dict` (every attribute but the optimizer) resumes a schedule exactly.
 
 Like torch's `OneCycleLR`, these schedulers are not chainable: each step sets the lr outright rather than scaling
-the current one, so in a `ChainedScheduler` a later one of ours overwrites what earlier schedulers did.
-Use `SequentialLR` to put schedules one after another.
+the current one, so in a `ChainedScheduler` one of ours discards what the others did (`BatchSchedCB` and
+`EpochSchedCB` refuse such a chain). Use `SequentialLR` to put schedules one after another.
 """
 from __future__ import annotations
 
@@ -109,7 +109,11 @@ def _per_group(name: str, value: float | Sequence[float], optimizer: Optimizer) 
 
 
 class CosineAnnealing(LRScheduler):
-    """Each param group follows cosine_lr from its own initial lr; a drop-in for torch's CosineAnnealingLR."""
+    """Each param group follows cosine_lr from its own initial lr: torch's CosineAnnealingLR as a closed form.
+
+    The same lrs as CosineAnnealingLR alone or in a SequentialLR, but not chainable: in a ChainedScheduler it sets
+    the lr outright and discards what the others did (the scheduling callbacks refuse that; use CosineAnnealingLR).
+    """
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         _check_positive("T_max", T_max)

@@ -11,6 +11,7 @@ Ctrl-C while saving leaves the previous newest checkpoint as it was.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import random
@@ -27,7 +28,7 @@ from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import byte_sums, claim_dir, len_or_none, tensors_in
+from ..utils import byte_sums, checksums_match, claim_dir, len_or_none, tensors_in
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -250,9 +251,9 @@ def _write(obj: Any, f: Any) -> None:
     torch.save(obj, f)
 
 
-def _checksum(state: dict[str, Any]) -> list[int]:
-    """`byte_sums` of every tensor in a checkpoint's state, in a fixed order, its own checksum left out."""
-    return byte_sums(tensors_in({k: v for k, v in state.items() if k != "checksum"}))
+def _tensors(state: dict[str, Any]) -> list[Any]:
+    """Every tensor in a checkpoint's state, in a fixed order, its own checksum left out."""
+    return list(tensors_in({k: v for k, v in state.items() if k != "checksum"}))
 
 
 def _others(file: Path) -> str:
@@ -264,7 +265,7 @@ def _others(file: Path) -> str:
 def save_checkpoint(state: dict[str, Any], file: str | os.PathLike) -> Path:
     """Write `state` to `file` atomically: a temporary file in the same directory, fsync, rename, fsync the dir.
     The checksums of its tensors go with it (`byte_sums`): a flipped bit is found when it is loaded."""
-    state = {**state, "checksum": _checksum(state)}
+    state = {**state, "checksum": byte_sums(_tensors(state))}
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
@@ -316,13 +317,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any failure to read means the file can't be used; say which and why
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        refused = refused_types(e, file)
         if refused:  # a sound file holding a type torch's safe loader does not know: say which, not "corrupt"
-            raise CheckpointMismatchError(
-                f"could not read checkpoint {file}: it holds a {refused[1]} (in a callback's or a scheduler's saved "
-                "state: a numpy number in an lr_lambda, say), a type torch's safe loader refuses. If you trust the "
-                f"file, allow it before resuming: torch.serialization.add_safe_globals([{refused[1]}]); to avoid "
-                "it, keep such values Python numbers (float(x)).") from e
+            raise CheckpointMismatchError(f"could not read checkpoint {file}, a sound file: "
+                                          f"{safe_loader_advice(refused)}") from e
         raise CheckpointMismatchError(
             f"could not read checkpoint {file} ({type(e).__name__}: {str(e)[:300]}). If the file is truncated or "
             f"corrupt, resume from another one{_others(file)}. If it holds a "
@@ -331,10 +329,34 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointMismatchError(f"{file} is not a miniai checkpoint (no format tag {_FORMAT!r}); "
                                       "pass a file written by CheckpointCB")
-    if "checksum" in state and state["checksum"] != _checksum(state):  # (files before checksums: none)
+    # (files before checksums have none; files of the older checksum still verify with it)
+    if "checksum" in state and not checksums_match(state["checksum"], _tensors(state)):
         raise CheckpointMismatchError(f"checkpoint {file} is damaged: its tensors are not the bytes that were saved "
                                       f"(their checksums differ). Resume from another one{_others(file)}.")
     return state
+
+
+def refused_types(error: Exception, file: Any = None) -> list[str]:
+    """The full names of the types torch's safe loader refused in `error` (and any others `file` holds), or []."""
+    names = [a or b for a, b in re.findall(r"Unsupported global: GLOBAL ([\w.]+)|but got <class '([\w.]+)'>",
+                                           str(error))]
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # (torch >= 2.5)
+    if names and scan is not None and file is not None:
+        try:  # all at once: else each retry would name one more
+            names += scan(file)
+        except Exception:  # noqa: BLE001 -- only a better message is lost
+            pass
+    return list(dict.fromkeys(names))
+
+
+def safe_loader_advice(names: list[str]) -> str:
+    """What a checkpoint holding types the safe loader refuses (`names`) means, and what to do."""
+    dtype = " (a numpy number needs its dtype's class too, e.g. numpy.dtypes.Float64DType for a float64)" if any(
+        n.startswith("numpy") for n in names) and not any(n.startswith("numpy.dtypes.") for n in names) else ""
+    return (f"it holds {', '.join(names)} (in a callback's or a scheduler's saved state: a numpy number in an "
+            "lr_lambda, say), which torch's safe loader refuses. If you trust the file, allow them before resuming: "
+            f"torch.serialization.add_safe_globals([{', '.join(names)}]){dtype}; to avoid it, keep such values "
+            "Python numbers (float(x)).")
 
 
 # ---------------------------------------------------------------- the callback that writes them
@@ -359,7 +381,11 @@ class CheckpointCB(Callback):
             says neither needs it) is kept as well; its file is `best_path`.
     A checkpoint is written after the validation pass (or, in a fit without one, after the training pass), once
     every scheduler has stepped, and only if the weights and the validation loss are finite (else the fit stops
-    with NonFiniteLossError naming the last good checkpoint). Only rank 0 writes under torch.distributed.
+    with NonFiniteLossError naming the last good checkpoint). An epoch whose validation pass a CancelFitException
+    ended before its `after_epoch` reached this callback (MetricsCB's row, a plateau's step, EarlyStoppingCB's
+    count) is not saved: a resume runs that epoch again. Only rank 0 writes under torch.distributed.
+    Before training it saves the schedulers' states (and those of callbacks of your own) once: one that can't be
+    pickled is refused then, not after an epoch; one torch's safe loader would refuse on resume is warned of.
     It warns when the run can't be resumed exactly: loaders with persistent workers (their RNG is not saved), and
     callbacks of your own whose attributes change during the fit but that have no `state_dict`.
     """
@@ -380,6 +406,7 @@ class CheckpointCB(Callback):
         self._written: list[Path] = []  # files this fit wrote, oldest first: the only ones pruning may delete
         self._pending: int | None = None
         self._train_cut = False  # whether this epoch's training pass was cut short
+        self._ended = False  # whether this pass's after_epoch reached this callback
         self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
         self._superseded: list[Path] = []  # later epochs' files of the resumed run, moved aside at the first save
         self._release: Callable[[], None] | None = None  # lets go of path while this fit writes there (claim_dir)
@@ -420,6 +447,8 @@ class CheckpointCB(Callback):
         self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
         self._replaced, self._superseded, self._release = [], [], None
         self._watch(learn)
+        if "train" in learn.passes and learn.n_epochs > learn.start_epoch:
+            _check_states(learn)  # on every rank: one refusing alone would leave the others waiting
         if not is_main_process() or "train" not in learn.passes or learn.n_epochs <= learn.start_epoch:
             return  # (a fit that trains no epoch saves nothing, so an earlier run's files are no concern of it)
         try:  # now, not after an epoch of training
@@ -450,20 +479,28 @@ class CheckpointCB(Callback):
             self._release()
             self._release = None
 
+    def after_epoch(self, learn: Learner) -> None:
+        self._ended = True  # every after_epoch before this one's ran (MetricsCB's row, plateau, early stopping)
+
     def cleanup_epoch(self, learn: Learner) -> None:
         # Saved as its last pass's cleanups end (once every epoch scheduler has stepped, before the next epoch's
         # callbacks draw from the RNGs and before SWACB swaps in the average at after_fit). A pass that ran out,
-        # or that a callback cut with CancelEpochException, is done (the schedulers count it too); a training pass
-        # a CancelFitException or an error stopped part way is not; after a done training pass, a validation pass
-        # saves unless an error (or Ctrl-C) broke it off, which a resume runs again.
-        stopped = learn.stopped_by
+        # or that a callback cut with CancelEpochException, is done (the schedulers count it too: the resumed run
+        # cuts it the same way); a training pass a CancelFitException or an error stopped part way is not; after a
+        # done training pass, a validation pass saves unless an error (or Ctrl-C) broke it off, or a
+        # CancelFitException skipped the after_epoch of MetricsCB, a ReduceLROnPlateau or EarlyStoppingCB (any
+        # before this one): saved, that epoch would resume without its validation ever counted; unsaved, a resume
+        # runs it again, as the run never stopped did.
+        stopped, ended, self._ended = learn.stopped_by, self._ended, False  # (reset here: a cancel may skip any event)
         if learn.training:
             self._train_cut = stopped is not None  # (a train_* monitor reads whether its pass logged)
             if stopped is None or isinstance(stopped, CancelEpochException):
                 self._pending = learn.epoch + 1
             if "valid" in learn.passes:
                 return
-        elif stopped is not None and not isinstance(stopped, (CancelEpochException, CancelFitException)):
+        elif stopped is not None and not isinstance(stopped, CancelEpochException) \
+                and not (isinstance(stopped, CancelFitException) and ended):
+            self._pending = None
             return
         if self._pending is not None:
             self._save(learn)
@@ -583,6 +620,43 @@ class CheckpointCB(Callback):
                 warnings.warn(f"{', '.join(new)} changed during the fit, but {cls} has no state_dict(), so the "
                               "checkpoint can't save it and a resumed run starts it afresh: give the callback "
                               "state_dict()/load_state_dict() to resume exactly", stacklevel=4)
+
+
+def _check_states(learn: Learner) -> None:
+    """Save the state of each scheduler and callback of the user's own once, now (they hold the user's objects: an
+    lr_lambda): one that can't be saved would fail only after the first epoch's training; warn of one the safe
+    loader would refuse on resume. (miniai's others hold known types, some big: SWACB's averaged model.)"""
+    for key, cb in stateful_callbacks(learn).items():
+        sched = isinstance(cb, BaseSchedCB)
+        if not sched and type(cb).__module__.startswith("miniai.") or sched and cb.scheduler is None:
+            continue
+        buffer = io.BytesIO()
+        try:
+            state = cb.state_dict()
+        except Exception as e:  # noqa: BLE001 -- a scheduler's is built by now: its copy failed, as saving would
+            if not sched:  # may not be ready yet (its own before_fit comes later): left to the first save
+                continue
+            error: Exception | None = e
+        else:
+            try:
+                torch.save(state, buffer)
+                error = None
+            except Exception as e:  # noqa: BLE001 -- pickle's errors vary (AttributeError, TypeError, PicklingError)
+                error = e
+        if error is not None:
+            held = f" ({type(cb.scheduler).__name__}.state_dict())" if sched else ""
+            raise TypeError(
+                f"CheckpointCB can't save {key}'s state{held}: {type(error).__name__}: {error}. Every checkpoint of "
+                "this fit would fail. Keep what the state holds picklable (a LambdaLR keeps the attributes of an "
+                "lr_lambda object: use a function defined at module level, not a lambda or a local function, or an "
+                "object holding plain values), or train without CheckpointCB") from error
+        try:
+            torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- only the safe loader's refusals are news here
+            refused = refused_types(e, io.BytesIO(buffer.getvalue()))
+            if refused:
+                warnings.warn(f"CheckpointCB: {key}'s state can be saved, but a resume will be refused: "
+                              f"{safe_loader_advice(refused)}", stacklevel=4)
 
 
 def _fingerprints(cb: Callback) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
@@ -72,10 +73,12 @@ class ResumeCB(Callback):
         _check_model(model, state["model"], file, warn=False)  # again: a callback may have changed the model
         opt_state = _optimizer_state(learn.opt, model, state, file)
         stateful, saved = stateful_callbacks(learn), state["callbacks"]
-        # SWALR, once running (resumed past swa_start), sets the lr each epoch too
+        # SWALR, once running (resumed past swa_start), sets the lr each epoch too; a plateau only scales the lr
+        # it finds, when the metric stalls: it takes the lr given
         schedulers = [k for k, cb in stateful.items() if isinstance(cb, BaseSchedCB)
+                      and not isinstance(cb.scheduler, ReduceLROnPlateau)
                       or isinstance(cb, SWACB) and learn.start_epoch > cb.swa_start]
-        if self.lr is not None and schedulers:
+        if self.lr is not None and schedulers and "train" in learn.passes:
             raise ValueError(
                 f"fit(lr={self.lr}, resume=...) with {', '.join(schedulers)}: its schedule sets the lr at every step, "
                 "so the lr given would be overwritten. Resume without lr= to continue the saved schedule, or start a "
@@ -84,6 +87,18 @@ class ResumeCB(Callback):
         # CheckpointCB's own state is bookkeeping (best so far): resuming without one is normal
         lost = [k for k in saved if k not in stateful and not k.startswith("CheckpointCB_")]
         new = [k for k in stateful if k not in saved and not isinstance(stateful[k], CheckpointCB)]
+        # a schedule counts its steps from the start of the run: begun mid-run it runs another shape (and torch's
+        # keys it wrote into the param groups are replaced by the saved optimizer's); a plateau counts nothing
+        counted = [k for k in new if isinstance(stateful[k], BaseSchedCB)
+                   and not isinstance(stateful[k].scheduler, ReduceLROnPlateau)]
+        if counted and "train" in learn.passes and learn.start_epoch < learn.n_epochs:
+            raise ValueError(
+                f"resuming with {', '.join(counted)} ({type(stateful[counted[0]].scheduler).__name__}), but the run "
+                f"saved in {file} had no such schedule: a schedule counts from the start of a run and can't begin "
+                "mid-run. Resume with the same callbacks as the run that saved it (fit_one_cycle only for a run "
+                f"saved by fit_one_cycle), or start a new fit from the checkpoint's weights "
+                f"(learn.model.load_state_dict(load_checkpoint('{file}')['model']), then e.g. "
+                "learn.fit_one_cycle(n, max_lr)); nothing was changed.")
         if lost or new:
             warnings.warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped)"
                           if lost else "") + ("; " if lost and new else "") + (f"{new} start fresh (not in the "
@@ -92,16 +107,18 @@ class ResumeCB(Callback):
         loaders = {name: getattr(learn.dls, name) for name in state["loaders"] if hasattr(learn.dls, name)}
         for name, dl in loaders.items():
             _check_loader(dl, state["loaders"][name], name)
-        # schedulers check their saved state against this fit as they load it (length, steps per epoch)
+        # schedulers check their saved state against this fit as they load it (length, steps per epoch); an
+        # evaluation (fit(train=False)) builds and steps none, and the saved lr comes with the optimizer state
+        training = "train" in learn.passes
+        given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
         for key in sorted(stateful, key=lambda k: not isinstance(stateful[k], BaseSchedCB)):
-            if key in saved:
+            if key in saved and (training or not isinstance(stateful[key], BaseSchedCB)):
                 stateful[key].load_state_dict(saved[key])
         # --- everything is checked: load
         model.load_state_dict(state["model"])
         for name, p in model.named_parameters():
             grad = state["grads"].get(name)
             p.grad = None if grad is None else grad.to(p.device, p.dtype)
-        given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
         _load_optimizer(learn.opt, opt_state)
         if self.lr is not None:  # each group's as opt_func made it from that lr (groups may have their own ratios)
             for group, lr in zip(learn.opt.param_groups, given):

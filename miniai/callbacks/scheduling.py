@@ -44,6 +44,7 @@ SchedulerFactory = Callable[[Optimizer], Any]
 # stay at lr 0 (PolynomialLR, a LinearLR to 0; a LinearLR to another factor is a warmup that holds its end)
 _ONE_CYCLES = (OneCycleLR, CosineOneCycle, OneCycle)  # (a too-short one is pointed to fit_one_cycle)
 _COSINES = (CosineAnnealingLR, CosineAnnealing)  # (a too-short one may have wanted restarts)
+_CLOSED_FORM = (CosineAnnealing, OneCycle, WarmupCosine, CosineOneCycle)  # ours: set the lr outright, don't chain
 _ENDING = ((OneCycleLR, "total_steps"), (CosineOneCycle, "total_steps"), (WarmupCosine, "total_steps"),
            (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"),
            (PolynomialLR, "total_iters"), (LinearLR, "total_iters"))
@@ -104,6 +105,13 @@ class BaseSchedCB(Callback):
                              "optimizer than learn.opt: fit makes a new optimizer each time, so the factory must "
                              "build the scheduler on the optimizer it is given, e.g. partial(OneCycleLR, max_lr=0.1, "
                              "total_steps=n)")
+        parts = getattr(scheduler, "_schedulers", []) if isinstance(scheduler, ChainedScheduler) else []
+        ours = next((p for p in parts if isinstance(p, _CLOSED_FORM)), None)
+        if ours is not None and len(parts) > 1:  # each step would discard what the others did
+            raise ValueError(f"{type(self).__name__}'s ChainedScheduler holds miniai's {type(ours).__name__}, which "
+                             "is not chainable: it sets the lr outright from each group's initial lr at every step, so "
+                             "it discards the other schedulers' changes. For a cosine use torch's CosineAnnealingLR, "
+                             "which chains; or run schedules one after another with SequentialLR")
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
@@ -121,7 +129,7 @@ class BaseSchedCB(Callback):
 
     def _check_length(self, learn: Learner) -> None:
         total = self._total_steps(learn)
-        if total is None:
+        if not total:  # unknown, or a fit of no epochs, which steps no schedule (torch builds none of length 0)
             return
         if isinstance(self.scheduler, (SequentialLR, ChainedScheduler)):
             parts = self.scheduler._schedulers
