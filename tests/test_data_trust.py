@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import shutil
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from miniai.cache import CACHE_STATS, load_tensors
 from miniai.data import DataLoaders, get_dls
 from miniai.idx import IDXError, read_idx
 from miniai.sources import FASHION_CLASSES
-from tests.test_data import fake_fashion, save_dd, write_fashion_dir
+from tests.test_data import fake_fashion, write_fashion_dir
 
 
 @pytest.fixture(autouse=True)
