@@ -14,17 +14,7 @@ from miniai.cache import CACHE_STATS, load_tensors
 from miniai.data import DataLoaders, get_dls
 from miniai.idx import IDXError, read_idx
 from miniai.sources import FASHION_CLASSES
-from tests.test_data import fake_fashion, write_fashion_dir
-
-
-@pytest.fixture(autouse=True)
-def fresh_caches(tmp_path, monkeypatch):
-    """Every test gets an empty in-memory cache and its own disk cache dir."""
-    monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MINIAI_DATA", raising=False)
-    cache.clear_cache()
-    yield
-    cache.clear_cache()
+from tests.test_data import fake_fashion, fresh_caches, write_fashion_dir  # noqa: F401 -- (an autouse fixture)
 
 
 def gray(n: int, size: int = 6, seed: int = 0) -> list:
