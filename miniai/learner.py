@@ -122,10 +122,11 @@ def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
     return table
 
 
-def _tag(error: BaseException, event: str) -> None:
-    """Note on a cancel the event it came from (the first), for fit's note if no stage catches it."""
+def _tag(error: BaseException, event: str, handler: Handler | None = None) -> None:
+    """Note on a cancel the event it came from (the first) and the callback that raised it, for fit's note if no
+    stage catches it, and for CheckpointCB (was the epoch counted before the fit was cancelled?)."""
     if isinstance(error, _CANCELS) and not hasattr(error, "event"):
-        error.event = event
+        error.event, error.raised_by = event, getattr(handler, "__self__", None)
 
 
 def _ends_more(new: BaseException, cancel: BaseException) -> bool:
@@ -289,7 +290,7 @@ class Learner:
             for handler in self._handlers[event]:
                 handler(self)
         except _CANCELS as e:
-            _tag(e, event)
+            _tag(e, event, handler)  # (the handler that raised: the loop stopped at it)
             raise
 
     def _all_epochs(self, train: bool, valid: bool) -> None:

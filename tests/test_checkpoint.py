@@ -737,16 +737,19 @@ def test_a_training_pass_cut_short_is_an_epoch_done_and_saved(tmp_path, valid):
     assert same_params(full, resumed)
 
 
-@pytest.mark.parametrize("order, saved", [(90, "epoch_0002.pt"), (0, "epoch_0001.pt")])
-def test_a_fit_cancelled_after_its_validation_pass_keeps_that_epochs_checkpoint(tmp_path, order, saved):
+@pytest.mark.parametrize("order, early, saved", [(90, False, "epoch_0002.pt"), (50, False, "epoch_0002.pt"),
+                                                 (50, True, "epoch_0001.pt"), (0, False, "epoch_0001.pt")])
+def test_a_fit_cancelled_after_its_validation_pass_keeps_that_epochs_checkpoint(tmp_path, order, early, saved):
     """A callback raising CancelFitException in the validation pass's after_epoch (a time budget) once ended the
     fit before CheckpointCB's after_epoch: the newest file was an epoch behind the weights. Raised after every
-    bookkeeping callback's after_epoch (order 90) the epoch is saved; raised before MetricsCB's (order 0), the
-    epoch's validation never counted, so it is not saved as done and a resume runs it again."""
+    bookkeeping callback's after_epoch (order 90; or 50, after MetricsCB's, with no EarlyStoppingCB at 70 to count
+    it) the epoch is saved; raised before MetricsCB's (order 0), or before EarlyStoppingCB's, the epoch's
+    validation never counted, so it is not saved as done and a resume runs it again."""
+    from miniai.callbacks.guards import EarlyStoppingCB
     from miniai.learner import CancelFitException
     stop = _CutPass(training=False, at=None, exc=CancelFitException, event="after_epoch", epoch=1)
     stop.order = order
-    learn, _ = make_learner(tmp_path, cbs=[stop], keep=None)
+    learn, _ = make_learner(tmp_path, cbs=[stop] + [EarlyStoppingCB("valid_loss", patience=5)] * early, keep=None)
     learn.fit(4)
     assert learn.last_checkpoint.name == saved
     if order == 90:

@@ -406,7 +406,6 @@ class CheckpointCB(Callback):
         self._written: list[Path] = []  # files this fit wrote, oldest first: the only ones pruning may delete
         self._pending: int | None = None
         self._train_cut = False  # whether this epoch's training pass was cut short
-        self._ended = False  # whether this pass's after_epoch reached this callback
         self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
         self._superseded: list[Path] = []  # later epochs' files of the resumed run, moved aside at the first save
         self._release: Callable[[], None] | None = None  # lets go of path while this fit writes there (claim_dir)
@@ -479,19 +478,16 @@ class CheckpointCB(Callback):
             self._release()
             self._release = None
 
-    def after_epoch(self, learn: Learner) -> None:
-        self._ended = True  # every after_epoch before this one's ran (MetricsCB's row, plateau, early stopping)
-
     def cleanup_epoch(self, learn: Learner) -> None:
         # Saved as its last pass's cleanups end (once every epoch scheduler has stepped, before the next epoch's
         # callbacks draw from the RNGs and before SWACB swaps in the average at after_fit). A pass that ran out,
         # or that a callback cut with CancelEpochException, is done (the schedulers count it too: the resumed run
         # cuts it the same way); a training pass a CancelFitException or an error stopped part way is not; after a
         # done training pass, a validation pass saves unless an error (or Ctrl-C) broke it off, or a
-        # CancelFitException skipped the after_epoch of MetricsCB, a ReduceLROnPlateau or EarlyStoppingCB (any
-        # before this one): saved, that epoch would resume without its validation ever counted; unsaved, a resume
-        # runs it again, as the run never stopped did.
-        stopped, ended, self._ended = learn.stopped_by, self._ended, False  # (reset here: a cancel may skip any event)
+        # CancelFitException ended it before every callback counting the epoch (MetricsCB's row, a plateau's step,
+        # EarlyStoppingCB's count) had counted it: saved, that epoch would resume without its validation ever
+        # counted; unsaved, a resume runs it again, as the run never stopped did.
+        stopped = learn.stopped_by
         if learn.training:
             self._train_cut = stopped is not None  # (a train_* monitor reads whether its pass logged)
             if stopped is None or isinstance(stopped, CancelEpochException):
@@ -499,11 +495,22 @@ class CheckpointCB(Callback):
             if "valid" in learn.passes:
                 return
         elif stopped is not None and not isinstance(stopped, CancelEpochException) \
-                and not (isinstance(stopped, CancelFitException) and ended):
+                and not (isinstance(stopped, CancelFitException) and self._counted(learn, stopped)):
             self._pending = None
             return
         if self._pending is not None:
             self._save(learn)
+
+    def _counted(self, learn: Learner, cancel: CancelFitException) -> bool:
+        """Whether `cancel` ended the validation pass in its after_epoch once every callback that counts the epoch
+        (its state saved, or MetricsCB's row) had run its after_epoch: the raiser's, and those before it."""
+        if getattr(cancel, "event", None) != "after_epoch":
+            return False  # broken off part way through the pass
+        owners = [getattr(h, "__self__", None) for h in learn._handlers["after_epoch"]]
+        raiser = getattr(cancel, "raised_by", None)
+        ran = owners[:next((i for i, o in enumerate(owners) if o is raiser), -1) + 1]
+        counting = [*stateful_callbacks(learn).values(), learn.metrics]
+        return all(any(cb is o for o in ran) for cb in counting if cb is not self and any(cb is o for o in owners))
 
     def _save(self, learn: Learner) -> None:
         done, self._pending = self._pending, None
