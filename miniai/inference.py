@@ -145,9 +145,12 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     dls = getattr(learn, "dls", None)
     expected = getattr(dls, "item_shape", None)
     # the items go through the learner's inference callbacks (get_preds): a validation transform, or a callback of
-    # the user's, prepares them as it prepares the loaders' batches, whatever their dtype
-    transformed = any(cb.on_val if isinstance(cb, BatchTransformCB) else not type(cb).__module__.startswith("miniai.")
-                      for cb in participants(learn))
+    # the user's, prepares raw pixels as it prepares the loaders' batches, if those are raw pixels too (uint8 in an
+    # in-memory loader); one written for float items would get pixels it never saw
+    loaded = getattr(getattr(dls, "train", None), "x", None)
+    transformed = isinstance(loaded, torch.Tensor) and loaded.dtype == torch.uint8 and any(
+        cb.on_val if isinstance(cb, BatchTransformCB) else not type(cb).__module__.startswith("miniai.")
+        for cb in participants(learn))
     x, batched = to_batch(items, getattr(dls, "normalize", None),
                           channels=expected[0] if expected is not None and len(expected) == 3 else None,
                           transformed=transformed)

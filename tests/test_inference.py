@@ -348,3 +348,20 @@ def test_infer_takes_the_uint8_items_the_loaders_give_when_a_validation_transfor
     with pytest.raises(TypeError, match=r"no normalization.*no validation transform.*float inputs.*only if the "
                                         r"loaders' items were normalized"):
         learn.infer(PIXELS)
+
+
+def test_infer_refuses_raw_pixels_when_the_validation_transform_was_written_for_float_items():
+    """Loaders of 0-1 floats, normalized by a BatchTransformCB(on_val=True): infer took uint8 pixels through that
+    transform, which was written for 0-1 floats, and predicted on inputs 255 times too large, without a word."""
+    from miniai.callbacks import BatchTransformCB
+    from miniai.data import DataLoaders, TensorLoader
+    torch.manual_seed(0)
+    pix = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    x, y = pix.float() / 255, torch.randint(0, 2, (32,))
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
+    norm = BatchTransformCB(lambda xb: (xb - 0.5) / 0.29, on_val=True)
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), dls, F.cross_entropy, lr=0.1, cbs=[norm])
+    with pytest.raises(TypeError, match="can't scale torch.uint8 pixels"):
+        learn.infer(pix[:4])
+    ref, _ = learn.get_preds(dl=[(x[:4],)], act=torch.softmax)
+    assert torch.equal(learn.infer(x[:4]).probs, ref)  # the loaders' own items go in as they are
