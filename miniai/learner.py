@@ -26,8 +26,7 @@ Learner state that callbacks may read, and from which event on:
 |------------------------------|----------------|---------------------------------------------------------------------------|
 | `model, dls, loss_func, cbs` | always         | what the learner was built with                                           |
 | `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
-| `opt`                        | `before_fit`   | the optimizer, `opt_func(model.parameters(), lr)`, new in each fit (and   |
-|                              |                | the gradients zeroed, in a training fit)                                  |
+| `opt`                        | `before_fit`   | the optimizer, `opt_func(model.parameters(), lr)`, new in each fit        |
 | `n_epochs, epochs`           | `before_fit`   | epochs in this fit; the range the loop walks (resume starts it later)     |
 | `passes`                     | `before_fit`   | the passes of each epoch: ("train", "valid"), or one of them              |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
@@ -234,8 +233,6 @@ class Learner:
                 temporary.append(resume_cb(self, resume, lr))
                 self.add_cb(temporary[-1])
             self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
-            if train:  # from no gradients, as from a new optimizer: a fit stopped after a backward (Ctrl-C, an
-                self.model.zero_grad(set_to_none=True)  # error) left that batch's, which the first step would add
             self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out: its call
             self._in_fit = True
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
@@ -333,6 +330,10 @@ class Learner:
             self._do("zero_grad")
         except CancelStepException:
             pass
+        except BaseException as e:  # (a try costs nothing until something is raised)
+            if not isinstance(e, (CancelBatchException, CancelEpochException)):  # the fit ends here (an error,
+                self.model.zero_grad(set_to_none=True)  # Ctrl-C, CancelFitException): its batch's gradients, never
+            raise  # stepped or never zeroed, must not reach the next fit's first step
 
     def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
         owner = self._handlers[step]

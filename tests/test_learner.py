@@ -350,3 +350,16 @@ def test_a_learner_with_a_default_activation_stats_pickles():
     learn = tiny_learner(cbs=[ActivationStats()])
     learn.fit(1)
     pickle.loads(pickle.dumps(learn))
+
+
+def test_momentum_learner_carries_its_gradients_from_one_fit_to_the_next():
+    """Zeroing the gradients at every fit's start (to drop a broken batch's) dropped MomentumLearner's momentum,
+    which with plain SGD lives only in .grad: fit(1); fit(1) differed from fit(2)."""
+    from miniai.learner import MomentumLearner
+    a = tiny_learner(learner_cls=MomentumLearner)
+    a.fit(2)
+    b = tiny_learner(learner_cls=MomentumLearner)
+    b.fit(1)
+    b.fit(1)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
