@@ -32,14 +32,13 @@ def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
 
 def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list], plain: type) -> None:
     """Each step is done by a callback that owns it or by the learner's own method, or fit can't run; and a step
-    method of the learner's class other than `plain`'s (TrainLearner's) that a callback owns would never run."""
+    method a subclass of `plain` (TrainLearner) overrides, a callback owning it, would never run."""
     missing = [s for s in steps if not owners[s] and not hasattr(learn, s)]
     if missing:
         raise TypeError(f"{type(learn).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                         "or use TrainLearner, which defines the steps itself.")
-    for s in steps:
-        own = getattr(type(learn), s, None)
-        if owners[s] and own is not None and own is not getattr(plain, s, None):
+    for s in steps:  # (a Learner subclass of one's own defines steps as it likes: the callback owning one is chosen)
+        if owners[s] and isinstance(learn, plain) and getattr(type(learn), s) is not getattr(plain, s):
             owner = owners[s][0].__self__.__class__.__name__
             raise TypeError(f"{type(learn).__name__}.{s} would never run: {owner} owns the {s!r} step, and a step a "
                             f"callback owns replaces the learner's. Do what {type(learn).__name__}.{s} adds in a "

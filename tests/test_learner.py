@@ -298,6 +298,14 @@ def test_a_learners_own_step_that_a_callback_would_bypass_is_an_error():
         tiny_learner(cbs=[TrainCB()], learner_cls=MomentumLearner).fit(1)
     tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)]).fit(1)  # TrainLearner's own steps: replaced on purpose
 
+    class CourseLearner(Learner):  # the lesson's own TrainLearner: its steps, chosen against an owner, as before
+        def predict(self): self.preds = self.model(self.batch[0])
+        def get_loss(self): self.loss = self.loss_func(self.preds, self.batch[1])
+        def backward(self): self.loss.backward()
+        def step(self): self.opt.step()
+        def zero_grad(self): self.opt.zero_grad()
+    tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)], learner_cls=CourseLearner).fit(1)
+
 
 def test_a_cancel_step_before_the_backward_says_where_it_may_be_raised():
     """CancelStepException in after_loss ended the fit with a note pointing at the cancel table, which did not say
