@@ -636,3 +636,35 @@ def test_lr_find_puts_back_a_callback_of_ones_own_through_its_state_dict():
     avg, n, log = ema.avg.clone(), ema.n.clone(), {"n": list(ema.log["n"])}
     learn.lr_find(plot=False, max_epochs=2)
     assert torch.equal(ema.avg, avg) and torch.equal(ema.n, n) and ema.log == log
+
+
+def test_lr_find_before_the_first_fit_takes_a_callback_whose_state_is_made_at_before_fit():
+    """lr_find copied every user callback's state_dict on entry: one building its state at before_fit (an EMA of
+    the model) raised AttributeError before any fit, and one holding a deque kept the finder's entries."""
+    from collections import deque
+
+    class EMA(Callback):
+        def __init__(self) -> None:
+            self.ema, self.recent = None, deque(maxlen=3)
+
+        def before_fit(self, learn) -> None:
+            if self.ema is None:
+                self.ema = nn.Linear(1, 1)
+
+        def after_step(self, learn) -> None:
+            self.recent.append(learn.opt.param_groups[0]["lr"])
+
+        def state_dict(self) -> dict:
+            return {"ema": self.ema.state_dict(), "recent": self.recent}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.ema.load_state_dict(state["ema"])
+            self.recent = state["recent"]
+    ema = EMA()
+    learn = bn_learner()
+    learn.add_cb(ema)
+    learn.lr_find(plot=False, max_epochs=1)  # before any fit: its state is not made yet
+    learn.fit(1)
+    recent = list(ema.recent)
+    learn.lr_find(plot=False, max_epochs=2)
+    assert list(ema.recent) == recent

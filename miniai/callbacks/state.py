@@ -48,6 +48,15 @@ def _clone(obj: Any) -> Any:
     return obj
 
 
+def _user_state(cb: Any) -> Any:
+    """A deep copy of a user's callback's state_dict (whatever it holds: a deque, a module), or None when it has
+    none to give yet (one made at its before_fit, before the first fit)."""
+    try:
+        return copy.deepcopy(cb.state_dict())
+    except Exception:  # noqa: BLE001 -- then its attributes, put back as for any callback, are all there is
+        return None
+
+
 def _put_back(obj: Any, state: tuple[dict, list]) -> None:
     saved, contents = state
     obj.__dict__.clear()
@@ -90,8 +99,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     # (the others keep the finder's counts: see lr_find); miniai's own callbacks are put back by their attributes
     states = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
               for m in cb.metrics.values() if has_state(m)]  # (miniai's and torcheval's)
-    states += [(cb, _clone(cb.state_dict())) for cb in learn.cbs if weights and has_state(cb)
-               and not type(cb).state_dict.__module__.startswith("miniai.")]
+    states += [(cb, state) for cb in learn.cbs if weights and has_state(cb)
+               and not type(cb).state_dict.__module__.startswith("miniai.") for state in [_user_state(cb)] if state]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
