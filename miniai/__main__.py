@@ -295,8 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with claimed(args.out):
                 train(args)
-            if argv is None:  # the process's own command, which ends now: leave its objects (millions, with torch's
-                gc.freeze()  # compiler, which any torch optimizer imports) to the OS, not to a last collection (0.7 s)
         except _UsageError as e:
             parser.train_parser.error(str(e))
         except NonFiniteLossError as e:  # its advice is for scripts (lr_find, GradClipCB, a checkpoint to resume)
@@ -314,5 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """The `miniai` command (and `python -m miniai`): `main`, in a process that ends right after it."""
+    code = main()
+    # the process ends now: leave its objects (millions, with torch's compiler, which any torch optimizer imports)
+    # to the OS, not to a last collection (0.7 s); main() itself, which Python code may call, leaves them alone
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

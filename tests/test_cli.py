@@ -131,8 +131,12 @@ def test_overwrite_replaces_an_earlier_runs_files(tmp_path, capsys):
     (tmp_path / "model.pt").write_bytes(b"the first run's weights")
     frozen = gc.get_freeze_count()
     assert main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"]) == 0
-    # the command freezes the collector's objects as it ends its own process; called from Python, the caller's
-    # process goes on, and its garbage must stay collectable
+    # the command (cli) freezes the collector's objects as it ends its own process; main, called from Python (with
+    # argv, or reading sys.argv as a sweep script's runpy would), leaves the caller's garbage collectable
+    assert gc.get_freeze_count() == frozen
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["miniai", "train", *SMALL, "--out", str(tmp_path), "--overwrite"])
+        assert main() == 0
     assert gc.get_freeze_count() == frozen
     assert (tmp_path / "model.pt").read_bytes() != b"the first run's weights"
     assert {"model.pt", "result.json", "log.csv", "loss.png"} <= {p.name for p in tmp_path.iterdir()}
