@@ -248,10 +248,10 @@ class Learner:
             raise
         finally:
             self._in_fit = False
+            from .utils import map_tensors  # (here: this module imports only its checks)
             for name in ("loss", "preds"):  # the last training batch's graph: nothing needs it, and a copy of the
-                value = getattr(self, name, None)  # learner fails on it
-                if isinstance(value, torch.Tensor) and value.requires_grad:
-                    setattr(self, name, value.detach())
+                if hasattr(self, name):  # learner fails on it (a model's (logits, aux) too)
+                    setattr(self, name, map_tensors(getattr(self, name), torch.Tensor.detach))
             for cb in temporary:
                 self.rm_cb(cb)
 

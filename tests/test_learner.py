@@ -345,6 +345,18 @@ def test_a_learner_copies_after_a_training_only_fit():
     assert not learn.loss.requires_grad and not learn.preds.requires_grad
     copy.deepcopy(learn).fit(1)
 
+    class WithAux(nn.Module):  # a model returning (logits, aux): a tuple holding the graph
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 1)
+
+        def forward(self, x):
+            out = self.lin(x)
+            return out, out.mean()
+    learn = TrainLearner(WithAux(), linear_dls(), lambda p, y: F.mse_loss(p[0], y), lr=0.1)
+    learn.fit(1, valid=False)
+    copy.deepcopy(learn)
+
 
 def test_n_epochs_must_be_an_int_not_a_bool():
     with pytest.raises(ValueError, match="n_epochs must be an int >= 0, got True"):
