@@ -45,8 +45,10 @@ def _cache_file(name: str, key: str) -> Path:
     return Path(os.environ.get("MINIAI_CACHE") or Path.home() / ".cache" / "miniai") / f"{name}_{key}.pt"
 
 
-def _digest(raw: RawData) -> list[int]:
-    """Checksums of the four tensors' bytes (`byte_sums`): a damaged cache file is decoded again, not used."""
+def _digest(raw: RawData) -> list:
+    """Checksums of the four tensors' bytes (`byte_sums`): a damaged cache file is decoded again, not used, and so
+    is one of an older miniai's checksum, which missed swapped bytes (cached data can be rebuilt; a checkpoint,
+    which can't, still verifies with its older checksum)."""
     return byte_sums(raw[:4])
 
 
@@ -85,7 +87,9 @@ def _remove_older_versions(name: str, file: Path) -> None:
     one besides `file` (machines sharing a cache dir, each with its own copy of the data at the same path, take
     turns), and those of an older miniai's naming, which no key names any more; other sources' files stay."""
     place = file.name.rsplit("-", 1)[0]  # '<name>_<place>'
-    same = sorted((f for f in file.parent.glob(f"{place}-*.pt") if f != file), key=_mtime, reverse=True)
+    version = re.compile(rf"{re.escape(place)}-[0-9a-f]{{12}}\.pt")  # (Source.key's version: 12 hex digits)
+    same = sorted((f for f in file.parent.glob(f"{place}-*.pt") if f != file and version.fullmatch(f.name)),
+                  key=_mtime, reverse=True)
     old_naming = re.compile(rf"{re.escape(name)}_[0-9a-f]{{16}}\.pt")
     legacy = [f for f in file.parent.glob(f"{name}_*.pt") if old_naming.fullmatch(f.name)]
     for old in same[1:] + legacy:

@@ -1,6 +1,7 @@
 """Data that loaded without a word but meant something else: labels, splits, layouts, the caches (synthetic data)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import zipfile
@@ -296,3 +297,19 @@ def test_a_training_set_of_one_gray_level_is_refused_naming_the_data(tmp_path):
     d = write_fashion_dir(tmp_path / "fm", (torch.zeros(40, 28, 28, dtype=torch.uint8), train_y, valid_x, valid_y))
     with pytest.raises(ValueError, match=r"IDX files in .*fm.*training images are all one gray level"):
         get_dls(path=d)
+
+
+def test_cache_cleanup_takes_only_the_names_of_cache_versions(tmp_path):
+    """Older versions of a source's cache file were found by the name's prefix alone: a user's backup of one,
+    named '<prefix>-backup.pt', holding a cache file's content, was deleted at the next decode."""
+    raw = fake_fashion()
+    d = write_fashion_dir(tmp_path / "fm", raw)
+    load_tensors(path=d)
+    [cache_file] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
+    backup = cache_file.with_name(cache_file.name.rsplit("-", 1)[0] + "-backup.pt")
+    shutil.copy(cache_file, backup)
+    os.utime(backup, (1, 1))  # older than the cache file, which is kept as the newest other version
+    write_fashion_dir(tmp_path / "fm", fake_fashion(seed=1))  # new contents: a new version, older ones cleaned up
+    cache.clear_cache()
+    load_tensors(path=d)
+    assert backup.exists()
