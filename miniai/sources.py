@@ -291,14 +291,13 @@ _CHANNELS = (1, 2, 3, 4)  # gray, gray + alpha, RGB, RGBA
 
 def _channels_first(shape: tuple[int, ...], x_col: str) -> bool:
     """Whether arrays of one image's 3-dim `shape` are (C, H, W), not (H, W, C): the end that holds 1 to 4 channels
-    says; an error when both ends could, or neither."""
+    says; when both could (a 4×4 RGB image), channels-last, the datasets and PIL convention; an error when neither."""
     first, last = shape[0] in _CHANNELS, shape[-1] in _CHANNELS
-    if first == last:
-        raise ValueError(f"column {x_col!r} holds arrays of shape {tuple(shape)} per image: can't tell channels-first "
-                         f"(C, H, W) from channels-last (H, W, C), 1 to 4 channels being at "
-                         f"{'both ends' if first else 'neither end'}. Store gray images as (H, W) arrays, color ones "
+    if not first and not last:
+        raise ValueError(f"column {x_col!r} holds arrays of shape {tuple(shape)} per image: neither end holds 1 to 4 "
+                         "channels, as (C, H, W) or (H, W, C) would. Store gray images as (H, W) arrays, color ones "
                          "as (H, W, C), or as Image()")
-    return first
+    return first and not last
 
 
 def _no_image(x_col: str, row: int) -> ValueError:

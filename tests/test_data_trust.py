@@ -149,8 +149,10 @@ def test_channels_first_arrays_are_read_as_channels_first():
     assert torch.equal(sources.hf_to_tensors(ds(pixels, (1, 7, 5)))[0], pixels)
     rgb = torch.randint(0, 256, (4, 3, 7, 5), dtype=torch.uint8)
     assert torch.equal(sources.hf_to_tensors(ds(rgb.permute(0, 2, 3, 1).contiguous(), (7, 5, 3)))[0], rgb)
-    with pytest.raises(ValueError, match=r"\(3, 7, 3\).*can't tell.*\(C, H, W\).*\(H, W, C\)"):
-        sources.hf_to_tensors(ds(torch.zeros(4, 3, 7, 3, dtype=torch.uint8), (3, 7, 3)))
+    tiny = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8)  # (H, W, C) 4x4x3 could be either: channels-last,
+    assert torch.equal(sources.hf_to_tensors(ds(tiny.permute(0, 2, 3, 1).contiguous(), (4, 4, 3)))[0], tiny)  # as ever
+    with pytest.raises(ValueError, match=r"\(9, 7, 8\).*neither end holds 1 to 4 channels"):
+        sources.hf_to_tensors(ds(torch.zeros(4, 9, 7, 8, dtype=torch.uint8), (9, 7, 8)))
 
 
 # ---------------------------------------------------------------- cache key (finding 4)
