@@ -702,3 +702,19 @@ def test_per_item_losses_of_uint8_targets_count_every_class():
     learn = TrainLearner(nn.Identity(), DataLoaders(None, None), ce)
     _, _, losses = learn.get_preds(dl=[(x, y.to(torch.uint8))], with_loss=True)
     assert torch.allclose(losses, F.cross_entropy(x, y, reduction="none").mean(1))
+
+
+def test_a_model_returning_logits_and_a_hidden_state_keeps_them_apart():
+    """(logits, h_n) with h_n of shape (layers, batch, hidden), as an RNN returns it: the rule for per-item
+    sequences took the differing first dimensions for one entry per item and flattened the batches' pieces."""
+    class WithHidden(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.lin(x), torch.zeros(2, len(x), 4)
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    learn = TrainLearner(WithHidden(), DataLoaders(None, None), lambda p, t: F.cross_entropy(p[0], t))
+    (logits, hidden), _ = learn.get_preds(dl=[(x[:6], y[:6]), (x[6:], y[6:])])
+    assert logits.shape == (12, 3) and hidden.shape == (4, 6, 4)

@@ -32,7 +32,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
                        build_handlers)
 from ..utils import to_cpu
 from .augment import BatchTransformCB
-from .metrics import _counted, _ignored_target
+from .metrics import _counted, _ignored_target, _n_items
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -166,9 +166,10 @@ def _check_act(act: Callable, preds: Any) -> None:
                          "score per item (a binary model) use act=torch.sigmoid")
 
 
-def _cat(parts: list[Any]) -> Any:
+def _cat(parts: list[Any], sizes: list[int] | None = None) -> Any:
     """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors; a
-    tuple or list of one entry per item (strings, dicts, tensors of their own lengths) is joined as a sequence."""
+    tuple or list of one entry per item of its batch (`sizes`: strings, dicts, tensors of their own lengths) is
+    joined as a sequence."""
     first = parts[0]
     if isinstance(first, torch.Tensor):
         if first.ndim and any(p.shape[1:] != first.shape[1:] for p in parts):  # batches padded each to its own length
@@ -179,31 +180,28 @@ def _cat(parts: list[Any]) -> Any:
                              "(learn.get_preds(dl=[batch]) for each)")
         return torch.cat(parts) if first.ndim else torch.stack(parts)
     if isinstance(first, dict):
-        return {k: _cat([p[k] for p in parts]) for k in first}
+        return {k: _cat([p[k] for p in parts], sizes) for k in first}
     if isinstance(first, (tuple, list)):
-        if not hasattr(first, "_fields") and _per_item_sequence(parts):
+        if not hasattr(first, "_fields") and _per_item_sequence(parts, sizes):
             return type(first)(item for p in parts for item in p)
-        return _cat_slots(parts)
+        return _cat_slots(parts, sizes)
     return parts
 
 
-def _cat_slots(parts: list[Any]) -> Any:
+def _cat_slots(parts: list[Any], sizes: list[int] | None = None) -> Any:
     """Concatenate per-batch tuples or lists slot by slot: (logits, aux), a batch's (target_a, target_b)."""
     first = parts[0]
-    items = [_cat([p[i] for p in parts]) for i in range(len(first))]
+    items = [_cat([p[i] for p in parts], sizes) for i in range(len(first))]
     return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
 
 
-def _per_item_sequence(parts: list[Sequence]) -> bool:
-    """Whether per-batch tuples or lists hold one entry per item (as default_collate gives strings, or a collate
-    one dict per item) rather than one per head: no tensor in them, a length that differs between batches, or
-    tensors of different first dimensions (heads over one batch share it)."""
-    if any(len(p) != len(parts[0]) for p in parts):
-        return True
-    tensors = [t for t in parts[0] if isinstance(t, torch.Tensor)]
-    if not tensors:
-        return True
-    return len(tensors) == len(parts[0]) and all(t.ndim for t in tensors) and len({len(t) for t in tensors}) > 1
+def _per_item_sequence(parts: list[Sequence], sizes: list[int] | None) -> bool:
+    """Whether per-batch tuples or lists hold one entry per item of their batch (as default_collate gives strings,
+    or a collate one dict or one box tensor per item) rather than one per head (tensors of a row per item, like
+    logits, or of other lengths, like an RNN's hidden state): known only from the batches' item counts."""
+    return sizes is not None and all(
+        len(p) == n and not all(isinstance(t, torch.Tensor) and t.ndim and len(t) == n for t in p)
+        for p, n in zip(parts, sizes))
 
 
 def _unpack(items: tuple) -> Any:
@@ -223,6 +221,7 @@ class _GatherPreds(Callback):
         self.preds: list[Any] = []
         self.targets: list[Any] = []
         self.losses: list[torch.Tensor] = []
+        self.sizes: list[int | None] = []  # each batch's item count: what a per-item sequence's length is
 
     def after_batch(self, learn: Learner) -> None:
         preds = learn.preds
@@ -236,6 +235,7 @@ class _GatherPreds(Callback):
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         self.preds.append(to_cpu(preds))
+        self.sizes.append(_n_items(learn.xb[0]) if learn.xb else None)
         self.targets.append(to_cpu(learn.yb))
         if self.with_input:
             self.inputs.append(to_cpu(learn.xb))
@@ -250,9 +250,10 @@ class _GatherPreds(Callback):
     def result(self) -> tuple:
         """(inputs?, preds, targets, losses?), each concatenated over the batches."""
         # a batch's targets and inputs are its slots after and before n_inp: joined slot by slot, whatever they hold
-        out = (_cat(self.preds), _unpack(_cat_slots(self.targets)))
+        sizes = None if None in self.sizes else self.sizes
+        out = (_cat(self.preds, sizes), _unpack(_cat_slots(self.targets, sizes)))
         if self.with_input:
-            out = (_unpack(_cat_slots(self.inputs)), *out)
+            out = (_unpack(_cat_slots(self.inputs, sizes)), *out)
         return (*out, _cat(self.losses)) if self.with_loss else out
 
 
