@@ -57,6 +57,13 @@ def test_a_chained_scheduler_holding_one_of_our_closed_form_schedules_is_refused
             learn.fit(3)
     assert "drop-in" not in CosineAnnealing.__doc__ or "ChainedScheduler" in CosineAnnealing.__doc__
 
+    def nested(opt):  # the chain inside a SequentialLR: found too
+        chain = lr_scheduler.ChainedScheduler([lr_scheduler.ExponentialLR(opt, 0.8), CosineAnnealing(opt, T_max=12)])
+        return lr_scheduler.SequentialLR(opt, [chain, lr_scheduler.ConstantLR(opt, 1.0, total_iters=12)], [12])
+    learn, _ = make_learner(None, [BatchSchedCB(nested)])
+    with pytest.raises(ValueError, match="not chainable"):
+        learn.fit(3)
+
 
 @pytest.mark.parametrize("how", ["fit_one_cycle", "BatchSchedCB", "EpochSchedCB"])
 def test_a_schedule_the_checkpoint_did_not_have_is_refused_at_resume_before_anything_changes(tmp_path, how):

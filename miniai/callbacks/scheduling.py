@@ -69,6 +69,17 @@ def _is_plateau(factory: Any) -> bool:
     return isinstance(factory, type) and issubclass(factory, ReduceLROnPlateau)
 
 
+def _chained_closed_form(scheduler: Any) -> Any:
+    """One of our closed-form schedulers that is a part of a ChainedScheduler with other parts, at any depth (a
+    chain inside a SequentialLR too), or None."""
+    parts = getattr(scheduler, "_schedulers", [])
+    if isinstance(scheduler, ChainedScheduler) and len(parts) > 1:
+        ours = next((p for p in parts if isinstance(p, _CLOSED_FORM)), None)
+        if ours is not None:
+            return ours
+    return next((found for p in parts for found in [_chained_closed_form(p)] if found is not None), None)
+
+
 class BaseSchedCB(Callback):
     """Builds `factory(learn.opt)` at before_fit; subclasses decide when it steps (see the module docstring).
 
@@ -105,9 +116,8 @@ class BaseSchedCB(Callback):
                              "optimizer than learn.opt: fit makes a new optimizer each time, so the factory must "
                              "build the scheduler on the optimizer it is given, e.g. partial(OneCycleLR, max_lr=0.1, "
                              "total_steps=n)")
-        parts = getattr(scheduler, "_schedulers", []) if isinstance(scheduler, ChainedScheduler) else []
-        ours = next((p for p in parts if isinstance(p, _CLOSED_FORM)), None)
-        if ours is not None and len(parts) > 1:  # each step would discard what the others did
+        ours = _chained_closed_form(scheduler)
+        if ours is not None:  # each step would discard what the others did
             raise ValueError(f"{type(self).__name__}'s ChainedScheduler holds miniai's {type(ours).__name__}, which "
                              "is not chainable: it sets the lr outright from each group's initial lr at every step, so "
                              "it discards the other schedulers' changes. For a cosine use torch's CosineAnnealingLR, "
