@@ -28,7 +28,7 @@ from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import byte_sums, checksums_match, claim_dir, len_or_none, tensors_in
+from ..utils import byte_sums, checksums_match, claim_dir, len_or_none, map_tensors, tensors_in
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -639,7 +639,8 @@ def _check_states(learn: Learner) -> None:
             continue
         buffer = io.BytesIO()
         try:
-            state = cb.state_dict()
+            # tensors' bytes always save, and a big state (an average of the weights) would cost its size twice
+            state = map_tensors(cb.state_dict(), lambda t: t.detach().new_empty(0))
         except Exception as e:  # noqa: BLE001 -- a scheduler's is built by now: its copy failed, as saving would
             if not sched:  # may not be ready yet (its own before_fit comes later): left to the first save
                 continue
