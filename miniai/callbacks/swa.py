@@ -83,10 +83,6 @@ class SWACB(Callback):
             raise ValueError(f"SWACB(swa_start={self.swa_start}) averages from epoch {self.swa_start} on, but this fit "
                              f"has epochs 0..{learn.n_epochs - 1}: use swa_start < n_epochs (e.g. the last quarter "
                              f"of them) or fit more epochs")
-        if learn.n_inp != 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learn.model.modules()):
-            raise ValueError(f"SWACB recomputes the BatchNorm statistics of the average with torch's update_bn, which "
-                             f"calls the model with one input, and this learner's batches have n_inp={learn.n_inp} "
-                             "inputs: SWA with BatchNorm needs a model of one input")
         self.raw_model, self.swa_scheduler, self.metrics, self._opt = learn.model, None, {}, learn.opt
         self.swa_model = AveragedModel(learn.model)
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
