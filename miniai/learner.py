@@ -128,14 +128,6 @@ def _tag(error: BaseException, event: str, handler: Handler | None = None) -> No
         error.event, error.raised_by = event, getattr(handler, "__self__", None)
 
 
-def _ends_more(new: BaseException, cancel: BaseException) -> bool:
-    """Whether `new` replaces `cancel` on its way up: an error does, and so does a cancel of an outer stage (a
-    CancelFitException from a cleanup, while a CancelEpochException goes up, must still end the fit)."""
-    rank = [next(i for i, c in enumerate(_CANCELS) if isinstance(e, c)) if isinstance(e, _CANCELS) else -1
-            for e in (new, cancel)]
-    return rank[0] < rank[1]  # (_CANCELS runs from the outermost stage in)
-
-
 def _add_note(error: BaseException, note: str) -> None:
     """Attach `note` to `error`, shown under its traceback (Python < 3.11 has no notes: print it)."""
     error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
@@ -273,8 +265,10 @@ class Learner:
                 pass
             except BaseException as e:  # the first error is the one raised; later ones become its notes
                 _tag(e, f"cleanup_{name}")
-                if error is None or isinstance(error, _OUTER_CANCELS[name]) and _ends_more(e, error):
-                    error = e  # (a cancel on its way up to its stage is no error: a real one takes its place)
+                if error is None or isinstance(error, _OUTER_CANCELS[name]) and (
+                        not isinstance(e, _CANCELS) or isinstance(e, CancelFitException)):
+                    error = e  # (a cancel on its way up to its stage is no error: a real one takes its place, and
+                    # so does a CancelFitException, which ends more than a CancelEpochException)
                     if not isinstance(e, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup
                         self.stopped_by = e  # found broken (a cancel there only ends what is over anyway)
                 else:
