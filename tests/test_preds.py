@@ -718,3 +718,43 @@ def test_a_model_returning_logits_and_a_hidden_state_keeps_them_apart():
     learn = TrainLearner(WithHidden(), DataLoaders(None, None), lambda p, t: F.cross_entropy(p[0], t))
     (logits, hidden), _ = learn.get_preds(dl=[(x[:6], y[:6]), (x[6:], y[6:])])
     assert logits.shape == (12, 3) and hidden.shape == (4, 6, 4)
+
+
+def test_per_item_tensors_of_equal_lengths_in_one_batch_are_still_per_item():
+    """Box tensors per item, counts [3, 1, 2, 2, 1] at bs 2: the batch of two items with 2 boxes each looked like
+    heads, and get_preds failed with an IndexError; a 0-dim aux beside the logits at bs 2 is a head."""
+    counts = [3, 1, 2, 2, 1]
+    x = torch.randn(5, 3, 4, 4)
+    boxes = [torch.randn(c, 4) for c in counts]
+
+    class Boxes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, xb):
+            return [b * self.w for b in self.current]
+    model = Boxes()
+    batches = [(x[i:i + 2], torch.arange(i, min(i + 2, 5))) for i in range(0, 5, 2)]
+
+    class Feed(Callback):
+        inference = True  # (it shapes what the model sees: in prediction passes too)
+
+        def before_batch(self, learn):
+            start = int(learn.batch[1][0])
+            model.current = boxes[start:start + len(learn.batch[1])]
+    learn = TrainLearner(model, DataLoaders(None, None), lambda p, y: sum(b.sum() for b in p), cbs=[Feed()])
+    preds, _ = learn.get_preds(dl=batches)
+    assert [tuple(p.shape) for p in preds] == [(c, 4) for c in counts]
+
+    class WithScalar(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3 * 4 * 4, 2)
+
+        def forward(self, xb):
+            out = self.lin(xb.flatten(1))
+            return out, out.mean()
+    learn = TrainLearner(WithScalar(), DataLoaders(None, None), lambda p, y: p[0].sum())
+    (logits, aux), _ = learn.get_preds(dl=[(x[:2], torch.zeros(2)), (x[2:4], torch.zeros(2))])
+    assert logits.shape == (4, 2) and aux.shape == (2,)

@@ -32,7 +32,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
                        build_handlers)
 from ..utils import to_cpu
 from .augment import BatchTransformCB
-from .metrics import _counted, _ignored_target, _n_items
+from .metrics import _counted, _ignored_target
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -195,13 +195,29 @@ def _cat_slots(parts: list[Any], sizes: list[int] | None = None) -> Any:
     return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
 
 
-def _per_item_sequence(parts: list[Sequence], sizes: list[int] | None) -> bool:
-    """Whether per-batch tuples or lists hold one entry per item of their batch (as default_collate gives strings,
-    or a collate one dict or one box tensor per item) rather than one per head (tensors of a row per item, like
-    logits, or of other lengths, like an RNN's hidden state): known only from the batches' item counts."""
-    return sizes is not None and all(
-        len(p) == n and not all(isinstance(t, torch.Tensor) and t.ndim and len(t) == n for t in p)
-        for p, n in zip(parts, sizes))
+def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None) -> bool:
+    """Whether per-batch tuples or lists hold one entry per item (strings default_collate gives, one dict or one
+    box tensor per item) rather than one per head ((logits, aux), an RNN's (output, h_n)): decided over all batches,
+    from their lengths, whether they hold tensors, and, for tensors, the batches' item counts (`sizes`)."""
+    if any(len(p) != len(parts[0]) for p in parts) or not any(isinstance(t, torch.Tensor) for t in parts[0]):
+        return True  # a length that changes with the batch, or no tensor in it (strings, dicts)
+    if sizes is None or any(n is None or len(p) != n for p, n in zip(parts, sizes)):
+        return False  # not one entry per item: heads
+    if any(isinstance(t, torch.Tensor) and t.ndim == 0 for p in parts for t in p):
+        return False  # a per-batch scalar beside the logits: heads
+    # one entry per item in every batch: per-item tensors of their own lengths in some batch (boxes), or heads
+    # that happen to number the items, every one of that length
+    return any(not all(isinstance(t, torch.Tensor) and len(t) == n for t in p) for p, n in zip(parts, sizes))
+
+
+def _batch_size(x: Any) -> int | None:
+    """How many items an input holds: a tensor's first dimension, a tuple or list's length (one image per item, as
+    torchvision's detection models take them), a dict's first value's; None when it can't say."""
+    if isinstance(x, torch.Tensor):
+        return x.shape[0] if x.ndim else None
+    if isinstance(x, dict):
+        return _batch_size(next(iter(x.values()))) if x else None
+    return len(x) if isinstance(x, (tuple, list)) else None
 
 
 def _unpack(items: tuple) -> Any:
@@ -235,7 +251,7 @@ class _GatherPreds(Callback):
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         self.preds.append(to_cpu(preds))
-        self.sizes.append(_n_items(learn.xb[0]) if learn.xb else None)
+        self.sizes.append(_batch_size(learn.xb[0]) if learn.xb else None)
         self.targets.append(to_cpu(learn.yb))
         if self.with_input:
             self.inputs.append(to_cpu(learn.xb))
