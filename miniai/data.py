@@ -182,12 +182,13 @@ class DataLoaders:
 
     def __init__(self, train: Any, valid: Any, classes: list[str] | None = None,
                  normalize: Callable[[torch.Tensor], torch.Tensor] | tuple[Any, Any] | None = None,
-                 item_shape: tuple[int, ...] | None = None) -> None:
+                 item_shape: tuple[int, ...] | None = None, item_dtype: torch.dtype | None = None) -> None:
         self.train, self.valid, self.classes = train, valid, classes
         self.normalize = Normalize(*normalize) if isinstance(normalize, (tuple, list)) else normalize
         if self.normalize is not None and not callable(self.normalize):
             raise TypeError(f"normalize must be a callable, (mean, std) or None; got {normalize!r}")
         self._item_shape = None if item_shape is None else tuple(item_shape)
+        self._item_dtype = item_dtype
 
     @property
     def item_shape(self) -> tuple[int, ...] | None:
@@ -196,6 +197,20 @@ class DataLoaders:
         if self._item_shape is None and isinstance(x, torch.Tensor):
             return tuple(x.shape[1:])
         return self._item_shape
+
+    @property
+    def item_dtype(self) -> torch.dtype | None:
+        """The dtype of the loaders' inputs (uint8 pixels, or floats a transform takes as they are), as given or read
+        from the training loader's tensor or its dataset's first item; None when unknown."""
+        if self._item_dtype is None:
+            x = getattr(self.train, "x", None)
+            if x is None:
+                try:  # a torch DataLoader: its dataset's first item (one item: cheap)
+                    x = self.train.dataset[0][0]
+                except Exception:  # noqa: BLE001 -- no dataset, or items of another form: unknown
+                    x = None
+            return x.dtype if isinstance(x, torch.Tensor) else None
+        return self._item_dtype
 
     def to(self, device: str | torch.device) -> DataLoaders:
         """Move loaders that hold their data (TensorLoader) to `device`; others pass through. Returns self."""

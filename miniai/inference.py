@@ -119,9 +119,10 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
                             "learn.get_preds(dl=[(x,)]) instead.")
         return normalize(x), batched
     if not x.is_floating_point() and not transformed:
-        raise TypeError(f"this learner's data carries no normalization (dls.normalize is None) and no validation "
-                        f"transform (BatchTransformCB(on_val=True)) prepares its batches, so infer passes inputs to "
-                        f"the model as they are and can't scale {x.dtype} pixels: give float inputs prepared as the "
+        raise TypeError(f"this learner's data carries no normalization (dls.normalize is None), and nothing that "
+                        f"prepares its batches takes raw pixels (no validation transform, BatchTransformCB(on_val="
+                        f"True), or loaders whose items are not uint8), so infer passes inputs to the model as they "
+                        f"are and can't scale {x.dtype} pixels: give float inputs prepared as the "
                         "loaders' items are. DataLoaders(..., normalize=(mean, std)) (get_dls does this) lets infer "
                         "take raw pixels, but only if the loaders' items were normalized with that mean and std "
                         "(otherwise the model would see them normalized in a way it never was)")
@@ -145,10 +146,10 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     dls = getattr(learn, "dls", None)
     expected = getattr(dls, "item_shape", None)
     # the items go through the learner's inference callbacks (get_preds): a validation transform, or a callback of
-    # the user's, prepares raw pixels as it prepares the loaders' batches, if those are raw pixels too (uint8 in an
-    # in-memory loader); one written for float items would get pixels it never saw
-    loaded = getattr(getattr(dls, "train", None), "x", None)
-    transformed = isinstance(loaded, torch.Tensor) and loaded.dtype == torch.uint8 and any(
+    # the user's, prepares raw pixels as it prepares the loaders' batches, if those are raw pixels too (the loaders'
+    # item dtype, which export keeps); one written for float items would get pixels it never saw
+    dtype = getattr(dls, "item_dtype", None)  # (an older export, a loader of another kind: unknown, taken as uint8)
+    transformed = dtype in (None, torch.uint8) and any(
         cb.on_val if isinstance(cb, BatchTransformCB) else not type(cb).__module__.startswith("miniai.")
         for cb in participants(learn))
     x, batched = to_batch(items, getattr(dls, "normalize", None),
@@ -199,6 +200,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     bundle = {"format": _FORMAT, "version": _VERSION, "torch": torch.__version__,
               "model": unwrap(learn.model), "classes": getattr(dls, "classes", None),
               "normalize": getattr(dls, "normalize", None), "item_shape": getattr(dls, "item_shape", None),
+              "item_dtype": getattr(dls, "item_dtype", None),
               "n_inp": learn.n_inp, "loss_func": loss_func,
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
     path = Path(path)
@@ -253,6 +255,7 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
                          f"({_VERSION}): upgrade miniai")
     model = bundle["model"].to(device).eval()
     dls = DataLoaders(None, None, classes=bundle["classes"], normalize=bundle["normalize"],
-                      item_shape=bundle.get("item_shape"))  # exports before item_shape have none
+                      item_shape=bundle.get("item_shape"),  # exports before item_shape have none
+                      item_dtype=bundle.get("item_dtype"))
     return TrainLearner(model, dls, bundle["loss_func"], lr=None, cbs=[DeviceCB(device), *bundle["cbs"]],
                         nan_guard=False, n_inp=bundle["n_inp"])

@@ -365,3 +365,24 @@ def test_infer_refuses_raw_pixels_when_the_validation_transform_was_written_for_
         learn.infer(pix[:4])
     ref, _ = learn.get_preds(dl=[(x[:4],)], act=torch.softmax)
     assert torch.equal(learn.infer(x[:4]).probs, ref)  # the loaders' own items go in as they are
+
+
+def test_an_exported_learner_on_raw_pixels_with_a_validation_transform_still_infers_them(tmp_path):
+    """The check that the loaders' items are raw pixels read dls.train.x, which an exported learner (and a torch
+    DataLoader) has not: load_learner(...).infer(pixels) was refused, though the export's transform takes them."""
+    from miniai.callbacks import BatchTransformCB
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.inference import load_learner
+    torch.manual_seed(0)
+    pix = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 2, (32,))
+    dls = DataLoaders(TensorLoader(pix, y, 16), TensorLoader(pix, y, 16))
+    to_float = BatchTransformCB(_scale_pixels, on_val=True)
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), dls, F.cross_entropy, lr=0.1, cbs=[to_float])
+    expected = learn.infer(pix[:4]).probs
+    learn.export(tmp_path / "m.pkl")
+    assert torch.equal(load_learner(tmp_path / "m.pkl").infer(pix[:4]).probs, expected)
+
+
+def _scale_pixels(xb: torch.Tensor) -> torch.Tensor:
+    return xb.float() / 255
