@@ -240,12 +240,19 @@ class Learner:
             raise
         finally:
             self._in_fit = False
-            from .utils import map_tensors  # (here: this module imports only its checks)
-            for name in ("loss", "preds"):  # the last training batch's graph: nothing needs it, and a copy of the
-                if hasattr(self, name):  # learner fails on it (a model's (logits, aux) too)
-                    setattr(self, name, map_tensors(getattr(self, name), torch.Tensor.detach))
             for cb in temporary:
                 self.rm_cb(cb)
+            self._drop_graph()
+
+    def _drop_graph(self) -> None:
+        """Detach `loss` and `preds`: the last training batch's graph, which nothing needs and a copy of the learner
+        fails on (a model's (logits, aux) too); an output of a type that can't be rebuilt is left as it is."""
+        from .utils import map_tensors  # (here: this module imports only its checks)
+        for name in ("loss", "preds"):
+            try:
+                setattr(self, name, map_tensors(getattr(self, name), torch.Tensor.detach))
+            except Exception:  # noqa: BLE001 -- (missing, or a dataclass with an InitVar: only a copy would fail)
+                pass
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
         error = stopped = None

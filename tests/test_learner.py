@@ -383,3 +383,23 @@ def test_momentum_learner_carries_its_gradients_from_one_fit_to_the_next():
     b.fit(1)
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_a_model_output_that_cannot_be_rebuilt_does_not_fail_the_fit():
+    """Detaching learn.preds at the end of a fit rebuilt its containers: a tuple subclass with its own __new__ made
+    fit raise at its very end (and a Ctrl-C reach the caller as a TypeError)."""
+    class Pair(tuple):
+        def __new__(cls, a, b):
+            return super().__new__(cls, (a, b))
+
+    class PairModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 1)
+
+        def forward(self, x):
+            out = self.lin(x)
+            return Pair(out, out)
+    learn = TrainLearner(PairModel(), linear_dls(), lambda p, y: F.mse_loss(p[0], y), lr=0.1)
+    learn.fit(1, valid=False)
+    assert isinstance(learn.preds, Pair)
