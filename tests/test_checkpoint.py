@@ -978,3 +978,17 @@ def test_a_monitor_whose_pass_was_cut_short_warns_and_a_train_monitor_reads_its_
     with pytest.warns(UserWarning, match=r"training pass of epoch 0 was cut short before it logged 'train_loss'"):
         learn.fit(2)
     assert learn.last_checkpoint.name == "epoch_0002.pt"
+
+
+@pytest.mark.parametrize("order, saved", [(90, "epoch_0002.pt"), (20, "epoch_0001.pt")])
+def test_a_training_only_fit_cancelled_in_its_after_epoch_saves_the_epoch_it_counted(tmp_path, order, saved):
+    """In a fit without validation, a CancelFitException in the training pass's after_epoch after every other
+    callback's lost that epoch; one raised before a logger's after_epoch (CSVLoggerCB, order 35) must not save it:
+    the resumed run would lack the logger's row."""
+    from miniai.callbacks.loggers import CSVLoggerCB
+    from miniai.learner import CancelFitException
+    stop = _CutPass(training=True, at=None, exc=CancelFitException, event="after_epoch", epoch=1)
+    stop.order = order
+    learn, _ = make_learner(tmp_path, cbs=[stop, CSVLoggerCB(tmp_path / "log.csv")], keep=None)
+    learn.fit(4, valid=False)
+    assert learn.last_checkpoint.name == saved

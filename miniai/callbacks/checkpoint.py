@@ -381,9 +381,9 @@ class CheckpointCB(Callback):
             says neither needs it) is kept as well; its file is `best_path`.
     A checkpoint is written after the validation pass (or, in a fit without one, after the training pass), once
     every scheduler has stepped, and only if the weights and the validation loss are finite (else the fit stops
-    with NonFiniteLossError naming the last good checkpoint). An epoch whose validation pass a CancelFitException
-    ended before its `after_epoch` reached this callback (MetricsCB's row, a plateau's step, EarlyStoppingCB's
-    count) is not saved: a resume runs that epoch again. Only rank 0 writes under torch.distributed.
+    with NonFiniteLossError naming the last good checkpoint). An epoch whose last pass a CancelFitException ended
+    before every callback ordered before this one had run its `after_epoch` (MetricsCB's row, a plateau's step, a
+    logger's row, EarlyStoppingCB's count) is not saved: a resume runs that epoch again. Only rank 0 writes under torch.distributed.
     Before training it saves the schedulers' states (and those of callbacks of your own) once: one that can't be
     pickled is refused then, not after an epoch; one torch's safe loader would refuse on resume is warned of.
     It warns when the run can't be resumed exactly: loaders with persistent workers (their RNG is not saved), and
@@ -490,7 +490,8 @@ class CheckpointCB(Callback):
         stopped = learn.stopped_by
         if learn.training:
             self._train_cut = stopped is not None  # (a train_* monitor reads whether its pass logged)
-            if stopped is None or isinstance(stopped, CancelEpochException):
+            if stopped is None or isinstance(stopped, CancelEpochException) or "valid" not in learn.passes and \
+                    isinstance(stopped, CancelFitException) and self._counted(learn, stopped):
                 self._pending = learn.epoch + 1
             if "valid" in learn.passes:
                 return
@@ -502,15 +503,15 @@ class CheckpointCB(Callback):
             self._save(learn)
 
     def _counted(self, learn: Learner, cancel: CancelFitException) -> bool:
-        """Whether `cancel` ended the validation pass in its after_epoch once every callback that counts the epoch
-        (its state saved, or MetricsCB's row) had run its after_epoch: the raiser's, and those before it."""
+        """Whether `cancel` ended the epoch's last pass in its after_epoch once every callback before this one had
+        run its after_epoch there (MetricsCB's row, a plateau's step, a logger's row, EarlyStoppingCB's count): the
+        raiser's own, and those ordered before it."""
         if getattr(cancel, "event", None) != "after_epoch":
             return False  # broken off part way through the pass
         owners = [getattr(h, "__self__", None) for h in learn._handlers["after_epoch"]]
         raiser = getattr(cancel, "raised_by", None)
         ran = owners[:next((i for i, o in enumerate(owners) if o is raiser), -1) + 1]
-        counting = [*stateful_callbacks(learn).values(), learn.metrics]
-        return all(any(cb is o for o in ran) for cb in counting if cb is not self and any(cb is o for o in owners))
+        return all(any(o is r for r in ran) for o in owners if o is not self and getattr(o, "order", 0) < self.order)
 
     def _save(self, learn: Learner) -> None:
         done, self._pending = self._pending, None
