@@ -4,6 +4,7 @@ with test-time augmentation where the recipe uses it, and the wall time since th
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import gc
 import math
@@ -314,11 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cli() -> int:
     """The `miniai` command (and `python -m miniai`): `main`, in a process that ends right after it."""
-    code = main()
-    # the process ends now: leave its objects (millions, with torch's compiler, which any torch optimizer imports)
-    # to the OS, not to a last collection (0.7 s); main() itself, which Python code may call, leaves them alone
-    gc.freeze()
-    return code
+    # when the process ends, leave its objects (millions, with torch's compiler, which any torch optimizer imports)
+    # to the OS, not to a last collection (0.7 s); at exit, so a script running this (runpy) goes on collecting
+    atexit.register(gc.freeze)
+    return main()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ training; the rest of the number checks call the same parser in this process.
 import gc
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,8 @@ def test_overwrite_replaces_an_earlier_runs_files(tmp_path, capsys):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["miniai", "train", *SMALL, "--out", str(tmp_path), "--overwrite"])
         assert main() == 0
+        with pytest.raises(SystemExit):  # the command itself, as a sweep script would run it: it freezes at exit only
+            runpy.run_module("miniai", run_name="__main__")
     assert gc.get_freeze_count() == frozen
     assert (tmp_path / "model.pt").read_bytes() != b"the first run's weights"
     assert {"model.pt", "result.json", "log.csv", "loss.png"} <= {p.name for p in tmp_path.iterdir()}

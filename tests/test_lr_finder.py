@@ -668,3 +668,27 @@ def test_lr_find_before_the_first_fit_takes_a_callback_whose_state_is_made_at_be
     recent = list(ema.recent)
     learn.lr_find(plot=False, max_epochs=2)
     assert list(ema.recent) == recent
+
+
+def test_lr_find_puts_back_a_callback_whose_state_is_a_tensor_it_changes_in_place():
+    """A state_dict returning a tensor (not a dict) made lr_find raise ('Boolean value of Tensor ... ambiguous'), and
+    one holding a tensor updated in place with grad on (not a leaf) was silently not put back."""
+    class Avg(Callback):
+        def __init__(self) -> None:
+            self.avg = torch.zeros(16, 1)
+
+        def after_step(self, learn) -> None:
+            self.avg.mul_(0.5).add_(learn.model[0].weight)  # (under grad: the result is no leaf)
+
+        def state_dict(self) -> torch.Tensor:
+            return self.avg
+
+        def load_state_dict(self, state: torch.Tensor) -> None:
+            self.avg = state.clone()
+    avg = Avg()
+    learn = bn_learner()
+    learn.add_cb(avg)
+    learn.fit(1)
+    before = avg.avg.detach().clone()
+    learn.lr_find(plot=False, max_epochs=2)
+    assert torch.equal(avg.avg, before)

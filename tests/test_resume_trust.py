@@ -64,6 +64,13 @@ def test_a_chained_scheduler_holding_one_of_our_closed_form_schedules_is_refused
     with pytest.raises(ValueError, match="not chainable"):
         learn.fit(3)
 
+    def sequential_in_chain(opt):  # ours inside a SequentialLR that is a part of a chain: its decay lost too
+        seq = lr_scheduler.SequentialLR(opt, [CosineAnnealing(opt, T_max=12), lr_scheduler.ConstantLR(opt, 1.0)], [12])
+        return lr_scheduler.ChainedScheduler([seq, lr_scheduler.ExponentialLR(opt, 0.5)])
+    learn, _ = make_learner(None, [BatchSchedCB(sequential_in_chain)])
+    with pytest.raises(ValueError, match="not chainable"):
+        learn.fit(3)
+
 
 @pytest.mark.parametrize("how", ["fit_one_cycle", "BatchSchedCB", "EpochSchedCB"])
 def test_a_schedule_the_checkpoint_did_not_have_is_refused_at_resume_before_anything_changes(tmp_path, how):

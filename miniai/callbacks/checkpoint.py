@@ -641,7 +641,8 @@ def _check_states(learn: Learner) -> None:
         buffer = io.BytesIO()
         try:
             # tensors' bytes always save, and a big state (an average of the weights) would cost its size twice
-            state = map_tensors(cb.state_dict(), lambda t: t.detach().new_empty(0))
+            state = map_tensors(cb.state_dict(), lambda t: t.detach().new_empty(0)
+                                if t.layout == torch.strided and not t.is_nested else t)  # (sparse ones as they are)
         except Exception as e:  # noqa: BLE001 -- a scheduler's is built by now: its copy failed, as saving would
             if not sched:  # may not be ready yet (its own before_fit comes later): left to the first save
                 continue

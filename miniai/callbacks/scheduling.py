@@ -70,14 +70,19 @@ def _is_plateau(factory: Any) -> bool:
 
 
 def _chained_closed_form(scheduler: Any) -> Any:
-    """One of our closed-form schedulers that is a part of a ChainedScheduler with other parts, at any depth (a
-    chain inside a SequentialLR too), or None."""
+    """One of our closed-form schedulers under a ChainedScheduler with other parts, at any depth (a chain inside a
+    SequentialLR, a SequentialLR inside a chain), or None."""
     parts = getattr(scheduler, "_schedulers", [])
     if isinstance(scheduler, ChainedScheduler) and len(parts) > 1:
-        ours = next((p for p in parts if isinstance(p, _CLOSED_FORM)), None)
+        ours = next((s for s in _all_parts(scheduler) if isinstance(s, _CLOSED_FORM)), None)
         if ours is not None:
             return ours
     return next((found for p in parts for found in [_chained_closed_form(p)] if found is not None), None)
+
+
+def _all_parts(scheduler: Any) -> list[Any]:
+    """Every scheduler inside a SequentialLR or ChainedScheduler, at any depth."""
+    return [q for p in getattr(scheduler, "_schedulers", []) for q in [p, *_all_parts(p)]]
 
 
 class BaseSchedCB(Callback):

@@ -17,6 +17,7 @@ import torch
 
 from ..data import TensorLoader
 from ..learner import Learner
+from ..utils import map_tensors
 from .checkpoint import callback_generators, generator_state, has_state, loader_generators, set_generator_state
 from .metrics import MetricsCB
 
@@ -51,8 +52,8 @@ def _clone(obj: Any) -> Any:
 def _user_state(cb: Any) -> Any:
     """A deep copy of a user's callback's state_dict (whatever it holds: a deque, a module), or None when it has
     none to give yet (one made at its before_fit, before the first fit)."""
-    try:
-        return copy.deepcopy(cb.state_dict())
+    try:  # (detached: deepcopy refuses a tensor that is not a leaf of the graph)
+        return copy.deepcopy(map_tensors(cb.state_dict(), torch.Tensor.detach))
     except Exception:  # noqa: BLE001 -- then its attributes, put back as for any callback, are all there is
         return None
 
@@ -100,7 +101,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     states = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
               for m in cb.metrics.values() if has_state(m)]  # (miniai's and torcheval's)
     states += [(cb, state) for cb in learn.cbs if weights and has_state(cb)
-               and not type(cb).state_dict.__module__.startswith("miniai.") for state in [_user_state(cb)] if state]
+               and not type(cb).state_dict.__module__.startswith("miniai.") for state in [_user_state(cb)] if state is not None]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
