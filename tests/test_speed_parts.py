@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from miniai.callbacks.mixed_precision import MixedPrecisionCB
 from miniai.callbacks.progress import ProgressCB
 from miniai.callbacks.scheduling import BatchSchedCB, RecorderCB, _lr, _mom, steps_per_epoch
 from miniai.data import DataLoaders, TensorLoader
-from miniai.learner import Callback, Learner, TrainLearner
+from miniai.learner import Callback, CancelFitException, Learner, TrainLearner
 from miniai.models import GeneralRelu, get_model, init_weights
 from miniai.utils import set_seed
 from tests.synth import tiny_learner
@@ -452,3 +453,44 @@ def test_the_count_of_skipped_fp16_steps_continues_on_resume(tmp_path):
     assert straight.n_skipped == resumed.n_skipped == 2
     tiny_learner(cbs=[resumed, InfGradAtEpochBatch((0, 1))]).fit(1)  # a new run counts its own
     assert resumed.n_skipped == 1
+
+
+def test_a_fit_broken_mid_group_on_a_loader_without_len_starts_the_next_fit_on_a_fresh_group():
+    """On a loader without len a partial group carries into the next fit; a fit ended inside a batch after its
+    backward (CancelFitException there) drops that batch's gradients, but GradAccumCB kept counting the group: the
+    next fit's first step divided its 4 batches' gradients by 6."""
+    class NoLen:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __iter__(self):
+            for i in range(len(self.x)):
+                yield self.x[i:i + 1], self.y[i:i + 1]
+    x = torch.randn(8, 1, generator=torch.Generator().manual_seed(0))
+    dls = SimpleNamespace(train=NoLen(x, 2 * x + 3), valid=NoLen(x[:2], 2 * x[:2] + 3))
+
+    class StopAt2(Callback):
+        order = 10  # at after_backward, before GradAccumCB (15)
+
+        def after_backward(self, learn):
+            if learn.iter == 2:
+                raise CancelFitException()
+
+    class FirstStep(Callback):
+        order = 16  # after GradAccumCB's averaging, before the step
+        grad = None
+
+        def after_backward(self, learn):
+            if learn.iter == 3 and self.grad is None:
+                self.grad = learn.model.weight.grad.clone()
+    torch.manual_seed(0)
+    learn = TrainLearner(nn.Linear(1, 1), dls, F.mse_loss, lr=0.0, cbs=[GradAccumCB(4)])  # lr 0: weights stay
+    learn.fit(1, valid=False, cbs=[StopAt2()])
+    first = FirstStep()
+    learn.fit(1, valid=False, cbs=[first])
+    expected = torch.zeros_like(first.grad)
+    for i in range(4):
+        learn.model.zero_grad()
+        F.mse_loss(learn.model(x[i:i + 1]), 2 * x[i:i + 1] + 3).backward()
+        expected += learn.model.weight.grad / 4
+    torch.testing.assert_close(first.grad, expected)

@@ -71,6 +71,9 @@ class GradAccumCB(Callback):
         self._summed, self._carried = 0, []
 
     def after_loss(self, learn: Learner) -> None:
+        if learn.training and self._summed and all(p.grad is None for p in learn.model.parameters()):
+            self._summed, self._carried = 0, []  # the learner dropped the group's gradients (a fit that ended inside
+            # a batch after its backward): a group carried over from it starts afresh
         if learn.training and not self._summed:
             # a group starts: gradients already in .grad (MomentumLearner keeps mom x the old ones) are not this
             # group's, and must come through the division below as they are; usually there are none (zero_grad).
