@@ -16,7 +16,7 @@ import torch
 from torch import nn, optim
 
 __all__ = ["check_new_callback", "check_steps", "check_callback_names", "check_fit_args", "check_loaders",
-           "check_new_params", "empty_pass_error", "batch_type_error"]
+           "drops_last", "check_new_params", "empty_pass_error", "batch_type_error"]
 
 
 def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
@@ -99,6 +99,12 @@ def check_fit_args(n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
         warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=3)
 
 
+def drops_last(dl: Any) -> bool:
+    """Whether a loader drops its last items: its own drop_last, or, for a DataLoader given batch_sampler=
+    BatchSampler(..., drop_last=True) (whose dl.drop_last is False), its batch sampler's."""
+    return bool(getattr(dl, "drop_last", False) or getattr(getattr(dl, "batch_sampler", None), "drop_last", False))
+
+
 def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
     """A missing or empty loader (of known length) is an error before any batch, not NaN metrics after."""
     for name in passes:
@@ -106,10 +112,7 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
         if dl is None:
             raise ValueError(f"dls has no {name} loader: give the learner DataLoaders(train_dl, valid_dl) "
                              "(miniai.data), or pass " + _skip_pass(name))
-        # metrics over part of the set, without a word; a DataLoader given batch_sampler=BatchSampler(...,
-        # drop_last=True) has dl.drop_last False, so its batch sampler's is read too
-        if name == "valid" and (getattr(dl, "drop_last", False)
-                                or getattr(getattr(dl, "batch_sampler", None), "drop_last", False)):
+        if name == "valid" and drops_last(dl):  # metrics over part of the set, without a word
             raise ValueError("dls.valid drops its last items (drop_last=True): the validation metrics would leave "
                              "them out. Build the validation loader without drop_last (it only matters for training)")
         try:

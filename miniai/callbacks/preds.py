@@ -27,6 +27,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
+from ..checks import drops_last
 from ..data import TensorLoader
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
@@ -316,8 +317,7 @@ def _in_order(dl: Any) -> Any:
                          "TensorLoader(x, y, bs) over the items to predict")
     if type(dl) is TensorLoader and (dl.shuffle or dl.drop_last):
         return TensorLoader(dl.x, dl.y, bs=dl.bs)
-    # a DataLoader given batch_sampler=BatchSampler(..., drop_last=True) has dl.drop_last False: read both
-    drops = bool(getattr(dl, "drop_last", False) or getattr(getattr(dl, "batch_sampler", None), "drop_last", False))
+    drops = drops_last(dl)
     sampler = getattr(getattr(dl, "batch_sampler", None), "sampler", getattr(dl, "sampler", None))
     if isinstance(sampler, DistributedSampler) and sampler.num_replicas > 1:  # one process's part, padded
         return _refuse_order(dl)
