@@ -256,15 +256,24 @@ def _counted(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | N
     return target != ignore_index
 
 
+def _loss_mask(loss: torch.Tensor, target: Any, ignore_index: int | None) -> torch.Tensor | None:
+    """Where unreduced losses count: positions whose integer target (one per loss) is not `ignore_index`; None
+    when all do (float targets, targets of another shape, an ignore_index the dtype can't hold)."""
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape:
+        return _counted(target, ignore_index)
+    return None
+
+
 def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     """A batch's per-item (or per-position) losses as the batch's loss: their mean over the positions whose
     integer target is not the loss's ignore_index, as reduction='mean' and get_preds leave those out."""
     loss = loss.float()
-    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape:
-        mask = _counted(target, _ignored_target(loss_func))
-        if mask is not None:  # (no position counted: NaN, as torch's mean loss is)
-            return (loss * mask).sum() / mask.sum()
+    mask = _loss_mask(loss, target, _ignored_target(loss_func))
+    if mask is not None:  # (no position counted: NaN, as torch's mean loss is)
+        return (loss * mask).sum() / mask.sum()
     return loss.mean()
+
+
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
 

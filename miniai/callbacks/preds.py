@@ -33,7 +33,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
                        build_handlers)
 from ..utils import to_cpu
 from .augment import BatchTransformCB
-from .metrics import _counted, _ignored_target
+from .metrics import _ignored_target, _loss_mask
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -282,8 +282,7 @@ def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100) -> torch.Tenso
         return loss
     flat = loss.reshape(len(loss), -1)
     target = yb[0] if len(yb) == 1 else None
-    counted = _counted(target, ignored) if isinstance(target, torch.Tensor) and not target.is_floating_point() \
-        and target.shape == loss.shape else None  # (None also where the dtype can't hold `ignored`: uint8 -100)
+    counted = _loss_mask(loss, target, ignored)  # (None also where the dtype can't hold `ignored`: uint8 -100)
     if counted is not None:
         counted = counted.reshape(len(loss), -1)
         return (flat * counted).sum(1) / counted.sum(1).clamp(min=1)
