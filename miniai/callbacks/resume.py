@@ -48,6 +48,12 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     return ResumeCB(state, file, lr)
 
 
+def _schedules(cb: Callback) -> bool:
+    """Whether `cb` sets the lr by a schedule counted from the run's start: a scheduling callback, but for a
+    plateau's, which only scales the lr it finds when the metric stalls (it takes an lr given at resume)."""
+    return isinstance(cb, BaseSchedCB) and not isinstance(cb.scheduler, ReduceLROnPlateau)
+
+
 class ResumeCB(Callback):
     """Loads a checkpoint into the learner after every other `before_fit`: model, optimizer, callbacks, loaders, RNG.
 
@@ -72,13 +78,11 @@ class ResumeCB(Callback):
         # --- checks: nothing is changed until all of them pass
         _check_model(model, state["model"], file, warn=False)  # again: a callback may have changed the model
         opt_state = _optimizer_state(learn.opt, model, state, file)
-        stateful, saved = stateful_callbacks(learn), state["callbacks"]
-        # SWALR, once running (resumed past swa_start), sets the lr each epoch too; a plateau only scales the lr
-        # it finds, when the metric stalls: it takes the lr given
-        schedulers = [k for k, cb in stateful.items() if isinstance(cb, BaseSchedCB)
-                      and not isinstance(cb.scheduler, ReduceLROnPlateau)
+        stateful, saved, training = stateful_callbacks(learn), state["callbacks"], "train" in learn.passes
+        # SWALR, once running (resumed past swa_start), sets the lr each epoch too
+        schedulers = [k for k, cb in stateful.items() if _schedules(cb)
                       or isinstance(cb, SWACB) and learn.start_epoch > cb.swa_start]
-        if self.lr is not None and schedulers and "train" in learn.passes:
+        if self.lr is not None and schedulers and training:
             raise ValueError(
                 f"fit(lr={self.lr}, resume=...) with {', '.join(schedulers)}: its schedule sets the lr at every step, "
                 "so the lr given would be overwritten. Resume without lr= to continue the saved schedule, or start a "
@@ -88,10 +92,9 @@ class ResumeCB(Callback):
         lost = [k for k in saved if k not in stateful and not k.startswith("CheckpointCB_")]
         new = [k for k in stateful if k not in saved and not isinstance(stateful[k], CheckpointCB)]
         # a schedule counts its steps from the start of the run: begun mid-run it runs another shape (and torch's
-        # keys it wrote into the param groups are replaced by the saved optimizer's); a plateau counts nothing
-        counted = [k for k in new if isinstance(stateful[k], BaseSchedCB)
-                   and not isinstance(stateful[k].scheduler, ReduceLROnPlateau)]
-        if counted and "train" in learn.passes and learn.start_epoch < learn.n_epochs:
+        # keys it wrote into the param groups are replaced by the saved optimizer's)
+        counted = [k for k in new if _schedules(stateful[k])]
+        if counted and training and learn.start_epoch < learn.n_epochs:
             raise ValueError(
                 f"resuming with {', '.join(counted)} ({type(stateful[counted[0]].scheduler).__name__}), but the run "
                 f"saved in {file} had no such schedule: a schedule counts from the start of a run and can't begin "
@@ -109,7 +112,6 @@ class ResumeCB(Callback):
             _check_loader(dl, state["loaders"][name], name)
         # schedulers check their saved state against this fit as they load it (length, steps per epoch); an
         # evaluation (fit(train=False)) builds and steps none, and the saved lr comes with the optimizer state
-        training = "train" in learn.passes
         given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
         for key in sorted(stateful, key=lambda k: not isinstance(stateful[k], BaseSchedCB)):
             if key in saved and (training or not isinstance(stateful[key], BaseSchedCB)):
