@@ -69,20 +69,14 @@ def _is_plateau(factory: Any) -> bool:
     return isinstance(factory, type) and issubclass(factory, ReduceLROnPlateau)
 
 
-def _chained_closed_form(scheduler: Any) -> Any:
+def _chained_closed_form(scheduler: Any, chained: bool = False) -> Any:
     """One of our closed-form schedulers under a ChainedScheduler with other parts, at any depth (a chain inside a
-    SequentialLR, a SequentialLR inside a chain), or None."""
+    SequentialLR, a SequentialLR inside a chain), or None; `chained`: `scheduler` is under such a chain."""
     parts = getattr(scheduler, "_schedulers", [])
-    if isinstance(scheduler, ChainedScheduler) and len(parts) > 1:
-        ours = next((s for s in _all_parts(scheduler) if isinstance(s, _CLOSED_FORM)), None)
-        if ours is not None:
-            return ours
-    return next((found for p in parts for found in [_chained_closed_form(p)] if found is not None), None)
-
-
-def _all_parts(scheduler: Any) -> list[Any]:
-    """Every scheduler inside a SequentialLR or ChainedScheduler, at any depth."""
-    return [q for p in getattr(scheduler, "_schedulers", []) for q in [p, *_all_parts(p)]]
+    chained = chained or isinstance(scheduler, ChainedScheduler) and len(parts) > 1
+    if chained and isinstance(scheduler, _CLOSED_FORM):
+        return scheduler
+    return next((found for p in parts for found in [_chained_closed_form(p, chained)] if found is not None), None)
 
 
 class BaseSchedCB(Callback):
