@@ -661,9 +661,11 @@ def _check_states(learn: Learner) -> None:
                 "lr_lambda object: use a function defined at module level, not a lambda or a local function, or an "
                 "object holding plain values), or train without CheckpointCB") from error
         try:
-            torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=True)
+            buffer.seek(0)
+            torch.load(buffer, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 -- only the safe loader's refusals are news here
-            refused = refused_types(e, io.BytesIO(buffer.getvalue()))
+            buffer.seek(0)
+            refused = refused_types(e, buffer)
             if refused:
                 warnings.warn(f"CheckpointCB: {key}'s state can be saved, but a resume will be refused: "
                               f"{safe_loader_advice(refused)}", stacklevel=4)
