@@ -107,7 +107,7 @@ def _is_cache_file(file: Path) -> bool:
         d = torch.load(file, weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 -- not a torch file we can read: not ours to delete
         return False
-    return isinstance(d, dict) and {"train_x", "train_y", "valid_x", "valid_y", "classes", "source"} <= d.keys()
+    return isinstance(d, dict) and set(RawData._fields) <= d.keys()
 
 
 def _mtime(file: Path) -> float:
