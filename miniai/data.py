@@ -202,15 +202,15 @@ class DataLoaders:
     def item_dtype(self) -> torch.dtype | None:
         """The dtype of the loaders' inputs (uint8 pixels, or floats a transform takes as they are), as given or read
         from the training loader's tensor or its dataset's first item; None when unknown."""
-        if self._item_dtype is None:
-            x = getattr(self.train, "x", None)
-            if x is None:
-                try:  # a torch DataLoader: its dataset's first item (one item: cheap)
-                    x = self.train.dataset[0][0]
-                except Exception:  # noqa: BLE001 -- no dataset, or items of another form: unknown
-                    x = None
-            return x.dtype if isinstance(x, torch.Tensor) else None
-        return self._item_dtype
+        if self._item_dtype is not None:
+            return self._item_dtype
+        x = getattr(self.train, "x", None)
+        if x is None:
+            try:  # a torch DataLoader: its dataset's first item (one item: cheap)
+                x = self.train.dataset[0][0]
+            except Exception:  # noqa: BLE001 -- no dataset, or items of another form: unknown
+                x = None
+        return x.dtype if isinstance(x, torch.Tensor) else None
 
     def to(self, device: str | torch.device) -> DataLoaders:
         """Move loaders that hold their data (TensorLoader) to `device`; others pass through. Returns self."""
