@@ -101,7 +101,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
     states = [(m, _clone(m.state_dict())) for cb in learn.cbs if weights and isinstance(cb, MetricsCB)
               for m in cb.metrics.values() if has_state(m)]  # (miniai's and torcheval's)
     states += [(cb, state) for cb in learn.cbs if weights and has_state(cb)
-               and not type(cb).state_dict.__module__.startswith("miniai.") for state in [_user_state(cb)] if state is not None]
+               and not type(cb).state_dict.__module__.startswith("miniai.")
+               for state in [_user_state(cb)] if state is not None]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
