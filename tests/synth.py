@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import struct
 import sys
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,3 +88,12 @@ def held_by_another_process(directory: Path) -> Iterator[int]:
         holder.stdin.close()  # it ends, and the system drops its lock
         holder.wait()
 
+
+def zip_record_start(file: Path, which: Callable[[zipfile.ZipInfo], bool]) -> int:
+    """Where, in a torch zip file, the data of the first record `which` picks begins: past its local header, whose
+    own name and extra fields (lengths at bytes 26-29) may differ from the central directory's."""
+    info = next(i for i in zipfile.ZipFile(file).infolist() if which(i))
+    with open(file, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    return info.header_offset + 30 + name_len + extra_len

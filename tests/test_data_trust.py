@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import zipfile
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from miniai.cache import CACHE_STATS, load_tensors
 from miniai.data import DataLoaders, get_dls
 from miniai.idx import IDXError, read_idx
 from miniai.sources import FASHION_CLASSES
+from tests.synth import zip_record_start
 from tests.test_data import fake_fashion, fresh_caches, write_fashion_dir  # noqa: F401 -- (an autouse fixture)
 
 
@@ -197,10 +197,8 @@ def test_swapped_label_words_in_the_disk_cache_are_caught_and_decoded_again(tmp_
     load_tensors(path=d)
     [cache_file] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
     data = bytearray(cache_file.read_bytes())
-    with zipfile.ZipFile(cache_file) as z:  # train_y: 40 int64 labels
-        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size == 40 * 8)
-    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little") \
-        + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    # train_y: 40 int64 labels
+    start = zip_record_start(cache_file, lambda i: "/data/" in i.filename and i.file_size == 40 * 8)
     k = next(k for k in range(2, 40, 2) if raw[1][k] != raw[1][0])
     w = lambda i: slice(start + 8 * i, start + 8 * i + 8)  # noqa: E731
     data[w(0)], data[w(k)] = data[w(k)], data[w(0)]
