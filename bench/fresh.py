@@ -18,6 +18,7 @@ Rows:
   miniai  TrainLearner with the README's callbacks: DeviceCB, MetricsCB(accuracy=Accuracy()), ProgressCB
           (terminal bars, written into /dev/null), and the default NaN guard
   acts    miniai + ActivationStats on the GeneralRelu layers
+  acts4   the same with ActivationStats(every=4): batches 0, 4, 8, ... recorded (an extra row, not a default)
 
 Allocator (`--malloc`): `protected` (the default) is what users get: miniai's DeviceCB fixes glibc's malloc
 thresholds (`miniai.utils.fix_malloc`), and the hand loop gets the same call, as a user following the README would
@@ -114,8 +115,8 @@ def child(row: str, bs: int, epochs: int, n_train: int | None, malloc: str) -> d
                     faults.append((page_faults() - self.f0) / n_batches)
         # on the CPU, as the hand loop: DeviceCB() would pick a GPU where there is one
         cbs = [DeviceCB("cpu"), MetricsCB(accuracy=Accuracy()), ProgressCB(mode="terminal"), EpochTimes()]
-        if row == "acts":
-            cbs.append(ActivationStats(lambda m: isinstance(m, GeneralRelu)))
+        if row in ("acts", "acts4"):
+            cbs.append(ActivationStats(lambda m: isinstance(m, GeneralRelu), every=4 if row == "acts4" else 1))
         learn = TrainLearner(model, dls, F.cross_entropy, lr=LR, cbs=cbs, opt_func=optim.AdamW)
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             learn.fit(epochs)

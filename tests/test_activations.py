@@ -166,6 +166,40 @@ def test_hooks_callback_on_valid_records_validation_batches_too():
     assert [h.calls for h in cb] == [2, 2]
 
 
+def test_every_records_batches_0_k_2k_of_each_pass_and_the_stats_are_those_batches():
+    model = mlp()
+    every, all_ = ActivationStats(lambda m: isinstance(m, nn.ReLU), every=2), ActivationStats(
+        lambda m: isinstance(m, nn.ReLU))
+    # 5 training batches a pass, 2 epochs: batches 0, 2, 4 of each pass are recorded, 6 in all
+    TrainLearner(model, linear_dls(n_train=80, n_valid=32, bs=16), F.mse_loss, lr=0.01, cbs=[every, all_]).fit(2)
+    for (means, stds, hists), (all_means, all_stds, all_hists) in zip(every.stats, all_.stats):
+        assert len(means) == 6 and len(all_means) == 10
+        picked = [0, 2, 4, 5, 7, 9]  # (both record the same forwards)
+        assert torch.equal(means, all_means[picked]) and torch.equal(stds, all_stds[picked])
+        assert torch.equal(hists, all_hists[picked])
+
+
+def test_every_is_a_whole_number_of_at_least_1():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="every is the step between recorded batches"):
+            ActivationStats(every=bad)
+
+
+def test_a_module_run_twice_a_batch_is_caught_with_every_too():
+    relu = nn.ReLU()
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.relu = nn.Linear(1, 1), relu
+
+        def forward(self, x):
+            return self.relu(self.lin(self.relu(x)))
+    stats = ActivationStats(mods=[relu], every=2)
+    with pytest.raises(ValueError, match="ran 2 times per batch"):
+        TrainLearner(Twice(), linear_dls(n_train=80, bs=16), F.mse_loss, lr=0.01, cbs=[stats]).fit(1)
+
+
 def test_filter_matching_nothing_is_an_error_and_leaves_no_hooks():
     model = mlp()
     with pytest.raises(ValueError, match="mod_filter matched no module of Sequential"):
