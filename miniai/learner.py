@@ -36,6 +36,7 @@ Learner state that callbacks may read, and from which event on:
 | `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: ran out  |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
+| `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
 | `preds`                      | `after_predict`| the model's output                                                        |
 | `loss`                       | `after_loss`   | the loss tensor, `loss_func(preds, *yb)` (still on the device)            |
 """
@@ -212,7 +213,7 @@ class Learner:
                 self.add_cb(cb)
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
-            self.passes = ("train",) * train + ("valid",) * valid
+            self.passes, self.stepped = ("train",) * train + ("valid",) * valid, False
             self.start_epoch, self.resumed_from = 0, None  # fit(resume=...) sets these, and
             self.last_checkpoint = self.schedule_stop = None  # CheckpointCB and SWACB these
             self.stop_requested = False  # and EarlyStoppingCB this
@@ -312,6 +313,7 @@ class Learner:
 
     def _all_batches(self) -> None:
         for self.iter, self.batch in enumerate(self.dl):
+            self.stepped = False
             self._stage("batch", self._one_batch, CancelBatchException)
         if self.iter is None:  # an empty pass would log NaN metrics and feed them to schedulers and early stopping
             raise empty_pass_error(self.training, self.epoch, self.dl)
@@ -327,6 +329,7 @@ class Learner:
             self._do("backward")
             self._emit("after_backward")
             self._do("step")
+            self.stepped = True  # (schedulers count steps by this: a cancel may cut after_step's handlers short)
             self._emit("after_step")
             self._do("zero_grad")
         except CancelStepException:

@@ -185,6 +185,20 @@ def test_lr_find_runs_no_validation_pass_and_grows_the_lr_geometrically():
     assert res.lrs == pytest.approx([1e-4 * 2.0 ** i for i in range(len(res.lrs))])
 
 
+def test_lr_find_grows_the_lr_when_a_callback_before_it_cancels_in_after_step():
+    """A CancelStepException in after_step (keep the gradients) from a callback ordered before the finder cut off
+    its after_step, where it learnt that the optimizer stepped: the lr never grew, silently."""
+    from miniai.learner import CancelStepException
+
+    class KeepGrads(Callback):
+        def after_step(self, learn):
+            raise CancelStepException()
+    learn = bn_learner()
+    learn.add_cb(KeepGrads())
+    res = learn.lr_find(start_lr=1e-4, gamma=2.0, max_epochs=3, plot=False)
+    assert len(res.lrs) > 3 and res.lrs == pytest.approx([1e-4 * 2.0 ** i for i in range(len(res.lrs))])
+
+
 def test_lr_find_stops_early_on_divergence():
     learn, limit = quadratic_problem(scale=1.0, n_batches=300)
     res = learn.lr_find(max_epochs=1, plot=False)
@@ -211,15 +225,13 @@ def test_lr_finder_cb_multiplies_every_param_group_and_stops_on_nan():
     cb = LRFinderCB(gamma=2.0, max_mult=3.0)
     cb.before_fit(SimpleNamespace(opt=opt))
     for loss in (1.0, 0.5):
-        learn = SimpleNamespace(loss=torch.tensor(loss), opt=opt)
-        cb.after_step(learn)  # the optimizer stepped on this batch
+        learn = SimpleNamespace(loss=torch.tensor(loss), opt=opt, stepped=True)  # the optimizer stepped
         cb.after_batch(learn)
         assert opt.param_groups[0]["lr"] == (1e-3 if loss == 1.0 else 2e-3)  # after_batch readers see the batch's lr
         cb.cleanup_batch(learn)
     assert [g["lr"] for g in opt.param_groups] == [4e-3, 4e-2]
-    cb.after_step(learn)
     with pytest.raises(CancelFitException):
-        cb.after_batch(SimpleNamespace(loss=torch.tensor(float("nan")), opt=opt))
+        cb.after_batch(SimpleNamespace(loss=torch.tensor(float("nan")), opt=opt, stepped=True))
     cb.cleanup_batch(learn)
     assert [g["lr"] for g in opt.param_groups] == [4e-3, 4e-2]  # no growth after the batch that stopped it
     assert cb.lrs == [1e-3, 2e-3, 4e-3] and cb.losses[:2] == [1.0, 0.5] and math.isnan(cb.losses[2])

@@ -718,3 +718,97 @@ def test_an_evaluation_fit_steps_no_plateau_schedule():
         for _ in range(3):
             learn.fit(1, train=False)
     assert sched.n_steps == steps and sched.scheduler.state_dict() == state and sched._opt.param_groups[0]["lr"] == lr
+
+
+# ------------------------------------------------------------------ probe findings (stop 26)
+
+class _KeepGrads(Callback):
+    """Order 0, before the schedulers (20): CancelStepException in after_step (skip zero_grad) after batch `at`."""
+
+    def __init__(self, at=None):
+        self.at = at
+
+    def after_step(self, learn):
+        if self.at is None or learn.iter == self.at:
+            raise CancelStepException()
+
+
+def _hand_lrs(factory, n):
+    opt = optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched, lrs = factory(opt), []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_a_step_cancelled_in_after_step_by_an_earlier_callback_still_steps_the_schedule():
+    """The optimizer stepped, then a callback before BatchSchedCB raised CancelStepException in after_step (the
+    documented way to keep the gradients): the schedule missed that step and ran one behind, silently."""
+    factory = partial(ls.StepLR, step_size=1, gamma=0.5)
+    rec, sched = RecorderCB(lr=_lr), BatchSchedCB(factory)
+    make_learner([sched, rec, _KeepGrads(at=1)]).fit(2, valid=False)
+    assert rec.recs["lr"] == pytest.approx(_hand_lrs(factory, 2 * BATCHES))
+    assert sched.n_steps == 2 * BATCHES
+
+
+def test_an_epoch_whose_steps_are_all_followed_by_a_cancel_still_steps_the_epoch_schedule():
+    factory = partial(ls.StepLR, step_size=1, gamma=0.5)
+    rec = RecorderCB(lr=_lr)
+    make_learner([EpochSchedCB(factory), rec, _KeepGrads()], n_train=BS).fit(3, valid=False)
+    assert rec.recs["lr"] == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_a_step_its_owner_skips_is_still_no_schedule_step():
+    """A step owner that skips a step (a grad scaler's inf) raises CancelStepException in it: no schedule step."""
+    class SkipStep(Callback):
+        owns_steps = ("step",)
+
+        def step(self, learn):
+            if learn.iter == 2:
+                raise CancelStepException()
+            learn.opt.step()
+    sched = BatchSchedCB(partial(ls.StepLR, step_size=1, gamma=0.5))
+    make_learner([sched, SkipStep()]).fit(1, valid=False)
+    assert sched.n_steps == BATCHES - 1
+
+
+def _sequential(parts):
+    return lambda opt: ls.SequentialLR(opt, [make(opt) for make in parts], milestones=list(range(3, 3 * len(parts), 3)))
+
+
+@pytest.mark.parametrize("other", [
+    [lambda o: ls.ConstantLR(o, 0.5, total_iters=3), lambda o: ls.StepLR(o, 2, 0.5)],  # other parts
+    [lambda o: ls.LinearLR(o, 0.1, total_iters=3), lambda o: ls.ExponentialLR(o, 0.9),
+     lambda o: ls.StepLR(o, 2, 0.5)],  # one more
+])
+def test_resuming_a_sequential_schedule_with_other_parts_is_refused(tmp_path, other):
+    """Only the outer class was compared: another SequentialLR's parts took the saved parts' states, a hybrid."""
+    from miniai.callbacks.checkpoint import CheckpointCB
+    saved = [lambda o: ls.LinearLR(o, 0.1, total_iters=3), lambda o: ls.ExponentialLR(o, 0.9)]
+
+    class StopAt2(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 2:
+                raise CancelFitException()
+    with redirect_stdout(io.StringIO()):
+        make_learner([MetricsCB(), BatchSchedCB(_sequential(saved)), CheckpointCB(tmp_path), StopAt2()]).fit(4)
+        learn = make_learner([MetricsCB(), BatchSchedCB(_sequential(other)), CheckpointCB(tmp_path)])
+        with pytest.raises(ValueError, match=r"SequentialLR\(LinearLR, ExponentialLR\).*SequentialLR\("):
+            learn.fit(4, resume=tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, steps", [(dict(pct_start=1.0), 3), (dict(pct_start=0.25), 4),
+                                           (dict(pct_start=5 / 8, three_phase=True), 4)])
+def test_a_one_cycle_with_a_phase_of_no_steps_is_refused_before_training(kwargs, steps):
+    """torch's OneCycleLR divides by a phase's length: a bare ZeroDivisionError, for pct_start=1.0 only at the
+    last step, after the last epoch trained (its validation, metrics row and checkpoint lost)."""
+    learn = make_learner([], n_train=steps * BS)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match="pct_start"):
+        if "three_phase" in kwargs:
+            learn.fit(1, cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=steps, **kwargs))])
+        else:
+            learn.fit_one_cycle(1, max_lr=0.1, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))

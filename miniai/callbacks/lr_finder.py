@@ -55,7 +55,7 @@ class LRFinderCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min = [], [], math.inf
-        self._grow, self._stepped, self._group, self._lr0, self.diverged = False, False, [], None, False
+        self._grow, self._group, self._lr0, self.diverged = False, [], None, False
         # opt.defaults' lr is the one fit made the optimizer with; group 0 may run at a fraction of it
         group0 = learn.opt.param_groups[0]["lr"]
         self._scale = float(getattr(learn.opt, "defaults", {}).get("lr", group0)) / group0 if group0 else 1.0
@@ -64,15 +64,12 @@ class LRFinderCB(Callback):
         if not learn.training:
             raise CancelEpochException()  # the finder only looks at training batches
 
-    def after_step(self, learn: Learner) -> None:
-        self._stepped = True
-
     def after_batch(self, learn: Learner) -> None:
         self._group.append(float(learn.loss.detach().float().item()))  # sync point, on purpose (see above)
-        if not self._stepped and math.isfinite(self._group[-1]):
+        if not learn.stepped and math.isfinite(self._group[-1]):
             return  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
         # (a non-finite loss ends the finder at once: an fp16 scaler skips that step, so none would come)
-        loss, self._group, self._stepped = sum(self._group) / len(self._group), [], False
+        loss, self._group = sum(self._group) / len(self._group), []
         lr = learn.opt.param_groups[0]["lr"]
         if self._lr0 is not None and not math.isclose(lr, self._lr0 * self.gamma, rel_tol=1e-6):
             raise RuntimeError(f"LRFinderCB set lr={self._lr0 * self.gamma:.3g} but the batch ran with {lr:.3g}: "

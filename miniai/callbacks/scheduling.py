@@ -5,10 +5,10 @@ class, or a `functools.partial` of one with its arguments), and build the schedu
 optimizer that fit just made. They step it exactly where a hand-written torch loop would, `opt.step();
 scheduler.step()`, so every schedule gives each batch the lr torch documents:
 
-- `BatchSchedCB` steps after each optimizer step that really happened (those that reached `after_step`:
-  `CancelStepException`, raised by gradient accumulation or a grad scaler that skipped a step, means no scheduler
-  step). It steps at `cleanup_batch`, after every `after_batch` reader such as `RecorderCB`, so they see the lr
-  the batch trained with.
+- `BatchSchedCB` steps after each optimizer step that really happened (`learn.stepped`: the learner's `step`
+  returned; `CancelStepException`, raised by gradient accumulation or a grad scaler that skipped a step, means no
+  scheduler step). It steps at `cleanup_batch`, after every `after_batch` reader such as `RecorderCB`, so they see
+  the lr the batch trained with.
 - `EpochSchedCB` steps after the training pass (`cleanup_epoch`), or, for `ReduceLROnPlateau`, after the pass
   whose metric it monitors (`after_epoch`, once MetricsCB has logged it). Nothing steps during validation.
 - As in a hand-written loop, the last step leaves in the optimizer the lr of the step after the fit. From epoch
@@ -62,11 +62,16 @@ def steps_per_epoch(learn: Learner) -> int | None:
     return n
 
 
-def _is_plateau(factory: Any) -> bool:
-    """Whether the factory (a class or a partial of one) builds a ReduceLROnPlateau, when that can be told."""
+def _builds(factory: Any, cls: type) -> bool:
+    """Whether the factory (a class or a partial of one) builds a `cls`, when that can be told."""
     while isinstance(factory, functools.partial):
         factory = factory.func
-    return isinstance(factory, type) and issubclass(factory, ReduceLROnPlateau)
+    return isinstance(factory, type) and issubclass(factory, cls)
+
+
+def _is_plateau(factory: Any) -> bool:
+    """Whether the factory (a class or a partial of one) builds a ReduceLROnPlateau, when that can be told."""
+    return _builds(factory, ReduceLROnPlateau)
 
 
 def _chained_closed_form(scheduler: Any, chained: bool = False) -> Any:
@@ -106,7 +111,12 @@ class BaseSchedCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         if "train" not in learn.passes:  # an evaluation steps nothing: the last training fit's scheduler stays
             return
-        scheduler = self.factory(learn.opt)
+        try:
+            scheduler = self.factory(learn.opt)
+        except ZeroDivisionError as e:  # torch's OneCycleLR steps once when built: a phase of no steps fails there
+            if not _builds(self.factory, OneCycleLR):
+                raise
+            raise ValueError(_ONE_CYCLE_PHASE) from e
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"{type(self).__name__}'s factory returned {scheduler!r}, which has no step(); "
                             f"the factory must return a scheduler built on the optimizer it is given")
@@ -121,6 +131,7 @@ class BaseSchedCB(Callback):
                              "is not chainable: it sets the lr outright from each group's initial lr at every step, so "
                              "it discards the other schedulers' changes. For a cosine use torch's CosineAnnealingLR, "
                              "which chains; or run schedules one after another with SequentialLR")
+        _check_one_cycle_phases(scheduler)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
@@ -202,8 +213,8 @@ class BaseSchedCB(Callback):
 
     # --- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A copy of: `scheduler` (its own state_dict) and its class name, `n_steps`, `steps_per_epoch`, and
-        `param_groups` (each group's lr and momentum/betas, which the scheduler sets but keeps in the optimizer)."""
+        """A copy of: `scheduler` (its own state_dict) and its class (with its parts'), `n_steps`, `steps_per_epoch`,
+        and `param_groups` (each group's lr and momentum/betas, which the scheduler sets but keeps in the optimizer)."""
         if self.scheduler is None:
             raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit; call state_dict() "
                                f"during or after a fit")
@@ -211,7 +222,7 @@ class BaseSchedCB(Callback):
                   for group in self._opt.param_groups]
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
                               "steps_per_epoch": self._per_epoch, "param_groups": groups,
-                              "scheduler_class": type(self.scheduler).__name__})
+                              "scheduler_class": _structure(self.scheduler)})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`, during a fit (after this callback's before_fit, as `fit(resume=...)` does).
@@ -223,7 +234,9 @@ class BaseSchedCB(Callback):
         if self.scheduler is None or learn is None:
             raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit: load its state during "
                                "a fit, after that (learn.fit(n, resume=path) does)")
-        saved_class, ours = state.get("scheduler_class"), type(self.scheduler).__name__
+        saved_class, ours = state.get("scheduler_class"), _structure(self.scheduler)
+        if saved_class is not None and "(" not in saved_class:  # (saved before the parts were: the class alone)
+            ours = type(self.scheduler).__name__
         if saved_class is not None and saved_class != ours:  # its state would make a hybrid of the two schedules
             raise ValueError(f"the checkpoint's {type(self).__name__} ran a {saved_class}, this fit's builds a {ours}: "
                              f"resume with the saved run's scheduler, or start a new fit from its weights")
@@ -249,6 +262,35 @@ class BaseSchedCB(Callback):
             group.update(saved)
 
 
+def _check_one_cycle_phases(scheduler: Any) -> None:
+    """Refuse a torch OneCycleLR (at any depth) with a phase of no steps, before it fails mid-fit.
+
+    Its lr at a step is interpolated over the step's phase, divided by the phase's length: with pct_start=1.0, or
+    pct_start × total_steps = 1, that is a ZeroDivisionError at the first step or the one after the last batch.
+    """
+    for part in getattr(scheduler, "_schedulers", []):
+        _check_one_cycle_phases(part)
+    if not isinstance(scheduler, OneCycleLR):
+        return
+    ends = [phase["end_step"] for phase in scheduler._schedule_phases]
+    if any(end == start for start, end in zip([0.0, *ends], ends)):
+        raise ValueError(f"{_ONE_CYCLE_PHASE} (This one: total_steps={scheduler.total_steps}, phases ending at steps "
+                         f"{[round(e, 6) for e in ends]}.)")
+
+
+_ONE_CYCLE_PHASE = ("OneCycleLR has a phase of no steps (pct_start=1.0, or pct_start × total_steps = 1, or for "
+                    "three_phase 2 × pct_start × total_steps = total_steps + 1): torch divides by each phase's "
+                    "length, so it fails with ZeroDivisionError when a step lands there. Use a pct_start with "
+                    "pct_start × total_steps > 1 and pct_start < 1 (fit_one_cycle's default is 0.3), or more steps")
+
+
+def _structure(scheduler: Any) -> str:
+    """The scheduler's class, and its parts' in a SequentialLR or ChainedScheduler: `SequentialLR(LinearLR, StepLR)`."""
+    parts = getattr(scheduler, "_schedulers", None)
+    name = type(scheduler).__name__
+    return name if parts is None else f"{name}({', '.join(_structure(p) for p in parts)})"
+
+
 def _length(scheduler: Any) -> tuple[str | None, int]:
     """The name and value of the length of a schedule that ends (see _ENDING), or (None, 0)."""
     if isinstance(scheduler, LinearLR) and scheduler.end_factor != 0:
@@ -269,7 +311,6 @@ class BatchSchedCB(BaseSchedCB):
         if _is_plateau(factory):
             raise TypeError(_PLATEAU_PER_BATCH)
         super().__init__(factory)
-        self._stepped = False
 
     def _total_steps(self, learn: Learner) -> int | None:
         return None if self._per_epoch is None else _epochs_scheduled(learn) * self._per_epoch
@@ -277,15 +318,11 @@ class BatchSchedCB(BaseSchedCB):
     def _check(self, learn: Learner) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
             raise TypeError(_PLATEAU_PER_BATCH)
-        self._stepped = False
-
-    def after_step(self, learn: Learner) -> None:
-        self._stepped = True  # only emitted when the optimizer really stepped
 
     def cleanup_batch(self, learn: Learner) -> None:
-        # here rather than at after_step, so every after_batch reader sees the lr this batch trained with
-        if self._stepped:
-            self._stepped = False
+        # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
+        # learn.stepped, not an after_step handler, which a callback before this one may cancel after the step
+        if learn.stepped and self._learn is not None:
             self._step(learn)
 
     def after_fit(self, learn: Learner) -> None:
@@ -347,8 +384,8 @@ class EpochSchedCB(BaseSchedCB):
         if learn.training:
             self._stepped = False
 
-    def after_step(self, learn: Learner) -> None:
-        self._stepped = True
+    def cleanup_batch(self, learn: Learner) -> None:
+        self._stepped = self._stepped or learn.stepped  # (not after_step: a cancel there may cut this one off)
 
     def after_epoch(self, learn: Learner) -> None:
         if self._learn is None:  # an evaluation: the last training fit's scheduler is kept as it was
@@ -403,9 +440,12 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
             peaks = 1.0 if max_lr is None else max_lr
         else:
             peaks = [max_lr * (lr / max(lrs)) for lr in lrs] if max(lrs) > 0 else max_lr
-        return OneCycleLR(opt, max_lr=peaks, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
-                          pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
-                          cycle_momentum=cycle, base_momentum=base_momentum, max_momentum=max_momentum)
+        try:
+            return OneCycleLR(opt, max_lr=peaks, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
+                              pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
+                              cycle_momentum=cycle, base_momentum=base_momentum, max_momentum=max_momentum)
+        except ZeroDivisionError as e:  # (it steps once when built)
+            raise ValueError(_ONE_CYCLE_PHASE) from e
     resuming = fit_kwargs.get("resume") is not None
     learn._resume_call = f"learn.fit_one_cycle({n_epochs}, max_lr={max_lr!r}{{passes}}, resume={{path!r}})"
     try:

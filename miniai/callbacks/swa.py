@@ -93,8 +93,8 @@ class SWACB(Callback):
             # built now, on the lr the schedule left: SWALR anneals from the lr it finds to swa_lr
             self.swa_scheduler = self._swalr(learn.opt)
 
-    def after_step(self, learn: Learner) -> None:
-        self._stepped = True
+    def cleanup_batch(self, learn: Learner) -> None:
+        self._stepped = self._stepped or learn.stepped  # (not after_step: a cancel there may cut this one off)
 
     def after_epoch(self, learn: Learner) -> None:
         if learn.training and self._averaging(learn):
