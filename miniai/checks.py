@@ -84,6 +84,17 @@ def _skip_pass(name: str) -> str:
     return "fit(train=False) to only validate." if name == "train" else "fit(valid=False) to train without validation."
 
 
+def check_learner_args(loss_func: Any, opt_func: Any) -> None:
+    """A loss class where an instance belongs, or an optimizer where its factory belongs, fails later, deep in torch."""
+    if isinstance(loss_func, type):
+        raise TypeError(f"loss_func is the class {loss_func.__name__}: pass an instance, {loss_func.__name__}(), or a "
+                        "function such as F.cross_entropy")
+    if isinstance(opt_func, optim.Optimizer):
+        raise TypeError(f"opt_func is an optimizer already built ({type(opt_func).__name__}): fit builds a new one on "
+                        "the model's parameters each time, so pass the class, e.g. optim.AdamW, or a partial of it, "
+                        "functools.partial(optim.SGD, momentum=0.9)")
+
+
 def check_fit_args(n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
     """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode."""
     if train and torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
@@ -93,6 +104,8 @@ def check_fit_args(n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
     if lr is None and resume is None:  # resuming without an lr: the checkpoint's optimizer state brings its own
         raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
                          "learn.lr_find() suggests one.")
+    if isinstance(lr, (str, bytes, bool)):  # (a string read from a config file; other types: opt_func's call)
+        raise TypeError(f"lr must be a number, got {lr!r} ({type(lr).__name__})")
     if isinstance(lr, float) and not math.isfinite(lr):  # nan or inf would train to NaN weights
         raise ValueError(f"lr must be a finite number, got {lr}")
     if lr == 0:
@@ -130,6 +143,8 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:
     """Parameters a callback's before_fit added after the optimizer was made would get gradients and never a step."""
+    if not hasattr(opt, "param_groups"):  # an optimizer of one's own (the course's SGD class): no groups to read
+        return
     in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
     new = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_opt
            and id(p) not in params_at_opt]  # (opt_func may leave some out on purpose: those were there before)

@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from .checks import (batch_type_error, check_callback_names, check_fit_args, check_loaders, check_new_callback,
-                     check_new_params, check_steps, empty_pass_error)
+from .checks import (batch_type_error, check_callback_names, check_fit_args, check_learner_args, check_loaders,
+                     check_new_callback, check_new_params, check_steps, empty_pass_error)
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
            "CancelStepException", "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
@@ -148,6 +148,7 @@ class Learner:
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  n_inp: int = 1) -> None:
+        check_learner_args(loss_func, opt_func)
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
         self.n_inp, self.opt, self.training, self.cbs = n_inp, None, False, []
         self._handlers = build_handlers([])

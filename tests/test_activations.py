@@ -179,6 +179,12 @@ def test_every_records_batches_0_k_2k_of_each_pass_and_the_stats_are_those_batch
         assert torch.equal(hists, all_hists[picked])
 
 
+def test_a_layer_class_as_mod_filter_is_refused_with_the_predicate_to_write():
+    """ActivationStats(nn.Linear) failed in before_fit with Linear.__init__'s missing-argument TypeError."""
+    with pytest.raises(TypeError, match=r"lambda m: isinstance\(m, Linear\)"):
+        ActivationStats(nn.Linear)
+
+
 def test_every_is_a_whole_number_of_at_least_1():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="every is the step between recorded batches"):

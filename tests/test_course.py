@@ -287,3 +287,43 @@ def test_lsuv_init_through_a_batchnorm_says_it_cannot_and_leaves_the_model_as_it
         lsuv_init(model, acts[0], convs[0], torch.randn(64, 1, 28, 28))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not acts[0]._forward_hooks
+
+
+class _CourseSGD:
+    """The course's own optimizer (lesson 12): params, lr, step and zero_grad, no param_groups."""
+
+    def __init__(self, params, lr, wd=0.0):
+        self.params, self.lr, self.wd = list(params), lr, wd
+
+    def step(self):
+        with torch.no_grad():
+            for p in self.params:
+                p -= p.grad * self.lr
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad.data.zero_()
+
+
+def test_the_courses_own_optimizer_class_trains_as_its_loop_would():
+    """fit checked opt.param_groups (for parameters a callback added), which the course's SGD class lacks."""
+    import torch.nn.functional as F
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.learner import TrainLearner
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 5), torch.randint(0, 3, (48,))
+    dls = DataLoaders(TensorLoader(x, y, bs=16), TensorLoader(x[:16], y[:16], bs=16))
+    torch.manual_seed(1)
+    learn = TrainLearner(nn.Linear(5, 3), dls, F.cross_entropy, lr=0.4, opt_func=_CourseSGD)
+    hand = nn.Linear(5, 3)
+    hand.load_state_dict(learn.model.state_dict())
+    learn.fit(1)
+    for i in range(0, 48, 16):
+        F.cross_entropy(hand(x[i:i + 16]), y[i:i + 16]).backward()
+        with torch.no_grad():
+            for p in hand.parameters():
+                p -= p.grad * 0.4
+                p.grad.zero_()
+    assert all(torch.allclose(a, b) for a, b in zip(learn.model.parameters(), hand.parameters()))
+    with pytest.raises(TypeError, match="param_groups"):  # what it can't do, it says
+        learn.lr_find(plot=False)

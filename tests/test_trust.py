@@ -1043,3 +1043,21 @@ def test_a_recorder_recording_one_more_name_resumes_with_it_empty(tmp_path):
     rec = RecorderCB(lr=_lr, mom=_mom)
     tiny_learner(cbs=[rec]).fit(3, resume=tmp_path)
     assert len(rec.recs["lr"]) == 9 and len(rec.recs["mom"]) == 3
+
+
+def test_a_loss_class_an_optimizer_instance_or_a_string_lr_is_refused_with_the_fix():
+    """Keras habits: each failed deep inside torch ('Boolean value of Tensor ... ambiguous', 'SGD object is not
+    callable', a TypeError from sgd.py) without saying what to pass instead."""
+    model = nn.Linear(1, 1)
+    with pytest.raises(TypeError, match=r"pass an instance, MSELoss\(\)"):
+        TrainLearner(model, linear_dls(), nn.MSELoss)
+    with pytest.raises(TypeError, match="pass the class, e.g. optim.AdamW"):
+        TrainLearner(model, linear_dls(), F.mse_loss, opt_func=optim.SGD(model.parameters(), lr=0.1))
+    learn = TrainLearner(model, linear_dls(), F.mse_loss, lr="0.1")
+    before = model.weight.detach().clone()
+    with pytest.raises(TypeError, match="lr must be a number, got '0.1'"):
+        learn.fit(1)
+    with pytest.raises(TypeError, match="lr must be a number"):
+        learn.fit(1, lr="1e-2")
+    assert torch.equal(model.weight, before)
+    TrainLearner(model, linear_dls(), F.mse_loss, lr=np.float32(0.01)).fit(1)  # numbers of any kind still train

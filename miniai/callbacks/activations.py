@@ -206,6 +206,10 @@ class HooksCallback(Callback):
     def __init__(self, hookfunc: HookFn, mod_filter: Callable[[nn.Module], bool] = every_module,
                  on_train: bool = True, on_valid: bool = False, mods: Sequence[nn.Module] | None = None,
                  every: int = 1) -> None:
+        if isinstance(mod_filter, type):  # called on a module, a class would build an object, always truthy
+            raise TypeError(f"mod_filter is a function of a module, true for those to hook; got the class "
+                            f"{mod_filter.__name__}: pass lambda m: isinstance(m, {mod_filter.__name__}) (or "
+                            f"fastcore's risinstance({mod_filter.__name__}))")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every is the step between recorded batches, a whole number >= 1 (1: every batch); "
                              f"got {every!r}")

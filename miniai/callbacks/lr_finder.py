@@ -56,6 +56,9 @@ class LRFinderCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min = [], [], math.inf
         self._grow, self._group, self._lr0, self.diverged = False, [], None, False
+        if not hasattr(learn.opt, "param_groups"):
+            raise TypeError(f"LRFinderCB sets the lr in opt.param_groups, which {type(learn.opt).__name__} (opt_func) "
+                            "has none: find the lr with a torch.optim optimizer (or one with param_groups)")
         # opt.defaults' lr is the one fit made the optimizer with; group 0 may run at a fraction of it
         group0 = learn.opt.param_groups[0]["lr"]
         self._scale = float(getattr(learn.opt, "defaults", {}).get("lr", group0)) / group0 if group0 else 1.0
