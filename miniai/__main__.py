@@ -9,6 +9,7 @@ import contextlib
 import gc
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -93,6 +94,18 @@ class _UsageError(Exception):
     it as argparse's usage error, so a caller of `train` gets the same refusal."""
 
 
+_FLAGS = {"n_train": "--n-train", "n_valid": "--n-valid", "holdout": "--holdout"}  # get_dls's parameter -> flag
+
+
+def _as_flags(message: str) -> str:
+    """get_dls's error message in the command's words: 'n_train must' -> '--n-train must', 'holdout=5' -> '--holdout 5'.
+
+    Only a name followed by ' must' or '=' is replaced: a path in the message may hold the same word.
+    """
+    return re.sub(r"\b(n_train|n_valid|holdout)( must|=)",
+                  lambda m: _FLAGS[m[1]] + (" " if m[2] == "=" else m[2]), message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m miniai` argument parser (one sub-command per job)."""
     parser = argparse.ArgumentParser(prog="python -m miniai", description=__doc__)
@@ -172,7 +185,7 @@ def train(args: argparse.Namespace) -> float:
     try:
         dls = get_dls(bs=bs, path=args.data, n_train=args.n_train, n_valid=args.n_valid, holdout=args.holdout or 0)
     except ValueError as e:  # e.g. --n-train larger than the dataset
-        raise _UsageError(str(e)) from e
+        raise _UsageError(_as_flags(str(e))) from e
     if world_size() > 1:  # started by torchrun with several processes: train data-parallel
         dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)
     metrics, progress, recorder = MetricsCB(accuracy=Accuracy()), ProgressCB(), RecorderCB(lr=_lr, mom=_mom)

@@ -57,16 +57,15 @@ def show_image(im: Any, ax: Axes | None = None, title: str | None = None, figsiz
     return ax.figure
 
 
-def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, imsize: float = 2.0,
-             suptitle: str | None = None, *, title: str | None = None, weight: str = "bold", size: float = 14,
-             **kwargs: Any) -> tuple[Figure, np.ndarray]:
+def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, title: str | None = None,
+             weight: str = "bold", size: float = 14, figsize: tuple[float, float] | None = None, imsize: float = 2.0,
+             suptitle: str | None = None, **kwargs: Any) -> tuple[Figure, np.ndarray]:
     """A figure with a grid of at least `n` axes (near-square by default) and the flat array of the first n.
 
-    `title` is the course's spelling of a figure title, drawn with font `weight` and `size`; other keyword
-    arguments go to `plt.subplots` (e.g. `figsize`).
+    The course's parameters in the course's order: `title` is a figure title drawn with font `weight` and `size`,
+    `suptitle` a plain one; the figure is `figsize`, else `imsize` inches per cell. Other keyword arguments go to
+    `plt.subplots`.
     """
-    if title is not None:
-        suptitle = title
     if n < 1:
         raise ValueError(f"get_grid needs n >= 1 images to lay out; got {n}")
     if nrows is None and ncols is None:
@@ -75,15 +74,17 @@ def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, imsize:
         ncols = math.ceil(n / nrows)
     elif nrows is None:
         nrows = math.ceil(n / ncols)
-    kwargs.setdefault("figsize", (ncols * imsize, nrows * imsize))
+    figsize = figsize or (ncols * imsize, nrows * imsize)
     if nrows * ncols < n:  # zip would draw the first nrows * ncols and drop the rest without a word
         raise ValueError(f"a grid of {nrows}x{ncols} has no room for {n} images: give more rows or columns, or "
                          "leave one of them out (it is computed)")
-    fig, axs = plt.subplots(nrows, ncols, squeeze=False, **kwargs)
+    fig, axs = plt.subplots(nrows, ncols, squeeze=False, figsize=figsize, **kwargs)
     for ax in axs.flat[n:]:
         ax.set_axis_off()  # unused cells stay blank
-    if suptitle is not None:
-        fig.suptitle(suptitle, **({"weight": weight, "size": size} if title is not None else {}))
+    if title is not None:  # (the course draws suptitle, then title over it)
+        fig.suptitle(title, weight=weight, size=size)
+    elif suptitle is not None:
+        fig.suptitle(suptitle)
     return fig, axs.flatten()[:n]
 
 
@@ -92,8 +93,8 @@ def show_images(ims: Sequence[Any] | torch.Tensor, nrows: int | None = None, nco
                 **kwargs: Any) -> Figure:
     """Show a batch of images in a grid, with optional per-image titles; returns the Figure. `figsize` sizes the
     figure (as in the course); other keyword arguments go to each `show_image` (e.g. `cmap`)."""
-    fig, axs = get_grid(len(ims), nrows, ncols, imsize=imsize, suptitle=suptitle,
-                        **({"figsize": kwargs.pop("figsize")} if "figsize" in kwargs else {}))
+    fig, axs = get_grid(len(ims), nrows, ncols, figsize=kwargs.pop("figsize", None), imsize=imsize,
+                        suptitle=suptitle)
     titles = list(titles) if titles is not None else []
     if len(titles) > len(ims):
         raise ValueError(f"{len(titles)} titles for {len(ims)} images")
@@ -108,8 +109,8 @@ def show_images(ims: Sequence[Any] | torch.Tensor, nrows: int | None = None, nco
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float] | None = None,
                  ax: Axes | None = None) -> Figure:
     """Loss against learning rate on a log axis, with each suggested lr marked on the curve; returns the Figure."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+    if ax is None:  # constrained: room for the axis labels
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     ax.plot(lrs, losses)
     ax.set_xscale("log")
@@ -136,7 +137,8 @@ def plot_color_dim(hists: Sequence[Any], value_range: tuple[float, float] = (0.0
                    labels: Sequence[str] | None = None, figsize: tuple[float, float] | None = None) -> Figure:
     """One image per layer of log(1 + histogram counts): |activation| bins upwards, batches to the right.
 
-    `hists[i]` is a [n_batches, bins] tensor or array: the course's "colorful dimension" plot.
+    `hists[i]` is a [n_batches, bins] tensor or array: the course's "colorful dimension" plot. The x axis counts
+    the recorded batches (ActivationStats's `every` skips some; with `on_valid` validation batches are among them).
     """
     fig, axs = get_grid(max(len(hists), 1), figsize=figsize)
     for i, (hist, ax) in enumerate(zip(hists, axs)):
@@ -144,7 +146,7 @@ def plot_color_dim(hists: Sequence[Any], value_range: tuple[float, float] = (0.0
         extent = (-0.5, image.shape[1] - 0.5, *value_range) if image.size else None
         ax.imshow(image, origin="lower", aspect="auto", extent=extent)
         ax.set_title(labels[i] if labels else f"layer {i}")
-        ax.set_xlabel("batch")
+        ax.set_xlabel("recorded batch")
         ax.set_ylabel("|activation|")
     fig.tight_layout()
     return fig
@@ -152,13 +154,14 @@ def plot_color_dim(hists: Sequence[Any], value_range: tuple[float, float] = (0.0
 
 def plot_dead_chart(fractions: Sequence[Any], labels: Sequence[str] | None = None, ax: Axes | None = None,
                     figsize: tuple[float, float] = (6, 4)) -> Figure:
-    """Per layer, the share of activations in the lowest histogram bin over batches (1.0: all near zero)."""
+    """Per layer, the share of activations in the lowest histogram bin over the recorded batches (1.0: all near
+    zero)."""
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     for i, frac in enumerate(fractions):
         ax.plot(np.asarray(torch.as_tensor(frac, dtype=torch.float32)), label=labels[i] if labels else f"layer {i}")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("batch")
+    ax.set_xlabel("recorded batch")
     ax.set_ylabel("share in lowest bin")
     if len(fractions):
         ax.legend()
@@ -167,7 +170,8 @@ def plot_dead_chart(fractions: Sequence[Any], labels: Sequence[str] | None = Non
 
 def plot_act_stats(means: Sequence[Any], stds: Sequence[Any], labels: Sequence[str] | None = None,
                    figsize: tuple[float, float] = (10, 4)) -> Figure:
-    """Activation means (left) and standard deviations (right) per layer over batches; returns the Figure."""
+    """Activation means (left) and standard deviations (right) per layer over the recorded batches; returns the
+    Figure."""
     fig, axs = plt.subplots(1, 2, figsize=figsize)
     for i, (mean, std) in enumerate(zip(means, stds)):
         label = labels[i] if labels else f"layer {i}"
@@ -175,7 +179,7 @@ def plot_act_stats(means: Sequence[Any], stds: Sequence[Any], labels: Sequence[s
         axs[1].plot(np.asarray(torch.as_tensor(std, dtype=torch.float32)), label=label)
     for ax, name in zip(axs, ("mean", "std")):
         ax.set_title(f"activation {name}")
-        ax.set_xlabel("batch")
+        ax.set_xlabel("recorded batch")
     if len(means):
         axs[0].legend()
     return fig
@@ -233,8 +237,8 @@ def plot_losses(train_losses: Sequence[float], valid_losses: Sequence[float], va
     """Train loss per batch and valid loss at the end of each epoch, against the batch index; `valid_at` is the
     batch index after which each valid loss was taken (an int: batches per epoch, the same for every epoch), and
     `start` the index of the first train loss (a resumed run's losses begin after the epochs it did not train)."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.0, 3.5))
+    if ax is None:  # constrained: room for the axis labels (the CLI's loss.png lost the bottom of 'batch')
+        _, ax = plt.subplots(figsize=(6.0, 3.5), layout="constrained")
     if isinstance(valid_at, numbers.Integral):
         valid_at = [start + (i + 1) * valid_at for i in range(len(valid_losses))]
     ax.plot(range(start, start + len(train_losses)), list(train_losses), label="train")

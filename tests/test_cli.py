@@ -65,7 +65,7 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--n-valid", "0"], "argument --n-valid: must be a positive integer, got '0'"),
     (["--device", "tpu:3"], "argument --device: not a device: 'tpu:3'"),
     (["--device", "cuda:7"], "argument --device: 'cuda:7' is not available on this machine"),
-    (["--n-train", "99999999"], "n_train must be in 1..60000, got 99999999"),
+    (["--n-train", "99999999"], "--n-train must be in 1..60000, got 99999999"),
     (["--recipe", "fast", "--sched", "cosine"], "--sched cosine does not combine with --recipe fast"),
     (["--seed", "99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),  # a traceback
     (["--seed", "-99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),
@@ -254,3 +254,17 @@ def test_a_refused_run_leaves_no_directory_it_made(tmp_path, capsys):
         main(["train", *SMALL, "--recipe", "fast", "--sched", "cosine", "--out", str(tmp_path / "a" / "b")])
     assert info.value.code == 2 and "does not combine" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_a_count_too_large_after_holdout_names_the_flags(tmp_path, capsys):
+    """--holdout 39 --n-train 5 (of 40 images) said 'n_train must be in 1..1, got 5': get_dls's parameter, not the
+    flag, and no word of --holdout taking the other images."""
+    from miniai.__main__ import main
+    from tests.test_data import fake_fashion, write_fashion_dir
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion(), gz=False)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--epochs", "1", "--device", "cpu", "--data", str(d), "--holdout", "39", "--n-train", "5"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("usage: python -m miniai train")
+    assert ("error: --n-train must be in 1..1, got 5: --holdout 39 took the other 39 of the 40 training images"
+            in err), err

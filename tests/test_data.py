@@ -918,3 +918,14 @@ def test_an_empty_split_is_named_in_the_error(tmp_path):
     dd = save_dd(tmp_path / "dd", {"train": (x[:, None], y), "test": (x[:0, None], y[:0])}, "image", FASHION_CLASSES)
     with pytest.raises(ValueError, match=r"split 'test'.*no images"):
         get_dls(path=dd)
+
+
+def test_a_count_too_large_after_holdout_says_what_holdout_took(tmp_path):
+    """holdout=39 of 40 images, n_train=5 said 'n_train must be in 1..1, got 5', without why there was one image."""
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion(), gz=False)
+    with pytest.raises(ValueError, match=r"^n_train must be in 1..1, got 5: holdout=39 took the other 39 of the 40 "
+                                         "training images"):
+        get_dls(path=d, holdout=39, n_train=5)
+    with pytest.raises(ValueError, match=r"^n_valid must be in 1..4, got 5: with holdout=4 the validation images are "
+                                         "the 4 held out"):
+        get_dls(path=d, holdout=4, n_valid=5)

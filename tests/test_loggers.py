@@ -261,3 +261,17 @@ def test_resuming_keeps_earlier_runs_rows_of_an_appended_file():
     second = [[str(e), s, "2.0"] for e in (0, 1, 2) for s in ("train", "valid")]
     assert _kept_rows(first + second, header, 1, Path("log.csv")) == first + second[:2]
     assert _kept_rows(second, header, 0, Path("log.csv")) == []
+
+
+def test_a_fresh_fit_replaces_a_file_that_is_not_utf8_without_reading_it(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes("epoch,note\n0,caf\xe9\n".encode("latin-1"))  # not UTF-8: reading it would fail
+    tiny_learner([quiet_metrics(), CSVLoggerCB(path)]).fit(1)
+    assert [(r["epoch"], r["train"]) for r in read_rows(path)] == [(0, "train"), (0, "valid")]
+
+
+def test_appending_to_a_file_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes("epoch,note\n0,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="log.csv is not a UTF-8 CSV file.*another path.*without append=True"):
+        tiny_learner([quiet_metrics(), CSVLoggerCB(path, append=True)]).fit(1)

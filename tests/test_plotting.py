@@ -85,3 +85,55 @@ def test_the_lr_finder_chart_keeps_a_last_point_that_is_no_blow_up():
     assert ax.get_ylim()[1] >= 2.8
     ax = plot_lr_find([1e-4, 1e-3, 1e-2, 1e-1], [2.3, 1.2, 1.0, 50.0]).axes[0]
     assert ax.get_ylim()[1] < 3  # the blow-up leaves the chart rather than squash the rest
+
+
+def test_activation_plots_say_their_x_axis_counts_recorded_batches():
+    """They said 'batch', but with every=k (batches 0, k, 2k... of each pass) and on_valid=True (validation batches
+    in between) the x axis is the index of the recorded batch, not the batch number."""
+    from torch import nn
+
+    from miniai.callbacks.activations import ActivationStats
+    from tests.synth import tiny_learner
+    stats = ActivationStats(lambda m: isinstance(m, nn.Linear), every=2, on_valid=True)
+    tiny_learner([stats]).fit(2)
+    figures = {"color_dim": stats.color_dim(), "dead_chart": stats.dead_chart(), "plot_stats": stats.plot_stats()}
+    for name, fig in figures.items():
+        labels = {ax.get_xlabel() for ax in fig.axes if ax.lines or ax.images}
+        assert labels == {"recorded batch"}, (name, labels)
+
+
+def _cut_off(fig: Figure) -> list[str]:
+    """The axis labels and titles of `fig` that fall (partly) outside it once drawn, as saved at dpi=100."""
+    fig.set_dpi(100)
+    fig.canvas.draw()
+    box = fig.bbox
+    texts = [t for ax in fig.axes for t in (ax.xaxis.label, ax.yaxis.label, ax.title) if t.get_text()]
+    return [t.get_text() for t in texts if not box.contains(*t.get_window_extent().p0)
+            or not box.contains(*t.get_window_extent().p1)]
+
+
+def test_the_png_plots_of_the_cli_keep_their_labels_inside_the_figure():
+    """loss.png (plot_losses) had the bottom of its x label 'batch' cut off; schedule.png is plot_recorder's."""
+    from miniai.plotting import plot_losses, plot_recorder
+    assert _cut_off(plot_losses([2.0, 1.5, 1.2, 1.0], [1.4, 1.1], 2)) == []
+    assert _cut_off(plot_recorder({"lr": [0.1, 0.2, 0.1], "mom": [0.9, 0.85, 0.9]})) == []
+
+
+def test_get_grid_takes_the_courses_parameters_in_the_courses_order():
+    """The course's get_grid(n, nrows, ncols, title, weight, size, figsize, imsize, suptitle): miniai's took imsize
+    4th, so get_grid(4, 2, 2, "A title") failed deep in matplotlib."""
+    import inspect
+    params = list(inspect.signature(get_grid).parameters)
+    assert params[:9] == ["n", "nrows", "ncols", "title", "weight", "size", "figsize", "imsize", "suptitle"]
+    fig, axs = get_grid(4, 2, 2, "A title", "normal", 9)
+    assert len(axs) == 4 and fig._suptitle.get_text() == "A title"
+    assert fig._suptitle.get_weight() == "normal" and fig._suptitle.get_size() == 9
+    fig, _ = get_grid(2, 1, 2, None, "bold", 14, None, 1.5, "plain")
+    assert tuple(fig.get_size_inches()) == (3.0, 1.5) and fig._suptitle.get_text() == "plain"
+    assert tuple(get_grid(2, 1, 2, figsize=(5, 2))[0].get_size_inches()) == (5.0, 2.0)
+
+
+def test_the_lr_finder_chart_keeps_its_labels_inside_the_figure():
+    """plot_lr_find's figure cut off the bottom of 'learning rate', as loss.png did 'batch'."""
+    from miniai.plotting import plot_lr_find
+    assert _cut_off(plot_lr_find([1e-3, 1e-2, 1e-1], [1.0, 0.5, 2.0], {"valley": 1e-2})) == []

@@ -48,9 +48,9 @@ class CSVLoggerCB(Callback):
     `learn.metrics.history`, unrounded — and `lr`, param group 0's lr that the pass's last training batch ran with
     (for a validation row, that of the training pass before it). Each line is flushed and fsynced as it is
     written, so a crash leaves a readable file.
-    A fresh fit starts the file anew, unless `append=True`, which keeps its rows (same columns required). A
-    resumed fit (`fit(resume=...)`) keeps the rows of the epochs before the checkpoint's, drops any later ones
-    (a run that went on from that checkpoint) and appends. Needs a MetricsCB.
+    A fresh fit starts the file anew (without reading it), unless `append=True`, which keeps its rows (same
+    columns required). A resumed fit (`fit(resume=...)`) keeps the rows of the epochs before the checkpoint's,
+    drops any later ones (a run that went on from that checkpoint) and appends. Needs a MetricsCB.
     """
     order = 35  # after MetricsCB (10), whose row it writes at after_epoch
 
@@ -79,17 +79,17 @@ class CSVLoggerCB(Callback):
         self._rows_before = len(self._metrics.history)
 
     def _open(self, learn: Learner) -> None:
-        header, rows = _read_csv(self.path)
-        if learn.resumed_from is not None:
+        resumed = learn.resumed_from is not None
+        # a fresh fit without append throws the old rows away: it never reads them (the file may not even be a CSV)
+        header, rows = _read_csv(self.path) if resumed or self.append else (None, [])
+        if resumed:
             rows = _kept_rows(rows, header, learn.start_epoch, self.path)
-        elif not self.append:
-            rows = []
         if rows and header != self.columns:
-            fix = ("give the resumed fit the run's metrics, or log to another path" if learn.resumed_from is not None
+            fix = ("give the resumed fit the run's metrics, or log to another path" if resumed
                    else "log to another path, or drop append=True to start the file anew")
             raise ValueError(f"{self.path} has the columns {header}, this fit logs {self.columns}: {fix}")
         _write_atomically(self.path, [self.columns, *rows])
-        self._file = open(self.path, "a", newline="")
+        self._file = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
 
     def after_batch(self, learn: Learner) -> None:
@@ -118,8 +118,12 @@ def _read_csv(path: Path) -> tuple[list[str] | None, list[list[str]]]:
     """(header, rows) of a CSV file; (None, []) if there is none. A row cut short by a crash is left out."""
     if not path.is_file():
         return None, []
-    with open(path, newline="") as f:
-        lines = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a UTF-8 CSV file ({e}), so its rows can't be kept: log to another path, "
+                         "or start the file anew (a fresh fit, without append=True)") from None
     if not lines:
         return None, []
     header = lines[0]
@@ -145,7 +149,7 @@ def _write_atomically(path: Path, lines: list[list[Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows(lines)
             f.flush()
             os.fsync(f.fileno())

@@ -22,7 +22,8 @@ def in_notebook() -> bool:
     if shell is None:
         return False
     ipython = shell.get_ipython()
-    return ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell"
+    # Jupyter's kernel shell, or a subclass of it (Colab's google.colab._shell.Shell)
+    return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(ipython).__mro__)
 
 
 class _HostScalars:
@@ -134,7 +135,7 @@ class ProgressCB(Callback):
 
     In a notebook it uses fastprogress's HTML bars (and graph); in a terminal, a one-line bar of its own
     (`ConsoleBar`); when stdout is not a terminal (CI logs, `| tee`), no bars at all, just a header and one plain
-    line per pass. Train losses
+    line per pass; `mode` ('notebook', which needs a Jupyter kernel, 'terminal' or 'plain') picks one. Train losses
     per batch are kept in `losses` and valid losses per epoch in `valid_losses` (after `valid_at` training batches)
     for `plot_losses()`; `losses` is
     filled in bulk (a few times a second, and complete at the end of each validation pass and of the fit), since
@@ -166,6 +167,10 @@ class ProgressCB(Callback):
         self._main = is_main_process()
         if not self._main:  # under DDP only rank 0 draws bars and prints rows (all ranks log the same rows)
             self._mode = "plain"
+        if self._mode == "notebook" and not in_notebook():  # fastprogress's HTML bars would fail at the first update
+            raise ValueError("ProgressCB(mode='notebook') needs a running Jupyter kernel to draw its HTML bars, and "
+                             "this is a script or a plain Python/IPython shell: pass mode='terminal', or leave mode "
+                             "unset to pick the display by itself")
         self._curves = "train" in learn.passes  # an evaluation leaves the curves of the last fit that trained
         if self._curves:
             self._train_losses = _HostScalars()
@@ -259,7 +264,9 @@ class ProgressCB(Callback):
 
     def _update_graph(self, learn: Learner) -> None:
         train = [list(range(self._start, self._start + len(self.losses))), self.losses]
-        valid = [self.valid_at, self.valid_losses]
+        # fastprogress draws each graph as ax.plot(*graph): the format string marks each valid loss, so one alone
+        # (fit(1), a resume with one epoch left) shows, where a line through a single point draws nothing
+        valid = [self.valid_at, self.valid_losses, "o-"]
         self.mbar.update_graph([train, valid])
         self._last_graph = time.perf_counter()
 

@@ -1,0 +1,67 @@
+"""ProgressCB's notebook mode: refused outside a Jupyter kernel, and its live graph shows a single valid loss."""
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+import pytest
+
+from miniai.callbacks import progress as progress_module
+from miniai.callbacks.metrics import MetricsCB
+from miniai.callbacks.progress import ProgressCB
+from tests.synth import tiny_learner
+
+matplotlib.use("Agg")
+
+
+class FakeHandle:
+    """What IPython's display(..., display_id=True) returns in a kernel: a handle to update what it showed."""
+
+    def __init__(self, shown: list[Any], obj: Any) -> None:
+        self.shown = shown
+        shown.append(obj)
+
+    def update(self, obj: Any) -> None:
+        self.shown.append(obj)
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch) -> list[Any]:
+    """Pretend to run in a Jupyter kernel; returns the list of everything displayed."""
+    import IPython.display
+    shown: list[Any] = []
+    monkeypatch.setattr(progress_module, "in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda obj, display_id=None, **kw: FakeHandle(shown, obj))
+    return shown
+
+
+def test_notebook_mode_outside_a_kernel_says_it_needs_one_and_cleans_up_without_a_second_error():
+    learn = tiny_learner([MetricsCB(), ProgressCB(mode="notebook")])
+    needs_kernel = r"ProgressCB\(mode='notebook'\) needs a running Jupyter kernel.*mode='terminal'"
+    with pytest.raises(ValueError, match=needs_kernel) as info:
+        learn.fit(1)
+    assert not getattr(info.value, "__notes__", None)  # cleanup_fit raised nothing more
+
+
+def test_the_live_graph_shows_a_single_valid_loss(fake_kernel):
+    import matplotlib.figure
+    progress = ProgressCB(mode="notebook", plot=True)
+    tiny_learner([MetricsCB(), progress]).fit(1)
+    figures = [obj for obj in fake_kernel if isinstance(obj, matplotlib.figure.Figure)]
+    assert figures, "no graph was drawn"
+    train, valid = figures[-1].axes[0].lines
+    assert len(valid.get_xdata()) == 1 == len(progress.valid_losses)
+    assert valid.get_marker() not in ("None", "", " ", None)  # a line through one point draws nothing: a marker does
+
+
+def test_a_kernel_whose_shell_subclasses_jupyters_counts_as_a_notebook(monkeypatch):
+    """Colab's shell (google.colab._shell.Shell) subclasses ZMQInteractiveShell: in_notebook() said False there,
+    so the auto mode drew terminal bars, and mode='notebook' would be refused in a working kernel."""
+    import sys
+    from types import SimpleNamespace
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})
+    Shell = type("Shell", (ZMQInteractiveShell,), {})
+    monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=Shell))
+    assert progress_module.in_notebook()
+    monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=type("TerminalInteractiveShell", (), {})))
+    assert not progress_module.in_notebook()
