@@ -812,3 +812,35 @@ def test_a_one_cycle_with_a_phase_of_no_steps_is_refused_before_training(kwargs,
         else:
             learn.fit_one_cycle(1, max_lr=0.1, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def test_a_one_cycle_whose_empty_last_phase_the_fit_never_reaches_still_runs():
+    """The phase check refused schedules torch runs: a last phase of no steps is only reached by the step after
+    the fit's last batch, which SWACB skips, and which a schedule longer than the fit never takes."""
+    from miniai.callbacks.swa import SWACB
+    rec = RecorderCB(lr=_lr)
+    make_learner([rec]).fit_one_cycle(4, max_lr=0.05, pct_start=1.0,
+                                       cbs=[SWACB(swa_start=2, swa_lr=0.05, anneal_epochs=0)])
+    assert rec.recs["lr"][2 * BATCHES - 1] == pytest.approx(0.05)  # the warmup's end, then SWA at 0.05
+    with pytest.warns(UserWarning, match="the fit ends before the schedule does"):
+        make_learner([]).fit(1, cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=100,
+                                                          pct_start=1.0))])
+
+
+def test_a_factory_failing_to_build_a_one_cycle_says_why():
+    with pytest.raises(ValueError, match="pct_start") as info:
+        make_learner([], n_train=12 * BS).fit(1, cbs=[BatchSchedCB(
+            lambda o: ls.OneCycleLR(o, max_lr=0.1, total_steps=12, pct_start=1 / 12))])
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_an_epoch_schedule_does_not_step_for_a_training_pass_cancelled_before_it_began():
+    from miniai.learner import CancelEpochException
+
+    class SkipTrainPass(Callback):
+        def before_epoch(self, learn):
+            if learn.training and learn.epoch == 1:
+                raise CancelEpochException()
+    sched = EpochSchedCB(partial(ls.StepLR, step_size=1, gamma=0.5))
+    make_learner([sched, SkipTrainPass()]).fit(3, valid=False)
+    assert sched.n_steps == 2

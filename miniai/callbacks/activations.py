@@ -198,7 +198,7 @@ class HooksCallback(Callback):
     The modules are `mods` if given, else every module of `learn.model` (model included, in `modules()` order)
     for which `mod_filter(module)` is true, chosen at before_fit. `hookfunc(hook, module, inputs, output)` is
     called for training batches when `on_train` and validation batches when `on_valid`, in every pass's batches
-    0, `every`, 2 × `every`, ... (fastai's `every`: fewer records, less cost). The hooks are removed in
+    0, `every`, 2 × `every`, ... (counted from 0 in each pass: fewer records, less cost). The hooks are removed in
     cleanup_fit, which runs after a normal end, a cancel or an error. After the fit, `hooks` keeps the Hook
     objects (and whatever `hookfunc` stored on them); the next fit registers fresh ones.
     """

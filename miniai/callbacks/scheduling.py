@@ -62,16 +62,11 @@ def steps_per_epoch(learn: Learner) -> int | None:
     return n
 
 
-def _builds(factory: Any, cls: type) -> bool:
-    """Whether the factory (a class or a partial of one) builds a `cls`, when that can be told."""
-    while isinstance(factory, functools.partial):
-        factory = factory.func
-    return isinstance(factory, type) and issubclass(factory, cls)
-
-
 def _is_plateau(factory: Any) -> bool:
     """Whether the factory (a class or a partial of one) builds a ReduceLROnPlateau, when that can be told."""
-    return _builds(factory, ReduceLROnPlateau)
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return isinstance(factory, type) and issubclass(factory, ReduceLROnPlateau)
 
 
 def _chained_closed_form(scheduler: Any, chained: bool = False) -> Any:
@@ -113,10 +108,9 @@ class BaseSchedCB(Callback):
             return
         try:
             scheduler = self.factory(learn.opt)
-        except ZeroDivisionError as e:  # torch's OneCycleLR steps once when built: a phase of no steps fails there
-            if not _builds(self.factory, OneCycleLR):
-                raise
-            raise ValueError(_ONE_CYCLE_PHASE) from e
+        except ZeroDivisionError as e:  # torch's OneCycleLR steps once when built: a first phase of no steps
+            raise ValueError(f"{type(self).__name__}'s factory failed with ZeroDivisionError building the scheduler; "
+                             f"if it builds a OneCycleLR: {_ONE_CYCLE_PHASE}") from e
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"{type(self).__name__}'s factory returned {scheduler!r}, which has no step(); "
                             f"the factory must return a scheduler built on the optimizer it is given")
@@ -131,10 +125,10 @@ class BaseSchedCB(Callback):
                              "is not chainable: it sets the lr outright from each group's initial lr at every step, so "
                              "it discards the other schedulers' changes. For a cosine use torch's CosineAnnealingLR, "
                              "which chains; or run schedules one after another with SequentialLR")
-        _check_one_cycle_phases(scheduler)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
+        self._check_last_phase(learn)
         self._learn = learn
 
     def cleanup_fit(self, learn: Learner) -> None:
@@ -190,6 +184,21 @@ class BaseSchedCB(Callback):
                 else "")
         raise ValueError(f"{name} has {field}={capacity} but this fit takes {total} steps ({how}): build it "
                          f"with {field}={total}{hint}.")
+
+    def _check_last_phase(self, learn: Learner) -> None:
+        """Refuse a OneCycleLR whose last phase has no steps (pct_start=1.0) when this fit would step into it.
+
+        torch divides by the length of the phase a step lands in: a first phase of no steps fails when it is built
+        (caught in before_fit), a last one at step `total_steps`, the step after the fit's last batch, so the last
+        epoch's validation and checkpoint would be lost (SWACB, which skips that step, never gets there).
+        """
+        sched, total = self.scheduler, self._total_steps(learn)
+        if not isinstance(sched, OneCycleLR) or total is None or learn.schedule_stop is not None:
+            return
+        ends = [phase["end_step"] for phase in sched._schedule_phases]
+        if ends[-1] == ends[-2] and total >= sched.total_steps:
+            raise ValueError(f"{_ONE_CYCLE_PHASE} (This one: total_steps={sched.total_steps}, phases ending at steps "
+                             f"{[round(e, 6) for e in ends]}; this fit steps it {total} times.)")
 
     def _step(self, learn: Learner, *metric: float) -> None:
         stop = learn.schedule_stop
@@ -260,22 +269,6 @@ class BaseSchedCB(Callback):
         self.n_steps = state["n_steps"]
         for group, saved in zip(groups, state["param_groups"]):
             group.update(saved)
-
-
-def _check_one_cycle_phases(scheduler: Any) -> None:
-    """Refuse a torch OneCycleLR (at any depth) with a phase of no steps, before it fails mid-fit.
-
-    Its lr at a step is interpolated over the step's phase, divided by the phase's length: with pct_start=1.0, or
-    pct_start × total_steps = 1, that is a ZeroDivisionError at the first step or the one after the last batch.
-    """
-    for part in getattr(scheduler, "_schedulers", []):
-        _check_one_cycle_phases(part)
-    if not isinstance(scheduler, OneCycleLR):
-        return
-    ends = [phase["end_step"] for phase in scheduler._schedule_phases]
-    if any(end == start for start, end in zip([0.0, *ends], ends)):
-        raise ValueError(f"{_ONE_CYCLE_PHASE} (This one: total_steps={scheduler.total_steps}, phases ending at steps "
-                         f"{[round(e, 6) for e in ends]}.)")
 
 
 _ONE_CYCLE_PHASE = ("OneCycleLR has a phase of no steps (pct_start=1.0, or pct_start × total_steps = 1, or for "
@@ -396,7 +389,8 @@ class EpochSchedCB(BaseSchedCB):
     def cleanup_epoch(self, learn: Learner) -> None:
         # cleanup, not after_epoch: a training pass cut short (CancelEpochException) is still an epoch, if it
         # trained (a fit ended at its first batch, EarlyStoppingCB's way, took no step: nor does the schedule)
-        if self.monitor is None and learn.training and self._stepped:
+        stepped, self._stepped = self._stepped, False  # (reset here too: a pass cancelled in before_epoch before
+        if self.monitor is None and learn.training and stepped:  # this one's before_epoch must not count as one)
             self._step(learn)
 
 
