@@ -203,6 +203,13 @@ def fix_malloc(force: bool = False) -> bool:
     return _MALLOC_FIXED
 
 
+def opt_lr(opt: Any) -> float:
+    """The optimizer's lr: its first param group's, or for an optimizer of one's own without param groups (the
+    course's SGD class) its `lr` attribute; NaN when it has neither (or there is no optimizer yet)."""
+    groups = getattr(opt, "param_groups", None)
+    return groups[0]["lr"] if groups else getattr(opt, "lr", float("nan"))
+
+
 def len_or_none(obj: Any) -> int | None:
     """len(obj), or None for what has none: a DataLoader over an IterableDataset has `__len__`, but it raises."""
     try:

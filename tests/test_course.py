@@ -327,3 +327,19 @@ def test_the_courses_own_optimizer_class_trains_as_its_loop_would():
     assert all(torch.allclose(a, b) for a, b in zip(learn.model.parameters(), hand.parameters()))
     with pytest.raises(TypeError, match="param_groups"):  # what it can't do, it says
         learn.lr_find(plot=False)
+
+
+def test_the_courses_own_optimizer_logs_its_lr_and_meets_the_nan_guard(tmp_path):
+    """The NaN guard (its deferred mode, a GPU loss's default, and its message) and the loggers read the lr from
+    opt.param_groups, which the course's SGD class lacks: an AttributeError."""
+    import torch.nn.functional as F
+    from miniai.callbacks import CSVLoggerCB, MetricsCB
+    from miniai.callbacks.guards import NonFiniteLossError, TerminateOnNaNCB
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+    log = CSVLoggerCB(tmp_path / "log.csv")
+    TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.01, opt_func=_CourseSGD, nan_guard=False,
+                 cbs=[TerminateOnNaNCB(immediate=False), MetricsCB(), log]).fit(1)
+    assert (tmp_path / "log.csv").read_text().splitlines()[1].endswith(",0.01")
+    with pytest.raises(NonFiniteLossError):
+        TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=1e30, opt_func=_CourseSGD).fit(2)

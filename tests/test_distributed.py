@@ -548,3 +548,51 @@ def test_nccl_on_one_gpu_with_sync_bn(monkeypatch):
         assert metrics.last["valid_accuracy"] == pytest.approx(accuracy)
     finally:
         dist.destroy_process_group()
+
+
+def _nan_on_rank_1(r: int, out: str) -> None:
+    """A spawned rank of 2 (gloo on the CPU): fits whose training loss is NaN on rank 1 only, at global batch 0,
+    with the guard checking each loss (the CPU's way) and at the pass end (the GPU's way). Writes nan{r}.json."""
+    import torch.distributed as dist
+
+    from miniai.callbacks.guards import TerminateOnNaNCB
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=r, world_size=2)
+    seen = {}
+    for way, guard in (("immediate", TerminateOnNaNCB()), ("deferred", TerminateOnNaNCB(immediate=False))):
+        torch.manual_seed(0)
+        x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+        x[5] = float("nan")  # global batch 0 is items 0..7: rank 1 gets items 4..7
+        dls = DataLoaders(TensorLoader(x, y, bs=4), TensorLoader(x[:8], y[:8], bs=4))
+        learn = TrainLearner(nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)), dls, F.cross_entropy,
+                             lr=0.1, cbs=[DDPCB(), guard], nan_guard=False)
+        try:
+            learn.fit(1)
+            seen[way] = "no error"
+        except Exception as e:  # noqa: BLE001 -- what each rank ended with is the test's result
+            seen[way] = f"{type(e).__name__}: {e}"
+    Path(out, f"nan{r}.json").write_text(json.dumps(seen))
+    dist.destroy_process_group()
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_nan_error(tmp_path):
+    """Rank 1 raised NonFiniteLossError while rank 0 waited in DDP's gradient all_reduce until rank 1's process
+    exited (then a gloo 'Connection closed by peer'), or forever: the ranks now agree on the guard's check."""
+    import multiprocessing
+    import time
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_nan_on_rank_1, args=(r, str(tmp_path)), daemon=True) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    deadline = time.monotonic() + 90  # for both together: seconds of imports, then two tiny fits
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    hung = [proc for proc in procs if proc.is_alive()]
+    for proc in hung:
+        proc.kill()
+    assert not hung, "a rank hung"
+    for r in range(2):
+        seen = json.loads((tmp_path / f"nan{r}.json").read_text())
+        for way, result in seen.items():
+            assert result.startswith("NonFiniteLossError: training loss is nan on rank 1 at epoch 0, batch 0"), \
+                (r, way, result)

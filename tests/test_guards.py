@@ -458,3 +458,61 @@ def test_a_train_cb_pickled_before_it_kept_its_loss_check_still_trains():
     learn.preds = torch.zeros(4, 1)
     with pytest.raises(LossInputError, match="broadcast"):
         supervised_loss(learn)
+
+
+class DivergeAt(Callback):
+    """Makes the optimizer step of training batch `at` of `epoch` diverge: it leaves a weight infinite (the loss of
+    that batch, computed before the step, was finite)."""
+    order = 50
+
+    def __init__(self, at, epoch=0):
+        self.at, self.epoch = at, epoch
+
+    def after_step(self, learn):
+        if learn.epoch == self.epoch and learn.iter == self.at:
+            with torch.no_grad():
+                learn.model.weight.fill_(float("inf"))
+
+
+@pytest.mark.parametrize("guard, fit_kwargs", [
+    (TerminateOnNaNCB(), {}), (TerminateOnNaNCB(), {"valid": False}), (TerminateOnNaNCB(immediate=False), {})],
+    ids=["immediate", "no validation", "deferred"])
+def test_a_fit_whose_last_step_diverges_does_not_end_silently_with_non_finite_weights(guard, fit_kwargs):
+    """`python -m miniai train --lr 1e6` exited 0 and saved model.pt full of NaN: every training loss was finite, the
+    last optimizer step was not (the validation loss was NaN, which the guard does not read)."""
+    learn = tiny_learner(cbs=[guard, DivergeAt(at=2, epoch=1)],
+                         learner_cls=lambda *a, **k: TrainLearner(*a, **k, nan_guard=False))  # 3 batches a pass
+    with pytest.raises(NonFiniteLossError, match=r"the weights are not finite .* after epoch 1 .*every training "
+                                                 r"loss was finite.* Try a lower lr"):
+        learn.fit(2, **fit_kwargs)
+
+
+def test_the_weights_are_checked_also_after_a_fit_a_callback_cancelled():
+    """SingleBatchCB's CancelFitException skips after_fit: the check runs in cleanup_fit."""
+    from miniai.callbacks import SingleBatchCB
+    with pytest.raises(NonFiniteLossError, match="the weights are not finite"):
+        tiny_learner(cbs=[DivergeAt(at=0)]).fit(1, cbs=[SingleBatchCB()])
+
+
+def test_no_weight_check_where_the_guard_stands_aside_or_the_fit_does_not_train():
+    class Finder(Callback):
+        handles_nonfinite_loss = True
+    tiny_learner(cbs=[DivergeAt(at=2), Finder()]).fit(1)  # the lr finder's way: no error
+    learn = tiny_learner(cbs=[DivergeAt(at=2)], learner_cls=lambda *a, **k: TrainLearner(*a, **k, nan_guard=False))
+    learn.fit(1)
+    learn.add_cb(TerminateOnNaNCB())
+    learn.fit(1, train=False)  # an evaluation of a broken model: no training of this fit to blame
+
+
+def test_a_buffer_holding_inf_on_purpose_is_no_divergence():
+    """The end-of-fit check of the weights looked at buffers too: a causal mask of -inf failed every fit."""
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 1)
+            self.register_buffer("mask", torch.tensor([0.0, float("-inf")]))
+
+        def forward(self, x):
+            return self.lin(x) + self.mask[0]
+    torch.manual_seed(0)
+    TrainLearner(Masked(), linear_dls(), F.mse_loss, lr=0.1).fit(1)

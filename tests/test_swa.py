@@ -355,3 +355,53 @@ def test_bn_refresh_runs_the_inference_callbacks_a_prediction_pass_runs():
     assert torch.allclose(bn.running_mean, torch.stack([h.mean(0) for h in outs]).mean(0), atol=1e-5)
     assert torch.allclose(bn.running_var, torch.stack([h.var(0) for h in outs]).mean(0), atol=1e-5)
     assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1 and not learn.model.training
+
+
+class CutAfter(Callback):
+    """Ends every training pass after batch `last` (CancelEpochException at after_batch), as a time budget does."""
+    order = 30
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+
+    def after_batch(self, learn: Learner) -> None:
+        if learn.training and learn.iter == self.last:
+            from miniai.learner import CancelEpochException
+            raise CancelEpochException()
+
+
+def test_a_training_pass_cut_short_is_averaged_as_the_schedulers_count_it():
+    """A pass ended by CancelEpochException skipped after_epoch, where the average was updated, but SWALR stepped
+    for it: 3 epochs trained from swa_start on, n_averaged 0, and the raw model kept with a warning."""
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 5), torch.randint(0, 3, (48,))
+    batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 48, 8)]
+
+    def net() -> nn.Module:
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    swa = SWACB(swa_start=1, swa_lr=0.01)
+    learn = TrainLearner(net(), DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x[:16], y[:16], bs=8)),
+                         F.cross_entropy, lr=0.1, cbs=[swa, CutAfter(2)])
+    learn.fit(4)
+
+    # by hand: torch's SWA recipe on a loop that breaks out of each epoch after 3 batches
+    from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+    model = net()
+    opt, averaged, swalr = optim.SGD(model.parameters(), lr=0.1), AveragedModel(model), None
+    for epoch in range(4):
+        model.train()
+        if epoch == 1:
+            swalr = SWALR(opt, 0.01, anneal_epochs=1, anneal_strategy="cos")
+        for xb, yb in batches[:3]:
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            opt.zero_grad()
+        if epoch >= 1:
+            averaged.update_parameters(model)
+            swalr.step()
+    update_bn([xb for xb, _ in batches], averaged)
+    assert int(swa.swa_model.n_averaged) == int(averaged.n_averaged) == 3
+    assert learn.model is swa.swa_model.module
+    for (name, ours), theirs in zip(learn.model.state_dict().items(), averaged.module.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0, msg=name)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any
 
 import torch
 
-from ..learner import Callback, CancelStepException, Learner
+from ..learner import Callback, CancelBatchException, CancelStepException, Learner
 
 __all__ = ["GradAccumCB"]
 
@@ -30,7 +31,10 @@ class GradAccumCB(Callback):
     that has no length the last batch can't be told apart: the batches after a pass's last full group then join the
     next pass's first group. A batch dropped before its backward (`CancelBatchException` at after_loss) leaves its
     group a batch short; if it was the group's last, the group goes on into the next one, one optimizer step fewer
-    (BatchSchedCB says so at the end of the fit when that leaves a schedule short of its end).
+    (BatchSchedCB says so at the end of the fit when that leaves a schedule short of its end); if it was the
+    pass's last batch, the group's gradients are dropped, with a warning. A group a pass cut short
+    (`CancelEpochException`) left is dropped, and so is one not stepped when the fit ends (SingleBatchCB, an error, a
+    loader without length): the next fit's first step never adds its gradients. One GradAccumCB per learner.
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
 
@@ -56,6 +60,14 @@ class GradAccumCB(Callback):
         """Optimizer steps a training pass of `n_batches` batches takes."""
         return math.ceil(n_batches / self.n_steps)
 
+    def before_fit(self, learn: Learner) -> None:
+        others = [cb for cb in learn.cbs if isinstance(cb, GradAccumCB)]
+        if len(others) > 1:
+            raise ValueError(f"this learner has {len(others)} GradAccumCB callbacks ("
+                             + ", ".join(f"n_steps={cb.n_steps}" for cb in others)
+                             + "): each would cancel steps and divide the summed gradients by its own count, garbling "
+                               "them. Accumulate with one GradAccumCB: keep one and learn.rm_cb() the others")
+
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:
             return
@@ -64,9 +76,17 @@ class GradAccumCB(Callback):
         except TypeError:  # no length: a partial last group joins the next pass's first one
             self._n_batches = None
             return
-        if self._summed:  # a pass cut short (CancelEpochException) left a partial group: drop its gradients,
-            # keeping what was in .grad before it (MomentumLearner's momentum; for others nothing, as zero_grad)
-            for param, carried in zip(learn.model.parameters(), self._carried or itertools.repeat(None)):
+        self._drop_group(learn)  # a pass cut short (CancelEpochException) left a partial group
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        self._drop_group(learn)  # a group not stepped (SingleBatchCB, an error) must not reach the next fit's step
+
+    def _drop_group(self, learn: Learner) -> None:
+        """Drop a partial group's gradients, keeping what was in .grad before it (MomentumLearner's momentum; for
+        others nothing, as zero_grad), and start afresh."""
+        params = list(learn.model.parameters())
+        if self._summed and any(p.grad is not None for p in params):  # (none: the learner dropped them, an error)
+            for param, carried in zip(params, self._carried or itertools.repeat(None)):
                 param.grad = None if carried is None else carried.to(param.device)  # (a checkpoint's: on the CPU)
         self._summed, self._carried = 0, []
 
@@ -84,9 +104,25 @@ class GradAccumCB(Callback):
 
     def after_backward(self, learn: Learner) -> None:
         self._summed += 1
-        last = self._n_batches is not None and learn.iter + 1 >= self._n_batches
-        if (learn.iter + 1) % self.n_steps and not last:
+        if (learn.iter + 1) % self.n_steps and not self._last_batch(learn):
             raise CancelStepException()  # keep adding gradients up
+        self._average(learn)
+
+    def cleanup_batch(self, learn: Learner) -> None:
+        if learn.training and self._summed and self._last_batch(learn) and \
+                isinstance(learn.stopped_by, CancelBatchException):  # it never reached after_backward, the step
+            warnings.warn(f"GradAccumCB: the last batch of training pass {learn.epoch} was dropped before its backward "
+                          f"(CancelBatchException), so the {self._summed} batch(es) summed before it in its group "
+                          "took no optimizer step: their gradients are dropped, as a hand loop skipping its stepping "
+                          "batch would. Drop batches before a group's last one to keep a pass's last step.",
+                          stacklevel=2)
+            self._drop_group(learn)
+
+    def _last_batch(self, learn: Learner) -> bool:
+        return self._n_batches is not None and learn.iter + 1 >= self._n_batches
+
+    def _average(self, learn: Learner) -> None:
+        """Divide the group's summed gradients by the number of batches summed (carried ones stay as they are)."""
         if self._summed > 1:
             params = list(learn.model.parameters())
             carried = self._carried or [None] * len(params)

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
+from ..distributed import all_reduce_sum, is_dist, rank, world_size
 from ..learner import Callback, CancelFitException, Learner
+from ..utils import opt_lr
 from .metrics import check_monitor, monitor_mode, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
@@ -17,8 +19,11 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the epoch, batch and learning rate."""
 
 
+_Bad = tuple[int | None, int, float]  # a non-finite loss: (the rank that met it, None outside DDP; batch; value)
+
+
 def _lr(learn: Learner) -> float:
-    return learn.opt.param_groups[0]["lr"] if learn.opt is not None and learn.opt.param_groups else float("nan")
+    return opt_lr(learn.opt)
 
 
 class TerminateOnNaNCB(Callback):
@@ -30,9 +35,20 @@ class TerminateOnNaNCB(Callback):
     at the end of the training pass, or every `every` batches if given (each check is one synchronisation).
     `immediate=True`/`False` forces either way.
     The message then still names the first bad batch and the lr it ran with, and says that the weights took
-    the following steps too. Validation losses are not checked. Remove it with `learn.rm_cb(...)` or
-    `TrainLearner(..., nan_guard=False)`. It stands aside for a fit in which a callback sets the class attribute
-    `handles_nonfinite_loss = True` (the lr finder, which drives the loss to blow up on purpose).
+    the following steps too. Under torch.distributed (DDPCB) the ranks agree on each check with one all_reduce
+    (per batch on the CPU, per check on an accelerator), so a NaN on one rank stops every rank with this error
+    instead of leaving the others waiting in DDP's gradient all_reduce.
+
+    A step after the last loss checked can still diverge (a too high lr): the weights are then non-finite though
+    every loss was finite. So at the end of a fit that trained (in cleanup_fit: also a fit a callback cancelled)
+    the parameters are checked once (not the buffers: an attention mask may hold -inf on purpose), and non-finite
+    ones raise `NonFiniteLossError`; earlier epochs need no such check, as the next training loss shows it. Validation losses are not checked: they never
+    change the weights; a non-finite one with finite weights comes from the validation data or the loss, which
+    MetricsCB reports (and CheckpointCB refuses to save after).
+
+    Remove it with `learn.rm_cb(...)` or `TrainLearner(..., nan_guard=False)`. It stands aside for a fit in which
+    a callback sets the class attribute `handles_nonfinite_loss = True` (the lr finder, which drives the loss to
+    blow up on purpose).
     """
     order = 5  # at after_loss, before the backward; at after_epoch, before CheckpointCB saves a broken model
 
@@ -45,9 +61,11 @@ class TerminateOnNaNCB(Callback):
         self._where: list[tuple[int, float]] = []  # (batch index, lr) of each kept loss
         self._checked = 0
         self._active = True
+        self._world = 1  # processes that agree on each check (DDPCB, order -30, has joined their group by before_fit)
 
     def before_fit(self, learn: Learner) -> None:
         self._active = not any(getattr(cb, "handles_nonfinite_loss", False) for cb in learn.cbs)
+        self._world = world_size() if is_dist() else 1
 
     def before_epoch(self, learn: Learner) -> None:
         self._losses, self._where, self._checked = [], [], 0
@@ -59,8 +77,11 @@ class TerminateOnNaNCB(Callback):
         if self.immediate or (self.immediate is None and loss.is_cpu):
             # item() of a CPU scalar is a read, not a sync; the sum covers losses with reduction='none'
             value = loss.item() if loss.numel() == 1 else float(loss.detach().float().sum())
-            if not math.isfinite(value):
-                self._fail(learn, learn.iter, _lr(learn), value, delayed=False)
+            bad = None if math.isfinite(value) else (None, learn.iter, value)
+            if self._world > 1:
+                bad = self._agree(bad)
+            if bad is not None:
+                self._fail(learn, bad, _lr(learn), delayed=False)
             return
         self._losses.append(loss.detach())
         self._where.append((learn.iter, _lr(learn)))  # python numbers: free to read; the lr this batch runs with
@@ -83,23 +104,62 @@ class TerminateOnNaNCB(Callback):
         kept = self._losses[start:]
         # one stack kernel for scalar losses; losses with reduction='none' are summed first (NaN/inf survive a sum)
         losses = torch.stack(kept if all(t.ndim == 0 for t in kept) else [t.sum() for t in kept]).float()
-        bad = ~torch.isfinite(losses)
+        bad_at = ~torch.isfinite(losses)
         self._checked = len(self._losses)
-        if bool(bad.any()):  # the one synchronisation
-            first = int(bad.nonzero()[0, 0])
-            batch, lr = self._where[start + first]
-            self._fail(learn, batch, lr, float(losses[first]), delayed=True)
+        bad = None
+        if bool(bad_at.any()):  # the one synchronisation
+            first = int(bad_at.nonzero()[0, 0])
+            bad = (None, self._where[start + first][0], float(losses[first]))
+        if self._world > 1:
+            bad = self._agree(bad)
+        if bad is not None:
+            # the lr that batch ran with (the ranks run the same batches with the same lrs)
+            lr = next((lr for batch, lr in self._where if batch == bad[1]), _lr(learn))
+            self._fail(learn, bad, lr, delayed=True)
 
-    def _fail(self, learn: Learner, batch: int, lr: float, value: float, delayed: bool) -> None:
+    def _agree(self, bad: _Bad | None) -> _Bad | None:
+        """One all_reduce: (rank, batch, loss) of the first non-finite loss any rank found (the earliest batch, then
+        the lowest rank), the same answer on every rank (None: all were finite), so all of them stop together."""
+        rows = torch.zeros(self._world, 3, dtype=torch.float64)
+        if bad is not None:
+            rows[rank()] = torch.tensor([1.0, bad[1], bad[2]], dtype=torch.float64)
+        all_reduce_sum(rows)  # (every other row is zeros: a NaN or inf stays in its own rank's row)
+        found = [(int(row[1]), r) for r, row in enumerate(rows) if row[0]]
+        if not found:
+            return None
+        batch, r = min(found)
+        return r, batch, float(rows[r, 2])
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        stopped = learn.stopped_by  # (after an error, that error is what the user sees; a cancel ends a fit well)
+        if not self._active or "train" not in learn.passes or not (
+                stopped is None or isinstance(stopped, CancelFitException)):
+            return
+        # after SWACB's after_fit and DDPCB's cleanup: the model the user gets; the same on every rank, so no
+        # all_reduce; one synchronisation per fit
+        # parameters only: a buffer may hold inf on purpose (a causal attention mask of -inf)
+        tensors = [p for p in learn.model.parameters() if p.is_floating_point()]
+        if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+            raise NonFiniteLossError(
+                f"the weights are not finite (NaN or inf) at the end of the fit, after epoch {learn.epoch} "
+                f"(lr={_lr(learn):.3g}), though every training loss was finite: an optimizer step after the last "
+                "loss checked diverged, its gradients too large for the lr." + self._advice(learn))
+
+    def _fail(self, learn: Learner, bad: _Bad, lr: float, delayed: bool) -> None:
+        bad_rank, batch, value = bad
         after = (f" It was detected at batch {learn.iter}: the steps in between used non-finite gradients, so the "
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
+        where = f" on rank {bad_rank}" if bad_rank is not None else ""
+        raise NonFiniteLossError(f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch} "
+                                 f"(lr={lr:.3g}).{after}" + self._advice(learn, data=True))
+
+    @staticmethod
+    def _advice(learn: Learner, data: bool = False) -> str:
         good = learn.last_checkpoint
         resume = (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None else
                   " There is no checkpoint of this run to resume from (CheckpointCB(path) saves one after each epoch).")
-        raise NonFiniteLossError(
-            f"training loss is {value} at epoch {learn.epoch}, batch {batch} (lr={lr:.3g}).{after} Try a lower lr "
-            "(learn.lr_find()), gradient clipping (GradClipCB), or check the data and the loss for NaN/inf."
-            + resume)
+        return (" Try a lower lr (learn.lr_find()), gradient clipping (GradClipCB)"
+                + (", or check the data and the loss for NaN/inf." if data else ".") + resume)
 
 
 def lower_lr_advice(learn: Learner, good: Any) -> str:

@@ -22,6 +22,7 @@ import torch
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
+from ..utils import opt_lr
 from .activations import ActivationStats
 from .lr_finder import LRFinderCB
 
@@ -94,13 +95,13 @@ class CSVLoggerCB(Callback):
 
     def after_batch(self, learn: Learner) -> None:
         if learn.training and self._file is not None:
-            self._lr = learn.opt.param_groups[0]["lr"]  # a dict read: no device sync
+            self._lr = opt_lr(learn.opt)  # a dict read: no device sync
 
     def after_epoch(self, learn: Learner) -> None:
         if self._file is None or len(self._metrics.history) == self._rows_before:
             return
         row = self._metrics.history[-1]
-        lr = self._lr if self._lr is not None else learn.opt.param_groups[0]["lr"]
+        lr = self._lr if self._lr is not None else opt_lr(learn.opt)
         self._writer.writerow([row[name] for name in self.columns[:-1]] + [float(lr)])
         self._file.flush()
         os.fsync(self._file.fileno())  # once per pass: a crash or power loss keeps every finished row
@@ -239,7 +240,7 @@ class TensorBoardCB(Callback):
         if not (self.writers and learn.training):
             return
         self._losses.append(learn.loss.detach())  # a reference: reading it now would make the CPU wait
-        self._lrs.append(learn.opt.param_groups[0]["lr"])
+        self._lrs.append(opt_lr(learn.opt))
         self._steps.append(learn.epoch * self._per_epoch + learn.iter if self._per_epoch else self._n_batches)
         self._n_batches += 1
 

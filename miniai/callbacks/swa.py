@@ -1,7 +1,8 @@
 """Stochastic Weight Averaging (Izmailov et al. 2018) as a callback, on `torch.optim.swa_utils`.
 
 From epoch `swa_start` on, `SWALR` drives the lr (annealing it to `swa_lr`) and `AveragedModel` keeps the running
-mean of the weights at the end of each training epoch. After the last epoch the BatchNorm statistics of the
+mean of the weights at the end of each training epoch (one a callback cut short with CancelEpochException too: it
+counts as done, as the schedulers count it). After the last epoch the BatchNorm statistics of the
 averaged weights are recomputed on the training data (as `update_bn` does), the averaged model is validated once
 more, and it becomes `learn.model`.
 """
@@ -16,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import SWALR, AveragedModel
 
-from ..learner import Callback, Learner
+from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .preds import prediction_pass
 from .state import kept
 
@@ -96,15 +97,17 @@ class SWACB(Callback):
     def cleanup_batch(self, learn: Learner) -> None:
         self._stepped = self._stepped or learn.stepped  # (not after_step: a cancel there may cut this one off)
 
-    def after_epoch(self, learn: Learner) -> None:
-        if learn.training and self._averaging(learn):
-            self.swa_model.update_parameters(learn.model)
-
     def cleanup_epoch(self, learn: Learner) -> None:
-        # also after the fit's last epoch: a checkpoint of it then holds the lr the next epoch trains with; not
-        # for a pass that took no step (a fit ended at its first batch, EarlyStoppingCB's way)
-        if learn.training and self._stepped and self._averaging(learn):
-            self.swa_scheduler.step()
+        # cleanup, not after_epoch: a pass cut short (CancelEpochException, a time budget) is an epoch done, as the
+        # schedulers count it, so it is averaged too. Not a pass that took no step (a fit ended at its first batch,
+        # EarlyStoppingCB's way; the flag is reset here too, for a pass cancelled before this one's before_epoch)
+        stepped, self._stepped = self._stepped, False
+        if not (learn.training and stepped and self._averaging(learn)):
+            return
+        if learn.stopped_by is None or isinstance(learn.stopped_by, (CancelEpochException, CancelFitException)):
+            self.swa_model.update_parameters(learn.model)  # (an error may have left the weights half-stepped)
+        # also after the fit's last epoch: a checkpoint of it then holds the lr the next epoch trains with
+        self.swa_scheduler.step()
 
     def _averaging(self, learn: Learner) -> bool:
         return isinstance(learn.epoch, int) and learn.epoch >= self.swa_start and self.swa_scheduler is not None
