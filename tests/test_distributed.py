@@ -571,6 +571,13 @@ def _nan_on_rank_1(r: int, out: str) -> None:
             seen[way] = "no error"
         except Exception as e:  # noqa: BLE001 -- what each rank ended with is the test's result
             seen[way] = f"{type(e).__name__}: {e}"
+    # then a fit on rank 0 alone, in the process group the DDP fits left: its guard must not wait for rank 1
+    finite = DataLoaders(TensorLoader(x[8:], y[8:], bs=4), TensorLoader(x[8:], y[8:], bs=4))
+    learn = TrainLearner(nn.Linear(5, 3), finite, F.cross_entropy, lr=0.1)
+    if r == 0:
+        learn.fit(1)
+    dist.barrier()
+    seen["alone"] = "done"
     Path(out, f"nan{r}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()
 
@@ -593,6 +600,7 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_nan_error(tmp_path):
     assert not hung, "a rank hung"
     for r in range(2):
         seen = json.loads((tmp_path / f"nan{r}.json").read_text())
+        assert seen.pop("alone") == "done"  # (the guard agreed with the other ranks in a plain fit too: a hang)
         for way, result in seen.items():
             assert result.startswith("NonFiniteLossError: training loss is nan on rank 1 at epoch 0, batch 0"), \
                 (r, way, result)

@@ -516,3 +516,22 @@ def test_a_buffer_holding_inf_on_purpose_is_no_divergence():
             return self.lin(x) + self.mask[0]
     torch.manual_seed(0)
     TrainLearner(Masked(), linear_dls(), F.mse_loss, lr=0.1).fit(1)
+
+
+def test_the_end_of_fit_check_looks_only_at_what_the_optimizer_trains():
+    """It checked every parameter: a frozen one holding -inf (a mask) failed the fit, an unused lazy layer's
+    uninitialized parameter crashed it, and fit(0) of a NaN model raised though nothing trained."""
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.aux = nn.Linear(1, 1), nn.LazyLinear(2)  # aux: never called
+            self.mask = nn.Parameter(torch.tensor([0.0, float("-inf")]), requires_grad=False)
+
+        def forward(self, x):
+            return self.lin(x) + self.mask[0]
+    torch.manual_seed(0)
+    TrainLearner(Masked(), linear_dls(), F.mse_loss, lr=0.1).fit(1)
+    broken = nn.Linear(1, 1)
+    with torch.no_grad():
+        broken.weight.fill_(float("nan"))
+    TrainLearner(broken, linear_dls(), F.mse_loss, lr=0.1).fit(0)

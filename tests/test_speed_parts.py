@@ -456,7 +456,7 @@ def test_the_count_of_skipped_fp16_steps_continues_on_resume(tmp_path):
 
 
 def test_a_fit_broken_mid_group_on_a_loader_without_len_starts_the_next_fit_on_a_fresh_group():
-    """On a loader without len a partial group carries into the next fit; a fit ended inside a batch after its
+    """On a loader without len a partial group is dropped at the end of a fit; a fit ended inside a batch after its
     backward (CancelFitException there) drops that batch's gradients, but GradAccumCB kept counting the group: the
     next fit's first step divided its 4 batches' gradients by 6."""
     class NoLen:

@@ -405,3 +405,23 @@ def test_a_training_pass_cut_short_is_averaged_as_the_schedulers_count_it():
     assert learn.model is swa.swa_model.module
     for (name, ours), theirs in zip(learn.model.state_dict().items(), averaged.module.state_dict().values()):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0, msg=name)
+
+
+def test_grad_accum_drops_the_trained_models_part_done_group_when_swa_replaced_learn_model():
+    """GradAccumCB dropped the group at cleanup_fit on learn.model, which SWACB's after_fit had made the average:
+    the trained model (raw_model) kept the unstepped group's gradients, for a later fit's first step."""
+    from miniai.callbacks import GradAccumCB
+
+    class NoLen:  # 6 batches, no len: the last group (batches 4, 5) can't be told, and never steps
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            return iter(self.loader)
+    learn = bn_learner(n_train=96)
+    learn.dls = DataLoaders(NoLen(learn.dls.train), learn.dls.valid)
+    swa = SWACB(swa_start=0, swa_lr=0.01)
+    with pytest.warns(UserWarning, match="took no optimizer step"):
+        learn.fit(1, cbs=[GradAccumCB(4), swa])
+    assert learn.model is not swa.raw_model
+    assert all(p.grad is None for p in swa.raw_model.parameters())

@@ -37,6 +37,7 @@ class GradAccumCB(Callback):
     loader without length): the next fit's first step never adds its gradients. One GradAccumCB per learner.
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
+    _model: Any = None  # the fit's model, set at before_fit
 
     def __init__(self, n_steps: int) -> None:
         if not isinstance(n_steps, int) or n_steps < 1:
@@ -67,6 +68,7 @@ class GradAccumCB(Callback):
                              + ", ".join(f"n_steps={cb.n_steps}" for cb in others)
                              + "): each would cancel steps and divide the summed gradients by its own count, garbling "
                                "them. Accumulate with one GradAccumCB: keep one and learn.rm_cb() the others")
+        self._model = learn.model  # the one trained (SWACB puts its average in learn.model before cleanup_fit)
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:
@@ -79,12 +81,17 @@ class GradAccumCB(Callback):
         self._drop_group(learn)  # a pass cut short (CancelEpochException) left a partial group
 
     def cleanup_fit(self, learn: Learner) -> None:
+        if self._summed and self._n_batches is None and learn.stopped_by is None:  # (SingleBatchCB's, an error's:
+            # no word) a loader without length: its last batch can't be told, so the last group never stepped
+            warnings.warn(f"GradAccumCB: the fit ended with {self._summed} batch(es) summed in a group that took no "
+                          "optimizer step (the train loader has no length, so its last batch can't be told): their "
+                          "gradients are dropped, not carried into the next fit", stacklevel=2)
         self._drop_group(learn)  # a group not stepped (SingleBatchCB, an error) must not reach the next fit's step
 
     def _drop_group(self, learn: Learner) -> None:
         """Drop a partial group's gradients, keeping what was in .grad before it (MomentumLearner's momentum; for
         others nothing, as zero_grad), and start afresh."""
-        params = list(learn.model.parameters())
+        params = list((learn.model if self._model is None else self._model).parameters())
         if self._summed and any(p.grad is not None for p in params):  # (none: the learner dropped them, an error)
             for param, carried in zip(params, self._carried or itertools.repeat(None)):
                 param.grad = None if carried is None else carried.to(param.device)  # (a checkpoint's: on the CPU)

@@ -5,8 +5,10 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import all_reduce_sum, is_dist, rank, world_size
+from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelFitException, Learner
 from ..utils import opt_lr
 from .metrics import check_monitor, monitor_mode, same_watch
@@ -65,7 +67,9 @@ class TerminateOnNaNCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self._active = not any(getattr(cb, "handles_nonfinite_loss", False) for cb in learn.cbs)
-        self._world = world_size() if is_dist() else 1
+        # the ranks agree only in a fit they all run: one whose model DDP wraps (DDPCB, order -30, has by now); a
+        # plain fit on one rank, in a process group left by an earlier DDP fit, must not wait for the others
+        self._world = world_size() if isinstance(learn.model, DistributedDataParallel) else 1
 
     def before_epoch(self, learn: Learner) -> None:
         self._losses, self._where, self._checked = [], [], 0
@@ -132,14 +136,15 @@ class TerminateOnNaNCB(Callback):
 
     def cleanup_fit(self, learn: Learner) -> None:
         stopped = learn.stopped_by  # (after an error, that error is what the user sees; a cancel ends a fit well)
-        if not self._active or "train" not in learn.passes or not (
+        if not self._active or "train" not in learn.passes or learn.epoch is None or not (
                 stopped is None or isinstance(stopped, CancelFitException)):
             return
-        # after SWACB's after_fit and DDPCB's cleanup: the model the user gets; the same on every rank, so no
-        # all_reduce; one synchronisation per fit
-        # parameters only: a buffer may hold inf on purpose (a causal attention mask of -inf)
-        tensors = [p for p in learn.model.parameters() if p.is_floating_point()]
-        if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+        # after SWACB's after_fit and DDPCB's cleanup: the model the user gets, the same on every rank (no
+        # all_reduce). Only what the optimizer trains: a buffer or a frozen parameter may hold -inf on purpose (an
+        # attention mask), and a lazy module's unused parameter has no values yet
+        trained = [p for p in learn.model.parameters() if p.requires_grad and p.is_floating_point()
+                   and not isinstance(p, nn.parameter.UninitializedParameter)]
+        if not all(bool(p.isfinite().all()) for p in trained):  # (once per fit: a sync per parameter is fine)
             raise NonFiniteLossError(
                 f"the weights are not finite (NaN or inf) at the end of the fit, after epoch {learn.epoch} "
                 f"(lr={_lr(learn):.3g}), though every training loss was finite: an optimizer step after the last "
