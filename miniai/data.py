@@ -289,7 +289,7 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
            "n_valid": f": with holdout={holdout} the validation images are the {holdout} held out"} if holdout else {}
     for what, n, have in (("n_train", n_train, len(train_x)), ("n_valid", n_valid, len(valid_x))):
         if n is not None and not 0 < n <= have:
-            raise ValueError(f"{what} must be in 1..{have}, got {n}{why.get(what, '')}")
+            raise ValueError(f"{what} must be in 1..{have}, got {n}{why.get(what, '') if n > have else ''}")
     train = TensorLoader(train_x[:n_train], train_y[:n_train], bs, shuffle=True, seed=seed)
     valid = TensorLoader(valid_x[:n_valid], valid_y[:n_valid], bs if valid_bs is None else valid_bs)
     dls = DataLoaders(train, valid, classes=list(raw.classes), normalize=Normalize(mean, std))

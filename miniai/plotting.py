@@ -140,7 +140,8 @@ def plot_color_dim(hists: Sequence[Any], value_range: tuple[float, float] = (0.0
     `hists[i]` is a [n_batches, bins] tensor or array: the course's "colorful dimension" plot. The x axis counts
     the recorded batches (ActivationStats's `every` skips some; with `on_valid` validation batches are among them).
     """
-    fig, axs = get_grid(max(len(hists), 1), figsize=figsize)
+    n = max(len(hists), 1)  # (matplotlib's default size, as before get_grid took the course's imsize)
+    fig, axs = get_grid(n, figsize=figsize or ((6.4, 4.8) if n > 1 else (4.0, 3.0)))
     for i, (hist, ax) in enumerate(zip(hists, axs)):
         image = np.log1p(np.asarray(torch.as_tensor(hist, dtype=torch.float32)).T)
         extent = (-0.5, image.shape[1] - 0.5, *value_range) if image.size else None

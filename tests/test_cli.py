@@ -268,3 +268,13 @@ def test_a_count_too_large_after_holdout_names_the_flags(tmp_path, capsys):
     assert info.value.code == 2 and err.startswith("usage: python -m miniai train")
     assert ("error: --n-train must be in 1..1, got 5: --holdout 39 took the other 39 of the 40 training images"
             in err), err
+
+
+def test_the_flag_names_replace_only_get_dls_own_words():
+    """The rewrite of get_dls's parameter names into flags also rewrote a path holding them ('runs/n_valid=2')."""
+    from miniai.__main__ import _as_flags
+    assert _as_flags("n_train must be in 1..1, got 100: holdout=59999 took the other 59999 of the 60000 training "
+                     "images") == ("--n-train must be in 1..1, got 100: --holdout 59999 took the other 59999 of the "
+                               "60000 training images")
+    path_error = "/runs/n_valid=2/holdout=3/train-images: truncated"
+    assert _as_flags(path_error) == path_error

@@ -137,3 +137,10 @@ def test_the_lr_finder_chart_keeps_its_labels_inside_the_figure():
     """plot_lr_find's figure cut off the bottom of 'learning rate', as loss.png did 'batch'."""
     from miniai.plotting import plot_lr_find
     assert _cut_off(plot_lr_find([1e-3, 1e-2, 1e-1], [1.0, 0.5, 2.0], {"valley": 1e-2})) == []
+
+
+def test_color_dim_without_figsize_keeps_a_readable_size():
+    """get_grid's course order made figsize=None mean imsize-sized cells: one layer's image became 2 x 2 inches."""
+    from miniai.plotting import plot_color_dim
+    assert tuple(plot_color_dim([torch.rand(20, 40)]).get_size_inches()) == (4.0, 3.0)
+    assert tuple(plot_color_dim([torch.rand(20, 40)] * 3).get_size_inches()) == (6.4, 4.8)

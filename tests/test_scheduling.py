@@ -844,3 +844,37 @@ def test_an_epoch_schedule_does_not_step_for_a_training_pass_cancelled_before_it
     sched = EpochSchedCB(partial(ls.StepLR, step_size=1, gamma=0.5))
     make_learner([sched, SkipTrainPass()]).fit(3, valid=False)
     assert sched.n_steps == 2
+
+
+@pytest.mark.parametrize("build", [
+    lambda o: ls.SequentialLR(o, [ls.ConstantLR(o, factor=0.5, total_iters=BATCHES),
+                                  ls.OneCycleLR(o, max_lr=0.1, total_steps=BATCHES, pct_start=1.0)],
+                              milestones=[BATCHES]),
+    lambda o: ls.ChainedScheduler([ls.OneCycleLR(o, max_lr=0.1, total_steps=2 * BATCHES, pct_start=1.0),
+                                   ls.ExponentialLR(o, 0.99)]),
+])
+def test_a_one_cycle_part_with_an_empty_last_phase_is_refused_before_training(build):
+    """Only a top-level OneCycleLR was checked: as a SequentialLR's or ChainedScheduler's part it trained the whole
+    fit, then failed with a bare ZeroDivisionError at the last batch (its validation and checkpoint lost)."""
+    learn = make_learner([])
+    with pytest.raises(ValueError, match="phase of no steps"):
+        learn.fit(2, cbs=[BatchSchedCB(build)])
+
+
+def test_a_one_cycle_part_that_hands_over_before_its_empty_last_phase_runs():
+    build = lambda o: ls.SequentialLR(o, [ls.OneCycleLR(o, max_lr=0.1, total_steps=BATCHES, pct_start=1.0),  # noqa: E731
+                                          ls.CosineAnnealingLR(o, T_max=BATCHES)], milestones=[BATCHES])
+    rec = RecorderCB(lr=_lr)
+    make_learner([rec]).fit(2, cbs=[BatchSchedCB(build)])
+    opt = optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched, hand = build(opt), []
+    for _ in range(2 * BATCHES):
+        hand.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rec.recs["lr"] == pytest.approx(hand)
+
+
+def test_a_zero_division_of_the_users_own_factory_is_left_as_it_is():
+    with pytest.raises(ZeroDivisionError):
+        make_learner([]).fit(1, cbs=[BatchSchedCB(lambda o: ls.LambdaLR(o, lambda e: 1 / e))])

@@ -62,6 +62,12 @@ def test_a_kernel_whose_shell_subclasses_jupyters_counts_as_a_notebook(monkeypat
     ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})
     Shell = type("Shell", (ZMQInteractiveShell,), {})
     monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=Shell))
+    monkeypatch.setitem(sys.modules, "google.colab", SimpleNamespace())
     assert progress_module.in_notebook()
+    monkeypatch.delitem(sys.modules, "google.colab")
+    # Spyder's console subclasses it too, but shows no HTML: not a notebook (fastprogress decides the same way)
+    monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=type("SpyderShell", (ZMQInteractiveShell,),
+                                                                                {})))
+    assert not progress_module.in_notebook()
     monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=type("TerminalInteractiveShell", (), {})))
     assert not progress_module.in_notebook()

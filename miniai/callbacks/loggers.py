@@ -123,8 +123,8 @@ def _read_csv(path: Path) -> tuple[list[str] | None, list[list[str]]]:
         with open(path, newline="", encoding="utf-8") as f:
             lines = list(csv.reader(f))
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a UTF-8 CSV file ({e}), so its rows can't be kept: log to another path, "
-                         "or start the file anew (a fresh fit, without append=True)") from None
+        raise ValueError(f"{path} is not a UTF-8 CSV file ({e}), so its rows can't be kept: log to another path "
+                         "(or, for append=True, start the file anew without it)") from None
     if not lines:
         return None, []
     header = lines[0]

@@ -22,8 +22,8 @@ def in_notebook() -> bool:
     if shell is None:
         return False
     ipython = shell.get_ipython()
-    # Jupyter's kernel shell, or a subclass of it (Colab's google.colab._shell.Shell)
-    return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(ipython).__mro__)
+    # Jupyter's kernel shell, and Colab's (a subclass of it; Spyder's console is one too, but shows no HTML)
+    return type(ipython).__name__ == "ZMQInteractiveShell" or ipython is not None and "google.colab" in sys.modules
 
 
 class _HostScalars:

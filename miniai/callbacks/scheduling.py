@@ -24,7 +24,7 @@ import bisect
 import copy
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.optim import Optimizer
@@ -109,8 +109,9 @@ class BaseSchedCB(Callback):
         try:
             scheduler = self.factory(learn.opt)
         except ZeroDivisionError as e:  # torch's OneCycleLR steps once when built: a first phase of no steps
-            raise ValueError(f"{type(self).__name__}'s factory failed with ZeroDivisionError building the scheduler; "
-                             f"if it builds a OneCycleLR: {_ONE_CYCLE_PHASE}") from e
+            if not _raised_in(e, OneCycleLR):  # (a user's own lambda dividing by zero is theirs to see)
+                raise
+            raise ValueError(f"{type(self).__name__}'s factory failed building a OneCycleLR: {_ONE_CYCLE_PHASE}") from e
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"{type(self).__name__}'s factory returned {scheduler!r}, which has no step(); "
                             f"the factory must return a scheduler built on the optimizer it is given")
@@ -192,13 +193,14 @@ class BaseSchedCB(Callback):
         (caught in before_fit), a last one at step `total_steps`, the step after the fit's last batch, so the last
         epoch's validation and checkpoint would be lost (SWACB, which skips that step, never gets there).
         """
-        sched, total = self.scheduler, self._total_steps(learn)
-        if not isinstance(sched, OneCycleLR) or total is None or learn.schedule_stop is not None:
+        total = self._total_steps(learn)
+        if total is None or learn.schedule_stop is not None:
             return
-        ends = [phase["end_step"] for phase in sched._schedule_phases]
-        if ends[-1] == ends[-2] and total >= sched.total_steps:
-            raise ValueError(f"{_ONE_CYCLE_PHASE} (This one: total_steps={sched.total_steps}, phases ending at steps "
-                             f"{[round(e, 6) for e in ends]}; this fit steps it {total} times.)")
+        for sched, reached in _parts_reached(self.scheduler, total):
+            ends = [phase["end_step"] for phase in sched._schedule_phases] if isinstance(sched, OneCycleLR) else []
+            if ends and ends[-1] == ends[-2] and reached >= sched.total_steps:
+                raise ValueError(f"{_ONE_CYCLE_PHASE} (This one: total_steps={sched.total_steps}, phases ending at "
+                                 f"steps {[round(e, 6) for e in ends]}; this fit steps it {reached} times.)")
 
     def _step(self, learn: Learner, *metric: float) -> None:
         stop = learn.schedule_stop
@@ -275,6 +277,34 @@ _ONE_CYCLE_PHASE = ("OneCycleLR has a phase of no steps (pct_start=1.0, or pct_s
                     "three_phase 2 × pct_start × total_steps = total_steps + 1): torch divides by each phase's "
                     "length, so it fails with ZeroDivisionError when a step lands there. Use a pct_start with "
                     "pct_start × total_steps > 1 and pct_start < 1 (fit_one_cycle's default is 0.3), or more steps")
+
+
+def _raised_in(error: BaseException, cls: type) -> bool:
+    """Whether `error` was raised inside a method of a `cls` object (a frame of its traceback has such a `self`)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if isinstance(tb.tb_frame.f_locals.get("self"), cls):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _parts_reached(scheduler: Any, reached: int) -> Iterator[tuple[Any, int]]:
+    """`(scheduler, the step count it reaches)` when it is stepped `reached` times, then the same for each part of a
+    SequentialLR (a part runs from its milestone, and stops one short of the next, where the next part takes over)
+    or a ChainedScheduler (every part runs every step)."""
+    yield scheduler, reached
+    parts = getattr(scheduler, "_schedulers", [])
+    if isinstance(scheduler, SequentialLR):
+        bounds = [0, *scheduler._milestones]
+        for i, part in enumerate(parts):
+            if bounds[i] > reached:
+                break
+            handed_on = i + 1 < len(bounds) and bounds[i + 1] <= reached
+            yield from _parts_reached(part, (bounds[i + 1] - 1 if handed_on else reached) - bounds[i])
+    else:
+        for part in parts:
+            yield from _parts_reached(part, reached)
 
 
 def _structure(scheduler: Any) -> str:
