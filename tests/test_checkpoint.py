@@ -991,3 +991,19 @@ def test_a_training_only_fit_cancelled_in_its_after_epoch_saves_the_epoch_it_cou
     learn, _ = make_learner(tmp_path, cbs=[stop, CSVLoggerCB(tmp_path / "log.csv")], keep=None)
     learn.fit(4, valid=False)
     assert learn.last_checkpoint.name == saved
+
+
+def test_a_model_with_an_inf_mask_buffer_is_checkpointed(tmp_path):
+    """CheckpointCB checked buffers and frozen parameters for non-finite values (the NaN guard does not): a model
+    with a -inf attention mask stopped after its first epoch, with no checkpoint and advice to lower the lr."""
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 1)
+            self.register_buffer("mask", torch.tensor([0.0, 0.0, 0.0, float("-inf")]))
+
+        def forward(self, x):
+            return self.lin(x * torch.softmax(self.mask, 0) * 4)
+    learn, _ = make_learner(tmp_path, model=Masked())
+    learn.fit(2)
+    assert [f.name for _, f in list_checkpoints(tmp_path)][-1] == "epoch_0002.pt"

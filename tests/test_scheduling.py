@@ -878,3 +878,17 @@ def test_a_one_cycle_part_that_hands_over_before_its_empty_last_phase_runs():
 def test_a_zero_division_of_the_users_own_factory_is_left_as_it_is():
     with pytest.raises(ZeroDivisionError):
         make_learner([]).fit(1, cbs=[BatchSchedCB(lambda o: ls.LambdaLR(o, lambda e: 1 / e))])
+
+
+def test_a_one_cycle_with_an_empty_last_phase_on_a_loader_without_len_says_why_when_it_fails():
+    class NoLen:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            return iter(self.loader)
+    learn = make_learner([])
+    learn.dls = SimpleNamespace(train=NoLen(learn.dls.train), valid=learn.dls.valid)
+    with pytest.raises(ValueError, match="phase of no steps") as info:
+        learn.fit(1, cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=BATCHES, pct_start=1.0))])
+    assert isinstance(info.value.__cause__, ZeroDivisionError)

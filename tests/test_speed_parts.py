@@ -606,3 +606,32 @@ def test_two_grad_accum_callbacks_are_refused_at_fit():
         learn.fit(1, cbs=[GradAccumCB(3)])
     assert all(torch.equal(p, q) for p, q in zip(before, learn.model.parameters()))  # refused before any step
     learn.fit(1)  # the one left works
+
+
+class _NoLen:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def test_groups_longer_than_a_pass_step_on_a_loader_without_len():
+    """Counted by position in the pass, a group of 10 on passes of 6 batches without len never stepped: the fit
+    trained nothing, with one warning at its end."""
+    x, y, dls = _six_batches()
+    torch.manual_seed(0)
+    learn = TrainLearner(_net(), type(dls)(_NoLen(dls.train), dls.valid), F.cross_entropy, lr=0.1,
+                         cbs=[GradAccumCB(4)])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    steps = CountSteps()
+    with pytest.warns(UserWarning, match="2 batch"):  # 3 passes of 6: groups of 4, 2 batches left at the end
+        learn.fit(3, cbs=[steps])
+    assert sum(steps.steps) == 4 and not all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def test_a_checkpoint_of_another_accumulation_count_is_refused():
+    cb = GradAccumCB(2)
+    with pytest.raises(ValueError, match=r"resume with GradAccumCB\(5\)"):
+        cb.load_state_dict({**GradAccumCB(5).state_dict()})
+    cb.load_state_dict({"summed": 0, "carried": []})  # (a checkpoint of before n_steps was saved)

@@ -584,8 +584,11 @@ class CheckpointCB(Callback):
     def _check_finite(self, learn: Learner, done: int) -> None:
         """Refuse to save non-finite weights or after a non-finite validation loss: resume would pick them."""
         model = unwrap(learn.model)
-        tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-        weights_ok = not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+        # what the optimizer trains, as the NaN guard checks: a buffer or frozen parameter may hold -inf on purpose
+        # (an attention mask), and an unused lazy layer's parameter has no values yet
+        tensors = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()
+                   and not isinstance(p, nn.parameter.UninitializedParameter)]
+        weights_ok = all(bool(p.isfinite().all()) for p in tensors)
         metrics = getattr(learn, "metrics", None)
         loss = metrics.last.get("valid_loss") if metrics is not None else None
         if weights_ok and (loss is None or math.isfinite(loss)):

@@ -28,9 +28,8 @@ class GradAccumCB(Callback):
     `fit_one_cycle` ask (through `miniai.callbacks.scheduling.steps_per_epoch`), so a one-cycle still ends
     exactly on the fit's last step. Gradients already in `.grad` when a group begins (MomentumLearner keeps mom ×
     the old ones instead of zeroing) are kept as they are: only the group's own are averaged. With a train loader
-    that has no length the last batch can't be told apart: the batches after a pass's last full group then join the
-    next pass's first group. A batch dropped before its backward (`CancelBatchException` at after_loss) leaves its
-    group a batch short; if it was the group's last, the group goes on into the next one, one optimizer step fewer
+    that has no length the last batch can't be told apart: groups then run across passes, `n_steps` batches each.
+    A batch dropped before its backward (`CancelBatchException` at after_loss) leaves its group a batch short; if it was the group's last, the group goes on into the next one, one optimizer step fewer
     (BatchSchedCB says so at the end of the fit when that leaves a schedule short of its end); if it was the
     pass's last batch, the group's gradients are dropped, with a warning. A group a pass cut short
     (`CancelEpochException`) left is dropped, and so is one not stepped when the fit ends (SingleBatchCB, an error, a
@@ -38,6 +37,7 @@ class GradAccumCB(Callback):
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
     _model: Any = None  # the fit's model, set at before_fit
+    _trained = False
 
     def __init__(self, n_steps: int) -> None:
         if not isinstance(n_steps, int) or n_steps < 1:
@@ -51,10 +51,15 @@ class GradAccumCB(Callback):
     def state_dict(self) -> dict[str, Any]:
         """{'summed': batches whose gradients are in .grad, 'carried': the gradients there before them} (a group
         may cross epochs when the loader has no length; the checkpoint restores .grad itself)."""
-        return {"summed": self._summed, "carried": [None if g is None else g.clone() for g in self._carried]}
+        return {"summed": self._summed, "carried": [None if g is None else g.clone() for g in self._carried],
+                "n_steps": self.n_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`."""
+        """Restore `state_dict()`; a run saved with another `n_steps` is refused (its groups would not continue)."""
+        saved = state.get("n_steps", self.n_steps)  # (not in checkpoints of before it was saved)
+        if saved != self.n_steps:
+            raise ValueError(f"the checkpoint's run accumulated GradAccumCB({saved}), this fit GradAccumCB("
+                             f"{self.n_steps}): resume with GradAccumCB({saved}), or start a new fit from its weights")
         self._summed, self._carried = state["summed"], [None if g is None else g.clone() for g in state["carried"]]
 
     def optimizer_steps(self, n_batches: int) -> int:
@@ -69,6 +74,7 @@ class GradAccumCB(Callback):
                              + "): each would cancel steps and divide the summed gradients by its own count, garbling "
                                "them. Accumulate with one GradAccumCB: keep one and learn.rm_cb() the others")
         self._model = learn.model  # the one trained (SWACB puts its average in learn.model before cleanup_fit)
+        self._trained = False  # whether this fit summed a batch (a resumed fit may have none left to train)
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:
@@ -81,8 +87,8 @@ class GradAccumCB(Callback):
         self._drop_group(learn)  # a pass cut short (CancelEpochException) left a partial group
 
     def cleanup_fit(self, learn: Learner) -> None:
-        if self._summed and self._n_batches is None and learn.stopped_by is None:  # (SingleBatchCB's, an error's:
-            # no word) a loader without length: its last batch can't be told, so the last group never stepped
+        if self._summed and self._trained and self._n_batches is None and learn.stopped_by is None:  # (SingleBatchCB's:
+            # an error's: no word) a loader without length: its last batch can't be told, its last group never stepped
             warnings.warn(f"GradAccumCB: the fit ended with {self._summed} batch(es) summed in a group that took no "
                           "optimizer step (the train loader has no length, so its last batch can't be told): their "
                           "gradients are dropped, not carried into the next fit", stacklevel=2)
@@ -111,7 +117,11 @@ class GradAccumCB(Callback):
 
     def after_backward(self, learn: Learner) -> None:
         self._summed += 1
-        if (learn.iter + 1) % self.n_steps and not self._last_batch(learn):
+        self._trained = True
+        # groups of n_steps from each pass's start; without a length (no last batch to step on) they run across
+        # passes, n_steps batches each (counted by position, a short pass would never reach its step)
+        full = (learn.iter + 1) % self.n_steps == 0 if self._n_batches is not None else self._summed >= self.n_steps
+        if not full and not self._last_batch(learn):
             raise CancelStepException()  # keep adding gradients up
         self._average(learn)
 

@@ -146,7 +146,8 @@ class TerminateOnNaNCB(Callback):
                    and not isinstance(p, nn.parameter.UninitializedParameter)]
         if not all(bool(p.isfinite().all()) for p in trained):  # (once per fit: a sync per parameter is fine)
             raise NonFiniteLossError(
-                f"the weights are not finite (NaN or inf) at the end of the fit, after epoch {learn.epoch} "
+                f"the weights are not finite (NaN or inf) at the end of the fit, which ended in epoch "
+                f"{learn.epoch + 1} (counted from 1, as checkpoint names count epochs done) "
                 f"(lr={_lr(learn):.3g}), though every training loss was finite: an optimizer step after the last "
                 "loss checked diverged, its gradients too large for the lr." + self._advice(learn))
 
@@ -170,7 +171,8 @@ class TerminateOnNaNCB(Callback):
 def lower_lr_advice(learn: Learner, good: Any) -> str:
     """How to go on from checkpoint `good` with a lower lr: a resume takes a new lr unless a schedule sets it."""
     from .scheduling import BaseSchedCB  # here: scheduling imports this module's neighbours
-    if any(isinstance(cb, BaseSchedCB) for cb in learn.cbs):  # resume refuses lr= with a schedule
+    from .swa import SWACB
+    if any(isinstance(cb, (BaseSchedCB, SWACB)) for cb in learn.cbs):  # resume refuses lr= with a schedule
         return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "
                 f"learn.model.load_state_dict(load_checkpoint('{good}')['model']), then e.g. "
                 "learn.fit_one_cycle(n, max_lr=lower).")

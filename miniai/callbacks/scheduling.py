@@ -208,7 +208,13 @@ class BaseSchedCB(Callback):
             return
         if stop is not None and self._last_step_ends(learn):
             return  # the next epochs (SWA's) train with the lr this step sets: one past a cycle's end, even < 0
-        self.scheduler.step(*metric)
+        try:
+            self.scheduler.step(*metric)
+        except ZeroDivisionError as e:  # a OneCycleLR's empty last phase, unseen before the fit without len(dls)
+            if not _raised_in(e, OneCycleLR):
+                raise
+            raise ValueError(f"{type(self).__name__}'s OneCycleLR failed at step {self.n_steps + 1}: "
+                             f"{_ONE_CYCLE_PHASE}") from e
         self.n_steps += 1
 
     def _last_step_ends(self, learn: Learner) -> bool:
