@@ -203,6 +203,18 @@ def fix_malloc(force: bool = False) -> bool:
     return _MALLOC_FIXED
 
 
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether what training changes is finite: the trained parameters and the normalization layers' running
+    statistics (a diverged step makes them NaN too). Not other buffers or frozen parameters, which may hold -inf on
+    purpose (an attention mask), nor a lazy layer's parameters not yet made. One sync per tensor."""
+    nn = torch.nn
+    tensors = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()
+               and not isinstance(p, nn.parameter.UninitializedParameter)]
+    tensors += [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                for b in (m.running_mean, m.running_var) if b is not None]
+    return all(bool(t.isfinite().all()) for t in tensors)
+
+
 def opt_lr(opt: Any) -> float:
     """The optimizer's lr: its first param group's, or for an optimizer of one's own without param groups (the
     course's SGD class) its `lr` attribute; NaN when it has neither (or there is no optimizer yet)."""

@@ -1007,3 +1007,19 @@ def test_a_model_with_an_inf_mask_buffer_is_checkpointed(tmp_path):
     learn, _ = make_learner(tmp_path, model=Masked())
     learn.fit(2)
     assert [f.name for _, f in list_checkpoints(tmp_path)][-1] == "epoch_0002.pt"
+
+
+def test_nan_batchnorm_statistics_are_not_checkpointed(tmp_path):
+    """The check of what a checkpoint holds looks at the trained parameters and the norm layers' running
+    statistics: a diverged step leaves NaN there even when the weights are finite, and eval would predict NaN."""
+    from miniai.callbacks.guards import NonFiniteLossError
+
+    class PoisonStats(Callback):
+        def after_epoch(self, learn):
+            if learn.training and learn.epoch == 1:
+                learn.model[1].running_var.fill_(float("nan"))
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    learn, _ = make_learner(tmp_path, cbs=[PoisonStats()], model=model)
+    with pytest.raises(NonFiniteLossError, match="weights are not finite"):
+        learn.fit(3)
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import byte_sums, checksums_match, claim_dir, len_or_none, map_tensors, tensors_in
+from ..utils import byte_sums, checksums_match, claim_dir, len_or_none, map_tensors, tensors_in, weights_finite
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -584,11 +584,7 @@ class CheckpointCB(Callback):
     def _check_finite(self, learn: Learner, done: int) -> None:
         """Refuse to save non-finite weights or after a non-finite validation loss: resume would pick them."""
         model = unwrap(learn.model)
-        # what the optimizer trains, as the NaN guard checks: a buffer or frozen parameter may hold -inf on purpose
-        # (an attention mask), and an unused lazy layer's parameter has no values yet
-        tensors = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()
-                   and not isinstance(p, nn.parameter.UninitializedParameter)]
-        weights_ok = all(bool(p.isfinite().all()) for p in tensors)
+        weights_ok = weights_finite(model)  # (what training changes, as the NaN guard checks: not an inf mask)
         metrics = getattr(learn, "metrics", None)
         loss = metrics.last.get("valid_loss") if metrics is not None else None
         if weights_ok and (loss is None or math.isfinite(loss)):

@@ -5,12 +5,11 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelFitException, Learner
-from ..utils import opt_lr
+from ..utils import opt_lr, weights_finite
 from .metrics import check_monitor, monitor_mode, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
@@ -43,10 +42,11 @@ class TerminateOnNaNCB(Callback):
 
     A step after the last loss checked can still diverge (a too high lr): the weights are then non-finite though
     every loss was finite. So at the end of a fit that trained (in cleanup_fit: also a fit a callback cancelled)
-    the parameters are checked once (not the buffers: an attention mask may hold -inf on purpose), and non-finite
-    ones raise `NonFiniteLossError`; earlier epochs need no such check, as the next training loss shows it. Validation losses are not checked: they never
-    change the weights; a non-finite one with finite weights comes from the validation data or the loss, which
-    MetricsCB reports (and CheckpointCB refuses to save after).
+    what training changes is checked once (`utils.weights_finite`: the trained parameters and the norm layers'
+    running statistics, not other buffers: an attention mask may hold -inf on purpose), and non-finite values
+    raise `NonFiniteLossError`; earlier epochs need no such check, as the next training loss shows it. Validation
+    losses are not checked: they never change the weights; a non-finite one with finite weights comes from the
+    validation data or the loss, which MetricsCB reports (and CheckpointCB refuses to save after).
 
     Remove it with `learn.rm_cb(...)` or `TrainLearner(..., nan_guard=False)`. It stands aside for a fit in which
     a callback sets the class attribute `handles_nonfinite_loss = True` (the lr finder, which drives the loss to
@@ -140,11 +140,8 @@ class TerminateOnNaNCB(Callback):
                 stopped is None or isinstance(stopped, CancelFitException)):
             return
         # after SWACB's after_fit and DDPCB's cleanup: the model the user gets, the same on every rank (no
-        # all_reduce). Only what the optimizer trains: a buffer or a frozen parameter may hold -inf on purpose (an
-        # attention mask), and a lazy module's unused parameter has no values yet
-        trained = [p for p in learn.model.parameters() if p.requires_grad and p.is_floating_point()
-                   and not isinstance(p, nn.parameter.UninitializedParameter)]
-        if not all(bool(p.isfinite().all()) for p in trained):  # (once per fit: a sync per parameter is fine)
+        # all_reduce); what training changes, not an attention mask of -inf (utils.weights_finite)
+        if not weights_finite(learn.model):  # (once per fit: a sync per tensor is fine)
             raise NonFiniteLossError(
                 f"the weights are not finite (NaN or inf) at the end of the fit, which ended in epoch "
                 f"{learn.epoch + 1} (counted from 1, as checkpoint names count epochs done) "
