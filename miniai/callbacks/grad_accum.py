@@ -27,13 +27,16 @@ class GradAccumCB(Callback):
     `optimizer_steps(n_batches)` = ceil(n_batches / n_steps) is what the scheduling callbacks and
     `fit_one_cycle` ask (through `miniai.callbacks.scheduling.steps_per_epoch`), so a one-cycle still ends
     exactly on the fit's last step. Gradients already in `.grad` when a group begins (MomentumLearner keeps mom ×
-    the old ones instead of zeroing) are kept as they are: only the group's own are averaged. With a train loader
-    that has no length the last batch can't be told apart: groups then run across passes, `n_steps` batches each.
-    A batch dropped before its backward (`CancelBatchException` at after_loss) leaves its group a batch short; if it was the group's last, the group goes on into the next one, one optimizer step fewer
-    (BatchSchedCB says so at the end of the fit when that leaves a schedule short of its end); if it was the
-    pass's last batch, the group's gradients are dropped, with a warning. A group a pass cut short
-    (`CancelEpochException`) left is dropped, and so is one not stepped when the fit ends (SingleBatchCB, an error, a
-    loader without length): the next fit's first step never adds its gradients. One GradAccumCB per learner.
+    the old ones instead of zeroing) are kept as they are: only the group's own are averaged.
+
+    Groups are counted by position in the pass: a batch dropped before its backward (`CancelBatchException` at
+    after_loss) leaves its group a batch short; if it was the group's last, the group goes on into the next one,
+    one optimizer step fewer (BatchSchedCB says so at the end of the fit when that leaves a schedule short of its
+    end); if it was the pass's last batch, the group's gradients are dropped, with a warning. A group a pass cut
+    short (`CancelEpochException`) left is dropped. With a train loader that has no length the last batch can't be
+    told apart: groups then run across passes (a cut one too), `n_steps` backwards each, and one not stepped when
+    the fit ends is dropped with a warning. So is, silently, a group a fit broken off left (SingleBatchCB, an
+    error): the next fit's first step never adds its gradients. One GradAccumCB per learner.
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
     _model: Any = None  # the fit's model, set at before_fit
