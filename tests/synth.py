@@ -97,3 +97,13 @@ def zip_record_start(file: Path, which: Callable[[zipfile.ZipInfo], bool]) -> in
         f.seek(info.header_offset + 26)
         name_len, extra_len = struct.unpack("<HH", f.read(4))
     return info.header_offset + 30 + name_len + extra_len
+
+
+class NoLen:
+    """A loader without len() (a stream, an IterableDataset's): iterates `loader`."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)

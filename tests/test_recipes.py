@@ -14,6 +14,7 @@ from miniai.callbacks import BatchTransformCB, DeviceCB
 from miniai.callbacks.scheduling import BatchSchedCB
 from miniai.data import DataLoaders, TensorLoader
 from miniai.recipes import RECIPES, recipe_learner
+from tests.synth import NoLen
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,22 +92,12 @@ def test_loaders_of_another_batch_size_than_the_recipes_are_named():
         recipe_learner(RECIPES["fast"], dls, device="cpu")
 
 
-class _NoLen:
-    """A train loader without len() (a stream)."""
-
-    def __init__(self, dl):
-        self.dl = dl
-
-    def __iter__(self):
-        return iter(self.dl)
-
-
 def test_a_recipe_on_a_train_loader_without_a_length_is_refused_before_training():
     """The one-cycle was built with 1 step per epoch: the fit trained at wrong lrs, then torch raised "Tried to
     step 3 times" mid-fit."""
     from miniai.callbacks import RecorderCB, _lr
     x, y = torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,))
-    dls = DataLoaders(_NoLen(TensorLoader(x, y, 32)), TensorLoader(x[:32], y[:32], 32))
+    dls = DataLoaders(NoLen(TensorLoader(x, y, 32)), TensorLoader(x[:32], y[:32], 32))
     rec = RecorderCB(lr=_lr)
     learn = recipe_learner(replace(RECIPES["fast"], epochs=2, bs=32), dls, cbs=[rec], device="cpu")
     with pytest.raises(TypeError, match=r"recipe .*'s one-cycle needs len\(dls.train\).*no length"):

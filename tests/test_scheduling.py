@@ -881,12 +881,7 @@ def test_a_zero_division_of_the_users_own_factory_is_left_as_it_is():
 
 
 def test_a_one_cycle_with_an_empty_last_phase_on_a_loader_without_len_says_why_when_it_fails():
-    class NoLen:
-        def __init__(self, loader):
-            self.loader = loader
-
-        def __iter__(self):
-            return iter(self.loader)
+    from tests.synth import NoLen
     learn = make_learner([])
     learn.dls = SimpleNamespace(train=NoLen(learn.dls.train), valid=learn.dls.valid)
     with pytest.raises(ValueError, match="phase of no steps") as info:

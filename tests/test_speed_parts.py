@@ -25,7 +25,7 @@ from miniai.data import DataLoaders, TensorLoader
 from miniai.learner import Callback, CancelFitException, Learner, TrainLearner
 from miniai.models import GeneralRelu, get_model, init_weights
 from miniai.utils import set_seed
-from tests.synth import tiny_learner
+from tests.synth import NoLen, tiny_learner
 
 
 def reference_model() -> nn.Module:
@@ -608,20 +608,12 @@ def test_two_grad_accum_callbacks_are_refused_at_fit():
     learn.fit(1)  # the one left works
 
 
-class _NoLen:
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __iter__(self):
-        return iter(self.loader)
-
-
 def test_groups_longer_than_a_pass_step_on_a_loader_without_len():
     """Counted by position in the pass, a group of 10 on passes of 6 batches without len never stepped: the fit
     trained nothing, with one warning at its end."""
     x, y, dls = _six_batches()
     torch.manual_seed(0)
-    learn = TrainLearner(_net(), type(dls)(_NoLen(dls.train), dls.valid), F.cross_entropy, lr=0.1,
+    learn = TrainLearner(_net(), type(dls)(NoLen(dls.train), dls.valid), F.cross_entropy, lr=0.1,
                          cbs=[GradAccumCB(4)])
     before = [p.detach().clone() for p in learn.model.parameters()]
     steps = CountSteps()

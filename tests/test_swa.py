@@ -412,12 +412,7 @@ def test_grad_accum_drops_the_trained_models_part_done_group_when_swa_replaced_l
     the trained model (raw_model) kept the unstepped group's gradients, for a later fit's first step."""
     from miniai.callbacks import GradAccumCB
 
-    class NoLen:  # 6 batches, no len: the last group (batches 4, 5) can't be told, and never steps
-        def __init__(self, loader):
-            self.loader = loader
-
-        def __iter__(self):
-            return iter(self.loader)
+    from tests.synth import NoLen  # 6 batches, no len: the last group (batches 4, 5) never steps
     learn = bn_learner(n_train=96)
     learn.dls = DataLoaders(NoLen(learn.dls.train), learn.dls.valid)
     swa = SWACB(swa_start=0, swa_lr=0.01)
