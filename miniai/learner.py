@@ -37,6 +37,7 @@ Learner state that callbacks may read, and from which event on:
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
+| `pass_steps`                 | `before_epoch` | the optimizer steps taken in this pass so far (those `stepped` counted)   |
 | `preds`                      | `after_predict`| the model's output                                                        |
 | `loss`                       | `after_loss`   | the loss tensor, `loss_func(preds, *yb)` (still on the device)            |
 """
@@ -308,7 +309,7 @@ class Learner:
         self.dl = self.dls.train if training else self.dls.valid
         if training and hasattr(self.dl, "set_epoch"):
             self.dl.set_epoch(self.epoch)  # a loader with its own seed replays the same order in every fit
-        self.iter = None
+        self.iter, self.pass_steps = None, 0
         with torch.enable_grad() if training else torch.no_grad():  # whatever block fit was called in
             self._stage("epoch", self._all_batches, CancelEpochException)
 
@@ -330,7 +331,8 @@ class Learner:
             self._do("backward")
             self._emit("after_backward")
             self._do("step")
-            self.stepped = True  # (schedulers count steps by this: a cancel may cut after_step's handlers short)
+            self.stepped, self.pass_steps = True, self.pass_steps + 1  # (schedulers count steps by these: a cancel
+            # may cut after_step's handlers short)
             self._emit("after_step")
             self._do("zero_grad")
         except CancelStepException:

@@ -75,7 +75,7 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     learn._handlers = build_handlers([*taking_part, *cbs])
     learn._predicting = True  # (kept() puts it back) the fit's own hooks leave this pass's forwards alone
     learn.training, learn.dl, learn.n_epochs, learn.epochs, learn.epoch, learn.iter = False, dl, 1, range(1), 0, None
-    learn.stepped = False  # (no batch of a prediction pass steps)
+    learn.stepped, learn.pass_steps = False, 0  # (no batch of a prediction pass steps)
     if not with_loss:  # no loss step runs: callbacks (MetricsCB) must not read an earlier fit's loss as this pass's
         learn.loss = None
     if isinstance(learn.model, DistributedDataParallel):  # during a DDP fit: its forward broadcasts the buffers, a

@@ -385,7 +385,6 @@ class EpochSchedCB(BaseSchedCB):
             raise TypeError(_PLATEAU_NO_MONITOR)
         super().__init__(factory)
         self.monitor = monitor
-        self._stepped = False  # whether this training pass took an optimizer step
 
     def _total_steps(self, learn: Learner) -> int | None:
         return _epochs_scheduled(learn)
@@ -409,13 +408,6 @@ class EpochSchedCB(BaseSchedCB):
                              f"{'falls' if way == 'min' else 'rises'} as it improves: it would cut the lr while the "
                              f"model gets better. Pass mode={way!r} to ReduceLROnPlateau")
 
-    def before_epoch(self, learn: Learner) -> None:
-        if learn.training:
-            self._stepped = False
-
-    def cleanup_batch(self, learn: Learner) -> None:
-        self._stepped = self._stepped or learn.stepped  # (not after_step: a cancel there may cut this one off)
-
     def after_epoch(self, learn: Learner) -> None:
         if self._learn is None:  # an evaluation: the last training fit's scheduler is kept as it was
             return
@@ -425,8 +417,7 @@ class EpochSchedCB(BaseSchedCB):
     def cleanup_epoch(self, learn: Learner) -> None:
         # cleanup, not after_epoch: a training pass cut short (CancelEpochException) is still an epoch, if it
         # trained (a fit ended at its first batch, EarlyStoppingCB's way, took no step: nor does the schedule)
-        stepped, self._stepped = self._stepped, False  # (reset here too: a pass cancelled in before_epoch before
-        if self.monitor is None and learn.training and stepped:  # this one's before_epoch must not count as one)
+        if self.monitor is None and learn.training and learn.pass_steps:
             self._step(learn)
 
 

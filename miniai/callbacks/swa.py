@@ -70,7 +70,6 @@ class SWACB(Callback):
         self.metrics: dict[str, float] = {}
         self._opt: torch.optim.Optimizer | None = None
         self._on = False  # whether this fit trains (an evaluation leaves the average and the records alone)
-        self._stepped = False  # whether this training pass took an optimizer step
 
     def before_fit(self, learn: Learner) -> None:
         self._on = "train" in learn.passes
@@ -89,20 +88,15 @@ class SWACB(Callback):
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
     def before_epoch(self, learn: Learner) -> None:
-        self._stepped = False
         if learn.training and learn.epoch == self.swa_start:
             # built now, on the lr the schedule left: SWALR anneals from the lr it finds to swa_lr
             self.swa_scheduler = self._swalr(learn.opt)
 
-    def cleanup_batch(self, learn: Learner) -> None:
-        self._stepped = self._stepped or learn.stepped  # (not after_step: a cancel there may cut this one off)
-
     def cleanup_epoch(self, learn: Learner) -> None:
         # cleanup, not after_epoch: a pass cut short (CancelEpochException, a time budget) is an epoch done, as the
         # schedulers count it, so it is averaged too. Not a pass that took no step (a fit ended at its first batch,
-        # EarlyStoppingCB's way; the flag is reset here too, for a pass cancelled before this one's before_epoch)
-        stepped, self._stepped = self._stepped, False
-        if not (learn.training and stepped and self._averaging(learn)):
+        # EarlyStoppingCB's way)
+        if not (learn.training and learn.pass_steps and self._averaging(learn)):
             return
         if learn.stopped_by is None or isinstance(learn.stopped_by, (CancelEpochException, CancelFitException)):
             self.swa_model.update_parameters(learn.model)  # (an error may have left the weights half-stepped)
