@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {name: f".{module}" for module, names in {
     "learner": ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
-                "CancelStepException", "Learner", "MomentumLearner", "TrainLearner"],
+                "CancelStepException", "Learner"],
+    "supervised": ["MomentumLearner", "TrainLearner"],
     "callbacks.basic": ["DeviceCB", "SingleBatchCB", "TrainCB", "LossInputError"],
     "callbacks.metrics": ["MetricsCB", "Accuracy"],
     "callbacks.progress": ["ProgressCB"],

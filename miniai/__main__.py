@@ -153,7 +153,7 @@ def train(args: argparse.Namespace) -> float:
     from .callbacks.scheduling import RecorderCB, _lr, _mom
     from .data import get_dls
     from .distributed import is_main_process, rank, world_size
-    from .learner import TrainLearner
+    from .supervised import TrainLearner
     from .models import GeneralRelu, get_model, init_weights
     from .recipes import RECIPES, check_one_cycle_room, make_sched_cb, recipe_learner
     from .utils import def_device, fix_malloc, set_seed

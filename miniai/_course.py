@@ -29,7 +29,8 @@ COURSE_MODULES: dict[str, dict[str, list[str]]] = {
                  "plotting": ["show_image", "subplots", "get_grid", "show_images"]},
     "conv": {"utils": ["def_device", "to_device"], "models": ["conv"]},
     # learner.py is ours too: these are the names the course's learner module had and ours lacks
-    "learner": {"callbacks.basic": ["SingleBatchCB", "DeviceCB", "TrainCB"], "_course_defs": ["to_cpu"],
+    "learner": {"supervised": ["TrainLearner", "MomentumLearner"],
+                "callbacks.basic": ["SingleBatchCB", "DeviceCB", "TrainCB"], "_course_defs": ["to_cpu"],
                 "callbacks.metrics": ["MetricsCB"], "callbacks.progress": ["ProgressCB"],
                 "callbacks.lr_finder": ["LRFinderCB", "lr_find"]},
     "activations": {"utils": ["set_seed"],

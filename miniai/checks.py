@@ -16,7 +16,7 @@ import torch
 from torch import nn, optim
 
 __all__ = ["check_new_callback", "check_steps", "check_callback_names", "check_fit_args", "check_loaders",
-           "drops_last", "check_new_params", "empty_pass_error", "batch_type_error"]
+           "drops_last", "check_new_params", "empty_pass_error", "batch_type_error", "misplaced_cancel_note"]
 
 
 def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
@@ -30,15 +30,16 @@ def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
                          "Learner, add_cb or fit's cbs): adding it again would run it twice. Pass it once.")
 
 
-def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list], plain: type) -> None:
+def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> None:
     """Each step is done by a callback that owns it or by the learner's own method, or fit can't run; and a step
-    method a subclass of `plain` (TrainLearner) overrides, a callback owning it, would never run."""
+    method a subclass of TrainLearner overrides, a callback owning it, would never run."""
     missing = [s for s in steps if not owners[s] and not hasattr(learn, s)]
     if missing:
         raise TypeError(f"{type(learn).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                         "or use TrainLearner, which defines the steps itself.")
+    from .supervised import TrainLearner  # (imported here: it imports the learner, which imports this module)
     for s in steps:  # (a Learner subclass of one's own defines steps as it likes: the callback owning one is chosen)
-        if owners[s] and isinstance(learn, plain) and getattr(type(learn), s) is not getattr(plain, s):
+        if owners[s] and isinstance(learn, TrainLearner) and getattr(type(learn), s) is not getattr(TrainLearner, s):
             owner = owners[s][0].__self__.__class__.__name__
             raise TypeError(f"{type(learn).__name__}.{s} would never run: {owner} owns the {s!r} step, and a step a "
                             f"callback owns replaces the learner's. Do what {type(learn).__name__}.{s} adds in a "
@@ -161,6 +162,14 @@ def empty_pass_error(training: bool, epoch: Any, dl: Any) -> ValueError:
             "DataLoader." if isinstance(dl, Iterator) else "")
     return ValueError(f"dls.{name} yielded no batches in epoch {epoch}.{once} Check how it was built, or pass "
                       + _skip_pass(name))
+
+
+def misplaced_cancel_note(error: Exception) -> str:
+    """The note for a cancel that no stage caught: it was raised outside the stage it cancels."""
+    where = (" CancelStepException may be raised in after_backward or after_step; before the backward, "
+             "CancelBatchException skips the batch." if type(error).__name__ == "CancelStepException" else "")
+    return (f"{type(error).__name__} was raised in {getattr(error, 'event', 'a step')}, outside the stage it "
+            f"cancels: see the cancel table in miniai/learner.py for where each one may be raised.{where}")
 
 
 def batch_type_error(batch: Any) -> TypeError:

@@ -23,7 +23,8 @@ from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds, participants
 from .data import DataLoaders
 from .distributed import is_main_process
-from .learner import Learner, TrainLearner
+from .learner import Learner
+from .supervised import TrainLearner
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]

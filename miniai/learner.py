@@ -1,10 +1,11 @@
 """The training loop: a `Learner` that fires named events, and `Callback`s that do everything else.
 
-Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch` (what fit checks first is in checks.py).
-Every stage runs `before_<stage>`, its body, `after_<stage>`, and always every `cleanup_<stage>` handler, even after
-a cancel, an error or Ctrl-C, and even when another cleanup raised. The first error raised is the one the user
-sees (later ones become its notes; a cancel on its way up to its stage is no error, so an error a cleanup raises
-meanwhile is the one seen, and a cleanup's cancel of a stage further out, CancelFitException, replaces it).
+Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch` (what fit checks first is in checks.py;
+the steps are a callback's or the learner's own: `TrainLearner` in supervised.py; `lr_find`, `get_preds` and the
+other calls built from callbacks are in conveniences.py). Every stage runs `before_<stage>`, its body,
+`after_<stage>`, and always every `cleanup_<stage>` handler, even after a cancel, an error, Ctrl-C or another
+cleanup's error. The user sees the first error raised (later ones become its notes; a cancel on its way up to its
+stage is no error: an error a cleanup raises meanwhile replaces it, and so does a cleanup's CancelFitException).
 
 Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
 
@@ -35,9 +36,9 @@ Learner state that callbacks may read, and from which event on:
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
 | `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: ran out  |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
+| `pass_steps`                 | `before_epoch` | the optimizer steps taken in this pass so far                             |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
-| `pass_steps`                 | `before_epoch` | the optimizer steps taken in this pass so far (those `stepped` counted)   |
 | `preds`                      | `after_predict`| the model's output                                                        |
 | `loss`                       | `after_loss`   | the loss tensor, `loss_func(preds, *yb)` (still on the device)            |
 """
@@ -52,11 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
+from ._course import course_attr, course_names
 from .checks import (batch_type_error, check_callback_names, check_fit_args, check_learner_args, check_loaders,
-                     check_new_callback, check_new_params, check_steps, empty_pass_error)
+                     check_new_callback, check_new_params, check_steps, empty_pass_error, misplaced_cancel_note)
+from .conveniences import Conveniences
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
-           "CancelStepException", "build_handlers", "Learner", "TrainLearner", "MomentumLearner"]
+           "CancelStepException", "build_handlers", "Learner"]
 
 EVENTS = ("before_fit", "after_fit", "cleanup_fit", "before_epoch", "after_epoch", "cleanup_epoch",
           "before_batch", "after_batch", "cleanup_batch", "after_predict", "after_loss", "after_backward", "after_step")
@@ -86,23 +89,18 @@ _OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": 
 class Callback:
     """Base class for callbacks: define methods named after events, `before_fit(self, learn)`, `after_batch`, ...
 
-    Callbacks run sorted by `order`, lower first (the built-in values are tabled in `miniai.callbacks`). The
-    prefixes `before_`, `after_` and `cleanup_` are reserved for events: any other method so named is an error.
-
-    Step ownership, the one rule: the steps (`STEPS`) are the learner's own methods, unless a callback declares
-    that it does one instead, `owns_steps = ("backward", "step")`, with a method `backward(self, learn)` for each.
-    A method named like a step but not declared is an error when the callback is added (a helper called `step`
-    must never silently replace the optimizer step), and so is a step owned by two callbacks, or (at fit) by a
-    callback and a learner subclass's own method, which would never run. The base `Learner`
-    has no steps of its own: a callback owns all five (`TrainCB`).
+    Callbacks run sorted by `order`, lower first (the built-in values are tabled in `miniai.callbacks`). Methods
+    starting with `before_`, `after_` or `cleanup_` must be events. Step ownership, the one rule: the steps
+    (`STEPS`) are the learner's own methods unless a callback declares that it does one instead, `owns_steps =
+    ("backward", "step")`, with a method `backward(self, learn)` for each. A method named like a step but not
+    declared is an error when the callback is added (a helper called `step` must never silently replace the
+    optimizer step), and so is a step owned by two callbacks, or (at fit) by a callback and a TrainLearner
+    subclass's own method, which would never run. The base `Learner` has no steps: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
-    `lr_find`, `add_cb` or `rm_cb`: they raise, since what they change would leak into the running fit (to stop a
-    callback mid-fit, give it a flag it checks).
-
-    `inference = True`: the callback also shapes how the model sees data after training (DeviceCB, autocast), so
-    it takes part in prediction passes (`get_preds`, `tta`, `infer`: see `miniai.callbacks.preds`). Leave it
-    False for anything that records, logs or saves.
+    `lr_find`, `add_cb` or `rm_cb`: what they change would leak into the running fit (give it a flag it checks).
+    `inference = True`: the callback also shapes how the model sees data after training (DeviceCB, autocast), so it
+    takes part in prediction passes (`get_preds`, `tta`, `infer`); leave it False for what records, logs or saves.
     """
     order: int = 0
     owns_steps: tuple[str, ...] = ()
@@ -140,8 +138,9 @@ def _listed(cbs: Callback | Iterable[Callback] | None) -> list[Callback]:
     return [cbs] if isinstance(cbs, Callback) else list(cbs or [])
 
 
-class Learner:
-    """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`)."""
+class Learner(Conveniences):
+    """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`), or by
+    a subclass's own methods (`TrainLearner`). `lr_find`, `get_preds`, `tta`, ... come from `Conveniences`."""
     _in_fit = False  # (class defaults: a learner pickled before they existed, or a subclass's own __init__, has them)
     _predicting = False  # during get_preds, tta and summary passes (hooks of the fit leave their forwards alone)
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
@@ -221,7 +220,7 @@ class Learner:
             self.stop_requested = False  # and EarlyStoppingCB this
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
-            check_steps(self, STEPS, self._handlers, TrainLearner)  # each done by the learner or by a callback
+            check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
             check_loaders(self.dls, self.passes)
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
@@ -236,26 +235,14 @@ class Learner:
             _add_note(e, interrupt_note(self, temporary))
             raise
         except _CANCELS as e:  # a cancel its stage did not catch: it came from outside that stage
-            where = (" CancelStepException may be raised in after_backward or after_step; before the backward, "
-                     "CancelBatchException skips the batch." if isinstance(e, CancelStepException) else "")
-            _add_note(e, f"{type(e).__name__} was raised in {getattr(e, 'event', 'a step')}, outside the stage it "
-                         f"cancels: see the cancel table in miniai/learner.py for where each one may be raised.{where}")
+            _add_note(e, misplaced_cancel_note(e))
             raise
         finally:
             self._in_fit = False
             for cb in temporary:
                 self.rm_cb(cb)
-            self._drop_graph()
-
-    def _drop_graph(self) -> None:
-        """Detach `loss` and `preds`: the last training batch's graph, which nothing needs and a copy of the learner
-        fails on (a model's (logits, aux) too); an output of a type that can't be rebuilt is left as it is."""
-        from .utils import map_tensors  # (here: this module imports only its checks)
-        for name in ("loss", "preds"):
-            try:
-                setattr(self, name, map_tensors(getattr(self, name), torch.Tensor.detach))
-            except Exception:  # noqa: BLE001 -- (missing, or a dataclass with an InitVar: only a copy would fail)
-                pass
+            from .utils import drop_graph  # (imported here: this module imports only its checks)
+            drop_graph(self)  # the last batch's graph: nothing needs it, and a copy of the learner fails on it
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
         error = stopped = None
@@ -346,122 +333,12 @@ class Learner:
         owner = self._handlers[step]
         owner[0](self) if owner else getattr(self, step)()
 
-    # --- conveniences built from callbacks: each hands over to its module (imported here: they import this one)
-    def fit_one_cycle(self, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:
-        """Fit with torch's OneCycleLR stepped per optimizer step (`miniai.callbacks.scheduling.fit_one_cycle`)."""
-        from .callbacks.scheduling import fit_one_cycle
-        fit_one_cycle(self, n_epochs, max_lr, **kwargs)
 
-    def lr_find(self, *args: Any, **kwargs: Any) -> Any:
-        """The loss as the lr grows an optimizer step at a time, and suggested lrs; the learner is left as it was."""
-        from .callbacks.lr_finder import lr_find
-        return lr_find(self, *args, **kwargs)
-
-    def get_preds(self, dl: Any = None, with_input: bool = False, with_loss: bool = False,
-                  act: Callable | None = None, cbs: Iterable[Callback] = ()) -> tuple:
-        """`(preds, targets)` over `dl` (default `dls.valid`), inputs first `with_input`, per-item losses last."""
-        from .callbacks.preds import get_preds
-        return get_preds(self, dl, with_input, with_loss, act, list(cbs))
-
-    def capture_preds(self, cbs: Iterable[Callback] | None = None, inps: bool = False) -> tuple:
-        """The course's name for `get_preds` on `dls.valid`: `(preds, targets)`, plus the inputs last `inps`."""
-        from .callbacks.preds import capture_preds
-        return capture_preds(self, cbs, inps)
-
-    def tta(self, dl: Any = None, tfms: Any = None, n: int = 1, inputs: str | None = None) -> tuple:
-        """`(probs, targets)`: softmax averaged over the inputs and `n` augmented copies (default: flipped)."""
-        from .callbacks.preds import tta
-        return tta(self, dl, tfms, n, inputs)
-
-    def infer(self, items: Any, bs: int = 256) -> Any:
-        """Class index, name and probabilities of one raw image or a batch, normalized as the loaders' data were."""
-        from .inference import infer
-        return infer(self, items, bs)
-
-    def summary(self, xb: Any = None) -> Any:
-        """Per layer: output shape, parameters and multiply-adds for one batch, with totals (`miniai.summary`)."""
-        from .summary import summary
-        return summary(self, xb)
-
-    def show_results(self, n: int = 9, dl: Any = None, **kwargs: Any) -> Any:
-        """A grid of `n` validation items with actual and predicted labels; returns the Figure."""
-        from .interpret import show_results
-        return show_results(self, n, dl, **kwargs)
-
-    def export(self, path: str | os.PathLike = "export.pkl") -> Any:
-        """Save what `load_learner` needs to predict (a pickle: load only files you trust; `miniai.inference`)."""
-        from .inference import export
-        return export(self, path)
-
-    def compile(self, **kwargs: Any) -> Learner:
-        """`torch.compile` the model in place, a change of hooks recompiling (`miniai.utils.compile_model`)."""
-        from .utils import compile_model
-        compile_model(self.model, **kwargs)
-        return self
-
-
-class TrainLearner(Learner):
-    """A Learner with the usual supervised steps: `model(*xb)`, `loss_func(preds, *yb)`, backward, step, zero_grad.
-
-    A `TerminateOnNaNCB` is added unless `nan_guard=False` (or one is already in `cbs`): a NaN or infinite loss
-    stops the fit with a message. A callback may own any step instead (`MixedPrecisionCB` owns backward and step).
-    """
-
-    def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
-                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
-                 nan_guard: bool = True, n_inp: int = 1) -> None:
-        super().__init__(model, dls, loss_func, lr, cbs, opt_func, n_inp)
-        from .callbacks.basic import SupervisedLoss  # loss_func(preds, *yb), refusing shapes that give a wrong loss
-        from .callbacks.guards import add_nan_guard
-        self._supervised_loss = SupervisedLoss()
-        if nan_guard:
-            add_nan_guard(self)
-
-    def predict(self) -> None:
-        """`preds = model(*xb)`."""
-        self.preds = self.model(*self.xb)
-
-    def get_loss(self) -> None:
-        """`loss = loss_func(preds, *yb)`."""
-        self.loss = self._supervised_loss(self)
-
-    def backward(self) -> None:
-        """Gradients of the loss."""
-        self.loss.backward()
-
-    def step(self) -> None:
-        """The optimizer step."""
-        self.opt.step()
-
-    def zero_grad(self) -> None:
-        """Reset the gradients."""
-        self.opt.zero_grad()
-
-
-class MomentumLearner(TrainLearner):
-    """TrainLearner that keeps `mom` × the old gradients instead of zeroing them (momentum, the course's way)."""
-
-    def __init__(self, model: nn.Module, dls: Any, loss_func: Callable, lr: float | None = None,
-                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
-                 mom: float = 0.85, nan_guard: bool = True, n_inp: int = 1) -> None:
-        self.mom = mom
-        super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard, n_inp)
-
-    @torch.no_grad()
-    def zero_grad(self) -> None:
-        """Scale the gradients by `mom` instead of zeroing them."""
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad *= self.mom
-
-
-# The course's `from miniai.learner import *` also brought these; they live in callbacks/ and utils.py and are
-# imported on first use (PEP 562, table in miniai/_course.py), so this module imports no other miniai module.
-_COURSE_NAMES = ("SingleBatchCB", "to_cpu", "MetricsCB", "DeviceCB", "TrainCB", "ProgressCB", "LRFinderCB", "lr_find")
-__all__ += [*_COURSE_NAMES]
+# The course's learner module also had TrainLearner, MetricsCB, lr_find, ...; they live in supervised.py, callbacks/
+# and utils.py, each imported on first use (PEP 562; the table is in miniai/_course.py).
+__all__ += list(course_names("learner"))
 
 
 def __getattr__(name: str) -> Any:
     """The course's names for this module that live elsewhere in miniai."""
-    from ._course import course_attr  # imported here: the callbacks it imports import this module
     return course_attr(__name__, name)

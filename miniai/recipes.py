@@ -24,7 +24,8 @@ from .augment import RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
 from .callbacks.scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, steps_per_epoch
-from .learner import Callback, TrainLearner
+from .learner import Callback
+from .supervised import TrainLearner
 from .models import GeneralRelu, get_convnet, get_model, get_resnet, init_weights
 from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .utils import def_device

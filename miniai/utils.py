@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["def_device", "model_device", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed", "fix_malloc",
+__all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed", "fix_malloc",
            "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError"]
 
 
@@ -33,6 +33,16 @@ def _pick_device() -> str:
 
 def_device: str = _pick_device()
 """The device miniai uses when none is given: 'cuda', else 'mps', else 'cpu' (a string, as in the course)."""
+
+
+def drop_graph(learn: Any) -> None:
+    """Detach `learn.loss` and `learn.preds`: the last training batch's graph, which nothing needs and a copy of the
+    learner fails on (a model's (logits, aux) too); an output of a type that can't be rebuilt is left as it is."""
+    for name in ("loss", "preds"):
+        try:
+            setattr(learn, name, map_tensors(getattr(learn, name), torch.Tensor.detach))
+        except Exception:  # noqa: BLE001 -- (missing, or a dataclass with an InitVar: only a copy would fail)
+            pass
 
 
 def map_tensors(x: Any, fn: Any) -> Any:

@@ -97,4 +97,4 @@ def test_the_loop_imports_only_its_checks_and_the_checks_import_no_other_miniai_
     checks_only, with_learner = eval("(" + out.stdout.strip().splitlines()[-1].replace("] [", "], [") + ")")
     package_itself = ["miniai._course", "miniai._lazy"]  # `import miniai` (lazy re-exports, the course's names)
     assert checks_only == package_itself + ["miniai.checks"]
-    assert with_learner == package_itself + ["miniai.checks", "miniai.learner"]
+    assert with_learner == package_itself + ["miniai.checks", "miniai.conveniences", "miniai.learner"]

@@ -5,7 +5,8 @@ from typing import Any
 
 import torch
 
-from ..learner import Callback, CancelStepException, Learner, MomentumLearner
+from ..learner import Callback, CancelStepException, Learner
+from ..supervised import MomentumLearner
 from ..utils import model_device
 
 __all__ = ["MixedPrecisionCB"]

@@ -32,7 +32,8 @@ from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, Linea
                                       ReduceLROnPlateau, SequentialLR)
 
 from ..distributed import is_main_process, world_size
-from ..learner import Callback, Learner, MomentumLearner
+from ..learner import Callback, Learner
+from ..supervised import MomentumLearner
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
 

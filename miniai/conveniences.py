@@ -1,0 +1,72 @@
+"""The calls a `Learner` offers beyond the loop, each handed over to the module that does it.
+
+`Learner` inherits them, so editors show them on the learner; each imports its module when called (those modules
+import learner.py, which imports this one), so importing the loop loads none of them.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .learner import Callback, Learner
+
+__all__ = ["Conveniences"]
+
+
+class Conveniences:
+    """`fit_one_cycle`, `lr_find`, `get_preds`, `capture_preds`, `tta`, `infer`, `summary`, `show_results`,
+    `export` and `compile`: the Learner's calls built from callbacks and other modules."""
+
+    def fit_one_cycle(self: Learner, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:
+        """Fit with torch's OneCycleLR stepped per optimizer step (`miniai.callbacks.scheduling.fit_one_cycle`)."""
+        from .callbacks.scheduling import fit_one_cycle
+        fit_one_cycle(self, n_epochs, max_lr, **kwargs)
+
+    def lr_find(self: Learner, *args: Any, **kwargs: Any) -> Any:
+        """The loss as the lr grows an optimizer step at a time, and suggested lrs; the learner is left as it was."""
+        from .callbacks.lr_finder import lr_find
+        return lr_find(self, *args, **kwargs)
+
+    def get_preds(self: Learner, dl: Any = None, with_input: bool = False, with_loss: bool = False,
+                  act: Callable | None = None, cbs: Iterable[Callback] = ()) -> tuple:
+        """`(preds, targets)` over `dl` (default `dls.valid`), inputs first `with_input`, per-item losses last."""
+        from .callbacks.preds import get_preds
+        return get_preds(self, dl, with_input, with_loss, act, list(cbs))
+
+    def capture_preds(self: Learner, cbs: Iterable[Callback] | None = None, inps: bool = False) -> tuple:
+        """The course's name for `get_preds` on `dls.valid`: `(preds, targets)`, plus the inputs last `inps`."""
+        from .callbacks.preds import capture_preds
+        return capture_preds(self, cbs, inps)
+
+    def tta(self: Learner, dl: Any = None, tfms: Any = None, n: int = 1, inputs: str | None = None) -> tuple:
+        """`(probs, targets)`: softmax averaged over the inputs and `n` augmented copies (default: flipped)."""
+        from .callbacks.preds import tta
+        return tta(self, dl, tfms, n, inputs)
+
+    def infer(self: Learner, items: Any, bs: int = 256) -> Any:
+        """Class index, name and probabilities of one raw image or a batch, normalized as the loaders' data were."""
+        from .inference import infer
+        return infer(self, items, bs)
+
+    def summary(self: Learner, xb: Any = None) -> Any:
+        """Per layer: output shape, parameters and multiply-adds for one batch, with totals (`miniai.summary`)."""
+        from .summary import summary
+        return summary(self, xb)
+
+    def show_results(self: Learner, n: int = 9, dl: Any = None, **kwargs: Any) -> Any:
+        """A grid of `n` validation items with actual and predicted labels; returns the Figure."""
+        from .interpret import show_results
+        return show_results(self, n, dl, **kwargs)
+
+    def export(self: Learner, path: str | os.PathLike = "export.pkl") -> Any:
+        """Save what `load_learner` needs to predict (a pickle: load only files you trust; `miniai.inference`)."""
+        from .inference import export
+        return export(self, path)
+
+    def compile(self: Learner, **kwargs: Any) -> Learner:
+        """`torch.compile` the model in place, a change of hooks recompiling (`miniai.utils.compile_model`)."""
+        from .utils import compile_model
+        compile_model(self.model, **kwargs)
+        return self

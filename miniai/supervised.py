@@ -1,0 +1,73 @@
+"""The learners that do the steps themselves: `TrainLearner` (the usual supervised steps) and `MomentumLearner`.
+
+The loop in learner.py calls each step on the callback that owns it, else on the learner: these classes give the
+learner its own `predict`, `get_loss`, `backward`, `step` and `zero_grad`, as the course's learner module did.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+
+from .learner import Callback, Learner
+
+__all__ = ["TrainLearner", "MomentumLearner"]
+
+
+class TrainLearner(Learner):
+    """A Learner with the usual supervised steps: `model(*xb)`, `loss_func(preds, *yb)`, backward, step, zero_grad.
+
+    A `TerminateOnNaNCB` is added unless `nan_guard=False` (or one is already in `cbs`): a NaN or infinite loss
+    stops the fit with a message. A callback may own any step instead (`MixedPrecisionCB` owns backward and step).
+    """
+
+    def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
+                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
+                 nan_guard: bool = True, n_inp: int = 1) -> None:
+        super().__init__(model, dls, loss_func, lr, cbs, opt_func, n_inp)
+        # imported here: the callbacks import this module (scheduling and mixed precision ask for MomentumLearner)
+        from .callbacks.basic import SupervisedLoss  # loss_func(preds, *yb), refusing shapes that give a wrong loss
+        from .callbacks.guards import add_nan_guard
+        self._supervised_loss = SupervisedLoss()
+        if nan_guard:
+            add_nan_guard(self)
+
+    def predict(self) -> None:
+        """`preds = model(*xb)`."""
+        self.preds = self.model(*self.xb)
+
+    def get_loss(self) -> None:
+        """`loss = loss_func(preds, *yb)`."""
+        self.loss = self._supervised_loss(self)
+
+    def backward(self) -> None:
+        """Gradients of the loss."""
+        self.loss.backward()
+
+    def step(self) -> None:
+        """The optimizer step."""
+        self.opt.step()
+
+    def zero_grad(self) -> None:
+        """Reset the gradients."""
+        self.opt.zero_grad()
+
+
+class MomentumLearner(TrainLearner):
+    """TrainLearner that keeps `mom` × the old gradients instead of zeroing them (momentum, the course's way)."""
+
+    def __init__(self, model: nn.Module, dls: Any, loss_func: Callable, lr: float | None = None,
+                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
+                 mom: float = 0.85, nan_guard: bool = True, n_inp: int = 1) -> None:
+        self.mom = mom
+        super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard, n_inp)
+
+    @torch.no_grad()
+    def zero_grad(self) -> None:
+        """Scale the gradients by `mom` instead of zeroing them."""
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad *= self.mom
