@@ -758,3 +758,50 @@ def test_per_item_tensors_of_equal_lengths_in_one_batch_are_still_per_item():
     learn = TrainLearner(WithScalar(), DataLoaders(None, None), lambda p, y: p[0].sum())
     (logits, aux), _ = learn.get_preds(dl=[(x[:2], torch.zeros(2)), (x[2:4], torch.zeros(2))])
     assert logits.shape == (4, 2) and aux.shape == (2,)
+
+
+def test_heads_as_many_as_the_items_of_every_batch_stay_heads():
+    """(logits, h_n) at bs 2, h_n (layers, N, H): two entries per batch of two items looked like one entry per item,
+    and get_preds returned a flat tuple of every batch's pieces (preds[0] one batch's logits, no error)."""
+    class RNNClf(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.GRU(3, 5, batch_first=True), nn.Linear(5, 4)
+
+        def forward(self, x):
+            out, h = self.rnn(x)
+            return self.head(out[:, -1]), h
+
+    class LSTMOut(nn.Module):  # nn.LSTM's own output: (output, (h_n, c_n))
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(3, 5, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(x)
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 6, 3), torch.randint(0, 4, (8,))
+    for bs in (2, 4):
+        model = RNNClf().eval()
+        learn = TrainLearner(model, DataLoaders(None, DataLoader(TensorDataset(x, y), bs)), None)
+        (logits, h), _ = learn.get_preds()
+        with torch.no_grad():
+            assert torch.allclose(logits, model(x)[0], atol=1e-6) and h.shape == (8 // bs, bs, 5)
+        learn = TrainLearner(LSTMOut().eval(), DataLoaders(None, DataLoader(TensorDataset(x, y), bs)), None)
+        (out, (h, c)), _ = learn.get_preds()
+        assert out.shape == (8, 6, 5) and h.shape == c.shape == (8 // bs, bs, 5)
+
+
+def test_per_item_tensors_of_their_own_lengths_in_batches_of_one_size_are_per_item():
+    """Box tensors per item, every batch of 2 items (counts [3, 1], [2, 4]): one entry per item, joined in order."""
+    counts = [3, 1, 2, 4]
+    boxes = [torch.full((c, 4), float(i)) for i, c in enumerate(counts)]
+    x = torch.arange(4.0)[:, None]
+
+    class Boxes(nn.Module):
+        def forward(self, xb):
+            return [boxes[int(i)] for i in xb[:, 0]]
+    learn = TrainLearner(Boxes(), DataLoaders(None, None), lambda p, y: x.sum())
+    preds, _ = learn.get_preds(dl=[(x[:2], x[:2]), (x[2:], x[2:])])
+    assert [tuple(p.shape) for p in preds] == [(c, 4) for c in counts]
+    assert all(torch.equal(p, b) for p, b in zip(preds, boxes))

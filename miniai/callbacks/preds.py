@@ -207,9 +207,14 @@ def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None) ->
         return False  # not one entry per item: heads
     if any(isinstance(t, torch.Tensor) and t.ndim == 0 for p in parts for t in p):
         return False  # a per-batch scalar beside the logits: heads
-    # one entry per item in every batch: per-item tensors of their own lengths in some batch (boxes), or heads
-    # that happen to number the items, every one of that length
-    return any(not all(isinstance(t, torch.Tensor) and len(t) == n for t in p) for p, n in zip(parts, sizes))
+    entries = [t for p in parts for t in p]
+    if all(isinstance(t, torch.Tensor) and len(t) == n for p, n in zip(parts, sizes) for t in p):
+        return False  # every entry numbers the batch's items: heads ((logits, aux) at a batch size of 2)
+    # as many entries as items in every batch, not all batch-first: per-item tensors of their own lengths (boxes:
+    # of one kind, their lengths varying), or heads that number as many as the items, one of them not batch-first
+    # (an RNN's (logits, h_n) or (output, (h_n, c_n)) at a batch size of 2: of different kinds, or of one length)
+    kinds = {(t.ndim, tuple(t.shape[1:]), t.dtype) if isinstance(t, torch.Tensor) else type(t) for t in entries}
+    return len(kinds) == 1 and len({len(t) for t in entries if isinstance(t, torch.Tensor)}) > 1
 
 
 def _batch_size(x: Any) -> int | None:
