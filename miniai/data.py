@@ -155,6 +155,13 @@ class Normalize:
         if self.mean.shape != self.std.shape or not bool((self.std > 0).all()):
             raise ValueError(f"Normalize needs one mean and one std > 0 per channel; got mean {self.mean.tolist()}, "
                              f"std {self.std.tolist()}")
+        # pixels / 255 lie in [0, 1]: so does their mean, and their std is at most 0.5 (0.71 as the sample std of
+        # two); statistics of 0-255 pixels would turn every new image into nearly the same input, silently
+        if not bool(((self.mean >= 0) & (self.mean <= 1) & (self.std <= 1)).all()):
+            raise ValueError(f"Normalize computes (pixels / 255 - mean) / std, so mean and std are of pixels on the "
+                             f"0-1 scale (mean in [0, 1], std at most about 0.5); got mean {self.mean.tolist()}, std "
+                             f"{self.std.tolist()}. Statistics of 0-255 pixels? Divide them by 255: Normalize(mean / "
+                             "255, std / 255)")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c = len(self.mean)
@@ -206,9 +213,10 @@ class DataLoaders:
             return self._item_dtype
         x = getattr(self.train, "x", None)
         if x is None:
-            try:  # a torch DataLoader: its dataset's first item (one item: cheap)
-                x = self.train.dataset[0][0]
-            except Exception:  # noqa: BLE001 -- no dataset, or items of another form: unknown
+            try:  # a torch DataLoader: its dataset's first item (one item: cheap), collated as the loader does it
+                batch = self.train.collate_fn([self.train.dataset[0]])  # (dict items: from_dd's columns, in order)
+                x = batch[0] if isinstance(batch, (tuple, list)) else None
+            except Exception:  # noqa: BLE001 -- no dataset (an iterable one), or items of another form: unknown
                 x = None
         return x.dtype if isinstance(x, torch.Tensor) else None
 

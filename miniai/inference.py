@@ -149,13 +149,18 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     # the items go through the learner's inference callbacks (get_preds): a validation transform, or a callback of
     # the user's, prepares raw pixels as it prepares the loaders' batches, if those are raw pixels too (the loaders'
     # item dtype, which export keeps); one written for float items would get pixels it never saw
-    dtype = getattr(dls, "item_dtype", None)  # (an older export, a loader of another kind: unknown, taken as uint8)
-    transformed = dtype in (None, torch.uint8) and any(
-        cb.on_val if isinstance(cb, BatchTransformCB) else not type(cb).__module__.startswith("miniai.")
-        for cb in participants(learn))
-    x, batched = to_batch(items, getattr(dls, "normalize", None),
-                          channels=expected[0] if expected is not None and len(expected) == 3 else None,
-                          transformed=transformed)
+    dtype = getattr(dls, "item_dtype", None)  # (None: an older export, an iterable dataset: unknown)
+    prepared = any(cb.on_val if isinstance(cb, BatchTransformCB) else not type(cb).__module__.startswith("miniai.")
+                   for cb in participants(learn))
+    normalize = getattr(dls, "normalize", None)
+    x, batched = to_batch(items, normalize, channels=expected[0] if expected is not None and len(expected) == 3
+                          else None, transformed=prepared and dtype in (None, torch.uint8))
+    if prepared and dtype is None and normalize is None and not x.is_floating_point():
+        raise TypeError(f"infer got {x.dtype} pixels for a learner whose callbacks prepare the batches, and can't "
+                        "tell whether the loaders' items are raw pixels like these or already floats (their dtype "
+                        "is unknown): a transform written for 0-1 floats would get 0-255 values. If the loaders' "
+                        "items are raw pixels, say so, learn.dls = DataLoaders(train, valid, item_dtype=torch.uint8);"
+                        " otherwise pass float items prepared as the loaders' are")
     if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
         raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
                          "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")

@@ -291,13 +291,14 @@ _CHANNELS = (1, 2, 3, 4)  # gray, gray + alpha, RGB, RGBA
 
 def _channels_first(shape: tuple[int, ...], x_col: str) -> bool:
     """Whether arrays of one image's 3-dim `shape` are (C, H, W), not (H, W, C): the end that holds 1 to 4 channels
-    says; when both could (a 4×4 RGB image), channels-last, the datasets and PIL convention; an error when neither."""
+    says; an error when neither could, or both could (a 4x4 RGB image): a guess would scramble the pixels."""
     first, last = shape[0] in _CHANNELS, shape[-1] in _CHANNELS
-    if not first and not last:
-        raise ValueError(f"column {x_col!r} holds arrays of shape {tuple(shape)} per image: neither end holds 1 to 4 "
-                         "channels, as (C, H, W) or (H, W, C) would. Store gray images as (H, W) arrays, color ones "
-                         "as (H, W, C), or as Image()")
-    return first and not last
+    if first == last:
+        why = ("neither end holds 1 to 4 channels, as (C, H, W) or (H, W, C) would" if not first else
+               "both ends could hold the channels, so (C, H, W) and (H, W, C) can't be told apart")
+        raise ValueError(f"column {x_col!r} holds arrays of shape {tuple(shape)} per image: {why}. Store gray images "
+                         "as (H, W) arrays, color ones as (H, W, C), or as Image() (PIL images, whose layout is known)")
+    return first
 
 
 def _no_image(x_col: str, row: int) -> ValueError:

@@ -149,8 +149,12 @@ def test_channels_first_arrays_are_read_as_channels_first():
     assert torch.equal(sources.hf_to_tensors(ds(pixels, (1, 7, 5)))[0], pixels)
     rgb = torch.randint(0, 256, (4, 3, 7, 5), dtype=torch.uint8)
     assert torch.equal(sources.hf_to_tensors(ds(rgb.permute(0, 2, 3, 1).contiguous(), (7, 5, 3)))[0], rgb)
-    tiny = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8)  # (H, W, C) 4x4x3 could be either: channels-last,
-    assert torch.equal(sources.hf_to_tensors(ds(tiny.permute(0, 2, 3, 1).contiguous(), (4, 4, 3)))[0], tiny)  # as ever
+    # both ends could hold the channels: (3, 4, 4) RGB 4x4 images came out as 4-channel 3x4 ones, silently;
+    # README said an ambiguous shape is refused, and now it is, with the unambiguous way to store them
+    tiny = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8)
+    for pixels, shape in ((tiny, (3, 4, 4)), (tiny.permute(0, 2, 3, 1).contiguous(), (4, 4, 3))):
+        with pytest.raises(ValueError, match=rf"{re.escape(str(shape))}.*both ends.*Image\(\)"):
+            sources.hf_to_tensors(ds(pixels, shape))
     with pytest.raises(ValueError, match=r"\(9, 7, 8\).*neither end holds 1 to 4 channels"):
         sources.hf_to_tensors(ds(torch.zeros(4, 9, 7, 8, dtype=torch.uint8), (9, 7, 8)))
 
@@ -313,3 +317,16 @@ def test_cache_cleanup_takes_only_the_names_of_cache_versions(tmp_path):
     cache.clear_cache()
     load_tensors(path=d)
     assert backup.exists()
+
+
+def test_normalize_refuses_statistics_of_0_255_pixels():
+    """Normalize divides pixels by 255 first, so its mean lies in [0, 1]; pixel-scale statistics (mean 72.9, std 90)
+    were taken as they came, and infer then gave the model inputs near -0.8 for every image (accuracy 0.08)."""
+    from miniai.data import DataLoaders, Normalize
+    for mean, std in (([72.9], [90.0]), ([0.29], [90.0]), ([-0.1], [0.3]), ([float("nan")], [0.3])):
+        with pytest.raises(ValueError, match=r"Normalize.*0-1 scale.*/ 255"):
+            Normalize(mean, std)
+    with pytest.raises(ValueError, match=r"0-1 scale"):
+        DataLoaders(None, None, normalize=(72.9, 90.0))
+    assert Normalize([0.2860], [0.3530]).mean.item() == pytest.approx(0.286)  # the usual statistics
+    Normalize([0.0, 1.0, 0.5], [0.001, 0.5, 0.7])  # any channel stats a 0-1 image can have (sample std of a few)

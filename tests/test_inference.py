@@ -386,3 +386,45 @@ def test_an_exported_learner_on_raw_pixels_with_a_validation_transform_still_inf
 
 def _scale_pixels(xb: torch.Tensor) -> torch.Tensor:
     return xb.float() / 255
+
+
+def test_infer_reads_the_item_dtype_of_dict_items_and_never_feeds_pixels_to_a_float_transform():
+    """DataLoaders.from_dd over a DatasetDict whose transform gives 0-1 floats (the course's pipeline) with the
+    normalization in BatchTransformCB(on_val=True): item_dtype read the dict item as a tuple, gave None, and infer
+    took that for uint8, so raw pixels went unscaled into the 0-1 transform (agreement 0.6 with get_preds)."""
+    import datasets
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (60, 8, 8), dtype=torch.uint8, generator=g), torch.randint(0, 3, (60,), generator=g)
+    feats = datasets.Features({"image": datasets.Array2D((8, 8), "uint8"), "label": datasets.Value("int64")})
+    split = lambda s: datasets.Dataset.from_dict({"image": x[s].numpy(), "label": y[s].numpy()}, features=feats)
+    def to_float(b):
+        b["image"] = [torch.tensor(np.array(o), dtype=torch.float32)[None] / 255 for o in b["image"]]
+        return b
+    dd = datasets.DatasetDict(train=split(slice(0, 40)), test=split(slice(40, 60))).with_transform(to_float)
+    dls = DataLoaders.from_dd(dd, 10)
+    assert dls.item_dtype == torch.float32
+    norm = BatchTransformCB(lambda xb: (xb - 0.5) / 0.3, on_train=True, on_val=True)
+    learn = TrainLearner(image_model(), dls, F.cross_entropy, lr=0.1, cbs=[DeviceCB("cpu"), norm])
+    learn.fit(1)
+    with pytest.raises(TypeError, match="can't scale torch.uint8 pixels"):
+        learn.infer(x[40:])
+    probs, _ = learn.get_preds(act=torch.softmax)
+    assert torch.equal(learn.infer(x[40:, None].float() / 255).probs, probs)
+
+
+def test_infer_refuses_raw_pixels_when_the_loaders_item_dtype_is_unknown():
+    """Loaders whose items can't be read (an iterable dataset) and a validation transform: infer took the unknown
+    dtype for uint8 and fed raw pixels to a transform that may expect 0-1 floats; it says what to declare."""
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            return iter([(torch.rand(1, 8, 8, generator=g), i % 3) for i in range(20)])
+    dls = DataLoaders(torch.utils.data.DataLoader(Stream(), 10), torch.utils.data.DataLoader(Stream(), 10))
+    assert dls.item_dtype is None
+    norm = BatchTransformCB(lambda xb: (xb - 0.5) / 0.3, on_train=True, on_val=True)
+    learn = TrainLearner(image_model(), dls, F.cross_entropy, lr=0.1, cbs=[DeviceCB("cpu"), norm])
+    with pytest.raises(TypeError, match=r"item_dtype=torch.uint8"):
+        learn.infer(PIXELS)
+    declared = DataLoaders(dls.train, dls.valid, item_dtype=torch.uint8)
+    learn.dls = declared
+    assert learn.infer(PIXELS).probs.shape == (6, 3)  # declared raw pixels: taken as the loaders give them
