@@ -152,6 +152,13 @@ class Normalize:
     def __init__(self, mean: Any, std: Any) -> None:
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        self._check()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._check()  # an export made before the checks: its statistics are checked as it loads
+
+    def _check(self) -> None:
         if self.mean.shape != self.std.shape or not bool((self.std > 0).all()):
             raise ValueError(f"Normalize needs one mean and one std > 0 per channel; got mean {self.mean.tolist()}, "
                              f"std {self.std.tolist()}")
@@ -213,9 +220,11 @@ class DataLoaders:
             return self._item_dtype
         x = getattr(self.train, "x", None)
         if x is None:
-            try:  # a torch DataLoader: its dataset's first item (one item: cheap), collated as the loader does it
-                batch = self.train.collate_fn([self.train.dataset[0]])  # (dict items: from_dd's columns, in order)
-                x = batch[0] if isinstance(batch, (tuple, list)) else None
+            try:  # a torch DataLoader: its dataset's first item (one item: cheap; no collate_fn, which may draw)
+                item = self.train.dataset[0]
+                if isinstance(item, dict) and isinstance(self.train.collate_fn, _DictToTuple):  # from_dd's
+                    item = [item[k] for k in self.train.collate_fn.columns(item)]
+                x = item[0]
             except Exception:  # noqa: BLE001 -- no dataset (an iterable one), or items of another form: unknown
                 x = None
         return x.dtype if isinstance(x, torch.Tensor) else None
@@ -319,11 +328,13 @@ class _DictToTuple:
 
     def __call__(self, items: list) -> Any:
         batch = self.collate_fn(items)
-        if not isinstance(batch, dict):
-            return batch
+        return tuple(batch[k] for k in self.columns(batch)) if isinstance(batch, dict) else batch
+
+    def columns(self, batch: dict) -> list[str]:
+        """The keys of a dict batch (or item) in the order of the tuple it becomes."""
         if self.strict or all(k in batch for k in self.names):
-            return tuple(batch[k] for k in self.names)
-        return tuple(batch[k] for k in sorted(batch, key=lambda k: k in _LABELS))  # (a stable sort)
+            return self.names
+        return sorted(batch, key=lambda k: k in _LABELS)  # (a stable sort)
 
 
 def collate_dict(ds: Any) -> Callable[[list], tuple]:

@@ -342,3 +342,7 @@ __all__ += list(course_names("learner"))
 def __getattr__(name: str) -> Any:
     """The course's names for this module that live elsewhere in miniai."""
     return course_attr(__name__, name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))  # (tab completion shows the course's names before their first use)

@@ -343,3 +343,10 @@ def test_the_courses_own_optimizer_logs_its_lr_and_meets_the_nan_guard(tmp_path)
     assert (tmp_path / "log.csv").read_text().splitlines()[1].endswith(",0.01")
     with pytest.raises(NonFiniteLossError):
         TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=1e30, opt_func=_CourseSGD).fit(2)
+
+
+def test_the_learner_module_lists_its_course_names_before_their_first_use():
+    """TrainLearner and MomentumLearner moved to supervised.py: dir(miniai.learner) in a fresh process lost them."""
+    code = "import miniai.learner as m; print('TrainLearner' in dir(m), 'MomentumLearner' in dir(m), 'fit' in dir(m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]

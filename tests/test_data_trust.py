@@ -330,3 +330,15 @@ def test_normalize_refuses_statistics_of_0_255_pixels():
         DataLoaders(None, None, normalize=(72.9, 90.0))
     assert Normalize([0.2860], [0.3530]).mean.item() == pytest.approx(0.286)  # the usual statistics
     Normalize([0.0, 1.0, 0.5], [0.001, 0.5, 0.7])  # any channel stats a 0-1 image can have (sample std of a few)
+
+
+def test_an_export_whose_normalize_holds_0_255_statistics_is_refused_as_it_loads():
+    """Normalize's checks ran only in __init__, which unpickling skips: an older export's pixel-scale statistics
+    loaded and predicted near-constant inputs, silently."""
+    import pickle
+    from miniai.data import Normalize
+    norm = Normalize([0.3], [0.35])
+    assert pickle.loads(pickle.dumps(norm)).mean.item() == pytest.approx(0.3)
+    norm.mean, norm.std = torch.tensor([72.9]), torch.tensor([90.0])  # what an older export may hold
+    with pytest.raises(ValueError, match="0-1 scale"):
+        pickle.loads(pickle.dumps(norm))

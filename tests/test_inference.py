@@ -428,3 +428,25 @@ def test_infer_refuses_raw_pixels_when_the_loaders_item_dtype_is_unknown():
     declared = DataLoaders(dls.train, dls.valid, item_dtype=torch.uint8)
     learn.dls = declared
     assert learn.infer(PIXELS).probs.shape == (6, 3)  # declared raw pixels: taken as the loaders give them
+
+
+def test_item_dtype_reads_pre_batched_items_and_never_runs_the_collate():
+    """DataLoader(batch_size=None) over pre-batched shards: item_dtype read the collate's output (default_convert's
+    list), gave None, and infer refused raw pixels it took before; a collate that draws random numbers (MixUp) ran
+    when the dtype was read (export, infer), moving the global RNG between fits."""
+    x, y = torch.randint(0, 255, (16, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 3, (16,))
+
+    class Shards(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return x[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
+    dl = torch.utils.data.DataLoader(Shards(), batch_size=None)
+    assert DataLoaders(dl, dl).item_dtype == torch.uint8
+    calls = []
+    def drawing_collate(items):
+        calls.append(torch.rand(1))
+        return torch.utils.data.default_collate(items)
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), 4, collate_fn=drawing_collate)
+    assert DataLoaders(dl, dl).item_dtype == torch.uint8 and not calls

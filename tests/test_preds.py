@@ -761,8 +761,9 @@ def test_per_item_tensors_of_equal_lengths_in_one_batch_are_still_per_item():
 
 
 def test_heads_as_many_as_the_items_of_every_batch_stay_heads():
-    """(logits, h_n) at bs 2, h_n (layers, N, H): two entries per batch of two items looked like one entry per item,
-    and get_preds returned a flat tuple of every batch's pieces (preds[0] one batch's logits, no error)."""
+    """(logits, h_n) at bs 2, h_n (layers, N, H), and (embeddings, prototypes): two entries per batch of two items
+    looked like one entry per item, and get_preds returned a flat tuple of every batch's pieces (preds[0] one
+    batch's logits, no error)."""
     class RNNClf(nn.Module):
         def __init__(self):
             super().__init__()
@@ -772,13 +773,14 @@ def test_heads_as_many_as_the_items_of_every_batch_stay_heads():
             out, h = self.rnn(x)
             return self.head(out[:, -1]), h
 
-    class LSTMOut(nn.Module):  # nn.LSTM's own output: (output, (h_n, c_n))
+    class Prototypes(nn.Module):  # (embeddings (N, D), class prototypes (K, D)), as a CLIP-like zero-shot model
         def __init__(self):
             super().__init__()
-            self.lstm = nn.LSTM(3, 5, batch_first=True)
+            self.lin, self.protos = nn.Linear(18, 8), nn.Parameter(torch.randn(5, 8))
 
         def forward(self, x):
-            return self.lstm(x)
+            return self.lin(x.flatten(1)), self.protos * 1
+
     torch.manual_seed(0)
     x, y = torch.randn(8, 6, 3), torch.randint(0, 4, (8,))
     for bs in (2, 4):
@@ -787,9 +789,9 @@ def test_heads_as_many_as_the_items_of_every_batch_stay_heads():
         (logits, h), _ = learn.get_preds()
         with torch.no_grad():
             assert torch.allclose(logits, model(x)[0], atol=1e-6) and h.shape == (8 // bs, bs, 5)
-        learn = TrainLearner(LSTMOut().eval(), DataLoaders(None, DataLoader(TensorDataset(x, y), bs)), None)
-        (out, (h, c)), _ = learn.get_preds()
-        assert out.shape == (8, 6, 5) and h.shape == c.shape == (8 // bs, bs, 5)
+        learn = TrainLearner(Prototypes(), DataLoaders(None, DataLoader(TensorDataset(x, y), bs)), None)
+        (emb, protos), _ = learn.get_preds()
+        assert emb.shape == (8, 8) and protos.shape == (20 if bs == 2 else 10, 8)
 
 
 def test_per_item_tensors_of_their_own_lengths_in_batches_of_one_size_are_per_item():
@@ -805,3 +807,22 @@ def test_per_item_tensors_of_their_own_lengths_in_batches_of_one_size_are_per_it
     preds, _ = learn.get_preds(dl=[(x[:2], x[:2]), (x[2:], x[2:])])
     assert [tuple(p.shape) for p in preds] == [(c, 4) for c in counts]
     assert all(torch.equal(p, b) for p, b in zip(preds, boxes))
+
+
+def test_per_item_tensors_of_one_fixed_shape_or_of_several_kinds_are_per_item():
+    """One (17, 3) keypoint tensor per image, an empty (0,) entry beside (k, 4) boxes, masks of each image's size:
+    one entry per item, whatever the batch size (a rule for heads must not take them for heads)."""
+    class PerItem(nn.Module):
+        def __init__(self, make):
+            super().__init__()
+            self.make, self.w = make, nn.Parameter(torch.ones(1))
+
+        def forward(self, xb):
+            return [self.make(int(i)) * self.w for i in xb[:, 0]]
+    x = torch.tensor([[0.0], [3.0], [2.0], [1.0]])
+    for make in (lambda i: torch.full((17, 3), float(i)), lambda i: torch.ones(i, 4) if i else torch.tensor([]),
+                 lambda i: torch.zeros(1 + i, 5 + i, 5 + i)):
+        for bs in (2, 4):
+            learn = TrainLearner(PerItem(make), DataLoaders(None, None), lambda p, t: x.sum())
+            preds, _ = learn.get_preds(dl=[(x[i:i + bs], x[i:i + bs]) for i in range(0, 4, bs)])
+            assert [tuple(p.shape) for p in preds] == [tuple(make(int(i)).shape) for i in x[:, 0]]

@@ -207,14 +207,29 @@ def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None) ->
         return False  # not one entry per item: heads
     if any(isinstance(t, torch.Tensor) and t.ndim == 0 for p in parts for t in p):
         return False  # a per-batch scalar beside the logits: heads
-    entries = [t for p in parts for t in p]
+    # as many entries as items in every batch: heads that happen to number the items ((logits, aux) at bs 2; an
+    # RNN's (logits, h_n), or (embeddings, prototypes), one of them not batch-first), or one entry per item (boxes)
     if all(isinstance(t, torch.Tensor) and len(t) == n for p, n in zip(parts, sizes) for t in p):
-        return False  # every entry numbers the batch's items: heads ((logits, aux) at a batch size of 2)
-    # as many entries as items in every batch, not all batch-first: per-item tensors of their own lengths (boxes:
-    # of one kind, their lengths varying), or heads that number as many as the items, one of them not batch-first
-    # (an RNN's (logits, h_n) or (output, (h_n, c_n)) at a batch size of 2: of different kinds, or of one length)
-    kinds = {(t.ndim, tuple(t.shape[1:]), t.dtype) if isinstance(t, torch.Tensor) else type(t) for t in entries}
-    return len(kinds) == 1 and len({len(t) for t in entries if isinstance(t, torch.Tensor)}) > 1
+        return False  # every entry numbers the batch's items: heads
+    batch_first = [any(isinstance(t, torch.Tensor) and len(t) == n for t in p) for p, n in zip(parts, sizes)]
+    if len(parts) > 1 and all(batch_first):
+        # heads keep their shapes batch after batch and differ from each other, one of them batch-first; an item's
+        # shape doesn't repeat at its position in every batch (with one batch, either reading gives the same)
+        slots = {tuple(_signature(t) for t in p) for p in parts}
+        if len(slots) == 1 and len(set(next(iter(slots)))) > 1:
+            return False
+    return any(not all(isinstance(t, torch.Tensor) and len(t) == n for t in p) for p, n in zip(parts, sizes))
+
+
+def _signature(x: Any) -> Any:
+    """The structure of a batch's result: shapes and dtypes of its tensors, nested as they are."""
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape), x.dtype
+    if isinstance(x, (tuple, list)):
+        return type(x), tuple(_signature(t) for t in x)
+    if isinstance(x, dict):
+        return tuple((k, _signature(v)) for k, v in x.items())
+    return type(x)
 
 
 def _batch_size(x: Any) -> int | None:
