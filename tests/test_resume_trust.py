@@ -179,3 +179,29 @@ def test_a_fit_of_zero_epochs_says_nothing_of_its_schedules_length():
         warnings.simplefilter("error")
         make_learner(None)[0].fit_one_cycle(0, max_lr=0.1)
         make_learner(None)[0].fit(0, cbs=[BatchSchedCB(partial(lr_scheduler.CosineAnnealingLR, T_max=5))])
+
+
+@pytest.mark.parametrize("change", ["bs", "items", "valid"])
+def test_resuming_on_loaders_of_another_size_warns_that_the_run_no_longer_continues_exactly(tmp_path, change):
+    """A run saved at bs 8, resumed on loaders of bs 4 (or more items, or another validation set): no error, no
+    warning, and weights that match neither the saved run's nor a straight run on the new loaders."""
+    from miniai.data import DataLoaders, TensorLoader
+    import shutil
+    saved, _ = make_learner(tmp_path / "a", [_CutPass(training=True, at=0, exc=CancelFitException, epoch=1)])
+    saved.fit(3)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    resumed, _ = make_learner(tmp_path / "a")
+    x, y = resumed.dls.train.x, resumed.dls.train.y
+    train = {"bs": TensorLoader(x, y, bs=4, shuffle=True, seed=3),
+             "items": TensorLoader(torch.cat([x, x[:8]]), torch.cat([y, y[:8]]), bs=8, shuffle=True, seed=3),
+             "valid": resumed.dls.train}[change]
+    valid = TensorLoader(x[:24], y[:24], bs=8) if change == "valid" else resumed.dls.valid
+    resumed.dls = DataLoaders(train, valid)
+    name = "valid" if change == "valid" else "train"
+    with pytest.warns(UserWarning, match=rf"dls\.{name} .*(batches|items).*saved run.*won't end as"):
+        resumed.fit(3, resume=tmp_path / "a")
+    same, _ = make_learner(tmp_path / "b")  # the same loaders: no warning
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.fit(3, resume=tmp_path / "b")

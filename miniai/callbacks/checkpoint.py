@@ -190,6 +190,12 @@ def _loader_state(dl: Any) -> dict[str, Any] | None:
     return state if state["generators"] or "sampler_seed" in state else None
 
 
+def loader_size(dl: Any) -> dict[str, int | None]:
+    """The batches and items a loader gives an epoch (None: unknown): on loaders of another size (another batch
+    size, other data) a resumed run trains on, but can't end as the saved run would have."""
+    return {"batches": len_or_none(dl), "items": len_or_none(getattr(dl, "dataset", getattr(dl, "x", None)))}
+
+
 def rng_state() -> dict[str, Any]:
     """The state of every RNG a run draws from: Python's, NumPy's, torch's (and CUDA's once it is in use, MPS's)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -240,6 +246,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         "generators": {key: [generator_state(g) for g in gens] for key, gens in callback_generators(learn).items()},
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,
         "loaders": {name: _loader_state(getattr(learn.dls, name, None)) for name in ("train", "valid")},
+        "loader_sizes": {name: loader_size(getattr(learn.dls, name, None)) for name in ("train", "valid")},
         "rng": rng_state(), "rng_ranks": rng_ranks,
     }
 

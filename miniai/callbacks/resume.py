@@ -21,8 +21,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint, load_checkpoint,
-                         loader_generators, optimizer_settings, param_names, set_generator_state, stateful_callbacks,
-                         unwrap)
+                         loader_generators, loader_size, optimizer_settings, param_names, set_generator_state,
+                         stateful_callbacks, unwrap)
 from .scheduling import BaseSchedCB
 from .swa import SWACB
 
@@ -110,6 +110,12 @@ class ResumeCB(Callback):
         loaders = {name: getattr(learn.dls, name) for name in state["loaders"] if hasattr(learn.dls, name)}
         for name, dl in loaders.items():
             _check_loader(dl, state["loaders"][name], name)
+            size, now = state.get("loader_sizes", {}).get(name), loader_size(dl)  # (older files: none saved)
+            if size is not None and size != now:
+                warnings.warn(f"resuming from {file}: dls.{name} gives {now['batches']} batches of {now['items']} "
+                              f"items an epoch, the saved run's {size['batches']} of {size['items']} (another batch "
+                              "size, or other data): the run trains on, but won't end as the saved run would have. "
+                              "Resume with the saved run's loaders to continue it exactly.", stacklevel=2)
         # schedulers check their saved state against this fit as they load it (length, steps per epoch); an
         # evaluation (fit(train=False)) builds and steps none, and the saved lr comes with the optimizer state
         given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
