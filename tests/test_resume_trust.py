@@ -205,3 +205,25 @@ def test_resuming_on_loaders_of_another_size_warns_that_the_run_no_longer_contin
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         same.fit(3, resume=tmp_path / "b")
+
+
+def test_a_scheduler_built_with_other_settings_on_resume_is_named_in_a_warning(tmp_path):
+    """StepLR(gamma=0.1) resumed from a run with gamma=0.5: the saved gamma came back with the scheduler's state and
+    the run went on with it, no word of the setting given (as for the lr: never silently)."""
+    import shutil
+    import warnings
+    step = lambda gamma: EpochSchedCB(partial(lr_scheduler.StepLR, step_size=1, gamma=gamma))  # noqa: E731
+    saved, _ = make_learner(tmp_path / "a", [step(0.5), _CutPass(training=True, at=0, exc=CancelFitException,
+                                                                  epoch=1)])
+    saved.fit(3)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    straight, _ = make_learner(None, [step(0.5)])
+    straight.fit(3)
+    resumed, _ = make_learner(tmp_path / "a", [step(0.1)])
+    with pytest.warns(UserWarning, match=r"StepLR.*gamma 0\.5 \(saved\).*0\.1 \(here\).*saved ones are kept"):
+        resumed.fit(3, resume=tmp_path / "a")
+    assert same_params(straight, resumed)  # as the warning says: the saved run, continued
+    same, _ = make_learner(tmp_path / "b", [step(0.5)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.fit(3, resume=tmp_path / "b")

@@ -275,6 +275,11 @@ class BaseSchedCB(Callback):
         except ValueError:
             self.scheduler.load_state_dict(fresh)
             raise
+        changed = _settings_changed(state["scheduler"], fresh)
+        if changed:  # torch's load_state_dict puts the saved settings back: say so, never silently
+            warnings.warn(f"resuming {type(self).__name__}: its {ours} was built with other settings than the saved "
+                          f"run's ({'; '.join(changed)}): the saved ones are kept, so the run continues as it was. "
+                          "To train with the new ones, start a new fit from the checkpoint's weights.", stacklevel=3)
         self.n_steps = state["n_steps"]
         for group, saved in zip(groups, state["param_groups"]):
             group.update(saved)
@@ -312,6 +317,23 @@ def _parts_reached(scheduler: Any, reached: int) -> Iterator[tuple[Any, int]]:
     else:
         for part in parts:
             yield from _parts_reached(part, reached)
+
+
+_COUNTERS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "base_lrs", "lr_lambdas", "total_steps"}
+# (what a scheduler counts as it steps; base_lrs follow the lr given; a length, total_steps, is checked on its own)
+
+
+def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = "") -> list[str]:
+    """The settings of a scheduler's state (gamma, T_max, patience...) that differ between the saved run's and this
+    fit's, each as 'name saved (saved) vs new (here)'; the parts of a SequentialLR or ChainedScheduler too."""
+    changed = []
+    for key, value in fresh.items():
+        if key == "_schedulers":
+            for i, (old, new) in enumerate(zip(saved.get(key, []), value)):
+                changed += _settings_changed(old, new, f"{part}part {i}'s ")
+        elif not key.startswith("_") and key not in _COUNTERS and key in saved and saved[key] != value:
+            changed.append(f"{part}{key} {saved[key]!r} (saved) vs {value!r} (here)")
+    return changed
 
 
 def _structure(scheduler: Any) -> str:
