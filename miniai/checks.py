@@ -2,7 +2,8 @@
 
 Each check turns a mistake that would otherwise train on silently (a negative epoch count, an empty loader, a
 parameter no optimizer steps) into an error that says what was wrong and how to fix it. Kept apart from
-learner.py so the loop reads top to bottom; this module imports no other miniai module.
+learner.py so the loop reads top to bottom; this module imports no other miniai module (check_steps imports
+TrainLearner when it runs).
 """
 from __future__ import annotations
 
