@@ -209,6 +209,7 @@ def plot_recorder(recs: Mapping[str, Sequence[float]], ax: Axes | Sequence[Axes]
         a.set_xlabel("batch")
         a.set_title(name)
     if isinstance(ax, Axes) and names:
+        ax.set_title(", ".join(names))  # one panel holds them all (each name's title replaced the one before)
         ax.legend()
     return axs[0].figure
 

@@ -144,3 +144,34 @@ def test_color_dim_without_figsize_keeps_a_readable_size():
     from miniai.plotting import plot_color_dim
     assert tuple(plot_color_dim([torch.rand(20, 40)]).get_size_inches()) == (4.0, 3.0)
     assert tuple(plot_color_dim([torch.rand(20, 40)] * 3).get_size_inches()) == (6.4, 4.8)
+
+
+def test_plot_recorder_on_one_axes_titles_it_with_every_quantity():
+    """plot_recorder(recs, ax=one_axes) set each name as the panel's title in turn: a panel of lr and mom read 'mom'."""
+    import matplotlib.pyplot as plt
+    from miniai.plotting import plot_recorder
+    fig, ax = plt.subplots()
+    plot_recorder({"lr": [0.1, 0.05], "mom": [0.85, 0.9]}, ax=ax)
+    assert ax.get_title() == "lr, mom" and [line.get_label() for line in ax.lines] == ["lr", "mom"]
+    plt.close(fig)
+
+
+def test_the_terminal_bar_of_a_validation_pass_moves(monkeypatch):
+    """The terminal bar drew the validation pass at 0/N and never redrew it until the metrics row replaced it."""
+    import contextlib
+    import io
+    import torch.nn.functional as F
+    from torch import nn
+    from miniai.callbacks import progress
+    from miniai.callbacks.metrics import MetricsCB
+    from miniai.callbacks.progress import ProgressCB
+    from miniai.supervised import TrainLearner
+    from tests.synth import linear_dls
+    monkeypatch.setattr(progress, "_READ_EVERY", 0.0)  # redraw every batch (no timing in the test)
+    dls = linear_dls(n_train=16, n_valid=32, bs=8)
+    learn = TrainLearner(nn.Linear(1, 1), dls, F.mse_loss, lr=0.01, cbs=[MetricsCB(), ProgressCB(mode="terminal")])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        learn.fit(1)
+    frames = [f for f in out.getvalue().split("\r") if " valid |" in f]
+    assert any("4/4" in f for f in frames) and any("2/4" in f for f in frames)

@@ -222,7 +222,11 @@ class ProgressCB(Callback):
             learn.dl = self.pbar
 
     def after_batch(self, learn: Learner) -> None:
-        if not learn.training:
+        if not learn.training:  # the terminal bar of a validation pass moves too (it stayed at 0/N)
+            now = time.perf_counter()
+            if self._mode == "terminal" and self.mbar is not None and now - self._last_read >= _READ_EVERY:
+                self._last_read = now
+                self.mbar.show(learn.epoch, "valid", learn.iter + 1, self._pass_length, "")
             return
         self._train_losses.push(learn.loss)
         now = time.perf_counter()
