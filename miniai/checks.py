@@ -165,10 +165,11 @@ def empty_pass_error(training: bool, epoch: Any, dl: Any) -> ValueError:
                       + _skip_pass(name))
 
 
-def misplaced_cancel_note(error: Exception) -> str:
-    """The note for a cancel that no stage caught: it was raised outside the stage it cancels."""
+def misplaced_cancel_note(error: Exception, step: bool) -> str:
+    """The note for a cancel that no stage caught: it was raised outside the stage it cancels (`step`: it is a
+    CancelStepException, which may be raised only after the backward)."""
     where = (" CancelStepException may be raised in after_backward or after_step; before the backward, "
-             "CancelBatchException skips the batch." if type(error).__name__ == "CancelStepException" else "")
+             "CancelBatchException skips the batch." if step else "")
     return (f"{type(error).__name__} was raised in {getattr(error, 'event', 'a step')}, outside the stage it "
             f"cancels: see the cancel table in miniai/learner.py for where each one may be raised.{where}")
 

@@ -235,7 +235,7 @@ class Learner(Conveniences):
             _add_note(e, interrupt_note(self, temporary))
             raise
         except _CANCELS as e:  # a cancel its stage did not catch: it came from outside that stage
-            _add_note(e, misplaced_cancel_note(e))
+            _add_note(e, misplaced_cancel_note(e, step=isinstance(e, CancelStepException)))
             raise
         finally:
             self._in_fit = False

@@ -222,17 +222,16 @@ class ProgressCB(Callback):
             learn.dl = self.pbar
 
     def after_batch(self, learn: Learner) -> None:
-        if not learn.training:  # the terminal bar of a validation pass moves too (it stayed at 0/N)
-            now = time.perf_counter()
-            if self._mode == "terminal" and self.mbar is not None and now - self._last_read >= _READ_EVERY:
-                self._last_read = now
-                self.mbar.show(learn.epoch, "valid", learn.iter + 1, self._pass_length, "")
-            return
-        self._train_losses.push(learn.loss)
+        if learn.training:
+            self._train_losses.push(learn.loss)
         now = time.perf_counter()
         if now - self._last_read < _READ_EVERY:  # the bar redraws a few times a second: read losses as often
             return
         self._last_read = now
+        if not learn.training:  # the terminal bar of a validation pass moves too (notebook bars wrap the loader)
+            if self._mode == "terminal" and self.mbar is not None:
+                self.mbar.show(learn.epoch, "valid", learn.iter + 1, self._pass_length)
+            return
         self._train_losses.flush()
         if self.mbar is None:
             return
