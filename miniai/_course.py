@@ -18,10 +18,12 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-__all__ = ["COURSE_MODULES", "NOT_PROVIDED", "NOT_PROVIDED_MODULES", "course_names", "course_attr", "install"]
+__all__ = ["COURSE_MODULES", "NOT_PROVIDED", "NOT_PROVIDED_MODULES", "course_names", "course_attr", "course_hooks",
+           "install"]
 
 # course module -> {our module (under miniai.): the course's names it provides with their course meaning}
 COURSE_MODULES: dict[str, dict[str, list[str]]] = {
@@ -101,6 +103,13 @@ def course_attr(module_name: str, name: str) -> Any:
     raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
 
 
+def course_hooks(module_name: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The module `__getattr__` (`course_attr`) and `__dir__` (its globals and `__all__`, so tab completion shows the
+    course's names before their first use) of the module `module_name`, which is being imported."""
+    module = sys.modules[module_name]
+    return (lambda name: course_attr(module_name, name)), (lambda: sorted(set(vars(module)) | set(module.__all__)))
+
+
 class _CourseModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds `miniai.<course module>` when no real module has that name, and fills it from the table."""
 
@@ -120,8 +129,7 @@ class _CourseModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__doc__ = (f"The fast.ai course's miniai.{course}: the names miniai has with the same meaning, "
                           "imported from where they live on first use (see miniai/_course.py).")
         module.__all__ = list(course_names(course))
-        module.__getattr__ = lambda attr: course_attr(name, attr)
-        module.__dir__ = lambda: sorted(set(vars(module)) | set(module.__all__))
+        module.__getattr__, module.__dir__ = course_hooks(name)
 
 
 _REAL = ("learner", "augment")  # real modules of ours; the hook never stands in for them

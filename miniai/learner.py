@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from ._course import course_attr, course_names
+from ._course import course_hooks, course_names
 from .checks import (batch_type_error, check_callback_names, check_fit_args, check_learner_args, check_loaders,
                      check_new_callback, check_new_params, check_steps, empty_pass_error, misplaced_cancel_note)
 from .conveniences import Conveniences
@@ -66,20 +66,10 @@ EVENTS = ("before_fit", "after_fit", "cleanup_fit", "before_epoch", "after_epoch
 STEPS = ("predict", "get_loss", "backward", "step", "zero_grad")  # a callback may own these (see Callback)
 
 
-class CancelFitException(Exception):
-    """Stop training now; `cleanup_batch`, `cleanup_epoch` and `cleanup_fit` still run."""
-
-
-class CancelEpochException(Exception):
-    """Skip the rest of this pass (train or valid) and its `after_epoch`; `cleanup_epoch` still runs."""
-
-
-class CancelBatchException(Exception):
-    """Skip the rest of this batch, `after_batch` included; `cleanup_batch` still runs."""
-
-
-class CancelStepException(Exception):
-    """Skip this batch's `step`, `after_step` and `zero_grad` (gradients stay: accumulation, an fp16 inf skip)."""
+class CancelFitException(Exception): """Stop training now; every stage's `cleanup_*` still runs."""
+class CancelEpochException(Exception): """Skip the rest of this pass (train or valid) and its `after_epoch`."""
+class CancelBatchException(Exception): """Skip the rest of this batch, `after_batch` included."""
+class CancelStepException(Exception): """Skip this batch's `step`, `after_step` and `zero_grad` (gradients stay)."""
 
 
 _CANCELS = (CancelFitException, CancelEpochException, CancelBatchException, CancelStepException)
@@ -337,12 +327,4 @@ class Learner(Conveniences):
 # The course's learner module also had TrainLearner, MetricsCB, lr_find, ...; they live in supervised.py, callbacks/
 # and utils.py, each imported on first use (PEP 562; the table is in miniai/_course.py).
 __all__ += list(course_names("learner"))
-
-
-def __getattr__(name: str) -> Any:
-    """The course's names for this module that live elsewhere in miniai."""
-    return course_attr(__name__, name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))  # (tab completion shows the course's names before their first use)
+__getattr__, __dir__ = course_hooks(__name__)
