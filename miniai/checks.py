@@ -17,7 +17,7 @@ import torch
 from torch import nn, optim
 
 __all__ = ["check_new_callback", "check_steps", "check_callback_names", "check_fit_args", "check_loaders",
-           "drops_last", "check_new_params", "empty_pass_error", "batch_type_error", "misplaced_cancel_note"]
+           "drops_last", "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note"]
 
 
 def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
@@ -174,8 +174,11 @@ def misplaced_cancel_note(error: Exception, step: bool) -> str:
             f"cancels: see the cancel table in miniai/learner.py for where each one may be raised.{where}")
 
 
-def batch_type_error(batch: Any) -> TypeError:
-    """The error for a batch that is not a tuple: slicing a tensor would give its rows as inputs and targets."""
-    return TypeError(f"a batch is a tuple (*inputs, *targets); the loader gave a {type(batch).__name__}: build it "
-                     "on a TensorDataset(x, y) (dict batches: DataLoaders.from_dd or collate_dict), or own predict "
-                     "and get_loss in a callback that reads learn.batch itself")
+def batch_items(batch: Any) -> tuple | list:
+    """The batch's items, (*inputs, *targets); a batch that is not a tuple is an error (slicing a tensor would give
+    its rows as inputs and targets)."""
+    if not isinstance(batch, (tuple, list)):
+        raise TypeError(f"a batch is a tuple (*inputs, *targets); the loader gave a {type(batch).__name__}: build it "
+                        "on a TensorDataset(x, y) (dict batches: DataLoaders.from_dd or collate_dict), or own "
+                        "predict and get_loss in a callback that reads learn.batch itself")
+    return batch

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from ._course import course_hooks, course_names
-from .checks import (batch_type_error, check_callback_names, check_fit_args, check_learner_args, check_loaders,
+from .checks import (batch_items, check_callback_names, check_fit_args, check_learner_args, check_loaders,
                      check_new_callback, check_new_params, check_steps, empty_pass_error, misplaced_cancel_note)
 from .conveniences import Conveniences
 
@@ -172,17 +172,12 @@ class Learner(Conveniences):
     @property
     def xb(self) -> tuple:
         """The batch's inputs: its first `n_inp` items."""
-        return tuple(self._items()[:self.n_inp])
+        return tuple(batch_items(self.batch)[:self.n_inp])
 
     @property
     def yb(self) -> tuple:
         """The batch's targets: every item after the inputs."""
-        return tuple(self._items()[self.n_inp:])
-
-    def _items(self) -> tuple | list:
-        if not isinstance(self.batch, (tuple, list)):
-            raise batch_type_error(self.batch)
-        return self.batch
+        return tuple(batch_items(self.batch)[self.n_inp:])
 
     # --- the loop --------------------------------------------------------------------------------------------
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
