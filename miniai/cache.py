@@ -162,6 +162,10 @@ def _cached(name: str, path: str | os.PathLike | None) -> tuple[RawData, torch.T
         CACHE_STATS["memory_hits"] += 1
     else:
         file = _cache_file(name, key)
+        if source.kind == "saved" and file.parent.resolve().is_relative_to(Path(source.where).resolve()):
+            # its files would be part of the folder's key: never a hit, and a new 55 MB file in the data each call
+            raise ValueError(f"MINIAI_CACHE={file.parent} is inside the data folder {source.where}: point it "
+                             "elsewhere (or unset it for ~/.cache/miniai)")
         raw = _read_cache(file)
         if raw is not None:
             CACHE_STATS["disk_hits"] += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,15 @@ from .sources import VALID_SPLITS, check_split_classes
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
 
 
+_ORDERS = 2  # the seeded orders' rule: 1 seeded epoch e with seed + e, 2 with _epoch_seed(seed, e)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of epoch `epoch` of a loader seeded `seed`: mixed (a multiply by an odd 64-bit constant),
+    not `seed + epoch`, with which seed s + 1 walks seed s's orders one epoch later; in torch's seed range."""
+    return (seed * 0x9E3779B97F4A7C15 + epoch) % 2**64
+
+
 class TensorLoader:
     """Batches `(xb, yb)` by slicing in-memory tensors; shuffled epochs are reproducible and resumable.
 
@@ -27,15 +37,21 @@ class TensorLoader:
     - `seed=None` (default): each `iter()` draws its permutation from torch's global RNG (one int64 draw seeds a
       `torch.Generator` for `randperm`, as torch's `RandomSampler` does). So `set_seed(s)` before a fit reproduces
       it, in this process or a new one, and a checkpoint, which saves the global RNG state, resumes it exactly.
-    - `seed=<int>`: epoch e uses `torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))`, a pure
-      function of (seed, e) whatever the global RNG does. `epoch` counts `iter()` calls and `set_epoch(e)` sets
-      it; the Learner calls `set_epoch` before each training pass, so repeated fits replay the same orders.
-    `state_dict()` is {seed, epoch} (seed may be None). Every batch is a copy, so a transform may modify it in
-    place. A sharded shuffled loader (`shard`) needs a seed, the same on every rank; DDPCB gives it one.
+    - `seed=<int>`: epoch e's order is `torch.randperm(n, generator=...)` seeded by mixing seed and e
+      (`_epoch_seed`): a pure function of (seed, e) whatever the global RNG does; neighbouring seeds share no
+      order. `epoch` counts `iter()` calls and `set_epoch(e)` sets it; the Learner calls `set_epoch` before each
+      training pass, so repeated fits replay the same orders.
+    `state_dict()` is {seed, epoch, orders} (seed may be None; `orders` dates the rule for seeded orders). Every
+    batch is a copy, so a transform may modify it in place. A sharded shuffled loader (`shard`) needs a seed, the same on every rank; DDPCB gives it one.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 1024, shuffle: bool = False,
                  seed: int | None = None, drop_last: bool = False) -> None:
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}: convert them "
+                            "first (torch.as_tensor(x), torch.as_tensor(y))")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
         if len(x) != len(y):
             raise ValueError(f"x and y need the same length, got {len(x)} and {len(y)}")
         if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
@@ -75,7 +91,7 @@ class TensorLoader:
         if self.seed is None:
             raise ValueError("a TensorLoader with seed=None draws each order from torch's global RNG when iterated, "
                              "so no epoch has a fixed order: give the loader a seed (TensorLoader(..., seed=0))")
-        return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed + epoch))
+        return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(_epoch_seed(self.seed, epoch)))
 
     def _order(self, epoch: int) -> torch.Tensor:
         if self.seed is not None:
@@ -111,13 +127,17 @@ class TensorLoader:
                 yield self.x[b], self.y[b]
 
     def state_dict(self) -> dict[str, int | None]:
-        """{'seed', 'epoch'}: with a seed, enough to replay the same order from the next epoch on."""
-        return {"seed": self.seed, "epoch": self.epoch}
+        """{'seed', 'epoch', 'orders'}: with a seed, enough to replay the same order from the next epoch on."""
+        return {"seed": self.seed, "epoch": self.epoch, "orders": _ORDERS}
 
     def load_state_dict(self, state: dict[str, int | None]) -> None:
         """Restore `seed` (an int or None) and `epoch` from `state_dict()`."""
         self.seed = None if state["seed"] is None else int(state["seed"])
         self.epoch = int(state["epoch"])
+        if self.seed is not None and state.get("orders") != _ORDERS:
+            warnings.warn("this loader state was saved by an older miniai, whose seeded loaders ordered epoch e by "
+                          "seed + e: the orders from here on are this version's, so a resumed run does not walk the "
+                          "data exactly as the saved run would have", stacklevel=2)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next `iter()` run epoch `epoch` (as DistributedSampler.set_epoch); with a seed, its order."""
@@ -245,8 +265,8 @@ class DataLoaders:
         `valid`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last` and `sampler`: training
         only (`shuffle`, default True, too). With `as_tuple`, dict batches become tuples of the dataset's feature
         columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
-        `from_dd` do; when a transform renamed them (no longer all there), the batch's own columns in its order,
-        a label column (`label`, `labels`, `target`...) last. Splits whose ClassLabels name the classes
+        `from_dd` do; when a transform renamed them (no longer all there), or a split has no `features`, the
+        batch's own columns in its order; either way a label column (`label`, `labels`, `target`...) last. Splits whose ClassLabels name the classes
         differently are refused, as by `get_dls`.
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
@@ -319,9 +339,10 @@ _LABELS = ("label", "labels", "target", "targets", "y")  # what a batch of (*inp
 class _DictToTuple:
     """`collate_fn`, then a dict batch as the tuple of its `names` columns, the learner's (*inputs, *targets).
 
-    When a transform renamed columns (the Hugging Face docs' image -> pixel_values) the batch's own columns are
-    used, in their order but with a label column last (that transform leaves `(label, pixel_values)`). A class,
-    not a closure: loader workers started by spawn (macOS, Windows) must pickle it."""
+    A label column (`_LABELS`) goes last, wherever it was declared (features {'label', 'image'}, a CSV's order,
+    would feed the labels to the model). When a transform renamed columns (the Hugging Face docs' image ->
+    pixel_values), or there are no `names` (a split with no `features`: a torch Subset), the batch's own columns
+    are used, in their order. A class, not a closure: loader workers started by spawn (macOS, Windows) pickle it."""
 
     def __init__(self, names: list[str], collate_fn: Callable = default_collate, strict: bool = False) -> None:
         self.names, self.collate_fn, self.strict = names, collate_fn, strict
@@ -332,12 +353,11 @@ class _DictToTuple:
 
     def columns(self, batch: dict) -> list[str]:
         """The keys of a dict batch (or item) in the order of the tuple it becomes."""
-        if self.strict or all(k in batch for k in self.names):
-            return self.names
-        return sorted(batch, key=lambda k: k in _LABELS)  # (a stable sort)
+        names = self.names if self.names and (self.strict or all(k in batch for k in self.names)) else list(batch)
+        return sorted(names, key=lambda k: k in _LABELS)  # (a stable sort)
 
 
 def collate_dict(ds: Any) -> Callable[[list], tuple]:
     """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
-    `ds.features` order (e.g. `(images, labels)`), what a Learner's batch is. `DataLoaders.from_dd` does it too."""
+    `ds.features` order, a label column last (`(images, labels)`), what a Learner's batch is (as `from_dd`'s)."""
     return _DictToTuple(list(ds.features), strict=True)

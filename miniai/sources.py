@@ -120,6 +120,11 @@ def _files_under(d: Path) -> tuple[Path, ...]:
 def _dir_source(name: str, d: Path) -> tuple[Source | None, str]:
     """A source for directory `d`, or None and why it holds no usable data ("it lacks ...")."""
     if (d / "dataset_dict.json").is_file():
+        idx = _idx_files(d)[0] if _SPECS[name].idx else ()
+        if idx:  # which one is the data? (as for a .gz beside its plain copy)
+            raise DataNotFoundError(f"{d} holds both a saved DatasetDict (dataset_dict.json) and the IDX files "
+                                    f"{', '.join(f.name for f in idx)}: remove one of them (or move it to a folder "
+                                    "of its own), so the folder names one dataset")
         return Source(name, "saved", str(d), _files_under(d)), ""
     if not d.exists():
         return None, "it does not exist"
@@ -403,6 +408,9 @@ def _decode_idx(source: Source) -> RawData:
         if len(x) != len(y):
             raise IDXError(f"{f}: {len(y)} labels for {len(x)} images")
     for f, x, split in ((source.files[0], train_x, "training"), (source.files[2], valid_x, "validation")):
+        if 0 in x.shape[1:]:
+            raise IDXError(f"{f}: images of {x.shape[1]}x{x.shape[2]} pixels; an image has at least one row and "
+                           "one column. The file is damaged or was written wrong: fetch it again")
         if len(x) == 0:
             raise ValueError(f"{f} holds no images: the {split} split is empty. Put images in it (or, with no test "
                              "images, get_dls(holdout=N) validates on N held-out training images)")

@@ -260,7 +260,7 @@ def test_checkpoint_holds_model_optimizer_callbacks_loaders_rng_and_metrics(tmp_
     assert find_checkpoint(tmp_path).name == "epoch_0002.pt" and state["epoch"] == 2
     assert set(state["callbacks"]) == {"BatchSchedCB_0", "EarlyStoppingCB_0", "RecorderCB_0", "CheckpointCB_0"}
     assert state["callbacks"]["BatchSchedCB_0"]["n_steps"] == 2 * N_BATCHES
-    assert state["loaders"]["train"] == {"state_dict": {"seed": 3, "epoch": 2}}
+    assert state["loaders"]["train"] == {"state_dict": {"seed": 3, "epoch": 2, "orders": 2}}
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert [h["epoch"] for h in state["metrics"]["history"]] == [0, 0, 1, 1]
     assert state["optimizer_class"] == "AdamW" and state["optimizer"]["state"]

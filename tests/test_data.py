@@ -235,7 +235,7 @@ def test_unshuffled_loader_walks_in_order():
 def test_same_seed_same_order_and_documented_formula():
     a, b = loader(30, 7, shuffle=True, seed=5), loader(30, 7, shuffle=True, seed=5)
     assert [epoch_order(a).tolist() for _ in range(3)] == [epoch_order(b).tolist() for _ in range(3)]
-    assert torch.equal(a.permutation(4), torch.randperm(30, generator=torch.Generator().manual_seed(5 + 4)))
+    assert torch.equal(a.permutation(4), torch.randperm(30, generator=torch.Generator().manual_seed((5 * 0x9E3779B97F4A7C15 + 4) % 2**64)))
 
 
 def test_no_seed_draws_each_order_from_torch_global_rng_at_iter():
@@ -249,7 +249,7 @@ def test_no_seed_draws_each_order_from_torch_global_rng_at_iter():
     assert torch.equal(epoch_order(loader(50, 8, shuffle=True)), first)
     torch.manual_seed(43)
     assert not torch.equal(epoch_order(dl), first)
-    assert dl.seed is None and dl.state_dict() == {"seed": None, "epoch": 3}
+    assert dl.seed is None and dl.state_dict() == {"seed": None, "epoch": 3, "orders": 2}
 
 
 def test_no_seed_order_is_the_same_in_a_new_process():
@@ -290,7 +290,7 @@ def test_state_dict_resumes_next_epoch_order():
     dl = loader(40, 6, shuffle=True, seed=11)
     epoch_order(dl), epoch_order(dl)
     state = dl.state_dict()
-    assert state == {"seed": 11, "epoch": 2}
+    assert state == {"seed": 11, "epoch": 2, "orders": 2}
     resumed = loader(40, 6, shuffle=True, seed=999)
     resumed.load_state_dict(state)
     assert epoch_order(resumed).tolist() == epoch_order(dl).tolist()
@@ -929,3 +929,48 @@ def test_a_count_too_large_after_holdout_says_what_holdout_took(tmp_path):
     with pytest.raises(ValueError, match=r"^n_valid must be in 1..4, got 5: with holdout=4 the validation images are "
                                          "the 4 held out"):
         get_dls(path=d, holdout=4, n_valid=5)
+
+
+# ---------------------------------------------------------------- TensorLoader's arguments and seeds
+
+def test_neighbouring_seeds_walk_unrelated_orders():
+    """Epoch e was seeded seed + e, so seed=1 walked seed=0's orders one epoch later: a seed sweep shared its data
+    orders (4 of 5 epochs of a 5-epoch run)."""
+    x, y = torch.zeros(50, 1), torch.arange(50)
+
+    def order(seed, epoch):
+        dl = TensorLoader(x, y, bs=50, shuffle=True, seed=seed)
+        dl.set_epoch(epoch)
+        return next(iter(dl))[1]
+    orders = [order(s, e) for s in range(3) for e in range(4)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(orders) for b in orders[i + 1:])
+    assert torch.equal(order(7, 2), order(7, 2))
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -5, 10**30])
+def test_a_seed_of_any_int_walks_every_epoch(seed):
+    """seed + epoch overflowed torch's seed range: epoch 0 trained, epoch 1 failed (Overflow when unpacking)."""
+    dl = TensorLoader(torch.zeros(6, 1), torch.arange(6), bs=6, shuffle=True, seed=seed)
+    assert [sorted(next(iter(dl))[1].tolist()) for _ in range(3)] == [list(range(6))] * 3
+
+
+@pytest.mark.parametrize("x, y, seed, match", [
+    (np.zeros((4, 2), np.float32), np.arange(4), None, r"x and y must be tensors.*ndarray.*torch.as_tensor"),
+    (torch.zeros(4, 2), list(range(4)), None, r"x and y must be tensors.*list.*torch.as_tensor"),
+    (torch.zeros(4, 2), torch.arange(4), 1.7, r"seed must be an int or None, got 1.7"),
+    (torch.zeros(4, 2), torch.arange(4), True, r"seed must be an int or None, got True")])
+def test_tensorloader_refuses_what_it_would_misread(x, y, seed, match):
+    """NumPy arrays and lists failed at the first batch with AttributeErrors; seed=1.7 became 1 without a word."""
+    with pytest.raises((TypeError, ValueError), match=match):
+        TensorLoader(x, y, bs=2, shuffle=True, seed=seed)
+
+
+def test_a_seeded_state_of_the_old_order_rule_warns_that_resume_is_not_exact():
+    """A checkpoint of a loader whose epochs were seeded seed + e: the orders after resume are the new rule's."""
+    dl = loader(10, 5, shuffle=True, seed=0)
+    with pytest.warns(UserWarning, match=r"older miniai.*seed \+ e.*not walk the data exactly"):
+        dl.load_state_dict({"seed": 3, "epoch": 2})
+    assert (dl.seed, dl.epoch) == (3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dl.load_state_dict(dl.state_dict())

@@ -15,7 +15,7 @@ from miniai.data import DataLoaders, get_dls
 from miniai.idx import IDXError, read_idx
 from miniai.sources import FASHION_CLASSES
 from tests.synth import zip_record_start
-from tests.test_data import fake_fashion, fresh_caches, write_fashion_dir  # noqa: F401 -- (an autouse fixture)
+from tests.test_data import fake_fashion, fresh_caches, save_dd, write_fashion_dir  # noqa: F401 -- (an autouse fixture)
 
 
 def gray(n: int, size: int = 6, seed: int = 0) -> list:
@@ -342,3 +342,66 @@ def test_an_export_whose_normalize_holds_0_255_statistics_is_refused_as_it_loads
     norm.mean, norm.std = torch.tensor([72.9]), torch.tensor([90.0])  # what an older export may hold
     with pytest.raises(ValueError, match="0-1 scale"):
         pickle.loads(pickle.dumps(norm))
+
+
+# ---------------------------------------------------------------- found by a hostile read of the data path
+
+def test_from_dd_on_splits_without_features_keeps_every_column_label_last():
+    """A torch Subset of a split (no `.features`) made every batch the empty tuple (); the model then failed."""
+    from torch.utils.data import Subset
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"label": i, "x": torch.full((3,), float(i))}
+    dls = DataLoaders.from_dd({"train": Subset(Items(), range(6)), "test": Items()}, 4, shuffle=False)
+    xb, yb = next(iter(dls.train))
+    assert xb.shape == (4, 3) and torch.equal(yb, torch.arange(4)) and torch.equal(xb[:, 0], yb.float())
+
+
+def test_from_dd_puts_a_label_column_declared_first_last():
+    """features {'label', 'image'} (a Kaggle CSV's order) gave (labels, images) batches: the labels were the input."""
+    from datasets import ClassLabel, Features, Image
+    from datasets import Dataset, DatasetDict
+    feats = Features({"label": ClassLabel(names=list(FASHION_CLASSES)), "image": Image()})
+    ds = Dataset.from_dict({"label": [i % 10 for i in range(6)], "image": gray(6)}, features=feats)
+    dd = DatasetDict({"train": ds, "test": ds}).with_format("torch")
+    xb, yb = next(iter(DataLoaders.from_dd(dd, 3, shuffle=False).train))
+    assert xb.shape == (3, 1, 6, 6) and torch.equal(yb, torch.tensor([0, 1, 2]))
+    from miniai.data import collate_dict
+    xb, yb = collate_dict(ds)([{"label": 1, "image": torch.zeros(2)}, {"label": 2, "image": torch.ones(2)}])
+    assert torch.equal(yb, torch.tensor([1, 2])) and xb.shape == (2, 2)
+
+
+def test_a_folder_with_both_idx_files_and_a_saved_datasetdict_is_refused(tmp_path):
+    """The DatasetDict was read without a word, as if the four IDX files beside it were not there."""
+    raw = fake_fashion(n_train=8, n_valid=4)
+    d = save_dd(tmp_path / "both", {"train": (raw[0][:, None], raw[1]), "test": (raw[2][:, None], raw[3])},
+                "image", FASHION_CLASSES)
+    write_fashion_dir(d, fake_fashion())
+    with pytest.raises(sources.DataNotFoundError, match=r"both a saved DatasetDict \(dataset_dict.json\) and the "
+                                                         r"IDX files .*remove one"):
+        get_dls(path=d)
+
+
+def test_a_cache_folder_inside_a_saved_datasetdict_is_refused(tmp_path, monkeypatch):
+    """Each cache file written into the data folder changed the folder's cache key: never a hit, a new file a call."""
+    raw = fake_fashion(n_train=8, n_valid=4)
+    d = save_dd(tmp_path / "dd", {"train": (raw[0][:, None], raw[1]), "test": (raw[2][:, None], raw[3])},
+                "image", FASHION_CLASSES)
+    monkeypatch.setenv("MINIAI_CACHE", str(d))
+    before = sorted(os.listdir(d))
+    with pytest.raises(ValueError, match=r"MINIAI_CACHE=.* is inside the data folder .*: point it elsewhere"):
+        get_dls(path=d)
+    assert sorted(os.listdir(d)) == before
+
+
+def test_idx_images_of_no_pixels_are_refused_naming_the_file(tmp_path):
+    """0x0 images passed every IDX check and failed later as 'Normalize needs ... std [nan]'."""
+    from miniai.idx import write_idx
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion())
+    write_idx(d / "train-images-idx3-ubyte.gz", torch.zeros(40, 0, 0, dtype=torch.uint8))
+    with pytest.raises(IDXError, match=r"train-images-idx3-ubyte.gz: images of 0x0 pixels"):
+        get_dls(path=d)

@@ -216,3 +216,13 @@ def test_metric_classes_passed_positionally_are_named_after_themselves():
     metrics = pytest.importorskip("torcheval.metrics")
     with pytest.raises(TypeError, match=r"metric 'MulticlassAccuracy' is the class MulticlassAccuracy"):
         MetricsCB(metrics.MulticlassAccuracy, metrics.MulticlassF1Score)
+
+
+def test_an_unbatched_loader_is_refused_with_the_fix():
+    """DataLoader(batch_size=None) yields single items: MetricsCB failed with IndexError: tuple index out of range."""
+    x, y = classifier_data(16)
+    dls = DataLoaders(DataLoader(TensorDataset(x, y), batch_size=None), TensorLoader(x, y, 5))
+    learn = TrainLearner(nn.Linear(5, 4), dls, F.cross_entropy, lr=0.1, cbs=[MetricsCB(accuracy=Accuracy())])
+    with pytest.raises(ValueError, match=r"target of this batch is a 0-dim tensor.*batch_size"), \
+            contextlib.redirect_stdout(io.StringIO()):
+        learn.fit(1)

@@ -141,6 +141,9 @@ class MetricsCB(Callback):
             target = self._odd_target(batch, n_inp)
         preds = learn.preds
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
+            if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
+                raise ValueError("the target of this batch is a 0-dim tensor: the loader yields single items, not "
+                                 "batches (DataLoader(..., batch_size=None)?). Give it a batch_size")
             preds, n, numel = preds.detach(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
             # for a metric of the user's that takes them
