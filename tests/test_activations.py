@@ -88,6 +88,20 @@ def test_append_stats_matches_a_direct_computation():
     assert torch.equal(hists[0], x.abs().histc(40, 0, 10))
 
 
+@pytest.mark.parametrize("scale, shape", [(1e18, (16, 1000)), (1e30, (8, 5)), (1e-30, (64, 5)), (1.0, (1,)),
+                                          (1.0, (0, 3))])
+@pytest.mark.filterwarnings("ignore:std.. degrees of freedom")
+def test_append_stats_std_of_huge_tiny_single_and_empty_activations_is_torchs(scale, shape):
+    """A float32 sum of squares overflowed: exploding but finite activations (std 1e18) were recorded as std inf,
+    so the curve left the plot as the layer blew up; one value gave std 0, none -0.0 (torch.std: NaN)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * scale
+    ident = nn.Identity()
+    with Hook(ident, append_stats) as hook:
+        ident(x)
+    expected = x.double().std().float()
+    assert torch.allclose(hook.stats[1][0], expected, rtol=1e-4, atol=0, equal_nan=True)
+
+
 # values on and around bin edges, beyond the range, below a positive low, inf and NaN: histc's rules at each
 _EDGY = st.one_of(st.sampled_from([0.0, 0.25, 2.5, 9.75, 10.0, 10.25, 1e30, float("inf"), float("nan")]),
                   st.integers(-44, 44).map(lambda k: k / 4), st.floats(-12, 12, width=32))

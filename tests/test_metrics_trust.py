@@ -226,3 +226,26 @@ def test_an_unbatched_loader_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"target of this batch is a 0-dim tensor.*batch_size"), \
             contextlib.redirect_stdout(io.StringIO()):
         learn.fit(1)
+
+
+@pytest.mark.parametrize("loss_func", [
+    nn.CrossEntropyLoss(weight=torch.tensor([1.0, 5.0, 10.0, 0.5])),
+    nn.CrossEntropyLoss(weight=torch.tensor([1.0, 5.0, 10.0, 0.5]), label_smoothing=0.1),
+    partial(F.cross_entropy, weight=torch.tensor([2.0, 1.0, 3.0, 4.0]), ignore_index=1),
+    nn.NLLLoss(weight=torch.tensor([1.0, 5.0, 10.0, 0.5]))])
+def test_scoring_through_get_preds_logs_a_class_weighted_loss_as_a_fit_does(loss_func):
+    """get_preds(cbs=[MetricsCB()], with_loss=True) averaged the per-item losses by count; reduction='mean' of a
+    class-weighted loss divides by the targets' weights: 6.06 was logged for a loss of 1.24."""
+    x, y = classifier_data(50)
+    model = nn.Sequential(nn.Linear(5, 4), nn.LogSoftmax(1)) if isinstance(loss_func, nn.NLLLoss) else nn.Linear(5, 4)
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
+    fitted = MetricsCB(accuracy=Accuracy())
+    learn = TrainLearner(model, dls, loss_func, lr=0.1, cbs=[fitted])
+    evaluate(learn)
+    scored = MetricsCB(accuracy=Accuracy())
+    learn.get_preds(dls.valid, with_loss=True, cbs=[scored])
+    with torch.no_grad():  # the fit's own rule: each batch's mean loss, weighted by its items
+        batches = [(loss_func(model(xb), yb).item(), len(yb)) for xb, yb in dls.valid]
+    expected = sum(v * n for v, n in batches) / sum(n for _, n in batches)
+    assert fitted.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+    assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)

@@ -122,12 +122,7 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
     if flat.dtype != torch.float32:  # half, bfloat16 (and float64) outputs are summarized in float32
         flat = flat.float()
     mean = flat.mean()
-    # two passes, the mean, then the deviations and their dot product with themselves (a vectorized BLAS sum of
-    # squares, in float32: a relative error near 1e-5 over millions of values, where torch.std_mean's is 1e-7;
-    # plenty for a plot), far faster on the CPU, where std_mean's one-pass Welford loop is not vectorized
-    dev = flat - mean
-    std = torch.dot(dev, dev).div_(flat.numel() - 1).sqrt_()
-    del dev  # before the histogram's temporaries: the heap reuses its memory
+    std = _std(flat, mean)
     record, n = getattr(hook, "record", None), getattr(hook, "n_recorded", 0)
     if record is None or n == len(record) or record.device != flat.device or record.shape[1] != bins + 2:
         grown = torch.empty(max(64, 2 * n), bins + 2, device=flat.device)
@@ -140,6 +135,26 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
         hook.stats = ([], [], [])
     for entries, view in zip(hook.stats, (record[n, 0], record[n, 1], record[n, 2:])):
         entries.append(view)
+
+
+def _std(flat: Tensor, mean: Tensor) -> Tensor:
+    """`flat.std()` (NaN for fewer than two values), from its `mean`, on `flat`'s device without waiting for it.
+
+    On the CPU: the deviations' dot product with themselves (a vectorized BLAS sum of squares in float32, a relative
+    error near 1e-5 over millions of values, plenty for a plot), far faster than std's one-pass Welford loop, which
+    is not vectorized. Its squares overflow float32 for deviations past 1e19 in all and underflow below 1e-19, just
+    where a layer explodes or dies: reading the sum costs nothing on the CPU, so one outside (1e-30, 1e37) is done
+    again with the deviations scaled by their largest first, as it is on a GPU (where reading it would wait)."""
+    n = flat.numel()
+    if n < 2:
+        return torch.full((), math.nan, device=flat.device)
+    dev = flat - mean
+    if flat.device.type == "cpu":
+        squares = torch.dot(dev, dev)
+        if 1e-30 < float(squares) < 1e37 or not dev.any():  # (all equal: 0, exactly)
+            return squares.div_(n - 1).sqrt_()
+    scale = dev.abs().amax().clamp_(min=torch.finfo(dev.dtype).tiny)  # (all equal: dev / tiny is 0, still)
+    return torch.linalg.vector_norm(dev.div_(scale)).mul_(scale).div_(math.sqrt(n - 1))
 
 
 def get_hist(hook: Hook) -> Tensor:

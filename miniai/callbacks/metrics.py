@@ -268,10 +268,16 @@ def _loss_mask(loss: torch.Tensor, target: Any, ignore_index: int | None) -> tor
 
 
 def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
-    """A batch's per-item (or per-position) losses as the batch's loss: their mean over the positions whose
-    integer target is not the loss's ignore_index, as reduction='mean' and get_preds leave those out."""
+    """A batch's per-item (or per-position) losses as the batch's loss, as reduction='mean' takes it: their mean
+    over the positions whose integer target is not the loss's ignore_index, and for a loss with class weights
+    (`weight`) their sum over the counted targets' weights."""
     loss = loss.float()
     mask = _loss_mask(loss, target, _ignored_target(loss_func))
+    weight = getattr(loss_func, "keywords", {}).get("weight", getattr(loss_func, "weight", None))
+    if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \
+            and target.shape == loss.shape:  # (soft targets: torch divides by the item count)
+        counted = weight.to(loss.device, torch.float32)[target if mask is None else target.where(mask, 0)]
+        return loss.sum() / (counted if mask is None else counted * mask).sum()
     if mask is not None:  # (no position counted: NaN, as torch's mean loss is)
         return (loss * mask).sum() / mask.sum()
     return loss.mean()
