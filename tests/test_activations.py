@@ -90,7 +90,7 @@ def test_append_stats_matches_a_direct_computation():
 
 @pytest.mark.parametrize("scale, shape", [(1e18, (16, 1000)), (1e30, (8, 5)), (1e-30, (64, 5)), (1.0, (1,)),
                                           (1.0, (0, 3))])
-@pytest.mark.filterwarnings("ignore:std.. degrees of freedom")
+@pytest.mark.filterwarnings("ignore:std... degrees of freedom")  # (torch.std of one value, expected)
 def test_append_stats_std_of_huge_tiny_single_and_empty_activations_is_torchs(scale, shape):
     """A float32 sum of squares overflowed: exploding but finite activations (std 1e18) were recorded as std inf,
     so the curve left the plot as the layer blew up; one value gave std 0, none -0.0 (torch.std: NaN)."""
