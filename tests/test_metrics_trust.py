@@ -249,3 +249,19 @@ def test_scoring_through_get_preds_logs_a_class_weighted_loss_as_a_fit_does(loss
     expected = sum(v * n for v, n in batches) / sum(n for _, n in batches)
     assert fitted.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
     assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_accuracys_multi_label_advice_gives_the_threshold_logits_need():
+    """The advice named MultilabelAccuracy, whose default threshold 0.5 misreads the logits MetricsCB passes it."""
+    from torcheval.metrics import MultilabelAccuracy
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    y = (torch.rand(64, 4, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
+    model = nn.Linear(8, 4)
+    learn = TrainLearner(model, dls, F.binary_cross_entropy_with_logits, lr=0.1, cbs=[MetricsCB(acc=Accuracy())])
+    with pytest.raises(ValueError, match=r"MultilabelAccuracy\(threshold=0\) in MetricsCB for logits"):
+        evaluate(learn)
+    advised = MetricsCB(acc=MultilabelAccuracy(threshold=0, criteria="hamming"))  # as the message says
+    evaluate(TrainLearner(model, dls, F.binary_cross_entropy_with_logits, lr=0.1, cbs=[advised]))
+    with torch.no_grad():
+        assert advised.last["valid_acc"] == pytest.approx(((model(x) > 0).float() == y).float().mean().item())

@@ -445,10 +445,11 @@ def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
         fix = "targets kept as a column: pass target.squeeze(1)"
     elif target.shape == preds.shape and classes > 1:
         fix = ("targets one-hot or probabilities: pass target.argmax(1), the class ids (for a multi-label model, "
-               "use torcheval's MultilabelAccuracy in MetricsCB)")
+               "use torcheval's MultilabelAccuracy(threshold=0) in MetricsCB for logits, its default 0.5 for "
+               "probabilities)")
     elif target.shape == preds.shape:
         fix = ("preds are scores, not labels: for a binary or multi-label model pass (preds > 0.5).long() "
-               "(probabilities) or (preds > 0).long() (logits), or use torcheval's BinaryAccuracy in MetricsCB")
+               "(probabilities) or (preds > 0).long() (logits), or use torcheval's BinaryAccuracy(threshold=0) (logits; 0.5 for probabilities) in MetricsCB")
     else:
         fix = "their shapes don't match"
     return (f"Accuracy needs class scores (N, C, ...) with class ids (N, ...), or integer labels of the targets' "
