@@ -421,3 +421,44 @@ def test_an_infinite_range_is_refused_as_histc_refuses_it():
     """range=(0, inf) was accepted: every finite value counted in bin 0, an inf activation crashed in bincount."""
     with pytest.raises(ValueError, match="finite range"):
         ActivationStats(range=(0.0, float("inf")))
+
+
+# ---------------------------------------------------------------- found by a hostile read of the diagnostics
+
+def test_an_evaluation_keeps_the_last_training_fits_records_when_validation_is_recorded_too():
+    """With on_valid=True, fit(train=False) replaced two epochs' 10 records by its own 2, against the README."""
+    cb = ActivationStats(lambda m: isinstance(m, nn.Linear), on_valid=True)
+    learn = learner(mlp(), [cb])
+    learn.fit(2)
+    before = [s[0].clone() for s in cb.stats]
+    learn.fit(1, train=False)
+    assert [len(m) for m in before] == [10] * 3 and all(torch.equal(a, s[0]) for a, s in zip(before, cb.stats))
+    only_valid = ActivationStats(lambda m: isinstance(m, nn.Linear), on_train=False, on_valid=True)
+    learner(mlp(), [only_valid]).fit(1, train=False)  # a callback recording validation only: what it is for
+    assert [len(s[0]) for s in only_valid.stats] == [2] * 3
+
+
+def test_hooks_that_fail_to_register_leave_none_behind_and_name_the_module():
+    """A ScriptModule in the model: Hooks registered the modules before it, then torch refused it; those hooks
+    stayed on the model for good (neither `with` nor cleanup_fit could reach them), in summary and ActivationStats."""
+    model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), torch.jit.script(nn.ReLU()), nn.Linear(8, 1))
+    plain = [m for m in model.modules() if not isinstance(m, torch.jit.ScriptModule)]
+    with pytest.raises(RuntimeError, match=r"could not hook modules\[3\] \(RecursiveScriptModule\).*mod_filter"):
+        Hooks(model.modules(), record_calls)
+    assert sum(len(m._forward_hooks) for m in plain) == 0
+    with pytest.raises(RuntimeError, match="could not hook"):
+        learner(model, [ActivationStats()]).fit(1)
+    assert sum(len(m._forward_hooks) for m in plain) == 0
+
+
+def test_activation_stats_that_can_record_nothing_is_refused_and_plots_need_records():
+    """on_train=False, on_valid=False fitted without a word; every plot drew an empty figure, before any fit too."""
+    with pytest.raises(ValueError, match="records nothing.*on_train.*on_valid"):
+        ActivationStats(on_train=False, on_valid=False)
+    cb = ActivationStats()
+    for plot in (cb.color_dim, cb.dead_chart, cb.plot_stats):
+        with pytest.raises(ValueError, match="nothing recorded yet: fit with it in the learner's callbacks"):
+            plot()
+    learner(mlp(), [cb]).fit(1)
+    assert all(isinstance(plot(), Figure) for plot in (cb.color_dim, cb.dead_chart, cb.plot_stats))
+    plt.close("all")

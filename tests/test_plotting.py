@@ -60,7 +60,10 @@ def test_a_colour_map_chosen_by_the_user_is_kept_and_figsize_sizes_a_grid():
     assert show_image(im, cmap="magma").axes[0].images[0].get_cmap().name == "magma"
     assert tuple(show_images([im] * 4, figsize=(8, 2)).get_size_inches()) == (8, 2)
     from miniai.callbacks.activations import ActivationStats
-    assert tuple(ActivationStats().dead_chart(figsize=(11, 5)).get_size_inches()) == (11, 5)
+    from tests.synth import tiny_learner
+    stats = ActivationStats()
+    tiny_learner([stats]).fit(1)
+    assert tuple(stats.dead_chart(figsize=(11, 5)).get_size_inches()) == (11, 5)
 
 
 def test_raw_pixels_and_labels_are_drawn_as_given():

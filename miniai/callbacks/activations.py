@@ -60,7 +60,14 @@ class Hooks(list):
     def __init__(self, modules: nn.Module | Iterable[nn.Module], fn: HookFn) -> None:
         if isinstance(modules, nn.Module):
             modules = modules.children()
-        super().__init__(Hook(m, fn) for m in modules)
+        super().__init__()
+        for i, m in enumerate(modules):
+            try:
+                self.append(Hook(m, fn))
+            except Exception as e:  # (a ScriptModule): those registered already must not stay on the model
+                self.remove()
+                raise RuntimeError(f"could not hook modules[{i}] ({type(m).__name__}): {e}. Leave it out (mod_filter, "
+                                   "or mods=[...] of the modules to hook)") from e
 
     def __enter__(self) -> Hooks:
         return self
@@ -228,6 +235,9 @@ class HooksCallback(Callback):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every is the step between recorded batches, a whole number >= 1 (1: every batch); "
                              f"got {every!r}")
+        if not (on_train or on_valid):
+            raise ValueError(f"{type(self).__name__}(on_train=False, on_valid=False) records nothing: set on_train "
+                             "(training batches) or on_valid (validation batches)")
         self.hookfunc, self.mod_filter, self.every = hookfunc, mod_filter, every
         self.mods = None if mods is None else list(mods)  # a generator would serve only the first fit
         self.on_train, self.on_valid = on_train, on_valid
@@ -240,8 +250,12 @@ class HooksCallback(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self.hooks.remove()  # never two sets of hooks on a model, whatever happened before
-        if not (self.on_train and "train" in learn.passes or self.on_valid and "valid" in learn.passes):
-            return  # nothing to record (an evaluation, fit(train=False)): the last fit's records stay
+        if "train" in learn.passes:
+            records = self.on_train or self.on_valid and "valid" in learn.passes
+        else:  # an evaluation, fit(train=False): the last training fit's records stay, unless only validation is
+            records = self.on_valid and not self.on_train  # recorded (what such a callback is for)
+        if not records:
+            return
         mods = list(self.mods) if self.mods is not None else [m for m in learn.model.modules() if self.mod_filter(m)]
         ours = {id(m) for m in learn.model.modules()}
         stray = next((i for i, m in enumerate(mods) if id(m) not in ours), None)
@@ -359,6 +373,13 @@ class ActivationStats(HooksCallback):
         rows = hook.record[:n].cpu()  # the one copy to the host
         return rows[:, 0], rows[:, 1], rows[:, 2:]
 
+    def _recorded(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """`stats`, for a plot: an error when nothing was recorded (an empty figure would say nothing of why)."""
+        if not any(len(means) for means, _, _ in self.stats):
+            raise ValueError("ActivationStats: nothing recorded yet: fit with it in the learner's callbacks "
+                             "(learn.fit(1, cbs=[stats])), then plot")
+        return self.stats
+
     @property
     def labels(self) -> list[str]:
         """One name per hooked layer, for legends and titles: its index and class."""
@@ -370,12 +391,12 @@ class ActivationStats(HooksCallback):
             raise ValueError(f"dead units are the activations at 0, which are counted in the lowest bin only when the "
                              f"histogram starts at 0, and this one starts at {self.range[0]:g} (range={self.range}): "
                              f"record with range=(0, {self.range[1]:g})")
-        return [hists[:, 0] / hists.sum(1) for _, _, hists in self.stats]
+        return [hists[:, 0] / hists.sum(1) for _, _, hists in self._recorded()]
 
     def color_dim(self, figsize: tuple[float, float] | None = None) -> Any:
         """The log-histogram of |activations| per layer (bins up, batches right): the "colorful dimension"."""
         from ..plotting import plot_color_dim  # matplotlib is imported only when a plot is asked for
-        return plot_color_dim([h for _, _, h in self.stats], self.range, self.labels, figsize=figsize)
+        return plot_color_dim([h for _, _, h in self._recorded()], self.range, self.labels, figsize=figsize)
 
     def dead_chart(self, ax: Any = None, figsize: tuple[float, float] = (6, 4)) -> Any:
         """Share of activations in the lowest bin (|x| below its upper edge: 0.25 with the default range and bins) per
@@ -387,5 +408,6 @@ class ActivationStats(HooksCallback):
     def plot_stats(self, figsize: tuple[float, float] = (10, 4)) -> Any:
         """Means (left) and stds (right) of the activations per layer over batches."""
         from ..plotting import plot_act_stats
-        return plot_act_stats([m for m, _, _ in self.stats], [s for _, s, _ in self.stats], self.labels,
+        stats = self._recorded()
+        return plot_act_stats([m for m, _, _ in stats], [s for _, s, _ in stats], self.labels,
                               figsize=figsize)
