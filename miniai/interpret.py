@@ -6,6 +6,7 @@ The drawing lives in `miniai.plotting`, imported only when a plot is asked for; 
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -47,9 +48,12 @@ class Interpretation:
         n_out = probs.shape[1]
         # each read once; with no targets there is nothing to check
         low, high = (int(targets.min()), int(targets.max())) if len(targets) else (0, -1)
-        if low < 0 or high >= n_out:
-            bad = high if high >= n_out else low
-            raise ValueError(f"Interpretation: the targets hold class {bad}, but the model gives {n_out} outputs "
+        if low < 0:  # -100, the loss's default ignore_index: items a loss leaves out, which have no class to show
+            raise ValueError(f"Interpretation: {int((targets < 0).sum())} negative target(s), e.g. {low}, are no "
+                             "class: the loss's ignore_index (-100 by default), for items it leaves out. "
+                             "Interpretation needs a class for every item: leave those items out of the loader")
+        if high >= n_out:
+            raise ValueError(f"Interpretation: the targets hold class {high}, but the model gives {n_out} outputs "
                              f"(classes 0..{n_out - 1}); check that the model's head and the data match")
         if classes is not None and len(classes) != n_out:
             raise ValueError(f"Interpretation: {len(classes)} class names for {n_out} outputs: pass the names of "
@@ -80,6 +84,8 @@ class Interpretation:
 
     def top_losses(self, k: int | None = None, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The `k` highest per-item losses (all by default; lowest with largest=False) and the items' indices."""
+        if k is not None:
+            _check_count(k, "top_losses: k")
         return self.losses.topk(len(self.losses) if k is None else min(k, len(self.losses)), largest=largest)
 
     def plot_confusion_matrix(self, normalize: bool = False, ax: Any = None, **kwargs: Any) -> Any:
@@ -96,6 +102,7 @@ class Interpretation:
 
     def show_results(self, n: int = 9, **kwargs: Any) -> Any:
         """The first `n` items titled actual/predicted (green when right, red when wrong); returns the Figure."""
+        _check_count(n, "show_results: n")
         return self._grid(torch.arange(min(n, len(self.targets))), None, "show_results", **kwargs)
 
     def _grid(self, idx: torch.Tensor, notes: list[str] | None, what: str, **kwargs: Any) -> Any:
@@ -104,6 +111,11 @@ class Interpretation:
             raise ValueError(f"{what}: no items to show (k or n is 0, or the loader was empty)")
         return show_predictions(_images(self.inputs, what)[idx], _names(self.classes, self.targets[idx]),
                                 _names(self.classes, self.predicted[idx]), notes, **kwargs)
+
+
+def _check_count(n: Any, what: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"{what} is how many items, an int >= 1; got {n!r}")
 
 
 def _head(dl: Iterable[Any], n: int) -> Iterator[Any]:
@@ -119,6 +131,7 @@ def _head(dl: Iterable[Any], n: int) -> Iterator[Any]:
 def show_results(learn: Learner, n: int = 9, dl: Iterable[Any] | None = None, **kwargs: Any) -> Any:
     """The first `n` items of `dl` (default `learn.dls.valid`), titled actual/predicted; predicts only those batches.
     Returns the Figure."""
+    _check_count(n, "show_results: n")
     dl = dl if dl is not None else getattr(getattr(learn, "dls", None), "valid", None)
     if dl is None:
         raise ValueError("show_results needs a loader: learn.dls has no valid loader, so pass dl=...")

@@ -200,3 +200,22 @@ def test_from_learner_with_a_loss_that_gives_no_per_item_losses_names_the_call_m
     learn.loss_func = lambda p, t: F.cross_entropy(p, t)
     with pytest.raises(TypeError, match=r"Interpretation.from_learner.*one loss per item.*<lambda>.*reduction"):
         Interpretation.from_learner(learn)
+
+
+def test_ignored_targets_are_named_as_such_not_blamed_on_the_model():
+    """A target of -100 (the loss's ignore_index) was reported as 'class -100 ... check the model's head'."""
+    probs, losses = torch.full((3, 3), 1 / 3), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"1 negative target\(s\), e.g. -100, are no class: the loss's ignore_index.*leave those items "
+                                         r"out"):
+        Interpretation(None, probs, torch.tensor([0, -100, 2]), losses)
+
+
+@pytest.mark.parametrize("k", [-1, 2.5, True, "3"])
+def test_counts_of_items_to_show_must_be_whole_and_positive(k):
+    """-1 gave 'selected index k out of range', 2.5 topk's TypeError, -3 in show_results a range error."""
+    interp = known()
+    for call in (interp.top_losses, interp.plot_top_losses, interp.show_results):
+        with pytest.raises(ValueError, match=rf"is how many items, an int >= 1; got {k!r}"):
+            call(k)
+    with pytest.raises(ValueError, match=r"is how many items, an int >= 1"):
+        image_learner().show_results(k)
