@@ -462,3 +462,13 @@ def test_activation_stats_that_can_record_nothing_is_refused_and_plots_need_reco
     learner(mlp(), [cb]).fit(1)
     assert all(isinstance(plot(), Figure) for plot in (cb.color_dim, cb.dead_chart, cb.plot_stats))
     plt.close("all")
+
+
+def test_a_single_batch_check_is_seen_by_every_recorder():
+    """SingleBatchCB (order 1) cancelled before RecorderCB (25) read the batch: its lr record was empty while
+    ActivationStats held the batch, though the callbacks' table said it cancelled 'once the others have seen it'."""
+    from miniai.callbacks import RecorderCB, SingleBatchCB
+    from miniai.callbacks.scheduling import _lr
+    stats, rec = ActivationStats(lambda m: isinstance(m, nn.Linear)), RecorderCB(lr=_lr)
+    learner(mlp(), [stats, rec]).fit(1, cbs=[SingleBatchCB()])
+    assert [len(s[0]) for s in stats.stats] == [1] * 3 and rec.recs["lr"] == [0.01]

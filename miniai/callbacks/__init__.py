@@ -16,7 +16,6 @@
 |   0   | TrainCB, (default)  |                                                                    |
 |   0   | HooksCallback,      | order does not matter: the hooks fire inside the model's forward;  |
 |       | ActivationStats     | they are registered at before_fit and removed at cleanup_fit       |
-|   1   | SingleBatchCB       | cancels after the first batch, once the others have seen it        |
 |   5   | TerminateOnNaNCB    | at after_loss, before the backward; at after_epoch, before         |
 |       |                     | CheckpointCB could save a broken model                             |
 |  10   | MetricsCB           | after callbacks that change preds/loss; before those reading results|
@@ -36,6 +35,8 @@
 |       |                     | training batch, so CheckpointCB still saves the last epoch         |
 |  80   | CheckpointCB        | saves at the epoch's last pass's cleanup_epoch, after everyone     |
 |       |                     | above (schedulers, early stopping): their state is the epoch's end |
+| 100   | SingleBatchCB       | cancels after the first batch, once every after_batch reader above |
+|       |                     | (metrics, recorders, loggers) has seen it                          |
 | 1000  | ResumeCB            | made by fit(resume=...): loads the checkpoint after every other    |
 |       |                     | before_fit (schedulers built, model moved, optimizer final)        |
 

@@ -210,7 +210,7 @@ class TrainCB(Callback):
 
 class SingleBatchCB(Callback):
     """Stop the fit after the first batch: a quick check that model, data and callbacks fit together."""
-    order = 1
+    order = 100  # after every after_batch reader (metrics, recorders, loggers): each sees the one batch
 
     def after_batch(self, learn: Learner) -> None:
         raise CancelFitException()
