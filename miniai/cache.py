@@ -132,7 +132,9 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _normalize(train_x: torch.Tensor, valid_x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> Normalized:
     scale, shift = (1 / (255 * std)).view(1, -1, 1, 1), (mean / std).view(1, -1, 1, 1)
     # (x/255 - mean)/std, done in place on one float copy
-    return Normalized(*(x.to(torch.float32).mul_(scale).sub_(shift) for x in (train_x, valid_x)), mean, std)
+    # mean and std copied too: they may be the cache's own, and a caller may edit what it is handed
+    return Normalized(*(x.to(torch.float32).mul_(scale).sub_(shift) for x in (train_x, valid_x)), mean.clone(),
+                      std.clone())
 
 
 def _check_spread(mean: torch.Tensor, std: torch.Tensor, what: str) -> None:

@@ -170,8 +170,9 @@ class Normalize:
     """
 
     def __init__(self, mean: Any, std: Any) -> None:
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        # copies: as_tensor would share the caller's tensors, whose later edits would change this normalization
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1).clone()
+        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1).clone()
         self._check()
 
     def __setstate__(self, state: dict) -> None:

@@ -405,3 +405,20 @@ def test_idx_images_of_no_pixels_are_refused_naming_the_file(tmp_path):
     write_idx(d / "train-images-idx3-ubyte.gz", torch.zeros(40, 0, 0, dtype=torch.uint8))
     with pytest.raises(IDXError, match=r"train-images-idx3-ubyte.gz: images of 0x0 pixels"):
         get_dls(path=d)
+
+
+def test_editing_the_normalization_handed_out_changes_no_later_get_dls(tmp_path):
+    """The pixels were copied per call, but dls.normalize's mean and std were the cache's own tensors: `std += 0.05`
+    on one run's statistics renormalized every later get_dls() of the process."""
+    d = write_fashion_dir(tmp_path / "fm", fake_fashion())
+    dls = get_dls(path=d, bs=8)
+    first = dls.train.x.clone()
+    dls.normalize.std += 0.05
+    dls.normalize.mean *= 255
+    again = get_dls(path=d, bs=8)
+    assert torch.equal(again.train.x, first) and float(again.normalize.mean) < 1
+    from miniai.data import Normalize
+    mean = torch.tensor([0.5])
+    norm = Normalize(mean, torch.tensor([0.25]))
+    mean += 0.25
+    assert norm.mean.tolist() == [0.5]
