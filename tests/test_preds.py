@@ -826,3 +826,42 @@ def test_per_item_tensors_of_one_fixed_shape_or_of_several_kinds_are_per_item():
             learn = TrainLearner(PerItem(make), DataLoaders(None, None), lambda p, t: x.sum())
             preds, _ = learn.get_preds(dl=[(x[i:i + bs], x[i:i + bs]) for i in range(0, 4, bs)])
             assert [tuple(p.shape) for p in preds] == [tuple(make(int(i)).shape) for i in x[:, 0]]
+
+
+class _Reshuffled(torch.utils.data.IterableDataset):
+    """A stream in another order each pass (a shuffle buffer): nothing on the loader says it shuffles."""
+
+    def __init__(self, *tensors):
+        self.tensors, self.passes = tensors, 0
+
+    def __iter__(self):
+        self.passes += 1
+        order = torch.randperm(len(self.tensors[0]), generator=torch.Generator().manual_seed(self.passes))
+        return (tuple(t[i] for t in self.tensors) for i in order.tolist())
+
+
+@pytest.mark.parametrize("slots", ["x", "x_y_ids", "x_zeros"])
+def test_tta_refuses_a_loader_whose_order_changes_between_passes_whatever_its_targets(slots):
+    """Only a single target tensor was compared between passes: with (x,), (x, y, ids) or all-equal targets a
+    reordering stream had item i's plain probabilities averaged with another item's flipped ones, silently."""
+    learn = image_learner()
+    x, y = learn.dls.valid.x, learn.dls.valid.y
+    tensors = {"x": (x,), "x_y_ids": (x, y, torch.arange(len(x))), "x_zeros": (x, torch.zeros_like(y))}[slots]
+    with pytest.raises(ValueError, match="another order for an augmented copy than for the plain pass"):
+        learn.tta(dl=DataLoader(_Reshuffled(*tensors), 8))
+
+
+def test_tta_on_a_one_shot_iterator_says_it_needs_a_loader_it_can_walk_again():
+    """A generator (or iter(dl)) was used up by the plain pass: 'yielded no batches (an empty dataset...)'."""
+    learn = image_learner()
+    with pytest.raises(ValueError, match=r"tta walks the loader 2 times.*one-shot iterator.*pass the loader itself"):
+        learn.tta(dl=iter(learn.dls.valid))
+    assert torch.equal(learn.tta(dl=iter(learn.dls.valid), n=0)[0], learn.tta(n=0)[0])  # one pass: fine
+
+
+def test_tta_names_itself_in_the_warning_about_callbacks_left_out():
+    class Spy(Callback):
+        def before_batch(self, learn):
+            pass
+    with pytest.warns(UserWarning, match=r"^tta leaves out Spy"):
+        image_learner([Spy()]).tta()

@@ -17,7 +17,7 @@ import copy
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -452,29 +452,64 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n is the number of augmented copies, an int >= 0; got {n!r}")
     dl = _loader(learn, dl)
+    if n and isinstance(dl, Iterator):  # (a generator, iter(dl), map(...)): the plain pass would use it up
+        raise ValueError(f"tta walks the loader {n + 1} times (the plain pass and {n} augmented), and a one-shot "
+                         f"iterator ({type(dl).__name__}) gives its batches once: pass the loader itself")
     if n and _shuffled(dl):
         raise ValueError("tta averages each item's probabilities over several passes, so the loader must give the "
                          "items in the same order each time: pass an unshuffled one (shuffle=False), e.g. dls.valid")
     tfm = RandomFlip(p=1.0) if tfms is None else tfms if callable(tfms) else Compose(*tfms)
     with kept(learn, [dl]):
-        plain = _GatherPreds(act=torch.softmax)
-        prediction_pass(learn, dl, [plain])
+        plain, plain_items = _GatherPreds(act=torch.softmax), _ItemSums()
+        prediction_pass(learn, dl, [plain_items, plain], who="tta")
         probs, targets = plain.result()
         if n == 0:
             return probs, targets
         total = probs.clone()
         for _ in range(n):
-            aug = _GatherPreds(act=torch.softmax)
+            aug, items = _GatherPreds(act=torch.softmax), _ItemSums()
             try:
-                prediction_pass(learn, dl, [BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs), aug])
+                prediction_pass(learn, dl, [items, BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs),
+                                            aug], who="tta")
             except ValueError as e:
                 if tfms is None and "RandomFlip" in str(e):
                     raise ValueError(f"tta's default tfms, a horizontal flip, needs (N,C,H,W) image batches: {e} "
                                      "For other inputs pass tfms=... (a callable x -> x).") from e
                 raise
             p, t = aug.result()
-            if isinstance(t, torch.Tensor) and isinstance(targets, torch.Tensor) and not torch.equal(t, targets):
+            if not (_same(t, targets) and _same(items.result(), plain_items.result())):
                 raise ValueError("the loader gave its items in another order for an augmented copy than for the "
                                  "plain pass; tta needs the same order every pass (an unshuffled loader)")
             total += p
     return total / (n + 1), targets
+
+
+class _ItemSums(Callback):
+    """Per-item sums of each batch's first input as the loader gave it (before DeviceCB and any transform): tta
+    compares them between its passes, to know they walked the items in one order (targets alone may be missing,
+    or all equal)."""
+    order = -100
+
+    def __init__(self) -> None:
+        self.sums: list[torch.Tensor] = []
+
+    def before_batch(self, learn: Learner) -> None:
+        x = learn.batch[0] if isinstance(learn.batch, (tuple, list)) and learn.batch else None
+        if isinstance(x, torch.Tensor) and x.ndim:
+            self.sums.append(x.detach().reshape(len(x), -1).float().sum(1))
+
+    def result(self) -> torch.Tensor | None:
+        return torch.cat(self.sums) if self.sums else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two passes gave the same items: equal tensors (NaN equal to NaN), item by item in tuples and lists;
+    anything else is not compared (True)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if a is None and b is None:
+        return True
+    kinds = (torch.Tensor, tuple, list)  # one of these against something else: not the same items
+    return not (isinstance(a, kinds) or isinstance(b, kinds) or a is None or b is None)
