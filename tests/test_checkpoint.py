@@ -151,18 +151,20 @@ def _default_noise(x, generator=torch.Generator().manual_seed(11)):
     return x + 0.1 * torch.randn(x.shape, generator=generator)
 
 
-@pytest.mark.parametrize("form", ["partial", "closure", "default argument"])
+@pytest.mark.parametrize("form", ["partial", "closure", "default argument", "nested composes"])
 def test_a_generator_in_a_partial_a_closure_or_a_default_is_checkpointed(tmp_path, form):
     """BatchTransformCB(partial(noise, generator=g)), or a closure over g: the search for generators looked in
     attributes, lists and dicts only, so a resumed run went on from where the interrupted one had left g (0.036 off
-    the run never stopped, without a warning), and lr_find moved g on."""
+    the run never stopped, without a warning), and lr_find moved g on. In composes nested three deep it stopped
+    5 levels down, short of g: the same, silently (and get_preds moved g on)."""
     def make(path):
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(123)
         if form == "default argument":
             _default_noise.__defaults__[0].manual_seed(11)  # one generator for every learner: put it back each time
         tfm = {"partial": partial(_noise, generator=g), "closure": _closure_noise(g),
-               "default argument": _default_noise}[form]
+               "default argument": _default_noise,
+               "nested composes": batch_tfms(batch_tfms(batch_tfms(partial(_noise, generator=g))))}[form]
         learn, _ = make_learner(path, [BatchTransformCB(tfm)])
         return learn
     assert same_params(*straight_and_resumed(make, tmp_path))
@@ -1023,3 +1025,19 @@ def test_nan_batchnorm_statistics_are_not_checkpointed(tmp_path):
     with pytest.raises(NonFiniteLossError, match="weights are not finite"):
         learn.fit(3)
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]
+
+
+_MODULE_GENERATOR = torch.Generator().manual_seed(5)
+
+
+def _global_noise(x):
+    return x + 0.1 * torch.randn(x.shape, generator=_MODULE_GENERATOR)
+
+
+def test_a_module_level_generator_a_transform_names_is_checkpointed(tmp_path):
+    """A plain function drawing from a module-level generator: not found, so a resumed run drew other noise."""
+    def make(path):
+        torch.manual_seed(0)
+        _MODULE_GENERATOR.manual_seed(5)
+        return make_learner(path, [BatchTransformCB(_global_noise)])[0]
+    assert same_params(*straight_and_resumed(make, tmp_path))

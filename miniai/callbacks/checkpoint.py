@@ -83,10 +83,11 @@ _NOT_SEARCHED = (str, bytes, int, float, nn.Module, torch.Tensor, Learner, types
 _GLOBAL_GENERATORS = (random.random.__self__, torch.default_generator)
 
 
-def held_generators(cb: Any, depth: int = 5) -> list[Any]:
+def held_generators(cb: Any, depth: int = 16) -> list[Any]:
     """The random generators (torch's, NumPy's, Python's) a callback holds of its own: in its attributes, in lists,
     tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g) in a Compose inside
-    BatchTransformCB), down to `depth` levels, each once, in a fixed order. Models, tensors, the learner and long
+    BatchTransformCB), down to `depth` levels (composes nested a few deep: each takes two), each once, in a fixed
+    order. Models, tensors, the learner and long
     containers (recorded values, not settings) are not searched: what they hold is saved on its own, or nothing."""
     found: list[Any] = []
     seen: set[int] = set()
@@ -107,7 +108,8 @@ def held_generators(cb: Any, depth: int = 5) -> list[Any]:
 
 def _held_by(x: Any) -> Iterable[Any]:
     """What `x` holds that may hold a generator: the items of a container; a partial's arguments; what a function
-    closes over and its default arguments (`BatchTransformCB(partial(noise, generator=g))`); else its attributes."""
+    closes over, its default arguments (`BatchTransformCB(partial(noise, generator=g))`) and the module-level
+    generators it names (`G` in `def flip(x): ... generator=G`); else its attributes."""
     if isinstance(x, dict):
         return x.values()
     if isinstance(x, (list, tuple)):
@@ -117,7 +119,9 @@ def _held_by(x: Any) -> Iterable[Any]:
     if isinstance(x, types.MethodType):
         return (x.__self__, x.__func__)
     if isinstance(x, types.FunctionType):
-        return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values())
+        named = (x.__globals__.get(name) for name in x.__code__.co_names)  # (only generators: not all it calls)
+        return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values(),
+                *(v for v in named if isinstance(v, _GENERATORS)))
     return vars(x).values() if hasattr(x, "__dict__") else ()
 
 
