@@ -161,6 +161,11 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                         "is unknown): a transform written for 0-1 floats would get 0-255 values. If the loaders' "
                         "items are raw pixels, say so, learn.dls = DataLoaders(train, valid, item_dtype=torch.uint8);"
                         " otherwise pass float items prepared as the loaders' are")
+    if prepared and normalize is None and dtype == torch.uint8 and x.is_floating_point():
+        raise TypeError(f"the loaders give uint8 items (0-255 pixels) to this learner's validation transforms, and "
+                        f"infer got {x.dtype}: a transform written for pixels would misread them. Convert 0-1 "
+                        "floats with (x * 255).round().to(torch.uint8), 0-255 values stored as floats with "
+                        "x.round().to(torch.uint8)")
     if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
         raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
                          "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")

@@ -450,3 +450,19 @@ def test_item_dtype_reads_pre_batched_items_and_never_runs_the_collate():
         return torch.utils.data.default_collate(items)
     dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), 4, collate_fn=drawing_collate)
     assert DataLoaders(dl, dl).item_dtype == torch.uint8 and not calls
+
+
+def test_infer_refuses_floats_where_the_loaders_give_a_validation_transform_raw_pixels():
+    """With uint8 loaders and a BatchTransformCB(on_val=True) that scales pixels, 0-1 floats were predicted as if
+    they were pixels: different probabilities, no word (uint8 where floats are needed was refused already)."""
+    class Scale:
+        def __call__(self, x):
+            return (x.float() / 255 - 0.3) / 0.35
+    xu = torch.randint(0, 256, (32, 1, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    y = torch.arange(32) % 3
+    dls = DataLoaders(TensorLoader(xu, y, bs=8), TensorLoader(xu, y, bs=8))
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), dls, F.cross_entropy, lr=0.1,
+                         cbs=[BatchTransformCB(Scale(), on_train=True, on_val=True)])
+    assert dls.item_dtype == torch.uint8 and learn.infer(xu[:4]).probs.shape == (4, 3)
+    with pytest.raises(TypeError, match=r"loaders give uint8 items.*got torch.float32.*\(x \* 255\).round\(\)"):
+        learn.infer(xu[:4].float() / 255)
