@@ -28,6 +28,9 @@ def _check_batch(x: torch.Tensor, who: str) -> None:
         hint = (" Add a channel dim with x[:, None] for (N,H,W) images." if isinstance(x, torch.Tensor) and x.ndim == 3
                 else " It transforms image batches: for other inputs write a transform of your own.")
         raise ValueError(f"{who} expects a batch tensor of shape (N,C,H,W); got {shape}.{hint}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] > 4:  # (an image 1, 3 or 4 pixels wide with 5+ channels: hardly)
+        raise ValueError(f"{who} expects (N,C,H,W) batches; {tuple(x.shape)} looks like channels last (N,H,W,C), "
+                         "whose last dim it would take for the width: pass x.permute(0, 3, 1, 2)")
 
 
 def _rand(shape: Sequence[int], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -44,7 +47,10 @@ def _randn(shape: Sequence[int], x: torch.Tensor, dtype: torch.dtype,
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+        raise ValueError(f"RandomCrop size is an int >= 1 or a pair (h, w) of them; got {size!r}")
+    return pair
 
 
 class RandomCrop:
@@ -66,6 +72,10 @@ class RandomCrop:
         n, c = x.shape[:2]
         p = self.padding
         if p and self.mode == "constant":
+            if not x.is_floating_point() and not (float(self.fill).is_integer() and torch.iinfo(x.dtype).min
+                                                  <= self.fill <= torch.iinfo(x.dtype).max):
+                raise ValueError(f"RandomCrop fill={self.fill} can't be a {x.dtype} pixel (it would be cut to an "
+                                 f"integer, or overflow): pass a whole number in the dtype's range")
             x = F.pad(x, (p, p, p, p), value=self.fill)
         elif p:
             x = F.pad(x, (p, p, p, p), mode="reflect")
@@ -127,6 +137,8 @@ class RandomErase:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _check_batch(x, "RandomErase")
         n, c, h, w = x.shape
+        if not x.numel():  # (the batch's min and max below need values)
+            return x
         u = _rand((5, n), x, self.generator)  # apply?, height, width, top, left: one draw per image each
         apply = u[0] < self.p
         hmax, wmax = max(1, int(self.max_frac * h)), max(1, int(self.max_frac * w))
@@ -143,7 +155,7 @@ class RandomErase:
         # Stats stay tensors (no .item()), so no host-device sync; integer images get float noise, rounded back.
         work = x.dtype if x.is_floating_point() else torch.float32
         xf = x.to(work)
-        noise = _randn(x.shape, x, work, self.generator) * xf.std() + xf.mean()
+        noise = _randn(x.shape, x, work, self.generator) * xf.std().nan_to_num(0.0) + xf.mean()  # (1 value: no std)
         noise = torch.minimum(torch.maximum(noise, xf.min()), xf.max())
         if not x.is_floating_point():
             noise = noise.round()

@@ -169,3 +169,36 @@ def test_the_shape_hint_fits_the_input():
     with pytest.raises(ValueError, match="transform of your own") as info:
         RandomFlip()(torch.rand(2, 8))
     assert "x[:, None]" not in str(info.value)
+
+
+# ---------------------------------------------------------------- found by a hostile read of the transforms
+
+def test_channels_last_batches_are_refused_with_the_permute():
+    """(N,H,W,3) batches: RandomFlip swapped red and blue without a word; RandomCrop blamed size and padding."""
+    x = torch.zeros(2, 8, 8, 3)
+    for tfm in (RandomFlip(p=1.0), RandomCrop(8, 1), RandomErase(p=1.0)):
+        with pytest.raises(ValueError, match=r"channels last \(N,H,W,C\).*x.permute\(0, 3, 1, 2\)"):
+            tfm(x)
+
+
+@pytest.mark.parametrize("size", [0, -2, (3, 3, 3), (4, 0), 2.5])
+def test_randomcrop_sizes_that_are_not_two_positive_ints_are_refused(size):
+    """Size 0 gave empty images, (3, 3, 3) was cut to (3, 3), -2 failed in torch.arange."""
+    with pytest.raises(ValueError, match=r"RandomCrop size is an int >= 1 or a pair \(h, w\) of them"):
+        RandomCrop(size)
+
+
+@pytest.mark.parametrize("fill", [0.5, 256, -1])
+def test_a_constant_fill_uint8_pixels_cannot_hold_is_refused(fill):
+    """fill=0.5 padded uint8 images with 0 silently; 256 failed inside torch ('cannot be converted to uint8_t')."""
+    x = torch.randint(0, 255, (2, 1, 4, 4), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=rf"fill={fill} can't be a torch.uint8 pixel"):
+        RandomCrop(4, 1, fill=fill)(x)
+    assert RandomCrop(4, 1, fill=255)(x).dtype == torch.uint8
+
+
+def test_noise_erasing_a_one_pixel_batch_or_an_empty_one():
+    """One pixel: the batch's std is NaN, so the pixel became NaN (0 in uint8); an empty batch failed in min()."""
+    assert RandomErase(p=1)(torch.full((1, 1, 1, 1), 0.5)).item() == 0.5
+    assert RandomErase(p=1)(torch.full((1, 1, 1, 1), 7, dtype=torch.uint8)).item() == 7
+    assert RandomErase(p=1)(torch.ones(0, 1, 4, 4)).shape == (0, 1, 4, 4)
