@@ -235,7 +235,8 @@ def test_unshuffled_loader_walks_in_order():
 def test_same_seed_same_order_and_documented_formula():
     a, b = loader(30, 7, shuffle=True, seed=5), loader(30, 7, shuffle=True, seed=5)
     assert [epoch_order(a).tolist() for _ in range(3)] == [epoch_order(b).tolist() for _ in range(3)]
-    assert torch.equal(a.permutation(4), torch.randperm(30, generator=torch.Generator().manual_seed((5 * 0x9E3779B97F4A7C15 + 4) % 2**64)))
+    mixed = (5 * 0x9E3779B97F4A7C15 + 4) % 2**64  # the documented mix of seed 5 and epoch 4
+    assert torch.equal(a.permutation(4), torch.randperm(30, generator=torch.Generator().manual_seed(mixed)))
 
 
 def test_no_seed_draws_each_order_from_torch_global_rng_at_iter():
