@@ -42,7 +42,8 @@ class TensorLoader:
       order. `epoch` counts `iter()` calls and `set_epoch(e)` sets it; the Learner calls `set_epoch` before each
       training pass, so repeated fits replay the same orders.
     `state_dict()` is {seed, epoch, orders} (seed may be None; `orders` dates the rule for seeded orders). Every
-    batch is a copy, so a transform may modify it in place. A sharded shuffled loader (`shard`) needs a seed, the same on every rank; DDPCB gives it one.
+    batch is a copy, so a transform may modify it in place. A sharded shuffled loader (`shard`) needs a seed, the
+    same on every rank; DDPCB gives it one.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 1024, shuffle: bool = False,
@@ -267,8 +268,8 @@ class DataLoaders:
         only (`shuffle`, default True, too). With `as_tuple`, dict batches become tuples of the dataset's feature
         columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
         `from_dd` do; when a transform renamed them (no longer all there), or a split has no `features`, the
-        batch's own columns in its order; either way a label column (`label`, `labels`, `target`...) last. Splits whose ClassLabels name the classes
-        differently are refused, as by `get_dls`.
+        batch's own columns in its order; either way a label column (`label`, `labels`, `target`...) last. Splits
+        whose ClassLabels name the classes differently are refused, as by `get_dls`.
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:

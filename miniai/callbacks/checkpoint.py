@@ -87,8 +87,8 @@ def held_generators(cb: Any, depth: int = 16) -> list[Any]:
     """The random generators (torch's, NumPy's, Python's) a callback holds of its own: in its attributes, in lists,
     tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g) in a Compose inside
     BatchTransformCB), down to `depth` levels (composes nested a few deep: each takes two), each once, in a fixed
-    order. Models, tensors, the learner and long
-    containers (recorded values, not settings) are not searched: what they hold is saved on its own, or nothing."""
+    order. Models, tensors, the learner and long containers (recorded values, not settings) are not searched: what
+    they hold is saved on its own, or nothing."""
     found: list[Any] = []
     seen: set[int] = set()
 

@@ -449,7 +449,8 @@ def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
                "probabilities)")
     elif target.shape == preds.shape:
         fix = ("preds are scores, not labels: for a binary or multi-label model pass (preds > 0.5).long() "
-               "(probabilities) or (preds > 0).long() (logits), or use torcheval's BinaryAccuracy(threshold=0) (logits; 0.5 for probabilities) in MetricsCB")
+               "(probabilities) or (preds > 0).long() (logits), or use torcheval's BinaryAccuracy(threshold=0) "
+               "(logits; 0.5 for probabilities) in MetricsCB")
     else:
         fix = "their shapes don't match"
     return (f"Accuracy needs class scores (N, C, ...) with class ids (N, ...), or integer labels of the targets' "
