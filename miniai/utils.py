@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
-           "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError"]
+           "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
+           "loss_reduction"]
 
 
 def _pick_device() -> str:
@@ -230,6 +231,13 @@ def opt_lr(opt: Any) -> float:
     course's SGD class) its `lr` attribute; NaN when it has neither (or there is no optimizer yet)."""
     groups = getattr(opt, "param_groups", None)
     return groups[0]["lr"] if groups else getattr(opt, "lr", float("nan"))
+
+
+def loss_reduction(loss_func: Any) -> str:
+    """How `loss_func` reduces its per-item losses: its `reduction` ('mean', 'sum', 'none'; an nn loss's attribute,
+    or a partial's keyword), else 'mean' (torch's default, and what a loss of one's own is taken to do)."""
+    value = getattr(loss_func, "keywords", {}).get("reduction", getattr(loss_func, "reduction", "mean"))
+    return value if value in ("mean", "sum", "none") else "mean"
 
 
 def len_or_none(obj: Any) -> int | None:

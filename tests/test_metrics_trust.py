@@ -265,3 +265,63 @@ def test_accuracys_multi_label_advice_gives_the_threshold_logits_need():
     evaluate(TrainLearner(model, dls, F.binary_cross_entropy_with_logits, lr=0.1, cbs=[advised]))
     with torch.no_grad():
         assert advised.last["valid_acc"] == pytest.approx(((model(x) > 0).float() == y).float().mean().item())
+
+
+# ---------------------------------------------------------------- losses of reduction='sum' and 'none'
+
+def _grad_of_step(loss_func, accumulate):
+    """The gradient of the weight at the (one) optimizer step of an epoch of 12 items in batches of 4."""
+    from miniai.callbacks.grad_accum import GradAccumCB
+    x, y = classifier_data(12, d=3, c=3)
+
+    class Grab(Callback):
+        order = 30  # after GradAccumCB's division, right before the step
+
+        def after_backward(self, learn):
+            self.grad = learn.model.weight.grad.clone()
+    torch.manual_seed(1)
+    grab, model = Grab(), nn.Linear(3, 3)
+    dls = DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4))
+    learn = TrainLearner(model, dls, loss_func, lr=0.0, cbs=[GradAccumCB(3), grab] if accumulate else [grab])
+    if not accumulate:
+        learn.dls = DataLoaders(TensorLoader(x, y, 12), TensorLoader(x, y, 12))
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.fit(1, valid=False)
+    return grab.grad
+
+
+@pytest.mark.parametrize("loss_func", [F.cross_entropy, partial(F.cross_entropy, reduction="sum"),
+                                       nn.CrossEntropyLoss(reduction="sum")])
+def test_gradaccum_steps_on_one_bigger_batchs_gradient_for_a_summed_loss_too(loss_func):
+    """GradAccumCB divided by k whatever the loss: with reduction='sum' (whose bigger batch's gradient is the sum)
+    each step took a third of the gradient, a silent lr / 3."""
+    assert torch.allclose(_grad_of_step(loss_func, True), _grad_of_step(loss_func, False), rtol=1e-5, atol=1e-6)
+
+
+def test_metricscb_logs_a_summed_loss_per_item_whatever_the_batch_size():
+    """Each batch's sum was weighted by its items again: valid_loss 3.72, 10.91, 21.83 at bs 4, 11, 22 for the
+    same weights; now the per-item mean of the sums, the same at every batch size."""
+    x, y = classifier_data(22, d=3, c=3)
+    torch.manual_seed(1)
+    model, loss_func = nn.Linear(3, 3), nn.CrossEntropyLoss(reduction="sum")
+    logged = []
+    for bs in (4, 11, 22):
+        metrics = MetricsCB()
+        evaluate(TrainLearner(model, DataLoaders(TensorLoader(x, y, bs), TensorLoader(x, y, bs)), loss_func,
+                              cbs=[metrics]))
+        logged.append(metrics.last["valid_loss"])
+    with torch.no_grad():
+        per_item = loss_func(model(x), y).item() / len(y)
+    assert logged == pytest.approx([per_item] * 3, rel=1e-5)
+
+
+def test_training_on_a_loss_of_one_value_per_item_says_to_reduce_it():
+    """reduction='none' in training ended in torch's 'grad can be implicitly created only for scalar outputs'."""
+    from miniai.callbacks.basic import LossInputError
+    x, y = classifier_data(16)
+    learn = TrainLearner(nn.Linear(5, 4), DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)),
+                         nn.CrossEntropyLoss(reduction="none"), lr=0.1)
+    with pytest.raises(LossInputError, match=r"a loss of shape \(4,\), not one number.*reduction='mean'"), \
+            contextlib.redirect_stdout(io.StringIO()):
+        learn.fit(1)
+    evaluate(learn)  # an evaluation takes per-item losses (MetricsCB averages them)

@@ -118,18 +118,23 @@ class SupervisedLoss:
     def __call__(self, learn: Learner) -> torch.Tensor:
         loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
         first = yb[0] if yb else None
-        key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first), getattr(first, "shape", None))
+        key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first), getattr(first, "shape", None),
+               learn.training)
         fix = None if key == self._passed else _wrong_inputs(loss_func, preds, yb, learn.n_inp)
         error = None
         if fix is None:
             try:
                 loss = loss_func(preds, *yb)
-                self._passed = key
-                return loss
             except (RuntimeError, ValueError, TypeError) as e:  # a try costs nothing when nothing is raised
                 if isinstance(e, torch.cuda.OutOfMemoryError):  # not the inputs' fault: keep it as it is
                     raise
                 error, fix = e, str(e)
+            else:
+                if key == self._passed or not (learn.training and getattr(loss, "ndim", 0)):
+                    self._passed = key
+                    return loss
+                fix = (f"it gives a loss of shape {tuple(loss.shape)}, not one number, and training steps on one "
+                       "(backward): use reduction='mean' (or 'sum'); per-item losses are for evaluation")
         raise LossInputError(
             f"loss_func {_name(loss_func)} failed on the model output (preds, {_describe(preds)}) and the targets "
             f"({', '.join(_describe(t) for t in yb)}): {fix}\nMake the model's output match what the loss expects: "

@@ -10,12 +10,14 @@ from typing import Any
 import torch
 
 from ..learner import Callback, CancelBatchException, CancelStepException, Learner
+from ..utils import loss_reduction
 
 __all__ = ["GradAccumCB"]
 
 
 class GradAccumCB(Callback):
-    """Step the optimizer every `n_steps` training batches, on the mean of their gradients.
+    """Step the optimizer every `n_steps` training batches, on the mean of their gradients (on their sum for a loss
+    of reduction='sum'): the gradient of one batch `n_steps`× larger either way.
 
     Between steps it raises `CancelStepException` from after_backward: the gradients add up in `.grad`, and
     schedulers, `after_step` readers and `zero_grad` wait for the real step. At a step it divides the summed
@@ -41,6 +43,7 @@ class GradAccumCB(Callback):
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
     _model: Any = None  # the fit's model, set at before_fit
     _trained = False
+    _divide = True  # (set at before_fit: False for a loss of reduction="sum")
 
     def __init__(self, n_steps: int) -> None:
         if not isinstance(n_steps, int) or n_steps < 1:
@@ -77,6 +80,7 @@ class GradAccumCB(Callback):
                              + "): each would cancel steps and divide the summed gradients by its own count, garbling "
                                "them. Accumulate with one GradAccumCB: keep one and learn.rm_cb() the others")
         self._model = learn.model  # the one trained (SWACB puts its average in learn.model before cleanup_fit)
+        self._divide = loss_reduction(learn.loss_func) != "sum"  # a bigger batch's summed loss: the summed grads
         self._trained = False  # whether this fit summed a batch (a resumed fit may have none left to train)
 
     def before_epoch(self, learn: Learner) -> None:
@@ -143,7 +147,7 @@ class GradAccumCB(Callback):
 
     def _average(self, learn: Learner) -> None:
         """Divide the group's summed gradients by the number of batches summed (carried ones stay as they are)."""
-        if self._summed > 1:
+        if self._summed > 1 and self._divide:
             params = list(learn.model.parameters())
             carried = self._carried or [None] * len(params)
             pairs = [(p.grad, c) for p, c in zip(params, carried) if p.grad is not None]

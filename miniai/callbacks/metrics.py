@@ -11,7 +11,7 @@ import torch
 
 from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
-from ..utils import map_tensors, model_device, tensors_in
+from ..utils import loss_reduction, map_tensors, model_device, tensors_in
 
 __all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode", "same_watch",
            "sum_dtype"]
@@ -100,6 +100,7 @@ class MetricsCB(Callback):
         self.log_fn: Callable[[dict[str, Any]], None] = self._printer
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, float] = {}
+        self._sum_loss = False  # (set each pass: the loss's reduction is 'sum')
 
     @property
     def names(self) -> list[str]:
@@ -115,6 +116,7 @@ class MetricsCB(Callback):
 
     def before_epoch(self, learn: Learner) -> None:
         self._device = model_device(learn.model)
+        self._sum_loss = loss_reduction(learn.loss_func) == "sum"  # a batch's loss is its items' sum, not mean
         # metrics that say their state is the same after one update over concatenated batches as after one per
         # batch (`additive = True`: Accuracy) get the batches concatenated, one call's fixed cost instead of up
         # to 256; any other (a windowed metric, a per-batch statistic) gets one update per batch
@@ -158,6 +160,8 @@ class MetricsCB(Callback):
                 loss = _mean_loss(loss.detach(), target, learn.loss_func)
             # a CPU scalar is read now (cheaper than stacking it later); on a GPU reading it would wait for the GPU
             loss = loss.item() if loss.is_cpu else loss.detach()
+            if self._sum_loss and n:  # logged per item, as a mean loss is (weighted by n again below)
+                loss = loss / n
         self._pending.append((preds, target, loss, n))
         self._pending_numel += numel
         self._count += n
