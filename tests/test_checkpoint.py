@@ -818,7 +818,7 @@ def test_a_flipped_bit_in_a_checkpoints_tensors_is_found_when_it_is_loaded(tmp_p
     start = zip_record_start(file, lambda i: "/data/" in i.filename and i.file_size >= 4)
     raw[start + 3] ^= 0x40  # one bit of the tensor's data
     file.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointMismatchError, match=r"epoch_0002.pt is damaged.*checksums.*epoch_0001.pt"):
+    with pytest.raises(CheckpointMismatchError, match=r"epoch_0002.pt is damaged.*CRC-32.*epoch_0001.pt"):
         load_checkpoint(file)
     with pytest.raises(CheckpointMismatchError, match="is damaged"):
         make_learner(None)[0].fit(3, resume=file)
@@ -1041,3 +1041,21 @@ def test_a_module_level_generator_a_transform_names_is_checkpointed(tmp_path):
         _MODULE_GENERATOR.manual_seed(5)
         return make_learner(path, [BatchTransformCB(_global_noise)])[0]
     assert same_params(*straight_and_resumed(make, tmp_path))
+
+
+def test_a_damaged_byte_outside_the_tensors_is_found_before_anything_changes(tmp_path):
+    """The checksum covered the tensors only: one flipped bit of the lr in the pickled state loaded and trained with
+    lr 0.1 for the run's 0.05 (torch's zip reader checks no CRCs)."""
+    import struct
+    make_learner(tmp_path)[0].fit(2)
+    file = tmp_path / "epoch_0002.pt"
+    raw = bytearray(file.read_bytes())
+    at = raw.find(b"G" + struct.pack(">d", 0.05))
+    assert at >= 0
+    raw[at + 2] ^= 0x10  # the lr, 0.05, becomes 0.1
+    file.write_bytes(bytes(raw))
+    learn, _ = make_learner(None)
+    before = [p.clone() for p in learn.model.parameters()]
+    with pytest.raises(CheckpointMismatchError, match=r"epoch_0002.pt is damaged: .*data.pkl.*another one"):
+        learn.fit(3, resume=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))

@@ -18,6 +18,7 @@ import random
 import re
 import types
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,10 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint (a file, or the newest in a directory) onto the CPU, with torch's safe loader."""
     file = find_checkpoint(path)
+    damaged = _damaged_record(file)
+    if damaged is not None:  # (torch's reader checks no CRCs: a flipped bit of an lr would load as another lr)
+        raise CheckpointMismatchError(f"checkpoint {file} is damaged: its record {damaged} is not the bytes that were "
+                                      f"saved (its CRC-32 differs). Resume from another one{_others(file)}.")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any failure to read means the file can't be used; say which and why
@@ -345,6 +350,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointMismatchError(f"checkpoint {file} is damaged: its tensors are not the bytes that were saved "
                                       f"(their checksums differ). Resume from another one{_others(file)}.")
     return state
+
+
+def _damaged_record(file: Path) -> str | None:
+    """The first record of the zip file torch wrote whose bytes fail the CRC-32 the zip holds for it (every byte
+    of the checkpoint is in one: the pickled state, each tensor), or None; None too for what is no zip file."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):  # not a zip, or truncated: torch.load says what it can
+        return None
 
 
 def refused_types(error: Exception, file: Any = None) -> list[str]:
