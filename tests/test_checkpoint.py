@@ -1059,3 +1059,30 @@ def test_a_damaged_byte_outside_the_tensors_is_found_before_anything_changes(tmp
     with pytest.raises(CheckpointMismatchError, match=r"epoch_0002.pt is damaged: .*data.pkl.*another one"):
         learn.fit(3, resume=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def _grouped(bias_decay, decay=0.1):
+    """AdamW with the biases in a group of their own weight decay (the usual no-decay-on-biases group)."""
+    def opt_func(params, lr):
+        params = list(params)
+        return optim.AdamW([{"params": [p for p in params if p.ndim > 1]},
+                            {"params": [p for p in params if p.ndim <= 1], "weight_decay": bias_decay}],
+                           lr=lr, weight_decay=decay)
+    return opt_func
+
+
+@pytest.mark.parametrize("given, changed", [(_grouped(0.5), r"param group 1 weight_decay: 0.0 saved, 0.5 here"),
+                                            (_grouped(0.1), r"param group 1 weight_decay: 0.0 saved, 0.1 here")])
+def test_a_param_groups_own_setting_changed_on_resume_is_refused(tmp_path, given, changed):
+    """Only opt.defaults were compared: a group's own weight decay changed on resume was put back to the saved
+    value by load_state_dict, without a word."""
+    make_learner(tmp_path, opt_func=_grouped(0.0))[0].fit(1)
+    with pytest.raises(CheckpointMismatchError, match=changed + r".*same opt_func"):
+        make_learner(None, opt_func=given)[0].fit(2, resume=tmp_path)
+    make_learner(None, opt_func=_grouped(0.0))[0].fit(2, resume=tmp_path)  # as saved: resumes
+
+
+def test_a_changed_default_is_named_once_not_again_for_each_group_following_it(tmp_path):
+    make_learner(tmp_path, opt_func=partial(optim.AdamW, weight_decay=0.01))[0].fit(1)
+    with pytest.raises(CheckpointMismatchError, match=r"other settings \(weight_decay: 0.01 saved, 0.3 here\)"):
+        make_learner(None, opt_func=partial(optim.AdamW, weight_decay=0.3))[0].fit(2, resume=tmp_path)

@@ -228,8 +228,13 @@ def optimizer_settings(opt: torch.optim.Optimizer) -> dict[str, Any]:
     """What the optimizer was built with (`opt.defaults`), but the lr (fit's own) and the choice of implementation:
     weight decay, betas, momentum..., compared on resume, where torch's load_state_dict would put the saved back."""
     defaults = getattr(opt, "defaults", {})  # (an optimizer of one's own may have none)
-    return {k: v for k, v in sorted(defaults.items()) if k not in ("lr", "initial_lr", *_SPEED_ONLY)
-            and isinstance(v, (bool, int, float, str, tuple, type(None)))}
+    settings = {k: v for k, v in sorted(defaults.items()) if k not in ("lr", "initial_lr", *_SPEED_ONLY)
+                and isinstance(v, (bool, int, float, str, tuple, type(None)))}
+    # and each param group's own value of them (a group of biases without weight decay), but those a schedule
+    # moves as it runs (OneCycleLR cycles momentum and betas)
+    groups = {f"param group {i} {k}": group[k] for i, group in enumerate(getattr(opt, "param_groups", ()))
+              for k in settings if k in group and k not in ("momentum", "betas")}
+    return {**settings, **groups}
 
 
 def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None) -> dict[str, Any]:

@@ -195,8 +195,12 @@ def _optimizer_state(opt: torch.optim.Optimizer, model: nn.Module, state: dict[s
             "the run that saved it; nothing was changed.")
     saved_settings, own_settings = state.get("optimizer_settings") or {}, optimizer_settings(opt)  # (older: none)
     # the settings both have (a newer torch adds some, which load_state_dict fills with their defaults)
+    def follows_default(settings: dict[str, Any], key: str) -> bool:  # a group's value that is its default's
+        return key.startswith("param group ") and settings[key] == settings.get(key.split(" ", 3)[-1])
     changed = [f"{k}: {saved_settings[k]} saved, {own_settings[k]} here"
-               for k in sorted(set(saved_settings) & set(own_settings)) if saved_settings[k] != own_settings[k]]
+               for k in sorted(set(saved_settings) & set(own_settings), key=lambda k: (k.startswith("param"), k))
+               if saved_settings[k] != own_settings[k]  # (a changed default is named once, not for each group)
+               and not (follows_default(saved_settings, k) and follows_default(own_settings, k))]
     if changed:  # load_state_dict would put the saved values back over the ones this opt_func was given
         raise CheckpointMismatchError(
             f"checkpoint {file} was saved by an optimizer with other settings ({'; '.join(changed)}): resuming would "
