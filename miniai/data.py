@@ -41,7 +41,8 @@ class TensorLoader:
       (`_epoch_seed`): a pure function of (seed, e) whatever the global RNG does; neighbouring seeds share no
       order. `epoch` counts `iter()` calls and `set_epoch(e)` sets it; the Learner calls `set_epoch` before each
       training pass, so repeated fits replay the same orders.
-    `state_dict()` is {seed, epoch, orders} (seed may be None; `orders` dates the rule for seeded orders). Every
+    `state_dict()` is {seed, epoch, orders, shuffle, drop_last} (seed may be None; `orders` dates the rule for
+    seeded orders). Every
     batch is a copy, so a transform may modify it in place. A sharded shuffled loader (`shard`) needs a seed, the
     same on every rank; DDPCB gives it one.
     """
@@ -127,11 +128,13 @@ class TensorLoader:
                 b = idx[start:stop]
                 yield self.x[b], self.y[b]
 
-    def state_dict(self) -> dict[str, int | None]:
-        """{'seed', 'epoch', 'orders'}: with a seed, enough to replay the same order from the next epoch on."""
-        return {"seed": self.seed, "epoch": self.epoch, "orders": _ORDERS}
+    def state_dict(self) -> dict[str, Any]:
+        """{'seed', 'epoch', 'orders'}: with a seed, enough to replay the same order from the next epoch on; and
+        'shuffle', 'drop_last', which a resume checks (`load_state_dict` leaves them to the loader built)."""
+        return {"seed": self.seed, "epoch": self.epoch, "orders": _ORDERS, "shuffle": self.shuffle,
+                "drop_last": self.drop_last}
 
-    def load_state_dict(self, state: dict[str, int | None]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `seed` (an int or None) and `epoch` from `state_dict()`."""
         self.seed = None if state["seed"] is None else int(state["seed"])
         self.epoch = int(state["epoch"])

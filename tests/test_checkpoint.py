@@ -262,7 +262,7 @@ def test_checkpoint_holds_model_optimizer_callbacks_loaders_rng_and_metrics(tmp_
     assert find_checkpoint(tmp_path).name == "epoch_0002.pt" and state["epoch"] == 2
     assert set(state["callbacks"]) == {"BatchSchedCB_0", "EarlyStoppingCB_0", "RecorderCB_0", "CheckpointCB_0"}
     assert state["callbacks"]["BatchSchedCB_0"]["n_steps"] == 2 * N_BATCHES
-    assert state["loaders"]["train"] == {"state_dict": {"seed": 3, "epoch": 2, "orders": 2}}
+    assert state["loaders"]["train"] == {"state_dict": {"seed": 3, "epoch": 2, "orders": 2, "shuffle": True, "drop_last": False}}
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert [h["epoch"] for h in state["metrics"]["history"]] == [0, 0, 1, 1]
     assert state["optimizer_class"] == "AdamW" and state["optimizer"]["state"]
@@ -1086,3 +1086,14 @@ def test_a_changed_default_is_named_once_not_again_for_each_group_following_it(t
     make_learner(tmp_path, opt_func=partial(optim.AdamW, weight_decay=0.01))[0].fit(1)
     with pytest.raises(CheckpointMismatchError, match=r"other settings \(weight_decay: 0.01 saved, 0.3 here\)"):
         make_learner(None, opt_func=partial(optim.AdamW, weight_decay=0.3))[0].fit(2, resume=tmp_path)
+
+
+@pytest.mark.parametrize("change", ["shuffle", "drop_last"])
+def test_resuming_into_a_loader_built_with_other_shuffle_or_drop_last_is_refused(tmp_path, change):
+    """The saved run shuffled; the resumed loader had shuffle=False: no word, and weights off the run never
+    stopped (only the seed was compared)."""
+    make_learner(tmp_path)[0].fit(1)
+    learn, _ = make_learner(None)
+    setattr(learn.dls.train, change, not getattr(learn.dls.train, change))
+    with pytest.raises(CheckpointMismatchError, match=rf"dls.train has {change}=.*the run resumed had {change}="):
+        learn.fit(2, resume=tmp_path)

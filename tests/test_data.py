@@ -250,7 +250,7 @@ def test_no_seed_draws_each_order_from_torch_global_rng_at_iter():
     assert torch.equal(epoch_order(loader(50, 8, shuffle=True)), first)
     torch.manual_seed(43)
     assert not torch.equal(epoch_order(dl), first)
-    assert dl.seed is None and dl.state_dict() == {"seed": None, "epoch": 3, "orders": 2}
+    assert dl.seed is None and dl.state_dict() == {"seed": None, "epoch": 3, "orders": 2, "shuffle": True, "drop_last": False}
 
 
 def test_no_seed_order_is_the_same_in_a_new_process():
@@ -291,7 +291,7 @@ def test_state_dict_resumes_next_epoch_order():
     dl = loader(40, 6, shuffle=True, seed=11)
     epoch_order(dl), epoch_order(dl)
     state = dl.state_dict()
-    assert state == {"seed": 11, "epoch": 2, "orders": 2}
+    assert state == {"seed": 11, "epoch": 2, "orders": 2, "shuffle": True, "drop_last": False}
     resumed = loader(40, 6, shuffle=True, seed=999)
     resumed.load_state_dict(state)
     assert epoch_order(resumed).tolist() == epoch_order(dl).tolist()

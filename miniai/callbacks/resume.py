@@ -247,6 +247,12 @@ def _check_loader(dl: Any, state: dict[str, Any] | None, name: str) -> None:
         if not callable(getattr(dl, "load_state_dict", None)):
             raise CheckpointMismatchError(f"the checkpoint holds a state_dict for dls.{name} but this loader "
                                           f"({type(dl).__name__}) has none: use the same loader type as the saved run")
+        for key in ("shuffle", "drop_last"):  # (not in checkpoints of before they were saved)
+            if key in state["state_dict"] and getattr(dl, key, None) != state["state_dict"][key]:
+                raise CheckpointMismatchError(
+                    f"dls.{name} has {key}={getattr(dl, key, None)}, the run resumed had {key}="
+                    f"{state['state_dict'][key]}: an exact resume walks the saved run's batches. Build the loader "
+                    f"with {key}={state['state_dict'][key]}, or start a new fit from the checkpoint's weights")
         saved, given = state["state_dict"].get("seed"), getattr(dl, "seed", None)
         # a seed given to this loader that differs from the saved run's (under DDP, DDPCB may have drawn one now)
         if given is not None and given != saved and not is_dist():
