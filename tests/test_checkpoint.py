@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -1097,3 +1098,32 @@ def test_resuming_into_a_loader_built_with_other_shuffle_or_drop_last_is_refused
     setattr(learn.dls.train, change, not getattr(learn.dls.train, change))
     with pytest.raises(CheckpointMismatchError, match=rf"dls.train has {change}=.*the run resumed had {change}="):
         learn.fit(2, resume=tmp_path)
+
+
+def _one_cycle(**kwargs):
+    return BatchSchedCB(partial(lr_scheduler.OneCycleLR, total_steps=4 * N_BATCHES, **{"max_lr": 0.01, **kwargs}))
+
+
+@pytest.mark.parametrize("kwargs, named", [({"max_lr": 1.0}, r"max_lr: 0.01 saved, 1.0 here"),
+                                           ({"pct_start": 0.9}, r"_schedule_phases"),
+                                           ({"div_factor": 2.0}, r"initial_lr: 0.0004 saved, 0.005 here")])
+def test_a_one_cycle_built_with_other_settings_on_resume_is_named(tmp_path, kwargs, named):
+    """OneCycleLR keeps max_lr, div_factor (in the param groups) and pct_start (in its private phases): resumed with
+    other values, the saved ones were kept without the warning a StepLR's gamma gets."""
+    make_learner(tmp_path, [_one_cycle()])[0].fit(2)
+    with pytest.warns(UserWarning, match=rf"built with other settings .*{named}.*the saved ones are kept"):
+        make_learner(None, [_one_cycle(**kwargs)])[0].fit(4, resume=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_learner(None, [_one_cycle()])[0].fit(4, resume=tmp_path)  # as saved: no word
+
+
+def test_fit_one_cycle_resumed_with_another_max_lr_is_named_and_with_its_own_is_silent(tmp_path):
+    learn, _ = make_learner(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_one_cycle(4, max_lr=0.01, cbs=[StopBeforeEpoch(2)])
+    with pytest.warns(UserWarning, match=r"max_lr: 0.01 saved, 0.5 here"):
+        make_learner(None)[0].fit_one_cycle(4, max_lr=0.5, resume=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_learner(None)[0].fit_one_cycle(4, max_lr=0.01, resume=tmp_path)

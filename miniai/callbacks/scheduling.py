@@ -321,6 +321,7 @@ def _parts_reached(scheduler: Any, reached: int) -> Iterator[tuple[Any, int]]:
 
 _COUNTERS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "base_lrs", "lr_lambdas", "total_steps"}
 # (what a scheduler counts as it steps; base_lrs follow the lr given; a length, total_steps, is checked on its own)
+_PRIVATE_SETTINGS = {"_schedule_phases", "_anneal_func_type"}  # OneCycleLR's pct_start, three_phase, anneal_strategy
 
 
 def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = "") -> list[str]:
@@ -331,7 +332,8 @@ def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = 
         if key == "_schedulers":
             for i, (old, new) in enumerate(zip(saved.get(key, []), value)):
                 changed += _settings_changed(old, new, f"{part}part {i}'s ")
-        elif not key.startswith("_") and key not in _COUNTERS and key in saved and saved[key] != value:
+        elif (not key.startswith("_") or key in _PRIVATE_SETTINGS) and key not in _COUNTERS and key in saved \
+                and saved[key] != value:
             changed.append(f"{part}{key} {saved[key]!r} (saved) vs {value!r} (here)")
     return changed
 
@@ -478,12 +480,16 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults)) \
             and not (isinstance(learn, MomentumLearner) and "momentum" in opt.defaults)
         # the highest group peaks at max_lr, the others keep the ratios opt_func gave them (a body at a tenth of
-        # the head's lr stays at a tenth); on resume the checkpoint's scheduler state brings the peaks
+        # the head's lr stays at a tenth)
+        # (on resume as in the saved run, so the peaks compare with the checkpoint's, which it brings)
         lrs = [float(group["lr"]) for group in opt.param_groups]
-        if resuming:  # the checkpoint's scheduler and optimizer bring the peaks: any number builds it meanwhile
-            peaks = 1.0 if max_lr is None else max_lr
-        else:
+        if max_lr is not None:
             peaks = [max_lr * (lr / max(lrs)) for lr in lrs] if max(lrs) > 0 else max_lr
+        elif resuming:  # a learner built without an lr: the saved run's peaks (the checkpoint brings them anyway)
+            from .checkpoint import load_checkpoint
+            peaks = [g.get("max_lr", 1.0) for g in load_checkpoint(fit_kwargs["resume"])["optimizer"]["param_groups"]]
+        else:
+            raise ValueError("fit_one_cycle needs max_lr, the cycle's peak: this learner was built without an lr")
         try:
             return OneCycleLR(opt, max_lr=peaks, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
                               pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
