@@ -229,6 +229,30 @@ def test_plateau_watching_an_accuracy_in_min_mode_is_refused():
     learn.fit(1)
 
 
+def test_plateau_watching_a_name_that_says_no_direction_needs_a_mode():
+    """valid_mcc (a score that rises) got torch's default mode='min' without a word, where EarlyStoppingCB asks."""
+    from miniai.data import DataLoaders, TensorLoader
+
+    class Hits:
+        def reset(self):
+            self.hits = self.n = 0
+
+        def update(self, preds, target):
+            self.hits, self.n = self.hits + (preds.argmax(1) == target).sum().item(), self.n + len(target)
+
+        def compute(self):
+            return self.hits / self.n
+    x = torch.randn(32, 4)
+    dls = DataLoaders(TensorLoader(x, (x[:, 0] > 0).long(), bs=8), TensorLoader(x, (x[:, 0] > 0).long(), bs=8))
+    sched = EpochSchedCB(ls.ReduceLROnPlateau, "valid_mcc")
+    learn = TrainLearner(nn.Linear(4, 2), dls, F.cross_entropy, lr=0.1, cbs=[MetricsCB(mcc=Hits()), sched])
+    with pytest.raises(ValueError, match=r"'valid_mcc', whose name doesn't say.*no mode was given.*mode='max'"):
+        learn.fit(1)
+    for chosen in ("min", "max"):
+        sched.factory = partial(ls.ReduceLROnPlateau, mode=chosen)
+        learn.fit(1)
+
+
 # --- misuse ---------------------------------------------------------------------------------------------------------
 def test_plateau_without_monitor_is_an_error():
     with pytest.raises(TypeError, match="ReduceLROnPlateau needs the metric it watches: pass monitor="):
@@ -887,3 +911,14 @@ def test_a_one_cycle_with_an_empty_last_phase_on_a_loader_without_len_says_why_w
     with pytest.raises(ValueError, match="phase of no steps") as info:
         learn.fit(1, cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=BATCHES, pct_start=1.0))])
     assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+@pytest.mark.parametrize("max_lr", [[0.1], (0.1, 0.01), "0.1", True])
+def test_fit_one_cycle_says_max_lr_is_one_number(max_lr):
+    """max_lr=[0.1] (one per group, as OneCycleLR takes) failed deep in torch: '<' not supported ... list and float."""
+    from miniai.data import DataLoaders, TensorLoader
+    x = torch.randn(16, 3)
+    learn = TrainLearner(nn.Linear(3, 3), DataLoaders(TensorLoader(x, x.argmax(1), 4), TensorLoader(x, x.argmax(1), 4)),
+                         F.cross_entropy, lr=0.1)
+    with pytest.raises(TypeError, match=r"max_lr is one number, the highest param group's peak.*got"):
+        learn.fit_one_cycle(1, max_lr=max_lr)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import copy
 import functools
+import numbers
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -426,8 +427,13 @@ class EpochSchedCB(BaseSchedCB):
         check_monitor(learn, self.monitor, type(self).__name__)
         try:
             way = monitor_mode(self.monitor, None, type(self).__name__)
-        except ValueError:
-            return  # the name says neither way: the scheduler's own mode stands
+        except ValueError:  # the name says neither way: the scheduler's mode stands, if it was chosen
+            chosen = "mode" in getattr(self.factory, "keywords", {}) or self.scheduler.mode != "min"
+            if not chosen:  # torch's default 'min' would cut the lr while a score that rises improves
+                raise ValueError(f"ReduceLROnPlateau watches {self.monitor!r}, whose name doesn't say whether it "
+                                 "falls or rises as the model improves, and no mode was given (torch's default is "
+                                 "'min'): pass mode='min' or mode='max', partial(ReduceLROnPlateau, mode=...)") from None
+            return
         if self.scheduler.mode != way:  # torch's default is 'min', whatever is watched
             raise ValueError(f"ReduceLROnPlateau(mode={self.scheduler.mode!r}) watches {self.monitor!r}, which "
                              f"{'falls' if way == 'min' else 'rises'} as it improves: it would cut the lr while the "
@@ -469,6 +475,10 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
     if "lr" in fit_kwargs:  # fit's lr would clash with the one fit_one_cycle passes
         raise TypeError(f"fit_one_cycle takes the cycle's peak as max_lr: fit_one_cycle({n_epochs}, "
                         f"max_lr={fit_kwargs['lr']!r})")
+    if max_lr is not None and (isinstance(max_lr, bool) or not isinstance(max_lr, numbers.Real)):
+        raise TypeError(f"fit_one_cycle's max_lr is one number, the highest param group's peak (the other groups "
+                        f"keep the ratios of the lrs opt_func gives them); got {max_lr!r}. For peaks of your own per "
+                        "group use BatchSchedCB(partial(OneCycleLR, max_lr=[...], total_steps=...))")
     max_lr = learn.lr if max_lr is None else max_lr
 
     def one_cycle(opt: Optimizer) -> OneCycleLR:
