@@ -215,6 +215,9 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "n_inp": learn.n_inp, "loss_func": loss_func,
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
     path = Path(path)
+    if path.is_dir():  # (os.replace would fail naming its temporary file)
+        raise IsADirectoryError(f"export writes one file, and {path} is a directory: give a file name, e.g. "
+                                f"learn.export('{path / 'export.pkl'}')")
     if not is_main_process():
         return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -466,3 +466,11 @@ def test_infer_refuses_floats_where_the_loaders_give_a_validation_transform_raw_
     assert dls.item_dtype == torch.uint8 and learn.infer(xu[:4]).probs.shape == (4, 3)
     with pytest.raises(TypeError, match=r"loaders give uint8 items.*got torch.float32.*\(x \* 255\).round\(\)"):
         learn.infer(xu[:4].float() / 255)
+
+
+def test_export_to_a_directory_says_to_give_a_file_name(tmp_path):
+    """It failed with IsADirectoryError naming a temporary file beside the directory."""
+    learn = tiny_learner()
+    with pytest.raises(IsADirectoryError, match=r"export writes one file, and .* is a directory: give a file name"):
+        learn.export(tmp_path)
+    assert list(tmp_path.iterdir()) == []
