@@ -1127,3 +1127,15 @@ def test_fit_one_cycle_resumed_with_another_max_lr_is_named_and_with_its_own_is_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_learner(None)[0].fit_one_cycle(4, max_lr=0.01, resume=tmp_path)
+
+
+@pytest.mark.parametrize("cls, kwargs", [("MomentumLearner", {"mom": 0.5}), ("TrainLearner", {})])
+def test_resuming_a_momentum_learners_run_with_another_mom_or_learner_is_refused(tmp_path, cls, kwargs):
+    """A MomentumLearner's mom (its momentum) changed on resume, or its run resumed by a TrainLearner, which took
+    the carried mom x grads as a first gradient: no word."""
+    from miniai.supervised import MomentumLearner
+    make_learner(tmp_path, opt_func=optim.SGD, learner_cls=partial(MomentumLearner, mom=0.85))[0].fit(1)
+    learner_cls = partial(MomentumLearner, **kwargs) if cls == "MomentumLearner" else TrainLearner
+    with pytest.raises(CheckpointMismatchError, match=r"saved by a MomentumLearner\(mom=0.85\), this is a " + cls):
+        make_learner(None, opt_func=optim.SGD, learner_cls=learner_cls)[0].fit(2, resume=tmp_path)
+    make_learner(None, opt_func=optim.SGD, learner_cls=partial(MomentumLearner, mom=0.85))[0].fit(2, resume=tmp_path)
