@@ -325,3 +325,5 @@ def test_training_on_a_loss_of_one_value_per_item_says_to_reduce_it():
             contextlib.redirect_stdout(io.StringIO()):
         learn.fit(1)
     evaluate(learn)  # an evaluation takes per-item losses (MetricsCB averages them)
+    with pytest.raises(LossInputError, match="not one number"), contextlib.redirect_stdout(io.StringIO()):
+        learn.fit(1)  # (after an evaluation of the same shapes too)

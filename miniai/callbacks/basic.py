@@ -118,8 +118,7 @@ class SupervisedLoss:
     def __call__(self, learn: Learner) -> torch.Tensor:
         loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
         first = yb[0] if yb else None
-        key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first), getattr(first, "shape", None),
-               learn.training)
+        key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first), getattr(first, "shape", None))
         fix = None if key == self._passed else _wrong_inputs(loss_func, preds, yb, learn.n_inp)
         error = None
         if fix is None:
@@ -130,7 +129,7 @@ class SupervisedLoss:
                     raise
                 error, fix = e, str(e)
             else:
-                if key == self._passed or not (learn.training and getattr(loss, "ndim", 0)):
+                if not (learn.training and getattr(loss, "ndim", 0)):  # (backward needs one number)
                     self._passed = key
                     return loss
                 fix = (f"it gives a loss of shape {tuple(loss.shape)}, not one number, and training steps on one "
