@@ -51,6 +51,8 @@ def positive_float(text: str) -> float:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    if value > 1e30:  # (AdamW's float32 arithmetic overflows on an lr near 3e38, in a traceback)
+        raise argparse.ArgumentTypeError(f"must be at most 1e30, got {text!r}")
     return value
 
 
@@ -207,8 +209,7 @@ def train(args: argparse.Namespace) -> float:
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
     if earlier and is_main_process():  # --overwrite: gone now, so a run stopped part way leaves no mix of two runs
-        for name in earlier:
-            (Path(args.out) / name).unlink(missing_ok=True)
+        _remove_all_or_none(Path(args.out), earlier)
         args.removed_earlier = True  # (for the Ctrl-C message)
     fit_start = time.perf_counter()
     learn.fit(epochs)
@@ -237,14 +238,38 @@ def train(args: argparse.Namespace) -> float:
         import torch
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        args.saved = []  # (for the Ctrl-C message: what is on disk, complete)
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        args.saved.append("result.json")
         # on the CPU, so the file loads on a machine without the GPU it was trained on
         torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, out / "model.pt")
+        args.saved.append("model.pt")
         progress.plot_losses().savefig(out / "loss.png", dpi=100)
+        args.saved.append("loss.png")
         print(f"saved {out / 'model.pt'} and {out / 'loss.png'}", flush=True)
         recorder.plot(out / "schedule.png")
         print(f"saved {out / 'schedule.png'} (lr and momentum/beta1 against batch)", flush=True)
     return result["accuracy"]
+
+
+def _remove_all_or_none(out: Path, names: list[str]) -> None:
+    """Remove the files `names` in `out`, or, if one can't be, none: each is moved aside first, and put back when
+    a later one won't move (--overwrite must not leave the earlier run half gone and no new one)."""
+    import shutil
+    aside = out / f".miniai-overwritten.{os.getpid()}"
+    aside.mkdir(exist_ok=True)
+    moved: list[str] = []
+    try:
+        for name in names:
+            (out / name).rename(aside / name)
+            moved.append(name)
+    except OSError as e:
+        for name in moved:
+            (aside / name).rename(out / name)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise _UsageError(f"--overwrite can't remove {out / name} ({e.strerror or e}), so it removed nothing: make "
+                          "the earlier run's files removable, or choose another --out") from e
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -315,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "checkpoints, so it starts over).", file=sys.stderr)
             return 1
         except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
+            if getattr(args, "saved", None):  # the training was over: say what is on disk
+                missing = [n for n in ("result.json", "model.pt", "loss.png", "schedule.png") if n not in args.saved]
+                print(f"\ninterrupted while saving the outputs: {', '.join(args.saved)} in --out {args.out} are this "
+                      f"run's, complete; {', '.join(missing)} not written", file=sys.stderr)
+                return 130
             print("\ninterrupted: the command keeps no checkpoints, so nothing of this run was saved"
                   + (f" (--out {args.out} holds only what was written so far"
                      + (", and no longer the earlier run's files, which --overwrite removed"

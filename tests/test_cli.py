@@ -62,6 +62,7 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--bs", "2.5"], "argument --bs: must be a positive integer, got '2.5'"),
     (["--lr", "nan"], "argument --lr: must be a positive finite number, got 'nan'"),
     (["--lr", "inf"], "argument --lr: must be a positive finite number, got 'inf'"),
+    (["--lr", "1e300"], "argument --lr: must be at most 1e30"),  # overflowed inside AdamW: a traceback
     (["--n-valid", "0"], "argument --n-valid: must be a positive integer, got '0'"),
     (["--device", "tpu:3"], "argument --device: not a device: 'tpu:3'"),
     (["--device", "cuda:7"], "argument --device: 'cuda:7' is not available on this machine"),
@@ -278,3 +279,41 @@ def test_the_flag_names_replace_only_get_dls_own_words():
                                "60000 training images")
     path_error = "/runs/n_valid=2/holdout=3/train-images: truncated"
     assert _as_flags(path_error) == path_error
+
+
+def test_overwrite_removes_nothing_when_one_earlier_file_cannot_be_removed(tmp_path, monkeypatch, capsys):
+    """The files before an undeletable one (an immutable schedule.png) were deleted, then a traceback: the earlier
+    run mostly gone and no new one."""
+    from pathlib import Path
+
+    from miniai.__main__ import main
+    for name in ("model.pt", "result.json", "loss.png", "schedule.png"):
+        (tmp_path / name).write_bytes(b"the first run's")
+    real_rename = Path.rename
+
+    def stuck(self, target):
+        if self.name == "schedule.png":
+            raise PermissionError(1, "Operation not permitted")
+        return real_rename(self, target)
+    monkeypatch.setattr(Path, "rename", stuck)
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"])
+    assert info.value.code == 2
+    assert "--overwrite can't remove" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "loss.png", "model.pt", "result.json", "schedule.png"]
+    assert all((tmp_path / n).read_bytes() == b"the first run's" for n in ("model.pt", "result.json", "loss.png"))
+
+
+def test_ctrl_c_while_the_plots_are_drawn_names_what_was_saved(tmp_path, monkeypatch, capsys):
+    """Interrupted while drawing schedule.png, it said 'nothing of this run was saved' beside a complete model.pt."""
+    from miniai.__main__ import main
+    from miniai.callbacks.scheduling import RecorderCB
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(RecorderCB, "plot", interrupted)
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted while saving" in err and "result.json, model.pt" in err and "schedule.png" in err
+    assert "nothing of this run was saved" not in err and (tmp_path / "model.pt").is_file()
