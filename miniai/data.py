@@ -42,9 +42,8 @@ class TensorLoader:
       order. `epoch` counts `iter()` calls and `set_epoch(e)` sets it; the Learner calls `set_epoch` before each
       training pass, so repeated fits replay the same orders.
     `state_dict()` is {seed, epoch, orders, shuffle, drop_last} (seed may be None; `orders` dates the rule for
-    seeded orders). Every
-    batch is a copy, so a transform may modify it in place. A sharded shuffled loader (`shard`) needs a seed, the
-    same on every rank; DDPCB gives it one.
+    seeded orders). Every batch is a copy, so a transform may modify it in place. A sharded shuffled loader
+    (`shard`) needs a seed, the same on every rank; DDPCB gives it one.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 1024, shuffle: bool = False,
@@ -130,7 +129,7 @@ class TensorLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """{'seed', 'epoch', 'orders'}: with a seed, enough to replay the same order from the next epoch on; and
-        'shuffle', 'drop_last', which a resume checks (`load_state_dict` leaves them to the loader built)."""
+        'shuffle', 'drop_last', which a resume checks (`load_state_dict` leaves them as the loader was built)."""
         return {"seed": self.seed, "epoch": self.epoch, "orders": _ORDERS, "shuffle": self.shuffle,
                 "drop_last": self.drop_last}
 
