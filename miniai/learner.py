@@ -183,7 +183,8 @@ class Learner(Conveniences):
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
             cbs: Iterable[Callback] | None = None, lr: float | None = None,
             resume: str | os.PathLike | None = None) -> None:
-        """Train for `n_epochs`; `cbs` are added for this call only (removed afterwards, even if fit raises).
+        """Train for `n_epochs` (0: nothing runs); `cbs` are added for this call only (removed afterwards, even if
+        fit raises).
 
         `resume`: a checkpoint file, or a `CheckpointCB` directory (its newest file): the run continues from the
         checkpoint's epoch up to `n_epochs` in total, with model, optimizer, schedulers, data order and RNG
@@ -193,6 +194,8 @@ class Learner(Conveniences):
         self._not_in_fit("fit", "the outer fit would go on with this one's optimizer, lr and records")
         opt_lr = self.lr if lr is None else lr
         check_fit_args(n_epochs, train, opt_lr, resume)
+        if n_epochs == 0 and resume is None:
+            return  # nothing to run: no callback resets what it recorded of the last fit
         temporary: list[Callback] = []
         try:
             for cb in _listed(cbs):

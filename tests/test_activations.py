@@ -472,3 +472,16 @@ def test_a_single_batch_check_is_seen_by_every_recorder():
     stats, rec = ActivationStats(lambda m: isinstance(m, nn.Linear)), RecorderCB(lr=_lr)
     learner(mlp(), [stats, rec]).fit(1, cbs=[SingleBatchCB()])
     assert [len(s[0]) for s in stats.stats] == [1] * 3 and rec.recs["lr"] == [0.01]
+
+
+def test_a_fit_of_no_epochs_leaves_every_record_as_it_was():
+    """fit(0) trained nothing but reset ActivationStats, RecorderCB and MetricsCB.history."""
+    from miniai.callbacks import MetricsCB, RecorderCB
+    from miniai.callbacks.scheduling import _lr
+    stats, rec, metrics = ActivationStats(lambda m: isinstance(m, nn.Linear)), RecorderCB(lr=_lr), MetricsCB()
+    metrics.log_fn = lambda row: None
+    learn = learner(mlp(), [stats, rec, metrics])
+    learn.fit(1)
+    before = ([len(s[0]) for s in stats.stats], list(rec.recs["lr"]), list(metrics.history))
+    learn.fit(0)
+    assert ([len(s[0]) for s in stats.stats], rec.recs["lr"], metrics.history) == before
