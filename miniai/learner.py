@@ -133,6 +133,7 @@ class Learner(Conveniences):
     a subclass's own methods (`TrainLearner`). `lr_find`, `get_preds`, `tta`, ... come from `Conveniences`."""
     _in_fit = False  # (class defaults: a learner pickled before they existed, or a subclass's own __init__, has them)
     _predicting = False  # during get_preds, tta and summary passes (hooks of the fit leave their forwards alone)
+    _temporary: list = []  # the running fit's callbacks for this call only (fit(cbs=...), resume's)
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
@@ -161,8 +162,15 @@ class Learner(Conveniences):
         return self
 
     def __getstate__(self) -> dict:
-        # a copy (deepcopy, pickle) made by a callback mid-fit is in no fit: it may fit on its own
-        return {k: v for k, v in vars(self).items() if k not in ("_in_fit", "_predicting")}
+        # a copy (deepcopy, pickle) made by a callback mid-fit is in no fit: it may fit on its own, with the
+        # learner's own callbacks (not this fit's temporary ones, resume's among them)
+        from .utils import without_graph  # (imported here: this module imports only its checks)
+        state = {k: v for k, v in vars(self).items() if k not in ("_in_fit", "_predicting", "_temporary")}
+        state.update({k: without_graph(state[k]) for k in ("loss", "preds") if k in state})  # (the batch's graph)
+        if self._temporary:
+            state["cbs"] = [cb for cb in self.cbs if all(cb is not t for t in self._temporary)]
+            state["_handlers"] = build_handlers(state["cbs"])
+        return state
 
     def _not_in_fit(self, call: str, why: str) -> None:
         if self._in_fit:  # lr_find and prediction passes lift this inside `kept`, which puts everything back
@@ -197,6 +205,7 @@ class Learner(Conveniences):
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         temporary: list[Callback] = []
+        self._temporary = temporary
         try:
             for cb in _listed(cbs):
                 self.add_cb(cb)
@@ -226,7 +235,7 @@ class Learner(Conveniences):
             _add_note(e, misplaced_cancel_note(e, step=isinstance(e, CancelStepException)))
             raise
         finally:
-            self._in_fit = False
+            self._in_fit, self._temporary = False, []
             for cb in temporary:
                 self.rm_cb(cb)
             from .utils import drop_graph  # (imported here: this module imports only its checks)

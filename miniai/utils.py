@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
-           "loss_reduction"]
+           "loss_reduction", "without_graph"]
 
 
 def _pick_device() -> str:
@@ -36,14 +36,21 @@ def_device: str = _pick_device()
 """The device miniai uses when none is given: 'cuda', else 'mps', else 'cpu' (a string, as in the course)."""
 
 
+def without_graph(x: Any) -> Any:
+    """`x` with its tensors detached (a model's (logits, aux) too); an output of a type that can't be rebuilt (a
+    dataclass with an InitVar) as it is: only a copy of it would fail."""
+    try:
+        return map_tensors(x, torch.Tensor.detach)
+    except Exception:  # noqa: BLE001
+        return x
+
+
 def drop_graph(learn: Any) -> None:
     """Detach `learn.loss` and `learn.preds`: the last training batch's graph, which nothing needs and a copy of the
-    learner fails on (a model's (logits, aux) too); an output of a type that can't be rebuilt is left as it is."""
+    learner fails on."""
     for name in ("loss", "preds"):
-        try:
-            setattr(learn, name, map_tensors(getattr(learn, name), torch.Tensor.detach))
-        except Exception:  # noqa: BLE001 -- (missing, or a dataclass with an InitVar: only a copy would fail)
-            pass
+        if hasattr(learn, name):
+            setattr(learn, name, without_graph(getattr(learn, name)))
 
 
 def map_tensors(x: Any, fn: Any) -> Any:

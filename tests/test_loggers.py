@@ -275,3 +275,90 @@ def test_appending_to_a_file_that_is_not_utf8_is_an_error_naming_the_file(tmp_pa
     path.write_bytes("epoch,note\n0,caf\xe9\n".encode("latin-1"))
     with pytest.raises(ValueError, match="log.csv is not a UTF-8 CSV file.*another path.*without it"):
         tiny_learner([quiet_metrics(), CSVLoggerCB(path, append=True)]).fit(1)
+
+
+# ---------------------------------------------------------------- found by a hostile read: copies and sum losses
+
+def _copy_at(event, fit_kwargs_fn, learn):
+    """A deepcopy of `learn` made by a callback at `event` of a fit with the given extra arguments."""
+    import copy
+
+    from miniai.learner import Callback
+    got = {}
+
+    class Snap(Callback):
+        pass
+    setattr(Snap, event, lambda self, lrn: got.setdefault("copy", copy.deepcopy(lrn)))
+    learn.fit(**fit_kwargs_fn(Snap()))
+    return got["copy"]
+
+
+def test_a_copy_made_mid_fit_keeps_only_the_learners_own_callbacks(tmp_path):
+    """It kept the fit's temporary callbacks, resume's ResumeCB too: the copy's next fit reloaded the checkpoint
+    over weights the user had set (or failed with KeyError: 'model')."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from miniai.callbacks.checkpoint import CheckpointCB
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.supervised import TrainLearner
+    torch.manual_seed(0)
+    x = torch.randn(40, 4)
+    y = (x.sum(1) > 0).long()
+    dls = DataLoaders(TensorLoader(x, y, 8, shuffle=True, seed=1), TensorLoader(x[:16], y[:16], 8))
+    TrainLearner(nn.Linear(4, 2), dls, F.cross_entropy, lr=0.1).fit(1, cbs=[CheckpointCB(tmp_path)])
+    for event in ("before_fit", "after_epoch"):
+        learn = TrainLearner(nn.Linear(4, 2), dls, F.cross_entropy, lr=0.1)
+        own = [type(cb).__name__ for cb in learn.cbs]
+        copied = _copy_at(event, lambda snap: {"n_epochs": 2, "resume": tmp_path, "cbs": [snap]}, learn)
+        assert [type(cb).__name__ for cb in copied.cbs] == own
+        copied.model.weight.data.zero_()
+        copied.fit(1, lr=0.0)  # lr 0: the weights the user set stay, not the checkpoint's
+        assert torch.equal(copied.model.weight, torch.zeros_like(copied.model.weight))
+
+
+def test_a_copy_made_mid_fit_of_a_learner_with_file_loggers_works(tmp_path):
+    """deepcopy/pickle mid-fit failed: cannot pickle '_io.TextIOWrapper' (CSVLoggerCB), '_thread.lock' (TensorBoard)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from miniai.callbacks.loggers import CSVLoggerCB, TensorBoardCB
+    from miniai.callbacks.metrics import MetricsCB
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.supervised import TrainLearner
+    x = torch.randn(40, 4)
+    dls = DataLoaders(TensorLoader(x, x.argmax(1), 8), TensorLoader(x, x.argmax(1), 8))
+    for logger in (CSVLoggerCB(tmp_path / "log.csv"), TensorBoardCB(tmp_path / "tb")):
+        metrics = MetricsCB()
+        metrics.log_fn = lambda row: None
+        learn = TrainLearner(nn.Linear(4, 4), dls, F.cross_entropy, lr=0.1, cbs=[metrics, logger])
+        copied = _copy_at("after_epoch", lambda snap: {"n_epochs": 1, "cbs": [snap]}, learn)
+        assert copied.cbs[-1] is not logger and len(learn.metrics.history) == 2
+        copied.fit(1)  # the copy opens its own file or writers
+        assert len(copied.metrics.history) == 2
+
+
+def test_the_loss_curve_of_a_summed_loss_is_per_item_as_the_valid_points_are():
+    """ProgressCB kept each batch's sum (8x the valid points' per-item mean at bs 8, same weights and data)."""
+    import contextlib
+    import io
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from miniai.callbacks.metrics import MetricsCB
+    from miniai.callbacks.progress import ProgressCB
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.supervised import TrainLearner
+    torch.manual_seed(0)
+    x = torch.randn(40, 4)
+    dls = DataLoaders(TensorLoader(x, (x.sum(1) > 0).long(), 8), TensorLoader(x, (x.sum(1) > 0).long(), 8))
+    metrics, progress = MetricsCB(), ProgressCB(mode="plain")
+    learn = TrainLearner(nn.Linear(4, 2), dls, nn.CrossEntropyLoss(reduction="sum"), lr=0.0, cbs=[metrics, progress])
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.fit(1)
+    train, valid = progress.plot_losses().axes[0].lines
+    assert float(np.mean(train.get_ydata())) == pytest.approx(metrics.last["valid_loss"], rel=1e-5)

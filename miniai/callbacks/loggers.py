@@ -65,6 +65,10 @@ class CSVLoggerCB(Callback):
         self._lr: Any = None
         self._rows_before = 0  # len(metrics.history) when this pass began: a row is written only if one was added
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (a learner copied mid-fit) has no open file: its own fit opens one
+        return {**vars(self), "_file": None, "_writer": None}
+
     def before_fit(self, learn: Learner) -> None:
         self._close()
         self._metrics, self._lr = _this_fits_metrics(learn), None
@@ -196,6 +200,10 @@ class TensorBoardCB(Callback):
         self._written: list[int] = []  # per hooked layer: its batches already written
         self._n_batches = 0
         self._rows_before = 0  # len(metrics.history) when this pass began
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (a learner copied mid-fit) has no open writer: its own fit opens them
+        return {**vars(self), "writers": {}}
 
     def before_fit(self, learn: Learner) -> None:
         self._close()

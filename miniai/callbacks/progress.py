@@ -10,8 +10,8 @@ import torch
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
-from ..utils import len_or_none
-from .metrics import format_row, format_value
+from ..utils import len_or_none, loss_reduction
+from .metrics import _n_items, format_row, format_value
 
 __all__ = ["ProgressCB", "ConsoleBar", "in_notebook"]
 
@@ -161,8 +161,10 @@ class ProgressCB(Callback):
         self.mbar: Any = None
         self.pbar: Any = None
         self._pass_length: int | None = None
+        self._sum_loss = False  # (set each fit: the loss's reduction is 'sum', its curve drawn per item)
 
     def before_fit(self, learn: Learner) -> None:
+        self._sum_loss = loss_reduction(learn.loss_func) == "sum"
         self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if sys.stdout.isatty() else "plain")
         self._main = is_main_process()
         if not self._main:  # under DDP only rank 0 draws bars and prints rows (all ranks log the same rows)
@@ -222,8 +224,8 @@ class ProgressCB(Callback):
             learn.dl = self.pbar
 
     def after_batch(self, learn: Learner) -> None:
-        if learn.training:
-            self._train_losses.push(learn.loss)
+        if learn.training:  # (a summed loss per item, as MetricsCB logs it and the valid points are)
+            self._train_losses.push(learn.loss / _n_items(learn.yb[0]) if self._sum_loss else learn.loss)
         now = time.perf_counter()
         if now - self._last_read < _READ_EVERY:  # the bar redraws a few times a second: read losses as often
             return
