@@ -362,3 +362,27 @@ def test_the_loss_curve_of_a_summed_loss_is_per_item_as_the_valid_points_are():
         learn.fit(1)
     train, valid = progress.plot_losses().axes[0].lines
     assert float(np.mean(train.get_ydata())) == pytest.approx(metrics.last["valid_loss"], rel=1e-5)
+
+
+def test_tensorboards_batch_losses_of_a_summed_loss_are_per_item(tmp_path):
+    """TensorBoardCB's per-batch 'loss' was each batch's sum, beside per-item epoch losses."""
+    import contextlib
+    import io
+
+    import torch
+    from torch import nn
+
+    from miniai.callbacks.loggers import TensorBoardCB
+    from miniai.callbacks.metrics import MetricsCB
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.supervised import TrainLearner
+    torch.manual_seed(0)
+    x = torch.randn(40, 4)
+    dls = DataLoaders(TensorLoader(x, (x.sum(1) > 0).long(), 8), TensorLoader(x, (x.sum(1) > 0).long(), 8))
+    metrics = MetricsCB()
+    learn = TrainLearner(nn.Linear(4, 2), dls, nn.CrossEntropyLoss(reduction="sum"), lr=0.0,
+                         cbs=[metrics, TensorBoardCB(tmp_path / "tb")])
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.fit(1)
+    batch = [v for _, v in read_tb(tmp_path / "tb")["batch"]["loss"]]
+    assert sum(batch) / len(batch) == pytest.approx(metrics.last["train_loss"], rel=1e-5)

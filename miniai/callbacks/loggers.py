@@ -22,9 +22,10 @@ import torch
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
-from ..utils import opt_lr
+from ..utils import loss_reduction, opt_lr
 from .activations import ActivationStats
 from .lr_finder import LRFinderCB
+from .metrics import _n_items
 
 __all__ = ["CSVLoggerCB", "TensorBoardCB"]
 
@@ -195,6 +196,7 @@ class TensorBoardCB(Callback):
         self._stats: ActivationStats | None = None
         self._per_epoch: int | None = None
         self._losses: list[torch.Tensor] = []
+        self._sum_loss = False  # (set each fit: the loss's reduction is 'sum', written per item as MetricsCB logs it)
         self._lrs: list[float] = []
         self._steps: list[int] = []
         self._written: list[int] = []  # per hooked layer: its batches already written
@@ -207,6 +209,7 @@ class TensorBoardCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self._close()
+        self._sum_loss = loss_reduction(learn.loss_func) == "sum"
         self._metrics = _this_fits_metrics(learn)
         self._stats = next((cb for cb in learn.cbs if isinstance(cb, ActivationStats)), None)
         if self.hist and self._stats is None:
@@ -247,7 +250,8 @@ class TensorBoardCB(Callback):
     def after_batch(self, learn: Learner) -> None:
         if not (self.writers and learn.training):
             return
-        self._losses.append(learn.loss.detach())  # a reference: reading it now would make the CPU wait
+        loss = learn.loss.detach() / _n_items(learn.yb[0]) if self._sum_loss else learn.loss.detach()
+        self._losses.append(loss)  # a reference: reading it now would make the CPU wait
         self._lrs.append(opt_lr(learn.opt))
         self._steps.append(learn.epoch * self._per_epoch + learn.iter if self._per_epoch else self._n_batches)
         self._n_batches += 1
