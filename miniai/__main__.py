@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
             if getattr(args, "saved", None):  # the training was over: say what is on disk
-                missing = [n for n in ("result.json", "model.pt", "loss.png", "schedule.png") if n not in args.saved]
+                missing = [n for n in _OUTPUTS if n not in args.saved and n != "log.csv"]  # (log.csv: rows so far)
                 print(f"\ninterrupted while saving the outputs: {', '.join(args.saved)} in --out {args.out} are this "
                       f"run's, complete; {', '.join(missing)} not written", file=sys.stderr)
                 return 130

@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
-           "loss_reduction", "without_graph"]
+           "loss_setting", "loss_reduction", "without_graph"]
 
 
 def _pick_device() -> str:
@@ -240,10 +240,16 @@ def opt_lr(opt: Any) -> float:
     return groups[0]["lr"] if groups else getattr(opt, "lr", float("nan"))
 
 
+def loss_setting(loss_func: Any, name: str, default: Any) -> Any:
+    """A setting of `loss_func` (`reduction`, `weight`, `ignore_index`): a partial's keyword (`partial(F.cross_entropy,
+    weight=w)`), an nn loss's attribute, else `default`."""
+    return getattr(loss_func, "keywords", {}).get(name, getattr(loss_func, name, default))
+
+
 def loss_reduction(loss_func: Any) -> str:
-    """How `loss_func` reduces its per-item losses: its `reduction` ('mean', 'sum', 'none'; an nn loss's attribute,
-    or a partial's keyword), else 'mean' (torch's default, and what a loss of one's own is taken to do)."""
-    value = getattr(loss_func, "keywords", {}).get("reduction", getattr(loss_func, "reduction", "mean"))
+    """How `loss_func` reduces its per-item losses: its `reduction` ('mean', 'sum', 'none'), else 'mean' (torch's
+    default, and what a loss of one's own is taken to do)."""
+    value = loss_setting(loss_func, "reduction", "mean")
     return value if value in ("mean", "sum", "none") else "mean"
 
 

@@ -25,7 +25,7 @@ from ..learner import Callback, Learner
 from ..utils import loss_reduction, opt_lr
 from .activations import ActivationStats
 from .lr_finder import LRFinderCB
-from .metrics import _n_items
+from .metrics import n_items
 
 __all__ = ["CSVLoggerCB", "TensorBoardCB"]
 
@@ -250,7 +250,7 @@ class TensorBoardCB(Callback):
     def after_batch(self, learn: Learner) -> None:
         if not (self.writers and learn.training):
             return
-        loss = learn.loss.detach() / _n_items(learn.yb[0]) if self._sum_loss else learn.loss.detach()
+        loss = learn.loss.detach() / n_items(learn.yb[0]) if self._sum_loss else learn.loss.detach()
         self._losses.append(loss)  # a reference: reading it now would make the CPU wait
         self._lrs.append(opt_lr(learn.opt))
         self._steps.append(learn.epoch * self._per_epoch + learn.iter if self._per_epoch else self._n_batches)

@@ -11,10 +11,10 @@ import torch
 
 from ..distributed import all_reduce_sum, is_dist, is_main_process
 from ..learner import Callback, Learner
-from ..utils import loss_reduction, map_tensors, model_device, tensors_in
+from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
 
 __all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode", "same_watch",
-           "sum_dtype"]
+           "sum_dtype", "n_items"]
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -150,7 +150,7 @@ class MetricsCB(Callback):
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
             # for a metric of the user's that takes them
             preds = map_tensors(preds, torch.Tensor.detach)
-            n = _n_items(target)
+            n = n_items(target)
             numel = sum(t.numel() for t in tensors_in(preds))
         loss = learn.loss
         if loss is None:  # a prediction pass without a loss step (get_preds without with_loss): no loss to log
@@ -248,7 +248,7 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
 def _ignored_target(loss_func: Any) -> int:
     """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
     given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
-    value = getattr(loss_func, "keywords", {}).get("ignore_index", getattr(loss_func, "ignore_index", -100))
+    value = loss_setting(loss_func, "ignore_index", -100)
     return value if isinstance(value, int) else -100
 
 
@@ -277,7 +277,7 @@ def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     (`weight`) their sum over the counted targets' weights."""
     loss = loss.float()
     mask = _loss_mask(loss, target, _ignored_target(loss_func))
-    weight = getattr(loss_func, "keywords", {}).get("weight", getattr(loss_func, "weight", None))
+    weight = loss_setting(loss_func, "weight", None)
     if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \
             and target.shape == loss.shape:  # (soft targets: torch divides by the item count)
         counted = weight.to(loss.device, torch.float32)[target if mask is None else target.where(mask, 0)]
@@ -291,14 +291,14 @@ _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
 
 
-def _n_items(target: Any) -> int:
+def n_items(target: Any) -> int:
     """How many items a batch's targets are for: a tensor's first dimension; of a dict (one entry per key), its
     first value's; of a tuple or list of tensors that share their first dimension, that (one target per head);
     of any other tuple or list (one dict, string, number or tensor of its own length per item), its length."""
     if isinstance(target, torch.Tensor):
         return target.shape[0] if target.ndim else 1
     if isinstance(target, dict):
-        return _n_items(next(iter(target.values()))) if target else 0
+        return n_items(next(iter(target.values()))) if target else 0
     if isinstance(target, (tuple, list)) and target and all(isinstance(t, torch.Tensor) and t.ndim for t in target):
         sizes = {t.shape[0] for t in target}
         if len(sizes) == 1:  # heads over one batch (a per-item list of equal lengths would be stacked: a tensor)

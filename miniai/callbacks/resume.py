@@ -81,11 +81,11 @@ class ResumeCB(Callback):
         saved_learner = state.get("learner")  # (older files: none)
         here = {"class": type(learn).__name__, "mom": getattr(learn, "mom", None)}
         if saved_learner is not None and saved_learner != here:  # the saved grads are mom x grads of that learner's
+            def named(learner: dict[str, Any]) -> str:
+                return learner["class"] + ("" if learner["mom"] is None else f"(mom={learner['mom']})")
             raise CheckpointMismatchError(
-                f"checkpoint {file} was saved by a {saved_learner['class']}" + (f"(mom={saved_learner['mom']})" if
-                saved_learner["mom"] is not None else "") + f", this is a {here['class']}" + (f"(mom={here['mom']})"
-                if here["mom"] is not None else "") + ": resume with the learner the run was saved with, or start a "
-                "new fit from the checkpoint's weights; nothing was changed.")
+                f"checkpoint {file} was saved by a {named(saved_learner)}, this is a {named(here)}: resume with the "
+                "learner the run was saved with, or start a new fit from the checkpoint's weights; nothing was changed.")
         stateful, saved, training = stateful_callbacks(learn), state["callbacks"], "train" in learn.passes
         # SWALR, once running (resumed past swa_start), sets the lr each epoch too
         schedulers = [k for k, cb in stateful.items() if _schedules(cb)

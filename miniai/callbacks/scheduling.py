@@ -495,9 +495,10 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         lrs = [float(group["lr"]) for group in opt.param_groups]
         if max_lr is not None:
             peaks = [max_lr * (lr / max(lrs)) for lr in lrs] if max(lrs) > 0 else max_lr
-        elif resuming:  # a learner built without an lr: the saved run's peaks (the checkpoint brings them anyway)
-            from .checkpoint import load_checkpoint
-            peaks = [g.get("max_lr", 1.0) for g in load_checkpoint(fit_kwargs["resume"])["optimizer"]["param_groups"]]
+        elif resuming:  # a learner built without an lr: the saved run's peaks (the checkpoint brings them anyway),
+            from .resume import ResumeCB  # from the checkpoint fit(resume=...) has read already
+            saved = next(cb for cb in learn.cbs if isinstance(cb, ResumeCB)).state["optimizer"]["param_groups"]
+            peaks = [g.get("max_lr", 1.0) for g in saved]
         else:
             raise ValueError("fit_one_cycle needs max_lr, the cycle's peak: this learner was built without an lr")
         try:
