@@ -86,8 +86,11 @@ def _skip_pass(name: str) -> str:
     return "fit(train=False) to only validate." if name == "train" else "fit(valid=False) to train without validation."
 
 
-def check_learner_args(loss_func: Any, opt_func: Any) -> None:
-    """A loss class where an instance belongs, or an optimizer where its factory belongs, fails later, deep in torch."""
+def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any) -> None:
+    """A loss class where an instance belongs, or an optimizer where its factory belongs, fails later, deep in torch;
+    an `n_inp` that is not a count of inputs splits batches wrongly (-1: (x, y) as inputs of a 3-item batch)."""
+    if not isinstance(n_inp, int) or isinstance(n_inp, bool) or n_inp < 1:
+        raise TypeError(f"n_inp is how many of a batch's items are the model's inputs, an int >= 1; got {n_inp!r}")
     if isinstance(loss_func, type):
         raise TypeError(f"loss_func is the class {loss_func.__name__}: pass an instance, {loss_func.__name__}(), or a "
                         "function such as F.cross_entropy")
@@ -103,7 +106,7 @@ def check_fit_args(n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
         raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
     if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
         raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
-    if lr is None and resume is None:  # resuming without an lr: the checkpoint's optimizer state brings its own
+    if lr is None and train and resume is None:  # (an evaluation needs none; a checkpoint's optimizer brings its own)
         raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
                          "learn.lr_find() suggests one.")
     if isinstance(lr, (str, bytes, bool)):  # (a string read from a config file; other types: opt_func's call)
@@ -174,11 +177,14 @@ def misplaced_cancel_note(error: Exception, step: bool) -> str:
             f"cancels: see the cancel table in miniai/learner.py for where each one may be raised.{where}")
 
 
-def batch_items(batch: Any) -> tuple | list:
+def batch_items(batch: Any, n_inp: int) -> tuple | list:
     """The batch's items, (*inputs, *targets); a batch that is not a tuple is an error (slicing a tensor would give
-    its rows as inputs and targets)."""
+    its rows as inputs and targets), and so is one of fewer items than `n_inp`, the inputs."""
     if not isinstance(batch, (tuple, list)):
         raise TypeError(f"a batch is a tuple (*inputs, *targets); the loader gave a {type(batch).__name__}: build it "
                         "on a TensorDataset(x, y) (dict batches: DataLoaders.from_dd or collate_dict), or own "
                         "predict and get_loss in a callback that reads learn.batch itself")
+    if n_inp > len(batch):
+        raise ValueError(f"the learner's n_inp={n_inp} (inputs per batch), but the batch has {len(batch)} items: "
+                         "build the learner with the n_inp of its loaders' batches")
     return batch

@@ -24,7 +24,13 @@ def is_dist() -> bool:
 
 def rank() -> int:
     """This process's global rank: the process group's, else $RANK (set by torchrun), else 0."""
-    return dist.get_rank() if is_dist() else int(os.environ.get("RANK", 0))
+    if is_dist():
+        return dist.get_rank()
+    env_rank = int(os.environ.get("RANK", 0))
+    if not 0 <= env_rank < world_size():  # a stray $RANK: as a rank > 0 this process would silently write nothing
+        raise ValueError(f"$RANK is {env_rank} but $WORLD_SIZE is {os.environ.get('WORLD_SIZE', '(unset: 1)')}: "
+                         "torchrun sets both, with RANK < WORLD_SIZE; outside torchrun unset RANK")
+    return env_rank
 
 
 def local_rank() -> int:

@@ -19,7 +19,7 @@ Cancelling (raise from any callback; a cancel raised in a stage's cleanup only e
 
 A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) is not caught: it ends the fit as an error.
 A cancel raised after a backward (`after_backward`, `after_step`) leaves that batch's gradients in `.grad`, where the
-next step adds them: to drop a batch, raise before its backward (`after_loss`), or zero them first.
+next step of this fit adds them: to drop a batch, raise before its backward (`after_loss`), or zero them first.
 
 Learner state that callbacks may read, and from which event on:
 
@@ -27,7 +27,7 @@ Learner state that callbacks may read, and from which event on:
 |------------------------------|----------------|---------------------------------------------------------------------------|
 | `model, dls, loss_func, cbs` | always         | what the learner was built with                                           |
 | `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
-| `opt`                        | `before_fit`   | the optimizer, `opt_func(model.parameters(), lr)`, new in each fit        |
+| `opt`                        | `before_fit`   | the optimizer, `opt_func(model.parameters(), lr)` in each fit that trains |
 | `n_epochs, epochs`           | `before_fit`   | epochs in this fit; the range the loop walks (resume starts it later)     |
 | `passes`                     | `before_fit`   | the passes of each epoch: ("train", "valid"), or one of them              |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
@@ -134,12 +134,13 @@ class Learner(Conveniences):
     _in_fit = False  # (class defaults: a learner pickled before they existed, or a subclass's own __init__, has them)
     _predicting = False  # during get_preds, tta and summary passes (hooks of the fit leave their forwards alone)
     _temporary: list = []  # the running fit's callbacks for this call only (fit(cbs=...), resume's)
+    keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  n_inp: int = 1) -> None:
-        check_learner_args(loss_func, opt_func)
+        check_learner_args(loss_func, opt_func, n_inp)
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
         self.n_inp, self.opt, self.training, self.cbs = n_inp, None, False, []
         self._handlers = build_handlers([])
@@ -157,6 +158,9 @@ class Learner(Conveniences):
     def rm_cb(self, cb: Callback) -> Learner:
         """Remove a callback (compared by identity)."""
         self._not_in_fit("rm_cb", "the loop would still call its handlers of the event running, after its cleanup")
+        if all(c is not cb for c in self.cbs):
+            raise ValueError(f"rm_cb: {cb!r} is not one of this learner's callbacks (compared by identity): pass the "
+                             "instance added, e.g. learn.rm_cb(learn.cbs[0])")
         self.cbs = [c for c in self.cbs if c is not cb]
         self._handlers = build_handlers(self.cbs)
         return self
@@ -180,12 +184,12 @@ class Learner(Conveniences):
     @property
     def xb(self) -> tuple:
         """The batch's inputs: its first `n_inp` items."""
-        return tuple(batch_items(self.batch)[:self.n_inp])
+        return tuple(batch_items(self.batch, self.n_inp)[:self.n_inp])
 
     @property
     def yb(self) -> tuple:
         """The batch's targets: every item after the inputs."""
-        return tuple(batch_items(self.batch)[self.n_inp:])
+        return tuple(batch_items(self.batch, self.n_inp)[self.n_inp:])
 
     # --- the loop --------------------------------------------------------------------------------------------
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
@@ -223,8 +227,11 @@ class Learner(Conveniences):
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
                 temporary.append(resume_cb(self, resume, lr))
                 self.add_cb(temporary[-1])
-            self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
-            self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out: its call
+            if train or self.opt is None or resume is not None:  # an evaluation keeps the optimizer, and its state
+                self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
+                self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
+            if train and not self.keeps_grads:  # as a hand loop's first zero_grad: no gradients of a step cancelled
+                self.model.zero_grad(set_to_none=True)  # at the last fit's end, or of parameters its opt left out
             self._in_fit = True
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
         except KeyboardInterrupt as e:
@@ -279,7 +286,8 @@ class Learner(Conveniences):
             raise
 
     def _all_epochs(self, train: bool, valid: bool) -> None:
-        check_new_params(self.model, self.opt, self._params_at_opt)
+        if train:
+            check_new_params(self.model, self.opt, self._params_at_opt)
         # read self.epochs here, after before_fit, so a callback (resume, progress bar) may replace it
         for self.epoch in self.epochs:
             if train:

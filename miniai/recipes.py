@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 from .augment import RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
-from .callbacks.scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, steps_per_epoch
+from .callbacks.scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, check_one_cycle_room, steps_per_epoch
 from .learner import Callback
 from .supervised import TrainLearner
 from .models import GeneralRelu, get_convnet, get_model, get_resnet, init_weights
@@ -55,14 +55,6 @@ def _torch_one_cycle(opt: Optimizer, total_steps: int) -> OneCycleLR:
 
 def _our_one_cycle(opt: Optimizer, total_steps: int) -> CosineOneCycle:
     return CosineOneCycle(opt, max_lr=_max_lrs(opt), total_steps=total_steps)
-
-
-def check_one_cycle_room(what: str, n_epochs: int, per_epoch: int) -> None:
-    """Raise ValueError when a one-cycle over `n_epochs` × `per_epoch` optimizer steps has no room for its peak."""
-    total = n_epochs * per_epoch
-    if total < 2:  # its peak in the middle needs a step before and after
-        raise ValueError(f"{what} needs at least 2 optimizer steps, and this fit has {total} ({n_epochs} epoch(s) of "
-                         f"{per_epoch} batch(es)): train more epochs or use smaller batches")
 
 
 def make_sched_cb(name: str, n_epochs: int, steps_per_epoch: int) -> BaseSchedCB | None:

@@ -58,6 +58,7 @@ class TrainLearner(Learner):
 
 class MomentumLearner(TrainLearner):
     """TrainLearner that keeps `mom` × the old gradients instead of zeroing them (momentum, the course's way)."""
+    keeps_grads = True  # the momentum lives in .grad: fit(1); fit(1) trains as fit(2) does
 
     def __init__(self, model: nn.Module, dls: Any, loss_func: Callable, lr: float | None = None,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,

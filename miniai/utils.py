@@ -68,12 +68,22 @@ def map_tensors(x: Any, fn: Any) -> Any:
             out[k] = map_tensors(v, fn)
         return out
     if dataclasses.is_dataclass(x) and not isinstance(x, type):  # a model output as a dataclass
-        return dataclasses.replace(x, **{f.name: map_tensors(getattr(x, f.name), fn)
-                                         for f in dataclasses.fields(x) if f.init})
+        out = copy.copy(x)  # (not dataclasses.replace: it resets init=False fields, drops other attributes)
+        for f in dataclasses.fields(x):
+            object.__setattr__(out, f.name, map_tensors(getattr(x, f.name), fn))  # (frozen ones too)
+        return out
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple: its constructor takes fields positionally
         return type(x)(*(map_tensors(o, fn) for o in x))
     if isinstance(x, (list, tuple)):
-        return type(x)(map_tensors(o, fn) for o in x)
+        items = [map_tensors(o, fn) for o in x]
+        try:
+            return type(x)(items)
+        except TypeError:  # a subclass whose constructor takes other arguments: a list's copy takes the items
+            if isinstance(x, tuple):
+                raise
+            out = copy.copy(x)
+            out[:] = items
+            return out
     return x
 
 
@@ -238,6 +248,12 @@ def opt_lr(opt: Any) -> float:
     course's SGD class) its `lr` attribute; NaN when it has neither (or there is no optimizer yet)."""
     groups = getattr(opt, "param_groups", None)
     return groups[0]["lr"] if groups else getattr(opt, "lr", float("nan"))
+
+
+def keeps_workers(dl: Any) -> bool:
+    """Whether `dl` keeps its worker processes between epochs (persistent_workers): their RNGs, which draw the random
+    transforms run in them, can't be saved or put back from the main process."""
+    return bool(getattr(dl, "persistent_workers", False)) and getattr(dl, "num_workers", 0) > 0
 
 
 def loss_setting(loss_func: Any, name: str, default: Any) -> Any:

@@ -1139,3 +1139,38 @@ def test_resuming_a_momentum_learners_run_with_another_mom_or_learner_is_refused
     with pytest.raises(CheckpointMismatchError, match=r"saved by a MomentumLearner\(mom=0.85\), this is a " + cls):
         make_learner(None, opt_func=optim.SGD, learner_cls=learner_cls)[0].fit(2, resume=tmp_path)
     make_learner(None, opt_func=optim.SGD, learner_cls=partial(MomentumLearner, mom=0.85))[0].fit(2, resume=tmp_path)
+
+
+def _head_at_lr_body_fixed(model):
+    def opt_func(params, lr):
+        return optim.AdamW([{"params": model[0].parameters(), "lr": 1e-3}, {"params": model[3].parameters()}], lr=lr)
+    return opt_func
+
+
+def test_fit_one_cycle_resumed_as_called_is_silent_when_opt_func_fixes_a_groups_lr(tmp_path):
+    """A body at a fixed 1e-3 and a head at lr: on resume the optimizer was built at learn.lr, not max_lr, so the
+    peaks computed differed from the saved run's and the same call warned of other settings."""
+    learn, _ = make_learner(tmp_path)
+    learn.opt_func = _head_at_lr_body_fixed(learn.model)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_one_cycle(4, max_lr=0.1, cbs=[StopBeforeEpoch(2)])
+    again, _ = make_learner(None)
+    again.opt_func = _head_at_lr_body_fixed(again.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.fit_one_cycle(4, max_lr=0.1, resume=tmp_path)
+
+
+def test_the_ctrl_c_note_after_fit_one_cycle_repeats_every_setting_of_the_call(tmp_path):
+    """The note said fit_one_cycle(4, max_lr=0.1, resume=...), dropping pct_start, div_factor, ...: running it
+    warned twice of other settings (the second with raw _schedule_phases dicts)."""
+    learn, _ = make_learner(tmp_path)
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit_one_cycle(4, max_lr=0.1, pct_start=0.5, div_factor=5.0, base_momentum=0.8,
+                            cbs=[StopBeforeEpoch(2)])
+    note = "\n".join(getattr(info.value, "__notes__", []))
+    assert "fit_one_cycle(4, max_lr=0.1, pct_start=0.5, div_factor=5.0, base_momentum=0.8, resume=" in note
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_learner(None)[0].fit_one_cycle(4, max_lr=0.1, pct_start=0.5, div_factor=5.0, base_momentum=0.8,
+                                            resume=tmp_path)

@@ -195,6 +195,25 @@ learn.fit(1)
 record("presharded", learn, last=metrics.last)
 torch.save(learn.model.state_dict(), f"{out}/presharded{r}.pt")
 
+# J: after the DDP fits, each rank scores its own data with a plain learner (no DDPCB), and rank 0 alone scores
+# again: MetricsCB merged the ranks' sums in any fit once a process group existed (each rank reported the pooled
+# numbers; rank 0 alone waited for ever for rank 1)
+mine = slice(r * 10, r * 10 + 10)
+own = MetricsCB(accuracy=MulticlassAccuracy())
+own.log_fn = lambda row: None
+plain = TrainLearner(learn.model, DataLoaders(TensorLoader(setup["xv"][mine], setup["yv"][mine], 4),
+                                              TensorLoader(setup["xv"][mine], setup["yv"][mine], 4)),
+                     F.cross_entropy, cbs=[own])
+plain.fit(1, train=False)
+with torch.no_grad():
+    truth = (learn.model(setup["xv"][mine]).argmax(1) == setup["yv"][mine]).float().mean().item()
+alone = None
+if r == 0:
+    plain.fit(1, train=False)
+    alone = own.last["valid_accuracy"]
+record("own", learn, accuracy=own.last["valid_accuracy"], truth=truth, alone=alone)
+dist.barrier()
+
 # E: rank 1 fails in the middle of an epoch
 learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
 try:
@@ -388,6 +407,13 @@ def test_what_ddp_cannot_do_is_refused_on_every_rank_and_a_resume_right_after_a_
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
 
 
+def test_a_fit_without_ddp_after_a_ddp_fit_scores_its_own_rank_s_data(launch):
+    for r in range(2):
+        res = json.loads((launch.out / f"own{r}.json").read_text())
+        assert res["accuracy"] == pytest.approx(res["truth"]), (r, res)
+    assert json.loads((launch.out / "own0.json").read_text())["alone"] is not None
+
+
 def test_failure_on_one_rank_ends_both_with_the_error(launch):
     """The worker's last fit raises on rank 1 mid-epoch: torchrun fails (no hang: the fixture has a timeout)."""
     run = launch.run
@@ -452,6 +478,14 @@ def test_helpers_read_the_torchrun_environment_without_a_process_group(monkeypat
     assert (rank(), world_size(), is_main_process()) == (0, 1, True)
 
 
+def test_a_stray_rank_without_a_world_is_an_error(monkeypatch, tmp_path):
+    """$RANK=1 left in the environment, no $WORLD_SIZE: rank 1 of a world of 1 wrote no checkpoint, no export and
+    printed nothing, silently."""
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match=r"\$RANK is 1 but \$WORLD_SIZE is \(unset: 1\)"):
+        tiny([CheckpointCB(tmp_path)]).fit(1)
+
+
 def tiny(cbs, bs=8):
     torch.manual_seed(0)
     x = torch.randn(20, 6)
@@ -470,6 +504,7 @@ def test_ddpcb_does_nothing_outside_torchrun(monkeypatch):
 
 def test_non_zero_rank_prints_nothing(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")  # no process group: the helpers read torchrun's variables
+    monkeypatch.setenv("WORLD_SIZE", "2")
     tiny([DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy())]).fit(1)
     tiny([DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(mode="terminal")]).fit(1)
     assert capsys.readouterr().out == ""

@@ -1,5 +1,6 @@
 """The loop: event order, cancel semantics, callback order, temporary callbacks, steps and typo errors."""
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -403,3 +404,123 @@ def test_a_model_output_that_cannot_be_rebuilt_does_not_fail_the_fit():
     learn = TrainLearner(PairModel(), linear_dls(), lambda p, y: F.mse_loss(p[0], y), lr=0.1)
     learn.fit(1, valid=False)
     assert isinstance(learn.preds, Pair)
+
+
+# --- found by the contract probe of 2026-12-03 ---------------------------------------------------------------------
+
+class _GradsAtStart(Callback):
+    def before_fit(self, learn):
+        self.grads = [p.grad for p in learn.model.parameters()]
+
+
+class _CancelLastStep(Callback):
+    def after_backward(self, learn):
+        if learn.iter == len(learn.dl) - 1:
+            raise CancelStepException()
+
+
+def test_a_step_cancelled_at_a_fits_end_does_not_reach_the_next_fits_first_step():
+    """A CancelStepException on the last training batch left that batch's gradients in .grad, and the next fit's
+    first step added them (its weights differed from a fresh start's by up to 0.056)."""
+    learn = tiny_learner()
+    learn.fit(1, cbs=[_CancelLastStep()])
+    assert any(p.grad is not None and p.grad.any() for p in learn.model.parameters())
+    seen = _GradsAtStart()
+    learn.fit(1, cbs=[seen])
+    assert all(g is None for g in seen.grads)
+
+
+def test_parameters_the_optimizer_left_out_bring_no_summed_gradients_to_a_later_fit():
+    """opt_func leaving the body out: its gradients summed over every batch, never zeroed, and the first fit whose
+    optimizer included them stepped with the whole sum."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    learn = TrainLearner(model, linear_dls(), F.mse_loss, lr=0.1,
+                         opt_func=lambda params, lr: torch.optim.SGD(model[2].parameters(), lr))
+    learn.fit(2)
+    assert model[0].weight.grad is not None
+    learn.opt_func = torch.optim.SGD
+    seen = _GradsAtStart()
+    learn.fit(1, cbs=[seen])
+    assert all(g is None for g in seen.grads)
+
+
+def test_an_evaluation_keeps_the_optimizer_and_its_state():
+    """fit(train=False) built a new optimizer: learn.opt.state_dict() saved after it had lost Adam's moments."""
+    learn = tiny_learner()
+    learn.opt_func = torch.optim.Adam
+    learn.fit(1)
+    opt = learn.opt
+    learn.fit(1, train=False)
+    assert learn.opt is opt and len(opt.state_dict()["state"]) == 2
+
+
+def test_an_evaluation_needs_no_lr():
+    learn = tiny_learner(lr=None)
+    learn.fit(1, train=False)  # was "No learning rate"
+
+
+def test_rm_cb_of_a_callback_not_in_the_learner_is_an_error():
+    """rm_cb(MetricsCB) (the class) or another instance did nothing, silently; the course's rm_cb raised."""
+    cb = EventLog()
+    learn = tiny_learner(cbs=[cb])
+    with pytest.raises(ValueError, match="not one of this learner's callbacks"):
+        learn.rm_cb(EventLog())
+    with pytest.raises(ValueError, match="not one of this learner's callbacks"):
+        learn.rm_cb(EventLog)
+    assert learn.cbs[0] is cb
+
+
+@pytest.mark.parametrize("n_inp", [0, -1, True, 1.0, None, "1"])
+def test_n_inp_must_be_a_positive_int(n_inp):
+    """n_inp=-1 took (x, y) as the inputs of a 3-item batch, True was 1, None made the whole batch inputs."""
+    with pytest.raises((TypeError, ValueError), match="n_inp"):
+        TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, n_inp=n_inp)
+
+
+def test_n_inp_larger_than_the_batch_is_named_at_the_first_batch():
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, n_inp=3)
+    with pytest.raises(ValueError, match=r"n_inp=3.*2 items"):
+        learn.fit(1)
+
+
+class _PlainSGD:
+    """An optimizer of one's own, as the course's: step and zero_grad only."""
+
+    def __init__(self, params, lr):
+        self.params, self.lr = list(params), lr
+
+    def step(self):
+        with torch.no_grad():
+            for p in self.params:
+                p -= self.lr * p.grad
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+
+def test_bfloat16_autocast_trains_with_an_optimizer_of_ones_own():
+    """MixedPrecisionCB registered an optimizer hook, needed only with float16's scaler: a bare AttributeError."""
+    from miniai.callbacks.mixed_precision import MixedPrecisionCB
+    learn = tiny_learner(cbs=[MixedPrecisionCB(torch.bfloat16)])
+    learn.opt_func = _PlainSGD
+    before = learn.model.weight.detach().clone()
+    learn.fit(1)
+    assert not torch.equal(before, learn.model.weight)
+    learn = tiny_learner(cbs=[MixedPrecisionCB(torch.float16)])
+    learn.opt_func = _PlainSGD
+    with pytest.raises(TypeError, match="needs a torch.optim.Optimizer.*MixedPrecisionCB\\(torch.bfloat16\\)"):
+        learn.fit(1)
+
+
+def test_a_float16_forward_overflow_is_named_in_the_nan_message():
+    """A float16 autocast overflow (an input finite in float32) got only "try a lower lr" advice."""
+    from miniai.callbacks.guards import NonFiniteLossError
+    from miniai.callbacks.mixed_precision import MixedPrecisionCB
+    x = torch.randn(16, 4)
+    x[9] *= 1e7
+    dls = SimpleNamespace(train=[(x, torch.randn(16, 1))], valid=[(x, torch.randn(16, 1))])
+    learn = TrainLearner(nn.Linear(4, 1), dls, F.mse_loss, lr=0.1, cbs=[MixedPrecisionCB(torch.float16)])
+    with pytest.raises(NonFiniteLossError, match="float16 autocast"):
+        learn.fit(1)

@@ -121,6 +121,7 @@ def test_lr_find_validation_only_fits_and_other_ranks_leave_the_logs_alone(tmp_p
     learn.fit(1, train=False)  # evaluating
     assert (csv_path.read_text(), sorted(p.name for p in tb_dir.rglob("*"))) == before
     monkeypatch.setenv("RANK", "1")  # what torchrun sets: is_main_process() is False before a process group exists
+    monkeypatch.setenv("WORLD_SIZE", "2")
     other = tmp_path / "rank1"
     tiny_learner([quiet_metrics(), CSVLoggerCB(other / "log.csv"), TensorBoardCB(other / "tb")]).fit(1)
     assert not other.exists()

@@ -704,3 +704,15 @@ def test_lr_find_puts_back_a_callback_whose_state_is_a_tensor_it_changes_in_plac
     before = avg.avg.detach().clone()
     learn.lr_find(plot=False, max_epochs=2)
     assert torch.equal(avg.avg, before)
+
+
+def test_lr_find_warns_that_persistent_workers_random_state_is_not_put_back():
+    """With persistent_workers the workers' RNG (random transforms) moved on during lr_find, which could not put it
+    back: the next fit differed from one without lr_find, silently."""
+    from torch.utils.data import DataLoader, TensorDataset
+    x = torch.randn(32, 1)
+    ds = TensorDataset(x, 2 * x)
+    dls = SimpleNamespace(train=DataLoader(ds, 8, num_workers=1, persistent_workers=True), valid=DataLoader(ds, 8))
+    learn = TrainLearner(nn.Linear(1, 1), dls, F.mse_loss, lr=0.1)
+    with pytest.warns(UserWarning, match="persistent workers"):
+        learn.lr_find(max_epochs=1)

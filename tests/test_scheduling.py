@@ -18,7 +18,7 @@ from torch.optim import lr_scheduler as ls
 
 from miniai.callbacks import MetricsCB
 from miniai.callbacks.scheduling import BatchSchedCB, EpochSchedCB, RecorderCB, _beta1, _lr, _mom, steps_per_epoch
-from miniai.learner import Callback, CancelFitException, CancelStepException, TrainLearner
+from miniai.learner import Callback, CancelBatchException, CancelFitException, CancelStepException, TrainLearner
 from miniai.plotting import plot_lrs, plot_recorder
 from miniai.recipes import SCHEDULES, make_sched_cb
 from miniai.schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine, lr_trajectory
@@ -652,9 +652,14 @@ def test_a_sequential_lr_milestone_past_the_end_of_the_fit_is_not_held_against_i
 
 def test_a_one_cycle_inside_chained_scheduler_that_ends_before_the_fit_is_refused():
     """It crashed with torch's 'Tried to step' in the middle of the fit."""
-    factory = lambda opt: ls.ChainedScheduler([ls.OneCycleLR(opt, max_lr=0.1, total_steps=9),  # noqa: E731
+    factory = lambda opt: ls.ChainedScheduler([ls.CosineAnnealingLR(opt, T_max=9),  # noqa: E731
                                               ls.ExponentialLR(opt, gamma=0.99)])
-    with pytest.raises(ValueError, match=r"OneCycleLR \(in ChainedScheduler.*total_steps=18"):
+    with pytest.raises(ValueError, match=r"CosineAnnealingLR \(in ChainedScheduler.*T_max=18"):
+        make_learner([BatchSchedCB(factory)]).fit(EPOCHS)
+    # a OneCycleLR chained with another is refused before that: it sets the lr outright, discarding the other's
+    factory = lambda opt: ls.ChainedScheduler([ls.OneCycleLR(opt, max_lr=0.1, total_steps=18),  # noqa: E731
+                                              ls.ExponentialLR(opt, gamma=0.99)])
+    with pytest.raises(ValueError, match=r"holds OneCycleLR, which is not chainable"):
         make_learner([BatchSchedCB(factory)]).fit(EPOCHS)
 
 
@@ -874,8 +879,7 @@ def test_an_epoch_schedule_does_not_step_for_a_training_pass_cancelled_before_it
     lambda o: ls.SequentialLR(o, [ls.ConstantLR(o, factor=0.5, total_iters=BATCHES),
                                   ls.OneCycleLR(o, max_lr=0.1, total_steps=BATCHES, pct_start=1.0)],
                               milestones=[BATCHES]),
-    lambda o: ls.ChainedScheduler([ls.OneCycleLR(o, max_lr=0.1, total_steps=2 * BATCHES, pct_start=1.0),
-                                   ls.ExponentialLR(o, 0.99)]),
+    lambda o: ls.ChainedScheduler([ls.OneCycleLR(o, max_lr=0.1, total_steps=2 * BATCHES, pct_start=1.0)]),
 ])
 def test_a_one_cycle_part_with_an_empty_last_phase_is_refused_before_training(build):
     """Only a top-level OneCycleLR was checked: as a SequentialLR's or ChainedScheduler's part it trained the whole
@@ -922,3 +926,67 @@ def test_fit_one_cycle_says_max_lr_is_one_number(max_lr):
                          F.cross_entropy, lr=0.1)
     with pytest.raises(TypeError, match=r"max_lr is one number, the highest param group's peak.*got"):
         learn.fit_one_cycle(1, max_lr=max_lr)
+
+
+def test_a_course_style_subclass_of_base_sched_cb_steps_in_training_only():
+    """The course's BaseSchedCB._step stepped only `if learn.training`; subclassing ours failed with a bare
+    NotImplementedError (_total_steps), and with that defined stepped on validation batches too."""
+    from miniai.callbacks.scheduling import BaseSchedCB
+
+    class MySched(BaseSchedCB):
+        def after_batch(self, learn):
+            self._step(learn)
+    sched = MySched(partial(ls.StepLR, step_size=1, gamma=0.5))
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1, cbs=[sched])
+    learn.fit(2)  # 3 training and 2 validation batches a pass
+    assert sched.n_steps == 6 and learn.opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 6)
+
+
+def test_fit_one_cycle_on_a_learner_with_a_schedule_of_its_own_is_refused():
+    """The learner's WarmupCosine was ignored, silently: fit_one_cycle's one-cycle set the lr outright each step."""
+    learn = make_learner([BatchSchedCB(partial(WarmupCosine, warmup_steps=3, total_steps=2 * BATCHES))])
+    with pytest.raises(ValueError, match="two scheduling callbacks set the lr in this fit"):
+        learn.fit_one_cycle(2, max_lr=0.1)
+
+
+def test_two_schedules_that_mix_are_refused_and_two_that_chain_are_not():
+    """OneCycleLR and WarmupCosine together peaked at 0.004 (WarmupCosine read OneCycleLR's initial_lr)."""
+    both = [BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=2 * BATCHES)),
+            BatchSchedCB(partial(WarmupCosine, warmup_steps=3, total_steps=2 * BATCHES))]
+    with pytest.raises(ValueError, match=r"two scheduling callbacks .*OneCycleLR and WarmupCosine"):
+        make_learner([]).fit(2, cbs=both)
+    # a per-batch warmup and a plateau cut multiply the lr: they compose, as in a hand loop
+    make_learner([MetricsCB(), BatchSchedCB(partial(ls.LinearLR, start_factor=0.1, total_iters=3)),
+                  EpochSchedCB(partial(ls.ReduceLROnPlateau, mode="min"), monitor="valid_loss")]).fit(2)
+
+
+def _warmup_then_long_cosine(o):
+    return ls.SequentialLR(o, [ls.LinearLR(o, 0.1, total_iters=2), ls.CosineAnnealingLR(o, T_max=100)], [2])
+
+
+def test_a_sequential_schedule_that_ends_after_the_fit_is_named_in_a_warning():
+    """Only a bare scheduler's length was compared with the fit: a warmup then a cosine of T_max=100 ended at lr
+    0.049 of a 12-step fit, without the warning a bare CosineAnnealingLR(T_max=100) gets."""
+    with pytest.warns(UserWarning, match=r"CosineAnnealingLR \(in SequentialLR, running the last 10 steps\) has "
+                                         r"T_max=100 .*build it with T_max=10"):
+        make_learner([BatchSchedCB(_warmup_then_long_cosine)]).fit(2)
+
+
+def test_a_sequential_schedule_cut_short_by_skipped_steps_is_named_in_a_warning():
+    class SkipOdd(Callback):
+        def before_batch(self, learn):
+            if learn.training and learn.iter % 2:
+                raise CancelBatchException()
+    seq = lambda o: ls.SequentialLR(o, [ls.LinearLR(o, 0.1, total_iters=2),  # noqa: E731
+                                        ls.CosineAnnealingLR(o, T_max=2 * BATCHES - 2)], [2])
+    with pytest.warns(UserWarning, match=r"SequentialLR took 6 of the 12 steps"):
+        make_learner([BatchSchedCB(seq), SkipOdd()]).fit(2)
+
+
+@pytest.mark.parametrize("swa", [False, True])
+def test_fit_one_cycle_of_one_optimizer_step_is_refused(swa):
+    """One step trained at max_lr / 25 / 1e4 (4e-07), silently; so did epoch 0 under SWACB(swa_start=0)."""
+    from miniai.callbacks.swa import SWACB
+    learn = make_learner([SWACB(swa_start=0, swa_lr=0.01)] if swa else [], n_train=BS)
+    with pytest.raises(ValueError, match="fit_one_cycle.*needs at least 2 optimizer steps"):
+        learn.fit_one_cycle(1 if not swa else 2, max_lr=0.1)

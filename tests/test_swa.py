@@ -326,9 +326,10 @@ def test_bn_refresh_runs_on_the_models_device_when_the_data_stays_on_the_cpu():
 
 
 def test_a_one_cycle_inside_a_chained_scheduler_hands_over_to_swa_at_its_last_lr_too():
-    from torch.optim.lr_scheduler import ChainedScheduler, ConstantLR
-    factory = lambda opt: ChainedScheduler([OneCycleLR(opt, max_lr=0.1, total_steps=6, anneal_strategy="linear"),  # noqa: E731
-                                            ConstantLR(opt, factor=1.0, total_iters=0)])
+    from torch.optim.lr_scheduler import ChainedScheduler
+    # (a chain of one part: chained with another, a OneCycleLR, which sets the lr outright, is refused)
+    def factory(opt):
+        return ChainedScheduler([OneCycleLR(opt, max_lr=0.1, total_steps=6, anneal_strategy="linear")])
     rec = RecorderCB(lr=_lr)
     bn_learner([BatchSchedCB(factory), rec, SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=1)]).fit(4)
     lrs = rec.recs["lr"]

@@ -151,3 +151,29 @@ def test_a_directory_claim_refuses_another_thread_and_a_forked_child(tmp_path):
     assert (tmp_path / ".miniai-run").exists()
     release()
     assert not (tmp_path / ".miniai-run").exists()
+
+
+def test_map_tensors_keeps_a_dataclass_fields_not_in_init_and_its_other_attributes():
+    """dataclasses.replace reset an init=False field to its default and dropped attributes set outside the fields."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+        extra: torch.Tensor | None = dataclasses.field(default=None, init=False)
+
+    t = torch.ones(2, dtype=torch.float64)
+    out = Out(t)
+    out.extra, out.note = t * 5, "kept"
+    moved = to_device(out, "cpu")
+    assert torch.equal(moved.extra, t * 5) and moved.note == "kept" and moved is not out
+
+
+def test_map_tensors_on_a_list_subclass_whose_constructor_takes_other_arguments():
+    class Batch(list):
+        def __init__(self, items, name):
+            super().__init__(items)
+            self.name = name
+
+    moved = to_cpu(Batch([torch.ones(2, requires_grad=True)], "b"))
+    assert type(moved) is Batch and moved.name == "b" and not moved[0].requires_grad

@@ -29,7 +29,8 @@ from torch import nn
 
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import byte_sums, checksums_match, claim_dir, len_or_none, map_tensors, tensors_in, weights_finite
+from ..utils import (byte_sums, checksums_match, claim_dir, keeps_workers, len_or_none, map_tensors, tensors_in,
+                     weights_finite)
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -642,7 +643,7 @@ class CheckpointCB(Callback):
         self._watched, self._warned = {}, set()
         for name in ("train", "valid"):
             dl = getattr(learn.dls, name, None)
-            if getattr(dl, "persistent_workers", False) and getattr(dl, "num_workers", 0) > 0:
+            if keeps_workers(dl):
                 warnings.warn(f"dls.{name} keeps persistent workers, whose random state a checkpoint can't save: a "
                               "resumed run's random transforms in the workers will differ from the run never "
                               "stopped (persistent_workers=False resumes exactly)", stacklevel=3)

@@ -161,8 +161,12 @@ class TerminateOnNaNCB(Callback):
         good = learn.last_checkpoint
         resume = (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None else
                   " There is no checkpoint of this run to resume from (CheckpointCB(path) saves one after each epoch).")
+        half = any(getattr(getattr(cb, "scaler", None), "is_enabled", lambda: False)() for cb in learn.cbs)
+        fp16 = (" Under float16 autocast (MixedPrecisionCB) a forward that overflows (a value past 65504: large "
+                "inputs?) gives such a loss too: check the inputs' range, or use MixedPrecisionCB(torch.bfloat16)."
+                if data and half else "")
         return (" Try a lower lr (learn.lr_find()), gradient clipping (GradClipCB)"
-                + (", or check the data and the loss for NaN/inf." if data else ".") + resume)
+                + (", or check the data and the loss for NaN/inf." if data else ".") + fp16 + resume)
 
 
 def lower_lr_advice(learn: Learner, good: Any) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..distributed import world_size
+from ..utils import keeps_workers
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
@@ -216,6 +217,10 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
                            "then train with the lr it suggests under torchrun")
     if start_lr <= 0:
         raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
+    if keeps_workers(getattr(learn.dls, "train", None)):
+        warnings.warn("lr_find draws batches from dls.train's persistent workers, whose random state it can't put "
+                      "back: the random transforms of the next fit will differ from a fit without lr_find (build the "
+                      "loaders with persistent_workers=False, or again after lr_find)", stacklevel=2)
     finder = LRFinderCB(gamma, max_mult)
     with kept(learn, weights=True):
         # left out (and put back by kept): the finder's run is never saved, and has no validation pass to watch

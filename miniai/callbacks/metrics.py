@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import all_reduce_sum, is_dist, is_main_process
+from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
 from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
 
@@ -101,6 +102,7 @@ class MetricsCB(Callback):
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, float] = {}
         self._sum_loss = False  # (set each pass: the loss's reduction is 'sum')
+        self._sync = False  # (set each fit: merge the ranks' sums, in a DDP fit)
 
     @property
     def names(self) -> list[str]:
@@ -108,7 +110,10 @@ class MetricsCB(Callback):
         return [f"{split}_{name}" for split in ("train", "valid") for name in [*self.metrics, "loss"]]
 
     def before_fit(self, learn: Learner) -> None:
-        if is_dist():
+        # a DDP fit's ranks each see a shard of the pass: their sums are merged; any other fit reports its own data
+        # (an evaluation on rank 0 alone after a DDP fit would wait forever for the others)
+        self._sync = isinstance(learn.model, DistributedDataParallel)  # (DDPCB, order -30, has wrapped it)
+        if self._sync:
             _check_syncable(self.metrics)
         learn.metrics = self
         self.history, self.last = [], {}
@@ -215,9 +220,9 @@ class MetricsCB(Callback):
     def after_epoch(self, learn: Learner) -> None:
         self._flush()
         split = "train" if learn.training else "valid"
-        values = {name: _number(name, value) for name, value in _compute(self.metrics).items()}
-        # one collective for both: under DDP each rank saw only its shard of the pass
-        loss_sum, count = all_reduce_sum(torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._count)]))
+        values = {name: _number(name, value) for name, value in _compute(self.metrics, self._sync).items()}
+        totals = torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._count)])
+        loss_sum, count = all_reduce_sum(totals) if self._sync else totals  # (one collective for both)
         if not self._lossless:  # (a stale learn.loss from an earlier fit is no loss of this pass)
             values["loss"] = float(loss_sum / count) if count else float("nan")
         for name, value in values.items():
@@ -461,9 +466,9 @@ def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
             f"shape; {shapes}: {fix}.")
 
 
-def _compute(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Each metric's value; under DDP from the states of all ranks (every rank must call this at the same time)."""
-    if not is_dist():
+def _compute(metrics: dict[str, Any], sync: bool) -> dict[str, Any]:
+    """Each metric's value; `sync`: from the states of all ranks (every rank must call this at the same time)."""
+    if not sync:
         return {name: metric.compute() for name, metric in metrics.items()}
     ours = {name: m for name, m in metrics.items() if callable(getattr(m, "all_reduce", None))}
     for metric in ours.values():

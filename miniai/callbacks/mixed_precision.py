@@ -70,8 +70,12 @@ class MixedPrecisionCB(Callback):
                 self._scaler_device = device_type
         else:
             self.scaler = None
-        # an optimizer post-step hook says whether scaler.step really stepped: public API, no extra sync
-        if learn.opt is not None:  # a prediction pass (get_preds) has no optimizer before the first fit
+        if self.scaler is not None and learn.opt is not None:  # (get_preds: no optimizer before the first fit)
+            if not isinstance(learn.opt, torch.optim.Optimizer):  # the scaler unscales and steps through its API
+                raise TypeError(f"MixedPrecisionCB in float16 steps through a GradScaler, which needs a torch.optim."
+                                f"Optimizer; opt_func made a {type(learn.opt).__name__}: subclass torch.optim."
+                                "Optimizer, or use MixedPrecisionCB(torch.bfloat16), which needs no scaler")
+            # an optimizer post-step hook says whether scaler.step really stepped: public API, no extra sync
             self._hook = learn.opt.register_step_post_hook(self._mark_stepped)
 
     def cleanup_fit(self, learn: Learner) -> None:

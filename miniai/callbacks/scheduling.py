@@ -23,14 +23,15 @@ from __future__ import annotations
 import bisect
 import copy
 import functools
+import inspect
 import numbers
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, LinearLR, OneCycleLR, PolynomialLR,
-                                      ReduceLROnPlateau, SequentialLR)
+from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
+                                      LambdaLR, LinearLR, OneCycleLR, PolynomialLR, ReduceLROnPlateau, SequentialLR)
 
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
@@ -39,6 +40,7 @@ from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
+           "check_one_cycle_room",
            "_lr", "_mom", "_beta1"]
 
 SchedulerFactory = Callable[[Optimizer], Any]
@@ -47,6 +49,8 @@ SchedulerFactory = Callable[[Optimizer], Any]
 _ONE_CYCLES = (OneCycleLR, CosineOneCycle, OneCycle)  # (a too-short one is pointed to fit_one_cycle)
 _COSINES = (CosineAnnealingLR, CosineAnnealing)  # (a too-short one may have wanted restarts)
 _CLOSED_FORM = (CosineAnnealing, OneCycle, WarmupCosine, CosineOneCycle)  # ours: set the lr outright, don't chain
+# (and torch's that set it outright from the initial lrs, not from the lr the last step left: not chainable either)
+_OUTRIGHT = (*_CLOSED_FORM, OneCycleLR, CyclicLR, LambdaLR, CosineAnnealingWarmRestarts)
 _ENDING = ((OneCycleLR, "total_steps"), (CosineOneCycle, "total_steps"), (WarmupCosine, "total_steps"),
            (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"),
            (PolynomialLR, "total_iters"), (LinearLR, "total_iters"))
@@ -64,6 +68,19 @@ def steps_per_epoch(learn: Learner) -> int | None:
     return n
 
 
+def _sets_outright(scheduler: Any) -> bool:
+    """Whether `scheduler`, or a part of it, sets the lr outright at each step (_OUTRIGHT)."""
+    return isinstance(scheduler, _OUTRIGHT) or any(_sets_outright(p) for p in getattr(scheduler, "_schedulers", []))
+
+
+def check_one_cycle_room(what: str, n_epochs: int, per_epoch: int) -> None:
+    """Raise ValueError when a one-cycle over `n_epochs` × `per_epoch` optimizer steps has no room for its peak."""
+    total = n_epochs * per_epoch
+    if total < 2:  # its peak in the middle needs a step before and after (one step trains at max_lr / 25 / 1e4)
+        raise ValueError(f"{what} needs at least 2 optimizer steps, and this fit has {total} ({n_epochs} epoch(s) of "
+                         f"{per_epoch} batch(es)): train more epochs or use smaller batches")
+
+
 def _is_plateau(factory: Any) -> bool:
     """Whether the factory (a class or a partial of one) builds a ReduceLROnPlateau, when that can be told."""
     while isinstance(factory, functools.partial):
@@ -71,14 +88,14 @@ def _is_plateau(factory: Any) -> bool:
     return isinstance(factory, type) and issubclass(factory, ReduceLROnPlateau)
 
 
-def _chained_closed_form(scheduler: Any, chained: bool = False) -> Any:
-    """One of our closed-form schedulers under a ChainedScheduler with other parts, at any depth (a chain inside a
-    SequentialLR, a SequentialLR inside a chain), or None; `chained`: `scheduler` is under such a chain."""
+def _chained_outright(scheduler: Any, chained: bool = False) -> Any:
+    """A scheduler that sets the lr outright (_OUTRIGHT) under a ChainedScheduler with other parts, at any depth (a
+    chain inside a SequentialLR, a SequentialLR inside a chain), or None; `chained`: `scheduler` is under a chain."""
     parts = getattr(scheduler, "_schedulers", [])
     chained = chained or isinstance(scheduler, ChainedScheduler) and len(parts) > 1
-    if chained and isinstance(scheduler, _CLOSED_FORM):
+    if chained and isinstance(scheduler, _OUTRIGHT):
         return scheduler
-    return next((found for p in parts for found in [_chained_closed_form(p, chained)] if found is not None), None)
+    return next((found for p in parts for found in [_chained_outright(p, chained)] if found is not None), None)
 
 
 class BaseSchedCB(Callback):
@@ -122,12 +139,19 @@ class BaseSchedCB(Callback):
                              "optimizer than learn.opt: fit makes a new optimizer each time, so the factory must "
                              "build the scheduler on the optimizer it is given, e.g. partial(OneCycleLR, max_lr=0.1, "
                              "total_steps=n)")
-        ours = _chained_closed_form(scheduler)
-        if ours is not None:  # each step would discard what the others did
-            raise ValueError(f"{type(self).__name__}'s ChainedScheduler holds miniai's {type(ours).__name__}, which "
-                             "is not chainable: it sets the lr outright from each group's initial lr at every step, so "
-                             "it discards the other schedulers' changes. For a cosine use torch's CosineAnnealingLR, "
+        outright = _chained_outright(scheduler)
+        if outright is not None:  # each step would discard what the others did
+            raise ValueError(f"{type(self).__name__}'s ChainedScheduler holds {type(outright).__name__}, which is not "
+                             "chainable: it sets the lr outright from each group's initial lr at every step, so it "
+                             "discards the other schedulers' changes. For a cosine use torch's CosineAnnealingLR, "
                              "which chains; or run schedules one after another with SequentialLR")
+        other = next((cb for cb in learn.cbs if isinstance(cb, BaseSchedCB) and cb is not self and cb._learn is learn),
+                     None)  # (another scheduling callback of this fit, built before this one)
+        if other is not None and (_sets_outright(scheduler) or _sets_outright(other.scheduler)):
+            names = f"{type(other.scheduler).__name__} and {type(scheduler).__name__}"
+            raise ValueError(f"two scheduling callbacks set the lr in this fit ({names}), and one sets it outright at "
+                             "every step, discarding the other's change (fit_one_cycle adds one of its own): keep one "
+                             "(learn.rm_cb(...)), or run them one after another in a SequentialLR")
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
@@ -142,12 +166,26 @@ class BaseSchedCB(Callback):
 
     def _total_steps(self, learn: Learner) -> int | None:
         """Steps this fit will take the scheduler through, from the start of the run (None if unknown)."""
-        raise NotImplementedError
+        return None  # (a subclass of the course's kind, stepping with _step, says nothing of its length)
 
     def _check_length(self, learn: Learner) -> None:
         total = self._total_steps(learn)
         if not total:  # unknown, or a fit of no epochs, which steps no schedule (torch builds none of length 0)
             return
+        name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
+        how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
+               f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
+        for part, runs in _ending_parts(self.scheduler, total):  # (of a SequentialLR the last part, of a chain all)
+            field, capacity = _length(part)
+            if field is not None and capacity > runs:
+                # legitimate for a trial run, but usually a length counted wrong: the lr never comes down
+                where = "" if part is self.scheduler else f" (in {name}, running the last {runs} steps)"
+                warnings.warn(f"{type(part).__name__}{where} has {field}={capacity} but this fit takes {total} steps "
+                              f"({how}): the fit ends before the schedule does, with the lr it has at step {runs}, "
+                              f"not at its end. If that is not on purpose, build it with {field}={runs}"
+                              + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
+                                 "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".",
+                              stacklevel=2)
         if isinstance(self.scheduler, (SequentialLR, ChainedScheduler)):
             parts = self.scheduler._schedulers
             if isinstance(self.scheduler, SequentialLR):  # each part runs from its milestone to the next
@@ -163,16 +201,6 @@ class BaseSchedCB(Callback):
                                      f"fit's {total}: build it with {field}={end - start}")
             return
         field, capacity = _length(self.scheduler)
-        name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
-        how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
-               f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
-        if field is not None and capacity > total:
-            # legitimate for a trial run, but usually a length counted wrong: the lr never comes down
-            warnings.warn(f"{name} has {field}={capacity} but this fit takes {total} steps ({how}): the fit ends "
-                          f"before the schedule does, with the lr it has at step {total}, not at its end. If that "
-                          f"is not on purpose, build it with {field}={total}"
-                          + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
-                             "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".", stacklevel=2)
         # one step short, the last batch (under EpochSchedCB the whole last epoch) trains with the schedule's end
         # value, often lr 0; a one-cycle would even step past its end, which torch refuses
         if field is None or capacity >= total:
@@ -204,7 +232,12 @@ class BaseSchedCB(Callback):
                 raise ValueError(f"{_ONE_CYCLE_PHASE} (This one: total_steps={sched.total_steps}, phases ending at "
                                  f"steps {[round(e, 6) for e in ends]}; this fit steps it {reached} times.)")
 
-    def _step(self, learn: Learner, *metric: float) -> None:
+    def _step(self, learn: Learner) -> None:
+        """Step the scheduler if training (the course's `_step`, for subclasses that choose their own event)."""
+        if learn.training:
+            self._advance(learn)
+
+    def _advance(self, learn: Learner, *metric: float) -> None:
         stop = learn.schedule_stop
         if stop is not None and not (isinstance(learn.epoch, int) and learn.epoch < stop):
             return
@@ -354,6 +387,20 @@ def _length(scheduler: Any) -> tuple[str | None, int]:
     return (field, getattr(scheduler, field)) if field else (None, 0)
 
 
+def _ending_parts(scheduler: Any, steps: int) -> Iterator[tuple[Any, int]]:
+    """The schedules that set the lr when `scheduler` has stepped `steps` times, each with the steps it has run by
+    then: the scheduler itself; of a SequentialLR, the part running then; of a ChainedScheduler, every part."""
+    parts = getattr(scheduler, "_schedulers", None)
+    if not parts:
+        yield scheduler, steps
+    elif isinstance(scheduler, SequentialLR):
+        i = bisect.bisect_right(scheduler._milestones, steps)
+        yield from _ending_parts(parts[i], steps - (scheduler._milestones[i - 1] if i else 0))
+    else:
+        for part in parts:
+            yield from _ending_parts(part, steps)
+
+
 def _epochs_scheduled(learn: Learner) -> int:
     """How many of the fit's epochs schedules drive (all of them, unless SWACB takes over earlier)."""
     return learn.n_epochs if learn.schedule_stop is None else min(learn.n_epochs, learn.schedule_stop)
@@ -378,11 +425,12 @@ class BatchSchedCB(BaseSchedCB):
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
         # learn.stepped, not an after_step handler, which a callback before this one may cancel after the step
         if learn.stepped and self._learn is not None:
-            self._step(learn)
+            self._advance(learn)
 
     def after_fit(self, learn: Learner) -> None:
         total = self._total_steps(learn)
-        if self._learn is None or total is None or not _length(self.scheduler)[0]:
+        if self._learn is None or total is None or not any(_length(p)[0] for p, _ in _ending_parts(self.scheduler,
+                                                                                                   total)):
             return  # an evaluation, a loader without a length, or a schedule that never ends
         # the schedule steps with the optimizer: steps that did not happen leave it short of its end (1%: a few
         # float16 overflow skips at the start of a long run leave the lr at its end, near enough)
@@ -443,13 +491,13 @@ class EpochSchedCB(BaseSchedCB):
         if self._learn is None:  # an evaluation: the last training fit's scheduler is kept as it was
             return
         if self.monitor is not None and learn.training == self.monitor.startswith("train_"):
-            self._step(learn, learn.metrics.last[self.monitor])
+            self._advance(learn, learn.metrics.last[self.monitor])
 
     def cleanup_epoch(self, learn: Learner) -> None:
         # cleanup, not after_epoch: a training pass cut short (CancelEpochException) is still an epoch, if it
         # trained (a fit ended at its first batch, EarlyStoppingCB's way, took no step: nor does the schedule)
         if self.monitor is None and learn.training and learn.pass_steps:
-            self._step(learn)
+            self._advance(learn)
 
 
 _PLATEAU_NO_MONITOR = ("ReduceLROnPlateau needs the metric it watches: pass monitor=, a name MetricsCB logs, e.g. "
@@ -493,6 +541,9 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         # the head's lr stays at a tenth)
         # (on resume as in the saved run, so the peaks compare with the checkpoint's, which it brings)
         lrs = [float(group["lr"]) for group in opt.param_groups]
+        if resuming and max_lr is not None:  # fit built opt at learn.lr (an lr given there would replace the
+            # checkpoint's): the ratios of the saved run's, built at max_lr (a group opt_func gives a fixed lr)
+            lrs = [float(group["lr"]) for group in learn.opt_func(learn.model.parameters(), max_lr).param_groups]
         if max_lr is not None:
             peaks = [max_lr * (lr / max(lrs)) for lr in lrs] if max(lrs) > 0 else max_lr
         elif resuming:  # a learner built without an lr: the saved run's peaks (the checkpoint brings them anyway),
@@ -501,14 +552,20 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
             peaks = [g.get("max_lr", 1.0) for g in saved]
         else:
             raise ValueError("fit_one_cycle needs max_lr, the cycle's peak: this learner was built without an lr")
+        check_one_cycle_room("fit_one_cycle" + (" before SWACB's start" if learn.schedule_stop is not None else ""),
+                             _epochs_scheduled(learn), per_epoch)
         try:
-            return OneCycleLR(opt, max_lr=peaks, total_steps=max(1, _epochs_scheduled(learn) * per_epoch),
+            return OneCycleLR(opt, max_lr=peaks, total_steps=_epochs_scheduled(learn) * per_epoch,
                               pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
                               cycle_momentum=cycle, base_momentum=base_momentum, max_momentum=max_momentum)
         except ZeroDivisionError as e:  # (it steps once when built)
             raise ValueError(_ONE_CYCLE_PHASE) from e
     resuming = fit_kwargs.get("resume") is not None
-    learn._resume_call = f"learn.fit_one_cycle({n_epochs}, max_lr={max_lr!r}{{passes}}, resume={{path!r}})"
+    settings = dict(pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
+                    base_momentum=base_momentum, max_momentum=max_momentum, cycle_momentum=cycle_momentum)
+    defaults = inspect.signature(fit_one_cycle).parameters
+    given = "".join(f", {k}={v!r}" for k, v in settings.items() if v != defaults[k].default)  # (the note repeats them)
+    learn._resume_call = f"learn.fit_one_cycle({n_epochs}, max_lr={max_lr!r}{given}{{passes}}, resume={{path!r}})"
     try:
         # an lr given to fit on resume replaces the checkpoint's; here it is only the cycle's peak, so leave it out
         learn.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=None if resuming else max_lr,
