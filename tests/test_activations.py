@@ -485,3 +485,47 @@ def test_a_fit_of_no_epochs_leaves_every_record_as_it_was():
     before = ([len(s[0]) for s in stats.stats], list(rec.recs["lr"]), list(metrics.history))
     learn.fit(0)
     assert ([len(s[0]) for s in stats.stats], rec.recs["lr"], metrics.history) == before
+
+
+class Exploded(nn.Module):
+    """A layer whose outputs are mostly far beyond the histogram's range, a few of them near zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = torch.full_like(x, 1e6)
+        big[:, :1] = 0.0  # one unit in eight at zero, the rest at 1e6
+        return x * 0 + big
+
+
+class Tapped(nn.Module):
+    """A small regression whose Exploded layer is only looked at (its outputs would make the loss diverge)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.exploded, self.out = nn.Linear(1, 8), Exploded(), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.lin(x)
+        self.exploded(hidden)
+        return self.out(hidden)
+
+
+def test_dead_fractions_count_every_activation_not_only_those_in_range():
+    """An exploded layer, 7 in 8 outputs at 1e6 and 1 in 8 at 0, read 1.0 dead: the share was taken of the values
+    inside the histogram's range only. It is 1/8 of all, and the charts say most values fell outside the range."""
+    stats = ActivationStats(lambda m: isinstance(m, Exploded))
+    learner(Tapped(), [stats]).fit(1)
+    (dead,) = stats.dead_fractions()
+    assert torch.allclose(dead, torch.full_like(dead, 1 / 8))
+    for chart in (stats.dead_chart, stats.color_dim):
+        with pytest.warns(UserWarning, match=r"0: Exploded: up to 88% of the activations fell outside "
+                                             r"range=\(0.0, 10.0\).*wider range"):
+            chart()
+
+
+def test_charts_of_activations_inside_the_range_do_not_warn():
+    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learner(mlp(), [stats]).fit(1)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats.dead_chart(), stats.color_dim()

@@ -17,6 +17,9 @@ from miniai.callbacks.lr_finder import (LRFinderCB, LRFinderResult, smooth_losse
                                         valley_lr)
 from miniai.callbacks.metrics import MetricsCB  # noqa: E402
 from miniai.learner import Callback, CancelFitException, TrainLearner  # noqa: E402
+from miniai.callbacks.guards import NonFiniteLossError  # noqa: E402
+from miniai.data import DataLoaders  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from tests.synth import linear_dls  # noqa: E402
 
 
@@ -257,6 +260,42 @@ def test_bad_arguments_say_what_to_do():
         bn_learner().lr_find(start_lr=0, plot=False)
     with pytest.raises(ValueError, match="same length"):
         valley_lr([1e-3, 1e-2], [1.0])
+
+
+
+class Frozen(nn.Module):
+    """Its output does not depend on its one parameter: the loss is the same at every lr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0 + self.p * 0 + 1.0
+
+
+def test_a_loss_that_never_moves_warns_that_the_suggestions_mean_nothing():
+    """A model that cannot train got valley = steepest = start_lr and no word: it read as a suggestion."""
+    x = torch.randn(64, 1)
+    dl = DataLoader(TensorDataset(x, torch.full((64, 1), 2.0)), batch_size=8)
+    learn = TrainLearner(Frozen(), DataLoaders(dl, dl), F.mse_loss, lr=0.1)
+    with pytest.warns(UserWarning, match=r"neither fell .* nor diverged over 40 batches.*train at all"):
+        res = learn.lr_find(max_epochs=5, plot=False)
+    assert res.valley == res.steepest == 1e-5
+
+
+def test_a_loss_that_is_nan_before_any_step_blames_the_data_not_the_lr():
+    """A NaN in the first batch said "start_lr already too large?" (lr_find) and "Try a lower lr" (fit): no lr
+    had been used yet."""
+    x, y = torch.randn(64, 1), torch.randn(64, 1)
+    x[0] = float("nan")
+    dl = DataLoader(TensorDataset(x, y), batch_size=64)
+    learn = TrainLearner(nn.Linear(1, 1), DataLoaders(dl, dl), F.mse_loss, lr=0.1)
+    with pytest.raises(ValueError, match=r"first loss, computed before any optimizer step, is nan: the lr is not"):
+        learn.lr_find(plot=False)
+    with pytest.raises(NonFiniteLossError, match=r"batch 0, the fit's first batch, before any optimizer step: the lr is not the cause"
+                                                 r"(?!.*lower lr)"):
+        learn.fit(1)
 
 
 # ------------------------------------------------------------------------------------------------ suggestions

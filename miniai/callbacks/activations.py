@@ -139,7 +139,8 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
     torch.cat([mean.view(1), std.view(1), _abs_histc(flat, bins, *range)], out=record[n])
     hook.n_recorded = n + 1
     if n == 0 or not hasattr(hook, "stats"):
-        hook.stats = ([], [], [])
+        hook.stats, hook.sizes = ([], [], []), []
+    hook.sizes.append(flat.numel())  # the share of dead units is of all of them, not of those inside the range
     for entries, view in zip(hook.stats, (record[n, 0], record[n, 1], record[n, 2:])):
         entries.append(view)
 
@@ -171,9 +172,11 @@ def get_hist(hook: Hook) -> Tensor:
 
 
 def get_min(hook: Hook) -> Tensor:
-    """Per recorded batch, the share of the counted |activations| in the lowest bin (near zero), on the CPU."""
+    """Per recorded batch, the share of the |activations| in the lowest bin (near zero), on the CPU: of all of them
+    when `append_stats` recorded them (the course divided by those inside the histogram's range)."""
     counts = torch.stack(hook.stats[2]).t().float().cpu()
-    return counts[0] / counts.sum(0)
+    sizes = getattr(hook, "sizes", None)
+    return counts[0] / (torch.tensor(sizes, dtype=torch.float32) if sizes is not None else counts.sum(0))
 
 
 def _abs_histc(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
@@ -386,16 +389,32 @@ class ActivationStats(HooksCallback):
         return [f"{i}: {type(h.module).__name__}" for i, h in enumerate(self.hooks)]
 
     def dead_fractions(self) -> list[Tensor]:
-        """Per layer, per batch: share of the counted activations in the lowest histogram bin (|x| near 0)."""
+        """Per layer, per batch: share of all its activations in the lowest histogram bin (|x| near 0)."""
         if self.range[0] != 0:  # zeros are not in the lowest bin: a dead layer would show NaN (or 0.0), not 1.0
             raise ValueError(f"dead units are the activations at 0, which are counted in the lowest bin only when the "
                              f"histogram starts at 0, and this one starts at {self.range[0]:g} (range={self.range}): "
                              f"record with range=(0, {self.range[1]:g})")
-        return [hists[:, 0] / hists.sum(1) for _, _, hists in self._recorded()]
+        return [hists[:, 0] / sizes for (_, _, hists), sizes in zip(self._recorded(), self._sizes())]
+
+    def _sizes(self) -> list[Tensor]:
+        """Per layer, the number of activations in each recorded batch (the histograms count those in range)."""
+        return [torch.tensor(getattr(h, "sizes", [])[:getattr(h, "n_recorded", 0)], dtype=torch.float32)
+                for h in self.hooks]
+
+    def _warn_out_of_range(self) -> None:
+        """Warn about the layers whose histograms miss much: values beyond the range (or NaN) are not counted, so
+        an exploded layer shows an empty image, and its few small values look like all of it."""
+        for label, (_, _, hists), sizes in zip(self.labels, self._recorded(), self._sizes()):
+            outside = float((1 - hists.sum(1) / sizes).max()) if len(sizes) else 0.0
+            if outside > 0.1:
+                warnings.warn(f"{label}: up to {outside:.0%} of the activations fell outside range={self.range} "
+                              f"(or were NaN) and are not in its histograms: record with a wider range, "
+                              f"ActivationStats(range=(0, ...))", stacklevel=3)
 
     def color_dim(self, figsize: tuple[float, float] | None = None) -> Any:
         """The log-histogram of |activations| per layer (bins up, batches right): the "colorful dimension"."""
         from ..plotting import plot_color_dim  # matplotlib is imported only when a plot is asked for
+        self._warn_out_of_range()
         return plot_color_dim([h for _, _, h in self._recorded()], self.range, self.labels, figsize=figsize)
 
     def dead_chart(self, ax: Any = None, figsize: tuple[float, float] = (6, 4)) -> Any:
@@ -403,6 +422,7 @@ class ActivationStats(HooksCallback):
         layer over batches, the course's chart: after a ReLU 1.0 means every unit is dead; a tanh's small values
         count too."""
         from ..plotting import plot_dead_chart
+        self._warn_out_of_range()
         return plot_dead_chart(self.dead_fractions(), self.labels, ax=ax, figsize=figsize)
 
     def plot_stats(self, figsize: tuple[float, float] = (10, 4)) -> Any:

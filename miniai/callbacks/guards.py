@@ -153,11 +153,16 @@ class TerminateOnNaNCB(Callback):
         after = (f" It was detected at batch {learn.iter}: the steps in between used non-finite gradients, so the "
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         where = f" on rank {bad_rank}" if bad_rank is not None else ""
+        if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
+            raise NonFiniteLossError(
+                f"training loss is {value}{where} at epoch 0, batch 0, the fit's first batch, before any optimizer "
+                "step: the lr is not the cause. Check the data (NaN or inf in the batch's inputs or targets) and the loss function, or "
+                "the weights, if an earlier fit diverged." + self._advice(learn, data=True, first=True))
         raise NonFiniteLossError(f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch} "
                                  f"(lr={lr:.3g}).{after}" + self._advice(learn, data=True))
 
     @staticmethod
-    def _advice(learn: Learner, data: bool = False) -> str:
+    def _advice(learn: Learner, data: bool = False, first: bool = False) -> str:
         good = learn.last_checkpoint
         resume = (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None else
                   " There is no checkpoint of this run to resume from (CheckpointCB(path) saves one after each epoch).")
@@ -165,6 +170,8 @@ class TerminateOnNaNCB(Callback):
         fp16 = (" Under float16 autocast (MixedPrecisionCB) a forward that overflows (a value past 65504: large "
                 "inputs?) gives such a loss too: check the inputs' range, or use MixedPrecisionCB(torch.bfloat16)."
                 if data and half else "")
+        if first:
+            return fp16 + resume
         return (" Try a lower lr (learn.lr_find()), gradient clipping (GradClipCB)"
                 + (", or check the data and the loss for NaN/inf." if data else ".") + fp16 + resume)
 

@@ -228,14 +228,24 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
                    or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
         learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
+    if finder.losses and not math.isfinite(finder.losses[0]):  # before any step: no lr can have caused it
+        raise ValueError(f"lr_find: the first loss, computed before any optimizer step, is {finder.losses[0]}: the lr "
+                         "is not the cause, and no start_lr helps. Check the data (NaN or inf in a batch's inputs or "
+                         "targets), the model's weights (an earlier run that diverged?) and the loss function.")
     result = LRFinderResult.from_curve(finder.lrs, finder.losses)
-    _, finite = _finite(finder.lrs, finder.losses)
+    finite_lrs, finite = _finite(finder.lrs, finder.losses)
     smooth = smooth_losses(finite)
     diverged = finder.diverged
     if diverged and _argmin(smooth) < 3:  # no descent to read a suggestion from
         warnings.warn(f"lr_find: the loss rose from the start ({len(finite)} batches, lowest within the first 3): "
                       f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
                       f"Try lr_find(start_lr={start_lr / 1000:g}).", stacklevel=2)
+    elif not diverged and len(finite) >= 10 and smooth[0] - min(smooth) <= 0.01 * abs(smooth[0]):
+        # (a flat curve's suggestions are start_lr, or wherever its noise dips: either would look like an answer)
+        warnings.warn(f"lr_find: the loss neither fell (by 1% at most, from {smooth[0]:.4g}) nor diverged over "
+                      f"{len(finite)} batches, lr {finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}: the suggestions mean "
+                      "nothing. Does the model train at all? (parameters frozen or missing from the optimizer, a "
+                      "loss that does not depend on the output, targets that cannot be learned)", stacklevel=2)
     elif not diverged and len(finite) < 10:
         warnings.warn(f"lr_find: only {len(finite)} batches before the data ran out (max_epochs={max_epochs}), "
                       "too few for the suggestions to mean much: raise max_epochs or use more data.", stacklevel=2)
