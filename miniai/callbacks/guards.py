@@ -156,8 +156,9 @@ class TerminateOnNaNCB(Callback):
         if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
             raise NonFiniteLossError(
                 f"training loss is {value}{where} at epoch 0, batch 0, the fit's first batch, before any optimizer "
-                "step: the lr is not the cause. Check the data (NaN or inf in the batch's inputs or targets) and the loss function, or "
-                "the weights, if an earlier fit diverged." + self._advice(learn, data=True, first=True))
+                "step: the lr is not the cause. Check the data (NaN or inf in the batch's inputs or targets) and the "
+                "loss function, or the weights, if an earlier fit diverged."
+                + self._advice(learn, data=True, first=True))
         raise NonFiniteLossError(f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch} "
                                  f"(lr={lr:.3g}).{after}" + self._advice(learn, data=True))
 
