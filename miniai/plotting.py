@@ -1,4 +1,5 @@
-"""Image grids for notebooks and scripts: every function returns the Figure and none calls plt.show().
+"""Image grids for notebooks and scripts: every function returns the Figure (but `plot_lrs`, a preview of a schedule,
+which returns its lrs) and none calls plt.show().
 
 Imports nothing from miniai but `schedulers` (itself standalone, for plot_lrs). Under a headless backend (Agg)
 the returned Figure can be `savefig`-ed.
