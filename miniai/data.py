@@ -230,11 +230,17 @@ class DataLoaders:
 
     @property
     def item_shape(self) -> tuple[int, ...] | None:
-        """One input item's shape, as given or read from an in-memory training loader; None when unknown."""
+        """One input item's shape, as given or read from the training loader's tensor, or its dataset's first item
+        when torch's default collate stacks the items as they are; None when unknown."""
+        if self._item_shape is not None:
+            return self._item_shape
         x = getattr(self.train, "x", None)
-        if self._item_shape is None and isinstance(x, torch.Tensor):
+        if isinstance(x, torch.Tensor):
             return tuple(x.shape[1:])
-        return self._item_shape
+        if getattr(self.train, "collate_fn", None) is default_collate and getattr(self.train, "batch_size", None):
+            x = self._first_input()  # (another collate, or pre-batched items, may change the shape: unknown)
+            return tuple(x.shape) if isinstance(x, torch.Tensor) else None
+        return None
 
     @property
     def item_dtype(self) -> torch.dtype | None:
@@ -244,14 +250,19 @@ class DataLoaders:
             return self._item_dtype
         x = getattr(self.train, "x", None)
         if x is None:
-            try:  # a torch DataLoader: its dataset's first item (one item: cheap; no collate_fn, which may draw)
-                item = self.train.dataset[0]
-                if isinstance(item, dict) and isinstance(self.train.collate_fn, _DictToTuple):  # from_dd's
-                    item = [item[k] for k in self.train.collate_fn.columns(item)]
-                x = item[0]
-            except Exception:  # noqa: BLE001 -- no dataset (an iterable one), or items of another form: unknown
-                x = None
+            x = self._first_input()
         return x.dtype if isinstance(x, torch.Tensor) else None
+
+    def _first_input(self) -> Any:
+        """The first input of a torch DataLoader's dataset's first item, or None: one item is cheap, and the
+        collate_fn is not run (it may draw random numbers)."""
+        try:
+            item = self.train.dataset[0]
+            if isinstance(item, dict) and isinstance(self.train.collate_fn, _DictToTuple):  # from_dd's
+                item = [item[k] for k in self.train.collate_fn.columns(item)]
+            return item[0]
+        except Exception:  # noqa: BLE001 -- no dataset (an iterable one), or items of another form: unknown
+            return None
 
     def to(self, device: str | torch.device) -> DataLoaders:
         """Move loaders that hold their data (TensorLoader) to `device`; others pass through. Returns self."""

@@ -153,6 +153,11 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     prepared = any(cb.on_val if isinstance(cb, BatchTransformCB) else not type(cb).__module__.startswith("miniai.")
                    for cb in participants(learn))
     normalize = getattr(dls, "normalize", None)
+    if normalize is not None and dtype == torch.uint8:  # infer would normalize, then what prepares the batches too
+        raise ValueError("dls.normalize says how raw pixels become the loaders' items, but the loaders give uint8 "
+                         "items (raw pixels) themselves: infer would normalize new items and the learner's callbacks "
+                         "would prepare them again, twice. If a callback (BatchTransformCB(on_val=True)) prepares the "
+                         "batches, build the DataLoaders with normalize=None; if the model takes raw pixels, too")
     x, batched = to_batch(items, normalize, channels=expected[0] if expected is not None and len(expected) == 3
                           else None, transformed=prepared and dtype in (None, torch.uint8))
     if prepared and dtype is None and normalize is None and not x.is_floating_point():

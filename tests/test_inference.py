@@ -474,3 +474,31 @@ def test_export_to_a_directory_says_to_give_a_file_name(tmp_path):
     with pytest.raises(IsADirectoryError, match=r"export writes one file, and .* is a directory: give a file name"):
         learn.export(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_infer_refuses_to_normalize_pixels_the_loaders_give_as_uint8():
+    """dls.normalize set over loaders of raw uint8 items, which a validation transform normalizes: infer normalized
+    the pixels, then the transform did again, and predicted on inputs the model never saw, without a word."""
+    norm = Normalize([0.4], [0.3])
+    dl = TensorLoader(PIXELS, torch.zeros(6, dtype=torch.long), 4)
+    learn = TrainLearner(image_model(), DataLoaders(dl, dl, normalize=norm), F.cross_entropy,
+                         cbs=[BatchTransformCB(norm, on_train=True, on_val=True)])
+    with pytest.raises(ValueError, match=r"dls.normalize.*loaders give uint8 items.*twice.*normalize=None"):
+        learn.infer(PIXELS)
+
+
+def test_infer_checks_the_item_size_of_torch_dataloaders_too():
+    """dls.item_shape came only from in-memory TensorLoaders: over torch DataLoaders a pooling model took 12x12
+    images trained on 8x8 and predicted without a word."""
+    norm = Normalize([0.4], [0.3])
+    ds = torch.utils.data.TensorDataset(norm(PIXELS), torch.zeros(6, dtype=torch.long))
+    dl = torch.utils.data.DataLoader(ds, batch_size=4)
+    dls = DataLoaders(dl, dl, classes=["a", "b", "c"], normalize=norm)
+    assert dls.item_shape == (1, 8, 8)
+    pooled = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    learn = TrainLearner(pooled, dls, F.cross_entropy, lr=0.1)
+    with pytest.raises(ValueError, match=r"trained on items of shape \(1, 8, 8\); got \(1, 12, 12\)"):
+        learn.infer(torch.randint(0, 256, (1, 12, 12), dtype=torch.uint8))
+    assert learn.infer(PIXELS[0]).label in ("a", "b", "c")
+    custom = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=lambda items: items)  # may reshape: unknown
+    assert DataLoaders(custom, custom).item_shape is None
