@@ -251,6 +251,31 @@ def test_scoring_through_get_preds_logs_a_class_weighted_loss_as_a_fit_does(loss
     assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+
+@pytest.mark.parametrize("loss_func, summed", [(nn.MSELoss(reduction="sum"), True),
+                                               (partial(F.mse_loss, reduction="sum"), True),
+                                               (nn.KLDivLoss(reduction="batchmean"), False), (nn.MSELoss(), False)])
+def test_scoring_through_get_preds_logs_a_summed_or_batchmean_loss_as_a_fit_does(loss_func, summed):
+    """get_preds(with_loss=True) averaged each item's losses over its positions: for reduction='sum' or KLDivLoss's
+    'batchmean' over (N, C) outputs, which add them up, MetricsCB logged (and get_preds returned) losses C=4
+    times smaller than the fit's."""
+    x = torch.randn(50, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.softmax(torch.randn(50, 4, generator=torch.Generator().manual_seed(1)), 1)
+    model = nn.Sequential(nn.Linear(5, 4), nn.LogSoftmax(1))
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
+    fitted = MetricsCB()
+    learn = TrainLearner(model, dls, loss_func, lr=0.1, cbs=[fitted])
+    evaluate(learn)
+    scored = MetricsCB()
+    _, _, losses = learn.get_preds(dls.valid, with_loss=True, cbs=[scored])
+    with torch.no_grad():  # per item, as the fit logs it: a summed batch loss divided by its items
+        batches = [(loss_func(model(xb), yb).item() / (len(yb) if summed else 1), len(yb)) for xb, yb in dls.valid]
+    expected = sum(v * n for v, n in batches) / sum(n for _, n in batches)
+    assert fitted.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+    assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+    assert float(losses.mean()) == pytest.approx(expected, rel=1e-5)
+
+
 def test_accuracys_multi_label_advice_gives_the_threshold_logits_need():
     """The advice named MultilabelAccuracy, whose default threshold 0.5 misreads the logits MetricsCB passes it."""
     from torcheval.metrics import MultilabelAccuracy

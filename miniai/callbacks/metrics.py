@@ -281,6 +281,8 @@ def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     over the positions whose integer target is not the loss's ignore_index, and for a loss with class weights
     (`weight`) their sum over the counted targets' weights."""
     loss = loss.float()
+    if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
+        return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
     mask = _loss_mask(loss, target, _ignored_target(loss_func))
     weight = loss_setting(loss_func, "weight", None)
     if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \

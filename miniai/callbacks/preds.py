@@ -31,7 +31,7 @@ from ..checks import drops_last
 from ..data import TensorLoader
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import to_cpu
+from ..utils import loss_setting, to_cpu
 from .augment import BatchTransformCB
 from .metrics import _ignored_target, _loss_mask
 from .state import kept
@@ -106,16 +106,22 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
     if loss_func is None:
         raise TypeError(f"{who} needs learn.loss_func, and this learner has none (an exported learner whose loss "
                         "could not be pickled?): set learn.loss_func = F.cross_entropy, say")
+    # an item's losses at its positions (per class, per pixel) are added up, as the fit's loss adds them, under
+    # reduction='sum' and KLDivLoss's 'batchmean' (each item's sum), else averaged (_per_item, MetricsCB)
+    summed = loss_setting(loss_func, "reduction", "mean") in ("sum", "batchmean")
     if isinstance(getattr(loss_func, "reduction", None), str):  # nn.CrossEntropyLoss() and friends
         per_item = copy.copy(loss_func)  # a shallow copy: the learner's loss object stays as it is
         per_item.reduction = "none"
+        per_item.reduced_by_sum = summed
         return per_item
     try:
         takes_reduction = "reduction" in inspect.signature(loss_func).parameters
     except (TypeError, ValueError):  # no signature to read (some builtins)
         takes_reduction = False
     if takes_reduction:  # F.cross_entropy, F.mse_loss, partials of them
-        return functools.update_wrapper(functools.partial(loss_func, reduction="none"), loss_func)
+        per_item = functools.update_wrapper(functools.partial(loss_func, reduction="none"), loss_func)
+        per_item.reduced_by_sum = summed
+        return per_item
     name = getattr(loss_func, "__name__", type(loss_func).__name__)
     raise TypeError(f"{who} needs one loss per item, asked of loss_func with reduction='none'; "
                     f"{name} takes no reduction argument. Use a loss that does (F.cross_entropy, "
@@ -283,7 +289,8 @@ class _GatherPreds(Callback):
                 raise ValueError("get_preds(with_loss=True): the get_loss step returned one loss for the batch, not "
                                  "one per item. It must compute learn.loss_func(preds, *yb), which get_preds sets to "
                                  "reduction='none' for the pass.")
-            self.losses.append(to_cpu(_per_item(loss, learn.yb, _ignored_target(learn.loss_func))))
+            self.losses.append(to_cpu(_per_item(loss, learn.yb, _ignored_target(learn.loss_func),
+                                                getattr(learn.loss_func, "reduced_by_sum", False))))
 
     def result(self) -> tuple:
         """(inputs?, preds, targets, losses?), each concatenated over the batches."""
@@ -295,13 +302,15 @@ class _GatherPreds(Callback):
         return (*out, _cat(self.losses)) if self.with_loss else out
 
 
-def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100) -> torch.Tensor:
+def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100, summed: bool = False) -> torch.Tensor:
     """One loss per item: a loss with more dims (per token, per pixel) averaged over them, leaving out the positions
     whose target is `ignored` (padding: cross-entropy gives them 0, and counting them would rank items by
-    length)."""
+    length); added up instead when `summed` (the loss's reduction was 'sum' or 'batchmean')."""
     if loss.ndim == 1:
         return loss
     flat = loss.reshape(len(loss), -1)
+    if summed:
+        return flat.sum(1)
     target = yb[0] if len(yb) == 1 else None
     counted = _loss_mask(loss, target, ignored)  # (None also where the dtype can't hold `ignored`: uint8 -100)
     if counted is not None:
@@ -382,7 +391,8 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
 
     Returns `(inputs, preds, targets)` `with_input`, and per-item losses last `with_loss` (`loss_func` called with
     `reduction='none'`; losses with more dims are averaged over them, leaving out the positions whose target is the
-    loss's `ignore_index`, -100 unless it says otherwise).
+    loss's `ignore_index`, -100 unless it says otherwise, or added up where its reduction, 'sum' or 'batchmean',
+    adds them up).
     Everything is concatenated on the CPU. `preds` are the raw model outputs (in float32 when autocast made them
     half precision: the same values) unless `act` is given, applied per batch to float32 outputs (torch's softmax
     and log_softmax go over the class dim 1). Targets are `learn.yb`: the batch's items after its `n_inp` inputs
