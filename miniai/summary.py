@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .callbacks.activations import Hook, Hooks
 from .callbacks.preds import get_preds
@@ -41,9 +42,28 @@ def layer_macs(module: nn.Module, inputs: tuple, output: Any) -> int | None:
         return output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
     if isinstance(module, _TRANSPOSED):  # each input value is spread over (out_channels/groups) × kernel
         return inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
-    if isinstance(module, _ELEMENTWISE) or next(module.parameters(recurse=False), None) is None:
+    if isinstance(module, _ELEMENTWISE) or not _own_params(module):
         return 0
     return None
+
+
+def _own_params(module: nn.Module) -> list[nn.Parameter]:
+    """A layer's own parameters: those it holds, and those a parametrization (weight_norm, spectral_norm) computes
+    its weight from, which live in `module.parametrizations`."""
+    own = list(module.parameters(recurse=False))
+    if parametrize.is_parametrized(module):
+        own += list(module.parametrizations.parameters())
+    return own
+
+
+def _is_row(name: str, module: nn.Module) -> bool:
+    """A summary row: a layer (a module with no children but its parametrizations), or a module with parameters of
+    its own; never a parametrization's own pieces, counted with their layer."""
+    if "parametrizations" in name.split("."):
+        return False
+    children = [n for n, _ in module.named_children() if not (n == "parametrizations" and
+                                                              parametrize.is_parametrized(module))]
+    return not children or bool(_own_params(module))
 
 
 class SummaryRow(NamedTuple):
@@ -140,8 +160,7 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
     untouched.
     """
     model = learn.model
-    mods = [(name, m) for name, m in model.named_modules()
-            if next(m.children(), None) is None or next(m.parameters(recurse=False), None) is not None]
+    mods = [(name, m) for name, m in model.named_modules() if _is_row(name, m)]
     with Hooks([m for _, m in mods], _record) as hooks, kept(learn, [getattr(learn.dls, "valid", None)]):
         if xb is None:
             dl = getattr(learn.dls, "valid", None)
@@ -152,7 +171,7 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
             batches = [(*xb,) if isinstance(xb, (tuple, list)) else (xb,)]
         inputs = get_preds(learn, dl=batches, with_input=True)[0]
     rows = [SummaryRow(name, type(m).__name__, getattr(h, "shape", None),
-                       sum(p.numel() for p in m.parameters(recurse=False)), getattr(h, "macs", 0))
+                       sum(p.numel() for p in _own_params(m)), getattr(h, "macs", 0))
             for (name, m), h in zip(mods, hooks)]
     params = list(model.parameters())  # each shared parameter once
     return ModelSummary(rows, _shape(inputs), sum(p.numel() for p in params),

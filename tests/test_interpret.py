@@ -137,6 +137,21 @@ def test_shared_and_own_parameters_are_counted_once_in_the_total():
     assert [(r.name, r.params, r.macs) for r in summary.rows] == [("", 1, None), ("lin", 20, 2 * 2 * 4 * 4)]
 
 
+
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
+def test_summary_counts_a_parametrized_layer_and_its_macs(norm):
+    """A weight_norm or spectral_norm Linear without bias has no parameter of its own (its weight is computed from
+    those in `parametrizations`): it had no row, its multiply-adds were left out of the total without a word, and
+    the parametrization's pieces had rows instead."""
+    wrap = getattr(nn.utils.parametrizations, norm)
+    model = nn.Sequential(wrap(nn.Linear(4, 3, bias=False)), nn.ReLU(), nn.Linear(3, 2))
+    learn = TrainLearner(model, DataLoaders(None, None), F.mse_loss)
+    summary = learn.summary(xb=torch.zeros(5, 4))
+    assert [(r.name, r.layer, r.macs) for r in summary.rows] == [
+        ("0", "ParametrizedLinear", 5 * 3 * 4), ("1", "ReLU", 0), ("2", "Linear", 5 * 2 * 3)]
+    assert summary.total_params == sum(r.params for r in summary.rows) == sum(p.numel() for p in model.parameters())
+    assert summary.total_macs == 5 * 3 * 4 + 5 * 2 * 3
+
 def test_summary_says_which_layers_it_counts_no_macs_for():
     """Attention and recurrent layers use their weights themselves (MultiheadAttention calls F.linear, its out_proj
     is never called): they counted 0, and the total was half the transformer layer's, with no hint."""
