@@ -31,6 +31,17 @@ def _images(inputs: Any, what: str) -> torch.Tensor:
     return inputs
 
 
+def _class_probs(preds: Any) -> torch.Tensor:
+    """Softmax probabilities of a classifier's (N, C) logits; an error naming what Interpretation takes otherwise
+    (get_preds' own would advise an `act=` that from_learner does not take)."""
+    if not isinstance(preds, torch.Tensor) or preds.ndim != 2 or preds.shape[1] < 2:
+        got = tuple(preds.shape) if isinstance(preds, torch.Tensor) else type(preds).__name__
+        raise ValueError(f"Interpretation is for classifiers with one output per class, (N, C) logits with C >= 2; "
+                         f"this model gives {got} per batch. For one score per item (a binary model) or other "
+                         "outputs, use learn.get_preds(with_loss=True) and read them yourself")
+    return torch.softmax(preds.float(), dim=1)
+
+
 class Interpretation:
     """Inputs, probabilities, targets and per-item losses of a classifier over one loader; tables and plots of them.
 
@@ -66,7 +77,7 @@ class Interpretation:
         """Predict once over `dl` (default `learn.dls.valid`) with inputs and per-item losses (`learn.get_preds`)."""
         # checked here, so the error names the call the user made (get_preds would name itself)
         unreduced(learn.loss_func, "Interpretation.from_learner (for top_losses)")
-        inputs, probs, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True, act=torch.softmax)
+        inputs, probs, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True, act=_class_probs)
         return cls(inputs, probs, targets, losses, getattr(getattr(learn, "dls", None), "classes", None))
 
     def confusion_matrix(self) -> torch.Tensor:

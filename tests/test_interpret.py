@@ -234,3 +234,17 @@ def test_counts_of_items_to_show_must_be_whole_and_positive(k):
             call(k)
     with pytest.raises(ValueError, match=r"is how many items, an int >= 1"):
         image_learner().show_results(k)
+
+
+@pytest.mark.parametrize("model, shape", [(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), r"\(16, 1\)"),
+                                          (nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Unflatten(1, (3, 1))),
+                                           r"\(16, 3, 1\)")])
+def test_from_learner_errors_name_what_from_learner_takes(model, shape):
+    """A binary model's one score per item got get_preds' advice, act=torch.sigmoid, which from_learner does not
+    take."""
+    def score_loss(preds, y, reduction="mean"):
+        return F.mse_loss(preds.reshape(len(preds), -1).mean(1), y.float(), reduction=reduction)
+    learn = TrainLearner(model, image_learner().dls, score_loss, lr=0.1)
+    with pytest.raises(ValueError, match=rf"Interpretation is for classifiers with one output per class.*{shape}"
+                                         r"(?!.*act=)"):
+        Interpretation.from_learner(learn)
