@@ -392,6 +392,31 @@ def test_a_layer_kept_in_eval_mode_during_training_is_still_recorded():
     assert [len(means) for means, _, _ in stats.stats] == [3, 3]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(32760, 40000), st.integers(1, 70), st.integers(0, 2**31 - 1))
+def test_counting_in_pairs_is_bincount(n, bins, seed):
+    """A large input's histogram is counted in pairs of indices (twice as fast): every bin's count must still be
+    bincount's, odd lengths (the index in no pair) and bins above the pairs' limit included."""
+    from miniai.callbacks.activations import _bincount
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, bins, (n,), generator=g, dtype=torch.int32)
+    index[: n // 3] = torch.randint(0, bins, (1,), generator=g, dtype=torch.int32)  # runs of one bin, as after a ReLU
+    assert torch.equal(_bincount(index, bins), torch.bincount(index, minlength=bins))
+
+
+def test_a_large_layers_histogram_is_histc_of_abs():
+    """The pairs path (inputs of 32,768 values and more) on activations with values at and around every bin edge."""
+    g = torch.Generator().manual_seed(0)
+    edges = torch.linspace(0, 10, 41)
+    x = torch.cat([torch.randn(60_001, generator=g) * 3, edges, -edges, torch.nextafter(edges, torch.tensor(-1.0)),
+                   torch.nextafter(edges, torch.tensor(11.0))[:-1]])
+    x = x[x.abs() <= 10]  # all inside the range: the bincount path, not histc's
+    ident = nn.Identity()
+    with Hook(ident, append_stats) as hook:
+        ident(x.view(1, -1))
+    assert x.numel() > 32768 and torch.equal(hook.stats[2][0], x.abs().histc(40, 0, 10))
+
+
 @pytest.mark.parametrize("range_, bins", [((0.0, 0.7), 7), ((0.1, 0.7), 40), ((0.0, 1 / 3), 10), ((-0.1, 0.6), 25)])
 def test_the_histogram_is_histc_s_on_ranges_not_exact_in_float32(range_, bins):
     """With high - low not exact in float32, |x| == high (a saturated activation: Hardtanh(-0.7, 0.7)) fell out

@@ -197,7 +197,24 @@ def _abs_histc(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
         return torch.histc(pos, bins, low, high)
     # divided by a full tensor: torch divides by a scalar as a product with its reciprocal, histc does not
     index = pos.mul_(bins).div_(hi.expand_as(pos)).clamp_(max=bins - 1).to(torch.int32)  # |x| == high: last bin
-    return torch.bincount(index, minlength=bins)[:bins].to(flat.dtype)
+    return _bincount(index, bins).to(flat.dtype)
+
+
+def _bincount(index: Tensor, bins: int) -> Tensor:
+    """`torch.bincount(index, minlength=bins)` of indices in [0, bins), about twice as fast on a large `index`.
+
+    bincount is a serial loop, a step per value, and the bulk of the histogram's cost: a large input is counted
+    in pairs instead, the first half's index with the second half's as one index `a * bins + b`, in half as many
+    steps; a pair's count goes to both of its bins (the pair table's row and column sums)."""
+    n = index.numel()
+    if n < 32768 or bins > 64:  # (small: the extra ops cost what they save; many bins: the pair table is too large)
+        return torch.bincount(index, minlength=bins)
+    half = n // 2
+    pairs = torch.bincount(torch.add(index[half:2 * half], index[:half], alpha=bins), minlength=bins * bins)
+    counts = pairs.view(bins, bins).sum(1).add_(pairs.view(bins, bins).sum(0))
+    if n % 2:  # the last index, in no pair
+        counts[index[-1]] += 1
+    return counts
 
 
 def _abs_histc_scatter(flat: Tensor, bins: int, low: float, high: float) -> Tensor:
