@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,8 +17,13 @@ from typing import Any
 import torch
 from torch import nn, optim
 
-__all__ = ["check_new_callback", "check_steps", "check_callback_names", "check_fit_args", "check_loaders",
+__all__ = ["add_note", "check_new_callback", "check_steps", "check_callback_names", "check_fit_args", "check_loaders",
            "drops_last", "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note"]
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """Attach `note` to `error`, shown under its traceback (Python < 3.11 has no notes: print it)."""
+    error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
 
 
 def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:

@@ -17,7 +17,19 @@ __all__ = ["Conveniences"]
 
 class Conveniences:
     """`fit_one_cycle`, `lr_find`, `get_preds`, `capture_preds`, `tta`, `infer`, `summary`, `show_results`,
-    `export` and `compile`: the Learner's calls built from callbacks and other modules."""
+    `export` and `compile`: the Learner's calls built from callbacks and other modules; and what a copy holds."""
+
+    def __getstate__(self: Learner) -> dict:
+        """What a copy (deepcopy, pickle) holds: a copy made mid-fit is in no fit, with the learner's own callbacks
+        (not this fit's temporary ones, resume's among them), and no batch's graph."""
+        from .learner import build_handlers
+        from .utils import without_graph
+        state = {k: v for k, v in vars(self).items() if k not in ("_in_fit", "_predicting", "_temporary")}
+        state.update({k: without_graph(state[k]) for k in ("loss", "preds") if k in state})
+        if self._temporary:
+            state["cbs"] = [cb for cb in self.cbs if all(cb is not t for t in self._temporary)]
+            state["_handlers"] = build_handlers(state["cbs"])
+        return state
 
     def fit_one_cycle(self: Learner, n_epochs: int, max_lr: float | None = None, **kwargs: Any) -> None:
         """Fit with torch's OneCycleLR stepped per optimizer step (`miniai.callbacks.scheduling.fit_one_cycle`)."""

@@ -1,11 +1,10 @@
 """The training loop: a `Learner` that fires named events, and `Callback`s that do everything else.
 
-Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch` (what fit checks first is in checks.py;
-the steps are a callback's or the learner's own: `TrainLearner` in supervised.py; `lr_find`, `get_preds` and the
-other calls built from callbacks are in conveniences.py). Every stage runs `before_<stage>`, its body,
-`after_<stage>`, and always every `cleanup_<stage>` handler, even after a cancel, an error, Ctrl-C or another
-cleanup's error. The user sees the first error raised (later ones become its notes; a cancel on its way up to its
-stage is no error: an error a cleanup raises meanwhile replaces it, and so does a cleanup's CancelFitException).
+Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch` (fit's checks: checks.py; `TrainLearner`:
+supervised.py; `lr_find`, `get_preds`, ...: conveniences.py). Every stage runs `before_<stage>`, its body,
+`after_<stage>`, and always every `cleanup_<stage>`, even after a cancel, an error, Ctrl-C or a cleanup's error.
+The user sees the first error raised; later ones become its notes (a cancel on its way up is no error: a cleanup's
+error replaces it, and so does a cleanup's CancelFitException).
 
 Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
 
@@ -45,7 +44,6 @@ Learner state that callbacks may read, and from which event on:
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -54,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from ._course import course_hooks, course_names
-from .checks import (batch_items, check_callback_names, check_fit_args, check_learner_args, check_loaders,
+from .checks import (add_note, batch_items, check_callback_names, check_fit_args, check_learner_args, check_loaders,
                      check_new_callback, check_new_params, check_steps, empty_pass_error, misplaced_cancel_note)
 from .conveniences import Conveniences
 
@@ -79,18 +77,17 @@ _OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": 
 class Callback:
     """Base class for callbacks: define methods named after events, `before_fit(self, learn)`, `after_batch`, ...
 
-    Callbacks run sorted by `order`, lower first (the built-in values are tabled in `miniai.callbacks`). Methods
-    starting with `before_`, `after_` or `cleanup_` must be events. Step ownership, the one rule: the steps
-    (`STEPS`) are the learner's own methods unless a callback declares that it does one instead, `owns_steps =
-    ("backward", "step")`, with a method `backward(self, learn)` for each. A method named like a step but not
-    declared is an error when the callback is added (a helper called `step` must never silently replace the
-    optimizer step), and so is a step owned by two callbacks, or (at fit) by a callback and a TrainLearner
-    subclass's own method, which would never run. The base `Learner` has no steps: a callback owns all five (`TrainCB`).
+    Callbacks run sorted by `order`, lower first (built-in values: `miniai.callbacks`); methods starting with
+    `before_`, `after_` or `cleanup_` must be events. Step ownership, the one rule: the `STEPS` are the learner's
+    own methods unless a callback declares it does one, `owns_steps = ("backward",)` with a method `backward(self,
+    learn)`. A method named like a step but not declared is an error when the callback is added (a helper called
+    `step` must never silently replace the optimizer step); so is a step owned twice, or (at fit) by a callback
+    and a TrainLearner subclass's own method. The base `Learner` has no steps: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
-    `lr_find`, `add_cb` or `rm_cb`: what they change would leak into the running fit (give it a flag it checks).
-    `inference = True`: the callback also shapes how the model sees data after training (DeviceCB, autocast), so it
-    takes part in prediction passes (`get_preds`, `tta`, `infer`); leave it False for what records, logs or saves.
+    `lr_find`, `add_cb` or `rm_cb`, whose changes would leak into the running fit (give it a flag it checks).
+    `inference = True`: the callback shapes how the model sees data (DeviceCB, autocast), so prediction passes
+    (`get_preds`, `tta`, `infer`) run it too; leave it False for what records, logs or saves.
     """
     order: int = 0
     owns_steps: tuple[str, ...] = ()
@@ -116,11 +113,6 @@ def _tag(error: BaseException, event: str, handler: Handler | None = None) -> No
     stage catches it, and for CheckpointCB (was the epoch counted before the fit was cancelled?)."""
     if isinstance(error, _CANCELS) and not hasattr(error, "event"):
         error.event, error.raised_by = event, getattr(handler, "__self__", None)
-
-
-def _add_note(error: BaseException, note: str) -> None:
-    """Attach `note` to `error`, shown under its traceback (Python < 3.11 has no notes: print it)."""
-    error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
 
 
 def _listed(cbs: Callback | Iterable[Callback] | None) -> list[Callback]:
@@ -164,17 +156,6 @@ class Learner(Conveniences):
         self.cbs = [c for c in self.cbs if c is not cb]
         self._handlers = build_handlers(self.cbs)
         return self
-
-    def __getstate__(self) -> dict:
-        # a copy (deepcopy, pickle) made by a callback mid-fit is in no fit: it may fit on its own, with the
-        # learner's own callbacks (not this fit's temporary ones, resume's among them)
-        from .utils import without_graph  # (imported here: this module imports only its checks)
-        state = {k: v for k, v in vars(self).items() if k not in ("_in_fit", "_predicting", "_temporary")}
-        state.update({k: without_graph(state[k]) for k in ("loss", "preds") if k in state})  # (the batch's graph)
-        if self._temporary:
-            state["cbs"] = [cb for cb in self.cbs if all(cb is not t for t in self._temporary)]
-            state["_handlers"] = build_handlers(state["cbs"])
-        return state
 
     def _not_in_fit(self, call: str, why: str) -> None:
         if self._in_fit:  # lr_find and prediction passes lift this inside `kept`, which puts everything back
@@ -236,10 +217,10 @@ class Learner(Conveniences):
             self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
         except KeyboardInterrupt as e:
             from .callbacks.checkpoint import interrupt_note
-            _add_note(e, interrupt_note(self, temporary))
+            add_note(e, interrupt_note(self, temporary))
             raise
         except _CANCELS as e:  # a cancel its stage did not catch: it came from outside that stage
-            _add_note(e, misplaced_cancel_note(e, step=isinstance(e, CancelStepException)))
+            add_note(e, misplaced_cancel_note(e, step=isinstance(e, CancelStepException)))
             raise
         finally:
             self._in_fit, self._temporary = False, []
@@ -273,7 +254,7 @@ class Learner(Conveniences):
                     if not isinstance(e, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup
                         self.stopped_by = e  # found broken (a cancel there only ends what is over anyway)
                 else:
-                    _add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")
+                    add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")
         if error is not None:
             raise error
 
