@@ -214,6 +214,10 @@ def train(args: argparse.Namespace) -> float:
     fit_start = time.perf_counter()
     learn.fit(epochs)
     fit_s = time.perf_counter() - fit_start
+    if not math.isfinite(metrics.last["valid_loss"]):  # weights huge but finite pass the NaN guard's check
+        from .callbacks.guards import NonFiniteLossError
+        raise NonFiniteLossError(f"the validation loss is {metrics.last['valid_loss']} after epoch {epochs - 1}: the "
+                                 "weights blew up (the training loss was still finite), so no model is saved.")
     n_valid = len(dls.valid.y)  # what was validated on: --n-valid cuts the test set or the held-out images
     valid_on = (f"{n_valid} held-out training images" if args.holdout else "the test set" if args.n_valid is None
                 else f"the first {n_valid} test images")

@@ -317,3 +317,14 @@ def test_ctrl_c_while_the_plots_are_drawn_names_what_was_saved(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "interrupted while saving" in err and "result.json, model.pt" in err and "schedule.png" in err
     assert "nothing of this run was saved" not in err and (tmp_path / "model.pt").is_file()
+
+
+def test_a_run_whose_validation_loss_is_nan_writes_nothing_and_exits_1(tmp_path, capsys):
+    """--lr 1e30 for one epoch left weights of ~1e30, finite, so the NaN guard passed them; the validation loss was
+    NaN, yet the command printed an accuracy, saved model.pt and result.json and exited 0."""
+    from miniai.__main__ import main
+    assert main(["train", "--epochs", "1", "--n-train", "256", "--n-valid", "64", "--device", "cpu", "--lr", "1e30",
+                 "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "validation loss is nan" in err and "a lower --lr" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model.pt").exists() and not (tmp_path / "run" / "result.json").exists()
