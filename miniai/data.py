@@ -231,13 +231,16 @@ class DataLoaders:
     @property
     def item_shape(self) -> tuple[int, ...] | None:
         """One input item's shape, as given or read from the training loader's tensor, or its dataset's first item
-        when torch's default collate stacks the items as they are; None when unknown."""
+        when torch's default collate (alone or in from_dd's) stacks the items as they are; None when unknown."""
         if self._item_shape is not None:
             return self._item_shape
         x = getattr(self.train, "x", None)
         if isinstance(x, torch.Tensor):
             return tuple(x.shape[1:])
-        if getattr(self.train, "collate_fn", None) is default_collate and getattr(self.train, "batch_size", None):
+        collate = getattr(self.train, "collate_fn", None)
+        if isinstance(collate, _DictToTuple):  # from_dd's: the columns of the collate's batch, as a tuple
+            collate = collate.collate_fn
+        if collate is default_collate and getattr(self.train, "batch_size", None):
             x = self._first_input()  # (another collate, or pre-batched items, may change the shape: unknown)
             return tuple(x.shape) if isinstance(x, torch.Tensor) else None
         return None

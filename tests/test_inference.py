@@ -502,3 +502,27 @@ def test_infer_checks_the_item_size_of_torch_dataloaders_too():
     assert learn.infer(PIXELS[0]).label in ("a", "b", "c")
     custom = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=lambda items: items)  # may reshape: unknown
     assert DataLoaders(custom, custom).item_shape is None
+
+
+def test_infer_checks_the_item_size_of_from_dd_loaders_too():
+    """DataLoaders.from_dd wraps the default collate in its dict-to-tuple collate, so item_shape was None: a pooling
+    model trained on 8x8 images predicted on 32x32 ones without a word (and export carried no shape either)."""
+    import datasets
+    from torch.utils.data import default_collate
+    pix = PIXELS[:, 0].numpy()
+    feats = datasets.Features({"image": datasets.Array2D((8, 8), "uint8"),
+                               "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    split = datasets.Dataset.from_dict({"image": list(pix), "label": [0, 1, 2, 0, 1, 2]}, features=feats)
+
+    def to_float(b):
+        return {"image": [torch.tensor(np.array(x), dtype=torch.float32)[None] / 255 for x in b["image"]],
+                "label": b["label"]}
+    dd = datasets.DatasetDict(train=split, validation=split).with_transform(to_float)
+    dls = DataLoaders.from_dd(dd, 4)
+    assert dls.item_shape == (1, 8, 8)
+    pooled = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    learn = TrainLearner(pooled, dls, F.cross_entropy, lr=0.1)
+    with pytest.raises(ValueError, match=r"trained on items of shape \(1, 8, 8\); got \(1, 32, 32\)"):
+        learn.infer(torch.rand(1, 32, 32))
+    other = DataLoaders.from_dd(dd, 4, collate_fn=lambda items: default_collate(items))  # may reshape: unknown
+    assert other.item_shape is None
