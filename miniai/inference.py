@@ -69,7 +69,8 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
 
 
 def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tuple[torch.Tensor, bool]:
-    """(N, C, H, W), and whether `t` was a batch. (H,W) and (C,H,W) are one item; (N,H,W) is a batch when C is 1."""
+    """(N, C, H, W), and whether `t` was a batch. (H,W) and (C,H,W) are one item; (N,H,W) is a batch when C is 1
+    (and N is not 3 or 4, which may be an RGB image's channels: refused)."""
     if t.ndim == 2:
         return t[None, None], False
     if t.ndim == 3:
@@ -78,6 +79,10 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
         if channels == 1 and channels_last and t.shape[-1] in (3, 4):  # not a batch of images 3 pixels wide
             raise ValueError(f"infer: an array of shape {tuple(t.shape)} looks like one RGB image, and this is a "
                              "1-channel model: convert it to grayscale first (PIL: image.convert('L'))")
+        if channels == 1 and not channels_last and t.shape[0] in (3, 4):  # torchvision's read_image of an RGB PNG
+            raise ValueError(f"infer: a tensor of shape {tuple(t.shape)} is one RGB image (C,H,W) or {t.shape[0]} "
+                             "grayscale images (N,H,W), and this is a 1-channel model: pass images as x[:, None] "
+                             "(N,1,H,W); convert an RGB image to grayscale first")
         if channels == 1:
             return t[:, None], True
     if t.ndim == 4:
@@ -92,7 +97,8 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
     """One item or a batch of raw images as one model-input batch (N, C, H, W), and whether `items` was a batch.
 
     Tensors are (H,W), (C,H,W) or (N,C,H,W); ndarrays and PIL images (H,W), (H,W,C) or (N,H,W,C); with one
-    channel, (N,H,W) is a batch; a list or tuple of items is a batch. With `normalize` (`dls.normalize`) the
+    channel, (N,H,W) is a batch (a tensor of N 3 or 4, maybe an RGB image, is refused); a list or tuple of items
+    is a batch. With `normalize` (`dls.normalize`) the
     items must be uint8 pixels, normalized as the loaders' were; without it, already-prepared float inputs, or,
     `transformed` (validation transforms of the learner prepare the loaders' batches), items as the loaders give
     them. `channels` (the model's, when `normalize` has no per-channel mean) is what PIL images are converted to.

@@ -526,3 +526,15 @@ def test_infer_checks_the_item_size_of_from_dd_loaders_too():
         learn.infer(torch.rand(1, 32, 32))
     other = DataLoaders.from_dd(dd, 4, collate_fn=lambda items: default_collate(items))  # may reshape: unknown
     assert other.item_shape is None
+
+
+def test_infer_refuses_a_tensor_that_may_be_one_rgb_image_for_a_grayscale_model():
+    """A (3,H,W) uint8 tensor (torchvision's read_image of an RGB PNG) on a 1-channel model came back as three
+    grayscale predictions without a word; the RGB array (H,W,3) was refused. Both readings are named, with the way to
+    ask for either; a batch of 3 or 4 images as (N,1,H,W), and (N,H,W) of other sizes, still go in."""
+    learn = image_learner()
+    rgb = PIXELS[0].expand(3, 8, 8)
+    with pytest.raises(ValueError, match=r"\(3, 8, 8\) is one RGB image \(C,H,W\) or 3 grayscale images.*x\[:, None\]"):
+        learn.infer(rgb)
+    assert learn.infer(PIXELS[:3]).index.shape == (3,)  # (N,1,H,W): a batch
+    assert learn.infer(PIXELS[:, 0]).index.shape == (6,)  # (N,H,W) with N not 3 or 4
