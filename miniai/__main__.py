@@ -163,6 +163,9 @@ def train(args: argparse.Namespace) -> float:
     if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
         raise _UsageError(f"--sched {args.sched} does not combine with --recipe {args.recipe}, which has its own "
                           "one-cycle schedule: drop one of them")
+    if args.overwrite and not args.out:  # the user meant to keep this run, and nothing would be saved
+        raise _UsageError("--overwrite replaces the files of an earlier run in --out, and there is no --out: add "
+                          "--out DIR to save this run")
     earlier = [name for name in _OUTPUTS if args.out and (Path(args.out) / name).exists()]
     folders = [name for name in earlier if not (Path(args.out) / name).is_file()]
     if folders:  # --overwrite replaces files; it would stop at this one, the files before it already deleted
@@ -186,6 +189,12 @@ def train(args: argparse.Namespace) -> float:
         dls = get_dls(bs=bs, path=args.data, n_train=args.n_train, n_valid=args.n_valid, holdout=args.holdout or 0)
     except ValueError as e:  # e.g. --n-train larger than the dataset
         raise _UsageError(_as_flags(str(e))) from e
+    shape, n_classes = dls.item_shape, len(dls.classes or ())
+    if shape is not None and shape[0] != 1 or n_classes > 10:  # else a torch traceback part way into training
+        what = f"its images have {shape[0]} channels" if shape is not None and shape[0] != 1 else \
+            f"it has {n_classes} classes"
+        raise _UsageError(f"--data {args.data}: {what}, and the command trains a 1-channel model with 10 outputs "
+                          "(Fashion-MNIST's shape): train other data from a script with a model of its shape")
     if world_size() > 1:  # started by torchrun with several processes: train data-parallel
         dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)
     metrics, progress, recorder = MetricsCB(accuracy=Accuracy()), ProgressCB(), RecorderCB(lr=_lr, mom=_mom)

@@ -328,3 +328,36 @@ def test_a_run_whose_validation_loss_is_nan_writes_nothing_and_exits_1(tmp_path,
     err = capsys.readouterr().err
     assert "validation loss is nan" in err and "a lower --lr" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.pt").exists() and not (tmp_path / "run" / "result.json").exists()
+
+
+@pytest.mark.parametrize("channels, n_classes, reason", [
+    (3, 10, r"--data .*: its images have 3 channels.*1-channel"), (1, 15, r"--data .*: it has 15 classes.*10")])
+def test_data_the_commands_model_cannot_train_on_is_a_usage_error(tmp_path, capsys, channels, n_classes, reason):
+    """A saved DatasetDict of RGB images (or of 15 classes) started training and ended in a 75-line torch traceback
+    (the conv's channel count; a target out of bounds): the command's models take 1 channel and 10 classes."""
+    import numpy as np
+    from datasets import Array2D, Array3D, ClassLabel, Dataset, DatasetDict, Features
+
+    from miniai.__main__ import main
+    rng = np.random.default_rng(0)
+    image = Array3D((28, 28, 3), "uint8") if channels == 3 else Array2D((28, 28), "uint8")
+    shape = (28, 28, 3) if channels == 3 else (28, 28)
+    feats = Features({"image": image, "label": ClassLabel(num_classes=n_classes)})
+
+    def split(n):
+        return Dataset.from_dict({"image": [rng.integers(0, 256, shape).astype(np.uint8) for _ in range(n)],
+                                  "label": [i % n_classes for i in range(n)]}, features=feats)
+    DatasetDict(train=split(32), test=split(16)).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(tmp_path / "dd"), "--epochs", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" in err and "Traceback" not in err
+    assert __import__("re").search(reason, err), err
+
+
+def test_overwrite_without_out_is_a_usage_error(capsys):
+    """--overwrite without --out trained and saved nothing, without a word: the user meant to keep the run."""
+    from miniai.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["train", *SMALL, "--overwrite"])
+    assert e.value.code == 2 and "--overwrite replaces the files of an earlier run in --out" in capsys.readouterr().err
