@@ -312,11 +312,12 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
             n_train: int | None = None, n_valid: int | None = None, holdout: int = 0,
             holdout_seed: int = 0) -> DataLoaders:
     """In-memory DataLoaders for `name`: float32 [N,C,H,W] normalized by the training set's mean/std (with
-    `holdout`, by the images trained on).
+    `holdout`, by the images left to train on; never by held-out or test images).
 
     The loaders carry the class names (`dls.classes`) and that normalization (`dls.normalize`, a `Normalize`).
 
-    `n_train`/`n_valid` keep the first n items (quick runs); `device` moves all the data there once. `seed` is
+    `n_train`/`n_valid` keep the first n items (quick runs, normalized as the full run is, by the statistics of
+    all the training images, so their inputs are on the same scale); `device` moves all the data there once. `seed` is
     the training TensorLoader's: None (default) draws each epoch's order from torch's global RNG.
     `holdout=10_000` validates on that many training images instead of the test set, drawn at random with
     `holdout_seed` (the same split every time) and left out of training: for choosing a recipe without ever
