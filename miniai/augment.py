@@ -8,6 +8,7 @@ on the batch's device to avoid the copy.
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,8 +64,8 @@ class RandomCrop:
                  generator: torch.Generator | None = None) -> None:
         if mode not in ("constant", "reflect"):
             raise ValueError(f"RandomCrop mode must be 'constant' or 'reflect'; got {mode!r}")
-        if padding < 0:
-            raise ValueError(f"RandomCrop padding must be >= 0; got {padding}")
+        if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
+            raise ValueError(f"RandomCrop padding is the pixels added on each side, a whole number >= 0; got {padding!r}")
         self.size, self.padding, self.mode, self.fill, self.generator = _pair(size), padding, mode, fill, generator
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

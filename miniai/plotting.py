@@ -69,6 +69,9 @@ def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, title: 
     """
     if n < 1:
         raise ValueError(f"get_grid needs n >= 1 images to lay out; got {n}")
+    for name, value in (("nrows", nrows), ("ncols", ncols)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise ValueError(f"get_grid {name} must be a whole number >= 1 (or None: computed); got {value!r}")
     if nrows is None and ncols is None:
         nrows = int(math.sqrt(n))
     if ncols is None:

@@ -202,3 +202,12 @@ def test_noise_erasing_a_one_pixel_batch_or_an_empty_one():
     assert RandomErase(p=1)(torch.full((1, 1, 1, 1), 0.5)).item() == 0.5
     assert RandomErase(p=1)(torch.full((1, 1, 1, 1), 7, dtype=torch.uint8)).item() == 7
     assert RandomErase(p=1)(torch.ones(0, 1, 4, 4)).shape == (0, 1, 4, 4)
+
+
+@pytest.mark.parametrize("padding", [1.5, True, -1, "2"])
+def test_a_padding_that_is_no_whole_number_of_pixels_is_refused_when_made(padding):
+    """RandomCrop(28, padding=1.5) (or True) was accepted and failed at the first batch inside torch's F.pad."""
+    from miniai.augment import RandomCrop
+    with pytest.raises(ValueError, match="RandomCrop padding is the pixels added on each side, a whole number >= 0"):
+        RandomCrop(28, padding=padding)
+    assert RandomCrop(28, padding=__import__("numpy").int64(2)).padding == 2

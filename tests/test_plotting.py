@@ -178,3 +178,10 @@ def test_the_terminal_bar_of_a_validation_pass_moves(monkeypatch):
         learn.fit(1)
     frames = [f for f in out.getvalue().split("\r") if " valid |" in f]
     assert any("4/4" in f for f in frames) and any("2/4" in f for f in frames)
+
+
+@pytest.mark.parametrize("kwargs", [{"nrows": 0}, {"ncols": 0}, {"nrows": 1.5}])
+def test_get_grid_of_no_rows_or_columns_is_refused_with_the_reason(kwargs):
+    """get_grid(5, nrows=0) ended in a ZeroDivisionError."""
+    with pytest.raises(ValueError, match=r"get_grid (nrows|ncols) must be a whole number >= 1"):
+        get_grid(5, **kwargs)
