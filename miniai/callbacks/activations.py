@@ -327,7 +327,7 @@ class ActivationStats(HooksCallback):
     """Per chosen layer and training batch: mean, std and histogram of |activations| (`bins` over `range`).
 
     `every=k` records batches 0, k, 2k, ... of each pass only: on the CPU the histogram costs about as much as
-    a layer's forward (bs 64: ~1.5× the epoch with every batch recorded); `every=4` costs a quarter of that.
+    a layer's forward (bs 64: ~1.25-1.35× the epoch with every batch recorded); `every=4` costs a quarter of that.
 
     Statistics stay on the training device during the fit (no host sync per batch) and are moved to the CPU
     once, when first read after new batches (`stats`). Plots: `color_dim()` (log-histogram image per layer over
