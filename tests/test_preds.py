@@ -144,7 +144,7 @@ def everything_after_the_fit(learn) -> None:
     learn.get_preds(with_input=True, with_loss=True, act=torch.softmax)
     learn.capture_preds(inps=True)
     learn.tta(n=2, tfms=batch_tfms(RandomCrop(8, 1), RandomFlip()))
-    learn.infer(torch.arange(192, dtype=torch.uint8).view(3, 8, 8))
+    learn.infer(torch.arange(192, dtype=torch.uint8).view(3, 1, 8, 8))
     learn.summary()
 
 
