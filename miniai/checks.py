@@ -3,7 +3,8 @@
 Each check turns a mistake that would otherwise train on silently (a negative epoch count, an empty loader, a
 parameter no optimizer steps) into an error that says what was wrong and how to fix it. Kept apart from
 learner.py so the loop reads top to bottom; this module imports no other miniai module (check_steps imports
-TrainLearner when it runs).
+TrainLearner when it runs, call_model the cancels when the model raised). `call_model` is the steps' forward:
+an error the model raises says what it was given.
 """
 from __future__ import annotations
 
@@ -17,13 +18,34 @@ from typing import Any
 import torch
 from torch import nn, optim
 
-__all__ = ["add_note", "check_new_callback", "check_steps", "check_callback_names", "check_fit_args", "check_loaders",
-           "drops_last", "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note"]
+__all__ = ["add_note", "call_model", "check_new_callback", "check_steps", "check_callback_names", "check_fit_args",
+           "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items",
+           "misplaced_cancel_note"]
 
 
 def add_note(error: BaseException, note: str) -> None:
     """Attach `note` to `error`, shown under its traceback (Python < 3.11 has no notes: print it)."""
     error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
+
+
+def call_model(learn: Any) -> Any:
+    """`learn.model(*learn.xb)`; an error the model raises gets a note of what it was given (an `id` column before
+    the images reaches the model, which fails deep inside with no word of its inputs)."""
+    try:
+        return learn.model(*learn.xb)
+    except Exception as e:
+        from .learner import _CANCELS  # (here: learner.py imports this module)
+        if not isinstance(e, _CANCELS):  # (a hook's CancelBatchException, say, is no error)
+            items = batch_items(learn.batch, learn.n_inp)
+            add_note(e, f"(the model was called on the batch's first {learn.n_inp} item{'s' * (learn.n_inp > 1)} "
+                        f"(n_inp={learn.n_inp}): {_described(items[:learn.n_inp])}; the batch's items are "
+                        f"{_described(items)})")
+        raise
+
+
+def _described(items: Any) -> str:
+    return "[" + ", ".join(f"{str(x.dtype).replace('torch.', '')} {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+                           else type(x).__name__ for x in items) + "]"
 
 
 def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:

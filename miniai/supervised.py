@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
+from .checks import call_model
 from .learner import Callback, Learner
 
 __all__ = ["TrainLearner", "MomentumLearner"]
@@ -37,7 +38,7 @@ class TrainLearner(Learner):
 
     def predict(self) -> None:
         """`preds = model(*xb)`."""
-        self.preds = self.model(*self.xb)
+        self.preds = call_model(self)  # (an error gets a note of the inputs it was given)
 
     def get_loss(self) -> None:
         """`loss = loss_func(preds, *yb)`."""

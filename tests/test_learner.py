@@ -524,3 +524,20 @@ def test_a_float16_forward_overflow_is_named_in_the_nan_message():
     learn = TrainLearner(nn.Linear(4, 1), dls, F.mse_loss, lr=0.1, cbs=[MixedPrecisionCB(torch.float16)])
     with pytest.raises(NonFiniteLossError, match="float16 autocast"):
         learn.fit(1)
+
+
+@pytest.mark.parametrize("owner", ["TrainLearner", "TrainCB"])
+def test_a_model_that_fails_on_the_batch_is_told_what_it_was_given(owner):
+    """An `id` column before the images (from_dd feeds columns in the features' order) reached the model, which
+    failed deep inside (IndexError: Dimension out of range, in Flatten) with no word of what it had been given."""
+    ids, x, y = torch.arange(8), torch.randn(8, 1, 4, 4), torch.randint(0, 2, (8,))
+    dl = [(ids, x, y)]
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    learn = (TrainLearner(model, (dl, dl), F.cross_entropy, n_inp=1) if owner == "TrainLearner" else
+             Learner(model, (dl, dl), F.cross_entropy, cbs=[TrainCB()], n_inp=1))
+    learn.dls = SimpleNamespace(train=dl, valid=dl)
+    with pytest.raises(RuntimeError) as e:
+        learn.fit(1)
+    notes = "\n".join(getattr(e.value, "__notes__", []))
+    assert "the model was called on the batch's first 1 item (n_inp=1): [int64 (8,)]" in notes
+    assert "float32 (8, 1, 4, 4)" in notes

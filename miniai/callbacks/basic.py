@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..checks import call_model
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
 from ..utils import def_device, fix_malloc, to_device
@@ -197,7 +198,7 @@ class TrainCB(Callback):
             learn.n_inp = self.n_inp
 
     def predict(self, learn: Learner) -> None:
-        learn.preds = learn.model(*learn.xb)
+        learn.preds = call_model(learn)  # (an error gets a note of the inputs it was given)
 
     def get_loss(self, learn: Learner) -> None:
         learn.loss = self._loss(learn)
