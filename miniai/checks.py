@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn, optim
 
-__all__ = ["add_note", "call_model", "check_new_callback", "check_steps", "check_callback_names", "check_fit_args",
-           "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items",
+__all__ = ["add_note", "call_model", "describe", "check_new_callback", "check_steps", "check_callback_names",
+           "check_fit_args", "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items",
            "misplaced_cancel_note"]
 
 
@@ -38,14 +38,16 @@ def call_model(learn: Any) -> Any:
         if not isinstance(e, _CANCELS):  # (a hook's CancelBatchException, say, is no error)
             items = batch_items(learn.batch, learn.n_inp)
             add_note(e, f"(the model was called on the batch's first {learn.n_inp} item{'s' * (learn.n_inp > 1)} "
-                        f"(n_inp={learn.n_inp}): {_described(items[:learn.n_inp])}; the batch's items are "
-                        f"{_described(items)})")
+                        f"(n_inp={learn.n_inp}): [{', '.join(map(describe, items[:learn.n_inp]))}]; the batch's "
+                        f"items are [{', '.join(map(describe, items))}])")
         raise
 
 
-def _described(items: Any) -> str:
-    return "[" + ", ".join(f"{str(x.dtype).replace('torch.', '')} {tuple(x.shape)}" if isinstance(x, torch.Tensor)
-                           else type(x).__name__ for x in items) + "]"
+def describe(x: Any) -> str:
+    """A tensor's shape and dtype (`shape (8, 1) float32`), or another object's type, for error messages."""
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+    return type(x).__name__
 
 
 def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:

@@ -539,5 +539,5 @@ def test_a_model_that_fails_on_the_batch_is_told_what_it_was_given(owner):
     with pytest.raises(RuntimeError) as e:
         learn.fit(1)
     notes = "\n".join(getattr(e.value, "__notes__", []))
-    assert "the model was called on the batch's first 1 item (n_inp=1): [int64 (8,)]" in notes
-    assert "float32 (8, 1, 4, 4)" in notes
+    assert "the model was called on the batch's first 1 item (n_inp=1): [shape (8,) int64]" in notes
+    assert "shape (8, 1, 4, 4) float32" in notes

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..checks import call_model
+from ..checks import call_model, describe
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
 from ..utils import def_device, fix_malloc, to_device
@@ -75,12 +75,6 @@ class LossInputError(ValueError, RuntimeError):
     """
 
 
-def _describe(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"shape {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
-    return type(x).__name__
-
-
 def _broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
     """The shape tensors of shapes `a` and `b` broadcast to, or None when they don't.
 
@@ -136,8 +130,8 @@ class SupervisedLoss:
                 fix = (f"it gives a loss of shape {tuple(loss.shape)}, not one number, and training steps on one "
                        "(backward): use reduction='mean' (or 'sum'); per-item losses are for evaluation")
         raise LossInputError(
-            f"loss_func {_name(loss_func)} failed on the model output (preds, {_describe(preds)}) and the targets "
-            f"({', '.join(_describe(t) for t in yb)}): {fix}\nMake the model's output match what the loss expects: "
+            f"loss_func {_name(loss_func)} failed on the model output (preds, {describe(preds)}) and the targets "
+            f"({', '.join(describe(t) for t in yb)}): {fix}\nMake the model's output match what the loss expects: "
             "e.g. F.cross_entropy takes logits (N, C) and int64 class indices (N,), F.mse_loss and "
             "F.binary_cross_entropy_with_logits take preds and targets of the same shape and float dtype.") from error
 
