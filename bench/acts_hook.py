@@ -58,8 +58,8 @@ def main() -> None:
              "bin index (mul, div, clamp, to int32)": lambda: x.abs().mul_(40).div_(
                  torch.tensor(10.0).expand_as(x)).clamp_(max=39).to(torch.int32),
              "bincount": lambda: torch.bincount(index, minlength=40),
-             "bincount in pairs (append_stats' _bincount)": lambda: _bincount(index, 40), "histc (for scale)": lambda: torch.histc(
-                 x, 40, 0, 10)}
+             "bincount in pairs (append_stats' _bincount)": lambda: _bincount(index, 40),
+             "histc (for scale)": lambda: torch.histc(x, 40, 0, 10)}
     print(f"its parts on the largest layer ({x.numel():,} values):")
     for name, fn in parts.items():
         print(f"  {name:44s} {per_call_us(fn, args.reps):8.1f} µs")

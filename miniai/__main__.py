@@ -190,10 +190,10 @@ def train(args: argparse.Namespace) -> float:
     except ValueError as e:  # e.g. --n-train larger than the dataset
         raise _UsageError(_as_flags(str(e))) from e
     shape, n_classes = dls.item_shape, len(dls.classes or ())
-    if shape is not None and shape[0] != 1 or n_classes > 10:  # else a torch traceback part way into training
-        what = f"its images have {shape[0]} channels" if shape is not None and shape[0] != 1 else \
-            f"it has {n_classes} classes"
-        raise _UsageError(f"--data {args.data}: {what}, and the command trains a 1-channel model with 10 outputs "
+    unfit = (f"its images have {shape[0]} channels" if shape is not None and shape[0] != 1 else
+             f"it has {n_classes} classes" if n_classes > 10 else None)
+    if unfit:  # else a torch traceback part way into training
+        raise _UsageError(f"--data {args.data}: {unfit}, and the command trains a 1-channel model with 10 outputs "
                           "(Fashion-MNIST's shape): train other data from a script with a model of its shape")
     if world_size() > 1:  # started by torchrun with several processes: train data-parallel
         dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)

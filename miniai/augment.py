@@ -65,7 +65,8 @@ class RandomCrop:
         if mode not in ("constant", "reflect"):
             raise ValueError(f"RandomCrop mode must be 'constant' or 'reflect'; got {mode!r}")
         if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-            raise ValueError(f"RandomCrop padding is the pixels added on each side, a whole number >= 0; got {padding!r}")
+            raise ValueError(f"RandomCrop padding is the pixels added on each side, a whole number >= 0; "
+                             f"got {padding!r}")
         self.size, self.padding, self.mode, self.fill, self.generator = _pair(size), padding, mode, fill, generator
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -211,7 +211,8 @@ def _bincount(index: Tensor, bins: int) -> Tensor:
         return torch.bincount(index, minlength=bins)
     half = n // 2
     pairs = torch.bincount(torch.add(index[half:2 * half], index[:half], alpha=bins), minlength=bins * bins)
-    counts = pairs.view(bins, bins).sum(1).add_(pairs.view(bins, bins).sum(0))
+    pairs = pairs.view(bins, bins)  # row a, column b: the pairs of a first-half a and a second-half b
+    counts = pairs.sum(1).add_(pairs.sum(0))
     if n % 2:  # the last index, in no pair
         counts[index[-1]] += 1
     return counts
