@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,14 +19,23 @@ from typing import Any
 import torch
 from torch import nn, optim
 
-__all__ = ["add_note", "call_model", "describe", "check_new_callback", "check_steps", "check_callback_names",
-           "check_fit_args", "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items",
-           "misplaced_cancel_note"]
+__all__ = ["add_note", "check_count", "call_model", "describe", "check_new_callback", "check_known_callback",
+           "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args", "check_loaders", "drops_last",
+           "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note"]
 
 
 def add_note(error: BaseException, note: str) -> None:
     """Attach `note` to `error`, shown under its traceback (Python < 3.11 has no notes: print it)."""
     error.add_note(note) if hasattr(error, "add_note") else print(note, file=sys.stderr)
+
+
+def check_count(name: str, value: Any, least: int = 1, what: str = "", error: type[Exception] = ValueError) -> int:
+    """Return `value` if it is a whole number >= `least` (an int or a NumPy integer, never a bool, which Python
+    counts as an int: `bs=True` would be a batch of 1); else raise `error` naming `name`, the bound and `what` it
+    counts (e.g. " (images per batch)")."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise error(f"{name} must be a whole number >= {least}{what}, got {value!r}")
+    return value
 
 
 def call_model(learn: Any) -> Any:
@@ -59,6 +69,20 @@ def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
     if any(c is cb for c in cbs):
         raise ValueError(f"this {type(cb).__name__} is already one of the learner's callbacks (given to the "
                          "Learner, add_cb or fit's cbs): adding it again would run it twice. Pass it once.")
+
+
+def check_known_callback(cb: Any, cbs: Sequence[Any]) -> None:
+    """`rm_cb` of a callback not among `cbs` (compared by identity) is an error: it would remove nothing."""
+    if all(c is not cb for c in cbs):
+        raise ValueError(f"rm_cb: {cb!r} is not one of this learner's callbacks (compared by identity): pass the "
+                         "instance added, e.g. learn.rm_cb(learn.cbs[0])")
+
+
+def check_not_in_fit(learn: Any, call: str, why: str) -> None:
+    """`learn.<call>` from a callback during a fit is an error: its changes would leak into the running fit."""
+    if learn._in_fit:  # lr_find and prediction passes lift this inside `kept`, which puts everything back
+        raise RuntimeError(f"learn.{call} was called during a fit (from a callback): {why}. Call it before or "
+                           "after the fit; to change what a callback does mid-fit, give it a flag it checks.")
 
 
 def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> None:

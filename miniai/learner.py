@@ -1,10 +1,9 @@
 """The training loop: a `Learner` that fires named events, and `Callback`s that do everything else.
 
-Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch` (fit's checks: checks.py; `TrainLearner`:
-supervised.py; `lr_find`, `get_preds`, ...: conveniences.py). Every stage runs `before_<stage>`, its body,
-`after_<stage>`, and always every `cleanup_<stage>`, even after a cancel, an error, Ctrl-C or a cleanup's error.
-The user sees the first error raised; later ones become its notes (a cancel on its way up is no error: a cleanup's
-error replaces it, and so does a cleanup's CancelFitException).
+Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs `before_<stage>`, its
+body, `after_<stage>`, and then every `cleanup_<stage>`, even after a cancel, an error, Ctrl-C or a cleanup's error;
+the user sees the first error raised, later ones become its notes. (fit's checks: checks.py; `TrainLearner`:
+supervised.py; `lr_find`, `get_preds`, ...: conveniences.py.)
 
 Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
 
@@ -16,9 +15,8 @@ Cancelling (raise from any callback; a cancel raised in a stage's cleanup only e
 | `CancelEpochException`  | the rest of this pass (train *or* valid), `after_epoch`   | `cleanup_batch`, `cleanup_epoch`, the next pass |
 | `CancelFitException`    | everything after                                          | `cleanup_batch`, `cleanup_epoch`, `cleanup_fit` |
 
-A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) is not caught: it ends the fit as an error.
-A cancel raised after a backward (`after_backward`, `after_step`) leaves that batch's gradients in `.grad`, where the
-next step of this fit adds them: to drop a batch, raise before its backward (`after_loss`), or zero them first.
+A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) ends the fit as an error. One raised
+after a backward leaves that batch's gradients for the next step to add: to drop a batch, raise in `after_loss`.
 
 Learner state that callbacks may read, and from which event on:
 
@@ -52,9 +50,10 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from ._course import course_hooks, course_names
-from .checks import (add_note, batch_items, check_callback_names, check_fit_args, check_learner_args, check_loaders,
-                     check_new_callback, check_new_params, check_steps, empty_pass_error, misplaced_cancel_note)
+from . import checks
+from .checks import add_note
 from .conveniences import Conveniences
+from .utils import drop_graph
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
            "CancelStepException", "build_handlers", "Learner"]
@@ -77,17 +76,16 @@ _OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": 
 class Callback:
     """Base class for callbacks: define methods named after events, `before_fit(self, learn)`, `after_batch`, ...
 
-    Callbacks run sorted by `order`, lower first (built-in values: `miniai.callbacks`); methods starting with
-    `before_`, `after_` or `cleanup_` must be events. Step ownership, the one rule: the `STEPS` are the learner's
-    own methods unless a callback declares it does one, `owns_steps = ("backward",)` with a method `backward(self,
+    Callbacks run sorted by `order`, lower first (built-in values: `miniai.callbacks`); a method starting with
+    `before_`, `after_` or `cleanup_` must be an event. Steps, the one rule: the `STEPS` are the learner's own
+    methods unless a callback declares it does one, `owns_steps = ("backward",)` with a method `backward(self,
     learn)`. A method named like a step but not declared is an error when the callback is added (a helper called
-    `step` must never silently replace the optimizer step); so is a step owned twice, or (at fit) by a callback
-    and a TrainLearner subclass's own method. The base `Learner` has no steps: a callback owns all five (`TrainCB`).
+    `step` must never silently replace the optimizer step); so is a step owned twice (by two callbacks, or by one
+    and a TrainLearner subclass's method). The base `Learner` has no steps: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
-    `lr_find`, `add_cb` or `rm_cb`, whose changes would leak into the running fit (give it a flag it checks).
-    `inference = True`: the callback shapes how the model sees data (DeviceCB, autocast), so prediction passes
-    (`get_preds`, `tta`, `infer`) run it too; leave it False for what records, logs or saves.
+    `lr_find`, `add_cb` or `rm_cb` (give it a flag it checks). `inference = True`: the callback shapes how the model
+    sees data (DeviceCB, autocast), so `get_preds`, `tta` and `infer` run it too; False for what records or saves.
     """
     order: int = 0
     owns_steps: tuple[str, ...] = ()
@@ -101,7 +99,7 @@ def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
     """Map each event (and each owned step) to the bound methods that handle it, in callback order."""
     table: dict[str, list[Handler]] = {name: [] for name in EVENTS + STEPS}
     for cb in sorted(cbs, key=lambda cb: cb.order):
-        check_callback_names(cb, EVENTS, STEPS, table)  # a misspelt event, an undeclared or twice-owned step
+        checks.check_callback_names(cb, EVENTS, STEPS, table)  # a misspelt event, an undeclared or twice-owned step
         for name in EVENTS + cb.owns_steps:
             if callable(getattr(cb, name, None)):
                 table[name].append(getattr(cb, name))
@@ -109,8 +107,7 @@ def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
 
 
 def _tag(error: BaseException, event: str, handler: Handler | None = None) -> None:
-    """Note on a cancel the event it came from (the first) and the callback that raised it, for fit's note if no
-    stage catches it, and for CheckpointCB (was the epoch counted before the fit was cancelled?)."""
+    """Note on a cancel its first event and the callback that raised it (for fit's note, and for CheckpointCB)."""
     if isinstance(error, _CANCELS) and not hasattr(error, "event"):
         error.event, error.raised_by = event, getattr(handler, "__self__", None)
 
@@ -123,8 +120,7 @@ def _listed(cbs: Callback | Iterable[Callback] | None) -> list[Callback]:
 class Learner(Conveniences):
     """Runs the training loop and fires events; the steps are done by callbacks that own them (see `TrainCB`), or by
     a subclass's own methods (`TrainLearner`). `lr_find`, `get_preds`, `tta`, ... come from `Conveniences`."""
-    _in_fit = False  # (class defaults: a learner pickled before they existed, or a subclass's own __init__, has them)
-    _predicting = False  # during get_preds, tta and summary passes (hooks of the fit leave their forwards alone)
+    _in_fit = _predicting = False  # in a fit; in a get_preds, tta or summary pass (the fit's hooks leave it alone)
     _temporary: list = []  # the running fit's callbacks for this call only (fit(cbs=...), resume's)
     keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
@@ -132,45 +128,37 @@ class Learner(Conveniences):
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  n_inp: int = 1) -> None:
-        check_learner_args(loss_func, opt_func, n_inp)
+        checks.check_learner_args(loss_func, opt_func, n_inp)
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
-        self.n_inp, self.opt, self.training, self.cbs = n_inp, None, False, []
-        self._handlers = build_handlers([])
+        self.n_inp, self.opt, self.training, self.cbs, self._handlers = n_inp, None, False, [], build_handlers([])
         for cb in _listed(cbs):
             self.add_cb(cb)
 
     def add_cb(self, cb: Callback) -> Learner:
         """Add a callback; dispatch tables are rebuilt (and names checked) now, not per batch."""
-        self._not_in_fit("add_cb", "it would miss this fit's before_fit")
-        check_new_callback(cb, self.cbs, Callback)  # an instance of Callback, not one of the learner's already
+        checks.check_not_in_fit(self, "add_cb", "it would miss this fit's before_fit")
+        checks.check_new_callback(cb, self.cbs, Callback)  # an instance of Callback, not one of the learner's already
         self._handlers = build_handlers(self.cbs + [cb])
         self.cbs.append(cb)
         return self
 
     def rm_cb(self, cb: Callback) -> Learner:
         """Remove a callback (compared by identity)."""
-        self._not_in_fit("rm_cb", "the loop would still call its handlers of the event running, after its cleanup")
-        if all(c is not cb for c in self.cbs):
-            raise ValueError(f"rm_cb: {cb!r} is not one of this learner's callbacks (compared by identity): pass the "
-                             "instance added, e.g. learn.rm_cb(learn.cbs[0])")
+        checks.check_not_in_fit(self, "rm_cb", "the loop would still call its handlers of the event running")
+        checks.check_known_callback(cb, self.cbs)
         self.cbs = [c for c in self.cbs if c is not cb]
         self._handlers = build_handlers(self.cbs)
         return self
 
-    def _not_in_fit(self, call: str, why: str) -> None:
-        if self._in_fit:  # lr_find and prediction passes lift this inside `kept`, which puts everything back
-            raise RuntimeError(f"learn.{call} was called during a fit (from a callback): {why}. Call it before or "
-                               "after the fit; to change what a callback does mid-fit, give it a flag it checks.")
-
     @property
     def xb(self) -> tuple:
         """The batch's inputs: its first `n_inp` items."""
-        return tuple(batch_items(self.batch, self.n_inp)[:self.n_inp])
+        return tuple(checks.batch_items(self.batch, self.n_inp)[:self.n_inp])
 
     @property
     def yb(self) -> tuple:
         """The batch's targets: every item after the inputs."""
-        return tuple(batch_items(self.batch, self.n_inp)[self.n_inp:])
+        return tuple(checks.batch_items(self.batch, self.n_inp)[self.n_inp:])
 
     # --- the loop --------------------------------------------------------------------------------------------
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
@@ -184,26 +172,24 @@ class Learner(Conveniences):
         restored, so it ends as the run never stopped would; an `lr` given here replaces the checkpoint's.
         Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
         """
-        self._not_in_fit("fit", "the outer fit would go on with this one's optimizer, lr and records")
+        checks.check_not_in_fit(self, "fit", "the outer fit would go on with this one's optimizer, lr and records")
         opt_lr = self.lr if lr is None else lr
-        check_fit_args(n_epochs, train, opt_lr, resume)
+        checks.check_fit_args(n_epochs, train, opt_lr, resume)
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
-        temporary: list[Callback] = []
-        self._temporary = temporary
+        self._temporary = temporary = []
         try:
             for cb in _listed(cbs):
                 self.add_cb(cb)
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
             self.passes, self.stepped = ("train",) * train + ("valid",) * valid, False
-            self.start_epoch, self.resumed_from = 0, None  # fit(resume=...) sets these, and
-            self.last_checkpoint = self.schedule_stop = None  # CheckpointCB and SWACB these
-            self.stop_requested = False  # and EarlyStoppingCB this
+            self.start_epoch, self.resumed_from = 0, None  # set by fit(resume=...); the next three by CheckpointCB,
+            self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # SWACB, EarlyStoppingCB
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
-            check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
-            check_loaders(self.dls, self.passes)
+            checks.check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
+            checks.check_loaders(self.dls, self.passes)
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
                 temporary.append(resume_cb(self, resume, lr))
@@ -214,19 +200,18 @@ class Learner(Conveniences):
             if train and not self.keeps_grads:  # as a hand loop's first zero_grad: no gradients of a step cancelled
                 self.model.zero_grad(set_to_none=True)  # at the last fit's end, or of parameters its opt left out
             self._in_fit = True
-            self._stage("fit", lambda: self._all_epochs(train, valid), CancelFitException)
+            self._stage("fit", self._all_epochs, CancelFitException)
         except KeyboardInterrupt as e:
             from .callbacks.checkpoint import interrupt_note
             add_note(e, interrupt_note(self, temporary))
             raise
         except _CANCELS as e:  # a cancel its stage did not catch: it came from outside that stage
-            add_note(e, misplaced_cancel_note(e, step=isinstance(e, CancelStepException)))
+            add_note(e, checks.misplaced_cancel_note(e, step=isinstance(e, CancelStepException)))
             raise
         finally:
             self._in_fit, self._temporary = False, []
             for cb in temporary:
                 self.rm_cb(cb)
-            from .utils import drop_graph  # (imported here: this module imports only its checks)
             drop_graph(self)  # the last batch's graph: nothing needs it, and a copy of the learner fails on it
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
@@ -245,14 +230,13 @@ class Learner(Conveniences):
                 handler(self)
             except cancel:  # a cleanup cancelled this stage, which is over anyway
                 pass
-            except BaseException as e:  # the first error is the one raised; later ones become its notes
-                _tag(e, f"cleanup_{name}")
-                if error is None or isinstance(error, _OUTER_CANCELS[name]) and (
+            except BaseException as e:  # the first error is the one raised; later ones become its notes, except
+                _tag(e, f"cleanup_{name}")  # that a cancel on its way up to its stage (no error) yields to an
+                if error is None or isinstance(error, _OUTER_CANCELS[name]) and (  # error, or to a CancelFitException
                         not isinstance(e, _CANCELS) or isinstance(e, CancelFitException)):
-                    error = e  # (a cancel on its way up to its stage is no error: a real one takes its place, and
-                    # so does a CancelFitException, which ends more than a CancelEpochException)
+                    error = e
                     if not isinstance(e, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup
-                        self.stopped_by = e  # found broken (a cancel there only ends what is over anyway)
+                        self.stopped_by = e  # found broken
                 else:
                     add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")
         if error is not None:
@@ -266,15 +250,12 @@ class Learner(Conveniences):
             _tag(e, event, handler)  # (the handler that raised: the loop stopped at it)
             raise
 
-    def _all_epochs(self, train: bool, valid: bool) -> None:
-        if train:
-            check_new_params(self.model, self.opt, self._params_at_opt)
-        # read self.epochs here, after before_fit, so a callback (resume, progress bar) may replace it
-        for self.epoch in self.epochs:
-            if train:
-                self._one_epoch(True)
-            if valid:
-                self._one_epoch(False)
+    def _all_epochs(self) -> None:
+        if "train" in self.passes:
+            checks.check_new_params(self.model, self.opt, self._params_at_opt)
+        for self.epoch in self.epochs:  # (read here, after before_fit: resume's callback or a progress bar may
+            for name in self.passes:  # replace it)
+                self._one_epoch(name == "train")
 
     def _one_epoch(self, training: bool) -> None:
         self.training = training
@@ -291,7 +272,7 @@ class Learner(Conveniences):
             self.stepped = False
             self._stage("batch", self._one_batch, CancelBatchException)
         if self.iter is None:  # an empty pass would log NaN metrics and feed them to schedulers and early stopping
-            raise empty_pass_error(self.training, self.epoch, self.dl)
+            raise checks.empty_pass_error(self.training, self.epoch, self.dl)
 
     def _one_batch(self) -> None:
         self._do("predict")
@@ -304,16 +285,15 @@ class Learner(Conveniences):
             self._do("backward")
             self._emit("after_backward")
             self._do("step")
-            self.stepped, self.pass_steps = True, self.pass_steps + 1  # (schedulers count steps by these: a cancel
-            # may cut after_step's handlers short)
-            self._emit("after_step")
+            self.stepped, self.pass_steps = True, self.pass_steps + 1  # (schedulers count these: a cancel may cut
+            self._emit("after_step")  # after_step's handlers short)
             self._do("zero_grad")
         except CancelStepException:
             pass
-        except BaseException as e:  # (a try costs nothing until something is raised)
-            if not isinstance(e, (CancelBatchException, CancelEpochException)):  # the fit ends here (an error,
-                self.model.zero_grad(set_to_none=True)  # Ctrl-C, CancelFitException): its batch's gradients, never
-            raise  # stepped or never zeroed, must not reach the next fit's first step
+        except BaseException as e:  # the fit ends here (an error, Ctrl-C, CancelFitException): its batch's
+            if not isinstance(e, (CancelBatchException, CancelEpochException)):  # gradients, never stepped or never
+                self.model.zero_grad(set_to_none=True)  # zeroed, must not reach the next fit's first step
+            raise
 
     def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
         owner = self._handlers[step]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import check_not_in_fit
 from ..distributed import world_size
 from ..utils import keeps_workers
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -210,7 +211,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     real fit: scheduling callbacks (they would set the lr the finder sets), SWACB and EarlyStoppingCB, and (no
     validation pass is run) callbacks watching a validation metric.
     """
-    learn._not_in_fit("lr_find", "its own fit would remove the running fit's hooks and close its log files")
+    check_not_in_fit(learn, "lr_find", "its own fit would remove the running fit's hooks and close its log files")
     if world_size() > 1 and any(isinstance(cb, DDPCB) for cb in learn.cbs):  # each process would stop on its own
         # loss, and the others would wait for it forever
         raise RuntimeError("lr_find runs in one process: run it before launching torchrun (python script.py), "
