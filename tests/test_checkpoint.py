@@ -289,6 +289,20 @@ def test_the_best_checkpoint_by_accuracy_is_the_highest(tmp_path):
         CheckpointCB(tmp_path, monitor="valid_foo")
 
 
+def test_with_a_monitor_an_epoch_that_improves_it_is_saved_whatever_every_says(tmp_path):
+    """With every=3 only epochs 3 and 6 were ranked: `best` was the better of those two, not the best epoch's
+    value, and the best epoch's weights were never written."""
+    learn, _ = make_learner(tmp_path, every=3, keep=None, monitor="valid_loss", mode="max")  # the best: an early one
+    learn.fit(6)
+    valid = [h["loss"] for h in learn.metrics.history if h["train"] == "valid"]
+    best = valid.index(max(valid)) + 1
+    assert best not in (3, 6)
+    cb = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+    assert cb.best == max(valid) and cb.best_path.name == f"epoch_{best:04d}.pt"
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted({f"epoch_{best:04d}.pt", "epoch_0003.pt",
+                                                                 "epoch_0006.pt"})
+
+
 def test_every_n_epochs_and_always_the_last(tmp_path):
     learn, _ = make_learner(tmp_path, every=2, keep=None)
     learn.fit(5)
@@ -490,13 +504,22 @@ def test_a_filesystem_without_locks_checkpoints_without_a_claim(tmp_path, monkey
     assert load_checkpoint(tmp_path)["epoch"] == 1
 
 
-def test_early_stopping_saves_the_last_epoch_and_a_resume_stops_at_once(tmp_path):
+def test_a_resumed_early_stopped_run_says_it_trains_nothing_and_a_larger_patience_trains_on(tmp_path):
+    """Resumed, an early-stopped run ended at its first batch without a word, even with a larger patience: the
+    checkpoint's stop, made under the old patience, was restored as it was."""
     learn, _ = make_learner(tmp_path, [EarlyStoppingCB(patience=1, min_delta=100.0)])  # no epoch improves by 100
-    learn.fit(5)
-    assert load_checkpoint(tmp_path)["epoch"] == 2  # epoch 0 sets best, epoch 1 fails once: stop, saved
-    resumed, rec = make_learner(tmp_path / "more", [EarlyStoppingCB(patience=1, min_delta=100.0)])
-    resumed.fit(5, resume=tmp_path)
-    assert len(rec.recs["lr"]) == 2 * N_BATCHES  # restored, and no batch trained after the resume
+    learn.fit(5)  # epoch 0 sets best, epoch 1 waits once: stop, saved as epoch_0002
+    same, rec = make_learner(tmp_path / "same", [EarlyStoppingCB(patience=1, min_delta=100.0)])
+    with pytest.warns(UserWarning, match=r"had stopped early after epoch 1 .*trains nothing.*patience"):
+        same.fit(5, resume=tmp_path)
+    assert len(rec.recs["lr"]) == 2 * N_BATCHES
+    longer, rec = make_learner(tmp_path / "longer", [EarlyStoppingCB(patience=3, min_delta=100.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        longer.fit(5, resume=tmp_path)
+    straight, straight_rec = make_learner(None, [EarlyStoppingCB(patience=3, min_delta=100.0)])
+    straight.fit(5)  # the wait so far is kept: epochs 2 and 3 wait too, as in a run with patience 3 throughout
+    assert len(rec.recs["lr"]) == len(straight_rec.recs["lr"]) == 4 * N_BATCHES
 
 
 def test_early_stopping_in_a_fit_without_validation_still_saves_its_last_epoch(tmp_path):

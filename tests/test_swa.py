@@ -175,6 +175,24 @@ def test_an_evaluation_fit_leaves_swa_and_its_average_alone():
         assert swa.metrics == swa_metrics and metrics.last["valid_loss"] == pytest.approx(swa_metrics["valid_loss"])
 
 
+def test_an_evaluation_resumed_from_a_swa_run_validates_the_checkpoints_weights(tmp_path):
+    """fit(train=False, resume=...) with SWACB failed with an AttributeError: an evaluation builds no average, and
+    the resume loaded the checkpoint's into it."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.callbacks.checkpoint import load_checkpoint
+    bn_learner([MetricsCB(), SWACB(swa_start=1, swa_lr=0.01), CheckpointCB(tmp_path, keep=None)]).fit(3)
+    metrics, swa = MetricsCB(), SWACB(swa_start=1, swa_lr=0.01)
+    learn = bn_learner([metrics, swa])
+    with pytest.warns(UserWarning, match="raw weights"):
+        learn.fit(3, train=False, resume=tmp_path / "epoch_0002.pt")
+    assert swa.swa_model is None
+    model = bn_model().eval()
+    model.load_state_dict(load_checkpoint(tmp_path / "epoch_0002.pt")["model"])
+    xv, yv = torch.cat([b[0] for b in learn.dls.valid]), torch.cat([b[1] for b in learn.dls.valid])
+    with torch.no_grad():
+        assert metrics.last["valid_loss"] == pytest.approx(F.mse_loss(model(xv), yv).item(), rel=1e-5)
+
+
 def test_composes_with_an_epoch_scheduler():
     rec = RecorderCB(lr=_lr)
     bn_learner([EpochSchedCB(partial(StepLR, step_size=1, gamma=0.5)), rec,

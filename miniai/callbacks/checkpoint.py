@@ -407,7 +407,8 @@ class CheckpointCB(Callback):
             save (a fit refused or stopped before it leaves them), so they are not overwritten and `resume=path`
             picks this run's newest.
         every: save after every `every`-th epoch, and always after the fit's last epoch (also the last of a fit
-            a callback stops early: EarlyStoppingCB sets `learn.stop_requested`).
+            a callback stops early: EarlyStoppingCB sets `learn.stop_requested`) and, with `monitor`, after each
+            epoch that improves it.
         keep: how many of this fit's newest checkpoints stay (None: all); its older ones are deleted. Files this
             fit did not write are never deleted.
         monitor, mode: with `monitor` (a name MetricsCB logs, e.g. 'valid_loss'), the best checkpoint by it
@@ -551,15 +552,16 @@ class CheckpointCB(Callback):
         done, self._pending = self._pending, None
         # the fit's last epoch is saved whatever `every` says: the planned last, or one after which a callback
         # (EarlyStoppingCB, order 70, before this one) has asked the fit to stop
-        if done % self.every and done != learn.n_epochs and not learn.stop_requested:
+        # and so is an epoch that improves the monitored value: the best file holds the best epoch's weights
+        value = self._monitored(learn, done) if self.monitor is not None else None
+        better = value is not None and not math.isnan(value) and (
+            self.best is None or (value < self.best if self.mode == "min" else value > self.best))
+        if done % self.every and done != learn.n_epochs and not learn.stop_requested and not better:
             return
         self._check_finite(learn, done)
         file = self.path / f"epoch_{done:04d}.pt"
-        value = self._monitored(learn, done) if self.monitor is not None else None
-        if value is not None:
-            better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
-            if better and not math.isnan(value):
-                self.best, self.best_path = value, file
+        if better:
+            self.best, self.best_path = value, file
         self._warn_unsaved(learn)
         rng_ranks = all_gather(rng_state()) if is_dist() else None  # ranks may draw differently (own seeds)
         if is_main_process():
@@ -611,8 +613,8 @@ class CheckpointCB(Callback):
             self._warned.add("unranked")
             which = "training" if split == "train" else "validation"
             warnings.warn(f"CheckpointCB: the {which} pass of epoch {done - 1} was cut short before it logged "
-                          f"{self.monitor!r}, so its checkpoint is saved but not ranked for the best one (as every "
-                          "such epoch's will be)", stacklevel=3)
+                          f"{self.monitor!r}, so it is not ranked for the best checkpoint (nor will any such "
+                          "epoch be)", stacklevel=3)
         return None
 
     def _check_finite(self, learn: Learner, done: int) -> None:

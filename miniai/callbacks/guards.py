@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -234,7 +235,9 @@ class EarlyStoppingCB(Callback):
         if not same_watch(self, state, "EarlyStoppingCB"):
             self.best, self.wait, self.stopped_epoch = None, 0, None
             return
-        self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
+        self.best, self.wait = state["best"], state["wait"]
+        # a stop is this patience's decision: a larger one than the saved run's trains on, the wait so far kept
+        self.stopped_epoch = state["stopped_epoch"] if self.wait >= self.patience else None
 
     def before_fit(self, learn: Learner) -> None:
         check_monitor(learn, self.monitor, "EarlyStoppingCB")
@@ -242,6 +245,11 @@ class EarlyStoppingCB(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if learn.training and self.stopped_epoch is not None:
+            if learn.resumed_from is not None and learn.epoch == learn.start_epoch:  # a stopped run, resumed
+                warnings.warn(f"EarlyStoppingCB: the run resumed from {learn.resumed_from} had stopped early after "
+                              f"epoch {self.stopped_epoch} ({self.monitor} did not improve for {self.wait} epochs), so "
+                              f"this fit trains nothing. To train on, resume with a patience above {self.wait} (the "
+                              "wait so far is kept), or without EarlyStoppingCB.", stacklevel=2)
             raise CancelFitException()
 
     def after_epoch(self, learn: Learner) -> None:

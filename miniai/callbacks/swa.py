@@ -125,7 +125,16 @@ class SWACB(Callback):
                 "swa_scheduler": None if self.swa_scheduler is None else self.swa_scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state_dict()`, during a fit (after before_fit, as `fit(resume=...)` does)."""
+        """Continue from `state_dict()`, during a fit (after before_fit, as `fit(resume=...)` does); an evaluation,
+        which builds no average, validates the checkpoint's raw weights and says so if it holds one."""
+        if not self._on:
+            averaged = int(state["swa_model"].get("n_averaged", 0))
+            if averaged:
+                warnings.warn(f"SWACB: this evaluation validates the checkpoint's raw weights, not the average of "
+                              f"{averaged} epoch(s) it also holds, which SWACB uses only in a fit that trains: "
+                              "learn.fit(n_epochs, resume=...) to finish the run (the average is learn.model then)",
+                              stacklevel=2)
+            return
         self.swa_model.load_state_dict(state["swa_model"])
         if state["swa_scheduler"] is not None:  # resumed past swa_start: SWALR goes on where it was
             self.swa_scheduler = self._swalr(self._opt)
