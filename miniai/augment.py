@@ -8,12 +8,13 @@ on the batch's device to avoid the copy.
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .checks import check_count
 
 # the course's miniai.augment had these two: they live elsewhere here, and __getattr__ (at the end) imports them
 _COURSE_NAMES = ("summary", "capture_preds")
@@ -49,9 +50,9 @@ def _randn(shape: Sequence[int], x: torch.Tensor, dtype: torch.dtype,
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+    if len(pair) != 2:
         raise ValueError(f"RandomCrop size is an int >= 1 or a pair (h, w) of them; got {size!r}")
-    return pair
+    return tuple(check_count("RandomCrop size", v, what=" (pixels; or a pair (h, w) of them)") for v in pair)
 
 
 class RandomCrop:
@@ -64,9 +65,7 @@ class RandomCrop:
                  generator: torch.Generator | None = None) -> None:
         if mode not in ("constant", "reflect"):
             raise ValueError(f"RandomCrop mode must be 'constant' or 'reflect'; got {mode!r}")
-        if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-            raise ValueError(f"RandomCrop padding is the pixels added on each side, a whole number >= 0; "
-                             f"got {padding!r}")
+        check_count("RandomCrop padding", padding, least=0, what=" (pixels added on each side)")
         self.size, self.padding, self.mode, self.fill, self.generator = _pair(size), padding, mode, fill, generator
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

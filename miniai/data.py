@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate
 
 from .cache import load_normalized, load_tensors, normalized_split
+from .checks import check_count
 from .sources import VALID_SPLITS, check_split_classes
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
@@ -55,9 +56,7 @@ class TensorLoader:
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         if len(x) != len(y):
             raise ValueError(f"x and y need the same length, got {len(x)} and {len(y)}")
-        if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
-            raise ValueError(f"bs must be an int >= 1, got {bs!r}")
-        bs = int(bs)
+        bs = int(check_count("bs", bs, what=" (items per batch)"))
         self.x, self.y, self.bs, self.shuffle, self.drop_last = x, y, bs, shuffle, drop_last
         self.seed: int | None = None if seed is None else int(seed)
         self.epoch = 0
@@ -327,8 +326,8 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
         if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral)):
             raise ValueError(f"{what} must be an int (a number of images{', a batch size' * (what == 'valid_bs')}) "
                              f"or None; got {n!r}")
-    if valid_bs is not None and valid_bs < 1:
-        raise ValueError(f"valid_bs must be an int >= 1 or None (the training bs); got {valid_bs}")
+    if valid_bs is not None:
+        check_count("valid_bs", valid_bs, what=" (or None: the training bs)")
     if holdout:
         raw = load_tensors(name, path)
         if not 0 < holdout < len(raw.train_x):

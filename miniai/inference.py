@@ -21,6 +21,7 @@ from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
 from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds, participants
+from .checks import check_count
 from .data import DataLoaders
 from .distributed import is_main_process
 from .learner import Learner
@@ -148,8 +149,7 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     if learn.n_inp != 1:
         raise ValueError(f"infer takes one input per item, but this learner's batches have n_inp={learn.n_inp}; "
                          "use learn.get_preds(dl=[(x1, x2, ...)]) instead")
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise ValueError(f"infer: bs must be an int >= 1, got {bs!r}")
+    check_count("infer: bs", bs, what=" (items per batch)")
     dls = getattr(learn, "dls", None)
     expected = getattr(dls, "item_shape", None)
     # the items go through the learner's inference callbacks (get_preds): a validation transform, or a callback of

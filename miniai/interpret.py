@@ -6,7 +6,6 @@ The drawing lives in `miniai.plotting`, imported only when a plot is asked for; 
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 
 from .callbacks.preds import get_preds, unreduced
 from .callbacks.state import kept
+from .checks import check_count
 from .learner import Learner
 
 __all__ = ["Interpretation", "show_results"]
@@ -96,7 +96,7 @@ class Interpretation:
     def top_losses(self, k: int | None = None, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The `k` highest per-item losses (all by default; lowest with largest=False) and the items' indices."""
         if k is not None:
-            _check_count(k, "top_losses: k")
+            check_count("top_losses: k", k, what=" (items)")
         return self.losses.topk(len(self.losses) if k is None else min(k, len(self.losses)), largest=largest)
 
     def plot_confusion_matrix(self, normalize: bool = False, ax: Any = None, **kwargs: Any) -> Any:
@@ -113,7 +113,7 @@ class Interpretation:
 
     def show_results(self, n: int = 9, **kwargs: Any) -> Any:
         """The first `n` items titled actual/predicted (green when right, red when wrong); returns the Figure."""
-        _check_count(n, "show_results: n")
+        check_count("show_results: n", n, what=" (items)")
         return self._grid(torch.arange(min(n, len(self.targets))), None, "show_results", **kwargs)
 
     def _grid(self, idx: torch.Tensor, notes: list[str] | None, what: str, **kwargs: Any) -> Any:
@@ -122,11 +122,6 @@ class Interpretation:
             raise ValueError(f"{what}: no items to show (k or n is 0, or the loader was empty)")
         return show_predictions(_images(self.inputs, what)[idx], _names(self.classes, self.targets[idx]),
                                 _names(self.classes, self.predicted[idx]), notes, **kwargs)
-
-
-def _check_count(n: Any, what: str) -> None:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"{what} is how many items, an int >= 1; got {n!r}")
 
 
 def _head(dl: Iterable[Any], n: int) -> Iterator[Any]:
@@ -142,7 +137,7 @@ def _head(dl: Iterable[Any], n: int) -> Iterator[Any]:
 def show_results(learn: Learner, n: int = 9, dl: Iterable[Any] | None = None, **kwargs: Any) -> Any:
     """The first `n` items of `dl` (default `learn.dls.valid`), titled actual/predicted; predicts only those batches.
     Returns the Figure."""
-    _check_count(n, "show_results: n")
+    check_count("show_results: n", n, what=" (items)")
     dl = dl if dl is not None else getattr(getattr(learn, "dls", None), "valid", None)
     if dl is None:
         raise ValueError("show_results needs a loader: learn.dls has no valid loader, so pass dl=...")

@@ -53,7 +53,6 @@ from ._course import course_hooks, course_names
 from . import checks
 from .checks import add_note
 from .conveniences import Conveniences
-from .utils import drop_graph
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
            "CancelStepException", "build_handlers", "Learner"]
@@ -212,6 +211,7 @@ class Learner(Conveniences):
             self._in_fit, self._temporary = False, []
             for cb in temporary:
                 self.rm_cb(cb)
+            from .utils import drop_graph  # (imported here: this module imports only its checks)
             drop_graph(self)  # the last batch's graph: nothing needs it, and a copy of the learner fails on it
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:

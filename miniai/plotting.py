@@ -18,6 +18,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .checks import check_count
 from .schedulers import lr_trajectory
 
 __all__ = ["show_image", "show_images", "get_grid", "subplots",
@@ -70,8 +71,8 @@ def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, title: 
     if n < 1:
         raise ValueError(f"get_grid needs n >= 1 images to lay out; got {n}")
     for name, value in (("nrows", nrows), ("ncols", ncols)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
-            raise ValueError(f"get_grid {name} must be a whole number >= 1 (or None: computed); got {value!r}")
+        if value is not None:
+            check_count(f"get_grid {name}", value, what=" (or None: computed)")
     if nrows is None and ncols is None:
         nrows = int(math.sqrt(n))
     if ncols is None:

@@ -19,8 +19,12 @@ from typing import Any, Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from .checks import check_count
+
 __all__ = ["cosine_lr", "triangular_lr", "warmup_cosine_lr", "cosine_one_cycle",
            "CosineAnnealing", "OneCycle", "WarmupCosine", "CosineOneCycle", "lr_trajectory"]
+
+_STEPS = " (a number of scheduler steps)"  # what the counts checked here count
 
 
 # ---- pure schedules: functions of the step ----
@@ -92,11 +96,6 @@ def cosine_one_cycle(step: int, total_steps: int, max_lr: float, pct_start: floa
 # torch calls the step counter `last_epoch`; it counts scheduler steps (batches, under a per-batch callback).
 # Attributes are set before super().__init__ because torch's constructor already takes the first step.
 
-def _check_positive(name: str, value: int, least: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:  # (True is an int to Python)
-        raise ValueError(f"{name} must be an int >= {least} (a number of scheduler steps), got {value!r}")
-
-
 def _per_group(name: str, value: float | Sequence[float], optimizer: Optimizer) -> list[float]:
     """One value per param group: a single float is shared, a sequence must match the groups."""
     n_groups = len(optimizer.param_groups)
@@ -116,7 +115,7 @@ class CosineAnnealing(LRScheduler):
     """
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
-        _check_positive("T_max", T_max)
+        check_count("T_max", T_max, what=_STEPS)
         self.T_max, self.eta_min = T_max, eta_min  # torch's names, so the classes swap freely
         super().__init__(optimizer, last_epoch)
 
@@ -131,7 +130,7 @@ class OneCycle(LRScheduler):
     """Smith's triangular policy: each group climbs from min_lr to its initial lr at T_max/2, back by T_max, repeats."""
 
     def __init__(self, optimizer: Optimizer, T_max: int, min_lr: float = 0.0, last_epoch: int = -1) -> None:
-        _check_positive("T_max", T_max, least=2)  # a cycle of 1 step never leaves min_lr
+        check_count("T_max", T_max, least=2, what=_STEPS)  # a cycle of 1 step never leaves min_lr
         self.T_max, self.min_lr = T_max, min_lr
         super().__init__(optimizer, last_epoch)
 
@@ -151,8 +150,8 @@ class WarmupCosine(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
                  last_epoch: int = -1, *, start_factor: float = 0.0) -> None:
-        _check_positive("total_steps", total_steps)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
+        check_count("total_steps", total_steps, what=_STEPS)
+        if check_count("warmup_steps", warmup_steps, least=0, what=_STEPS) > total_steps:
             raise ValueError(f"warmup_steps must be an int from 0 to total_steps={total_steps}, got {warmup_steps!r}")
         if not 0.0 <= start_factor <= 1.0:
             raise ValueError(f"start_factor is the fraction of the initial lr to warm up from, in [0, 1]; "
@@ -196,7 +195,7 @@ class CosineOneCycle(LRScheduler):
                  cycle_momentum: bool = True, base_momentum: float | Sequence[float] = 0.85,
                  max_momentum: float | Sequence[float] = 0.95, div_factor: float = 25.0,
                  final_div_factor: float = 1e4, three_phase: bool = False, last_epoch: int = -1) -> None:
-        _check_positive("total_steps", total_steps)
+        check_count("total_steps", total_steps, what=_STEPS)
         if not 0.0 <= pct_start <= 1.0:
             raise ValueError(f"pct_start is the fraction of total_steps spent raising the lr, in [0, 1]; "
                              f"got {pct_start!r}")

@@ -201,7 +201,7 @@ def test_a_layer_class_as_mod_filter_is_refused_with_the_predicate_to_write():
 
 def test_every_is_a_whole_number_of_at_least_1():
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="every is the step between recorded batches"):
+        with pytest.raises(ValueError, match=r"every must be a whole number >= 1 \(the step between recorded batches"):
             ActivationStats(every=bad)
 
 

@@ -125,7 +125,7 @@ def test_infer_refuses_an_rgb_array_for_a_grayscale_model_even_without_an_item_s
 
 
 def test_infer_refuses_a_batch_size_below_one():
-    with pytest.raises(ValueError, match="bs must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="infer: bs must be a whole number >= 1 .*, got 0"):
         image_learner().infer(PIXELS, bs=0)
 
 

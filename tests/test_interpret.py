@@ -1,6 +1,8 @@
 """Interpretation (confusion matrix, most confused, top losses, results grids) and the model summary."""
 from __future__ import annotations
 
+import re
+
 import matplotlib
 import pytest
 import torch
@@ -230,9 +232,10 @@ def test_counts_of_items_to_show_must_be_whole_and_positive(k):
     """-1 gave 'selected index k out of range', 2.5 topk's TypeError, -3 in show_results a range error."""
     interp = known()
     for call in (interp.top_losses, interp.plot_top_losses, interp.show_results):
-        with pytest.raises(ValueError, match=rf"is how many items, an int >= 1; got {k!r}"):
+        bad = rf"(top_losses: k|show_results: n) must be a whole number >= 1 \(items\), got {re.escape(repr(k))}"
+        with pytest.raises(ValueError, match=bad):
             call(k)
-    with pytest.raises(ValueError, match=r"is how many items, an int >= 1"):
+    with pytest.raises(ValueError, match=r"show_results: n must be a whole number >= 1"):
         image_learner().show_results(k)
 
 

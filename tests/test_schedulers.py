@@ -287,7 +287,7 @@ def test_lr_trajectory_refuses_reduce_lr_on_plateau():
 # ---- argument errors ----
 
 def test_bad_arguments_say_what_to_pass():
-    with pytest.raises(ValueError, match="T_max must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"T_max must be a whole number >= 1 \(a number of scheduler steps\), got 0"):
         CosineAnnealing(make_opt(), T_max=0)
     with pytest.raises(ValueError, match="warmup_steps must be an int from 0 to total_steps=10"):
         WarmupCosine(make_opt(), warmup_steps=11, total_steps=10)

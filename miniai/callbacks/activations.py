@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 
 __all__ = ["Hook", "Hooks", "append_stats", "get_hist", "get_min", "HooksCallback", "ActivationStats"]
@@ -253,9 +254,7 @@ class HooksCallback(Callback):
             raise TypeError(f"mod_filter is a function of a module, true for those to hook; got the class "
                             f"{mod_filter.__name__}: pass lambda m: isinstance(m, {mod_filter.__name__}) (or "
                             f"fastcore's risinstance({mod_filter.__name__}))")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every is the step between recorded batches, a whole number >= 1 (1: every batch); "
-                             f"got {every!r}")
+        check_count("every", every, what=" (the step between recorded batches; 1: every batch)")
         if not (on_train or on_valid):
             raise ValueError(f"{type(self).__name__}(on_train=False, on_valid=False) records nothing: set on_train "
                              "(training batches) or on_valid (validation batches)")
