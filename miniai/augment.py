@@ -49,10 +49,10 @@ def _randn(shape: Sequence[int], x: torch.Tensor, dtype: torch.dtype,
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     if len(pair) != 2:
         raise ValueError(f"RandomCrop size is an int >= 1 or a pair (h, w) of them; got {size!r}")
-    return tuple(check_count("RandomCrop size", v, what=" (pixels; or a pair (h, w) of them)") for v in pair)
+    return tuple(check_count(f"RandomCrop size {size!r}: each side", v, what=" (pixels)") for v in pair)
 
 
 class RandomCrop:

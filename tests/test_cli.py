@@ -71,7 +71,7 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--seed", "99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),  # a traceback
     (["--seed", "-99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),
     (["--bs", "64", "--sched", "onecycle"], "schedule 'onecycle' needs at least 2 optimizer steps, and this fit "
-                                            "has 1"),  # a traceback: T_max must be an int >= 2
+                                            "has 1"),  # a traceback: T_max must be a whole number >= 2
 ])
 def test_more_bad_numbers_in_process(capsys, argv, reason):
     """The same parser in this process (milliseconds): the rest of the number checks, each with train's usage (the

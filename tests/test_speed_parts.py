@@ -200,7 +200,7 @@ def test_grad_accum_one_cycle_ends_at_its_final_lr_on_the_last_optimizer_step():
 
 
 def test_grad_accum_rejects_bad_n_steps():
-    with pytest.raises(ValueError, match="n_steps, the batches per optimizer step"):
+    with pytest.raises(ValueError, match=r"GradAccumCB n_steps must be a whole number >= 1 \(batches per optimizer"):
         GradAccumCB(0)
 
 

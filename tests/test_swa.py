@@ -322,8 +322,9 @@ def test_swa_start_at_or_past_the_last_epoch_is_an_error():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(swa_start=-1), "swa_start is the first epoch"),
-    (dict(swa_start=1, anneal_epochs=-1), "anneal_epochs must be an int >= 0"),
+    (dict(swa_start=-1), r"swa_start must be a whole number >= 0 \(the first epoch to average\), got -1"),
+    (dict(swa_start=True), "swa_start must be a whole number >= 0 .*, got True"),
+    (dict(swa_start=1, anneal_epochs=-1), "anneal_epochs must be a whole number >= 0"),
     (dict(swa_start=1, anneal_strategy="exp"), "anneal_strategy must be 'cos' or 'linear'"),
 ])
 def test_bad_arguments_are_rejected_with_a_message(kwargs, match):

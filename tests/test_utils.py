@@ -177,3 +177,21 @@ def test_map_tensors_on_a_list_subclass_whose_constructor_takes_other_arguments(
 
     moved = to_cpu(Batch([torch.ones(2, requires_grad=True)], "b"))
     assert type(moved) is Batch and moved.name == "b" and not moved[0].requires_grad
+
+
+def test_check_count_takes_whole_numbers_from_its_least_and_refuses_bools():
+    from miniai.checks import check_count
+    assert check_count("bs", 3) == 3 and check_count("bs", np.int64(3)) == 3 and check_count("n", 0, least=0) == 0
+    for bad in (True, 0, 2.5, "3", None, torch.tensor(3)):
+        with pytest.raises(ValueError, match=r"bs must be a whole number >= 1 \(items\), got"):
+            check_count("bs", bad, what=" (items)")
+
+
+@pytest.mark.parametrize("make", ["GradAccumCB(True)", "SWACB(swa_start=True, swa_lr=0.01)",
+                                  "ActivationStats(every=True)", "RandomCrop(True)", "RandomCrop(8, padding=True)"])
+def test_a_bool_is_no_count_anywhere(make):
+    """GradAccumCB(True) and SWACB(swa_start=True) were taken as 1: Python counts a bool as an int."""
+    from miniai.augment import RandomCrop  # noqa: F401 (used by eval)
+    from miniai.callbacks import SWACB, ActivationStats, GradAccumCB  # noqa: F401
+    with pytest.raises(ValueError, match=r"must be a whole number >= \d.*, got True"):
+        eval(make)

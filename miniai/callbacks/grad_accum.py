@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..checks import check_count
 from ..learner import Callback, CancelBatchException, CancelStepException, Learner
 from ..utils import loss_reduction
 
@@ -46,10 +47,7 @@ class GradAccumCB(Callback):
     _divide = True  # (set at before_fit: False for a loss of reduction="sum")
 
     def __init__(self, n_steps: int) -> None:
-        if not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"GradAccumCB needs n_steps, the batches per optimizer step, as an int >= 1; "
-                             f"got {n_steps!r}")
-        self.n_steps = n_steps
+        self.n_steps = check_count("GradAccumCB n_steps", n_steps, what=" (batches per optimizer step)")
         self._summed = 0  # batches whose gradients are in .grad since the last step
         self._carried: list[torch.Tensor | None] = []  # per parameter, its .grad before the group (MomentumLearner)
         self._n_batches: int | None = None

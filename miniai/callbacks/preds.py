@@ -27,7 +27,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
-from ..checks import drops_last
+from ..checks import check_count, drops_last
 from ..data import TensorLoader
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
@@ -459,8 +459,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     if learn.n_inp != 1 and inputs is None:
         raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which the augmented copies "
                          "transform, tta(..., inputs='first') or inputs='all' (each one)")
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n is the number of augmented copies, an int >= 0; got {n!r}")
+    check_count("tta: n", n, least=0, what=" (augmented copies)")
     dl = _loader(learn, dl)
     if n and isinstance(dl, Iterator):  # (a generator, iter(dl), map(...)): the plain pass would use it up
         raise ValueError(f"tta walks the loader {n + 1} times (the plain pass and {n} augmented), and a one-shot "

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import SWALR, AveragedModel
 
+from ..checks import check_count
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .preds import prediction_pass
 from .state import kept
@@ -56,10 +57,8 @@ class SWACB(Callback):
 
     def __init__(self, swa_start: int, swa_lr: float | Sequence[float], anneal_epochs: int = 1,
                  anneal_strategy: str = "cos") -> None:
-        if not isinstance(swa_start, int) or swa_start < 0:
-            raise ValueError(f"swa_start is the first epoch to average (an int >= 0); got {swa_start!r}")
-        if not isinstance(anneal_epochs, int) or anneal_epochs < 0:
-            raise ValueError(f"anneal_epochs must be an int >= 0 (0: go straight to swa_lr); got {anneal_epochs!r}")
+        check_count("swa_start", swa_start, least=0, what=" (the first epoch to average)")
+        check_count("anneal_epochs", anneal_epochs, least=0, what=" (0: go straight to swa_lr)")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear'; got {anneal_strategy!r}")
         self.swa_start, self.swa_lr = swa_start, swa_lr
