@@ -724,8 +724,11 @@ def test_a_schedule_left_short_of_its_end_by_steps_that_did_not_happen_says_so()
     sched = BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=6))
     learn = TrainLearner(nn.Linear(1, 1), linear_dls(n_train=80), F.mse_loss, lr=0.1,
                          cbs=[GradAccumCB(2), sched, _DropBatch(1)])
-    with pytest.warns(UserWarning, match=r"OneCycleLR took 4 of the 6 steps.*2 optimizer steps did not happen"):
-        learn.fit(2)
+    rec = RecorderCB(lr=_lr)
+    with pytest.warns(UserWarning, match=r"OneCycleLR took 4 of the 6 steps.*2 optimizer steps did not happen") as w:
+        learn.fit(2, cbs=[rec])
+    # the lr the last batch trained with, not the one the schedule's step after it set (0.103 for 0.0461 here)
+    assert f"the last batch trained at lr {rec.recs['lr'][-1]:.3g}." in str(w[0].message)
     learn = TrainLearner(nn.Linear(1, 1), linear_dls(n_train=80), F.mse_loss, lr=0.1,
                          cbs=[GradAccumCB(2), BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=6))])
     with warnings.catch_warnings():

@@ -24,6 +24,7 @@ import bisect
 import copy
 import functools
 import inspect
+import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterator
@@ -413,6 +414,7 @@ class BatchSchedCB(BaseSchedCB):
         if _is_plateau(factory):
             raise TypeError(_PLATEAU_PER_BATCH)
         super().__init__(factory)
+        self._trained_lr = math.nan  # the lr of the fit's last optimizer step
 
     def _total_steps(self, learn: Learner) -> int | None:
         return None if self._per_epoch is None else _epochs_scheduled(learn) * self._per_epoch
@@ -425,6 +427,7 @@ class BatchSchedCB(BaseSchedCB):
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
         # learn.stepped, not an after_step handler, which a callback before this one may cancel after the step
         if learn.stepped and self._learn is not None:
+            self._trained_lr = self._opt.param_groups[0]["lr"]  # (for after_fit's word: the step below moves it on)
             self._advance(learn)
 
     def after_fit(self, learn: Learner) -> None:
@@ -439,8 +442,8 @@ class BatchSchedCB(BaseSchedCB):
                           f"for it: {total - self.n_steps} optimizer steps did not happen (passes cut short or batches "
                           "skipped by a callback, float16 overflows MixedPrecisionCB skipped, batches dropped before "
                           "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
-                          "optimizer, so it ended short of its end: the last batch trained at lr "
-                          f"{self._opt.param_groups[0]['lr']:.3g}.", stacklevel=2)
+                          f"optimizer, so it ended short of its end: the last batch trained at lr {self._trained_lr:.3g}.",
+                          stacklevel=2)
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
