@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -465,6 +466,25 @@ def test_validation_shard_keeps_every_item_once():
              for r in range(2)]
     items = torch.cat([yb for rank_batches in ranks for _, yb in rank_batches])
     assert sorted(items.tolist()) == list(range(31))
+
+
+def test_an_unshuffled_training_loader_that_leaves_the_same_items_out_every_epoch_is_warned_of(monkeypatch):
+    """101 items on 2 ranks in a fixed order: item 100 was left out of every epoch, never trained on, unsaid."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from miniai.callbacks.ddp import warn_same_left_out
+    monkeypatch.setenv("RANK", "0")  # no process group: _shard reads torchrun's variables, and an unshuffled
+    monkeypatch.setenv("WORLD_SIZE", "2")  # TensorLoader needs no broadcast of its seed
+    x, y = torch.randn(101, 2), torch.randn(101, 1)
+    left_out = r"the same 1 of its 101 items \(its last\) are left out of every epoch.*shuffle=True"
+    with pytest.warns(UserWarning, match=left_out):
+        DDPCB()._shard(SimpleNamespace(dls=SimpleNamespace(train=TensorLoader(x, y, 8), valid=TensorLoader(x, y, 8))))
+    with pytest.warns(UserWarning, match=left_out):
+        warn_same_left_out(DataLoader(TensorDataset(x, y), batch_size=8), "train", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dl in (TensorLoader(x, y, 8, shuffle=True), DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True),
+                   TensorLoader(x[:100], y[:100], 8)):  # shuffled: other items each epoch; or none left out
+            warn_same_left_out(dl, "train", 2)
 
 
 def test_helpers_read_the_torchrun_environment_without_a_process_group(monkeypatch):

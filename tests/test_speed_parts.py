@@ -206,6 +206,19 @@ def test_grad_accum_rejects_bad_n_steps():
 
 # ---------------------------------------------------------------- mixed precision
 
+def test_a_float16_fit_whose_every_step_was_skipped_says_so():
+    """init_scale 2**100: every gradient overflowed, every step was skipped, the weights never changed, unsaid."""
+    learn = tiny_learner(lr=0.05, n_train=96)  # 6 batches
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    mp = MixedPrecisionCB(torch.float16, init_scale=2.0**100)
+    with pytest.warns(UserWarning, match=r"float16 skipped all 6 optimizer steps.*lower init_scale"):
+        learn.fit(1, cbs=[mp])
+    assert mp.n_skipped == 6 and all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+    with warnings.catch_warnings():  # a few skipped at the start are the scaler's way: no word
+        warnings.simplefilter("error")
+        learn.fit(1, cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8)])
+
+
 def test_fp16_scaler_skip_does_not_step_the_scheduler_and_zeroes_the_grads():
     """An inf gradient on the very first batch: no optimizer step, no scheduler step, no torch warning."""
     learn = tiny_learner(lr=0.05, n_train=96)  # 6 batches

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -154,6 +155,8 @@ class DDPCB(Callback):
             # DDP's backward is a collective: every rank must train as many batches. Validation has none,
             # so it keeps every item and the summed metrics cover the whole validation set.
             even = name == "train"
+            if even and r == 0:
+                warn_same_left_out(dl, name, w)
             if isinstance(dl, TensorLoader):
                 self._undo.append(partial(dl.shard, dl.rank, dl.world_size, dl.even))
                 if dl.shuffle:
@@ -227,3 +230,18 @@ def _join_group(backend: str, device: torch.device) -> None:
 def _leave_group() -> None:
     if is_dist():  # the script may have destroyed it itself
         dist.destroy_process_group()
+
+
+def warn_same_left_out(dl: Any, name: str, world: int) -> None:
+    """Warn when an unshuffled training loader's items don't fill the last round of `world` processes: the same
+    ones are then left out of every epoch (a shuffled one leaves out others each time)."""
+    if isinstance(dl, TensorLoader):
+        n, shuffled = len(dl.x), dl.shuffle
+    elif isinstance(dl, DataLoader) and not isinstance(dl.dataset, IterableDataset) and hasattr(dl.dataset, "__len__"):
+        n, shuffled = len(dl.dataset), isinstance(dl.sampler, RandomSampler)
+    else:
+        return  # (a loader DDPCB refuses to shard)
+    if not shuffled and n % world:
+        warnings.warn(f"DDPCB: dls.{name} is not shuffled and its items don't fill the last round of {world} "
+                      f"processes, so the same {n % world} of its {n} items (its last) are left out of every epoch, never "
+                      f"trained on. Build it with shuffle=True, or give it a multiple of {world} items.", stacklevel=3)

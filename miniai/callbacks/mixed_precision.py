@@ -1,6 +1,7 @@
 """Mixed precision: forward pass and loss under `torch.autocast`; fp16 gradients kept in range by a GradScaler."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class MixedPrecisionCB(Callback):
         self.scaler: torch.amp.GradScaler | None = None
         self._scaler_device = ""
         self.n_skipped = 0
+        self._tried = self._taken = 0  # this fit's scaled optimizer steps: tried, and taken
         self._autocast: torch.autocast | None = None
         self._in_autocast = False
         self._stepped = False
@@ -53,6 +55,7 @@ class MixedPrecisionCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         if not learn._predicting and "train" in learn.passes:  # (a prediction pass, which it joins, has no passes)
             self.n_skipped = 0  # (a resumed fit gets its run's count back from the checkpoint)
+            self._tried = self._taken = 0
         device_type = model_device(learn.model).type
         dtype = self.dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
         if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -77,6 +80,13 @@ class MixedPrecisionCB(Callback):
                                 "Optimizer, or use MixedPrecisionCB(torch.bfloat16), which needs no scaler")
             # an optimizer post-step hook says whether scaler.step really stepped: public API, no extra sync
             self._hook = learn.opt.register_step_post_hook(self._mark_stepped)
+
+    def after_fit(self, learn: Learner) -> None:
+        if self._tried and not self._taken and not learn._predicting:  # the weights never changed
+            warnings.warn(f"MixedPrecisionCB: float16 skipped all {self._tried} optimizer steps of this fit (their "
+                          "gradients had inf/NaN values), so the weights did not change. With a finite loss, the "
+                          f"GradScaler's scale ({self.scaler.get_scale():.3g} now) began too high for this fit to "
+                          "bring it down: pass a lower init_scale, or use bfloat16.", stacklevel=2)
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._exit_autocast()
@@ -117,10 +127,12 @@ class MixedPrecisionCB(Callback):
         before = self.scaler.get_scale() if fused else 0.0
         self.scaler.step(learn.opt)  # unscales (unless GradClipCB did), then steps unless a grad is inf/NaN
         self.scaler.update()
+        self._tried += 1
         if not self._stepped or (fused and self.scaler.get_scale() < before):
             self.n_skipped += 1
             learn.opt.zero_grad()  # the inf/NaN grads must not leak into the next step
             raise CancelStepException()
+        self._taken += 1
 
     def state_dict(self) -> dict[str, Any]:
         """`scaler`: the GradScaler's `state_dict()` (scale, growth tracker, factors; {} without a scaler), and
