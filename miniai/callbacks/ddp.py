@@ -243,5 +243,6 @@ def warn_same_left_out(dl: Any, name: str, world: int) -> None:
         return  # (a loader DDPCB refuses to shard)
     if not shuffled and n % world:
         warnings.warn(f"DDPCB: dls.{name} is not shuffled and its items don't fill the last round of {world} "
-                      f"processes, so the same {n % world} of its {n} items (its last) are left out of every epoch, never "
-                      f"trained on. Build it with shuffle=True, or give it a multiple of {world} items.", stacklevel=3)
+                      f"processes, so the same {n % world} of its {n} items (its last) are left out of every epoch, "
+                      f"never trained on. Build it with shuffle=True, or give it a multiple of {world} items.",
+                      stacklevel=3)
