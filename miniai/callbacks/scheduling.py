@@ -442,8 +442,8 @@ class BatchSchedCB(BaseSchedCB):
                           f"for it: {total - self.n_steps} optimizer steps did not happen (passes cut short or batches "
                           "skipped by a callback, float16 overflows MixedPrecisionCB skipped, batches dropped before "
                           "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
-                          f"optimizer, so it ended short of its end: the last batch trained at lr {self._trained_lr:.3g}.",
-                          stacklevel=2)
+                          "optimizer, so it ended short of its end: the last batch trained at lr "
+                          f"{self._trained_lr:.3g}.", stacklevel=2)
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
