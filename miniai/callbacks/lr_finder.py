@@ -13,12 +13,12 @@ from typing import Any
 
 from ..checks import check_not_in_fit
 from ..distributed import world_size
-from ..utils import keeps_workers
+from ..utils import keeps_workers, loss_reduction
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
 from .guards import EarlyStoppingCB
-from .metrics import MetricsCB
+from .metrics import MetricsCB, n_items
 from .scheduling import BaseSchedCB
 from .state import kept
 from .swa import SWACB
@@ -54,10 +54,12 @@ class LRFinderCB(Callback):
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.diverged = False
+        self._sum_loss = False  # a loss of reduction='sum': recorded per item, as MetricsCB and ProgressCB show it
 
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min = [], [], math.inf
         self._grow, self._group, self._lr0, self.diverged = False, [], None, False
+        self._sum_loss = loss_reduction(getattr(learn, "loss_func", None)) == "sum"  # (else a short last batch reads as a dip)
         if not hasattr(learn.opt, "param_groups"):
             raise TypeError(f"LRFinderCB sets the lr in opt.param_groups, which {type(learn.opt).__name__} (opt_func) "
                             "has none: find the lr with a torch.optim optimizer (or one with param_groups)")
@@ -70,7 +72,8 @@ class LRFinderCB(Callback):
             raise CancelEpochException()  # the finder only looks at training batches
 
     def after_batch(self, learn: Learner) -> None:
-        self._group.append(float(learn.loss.detach().float().item()))  # sync point, on purpose (see above)
+        loss = float(learn.loss.detach().float().item())  # sync point, on purpose (see above)
+        self._group.append(loss / n_items(learn.yb[0]) if self._sum_loss else loss)
         if not learn.stepped and math.isfinite(self._group[-1]):
             return  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
         # (a non-finite loss ends the finder at once: an fp16 scaler skips that step, so none would come)
