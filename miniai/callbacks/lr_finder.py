@@ -59,7 +59,8 @@ class LRFinderCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min = [], [], math.inf
         self._grow, self._group, self._lr0, self.diverged = False, [], None, False
-        self._sum_loss = loss_reduction(getattr(learn, "loss_func", None)) == "sum"  # (else a short last batch reads as a dip)
+        # per item (a sum's short last batch would read as a dip)
+        self._sum_loss = loss_reduction(getattr(learn, "loss_func", None)) == "sum"
         if not hasattr(learn.opt, "param_groups"):
             raise TypeError(f"LRFinderCB sets the lr in opt.param_groups, which {type(learn.opt).__name__} (opt_func) "
                             "has none: find the lr with a torch.optim optimizer (or one with param_groups)")
