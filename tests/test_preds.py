@@ -330,6 +330,17 @@ def test_tta_with_random_transforms_repeats_exactly_and_leaves_the_rng_alone():
     assert torch.allclose(first.sum(1), torch.ones(len(first)))
 
 
+def test_tta_with_transforms_of_their_own_generator_repeats_and_leaves_it_alone():
+    """A transform with its own generator was drawn on and left advanced: a second tta gave other numbers."""
+    learn = image_learner()
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    tfms = [RandomCrop(8, 2, generator=g), RandomFlip(generator=g)]
+    first, _ = learn.tta(tfms=tfms, n=3)
+    assert torch.equal(g.get_state(), state)
+    assert torch.equal(first, learn.tta(tfms=tfms, n=3)[0])
+
+
 def test_tta_walks_a_shuffled_loader_in_order_and_refuses_non_images_for_the_default_flip():
     learn = image_learner()
     assert torch.equal(learn.tta(dl=learn.dls.train)[1], learn.dls.train.y)  # (it refused one before get_preds

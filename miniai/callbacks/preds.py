@@ -468,7 +468,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         raise ValueError("tta averages each item's probabilities over several passes, so the loader must give the "
                          "items in the same order each time: pass an unshuffled one (shuffle=False), e.g. dls.valid")
     tfm = RandomFlip(p=1.0) if tfms is None else tfms if callable(tfms) else Compose(*tfms)
-    with kept(learn, [dl]):
+    with kept(learn, [dl], tfms=[tfm]):  # (a transform's own generator too: tta repeats)
         plain, plain_items = _GatherPreds(act=torch.softmax), _ItemSums()
         prediction_pass(learn, dl, [plain_items, plain], who="tta")
         probs, targets = plain.result()

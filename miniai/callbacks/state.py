@@ -18,7 +18,8 @@ import torch
 from ..data import TensorLoader
 from ..learner import Learner
 from ..utils import map_tensors
-from .checkpoint import callback_generators, generator_state, has_state, loader_generators, set_generator_state
+from .checkpoint import (callback_generators, generator_state, has_state, held_generators, loader_generators,
+                         set_generator_state)
 from .metrics import MetricsCB
 
 __all__ = ["kept"]
@@ -71,14 +72,15 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
 
 
 @contextlib.contextmanager
-def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> Iterator[None]:
+def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
+         tfms: Iterable[Any] = ()) -> Iterator[None]:
     """On exit, also after an error, put back everything a prediction pass (or, `weights=True`, a fit) may change.
 
     That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
     and train/eval modes; the attributes of the learner and of each of its callbacks (what they recorded too); the
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
-    MPS's, Python's, NumPy's).
+    MPS's, Python's, NumPy's), and the generators the transforms `tfms` hold (tta's).
     Weight values, and the states of MetricsCB's metrics and of the user's callbacks that have a `state_dict`
     (whatever they change in place: the attribute copies are one level deep), are copied only with
     `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so a
@@ -105,6 +107,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False) -> 
                for state in [_user_state(cb)] if state is not None]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
     generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
+    generators += [(g, generator_state(g)) for tfm in tfms for g in held_generators(tfm)]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
     scalers = [(s, s.state_dict()) for obj in holders for s in vars(obj).values()
                if isinstance(s, torch.amp.GradScaler) and s.is_enabled()]
