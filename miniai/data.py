@@ -41,7 +41,8 @@ class TensorLoader:
     - `seed=<int>`: epoch e's order is `torch.randperm(n, generator=...)` seeded by mixing seed and e
       (`_epoch_seed`): a pure function of (seed, e) whatever the global RNG does; neighbouring seeds share no
       order. `epoch` counts `iter()` calls and `set_epoch(e)` sets it; the Learner calls `set_epoch` before each
-      training pass, so repeated fits replay the same orders.
+      training pass with the epochs it has trained in all (`fit(1)` twice walks the orders `fit(2)` does), so a
+      fresh learner's run replays the same orders.
     `state_dict()` is {seed, epoch, orders, shuffle, drop_last} (seed may be None; `orders` dates the rule for
     seeded orders). Every batch is a copy, so a transform may modify it in place. A sharded shuffled loader
     (`shard`) needs a seed, the same on every rank; DDPCB gives it one.

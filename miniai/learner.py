@@ -28,6 +28,8 @@ Learner state that callbacks may read, and from which event on:
 | `n_epochs, epochs`           | `before_fit`   | epochs in this fit; the range the loop walks (resume starts it later)     |
 | `passes`                     | `before_fit`   | the passes of each epoch: ("train", "valid"), or one of them              |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
+| `epoch_offset`               | `before_fit`   | the epochs this learner trained in earlier fits: a loader with its        |
+|                              |                | own seed walks its order of epoch `epoch_offset + epoch` (as one fit)     |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (or None)                          |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
@@ -122,6 +124,7 @@ class Learner(Conveniences):
     _in_fit = _predicting = False  # in a fit; in a get_preds, tta or summary pass (the fit's hooks leave it alone)
     _temporary: list = []  # the running fit's callbacks for this call only (fit(cbs=...), resume's)
     keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
+    _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
@@ -183,7 +186,8 @@ class Learner(Conveniences):
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
             self.passes, self.stepped = ("train",) * train + ("valid",) * valid, False
-            self.start_epoch, self.resumed_from = 0, None  # set by fit(resume=...); the next three by CheckpointCB,
+            self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # fit(resume=...)
+            # sets these (from its checkpoint); the next three are set by CheckpointCB,
             self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # SWACB, EarlyStoppingCB
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
@@ -261,8 +265,10 @@ class Learner(Conveniences):
         self.training = training
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
-        if training and hasattr(self.dl, "set_epoch"):
-            self.dl.set_epoch(self.epoch)  # a loader with its own seed replays the same order in every fit
+        if training:
+            self._epochs_trained = self.epoch_offset + self.epoch + 1
+            if hasattr(self.dl, "set_epoch"):  # a loader with its own seed: its order of this epoch of the learner's
+                self.dl.set_epoch(self.epoch_offset + self.epoch)  # (a fresh learner's run replays the same orders)
         self.iter, self.pass_steps = None, 0
         with torch.enable_grad() if training else torch.no_grad():  # whatever block fit was called in
             self._stage("epoch", self._all_batches, CancelEpochException)

@@ -101,6 +101,21 @@ def test_resume_after_interrupt_ends_bitwise_equal_to_straight_run(tmp_path, sch
     assert without_time(resumed.metrics.history) == without_time(straight.metrics.history)
 
 
+def test_a_run_that_is_a_learners_second_fit_resumes_on_its_own_loader_orders(tmp_path):
+    """A seeded loader walks the order of epoch `epoch_offset + epoch`: without the offset in the checkpoint a fresh
+    learner would resume a second fit's run on a first fit's orders."""
+    straight, _ = make_learner(None)
+    straight.fit(1)
+    straight.fit(3)
+    stopped, _ = make_learner(None)
+    stopped.fit(1)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(3, cbs=[CheckpointCB(tmp_path), StopBeforeEpoch(1)])
+    resumed, _ = make_learner(None)
+    resumed.fit(3, resume=tmp_path)
+    assert resumed.epoch_offset == 1 and same_params(straight, resumed)
+
+
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_resume_after_a_finished_shorter_fit_ends_bitwise_equal(tmp_path, schedule):
     """fit(1) runs to its end, then fit(3, resume=...) continues: as fit(3) in one go."""

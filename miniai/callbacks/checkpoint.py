@@ -246,7 +246,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
     keep_metrics = metrics is not None and not callable(getattr(metrics, "state_dict", None))
     return {
         "format": _FORMAT, "version": _VERSION, "torch_version": str(torch.__version__),
-        "epoch": epochs_done, "n_epochs": learn.n_epochs,
+        "epoch": epochs_done, "n_epochs": learn.n_epochs, "epoch_offset": learn.epoch_offset,
         "model": model.state_dict(),
         # TrainLearner sets grads to None every step; MomentumLearner carries mom × grads into the next batch
         "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},

@@ -112,7 +112,7 @@ class DDPCB(Callback):
     def before_epoch(self, learn: Learner) -> None:
         if learn.training:
             for sampler in self._samplers:
-                sampler.set_epoch(learn.epoch)  # a new order each epoch, the same on every rank
+                sampler.set_epoch(learn.epoch_offset + learn.epoch)  # a new order each epoch, alike on every rank
 
     def cleanup_fit(self, learn: Learner) -> None:
         if not self.active:
