@@ -175,7 +175,8 @@ class TrainCB(Callback):
     """The supervised training steps for a base `Learner` (the course's TrainCB): it owns all five steps.
 
     `n_inp`, if given, sets `learn.n_inp` at before_fit, and it stays (infer and export read it after the fit; the
-    course passed it here); None keeps the learner's.
+    course passed it here); None keeps the learner's. A base `Learner` has no NaN guard of its own (TrainLearner
+    adds one): add `TerminateOnNaNCB()` to stop at a NaN or infinite loss.
     """
     owns_steps = STEPS
 
@@ -208,7 +209,8 @@ class TrainCB(Callback):
 
 
 class SingleBatchCB(Callback):
-    """Stop the fit after the first batch: a quick check that model, data and callbacks fit together."""
+    """Stop the fit after the first batch: a quick check that model, data and callbacks fit together. That batch
+    trains (one step, of a fresh optimizer): run the check before training, or `fit(1, train=False, cbs=[...])`."""
     order = 100  # after every after_batch reader (metrics, recorders, loggers): each sees the one batch
 
     def after_batch(self, learn: Learner) -> None:
