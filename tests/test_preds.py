@@ -341,6 +341,20 @@ def test_tta_with_transforms_of_their_own_generator_repeats_and_leaves_it_alone(
     assert torch.equal(first, learn.tta(tfms=tfms, n=3)[0])
 
 
+def test_a_lazy_layer_a_prediction_pass_initialized_stays_initialized_and_lr_find_refuses_one():
+    """get_preds on a LazyLinear put the materialized weight's data back to the empty placeholder: the next fit
+    failed with 'mat2 must be a matrix'; lr_find failed on copying the uninitialized parameter."""
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    dls = DataLoaders(TensorLoader(x, y, 8, shuffle=True), TensorLoader(x, y, 8))
+    learn = TrainLearner(nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 1)), dls, F.mse_loss, lr=0.1)
+    with pytest.raises(ValueError, match=r"lazy layers.*not initialized yet.*learn.model\(xb\)"):
+        learn.lr_find()
+    assert learn.get_preds()[0].shape == (32, 1)
+    assert learn.model[0].weight.shape == (4, 3)
+    learn.fit(1)  # trains on what get_preds initialized
+    learn.lr_find(max_epochs=1)  # initialized now: fine
+
+
 def test_tta_walks_a_shuffled_loader_in_order_and_refuses_non_images_for_the_default_flip():
     learn = image_learner()
     assert torch.equal(learn.tta(dl=learn.dls.train)[1], learn.dls.train.y)  # (it refused one before get_preds

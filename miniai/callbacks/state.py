@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..data import TensorLoader
 from ..learner import Learner
@@ -80,17 +81,25 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     and train/eval modes; the attributes of the learner and of each of its callbacks (what they recorded too); the
     attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
-    MPS's, Python's, NumPy's), and the generators the transforms `tfms` hold (tta's).
+    MPS's, Python's, NumPy's), and the generators the transforms `tfms` hold (tta's). Lazy layers a pass
+    initializes stay initialized; `weights=True` refuses a model with lazy layers not initialized yet.
     Weight values, and the states of MetricsCB's metrics and of the user's callbacks that have a `state_dict`
     (whatever they change in place: the attribute copies are one level deep), are copied only with
     `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so a
     prediction pass costs next to nothing here.
     """
     model = learn.model
+    lazy = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+            if isinstance(t, nn.parameter.UninitializedTensorMixin)]  # a lazy layer's, before its first forward
+    if lazy and weights:  # (a prediction pass initializes them, for good: a forward is what they wait for)
+        raise ValueError(f"the model has lazy layers not initialized yet ({', '.join(lazy[:3])}): this call would "
+                         "initialize them and can't put that back. Initialize them first with one forward pass, "
+                         "learn.model(xb) on a batch of dls.train, or one fit.")
     clones: dict[int, torch.Tensor] = {}  # one copy per tensor, however often it is shared
     slots = [(m, name, t, t.data, clones.setdefault(id(t), t.detach().clone()) if weights else None)
              for m in model.modules()
-             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]]
+             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+             if not isinstance(t, nn.parameter.UninitializedTensorMixin)]
     grads = [(p, p.grad if p.grad is None or not weights else p.grad.detach().clone()) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     dls = getattr(learn, "dls", None)
