@@ -285,7 +285,8 @@ class DataLoaders:
         columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
         `from_dd` do; when a transform renamed them (no longer all there), or a split has no `features`, the
         batch's own columns in its order; either way a label column (`label`, `labels`, `target`...) last. Splits
-        whose ClassLabels name the classes differently are refused, as by `get_dls`.
+        whose ClassLabels name the classes differently are refused, as by `get_dls`; the label column's ClassLabel
+        names the classes (`dls.classes`, which `infer` and `export` use).
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:
@@ -303,8 +304,11 @@ class DataLoaders:
         # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
+        features = getattr(train, "features", None) or {}
+        names = next((getattr(features[c], "names", None) for c in _LABELS if c in features), None)  # a ClassLabel's
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
-                   DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs))
+                   DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),
+                   classes=None if names is None else list(names))
 
 
 def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike | None = None,

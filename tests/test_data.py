@@ -975,3 +975,18 @@ def test_a_seeded_state_of_the_old_order_rule_warns_that_resume_is_not_exact():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dl.load_state_dict(dl.state_dict())
+
+
+def test_from_dd_names_the_classes_of_its_label_column():
+    """dls.classes was None for a DatasetDict whose label column is a ClassLabel: infer answered '3', not the name,
+    and export saved no class names (get_dls read them)."""
+    import datasets
+    feats = datasets.Features({"image": datasets.Array2D((2, 2), "float32"),
+                               "label": datasets.ClassLabel(names=["cat", "dog"])})
+    split = datasets.Dataset.from_dict({"image": [[[0.0, 1.0], [1.0, 0.0]]] * 4, "label": [0, 1, 0, 1]},
+                                       features=feats).with_format("torch")
+    dls = DataLoaders.from_dd(datasets.DatasetDict({"train": split, "validation": split}), 2)
+    assert dls.classes == ["cat", "dog"]
+    plain = datasets.Dataset.from_dict({"image": [[[0.0]]] * 2, "label": [0, 1]}).with_format("torch")
+    assert DataLoaders.from_dd(datasets.DatasetDict({"train": plain, "test": plain}), 2).classes is None
+
