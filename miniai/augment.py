@@ -66,6 +66,9 @@ class RandomCrop:
         if mode not in ("constant", "reflect"):
             raise ValueError(f"RandomCrop mode must be 'constant' or 'reflect'; got {mode!r}")
         check_count("RandomCrop padding", padding, least=0, what=" (pixels added on each side)")
+        if mode == "reflect" and fill != 0:  # (it would be dropped without a word)
+            raise ValueError(f"RandomCrop fill={fill!r} is the value mode='constant' pads with; mode='reflect' pads "
+                             "with the image's own pixels: leave fill out, or use mode='constant'")
         self.size, self.padding, self.mode, self.fill, self.generator = _pair(size), padding, mode, fill, generator
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +145,8 @@ class RandomErase:
             return x
         u = _rand((5, n), x, self.generator)  # apply?, height, width, top, left: one draw per image each
         apply = u[0] < self.p
-        hmax, wmax = max(1, int(self.max_frac * h)), max(1, int(self.max_frac * w))
+        # (rounded first: 0.29 * 100 is 28.999999999999996 in floats, and its side may be 29)
+        hmax, wmax = (max(1, int(round(self.max_frac * side, 9))) for side in (h, w))
         eh = (u[1] * hmax).long().clamp_max(hmax - 1) + 1  # in [1, hmax]
         ew = (u[2] * wmax).long().clamp_max(wmax - 1) + 1
         top = (u[3] * (h - eh + 1)).long().clamp_max(h - eh)

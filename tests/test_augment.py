@@ -212,3 +212,14 @@ def test_a_padding_that_is_no_whole_number_of_pixels_is_refused_when_made(paddin
     with pytest.raises(ValueError, match=r"RandomCrop padding must be a whole number >= 0 \(pixels added on each side"):
         RandomCrop(28, padding=padding)
     assert RandomCrop(28, padding=__import__("numpy").int64(2)).padding == 2
+
+
+def test_random_erase_reaches_its_largest_side_and_a_reflect_crop_takes_no_fill():
+    """max_frac=0.29 of 100 pixels erased 28 at most (28.999... truncated); RandomCrop(mode='reflect', fill=9.)
+    dropped the fill without a word."""
+    x = torch.ones(400, 1, 100, 1)
+    erased = RandomErase(p=1.0, max_frac=0.29, fill="zero", generator=torch.Generator().manual_seed(0))(x)
+    assert int((erased == 0).sum(2).max()) == 29
+    with pytest.raises(ValueError, match="mode='reflect' pads with the image's own pixels"):
+        RandomCrop(8, 2, mode="reflect", fill=9.0)
+
