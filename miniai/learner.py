@@ -265,13 +265,15 @@ class Learner(Conveniences):
         self.training = training
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
-        if training:
-            self._epochs_trained = self.epoch_offset + self.epoch + 1
-            if hasattr(self.dl, "set_epoch"):  # a loader with its own seed: its order of this epoch of the learner's
-                self.dl.set_epoch(self.epoch_offset + self.epoch)  # (a fresh learner's run replays the same orders)
+        if training and hasattr(self.dl, "set_epoch"):  # a loader with its own seed: its order of this epoch of the
+            self.dl.set_epoch(self.epoch_offset + self.epoch)  # learner's (a fresh learner's run replays the same)
         self.iter, self.pass_steps = None, 0
-        with torch.enable_grad() if training else torch.no_grad():  # whatever block fit was called in
-            self._stage("epoch", self._all_batches, CancelEpochException)
+        try:
+            with torch.enable_grad() if training else torch.no_grad():  # whatever block fit was called in
+                self._stage("epoch", self._all_batches, CancelEpochException)
+        finally:  # an epoch counts once it stepped (EarlyStoppingCB cancels the next one at its first batch)
+            if training and self.pass_steps:
+                self._epochs_trained = self.epoch_offset + self.epoch + 1
 
     def _all_batches(self) -> None:
         for self.iter, self.batch in enumerate(self.dl):

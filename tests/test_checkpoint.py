@@ -116,6 +116,24 @@ def test_a_run_that_is_a_learners_second_fit_resumes_on_its_own_loader_orders(tm
     assert resumed.epoch_offset == 1 and same_params(straight, resumed)
 
 
+def test_after_resuming_a_finished_run_or_an_early_stop_the_next_fit_walks_the_next_order(tmp_path):
+    """A resumed fit with nothing left to train left the learner's epoch count stale (the next fit walked epoch 0's
+    order again); an epoch EarlyStoppingCB cancelled at its first batch counted as trained."""
+    straight, _ = make_learner(None)
+    straight.fit(2)
+    straight.fit(1)
+    make_learner(tmp_path)[0].fit(2)
+    resumed, _ = make_learner(None)
+    with pytest.warns(UserWarning, match="nothing left to train"):
+        resumed.fit(2, resume=tmp_path)
+    resumed.fit(1)
+    assert resumed.epoch_offset == 2 and same_params(straight, resumed)
+    stopped, _ = make_learner(None, [EarlyStoppingCB(patience=1, min_delta=100.0)])  # stops after epoch 1
+    stopped.fit(5)
+    stopped.fit(1)
+    assert stopped.epoch_offset == 2
+
+
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_resume_after_a_finished_shorter_fit_ends_bitwise_equal(tmp_path, schedule):
     """fit(1) runs to its end, then fit(3, resume=...) continues: as fit(3) in one go."""
