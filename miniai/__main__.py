@@ -217,9 +217,8 @@ def train(args: argparse.Namespace) -> float:
             raise _UsageError(str(e)) from e
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
-    if earlier and is_main_process():  # --overwrite: gone now, so a run stopped part way leaves no mix of two runs
-        _remove_all_or_none(Path(args.out), earlier)
-        args.removed_earlier = True  # (for the Ctrl-C message)
+    if earlier and is_main_process():  # --overwrite: moved aside now (no mix of two runs), deleted once this run has
+        args.aside = _move_aside(Path(args.out), earlier)  # saved its outputs, put back if it fails or is stopped
     fit_start = time.perf_counter()
     learn.fit(epochs)
     fit_s = time.perf_counter() - fit_start
@@ -265,10 +264,9 @@ def train(args: argparse.Namespace) -> float:
     return result["accuracy"]
 
 
-def _remove_all_or_none(out: Path, names: list[str]) -> None:
-    """Remove the files `names` in `out`, or, if one can't be, none: each is moved aside first, and put back when
-    a later one won't move (--overwrite must not leave the earlier run half gone and no new one)."""
-    import shutil
+def _move_aside(out: Path, names: list[str]) -> Path:
+    """Move the earlier run's files `names` in `out` into a folder there, all or (if one won't move) none, and
+    return the folder: `_settle_earlier` deletes it once this run has saved, or puts the files back."""
     aside = out / f".miniai-overwritten.{os.getpid()}"
     aside.mkdir(exist_ok=True)
     moved: list[str] = []
@@ -279,9 +277,25 @@ def _remove_all_or_none(out: Path, names: list[str]) -> None:
     except OSError as e:
         for name in moved:
             (aside / name).rename(out / name)
-        shutil.rmtree(aside, ignore_errors=True)
+        aside.rmdir()
         raise _UsageError(f"--overwrite can't remove {out / name} ({e.strerror or e}), so it removed nothing: make "
                           "the earlier run's files removable, or choose another --out") from e
+    return aside
+
+
+def _settle_earlier(args: argparse.Namespace, saved: bool) -> None:
+    """After an --overwrite run: delete the earlier run's files it moved aside if this run saved its outputs; else
+    (an error, a NaN, Ctrl-C) put them back in place of this run's partial ones, so nothing of either is lost."""
+    import shutil
+    aside = getattr(args, "aside", None)
+    if aside is None:
+        return
+    if not saved:
+        for name in _OUTPUTS:  # this run's, partial: no mix of two runs
+            (aside.parent / name).unlink(missing_ok=True)
+        for f in aside.iterdir():
+            f.rename(aside.parent / f.name)
+        args.restored_earlier = True
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -344,24 +358,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .callbacks.guards import NonFiniteLossError
         try:
             with claimed(args.out):
-                train(args)
+                try:
+                    train(args)
+                except BaseException:
+                    _settle_earlier(args, saved=False)
+                    raise
+                _settle_earlier(args, saved=True)
         except _UsageError as e:
             parser.train_parser.error(str(e))
         except NonFiniteLossError as e:  # its advice is for scripts (lr_find, GradClipCB, a checkpoint to resume)
             what = str(e).split(" Try a lower lr")[0].split(" The last good checkpoint")[0]
+            kept = (f" --out {args.out} holds the earlier run's files again."
+                    if getattr(args, "restored_earlier", False) else "")
             print(f"{parser.train_parser.prog}: error: {what} Run the command again with a lower --lr (it keeps no "
-                  "checkpoints, so it starts over).", file=sys.stderr)
+                  f"checkpoints, so it starts over).{kept}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
+            if getattr(args, "restored_earlier", False):
+                print(f"\ninterrupted: nothing of this run was kept, and --out {args.out} holds the earlier run's "
+                      "files again (the command keeps no checkpoints: run it again to train from the start)",
+                      file=sys.stderr)
+                return 130
             if getattr(args, "saved", None):  # the training was over: say what is on disk
                 missing = [n for n in _OUTPUTS if n not in args.saved and n != "log.csv"]  # (log.csv: rows so far)
                 print(f"\ninterrupted while saving the outputs: {', '.join(args.saved)} in --out {args.out} are this "
                       f"run's, complete; {', '.join(missing)} not written", file=sys.stderr)
                 return 130
             print("\ninterrupted: the command keeps no checkpoints, so nothing of this run was saved"
-                  + (f" (--out {args.out} holds only what was written so far"
-                     + (", and no longer the earlier run's files, which --overwrite removed"
-                        if getattr(args, "removed_earlier", False) else "") + ")" if args.out else "")
+                  + (f" (--out {args.out} holds only what was written so far)" if args.out else "")
                   + "; run it again to train from the start", file=sys.stderr)
             return 130  # what a shell reports for a command stopped by Ctrl-C
     return 0

@@ -167,21 +167,38 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
-def test_an_overwrite_run_stopped_part_way_leaves_no_file_of_the_earlier_run(tmp_path, monkeypatch, capsys):
-    """Ctrl-C in an --overwrite run left its own log.csv beside the earlier run's model.pt, result.json and plots,
-    which said another seed and epoch count: half of two runs in one directory."""
+def test_an_overwrite_run_stopped_part_way_puts_the_earlier_run_back_whole(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in an --overwrite run once left its own log.csv beside the earlier run's files (half of two runs in
+    one directory); then the earlier run was deleted before training, and a run stopped part way lost both."""
     from miniai.__main__ import main
     from miniai.learner import Learner
     for name in ("model.pt", "result.json", "loss.png", "schedule.png"):
         (tmp_path / name).write_bytes(b"the first run's")
 
     def interrupted(self, *args, **kwargs):
+        (tmp_path / "log.csv").write_text("epoch,train\n0,train\n")  # this run's rows so far (CSVLoggerCB's)
         raise KeyboardInterrupt
     monkeypatch.setattr(Learner, "fit", interrupted)
     assert main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"]) == 130
-    assert not any(p.read_bytes() == b"the first run's" for p in tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".miniai-run") == [
+        "loss.png", "model.pt", "result.json", "schedule.png"]  # no log.csv of this run, no folder set aside
+    assert all(p.read_bytes() == b"the first run's" for p in tmp_path.iterdir() if not p.name.startswith(".miniai"))
     # and what it says fits a command, not a script (the fit's note advised adding CheckpointCB(path))
-    assert "the command keeps no checkpoints" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the command keeps no checkpoints" in err and "holds the earlier run's files again" in err
+
+
+def test_an_overwrite_run_that_fails_keeps_the_earlier_run(tmp_path, capsys):
+    """--overwrite deleted the earlier run's model before training: a run that then blew up (--lr 1e30) left
+    neither the earlier model nor a new one."""
+    from miniai.__main__ import main
+    first = ["train", "--epochs", "1", "--n-train", "256", "--n-valid", "64", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(first) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert main([*first, "--lr", "1e30", "--overwrite"]) == 1
+    assert "holds the earlier run's files again" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert after == before and not any(p.is_dir() for p in tmp_path.iterdir())
 
 
 def test_the_recorded_command_runs_again_when_pasted_into_a_shell(tmp_path):
