@@ -225,7 +225,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "item_dtype": getattr(dls, "item_dtype", None),
               "n_inp": learn.n_inp, "loss_func": loss_func,
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
-    path = Path(path)
+    path = Path(path).resolve() if Path(path).is_symlink() else Path(path)  # a link: write to where it points
     if path.is_dir():  # (os.replace would fail naming its temporary file)
         raise IsADirectoryError(f"export writes one file, and {path} is a directory: give a file name, e.g. "
                                 f"learn.export('{path / 'export.pkl'}')")

@@ -476,6 +476,17 @@ def test_export_to_a_directory_says_to_give_a_file_name(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_to_a_symlink_writes_through_it(tmp_path):
+    """learn.export('latest.pkl'), a link to runs/a.pkl, replaced the link by a file and left runs/a.pkl stale."""
+    learn = tiny_learner()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a.pkl").write_bytes(b"an older export")
+    (tmp_path / "latest.pkl").symlink_to(tmp_path / "runs" / "a.pkl")
+    learn.export(tmp_path / "latest.pkl")
+    assert (tmp_path / "latest.pkl").is_symlink() and (tmp_path / "runs" / "a.pkl").read_bytes() != b"an older export"
+    assert load_learner(tmp_path / "latest.pkl").n_inp == learn.n_inp
+
+
 def test_infer_refuses_to_normalize_pixels_the_loaders_give_as_uint8():
     """dls.normalize set over loaders of raw uint8 items, which a validation transform normalizes: infer normalized
     the pixels, then the transform did again, and predicted on inputs the model never saw, without a word."""
