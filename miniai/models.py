@@ -17,7 +17,7 @@ __all__ = ["conv", "GeneralRelu", "get_model", "get_convnet", "init_weights", "R
 ActFactory = Callable[[], nn.Module]
 NormFactory = Callable[[int], nn.Module]
 
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)  # BatchNorm1d/2d/3d, SyncBatchNorm, the lazy ones
 
 
 def _is_batchnorm(norm: NormFactory | None) -> bool:
@@ -28,7 +28,10 @@ def _is_batchnorm(norm: NormFactory | None) -> bool:
 
 def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: ActFactory | bool | None = nn.ReLU,
          norm: NormFactory | None = None, bias: bool | None = None) -> nn.Sequential:
-    """Conv2d(ni→nf, padding ks//2), then norm(nf) if given, then act() if given: (N,ni,H,W) → (N,nf,⌈H/stride⌉,⌈W/stride⌉).
+    """Conv2d(ni→nf, padding ks//2), then norm(nf) if given, then act() if given.
+
+    (N,ni,H,W) → (N,nf,⌈H/stride⌉,⌈W/stride⌉) for an odd `ks`; an even one pads a pixel more than it takes:
+    (H + 2·(ks//2) − ks) // stride + 1.
 
     `bias` defaults to True unless `norm` is a BatchNorm, whose own shift makes a conv bias redundant.
     """
@@ -69,9 +72,9 @@ def get_model(act: ActFactory | None = nn.ReLU, nfs: Sequence[int] = (8, 16, 32,
     """The course CNN: (N,1,28,28) → (N,10) logits via five stride-2 convs (28→14→7→4→2→1), then Flatten.
 
     The first conv is 5×5 (1→nfs[0]); one 3×3 conv per consecutive pair of `nfs`; a last 3×3 conv to 10
-    channels with bias and no norm or activation. With the default four `nfs` the map reaches 1×1 exactly for
-    inputs of 17 to 32 pixels a side; other sizes or lengths of `nfs` leave a larger map and Flatten gives
-    more than 10 features.
+    channels with bias and no norm or activation. With the default four `nfs` the map reaches 1×1 for inputs of
+    up to 32 pixels a side; larger ones, or other lengths of `nfs`, leave a larger map and Flatten gives more than
+    10 features.
     """
     layers = _stride2_convs(act, nfs, norm)
     layers += [conv(nfs[-1], 10, act=None, norm=None, bias=True), nn.Flatten()]
@@ -162,8 +165,10 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     it; go through the layers first to last, `for m, m_in in zip(acts, convs): lsuv_init(model, m, m_in, xb)`, so
     each one sees inputs its predecessors already normalized. Without a bias (a conv before BatchNorm) only the
     std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops.
-    When it can't work (a dead layer; a norm layer between `m_in` and `m`, which undoes any rescaling) it raises,
-    and the model is left as it was.
+    When it can't work (a dead layer; an output never negative, a plain ReLU's, which can't have mean 0: measure
+    the layer itself, or use a shifted activation; a norm layer between `m_in` and `m`, which undoes any rescaling)
+    it raises, and the model is left as it was. Only `m_in`'s weight and bias change: norm layers' running stats
+    and the RNG (a Dropout draws in train mode, whose outputs are the ones measured) are put back.
     """
     seen: dict[str, torch.Tensor] = {}
 
@@ -172,8 +177,9 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
 
     saved = {k: v.clone() for k, v in model.state_dict().items()}  # (BatchNorm's running stats change too)
     handle = m.register_forward_hook(record)
+    devices = [xb.device.index or 0] if xb.device.type == "cuda" else []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):  # (the tries' dropout draws: put back)
             before = None
             for tries in range(max_iters + 1):
                 model(xb)
@@ -182,6 +188,11 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                     raise ValueError(f"lsuv_init: the output of {type(m).__name__} has mean {mean} and std {std} on "
                                      "this batch, which no rescaling fixes (a dead layer, or non-finite values): check "
                                      "the batch and the layers before it")
+                if m_in.bias is not None and float(seen["out"].min()) >= 0:  # mean 0 only if all were 0
+                    raise ValueError(f"lsuv_init: the output of {type(m).__name__} is never negative, so no bias makes "
+                                     "its mean 0 (each try would push the layer towards dead): measure the layer "
+                                     f"itself (m={type(m_in).__name__}), or use an activation shifted below 0, "
+                                     "GeneralRelu(sub=0.4) as the course does. The model is as it was.")
                 # rescaled by 1/before, 5% or more, and the std did not move: something undoes the scaling
                 if before is not None and abs(before - 1) > 0.05 and abs(std - before) <= 1e-4 * before:
                     raise ValueError(f"lsuv_init: dividing {type(m_in).__name__}'s weight by {before:.4g} left the "
@@ -203,4 +214,7 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
         raise
     finally:
         handle.remove()
+    with torch.no_grad():  # the tries' forwards updated norm layers' running stats: only m_in's weights change
+        for name, buf in model.named_buffers():
+            buf.copy_(saved[name])
     return mean, std

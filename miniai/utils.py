@@ -136,12 +136,15 @@ _MALLOC_FIXED = False
 
 
 def tensors_in(x: Any) -> Iterator[torch.Tensor]:
-    """Every tensor inside nested dicts, lists and tuples (or `x` itself), in order."""
+    """Every tensor inside nested dicts, lists, tuples and dataclasses (or `x` itself), in order."""
     if isinstance(x, torch.Tensor):
         yield x
     elif isinstance(x, (dict, list, tuple)):
         for v in x.values() if isinstance(x, dict) else x:
             yield from tensors_in(v)
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):  # (as map_tensors maps them)
+        for f in dataclasses.fields(x):
+            yield from tensors_in(getattr(x, f.name))
 
 
 _CHECKSUM = "crc32"  # byte_sums' first item: names the checksum (the older lists hold ints only)

@@ -148,6 +148,21 @@ def test_lsuv_init_without_bias_fixes_the_std_only_and_refuses_a_dead_layer():
         lsuv_init(model, model[1], model[0], torch.randn(64, 10))
 
 
+def test_lsuv_init_says_a_relus_output_cannot_reach_mean_0_and_leaves_norm_stats_and_the_rng_alone():
+    """With a plain ReLU each try pushed the bias down until the layer died, then blamed the batch; a call that
+    worked left an earlier BatchNorm's running stats updated and the RNG moved by a Dropout."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU())
+    with pytest.raises(ValueError, match=r"never negative.*GeneralRelu\(sub=0.4\)"):
+        lsuv_init(model, model[1], model[0], torch.randn(64, 10))
+    model = nn.Sequential(nn.BatchNorm1d(10), nn.Linear(10, 20), GeneralRelu(sub=0.4), nn.Dropout(0.1))
+    stats, xb = {k: v.clone() for k, v in model[0].state_dict().items()}, torch.randn(64, 10) * 3
+    rng = torch.get_rng_state()
+    lsuv_init(model, model[2], model[1], xb, tol=0.05)
+    assert all(torch.equal(v, model[0].state_dict()[k]) for k, v in stats.items())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
 def test_act_gr_is_the_course_general_relu():
     act = act_gr()
     assert isinstance(act, GeneralRelu) and (act.leak, act.sub, act.maxv) == (0.1, 0.4, None)

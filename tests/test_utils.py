@@ -195,3 +195,19 @@ def test_a_bool_is_no_count_anywhere(make):
     from miniai.callbacks import SWACB, ActivationStats, GradAccumCB  # noqa: F401
     with pytest.raises(ValueError, match=r"must be a whole number >= \d.*, got True"):
         eval(make)
+
+
+def test_tensors_in_finds_the_tensors_a_dataclass_holds_as_map_tensors_maps_them():
+    """tensors_in skipped dataclasses (MetricsCB's flush by size and checkpoint checksums counted none there)."""
+    import dataclasses
+    from miniai.utils import map_tensors, tensors_in
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+        extra: tuple
+
+    out = Out(torch.ones(2), (torch.zeros(3), "name"))
+    assert [t.shape for t in tensors_in(out)] == [(2,), (3,)]
+    assert len(list(tensors_in(map_tensors(out, lambda t: t + 1)))) == 2
+
