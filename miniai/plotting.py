@@ -27,12 +27,16 @@ __all__ = ["show_image", "show_images", "get_grid", "subplots",
 
 
 def _to_hwc(im: Any) -> np.ndarray:
-    """A tensor/array image as something imshow draws: [H,W] for one channel, [H,W,C] in [0,1] for colour."""
+    """A tensor/array image as something imshow draws: [H,W] for one channel, [H,W,C] in [0,1] for colour.
+
+    A 3-D tensor is [C,H,W] (torch's layout) when its first size is 1, 3 or 4, whatever the others are (a 3×4×4 RGB
+    patch); an array is [H,W,C] (matplotlib's) unless only its first size can be channels (`tensor.numpy()`)."""
+    chw = isinstance(im, torch.Tensor) and im.ndim == 3 and im.shape[0] in (1, 3, 4)
     if isinstance(im, torch.Tensor):  # its dtype kept: uint8 pixels are drawn as such, as an ndarray's are
         im = im.detach().cpu()
         im = (im.float() if im.is_floating_point() or im.dtype == torch.bool else im).numpy()
     im = np.asarray(im)
-    if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
+    if chw or im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
         im = im.transpose(1, 2, 0)  # CHW (torch) -> HWC (matplotlib)
     if im.ndim == 3 and im.shape[-1] == 1:
         im = im[..., 0]
@@ -242,7 +246,8 @@ def plot_lrs(scheduler: Callable[..., Any], opt: torch.optim.Optimizer, n_steps:
 def plot_losses(train_losses: Sequence[float], valid_losses: Sequence[float], valid_at: int | Sequence[int],
                 ax: Axes | None = None, start: int = 0) -> Figure:
     """Train loss per batch and valid loss at the end of each epoch, against the batch index; `valid_at` is the
-    batch index after which each valid loss was taken (an int: batches per epoch, the same for every epoch), and
+    number of training batches seen before each valid loss, its x (just past the last of them: after 7 batches,
+    0..6, at 7; an int: batches per epoch, the same for every epoch), and
     `start` the index of the first train loss (a resumed run's losses begin after the epochs it did not train)."""
     if ax is None:  # constrained: room for the axis labels (the CLI's loss.png lost the bottom of 'batch')
         _, ax = plt.subplots(figsize=(6.0, 3.5), layout="constrained")

@@ -185,3 +185,17 @@ def test_get_grid_of_no_rows_or_columns_is_refused_with_the_reason(kwargs):
     """get_grid(5, nrows=0) ended in a ZeroDivisionError."""
     with pytest.raises(ValueError, match=r"get_grid (nrows|ncols) must be a whole number >= 1"):
         get_grid(5, **kwargs)
+
+
+def test_a_tensor_image_is_drawn_channels_first_whatever_its_width():
+    """A 3×4×4 RGB tensor was drawn as 3 rows of 4 RGBA pixels, a (1,6,1) one as a lying row: only a last size
+    other than 1, 3 or 4 was taken as a sign of [C,H,W]."""
+    from miniai.plotting import show_image
+    for shape, drawn in [((3, 4, 4), (4, 4, 3)), ((3, 5, 4), (5, 4, 3)), ((1, 6, 1), (6, 1)), ((3, 8, 8), (8, 8, 3))]:
+        fig = show_image(torch.rand(shape))
+        assert fig.axes[0].images[0].get_array().shape == drawn
+        plt.close(fig)
+    fig = show_image(np.random.rand(4, 4, 3))  # an array: matplotlib's [H,W,C]
+    assert fig.axes[0].images[0].get_array().shape == (4, 4, 3)
+    plt.close(fig)
+
