@@ -203,6 +203,11 @@ class Normalize:
         shift = (self.mean / self.std).view(c, 1, 1).to(x.device)
         return x.to(torch.float32).mul_(scale).sub_(shift)  # as miniai.cache computes it, so bitwise the same
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized float images (..., C, H, W) back to pixels in [0, 1], for display."""
+        c = len(self.mean)
+        return (x.float() * self.std.view(c, 1, 1).to(x.device) + self.mean.view(c, 1, 1).to(x.device)).clamp_(0, 1)
+
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
 

@@ -50,7 +50,7 @@ class Interpretation:
     """
 
     def __init__(self, inputs: Any, probs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor,
-                 classes: Sequence[str] | None = None) -> None:
+                 classes: Sequence[str] | None = None, normalize: Any = None) -> None:
         if not isinstance(targets, torch.Tensor) or targets.ndim != 1 or targets.is_floating_point() \
                 or probs.ndim != 2 or len(targets) != len(probs):
             raise ValueError("Interpretation is for classifiers: one target of class indices (N,) per item and "
@@ -70,6 +70,7 @@ class Interpretation:
             raise ValueError(f"Interpretation: {len(classes)} class names for {n_out} outputs: pass the names of "
                              "the model's classes, in its output order (or classes=None for numbers)")
         self.inputs, self.probs, self.targets, self.losses, self.classes = inputs, probs, targets, losses, classes
+        self.normalize = normalize  # the loaders' (dls.normalize): images are drawn as pixels, not normalized values
         self.predicted = probs.argmax(1)
 
     @classmethod
@@ -78,7 +79,8 @@ class Interpretation:
         # checked here, so the error names the call the user made (get_preds would name itself)
         unreduced(learn.loss_func, "Interpretation.from_learner (for top_losses)")
         inputs, probs, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True, act=_class_probs)
-        return cls(inputs, probs, targets, losses, getattr(getattr(learn, "dls", None), "classes", None))
+        dls = getattr(learn, "dls", None)
+        return cls(inputs, probs, targets, losses, getattr(dls, "classes", None), getattr(dls, "normalize", None))
 
     def confusion_matrix(self) -> torch.Tensor:
         """(C, C) counts: row = actual class, column = predicted class."""
@@ -120,7 +122,12 @@ class Interpretation:
         from .plotting import show_predictions
         if not len(idx):
             raise ValueError(f"{what}: no items to show (k or n is 0, or the loader was empty)")
-        return show_predictions(_images(self.inputs, what)[idx], _names(self.classes, self.targets[idx]),
+        images = _images(self.inputs, what)[idx]
+        norm = self.normalize
+        if norm is not None and images.is_floating_point() and images.ndim == 4 and images.shape[1] == len(norm.mean):
+            images = norm.decode(images)  # pixels in [0, 1], drawn on one scale (no per-image stretch)
+            kwargs.setdefault("vmin", 0.0), kwargs.setdefault("vmax", 1.0)
+        return show_predictions(images, _names(self.classes, self.targets[idx]),
                                 _names(self.classes, self.predicted[idx]), notes, **kwargs)
 
 
@@ -143,6 +150,7 @@ def show_results(learn: Learner, n: int = 9, dl: Iterable[Any] | None = None, **
         raise ValueError("show_results needs a loader: learn.dls has no valid loader, so pass dl=...")
     with kept(learn, [dl]):  # reading the first batches moves the loader on: put it back too
         inputs, probs, targets = get_preds(learn, _head(dl, n), with_input=True, act=torch.softmax)
-    interp = Interpretation(inputs, probs, targets, torch.zeros(len(targets)),
-                            getattr(getattr(learn, "dls", None), "classes", None))
+    dls = getattr(learn, "dls", None)
+    interp = Interpretation(inputs, probs, targets, torch.zeros(len(targets)), getattr(dls, "classes", None),
+                            getattr(dls, "normalize", None))
     return interp.show_results(n, **kwargs)

@@ -300,14 +300,15 @@ def plot_confusion_matrix(cm: Any, classes: Sequence[str] | None = None, normali
 
 def show_predictions(ims: Sequence[Any] | torch.Tensor, actual: Sequence[str], predicted: Sequence[str],
                      notes: Sequence[str] | None = None, nrows: int | None = None, ncols: int | None = None,
-                     imsize: float = 2.0, suptitle: str | None = None) -> Figure:
-    """A grid of images titled 'actual / predicted' (and a line of `notes` each): green when right, red when wrong."""
+                     imsize: float = 2.0, suptitle: str | None = None, **kwargs: Any) -> Figure:
+    """A grid of images titled 'actual / predicted' (and a line of `notes` each): green when right, red when wrong;
+    `kwargs` go to `imshow` (vmin=0, vmax=1: every image on one scale)."""
     if not len(ims) == len(actual) == len(predicted) or notes is not None and len(notes) != len(ims):
         raise ValueError(f"show_predictions needs one label of each per image: {len(ims)} images, {len(actual)} "
                          f"actual, {len(predicted)} predicted" + (f", {len(notes)} notes" if notes is not None else ""))
     fig, axs = get_grid(len(ims), nrows, ncols, imsize=imsize, suptitle=suptitle)
     for i, (im, true, pred, ax) in enumerate(zip(ims, actual, predicted, axs)):
-        show_image(im, ax=ax)
+        show_image(im, ax=ax, **kwargs)
         title = f"{true} / {pred}" + (f"\n{notes[i]}" if notes is not None else "")
         ax.set_title(title, color="green" if true == pred else "red", fontsize=9)
     fig.tight_layout()

@@ -251,3 +251,18 @@ def test_from_learner_errors_name_what_from_learner_takes(model, shape):
     with pytest.raises(ValueError, match=rf"Interpretation is for classifiers with one output per class.*{shape}"
                                          r"(?!.*act=)"):
         Interpretation.from_learner(learn)
+
+
+def test_shown_images_are_pixels_on_one_scale_not_normalized_values():
+    """Normalized images were drawn as they were, each stretched to its own range: a flat 0.2 image and a flat 0.9
+    one looked the same, and colours shifted per channel (means 0.48/0.10/0.29 drawn as 0.48/0.51/0.57)."""
+    from miniai.data import Normalize
+    norm = Normalize([0.3], [0.2])
+    pixels = torch.tensor([0.2, 0.9]).view(2, 1, 1, 1).expand(2, 1, 4, 4)
+    interp = Interpretation((pixels - 0.3) / 0.2, torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 1]),
+                            torch.zeros(2), normalize=norm)
+    fig = interp.show_results(2)
+    drawn = [ax.images[0] for ax in fig.axes if ax.images]
+    assert [float(im.get_array().mean()) for im in drawn] == pytest.approx([0.2, 0.9])
+    assert all(im.get_clim() == (0.0, 1.0) for im in drawn)
+
