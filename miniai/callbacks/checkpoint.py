@@ -32,7 +32,7 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from ..utils import (byte_sums, checksums_match, claim_dir, keeps_workers, len_or_none, map_tensors, tensors_in,
                      weights_finite)
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
-from .metrics import check_monitor, monitor_mode, same_watch
+from .metrics import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
 
 __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",
@@ -554,8 +554,7 @@ class CheckpointCB(Callback):
         # (EarlyStoppingCB, order 70, before this one) has asked the fit to stop
         # and so is an epoch that improves the monitored value: the best file holds the best epoch's weights
         value = self._monitored(learn, done) if self.monitor is not None else None
-        better = value is not None and not math.isnan(value) and (
-            self.best is None or (value < self.best if self.mode == "min" else value > self.best))
+        better = value is not None and improves(value, self.best, self.mode)
         if done % self.every and done != learn.n_epochs and not learn.stop_requested and not better:
             return
         self._check_finite(learn, done)

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelFitException, Learner
 from ..utils import opt_lr, weights_finite
-from .metrics import check_monitor, monitor_mode, same_watch
+from .metrics import check_monitor, improves, monitor_mode, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
            "lower_lr_advice", "pass_args"]
@@ -256,9 +256,7 @@ class EarlyStoppingCB(Callback):
         if learn.training != self.monitor.startswith("train_"):
             return  # not the pass that logs the monitored value
         value = learn.metrics.last[self.monitor]
-        improved = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
-                                          else value > self.best + self.min_delta)
-        if improved and not math.isnan(value):
+        if improves(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
             return
         self.wait += 1

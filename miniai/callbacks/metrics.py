@@ -1,6 +1,7 @@
 """MetricsCB: torcheval metrics and the mean loss, one row per training and per validation pass."""
 from __future__ import annotations
 
+import math
 import re
 import time
 import warnings
@@ -14,8 +15,8 @@ from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
 from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
 
-__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "monitor_mode", "same_watch",
-           "sum_dtype", "n_items"]
+__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "improves", "monitor_mode",
+           "same_watch", "sum_dtype", "n_items"]
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -337,6 +338,14 @@ _HIGHER_IS_BETTER = (("acc", "precision", "recall", "dice", "bleu"), ("f1", "auc
 def _says(parts: list[str], words: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
     starts, acronyms = words
     return any(part.startswith(starts) or part in acronyms for part in parts)
+
+
+def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether a watched `value` beats `best` by more than `min_delta` the way `mode` says ('min': lower); any
+    value but NaN beats no best (None). EarlyStoppingCB's and CheckpointCB's one rule."""
+    if math.isnan(value):
+        return False
+    return best is None or (value < best - min_delta if mode == "min" else value > best + min_delta)
 
 
 def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
