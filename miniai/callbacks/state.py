@@ -90,8 +90,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     """
     model = learn.model
     lazy = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
-            if isinstance(t, nn.parameter.UninitializedTensorMixin)]  # a lazy layer's, before its first forward
-    if lazy and weights:  # (a prediction pass initializes them, for good: a forward is what they wait for)
+            if isinstance(t, nn.parameter.UninitializedTensorMixin)] if weights else []  # before a first forward
+    if lazy:  # (a prediction pass initializes them, for good: a forward is what they wait for)
         raise ValueError(f"the model has lazy layers not initialized yet ({', '.join(lazy[:3])}): this call would "
                          "initialize them and can't put that back. Initialize them first with one forward pass, "
                          "learn.model(xb) on a batch of dls.train, or one fit.")
