@@ -541,7 +541,8 @@ def test_a_resumed_early_stopped_run_says_it_trains_nothing_and_a_larger_patienc
     """Resumed, an early-stopped run ended at its first batch without a word, even with a larger patience: the
     checkpoint's stop, made under the old patience, was restored as it was."""
     learn, _ = make_learner(tmp_path, [EarlyStoppingCB(patience=1, min_delta=100.0)])  # no epoch improves by 100
-    learn.fit(5)  # epoch 0 sets best, epoch 1 waits once: stop, saved as epoch_0002
+    learn.fit(5)
+    assert load_checkpoint(tmp_path)["epoch"] == 2  # epoch 0 sets best, epoch 1 fails once: stop, saved
     same, rec = make_learner(tmp_path / "same", [EarlyStoppingCB(patience=1, min_delta=100.0)])
     with pytest.warns(UserWarning, match=r"had stopped early after epoch 1 .*trains nothing.*patience"):
         same.fit(5, resume=tmp_path)
