@@ -155,8 +155,6 @@ class DDPCB(Callback):
             # DDP's backward is a collective: every rank must train as many batches. Validation has none,
             # so it keeps every item and the summed metrics cover the whole validation set.
             even = name == "train"
-            if even and r == 0:
-                warn_same_left_out(dl, name, w)
             if isinstance(dl, TensorLoader):
                 self._undo.append(partial(dl.shard, dl.rank, dl.world_size, dl.even))
                 if dl.shuffle:
@@ -175,6 +173,8 @@ class DDPCB(Callback):
                 raise TypeError(f"DDPCB can't shard dls.{name}, a {type(dl).__name__}: use miniai.data.TensorLoader "
                                 f"or a torch DataLoader (built on a map-style dataset), or shard it yourself by rank() "
                                 f"and world_size() and say so, DDPCB(presharded=('{name}',))")
+            if even and r == 0:  # (after the loader was found shardable: no warning ahead of a refusal)
+                warn_same_left_out(dl, name, w)
 
     def _shard_torch_loader(self, dl: DataLoader, name: str, r: int, w: int, even: bool) -> DataLoader:
         if isinstance(dl.dataset, IterableDataset) or type(dl.batch_sampler) is not BatchSampler:
