@@ -21,7 +21,7 @@ from torch import nn, optim
 
 __all__ = ["add_note", "check_count", "call_model", "describe", "check_new_callback", "check_known_callback",
            "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args", "check_loaders", "drops_last",
-           "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note"]
+           "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note", "fit_note"]
 
 
 def add_note(error: BaseException, note: str) -> None:
@@ -242,3 +242,12 @@ def batch_items(batch: Any, n_inp: int) -> tuple | list:
         raise ValueError(f"the learner's n_inp={n_inp} (inputs per batch), but the batch has {len(batch)} items: "
                          "build the learner with the n_inp of its loaders' batches")
     return batch
+
+
+def fit_note(learn: Any, error: BaseException, temporary: list) -> str:
+    """The note fit adds to what ends it: Ctrl-C gets how to resume; a cancel that no stage caught, where it was
+    raised (outside the stage it cancels)."""
+    if isinstance(error, KeyboardInterrupt):
+        from .callbacks.checkpoint import interrupt_note  # (here: the callbacks import learner.py, which imports this)
+        return interrupt_note(learn, temporary)
+    return misplaced_cancel_note(error, step=type(error).__name__ == "CancelStepException")

@@ -25,12 +25,11 @@ Learner state that callbacks may read, and from which event on:
 | `model, dls, loss_func, cbs` | always         | what the learner was built with                                           |
 | `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
 | `opt`                        | `before_fit`   | the optimizer, `opt_func(model.parameters(), lr)` in each fit that trains |
-| `n_epochs, epochs`           | `before_fit`   | epochs in this fit; the range the loop walks (resume starts it later)     |
-| `passes`                     | `before_fit`   | the passes of each epoch: ("train", "valid"), or one of them              |
+| `n_epochs, epochs, passes`   | `before_fit`   | epochs in this fit; the range the loop walks; ("train", "valid") or one   |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
-| `epoch_offset`               | `before_fit`   | the epochs this learner trained in earlier fits: a loader with its        |
-|                              |                | own seed walks its order of epoch `epoch_offset + epoch` (as one fit)     |
-| `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (or None)                          |
+| `epoch_offset`               | `before_fit`   | epochs trained in earlier fits: a seeded loader walks its order of epoch  |
+|                              |                | `epoch_offset + epoch`, so `fit(1); fit(1)` trains as `fit(2)`            |
+| `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (CheckpointCB sets it), or None    |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
 | `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: ran out  |
@@ -38,8 +37,7 @@ Learner state that callbacks may read, and from which event on:
 | `pass_steps`                 | `before_epoch` | the optimizer steps taken in this pass so far                             |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
-| `preds`                      | `after_predict`| the model's output                                                        |
-| `loss`                       | `after_loss`   | the loss tensor, `loss_func(preds, *yb)` (still on the device)            |
+| `preds`, `loss`              | `after_predict`| the model's output; `loss_func(preds, *yb)` (from `after_loss`)           |
 """
 from __future__ import annotations
 
@@ -53,7 +51,6 @@ from torch import nn, optim
 
 from ._course import course_hooks, course_names
 from . import checks
-from .checks import add_note
 from .conveniences import Conveniences
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
@@ -75,14 +72,12 @@ _OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": 
 
 
 class Callback:
-    """Base class for callbacks: define methods named after events, `before_fit(self, learn)`, `after_batch`, ...
-
-    Callbacks run sorted by `order`, lower first (built-in values: `miniai.callbacks`); a method starting with
-    `before_`, `after_` or `cleanup_` must be an event. Steps, the one rule: the `STEPS` are the learner's own
-    methods unless a callback declares it does one, `owns_steps = ("backward",)` with a method `backward(self,
-    learn)`. A method named like a step but not declared is an error when the callback is added (a helper called
-    `step` must never silently replace the optimizer step); so is a step owned twice (by two callbacks, or by one
-    and a TrainLearner subclass's method). The base `Learner` has no steps: a callback owns all five (`TrainCB`).
+    """Base class for callbacks: methods named after events (`before_fit(self, learn)`, `after_batch`, ...) run,
+    sorted by `order` (lower first; built-in values: `miniai.callbacks`); a `before_`/`after_`/`cleanup_` method
+    must be an event. The `STEPS` are the learner's own methods unless a callback declares it does one,
+    `owns_steps = ("backward",)` with a method `backward(self, learn)`; a method named like a step but not declared,
+    or a step owned twice, is an error when the callback is added (a helper called `step` must never silently
+    replace the optimizer step). The base `Learner` has no steps: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
     `lr_find`, `add_cb` or `rm_cb` (give it a flag it checks). `inference = True`: the callback shapes how the model
@@ -186,9 +181,8 @@ class Learner(Conveniences):
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
             self.passes, self.stepped = ("train",) * train + ("valid",) * valid, False
-            self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # fit(resume=...)
-            # sets these (from its checkpoint); the next three are set by CheckpointCB,
-            self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # SWACB, EarlyStoppingCB
+            self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # (resume's, if any)
+            self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # (set by callbacks)
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
             checks.check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
@@ -204,12 +198,8 @@ class Learner(Conveniences):
                 self.model.zero_grad(set_to_none=True)  # at the last fit's end, or of parameters its opt left out
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
-        except KeyboardInterrupt as e:
-            from .callbacks.checkpoint import interrupt_note
-            add_note(e, interrupt_note(self, temporary))
-            raise
-        except _CANCELS as e:  # a cancel its stage did not catch: it came from outside that stage
-            add_note(e, checks.misplaced_cancel_note(e, step=isinstance(e, CancelStepException)))
+        except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
+            checks.add_note(e, checks.fit_note(self, e, temporary))  # it was raised outside that stage
             raise
         finally:
             self._in_fit, self._temporary = False, []
@@ -242,7 +232,8 @@ class Learner(Conveniences):
                     if not isinstance(e, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup
                         self.stopped_by = e  # found broken
                 else:
-                    add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(e).__name__}: {e})")
+                    checks.add_note(error, f"(while cleaning up, {handler.__qualname__} also raised "
+                                           f"{type(e).__name__}: {e})")
         if error is not None:
             raise error
 
