@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn, optim
 
-__all__ = ["add_note", "check_count", "call_model", "describe", "check_new_callback", "check_known_callback",
+__all__ = ["add_note", "check_count", "check_number", "call_model", "describe", "check_new_callback", "check_known_callback",
            "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args", "check_loaders", "drops_last",
            "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note", "fit_note"]
 
@@ -35,6 +35,15 @@ def check_count(name: str, value: Any, least: int = 1, what: str = "", error: ty
     counts (e.g. " (images per batch)")."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         raise error(f"{name} must be a whole number >= {least}{what}, got {value!r}")
+    return value
+
+
+def check_number(name: str, value: Any, least: float = 0.0, strict: bool = False, what: str = "") -> float:
+    """Return `value` if it is a real number >= `least` (> it when `strict`; inf passes, NaN, which compares false
+    with everything, and bools never do); else a ValueError naming `name`, the bound and `what` it sets."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            value > least if strict else value >= least):
+        raise ValueError(f"{name} must be a number {'>' if strict else '>='} {least:g}{what}, got {value!r}")
     return value
 
 

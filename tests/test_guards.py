@@ -535,3 +535,22 @@ def test_the_end_of_fit_check_looks_only_at_what_the_optimizer_trains():
     with torch.no_grad():
         broken.weight.fill_(float("nan"))
     TrainLearner(broken, linear_dls(), F.mse_loss, lr=0.1).fit(0)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: EarlyStoppingCB(min_delta=float("nan")), r"min_delta must be a number >= 0 .*, got nan"),
+    (lambda: EarlyStoppingCB(min_delta=-0.1), r"min_delta must be a number >= 0 .*, got -0.1"),
+    (lambda: EarlyStoppingCB(patience=2.5), r"patience must be a whole number >= 0 .*, got 2.5"),
+    (lambda: EarlyStoppingCB(patience=True), r"patience must be a whole number >= 0 .*, got True"),
+    (lambda: EarlyStoppingCB(patience=-1), r"patience must be a whole number >= 0 .*, got -1"),
+    (lambda: GradClipCB(float("nan")), r"max_norm must be a number > 0 .*, got nan"),
+    (lambda: GradClipCB(0), r"max_norm must be a number > 0 .*, got 0"),
+    (lambda: GradClipCB(1.0, norm_type=float("nan")), r"norm_type must be a number > 0 .*, got nan"),
+    (lambda: TerminateOnNaNCB(every=1.5), r"every must be a whole number >= 1 .*, got 1.5"),
+    (lambda: TerminateOnNaNCB(every=0), r"every must be a whole number >= 1 .*, got 0"),
+])
+def test_the_guards_refuse_settings_that_would_silently_misbehave(build, match):
+    """EarlyStoppingCB(min_delta=nan) stopped a run that improved every epoch (nothing beats a NaN margin);
+    patience=2.5, GradClipCB(nan) (NaN gradients) and TerminateOnNaNCB(every=1.5) were taken without a word."""
+    with pytest.raises(ValueError, match=match):
+        build()

@@ -640,3 +640,63 @@ def test_a_checkpoint_of_another_accumulation_count_is_refused():
     with pytest.raises(ValueError, match=r"resume with GradAccumCB\(5\)"):
         cb.load_state_dict({**GradAccumCB(5).state_dict()})
     cb.load_state_dict({"summed": 0, "carried": []})  # (a checkpoint of before n_steps was saved)
+
+
+def test_a_resume_with_other_grad_scaler_settings_is_refused(tmp_path):
+    """The saved GradScaler's state put its growth and backoff back over the ones given, without a word."""
+    from miniai.callbacks.checkpoint import CheckpointCB
+    tiny_learner(cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8), CheckpointCB(tmp_path)]).fit(1)
+    learn = tiny_learner(cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8, growth_interval=1)])
+    with pytest.raises(ValueError, match=r"the checkpoint's run scaled float16 gradients with growth_interval=2000, "
+                                         r"this fit's GradScaler has growth_interval=1.*resume with the saved"):
+        learn.fit(2, resume=tmp_path)
+    # the scale is learned state, not a setting: another init_scale resumes, on the saved scale
+    resumed = MixedPrecisionCB(torch.float16, init_scale=2.0**4)
+    tiny_learner(cbs=[resumed]).fit(2, resume=tmp_path)
+
+
+def test_an_epoch_whose_every_float16_step_was_skipped_still_counts_as_an_epoch():
+    """An epoch of only skipped steps was not counted: the next fit replayed its loader order (fit(1); fit(2) was
+    not fit(3)), and SWACB left it out of the average, where a hand loop with a GradScaler counts it."""
+    from miniai.callbacks import SWACB
+
+    class SkipFirstEpoch(InfGradAt):
+        def after_backward(self, learn: Learner) -> None:
+            if learn.training and learn.epoch_offset + learn.epoch == 0:
+                next(learn.model.parameters()).grad.view(-1)[0] = float("inf")
+
+    def learner(cbs=()):
+        from miniai.data import DataLoaders, TensorLoader
+        x = torch.linspace(-1, 1, 48).unsqueeze(1)
+        dls = DataLoaders(TensorLoader(x, 2 * x + 3, 16, shuffle=True, seed=0), TensorLoader(x, 2 * x + 3, 16))
+        torch.manual_seed(0)
+        return TrainLearner(nn.Linear(1, 1), dls, F.mse_loss, lr=0.05, cbs=[
+            MixedPrecisionCB(torch.float16, init_scale=2.0**8), SkipFirstEpoch(), *cbs])
+    straight, split = learner(), learner()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the first fit of the split run skipped all its steps, and says so)
+        straight.fit(3, valid=False)
+        split.fit(1, valid=False)
+        split.fit(2, valid=False)
+    assert split._epochs_trained == 3
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.parameters(), split.model.parameters()))
+    swa = SWACB(0, 0.05)
+    learner([swa]).fit(3, valid=False)
+    assert int(swa.swa_model.n_averaged) == 3
+
+
+def test_grad_accum_sums_for_a_function_of_ones_own_that_says_it_sums():
+    """A summing loss written as a function can't be told from a mean one from outside: its `reduction` attribute
+    says so, and GradAccumCB then steps on the sum, as one batch 4× larger."""
+    def summed(preds, targets):
+        return F.mse_loss(preds, targets, reduction="sum")
+    summed.reduction = "sum"
+    accum_learn, _ = linear_problem(bs=16)
+    accum_learn.loss_func = summed
+    accum = GradsBeforeStep()
+    accum_learn.fit(1, valid=False, cbs=[GradAccumCB(4), accum])
+    big_learn, _ = linear_problem(bs=64)
+    big_learn.loss_func = summed
+    big = GradsBeforeStep()
+    big_learn.fit(1, valid=False, cbs=[big])
+    torch.testing.assert_close(accum.grads[0], big.grads[0])

@@ -440,3 +440,43 @@ def test_grad_accum_drops_the_trained_models_part_done_group_when_swa_replaced_l
         learn.fit(1, cbs=[GradAccumCB(4), swa])
     assert learn.model is not swa.raw_model
     assert all(p.grad is None for p in swa.raw_model.parameters())
+
+
+def test_a_resume_with_other_swa_settings_once_averaging_began_is_refused(tmp_path):
+    """The average so far and SWALR's state are the saved settings': resumed with another swa_lr the run trained
+    on the saved one, with another swa_start it averaged epochs the new one leaves out, without a word."""
+    from miniai.callbacks import CheckpointCB
+    bn_learner([SWACB(1, 0.05), CheckpointCB(tmp_path, keep=None)]).fit(3)  # averaging since epoch 1
+    for changed in (SWACB(1, 0.01), SWACB(2, 0.05), SWACB(1, 0.05, anneal_epochs=2), SWACB(1, 0.05, 1, "linear")):
+        learn = bn_learner([changed])
+        before = [p.detach().clone() for p in learn.model.parameters()]
+        with pytest.raises(ValueError, match=r"the checkpoint's run averaged with SWACB\(swa_start=1, swa_lr=0.05, "
+                                             r"anneal_epochs=1, anneal_strategy='cos'\).*resume with that SWACB"):
+            learn.fit(4, resume=tmp_path / "epoch_0002.pt")
+        assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # nothing loaded
+    same = bn_learner([SWACB(1, 0.05)])
+    same.fit(4, resume=tmp_path / "epoch_0002.pt")  # the same settings resume as before
+    # before averaging began a new plan applies, unless the resumed epoch is already past its swa_start
+    bn_learner([SWACB(2, 0.01)]).fit(4, resume=tmp_path / "epoch_0001.pt")
+    with pytest.raises(ValueError, match=r"resumes at epoch 1, past this SWACB's swa_start=0.*SWACB\(swa_start=1, .*swa_start >= 1"):
+        bn_learner([SWACB(0, 0.05)]).fit(4, resume=tmp_path / "epoch_0001.pt")
+
+
+@pytest.mark.parametrize("swa_lr, match", [
+    (-0.1, r"swa_lr must be a number >= 0 or one per param group, got -0.1"),
+    ("0.05", r"swa_lr must be a number >= 0 or one per param group, got '0.05'"),
+    (float("nan"), r"swa_lr must be a number >= 0"),
+    ([0.05, -1.0], r"swa_lr must be a number >= 0 or one per param group, got \[0.05, -1.0\]"),
+])
+def test_a_bad_swa_lr_is_refused_when_built_not_after_swa_start_epochs(swa_lr, match):
+    """SWACB(1, -0.1) trained uphill from swa_start without a word; '0.05' failed only at swa_start."""
+    with pytest.raises(ValueError, match=match):
+        SWACB(1, swa_lr)
+
+
+def test_swa_lrs_of_another_count_than_the_param_groups_are_refused_before_training():
+    learn = bn_learner([SWACB(2, [0.05, 0.01])])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"SWACB has 2 swa_lr values, the optimizer 1 param group"):
+        learn.fit(3)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # refused before it trained

@@ -1,4 +1,5 @@
 """to_device/to_cpu on nested batches, def_device, and set_seed reproducibility."""
+import math
 import random
 from collections import OrderedDict, defaultdict, namedtuple
 
@@ -185,6 +186,15 @@ def test_check_count_takes_whole_numbers_from_its_least_and_refuses_bools():
     for bad in (True, 0, 2.5, "3", None, torch.tensor(3)):
         with pytest.raises(ValueError, match=r"bs must be a whole number >= 1 \(items\), got"):
             check_count("bs", bad, what=" (items)")
+
+
+def test_check_number_takes_real_numbers_from_its_least_and_refuses_nan_and_bools():
+    from miniai.checks import check_number
+    assert check_number("lr", 0) == 0 and check_number("lr", np.float32(0.5)) == 0.5
+    assert check_number("norm", math.inf, strict=True) == math.inf
+    for bad, strict in ((math.nan, False), (True, False), (-1e-9, False), (0.0, True), ("1", False), (None, False)):
+        with pytest.raises(ValueError, match=r"lr must be a number >=? 0 \(rate\), got"):
+            check_number("lr", bad, strict=strict, what=" (rate)")
 
 
 @pytest.mark.parametrize("make", ["GradAccumCB(True)", "SWACB(swa_start=True, swa_lr=0.01)",

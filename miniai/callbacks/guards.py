@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checks import check_count, check_number
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelFitException, Learner
 from ..utils import opt_lr, weights_finite
@@ -56,8 +57,8 @@ class TerminateOnNaNCB(Callback):
     order = 5  # at after_loss, before the backward; at after_epoch, before CheckpointCB saves a broken model
 
     def __init__(self, every: int | None = None, immediate: bool | None = None) -> None:
-        if every is not None and every < 1:
-            raise ValueError(f"every must be >= 1 batches or None (end of the training pass), got {every}")
+        if every is not None:
+            check_count("every", every, what=" (batches between checks; None: at the end of the training pass)")
         self.every = every
         self.immediate = immediate  # None: check each loss at once on the CPU, deferred elsewhere
         self._losses: list[torch.Tensor] = []
@@ -216,8 +217,8 @@ class EarlyStoppingCB(Callback):
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0,
                  mode: str | None = None) -> None:
         mode = monitor_mode(monitor, mode, "EarlyStoppingCB")
-        if patience < 0 or min_delta < 0:
-            raise ValueError(f"patience and min_delta must be >= 0, got {patience} and {min_delta}")
+        check_count("patience", patience, least=0, what=" (epochs without improvement before stopping)")
+        check_number("min_delta", min_delta, what=" (the least change that counts as an improvement)")
         self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
         self.best: float | None = None
         self.wait = 0
@@ -278,8 +279,8 @@ class GradClipCB(Callback):
     order = 25  # at after_backward: after GradAccumCB's CancelStepException, so only real steps are clipped
 
     def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
-        if max_norm <= 0:
-            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        check_number("max_norm", max_norm, strict=True, what=" (the gradients' largest total norm)")
+        check_number("norm_type", norm_type, strict=True, what=" (the p of the p-norm; float('inf'): the max)")
         self.max_norm, self.norm_type = max_norm, norm_type
         self.last_norm: torch.Tensor | None = None
 

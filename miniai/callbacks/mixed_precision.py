@@ -13,6 +13,7 @@ from ..utils import model_device
 __all__ = ["MixedPrecisionCB"]
 
 _DTYPES = (torch.float16, torch.bfloat16)
+_SCALER_SETTINGS = ("growth_factor", "backoff_factor", "growth_interval")  # GradScaler's, saved in its state
 
 
 class MixedPrecisionCB(Callback):
@@ -146,6 +147,13 @@ class MixedPrecisionCB(Callback):
         if scaler and self.scaler is None:
             raise RuntimeError("MixedPrecisionCB makes its grad scaler at before_fit, and only for float16: load "
                                "its state during a float16 fit (learn.fit(n, resume=path) does)")
+        ours = self.scaler.state_dict() if scaler else {}  # (the settings this one was given: not the scale,
+        changed = [k for k in _SCALER_SETTINGS if scaler.get(k, ours.get(k)) != ours.get(k)]  # which is learned)
+        if changed:  # load_state_dict would put the saved ones back over those given, without a word
+            raise ValueError(f"the checkpoint's run scaled float16 gradients with "
+                             f"{', '.join(f'{k}={scaler[k]}' for k in changed)}, this fit's GradScaler has "
+                             f"{', '.join(f'{k}={ours[k]}' for k in changed)}: resume with the saved settings, or "
+                             "start a new fit from the checkpoint's weights")
         if scaler:
             self.scaler.load_state_dict(scaler)
         if n_skipped is not None:

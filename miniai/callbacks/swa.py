@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import SWALR, AveragedModel
 
-from ..checks import check_count
+from ..checks import check_count, check_number
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .preds import prediction_pass
 from .state import kept
@@ -61,6 +61,11 @@ class SWACB(Callback):
         check_count("anneal_epochs", anneal_epochs, least=0, what=" (0: go straight to swa_lr)")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear'; got {anneal_strategy!r}")
+        try:  # (SWALR anneals the lr to it from swa_start on: a negative one would train uphill)
+            for lr in swa_lr if isinstance(swa_lr, (list, tuple)) and swa_lr else [swa_lr]:
+                check_number("swa_lr", lr)
+        except ValueError:
+            raise ValueError(f"swa_lr must be a number >= 0 or one per param group, got {swa_lr!r}") from None
         self.swa_start, self.swa_lr = swa_start, swa_lr
         self.anneal_epochs, self.anneal_strategy = anneal_epochs, anneal_strategy
         self.swa_model: AveragedModel | None = None
@@ -68,6 +73,7 @@ class SWACB(Callback):
         self.raw_model: nn.Module | None = None
         self.metrics: dict[str, float] = {}
         self._opt: torch.optim.Optimizer | None = None
+        self._start_epoch = 0  # the fit's first epoch (later than 0 when resumed)
         self._on = False  # whether this fit trains (an evaluation leaves the average and the records alone)
 
     def before_fit(self, learn: Learner) -> None:
@@ -82,7 +88,11 @@ class SWACB(Callback):
             raise ValueError(f"SWACB(swa_start={self.swa_start}) averages from epoch {self.swa_start} on, but this fit "
                              f"has epochs 0..{learn.n_epochs - 1}: use swa_start < n_epochs (e.g. the last quarter "
                              f"of them) or fit more epochs")
+        if isinstance(self.swa_lr, (list, tuple)) and len(self.swa_lr) != len(learn.opt.param_groups):
+            raise ValueError(f"SWACB has {len(self.swa_lr)} swa_lr values, the optimizer {len(learn.opt.param_groups)} "
+                             "param group(s): give one swa_lr, or one per param group")
         self.raw_model, self.swa_scheduler, self.metrics, self._opt = learn.model, None, {}, learn.opt
+        self._start_epoch = learn.start_epoch  # (a resume set it before any before_fit)
         self.swa_model = AveragedModel(learn.model)
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
@@ -120,7 +130,7 @@ class SWACB(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The average so far (`swa_model`'s state, with `n_averaged`) and SWALR's state once it runs."""
-        return {"swa_model": self.swa_model.state_dict(),
+        return {"swa_model": self.swa_model.state_dict(), "settings": repr(self),
                 "swa_scheduler": None if self.swa_scheduler is None else self.swa_scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -134,6 +144,16 @@ class SWACB(Callback):
                               "learn.fit(n_epochs, resume=...) to finish the run (the average is learn.model then)",
                               stacklevel=2)
             return
+        saved = state.get("settings")  # (older checkpoints: none)
+        began = state["swa_scheduler"] is not None or int(state["swa_model"].get("n_averaged", 0)) > 0
+        if began and saved is not None and saved != repr(self):  # the average and SWALR's state are of those
+            raise ValueError(f"the checkpoint's run averaged with {saved}, this fit's is {self!r}: its average so "
+                             "far and SWALR's state are the saved settings'. To continue it, resume with that SWACB; "
+                             "for the new settings start a new fit from the checkpoint's weights")
+        if not began and self.swa_start < self._start_epoch:  # epoch swa_start, where SWALR is built, is past
+            raise ValueError(f"this fit resumes at epoch {self._start_epoch}, past this SWACB's swa_start="
+                             f"{self.swa_start}, and the checkpoint's run had not begun averaging: resume with its "
+                             f"SWACB{f' ({saved})' if saved else ''}, or one of swa_start >= {self._start_epoch}")
         self.swa_model.load_state_dict(state["swa_model"])
         if state["swa_scheduler"] is not None:  # resumed past swa_start: SWALR goes on where it was
             self.swa_scheduler = self._swalr(self._opt)
