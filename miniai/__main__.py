@@ -96,13 +96,13 @@ class _UsageError(Exception):
     it as argparse's usage error, so a caller of `train` gets the same refusal."""
 
 
-_FLAGS = {"n_train": "--n-train", "n_valid": "--n-valid"}  # get_dls's parameter -> the command's flag
+_FLAGS = {"n_train": "--n-train", "n_valid": "--n-valid", "holdout": "--holdout"}  # get_dls's parameter -> the flag
 
 
 def _as_flags(message: str) -> str:
     """get_dls's refusal in the command's words: 'n_train must ...' -> '--n-train must ...', 'holdout=5' ->
     '--holdout 5' (only in its own phrases: a path in a message may hold the same words)."""
-    message = re.sub(r"^(n_train|n_valid) must", lambda m: f"{_FLAGS[m[1]]} must", message)
+    message = re.sub(r"^(n_train|n_valid|holdout) must", lambda m: f"{_FLAGS[m[1]]} must", message)
     return re.sub(r"(: |with )holdout=(\d+) ", r"\1--holdout \2 ", message)
 
 

@@ -267,7 +267,7 @@ def loss_setting(loss_func: Any, name: str, default: Any) -> Any:
 
 def loss_reduction(loss_func: Any) -> str:
     """How `loss_func` reduces its per-item losses: its `reduction` ('mean', 'sum', 'none'), else 'mean' (torch's
-    default, and what a loss of one's own is taken to do)."""
+    default, and what a loss of one's own is taken to do unless it says otherwise: `my_loss.reduction = 'sum'`)."""
     value = loss_setting(loss_func, "reduction", "mean")
     return value if value in ("mean", "sum", "none") else "mean"
 

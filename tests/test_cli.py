@@ -67,6 +67,7 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--device", "tpu:3"], "argument --device: not a device: 'tpu:3'"),
     (["--device", "cuda:7"], "argument --device: 'cuda:7' is not available on this machine"),
     (["--n-train", "99999999"], "--n-train must be in 1..60000, got 99999999"),
+    (["--holdout", "60000"], "--holdout must be in 1..59999 training images, got 60000"),  # named 'holdout'
     (["--recipe", "fast", "--sched", "cosine"], "--sched cosine does not combine with --recipe fast"),
     (["--seed", "99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),  # a traceback
     (["--seed", "-99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),

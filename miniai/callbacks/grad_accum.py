@@ -18,7 +18,8 @@ __all__ = ["GradAccumCB"]
 
 class GradAccumCB(Callback):
     """Step the optimizer every `n_steps` training batches, on the mean of their gradients (on their sum for a loss
-    of reduction='sum'): the gradient of one batch `n_steps`× larger either way.
+    of reduction='sum'): the gradient of one batch `n_steps`× larger either way. (The reduction is an nn loss's or a
+    partial's `reduction`; a function of your own that sums says so with `my_loss.reduction = 'sum'`.)
 
     Between steps it raises `CancelStepException` from after_backward: the gradients add up in `.grad`, and
     schedulers, `after_step` readers and `zero_grad` wait for the real step. At a step it divides the summed

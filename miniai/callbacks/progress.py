@@ -131,7 +131,8 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressCB(Callback):
-    """Shows progress: a bar with the running loss and the metrics table; with `plot=True` a live loss graph.
+    """Shows progress: a bar with the running loss and the metrics table; with `plot=True` a live loss graph (in a
+    notebook; in a script draw it after the fit with `plot_losses()`).
 
     In a notebook it uses fastprogress's HTML bars (and graph); in a terminal, a one-line bar of its own
     (`ConsoleBar`); when stdout is not a terminal (CI logs, `| tee`), no bars at all, just a header and one plain
