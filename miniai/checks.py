@@ -157,14 +157,23 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any) -> None:
     if isinstance(loss_func, type):
         raise TypeError(f"loss_func is the class {loss_func.__name__}: pass an instance, {loss_func.__name__}(), or a "
                         "function such as F.cross_entropy")
+    if isinstance(getattr(loss_func, "func", None), type):  # partial(nn.CrossEntropyLoss, label_smoothing=0.1)
+        cls, kw = loss_func.func.__name__, ", ".join(f"{k}={v!r}" for k, v in loss_func.keywords.items())
+        raise TypeError(f"loss_func is a partial of the class {cls}: pass an instance, {cls}({kw})")
+    if "lr" in (getattr(opt_func, "keywords", None) or {}):  # fit passes the learner's lr too: two lrs
+        lr = opt_func.keywords["lr"]
+        raise TypeError(f"opt_func sets lr={lr} itself, and fit passes it the learner's lr: leave lr out of the "
+                        f"partial and give lr={lr} to the learner (or to fit)")
     if isinstance(opt_func, optim.Optimizer):
         raise TypeError(f"opt_func is an optimizer already built ({type(opt_func).__name__}): fit builds a new one on "
                         "the model's parameters each time, so pass the class, e.g. optim.AdamW, or a partial of it, "
                         "functools.partial(optim.SGD, momentum=0.9)")
 
 
-def check_fit_args(n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
-    """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode."""
+def check_fit_args(learn: Any, n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
+    """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode, and
+    the learner's arguments once more (a loss class assigned since)."""
+    check_learner_args(learn.loss_func, learn.opt_func, learn.n_inp)
     if train and torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
         raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
     if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
@@ -172,8 +181,10 @@ def check_fit_args(n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
     if lr is None and train and resume is None:  # (an evaluation needs none; a checkpoint's optimizer brings its own)
         raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
                          "learn.lr_find() suggests one.")
-    if isinstance(lr, (str, bytes, bool)):  # (a string read from a config file; other types: opt_func's call)
-        raise TypeError(f"lr must be a number, got {lr!r} ({type(lr).__name__})")
+    if isinstance(lr, (str, bytes, bool)) or hasattr(lr, "suggestions"):  # (a string read from a config file,
+        # lr_find's result; other types: opt_func's call)
+        take = " (lr_find's result: take one of its suggestions, res.valley or res.steepest)" * hasattr(lr, "valley")
+        raise TypeError(f"lr must be a number, got {lr!r} ({type(lr).__name__}){take}")
     if isinstance(lr, float) and not math.isfinite(lr):  # nan or inf would train to NaN weights
         raise ValueError(f"lr must be a finite number, got {lr}")
     if lr == 0:
@@ -188,6 +199,10 @@ def drops_last(dl: Any) -> bool:
 
 def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
     """A missing or empty loader (of known length) is an error before any batch, not NaN metrics after."""
+    if passes == ("train", "valid") and getattr(dls, "train", None) is getattr(dls, "valid", 0):
+        warnings.warn("dls.valid is dls.train, the same loader: validation measures the training data, so its loss "
+                      "and metrics say nothing of how the model does on unseen data. Give DataLoaders a loader of "
+                      "held-out data as valid (get_dls(holdout=n) holds out training images)", stacklevel=4)
     for name in passes:
         dl = getattr(dls, name, None)
         if dl is None:
@@ -210,10 +225,21 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
 
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:
-    """Parameters a callback's before_fit added after the optimizer was made would get gradients and never a step."""
+    """Refuse a training fit that would change nothing (no parameter to train, or an optimizer holding none of
+    them), or leave parameters a callback's before_fit added after the optimizer was made without a step."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:  # (torch's own error comes at the first backward, and names no parameter)
+        raise RuntimeError("no parameter of the model requires grad (all frozen), so there is nothing to train: "
+                           "unfreeze some (model.requires_grad_(True), or a layer's), or evaluate with "
+                           "fit(n, train=False)")
     if not hasattr(opt, "param_groups"):  # an optimizer of one's own (the course's SGD class): no groups to read
         return
     in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+    if not any(id(p) in in_opt for p in trainable):  # every step would change nothing
+        raise RuntimeError(f"the optimizer holds none of the model's {len(trainable)} trainable parameters, so "
+                           "training would change nothing: opt_func built it on other tensors (an earlier model's, "
+                           "after a notebook cell was run again?). Build it on the parameters fit passes it: "
+                           "opt_func(params, lr)")
     new = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_opt
            and id(p) not in params_at_opt]  # (opt_func may leave some out on purpose: those were there before)
     if new:

@@ -171,7 +171,7 @@ class Learner(Conveniences):
         """
         checks.check_not_in_fit(self, "fit", "the outer fit would go on with this one's optimizer, lr and records")
         opt_lr = self.lr if lr is None else lr
-        checks.check_fit_args(n_epochs, train, opt_lr, resume)
+        checks.check_fit_args(self, n_epochs, train, opt_lr, resume)
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []
@@ -194,8 +194,9 @@ class Learner(Conveniences):
             if train or self.opt is None or resume is not None:  # an evaluation keeps the optimizer, and its state
                 self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
-            if train and not self.keeps_grads:  # as a hand loop's first zero_grad: no gradients of a step cancelled
-                self.model.zero_grad(set_to_none=True)  # at the last fit's end, or of parameters its opt left out
+            for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
+                if not (self.keeps_grads and p.requires_grad):  # step cancelled at the last fit's end, of parameters
+                    p.grad = None  # its opt left out, of one frozen since (MomentumLearner's momentum stays)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
         except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:

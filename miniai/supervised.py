@@ -5,6 +5,7 @@ learner its own `predict`, `get_loss`, `backward`, `step` and `zero_grad`, as th
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,6 +61,7 @@ class TrainLearner(Learner):
 class MomentumLearner(TrainLearner):
     """TrainLearner that keeps `mom` × the old gradients instead of zeroing them (momentum, the course's way)."""
     keeps_grads = True  # the momentum lives in .grad: fit(1); fit(1) trains as fit(2) does
+    _checked_opt: Any = None  # the optimizer whose own momentum step() looked at
 
     def __init__(self, model: nn.Module, dls: Any, loss_func: Callable, lr: float | None = None,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
@@ -69,7 +71,26 @@ class MomentumLearner(TrainLearner):
 
     @torch.no_grad()
     def zero_grad(self) -> None:
-        """Scale the gradients by `mom` instead of zeroing them."""
+        """Scale the gradients by `mom` instead of zeroing them (a frozen parameter's are dropped: kept, every step
+        would move it). After each fit's first step: a warning if the optimizer has momentum of its own."""
+        if self.opt is not self._checked_opt:
+            self._checked_opt = self.opt
+            _warn_second_momentum(self)
         for p in self.model.parameters():
             if p.grad is not None:
-                p.grad *= self.mom
+                if p.requires_grad:
+                    p.grad *= self.mom
+                else:
+                    p.grad = None
+
+
+def _warn_second_momentum(learn: MomentumLearner) -> None:
+    """MomentumLearner's momentum is in .grad: one in the optimizer too stacks a second on top."""
+    group = learn.opt.param_groups[0] if hasattr(learn.opt, "param_groups") else {}
+    own = f"momentum={group['momentum']}" if group.get("momentum") else \
+        f"betas[0]={group['betas'][0]}" if group.get("betas", (0,))[0] else None
+    if own:
+        warnings.warn(f"MomentumLearner keeps mom={learn.mom} × the gradients as its momentum, and the optimizer has "
+                      f"{own} of its own: a second momentum on top, which makes steps several times larger. Use "
+                      "MomentumLearner with plain SGD (opt_func=optim.SGD), or TrainLearner with the optimizer's "
+                      "momentum", stacklevel=4)

@@ -151,7 +151,10 @@ def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | No
     """Why `loss_func(preds, *yb)` would compute a wrong loss without an error (what to do), or None."""
     named, name = getattr(loss_func, "func", loss_func), _name(loss_func)
     torchs = (getattr(named, "__module__", None) or type(loss_func).__module__).startswith("torch.nn")
-    if len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
+    classes = torchs and name in _CLASS_LOSSES and isinstance(preds, torch.Tensor)  # preds (N, C, ...): shapes differ
+    if classes and (fix := _class_scores_wrong(name, preds, yb)):
+        return fix
+    if not classes and len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
             and preds.shape != yb[0].shape:
         broadcast = _broadcast_shape(preds.shape, yb[0].shape)  # None: the loss raises, and we show the shapes
         if broadcast is not None and broadcast != preds.shape:  # (N,1) against (N,): an (N,N) loss that trains
@@ -168,6 +171,36 @@ def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | No
                 f"n_inp={n_inp} inputs (the loss would take the others as other arguments: weights, say). "
                 "Batches are (*inputs, *targets); if an item is no target (ids, weights), wrap the loss, "
                 "e.g. loss_func=lambda preds, y, ids: F.cross_entropy(preds, y).")
+    return None
+
+
+_CLASS_LOSSES = ("cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss")  # preds (N, C, ...): scores per class
+_BINARY = ("For two classes, output 2 logits (nn.Linear(..., 2)) with int64 class indices (N,) as targets, or one logit "
+           "per item with F.binary_cross_entropy_with_logits and float 0/1 targets of its shape.")
+
+
+@torch.no_grad()
+def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple) -> str | None:
+    """Why class scores `preds` would give cross-entropy or NLL a wrong loss without an error, or None; a warning for
+    probabilities given to cross-entropy. (Read once per shape: on a GPU the values cost a sync.)"""
+    one_item = len(yb) == 1 and isinstance(yb[0], torch.Tensor) and not yb[0].ndim  # (a loader of single items)
+    if preds.ndim == 1 and not one_item:  # torch takes the whole batch for one item's class scores
+        return f"{name} reads preds (N,) as ONE item with N class scores, not N items. {_BINARY}"
+    if preds.ndim < 2:  # (one item's scores: MetricsCB says the loader yields single items)
+        return None
+    if preds.shape[1] == 1:
+        return f"{name} over one class (preds {tuple(preds.shape)}) is always 0: softmax of one score is 1. {_BINARY}"
+    if not preds.numel() or not preds.is_floating_point():
+        return None
+    if name in ("nll_loss", "NLLLoss") and float(preds.max()) > 0:  # (log-probabilities are <= 0)
+        return (f"{name} takes log-probabilities (<= 0, log_softmax's output), and these preds reach "
+                f"{float(preds.max()):.3g} (raw logits?): end the model with nn.LogSoftmax(1), or use F.cross_entropy, "
+                "which takes the logits themselves")
+    if name in ("cross_entropy", "CrossEntropyLoss") and float(preds.min()) >= 0 and torch.allclose(
+            preds.float().sum(1), torch.ones((), device=preds.device), atol=1e-3):
+        warnings.warn(f"{name} takes logits, and these preds look like probabilities (each item's sum to 1): "
+                      "softmax would be applied twice, which trains slowly and reads confidences wrongly. Remove the "
+                      "model's final nn.Softmax (for probabilities: get_preds(act=torch.softmax))", stacklevel=6)
     return None
 
 

@@ -184,6 +184,8 @@ class MetricsCB(Callback):
                                 "loader tuple batches (collate_fn=collate_dict(dataset), DataLoaders.from_dd), or keep "
                                 "MetricsCB() for the loss alone and compute the metrics in a callback of your own")
             return batch
+        if not self.metrics and len(batch) > n_inp:  # the loss alone (of a loss taking the extra items): the first
+            return batch[n_inp]  # target counts the batch's items
         raise ValueError(f"MetricsCB compares the predictions with one target, but this batch has "
                          f"{len(batch) - n_inp} items after its n_inp={n_inp} inputs. Batches are (*inputs, "
                          "*targets): give the loader (inputs, target) batches (leave other items, ids say, out "

@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
                                       LambdaLR, LinearLR, OneCycleLR, PolynomialLR, ReduceLROnPlateau, SequentialLR)
@@ -128,6 +129,15 @@ class BaseSchedCB(Callback):
             return
         try:
             scheduler = self.factory(learn.opt)
+        except TypeError as e:  # a scheduler class given bare, its own arguments missing: say how to pass them
+            if not isinstance(self.factory, type):
+                raise
+            needed = [f"{name}=..." for name, p in list(inspect.signature(self.factory).parameters.items())[1:]
+                      if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            cls = self.factory.__name__
+            raise TypeError(f"{type(self).__name__} calls its factory with the optimizer alone, and the class {cls} "
+                            f"needs more ({e}): give it the rest with a partial, e.g. {type(self).__name__}(partial("
+                            f"{cls}, {', '.join(needed) or '...'}))") from e
         except ZeroDivisionError as e:  # torch's OneCycleLR steps once when built: a first phase of no steps
             if not _raised_in(e, OneCycleLR):  # (a user's own lambda dividing by zero is theirs to see)
                 raise
@@ -606,7 +616,8 @@ class RecorderCB(Callback):
     def after_batch(self, learn: Learner) -> None:
         if learn.training:
             for name, fn in self.fns.items():
-                self.recs[name].append(fn(self))
+                value = fn(self)  # (a tensor of the batch, its loss say, would keep the batch's whole graph alive)
+                self.recs[name].append(value.detach() if isinstance(value, Tensor) else value)
 
     def state_dict(self) -> dict[str, Any]:
         """A copy of `recs`, so a resumed fit's recording continues the interrupted one's."""
