@@ -81,8 +81,23 @@ def test_csv_rows_equal_the_metrics_history_plus_the_lr_of_the_last_training_bat
     assert [r["lr"] for r in rows] == [lr for lr in last_lrs for _ in ("train", "valid")]
 
 
-def test_a_fresh_fit_starts_the_file_anew_and_append_keeps_it(tmp_path):
+def test_a_fresh_fit_refuses_an_earlier_log_unless_told_to_append_or_overwrite(tmp_path):
+    """A fresh fit replaced the file without a word: a script run twice, or a learner's second fit, lost the first
+    run's log."""
     learn = tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")])
+    learn.fit(2)
+    before = (tmp_path / "log.csv").read_bytes()
+    with pytest.raises(FileExistsError, match=r"log.csv is there already .*append=True.*overwrite=True"):
+        learn.fit(1)
+    with pytest.raises(FileExistsError, match=r"log.csv is there already"):
+        tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
+    assert (tmp_path / "log.csv").read_bytes() == before
+    with pytest.raises(ValueError, match=r"append=True, overwrite=True.*pass one"):
+        CSVLoggerCB(tmp_path / "log.csv", append=True, overwrite=True)
+
+
+def test_overwrite_starts_the_file_anew_and_append_keeps_it(tmp_path):
+    learn = tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv", overwrite=True)])
     learn.fit(2)
     learn.fit(1)
     assert [(r["epoch"], r["train"]) for r in read_rows(tmp_path / "log.csv")] == [(0, "train"), (0, "valid")]
@@ -264,10 +279,10 @@ def test_resuming_keeps_earlier_runs_rows_of_an_appended_file():
     assert _kept_rows(second, header, 0, Path("log.csv")) == []
 
 
-def test_a_fresh_fit_replaces_a_file_that_is_not_utf8_without_reading_it(tmp_path):
+def test_overwrite_replaces_a_file_that_is_not_utf8_without_reading_it(tmp_path):
     path = tmp_path / "log.csv"
     path.write_bytes("epoch,note\n0,caf\xe9\n".encode("latin-1"))  # not UTF-8: reading it would fail
-    tiny_learner([quiet_metrics(), CSVLoggerCB(path)]).fit(1)
+    tiny_learner([quiet_metrics(), CSVLoggerCB(path, overwrite=True)]).fit(1)
     assert [(r["epoch"], r["train"]) for r in read_rows(path)] == [(0, "train"), (0, "valid")]
 
 
@@ -331,7 +346,7 @@ def test_a_copy_made_mid_fit_of_a_learner_with_file_loggers_works(tmp_path):
     from miniai.supervised import TrainLearner
     x = torch.randn(40, 4)
     dls = DataLoaders(TensorLoader(x, x.argmax(1), 8), TensorLoader(x, x.argmax(1), 8))
-    for logger in (CSVLoggerCB(tmp_path / "log.csv"), TensorBoardCB(tmp_path / "tb")):
+    for logger in (CSVLoggerCB(tmp_path / "log.csv", overwrite=True), TensorBoardCB(tmp_path / "tb")):
         metrics = MetricsCB()
         metrics.log_fn = lambda row: None
         learn = TrainLearner(nn.Linear(4, 4), dls, F.cross_entropy, lr=0.1, cbs=[metrics, logger])

@@ -50,14 +50,19 @@ class CSVLoggerCB(Callback):
     `learn.metrics.history`, unrounded — and `lr`, param group 0's lr that the pass's last training batch ran with
     (for a validation row, that of the training pass before it). Each line is flushed and fsynced as it is
     written, so a crash leaves a readable file.
-    A fresh fit starts the file anew (without reading it), unless `append=True`, which keeps its rows (same
-    columns required). A resumed fit (`fit(resume=...)`) keeps the rows of the epochs before the checkpoint's,
-    drops any later ones (a run that went on from that checkpoint) and appends. Needs a MetricsCB.
+    A fresh fit refuses a file that is there already (an earlier run's log, or an earlier fit's of this learner),
+    before it trains: `append=True` keeps its rows and adds this fit's (same columns required), `overwrite=True`
+    starts it anew (without reading it). A resumed fit (`fit(resume=...)`) keeps the rows of the epochs before
+    the checkpoint's, drops any later ones (a run that went on from that checkpoint) and appends. Needs a MetricsCB.
     """
     order = 35  # after MetricsCB (10), whose row it writes at after_epoch
+    overwrite = False  # (a CSVLoggerCB pickled before there was overwrite= has none of its own)
 
-    def __init__(self, path: str | os.PathLike, append: bool = False) -> None:
-        self.path, self.append = Path(path), append
+    def __init__(self, path: str | os.PathLike, append: bool = False, overwrite: bool = False) -> None:
+        if append and overwrite:
+            raise ValueError("CSVLoggerCB(append=True, overwrite=True): append keeps the file's rows, overwrite "
+                             "throws them away; pass one")
+        self.path, self.append, self.overwrite = Path(path), append, overwrite
         self.columns: list[str] = []
         self._metrics: Any = None
         self._active = False  # this fit writes (rank 0, not lr_find)
@@ -78,6 +83,12 @@ class CSVLoggerCB(Callback):
                              "MetricsCB() (it logs train_loss and valid_loss) to cbs")
         self.columns = ["epoch", "train", *self._metrics.metrics, "loss", "time", "lr"]
         self._active = _logs_this_fit(learn)
+        fresh = self._active and "train" in learn.passes and learn.resumed_from is None and not (
+            self.append or self.overwrite)  # (an evaluation writes nothing)
+        if fresh and self.path.exists() and (not self.path.is_file() or self.path.stat().st_size):
+            raise FileExistsError(f"{self.path} is there already (an earlier run's log, or an earlier fit's of this "
+                                  "learner), and a fresh fit would replace it: pass CSVLoggerCB(path, append=True) to "
+                                  "add this fit's rows to it, overwrite=True to start it anew, or log to another path")
 
     def before_epoch(self, learn: Learner) -> None:
         if self._active and self._file is None and learn.training:
