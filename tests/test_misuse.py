@@ -50,14 +50,20 @@ def test_nll_loss_of_raw_logits_is_refused():
     TrainLearner(nn.Sequential(nn.Linear(8, 3), nn.LogSoftmax(1)), class_dls(), F.nll_loss, lr=0.1).fit(1)
 
 
-def test_cross_entropy_of_probabilities_is_warned_of():
-    """A model ending in Softmax under cross_entropy applies softmax twice: it trains, slowly, without a word."""
-    learn = TrainLearner(nn.Sequential(nn.Linear(8, 3), nn.Softmax(1)), class_dls(), F.cross_entropy, lr=0.1)
-    with pytest.warns(UserWarning, match=r"takes logits.*look like probabilities.*Softmax"):
-        learn.fit(1)
+def warns_and_quiet(match: str, warned: TrainLearner, quiet: TrainLearner) -> None:
+    """`warned.fit(1)` warns, matching `match`; `quiet.fit(1)` warns nothing."""
+    with pytest.warns(UserWarning, match=match):
+        warned.fit(1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1).fit(1)
+        quiet.fit(1)
+
+
+def test_cross_entropy_of_probabilities_is_warned_of():
+    """A model ending in Softmax under cross_entropy applies softmax twice: it trains, slowly, without a word."""
+    warns_and_quiet(r"takes logits.*look like probabilities.*Softmax",
+                    TrainLearner(nn.Sequential(nn.Linear(8, 3), nn.Softmax(1)), class_dls(), F.cross_entropy, lr=0.1),
+                    TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1))
 
 
 def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
@@ -93,13 +99,10 @@ def test_a_layer_frozen_between_momentum_learner_fits_stays_put():
 
 def test_momentum_learner_with_an_optimizers_own_momentum_is_warned_of():
     """The gradients' momentum and the optimizer's stack: 20 steps moved 5.3 against 0.97 for one momentum."""
-    learn = MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1,
-                            opt_func=lambda p, lr: optim.SGD(p, lr=lr, momentum=0.9))
-    with pytest.warns(UserWarning, match=r"MomentumLearner.*momentum=0.9.*second"):
-        learn.fit(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1).fit(1)
+    warns_and_quiet(r"MomentumLearner.*momentum=0.9.*second",
+                    MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1,
+                                    opt_func=lambda p, lr: optim.SGD(p, lr=lr, momentum=0.9)),
+                    MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1))
 
 
 def test_recorder_keeps_no_graph_of_a_tensor_it_records():
