@@ -39,10 +39,12 @@ def check_count(name: str, value: Any, least: int = 1, what: str = "", error: ty
 
 
 def check_number(name: str, value: Any, least: float = 0.0, strict: bool = False, what: str = "") -> float:
-    """Return `value` if it is a real number >= `least` (> it when `strict`; inf passes, NaN, which compares false
-    with everything, and bools never do); else a ValueError naming `name`, the bound and `what` it sets."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            value > least if strict else value >= least):
+    """Return `value` if it is a real number >= `least` (> it when `strict`; a one-number tensor or array too; inf
+    passes, NaN, which compares false with everything, and bools never do); else a ValueError naming `name`, the
+    bound and `what` it sets."""
+    number = value.item() if getattr(value, "shape", None) == () and hasattr(value, "item") else value
+    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not (
+            number > least if strict else number >= least):
         raise ValueError(f"{name} must be a number {'>' if strict else '>='} {least:g}{what}, got {value!r}")
     return value
 
@@ -152,8 +154,7 @@ def _skip_pass(name: str) -> str:
 def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any) -> None:
     """A loss class where an instance belongs, or an optimizer where its factory belongs, fails later, deep in torch;
     an `n_inp` that is not a count of inputs splits batches wrongly (-1: (x, y) as inputs of a 3-item batch)."""
-    if not isinstance(n_inp, int) or isinstance(n_inp, bool) or n_inp < 1:
-        raise TypeError(f"n_inp is how many of a batch's items are the model's inputs, an int >= 1; got {n_inp!r}")
+    check_count("n_inp", n_inp, what=" (how many of a batch's items are the model's inputs)", error=TypeError)
     if isinstance(loss_func, type):
         raise TypeError(f"loss_func is the class {loss_func.__name__}: pass an instance, {loss_func.__name__}(), or a "
                         "function such as F.cross_entropy")
@@ -225,27 +226,30 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
 
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:
-    """Refuse a training fit that would change nothing (no parameter to train, or an optimizer holding none of
-    them), or leave parameters a callback's before_fit added after the optimizer was made without a step."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:  # (torch's own error comes at the first backward, and names no parameter)
-        raise RuntimeError("no parameter of the model requires grad (all frozen), so there is nothing to train: "
-                           "unfreeze some (model.requires_grad_(True), or a layer's), or evaluate with "
-                           "fit(n, train=False)")
+    """Refuse a training fit that would leave parameters a callback's before_fit added after the optimizer was made
+    without a step, or that would change nothing: an optimizer of nothing trainable (an all-frozen model), or of
+    other parameters than the model's (an earlier model's). Tensors outside the model (an input perturbation) are
+    the optimizer's to train."""
     if not hasattr(opt, "param_groups"):  # an optimizer of one's own (the course's SGD class): no groups to read
         return
-    in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
-    if not any(id(p) in in_opt for p in trainable):  # every step would change nothing
-        raise RuntimeError(f"the optimizer holds none of the model's {len(trainable)} trainable parameters, so "
-                           "training would change nothing: opt_func built it on other tensors (an earlier model's, "
-                           "after a notebook cell was run again?). Build it on the parameters fit passes it: "
-                           "opt_func(params, lr)")
+    held = [p for group in opt.param_groups for p in group["params"]]
+    in_opt = {id(p) for p in held}
     new = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_opt
            and id(p) not in params_at_opt]  # (opt_func may leave some out on purpose: those were there before)
     if new:
         raise RuntimeError(f"a callback's before_fit gave the model parameters not in the optimizer, which was "
                            f"made before it ({', '.join(new[:5])}): change the model before fit, so fit's "
                            "optimizer includes them")
+    if not any(p.requires_grad for p in held):  # (torch's own error comes at the first backward, naming nothing)
+        raise RuntimeError("nothing the optimizer holds requires grad (the model's parameters are all frozen?), so "
+                           "there is nothing to train: unfreeze some (model.requires_grad_(True), or a layer's), or "
+                           "evaluate with fit(n, train=False)")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if trainable and not any(id(p) in in_opt for p in trainable) and all(isinstance(p, nn.Parameter) for p in held):
+        raise RuntimeError(f"the optimizer holds none of the model's {len(trainable)} trainable parameters, but "
+                           "other parameters, so training would change nothing: opt_func built it on another "
+                           "model's (an earlier one, after a notebook cell was run again?). Build it on the "
+                           "parameters fit passes it: opt_func(params, lr)")
 
 
 def empty_pass_error(training: bool, epoch: Any, dl: Any) -> ValueError:

@@ -266,8 +266,9 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     """A learner for inference from `export`'s file: the model in eval mode on `device`, classes, normalization.
 
     It is a `TrainLearner` with a `DeviceCB(device)` and the exported predict-path callbacks; its `dls` hold no
-    loaders, only `classes` and `normalize`, so `infer(x)` works and `get_preds` takes `dl=`. It has no lr:
-    to train on, pass one (`learn.fit(1, lr=...)`). This unpickles code (`torch.load(weights_only=False)`):
+    loaders, only `classes` and `normalize`, so `infer(x)` works and `get_preds` takes `dl=`. The export keeps the
+    model, not how it was trained: to train on, give it loaders, an lr and the optimizer you want (`learn.opt_func
+    = optim.AdamW; learn.fit(1, lr=...)`; the default is plain SGD); the NaN guard is on. This unpickles code (`torch.load(weights_only=False)`):
     only load files you trust, with the model's class importable as it was at export.
     """
     # on the CPU first: torch.load can't map storages to an indexed CPU device ('cpu:0'); .to() below can
@@ -283,4 +284,4 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
                       item_shape=bundle.get("item_shape"),  # exports before item_shape have none
                       item_dtype=bundle.get("item_dtype"))
     return TrainLearner(model, dls, bundle["loss_func"], lr=None, cbs=[DeviceCB(device), *bundle["cbs"]],
-                        nan_guard=False, n_inp=bundle["n_inp"])
+                        n_inp=bundle["n_inp"])

@@ -34,7 +34,7 @@ Learner state that callbacks may read, and from which event on:
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
 | `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: ran out  |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
-| `pass_steps`                 | `before_epoch` | the optimizer steps called in this pass so far (a scaler's skip counts)   |
+| `pass_steps`                 | `before_epoch` | the optimizer steps taken in this pass so far (and GradScaler's skips)    |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
 | `preds`, `loss`              | `after_predict`| the model's output; `loss_func(preds, *yb)` (from `after_loss`)           |
@@ -284,10 +284,9 @@ class Learner(Conveniences):
         try:
             self._do("backward")
             self._emit("after_backward")
-            self.pass_steps += 1  # (an epoch whose every step a GradScaler skipped still trained, as a hand loop's)
             self._do("step")
-            self.stepped = True
-            self._emit("after_step")
+            self.stepped, self.pass_steps = True, self.pass_steps + 1  # (schedulers count these: a cancel may cut
+            self._emit("after_step")  # after_step's handlers short)
             self._do("zero_grad")
         except CancelStepException:
             pass

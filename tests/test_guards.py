@@ -554,3 +554,14 @@ def test_the_guards_refuse_settings_that_would_silently_misbehave(build, match):
     patience=2.5, GradClipCB(nan) (NaN gradients) and TerminateOnNaNCB(every=1.5) were taken without a word."""
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_the_guards_take_the_numbers_torch_takes():
+    """GradClipCB(torch.tensor(1.0)), norm_type='inf' and a tensor min_delta trained before the checks came."""
+    import numpy as np
+    GradClipCB(torch.tensor(1.0), norm_type="inf")
+    GradClipCB(np.float32(1.0), norm_type=float("inf"))
+    EarlyStoppingCB(patience=np.int64(2), min_delta=torch.tensor(0.01))
+    from miniai.callbacks import SWACB
+    SWACB(1, torch.tensor(0.05))
+    SWACB(1, np.array(0.05))

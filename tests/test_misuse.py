@@ -79,7 +79,7 @@ def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
 
 def test_a_model_with_no_trainable_parameter_is_refused_before_training():
     model = nn.Linear(8, 3).requires_grad_(False)
-    with pytest.raises(RuntimeError, match=r"no parameter of the model requires grad"):
+    with pytest.raises(RuntimeError, match=r"nothing the optimizer holds requires grad"):
         TrainLearner(model, class_dls(), F.cross_entropy, lr=0.5).fit(1)
     TrainLearner(model, class_dls(), F.cross_entropy, lr=0.5).fit(1, train=False)  # evaluating it is fine
 
@@ -164,3 +164,160 @@ def test_an_epoch_scheduler_class_without_its_arguments_says_to_use_a_partial():
     from miniai.callbacks import EpochSchedCB
     with pytest.raises(TypeError, match=r"StepLR.*partial\(StepLR, step_size=\.\.\.\)"):
         TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, cbs=[EpochSchedCB(StepLR)]).fit(1)
+
+
+# ---------------------------------------------------------------- what the checks above must let through
+
+def test_nll_of_log_probabilities_with_an_epsilon_trains_and_log_sigmoid_scores_are_refused():
+    """log(softmax + 1e-6) reaches 1e-6 above 0 on a confident item: it was refused as raw logits, mid-run."""
+    class LogProbs(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log(torch.softmax(x * 100, 1) + 1e-6)  # (× 100: items whose top class has p ≈ 1)
+    TrainLearner(nn.Sequential(nn.Linear(8, 3), LogProbs()), class_dls(), F.nll_loss, lr=0.1).fit(1)
+    with pytest.raises(LossInputError, match=r"log-probabilities"):  # <= 0, but not a distribution's logs
+        TrainLearner(nn.Sequential(nn.Linear(8, 3), nn.LogSigmoid()), class_dls(), F.nll_loss, lr=0.1).fit(1)
+
+
+def test_cross_entropy_of_bfloat16_probabilities_is_warned_of_too():
+    from miniai.callbacks import MixedPrecisionCB
+    learn = TrainLearner(nn.Sequential(nn.Linear(8, 3), nn.Softmax(1)), class_dls(), F.cross_entropy, lr=0.1,
+                         cbs=[MixedPrecisionCB(torch.bfloat16)])
+    with pytest.warns(UserWarning, match=r"look like probabilities"):
+        learn.fit(1)
+
+
+def test_optimizing_a_tensor_outside_a_frozen_model_trains_it():
+    """An input perturbation learned through a frozen classifier was refused as 'nothing to train'."""
+    delta = torch.zeros(1, 8, requires_grad=True)
+
+    class Perturbed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(8, 3).requires_grad_(False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x + delta)
+    TrainLearner(Perturbed(), class_dls(), F.cross_entropy, lr=0.1,
+                 opt_func=lambda params, lr: optim.SGD([delta], lr=lr)).fit(1)
+    assert delta.abs().sum() > 0
+
+
+def test_parameters_a_callback_adds_while_freezing_the_rest_are_named():
+    """A LoRA-style callback's before_fit freezes the base and adds adapters: the error named a stale optimizer
+    (an earlier model's), not the adapters added after the optimizer was made."""
+    from miniai.learner import Callback
+
+    class Adapted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base, self.extra = nn.Linear(8, 3), None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.base(x) + (0 if self.extra is None else self.extra(x))
+
+    class AddAdapter(Callback):
+        def before_fit(self, learn: TrainLearner) -> None:
+            learn.model.base.requires_grad_(False)
+            learn.model.extra = nn.Linear(8, 3)
+    with pytest.raises(RuntimeError, match=r"parameters not in the optimizer.*extra.weight"):
+        TrainLearner(Adapted(), class_dls(), F.cross_entropy, lr=0.1, cbs=[AddAdapter()]).fit(1)
+
+
+def test_a_step_that_raises_leaves_its_epoch_uncounted():
+    """The step counted before it ran: an error in the first step counted the epoch, and a retry walked the seeded
+    loader's next order instead of replaying the run."""
+    from miniai.learner import Callback
+
+    class BadStep(Callback):
+        owns_steps = ("step",)
+
+        def step(self, learn: TrainLearner) -> None:
+            raise RuntimeError("the optimizer failed")
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1)
+    with pytest.raises(RuntimeError, match="the optimizer failed"):
+        learn.fit(1, cbs=[BadStep()])
+    assert learn._epochs_trained == 0
+
+
+def test_an_n_inp_a_numpy_integer_serves_every_fit():
+    import numpy as np
+    from miniai.callbacks import TrainCB
+    from miniai.learner import Learner
+    learn = Learner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[TrainCB(n_inp=np.int64(1))])
+    learn.fit(1)
+    learn.fit(1)
+
+
+# ---------------------------------------------------------------- a long notebook session (a probe's list)
+
+def test_a_loaded_learner_trains_on_with_the_nan_guard():
+    """load_learner built it without the guard: a diverging fit ended with infinite weights and no word."""
+    from miniai.callbacks.guards import NonFiniteLossError
+    from miniai.inference import load_learner
+    import tempfile
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1)
+    learn.fit(1)
+    with tempfile.TemporaryDirectory() as d:
+        learn.export(f"{d}/model.pkl")
+        loaded = load_learner(f"{d}/model.pkl")
+    x = torch.randn(32, 8)
+    x[5] = float("nan")  # (a NaN in the data: the guard stops at its batch)
+    loaded.dls = DataLoaders(TensorLoader(x, torch.zeros(32, dtype=torch.long), 16), TensorLoader(x, x[:, 0], 16))
+    with pytest.raises(NonFiniteLossError):
+        loaded.fit(1, lr=0.1)
+
+
+def test_two_progress_bars_in_one_fit_are_refused():
+    """The learner's ProgressCB and one given to fit(cbs=...) chained MetricsCB's log_fn out of order: one bar got
+    no validation losses, and the other kept receiving rows after it was removed."""
+    from miniai.callbacks import ProgressCB
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[MetricsCB(), ProgressCB()])
+    with pytest.raises(ValueError, match=r"2 ProgressCBs.*one"):
+        learn.fit(1, cbs=[ProgressCB(plot=True)])
+
+
+def test_an_evaluation_leaves_checkpoint_and_early_stopping_state_alone_and_they_stand_aside(tmp_path):
+    """An evaluation fit reset CheckpointCB's best and last paths and EarlyStoppingCB's count; one watching a train_
+    metric refused every evaluation."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.callbacks.guards import EarlyStoppingCB
+    ckpt, stop = CheckpointCB(tmp_path, monitor="train_loss"), EarlyStoppingCB("train_loss", patience=5)
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[MetricsCB(), ckpt, stop])
+    learn.fit(2)
+    kept = (ckpt.best, ckpt.best_path, ckpt.last_path, stop.best, stop.wait)
+    assert ckpt.best_path is not None
+    learn.fit(1, train=False)
+    assert (ckpt.best, ckpt.best_path, ckpt.last_path, stop.best, stop.wait) == kept
+    assert ckpt.best_path.exists() and ckpt.last_path.exists()
+
+
+def test_an_evaluation_resumed_from_a_checkpoint_that_validates_nothing_is_refused(tmp_path):
+    """fit(n, train=False, resume=ckpt) with n the checkpoint's epoch validated nothing, warned only that nothing
+    was left to train, and had already replaced the learner's model with the checkpoint's."""
+    from miniai.callbacks import CheckpointCB
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[MetricsCB()])
+    learn.fit(2, cbs=[CheckpointCB(tmp_path)])
+    learn.fit(1)  # (a later fit: the session's weights are newer than the checkpoint's)
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"validates epochs 2..1 of the run, none.*learn.fit\(3, train=False"):
+        learn.fit(2, train=False, resume=tmp_path)
+    assert torch.equal(before, learn.model.weight)
+    learn.fit(3, train=False, resume=tmp_path)  # the checkpoint's weights, validated once
+    assert learn.metrics.history[-1]["epoch"] == 2
+
+
+def test_a_recorder_function_that_fails_says_which():
+    """RecorderCB(mom=_beta1) with SGD failed with a bare KeyError: 'betas', naming nothing."""
+    from miniai.callbacks import _beta1
+    rec = RecorderCB(mom=_beta1)
+    with pytest.raises(KeyError) as info:
+        TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[rec]).fit(1)
+    assert "RecorderCB's function for 'mom' (_beta1) raised" in "".join(getattr(info.value, "__notes__", []))
+
+
+def test_recorder_keeps_no_graph_of_tensors_inside_what_it_records():
+    rec = RecorderCB(losses=lambda cb: (cb.learn.loss, {"x2": cb.learn.loss * 2}))
+    TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[rec]).fit(1)
+    loss, more = rec.recs["losses"][0]
+    assert not loss.requires_grad and not more["x2"].requires_grad
+    rec.state_dict()

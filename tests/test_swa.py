@@ -454,11 +454,11 @@ def test_a_resume_with_other_swa_settings_once_averaging_began_is_refused(tmp_pa
                                              r"anneal_epochs=1, anneal_strategy='cos'\).*resume with that SWACB"):
             learn.fit(4, resume=tmp_path / "epoch_0002.pt")
         assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # nothing loaded
-    same = bn_learner([SWACB(1, 0.05)])
-    same.fit(4, resume=tmp_path / "epoch_0002.pt")  # the same settings resume as before
+    for same in (SWACB(1, 0.05), SWACB(1, [0.05]), SWACB(1, 5e-2)):  # the same, written otherwise
+        bn_learner([same]).fit(4, resume=tmp_path / "epoch_0002.pt")
     # before averaging began a new plan applies, unless the resumed epoch is already past its swa_start
     bn_learner([SWACB(2, 0.01)]).fit(4, resume=tmp_path / "epoch_0001.pt")
-    with pytest.raises(ValueError, match=r"resumes at epoch 1, past this SWACB's swa_start=0.*SWACB\(swa_start=1, .*swa_start >= 1"):
+    with pytest.raises(ValueError, match=r"resumes at epoch 1, past this SWACB's swa_start=0.*not begun averaging.*swa_start >= 1"):
         bn_learner([SWACB(0, 0.05)]).fit(4, resume=tmp_path / "epoch_0001.pt")
 
 
@@ -480,3 +480,11 @@ def test_swa_lrs_of_another_count_than_the_param_groups_are_refused_before_train
     with pytest.raises(ValueError, match=r"SWACB has 2 swa_lr values, the optimizer 1 param group"):
         learn.fit(3)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # refused before it trained
+
+
+def test_swa_added_on_resuming_past_swa_start_to_a_run_without_it_is_refused(tmp_path):
+    """It averaged nothing and warned that no epoch from swa_start on was trained, though three did."""
+    from miniai.callbacks import CheckpointCB
+    bn_learner([CheckpointCB(tmp_path, keep=None)]).fit(3)
+    with pytest.raises(ValueError, match=r"resumes at epoch 3, past this SWACB's swa_start=2.*swa_start >= 3"):
+        bn_learner([SWACB(2, 0.05)]).fit(5, resume=tmp_path)

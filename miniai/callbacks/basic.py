@@ -192,12 +192,14 @@ def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple) -> str | None
         return f"{name} over one class (preds {tuple(preds.shape)}) is always 0: softmax of one score is 1. {_BINARY}"
     if not preds.numel() or not preds.is_floating_point():
         return None
-    if name in ("nll_loss", "NLLLoss") and float(preds.max()) > 0:  # (log-probabilities are <= 0)
-        return (f"{name} takes log-probabilities (<= 0, log_softmax's output), and these preds reach "
-                f"{float(preds.max()):.3g} (raw logits?): end the model with nn.LogSoftmax(1), or use F.cross_entropy, "
-                "which takes the logits themselves")
+    if name in ("nll_loss", "NLLLoss"):  # each item's log-probabilities: their exps sum to 1 (log(p + eps) nearly)
+        mass = preds.float().exp().sum(1)
+        if float((mass - 1).abs().max()) > 0.1:
+            return (f"{name} takes log-probabilities (log_softmax's output: each item's exps sum to 1), and these "
+                    f"preds' sum to {float(mass.max()):.3g} (raw logits? log_sigmoid?): end the model with "
+                    "nn.LogSoftmax(1), or use F.cross_entropy, which takes the logits themselves")
     if name in ("cross_entropy", "CrossEntropyLoss") and float(preds.min()) >= 0 and torch.allclose(
-            preds.float().sum(1), torch.ones((), device=preds.device), atol=1e-3):
+            preds.float().sum(1), torch.ones((), device=preds.device), atol=1e-2):  # (bfloat16's sums: 1 ± 4e-3)
         warnings.warn(f"{name} takes logits, and these preds look like probabilities (each item's sum to 1): "
                       "softmax would be applied twice, which trains slowly and reads confidences wrongly. Remove the "
                       "model's final nn.Softmax (for probabilities: get_preds(act=torch.softmax))", stacklevel=6)

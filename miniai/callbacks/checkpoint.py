@@ -475,6 +475,9 @@ class CheckpointCB(Callback):
                for cb in learn.cbs):  # each would delete the other's files as it keeps its own newest
             raise ValueError(f"two CheckpointCBs write into {self.path}: give each its own directory (one "
                              "CheckpointCB(path, keep=n, monitor=...) keeps the newest n and the best)")
+        if "train" not in learn.passes:  # an evaluation saves nothing: the run's best and newest stay as they were
+            self._pending, self._resumed_from = None, learn.resumed_from
+            return
         if self.monitor is not None:
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []

@@ -223,6 +223,7 @@ class EarlyStoppingCB(Callback):
         self.best: float | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
+        self._on = True  # this fit trains (an evaluation leaves the count alone)
 
     def state_dict(self) -> dict[str, Any]:
         """{'best', 'wait', 'stopped_epoch', 'monitor', 'mode'}: the best value seen, epochs without improvement,
@@ -241,8 +242,10 @@ class EarlyStoppingCB(Callback):
         self.stopped_epoch = state["stopped_epoch"] if self.wait >= self.patience else None
 
     def before_fit(self, learn: Learner) -> None:
-        check_monitor(learn, self.monitor, "EarlyStoppingCB")
-        self.best, self.wait, self.stopped_epoch = None, 0, None
+        self._on = "train" in learn.passes  # an evaluation stops nothing: the run's count and best stay
+        if self._on:
+            check_monitor(learn, self.monitor, "EarlyStoppingCB")
+            self.best, self.wait, self.stopped_epoch = None, 0, None
 
     def before_batch(self, learn: Learner) -> None:
         if learn.training and self.stopped_epoch is not None:
@@ -254,8 +257,8 @@ class EarlyStoppingCB(Callback):
             raise CancelFitException()
 
     def after_epoch(self, learn: Learner) -> None:
-        if learn.training != self.monitor.startswith("train_"):
-            return  # not the pass that logs the monitored value
+        if not self._on or learn.training != self.monitor.startswith("train_"):
+            return  # an evaluation, or not the pass that logs the monitored value
         value = learn.metrics.last[self.monitor]
         if improves(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
@@ -280,7 +283,8 @@ class GradClipCB(Callback):
 
     def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
         check_number("max_norm", max_norm, strict=True, what=" (the gradients' largest total norm)")
-        check_number("norm_type", norm_type, strict=True, what=" (the p of the p-norm; float('inf'): the max)")
+        if norm_type != "inf":  # (torch takes the string too)
+            check_number("norm_type", norm_type, strict=True, what=" (the p of the p-norm; float('inf'): the max)")
         self.max_norm, self.norm_type = max_norm, norm_type
         self.last_norm: torch.Tensor | None = None
 

@@ -132,6 +132,7 @@ class MixedPrecisionCB(Callback):
         if not self._stepped or (fused and self.scaler.get_scale() < before):
             self.n_skipped += 1
             learn.opt.zero_grad()  # the inf/NaN grads must not leak into the next step
+            learn.pass_steps += 1  # a step of the epoch still (a hand loop's): an epoch of only skips trained too
             raise CancelStepException()
         self._taken += 1
 

@@ -38,6 +38,10 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     file = find_checkpoint(path)
     state = load_checkpoint(file)
     done, n_epochs = int(state["epoch"]), learn.n_epochs
+    if "train" not in learn.passes and done >= n_epochs:  # (it would load the checkpoint into the learner for nothing)
+        raise ValueError(f"checkpoint {file} is after epoch {done}; an evaluation resumed from it validates epochs "
+                         f"{done}..{n_epochs - 1} of the run, none here: to validate its weights once, "
+                         f"learn.fit({done + 1}, train=False, resume=...)")
     if done > n_epochs:
         raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {n_epochs} epochs in total: "
                          f"n_epochs counts from the start of the run, so pass n_epochs >= {done}.")

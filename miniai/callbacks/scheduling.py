@@ -35,9 +35,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
                                       LambdaLR, LinearLR, OneCycleLR, PolynomialLR, ReduceLROnPlateau, SequentialLR)
 
+from ..checks import add_note
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
+from ..utils import map_tensors
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
 
@@ -616,8 +618,15 @@ class RecorderCB(Callback):
     def after_batch(self, learn: Learner) -> None:
         if learn.training:
             for name, fn in self.fns.items():
-                value = fn(self)  # (a tensor of the batch, its loss say, would keep the batch's whole graph alive)
-                self.recs[name].append(value.detach() if isinstance(value, Tensor) else value)
+                try:
+                    value = fn(self)
+                except Exception as e:
+                    add_note(e, f"(RecorderCB's function for {name!r} ({getattr(fn, '__name__', fn)}) raised it: "
+                                "it reads self.pg, the optimizer's first param group, and self.learn; _mom reads "
+                                "momentum or Adam's beta1, _beta1 only Adam's)")
+                    raise
+                # (tensors of the batch, its loss say, would keep the batch's whole graph alive)
+                self.recs[name].append(map_tensors(value, Tensor.detach))
 
     def state_dict(self) -> dict[str, Any]:
         """A copy of `recs`, so a resumed fit's recording continues the interrupted one's."""

@@ -73,7 +73,6 @@ class SWACB(Callback):
         self.raw_model: nn.Module | None = None
         self.metrics: dict[str, float] = {}
         self._opt: torch.optim.Optimizer | None = None
-        self._start_epoch = 0  # the fit's first epoch (later than 0 when resumed)
         self._on = False  # whether this fit trains (an evaluation leaves the average and the records alone)
 
     def before_fit(self, learn: Learner) -> None:
@@ -92,11 +91,15 @@ class SWACB(Callback):
             raise ValueError(f"SWACB has {len(self.swa_lr)} swa_lr values, the optimizer {len(learn.opt.param_groups)} "
                              "param group(s): give one swa_lr, or one per param group")
         self.raw_model, self.swa_scheduler, self.metrics, self._opt = learn.model, None, {}, learn.opt
-        self._start_epoch = learn.start_epoch  # (a resume set it before any before_fit)
         self.swa_model = AveragedModel(learn.model)
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
     def before_epoch(self, learn: Learner) -> None:
+        if learn.training and self.swa_scheduler is None and isinstance(learn.epoch, int) and \
+                learn.epoch > self.swa_start:  # (resumed past swa_start, where SWALR is built: no average goes on)
+            raise ValueError(f"this fit resumes at epoch {learn.epoch}, past this SWACB's swa_start={self.swa_start}, "
+                             "and the checkpoint's run had not begun averaging (or had no SWACB): resume with its "
+                             f"SWACB, or one of swa_start >= {learn.epoch}")
         if learn.training and learn.epoch == self.swa_start:
             # built now, on the lr the schedule left: SWALR anneals from the lr it finds to swa_lr
             self.swa_scheduler = self._swalr(learn.opt)
@@ -130,7 +133,7 @@ class SWACB(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The average so far (`swa_model`'s state, with `n_averaged`) and SWALR's state once it runs."""
-        return {"swa_model": self.swa_model.state_dict(), "settings": repr(self),
+        return {"swa_model": self.swa_model.state_dict(), "settings": self._settings(),
                 "swa_scheduler": None if self.swa_scheduler is None else self.swa_scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -146,14 +149,10 @@ class SWACB(Callback):
             return
         saved = state.get("settings")  # (older checkpoints: none)
         began = state["swa_scheduler"] is not None or int(state["swa_model"].get("n_averaged", 0)) > 0
-        if began and saved is not None and saved != repr(self):  # the average and SWALR's state are of those
-            raise ValueError(f"the checkpoint's run averaged with {saved}, this fit's is {self!r}: its average so "
-                             "far and SWALR's state are the saved settings'. To continue it, resume with that SWACB; "
-                             "for the new settings start a new fit from the checkpoint's weights")
-        if not began and self.swa_start < self._start_epoch:  # epoch swa_start, where SWALR is built, is past
-            raise ValueError(f"this fit resumes at epoch {self._start_epoch}, past this SWACB's swa_start="
-                             f"{self.swa_start}, and the checkpoint's run had not begun averaging: resume with its "
-                             f"SWACB{f' ({saved})' if saved else ''}, or one of swa_start >= {self._start_epoch}")
+        if began and saved is not None and saved != self._settings():  # the average and SWALR's state are of those
+            raise ValueError(f"the checkpoint's run averaged with SWACB({_described(saved)}), this fit's is {self!r}: "
+                             "its average so far and SWALR's state are the saved settings'. To continue it, resume "
+                             "with that SWACB; for the new settings start a new fit from the checkpoint's weights")
         self.swa_model.load_state_dict(state["swa_model"])
         if state["swa_scheduler"] is not None:  # resumed past swa_start: SWALR goes on where it was
             self.swa_scheduler = self._swalr(self._opt)
@@ -198,9 +197,21 @@ class SWACB(Callback):
         if metrics is not None:
             self.metrics = {k: v for k, v in metrics.last.items() if k.startswith("valid_")}
 
+    def _settings(self) -> dict[str, Any]:
+        """What the average and SWALR's state depend on, as plain numbers (0.05, [0.05] and 5e-2 alike)."""
+        lrs = self.swa_lr if isinstance(self.swa_lr, (list, tuple)) else [self.swa_lr] * len(self._opt.param_groups)
+        return {"swa_start": int(self.swa_start), "swa_lr": [float(lr) for lr in lrs],
+                "anneal_epochs": int(self.anneal_epochs), "anneal_strategy": self.anneal_strategy}
+
     def __repr__(self) -> str:
         return (f"SWACB(swa_start={self.swa_start}, swa_lr={self.swa_lr}, anneal_epochs={self.anneal_epochs}, "
                 f"anneal_strategy={self.anneal_strategy!r})")
+
+
+def _described(settings: dict[str, Any]) -> str:
+    """A checkpoint's SWACB settings as the arguments that make them."""
+    lrs = settings["swa_lr"]
+    return ", ".join(f"{k}={v!r}" for k, v in {**settings, "swa_lr": lrs[0] if len(set(lrs)) == 1 else lrs}.items())
 
 
 class _TrainMode(Callback):
