@@ -289,4 +289,5 @@ def fit_note(learn: Any, error: BaseException, temporary: list) -> str:
     if isinstance(error, KeyboardInterrupt):
         from .callbacks.checkpoint import interrupt_note  # (here: the callbacks import learner.py, which imports this)
         return interrupt_note(learn, temporary)
-    return misplaced_cancel_note(error, step=type(error).__name__ == "CancelStepException")
+    from .learner import CancelStepException  # (here: learner.py imports this module)
+    return misplaced_cancel_note(error, step=isinstance(error, CancelStepException))

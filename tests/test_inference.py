@@ -16,6 +16,7 @@ from torch import nn, optim
 from miniai.augment import RandomFlip
 from miniai.callbacks.augment import BatchTransformCB
 from miniai.callbacks.basic import DeviceCB, TrainCB
+from miniai.callbacks.guards import TerminateOnNaNCB
 from miniai.callbacks.metrics import MetricsCB
 from miniai.callbacks.mixed_precision import MixedPrecisionCB
 from miniai.data import DataLoaders, Normalize, TensorLoader
@@ -206,7 +207,8 @@ def test_a_new_process_predicts_exactly_what_the_exporting_one_did(tmp_path):
 def test_the_loaded_learner_has_the_predict_path_and_nothing_of_training(tmp_path):
     learn = trained([MixedPrecisionCB()])
     loaded = load_learner(learn.export(tmp_path / "m.pkl"))
-    assert [type(cb) for cb in loaded.cbs] == [DeviceCB, BatchTransformCB, MixedPrecisionCB]
+    # (and the NaN guard, which acts only if it trains on: inference passes don't run it)
+    assert [type(cb) for cb in loaded.cbs] == [DeviceCB, BatchTransformCB, MixedPrecisionCB, TerminateOnNaNCB]
     assert loaded.dls.classes == ["a", "b", "c"] and isinstance(loaded.dls.normalize, Normalize)
     assert loaded.dls.train is None and loaded.opt is None and not loaded.model.training
     assert loaded.loss_func is F.cross_entropy

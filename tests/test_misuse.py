@@ -321,3 +321,13 @@ def test_recorder_keeps_no_graph_of_tensors_inside_what_it_records():
     loss, more = rec.recs["losses"][0]
     assert not loss.requires_grad and not more["x2"].requires_grad
     rec.state_dict()
+
+
+def test_a_fit_after_a_divergence_blames_the_weights_not_the_data():
+    """After a NaN stop the next fit's first loss is NaN too: its error led with 'Check the data'."""
+    from miniai.callbacks.guards import NonFiniteLossError
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1)
+    with torch.no_grad():
+        learn.model.weight[0, 0] = float("inf")  # what a diverged fit leaves
+    with pytest.raises(NonFiniteLossError, match=r"weights reach inf: an earlier fit diverged.*Rebuild the model"):
+        learn.fit(1)

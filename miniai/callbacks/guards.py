@@ -156,6 +156,14 @@ class TerminateOnNaNCB(Callback):
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         where = f" on rank {bad_rank}" if bad_rank is not None else ""
         if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
+            largest = 0.0 if learn.pass_steps else max(  # (a step since, checked later, may have made them so)
+                (float(p.detach().abs().max()) for p in learn.model.parameters() if p.numel()), default=0.0)
+            if not largest < 1e6:  # (NaN too) an earlier fit diverged: its weights, not the data, are to blame
+                raise NonFiniteLossError(
+                    f"training loss is {value}{where} at the fit's first batch, and the model's weights reach "
+                    f"{largest:.3g}: an earlier fit diverged and left them so. Rebuild the model (or load a good "
+                    "checkpoint's weights: learn.model.load_state_dict(load_checkpoint(path)['model'])), then train "
+                    "with a lower lr (learn.lr_find())." + self._advice(learn, first=True))
             raise NonFiniteLossError(
                 f"training loss is {value}{where} at epoch 0, batch 0, the fit's first batch, before any optimizer "
                 "step: the lr is not the cause. Check the data (NaN or inf in the batch's inputs or targets) and the "
