@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn, optim
 
-__all__ = ["add_note", "check_count", "check_number", "call_model", "describe", "check_new_callback", "check_known_callback",
+__all__ = ["add_note", "check_count", "check_number", "call_model", "describe", "check_new_callback",
+           "check_known_callback",
            "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args", "check_loaders", "drops_last",
            "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note", "fit_note"]
 

@@ -268,7 +268,8 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     It is a `TrainLearner` with a `DeviceCB(device)` and the exported predict-path callbacks; its `dls` hold no
     loaders, only `classes` and `normalize`, so `infer(x)` works and `get_preds` takes `dl=`. The export keeps the
     model, not how it was trained: to train on, give it loaders, an lr and the optimizer you want (`learn.opt_func
-    = optim.AdamW; learn.fit(1, lr=...)`; the default is plain SGD); the NaN guard is on. This unpickles code (`torch.load(weights_only=False)`):
+    = optim.AdamW; learn.fit(1, lr=...)`; the default is plain SGD); the NaN guard is on. This unpickles code
+    (`torch.load(weights_only=False)`):
     only load files you trust, with the model's class importable as it was at export.
     """
     # on the CPU first: torch.load can't map storages to an indexed CPU device ('cpu:0'); .to() below can

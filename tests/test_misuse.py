@@ -174,8 +174,12 @@ def test_nll_of_log_probabilities_with_an_epsilon_trains_and_log_sigmoid_scores_
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.log(torch.softmax(x * 100, 1) + 1e-6)  # (× 100: items whose top class has p ≈ 1)
     TrainLearner(nn.Sequential(nn.Linear(8, 3), LogProbs()), class_dls(), F.nll_loss, lr=0.1).fit(1)
-    with pytest.raises(LossInputError, match=r"log-probabilities"):  # <= 0, but not a distribution's logs
-        TrainLearner(nn.Sequential(nn.Linear(8, 3), nn.LogSigmoid()), class_dls(), F.nll_loss, lr=0.1).fit(1)
+
+    class Shifted(nn.Module):  # <= 0, but not a distribution's logs (their exps sum to e^-3)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log_softmax(x, 1) - 3
+    with pytest.raises(LossInputError, match=r"log-probabilities.*exps summing to 0.0498"):
+        TrainLearner(nn.Sequential(nn.Linear(8, 3), Shifted()), class_dls(), F.nll_loss, lr=0.1).fit(1)
 
 
 def test_cross_entropy_of_bfloat16_probabilities_is_warned_of_too():
@@ -327,7 +331,55 @@ def test_a_fit_after_a_divergence_blames_the_weights_not_the_data():
     """After a NaN stop the next fit's first loss is NaN too: its error led with 'Check the data'."""
     from miniai.callbacks.guards import NonFiniteLossError
     learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1)
+    learn.fit(1)
     with torch.no_grad():
         learn.model.weight[0, 0] = float("inf")  # what a diverged fit leaves
     with pytest.raises(NonFiniteLossError, match=r"weights reach inf: an earlier fit diverged.*Rebuild the model"):
         learn.fit(1)
+
+
+def test_the_first_batch_nan_message_blames_the_data_for_a_frozen_inf_or_an_unused_lazy_layer():
+    """The weights scan read frozen parameters (an attention mask's -inf) and failed on an uninitialized lazy one."""
+    from miniai.callbacks.guards import NonFiniteLossError
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.unused = nn.Linear(8, 3), nn.LazyLinear(2)
+            self.mask = nn.Parameter(torch.tensor([0.0, 0.0, -float("inf")]), requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) + self.mask.clamp(min=-1e4)
+    x = torch.randn(32, 8)
+    x[0] = float("nan")
+    dls = DataLoaders(TensorLoader(x, torch.zeros(32, dtype=torch.long), 16), TensorLoader(x, x[:, 0].long(), 16))
+    learn = TrainLearner(Masked(), dls, F.cross_entropy, lr=0.1)
+    for _ in range(2):  # a first fit, and one after it
+        with pytest.raises(NonFiniteLossError, match=r"Check the data"):
+            learn.fit(1)
+
+
+def test_nll_of_many_classes_with_an_epsilon_trains():
+    class LogProbs(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log(torch.softmax(x, 1) + 1e-4)  # 1000 classes: their exps sum to 1.1
+    TrainLearner(nn.Sequential(nn.Linear(8, 1000), LogProbs()), class_dls(), F.nll_loss, lr=0.1).fit(1)
+
+
+def test_an_evaluation_resumed_from_an_older_checkpoint_leaves_the_runs_best_alone(tmp_path):
+    from miniai.callbacks import CheckpointCB
+    from miniai.callbacks.guards import EarlyStoppingCB
+    ckpt, stop = CheckpointCB(tmp_path, keep=None, monitor="valid_loss"), EarlyStoppingCB(patience=5)
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[MetricsCB(), ckpt, stop])
+    learn.fit(4)
+    kept = (ckpt.best, ckpt.best_path, stop.best, stop.wait)
+    learn.fit(3, train=False, resume=tmp_path / "epoch_0002.pt")
+    assert (ckpt.best, ckpt.best_path, stop.best, stop.wait) == kept
+
+
+def test_a_log_holding_only_a_header_is_no_earlier_run(tmp_path):
+    """A fit that failed at its first batch left a header: the fixed re-run was refused as 'there already'."""
+    from miniai.callbacks.loggers import CSVLoggerCB
+    (tmp_path / "log.csv").write_text("epoch,train,loss,time,lr\n")
+    TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1,
+                 cbs=[MetricsCB(), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)

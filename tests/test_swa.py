@@ -458,7 +458,7 @@ def test_a_resume_with_other_swa_settings_once_averaging_began_is_refused(tmp_pa
         bn_learner([same]).fit(4, resume=tmp_path / "epoch_0002.pt")
     # before averaging began a new plan applies, unless the resumed epoch is already past its swa_start
     bn_learner([SWACB(2, 0.01)]).fit(4, resume=tmp_path / "epoch_0001.pt")
-    with pytest.raises(ValueError, match=r"resumes at epoch 1, past this SWACB's swa_start=0.*not begun averaging.*swa_start >= 1"):
+    with pytest.raises(ValueError, match=r"resumes at epoch 1, past SWACB_0's swa_start=0.*not begun averaging.*swa_start >= 1"):
         bn_learner([SWACB(0, 0.05)]).fit(4, resume=tmp_path / "epoch_0001.pt")
 
 
@@ -486,5 +486,8 @@ def test_swa_added_on_resuming_past_swa_start_to_a_run_without_it_is_refused(tmp
     """It averaged nothing and warned that no epoch from swa_start on was trained, though three did."""
     from miniai.callbacks import CheckpointCB
     bn_learner([CheckpointCB(tmp_path, keep=None)]).fit(3)
-    with pytest.raises(ValueError, match=r"resumes at epoch 3, past this SWACB's swa_start=2.*swa_start >= 3"):
-        bn_learner([SWACB(2, 0.05)]).fit(5, resume=tmp_path)
+    learn = bn_learner([SWACB(2, 0.05)])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"resumes at epoch 3, past SWACB_0's swa_start=2.*swa_start >= 3.*nothing"):
+        learn.fit(5, resume=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # refused before it loaded

@@ -175,8 +175,8 @@ def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | No
 
 
 _CLASS_LOSSES = ("cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss")  # preds (N, C, ...): scores per class
-_BINARY = ("For two classes, output 2 logits (nn.Linear(..., 2)) with int64 class indices (N,) as targets, or one logit "
-           "per item with F.binary_cross_entropy_with_logits and float 0/1 targets of its shape.")
+_BINARY = ("For two classes, output 2 logits (nn.Linear(..., 2)) with int64 class indices (N,) as targets, or one "
+           "logit per item with F.binary_cross_entropy_with_logits and float 0/1 targets of its shape.")
 
 
 @torch.no_grad()
@@ -192,11 +192,12 @@ def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple) -> str | None
         return f"{name} over one class (preds {tuple(preds.shape)}) is always 0: softmax of one score is 1. {_BINARY}"
     if not preds.numel() or not preds.is_floating_point():
         return None
-    if name in ("nll_loss", "NLLLoss"):  # each item's log-probabilities: their exps sum to 1 (log(p + eps) nearly)
-        mass = preds.float().exp().sum(1)
-        if float((mass - 1).abs().max()) > 0.1:
-            return (f"{name} takes log-probabilities (log_softmax's output: each item's exps sum to 1), and these "
-                    f"preds' sum to {float(mass.max()):.3g} (raw logits? log_sigmoid?): end the model with "
+    if name in ("nll_loss", "NLLLoss"):  # log-probabilities: <= 0 and each item's exps sum to 1 (log(p + eps): a
+        mass = preds.float().exp().sum(1)  # little above both)
+        if float(preds.max()) > 0.1 or not 0.5 <= float(mass.min()) <= float(mass.max()) <= 2.5:
+            return (f"{name} takes log-probabilities (log_softmax's output: <= 0, each item's exps summing to 1), "
+                    f"and these preds reach {float(preds.max()):.3g}, their exps summing to {float(mass.min()):.3g}.."
+                    f"{float(mass.max()):.3g} (raw logits? log_sigmoid?): end the model with "
                     "nn.LogSoftmax(1), or use F.cross_entropy, which takes the logits themselves")
     if name in ("cross_entropy", "CrossEntropyLoss") and float(preds.min()) >= 0 and torch.allclose(
             preds.float().sum(1), torch.ones((), device=preds.device), atol=1e-2):  # (bfloat16's sums: 1 ± 4e-3)

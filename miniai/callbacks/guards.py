@@ -156,8 +156,10 @@ class TerminateOnNaNCB(Callback):
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         where = f" on rank {bad_rank}" if bad_rank is not None else ""
         if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
-            largest = 0.0 if learn.pass_steps else max(  # (a step since, checked later, may have made them so)
-                (float(p.detach().abs().max()) for p in learn.model.parameters() if p.numel()), default=0.0)
+            trained = [p for p in learn.model.parameters() if p.requires_grad and p.is_floating_point() and not
+                       isinstance(p, torch.nn.parameter.UninitializedParameter) and p.numel()]  # (as weights_finite)
+            largest = 0.0 if learn.pass_steps or not learn.epoch_offset else max(  # (an earlier fit trained them;
+                (float(p.detach().abs().max()) for p in trained), default=0.0)  # no step of this one has run)
             if not largest < 1e6:  # (NaN too) an earlier fit diverged: its weights, not the data, are to blame
                 raise NonFiniteLossError(
                     f"training loss is {value}{where} at the fit's first batch, and the model's weights reach "

@@ -85,7 +85,7 @@ class CSVLoggerCB(Callback):
         self._active = _logs_this_fit(learn)
         fresh = self._active and "train" in learn.passes and learn.resumed_from is None and not (
             self.append or self.overwrite)  # (an evaluation writes nothing)
-        if fresh and self.path.exists() and (not self.path.is_file() or self.path.stat().st_size):
+        if fresh and self.path.exists() and (not self.path.is_file() or _holds_rows(self.path)):
             raise FileExistsError(f"{self.path} is there already (an earlier run's log, or an earlier fit's of this "
                                   "learner), and a fresh fit would replace it: pass CSVLoggerCB(path, append=True) to "
                                   "add this fit's rows to it, overwrite=True to start it anew, or log to another path")
@@ -129,6 +129,15 @@ class CSVLoggerCB(Callback):
         if self._file is not None:
             self._file.close()
         self._file = self._writer = None
+
+
+def _holds_rows(path: Path) -> bool:
+    """Whether a file holds a log's rows (a header alone, of a fit that failed at its start, holds none; a file
+    that is no UTF-8 CSV is something else's, to keep too)."""
+    try:
+        return bool(_read_csv(path)[1])
+    except ValueError:
+        return True
 
 
 def _read_csv(path: Path) -> tuple[list[str] | None, list[list[str]]]:

@@ -168,7 +168,8 @@ class ProgressCB(Callback):
         bars = [cb for cb in learn.cbs if isinstance(cb, ProgressCB)]
         if len(bars) > 1:  # each takes over MetricsCB's log_fn: rows would reach one bar, or one that was removed
             raise ValueError(f"this fit has {len(bars)} ProgressCBs (the learner's, and one given to fit(cbs=...)?): "
-                             "keep one, e.g. learn.rm_cb() the learner's, or set its plot/mode instead of adding another")
+                             "keep one, e.g. learn.rm_cb() the learner's, or set its plot/mode instead of adding "
+                             "another")
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
         self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if sys.stdout.isatty() else "plain")
         self._main = is_main_process()

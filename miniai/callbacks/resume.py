@@ -23,6 +23,7 @@ from ..learner import Callback, Learner
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint, load_checkpoint,
                          loader_generators, loader_size, optimizer_settings, param_names, set_generator_state,
                          stateful_callbacks, unwrap)
+from .guards import EarlyStoppingCB
 from .scheduling import BaseSchedCB
 from .swa import SWACB
 
@@ -102,6 +103,13 @@ class ResumeCB(Callback):
                 "so the lr given would be overwritten. Resume without lr= to continue the saved schedule, or start a "
                 f"new fit from the checkpoint's weights (learn.model.load_state_dict(load_checkpoint('{file}')"
                 "['model']), then e.g. learn.fit_one_cycle(n, max_lr=lower)).")
+        late = [k for k, cb in stateful.items() if isinstance(cb, SWACB) and training
+                and learn.start_epoch > cb.swa_start and not SWACB.began(saved.get(k))]
+        if late:  # SWALR is built at epoch swa_start, which this fit starts past: it would average nothing
+            raise ValueError(f"this fit resumes at epoch {learn.start_epoch}, past {late[0]}'s swa_start="
+                             f"{stateful[late[0]].swa_start}, and the run saved in {file} had not begun averaging (or "
+                             f"had no SWACB): resume with the saved run's SWACB, or one of swa_start >= "
+                             f"{learn.start_epoch}; nothing was changed.")
         # CheckpointCB's own state is bookkeeping (best so far): resuming without one is normal
         lost = [k for k in saved if k not in stateful and not k.startswith("CheckpointCB_")]
         new = [k for k in stateful if k not in saved and not isinstance(stateful[k], CheckpointCB)]
@@ -143,7 +151,8 @@ class ResumeCB(Callback):
         # evaluation (fit(train=False)) builds and steps none, and the saved lr comes with the optimizer state
         given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
         for key in sorted(stateful, key=lambda k: not isinstance(stateful[k], BaseSchedCB)):
-            if key in saved and (training or not isinstance(stateful[key], BaseSchedCB)):
+            if key in saved and (training or not isinstance(stateful[key], (BaseSchedCB, CheckpointCB,
+                                                                             EarlyStoppingCB))):
                 stateful[key].load_state_dict(saved[key])
         # --- everything is checked: load
         model.load_state_dict(state["model"])

@@ -95,11 +95,6 @@ class SWACB(Callback):
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
     def before_epoch(self, learn: Learner) -> None:
-        if learn.training and self.swa_scheduler is None and isinstance(learn.epoch, int) and \
-                learn.epoch > self.swa_start:  # (resumed past swa_start, where SWALR is built: no average goes on)
-            raise ValueError(f"this fit resumes at epoch {learn.epoch}, past this SWACB's swa_start={self.swa_start}, "
-                             "and the checkpoint's run had not begun averaging (or had no SWACB): resume with its "
-                             f"SWACB, or one of swa_start >= {learn.epoch}")
         if learn.training and learn.epoch == self.swa_start:
             # built now, on the lr the schedule left: SWALR anneals from the lr it finds to swa_lr
             self.swa_scheduler = self._swalr(learn.opt)
@@ -148,8 +143,8 @@ class SWACB(Callback):
                               stacklevel=2)
             return
         saved = state.get("settings")  # (older checkpoints: none)
-        began = state["swa_scheduler"] is not None or int(state["swa_model"].get("n_averaged", 0)) > 0
-        if began and saved is not None and saved != self._settings():  # the average and SWALR's state are of those
+        began = self.began(state)
+        if began and isinstance(saved, dict) and saved != self._settings():  # the average and SWALR's state are of those
             raise ValueError(f"the checkpoint's run averaged with SWACB({_described(saved)}), this fit's is {self!r}: "
                              "its average so far and SWALR's state are the saved settings'. To continue it, resume "
                              "with that SWACB; for the new settings start a new fit from the checkpoint's weights")
@@ -196,6 +191,13 @@ class SWACB(Callback):
         metrics = getattr(learn, "metrics", None)
         if metrics is not None:
             self.metrics = {k: v for k, v in metrics.last.items() if k.startswith("valid_")}
+
+    @staticmethod
+    def began(state: dict[str, Any] | None) -> bool:
+        """Whether a checkpoint's SWACB state (None: it had none) holds an average begun: SWALR built, or epochs
+        averaged."""
+        return state is not None and (state["swa_scheduler"] is not None
+                                      or int(state["swa_model"].get("n_averaged", 0)) > 0)
 
     def _settings(self) -> dict[str, Any]:
         """What the average and SWALR's state depend on, as plain numbers (0.05, [0.05] and 5e-2 alike)."""
