@@ -34,7 +34,8 @@ Learner state that callbacks may read, and from which event on:
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
 | `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: ran out  |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
-| `pass_steps`                 | `before_epoch` | the optimizer steps taken in this pass so far (and GradScaler's skips)    |
+| `pass_steps`                 | `before_epoch` | optimizer steps taken in this pass so far (a `step` owner that skips one  |
+|                              |                | may count it, as MixedPrecisionCB does its scaler's: the epoch trained)   |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
 | `preds`, `loss`              | `after_predict`| the model's output; `loss_func(preds, *yb)` (from `after_loss`)           |
