@@ -187,14 +187,17 @@ def train(args: argparse.Namespace) -> float:
     set_seed(args.seed)
     try:
         dls = get_dls(bs=bs, path=args.data, n_train=args.n_train, n_valid=args.n_valid, holdout=args.holdout or 0)
-    except ValueError as e:  # e.g. --n-train larger than the dataset
-        raise _UsageError(_as_flags(str(e))) from e
+    except (ValueError, KeyError) as e:  # e.g. --n-train larger than the dataset; a dataset without 'image'
+        raise _UsageError(_as_flags(str(e).strip('"'))) from e
     shape, n_classes = dls.item_shape, len(dls.classes or ())
     unfit = (f"its images have {shape[0]} channels" if shape is not None and shape[0] != 1 else
-             f"it has {n_classes} classes" if n_classes > 10 else None)
+             f"its images are {shape[1]}x{shape[2]}" if shape is not None and tuple(shape[1:]) != (28, 28) else
+             f"it has {n_classes} classes" if n_classes > 10 else None)  # (another size: the CNN's output isn't 10
+    # scores, and a recipe's crop is 28x28: it would train on without a word)
     if unfit:  # else a torch traceback part way into training
         raise _UsageError(f"--data {args.data}: {unfit}, and the command trains a 1-channel model with 10 outputs "
-                          "(Fashion-MNIST's shape): train other data from a script with a model of its shape")
+                          "for 28x28 images (Fashion-MNIST's shape): train other data from a script with a model "
+                          "of its shape")
     if world_size() > 1:  # started by torchrun with several processes: train data-parallel
         dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)
     metrics, progress, recorder = MetricsCB(accuracy=Accuracy()), ProgressCB(), RecorderCB(lr=_lr, mom=_mom)

@@ -1,6 +1,7 @@
 """Batch augmentations: random crop, flip and erase on a whole (N,C,H,W) tensor, on whatever device it lives.
 
-Each transform is a callable `x -> x` that keeps shape, dtype and device, and draws one random choice per image
+Each transform is a callable `x -> x` that keeps dtype and device (and the shape, but for a RandomCrop to another
+size than the images': then validation sees other sizes than training), and draws one random choice per image
 with tensor ops, never a Python loop over items. Randomness comes from torch's global generator for the
 batch's device (so `set_seed` makes runs repeatable), or from the `generator` given at construction. A
 generator on another device than the batch works too; its draws are made there and copied over, so give one
@@ -58,7 +59,8 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
 class RandomCrop:
     """Pad each side by `padding`, then cut a `size` crop at a random offset per image: (N,C,H,W) → (N,C,*size).
 
-    `mode` is 'constant' (pads with `fill`, default 0) or 'reflect'. With padding 0 and size (H,W) it is the identity.
+    `mode` is 'constant' (pads with `fill`, default 0: on `get_dls`' normalized images 0 is the mean pixel, a gray,
+    not the black background, as in the course) or 'reflect'. With padding 0 and size (H,W) it is the identity.
     """
 
     def __init__(self, size: int | tuple[int, int], padding: int = 0, mode: str = "constant", fill: float = 0.0,

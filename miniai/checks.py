@@ -78,6 +78,10 @@ def check_new_callback(cb: Any, cbs: Sequence[Any], base: type) -> None:
     if not isinstance(cb, base):
         raise TypeError(f"{cb.__name__} is a class: pass an instance, {cb.__name__}()" if isinstance(cb, type) else
                         f"callbacks subclass miniai.learner.Callback; got a {type(cb).__name__}")
+    order = cb.order
+    if isinstance(order, bool) or not isinstance(order, numbers.Real) or order != order:  # (NaN sorts anywhere)
+        raise TypeError(f"{type(cb).__name__}.order must be a number (callbacks run sorted by it, lower first; "
+                        f"the built-in values are in miniai.callbacks), got {order!r}")
     if any(c is cb for c in cbs):
         raise ValueError(f"this {type(cb).__name__} is already one of the learner's callbacks (given to the "
                          "Learner, add_cb or fit's cbs): adding it again would run it twice. Pass it once.")
@@ -92,9 +96,10 @@ def check_known_callback(cb: Any, cbs: Sequence[Any]) -> None:
 
 def check_not_in_fit(learn: Any, call: str, why: str) -> None:
     """`learn.<call>` from a callback during a fit is an error: its changes would leak into the running fit."""
-    if learn._in_fit:  # lr_find and prediction passes lift this inside `kept`, which puts everything back
-        raise RuntimeError(f"learn.{call} was called during a fit (from a callback): {why}. Call it before or "
-                           "after the fit; to change what a callback does mid-fit, give it a flag it checks.")
+    if learn._in_fit or learn._predicting:  # (lr_find lifts _in_fit inside `kept`, which puts everything back)
+        during = "a fit" if learn._in_fit else "a prediction pass (get_preds, tta, infer, summary)"
+        raise RuntimeError(f"learn.{call} was called during {during} (from a callback): {why}. Call it before or "
+                           "after; to change what a callback does mid-fit, give it a flag it checks.")
 
 
 def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> None:
@@ -172,10 +177,13 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any) -> None:
                         "functools.partial(optim.SGD, momentum=0.9)")
 
 
-def check_fit_args(learn: Any, n_epochs: Any, train: bool, lr: Any, resume: Any) -> None:
+def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, lr: Any, resume: Any) -> None:
     """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode, and
     the learner's arguments once more (a loss class assigned since)."""
     check_learner_args(learn.loss_func, learn.opt_func, learn.n_inp)
+    if not (train or valid):  # only before_fit and after_fit would run: an evaluation that evaluates nothing
+        raise ValueError("fit(train=False, valid=False) runs no pass, so nothing would be trained or evaluated: "
+                         "leave one of them True")
     if train and torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
         raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
     if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:

@@ -172,7 +172,7 @@ class Learner(Conveniences):
         """
         checks.check_not_in_fit(self, "fit", "the outer fit would go on with this one's optimizer, lr and records")
         opt_lr = self.lr if lr is None else lr
-        checks.check_fit_args(self, n_epochs, train, opt_lr, resume)
+        checks.check_fit_args(self, n_epochs, train, valid, opt_lr, resume)
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []

@@ -153,6 +153,11 @@ def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, 
     """A TrainLearner set up as `recipe` says (model, AdamW, augmentation, loss, and a one-cycle over the optimizer
     steps of whatever fit it runs: `learn.fit(recipe.epochs)`), plus `cbs`; warns when the loaders' batch size is
     not the recipe's."""
+    shape = getattr(dls, "item_shape", None)
+    if shape is not None and tuple(shape) != (1, 28, 28):  # (its models and 28x28 crops would train on without a word)
+        raise ValueError(f"recipe {_name(recipe)} is for 1x28x28 images (Fashion-MNIST's), and these loaders' items "
+                         f"are {'x'.join(map(str, shape))}: its models and crops would not fit them (a crop to 28x28 "
+                         "would train on smaller images than it validates on). Build a learner of their shape")
     act, leak = _ACTS[recipe.act]
     model = _MODELS[recipe.model](act, recipe.nfs).apply(partial(init_weights, leaky=leak))
     tfms = recipe.augmentation()

@@ -348,9 +348,13 @@ def test_a_run_whose_validation_loss_is_nan_writes_nothing_and_exits_1(tmp_path,
     assert not (tmp_path / "run" / "model.pt").exists() and not (tmp_path / "run" / "result.json").exists()
 
 
-@pytest.mark.parametrize("channels, n_classes, reason", [
-    (3, 10, r"--data .*: its images have 3 channels.*1-channel"), (1, 15, r"--data .*: it has 15 classes.*10")])
-def test_data_the_commands_model_cannot_train_on_is_a_usage_error(tmp_path, capsys, channels, n_classes, reason):
+@pytest.mark.parametrize("channels, n_classes, size, column, reason", [
+    (3, 10, 28, "image", r"--data .*: its images have 3 channels.*1-channel"),
+    (1, 15, 28, "image", r"--data .*: it has 15 classes.*10"),
+    (1, 10, 56, "image", r"--data .*: its images are 56x56.*28x28"),  # trained a 40-output model, exit 0
+    (1, 10, 28, "img", r"dataset needs columns 'image' and 'label', has \['img', 'label'\]")])  # a traceback
+def test_data_the_commands_model_cannot_train_on_is_a_usage_error(tmp_path, capsys, channels, n_classes, size,
+                                                                  column, reason):
     """A saved DatasetDict of RGB images (or of 15 classes) started training and ended in a 75-line torch traceback
     (the conv's channel count; a target out of bounds): the command's models take 1 channel and 10 classes."""
     import numpy as np
@@ -358,12 +362,12 @@ def test_data_the_commands_model_cannot_train_on_is_a_usage_error(tmp_path, caps
 
     from miniai.__main__ import main
     rng = np.random.default_rng(0)
-    image = Array3D((28, 28, 3), "uint8") if channels == 3 else Array2D((28, 28), "uint8")
-    shape = (28, 28, 3) if channels == 3 else (28, 28)
-    feats = Features({"image": image, "label": ClassLabel(num_classes=n_classes)})
+    image = Array3D((size, size, 3), "uint8") if channels == 3 else Array2D((size, size), "uint8")
+    shape = (size, size, 3) if channels == 3 else (size, size)
+    feats = Features({column: image, "label": ClassLabel(num_classes=n_classes)})
 
     def split(n):
-        return Dataset.from_dict({"image": [rng.integers(0, 256, shape).astype(np.uint8) for _ in range(n)],
+        return Dataset.from_dict({column: [rng.integers(0, 256, shape).astype(np.uint8) for _ in range(n)],
                                   "label": [i % n_classes for i in range(n)]}, features=feats)
     DatasetDict(train=split(32), test=split(16)).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(SystemExit) as e:

@@ -383,3 +383,93 @@ def test_a_log_holding_only_a_header_is_no_earlier_run(tmp_path):
     (tmp_path / "log.csv").write_text("epoch,train,loss,time,lr\n")
     TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1,
                  cbs=[MetricsCB(), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
+
+
+# ---------------------------------------------------------------- the callback contract (a probe's list)
+
+def test_a_refused_resume_leaves_the_next_fits_loader_order_alone(tmp_path):
+    """resume set the learner's epoch count before its checks: refused ('nothing was changed'), the next fit
+    walked the checkpoint's epoch order, not this learner's."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.callbacks.checkpoint import CheckpointMismatchError
+    TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1).fit(3, cbs=[CheckpointCB(tmp_path)])
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, opt_func=optim.AdamW)
+    learn.fit(1)
+    with pytest.raises(CheckpointMismatchError):
+        learn.fit(4, resume=tmp_path)  # saved with SGD
+    assert learn._epochs_trained == 1
+
+
+def test_a_cancel_of_a_whole_prediction_pass_is_an_error_not_missing_predictions():
+    """An inference callback's CancelEpochException cut get_preds' output short without a word; CancelFitException
+    at before_fit ended in an IndexError. (A cancelled batch is left out with its targets, as the table says.)"""
+    from miniai.learner import Callback, CancelEpochException, CancelFitException
+
+    class Skip(Callback):
+        inference = True
+
+        def __init__(self, cancel: type, event: str) -> None:
+            self.cancel = cancel
+            setattr(self, event, self.raise_it)
+
+        def raise_it(self, learn: TrainLearner) -> None:
+            if learn.iter in (None, 1):
+                raise self.cancel()
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1)
+    for cancel, event in ((CancelEpochException, "before_batch"), (CancelFitException, "before_fit")):
+        with pytest.raises(ValueError, match=rf"{cancel.__name__} .* cut the pass of get_preds short"):
+            learn.get_preds(cbs=[Skip(cancel, event)])
+
+
+def test_fit_add_cb_and_rm_cb_are_refused_inside_a_prediction_pass():
+    from miniai.learner import Callback
+
+    class Meddle(Callback):
+        def __init__(self, call: str) -> None:
+            self.call = call
+
+        def after_predict(self, learn: TrainLearner) -> None:
+            {"fit": lambda: learn.fit(1), "add_cb": lambda: learn.add_cb(Callback()),
+             "rm_cb": lambda: learn.rm_cb(learn.cbs[0])}[self.call]()
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1)
+    before = learn.model.weight.detach().clone()
+    for call in ("fit", "add_cb", "rm_cb"):
+        with pytest.raises(RuntimeError, match=rf"learn.{call} was called during a prediction pass"):
+            learn.get_preds(cbs=[Meddle(call)])
+    assert torch.equal(before, learn.model.weight)
+
+
+def test_a_prediction_pass_says_it_validates_only():
+    from miniai.learner import Callback
+    seen = []
+
+    class Look(Callback):
+        inference = True
+
+        def before_fit(self, learn: TrainLearner) -> None:
+            seen.append(learn.passes)
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[Look()])
+    learn.get_preds()
+    learn.fit(1)
+    learn.get_preds()
+    assert seen == [("valid",), ("train", "valid"), ("valid",)]
+
+
+def test_a_fit_of_no_pass_and_a_callback_order_that_is_no_number_are_refused():
+    with pytest.raises(ValueError, match=r"train=False, valid=False\) runs no pass.*nothing"):
+        TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1).fit(2, train=False, valid=False)
+    from miniai.learner import Callback
+    for order in (None, "10", float("nan")):
+        cb = Callback()
+        cb.order = order
+        with pytest.raises(TypeError, match=r"Callback.order must be a number"):
+            TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, cbs=[cb])
+
+
+def test_a_recipe_refuses_images_of_another_shape():
+    """Recipe 'five' on 32x32 images trained on 28x28 crops and validated on the whole 32x32 images."""
+    from miniai.recipes import RECIPES, recipe_learner
+    x = torch.randn(16, 1, 32, 32)
+    dls = DataLoaders(TensorLoader(x, torch.zeros(16, dtype=torch.long), 8), TensorLoader(x, x[:, 0, 0, 0], 8))
+    with pytest.raises(ValueError, match=r"recipe five is for 1x28x28 images.*1x32x32"):
+        recipe_learner(RECIPES["five"], dls, device="cpu")

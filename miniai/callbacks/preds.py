@@ -61,8 +61,9 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     """Run the learner's predict path over `dl` once, with `cbs` added for the pass; call it inside `kept`.
 
     The events are those of `fit(1, train=False)` for `participants(learn) + cbs`; `get_loss` and after_loss
-    only `with_loss` (without it `learn.loss` is None for the pass). The cancel table of `Learner` holds; cleanups
-    always run. `who` names the caller in the warning about callbacks left out.
+    only `with_loss` (without it `learn.loss` is None for the pass). The cancel table of `Learner` holds for batches
+    (a cancelled batch is left out, with its targets); a cancel of the pass itself (CancelEpochException,
+    CancelFitException) is an error, as its results would miss the rest. Cleanups always run. `who` names the caller in the warning about callbacks left out.
     """
     # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
     # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
@@ -75,7 +76,7 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     learn._handlers = build_handlers([*taking_part, *cbs])
     learn._predicting = True  # (kept() puts it back) the fit's own hooks leave this pass's forwards alone
     learn.training, learn.dl, learn.n_epochs, learn.epochs, learn.epoch, learn.iter = False, dl, 1, range(1), 0, None
-    learn.stepped, learn.pass_steps = False, 0  # (no batch of a prediction pass steps)
+    learn.stepped, learn.pass_steps, learn.passes = False, 0, ("valid",)  # (no batch of a prediction pass steps)
     if not with_loss:  # no loss step runs: callbacks (MetricsCB) must not read an earlier fit's loss as this pass's
         learn.loss = None
     if isinstance(learn.model, DistributedDataParallel):  # during a DDP fit: its forward broadcasts the buffers, a
@@ -89,6 +90,15 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
             learn._do("get_loss")
             learn._emit("after_loss")
 
+    def stage(name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
+        learn._stage(name, body, cancel)
+        if learn.stopped_by is not None:  # the pass cut short: what it gathers would miss the rest (a batch a
+            # callback cancels is left out, with its targets, as the cancel table says)
+            e = learn.stopped_by
+            raise ValueError(f"{type(e).__name__} raised by {type(getattr(e, 'raised_by', None)).__name__} in "
+                             f"{getattr(e, 'event', '?')} cut the pass of {who} short: its results would miss items. A "
+                             "callback taking part in prediction passes (inference = True) must let them run") from e
+
     def all_batches() -> None:
         for learn.iter, learn.batch in enumerate(dl):
             learn._stage("batch", one_batch, CancelBatchException)
@@ -97,7 +107,7 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
                              "with fewer items than bs?)")
 
     with torch.no_grad():
-        learn._stage("fit", lambda: learn._stage("epoch", all_batches, CancelEpochException), CancelFitException)
+        stage("fit", lambda: stage("epoch", all_batches, CancelEpochException), CancelFitException)
 
 
 def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Callable:

@@ -51,7 +51,6 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
         warnings.warn(f"checkpoint {file} already finished {done} epochs: nothing left to train", stacklevel=3)
     learn.epochs, learn.start_epoch, learn.resumed_from, learn.last_checkpoint = range(done, n_epochs), done, file, file
     learn.epoch_offset = int(state.get("epoch_offset", 0))  # the run's own (a checkpoint from before it was saved: 0)
-    learn._epochs_trained = learn.epoch_offset + done  # (the next fit goes on from here, even if this one trains none)
     return ResumeCB(state, file, lr)
 
 
@@ -155,7 +154,8 @@ class ResumeCB(Callback):
                                                                              EarlyStoppingCB))):
                 stateful[key].load_state_dict(saved[key])
         # --- everything is checked: load
-        model.load_state_dict(state["model"])
+        learn._epochs_trained = learn.epoch_offset + int(state["epoch"])  # the next fit goes on from here (even if
+        model.load_state_dict(state["model"])  # this one trains none); a refused resume left the learner's own
         for name, p in model.named_parameters():
             grad = state["grads"].get(name)
             p.grad = None if grad is None else grad.to(p.device, p.dtype)
