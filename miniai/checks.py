@@ -129,7 +129,7 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
         if name.startswith(("before_", "after_", "cleanup_")) and name not in events:
             guess = difflib.get_close_matches(name, events, n=1)
             raise TypeError(f"{cls}.{name} is not an event"
-                            + (f"; did you mean {guess[0]!r}?" if guess else f"; events are {', '.join(events)}")
+                            + (f" (did you mean {guess[0]!r}?)" if guess else f"; events are {', '.join(events)}")
                             + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
         if name in steps and name not in cb.owns_steps and _defined_by_callback(type(cb), name):
             raise TypeError(f"{cls}.{name} is named like the learner's {name!r} step, which a callback may take "

@@ -268,7 +268,7 @@ def test_misspelled_event_is_an_error_when_the_callback_is_added():
     class Typo(Callback):
         def after_btach(self, learn):
             pass
-    with pytest.raises(TypeError, match="Typo.after_btach is not an event; did you mean 'after_batch'"):
+    with pytest.raises(TypeError, match=r"Typo.after_btach is not an event \(did you mean 'after_batch'\?\)\. "):
         tiny_learner(cbs=[Typo()])
     with pytest.raises(TypeError, match="after_btach is not an event"):
         tiny_learner().add_cb(Typo())

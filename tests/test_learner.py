@@ -113,7 +113,7 @@ def test_cleanup_runs_when_a_callback_raises():
 def test_typo_in_event_name_is_an_error_when_added():
     class Typo(Callback):
         def after_btach(self, learn): pass
-    with pytest.raises(TypeError, match="after_btach is not an event; did you mean 'after_batch'"):
+    with pytest.raises(TypeError, match=r"after_btach is not an event \(did you mean 'after_batch'\?\)\. "):
         tiny_learner(cbs=[Typo()])
     with pytest.raises(TypeError, match="did you mean 'after_batch'"):
         tiny_learner().fit(1, cbs=[Typo()])

@@ -63,7 +63,8 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     The events are those of `fit(1, train=False)` for `participants(learn) + cbs`; `get_loss` and after_loss
     only `with_loss` (without it `learn.loss` is None for the pass). The cancel table of `Learner` holds for batches
     (a cancelled batch is left out, with its targets); a cancel of the pass itself (CancelEpochException,
-    CancelFitException) is an error, as its results would miss the rest. Cleanups always run. `who` names the caller in the warning about callbacks left out.
+    CancelFitException) is an error, as its results would miss the rest. Cleanups always run. `who` names the
+    caller in the warning about callbacks left out.
     """
     # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
     # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
