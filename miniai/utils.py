@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
-           "loss_setting", "loss_reduction", "without_graph"]
+           "loss_setting", "loss_reduction", "without_graph", "trained_parameters"]
 
 
 def _pick_device() -> str:
@@ -234,13 +234,19 @@ def fix_malloc(force: bool = False) -> bool:
     return _MALLOC_FIXED
 
 
+def trained_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The parameters training changes: floating, requiring grad, made (not a lazy layer's placeholder). Not frozen
+    ones, which may hold -inf on purpose (an attention mask)."""
+    return [p for p in model.parameters() if p.requires_grad and p.is_floating_point()
+            and not isinstance(p, torch.nn.parameter.UninitializedParameter)]
+
+
 def weights_finite(model: torch.nn.Module) -> bool:
     """Whether what training changes is finite: the trained parameters and the normalization layers' running
     statistics (a diverged step makes them NaN too). Not other buffers or frozen parameters, which may hold -inf on
     purpose (an attention mask), nor a lazy layer's parameters not yet made. One sync per tensor."""
     nn = torch.nn
-    tensors = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()
-               and not isinstance(p, nn.parameter.UninitializedParameter)]
+    tensors = trained_parameters(model)
     tensors += [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
                 for b in (m.running_mean, m.running_var) if b is not None]
     return all(bool(t.isfinite().all()) for t in tensors)

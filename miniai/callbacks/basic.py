@@ -194,10 +194,11 @@ def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple) -> str | None
         return None
     if name in ("nll_loss", "NLLLoss"):  # log-probabilities: <= 0 and each item's exps sum to 1 (log(p + eps): a
         mass = preds.float().exp().sum(1)  # little above both)
-        if float(preds.max()) > 0.1 or not 0.5 <= float(mass.min()) <= float(mass.max()) <= 2.5:
+        top, low, high = (float(v) for v in (preds.max(), mass.min(), mass.max()))  # (each read once: a sync each)
+        if top > 0.1 or not 0.5 <= low <= high <= 2.5:
             return (f"{name} takes log-probabilities (log_softmax's output: <= 0, each item's exps summing to 1), "
-                    f"and these preds reach {float(preds.max()):.3g}, their exps summing to {float(mass.min()):.3g}.."
-                    f"{float(mass.max()):.3g} (raw logits? log_sigmoid?): end the model with "
+                    f"and these preds reach {top:.3g}, their exps summing to {low:.3g}..{high:.3g} (raw logits? "
+                    "log_sigmoid?): end the model with "
                     "nn.LogSoftmax(1), or use F.cross_entropy, which takes the logits themselves")
     if name in ("cross_entropy", "CrossEntropyLoss") and float(preds.min()) >= 0 and torch.allclose(
             preds.float().sum(1), torch.ones((), device=preds.device), atol=1e-2):  # (bfloat16's sums: 1 ± 4e-3)

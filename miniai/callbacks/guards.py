@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checks import check_count, check_number
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelFitException, Learner
-from ..utils import opt_lr, weights_finite
+from ..utils import opt_lr, trained_parameters, weights_finite
 from .metrics import check_monitor, improves, monitor_mode, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
@@ -156,10 +156,9 @@ class TerminateOnNaNCB(Callback):
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         where = f" on rank {bad_rank}" if bad_rank is not None else ""
         if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
-            trained = [p for p in learn.model.parameters() if p.requires_grad and p.is_floating_point() and not
-                       isinstance(p, torch.nn.parameter.UninitializedParameter) and p.numel()]  # (as weights_finite)
             largest = 0.0 if learn.pass_steps or not learn.epoch_offset else max(  # (an earlier fit trained them;
-                (float(p.detach().abs().max()) for p in trained), default=0.0)  # no step of this one has run)
+                (float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()),  # no step
+                default=0.0)  # of this one has run)
             if not largest < 1e6:  # (NaN too) an earlier fit diverged: its weights, not the data, are to blame
                 raise NonFiniteLossError(
                     f"training loss is {value}{where} at the fit's first batch, and the model's weights reach "

@@ -30,7 +30,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
                                       LambdaLR, LinearLR, OneCycleLR, PolynomialLR, ReduceLROnPlateau, SequentialLR)
@@ -39,7 +38,7 @@ from ..checks import add_note
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
-from ..utils import map_tensors
+from ..utils import without_graph
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
 
@@ -626,7 +625,7 @@ class RecorderCB(Callback):
                                 "momentum or Adam's beta1, _beta1 only Adam's)")
                     raise
                 # (tensors of the batch, its loss say, would keep the batch's whole graph alive)
-                self.recs[name].append(map_tensors(value, Tensor.detach))
+                self.recs[name].append(without_graph(value))
 
     def state_dict(self) -> dict[str, Any]:
         """A copy of `recs`, so a resumed fit's recording continues the interrupted one's."""
