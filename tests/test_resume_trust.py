@@ -13,7 +13,7 @@ from torch.optim import lr_scheduler
 from miniai.callbacks import BatchSchedCB, EpochSchedCB
 from miniai.callbacks.checkpoint import CheckpointMismatchError, list_checkpoints
 from miniai.callbacks.guards import EarlyStoppingCB
-from miniai.learner import CancelFitException
+from miniai.learner import Callback, CancelFitException
 from tests.test_checkpoint import _CutPass, make_learner, same_params, without_time
 
 
@@ -227,3 +227,34 @@ def test_a_scheduler_built_with_other_settings_on_resume_is_named_in_a_warning(t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         same.fit(3, resume=tmp_path / "b")
+
+
+class _LateCounter(Callback):
+    """A stateful callback ordered after every built-in one, which starts its count afresh at each before_fit."""
+    order = 2000
+
+    def __init__(self):
+        self.n = 0
+
+    def before_fit(self, learn):
+        self.n = 0
+
+    def after_batch(self, learn):
+        self.n += 1
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def test_a_callback_ordered_after_1000_gets_its_saved_state_after_its_own_before_fit(tmp_path):
+    """The resume loaded callbacks' state at order 1000, so a callback of order 2000 reset it at its own
+    before_fit afterwards: the resumed run counted 16 batches where the run never stopped counted 32."""
+    straight = _LateCounter()
+    make_learner(None, [straight])[0].fit(2)
+    make_learner(tmp_path, [_LateCounter()])[0].fit(1)
+    resumed = _LateCounter()
+    make_learner(tmp_path, [resumed])[0].fit(2, resume=tmp_path)
+    assert resumed.n == straight.n == 2 * (8 + 2)

@@ -37,7 +37,7 @@
 |       |                     | above (schedulers, early stopping): their state is the epoch's end |
 | 100   | SingleBatchCB       | cancels after the first batch, once every after_batch reader above |
 |       |                     | (metrics, recorders, loggers) has seen it                          |
-| 1000  | ResumeCB            | made by fit(resume=...): loads the checkpoint after every other    |
+| inf   | ResumeCB            | made by fit(resume=...): loads the checkpoint after every other    |
 |       |                     | before_fit (schedulers built, model moved, optimizer final)        |
 
 Checkpointing must save scheduler state after order 20 at the validation pass's after_epoch (or later), and load it

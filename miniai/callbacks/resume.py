@@ -7,6 +7,7 @@ the learner as it was.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import warnings
@@ -68,7 +69,7 @@ class ResumeCB(Callback):
     only now is the optimizer final. An `lr` given to that fit replaces the checkpoint's (refused when a
     scheduling callback would overwrite it at its next step).
     """
-    order = 1000  # after every other before_fit
+    order = math.inf  # after every other before_fit, whatever its order (else a later one could reset what it loads)
 
     def __init__(self, state: dict[str, Any], file: Path, lr: float | None = None) -> None:
         self.state, self.file, self.lr = state, file, lr
