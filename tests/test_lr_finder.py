@@ -774,3 +774,30 @@ def test_a_sum_reduced_loss_is_recorded_per_item():
     result = learn.lr_find(max_epochs=3)
     assert len(result.losses) >= 8 and result.losses == pytest.approx(seen[:len(result.losses)], rel=1e-6)
 
+
+
+def test_the_finder_records_the_lr_of_the_groups_that_grow_when_group_0_is_held_at_0():
+    """A body held at lr 0 in param group 0: LRFinderCB read group 0's lr, recorded 0.0 at every step while group 1
+    grew to 18, and lr_find then failed with "no finite loss recorded"."""
+    def held_weight(params, lr):
+        weight, bias = list(params)
+        return optim.SGD([{"params": [weight], "lr": 0.0}, {"params": [bias]}], lr=lr)
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1, opt_func=held_weight)
+    finder, ran = LRFinderCB(), []
+
+    class Ran(Callback):
+        order = 30
+
+        def after_batch(self, learn):
+            ran.append(learn.opt.param_groups[1]["lr"])
+    learn.fit(2, valid=False, cbs=[finder, Ran()], lr=1e-4)
+    assert finder.lrs == pytest.approx(ran[:len(finder.lrs)]) and finder.lrs[0] == pytest.approx(1e-4)
+    assert learn.opt.param_groups[0]["lr"] == 0.0
+    assert learn.lr_find(plot=False).valley > 1e-5
+
+
+def test_the_finder_refuses_an_optimizer_whose_every_group_is_held_at_0():
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1,
+                         opt_func=lambda params, lr: optim.SGD(params, lr=0.0))
+    with pytest.raises(ValueError, match=r"every param group.*lr 0"):
+        learn.fit(1, valid=False, cbs=[LRFinderCB()])

@@ -55,6 +55,7 @@ class LRFinderCB(Callback):
         self.losses: list[float] = []
         self.diverged = False
         self._sum_loss = False  # a loss of reduction='sum': recorded per item, as MetricsCB and ProgressCB show it
+        self._group_read = 0  # the param group whose lr is recorded
 
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min = [], [], math.inf
@@ -64,9 +65,16 @@ class LRFinderCB(Callback):
         if not hasattr(learn.opt, "param_groups"):
             raise TypeError(f"LRFinderCB sets the lr in opt.param_groups, which {type(learn.opt).__name__} (opt_func) "
                             "has none: find the lr with a torch.optim optimizer (or one with param_groups)")
-        # opt.defaults' lr is the one fit made the optimizer with; group 0 may run at a fraction of it
-        group0 = learn.opt.param_groups[0]["lr"]
-        self._scale = float(getattr(learn.opt, "defaults", {}).get("lr", group0)) / group0 if group0 else 1.0
+        # the lr read is of the first group that grows (one held at lr 0, a frozen body, never does); opt.defaults'
+        # lr is the one fit made the optimizer with, and that group may run at a multiple of it
+        groups = learn.opt.param_groups
+        self._group_read = next((i for i, group in enumerate(groups) if group["lr"]), None)
+        if self._group_read is None:
+            raise ValueError(f"LRFinderCB grows the lr of the param groups, and every param group's is at lr 0 (as "
+                             f"opt_func made them: {type(learn.opt).__name__}): nothing would train. Let opt_func give "
+                             "the groups to train the lr it is called with")
+        lr = groups[self._group_read]["lr"]
+        self._scale = float(getattr(learn.opt, "defaults", {}).get("lr", lr) or lr) / lr
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:
@@ -79,7 +87,7 @@ class LRFinderCB(Callback):
             return  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
         # (a non-finite loss ends the finder at once: an fp16 scaler skips that step, so none would come)
         loss, self._group = sum(self._group) / len(self._group), []
-        lr = learn.opt.param_groups[0]["lr"]
+        lr = learn.opt.param_groups[self._group_read]["lr"]
         if self._lr0 is not None and not math.isclose(lr, self._lr0 * self.gamma, rel_tol=1e-6):
             raise RuntimeError(f"LRFinderCB set lr={self._lr0 * self.gamma:.3g} but the batch ran with {lr:.3g}: "
                                "another callback (a scheduler such as BatchSchedCB?) overwrote it. Remove it from "
