@@ -927,7 +927,7 @@ def test_fit_one_cycle_says_max_lr_is_one_number(max_lr):
     x = torch.randn(16, 3)
     learn = TrainLearner(nn.Linear(3, 3), DataLoaders(TensorLoader(x, x.argmax(1), 4), TensorLoader(x, x.argmax(1), 4)),
                          F.cross_entropy, lr=0.1)
-    with pytest.raises(TypeError, match=r"max_lr is one number, the highest param group's peak.*got"):
+    with pytest.raises(TypeError, match=r"max_lr is one number, the peak of the lr fit takes.*got"):
         learn.fit_one_cycle(1, max_lr=max_lr)
 
 

@@ -758,6 +758,27 @@ def test_fit_one_cycle_keeps_the_lr_ratio_of_the_param_groups_as_fit_does():
     assert top[0] == pytest.approx(0.05, rel=0.2) and top[1] == pytest.approx(top[0] / 10)
 
 
+def test_fit_one_cycle_peaks_where_fit_would_run_a_group_above_fits_lr():
+    """opt_func gave the head 10 × the lr fit takes: fit(lr=X) ran the body at X and the head at 10X, lr_find's
+    suggestion is such an X, but fit_one_cycle(max_lr=X) peaked the head at X and the body at X/10: every group
+    trained at a tenth of the lr found."""
+    def head_10x(params, lr):
+        weight, bias = list(params)
+        return optim.SGD([{"params": [weight]}, {"params": [bias], "lr": 10 * lr}], lr=lr)
+    learn = tiny_learner()
+    learn.opt_func = head_10x
+    lrs = []
+
+    class Lrs(Callback):
+        order = 30
+
+        def after_batch(self, learn) -> None:
+            lrs.append([g["lr"] for g in learn.opt.param_groups])
+    learn.fit_one_cycle(2, max_lr=0.01, cbs=[Lrs()])
+    top = max(lrs)
+    assert top[0] == pytest.approx(0.01, rel=0.2) and top[1] == pytest.approx(10 * top[0])
+
+
 def test_a_metricscb_of_an_earlier_fit_is_not_read_by_a_later_one(tmp_path):
     """learn.metrics stayed after a fit(cbs=[MetricsCB()]); a later fit's CheckpointCB read its NaN valid_loss and
     stopped a healthy fit, and saved its history in the checkpoints."""

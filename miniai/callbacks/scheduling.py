@@ -524,8 +524,9 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
                   **fit_kwargs: Any) -> None:
     """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
 
-    With several param groups, the one `opt_func` gives the highest lr peaks at `max_lr`, and the others keep their
-    ratios to it (a body at a tenth of the head's lr peaks at `max_lr / 10`).
+    `max_lr` is the peak of the lr `fit(lr=...)` takes: with several param groups, each keeps the ratio `opt_func`
+    gives it to that lr (a body at a tenth of it peaks at `max_lr / 10`, a head at 10 × at `10 * max_lr`), so the
+    lr `lr_find` suggests means the same here as in `fit`.
 
     The total steps are counted at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches under
     gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None` cycles
@@ -538,8 +539,8 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         raise TypeError(f"fit_one_cycle takes the cycle's peak as max_lr: fit_one_cycle({n_epochs}, "
                         f"max_lr={fit_kwargs['lr']!r})")
     if max_lr is not None and (isinstance(max_lr, bool) or not isinstance(max_lr, numbers.Real)):
-        raise TypeError(f"fit_one_cycle's max_lr is one number, the highest param group's peak (the other groups "
-                        f"keep the ratios of the lrs opt_func gives them); got {max_lr!r}. For peaks of your own per "
+        raise TypeError(f"fit_one_cycle's max_lr is one number, the peak of the lr fit takes (the param groups "
+                        f"keep the ratios to it that opt_func gives them); got {max_lr!r}. For peaks of your own per "
                         "group use BatchSchedCB(partial(OneCycleLR, max_lr=[...], total_steps=...))")
     max_lr = learn.lr if max_lr is None else max_lr
 
@@ -551,15 +552,16 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         # (a MomentumLearner carries its own momentum in the gradients: plain SGD's would be a second one)
         cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults)) \
             and not (isinstance(learn, MomentumLearner) and "momentum" in opt.defaults)
-        # the highest group peaks at max_lr, the others keep the ratios opt_func gave them (a body at a tenth of
-        # the head's lr stays at a tenth)
-        # (on resume as in the saved run, so the peaks compare with the checkpoint's, which it brings)
-        lrs = [float(group["lr"]) for group in opt.param_groups]
+        # max_lr stands for the lr fit is given: each group keeps the ratio to it that opt_func gave it (a body at
+        # a tenth stays at a tenth); on resume as in the saved run, so the peaks compare with the checkpoint's
+        built = opt
         if resuming and max_lr is not None:  # fit built opt at learn.lr (an lr given there would replace the
             # checkpoint's): the ratios of the saved run's, built at max_lr (a group opt_func gives a fixed lr)
-            lrs = [float(group["lr"]) for group in learn.opt_func(learn.model.parameters(), max_lr).param_groups]
-        if max_lr is not None:
-            peaks = [max_lr * (lr / max(lrs)) for lr in lrs] if max(lrs) > 0 else max_lr
+            built = learn.opt_func(learn.model.parameters(), max_lr)
+        lrs = [float(group["lr"]) for group in built.param_groups]
+        given = float(getattr(built, "defaults", {}).get("lr", 0.0) or 0.0) or max(lrs)  # (a custom optimizer
+        if max_lr is not None:  # without defaults, or an lr of 0: the highest group's)
+            peaks = [max_lr * (lr / given) for lr in lrs] if given > 0 else max_lr
         elif resuming:  # a learner built without an lr: the saved run's peaks (the checkpoint brings them anyway),
             from .resume import ResumeCB  # from the checkpoint fit(resume=...) has read already
             saved = next(cb for cb in learn.cbs if isinstance(cb, ResumeCB)).state["optimizer"]["param_groups"]
