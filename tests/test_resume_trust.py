@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 import re
 from functools import partial
 
@@ -258,3 +259,52 @@ def test_a_callback_ordered_after_1000_gets_its_saved_state_after_its_own_before
     resumed = _LateCounter()
     make_learner(tmp_path, [resumed])[0].fit(2, resume=tmp_path)
     assert resumed.n == straight.n == 2 * (8 + 2)
+
+
+@pytest.mark.parametrize("per", ["batch", "epoch"])
+def test_resuming_a_warm_restarts_schedule_warns_of_no_changed_setting(tmp_path, per):
+    """Every resume of a CosineAnnealingWarmRestarts run warned "built with other settings than the saved run's
+    (T_i 16 (saved) vs 4 (here); T_cur 3 (saved) vs 0 (here))": the length of the cycle running and the step in
+    it are counters, not settings."""
+    cls = BatchSchedCB if per == "batch" else EpochSchedCB
+
+    def sched():
+        return cls(partial(lr_scheduler.CosineAnnealingWarmRestarts, T_0=4 if per == "batch" else 1, T_mult=2))
+    straight, rec_straight = make_learner(None, [sched()])
+    straight.fit(4)
+    make_learner(tmp_path, [sched()])[0].fit(2)
+    resumed, rec_resumed = make_learner(tmp_path, [sched()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit(4, resume=tmp_path)
+    assert rec_resumed.recs["lr"] == rec_straight.recs["lr"] and same_params(straight, resumed)
+
+
+@pytest.mark.parametrize("cls", [lr_scheduler.LambdaLR, lr_scheduler.MultiplicativeLR])
+def test_a_resume_with_another_lr_function_is_refused(tmp_path, cls):
+    """torch saves no plain function: a resume with another lr_lambda (a closure over another run length) trained
+    on with the new one, without a word (LambdaLR at 0.05 a step where the saved run's gave 0.0042)."""
+    saved, new = (lambda step: 1 / (1 + step)), (lambda step: 1.0)
+    if cls is lr_scheduler.MultiplicativeLR:
+        saved, new = (lambda step: 0.9), (lambda step: 1.0)
+    make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=saved))])[0].fit(2)
+    learn, _ = make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=new))])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"saved run's lr_lambda 0 gives.*Resume with the saved run's lr_lambda"):
+        learn.fit(4, resume=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+    same, rec = make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=saved))])
+    same.fit(4, resume=tmp_path)  # the same function resumes
+    straight, rec_straight = make_learner(None, [BatchSchedCB(partial(cls, lr_lambda=saved))])
+    straight.fit(4)
+    assert rec.recs["lr"] == rec_straight.recs["lr"]
+
+
+def test_an_evaluation_resumed_from_a_checkpoint_leaves_the_recorders_curves(tmp_path):
+    """fit(3, train=False, resume=epoch 2's file) after a 4-epoch fit replaced RecorderCB's 32 lrs with the
+    checkpoint's 16, while ProgressCB kept the fit's losses; an evaluation leaves the last training fit's curves."""
+    learn, rec = make_learner(tmp_path, [], keep=None)
+    learn.fit(4)
+    lrs = list(rec.recs["lr"])
+    learn.fit(3, train=False, resume=tmp_path / "epoch_0002.pt")
+    assert rec.recs["lr"] == lrs and len(lrs) == 4 * 8

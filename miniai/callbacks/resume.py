@@ -25,7 +25,7 @@ from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generat
                          loader_generators, loader_size, optimizer_settings, param_names, set_generator_state,
                          stateful_callbacks, unwrap)
 from .guards import EarlyStoppingCB
-from .scheduling import BaseSchedCB
+from .scheduling import BaseSchedCB, RecorderCB
 from .swa import SWACB
 
 __all__ = ["ResumeCB", "resume_cb"]
@@ -152,7 +152,7 @@ class ResumeCB(Callback):
         given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
         for key in sorted(stateful, key=lambda k: not isinstance(stateful[k], BaseSchedCB)):
             if key in saved and (training or not isinstance(stateful[key], (BaseSchedCB, CheckpointCB,
-                                                                             EarlyStoppingCB))):
+                                                                             EarlyStoppingCB, RecorderCB))):
                 stateful[key].load_state_dict(saved[key])
         # --- everything is checked: load
         learn._epochs_trained = learn.epoch_offset + int(state["epoch"])  # the next fit goes on from here (even if

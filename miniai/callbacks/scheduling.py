@@ -286,7 +286,8 @@ class BaseSchedCB(Callback):
                   for group in self._opt.param_groups]
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
                               "steps_per_epoch": self._per_epoch, "param_groups": groups,
-                              "scheduler_class": _structure(self.scheduler)})
+                              "scheduler_class": _structure(self.scheduler),
+                              "lambda_values": _lambda_values(self.scheduler)})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`, during a fit (after this callback's before_fit, as `fit(resume=...)` does).
@@ -318,6 +319,7 @@ class BaseSchedCB(Callback):
         self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
         try:
             self._check_length(learn)
+            _check_lambdas(state.get("lambda_values"), self.scheduler)  # (older files: none saved)
         except ValueError:
             self.scheduler.load_state_dict(fresh)
             raise
@@ -365,8 +367,10 @@ def _parts_reached(scheduler: Any, reached: int) -> Iterator[tuple[Any, int]]:
             yield from _parts_reached(part, reached)
 
 
-_COUNTERS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "base_lrs", "lr_lambdas", "total_steps"}
-# (what a scheduler counts as it steps; base_lrs follow the lr given; a length, total_steps, is checked on its own)
+_COUNTERS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "base_lrs", "lr_lambdas", "total_steps",
+             "T_i", "T_cur"}
+# (what a scheduler counts as it steps, warm restarts' cycle and step in it too; base_lrs follow the lr given; a
+# length, total_steps, is checked on its own; lr_lambdas, functions torch does not save, by _lambda_values)
 _PRIVATE_SETTINGS = {"_schedule_phases", "_anneal_func_type"}  # OneCycleLR's pct_start, three_phase, anneal_strategy
 
 
@@ -382,6 +386,32 @@ def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = 
                 and saved[key] != value:
             changed.append(f"{part}{key} {saved[key]!r} (saved) vs {value!r} (here)")
     return changed
+
+
+def _lambda_values(scheduler: Any) -> list[list[float | None]]:
+    """What each lr function of the schedule (LambdaLR's, MultiplicativeLR's, its parts') gives at the step it is at
+    and the next: torch saves no plain function, so a resume compares these to tell another one (a closure over
+    another run length) from the saved run's. None where it raised."""
+    def value(fn: Callable[[int], float], step: int) -> float | None:
+        try:
+            return float(fn(step))
+        except Exception:  # (a function for this run's steps only, say: the comparison is of what it gives)
+            return None
+    return [[value(fn, part.last_epoch), value(fn, part.last_epoch + 1)]
+            for part in [scheduler, *getattr(scheduler, "_schedulers", [])] for fn in getattr(part, "lr_lambdas", [])]
+
+
+def _check_lambdas(saved: list[list[float | None]] | None, scheduler: Any) -> None:
+    """Raise if the schedule's lr functions (at the saved step) give other values than the saved run's did."""
+    here = _lambda_values(scheduler)
+    if saved is None or len(saved) != len(here):
+        return
+    for i, (old, new) in enumerate(zip(saved, here)):
+        if any(a != b and not (a != a and b != b) for a, b in zip(old, new)):  # (NaN == NaN here)
+            raise ValueError(f"the saved run's lr_lambda {i} gives {old[0]} at step {scheduler.last_epoch} and "
+                             f"{old[1]} at the next, this fit's {new[0]} and {new[1]}: torch saves no function, so "
+                             "the resumed run would follow another schedule. Resume with the saved run's lr_lambda "
+                             "(built for the same run length), or start a new fit from the checkpoint's weights.")
 
 
 def _structure(scheduler: Any) -> str:
