@@ -182,6 +182,25 @@ def test_nll_of_log_probabilities_with_an_epsilon_trains_and_log_sigmoid_scores_
         TrainLearner(nn.Sequential(nn.Linear(8, 3), Shifted()), class_dls(), F.nll_loss, lr=0.1).fit(1)
 
 
+
+def test_nll_loss_of_a_zero_initialised_binary_heads_logits_is_refused():
+    """A two-class head initialised at zero gives logits 0 at the first batch: their exps summed to 2, inside the
+    band the check allowed, and it never looked again; the loss then fell to -820 without a word."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)
+    with pytest.raises(LossInputError, match=r"log-probabilities.*exps summing to 2"):
+        TrainLearner(model, class_dls(2), F.nll_loss, lr=0.1).fit(1)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 4])
+def test_nll_loss_of_log_sigmoid_scores_is_refused_once_they_drift(n_classes):
+    """log_sigmoid's exps sum to about C/2 at the start, which for 2-4 classes passed the check, made once: NLL
+    then pushes every class's sigmoid up. The check is made again at each epoch's start."""
+    model = nn.Sequential(nn.Linear(8, n_classes), nn.LogSigmoid())
+    with pytest.raises(LossInputError, match=r"log-probabilities.*log_sigmoid"):
+        TrainLearner(model, class_dls(n_classes, n=256), F.nll_loss, lr=0.5).fit(10)
+
 def test_cross_entropy_of_bfloat16_probabilities_is_warned_of_too():
     from miniai.callbacks import MixedPrecisionCB
     learn = TrainLearner(nn.Sequential(nn.Linear(8, 3), nn.Softmax(1)), class_dls(), F.cross_entropy, lr=0.1,

@@ -100,8 +100,9 @@ _N_TARGETS = {"gaussian_nll_loss": 2, "GaussianNLLLoss": 2, "ctc_loss": 3, "CTCL
 class SupervisedLoss:
     """`learn.loss_func(learn.preds, *learn.yb)`, refusing inputs that would silently compute the wrong loss.
 
-    The checks read only the loss and the shapes, so they run again only when those change: checking every batch
-    cost 8 µs, half the loss's own time at bs 64. One per learner (TrainLearner) or TrainCB.
+    The checks run again only when the loss or the shapes change, and at each epoch's start (the values drift: a
+    log_sigmoid's look like log-probabilities at first): checking every batch cost 8 µs, half the loss's own time at
+    bs 64. One per learner (TrainLearner) or TrainCB.
     """
 
     def __init__(self) -> None:
@@ -113,7 +114,8 @@ class SupervisedLoss:
     def __call__(self, learn: Learner) -> torch.Tensor:
         loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
         first = yb[0] if yb else None
-        key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first), getattr(first, "shape", None))
+        key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first), getattr(first, "shape", None),
+               getattr(learn, "epoch", None))
         fix = None if key == self._passed else _wrong_inputs(loss_func, preds, yb, learn.n_inp)
         error = None
         if fix is None:
@@ -192,14 +194,14 @@ def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple) -> str | None
         return f"{name} over one class (preds {tuple(preds.shape)}) is always 0: softmax of one score is 1. {_BINARY}"
     if not preds.numel() or not preds.is_floating_point():
         return None
-    if name in ("nll_loss", "NLLLoss"):  # log-probabilities: <= 0 and each item's exps sum to 1 (log(p + eps): a
-        mass = preds.float().exp().sum(1)  # little above both)
+    if name in ("nll_loss", "NLLLoss"):  # log-probabilities: <= 0 and each item's exps sum to 1 (log(p + eps):
+        mass = preds.float().exp().sum(1)  # 1 + C × eps, so a little above both; two zero logits sum to 2)
         top, low, high = (float(v) for v in (preds.max(), mass.min(), mass.max()))  # (each read once: a sync each)
-        if top > 0.1 or not 0.5 <= low <= high <= 2.5:
+        if top > 0.1 or not 0.9 <= low <= high <= 1.5:
             return (f"{name} takes log-probabilities (log_softmax's output: <= 0, each item's exps summing to 1), "
                     f"and these preds reach {top:.3g}, their exps summing to {low:.3g}..{high:.3g} (raw logits? "
-                    "log_sigmoid?): end the model with "
-                    "nn.LogSoftmax(1), or use F.cross_entropy, which takes the logits themselves")
+                    "log_sigmoid?): end the model with nn.LogSoftmax(1), or use F.cross_entropy, which takes the "
+                    "logits themselves (log(p + eps) passes while C × eps <= 0.5)")
     if name in ("cross_entropy", "CrossEntropyLoss") and float(preds.min()) >= 0 and torch.allclose(
             preds.float().sum(1), torch.ones((), device=preds.device), atol=1e-2):  # (bfloat16's sums: 1 ± 4e-3)
         warnings.warn(f"{name} takes logits, and these preds look like probabilities (each item's sum to 1): "
