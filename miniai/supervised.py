@@ -69,6 +69,15 @@ class MomentumLearner(TrainLearner):
         self.mom = mom
         super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard, n_inp)
 
+    def get_loss(self) -> None:
+        """The loss, after dropping the momentum kept for parameters frozen since (a callback's before_epoch, say):
+        the step would move them. Here, not in step: MixedPrecisionCB owns backward and step, not this."""
+        if self.training:
+            for p in self.model.parameters():
+                if p.grad is not None and not p.requires_grad:
+                    p.grad = None
+        super().get_loss()
+
     @torch.no_grad()
     def zero_grad(self) -> None:
         """Scale the gradients by `mom` instead of zeroing them (a frozen parameter's are dropped: kept, every step
@@ -85,8 +94,9 @@ class MomentumLearner(TrainLearner):
 
 
 def _warn_second_momentum(learn: MomentumLearner) -> None:
-    """MomentumLearner's momentum is in .grad: one in the optimizer too stacks a second on top."""
-    group = learn.opt.param_groups[0] if hasattr(learn.opt, "param_groups") else {}
+    """MomentumLearner's momentum is in .grad: one in the optimizer too (in any param group) stacks a second."""
+    groups = learn.opt.param_groups if hasattr(learn.opt, "param_groups") else []
+    group = next((g for g in groups if g.get("momentum") or g.get("betas", (0,))[0]), {})
     own = f"momentum={group['momentum']}" if group.get("momentum") else \
         f"betas[0]={group['betas'][0]}" if group.get("betas", (0,))[0] else None
     if own:

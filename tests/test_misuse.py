@@ -12,7 +12,7 @@ from torch import nn, optim
 from miniai.callbacks import MetricsCB, RecorderCB
 from miniai.callbacks.basic import LossInputError
 from miniai.data import DataLoaders, TensorLoader
-from miniai.learner import TrainLearner
+from miniai.learner import Callback, TrainLearner
 from miniai.supervised import MomentumLearner
 
 
@@ -96,6 +96,30 @@ def test_a_layer_frozen_between_momentum_learner_fits_stays_put():
     assert torch.equal(frozen, model[0].weight)
     assert model[2].weight.grad is not None  # the trainable layer keeps its momentum
 
+
+
+def test_a_layer_frozen_during_a_momentum_learner_fit_stays_put():
+    """Frozen by a callback at an epoch's start (gradual unfreezing's reverse), the layer still held the momentum
+    the last zero_grad had kept, and the next step moved it by 0.015."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    frozen = []
+
+    class Freeze(Callback):
+        def before_epoch(self, learn):
+            if learn.training and learn.epoch == 1:
+                model[0].requires_grad_(False)
+                frozen.append(model[0].weight.detach().clone())
+    MomentumLearner(model, class_dls(), F.cross_entropy, lr=0.1, cbs=[Freeze()]).fit(2)
+    assert torch.equal(frozen[0], model[0].weight)
+
+
+def test_a_second_momentum_in_any_param_group_is_warned_of():
+    """The warning read param group 0 only: momentum=0.9 given to the head's group alone went unsaid."""
+    def head_momentum(params, lr):
+        weight, bias = list(params)
+        return optim.SGD([{"params": [weight]}, {"params": [bias], "momentum": 0.9}], lr=lr)
+    with pytest.warns(UserWarning, match=r"MomentumLearner.*momentum=0.9.*second"):
+        MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, opt_func=head_momentum).fit(1)
 
 def test_momentum_learner_with_an_optimizers_own_momentum_is_warned_of():
     """The gradients' momentum and the optimizer's stack: 20 steps moved 5.3 against 0.97 for one momentum."""
@@ -228,7 +252,6 @@ def test_optimizing_a_tensor_outside_a_frozen_model_trains_it():
 def test_parameters_a_callback_adds_while_freezing_the_rest_are_named():
     """A LoRA-style callback's before_fit freezes the base and adds adapters: the error named a stale optimizer
     (an earlier model's), not the adapters added after the optimizer was made."""
-    from miniai.learner import Callback
 
     class Adapted(nn.Module):
         def __init__(self) -> None:
