@@ -209,10 +209,11 @@ def drops_last(dl: Any) -> bool:
 
 def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
     """A missing or empty loader (of known length) is an error before any batch, not NaN metrics after."""
-    if passes == ("train", "valid") and getattr(dls, "train", None) is getattr(dls, "valid", 0):
-        warnings.warn("dls.valid is dls.train, the same loader: validation measures the training data, so its loss "
-                      "and metrics say nothing of how the model does on unseen data. Give DataLoaders a loader of "
-                      "held-out data as valid (get_dls(holdout=n) holds out training images)", stacklevel=4)
+    if passes == ("train", "valid") and _same_data(getattr(dls, "train", None), getattr(dls, "valid", None)):
+        warnings.warn("dls.valid gives the same data as dls.train (the same loader, dataset or tensors): validation "
+                      "measures the training data, so its loss and metrics say nothing of how the model does on "
+                      "unseen data. Give DataLoaders a loader of held-out data as valid (get_dls(holdout=n) holds "
+                      "out training images)", stacklevel=4)
     for name in passes:
         dl = getattr(dls, name, None)
         if dl is None:
@@ -232,6 +233,22 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
                f"{n} items with bs={bs} and drop_last=True make no full batch")
         raise ValueError(f"dls.{name} has no batches: {why}. Check how it was built (a filter, n_train, a wrong "
                          "path), or pass " + _skip_pass(name))
+
+
+def _same_data(train: Any, valid: Any) -> bool:
+    """Whether two loaders read the same data: one loader, one dataset, or the same tensors (a TensorDataset's or
+    a TensorLoader's, the same view of them)."""
+    if train is None or valid is None:
+        return False
+    if train is valid or getattr(train, "dataset", None) is not None and train.dataset is getattr(valid, "dataset", 0):
+        return True
+
+    def first_tensor(dl: Any) -> Any:
+        x = getattr(dl, "x", None)  # a TensorLoader
+        return x if x is not None else next(iter(getattr(getattr(dl, "dataset", None), "tensors", ())), None)
+    a, b = first_tensor(train), first_tensor(valid)
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.numel() > 0 and (
+        a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
 
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:

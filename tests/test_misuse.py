@@ -20,13 +20,13 @@ def class_dls(n_classes: int = 3, float_targets: bool = False, target_shape: str
               bs: int = 16) -> DataLoaders:
     """8 features, `n_classes` classes; the targets as class indices (N,), or as floats in the shape asked."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 8, generator=g)
+    x = torch.randn(2 * n, 8, generator=g)  # the first n to train on, the others held out
     y = (x @ torch.randn(8, max(n_classes, 2), generator=g)).argmax(1) % max(n_classes, 2)
     if float_targets:
         y = y.float()
     if target_shape == "(N,1)":
         y = y.unsqueeze(1)
-    return DataLoaders(TensorLoader(x, y, bs, shuffle=True, seed=0), TensorLoader(x, y, bs))
+    return DataLoaders(TensorLoader(x[:n], y[:n], bs, shuffle=True, seed=0), TensorLoader(x[n:], y[n:], bs))
 
 
 @pytest.mark.parametrize("out, flatten, float_targets, target_shape", [
@@ -139,8 +139,24 @@ def test_recorder_keeps_no_graph_of_a_tensor_it_records():
 
 def test_the_same_loader_for_training_and_validation_is_warned_of():
     dls = class_dls()
-    with pytest.warns(UserWarning, match=r"dls.valid is dls.train.*validation measures the training data"):
+    with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train.*measures the training data"):
         TrainLearner(nn.Linear(8, 3), DataLoaders(dls.train, dls.train), F.cross_entropy, lr=0.1).fit(1)
+
+
+def test_two_loaders_of_the_same_data_are_warned_of_too():
+    """Only the same loader object was: two loaders over one dataset, the usual way to make the mistake, passed."""
+    from torch.utils.data import DataLoader, TensorDataset
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    ds = TensorDataset(x, y)
+    for train, valid in [(DataLoader(ds, 16, shuffle=True), DataLoader(ds, 32)),
+                         (DataLoader(TensorDataset(x, y), 16), DataLoader(TensorDataset(x, y), 32)),
+                         (TensorLoader(x, y, 16, shuffle=True), TensorLoader(x, y, 32))]:
+        with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train"):
+            TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
+    with warnings.catch_warnings():  # held-out data: no word
+        warnings.simplefilter("error")
+        TrainLearner(nn.Linear(8, 3), DataLoaders(TensorLoader(x[:48], y[:48], 16), TensorLoader(x[48:], y[48:], 16)),
+                     F.cross_entropy, lr=0.1).fit(1)
 
 
 def test_metrics_cb_logs_the_loss_of_batches_with_an_extra_item():
