@@ -655,6 +655,16 @@ def test_a_resume_with_other_grad_scaler_settings_is_refused(tmp_path):
     tiny_learner(cbs=[resumed]).fit(2, resume=tmp_path)
 
 
+
+def test_grad_scaler_settings_given_as_numpy_numbers_resume(tmp_path):
+    """growth_interval=np.int64(100): every checkpoint saved it as a NumPy scalar, which the safe loader refuses, so
+    the resume failed after the run, with no word when it saved."""
+    import numpy as np
+    from miniai.callbacks.checkpoint import CheckpointCB
+    settings = dict(init_scale=np.float64(2.0**8), growth_interval=np.int64(100))
+    tiny_learner(cbs=[MixedPrecisionCB(torch.float16, **settings), CheckpointCB(tmp_path)]).fit(1)
+    tiny_learner(cbs=[MixedPrecisionCB(torch.float16, **settings)]).fit(2, resume=tmp_path)
+
 def test_an_epoch_whose_every_float16_step_was_skipped_still_counts_as_an_epoch():
     """An epoch of only skipped steps was not counted: the next fit replayed its loader order (fit(1); fit(2) was
     not fit(3)), and SWACB left it out of the average, where a hand loop with a GradScaler counts it."""

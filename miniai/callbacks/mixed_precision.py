@@ -43,7 +43,11 @@ class MixedPrecisionCB(Callback):
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"MixedPrecisionCB dtype must be torch.float16, torch.bfloat16 or None (pick by "
                              f"device), got {dtype!r}")
-        self.dtype, self.scaler_kwargs = dtype, scaler_kwargs
+        # a NumPy or one-number tensor setting as a Python number: checkpoints hold the scaler's settings, and the
+        # safe loader a resume reads them with refuses NumPy scalars
+        self.dtype = dtype
+        self.scaler_kwargs = {k: v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v
+                              for k, v in scaler_kwargs.items()}
         self.scaler: torch.amp.GradScaler | None = None
         self._scaler_device = ""
         self.n_skipped = 0
