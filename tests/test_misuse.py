@@ -77,6 +77,25 @@ def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
     assert torch.equal(before, learn.model.weight)
 
 
+
+def test_an_optimizer_of_a_parameter_of_ones_own_trains_it_beside_an_unfrozen_model():
+    """Temperature scaling with opt_func=lambda ps, lr: SGD([T], lr), the model left trainable: refused, blaming
+    "another model's" parameters, though T is of no model, and trains once the model is frozen."""
+    temperature = nn.Parameter(torch.ones(()))
+    model = nn.Linear(8, 3)
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x) / temperature
+    weights = model.weight.detach().clone()
+    TrainLearner(Scaled(), class_dls(), F.cross_entropy, lr=0.1,
+                 opt_func=lambda params, lr: optim.SGD([temperature], lr=lr)).fit(1)
+    assert temperature.item() != 1.0 and torch.equal(weights, model.weight)
+
 def test_a_model_with_no_trainable_parameter_is_refused_before_training():
     model = nn.Linear(8, 3).requires_grad_(False)
     with pytest.raises(RuntimeError, match=r"nothing the optimizer holds requires grad"):
