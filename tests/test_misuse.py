@@ -550,3 +550,11 @@ def test_a_recipe_refuses_images_of_another_shape():
     dls = DataLoaders(TensorLoader(x, torch.zeros(16, dtype=torch.long), 8), TensorLoader(x, x[:, 0, 0, 0], 8))
     with pytest.raises(ValueError, match=r"recipe five is for 1x28x28 images.*1x32x32"):
         recipe_learner(RECIPES["five"], dls, device="cpu")
+
+
+def test_recorder_records_a_momentum_learners_momentum():
+    """RecorderCB(mom=_mom) recorded the plain SGD's momentum, 0.0, while the steps ran with MomentumLearner's 0.85."""
+    from miniai.callbacks import RecorderCB, _lr, _mom
+    recorder = RecorderCB(lr=_lr, mom=_mom)
+    MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, mom=0.85, cbs=[recorder]).fit(1)
+    assert set(recorder.recs["mom"]) == {0.85}

@@ -420,11 +420,12 @@ def test_fit_one_cycle_on_a_momentum_learner_with_plain_sgd_adds_no_second_momen
     """MomentumLearner carries mom x the gradients; fit_one_cycle also turned on SGD's own momentum (0.95 cycling
     to 0.85) on top: two momentums at once (on a constant gradient about 10 times either one's step)."""
     from miniai.learner import MomentumLearner
-    rec = RecorderCB(lr=_lr, mom=_mom)
+    rec = RecorderCB(lr=_lr, mom=_mom, sgd=lambda cb: float(cb.pg["momentum"]))
     torch.manual_seed(0)
     learn = MomentumLearner(nn.Linear(1, 1), linear_dls(n_train=N_TRAIN, bs=BS), F.mse_loss, lr=0.1, cbs=[rec])
     learn.fit_one_cycle(EPOCHS, max_lr=0.05)
-    assert set(rec.recs["mom"]) == {0} and not learn.opt.state  # SGD itself stays without momentum buffers
+    assert set(rec.recs["sgd"]) == {0} and not learn.opt.state  # SGD itself stays without momentum buffers
+    assert set(rec.recs["mom"]) == {0.85}  # the momentum the steps ran with: the learner's
     assert max(rec.recs["lr"]) == pytest.approx(0.05, rel=0.02)  # the lr still cycles
     learn.fit_one_cycle(EPOCHS, max_lr=0.05, cycle_momentum=True)  # asked for: both
     assert max(rec.recs["mom"]) == pytest.approx(0.95)

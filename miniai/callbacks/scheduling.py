@@ -692,9 +692,11 @@ def _beta1(cb: RecorderCB) -> float:
 
 
 def _mom(cb: RecorderCB) -> float:
-    """SGD momentum, or beta1 for the Adam family: whichever the optimizer has."""
+    """SGD momentum, or beta1 for the Adam family: whichever the optimizer has; a MomentumLearner's `mom` when the
+    optimizer has none (it carries its momentum in the gradients)."""
     if "betas" in cb.pg:
         return _beta1(cb)
     if "momentum" in cb.pg:
-        return float(cb.pg["momentum"])
+        own, carried = float(cb.pg["momentum"]), getattr(cb.learn, "mom", None)
+        return float(carried) if not own and isinstance(carried, (int, float)) else own
     raise KeyError("the optimizer's param group has neither 'momentum' nor 'betas': record _lr only")
