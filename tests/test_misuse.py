@@ -558,3 +558,24 @@ def test_recorder_records_a_momentum_learners_momentum():
     recorder = RecorderCB(lr=_lr, mom=_mom)
     MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, mom=0.85, cbs=[recorder]).fit(1)
     assert set(recorder.recs["mom"]) == {0.85}
+
+
+def test_a_fit_refused_at_its_start_leaves_the_last_fits_records(tmp_path):
+    """A second fit refused by a later callback's before_fit (a CSV log already there) had already started
+    MetricsCB's history, RecorderCB's curves, ProgressCB's losses and ActivationStats' hooks afresh: the first fit's
+    records were gone, though nothing ran."""
+    from miniai.callbacks import ActivationStats, CSVLoggerCB, MetricsCB, ProgressCB, RecorderCB, _lr
+    metrics, recorder, progress = MetricsCB(), RecorderCB(lr=_lr), ProgressCB(mode="plain")
+    stats = ActivationStats(lambda m: isinstance(m, nn.Linear))
+    logger = CSVLoggerCB(tmp_path / "log.csv")
+    learn = TrainLearner(nn.Sequential(nn.Linear(8, 3)), class_dls(), F.cross_entropy, lr=0.1,
+                         cbs=[metrics, recorder, progress, stats, logger])
+    learn.fit(2)
+    before = (list(metrics.history), list(recorder.recs["lr"]), list(progress.losses), len(stats.stats[0][0]))
+    assert all(before)
+    with pytest.raises(FileExistsError):
+        learn.fit(2)
+    assert (metrics.history, recorder.recs["lr"], progress.losses, len(stats.stats[0][0])) == before
+    learn.rm_cb(logger)
+    learn.fit(1)  # a fit that runs starts them afresh
+    assert len(metrics.history) == 2 and len(recorder.recs["lr"]) == len(before[1]) // 2

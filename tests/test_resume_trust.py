@@ -308,3 +308,17 @@ def test_an_evaluation_resumed_from_a_checkpoint_leaves_the_recorders_curves(tmp
     lrs = list(rec.recs["lr"])
     learn.fit(3, train=False, resume=tmp_path / "epoch_0002.pt")
     assert rec.recs["lr"] == lrs and len(lrs) == 4 * 8
+
+
+def test_a_refused_resume_leaves_the_learners_records(tmp_path):
+    """"nothing was changed", said a refused resume, but MetricsCB's history and RecorderCB's curves of the
+    learner's last fit were gone: their before_fit had started them afresh before ResumeCB refused."""
+    def sched():
+        return BatchSchedCB(partial(lr_scheduler.StepLR, step_size=4, gamma=0.5))
+    make_learner(tmp_path, [sched()])[0].fit(1)
+    learn, rec = make_learner(None, [sched()])
+    learn.fit(2)
+    history, lrs = list(learn.metrics.history), list(rec.recs["lr"])
+    with pytest.raises(ValueError, match="its schedule sets the lr at every step"):
+        learn.fit(4, lr=0.01, resume=tmp_path)
+    assert learn.metrics.history == history and rec.recs["lr"] == lrs and len(lrs) == 16

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..checks import check_count
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
+from .records import keep_records, restore_if_refused
 
 __all__ = ["Hook", "Hooks", "append_stats", "get_hist", "get_min", "HooksCallback", "ActivationStats"]
 
@@ -286,7 +287,8 @@ class HooksCallback(Callback):
         if not mods:
             raise ValueError(f"{type(self).__name__}: mod_filter matched no module of {type(learn.model).__name__}; "
                              "check the filter (e.g. fastcore's risinstance(nn.ReLU)) or pass mods=[...].")
-        self.hooks = Hooks(mods, self._hookfunc)
+        keep_records(self, "hooks")  # (removed, they keep their stats: a fit refused before its first epoch puts
+        self.hooks = Hooks(mods, self._hookfunc)  # them back)
         self._model, self._learn = learn.model, learn
 
     def before_epoch(self, learn: Learner) -> None:
@@ -300,6 +302,7 @@ class HooksCallback(Callback):
     def cleanup_fit(self, learn: Learner) -> None:
         self.hooks.remove()
         self._model = self._learn = None
+        restore_if_refused(self, learn)
 
     def _hookfunc(self, hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
         # not a forward of a prediction pass a callback runs during the fit (get_preds, summary), nor one in the

@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
 from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
+from .records import keep_records, restore_if_refused
 
 __all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "improves", "monitor_mode",
            "same_watch", "sum_dtype", "n_items"]
@@ -117,8 +118,12 @@ class MetricsCB(Callback):
         if self._sync:
             _check_syncable(self.metrics)
         learn.metrics = self
+        keep_records(self, "history", "last")  # (a fit refused before its first epoch puts them back)
         self.history, self.last = [], {}
         self._printer.header_done = False  # each fit's table starts with its header
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        restore_if_refused(self, learn)
 
     def before_epoch(self, learn: Learner) -> None:
         self._device = model_device(learn.model)

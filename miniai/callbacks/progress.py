@@ -12,6 +12,7 @@ from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..utils import len_or_none, loss_reduction
 from .metrics import format_row, format_value, n_items
+from .records import keep_records, restore_if_refused
 
 __all__ = ["ProgressCB", "ConsoleBar", "in_notebook"]
 
@@ -181,6 +182,7 @@ class ProgressCB(Callback):
                              "unset to pick the display by itself")
         self._curves = "train" in learn.passes  # an evaluation leaves the curves of the last fit that trained
         if self._curves:
+            keep_records(self, "_train_losses", "losses", "valid_losses", "valid_at", "_start")
             self._train_losses = _HostScalars()
             self.losses, self.valid_losses, self.valid_at = self._train_losses.values, [], []
             # a resumed run's batches are counted from the start of the run, like RecorderCB's (a guess without len)
@@ -265,6 +267,7 @@ class ProgressCB(Callback):
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._train_losses.drain(wait=True)
+        restore_if_refused(self, learn)  # (a fit refused before its first epoch leaves the last one's curves)
         if self._metrics is not None and self._saved_log_fn is not None:
             self._metrics.log_fn, self._saved_log_fn = self._saved_log_fn, None
         if isinstance(self.mbar, ConsoleBar):

@@ -41,6 +41,7 @@ from ..supervised import MomentumLearner
 from ..utils import without_graph
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
+from .records import keep_records, restore_if_refused
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
            "check_one_cycle_room",
@@ -644,7 +645,11 @@ class RecorderCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self.learn = learn
         if "train" in learn.passes:  # an evaluation (fit(train=False)) records nothing: the last fit's stay
+            keep_records(self, "recs")  # (a fit refused before its first epoch puts them back)
             self.recs = {name: [] for name in self.fns}
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        restore_if_refused(self, learn)
 
     def after_batch(self, learn: Learner) -> None:
         if learn.training:
