@@ -24,7 +24,8 @@ Learner state that callbacks may read, and from which event on:
 |------------------------------|----------------|---------------------------------------------------------------------------|
 | `model, dls, loss_func, cbs` | always         | what the learner was built with                                           |
 | `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
-| `opt`                        | `before_fit`   | the optimizer, `opt_func(model.parameters(), lr)` in each fit that trains |
+| `opt`, `fit_lr`              | `before_fit`   | the optimizer, `opt_func(model.parameters(), fit_lr)` in each fit that    |
+|                              |                | trains; the lr it was made with (fit's, else the learner's)               |
 | `n_epochs, epochs, passes`   | `before_fit`   | epochs in this fit; the range the loop walks; ("train", "valid") or one   |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
 | `epoch_offset`               | `before_fit`   | epochs trained in earlier fits: a seeded loader walks its order of epoch  |
@@ -193,7 +194,8 @@ class Learner(Conveniences):
                 temporary.append(resume_cb(self, resume, lr))
                 self.add_cb(temporary[-1])
             if train or self.opt is None or resume is not None:  # an evaluation keeps the optimizer, and its state
-                self.opt = self.opt_func(self.model.parameters(), 0.0 if opt_lr is None else opt_lr)
+                self.fit_lr = 0.0 if opt_lr is None else opt_lr
+                self.opt = self.opt_func(self.model.parameters(), self.fit_lr)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
             for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
                 if not (self.keeps_grads and p.requires_grad):  # step cancelled at the last fit's end, of parameters

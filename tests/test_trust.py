@@ -779,6 +779,31 @@ def test_fit_one_cycle_peaks_where_fit_would_run_a_group_above_fits_lr():
     assert top[0] == pytest.approx(0.01, rel=0.2) and top[1] == pytest.approx(10 * top[0])
 
 
+def test_fit_one_cycle_and_the_finder_read_the_lr_fit_gives_opt_func_not_the_optimizers_defaults():
+    """opt_func set every group's lr itself and built Adam without lr= (defaults lr 1e-3): fit_one_cycle(max_lr=0.01)
+    peaked the head at 0.097 (max_lr / defaults' lr × the head's), and LRFinderCB recorded 1e-3 for fit(lr=1e-5)."""
+    from miniai.callbacks.lr_finder import LRFinderCB
+
+    def own_lrs(params, lr):
+        weight, bias = list(params)
+        return optim.Adam([{"params": [weight], "lr": lr / 10}, {"params": [bias], "lr": lr}])
+    learn = tiny_learner()
+    learn.opt_func = own_lrs
+    lrs = []
+
+    class Lrs(Callback):
+        order = 30
+
+        def after_batch(self, learn) -> None:
+            lrs.append([g["lr"] for g in learn.opt.param_groups])
+    learn.fit_one_cycle(2, max_lr=0.01, cbs=[Lrs()])
+    top = max(lrs)
+    assert top[1] == pytest.approx(0.01, rel=0.02) and top[0] == pytest.approx(top[1] / 10)
+    finder = LRFinderCB()
+    learn.fit(1, lr=1e-5, valid=False, cbs=[finder])
+    assert finder.lrs[0] == pytest.approx(1e-5) and finder.lrs[1] == pytest.approx(1.3e-5)
+
+
 def test_a_metricscb_of_an_earlier_fit_is_not_read_by_a_later_one(tmp_path):
     """learn.metrics stayed after a fit(cbs=[MetricsCB()]); a later fit's CheckpointCB read its NaN valid_loss and
     stopped a healthy fit, and saved its history in the checkpoints."""

@@ -19,7 +19,7 @@ from .checkpoint import CheckpointCB
 from .ddp import DDPCB
 from .guards import EarlyStoppingCB
 from .metrics import MetricsCB, n_items
-from .scheduling import BaseSchedCB
+from .scheduling import BaseSchedCB, lr_ratios
 from .state import kept
 from .swa import SWACB
 
@@ -65,16 +65,19 @@ class LRFinderCB(Callback):
         if not hasattr(learn.opt, "param_groups"):
             raise TypeError(f"LRFinderCB sets the lr in opt.param_groups, which {type(learn.opt).__name__} (opt_func) "
                             "has none: find the lr with a torch.optim optimizer (or one with param_groups)")
-        # the lr read is of the first group that grows (one held at lr 0, a frozen body, never does); opt.defaults'
-        # lr is the one fit made the optimizer with, and that group may run at a multiple of it
+        # the lr read is of the first group that grows (one held at lr 0, a frozen body, never does), recorded as
+        # the lr fit made the optimizer with (learn.fit_lr), of which that group may run a multiple: as fit and
+        # fit_one_cycle take an lr (lr_ratios)
         groups = learn.opt.param_groups
         self._group_read = next((i for i, group in enumerate(groups) if group["lr"]), None)
         if self._group_read is None:
             raise ValueError(f"LRFinderCB grows the lr of the param groups, and every param group's is at lr 0 (as "
                              f"opt_func made them: {type(learn.opt).__name__}): nothing would train. Let opt_func give "
                              "the groups to train the lr it is called with")
-        lr = groups[self._group_read]["lr"]
-        self._scale = float(getattr(learn.opt, "defaults", {}).get("lr", lr) or lr) / lr
+        fit_lr = getattr(learn, "fit_lr", None)
+        ratios = lr_ratios(learn, float(fit_lr)) if fit_lr and hasattr(learn, "opt_func") else []
+        ratio = ratios[self._group_read] if len(ratios) == len(groups) else 0.0
+        self._scale = 1.0 / ratio if ratio > 0 else 1.0
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:

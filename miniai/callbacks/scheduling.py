@@ -549,15 +549,29 @@ _PLATEAU_NO_MONITOR = ("ReduceLROnPlateau needs the metric it watches: pass moni
                        "EpochSchedCB(partial(ReduceLROnPlateau, mode='min', patience=2), monitor='valid_loss')")
 
 
+def lr_ratios(learn: Learner, lr: float) -> list[float]:
+    """Each param group's lr over the lr fit takes, as `opt_func` makes them for `lr` (a body at a tenth: 0.1; a
+    group it gives a fixed lr: that over `lr`); over the highest group's when opt_func ignores the lr it is given
+    (the groups' lrs the same for 2 × `lr`). fit_one_cycle's max_lr and lr_find's lrs are that lr, as in `fit`."""
+    params = list(learn.model.parameters())
+    made = [float(group["lr"]) for group in learn.opt_func(params, lr).param_groups]
+    top = max(made, default=0.0)
+    if not lr or top <= 0:
+        return [1.0] * len(made)
+    follows = made != [float(group["lr"]) for group in learn.opt_func(params, 2 * lr).param_groups]
+    return [made_lr / (lr if follows else top) for made_lr in made]
+
+
 def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *, pct_start: float = 0.3,
                   div_factor: float = 25.0, final_div_factor: float = 1e4, base_momentum: float = 0.85,
                   max_momentum: float = 0.95, cycle_momentum: bool | None = None, cbs: Any = None,
                   **fit_kwargs: Any) -> None:
     """Fit with torch's OneCycleLR stepped per optimizer step: lr up to `max_lr` and down, momentum/beta1 inverse.
 
-    `max_lr` is the peak of the lr `fit(lr=...)` takes: with several param groups, each keeps the ratio `opt_func`
-    gives it to that lr (a body at a tenth of it peaks at `max_lr / 10`, a head at 10 × at `10 * max_lr`), so the
-    lr `lr_find` suggests means the same here as in `fit`.
+    `max_lr` is the peak of the lr `fit(lr=...)` takes: each param group peaks at the lr `opt_func` gives it for
+    `max_lr` (a body at a tenth of it at `max_lr / 10`, a head at 10 × at `10 * max_lr`), so the lr `lr_find`
+    suggests means the same here as in `fit` (`lr_ratios`; an opt_func that ignores the lr it is given has its
+    highest group peak at `max_lr`).
 
     The total steps are counted at before_fit (`n_epochs` × optimizer steps per epoch, fewer than batches under
     gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None` cycles
@@ -581,18 +595,11 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
             raise TypeError("fit_one_cycle needs len(dls.train) to count the steps of the cycle; this train "
                             "loader has no length: use BatchSchedCB(partial(OneCycleLR, total_steps=...))")
         # (a MomentumLearner carries its own momentum in the gradients: plain SGD's would be a second one)
-        cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & set(opt.defaults)) \
-            and not (isinstance(learn, MomentumLearner) and "momentum" in opt.defaults)
-        # max_lr stands for the lr fit is given: each group keeps the ratio to it that opt_func gave it (a body at
-        # a tenth stays at a tenth); on resume as in the saved run, so the peaks compare with the checkpoint's
-        built = opt
-        if resuming and max_lr is not None:  # fit built opt at learn.lr (an lr given there would replace the
-            # checkpoint's): the ratios of the saved run's, built at max_lr (a group opt_func gives a fixed lr)
-            built = learn.opt_func(learn.model.parameters(), max_lr)
-        lrs = [float(group["lr"]) for group in built.param_groups]
-        given = float(getattr(built, "defaults", {}).get("lr", 0.0) or 0.0) or max(lrs)  # (a custom optimizer
-        if max_lr is not None:  # without defaults, or an lr of 0: the highest group's)
-            peaks = [max_lr * (lr / given) for lr in lrs] if given > 0 else max_lr
+        own = set(getattr(opt, "defaults", {}))  # (an optimizer of one's own may have no defaults)
+        cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & own) \
+            and not (isinstance(learn, MomentumLearner) and "momentum" in own)
+        if max_lr is not None:  # (on resume as in the saved run, so the peaks compare with the checkpoint's)
+            peaks = [max_lr * ratio for ratio in lr_ratios(learn, max_lr)]
         elif resuming:  # a learner built without an lr: the saved run's peaks (the checkpoint brings them anyway),
             from .resume import ResumeCB  # from the checkpoint fit(resume=...) has read already
             saved = next(cb for cb in learn.cbs if isinstance(cb, ResumeCB)).state["optimizer"]["param_groups"]
