@@ -271,23 +271,12 @@ def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[
                            "there is nothing to train: unfreeze some (model.requires_grad_(True), or a layer's), or "
                            "evaluate with fit(n, train=False)")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if trainable and not any(id(p) in in_opt for p in trainable) and _copies(held, trainable):
+    if trainable and not any(id(p) in in_opt for p in trainable) and all(isinstance(p, nn.Parameter) for p in held):
         raise RuntimeError(f"the optimizer holds none of the model's {len(trainable)} trainable parameters, but "
-                           "parameters of the same shapes, so training would change nothing: opt_func built it on "
-                           "another model's (an earlier one, after a notebook cell was run again?). Build it on the "
-                           "parameters fit passes it: opt_func(params, lr) (to train parameters of your own alone, "
-                           "freeze the model: model.requires_grad_(False))")
-
-
-def _copies(held: list, trainable: list) -> bool:
-    """Whether the parameters `held` could be another copy of the model's: nn.Parameters, each of a shape among
-    the trainable ones' (a temperature or a loss's weights of one's own are not)."""
-    shapes = [tuple(p.shape) for p in trainable]
-    for p in held:
-        if not isinstance(p, nn.Parameter) or tuple(p.shape) not in shapes:
-            return False
-        shapes.remove(tuple(p.shape))
-    return True
+                           "other parameters, so the model would not train: opt_func built it on another model's "
+                           "(an earlier one, after a notebook cell was run again?). Build it on the parameters fit "
+                           "passes it: opt_func(params, lr). To train parameters of your own alone (a temperature), "
+                           "freeze the model first: model.requires_grad_(False)")
 
 
 def empty_pass_error(training: bool, epoch: Any, dl: Any) -> ValueError:

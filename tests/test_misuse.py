@@ -78,9 +78,9 @@ def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
 
 
 
-def test_an_optimizer_of_a_parameter_of_ones_own_trains_it_beside_an_unfrozen_model():
-    """Temperature scaling with opt_func=lambda ps, lr: SGD([T], lr), the model left trainable: refused, blaming
-    "another model's" parameters, though T is of no model, and trains once the model is frozen."""
+def test_an_optimizer_of_parameters_of_ones_own_says_to_freeze_the_model_and_a_stale_ones_of_any_shape_is_refused():
+    """Temperature scaling, SGD([T]) beside a model left trainable, was refused blaming only "another model's"
+    parameters; an optimizer of an earlier model of another width must be refused too (nothing of this one trains)."""
     temperature = nn.Parameter(torch.ones(()))
     model = nn.Linear(8, 3)
 
@@ -91,16 +91,18 @@ def test_an_optimizer_of_a_parameter_of_ones_own_trains_it_beside_an_unfrozen_mo
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x) / temperature
-    weights = model.weight.detach().clone()
-    TrainLearner(Scaled(), class_dls(), F.cross_entropy, lr=0.1,
-                 opt_func=lambda params, lr: optim.SGD([temperature], lr=lr)).fit(1)
-    assert temperature.item() != 1.0 and torch.equal(weights, model.weight)
-
-def test_a_model_with_no_trainable_parameter_is_refused_before_training():
-    model = nn.Linear(8, 3).requires_grad_(False)
-    with pytest.raises(RuntimeError, match=r"nothing the optimizer holds requires grad"):
-        TrainLearner(model, class_dls(), F.cross_entropy, lr=0.5).fit(1)
-    TrainLearner(model, class_dls(), F.cross_entropy, lr=0.5).fit(1, train=False)  # evaluating it is fine
+    own = TrainLearner(Scaled(), class_dls(), F.cross_entropy, lr=0.1,
+                       opt_func=lambda params, lr: optim.SGD([temperature], lr=lr))
+    with pytest.raises(RuntimeError, match=r"a temperature.*freeze the model first: model.requires_grad_\(False\)"):
+        own.fit(1)
+    model.requires_grad_(False)
+    own.fit(1)
+    assert temperature.item() != 1.0
+    old = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    stale = TrainLearner(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)), class_dls(), F.cross_entropy,
+                         lr=0.1, opt_func=lambda params, lr: optim.SGD(old.parameters(), lr=lr))
+    with pytest.raises(RuntimeError, match=r"holds none of the model's 4 trainable parameters"):
+        stale.fit(1)
 
 
 def test_a_layer_frozen_between_momentum_learner_fits_stays_put():
