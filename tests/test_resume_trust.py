@@ -290,7 +290,7 @@ def test_a_resume_with_another_lr_function_is_refused(tmp_path, cls):
     make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=saved))])[0].fit(2)
     learn, _ = make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=new))])
     before = [p.detach().clone() for p in learn.model.parameters()]
-    with pytest.raises(ValueError, match=r"saved run's lr_lambda 0 gives.*Resume with the saved run's lr_lambda"):
+    with pytest.raises(ValueError, match=r"saved run's .*LR set param group 0's lr to .* at step 16.*Resume with the saved run's lr_lambda"):
         learn.fit(4, resume=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
     same, rec = make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=saved))])
@@ -322,3 +322,22 @@ def test_a_refused_resume_leaves_the_learners_records(tmp_path):
     with pytest.raises(ValueError, match="its schedule sets the lr at every step"):
         learn.fit(4, lr=0.01, resume=tmp_path)
     assert learn.metrics.history == history and rec.recs["lr"] == lrs and len(lrs) == 16
+
+
+def test_checkpoints_never_call_the_lr_function(tmp_path):
+    """Saving a LambdaLR's state called its function at the step it was at and the next, to compare on resume: a
+    function with state of its own (a call count, a random jitter) then gave other lrs with CheckpointCB than
+    without it."""
+    class Counting:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, step):
+            self.calls += 1
+            return 0.5 ** (self.calls // 4)
+    runs = []
+    for path in (None, tmp_path):
+        learn, rec = make_learner(path, [BatchSchedCB(partial(lr_scheduler.LambdaLR, lr_lambda=Counting()))])
+        learn.fit(3)
+        runs.append(rec.recs["lr"])
+    assert runs[0] == runs[1]

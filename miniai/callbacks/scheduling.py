@@ -32,7 +32,8 @@ from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
-                                      LambdaLR, LinearLR, OneCycleLR, PolynomialLR, ReduceLROnPlateau, SequentialLR)
+                                      LambdaLR, LinearLR, MultiplicativeLR, OneCycleLR, PolynomialLR,
+                                      ReduceLROnPlateau, SequentialLR)
 
 from ..checks import add_note
 from ..distributed import is_main_process, world_size
@@ -287,8 +288,7 @@ class BaseSchedCB(Callback):
                   for group in self._opt.param_groups]
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
                               "steps_per_epoch": self._per_epoch, "param_groups": groups,
-                              "scheduler_class": _structure(self.scheduler),
-                              "lambda_values": _lambda_values(self.scheduler)})
+                              "scheduler_class": _structure(self.scheduler)})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`, during a fit (after this callback's before_fit, as `fit(resume=...)` does).
@@ -320,7 +320,7 @@ class BaseSchedCB(Callback):
         self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
         try:
             self._check_length(learn)
-            _check_lambdas(state.get("lambda_values"), self.scheduler)  # (older files: none saved)
+            _check_lambdas(state["param_groups"], self.scheduler)
         except ValueError:
             self.scheduler.load_state_dict(fresh)
             raise
@@ -371,7 +371,7 @@ def _parts_reached(scheduler: Any, reached: int) -> Iterator[tuple[Any, int]]:
 _COUNTERS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "base_lrs", "lr_lambdas", "total_steps",
              "T_i", "T_cur"}
 # (what a scheduler counts as it steps, warm restarts' cycle and step in it too; base_lrs follow the lr given; a
-# length, total_steps, is checked on its own; lr_lambdas, functions torch does not save, by _lambda_values)
+# length, total_steps, is checked on its own; lr_lambdas, functions torch does not save, by _check_lambdas)
 _PRIVATE_SETTINGS = {"_schedule_phases", "_anneal_func_type"}  # OneCycleLR's pct_start, three_phase, anneal_strategy
 
 
@@ -389,30 +389,27 @@ def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = 
     return changed
 
 
-def _lambda_values(scheduler: Any) -> list[list[float | None]]:
-    """What each lr function of the schedule (LambdaLR's, MultiplicativeLR's, its parts') gives at the step it is at
-    and the next: torch saves no plain function, so a resume compares these to tell another one (a closure over
-    another run length) from the saved run's. None where it raised."""
-    def value(fn: Callable[[int], float], step: int) -> float | None:
-        try:
-            return float(fn(step))
-        except Exception:  # (a function for this run's steps only, say: the comparison is of what it gives)
-            return None
-    return [[value(fn, part.last_epoch), value(fn, part.last_epoch + 1)]
-            for part in [scheduler, *getattr(scheduler, "_schedulers", [])] for fn in getattr(part, "lr_lambdas", [])]
-
-
-def _check_lambdas(saved: list[list[float | None]] | None, scheduler: Any) -> None:
-    """Raise if the schedule's lr functions (at the saved step) give other values than the saved run's did."""
-    here = _lambda_values(scheduler)
-    if saved is None or len(saved) != len(here):
+def _check_lambdas(saved_groups: list[dict[str, Any]], scheduler: Any) -> None:
+    """Raise if a LambdaLR's or MultiplicativeLR's function (loaded at the saved step) gives other lrs than the
+    saved run's did: torch saves no plain function, so a resume would follow another schedule (a closure over
+    another run length). Compared with the lrs the saved run set at its last step, so saving calls nothing."""
+    if not isinstance(scheduler, (LambdaLR, MultiplicativeLR)):
         return
-    for i, (old, new) in enumerate(zip(saved, here)):
-        if any(a != b and not (a != a and b != b) for a, b in zip(old, new)):  # (NaN == NaN here)
-            raise ValueError(f"the saved run's lr_lambda {i} gives {old[0]} at step {scheduler.last_epoch} and "
-                             f"{old[1]} at the next, this fit's {new[0]} and {new[1]}: torch saves no function, so "
-                             "the resumed run would follow another schedule. Resume with the saved run's lr_lambda "
-                             "(built for the same run length), or start a new fit from the checkpoint's weights.")
+    step = scheduler.last_epoch
+    for i, (fn, base, saved) in enumerate(zip(scheduler.lr_lambdas, scheduler.base_lrs, saved_groups)):
+        try:  # torch's own arithmetic: base × f(step), or base × f(1) × ... × f(step)
+            lr = base * fn(step) if isinstance(scheduler, LambdaLR) else base
+            for k in range(1, step + 1) if isinstance(scheduler, MultiplicativeLR) else ():
+                lr = lr * fn(k)
+            lr = float(lr)
+        except Exception:  # noqa: BLE001 -- (it fails at the next step then, with its own error)
+            continue
+        if not math.isclose(lr, float(saved["lr"]), rel_tol=1e-6, abs_tol=1e-12):
+            raise ValueError(f"the saved run's {type(scheduler).__name__} set param group {i}'s lr to "
+                             f"{saved['lr']:.6g} at step {step}, and this fit's lr_lambda gives {lr:.6g} there: "
+                             "torch saves no function, so the resumed run would follow another schedule. Resume "
+                             "with the saved run's lr_lambda (built for the same run length), or start a new fit "
+                             "from the checkpoint's weights.")
 
 
 def _structure(scheduler: Any) -> str:
