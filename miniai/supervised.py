@@ -69,15 +69,6 @@ class MomentumLearner(TrainLearner):
         self.mom = mom
         super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard, n_inp)
 
-    def get_loss(self) -> None:
-        """The loss, after dropping the momentum kept for parameters frozen since (a callback's before_epoch, say):
-        the step would move them. Here, not in step: MixedPrecisionCB owns backward and step, not this."""
-        if self.training:
-            for p in self.model.parameters():
-                if p.grad is not None and not p.requires_grad:
-                    p.grad = None
-        super().get_loss()
-
     @torch.no_grad()
     def zero_grad(self) -> None:
         """Scale the gradients by `mom` instead of zeroing them (a frozen parameter's are dropped: kept, every step
@@ -85,12 +76,23 @@ class MomentumLearner(TrainLearner):
         if self.opt is not self._checked_opt:
             self._checked_opt = self.opt
             _warn_second_momentum(self)
+            if hasattr(self.opt, "register_step_pre_hook"):  # whoever steps (the learner, MixedPrecisionCB's scaler)
+                self.opt.register_step_pre_hook(_drop_frozen_grads)
         for p in self.model.parameters():
             if p.grad is not None:
                 if p.requires_grad:
                     p.grad *= self.mom
                 else:
                     p.grad = None
+
+
+def _drop_frozen_grads(opt: optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Before each step: no gradient for a parameter frozen since zero_grad kept its momentum (a callback froze it
+    at an epoch's start, say), which the step would move."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and not p.requires_grad:
+                p.grad = None
 
 
 def _warn_second_momentum(learn: MomentumLearner) -> None:

@@ -295,7 +295,7 @@ def test_a_learners_own_step_that_a_callback_would_bypass_is_an_error():
             (self.loss + 1e-3 * sum(p.abs().sum() for p in self.model.parameters())).backward()
     with pytest.raises(TypeError, match=r"L1\.backward would never run: MixedPrecisionCB owns the 'backward' step"):
         tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)], learner_cls=L1).fit(1)
-    with pytest.raises(TypeError, match=r"MomentumLearner\.(get_loss|zero_grad) would never run: TrainCB owns"):
+    with pytest.raises(TypeError, match=r"MomentumLearner\.zero_grad would never run: TrainCB owns"):
         tiny_learner(cbs=[TrainCB()], learner_cls=MomentumLearner).fit(1)
     tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)]).fit(1)  # TrainLearner's own steps: replaced on purpose
 

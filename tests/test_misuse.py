@@ -134,6 +134,17 @@ def test_a_layer_frozen_during_a_momentum_learner_fit_stays_put():
     assert torch.equal(frozen[0], model[0].weight)
 
 
+
+def test_a_momentum_learner_takes_a_callback_that_owns_get_loss():
+    """Dropping a frozen layer's kept momentum in MomentumLearner.get_loss made a loss callback owning get_loss an
+    error ("MomentumLearner.get_loss would never run")."""
+    class OwnLoss(Callback):
+        owns_steps = ("get_loss",)
+
+        def get_loss(self, learn):
+            learn.loss = F.cross_entropy(learn.preds, *learn.yb, label_smoothing=0.1)
+    MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[OwnLoss()]).fit(1)
+
 def test_a_second_momentum_in_any_param_group_is_warned_of():
     """The warning read param group 0 only: momentum=0.9 given to the head's group alone went unsaid."""
     def head_momentum(params, lr):
