@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn, optim
+from torch.utils.data import RandomSampler, SequentialSampler
 
 __all__ = ["add_note", "check_count", "check_number", "call_model", "describe", "check_new_callback",
            "check_known_callback",
@@ -236,19 +237,30 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
 
 
 def _same_data(train: Any, valid: Any) -> bool:
-    """Whether two loaders read the same data: one loader, one dataset, or the same tensors (a TensorDataset's or
-    a TensorLoader's, the same view of them)."""
-    if train is None or valid is None:
-        return False
-    if train is valid or getattr(train, "dataset", None) is not None and train.dataset is getattr(valid, "dataset", 0):
-        return True
+    """Whether two loaders read the same data: one loader; one dataset read whole by both (a sampler of part of it,
+    SubsetRandomSampler, splits it); or the same tensors, targets too (a TensorDataset's, a TensorLoader's)."""
+    if train is None or valid is None or train is valid:
+        return train is not None and train is valid
+    dataset = getattr(train, "dataset", None)
+    if dataset is not None and dataset is getattr(valid, "dataset", None):
+        return _reads_whole(train) and _reads_whole(valid)
 
-    def first_tensor(dl: Any) -> Any:
-        x = getattr(dl, "x", None)  # a TensorLoader
-        return x if x is not None else next(iter(getattr(getattr(dl, "dataset", None), "tensors", ())), None)
-    a, b = first_tensor(train), first_tensor(valid)
-    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.numel() > 0 and (
-        a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
+    def tensors(dl: Any) -> list:
+        if isinstance(getattr(dl, "x", None), torch.Tensor):  # a TensorLoader
+            return [dl.x, dl.y]
+        return list(getattr(getattr(dl, "dataset", None), "tensors", ()))
+    a, b = tensors(train), tensors(valid)
+    return bool(a) and len(a) == len(b) and all(
+        isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and t.numel() > 0
+        and (t.data_ptr(), t.shape, t.stride()) == (u.data_ptr(), u.shape, u.stride()) for t, u in zip(a, b))
+
+
+def _reads_whole(dl: Any) -> bool:
+    """Whether a torch DataLoader reads all of its dataset each pass: its default sampler, in order or shuffled."""
+    sampler, batches = getattr(dl, "sampler", None), getattr(dl, "batch_sampler", None)
+    whole = isinstance(sampler, SequentialSampler) or isinstance(sampler, RandomSampler) and not (
+        sampler.replacement or sampler._num_samples is not None)
+    return whole and (batches is None or getattr(batches, "sampler", None) is sampler)
 
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:

@@ -185,10 +185,15 @@ def test_two_loaders_of_the_same_data_are_warned_of_too():
                          (TensorLoader(x, y, 16, shuffle=True), TensorLoader(x, y, 32))]:
         with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train"):
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
-    with warnings.catch_warnings():  # held-out data: no word
-        warnings.simplefilter("error")
-        TrainLearner(nn.Linear(8, 3), DataLoaders(TensorLoader(x[:48], y[:48], 16), TensorLoader(x[48:], y[48:], 16)),
-                     F.cross_entropy, lr=0.1).fit(1)
+    from torch.utils.data import SubsetRandomSampler
+    held_out = [  # held-out data, also one dataset split by samplers, or the same inputs with other targets
+        (TensorLoader(x[:48], y[:48], 16), TensorLoader(x[48:], y[48:], 16)),
+        (DataLoader(ds, 16, sampler=SubsetRandomSampler(range(48))), DataLoader(ds, 16, sampler=range(48, 64))),
+        (DataLoader(TensorDataset(x, y), 16), DataLoader(TensorDataset(x, (y + 1) % 3), 16))]
+    for train, valid in held_out:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
 
 
 def test_metrics_cb_logs_the_loss_of_batches_with_an_extra_item():
