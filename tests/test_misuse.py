@@ -270,6 +270,21 @@ def test_nll_loss_of_a_zero_initialised_binary_heads_logits_is_refused():
         TrainLearner(model, class_dls(2), F.nll_loss, lr=0.1).fit(1)
 
 
+
+def test_nll_loss_leaves_positions_of_ignore_index_out_of_its_check():
+    """Sequence tagging with padding: (N, 2, L) log-probabilities masked to 0 where the targets are ignore_index
+    (whose exps sum to 2 there) were refused as raw logits, though the loss never reads those positions."""
+    class Padded(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            scores = torch.stack([x[:, :6], -x[:, :6]], 1).log_softmax(1)  # (N, 2, 6)
+            return scores.masked_fill(torch.arange(6) >= 4, 0.0)  # the last 2 positions: padding
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, :6] > 0).long()
+    y[:, 4:] = -100
+    dls = DataLoaders(TensorLoader(x[:48], y[:48], 16), TensorLoader(x[48:], y[48:], 16))
+    TrainLearner(nn.Sequential(nn.Linear(8, 8), Padded()), dls, F.nll_loss, lr=0.1).fit(1)
+
 @pytest.mark.parametrize("n_classes", [2, 3, 4])
 def test_nll_loss_of_log_sigmoid_scores_is_refused_once_they_drift(n_classes):
     """log_sigmoid's exps sum to about C/2 at the start, which for 2-4 classes passed the check, made once: NLL

@@ -10,7 +10,7 @@ import torch
 from ..checks import call_model, describe
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
-from ..utils import def_device, fix_malloc, to_device
+from ..utils import def_device, fix_malloc, loss_setting, to_device
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "SupervisedLoss", "supervised_loss"]
 
@@ -154,7 +154,7 @@ def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | No
     named, name = getattr(loss_func, "func", loss_func), _name(loss_func)
     torchs = (getattr(named, "__module__", None) or type(loss_func).__module__).startswith("torch.nn")
     classes = torchs and name in _CLASS_LOSSES and isinstance(preds, torch.Tensor)  # preds (N, C, ...): shapes differ
-    if classes and (fix := _class_scores_wrong(name, preds, yb)):
+    if classes and (fix := _class_scores_wrong(name, preds, yb, loss_setting(loss_func, "ignore_index", -100))):
         return fix
     if not classes and len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
             and preds.shape != yb[0].shape:
@@ -182,7 +182,7 @@ _BINARY = ("For two classes, output 2 logits (nn.Linear(..., 2)) with int64 clas
 
 
 @torch.no_grad()
-def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple) -> str | None:
+def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple, ignore_index: int = -100) -> str | None:
     """Why class scores `preds` would give cross-entropy or NLL a wrong loss without an error, or None; a warning for
     probabilities given to cross-entropy. (Read once per shape: on a GPU the values cost a sync.)"""
     one_item = len(yb) == 1 and isinstance(yb[0], torch.Tensor) and not yb[0].ndim  # (a loader of single items)
@@ -195,8 +195,14 @@ def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple) -> str | None
     if not preds.numel() or not preds.is_floating_point():
         return None
     if name in ("nll_loss", "NLLLoss"):  # log-probabilities: <= 0 and each item's exps sum to 1 (log(p + eps):
-        mass = preds.float().exp().sum(1)  # 1 + C × eps, so a little above both; two zero logits sum to 2)
-        top, low, high = (float(v) for v in (preds.max(), mass.min(), mass.max()))  # (each read once: a sync each)
+        mass, top = preds.float().exp().sum(1), preds.amax(1)  # 1 + C × eps, so a little above both; two zero
+        target = yb[0] if len(yb) == 1 and isinstance(yb[0], torch.Tensor) else None  # logits sum to 2)
+        if target is not None and target.shape == mass.shape and not target.is_floating_point():
+            read = target != ignore_index  # (positions the loss leaves out, padding say, may hold anything)
+            mass, top = mass[read], top[read]
+        if not mass.numel():
+            return None
+        top, low, high = (float(v) for v in (top.max(), mass.min(), mass.max()))  # (each read once: a sync each)
         if top > 0.1 or not 0.9 <= low <= high <= 1.5:
             return (f"{name} takes log-probabilities (log_softmax's output: <= 0, each item's exps summing to 1), "
                     f"and these preds reach {top:.3g}, their exps summing to {low:.3g}..{high:.3g} (raw logits? "
