@@ -27,14 +27,22 @@ from miniai.utils import fix_malloc, set_seed  # noqa: E402
 
 
 def parse_field(recipe: Recipe, assignment: str) -> tuple[str, object]:
-    """'nfs=8,16,32' -> ('nfs', (8, 16, 32)), typed like the recipe's field."""
+    """'nfs=8,16,32' -> ('nfs', (8, 16, 32)), typed like the recipe's field; a SystemExit naming what is wrong (an
+    unknown field, a value of another type: 'flip=on' was taken as False)."""
     name, _, text = assignment.partition("=")
+    fields = [f.name for f in dataclasses.fields(recipe)]
+    if name not in fields:
+        raise SystemExit(f"recipe_search: {name!r} is no field of a Recipe ({', '.join(fields)})")
     current = getattr(recipe, name)
-    if isinstance(current, tuple):
-        return name, tuple(int(v) for v in text.split(","))
-    if isinstance(current, bool):
-        return name, text.lower() in ("1", "true", "yes")
-    return name, type(current)(text)
+    try:
+        if isinstance(current, tuple):
+            return name, tuple(int(v) for v in text.split(","))
+        if isinstance(current, bool):
+            return name, {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[text.lower()]
+        return name, type(current)(text)
+    except (KeyError, ValueError) as e:
+        kind = "true/false (1/0, yes/no)" if isinstance(current, bool) else type(current).__name__
+        raise SystemExit(f"recipe_search: {assignment!r}: {name} takes {kind}, got {text!r}") from e
 
 
 def main() -> None:
@@ -45,6 +53,9 @@ def main() -> None:
     parser.add_argument("--out", default="nbs/results/holdout.jsonl", help="the results file (appended)")
     args = parser.parse_args()
     recipe = dataclasses.replace(RECIPES[args.base], **dict(parse_field(RECIPES[args.base], f) for f in args.fields))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a"):  # now, not after the training: an --out that can't be written would lose the run
+        pass
     fix_malloc()
     set_seed(args.seed)
     dls = get_dls(bs=recipe.bs, holdout=10_000)

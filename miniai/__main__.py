@@ -11,24 +11,29 @@ import math
 import os
 import re
 import shlex
+import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser", "train", "positive_int", "positive_float", "data_dir", "out_dir", "device",
            "claimed"]
 
 
 def seed(text: str) -> int:
-    """argparse type: a seed torch takes (an integer in -2**63..2**64-1; set_seed reduces NumPy's to 32 bits)."""
+    """argparse type: a seed `set_seed` takes, an integer in 0..2**32-1 (torch's CPU generator and NumPy's read 32
+    bits: seeds 2**32 apart would be the same run)."""
     try:
         value = int(text)
     except ValueError:
-        value = 2**64
-    if not -2**63 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"must be an integer in -2**63..2**64-1 (torch's seed range), got {text!r}")
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**32-1 (torch and NumPy read 32 bits of a seed: "
+                                         f"larger ones would repeat smaller ones' runs), got {text!r}")
     return value
 
 
@@ -171,6 +176,11 @@ def train(args: argparse.Namespace) -> float:
     if folders:  # --overwrite replaces files; it would stop at this one, the files before it already deleted
         raise _UsageError(f"--out {args.out}: {folders[0]} is a directory, not a file of an earlier run: move it "
                           "away, or choose another --out")
+    stale = sorted(Path(args.out).glob(".miniai-overwritten.*")) if args.out else []
+    if stale:  # a killed --overwrite run (SIGKILL, or a power cut) could not put them back; nothing else knows them
+        raise _UsageError(f"--out {args.out} holds {stale[0].name}, the files of an earlier run that an --overwrite run "
+                          f"moved aside and, killed, could not put back: move them back (mv '{stale[0]}'/* "
+                          f"'{args.out}'/) or delete that folder, then run again")
     if earlier and not args.overwrite:  # else a second run with the same --out silently replaces the first one's
         raise _UsageError(f"--out {args.out} already holds a run ({', '.join(earlier)}): choose another directory, "
                           "or pass --overwrite to replace those files")
@@ -257,7 +267,12 @@ def train(args: argparse.Namespace) -> float:
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         args.saved.append("result.json")
         # on the CPU, so the file loads on a machine without the GPU it was trained on
-        torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, out / "model.pt")
+        part = out / ".model.pt.part"  # written whole, then renamed: never a truncated model.pt (Ctrl-C)
+        try:
+            torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, part)
+            part.replace(out / "model.pt")
+        finally:
+            part.unlink(missing_ok=True)
         args.saved.append("model.pt")
         progress.plot_losses().savefig(out / "loss.png", dpi=100)
         args.saved.append("loss.png")
@@ -270,8 +285,7 @@ def train(args: argparse.Namespace) -> float:
 def _move_aside(out: Path, names: list[str]) -> Path:
     """Move the earlier run's files `names` in `out` into a folder there, all or (if one won't move) none, and
     return the folder: `_settle_earlier` deletes it once this run has saved, or puts the files back."""
-    aside = out / f".miniai-overwritten.{os.getpid()}"
-    aside.mkdir(exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=".miniai-overwritten.", dir=out))  # (a new one: a pid can come again)
     moved: list[str] = []
     try:
         for name in names:
@@ -345,6 +359,62 @@ def process_seconds() -> float:
         return time.perf_counter() - _STARTED
 
 
+def _again(args: argparse.Namespace) -> str:
+    """How a failed or stopped run is run again: with --overwrite when it left partial files in --out (its log.csv),
+    which a plain run refuses as an earlier run's."""
+    left = [name for name in _OUTPUTS if args.out and not args.overwrite and (Path(args.out) / name).exists()]
+    return f" with --overwrite (--out {args.out} holds this run's partial {', '.join(left)})" if left else ""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, a job scheduler, torchrun passing it on), raised as Ctrl-C is: every cleanup runs, and an
+    --overwrite run puts the earlier run's files back."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM raises `_Terminated` in the main thread (elsewhere, or off Unix, torch's default stays)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated()
+    try:
+        before = signal.signal(signal.SIGTERM, stop)
+    except (ValueError, AttributeError, OSError):  # not the main thread, or no SIGTERM here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+class _PipeSafe:
+    """stdout that goes on when its reader has gone (`miniai train | head`): the run keeps training and saving, its
+    printing goes to /dev/null, where a BrokenPipeError would end it and lose it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _quiet(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._quiet()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._quiet()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m miniai` and the `miniai` script."""
     parser = build_parser()
@@ -359,8 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             except DataNotFoundError as e:
                 parser.train_parser.error(str(e))
         from .callbacks.guards import NonFiniteLossError
+        stdout = sys.stdout
+        if stdout is not None and not isinstance(stdout, _PipeSafe):
+            sys.stdout = _PipeSafe(stdout)
         try:
-            with claimed(args.out):
+            with _sigterm_as_interrupt(), claimed(args.out):
                 try:
                     train(args)
                 except BaseException:
@@ -373,24 +446,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = str(e).split(" Try a lower lr")[0].split(" The last good checkpoint")[0]
             kept = (f" --out {args.out} holds the earlier run's files again."
                     if getattr(args, "restored_earlier", False) else "")
-            print(f"{parser.train_parser.prog}: error: {what} Run the command again with a lower --lr (it keeps no "
-                  f"checkpoints, so it starts over).{kept}", file=sys.stderr)
+            print(f"{parser.train_parser.prog}: error: {what} Run the command again{_again(args)} with a lower --lr "
+                  f"(it keeps no checkpoints, so it starts over).{kept}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:  # the fit's own note tells a script how to resume, which a command can't
+        except KeyboardInterrupt as e:  # the fit's own note tells a script how to resume, which a command can't
+            how, code = ("stopped (SIGTERM)", 143) if isinstance(e, _Terminated) else ("interrupted", 130)
             if getattr(args, "restored_earlier", False):
-                print(f"\ninterrupted: nothing of this run was kept, and --out {args.out} holds the earlier run's "
+                print(f"\n{how}: nothing of this run was kept, and --out {args.out} holds the earlier run's "
                       "files again (the command keeps no checkpoints: run it again to train from the start)",
                       file=sys.stderr)
-                return 130
+                return code
             if getattr(args, "saved", None):  # the training was over: say what is on disk
                 missing = [n for n in _OUTPUTS if n not in args.saved and n != "log.csv"]  # (log.csv: rows so far)
-                print(f"\ninterrupted while saving the outputs: {', '.join(args.saved)} in --out {args.out} are this "
+                print(f"\n{how} while saving the outputs: {', '.join(args.saved)} in --out {args.out} are this "
                       f"run's, complete; {', '.join(missing)} not written", file=sys.stderr)
-                return 130
-            print("\ninterrupted: the command keeps no checkpoints, so nothing of this run was saved"
+                return code
+            again = _again(args)
+            print(f"\n{how}: the command keeps no checkpoints, so nothing of this run was saved"
                   + (f" (--out {args.out} holds only what was written so far)" if args.out else "")
-                  + "; run it again to train from the start", file=sys.stderr)
-            return 130  # what a shell reports for a command stopped by Ctrl-C
+                  + f"; run it again{again} to train from the start", file=sys.stderr)
+            return code  # what a shell reports for a command stopped by Ctrl-C (130) or SIGTERM (143)
+        finally:
+            sys.stdout = stdout
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import dataclasses
+import numbers
 import os
 import random
 import sys
@@ -114,8 +115,11 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     autotuning is turned off. With `deterministic=False` the deterministic-algorithms switch is turned off
     again (as in the course), so each call states the mode you run in.
     """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"set_seed takes an integer in 0..2**32-1, got {seed!r}: torch's CPU generator and NumPy's "
+                         "read 32 bits of a seed, so seeds 2**32 apart (or -1 and 2**32-1) would give the same run")
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # NumPy's legacy seeder only takes 32-bit seeds
+    np.random.seed(seed)
     torch.manual_seed(seed)  # seeds the CPU generator and every CUDA/MPS device generator
     if deterministic:
         # cuBLAS needs a fixed workspace to be reproducible; it must be set before the first cuBLAS call.

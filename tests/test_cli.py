@@ -69,8 +69,10 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--n-train", "99999999"], "--n-train must be in 1..60000, got 99999999"),
     (["--holdout", "60000"], "--holdout must be in 1..59999 training images, got 60000"),  # named 'holdout'
     (["--recipe", "fast", "--sched", "cosine"], "--sched cosine does not combine with --recipe fast"),
-    (["--seed", "99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),  # a traceback
-    (["--seed", "-99999999999999999999"], "argument --seed: must be an integer in -2**63..2**64-1"),
+    (["--seed", "99999999999999999999"], "argument --seed: must be an integer in 0..2**32-1"),  # a traceback
+    (["--seed", "-99999999999999999999"], "argument --seed: must be an integer in 0..2**32-1"),
+    (["--seed", "4294967338"], "argument --seed: must be an integer in 0..2**32-1"),  # 42 + 2**32: seed 42's run
+    (["--seed", "-1"], "argument --seed: must be an integer in 0..2**32-1"),  # 2**32 - 1's run
     (["--bs", "64", "--sched", "onecycle"], "schedule 'onecycle' needs at least 2 optimizer steps, and this fit "
                                             "has 1"),  # a traceback: T_max must be a whole number >= 2
 ])
@@ -383,3 +385,84 @@ def test_overwrite_without_out_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", *SMALL, "--overwrite"])
     assert e.value.code == 2 and "--overwrite replaces the files of an earlier run in --out" in capsys.readouterr().err
+
+
+def _earlier_run(out: Path) -> dict:
+    for name in ("model.pt", "result.json", "loss.png", "schedule.png"):
+        (out / name).write_bytes(b"the first run's")
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_an_overwrite_run_stopped_by_sigterm_puts_the_earlier_run_back(tmp_path, monkeypatch, capsys):
+    """timeout, a job scheduler or torchrun stop a run with SIGTERM: it died at once, leaving the earlier run's
+    files in a hidden .miniai-overwritten.<pid> folder that nothing ever mentioned again."""
+    import signal
+    from miniai.__main__ import main
+    from miniai.learner import Learner
+    before = _earlier_run(tmp_path)
+
+    def terminated(self, *args, **kwargs):
+        (tmp_path / "log.csv").write_text("epoch,train\n0,train\n")
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(Learner, "fit", terminated)
+    assert main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"]) == 143
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".miniai-run"} == before
+    assert "stopped (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back as it was
+
+
+def test_files_a_killed_overwrite_run_moved_aside_are_named_before_anything_runs(tmp_path, capsys):
+    """SIGKILL can't be caught: the earlier run's files stay in the folder set aside, and each later run (plain or
+    --overwrite) went on without a word of them."""
+    from miniai.__main__ import main
+    aside = tmp_path / ".miniai-overwritten.4242"
+    aside.mkdir()
+    (aside / "model.pt").write_bytes(b"the first run's")
+    for flags in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit) as info:
+            main(["train", *SMALL, "--out", str(tmp_path), *flags])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and ".miniai-overwritten.4242, the files of an earlier run" in err
+        assert "move them back" in err and (aside / "model.pt").read_bytes() == b"the first run's"
+
+
+def test_a_stopped_run_says_to_run_again_with_overwrite_when_it_left_a_partial_log(tmp_path, monkeypatch, capsys):
+    """After Ctrl-C the note said 'run it again', and running it again was refused: --out held the stopped run's
+    log.csv."""
+    from miniai.__main__ import main
+    from miniai.learner import Learner
+
+    def interrupted(self, *args, **kwargs):
+        (tmp_path / "log.csv").write_text("epoch,train\n0,train\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Learner, "fit", interrupted)
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 130
+    assert f"run it again with --overwrite (--out {tmp_path} holds this run's partial log.csv)" in \
+        capsys.readouterr().err
+
+
+def test_model_pt_is_never_left_half_written(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while model.pt was written left a truncated file, which the note called 'not written'."""
+    import torch
+    from miniai.__main__ import main
+
+    def half(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a model")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", half)
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 130
+    assert "model.pt" in capsys.readouterr().err
+    assert not (tmp_path / "model.pt").exists() and not any(p.name.startswith(".model") for p in tmp_path.iterdir())
+
+
+def test_a_reader_that_goes_away_does_not_lose_the_run(tmp_path):
+    """`miniai train | head -2`: the next print raised BrokenPipeError mid-training, and the run was lost."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "miniai", "train", "--epochs", "2", "--n-train", "256",
+                             "--n-valid", "64", "--bs", "32", "--device", "cpu", "--out", str(tmp_path)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does after its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert (tmp_path / "model.pt").is_file() and "Traceback" not in err

@@ -103,3 +103,21 @@ def test_a_recipe_on_a_train_loader_without_a_length_is_refused_before_training(
     with pytest.raises(TypeError, match=r"recipe .*'s one-cycle needs len\(dls.train\).*no length"):
         learn.fit(2)
     assert rec.recs["lr"] == []
+
+
+def test_recipe_search_refuses_a_value_it_cannot_read_before_training(tmp_path):
+    """bench/recipe_search.py took flip=on as False (anything but 1/true/yes), named an unknown field with a bare
+    AttributeError, and found an --out it could not write only after the training, losing the run."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    try:
+        from recipe_search import parse_field
+    finally:
+        sys.path.remove(str(root / "bench"))
+    from miniai.recipes import RECIPES
+    assert parse_field(RECIPES["fast"], "flip=no") == ("flip", False)
+    assert parse_field(RECIPES["fast"], "flip=Yes") == ("flip", True)
+    with pytest.raises(SystemExit, match=r"flip takes true/false.*got 'on'"):
+        parse_field(RECIPES["fast"], "flip=on")
+    with pytest.raises(SystemExit, match=r"'bogus' is no field of a Recipe"):
+        parse_field(RECIPES["fast"], "bogus=1")

@@ -221,3 +221,11 @@ def test_tensors_in_finds_the_tensors_a_dataclass_holds_as_map_tensors_maps_them
     assert [t.shape for t in tensors_in(out)] == [(2,), (3,)]
     assert len(list(tensors_in(map_tensors(out, lambda t: t + 1)))) == 2
 
+
+
+@pytest.mark.parametrize("seed", [42 + 2**32, -1, 2.5, True])
+def test_set_seed_refuses_seeds_that_would_repeat_another_run(seed):
+    """set_seed(42 + 2**32) gave bit-identical runs to set_seed(42): torch's CPU generator reads 32 bits."""
+    with pytest.raises(ValueError, match=r"0..2\*\*32-1"):
+        set_seed(seed)
+    set_seed(2**32 - 1)
