@@ -739,22 +739,28 @@ def test_the_ctrl_c_note_continues_a_fit_without_validation_without_validation(t
     assert "learn.fit_one_cycle(4, max_lr=0.1, valid=False, resume=" in "\n".join(info.value.__notes__)
 
 
+def _one_cycle_peak(opt_func, max_lr: float):
+    """The param groups' lrs at the peak of fit_one_cycle(2, max_lr) on a tiny learner with `opt_func`, and the
+    learner."""
+    learn = tiny_learner()
+    learn.opt_func = opt_func
+    lrs = []
+
+    class Lrs(Callback):
+        order = 30
+
+        def after_batch(self, learn) -> None:
+            lrs.append([g["lr"] for g in learn.opt.param_groups])
+    learn.fit_one_cycle(2, max_lr=max_lr, cbs=[Lrs()])
+    return max(lrs), learn
+
+
 def test_fit_one_cycle_keeps_the_lr_ratio_of_the_param_groups_as_fit_does():
     """opt_func built groups at (lr, lr/10); fit_one_cycle(max_lr) ran both at max_lr."""
     def two_groups(params, lr):
         params = list(params)
         return optim.SGD([{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": lr / 10}], lr=lr)
-    learn = tiny_learner()
-    learn.opt_func = two_groups
-    peaks = []
-
-    class Peak(Callback):
-        order = 30
-
-        def after_batch(self, learn) -> None:
-            peaks.append([g["lr"] for g in learn.opt.param_groups])
-    learn.fit_one_cycle(2, max_lr=0.05, cbs=[Peak()])
-    top = max(peaks)
+    top, _ = _one_cycle_peak(two_groups, 0.05)
     assert top[0] == pytest.approx(0.05, rel=0.2) and top[1] == pytest.approx(top[0] / 10)
 
 
@@ -765,17 +771,7 @@ def test_fit_one_cycle_peaks_where_fit_would_run_a_group_above_fits_lr():
     def head_10x(params, lr):
         weight, bias = list(params)
         return optim.SGD([{"params": [weight]}, {"params": [bias], "lr": 10 * lr}], lr=lr)
-    learn = tiny_learner()
-    learn.opt_func = head_10x
-    lrs = []
-
-    class Lrs(Callback):
-        order = 30
-
-        def after_batch(self, learn) -> None:
-            lrs.append([g["lr"] for g in learn.opt.param_groups])
-    learn.fit_one_cycle(2, max_lr=0.01, cbs=[Lrs()])
-    top = max(lrs)
+    top, _ = _one_cycle_peak(head_10x, 0.01)
     assert top[0] == pytest.approx(0.01, rel=0.2) and top[1] == pytest.approx(10 * top[0])
 
 
@@ -787,17 +783,7 @@ def test_fit_one_cycle_and_the_finder_read_the_lr_fit_gives_opt_func_not_the_opt
     def own_lrs(params, lr):
         weight, bias = list(params)
         return optim.Adam([{"params": [weight], "lr": lr / 10}, {"params": [bias], "lr": lr}])
-    learn = tiny_learner()
-    learn.opt_func = own_lrs
-    lrs = []
-
-    class Lrs(Callback):
-        order = 30
-
-        def after_batch(self, learn) -> None:
-            lrs.append([g["lr"] for g in learn.opt.param_groups])
-    learn.fit_one_cycle(2, max_lr=0.01, cbs=[Lrs()])
-    top = max(lrs)
+    top, learn = _one_cycle_peak(own_lrs, 0.01)
     assert top[1] == pytest.approx(0.01, rel=0.02) and top[0] == pytest.approx(top[1] / 10)
     finder = LRFinderCB()
     learn.fit(1, lr=1e-5, valid=False, cbs=[finder])
