@@ -178,6 +178,7 @@ class Learner(Conveniences):
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []
         try:
+            self._handlers = build_handlers(self.cbs)  # again: an order set since add_cb is the order the fit runs in
             for cb in _listed(cbs):
                 self.add_cb(cb)
                 temporary.append(cb)

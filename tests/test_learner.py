@@ -541,3 +541,26 @@ def test_a_model_that_fails_on_the_batch_is_told_what_it_was_given(owner):
     notes = "\n".join(getattr(e.value, "__notes__", []))
     assert "the model was called on the batch's first 1 item (n_inp=1): [shape (8,) int64]" in notes
     assert "shape (8, 1, 4, 4) float32" in notes
+
+
+def test_an_order_changed_after_add_cb_is_the_order_the_fit_runs_in():
+    """The dispatch table was built at add_cb: a callback whose order was set afterwards (cb.order = 20, as the
+    course's notebooks do between fits) still ran at its old place, without a word."""
+    ran = []
+
+    class First(Callback):
+        order = 0
+
+        def before_fit(self, learn):
+            ran.append("first")
+
+    class Second(Callback):
+        order = 10
+
+        def before_fit(self, learn):
+            ran.append("second")
+    first = First()
+    learn = tiny_learner(cbs=[first, Second()])
+    first.order = 20
+    learn.fit(1)
+    assert ran == ["second", "first"]
