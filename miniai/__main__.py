@@ -177,10 +177,13 @@ def train(args: argparse.Namespace) -> float:
         raise _UsageError(f"--out {args.out}: {folders[0]} is a directory, not a file of an earlier run: move it "
                           "away, or choose another --out")
     stale = sorted(Path(args.out).glob(".miniai-overwritten.*")) if args.out else []
-    if stale:  # a killed --overwrite run (SIGKILL, or a power cut) could not put them back; nothing else knows them
-        raise _UsageError(f"--out {args.out} holds {stale[0].name}, the files of an earlier run that an --overwrite run "
-                          f"moved aside and, killed, could not put back: move them back (mv '{stale[0]}'/* "
-                          f"'{args.out}'/) or delete that folder, then run again")
+    for folder in stale:  # a killed --overwrite run (SIGKILL, or a power cut) could not put them back
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # (empty, once they were moved back: nothing left to say)
+        if folder.exists():  # nothing else knows of them
+            raise _UsageError(f"--out {args.out} holds {folder.name}, the files of an earlier run that an --overwrite "
+                              f"run moved aside and, killed, could not put back: move them back (mv '{folder}'/* "
+                              f"'{args.out}'/) or delete that folder, then run again")
     if earlier and not args.overwrite:  # else a second run with the same --out silently replaces the first one's
         raise _UsageError(f"--out {args.out} already holds a run ({', '.join(earlier)}): choose another directory, "
                           "or pass --overwrite to replace those files")

@@ -118,6 +118,7 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
         raise ValueError(f"set_seed takes an integer in 0..2**32-1, got {seed!r}: torch's CPU generator and NumPy's "
                          "read 32 bits of a seed, so seeds 2**32 apart (or -1 and 2**32-1) would give the same run")
+    seed = int(seed)  # (a NumPy integer: Python's random.seed takes no other kind)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds the CPU generator and every CUDA/MPS device generator

@@ -424,6 +424,10 @@ def test_files_a_killed_overwrite_run_moved_aside_are_named_before_anything_runs
         err = capsys.readouterr().err
         assert info.value.code == 2 and ".miniai-overwritten.4242, the files of an earlier run" in err
         assert "move them back" in err and (aside / "model.pt").read_bytes() == b"the first run's"
+    (aside / "model.pt").rename(tmp_path / "model.pt")  # as the message says: moved back, the empty folder left
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path)])
+    assert "already holds a run (model.pt)" in capsys.readouterr().err and not aside.exists()
 
 
 def test_a_stopped_run_says_to_run_again_with_overwrite_when_it_left_a_partial_log(tmp_path, monkeypatch, capsys):

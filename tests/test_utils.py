@@ -229,3 +229,12 @@ def test_set_seed_refuses_seeds_that_would_repeat_another_run(seed):
     with pytest.raises(ValueError, match=r"0..2\*\*32-1"):
         set_seed(seed)
     set_seed(2**32 - 1)
+
+
+def test_set_seed_takes_numpy_integers():
+    """set_seed(np.int64(3)) failed in Python's random.seed ("The only supported seed types are...")."""
+    import numpy as np
+    set_seed(np.int64(3))
+    a = torch.rand(3)
+    set_seed(3)
+    assert torch.equal(a, torch.rand(3))
