@@ -61,6 +61,7 @@ class TrainLearner(Learner):
 class MomentumLearner(TrainLearner):
     """TrainLearner that keeps `mom` × the old gradients instead of zeroing them (momentum, the course's way)."""
     keeps_grads = True  # the momentum lives in .grad: fit(1); fit(1) trains as fit(2) does
+    _opt: Any = None
     _checked_opt: Any = None  # the optimizer whose own momentum step() looked at
 
     def __init__(self, model: nn.Module, dls: Any, loss_func: Callable, lr: float | None = None,
@@ -69,6 +70,18 @@ class MomentumLearner(TrainLearner):
         self.mom = mom
         super().__init__(model, dls, loss_func, lr, cbs, opt_func, nan_guard, n_inp)
 
+    @property
+    def opt(self) -> Any:
+        """The optimizer of the fit; each one set gets a step pre-hook dropping the kept momentum of parameters frozen
+        since (`_drop_frozen_grads`), before its first step, whoever steps (the learner, MixedPrecisionCB's scaler)."""
+        return self._opt
+
+    @opt.setter
+    def opt(self, opt: Any) -> None:
+        self._opt = opt
+        if hasattr(opt, "register_step_pre_hook"):
+            opt.register_step_pre_hook(_drop_frozen_grads)
+
     @torch.no_grad()
     def zero_grad(self) -> None:
         """Scale the gradients by `mom` instead of zeroing them (a frozen parameter's are dropped: kept, every step
@@ -76,8 +89,6 @@ class MomentumLearner(TrainLearner):
         if self.opt is not self._checked_opt:
             self._checked_opt = self.opt
             _warn_second_momentum(self)
-            if hasattr(self.opt, "register_step_pre_hook"):  # whoever steps (the learner, MixedPrecisionCB's scaler)
-                self.opt.register_step_pre_hook(_drop_frozen_grads)
         for p in self.model.parameters():
             if p.grad is not None:
                 if p.requires_grad:

@@ -134,6 +134,21 @@ def test_a_layer_frozen_during_a_momentum_learner_fit_stays_put():
     assert torch.equal(frozen[0], model[0].weight)
 
 
+def test_a_layer_frozen_at_a_later_momentum_learner_fits_start_stays_put():
+    """The hook dropping a frozen layer's kept momentum came with the fit's first zero_grad, after its first step:
+    frozen at the second fit's first epoch, the layer moved by the first fit's momentum."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    learn = MomentumLearner(model, class_dls(), F.cross_entropy, lr=0.1)
+    learn.fit(1)
+    before = model[0].weight.detach().clone()
+
+    class Freeze(Callback):
+        def before_epoch(self, learn):
+            model[0].requires_grad_(False)
+    learn.fit(1, cbs=[Freeze()])
+    assert torch.equal(before, model[0].weight)
+
+
 
 def test_a_momentum_learner_takes_a_callback_that_owns_get_loss():
     """Dropping a frozen layer's kept momentum in MomentumLearner.get_loss made a loss callback owning get_loss an
