@@ -790,6 +790,38 @@ def test_fit_one_cycle_and_the_finder_read_the_lr_fit_gives_opt_func_not_the_opt
     assert finder.lrs[0] == pytest.approx(1e-5) and finder.lrs[1] == pytest.approx(1.3e-5)
 
 
+def test_fit_one_cycle_and_the_finder_take_param_groups_a_callback_adds():
+    """A callback adding a param group at before_fit (a temperature): fit_one_cycle failed in torch ("max_lr must
+    have the same length as optimizer.param_groups") and LRFinderCB recorded lrs 10 times too low."""
+    from miniai.callbacks.lr_finder import LRFinderCB
+    temperature = nn.Parameter(torch.ones(()))
+
+    class AddGroup(Callback):
+        order = 5
+
+        def before_fit(self, learn):
+            learn.opt.add_param_group({"params": [temperature], "lr": learn.fit_lr})
+
+    def body_tenth(params, lr):
+        weight, bias = list(params)
+        return optim.SGD([{"params": [weight], "lr": lr / 10}, {"params": [bias], "lr": lr}], lr=lr)
+    learn = tiny_learner(cbs=[AddGroup()])
+    learn.opt_func = body_tenth
+    lrs = []
+
+    class Lrs(Callback):
+        order = 30
+
+        def after_batch(self, learn) -> None:
+            lrs.append([g["lr"] for g in learn.opt.param_groups])
+    learn.fit_one_cycle(2, max_lr=0.01, cbs=[Lrs()])
+    top = max(lrs, key=lambda row: row[1])
+    assert top[1] == pytest.approx(0.01, rel=0.02) and top[2] == pytest.approx(top[1])
+    finder = LRFinderCB()
+    learn.fit(1, lr=1e-3, valid=False, cbs=[finder])
+    assert finder.lrs[0] == pytest.approx(1e-3)
+
+
 def test_a_metricscb_of_an_earlier_fit_is_not_read_by_a_later_one(tmp_path):
     """learn.metrics stayed after a fit(cbs=[MetricsCB()]); a later fit's CheckpointCB read its NaN valid_loss and
     stopped a healthy fit, and saved its history in the checkpoints."""

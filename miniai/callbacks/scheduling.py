@@ -547,16 +547,19 @@ _PLATEAU_NO_MONITOR = ("ReduceLROnPlateau needs the metric it watches: pass moni
 
 
 def lr_ratios(learn: Learner, lr: float) -> list[float]:
-    """Each param group's lr over the lr fit takes, as `opt_func` makes them for `lr` (a body at a tenth: 0.1; a
-    group it gives a fixed lr: that over `lr`); over the highest group's when opt_func ignores the lr it is given
-    (the groups' lrs the same for 2 × `lr`). fit_one_cycle's max_lr and lr_find's lrs are that lr, as in `fit`."""
+    """Each of `learn.opt`'s param groups' lr over the lr fit takes, as `opt_func` makes them for `lr` (a body at a
+    tenth: 0.1; a group it gives a fixed lr: that over `lr`); over the highest group's when opt_func ignores the lr
+    it is given (the groups' lrs the same for 2 × `lr`); a group a callback added since: its lr over
+    `learn.fit_lr`. fit_one_cycle's max_lr and lr_find's lrs are that lr, as in `fit`."""
     params = list(learn.model.parameters())
     made = [float(group["lr"]) for group in learn.opt_func(params, lr).param_groups]
+    added = [float(group["lr"]) / learn.fit_lr if learn.fit_lr else 1.0
+             for group in learn.opt.param_groups[len(made):]]
     top = max(made, default=0.0)
     if not lr or top <= 0:
-        return [1.0] * len(made)
+        return [1.0] * len(made) + added
     follows = made != [float(group["lr"]) for group in learn.opt_func(params, 2 * lr).param_groups]
-    return [made_lr / (lr if follows else top) for made_lr in made]
+    return [made_lr / (lr if follows else top) for made_lr in made] + added
 
 
 def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *, pct_start: float = 0.3,
