@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn, optim
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, SubsetRandomSampler
 
 __all__ = ["add_note", "check_count", "check_number", "call_model", "describe", "check_new_callback",
            "check_known_callback",
@@ -237,13 +237,14 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
 
 
 def _same_data(train: Any, valid: Any) -> bool:
-    """Whether two loaders read the same data: one loader; one dataset read whole by both (a sampler of part of it,
-    SubsetRandomSampler, splits it); or the same tensors, targets too (a TensorDataset's, a TensorLoader's)."""
+    """Whether two loaders read the same data: one loader; one dataset neither reads a part of (a split by
+    samplers: SubsetRandomSampler, indices of one's own); or the same tensors, targets too (a TensorDataset's, a
+    TensorLoader's)."""
     if train is None or valid is None or train is valid:
         return train is not None and train is valid
     dataset = getattr(train, "dataset", None)
     if dataset is not None and dataset is getattr(valid, "dataset", None):
-        return _reads_whole(train) and _reads_whole(valid)
+        return not (_reads_part(train) or _reads_part(valid))
 
     def tensors(dl: Any) -> list:
         if isinstance(getattr(dl, "x", None), torch.Tensor):  # a TensorLoader
@@ -255,12 +256,14 @@ def _same_data(train: Any, valid: Any) -> bool:
         and (t.data_ptr(), t.shape, t.stride()) == (u.data_ptr(), u.shape, u.stride()) for t, u in zip(a, b))
 
 
-def _reads_whole(dl: Any) -> bool:
-    """Whether a torch DataLoader reads all of its dataset each pass: its default sampler, in order or shuffled."""
-    sampler, batches = getattr(dl, "sampler", None), getattr(dl, "batch_sampler", None)
-    whole = isinstance(sampler, SequentialSampler) or isinstance(sampler, RandomSampler) and not (
-        sampler.replacement or sampler._num_samples is not None)
-    return whole and (batches is None or getattr(batches, "sampler", None) is sampler)
+def _reads_part(dl: Any) -> bool:
+    """Whether a torch DataLoader samples a part of its dataset: a SubsetRandomSampler, or indices of one's own (a
+    range or list as sampler, a batch_sampler of index lists). Any other sampler is taken to read all of it."""
+    batches = getattr(dl, "batch_sampler", None)
+    if batches is not None and not isinstance(batches, BatchSampler):
+        return True
+    sampler = batches.sampler if isinstance(batches, BatchSampler) else getattr(dl, "sampler", None)
+    return isinstance(sampler, (SubsetRandomSampler, range, list, tuple))
 
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:

@@ -195,9 +195,12 @@ def test_two_loaders_of_the_same_data_are_warned_of_too():
     from torch.utils.data import DataLoader, TensorDataset
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
     ds = TensorDataset(x, y)
+    from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
     for train, valid in [(DataLoader(ds, 16, shuffle=True), DataLoader(ds, 32)),
                          (DataLoader(TensorDataset(x, y), 16), DataLoader(TensorDataset(x, y), 32)),
-                         (TensorLoader(x, y, 16, shuffle=True), TensorLoader(x, y, 32))]:
+                         (TensorLoader(x, y, 16, shuffle=True), TensorLoader(x, y, 32)),
+                         (DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), 16, False)), DataLoader(ds)),
+                         (DataLoader(ds, 16, sampler=WeightedRandomSampler(torch.ones(64), 64)), DataLoader(ds))]:
         with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train"):
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
     from torch.utils.data import SubsetRandomSampler
