@@ -290,7 +290,7 @@ def test_a_resume_with_another_lr_function_is_refused(tmp_path, cls):
     make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=saved))])[0].fit(2)
     learn, _ = make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=new))])
     before = [p.detach().clone() for p in learn.model.parameters()]
-    with pytest.raises(ValueError, match=r"saved run's .*LR set param group 0's lr to .* at step 16.*Resume with the saved run's lr_lambda"):
+    with pytest.raises(ValueError, match=r"saved run's .*LR set param group 0's lr to .* at its step 16.*Resume with the saved run's lr_lambda"):
         learn.fit(4, resume=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
     same, rec = make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=saved))])
@@ -341,3 +341,38 @@ def test_checkpoints_never_call_the_lr_function(tmp_path):
         learn.fit(3)
         runs.append(rec.recs["lr"])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("others", [
+    lambda: [EpochSchedCB(partial(lr_scheduler.StepLR, step_size=1, gamma=0.5))],
+    lambda: [_plateau()]])
+def test_an_lr_function_resumes_beside_other_schedules(tmp_path, others):
+    """The lr_lambda check compared the lr in the saved param groups with base × f(step), and refused a resume
+    with the saved run's own function whenever something else also set the lr (a StepLR per epoch, a plateau)."""
+    def sched():
+        return BatchSchedCB(partial(lr_scheduler.MultiplicativeLR, lr_lambda=_times_0_99))
+    make_learner(tmp_path, [sched(), *others()])[0].fit(2)
+    straight, rec_straight = make_learner(None, [sched(), *others()])
+    straight.fit(4)
+    resumed, rec = make_learner(tmp_path, [sched(), *others()])
+    resumed.fit(4, resume=tmp_path)
+    assert rec.recs["lr"] == rec_straight.recs["lr"] and same_params(straight, resumed)
+
+
+def _times_0_99(step):
+    return 0.99
+
+
+def test_a_changed_lr_function_inside_a_sequential_schedule_is_refused(tmp_path):
+    """SequentialLR([LinearLR, LambdaLR(1 - s / total)]) resumed with the function built for another total: the
+    lr jumped from 0.0875 to 0.097 without a word."""
+    def sched(total):
+        def make(opt):
+            return lr_scheduler.SequentialLR(opt, [lr_scheduler.LinearLR(opt, 0.1, total_iters=2),
+                                                   lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total)], milestones=[2])
+        return BatchSchedCB(make)
+    make_learner(tmp_path, [sched(32)])[0].fit(2)
+    learn, _ = make_learner(tmp_path, [sched(100)])
+    with pytest.raises(ValueError, match=r"LambdaLR.*lr_lambda.*Resume with the saved run's lr_lambda"):
+        learn.fit(4, resume=tmp_path)
+    make_learner(tmp_path, [sched(32)])[0].fit(4, resume=tmp_path)  # the same function resumes

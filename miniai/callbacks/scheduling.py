@@ -25,6 +25,7 @@ import copy
 import functools
 import inspect
 import math
+import types
 import numbers
 import warnings
 from collections.abc import Callable, Iterator
@@ -320,7 +321,9 @@ class BaseSchedCB(Callback):
         self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
         try:
             self._check_length(learn)
-            _check_lambdas(state["param_groups"], self.scheduler)
+            alone = learn.schedule_stop is None and not any(  # (SWACB sets schedule_stop, and the lr, itself)
+                isinstance(cb, BaseSchedCB) and cb is not self for cb in learn.cbs)
+            _check_lambdas(self.scheduler, alone)
         except ValueError:
             self.scheduler.load_state_dict(fresh)
             raise
@@ -389,27 +392,33 @@ def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = 
     return changed
 
 
-def _check_lambdas(saved_groups: list[dict[str, Any]], scheduler: Any) -> None:
-    """Raise if a LambdaLR's or MultiplicativeLR's function (loaded at the saved step) gives other lrs than the
-    saved run's did: torch saves no plain function, so a resume would follow another schedule (a closure over
-    another run length). Compared with the lrs the saved run set at its last step, so saving calls nothing."""
-    if not isinstance(scheduler, (LambdaLR, MultiplicativeLR)):
-        return
-    step = scheduler.last_epoch
-    for i, (fn, base, saved) in enumerate(zip(scheduler.lr_lambdas, scheduler.base_lrs, saved_groups)):
-        try:  # torch's own arithmetic: base × f(step), or base × f(1) × ... × f(step)
-            lr = base * fn(step) if isinstance(scheduler, LambdaLR) else base
-            for k in range(1, step + 1) if isinstance(scheduler, MultiplicativeLR) else ():
-                lr = lr * fn(k)
-            lr = float(lr)
-        except Exception:  # noqa: BLE001 -- (it fails at the next step then, with its own error)
+def _check_lambdas(scheduler: Any, alone: bool) -> None:
+    """Raise if a LambdaLR's or MultiplicativeLR's function (a plain function or a partial: torch saves none, where
+    it restores a callable object's attributes) gives, at the loaded step, another lr than the saved run's gave
+    (`_last_lr`, in the saved state): the resumed run would follow another schedule (a closure over another run
+    length). A LambdaLR anywhere in the schedule (its parts too); a MultiplicativeLR, which scales the lr it finds,
+    only when it is the fit's one schedule (`alone`): another one's steps are in the lr too. Saving calls nothing."""
+    for part in [scheduler, *getattr(scheduler, "_schedulers", [])]:
+        multiplies = isinstance(part, MultiplicativeLR)
+        if not isinstance(part, LambdaLR) and not (multiplies and alone and part is scheduler):
             continue
-        if not math.isclose(lr, float(saved["lr"]), rel_tol=1e-6, abs_tol=1e-12):
-            raise ValueError(f"the saved run's {type(scheduler).__name__} set param group {i}'s lr to "
-                             f"{saved['lr']:.6g} at step {step}, and this fit's lr_lambda gives {lr:.6g} there: "
-                             "torch saves no function, so the resumed run would follow another schedule. Resume "
-                             "with the saved run's lr_lambda (built for the same run length), or start a new fit "
-                             "from the checkpoint's weights.")
+        step = part.last_epoch
+        for i, (fn, base, saved) in enumerate(zip(part.lr_lambdas, part.base_lrs, part._last_lr)):
+            if not isinstance(getattr(fn, "func", fn), types.FunctionType):
+                continue
+            try:  # torch's own arithmetic: base × f(step), or base × f(1) × ... × f(step)
+                lr = base * fn(step) if not multiplies else base
+                for k in range(1, step + 1) if multiplies else ():
+                    lr = lr * fn(k)
+                lr = float(lr)
+            except Exception:  # noqa: BLE001 -- (it fails at the next step then, with its own error)
+                continue
+            if not math.isclose(lr, float(saved), rel_tol=1e-6, abs_tol=1e-12):
+                raise ValueError(f"the saved run's {type(part).__name__} set param group {i}'s lr to {saved:.6g} at its "
+                                 f"step {step}, and this fit's lr_lambda gives {lr:.6g} there: torch saves no "
+                                 "function, so the resumed run would follow another schedule. Resume with the saved "
+                                 "run's lr_lambda (built for the same run length), or start a new fit from the "
+                                 "checkpoint's weights.")
 
 
 def _structure(scheduler: Any) -> str:
