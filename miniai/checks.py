@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn, optim
-from torch.utils.data import BatchSampler, SubsetRandomSampler
+from torch.utils.data import (BatchSampler, DistributedSampler, RandomSampler, SequentialSampler,
+                              WeightedRandomSampler)
 
 __all__ = ["add_note", "check_count", "check_number", "call_model", "describe", "check_new_callback",
            "check_known_callback",
@@ -244,7 +245,7 @@ def _same_data(train: Any, valid: Any) -> bool:
         return train is not None and train is valid
     dataset = getattr(train, "dataset", None)
     if dataset is not None and dataset is getattr(valid, "dataset", None):
-        return not (_reads_part(train) or _reads_part(valid))
+        return _reads_whole(train) and _reads_whole(valid)
 
     def tensors(dl: Any) -> list:
         if isinstance(getattr(dl, "x", None), torch.Tensor):  # a TensorLoader
@@ -256,14 +257,15 @@ def _same_data(train: Any, valid: Any) -> bool:
         and (t.data_ptr(), t.shape, t.stride()) == (u.data_ptr(), u.shape, u.stride()) for t, u in zip(a, b))
 
 
-def _reads_part(dl: Any) -> bool:
-    """Whether a torch DataLoader samples a part of its dataset: a SubsetRandomSampler, or indices of one's own (a
-    range or list as sampler, a batch_sampler of index lists). Any other sampler is taken to read all of it."""
+def _reads_whole(dl: Any) -> bool:
+    """Whether a torch DataLoader reads all of its dataset each pass: torch's samplers of a whole dataset (in order,
+    shuffled, weighted, distributed), also inside a BatchSampler. Indices of one's own (a SubsetRandomSampler, a
+    list, an array, a Sampler class of one's own) are taken for a part of it."""
     batches = getattr(dl, "batch_sampler", None)
-    if batches is not None and not isinstance(batches, BatchSampler):
-        return True
     sampler = batches.sampler if isinstance(batches, BatchSampler) else getattr(dl, "sampler", None)
-    return isinstance(sampler, (SubsetRandomSampler, range, list, tuple))
+    if batches is not None and not isinstance(batches, BatchSampler):
+        return False
+    return isinstance(sampler, (SequentialSampler, RandomSampler, WeightedRandomSampler, DistributedSampler))
 
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:

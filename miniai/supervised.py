@@ -79,8 +79,14 @@ class MomentumLearner(TrainLearner):
     @opt.setter
     def opt(self, opt: Any) -> None:
         self._opt = opt
-        if hasattr(opt, "register_step_pre_hook"):
+        if hasattr(opt, "register_step_pre_hook") and not getattr(opt, "_drops_frozen_grads", False):
             opt.register_step_pre_hook(_drop_frozen_grads)
+            opt._drops_frozen_grads = True  # (an opt_func that gives the same optimizer each fit: one hook)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "opt" in state:  # pickled before opt was a property (its optimizer under that name)
+            state["_opt"] = state.pop("opt")
+        vars(self).update(state)
 
     @torch.no_grad()
     def zero_grad(self) -> None:

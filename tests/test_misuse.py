@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,6 +191,19 @@ def test_the_same_loader_for_training_and_validation_is_warned_of():
         TrainLearner(nn.Linear(8, 3), DataLoaders(dls.train, dls.train), F.cross_entropy, lr=0.1).fit(1)
 
 
+
+class _Indices(torch.utils.data.Sampler):
+    """A sampler of one's own over some indices: a part of the dataset."""
+
+    def __init__(self, indices):
+        self.indices = list(indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
 def test_two_loaders_of_the_same_data_are_warned_of_too():
     """Only the same loader object was: two loaders over one dataset, the usual way to make the mistake, passed."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -207,7 +221,9 @@ def test_two_loaders_of_the_same_data_are_warned_of_too():
     held_out = [  # held-out data, also one dataset split by samplers, or the same inputs with other targets
         (TensorLoader(x[:48], y[:48], 16), TensorLoader(x[48:], y[48:], 16)),
         (DataLoader(ds, 16, sampler=SubsetRandomSampler(range(48))), DataLoader(ds, 16, sampler=range(48, 64))),
-        (DataLoader(TensorDataset(x, y), 16), DataLoader(TensorDataset(x, (y + 1) % 3), 16))]
+        (DataLoader(TensorDataset(x, y), 16), DataLoader(TensorDataset(x, (y + 1) % 3), 16)),
+        (DataLoader(ds, 16, sampler=np.arange(48)), DataLoader(ds, 16, sampler=torch.arange(48, 64))),
+        (DataLoader(ds, 16, sampler=_Indices(range(48))), DataLoader(ds, 16, sampler=_Indices(range(48, 64))))]
     for train, valid in held_out:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -630,3 +646,19 @@ def test_a_fit_refused_at_its_start_leaves_the_last_fits_records(tmp_path):
     learn.rm_cb(logger)
     learn.fit(1)  # a fit that runs starts them afresh
     assert len(metrics.history) == 2 and len(recorder.recs["lr"]) == len(before[1]) // 2
+
+
+def test_a_momentum_learner_hooks_its_optimizer_once_and_loads_from_an_older_pickle():
+    """An opt_func giving the same optimizer each fit got one more frozen-gradient hook per fit; a MomentumLearner
+    pickled before opt became a property lost its optimizer (learn.opt None, the AdamW hidden in __dict__)."""
+    model = nn.Linear(8, 3)
+    same = optim.SGD(model.parameters(), lr=0.1)
+    learn = MomentumLearner(model, class_dls(), F.cross_entropy, lr=0.1, opt_func=lambda params, lr: same)
+    for _ in range(3):
+        learn.fit(1)
+    assert len(same._optimizer_step_pre_hooks) == 1
+    state = learn.__getstate__()
+    state["opt"] = state.pop("_opt")  # as an older pickle holds it
+    older = MomentumLearner.__new__(MomentumLearner)
+    older.__setstate__(state)
+    assert older.opt is same

@@ -376,3 +376,50 @@ def test_a_changed_lr_function_inside_a_sequential_schedule_is_refused(tmp_path)
     with pytest.raises(ValueError, match=r"LambdaLR.*lr_lambda.*Resume with the saved run's lr_lambda"):
         learn.fit(4, resume=tmp_path)
     make_learner(tmp_path, [sched(32)])[0].fit(4, resume=tmp_path)  # the same function resumes
+
+
+def test_a_warm_up_schedule_stopped_before_its_milestone_resumes(tmp_path):
+    """SequentialLR([LinearLR, LambdaLR]) saved during the warm-up: the LambdaLR not started yet sits at step -1 with
+    the lr of its step 0, and the check refused the saved run's own function ("at its step -1")."""
+    def sched():
+        def make(opt):
+            return lr_scheduler.SequentialLR(opt, [lr_scheduler.LinearLR(opt, 0.1, total_iters=20),
+                                                   lr_scheduler.LambdaLR(opt, _decay_0_9)], milestones=[20])
+        return BatchSchedCB(make)
+    make_learner(tmp_path, [sched()])[0].fit(2)
+    straight, rec_straight = make_learner(None, [sched()])
+    straight.fit(4)
+    resumed, rec = make_learner(tmp_path, [sched()])
+    resumed.fit(4, resume=tmp_path)
+    assert rec.recs["lr"] == rec_straight.recs["lr"] and same_params(straight, resumed)
+
+
+def _decay_0_9(step):
+    return 0.9 ** step
+
+
+class _Decay:
+    def __init__(self, total):
+        self.total = total
+
+    def f(self, step):
+        return 1 - step / self.total
+
+
+def test_a_changed_lr_method_or_a_multiplicative_beside_swa_is_refused(tmp_path):
+    """Two changes the check let through: a bound method as lr_lambda (torch restores none of its object's
+    attributes), and a MultiplicativeLR beside SWACB (SWA sets the lr only after the schedule's last step)."""
+    from miniai.callbacks import SWACB
+    make_learner(tmp_path / "method", [BatchSchedCB(partial(lr_scheduler.LambdaLR, lr_lambda=_Decay(32).f))])[0].fit(2)
+    learn, _ = make_learner(tmp_path / "method", [BatchSchedCB(partial(lr_scheduler.LambdaLR, lr_lambda=_Decay(100).f))])
+    with pytest.raises(ValueError, match=r"LambdaLR set param group 0's lr"):
+        learn.fit(4, resume=tmp_path / "method")
+
+    def run(factor):
+        return [EpochSchedCB(partial(lr_scheduler.MultiplicativeLR, lr_lambda=lambda step: factor)),
+                SWACB(3, swa_lr=0.01)]
+    make_learner(tmp_path / "swa", [*run(0.97), _CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]
+                 )[0].fit(4)  # (stopped at epoch 2: SWA, from epoch 3, not begun)
+    learn, _ = make_learner(tmp_path / "swa", run(0.5))
+    with pytest.raises(ValueError, match=r"MultiplicativeLR set param group 0's lr"):
+        learn.fit(4, resume=tmp_path / "swa")

@@ -820,6 +820,8 @@ def test_fit_one_cycle_and_the_finder_take_param_groups_a_callback_adds():
     finder = LRFinderCB()
     learn.fit(1, lr=1e-3, valid=False, cbs=[finder])
     assert finder.lrs[0] == pytest.approx(1e-3)
+    from miniai.callbacks.scheduling import lr_ratios
+    assert lr_ratios(tiny_learner(), 0.1) == [1.0]  # before any fit (it failed on learn.opt, None)
 
 
 def test_a_metricscb_of_an_earlier_fit_is_not_read_by_a_later_one(tmp_path):

@@ -321,8 +321,8 @@ class BaseSchedCB(Callback):
         self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
         try:
             self._check_length(learn)
-            alone = learn.schedule_stop is None and not any(  # (SWACB sets schedule_stop, and the lr, itself)
-                isinstance(cb, BaseSchedCB) and cb is not self for cb in learn.cbs)
+            # (SWACB's SWALR sets the lr only after this schedule's last step, whose lr _last_lr holds)
+            alone = not any(isinstance(cb, BaseSchedCB) and cb is not self for cb in learn.cbs)
             _check_lambdas(self.scheduler, alone)
         except ValueError:
             self.scheduler.load_state_dict(fresh)
@@ -393,18 +393,19 @@ def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = 
 
 
 def _check_lambdas(scheduler: Any, alone: bool) -> None:
-    """Raise if a LambdaLR's or MultiplicativeLR's function (a plain function or a partial: torch saves none, where
-    it restores a callable object's attributes) gives, at the loaded step, another lr than the saved run's gave
-    (`_last_lr`, in the saved state): the resumed run would follow another schedule (a closure over another run
-    length). A LambdaLR anywhere in the schedule (its parts too); a MultiplicativeLR, which scales the lr it finds,
-    only when it is the fit's one schedule (`alone`): another one's steps are in the lr too. Saving calls nothing."""
+    """Raise if a LambdaLR's or MultiplicativeLR's function (a function, a method, a partial: torch saves none of
+    them, where it restores a callable object's attributes) gives, at the loaded step, another lr than the saved
+    run's gave (`_last_lr`, in the saved state): the resumed run would follow another schedule (a closure over
+    another run length). A LambdaLR anywhere in the schedule (a part a SequentialLR has not started yet aside); a
+    MultiplicativeLR, which scales the lr it finds, only when it is the fit's one schedule (`alone`): another one's
+    steps are in the lr too. Saving calls nothing."""
     for part in [scheduler, *getattr(scheduler, "_schedulers", [])]:
         multiplies = isinstance(part, MultiplicativeLR)
-        if not isinstance(part, LambdaLR) and not (multiplies and alone and part is scheduler):
+        if not isinstance(part, LambdaLR) and not (multiplies and alone and part is scheduler) or part.last_epoch < 0:
             continue
         step = part.last_epoch
         for i, (fn, base, saved) in enumerate(zip(part.lr_lambdas, part.base_lrs, part._last_lr)):
-            if not isinstance(getattr(fn, "func", fn), types.FunctionType):
+            if not isinstance(fn, (types.FunctionType, types.MethodType, functools.partial)):
                 continue
             try:  # torch's own arithmetic: base × f(step), or base × f(1) × ... × f(step)
                 lr = base * fn(step) if not multiplies else base
@@ -562,8 +563,8 @@ def lr_ratios(learn: Learner, lr: float) -> list[float]:
     `learn.fit_lr`. fit_one_cycle's max_lr and lr_find's lrs are that lr, as in `fit`."""
     params = list(learn.model.parameters())
     made = [float(group["lr"]) for group in learn.opt_func(params, lr).param_groups]
-    added = [float(group["lr"]) / learn.fit_lr if learn.fit_lr else 1.0
-             for group in learn.opt.param_groups[len(made):]]
+    added = [float(group["lr"]) / learn.fit_lr if getattr(learn, "fit_lr", 0.0) else 1.0
+             for group in getattr(learn.opt, "param_groups", [])[len(made):]]  # (no optimizer yet: none)
     top = max(made, default=0.0)
     if not lr or top <= 0:
         return [1.0] * len(made) + added
