@@ -83,10 +83,19 @@ class MomentumLearner(TrainLearner):
             opt.register_step_pre_hook(_drop_frozen_grads)
             opt._drops_frozen_grads = True  # (an opt_func that gives the same optimizer each fit: one hook)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the momentum lives in the parameters' .grad, which a copy of a Parameter (deepcopy, pickle) leaves out
+        momentum = {name: p.grad for name, p in self.model.named_parameters() if p.grad is not None}
+        return {**super().__getstate__(), "_momentum": momentum}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "opt" in state:  # pickled before opt was a property (its optimizer under that name)
             state["_opt"] = state.pop("opt")
+        momentum = state.pop("_momentum", {})
         vars(self).update(state)
+        for name, p in self.model.named_parameters():
+            if name in momentum:
+                p.grad = momentum[name]
 
     @torch.no_grad()
     def zero_grad(self) -> None:

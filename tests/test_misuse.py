@@ -662,3 +662,20 @@ def test_a_momentum_learner_hooks_its_optimizer_once_and_loads_from_an_older_pic
     older = MomentumLearner.__new__(MomentumLearner)
     older.__setstate__(state)
     assert older.opt is same
+
+
+def test_a_copy_of_a_momentum_learner_keeps_its_momentum():
+    """copy.deepcopy and pickle leave a Parameter's .grad out, where MomentumLearner keeps its momentum: a copy's
+    next fit differed from the original's."""
+    import copy
+    import pickle
+    from miniai.utils import set_seed
+    learn = MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1)
+    learn.fit(1)
+    copies = [copy.deepcopy(learn), pickle.loads(pickle.dumps(learn))]
+    set_seed(0)
+    learn.fit(1)
+    for other in copies:
+        set_seed(0)
+        other.fit(1)
+        assert torch.equal(other.model.weight, learn.model.weight)
