@@ -290,7 +290,8 @@ def test_a_resume_with_another_lr_function_is_refused(tmp_path, cls):
     make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=saved))])[0].fit(2)
     learn, _ = make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=new))])
     before = [p.detach().clone() for p in learn.model.parameters()]
-    with pytest.raises(ValueError, match=r"saved run's .*LR set param group 0's lr to .* at its step 16.*Resume with the saved run's lr_lambda"):
+    with pytest.raises(ValueError, match=r"saved run's .*LR set param group 0's lr to .* at its step 16.*"
+                                         r"Resume with the saved run's lr_lambda"):
         learn.fit(4, resume=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
     same, rec = make_learner(tmp_path, [BatchSchedCB(partial(cls, lr_lambda=saved))])
@@ -411,7 +412,8 @@ def test_a_changed_lr_method_or_a_multiplicative_beside_swa_is_refused(tmp_path)
     attributes), and a MultiplicativeLR beside SWACB (SWA sets the lr only after the schedule's last step)."""
     from miniai.callbacks import SWACB
     make_learner(tmp_path / "method", [BatchSchedCB(partial(lr_scheduler.LambdaLR, lr_lambda=_Decay(32).f))])[0].fit(2)
-    learn, _ = make_learner(tmp_path / "method", [BatchSchedCB(partial(lr_scheduler.LambdaLR, lr_lambda=_Decay(100).f))])
+    changed = BatchSchedCB(partial(lr_scheduler.LambdaLR, lr_lambda=_Decay(100).f))
+    learn, _ = make_learner(tmp_path / "method", [changed])
     with pytest.raises(ValueError, match=r"LambdaLR set param group 0's lr"):
         learn.fit(4, resume=tmp_path / "method")
 

@@ -114,8 +114,8 @@ class SupervisedLoss:
     def __call__(self, learn: Learner) -> torch.Tensor:
         loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
         first = yb[0] if yb else None
-        key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first), getattr(first, "shape", None),
-               getattr(learn, "epoch", None))
+        key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first),
+               getattr(first, "shape", None), getattr(learn, "epoch", None))
         fix = None if key == self._passed else _wrong_inputs(loss_func, preds, yb, learn.n_inp)
         error = None
         if fix is None:

@@ -415,8 +415,8 @@ def _check_lambdas(scheduler: Any, alone: bool) -> None:
             except Exception:  # noqa: BLE001 -- (it fails at the next step then, with its own error)
                 continue
             if not math.isclose(lr, float(saved), rel_tol=1e-6, abs_tol=1e-12):
-                raise ValueError(f"the saved run's {type(part).__name__} set param group {i}'s lr to {saved:.6g} at its "
-                                 f"step {step}, and this fit's lr_lambda gives {lr:.6g} there: torch saves no "
+                raise ValueError(f"the saved run's {type(part).__name__} set param group {i}'s lr to {saved:.6g} at "
+                                 f"its step {step}, and this fit's lr_lambda gives {lr:.6g} there: torch saves no "
                                  "function, so the resumed run would follow another schedule. Resume with the saved "
                                  "run's lr_lambda (built for the same run length), or start a new fit from the "
                                  "checkpoint's weights.")
