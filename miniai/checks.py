@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn, optim
-from torch.utils.data import (BatchSampler, DistributedSampler, RandomSampler, SequentialSampler,
+from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
                               WeightedRandomSampler)
 
 __all__ = ["add_note", "check_count", "check_number", "call_model", "describe", "check_new_callback",
@@ -261,6 +261,8 @@ def _reads_whole(dl: Any) -> bool:
     """Whether a torch DataLoader reads all of its dataset each pass: torch's samplers of a whole dataset (in order,
     shuffled, weighted, distributed), also inside a BatchSampler. Indices of one's own (a SubsetRandomSampler, a
     list, an array, a Sampler class of one's own) are taken for a part of it."""
+    if isinstance(getattr(dl, "dataset", None), IterableDataset):  # (no sampler: the loader reads what it yields)
+        return True
     batches = getattr(dl, "batch_sampler", None)
     sampler = batches.sampler if isinstance(batches, BatchSampler) else getattr(dl, "sampler", None)
     if batches is not None and not isinstance(batches, BatchSampler):

@@ -5,6 +5,7 @@ learner its own `predict`, `get_loss`, `backward`, `step` and `zero_grad`, as th
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -79,23 +80,26 @@ class MomentumLearner(TrainLearner):
     @opt.setter
     def opt(self, opt: Any) -> None:
         self._opt = opt
-        if hasattr(opt, "register_step_pre_hook") and not getattr(opt, "_drops_frozen_grads", False):
-            opt.register_step_pre_hook(_drop_frozen_grads)
-            opt._drops_frozen_grads = True  # (an opt_func that gives the same optimizer each fit: one hook)
+        hooks = getattr(opt, "_optimizer_step_pre_hooks", {})  # (torch's; a copy of an optimizer has none)
+        if hasattr(opt, "register_step_pre_hook") and _drop_frozen_grads not in hooks.values():
+            opt.register_step_pre_hook(_drop_frozen_grads)  # (once: an opt_func may give the same one each fit)
 
     def __getstate__(self) -> dict[str, Any]:
-        # the momentum lives in the parameters' .grad, which a copy of a Parameter (deepcopy, pickle) leaves out
-        momentum = {name: p.grad for name, p in self.model.named_parameters() if p.grad is not None}
+        # the momentum lives in the parameters' .grad, which a copy of a Parameter (deepcopy, pickle) leaves out;
+        # kept with the parameters themselves, not by name: a copy reached through the model (a hook holding the
+        # learner) is made while the model's copy is not built yet
+        momentum = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
         return {**super().__getstate__(), "_momentum": momentum}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "opt" in state:  # pickled before opt was a property (its optimizer under that name)
             state["_opt"] = state.pop("opt")
-        momentum = state.pop("_momentum", {})
+        momentum = state.pop("_momentum", [])
         vars(self).update(state)
-        for name, p in self.model.named_parameters():
-            if name in momentum:
-                p.grad = momentum[name]
+        for p, grad in momentum:
+            p.grad = grad
+        with contextlib.suppress(AttributeError):  # (an optimizer whose copy is not built yet: its next fit's is)
+            self.opt = self._opt  # a copied optimizer has no hooks (torch leaves them out): hooked again
 
     @torch.no_grad()
     def zero_grad(self) -> None:

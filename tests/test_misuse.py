@@ -679,3 +679,36 @@ def test_a_copy_of_a_momentum_learner_keeps_its_momentum():
         set_seed(0)
         other.fit(1)
         assert torch.equal(other.model.weight, learn.model.weight)
+
+
+def test_a_momentum_learners_model_copied_during_a_fit_with_activation_stats():
+    """ActivationStats' hooks hold the learner during a fit: a copy of the model (a best-model callback's
+    deepcopy, torch.save) copied the learner through them, whose restore looked the model's parameters up by name
+    in a model copy not built yet (AttributeError); the copy's optimizer lost its frozen-gradient hook."""
+    import copy
+    from miniai.callbacks import ActivationStats
+    copies = []
+
+    class BestCopy(Callback):
+        def after_epoch(self, learn):
+            copies.append(copy.deepcopy(learn.model))
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    learn = MomentumLearner(model, class_dls(), F.cross_entropy, lr=0.1,
+                            cbs=[ActivationStats(lambda m: isinstance(m, nn.ReLU)), BestCopy()])
+    learn.fit(1)
+    assert len(copies) == 2 and torch.equal(copies[-1][0].weight, model[0].weight)
+    other = copy.deepcopy(learn)
+    assert len(other.opt._optimizer_step_pre_hooks) == 1
+
+
+def test_two_loaders_over_one_iterable_dataset_are_warned_of():
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            return iter([(torch.randn(8, generator=g), torch.tensor(i % 3)) for i in range(32)])
+    stream = Stream()
+    with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train"):
+        TrainLearner(nn.Linear(8, 3), DataLoaders(DataLoader(stream, 16), DataLoader(stream, 16)), F.cross_entropy,
+                     lr=0.1).fit(1)
