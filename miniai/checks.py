@@ -21,10 +21,10 @@ from torch import nn, optim
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
                               WeightedRandomSampler)
 
-__all__ = ["add_note", "check_count", "check_number", "call_model", "describe", "check_new_callback",
-           "check_known_callback",
-           "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args", "check_loaders", "drops_last",
-           "check_new_params", "empty_pass_error", "batch_items", "misplaced_cancel_note", "fit_note"]
+__all__ = ["add_note", "check_count", "check_number", "one_number", "call_model", "describe", "check_new_callback",
+           "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
+           "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items",
+           "misplaced_cancel_note", "fit_note"]
 
 
 def add_note(error: BaseException, note: str) -> None:
@@ -45,11 +45,16 @@ def check_number(name: str, value: Any, least: float = 0.0, strict: bool = False
     """Return `value` if it is a real number >= `least` (> it when `strict`; a one-number tensor or array too; inf
     passes, NaN, which compares false with everything, and bools never do); else a ValueError naming `name`, the
     bound and `what` it sets."""
-    number = value.item() if getattr(value, "shape", None) == () and hasattr(value, "item") else value
+    number = one_number(value)
     if isinstance(number, bool) or not isinstance(number, numbers.Real) or not (
             number > least if strict else number >= least):
         raise ValueError(f"{name} must be a number {'>' if strict else '>='} {least:g}{what}, got {value!r}")
     return value
+
+
+def one_number(value: Any) -> Any:
+    """The Python number a one-number tensor or NumPy scalar holds; anything else as it is."""
+    return value.item() if getattr(value, "shape", None) == () and hasattr(value, "item") else value
 
 
 def call_model(learn: Any) -> Any:

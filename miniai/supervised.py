@@ -127,12 +127,12 @@ def _drop_frozen_grads(opt: optim.Optimizer, args: Any, kwargs: Any) -> None:
 
 def _warn_second_momentum(learn: MomentumLearner) -> None:
     """MomentumLearner's momentum is in .grad: one in the optimizer too (in any param group) stacks a second."""
-    groups = learn.opt.param_groups if hasattr(learn.opt, "param_groups") else []
-    group = next((g for g in groups if g.get("momentum") or g.get("betas", (0,))[0]), {})
-    own = f"momentum={group['momentum']}" if group.get("momentum") else \
-        f"betas[0]={group['betas'][0]}" if group.get("betas", (0,))[0] else None
-    if own:
-        warnings.warn(f"MomentumLearner keeps mom={learn.mom} × the gradients as its momentum, and the optimizer has "
-                      f"{own} of its own: a second momentum on top, which makes steps several times larger. Use "
-                      "MomentumLearner with plain SGD (opt_func=optim.SGD), or TrainLearner with the optimizer's "
-                      "momentum", stacklevel=4)
+    for group in getattr(learn.opt, "param_groups", []):
+        own = f"momentum={group['momentum']}" if group.get("momentum") else \
+            f"betas[0]={group['betas'][0]}" if group.get("betas", (0,))[0] else None
+        if own:
+            warnings.warn(f"MomentumLearner keeps mom={learn.mom} × the gradients as its momentum, and the optimizer "
+                          f"has {own} of its own: a second momentum on top, which makes steps several times larger. "
+                          "Use MomentumLearner with plain SGD (opt_func=optim.SGD), or TrainLearner with the "
+                          "optimizer's momentum", stacklevel=4)
+            return

@@ -739,10 +739,10 @@ def test_the_ctrl_c_note_continues_a_fit_without_validation_without_validation(t
     assert "learn.fit_one_cycle(4, max_lr=0.1, valid=False, resume=" in "\n".join(info.value.__notes__)
 
 
-def _one_cycle_peak(opt_func, max_lr: float):
-    """The param groups' lrs at the peak of fit_one_cycle(2, max_lr) on a tiny learner with `opt_func`, and the
-    learner."""
-    learn = tiny_learner()
+def _one_cycle_peak(opt_func, max_lr: float, cbs=()):
+    """The param groups' lrs at the peak of fit_one_cycle(2, max_lr) on a tiny learner with `opt_func` and `cbs`,
+    and the learner."""
+    learn = tiny_learner(cbs=cbs)
     learn.opt_func = opt_func
     lrs = []
 
@@ -805,17 +805,7 @@ def test_fit_one_cycle_and_the_finder_take_param_groups_a_callback_adds():
     def body_tenth(params, lr):
         weight, bias = list(params)
         return optim.SGD([{"params": [weight], "lr": lr / 10}, {"params": [bias], "lr": lr}], lr=lr)
-    learn = tiny_learner(cbs=[AddGroup()])
-    learn.opt_func = body_tenth
-    lrs = []
-
-    class Lrs(Callback):
-        order = 30
-
-        def after_batch(self, learn) -> None:
-            lrs.append([g["lr"] for g in learn.opt.param_groups])
-    learn.fit_one_cycle(2, max_lr=0.01, cbs=[Lrs()])
-    top = max(lrs, key=lambda row: row[1])
+    top, learn = _one_cycle_peak(body_tenth, 0.01, cbs=[AddGroup()])
     assert top[1] == pytest.approx(0.01, rel=0.02) and top[2] == pytest.approx(top[1])
     finder = LRFinderCB()
     learn.fit(1, lr=1e-3, valid=False, cbs=[finder])

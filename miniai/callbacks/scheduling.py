@@ -25,8 +25,8 @@ import copy
 import functools
 import inspect
 import math
-import types
 import numbers
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
