@@ -227,8 +227,11 @@ def fix_malloc(force: bool = False) -> bool:
     MINIAI_MALLOC=default to keep glibc's behaviour (`force=True` ignores it). Does nothing off Linux/glibc.
     """
     global _MALLOC_FIXED
-    if _MALLOC_FIXED or not sys.platform.startswith("linux") or (
-            os.environ.get("MINIAI_MALLOC") == "default" and not force):
+    setting = "" if force else os.environ.get("MINIAI_MALLOC", "")
+    if setting not in ("", "default"):  # a misspelt opt-out must not fix the thresholds unseen
+        raise ValueError(f"MINIAI_MALLOC={setting!r}: the one value miniai reads is 'default' (keep glibc's malloc "
+                         f"thresholds); unset it to have miniai fix them for CPU training.")
+    if _MALLOC_FIXED or not sys.platform.startswith("linux") or setting == "default":
         return _MALLOC_FIXED
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -82,6 +82,17 @@ def test_cpu_training_fixes_the_malloc_thresholds_unless_told_not_to():
     assert run({**os.environ, "MINIAI_MALLOC": "default"}) == "False"
 
 
+def test_an_unknown_malloc_setting_is_an_error_not_silently_ignored(monkeypatch):
+    """MINIAI_MALLOC=off (meant as an opt-out) used to fix the thresholds all the same, without a word."""
+    from miniai.utils import fix_malloc
+    monkeypatch.setenv("MINIAI_MALLOC", "off")
+    with pytest.raises(ValueError, match="MINIAI_MALLOC='off'.*'default'"):
+        fix_malloc()
+    fix_malloc(force=True)  # force ignores the variable, as documented
+    monkeypatch.setenv("MINIAI_MALLOC", "default")
+    fix_malloc()
+
+
 def test_the_loop_imports_only_its_checks_and_the_checks_import_no_other_miniai_module():
     """The arrows point one way (the callbacks import learner.py, never the reverse at import time): importing the
     loop loads no callback, data or plotting module, so it reads and runs on its own."""
