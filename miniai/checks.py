@@ -206,6 +206,9 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, lr: Any,
         raise ValueError(f"lr must be a finite number, got {lr}")
     if lr == 0:
         warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=3)
+    elif isinstance(lr, (int, float)) and abs(lr) < torch.finfo(torch.float32).tiny:  # 1e-50: 0 in float32 steps
+        warnings.warn(f"lr={lr:g} is below float32's smallest normal number ({torch.finfo(torch.float32).tiny:.1e}): "
+                      f"the optimizer will not change float32 weights; did you mean another exponent?", stacklevel=3)
 
 
 def drops_last(dl: Any) -> bool:

@@ -316,6 +316,15 @@ def test_negative_epochs_are_an_error_and_lr_zero_a_warning():
         learn.fit(1, lr=0)
 
 
+def test_an_lr_too_small_for_float32_warns_as_lr_zero_does():
+    """lr=1e-50 (`--lr 1e-50`) is 0 in a float32 step: nothing trained, and nothing said."""
+    learn = tiny_learner()
+    before = [p.clone() for p in learn.model.parameters()]
+    with pytest.warns(UserWarning, match="lr=1e-50 is below float32's smallest normal number"):
+        learn.fit(1, lr=1e-50)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # what the warning says
+
+
 
 @pytest.mark.parametrize("lr", [float("nan"), float("inf")])
 def test_a_nan_or_infinite_lr_is_refused_before_training(lr):
