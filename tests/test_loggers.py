@@ -96,6 +96,21 @@ def test_a_fresh_fit_refuses_an_earlier_log_unless_told_to_append_or_overwrite(t
         CSVLoggerCB(tmp_path / "log.csv", append=True, overwrite=True)
 
 
+@pytest.mark.parametrize("text", ["best_accuracy=0.931 (run of 3 Dec, keep!)\n", "a,b\nnotes\n",
+                                  "epoch,train,loss,time,lr\n0,train\n"])
+def test_a_fresh_fit_replaces_only_an_empty_file_or_its_own_header_alone(tmp_path, text):
+    """Any one-line file was taken for a header alone (a fit that failed at its start) and replaced without a
+    word, and so was a file whose lines had other lengths than its first."""
+    (tmp_path / "log.csv").write_text(text)
+    with pytest.raises(FileExistsError, match="is there already"):
+        tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
+    assert (tmp_path / "log.csv").read_text() == text
+    for kept in ("", "\n", "epoch,train,loss,time,lr\n"):  # nothing, or the header a failed fit left: replaced
+        (tmp_path / "log.csv").write_text(kept)
+        tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
+        assert len(read_rows(tmp_path / "log.csv")) == 2
+
+
 def test_overwrite_starts_the_file_anew_and_append_keeps_it(tmp_path):
     learn = tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv", overwrite=True)])
     learn.fit(2)
