@@ -25,7 +25,7 @@ Learner state that callbacks may read, and from which event on:
 | `model, dls, loss_func, cbs` | always         | what the learner was built with                                           |
 | `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
 | `opt`, `fit_lr`              | `before_fit`   | the optimizer, `opt_func(model.parameters(), fit_lr)` in each fit that    |
-|                              |                | trains; the lr it was made with (fit's, else the learner's)               |
+|                              |                | trains; the lr it was made with (fit's, else a resumed run's, else `lr`)  |
 | `n_epochs, epochs, passes`   | `before_fit`   | epochs in this fit; the range the loop walks; ("train", "valid") or one   |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
 | `epoch_offset`               | `before_fit`   | epochs trained in earlier fits: a seeded loader walks its order of epoch  |
@@ -194,6 +194,7 @@ class Learner(Conveniences):
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
                 temporary.append(resume_cb(self, resume, lr))
                 self.add_cb(temporary[-1])
+                opt_lr = temporary[-1].fit_lr or opt_lr  # no lr given: the saved run's
             if train or self.opt is None or resume is not None:  # an evaluation keeps the optimizer, and its state
                 self.fit_lr = 0.0 if opt_lr is None else opt_lr
                 self.opt = self.opt_func(self.model.parameters(), self.fit_lr)

@@ -425,3 +425,42 @@ def test_a_changed_lr_method_or_a_multiplicative_beside_swa_is_refused(tmp_path)
     learn, _ = make_learner(tmp_path / "swa", run(0.5))
     with pytest.raises(ValueError, match=r"MultiplicativeLR set param group 0's lr"):
         learn.fit(4, resume=tmp_path / "swa")
+
+
+class _AddedGroup(Callback):
+    """Adds a param group at before_fit (a temperature): at a fixed lr, or at the lr the fit made the optimizer with."""
+    order = 5
+
+    def __init__(self, fixed: bool):
+        self.fixed, self.t = fixed, torch.nn.Parameter(torch.ones(()))
+
+    def before_fit(self, learn):
+        if not any(self.t is p for g in learn.opt.param_groups for p in g["params"]):
+            learn.opt.add_param_group({"params": [self.t], "lr": 1e-3 if self.fixed else learn.fit_lr})
+
+    def state_dict(self):
+        return {"t": self.t.detach().clone()}
+
+    def load_state_dict(self, state):
+        self.t.data.copy_(state["t"])
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_fit_one_cycle_resumed_with_a_callback_added_group_warns_of_nothing(tmp_path, fixed):
+    """The resumed fit made its optimizer at the learner's lr (0.05), not the run's (max_lr 0.2): a group a callback
+    added at a fixed lr got a 4 × higher peak, and the resume warned that the user had changed settings
+    ("param group 1 max_lr: 0.001 saved, 0.004 here"), telling them to start a new fit; they had changed nothing."""
+    def run(path, stop=None):
+        cbs = [_AddedGroup(fixed)] + ([_CutPass(training=True, at=0, exc=CancelFitException, epoch=stop)] * bool(stop))
+        learn, rec = make_learner(path, cbs)
+        return learn, rec, cbs[0]
+    straight, rec_straight, added = run(None)
+    straight.fit_one_cycle(4, max_lr=0.2)
+    run(tmp_path, stop=2)[0].fit_one_cycle(4, max_lr=0.2)
+    resumed, rec_resumed, added_resumed = run(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit_one_cycle(4, max_lr=0.2, resume=tmp_path)
+    assert same_params(straight, resumed) and torch.equal(added.t, added_resumed.t)
+    assert rec_resumed.recs["lr"] == rec_straight.recs["lr"][-len(rec_resumed.recs["lr"]):]
+    assert resumed.fit_lr == 0.2  # the run's lr, as the callbacks saw it in the run's first fit

@@ -247,6 +247,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
     return {
         "format": _FORMAT, "version": _VERSION, "torch_version": str(torch.__version__),
         "epoch": epochs_done, "n_epochs": learn.n_epochs, "epoch_offset": learn.epoch_offset,
+        "fit_lr": getattr(learn, "fit_lr", None),  # the lr the run made its optimizer with: a resumed fit's too
         "model": model.state_dict(),
         # TrainLearner sets grads to None every step; MomentumLearner carries mom × grads into the next batch
         "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},

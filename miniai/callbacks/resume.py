@@ -73,6 +73,9 @@ class ResumeCB(Callback):
 
     def __init__(self, state: dict[str, Any], file: Path, lr: float | None = None) -> None:
         self.state, self.file, self.lr = state, file, lr
+        # the lr fit makes the optimizer with: the one given, else the saved run's (callbacks that add param groups
+        # at before_fit read it as learn.fit_lr, as they did in the run); a checkpoint older than it has none
+        self.fit_lr: float | None = lr if lr is not None else state.get("fit_lr")
         self._seedless: list[Any] = []  # loaders built without a seed, which take the saved run's for this fit
 
     def cleanup_fit(self, learn: Learner) -> None:
