@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn, optim
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
-                              WeightedRandomSampler)
+                              SubsetRandomSampler, WeightedRandomSampler)
 
 __all__ = ["add_note", "check_count", "check_number", "one_number", "call_model", "describe", "check_new_callback",
            "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
@@ -219,11 +219,17 @@ def drops_last(dl: Any) -> bool:
 
 def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
     """A missing or empty loader (of known length) is an error before any batch, not NaN metrics after."""
-    if passes == ("train", "valid") and _same_data(getattr(dls, "train", None), getattr(dls, "valid", None)):
+    train, valid = getattr(dls, "train", None), getattr(dls, "valid", None)
+    if passes == ("train", "valid") and _same_data(train, valid):
         warnings.warn("dls.valid gives the same data as dls.train (the same loader, dataset or tensors): validation "
                       "measures the training data, so its loss and metrics say nothing of how the model does on "
                       "unseen data. Give DataLoaders a loader of held-out data as valid (get_dls(holdout=n) holds "
                       "out training images)", stacklevel=4)
+    elif passes == ("train", "valid") and (shared := _shared_items(train, valid)):
+        warnings.warn(f"dls.valid reads {shared[0]} of its {shared[1]} items from those dls.train trains on (one "
+                      "dataset, indices that overlap): its loss and metrics measure training data in part. Give the "
+                      "two loaders indices that don't overlap (get_dls(holdout=n) holds out training images)",
+                      stacklevel=4)
     for name in passes:
         dl = getattr(dls, name, None)
         if dl is None:
@@ -253,7 +259,8 @@ def _same_data(train: Any, valid: Any) -> bool:
         return train is not None and train is valid
     dataset = getattr(train, "dataset", None)
     if dataset is not None and dataset is getattr(valid, "dataset", None):
-        return _reads_whole(train) and _reads_whole(valid)
+        items = _items(train)
+        return items is not None and items == _items(valid)
 
     def tensors(dl: Any) -> list:
         if isinstance(getattr(dl, "x", None), torch.Tensor):  # a TensorLoader
@@ -263,6 +270,39 @@ def _same_data(train: Any, valid: Any) -> bool:
     return bool(a) and len(a) == len(b) and all(
         isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and t.numel() > 0
         and (t.data_ptr(), t.shape, t.stride()) == (u.data_ptr(), u.shape, u.stride()) for t, u in zip(a, b))
+
+
+def _items(dl: Any) -> str | set[int] | None:
+    """The items of its dataset a torch DataLoader reads each pass: "all", a set of indices (a SubsetRandomSampler's,
+    or a range, list, array or tensor given as sampler), or None: unknown (a sampler of one's own, which is never
+    iterated here: that would draw from the RNGs the training order comes from)."""
+    if _reads_whole(dl):
+        return "all"
+    batches = getattr(dl, "batch_sampler", None)
+    if batches is not None and not isinstance(batches, BatchSampler):
+        return None
+    sampler = batches.sampler if isinstance(batches, BatchSampler) else getattr(dl, "sampler", None)
+    indices = sampler.indices if isinstance(sampler, SubsetRandomSampler) else sampler
+    if isinstance(indices, (range, list, tuple, torch.Tensor)) or type(indices).__name__ == "ndarray":
+        return set(torch.as_tensor(indices).reshape(-1).tolist())
+    return None
+
+
+def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
+    """(how many of valid's items train reads too, valid's items) for two loaders over one dataset that share some
+    but not all; None when they share none, read different datasets, or one's items are unknown."""
+    dataset = getattr(train, "dataset", None)
+    if train is None or dataset is None or dataset is not getattr(valid, "dataset", None):
+        return None
+    a, b = _items(train), _items(valid)
+    if a is None or b is None or a == b:
+        return None
+    try:
+        b = set(range(len(dataset))) if b == "all" else b
+    except TypeError:  # (an IterableDataset read whole by one loader, and by indices by the other: can't be)
+        return None
+    shared = len(b) if a == "all" else len(a & b)
+    return (shared, len(b)) if shared else None
 
 
 def _reads_whole(dl: Any) -> bool:

@@ -230,6 +230,22 @@ def test_two_loaders_of_the_same_data_are_warned_of_too():
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
 
 
+def test_index_splits_of_one_dataset_that_overlap_are_warned_of():
+    """Two samplers over the same indices, an off-by-one split, or a training part validated on the whole dataset:
+    validation read training items, without a word (only whole-dataset readers on both sides were caught)."""
+    from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    ds = TensorDataset(x, y)
+    part = lambda indices: DataLoader(ds, 16, sampler=SubsetRandomSampler(indices))  # noqa: E731
+    cases = [(part(range(48)), part(list(range(48))), "the same data as dls.train"),
+             (part(range(48)), DataLoader(ds, 16, sampler=range(47, 64)), "1 of its 17 items"),
+             (part(range(48)), DataLoader(ds, 16), "48 of its 64 items"),
+             (DataLoader(ds, 16, shuffle=True), DataLoader(ds, 16, sampler=np.arange(48, 64)), "16 of its 16 items")]
+    for train, valid, says in cases:
+        with pytest.warns(UserWarning, match=f"dls.valid .*{says}"):
+            TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
+
+
 def test_metrics_cb_logs_the_loss_of_batches_with_an_extra_item():
     """(x, y, ids) batches with a loss that takes the ids too: the loss error's advice; MetricsCB() then refused
     to log even the loss alone."""
