@@ -352,3 +352,41 @@ def test_training_on_a_loss_of_one_value_per_item_says_to_reduce_it():
     evaluate(learn)  # an evaluation takes per-item losses (MetricsCB averages them)
     with pytest.raises(LossInputError, match="not one number"), contextlib.redirect_stdout(io.StringIO()):
         learn.fit(1)  # (after an evaluation of the same shapes too)
+
+
+class ReusedBuffers:
+    """A loader that copies each batch into the same two tensors and yields them (a prefetcher's buffers)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:
+        self.x, self.y, self.bs = x, y, bs
+        self.xb, self.yb = torch.empty(bs, *x.shape[1:]), torch.empty(bs, dtype=y.dtype)
+
+    def __len__(self) -> int:
+        return len(self.x) // self.bs
+
+    def __iter__(self):
+        for i in range(0, len(self) * self.bs, self.bs):
+            self.xb.copy_(self.x[i:i + self.bs])
+            self.yb.copy_(self.y[i:i + self.bs])
+            yield self.xb, self.yb
+
+
+def test_metrics_of_a_loader_that_reuses_its_tensors_are_those_of_each_batch():
+    """MetricsCB kept references to the targets until its update, 256 batches later: the loader had overwritten
+    them with the last batch's, and accuracy read 0.375 for 0.325, without a word (the loss was right); get_preds
+    returned the last batch's targets and inputs five times over."""
+    from torcheval.metrics import MulticlassAccuracy
+    y = torch.arange(40) % 3
+    x = F.one_hot(y, 3).float()
+    model = nn.Linear(3, 3)
+    with torch.no_grad():  # a perfect classifier: every metric of every batch is 1
+        model.weight.copy_(torch.eye(3))
+        model.bias.zero_()
+    metrics = MetricsCB(acc=Accuracy(), tacc=MulticlassAccuracy())
+    metrics.log_fn = lambda row: None
+    learn = TrainLearner(model, DataLoaders(ReusedBuffers(x, y, 8), ReusedBuffers(x, y, 8)), F.cross_entropy,
+                         lr=0.1, cbs=[metrics])
+    learn.fit(1, train=False)
+    assert metrics.last["valid_acc"] == 1.0 and metrics.last["valid_tacc"] == 1.0
+    xs, _, t = learn.get_preds(with_input=True)
+    assert torch.equal(t, y) and torch.equal(xs, x)

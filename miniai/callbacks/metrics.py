@@ -145,8 +145,9 @@ class MetricsCB(Callback):
         self._start = time.perf_counter()
 
     def after_batch(self, learn: Learner) -> None:
-        # only keep references here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
-        # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches
+        # only keep the batch here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
+        # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches.
+        # The target is kept as a copy (< 1 µs): a loader may refill the same tensors for its next batch
         batch, n_inp = learn.batch, learn.n_inp
         if isinstance(batch, (tuple, list)) and len(batch) == n_inp + 1:  # (*inputs, target)
             target = batch[n_inp]
@@ -157,10 +158,10 @@ class MetricsCB(Callback):
             if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
                 raise ValueError("the target of this batch is a 0-dim tensor: the loader yields single items, not "
                                  "batches (DataLoader(..., batch_size=None)?). Give it a batch_size")
-            preds, n, numel = preds.detach(), target.shape[0], preds.numel()
+            preds, target, n, numel = preds.detach(), target.clone(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
             # for a metric of the user's that takes them
-            preds = map_tensors(preds, torch.Tensor.detach)
+            preds, target = map_tensors(preds, torch.Tensor.detach), map_tensors(target, torch.Tensor.clone)
             n = n_items(target)
             numel = sum(t.numel() for t in tensors_in(preds))
         loss = learn.loss

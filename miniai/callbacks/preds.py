@@ -31,7 +31,7 @@ from ..checks import check_count, drops_last
 from ..data import TensorLoader
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import loss_setting, to_cpu
+from ..utils import loss_setting, map_tensors, to_cpu
 from .augment import BatchTransformCB
 from .metrics import _ignored_target, _loss_mask
 from .state import kept
@@ -264,6 +264,11 @@ def _unpack(items: tuple) -> Any:
     return None if not items else items[0] if len(items) == 1 else items
 
 
+def _copy_to_cpu(x: Any) -> Any:
+    """`to_cpu`, always a copy: a CPU tensor of the loader's may be refilled with its next batch (a prefetcher's)."""
+    return map_tensors(x, lambda t: t.detach().to("cpu", copy=True))
+
+
 class _GatherPreds(Callback):
     """Gathers each batch's preds (through `act`), targets and optionally inputs and per-item losses, on the CPU."""
     order = 100  # after every other callback's after_batch: what it gathers is final
@@ -291,9 +296,9 @@ class _GatherPreds(Callback):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         self.preds.append(to_cpu(preds))
         self.sizes.append(_batch_size(learn.xb[0]) if learn.xb else None)
-        self.targets.append(to_cpu(learn.yb))
+        self.targets.append(_copy_to_cpu(learn.yb))
         if self.with_input:
-            self.inputs.append(to_cpu(learn.xb))
+            self.inputs.append(_copy_to_cpu(learn.xb))
         if self.with_loss:
             loss = learn.loss
             if not isinstance(loss, torch.Tensor) or loss.ndim == 0:
