@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from functools import partial
 
 import numpy as np
@@ -890,3 +891,42 @@ def test_tta_names_itself_in_the_warning_about_callbacks_left_out():
             pass
     with pytest.warns(UserWarning, match=r"^tta leaves out Spy"):
         image_learner([Spy()]).tta()
+
+
+class _TrainMode(Callback):
+    """Puts the model in train mode for the prediction pass: the naive Monte Carlo dropout."""
+    inference = True
+
+    def before_batch(self, learn) -> None:
+        learn.model.train()
+
+
+def test_a_callback_that_puts_the_model_in_train_mode_leaves_no_batchnorm_statistics_changed():
+    """get_preds put the modes back but not the BatchNorm running statistics the pass updated in train mode: the
+    model was changed for good, though get_preds leaves the learner bitwise as it was."""
+    learn = image_learner()
+    learn.fit(1)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with pytest.warns(UserWarning):  # (it drew dropout masks too: the test below)
+        learn.get_preds(cbs=[_TrainMode()])
+    after = learn.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_get_preds_that_draws_random_numbers_says_a_second_call_repeats_them():
+    """Monte Carlo dropout by calling get_preds ten times gave ten identical results (it puts the RNG back, so
+    each call drew the same masks): a spread of 0, without a word. The way: seed each call differently."""
+    learn = image_learner()
+    with pytest.warns(UserWarning, match=r"ran Dropout in train mode.*repeats them.*torch.manual_seed\(i\)"):
+        first, _ = learn.get_preds(cbs=[_TrainMode()])
+    with pytest.warns(UserWarning, match="drew random numbers"):
+        assert torch.equal(first, learn.get_preds(cbs=[_TrainMode()])[0])  # as the warning says
+    samples = []
+    for i in range(2):
+        torch.manual_seed(i)
+        with pytest.warns(UserWarning, match="drew random numbers"):
+            samples.append(learn.get_preds(cbs=[_TrainMode()])[0])
+    assert not torch.equal(*samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.get_preds()  # eval mode: nothing drawn, nothing said

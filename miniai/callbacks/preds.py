@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
@@ -427,6 +428,12 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
         if with_loss:
             learn.loss_func = loss_func  # for this pass only: kept() puts the learner's back
         prediction_pass(learn, dl, [*cbs, gather], with_loss)
+        dropout = [type(m).__name__ for m in learn.model.modules()  # (as the pass left them: kept() puts modes back)
+                   if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0]
+    if dropout:  # Monte Carlo dropout by repeated calls: each would draw the same masks, a spread of 0
+        warnings.warn(f"get_preds ran {dropout[0]} in train mode, so it drew random numbers, and put the RNGs back "
+                      "as it leaves everything as it was: another call repeats them, the same preds. For Monte Carlo "
+                      "dropout, seed each call differently (torch.manual_seed(i) before call i)", stacklevel=3)
     return gather.result()
 
 
