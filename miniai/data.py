@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate, default_convert
 
 from .cache import load_normalized, load_tensors, normalized_split
 from .checks import check_count
@@ -242,24 +242,31 @@ class DataLoaders:
         x = getattr(self.train, "x", None)
         if isinstance(x, torch.Tensor):
             return tuple(x.shape[1:])
-        collate = getattr(self.train, "collate_fn", None)
-        if isinstance(collate, _DictToTuple):  # from_dd's: the columns of the collate's batch, as a tuple
-            collate = collate.collate_fn
-        if collate is default_collate and getattr(self.train, "batch_size", None):
-            x = self._first_input()  # (another collate, or pre-batched items, may change the shape: unknown)
+        if self._stacked_as_they_are() and getattr(self.train, "batch_size", None):  # (pre-batched items: unknown)
+            x = self._first_input()
             return tuple(x.shape) if isinstance(x, torch.Tensor) else None
         return None
 
     @property
     def item_dtype(self) -> torch.dtype | None:
         """The dtype of the loaders' inputs (uint8 pixels, or floats a transform takes as they are), as given or read
-        from the training loader's tensor or its dataset's first item; None when unknown."""
+        from the training loader's tensor or, under torch's default collate, its dataset's first item; None when
+        unknown."""
         if self._item_dtype is not None:
             return self._item_dtype
         x = getattr(self.train, "x", None)
-        if x is None:
+        if x is None and self._stacked_as_they_are():
             x = self._first_input()
         return x.dtype if isinstance(x, torch.Tensor) else None
+
+    def _stacked_as_they_are(self) -> bool:
+        """Whether the training loader's batches are its dataset's items as they are, stacked: torch's default
+        collate (alone or in from_dd's; default_convert for batch_size=None). A collate of one's own may change
+        their shape and dtype (uint8 items into 0-1 floats): what they are then is unknown."""
+        collate = getattr(self.train, "collate_fn", None)
+        if isinstance(collate, _DictToTuple):  # from_dd's: the columns of the collate's batch, as a tuple
+            collate = collate.collate_fn
+        return collate is default_collate or collate is default_convert
 
     def _first_input(self) -> Any:
         """The first input of a torch DataLoader's dataset's first item, or None: one item is cheap, and the

@@ -451,7 +451,27 @@ def test_item_dtype_reads_pre_batched_items_and_never_runs_the_collate():
         calls.append(torch.rand(1))
         return torch.utils.data.default_collate(items)
     dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), 4, collate_fn=drawing_collate)
-    assert DataLoaders(dl, dl).item_dtype == torch.uint8 and not calls
+    assert DataLoaders(dl, dl).item_dtype is None and not calls  # (a collate of one's own: unknown, see below)
+
+
+def test_a_collate_of_ones_own_makes_the_item_dtype_unknown_not_the_datasets():
+    """A collate that turns uint8 items into 0-1 floats: item_dtype said uint8 (the dataset's), infer refused an
+    image prepared as the loader's, and its advice (uint8 pixels) gave probabilities [0, 1, 0] for get_preds'
+    [0.26, 0.13, 0.61]: the callback's normalization got 0-255 values."""
+    x, y = torch.randint(0, 256, (40, 1, 6, 6), dtype=torch.uint8), torch.arange(40) % 3
+
+    def to_floats(items):
+        return torch.stack([i[0] for i in items]).float() / 255, torch.stack([i[1] for i in items])
+    dl = lambda s: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[s], y[s]), 8,  # noqa: E731
+                                               collate_fn=to_floats)
+    dls = DataLoaders(dl(slice(0, 30)), dl(slice(30, 40)))
+    assert dls.item_dtype is None and dls.item_shape is None
+    norm = BatchTransformCB(lambda xb: (xb - 0.5) / 0.29, on_train=True, on_val=True)
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), dls, F.cross_entropy, lr=0.1, cbs=[norm])
+    probs, _ = learn.get_preds(act=torch.softmax)
+    with pytest.raises(TypeError, match=r"item_dtype=torch.uint8"):  # raw pixels, of a dtype unknown: declare it
+        learn.infer(x[30:31])
+    assert torch.allclose(learn.infer(x[30:31].float() / 255).probs, probs[:1])
 
 
 def test_infer_refuses_floats_where_the_loaders_give_a_validation_transform_raw_pixels():
