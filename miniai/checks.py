@@ -211,6 +211,12 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, lr: Any,
                       f"the optimizer will not change float32 weights; did you mean another exponent?", stacklevel=3)
 
 
+def unbatched_error() -> ValueError:
+    """The error for a batch whose target is a 0-dim tensor: a loader of single items (MetricsCB, get_preds)."""
+    return ValueError("the target of this batch is a 0-dim tensor: the loader yields single items, not batches "
+                      "(DataLoader(..., batch_size=None)?). Give it a batch_size")
+
+
 def drops_last(dl: Any) -> bool:
     """Whether a loader drops its last items: its own drop_last, or, for a DataLoader given batch_sampler=
     BatchSampler(..., drop_last=True) (whose dl.drop_last is False), its batch sampler's."""

@@ -930,3 +930,31 @@ def test_get_preds_that_draws_random_numbers_says_a_second_call_repeats_them():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.get_preds()  # eval mode: nothing drawn, nothing said
+
+
+def test_get_preds_refuses_an_unbatched_loader_as_metricscb_does():
+    """DataLoader(batch_size=None) yields single items: get_preds returned preds (60,) for 20 items with targets
+    (20,), no error; with_loss blamed the get_loss step."""
+    x, y = torch.randn(20, 4), torch.arange(20) % 3
+    learn = TrainLearner(nn.Linear(4, 3), DataLoaders(TensorLoader(x, y, 5), DataLoader(TensorDataset(x, y),
+                                                                                        batch_size=None)),
+                         F.cross_entropy, lr=0.1)
+    for kwargs in ({}, {"with_loss": True}):
+        with pytest.raises(ValueError, match=r"0-dim tensor.*batch_size=None.*Give it a batch_size"):
+            learn.get_preds(**kwargs)
+
+
+def test_get_preds_names_a_model_that_squeezes_away_the_batch_dim_of_a_one_item_batch():
+    """forward's .squeeze() on a last batch of one item gave a 0-dim output: get_preds failed in torch.cat
+    ("zero-dimensional tensor (at position 2) cannot be concatenated"), naming neither the batch nor the output."""
+    class Squeezed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.lin(x).squeeze()
+    x, y = torch.randn(9, 4), torch.randn(9)
+    learn = TrainLearner(Squeezed(), DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), F.mse_loss, lr=0.1)
+    with pytest.raises(ValueError, match=r"0-dim output for batch 2 of 1 item.*squeeze\(-1\)"):
+        learn.get_preds()

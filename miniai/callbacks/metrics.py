@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checks import unbatched_error
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
 from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
@@ -156,8 +157,7 @@ class MetricsCB(Callback):
         preds = learn.preds
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
-                raise ValueError("the target of this batch is a 0-dim tensor: the loader yields single items, not "
-                                 "batches (DataLoader(..., batch_size=None)?). Give it a batch_size")
+                raise unbatched_error()
             preds, target, n, numel = preds.detach(), target.clone(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
             # for a metric of the user's that takes them

@@ -28,7 +28,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
-from ..checks import check_count, drops_last
+from ..checks import check_count, drops_last, unbatched_error
 from ..data import TensorLoader
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
@@ -285,7 +285,14 @@ class _GatherPreds(Callback):
         self.sizes: list[int | None] = []  # each batch's item count: what a per-item sequence's length is
 
     def after_batch(self, learn: Learner) -> None:
-        preds = learn.preds
+        preds, yb = learn.preds, learn.yb
+        if yb and isinstance(yb[0], torch.Tensor) and not yb[0].ndim:  # preds of n items, n targets of one each
+            raise unbatched_error()
+        n = _batch_size(learn.xb[0]) if learn.xb else None
+        if isinstance(preds, torch.Tensor) and not preds.ndim:  # else torch.cat fails, naming neither
+            raise ValueError(f"get_preds: the model gave a 0-dim output for batch {learn.iter} of {n} item(s) (a "
+                             ".squeeze() in forward squeezes a one-item batch's dim too): squeeze the dim you mean, "
+                             "e.g. .squeeze(-1)")
         if self.act is not None:
             if not self._act_checked:  # (once: the act, not the batch, is what is checked)
                 _check_act(self.act, preds)
@@ -296,8 +303,8 @@ class _GatherPreds(Callback):
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         self.preds.append(to_cpu(preds))
-        self.sizes.append(_batch_size(learn.xb[0]) if learn.xb else None)
-        self.targets.append(_copy_to_cpu(learn.yb))
+        self.sizes.append(n)
+        self.targets.append(_copy_to_cpu(yb))
         if self.with_input:
             self.inputs.append(_copy_to_cpu(learn.xb))
         if self.with_loss:
