@@ -958,3 +958,14 @@ def test_get_preds_names_a_model_that_squeezes_away_the_batch_dim_of_a_one_item_
     learn = TrainLearner(Squeezed(), DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), F.mse_loss, lr=0.1)
     with pytest.raises(ValueError, match=r"0-dim output for batch 2 of 1 item.*squeeze\(-1\)"):
         learn.get_preds()
+
+
+def test_numpy_targets_a_collate_gives_are_joined_as_tensors_are():
+    """A collate returning NumPy targets: get_preds gave a list of 3 per-batch arrays beside 10 predictions."""
+    x, y = torch.randn(10, 4), torch.arange(10) % 3
+
+    def collate(items):
+        return torch.stack([i[0] for i in items]), np.array([int(i[1]) for i in items])
+    dl = DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=collate)
+    _, targets = TrainLearner(nn.Linear(4, 3), DataLoaders(dl, dl), F.cross_entropy, lr=0.1).get_preds()
+    assert isinstance(targets, np.ndarray) and targets.tolist() == y.tolist()

@@ -199,6 +199,9 @@ def _cat(parts: list[Any], sizes: list[int] | None = None) -> Any:
                              "say. Pad every batch to one length in the collate_fn, or predict batch by batch "
                              "(learn.get_preds(dl=[batch]) for each)")
         return torch.cat(parts) if first.ndim else torch.stack(parts)
+    if type(first).__module__ == "numpy" and hasattr(first, "ndim"):  # a collate's NumPy targets: joined too
+        import numpy as np
+        return np.concatenate(parts) if first.ndim else np.stack(parts)
     if isinstance(first, dict):
         return {k: _cat([p[k] for p in parts], sizes) for k in first}
     if isinstance(first, (tuple, list)):
