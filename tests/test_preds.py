@@ -901,6 +901,25 @@ class _TrainMode(Callback):
         learn.model.train()
 
 
+def test_a_prediction_pass_copies_no_buffer_but_normalization_statistics():
+    """Every buffer was copied at each get_preds (a 400 MB lookup table: 0.4 s and twice the memory a call); only
+    what a pass in train mode changes, the normalization layers' running statistics, needs a copy."""
+    from miniai.callbacks.state import kept
+    learn = image_learner()
+    learn.model.register_buffer("table", torch.zeros(1000))
+    copies = []
+    real_clone = torch.Tensor.clone
+
+    def counting_clone(t, *args, **kwargs):
+        copies.append(tuple(t.shape))
+        return real_clone(t, *args, **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.Tensor, "clone", counting_clone)
+        with kept(learn):
+            pass
+    assert (1000,) not in copies and (4,) in copies  # BatchNorm2d(4)'s running mean and var: copied
+
+
 def test_a_callback_that_puts_the_model_in_train_mode_leaves_no_batchnorm_statistics_changed():
     """get_preds put the modes back but not the BatchNorm running statistics the pass updated in train mode: the
     model was changed for good, though get_preds leaves the learner bitwise as it was."""
@@ -956,8 +975,52 @@ def test_get_preds_names_a_model_that_squeezes_away_the_batch_dim_of_a_one_item_
             return self.lin(x).squeeze()
     x, y = torch.randn(9, 4), torch.randn(9)
     learn = TrainLearner(Squeezed(), DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), F.mse_loss, lr=0.1)
-    with pytest.raises(ValueError, match=r"0-dim output for batch 2 of 1 item.*squeeze\(-1\)"):
+    with pytest.raises(ValueError, match=r"0-dim for some batches.*squeeze\(-1\)"):
         learn.get_preds()
+    one_each = TrainLearner(Squeezed(), DataLoaders(TensorLoader(x, y, 1), TensorLoader(x, y, 1)), F.mse_loss, lr=0.1)
+    preds, _ = one_each.get_preds()  # every batch 0-dim: stacked, one per item, as before
+    with torch.no_grad():
+        assert torch.equal(preds, one_each.model.lin(x)[:, 0])
+
+
+def test_ragged_numpy_targets_get_the_padding_advice_tensors_get():
+    """NumPy targets padded each batch to its own longest item failed in NumPy's concatenate, naming neither."""
+    x = torch.randn(10, 4)
+
+    def collate(items):
+        width = 2 + len(items) % 3  # batches of 4, 4, 2 items: widths 3, 3, 4
+        return torch.stack([i[0] for i in items]), np.zeros((len(items), width))
+    dl = DataLoader(TensorDataset(x), batch_size=4, collate_fn=collate)
+    learn = TrainLearner(nn.Linear(4, 3), DataLoaders(dl, dl), lambda p, t: p.sum(), lr=0.1)
+    with pytest.raises(ValueError, match=r"differ past the batch dimension.*Pad every batch to one length"):
+        learn.get_preds()
+
+
+def test_metrics_and_get_preds_of_a_model_whose_output_is_a_view_of_a_reused_input():
+    """A last-value forecaster (forward returns x[:, -1:], a view of the loader's buffer): MetricsCB read MAE 1.10
+    for 0.40 (the loss was right) and get_preds returned the last batch's inputs as every batch's preds."""
+    from tests.test_metrics_trust import ReusedBuffers
+
+    class LastValue(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return x[:, -1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g)
+    y = x[:, -1] + 0.5 * torch.randn(40, generator=g)
+    dl = ReusedBuffers(x, y, 8)
+    dl.yb = torch.empty(8)
+    from torcheval.metrics import MeanSquaredError
+    metrics = MetricsCB(mse=MeanSquaredError())
+    metrics.log_fn = lambda row: None
+    learn = TrainLearner(LastValue(), DataLoaders(dl, dl), F.l1_loss, lr=0.1, cbs=[metrics])
+    learn.fit(1, train=False)
+    assert metrics.last["valid_mse"] == pytest.approx(float(((x[:, -1] - y) ** 2).mean()), rel=1e-5)
+    preds, targets = learn.get_preds()
+    assert torch.equal(preds, x[:, -1]) and torch.equal(targets, y)
 
 
 def test_numpy_targets_a_collate_gives_are_joined_as_tensors_are():

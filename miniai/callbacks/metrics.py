@@ -149,6 +149,7 @@ class MetricsCB(Callback):
         # only keep the batch here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches.
         # The target is kept as a copy (< 1 µs): a loader may refill the same tensors for its next batch
+        # (a prefetcher's buffers), and so are preds that are a view (of the input, maybe)
         batch, n_inp = learn.batch, learn.n_inp
         if isinstance(batch, (tuple, list)) and len(batch) == n_inp + 1:  # (*inputs, target)
             target = batch[n_inp]
@@ -158,10 +159,13 @@ class MetricsCB(Callback):
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
                 raise unbatched_error()
-            preds, target, n, numel = preds.detach(), target.clone(), target.shape[0], preds.numel()
+            # (a view may be of the loader's input, x[:, -1], refilled too: copied; a model's own output is not)
+            preds = preds.detach().clone() if preds._is_view() else preds.detach()
+            target, n, numel = target.clone(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
             # for a metric of the user's that takes them
-            preds, target = map_tensors(preds, torch.Tensor.detach), map_tensors(target, torch.Tensor.clone)
+            preds = map_tensors(preds, lambda t: t.detach().clone() if t._is_view() else t.detach())
+            target = map_tensors(target, torch.Tensor.clone)
             n = n_items(target)
             numel = sum(t.numel() for t in tensors_in(preds))
         loss = learn.loss

@@ -191,17 +191,22 @@ def _cat(parts: list[Any], sizes: list[int] | None = None) -> Any:
     tuple or list of one entry per item of its batch (`sizes`: strings, dicts, tensors of their own lengths) is
     joined as a sequence."""
     first = parts[0]
-    if isinstance(first, torch.Tensor):
+    numpy = type(first).__module__ == "numpy" and hasattr(first, "ndim")  # a collate's NumPy targets: joined too
+    if isinstance(first, torch.Tensor) or numpy:
+        if any(p.ndim != first.ndim for p in parts):  # 0-dim and not: torch.cat's error names neither
+            raise ValueError("get_preds: the model's output is 0-dim for some batches and not for others (a "
+                             ".squeeze() in forward squeezes a one-item batch's dim too): squeeze the dim you mean, "
+                             "e.g. .squeeze(-1)")
         if first.ndim and any(p.shape[1:] != first.shape[1:] for p in parts):  # batches padded each to its own length
             shapes = sorted({tuple(p.shape[1:]) for p in parts})
             raise ValueError(f"get_preds concatenates the batches' results, and these differ past the batch "
                              f"dimension ({shapes[0]} ... {shapes[-1]}): batches padded each to its own longest item, "
                              "say. Pad every batch to one length in the collate_fn, or predict batch by batch "
                              "(learn.get_preds(dl=[batch]) for each)")
+        if numpy:
+            import numpy as np
+            return np.concatenate(parts) if first.ndim else np.stack(parts)
         return torch.cat(parts) if first.ndim else torch.stack(parts)
-    if type(first).__module__ == "numpy" and hasattr(first, "ndim"):  # a collate's NumPy targets: joined too
-        import numpy as np
-        return np.concatenate(parts) if first.ndim else np.stack(parts)
     if isinstance(first, dict):
         return {k: _cat([p[k] for p in parts], sizes) for k in first}
     if isinstance(first, (tuple, list)):
@@ -291,11 +296,6 @@ class _GatherPreds(Callback):
         preds, yb = learn.preds, learn.yb
         if yb and isinstance(yb[0], torch.Tensor) and not yb[0].ndim:  # preds of n items, n targets of one each
             raise unbatched_error()
-        n = _batch_size(learn.xb[0]) if learn.xb else None
-        if isinstance(preds, torch.Tensor) and not preds.ndim:  # else torch.cat fails, naming neither
-            raise ValueError(f"get_preds: the model gave a 0-dim output for batch {learn.iter} of {n} item(s) (a "
-                             ".squeeze() in forward squeezes a one-item batch's dim too): squeeze the dim you mean, "
-                             "e.g. .squeeze(-1)")
         if self.act is not None:
             if not self._act_checked:  # (once: the act, not the batch, is what is checked)
                 _check_act(self.act, preds)
@@ -305,8 +305,8 @@ class _GatherPreds(Callback):
                 preds = _activate(self.act, preds)
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
-        self.preds.append(to_cpu(preds))
-        self.sizes.append(n)
+        self.preds.append(_copy_to_cpu(preds))  # (a model's output may be a view of the loader's input: x[:, -1])
+        self.sizes.append(_batch_size(learn.xb[0]) if learn.xb else None)
         self.targets.append(_copy_to_cpu(yb))
         if self.with_input:
             self.inputs.append(_copy_to_cpu(learn.xb))

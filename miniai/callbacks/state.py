@@ -83,7 +83,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's), and the generators the transforms `tfms` hold (tta's). Lazy layers a pass
     initializes stay initialized; `weights=True` refuses a model with lazy layers not initialized yet.
-    Buffer values (BatchNorm's statistics) are copied and put back too. Weight values, and the states of MetricsCB's
+    Normalization layers' values (BatchNorm's statistics) are copied and put back too. Weight values, and the states of MetricsCB's
     metrics and of the user's callbacks that have a `state_dict` (whatever they change in place: the attribute
     copies are one level deep), are copied only with `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so a
     prediction pass costs next to nothing here.
@@ -96,12 +96,12 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                          "initialize them and can't put that back. Initialize them first with one forward pass, "
                          "learn.model(xb) on a batch of dls.train, or one fit.")
     clones: dict[int, torch.Tensor] = {}  # one copy per tensor, however often it is shared
-    # buffers always (a callback may put a BatchNorm in train mode for the pass: its running statistics change);
-    # parameters only with weights=True
-    slots = [(m, name, t, t.data, clones.setdefault(id(t), t.detach().clone()) if weights or buffer else None)
+    # normalization statistics always (a callback may put a BatchNorm in train mode for the pass), the rest only
+    # with weights=True (other buffers may be large: a lookup table)
+    slots = [(m, name, t, t.data, clones.setdefault(id(t), t.detach().clone())
+              if weights or isinstance(m, nn.modules.batchnorm._NormBase) else None)
              for m in model.modules()
-             for buffer, (name, t) in [*((False, p) for p in m.named_parameters(recurse=False)),
-                                       *((True, b) for b in m.named_buffers(recurse=False))]
+             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
              if not isinstance(t, nn.parameter.UninitializedTensorMixin)]
     grads = [(p, p.grad if p.grad is None or not weights else p.grad.detach().clone()) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
