@@ -189,10 +189,7 @@ def train(args: argparse.Namespace) -> float:
                           "or pass --overwrite to replace those files")
     device = args.device or def_device
     if device.startswith("cpu"):
-        try:
-            fix_malloc()  # before anything is allocated: see fix_malloc (MINIAI_MALLOC=default opts out)
-        except ValueError as e:  # a misspelt MINIAI_MALLOC: the CLI's way, usage and reason, exit status 2
-            raise _UsageError(str(e)) from None
+        fix_malloc()  # before anything is allocated: see fix_malloc (MINIAI_MALLOC=default opts out)
     recipe = RECIPES[args.recipe] if args.recipe else None
     if recipe is not None:  # flags given explicitly override the recipe's values
         recipe = replace(recipe, **{field: value for field, value in (("epochs", args.epochs), ("bs", args.bs),

@@ -227,10 +227,10 @@ def fix_malloc(force: bool = False) -> bool:
     MINIAI_MALLOC=default to keep glibc's behaviour (`force=True` ignores it). Does nothing off Linux/glibc.
     """
     global _MALLOC_FIXED
-    setting = "" if force else os.environ.get("MINIAI_MALLOC", "")
-    if setting not in ("", "default"):  # a misspelt opt-out must not fix the thresholds unseen
-        raise ValueError(f"MINIAI_MALLOC={setting!r}: the one value miniai reads is 'default' (keep glibc's malloc "
-                         f"thresholds); unset it to have miniai fix them for CPU training.")
+    setting = "" if force or _MALLOC_FIXED else os.environ.get("MINIAI_MALLOC", "").strip()
+    if setting not in ("", "default"):  # a misspelt opt-out must not fix the thresholds unseen (said once: fixed)
+        warnings.warn(f"MINIAI_MALLOC={setting!r} is not a value miniai reads: 'default' keeps glibc's malloc "
+                      "thresholds; anything else fixes them, as now", stacklevel=2)
     if _MALLOC_FIXED or not sys.platform.startswith("linux") or setting == "default":
         return _MALLOC_FIXED
     try:

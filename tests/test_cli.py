@@ -471,12 +471,3 @@ def test_a_reader_that_goes_away_does_not_lose_the_run(tmp_path):
     assert proc.wait(timeout=300) == 0, err
     assert (tmp_path / "model.pt").is_file() and "Traceback" not in err
 
-
-def test_a_misspelt_malloc_setting_is_a_usage_error(capsys, monkeypatch):
-    """MINIAI_MALLOC=off was read as "fix the thresholds" without a word; now the CLI says what it takes."""
-    from miniai.__main__ import main
-    monkeypatch.setenv("MINIAI_MALLOC", "off")
-    with pytest.raises(SystemExit) as e:
-        main(["train", *SMALL])
-    assert e.value.code == 2 and "MINIAI_MALLOC='off': the one value miniai reads is 'default'" in \
-        capsys.readouterr().err
