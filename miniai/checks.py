@@ -184,9 +184,18 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any) -> None:
                         "functools.partial(optim.SGD, momentum=0.9)")
 
 
-def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, lr: Any, resume: Any) -> None:
+def python_number(value: Any) -> Any:
+    """A NumPy number as the Python number it holds (a checkpoint's safe loader refuses NumPy scalars); else as
+    it is (a tensor lr stays one)."""
+    return value.item() if type(value).__module__ == "numpy" and getattr(value, "shape", None) == () else value
+
+
+def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: Any, resume: Any) -> tuple[Any, Any]:
     """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode, and
-    the learner's arguments once more (a loss class assigned since)."""
+    the learner's arguments once more (a loss class assigned since). Returns (fit's lr, the lr the optimizer is
+    made with: fit's, else the learner's), NumPy numbers as Python ones."""
+    fit_lr = python_number(fit_lr)
+    lr = python_number(learn.lr) if fit_lr is None else fit_lr
     check_learner_args(learn.loss_func, learn.opt_func, learn.n_inp)
     if not (train or valid):  # only before_fit and after_fit would run: an evaluation that evaluates nothing
         raise ValueError("fit(train=False, valid=False) runs no pass, so nothing would be trained or evaluated: "
@@ -209,6 +218,7 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, lr: Any,
     elif isinstance(lr, (int, float)) and abs(lr) < torch.finfo(torch.float32).tiny:  # 1e-50: 0 in float32 steps
         warnings.warn(f"lr={lr:g} is below float32's smallest normal number ({torch.finfo(torch.float32).tiny:.1e}): "
                       f"the optimizer will not change float32 weights; did you mean another exponent?", stacklevel=3)
+    return fit_lr, lr
 
 
 def unbatched_error() -> ValueError:
@@ -289,9 +299,18 @@ def _items(dl: Any) -> str | set[int] | None:
         return None
     sampler = batches.sampler if isinstance(batches, BatchSampler) else getattr(dl, "sampler", None)
     indices = sampler.indices if isinstance(sampler, SubsetRandomSampler) else sampler
-    if isinstance(indices, (range, list, tuple, torch.Tensor)) or type(indices).__name__ == "ndarray":
-        return set(torch.as_tensor(indices).reshape(-1).tolist())
+    if not hasattr(indices, "__len__") or len(indices) > _MAX_INDICES:  # (millions: a second a fit)
+        return None
+    if isinstance(indices, torch.Tensor):  # integers only, one per item (else keys of another kind: unknown)
+        return set(indices.tolist()) if indices.ndim == 1 and not indices.is_floating_point() else None
+    if type(indices).__name__ == "ndarray":
+        return set(indices.tolist()) if indices.ndim == 1 and indices.dtype.kind in "iu" else None
+    if isinstance(indices, (range, list, tuple)) and all(isinstance(i, int) for i in indices):  # (not names, tuples)
+        return set(indices)
     return None
+
+
+_MAX_INDICES = 1_000_000  # index lists longer than this go unchecked
 
 
 def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
@@ -304,6 +323,8 @@ def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
     if a is None or b is None or a == b:
         return None
     try:
+        if b == "all" and len(dataset) > _MAX_INDICES:
+            return None
         b = set(range(len(dataset))) if b == "all" else b
     except TypeError:  # (an IterableDataset read whole by one loader, and by indices by the other: can't be)
         return None

@@ -172,8 +172,7 @@ class Learner(Conveniences):
         Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
         """
         checks.check_not_in_fit(self, "fit", "the outer fit would go on with this one's optimizer, lr and records")
-        opt_lr = self.lr if lr is None else lr
-        checks.check_fit_args(self, n_epochs, train, valid, opt_lr, resume)
+        lr, opt_lr = checks.check_fit_args(self, n_epochs, train, valid, lr, resume)  # (opt_lr: lr, else self.lr)
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []

@@ -246,6 +246,26 @@ def test_index_splits_of_one_dataset_that_overlap_are_warned_of():
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
 
 
+def test_samplers_of_keys_that_are_not_indices_are_neither_refused_nor_warned_of():
+    """The overlap check read samplers of string keys (fit failed: "too many dimensions 'str'"), of an object
+    array (a TypeError), and of tuple keys, flattened into numbers that seemed to overlap (a false warning)."""
+    from torch.utils.data import DataLoader, Dataset
+
+    class Keyed(Dataset):
+        def __getitem__(self, key):
+            return torch.full((8,), float(len(str(key)))), torch.tensor(len(str(key)) % 3)
+
+        def __len__(self):
+            return 10
+    ds = Keyed()
+    for train, valid in [(["a", "b"], ["c", "d"]), ([(0, 1), (1, 1)], [(2, 1), (3, 1)]),
+                         (np.array([0, 1], dtype=object), np.array([2, 3], dtype=object))]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            TrainLearner(nn.Linear(8, 3), DataLoaders(DataLoader(ds, 2, sampler=train), DataLoader(ds, 2, sampler=valid)),
+                         F.cross_entropy, lr=0.1).fit(1)
+
+
 def test_metrics_cb_logs_the_loss_of_batches_with_an_extra_item():
     """(x, y, ids) batches with a loss that takes the ids too: the loss error's advice; MetricsCB() then refused
     to log even the loss alone."""

@@ -464,3 +464,22 @@ def test_fit_one_cycle_resumed_with_a_callback_added_group_warns_of_nothing(tmp_
     assert same_params(straight, resumed) and torch.equal(added.t, added_resumed.t)
     assert rec_resumed.recs["lr"] == rec_straight.recs["lr"][-len(rec_resumed.recs["lr"]):]
     assert resumed.fit_lr == 0.2  # the run's lr, as the callbacks saw it in the run's first fit
+
+
+@pytest.mark.parametrize("how", ["fit", "learner", "fit_one_cycle"])
+def test_a_numpy_lr_gives_a_checkpoint_that_resumes(tmp_path, how):
+    """fit(lr=np.float64(0.05)) (an lr read from a NumPy grid): the optimizer's param groups held the NumPy number,
+    the checkpoint saved it, and the safe loader refused it at resume, blaming "a numpy number in an lr_lambda"."""
+    lr = np.float64(0.05)
+    learn, _ = make_learner(tmp_path)
+    if how == "learner":
+        learn.lr = np.float32(0.05)
+    stop = [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]
+    {"fit": lambda: learn.fit(2, lr=lr), "learner": lambda: learn.fit(2),
+     "fit_one_cycle": lambda: learn.fit_one_cycle(3, max_lr=lr, cbs=stop)}[how]()
+    resumed, _ = make_learner(tmp_path)
+    if how == "fit_one_cycle":
+        resumed.fit_one_cycle(3, max_lr=lr, resume=tmp_path)
+    else:
+        resumed.fit(3, resume=tmp_path)
+    assert type(resumed.fit_lr) is float and all(type(g["lr"]) is float for g in resumed.opt.param_groups)

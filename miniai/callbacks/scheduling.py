@@ -36,7 +36,7 @@ from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, Cosin
                                       LambdaLR, LinearLR, MultiplicativeLR, OneCycleLR, PolynomialLR,
                                       ReduceLROnPlateau, SequentialLR)
 
-from ..checks import add_note
+from ..checks import add_note, python_number
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
@@ -597,7 +597,7 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         raise TypeError(f"fit_one_cycle's max_lr is one number, the peak of the lr fit takes (the param groups "
                         f"keep the ratios to it that opt_func gives them); got {max_lr!r}. For peaks of your own per "
                         "group use BatchSchedCB(partial(OneCycleLR, max_lr=[...], total_steps=...))")
-    max_lr = learn.lr if max_lr is None else max_lr
+    max_lr = python_number(learn.lr if max_lr is None else max_lr)  # (a NumPy one: no checkpoint could be loaded)
 
     def one_cycle(opt: Optimizer) -> OneCycleLR:
         per_epoch = steps_per_epoch(learn)
