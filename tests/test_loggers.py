@@ -105,7 +105,8 @@ def test_a_fresh_fit_replaces_only_an_empty_file_or_its_own_header_alone(tmp_pat
     with pytest.raises(FileExistsError, match="is there already"):
         tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
     assert (tmp_path / "log.csv").read_text() == text
-    for kept in ("", "\n", "epoch,train,loss,time,lr\n"):  # nothing, or the header a failed fit left: replaced
+    for kept in ("", "\n", "epoch,train,loss,time,lr\n",  # nothing, or the header a failed fit left: replaced,
+                 "epoch,train,accuracy,loss,time,lr\n", "\ufeffepoch,train,loss,time,lr\r\n"):  # of other metrics too
         (tmp_path / "log.csv").write_text(kept)
         tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
         assert len(read_rows(tmp_path / "log.csv")) == 2

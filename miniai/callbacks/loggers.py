@@ -85,7 +85,7 @@ class CSVLoggerCB(Callback):
         self._active = _logs_this_fit(learn)
         fresh = self._active and "train" in learn.passes and learn.resumed_from is None and not (
             self.append or self.overwrite)  # (an evaluation writes nothing)
-        if fresh and self.path.exists() and not _replaceable(self.path, self.columns):
+        if fresh and self.path.exists() and not _replaceable(self.path):
             raise FileExistsError(f"{self.path} is there already (an earlier run's log, or an earlier fit's of this "
                                   "learner), and a fresh fit would replace it: pass CSVLoggerCB(path, append=True) to "
                                   "add this fit's rows to it, overwrite=True to start it anew, or log to another path")
@@ -131,18 +131,19 @@ class CSVLoggerCB(Callback):
         self._file = self._writer = None
 
 
-def _replaceable(path: Path, columns: list[str]) -> bool:
-    """Whether a fresh fit may replace the file there: an empty one, or this log's header alone (a fit that failed
-    at its start). Anything else is a run's log or another program's file, to keep (any one-line file was taken for
-    a header and replaced)."""
+def _replaceable(path: Path) -> bool:
+    """Whether a fresh fit may replace the file there: an empty one, or a CSVLoggerCB header alone (a fit that
+    failed at its start, maybe with other metrics). Anything else is a run's log or another program's file, to
+    keep (any one-line file was taken for a header and replaced)."""
     if not path.is_file():
         return False
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # (-sig: a byte-order mark, as Excel saves)
             lines = [line for line in csv.reader(f) if line]
     except (UnicodeDecodeError, csv.Error):  # not a UTF-8 CSV: something else's
         return False
-    return lines in ([], [columns])
+    header = lines[0] if len(lines) == 1 else []
+    return not lines or header[:2] == ["epoch", "train"] and header[-3:] == ["loss", "time", "lr"]
 
 
 def _read_csv(path: Path) -> tuple[list[str] | None, list[list[str]]]:
