@@ -518,6 +518,23 @@ def test_a_fit_after_a_divergence_blames_the_weights_not_the_data():
         learn.fit(1)
 
 
+def test_large_finite_weights_and_bad_data_are_not_called_a_divergence():
+    """Weights of 2e7 a regression on large targets reached on purpose, then a batch with a NaN input: the message
+    said an earlier fit had diverged and told the user to rebuild the model, not to check the data."""
+    from miniai.callbacks.guards import NonFiniteLossError
+    x = torch.randn(32, 1, generator=torch.Generator().manual_seed(0))
+    learn = TrainLearner(nn.Linear(1, 1), DataLoaders(TensorLoader(x, x, 8), TensorLoader(x, x, 8)), F.mse_loss,
+                         lr=0.1)
+    learn.fit(1)
+    with torch.no_grad():
+        learn.model.weight.fill_(2e7)  # large, finite
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    learn.dls = DataLoaders(TensorLoader(bad, x, 8), TensorLoader(x, x, 8))
+    with pytest.raises(NonFiniteLossError, match=r"Check the data.*weights reach 2e\+07: if an earlier fit diverged"):
+        learn.fit(1)
+
+
 def test_the_first_batch_nan_message_blames_the_data_for_a_frozen_inf_or_an_unused_lazy_layer():
     """The weights scan read frozen parameters (an attention mask's -inf) and failed on an uninitialized lazy one."""
     from miniai.callbacks.guards import NonFiniteLossError

@@ -491,3 +491,18 @@ def test_swa_added_on_resuming_past_swa_start_to_a_run_without_it_is_refused(tmp
     with pytest.raises(ValueError, match=r"resumes at epoch 3, past SWACB_0's swa_start=2.*swa_start >= 3.*nothing"):
         learn.fit(5, resume=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # refused before it loaded
+
+
+def test_early_stopping_leaves_swacbs_pass_of_the_average_out_of_its_count():
+    """EarlyStoppingCB compared the averaged model's validation loss with the epochs' and counted it as one more
+    epoch without improvement (wait 3 for 2 epochs); a better average became its best, and could have set
+    stop_requested after the fit was over."""
+    from miniai.callbacks.guards import EarlyStoppingCB
+    metrics = MetricsCB()
+    metrics.log_fn = lambda row: None
+    stop = EarlyStoppingCB("valid_loss", patience=10)
+    learn = bn_learner([metrics, SWACB(2, 0.01), stop])
+    learn.fit(4)
+    losses = [row["loss"] for row in metrics.history if row["train"] == "valid" and row["epoch"] != "swa"]
+    assert len(losses) == 4 and stop.best == min(losses)
+    assert stop.wait == 3 - losses.index(min(losses)) and not learn.stop_requested

@@ -159,17 +159,19 @@ class TerminateOnNaNCB(Callback):
             largest = 0.0 if learn.pass_steps or not learn.epoch_offset else max(  # (an earlier fit trained them;
                 (float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()),  # no step
                 default=0.0)  # of this one has run)
-            if not largest < 1e6:  # (NaN too) an earlier fit diverged: its weights, not the data, are to blame
+            rebuild = ("Rebuild the model (or load a good checkpoint's weights: learn.model.load_state_dict("
+                       "load_checkpoint(path)['model'])), then train with a lower lr (learn.lr_find()).")
+            if not math.isfinite(largest):  # an earlier fit diverged: its weights, not the data, are to blame
                 raise NonFiniteLossError(
                     f"training loss is {value}{where} at the fit's first batch, and the model's weights reach "
-                    f"{largest:.3g}: an earlier fit diverged and left them so. Rebuild the model (or load a good "
-                    "checkpoint's weights: learn.model.load_state_dict(load_checkpoint(path)['model'])), then train "
-                    "with a lower lr (learn.lr_find())." + self._advice(learn, first=True))
+                    f"{largest:.3g}: an earlier fit diverged and left them so. {rebuild}" + self._advice(learn, first=True))
+            large = (f" The model's weights reach {largest:.3g}: if an earlier fit diverged and left them so, "
+                     f"{rebuild[0].lower()}{rebuild[1:]}" if largest >= 1e6 else
+                     " Or the weights, if an earlier fit diverged.")  # (large on purpose, maybe: both are said)
             raise NonFiniteLossError(
                 f"training loss is {value}{where} at epoch 0, batch 0, the fit's first batch, before any optimizer "
                 "step: the lr is not the cause. Check the data (NaN or inf in the batch's inputs or targets) and the "
-                "loss function, or the weights, if an earlier fit diverged."
-                + self._advice(learn, data=True, first=True))
+                f"loss function.{large}" + self._advice(learn, data=True, first=True))
         raise NonFiniteLossError(f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch} "
                                  f"(lr={lr:.3g}).{after}" + self._advice(learn, data=True))
 
@@ -266,8 +268,8 @@ class EarlyStoppingCB(Callback):
             raise CancelFitException()
 
     def after_epoch(self, learn: Learner) -> None:
-        if not self._on or learn.training != self.monitor.startswith("train_"):
-            return  # an evaluation, or not the pass that logs the monitored value
+        if not self._on or learn.training != self.monitor.startswith("train_") or not isinstance(learn.epoch, int):
+            return  # an evaluation, not the pass that logs the monitored value, or SWACB's of the average ('swa')
         value = learn.metrics.last[self.monitor]
         if improves(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
