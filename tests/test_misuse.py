@@ -262,8 +262,8 @@ def test_samplers_of_keys_that_are_not_indices_are_neither_refused_nor_warned_of
                          (np.array([0, 1], dtype=object), np.array([2, 3], dtype=object))]:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            TrainLearner(nn.Linear(8, 3), DataLoaders(DataLoader(ds, 2, sampler=train), DataLoader(ds, 2, sampler=valid)),
-                         F.cross_entropy, lr=0.1).fit(1)
+            dls = DataLoaders(DataLoader(ds, 2, sampler=train), DataLoader(ds, 2, sampler=valid))
+            TrainLearner(nn.Linear(8, 3), dls, F.cross_entropy, lr=0.1).fit(1)
 
 
 def test_metrics_cb_logs_the_loss_of_batches_with_an_extra_item():

@@ -164,7 +164,8 @@ class TerminateOnNaNCB(Callback):
             if not math.isfinite(largest):  # an earlier fit diverged: its weights, not the data, are to blame
                 raise NonFiniteLossError(
                     f"training loss is {value}{where} at the fit's first batch, and the model's weights reach "
-                    f"{largest:.3g}: an earlier fit diverged and left them so. {rebuild}" + self._advice(learn, first=True))
+                    f"{largest:.3g}: an earlier fit diverged and left them so. {rebuild}"
+                    + self._advice(learn, first=True))
             large = (f" The model's weights reach {largest:.3g}: if an earlier fit diverged and left them so, "
                      f"{rebuild[0].lower()}{rebuild[1:]}" if largest >= 1e6 else
                      " Or the weights, if an earlier fit diverged.")  # (large on purpose, maybe: both are said)

@@ -83,10 +83,11 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's), and the generators the transforms `tfms` hold (tta's). Lazy layers a pass
     initializes stay initialized; `weights=True` refuses a model with lazy layers not initialized yet.
-    Normalization layers' values (BatchNorm's statistics) are copied and put back too. Weight values, and the states of MetricsCB's
-    metrics and of the user's callbacks that have a `state_dict` (whatever they change in place: the attribute
-    copies are one level deep), are copied only with `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so a
-    prediction pass costs next to nothing here.
+    Normalization layers' values (BatchNorm's statistics, which a callback's train mode would change) are copied
+    and put back too. Other weight values, and the states of MetricsCB's metrics and of the user's callbacks that
+    have a `state_dict` (whatever they change in place: the attribute copies are one level deep), are copied only
+    with `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so
+    a prediction pass costs next to nothing here.
     """
     model = learn.model
     lazy = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
