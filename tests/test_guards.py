@@ -565,3 +565,16 @@ def test_the_guards_take_the_numbers_torch_takes():
     from miniai.callbacks import SWACB
     SWACB(1, torch.tensor(0.05))
     SWACB(1, np.array(0.05))
+
+
+def test_a_training_batch_of_ignored_targets_alone_is_named_not_blamed_on_nan_data():
+    """A batch whose targets are all -100: the NaN message said to check the data for NaN or inf, which it held
+    none of; torch's mean over no target is the NaN."""
+    from miniai.callbacks.guards import NonFiniteLossError
+    x, y = torch.randn(16, 3), torch.arange(16) % 2
+    y[:8] = -100
+    learn = TrainLearner(nn.Linear(3, 2), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), F.cross_entropy,
+                         lr=0.1)
+    with pytest.raises(NonFiniteLossError, match=r"batch 0: every target of this batch is the loss's ignore_index "
+                                                 r"\(-100\).*Leave items without a label out"):
+        learn.fit(1)

@@ -244,10 +244,34 @@ def test_scoring_through_get_preds_logs_a_class_weighted_loss_as_a_fit_does(loss
     evaluate(learn)
     scored = MetricsCB(accuracy=Accuracy())
     learn.get_preds(dls.valid, with_loss=True, cbs=[scored])
-    with torch.no_grad():  # the fit's own rule: each batch's mean loss, weighted by its items
-        batches = [(loss_func(model(xb), yb).item(), len(yb)) for xb, yb in dls.valid]
-    expected = sum(v * n for v, n in batches) / sum(n for _, n in batches)
+    with torch.no_grad():  # the loss over the whole set, as reduction='mean' weighs its targets
+        expected = loss_func(model(x), y).item()
     assert fitted.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+    assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("bs", [8, 16, 32, 64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weight", [None, torch.tensor([1.0, 3.0])])
+def test_the_logged_loss_with_ignored_targets_is_the_sets_whatever_the_batch_size(bs, reduction, weight):
+    """24 of 64 validation targets -100 (torch's ignore_index): valid_loss read nan, nan, 0.711, 0.702 at bs 8, 16,
+    32, 64 (each batch's mean weighted by all its items; a batch of ignored targets alone is NaN, and stopped a
+    CheckpointCB run); with reduction='sum' 0.439, the sum over all 64 items. The loss over the labelled items is
+    0.702, at any batch size and either reduction."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, generator=g), torch.randint(0, 2, (64,), generator=g)
+    y[:24] = -100
+    model = nn.Linear(3, 2)
+    loss_func = partial(F.cross_entropy, weight=weight, reduction=reduction)
+    metrics = MetricsCB()
+    learn = TrainLearner(model, DataLoaders(TensorLoader(x, y, bs), TensorLoader(x, y, bs)), loss_func, lr=0.1,
+                         cbs=[metrics])
+    evaluate(learn)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), y, weight=weight).item()
+    assert metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+    scored = MetricsCB()
+    learn.get_preds(with_loss=True, cbs=[scored])  # scoring a loader logs what the fit logs
     assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 

@@ -12,7 +12,7 @@ from ..checks import check_count, check_number
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelFitException, Learner
 from ..utils import opt_lr, trained_parameters, weights_finite
-from .metrics import check_monitor, improves, monitor_mode, same_watch
+from .metrics import _ignored_target, check_monitor, improves, monitor_mode, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
            "lower_lr_advice", "pass_args"]
@@ -155,6 +155,14 @@ class TerminateOnNaNCB(Callback):
         after = (f" It was detected at batch {learn.iter}: the steps in between used non-finite gradients, so the "
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         where = f" on rank {bad_rank}" if bad_rank is not None else ""
+        ignore = _ignored_target(learn.loss_func)
+        targets = learn.yb[0] if batch == learn.iter and bad_rank in (None, rank()) and learn.yb else None
+        if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and targets.numel() \
+                and bool((targets == ignore).all()):  # torch's mean over no target: 0 / 0
+            raise NonFiniteLossError(
+                f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch}: every target of this batch "
+                f"is the loss's ignore_index ({ignore}), and a mean over no target is NaN. Leave items without a "
+                "label out of the data, or shuffle so that no batch holds only them.")
         if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
             largest = 0.0 if learn.pass_steps or not learn.epoch_offset else max(  # (an earlier fit trained them;
                 (float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()),  # no step

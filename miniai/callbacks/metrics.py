@@ -139,7 +139,9 @@ class MetricsCB(Callback):
                 metric.to(self._device)
             metric.reset()
         self._loss_sum = torch.zeros((), dtype=sum_dtype(self._device), device=self._device)
-        self._count = 0
+        self._loss_weight = torch.zeros_like(self._loss_sum)  # what the loss sum is divided by: see _flush
+        self._ignore = _ignored_target(learn.loss_func)
+        self._class_weight = loss_setting(learn.loss_func, "weight", None)
         self._lossless = False  # set by a pass that computes no loss (get_preds without with_loss): none is logged
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (preds, target, loss, n)
         self._pending_numel = 0
@@ -176,11 +178,8 @@ class MetricsCB(Callback):
                 loss = _mean_loss(loss.detach(), target, learn.loss_func)
             # a CPU scalar is read now (cheaper than stacking it later); on a GPU reading it would wait for the GPU
             loss = loss.item() if loss.is_cpu else loss.detach()
-            if self._sum_loss and n:  # logged per item, as a mean loss is (weighted by n again below)
-                loss = loss / n
         self._pending.append((preds, target, loss, n))
         self._pending_numel += numel
-        self._count += n
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
 
@@ -217,27 +216,51 @@ class MetricsCB(Callback):
             _update(self._bulk, batches)
         if self._each:
             _update(self._each, list(zip(preds, targets)))
+        # The pass's loss is sum(batch totals) / sum(batch weights), the loss of the whole set as the loss function
+        # reduces it: a batch's weight is what its mean divides by (its targets' class weights, leaving out the
+        # ignore_index ones) and its total is that mean times it, or its sum for reduction='sum'. (Weighted by its
+        # items, a batch of ignored targets alone made the pass's loss NaN, and the loss moved with the batch size.)
+        weights = self._batch_weights(targets, sizes)
         if not isinstance(losses[0], torch.Tensor):  # read on the CPU: a Python sum, in float64 as on a device
-            self._loss_sum += sum(loss * n for loss, n in zip(losses, sizes))
+            weights = weights.tolist() if isinstance(weights, torch.Tensor) else weights
+            self._loss_sum += sum(loss if self._sum_loss else loss * w if w else 0.0 for loss, w in zip(losses, weights))
+            self._loss_weight += sum(weights)
             return
         # accumulate on the device: a .item() here would stall the GPU
         stacked = torch.stack(losses).to(self._loss_sum.dtype)
-        # each batch's mean loss weighted by its size, one sum per run of equal sizes (usually all, then a short
-        # last batch): slices, so no list of sizes has to be copied to the device
-        start = 0
-        for end in range(1, len(sizes) + 1):
-            if end == len(sizes) or sizes[end] != sizes[start]:
-                self._loss_sum += stacked[start:end].sum() * sizes[start]
-                start = end
+        weights = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)
+        totals = stacked if self._sum_loss else torch.where(weights > 0, stacked * weights, 0.0)  # (NaN × 0: 0)
+        self._loss_sum += totals.sum()
+        self._loss_weight += weights.sum()
+
+    def _batch_weights(self, targets: tuple[Any, ...], sizes: tuple[int, ...]) -> Any:
+        """What each kept batch's mean loss divides by: for class-index targets (integer tensors) the sum of their
+        class weights (1 each without) leaving out the loss's ignore_index, as torch's reduction='mean' does,
+        counted once for all the batches; else each batch's items."""
+        if not all(isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dtype != torch.bool
+                   for t in targets):
+            return sizes
+        flat = torch.cat([t.reshape(-1) for t in targets])
+        counted = _counted(flat, self._ignore)
+        if isinstance(self._class_weight, torch.Tensor):
+            index = flat if counted is None else flat.where(counted, 0)
+            each = self._class_weight.to(flat.device, self._loss_sum.dtype)[index]
+            each = each if counted is None else each * counted
+        else:
+            each = torch.ones_like(flat, dtype=self._loss_sum.dtype) if counted is None else counted.to(
+                self._loss_sum.dtype)
+        ends = torch.tensor([t.numel() for t in targets]).cumsum(0)
+        sums = torch.cat([each.new_zeros(1), each.cumsum(0)])  # (float64: the cumulative sum loses no count)
+        return sums[ends.to(flat.device)] - sums[torch.cat([ends.new_zeros(1), ends[:-1]]).to(flat.device)]
 
     def after_epoch(self, learn: Learner) -> None:
         self._flush()
         split = "train" if learn.training else "valid"
         values = {name: _number(name, value) for name, value in _compute(self.metrics, self._sync).items()}
-        totals = torch.stack([self._loss_sum, self._loss_sum.new_tensor(self._count)])
-        loss_sum, count = all_reduce_sum(totals) if self._sync else totals  # (one collective for both)
+        totals = torch.stack([self._loss_sum, self._loss_weight])
+        loss_sum, weight = all_reduce_sum(totals) if self._sync else totals  # (one collective for both)
         if not self._lossless:  # (a stale learn.loss from an earlier fit is no loss of this pass)
-            values["loss"] = float(loss_sum / count) if count else float("nan")
+            values["loss"] = float(loss_sum / weight) if weight else float("nan")
         for name, value in values.items():
             self.last[f"{split}_{name}"] = value
         record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
@@ -294,8 +317,9 @@ def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     over the positions whose integer target is not the loss's ignore_index, and for a loss with class weights
     (`weight`) their sum over the counted targets' weights."""
     loss = loss.float()
-    if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
-        return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
+    indices = isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape
+    if getattr(loss_func, "reduced_by_sum", False) and loss.ndim and not indices:  # get_preds' copy of a 'sum' or
+        return loss.sum() / len(loss)  # 'batchmean' loss: as the fit logs it, per item (class indices: below)
     mask = _loss_mask(loss, target, _ignored_target(loss_func))
     weight = loss_setting(loss_func, "weight", None)
     if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \
