@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import operator
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -185,9 +186,12 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any) -> None:
 
 
 def python_number(value: Any) -> Any:
-    """A NumPy number as the Python number it holds (a checkpoint's safe loader refuses NumPy scalars); else as
-    it is (a tensor lr stays one)."""
-    return value.item() if type(value).__module__ == "numpy" and getattr(value, "shape", None) == () else value
+    """A NumPy number, Fraction or Decimal as a Python float or int (a checkpoint's safe loader refuses the others,
+    and torch's steps too); anything else as it is (a tensor lr stays one)."""
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+        return value.item()
+    numeric = isinstance(value, numbers.Real) or type(value).__name__ == "Decimal"
+    return float(value) if numeric and not isinstance(value, (int, float)) else value
 
 
 def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: Any, resume: Any) -> tuple[Any, Any]:
@@ -211,6 +215,8 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
         # lr_find's result; other types: opt_func's call)
         take = " (lr_find's result: take one of its suggestions, res.valley or res.steepest)" * hasattr(lr, "valley")
         raise TypeError(f"lr must be a number, got {lr!r} ({type(lr).__name__}){take}")
+    if getattr(lr, "shape", ()) != ():  # (np.array([0.05]): torch's step fails on it, naming no lr)
+        raise TypeError(f"lr must be one number, got an array of shape {tuple(lr.shape)}: pass lr[0], or float(lr)")
     if isinstance(lr, float) and not math.isfinite(lr):  # nan or inf would train to NaN weights
         raise ValueError(f"lr must be a finite number, got {lr}")
     if lr == 0:
@@ -305,8 +311,11 @@ def _items(dl: Any) -> str | set[int] | None:
         return set(indices.tolist()) if indices.ndim == 1 and not indices.is_floating_point() else None
     if type(indices).__name__ == "ndarray":
         return set(indices.tolist()) if indices.ndim == 1 and indices.dtype.kind in "iu" else None
-    if isinstance(indices, (range, list, tuple)) and all(isinstance(i, int) for i in indices):  # (not names, tuples)
-        return set(indices)
+    if isinstance(indices, (range, list, tuple)):
+        try:  # ints, NumPy's, one-number integer tensors (list(randperm(n))); not names or tuples
+            return set(map(operator.index, indices))
+        except TypeError:
+            return None
     return None
 
 

@@ -227,12 +227,14 @@ def fix_malloc(force: bool = False) -> bool:
     MINIAI_MALLOC=default to keep glibc's behaviour (`force=True` ignores it). Does nothing off Linux/glibc.
     """
     global _MALLOC_FIXED
-    setting = "" if force or _MALLOC_FIXED else os.environ.get("MINIAI_MALLOC", "").strip()
-    if setting not in ("", "default"):  # a misspelt opt-out must not fix the thresholds unseen (said once: fixed)
+    if _MALLOC_FIXED or not sys.platform.startswith("linux"):
+        return _MALLOC_FIXED
+    setting = "" if force else os.environ.get("MINIAI_MALLOC", "").strip().lower()
+    if setting == "default":
+        return False
+    if setting:  # a misspelt opt-out must not fix the thresholds unseen (said once: they are fixed from now on)
         warnings.warn(f"MINIAI_MALLOC={setting!r} is not a value miniai reads: 'default' keeps glibc's malloc "
                       "thresholds; anything else fixes them, as now", stacklevel=2)
-    if _MALLOC_FIXED or not sys.platform.startswith("linux") or setting == "default":
-        return _MALLOC_FIXED
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h

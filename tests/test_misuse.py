@@ -240,7 +240,8 @@ def test_index_splits_of_one_dataset_that_overlap_are_warned_of():
     cases = [(part(range(48)), part(list(range(48))), "the same data as dls.train"),
              (part(range(48)), DataLoader(ds, 16, sampler=range(47, 64)), "1 of its 17 items"),
              (part(range(48)), DataLoader(ds, 16), "48 of its 64 items"),
-             (DataLoader(ds, 16, shuffle=True), DataLoader(ds, 16, sampler=np.arange(48, 64)), "16 of its 16 items")]
+             (DataLoader(ds, 16, shuffle=True), DataLoader(ds, 16, sampler=np.arange(48, 64)), "16 of its 16 items"),
+             (part(list(np.arange(48))), DataLoader(ds, 16, sampler=list(torch.arange(40, 64))), "8 of its 24 items")]
     for train, valid, says in cases:
         with pytest.warns(UserWarning, match=f"dls.valid .*{says}"):
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
@@ -516,6 +517,11 @@ def test_a_fit_after_a_divergence_blames_the_weights_not_the_data():
         learn.model.weight[0, 0] = float("inf")  # what a diverged fit leaves
     with pytest.raises(NonFiniteLossError, match=r"weights reach inf: an earlier fit diverged.*Rebuild the model"):
         learn.fit(1)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))  # a finite body listed before a NaN head (max() of
+    with torch.no_grad():  # [finite, nan] is the finite one), in a fresh learner (weights loaded so)
+        model[1].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"weights reach nan: an earlier fit diverged.*loaded so"):
+        TrainLearner(model, class_dls(), F.cross_entropy, lr=0.1).fit(1)
 
 
 def test_large_finite_weights_and_bad_data_are_not_called_a_divergence():

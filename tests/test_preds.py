@@ -901,23 +901,57 @@ class _TrainMode(Callback):
         learn.model.train()
 
 
-def test_a_prediction_pass_copies_no_buffer_but_normalization_statistics():
-    """Every buffer was copied at each get_preds (a 400 MB lookup table: 0.4 s and twice the memory a call); only
-    what a pass in train mode changes, the normalization layers' running statistics, needs a copy."""
-    from miniai.callbacks.state import kept
-    learn = image_learner()
-    learn.model.register_buffer("table", torch.zeros(1000))
-    copies = []
-    real_clone = torch.Tensor.clone
+@pytest.mark.parametrize("make", [nn.Identity, lambda: nn.ReLU(inplace=True)])
+def test_metrics_of_a_model_whose_output_is_its_reused_input_itself(make):
+    """nn.Identity or an in-place ReLU returns the loader's own tensor (not a view): MetricsCB kept it until its
+    update, after the loader had refilled it, and logged the last batch's MSE for every batch."""
+    from tests.test_metrics_trust import ReusedBuffers
+    from torcheval.metrics import MeanSquaredError
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, generator=g).abs()
+    y = x + torch.randn(40, generator=g)
+    dl = ReusedBuffers(x, y, 8)
+    dl.yb = torch.empty(8)
 
-    def counting_clone(t, *args, **kwargs):
-        copies.append(tuple(t.shape))
-        return real_clone(t, *args, **kwargs)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.Tensor, "clone", counting_clone)
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused, self.act = nn.Parameter(torch.zeros(())), make()
+
+        def forward(self, x):
+            return self.act(x)  # the input tensor itself
+    metrics = MetricsCB(mse=MeanSquaredError())
+    metrics.log_fn = lambda row: None
+    TrainLearner(Model(), DataLoaders(dl, dl), F.mse_loss, lr=0.1, cbs=[metrics]).fit(1, train=False)
+    assert metrics.last["valid_mse"] == pytest.approx(float(((x - y) ** 2).mean()), rel=1e-5)
+
+
+def test_a_prediction_pass_puts_back_every_buffer_but_watches_large_ones():
+    """Every buffer was copied at each get_preds (a 400 MB lookup table: 0.4 s and twice the memory a call); then
+    only BatchNorm's, and an observer's ranges (quantization) calibrated in eval mode stayed changed. Now buffers up
+    to 16 MB are copied and put back; a larger one is watched, and a pass that changes it is warned of."""
+    from miniai.callbacks.state import kept
+
+    class Observer(nn.Module):  # changes its buffers in eval mode too, as torch's MinMaxObserver does
+        def __init__(self, n):
+            super().__init__()
+            self.register_buffer("low", torch.full((n,), float("inf")))
+
+        def forward(self, x):
+            self.low.fill_(min(float(self.low[0]), float(x.min())))
+            return x
+    learn = image_learner()
+    learn.model.insert(0, Observer(1))
+    learn.get_preds()
+    assert learn.model[0].low.tolist() == [float("inf")]
+    learn.model[0] = Observer(5 << 20)  # 20 MB
+    with pytest.MonkeyPatch.context() as mp:  # not copied
+        mp.setattr(torch.Tensor, "clone", lambda t, *a, **k: pytest.fail(f"copied {tuple(t.shape)}")
+                   if t.numel() == 5 << 20 else torch.empty_like(t).copy_(t))
         with kept(learn):
             pass
-    assert (1000,) not in copies and (4,) in copies  # BatchNorm2d(4)'s running mean and var: copied
+    with pytest.warns(UserWarning, match="changed the buffer low of Observer in place, too large"):
+        learn.get_preds()
 
 
 def test_a_callback_that_puts_the_model_in_train_mode_leaves_no_batchnorm_statistics_changed():
@@ -977,6 +1011,11 @@ def test_get_preds_names_a_model_that_squeezes_away_the_batch_dim_of_a_one_item_
     learn = TrainLearner(Squeezed(), DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), F.mse_loss, lr=0.1)
     with pytest.raises(ValueError, match=r"0-dim for some batches.*squeeze\(-1\)"):
         learn.get_preds()
+    class Mean(Squeezed):
+        def forward(self, x):
+            return self.lin(x).mean()  # one number for the batch: not one per item
+    with pytest.raises(ValueError, match=r"one 0-dim output for batch 0 of 4 items"):
+        TrainLearner(Mean(), DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), F.mse_loss, lr=0.1).get_preds()
     one_each = TrainLearner(Squeezed(), DataLoaders(TensorLoader(x, y, 1), TensorLoader(x, y, 1)), F.mse_loss, lr=0.1)
     preds, _ = one_each.get_preds()  # every batch 0-dim: stacked, one per item, as before
     with torch.no_grad():

@@ -316,6 +316,19 @@ def test_negative_epochs_are_an_error_and_lr_zero_a_warning():
         learn.fit(1, lr=0)
 
 
+def test_an_lr_of_one_element_array_is_refused_and_a_fraction_taken():
+    """np.array([0.05]) passed the checks and failed at the first step in torch ("argument 'alpha' must be
+    Number"); a Fraction or a Decimal failed the same way."""
+    from decimal import Decimal
+    from fractions import Fraction
+    learn = tiny_learner()
+    with pytest.raises(TypeError, match=r"lr must be one number, got an array of shape \(1,\)"):
+        learn.fit(1, lr=np.array([0.05]))
+    for lr in (Fraction(1, 20), Decimal("0.05")):
+        learn.fit(1, lr=lr)
+        assert learn.fit_lr == 0.05 and type(learn.opt.param_groups[0]["lr"]) is float
+
+
 def test_an_lr_too_small_for_float32_warns_as_lr_zero_does():
     """lr=1e-50 (`--lr 1e-50`) is 0 in a float32 step: nothing trained, and nothing said."""
     learn = tiny_learner()

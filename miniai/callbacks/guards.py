@@ -164,15 +164,15 @@ class TerminateOnNaNCB(Callback):
                 f"is the loss's ignore_index ({ignore}), and a mean over no target is NaN. Leave items without a "
                 "label out of the data, or shuffle so that no batch holds only them.")
         if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
-            largest = 0.0 if learn.pass_steps or not learn.epoch_offset else max(  # (an earlier fit trained them;
-                (float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()),  # no step
-                default=0.0)  # of this one has run)
+            sizes = [] if learn.pass_steps else [  # (no step of this fit has run: the weights it started from)
+                float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()]
+            largest = math.nan if any(map(math.isnan, sizes)) else max(sizes, default=0.0)  # (max() skips a NaN)
             rebuild = ("Rebuild the model (or load a good checkpoint's weights: learn.model.load_state_dict("
                        "load_checkpoint(path)['model'])), then train with a lower lr (learn.lr_find()).")
             if not math.isfinite(largest):  # an earlier fit diverged: its weights, not the data, are to blame
                 raise NonFiniteLossError(
                     f"training loss is {value}{where} at the fit's first batch, and the model's weights reach "
-                    f"{largest:.3g}: an earlier fit diverged and left them so. {rebuild}"
+                    f"{largest:.3g}: an earlier fit diverged and left them so (or they were loaded so). {rebuild}"
                     + self._advice(learn, first=True))
             large = (f" The model's weights reach {largest:.3g}: if an earlier fit diverged and left them so, "
                      f"{rebuild[0].lower()}{rebuild[1:]}" if largest >= 1e6 else

@@ -9,6 +9,7 @@ wrote later, and continues, so the log reads as that of a run never stopped.
 from __future__ import annotations
 
 import csv
+import itertools
 import importlib.util
 import math
 import os
@@ -139,7 +140,7 @@ def _replaceable(path: Path) -> bool:
         return False
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # (-sig: a byte-order mark, as Excel saves)
-            lines = [line for line in csv.reader(f) if line]
+            lines = list(itertools.islice((line for line in csv.reader(f) if line), 2))  # (two say enough)
     except (UnicodeDecodeError, csv.Error):  # not a UTF-8 CSV: something else's
         return False
     header = lines[0] if len(lines) == 1 else []

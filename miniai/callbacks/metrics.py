@@ -151,7 +151,7 @@ class MetricsCB(Callback):
         # only keep the batch here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches.
         # The target is kept as a copy (< 1 µs): a loader may refill the same tensors for its next batch
-        # (a prefetcher's buffers), and so are preds that are a view (of the input, maybe)
+        # (a prefetcher's buffers), and so are preds in the input's memory
         batch, n_inp = learn.batch, learn.n_inp
         if isinstance(batch, (tuple, list)) and len(batch) == n_inp + 1:  # (*inputs, target)
             target = batch[n_inp]
@@ -161,12 +161,13 @@ class MetricsCB(Callback):
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
                 raise unbatched_error()
-            # (a view may be of the loader's input, x[:, -1], refilled too: copied; a model's own output is not)
-            preds = preds.detach().clone() if preds._is_view() else preds.detach()
+            # preds that share the loader's input's memory (x[:, -1], nn.Identity, an in-place ReLU) are refilled
+            # with it: copied; a model's own output is not
+            preds = preds.detach().clone() if _shares_memory(preds, batch) else preds.detach()
             target, n, numel = target.clone(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
             # for a metric of the user's that takes them
-            preds = map_tensors(preds, lambda t: t.detach().clone() if t._is_view() else t.detach())
+            preds = map_tensors(preds, lambda t: t.detach().clone() if _shares_memory(t, batch) else t.detach())
             target = map_tensors(target, torch.Tensor.clone)
             n = n_items(target)
             numel = sum(t.numel() for t in tensors_in(preds))
@@ -284,6 +285,12 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
                                 f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
                                 "it a metric of your own whose update(preds, targets) picks the logits out "
                                 "(e.g. calls the metric on preds[0])") from e
+
+
+def _shares_memory(t: torch.Tensor, batch: Any) -> bool:
+    """Whether `t` lies in the memory of one of the batch's tensors (the same storage)."""
+    ptr = t.untyped_storage().data_ptr()
+    return any(ptr == b.untyped_storage().data_ptr() for b in tensors_in(batch))
 
 
 def _ignored_target(loss_func: Any) -> int:

@@ -194,9 +194,9 @@ def _cat(parts: list[Any], sizes: list[int] | None = None) -> Any:
     numpy = type(first).__module__ == "numpy" and hasattr(first, "ndim")  # a collate's NumPy targets: joined too
     if isinstance(first, torch.Tensor) or numpy:
         if any(p.ndim != first.ndim for p in parts):  # 0-dim and not: torch.cat's error names neither
-            raise ValueError("get_preds: the model's output is 0-dim for some batches and not for others (a "
-                             ".squeeze() in forward squeezes a one-item batch's dim too): squeeze the dim you mean, "
-                             "e.g. .squeeze(-1)")
+            raise ValueError("get_preds: the batches' outputs (or targets) are 0-dim for some batches and not for "
+                             "others (a .squeeze() in forward or the collate squeezes a one-item batch's dim too): "
+                             "squeeze the dim you mean, e.g. .squeeze(-1)")
         if first.ndim and any(p.shape[1:] != first.shape[1:] for p in parts):  # batches padded each to its own length
             shapes = sorted({tuple(p.shape[1:]) for p in parts})
             raise ValueError(f"get_preds concatenates the batches' results, and these differ past the batch "
@@ -305,8 +305,12 @@ class _GatherPreds(Callback):
                 preds = _activate(self.act, preds)
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
+        n = _batch_size(learn.xb[0]) if learn.xb else None
+        if isinstance(preds, torch.Tensor) and not preds.ndim and n not in (1, None):  # (one item: squeezed, stacked)
+            raise ValueError(f"get_preds: the model gave one 0-dim output for batch {learn.iter} of {n} items, not "
+                             "one per item: return an output with the batch dimension first")
         self.preds.append(_copy_to_cpu(preds))  # (a model's output may be a view of the loader's input: x[:, -1])
-        self.sizes.append(_batch_size(learn.xb[0]) if learn.xb else None)
+        self.sizes.append(n)
         self.targets.append(_copy_to_cpu(yb))
         if self.with_input:
             self.inputs.append(_copy_to_cpu(learn.xb))
@@ -441,9 +445,10 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
         dropout = [type(m).__name__ for m in learn.model.modules()  # (as the pass left them: kept() puts modes back)
                    if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0]
     if dropout:  # Monte Carlo dropout by repeated calls: each would draw the same masks, a spread of 0
-        warnings.warn(f"get_preds ran {dropout[0]} in train mode, so it drew random numbers, and put the RNGs back "
-                      "as it leaves everything as it was: another call repeats them, the same preds. For Monte Carlo "
-                      "dropout, seed each call differently (torch.manual_seed(i) before call i)", stacklevel=3)
+        warnings.warn(f"this prediction pass ran {dropout[0]} in train mode, so it drew random numbers, and put the "
+                      "RNGs back as it leaves everything as it was: another call repeats them, the same preds. For "
+                      "Monte Carlo dropout, seed each call differently (torch.manual_seed(i) before call i)",
+                      stacklevel=3)
     return gather.result()
 
 
