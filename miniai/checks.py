@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn, optim
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
-                              SubsetRandomSampler, WeightedRandomSampler)
+                              Subset, SubsetRandomSampler, WeightedRandomSampler)
 
 __all__ = ["add_note", "check_count", "check_number", "one_number", "call_model", "describe", "check_new_callback",
            "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
@@ -279,10 +279,9 @@ def _same_data(train: Any, valid: Any) -> bool:
     TensorLoader's)."""
     if train is None or valid is None or train is valid:
         return train is not None and train is valid
-    dataset = getattr(train, "dataset", None)
-    if dataset is not None and dataset is getattr(valid, "dataset", None):
-        items = _items(train)
-        return items is not None and items == _items(valid)
+    (dataset, items), (other, other_items) = _reads(train), _reads(valid)
+    if dataset is not None and dataset is other:
+        return items is not None and items == other_items
 
     def tensors(dl: Any) -> list:
         if isinstance(getattr(dl, "x", None), torch.Tensor):  # a TensorLoader
@@ -304,19 +303,38 @@ def _items(dl: Any) -> str | set[int] | None:
     if batches is not None and not isinstance(batches, BatchSampler):
         return None
     sampler = batches.sampler if isinstance(batches, BatchSampler) else getattr(dl, "sampler", None)
-    indices = sampler.indices if isinstance(sampler, SubsetRandomSampler) else sampler
-    if not hasattr(indices, "__len__") or len(indices) > _MAX_INDICES:  # (millions: a second a fit)
+    indices = _index_list(sampler.indices if isinstance(sampler, SubsetRandomSampler) else sampler)
+    return None if indices is None else set(indices)
+
+
+def _index_list(indices: Any) -> list[int] | None:
+    """Indices as a list of ints (a range, list, tuple, array or tensor of integers, one per item); None for keys
+    of another kind (names, tuples), anything else, or more than a million (a second a fit)."""
+    if not hasattr(indices, "__len__") or len(indices) > _MAX_INDICES:
         return None
-    if isinstance(indices, torch.Tensor):  # integers only, one per item (else keys of another kind: unknown)
-        return set(indices.tolist()) if indices.ndim == 1 and not indices.is_floating_point() else None
+    if isinstance(indices, torch.Tensor):
+        return indices.tolist() if indices.ndim == 1 and not indices.is_floating_point() else None
     if type(indices).__name__ == "ndarray":
-        return set(indices.tolist()) if indices.ndim == 1 and indices.dtype.kind in "iu" else None
+        return indices.tolist() if indices.ndim == 1 and indices.dtype.kind in "iu" else None
     if isinstance(indices, (range, list, tuple)):
-        try:  # ints, NumPy's, one-number integer tensors (list(randperm(n))); not names or tuples
-            return set(map(operator.index, indices))
+        try:  # ints, NumPy's, one-number integer tensors (list(randperm(n)))
+            return list(map(operator.index, indices))
         except TypeError:
             return None
     return None
+
+
+def _reads(dl: Any) -> tuple[Any, str | set[int] | None]:
+    """(the dataset a loader's items come from, past any `Subset` (random_split's), and which of its items it
+    reads: as `_items`)."""
+    dataset, items = getattr(dl, "dataset", None), _items(dl)
+    while isinstance(dataset, Subset) and items is not None:
+        parent = _index_list(dataset.indices)
+        if parent is None:
+            break
+        items = set(parent) if items == "all" else {parent[i] for i in items if 0 <= i < len(parent)}
+        dataset = dataset.dataset
+    return dataset, items
 
 
 _MAX_INDICES = 1_000_000  # index lists longer than this go unchecked
@@ -325,11 +343,8 @@ _MAX_INDICES = 1_000_000  # index lists longer than this go unchecked
 def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
     """(how many of valid's items train reads too, valid's items) for two loaders over one dataset that share some
     but not all; None when they share none, read different datasets, or one's items are unknown."""
-    dataset = getattr(train, "dataset", None)
-    if train is None or dataset is None or dataset is not getattr(valid, "dataset", None):
-        return None
-    a, b = _items(train), _items(valid)
-    if a is None or b is None or a == b:
+    (dataset, a), (other, b) = _reads(train), _reads(valid)
+    if dataset is None or dataset is not other or a is None or b is None or a == b:
         return None
     try:
         if b == "all" and len(dataset) > _MAX_INDICES:

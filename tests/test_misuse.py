@@ -233,15 +233,25 @@ def test_two_loaders_of_the_same_data_are_warned_of_too():
 def test_index_splits_of_one_dataset_that_overlap_are_warned_of():
     """Two samplers over the same indices, an off-by-one split, or a training part validated on the whole dataset:
     validation read training items, without a word (only whole-dataset readers on both sides were caught)."""
-    from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+    from torch.utils.data import DataLoader, Subset, SubsetRandomSampler, TensorDataset, random_split
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
     ds = TensorDataset(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a split that shares nothing: nothing said
+        train, valid = random_split(ds, [48, 16], generator=torch.Generator().manual_seed(0))
+        TrainLearner(nn.Linear(8, 3), DataLoaders(DataLoader(train, 16), DataLoader(valid, 16)), F.cross_entropy,
+                     lr=0.1).fit(1)
     part = lambda indices: DataLoader(ds, 16, sampler=SubsetRandomSampler(indices))  # noqa: E731
     cases = [(part(range(48)), part(list(range(48))), "the same data as dls.train"),
              (part(range(48)), DataLoader(ds, 16, sampler=range(47, 64)), "1 of its 17 items"),
              (part(range(48)), DataLoader(ds, 16), "48 of its 64 items"),
              (DataLoader(ds, 16, shuffle=True), DataLoader(ds, 16, sampler=np.arange(48, 64)), "16 of its 16 items"),
-             (part(list(np.arange(48))), DataLoader(ds, 16, sampler=list(torch.arange(40, 64))), "8 of its 24 items")]
+             (part(list(np.arange(48))), DataLoader(ds, 16, sampler=list(torch.arange(40, 64))), "8 of its 24 items"),
+             (DataLoader(Subset(ds, range(48)), 16, shuffle=True), DataLoader(Subset(ds, range(40, 64)), 16),
+              "8 of its 24 items"),  # (random_split's kind of split)
+             (DataLoader(Subset(ds, range(48)), 16), DataLoader(ds, 16), "48 of its 64 items"),
+             (DataLoader(Subset(ds, range(48)), 16), DataLoader(Subset(ds, list(range(48))), 16),
+              "the same data as dls.train")]
     for train, valid, says in cases:
         with pytest.warns(UserWarning, match=f"dls.valid .*{says}"):
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
