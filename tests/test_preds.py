@@ -970,7 +970,7 @@ def test_get_preds_that_draws_random_numbers_says_a_second_call_repeats_them():
     """Monte Carlo dropout by calling get_preds ten times gave ten identical results (it puts the RNG back, so
     each call drew the same masks): a spread of 0, without a word. The way: seed each call differently."""
     learn = image_learner()
-    with pytest.warns(UserWarning, match=r"ran Dropout in train mode.*repeats them.*torch.manual_seed\(i\)"):
+    with pytest.warns(UserWarning, match=r"the model drew random numbers in get_preds.s pass.*repeats them.*torch.manual_seed\(i\)"):
         first, _ = learn.get_preds(cbs=[_TrainMode()])
     with pytest.warns(UserWarning, match="drew random numbers"):
         assert torch.equal(first, learn.get_preds(cbs=[_TrainMode()])[0])  # as the warning says
@@ -983,6 +983,23 @@ def test_get_preds_that_draws_random_numbers_says_a_second_call_repeats_them():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.get_preds()  # eval mode: nothing drawn, nothing said
+
+    class Drawing(nn.Module):  # draws whatever the mode: F.dropout(training=True), as MC-dropout code does
+        def __init__(self, unused: bool = False):
+            super().__init__()
+            self.lin, self.unused, self.drop = nn.Linear(64, 3), unused, nn.Dropout(0.5)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            return self.lin(x if self.unused else F.dropout(x, 0.5, training=True))
+    drawing = TrainLearner(Drawing(), image_dls(), F.cross_entropy, lr=0.1)
+    with pytest.warns(UserWarning, match="drew random numbers in get_preds"):
+        drawing.get_preds()
+    with pytest.warns(UserWarning, match="drew random numbers in tta"):
+        drawing.tta(n=1)
+    with warnings.catch_warnings():  # a Dropout in train mode that forward never calls: nothing drawn
+        warnings.simplefilter("error")
+        TrainLearner(Drawing(unused=True), image_dls(), F.cross_entropy, lr=0.1).get_preds(cbs=[_TrainMode()])
 
 
 def test_get_preds_refuses_an_unbatched_loader_as_metricscb_does():

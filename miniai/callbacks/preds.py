@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
@@ -84,9 +83,16 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     if isinstance(learn.model, DistributedDataParallel):  # during a DDP fit: its forward broadcasts the buffers, a
         learn.model = learn.model.module  # collective the other ranks never join when one rank predicts alone
     learn.model.eval()
+    drew = False  # whether the model drew random numbers (dropout a callback left in train mode, F.dropout)
+    lazy = any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in learn.model.parameters())
 
     def one_batch() -> None:
+        nonlocal drew
+        # (until the first draw: two copies of a few KB a batch; a lazy layer's first forward draws its init)
+        watch = not drew and not (lazy and learn.iter == 0)
+        before = _rng_states() if watch else []
         learn._do("predict")
+        drew = drew or watch and any(not torch.equal(a, b) for a, b in zip(before, _rng_states()))
         learn._emit("after_predict")
         if with_loss:
             learn._do("get_loss")
@@ -110,6 +116,16 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
 
     with torch.no_grad():
         stage("fit", lambda: stage("epoch", all_batches, CancelEpochException), CancelFitException)
+    if drew:  # Monte Carlo dropout by repeated calls: each would draw the same masks, a spread of 0
+        warnings.warn(f"the model drew random numbers in {who}'s pass (dropout in train mode?), and the RNGs are put "
+                      "back as it leaves everything as it was: another call repeats them, the same preds. For Monte "
+                      "Carlo dropout, seed each call differently (torch.manual_seed(i) before call i)", stacklevel=4)
+
+
+def _rng_states() -> list[torch.Tensor]:
+    """torch's CPU RNG state, and each CUDA device's once CUDA is in use: what a model's forward draws from."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return [torch.get_rng_state(), *cuda]
 
 
 def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Callable:
@@ -442,13 +458,6 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
         if with_loss:
             learn.loss_func = loss_func  # for this pass only: kept() puts the learner's back
         prediction_pass(learn, dl, [*cbs, gather], with_loss)
-        dropout = [type(m).__name__ for m in learn.model.modules()  # (as the pass left them: kept() puts modes back)
-                   if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0]
-    if dropout:  # Monte Carlo dropout by repeated calls: each would draw the same masks, a spread of 0
-        warnings.warn(f"this prediction pass ran {dropout[0]} in train mode, so it drew random numbers, and put the "
-                      "RNGs back as it leaves everything as it was: another call repeats them, the same preds. For "
-                      "Monte Carlo dropout, seed each call differently (torch.manual_seed(i) before call i)",
-                      stacklevel=3)
     return gather.result()
 
 
