@@ -52,16 +52,17 @@ class _PrintRows:
 
 
 class MetricsCB(Callback):
-    """Computes torcheval metrics and the batch-size-weighted mean loss for each pass, and logs one row.
+    """Computes torcheval metrics and the loss of each pass, over its whole set, and logs one row.
 
     `MetricsCB(MulticlassAccuracy())` names the metric after its class; `MetricsCB(accuracy=MulticlassAccuracy())`
     names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
     only at the end of each pass. Each metric's `update` gets each batch; a metric whose class says `additive =
     True` (Accuracy: an update over concatenated batches counts what one per batch does) gets them up to 256 at a
-    time (or 1M predictions), concatenated (one call's fixed cost instead of 256). The loss is each batch's loss
-    weighted by its items, as fastai and Keras log it: for a loss that averages over some of a batch's items only
-    (`ignore_index`, class weights) that is not the loss over the whole set, and a batch with no item counted
-    (every target ignored) makes it NaN, as torch's loss is. Per-item losses (`reduction='none'`) are averaged
+    time (or 1M predictions), concatenated (one call's fixed cost instead of 256). The loss is the whole set's,
+    as the loss function reduces it, at any batch size: each batch's loss weighted by what its mean divides by
+    (for class-index targets their class weights, leaving out the loss's `ignore_index`; else its items), so a
+    batch whose targets are all ignored counts for nothing (fastai and Keras weight by items: NaN there), and a
+    loss of `reduction='sum'` is logged per counted target. Per-item losses (`reduction='none'`) are averaged
     over the batch leaving out targets of the loss's `ignore_index`, as 'mean' does. A pass that computes no loss
     (`get_preds(cbs=[MetricsCB(...)])` without `with_loss=True`) logs none. Dict batches (with a predict and
     get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
