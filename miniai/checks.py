@@ -215,8 +215,8 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
         # lr_find's result; other types: opt_func's call)
         take = " (lr_find's result: take one of its suggestions, res.valley or res.steepest)" * hasattr(lr, "valley")
         raise TypeError(f"lr must be a number, got {lr!r} ({type(lr).__name__}){take}")
-    if getattr(lr, "shape", ()) != ():  # (np.array([0.05]): torch's step fails on it, naming no lr)
-        raise TypeError(f"lr must be one number, got an array of shape {tuple(lr.shape)}: pass lr[0], or float(lr)")
+    if type(lr).__module__ == "numpy" and getattr(lr, "shape", ()) != ():  # (np.array([0.05]): torch's step
+        raise TypeError(f"lr must be one number, got an array of shape {lr.shape}: pass float(lr[0])")  # fails)
     if isinstance(lr, float) and not math.isfinite(lr):  # nan or inf would train to NaN weights
         raise ValueError(f"lr must be a finite number, got {lr}")
     if lr == 0:
@@ -332,7 +332,9 @@ def _reads(dl: Any) -> tuple[Any, str | set[int] | None]:
         parent = _index_list(dataset.indices)
         if parent is None:
             break
-        items = set(parent) if items == "all" else {parent[i] for i in items if 0 <= i < len(parent)}
+        size = len(dataset.dataset) if hasattr(dataset.dataset, "__len__") else None
+        parent = [i % size for i in parent] if size else parent  # (negative indices count from the end)
+        items = set(parent) if items == "all" else {parent[i] for i in items if -len(parent) <= i < len(parent)}
         dataset = dataset.dataset
     return dataset, items
 

@@ -578,3 +578,9 @@ def test_a_training_batch_of_ignored_targets_alone_is_named_not_blamed_on_nan_da
     with pytest.raises(NonFiniteLossError, match=r"batch 0: every target of this batch is the loss's ignore_index "
                                                  r"\(-100\).*Leave items without a label out"):
         learn.fit(1)
+
+    l1 = TrainLearner(nn.Linear(3, 1), DataLoaders(TensorLoader(x * float("nan"), y, 8), TensorLoader(x, y, 8)),
+                      lambda p, t: F.l1_loss(p[:, 0], t.float()), lr=0.1)  # a loss that knows no ignore_index
+    with pytest.raises(NonFiniteLossError, match="Check the data") as info:
+        l1.fit(1)
+    assert "ignore_index" not in str(info.value)

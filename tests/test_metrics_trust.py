@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 import io
 from functools import partial
 
@@ -256,8 +257,8 @@ def test_scoring_through_get_preds_logs_a_class_weighted_loss_as_a_fit_does(loss
 def test_the_logged_loss_with_ignored_targets_is_the_sets_whatever_the_batch_size(bs, reduction, weight):
     """24 of 64 validation targets -100 (torch's ignore_index): valid_loss read nan, nan, 0.711, 0.702 at bs 8, 16,
     32, 64 (each batch's mean weighted by all its items; a batch of ignored targets alone is NaN, and stopped a
-    CheckpointCB run); with reduction='sum' 0.439, the sum over all 64 items. The loss over the labelled items is
-    0.702, at any batch size and either reduction."""
+    CheckpointCB run). The loss over the labelled items is 0.702, at any batch size; with reduction='sum' the sum
+    over all 64 items, 0.439, as documented (per item, the unit of ProgressCB's curve and lr_find's)."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 3, generator=g), torch.randint(0, 2, (64,), generator=g)
     y[:24] = -100
@@ -267,8 +268,9 @@ def test_the_logged_loss_with_ignored_targets_is_the_sets_whatever_the_batch_siz
     learn = TrainLearner(model, DataLoaders(TensorLoader(x, y, bs), TensorLoader(x, y, bs)), loss_func, lr=0.1,
                          cbs=[metrics])
     evaluate(learn)
-    with torch.no_grad():
-        expected = F.cross_entropy(model(x), y, weight=weight).item()
+    with torch.no_grad():  # (a summed loss is logged per item, ignored ones too, as ProgressCB's curve shows it)
+        expected = F.cross_entropy(model(x), y, weight=weight).item() if reduction == "mean" else \
+            F.cross_entropy(model(x), y, weight=weight, reduction="sum").item() / len(y)
     assert metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
     scored = MetricsCB()
     learn.get_preds(with_loss=True, cbs=[scored])  # scoring a loader logs what the fit logs
@@ -298,6 +300,24 @@ def test_scoring_through_get_preds_logs_a_summed_or_batchmean_loss_as_a_fit_does
     assert fitted.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
     assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
     assert float(losses.mean()) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_func", [nn.MultiMarginLoss(weight=torch.tensor([100.0, 1.0, 1.0, 0.01])),
+                                       lambda p, t: F.l1_loss(p[:, 0], t.float())])
+def test_a_loss_other_than_cross_entropy_is_weighted_by_items(loss_func):
+    """MultiMarginLoss(weight=w) divides by its items, not by the targets' weights, and a loss of one's own on
+    integer targets knows no ignore_index: weighted as cross-entropy is, they were logged 24.6 for 17.8."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(23, 3, generator=g), torch.randint(0, 4, (23,), generator=g)
+    y[:5] = -100 if not isinstance(loss_func, nn.MultiMarginLoss) else y[:5]
+    model = nn.Linear(3, 4)
+    metrics = MetricsCB()
+    learn = TrainLearner(model, DataLoaders(TensorLoader(x, y, 9), TensorLoader(x, y, 9)), loss_func, lr=0.1,
+                         cbs=[metrics])
+    evaluate(learn)
+    with torch.no_grad():
+        expected = loss_func(model(x), y).item()
+    assert metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_accuracys_multi_label_advice_gives_the_threshold_logits_need():
@@ -414,3 +434,13 @@ def test_metrics_of_a_loader_that_reuses_its_tensors_are_those_of_each_batch():
     assert metrics.last["valid_acc"] == 1.0 and metrics.last["valid_tacc"] == 1.0
     xs, _, t = learn.get_preds(with_input=True)
     assert torch.equal(t, y) and torch.equal(xs, x)
+
+
+def test_uint8_targets_of_a_class_weighted_loss_are_counted_by_their_classes():
+    """Indexing the class weights with uint8 targets read them as a mask: IndexError at the first flush."""
+    y = torch.randint(0, 4, (23,), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    weight = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    metrics = MetricsCB()
+    metrics.before_epoch(SimpleNamespace(model=nn.Linear(3, 4), loss_func=partial(F.cross_entropy, weight=weight)))
+    assert metrics._batch_weights((y[:9], y[9:]), (9, 14)).tolist() == [float(weight[y[:9].long()].sum()),
+                                                                        float(weight[y[9:].long()].sum())]

@@ -250,6 +250,7 @@ def test_index_splits_of_one_dataset_that_overlap_are_warned_of():
              (DataLoader(Subset(ds, range(48)), 16, shuffle=True), DataLoader(Subset(ds, range(40, 64)), 16),
               "8 of its 24 items"),  # (random_split's kind of split)
              (DataLoader(Subset(ds, range(48)), 16), DataLoader(ds, 16), "48 of its 64 items"),
+             (DataLoader(Subset(ds, range(48)), 16), DataLoader(Subset(ds, range(-20, 0)), 16), "4 of its 20 items"),
              (DataLoader(Subset(ds, range(48)), 16), DataLoader(Subset(ds, list(range(48))), 16),
               "the same data as dls.train")]
     for train, valid, says in cases:

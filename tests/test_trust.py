@@ -327,6 +327,8 @@ def test_an_lr_of_one_element_array_is_refused_and_a_fraction_taken():
     for lr in (Fraction(1, 20), Decimal("0.05")):
         learn.fit(1, lr=lr)
         assert learn.fit_lr == 0.05 and type(learn.opt.param_groups[0]["lr"]) is float
+    learn.opt_func = optim.AdamW
+    learn.fit(1, lr=torch.tensor([1e-3]))  # a one-element tensor: torch's Adam takes it, so do we
 
 
 def test_an_lr_too_small_for_float32_warns_as_lr_zero_does():

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checks import unbatched_error
@@ -58,11 +59,11 @@ class MetricsCB(Callback):
     names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
     only at the end of each pass. Each metric's `update` gets each batch; a metric whose class says `additive =
     True` (Accuracy: an update over concatenated batches counts what one per batch does) gets them up to 256 at a
-    time (or 1M predictions), concatenated (one call's fixed cost instead of 256). The loss is the whole set's,
-    as the loss function reduces it, at any batch size: each batch's loss weighted by what its mean divides by
-    (for class-index targets their class weights, leaving out the loss's `ignore_index`; else its items), so a
-    batch whose targets are all ignored counts for nothing (fastai and Keras weight by items: NaN there), and a
-    loss of `reduction='sum'` is logged per counted target. Per-item losses (`reduction='none'`) are averaged
+    time (or 1M predictions), concatenated (one call's fixed cost instead of 256). The loss is each batch's
+    weighted by what its mean divides by: for torch's cross-entropy and NLL losses its targets' class weights,
+    leaving out `ignore_index` (the whole set's loss at any batch size; a batch whose targets are all ignored
+    counts for nothing, where fastai and Keras, weighting by items, log NaN), else its items; a loss of
+    `reduction='sum'` is logged per item. Per-item losses (`reduction='none'`) are averaged
     over the batch leaving out targets of the loss's `ignore_index`, as 'mean' does. A pass that computes no loss
     (`get_preds(cbs=[MetricsCB(...)])` without `with_loss=True`) logs none. Dict batches (with a predict and
     get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
@@ -141,6 +142,9 @@ class MetricsCB(Callback):
             metric.reset()
         self._loss_sum = torch.zeros((), dtype=sum_dtype(self._device), device=self._device)
         self._loss_weight = torch.zeros_like(self._loss_sum)  # what the loss sum is divided by: see _flush
+        # (torch's cross-entropy and NLL losses average over their targets' class weights, leaving out ignore_index:
+        # a batch's mean is weighted by those; any other loss's, a 'sum' one's too, by its items)
+        self._by_targets = _averages_over_targets(learn.loss_func)
         self._ignore = _ignored_target(learn.loss_func)
         self._class_weight = loss_setting(learn.loss_func, "weight", None)
         self._lossless = False  # set by a pass that computes no loss (get_preds without with_loss): none is logged
@@ -180,6 +184,8 @@ class MetricsCB(Callback):
                 loss = _mean_loss(loss.detach(), target, learn.loss_func)
             # a CPU scalar is read now (cheaper than stacking it later); on a GPU reading it would wait for the GPU
             loss = loss.item() if loss.is_cpu else loss.detach()
+            if self._sum_loss and n:  # logged per item, as a mean loss is (weighted by n again below), as
+                loss = loss / n  # ProgressCB's curve and lr_find's show it
         self._pending.append((preds, target, loss, n))
         self._pending_numel += numel
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
@@ -218,34 +224,33 @@ class MetricsCB(Callback):
             _update(self._bulk, batches)
         if self._each:
             _update(self._each, list(zip(preds, targets)))
-        # The pass's loss is sum(batch totals) / sum(batch weights), the loss of the whole set as the loss function
-        # reduces it: a batch's weight is what its mean divides by (its targets' class weights, leaving out the
-        # ignore_index ones) and its total is that mean times it, or its sum for reduction='sum'. (Weighted by its
-        # items, a batch of ignored targets alone made the pass's loss NaN, and the loss moved with the batch size.)
+        # The pass's loss is sum(batch mean × batch weight) / sum(batch weights): a batch's weight is what its mean
+        # divides by, so that for torch's cross-entropy the pass's loss is the whole set's (weighted by items, a
+        # batch of ignored targets alone made it NaN, and it moved with the batch size)
         weights = self._batch_weights(targets, sizes)
         if not isinstance(losses[0], torch.Tensor):  # read on the CPU: a Python sum, in float64 as on a device
             weights = weights.tolist() if isinstance(weights, torch.Tensor) else weights
-            self._loss_sum += sum(loss if self._sum_loss else loss * w if w else 0.0 for loss, w in zip(losses, weights))
+            self._loss_sum += sum(loss * w if w else 0.0 for loss, w in zip(losses, weights))
             self._loss_weight += sum(weights)
             return
         # accumulate on the device: a .item() here would stall the GPU
         stacked = torch.stack(losses).to(self._loss_sum.dtype)
         weights = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)
-        totals = stacked if self._sum_loss else torch.where(weights > 0, stacked * weights, 0.0)  # (NaN × 0: 0)
+        totals = torch.where(weights > 0, stacked * weights, 0.0)  # (a batch of no counted target: its NaN × 0)
         self._loss_sum += totals.sum()
         self._loss_weight += weights.sum()
 
     def _batch_weights(self, targets: tuple[Any, ...], sizes: tuple[int, ...]) -> Any:
-        """What each kept batch's mean loss divides by: for class-index targets (integer tensors) the sum of their
-        class weights (1 each without) leaving out the loss's ignore_index, as torch's reduction='mean' does,
-        counted once for all the batches; else each batch's items."""
-        if not all(isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dtype != torch.bool
-                   for t in targets):
+        """What each kept batch's mean loss divides by: for torch's cross-entropy or NLL loss (reduction 'mean') of
+        class-index targets the sum of their class weights (1 each without) leaving out its ignore_index, counted
+        once for all the batches; else each batch's items."""
+        if not self._by_targets or not all(isinstance(t, torch.Tensor) and not t.is_floating_point()
+                                           and t.dtype != torch.bool for t in targets):
             return sizes
         flat = torch.cat([t.reshape(-1) for t in targets])
         counted = _counted(flat, self._ignore)
         if isinstance(self._class_weight, torch.Tensor):
-            index = flat if counted is None else flat.where(counted, 0)
+            index = (flat if counted is None else flat.where(counted, 0)).long()  # (uint8 would index as a mask)
             each = self._class_weight.to(flat.device, self._loss_sum.dtype)[index]
             each = each if counted is None else each * counted
         else:
@@ -289,9 +294,22 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
 
 
 def _shares_memory(t: torch.Tensor, batch: Any) -> bool:
-    """Whether `t` lies in the memory of one of the batch's tensors (the same storage)."""
+    """Whether `t` lies in the memory of one of the batch's tensors (the same storage; a sparse one has none)."""
+    if t.layout != torch.strided:
+        return False
     ptr = t.untyped_storage().data_ptr()
-    return any(ptr == b.untyped_storage().data_ptr() for b in tensors_in(batch))
+    return any(b.layout == torch.strided and ptr == b.untyped_storage().data_ptr() for b in tensors_in(batch))
+
+
+def _averages_over_targets(loss_func: Any) -> bool:
+    """Whether `loss_func` is torch's cross-entropy or NLL loss (a function, a partial of one, an nn loss) averaging
+    over its targets (reduction 'mean', or get_preds' per-item copy of such a loss): it divides by their class
+    weights' sum, leaving out its ignore_index. Other losses' `weight` or -100 targets mean something else."""
+    if getattr(loss_func, "reduced_by_sum", False) or loss_reduction(loss_func) == "sum":
+        return False
+    fn = getattr(loss_func, "func", loss_func)  # (a partial's function)
+    return fn in (F.cross_entropy, F.nll_loss) or isinstance(loss_func, (torch.nn.CrossEntropyLoss,
+                                                                          torch.nn.NLLLoss))
 
 
 def _ignored_target(loss_func: Any) -> int:
@@ -325,9 +343,8 @@ def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     over the positions whose integer target is not the loss's ignore_index, and for a loss with class weights
     (`weight`) their sum over the counted targets' weights."""
     loss = loss.float()
-    indices = isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape
-    if getattr(loss_func, "reduced_by_sum", False) and loss.ndim and not indices:  # get_preds' copy of a 'sum' or
-        return loss.sum() / len(loss)  # 'batchmean' loss: as the fit logs it, per item (class indices: below)
+    if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
+        return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
     mask = _loss_mask(loss, target, _ignored_target(loss_func))
     weight = loss_setting(loss_func, "weight", None)
     if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \

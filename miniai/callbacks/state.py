@@ -72,9 +72,6 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
             container.update(content)
 
 
-_BUFFER_COPY_BYTES = 16 << 20  # buffers larger than this are watched, not copied, by a prediction pass
-
-
 @contextlib.contextmanager
 def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
          tfms: Iterable[Any] = ()) -> Iterator[None]:
@@ -86,10 +83,10 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's), and the generators the transforms `tfms` hold (tta's). Lazy layers a pass
     initializes stay initialized; `weights=True` refuses a model with lazy layers not initialized yet.
-    Buffer values (BatchNorm's statistics, which a callback's train mode would change) are copied and put back
-    too, up to 16 MB each (a larger one the pass changes is warned of). Parameter values, and the states of MetricsCB's metrics and of the user's callbacks that
-    have a `state_dict` (whatever they change in place: the attribute copies are one level deep), are copied only
-    with `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so
+    Normalization layers' statistics (which a callback's train mode would change) are copied and put back too;
+    other buffers are watched, and one the pass changes in place is warned of. Other values, and the states of
+    MetricsCB's metrics and of the user's callbacks that have a `state_dict` (whatever they change in place: the
+    attribute copies are one level deep), are copied only with `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so
     a prediction pass costs next to nothing here.
     """
     model = learn.model
@@ -100,11 +97,12 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                          "initialize them and can't put that back. Initialize them first with one forward pass, "
                          "learn.model(xb) on a batch of dls.train, or one fit.")
     clones: dict[int, torch.Tensor] = {}  # one copy per tensor, however often it is shared
-    # buffers always (BatchNorm's statistics in a callback's train mode, a quantization observer's ranges even in
-    # eval mode), but for large ones (a lookup table: the copy would cost more than the pass), which are watched
+    # normalization statistics always (a callback may put BatchNorm in train mode for the pass); other buffers are
+    # watched, not copied (causal masks, tables: a copy per call would cost more than the pass): one the pass
+    # changes in place (a quantization observer calibrating) is warned of
     params = {id(p) for p in model.parameters()}
     slots = [(m, name, t, t.data, clones.setdefault(id(t), t.detach().clone())
-              if weights or id(t) not in params and t.nbytes <= _BUFFER_COPY_BYTES else None)
+              if weights or isinstance(m, nn.modules.batchnorm._NormBase) else None)
              for m in model.modules()
              for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
              if not isinstance(t, nn.parameter.UninitializedTensorMixin)]
@@ -151,8 +149,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                     t.copy_(value)  # the values training changed in place
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
         if changed:
-            warnings.warn(f"the pass changed the buffer {changed[0]} in place, too large ({_BUFFER_COPY_BYTES >> 20} "
-                          "MB or more) to copy and put back: the model is not as it was", stacklevel=4)
+            warnings.warn(f"the prediction pass changed the buffer {changed[0]} in place (a quantization observer "
+                          "calibrating?): the model is not as it was before the call", stacklevel=4)
         for p, grad in grads:
             p.grad = grad
         for m, mode in modes:
