@@ -969,7 +969,8 @@ def test_get_preds_that_draws_random_numbers_says_a_second_call_repeats_them():
     """Monte Carlo dropout by calling get_preds ten times gave ten identical results (it puts the RNG back, so
     each call drew the same masks): a spread of 0, without a word. The way: seed each call differently."""
     learn = image_learner()
-    with pytest.warns(UserWarning, match=r"the model drew random numbers in get_preds.s pass.*repeats them.*torch.manual_seed\(i\)"):
+    with pytest.warns(UserWarning, match=r"the model drew random numbers in get_preds.s pass.*repeats them.*"
+                                         r"torch.manual_seed\(i\)"):
         first, _ = learn.get_preds(cbs=[_TrainMode()])
     with pytest.warns(UserWarning, match="drew random numbers"):
         assert torch.equal(first, learn.get_preds(cbs=[_TrainMode()])[0])  # as the warning says

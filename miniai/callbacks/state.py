@@ -86,8 +86,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     Normalization layers' statistics (which a callback's train mode would change) are copied and put back too;
     other buffers are watched, and one the pass changes in place is warned of. Other values, and the states of
     MetricsCB's metrics and of the user's callbacks that have a `state_dict` (whatever they change in place: the
-    attribute copies are one level deep), are copied only with `weights=True` (lr_find trains: eval mode and `no_grad` leave the weights alone, and no metric runs), so
-    a prediction pass costs next to nothing here.
+    attribute copies are one level deep), are copied only with `weights=True` (lr_find trains: eval mode and
+    `no_grad` leave the weights alone, and no metric runs), so a prediction pass costs next to nothing here.
     """
     model = learn.model
     lazy = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
