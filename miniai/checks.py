@@ -215,14 +215,16 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
         # lr_find's result; other types: opt_func's call)
         take = " (lr_find's result: take one of its suggestions, res.valley or res.steepest)" * hasattr(lr, "valley")
         raise TypeError(f"lr must be a number, got {lr!r} ({type(lr).__name__}){take}")
-    if type(lr).__module__ == "numpy" and getattr(lr, "shape", ()) != ():  # (np.array([0.05]): torch's step
-        raise TypeError(f"lr must be one number, got an array of shape {lr.shape}: pass float(lr[0])")  # fails)
-    if isinstance(lr, float) and not math.isfinite(lr):  # nan or inf would train to NaN weights
-        raise ValueError(f"lr must be a finite number, got {lr}")
-    if lr == 0:
+    several = isinstance(lr, torch.Tensor) and lr.numel() != 1  # (a one-element tensor: torch's Adam takes it)
+    if several or type(lr).__module__ == "numpy" and getattr(lr, "shape", ()) != ():  # (np.array([0.05]): torch's
+        raise TypeError(f"lr must be one number, got an array of shape {tuple(lr.shape)}: pass float(lr[0])")  # step)
+    value = float(lr) if isinstance(lr, torch.Tensor) else lr  # (a tensor lr is checked as the number it holds)
+    if isinstance(value, float) and not math.isfinite(value):  # nan or inf would train to NaN weights
+        raise ValueError(f"lr must be a finite number, got {value}")
+    if value == 0:
         warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=3)
-    elif isinstance(lr, (int, float)) and abs(lr) < torch.finfo(torch.float32).tiny:  # 1e-50: 0 in float32 steps
-        warnings.warn(f"lr={lr:g} is below float32's smallest normal number ({torch.finfo(torch.float32).tiny:.1e}): "
+    elif isinstance(value, (int, float)) and abs(value) < torch.finfo(torch.float32).tiny:  # 1e-50: 0 in float32
+        warnings.warn(f"lr={value:g} is below float32's smallest normal number ({torch.finfo(torch.float32).tiny:.1e}): "
                       f"the optimizer will not change float32 weights; did you mean another exponent?", stacklevel=3)
     return fit_lr, lr
 

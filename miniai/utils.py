@@ -266,7 +266,8 @@ def opt_lr(opt: Any) -> float:
     """The optimizer's lr: its first param group's, or for an optimizer of one's own without param groups (the
     course's SGD class) its `lr` attribute; NaN when it has neither (or there is no optimizer yet)."""
     groups = getattr(opt, "param_groups", None)
-    return groups[0]["lr"] if groups else getattr(opt, "lr", float("nan"))
+    lr = groups[0]["lr"] if groups else getattr(opt, "lr", float("nan"))
+    return float(lr) if isinstance(lr, torch.Tensor) and lr.numel() == 1 else lr  # (a tensor lr: its number)
 
 
 def keeps_workers(dl: Any) -> bool:

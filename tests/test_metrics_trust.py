@@ -318,6 +318,10 @@ def test_a_loss_other_than_cross_entropy_is_weighted_by_items(loss_func):
     with torch.no_grad():
         expected = loss_func(model(x), y).item()
     assert metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+    if isinstance(loss_func, nn.MultiMarginLoss):  # scoring a loader logs what the fit logs (it logged 0.79 for 1.34)
+        scored = MetricsCB()
+        learn.get_preds(with_loss=True, cbs=[scored])
+        assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_accuracys_multi_label_advice_gives_the_threshold_logits_need():
@@ -444,3 +448,20 @@ def test_uint8_targets_of_a_class_weighted_loss_are_counted_by_their_classes():
     metrics.before_epoch(SimpleNamespace(model=nn.Linear(3, 4), loss_func=partial(F.cross_entropy, weight=weight)))
     assert metrics._batch_weights((y[:9], y[9:]), (9, 14)).tolist() == [float(weight[y[:9].long()].sum()),
                                                                         float(weight[y[9:].long()].sum())]
+
+
+def test_cross_entropy_in_a_function_of_ones_own_with_a_batch_of_ignored_targets_alone_is_not_nan():
+    """def loss(p, t): return F.cross_entropy(p, t) (the language-model pattern), a first batch of targets all -100:
+    its NaN, weighted by its items, made the pass's loss NaN. That batch counts for nothing now (the others are
+    weighted by items: the ignore_index inside the function can't be seen)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 3, generator=g), torch.randint(0, 4, (20,), generator=g)
+    y[:5] = -100
+    model, metrics = nn.Linear(3, 4), MetricsCB()
+
+    def loss_func(p, t):
+        return F.cross_entropy(p, t)
+    evaluate(TrainLearner(model, DataLoaders(TensorLoader(x, y, 5), TensorLoader(x, y, 5)), loss_func, lr=0.1,
+                          cbs=[metrics]))
+    with torch.no_grad():
+        assert metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)

@@ -329,6 +329,14 @@ def test_an_lr_of_one_element_array_is_refused_and_a_fraction_taken():
         assert learn.fit_lr == 0.05 and type(learn.opt.param_groups[0]["lr"]) is float
     learn.opt_func = optim.AdamW
     learn.fit(1, lr=torch.tensor([1e-3]))  # a one-element tensor: torch's Adam takes it, so do we
+    with pytest.raises(ValueError, match="lr must be a finite number, got nan"):  # (it passed, then the NaN guard
+        learn.fit(1, lr=torch.tensor([float("nan")]))  # failed formatting the tensor: a TypeError)
+    with pytest.raises(TypeError, match=r"got an array of shape \(2,\)"):
+        learn.fit(1, lr=torch.tensor([1e-3, 2e-3]))
+    from miniai.callbacks.guards import NonFiniteLossError
+    with pytest.raises(NonFiniteLossError, match=r"lr=1e\+30"):  # diverges: the guard's message, not a TypeError
+        learn.opt_func = optim.SGD
+        learn.fit(3, lr=torch.tensor([1e30]))
 
 
 def test_an_lr_too_small_for_float32_warns_as_lr_zero_does():

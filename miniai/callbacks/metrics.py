@@ -145,6 +145,7 @@ class MetricsCB(Callback):
         # (torch's cross-entropy and NLL losses average over their targets' class weights, leaving out ignore_index:
         # a batch's mean is weighted by those; any other loss's, a 'sum' one's too, by its items)
         self._by_targets = _averages_over_targets(learn.loss_func)
+        self._sums = self._sum_loss or getattr(learn.loss_func, "reduced_by_sum", False)  # (get_preds' copy too)
         self._ignore = _ignored_target(learn.loss_func)
         self._class_weight = loss_setting(learn.loss_func, "weight", None)
         self._lossless = False  # set by a pass that computes no loss (get_preds without with_loss): none is logged
@@ -243,12 +244,20 @@ class MetricsCB(Callback):
     def _batch_weights(self, targets: tuple[Any, ...], sizes: tuple[int, ...]) -> Any:
         """What each kept batch's mean loss divides by: for torch's cross-entropy or NLL loss (reduction 'mean') of
         class-index targets the sum of their class weights (1 each without) leaving out its ignore_index, counted
-        once for all the batches; else each batch's items."""
-        if not self._by_targets or not all(isinstance(t, torch.Tensor) and not t.is_floating_point()
-                                           and t.dtype != torch.bool for t in targets):
+        once for all the batches; else each batch's items, but 0 for a batch of class-index targets all -100
+        (cross-entropy inside a function of one's own: its mean over no target is NaN, which would make the pass's)."""
+        if not all(isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dtype != torch.bool
+                   for t in targets):
             return sizes
         flat = torch.cat([t.reshape(-1) for t in targets])
         counted = _counted(flat, self._ignore)
+        if not self._by_targets:
+            if counted is None or self._sums:  # (a sum over no target is 0: per item, as documented)
+                return sizes
+            sums = torch.cat([flat.new_zeros(1), counted.cumsum(0)])
+            ends = torch.tensor([t.numel() for t in targets], device=flat.device).cumsum(0)
+            any_counted = (sums[ends] - sums[torch.cat([ends.new_zeros(1), ends[:-1]])]) > 0
+            return torch.tensor(sizes, dtype=self._loss_sum.dtype, device=flat.device) * any_counted
         if isinstance(self._class_weight, torch.Tensor):
             index = (flat if counted is None else flat.where(counted, 0)).long()  # (uint8 would index as a mask)
             each = self._class_weight.to(flat.device, self._loss_sum.dtype)[index]
@@ -346,7 +355,8 @@ def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
         return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
     mask = _loss_mask(loss, target, _ignored_target(loss_func))
-    weight = loss_setting(loss_func, "weight", None)
+    # (class weights divide the mean of torch's cross-entropy and NLL only: MultiMarginLoss(weight=w) divides by N)
+    weight = loss_setting(loss_func, "weight", None) if _averages_over_targets(loss_func) else None
     if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \
             and target.shape == loss.shape:  # (soft targets: torch divides by the item count)
         counted = weight.to(loss.device, torch.float32)[target if mask is None else target.where(mask, 0)]

@@ -149,8 +149,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                     t.copy_(value)  # the values training changed in place
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
         if changed:
-            warnings.warn(f"the prediction pass changed the buffer {changed[0]} in place (a quantization observer "
-                          "calibrating?): the model is not as it was before the call", stacklevel=4)
+            warnings.warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
+                          "its own, a quantization observer calibrating?): the model is not as it was before the call",
+                          stacklevel=4)
         for p, grad in grads:
             p.grad = grad
         for m, mode in modes:
