@@ -251,23 +251,19 @@ class MetricsCB(Callback):
             return sizes
         flat = torch.cat([t.reshape(-1) for t in targets])
         counted = _counted(flat, self._ignore)
+        dtype = self._loss_sum.dtype
         if not self._by_targets:
             if counted is None or self._sums:  # (a sum over no target is 0: per item, as documented)
                 return sizes
-            sums = torch.cat([flat.new_zeros(1), counted.cumsum(0)])
-            ends = torch.tensor([t.numel() for t in targets], device=flat.device).cumsum(0)
-            any_counted = (sums[ends] - sums[torch.cat([ends.new_zeros(1), ends[:-1]])]) > 0
-            return torch.tensor(sizes, dtype=self._loss_sum.dtype, device=flat.device) * any_counted
+            any_counted = _per_batch_sums(counted.to(dtype), targets) > 0
+            return torch.tensor(sizes, dtype=dtype, device=flat.device) * any_counted
         if isinstance(self._class_weight, torch.Tensor):
             index = (flat if counted is None else flat.where(counted, 0)).long()  # (uint8 would index as a mask)
-            each = self._class_weight.to(flat.device, self._loss_sum.dtype)[index]
+            each = self._class_weight.to(flat.device, dtype)[index]
             each = each if counted is None else each * counted
         else:
-            each = torch.ones_like(flat, dtype=self._loss_sum.dtype) if counted is None else counted.to(
-                self._loss_sum.dtype)
-        ends = torch.tensor([t.numel() for t in targets]).cumsum(0)
-        sums = torch.cat([each.new_zeros(1), each.cumsum(0)])  # (float64: the cumulative sum loses no count)
-        return sums[ends.to(flat.device)] - sums[torch.cat([ends.new_zeros(1), ends[:-1]]).to(flat.device)]
+            each = torch.ones_like(flat, dtype=dtype) if counted is None else counted.to(dtype)
+        return _per_batch_sums(each, targets)
 
     def after_epoch(self, learn: Learner) -> None:
         self._flush()
@@ -300,6 +296,14 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
                                 f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
                                 "it a metric of your own whose update(preds, targets) picks the logits out "
                                 "(e.g. calls the metric on preds[0])") from e
+
+
+def _per_batch_sums(each: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Sums of `each` (one value per target position, the batches' targets flattened and joined) per batch: one
+    cumulative sum for all the batches (in float64: it loses no count)."""
+    ends = torch.tensor([t.numel() for t in targets]).cumsum(0).to(each.device)
+    sums = torch.cat([each.new_zeros(1), each.cumsum(0)])
+    return sums[ends] - sums[torch.cat([ends.new_zeros(1), ends[:-1]])]
 
 
 def _shares_memory(t: torch.Tensor, batch: Any) -> bool:
