@@ -22,7 +22,7 @@ from torch import nn, optim
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
                               Subset, SubsetRandomSampler, WeightedRandomSampler)
 
-__all__ = ["add_note", "check_count", "check_number", "one_number", "call_model", "describe", "check_new_callback",
+__all__ = ["add_note", "check_count", "check_number", "python_number", "call_model", "describe", "check_new_callback",
            "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
            "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items",
            "misplaced_cancel_note", "fit_note"]
@@ -46,16 +46,11 @@ def check_number(name: str, value: Any, least: float = 0.0, strict: bool = False
     """Return `value` if it is a real number >= `least` (> it when `strict`; a one-number tensor or array too; inf
     passes, NaN, which compares false with everything, and bools never do); else a ValueError naming `name`, the
     bound and `what` it sets."""
-    number = one_number(value)
+    number = python_number(value)
     if isinstance(number, bool) or not isinstance(number, numbers.Real) or not (
             number > least if strict else number >= least):
         raise ValueError(f"{name} must be a number {'>' if strict else '>='} {least:g}{what}, got {value!r}")
     return value
-
-
-def one_number(value: Any) -> Any:
-    """The Python number a one-number tensor or NumPy scalar holds; anything else as it is."""
-    return value.item() if getattr(value, "shape", None) == () and hasattr(value, "item") else value
 
 
 def call_model(learn: Any) -> Any:
@@ -185,10 +180,12 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any) -> None:
                         "functools.partial(optim.SGD, momentum=0.9)")
 
 
-def python_number(value: Any) -> Any:
-    """A NumPy number, Fraction or Decimal as a Python float or int (a checkpoint's safe loader refuses the others,
-    and torch's steps too); anything else as it is (a tensor lr stays one)."""
-    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+def python_number(value: Any, tensors: bool = True) -> Any:
+    """A NumPy number, Fraction, Decimal or (with `tensors`) one-number tensor as a Python int or float; anything
+    else as it is. Checkpoints' safe loader refuses NumPy scalars, and torch's steps the others; `tensors=False`
+    keeps a tensor, which torch's optimizers take as an lr."""
+    if getattr(value, "shape", None) == () and hasattr(value, "item") and (
+            tensors or not isinstance(value, torch.Tensor)):
         return value.item()
     numeric = isinstance(value, numbers.Real) or type(value).__name__ == "Decimal"
     return float(value) if numeric and not isinstance(value, (int, float)) else value
@@ -198,8 +195,8 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode, and
     the learner's arguments once more (a loss class assigned since). Returns (fit's lr, the lr the optimizer is
     made with: fit's, else the learner's), NumPy numbers as Python ones."""
-    fit_lr = python_number(fit_lr)
-    lr = python_number(learn.lr) if fit_lr is None else fit_lr
+    fit_lr = python_number(fit_lr, tensors=False)
+    lr = python_number(learn.lr, tensors=False) if fit_lr is None else fit_lr
     check_learner_args(learn.loss_func, learn.opt_func, learn.n_inp)
     if not (train or valid):  # only before_fit and after_fit would run: an evaluation that evaluates nothing
         raise ValueError("fit(train=False, valid=False) runs no pass, so nothing would be trained or evaluated: "

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..checks import one_number
+from ..checks import python_number
 from ..learner import Callback, CancelStepException, Learner
 from ..supervised import MomentumLearner
 from ..utils import model_device
@@ -47,7 +47,7 @@ class MixedPrecisionCB(Callback):
         # a NumPy or one-number tensor setting as a Python number: checkpoints hold the scaler's settings, and the
         # safe loader a resume reads them with refuses NumPy scalars
         self.dtype = dtype
-        self.scaler_kwargs = {k: one_number(v) for k, v in scaler_kwargs.items()}
+        self.scaler_kwargs = {k: python_number(v) for k, v in scaler_kwargs.items()}
         self.scaler: torch.amp.GradScaler | None = None
         self._scaler_device = ""
         self.n_skipped = 0
