@@ -483,3 +483,26 @@ def test_a_numpy_lr_gives_a_checkpoint_that_resumes(tmp_path, how):
     else:
         resumed.fit(3, resume=tmp_path)
     assert type(resumed.fit_lr) is float and all(type(g["lr"]) is float for g in resumed.opt.param_groups)
+
+
+@pytest.mark.parametrize("how", ["fit_one_cycle", "EpochSchedCB", "SWACB"])
+def test_a_resume_that_leaves_out_the_saved_runs_schedule_is_refused_before_anything_changes(tmp_path, how):
+    """A fit_one_cycle run stopped at epoch 2 and resumed with plain fit(4, resume=...) trained its last two epochs
+    at the lr the cycle had reached (0.035, not annealing to 0), with only a warning naming 'BatchSchedCB_0'; a
+    schedule added on resume is refused, one left out should be too (an SWACB's average was lost the same way)."""
+    from miniai.callbacks import SWACB
+    stop = _CutPass(training=True, at=0, exc=CancelFitException, epoch=2)
+    make = {"fit_one_cycle": lambda learn: learn.fit_one_cycle(4, max_lr=0.05),
+            "EpochSchedCB": lambda learn: learn.fit(4, cbs=[EpochSchedCB(partial(lr_scheduler.StepLR, step_size=1))]),
+            "SWACB": lambda learn: learn.fit(4, cbs=[SWACB(swa_start=1, swa_lr=0.01)])}[how]
+    make(make_learner(tmp_path, [stop])[0])
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
+    learn, rec = make_learner(None)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    saved = {"fit_one_cycle": "OneCycleLR", "EpochSchedCB": "StepLR", "SWACB": "SWACB"}[how]
+    with pytest.raises(ValueError, match=rf"(?s)the run saved in .*epoch_0002.pt had .*{saved}.*left out.*"
+                                         r"resume with the same.*or start a new fit"):
+        learn.fit(4, resume=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters())) and rec.recs["lr"] == []
+    with pytest.warns(UserWarning, match="no callback here"):  # an evaluation trains nothing: taken, with a word
+        learn.fit(4, train=False, resume=tmp_path)

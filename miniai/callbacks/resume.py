@@ -127,6 +127,17 @@ class ResumeCB(Callback):
                 f"saved by fit_one_cycle), or start a new fit from the checkpoint's weights "
                 f"(learn.model.load_state_dict(load_checkpoint('{file}')['model']), then e.g. "
                 "learn.fit_one_cycle(n, max_lr)); nothing was changed.")
+        # and one the saved run had, left out here: the rest of the run would train at the lr it left off at
+        dropped = [k for k in lost if isinstance(saved[k], dict) and {"scheduler_class", "swa_model"} & set(saved[k])]
+        if dropped and training and learn.start_epoch < learn.n_epochs:
+            what = saved[dropped[0]].get("scheduler_class", "stochastic weight averaging")
+            raise ValueError(
+                f"the run saved in {file} had {dropped[0]} ({what}), left out here: without it the rest of the run "
+                "would train at the lr it left off at (and an SWACB's average so far would be lost). To continue the "
+                "run, resume with the same callbacks as the run that saved it (a fit_one_cycle run with "
+                "learn.fit_one_cycle(n, max_lr, resume=...), callbacks given to fit(cbs=[...]) given again); or start "
+                f"a new fit from the checkpoint's weights (learn.model.load_state_dict(load_checkpoint('{file}')"
+                "['model'])); nothing was changed.")
         # what a schedule wrote into the param groups when built (OneCycleLR's max_lr, and its initial and final
         # lr from div_factor): the saved optimizer's come back with its state
         built = [f"param group {i} {k}: {old[k]} saved, {now[k]} here" for i, (old, now) in
