@@ -990,3 +990,20 @@ def test_from_dd_names_the_classes_of_its_label_column():
     plain = datasets.Dataset.from_dict({"image": [[[0.0]]] * 2, "label": [0, 1]}).with_format("torch")
     assert DataLoaders.from_dd(datasets.DatasetDict({"train": plain, "test": plain}), 2).classes is None
 
+
+
+def test_from_dd_takes_a_classlabel_column_of_another_name_for_the_labels():
+    """Features {'cls': ClassLabel, 'image': ...}: only columns named label/labels/target/targets/y went last, so
+    the batch was (cls, image) and the model was fed the labels (an IndexError deep inside it), and dls.classes was
+    None. With no column of those names, a ClassLabel column is the label: last, and it names the classes."""
+    import datasets
+    feats = datasets.Features({"cls": datasets.ClassLabel(names=["cat", "dog"]),
+                               "image": datasets.Array2D((2, 2), "float32")})
+    split = datasets.Dataset.from_dict({"cls": [0, 1, 1, 0], "image": [[[0.5, 1.0], [1.0, 0.0]]] * 4},
+                                       features=feats).with_format("torch")
+    dd = datasets.DatasetDict({"train": split, "validation": split})
+    dls = DataLoaders.from_dd(dd, 4)
+    xb, yb = next(iter(dls.valid))
+    assert xb.shape == (4, 2, 2) and yb.tolist() == [0, 1, 1, 0] and dls.classes == ["cat", "dog"]
+    xb, yb = collate_dict(split)([split[i] for i in range(2)])
+    assert xb.shape == (2, 2, 2) and yb.tolist() == [0, 1]
