@@ -48,6 +48,9 @@ def positive_int(text: str) -> int:
     return value
 
 
+TINY = 1.1754943508222875e-38  # float32's smallest normal number, torch.finfo(torch.float32).tiny (no torch import)
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (the learning rate), else argparse's usage and the reason."""
     try:
@@ -58,6 +61,9 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
     if value > 1e30:  # (AdamW's float32 arithmetic overflows on an lr near 3e38, in a traceback)
         raise argparse.ArgumentTypeError(f"must be at most 1e30, got {text!r}")
+    if value < TINY:  # (the step's float32 arithmetic makes it 0: a run that trains nothing, and says it's done)
+        raise argparse.ArgumentTypeError(f"must be at least {TINY:.1e} (float32's smallest normal number; an lr "
+                                         f"below it is 0 in the step), got {text!r}")
     return value
 
 

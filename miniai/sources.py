@@ -167,6 +167,9 @@ def find_source(name: str = "fashion_mnist", path: str | os.PathLike | None = No
     spec, env = _spec(name), os.environ.get("MINIAI_DATA")
     if path is not None:
         return check_data_dir(path, name, "path=")
+    if spec.idx and env == "":  # what `MINIAI_DATA=$DIR` gives when DIR is unset: never the system's data instead
+        raise DataNotFoundError("$MINIAI_DATA is set but empty: set it to the directory that holds the data, or "
+                                f"unset MINIAI_DATA to read {SYSTEM_DATA_DIR} or the hub")
     if spec.idx and env:
         return check_data_dir(env, name, "$MINIAI_DATA")
     tried = []

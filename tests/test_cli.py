@@ -63,6 +63,7 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--lr", "nan"], "argument --lr: must be a positive finite number, got 'nan'"),
     (["--lr", "inf"], "argument --lr: must be a positive finite number, got 'inf'"),
     (["--lr", "1e300"], "argument --lr: must be at most 1e30"),  # overflowed inside AdamW: a traceback
+    (["--lr", "1e-50"], "argument --lr: must be at least 1.2e-38 (float32's smallest normal number; "),  # 0: untrained
     (["--n-valid", "0"], "argument --n-valid: must be a positive integer, got '0'"),
     (["--device", "tpu:3"], "argument --device: not a device: 'tpu:3'"),
     (["--device", "cuda:7"], "argument --device: 'cuda:7' is not available on this machine"),
@@ -94,6 +95,21 @@ def test_miniai_data_without_files_is_a_usage_error(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith("usage: python -m miniai")
     assert f"error: {tmp_path} (given as $MINIAI_DATA) holds no usable fashion_mnist data" in err
+
+
+def test_an_empty_miniai_data_is_a_usage_error_not_the_system_data(monkeypatch, capsys):
+    """MINIAI_DATA=$DIR with DIR unset read the system's Fashion-MNIST without a word; an empty --out is refused for
+    just that reason, and $MINIAI_DATA names a directory as firmly as --data."""
+    from miniai.__main__ import main
+    from miniai.sources import DataNotFoundError, find_source
+    monkeypatch.setenv("MINIAI_DATA", "")
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("usage: python -m miniai")
+    assert "$MINIAI_DATA is set but empty" in err and "unset MINIAI_DATA" in err
+    with pytest.raises(DataNotFoundError, match=r"\$MINIAI_DATA is set but empty"):
+        find_source()
 
 
 def test_an_out_dir_holding_an_earlier_run_is_refused_before_training(tmp_path, capsys):
