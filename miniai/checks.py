@@ -223,6 +223,8 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     elif isinstance(value, (int, float)) and abs(value) < torch.finfo(torch.float32).tiny:  # 1e-50: 0 in float32
         warnings.warn(f"lr={value:g} is below float32's smallest normal number ({torch.finfo(torch.float32).tiny:.1e}): "
                       f"the optimizer will not change float32 weights; did you mean another exponent?", stacklevel=3)
+    # a tensor becomes the param groups' own lr, which torch's schedulers fill in place: never the caller's
+    fit_lr, lr = (x.detach().clone() if isinstance(x, torch.Tensor) else x for x in (fit_lr, lr))
     return fit_lr, lr
 
 

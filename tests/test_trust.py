@@ -1178,3 +1178,22 @@ def test_a_loss_class_an_optimizer_instance_or_a_string_lr_is_refused_with_the_f
         learn.fit(1, lr="1e-2")
     assert torch.equal(model.weight, before)
     TrainLearner(model, linear_dls(), F.mse_loss, lr=np.float32(0.01)).fit(1)  # numbers of any kind still train
+
+
+def test_a_tensor_lr_is_never_changed_in_place_by_a_schedule():
+    """A tensor lr became the param group's own lr, which torch's schedulers fill in place: after a cosine fit the
+    learner's lr (and the user's tensor) read 0, and the next fit trained nothing; fit_one_cycle left it at its
+    last lr. fit_one_cycle refused a one-number tensor, Decimal or 0-dim array as max_lr ("max_lr is one number")."""
+    from decimal import Decimal
+    from torch.optim import lr_scheduler
+    from miniai.callbacks import BatchSchedCB
+    learn = tiny_learner()
+    learn.lr = lr = torch.tensor(0.05)
+    learn.fit(2, cbs=[BatchSchedCB(partial(lr_scheduler.CosineAnnealingLR, T_max=2 * len(learn.dls.train)))])
+    mine = torch.tensor([0.05])
+    learn.fit(2, lr=mine, cbs=[BatchSchedCB(partial(lr_scheduler.CosineAnnealingLR, T_max=2 * len(learn.dls.train)))])
+    learn.fit_one_cycle(2)
+    assert lr.item() == mine.item() == learn.lr.item() == torch.tensor(0.05).item()
+    for max_lr in (torch.tensor(0.05), torch.tensor([0.05]), Decimal("0.05"), np.array(0.05)):
+        learn.fit_one_cycle(1, max_lr=max_lr)
+        assert max(g["max_lr"] for g in learn.opt.param_groups) == pytest.approx(0.05)

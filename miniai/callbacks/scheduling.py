@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
                                       LambdaLR, LinearLR, MultiplicativeLR, OneCycleLR, PolynomialLR,
@@ -593,11 +594,14 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
     if "lr" in fit_kwargs:  # fit's lr would clash with the one fit_one_cycle passes
         raise TypeError(f"fit_one_cycle takes the cycle's peak as max_lr: fit_one_cycle({n_epochs}, "
                         f"max_lr={fit_kwargs['lr']!r})")
+    max_lr = learn.lr if max_lr is None else max_lr
+    if isinstance(max_lr, torch.Tensor) and max_lr.numel() == 1:  # (fit takes one as its number)
+        max_lr = max_lr.item()
+    max_lr = python_number(max_lr)  # (a NumPy one: no checkpoint could be loaded)
     if max_lr is not None and (isinstance(max_lr, bool) or not isinstance(max_lr, numbers.Real)):
         raise TypeError(f"fit_one_cycle's max_lr is one number, the peak of the lr fit takes (the param groups "
                         f"keep the ratios to it that opt_func gives them); got {max_lr!r}. For peaks of your own per "
                         "group use BatchSchedCB(partial(OneCycleLR, max_lr=[...], total_steps=...))")
-    max_lr = python_number(learn.lr if max_lr is None else max_lr)  # (a NumPy one: no checkpoint could be loaded)
 
     def one_cycle(opt: Optimizer) -> OneCycleLR:
         per_epoch = steps_per_epoch(learn)
