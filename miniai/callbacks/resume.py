@@ -127,17 +127,6 @@ class ResumeCB(Callback):
                 f"saved by fit_one_cycle), or start a new fit from the checkpoint's weights "
                 f"(learn.model.load_state_dict(load_checkpoint('{file}')['model']), then e.g. "
                 "learn.fit_one_cycle(n, max_lr)); nothing was changed.")
-        # and one the saved run had, left out here: the rest of the run would train at the lr it left off at
-        dropped = [k for k in lost if isinstance(saved[k], dict) and {"scheduler_class", "swa_model"} & set(saved[k])]
-        if dropped and training and learn.start_epoch < learn.n_epochs:
-            what = saved[dropped[0]].get("scheduler_class", "stochastic weight averaging")
-            raise ValueError(
-                f"the run saved in {file} had {dropped[0]} ({what}), left out here: without it the rest of the run "
-                "would train at the lr it left off at (and an SWACB's average so far would be lost). To continue the "
-                "run, resume with the same callbacks as the run that saved it (a fit_one_cycle run with "
-                "learn.fit_one_cycle(n, max_lr, resume=...), callbacks given to fit(cbs=[...]) given again); or start "
-                f"a new fit from the checkpoint's weights (learn.model.load_state_dict(load_checkpoint('{file}')"
-                "['model'])); nothing was changed.")
         # what a schedule wrote into the param groups when built (OneCycleLR's max_lr, and its initial and final
         # lr from div_factor): the saved optimizer's come back with its state
         built = [f"param group {i} {k}: {old[k]} saved, {now[k]} here" for i, (old, now) in
@@ -148,7 +137,8 @@ class ResumeCB(Callback):
                           f"({'; '.join(built)}): the saved ones are kept, so the run continues as it was. To train "
                           "with the new ones, start a new fit from the checkpoint's weights.", stacklevel=2)
         if lost or new:
-            warnings.warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped)"
+            warnings.warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped"
+                          f"{_without(saved, lost, opt_state, training and learn.start_epoch < learn.n_epochs)})"
                           if lost else "") + ("; " if lost and new else "") + (f"{new} start fresh (not in the "
                           "checkpoint)" if new else "") + ". Pass the same callbacks as the saved run to continue "
                           "it exactly.", stacklevel=2)
@@ -202,6 +192,21 @@ class ResumeCB(Callback):
 # ---------------------------------------------------------------- checks
 
 _SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")  # a schedule's own, in groups
+
+def _without(saved: dict[str, Any], lost: list[str], opt_state: dict[str, Any], trains: bool) -> str:
+    """What a fit that trains on loses with the saved schedules and SWA it leaves out (for the dropped warning)."""
+    said = []
+    for key in lost if trains else ():
+        state = saved[key] if isinstance(saved[key], dict) else {}
+        if "scheduler_class" in state:  # (a BaseSchedCB's)
+            lr = opt_state["param_groups"][0]["lr"]
+            said.append(f"without {key}'s {state['scheduler_class']} this fit trains on at the lr it left off at, "
+                        f"{float(lr):.3g}" + (": a fit_one_cycle run continues with learn.fit_one_cycle(n, max_lr, "
+                                              "resume=...)" if state["scheduler_class"] == "OneCycleLR" else ""))
+        elif "swa_model" in state and SWACB.began(state):
+            said.append(f"without {key} its average so far is lost")
+    return "".join(f"; {s}" for s in said)
+
 
 def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path, warn: bool = True) -> None:
     """Raise CheckpointMismatchError naming every missing, unexpected and mis-shaped key; warn of other dtypes."""
