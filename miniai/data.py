@@ -296,9 +296,10 @@ class DataLoaders:
         only (`shuffle`, default True, too). With `as_tuple`, dict batches become tuples of the dataset's feature
         columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
         `from_dd` do; when a transform renamed them (no longer all there), or a split has no `features`, the
-        batch's own columns in its order; either way a label column (`label`, `labels`, `target`..., else a
-        ClassLabel) last. Splits whose ClassLabels name the classes differently are refused, as by `get_dls`; the
-        label column's ClassLabel names the classes (`dls.classes`, which `infer` and `export` use).
+        batch's own columns in its order; either way a label column (`label`, `labels`, `target`...) last (with
+        none, a ClassLabel column that is not last is warned of: it goes to the model). Splits
+        whose ClassLabels name the classes differently are refused, as by `get_dls`; the label column's ClassLabel
+        names the classes (`dls.classes`, which `infer` and `export` use).
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
         if "train" not in dd or valid_name is None:
@@ -312,13 +313,19 @@ class DataLoaders:
         check_split_classes(dd, valid_name, "DataLoaders.from_dd")  # as get_dls: label i means one class in both
         train, valid = dd["train"], dd[valid_name]
         # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
-        features = getattr(train, "features", None) or {}
-        labels = label_columns(features)
-        collate = _DictToTuple(list(features), collate_fn, labels=labels) if as_tuple else collate_fn
+        collate = _DictToTuple(list(getattr(train, "features", None) or []), collate_fn) if as_tuple else collate_fn
         # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
-        names = next((getattr(features[c], "names", None) for c in labels), None)  # a ClassLabel's
+        features = getattr(train, "features", None) or {}
+        columns = list(features)
+        kept = [c for c in columns[:-1] if type(features[c]).__name__ == "ClassLabel"]  # (a label fed to the model?)
+        if as_tuple and kept and not any(c in _LABELS for c in columns):
+            warnings.warn(f"DataLoaders.from_dd: no column is named as a label ({', '.join(_LABELS)}), so batches "
+                          f"keep the features' order ({', '.join(columns)}): the last, {columns[-1]!r}, is the "
+                          f"target, and the ClassLabel {kept[0]!r} goes to the model. If {kept[0]!r} holds the "
+                          f"labels, rename it: dd = dd.rename_column({kept[0]!r}, 'label')", stacklevel=2)
+        names = next((getattr(features[c], "names", None) for c in _LABELS if c in features), None)  # a ClassLabel's
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),
                    classes=None if names is None else list(names))
@@ -372,23 +379,16 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
 _LABELS = ("label", "labels", "target", "targets", "y")  # what a batch of (*inputs, *targets) ends with
 
 
-def label_columns(features: Any) -> tuple[str, ...]:
-    """A dataset's target columns: those named as labels (`_LABELS`), else its ClassLabel columns (a `cls`)."""
-    named = tuple(c for c in _LABELS if c in features)
-    return named or tuple(c for c in features if type(features[c]).__name__ == "ClassLabel")
-
-
 class _DictToTuple:
     """`collate_fn`, then a dict batch as the tuple of its `names` columns, the learner's (*inputs, *targets).
 
-    A label column (`label_columns`) goes last, wherever it was declared (features {'label', 'image'}, a CSV's
-    order, would feed the labels to the model). When a transform renamed columns (the Hugging Face docs' image ->
+    A label column (`_LABELS`) goes last, wherever it was declared (features {'label', 'image'}, a CSV's order,
+    would feed the labels to the model). When a transform renamed columns (the Hugging Face docs' image ->
     pixel_values), or there are no `names` (a split with no `features`: a torch Subset), the batch's own columns
     are used, in their order. A class, not a closure: loader workers started by spawn (macOS, Windows) pickle it."""
 
-    def __init__(self, names: list[str], collate_fn: Callable = default_collate, strict: bool = False,
-                 labels: tuple[str, ...] = ()) -> None:
-        self.names, self.collate_fn, self.strict, self.labels = names, collate_fn, strict, labels + _LABELS
+    def __init__(self, names: list[str], collate_fn: Callable = default_collate, strict: bool = False) -> None:
+        self.names, self.collate_fn, self.strict = names, collate_fn, strict
 
     def __call__(self, items: list) -> Any:
         batch = self.collate_fn(items)
@@ -397,10 +397,10 @@ class _DictToTuple:
     def columns(self, batch: dict) -> list[str]:
         """The keys of a dict batch (or item) in the order of the tuple it becomes."""
         names = self.names if self.names and (self.strict or all(k in batch for k in self.names)) else list(batch)
-        return sorted(names, key=lambda k: k in self.labels)  # (a stable sort)
+        return sorted(names, key=lambda k: k in _LABELS)  # (a stable sort)
 
 
 def collate_dict(ds: Any) -> Callable[[list], tuple]:
     """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
     `ds.features` order, a label column last (`(images, labels)`), what a Learner's batch is (as `from_dd`'s)."""
-    return _DictToTuple(list(ds.features), strict=True, labels=label_columns(ds.features))
+    return _DictToTuple(list(ds.features), strict=True)

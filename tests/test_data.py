@@ -992,18 +992,25 @@ def test_from_dd_names_the_classes_of_its_label_column():
 
 
 
-def test_from_dd_takes_a_classlabel_column_of_another_name_for_the_labels():
-    """Features {'cls': ClassLabel, 'image': ...}: only columns named label/labels/target/targets/y went last, so
-    the batch was (cls, image) and the model was fed the labels (an IndexError deep inside it), and dls.classes was
-    None. With no column of those names, a ClassLabel column is the label: last, and it names the classes."""
+def test_from_dd_warns_of_a_classlabel_column_that_would_go_to_the_model():
+    """Features {'cls': ClassLabel, 'image': ...}: only columns named label/labels/target/targets/y go last, so the
+    batch was (cls, image) and the model was fed the labels, failing deep inside with an IndexError. Taking the
+    ClassLabel for the label instead would swap a tabular dataset's ClassLabel input and its float target, silently:
+    from_dd keeps the features' order and says what goes where, and how to name the label."""
     import datasets
     feats = datasets.Features({"cls": datasets.ClassLabel(names=["cat", "dog"]),
                                "image": datasets.Array2D((2, 2), "float32")})
     split = datasets.Dataset.from_dict({"cls": [0, 1, 1, 0], "image": [[[0.5, 1.0], [1.0, 0.0]]] * 4},
                                        features=feats).with_format("torch")
     dd = datasets.DatasetDict({"train": split, "validation": split})
-    dls = DataLoaders.from_dd(dd, 4)
-    xb, yb = next(iter(dls.valid))
-    assert xb.shape == (4, 2, 2) and yb.tolist() == [0, 1, 1, 0] and dls.classes == ["cat", "dog"]
-    xb, yb = collate_dict(split)([split[i] for i in range(2)])
-    assert xb.shape == (2, 2, 2) and yb.tolist() == [0, 1]
+    with pytest.warns(UserWarning, match=r"no column is named as a label .* order \(cls, image\): the last, 'image', "
+                                         r"is the target, and the ClassLabel 'cls' goes to the model.*"
+                                         r"dd = dd.rename_column\('cls', 'label'\)"):
+        DataLoaders.from_dd(dd, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dls = DataLoaders.from_dd(dd.rename_column("cls", "label"), 4)
+        xb, yb = next(iter(dls.valid))
+        assert xb.shape == (4, 2, 2) and yb.tolist() == [0, 1, 1, 0] and dls.classes == ["cat", "dog"]
+        DataLoaders.from_dd(datasets.DatasetDict({"train": split.select_columns(["image", "cls"]),
+                                                  "test": split.select_columns(["image", "cls"])}), 4)  # cls last
