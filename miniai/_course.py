@@ -29,7 +29,7 @@ __all__ = ["COURSE_MODULES", "NOT_PROVIDED", "NOT_PROVIDED_MODULES", "course_nam
 COURSE_MODULES: dict[str, dict[str, list[str]]] = {
     "datasets": {"data": ["DataLoaders", "collate_dict"], "_course_defs": ["inplace"],
                  "plotting": ["show_image", "subplots", "get_grid", "show_images"]},
-    "conv": {"utils": ["def_device", "to_device"], "models": ["conv"]},
+    "conv": {"utils": ["def_device", "to_device"], "_course_defs": ["conv"]},  # (act=False: the bare Conv2d)
     # learner.py is ours too: these are the names the course's learner module had and ours lacks
     "learner": {"supervised": ["TrainLearner", "MomentumLearner"],
                 "callbacks.basic": ["SingleBatchCB", "DeviceCB", "TrainCB"], "_course_defs": ["to_cpu"],

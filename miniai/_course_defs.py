@@ -2,8 +2,9 @@
 
 `miniai._course` serves them to code written for the course's package (`from miniai.init import *`), so a course
 notebook gets what it was written for; miniai's own code and notebooks use `miniai.models` and `miniai.utils`,
-whose `init_weights`, `get_model` and `to_cpu` differ as their docstrings say (Linear layers initialized too; `nfs`
-without the input channel and a 5×5 first conv; dtypes kept).
+whose `conv`, `init_weights`, `get_model` and `to_cpu` differ as their docstrings say (a Sequential always, as the
+course's `init.conv`; Linear layers initialized too; `nfs` without the input channel and a 5×5 first conv; dtypes
+kept).
 """
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import conv
+from . import models
 from .utils import map_tensors
 
-__all__ = ["init_weights", "get_model", "inplace", "to_cpu"]
+__all__ = ["conv", "init_weights", "get_model", "inplace", "to_cpu"]
+
+
+def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True) -> nn.Module:
+    """The course's `conv.conv` (lesson 07): a Conv2d (padding ks//2), in an nn.Sequential with a ReLU when `act`;
+    without, the Conv2d itself (so its checkpoints' keys are the course's: `4.weight`, not `4.0.weight`)."""
+    layer = nn.Conv2d(ni, nf, kernel_size=ks, stride=stride, padding=ks // 2)
+    return nn.Sequential(layer, nn.ReLU()) if act else layer
 
 
 def init_weights(m: nn.Module, leaky: float = 0.0) -> None:
@@ -30,8 +38,8 @@ def get_model(act: Callable[[], nn.Module] = nn.ReLU, nfs: Sequence[int] | None 
     """The course's `init.get_model`: a 3×3 stride-2 conv per consecutive pair of `nfs` (input channel first,
     default [1, 8, 16, 32, 64]), a last conv to 10 channels, Flatten."""
     nfs = [1, 8, 16, 32, 64] if nfs is None else list(nfs)
-    layers = [conv(nfs[i], nfs[i + 1], act=act, norm=norm) for i in range(len(nfs) - 1)]
-    return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=None, bias=True), nn.Flatten())
+    layers = [models.conv(nfs[i], nfs[i + 1], act=act, norm=norm) for i in range(len(nfs) - 1)]
+    return nn.Sequential(*layers, models.conv(nfs[-1], 10, act=None, norm=None, bias=True), nn.Flatten())
 
 
 def inplace(f: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -46,10 +46,10 @@ def _to_hwc(im: Any) -> np.ndarray:
     return im
 
 
-def show_image(im: Any, ax: Axes | None = None, title: str | None = None, figsize: tuple[float, float] | None = None,
+def show_image(im: Any, ax: Axes | None = None, figsize: tuple[float, float] | None = None, title: str | None = None,
                noframe: bool = True, **kwargs: Any) -> Figure:
     """Draw one image ([C,H,W] or [H,W] tensor/array; one channel in grey unless `rcParams['image.cmap']` or
-    `cmap` says otherwise) on `ax` or a new figure."""
+    `cmap` says otherwise) on `ax` or a new figure (the course's argument order: `show_image(im, ax, figsize)`)."""
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     im = _to_hwc(im)

@@ -594,3 +594,22 @@ def test_metricscb_counts_items_of_targets_given_one_per_item():
     with torch.no_grad():
         truth = loss(learn.model(x), ys).item()
     assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-6)
+
+
+def test_a_metricscb_subclass_overriding_log_gets_every_row_as_the_courses_did():
+    """The course's MetricsCB sent rows to `self._log(d)`, which its WandBCB(MetricsCB) overrides and its ProgressCB
+    replaces on the instance; ours only called `log_fn`, so a ported subclass's `_log` was never called, silently."""
+    class Rows(MetricsCB):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def _log(self, row):
+            self.rows.append(row)
+    rows = Rows()
+    tiny_learner([rows]).fit(2)
+    assert [(r["epoch"], r["train"]) for r in rows.rows] == [(0, "train"), (0, "valid"), (1, "train"), (1, "valid")]
+    metrics, seen = MetricsCB(), []
+    metrics._log = seen.append  # (the course's ProgressCB did learn.metrics._log = self._log)
+    tiny_learner([metrics]).fit(1)
+    assert [r["train"] for r in seen] == ["train", "valid"]

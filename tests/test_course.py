@@ -365,3 +365,23 @@ def test_the_learner_module_lists_its_course_names_before_their_first_use():
     code = "import miniai.learner as m; print('TrainLearner' in dir(m), 'MomentumLearner' in dir(m), 'fit' in dir(m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "False"]
+
+
+def test_the_conv_modules_conv_without_act_is_the_bare_conv2d_as_the_courses():
+    """miniai.conv.conv(16, 10, act=False) was Sequential(Conv2d): notebook 07's simple_cnn[4].weight failed and its
+    checkpoints' keys (4.weight) did not load. (miniai.init's conv is a Sequential always, as the course's.)"""
+    from miniai.conv import conv
+    from miniai.init import conv as init_conv
+    torch.manual_seed(0)
+    cnn = nn.Sequential(conv(1, 4), conv(4, 10, act=False), nn.Flatten())
+    assert isinstance(cnn[1], nn.Conv2d) and list(cnn.state_dict()) == ["0.0.weight", "0.0.bias", "1.weight", "1.bias"]
+    torch.manual_seed(0)
+    assert torch.equal(init_conv(1, 4)[0].weight, cnn[0][0].weight) and isinstance(init_conv(4, 10, act=None),
+                                                                                 nn.Sequential)
+
+
+def test_show_image_takes_the_courses_argument_order():
+    """show_image(im, None, (2, 2)) drew a 6.4×4.8 figure titled '(2, 2)': the course's third argument is figsize."""
+    from miniai.datasets import show_image
+    fig = show_image(torch.rand(4, 4), None, (2, 2), "t")
+    assert tuple(fig.get_size_inches()) == (2, 2) and fig.axes[0].get_title() == "t"

@@ -277,7 +277,12 @@ class MetricsCB(Callback):
             self.last[f"{split}_{name}"] = value
         record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
         self.history.append(record)
-        self.log_fn({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
+        self._log({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """Send a formatted row to `log_fn`. The course's MetricsCB called this: a subclass may override it (its
+        WandBCB did), and code may replace it on the instance (its ProgressCB did)."""
+        self.log_fn(row)
 
 
 _METRIC_METHODS = ("update", "compute", "reset")
