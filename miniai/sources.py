@@ -143,6 +143,9 @@ def check_data_dir(path: str | os.PathLike, name: str = "fashion_mnist", given_a
 
     `given_as` is how the user named it ('path=', '$MINIAI_DATA', '--data'), so the message speaks their language.
     """
+    if str(path) == "":  # what "$DIR" gives with DIR unset; Path('') would be the current directory
+        raise DataNotFoundError(f"{given_as.rstrip('=')}='' names no directory: give the directory that holds the "
+                                "data ('.' for the current one)")
     d, spec = Path(path), _spec(name)
     source, why = _dir_source(name, d)
     if source is not None:

@@ -110,6 +110,12 @@ def test_an_empty_miniai_data_is_a_usage_error_not_the_system_data(monkeypatch, 
     assert "$MINIAI_DATA is set but empty" in err and "unset MINIAI_DATA" in err
     with pytest.raises(DataNotFoundError, match=r"\$MINIAI_DATA is set but empty"):
         find_source()
+    monkeypatch.delenv("MINIAI_DATA")  # and an empty path= or --data (a "$DIR" unset) is no current directory
+    with pytest.raises(DataNotFoundError, match=r"path='' names no directory"):
+        find_source(path="")
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--data", ""])
+    assert info.value.code == 2 and "--data='' names no directory" in capsys.readouterr().err
 
 
 def test_an_out_dir_holding_an_earlier_run_is_refused_before_training(tmp_path, capsys):
