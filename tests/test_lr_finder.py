@@ -801,3 +801,26 @@ def test_the_finder_refuses_an_optimizer_whose_every_group_is_held_at_0():
                          opt_func=lambda params, lr: optim.SGD(params, lr=0.0))
     with pytest.raises(ValueError, match=r"every param group.*lr 0"):
         learn.fit(1, valid=False, cbs=[LRFinderCB()])
+
+
+def test_lr_find_sends_no_row_to_a_metricscb_subclass_logging_its_own_way():
+    """lr_find silenced MetricsCB's log_fn only: a subclass overriding _log (the course's WandBCB) or code that
+    replaced _log on the instance got the finder's passes as rows labelled epochs 0, 1, ... of training."""
+    from miniai.callbacks import MetricsCB
+
+    class Rows(MetricsCB):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def _log(self, row):
+            self.rows.append(row)
+    rows, plain, seen = Rows(), MetricsCB(), []
+    plain._log = seen.append
+    for metrics, got in ((rows, rows.rows), (plain, seen)):
+        learn = bn_learner()
+        learn.add_cb(metrics)
+        learn.lr_find(plot=False, max_epochs=3)
+        assert got == []
+        learn.fit(1)  # the rows are back for a real fit
+        assert [r["train"] for r in got] == ["train", "valid"]

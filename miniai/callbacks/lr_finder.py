@@ -278,4 +278,8 @@ class _NoTable(Callback):
     def before_fit(self, learn: Learner) -> None:
         for cb in learn.cbs:
             if isinstance(cb, MetricsCB):
-                cb.log_fn = lambda row: None
+                cb._log = _no_row  # (on the instance: also over a subclass's own _log, the course's WandBCB)
+
+
+def _no_row(row: dict) -> None:
+    """What MetricsCB logs a row with during lr_find: nothing."""
