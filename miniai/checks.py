@@ -186,7 +186,7 @@ def python_number(value: Any, tensors: bool = True) -> Any:
     keeps a tensor, which torch's optimizers take as an lr."""
     if getattr(value, "shape", None) == () and hasattr(value, "item") and (
             tensors or not isinstance(value, torch.Tensor)):
-        return value.item()
+        return (value.detach() if isinstance(value, torch.Tensor) else value).item()  # (torch warns of a graph's)
     numeric = isinstance(value, numbers.Real) or type(value).__name__ == "Decimal"
     return float(value) if numeric and not isinstance(value, (int, float)) else value
 

@@ -195,8 +195,9 @@ class Learner(Conveniences):
                 self.add_cb(temporary[-1])
                 opt_lr = temporary[-1].fit_lr or opt_lr  # no lr given: the saved run's
             if train or self.opt is None or resume is not None:  # an evaluation keeps the optimizer, and its state
-                self.fit_lr = 0.0 if opt_lr is None else opt_lr
-                self.opt = self.opt_func(self.model.parameters(), self.fit_lr)
+                opt_lr = 0.0 if opt_lr is None else opt_lr  # (a tensor: check_fit_args' copy, the groups' own)
+                self.fit_lr = float(opt_lr) if isinstance(opt_lr, torch.Tensor) else opt_lr
+                self.opt = self.opt_func(self.model.parameters(), opt_lr)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
             for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
                 if not (self.keeps_grads and p.requires_grad):  # step cancelled at the last fit's end, of parameters

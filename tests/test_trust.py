@@ -1197,3 +1197,21 @@ def test_a_tensor_lr_is_never_changed_in_place_by_a_schedule():
     for max_lr in (torch.tensor(0.05), torch.tensor([0.05]), Decimal("0.05"), np.array(0.05)):
         learn.fit_one_cycle(1, max_lr=max_lr)
         assert max(g["max_lr"] for g in learn.opt.param_groups) == pytest.approx(0.05)
+
+
+def test_fit_lr_is_the_number_the_optimizer_was_made_with_not_its_scheduled_tensor(tmp_path):
+    """With a tensor lr, learn.fit_lr was the param group's own tensor, which the schedule filled in place: each
+    checkpoint saved the lr scheduled then (0.15, 0.05, 0) as the run's, and a resume with the same callbacks made its
+    optimizer with that, warning falsely of "other settings" (initial_lr 0.2 saved, 0.15 here)."""
+    from torch.optim import lr_scheduler
+    from miniai.callbacks import BatchSchedCB, CheckpointCB
+    def cosine():
+        return BatchSchedCB(partial(lr_scheduler.CosineAnnealingLR, T_max=3 * len(learn.dls.train)))
+    learn = tiny_learner([CheckpointCB(tmp_path)])
+    learn.fit(3, lr=torch.tensor(0.2), cbs=[cosine()])
+    assert learn.fit_lr == torch.tensor(0.2).item() and learn.fit_lr is not learn.opt.param_groups[0]["lr"]
+    resumed = tiny_learner([CheckpointCB(tmp_path / "resumed")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit(3, resume=tmp_path / "epoch_0001.pt", cbs=[cosine()])
+    assert all(torch.equal(a, b) for a, b in zip(learn.model.parameters(), resumed.model.parameters()))
