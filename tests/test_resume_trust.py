@@ -499,8 +499,10 @@ def test_a_resume_that_leaves_out_the_saved_runs_schedule_says_what_the_fit_trai
     make(make_learner(tmp_path, [stop])[0])
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
     said = {"fit_one_cycle": r"without BatchSchedCB_0's OneCycleLR this fit trains on at the lr it left off at, "
-                             r"0\.0\d+: a fit_one_cycle run continues with learn.fit_one_cycle\(n, max_lr, resume=",
-            "EpochSchedCB": r"without EpochSchedCB_0's StepLR this fit trains on at the lr it left off at, 0\.0005\)",
+                             r"0\.0\d+, unscheduled: a fit_one_cycle run continues with "
+                             r"learn.fit_one_cycle\(n, max_lr, resume=",
+            "EpochSchedCB": r"EpochSchedCB_0's StepLR this fit trains on at the lr it left off at, 0\.0005, "
+                            r"unscheduled\)",
             "SWACB": r"without SWACB_0 its average so far is lost"}[how]
     learn, rec = make_learner(tmp_path / "new")
     with pytest.warns(UserWarning, match=said):
@@ -510,3 +512,28 @@ def test_a_resume_that_leaves_out_the_saved_runs_schedule_says_what_the_fit_trai
         warnings.simplefilter("always")
         learn.fit(4, train=False, resume=tmp_path)
     assert any("no callback here (dropped)." in str(w.message) for w in caught)
+
+
+def test_the_left_out_schedule_warning_names_the_lr_the_fit_trains_at(tmp_path):
+    """The warning named group 0's saved lr when an lr given on resume replaced it, when other groups train at
+    other lrs, and when an SWACB kept here had already stopped the schedule left out (SWALR sets the lr)."""
+    from miniai.callbacks import SWACB
+
+    def two_groups(params, lr):
+        first, *rest = list(params)
+        return torch.optim.SGD([{"params": [first], "lr": lr / 10}, {"params": rest}], lr=lr)
+    stop = _CutPass(training=True, at=0, exc=CancelFitException, epoch=3)
+    plateau = _plateau
+    make_learner(tmp_path / "a", [plateau(), stop], opt_func=two_groups)[0].fit(5)
+    with pytest.warns(UserWarning, match=r"ReduceLROnPlateau this fit trains on at the lrs it left off at, "
+                                         r"0\.0\d+, 0\.\d+ \(by param group\), unscheduled\)"):
+        make_learner(None, opt_func=two_groups)[0].fit(5, resume=tmp_path / "a")
+    with pytest.warns(UserWarning, match=r"ReduceLROnPlateau this fit trains on at the lr given, unscheduled\)"):
+        make_learner(None, opt_func=two_groups)[0].fit(5, resume=tmp_path / "a", lr=0.01)
+    swa = partial(SWACB, swa_start=1, swa_lr=0.01)
+    make_learner(tmp_path / "b", [stop])[0].fit_one_cycle(5, max_lr=0.05, cbs=[swa()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_learner(None)[0].fit(5, resume=tmp_path / "b", cbs=[swa()])
+    said = [str(w.message) for w in caught if "no callback here" in str(w.message)]
+    assert len(said) == 1 and "BatchSchedCB_0" in said[0] and "trains on at" not in said[0], said

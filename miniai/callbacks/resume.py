@@ -138,7 +138,7 @@ class ResumeCB(Callback):
                           "with the new ones, start a new fit from the checkpoint's weights.", stacklevel=2)
         if lost or new:
             warnings.warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped"
-                          f"{_without(saved, lost, opt_state, training and learn.start_epoch < learn.n_epochs)})"
+                          f"{_without(learn, saved, lost, opt_state, self.lr)})"
                           if lost else "") + ("; " if lost and new else "") + (f"{new} start fresh (not in the "
                           "checkpoint)" if new else "") + ". Pass the same callbacks as the saved run to continue "
                           "it exactly.", stacklevel=2)
@@ -193,16 +193,23 @@ class ResumeCB(Callback):
 
 _SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")  # a schedule's own, in groups
 
-def _without(saved: dict[str, Any], lost: list[str], opt_state: dict[str, Any], trains: bool) -> str:
-    """What a fit that trains on loses with the saved schedules and SWA it leaves out (for the dropped warning)."""
+
+def _without(learn: Learner, saved: dict[str, Any], lost: list[str], opt_state: dict[str, Any],
+             lr: float | None) -> str:
+    """What a fit that trains on loses with the saved schedules and SWA it leaves out (for the dropped warning):
+    nothing for a schedule an SWACB here has stopped already (`schedule_stop`)."""
+    trains = "train" in learn.passes and learn.start_epoch < learn.n_epochs
+    stopped = learn.schedule_stop is not None and learn.start_epoch >= learn.schedule_stop
+    lrs = [float(group["lr"]) for group in opt_state["param_groups"]]
+    at = "the lr given" if lr is not None else f"the lr it left off at, {lrs[0]:.3g}" if len(lrs) == 1 else (
+        f"the lrs it left off at, {', '.join(f'{x:.3g}' for x in lrs)} (by param group)")
     said = []
     for key in lost if trains else ():
         state = saved[key] if isinstance(saved[key], dict) else {}
-        if "scheduler_class" in state:  # (a BaseSchedCB's)
-            lr = opt_state["param_groups"][0]["lr"]
-            said.append(f"without {key}'s {state['scheduler_class']} this fit trains on at the lr it left off at, "
-                        f"{float(lr):.3g}" + (": a fit_one_cycle run continues with learn.fit_one_cycle(n, max_lr, "
-                                              "resume=...)" if state["scheduler_class"] == "OneCycleLR" else ""))
+        if "scheduler_class" in state and not stopped:  # (a BaseSchedCB's)
+            said.append(f"without {key}'s {state['scheduler_class']} this fit trains on at {at}, unscheduled" + (
+                ": a fit_one_cycle run continues with learn.fit_one_cycle(n, max_lr, resume=...)"
+                if state["scheduler_class"] == "OneCycleLR" else ""))
         elif "swa_model" in state and SWACB.began(state):
             said.append(f"without {key} its average so far is lost")
     return "".join(f"; {s}" for s in said)
