@@ -318,13 +318,8 @@ class DataLoaders:
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
         features = getattr(train, "features", None) or {}
-        columns = list(features)
-        kept = [c for c in columns[:-1] if type(features[c]).__name__ == "ClassLabel"]  # (a label fed to the model?)
-        if as_tuple and kept and not any(c in _LABELS for c in columns):
-            warnings.warn(f"DataLoaders.from_dd: no column is named as a label ({', '.join(_LABELS)}), so batches "
-                          f"keep the features' order ({', '.join(columns)}): the last, {columns[-1]!r}, is the "
-                          f"target, and the ClassLabel {kept[0]!r} goes to the model. If {kept[0]!r} holds the "
-                          f"labels, rename it: dd = dd.rename_column({kept[0]!r}, 'label')", stacklevel=2)
+        if as_tuple and collate_fn is default_collate:  # (a collate of one's own may order the batch itself)
+            _check_label_last(train, "DataLoaders.from_dd")
         names = next((getattr(features[c], "names", None) for c in _LABELS if c in features), None)  # a ClassLabel's
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),
@@ -403,4 +398,19 @@ class _DictToTuple:
 def collate_dict(ds: Any) -> Callable[[list], tuple]:
     """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
     `ds.features` order, a label column last (`(images, labels)`), what a Learner's batch is (as `from_dd`'s)."""
+    _check_label_last(ds, "collate_dict")
     return _DictToTuple(list(ds.features), strict=True)
+
+
+def _check_label_last(ds: Any, where: str) -> None:
+    """Warn when a dataset's batches would feed a ClassLabel column to the model: no column is named as a label
+    (`_LABELS`, which go last) and a ClassLabel is not the last column. Not for a transform's batches (its own
+    columns: the Hugging Face docs' image -> pixel_values)."""
+    features = getattr(ds, "features", None) or {}
+    columns = list(features)
+    kept = [c for c in columns[:-1] if type(features[c]).__name__ == "ClassLabel"]
+    if kept and not any(c in _LABELS for c in columns) and getattr(ds, "format", {}).get("type") != "custom":
+        warnings.warn(f"{where}: no column is named as a label ({', '.join(_LABELS)}), so batches keep the features' "
+                      f"order ({', '.join(columns)}): the last, {columns[-1]!r}, is the target, and the ClassLabel "
+                      f"{kept[0]!r} goes to the model. If {kept[0]!r} holds the labels, rename it: "
+                      f"ds = ds.rename_column({kept[0]!r}, 'label')", stacklevel=3)

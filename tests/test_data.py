@@ -1005,8 +1005,10 @@ def test_from_dd_warns_of_a_classlabel_column_that_would_go_to_the_model():
     dd = datasets.DatasetDict({"train": split, "validation": split})
     with pytest.warns(UserWarning, match=r"no column is named as a label .* order \(cls, image\): the last, 'image', "
                                          r"is the target, and the ClassLabel 'cls' goes to the model.*"
-                                         r"dd = dd.rename_column\('cls', 'label'\)"):
+                                         r"ds = ds.rename_column\('cls', 'label'\)"):
         DataLoaders.from_dd(dd, 4)
+    with pytest.warns(UserWarning, match=r"collate_dict: no column is named as a label"):
+        collate_dict(split)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dls = DataLoaders.from_dd(dd.rename_column("cls", "label"), 4)
@@ -1014,3 +1016,7 @@ def test_from_dd_warns_of_a_classlabel_column_that_would_go_to_the_model():
         assert xb.shape == (4, 2, 2) and yb.tolist() == [0, 1, 1, 0] and dls.classes == ["cat", "dog"]
         DataLoaders.from_dd(datasets.DatasetDict({"train": split.select_columns(["image", "cls"]),
                                                   "test": split.select_columns(["image", "cls"])}), 4)  # cls last
+        renamed = dd.with_transform(lambda b: {"image": b["image"], "label": b["cls"]})  # a transform's own columns
+        assert next(iter(DataLoaders.from_dd(renamed, 4).valid))[1].tolist() == [0, 1, 1, 0]
+        DataLoaders.from_dd(dd, 4, collate_fn=lambda items: (torch.stack([i["image"] for i in items]),
+                                                               torch.stack([i["cls"] for i in items])))
