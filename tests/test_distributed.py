@@ -659,3 +659,42 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_nan_error(tmp_path):
         for way, result in seen.items():
             assert result.startswith("NonFiniteLossError: training loss is nan on rank 1 at epoch 0, batch 0"), \
                 (r, way, result)
+
+
+DEFERRED_WORKER = '''
+import os, sys
+import torch
+torch.set_num_threads(1)
+import torch.nn.functional as F
+from torch import nn
+from miniai.callbacks import DeviceCB
+from miniai.callbacks.ddp import DDPCB
+from miniai.callbacks.guards import TerminateOnNaNCB
+from miniai.data import DataLoaders, TensorLoader
+from miniai.distributed import rank
+from miniai.learner import Callback, TrainLearner
+
+class FailOnRank1(Callback):
+    def after_backward(self, learn):
+        if rank() == 1 and learn.epoch == 1 and learn.iter == 2:
+            raise RuntimeError("boom on rank 1")
+
+torch.manual_seed(0)
+x = torch.randn(64, 6)
+y = x.sum(1, keepdim=True)
+dls = DataLoaders(TensorLoader(x, y, 4, shuffle=True, seed=1), TensorLoader(x, y, 4))
+learn = TrainLearner(nn.Linear(6, 1), dls, F.mse_loss, lr=0.01,
+                     cbs=[DDPCB(), DeviceCB("cpu"), TerminateOnNaNCB(immediate=False), FailOnRank1()])
+learn.fit(2)
+'''
+
+
+def test_failure_on_one_rank_under_the_deferred_nan_guard_shows_the_error(tmp_path):
+    """The NaN guard checks losses at the end of a pass on accelerators (immediate=False): a pass that failed on one
+    rank still ran its agreement all_reduce there, while the other rank waited in DDP's gradient all_reduce: gloo
+    aborted that rank with "collective mismatch" and the real error appeared nowhere (NCCL would hang)."""
+    (tmp_path / "worker.py").write_text(textwrap.dedent(DEFERRED_WORKER))
+    run = run_with_timeout([*TORCHRUN, str(tmp_path / "worker.py")], timeout=90)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "boom on rank 1" in out, out[-3000:]
+    assert "collective mismatch" not in out and "doesn't match expected size" not in out, out[-3000:]

@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checks import check_count, check_number
 from ..distributed import all_reduce_sum, rank, world_size
-from ..learner import Callback, CancelFitException, Learner
+from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import opt_lr, trained_parameters, weights_finite
 from .metrics import (_averages_over_targets, _counted, _ignored_target, check_monitor, improves,
                       monitor_mode, same_watch)
@@ -100,8 +100,11 @@ class TerminateOnNaNCB(Callback):
             self._check(learn)
 
     def cleanup_epoch(self, learn: Learner) -> None:
+        # a failed pass is over on this rank only: the others wait in DDP's all_reduce, not the ranks' agreement
+        failed = self._world > 1 and not isinstance(learn.stopped_by, (type(None), CancelEpochException,
+                                                                      CancelFitException))
         try:  # a cancelled pass (SingleBatchCB, a time budget) skips after_epoch: its kept losses are checked here
-            if learn.training and len(self._losses) > self._checked:
+            if learn.training and len(self._losses) > self._checked and not failed:
                 self._check(learn)
         finally:
             self._losses = []  # don't keep device tensors alive between passes
