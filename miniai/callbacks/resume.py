@@ -184,9 +184,23 @@ class ResumeCB(Callback):
                               f"{len(saved_gens.get(key, ()))} for it: they go on from where they are, so the run "
                               "will not continue exactly", stacklevel=2)
         ranks = state.get("rng_ranks")  # every rank's own, when it was saved under DDP with as many processes
-        own = ranks[rank()] if ranks and is_dist() and len(ranks) == world_size() else state["rng"]
+        now = world_size() if is_dist() else 1
+        own = ranks[rank()] if ranks and len(ranks) == now else state["rng"]
+        if ranks and len(ranks) != now and training and len({_plain_bytes(r) for r in ranks}) > 1:
+            warnings.warn(f"resuming from {file}, saved by {len(ranks)} processes whose random draws differ (dropout, "
+                          f"augmentation), resumed by {now}: each process's draws go on from rank 0's, so the run "
+                          "will not continue exactly", stacklevel=2)
         _set_rng_state(own)  # last: nothing may draw random numbers between this and the first batch
         self.state = {}  # let the checkpoint's tensors be freed
+
+
+def _plain_bytes(x: Any) -> Any:
+    """An RNG state (dicts, tuples, tensors, arrays) as plain values and bytes, to compare two of them."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return (x.numpy(force=True) if isinstance(x, torch.Tensor) else x).tobytes()
+    if isinstance(x, dict):
+        return tuple((k, _plain_bytes(v)) for k, v in sorted(x.items()))
+    return tuple(map(_plain_bytes, x)) if isinstance(x, (list, tuple)) else x
 
 
 # ---------------------------------------------------------------- checks
