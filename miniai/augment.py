@@ -31,7 +31,8 @@ def _check_batch(x: torch.Tensor, who: str) -> None:
         hint = (" Add a channel dim with x[:, None] for (N,H,W) images." if isinstance(x, torch.Tensor) and x.ndim == 3
                 else " It transforms image batches: for other inputs write a transform of your own.")
         raise ValueError(f"{who} expects a batch tensor of shape (N,C,H,W); got {shape}.{hint}")
-    if x.shape[-1] in (1, 3, 4) and x.shape[1] > 4:  # (an image 1, 3 or 4 pixels wide with 5+ channels: hardly)
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] > 4 and x.shape[2] > 4:  # (an image 1, 3 or 4 pixels wide with 5+
+        # channels, 5+ high: hardly; a small feature map (N,16,4,4) is square)
         raise ValueError(f"{who} expects (N,C,H,W) batches; {tuple(x.shape)} looks like channels last (N,H,W,C), "
                          "whose last dim it would take for the width: pass x.permute(0, 3, 1, 2)")
 
@@ -84,6 +85,9 @@ class RandomCrop:
                                  f"integer, or overflow): pass a whole number in the dtype's range")
             x = F.pad(x, (p, p, p, p), value=self.fill)
         elif p:
+            if p >= min(x.shape[-2:]):  # (torch reflects inside the image only)
+                raise ValueError(f"RandomCrop padding={p} with mode='reflect' needs images larger than it "
+                                 f"{tuple(x.shape[-2:])}: lower padding or use mode='constant'")
             x = F.pad(x, (p, p, p, p), mode="reflect")
         ph, pw = x.shape[-2:]
         sh, sw = self.size

@@ -122,6 +122,8 @@ class ResBlock(nn.Module):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"ResBlock supports stride 1 or 2 (the shortcut pools 2×2); got stride={stride}")
+        if ks % 2 == 0:  # (padding ks//2 keeps the size only for an odd ks: the sum with the shortcut would fail)
+            raise ValueError(f"ResBlock needs an odd ks, whose convs keep the size the shortcut keeps; got ks={ks}")
         self.convs = nn.Sequential(conv(ni, nf, ks=ks, stride=1, act=act, norm=norm),
                                    conv(nf, nf, ks=ks, stride=stride, act=None, norm=norm))
         self.idconv: nn.Module = nn.Identity() if ni == nf else conv(ni, nf, ks=1, stride=1, act=None)

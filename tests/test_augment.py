@@ -223,3 +223,13 @@ def test_random_erase_reaches_its_largest_side_and_a_reflect_crop_takes_no_fill(
     with pytest.raises(ValueError, match="mode='reflect' pads with the image's own pixels"):
         RandomCrop(8, 2, mode="reflect", fill=9.0)
 
+
+
+def test_small_feature_maps_are_not_taken_for_channels_last_and_reflect_padding_too_large_is_named():
+    """(2, 16, 4, 4), a feature map 4 pixels wide, was refused as channels last (and the advice, permute, would have
+    broken it); RandomCrop(mode='reflect') with padding >= the image side gave torch's raw padding error."""
+    for tfm in (RandomFlip(p=1.0), RandomCrop(4, 1), RandomErase(p=1.0)):
+        assert tfm(torch.rand(2, 16, 4, 4)).shape == (2, 16, 4, 4)
+    with pytest.raises(ValueError, match=r"RandomCrop padding=3 with mode='reflect' needs images larger than it "
+                                         r"\(3, 3\): lower padding or use mode='constant'"):
+        RandomCrop(3, padding=3, mode="reflect")(torch.rand(2, 1, 3, 3))

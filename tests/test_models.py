@@ -134,3 +134,10 @@ def test_get_convnet_reads_the_whole_last_map_with_one_linear(nfs, size, side):
     assert [type(m) for m in model[-2:]] == [nn.Flatten, nn.Linear]
     assert model[-1].in_features == nfs[-1] * side * side
     assert model(torch.randn(3, 1, size, size)).shape == (3, 10)
+
+
+def test_resblock_refuses_an_even_kernel_size():
+    """ks=4 built, then failed at the first forward with a raw shape error (10 vs 8): the shortcut keeps the size,
+    an even kernel's padding does not."""
+    with pytest.raises(ValueError, match="ResBlock needs an odd ks"):
+        ResBlock(4, 8, ks=4)

@@ -535,7 +535,9 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
             p, t = aug.result()
             if not (_same(t, targets) and _same(items.result(), plain_items.result())):
                 raise ValueError("the loader gave its items in another order for an augmented copy than for the "
-                                 "plain pass; tta needs the same order every pass (an unshuffled loader)")
+                                 "plain pass, or other items: tta needs the same items in the same order every pass "
+                                 "(an unshuffled loader, and no random transforms in the dataset's __getitem__: pass "
+                                 "them to tta as tfms)")
             total += p
     return total / (n + 1), targets
 
