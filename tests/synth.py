@@ -9,6 +9,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,20 @@ def tiny_learner(cbs=(), lr: float = 0.1, learner_cls: type[Learner] = TrainLear
     """A Linear(1, 1) fitting y = 2x + 3 (fastai's synth_learner idea): 3 train and 2 valid batches by default."""
     torch.manual_seed(0)
     return learner_cls(nn.Linear(1, 1), linear_dls(**kwargs), F.mse_loss, lr=lr, cbs=list(cbs))
+
+
+def rows_metrics() -> Any:
+    """A MetricsCB subclass that keeps its rows in `rows` by overriding `_log`, as the course's WandBCB did."""
+    from miniai.callbacks import MetricsCB
+
+    class Rows(MetricsCB):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[dict] = []
+
+        def _log(self, row: dict) -> None:
+            self.rows.append(row)
+    return Rows()
 
 
 class LossLog(Callback):

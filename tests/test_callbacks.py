@@ -16,7 +16,7 @@ from miniai.callbacks import Accuracy, DeviceCB, MetricsCB, ProgressCB
 from miniai.callbacks.metrics import format_row
 from miniai.data import DataLoaders, TensorLoader
 from miniai.learner import Callback, TrainLearner
-from tests.synth import LossLog, tiny_learner
+from tests.synth import LossLog, rows_metrics, tiny_learner
 
 
 def fixed_classification():
@@ -599,14 +599,7 @@ def test_metricscb_counts_items_of_targets_given_one_per_item():
 def test_a_metricscb_subclass_overriding_log_gets_every_row_as_the_courses_did():
     """The course's MetricsCB sent rows to `self._log(d)`, which its WandBCB(MetricsCB) overrides and its ProgressCB
     replaces on the instance; ours only called `log_fn`, so a ported subclass's `_log` was never called, silently."""
-    class Rows(MetricsCB):
-        def __init__(self):
-            super().__init__()
-            self.rows = []
-
-        def _log(self, row):
-            self.rows.append(row)
-    rows = Rows()
+    rows = rows_metrics()
     tiny_learner([rows]).fit(2)
     assert [(r["epoch"], r["train"]) for r in rows.rows] == [(0, "train"), (0, "valid"), (1, "train"), (1, "valid")]
     metrics, seen = MetricsCB(), []

@@ -807,15 +807,8 @@ def test_lr_find_sends_no_row_to_a_metricscb_subclass_logging_its_own_way():
     """lr_find silenced MetricsCB's log_fn only: a subclass overriding _log (the course's WandBCB) or code that
     replaced _log on the instance got the finder's passes as rows labelled epochs 0, 1, ... of training."""
     from miniai.callbacks import MetricsCB
-
-    class Rows(MetricsCB):
-        def __init__(self):
-            super().__init__()
-            self.rows = []
-
-        def _log(self, row):
-            self.rows.append(row)
-    rows, plain, seen = Rows(), MetricsCB(), []
+    from tests.synth import rows_metrics
+    rows, plain, seen = rows_metrics(), MetricsCB(), []
     plain._log = seen.append
     for metrics, got in ((rows, rows.rows), (plain, seen)):
         learn = bn_learner()
