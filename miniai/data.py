@@ -297,7 +297,7 @@ class DataLoaders:
         columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
         `from_dd` do; when a transform renamed them (no longer all there), or a split has no `features`, the
         batch's own columns in its order; either way a label column (`label`, `labels`, `target`...) last (with
-        none, a ClassLabel column that is not last is warned of: it goes to the model). Splits
+        none, a ClassLabel column the first batch feeds to the model is warned of). Splits
         whose ClassLabels name the classes differently are refused, as by `get_dls`; the label column's ClassLabel
         names the classes (`dls.classes`, which `infer` and `export` use).
         """
@@ -313,13 +313,12 @@ class DataLoaders:
         check_split_classes(dd, valid_name, "DataLoaders.from_dd")  # as get_dls: label i means one class in both
         train, valid = dd["train"], dd[valid_name]
         # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
-        collate = _DictToTuple(list(getattr(train, "features", None) or []), collate_fn) if as_tuple else collate_fn
+        collate = _DictToTuple(list(getattr(train, "features", None) or []), collate_fn, where="DataLoaders.from_dd",
+                               classlabels=_classlabels(train)) if as_tuple else collate_fn
         # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
         features = getattr(train, "features", None) or {}
-        if as_tuple and collate_fn is default_collate:  # (a collate of one's own may order the batch itself)
-            _check_label_last(train, "DataLoaders.from_dd")
         names = next((getattr(features[c], "names", None) for c in _LABELS if c in features), None)  # a ClassLabel's
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),
@@ -382,12 +381,25 @@ class _DictToTuple:
     pixel_values), or there are no `names` (a split with no `features`: a torch Subset), the batch's own columns
     are used, in their order. A class, not a closure: loader workers started by spawn (macOS, Windows) pickle it."""
 
-    def __init__(self, names: list[str], collate_fn: Callable = default_collate, strict: bool = False) -> None:
-        self.names, self.collate_fn, self.strict = names, collate_fn, strict
+    def __init__(self, names: list[str], collate_fn: Callable = default_collate, strict: bool = False,
+                 classlabels: list[str] | None = None, where: str = "") -> None:
+        self.names, self.collate_fn, self.strict, self.where = names, collate_fn, strict, where
+        self.classlabels = classlabels or []  # the dataset's ClassLabel columns, until the first batch is checked
 
     def __call__(self, items: list) -> Any:
         batch = self.collate_fn(items)
-        return tuple(batch[k] for k in self.columns(batch)) if isinstance(batch, dict) else batch
+        if not isinstance(batch, dict):  # (a collate of one's own made the tuple itself)
+            return batch
+        columns = self.columns(batch)
+        if self.classlabels:  # the first dict batch: does a ClassLabel column go to the model?
+            kept = [c for c in columns[:-1] if c in self.classlabels]
+            if kept and not any(c in _LABELS for c in columns):
+                warnings.warn(f"{self.where}: no column is named as a label ({', '.join(_LABELS)}), so the batches "
+                              f"are ({', '.join(columns)}): the last, {columns[-1]!r}, is the target, and the "
+                              f"ClassLabel {kept[0]!r} goes to the model. If {kept[0]!r} holds the labels, rename "
+                              f"it: ds = ds.rename_column({kept[0]!r}, 'label')", stacklevel=2)
+            self.classlabels = []
+        return tuple(batch[k] for k in columns)
 
     def columns(self, batch: dict) -> list[str]:
         """The keys of a dict batch (or item) in the order of the tuple it becomes."""
@@ -398,19 +410,10 @@ class _DictToTuple:
 def collate_dict(ds: Any) -> Callable[[list], tuple]:
     """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
     `ds.features` order, a label column last (`(images, labels)`), what a Learner's batch is (as `from_dd`'s)."""
-    _check_label_last(ds, "collate_dict")
-    return _DictToTuple(list(ds.features), strict=True)
+    return _DictToTuple(list(ds.features), strict=True, classlabels=_classlabels(ds), where="collate_dict")
 
 
-def _check_label_last(ds: Any, where: str) -> None:
-    """Warn when a dataset's batches would feed a ClassLabel column to the model: no column is named as a label
-    (`_LABELS`, which go last) and a ClassLabel is not the last column. Not for a transform's batches (its own
-    columns: the Hugging Face docs' image -> pixel_values)."""
+def _classlabels(ds: Any) -> list[str]:
+    """The names of a dataset's ClassLabel columns (none without `features`)."""
     features = getattr(ds, "features", None) or {}
-    columns = list(features)
-    kept = [c for c in columns[:-1] if type(features[c]).__name__ == "ClassLabel"]
-    if kept and not any(c in _LABELS for c in columns) and getattr(ds, "format", {}).get("type") != "custom":
-        warnings.warn(f"{where}: no column is named as a label ({', '.join(_LABELS)}), so batches keep the features' "
-                      f"order ({', '.join(columns)}): the last, {columns[-1]!r}, is the target, and the ClassLabel "
-                      f"{kept[0]!r} goes to the model. If {kept[0]!r} holds the labels, rename it: "
-                      f"ds = ds.rename_column({kept[0]!r}, 'label')", stacklevel=3)
+    return [c for c in features if type(features[c]).__name__ == "ClassLabel"]

@@ -1003,20 +1003,27 @@ def test_from_dd_warns_of_a_classlabel_column_that_would_go_to_the_model():
     split = datasets.Dataset.from_dict({"cls": [0, 1, 1, 0], "image": [[[0.5, 1.0], [1.0, 0.0]]] * 4},
                                        features=feats).with_format("torch")
     dd = datasets.DatasetDict({"train": split, "validation": split})
-    with pytest.warns(UserWarning, match=r"no column is named as a label .* order \(cls, image\): the last, 'image', "
-                                         r"is the target, and the ClassLabel 'cls' goes to the model.*"
-                                         r"ds = ds.rename_column\('cls', 'label'\)"):
-        DataLoaders.from_dd(dd, 4)
-    with pytest.warns(UserWarning, match=r"collate_dict: no column is named as a label"):
-        collate_dict(split)
+    said = (r"no column is named as a label .* the batches are \(cls, image\): the last, 'image', is the target, and "
+            r"the ClassLabel 'cls' goes to the model.*ds = ds.rename_column\('cls', 'label'\)")
+    with pytest.warns(UserWarning, match="DataLoaders.from_dd: " + said):  # at the first batch: what it really is
+        next(iter(DataLoaders.from_dd(dd, 4).train))
+    with pytest.warns(UserWarning, match="collate_dict: " + said):
+        collate_dict(split)([split[0], split[1]])
+    same_names = dd.with_transform(lambda b: {"cls": b["cls"], "image": [[[0.0] * 2] * 2] * len(b["cls"])})
+    with pytest.warns(UserWarning, match="DataLoaders.from_dd: " + said):  # a transform keeping the columns
+        next(iter(DataLoaders.from_dd(same_names, 4).train))
+    with pytest.warns(UserWarning, match="DataLoaders.from_dd: " + said):  # a collate of one's own giving a dict
+        next(iter(DataLoaders.from_dd(dd, 4, collate_fn=lambda items: {k: torch.stack([i[k] for i in items])
+                                                                         for k in items[0]}).train))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dls = DataLoaders.from_dd(dd.rename_column("cls", "label"), 4)
         xb, yb = next(iter(dls.valid))
         assert xb.shape == (4, 2, 2) and yb.tolist() == [0, 1, 1, 0] and dls.classes == ["cat", "dog"]
-        DataLoaders.from_dd(datasets.DatasetDict({"train": split.select_columns(["image", "cls"]),
-                                                  "test": split.select_columns(["image", "cls"])}), 4)  # cls last
+        next(iter(DataLoaders.from_dd(datasets.DatasetDict({"train": split.select_columns(["image", "cls"]),
+                                                            "test": split.select_columns(["image", "cls"])}), 4).train))
         renamed = dd.with_transform(lambda b: {"image": b["image"], "label": b["cls"]})  # a transform's own columns
         assert next(iter(DataLoaders.from_dd(renamed, 4).valid))[1].tolist() == [0, 1, 1, 0]
-        DataLoaders.from_dd(dd, 4, collate_fn=lambda items: (torch.stack([i["image"] for i in items]),
-                                                               torch.stack([i["cls"] for i in items])))
+        def own_tuple(items):  # a collate of one's own making the tuple itself
+            return torch.stack([i["image"] for i in items]), torch.stack([i["cls"] for i in items])
+        next(iter(DataLoaders.from_dd(dd, 4, collate_fn=own_tuple).train))
