@@ -186,10 +186,12 @@ class ResumeCB(Callback):
         ranks = state.get("rng_ranks")  # every rank's own, when it was saved under DDP with as many processes
         now = world_size() if is_dist() else 1
         own = ranks[rank()] if ranks and len(ranks) == now else state["rng"]
-        if ranks and len(ranks) != now and training and len({_plain_bytes(r) for r in ranks}) > 1:
-            warnings.warn(f"resuming from {file}, saved by {len(ranks)} processes whose random draws differ (dropout, "
-                          f"augmentation), resumed by {now}: each process's draws go on from rank 0's, so the run "
-                          "will not continue exactly", stacklevel=2)
+        # torch's generators (dropout, augmentation; Python's and NumPy's differ in any unseeded script)
+        torch_draws = {_plain_bytes({k: v for k, v in r.items() if k not in ("python", "numpy")}) for r in ranks or ()}
+        if ranks and len(ranks) != now and training and len(torch_draws) > 1:
+            warnings.warn(f"resuming from {file}, saved by {len(ranks)} processes whose torch random draws differ "
+                          f"(dropout, augmentation), resumed by {now}: each process's draws go on from rank 0's, so "
+                          "the run will not continue exactly", stacklevel=2)
         _set_rng_state(own)  # last: nothing may draw random numbers between this and the first batch
         self.state = {}  # let the checkpoint's tensors be freed
 
