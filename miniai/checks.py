@@ -160,10 +160,18 @@ def _skip_pass(name: str) -> str:
     return "fit(train=False) to only validate." if name == "train" else "fit(valid=False) to train without validation."
 
 
-def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any) -> None:
-    """A loss class where an instance belongs, or an optimizer where its factory belongs, fails later, deep in torch;
-    an `n_inp` that is not a count of inputs splits batches wrongly (-1: (x, y) as inputs of a 3-item batch)."""
+def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any, model: Any = None) -> None:
+    """A model or loss class where an instance belongs, or an optimizer where its factory belongs, fails later, deep
+    in torch; an `n_inp` that is not a count of inputs splits batches wrongly (-1: (x, y) as inputs of a 3-item
+    batch)."""
     check_count("n_inp", n_inp, what=" (how many of a batch's items are the model's inputs)", error=TypeError)
+    if isinstance(model, type):
+        raise TypeError(f"model is the class {model.__name__}: pass an instance, {model.__name__}(...)")
+    if not isinstance(model, nn.Module):  # (the optimizer takes its parameters, the loop sets its mode)
+        if callable(model):
+            raise TypeError(f"model is a function ({getattr(model, '__name__', model)}), not a module: call it to "
+                            "build the model, e.g. get_model(), and pass that")
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(loss_func, type):
         raise TypeError(f"loss_func is the class {loss_func.__name__}: pass an instance, {loss_func.__name__}(), or a "
                         "function such as F.cross_entropy")
@@ -197,7 +205,7 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     made with: fit's, else the learner's), NumPy numbers as Python ones."""
     fit_lr = python_number(fit_lr, tensors=False)
     lr = python_number(learn.lr, tensors=False) if fit_lr is None else fit_lr
-    check_learner_args(learn.loss_func, learn.opt_func, learn.n_inp)
+    check_learner_args(learn.loss_func, learn.opt_func, learn.n_inp, learn.model)
     if not (train or valid):  # only before_fit and after_fit would run: an evaluation that evaluates nothing
         raise ValueError("fit(train=False, valid=False) runs no pass, so nothing would be trained or evaluated: "
                          "leave one of them True")

@@ -127,7 +127,7 @@ class Learner(Conveniences):
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
                  n_inp: int = 1) -> None:
-        checks.check_learner_args(loss_func, opt_func, n_inp)
+        checks.check_learner_args(loss_func, opt_func, n_inp, model)
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
         self.n_inp, self.opt, self.training, self.cbs, self._handlers = n_inp, None, False, [], build_handlers([])
         for cb in _listed(cbs):

@@ -15,6 +15,7 @@ from miniai.callbacks.basic import LossInputError
 from miniai.data import DataLoaders, TensorLoader
 from miniai.learner import Callback, TrainLearner
 from miniai.supervised import MomentumLearner
+from tests.synth import linear_dls, tiny_learner
 
 
 def class_dls(n_classes: int = 3, float_targets: bool = False, target_shape: str = "(N,)", n: int = 64,
@@ -782,3 +783,31 @@ def test_two_loaders_over_one_iterable_dataset_are_warned_of():
     with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train"):
         TrainLearner(nn.Linear(8, 3), DataLoaders(DataLoader(stream, 16), DataLoader(stream, 16)), F.cross_entropy,
                      lr=0.1).fit(1)
+
+
+@pytest.mark.parametrize("model, said", [
+    (nn.Linear, r"model is the class Linear: pass an instance, Linear\(...\)"),
+    (lambda: nn.Linear(1, 1), r"model is a function \(<lambda>\), not a module: call it to build the model"),
+    ("model", r"model must be an nn.Module, got str"),
+])
+def test_a_model_class_or_factory_is_refused_when_the_learner_is_built(model, said):
+    """TrainLearner(nn.Linear, ...) failed at fit with "parameters() missing 1 required positional argument: 'self'",
+    and a factory get_model with "'function' object has no attribute 'parameters'", deep in the optimizer."""
+    with pytest.raises(TypeError, match=said):
+        TrainLearner(model, linear_dls(), F.mse_loss, lr=0.1)
+    learn = tiny_learner()
+    learn.model = model  # (assigned since: refused at fit, before anything runs)
+    with pytest.raises(TypeError, match=said):
+        learn.fit(1)
+
+
+def test_targets_past_the_models_class_scores_get_the_loss_error_with_the_fix():
+    """A model of 5 outputs for labels 0..9: a bare IndexError("Target 6 is out of bounds") from torch, where every
+    other mismatch of preds and targets gets LossInputError with what to change."""
+    from miniai.callbacks.basic import LossInputError
+    x, y = torch.randn(32, 4), torch.arange(32) % 10
+    learn = TrainLearner(nn.Linear(4, 5), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), F.cross_entropy,
+                         lr=0.1)
+    with pytest.raises(LossInputError, match=r"this batch's targets go up to 7 but the model gives 5 class scores: "
+                                             r"give it one output per class, 8 at least"):
+        learn.fit(1)

@@ -121,10 +121,10 @@ class SupervisedLoss:
         if fix is None:
             try:
                 loss = loss_func(preds, *yb)
-            except (RuntimeError, ValueError, TypeError) as e:  # a try costs nothing when nothing is raised
-                if isinstance(e, torch.cuda.OutOfMemoryError):  # not the inputs' fault: keep it as it is
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:  # (a try costs nothing when nothing is
+                if isinstance(e, torch.cuda.OutOfMemoryError):  # raised) not the inputs' fault: keep it as it is
                     raise
-                error, fix = e, str(e)
+                error, fix = e, str(e) + _too_few_scores(preds, yb)
             else:
                 if not (learn.training and getattr(loss, "ndim", 0)):  # (backward needs one number)
                     self._passed = key
@@ -136,6 +136,18 @@ class SupervisedLoss:
             f"({', '.join(describe(t) for t in yb)}): {fix}\nMake the model's output match what the loss expects: "
             "e.g. F.cross_entropy takes logits (N, C) and int64 class indices (N,), F.mse_loss and "
             "F.binary_cross_entropy_with_logits take preds and targets of the same shape and float dtype.") from error
+
+
+def _too_few_scores(preds: Any, yb: tuple) -> str:
+    """What to change when class-index targets reach past the model's class scores (torch: 'Target 6 is out of
+    bounds'), else nothing (read after a failure only: the max waits for a GPU)."""
+    target = yb[0] if len(yb) == 1 else None
+    if not (isinstance(preds, torch.Tensor) and preds.ndim >= 2 and isinstance(target, torch.Tensor)
+            and not target.is_floating_point() and target.numel()):
+        return ""
+    top = int(target.max())
+    return (f" (this batch's targets go up to {top} but the model gives {preds.shape[1]} class scores: give it one "
+            f"output per class, {top + 1} at least, or number the classes from 0)") if top >= preds.shape[1] else ""
 
 
 def supervised_loss(learn: Learner) -> torch.Tensor:
