@@ -5,7 +5,9 @@ callback only decides when they run. It runs after DeviceCB, so a GPU batch is a
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -29,7 +31,9 @@ class BatchTransformCB(Callback):
     `inputs='all'` (`tfm` on each input, separately): it is refused without, rather than half-transformed.
 
     `on_train=True, on_val=False` (the default) is augmentation: `BatchTransformCB(batch_tfms(RandomCrop(28, 1),
-    RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping).
+    RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping). Left to its
+    default, on_val is checked at a fit's first training batch: a transform giving the same changed batch twice
+    (run on a copy, the RNGs put back) is preprocessing, which validation would miss, and is warned of.
 
     `tfm` must return a new tensor and leave its input alone: a loader may hand out batches that are views of its
     dataset (slices of one tensor; miniai's `TensorLoader` copies), so an in-place edit could change the data
@@ -40,19 +44,22 @@ class BatchTransformCB(Callback):
     inference = True  # prediction passes are validation passes: only the on_val transforms run there
 
     def __init__(self, tfm: Callable[[torch.Tensor], torch.Tensor], on_train: bool = True,
-                 on_val: bool = False, inputs: str | None = None) -> None:
+                 on_val: bool | None = None, inputs: str | None = None) -> None:
         if not callable(tfm):
             raise TypeError(f"BatchTransformCB takes a callable x -> x (e.g. batch_tfms(RandomFlip())); got {tfm!r}")
         if inputs not in (None, "first", "all"):
             raise ValueError(f"inputs must be 'first', 'all' or None (one input); got {inputs!r}")
-        self.tfm, self.on_train, self.on_val, self.inputs = tfm, on_train, on_val, inputs
+        self.tfm, self.on_train, self.on_val, self.inputs = tfm, on_train, bool(on_val), inputs
         self._n = 1  # inputs transformed: the first n items of each batch
+        self._check_val = on_train and on_val is None  # the default: is tfm really an augmentation? (each fit)
+        self._look = False  # at this fit's first training batch
 
     def before_fit(self, learn: Learner) -> None:
         if learn.n_inp != 1 and self.inputs is None:
             raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which BatchTransformCB "
                              "transforms, BatchTransformCB(tfm, inputs='first') or inputs='all' (each one)")
         self._n = learn.n_inp if self.inputs == "all" else 1
+        self._look = self._check_val
 
     def applies(self, training: bool) -> bool:
         """Whether the transform runs in a training (`training=True`) or a validation pass."""
@@ -60,7 +67,29 @@ class BatchTransformCB(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if self.applies(learn.training):
+            if self._look and learn.training and isinstance(learn.batch, (tuple, list)) and learn.batch:
+                self._look = False
+                self._warn_if_preprocessing(learn.batch[0])
             learn.batch = self.transform_batch(learn.batch, self._n)
+
+    def _warn_if_preprocessing(self, xb: Any) -> None:
+        """Warn when the transform gives the same changed batch twice: a normalization, not an augmentation, that
+        validation and prediction batches (on_val False) would miss. Run on a copy, all RNGs put back after."""
+        from .checkpoint import held_generators
+        from .state import rngs_kept
+        if not isinstance(xb, torch.Tensor):
+            return
+        try:
+            with rngs_kept(held_generators(self.tfm), cuda=xb.is_cuda), torch.no_grad():
+                first, second = self.tfm(xb.clone()), self.tfm(xb.clone())
+        except Exception:  # noqa: BLE001 -- the real call, next, raises it with its own message
+            return
+        if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape \
+                and torch.equal(first, second) and not (first.shape == xb.shape and torch.equal(first, xb)):
+            warnings.warn("BatchTransformCB: its transform gave the same batch twice, changed: preprocessing (a "
+                          "normalization, a reshape), not a random augmentation, and with on_val=False validation "
+                          "and prediction batches stay raw. Pass on_val=True (or on_val=False outright if training "
+                          "batches alone need it)", stacklevel=2)
 
     def transform_batch(self, batch: tuple | list, n: int = 1) -> tuple | list:
         """The batch with its first `n` items transformed and every other item as it was (a new tuple or list)."""
