@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -219,6 +220,13 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
                       "with_loss=True) won't work there. Use a module-level function or an nn loss.", stacklevel=3)
         loss_func = None
     dls = getattr(learn, "dls", None)
+    parts = [*learn.model.modules(), getattr(dls, "normalize", None), loss_func, *participants(learn)]
+    mains = sorted({getattr(p, "__qualname__", None) or type(p).__qualname__ for p in parts if p is not None and (
+        getattr(p, "__module__", None) if isinstance(p, types.FunctionType) else type(p).__module__) == "__main__"})
+    if mains:  # pickled by name: only a process whose __main__ defines them too can load them
+        warnings.warn(f"export: {', '.join(mains)} {'is' if len(mains) == 1 else 'are'} defined in the running script "
+                      "or notebook (__main__): load_learner finds it only where __main__ defines it too (the same "
+                      "script or notebook). To load it anywhere, move it into a module you import.", stacklevel=3)
     bundle = {"format": _FORMAT, "version": _VERSION, "torch": torch.__version__,
               "model": unwrap(learn.model), "classes": getattr(dls, "classes", None),
               "normalize": getattr(dls, "normalize", None), "item_shape": getattr(dls, "item_shape", None),

@@ -571,3 +571,25 @@ def test_infer_refuses_a_tensor_that_may_be_one_rgb_image_for_a_grayscale_model(
         learn.infer(rgb)
     assert learn.infer(PIXELS[:3]).index.shape == (3,)  # (N,1,H,W): a batch
     assert learn.infer(PIXELS[:, 0]).index.shape == (6,)  # (N,H,W) with N not 3 or 4
+
+
+def test_an_export_holding_a_class_of_the_running_script_says_where_it_will_load(tmp_path, monkeypatch):
+    """A model class defined in the script itself (module __main__) exported without a word, and load_learner in
+    another process failed with a raw "Can't get attribute 'MyNet' on <module '__main__'>"; a lambda loss is warned
+    of at export."""
+    import sys
+
+    class MyNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+        def forward(self, x):
+            return self.body(x)
+    MyNet.__module__, MyNet.__qualname__ = "__main__", "MyNet"
+    monkeypatch.setattr(sys.modules["__main__"], "MyNet", MyNet, raising=False)
+    learn = Learner(MyNet(), image_learner().dls, F.cross_entropy, cbs=[TrainCB()])
+    with pytest.warns(UserWarning, match=r"export: MyNet is defined in the running script or notebook \(__main__\): "
+                                         r"load_learner finds it only where __main__ defines it too"):
+        loaded = load_learner(learn.export(tmp_path / "m.pkl"))  # (here it does)
+    assert torch.equal(loaded.infer(PIXELS).probs, learn.infer(PIXELS).probs)
