@@ -811,3 +811,12 @@ def test_targets_past_the_models_class_scores_get_the_loss_error_with_the_fix():
     with pytest.raises(LossInputError, match=r"this batch's targets go up to 7 but the model gives 5 class scores: "
                                              r"give it one output per class, 8 at least"):
         learn.fit(1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_device_the_machine_lacks_is_named_before_anything_moves():
+    """DeviceCB('cuda') on a machine without a GPU failed with torch's "Found no NVIDIA driver" from deep inside."""
+    from miniai.callbacks import DeviceCB
+    learn = tiny_learner([DeviceCB("cuda")])
+    with pytest.raises(RuntimeError, match=r"DeviceCB\('cuda'\): this machine has no CUDA device: use DeviceCB\(\)"):
+        learn.fit(1)

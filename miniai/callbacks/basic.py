@@ -35,6 +35,13 @@ class DeviceCB(Callback):
         self._in_place = False  # this pass's batches already sit on the device: nothing to do per batch
 
     def before_fit(self, learn: Learner) -> None:
+        here = {"cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                "mps": int(torch.backends.mps.is_available())}.get(self.device.type)
+        if here is not None and (self.device.index or 0) >= here:  # (torch: "Found no NVIDIA driver", deep inside)
+            raise RuntimeError(f"DeviceCB({str(self.device)!r}): this machine has " + (
+                f"{here} {self.device.type.upper()} device{'s' * (here != 1)}" if here else
+                f"no {self.device.type.upper()} device") + ": use DeviceCB(), which picks CUDA, MPS or the CPU, "
+                "or DeviceCB('cpu')")
         if self.device.type == "cpu":
             fix_malloc()  # keeps activation memory from being given back and faulted in every batch (see fix_malloc)
         learn.model.to(self.device)
