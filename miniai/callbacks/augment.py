@@ -5,6 +5,7 @@ callback only decides when they run. It runs after DeviceCB, so a GPU batch is a
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +33,9 @@ class BatchTransformCB(Callback):
 
     `on_train=True, on_val=False` (the default) is augmentation: `BatchTransformCB(batch_tfms(RandomCrop(28, 1),
     RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping). Left to its
-    default, on_val is checked at a fit's first training batch: a transform giving the same changed batch twice
-    (run on a copy, the RNGs put back) is preprocessing, which validation would miss, and is warned of.
+    default, on_val is checked at a fit's first training batch: a transform that changed the inputs' dtype or
+    scale (mean moved by half a std, std by 1.5×), as a normalization does and augmentations don't, is warned of,
+    since validation would see raw inputs; `on_val=False` given outright says the transform is meant so.
 
     `tfm` must return a new tensor and leave its input alone: a loader may hand out batches that are views of its
     dataset (slices of one tensor; miniai's `TensorLoader` copies), so an in-place edit could change the data
@@ -67,29 +69,11 @@ class BatchTransformCB(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if self.applies(learn.training):
-            if self._look and learn.training and isinstance(learn.batch, (tuple, list)) and learn.batch:
-                self._look = False
-                self._warn_if_preprocessing(learn.batch[0])
+            raw = learn.batch[0] if self._look and learn.training and isinstance(learn.batch, (tuple, list)) else None
             learn.batch = self.transform_batch(learn.batch, self._n)
-
-    def _warn_if_preprocessing(self, xb: Any) -> None:
-        """Warn when the transform gives the same changed batch twice: a normalization, not an augmentation, that
-        validation and prediction batches (on_val False) would miss. Run on a copy, all RNGs put back after."""
-        from .checkpoint import held_generators
-        from .state import rngs_kept
-        if not isinstance(xb, torch.Tensor):
-            return
-        try:
-            with rngs_kept(held_generators(self.tfm), cuda=xb.is_cuda), torch.no_grad():
-                first, second = self.tfm(xb.clone()), self.tfm(xb.clone())
-        except Exception:  # noqa: BLE001 -- the real call, next, raises it with its own message
-            return
-        if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape \
-                and torch.equal(first, second) and not (first.shape == xb.shape and torch.equal(first, xb)):
-            warnings.warn("BatchTransformCB: its transform gave the same batch twice, changed: preprocessing (a "
-                          "normalization, a reshape), not a random augmentation, and with on_val=False validation "
-                          "and prediction batches stay raw. Pass on_val=True (or on_val=False outright if training "
-                          "batches alone need it)", stacklevel=2)
+            if raw is not None:
+                self._look = False
+                _warn_if_rescaled(raw, learn.batch[0])
 
     def transform_batch(self, batch: tuple | list, n: int = 1) -> tuple | list:
         """The batch with its first `n` items transformed and every other item as it was (a new tuple or list)."""
@@ -116,3 +100,25 @@ class BatchTransformCB(Callback):
                                "rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
                                "x.mul_(2); or clone first).")
         return out
+
+
+def _warn_if_rescaled(raw: Any, out: Any) -> None:
+    """Warn when a training-only transform changed the inputs' dtype or scale, as preprocessing does (augmentations
+    keep both): validation and prediction batches, which it leaves alone, would then be raw."""
+    if not (isinstance(raw, torch.Tensor) and isinstance(out, torch.Tensor)) or raw.numel() < 2 or out.numel() < 2:
+        return
+    if not raw.is_floating_point() and out.is_floating_point():
+        change = f"dtype {raw.dtype} → {out.dtype}"
+    elif raw.is_floating_point() and out.is_floating_point():
+        (s0, m0), (s1, m1) = (torch.std_mean(t.detach().float()) for t in (raw, out))  # (once a fit: a GPU sync)
+        m0, s0, m1, s1 = float(m0), float(s0), float(m1), float(s1)
+        if not (s0 > 0 and math.isfinite(m0 + s0 + m1 + s1)) or (abs(m1 - m0) <= 0.5 * s0
+                                                                 and 2 / 3 <= s1 / s0 <= 1.5):
+            return
+        change = f"mean {m0:.3g} → {m1:.3g}, std {s0:.3g} → {s1:.3g}"
+    else:
+        return
+    warnings.warn(f"BatchTransformCB: its transform changed the training inputs' scale ({change}), as preprocessing "
+                  "(a normalization) does, and on_val is left at False: validation and prediction batches are not "
+                  "transformed. If it is preprocessing, pass on_val=True; if it is an augmentation, pass "
+                  "on_val=False to say so.", stacklevel=2)
