@@ -289,6 +289,14 @@ def loss_reduction(loss_func: Any) -> str:
     return value if value in ("mean", "sum", "none") else "mean"
 
 
+def class_loss(loss_func: Any) -> bool:
+    """Whether `loss_func` is torch's cross-entropy or NLL loss (a function, a partial of one, an nn loss): class
+    scores (N, C, ...) against class indices."""
+    fn = getattr(loss_func, "func", loss_func)  # (a partial's function)
+    return fn in (torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss) or isinstance(
+        loss_func, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
+
+
 def len_or_none(obj: Any) -> int | None:
     """len(obj), or None for what has none: a DataLoader over an IterableDataset has `__len__`, but it raises."""
     try:

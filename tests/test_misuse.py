@@ -820,3 +820,20 @@ def test_a_device_the_machine_lacks_is_named_before_anything_moves():
     learn = tiny_learner([DeviceCB("cuda")])
     with pytest.raises(RuntimeError, match=r"DeviceCB\('cuda'\): this machine has no CUDA device: use DeviceCB\(\)"):
         learn.fit(1)
+
+
+def test_the_class_scores_hint_is_for_a_class_losss_index_error_only():
+    """The hint of bbf1ad4 came with every failure: int targets of a binary loss were told to give the model 2
+    outputs (the fix is float targets), (N, T, C) preds were told the model gives T class scores; and an IndexError
+    of a loss of one's own came out as a LossInputError, past the caller's `except IndexError`."""
+    from miniai.callbacks.basic import LossInputError
+    x = torch.randn(16, 4)
+    dls = DataLoaders(TensorLoader(x, torch.arange(16) % 2, 8), TensorLoader(x, torch.arange(16) % 2, 8))
+    with pytest.raises(LossInputError) as info:
+        TrainLearner(nn.Linear(4, 1), dls, F.binary_cross_entropy_with_logits, lr=0.1).fit(1)
+    assert "class scores" not in str(info.value)
+
+    def own_loss(preds, y):
+        return [preds.mean()][3]
+    with pytest.raises(IndexError, match="list index out of range"):
+        TrainLearner(nn.Linear(4, 1), dls, own_loss, lr=0.1).fit(1)

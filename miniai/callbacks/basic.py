@@ -10,7 +10,7 @@ import torch
 from ..checks import call_model, describe
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
-from ..utils import def_device, fix_malloc, loss_setting, to_device
+from ..utils import class_loss, def_device, fix_malloc, loss_setting, to_device
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "SupervisedLoss", "supervised_loss"]
 
@@ -129,9 +129,11 @@ class SupervisedLoss:
             try:
                 loss = loss_func(preds, *yb)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:  # (a try costs nothing when nothing is
-                if isinstance(e, torch.cuda.OutOfMemoryError):  # raised) not the inputs' fault: keep it as it is
+                # raised) out of memory is not the inputs' fault; an IndexError of a loss of one's own is its own
+                if isinstance(e, torch.cuda.OutOfMemoryError) or (
+                        isinstance(e, IndexError) and not class_loss(loss_func)):
                     raise
-                error, fix = e, str(e) + _too_few_scores(preds, yb)
+                error, fix = e, str(e) + (_too_few_scores(preds, yb) if isinstance(e, IndexError) else "")
             else:
                 if not (learn.training and getattr(loss, "ndim", 0)):  # (backward needs one number)
                     self._passed = key
@@ -146,11 +148,11 @@ class SupervisedLoss:
 
 
 def _too_few_scores(preds: Any, yb: tuple) -> str:
-    """What to change when class-index targets reach past the model's class scores (torch: 'Target 6 is out of
-    bounds'), else nothing (read after a failure only: the max waits for a GPU)."""
+    """What to change when class-index targets of (N, C) scores reach past C (torch: 'Target 6 is out of bounds'),
+    else nothing (read after a failure only: the max waits for a GPU)."""
     target = yb[0] if len(yb) == 1 else None
-    if not (isinstance(preds, torch.Tensor) and preds.ndim >= 2 and isinstance(target, torch.Tensor)
-            and not target.is_floating_point() and target.numel()):
+    if not (isinstance(preds, torch.Tensor) and preds.ndim == 2 and isinstance(target, torch.Tensor)
+            and target.ndim == 1 and not target.is_floating_point() and target.numel()):
         return ""
     top = int(target.max())
     return (f" (this batch's targets go up to {top} but the model gives {preds.shape[1]} class scores: give it one "

@@ -9,13 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checks import unbatched_error
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
-from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
+from ..utils import class_loss, loss_reduction, loss_setting, map_tensors, model_device, tensors_in
 from .records import keep_records, restore_if_refused
 
 __all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "improves", "monitor_mode",
@@ -325,9 +324,7 @@ def _averages_over_targets(loss_func: Any) -> bool:
     weights' sum, leaving out its ignore_index. Other losses' `weight` or -100 targets mean something else."""
     if getattr(loss_func, "reduced_by_sum", False) or loss_reduction(loss_func) == "sum":
         return False
-    fn = getattr(loss_func, "func", loss_func)  # (a partial's function)
-    return fn in (F.cross_entropy, F.nll_loss) or isinstance(loss_func, (torch.nn.CrossEntropyLoss,
-                                                                          torch.nn.NLLLoss))
+    return class_loss(loss_func)
 
 
 def _ignored_target(loss_func: Any) -> int:
