@@ -9,10 +9,12 @@ an error the model raises says what it was given.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import numbers
 import operator
 import sys
+import types
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -167,10 +169,10 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any, model: Any = N
     check_count("n_inp", n_inp, what=" (how many of a batch's items are the model's inputs)", error=TypeError)
     if isinstance(model, type):
         raise TypeError(f"model is the class {model.__name__}: pass an instance, {model.__name__}(...)")
-    if not isinstance(model, nn.Module):  # (the optimizer takes its parameters, the loop sets its mode)
-        if callable(model):
-            raise TypeError(f"model is a function ({getattr(model, '__name__', model)}), not a module: call it to "
-                            "build the model, e.g. get_model(), and pass that")
+    if model is not None and not isinstance(model, nn.Module):  # (the optimizer takes its parameters, the loop
+        if isinstance(model, (types.FunctionType, functools.partial)):  # sets its mode; None: one assigned later)
+            raise TypeError(f"model is a function ({getattr(model, '__name__', 'a partial')}), not a module: call it "
+                            "to build the model, e.g. get_model(), and pass that")
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(loss_func, type):
         raise TypeError(f"loss_func is the class {loss_func.__name__}: pass an instance, {loss_func.__name__}(), or a "
@@ -205,6 +207,8 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     made with: fit's, else the learner's), NumPy numbers as Python ones."""
     fit_lr = python_number(fit_lr, tensors=False)
     lr = python_number(learn.lr, tensors=False) if fit_lr is None else fit_lr
+    if learn.model is None:
+        raise TypeError("the learner has no model (None): set learn.model to an nn.Module first")
     check_learner_args(learn.loss_func, learn.opt_func, learn.n_inp, learn.model)
     if not (train or valid):  # only before_fit and after_fit would run: an evaluation that evaluates nothing
         raise ValueError("fit(train=False, valid=False) runs no pass, so nothing would be trained or evaluated: "

@@ -801,6 +801,24 @@ def test_a_model_class_or_factory_is_refused_when_the_learner_is_built(model, sa
         learn.fit(1)
 
 
+def test_a_learner_built_without_a_model_takes_one_assigned_later_and_a_callable_object_is_no_function():
+    """Learner(None, ...) then learn.model = ... worked before the model check of bbf1ad4 and should still; an object
+    with __call__ and parameters was told it was a function to call."""
+    class Wrapper:
+        def __call__(self, x):
+            return x
+
+        def parameters(self):
+            return iter(())
+    with pytest.raises(TypeError, match="model must be an nn.Module, got Wrapper"):
+        TrainLearner(Wrapper(), linear_dls(), F.mse_loss, lr=0.1)
+    learn = TrainLearner(None, linear_dls(), F.mse_loss, lr=0.1)
+    with pytest.raises(TypeError, match=r"the learner has no model \(None\): set learn.model"):
+        learn.fit(1)
+    learn.model = nn.Linear(1, 1)
+    learn.fit(1)
+
+
 def test_targets_past_the_models_class_scores_get_the_loss_error_with_the_fix():
     """A model of 5 outputs for labels 0..9: a bare IndexError("Target 6 is out of bounds") from torch, where every
     other mismatch of preds and targets gets LossInputError with what to change."""
