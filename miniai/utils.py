@@ -289,6 +289,17 @@ def loss_reduction(loss_func: Any) -> str:
     return value if value in ("mean", "sum", "none") else "mean"
 
 
+def check_device(device: str | torch.device, who: str) -> None:
+    """Raise, naming `who`, when this machine lacks `device` (torch says "Found no NVIDIA driver" from deep inside)."""
+    device = torch.device(device)
+    here = {"cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            "mps": int(torch.backends.mps.is_available())}.get(device.type)
+    if here is not None and (device.index or 0) >= here:
+        kind = device.type.upper()
+        raise RuntimeError(f"{who}: this machine has " + (f"{here} {kind} device{'s' * (here != 1)}" if here else
+                           f"no {kind} device") + ": use DeviceCB(), which picks CUDA, MPS or the CPU, or 'cpu'")
+
+
 def class_loss(loss_func: Any) -> bool:
     """Whether `loss_func` is torch's cross-entropy or NLL loss (a function, a partial of one, an nn loss): class
     scores (N, C, ...) against class indices."""

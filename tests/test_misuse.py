@@ -855,3 +855,12 @@ def test_the_class_scores_hint_is_for_a_class_losss_index_error_only():
         return [preds.mean()][3]
     with pytest.raises(IndexError, match="list index out of range"):
         TrainLearner(nn.Linear(4, 1), dls, own_loss, lr=0.1).fit(1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_load_learner_on_a_device_the_machine_lacks_says_so(tmp_path):
+    """load_learner(path, device='cuda') without a GPU gave torch's raw "Found no NVIDIA driver"."""
+    from miniai.inference import load_learner
+    path = tiny_learner().export(tmp_path / "m.pkl")
+    with pytest.raises(RuntimeError, match=r"load_learner\(device='cuda'\): this machine has no CUDA device"):
+        load_learner(path, device="cuda")

@@ -10,7 +10,7 @@ import torch
 from ..checks import call_model, describe
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
-from ..utils import class_loss, def_device, fix_malloc, loss_setting, to_device
+from ..utils import check_device, class_loss, def_device, fix_malloc, loss_setting, to_device
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "SupervisedLoss", "supervised_loss"]
 
@@ -35,13 +35,7 @@ class DeviceCB(Callback):
         self._in_place = False  # this pass's batches already sit on the device: nothing to do per batch
 
     def before_fit(self, learn: Learner) -> None:
-        here = {"cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-                "mps": int(torch.backends.mps.is_available())}.get(self.device.type)
-        if here is not None and (self.device.index or 0) >= here:  # (torch: "Found no NVIDIA driver", deep inside)
-            raise RuntimeError(f"DeviceCB({str(self.device)!r}): this machine has " + (
-                f"{here} {self.device.type.upper()} device{'s' * (here != 1)}" if here else
-                f"no {self.device.type.upper()} device") + ": use DeviceCB(), which picks CUDA, MPS or the CPU, "
-                "or DeviceCB('cpu')")
+        check_device(self.device, f"DeviceCB({str(self.device)!r})")
         if self.device.type == "cpu":
             fix_malloc()  # keeps activation memory from being given back and faulted in every batch (see fix_malloc)
         learn.model.to(self.device)
