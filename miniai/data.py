@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate, default_convert
+from torch.utils.data import (DataLoader, IterableDataset, TensorDataset, default_collate, default_convert,
+                              get_worker_info)
 
 from .cache import load_normalized, load_tensors, normalized_split
 from .checks import check_count
@@ -391,7 +392,9 @@ class _DictToTuple:
         if not isinstance(batch, dict):  # (a collate of one's own made the tuple itself)
             return batch
         columns = self.columns(batch)
-        if self.classlabels:  # the first dict batch: does a ClassLabel column go to the model?
+        # the first dict batch: does a ClassLabel column go to the model? (asked in the main process only: a loader
+        # worker's warning can't be caught there, and each worker would give its own each pass)
+        if self.classlabels and get_worker_info() is None:
             kept = [c for c in columns[:-1] if c in self.classlabels]
             if kept and not any(c in _LABELS for c in columns):
                 warnings.warn(f"{self.where}: no column is named as a label ({', '.join(_LABELS)}), so the batches "

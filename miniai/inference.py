@@ -6,6 +6,7 @@ predict path (`miniai.callbacks.preds`); `export` writes what that path needs, a
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import types
@@ -221,19 +222,17 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
                       "with_loss=True) won't work there. Use a module-level function or an nn loss.", stacklevel=3)
         loss_func = None
     dls = getattr(learn, "dls", None)
-    parts = [*learn.model.modules(), getattr(dls, "normalize", None), loss_func, *participants(learn)]
-    mains = sorted({getattr(p, "__qualname__", None) or type(p).__qualname__ for p in parts if p is not None and (
-        getattr(p, "__module__", None) if isinstance(p, types.FunctionType) else type(p).__module__) == "__main__"})
-    if mains:  # pickled by name: only a process whose __main__ defines them too can load them
-        warnings.warn(f"export: {', '.join(mains)} {'is' if len(mains) == 1 else 'are'} defined in the running script "
-                      "or notebook (__main__): load_learner finds it only where __main__ defines it too (the same "
-                      "script or notebook). To load it anywhere, move it into a module you import.", stacklevel=3)
     bundle = {"format": _FORMAT, "version": _VERSION, "torch": torch.__version__,
               "model": unwrap(learn.model), "classes": getattr(dls, "classes", None),
               "normalize": getattr(dls, "normalize", None), "item_shape": getattr(dls, "item_shape", None),
               "item_dtype": getattr(dls, "item_dtype", None),
               "n_inp": learn.n_inp, "loss_func": loss_func,
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
+    mains = _in_main(bundle)
+    if mains:  # pickled by name: only a process whose __main__ defines them too can load them
+        warnings.warn(f"export: {', '.join(mains)} {'is' if len(mains) == 1 else 'are'} defined in the running script "
+                      "or notebook (__main__): load_learner finds it only where __main__ defines it too (the same "
+                      "script or notebook). To load it anywhere, move it into a module you import.", stacklevel=3)
     path = Path(path).resolve() if Path(path).is_symlink() else Path(path)  # a link: write to where it points
     if path.is_dir():  # (os.replace would fail naming its temporary file)
         raise IsADirectoryError(f"export writes one file, and {path} is a directory: give a file name, e.g. "
@@ -257,6 +256,33 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
         for m, ours in hooks:
             m._forward_hooks.update(ours)
     return path
+
+
+class _MainFinder(pickle.Pickler):
+    """Pickles to nowhere, noting the classes and functions it would store by a name in `__main__`; tensors are
+    skipped (their data is no name, and copying it would cost the export's size again)."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO())
+        self.found: set[str] = set()
+
+    def persistent_id(self, obj: Any) -> Any:
+        return id(obj) if isinstance(obj, (torch.Tensor, torch.UntypedStorage)) else None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+            self.found.add(obj.__qualname__)
+        return NotImplemented  # pickled as usual
+
+
+def _in_main(bundle: dict[str, Any]) -> list[str]:
+    """The names in `__main__` the export would need where it is loaded (none if it does not pickle: said later)."""
+    finder = _MainFinder()
+    try:
+        finder.dump(bundle)
+    except Exception:  # noqa: BLE001 -- torch.save then names what fails to pickle
+        pass
+    return sorted(finder.found)
 
 
 def _culprit(bundle: dict[str, Any]) -> str:

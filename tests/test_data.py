@@ -1027,3 +1027,19 @@ def test_from_dd_warns_of_a_classlabel_column_that_would_go_to_the_model():
         def own_tuple(items):  # a collate of one's own making the tuple itself
             return torch.stack([i["image"] for i in items]), torch.stack([i["cls"] for i in items])
         next(iter(DataLoaders.from_dd(dd, 4, collate_fn=own_tuple).train))
+
+
+def test_the_classlabel_warning_is_not_given_by_loader_workers(monkeypatch):
+    """Given inside each loader worker, the warning came once per worker and pass on stderr, and could not be caught
+    in the main process (warnings.catch_warnings saw none): in a worker (get_worker_info() set) it is not given."""
+    import datasets
+    import miniai.data
+    feats = datasets.Features({"cls": datasets.ClassLabel(names=["cat", "dog"]),
+                               "image": datasets.Array2D((2, 2), "float32")})
+    split = datasets.Dataset.from_dict({"cls": [0, 1, 1, 0], "image": [[[0.5, 1.0], [1.0, 0.0]]] * 4},
+                                       features=feats).with_format("torch")
+    dls = DataLoaders.from_dd(datasets.DatasetDict({"train": split, "validation": split}), 2)
+    monkeypatch.setattr(miniai.data, "get_worker_info", lambda: object())  # as in a worker
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list(dls.train)) == 2

@@ -593,3 +593,18 @@ def test_an_export_holding_a_class_of_the_running_script_says_where_it_will_load
                                          r"load_learner finds it only where __main__ defines it too"):
         loaded = load_learner(learn.export(tmp_path / "m.pkl"))  # (here it does)
     assert torch.equal(loaded.infer(PIXELS).probs, learn.infer(PIXELS).probs)
+
+    def scale(x):  # a function of the script's, held by a callback that export saves, and by a partial loss
+        return x * 2
+
+    def my_loss(preds, y, w=1.0):
+        return F.cross_entropy(preds, y) * w
+    class MyDevice(DeviceCB):  # (export leaves DeviceCB out: nothing to say of it)
+        pass
+    for f in (scale, my_loss, MyDevice):
+        f.__module__, f.__qualname__ = "__main__", f.__name__
+        monkeypatch.setattr(sys.modules["__main__"], f.__name__, f, raising=False)
+    learn = image_learner([BatchTransformCB(scale, on_val=True), MyDevice("cpu")])
+    learn.loss_func = partial(my_loss, w=2.0)
+    with pytest.warns(UserWarning, match=r"export: my_loss, scale are defined in the running script"):
+        learn.export(tmp_path / "m2.pkl")
