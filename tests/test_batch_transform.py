@@ -157,9 +157,9 @@ def test_a_training_only_transform_that_rescales_the_inputs_is_warned_of_and_an_
     torchvision flip (one draw a batch) in 6 fits of 40, with advice that put random flips into validation, and
     stateful transforms saw extra calls. Now the first training batch's statistics are compared, no extra call."""
     import warnings
-    with pytest.warns(UserWarning, match=r"changed the training inputs' scale \(mean .* → .*, std .* → .*\), as "
-                                         r"preprocessing .* If it is preprocessing, pass on_val=True; if it is an "
-                                         r"augmentation, pass on_val=False to say so"):
+    with pytest.warns(UserWarning, match=r"changed the training inputs' std .* → .*, as preprocessing does .* If it "
+                                         r"is preprocessing, pass on_val=True; if it is an augmentation, pass "
+                                         r"on_val=False to say so"):
         image_learner([BatchTransformCB(lambda xb: (xb - 0.5) / 3)]).fit(1)
     calls = []
 
@@ -169,7 +169,9 @@ def test_a_training_only_transform_that_rescales_the_inputs_is_warned_of_and_an_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for bs in (1, 8):
-            for tfm in (RandomFlip(), RandomCrop(8, 1), RandomErase(p=1.0), lambda xb: xb.flip(-1), counted):
+            for tfm in (RandomFlip(), RandomCrop(8, 1), RandomErase(p=1.0), lambda xb: xb.flip(-1), counted,
+                        lambda xb: 1.5 - xb * 1.4, lambda xb: xb + torch.randn_like(xb)):  # (inverted, contrast;
+                # noise of the inputs' own std)
                 learn = image_learner([BatchTransformCB(tfm)])
                 learn.dls.train.bs = bs
                 learn.fit(1)

@@ -33,9 +33,9 @@ class BatchTransformCB(Callback):
 
     `on_train=True, on_val=False` (the default) is augmentation: `BatchTransformCB(batch_tfms(RandomCrop(28, 1),
     RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping). Left to its
-    default, on_val is checked at a fit's first training batch: a transform that changed the inputs' dtype or
-    scale (mean moved by half a std, std by 1.5×), as a normalization does and augmentations don't, is warned of,
-    since validation would see raw inputs; `on_val=False` given outright says the transform is meant so.
+    default, on_val is checked at a fit's first training batch: a transform that changed the inputs' dtype, or
+    their std by 2.5× or more, as a normalization does and augmentations don't, is warned of, since validation
+    would see raw inputs; `on_val=False` given outright says the transform is meant so.
 
     `tfm` must return a new tensor and leave its input alone: a loader may hand out batches that are views of its
     dataset (slices of one tensor; miniai's `TensorLoader` copies), so an in-place edit could change the data
@@ -110,15 +110,15 @@ def _warn_if_rescaled(raw: Any, out: Any) -> None:
     if not raw.is_floating_point() and out.is_floating_point():
         change = f"dtype {raw.dtype} → {out.dtype}"
     elif raw.is_floating_point() and out.is_floating_point():
-        (s0, m0), (s1, m1) = (torch.std_mean(t.detach().float()) for t in (raw, out))  # (once a fit: a GPU sync)
-        m0, s0, m1, s1 = float(m0), float(s0), float(m1), float(s1)
-        if not (s0 > 0 and math.isfinite(m0 + s0 + m1 + s1)) or (abs(m1 - m0) <= 0.5 * s0
-                                                                 and 2 / 3 <= s1 / s0 <= 1.5):
+        # the spread only: brightness, inversion and solarizing move the mean; no augmentation scales the spread
+        # by 2.5 (a normalization of 0-1 images does, by 3-4; /255 by 255)
+        s0, s1 = float(raw.detach().float().std()), float(out.detach().float().std())  # (once a fit: a GPU sync)
+        if not (s0 > 0 and math.isfinite(s0 + s1)) or 0.4 <= s1 / s0 <= 2.5:
             return
-        change = f"mean {m0:.3g} → {m1:.3g}, std {s0:.3g} → {s1:.3g}"
+        change = f"std {s0:.3g} → {s1:.3g}"
     else:
         return
-    warnings.warn(f"BatchTransformCB: its transform changed the training inputs' scale ({change}), as preprocessing "
-                  "(a normalization) does, and on_val is left at False: validation and prediction batches are not "
-                  "transformed. If it is preprocessing, pass on_val=True; if it is an augmentation, pass "
+    warnings.warn(f"BatchTransformCB: its transform changed the training inputs' {change}, as preprocessing does (a "
+                  "normalization, a conversion), and on_val is left at False: validation and prediction batches are "
+                  "not transformed. If it is preprocessing, pass on_val=True; if it is an augmentation, pass "
                   "on_val=False to say so.", stacklevel=2)
