@@ -170,7 +170,7 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any, model: Any = N
     if isinstance(model, type):
         raise TypeError(f"model is the class {model.__name__}: pass an instance, {model.__name__}(...)")
     if model is not None and not isinstance(model, nn.Module):  # (the optimizer takes its parameters, the loop
-        if isinstance(model, (types.FunctionType, functools.partial)):  # sets its mode; None: one assigned later)
+        if isinstance(model, (types.FunctionType, types.MethodType, functools.partial)):  # sets its mode; None: one assigned later)
             raise TypeError(f"model is a function ({getattr(model, '__name__', 'a partial')}), not a module: call it "
                             "to build the model, e.g. get_model(), and pass that")
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

@@ -307,7 +307,7 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     (`torch.load(weights_only=False)`):
     only load files you trust, with the model's class importable as it was at export.
     """
-    check_device(device, f"load_learner(device={str(device)!r})")
+    check_device(device, f"load_learner(device={str(torch.device(device))!r})")
     # on the CPU first: torch.load can't map storages to an indexed CPU device ('cpu:0'); .to() below can
     bundle = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(bundle, dict) or bundle.get("format") != _FORMAT:

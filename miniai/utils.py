@@ -297,7 +297,8 @@ def check_device(device: str | torch.device, who: str) -> None:
     if here is not None and (device.index or 0) >= here:
         kind = device.type.upper()
         raise RuntimeError(f"{who}: this machine has " + (f"{here} {kind} device{'s' * (here != 1)}" if here else
-                           f"no {kind} device") + ": use DeviceCB(), which picks CUDA, MPS or the CPU, or 'cpu'")
+                           f"no {kind} device") + ": use one it has, 'cpu', or miniai.utils.def_device (CUDA, MPS "
+                           "or the CPU, whichever it has)")
 
 
 def class_loss(loss_func: Any) -> bool:

@@ -826,8 +826,9 @@ def test_targets_past_the_models_class_scores_get_the_loss_error_with_the_fix():
     x, y = torch.randn(32, 4), torch.arange(32) % 10
     learn = TrainLearner(nn.Linear(4, 5), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), F.cross_entropy,
                          lr=0.1)
-    with pytest.raises(LossInputError, match=r"this batch's targets go up to 7 but the model gives 5 class scores: "
-                                             r"give it one output per class, 8 at least"):
+    with pytest.raises(LossInputError, match=r"this batch's targets go up to 7 but the model gives 5 class scores in "
+                                             r"dim 1, where the loss reads them: give it one output per class, 8 at "
+                                             r"least"):
         learn.fit(1)
 
 
@@ -836,7 +837,8 @@ def test_a_device_the_machine_lacks_is_named_before_anything_moves():
     """DeviceCB('cuda') on a machine without a GPU failed with torch's "Found no NVIDIA driver" from deep inside."""
     from miniai.callbacks import DeviceCB
     learn = tiny_learner([DeviceCB("cuda")])
-    with pytest.raises(RuntimeError, match=r"DeviceCB\('cuda'\): this machine has no CUDA device: use DeviceCB\(\)"):
+    with pytest.raises(RuntimeError, match=r"DeviceCB\('cuda'\): this machine has no CUDA device: use one it "
+                                           r"has, 'cpu'"):
         learn.fit(1)
 
 
@@ -850,6 +852,11 @@ def test_the_class_scores_hint_is_for_a_class_losss_index_error_only():
     with pytest.raises(LossInputError) as info:
         TrainLearner(nn.Linear(4, 1), dls, F.binary_cross_entropy_with_logits, lr=0.1).fit(1)
     assert "class scores" not in str(info.value)
+
+    seg = DataLoaders(TensorLoader(torch.randn(8, 4, 2, 2), torch.full((8, 2, 2), 4), 4),
+                      TensorLoader(torch.randn(8, 4, 2, 2), torch.full((8, 2, 2), 4), 4))
+    with pytest.raises(LossInputError, match=r"go up to 4 but the model gives 3 class scores in dim 1.*permute"):
+        TrainLearner(nn.Conv2d(4, 3, 1), seg, F.cross_entropy, lr=0.1).fit(1)  # (N, C, H, W) scores: hinted too
 
     def own_loss(preds, y):
         return [preds.mean()][3]

@@ -35,7 +35,7 @@ class DeviceCB(Callback):
         self._in_place = False  # this pass's batches already sit on the device: nothing to do per batch
 
     def before_fit(self, learn: Learner) -> None:
-        check_device(self.device, f"DeviceCB({str(self.device)!r})")
+        check_device(self.device, f"DeviceCB({str(self.device)!r})")  # (DeviceCB() picks one it has)
         if self.device.type == "cpu":
             fix_malloc()  # keeps activation memory from being given back and faulted in every batch (see fix_malloc)
         learn.model.to(self.device)
@@ -142,15 +142,17 @@ class SupervisedLoss:
 
 
 def _too_few_scores(preds: Any, yb: tuple) -> str:
-    """What to change when class-index targets of (N, C) scores reach past C (torch: 'Target 6 is out of bounds'),
-    else nothing (read after a failure only: the max waits for a GPU)."""
+    """What to change when class-index targets (N, ...) reach past the C class scores of (N, C, ...) preds (torch:
+    'Target 6 is out of bounds'), else nothing (read after a failure only: the max waits for a GPU)."""
     target = yb[0] if len(yb) == 1 else None
-    if not (isinstance(preds, torch.Tensor) and preds.ndim == 2 and isinstance(target, torch.Tensor)
-            and target.ndim == 1 and not target.is_floating_point() and target.numel()):
+    if not (isinstance(preds, torch.Tensor) and preds.ndim >= 2 and isinstance(target, torch.Tensor)
+            and target.ndim == preds.ndim - 1 and not target.is_floating_point() and target.numel()):
         return ""
-    top = int(target.max())
-    return (f" (this batch's targets go up to {top} but the model gives {preds.shape[1]} class scores: give it one "
-            f"output per class, {top + 1} at least, or number the classes from 0)") if top >= preds.shape[1] else ""
+    top, scores = int(target.max()), preds.shape[1]
+    later = " (an output (N, L, C) puts them last: permute it to (N, C, L))" if preds.ndim > 2 else ""
+    return (f" (this batch's targets go up to {top} but the model gives {scores} class scores in dim 1, where the "
+            f"loss reads them{later}: give it one output per class, {top + 1} at least, or number the classes from "
+            "0)") if top >= scores else ""
 
 
 def supervised_loss(learn: Learner) -> torch.Tensor:
