@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import numbers
 import os
+import random
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import (DataLoader, IterableDataset, TensorDataset, default_collate, default_convert,
                               get_worker_info)
@@ -316,6 +318,10 @@ class DataLoaders:
         # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
         collate = _DictToTuple(list(getattr(train, "features", None) or []), collate_fn, where="DataLoaders.from_dd",
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
+        if as_tuple and kwargs.get("num_workers") and collate_fn is default_collate:  # (workers collate: asked here,
+            item = _first_item(train)  # of the first item, whose columns default_collate keeps)
+            if isinstance(item, dict):
+                collate.check_columns(collate.columns(item))
         # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
@@ -393,16 +399,21 @@ class _DictToTuple:
             return batch
         columns = self.columns(batch)
         # the first dict batch: does a ClassLabel column go to the model? (asked in the main process only: a loader
-        # worker's warning can't be caught there, and each worker would give its own each pass)
+        # worker's warning can't be caught there, and each worker would give its own each pass; see from_dd)
         if self.classlabels and get_worker_info() is None:
-            kept = [c for c in columns[:-1] if c in self.classlabels]
-            if kept and not any(c in _LABELS for c in columns):
-                warnings.warn(f"{self.where}: no column is named as a label ({', '.join(_LABELS)}), so the batches "
-                              f"are ({', '.join(columns)}): the last, {columns[-1]!r}, is the target, and the "
-                              f"ClassLabel {kept[0]!r} goes to the model. If {kept[0]!r} holds the labels, rename "
-                              f"it: ds = ds.rename_column({kept[0]!r}, 'label')", stacklevel=2)
-            self.classlabels = []
+            self.check_columns(columns)
         return tuple(batch[k] for k in columns)
+
+    def check_columns(self, columns: list[str]) -> None:
+        """Warn, once, if `columns` (a batch's, in order) would feed a ClassLabel column to the model: none is named
+        as a label and a ClassLabel is not last."""
+        kept = [c for c in columns[:-1] if c in self.classlabels]
+        if kept and not any(c in _LABELS for c in columns):
+            warnings.warn(f"{self.where}: no column is named as a label ({', '.join(_LABELS)}), so the batches are "
+                          f"({', '.join(columns)}): the last, {columns[-1]!r}, is the target, and the ClassLabel "
+                          f"{kept[0]!r} goes to the model. If {kept[0]!r} holds the labels, rename it: "
+                          f"ds = ds.rename_column({kept[0]!r}, 'label')", stacklevel=3)
+        self.classlabels = []
 
     def columns(self, batch: dict) -> list[str]:
         """The keys of a dict batch (or item) in the order of the tuple it becomes."""
@@ -414,6 +425,19 @@ def collate_dict(ds: Any) -> Callable[[list], tuple]:
     """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
     `ds.features` order, a label column last (`(images, labels)`), what a Learner's batch is (as `from_dd`'s)."""
     return _DictToTuple(list(ds.features), strict=True, classlabels=_classlabels(ds), where="collate_dict")
+
+
+def _first_item(ds: Any) -> Any:
+    """`ds[0]` with the RNGs left as they were (a transform may draw), or None (an IterableDataset, an error)."""
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return ds[0]
+    except Exception:  # noqa: BLE001 -- then the batches' own check is all there is
+        return None
+    finally:
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
 
 
 def _classlabels(ds: Any) -> list[str]:

@@ -1043,3 +1043,9 @@ def test_the_classlabel_warning_is_not_given_by_loader_workers(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(list(dls.train)) == 2
+    # with workers the batches are collated there: from_dd asks of the first item, drawing nothing
+    state = torch.get_rng_state()
+    drawing = split.with_transform(lambda b: {"cls": b["cls"], "image": torch.rand(len(b["cls"]), 2, 2)})
+    with pytest.warns(UserWarning, match=r"DataLoaders.from_dd: no column is named as a label"):
+        DataLoaders.from_dd(datasets.DatasetDict({"train": drawing, "validation": drawing}), 2, num_workers=1)
+    assert torch.equal(state, torch.get_rng_state())
