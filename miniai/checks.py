@@ -169,8 +169,9 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any, model: Any = N
     check_count("n_inp", n_inp, what=" (how many of a batch's items are the model's inputs)", error=TypeError)
     if isinstance(model, type):
         raise TypeError(f"model is the class {model.__name__}: pass an instance, {model.__name__}(...)")
-    if model is not None and not isinstance(model, nn.Module):  # (the optimizer takes its parameters, the loop
-        if isinstance(model, (types.FunctionType, types.MethodType, functools.partial)):  # sets its mode; None: one assigned later)
+    # the optimizer takes its parameters, the loop sets its mode (None: a model assigned before the fit)
+    if model is not None and not isinstance(model, nn.Module):
+        if isinstance(model, (types.FunctionType, types.MethodType, functools.partial)):
             raise TypeError(f"model is a function ({getattr(model, '__name__', 'a partial')}), not a module: call it "
                             "to build the model, e.g. get_model(), and pass that")
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
