@@ -185,7 +185,7 @@ class ResumeCB(Callback):
                               "will not continue exactly", stacklevel=2)
         ranks = state.get("rng_ranks")  # every rank's own, when it was saved under DDP with as many processes
         now = world_size() if is_dist() else 1
-        own = ranks[rank()] if ranks and len(ranks) == now else state["rng"]
+        own = ranks[rank()] if ranks and is_dist() and len(ranks) == world_size() else state["rng"]
         # torch's generators (dropout, augmentation; Python's and NumPy's differ in any unseeded script)
         torch_draws = {_plain_bytes({k: v for k, v in r.items() if k not in ("python", "numpy")}) for r in ranks or ()}
         if ranks and len(ranks) != now and training and len(torch_draws) > 1:
