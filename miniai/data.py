@@ -318,10 +318,10 @@ class DataLoaders:
         # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
         collate = _DictToTuple(list(getattr(train, "features", None) or []), collate_fn, where="DataLoaders.from_dd",
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
-        if as_tuple and kwargs.get("num_workers") and collate_fn is default_collate:  # (workers collate: asked here,
-            item = _first_item(train)  # of the first item, whose columns default_collate keeps)
-            if isinstance(item, dict):
-                collate.check_columns(collate.columns(item))
+        if as_tuple and collate.classlabels and kwargs.get("num_workers") and collate_fn is default_collate:
+            item = _first_item(train)  # (workers collate: asked here, of the first item, whose columns it keeps; of
+            collate.check_columns(collate.columns(item if isinstance(item, dict) else dict.fromkeys(train.features)))
+            # the features' order for a dataset that has no item 0, a streaming one)
         # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored

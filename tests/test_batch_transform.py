@@ -24,10 +24,11 @@ class SeenInputs(Callback):
         self.seen.append((learn.training, learn.batch[0].clone()))
 
 
-def image_learner(cbs, shuffle: bool = False) -> TrainLearner:
-    """32 random 1×8×8 'images' in 3 classes, 4 train and 2 valid batches of 8, a Flatten+Linear model."""
+def image_learner(cbs, shuffle: bool = False, raw: bool = False) -> TrainLearner:
+    """32 random 1×8×8 'images' in 3 classes (standard normal, or `raw` 0-1 pixels), 4 train and 2 valid batches of
+    8, a Flatten+Linear model."""
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+    x, y = (torch.rand if raw else torch.randn)(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
     dls = DataLoaders(TensorLoader(x, y, 8, shuffle=shuffle, seed=0), TensorLoader(x[:16].clone(), y[:16].clone(), 8))
     torch.manual_seed(0)
     return TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), dls, F.cross_entropy, lr=0.1, cbs=list(cbs))
@@ -157,10 +158,10 @@ def test_a_training_only_transform_that_rescales_the_inputs_is_warned_of_and_an_
     torchvision flip (one draw a batch) in 6 fits of 40, with advice that put random flips into validation, and
     stateful transforms saw extra calls. Now the first training batch's statistics are compared, no extra call."""
     import warnings
-    with pytest.warns(UserWarning, match=r"changed the training inputs' std .* → .*, as preprocessing does .* If it "
-                                         r"is preprocessing, pass on_val=True; if it is an augmentation, pass "
-                                         r"on_val=False to say so"):
-        image_learner([BatchTransformCB(lambda xb: (xb - 0.5) / 3)]).fit(1)
+    with pytest.warns(UserWarning, match=r"changed the training inputs' mean .* → .*, std .* → .*, as preprocessing "
+                                         r"does .* If it is preprocessing, pass on_val=True; if it is an augmentation, "
+                                         r"pass on_val=False to say so"):
+        image_learner([BatchTransformCB(lambda xb: (xb - 0.5) / 0.29)], raw=True).fit(1)
     calls = []
 
     def counted(xb):
@@ -170,9 +171,9 @@ def test_a_training_only_transform_that_rescales_the_inputs_is_warned_of_and_an_
         warnings.simplefilter("error")
         for bs in (1, 8):
             for tfm in (RandomFlip(), RandomCrop(8, 1), RandomErase(p=1.0), lambda xb: xb.flip(-1), counted,
-                        lambda xb: 1.5 - xb * 1.4, lambda xb: xb + torch.randn_like(xb)):  # (inverted, contrast;
-                # noise of the inputs' own std)
-                learn = image_learner([BatchTransformCB(tfm)])
+                        lambda xb: 1.5 - xb * 1.4, lambda xb: xb + torch.randn_like(xb), lambda xb: xb * 0.3):
+                # (inverted, contrast; noise of the inputs' own std; a dimming of 0.3)
+                learn = image_learner([BatchTransformCB(tfm)], raw=True)
                 learn.dls.train.bs = bs
                 learn.fit(1)
         image_learner([BatchTransformCB(lambda xb: xb * 2, on_val=False)]).fit(1)  # said outright: meant so

@@ -1049,3 +1049,7 @@ def test_the_classlabel_warning_is_not_given_by_loader_workers(monkeypatch):
     with pytest.warns(UserWarning, match=r"DataLoaders.from_dd: no column is named as a label"):
         DataLoaders.from_dd(datasets.DatasetDict({"train": drawing, "validation": drawing}), 2, num_workers=1)
     assert torch.equal(state, torch.get_rng_state())
+    streaming = datasets.IterableDatasetDict({"train": split.to_iterable_dataset(),
+                                              "validation": split.to_iterable_dataset()})
+    with pytest.warns(UserWarning, match=r"DataLoaders.from_dd: no column is named as a label"):  # (no item 0)
+        DataLoaders.from_dd(streaming, 2, num_workers=1)

@@ -33,9 +33,10 @@ class BatchTransformCB(Callback):
 
     `on_train=True, on_val=False` (the default) is augmentation: `BatchTransformCB(batch_tfms(RandomCrop(28, 1),
     RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping). Left to its
-    default, on_val is checked at a fit's first training batch: a transform that changed the inputs' dtype, or
-    their std by 2.5× or more, as a normalization does and augmentations don't, is warned of, since validation
-    would see raw inputs; `on_val=False` given outright says the transform is meant so.
+    default, on_val is checked at a fit's first training batch: a transform that changed the inputs' dtype,
+    standardized them (mean near 0 and std near 1, from inputs that were not) or scaled them 10× or more, as
+    preprocessing does and augmentations don't, is warned of, since validation would see raw inputs;
+    `on_val=False` given outright says the transform is meant so.
 
     `tfm` must return a new tensor and leave its input alone: a loader may hand out batches that are views of its
     dataset (slices of one tensor; miniai's `TensorLoader` copies), so an in-place edit could change the data
@@ -110,12 +111,16 @@ def _warn_if_rescaled(raw: Any, out: Any) -> None:
     if not raw.is_floating_point() and out.is_floating_point():
         change = f"dtype {raw.dtype} → {out.dtype}"
     elif raw.is_floating_point() and out.is_floating_point():
-        # the spread only: brightness, inversion and solarizing move the mean; no augmentation scales the spread
-        # by 2.5 (a normalization of 0-1 images does, by 3-4; /255 by 255)
-        s0, s1 = float(raw.detach().float().std()), float(out.detach().float().std())  # (once a fit: a GPU sync)
-        if not (s0 > 0 and math.isfinite(s0 + s1)) or 0.4 <= s1 / s0 <= 2.5:
+        # what augmentations don't do: standardize (mean near 0, std near 1, from inputs that were not: brightness,
+        # contrast, solarizing and blurs move mean and std, not to 0 and 1), or scale by 10 or more (/255)
+        (s0, m0), (s1, m1) = (torch.std_mean(t.detach().float()) for t in (raw, out))  # (once a fit: a GPU sync)
+        s0, m0, s1, m1 = float(s0), float(m0), float(s1), float(m1)
+        if not (s0 > 0 and math.isfinite(s0 + m0 + s1 + m1)):
             return
-        change = f"std {s0:.3g} → {s1:.3g}"
+        near_standard = [abs(m) < 0.25 and 0.75 < s < 4 / 3 for m, s in ((m0, s0), (m1, s1))]
+        if not (near_standard[1] and not near_standard[0] or not 0.1 <= s1 / s0 <= 10):
+            return
+        change = f"mean {m0:.3g} → {m1:.3g}, std {s0:.3g} → {s1:.3g}"
     else:
         return
     warnings.warn(f"BatchTransformCB: its transform changed the training inputs' {change}, as preprocessing does (a "

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..checks import call_model, describe
+from ..checks import add_note, call_model, describe
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
 from ..utils import check_device, class_loss, def_device, fix_malloc, loss_setting, to_device
@@ -124,8 +124,11 @@ class SupervisedLoss:
                 loss = loss_func(preds, *yb)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:  # (a try costs nothing when nothing is
                 # raised) out of memory is not the inputs' fault; an IndexError of a loss of one's own is its own
-                if isinstance(e, torch.cuda.OutOfMemoryError) or (
-                        isinstance(e, IndexError) and not class_loss(loss_func)):
+                if isinstance(e, torch.cuda.OutOfMemoryError):
+                    raise
+                if isinstance(e, IndexError) and not class_loss(loss_func):  # (a cross-entropy inside it: a note)
+                    if "out of bounds" in str(e) and _too_few_scores(preds, yb):
+                        add_note(e, _too_few_scores(preds, yb).strip()[1:-1])
                     raise
                 error, fix = e, str(e) + (_too_few_scores(preds, yb) if isinstance(e, IndexError) else "")
             else:
@@ -149,10 +152,9 @@ def _too_few_scores(preds: Any, yb: tuple) -> str:
             and target.ndim == preds.ndim - 1 and not target.is_floating_point() and target.numel()):
         return ""
     top, scores = int(target.max()), preds.shape[1]
-    later = " (an output (N, L, C) puts them last: permute it to (N, C, L))" if preds.ndim > 2 else ""
     return (f" (this batch's targets go up to {top} but the model gives {scores} class scores in dim 1, where the "
-            f"loss reads them{later}: give it one output per class, {top + 1} at least, or number the classes from "
-            "0)") if top >= scores else ""
+            f"loss reads them: give it one output per class, {top + 1} at least, or number the classes from 0)"
+            ) if top >= scores else ""
 
 
 def supervised_loss(learn: Learner) -> torch.Tensor:
