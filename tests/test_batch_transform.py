@@ -158,9 +158,9 @@ def test_a_training_only_transform_that_rescales_the_inputs_is_warned_of_and_an_
     torchvision flip (one draw a batch) in 6 fits of 40, with advice that put random flips into validation, and
     stateful transforms saw extra calls. Now the first training batch's statistics are compared, no extra call."""
     import warnings
-    with pytest.warns(UserWarning, match=r"changed the training inputs' mean .* → .*, std .* → .*, as preprocessing "
-                                         r"does .* If it is preprocessing, pass on_val=True; if it is an augmentation, "
-                                         r"pass on_val=False to say so"):
+    with pytest.warns(UserWarning, match=r"changed the training inputs' mean .* → .*, std .* → .*, as "
+                                         r"preprocessing does .* If it is preprocessing, pass on_val=True; if it is "
+                                         r"an augmentation, pass on_val=False to say so"):
         image_learner([BatchTransformCB(lambda xb: (xb - 0.5) / 0.29)], raw=True).fit(1)
     calls = []
 
