@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import numbers
 import os
-import random
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import (DataLoader, IterableDataset, TensorDataset, default_collate, default_convert,
                               get_worker_info)
@@ -21,6 +19,7 @@ from torch.utils.data import (DataLoader, IterableDataset, TensorDataset, defaul
 from .cache import load_normalized, load_tensors, normalized_split
 from .checks import check_count
 from .sources import VALID_SPLITS, check_split_classes
+from .utils import rngs_kept
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
 
@@ -316,16 +315,16 @@ class DataLoaders:
         check_split_classes(dd, valid_name, "DataLoaders.from_dd")  # as get_dls: label i means one class in both
         train, valid = dd["train"], dd[valid_name]
         # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
-        collate = _DictToTuple(list(getattr(train, "features", None) or []), collate_fn, where="DataLoaders.from_dd",
+        features = getattr(train, "features", None) or {}
+        collate = _DictToTuple(list(features), collate_fn, where="DataLoaders.from_dd",
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
         if as_tuple and collate.classlabels and kwargs.get("num_workers") and collate_fn is default_collate:
             item = _first_item(train)  # (workers collate: asked here, of the first item, whose columns it keeps; of
-            collate.check_columns(collate.columns(item if isinstance(item, dict) else dict.fromkeys(train.features)))
+            collate.check_columns(collate.columns(item if isinstance(item, dict) else dict.fromkeys(features)))
             # the features' order for a dataset that has no item 0, a streaming one)
         # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
-        features = getattr(train, "features", None) or {}
         names = next((getattr(features[c], "names", None) for c in _LABELS if c in features), None)  # a ClassLabel's
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),
@@ -429,15 +428,11 @@ def collate_dict(ds: Any) -> Callable[[list], tuple]:
 
 def _first_item(ds: Any) -> Any:
     """`ds[0]` with the RNGs left as they were (a transform may draw), or None (an IterableDataset, an error)."""
-    python_rng, numpy_rng = random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with rngs_kept():
             return ds[0]
     except Exception:  # noqa: BLE001 -- then the batches' own check is all there is
         return None
-    finally:
-        random.setstate(python_rng)
-        np.random.set_state(numpy_rng)
 
 
 def _classlabels(ds: Any) -> list[str]:

@@ -1,6 +1,7 @@
 """Small helpers every other piece needs: the default device, moving nested batches, seeding, the CPU allocator."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import dataclasses
@@ -20,7 +21,8 @@ import torch
 
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
-           "loss_setting", "loss_reduction", "without_graph", "trained_parameters"]
+           "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "rngs_kept", "check_device",
+           "class_loss"]
 
 
 def _pick_device() -> str:
@@ -287,6 +289,24 @@ def loss_reduction(loss_func: Any) -> str:
     default, and what a loss of one's own is taken to do unless it says otherwise: `my_loss.reduction = 'sum'`)."""
     value = loss_setting(loss_func, "reduction", "mean")
     return value if value in ("mean", "sum", "none") else "mean"
+
+
+@contextlib.contextmanager
+def rngs_kept(cuda: bool = False) -> Iterator[None]:
+    """On exit, also after an error, put back the global RNGs: torch's, Python's, NumPy's, MPS's, and CUDA's once in
+    use (or, with `cuda`, about to be)."""
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and (
+        torch.cuda.is_initialized() or cuda) else []
+    mps_rng = torch.mps.get_rng_state() if torch.backends.mps.is_available() else None
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
+        if mps_rng is not None:
+            torch.mps.set_rng_state(mps_rng)
 
 
 def check_device(device: str | torch.device, who: str) -> None:

@@ -126,11 +126,12 @@ class SupervisedLoss:
                 # raised) out of memory is not the inputs' fault; an IndexError of a loss of one's own is its own
                 if isinstance(e, torch.cuda.OutOfMemoryError):
                     raise
+                hint = _too_few_scores(preds, yb) if isinstance(e, IndexError) else ""
                 if isinstance(e, IndexError) and not class_loss(loss_func):  # (a cross-entropy inside it: a note)
-                    if "out of bounds" in str(e) and _too_few_scores(preds, yb):
-                        add_note(e, _too_few_scores(preds, yb).strip()[1:-1])
+                    if "out of bounds" in str(e) and hint:
+                        add_note(e, hint.strip()[1:-1])
                     raise
-                error, fix = e, str(e) + (_too_few_scores(preds, yb) if isinstance(e, IndexError) else "")
+                error, fix = e, str(e) + hint
             else:
                 if not (learn.training and getattr(loss, "ndim", 0)):  # (backward needs one number)
                     self._passed = key

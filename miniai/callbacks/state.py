@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -18,12 +17,12 @@ from torch import nn
 
 from ..data import TensorLoader
 from ..learner import Learner
-from ..utils import map_tensors
+from ..utils import map_tensors, rngs_kept
 from .checkpoint import (callback_generators, generator_state, has_state, held_generators, loader_generators,
                          set_generator_state)
 from .metrics import MetricsCB
 
-__all__ = ["kept", "rngs_kept"]
+__all__ = ["kept"]
 
 
 def _shallow(obj: Any) -> tuple[dict, list]:
@@ -121,9 +120,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     states += [(cb, state) for cb in learn.cbs if weights and has_state(cb)
                and not type(cb).state_dict.__module__.startswith("miniai.")
                for state in [_user_state(cb)] if state is not None]
-    generators = [g for dl in all_loaders for g in loader_generators(dl)]
-    generators += [g for gens in callback_generators(learn).values() for g in gens]
-    generators += [g for tfm in tfms for g in held_generators(tfm)]
+    generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
+    generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
+    generators += [(g, generator_state(g)) for tfm in tfms for g in held_generators(tfm)]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
     scalers = [(s, s.state_dict()) for obj in holders for s in vars(obj).values()
                if isinstance(s, torch.amp.GradScaler) and s.is_enabled()]
@@ -131,7 +130,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     to_cuda = any(getattr(getattr(cb, "device", None), "type", None) == "cuda" for cb in learn.cbs)
     learn._in_fit = False  # the learner's own calls work in here (put back on exit): everything they change is kept
     try:
-        with rngs_kept(generators, cuda=to_cuda):
+        with rngs_kept(cuda=to_cuda):
             yield
     finally:
         with torch.no_grad():
@@ -153,6 +152,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
             m.training = mode
         for obj, state in saved:
             _put_back(obj, state)
+        for g, state in generators:
+            set_generator_state(g, state)
         for scaler, state in scalers:
             scaler.load_state_dict(state)
         for obj, state in states:  # last: a user's metric or callback refusing its own state must not stop the rest
@@ -161,24 +162,3 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
             except Exception as e:
                 warnings.warn(f"could not put back all the state of {type(obj).__name__} ({type(e).__name__}: "
                               f"{e}): some may be the finder's", stacklevel=4)
-
-
-@contextlib.contextmanager
-def rngs_kept(generators: Iterable[Any] = (), cuda: bool = False) -> Iterator[None]:
-    """On exit, also after an error, put back the global RNGs (torch's, Python's, NumPy's, MPS's; CUDA's once in
-    use, or with `cuda`) and the states of `generators` (torch's, NumPy's or Python's own)."""
-    saved = [(g, generator_state(g)) for g in generators]
-    python_rng, numpy_rng = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and (
-        torch.cuda.is_initialized() or cuda) else []
-    mps_rng = torch.mps.get_rng_state() if torch.backends.mps.is_available() else None
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        for g, state in saved:
-            set_generator_state(g, state)
-        random.setstate(python_rng)
-        np.random.set_state(numpy_rng)
-        if mps_rng is not None:
-            torch.mps.set_rng_state(mps_rng)
