@@ -295,6 +295,8 @@ class HooksCallback(Callback):
         self._active = self.on_train if learn.training else self.on_valid
         self._training = learn.training
         self.other_mode_calls = 0
+        for hook in self.hooks:  # the batch each last ran in, and its runs in a batch it had run in already
+            hook.iter, hook.repeats = None, 0
 
     def cleanup_epoch(self, learn: Learner) -> None:
         self._active = False  # forward passes outside a pass (e.g. in after_fit) are not recorded
@@ -310,6 +312,9 @@ class HooksCallback(Callback):
         learn = self._learn
         if self._active and not learn._predicting and (self.every == 1 or (learn.iter or 0) % self.every == 0):
             if self._model.training == self._training:
+                if hook.iter == learn.iter:  # run again in this batch (shared, or recomputed in backward)
+                    hook.repeats += 1
+                hook.iter = learn.iter
                 self.hookfunc(hook, module, inputs, output)
             else:
                 self.other_mode_calls += 1  # (ActivationStats says so when that was all the pass had)
@@ -364,18 +369,16 @@ class ActivationStats(HooksCallback):
 
     def _check_runs_per_batch(self, learn: Learner) -> None:
         recorded = [getattr(hook, "n_recorded", 0) - before for hook, before in zip(self.hooks, self._recorded_before)]
-        batches = learn.iter // self.every + 1  # the pass's batches that were recorded
         if not any(recorded) and self.other_mode_calls:  # a callback put the model in eval mode to freeze BatchNorm?
             warnings.warn(f"ActivationStats recorded nothing in this {'training' if learn.training else 'validation'} "
                           f"pass of {learn.iter + 1} batches: it records the forwards made in the pass's mode (model."
                           f"{'train' if learn.training else 'eval'}()), and the model was not in it. To freeze "
                           "BatchNorm while training, put only those layers in eval mode.", stacklevel=2)
-        for hook, before in zip(self.hooks, self._recorded_before):
-            runs = (getattr(hook, "n_recorded", 0) - before) / batches
-            if runs > 1:  # its statistics would interleave the places it runs, one entry each per batch
-                raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran {runs:g} times per "
-                                 "batch: it is used in more than one place in forward (as torchvision's shared "
-                                 "self.relu), or activation checkpointing (torch.utils.checkpoint) runs its forward "
+        for hook in self.hooks:  # (per batch: a module run twice in some batches and in none of others averages 1)
+            if hook.repeats:  # its statistics would interleave the places it runs, one entry each per batch
+                raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran more than once in "
+                                 f"one batch ({hook.repeats} extra runs in this pass): it is used in more than one "
+                                 "place in forward (as torchvision's shared self.relu), or activation checkpointing (torch.utils.checkpoint) runs its forward "
                                  "again during backward, so its statistics would mix those runs. Hook modules that "
                                  "run once per batch (give each place its own module, or choose modules outside the "
                                  "checkpointed parts with mod_filter).")
@@ -398,9 +401,14 @@ class ActivationStats(HooksCallback):
 
     def _recorded(self) -> list[tuple[Tensor, Tensor, Tensor]]:
         """`stats`, for a plot: an error when nothing was recorded (an empty figure would say nothing of why)."""
-        if not any(len(means) for means, _, _ in self.stats):
+        if not any(len(means) for means, _, _ in self.stats) and not self.hooks:
             raise ValueError("ActivationStats: nothing recorded yet: fit with it in the learner's callbacks "
                              "(learn.fit(1, cbs=[stats])), then plot")
+        if not any(len(means) for means, _, _ in self.stats):
+            raise ValueError("ActivationStats: its last fit recorded no batch: it records the forwards of its passes "
+                             f"(on_train={self.on_train}, on_valid={self.on_valid}) made with the model in the pass's "
+                             "mode (model.train() for training): a fit cancelled before its first batch, or a model kept in "
+                             "eval mode while training (freeze only the BatchNorm layers), records nothing")
         return self.stats
 
     @property
