@@ -13,6 +13,7 @@ import functools
 import math
 import numbers
 import operator
+import re
 import sys
 import types
 import warnings
@@ -136,6 +137,12 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls}.{name} is not an event"
                             + (f" (did you mean {guess[0]!r}?)" if guess else f"; events are {', '.join(events)}")
                             + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
+        if re.fullmatch(r"on_(\w+_)?(begin|start|end)|on_(before|after)_\w+", name) and callable(getattr(cb, name)):
+            guess = _event_for(name, events)
+            raise TypeError(f"{cls}.{name} is not a miniai event (Keras' or Lightning's name?)"
+                            + (f": did you mean {guess!r}?" if guess else ".") + " miniai calls only methods named "
+                            f"after its events: {', '.join(events)} (a validation pass's are the same, with "
+                            "learn.training False).")
         if name in steps and name not in cb.owns_steps and _defined_by_callback(type(cb), name):
             raise TypeError(f"{cls}.{name} is named like the learner's {name!r} step, which a callback may take "
                             f"over only on purpose: rename the method (e.g. '_{name}' or 'update') or, if {cls} is "
@@ -148,6 +155,15 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls} and {owners[name][0].__self__.__class__.__name__} both own the {name!r} step; "
                             "only one callback may do it (TrainCB owns all five: with a callback that owns some, "
                             "use TrainLearner, whose own steps do the rest)")
+
+
+def _event_for(name: str, events: Sequence[str]) -> str | None:
+    """The miniai event another framework's `on_...` name means: `on_after_backward` → after_backward,
+    `on_train_batch_end` → after_batch, `on_epoch_begin` → before_epoch, `on_train_start` → before_fit."""
+    if name[3:] in events or not name.endswith(("_begin", "_start", "_end")):
+        return name[3:] if name[3:] in events else None  # (on_before_optimizer_step: no guess)
+    stage = "batch" if "batch" in name else "epoch" if "epoch" in name else "fit"
+    return f"{'after' if name.endswith('_end') else 'before'}_{stage}"
 
 
 def _defined_by_callback(cls: type, name: str) -> bool:

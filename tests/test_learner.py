@@ -119,6 +119,19 @@ def test_typo_in_event_name_is_an_error_when_added():
         tiny_learner().fit(1, cbs=[Typo()])
 
 
+@pytest.mark.parametrize("name, guess", [("on_epoch_end", "after_epoch"), ("on_train_batch_end", "after_batch"),
+                                         ("on_train_begin", "before_fit"), ("on_fit_start", "before_fit"),
+                                         ("on_validation_epoch_end", "after_epoch"),
+                                         ("on_after_backward", "after_backward"), ("on_batch_begin", "before_batch")])
+def test_another_frameworks_event_name_is_an_error_when_added_not_a_method_never_called(name, guess):
+    """A callback written with Keras' or Lightning's names (`on_epoch_end`) was added and never called: it trained
+    to the end doing nothing, without a word."""
+    Ported = type("Ported", (Callback,), {name: lambda self, *args: None})
+    with pytest.raises(TypeError, match=rf"Ported.{name} is not a miniai event \(Keras' or Lightning's name\?\): "
+                                        rf"did you mean '{guess}'"):
+        tiny_learner(cbs=[Ported()])
+
+
 def test_training_reduces_loss_and_validation_has_no_grad():
     grad_in_valid = []
 
