@@ -29,7 +29,7 @@ Learner state that callbacks may read, and from which event on:
 | `n_epochs, epochs, passes`   | `before_fit`   | epochs in this fit; the range the loop walks; ("train", "valid") or one   |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
 | `epoch_offset`               | `before_fit`   | epochs trained in earlier fits: a seeded loader walks its order of epoch  |
-|                              |                | `epoch_offset + epoch`, so `fit(1); fit(1)` trains as `fit(2)`            |
+|                              |                | `epoch_offset + epoch` (`fit(1); fit(1)` sees the data as `fit(2)` does)  |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (CheckpointCB sets it), or None    |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
