@@ -123,6 +123,7 @@ class Learner(Conveniences):
     keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
+    epoch: int | str | None = None  # the epoch running, or the last fit's last (None: no epoch began)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
@@ -176,6 +177,7 @@ class Learner(Conveniences):
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []
+        kept = self.opt, getattr(self, "fit_lr", None)  # put back if the fit is refused before its first epoch
         try:
             self._handlers = build_handlers(self.cbs)  # again: an order set since add_cb is the order the fit runs in
             for cb in _listed(cbs):
@@ -204,8 +206,11 @@ class Learner(Conveniences):
                     p.grad = None  # its opt left out, of one frozen since (MomentumLearner's momentum stays)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
-        except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
-            checks.add_note(e, checks.fit_note(self, e, temporary))  # it was raised outside that stage
+        except BaseException as e:
+            if self.epoch is None:  # refused before its first epoch (a check at before_fit): nothing ran, and the
+                self.opt, self.fit_lr = kept  # learner keeps its optimizer, with its state, as its callbacks do records
+            if isinstance(e, (KeyboardInterrupt, *_CANCELS)):  # Ctrl-C: say how to resume; a cancel its stage did
+                checks.add_note(e, checks.fit_note(self, e, temporary))  # not catch: it was raised outside it
             raise
         finally:
             self._in_fit, self._temporary = False, []

@@ -320,9 +320,12 @@ def test_a_refused_resume_leaves_the_learners_records(tmp_path):
     learn, rec = make_learner(None, [sched()])
     learn.fit(2)
     history, lrs = list(learn.metrics.history), list(rec.recs["lr"])
+    opt, fit_lr = learn.opt, learn.fit_lr
     with pytest.raises(ValueError, match="its schedule sets the lr at every step"):
         learn.fit(4, lr=0.01, resume=tmp_path)
     assert learn.metrics.history == history and rec.recs["lr"] == lrs and len(lrs) == 16
+    # and the learner's optimizer, with its state, and its fit_lr (fit had replaced them before ResumeCB refused)
+    assert learn.opt is opt and learn.fit_lr == fit_lr != 0.01
 
 
 def test_checkpoints_never_call_the_lr_function(tmp_path):
