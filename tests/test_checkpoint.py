@@ -651,6 +651,31 @@ def test_a_run_directory_moved_with_its_files_keeps_its_best(tmp_path):
     assert cb.best_path in (tmp_path / "b" / best, tmp_path / "b" / "epoch_0003.pt")
 
 
+def test_a_run_moved_aside_keeps_its_own_best_not_the_file_of_the_run_now_at_its_old_place(tmp_path):
+    """`mv exp exp_old`, a new run in `exp`, then a resume of exp_old: its best_path was the recorded absolute
+    path, where the new run's file of that name now was: the best's value was the old run's, its file the new one's."""
+    learn, _ = make_learner(tmp_path / "exp", monitor="valid_loss", mode="max", keep=None)
+    learn.fit(2)
+    best = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path.name
+    (tmp_path / "exp").rename(tmp_path / "exp_old")
+    make_learner(tmp_path / "exp", keep=None)[0].fit(3)  # another run, its files under the same names
+    again, _ = make_learner(tmp_path / "exp_old", monitor="valid_loss", mode="max", keep=None)
+    again.fit(3, resume=tmp_path / "exp_old")
+    cb = next(cb for cb in again.cbs if isinstance(cb, CheckpointCB))
+    assert cb.best_path in (tmp_path / "exp_old" / best, tmp_path / "exp_old" / "epoch_0003.pt")
+
+
+def test_a_folder_named_like_a_checkpoint_is_not_one(tmp_path):
+    """A folder `epoch_0099.pt` in a run's directory was its newest checkpoint: resume failed ("holds no
+    checkpoint") beside real ones, and an overwrite run died unlinking it after deleting the old run's files."""
+    make_learner(tmp_path)[0].fit(2)
+    (tmp_path / "epoch_0099.pt").mkdir()
+    assert [n for n, _ in list_checkpoints(tmp_path)] == [1, 2]
+    learn, _ = make_learner(None)
+    learn.fit(3, resume=tmp_path)
+    assert learn.start_epoch == 2
+
+
 def test_checkpoint_from_a_smaller_model_lists_unexpected_keys(tmp_path):
     make_learner(tmp_path)[0].fit(1)
     smaller = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU())

@@ -315,7 +315,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted((int(m.group(1)), f) for f in directory.iterdir() if (m := _NAME.match(f.name)))
+    return sorted((int(m.group(1)), f) for f in directory.iterdir() if (m := _NAME.match(f.name)) and f.is_file())
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -456,15 +456,16 @@ class CheckpointCB(Callback):
                 "monitor": self.monitor, "mode": self.mode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`; a best file no longer where it was is looked for in the directory of the
-        checkpoint resumed from (a run moved or copied with its files), else forgotten with its value, so the
-        resumed run finds a new best."""
+        """Restore `state_dict()`; the best file is looked for first beside the checkpoint resumed from (a run moved
+        or copied with its files: another run may now be at its old place, under the same names), then where it
+        was saved, else forgotten with its value, so the resumed run finds a new best."""
         if not same_watch(self, state, "CheckpointCB"):
             self.best, self.best_path = None, None
             return
         best = Path(state["best_file"]) if state["best_file"] else None
-        if best is not None and not (best.is_absolute() and best.exists()) and self._resumed_from is not None:
-            best = self._resumed_from.parent / best.name
+        beside = self._resumed_from.parent / best.name if best is not None and self._resumed_from else None
+        if beside is not None and (beside.is_file() or not best.is_absolute() or not best.exists()):
+            best = beside
         if best is not None and not best.exists():
             warnings.warn(f"the best checkpoint of the resumed run ({best}) is not there any more: the best is "
                           "looked for afresh from here on", stacklevel=2)
