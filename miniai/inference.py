@@ -233,12 +233,14 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
         warnings.warn(f"export: {', '.join(mains)} {'is' if len(mains) == 1 else 'are'} defined in the running script "
                       "or notebook (__main__): load_learner finds it only where __main__ defines it too (the same "
                       "script or notebook). To load it anywhere, move it into a module you import.", stacklevel=3)
-    path = Path(path).resolve() if Path(path).is_symlink() else Path(path)  # a link: write to where it points
+    path = Path(path).expanduser()  # ('~/m.pkl': the home directory, as a shell reads it)
+    path = path.resolve() if path.is_symlink() else path  # a link: write to where it points
     if path.is_dir():  # (os.replace would fail naming its temporary file)
         raise IsADirectoryError(f"export writes one file, and {path} is a directory: give a file name, e.g. "
                                 f"learn.export('{path / 'export.pkl'}')")
     if not is_main_process():
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)  # as save_checkpoint does
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # hooks a fit registered (ActivationStats) are the fit's, not the model's: not exported (a pruning mask's or
     # spectral norm's own hooks are, as part of the model)
@@ -309,7 +311,7 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     """
     check_device(device, f"load_learner(device={str(torch.device(device))!r})")
     # on the CPU first: torch.load can't map storages to an indexed CPU device ('cpu:0'); .to() below can
-    bundle = torch.load(path, map_location="cpu", weights_only=False)
+    bundle = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
     if not isinstance(bundle, dict) or bundle.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a miniai export (learn.export(path) writes one); a checkpoint loads with "
                          "miniai.load_checkpoint, a state_dict with model.load_state_dict")

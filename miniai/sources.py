@@ -146,7 +146,7 @@ def check_data_dir(path: str | os.PathLike, name: str = "fashion_mnist", given_a
     if str(path) == "":  # what "$DIR" gives with DIR unset; Path('') would be the current directory
         raise DataNotFoundError(f"{given_as.rstrip('=')}='' names no directory: give the directory that holds the "
                                 "data ('.' for the current one)")
-    d, spec = Path(path), _spec(name)
+    d, spec = Path(path).expanduser(), _spec(name)
     source, why = _dir_source(name, d)
     if source is not None:
         return source

@@ -1256,3 +1256,22 @@ def test_the_ctrl_c_note_after_fit_one_cycle_repeats_every_setting_of_the_call(t
         warnings.simplefilter("error")
         make_learner(None)[0].fit_one_cycle(4, max_lr=0.1, pct_start=0.5, div_factor=5.0, base_momentum=0.8,
                                             resume=tmp_path)
+
+
+def test_a_path_given_with_a_tilde_is_the_home_directory_not_a_folder_named_tilde(tmp_path, monkeypatch):
+    """CheckpointCB('~/ck'), save_checkpoint, export and CSVLoggerCB wrote into a folder literally named `~` in the
+    current directory (where `rm -rf ~` would then clean up), and resume='~/ck' did not find them."""
+    from miniai.callbacks.loggers import CSVLoggerCB
+    from miniai.inference import export, load_learner
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    learn, _ = make_learner("~/ck", [CSVLoggerCB("~/log.csv")])
+    learn.fit(1)
+    export(learn, "~/models/model.pkl")  # (a folder that is not there yet: made, as CheckpointCB makes its own)
+    assert list(cwd.iterdir()) == [] and {"ck", "log.csv", "models"} <= {f.name for f in home.iterdir()}
+    again, _ = make_learner(None)
+    again.fit(2, resume="~/ck")
+    assert again.start_epoch == 1 and load_checkpoint("~/ck")["epoch"] == 2 - 1
+    assert isinstance(load_learner("~/models/model.pkl"), TrainLearner)

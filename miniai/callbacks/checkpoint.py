@@ -287,7 +287,7 @@ def save_checkpoint(state: dict[str, Any], file: str | os.PathLike) -> Path:
     """Write `state` to `file` atomically: a temporary file in the same directory, fsync, rename, fsync the dir.
     The checksums of its tensors go with it (`byte_sums`): a flipped bit is found when it is loaded."""
     state = {**state, "checksum": byte_sums(_tensors(state))}
-    file = Path(file)
+    file = Path(file).expanduser()  # ('~/ck': the home directory, as a shell reads it, never a folder named ~)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     try:
@@ -312,7 +312,7 @@ def save_checkpoint(state: dict[str, Any], file: str | os.PathLike) -> Path:
 
 def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     """(epochs done, file) for each checkpoint in `directory`, oldest first."""
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     if not directory.is_dir():
         return []
     return sorted((int(m.group(1)), f) for f in directory.iterdir() if (m := _NAME.match(f.name)) and f.is_file())
@@ -320,7 +320,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """`path` itself if it is a file, else the newest (most epochs) checkpoint in the directory `path`."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_file():
         return path
     if not path.exists():
@@ -434,7 +434,7 @@ class CheckpointCB(Callback):
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be >= 1 or None (keep all), got {keep}")
         mode = monitor_mode(monitor, mode, "CheckpointCB")
-        self.path, self.every, self.keep, self.monitor, self.mode = Path(path), every, keep, monitor, mode
+        self.path, self.every, self.keep, self.monitor, self.mode = Path(path).expanduser(), every, keep, monitor, mode
         self.overwrite = overwrite
         self.best: float | None = None
         self.best_path: Path | None = None

@@ -63,7 +63,7 @@ class CSVLoggerCB(Callback):
         if append and overwrite:
             raise ValueError("CSVLoggerCB(append=True, overwrite=True): append keeps the file's rows, overwrite "
                              "throws them away; pass one")
-        self.path, self.append, self.overwrite = Path(path), append, overwrite
+        self.path, self.append, self.overwrite = Path(path).expanduser(), append, overwrite
         self.columns: list[str] = []
         self._metrics: Any = None
         self._active = False  # this fit writes (rank 0, not lr_find)
@@ -216,7 +216,7 @@ class TensorBoardCB(Callback):
         if importlib.util.find_spec("tensorboard") is None:  # torch.utils.tensorboard needs it, and imports it late
             raise ModuleNotFoundError("TensorBoardCB needs the tensorboard package, which is an optional extra of "
                                       "miniai: pip install 'miniai[tensorboard]' (or pip install tensorboard)")
-        self.log_dir, self.hist = Path(log_dir), hist
+        self.log_dir, self.hist = Path(log_dir).expanduser(), hist
         self.writers: dict[str, Any] = {}  # 'epoch', 'batch' -> SummaryWriter, during a fit
         self._active = False
         self._metrics: Any = None
