@@ -279,9 +279,9 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
                       "out training images)", stacklevel=4)
     elif passes == ("train", "valid") and (shared := _shared_items(train, valid)):
         warnings.warn(f"dls.valid reads {shared[0]} of its {shared[1]} items from those dls.train trains on (one "
-                      "dataset, indices that overlap): its loss and metrics measure training data in part. Give the "
-                      "two loaders indices that don't overlap (get_dls(holdout=n) holds out training images)",
-                      stacklevel=4)
+                      "dataset, or one tensor, split in parts that overlap): its loss and metrics measure training "
+                      "data in part. Give the two loaders parts that don't overlap (get_dls(holdout=n) holds out "
+                      "training images)", stacklevel=4)
     for name in passes:
         dl = getattr(dls, name, None)
         if dl is None:
@@ -312,12 +312,7 @@ def _same_data(train: Any, valid: Any) -> bool:
     (dataset, items), (other, other_items) = _reads(train), _reads(valid)
     if dataset is not None and dataset is other:
         return items is not None and items == other_items
-
-    def tensors(dl: Any) -> list:
-        if isinstance(getattr(dl, "x", None), torch.Tensor):  # a TensorLoader
-            return [dl.x, dl.y]
-        return list(getattr(getattr(dl, "dataset", None), "tensors", ()))
-    a, b = tensors(train), tensors(valid)
+    a, b = _tensors(train), _tensors(valid)
     return bool(a) and len(a) == len(b) and all(
         isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and t.numel() > 0
         and (t.data_ptr(), t.shape, t.stride()) == (u.data_ptr(), u.shape, u.stride()) for t, u in zip(a, b))
@@ -372,9 +367,36 @@ def _reads(dl: Any) -> tuple[Any, str | set[int] | None]:
 _MAX_INDICES = 1_000_000  # index lists longer than this go unchecked
 
 
+def _tensors(dl: Any) -> list:
+    """The tensors a TensorLoader or a DataLoader of a TensorDataset reads its items from; [] for other loaders."""
+    if isinstance(getattr(dl, "x", None), torch.Tensor):  # a TensorLoader
+        return [dl.x, dl.y]
+    return list(getattr(getattr(dl, "dataset", None), "tensors", ()))
+
+
+def _rows(dl: Any) -> list[tuple[int, int, int]] | None:
+    """Per tensor a loader reads whole, (its memory, first row, rows) in that memory: slices `x[a:b]` of one tensor
+    say which rows two loaders share. None for anything else (other loaders, a sampler's part, strided views)."""
+    if not isinstance(getattr(dl, "x", None), torch.Tensor) and not _reads_whole(dl):
+        return None
+    rows = []
+    for t in _tensors(dl):
+        row = t[0].numel() if isinstance(t, torch.Tensor) and t.ndim and len(t) else 0
+        if not row or not t.is_contiguous() or t.storage_offset() % row:
+            return None
+        rows.append((t.untyped_storage().data_ptr(), t.storage_offset() // row, len(t)))
+    return rows or None
+
+
 def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
-    """(how many of valid's items train reads too, valid's items) for two loaders over one dataset that share some
-    but not all; None when they share none, read different datasets, or one's items are unknown."""
+    """(how many of valid's items train reads too, valid's items) for two loaders over one dataset, or over slices
+    of the same tensors, that share some but not all; None when they share none, read different data, or one's
+    items are unknown."""
+    a, b = _rows(train), _rows(valid)
+    if a and b and len(a) == len(b) and all(s[0] == t[0] for s, t in zip(a, b)):  # each tensor of the same memory
+        first = max(max(s[1], t[1]) for s, t in zip(a, b))
+        shared = min(min(s[1] + s[2], t[1] + t[2]) for s, t in zip(a, b)) - first
+        return (shared, b[0][2]) if shared > 0 else None
     (dataset, a), (other, b) = _reads(train), _reads(valid)
     if dataset is None or dataset is not other or a is None or b is None or a == b:
         return None

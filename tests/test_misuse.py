@@ -259,6 +259,25 @@ def test_index_splits_of_one_dataset_that_overlap_are_warned_of():
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
 
 
+def test_slices_of_one_tensor_that_overlap_are_warned_of():
+    """`TensorLoader(x[:80], ...)` and `TensorLoader(x[79:], ...)`, an off-by-one split of the tensors themselves (or
+    the whole trained on, a slice validated on): no word, while the same split by indices was warned of."""
+    from torch.utils.data import DataLoader, TensorDataset
+    x, y = torch.randn(100, 8), torch.randint(0, 3, (100,))
+    cases = [(TensorLoader(x[:80], y[:80], 10, shuffle=True), TensorLoader(x[79:], y[79:], 10), "1 of its 21"),
+             (TensorLoader(x, y, 10, shuffle=True), TensorLoader(x[80:], y[80:], 10), "20 of its 20"),
+             (DataLoader(TensorDataset(x[:80], y[:80]), 10), DataLoader(TensorDataset(x[70:], y[70:]), 10),
+              "10 of its 30")]
+    for train, valid, says in cases:
+        with pytest.warns(UserWarning, match=f"dls.valid reads {says} items from those dls.train trains on"):
+            TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
+    with warnings.catch_warnings():  # slices that share nothing, or rows taken every other one: nothing said
+        warnings.simplefilter("error")
+        for train, valid in [(TensorLoader(x[:80], y[:80], 10), TensorLoader(x[80:], y[80:], 10)),
+                             (TensorLoader(x[::2], y[::2], 10), TensorLoader(x[1::2], y[1::2], 10))]:
+            TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
+
+
 def test_samplers_of_keys_that_are_not_indices_are_neither_refused_nor_warned_of():
     """The overlap check read samplers of string keys (fit failed: "too many dimensions 'str'"), of an object
     array (a TypeError), and of tuple keys, flattened into numbers that seemed to overlap (a false warning)."""
