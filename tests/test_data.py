@@ -1053,3 +1053,13 @@ def test_the_classlabel_warning_is_not_given_by_loader_workers(monkeypatch):
                                               "validation": split.to_iterable_dataset()})
     with pytest.warns(UserWarning, match=r"DataLoaders.from_dd: no column is named as a label"):  # (no item 0)
         DataLoaders.from_dd(streaming, 2, num_workers=1)
+
+
+def test_a_saved_dataset_whose_label_column_is_named_labels_says_how_to_rename_it():
+    """get_dls(path=) of a saved DatasetDict with a 'labels' column said only that it needs 'label' (from_dd takes
+    'labels', 'target', 'y' too): the message now gives the rename."""
+    from datasets import Dataset
+    ds = Dataset.from_dict({"image": [np.zeros((2, 2), np.uint8)], "labels": [0]})
+    with pytest.raises(KeyError, match=r"has \['image', 'labels'\]: rename yours as those, e.g. "
+                                       r"ds = ds.rename_column\('labels', 'label'\)"):
+        sources.hf_to_tensors(ds)
