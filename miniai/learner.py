@@ -29,7 +29,7 @@ Learner state that callbacks may read, and from which event on:
 | `n_epochs, epochs, passes`   | `before_fit`   | epochs in this fit; the range the loop walks; ("train", "valid") or one   |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
 | `epoch_offset`               | `before_fit`   | epochs trained in earlier fits: a seeded loader walks its order of epoch  |
-|                              |                | `epoch_offset + epoch` (`fit(1); fit(1)` sees the data as `fit(2)` does)  |
+|                              |                | `epoch_offset + epoch`, so `fit(1); fit(1)` sees the data `fit(2)` sees   |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (CheckpointCB sets it), or None    |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
@@ -76,10 +76,11 @@ _OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": 
 class Callback:
     """Base class for callbacks: methods named after events (`before_fit(self, learn)`, `after_batch`, ...) run,
     sorted by `order` (lower first; built-in values: `miniai.callbacks`); a `before_`/`after_`/`cleanup_` method
-    must be an event, and Keras' and Lightning's names (`on_epoch_end`) are refused. The `STEPS` are the learner's own methods unless a callback declares it does one,
-    `owns_steps = ("backward",)` with a method `backward(self, learn)`; a method named like a step but not declared,
-    or a step owned twice, is an error when the callback is added (a helper called `step` must never silently
-    replace the optimizer step). The base `Learner` has no steps: a callback owns all five (`TrainCB`).
+    must be an event, and Keras' and Lightning's names (`on_epoch_end`) are refused. The `STEPS` are the learner's
+    own methods unless a callback declares it does one, `owns_steps = ("backward",)` with a method
+    `backward(self, learn)`; a method named like a step but not declared, or a step owned twice, is an error when
+    the callback is added (a helper called `step` must never silently replace the optimizer step). The base
+    `Learner` has no steps: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
     `lr_find`, `add_cb` or `rm_cb` (give it a flag it checks). `inference = True`: the callback shapes how the model

@@ -378,10 +378,10 @@ class ActivationStats(HooksCallback):
             if hook.repeats:  # its statistics would interleave the places it runs, one entry each per batch
                 raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran more than once in "
                                  f"one batch ({hook.repeats} extra runs in this pass): it is used in more than one "
-                                 "place in forward (as torchvision's shared self.relu), or activation checkpointing (torch.utils.checkpoint) runs its forward "
-                                 "again during backward, so its statistics would mix those runs. Hook modules that "
-                                 "run once per batch (give each place its own module, or choose modules outside the "
-                                 "checkpointed parts with mod_filter).")
+                                 "place in forward (as torchvision's shared self.relu), or activation checkpointing "
+                                 "(torch.utils.checkpoint) runs its forward again during backward, so its statistics "
+                                 "would mix those runs. Hook modules that run once per batch (give each place its own "
+                                 "module, or choose modules outside the checkpointed parts with mod_filter).")
 
     @property
     def stats(self) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -407,8 +407,8 @@ class ActivationStats(HooksCallback):
         if not any(len(means) for means, _, _ in self.stats):
             raise ValueError("ActivationStats: its last fit recorded no batch: it records the forwards of its passes "
                              f"(on_train={self.on_train}, on_valid={self.on_valid}) made with the model in the pass's "
-                             "mode (model.train() for training): a fit cancelled before its first batch, or a model kept in "
-                             "eval mode while training (freeze only the BatchNorm layers), records nothing")
+                             "mode (model.train() for training): a fit cancelled before its first batch, or a model kept "
+                             "in eval mode while training (freeze only the BatchNorm layers), records nothing")
         return self.stats
 
     @property
