@@ -1,5 +1,6 @@
 """CheckpointCB and resume: exact continuation (bitwise on the CPU), atomic writes, pruning, interrupts, errors."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -35,7 +36,7 @@ def make_learner(path, cbs=(), model=None, opt_func=optim.AdamW, learner_cls=Tra
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 4, generator=g)
     y = x @ torch.randn(4, 1, generator=g) + 0.1 * torch.randn(64, 1, generator=g)
-    dls = DataLoaders(TensorLoader(x, y, bs=8, shuffle=True, seed=3), TensorLoader(x[:16], y[:16], bs=8))
+    dls = DataLoaders(TensorLoader(x, y, bs=8, shuffle=True, seed=3), TensorLoader(x[:16].clone(), y[:16].clone(), bs=8))
     model = model or nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 1))
     rec, metrics = RecorderCB(lr=_lr), MetricsCB()
     metrics.log_fn = lambda row: None  # quiet
@@ -663,6 +664,20 @@ def test_a_run_moved_aside_keeps_its_own_best_not_the_file_of_the_run_now_at_its
     again.fit(3, resume=tmp_path / "exp_old")
     cb = next(cb for cb in again.cbs if isinstance(cb, CheckpointCB))
     assert cb.best_path in (tmp_path / "exp_old" / best, tmp_path / "exp_old" / "epoch_0003.pt")
+
+
+def test_a_checkpoint_copied_beside_another_runs_files_keeps_its_own_best(tmp_path):
+    """The other way round: a run's newest file copied into a directory of another run's files, and resumed from
+    there, took that run's file of the best's name as its best (the best's own file was still where it was saved)."""
+    learn, _ = make_learner(tmp_path / "exp", monitor="valid_loss", mode="max", keep=None)
+    learn.fit(3)
+    best = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path
+    make_learner(tmp_path / "shared", keep=None)[0].fit(2)  # another run: shared/epoch_0001.pt, epoch_0002.pt
+    shutil.copy(tmp_path / "exp" / "epoch_0003.pt", tmp_path / "shared" / "epoch_0003.pt")
+    again, _ = make_learner(tmp_path / "again", monitor="valid_loss", mode="max", keep=None)
+    again.fit(4, resume=tmp_path / "shared" / "epoch_0003.pt")
+    cb = next(cb for cb in again.cbs if isinstance(cb, CheckpointCB))
+    assert cb.best_path in (best, tmp_path / "again" / "epoch_0004.pt")
 
 
 def test_a_folder_named_like_a_checkpoint_is_not_one(tmp_path):

@@ -327,7 +327,7 @@ def test_the_courses_own_optimizer_class_trains_as_its_loop_would():
     from miniai.learner import TrainLearner
     torch.manual_seed(0)
     x, y = torch.randn(48, 5), torch.randint(0, 3, (48,))
-    dls = DataLoaders(TensorLoader(x, y, bs=16), TensorLoader(x[:16], y[:16], bs=16))
+    dls = DataLoaders(TensorLoader(x, y, bs=16), TensorLoader(x[:16].clone(), y[:16].clone(), bs=16))
     torch.manual_seed(1)
     learn = TrainLearner(nn.Linear(5, 3), dls, F.cross_entropy, lr=0.4, opt_func=_CourseSGD)
     hand = nn.Linear(5, 3)

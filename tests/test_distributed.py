@@ -483,7 +483,7 @@ def test_an_unshuffled_training_loader_that_leaves_the_same_items_out_every_epoc
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for dl in (TensorLoader(x, y, 8, shuffle=True), DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True),
-                   TensorLoader(x[:100], y[:100], 8)):  # shuffled: other items each epoch; or none left out
+                   TensorLoader(x[:100].clone(), y[:100].clone(), 8)):  # shuffled: other items each epoch; or none left out
             warn_same_left_out(dl, "train", 2)
 
 
@@ -510,7 +510,7 @@ def tiny(cbs, bs=8):
     torch.manual_seed(0)
     x = torch.randn(20, 6)
     y = x.sum(1).gt(0).long()
-    dls = DataLoaders(TensorLoader(x, y, bs, shuffle=True, seed=0), TensorLoader(x[:9], y[:9], bs))
+    dls = DataLoaders(TensorLoader(x, y, bs, shuffle=True, seed=0), TensorLoader(x[:9].clone(), y[:9].clone(), bs))
     return TrainLearner(nn.Sequential(nn.Linear(6, 2)), dls, F.cross_entropy, lr=0.1, cbs=cbs)
 
 
@@ -618,7 +618,7 @@ def _nan_on_rank_1(r: int, out: str) -> None:
         torch.manual_seed(0)
         x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
         x[5] = float("nan")  # global batch 0 is items 0..7: rank 1 gets items 4..7
-        dls = DataLoaders(TensorLoader(x, y, bs=4), TensorLoader(x[:8], y[:8], bs=4))
+        dls = DataLoaders(TensorLoader(x, y, bs=4), TensorLoader(x[:8].clone(), y[:8].clone(), bs=4))
         learn = TrainLearner(nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)), dls, F.cross_entropy,
                              lr=0.1, cbs=[DDPCB(), guard], nan_guard=False)
         try:

@@ -338,7 +338,7 @@ def test_a_copy_made_mid_fit_keeps_only_the_learners_own_callbacks(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(40, 4)
     y = (x.sum(1) > 0).long()
-    dls = DataLoaders(TensorLoader(x, y, 8, shuffle=True, seed=1), TensorLoader(x[:16], y[:16], 8))
+    dls = DataLoaders(TensorLoader(x, y, 8, shuffle=True, seed=1), TensorLoader(x[:16].clone(), y[:16].clone(), 8))
     TrainLearner(nn.Linear(4, 2), dls, F.cross_entropy, lr=0.1).fit(1, cbs=[CheckpointCB(tmp_path)])
     for event in ("before_fit", "after_epoch"):
         learn = TrainLearner(nn.Linear(4, 2), dls, F.cross_entropy, lr=0.1)

@@ -487,7 +487,7 @@ def test_lr_find_leaves_the_metric_objects_as_the_last_fit_left_them():
     first, second = MetricsCB(accuracy=Accuracy()), MetricsCB(torch_accuracy=MulticlassAccuracy())
     for metrics in (first, second):
         metrics.log_fn = lambda row: None
-    valid = TensorLoader(x[:24], y[:24], 16)  # (other items than the finder's passes count)
+    valid = TensorLoader(x[:24].clone(), y[:24].clone(), 16)  # (other items than the finder's passes count)
     learn = TrainLearner(nn.Linear(4, 3), DataLoaders(TensorLoader(x, y, 16, shuffle=True), valid),
                          F.cross_entropy, lr=0.1, cbs=[first, second, TrainValues("train_accuracy", seen, first)])
     learn.fit(1)

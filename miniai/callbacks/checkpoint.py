@@ -396,6 +396,17 @@ def safe_loader_advice(names: list[str]) -> str:
 
 # ---------------------------------------------------------------- the callback that writes them
 
+def _saved_as_best(file: Path, value: float) -> bool:
+    """Whether the checkpoint `file` was saved as its run's best, of `value`: its CheckpointCB state names the file
+    itself as the best (another run's file of the same name holds another best, or none)."""
+    try:  # (mmap: the tensors are not read)
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- a file that can't be read is not the best to keep
+        return False
+    return any(isinstance(cb, dict) and cb.get("best") == value and Path(cb.get("best_file") or "").name == file.name
+               for cb in (state.get("callbacks") or {}).values())
+
+
 class CheckpointCB(Callback):
     """Saves a checkpoint to `path/epoch_NNNN.pt` after every `every` epochs (and the last); keeps the newest `keep`.
 
@@ -456,20 +467,20 @@ class CheckpointCB(Callback):
                 "monitor": self.monitor, "mode": self.mode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`; the best file is looked for first beside the checkpoint resumed from (a run moved
-        or copied with its files: another run may now be at its old place, under the same names), then where it
-        was saved, else forgotten with its value, so the resumed run finds a new best."""
+        """Restore `state_dict()`; the best file is the one saved as this best, where it was saved or beside the
+        checkpoint resumed from (a run moved or copied with its files), never another run's file of that name;
+        if neither is, the best is forgotten with its value, so the resumed run finds a new best."""
         if not same_watch(self, state, "CheckpointCB"):
             self.best, self.best_path = None, None
             return
         best = Path(state["best_file"]) if state["best_file"] else None
-        beside = self._resumed_from.parent / best.name if best is not None and self._resumed_from else None
-        if beside is not None and (beside.is_file() or not best.is_absolute() or not best.exists()):
-            best = beside
-        if best is not None and not best.exists():
-            warnings.warn(f"the best checkpoint of the resumed run ({best}) is not there any more: the best is "
-                          "looked for afresh from here on", stacklevel=2)
-            best = None
+        if best is not None:
+            places = [best] + ([self._resumed_from.parent / best.name] if self._resumed_from else [])
+            found = next((f for f in places if f.is_file() and _saved_as_best(f, state["best"])), None)
+            if found is None:
+                warnings.warn(f"the best checkpoint of the resumed run ({best}) is not there any more (nor beside "
+                              "the checkpoint resumed from): the best is looked for afresh from here on", stacklevel=2)
+            best = found
         self.best, self.best_path = (state["best"], best) if best is not None else (None, None)
 
     def before_fit(self, learn: Learner) -> None:
