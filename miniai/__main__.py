@@ -81,6 +81,7 @@ def out_dir(text: str) -> str:
     """argparse type: a directory for the run's files, not a file (made, with its parents, before training)."""
     if not text:  # (a script's unset $OUTDIR): the run would save nothing
         raise argparse.ArgumentTypeError("must name a directory, got ''")
+    text = os.path.expanduser(text)  # (--out=~/runs, which the shell leaves as it is: the home directory's)
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; --out names a directory for the run's files")
     return text

@@ -1290,3 +1290,6 @@ def test_a_path_given_with_a_tilde_is_the_home_directory_not_a_folder_named_tild
     again.fit(2, resume="~/ck")
     assert again.start_epoch == 1 and load_checkpoint("~/ck")["epoch"] == 2 - 1
     assert isinstance(load_learner("~/models/model.pkl"), TrainLearner)
+    rec = next(cb for cb in learn.cbs if type(cb).__name__ == "RecorderCB")
+    rec.plot("~/lr.png")  # (matplotlib's savefig leaves ~ as it is)
+    assert (home / "lr.png").is_file() and list(cwd.iterdir()) == []

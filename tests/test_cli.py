@@ -131,6 +131,22 @@ def test_an_out_dir_holding_an_earlier_run_is_refused_before_training(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "result.json"]  # nothing written, no training
 
 
+def test_an_out_dir_with_a_tilde_is_in_the_home_directory_all_of_it(tmp_path, monkeypatch, capsys):
+    """--out '~/runs' (quoted, or as --out=~/runs, which the shell leaves) put model.pt, result.json and the plots in
+    ./~/runs and log.csv in $HOME/runs (CSVLoggerCB expands ~): a second run then died on the log's FileExistsError."""
+    from miniai.__main__ import main
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    main(["train", *SMALL, "--out=~/runs"])
+    runs = {p.name for p in (home / "runs").iterdir()}
+    assert list(cwd.iterdir()) == [] and {"model.pt", "result.json", "log.csv"} <= runs
+    with pytest.raises(SystemExit) as info:  # the second run is told, before training, as any reused --out is
+        main(["train", *SMALL, "--out=~/runs"])
+    assert info.value.code == 2 and "already holds a run" in capsys.readouterr().err
+
+
 def test_a_schedule_refused_keeps_the_earlier_runs_files(tmp_path, capsys):
     """--overwrite removed the earlier run's files just before a fit that then failed on its schedule."""
     from miniai.__main__ import main

@@ -26,6 +26,7 @@ import functools
 import inspect
 import math
 import numbers
+import os
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -703,7 +704,7 @@ class RecorderCB(Callback):
         from ..plotting import plot_recorder  # here: matplotlib is slow to import and only plots need it
         fig = plot_recorder(self.recs)
         if path is not None and is_main_process():  # under DDP every rank records the same values; rank 0 writes
-            fig.savefig(path, dpi=100)
+            fig.savefig(os.path.expanduser(path), dpi=100)
         return fig
 
 
