@@ -178,7 +178,7 @@ class Learner(Conveniences):
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []
-        kept = self.opt, getattr(self, "fit_lr", None)  # put back if the fit is refused before its first epoch
+        kept, ended = (self.opt, getattr(self, "fit_lr", None)), None  # (the first put back if refused: below)
         try:
             self._handlers = build_handlers(self.cbs)  # again: an order set since add_cb is the order the fit runs in
             for cb in _listed(cbs):
@@ -207,13 +207,15 @@ class Learner(Conveniences):
                     p.grad = None  # its opt left out, of one frozen since (MomentumLearner's momentum stays)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
+            ended = self.stopped_by  # (a CancelFitException, which the stage caught)
         except BaseException as e:
-            if self.epoch is None:  # refused before its first epoch (a check at before_fit): nothing ran, and the
-                self.opt, self.fit_lr = kept  # learner keeps its optimizer, with its state, as its callbacks do records
+            ended = e
             if isinstance(e, (KeyboardInterrupt, *_CANCELS)):  # Ctrl-C: say how to resume; a cancel its stage did
                 checks.add_note(e, checks.fit_note(self, e, temporary))  # not catch: it was raised outside it
             raise
         finally:
+            if ended is not None and self.epoch is None:  # refused before its first epoch (at before_fit): nothing
+                self.opt, self.fit_lr = kept  # ran, and the learner keeps its optimizer, as its callbacks do records
             self._in_fit, self._temporary = False, []
             for cb in temporary:
                 self.rm_cb(cb)

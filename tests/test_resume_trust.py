@@ -327,6 +327,12 @@ def test_a_refused_resume_leaves_the_learners_records(tmp_path):
     # and the learner's optimizer, with its state, and its fit_lr (fit had replaced them before ResumeCB refused)
     assert learn.opt is opt and learn.fit_lr == fit_lr != 0.01
 
+    class Refuse(Callback):  # a cancel at before_fit, which fit's stage catches: refused as well, records kept
+        def before_fit(self, learn):
+            raise CancelFitException()
+    learn.fit(2, lr=0.3, cbs=[Refuse()])
+    assert learn.opt is opt and learn.fit_lr == fit_lr and learn.metrics.history == history
+
 
 def test_checkpoints_never_call_the_lr_function(tmp_path):
     """Saving a LambdaLR's state called its function at the step it was at and the next, to compare on resume: a
