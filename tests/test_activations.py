@@ -459,7 +459,7 @@ def test_a_training_pass_run_with_the_model_in_eval_mode_says_it_recorded_nothin
         learner(mlp(), [stats, Frozen()]).fit(1)
     assert all(len(h.stats[0]) == 0 if hasattr(h, "stats") else True for h in stats.hooks)
     # a plot then said "fit with it in the learner's callbacks", which it was
-    with pytest.raises(ValueError, match=r"its last fit recorded no batch.*model\.train\(\)"):
+    with pytest.raises(ValueError, match=r"its fits recorded no batch.*model\.train\(\)"):
         stats.plot_stats()
 
 
@@ -575,3 +575,45 @@ def test_charts_of_activations_inside_the_range_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stats.dead_chart(), stats.color_dim()
+
+
+def test_a_hookscallback_subclass_that_sets_its_pass_itself_still_records():
+    """A subclass whose before_epoch set `_active` itself without calling super() crashed on the hook's new
+    per-batch count (`'Hook' object has no attribute 'iter'`)."""
+    calls = []
+
+    class Mine(HooksCallback):
+        def before_epoch(self, learn):
+            self._active, self._training = learn.training, learn.training
+    cb = Mine(lambda hook, module, inputs, output: calls.append(1), mods=None,
+              mod_filter=lambda m: isinstance(m, nn.ReLU))
+    learner(mlp(), [cb]).fit(1)
+    assert len(calls) == 2 * 3  # two ReLUs, three training batches
+
+
+def test_forwards_a_callback_makes_outside_a_batch_are_not_recorded_and_a_second_forward_is_named():
+    """A forward in before_epoch (learn.iter None, as a fresh hook's) counted as 'ran more than once in one batch';
+    a callback's second forward within a batch (a consistency loss) was told of shared modules and checkpointing."""
+    class Peek(Callback):
+        def before_epoch(self, learn):
+            if learn.training:
+                learn.model(torch.randn(4, 1))
+    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learner(mlp(), [stats, Peek()]).fit(1)
+    assert [len(means) for means, _, _ in stats.stats] == [3, 3]  # the three batches', not the peek's
+
+    class Again(Callback):
+        def after_loss(self, learn):
+            if learn.training:
+                learn.model(learn.xb[0])
+    with pytest.raises(ValueError, match=r"ran more than once in one batch.*or a callback runs the model again"):
+        learner(mlp(), [ActivationStats(lambda m: isinstance(m, nn.ReLU)), Again()]).fit(1)
+
+
+def test_a_plot_after_fits_that_recorded_nothing_says_why_whatever_the_fit():
+    """After an evaluation fit (a training recorder records nothing there) a plot said 'fit with it in the
+    learner's callbacks', which it was."""
+    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learner(mlp(), [stats]).fit(1, train=False)
+    with pytest.raises(ValueError, match=r"its fits recorded no batch.*on_train=True.*training batches"):
+        stats.plot_stats()

@@ -268,9 +268,11 @@ class HooksCallback(Callback):
         self._model: nn.Module | None = None  # the fit's model, whose mode tells a pass's forwards apart
         self._learn: Learner | None = None  # the fit's learner: is a prediction pass running?
         self.other_mode_calls = 0  # this pass's forwards of hooked modules made in the other mode, left alone
+        self._fitted = False  # whether it has been in a fit (a plot with no records says why)
 
     def before_fit(self, learn: Learner) -> None:
         self.hooks.remove()  # never two sets of hooks on a model, whatever happened before
+        self._fitted = True
         if "train" in learn.passes:
             records = self.on_train or self.on_valid and "valid" in learn.passes
         else:  # an evaluation, fit(train=False): the last training fit's records stay, unless only validation is
@@ -309,11 +311,12 @@ class HooksCallback(Callback):
     def _hookfunc(self, hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
         # not a forward of a prediction pass a callback runs during the fit (get_preds, summary), nor one in the
         # other mode; the model's mode, not the module's: a frozen layer kept in eval mode is still recorded
+        # nor one before the pass's first batch (a callback's at before_epoch)
         learn = self._learn
-        if self._active and not learn._predicting and (self.every == 1 or (learn.iter or 0) % self.every == 0):
+        if self._active and not learn._predicting and learn.iter is not None and learn.iter % self.every == 0:
             if self._model.training == self._training:
-                if hook.iter == learn.iter:  # run again in this batch (shared, or recomputed in backward)
-                    hook.repeats += 1
+                if getattr(hook, "iter", None) == learn.iter:  # run again in this batch: shared, recomputed in
+                    hook.repeats = getattr(hook, "repeats", 0) + 1  # backward, or a callback's second forward
                 hook.iter = learn.iter
                 self.hookfunc(hook, module, inputs, output)
             else:
@@ -378,10 +381,13 @@ class ActivationStats(HooksCallback):
             if hook.repeats:  # its statistics would interleave the places it runs, one entry each per batch
                 raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran more than once in "
                                  f"one batch ({hook.repeats} extra runs in this pass): it is used in more than one "
-                                 "place in forward (as torchvision's shared self.relu), or activation checkpointing "
-                                 "(torch.utils.checkpoint) runs its forward again during backward, so its statistics "
-                                 "would mix those runs. Hook modules that run once per batch (give each place its own "
-                                 "module, or choose modules outside the checkpointed parts with mod_filter).")
+                                 "place in forward (as torchvision's shared self.relu), activation checkpointing "
+                                 "(torch.utils.checkpoint) runs its forward again during backward, or a callback runs "
+                                 "the model again in the batch (a second forward for a loss, or one at after_epoch), "
+                                 "so its statistics would mix those runs. Hook modules that run once per batch (give "
+                                 "each place its own module, choose modules outside the checkpointed parts with "
+                                 "mod_filter), or make other forwards of your own through learn.get_preds or "
+                                 "outside the fit.")
 
     @property
     def stats(self) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -401,14 +407,16 @@ class ActivationStats(HooksCallback):
 
     def _recorded(self) -> list[tuple[Tensor, Tensor, Tensor]]:
         """`stats`, for a plot: an error when nothing was recorded (an empty figure would say nothing of why)."""
-        if not any(len(means) for means, _, _ in self.stats) and not self.hooks:
+        if not any(len(means) for means, _, _ in self.stats) and not self._fitted:
             raise ValueError("ActivationStats: nothing recorded yet: fit with it in the learner's callbacks "
                              "(learn.fit(1, cbs=[stats])), then plot")
         if not any(len(means) for means, _, _ in self.stats):
-            raise ValueError("ActivationStats: its last fit recorded no batch: it records the forwards of its passes "
-                             f"(on_train={self.on_train}, on_valid={self.on_valid}) made with the model in the pass's "
-                             "mode (model.train() for training): a fit cancelled before its first batch, or a model kept "
-                             "in eval mode while training (freeze only the BatchNorm layers), records nothing")
+            raise ValueError("ActivationStats: its fits recorded no batch: it records the batches of training passes "
+                             f"(on_train={self.on_train}: training batches) and validation passes (on_valid="
+                             f"{self.on_valid}) made with the model in the pass's mode (model.train() for training): "
+                             "an evaluation fit(train=False) of a training recorder, a fit cancelled before its "
+                             "first batch, or a model kept in eval mode while training (freeze only the BatchNorm "
+                             "layers) records nothing")
         return self.stats
 
     @property
