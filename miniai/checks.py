@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import math
 import numbers
 import operator
-import re
 import sys
 import types
 import warnings
@@ -137,9 +137,9 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls}.{name} is not an event"
                             + (f" (did you mean {guess[0]!r}?)" if guess else f"; events are {', '.join(events)}")
                             + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
-        if re.fullmatch(r"on_(\w+_)?(begin|start|end)|on_(before|after)_\w+", name) and callable(getattr(cb, name)):
-            guess = _event_for(name, events)
-            raise TypeError(f"{cls}.{name} is not a miniai event (Keras' or Lightning's name?)"
+        if name in _FOREIGN_EVENTS and callable(inspect.getattr_static(cb, name)):  # (a property is not run)
+            guess = _FOREIGN_EVENTS[name]
+            raise TypeError(f"{cls}.{name} is not a miniai event (Keras', Lightning's or fastai v1's name)"
                             + (f": did you mean {guess!r}?" if guess else ".") + " miniai calls only methods named "
                             f"after its events: {', '.join(events)} (a validation pass's are the same, with "
                             "learn.training False).")
@@ -157,13 +157,32 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
                             "use TrainLearner, whose own steps do the rest)")
 
 
-def _event_for(name: str, events: Sequence[str]) -> str | None:
-    """The miniai event another framework's `on_...` name means: `on_after_backward` → after_backward,
-    `on_train_batch_end` → after_batch, `on_epoch_begin` → before_epoch, `on_train_start` → before_fit."""
-    if name[3:] in events or not name.endswith(("_begin", "_start", "_end")):
-        return name[3:] if name[3:] in events else None  # (on_before_optimizer_step: no guess)
-    stage = "batch" if "batch" in name else "epoch" if "epoch" in name else "fit"
-    return f"{'after' if name.endswith('_end') else 'before'}_{stage}"
+# Other frameworks' callback method names, and the miniai event each means (None: no pass of miniai's is it): a
+# callback ported with them would be added and never called. (Validation and test passes are miniai's validation
+# pass: the same events, with learn.training False.)
+_FOREIGN_EVENTS: dict[str, str | None] = {
+    # Keras
+    "on_train_begin": "before_fit", "on_train_end": "after_fit", "on_epoch_begin": "before_epoch",
+    "on_epoch_end": "after_epoch", "on_batch_begin": "before_batch", "on_batch_end": "after_batch",
+    "on_train_batch_begin": "before_batch", "on_train_batch_end": "after_batch", "on_test_begin": "before_epoch",
+    "on_test_end": "after_epoch", "on_test_batch_begin": "before_batch", "on_test_batch_end": "after_batch",
+    "on_predict_begin": None, "on_predict_end": None, "on_predict_batch_begin": None, "on_predict_batch_end": None,
+    # PyTorch Lightning
+    "on_fit_start": "before_fit", "on_fit_end": "after_fit", "on_train_start": "before_fit",
+    "on_train_epoch_start": "before_epoch", "on_train_epoch_end": "after_epoch", "on_train_batch_start": "before_batch",
+    "on_validation_start": "before_epoch", "on_validation_end": "after_epoch",
+    "on_validation_epoch_start": "before_epoch", "on_validation_epoch_end": "after_epoch",
+    "on_validation_batch_start": "before_batch", "on_validation_batch_end": "after_batch",
+    "on_test_start": "before_epoch", "on_test_epoch_start": "before_epoch", "on_test_epoch_end": "after_epoch",
+    "on_test_batch_start": "before_batch", "on_predict_start": None, "on_predict_epoch_start": None,
+    "on_predict_epoch_end": None, "on_predict_batch_start": None, "on_sanity_check_start": None,
+    "on_sanity_check_end": None, "on_before_backward": "after_loss", "on_after_backward": "after_backward",
+    "on_before_optimizer_step": "after_backward", "on_before_zero_grad": "after_step", "on_exception": "cleanup_fit",
+    # fastai v1, and fastai's first names of its events
+    "on_loss_begin": "after_predict", "on_backward_begin": "after_loss", "on_backward_end": "after_backward",
+    "on_step_end": "after_step", "begin_fit": "before_fit", "begin_epoch": "before_epoch",
+    "begin_batch": "before_batch",
+}
 
 
 def _defined_by_callback(cls: type, name: str) -> bool:

@@ -121,15 +121,30 @@ def test_typo_in_event_name_is_an_error_when_added():
 
 @pytest.mark.parametrize("name, guess", [("on_epoch_end", "after_epoch"), ("on_train_batch_end", "after_batch"),
                                          ("on_train_begin", "before_fit"), ("on_fit_start", "before_fit"),
-                                         ("on_validation_epoch_end", "after_epoch"),
-                                         ("on_after_backward", "after_backward"), ("on_batch_begin", "before_batch")])
+                                         ("on_validation_epoch_end", "after_epoch"), ("on_validation_end", "after_epoch"),
+                                         ("on_after_backward", "after_backward"), ("on_batch_begin", "before_batch"),
+                                         ("on_step_end", "after_step"), ("on_backward_begin", "after_loss"),
+                                         ("on_loss_begin", "after_predict"), ("on_backward_end", "after_backward"),
+                                         ("on_before_optimizer_step", "after_backward"),
+                                         ("on_before_zero_grad", "after_step"), ("on_before_backward", "after_loss")])
 def test_another_frameworks_event_name_is_an_error_when_added_not_a_method_never_called(name, guess):
     """A callback written with Keras' or Lightning's names (`on_epoch_end`) was added and never called: it trained
     to the end doing nothing, without a word."""
     Ported = type("Ported", (Callback,), {name: lambda self, *args: None})
-    with pytest.raises(TypeError, match=rf"Ported.{name} is not a miniai event \(Keras' or Lightning's name\?\): "
-                                        rf"did you mean '{guess}'"):
+    with pytest.raises(TypeError, match=rf"Ported.{name} is not a miniai event \(Keras', Lightning's or fastai "
+                                        rf"v1's name\): did you mean '{guess}'"):
         tiny_learner(cbs=[Ported()])
+
+
+def test_helpers_named_on_something_that_no_framework_calls_are_left_alone():
+    """The first check refused any on_..._end/_start/on_before_... name: helpers `on_end`, `on_before_save`; and it
+    read a property named like an event, which ran (and raised) when the callback was added."""
+    class Helpers(Callback):
+        def on_end(self): pass
+        def on_start(self): pass
+        def on_before_save(self): pass
+        on_train_end = property(lambda self: self.learn.x)  # (never read by the check)
+    tiny_learner(cbs=[Helpers()]).fit(1)
 
 
 def test_training_reduces_loss_and_validation_has_no_grad():
