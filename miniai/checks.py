@@ -393,29 +393,32 @@ def _tensors(dl: Any) -> list:
     return list(getattr(getattr(dl, "dataset", None), "tensors", ()))
 
 
-def _rows(dl: Any) -> list[tuple[int, int, int]] | None:
-    """Per tensor a loader reads whole, (its memory, first row, rows) in that memory: slices `x[a:b]` of one tensor
-    say which rows two loaders share. None for anything else (other loaders, a sampler's part, strided views)."""
+def _first_rows(dl: Any) -> tuple[int, int, int] | None:
+    """For a loader reading whole tensors, its inputs' (memory, first row, rows) in that memory: slices `x[a:b]` of
+    one tensor say which rows two loaders share. None for anything else (other loaders, a sampler's part, a strided
+    view)."""
     if not isinstance(getattr(dl, "x", None), torch.Tensor) and not _reads_whole(dl):
         return None
-    rows = []
-    for t in _tensors(dl):
-        row = t[0].numel() if isinstance(t, torch.Tensor) and t.ndim and len(t) else 0
-        if not row or not t.is_contiguous() or t.storage_offset() % row:
-            return None
-        rows.append((t.untyped_storage().data_ptr(), t.storage_offset() // row, len(t)))
-    return rows or None
+    t = next(iter(_tensors(dl)), None)
+    row = t[0].numel() if isinstance(t, torch.Tensor) and t.ndim and len(t) else 0
+    if not row or not t.is_contiguous() or t.storage_offset() % row:
+        return None
+    return t.untyped_storage().data_ptr(), t.storage_offset() // row, len(t)
 
 
 def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
     """(how many of valid's items train reads too, valid's items) for two loaders over one dataset, or over slices
     of the same tensors, that share some but not all; None when they share none, read different data, or one's
     items are unknown."""
-    a, b = _rows(train), _rows(valid)
-    if a and b and len(a) == len(b) and all(s[0] == t[0] for s, t in zip(a, b)):  # each tensor of the same memory
-        first = max(max(s[1], t[1]) for s, t in zip(a, b))
-        shared = min(min(s[1] + s[2], t[1] + t[2]) for s, t in zip(a, b)) - first
-        return (shared, b[0][2]) if shared > 0 else None
+    a, b = _first_rows(train), _first_rows(valid)
+    if a and b and a[0] == b[0]:  # inputs that are rows of one tensor: those both read, with the same targets
+        first, end = max(a[1], b[1]), min(a[1] + a[2], b[1] + b[2])
+        ours, theirs = _tensors(train)[1:], _tensors(valid)[1:]
+        same = len(ours) == len(theirs) and all(
+            isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and (t.device, t.dtype) == (u.device, u.dtype)
+            and torch.equal(
+                t[first - a[1]:end - a[1]], u[first - b[1]:end - b[1]]) for t, u in zip(ours, theirs))
+        return (end - first, b[2]) if end > first and same else None
     (dataset, a), (other, b) = _reads(train), _reads(valid)
     if dataset is None or dataset is not other or a is None or b is None or a == b:
         return None

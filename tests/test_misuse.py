@@ -267,14 +267,16 @@ def test_slices_of_one_tensor_that_overlap_are_warned_of():
     cases = [(TensorLoader(x[:80], y[:80], 10, shuffle=True), TensorLoader(x[79:], y[79:], 10), "1 of its 21"),
              (TensorLoader(x, y, 10, shuffle=True), TensorLoader(x[80:], y[80:], 10), "20 of its 20"),
              (DataLoader(TensorDataset(x[:80], y[:80]), 10), DataLoader(TensorDataset(x[70:], y[70:]), 10),
-              "10 of its 30")]
+              "10 of its 30"),
+             (TensorLoader(x[:80], y[:80].clone(), 10), TensorLoader(x[70:], y[70:].clone(), 10), "10 of its 30")]
     for train, valid, says in cases:
         with pytest.warns(UserWarning, match=f"dls.valid reads {says} items from those dls.train trains on"):
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
     with warnings.catch_warnings():  # slices that share nothing, or rows taken every other one: nothing said
         warnings.simplefilter("error")
         for train, valid in [(TensorLoader(x[:80], y[:80], 10), TensorLoader(x[80:], y[80:], 10)),
-                             (TensorLoader(x[::2], y[::2], 10), TensorLoader(x[1::2], y[1::2], 10))]:
+                             (TensorLoader(x[::2], y[::2], 10), TensorLoader(x[1::2], y[1::2], 10)),
+                             (TensorLoader(x[:80], y[:80], 10), TensorLoader(x[70:], (y[70:] + 1) % 3, 10))]:
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
 
 
