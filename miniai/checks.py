@@ -416,8 +416,7 @@ def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
         ours, theirs = _tensors(train)[1:], _tensors(valid)[1:]
         same = len(ours) == len(theirs) and all(
             isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and (t.device, t.dtype) == (u.device, u.dtype)
-            and torch.equal(
-                t[first - a[1]:end - a[1]], u[first - b[1]:end - b[1]]) for t, u in zip(ours, theirs))
+            and torch.equal(t[first - a[1]:end - a[1]], u[first - b[1]:end - b[1]]) for t, u in zip(ours, theirs))
         return (end - first, b[2]) if end > first and same else None
     (dataset, a), (other, b) = _reads(train), _reads(valid)
     if dataset is None or dataset is not other or a is None or b is None or a == b:
