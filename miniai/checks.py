@@ -253,6 +253,9 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
         raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
     if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
         raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
+    if fit_lr is not None and not train:  # (the optimizer an evaluation keeps, or makes, steps nothing)
+        warnings.warn(f"fit(train=False, lr={fit_lr}): an evaluation trains nothing, so the lr is not used",
+                      stacklevel=3)
     if lr is None and train and resume is None:  # (an evaluation needs none; a checkpoint's optimizer brings its own)
         raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
                          "learn.lr_find() suggests one.")

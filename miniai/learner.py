@@ -15,10 +15,11 @@ Cancelling (raise from any callback; a cancel raised in a stage's cleanup only e
 | `CancelEpochException`  | the rest of this pass (train *or* valid), `after_epoch`   | `cleanup_batch`, `cleanup_epoch`, the next pass |
 | `CancelFitException`    | everything after                                          | `cleanup_batch`, `cleanup_epoch`, `cleanup_fit` |
 
-A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) ends the fit as an error. One raised
-after a backward leaves that batch's gradients for the next step to add: to drop a batch, raise in `after_loss`.
+A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) ends the fit as an error. Any cancel
+raised after a backward skips that batch's `zero_grad`, so its gradients stay for the next step to add, even in
+`after_step`, after they were stepped with: to drop a batch, raise in `after_loss`.
 
-Learner state that callbacks may read, and from which event on:
+Learner state that callbacks may read, from which event on (each keeps its value until it is set again):
 
 | attribute                    | from           | meaning                                                                   |
 |------------------------------|----------------|---------------------------------------------------------------------------|
@@ -26,17 +27,17 @@ Learner state that callbacks may read, and from which event on:
 | `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
 | `opt`, `fit_lr`              | `before_fit`   | the optimizer, `opt_func(model.parameters(), fit_lr)` in each fit that    |
 |                              |                | trains; the lr it was made with (fit's, else a resumed run's, else `lr`)  |
-| `n_epochs, epochs, passes`   | `before_fit`   | epochs in this fit; the range the loop walks; ("train", "valid") or one   |
+| `n_epochs, epochs, passes`   | `before_fit`   | the run's epochs (resumed: all); range(start_epoch, n_epochs); the passes |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
-| `epoch_offset`               | `before_fit`   | epochs trained in earlier fits: a seeded loader walks its order of epoch  |
-|                              |                | `epoch_offset + epoch`, so `fit(1); fit(1)` sees the data `fit(2)` sees   |
+| `epoch_offset`               | `before_fit`   | epochs begun and stepped in earlier fits: a seeded loader walks its epoch |
+|                              |                | `epoch_offset + epoch`'s order: `fit(1); fit(1)` sees what `fit(2)` sees  |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (CheckpointCB sets it), or None    |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
 | `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: ran out  |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
-| `pass_steps`                 | `before_epoch` | optimizer steps taken in this pass so far (a `step` owner that skips one  |
-|                              |                | may count it, as MixedPrecisionCB does its scaler's: the epoch trained)   |
+| `pass_steps`                 | `before_epoch` | `step`s this pass so far, those a step owner skipped too (MixedPrecisionCB|
+|                              |                | counts its scaler's overflows: an epoch of them still counts as trained)  |
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
 | `preds`, `loss`              | `after_predict`| the model's output; `loss_func(preds, *yb)` (from `after_loss`)           |

@@ -900,3 +900,16 @@ def test_load_learner_on_a_device_the_machine_lacks_says_so(tmp_path):
     path = tiny_learner().export(tmp_path / "m.pkl")
     with pytest.raises(RuntimeError, match=r"load_learner\(device='cuda'\): this machine has no CUDA device"):
         load_learner(path, device="cuda")
+
+
+def test_an_lr_given_to_an_evaluation_is_said_to_be_unused():
+    """fit(train=False, lr=0.5) after a training fit kept the optimizer and its lr without a word (on a fresh
+    learner it built the optimizer with 0.5): an evaluation trains nothing, and the lr given goes nowhere."""
+    learn = TrainLearner(nn.Linear(8, 3), DataLoaders(TensorLoader(torch.randn(32, 8), torch.randint(0, 3, (32,)), 8),
+                                                      TensorLoader(torch.randn(16, 8), torch.randint(0, 3, (16,)), 8)),
+                         F.cross_entropy, lr=0.1)
+    learn.fit(1)
+    with pytest.warns(UserWarning, match=r"fit\(train=False, lr=0.5\): an evaluation trains nothing, so the lr is not "
+                                         r"used"):
+        learn.fit(1, train=False, lr=0.5)
+    assert learn.fit_lr == 0.1
