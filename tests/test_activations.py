@@ -598,9 +598,12 @@ def test_forwards_a_callback_makes_outside_a_batch_are_not_recorded_and_a_second
         def before_epoch(self, learn):
             if learn.training:
                 learn.model(torch.randn(4, 1))
+        def after_epoch(self, learn):  # (a look at the model's outputs after each epoch: a usual callback)
+            if learn.training:
+                learn.model(torch.randn(4, 1))
     stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
-    learner(mlp(), [stats, Peek()]).fit(1)
-    assert [len(means) for means, _, _ in stats.stats] == [3, 3]  # the three batches', not the peek's
+    learner(mlp(), [stats, Peek()]).fit(2)
+    assert [len(means) for means, _, _ in stats.stats] == [6, 6]  # the batches', not the peeks'
 
     class Again(Callback):
         def after_loss(self, learn):

@@ -264,6 +264,7 @@ class HooksCallback(Callback):
         self.on_train, self.on_valid = on_train, on_valid
         self.hooks = Hooks([], self._hookfunc)
         self._active = False  # whether this pass records (on_train / on_valid)
+        self._ended: int | None = None  # the index of the pass's last batch that ended (its cleanup_batch ran)
         self._training = True  # the mode of this pass: a forward in the other mode is not of the pass
         self._model: nn.Module | None = None  # the fit's model, whose mode tells a pass's forwards apart
         self._learn: Learner | None = None  # the fit's learner: is a prediction pass running?
@@ -296,9 +297,12 @@ class HooksCallback(Callback):
     def before_epoch(self, learn: Learner) -> None:
         self._active = self.on_train if learn.training else self.on_valid
         self._training = learn.training
-        self.other_mode_calls = 0
+        self.other_mode_calls, self._ended = 0, None
         for hook in self.hooks:  # the batch each last ran in, and its runs in a batch it had run in already
             hook.iter, hook.repeats = None, 0
+
+    def cleanup_batch(self, learn: Learner) -> None:
+        self._ended = learn.iter  # forwards from here to the next batch (a callback's at after_epoch) are not its
 
     def cleanup_epoch(self, learn: Learner) -> None:
         self._active = False  # forward passes outside a pass (e.g. in after_fit) are not recorded
@@ -309,11 +313,12 @@ class HooksCallback(Callback):
         restore_if_refused(self, learn)
 
     def _hookfunc(self, hook: Hook, module: nn.Module, inputs: tuple, output: Any) -> None:
-        # not a forward of a prediction pass a callback runs during the fit (get_preds, summary), nor one in the
-        # other mode; the model's mode, not the module's: a frozen layer kept in eval mode is still recorded
-        # nor one before the pass's first batch (a callback's at before_epoch)
+        # not a forward of a prediction pass a callback runs during the fit (get_preds, summary), nor one outside
+        # the pass's batches (a callback's at before_epoch or after_epoch), nor one in the other mode; the model's
+        # mode, not the module's: a frozen layer kept in eval mode is still recorded
         learn = self._learn
-        if self._active and not learn._predicting and learn.iter is not None and learn.iter % self.every == 0:
+        if (self._active and not learn._predicting and learn.iter is not None and learn.iter != self._ended
+                and learn.iter % self.every == 0):
             if self._model.training == self._training:
                 if getattr(hook, "iter", None) == learn.iter:  # run again in this batch: shared, recomputed in
                     hook.repeats = getattr(hook, "repeats", 0) + 1  # backward, or a callback's second forward
@@ -383,7 +388,7 @@ class ActivationStats(HooksCallback):
                                  f"one batch ({hook.repeats} extra runs in this pass): it is used in more than one "
                                  "place in forward (as torchvision's shared self.relu), activation checkpointing "
                                  "(torch.utils.checkpoint) runs its forward again during backward, or a callback runs "
-                                 "the model again in the batch (a second forward for a loss, or one at after_epoch), "
+                                 "the model again in the batch (a second forward for a loss), "
                                  "so its statistics would mix those runs. Hook modules that run once per batch (give "
                                  "each place its own module, choose modules outside the checkpointed parts with "
                                  "mod_filter), or make other forwards of your own through learn.get_preds or "
