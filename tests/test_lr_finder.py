@@ -817,3 +817,17 @@ def test_lr_find_sends_no_row_to_a_metricscb_subclass_logging_its_own_way():
         assert got == []
         learn.fit(1)  # the rows are back for a real fit
         assert [r["train"] for r in got] == ["train", "valid"]
+
+
+def test_the_search_starts_at_start_lr_when_opt_func_ignores_the_lr_it_is_given():
+    """`opt_func=lambda p, lr: SGD(p, lr=0.01)` started the search at 0.01 whatever start_lr said, without a word:
+    nothing below 0.01 was tried. The groups start at start_lr (each at its share of the highest group's)."""
+    learn = bn_learner(opt_func=lambda params, lr: optim.SGD(params, lr=0.01))
+    res = learn.lr_find(start_lr=1e-6, plot=False)
+    assert math.isclose(res.lrs[0], 1e-6) and math.isclose(res.lrs[1], 1.3e-6)
+
+
+def test_smooth_losses_averages_window_points_an_even_window_as_the_next_odd_one():
+    """The docstring said `window` points; an even window averaged window + 1 (centred): it says so now."""
+    assert smooth_losses([0, 0, 0, 10, 0, 0, 0, 0], 4) == smooth_losses([0, 0, 0, 10, 0, 0, 0, 0], 5)
+    assert "window + 1" in smooth_losses.__doc__

@@ -78,6 +78,9 @@ class LRFinderCB(Callback):
         ratios = lr_ratios(learn, float(fit_lr)) if fit_lr and hasattr(learn, "opt_func") else []
         ratio = ratios[self._group_read] if len(ratios) == len(groups) else 0.0
         self._scale = 1.0 / ratio if ratio > 0 else 1.0
+        if ratio > 0 and not math.isclose(groups[self._group_read]["lr"], fit_lr * ratio, rel_tol=1e-6):
+            for group, group_ratio in zip(groups, ratios):  # opt_func ignores the lr it is given: the search
+                group["lr"] = fit_lr * group_ratio  # starts at start_lr all the same, each group at its share
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:
@@ -126,7 +129,8 @@ def _finite(lrs: Sequence[float], losses: Sequence[float]) -> tuple[list[float],
 
 
 def smooth_losses(losses: Sequence[float], window: int = 5) -> list[float]:
-    """Centred moving average over `window` points (fewer at the ends).
+    """Centred moving average over `window` points (fewer at the ends); an even `window` is taken as window + 1,
+    the odd number of points centred on each.
 
     Centred, not an exponential moving average: an EMA lags, and with the lr growing ×1.3 a batch, a lag of a
     few batches would move every feature of the curve to a several times larger lr.
