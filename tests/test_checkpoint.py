@@ -36,7 +36,8 @@ def make_learner(path, cbs=(), model=None, opt_func=optim.AdamW, learner_cls=Tra
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 4, generator=g)
     y = x @ torch.randn(4, 1, generator=g) + 0.1 * torch.randn(64, 1, generator=g)
-    dls = DataLoaders(TensorLoader(x, y, bs=8, shuffle=True, seed=3), TensorLoader(x[:16].clone(), y[:16].clone(), bs=8))
+    dls = DataLoaders(TensorLoader(x, y, bs=8, shuffle=True, seed=3),
+                      TensorLoader(x[:16].clone(), y[:16].clone(), bs=8))
     model = model or nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 1))
     rec, metrics = RecorderCB(lr=_lr), MetricsCB()
     metrics.log_fn = lambda row: None  # quiet

@@ -483,7 +483,7 @@ def test_an_unshuffled_training_loader_that_leaves_the_same_items_out_every_epoc
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for dl in (TensorLoader(x, y, 8, shuffle=True), DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True),
-                   TensorLoader(x[:100].clone(), y[:100].clone(), 8)):  # shuffled: other items each epoch; or none left out
+                   TensorLoader(x[:100], y[:100], 8)):  # shuffled: other items each epoch; or none left out
             warn_same_left_out(dl, "train", 2)
 
 

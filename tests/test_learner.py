@@ -121,7 +121,8 @@ def test_typo_in_event_name_is_an_error_when_added():
 
 @pytest.mark.parametrize("name, guess", [("on_epoch_end", "after_epoch"), ("on_train_batch_end", "after_batch"),
                                          ("on_train_begin", "before_fit"), ("on_fit_start", "before_fit"),
-                                         ("on_validation_epoch_end", "after_epoch"), ("on_validation_end", "after_epoch"),
+                                         ("on_validation_epoch_end", "after_epoch"),
+                                         ("on_validation_end", "after_epoch"),
                                          ("on_after_backward", "after_backward"), ("on_batch_begin", "before_batch"),
                                          ("on_step_end", "after_step"), ("on_backward_begin", "after_loss"),
                                          ("on_loss_begin", "after_predict"), ("on_backward_end", "after_backward"),
