@@ -396,17 +396,17 @@ def _tensors(dl: Any) -> list:
     return list(getattr(getattr(dl, "dataset", None), "tensors", ()))
 
 
-def _first_rows(dl: Any) -> tuple[int, int, int] | None:
-    """For a loader reading whole tensors, its inputs' (memory, first row, rows) in that memory: slices `x[a:b]` of
-    one tensor say which rows two loaders share. None for anything else (other loaders, a sampler's part, a strided
-    view)."""
+def _first_rows(dl: Any) -> tuple[tuple, int, int] | None:
+    """For a loader reading whole tensors, its inputs' ((memory, row size, dtype), first row, rows) in that memory:
+    slices `x[a:b]` of one tensor say which rows two loaders share. None for anything else (other loaders, a
+    sampler's part, a strided view)."""
     if not isinstance(getattr(dl, "x", None), torch.Tensor) and not _reads_whole(dl):
         return None
     t = next(iter(_tensors(dl)), None)
     row = t[0].numel() if isinstance(t, torch.Tensor) and t.ndim and len(t) else 0
     if not row or not t.is_contiguous() or t.storage_offset() % row:
         return None
-    return t.untyped_storage().data_ptr(), t.storage_offset() // row, len(t)
+    return (t.untyped_storage().data_ptr(), row, t.dtype), t.storage_offset() // row, len(t)
 
 
 def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
@@ -417,10 +417,10 @@ def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
     if a and b and a[0] == b[0]:  # inputs that are rows of one tensor: those both read, with the same targets
         first, end = max(a[1], b[1]), min(a[1] + a[2], b[1] + b[2])
         ours, theirs = _tensors(train)[1:], _tensors(valid)[1:]
-        same = len(ours) == len(theirs) and all(
+        same = end > first and len(ours) == len(theirs) and all(
             isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and (t.device, t.dtype) == (u.device, u.dtype)
             and torch.equal(t[first - a[1]:end - a[1]], u[first - b[1]:end - b[1]]) for t, u in zip(ours, theirs))
-        return (end - first, b[2]) if end > first and same else None
+        return (end - first, b[2]) if same else None
     (dataset, a), (other, b) = _reads(train), _reads(valid)
     if dataset is None or dataset is not other or a is None or b is None or a == b:
         return None
