@@ -14,6 +14,7 @@ import inspect
 import math
 import numbers
 import operator
+import re
 import sys
 import types
 import warnings
@@ -137,9 +138,9 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls}.{name} is not an event"
                             + (f" (did you mean {guess[0]!r}?)" if guess else f"; events are {', '.join(events)}")
                             + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
-        if name in _FOREIGN_EVENTS and callable(inspect.getattr_static(cb, name)):  # (a property is not run)
-            guess = _FOREIGN_EVENTS[name]
-            raise TypeError(f"{cls}.{name} is not a miniai event (Keras', Lightning's or fastai v1's name)"
+        if _foreign(name) and _is_method(inspect.getattr_static(cb, name)):  # (a property is not run)
+            guess = _FOREIGN_EVENTS.get(name)
+            raise TypeError(f"{cls}.{name} is not a miniai event (another framework's name)"
                             + (f": did you mean {guess!r}?" if guess else ".") + " miniai calls only methods named "
                             f"after its events: {', '.join(events)} (a validation pass's are the same, with "
                             "learn.training False).")
@@ -157,7 +158,19 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
                             "use TrainLearner, whose own steps do the rest)")
 
 
-# Other frameworks' callback method names, and the miniai event each means (None: no pass of miniai's is it): a
+def _foreign(name: str) -> bool:
+    """Whether `name` is another framework's callback method (Keras, Lightning, fastai v1, Hugging Face, Catalyst):
+    one of `_FOREIGN_EVENTS`, or `on_<stage>_begin/_start/_end` (a helper `on_end` or `on_before_save` is not)."""
+    return name in _FOREIGN_EVENTS or re.fullmatch(r"on_[a-z]\w*_(begin|start|end)", name) is not None
+
+
+def _is_method(attr: Any) -> bool:
+    """Whether a callback's class attribute (read without running a property) is a method: a function, a
+    staticmethod or classmethod, or another callable."""
+    return callable(attr) or isinstance(attr, (staticmethod, classmethod))
+
+
+# Other frameworks' callback method names, and the miniai event each means (None: no event of miniai's is it): a
 # callback ported with them would be added and never called. (Validation and test passes are miniai's validation
 # pass: the same events, with learn.training False.)
 _FOREIGN_EVENTS: dict[str, str | None] = {
@@ -182,6 +195,12 @@ _FOREIGN_EVENTS: dict[str, str | None] = {
     "on_loss_begin": "after_predict", "on_backward_begin": "after_loss", "on_backward_end": "after_backward",
     "on_step_end": "after_step", "begin_fit": "before_fit", "begin_epoch": "before_epoch",
     "begin_batch": "before_batch",
+    # older Lightning, Hugging Face's Trainer, Catalyst
+    "on_epoch_start": "before_epoch", "on_batch_start": "before_batch", "on_train_epoch_begin": "before_epoch",
+    "on_validation_batch_begin": "before_batch", "on_step_begin": "before_batch", "on_save_checkpoint": "state_dict",
+    "on_load_checkpoint": "load_state_dict", "on_evaluate": "after_epoch", "on_log": "after_epoch",
+    "on_save": None, "on_optimizer_step": "after_backward", "on_pre_optimizer_step": "after_backward",
+    "on_prediction_step": None,
 }
 
 

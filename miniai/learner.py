@@ -77,7 +77,7 @@ _OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": 
 class Callback:
     """Base class for callbacks: methods named after events (`before_fit(self, learn)`, `after_batch`, ...) run,
     sorted by `order` (lower first; built-in values: `miniai.callbacks`); a `before_`/`after_`/`cleanup_` method
-    must be an event, and Keras', Lightning's and fastai v1's names (`on_epoch_end`) are refused. The `STEPS` are
+    must be an event, and other frameworks' event names (Keras' `on_epoch_end`, ...) are refused. The `STEPS` are
     the learner's own methods unless a callback declares it does one, `owns_steps = ("backward",)` with a method
     `backward(self, learn)`; a method named like a step but not declared, or a step owned twice, is an error when
     the callback is added (a helper called `step` must never silently replace the optimizer step). The base

@@ -127,13 +127,29 @@ def test_typo_in_event_name_is_an_error_when_added():
                                          ("on_step_end", "after_step"), ("on_backward_begin", "after_loss"),
                                          ("on_loss_begin", "after_predict"), ("on_backward_end", "after_backward"),
                                          ("on_before_optimizer_step", "after_backward"),
-                                         ("on_before_zero_grad", "after_step"), ("on_before_backward", "after_loss")])
+                                         ("on_before_zero_grad", "after_step"), ("on_before_backward", "after_loss"),
+                                         ("on_epoch_start", "before_epoch"), ("on_batch_start", "before_batch"),
+                                         ("on_train_epoch_begin", "before_epoch"), ("on_step_begin", "before_batch"),
+                                         ("on_save_checkpoint", "state_dict"), ("on_load_checkpoint", "load_state_dict")])
 def test_another_frameworks_event_name_is_an_error_when_added_not_a_method_never_called(name, guess):
     """A callback written with Keras' or Lightning's names (`on_epoch_end`) was added and never called: it trained
     to the end doing nothing, without a word."""
     Ported = type("Ported", (Callback,), {name: lambda self, *args: None})
-    with pytest.raises(TypeError, match=rf"Ported.{name} is not a miniai event \(Keras', Lightning's or fastai "
-                                        rf"v1's name\): did you mean '{guess}'"):
+    with pytest.raises(TypeError, match=rf"Ported.{name} is not a miniai event \(another framework's name\): "
+                                        rf"did you mean '{guess}'"):
+        tiny_learner(cbs=[Ported()])
+
+
+@pytest.mark.parametrize("name", ["on_substep_end", "on_init_end", "on_evaluate", "on_log", "on_loader_start",
+                                  "on_experiment_end", "on_optimizer_step", "on_pre_optimizer_step"])
+def test_more_ported_event_names_are_refused_without_a_guess(name):
+    """The explicit table let through what the first pattern caught: Hugging Face's and Catalyst's names, never
+    called here (and a classmethod named like an event)."""
+    Ported = type("Ported", (Callback,), {name: lambda self, *args: None})
+    with pytest.raises(TypeError, match=rf"Ported.{name} is not a miniai event"):
+        tiny_learner(cbs=[Ported()])
+    Ported = type("Ported", (Callback,), {"on_epoch_end": classmethod(lambda cls, *args: None)})
+    with pytest.raises(TypeError, match=r"Ported.on_epoch_end is not a miniai event"):
         tiny_learner(cbs=[Ported()])
 
 
