@@ -126,6 +126,7 @@ class Learner(Conveniences):
     _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
     epoch: int | str | None = None  # the epoch running, or the last fit's last (None: no epoch began)
+    _began = False  # whether the running fit got past before_fit (a fit refused there keeps the learner's opt)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
@@ -189,6 +190,7 @@ class Learner(Conveniences):
             self.passes, self.stepped = ("train",) * train + ("valid",) * valid, False
             self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # (resume's, if any)
             self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # (set by callbacks)
+            self._began = False
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
             checks.check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
@@ -215,8 +217,8 @@ class Learner(Conveniences):
                 checks.add_note(e, checks.fit_note(self, e, temporary))  # not catch: it was raised outside it
             raise
         finally:
-            if ended is not None and self.epoch is None:  # refused before its first epoch (at before_fit): nothing
-                self.opt, self.fit_lr = kept  # ran, and the learner keeps its optimizer, as its callbacks do records
+            if ended is not None and not self._began:  # refused at its start (a check at before_fit): nothing ran,
+                self.opt, self.fit_lr = kept  # and the learner keeps its optimizer, as its callbacks keep records
             self._in_fit, self._temporary = False, []
             for cb in temporary:
                 self.rm_cb(cb)
@@ -261,6 +263,7 @@ class Learner(Conveniences):
             raise
 
     def _all_epochs(self) -> None:
+        self._began = True  # every before_fit ran (resume's loaded its checkpoint)
         if "train" in self.passes:
             checks.check_new_params(self.model, self.opt, self._params_at_opt)
         for self.epoch in self.epochs:  # (read here, after before_fit: resume's callback or a progress bar may

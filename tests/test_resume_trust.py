@@ -567,3 +567,19 @@ def test_a_ddp_checkpoint_resumed_by_another_number_of_processes_says_each_ranks
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_learner(None)[0].fit(3, resume=tmp_path / "ranks_alike.pt")
+
+
+def test_a_resume_that_trains_nothing_and_ends_in_a_cancel_keeps_what_it_loaded(tmp_path):
+    """A resume from a finished run (no epoch left) whose after_fit cancelled: the optimizer and fit_lr were put
+    back as for a refused fit, beside the checkpoint's weights it had loaded (the restore read "no epoch began")."""
+    make_learner(tmp_path)[0].fit(2)
+    learn, _ = make_learner(None)
+    learn.fit(1, lr=0.01)
+
+    class Boom(Callback):
+        def after_fit(self, learn):
+            raise CancelFitException()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (nothing left to train)
+        learn.fit(2, resume=tmp_path, cbs=[Boom()])
+    assert learn.fit_lr == 0.05 and len(learn.opt.state) > 0  # the saved run's lr, and its optimizer state
