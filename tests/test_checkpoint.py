@@ -681,6 +681,39 @@ def test_a_checkpoint_copied_beside_another_runs_files_keeps_its_own_best(tmp_pa
     assert cb.best_path in (best, tmp_path / "again" / "epoch_0004.pt")
 
 
+def test_a_copied_run_keeps_its_best_in_its_own_directory(tmp_path):
+    """`cp -r a b` and a resume of b: its best stayed a's file (the recorded path, which still held it), so b's
+    later checkpoints named a's, and removing a lost b's best."""
+    learn, _ = make_learner(tmp_path / "a", monitor="valid_loss", mode="max", keep=None)
+    learn.fit(3)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    again, _ = make_learner(tmp_path / "b", monitor="valid_loss", mode="max", keep=None)
+    again.fit(4, resume=tmp_path / "b")
+    assert next(cb for cb in again.cbs if isinstance(cb, CheckpointCB)).best_path.parent == tmp_path / "b"
+
+
+def test_a_best_that_is_another_runs_file_is_said_to_be_one(tmp_path):
+    """The warning said the best "is not there any more" when a file was there, another run's; a best file saved in
+    torch's legacy format (not memory-mappable) was taken for missing."""
+    learn, _ = make_learner(tmp_path / "exp", monitor="valid_loss", mode="max", keep=None)
+    learn.fit(3)
+    best = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path
+    (tmp_path / "lone").mkdir()
+    shutil.copy(tmp_path / "exp" / "epoch_0003.pt", tmp_path / "lone" / "epoch_0003.pt")
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tmp_path / "exp", legacy)
+    torch.save(torch.load(legacy / best.name, weights_only=True), legacy / best.name,
+               _use_new_zipfile_serialization=False)
+    again, _ = make_learner(tmp_path / "c", monitor="valid_loss", mode="max", keep=None)
+    again.fit(4, resume=legacy / "epoch_0003.pt")
+    assert next(cb for cb in again.cbs if isinstance(cb, CheckpointCB)).best_path == legacy / best.name
+    make_learner(tmp_path / "exp", keep=None, overwrite=True)[0].fit(3)  # another run, in the best's place
+    again, _ = make_learner(tmp_path / "d", monitor="valid_loss", mode="max", keep=None)
+    with pytest.warns(UserWarning, match=rf"best checkpoint of the resumed run is not found: .*lone/{best.name}: not "
+                                         rf"there; .*exp/{best.name}: another run's file"):
+        again.fit(4, resume=tmp_path / "lone" / "epoch_0003.pt")
+
+
 def test_a_folder_named_like_a_checkpoint_is_not_one(tmp_path):
     """A folder `epoch_0099.pt` in a run's directory was its newest checkpoint: resume failed ("holds no
     checkpoint") beside real ones, and an overwrite run died unlinking it after deleting the old run's files."""

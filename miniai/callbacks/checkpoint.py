@@ -396,15 +396,21 @@ def safe_loader_advice(names: list[str]) -> str:
 
 # ---------------------------------------------------------------- the callback that writes them
 
-def _saved_as_best(file: Path, value: float) -> bool:
-    """Whether the checkpoint `file` was saved as its run's best, of `value`: its CheckpointCB state names the file
-    itself as the best (another run's file of the same name holds another best, or none)."""
-    try:  # (mmap: the tensors are not read)
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 -- a file that can't be read is not the best to keep
-        return False
-    return any(isinstance(cb, dict) and cb.get("best") == value and Path(cb.get("best_file") or "").name == file.name
+def _not_best(file: Path, value: float) -> str | None:
+    """Why the checkpoint `file` is not the one its run saved as its best, of `value`; None if it is (its
+    CheckpointCB state names the file itself as the best: another run's file of the same name holds another)."""
+    if not file.is_file():
+        return "not there"
+    try:
+        try:  # (mmap: the tensors are not read)
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # (a file in torch's legacy format, which can't be mapped)
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- a file that can't be read is not the best to keep
+        return f"can't be read ({type(e).__name__})"
+    mine = any(isinstance(cb, dict) and cb.get("best") == value and Path(cb.get("best_file") or "").name == file.name
                for cb in (state.get("callbacks") or {}).values())
+    return None if mine else "another run's file"
 
 
 class CheckpointCB(Callback):
@@ -467,19 +473,21 @@ class CheckpointCB(Callback):
                 "monitor": self.monitor, "mode": self.mode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`; the best file is the one saved as this best, where it was saved or beside the
-        checkpoint resumed from (a run moved or copied with its files), never another run's file of that name;
-        if neither is, the best is forgotten with its value, so the resumed run finds a new best."""
+        """Restore `state_dict()`; the best file is the one saved as this best, beside the checkpoint resumed from (a
+        run moved or copied with its files) or where it was saved, never another run's file of that name; if
+        neither is, the best is forgotten with its value (a warning says why), so the resumed run finds a new best."""
         if not same_watch(self, state, "CheckpointCB"):
             self.best, self.best_path = None, None
             return
         best = Path(state["best_file"]) if state["best_file"] else None
-        if best is not None:
-            places = [best] + ([self._resumed_from.parent / best.name] if self._resumed_from else [])
-            found = next((f for f in places if f.is_file() and _saved_as_best(f, state["best"])), None)
+        if best is not None:  # beside the checkpoint first: a copied run's own copy
+            places = ([self._resumed_from.parent / best.name] if self._resumed_from else []) + [best]
+            why = {place: _not_best(place, state["best"]) for place in dict.fromkeys(places)}
+            found = next((place for place, no in why.items() if no is None), None)
             if found is None:
-                warnings.warn(f"the best checkpoint of the resumed run ({best}) is not there any more (nor beside "
-                              "the checkpoint resumed from): the best is looked for afresh from here on", stacklevel=2)
+                warnings.warn("the best checkpoint of the resumed run is not found: " + "; ".join(
+                    f"{place}: {no}" for place, no in why.items()) + ". The best is looked for afresh from here on",
+                    stacklevel=2)
             best = found
         self.best, self.best_path = (state["best"], best) if best is not None else (None, None)
 
