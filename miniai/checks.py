@@ -356,6 +356,7 @@ def _same_data(train: Any, valid: Any) -> bool:
     a, b = _tensors(train), _tensors(valid)
     return bool(a) and len(a) == len(b) and all(
         isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and t.numel() > 0
+        and t.layout == u.layout == torch.strided  # (a sparse tensor has no data pointer)
         and (t.data_ptr(), t.shape, t.stride()) == (u.data_ptr(), u.shape, u.stride()) for t, u in zip(a, b))
 
 
@@ -422,10 +423,22 @@ def _first_rows(dl: Any) -> tuple[tuple, int, int] | None:
     if not isinstance(getattr(dl, "x", None), torch.Tensor) and not _reads_whole(dl):
         return None
     t = next(iter(_tensors(dl)), None)
-    row = t[0].numel() if isinstance(t, torch.Tensor) and t.ndim and len(t) else 0
-    if not row or not t.is_contiguous() or t.storage_offset() % row:
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided or not t.ndim or not len(t):
+        return None
+    row = t[0].numel()  # (rows one after another, each dense: contiguous, also channels-last images)
+    dense = t.is_contiguous() or t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    if not row or not dense or t.stride(0) != row or t.storage_offset() % row:
         return None
     return (t.untyped_storage().data_ptr(), row, t.dtype), t.storage_offset() // row, len(t)
+
+
+def _same_rows(t: Any, u: Any) -> bool:
+    """Whether two tensors hold the same values (NaN equal to NaN, whatever their dtypes), as targets of rows."""
+    if not (isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor)) or t.shape != u.shape or t.device != u.device:
+        return False
+    if t.dtype != u.dtype:
+        t, u = t.double(), u.double()
+    return bool(((t == u) | (t != t) & (u != u)).all()) if t.is_floating_point() else torch.equal(t, u)
 
 
 def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
@@ -437,8 +450,7 @@ def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
         first, end = max(a[1], b[1]), min(a[1] + a[2], b[1] + b[2])
         ours, theirs = _tensors(train)[1:], _tensors(valid)[1:]
         same = end > first and len(ours) == len(theirs) and all(
-            isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and (t.device, t.dtype) == (u.device, u.dtype)
-            and torch.equal(t[first - a[1]:end - a[1]], u[first - b[1]:end - b[1]]) for t, u in zip(ours, theirs))
+            _same_rows(t[first - a[1]:end - a[1]], u[first - b[1]:end - b[1]]) for t, u in zip(ours, theirs))
         return (end - first, b[2]) if same else None
     (dataset, a), (other, b) = _reads(train), _reads(valid)
     if dataset is None or dataset is not other or a is None or b is None or a == b:

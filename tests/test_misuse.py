@@ -269,9 +269,22 @@ def test_slices_of_one_tensor_that_overlap_are_warned_of():
              (DataLoader(TensorDataset(x[:80], y[:80]), 10), DataLoader(TensorDataset(x[70:], y[70:]), 10),
               "10 of its 30"),
              (TensorLoader(x[:80], y[:80].clone(), 10), TensorLoader(x[70:], y[70:].clone(), 10), "10 of its 30")]
+    from miniai import checks  # (channels-last images, a target of another dtype, NaN in a target: missed)
+    images = torch.randn(100, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    targets = torch.randn(100, 1)
+    targets[75] = float("nan")
+    assert checks._shared_items(TensorLoader(images[:80], targets[:80], 10),
+                                TensorLoader(images[70:], targets[70:].clone(), 10)) == (10, 30)
+    assert checks._shared_items(TensorLoader(x[:80], y[:80], 10), TensorLoader(x[70:], y[70:].int(), 10)) == (10, 30)
     for train, valid, says in cases:
         with pytest.warns(UserWarning, match=f"dls.valid reads {says} items from those dls.train trains on"):
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
+    sparse = torch.eye(100).to_sparse()  # (not strided: no rows to compare; fit started with a crash)
+    TrainLearner(nn.Linear(100, 3), DataLoaders(DataLoader(TensorDataset(sparse, y), 10),
+                                                DataLoader(TensorDataset(sparse, y), 10)), F.cross_entropy, lr=0.1)
+    assert checks._shared_items(DataLoader(TensorDataset(sparse, y), 10), DataLoader(TensorDataset(sparse, y), 10)
+                                ) is None and not checks._same_data(DataLoader(TensorDataset(sparse, y), 10),
+                                                                   DataLoader(TensorDataset(sparse, y), 10))
     with warnings.catch_warnings():  # slices that share nothing, or rows taken every other one: nothing said
         warnings.simplefilter("error")
         for train, valid in [(TensorLoader(x[:80], y[:80], 10), TensorLoader(x[80:], y[80:], 10)),
