@@ -583,3 +583,13 @@ def test_a_resume_that_trains_nothing_and_ends_in_a_cancel_keeps_what_it_loaded(
         warnings.simplefilter("ignore")  # (nothing left to train)
         learn.fit(2, resume=tmp_path, cbs=[Boom()])
     assert learn.fit_lr == 0.05 and len(learn.opt.state) > 0  # the saved run's lr, and its optimizer state
+
+
+def test_fit_one_cycle_as_an_evaluation_says_nothing_of_an_lr_never_given(tmp_path):
+    """fit_one_cycle(n, train=False) passed its max_lr (learn.lr by default) to fit, which warned that the lr the
+    user gave an evaluation is not used: the user gave none."""
+    learn, _ = make_learner(None)
+    learn.fit(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit_one_cycle(1, train=False)

@@ -637,8 +637,10 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
     learn._resume_call = f"learn.fit_one_cycle({n_epochs}, max_lr={max_lr!r}{given}{{passes}}, resume={{path!r}})"
     try:
         # an lr given to fit on resume replaces the checkpoint's; here it is only the cycle's peak, so leave it out
-        learn.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)], lr=None if resuming else max_lr,
-                  **fit_kwargs)
+        # (an evaluation, train=False, needs none either)
+        training = fit_kwargs.get("train", True)
+        learn.fit(n_epochs, cbs=[*(cbs or []), BatchSchedCB(one_cycle)],
+                  lr=None if resuming or not training else max_lr, **fit_kwargs)
     finally:
         learn._resume_call = None
 
