@@ -130,7 +130,8 @@ def test_typo_in_event_name_is_an_error_when_added():
                                          ("on_before_zero_grad", "after_step"), ("on_before_backward", "after_loss"),
                                          ("on_epoch_start", "before_epoch"), ("on_batch_start", "before_batch"),
                                          ("on_train_epoch_begin", "before_epoch"), ("on_step_begin", "before_batch"),
-                                         ("on_save_checkpoint", "state_dict"), ("on_load_checkpoint", "load_state_dict")])
+                                         ("on_save_checkpoint", "state_dict"),
+                                         ("on_load_checkpoint", "load_state_dict")])
 def test_another_frameworks_event_name_is_an_error_when_added_not_a_method_never_called(name, guess):
     """A callback written with Keras' or Lightning's names (`on_epoch_end`) was added and never called: it trained
     to the end doing nothing, without a word."""
