@@ -125,7 +125,6 @@ class Learner(Conveniences):
     keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
-    epoch: int | str | None = None  # the epoch running, or the last fit's last (None: no epoch began)
     _began = False  # whether the running fit got past before_fit (a fit refused there keeps the learner's opt)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
