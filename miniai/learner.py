@@ -262,9 +262,9 @@ class Learner(Conveniences):
             raise
 
     def _all_epochs(self) -> None:
-        self._began = True  # every before_fit ran (resume's loaded its checkpoint)
         if "train" in self.passes:
             checks.check_new_params(self.model, self.opt, self._params_at_opt)
+        self._began = True  # every before_fit ran (resume's loaded its checkpoint), and the fit can train
         for self.epoch in self.epochs:  # (read here, after before_fit: resume's callback or a progress bar may
             for name in self.passes:  # replace it)
                 self._one_epoch(name == "train")

@@ -593,3 +593,15 @@ def test_fit_one_cycle_as_an_evaluation_says_nothing_of_an_lr_never_given(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.fit_one_cycle(1, train=False)
+
+
+def test_a_fit_refused_because_nothing_can_train_keeps_the_learners_optimizer():
+    """All parameters frozen: the fit is refused before any batch, but its new optimizer had replaced the learner's,
+    with its state (the check ran after the restore's cut-off; found by a regression probe)."""
+    learn, _ = make_learner(None)
+    learn.fit(1)
+    opt, fit_lr = learn.opt, learn.fit_lr
+    learn.model.requires_grad_(False)
+    with pytest.raises(RuntimeError):
+        learn.fit(1, lr=0.5)
+    assert learn.opt is opt and learn.fit_lr == fit_lr
