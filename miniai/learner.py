@@ -179,7 +179,7 @@ class Learner(Conveniences):
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []
-        kept, ended = (self.opt, getattr(self, "fit_lr", None)), None  # (the first put back if refused: below)
+        kept = self.opt, getattr(self, "fit_lr", None)  # (put back if the fit is refused at its start: below)
         try:
             self._handlers = build_handlers(self.cbs)  # again: an order set since add_cb is the order the fit runs in
             for cb in _listed(cbs):
@@ -209,15 +209,12 @@ class Learner(Conveniences):
                     p.grad = None  # its opt left out, of one frozen since (MomentumLearner's momentum stays)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
-            ended = self.stopped_by  # (a CancelFitException, which the stage caught)
-        except BaseException as e:
-            ended = e
-            if isinstance(e, (KeyboardInterrupt, *_CANCELS)):  # Ctrl-C: say how to resume; a cancel its stage did
-                checks.add_note(e, checks.fit_note(self, e, temporary))  # not catch: it was raised outside it
+        except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
+            checks.add_note(e, checks.fit_note(self, e, temporary))  # it was raised outside that stage
             raise
         finally:
-            if ended is not None and not self._began:  # refused at its start (a check at before_fit): nothing ran,
-                self.opt, self.fit_lr = kept  # and the learner keeps its optimizer, as its callbacks keep records
+            if not self._began:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
+                self.opt, self.fit_lr = kept  # nothing ran, and the learner keeps its optimizer, as callbacks records
             self._in_fit, self._temporary = False, []
             for cb in temporary:
                 self.rm_cb(cb)
