@@ -438,7 +438,7 @@ def _same_rows(t: Any, u: Any) -> bool:
         return False
     if t.dtype != u.dtype:
         t, u = t.double(), u.double()
-    return bool(((t == u) | (t != t) & (u != u)).all()) if t.is_floating_point() else torch.equal(t, u)
+    return torch.allclose(t, u, rtol=0, atol=0, equal_nan=True) if t.is_floating_point() else torch.equal(t, u)
 
 
 def _shared_items(train: Any, valid: Any) -> tuple[int, int] | None:
