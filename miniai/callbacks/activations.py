@@ -412,17 +412,17 @@ class ActivationStats(HooksCallback):
 
     def _recorded(self) -> list[tuple[Tensor, Tensor, Tensor]]:
         """`stats`, for a plot: an error when nothing was recorded (an empty figure would say nothing of why)."""
-        if not any(len(means) for means, _, _ in self.stats) and not self._fitted:
+        if any(len(means) for means, _, _ in self.stats):
+            return self.stats
+        if not self._fitted:
             raise ValueError("ActivationStats: nothing recorded yet: fit with it in the learner's callbacks "
                              "(learn.fit(1, cbs=[stats])), then plot")
-        if not any(len(means) for means, _, _ in self.stats):
-            raise ValueError("ActivationStats: its fits recorded no batch: it records the batches of training passes "
-                             f"(on_train={self.on_train}: training batches) and validation passes (on_valid="
-                             f"{self.on_valid}) made with the model in the pass's mode (model.train() for training): "
-                             "an evaluation fit(train=False) of a training recorder, a fit cancelled before its "
-                             "first batch, or a model kept in eval mode while training (freeze only the BatchNorm "
-                             "layers) records nothing")
-        return self.stats
+        raise ValueError("ActivationStats: its fits recorded no batch: it records the batches of training passes "
+                         f"(on_train={self.on_train}: training batches) and validation passes (on_valid="
+                         f"{self.on_valid}) made with the model in the pass's mode (model.train() for training): an "
+                         "evaluation fit(train=False) of a training recorder, a fit cancelled before its first "
+                         "batch, or a model kept in eval mode while training (freeze only the BatchNorm layers) "
+                         "records nothing")
 
     @property
     def labels(self) -> list[str]:
