@@ -482,7 +482,11 @@ class CheckpointCB(Callback):
         best = Path(state["best_file"]) if state["best_file"] else None
         if best is not None:  # beside the checkpoint first: a copied run's own copy
             places = ([self._resumed_from.parent / best.name] if self._resumed_from else []) + [best]
-            why = {place: _not_best(place, state["best"]) for place in dict.fromkeys(places)}
+            why: dict[Path, str | None] = {}
+            for place in dict.fromkeys(places):  # (each read once, and none after the best is found)
+                why[place] = _not_best(place, state["best"])
+                if why[place] is None:
+                    break
             found = next((place for place, no in why.items() if no is None), None)
             if found is None:
                 warnings.warn("the best checkpoint of the resumed run is not found: " + "; ".join(
