@@ -5,19 +5,19 @@ body, `after_<stage>`, and then every `cleanup_<stage>`, even after a cancel, an
 the user sees the first error raised, later ones become its notes. (fit's checks: checks.py; `TrainLearner`:
 supervised.py; `lr_find`, `get_preds`, ...: conveniences.py.)
 
-Cancelling (raise from any callback; a cancel raised in a stage's cleanup only ends that stage, which is over):
+Cancelling (raise from any callback; raised in a stage's cleanup, a cancel only ends that stage, which is over):
 
-| raised in a callback    | skipped                                                   | still runs                                      |
-|-------------------------|-----------------------------------------------------------|-------------------------------------------------|
-| `CancelStepException`   | this batch's `step`, `after_step` and `zero_grad` (raise  | `after_batch` (gradient accumulation, fp16 skip)|
-|                         | it in `after_backward`; in `after_step`: `zero_grad`)     |                                                 |
-| `CancelBatchException`  | the rest of this batch, incl. `after_batch`               | `cleanup_batch`, then the next batch            |
-| `CancelEpochException`  | the rest of this pass (train *or* valid), `after_epoch`   | `cleanup_batch`, `cleanup_epoch`, the next pass |
-| `CancelFitException`    | everything after                                          | `cleanup_batch`, `cleanup_epoch`, `cleanup_fit` |
+| raised in a callback   | skipped                                               | still runs                            |
+|------------------------|-------------------------------------------------------|---------------------------------------|
+| `CancelStepException`  | this batch's `step`, `after_step` and `zero_grad`     | `after_batch` (gradient accumulation) |
+| `CancelBatchException` | the rest of this batch, `after_batch` too             | `cleanup_batch`, then the next batch  |
+| `CancelEpochException` | the rest of this pass (train or valid), `after_epoch` | its cleanups, then the next pass      |
+| `CancelFitException`   | everything after                                      | every begun stage's `cleanup_*`       |
 
-A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) ends the fit as an error. Any cancel
-raised after a backward skips that batch's `zero_grad`, so its gradients stay for the next step to add, even in
-`after_step`, after they were stepped with: to drop a batch, raise in `after_loss`.
+Raise `CancelStepException` in `after_backward` (in `after_step` it skips `zero_grad`); a cancel raised outside its
+stage (`CancelBatchException` in `before_epoch`) ends the fit as an error. Any cancel raised after a backward skips
+that batch's `zero_grad`, so its gradients stay for the next step to add, even in `after_step`, after they were
+stepped with: to drop a batch, raise in `after_loss`.
 
 Learner state that callbacks may read, from which event on (each keeps its value until it is set again):
 
@@ -36,8 +36,7 @@ Learner state that callbacks may read, from which event on (each keeps its value
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
 | `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: ran out  |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
-| `pass_steps`                 | `before_epoch` | `step`s this pass so far, those a step owner skipped too (MixedPrecisionCB|
-|                              |                | counts its scaler's overflows: an epoch of them still counts as trained)  |
+| `pass_steps`                 | `before_epoch` | `step`s this pass so far, a step owner's skipped ones too (fp16 overflows)|
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
 | `preds`, `loss`              | `after_predict`| the model's output; `loss_func(preds, *yb)` (from `after_loss`)           |
@@ -186,10 +185,9 @@ class Learner(Conveniences):
                 self.add_cb(cb)
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
-            self.passes, self.stepped = ("train",) * train + ("valid",) * valid, False
+            self.passes, self.stepped, self._began = ("train",) * train + ("valid",) * valid, False, False
             self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # (resume's, if any)
             self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # (set by callbacks)
-            self._began = False
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
             checks.check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
@@ -205,8 +203,8 @@ class Learner(Conveniences):
                 self.opt = self.opt_func(self.model.parameters(), opt_lr)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
             for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
-                if not (self.keeps_grads and p.requires_grad):  # step cancelled at the last fit's end, of parameters
-                    p.grad = None  # its opt left out, of one frozen since (MomentumLearner's momentum stays)
+                if not (self.keeps_grads and p.requires_grad):  # batch that raised or cancelled at the last fit's end,
+                    p.grad = None  # of parameters its opt left out or frozen since (MomentumLearner's momentum stays)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
         except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
@@ -294,7 +292,7 @@ class Learner(Conveniences):
         self._emit("after_loss")
         if not self.training:
             return
-        try:
+        try:  # (an error keeps the gradients to look at; the next fit drops them)
             self._do("backward")
             self._emit("after_backward")
             self._do("step")
@@ -303,10 +301,6 @@ class Learner(Conveniences):
             self._do("zero_grad")
         except CancelStepException:
             pass
-        except BaseException as e:  # the fit ends here (an error, Ctrl-C, CancelFitException): its batch's
-            if not isinstance(e, (CancelBatchException, CancelEpochException)):  # gradients, never stepped or never
-                self.model.zero_grad(set_to_none=True)  # zeroed, must not reach the next fit's first step
-            raise
 
     def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
         owner = self._handlers[step]

@@ -610,3 +610,26 @@ def test_an_order_changed_after_add_cb_is_the_order_the_fit_runs_in():
     first.order = 20
     learn.fit(1)
     assert ran == ["second", "first"]
+
+
+def test_the_gradients_of_the_batch_that_raised_are_there_to_look_at_and_the_next_fit_starts_without_them():
+    """The loop zeroed every gradient when a fit ended inside a batch, so a user's check that raised in after_backward
+    ("which layer's gradient blew up?") left nothing to look at; the next fit's start drops them anyway (a hand
+    loop's first zero_grad)."""
+    class GradCheck(Callback):
+        def after_backward(self, learn):
+            raise RuntimeError("gradient check failed")
+
+    learn = tiny_learner()
+    with pytest.raises(RuntimeError, match="gradient check failed"):
+        learn.fit(1, cbs=[GradCheck()])
+    grads = [p.grad for p in learn.model.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    seen = []
+
+    class FirstGrads(Callback):
+        def before_batch(self, learn):
+            seen.append([p.grad for p in learn.model.parameters()]) if learn.iter == 0 and learn.training else None
+
+    learn.fit(1, cbs=[FirstGrads()])
+    assert seen == [[None, None]]
