@@ -122,3 +122,11 @@ def test_the_loop_imports_only_its_checks_and_the_checks_import_no_other_miniai_
     package_itself = ["miniai._course", "miniai._lazy"]  # `import miniai` (lazy re-exports, the course's names)
     assert checks_only == package_itself + ["miniai.checks"]
     assert with_learner == package_itself + ["miniai.checks", "miniai.conveniences", "miniai.learner"]
+
+
+def test_the_loop_stays_one_short_file():
+    """A soft line budget (tinygrad's sz.py idea): learner.py, its docstring tables included, is read top to bottom,
+    so a change that makes it longer has to raise this number on purpose, where a reviewer sees it."""
+    from pathlib import Path
+    lines = len(Path(miniai.__file__).with_name("learner.py").read_text().splitlines())
+    assert lines <= 315, f"miniai/learner.py has {lines} lines (budget 315): move what is not the loop out of it"
