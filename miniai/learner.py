@@ -292,7 +292,7 @@ class Learner(Conveniences):
         self._emit("after_loss")
         if not self.training:
             return
-        try:  # (an error keeps the gradients to look at; the next fit drops them)
+        try:
             self._do("backward")
             self._emit("after_backward")
             self._do("step")
@@ -301,6 +301,10 @@ class Learner(Conveniences):
             self._do("zero_grad")
         except CancelStepException:
             pass
+        except BaseException as e:  # the fit ends in this batch: its gradients stay to look at (the next fit starts
+            if self.keeps_grads and not isinstance(e, (CancelBatchException, CancelEpochException)):  # without
+                self.model.zero_grad(set_to_none=True)  # them), but momentum carried in .grad must not carry them
+            raise
 
     def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
         owner = self._handlers[step]

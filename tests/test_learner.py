@@ -633,3 +633,22 @@ def test_the_gradients_of_the_batch_that_raised_are_there_to_look_at_and_the_nex
 
     learn.fit(1, cbs=[FirstGrads()])
     assert seen == [[None, None]]
+
+
+def test_a_momentum_learner_drops_the_gradients_of_a_batch_that_raised_it_never_stepped_with():
+    """MomentumLearner carries its momentum in .grad from fit to fit; when the loop left a failed batch's gradients
+    to look at, its next fit stepped with mom * g + the failed batch's g (never stepped with; NaN ones from a
+    gradient check ruined every weight). Its gradients are dropped (the momentum restarts), a TrainLearner's stay."""
+    from miniai.learner import MomentumLearner
+
+    class NaNCheck(Callback):
+        def after_backward(self, learn):
+            if learn.iter == 1:
+                raise FloatingPointError("a NaN gradient")
+
+    learn = tiny_learner(learner_cls=MomentumLearner)
+    with pytest.raises(FloatingPointError):
+        learn.fit(1, cbs=[NaNCheck()])
+    assert all(p.grad is None for p in learn.model.parameters())
+    learn.fit(1)
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
