@@ -418,3 +418,23 @@ def test_tensorboards_batch_losses_of_a_summed_loss_are_per_item(tmp_path):
         learn.fit(1)
     batch = [v for _, v in read_tb(tmp_path / "tb")["batch"]["loss"]]
     assert sum(batch) / len(batch) == pytest.approx(metrics.last["train_loss"], rel=1e-5)
+
+
+def test_resuming_a_run_that_is_not_the_last_in_an_appended_file_is_refused_and_the_file_kept(tmp_path):
+    """Two runs appended to one CSV, the first cut short, the second run to its end, then the first resumed: the
+    resume took the second run's rows for its own (the last stretch of rising epochs), dropped its epoch-1 rows,
+    and went on after its epoch 0, so the file read as one run with another's epochs and lost rows, silently."""
+    log = tmp_path / "log.csv"
+
+    def run(ckpt, seed):
+        learn = tiny_learner([quiet_metrics(), CSVLoggerCB(log, append=True), CheckpointCB(tmp_path / ckpt)])
+        learn.model.weight.data.fill_(seed)
+        return learn
+    run("a", 0).fit(3, cbs=[StopAt(2, True)])
+    run("b", 1).fit(2)
+    before = log.read_bytes()
+    for resume in (tmp_path / "a", tmp_path / "a" / "epoch_0001.pt"):
+        with pytest.raises(ValueError, match=r"log.csv: its last run's rows \(lines 6 on\) are not those of the "
+                                             r"run resumed, which logged (4|2) row\(s\) before epoch (2|1)"):
+            run("a", 0).fit(3, resume=resume)
+        assert log.read_bytes() == before

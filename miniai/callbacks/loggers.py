@@ -54,7 +54,8 @@ class CSVLoggerCB(Callback):
     A fresh fit refuses a file that is there already (an earlier run's log, or an earlier fit's of this learner),
     before it trains: `append=True` keeps its rows and adds this fit's (same columns required), `overwrite=True`
     starts it anew (without reading it). A resumed fit (`fit(resume=...)`) keeps the rows of the epochs before
-    the checkpoint's, drops any later ones (a run that went on from that checkpoint) and appends. Needs a MetricsCB.
+    the checkpoint's, drops any later ones (a run that went on from that checkpoint) and appends; a file whose last
+    rows are another run's (appended after the one resumed) is refused, untouched. Needs a MetricsCB.
     """
     order = 35  # after MetricsCB (10), whose row it writes at after_epoch
     overwrite = False  # (a CSVLoggerCB pickled before there was overwrite= has none of its own)
@@ -101,7 +102,7 @@ class CSVLoggerCB(Callback):
         # a fresh fit without append throws the old rows away: it never reads them (the file may not even be a CSV)
         header, rows = _read_csv(self.path) if resumed or self.append else (None, [])
         if resumed:
-            rows = _kept_rows(rows, header, learn.start_epoch, self.path)
+            rows = _kept_rows(rows, header, learn.start_epoch, self.path, self._metrics.history)
         if rows and header != self.columns:
             fix = ("give the resumed fit the run's metrics, or log to another path" if resumed
                    else "log to another path, or drop append=True to start the file anew")
@@ -163,8 +164,10 @@ def _read_csv(path: Path) -> tuple[list[str] | None, list[list[str]]]:
     return header, [row for row in lines[1:] if len(row) == len(header)]
 
 
-def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int, path: Path) -> list[list[str]]:
-    """The rows a run resumed at `start_epoch` keeps: those of its earlier epochs; earlier runs' rows (append=True)."""
+def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int, path: Path,
+               history: list[dict] | None = None) -> list[list[str]]:
+    """The rows a run resumed at `start_epoch` keeps: those of its earlier epochs; earlier runs' rows (append=True).
+    With the run's `history` (MetricsCB's rows, as the checkpoint restored them), its rows must be the file's last."""
     if not rows:
         return []
     if header is None or "epoch" not in header:
@@ -174,7 +177,16 @@ def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int
     epochs = [int(e) if e.isdigit() else math.inf for e in (row[header.index("epoch")] for row in rows)]
     # the run being resumed is the last stretch of rows whose epochs never go down; rows before it are older runs
     start = max([i for i in range(1, len(epochs)) if epochs[i] < epochs[i - 1]], default=0)
-    return rows[:start] + [row for row, epoch in zip(rows[start:], epochs[start:]) if epoch < start_epoch]
+    own = [row for row, epoch in zip(rows[start:], epochs[start:]) if epoch < start_epoch]
+    # the run's own rows, as the checkpoint restored them: the file's last stretch must end with them (it may have
+    # begun logging later), else another run appended after it, and the cut would drop that run's rows
+    logged = [row for row in history or [] if isinstance(row.get("epoch"), int) and row["epoch"] < start_epoch]
+    if logged and (not own or [[cell for c, cell in zip(header, row) if c != "lr"] for row in own] != [
+            [str(row.get(c)) for c in header if c != "lr"] for row in logged[-len(own):]]):
+        raise ValueError(f"{path}: its last run's rows (lines {start + 2} on) are not those of the run resumed, "
+                         f"which logged {len(logged)} row(s) before epoch {start_epoch}: another run appended to "
+                         "it since. Log the resumed run to another path (CSVLoggerCB(new_path)); the file is kept")
+    return rows[:start] + own
 
 
 def _write_atomically(path: Path, lines: list[list[Any]]) -> None:
