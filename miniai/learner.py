@@ -28,6 +28,7 @@ Learner state that callbacks may read, from which event on (each keeps its value
 | `opt`, `fit_lr`              | `before_fit`   | the optimizer, `opt_func(model.parameters(), fit_lr)` in each fit that    |
 |                              |                | trains; the lr it was made with (fit's, else a resumed run's, else `lr`)  |
 | `n_epochs, epochs, passes`   | `before_fit`   | the run's epochs (resumed: all); range(start_epoch, n_epochs); the passes |
+|                              |                | (an evaluation resumed: each one less, as the run labelled its weights)   |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
 | `epoch_offset`               | `before_fit`   | epochs begun and stepped in earlier fits: a seeded loader walks its epoch |
 |                              |                | `epoch_offset + epoch`'s order: `fit(1); fit(1)` sees what `fit(2)` sees  |

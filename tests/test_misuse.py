@@ -530,11 +530,13 @@ def test_an_evaluation_resumed_from_a_checkpoint_that_validates_nothing_is_refus
     learn.fit(2, cbs=[CheckpointCB(tmp_path)])
     learn.fit(1)  # (a later fit: the session's weights are newer than the checkpoint's)
     before = learn.model.weight.detach().clone()
-    with pytest.raises(ValueError, match=r"validates epochs 2..1 of the run, none.*learn.fit\(3, train=False"):
+    with pytest.raises(ValueError, match=r"holds the weights after 2 epochs; an evaluation resumed from it validates "
+                                         r"them once for each epoch it has left of n_epochs=2, none.*"
+                                         r"learn.fit\(3, train=False"):
         learn.fit(2, train=False, resume=tmp_path)
     assert torch.equal(before, learn.model.weight)
     learn.fit(3, train=False, resume=tmp_path)  # the checkpoint's weights, validated once
-    assert learn.metrics.history[-1]["epoch"] == 2
+    assert [row["epoch"] for row in learn.metrics.history] == [0, 0, 1, 1, 1]  # labelled as the run logged them
 
 
 def test_a_recorder_function_that_fails_says_which():

@@ -40,17 +40,21 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     file = find_checkpoint(path)
     state = load_checkpoint(file)
     done, n_epochs = int(state["epoch"]), learn.n_epochs
-    if "train" not in learn.passes and done >= n_epochs:  # (it would load the checkpoint into the learner for nothing)
-        raise ValueError(f"checkpoint {file} is after epoch {done}; an evaluation resumed from it validates epochs "
-                         f"{done}..{n_epochs - 1} of the run, none here: to validate its weights once, "
-                         f"learn.fit({done + 1}, train=False, resume=...)")
+    evaluation = "train" not in learn.passes
+    if evaluation and done >= n_epochs:  # (it would load the checkpoint into the learner for nothing)
+        raise ValueError(f"checkpoint {file} holds the weights after {done} epochs; an evaluation resumed from it "
+                         f"validates them once for each epoch it has left of n_epochs={n_epochs}, none here: to "
+                         f"validate them once, learn.fit({done + 1}, train=False, resume=...)")
     if done > n_epochs:
         raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {n_epochs} epochs in total: "
                          f"n_epochs counts from the start of the run, so pass n_epochs >= {done}.")
     _check_model(unwrap(learn.model), state["model"], file)
     if done == n_epochs:
         warnings.warn(f"checkpoint {file} already finished {done} epochs: nothing left to train", stacklevel=3)
-    learn.epochs, learn.start_epoch, learn.resumed_from, learn.last_checkpoint = range(done, n_epochs), done, file, file
+    learn.start_epoch, learn.resumed_from, learn.last_checkpoint = done, file, file
+    # an evaluation's passes are labelled from the epoch whose weights they validate (done - 1, as the run logged
+    # them): labelled `done`, a row said the next epoch, never trained, had the checkpoint's loss
+    learn.epochs = range(done - evaluation, n_epochs - evaluation)
     learn.epoch_offset = int(state.get("epoch_offset", 0))  # the run's own (a checkpoint from before it was saved: 0)
     return ResumeCB(state, file, lr)
 
