@@ -54,7 +54,8 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     learn.start_epoch, learn.resumed_from, learn.last_checkpoint = done, file, file
     # an evaluation's passes are labelled from the epoch whose weights they validate (done - 1, as the run logged
     # them): labelled `done`, a row said the next epoch, never trained, had the checkpoint's loss
-    learn.epochs = range(done - evaluation, n_epochs - evaluation)
+    shift = 1 if evaluation else 0
+    learn.epochs = range(done - shift, n_epochs - shift)
     learn.epoch_offset = int(state.get("epoch_offset", 0))  # the run's own (a checkpoint from before it was saved: 0)
     return ResumeCB(state, file, lr)
 
