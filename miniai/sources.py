@@ -288,10 +288,18 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
         missing = [row for row, item in enumerate(x) if item is None]
         if missing:
             raise _no_image(x_col, missing[0])
+        if isinstance(feature, dict) and "bytes" in feature:  # (a parquet file written without datasets' metadata)
+            raise ValueError(f"column {x_col!r} holds {{bytes, path}} records, encoded image files that datasets "
+                             f"was not told are images: ds = ds.cast_column({x_col!r}, datasets.Image())")
         raise ValueError(f"column {x_col!r} holds images that differ in size or number of channels (gray and RGB, "
                          "say): pass mode='L' or mode='RGB' to convert them all to one, and give them one size")
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
-        raise ValueError(f"column {x_col!r} must hold same-sized 8-bit images, got array {x.dtype} {x.shape}")
+        cast = ""
+        if x.dtype.kind in "iu" and x.ndim in (3, 4) and x.size and 0 <= x.min() and x.max() <= 255:
+            # (Dataset.from_dict of Python lists stores int64: declared uint8, they are read as 8-bit pixels)
+            cast = (f": if they are 8-bit pixels, say so: ds = ds.cast_column({x_col!r}, datasets.Array{x.ndim - 1}D("
+                    f"{tuple(x.shape[1:])}, 'uint8'))")
+        raise ValueError(f"column {x_col!r} must hold same-sized 8-bit images, got array {x.dtype} {x.shape}{cast}")
     x = torch.from_numpy(x)
     if x.ndim == 3:
         x = x.unsqueeze(1)

@@ -1063,3 +1063,34 @@ def test_a_saved_dataset_whose_label_column_is_named_labels_says_how_to_rename_i
     with pytest.raises(KeyError, match=r"has \['image', 'labels'\]: rename yours as those, e.g. "
                                        r"ds = ds.rename_column\('labels', 'label'\)"):
         sources.hf_to_tensors(ds)
+
+
+def test_images_stored_as_python_lists_or_as_encoded_files_without_metadata_get_the_cast_that_reads_them(tmp_path):
+    """Dataset.from_dict of images as Python lists stores int64: refused as 'must hold same-sized 8-bit images,
+    got array int64', with no way out named; a parquet file written by plain pyarrow (no datasets metadata) holds
+    {bytes, path} records, refused as 'images that differ in size ... pass mode=' (it was given). Each message now
+    names the cast, and the cast works."""
+    import io
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    images = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    lists = datasets.Dataset.from_dict({"image": images.tolist(), "label": [0, 1, 2]})
+    with pytest.raises(ValueError, match=r"int64 .*ds = ds.cast_column\('image', datasets.Array2D\(\(4, 5\), "
+                                         r"'uint8'\)\)"):
+        sources.hf_to_tensors(lists)
+    x, _ = sources.hf_to_tensors(lists.cast_column("image", datasets.Array2D((4, 5), "uint8")))
+    assert torch.equal(x, torch.from_numpy(images)[:, None])
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+    pq.write_table(pa.table({"image": [png(a) for a in images], "label": [0, 1, 2]}), tmp_path / "train.parquet")
+    plain = datasets.load_dataset("parquet", data_files=str(tmp_path / "train.parquet"), split="train")
+    with pytest.raises(ValueError, match=r"encoded image files .*ds = ds.cast_column\('image', datasets.Image\(\)\)"):
+        sources.hf_to_tensors(plain, mode="L")
+    x, _ = sources.hf_to_tensors(plain.cast_column("image", datasets.Image()), mode="L")
+    assert torch.equal(x, torch.from_numpy(images)[:, None])
