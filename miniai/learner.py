@@ -204,8 +204,8 @@ class Learner(Conveniences):
                 self.opt = self.opt_func(self.model.parameters(), opt_lr)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
             for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
-                if not (self.keeps_grads and p.requires_grad):  # batch that raised or cancelled at the last fit's end,
-                    p.grad = None  # of parameters its opt left out or frozen since (MomentumLearner's momentum stays)
+                if not (self.keeps_grads and self._epochs_trained and p.requires_grad):  # batch that raised or was
+                    p.grad = None  # cancelled, of left-out or frozen parameters (a MomentumLearner's own momentum stays)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
         except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:

@@ -1,5 +1,6 @@
 """The loop: event order, cancel semantics, callback order, temporary callbacks, steps and typo errors."""
 import contextlib
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -652,3 +653,30 @@ def test_a_momentum_learner_drops_the_gradients_of_a_batch_that_raised_it_never_
     assert all(p.grad is None for p in learn.model.parameters())
     learn.fit(1)
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+@pytest.mark.parametrize("left_by", ["a failed fit of another learner", "a backward by hand"])
+def test_a_momentum_learners_first_fit_starts_without_gradients_it_did_not_make(left_by):
+    """MomentumLearner keeps .grad from fit to fit (its momentum), and took as momentum whatever gradients it found
+    at its first fit: a TrainLearner's failed batch on the same model (kept there to look at), or a backward done by
+    hand, so its first step added them, silently."""
+    from miniai.learner import MomentumLearner
+
+    class Boom(Callback):
+        def after_backward(self, learn):
+            raise RuntimeError("boom")
+
+    def momentum_fit(model):
+        learn = MomentumLearner(model, linear_dls(), F.mse_loss, lr=0.1, mom=0.85)
+        learn.fit(1)
+        return [p.detach().clone() for p in model.parameters()]
+    first = tiny_learner()
+    start = copy.deepcopy(first.model)
+    if left_by == "a backward by hand":
+        F.mse_loss(first.model(torch.ones(4, 1)), torch.zeros(4, 1)).backward()
+    else:
+        with pytest.raises(RuntimeError, match="boom"):
+            first.fit(1, cbs=[Boom()])
+    assert all(p.grad is not None for p in first.model.parameters())
+    expected = momentum_fit(start)
+    assert all(torch.equal(a, b) for a, b in zip(momentum_fit(first.model), expected))
