@@ -3,6 +3,7 @@ interrupted and resumed from a checkpoint logs what the run never stopped logs."
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 import warnings
@@ -438,3 +439,24 @@ def test_resuming_a_run_that_is_not_the_last_in_an_appended_file_is_refused_and_
                                              r"run resumed, which logged (4|2) row\(s\) before epoch (2|1)"):
             run("a", 0).fit(3, resume=resume)
         assert log.read_bytes() == before
+
+
+def test_resuming_keeps_a_file_whose_earlier_run_ended_at_epoch_0_or_whose_log_has_a_gap(tmp_path):
+    """The check that the file's last rows are the resumed run's refused two good resumes: an earlier run of one
+    epoch (its rows, epoch 0, and the run's read as one stretch that never goes down), and a run resumed once without
+    the logger (the file lacks those epochs: a gap, not another run)."""
+    log = tmp_path / "log.csv"
+    tiny_learner([quiet_metrics(), CSVLoggerCB(log)]).fit(1)
+
+    def run(**kwargs):
+        return tiny_learner([quiet_metrics(), CheckpointCB(tmp_path / "ckpt"), *(
+            [CSVLoggerCB(log, append=True)] if kwargs.pop("logged", True) else [])])
+    run().fit(6, cbs=[StopAt(2, True)])
+    run().fit(6, resume=tmp_path / "ckpt")
+    assert [r["epoch"] for r in read_rows(log)] == [0, 0] + [e for e in range(6) for _ in range(2)]
+    shutil.rmtree(tmp_path / "ckpt")
+    log.unlink()
+    run().fit(6, cbs=[StopAt(2, True)])
+    run(logged=False).fit(6, resume=tmp_path / "ckpt", cbs=[StopAt(4, True)])
+    run().fit(6, resume=tmp_path / "ckpt")
+    assert [r["epoch"] for r in read_rows(log)] == [0, 0, 1, 1, 4, 4, 5, 5]

@@ -178,11 +178,17 @@ def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int
     # the run being resumed is the last stretch of rows whose epochs never go down; rows before it are older runs
     start = max([i for i in range(1, len(epochs)) if epochs[i] < epochs[i - 1]], default=0)
     own = [row for row, epoch in zip(rows[start:], epochs[start:]) if epoch < start_epoch]
-    # the run's own rows, as the checkpoint restored them: the file's last stretch must end with them (it may have
-    # begun logging later), else another run appended after it, and the cut would drop that run's rows
-    logged = [row for row in history or [] if isinstance(row.get("epoch"), int) and row["epoch"] < start_epoch]
-    if logged and (not own or [[cell for c, cell in zip(header, row) if c != "lr"] for row in own] != [
-            [str(row.get(c)) for c in header if c != "lr"] for row in logged[-len(own):]]):
+    # the run's own rows, as the checkpoint restored them: the file's last stretch must end with them (rows before
+    # them: an earlier run's that ended at epoch 0) or be some of them in a row (the logger was left out of some of
+    # the run's fits); else another run appended after it, and the cut would drop that run's rows
+    logged = [[str(row.get(c)) for c in header if c != "lr"] for row in history or []
+              if isinstance(row.get("epoch"), int) and row["epoch"] < start_epoch]
+    file_rows = [[cell for c, cell in zip(header, row) if c != "lr"] for row in own]
+    if len(file_rows) >= len(logged):
+        mine = file_rows[len(file_rows) - len(logged):] == logged
+    else:
+        mine = any(logged[i:i + len(file_rows)] == file_rows for i in range(len(logged) - len(file_rows) + 1))
+    if logged and not (own and mine):
         raise ValueError(f"{path}: its last run's rows (lines {start + 2} on) are not those of the run resumed, "
                          f"which logged {len(logged)} row(s) before epoch {start_epoch}: another run appended to "
                          "it since. Log the resumed run to another path (CSVLoggerCB(new_path)); the file is kept")
