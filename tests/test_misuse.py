@@ -534,6 +534,8 @@ def test_an_evaluation_resumed_from_a_checkpoint_that_validates_nothing_is_refus
                                          r"them once for each epoch it has left of n_epochs=2, none.*"
                                          r"learn.fit\(3, train=False"):
         learn.fit(2, train=False, resume=tmp_path)
+    with pytest.raises(ValueError, match=r"so pass n_epochs >= 2 \(3 to validate its weights once\)"):
+        learn.fit(1, train=False, resume=tmp_path)
     assert torch.equal(before, learn.model.weight)
     learn.fit(3, train=False, resume=tmp_path)  # the checkpoint's weights, validated once
     assert [row["epoch"] for row in learn.metrics.history] == [0, 0, 1, 1, 1]  # labelled as the run logged them

@@ -41,13 +41,14 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     state = load_checkpoint(file)
     done, n_epochs = int(state["epoch"]), learn.n_epochs
     evaluation = "train" not in learn.passes
-    if evaluation and done >= n_epochs:  # (it would load the checkpoint into the learner for nothing)
+    if done > n_epochs:
+        raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {n_epochs} epochs in total: "
+                         f"n_epochs counts from the start of the run, so pass n_epochs >= {done}"
+                         + (f" ({done + 1} to validate its weights once)." if evaluation else "."))
+    if evaluation and done == n_epochs:  # (it would load the checkpoint into the learner for nothing)
         raise ValueError(f"checkpoint {file} holds the weights after {done} epochs; an evaluation resumed from it "
                          f"validates them once for each epoch it has left of n_epochs={n_epochs}, none here: to "
                          f"validate them once, learn.fit({done + 1}, train=False, resume=...)")
-    if done > n_epochs:
-        raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {n_epochs} epochs in total: "
-                         f"n_epochs counts from the start of the run, so pass n_epochs >= {done}.")
     _check_model(unwrap(learn.model), state["model"], file)
     if done == n_epochs:
         warnings.warn(f"checkpoint {file} already finished {done} epochs: nothing left to train", stacklevel=3)
