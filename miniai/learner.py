@@ -205,7 +205,7 @@ class Learner(Conveniences):
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
             for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
                 if not (self.keeps_grads and self._epochs_trained and p.requires_grad):  # batch that raised or was
-                    p.grad = None  # cancelled, of left-out or frozen parameters (a MomentumLearner's own momentum stays)
+                    p.grad = None  # cancelled, of left-out or frozen parameters (a MomentumLearner keeps its momentum)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
         except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
