@@ -460,3 +460,18 @@ def test_resuming_keeps_a_file_whose_earlier_run_ended_at_epoch_0_or_whose_log_h
     run(logged=False).fit(6, resume=tmp_path / "ckpt", cbs=[StopAt(4, True)])
     run().fit(6, resume=tmp_path / "ckpt")
     assert [r["epoch"] for r in read_rows(log)] == [0, 0, 1, 1, 4, 4, 5, 5]
+
+
+def test_resuming_a_run_that_logged_no_metrics_into_another_runs_file_is_refused(tmp_path):
+    """A run checkpointed without a MetricsCB restores no rows to check the file's against: resumed with a
+    CSVLoggerCB on another run's file, it cut that run's rows at its epoch and went on after them, silently."""
+    log = tmp_path / "log.csv"
+    tiny_learner([quiet_metrics(), CSVLoggerCB(log)]).fit(4)
+    tiny_learner([CheckpointCB(tmp_path / "ckpt")]).fit(4, cbs=[StopAt(2, True)])
+    before = log.read_bytes()
+    for append in (False, True):
+        with pytest.raises(ValueError, match=r"are not those of the run resumed, which logged 0 row\(s\) before "
+                                             r"epoch 2"):
+            tiny_learner([quiet_metrics(), CSVLoggerCB(log, append=append), CheckpointCB(tmp_path / "ckpt")]).fit(
+                4, resume=tmp_path / "ckpt")
+        assert log.read_bytes() == before

@@ -180,7 +180,8 @@ def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int
     own = [row for row, epoch in zip(rows[start:], epochs[start:]) if epoch < start_epoch]
     # the run's own rows, as the checkpoint restored them: the file's last stretch must end with them (rows before
     # them: an earlier run's that ended at epoch 0) or be some of them in a row (the logger was left out of some of
-    # the run's fits); else another run appended after it, and the cut would drop that run's rows
+    # the run's fits); else another run appended after it, and the cut would drop that run's rows. (A run that
+    # restores none, checkpointed without a MetricsCB, logged none: rows before its epoch are another run's.)
     logged = [[str(row.get(c)) for c in header if c != "lr"] for row in history or []
               if isinstance(row.get("epoch"), int) and row["epoch"] < start_epoch]
     file_rows = [[cell for c, cell in zip(header, row) if c != "lr"] for row in own]
@@ -188,10 +189,10 @@ def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int
         mine = file_rows[len(file_rows) - len(logged):] == logged
     else:
         mine = any(logged[i:i + len(file_rows)] == file_rows for i in range(len(logged) - len(file_rows) + 1))
-    if logged and not (own and mine):
+    if history is not None and (logged or own) and not (logged and own and mine):
         raise ValueError(f"{path}: its last run's rows (lines {start + 2} on) are not those of the run resumed, "
-                         f"which logged {len(logged)} row(s) before epoch {start_epoch}: another run appended to "
-                         "it since. Log the resumed run to another path (CSVLoggerCB(new_path)); the file is kept")
+                         f"which logged {len(logged)} row(s) before epoch {start_epoch}: they are another run's. "
+                         "Log the resumed run to another path (CSVLoggerCB(new_path)); the file is kept")
     return rows[:start] + own
 
 
