@@ -118,7 +118,7 @@ def _warn_if_rescaled(raw: Any, out: Any) -> None:
         if not (s0 > 0 and math.isfinite(s0 + m0 + s1 + m1)):
             return
         near_standard = [abs(m) < 0.25 and 0.75 < s < 4 / 3 for m, s in ((m0, s0), (m1, s1))]
-        if not (near_standard[1] and not near_standard[0] or not 0.1 <= s1 / s0 <= 10):  # (a contrast of 0.1 is not)
+        if not (near_standard[1] and not near_standard[0] or not 0.1 <= s1 / s0 <= 10):  # (10× itself: a contrast)
             return
         change = f"mean {m0:.3g} → {m1:.3g}, std {s0:.3g} → {s1:.3g}"
     else:

@@ -482,12 +482,14 @@ class CheckpointCB(Callback):
         best = Path(state["best_file"]) if state["best_file"] else None
         if best is not None:  # beside the checkpoint first: a copied run's own copy
             places = ([self._resumed_from.parent / best.name] if self._resumed_from else []) + [best]
-            why: dict[Path, str | None] = {}
+            why: dict[Path, str] = {}
+            found = None
             for place in dict.fromkeys(places):  # (each read once, and none after the best is found)
-                why[place] = _not_best(place, state["best"])
-                if why[place] is None:
+                no = _not_best(place, state["best"])
+                if no is None:
+                    found = place
                     break
-            found = next((place for place, no in why.items() if no is None), None)
+                why[place] = no
             if found is None:
                 warnings.warn("the best checkpoint of the resumed run is not found: " + "; ".join(
                     f"{place}: {no}" for place, no in why.items()) + ". The best is looked for afresh from here on",

@@ -178,22 +178,27 @@ def _kept_rows(rows: list[list[str]], header: list[str] | None, start_epoch: int
     # the run being resumed is the last stretch of rows whose epochs never go down; rows before it are older runs
     start = max([i for i in range(1, len(epochs)) if epochs[i] < epochs[i - 1]], default=0)
     own = [row for row, epoch in zip(rows[start:], epochs[start:]) if epoch < start_epoch]
-    # the run's own rows, as the checkpoint restored them: the file's last stretch must end with them (rows before
-    # them: an earlier run's that ended at epoch 0) or be some of them in a row (the logger was left out of some of
-    # the run's fits); else another run appended after it, and the cut would drop that run's rows. (A run that
-    # restores none, checkpointed without a MetricsCB, logged none: rows before its epoch are another run's.)
-    logged = [[str(row.get(c)) for c in header if c != "lr"] for row in history or []
-              if isinstance(row.get("epoch"), int) and row["epoch"] < start_epoch]
-    file_rows = [[cell for c, cell in zip(header, row) if c != "lr"] for row in own]
-    if len(file_rows) >= len(logged):
-        mine = file_rows[len(file_rows) - len(logged):] == logged
-    else:
-        mine = any(logged[i:i + len(file_rows)] == file_rows for i in range(len(logged) - len(file_rows) + 1))
-    if history is not None and (logged or own) and not (logged and own and mine):
-        raise ValueError(f"{path}: its last run's rows (lines {start + 2} on) are not those of the run resumed, "
-                         f"which logged {len(logged)} row(s) before epoch {start_epoch}: they are another run's. "
-                         "Log the resumed run to another path (CSVLoggerCB(new_path)); the file is kept")
+    if history is not None:
+        logged = [[str(row.get(c)) for c in header if c != "lr"] for row in history
+                  if isinstance(row.get("epoch"), int) and row["epoch"] < start_epoch]
+        if (own or logged) and not _runs_rows([[cell for c, cell in zip(header, row) if c != "lr"] for row in own],
+                                              logged):
+            raise ValueError(f"{path}: its last run's rows (lines {start + 2} on) are not those of the run resumed, "
+                             f"which logged {len(logged)} row(s) before epoch {start_epoch}: they are another run's. "
+                             "Log the resumed run to another path (CSVLoggerCB(new_path)); the file is kept")
     return rows[:start] + own
+
+
+def _runs_rows(file_rows: list[list[str]], logged: list[list[str]]) -> bool:
+    """Whether a file's last stretch of rows (lr aside) is the resumed run's, whose rows its checkpoint restored
+    (`logged`): it ends with them (rows before them: an earlier run's that ended at epoch 0) or is some of them in a
+    row (the logger was left out of some of the run's fits). A run that restored none (checkpointed without a
+    MetricsCB) logged none: no rows are its own."""
+    if not (file_rows and logged):
+        return False
+    if len(file_rows) >= len(logged):
+        return file_rows[len(file_rows) - len(logged):] == logged
+    return any(logged[i:i + len(file_rows)] == file_rows for i in range(len(logged) - len(file_rows) + 1))
 
 
 def _write_atomically(path: Path, lines: list[list[Any]]) -> None:
