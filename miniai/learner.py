@@ -14,24 +14,20 @@ Cancelling (raise from any callback; raised in a stage's cleanup, a cancel only 
 | `CancelEpochException` | the rest of this pass (train or valid), `after_epoch` | its cleanups, then the next pass      |
 | `CancelFitException`   | everything after                                      | every begun stage's `cleanup_*`       |
 
-Raise `CancelStepException` in `after_backward` (in `after_step` it skips `zero_grad`); a cancel raised outside its
-stage (`CancelBatchException` in `before_epoch`) ends the fit as an error. Any cancel raised after a backward skips
-that batch's `zero_grad`, so its gradients stay for the next step to add, even in `after_step`, after they were
-stepped with: to drop a batch, raise in `after_loss`.
+A cancel raised outside its stage (`CancelBatchException` in `before_epoch`) ends the fit as an error. Any cancel
+raised after a backward, even in `after_step`, skips that batch's `zero_grad`: its gradients stay for the next step
+to add. To drop a batch, raise in `after_loss`.
 
-Learner state that callbacks may read, from which event on (each keeps its value until it is set again):
+What callbacks may read on the learner, from which event on (each keeps its value until it is set again):
 
 | attribute                    | from           | meaning                                                                   |
 |------------------------------|----------------|---------------------------------------------------------------------------|
 | `model, dls, loss_func, cbs` | always         | what the learner was built with                                           |
 | `n_inp`                      | always         | a batch is (*inputs, *targets): its first `n_inp` items are the inputs    |
-| `opt`, `fit_lr`              | `before_fit`   | the optimizer, `opt_func(model.parameters(), fit_lr)` in each fit that    |
-|                              |                | trains; the lr it was made with (fit's, else a resumed run's, else `lr`)  |
-| `n_epochs, epochs, passes`   | `before_fit`   | the run's epochs (resumed: all); range(start_epoch, n_epochs); the passes |
-|                              |                | (an evaluation resumed: each one less, as the run labelled its weights)   |
+| `opt`, `fit_lr`              | `before_fit`   | the optimizer (made anew by each fit that trains); the lr it was made with|
+| `n_epochs, epochs, passes`   | `before_fit`   | the run's epochs (resumed: all); the epochs this fit runs; its passes     |
 | `start_epoch, resumed_from`  | `before_fit`   | the first epoch run (0 unless resumed); the checkpoint resumed from       |
-| `epoch_offset`               | `before_fit`   | epochs begun and stepped in earlier fits: a seeded loader walks its epoch |
-|                              |                | `epoch_offset + epoch`'s order: `fit(1); fit(1)` sees what `fit(2)` sees  |
+| `epoch_offset`               | `before_fit`   | epochs earlier fits trained: `fit(1); fit(1)` sees what `fit(2)` sees     |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (CheckpointCB sets it), or None    |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
 | `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
@@ -122,7 +118,6 @@ class Learner(Conveniences):
     a subclass's own methods (`TrainLearner`). `lr_find`, `get_preds`, `tta`, ... come from `Conveniences`."""
     _in_fit = _predicting = False  # in a fit; in a get_preds, tta or summary pass (the fit's hooks leave it alone)
     _temporary: list = []  # the running fit's callbacks for this call only (fit(cbs=...), resume's)
-    keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
     _began = False  # whether the running fit got past before_fit (a fit refused there keeps the learner's opt)
@@ -167,12 +162,13 @@ class Learner(Conveniences):
             cbs: Iterable[Callback] | None = None, lr: float | None = None,
             resume: str | os.PathLike | None = None) -> None:
         """Train for `n_epochs` (0: nothing runs); `cbs` are added for this call only (removed afterwards, even if
-        fit raises).
+        fit raises); `lr`, if given, replaces the learner's (and a resumed checkpoint's).
 
         `resume`: a checkpoint file, or a `CheckpointCB` directory (its newest file): the run continues from the
         checkpoint's epoch up to `n_epochs` in total, with model, optimizer, schedulers, data order and RNG
-        restored, so it ends as the run never stopped would; an `lr` given here replaces the checkpoint's.
-        Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
+        restored, so it ends as the run never stopped would (`train=False`: validates the checkpoint's weights,
+        labelled with the epoch the run logged them as). Ctrl-C runs every cleanup and re-raises KeyboardInterrupt
+        with a note saying how to resume.
         """
         checks.check_not_in_fit(self, "fit", "the outer fit would go on with this one's optimizer, lr and records")
         lr, opt_lr = checks.check_fit_args(self, n_epochs, train, valid, lr, resume)  # (opt_lr: lr, else self.lr)
@@ -203,9 +199,8 @@ class Learner(Conveniences):
                 self.fit_lr = float(opt_lr) if isinstance(opt_lr, torch.Tensor) else opt_lr
                 self.opt = self.opt_func(self.model.parameters(), opt_lr)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
-            for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
-                if not (self.keeps_grads and self._epochs_trained and p.requires_grad):  # batch that raised or was
-                    p.grad = None  # cancelled, of left-out or frozen parameters (a MomentumLearner keeps its momentum)
+            if train:
+                self._clear_grads()
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
         except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
@@ -302,10 +297,11 @@ class Learner(Conveniences):
             self._do("zero_grad")
         except CancelStepException:
             pass
-        except BaseException as e:  # the fit ends in this batch: its gradients stay to look at (the next fit starts
-            if self.keeps_grads and not isinstance(e, (CancelBatchException, CancelEpochException)):  # without
-                self.model.zero_grad(set_to_none=True)  # them), but momentum carried in .grad must not carry them
-            raise
+
+    def _clear_grads(self) -> None:
+        """A training fit starts without gradients, as a hand loop's first zero_grad: none of a batch that raised (kept
+        to look at after the error), of a backward done by hand, of parameters frozen or left out of the optimizer."""
+        self.model.zero_grad(set_to_none=True)
 
     def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
         owner = self._handlers[step]

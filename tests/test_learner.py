@@ -655,6 +655,27 @@ def test_a_momentum_learner_drops_the_gradients_of_a_batch_that_raised_it_never_
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
 
 
+def test_a_momentum_learner_keeps_its_momentum_when_a_fit_ends_in_a_validation_batch():
+    """Only a training batch that raised leaves gradients the momentum must not carry: after an error in a validation
+    batch (the epoch's training done), the next fit(1) trains on as fit(2) does."""
+    from miniai.learner import MomentumLearner
+
+    class FailValid(Callback):
+        def after_loss(self, learn):
+            if not learn.training:
+                raise RuntimeError("a broken metric")
+
+    torch.manual_seed(0)
+    broken = tiny_learner(learner_cls=MomentumLearner)
+    whole = copy.deepcopy(broken)
+    with pytest.raises(RuntimeError, match="a broken metric"):
+        broken.fit(1, cbs=[FailValid()])
+    broken.fit(1, valid=False)
+    whole.fit(2, valid=False)
+    for p, q in zip(broken.model.parameters(), whole.model.parameters()):
+        torch.testing.assert_close(p, q)
+
+
 @pytest.mark.parametrize("left_by", ["a failed fit of another learner", "a backward by hand"])
 def test_a_momentum_learners_first_fit_starts_without_gradients_it_did_not_make(left_by):
     """MomentumLearner keeps .grad from fit to fit (its momentum), and took as momentum whatever gradients it found
