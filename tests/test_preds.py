@@ -966,6 +966,28 @@ def test_a_callback_that_puts_the_model_in_train_mode_leaves_no_batchnorm_statis
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("call", ["get_preds", "tta", "summary"])
+def test_a_look_at_the_predictions_between_a_batchs_loss_and_its_backward_leaves_the_fit_as_it_was(call):
+    """Called from after_loss of a training batch, on a model with BatchNorm, get_preds, tta and summary wrote the
+    normalization layers' weights back in place though their pass had not changed them: the batch's backward then
+    failed on torch's "modified by an inplace operation", naming neither the call nor miniai."""
+    class Look(Callback):
+        def after_loss(self, learn):
+            if learn.training and learn.iter == 1:
+                getattr(learn, call)()
+
+    torch.manual_seed(0)
+    looked, plain = image_learner(), image_learner()
+    plain.model.load_state_dict(looked.model.state_dict())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in looked.model.modules())
+    torch.manual_seed(0)
+    looked.fit(1, cbs=[Look()])
+    torch.manual_seed(0)
+    plain.fit(1)
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(looked.model.state_dict()[k], v, rtol=0, atol=0)
+
+
 def test_get_preds_that_draws_random_numbers_says_a_second_call_repeats_them():
     """Monte Carlo dropout by calling get_preds ten times gave ten identical results (it puts the RNG back, so
     each call drew the same masks): a spread of 0, without a word. The way: seed each call differently."""

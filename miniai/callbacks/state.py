@@ -139,8 +139,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                     setattr(m, name, t)
                 if (t.device, t.dtype, t.shape, t.data_ptr()) != (data.device, data.dtype, data.shape, data.data_ptr()):
                     t.data = data  # model.to() gives parameters new data: point them back at the old
-                if value is not None:
-                    t.copy_(value)  # the values training changed in place
+                # the values a pass changed in place; unchanged ones are left alone (written, a batch of a fit
+                if value is not None and not torch.equal(t, value):  # that called this would fail its backward)
+                    t.copy_(value)
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
         if changed:
             warnings.warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
