@@ -854,6 +854,32 @@ def test_per_item_tensors_of_one_fixed_shape_or_of_several_kinds_are_per_item():
             assert [tuple(p.shape) for p in preds] == [tuple(make(int(i)).shape) for i in x[:, 0]]
 
 
+def test_per_item_tensors_whose_length_is_the_batch_size_are_warned_of_as_read_as_heads():
+    """A collate's list of one (4,) keypoint tensor per item, at bs 4 with every batch full: each batch looks like
+    4 heads of 4 items, and was joined head by head, t[1] mixing items 1 and 5, silently. It is a coincidence of
+    sizes the shapes can't settle: warned of, with the way out; a short last batch or another length settles it."""
+    x = torch.randn(8, 5)
+
+    def targets(length, bs):
+        keypoints = torch.arange(8 * length).float().view(8, length)
+        loader = DataLoader(list(zip(x, keypoints)), batch_size=bs,
+                            collate_fn=lambda b: (torch.stack([a for a, _ in b]), [t for _, t in b]))
+        return keypoints, TrainLearner(nn.Linear(5, 3), DataLoaders(None, None), F.mse_loss).get_preds(dl=loader)[1]
+
+    with pytest.warns(UserWarning, match=r"every batch.*4 tensors of 4 rows.*joined as 4 heads.*one per item.*batch "
+                                         r"size other than 4"):
+        targets(4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for length, bs in ((3, 4), (3, 3)):  # another length; a short last batch
+            keypoints, got = targets(length, bs)
+            assert len(got) == 8 and all(torch.equal(t, k) for t, k in zip(got, keypoints))
+        heads = TrainLearner(nn.Linear(5, 3), DataLoaders(None, None), F.mse_loss)
+        heads.model.forward = lambda xb: [xb[:, :3], xb[:, 0]]  # (logits, aux) at bs 2: heads, as before
+        preds, _ = heads.get_preds(dl=[(x[i:i + 2], x[i:i + 2]) for i in range(0, 8, 2)])
+        assert [tuple(p.shape) for p in preds] == [(8, 3), (8,)]
+
+
 class _Reshuffled(torch.utils.data.IterableDataset):
     """A stream in another order each pass (a shuffle buffer): nothing on the loader says it shuffles."""
 

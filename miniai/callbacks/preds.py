@@ -252,6 +252,14 @@ def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None) ->
     # as many entries as items in every batch: heads that happen to number the items ((logits, aux) at bs 2; an
     # RNN's (logits, h_n), or (embeddings, prototypes), one of them not batch-first), or one entry per item (boxes)
     if all(isinstance(t, torch.Tensor) and len(t) == n for p, n in zip(parts, sizes) for t in p):
+        shapes = {_signature(t) for p in parts for t in p}
+        if len(parts) > 1 and len(shapes) == 1:  # n alike tensors of n rows: heads, or one per item of length n
+            n, shape = sizes[0], next(iter(shapes))[0]
+            warnings.warn(f"get_preds: every batch holds a list of {n} tensors of {n} rows {shape} beside its {n} "
+                          f"items, which reads two ways: joined as {n} heads (logits, aux, ...), each over all the "
+                          "batches, or kept as one per item (a collate's list of per-item targets). They were "
+                          f"joined as {n} heads; if they are one per item, use a batch size other than {n}.",
+                          stacklevel=5)
         return False  # every entry numbers the batch's items: heads
     batch_first = [any(isinstance(t, torch.Tensor) and len(t) == n for t in p) for p, n in zip(parts, sizes)]
     if len(parts) > 1 and all(batch_first):
