@@ -583,6 +583,29 @@ def test_per_item_losses_leave_out_the_loss_s_own_ignore_index(loss):
     assert torch.allclose(losses, torch.stack([per_token[0, :2].mean(), per_token[1].mean()]))
 
 
+def test_per_item_losses_that_do_not_give_back_the_loss_s_own_mean_are_warned_of():
+    """A segmentation loss written as a def with its own ignore_index (255, void) inside: get_preds can't see it, so
+    void pixels were averaged in as zeros (item losses half their value, top_losses ranked by void area) and its
+    MetricsCB loss (0.57) disagreed with the fit's (1.35), without a word. Now it says so and how to tell it."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 2, 4, 4), torch.randint(0, 3, (8, 4, 4))
+    y[:, :2] = 255
+
+    def seg_loss(preds, target, reduction="mean"):
+        return F.cross_entropy(preds, target, ignore_index=255, reduction=reduction)
+    learn = TrainLearner(nn.Conv2d(2, 3, 1), DataLoaders(None, TensorLoader(x, y, 4)), seg_loss)
+    with pytest.warns(UserWarning, match=r"per-item losses.*batch 0.*seg_loss.*ignore_index.*"
+                                         r"seg_loss.ignore_index = 255"):
+        learn.get_preds(with_loss=True)
+    seg_loss.ignore_index = 255  # as the warning says: now they are right, and nothing is said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, _, losses = learn.get_preds(with_loss=True)
+    with torch.no_grad():
+        per_pixel, kept = seg_loss(learn.model(x), y, reduction="none"), (y != 255).float()
+    torch.testing.assert_close(losses, (per_pixel * kept).sum((1, 2)) / kept.sum((1, 2)))
+
+
 def test_the_act_check_runs_once_a_pass_and_leaves_outputs_that_are_not_floats_alone():
     """The check ran act on a probe of its own every batch (an act counting its calls saw two per batch), and on
     uint8 or bool outputs the probe overflowed or refused every act."""

@@ -33,7 +33,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
                        build_handlers)
 from ..utils import loss_setting, map_tensors, to_cpu
 from .augment import BatchTransformCB
-from .metrics import _ignored_target, _loss_mask
+from .metrics import _ignored_target, _loss_mask, _mean_loss
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -307,8 +307,10 @@ class _GatherPreds(Callback):
     order = 100  # after every other callback's after_batch: what it gathers is final
     inference = True
 
-    def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None) -> None:
+    def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None,
+                 loss_func: Callable | None = None) -> None:
         self.with_input, self.with_loss, self.act = with_input, with_loss, act
+        self.loss_func = loss_func  # the learner's own (reduced), to check the per-item losses against, until it warns
         self._act_checked = False
         self.inputs: list[Any] = []
         self.preds: list[Any] = []
@@ -346,6 +348,28 @@ class _GatherPreds(Callback):
                                  "reduction='none' for the pass.")
             self.losses.append(to_cpu(_per_item(loss, learn.yb, _ignored_target(learn.loss_func),
                                                 getattr(learn.loss_func, "reduced_by_sum", False))))
+            if self.loss_func is not None and not getattr(learn.loss_func, "reduced_by_sum", False):
+                self._check_mean(learn, loss)
+
+    def _check_mean(self, learn: Learner, loss: torch.Tensor) -> None:
+        """Warn (once) when a batch's per-item losses don't give back the loss's own mean: it leaves out or weighs
+        positions in a way get_preds can't see (an ignore_index inside a def), so they and MetricsCB's are wrong."""
+        preds = map_tensors(learn.preds, lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t)
+        with _no_autocast(getattr(loss, "device", torch.device("cpu")).type):
+            own = self.loss_func(preds, *learn.yb)
+        ours = _mean_loss(loss, learn.yb[0] if len(learn.yb) == 1 else None, learn.loss_func)
+        if not (isinstance(own, torch.Tensor) and own.ndim == 0 and torch.isfinite(own) and torch.isfinite(ours)):
+            return
+        if not torch.isclose(ours.float(), own.float(), rtol=1e-3, atol=1e-6):
+            name = getattr(self.loss_func, "__name__", type(self.loss_func).__name__)
+            self.loss_func = None
+            warnings.warn(f"get_preds(with_loss=True): the per-item losses ({name} with reduction='none', by item) "
+                          f"average to {ours.item():.4g} on batch {learn.iter}, where {name} itself gives "
+                          f"{own.item():.4g}: it leaves out or weighs positions in a way get_preds can't see (an "
+                          "ignore_index or weight inside the function), so they, and a MetricsCB's loss of this pass, "
+                          f"are not its own. Say it on the loss, e.g. {name}.ignore_index = 255 (the value it "
+                          "ignores), or pass it as a keyword: partial(F.cross_entropy, ignore_index=255).",
+                          stacklevel=2)
 
     def result(self) -> tuple:
         """(inputs?, preds, targets, losses?), each concatenated over the batches."""
@@ -461,7 +485,7 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     if act is not None and not callable(act):
         raise TypeError(f"act must be a callable applied to each batch's preds (e.g. torch.softmax); got {act!r}")
     loss_func = unreduced(learn.loss_func) if with_loss else None  # checked before anything runs
-    gather = _GatherPreds(with_input, with_loss, act)
+    gather = _GatherPreds(with_input, with_loss, act, learn.loss_func if with_loss else None)
     with kept(learn, [dl]):
         if with_loss:
             learn.loss_func = loss_func  # for this pass only: kept() puts the learner's back
