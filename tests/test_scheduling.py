@@ -736,6 +736,15 @@ def test_a_schedule_left_short_of_its_end_by_steps_that_did_not_happen_says_so()
         warnings.simplefilter("error")
         learn.fit(2)  # every planned step taken: no word
 
+    class NoStep(Callback):  # (every step skipped: the warning said "the last batch trained at lr nan")
+        def after_backward(self, learn):
+            raise CancelStepException()
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(n_train=80), F.mse_loss, lr=0.1, cbs=[NoStep(), BatchSchedCB(
+        partial(ls.OneCycleLR, max_lr=0.1, total_steps=10))])
+    with pytest.warns(UserWarning, match=r"took 0 of the 10 steps.*short of its end: not one optimizer step was "
+                                         r"taken\.$"):
+        learn.fit(2)
+
 
 def test_an_evaluation_fit_steps_no_plateau_schedule():
     """With the scheduler kept through an evaluation, a ReduceLROnPlateau watching valid_loss was still stepped by

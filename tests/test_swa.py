@@ -1,5 +1,6 @@
 """SWACB: the average, the BatchNorm refresh, the lr hand-over from the schedulers to SWALR, the final validation."""
 import math
+import warnings
 from functools import partial
 
 import pytest
@@ -128,6 +129,21 @@ def test_composes_with_a_batch_scheduler_running_before_swa_start():
     # it stopped stepping at swa_start, before the step past the cycle's end (that lr would train SWA's first epoch)
     assert sched.n_steps == 5 and sched.scheduler.last_epoch == 5
     assert learn.schedule_stop == 2  # what SWACB told the schedulers; the next fit starts with None again
+
+
+@pytest.mark.parametrize("sched_cls", [BatchSchedCB, EpochSchedCB])
+def test_a_schedule_that_swa_takes_over_before_its_first_step_is_warned_of(sched_cls):
+    """SWACB(swa_start=0) beside a one-cycle: the schedule never stepped, so epoch 0 trained at the cycle's first lr
+    (max_lr/25) before SWALR took over, without a word, where a schedule that outlasts its fit is warned of."""
+    steps = 2 * 3 if sched_cls is BatchSchedCB else 2
+    cycle = partial(OneCycleLR, max_lr=0.1, total_steps=steps)
+    with pytest.warns(UserWarning, match=r"OneCycleLR never steps in this fit: SWACB drives the lr from epoch 0 "
+                                         r"\(swa_start=0\).*at the lr the schedule starts with.*start SWA later"):
+        bn_learner([sched_cls(cycle), SWACB(swa_start=0, swa_lr=0.01)]).fit(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bn_learner([sched_cls(partial(OneCycleLR, max_lr=0.1, total_steps=steps // 2)),
+                    SWACB(swa_start=1, swa_lr=0.01)]).fit(2)
 
 
 @pytest.mark.parametrize("strategy", ["cos", "linear"])

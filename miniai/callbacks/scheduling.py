@@ -187,6 +187,11 @@ class BaseSchedCB(Callback):
 
     def _check_length(self, learn: Learner) -> None:
         total = self._total_steps(learn)
+        if total == 0 and learn.schedule_stop == 0 and "train" in learn.passes:  # (swa_start=0)
+            warnings.warn(f"{type(self.scheduler).__name__} never steps in this fit: SWACB drives the lr from epoch 0 "
+                          "(swa_start=0), and schedules run only before it, so the first epoch trains at the lr the "
+                          f"schedule starts with, lr {learn.opt.param_groups[0]['lr']:.3g}, as SWALR anneals from it. "
+                          "Leave the scheduling callback out, or start SWA later.", stacklevel=2)
         if not total:  # unknown, or a fit of no epochs, which steps no schedule (torch builds none of length 0)
             return
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
@@ -493,8 +498,9 @@ class BatchSchedCB(BaseSchedCB):
                           f"for it: {total - self.n_steps} optimizer steps did not happen (passes cut short or batches "
                           "skipped by a callback, float16 overflows MixedPrecisionCB skipped, batches dropped before "
                           "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
-                          "optimizer, so it ended short of its end: the last batch trained at lr "
-                          f"{self._trained_lr:.3g}.", stacklevel=2)
+                          "optimizer, so it ended short of its end: "
+                          + (f"the last batch trained at lr {self._trained_lr:.3g}." if self.n_steps else
+                             "not one optimizer step was taken."), stacklevel=2)
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
@@ -652,7 +658,8 @@ class RecorderCB(Callback):
     The functions read `self.pg` (the optimizer's first param group, a dict with `lr`, `momentum` or `betas`, ...)
     and `self.learn`. `recs[name]` is the list of values, one per training batch of the last fit that trained (an
     evaluation, fit(train=False), leaves them); recorded at `after_batch`, which still sees the hyperparameters the
-    batch trained with (schedulers step after it).
+    batch trained with (schedulers step after it), so a batch whose `after_batch` a cancel skipped is left out,
+    even one that stepped (`CancelBatchException` raised in `after_step`).
     """
     order = 25  # after the scheduling callbacks (20), so their after_* work is done; they step later anyway
 
