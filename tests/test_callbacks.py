@@ -162,6 +162,21 @@ def test_progress_without_metrics_and_restores_metrics_logger():
     assert metrics.log_fn is original
 
 
+def test_a_log_fn_of_yours_gets_every_row_beside_a_progress_bar():
+    """ProgressCB put its table printer in MetricsCB's log_fn for the fit: a logger of the user's there (README: rows
+    reach `log_fn`) got none of the 4 rows, without a word. It gets them; MetricsCB's own printer gives way."""
+    metrics, rows = MetricsCB(), []
+    metrics.log_fn = rows.append
+    out = io.StringIO()
+    with redirect_stdout(out):
+        tiny_learner(cbs=[metrics, ProgressCB(mode="plain")]).fit(2)
+    assert [(r["epoch"], r["train"]) for r in rows] == [(0, "train"), (0, "valid"), (1, "train"), (1, "valid")]
+    assert [r["loss"] for r in rows] == [h["loss"] for h in metrics.history]
+    assert metrics.log_fn == rows.append  # put back after the fit
+    printed = out.getvalue()
+    assert printed.count("valid") == 2  # the table once: MetricsCB's printer did not print it too
+
+
 def test_progress_plot_losses_returns_figure():
     import matplotlib
     matplotlib.use("Agg")

@@ -245,7 +245,9 @@ class HooksCallback(Callback):
     called for training batches when `on_train` and validation batches when `on_valid`, in every pass's batches
     0, `every`, 2 × `every`, ... (counted from 0 in each pass: fewer records, less cost). The hooks are removed in
     cleanup_fit, which runs after a normal end, a cancel or an error. After the fit, `hooks` keeps the Hook
-    objects (and whatever `hookfunc` stored on them); the next fit registers fresh ones.
+    objects (and whatever `hookfunc` stored on them); the next fit with a pass it records registers fresh ones (one
+    without, `fit(train=False)` for training records or `valid=False` for validation ones, leaves them: they are
+    of the weights before it), and a resumed fit records from its epoch on (a checkpoint holds no hook records).
     """
 
     def __init__(self, hookfunc: HookFn, mod_filter: Callable[[nn.Module], bool] = every_module,

@@ -67,8 +67,8 @@ class MetricsCB(Callback):
     (`get_preds(cbs=[MetricsCB(...)])` without `with_loss=True`) logs none. Dict batches (with a predict and
     get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
-    `monitor`), `history` one dict per pass, and `log_fn(row)` is called with the formatted row (ProgressCB
-    replaces `log_fn` to draw a table; the default prints aligned lines).
+    `monitor`), `history` one dict per pass, and `log_fn(row)` is called with the formatted row (the default prints
+    aligned lines; ProgressCB draws its table instead of them, and a `log_fn` of yours gets the rows still).
     Under DDP the metric states and the loss sum are summed over all processes at the end of each pass, so every
     rank reports the same values, those of the whole validation (or training) set; only rank 0 prints them.
     """

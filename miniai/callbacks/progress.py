@@ -206,6 +206,8 @@ class ProgressCB(Callback):
             # (not SWACB's pass, epoch 'swa')
             self.valid_losses.append(row["loss"])
             self.valid_at.append(self._start + self._train_losses.count)
+        if self._saved_log_fn is not getattr(self._metrics, "_printer", None):  # a logger of the user's gets the row
+            self._saved_log_fn(row)  # too; MetricsCB's own printer gives way to the table below
         if not self._main:
             return
         if self._mode == "notebook":
