@@ -118,6 +118,7 @@ class Learner(Conveniences):
     a subclass's own methods (`TrainLearner`). `lr_find`, `get_preds`, `tta`, ... come from `Conveniences`."""
     _in_fit = _predicting = False  # in a fit; in a get_preds, tta or summary pass (the fit's hooks leave it alone)
     _temporary: list = []  # the running fit's callbacks for this call only (fit(cbs=...), resume's)
+    keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
     _began = False  # whether the running fit got past before_fit (a fit refused there keeps the learner's opt)
@@ -199,8 +200,9 @@ class Learner(Conveniences):
                 self.fit_lr = float(opt_lr) if isinstance(opt_lr, torch.Tensor) else opt_lr
                 self.opt = self.opt_func(self.model.parameters(), opt_lr)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
-            if train:
-                self._clear_grads()
+            for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
+                if not (self.keeps_grads and self._epochs_trained and p.requires_grad):  # batch that raised or was
+                    p.grad = None  # cancelled, of left-out or frozen parameters (a MomentumLearner keeps its momentum)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
         except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
@@ -297,11 +299,10 @@ class Learner(Conveniences):
             self._do("zero_grad")
         except CancelStepException:
             pass
-
-    def _clear_grads(self) -> None:
-        """A training fit starts without gradients, as a hand loop's first zero_grad: none of a batch that raised (kept
-        to look at after the error), of a backward done by hand, of parameters frozen or left out of the optimizer."""
-        self.model.zero_grad(set_to_none=True)
+        except BaseException as e:  # the fit ends in this batch: its gradients stay to look at (the next fit starts
+            if self.keeps_grads and not isinstance(e, (CancelBatchException, CancelEpochException)):  # without
+                self.model.zero_grad(set_to_none=True)  # them), but momentum carried in .grad must not carry them
+            raise
 
     def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
         owner = self._handlers[step]

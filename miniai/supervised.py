@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from .checks import call_model
-from .learner import Callback, CancelBatchException, CancelEpochException, Learner
+from .learner import Callback, Learner
 
 __all__ = ["TrainLearner", "MomentumLearner"]
 
@@ -61,6 +61,7 @@ class TrainLearner(Learner):
 
 class MomentumLearner(TrainLearner):
     """TrainLearner that keeps `mom` × the old gradients instead of zeroing them (momentum, the course's way)."""
+    keeps_grads = True  # the momentum lives in .grad: fit(1); fit(1) trains as fit(2) does
     _opt: Any = None
     _checked_opt: Any = None  # the optimizer whose own momentum step() looked at
 
@@ -99,21 +100,6 @@ class MomentumLearner(TrainLearner):
             p.grad = grad
         with contextlib.suppress(AttributeError):  # (an optimizer whose copy is not built yet: its next fit's is)
             self.opt = self._opt  # a copied optimizer has no hooks (torch leaves them out): hooked again
-
-    def _clear_grads(self) -> None:
-        """The momentum lives in .grad: kept after a fit that trained (`fit(1); fit(1)` trains as `fit(2)` does); a
-        first fit starts without gradients it did not make, a frozen parameter without any."""
-        for p in self.model.parameters():
-            if not (self._epochs_trained and p.requires_grad):
-                p.grad = None
-
-    def _one_batch(self) -> None:
-        try:
-            super()._one_batch()
-        except BaseException as e:  # the fit ends in a training batch: its gradients are not momentum to step with
-            if self.training and not isinstance(e, (CancelBatchException, CancelEpochException)):
-                self.model.zero_grad(set_to_none=True)
-            raise
 
     @torch.no_grad()
     def zero_grad(self) -> None:

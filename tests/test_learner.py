@@ -655,21 +655,27 @@ def test_a_momentum_learner_drops_the_gradients_of_a_batch_that_raised_it_never_
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
 
 
-def test_a_momentum_learner_keeps_its_momentum_when_a_fit_ends_in_a_validation_batch():
-    """Only a training batch that raised leaves gradients the momentum must not carry: after an error in a validation
-    batch (the epoch's training done), the next fit(1) trains on as fit(2) does."""
+@pytest.mark.parametrize("where", ["a validation batch", "a training batch before its backward"])
+def test_a_momentum_learner_keeps_its_momentum_when_a_fit_ends_before_a_batchs_backward(where):
+    """Only a batch whose backward ran leaves gradients the momentum must not carry: after an error in a validation
+    batch, or in a training batch's after_loss (a NaN check), the next fit(1) trains on as fit(2) does."""
     from miniai.learner import MomentumLearner
 
-    class FailValid(Callback):
+    class Fail(Callback):
         def after_loss(self, learn):
-            if not learn.training:
-                raise RuntimeError("a broken metric")
+            if learn.training == (where != "a validation batch"):
+                raise RuntimeError("a broken check")
 
     torch.manual_seed(0)
     broken = tiny_learner(learner_cls=MomentumLearner)
     whole = copy.deepcopy(broken)
-    with pytest.raises(RuntimeError, match="a broken metric"):
-        broken.fit(1, cbs=[FailValid()])
+    if where != "a validation batch":
+        broken.fit(1, valid=False)  # some momentum to keep: the failing fit stops at its first batch
+    order = broken.dls.train.generator.get_state()  # (the failed fit's draw of an order is put back)
+    with pytest.raises(RuntimeError, match="a broken check"):
+        broken.fit(1, cbs=[Fail()])
+    if where != "a validation batch":
+        broken.dls.train.generator.set_state(order)
     broken.fit(1, valid=False)
     whole.fit(2, valid=False)
     for p, q in zip(broken.model.parameters(), whole.model.parameters()):
