@@ -594,7 +594,7 @@ def test_per_item_losses_that_do_not_give_back_the_loss_s_own_mean_are_warned_of
     def seg_loss(preds, target, reduction="mean"):
         return F.cross_entropy(preds, target, ignore_index=255, reduction=reduction)
     learn = TrainLearner(nn.Conv2d(2, 3, 1), DataLoaders(None, TensorLoader(x, y, 4)), seg_loss)
-    with pytest.warns(UserWarning, match=r"per-item losses.*batch 0.*seg_loss.*ignore_index.*"
+    with pytest.warns(UserWarning, match=r"per-position losses.*batch 0.*seg_loss.*ignore_index.*"
                                          r"seg_loss.ignore_index = 255"):
         learn.get_preds(with_loss=True)
     seg_loss.ignore_index = 255  # as the warning says: now they are right, and nothing is said
@@ -604,6 +604,39 @@ def test_per_item_losses_that_do_not_give_back_the_loss_s_own_mean_are_warned_of
     with torch.no_grad():
         per_pixel, kept = seg_loss(learn.model(x), y, reduction="none"), (y != 255).float()
     torch.testing.assert_close(losses, (per_pixel * kept).sum((1, 2)) / kept.sum((1, 2)))
+
+
+def test_per_item_losses_whose_loss_means_them_otherwise_on_purpose_are_not_warned_of():
+    """No false alarm: CTC's mean divides each sequence's loss by its target length (its per-item losses are its
+    own), and a loss with a network inside under bf16 autocast (a perceptual loss) rounds as the pass did."""
+    g = torch.Generator().manual_seed(0)
+    steps, classes, n = 12, 5, 16
+
+    class Frames(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, steps * classes)
+
+        def forward(self, x):
+            return self.lin(x).view(len(x), steps, classes).log_softmax(-1).transpose(0, 1)
+    x, targets = torch.randn(n, 6, generator=g), torch.randint(1, classes, (n, 4), generator=g)
+    lengths, target_lengths = torch.full((n,), steps), torch.randint(1, 5, (n,), generator=g)
+    batches = [(x[i:i + 8], targets[i:i + 8], lengths[i:i + 8], target_lengths[i:i + 8]) for i in (0, 8)]
+    features = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64)).requires_grad_(False)
+
+    def perceptual(p, t, reduction="mean"):
+        return F.mse_loss(features(p), features(t), reduction=reduction)
+    x2 = torch.randn(64, 32, generator=g)
+    pairs = [(x2[i:i + 16], x2[i:i + 16] + 0.05 * torch.randn(16, 32, generator=g)) for i in range(0, 64, 16)]
+    denoiser = nn.Linear(32, 32)
+    with torch.no_grad():
+        denoiser.weight.copy_(torch.eye(32))
+        denoiser.bias.zero_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainLearner(Frames(), DataLoaders(None, batches), nn.CTCLoss()).get_preds(with_loss=True)
+        TrainLearner(denoiser, DataLoaders(None, pairs), perceptual,
+                     cbs=[MixedPrecisionCB(torch.bfloat16)]).get_preds(with_loss=True)
 
 
 def test_the_act_check_runs_once_a_pass_and_leaves_outputs_that_are_not_floats_alone():
@@ -901,6 +934,9 @@ def test_per_item_tensors_whose_length_is_the_batch_size_are_warned_of_as_read_a
         heads.model.forward = lambda xb: [xb[:, :3], xb[:, 0]]  # (logits, aux) at bs 2: heads, as before
         preds, _ = heads.get_preds(dl=[(x[i:i + 2], x[i:i + 2]) for i in range(0, 8, 2)])
         assert [tuple(p.shape) for p in preds] == [(8, 3), (8,)]
+        heads.model.forward = lambda xb: (xb[:, :2], xb[:, 2:4])  # a model's tuple of alike heads ((h_n, c_n))
+        preds, _ = heads.get_preds(dl=[(x[i:i + 2], x[i:i + 2]) for i in range(0, 8, 2)])
+        assert [tuple(p.shape) for p in preds] == [(8, 2), (8, 2)]
 
 
 class _Reshuffled(torch.utils.data.IterableDataset):

@@ -253,7 +253,8 @@ def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None) ->
     # RNN's (logits, h_n), or (embeddings, prototypes), one of them not batch-first), or one entry per item (boxes)
     if all(isinstance(t, torch.Tensor) and len(t) == n for p, n in zip(parts, sizes) for t in p):
         shapes = {_signature(t) for p in parts for t in p}
-        if len(parts) > 1 and len(shapes) == 1:  # n alike tensors of n rows: heads, or one per item of length n
+        # n alike tensors of n rows: heads, or one per item of length n; a model's tuple is heads ((h_n, c_n) at bs 2)
+        if len(parts) > 1 and len(shapes) == 1 and isinstance(parts[0], list):
             n, shape = sizes[0], next(iter(shapes))[0]
             warnings.warn(f"get_preds: every batch holds a list of {n} tensors of {n} rows {shape} beside its {n} "
                           f"items, which reads two ways: joined as {n} heads (logits, aux, ...), each over all the "
@@ -311,12 +312,17 @@ class _GatherPreds(Callback):
                  loss_func: Callable | None = None) -> None:
         self.with_input, self.with_loss, self.act = with_input, with_loss, act
         self.loss_func = loss_func  # the learner's own (reduced), to check the per-item losses against, until it warns
+        self._own: Any = None  # its loss of this batch (after_predict: under the pass's autocast, as the loss step)
         self._act_checked = False
         self.inputs: list[Any] = []
         self.preds: list[Any] = []
         self.targets: list[Any] = []
         self.losses: list[torch.Tensor] = []
         self.sizes: list[int | None] = []  # each batch's item count: what a per-item sequence's length is
+
+    def after_predict(self, learn: Learner) -> None:
+        if self.loss_func is not None and not getattr(learn.loss_func, "reduced_by_sum", False):
+            self._own = self.loss_func(learn.preds, *learn.yb)
 
     def after_batch(self, learn: Learner) -> None:
         preds, yb = learn.preds, learn.yb
@@ -348,27 +354,28 @@ class _GatherPreds(Callback):
                                  "reduction='none' for the pass.")
             self.losses.append(to_cpu(_per_item(loss, learn.yb, _ignored_target(learn.loss_func),
                                                 getattr(learn.loss_func, "reduced_by_sum", False))))
-            if self.loss_func is not None and not getattr(learn.loss_func, "reduced_by_sum", False):
-                self._check_mean(learn, loss)
+            if self._own is not None and loss.ndim > 1:  # (per position: CTC's (N,) are its own, by length)
+                self._check_mean(learn, loss, self._own)
+            self._own = None
 
-    def _check_mean(self, learn: Learner, loss: torch.Tensor) -> None:
-        """Warn (once) when a batch's per-item losses don't give back the loss's own mean: it leaves out or weighs
-        positions in a way get_preds can't see (an ignore_index inside a def), so they and MetricsCB's are wrong."""
-        preds = map_tensors(learn.preds, lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t)
-        with _no_autocast(getattr(loss, "device", torch.device("cpu")).type):
-            own = self.loss_func(preds, *learn.yb)
+    def _check_mean(self, learn: Learner, loss: torch.Tensor, own: Any) -> None:
+        """Warn (once) when a batch's per-position losses don't give back the loss's own mean: it leaves out or
+        weighs positions in a way get_preds can't see (an ignore_index inside a def), so the per-item losses are
+        averaged over the wrong positions, and MetricsCB's loss of the pass is wrong."""
         ours = _mean_loss(loss, learn.yb[0] if len(learn.yb) == 1 else None, learn.loss_func)
         if not (isinstance(own, torch.Tensor) and own.ndim == 0 and torch.isfinite(own) and torch.isfinite(ours)):
             return
-        if not torch.isclose(ours.float(), own.float(), rtol=1e-3, atol=1e-6):
+        rtol = 1e-2 if own.dtype in (torch.float16, torch.bfloat16) else 1e-3  # (a half-precision mean: its rounding)
+        if not torch.isclose(ours.float(), own.float(), rtol=rtol, atol=1e-6):
             name = getattr(self.loss_func, "__name__", type(self.loss_func).__name__)
             self.loss_func = None
-            warnings.warn(f"get_preds(with_loss=True): the per-item losses ({name} with reduction='none', by item) "
+            warnings.warn(f"get_preds(with_loss=True): the per-position losses ({name} with reduction='none') "
                           f"average to {ours.item():.4g} on batch {learn.iter}, where {name} itself gives "
                           f"{own.item():.4g}: it leaves out or weighs positions in a way get_preds can't see (an "
-                          "ignore_index or weight inside the function), so they, and a MetricsCB's loss of this pass, "
-                          f"are not its own. Say it on the loss, e.g. {name}.ignore_index = 255 (the value it "
-                          "ignores), or pass it as a keyword: partial(F.cross_entropy, ignore_index=255).",
+                          "ignore_index or class weights inside the function), so each item's loss, the mean over "
+                          "its positions, and a MetricsCB's loss of this pass are not its own. Say it: give torch's "
+                          "loss the setting as a keyword, partial(F.cross_entropy, ignore_index=255, weight=w), or "
+                          f"set an ignore_index on yours, {name}.ignore_index = 255 (the value it ignores).",
                           stacklevel=2)
 
     def result(self) -> tuple:
