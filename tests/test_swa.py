@@ -133,12 +133,12 @@ def test_composes_with_a_batch_scheduler_running_before_swa_start():
 
 @pytest.mark.parametrize("sched_cls", [BatchSchedCB, EpochSchedCB])
 def test_a_schedule_that_swa_takes_over_before_its_first_step_is_warned_of(sched_cls):
-    """SWACB(swa_start=0) beside a one-cycle: the schedule never stepped, so epoch 0 trained at the cycle's first lr
-    (max_lr/25) before SWALR took over, without a word, where a schedule that outlasts its fit is warned of."""
+    """SWACB(swa_start=0) beside a one-cycle: the schedule never stepped (epoch 0 trained at the cycle's first lr
+    (max_lr/25) as SWALR annealed from it), without a word, where a schedule that outlasts its fit is warned of."""
     steps = 2 * 3 if sched_cls is BatchSchedCB else 2
     cycle = partial(OneCycleLR, max_lr=0.1, total_steps=steps)
     with pytest.warns(UserWarning, match=r"OneCycleLR never steps in this fit: SWACB drives the lr from epoch 0 "
-                                         r"\(swa_start=0\).*at the lr the schedule starts with.*start SWA later"):
+                                         r"\(swa_start=0\).*schedules nothing.*start SWA later"):
         bn_learner([sched_cls(cycle), SWACB(swa_start=0, swa_lr=0.01)]).fit(2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -189,9 +189,9 @@ class BaseSchedCB(Callback):
         total = self._total_steps(learn)
         if total == 0 and learn.schedule_stop == 0 and "train" in learn.passes:  # (swa_start=0)
             warnings.warn(f"{type(self.scheduler).__name__} never steps in this fit: SWACB drives the lr from epoch 0 "
-                          "(swa_start=0), and schedules run only before it, so the first epoch trains at the lr the "
-                          f"schedule starts with, lr {learn.opt.param_groups[0]['lr']:.3g}, as SWALR anneals from it. "
-                          "Leave the scheduling callback out, or start SWA later.", stacklevel=2)
+                          "(swa_start=0), and schedules run only before it, so it schedules nothing (its first lr is "
+                          "at most where SWALR anneals from). Leave the scheduling callback out, or start SWA later.",
+                          stacklevel=2)
         if not total:  # unknown, or a fit of no epochs, which steps no schedule (torch builds none of length 0)
             return
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
@@ -500,7 +500,7 @@ class BatchSchedCB(BaseSchedCB):
                           "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
                           "optimizer, so it ended short of its end: "
                           + (f"the last batch trained at lr {self._trained_lr:.3g}." if self.n_steps else
-                             "not one optimizer step was taken."), stacklevel=2)
+                             "it never stepped."), stacklevel=2)
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
