@@ -21,8 +21,8 @@ import torch
 
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
-           "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "rngs_kept", "check_device",
-           "class_loss"]
+           "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
+           "check_device", "class_loss"]
 
 
 def _pick_device() -> str:
@@ -253,15 +253,17 @@ def trained_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
             and not isinstance(p, torch.nn.parameter.UninitializedParameter)]
 
 
-def weights_finite(model: torch.nn.Module) -> bool:
-    """Whether what training changes is finite: the trained parameters and the normalization layers' running
-    statistics (a diverged step makes them NaN too). Not other buffers or frozen parameters, which may hold -inf on
-    purpose (an attention mask), nor a lazy layer's parameters not yet made. One sync per tensor."""
-    nn = torch.nn
-    tensors = trained_parameters(model)
-    tensors += [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
-                for b in (m.running_mean, m.running_var) if b is not None]
-    return all(bool(t.isfinite().all()) for t in tensors)
+def nonfinite_weight(model: torch.nn.Module) -> str | None:
+    """The name of the first tensor training changes that is not finite (NaN or inf), else None: the trained
+    parameters, then the normalization layers' running statistics (a diverged step makes them NaN too). Not other
+    buffers or frozen parameters, which may hold -inf on purpose (an attention mask), nor a lazy layer's parameters
+    not yet made. One sync per tensor."""
+    trained = {id(p) for p in trained_parameters(model)}
+    tensors = [(name, p) for name, p in model.named_parameters() if id(p) in trained]
+    tensors += [(f"{prefix}.{name}" if prefix else name, getattr(m, name)) for prefix, m in model.named_modules()
+                if isinstance(m, torch.nn.modules.batchnorm._NormBase) for name in ("running_mean", "running_var")
+                if getattr(m, name) is not None]
+    return next((name for name, t in tensors if not bool(t.isfinite().all())), None)
 
 
 def opt_lr(opt: Any) -> float:

@@ -487,6 +487,22 @@ def test_a_fit_whose_last_step_diverges_does_not_end_silently_with_non_finite_we
         learn.fit(2, **fit_kwargs)
 
 
+def test_a_non_finite_running_statistic_is_named_not_blamed_on_a_diverged_step():
+    """A BatchNorm running_var that was NaN before the fit (training uses batch statistics, so every loss stays
+    finite) ended the fit with "the weights are not finite ... an optimizer step after the last loss checked
+    diverged": no step diverged, and no weight was named. Now the tensor is named, and what sets it."""
+    learn = tiny_learner()
+    learn.model = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    learn.model[1].running_var[2] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"the running statistic 1\.running_var is not finite .*steps don't "
+                                                 r"set it.*before this fit") as info:
+        learn.fit(1)
+    assert "diverged" not in str(info.value)
+    from miniai.callbacks import SingleBatchCB
+    with pytest.raises(NonFiniteLossError, match=r"the weights are not finite \(NaN or inf: weight first\)"):
+        tiny_learner(cbs=[DivergeAt(at=0)]).fit(1, cbs=[SingleBatchCB()])
+
+
 def test_the_weights_are_checked_also_after_a_fit_a_callback_cancelled():
     """SingleBatchCB's CancelFitException skips after_fit: the check runs in cleanup_fit."""
     from miniai.callbacks import SingleBatchCB

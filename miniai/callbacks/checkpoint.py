@@ -30,7 +30,7 @@ from torch import nn
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import (byte_sums, checksums_match, claim_dir, keeps_workers, len_or_none, map_tensors, tensors_in,
-                     weights_finite)
+                     nonfinite_weight)
 from .guards import NonFiniteLossError, lower_lr_advice, pass_args
 from .metrics import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -649,12 +649,12 @@ class CheckpointCB(Callback):
     def _check_finite(self, learn: Learner, done: int) -> None:
         """Refuse to save non-finite weights or after a non-finite validation loss: resume would pick them."""
         model = unwrap(learn.model)
-        weights_ok = weights_finite(model)  # (what training changes, as the NaN guard checks: not an inf mask)
+        bad = nonfinite_weight(model)  # (what training changes, as the NaN guard checks: not an inf mask)
         metrics = getattr(learn, "metrics", None)
         loss = metrics.last.get("valid_loss") if metrics is not None else None
-        if weights_ok and (loss is None or math.isfinite(loss)):
+        if bad is None and (loss is None or math.isfinite(loss)):
             return
-        what = "the weights are not finite" if not weights_ok else f"the validation loss is {loss}"
+        what = f"the weights are not finite ({bad} first)" if bad is not None else f"the validation loss is {loss}"
         good = learn.last_checkpoint
         raise NonFiniteLossError(
             f"after epoch {done} {what}, so no checkpoint was written for it." + (

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checks import check_count, check_number
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import opt_lr, trained_parameters, weights_finite
+from ..utils import nonfinite_weight, opt_lr, trained_parameters
 from .metrics import (_averages_over_targets, _counted, _ignored_target, check_monitor, improves,
                       monitor_mode, same_watch)
 
@@ -45,7 +45,7 @@ class TerminateOnNaNCB(Callback):
 
     A step after the last loss checked can still diverge (a too high lr): the weights are then non-finite though
     every loss was finite. So at the end of a fit that trained (in cleanup_fit: also a fit a callback cancelled)
-    what training changes is checked once (`utils.weights_finite`: the trained parameters and the norm layers'
+    what training changes is checked once (`utils.nonfinite_weight`: the trained parameters and the norm layers'
     running statistics, not other buffers: an attention mask may hold -inf on purpose), and non-finite values
     raise `NonFiniteLossError`; earlier epochs need no such check, as the next training loss shows it. Validation
     losses are not checked: they never change the weights; a non-finite one with finite weights comes from the
@@ -146,13 +146,21 @@ class TerminateOnNaNCB(Callback):
                 stopped is None or isinstance(stopped, CancelFitException)):
             return
         # after SWACB's after_fit and DDPCB's cleanup: the model the user gets, the same on every rank (no
-        # all_reduce); what training changes, not an attention mask of -inf (utils.weights_finite)
-        if not weights_finite(learn.model):  # (once per fit: a sync per tensor is fine)
-            raise NonFiniteLossError(
-                f"the weights are not finite (NaN or inf) at the end of the fit, which ended in epoch "
-                f"{learn.epoch + 1} (counted from 1, as checkpoint names count epochs done) "
-                f"(lr={_lr(learn):.3g}), though every training loss was finite: an optimizer step after the last "
-                "loss checked diverged, its gradients too large for the lr." + self._advice(learn))
+        # all_reduce); what training changes, not an attention mask of -inf (utils.nonfinite_weight)
+        bad = nonfinite_weight(learn.model)  # (once per fit: a sync per tensor is fine)
+        if bad is None:
+            return
+        when = (f"at the end of the fit, which ended in epoch {learn.epoch + 1} (counted from 1, as checkpoint names "
+                f"count epochs done) (lr={_lr(learn):.3g}), though every training loss was finite")
+        if bad.endswith(("running_mean", "running_var")):  # (parameters come first: every one of them is finite)
+            raise NonFiniteLossError(f"the running statistic {bad} is not finite (NaN or inf) {when}, as is every "
+                                     "weight: steps don't set it (training normalizes with each batch's statistics), "
+                                     "so it was not finite before this fit, or a batch's statistics were not: reset "
+                                     "it, e.g. learn.model.apply(lambda m: getattr(m, 'reset_running_stats', "
+                                     "lambda: None)()), and check the inputs.")
+        raise NonFiniteLossError(f"the weights are not finite (NaN or inf: {bad} first) {when}: an optimizer step "
+                                 "after the last loss checked diverged, its gradients too large for the lr."
+                                 + self._advice(learn))
 
     def _fail(self, learn: Learner, bad: _Bad, lr: float, delayed: bool) -> None:
         bad_rank, batch, value = bad
