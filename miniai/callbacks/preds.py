@@ -322,7 +322,10 @@ class _GatherPreds(Callback):
 
     def after_predict(self, learn: Learner) -> None:
         if self.loss_func is not None and not getattr(learn.loss_func, "reduced_by_sum", False):
-            self._own = self.loss_func(learn.preds, *learn.yb)
+            try:
+                self._own = self.loss_func(learn.preds, *learn.yb)
+            except Exception:  # (a loss that needs more than (preds, *yb), a get_loss of its own: nothing to check)
+                self.loss_func = None
 
     def after_batch(self, learn: Learner) -> None:
         preds, yb = learn.preds, learn.yb

@@ -145,8 +145,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                     setattr(m, name, t)
                 if (t.device, t.dtype, t.shape, t.data_ptr()) != (data.device, data.dtype, data.shape, data.data_ptr()):
                     t.data = data  # model.to() gives parameters new data: point them back at the old
-                # the values a pass changed in place; unchanged ones are left alone (written, a batch of a fit
-                if value is not None and not _same(t, value):  # that called this would fail its backward)
+                # the values the pass changed in place, only: an unchanged one written back would fail the backward
+                # of a fit's batch that called this (a get_preds from after_loss)
+                if value is not None and not _same(t, value):
                     t.copy_(value)
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
         if changed:
