@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -172,10 +173,10 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     it raises, and the model is left as it was. Only `m_in`'s weight and bias change: norm layers' running stats
     and the RNG (a Dropout draws in train mode, whose outputs are the ones measured) are put back.
     """
-    seen: dict[str, torch.Tensor] = {}
+    seen: dict[str, Any] = {}
 
     def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        seen["out"] = output.detach().float()
+        seen["out"], seen["calls"] = output.detach().float(), seen["calls"] + 1
 
     saved = {k: v.clone() for k, v in model.state_dict().items()}  # (BatchNorm's running stats change too)
     handle = m.register_forward_hook(record)
@@ -184,7 +185,15 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
         with torch.no_grad(), torch.random.fork_rng(devices=devices):  # (the tries' dropout draws: put back)
             before = None
             for tries in range(max_iters + 1):
+                seen["calls"] = 0
                 model(xb)
+                if seen["calls"] != 1:  # (a shared one: its last call's output would rescale m_in for another layer)
+                    raise ValueError(f"lsuv_init: {type(m).__name__} is "
+                                     + (f"called {seen['calls']} times in one model(xb) (one object at several places, "
+                                        "an activation shared by layers), so its output is not m_in's alone: give "
+                                        "each layer its own, or measure m_in itself." if seen["calls"] else
+                                        "not called in model(xb): pass a module of this model.")
+                                     + " The model is as it was.")
                 mean, std = float(seen["out"].mean()), float(seen["out"].std())
                 if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
                     raise ValueError(f"lsuv_init: the output of {type(m).__name__} has mean {mean} and std {std} on "

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miniai.models import GeneralRelu, ResBlock, conv, get_convnet, get_model, get_resnet, init_weights
+from miniai.models import GeneralRelu, ResBlock, conv, get_convnet, get_model, get_resnet, init_weights, lsuv_init
 
 
 def test_get_model_maps_28x28_to_10_logits_through_five_halvings():
@@ -141,3 +141,20 @@ def test_resblock_refuses_an_even_kernel_size():
     an even kernel's padding does not."""
     with pytest.raises(ValueError, match="ResBlock needs an odd ks"):
         ResBlock(4, 8, ks=4)
+
+
+def test_lsuv_init_refuses_a_measured_module_called_more_than_once_and_leaves_the_model():
+    """One GeneralRelu object after both convs: the hook saw its last call (after the second conv), so 100 tries
+    rescaled the first conv by another layer's output, warned with that layer's numbers and left the first conv
+    nearly dead. A module called more than once (or never) in model(xb) is refused, the model as it was."""
+    torch.manual_seed(0)
+    act = GeneralRelu(0.1, 0.4)
+    c1, c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+    model = nn.Sequential(c1, act, c2, act)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    xb = torch.randn(8, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"GeneralRelu is called 2 times in one model\(xb\).*its own"):
+        lsuv_init(model, act, c1, xb)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match=r"ReLU is not called in model\(xb\)"):
+        lsuv_init(model, nn.ReLU(), c1, xb)
