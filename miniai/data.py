@@ -229,9 +229,11 @@ class DataLoaders:
                  normalize: Callable[[torch.Tensor], torch.Tensor] | tuple[Any, Any] | None = None,
                  item_shape: tuple[int, ...] | None = None, item_dtype: torch.dtype | None = None) -> None:
         self.train, self.valid, self.classes = train, valid, classes
-        self.normalize = Normalize(*normalize) if isinstance(normalize, (tuple, list)) else normalize
-        if self.normalize is not None and not callable(self.normalize):
-            raise TypeError(f"normalize must be a callable, (mean, std) or None; got {normalize!r}")
+        pair = isinstance(normalize, (tuple, list))
+        if pair and len(normalize) != 2 or not pair and normalize is not None and not callable(normalize):
+            raise TypeError(f"normalize must be a callable, (mean, std) or None; got {normalize!r}"
+                            + (f", {len(normalize)} items (per-channel means? give (means, stds))" if pair else ""))
+        self.normalize = Normalize(*normalize) if pair else normalize
         self._item_shape = None if item_shape is None else tuple(item_shape)
         self._item_dtype = item_dtype
 
@@ -325,7 +327,9 @@ class DataLoaders:
         # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
-        names = next((getattr(features[c], "names", None) for c in _LABELS if c in features), None)  # a ClassLabel's
+        # the target's ClassLabel names the classes: a label-named column's, else the last column's (the target then)
+        target = next((c for c in _LABELS if c in features), list(features)[-1] if features else None)
+        names = getattr(features[target], "names", None) if target is not None else None
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),
                    classes=None if names is None else list(names))

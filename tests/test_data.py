@@ -989,6 +989,12 @@ def test_from_dd_names_the_classes_of_its_label_column():
     assert dls.classes == ["cat", "dog"]
     plain = datasets.Dataset.from_dict({"image": [[[0.0]]] * 2, "label": [0, 1]}).with_format("torch")
     assert DataLoaders.from_dd(datasets.DatasetDict({"train": plain, "test": plain}), 2).classes is None
+    # a ClassLabel named otherwise, last, is the target too (it was: classes None, infer answered numbers)
+    feats = datasets.Features({"image": datasets.Array2D((2, 2), "float32"),
+                               "category": datasets.ClassLabel(names=["cat", "dog"])})
+    split = datasets.Dataset.from_dict({"image": [[[0.0, 1.0], [1.0, 0.0]]] * 4, "category": [0, 1, 0, 1]},
+                                       features=feats).with_format("torch")
+    assert DataLoaders.from_dd(datasets.DatasetDict({"train": split, "validation": split}), 2).classes == ["cat", "dog"]
 
 
 
@@ -1094,3 +1100,12 @@ def test_images_stored_as_python_lists_or_as_encoded_files_without_metadata_get_
         sources.hf_to_tensors(plain, mode="L")
     x, _ = sources.hf_to_tensors(plain.cast_column("image", datasets.Image()), mode="L")
     assert torch.equal(x, torch.from_numpy(images)[:, None])
+
+
+def test_normalize_given_as_the_means_alone_gets_the_packages_own_message():
+    """normalize=[0.49, 0.48, 0.45] (per-channel means, no stds) ended in Python's "Normalize.__init__() takes 3
+    positional arguments but 4 were given", never reaching the message that says what normalize takes."""
+    x = torch.zeros(4, 3, 2, 2)
+    with pytest.raises(TypeError, match=r"normalize must be a callable, \(mean, std\) or None.*3 items"):
+        DataLoaders(TensorLoader(x, x, 2), TensorLoader(x, x, 2), normalize=[0.49, 0.48, 0.45])
+    assert DataLoaders(TensorLoader(x, x, 2), None, normalize=([0.5] * 3, [0.25] * 3)).normalize is not None
