@@ -165,6 +165,7 @@ def train(args: argparse.Namespace) -> float:
     from .callbacks import Accuracy, DeviceCB, MetricsCB, ProgressCB
     from .callbacks.ddp import DDPCB
     from .callbacks.scheduling import RecorderCB, _lr, _mom
+    from .cache import load_tensors
     from .data import get_dls
     from .distributed import is_main_process, rank, world_size
     from .supervised import TrainLearner
@@ -250,14 +251,16 @@ def train(args: argparse.Namespace) -> float:
         raise NonFiniteLossError(f"the validation loss is {metrics.last['valid_loss']} after epoch {epochs - 1}: the "
                                  "weights blew up (the training loss was still finite), so no model is saved.")
     n_valid = len(dls.valid.y)  # what was validated on: --n-valid cuts the test set or the held-out images
-    valid_on = (f"{n_valid} held-out training images" if args.holdout else "the test set" if args.n_valid is None
-                else f"the first {n_valid} test images")
+    split = load_tensors("fashion_mnist", args.data).valid_split  # (cached by get_dls: a DatasetDict's may be
+    images = "test images" if split == "test" else f"images of split {split!r}"  # 'validation')
+    valid_on = (f"{n_valid} held-out training images" if args.holdout else f"the first {n_valid} {images}"
+                if args.n_valid is not None else "the test set" if split == "test" else f"split {split!r}")
     result = {"command": getattr(args, "command", None),
               "recipe": args.recipe, "seed": args.seed, "epochs": epochs, "bs": bs,
               "world_size": world_size(),  # bs is per process: under torchrun the global batch is bs × world_size
               "accuracy": metrics.last["valid_accuracy"], "accuracy_tta": None, "valid_on": valid_on}
     what = f"held-out ({n_valid} training images)" if args.holdout else "validation"
-    on = f" (on {valid_on})" if args.n_valid is not None and not args.holdout else ""
+    on = f" (on {valid_on})" if not args.holdout and valid_on != "the test set" else ""
     if is_main_process():  # every rank has the same (all-reduced) metrics; one prints and writes
         print(f"{what} accuracy: {result['accuracy']:.4f}{on}", flush=True)
         if recipe is not None and recipe.tta:

@@ -56,7 +56,8 @@ def _read_cache(file: Path) -> RawData | None:
     """The cached tensors, or None when missing, unreadable, malformed or damaged (then it is simply rebuilt)."""
     try:
         d = torch.load(file, weights_only=True)
-        raw = RawData(d["train_x"], d["train_y"], d["valid_x"], d["valid_y"], tuple(d["classes"]), d["source"])
+        raw = RawData(d["train_x"], d["train_y"], d["valid_x"], d["valid_y"], tuple(d["classes"]), d["source"],
+                      d["valid_split"])  # (a file of an older miniai's, without it: decoded again)
         ok = all(t.dtype == torch.uint8 and t.ndim == 4 for t in (raw.train_x, raw.valid_x)) and all(
             t.dtype == torch.int64 and len(t) == len(x) for t, x in ((raw.train_y, raw.train_x),
                                                                      (raw.valid_y, raw.valid_x)))
@@ -107,7 +108,7 @@ def _is_cache_file(file: Path) -> bool:
         d = torch.load(file, weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 -- not a torch file we can read: not ours to delete
         return False
-    return isinstance(d, dict) and set(RawData._fields) <= d.keys()
+    return isinstance(d, dict) and set(RawData._fields[:6]) <= d.keys()  # (an older miniai's files too)
 
 
 def _mtime(file: Path) -> float:

@@ -42,13 +42,15 @@ class DataNotFoundError(FileNotFoundError):
 
 
 class RawData(NamedTuple):
-    """Decoded dataset: uint8 images [N,C,H,W], int64 labels, class names, and where it came from."""
+    """Decoded dataset: uint8 images [N,C,H,W], int64 labels, class names, where it came from, and the split the
+    validation images are ('test': the IDX files' t10k; a DatasetDict's first of `VALID_SPLITS` it has)."""
     train_x: torch.Tensor
     train_y: torch.Tensor
     valid_x: torch.Tensor
     valid_y: torch.Tensor
     classes: tuple[str, ...]
     source: str
+    valid_split: str = "test"
 
 
 @dataclass(frozen=True)
@@ -461,7 +463,7 @@ def _decode_dd(source: Source) -> RawData:
     _check_same_shape(tensors["train"][0], tensors[valid_split][0], "split 'train'",
                       f"{source.where}: split {valid_split!r}")
     return RawData(*tensors["train"], *tensors[valid_split], classes,
-                   f"{'hub dataset' if source.kind == 'hub' else 'saved DatasetDict'} {source.where}")
+                   f"{'hub dataset' if source.kind == 'hub' else 'saved DatasetDict'} {source.where}", valid_split)
 
 
 def read_source(source: Source) -> RawData:

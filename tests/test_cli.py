@@ -417,6 +417,30 @@ def test_data_the_commands_model_cannot_train_on_is_a_usage_error(tmp_path, caps
     assert __import__("re").search(reason, err), err
 
 
+def test_a_saved_datasetdict_s_validation_split_is_named_as_what_was_validated_on(tmp_path, capsys, monkeypatch):
+    """A DatasetDict with train, validation and test splits validates on 'validation' (the first of validation,
+    valid, test, dev), and result.json and the printed line said "the test set": a figure tuned on validation
+    written down as test accuracy."""
+    import numpy as np
+    from datasets import Array2D, ClassLabel, Dataset, DatasetDict, Features
+
+    from miniai.__main__ import main
+    monkeypatch.setenv("MINIAI_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    feats = Features({"image": Array2D((28, 28), "uint8"), "label": ClassLabel(num_classes=10)})
+
+    def split(n):
+        return Dataset.from_dict({"image": [rng.integers(0, 256, (28, 28)).astype(np.uint8) for _ in range(n)],
+                                  "label": [i % 10 for i in range(n)]}, features=feats)
+    DatasetDict(train=split(32), validation=split(16), test=split(8)).save_to_disk(str(tmp_path / "dd"))
+    for extra, said in (([], "split 'validation'"), (["--n-valid", "8"], "the first 8 images of split 'validation'")):
+        out = tmp_path / f"run{len(extra)}"
+        assert main(["train", "--data", str(tmp_path / "dd"), "--epochs", "1", "--device", "cpu", "--out", str(out),
+                     *extra]) == 0
+        assert json.loads((out / "result.json").read_text())["valid_on"] == said
+        assert f"(on {said})" in capsys.readouterr().out
+
+
 def test_overwrite_without_out_is_a_usage_error(capsys):
     """--overwrite without --out trained and saved nothing, without a word: the user meant to keep the run."""
     from miniai.__main__ import main
