@@ -90,6 +90,17 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
         if channels == 1:
             return t[:, None], True
     if t.ndim == 4:
+        at, other_end = (-1, 1) if channels_last else (1, -1)  # where the channels are read from; the other end
+        if channels is not None and t.shape[at] != channels:  # (Normalize's error would name the shape permuted)
+            if channels == 1 and t.shape[at] in (3, 4) and t.shape[other_end] != 1:
+                raise ValueError(f"infer: a batch of shape {tuple(t.shape)} looks like RGB images, and this is a "
+                                 "1-channel model: convert them to grayscale first (PIL: image.convert('L'))")
+            if t.shape[other_end] == channels:
+                read, looks, fix = (("ndarrays are read as (N,H,W,C)", "channels-first", "x.transpose(0, 2, 3, 1)")
+                                    if channels_last else
+                                    ("tensors are read as (N,C,H,W)", "channels-last", "x.permute(0, 3, 1, 2)"))
+                raise ValueError(f"infer: {read}, and a batch of shape {tuple(t.shape)} looks {looks}, for a "
+                                 f"{channels}-channel model: pass {fix}")
         return t.permute(0, 3, 1, 2) if channels_last else t, True
     layout = "(H,W), (H,W,C) or (N,H,W,C) for ndarrays and PIL" if channels_last else "(H,W), (C,H,W) or (N,C,H,W)"
     raise ValueError(f"infer: can't read an image of shape {tuple(t.shape)}" + (f" for a {channels}-channel model"

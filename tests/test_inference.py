@@ -125,6 +125,23 @@ def test_infer_refuses_an_rgb_array_for_a_grayscale_model_even_without_an_item_s
     assert learn.infer(PIXELS[:, 0].numpy()).index.shape == (6,)  # (N,H,W) with N not 3 or 4 stays a batch
 
 
+def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
+    """An (N,1,H,W) ndarray, or an (N,H,W,3) RGB batch for a 1-channel model, was refused by Normalize naming a shape
+    the user never passed ((5, 8, 1, 8)), with no word of the layout to use or of converting to grayscale."""
+    learn = image_learner()
+    with pytest.raises(ValueError, match=r"ndarrays are read as \(N,H,W,C\).*\(6, 1, 8, 8\) looks channels-first.*"
+                                         r"x.transpose\(0, 2, 3, 1\)"):
+        learn.infer(PIXELS.numpy())
+    rgb = PIXELS[:, 0, :, :, None].expand(6, 8, 8, 3).numpy()
+    with pytest.raises(ValueError, match=r"\(6, 8, 8, 3\) looks like RGB images.*1-channel.*grayscale"):
+        learn.infer(rgb)
+    with pytest.raises(ValueError, match=r"tensors are read as \(N,C,H,W\).*\(6, 8, 8, 1\) looks channels-last.*"
+                                         r"x.permute\(0, 3, 1, 2\)"):
+        learn.infer(PIXELS.permute(0, 2, 3, 1))
+    assert learn.infer(PIXELS.permute(0, 2, 3, 1).numpy()).index.shape == (6,)  # the layouts as said: fine
+    assert learn.infer(PIXELS).index.shape == (6,)
+
+
 def test_infer_refuses_a_batch_size_below_one():
     with pytest.raises(ValueError, match="infer: bs must be a whole number >= 1 .*, got 0"):
         image_learner().infer(PIXELS, bs=0)
