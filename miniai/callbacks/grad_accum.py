@@ -23,7 +23,7 @@ class GradAccumCB(Callback):
     `my_loss.reduction = 'sum'`.) A loss that divides by what it counts, a class-weighted or `ignore_index`
     cross-entropy, is each batch's own mean, weighed alike, as in a hand loop's `(loss / k).backward()` and under
     DDP: the bigger batch's would weigh each batch by its targets' weights or counted targets (a slightly different
-    objective; `reduction='sum'` with an lr scaled to match is the bigger batch's exactly).
+    objective).
 
     Between steps it raises `CancelStepException` from after_backward: the gradients add up in `.grad`, and
     schedulers, `after_step` readers and `zero_grad` wait for the real step. At a step it divides the summed
