@@ -175,6 +175,10 @@ def test_a_log_fn_of_yours_gets_every_row_beside_a_progress_bar():
     assert metrics.log_fn == rows.append  # put back after the fit
     printed = out.getvalue()
     assert printed.count("valid") == 2  # the table once: MetricsCB's printer did not print it too
+    metrics.log_fn = None  # (rows silenced: the table alone; it failed on calling None, and None was not put back)
+    with redirect_stdout(io.StringIO()):
+        tiny_learner(cbs=[metrics, ProgressCB(mode="plain")]).fit(1)
+    assert metrics.log_fn is None
 
 
 def test_progress_plot_losses_returns_figure():

@@ -160,6 +160,7 @@ class ProgressCB(Callback):
         self._last_graph = self._last_read = 0.0
         self._metrics: Any = None
         self._saved_log_fn: Any = None
+        self._swapped = False  # whether MetricsCB's log_fn is this callback's for the fit (_saved_log_fn: its own)
         self.mbar: Any = None
         self.pbar: Any = None
         self._pass_length: int | None = None
@@ -188,11 +189,11 @@ class ProgressCB(Callback):
             # a resumed run's batches are counted from the start of the run, like RecorderCB's (a guess without len)
             self._start = learn.start_epoch * (len_or_none(getattr(learn.dls, "train", None)) or 0)
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
-        self._saved_log_fn = None
+        self._saved_log_fn, self._swapped = None, False
         metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
         self._metrics = metrics if any(cb is metrics for cb in learn.cbs) else None
         if self._metrics is not None:
-            self._saved_log_fn, self._metrics.log_fn = self._metrics.log_fn, self._log
+            self._saved_log_fn, self._metrics.log_fn, self._swapped = self._metrics.log_fn, self._log, True
         self.mbar = None
         if self._mode == "terminal":
             self.mbar = ConsoleBar(learn.n_epochs)  # counted from the start of the run, also when resumed
@@ -206,8 +207,12 @@ class ProgressCB(Callback):
             # (not SWACB's pass, epoch 'swa')
             self.valid_losses.append(row["loss"])
             self.valid_at.append(self._start + self._train_losses.count)
-        if self._saved_log_fn is not getattr(self._metrics, "_printer", None):  # a logger of the user's gets the row
-            self._saved_log_fn(row)  # too; MetricsCB's own printer gives way to the table below
+        self._show(row)
+        # a logger of the user's gets the row too (None: none); MetricsCB's own printer gives way to the table
+        if callable(self._saved_log_fn) and self._saved_log_fn is not getattr(self._metrics, "_printer", None):
+            self._saved_log_fn(row)
+
+    def _show(self, row: dict[str, Any]) -> None:
         if not self._main:
             return
         if self._mode == "notebook":
@@ -270,8 +275,8 @@ class ProgressCB(Callback):
     def cleanup_fit(self, learn: Learner) -> None:
         self._train_losses.drain(wait=True)
         restore_if_refused(self, learn)  # (a fit refused before its first epoch leaves the last one's curves)
-        if self._metrics is not None and self._saved_log_fn is not None:
-            self._metrics.log_fn, self._saved_log_fn = self._saved_log_fn, None
+        if self._swapped:
+            self._metrics.log_fn, self._saved_log_fn, self._swapped = self._saved_log_fn, None, False
         if isinstance(self.mbar, ConsoleBar):
             self.mbar.close()
         elif self.mbar is not None:
