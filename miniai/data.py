@@ -318,6 +318,13 @@ class DataLoaders:
         train, valid = dd["train"], dd[valid_name]
         # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
         features = getattr(train, "features", None) or {}
+        valid_columns = list(getattr(valid, "features", None) or features)
+        if as_tuple and set(features) != set(valid_columns):  # each split's batches would end with another target
+            extra = [c for c in features if c not in valid_columns] or [c for c in valid_columns if c not in features]
+            where = "train" if extra[0] in features else valid_name
+            raise ValueError(f"DataLoaders.from_dd: split 'train' has the columns {list(features)} and split "
+                             f"{valid_name!r} {valid_columns}: as tuples their batches would end with other targets. "
+                             f"Give them the same columns, e.g. dd[{where!r}] = dd[{where!r}].remove_columns({extra})")
         collate = _DictToTuple(list(features), collate_fn, where="DataLoaders.from_dd",
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
         if as_tuple and collate.classlabels and kwargs.get("num_workers") and collate_fn is default_collate:
@@ -327,8 +334,8 @@ class DataLoaders:
         # shuffled unless said otherwise (a streaming dataset can't be, nor can a loader given its own sampler)
         shuffle = kwargs.pop("shuffle", not isinstance(train, IterableDataset) and "sampler" not in kwargs)
         valid_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_last", "sampler")}  # every item scored
-        # the target's ClassLabel names the classes: a label-named column's, else the last column's (the target then)
-        target = next((c for c in _LABELS if c in features), list(features)[-1] if features else None)
+        # the target's ClassLabel names the classes: a label-named column's, else, as tuples, the last column's
+        target = next((c for c in _LABELS if c in features), list(features)[-1] if features and as_tuple else None)
         names = getattr(features[target], "names", None) if target is not None else None
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),

@@ -995,6 +995,30 @@ def test_from_dd_names_the_classes_of_its_label_column():
     split = datasets.Dataset.from_dict({"image": [[[0.0, 1.0], [1.0, 0.0]]] * 4, "category": [0, 1, 0, 1]},
                                        features=feats).with_format("torch")
     assert DataLoaders.from_dd(datasets.DatasetDict({"train": split, "validation": split}), 2).classes == ["cat", "dog"]
+    # without as_tuple the batches stay dicts, and nothing makes the last column the target: a label-named one only
+    feats = datasets.Features({"x": datasets.Array2D((2, 2), "float32"),
+                               "category": datasets.ClassLabel(names=["cat", "dog"]),
+                               "source": datasets.ClassLabel(names=["web", "camera"])})
+    split = datasets.Dataset.from_dict({"x": [[[0.0, 1.0], [1.0, 0.0]]] * 4, "category": [0, 1, 0, 1],
+                                        "source": [0, 0, 1, 1]}, features=feats).with_format("torch")
+    dd = datasets.DatasetDict({"train": split, "validation": split})
+    assert DataLoaders.from_dd(dd, 2, as_tuple=False).classes is None  # (it named them web, camera)
+
+
+def test_from_dd_refuses_splits_whose_columns_differ():
+    """train with an extra last column 'id', validation without: train batches were (x, category, id), target id,
+    and valid batches (x, category), target category: each pass had another target, with a warning about train's
+    columns only."""
+    import datasets
+    feats = {"x": datasets.Array2D((2, 2), "float32"), "category": datasets.ClassLabel(names=["cat", "dog"])}
+    rows = {"x": [[[0.0, 1.0], [1.0, 0.0]]] * 4, "category": [0, 1, 0, 1]}
+    valid = datasets.Dataset.from_dict(rows, features=datasets.Features(feats))
+    train = datasets.Dataset.from_dict({**rows, "id": [0, 1, 2, 3]},
+                                       features=datasets.Features({**feats, "id": datasets.Value("int64")}))
+    with pytest.raises(ValueError, match=r"split 'train' has the columns \['x', 'category', 'id'\] and split "
+                                         r"'validation' \['x', 'category'\].*remove_columns\(\['id'\]\)"):
+        DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2)
+    DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2, as_tuple=False)  # dicts: fine
 
 
 
