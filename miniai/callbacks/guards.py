@@ -153,11 +153,14 @@ class TerminateOnNaNCB(Callback):
         when = (f"at the end of the fit, which ended in epoch {learn.epoch + 1} (counted from 1, as checkpoint names "
                 f"count epochs done) (lr={_lr(learn):.3g}), though every training loss was finite")
         if bad.endswith(("running_mean", "running_var")):  # (parameters come first: every one of them is finite)
-            raise NonFiniteLossError(f"the running statistic {bad} is not finite (NaN or inf) {when}, as is every "
-                                     "weight: steps don't set it (training normalizes with each batch's statistics), "
-                                     "so it was not finite before this fit, or a batch's statistics were not: reset "
-                                     "it, e.g. learn.model.apply(lambda m: getattr(m, 'reset_running_stats', "
-                                     "lambda: None)()), and check the inputs.")
+            big = max((float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()),
+                      default=0.0)
+            raise NonFiniteLossError(
+                f"the running statistic {bad} is not finite (NaN or inf) {when}, though every weight is (the largest "
+                f"|weight| is {big:.3g}). Steps don't set it; training batches' statistics do: the activations "
+                "overflowed (weights that large come from a diverged step: lower the lr), or the inputs hold NaN or "
+                "inf, or it was not finite before this fit. Once the cause is fixed, reset it: learn.model.apply("
+                "lambda m: getattr(m, 'reset_running_stats', lambda: None)())." + self._advice(learn))
         raise NonFiniteLossError(f"the weights are not finite (NaN or inf: {bad} first) {when}: an optimizer step "
                                  "after the last loss checked diverged, its gradients too large for the lr."
                                  + self._advice(learn))
