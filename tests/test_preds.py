@@ -632,9 +632,17 @@ def test_per_item_losses_whose_loss_means_them_otherwise_on_purpose_are_not_warn
     with torch.no_grad():
         denoiser.weight.copy_(torch.eye(32))
         denoiser.bias.zero_()
+    class Tempered(Callback):  # a loss step of one's own computes something else on purpose: not checked
+        owns_steps = ("get_loss",)
+
+        def get_loss(self, learn):
+            learn.loss = learn.loss_func(learn.preds / 2, *learn.yb)
+    seg_x, seg_y = torch.randn(4, 3, 4, 4, generator=g), torch.randint(0, 3, (4, 4, 4), generator=g)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TrainLearner(Frames(), DataLoaders(None, batches), nn.CTCLoss()).get_preds(with_loss=True)
+        TrainLearner(nn.Identity(), DataLoaders(None, [(seg_x, seg_y)]), F.cross_entropy,
+                     cbs=[Tempered()]).get_preds(with_loss=True)
         TrainLearner(denoiser, DataLoaders(None, pairs), perceptual,
                      cbs=[MixedPrecisionCB(torch.bfloat16)]).get_preds(with_loss=True)
 

@@ -495,12 +495,23 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     if act is not None and not callable(act):
         raise TypeError(f"act must be a callable applied to each batch's preds (e.g. torch.softmax); got {act!r}")
     loss_func = unreduced(learn.loss_func) if with_loss else None  # checked before anything runs
-    gather = _GatherPreds(with_input, with_loss, act, learn.loss_func if with_loss else None)
+    gather = _GatherPreds(with_input, with_loss, act, learn.loss_func if with_loss and _plain_loss(learn) else None)
     with kept(learn, [dl]):
         if with_loss:
             learn.loss_func = loss_func  # for this pass only: kept() puts the learner's back
         prediction_pass(learn, dl, [*cbs, gather], with_loss)
     return gather.result()
+
+
+def _plain_loss(learn: Learner) -> bool:
+    """Whether the get_loss step is miniai's `loss_func(preds, *yb)` (TrainLearner's or TrainCB's), whose mean the
+    per-position losses must give back; a step of one's own may compute something else on purpose."""
+    from ..supervised import TrainLearner  # (here: supervised's learners are not this module's concern otherwise)
+    from .basic import TrainCB
+    owners = [cb for cb in learn.cbs if "get_loss" in cb.owns_steps]
+    if owners:
+        return all(type(cb).get_loss is TrainCB.get_loss for cb in owners)
+    return getattr(type(learn), "get_loss", None) is TrainLearner.get_loss
 
 
 def capture_preds(learn: Learner, cbs: Sequence[Callback] | None = None, inps: bool = False) -> tuple:
