@@ -92,15 +92,16 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
     if t.ndim == 4:
         at, other_end = (-1, 1) if channels_last else (1, -1)  # where the channels are read from; the other end
         if channels is not None and t.shape[at] != channels:  # (Normalize's error would name the shape permuted)
-            if channels == 1 and t.shape[at] in (3, 4) and t.shape[other_end] != 1:
-                raise ValueError(f"infer: a batch of shape {tuple(t.shape)} looks like RGB images, and this is a "
-                                 "1-channel model: convert them to grayscale first (PIL: image.convert('L'))")
-            if t.shape[other_end] == channels:
-                read, looks, fix = (("ndarrays are read as (N,H,W,C)", "channels-first", "x.transpose(0, 2, 3, 1)")
-                                    if channels_last else
-                                    ("tensors are read as (N,C,H,W)", "channels-last", "x.permute(0, 3, 1, 2)"))
-                raise ValueError(f"infer: {read}, and a batch of shape {tuple(t.shape)} looks {looks}, for a "
-                                 f"{channels}-channel model: pass {fix}")
+            read, other, fix = (("ndarrays are read as (N,H,W,C)", "channels-first", "x.transpose(0, 2, 3, 1)")
+                                if channels_last else
+                                ("tensors are read as (N,C,H,W)", "channels-last", "x.permute(0, 3, 1, 2)"))
+            ways = [f"if they are {other}, pass {fix}"] if t.shape[other_end] == channels else []
+            if channels in (1, 3) and t.shape[at] in (1, 3, 4):  # gray, RGB, RGBA
+                mode = "grayscale, image.convert('L')" if channels == 1 else "RGB, image.convert('RGB')"
+                ways.append(f"if they are {t.shape[at]}-channel images, convert them to {mode} (PIL)")
+            raise ValueError(f"infer: {read}, so a batch of shape {tuple(t.shape)} holds {t.shape[at]}-channel "
+                             f"images, and this is a {channels}-channel model: "
+                             + ("; ".join(ways) or f"give {channels}-channel images"))
         return t.permute(0, 3, 1, 2) if channels_last else t, True
     layout = "(H,W), (H,W,C) or (N,H,W,C) for ndarrays and PIL" if channels_last else "(H,W), (C,H,W) or (N,C,H,W)"
     raise ValueError(f"infer: can't read an image of shape {tuple(t.shape)}" + (f" for a {channels}-channel model"

@@ -129,15 +129,20 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
     """An (N,1,H,W) ndarray, or an (N,H,W,3) RGB batch for a 1-channel model, was refused by Normalize naming a shape
     the user never passed ((5, 8, 1, 8)), with no word of the layout to use or of converting to grayscale."""
     learn = image_learner()
-    with pytest.raises(ValueError, match=r"ndarrays are read as \(N,H,W,C\).*\(6, 1, 8, 8\) looks channels-first.*"
-                                         r"x.transpose\(0, 2, 3, 1\)"):
+    with pytest.raises(ValueError, match=r"ndarrays are read as \(N,H,W,C\).*\(6, 1, 8, 8\) holds 8-channel.*"
+                                         r"1-channel model: if they are channels-first, pass x.transpose\(0, 2, 3, 1\)"):
         learn.infer(PIXELS.numpy())
     rgb = PIXELS[:, 0, :, :, None].expand(6, 8, 8, 3).numpy()
-    with pytest.raises(ValueError, match=r"\(6, 8, 8, 3\) looks like RGB images.*1-channel.*grayscale"):
+    with pytest.raises(ValueError, match=r"\(6, 8, 8, 3\) holds 3-channel images.*1-channel model: if they are "
+                                         r"3-channel images, convert them to grayscale"):
         learn.infer(rgb)
-    with pytest.raises(ValueError, match=r"tensors are read as \(N,C,H,W\).*\(6, 8, 8, 1\) looks channels-last.*"
-                                         r"x.permute\(0, 3, 1, 2\)"):
+    with pytest.raises(ValueError, match=r"tensors are read as \(N,C,H,W\).*\(6, 8, 8, 1\).*if they are "
+                                         r"channels-last, pass x.permute\(0, 3, 1, 2\)"):
         learn.infer(PIXELS.permute(0, 2, 3, 1))
+    # a shape that reads both ways gets both ways out (an (N,3,8,1) tensor: RGB images 8x1, or channels-last gray)
+    with pytest.raises(ValueError, match=r"if they are channels-last, pass x.permute.*; if they are 3-channel "
+                                         r"images, convert them to grayscale"):
+        learn.infer(PIXELS[:, :, :, :1].expand(6, 3, 8, 1).contiguous())
     assert learn.infer(PIXELS.permute(0, 2, 3, 1).numpy()).index.shape == (6,)  # the layouts as said: fine
     assert learn.infer(PIXELS).index.shape == (6,)
 
