@@ -322,9 +322,15 @@ class DataLoaders:
         if as_tuple and set(features) != set(valid_columns):  # each split's batches would end with another target
             extra = [c for c in features if c not in valid_columns] or [c for c in valid_columns if c not in features]
             where = "train" if extra[0] in features else valid_name
+            labels = [c for c in extra if c in _LABELS or c in _classlabels(train)]  # (train's, missing in valid)
+            fix = (f"split {valid_name!r} has no {labels[0]!r}, the targets, so it can't be validated on (a test "
+                   "split without labels?): split a validation set off the training set, parts = dd['train']."
+                   "train_test_split(test_size=0.1); dd['train'], dd['validation'] = parts['train'], parts['test']"
+                   if labels and where == "train" else
+                   f"give them the same columns, e.g. dd[{where!r}] = dd[{where!r}].remove_columns({extra})")
             raise ValueError(f"DataLoaders.from_dd: split 'train' has the columns {list(features)} and split "
-                             f"{valid_name!r} {valid_columns}: as tuples their batches would end with other targets. "
-                             f"Give them the same columns, e.g. dd[{where!r}] = dd[{where!r}].remove_columns({extra})")
+                             f"{valid_name!r} {valid_columns}: as tuples their batches would end with other targets; "
+                             + fix)
         collate = _DictToTuple(list(features), collate_fn, where="DataLoaders.from_dd",
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
         if as_tuple and collate.classlabels and kwargs.get("num_workers") and collate_fn is default_collate:

@@ -1019,6 +1019,10 @@ def test_from_dd_refuses_splits_whose_columns_differ():
                                          r"'validation' \['x', 'category'\].*remove_columns\(\['id'\]\)"):
         DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2)
     DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2, as_tuple=False)  # dicts: fine
+    unlabelled = datasets.Dataset.from_dict({"x": rows["x"]}, features=datasets.Features({"x": feats["x"]}))
+    with pytest.raises(ValueError, match=r"split 'test' has no 'category', the targets, so it can't be validated on.*"
+                                         r"train_test_split"):  # (not: remove the targets from train)
+        DataLoaders.from_dd(datasets.DatasetDict({"train": valid, "test": unlabelled}), 2)
 
 
 
