@@ -301,8 +301,9 @@ class DataLoaders:
         columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
         `from_dd` do; when a transform renamed them (no longer all there), or a split has no `features`, the
         batch's own columns in its order; either way a label column (`label`, `labels`, `target`...) last (with
-        none, a ClassLabel column the first batch feeds to the model is warned of). Splits
-        whose ClassLabels name the classes differently are refused, as by `get_dls`; the label column's ClassLabel
+        none, a ClassLabel column the first batch feeds to the model is warned of). Splits whose first items would
+        become tuples of other columns (an extra column in train, a test split without labels) are refused, and so
+        are splits whose ClassLabels name the classes differently, as by `get_dls`; the label column's ClassLabel
         names the classes (`dls.classes`, which `infer` and `export` use).
         """
         valid_name = next((name for name in VALID_SPLITS if name in dd), None)
@@ -318,21 +319,10 @@ class DataLoaders:
         train, valid = dd["train"], dd[valid_name]
         # the dataset's feature columns in their order, as collate_dict (and the course's from_dd)
         features = getattr(train, "features", None) or {}
-        valid_columns = list(getattr(valid, "features", None) or features)
-        if as_tuple and set(features) != set(valid_columns):  # each split's batches would end with another target
-            extra = [c for c in features if c not in valid_columns] or [c for c in valid_columns if c not in features]
-            where = "train" if extra[0] in features else valid_name
-            labels = [c for c in extra if c in _LABELS or c in _classlabels(train)]  # (train's, missing in valid)
-            fix = (f"split {valid_name!r} has no {labels[0]!r}, the targets, so it can't be validated on (a test "
-                   "split without labels?): split a validation set off the training set, parts = dd['train']."
-                   "train_test_split(test_size=0.1); dd['train'], dd['validation'] = parts['train'], parts['test']"
-                   if labels and where == "train" else
-                   f"give them the same columns, e.g. dd[{where!r}] = dd[{where!r}].remove_columns({extra})")
-            raise ValueError(f"DataLoaders.from_dd: split 'train' has the columns {list(features)} and split "
-                             f"{valid_name!r} {valid_columns}: as tuples their batches would end with other targets; "
-                             + fix)
         collate = _DictToTuple(list(features), collate_fn, where="DataLoaders.from_dd",
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
+        if as_tuple:
+            _check_split_columns(collate, train, valid, valid_name)
         if as_tuple and collate.classlabels and kwargs.get("num_workers") and collate_fn is default_collate:
             item = _first_item(train)  # (workers collate: asked here, of the first item, whose columns it keeps; of
             collate.check_columns(collate.columns(item if isinstance(item, dict) else dict.fromkeys(features)))
@@ -441,6 +431,26 @@ def collate_dict(ds: Any) -> Callable[[list], tuple]:
     """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
     `ds.features` order, a label column last (`(images, labels)`), what a Learner's batch is (as `from_dd`'s)."""
     return _DictToTuple(list(ds.features), strict=True, classlabels=_classlabels(ds), where="collate_dict")
+
+
+def _check_split_columns(collate: _DictToTuple, train: Any, valid: Any, valid_name: str) -> None:
+    """Refuse splits whose batches would become tuples of other columns (each pass with another target), read from
+    each split's item 0, transforms applied; a split without one (a stream) can't be checked here."""
+    items = [_first_item(ds) for ds in (train, valid)]
+    if not all(isinstance(item, dict) for item in items):
+        return
+    train_cols, valid_cols = (collate.columns(item) for item in items)
+    if [c in _LABELS or c for c in train_cols] == [c in _LABELS or c for c in valid_cols]:  # ('label'/'labels': alike)
+        return
+    missing = [c for c in train_cols if c not in valid_cols]
+    labels = [c for c in missing if c in _LABELS or c in _classlabels(train)]
+    fix = (f"split {valid_name!r} has no {labels[0]!r}, the targets, so it can't be validated on (a test split "
+           "without labels?): split a validation set off the training set, parts = dd['train'].train_test_split("
+           "test_size=0.1); dd['train'], dd['validation'] = parts['train'], parts['test']" if labels else
+           "give them the same columns" + (f", e.g. dd['train'] = dd['train'].remove_columns({missing})" if missing
+                                           else ""))
+    raise ValueError(f"DataLoaders.from_dd: split 'train' gives batches of {tuple(train_cols)} and split "
+                     f"{valid_name!r} of {tuple(valid_cols)}: other inputs or another target in each pass; {fix}")
 
 
 def _first_item(ds: Any) -> Any:

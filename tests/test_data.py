@@ -1015,14 +1015,22 @@ def test_from_dd_refuses_splits_whose_columns_differ():
     valid = datasets.Dataset.from_dict(rows, features=datasets.Features(feats))
     train = datasets.Dataset.from_dict({**rows, "id": [0, 1, 2, 3]},
                                        features=datasets.Features({**feats, "id": datasets.Value("int64")}))
-    with pytest.raises(ValueError, match=r"split 'train' has the columns \['x', 'category', 'id'\] and split "
-                                         r"'validation' \['x', 'category'\].*remove_columns\(\['id'\]\)"):
+    with pytest.raises(ValueError, match=r"split 'train' gives batches of \('x', 'category', 'id'\) and split "
+                                         r"'validation' of \('x', 'category'\).*remove_columns\(\['id'\]\)"):
         DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2)
     DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2, as_tuple=False)  # dicts: fine
     unlabelled = datasets.Dataset.from_dict({"x": rows["x"]}, features=datasets.Features({"x": feats["x"]}))
     with pytest.raises(ValueError, match=r"split 'test' has no 'category', the targets, so it can't be validated on.*"
                                          r"train_test_split"):  # (not: remove the targets from train)
         DataLoaders.from_dd(datasets.DatasetDict({"train": valid, "test": unlabelled}), 2)
+    # what batches are alike passes: an extra column in valid, 'label' vs 'labels', a transform dropping train's extra
+    labelled = {"x": rows["x"], "label": rows["category"]}
+    plain = datasets.Dataset.from_dict(labelled)
+    DataLoaders.from_dd(datasets.DatasetDict({"train": valid, "validation": train}), 2)
+    DataLoaders.from_dd(datasets.DatasetDict({"train": plain, "validation": plain.rename_column("label", "labels")}), 2)
+    dropped = train.with_transform(lambda b: {"x": b["x"], "category": b["category"]})
+    DataLoaders.from_dd(datasets.DatasetDict({"train": dropped, "validation": valid}), 2)
+    DataLoaders.from_dd(datasets.DatasetDict({"train": torch.utils.data.Subset(valid, [0, 1]), "validation": valid}), 2)
 
 
 
