@@ -179,6 +179,13 @@ def test_a_log_fn_of_yours_gets_every_row_beside_a_progress_bar():
     with redirect_stdout(io.StringIO()):
         tiny_learner(cbs=[metrics, ProgressCB(mode="plain")]).fit(1)
     assert metrics.log_fn is None
+    silent = io.StringIO()
+    with redirect_stdout(silent):
+        tiny_learner(cbs=[metrics]).fit(1)  # MetricsCB alone: None logs nothing too
+    assert silent.getvalue() == "" and len(metrics.history) == 2
+    metrics.log_fn = rows  # not callable (rows.append meant): an error, as without a ProgressCB, not rows lost
+    with pytest.raises(TypeError, match="not callable"), redirect_stdout(io.StringIO()):
+        tiny_learner(cbs=[metrics, ProgressCB(mode="plain")]).fit(1)
 
 
 def test_progress_plot_losses_returns_figure():

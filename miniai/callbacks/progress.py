@@ -209,7 +209,7 @@ class ProgressCB(Callback):
             self.valid_at.append(self._start + self._train_losses.count)
         self._show(row)
         # a logger of the user's gets the row too (None: none); MetricsCB's own printer gives way to the table
-        if callable(self._saved_log_fn) and self._saved_log_fn is not getattr(self._metrics, "_printer", None):
+        if self._saved_log_fn is not None and self._saved_log_fn is not getattr(self._metrics, "_printer", None):
             self._saved_log_fn(row)
 
     def _show(self, row: dict[str, Any]) -> None:
