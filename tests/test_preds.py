@@ -597,6 +597,12 @@ def test_per_item_losses_that_do_not_give_back_the_loss_s_own_mean_are_warned_of
     with pytest.warns(UserWarning, match=r"per-position losses.*batch 0.*seg_loss.*ignore_index.*"
                                          r"seg_loss.ignore_index = 255"):
         learn.get_preds(with_loss=True)
+    class Logged(TrainLearner):  # a loss step of its own that uses the loss function: the same check
+        def get_loss(self):
+            super().get_loss()
+    logged = Logged(learn.model, learn.dls, seg_loss)
+    with pytest.warns(UserWarning, match=r"per-position losses.*seg_loss"):
+        logged.get_preds(with_loss=True)
     seg_loss.ignore_index = 255  # as the warning says: now they are right, and nothing is said
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -311,8 +311,7 @@ class _GatherPreds(Callback):
     def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None,
                  loss_func: Callable | None = None) -> None:
         self.with_input, self.with_loss, self.act = with_input, with_loss, act
-        self.loss_func = loss_func  # the learner's own (reduced), to check the per-item losses against, until it warns
-        self._own: Any = None  # its loss of this batch (after_predict: under the pass's autocast, as the loss step)
+        self.loss_func = loss_func  # the learner's own (reduced), checked against its per-position losses until it warns
         self._act_checked = False
         self.inputs: list[Any] = []
         self.preds: list[Any] = []
@@ -321,11 +320,18 @@ class _GatherPreds(Callback):
         self.sizes: list[int | None] = []  # each batch's item count: what a per-item sequence's length is
 
     def after_predict(self, learn: Learner) -> None:
-        if self.loss_func is not None and not getattr(learn.loss_func, "reduced_by_sum", False):
-            try:
-                self._own = self.loss_func(learn.preds, *learn.yb)
-            except Exception:  # (a loss that needs more than (preds, *yb), a get_loss of its own: nothing to check)
-                self.loss_func = None
+        # the loss function itself, on the model's output (not whatever a get_loss of one's own makes of it), under
+        # the pass's autocast: does the mean of its reduction='none' losses (the pass's learn.loss_func) give back its
+        # own mean? Not where that mean is not of its positions (CTC's (N,) losses, divided by length)
+        if self.loss_func is None or getattr(learn.loss_func, "reduced_by_sum", False):
+            return
+        try:
+            own, each = self.loss_func(learn.preds, *learn.yb), learn.loss_func(learn.preds, *learn.yb)
+        except Exception:  # (a loss that needs more than (preds, *yb): nothing to check)
+            self.loss_func = None
+            return
+        if isinstance(each, torch.Tensor) and each.ndim > 1:
+            self._check_mean(learn, each, own)
 
     def after_batch(self, learn: Learner) -> None:
         preds, yb = learn.preds, learn.yb
@@ -357,9 +363,6 @@ class _GatherPreds(Callback):
                                  "reduction='none' for the pass.")
             self.losses.append(to_cpu(_per_item(loss, learn.yb, _ignored_target(learn.loss_func),
                                                 getattr(learn.loss_func, "reduced_by_sum", False))))
-            if self._own is not None and loss.ndim > 1:  # (per position: CTC's (N,) are its own, by length)
-                self._check_mean(learn, loss, self._own)
-            self._own = None
 
     def _check_mean(self, learn: Learner, loss: torch.Tensor, own: Any) -> None:
         """Warn (once) when a batch's per-position losses don't give back the loss's own mean: it leaves out or
@@ -495,23 +498,12 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     if act is not None and not callable(act):
         raise TypeError(f"act must be a callable applied to each batch's preds (e.g. torch.softmax); got {act!r}")
     loss_func = unreduced(learn.loss_func) if with_loss else None  # checked before anything runs
-    gather = _GatherPreds(with_input, with_loss, act, learn.loss_func if with_loss and _plain_loss(learn) else None)
+    gather = _GatherPreds(with_input, with_loss, act, learn.loss_func if with_loss else None)
     with kept(learn, [dl]):
         if with_loss:
             learn.loss_func = loss_func  # for this pass only: kept() puts the learner's back
         prediction_pass(learn, dl, [*cbs, gather], with_loss)
     return gather.result()
-
-
-def _plain_loss(learn: Learner) -> bool:
-    """Whether the get_loss step is miniai's `loss_func(preds, *yb)` (TrainLearner's or TrainCB's), whose mean the
-    per-position losses must give back; a step of one's own may compute something else on purpose."""
-    from ..supervised import TrainLearner  # (here: supervised's learners are not this module's concern otherwise)
-    from .basic import TrainCB
-    owners = [cb for cb in learn.cbs if "get_loss" in cb.owns_steps]
-    if owners:
-        return all(type(cb).get_loss is TrainCB.get_loss for cb in owners)
-    return getattr(type(learn), "get_loss", None) is TrainLearner.get_loss
 
 
 def capture_preds(learn: Learner, cbs: Sequence[Callback] | None = None, inps: bool = False) -> tuple:
