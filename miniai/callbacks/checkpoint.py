@@ -31,7 +31,7 @@ from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import (byte_sums, checksums_match, claim_dir, keeps_workers, len_or_none, map_tensors, tensors_in,
                      nonfinite_weight)
-from .guards import NonFiniteLossError, lower_lr_advice, pass_args
+from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .metrics import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
 
@@ -654,13 +654,14 @@ class CheckpointCB(Callback):
         loss = metrics.last.get("valid_loss") if metrics is not None else None
         if bad is None and (loss is None or math.isfinite(loss)):
             return
-        what = f"the weights are not finite ({bad} first)" if bad is not None else f"the validation loss is {loss}"
+        subject, cause, lower_lr = nonfinite_cause(model, bad) if bad is not None else (
+            f"the validation loss is {loss}", "", True)
         good = learn.last_checkpoint
         raise NonFiniteLossError(
-            f"after epoch {done} {what}, so no checkpoint was written for it." + (
-                f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None
-                else " No checkpoint of this run was written before it.")
-            + " Try a lower lr (learn.lr_find()) or gradient clipping (GradClipCB).")
+            f"after epoch {done} {subject}, so no checkpoint was written for it" + (f": {cause}." if cause else ".")
+            + (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good) if lower_lr else 'resume from it'}"
+               if good is not None else " No checkpoint of this run was written before it.")
+            + (" Try a lower lr (learn.lr_find()) or gradient clipping (GradClipCB)." if lower_lr else ""))
 
     # --- what a checkpoint can't bring back: say so ------------------------------------------------------------
     def _watch(self, learn: Learner) -> None:

@@ -152,18 +152,8 @@ class TerminateOnNaNCB(Callback):
             return
         when = (f"at the end of the fit, which ended in epoch {learn.epoch + 1} (counted from 1, as checkpoint names "
                 f"count epochs done) (lr={_lr(learn):.3g}), though every training loss was finite")
-        if bad.endswith(("running_mean", "running_var")):  # (parameters come first: every one of them is finite)
-            big = max((float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()),
-                      default=0.0)
-            raise NonFiniteLossError(
-                f"the running statistic {bad} is not finite (NaN or inf) {when}, though every weight is (the largest "
-                f"|weight| is {big:.3g}). Steps don't set it; training batches' statistics do: the activations "
-                "overflowed (weights that large come from a diverged step: lower the lr), or the inputs hold NaN or "
-                "inf, or it was not finite before this fit. Once the cause is fixed, reset it: learn.model.apply("
-                "lambda m: getattr(m, 'reset_running_stats', lambda: None)())." + self._advice(learn))
-        raise NonFiniteLossError(f"the weights are not finite (NaN or inf: {bad} first) {when}: an optimizer step "
-                                 "after the last loss checked diverged, its gradients too large for the lr."
-                                 + self._advice(learn))
+        subject, cause, lower_lr = nonfinite_cause(learn.model, bad)
+        raise NonFiniteLossError(f"{subject} {when}: {cause}." + (self._advice(learn) if lower_lr else ""))
 
     def _fail(self, learn: Learner, bad: _Bad, lr: float, delayed: bool) -> None:
         bad_rank, batch, value = bad
@@ -211,8 +201,26 @@ class TerminateOnNaNCB(Callback):
                 if data and half else "")
         if first:
             return fp16 + resume
-        return (" Try a lower lr (learn.lr_find()), gradient clipping (GradClipCB)"
+        return (" Try a lower lr (learn.lr_find()) or gradient clipping (GradClipCB)"
                 + (", or check the data and the loss for NaN/inf." if data else ".") + fp16 + resume)
+
+
+def nonfinite_cause(model: torch.nn.Module, bad: str) -> tuple[str, str, bool]:
+    """For `bad`, the first tensor training changes that is not finite (`utils.nonfinite_weight`): what to say is
+    not finite, how that comes about, and whether a lower lr is the way out. A norm layer's running statistic is set
+    by batches' statistics, not by steps: from a diverged step only through huge weights (activations overflow)."""
+    if not bad.endswith(("running_mean", "running_var")):  # (parameters come first: a statistic means they are finite)
+        return (f"the weights are not finite (NaN or inf: {bad} first)",
+                "an optimizer step after the last loss checked diverged, its gradients too large for the lr", True)
+    big = max((float(p.detach().abs().max()) for p in trained_parameters(model) if p.numel()), default=0.0)
+    subject = f"the running statistic {bad} is not finite (NaN or inf)"
+    if big > 1e6:  # (no trained model's weights are that large: a diverged step's are)
+        return subject, (f"the weights are finite but huge (the largest |weight| is {big:.3g}): a step diverged, and "
+                         "the activations overflowed the statistic"), True
+    return subject, (f"every weight is finite (the largest |weight| is {big:.3g}), and steps don't set it, training "
+                     "batches' statistics do: the inputs held NaN or inf, or it was not finite before this fit. Once "
+                     "that is fixed, reset it: learn.model.apply(lambda m: getattr(m, 'reset_running_stats', "
+                     "lambda: None)())"), False
 
 
 def lower_lr_advice(learn: Learner, good: Any) -> str:
