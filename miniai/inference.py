@@ -89,15 +89,20 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
                              "(N,1,H,W); convert an RGB image to grayscale first")
         if channels == 1:
             return t[:, None], True
+        if channels == 3 and t.shape[-1 if channels_last else 0] in (1, 4):  # an RGBA PNG's array, a gray image
+            raise ValueError(f"infer: an image of shape {tuple(t.shape)} has {t.shape[-1 if channels_last else 0]} "
+                             "channels, and this is an RGB model: convert it first (PIL: image.convert('RGB'))")
     if t.ndim == 4:
         at, other_end = (-1, 1) if channels_last else (1, -1)  # where the channels are read from; the other end
         if channels is not None and t.shape[at] != channels:  # (Normalize's error would name the shape permuted)
             read, other, fix = (("ndarrays are read as (N,H,W,C)", "channels-first", "x.transpose(0, 2, 3, 1)")
                                 if channels_last else
                                 ("tensors are read as (N,C,H,W)", "channels-last", "x.permute(0, 3, 1, 2)"))
-            ways = [f"if they are {other}, pass {fix}"] if t.shape[other_end] == channels else []
-            if channels in (1, 3) and t.shape[at] in (1, 3, 4):  # gray, RGB, RGBA
-                mode = "grayscale, image.convert('L')" if channels == 1 else "RGB, image.convert('RGB')"
+            mode = {1: "grayscale, image.convert('L')", 3: "RGB, image.convert('RGB')"}.get(channels)
+            ways = [f"if they are {other}, pass {fix}"] if t.shape[other_end] == channels else [
+                f"if they are {other} {t.shape[other_end]}-channel images, pass {fix} and convert them to {mode} (PIL)"
+            ] if mode and t.shape[other_end] in (1, 3, 4) and t.shape[at] not in (1, 3, 4) else []
+            if mode and t.shape[at] in (1, 3, 4):  # gray, RGB, RGBA
                 ways.append(f"if they are {t.shape[at]}-channel images, convert them to {mode} (PIL)")
             raise ValueError(f"infer: {read}, so a batch of shape {tuple(t.shape)} holds {t.shape[at]}-channel "
                              f"images, and this is a {channels}-channel model: "

@@ -143,6 +143,15 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
     with pytest.raises(ValueError, match=r"if they are channels-last, pass x.permute.*; if they are 3-channel "
                                          r"images, convert them to grayscale"):
         learn.infer(PIXELS[:, :, :, :1].expand(6, 3, 8, 1).contiguous())
+    # the other layout and another channel count: both named (it said "8-channel images: give 1-channel images")
+    with pytest.raises(ValueError, match=r"if they are channels-last 3-channel images, pass x.permute\(0, 3, 1, 2\) "
+                                         r"and convert them to grayscale"):
+        learn.infer(PIXELS.permute(0, 2, 3, 1).expand(6, 8, 8, 3))
+    from miniai.inference import to_batch
+    rgb_norm = Normalize([0.5] * 3, [0.25] * 3)
+    with pytest.raises(ValueError, match=r"\(8, 8, 4\) has 4 channels, and this is an RGB model: convert it"):
+        to_batch(np.zeros((8, 8, 4), np.uint8), rgb_norm)  # np.array of an RGBA PNG: it said "can't read (8, 8, 4)"
+    assert to_batch(np.zeros((8, 8, 3), np.uint8), rgb_norm)[0].shape == (1, 3, 8, 8)
     assert learn.infer(PIXELS.permute(0, 2, 3, 1).numpy()).index.shape == (6,)  # the layouts as said: fine
     assert learn.infer(PIXELS).index.shape == (6,)
 
