@@ -18,8 +18,8 @@ __all__ = ["GradAccumCB"]
 
 class GradAccumCB(Callback):
     """Step the optimizer every `n_steps` training batches, on the mean of their gradients (on their sum for a loss
-    of reduction='sum'): the gradient of one batch `n_steps`× larger either way, for a loss that averages over its
-    items. (The reduction is an nn loss's or a partial's `reduction`; a function of your own that sums says so with
+    of reduction='sum'): the gradient of one batch `n_steps`× larger either way (of a mean over the items alone:
+    below). (The reduction is an nn loss's or a partial's `reduction`; a function of your own that sums says so with
     `my_loss.reduction = 'sum'`.) A loss that divides by what it counts, a class-weighted or `ignore_index`
     cross-entropy, is each batch's own mean, weighed alike, as in a hand loop's `(loss / k).backward()` and under
     DDP: the bigger batch's would weigh each batch by its targets' weights or counted targets (a slightly different
