@@ -207,20 +207,18 @@ class TerminateOnNaNCB(Callback):
 
 def nonfinite_cause(model: torch.nn.Module, bad: str) -> tuple[str, str, bool]:
     """For `bad`, the first tensor training changes that is not finite (`utils.nonfinite_weight`): what to say is
-    not finite, how that comes about, and whether a lower lr is the way out. A norm layer's running statistic is set
-    by batches' statistics, not by steps: from a diverged step only through huge weights (activations overflow)."""
+    not finite, how that comes about, and whether a lower lr is the one way out (a norm layer's running statistic is
+    set by batches' statistics, not by steps: its causes are listed instead)."""
     if not bad.endswith(("running_mean", "running_var")):  # (parameters come first: a statistic means they are finite)
         return (f"the weights are not finite (NaN or inf: {bad} first)",
                 "an optimizer step after the last loss checked diverged, its gradients too large for the lr", True)
     big = max((float(p.detach().abs().max()) for p in trained_parameters(model) if p.numel()), default=0.0)
-    subject = f"the running statistic {bad} is not finite (NaN or inf)"
-    if big > 1e6:  # (no trained model's weights are that large: a diverged step's are)
-        return subject, (f"the weights are finite but huge (the largest |weight| is {big:.3g}): a step diverged, and "
-                         "the activations overflowed the statistic"), True
-    return subject, (f"every weight is finite (the largest |weight| is {big:.3g}), and steps don't set it, training "
-                     "batches' statistics do: the inputs held NaN or inf, or it was not finite before this fit. Once "
-                     "that is fixed, reset it: learn.model.apply(lambda m: getattr(m, 'reset_running_stats', "
-                     "lambda: None)())"), False
+    # (no threshold on the weights tells the causes apart: a deep model overflows with weights of 1e4)
+    return (f"the running statistic {bad} is not finite (NaN or inf)",
+            f"every weight is finite (the largest |weight| is {big:.3g}), and steps don't set it, training batches' "
+            "statistics do: a step that grew the weights until the activations overflowed (then lower the lr), inputs "
+            "that held NaN or inf, or a statistic not finite before this fit (once the cause is fixed, reset it: "
+            "learn.model.apply(lambda m: getattr(m, 'reset_running_stats', lambda: None)()))", False)
 
 
 def lower_lr_advice(learn: Learner, good: Any) -> str:
