@@ -321,7 +321,7 @@ class DataLoaders:
         features = getattr(train, "features", None) or {}
         collate = _DictToTuple(list(features), collate_fn, where="DataLoaders.from_dd",
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
-        if as_tuple:
+        if as_tuple and collate_fn is default_collate:  # (a collate of one's own may make its own tuples)
             _check_split_columns(collate, train, valid, valid_name)
         if as_tuple and collate.classlabels and kwargs.get("num_workers") and collate_fn is default_collate:
             item = _first_item(train)  # (workers collate: asked here, of the first item, whose columns it keeps; of
@@ -434,21 +434,30 @@ def collate_dict(ds: Any) -> Callable[[list], tuple]:
 
 
 def _check_split_columns(collate: _DictToTuple, train: Any, valid: Any, valid_name: str) -> None:
-    """Refuse splits whose batches would become tuples of other columns (each pass with another target), read from
-    each split's item 0, transforms applied; a split without one (a stream) can't be checked here."""
+    """Refuse splits whose batches would become tuples of another length or with another target (each pass its own),
+    read from each split's item 0, transforms applied; a split without one (a stream) can't be checked here. Inputs
+    may be named otherwise (a transform renamed them), and a target 'label' here and 'labels' there is the same."""
     items = [_first_item(ds) for ds in (train, valid)]
     if not all(isinstance(item, dict) for item in items):
         return
     train_cols, valid_cols = (collate.columns(item) for item in items)
-    if [c in _LABELS or c for c in train_cols] == [c in _LABELS or c for c in valid_cols]:  # ('label'/'labels': alike)
+    target, other = train_cols[-1], valid_cols[-1]
+    if len(train_cols) == len(valid_cols) and (target == other or target in _LABELS and other in _LABELS):
         return
-    missing = [c for c in train_cols if c not in valid_cols]
-    labels = [c for c in missing if c in _LABELS or c in _classlabels(train)]
-    fix = (f"split {valid_name!r} has no {labels[0]!r}, the targets, so it can't be validated on (a test split "
-           "without labels?): split a validation set off the training set, parts = dd['train'].train_test_split("
-           "test_size=0.1); dd['train'], dd['validation'] = parts['train'], parts['test']" if labels else
-           "give them the same columns" + (f", e.g. dd['train'] = dd['train'].remove_columns({missing})" if missing
-                                           else ""))
+    if target not in valid_cols and not (target in _LABELS and other in _LABELS):  # no targets, or an extra column
+        known = target in _LABELS or target in _classlabels(train)  # (else it may be metadata, last by chance)
+        fix = (f"split {valid_name!r} has no {target!r}, the column train's batches end with, their target"
+               + (", so the split" if known else f": if it is not the target, remove it from train, dd['train'] = "
+                                                  f"dd['train'].remove_columns([{target!r}]); if it is, the split")
+               + " can't be validated on (a test split without labels?): split a validation set off the training "
+               "set, parts = dd['train'].train_test_split(test_size=0.1); dd['train'], dd['validation'] = "
+               "parts['train'], parts['test']")
+    else:
+        extra = {"train": [c for c in train_cols if c not in valid_cols],
+                 valid_name: [c for c in valid_cols if c not in train_cols]}
+        fix = "give them the same columns" + "".join(f"; split {name!r} alone has {cols}: dd[{name!r}] = "
+                                                     f"dd[{name!r}].remove_columns({cols})"
+                                                     for name, cols in extra.items() if cols)
     raise ValueError(f"DataLoaders.from_dd: split 'train' gives batches of {tuple(train_cols)} and split "
                      f"{valid_name!r} of {tuple(valid_cols)}: other inputs or another target in each pass; {fix}")
 

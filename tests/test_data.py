@@ -1016,12 +1016,13 @@ def test_from_dd_refuses_splits_whose_columns_differ():
     train = datasets.Dataset.from_dict({**rows, "id": [0, 1, 2, 3]},
                                        features=datasets.Features({**feats, "id": datasets.Value("int64")}))
     with pytest.raises(ValueError, match=r"split 'train' gives batches of \('x', 'category', 'id'\) and split "
-                                         r"'validation' of \('x', 'category'\).*remove_columns\(\['id'\]\)"):
+                                         r"'validation' of \('x', 'category'\).*if it is not the target, remove it "
+                                         r"from train, dd\['train'\] = dd\['train'\].remove_columns\(\['id'\]\)"):
         DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2)
     DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2, as_tuple=False)  # dicts: fine
     unlabelled = datasets.Dataset.from_dict({"x": rows["x"]}, features=datasets.Features({"x": feats["x"]}))
-    with pytest.raises(ValueError, match=r"split 'test' has no 'category', the targets, so it can't be validated on.*"
-                                         r"train_test_split"):  # (not: remove the targets from train)
+    with pytest.raises(ValueError, match=r"split 'test' has no 'category', the column train's batches end with, "
+                                         r"their target, so the split can't be validated on.*train_test_split"):  # (not: remove)
         DataLoaders.from_dd(datasets.DatasetDict({"train": valid, "test": unlabelled}), 2)
     # what batches are alike passes: an extra column in valid, 'label' vs 'labels', a transform dropping train's extra
     labelled = {"x": rows["x"], "label": rows["category"]}
@@ -1031,6 +1032,11 @@ def test_from_dd_refuses_splits_whose_columns_differ():
     dropped = train.with_transform(lambda b: {"x": b["x"], "category": b["category"]})
     DataLoaders.from_dd(datasets.DatasetDict({"train": dropped, "validation": valid}), 2)
     DataLoaders.from_dd(datasets.DatasetDict({"train": torch.utils.data.Subset(valid, [0, 1]), "validation": valid}), 2)
+    renamed = valid.with_transform(lambda b: {"pixels": b["x"], "category": b["category"]})  # inputs renamed: alike
+    DataLoaders.from_dd(datasets.DatasetDict({"train": renamed, "validation": valid}), 2)
+    DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2,  # a collate of one's own
+                        collate_fn=lambda items: (torch.stack([torch.as_tensor(i["x"]) for i in items]),
+                                                  torch.tensor([int(i["category"]) for i in items])))
 
 
 
