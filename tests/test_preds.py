@@ -638,6 +638,15 @@ def test_per_item_losses_whose_loss_means_them_otherwise_on_purpose_are_not_warn
     with torch.no_grad():
         denoiser.weight.copy_(torch.eye(32))
         denoiser.bias.zero_()
+    calls = []
+
+    def counted(p, t, reduction="mean"):  # one loss per item: one look tells, then the pass's calls alone
+        calls.append(reduction)
+        return F.cross_entropy(p, t, reduction=reduction)
+    x3, y3 = torch.randn(12, 3, generator=g), torch.randint(0, 3, (12,), generator=g)
+    TrainLearner(nn.Identity(), DataLoaders(None, TensorLoader(x3, y3, 4)), counted).get_preds(with_loss=True)
+    assert len(calls) == 3 + 1  # (it called the loss three times a batch)
+
     class Tempered(Callback):  # a loss step of one's own computes something else on purpose: not checked
         owns_steps = ("get_loss",)
 

@@ -312,6 +312,7 @@ class _GatherPreds(Callback):
                  loss_func: Callable | None = None) -> None:
         self.with_input, self.with_loss, self.act = with_input, with_loss, act
         self.loss_func = loss_func  # the learner's own (reduced), checked against its per-position losses until it warns
+        self._checks_left = 8  # batches to check it on
         self._act_checked = False
         self.inputs: list[Any] = []
         self.preds: list[Any] = []
@@ -323,15 +324,20 @@ class _GatherPreds(Callback):
         # the loss function itself, on the model's output (not whatever a get_loss of one's own makes of it), under
         # the pass's autocast: does the mean of its reduction='none' losses (the pass's learn.loss_func) give back its
         # own mean? Not where that mean is not of its positions (CTC's (N,) losses, divided by length)
-        if self.loss_func is None or getattr(learn.loss_func, "reduced_by_sum", False):
+        if self.loss_func is None or getattr(learn.loss_func, "reduced_by_sum", False) or self._checks_left <= 0:
             return
+        self._checks_left -= 1  # (a few batches tell: each check is two more calls of the loss)
+        preds = map_tensors(learn.preds, lambda t: t.detach().clone())  # (a loss may change its input in place)
         try:
-            own, each = self.loss_func(learn.preds, *learn.yb), learn.loss_func(learn.preds, *learn.yb)
+            each = learn.loss_func(preds, *learn.yb)
+            if not (isinstance(each, torch.Tensor) and each.ndim > 1):
+                self.loss_func = None  # one loss per item, or none: nothing to check, now or later
+                return
+            own = self.loss_func(map_tensors(learn.preds, lambda t: t.detach().clone()), *learn.yb)
         except Exception:  # (a loss that needs more than (preds, *yb): nothing to check)
             self.loss_func = None
             return
-        if isinstance(each, torch.Tensor) and each.ndim > 1:
-            self._check_mean(learn, each, own)
+        self._check_mean(learn, each, own)
 
     def after_batch(self, learn: Learner) -> None:
         preds, yb = learn.preds, learn.yb
