@@ -183,9 +183,11 @@ def test_a_log_fn_of_yours_gets_every_row_beside_a_progress_bar():
     with redirect_stdout(silent):
         tiny_learner(cbs=[metrics]).fit(1)  # MetricsCB alone: None logs nothing too
     assert silent.getvalue() == "" and len(metrics.history) == 2
-    metrics.log_fn = rows  # not callable (rows.append meant): an error, as without a ProgressCB, not rows lost
-    with pytest.raises(TypeError, match="not callable"), redirect_stdout(io.StringIO()):
-        tiny_learner(cbs=[metrics, ProgressCB(mode="plain")]).fit(1)
+    metrics.log_fn = rows  # not callable (rows.append meant): an error before the fit, with or without a ProgressCB
+    for cbs in ([metrics, ProgressCB(mode="plain")], [metrics]):
+        with pytest.raises(TypeError, match=r"MetricsCB.log_fn is called with each row.*got a list: its .append\?"):
+            tiny_learner(cbs=cbs).fit(1)
+        assert len(metrics.history) == 2  # (refused at its start: nothing trained, the last fit's rows kept)
 
 
 def test_progress_plot_losses_returns_figure():

@@ -120,6 +120,10 @@ class MetricsCB(Callback):
         self._sync = isinstance(learn.model, DistributedDataParallel)  # (DDPCB, order -30, has wrapped it)
         if self._sync:
             _check_syncable(self.metrics)
+        if self.log_fn is not None and not callable(self.log_fn):  # (found at the first pass's end otherwise)
+            raise TypeError(f"MetricsCB.log_fn is called with each row, or None for no rows; got a "
+                            f"{type(self.log_fn).__name__}" + (": its .append?" if hasattr(self.log_fn, "append")
+                                                               else ""))
         learn.metrics = self
         keep_records(self, "history", "last")  # (a fit refused before its first epoch puts them back)
         self.history, self.last = [], {}
