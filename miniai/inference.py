@@ -60,7 +60,7 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
             # 16-bit image may hold only values below 256: they are not 8-bit pixels)
             item = np.array(item)
             return torch.from_numpy(item if item.dtype.isnative else item.astype(item.dtype.newbyteorder("="))), True
-        mode = {1: "L", 3: "RGB"}.get(channels)  # a palette GIF's pixels are indices, not gray levels: convert
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)  # a palette GIF's pixels are indices: convert
         if mode is None and item.mode in ("P", "PA"):
             raise TypeError("infer got a palette image (a GIF, say), whose pixels are indices into its palette, and "
                             "can't tell the model's channels (no dls.item_shape, and dls.normalize is no Normalize): "
@@ -72,14 +72,28 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
                     f"{type(item).__name__}")
 
 
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # PIL's mode for a model's channel count
+
+
+def _convert(channels: int) -> str:
+    """What to convert images to for a model of `channels` (1, 3 or 4): "grayscale, image.convert('L')"."""
+    return f"{ {1: 'grayscale', 3: 'RGB', 4: 'RGBA'}[channels]}, image.convert('{_MODES[channels]}')"
+
+
 def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tuple[torch.Tensor, bool]:
     """(N, C, H, W), and whether `t` was a batch. (H,W) and (C,H,W) are one item; (N,H,W) is a batch when C is 1
     (and N is not 3 or 4, which may be an RGB image's channels: refused)."""
     if t.ndim == 2:
+        if channels in (3, 4):
+            raise ValueError(f"infer: an image of shape {tuple(t.shape)} is one gray image, and this is a {channels}-"
+                             f"channel model: convert it to {_convert(channels)} (PIL) first")
         return t[None, None], False
     if t.ndim == 3:
         if channels is None or t.shape[-1 if channels_last else 0] == channels:
             return (t.permute(2, 0, 1) if channels_last else t)[None], False
+        if channels == 1 and not channels_last and t.shape[-1] == 1:  # N images one pixel wide? (H,W,1) surely
+            raise ValueError(f"infer: tensors are read as (C,H,W) or (N,H,W), and {tuple(t.shape)} reads as "
+                             f"{t.shape[0]} images one pixel wide: for one channels-last image pass x.permute(2, 0, 1)")
         if channels == 1 and channels_last and t.shape[-1] in (3, 4):  # not a batch of images 3 pixels wide
             raise ValueError(f"infer: an array of shape {tuple(t.shape)} looks like one RGB image, and this is a "
                              "1-channel model: convert it to grayscale first (PIL: image.convert('L'))")
@@ -89,16 +103,25 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
                              "(N,1,H,W); convert an RGB image to grayscale first")
         if channels == 1:
             return t[:, None], True
-        if channels == 3 and t.shape[-1 if channels_last else 0] in (1, 4):  # an RGBA PNG's array, a gray image
-            raise ValueError(f"infer: an image of shape {tuple(t.shape)} has {t.shape[-1 if channels_last else 0]} "
-                             "channels, and this is an RGB model: convert it first (PIL: image.convert('RGB'))")
+        # one image of another channel count, or in the other layout
+        n, other = t.shape[-1 if channels_last else 0], t.shape[0 if channels_last else -1]
+        read, looks, fix = (("ndarrays are read as (H,W,C)", "channels-first", "x.transpose(1, 2, 0)") if channels_last
+                            else ("tensors are read as (C,H,W)", "channels-last", "x.permute(2, 0, 1)"))
+        ways = [f"if it is {looks}, pass {fix}"] if other == channels else [
+            f"if it is {looks} with {other} channel{'s' * (other != 1)}, pass {fix} and convert it to "
+            f"{_convert(channels)} (PIL)"] if channels in _MODES and other in (1, 3, 4) and n not in (1, 3, 4) else []
+        if channels in _MODES and n in (1, 3, 4):
+            ways.append(f"if it has {n} channel{'s' * (n != 1)}, convert it to {_convert(channels)} (PIL)")
+        raise ValueError(f"infer: {read}, so an image of shape {tuple(t.shape)} has {n} channel{'s' * (n != 1)}, "
+                         f"and this is a {channels}-channel model: "
+                         + ("; ".join(ways) or f"give {channels}-channel images"))
     if t.ndim == 4:
         at, other_end = (-1, 1) if channels_last else (1, -1)  # where the channels are read from; the other end
         if channels is not None and t.shape[at] != channels:  # (Normalize's error would name the shape permuted)
             read, other, fix = (("ndarrays are read as (N,H,W,C)", "channels-first", "x.transpose(0, 2, 3, 1)")
                                 if channels_last else
                                 ("tensors are read as (N,C,H,W)", "channels-last", "x.permute(0, 3, 1, 2)"))
-            mode = {1: "grayscale, image.convert('L')", 3: "RGB, image.convert('RGB')"}.get(channels)
+            mode = _convert(channels) if channels in _MODES else None
             ways = [f"if they are {other}, pass {fix}"] if t.shape[other_end] == channels else [
                 f"if they are {other} {t.shape[other_end]}-channel images, pass {fix} and convert them to {mode} (PIL)"
             ] if mode and t.shape[other_end] in (1, 3, 4) and t.shape[at] not in (1, 3, 4) else []
@@ -108,7 +131,8 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
                              f"images, and this is a {channels}-channel model: "
                              + ("; ".join(ways) or f"give {channels}-channel images"))
         return t.permute(0, 3, 1, 2) if channels_last else t, True
-    layout = "(H,W), (H,W,C) or (N,H,W,C) for ndarrays and PIL" if channels_last else "(H,W), (C,H,W) or (N,C,H,W)"
+    gray = "(H,W), " if channels in (None, 1) else ""  # (a colour model takes no 2-d image)
+    layout = f"{gray}(H,W,C) or (N,H,W,C) for ndarrays and PIL" if channels_last else f"{gray}(C,H,W) or (N,C,H,W)"
     raise ValueError(f"infer: can't read an image of shape {tuple(t.shape)}" + (f" for a {channels}-channel model"
                      if channels else "") + f"; give {layout}" + (", or (N,H,W)" if channels == 1 else ""))
 

@@ -149,8 +149,18 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
         learn.infer(PIXELS.permute(0, 2, 3, 1).expand(6, 8, 8, 3))
     from miniai.inference import to_batch
     rgb_norm = Normalize([0.5] * 3, [0.25] * 3)
-    with pytest.raises(ValueError, match=r"\(8, 8, 4\) has 4 channels, and this is an RGB model: convert it"):
+    with pytest.raises(ValueError, match=r"\(8, 8, 4\) has 4 channels, and this is a 3-channel model: if it has 4 "
+                                         r"channels, convert it to RGB"):
         to_batch(np.zeros((8, 8, 4), np.uint8), rgb_norm)  # np.array of an RGBA PNG: it said "can't read (8, 8, 4)"
+    with pytest.raises(ValueError, match=r"tensors are read as \(C,H,W\).*\(8, 8, 3\) has 8 channels.*if it is "
+                                         r"channels-last, pass x.permute\(2, 0, 1\)"):
+        to_batch(torch.zeros(8, 8, 3, dtype=torch.uint8), rgb_norm)
+    with pytest.raises(ValueError, match=r"\(8, 8\) is one gray image, and this is a 3-channel model: convert it to "
+                                         r"RGB"):
+        to_batch(np.zeros((8, 8), np.uint8), rgb_norm)  # (it got Normalize's "(..., 3, H, W); got (1, 1, 8, 8)")
+    from PIL import Image
+    rgba_norm = Normalize([0.5] * 4, [0.25] * 4)  # a 4-channel model takes PIL images of any mode, as README says
+    assert all(to_batch(Image.new(mode, (8, 8)), rgba_norm)[0].shape == (1, 4, 8, 8) for mode in ("L", "RGB", "P"))
     assert to_batch(np.zeros((8, 8, 3), np.uint8), rgb_norm)[0].shape == (1, 3, 8, 8)
     assert learn.infer(PIXELS.permute(0, 2, 3, 1).numpy()).index.shape == (6,)  # the layouts as said: fine
     assert learn.infer(PIXELS).index.shape == (6,)
