@@ -65,6 +65,8 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
             raise TypeError("infer got a palette image (a GIF, say), whose pixels are indices into its palette, and "
                             "can't tell the model's channels (no dls.item_shape, and dls.normalize is no Normalize): "
                             "convert it first, image.convert('L') or convert('RGB') as the model was trained")
+        if channels == 4 and len(item.getbands()) == 4 and item.mode not in ("P", "PA"):
+            mode = None  # (CMYK: four channels of its own, as the loaders' arrays had them)
         item = np.array(item.convert(mode) if mode and item.mode != mode else item)  # a copy: PIL's is read-only
     if isinstance(item, np.ndarray):
         return torch.from_numpy(np.array(item)), True  # a writable copy, whoever owns the array
@@ -84,16 +86,14 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
     """(N, C, H, W), and whether `t` was a batch. (H,W) and (C,H,W) are one item; (N,H,W) is a batch when C is 1
     (and N is not 3 or 4, which may be an RGB image's channels: refused)."""
     if t.ndim == 2:
-        if channels in (3, 4):
+        if channels in (3, 4):  # (PIL's conversion would clip wider pixels: a 16-bit image's)
             raise ValueError(f"infer: an image of shape {tuple(t.shape)} is one gray image, and this is a {channels}-"
-                             f"channel model: convert it to {_convert(channels)} (PIL) first")
+                             "channel model: " + (f"convert it to {_convert(channels)} (PIL) first" if t.dtype ==
+                                                  torch.uint8 else f"give {channels}-channel images"))
         return t[None, None], False
     if t.ndim == 3:
         if channels is None or t.shape[-1 if channels_last else 0] == channels:
             return (t.permute(2, 0, 1) if channels_last else t)[None], False
-        if channels == 1 and not channels_last and t.shape[-1] == 1:  # N images one pixel wide? (H,W,1) surely
-            raise ValueError(f"infer: tensors are read as (C,H,W) or (N,H,W), and {tuple(t.shape)} reads as "
-                             f"{t.shape[0]} images one pixel wide: for one channels-last image pass x.permute(2, 0, 1)")
         if channels == 1 and channels_last and t.shape[-1] in (3, 4):  # not a batch of images 3 pixels wide
             raise ValueError(f"infer: an array of shape {tuple(t.shape)} looks like one RGB image, and this is a "
                              "1-channel model: convert it to grayscale first (PIL: image.convert('L'))")
@@ -107,9 +107,11 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
         n, other = t.shape[-1 if channels_last else 0], t.shape[0 if channels_last else -1]
         read, looks, fix = (("ndarrays are read as (H,W,C)", "channels-first", "x.transpose(1, 2, 0)") if channels_last
                             else ("tensors are read as (C,H,W)", "channels-last", "x.permute(2, 0, 1)"))
+        as_pil = f"Image.fromarray(x{'.transpose(1, 2, 0)' if channels_last else '.numpy()'})"  # (H,W,C) for PIL
+        recolour = channels in _MODES and other in (1, 3, 4) and n not in (1, 3, 4)
         ways = [f"if it is {looks}, pass {fix}"] if other == channels else [
-            f"if it is {looks} with {other} channel{'s' * (other != 1)}, pass {fix} and convert it to "
-            f"{_convert(channels)} (PIL)"] if channels in _MODES and other in (1, 3, 4) and n not in (1, 3, 4) else []
+            f"if it is {looks} with {other} channel{'s' * (other != 1)}, convert it to {_convert(channels)}: "
+            f"{as_pil}.convert('{_MODES[channels]}')"] if recolour else []
         if channels in _MODES and n in (1, 3, 4):
             ways.append(f"if it has {n} channel{'s' * (n != 1)}, convert it to {_convert(channels)} (PIL)")
         raise ValueError(f"infer: {read}, so an image of shape {tuple(t.shape)} has {n} channel{'s' * (n != 1)}, "
@@ -122,9 +124,10 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
                                 if channels_last else
                                 ("tensors are read as (N,C,H,W)", "channels-last", "x.permute(0, 3, 1, 2)"))
             mode = _convert(channels) if channels in _MODES else None
+            recolour = mode and t.shape[other_end] in (1, 3, 4) and t.shape[at] not in (1, 3, 4)
             ways = [f"if they are {other}, pass {fix}"] if t.shape[other_end] == channels else [
-                f"if they are {other} {t.shape[other_end]}-channel images, pass {fix} and convert them to {mode} (PIL)"
-            ] if mode and t.shape[other_end] in (1, 3, 4) and t.shape[at] not in (1, 3, 4) else []
+                f"if they are {other} {t.shape[other_end]}-channel images, convert each to {mode} (PIL; a list of "
+                "PIL images is a batch)"] if recolour else []
             if mode and t.shape[at] in (1, 3, 4):  # gray, RGB, RGBA
                 ways.append(f"if they are {t.shape[at]}-channel images, convert them to {mode} (PIL)")
             raise ValueError(f"infer: {read}, so a batch of shape {tuple(t.shape)} holds {t.shape[at]}-channel "

@@ -144,8 +144,8 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
                                          r"images, convert them to grayscale"):
         learn.infer(PIXELS[:, :, :, :1].expand(6, 3, 8, 1).contiguous())
     # the other layout and another channel count: both named (it said "8-channel images: give 1-channel images")
-    with pytest.raises(ValueError, match=r"if they are channels-last 3-channel images, pass x.permute\(0, 3, 1, 2\) "
-                                         r"and convert them to grayscale"):
+    with pytest.raises(ValueError, match=r"if they are channels-last 3-channel images, convert each to grayscale.*a "
+                                         r"list of PIL images is a batch"):
         learn.infer(PIXELS.permute(0, 2, 3, 1).expand(6, 8, 8, 3))
     from miniai.inference import to_batch
     rgb_norm = Normalize([0.5] * 3, [0.25] * 3)
@@ -161,6 +161,10 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
     from PIL import Image
     rgba_norm = Normalize([0.5] * 4, [0.25] * 4)  # a 4-channel model takes PIL images of any mode, as README says
     assert all(to_batch(Image.new(mode, (8, 8)), rgba_norm)[0].shape == (1, 4, 8, 8) for mode in ("L", "RGB", "P"))
+    cmyk = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(8, 8, 4), mode="CMYK")  # four channels of its own:
+    assert torch.equal(to_batch(cmyk, rgba_norm)[0], to_batch(np.array(cmyk), rgba_norm)[0])  # not made RGBA
+    with pytest.raises(ValueError, match=r"one gray image, and this is a 3-channel model: give 3-channel images$"):
+        to_batch(np.zeros((8, 8), np.uint16), rgb_norm)  # (no advice to convert through PIL: it clips 16-bit pixels)
     assert to_batch(np.zeros((8, 8, 3), np.uint8), rgb_norm)[0].shape == (1, 3, 8, 8)
     assert learn.infer(PIXELS.permute(0, 2, 3, 1).numpy()).index.shape == (6,)  # the layouts as said: fine
     assert learn.infer(PIXELS).index.shape == (6,)
