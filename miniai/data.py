@@ -321,8 +321,8 @@ class DataLoaders:
         features = getattr(train, "features", None) or {}
         collate = _DictToTuple(list(features), collate_fn, where="DataLoaders.from_dd",
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
-        if as_tuple and collate_fn is default_collate:  # (a collate of one's own may make its own tuples)
-            _check_split_columns(collate, train, valid, valid_name)
+        if as_tuple:
+            _check_split_columns(collate, collate_fn, train, valid, valid_name)
         if as_tuple and collate.classlabels and kwargs.get("num_workers") and collate_fn is default_collate:
             item = _first_item(train)  # (workers collate: asked here, of the first item, whose columns it keeps; of
             collate.check_columns(collate.columns(item if isinstance(item, dict) else dict.fromkeys(features)))
@@ -433,18 +433,32 @@ def collate_dict(ds: Any) -> Callable[[list], tuple]:
     return _DictToTuple(list(ds.features), strict=True, classlabels=_classlabels(ds), where="collate_dict")
 
 
-def _check_split_columns(collate: _DictToTuple, train: Any, valid: Any, valid_name: str) -> None:
-    """Refuse splits whose batches would become tuples of another length or with another target (each pass its own),
-    read from each split's item 0, transforms applied; a split without one (a stream) can't be checked here. Inputs
-    may be named otherwise (a transform renamed them), and a target 'label' here and 'labels' there is the same."""
-    items = [_first_item(ds) for ds in (train, valid)]
-    if not all(isinstance(item, dict) for item in items):
+def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any, valid: Any,
+                         valid_name: str) -> None:
+    """Refuse splits whose batches would become tuples of other columns (each pass its own inputs or target), read
+    from each split's item 0 through the collate, transforms applied; a split without one (a stream), or a collate
+    of one's own that makes its own tuples, can't be checked here. A target 'label' here and 'labels' there is one."""
+    cols = []
+    for ds in (train, valid):
+        item = _first_item(ds)
+        if item is not None and collate_fn is not default_collate:  # (a padding collator's dict: its own columns)
+            try:
+                with rngs_kept():
+                    item = collate_fn([item])
+            except Exception:  # noqa: BLE001 -- the batches will say
+                return
+        if not isinstance(item, dict):
+            return
+        cols.append(collate.columns(item))
+    train_cols, valid_cols = cols
+
+    def alike(a: str, b: str) -> bool:
+        return a == b or a in _LABELS and b in _LABELS
+
+    if len(train_cols) == len(valid_cols) and all(alike(a, b) for a, b in zip(train_cols, valid_cols)):
         return
-    train_cols, valid_cols = (collate.columns(item) for item in items)
     target, other = train_cols[-1], valid_cols[-1]
-    if len(train_cols) == len(valid_cols) and (target == other or target in _LABELS and other in _LABELS):
-        return
-    if target not in valid_cols and not (target in _LABELS and other in _LABELS):  # no targets, or an extra column
+    if not alike(target, other) and target not in valid_cols:  # no targets, or an extra column
         known = target in _LABELS or target in _classlabels(train)  # (else it may be metadata, last by chance)
         fix = (f"split {valid_name!r} has no {target!r}, the column train's batches end with, their target"
                + (", so the split" if known else f": if it is not the target, remove it from train, dd['train'] = "
@@ -452,12 +466,12 @@ def _check_split_columns(collate: _DictToTuple, train: Any, valid: Any, valid_na
                + " can't be validated on (a test split without labels?): split a validation set off the training "
                "set, parts = dd['train'].train_test_split(test_size=0.1); dd['train'], dd['validation'] = "
                "parts['train'], parts['test']")
-    else:
-        extra = {"train": [c for c in train_cols if c not in valid_cols],
-                 valid_name: [c for c in valid_cols if c not in train_cols]}
-        fix = "give them the same columns" + "".join(f"; split {name!r} alone has {cols}: dd[{name!r}] = "
-                                                     f"dd[{name!r}].remove_columns({cols})"
-                                                     for name, cols in extra.items() if cols)
+    else:  # where no transform made the columns, those one split alone has can be removed from it
+        plain = all(set(c) <= set(getattr(ds, "column_names", None) or ()) for c, ds in zip(cols, (train, valid)))
+        ways = [f"dd[{name!r}] = dd[{name!r}].remove_columns({own})" for name, mine, theirs in
+                (("train", train_cols, valid_cols), (valid_name, valid_cols, train_cols))
+                for own in [[c for c in mine if not any(alike(c, t) for t in theirs)]] if own and plain]
+        fix = "give both splits the same columns (and the same transforms)" + (": " + "; ".join(ways) if ways else "")
     raise ValueError(f"DataLoaders.from_dd: split 'train' gives batches of {tuple(train_cols)} and split "
                      f"{valid_name!r} of {tuple(valid_cols)}: other inputs or another target in each pass; {fix}")
 

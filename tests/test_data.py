@@ -1032,9 +1032,21 @@ def test_from_dd_refuses_splits_whose_columns_differ():
     dropped = train.with_transform(lambda b: {"x": b["x"], "category": b["category"]})
     DataLoaders.from_dd(datasets.DatasetDict({"train": dropped, "validation": valid}), 2)
     DataLoaders.from_dd(datasets.DatasetDict({"train": torch.utils.data.Subset(valid, [0, 1]), "validation": valid}), 2)
-    renamed = valid.with_transform(lambda b: {"pixels": b["x"], "category": b["category"]})  # inputs renamed: alike
-    DataLoaders.from_dd(datasets.DatasetDict({"train": renamed, "validation": valid}), 2)
-    DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2,  # a collate of one's own
+    renamed = valid.with_transform(lambda b: {"pixels": b["x"], "category": b["category"]})  # a transform on train
+    with pytest.raises(ValueError, match=r"\('pixels', 'category'\).*\('x', 'category'\).*the same transforms\)$"):
+        DataLoaders.from_dd(datasets.DatasetDict({"train": renamed, "validation": valid}), 2)  # (no remove advice)
+    # (input_ids, attention_mask) here and (input_ids, token_type_ids) there: the second input differs
+    tokens = datasets.Dataset.from_dict({"input_ids": [[1, 2]] * 2, "attention_mask": [[1, 1]] * 2, "label": [0, 1]})
+    other = tokens.rename_column("attention_mask", "token_type_ids")
+    with pytest.raises(ValueError, match=r"remove_columns\(\['attention_mask'\]\); dd\['validation'\] = "
+                                         r"dd\['validation'\].remove_columns\(\['token_type_ids'\]\)"):
+        DataLoaders.from_dd(datasets.DatasetDict({"train": tokens, "validation": other}), 2)
+    # a collate of one's own that gives dicts (a padding collator's) is checked through it
+    meta = tokens.add_column("meta", [0, 1])
+    with pytest.raises(ValueError, match=r"split 'train' alone|remove_columns\(\['meta'\]\)"):
+        DataLoaders.from_dd(datasets.DatasetDict({"train": meta, "validation": tokens}), 2,
+                            collate_fn=lambda items: torch.utils.data.default_collate(items))
+    DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2,  # its own tuples: its own
                         collate_fn=lambda items: (torch.stack([torch.as_tensor(i["x"]) for i in items]),
                                                   torch.tensor([int(i["category"]) for i in items])))
 
