@@ -659,8 +659,8 @@ class CheckpointCB(Callback):
         good = learn.last_checkpoint
         raise NonFiniteLossError(
             f"after epoch {done} {subject}, so no checkpoint was written for it" + (f": {cause}." if cause else ".")
-            + (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good) if lower_lr else 'resume from it'}"
-               if good is not None else " No checkpoint of this run was written before it.")
+            + (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None
+               else " No checkpoint of this run was written before it.")
             + (" Try a lower lr (learn.lr_find()) or gradient clipping (GradClipCB)." if lower_lr else ""))
 
     # --- what a checkpoint can't bring back: say so ------------------------------------------------------------

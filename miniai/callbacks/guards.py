@@ -207,18 +207,18 @@ class TerminateOnNaNCB(Callback):
 
 def nonfinite_cause(model: torch.nn.Module, bad: str) -> tuple[str, str, bool]:
     """For `bad`, the first tensor training changes that is not finite (`utils.nonfinite_weight`): what to say is
-    not finite, how that comes about, and whether a lower lr is the one way out (a norm layer's running statistic is
-    set by batches' statistics, not by steps: its causes are listed instead)."""
+    not finite, how that comes about, and whether the lower-lr advice goes with it (a norm layer's running statistic
+    is set by batches' statistics, not by steps: its three causes are listed, the advice for the first)."""
     if not bad.endswith(("running_mean", "running_var")):  # (parameters come first: a statistic means they are finite)
         return (f"the weights are not finite (NaN or inf: {bad} first)",
                 "an optimizer step after the last loss checked diverged, its gradients too large for the lr", True)
     big = max((float(p.detach().abs().max()) for p in trained_parameters(model) if p.numel()), default=0.0)
     # (no threshold on the weights tells the causes apart: a deep model overflows with weights of 1e4)
     return (f"the running statistic {bad} is not finite (NaN or inf)",
-            f"every weight is finite (the largest |weight| is {big:.3g}), and steps don't set it, training batches' "
-            "statistics do: a step that grew the weights until the activations overflowed (then lower the lr), inputs "
-            "that held NaN or inf, or a statistic not finite before this fit (once the cause is fixed, reset it: "
-            "learn.model.apply(lambda m: getattr(m, 'reset_running_stats', lambda: None)()))", False)
+            f"every weight is finite (the largest |weight| is {big:.3g}), and training batches' statistics set it, "
+            "not steps directly, so one of three: steps that grew the weights until the activations overflowed (the "
+            "advice below), inputs that held NaN or inf, or a statistic not finite before this fit (once the cause is "
+            "fixed, reset it: learn.model.apply(lambda m: getattr(m, 'reset_running_stats', lambda: None)()))", True)
 
 
 def lower_lr_advice(learn: Learner, good: Any) -> str:
