@@ -1022,7 +1022,7 @@ def test_from_dd_refuses_splits_whose_columns_differ():
     DataLoaders.from_dd(datasets.DatasetDict({"train": train, "validation": valid}), 2, as_tuple=False)  # dicts: fine
     unlabelled = datasets.Dataset.from_dict({"x": rows["x"]}, features=datasets.Features({"x": feats["x"]}))
     with pytest.raises(ValueError, match=r"split 'test' has no 'category', the column train's batches end with, "
-                                         r"their target, so the split can't be validated on.*train_test_split"):  # (not: remove)
+                                         r"their target, so the split can't be validated on.*train_test_split"):
         DataLoaders.from_dd(datasets.DatasetDict({"train": valid, "test": unlabelled}), 2)
     # what batches are alike passes: an extra column in valid, 'label' vs 'labels', a transform dropping train's extra
     labelled = {"x": rows["x"], "label": rows["category"]}

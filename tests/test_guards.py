@@ -494,7 +494,8 @@ def test_a_non_finite_running_statistic_is_named_not_blamed_on_a_diverged_step()
     learn = tiny_learner()
     learn.model = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     learn.model[1].running_var[2] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"the running statistic 1\.running_var is not finite .*every weight is "
+    with pytest.raises(NonFiniteLossError, match=r"the running statistic 1\.running_var is not finite .*every weight "
+                                                 r"is "
                                                  r"finite \(the largest \|weight\| is \d.*not steps directly.*before "
                                                  r"this fit") as info:
         learn.fit(1)

@@ -130,7 +130,8 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
     the user never passed ((5, 8, 1, 8)), with no word of the layout to use or of converting to grayscale."""
     learn = image_learner()
     with pytest.raises(ValueError, match=r"ndarrays are read as \(N,H,W,C\).*\(6, 1, 8, 8\) holds 8-channel.*"
-                                         r"1-channel model: if they are channels-first, pass x.transpose\(0, 2, 3, 1\)"):
+                                         r"1-channel model: if they are channels-first, pass "
+                                         r"x.transpose\(0, 2, 3, 1\)"):
         learn.infer(PIXELS.numpy())
     rgb = PIXELS[:, 0, :, :, None].expand(6, 8, 8, 3).numpy()
     with pytest.raises(ValueError, match=r"\(6, 8, 8, 3\) holds 3-channel images.*1-channel model: if they are "

@@ -311,7 +311,7 @@ class _GatherPreds(Callback):
     def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None,
                  loss_func: Callable | None = None) -> None:
         self.with_input, self.with_loss, self.act = with_input, with_loss, act
-        self.loss_func = loss_func  # the learner's own (reduced), checked against its per-position losses until it warns
+        self.loss_func = loss_func  # the learner's own (reduced), checked on its per-position losses until it warns
         self._checks_left = 8  # batches to check it on
         self._act_checked = False
         self.inputs: list[Any] = []
