@@ -82,6 +82,34 @@ def _convert(channels: int) -> str:
     return f"{ {1: 'grayscale', 3: 'RGB', 4: 'RGBA'}[channels]}, image.convert('{_MODES[channels]}')"
 
 
+def _channels_error(t: torch.Tensor, channels_last: bool, channels: int) -> ValueError:
+    """For one image (3-d) or a batch (4-d) whose channel count, read where its kind keeps it, is not the model's:
+    every way out the shape allows (the other layout; a colour conversion, through PIL)."""
+    batch = t.ndim == 4
+    at, other_end = (-1, 1 if batch else 0) if channels_last else (1 if batch else 0, -1)
+    n, other = t.shape[at], t.shape[other_end]
+    dims = "N," * batch
+    read, looks, fix = ((f"ndarrays are read as ({dims}H,W,C)", "channels-first",
+                         f"x.transpose({'0, 2, 3, 1' if batch else '1, 2, 0'})") if channels_last else
+                        (f"tensors are read as ({dims}C,H,W)", "channels-last",
+                         f"x.permute({'0, 3, 1, 2' if batch else '2, 0, 1'})"))
+    it, are, has, them = ("they", "are", "have", "each") if batch else ("it", "is", "has", "it")
+    mode = _convert(channels) if channels in _MODES else None
+    ways = [f"if {it} {are} {looks}, pass {fix}"] if other == channels else [
+        f"if {it} {are} {looks} with {_count(other)}, convert {them} to {mode} (PIL, from the (H,W,C) array"
+        + ("s: a list of PIL images is a batch)" if batch else ")")] if (
+        mode and other in (1, 3, 4) and n not in (1, 3, 4)) else []
+    if mode and n in (1, 3, 4):  # gray, RGB, RGBA
+        ways.append(f"if {it} {has} {_count(n)}, convert {them} to {mode} (PIL)")
+    what = f"a batch of shape {tuple(t.shape)} holds images of" if batch else f"an image of shape {tuple(t.shape)} has"
+    return ValueError(f"infer: {read}, so {what} {_count(n)}, and this is a {channels}-channel model: "
+                      + ("; ".join(ways) or f"give {channels}-channel images"))
+
+
+def _count(n: int) -> str:
+    return f"{n} channel{'s' * (n != 1)}"
+
+
 def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tuple[torch.Tensor, bool]:
     """(N, C, H, W), and whether `t` was a batch. (H,W) and (C,H,W) are one item; (N,H,W) is a batch when C is 1
     (and N is not 3 or 4, which may be an RGB image's channels: refused)."""
@@ -103,36 +131,10 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
                              "(N,1,H,W); convert an RGB image to grayscale first")
         if channels == 1:
             return t[:, None], True
-        # one image of another channel count, or in the other layout
-        n, other = t.shape[-1 if channels_last else 0], t.shape[0 if channels_last else -1]
-        read, looks, fix = (("ndarrays are read as (H,W,C)", "channels-first", "x.transpose(1, 2, 0)") if channels_last
-                            else ("tensors are read as (C,H,W)", "channels-last", "x.permute(2, 0, 1)"))
-        as_pil = f"Image.fromarray(x{'.transpose(1, 2, 0)' if channels_last else '.numpy()'})"  # (H,W,C) for PIL
-        recolour = channels in _MODES and other in (1, 3, 4) and n not in (1, 3, 4)
-        ways = [f"if it is {looks}, pass {fix}"] if other == channels else [
-            f"if it is {looks} with {other} channel{'s' * (other != 1)}, convert it to {_convert(channels)}: "
-            f"{as_pil}.convert('{_MODES[channels]}')"] if recolour else []
-        if channels in _MODES and n in (1, 3, 4):
-            ways.append(f"if it has {n} channel{'s' * (n != 1)}, convert it to {_convert(channels)} (PIL)")
-        raise ValueError(f"infer: {read}, so an image of shape {tuple(t.shape)} has {n} channel{'s' * (n != 1)}, "
-                         f"and this is a {channels}-channel model: "
-                         + ("; ".join(ways) or f"give {channels}-channel images"))
+        raise _channels_error(t, channels_last, channels)
     if t.ndim == 4:
-        at, other_end = (-1, 1) if channels_last else (1, -1)  # where the channels are read from; the other end
-        if channels is not None and t.shape[at] != channels:  # (Normalize's error would name the shape permuted)
-            read, other, fix = (("ndarrays are read as (N,H,W,C)", "channels-first", "x.transpose(0, 2, 3, 1)")
-                                if channels_last else
-                                ("tensors are read as (N,C,H,W)", "channels-last", "x.permute(0, 3, 1, 2)"))
-            mode = _convert(channels) if channels in _MODES else None
-            recolour = mode and t.shape[other_end] in (1, 3, 4) and t.shape[at] not in (1, 3, 4)
-            ways = [f"if they are {other}, pass {fix}"] if t.shape[other_end] == channels else [
-                f"if they are {other} {t.shape[other_end]}-channel images, convert each to {mode} (PIL; a list of "
-                "PIL images is a batch)"] if recolour else []
-            if mode and t.shape[at] in (1, 3, 4):  # gray, RGB, RGBA
-                ways.append(f"if they are {t.shape[at]}-channel images, convert them to {mode} (PIL)")
-            raise ValueError(f"infer: {read}, so a batch of shape {tuple(t.shape)} holds {t.shape[at]}-channel "
-                             f"images, and this is a {channels}-channel model: "
-                             + ("; ".join(ways) or f"give {channels}-channel images"))
+        if channels is not None and t.shape[-1 if channels_last else 1] != channels:
+            raise _channels_error(t, channels_last, channels)  # (Normalize's error would name the shape permuted)
         return t.permute(0, 3, 1, 2) if channels_last else t, True
     gray = "(H,W), " if channels in (None, 1) else ""  # (a colour model takes no 2-d image)
     layout = f"{gray}(H,W,C) or (N,H,W,C) for ndarrays and PIL" if channels_last else f"{gray}(C,H,W) or (N,C,H,W)"

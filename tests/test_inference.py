@@ -129,23 +129,23 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
     """An (N,1,H,W) ndarray, or an (N,H,W,3) RGB batch for a 1-channel model, was refused by Normalize naming a shape
     the user never passed ((5, 8, 1, 8)), with no word of the layout to use or of converting to grayscale."""
     learn = image_learner()
-    with pytest.raises(ValueError, match=r"ndarrays are read as \(N,H,W,C\).*\(6, 1, 8, 8\) holds 8-channel.*"
+    with pytest.raises(ValueError, match=r"ndarrays are read as \(N,H,W,C\).*\(6, 1, 8, 8\) holds images of 8 channels.*"
                                          r"1-channel model: if they are channels-first, pass "
                                          r"x.transpose\(0, 2, 3, 1\)"):
         learn.infer(PIXELS.numpy())
     rgb = PIXELS[:, 0, :, :, None].expand(6, 8, 8, 3).numpy()
-    with pytest.raises(ValueError, match=r"\(6, 8, 8, 3\) holds 3-channel images.*1-channel model: if they are "
-                                         r"3-channel images, convert them to grayscale"):
+    with pytest.raises(ValueError, match=r"\(6, 8, 8, 3\) holds images of 3 channels.*1-channel model: if they have "
+                                         r"3 channels, convert each to grayscale"):
         learn.infer(rgb)
     with pytest.raises(ValueError, match=r"tensors are read as \(N,C,H,W\).*\(6, 8, 8, 1\).*if they are "
                                          r"channels-last, pass x.permute\(0, 3, 1, 2\)"):
         learn.infer(PIXELS.permute(0, 2, 3, 1))
     # a shape that reads both ways gets both ways out (an (N,3,8,1) tensor: RGB images 8x1, or channels-last gray)
-    with pytest.raises(ValueError, match=r"if they are channels-last, pass x.permute.*; if they are 3-channel "
-                                         r"images, convert them to grayscale"):
+    with pytest.raises(ValueError, match=r"if they are channels-last, pass x.permute.*; if they have 3 channels, "
+                                         r"convert each to grayscale"):
         learn.infer(PIXELS[:, :, :, :1].expand(6, 3, 8, 1).contiguous())
     # the other layout and another channel count: both named (it said "8-channel images: give 1-channel images")
-    with pytest.raises(ValueError, match=r"if they are channels-last 3-channel images, convert each to grayscale.*a "
+    with pytest.raises(ValueError, match=r"if they are channels-last with 3 channels, convert each to grayscale.*a "
                                          r"list of PIL images is a batch"):
         learn.infer(PIXELS.permute(0, 2, 3, 1).expand(6, 8, 8, 3))
     from miniai.inference import to_batch
