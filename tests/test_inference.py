@@ -129,8 +129,8 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
     """An (N,1,H,W) ndarray, or an (N,H,W,3) RGB batch for a 1-channel model, was refused by Normalize naming a shape
     the user never passed ((5, 8, 1, 8)), with no word of the layout to use or of converting to grayscale."""
     learn = image_learner()
-    with pytest.raises(ValueError, match=r"ndarrays are read as \(N,H,W,C\).*\(6, 1, 8, 8\) holds images of 8 channels.*"
-                                         r"1-channel model: if they are channels-first, pass "
+    with pytest.raises(ValueError, match=r"ndarrays are read as \(N,H,W,C\).*\(6, 1, 8, 8\) holds images of 8 "
+                                         r"channels.*1-channel model: if they are channels-first, pass "
                                          r"x.transpose\(0, 2, 3, 1\)"):
         learn.infer(PIXELS.numpy())
     rgb = PIXELS[:, 0, :, :, None].expand(6, 8, 8, 3).numpy()
