@@ -466,11 +466,12 @@ def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any
                + " can't be validated on (a test split without labels?): split a validation set off the training "
                "set, parts = dd['train'].train_test_split(test_size=0.1); dd['train'], dd['validation'] = "
                "parts['train'], parts['test']")
-    else:  # where no transform made the columns, those one split alone has can be removed from it
-        plain = all(set(c) <= set(getattr(ds, "column_names", None) or ()) for c, ds in zip(cols, (train, valid)))
-        ways = [f"dd[{name!r}] = dd[{name!r}].remove_columns({own})" for name, mine, theirs in
-                (("train", train_cols, valid_cols), (valid_name, valid_cols, train_cols))
-                for own in [[c for c in mine if not any(alike(c, t) for t in theirs)]] if own and plain]
+    else:  # columns of its own one split alone has (the other none of its own) can be removed from it
+        extra = [[c for c in mine if not any(alike(c, t) for t in theirs)]
+                 for mine, theirs in ((train_cols, valid_cols), (valid_cols, train_cols))]
+        ways = [f"dd[{name!r}] = dd[{name!r}].remove_columns({own})" for name, ds, own, others in
+                (("train", train, *extra), (valid_name, valid, *extra[::-1]))
+                if own and not others and set(own) <= set(getattr(ds, "column_names", None) or ())]
         fix = "give both splits the same columns (and the same transforms)" + (": " + "; ".join(ways) if ways else "")
     raise ValueError(f"DataLoaders.from_dd: split 'train' gives batches of {tuple(train_cols)} and split "
                      f"{valid_name!r} of {tuple(valid_cols)}: other inputs or another target in each pass; {fix}")

@@ -94,7 +94,7 @@ def _channels_error(t: torch.Tensor, channels_last: bool, channels: int) -> Valu
                         (f"tensors are read as ({dims}C,H,W)", "channels-last",
                          f"x.permute({'0, 3, 1, 2' if batch else '2, 0, 1'})"))
     it, are, has, them = ("they", "are", "have", "each") if batch else ("it", "is", "has", "it")
-    mode = _convert(channels) if channels in _MODES else None
+    mode = _convert(channels) if channels in _MODES and t.dtype == torch.uint8 else None  # (PIL clips wider pixels)
     ways = [f"if {it} {are} {looks}, pass {fix}"] if other == channels else [
         f"if {it} {are} {looks} with {_count(other)}, convert {them} to {mode} (PIL, from the (H,W,C) array"
         + ("s: a list of PIL images is a batch)" if batch else ")")] if (
