@@ -95,12 +95,15 @@ def _channels_error(t: torch.Tensor, channels_last: bool, channels: int) -> Valu
                          f"x.permute({'0, 3, 1, 2' if batch else '2, 0, 1'})"))
     it, are, has, them = ("they", "are", "have", "each") if batch else ("it", "is", "has", "it")
     mode = _convert(channels) if channels in _MODES and t.dtype == torch.uint8 else None  # (PIL clips wider pixels)
+    def pil(k: int, reordered: bool) -> str:  # what Image.fromarray takes: (H,W) for one channel, else (H,W,C)
+        return (f"PIL, from {'each image' if batch else 'it'} as {'(H,W)' if k == 1 else '(H,W,C)'}"
+                + (f" ({fix} first)" if reordered and channels_last else "")  # (a channels-first ndarray)
+                + ("; a list of PIL images is a batch)" if batch else ")"))
     ways = [f"if {it} {are} {looks}, pass {fix}"] if other == channels else [
-        f"if {it} {are} {looks} with {_count(other)}, convert {them} to {mode} (PIL, from the (H,W,C) array"
-        + ("s: a list of PIL images is a batch)" if batch else ")")] if (
+        f"if {it} {are} {looks} with {_count(other)}, convert {them} to {mode} ({pil(other, True)}"] if (
         mode and other in (1, 3, 4) and n not in (1, 3, 4)) else []
     if mode and n in (1, 3, 4):  # gray, RGB, RGBA
-        ways.append(f"if {it} {has} {_count(n)}, convert {them} to {mode} (PIL)")
+        ways.append(f"if {it} {has} {_count(n)}, convert {them} to {mode} ({pil(n, not channels_last)}")
     what = f"a batch of shape {tuple(t.shape)} holds images of" if batch else f"an image of shape {tuple(t.shape)} has"
     return ValueError(f"infer: {read}, so {what} {_count(n)}, and this is a {channels}-channel model: "
                       + ("; ".join(ways) or f"give {channels}-channel images"))
@@ -124,7 +127,8 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
             return (t.permute(2, 0, 1) if channels_last else t)[None], False
         if channels == 1 and channels_last and t.shape[-1] in (3, 4):  # not a batch of images 3 pixels wide
             raise ValueError(f"infer: an array of shape {tuple(t.shape)} looks like one RGB image, and this is a "
-                             "1-channel model: convert it to grayscale first (PIL: image.convert('L'))")
+                             "1-channel model: convert it to grayscale first" + (" (PIL: image.convert('L'))" if
+                                                                                t.dtype == torch.uint8 else ""))
         if channels == 1 and not channels_last and t.shape[0] in (3, 4):  # torchvision's read_image of an RGB PNG
             raise ValueError(f"infer: a tensor of shape {tuple(t.shape)} is one RGB image (C,H,W) or {t.shape[0]} "
                              "grayscale images (N,H,W), and this is a 1-channel model: pass images as x[:, None] "
