@@ -654,14 +654,13 @@ class CheckpointCB(Callback):
         loss = metrics.last.get("valid_loss") if metrics is not None else None
         if bad is None and (loss is None or math.isfinite(loss)):
             return
-        subject, cause, lower_lr = nonfinite_cause(model, bad) if bad is not None else (
-            f"the validation loss is {loss}", "", True)
+        subject, cause = nonfinite_cause(model, bad) if bad is not None else (f"the validation loss is {loss}", "")
         good = learn.last_checkpoint
         raise NonFiniteLossError(
             f"after epoch {done} {subject}, so no checkpoint was written for it" + (f": {cause}." if cause else ".")
             + (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None
                else " No checkpoint of this run was written before it.")
-            + (" Try a lower lr (learn.lr_find()) or gradient clipping (GradClipCB)." if lower_lr else ""))
+            + " Try a lower lr (learn.lr_find()) or gradient clipping (GradClipCB).")
 
     # --- what a checkpoint can't bring back: say so ------------------------------------------------------------
     def _watch(self, learn: Learner) -> None:

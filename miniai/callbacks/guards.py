@@ -152,8 +152,8 @@ class TerminateOnNaNCB(Callback):
             return
         when = (f"at the end of the fit, which ended in epoch {learn.epoch + 1} (counted from 1, as checkpoint names "
                 f"count epochs done) (lr={_lr(learn):.3g}), though every training loss was finite")
-        subject, cause, lower_lr = nonfinite_cause(learn.model, bad)
-        raise NonFiniteLossError(f"{subject} {when}: {cause}." + (self._advice(learn) if lower_lr else ""))
+        subject, cause = nonfinite_cause(learn.model, bad)
+        raise NonFiniteLossError(f"{subject} {when}: {cause}." + self._advice(learn))
 
     def _fail(self, learn: Learner, bad: _Bad, lr: float, delayed: bool) -> None:
         bad_rank, batch, value = bad
@@ -205,20 +205,20 @@ class TerminateOnNaNCB(Callback):
                 + (", or check the data and the loss for NaN/inf." if data else ".") + fp16 + resume)
 
 
-def nonfinite_cause(model: torch.nn.Module, bad: str) -> tuple[str, str, bool]:
+def nonfinite_cause(model: torch.nn.Module, bad: str) -> tuple[str, str]:
     """For `bad`, the first tensor training changes that is not finite (`utils.nonfinite_weight`): what to say is
-    not finite, how that comes about, and whether the lower-lr advice goes with it (a norm layer's running statistic
-    is set by batches' statistics, not by steps: its three causes are listed, the advice for the first)."""
+    not finite, and how that comes about (a norm layer's running statistic is set by batches' statistics, not by
+    steps: its three causes are listed; the lower-lr advice that follows is for the first)."""
     if not bad.endswith(("running_mean", "running_var")):  # (parameters come first: a statistic means they are finite)
         return (f"the weights are not finite (NaN or inf: {bad} first)",
-                "an optimizer step after the last loss checked diverged, its gradients too large for the lr", True)
+                "an optimizer step after the last loss checked diverged, its gradients too large for the lr")
     big = max((float(p.detach().abs().max()) for p in trained_parameters(model) if p.numel()), default=0.0)
     # (no threshold on the weights tells the causes apart: a deep model overflows with weights of 1e4)
     return (f"the running statistic {bad} is not finite (NaN or inf)",
             f"every weight is finite (the largest |weight| is {big:.3g}), and training batches' statistics set it, "
             "not steps directly, so one of three: steps that grew the weights until the activations overflowed (the "
             "advice below), inputs that held NaN or inf, or a statistic not finite before this fit (once the cause is "
-            "fixed, reset it: learn.model.apply(lambda m: getattr(m, 'reset_running_stats', lambda: None)()))", True)
+            "fixed, reset it: learn.model.apply(lambda m: getattr(m, 'reset_running_stats', lambda: None)()))")
 
 
 def lower_lr_advice(learn: Learner, good: Any) -> str:
