@@ -25,12 +25,6 @@ from .metrics import MetricsCB
 __all__ = ["kept"]
 
 
-def _same(t: torch.Tensor, value: torch.Tensor) -> bool:
-    """Whether `t` holds `value`'s values, NaN where it had NaN (which a NaN running statistic may)."""
-    return torch.equal(t, value) or t.is_floating_point() and torch.equal(t.isnan(), value.isnan()) and torch.equal(
-        t.nan_to_num(), value.nan_to_num())
-
-
 def _shallow(obj: Any) -> tuple[dict, list]:
     """A copy of `vars(obj)`, and of the contents of the lists and dicts in it (appended to in place)."""
     saved = dict(vars(obj))
@@ -145,9 +139,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                     setattr(m, name, t)
                 if (t.device, t.dtype, t.shape, t.data_ptr()) != (data.device, data.dtype, data.shape, data.data_ptr()):
                     t.data = data  # model.to() gives parameters new data: point them back at the old
-                # the values the pass changed in place, only: an unchanged one written back would fail the backward
-                # of a fit's batch that called this (a get_preds from after_loss)
-                if value is not None and not _same(t, value):
+                # the values the pass changed in place, only (NaN equal to NaN: a NaN running statistic left alone):
+                # an unchanged one written back would fail the backward of a fit's batch that called this
+                if value is not None and not torch.allclose(t, value, rtol=0, atol=0, equal_nan=True):
                     t.copy_(value)
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
         if changed:
