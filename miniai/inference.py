@@ -50,6 +50,9 @@ def _channels(normalize: Any) -> int | None:
     return len(mean) if isinstance(mean, torch.Tensor) else None
 
 
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # PIL's mode for a model's channel count
+
+
 def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
     """A tensor, and whether its channels come last (ndarrays and PIL images, as images are stored)."""
     if isinstance(item, torch.Tensor):
@@ -60,7 +63,7 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
             # 16-bit image may hold only values below 256: they are not 8-bit pixels)
             item = np.array(item)
             return torch.from_numpy(item if item.dtype.isnative else item.astype(item.dtype.newbyteorder("="))), True
-        mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)  # a palette GIF's pixels are indices: convert
+        mode = _MODES.get(channels)  # a palette GIF's pixels are indices, not gray levels: convert
         if mode is None and item.mode in ("P", "PA"):
             raise TypeError("infer got a palette image (a GIF, say), whose pixels are indices into its palette, and "
                             "can't tell the model's channels (no dls.item_shape, and dls.normalize is no Normalize): "
@@ -72,9 +75,6 @@ def _as_tensor(item: Any, channels: int | None) -> tuple[torch.Tensor, bool]:
         return torch.from_numpy(np.array(item)), True  # a writable copy, whoever owns the array
     raise TypeError(f"infer takes images as tensors, ndarrays or PIL images (or a list of them); got "
                     f"{type(item).__name__}")
-
-
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # PIL's mode for a model's channel count
 
 
 def _convert(channels: int) -> str:
