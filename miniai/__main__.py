@@ -165,7 +165,7 @@ def train(args: argparse.Namespace) -> float:
     from .callbacks import Accuracy, DeviceCB, MetricsCB, ProgressCB
     from .callbacks.ddp import DDPCB
     from .callbacks.scheduling import RecorderCB, _lr, _mom
-    from .cache import load_tensors
+    from .cache import valid_split
     from .data import get_dls
     from .distributed import is_main_process, rank, world_size
     from .supervised import TrainLearner
@@ -251,8 +251,8 @@ def train(args: argparse.Namespace) -> float:
         raise NonFiniteLossError(f"the validation loss is {metrics.last['valid_loss']} after epoch {epochs - 1}: the "
                                  "weights blew up (the training loss was still finite), so no model is saved.")
     n_valid = len(dls.valid.y)  # what was validated on: --n-valid cuts the test set or the held-out images
-    split = load_tensors("fashion_mnist", args.data).valid_split  # (cached by get_dls: a DatasetDict's may be
-    images = "test images" if split == "test" else f"images of split {split!r}"  # 'validation')
+    split = valid_split("fashion_mnist", args.data)  # (cached by get_dls: a DatasetDict's may be 'validation')
+    images = "test images" if split == "test" else f"images of split {split!r}"
     valid_on = (f"{n_valid} held-out training images" if args.holdout else f"the first {n_valid} {images}"
                 if args.n_valid is not None else "the test set" if split == "test" else f"split {split!r}")
     result = {"command": getattr(args, "command", None),

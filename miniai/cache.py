@@ -19,7 +19,8 @@ import torch
 from .sources import RawData, find_source, read_source
 from .utils import byte_sums
 
-__all__ = ["CACHE_STATS", "Normalized", "clear_cache", "load_normalized", "load_tensors", "normalized_split"]
+__all__ = ["CACHE_STATS", "Normalized", "clear_cache", "load_normalized", "load_tensors", "normalized_split",
+           "valid_split"]
 
 CACHE_STATS: dict[str, int] = {"memory_hits": 0, "disk_hits": 0, "decodes": 0}
 """How `load_tensors` was served, counted since import; tests read it to check the caches are used."""
@@ -108,7 +109,7 @@ def _is_cache_file(file: Path) -> bool:
         d = torch.load(file, weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 -- not a torch file we can read: not ours to delete
         return False
-    return isinstance(d, dict) and set(RawData._fields[:6]) <= d.keys()  # (an older miniai's files too)
+    return isinstance(d, dict) and set(RawData._fields) - {"valid_split"} <= d.keys()  # (an older miniai's too)
 
 
 def _mtime(file: Path) -> float:
@@ -194,6 +195,12 @@ def load_normalized(name: str = "fashion_mnist", path: str | os.PathLike | None 
     raw, mean, std = _cached(name, path)
     _check_spread(mean, std, raw.source)
     return _copy(raw), _normalize(raw.train_x, raw.valid_x, mean, std)
+
+
+def valid_split(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> str:
+    """The split the dataset's validation images are ('test', or a DatasetDict's 'validation', ...), read from the
+    cache without copying its tensors."""
+    return _cached(name, path)[0].valid_split
 
 
 def load_tensors(name: str = "fashion_mnist", path: str | os.PathLike | None = None) -> RawData:
