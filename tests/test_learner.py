@@ -613,17 +613,24 @@ def test_an_order_changed_after_add_cb_is_the_order_the_fit_runs_in():
     assert ran == ["second", "first"]
 
 
+class _FailsAfterBackward(Callback):
+    """Raises `error` in after_backward (at batch `at` only, if given): a gradient check that fails."""
+
+    def __init__(self, error: Exception, at: int | None = None) -> None:
+        self.error, self.at = error, at
+
+    def after_backward(self, learn):
+        if self.at is None or learn.iter == self.at:
+            raise self.error
+
+
 def test_the_gradients_of_the_batch_that_raised_are_there_to_look_at_and_the_next_fit_starts_without_them():
     """The loop zeroed every gradient when a fit ended inside a batch, so a user's check that raised in after_backward
     ("which layer's gradient blew up?") left nothing to look at; the next fit's start drops them anyway (a hand
     loop's first zero_grad)."""
-    class GradCheck(Callback):
-        def after_backward(self, learn):
-            raise RuntimeError("gradient check failed")
-
     learn = tiny_learner()
     with pytest.raises(RuntimeError, match="gradient check failed"):
-        learn.fit(1, cbs=[GradCheck()])
+        learn.fit(1, cbs=[_FailsAfterBackward(RuntimeError("gradient check failed"))])
     grads = [p.grad for p in learn.model.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
     seen = []
@@ -642,14 +649,9 @@ def test_a_momentum_learner_drops_the_gradients_of_a_batch_that_raised_it_never_
     gradient check ruined every weight). Its gradients are dropped (the momentum restarts), a TrainLearner's stay."""
     from miniai.learner import MomentumLearner
 
-    class NaNCheck(Callback):
-        def after_backward(self, learn):
-            if learn.iter == 1:
-                raise FloatingPointError("a NaN gradient")
-
     learn = tiny_learner(learner_cls=MomentumLearner)
     with pytest.raises(FloatingPointError):
-        learn.fit(1, cbs=[NaNCheck()])
+        learn.fit(1, cbs=[_FailsAfterBackward(FloatingPointError("a NaN gradient"), at=1)])
     assert all(p.grad is None for p in learn.model.parameters())
     learn.fit(1)
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
@@ -689,10 +691,6 @@ def test_a_momentum_learners_first_fit_starts_without_gradients_it_did_not_make(
     hand, so its first step added them, silently."""
     from miniai.learner import MomentumLearner
 
-    class Boom(Callback):
-        def after_backward(self, learn):
-            raise RuntimeError("boom")
-
     def momentum_fit(model):
         learn = MomentumLearner(model, linear_dls(), F.mse_loss, lr=0.1, mom=0.85)
         learn.fit(1)
@@ -703,7 +701,7 @@ def test_a_momentum_learners_first_fit_starts_without_gradients_it_did_not_make(
         F.mse_loss(first.model(torch.ones(4, 1)), torch.zeros(4, 1)).backward()
     else:
         with pytest.raises(RuntimeError, match="boom"):
-            first.fit(1, cbs=[Boom()])
+            first.fit(1, cbs=[_FailsAfterBackward(RuntimeError("boom"))])
     assert all(p.grad is not None for p in first.model.parameters())
     expected = momentum_fit(start)
     assert all(torch.equal(a, b) for a, b in zip(momentum_fit(first.model), expected))
