@@ -531,14 +531,27 @@ def test_an_evaluation_resumed_from_a_checkpoint_that_validates_nothing_is_refus
     learn.fit(1)  # (a later fit: the session's weights are newer than the checkpoint's)
     before = learn.model.weight.detach().clone()
     with pytest.raises(ValueError, match=r"holds the weights after 2 epochs; an evaluation resumed from it validates "
-                                         r"them once for each epoch it has left of n_epochs=2, none.*"
-                                         r"learn.fit\(3, train=False"):
+                                         r"them once.*learn.fit\(3, train=False"):
         learn.fit(2, train=False, resume=tmp_path)
     with pytest.raises(ValueError, match=r"so pass n_epochs >= 2 \(3 to validate its weights once\)"):
         learn.fit(1, train=False, resume=tmp_path)
     assert torch.equal(before, learn.model.weight)
     learn.fit(3, train=False, resume=tmp_path)  # the checkpoint's weights, validated once
     assert [row["epoch"] for row in learn.metrics.history] == [0, 0, 1, 1, 1]  # labelled as the run logged them
+
+
+def test_an_evaluation_resumed_from_a_checkpoint_validates_its_weights_once_and_no_more(tmp_path):
+    """fit(5, train=False, resume=the file after 2 epochs) validated the same weights three times, in rows labelled
+    epochs 1, 2 and 3, as if epochs 2 and 3 had been trained and had the checkpoint's loss."""
+    from miniai.callbacks import CheckpointCB
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, cbs=[MetricsCB()])
+    learn.fit(2, cbs=[CheckpointCB(tmp_path)])
+    rows = len(learn.metrics.history)
+    with pytest.raises(ValueError, match=r"validates them once, labelled epoch 1 as the run logged them.*n_epochs=5 "
+                                         r"would validate them 3 times, in rows labelled as epochs 2-3 the run had "
+                                         r"not trained.*learn.fit\(3, train=False, resume=...\)"):
+        learn.fit(5, train=False, resume=tmp_path)
+    assert len(learn.metrics.history) == rows  # nothing ran
 
 
 def test_a_recorder_function_that_fails_says_which():

@@ -45,10 +45,15 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
         raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {n_epochs} epochs in total: "
                          f"n_epochs counts from the start of the run, so pass n_epochs >= {done}"
                          + (f" ({done + 1} to validate its weights once)." if evaluation else "."))
-    if evaluation and done == n_epochs:  # (it would load the checkpoint into the learner for nothing)
+    if evaluation and n_epochs != done + 1:  # none: it would load the checkpoint for nothing; more: the same weights
+        # again, in rows labelled as epochs the run had not trained (with the checkpoint's loss)
         raise ValueError(f"checkpoint {file} holds the weights after {done} epochs; an evaluation resumed from it "
-                         f"validates them once for each epoch it has left of n_epochs={n_epochs}, none here: to "
-                         f"validate them once, learn.fit({done + 1}, train=False, resume=...)")
+                         f"validates them once, labelled epoch {done - 1} as the run logged them, so n_epochs="
+                         f"{n_epochs} " + ("leaves no pass to run" if n_epochs == done else
+                                           f"would validate them {n_epochs - done} times, in rows labelled as "
+                                           f"epoch{f's {done}-' if n_epochs > done + 2 else ' '}{n_epochs - 2} "
+                                           "the run had not trained")
+                         + f": learn.fit({done + 1}, train=False, resume=...)")
     _check_model(unwrap(learn.model), state["model"], file)
     if done == n_epochs:
         warnings.warn(f"checkpoint {file} already finished {done} epochs: nothing left to train", stacklevel=3)
