@@ -431,6 +431,9 @@ def test_resume_errors_name_the_problem(tmp_path):
     make_learner(tmp_path / "run")[0].fit(3)
     with pytest.raises(ValueError, match="after epoch 3, but fit asks for 2 epochs in total.*n_epochs >= 3"):
         learn.fit(2, resume=tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*epoch_2.pt: .*run holds epoch_0001.pt, "
+                                                r"epoch_0002.pt, epoch_0003.pt"):
+        learn.fit(3, resume=tmp_path / "run" / "epoch_2.pt")  # (a guess at the name: it gets the names there)
 
 
 def test_monitor_must_be_a_logged_metric(tmp_path):

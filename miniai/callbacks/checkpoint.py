@@ -324,8 +324,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if path.is_file():
         return path
     if not path.exists():
+        near = [f.name for _, f in list_checkpoints(path.parent)]  # a file name guessed wrong: the ones there
         raise FileNotFoundError(f"no checkpoint at {path}: pass a checkpoint file or the directory given to "
-                                "CheckpointCB(path)")
+                                "CheckpointCB(path)" + (f" ({path.parent} holds {', '.join(near)})" if near else ""))
     found = list_checkpoints(path)
     if not found:
         raise FileNotFoundError(f"{path} holds no checkpoint (files named epoch_NNNN.pt, written by CheckpointCB)")
