@@ -36,6 +36,7 @@ What callbacks may read on the learner, from which event on (each keeps its valu
 | `pass_steps`                 | `before_epoch` | `step`s this pass so far, a step owner's skipped ones too (fp16 overflows)|
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
+| `began`                      | `before_fit`   | False until the fit's first batch: a fit ended before it was refused      |
 | `preds`, `loss`              | `after_predict`| the model's output; `loss_func(preds, *yb)` (from `after_loss`)           |
 """
 from __future__ import annotations
@@ -121,7 +122,8 @@ class Learner(Conveniences):
     keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
-    _began = False  # whether the running fit got past before_fit (a fit refused there keeps the learner's opt)
+    began = False  # whether the running fit got to a batch (a fit refused before that keeps callbacks' records)
+    _set_up = False  # whether it got past before_fit (a fit refused there keeps the learner's opt)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
@@ -183,7 +185,7 @@ class Learner(Conveniences):
                 self.add_cb(cb)
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
-            self.passes, self.stepped, self._began = ("train",) * train + ("valid",) * valid, False, False
+            self.passes, self.stepped, self.began, self._set_up = ("train",) * train + ("valid",) * valid, *[False] * 3
             self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # (resume's, if any)
             self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # (set by callbacks)
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
@@ -209,7 +211,7 @@ class Learner(Conveniences):
             checks.add_note(e, checks.fit_note(self, e, temporary))  # it was raised outside that stage
             raise
         finally:
-            if not self._began:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
+            if not self._set_up:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
                 self.opt, self.fit_lr = kept  # nothing ran, and the learner keeps its optimizer, as callbacks records
             self._in_fit, self._temporary = False, []
             for cb in temporary:
@@ -257,7 +259,7 @@ class Learner(Conveniences):
     def _all_epochs(self) -> None:
         if "train" in self.passes:
             checks.check_new_params(self.model, self.opt, self._params_at_opt)
-        self._began = True  # every before_fit ran (resume's loaded its checkpoint), and the fit can train
+        self._set_up = True  # every before_fit ran (resume's loaded its checkpoint), and the fit can train
         for self.epoch in self.epochs:  # (read here, after before_fit: resume's callback or a progress bar may
             for name in self.passes:  # replace it)
                 self._one_epoch(name == "train")
@@ -278,7 +280,7 @@ class Learner(Conveniences):
 
     def _all_batches(self) -> None:
         for self.iter, self.batch in enumerate(self.dl):
-            self.stepped = False
+            self.stepped, self.began = False, True
             self._stage("batch", self._one_batch, CancelBatchException)
         if self.iter is None:  # an empty pass would log NaN metrics and feed them to schedulers and early stopping
             raise checks.empty_pass_error(self.training, self.epoch, self.dl)

@@ -475,3 +475,20 @@ def test_resuming_a_run_that_logged_no_metrics_into_another_runs_file_is_refused
             tiny_learner([quiet_metrics(), CSVLoggerCB(log, append=append), CheckpointCB(tmp_path / "ckpt")]).fit(
                 4, resume=tmp_path / "ckpt")
         assert log.read_bytes() == before
+
+
+def test_a_fit_refused_at_its_first_pass_leaves_the_last_fits_records_optimizer_and_tensorboard_run(tmp_path):
+    """CSVLoggerCB refuses a file of other columns (append=True) at the first before_epoch, after every before_fit:
+    MetricsCB's history, RecorderCB's curves and ProgressCB's losses were gone, and a TensorBoardCB listed before
+    it had already started its run anew, hiding the last fit's curves."""
+    from miniai.callbacks import ProgressCB
+    (tmp_path / "other.csv").write_text("epoch,train,accuracy,loss,time,lr\n0,train,0.5,1.0,1.0,0.1\n")
+    metrics, recorder, progress = quiet_metrics(), RecorderCB(lr=_lr), ProgressCB(mode="plain")
+    learn = tiny_learner([metrics, recorder, progress, TensorBoardCB(tmp_path / "tb")])
+    learn.fit(2)
+    before = (list(metrics.history), list(recorder.recs["lr"]), list(progress.losses))
+    tb = read_tb(tmp_path / "tb")
+    with pytest.raises(ValueError, match="has the columns"):
+        learn.fit(1, cbs=[CSVLoggerCB(tmp_path / "other.csv", append=True)])
+    assert (metrics.history, recorder.recs["lr"], progress.losses) == before
+    assert read_tb(tmp_path / "tb") == tb

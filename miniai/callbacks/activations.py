@@ -292,7 +292,7 @@ class HooksCallback(Callback):
         if not mods:
             raise ValueError(f"{type(self).__name__}: mod_filter matched no module of {type(learn.model).__name__}; "
                              "check the filter (e.g. fastcore's risinstance(nn.ReLU)) or pass mods=[...].")
-        keep_records(self, "hooks")  # (removed, they keep their stats: a fit refused before its first epoch puts
+        keep_records(self, "hooks")  # (removed, they keep their stats: a fit refused before its first batch puts
         self.hooks = Hooks(mods, self._hookfunc)  # them back)
         self._model, self._learn = learn.model, learn
 

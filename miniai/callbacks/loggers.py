@@ -281,9 +281,7 @@ class TensorBoardCB(Callback):
         self._active = _logs_this_fit(learn)
 
     def before_epoch(self, learn: Learner) -> None:
-        if self._active and not self.writers and learn.training:
-            self._open(learn)
-        if self.writers and learn.training and self._stats is not None:  # the pass's histograms start here (not
+        if self._active and learn.training and self._stats is not None:  # the pass's histograms start here (not
             # at the last write: ActivationStats(on_valid=True) records the validation batches in between)
             self._written = [len(getattr(hook, "stats", ([], [], []))[2]) for hook in self._stats.hooks]
         self._rows_before = len(self._metrics.history) if self._metrics is not None else 0
@@ -296,11 +294,12 @@ class TensorBoardCB(Callback):
             _wait_past_newest(directory)
             # purge_step: readers drop this run's earlier events at steps >= it (a fresh fit: all of them)
             self.writers[name] = SummaryWriter(str(directory), purge_step=purge_step)
-        self._written = [0] * len(self._stats.hooks) if self._stats is not None else []
 
     def after_batch(self, learn: Learner) -> None:
-        if not (self.writers and learn.training):
+        if not (self._active and learn.training):
             return
+        if not self.writers:  # opened at the first batch, not before: a fit refused before it (another callback's
+            self._open(learn)  # before_epoch) hides none of the last fit's events
         loss = learn.loss.detach() / n_items(learn.yb[0]) if self._sum_loss else learn.loss.detach()
         self._losses.append(loss)  # a reference: reading it now would make the CPU wait
         self._lrs.append(opt_lr(learn.opt))

@@ -274,7 +274,7 @@ class ProgressCB(Callback):
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._train_losses.drain(wait=True)
-        restore_if_refused(self, learn)  # (a fit refused before its first epoch leaves the last one's curves)
+        restore_if_refused(self, learn)  # (a fit refused before its first batch leaves the last one's curves)
         if self._swapped:
             self._metrics.log_fn, self._saved_log_fn, self._swapped = self._saved_log_fn, None, False
         if isinstance(self.mbar, ConsoleBar):

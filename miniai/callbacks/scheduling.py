@@ -676,7 +676,7 @@ class RecorderCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self.learn = learn
         if "train" in learn.passes:  # an evaluation (fit(train=False)) records nothing: the last fit's stay
-            keep_records(self, "recs")  # (a fit refused before its first epoch puts them back)
+            keep_records(self, "recs")  # (a fit refused before its first batch puts them back)
             self.recs = {name: [] for name in self.fns}
 
     def cleanup_fit(self, learn: Learner) -> None:
