@@ -35,7 +35,7 @@ def per_call_us(fn: Callable[[], object], reps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--reps", type=int, default=200)
     args = parser.parse_args()

@@ -121,7 +121,7 @@ def _as_flags(message: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m miniai` argument parser (one sub-command per job)."""
     parser = argparse.ArgumentParser(prog="python -m miniai", description=__doc__)
-    jobs = parser.add_subparsers(dest="job", required=True)
+    jobs = parser.add_subparsers(dest="job", metavar="{train}", required=True)
     t = jobs.add_parser("train", help="train the reference CNN on Fashion-MNIST and print a metrics table")
     from .recipes import RECIPES, SCHEDULES  # the names only; the recipe itself is built in train()
     t.add_argument("--recipe", choices=list(RECIPES), default=None,

@@ -220,7 +220,7 @@ def test_a_fresh_fit_starts_the_tensorboard_run_anew(tmp_path):
 
 def test_missing_tensorboard_is_an_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # what find_spec reports for a package not installed
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'miniai\[tensorboard\]'"):
+    with pytest.raises(ModuleNotFoundError, match=r"pip install tensorboard \(or, in a checkout of miniai, pip install -e '\.\[tensorboard\]'\)"):
         TensorBoardCB("runs/x")
 
 

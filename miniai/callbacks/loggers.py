@@ -232,14 +232,15 @@ class TensorBoardCB(Callback):
     Losses are kept as device tensors and read in one transfer at the end of each training pass (no sync per batch).
     A fresh fit starts both runs anew: TensorBoard hides what earlier fits wrote to `log_dir` (use one log_dir per
     run to keep them). A resumed fit hides what was written at or after the resumed epoch (`purge_step`).
-    Needs the tensorboard package: `pip install 'miniai[tensorboard]'`.
+    Needs the tensorboard package: `pip install tensorboard` (miniai's extra: `pip install -e '.[tensorboard]'`).
     """
     order = 35  # after MetricsCB (10), whose row it writes at after_epoch
 
     def __init__(self, log_dir: str | os.PathLike, hist: bool = False) -> None:
         if importlib.util.find_spec("tensorboard") is None:  # torch.utils.tensorboard needs it, and imports it late
             raise ModuleNotFoundError("TensorBoardCB needs the tensorboard package, which is an optional extra of "
-                                      "miniai: pip install 'miniai[tensorboard]' (or pip install tensorboard)")
+                                      "miniai: pip install tensorboard (or, in a checkout of miniai, "
+                                      "pip install -e '.[tensorboard]')")
         self.log_dir, self.hist = Path(log_dir).expanduser(), hist
         self.writers: dict[str, Any] = {}  # 'epoch', 'batch' -> SummaryWriter, during a fit
         self._active = False

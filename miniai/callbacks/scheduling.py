@@ -195,8 +195,9 @@ class BaseSchedCB(Callback):
         if not total:  # unknown, or a fit of no epochs, which steps no schedule (torch builds none of length 0)
             return
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
-        how = (f"{epochs} epochs, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
-               f"{epochs} epochs × {self._per_epoch} optimizer steps per epoch")
+        epochs_said = f"{epochs} epoch{'s' * (epochs != 1)}"
+        how = (f"{epochs_said}, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
+               f"{epochs_said} × {self._per_epoch} optimizer steps per epoch")
         for part, runs in _ending_parts(self.scheduler, total):  # (of a SequentialLR the last part, of a chain all)
             field, capacity = _length(part)
             if field is not None and capacity > runs:
