@@ -102,6 +102,18 @@ def test_course_modules_import_their_names_on_first_use():
     assert out.stdout.split(None, 2)[:2] == ["False", "True"]
 
 
+def test_the_package_import_put_first_leaves_conv_the_course_modules_function():
+    """README: `from miniai import *` after `from miniai.conv import *` binds conv to the module (Python sets a
+    submodule as the package's attribute); put first, as README says, conv is the course's function."""
+    code = """
+        from miniai import *
+        from miniai.conv import *
+        print(callable(conv), type(conv(1, 8)).__name__)
+    """
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "Sequential"]
+
+
 # ---------------------------------------------------------------- what course code reads
 
 def test_hooks_callback_has_a_length_iterates_its_hooks_and_is_never_falsy():
