@@ -492,3 +492,18 @@ def test_a_fit_refused_at_its_first_pass_leaves_the_last_fits_records_optimizer_
         learn.fit(1, cbs=[CSVLoggerCB(tmp_path / "other.csv", append=True)])
     assert (metrics.history, recorder.recs["lr"], progress.losses) == before
     assert read_tb(tmp_path / "tb") == tb
+
+
+def test_a_resume_into_a_log_dir_another_run_wrote_to_since_is_refused_untouched(tmp_path):
+    """Run A checkpointed, a fresh run B logged to the same log_dir, then A resumed from epoch 2: TensorBoard drew
+    B's epochs 0-1 and A's epochs 2-3 as one curve, without a word (the CSV logger refuses such a file)."""
+    def run(name: str, lr: float) -> Learner:
+        return tiny_learner([quiet_metrics(), TensorBoardCB(tmp_path / "tb"), CheckpointCB(tmp_path / name)], lr=lr)
+    run("a", 0.1).fit(4)
+    run("a2", 0.1).fit(4, resume=tmp_path / "a" / "epoch_0002.pt")  # its own run: goes on over its own curve
+    run("b", 0.01).fit(4)
+    tb = read_tb(tmp_path / "tb")
+    with pytest.raises(ValueError, match=r"tb was last written by another run than the one resumed from .*epoch_0002"
+                                         r".pt: .*TensorBoardCB\(another log_dir\)"):
+        run("a3", 0.1).fit(4, resume=tmp_path / "a" / "epoch_0002.pt")
+    assert read_tb(tmp_path / "tb") == tb

@@ -2,9 +2,10 @@
 
 Both write only on rank 0 (`miniai.distributed.is_main_process`), stand aside during `lr_find` (its diverging run
 is a look, not training), and start writing at the first training pass of a fit, so a fit without one
-(`fit(train=False)`, used to evaluate) leaves what they wrote alone. Neither has a `state_dict`: a run resumed
-with `fit(resume=...)` keeps what was logged before the checkpoint's epoch, drops what a run that went on from it
-wrote later, and continues, so the log reads as that of a run never stopped.
+(`fit(train=False)`, used to evaluate) leaves what they wrote alone. A run resumed with `fit(resume=...)` keeps
+what was logged before the checkpoint's epoch, drops what a run that went on from it wrote later, and continues, so
+the log reads as that of a run never stopped; a log another run has written to since is refused (the CSV by its
+rows, TensorBoard by the run its `state_dict` names).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import math
 import os
 import re
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -231,7 +233,10 @@ class TensorBoardCB(Callback):
       resumed run continues the curve): `loss` (each training batch's, rank 0's under DDP) and `lr` (group 0).
     Losses are kept as device tensors and read in one transfer at the end of each training pass (no sync per batch).
     A fresh fit starts both runs anew: TensorBoard hides what earlier fits wrote to `log_dir` (use one log_dir per
-    run to keep them). A resumed fit hides what was written at or after the resumed epoch (`purge_step`).
+    run to keep them). A resumed fit hides what was written at or after the resumed epoch (`purge_step`), and is
+    refused, untouched, if another run has written to `log_dir` since (a file `log_dir/miniai_run` names the run that
+    last wrote there; its state in the checkpoint names the run resumed): the curve would join that run's epochs
+    before the checkpoint's to this one's after it.
     Needs the tensorboard package: `pip install tensorboard` (miniai's extra: `pip install -e '.[tensorboard]'`).
     """
     order = 35  # after MetricsCB (10), whose row it writes at after_epoch
@@ -254,10 +259,19 @@ class TensorBoardCB(Callback):
         self._written: list[int] = []  # per hooked layer: its batches already written
         self._n_batches = 0
         self._rows_before = 0  # len(metrics.history) when this pass began
+        self.run: str | None = None  # the run this fit logs for: a fresh fit's own, a resumed one's from the checkpoint
 
     def __getstate__(self) -> dict[str, Any]:
         # a copy (a learner copied mid-fit) has no open writer: its own fit opens them
         return {**vars(self), "writers": {}}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run the log belongs to: a fit resumed from the checkpoint checks that `log_dir` still holds its log."""
+        return {"run": self.run}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take the saved run's name (`fit(resume=...)` calls this after before_fit)."""
+        self.run = state["run"]
 
     def before_fit(self, learn: Learner) -> None:
         self._close()
@@ -280,15 +294,31 @@ class TensorBoardCB(Callback):
                               "continue the run's: they start again at 0", stacklevel=2)
         self._losses, self._lrs, self._steps, self._n_batches = [], [], [], 0
         self._active = _logs_this_fit(learn)
+        self.run = None if learn.resumed_from is not None else uuid.uuid4().hex  # (a resume loads the run's)
 
     def before_epoch(self, learn: Learner) -> None:
+        if self._active and learn.training and not self.writers:
+            self._check_run(learn)
         if self._active and learn.training and self._stats is not None:  # the pass's histograms start here (not
             # at the last write: ActivationStats(on_valid=True) records the validation batches in between)
             self._written = [len(getattr(hook, "stats", ([], [], []))[2]) for hook in self._stats.hooks]
         self._rows_before = len(self._metrics.history) if self._metrics is not None else 0
 
+    def _check_run(self, learn: Learner) -> None:
+        """Refuse a resume whose log another run has written over since (before any batch: nothing is changed)."""
+        marker = self.log_dir / "miniai_run"
+        last = marker.read_text().strip() if marker.is_file() else None
+        if learn.resumed_from is not None and self.run is not None and last not in (None, self.run):
+            raise ValueError(f"{self.log_dir} was last written by another run than the one resumed from "
+                             f"{learn.resumed_from}: TensorBoard would draw that run's epochs before "
+                             f"{learn.start_epoch} and this one's after as one curve. Resume with "
+                             "TensorBoardCB(another log_dir); nothing was changed.")
+
     def _open(self, learn: Learner) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: an optional extra, imported only to write
+        self.run = self.run or uuid.uuid4().hex  # (resumed from a checkpoint without the run's name: ours from now)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / "miniai_run").write_text(self.run + "\n")
         start = learn.start_epoch
         for name, purge_step in (("epoch", start), ("batch", start * (self._per_epoch or 0))):
             directory = self.log_dir / name

@@ -25,6 +25,7 @@ from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generat
                          loader_generators, loader_size, optimizer_settings, param_names, set_generator_state,
                          stateful_callbacks, unwrap)
 from .guards import EarlyStoppingCB
+from .loggers import TensorBoardCB
 from .scheduling import BaseSchedCB, RecorderCB
 from .swa import SWACB
 
@@ -124,9 +125,10 @@ class ResumeCB(Callback):
                              f"{stateful[late[0]].swa_start}, and the run saved in {file} had not begun averaging (or "
                              f"had no SWACB): resume with the saved run's SWACB, or one of swa_start >= "
                              f"{learn.start_epoch}; nothing was changed.")
-        # CheckpointCB's own state is bookkeeping (best so far): resuming without one is normal
-        lost = [k for k in saved if k not in stateful and not k.startswith("CheckpointCB_")]
-        new = [k for k in stateful if k not in saved and not isinstance(stateful[k], CheckpointCB)]
+        # CheckpointCB's and TensorBoardCB's own states are bookkeeping (best so far, the log's run): resuming
+        # without one is normal
+        lost = [k for k in saved if k not in stateful and not k.startswith(("CheckpointCB_", "TensorBoardCB_"))]
+        new = [k for k in stateful if k not in saved and not isinstance(stateful[k], (CheckpointCB, TensorBoardCB))]
         # a schedule counts its steps from the start of the run: begun mid-run it runs another shape (and torch's
         # keys it wrote into the param groups are replaced by the saved optimizer's)
         counted = [k for k in new if _schedules(stateful[k])]
