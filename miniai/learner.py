@@ -185,7 +185,8 @@ class Learner(Conveniences):
                 self.add_cb(cb)
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
-            self.passes, self.stepped, self.began, self._set_up = ("train",) * train + ("valid",) * valid, *[False] * 3
+            self.passes, self.stepped = ("train",) * train + ("valid",) * valid, False
+            self.began = self._set_up = False
             self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # (resume's, if any)
             self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # (set by callbacks)
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
@@ -212,7 +213,7 @@ class Learner(Conveniences):
             raise
         finally:
             if not self._set_up:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
-                self.opt, self.fit_lr = kept  # nothing ran, and the learner keeps its optimizer, as callbacks records
+                self.opt, self.fit_lr = kept  # nothing ran, and the learner keeps its optimizer
             self._in_fit, self._temporary = False, []
             for cb in temporary:
                 self.rm_cb(cb)
