@@ -770,6 +770,24 @@ def test_a_fit_refused_at_its_start_leaves_the_last_fits_records(tmp_path):
     assert len(metrics.history) == 2 and len(recorder.recs["lr"]) == len(before[1]) // 2
 
 
+def test_a_fit_ended_at_its_first_before_batch_leaves_the_last_fits_records():
+    """A batch transform failing at the first before_batch (nothing predicted, nothing trained) left MetricsCB's
+    history, RecorderCB's curves and ProgressCB's losses of the last fit emptied."""
+    from miniai.callbacks import MetricsCB, ProgressCB, RecorderCB, _lr
+    metrics, recorder, progress = MetricsCB(), RecorderCB(lr=_lr), ProgressCB(mode="plain")
+    learn = TrainLearner(nn.Sequential(nn.Linear(8, 3)), class_dls(), F.cross_entropy, lr=0.1,
+                         cbs=[metrics, recorder, progress])
+    learn.fit(1)
+    before = (list(metrics.history), list(recorder.recs["lr"]), list(progress.losses))
+
+    class BadTransform(Callback):
+        def before_batch(self, learn):
+            raise ValueError("a transform that can't take this batch")
+    with pytest.raises(ValueError, match="can't take this batch"):
+        learn.fit(1, cbs=[BadTransform()])
+    assert (metrics.history, recorder.recs["lr"], progress.losses) == before
+
+
 def test_a_momentum_learner_hooks_its_optimizer_once_and_loads_from_an_older_pickle():
     """An opt_func giving the same optimizer each fit got one more frozen-gradient hook per fit; a MomentumLearner
     pickled before opt became a property lost its optimizer (learn.opt None, the AdamW hidden in __dict__)."""

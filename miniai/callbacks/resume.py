@@ -26,6 +26,7 @@ from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generat
                          stateful_callbacks, unwrap)
 from .guards import EarlyStoppingCB
 from .loggers import TensorBoardCB
+from .records import forget_records
 from .scheduling import BaseSchedCB, RecorderCB
 from .swa import SWACB
 
@@ -184,6 +185,7 @@ class ResumeCB(Callback):
         metrics = getattr(learn, "metrics", None)
         if state["metrics"] is not None and metrics is not None and not callable(getattr(metrics, "state_dict", None)):
             metrics.history, metrics.last = list(state["metrics"]["history"]), dict(state["metrics"]["last"])
+        forget_records(learn.cbs)  # a fit that ends before its first batch now leaves the run's, not the last fit's
         self._seedless = [dl for dl in loaders.values() if getattr(dl, "seed", 0) is None and not is_dist()]
         for name, dl in loaders.items():
             _load_loader_state(dl, state["loaders"][name])
