@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 from torch.optim.lr_scheduler import StepLR
 
@@ -220,7 +221,8 @@ def test_a_fresh_fit_starts_the_tensorboard_run_anew(tmp_path):
 
 def test_missing_tensorboard_is_an_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # what find_spec reports for a package not installed
-    with pytest.raises(ModuleNotFoundError, match=r"pip install tensorboard \(or, in a checkout of miniai, pip install -e '\.\[tensorboard\]'\)"):
+    with pytest.raises(ModuleNotFoundError,
+                       match=r"pip install tensorboard \(or, in a checkout of miniai, pip install -e '\.\[tensorboard\]'\)"):
         TensorBoardCB("runs/x")
 
 
@@ -496,14 +498,37 @@ def test_a_fit_refused_at_its_first_pass_leaves_the_last_fits_records_optimizer_
 
 def test_a_resume_into_a_log_dir_another_run_wrote_to_since_is_refused_untouched(tmp_path):
     """Run A checkpointed, a fresh run B logged to the same log_dir, then A resumed from epoch 2: TensorBoard drew
-    B's epochs 0-1 and A's epochs 2-3 as one curve, without a word (the CSV logger refuses such a file)."""
+    B's epochs 0-1 and A's epochs 2-3 as one curve, without a word (the CSV logger refuses such a file). So did a
+    branch of A (resumed from its epoch 4 at another lr) followed by A resumed from its epoch 5: the branch's epoch
+    4 among A's."""
     def run(name: str, lr: float) -> Learner:
-        return tiny_learner([quiet_metrics(), TensorBoardCB(tmp_path / "tb"), CheckpointCB(tmp_path / name)], lr=lr)
-    run("a", 0.1).fit(4)
-    run("a2", 0.1).fit(4, resume=tmp_path / "a" / "epoch_0002.pt")  # its own run: goes on over its own curve
+        return tiny_learner([quiet_metrics(), TensorBoardCB(tmp_path / "tb"), CheckpointCB(tmp_path / name, keep=None)],
+                           lr=lr)
+    run("a", 0.1).fit(6)
+    run("a2", 0.1).fit(6, resume=tmp_path / "a" / "epoch_0004.pt")  # a run goes on over its own curve
+    run("a3", 0.1).fit(6, resume=tmp_path / "a" / "epoch_0004.pt")  # from the same checkpoint again
+    run("branch", 0.001).fit(6, resume=tmp_path / "a" / "epoch_0004.pt")
+    tb = read_tb(tmp_path / "tb")
+    learn = run("a4", 0.1)
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    refused = (r"tb holds the TensorBoard log of another run than the one resumed from .*epoch_{:04d}.pt"
+               r".*another log_dir")
+    with pytest.raises(ValueError, match=refused.format(5)):
+        learn.fit(6, resume=tmp_path / "a" / "epoch_0005.pt")
+    assert all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))  # refused before loading
+    assert read_tb(tmp_path / "tb") == tb
+    run("a5", 0.1).fit(6, resume=tmp_path / "a" / "epoch_0003.pt")  # before the branch: A's own again
     run("b", 0.01).fit(4)
     tb = read_tb(tmp_path / "tb")
-    with pytest.raises(ValueError, match=r"tb was last written by another run than the one resumed from .*epoch_0002"
-                                         r".pt: .*TensorBoardCB\(another log_dir\)"):
-        run("a3", 0.1).fit(4, resume=tmp_path / "a" / "epoch_0002.pt")
+    with pytest.raises(ValueError, match=refused.format(2)):
+        run("a6", 0.1).fit(4, resume=tmp_path / "a" / "epoch_0002.pt")
     assert read_tb(tmp_path / "tb") == tb
+
+
+def test_a_log_dir_that_cant_be_a_folder_is_refused_before_training(tmp_path):
+    (tmp_path / "tb").write_text("a file")
+    learn = tiny_learner([quiet_metrics(), TensorBoardCB(tmp_path / "tb")])
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(FileExistsError):
+        learn.fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))

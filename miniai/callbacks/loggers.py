@@ -15,6 +15,7 @@ import importlib.util
 import math
 import os
 import re
+import json
 import time
 import uuid
 import warnings
@@ -234,9 +235,9 @@ class TensorBoardCB(Callback):
     Losses are kept as device tensors and read in one transfer at the end of each training pass (no sync per batch).
     A fresh fit starts both runs anew: TensorBoard hides what earlier fits wrote to `log_dir` (use one log_dir per
     run to keep them). A resumed fit hides what was written at or after the resumed epoch (`purge_step`), and is
-    refused, untouched, if another run has written to `log_dir` since (a file `log_dir/miniai_run` names the run that
-    last wrote there; its state in the checkpoint names the run resumed): the curve would join that run's epochs
-    before the checkpoint's to this one's after it.
+    refused before it loads the checkpoint if `log_dir` shows another run's epochs before that one (a fresh run
+    logged there since, or another branch of the run): the curve would join them to this fit's. Each fit names its
+    part of the log, and the log's parts are in the checkpoint (`state_dict`) and in `log_dir/miniai_run`.
     Needs the tensorboard package: `pip install tensorboard` (miniai's extra: `pip install -e '.[tensorboard]'`).
     """
     order = 35  # after MetricsCB (10), whose row it writes at after_epoch
@@ -259,19 +260,34 @@ class TensorBoardCB(Callback):
         self._written: list[int] = []  # per hooked layer: its batches already written
         self._n_batches = 0
         self._rows_before = 0  # len(metrics.history) when this pass began
-        self.run: str | None = None  # the run this fit logs for: a fresh fit's own, a resumed one's from the checkpoint
+        self.parts: list[list[Any]] = []  # [fit's name, first epoch] of each fit whose epochs the log shows, in order
+        self._resumed: tuple[Path, int] | None = None  # (checkpoint, epoch) a training fit resumes from
 
     def __getstate__(self) -> dict[str, Any]:
         # a copy (a learner copied mid-fit) has no open writer: its own fit opens them
         return {**vars(self), "writers": {}}
 
     def state_dict(self) -> dict[str, Any]:
-        """The run the log belongs to: a fit resumed from the checkpoint checks that `log_dir` still holds its log."""
-        return {"run": self.run}
+        """The fits whose epochs the log shows: a fit resumed from the checkpoint checks that `log_dir` shows them."""
+        return {"parts": [list(part) for part in self.parts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take the saved run's name (`fit(resume=...)` calls this after before_fit)."""
-        self.run = state["run"]
+        """Take the saved log's parts, refusing a `log_dir` that shows others before the epoch resumed from
+        (`fit(resume=...)` calls this after before_fit, before it loads anything into the learner)."""
+        parts = [list(part) for part in state["parts"]]
+        marker = self.log_dir / "miniai_run"
+        if self._resumed is not None and marker.is_file():
+            file, start = self._resumed
+            try:
+                shown = json.loads(marker.read_text())
+            except ValueError:  # (not ours to read: nothing to compare)
+                shown = None
+            if shown is not None and _before(shown, start) != _before(parts, start):
+                raise ValueError(f"{self.log_dir} holds the TensorBoard log of another run than the one resumed from "
+                                 f"{file} (or of another branch of it), written there since: TensorBoard would draw "
+                                 f"its epochs before {start} and this fit's after as one curve. Resume with "
+                                 "TensorBoardCB(another log_dir); the learner and the log are as they were.")
+        self.parts = parts
 
     def before_fit(self, learn: Learner) -> None:
         self._close()
@@ -294,32 +310,23 @@ class TensorBoardCB(Callback):
                               "continue the run's: they start again at 0", stacklevel=2)
         self._losses, self._lrs, self._steps, self._n_batches = [], [], [], 0
         self._active = _logs_this_fit(learn)
-        self.run = None if learn.resumed_from is not None else uuid.uuid4().hex  # (a resume loads the run's)
+        training = self._active and "train" in learn.passes
+        self._resumed = (learn.resumed_from, learn.start_epoch) if training and learn.resumed_from else None
+        self.parts = []  # (a resume loads the run's)
+        if training:  # now: a path that can't be a folder fails before anything trains
+            self.log_dir.mkdir(parents=True, exist_ok=True)
 
     def before_epoch(self, learn: Learner) -> None:
-        if self._active and learn.training and not self.writers:
-            self._check_run(learn)
         if self._active and learn.training and self._stats is not None:  # the pass's histograms start here (not
             # at the last write: ActivationStats(on_valid=True) records the validation batches in between)
             self._written = [len(getattr(hook, "stats", ([], [], []))[2]) for hook in self._stats.hooks]
         self._rows_before = len(self._metrics.history) if self._metrics is not None else 0
 
-    def _check_run(self, learn: Learner) -> None:
-        """Refuse a resume whose log another run has written over since (before any batch: nothing is changed)."""
-        marker = self.log_dir / "miniai_run"
-        last = marker.read_text().strip() if marker.is_file() else None
-        if learn.resumed_from is not None and self.run is not None and last not in (None, self.run):
-            raise ValueError(f"{self.log_dir} was last written by another run than the one resumed from "
-                             f"{learn.resumed_from}: TensorBoard would draw that run's epochs before "
-                             f"{learn.start_epoch} and this one's after as one curve. Resume with "
-                             "TensorBoardCB(another log_dir); nothing was changed.")
-
     def _open(self, learn: Learner) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: an optional extra, imported only to write
-        self.run = self.run or uuid.uuid4().hex  # (resumed from a checkpoint without the run's name: ours from now)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.log_dir / "miniai_run").write_text(self.run + "\n")
         start = learn.start_epoch
+        self.parts = _before(self.parts, start) + [[uuid.uuid4().hex, start]]  # this fit's part, from its epoch
+        (self.log_dir / "miniai_run").write_text(json.dumps(self.parts) + "\n")
         for name, purge_step in (("epoch", start), ("batch", start * (self._per_epoch or 0))):
             directory = self.log_dir / name
             _wait_past_newest(directory)
@@ -406,6 +413,11 @@ class TensorBoardCB(Callback):
             writer.close()
         self.writers = {}
         self._losses, self._lrs, self._steps = [], [], []
+
+
+def _before(parts: list[list[Any]], epoch: int) -> list[list[Any]]:
+    """The parts of a log that show its epochs before `epoch` (each part shows from its first epoch on)."""
+    return [part for part in parts if part[1] < epoch]
 
 
 _EVENT_FILE = re.compile(r"^events\.out\.tfevents\.(\d+)\.")
