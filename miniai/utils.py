@@ -22,7 +22,7 @@ import torch
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
-           "check_device", "class_loss"]
+           "check_device", "class_loss", "counted"]
 
 
 def _pick_device() -> str:
@@ -329,6 +329,11 @@ def class_loss(loss_func: Any) -> bool:
     fn = getattr(loss_func, "func", loss_func)  # (a partial's function)
     return fn in (torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss) or isinstance(
         loss_func, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """`n` with its noun, singular or plural ('1 epoch', '3 epochs', '2 batches' with many='batches')."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def len_or_none(obj: Any) -> int | None:

@@ -325,6 +325,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         return path
     if not path.exists():
         near = [f.name for _, f in list_checkpoints(path.parent)]  # a file name guessed wrong: the ones there
+        near = near if len(near) <= 8 else near[:3] + [f"... ({len(near) - 6} more)"] + near[-3:]
         raise FileNotFoundError(f"no checkpoint at {path}: pass a checkpoint file or the directory given to "
                                 "CheckpointCB(path)" + (f" ({path.parent} holds {', '.join(near)})" if near else ""))
     found = list_checkpoints(path)

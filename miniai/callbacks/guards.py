@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checks import check_count, check_number
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import nonfinite_weight, opt_lr, trained_parameters
+from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
 from .metrics import (_averages_over_targets, _counted, _ignored_target, check_monitor, improves,
                       monitor_mode, same_watch)
 
@@ -293,7 +293,7 @@ class EarlyStoppingCB(Callback):
         if learn.training and self.stopped_epoch is not None:
             if learn.resumed_from is not None and learn.epoch == learn.start_epoch:  # a stopped run, resumed
                 warnings.warn(f"EarlyStoppingCB: the run resumed from {learn.resumed_from} had stopped early after "
-                              f"epoch {self.stopped_epoch} ({self.monitor} did not improve for {self.wait} epochs), so "
+                              f"epoch {self.stopped_epoch} ({self.monitor} did not improve for {counted(self.wait, 'epoch')}), so "
                               f"this fit trains nothing. To train on, resume with a patience above {self.wait} (the "
                               "wait so far is kept), or without EarlyStoppingCB.", stacklevel=2)
             raise CancelFitException()

@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
+from ..utils import counted
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint, load_checkpoint,
                          loader_generators, loader_size, optimizer_settings, param_names, set_generator_state,
                          stateful_callbacks, unwrap)
@@ -43,19 +44,17 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     state = load_checkpoint(file)
     done, n_epochs = int(state["epoch"]), learn.n_epochs
     evaluation = "train" not in learn.passes
+    if evaluation and n_epochs != done + 1:  # fewer: nothing to run; more: the same weights again, in rows
+        # labelled as epochs the run had not trained (with the checkpoint's loss)
+        again = (f"would validate them {n_epochs - done} times, in rows labelled as epoch"
+                 f"{f's {done}-' if n_epochs > done + 2 else ' '}{n_epochs - 2} the run had not trained")
+        raise ValueError(f"checkpoint {file} holds the weights after {counted(done, 'epoch')}; an evaluation resumed "
+                         f"from it validates them once, labelled epoch {done - 1} as the run logged them, so n_epochs="
+                         f"{n_epochs} {again if n_epochs > done else 'leaves no pass to run'}: "
+                         f"learn.fit({done + 1}, train=False, resume=...)")
     if done > n_epochs:
-        raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {n_epochs} epochs in total: "
-                         f"n_epochs counts from the start of the run, so pass n_epochs >= {done}"
-                         + (f" ({done + 1} to validate its weights once)." if evaluation else "."))
-    if evaluation and n_epochs != done + 1:  # none: it would load the checkpoint for nothing; more: the same weights
-        # again, in rows labelled as epochs the run had not trained (with the checkpoint's loss)
-        raise ValueError(f"checkpoint {file} holds the weights after {done} epochs; an evaluation resumed from it "
-                         f"validates them once, labelled epoch {done - 1} as the run logged them, so n_epochs="
-                         f"{n_epochs} " + ("leaves no pass to run" if n_epochs == done else
-                                           f"would validate them {n_epochs - done} times, in rows labelled as "
-                                           f"epoch{f's {done}-' if n_epochs > done + 2 else ' '}{n_epochs - 2} "
-                                           "the run had not trained")
-                         + f": learn.fit({done + 1}, train=False, resume=...)")
+        raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {counted(n_epochs, 'epoch')} in "
+                         f"total: n_epochs counts from the start of the run, so pass n_epochs >= {done}")
     _check_model(unwrap(learn.model), state["model"], file)
     if done == n_epochs:
         warnings.warn(f"checkpoint {file} already finished {done} epochs: nothing left to train", stacklevel=3)

@@ -42,7 +42,7 @@ from ..checks import add_note, python_number
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
-from ..utils import without_graph
+from ..utils import counted, without_graph
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .metrics import check_monitor, monitor_mode
 from .records import keep_records, restore_if_refused
@@ -85,8 +85,8 @@ def check_one_cycle_room(what: str, n_epochs: int, per_epoch: int) -> None:
     """Raise ValueError when a one-cycle over `n_epochs` × `per_epoch` optimizer steps has no room for its peak."""
     total = n_epochs * per_epoch
     if total < 2:  # its peak in the middle needs a step before and after (one step trains at max_lr / 25 / 1e4)
-        raise ValueError(f"{what} needs at least 2 optimizer steps, and this fit has {total} ({n_epochs} epoch(s) of "
-                         f"{per_epoch} batch(es)): train more epochs or use smaller batches")
+        raise ValueError(f"{what} needs at least 2 optimizer steps, and this fit has {total} ({counted(n_epochs, 'epoch')} "
+                         f"of {counted(per_epoch, 'batch', 'batches')}): train more epochs or use smaller batches")
 
 
 def _is_plateau(factory: Any) -> bool:
@@ -195,15 +195,14 @@ class BaseSchedCB(Callback):
         if not total:  # unknown, or a fit of no epochs, which steps no schedule (torch builds none of length 0)
             return
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
-        epochs_said = f"{epochs} epoch{'s' * (epochs != 1)}"
-        how = (f"{epochs_said}, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB) else
-               f"{epochs_said} × {self._per_epoch} optimizer steps per epoch")
+        how = (f"{counted(epochs, 'epoch')}, and EpochSchedCB steps once per epoch" if isinstance(self, EpochSchedCB)
+               else f"{counted(epochs, 'epoch')} × {self._per_epoch} optimizer steps per epoch")
         for part, runs in _ending_parts(self.scheduler, total):  # (of a SequentialLR the last part, of a chain all)
             field, capacity = _length(part)
             if field is not None and capacity > runs:
                 # legitimate for a trial run, but usually a length counted wrong: the lr never comes down
                 where = "" if part is self.scheduler else f" (in {name}, running the last {runs} steps)"
-                warnings.warn(f"{type(part).__name__}{where} has {field}={capacity} but this fit takes {total} steps "
+                warnings.warn(f"{type(part).__name__}{where} has {field}={capacity} but this fit takes {counted(total, 'step')} "
                               f"({how}): the fit ends before the schedule does, with the lr it has at step {runs}, "
                               f"not at its end. If that is not on purpose, build it with {field}={runs}"
                               + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "

@@ -19,6 +19,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 
 from ..checks import check_count, check_number
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
+from ..utils import counted
 from .preds import prediction_pass
 from .state import kept
 
@@ -138,7 +139,7 @@ class SWACB(Callback):
             averaged = int(state["swa_model"].get("n_averaged", 0))
             if averaged:
                 warnings.warn(f"SWACB: this evaluation validates the checkpoint's raw weights, not the average of "
-                              f"{averaged} epoch(s) it also holds, which SWACB uses only in a fit that trains: "
+                              f"{counted(averaged, 'epoch')} it also holds, which SWACB uses only in a fit that trains: "
                               "learn.fit(n_epochs, resume=...) to finish the run (the average is learn.model then)",
                               stacklevel=2)
             return
