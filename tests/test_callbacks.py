@@ -297,6 +297,24 @@ def test_metricscb_names_a_metric_that_computes_more_than_one_number():
         tiny_learner(cbs=[MetricsCB(per_class=PerClass())]).fit(1)
 
 
+@pytest.mark.parametrize("value", [(torch.tensor([0.5, 1.0]), torch.tensor([1.0, 0.5])), [0.5], None],
+                         ids=["tuple", "list", "None"])
+def test_metricscb_names_a_metric_whose_value_is_no_number(value):
+    """A metric computing a tuple (torcheval's BinaryPrecisionRecallCurve) ended the pass in a bare "float() argument
+    must be ... not 'tuple'", naming no metric."""
+    class Curve:
+        def update(self, preds, target):
+            pass
+
+        def compute(self):
+            return value
+
+        def reset(self):
+            pass
+    with pytest.raises(TypeError, match=rf"'curve' computed a {type(value).__name__}.*one number"):
+        tiny_learner(cbs=[MetricsCB(curve=Curve())]).fit(1)
+
+
 def test_metricscb_refuses_two_metrics_under_one_name_or_a_name_of_its_own_columns():
     """MetricsCB(F1(average='macro'), F1(average='micro')) logged one of them; a metric named 'time' was printed
     as the elapsed time and lost from the CSV; MetricsCB(Accuracy(), Accuracy=other) dropped one silently."""

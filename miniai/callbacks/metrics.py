@@ -408,7 +408,12 @@ def _number(name: str, value: Any) -> float:
         raise ValueError(f"MetricsCB logs one number per metric, and {name!r} computed a tensor of shape "
                          f"{tuple(value.shape)} (one value per class?): average it in the metric (torcheval: "
                          "average='macro' or 'micro'), or record it in a callback of your own")
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:  # a curve's (precision, recall, thresholds), None, a list
+        raise TypeError(f"MetricsCB logs one number per metric, and {name!r} computed a {type(value).__name__}: "
+                        "make its compute() return one number (for a curve, a summary of it: torcheval's "
+                        "BinaryAUPRC for BinaryPrecisionRecallCurve), or record it in a callback of your own") from e
 
 
 # words of a metric's name that say which way it improves; 'score' alone says nothing (a Brier or FID score falls)
