@@ -315,6 +315,37 @@ def test_metricscb_names_a_metric_whose_value_is_no_number(value):
         tiny_learner(cbs=[MetricsCB(curve=Curve())]).fit(1)
 
 
+def test_one_metric_object_in_two_metricscbs_of_a_run_is_refused_with_the_fix():
+    """Two MetricsCBs holding one metric object both fed it every batch: a count metric read 74 for 37 items."""
+    import copy
+
+    class Items:
+        def update(self, preds, target):
+            self.n += len(target)
+
+        def compute(self):
+            return float(self.n)
+
+        def reset(self):
+            self.n = 0
+    shared = Items()
+    for cbs, fit_cbs in [([MetricsCB(n=shared), MetricsCB(items=shared)], []), ([MetricsCB(a=shared, b=shared)], []),
+                         ([MetricsCB(n=shared)], [MetricsCB(n=shared)])]:
+        learn = tiny_learner(cbs=cbs)
+        with pytest.raises(ValueError, match=r"holds? one Items object as metric '(n|a)'") as e, \
+                redirect_stdout(io.StringIO()):
+            learn.fit(1, cbs=fit_cbs)
+        assert "copy.deepcopy" in str(e.value) and shared.__dict__ == {}  # refused before any pass
+    own = MetricsCB(n=copy.deepcopy(shared))
+    learn = tiny_learner(cbs=[MetricsCB(n=shared), own])
+    with redirect_stdout(io.StringIO()):
+        learn.fit(1)
+        n_valid = sum(len(b[1]) for b in learn.dls.valid)
+        assert learn.cbs[0].last["valid_n"] == own.last["valid_n"] == n_valid
+        learn.get_preds(cbs=[MetricsCB(n=shared)])  # the learner's MetricsCB takes no part in the pass: fine
+    assert shared.n == n_valid
+
+
 def test_metricscb_refuses_two_metrics_under_one_name_or_a_name_of_its_own_columns():
     """MetricsCB(F1(average='macro'), F1(average='micro')) logged one of them; a metric named 'time' was printed
     as the elapsed time and lost from the CSV; MetricsCB(Accuracy(), Accuracy=other) dropped one silently."""

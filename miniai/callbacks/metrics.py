@@ -124,6 +124,7 @@ class MetricsCB(Callback):
             raise TypeError(f"MetricsCB.log_fn is called with each row, or None for no rows; got a "
                             f"{type(self.log_fn).__name__}" + (": its .append?" if hasattr(self.log_fn, "append")
                                                                else ""))
+        _check_unshared(self, learn)
         learn.metrics = self
         keep_records(self, "history", "last")  # (a fit refused before its first epoch puts them back)
         self.history, self.last = [], {}
@@ -291,6 +292,26 @@ class MetricsCB(Callback):
 
 
 _METRIC_METHODS = ("update", "compute", "reset")
+
+
+def _check_unshared(cb: MetricsCB, learn: Learner) -> None:
+    """Refuse one metric object held twice by the run's MetricsCBs (or by one, under two names): each would update
+    it with every batch, counting the pass twice (an accuracy's ratio hides it, a count doubles)."""
+    # the MetricsCBs this run calls (a fit's, its fit(cbs=...) ones, or a get_preds pass's, where the learner's own
+    # take no part)
+    running = [h.__self__ for h in learn._handlers.get("after_batch", []) if isinstance(h.__self__, MetricsCB)] \
+        if isinstance(getattr(learn, "_handlers", None), dict) else [cb]
+    held: dict[int, tuple[str, MetricsCB]] = {}
+    for each in running:
+        for name, metric in each.metrics.items():
+            if id(metric) in held:
+                first, owner = held[id(metric)]
+                names = repr(name) if first == name else f"{first!r} and {name!r}"
+                raise ValueError(f"{'one MetricsCB holds' if owner is each else 'two MetricsCBs of this run hold'} "
+                                 f"one {type(metric).__name__} object as metric {names}: it would be updated twice "
+                                 "with every batch (a count doubles). Give each its own object, e.g. "
+                                 f"MetricsCB({name}=copy.deepcopy(metric))")
+            held[id(metric)] = name, each
 
 
 def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
