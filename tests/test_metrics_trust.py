@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from types import SimpleNamespace
 import io
+import warnings
 from functools import partial
 
 import pytest
@@ -151,6 +152,39 @@ def test_accuracy_with_ignore_index_none_counts_every_target():
     acc = Accuracy(ignore_index=None).update(torch.eye(3), torch.tensor([0, 1, 1]))
     assert acc.compute().item() == pytest.approx(2 / 3)
     assert Accuracy(ignore_index=None).update(torch.eye(2), torch.tensor([-100, 1])).compute().item() == 0.5
+
+
+@pytest.mark.parametrize("loss_func", [nn.CrossEntropyLoss(ignore_index=0), partial(F.cross_entropy, ignore_index=0)],
+                         ids=["nn", "partial"])
+def test_accuracy_left_at_its_default_leaves_out_what_the_loss_leaves_out(loss_func):
+    """With nn.CrossEntropyLoss(ignore_index=0) (padding id 0) the loss left the pads out and Accuracy() counted
+    them: 0.53 for 0.22. Left at its default it follows the loss's ignore_index; one given that differs is warned of."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 5, 10, generator=g), torch.randint(1, 4, (20, 10), generator=g)
+    y[:, 6:] = 0  # padding, easy to predict
+    x[:, 0, 6:] = 50.0
+    model = nn.Conv1d(5, 4, 1)
+    with torch.no_grad():
+        model.weight[0, 0, 0] = 1.0
+        pred = model(x).argmax(1)
+    real = y != 0
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
+    m = MetricsCB(acc=Accuracy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn of
+        evaluate(TrainLearner(model, dls, loss_func, cbs=[m]))
+    assert m.last["valid_acc"] == pytest.approx((pred[real] == y[real]).float().mean().item())
+    assert m.last["valid_acc"] != pytest.approx((pred == y).float().mean().item())  # (the pads do count)
+    assert Accuracy().update(torch.eye(3), torch.tensor([0, -100, 2])).compute().item() == 1.0  # alone: -100
+    m = MetricsCB(acc=Accuracy(ignore_index=None))
+    with pytest.warns(UserWarning, match=r"'acc' is an Accuracy\(ignore_index=None\).*loss leaves out.* 0.*"
+                                         r"Leave ignore_index out"):
+        evaluate(TrainLearner(model, dls, loss_func, cbs=[m]))
+    assert m.last["valid_acc"] == pytest.approx((pred == y).float().mean().item())  # as it was told
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same as the loss's, or a loss of one's own that can't say: no warning
+        evaluate(TrainLearner(model, dls, loss_func, cbs=[MetricsCB(acc=Accuracy(ignore_index=0))]))
+        evaluate(TrainLearner(model, dls, lambda p, t: loss_func(p, t), cbs=[MetricsCB(acc=Accuracy(ignore_index=0))]))
 
 
 # ---------------------------------------------------------------- validation loaders that drop items

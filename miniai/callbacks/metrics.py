@@ -125,6 +125,7 @@ class MetricsCB(Callback):
                             f"{type(self.log_fn).__name__}" + (": its .append?" if hasattr(self.log_fn, "append")
                                                                else ""))
         _check_unshared(self, learn)
+        _warn_other_ignore(self.metrics, learn.loss_func)
         learn.metrics = self
         keep_records(self, "history", "last")  # (a fit refused before its first epoch puts them back)
         self.history, self.last = [], {}
@@ -152,6 +153,9 @@ class MetricsCB(Callback):
         self._by_targets = _averages_over_targets(learn.loss_func)
         self._sums = self._sum_loss or getattr(learn.loss_func, "reduced_by_sum", False)  # (get_preds' copy too)
         self._ignore = _ignored_target(learn.loss_func)
+        for metric in self.metrics.values():  # an Accuracy left at its default leaves out what the loss does
+            if isinstance(metric, Accuracy) and metric.ignore_index == "loss":
+                metric.loss_ignore_index = self._ignore
         self._class_weight = loss_setting(learn.loss_func, "weight", None)
         self._lossless = False  # set by a pass that computes no loss (get_preds without with_loss): none is logged
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (preds, target, loss, n)
@@ -361,6 +365,25 @@ def _ignored_target(loss_func: Any) -> int:
     return value if isinstance(value, int) else -100
 
 
+def _stated_ignore(loss_func: Any) -> int | None:
+    """The target value the loss says it leaves out: its `ignore_index`, or -100 for torch's cross-entropy and NLL
+    left at theirs; None when it can't be told (a function of one's own that sets none)."""
+    value = loss_setting(loss_func, "ignore_index", None)
+    return value if isinstance(value, int) else -100 if class_loss(loss_func) else None
+
+
+def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
+    """Warn of an Accuracy given an ignore_index other than the loss's: the two are over different targets."""
+    stated = _stated_ignore(loss_func)
+    for name, metric in metrics.items():
+        if isinstance(metric, Accuracy) and metric.ignore_index != "loss" and stated is not None \
+                and metric.ignore_index != stated:
+            warnings.warn(f"MetricsCB metric {name!r} is an Accuracy(ignore_index={metric.ignore_index!r}), and the "
+                          f"loss leaves out targets of {stated}: the accuracy and the loss are over different "
+                          "targets (padding counted in one and not the other?). Leave ignore_index out "
+                          "(Accuracy() follows the loss's), or give both the same one", stacklevel=4)
+
+
 def _counted(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
     """Where `target` is not `ignore_index`; None when no target can be: no ignore_index, or one the targets' dtype
     can't hold (compared with uint8 targets, -100 would wrap to 156 and leave out class 156)."""
@@ -511,14 +534,20 @@ class Accuracy:
     costs: importing torcheval takes over a second, and its first `compute` compiles TorchScript. The two counts
     stay on the device until `compute`, so updating never waits for the GPU; under DDP they are summed over ranks.
     Preds and targets it would compare wrongly (targets as a column, one-hot targets, a binary model's scores,
-    anything that broadcasts) are refused, with what to pass instead. Targets of `ignore_index` (-100, what torch's
-    cross-entropy skips: padding, unlabelled items) are left out of both counts, as the loss leaves them out
-    (`ignore_index=None`: none is; nor is one the targets' dtype can't hold, -100 in uint8 targets).
+    anything that broadcasts) are refused, with what to pass instead. Targets of `ignore_index` are left out of both
+    counts, as the loss leaves them out: at its default, 'loss', in a MetricsCB the loss's own (set each pass:
+    `nn.CrossEntropyLoss(ignore_index=0)`'s, a partial's, a function's `.ignore_index`), else -100 (torch's
+    cross-entropy default: padding, unlabelled items); one given that differs from the loss's is warned of at the
+    fit's start (`ignore_index=None`: none is left out; nor is one the targets' dtype can't hold, -100 in uint8).
     """
     additive = True  # an update over concatenated batches counts what one per batch would: MetricsCB batches them
 
-    def __init__(self, ignore_index: int | None = -100) -> None:
+    def __init__(self, ignore_index: int | None | str = "loss") -> None:
+        if not (ignore_index is None or ignore_index == "loss" or isinstance(ignore_index, int)):
+            raise TypeError(f"Accuracy(ignore_index=...) is the target value to leave out (an int), None for none, "
+                            f"or 'loss' (the default: the loss's); got {ignore_index!r}")
         self.ignore_index = ignore_index
+        self.loss_ignore_index = -100  # what 'loss' leaves out: torch's default until MetricsCB reads the loss's
         self.counts = torch.zeros(2, dtype=torch.int64)  # correct, total
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> Accuracy:
@@ -527,7 +556,7 @@ class Accuracy:
         if labels.shape != target.shape or labels.is_floating_point() or labels is not preds and preds.shape[1] < 2:
             # comparing them would broadcast, or compare scores with class ids: a wrong accuracy without a word
             raise ValueError(_accuracy_mismatch(preds, target))
-        mask = _counted(target, self.ignore_index)
+        mask = _counted(target, self.loss_ignore_index if self.ignore_index == "loss" else self.ignore_index)
         if mask is None:  # every target counts
             self.counts[0] += (labels == target).sum()
             self.counts[1] += target.numel()
