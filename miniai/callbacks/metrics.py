@@ -61,9 +61,10 @@ class MetricsCB(Callback):
     time (or 1M predictions), concatenated (one call's fixed cost instead of 256). The loss is each batch's
     weighted by what its mean divides by: for torch's cross-entropy and NLL losses its targets' class weights,
     leaving out `ignore_index` (the whole set's loss at any batch size; a batch whose targets are all ignored
-    counts for nothing, where fastai and Keras, weighting by items, log NaN), else its items; a loss of
-    `reduction='sum'` is logged per item. Per-item losses (`reduction='none'`) are averaged
-    over the batch leaving out targets of the loss's `ignore_index`, as 'mean' does. A pass that computes no loss
+    counts for nothing, where fastai and Keras, weighting by items, log NaN), else its items (a function of one's
+    own on targets of -100 is warned of once a fit: it may leave them out, as F.cross_entropy inside it does); a
+    loss of `reduction='sum'` is logged per item. Per-item losses (`reduction='none'`) are averaged over the batch
+    leaving out targets of the loss's `ignore_index`, as 'mean' does. A pass that computes no loss
     (`get_preds(cbs=[MetricsCB(...)])` without `with_loss=True`) logs none. Dict batches (with a predict and
     get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
@@ -130,6 +131,7 @@ class MetricsCB(Callback):
         keep_records(self, "history", "last")  # (a fit refused before its first epoch puts them back)
         self.history, self.last = [], {}
         self._printer.header_done = False  # each fit's table starts with its header
+        self._warned_items = False  # (once per fit: a loss whose batches are weighted by items, see after_epoch)
 
     def cleanup_fit(self, learn: Learner) -> None:
         restore_if_refused(self, learn)
@@ -148,6 +150,7 @@ class MetricsCB(Callback):
             metric.reset()
         self._loss_sum = torch.zeros((), dtype=sum_dtype(self._device), device=self._device)
         self._loss_weight = torch.zeros_like(self._loss_sum)  # what the loss sum is divided by: see _flush
+        self._uncounted = torch.zeros_like(self._loss_sum)  # targets of ignore_index in batches weighted by items
         # (torch's cross-entropy and NLL losses average over their targets' class weights, leaving out ignore_index:
         # a batch's mean is weighted by those; any other loss's, a 'sum' one's too, by its items)
         self._by_targets = _averages_over_targets(learn.loss_func)
@@ -264,6 +267,8 @@ class MetricsCB(Callback):
         if not self._by_targets:
             if counted is None or self._sums:  # (a sum over no target is 0: per item, as documented)
                 return sizes
+            # counted on the device, no sync: read at the pass's end with its loss (after_epoch), one read as before
+            self._uncounted += counted.numel() - counted.sum()
             any_counted = _per_batch_sums(counted.to(dtype), targets) > 0
             return torch.tensor(sizes, dtype=dtype, device=flat.device) * any_counted
         if isinstance(self._class_weight, torch.Tensor):
@@ -278,15 +283,32 @@ class MetricsCB(Callback):
         self._flush()
         split = "train" if learn.training else "valid"
         values = {name: _number(name, value) for name, value in _compute(self.metrics, self._sync).items()}
-        totals = torch.stack([self._loss_sum, self._loss_weight])
-        loss_sum, weight = all_reduce_sum(totals) if self._sync else totals  # (one collective for both)
+        totals = torch.stack([self._loss_sum, self._loss_weight, self._uncounted])
+        loss_sum, weight, uncounted = (all_reduce_sum(totals) if self._sync else totals).tolist()  # (one collective,
+        # one read)
         if not self._lossless:  # (a stale learn.loss from an earlier fit is no loss of this pass)
-            values["loss"] = float(loss_sum / weight) if weight else float("nan")
+            values["loss"] = loss_sum / weight if weight else float("nan")
+            if uncounted and not self._warned_items:
+                self._warned_items = True
+                self._warn_weighted_by_items(learn, split, int(uncounted))
         for name, value in values.items():
             self.last[f"{split}_{name}"] = value
         record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
         self.history.append(record)
         self._log({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
+
+    def _warn_weighted_by_items(self, learn: Learner, split: str, uncounted: int) -> None:
+        """Warn that a loss MetricsCB can't see into, on targets some of which are its ignore_index, is logged with
+        each batch's mean weighted by its items: not the set's, if the loss leaves those targets out."""
+        name = getattr(learn.loss_func, "__name__", type(learn.loss_func).__name__)
+        what = "torch's default ignore_index" if self._ignore == -100 else f"{name}'s ignore_index"
+        warnings.warn(f"{uncounted} targets of {self._ignore} ({what}) in this {split} pass, and MetricsCB can't "
+                      f"tell how the loss {name} averages, so each batch's mean loss is weighted by its items: if "
+                      f"{name} leaves those targets out, the logged {split}_loss is not the whole set's and changes "
+                      "with the batch size. Pass torch's loss itself, loss_func=F.cross_entropy, "
+                      "nn.CrossEntropyLoss(...) or functools.partial(F.cross_entropy, ...), whose mean MetricsCB "
+                      "weights by its counted targets (a loss that averages over all items, these too, is logged "
+                      "right as it is)", stacklevel=2)
 
     def _log(self, row: dict[str, Any]) -> None:
         """Send a formatted row to `log_fn`. The course's MetricsCB called this: a subclass may override it (its
