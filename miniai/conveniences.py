@@ -9,6 +9,8 @@ import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 if TYPE_CHECKING:
     from .learner import Callback, Learner
 
@@ -52,10 +54,11 @@ class Conveniences:
         from .callbacks.preds import capture_preds
         return capture_preds(self, cbs, inps)
 
-    def tta(self: Learner, dl: Any = None, tfms: Any = None, n: int = 1, inputs: str | None = None) -> tuple:
-        """`(probs, targets)`: softmax averaged over the inputs and `n` augmented copies (default: flipped)."""
+    def tta(self: Learner, dl: Any = None, tfms: Any = None, n: int = 1, inputs: str | None = None,
+            act: Callable | None = torch.softmax) -> tuple:
+        """`(probs, targets)`: `act` (softmax) of the outputs averaged over the inputs and `n` augmented copies."""
         from .callbacks.preds import tta
-        return tta(self, dl, tfms, n, inputs)
+        return tta(self, dl, tfms, n, inputs, act)
 
     def infer(self: Learner, items: Any, bs: int = 256) -> Any:
         """Class index, name and probabilities of one raw image or a batch, normalized as the loaders' data were."""

@@ -320,6 +320,25 @@ def test_tta_default_averages_with_the_flipped_images():
     assert torch.equal(probs, (plain + flipped) / 2)
 
 
+def test_tta_takes_an_act_for_a_binary_model_and_its_error_names_it():
+    """tta applied softmax always: a binary model's one logit per item could not use it, and the error advised
+    get_preds(act=torch.sigmoid), which does no TTA."""
+    from miniai.callbacks.preds import tta
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 1, 4, 4, generator=g), (torch.rand(10, 1, generator=g) > 0.5).float()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+    learn = TrainLearner(model, DataLoaders(None, TensorLoader(x, y, 4)), F.binary_cross_entropy_with_logits)
+    with pytest.raises(ValueError, match=r"softmax over the class dim 1.*learn\.tta\(act=torch\.sigmoid\)"):
+        learn.tta()
+    probs, targets = learn.tta(act=torch.sigmoid)
+    with torch.no_grad():
+        expected = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(-1)))) / 2
+    assert torch.allclose(probs, expected, atol=1e-6) and torch.equal(targets, y)
+    assert torch.equal(tta(learn, n=0, act=torch.sigmoid)[0], learn.get_preds(act=torch.sigmoid)[0])
+    with pytest.raises(ValueError, match=r"learn\.get_preds\(act=torch\.sigmoid\)"):  # get_preds' own advice
+        learn.get_preds(act=torch.softmax)
+
+
 def test_tta_with_random_transforms_repeats_exactly_and_leaves_the_rng_alone():
     learn = image_learner()
     rng = torch.get_rng_state()

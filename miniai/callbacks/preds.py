@@ -160,7 +160,7 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
 _CLASS_DIM_ACTS = (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax)
 
 
-def _activate(act: Callable, preds: Any) -> Any:
+def _activate(act: Callable, preds: Any, who: str = "get_preds") -> Any:
     if not isinstance(preds, torch.Tensor):  # (logits, aux), a dict: an act of the user's may pick the logits out
         try:
             return act(preds)
@@ -175,7 +175,7 @@ def _activate(act: Callable, preds: Any) -> Any:
             shape = tuple(preds.shape)
             raise ValueError(f"softmax over the class dim 1 needs 2 or more outputs per item; the model gives {shape}"
                              " (1 is always 1.0; across the items of a batch is meaningless). For one score per item "
-                             "(a binary model) use learn.get_preds(act=torch.sigmoid)")
+                             f"(a binary model) use learn.{who}(act=torch.sigmoid)")
         return act(preds, dim=1)
     return act(preds)
 
@@ -309,8 +309,8 @@ class _GatherPreds(Callback):
     inference = True
 
     def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None,
-                 loss_func: Callable | None = None) -> None:
-        self.with_input, self.with_loss, self.act = with_input, with_loss, act
+                 loss_func: Callable | None = None, who: str = "get_preds") -> None:
+        self.with_input, self.with_loss, self.act, self.who = with_input, with_loss, act, who  # (who: for act's advice)
         self.loss_func = loss_func  # the learner's own (reduced), checked on its per-position losses until it warns
         self._checks_left = 8  # batches to check it on
         self._act_checked = False
@@ -349,7 +349,7 @@ class _GatherPreds(Callback):
                 self._act_checked = True
             device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
             with _no_autocast(device):  # act sees the model's output, not a recast of it
-                preds = _activate(self.act, preds)
+                preds = _activate(self.act, preds, self.who)
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         n = _batch_size(learn.xb[0]) if learn.xb else None
@@ -542,22 +542,27 @@ def _shuffled(dl: Any) -> bool:
 
 def tta(learn: Learner, dl: Iterable[Any] | None = None,
         tfms: Callable[[torch.Tensor], torch.Tensor] | Sequence[Callable] | None = None, n: int = 1,
-        inputs: str | None = None) -> tuple:
-    """Test-time augmentation: `(probs, targets)`, softmax probabilities averaged over the inputs and `n` copies.
+        inputs: str | None = None, act: Callable | None = torch.softmax) -> tuple:
+    """Test-time augmentation: `(probs, targets)`, probabilities (`act` of the outputs) averaged over the inputs and
+    `n` copies.
 
     `tfms` is a batch transform (x -> x, see `miniai.augment`) or a sequence of them, applied to the inputs after
     the learner's own validation transforms (as a `BatchTransformCB(on_val=True)` added for each copy). The
     default is a horizontal flip of (N,C,H,W) images, `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs
     it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Their draws
-    come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `n=0` is
-    `get_preds(act=torch.softmax)`. Each copy is a prediction pass, so `dl` must give its items in the same order
-    every pass (a shuffled one is walked in order, as by `get_preds`). A learner whose batches have several inputs
-    needs `inputs='first'` or `'all'`: the inputs the transforms take (as `BatchTransformCB`'s).
+    come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to
+    each batch's outputs as by `get_preds`: softmax over the class dim 1 by default, `torch.sigmoid` for a binary or
+    multi-label model's scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a
+    prediction pass, so `dl` must give its items in the same order every pass (a shuffled one is walked in order, as
+    by `get_preds`). A learner whose batches have several inputs needs `inputs='first'` or `'all'`: the inputs the
+    transforms take (as `BatchTransformCB`'s).
     """
     if learn.n_inp != 1 and inputs is None:
         raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which the augmented copies "
                          "transform, tta(..., inputs='first') or inputs='all' (each one)")
     check_count("tta: n", n, least=0, what=" (augmented copies)")
+    if act is not None and not callable(act):
+        raise TypeError(f"tta's act must be a callable applied to each batch's preds (e.g. torch.sigmoid); got {act!r}")
     dl = _loader(learn, dl)
     if n and isinstance(dl, Iterator):  # (a generator, iter(dl), map(...)): the plain pass would use it up
         raise ValueError(f"tta walks the loader {n + 1} times (the plain pass and {n} augmented), and a one-shot "
@@ -567,14 +572,14 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
                          "items in the same order each time: pass an unshuffled one (shuffle=False), e.g. dls.valid")
     tfm = RandomFlip(p=1.0) if tfms is None else tfms if callable(tfms) else Compose(*tfms)
     with kept(learn, [dl], tfms=[tfm]):  # (a transform's own generator too: tta repeats)
-        plain, plain_items = _GatherPreds(act=torch.softmax), _ItemSums()
+        plain, plain_items = _GatherPreds(act=act, who="tta"), _ItemSums()
         prediction_pass(learn, dl, [plain_items, plain], who="tta")
         probs, targets = plain.result()
         if n == 0:
             return probs, targets
         total = probs.clone()
         for _ in range(n):
-            aug, items = _GatherPreds(act=torch.softmax), _ItemSums()
+            aug, items = _GatherPreds(act=act, who="tta"), _ItemSums()
             try:
                 prediction_pass(learn, dl, [items, BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs),
                                             aug], who="tta")
