@@ -283,9 +283,8 @@ class MetricsCB(Callback):
         self._flush()
         split = "train" if learn.training else "valid"
         values = {name: _number(name, value) for name, value in _compute(self.metrics, self._sync).items()}
-        totals = torch.stack([self._loss_sum, self._loss_weight, self._uncounted])
-        loss_sum, weight, uncounted = (all_reduce_sum(totals) if self._sync else totals).tolist()  # (one collective,
-        # one read)
+        totals = torch.stack([self._loss_sum, self._loss_weight, self._uncounted])  # (one collective, one read)
+        loss_sum, weight, uncounted = (all_reduce_sum(totals) if self._sync else totals).tolist()
         if not self._lossless:  # (a stale learn.loss from an earlier fit is no loss of this pass)
             values["loss"] = loss_sum / weight if weight else float("nan")
             if uncounted and not self._warned_items:
@@ -325,8 +324,8 @@ def _check_unshared(cb: MetricsCB, learn: Learner) -> None:
     it with every batch, counting the pass twice (an accuracy's ratio hides it, a count doubles)."""
     # the MetricsCBs this run calls (a fit's, its fit(cbs=...) ones, or a get_preds pass's, where the learner's own
     # take no part)
-    running = [h.__self__ for h in learn._handlers.get("after_batch", []) if isinstance(h.__self__, MetricsCB)] \
-        if isinstance(getattr(learn, "_handlers", None), dict) else [cb]
+    handlers = learn._handlers.get("after_batch", []) if isinstance(getattr(learn, "_handlers", None), dict) else []
+    running = [h.__self__ for h in handlers if isinstance(getattr(h, "__self__", None), MetricsCB)] or [cb]
     held: dict[int, tuple[str, MetricsCB]] = {}
     for each in running:
         for name, metric in each.metrics.items():
