@@ -128,7 +128,7 @@ class MetricsCB(Callback):
         _check_unshared(self, learn)
         _warn_other_ignore(self.metrics, learn.loss_func)
         learn.metrics = self
-        keep_records(self, "history", "last")  # (a fit refused before its first epoch puts them back)
+        keep_records(self, "history", "last")  # (a fit refused before its first batch puts them back)
         self.history, self.last = [], {}
         self._printer.header_done = False  # each fit's table starts with its header
         self._warned_items = False  # (once per fit: a loss whose batches are weighted by items, see after_epoch)

@@ -428,7 +428,8 @@ def _loader(learn: Learner, dl: Any) -> Any:
         dl = sharded[1]
         if dl is None:
             raise ValueError("no loader to predict on: learn.dls has no valid loader (a learner from load_learner "
-                             "keeps none). Pass one, e.g. learn.get_preds(dl=loader), or dl=[(xb,)] for one batch.")
+                             "keeps none). Pass one as this call's dl= (learn.get_preds(dl=loader), learn.tta(dl=loader), "
+                             "Interpretation.from_learner(learn, dl=loader)), or dl=[(xb,)] for one batch.")
     return _in_order(dl)
 
 
