@@ -5,17 +5,17 @@ is a look, not training), and start writing at the first training pass of a fit,
 (`fit(train=False)`, used to evaluate) leaves what they wrote alone. A run resumed with `fit(resume=...)` keeps
 what was logged before the checkpoint's epoch, drops what a run that went on from it wrote later, and continues, so
 the log reads as that of a run never stopped; a log another run has written to since is refused (the CSV by its
-rows, TensorBoard by the run its `state_dict` names).
+rows, TensorBoard by the fits its `state_dict` names).
 """
 from __future__ import annotations
 
 import csv
 import itertools
 import importlib.util
+import json
 import math
 import os
 import re
-import json
 import time
 import uuid
 import warnings
