@@ -40,7 +40,8 @@ COURSE_MODULES: dict[str, dict[str, list[str]]] = {
                                               "ActivationStats"]},
     # where a name of ours means something else (init_weights also does Linear layers; get_model's nfs), the
     # course's meaning is defined in _course_defs
-    "init": {"models": ["GeneralRelu", "lsuv_init", "conv"], "_course_defs": ["init_weights", "get_model"]},
+    "init": {"models": ["GeneralRelu", "lsuv_init", "conv"],
+             "_course_defs": ["init_weights", "get_model", "BatchTransformCB"]},
     "sgd": {"callbacks.scheduling": ["BaseSchedCB", "BatchSchedCB", "RecorderCB", "EpochSchedCB"]},
     "resnet": {"models": ["act_gr", "ResBlock"]},
     # augment.py is ours too, with its own batch transforms; the course patched these two onto Learner there
@@ -54,16 +55,19 @@ _ERASE = ("the course's erases 0 to max_num rectangles of a fixed size, the same
 # course module -> {course name: why it is not here, and what to use}
 NOT_PROVIDED: dict[str, dict[str, str]] = {
     "conv": {"collate_device": "use DeviceCB() in cbs, which moves every batch"},
-    "learner": {"run_cbs": "the Learner dispatches events itself (learn._emit)",
-                "with_cbs": "the Learner runs its stages itself (Learner._stage)"},
-    "init": {"BatchTransformCB": "the course's transforms the whole batch, tfm(batch); miniai's BatchTransformCB "
-                                 "(miniai.callbacks) transforms the inputs only, tfm(xb), and on_val is False by "
-                                 "default: BatchTransformCB(lambda xb: (xb - xmean) / xstd, on_val=True)",
-             "clean_ipython_hist": "not provided", "clean_tb": "not provided", "clean_mem": "not provided",
+    "learner": {"run_cbs": "the Learner dispatches events itself; to call one callback's event yourself: "
+                           "cb.after_batch(learn)",
+                "with_cbs": "the Learner runs its stages itself (before_/after_/cleanup_ events): write a Callback"},
+    "init": {"clean_ipython_hist": "not provided: restart the kernel to free what IPython's history holds",
+             "clean_tb": "not provided: import sys; sys.last_traceback = sys.last_value = None",
+             "clean_mem": "not provided: import gc; gc.collect(); torch.cuda.empty_cache()",
              "plot_func": "not provided: plt.plot(x, f(x))"},
     "sgd": {"HasLearnCB": "not provided: a callback receives learn in every event; keep it in before_fit if needed"},
-    "augment": {"show_image_batch": "not provided", "CapturePreds": "not provided", "rand_copy": "not provided",
-                "RandCopy": "not provided",
+    "augment": {"show_image_batch": "not provided: learn.fit(1, cbs=[SingleBatchCB()]); "
+                                    "show_images(learn.batch[0][:9])",
+                "CapturePreds": "not provided: preds, targets = learn.capture_preds() (inps=True: the inputs too, last)",
+                "rand_copy": "not provided: miniai.augment has RandomErase, RandomFlip and RandomCrop",
+                "RandCopy": "not provided: miniai.augment has RandomErase, RandomFlip and RandomCrop",
                 "rand_erase": _ERASE, "RandErase": _ERASE},
     "accel": {"MixedPrecision": "the course's is a TrainCB doing every step, for a plain Learner; miniai's "
                                 "MixedPrecisionCB (miniai.callbacks) does backward and step only: "

@@ -2,9 +2,9 @@
 
 `miniai._course` serves them to code written for the course's package (`from miniai.init import *`), so a course
 notebook gets what it was written for; miniai's own code and notebooks use `miniai.models` and `miniai.utils`,
-whose `conv`, `init_weights`, `get_model` and `to_cpu` differ as their docstrings say (a Sequential always, as the
-course's `init.conv`; Linear layers initialized too; `nfs` without the input channel and a 5×5 first conv; dtypes
-kept).
+whose `conv`, `init_weights`, `get_model`, `to_cpu` and `BatchTransformCB` differ as their docstrings say (a
+Sequential always, as the course's `init.conv`; Linear layers initialized too; `nfs` without the input channel and a
+5×5 first conv; dtypes kept; the inputs transformed, not the whole batch).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from . import models
+from .learner import Callback, Learner
 from .utils import map_tensors
 
-__all__ = ["conv", "init_weights", "get_model", "inplace", "to_cpu"]
+__all__ = ["conv", "init_weights", "get_model", "inplace", "to_cpu", "BatchTransformCB"]
 
 
 def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True) -> nn.Module:
@@ -58,3 +59,16 @@ def to_cpu(x: Any) -> Any:
 def _cpu_float(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().cpu()
     return t.float() if t.dtype == torch.float16 else t
+
+
+class BatchTransformCB(Callback):
+    """The course's `init.BatchTransformCB`: `learn.batch = tfm(learn.batch)`, the whole batch (inputs and targets),
+    before each batch of the passes it is on (training: `on_train`; validation, and prediction passes: `on_val`)."""
+
+    def __init__(self, tfm: Callable[[Any], Any], on_train: bool = True, on_val: bool = True) -> None:
+        self.tfm, self.on_train, self.on_val = tfm, on_train, on_val
+        self.inference = on_val  # (get_preds and tta run it as they run a validation pass)
+
+    def before_batch(self, learn: Learner) -> None:
+        if self.on_train if learn.training else self.on_val:
+            learn.batch = self.tfm(learn.batch)

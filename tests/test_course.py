@@ -397,3 +397,31 @@ def test_show_image_takes_the_courses_argument_order():
     from miniai.datasets import show_image
     fig = show_image(torch.rand(4, 4), None, (2, 2), "t")
     assert tuple(fig.get_size_inches()) == (2, 2) and fig.axes[0].get_title() == "t"
+
+
+def test_the_courses_batch_transform_callback_transforms_whole_batches_as_the_course_did():
+    """Course notebooks 11 and 14 build `BatchTransformCB(_norm)` from `from miniai.init import *`, where the name was
+    missing: a bare NameError, and every augmentation cell after it failed."""
+    namespace: dict = {}
+    exec("from miniai.init import *", namespace)
+    seen = []
+
+    def tfm(batch):  # the course's transforms take the whole batch, targets too
+        seen.append(len(batch))
+        xb, yb = batch
+        return xb * 0, yb
+
+    learn = tiny_learner([namespace["BatchTransformCB"](tfm, on_val=False)])
+    weight, bias = learn.model.weight.item(), learn.model.bias.item()
+    learn.fit(1)
+    assert seen == [2, 2, 2]  # the three training batches, not the two validation ones
+    assert learn.model.weight.item() == weight and learn.model.bias.item() != bias  # it trained on inputs of 0
+    preds, _ = learn.get_preds()  # on_val=False: not in a prediction pass
+    assert seen == [2, 2, 2]
+
+
+def test_the_courses_all_metrics_is_answered_with_what_to_read():
+    """The course's ProgressCB reads learn.metrics.all_metrics['loss'].compute(): a bare AttributeError here."""
+    from miniai.callbacks import MetricsCB
+    with pytest.raises(AttributeError, match=r"no all_metrics .* read learn.metrics.last\['valid_loss'\]"):
+        MetricsCB().all_metrics

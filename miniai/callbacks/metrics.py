@@ -309,6 +309,13 @@ class MetricsCB(Callback):
                       "weights by its counted targets (a loss that averages over all items, these too, is logged "
                       "right as it is)", stacklevel=2)
 
+    @property
+    def all_metrics(self) -> None:
+        """The course's dict of torcheval metrics with the loss: not kept here (see `last`, `history`, `metrics`)."""
+        raise AttributeError("MetricsCB has no all_metrics (the course's metrics plus the loss as a Mean): read "
+                             "learn.metrics.last['valid_loss'] (this pass's values by name), learn.metrics.history "
+                             "(every pass's rows) or the metric objects in learn.metrics.metrics")
+
     def _log(self, row: dict[str, Any]) -> None:
         """Send a formatted row to `log_fn`. The course's MetricsCB called this: a subclass may override it (its
         WandBCB did), and code may replace it on the instance (its ProgressCB did); `log_fn = None` logs nothing."""
