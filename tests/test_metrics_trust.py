@@ -525,3 +525,63 @@ def test_a_function_of_ones_own_on_targets_with_ignored_ones_is_warned_of_once_p
         if warns:
             assert "my_loss" in said[0] and "targets of -100" in said[0] and "batch size" in said[0]
             assert "loss_func=F.cross_entropy" in said[0] and "partial(F.cross_entropy" in said[0]
+
+
+def test_an_accuracy_used_alone_after_a_fit_leaves_out_minus_100_again_and_takes_numpy_indices():
+    """After a fit with nn.CrossEntropyLoss(ignore_index=0), the same Accuracy used by hand still left out class 0
+    (its docstring: -100 alone); Accuracy(ignore_index=np.int64(0)) was refused, and a loss's NumPy ignore_index was
+    read as -100: pads counted in the accuracy, the loss weighted by items."""
+    import numpy as np
+    x, y = torch.randn(16, 4), torch.tensor([0, 1, 2, 3] * 4)
+    acc = Accuracy()
+    learn = TrainLearner(nn.Linear(4, 4), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)),
+                         nn.CrossEntropyLoss(ignore_index=0), cbs=[MetricsCB(acc=acc)])
+    evaluate(learn)
+    acc.reset()
+    assert acc.update(torch.eye(4), torch.tensor([0, 1, 2, -100])).compute().item() == 1.0
+    assert acc.counts.tolist() == [3, 3]  # class 0 counted, -100 left out
+    assert Accuracy(ignore_index=np.int64(0)).ignore_index == 0
+    last = []
+    for ignore in (np.int64(0), 0):  # the same model each time: the same numbers
+        torch.manual_seed(0)
+        m = MetricsCB(acc=Accuracy())
+        evaluate(TrainLearner(nn.Linear(4, 4), learn.dls, nn.CrossEntropyLoss(ignore_index=ignore), cbs=[m]))
+        last.append(m.last)
+    assert last[0] == pytest.approx(last[1])
+
+
+def test_an_accuracy_that_counts_other_targets_than_torchs_default_loss_is_not_warned_of():
+    """Accuracy(ignore_index=None) beside plain F.cross_entropy warned at every fit that the two count different
+    targets, where no target was -100; only a loss that leaves out a target of its own choosing is compared."""
+    x, y = torch.randn(16, 4), torch.tensor([0, 1, 2, 3] * 4)
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for acc in (Accuracy(ignore_index=None), Accuracy(ignore_index=255)):
+            evaluate(TrainLearner(nn.Linear(4, 4), dls, F.cross_entropy, cbs=[MetricsCB(acc=acc)]))
+
+
+def test_a_look_at_another_loader_with_the_fits_own_metric_is_refused():
+    """A callback scoring another loader mid-fit with get_preds(cbs=[MetricsCB(n=the fit's metric)]) reset and
+    refilled the object the fit's MetricsCB had batches pending for: the fit's count read 64 for 40."""
+    x, y = torch.randn(16, 4), torch.tensor([0, 1, 2, 3] * 4)
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
+    acc = Accuracy()
+
+    class Look(Callback):
+        def after_epoch(self, learn):
+            if learn.training:
+                learn.get_preds(dl=dls.valid, cbs=[MetricsCB(acc=acc)])
+    learn = TrainLearner(nn.Linear(4, 4), dls, F.cross_entropy, cbs=[MetricsCB(acc=acc), Look()])
+    with pytest.raises(ValueError, match="two MetricsCBs of this run hold one Accuracy object"):
+        learn.fit(1)
+
+
+def test_a_metric_that_computes_text_or_an_array_is_refused_by_name():
+    import numpy as np
+    from miniai.callbacks.metrics import _number
+    with pytest.raises(TypeError, match="'f1' computed a str"):
+        _number("f1", "0.5")
+    with pytest.raises(ValueError, match=r"'f1' computed a tensor of shape \(3,\)"):
+        _number("f1", np.array([0.1, 0.2, 0.3]))
+    assert _number("f1", np.array([0.5])) == 0.5

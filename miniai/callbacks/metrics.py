@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import time
 import warnings
@@ -109,6 +110,7 @@ class MetricsCB(Callback):
         self.last: dict[str, float] = {}
         self._sum_loss = False  # (set each pass: the loss's reduction is 'sum')
         self._sync = False  # (set each fit: merge the ranks' sums, in a DDP fit)
+        self._in_pass = False  # between a pass's before_epoch and after_epoch
 
     @property
     def names(self) -> list[str]:
@@ -134,7 +136,11 @@ class MetricsCB(Callback):
         self._warned_items = False  # (once per fit: a loss whose batches are weighted by items, see after_epoch)
 
     def cleanup_fit(self, learn: Learner) -> None:
+        self._in_pass = False  # (a pass that ended early)
         restore_if_refused(self, learn)
+        for metric in self.metrics.values():  # used alone after the fit, an Accuracy leaves out -100, as it says
+            if isinstance(metric, Accuracy):
+                metric.loss_ignore_index = -100
 
     def before_epoch(self, learn: Learner) -> None:
         self._device = model_device(learn.model)
@@ -164,6 +170,7 @@ class MetricsCB(Callback):
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (preds, target, loss, n)
         self._pending_numel = 0
         self._start = time.perf_counter()
+        self._in_pass = True  # (until after_epoch: its metrics hold this pass's counts, see _check_unshared)
 
     def after_batch(self, learn: Learner) -> None:
         # only keep the batch here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
@@ -280,6 +287,7 @@ class MetricsCB(Callback):
         return _per_batch_sums(each, targets)
 
     def after_epoch(self, learn: Learner) -> None:
+        self._in_pass = False
         self._flush()
         split = "train" if learn.training else "valid"
         values = {name: _number(name, value) for name, value in _compute(self.metrics, self._sync).items()}
@@ -332,7 +340,10 @@ def _check_unshared(cb: MetricsCB, learn: Learner) -> None:
     # the MetricsCBs this run calls (a fit's, its fit(cbs=...) ones, or a get_preds pass's, where the learner's own
     # take no part)
     handlers = learn._handlers.get("after_batch", []) if isinstance(getattr(learn, "_handlers", None), dict) else []
-    running = [h.__self__ for h in handlers if isinstance(getattr(h, "__self__", None), MetricsCB)] or [cb]
+    running = [h.__self__ for h in handlers if isinstance(getattr(h, "__self__", None), MetricsCB)]
+    # a look in the middle of a fit's pass (get_preds from a callback): that pass's metrics hold its counts
+    running += [c for c in learn.cbs if isinstance(c, MetricsCB) and getattr(c, "_in_pass", False)]
+    running = list({id(c): c for c in [*running, cb]}.values())  # (cb: also one whose events another forwards)
     held: dict[int, tuple[str, MetricsCB]] = {}
     for each in running:
         for name, metric in each.metrics.items():
@@ -390,26 +401,33 @@ def _ignored_target(loss_func: Any) -> int:
     """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
     given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
     value = loss_setting(loss_func, "ignore_index", -100)
-    return value if isinstance(value, int) else -100
+    return _integer(value) if _integer(value) is not None else -100
 
 
 def _stated_ignore(loss_func: Any) -> int | None:
     """The target value the loss says it leaves out: its `ignore_index`, or -100 for torch's cross-entropy and NLL
     left at theirs; None when it can't be told (a function of one's own that sets none)."""
-    value = loss_setting(loss_func, "ignore_index", None)
-    return value if isinstance(value, int) else -100 if class_loss(loss_func) else None
+    value = _integer(loss_setting(loss_func, "ignore_index", None))
+    return value if value is not None else -100 if class_loss(loss_func) else None
+
+
+def _integer(value: Any) -> int | None:
+    """`value` as an int if it is an integer (a NumPy one too, not a bool), else None."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
 
 
 def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
     """Warn of an Accuracy given an ignore_index other than the loss's: the two are over different targets."""
     stated = _stated_ignore(loss_func)
+    if stated in (None, -100):  # a loss of one's own that can't say, or torch's default: nothing chosen to compare
+        return
     for name, metric in metrics.items():
-        if isinstance(metric, Accuracy) and metric.ignore_index != "loss" and stated is not None \
-                and metric.ignore_index != stated:
+        if isinstance(metric, Accuracy) and metric.ignore_index != "loss" and metric.ignore_index != stated:
             warnings.warn(f"MetricsCB metric {name!r} is an Accuracy(ignore_index={metric.ignore_index!r}), and the "
                           f"loss leaves out targets of {stated}: the accuracy and the loss are over different "
                           "targets (padding counted in one and not the other?). Leave ignore_index out "
-                          "(Accuracy() follows the loss's), or give both the same one", stacklevel=4)
+                          "(Accuracy() follows the loss's; on an older Accuracy set acc.ignore_index = 'loss'), or "
+                          "give both the same one", stacklevel=4)
 
 
 def _counted(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
@@ -476,12 +494,16 @@ def sum_dtype(device: torch.device) -> torch.dtype:
 
 def _number(name: str, value: Any) -> float:
     """A metric's computed value as the one number MetricsCB logs, or an error naming the metric."""
-    if isinstance(value, torch.Tensor) and value.numel() != 1:
+    if isinstance(value, (str, bytes)):  # float('0.5') would read it, and a metric's text is no value
+        raise TypeError(f"MetricsCB logs one number per metric, and {name!r} computed a {type(value).__name__} "
+                        f"({value!r}): make its compute() return the number")
+    shape = tuple(getattr(value, "shape", ()))  # (a tensor's, a NumPy array's)
+    if math.prod(shape) != 1:
         raise ValueError(f"MetricsCB logs one number per metric, and {name!r} computed a tensor of shape "
-                         f"{tuple(value.shape)} (one value per class?): average it in the metric (torcheval: "
+                         f"{shape} (one value per class?): average it in the metric (torcheval: "
                          "average='macro' or 'micro'), or record it in a callback of your own")
     try:
-        return float(value)
+        return float(value.item() if shape else value)  # (NumPy deprecates float() of a one-element array)
     except (TypeError, ValueError) as e:  # a curve's (precision, recall, thresholds), None, a list
         raise TypeError(f"MetricsCB logs one number per metric, and {name!r} computed a {type(value).__name__}: "
                         "make its compute() return one number (for a curve, a summary of it: torcheval's "
@@ -571,10 +593,10 @@ class Accuracy:
     additive = True  # an update over concatenated batches counts what one per batch would: MetricsCB batches them
 
     def __init__(self, ignore_index: int | None | str = "loss") -> None:
-        if not (ignore_index is None or ignore_index == "loss" or isinstance(ignore_index, int)):
+        if not (ignore_index is None or ignore_index == "loss" or _integer(ignore_index) is not None):
             raise TypeError(f"Accuracy(ignore_index=...) is the target value to leave out (an int), None for none, "
                             f"or 'loss' (the default: the loss's); got {ignore_index!r}")
-        self.ignore_index = ignore_index
+        self.ignore_index = ignore_index if ignore_index in (None, "loss") else _integer(ignore_index)
         self.loss_ignore_index = -100  # what 'loss' leaves out: torch's default until MetricsCB reads the loss's
         self.counts = torch.zeros(2, dtype=torch.int64)  # correct, total
 
