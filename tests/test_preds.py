@@ -1244,3 +1244,26 @@ def test_numpy_targets_a_collate_gives_are_joined_as_tensors_are():
     dl = DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=collate)
     _, targets = TrainLearner(nn.Linear(4, 3), DataLoaders(dl, dl), F.cross_entropy, lr=0.1).get_preds()
     assert isinstance(targets, np.ndarray) and targets.tolist() == y.tolist()
+
+
+def test_per_item_losses_of_a_function_with_a_reduction_attribute_leave_the_function_as_it_was():
+    """A def with a .reduction attribute was 'copied' with copy.copy, which gives the function itself: its
+    reduction was set to 'none' for good, and later fits read the loss as unreduced."""
+    def loss(preds, targets, reduction="mean"):
+        return F.cross_entropy(preds, targets, reduction=reduction)
+    loss.reduction = "mean"
+    from miniai.callbacks.preds import unreduced
+    per_item = unreduced(loss)
+    assert loss.reduction == "mean"
+    p, t = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert per_item(p, t).shape == (6,)
+
+
+def test_tta_refuses_an_act_that_gives_labels_or_a_tuple():
+    """act=argmax was averaged into 'probs' of 1.5; a tuple failed with a bare AttributeError on .clone."""
+    x, y = torch.randn(8, 1, 4, 4), torch.tensor([0, 1] * 4)
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)),
+                         DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), F.cross_entropy)
+    for act in (lambda p: p.argmax(1), lambda p: (p, p)):
+        with pytest.raises(TypeError, match="tta averages act's outputs"):
+            learn.tta(n=1, act=act)

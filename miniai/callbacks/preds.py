@@ -137,9 +137,9 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
     # an item's losses at its positions (per class, per pixel) are added up, as the fit's loss adds them, under
     # reduction='sum' and KLDivLoss's 'batchmean' (each item's sum), else averaged (_per_item, MetricsCB)
     summed = loss_setting(loss_func, "reduction", "mean") in ("sum", "batchmean")
-    if isinstance(getattr(loss_func, "reduction", None), str):  # nn.CrossEntropyLoss() and friends
-        per_item = copy.copy(loss_func)  # a shallow copy: the learner's loss object stays as it is
-        per_item.reduction = "none"
+    per_item = copy.copy(loss_func) if isinstance(getattr(loss_func, "reduction", None), str) else loss_func
+    if per_item is not loss_func:  # nn.CrossEntropyLoss() and friends: a shallow copy, the learner's stays as it is
+        per_item.reduction = "none"  # (a function copies as itself: it takes the argument below, if it takes one)
         per_item.reduced_by_sum = summed
         return per_item
     try:
@@ -578,6 +578,10 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         probs, targets = plain.result()
         if n == 0:
             return probs, targets
+        if not (isinstance(probs, torch.Tensor) and probs.is_floating_point()):  # an average of labels is no label
+            raise TypeError(f"tta averages act's outputs over the copies, and act gave "
+                            f"{getattr(probs, 'dtype', type(probs).__name__)}: give it an act of float scores "
+                            "(softmax, sigmoid) and take the argmax of tta's result")
         total = probs.clone()
         for _ in range(n):
             aug, items = _GatherPreds(act=act, who="tta"), _ItemSums()
