@@ -400,8 +400,8 @@ def _averages_over_targets(loss_func: Any) -> bool:
 def _ignored_target(loss_func: Any) -> int:
     """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
     given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
-    value = loss_setting(loss_func, "ignore_index", -100)
-    return _integer(value) if _integer(value) is not None else -100
+    value = _integer(loss_setting(loss_func, "ignore_index", -100))
+    return value if value is not None else -100
 
 
 def _stated_ignore(loss_func: Any) -> int | None:
