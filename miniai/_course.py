@@ -55,16 +55,17 @@ _ERASE = ("the course's erases 0 to max_num rectangles of a fixed size, the same
 # course module -> {course name: why it is not here, and what to use}
 NOT_PROVIDED: dict[str, dict[str, str]] = {
     "conv": {"collate_device": "use DeviceCB() in cbs, which moves every batch"},
-    "learner": {"run_cbs": "the Learner dispatches events itself; to call one callback's event yourself: "
-                           "cb.after_batch(learn)",
+    "learner": {"run_cbs": "the Learner dispatches events itself, in a fit: put the work in a Callback's event "
+                           "method (after_batch(self, learn), ...) and pass it in cbs",
                 "with_cbs": "the Learner runs its stages itself (before_/after_/cleanup_ events): write a Callback"},
     "init": {"clean_ipython_hist": "not provided: restart the kernel to free what IPython's history holds",
              "clean_tb": "not provided: import sys; sys.last_traceback = sys.last_value = None",
              "clean_mem": "not provided: import gc; gc.collect(); torch.cuda.empty_cache()",
-             "plot_func": "not provided: plt.plot(x, f(x))"},
+             "plot_func": "not provided: import matplotlib.pyplot as plt; x = torch.linspace(-5, 5, 100); "
+                          "plt.plot(x, f(x))"},
     "sgd": {"HasLearnCB": "not provided: a callback receives learn in every event; keep it in before_fit if needed"},
-    "augment": {"show_image_batch": "not provided: learn.fit(1, cbs=[SingleBatchCB()]); "
-                                    "show_images(learn.batch[0][:9])",
+    "augment": {"show_image_batch": "not provided: learn.fit(1, cbs=[SingleBatchCB()]) (one training step, as the "
+                                    "course's took), then show_images(learn.batch[0][:9])",
                 "CapturePreds": "not provided: preds, targets = learn.capture_preds() (inps=True: the inputs too, last)",
                 "rand_copy": "not provided: miniai.augment has RandomErase, RandomFlip and RandomCrop",
                 "RandCopy": "not provided: miniai.augment has RandomErase, RandomFlip and RandomCrop",

@@ -71,4 +71,7 @@ class BatchTransformCB(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if self.on_train if learn.training else self.on_val:
-            learn.batch = self.tfm(learn.batch)
+            batch = learn.batch
+            bare = isinstance(batch, (tuple, list)) and len(batch) == learn.n_inp  # infer's: the inputs alone
+            out = self.tfm((*batch, None) if bare else batch)  # (a course tfm reads b[1]: None stands for the target)
+            learn.batch = tuple(out[:learn.n_inp]) if bare else out

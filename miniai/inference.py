@@ -209,8 +209,9 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     # the user's, prepares raw pixels as it prepares the loaders' batches, if those are raw pixels too (the loaders'
     # item dtype, which export keeps); one written for float items would get pixels it never saw
     dtype = getattr(dls, "item_dtype", None)  # (None: an older export, an iterable dataset: unknown)
-    prepared = any(cb.on_val if isinstance(cb, BatchTransformCB) else not type(cb).__module__.startswith("miniai.")
-                   for cb in participants(learn))
+    # (the course's BatchTransformCB, from miniai._course_defs, takes part only with on_val: as a user's callback)
+    prepared = any(cb.on_val if isinstance(cb, BatchTransformCB) else type(cb).__module__ == "miniai._course_defs"
+                   or not type(cb).__module__.startswith("miniai.") for cb in participants(learn))
     normalize = getattr(dls, "normalize", None)
     if normalize is not None and dtype == torch.uint8:  # infer would normalize, then what prepares the batches too
         raise ValueError("dls.normalize says how raw pixels become the loaders' items, but the loaders give uint8 "

@@ -425,3 +425,21 @@ def test_the_courses_all_metrics_is_answered_with_what_to_read():
     from miniai.callbacks import MetricsCB
     with pytest.raises(AttributeError, match=r"no all_metrics .* read learn.metrics.last\['valid_loss'\]"):
         MetricsCB().all_metrics
+
+
+def test_the_courses_batch_transform_takes_batches_without_targets_and_a_subclass_may_keep_all_metrics():
+    """infer's and get_preds(dl=[(xb,)])'s batches hold the inputs alone: the course's `_norm(b)` reading b[1]
+    failed with a bare IndexError. A MetricsCB subclass setting its own all_metrics failed on a read-only property."""
+    namespace: dict = {}
+    exec("from miniai.init import *", namespace)
+    learn = tiny_learner([namespace["BatchTransformCB"](lambda b: (b[0] * 0, b[1]))])
+    learn.fit(1)
+    preds = learn.get_preds(dl=[(torch.ones(2, 1),)])[0]
+    assert torch.allclose(preds, learn.model.bias.detach().expand(2, 1))  # the inputs were made 0s
+    from miniai.callbacks import MetricsCB
+
+    class Mine(MetricsCB):
+        def __init__(self) -> None:
+            super().__init__()
+            self.all_metrics = dict(self.metrics)
+    assert Mine().all_metrics == {}

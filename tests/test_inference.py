@@ -398,6 +398,18 @@ def test_infer_takes_the_uint8_items_the_loaders_give_when_a_validation_transfor
         learn.infer(PIXELS)
 
 
+def test_infer_takes_uint8_items_that_the_courses_batch_transform_normalizes():
+    """The course's BatchTransformCB (miniai.init: the whole batch) normalizing raw uint8 loaders: infer said nothing
+    prepared the batches, where miniai's own BatchTransformCB(on_val=True) was taken."""
+    from miniai._course_defs import BatchTransformCB as CourseBatchTransformCB
+    norm = Normalize([0.4], [0.3])
+    dl = TensorLoader(PIXELS, torch.zeros(6, dtype=torch.long), 4)
+    learn = TrainLearner(image_model(), DataLoaders(dl, dl), F.cross_entropy,
+                         cbs=[CourseBatchTransformCB(lambda b: (norm(b[0]), b[1]))])
+    probs, _ = learn.get_preds(act=torch.softmax)
+    assert torch.equal(learn.infer(PIXELS).probs, probs)
+
+
 def test_infer_refuses_raw_pixels_when_the_validation_transform_was_written_for_float_items():
     """Loaders of 0-1 floats, normalized by a BatchTransformCB(on_val=True): infer took uint8 pixels through that
     transform, which was written for 0-1 floats, and predicted on inputs 255 times too large, without a word."""

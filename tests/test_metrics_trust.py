@@ -550,15 +550,20 @@ def test_an_accuracy_used_alone_after_a_fit_leaves_out_minus_100_again_and_takes
     assert last[0] == pytest.approx(last[1])
 
 
-def test_an_accuracy_that_counts_other_targets_than_torchs_default_loss_is_not_warned_of():
+def test_an_accuracy_that_counts_every_target_beside_torchs_default_loss_is_not_warned_of():
     """Accuracy(ignore_index=None) beside plain F.cross_entropy warned at every fit that the two count different
-    targets, where no target was -100; only a loss that leaves out a target of its own choosing is compared."""
+    targets, where no target was -100 and neither had chosen one; an Accuracy that leaves out a padding value the
+    loss trains on is warned of."""
     x, y = torch.randn(16, 4), torch.tensor([0, 1, 2, 3] * 4)
     dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for acc in (Accuracy(ignore_index=None), Accuracy(ignore_index=255)):
-            evaluate(TrainLearner(nn.Linear(4, 4), dls, F.cross_entropy, cbs=[MetricsCB(acc=acc)]))
+        evaluate(TrainLearner(nn.Linear(4, 4), dls, F.cross_entropy, cbs=[MetricsCB(acc=Accuracy(ignore_index=None))]))
+    for padding in (0, 255):
+        with pytest.warns(UserWarning, match=rf"Accuracy\(ignore_index={padding}\), and the loss leaves out targets "
+                                             r"of -100"):
+            evaluate(TrainLearner(nn.Linear(4, 4), dls, nn.CrossEntropyLoss(),
+                                  cbs=[MetricsCB(acc=Accuracy(ignore_index=padding))]))
 
 
 def test_a_look_at_another_loader_with_the_fits_own_metric_is_refused():
@@ -585,3 +590,27 @@ def test_a_metric_that_computes_text_or_an_array_is_refused_by_name():
     with pytest.raises(ValueError, match=r"'f1' computed a tensor of shape \(3,\)"):
         _number("f1", np.array([0.1, 0.2, 0.3]))
     assert _number("f1", np.array([0.5])) == 0.5
+
+
+def test_a_look_after_a_cancelled_pass_may_use_the_fits_metric_and_text_in_an_array_is_refused():
+    """A pass cancelled by CancelEpochException skipped after_epoch, so the fit's MetricsCB still counted as mid-pass:
+    a get_preds with its metric from after_fit was refused. np.array(['0.5']) was logged as 0.5."""
+    import numpy as np
+    from miniai.callbacks.metrics import _number
+    from miniai.learner import CancelEpochException
+    x, y = torch.randn(16, 4), torch.tensor([0, 1, 2, 3] * 4)
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
+    acc, looked = Accuracy(), []
+
+    class CutValid(Callback):
+        def before_batch(self, learn):
+            if not learn.training and not learn._predicting:
+                raise CancelEpochException()
+
+        def after_fit(self, learn):
+            looked.append(learn.get_preds(dl=dls.valid, cbs=[MetricsCB(acc=acc)]))
+    TrainLearner(nn.Linear(4, 4), dls, F.cross_entropy, cbs=[MetricsCB(acc=acc), CutValid()]).fit(1)
+    assert len(looked) == 1
+    for text in (np.array(["0.5"]), np.array([b"0.5"])):
+        with pytest.raises(TypeError, match="computed a"):
+            _number("f1", text)

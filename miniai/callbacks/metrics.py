@@ -286,6 +286,9 @@ class MetricsCB(Callback):
             each = torch.ones_like(flat, dtype=dtype) if counted is None else counted.to(dtype)
         return _per_batch_sums(each, targets)
 
+    def cleanup_epoch(self, learn: Learner) -> None:
+        self._in_pass = False  # (also after a cancelled pass, whose after_epoch did not run)
+
     def after_epoch(self, learn: Learner) -> None:
         self._in_pass = False
         self._flush()
@@ -317,12 +320,14 @@ class MetricsCB(Callback):
                       "weights by its counted targets (a loss that averages over all items, these too, is logged "
                       "right as it is)", stacklevel=2)
 
-    @property
-    def all_metrics(self) -> None:
-        """The course's dict of torcheval metrics with the loss: not kept here (see `last`, `history`, `metrics`)."""
-        raise AttributeError("MetricsCB has no all_metrics (the course's metrics plus the loss as a Mean): read "
-                             "learn.metrics.last['valid_loss'] (this pass's values by name), learn.metrics.history "
-                             "(every pass's rows) or the metric objects in learn.metrics.metrics")
+    def __getattr__(self, name: str) -> Any:
+        # (called only for a name not found: a subclass may still set its own all_metrics)
+        if name == "all_metrics":  # the course's dict of torcheval metrics with the loss, not kept here
+            raise AttributeError("MetricsCB has no all_metrics (the course's metrics plus the loss as a Mean): read "
+                                 "learn.metrics.last['valid_loss'] (this pass's values by name), "
+                                 "learn.metrics.history (every pass's rows) or the metric objects in "
+                                 "learn.metrics.metrics")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _log(self, row: dict[str, Any]) -> None:
         """Send a formatted row to `log_fn`. The course's MetricsCB called this: a subclass may override it (its
@@ -419,10 +424,11 @@ def _integer(value: Any) -> int | None:
 def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
     """Warn of an Accuracy given an ignore_index other than the loss's: the two are over different targets."""
     stated = _stated_ignore(loss_func)
-    if stated in (None, -100):  # a loss of one's own that can't say, or torch's default: nothing chosen to compare
+    if stated is None:  # a loss of one's own that can't say
         return
-    for name, metric in metrics.items():
-        if isinstance(metric, Accuracy) and metric.ignore_index != "loss" and metric.ignore_index != stated:
+    for name, metric in metrics.items():  # (None, every target counted, beside torch's default: nothing chosen)
+        if isinstance(metric, Accuracy) and metric.ignore_index not in ("loss", stated) and not (
+                metric.ignore_index is None and stated == -100):
             warnings.warn(f"MetricsCB metric {name!r} is an Accuracy(ignore_index={metric.ignore_index!r}), and the "
                           f"loss leaves out targets of {stated}: the accuracy and the loss are over different "
                           "targets (padding counted in one and not the other?). Leave ignore_index out "
@@ -494,16 +500,18 @@ def sum_dtype(device: torch.device) -> torch.dtype:
 
 def _number(name: str, value: Any) -> float:
     """A metric's computed value as the one number MetricsCB logs, or an error naming the metric."""
+    shape = tuple(getattr(value, "shape", ()))  # (a tensor's, a NumPy array's)
+    if math.prod(shape) == 1 and shape:  # (NumPy deprecates float() of a one-element array)
+        value = value.item()
     if isinstance(value, (str, bytes)):  # float('0.5') would read it, and a metric's text is no value
         raise TypeError(f"MetricsCB logs one number per metric, and {name!r} computed a {type(value).__name__} "
                         f"({value!r}): make its compute() return the number")
-    shape = tuple(getattr(value, "shape", ()))  # (a tensor's, a NumPy array's)
     if math.prod(shape) != 1:
         raise ValueError(f"MetricsCB logs one number per metric, and {name!r} computed a tensor of shape "
                          f"{shape} (one value per class?): average it in the metric (torcheval: "
                          "average='macro' or 'micro'), or record it in a callback of your own")
     try:
-        return float(value.item() if shape else value)  # (NumPy deprecates float() of a one-element array)
+        return float(value)
     except (TypeError, ValueError) as e:  # a curve's (precision, recall, thresholds), None, a list
         raise TypeError(f"MetricsCB logs one number per metric, and {name!r} computed a {type(value).__name__}: "
                         "make its compute() return one number (for a curve, a summary of it: torcheval's "
