@@ -66,7 +66,8 @@ NOT_PROVIDED: dict[str, dict[str, str]] = {
     "sgd": {"HasLearnCB": "not provided: a callback receives learn in every event; keep it in before_fit if needed"},
     "augment": {"show_image_batch": "not provided: learn.fit(1, cbs=[SingleBatchCB()]) (one training step, as the "
                                     "course's took), then show_images(learn.batch[0][:9])",
-                "CapturePreds": "not provided: preds, targets = learn.capture_preds() (inps=True: the inputs too, last)",
+                "CapturePreds": "not provided: preds, targets = learn.capture_preds() (inps=True: the inputs too, "
+                                "last)",
                 "rand_copy": "not provided: miniai.augment has RandomErase, RandomFlip and RandomCrop",
                 "RandCopy": "not provided: miniai.augment has RandomErase, RandomFlip and RandomCrop",
                 "rand_erase": _ERASE, "RandErase": _ERASE},
