@@ -73,5 +73,7 @@ class BatchTransformCB(Callback):
         if self.on_train if learn.training else self.on_val:
             batch = learn.batch
             bare = isinstance(batch, (tuple, list)) and len(batch) == learn.n_inp  # infer's: the inputs alone
-            out = self.tfm((*batch, None) if bare else batch)  # (a course tfm reads b[1]: None stands for the target)
-            learn.batch = tuple(out[:learn.n_inp]) if bare else out
+            if bare:  # (a course tfm reads b[1]: None stands for the target; a list stays a list, for in-place tfms)
+                batch = [*batch, None] if isinstance(batch, list) else (*batch, None)
+            out = self.tfm(batch)
+            learn.batch = out[:learn.n_inp] if bare else out

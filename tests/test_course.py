@@ -286,7 +286,9 @@ def test_course_names_whose_meaning_differs_from_ours_keep_the_courses():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert namespace["get_model"](nfs=[1, 8, 16, 32, 64])[0][0].kernel_size == (3, 3)
 
-    @namespace["inplace"]
+    from miniai.datasets import inplace
+
+    @inplace
     def double(b):
         b["x"] = 2 * b["x"]
     assert double({"x": 3}) == {"x": 6}
@@ -436,6 +438,14 @@ def test_the_courses_batch_transform_takes_batches_without_targets_and_a_subclas
     learn.fit(1)
     preds = learn.get_preds(dl=[(torch.ones(2, 1),)])[0]
     assert torch.allclose(preds, learn.model.bias.detach().expand(2, 1))  # the inputs were made 0s
+
+    from miniai.datasets import inplace
+
+    @inplace
+    def zero(b):  # the course's in-place style, on a list batch (default collate)
+        b[0] = b[0] * 0
+    learn = tiny_learner([namespace["BatchTransformCB"](zero)])
+    assert torch.allclose(learn.get_preds(dl=[[torch.ones(2, 1)]])[0], learn.model.bias.detach().expand(2, 1))
     from miniai.callbacks import MetricsCB
 
     class Mine(MetricsCB):

@@ -320,14 +320,18 @@ class MetricsCB(Callback):
                       "weights by its counted targets (a loss that averages over all items, these too, is logged "
                       "right as it is)", stacklevel=2)
 
-    def __getattr__(self, name: str) -> Any:
-        # (called only for a name not found: a subclass may still set its own all_metrics)
-        if name == "all_metrics":  # the course's dict of torcheval metrics with the loss, not kept here
-            raise AttributeError("MetricsCB has no all_metrics (the course's metrics plus the loss as a Mean): read "
-                                 "learn.metrics.last['valid_loss'] (this pass's values by name), "
-                                 "learn.metrics.history (every pass's rows) or the metric objects in "
-                                 "learn.metrics.metrics")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    @property
+    def all_metrics(self) -> Any:
+        """The course's dict of torcheval metrics with the loss: not kept here, unless a subclass sets its own."""
+        if "all_metrics" in vars(self):
+            return vars(self)["all_metrics"]
+        raise AttributeError("MetricsCB has no all_metrics (the course's metrics plus the loss as a Mean): read "
+                             "learn.metrics.last['valid_loss'] (this pass's values by name), learn.metrics.history "
+                             "(every pass's rows) or the metric objects in learn.metrics.metrics")
+
+    @all_metrics.setter
+    def all_metrics(self, value: Any) -> None:
+        vars(self)["all_metrics"] = value
 
     def _log(self, row: dict[str, Any]) -> None:
         """Send a formatted row to `log_fn`. The course's MetricsCB called this: a subclass may override it (its
