@@ -136,7 +136,6 @@ class MetricsCB(Callback):
         self._warned_items = False  # (once per fit: a loss whose batches are weighted by items, see after_epoch)
 
     def cleanup_fit(self, learn: Learner) -> None:
-        self._in_pass = False  # (a pass that ended early)
         restore_if_refused(self, learn)
         for metric in self.metrics.values():  # used alone after the fit, an Accuracy leaves out -100, as it says
             if isinstance(metric, Accuracy):
