@@ -72,7 +72,8 @@ def child(row: str, bs: int, epochs: int, n_train: int | None, malloc: str) -> d
 
         from miniai.callbacks.activations import ActivationStats
         from miniai.callbacks.basic import DeviceCB
-        from miniai.callbacks.metrics import Accuracy, MetricsCB
+        from miniai.accuracy import Accuracy
+        from miniai.callbacks.metrics import MetricsCB
         from miniai.callbacks.progress import ProgressCB
         from miniai.learner import Callback, TrainLearner
     imported = time.perf_counter() - start

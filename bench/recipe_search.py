@@ -20,7 +20,8 @@ from pathlib import Path
 STARTED = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from miniai.callbacks.metrics import Accuracy, MetricsCB  # noqa: E402
+from miniai.accuracy import Accuracy  # noqa: E402
+from miniai.callbacks.metrics import MetricsCB  # noqa: E402
 from miniai.data import get_dls  # noqa: E402
 from miniai.recipes import RECIPES, Recipe, recipe_learner  # noqa: E402
 from miniai.utils import fix_malloc, set_seed  # noqa: E402

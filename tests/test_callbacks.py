@@ -649,7 +649,7 @@ def test_metricscb_counts_items_of_targets_given_one_per_item():
     """A list of per-item targets of their own lengths (OCR, CTC) was counted as the first one's length (a valid
     loss of 0.50 for a true 0.38); strings, numbers and NumPy arrays raised RecursionError, TypeError, ValueError."""
     import numpy as np
-    from miniai.callbacks.metrics import n_items
+    from miniai.weighting import n_items
     lengths = [torch.zeros(7), torch.zeros(3), torch.zeros(5), torch.zeros(2)]
     assert n_items(lengths) == 4 and n_items(["a cat", "dog", "x", "yy"]) == 4 and n_items((1, 2, 3, 4)) == 4
     assert n_items(np.zeros((4, 2))) == 4 and n_items({"boxes": [torch.zeros(5, 4), torch.zeros(1, 4)]}) == 2

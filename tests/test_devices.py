@@ -1,7 +1,7 @@
 """Device decisions that a CPU machine can check: what would go wrong only on CUDA or MPS."""
 import torch
 
-from miniai.callbacks.metrics import sum_dtype
+from miniai.weighting import sum_dtype
 from miniai.utils import to_device
 
 

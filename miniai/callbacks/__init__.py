@@ -45,7 +45,7 @@ after order 20 at before_fit, when the scheduling callbacks have built their sch
 """
 from .._lazy import lazy_exports
 
-_EXPORTS = {name: f".{module}" for module, names in {
+_EXPORTS = {"Accuracy": "..accuracy"} | {name: f".{module}" for module, names in {
     "activations": ["ActivationStats", "Hook", "Hooks", "HooksCallback", "append_stats", "get_hist", "get_min"],
     "augment": ["BatchTransformCB"],
     "basic": ["DeviceCB", "SingleBatchCB", "TrainCB"],
@@ -55,7 +55,7 @@ _EXPORTS = {name: f".{module}" for module, names in {
     "guards": ["EarlyStoppingCB", "GradClipCB", "NonFiniteLossError", "TerminateOnNaNCB"],
     "loggers": ["CSVLoggerCB", "TensorBoardCB"],
     "lr_finder": ["LRFinderCB", "LRFinderResult"],
-    "metrics": ["MetricsCB", "Accuracy"],
+    "metrics": ["MetricsCB"],
     "mixed_precision": ["MixedPrecisionCB"],
     "progress": ["ProgressCB"],
     "resume": ["ResumeCB"],

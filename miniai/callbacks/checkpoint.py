@@ -32,7 +32,7 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from ..utils import (byte_sums, checksums_match, claim_dir, keeps_workers, len_or_none, map_tensors, tensors_in,
                      nonfinite_weight)
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
-from .metrics import check_monitor, improves, monitor_mode, same_watch
+from .monitor import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
 
 __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",

@@ -12,8 +12,8 @@ from ..checks import check_count, check_number
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
-from .metrics import (_averages_over_targets, _counted, _ignored_target, check_monitor, improves,
-                      monitor_mode, same_watch)
+from ..weighting import averages_over_targets, ignored_target, target_mask
+from .monitor import check_monitor, improves, monitor_mode, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
            "lower_lr_advice", "pass_args"]
@@ -160,11 +160,12 @@ class TerminateOnNaNCB(Callback):
         after = (f" It was detected at batch {learn.iter}: the steps in between used non-finite gradients, so the "
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         where = f" on rank {bad_rank}" if bad_rank is not None else ""
-        ignore = _ignored_target(learn.loss_func)
+        ignore = ignored_target(learn.loss_func)
         targets = learn.yb[0] if batch == learn.iter and bad_rank in (None, rank()) and learn.yb else None
-        counted = _counted(targets, ignore) if isinstance(targets, torch.Tensor) and not targets.is_floating_point() \
-            and targets.numel() and _averages_over_targets(learn.loss_func) else None
-        if counted is not None and not bool(counted.any()):  # torch's cross-entropy over no target: 0 / 0
+        by_targets = isinstance(targets, torch.Tensor) and not targets.is_floating_point() and targets.numel() \
+            and averages_over_targets(learn.loss_func)
+        mask = target_mask(targets, ignore) if by_targets else None
+        if mask is not None and not bool(mask.any()):  # torch's cross-entropy over no target: 0 / 0
             raise NonFiniteLossError(
                 f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch}: every target of this batch "
                 f"is the loss's ignore_index ({ignore}), and a mean over no target is NaN. Leave items without a "

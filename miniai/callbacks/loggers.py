@@ -29,7 +29,7 @@ from ..learner import Callback, Learner
 from ..utils import loss_reduction, opt_lr
 from .activations import ActivationStats
 from .lr_finder import LRFinderCB
-from .metrics import n_items
+from ..weighting import n_items
 
 __all__ = ["CSVLoggerCB", "TensorBoardCB"]
 

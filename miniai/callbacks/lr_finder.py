@@ -18,7 +18,8 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
 from .guards import EarlyStoppingCB
-from .metrics import MetricsCB, n_items
+from ..weighting import n_items
+from .metrics import MetricsCB
 from .scheduling import BaseSchedCB, lr_ratios
 from .state import kept
 from .swa import SWACB

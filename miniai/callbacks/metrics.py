@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import numbers
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -12,14 +10,15 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..accuracy import Accuracy
 from ..checks import unbatched_error
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
-from ..utils import class_loss, loss_reduction, loss_setting, map_tensors, model_device, tensors_in
+from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
+from ..weighting import averages_over_targets, ignored_target, mean_loss, n_items, stated_ignore, sum_dtype, target_mask
 from .records import keep_records, restore_if_refused
 
-__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "check_monitor", "improves", "monitor_mode",
-           "same_watch", "sum_dtype", "n_items"]
+__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value"]  # (Accuracy: where it was, for old imports)
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -158,9 +157,9 @@ class MetricsCB(Callback):
         self._uncounted = torch.zeros_like(self._loss_sum)  # targets of ignore_index in batches weighted by items
         # (torch's cross-entropy and NLL losses average over their targets' class weights, leaving out ignore_index:
         # a batch's mean is weighted by those; any other loss's, a 'sum' one's too, by its items)
-        self._by_targets = _averages_over_targets(learn.loss_func)
+        self._by_targets = averages_over_targets(learn.loss_func)
         self._sums = self._sum_loss or getattr(learn.loss_func, "reduced_by_sum", False)  # (get_preds' copy too)
-        self._ignore = _ignored_target(learn.loss_func)
+        self._ignore = ignored_target(learn.loss_func)
         for metric in self.metrics.values():  # an Accuracy left at its default leaves out what the loss does
             if isinstance(metric, Accuracy) and metric.ignore_index == "loss":
                 metric.loss_ignore_index = self._ignore
@@ -200,7 +199,7 @@ class MetricsCB(Callback):
             self._lossless, loss = True, 0.0
         else:
             if loss.ndim:  # per-item losses (reduction='none', in an evaluation fit): their mean, as 'mean' takes it
-                loss = _mean_loss(loss.detach(), target, learn.loss_func)
+                loss = mean_loss(loss.detach(), target, learn.loss_func)
             # a CPU scalar is read now (cheaper than stacking it later); on a GPU reading it would wait for the GPU
             loss = loss.item() if loss.is_cpu else loss.detach()
             if self._sum_loss and n:  # logged per item, as a mean loss is (weighted by n again below), as
@@ -268,7 +267,7 @@ class MetricsCB(Callback):
                    for t in targets):
             return sizes
         flat = torch.cat([t.reshape(-1) for t in targets])
-        counted = _counted(flat, self._ignore)
+        counted = target_mask(flat, self._ignore)
         dtype = self._loss_sum.dtype
         if not self._by_targets:
             if counted is None or self._sums:  # (a sum over no target is 0: per item, as documented)
@@ -396,37 +395,9 @@ def _shares_memory(t: torch.Tensor, batch: Any) -> bool:
     return any(b.layout == torch.strided and ptr == b.untyped_storage().data_ptr() for b in tensors_in(batch))
 
 
-def _averages_over_targets(loss_func: Any) -> bool:
-    """Whether `loss_func` is torch's cross-entropy or NLL loss (a function, a partial of one, an nn loss) averaging
-    over its targets (reduction 'mean', or get_preds' per-item copy of such a loss): it divides by their class
-    weights' sum, leaving out its ignore_index. Other losses' `weight` or -100 targets mean something else."""
-    if getattr(loss_func, "reduced_by_sum", False) or loss_reduction(loss_func) == "sum":
-        return False
-    return class_loss(loss_func)
-
-
-def _ignored_target(loss_func: Any) -> int:
-    """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
-    given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
-    value = _integer(loss_setting(loss_func, "ignore_index", -100))
-    return value if value is not None else -100
-
-
-def _stated_ignore(loss_func: Any) -> int | None:
-    """The target value the loss says it leaves out: its `ignore_index`, or -100 for torch's cross-entropy and NLL
-    left at theirs; None when it can't be told (a function of one's own that sets none)."""
-    value = _integer(loss_setting(loss_func, "ignore_index", None))
-    return value if value is not None else -100 if class_loss(loss_func) else None
-
-
-def _integer(value: Any) -> int | None:
-    """`value` as an int if it is an integer (a NumPy one too, not a bool), else None."""
-    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
-
-
 def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
     """Warn of an Accuracy given an ignore_index other than the loss's: the two are over different targets."""
-    stated = _stated_ignore(loss_func)
+    stated = stated_ignore(loss_func)
     if stated is None:  # a loss of one's own that can't say
         return
     for name, metric in metrics.items():  # (None, every target counted, beside torch's default: nothing chosen)
@@ -439,66 +410,10 @@ def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
                           "give both the same one", stacklevel=4)
 
 
-def _counted(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
-    """Where `target` is not `ignore_index`; None when no target can be: no ignore_index, or one the targets' dtype
-    can't hold (compared with uint8 targets, -100 would wrap to 156 and leave out class 156)."""
-    if ignore_index is None or target.dtype == torch.bool:
-        return None
-    if not target.is_floating_point() and not torch.iinfo(target.dtype).min <= ignore_index <= torch.iinfo(
-            target.dtype).max:
-        return None
-    return target != ignore_index
-
-
-def _loss_mask(loss: torch.Tensor, target: Any, ignore_index: int | None) -> torch.Tensor | None:
-    """Where unreduced losses count: positions whose integer target (one per loss) is not `ignore_index`; None
-    when all do (float targets, targets of another shape, an ignore_index the dtype can't hold)."""
-    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape:
-        return _counted(target, ignore_index)
-    return None
-
-
-def _mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
-    """A batch's per-item (or per-position) losses as the batch's loss, as reduction='mean' takes it: their mean
-    over the positions whose integer target is not the loss's ignore_index, and for a loss with class weights
-    (`weight`) their sum over the counted targets' weights."""
-    loss = loss.float()
-    if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
-        return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
-    mask = _loss_mask(loss, target, _ignored_target(loss_func))
-    # (class weights divide the mean of torch's cross-entropy and NLL only: MultiMarginLoss(weight=w) divides by N)
-    weight = loss_setting(loss_func, "weight", None) if _averages_over_targets(loss_func) else None
-    if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \
-            and target.shape == loss.shape:  # (soft targets: torch divides by the item count)
-        counted = weight.to(loss.device, torch.float32)[target if mask is None else target.where(mask, 0)]
-        return loss.sum() / (counted if mask is None else counted * mask).sum()
-    if mask is not None:  # (no position counted: NaN, as torch's mean loss is)
-        return (loss * mask).sum() / mask.sum()
-    return loss.mean()
-
 
 _FLUSH_BATCHES = 256  # batches kept before a metric update: amortizes its fixed cost (~0.3 ms on a CPU) ...
 _FLUSH_NUMEL = 1 << 20  # ... unless their preds reach 1M elements (4 MB in float32) first: bounded memory
 
-
-def n_items(target: Any) -> int:
-    """How many items a batch's targets are for: a tensor's first dimension; of a dict (one entry per key), its
-    first value's; of a tuple or list of tensors that share their first dimension, that (one target per head);
-    of any other tuple or list (one dict, string, number or tensor of its own length per item), its length."""
-    if isinstance(target, torch.Tensor):
-        return target.shape[0] if target.ndim else 1
-    if isinstance(target, dict):
-        return n_items(next(iter(target.values()))) if target else 0
-    if isinstance(target, (tuple, list)) and target and all(isinstance(t, torch.Tensor) and t.ndim for t in target):
-        sizes = {t.shape[0] for t in target}
-        if len(sizes) == 1:  # heads over one batch (a per-item list of equal lengths would be stacked: a tensor)
-            return sizes.pop()
-    return len(target)
-
-
-def sum_dtype(device: torch.device) -> torch.dtype:
-    """The dtype of a pass's running sums on `device`: float64, except on MPS, which has none (float32 there)."""
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _number(name: str, value: Any) -> float:
@@ -521,159 +436,6 @@ def _number(name: str, value: Any) -> float:
                         "BinaryAUPRC for BinaryPrecisionRecallCurve), or record it in a callback of your own") from e
 
 
-# words of a metric's name that say which way it improves; 'score' alone says nothing (a Brier or FID score falls)
-# words a part of the name starts with (acc: accuracy), and acronyms a part must be: 'fid' in 'fidelity' or 'wer' in
-# 'answer' says nothing
-_LOWER_IS_BETTER = (("loss", "error", "perplexity", "brier"), ("mse", "rmse", "mae", "fid", "nll", "wer", "cer"))
-_HIGHER_IS_BETTER = (("acc", "precision", "recall", "dice", "bleu"), ("f1", "auc", "auroc", "auprc", "iou", "r2"))
-
-
-def _says(parts: list[str], words: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
-    starts, acronyms = words
-    return any(part.startswith(starts) or part in acronyms for part in parts)
-
-
-def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    """Whether a watched `value` beats `best` by more than `min_delta` the way `mode` says ('min': lower); any
-    value but NaN beats no best (None). EarlyStoppingCB's and CheckpointCB's one rule."""
-    if math.isnan(value):
-        return False
-    return best is None or (value < best - min_delta if mode == "min" else value > best + min_delta)
-
-
-def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
-    """`mode` ('min' or 'max') if given, else the way `monitor` improves, read from its name (as fastai and Keras
-    do: a loss or error falls, an accuracy rises); a name that says neither needs `mode`. No monitor: `mode`."""
-    if mode is not None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max' (or None: read from the monitor's name), got {mode!r}")
-        return mode
-    if monitor is None:
-        return None
-    # the name's parts: valid_top5_accuracy -> valid, top5, accuracy; validMeanAbsError -> valid, mean, abs, error
-    parts = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", monitor).lower().replace("-", "_").split("_")
-    lower, higher = _says(parts, _LOWER_IS_BETTER), _says(parts, _HIGHER_IS_BETTER)
-    if lower != higher:
-        negated = "neg" in parts  # scikit-learn's neg_mean_squared_error: the error, negated, rises
-        return "min" if lower != negated else "max"
-    raise ValueError(f"{who}(monitor={monitor!r}) can't tell from the name whether a higher value is better: "
-                     "pass mode='min' or mode='max'")
-
-
-def check_monitor(learn: Learner, monitor: str, who: str) -> None:
-    """Raise if `monitor` is not a name the learner's MetricsCB logs; `who` names the callback asking."""
-    metrics = getattr(learn, "metrics", None)
-    if metrics is None or all(cb is not metrics for cb in learn.cbs):
-        raise ValueError(f"{who}(monitor={monitor!r}) reads the metric MetricsCB logs, and this learner has no "
-                         "MetricsCB: add MetricsCB() (it logs train_loss and valid_loss) to cbs")
-    if monitor not in metrics.names:
-        raise ValueError(f"{who}(monitor={monitor!r}): MetricsCB does not log that name; it logs "
-                         f"{', '.join(metrics.names)}")
-    split = monitor.split("_")[0]
-    if split not in getattr(learn, "passes", (split,)):  # it would never get a value, and never act
-        raise ValueError(f"{who}(monitor={monitor!r}) watches the {split} pass, and this fit runs none (fit(..., "
-                         f"{split}=False)): watch a metric of a pass it runs, or run the {split} pass")
-
-
-def same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
-    """Whether `state` was saved watching what `cb` watches (checkpoints from before that was saved: assumed so);
-    if not, a warning that its best is not carried over."""
-    saved = (state.get("monitor", cb.monitor), state.get("mode", cb.mode))
-    if saved == (cb.monitor, cb.mode) or saved[0] is None:  # (nothing watched, no best to carry over)
-        return True
-    warnings.warn(f"{who} watched {saved[0]!r} ({saved[1]}) in the run resumed from and watches {cb.monitor!r} "
-                  f"({cb.mode}) now: its best value so far is not carried over, the best is looked for afresh",
-                  stacklevel=3)
-    return False
-
-
-class Accuracy:
-    """The share of items whose predicted class (argmax over dim 1, or the preds themselves when they are labels)
-    is the target: `MetricsCB(accuracy=Accuracy())`.
-
-    It works like torcheval's `MulticlassAccuracy` (update/compute/reset/to) and gives the same value, without its
-    costs: importing torcheval takes over a second, and its first `compute` compiles TorchScript. The two counts
-    stay on the device until `compute`, so updating never waits for the GPU; under DDP they are summed over ranks.
-    Preds and targets it would compare wrongly (targets as a column, one-hot targets, a binary model's scores,
-    anything that broadcasts) are refused, with what to pass instead. Targets of `ignore_index` are left out of both
-    counts, as the loss leaves them out: at its default, 'loss', in a MetricsCB the loss's own (set each pass:
-    `nn.CrossEntropyLoss(ignore_index=0)`'s, a partial's, a function's `.ignore_index`), else -100 (torch's
-    cross-entropy default: padding, unlabelled items); one given that differs from the loss's is warned of at the
-    fit's start (`ignore_index=None`: none is left out; nor is one the targets' dtype can't hold, -100 in uint8).
-    """
-    additive = True  # an update over concatenated batches counts what one per batch would: MetricsCB batches them
-
-    def __init__(self, ignore_index: int | None | str = "loss") -> None:
-        if not (ignore_index is None or ignore_index == "loss" or _integer(ignore_index) is not None):
-            raise TypeError(f"Accuracy(ignore_index=...) is the target value to leave out (an int), None for none, "
-                            f"or 'loss' (the default: the loss's); got {ignore_index!r}")
-        self.ignore_index = ignore_index if ignore_index in (None, "loss") else _integer(ignore_index)
-        self.loss_ignore_index = -100  # what 'loss' leaves out: torch's default until MetricsCB reads the loss's
-        self.counts = torch.zeros(2, dtype=torch.int64)  # correct, total
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> Accuracy:
-        """Count the batch's correct predictions and its items."""
-        labels = preds.argmax(1) if preds.ndim == target.ndim + 1 else preds
-        if labels.shape != target.shape or labels.is_floating_point() or labels is not preds and preds.shape[1] < 2:
-            # comparing them would broadcast, or compare scores with class ids: a wrong accuracy without a word
-            raise ValueError(_accuracy_mismatch(preds, target))
-        mask = _counted(target, self.loss_ignore_index if self.ignore_index == "loss" else self.ignore_index)
-        if mask is None:  # every target counts
-            self.counts[0] += (labels == target).sum()
-            self.counts[1] += target.numel()
-        else:
-            self.counts += torch.stack([((labels == target) & mask).sum(), mask.sum()])
-        return self
-
-    def compute(self) -> torch.Tensor:
-        """Correct / total, as a float tensor (NaN before any update)."""
-        return self.counts[0] / self.counts[1]
-
-    def reset(self) -> Accuracy:
-        """Start counting afresh."""
-        self.counts.zero_()
-        return self
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """{'counts': [correct, total]} (as torcheval's metrics give theirs; lr_find puts it back after its look)."""
-        return {"counts": self.counts}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore `state_dict()` (on the device the counts are on now)."""
-        self.counts = state["counts"].to(self.counts.device)
-
-    def to(self, device: str | torch.device) -> Accuracy:
-        """Keep the counts on `device` (the model's)."""
-        self.counts = self.counts.to(device)
-        return self
-
-    def all_reduce(self) -> None:
-        """Sum the counts over all processes (MetricsCB calls it under DDP before `compute`)."""
-        all_reduce_sum(self.counts)
-
-
-def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
-    """Why Accuracy can't compare these preds and targets, and what to pass instead."""
-    shapes = f"got preds {tuple(preds.shape)} ({preds.dtype}) and targets {tuple(target.shape)} ({target.dtype})"
-    classes = preds.shape[1] if preds.ndim > 1 else 0
-    if classes == 1 and preds.ndim == target.ndim + 1:
-        fix = ("one score per item is a binary model, whose argmax is always class 0: use torcheval's "
-               "BinaryAccuracy(threshold=0) for logits (0.5, its default, for probabilities) on a model whose output "
-               "is (N,) (end it with nn.Flatten(0))")
-    elif target.ndim == preds.ndim and target.shape[1:2] == (1,) and classes > 1:
-        fix = "targets kept as a column: pass target.squeeze(1)"
-    elif target.shape == preds.shape and classes > 1:
-        fix = ("targets one-hot or probabilities: pass target.argmax(1), the class ids (for a multi-label model, "
-               "use torcheval's MultilabelAccuracy(threshold=0) in MetricsCB for logits, its default 0.5 for "
-               "probabilities)")
-    elif target.shape == preds.shape:
-        fix = ("preds are scores, not labels: for a binary or multi-label model pass (preds > 0.5).long() "
-               "(probabilities) or (preds > 0).long() (logits), or use torcheval's BinaryAccuracy(threshold=0) "
-               "(logits; 0.5 for probabilities) in MetricsCB")
-    else:
-        fix = "their shapes don't match"
-    return (f"Accuracy needs class scores (N, C, ...) with class ids (N, ...), or integer labels of the targets' "
-            f"shape; {shapes}: {fix}.")
 
 
 def _compute(metrics: dict[str, Any], sync: bool) -> dict[str, Any]:

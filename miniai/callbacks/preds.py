@@ -33,7 +33,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
                        build_handlers)
 from ..utils import loss_setting, map_tensors, to_cpu
 from .augment import BatchTransformCB
-from .metrics import _ignored_target, _loss_mask, _mean_loss
+from ..weighting import ignored_target, loss_mask, mean_loss
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -367,14 +367,14 @@ class _GatherPreds(Callback):
                 raise ValueError("get_preds(with_loss=True): the get_loss step returned one loss for the batch, not "
                                  "one per item. It must compute learn.loss_func(preds, *yb), which get_preds sets to "
                                  "reduction='none' for the pass.")
-            self.losses.append(to_cpu(_per_item(loss, learn.yb, _ignored_target(learn.loss_func),
+            self.losses.append(to_cpu(_per_item(loss, learn.yb, ignored_target(learn.loss_func),
                                                 getattr(learn.loss_func, "reduced_by_sum", False))))
 
     def _check_mean(self, learn: Learner, loss: torch.Tensor, own: Any) -> None:
         """Warn (once) when a batch's per-position losses don't give back the loss's own mean: it leaves out or
         weighs positions in a way get_preds can't see (an ignore_index inside a def), so the per-item losses are
         averaged over the wrong positions, and MetricsCB's loss of the pass is wrong."""
-        ours = _mean_loss(loss, learn.yb[0] if len(learn.yb) == 1 else None, learn.loss_func)
+        ours = mean_loss(loss, learn.yb[0] if len(learn.yb) == 1 else None, learn.loss_func)
         if not (isinstance(own, torch.Tensor) and own.ndim == 0 and torch.isfinite(own) and torch.isfinite(ours)):
             return
         rtol = 1e-2 if own.dtype in (torch.float16, torch.bfloat16) else 1e-3  # (a half-precision mean: its rounding)
@@ -410,7 +410,7 @@ def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100, summed: bool =
     if summed:
         return flat.sum(1)
     target = yb[0] if len(yb) == 1 else None
-    counted = _loss_mask(loss, target, ignored)  # (None also where the dtype can't hold `ignored`: uint8 -100)
+    counted = loss_mask(loss, target, ignored)  # (None also where the dtype can't hold `ignored`: uint8 -100)
     if counted is not None:
         counted = counted.reshape(len(loss), -1)
         return (flat * counted).sum(1) / counted.sum(1).clamp(min=1)

@@ -11,7 +11,8 @@ import torch
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..utils import len_or_none, loss_reduction
-from .metrics import format_row, format_value, n_items
+from ..weighting import n_items
+from .metrics import format_row, format_value
 from .records import keep_records, restore_if_refused
 
 __all__ = ["ProgressCB", "ConsoleBar", "in_notebook"]

@@ -44,7 +44,7 @@ from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
 from ..utils import counted, without_graph
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
-from .metrics import check_monitor, monitor_mode
+from .monitor import check_monitor, monitor_mode
 from .records import keep_records, restore_if_refused
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",

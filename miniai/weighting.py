@@ -1,0 +1,99 @@
+"""How a batch counts in a pass's mean: its items, the targets its loss leaves out, and its per-item losses reduced
+the way the loss reduces them. MetricsCB, get_preds and the NaN guard share these, so they agree on one rule."""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+
+from .utils import class_loss, loss_reduction, loss_setting
+
+__all__ = ["averages_over_targets", "ignored_target", "stated_ignore", "as_integer", "target_mask", "loss_mask",
+           "mean_loss", "n_items", "sum_dtype"]
+
+
+def averages_over_targets(loss_func: Any) -> bool:
+    """Whether `loss_func` is torch's cross-entropy or NLL loss (a function, a partial of one, an nn loss) averaging
+    over its targets (reduction 'mean', or get_preds' per-item copy of such a loss): it divides by their class
+    weights' sum, leaving out its ignore_index. Other losses' `weight` or -100 targets mean something else."""
+    if getattr(loss_func, "reduced_by_sum", False) or loss_reduction(loss_func) == "sum":
+        return False
+    return class_loss(loss_func)
+
+
+def ignored_target(loss_func: Any) -> int:
+    """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
+    given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
+    value = as_integer(loss_setting(loss_func, "ignore_index", -100))
+    return value if value is not None else -100
+
+
+def stated_ignore(loss_func: Any) -> int | None:
+    """The target value the loss says it leaves out: its `ignore_index`, or -100 for torch's cross-entropy and NLL
+    left at theirs; None when it can't be told (a function of one's own that sets none)."""
+    value = as_integer(loss_setting(loss_func, "ignore_index", None))
+    return value if value is not None else -100 if class_loss(loss_func) else None
+
+
+def as_integer(value: Any) -> int | None:
+    """`value` as an int if it is an integer (a NumPy one too, not a bool), else None."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+
+
+def target_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
+    """Where `target` is not `ignore_index`; None when no target can be: no ignore_index, or one the targets' dtype
+    can't hold (compared with uint8 targets, -100 would wrap to 156 and leave out class 156)."""
+    if ignore_index is None or target.dtype == torch.bool:
+        return None
+    if not target.is_floating_point() and not torch.iinfo(target.dtype).min <= ignore_index <= torch.iinfo(
+            target.dtype).max:
+        return None
+    return target != ignore_index
+
+
+def loss_mask(loss: torch.Tensor, target: Any, ignore_index: int | None) -> torch.Tensor | None:
+    """Where unreduced losses count: positions whose integer target (one per loss) is not `ignore_index`; None
+    when all do (float targets, targets of another shape, an ignore_index the dtype can't hold)."""
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == loss.shape:
+        return target_mask(target, ignore_index)
+    return None
+
+
+def mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
+    """A batch's per-item (or per-position) losses as the batch's loss, as reduction='mean' takes it: their mean
+    over the positions whose integer target is not the loss's ignore_index, and for a loss with class weights
+    (`weight`) their sum over the counted targets' weights."""
+    loss = loss.float()
+    if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
+        return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
+    mask = loss_mask(loss, target, ignored_target(loss_func))
+    # (class weights divide the mean of torch's cross-entropy and NLL only: MultiMarginLoss(weight=w) divides by N)
+    weight = loss_setting(loss_func, "weight", None) if averages_over_targets(loss_func) else None
+    if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \
+            and target.shape == loss.shape:  # (soft targets: torch divides by the item count)
+        counted = weight.to(loss.device, torch.float32)[target if mask is None else target.where(mask, 0)]
+        return loss.sum() / (counted if mask is None else counted * mask).sum()
+    if mask is not None:  # (no position counted: NaN, as torch's mean loss is)
+        return (loss * mask).sum() / mask.sum()
+    return loss.mean()
+
+
+def n_items(target: Any) -> int:
+    """How many items a batch's targets are for: a tensor's first dimension; of a dict (one entry per key), its
+    first value's; of a tuple or list of tensors that share their first dimension, that (one target per head);
+    of any other tuple or list (one dict, string, number or tensor of its own length per item), its length."""
+    if isinstance(target, torch.Tensor):
+        return target.shape[0] if target.ndim else 1
+    if isinstance(target, dict):
+        return n_items(next(iter(target.values()))) if target else 0
+    if isinstance(target, (tuple, list)) and target and all(isinstance(t, torch.Tensor) and t.ndim for t in target):
+        sizes = {t.shape[0] for t in target}
+        if len(sizes) == 1:  # heads over one batch (a per-item list of equal lengths would be stacked: a tensor)
+            return sizes.pop()
+    return len(target)
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a pass's running sums on `device`: float64, except on MPS, which has none (float32 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
