@@ -28,7 +28,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 
 __all__ = ["add_note", "check_count", "check_number", "python_number", "call_model", "describe", "check_new_callback",
            "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
-           "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items",
+           "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error",
            "misplaced_cancel_note", "fit_note"]
 
 
@@ -302,6 +302,16 @@ def unbatched_error() -> ValueError:
     """The error for a batch whose target is a 0-dim tensor: a loader of single items (MetricsCB, get_preds)."""
     return ValueError("the target of this batch is a 0-dim tensor: the loader yields single items, not batches "
                       "(DataLoader(..., batch_size=None)?). Give it a batch_size")
+
+
+def preds_changed_error(who: str, loss_func: Any) -> RuntimeError:
+    """The error for a model output changed in place after the predict step, by the loss (`loss_func`) or a
+    callback: `who` reads it after them (MetricsCB, get_preds), so it would see the changed values, not the model's."""
+    name = getattr(loss_func, "__name__", type(loss_func).__name__)
+    return RuntimeError(f"{who} reads the model's output (learn.preds) at the batch's end, and it was changed in "
+                        f"place after the predict step, by the loss ({name}) or a callback: {who} would report the "
+                        "changed values, not the model's. Make the loss leave its input as it is: use the out-of-place "
+                        "op (p.clamp(-1, 1), not p.clamp_(-1, 1); or p = p.clone() first)")
 
 
 def drops_last(dl: Any) -> bool:

@@ -22,7 +22,7 @@ import torch
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
-           "check_device", "class_loss", "counted"]
+           "check_device", "class_loss", "counted", "tensor_versions"]
 
 
 def _pick_device() -> str:
@@ -152,6 +152,17 @@ def tensors_in(x: Any) -> Iterator[torch.Tensor]:
     elif dataclasses.is_dataclass(x) and not isinstance(x, type):  # (as map_tensors maps them)
         for f in dataclasses.fields(x):
             yield from tensors_in(getattr(x, f.name))
+
+
+def tensor_versions(x: Any) -> Any:
+    """The in-place modification counter of tensor `x` (shared with its views; None for one made under
+    torch.inference_mode, which keeps none), or a tuple of those of the tensors inside `x` (see `tensors_in`)."""
+    if not isinstance(x, torch.Tensor):
+        return tuple(tensor_versions(t) for t in tensors_in(x))
+    try:
+        return x._version
+    except RuntimeError:
+        return None
 
 
 _CHECKSUM = "crc32"  # byte_sums' first item: names the checksum (the older lists hold ints only)

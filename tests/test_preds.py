@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
+from miniai.accuracy import Accuracy
 from miniai.augment import RandomCrop, RandomFlip, batch_tfms
 from miniai.callbacks.augment import BatchTransformCB
 from miniai.callbacks.basic import DeviceCB
@@ -1267,3 +1268,28 @@ def test_tta_refuses_an_act_that_gives_labels_or_a_tuple():
     for act in (lambda p: p.argmax(1), lambda p: (p, p)):
         with pytest.raises(TypeError, match="tta averages act's outputs"):
             learn.tta(n=1, act=act)
+
+
+def _clamping_ce(preds, target, reduction="mean"):
+    preds.clamp_(-0.01, 0.01)  # changes the model's output in place (autograd allows it after a Linear)
+    return F.cross_entropy(preds, target, reduction=reduction)
+
+
+def test_get_preds_with_loss_refuses_a_loss_that_changes_the_preds_in_place():
+    """A loss clamping the logits in place (p.clamp_) made get_preds(with_loss=True) and Interpretation return the
+    clamped logits, not the model's: now refused, naming the loss and the out-of-place op."""
+    learn = image_learner()
+    learn.loss_func = _clamping_ce
+    with pytest.raises(RuntimeError, match=r"changed in place.*_clamping_ce.*p.clamp\(-1, 1\), not p.clamp_"):
+        learn.get_preds(with_loss=True)
+    assert learn.get_preds()[0].abs().max() > 0.01, "without a loss step the preds are the model's"
+
+
+def test_metrics_refuse_a_loss_that_changes_the_preds_in_place():
+    """MetricsCB read the preds after the loss had clamped them in place: a valid accuracy of the clamped logits."""
+    metrics = MetricsCB(accuracy=Accuracy())
+    metrics.log_fn = None
+    learn = TrainLearner(image_model(), image_dls(), _clamping_ce, lr=0.1, cbs=[DeviceCB("cpu"), metrics])
+    with pytest.raises(RuntimeError, match=r"MetricsCB.*in place.*_clamping_ce"):
+        learn.fit(1, train=False)
+

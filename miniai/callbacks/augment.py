@@ -13,16 +13,9 @@ from typing import Any
 import torch
 
 from ..learner import Callback, Learner
+from ..utils import tensor_versions
 
 __all__ = ["BatchTransformCB"]
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """The tensor's in-place modification counter (shared with every view of the same data), if it keeps one."""
-    try:
-        return t._version
-    except RuntimeError:  # tensors made under torch.inference_mode keep no counter
-        return None
 
 
 class BatchTransformCB(Callback):
@@ -87,7 +80,7 @@ class BatchTransformCB(Callback):
         return type(batch)((*out, *batch[n:]))
 
     def _apply(self, xb: torch.Tensor) -> torch.Tensor:
-        before = _version(xb) if isinstance(xb, torch.Tensor) else None
+        before = tensor_versions(xb) if isinstance(xb, torch.Tensor) else None
         out = self.tfm(xb)
         if isinstance(xb, torch.Tensor) and isinstance(out, (tuple, list)):
             raise TypeError(f"BatchTransformCB's tfm returned a {type(out).__name__} for a tensor: it passes tfm the "
@@ -95,7 +88,7 @@ class BatchTransformCB(Callback):
                             "whole batch, (x, y), and by default also to validation batches): write it as "
                             "BatchTransformCB(lambda xb: (xb - mean) / std, on_val=True) for a normalization, which "
                             "validation needs as well (the default, on_val=False, is for augmentations)")
-        if before is not None and _version(xb) != before:
+        if before is not None and tensor_versions(xb) != before:
             raise RuntimeError(f"BatchTransformCB's transform {self.tfm!r} modified the batch in place; batches "
                                "may be views of the loader's dataset, which would then change too (if yours are, "
                                "rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "

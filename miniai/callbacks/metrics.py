@@ -11,10 +11,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accuracy import Accuracy
-from ..checks import unbatched_error
+from ..checks import preds_changed_error, unbatched_error
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
-from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
+from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensor_versions, tensors_in
 from ..weighting import averages_over_targets, ignored_target, mean_loss, n_items, stated_ignore, sum_dtype, target_mask
 from .records import keep_records, restore_if_refused
 
@@ -110,6 +110,7 @@ class MetricsCB(Callback):
         self._sum_loss = False  # (set each pass: the loss's reduction is 'sum')
         self._sync = False  # (set each fit: merge the ranks' sums, in a DDP fit)
         self._in_pass = False  # between a pass's before_epoch and after_epoch
+        self._predicted: tuple[Any, Any] | None = None  # (this batch's preds, their in-place counters)
 
     @property
     def names(self) -> list[str]:
@@ -170,6 +171,11 @@ class MetricsCB(Callback):
         self._start = time.perf_counter()
         self._in_pass = True  # (until after_epoch: its metrics hold this pass's counts, see _check_unshared)
 
+    def after_predict(self, learn: Learner) -> None:
+        # the preds' in-place counters (no copy, no sync): a loss that changes them in place (p.clamp_) would have
+        # the metrics read its values, not the model's (checked at after_batch)
+        self._predicted = (learn.preds, tensor_versions(learn.preds))
+
     def after_batch(self, learn: Learner) -> None:
         # only keep the batch here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches.
@@ -181,6 +187,9 @@ class MetricsCB(Callback):
         else:
             target = self._odd_target(batch, n_inp)
         preds = learn.preds
+        predicted, self._predicted = self._predicted, None  # (no reference kept past the batch)
+        if predicted is not None and predicted[0] is preds and tensor_versions(preds) != predicted[1]:
+            raise preds_changed_error("MetricsCB", learn.loss_func)
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
                 raise unbatched_error()
@@ -286,6 +295,7 @@ class MetricsCB(Callback):
 
     def cleanup_epoch(self, learn: Learner) -> None:
         self._in_pass = False  # (also after a cancelled pass, whose after_epoch did not run)
+        self._predicted = None  # (a cancelled batch's preds, whose after_batch did not run)
 
     def after_epoch(self, learn: Learner) -> None:
         self._in_pass = False

@@ -27,11 +27,11 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
-from ..checks import check_count, drops_last, unbatched_error
+from ..checks import check_count, drops_last, preds_changed_error, unbatched_error
 from ..data import TensorLoader
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import loss_setting, map_tensors, to_cpu
+from ..utils import loss_setting, map_tensors, tensor_versions, to_cpu
 from .augment import BatchTransformCB
 from ..weighting import ignored_target, loss_mask, mean_loss
 from .state import kept
@@ -319,8 +319,12 @@ class _GatherPreds(Callback):
         self.targets: list[Any] = []
         self.losses: list[torch.Tensor] = []
         self.sizes: list[int | None] = []  # each batch's item count: what a per-item sequence's length is
+        self._predicted: tuple[Any, Any] | None = None  # (this batch's preds, their in-place counters)
 
     def after_predict(self, learn: Learner) -> None:
+        # (a loss that changes the preds in place, p.clamp_, would have them gathered as it left them: refused in
+        # after_batch; their counters cost nothing, a copy of each batch's preds would)
+        self._predicted = (learn.preds, tensor_versions(learn.preds))
         # the loss function itself, on the model's output (not whatever a get_loss of one's own makes of it), under
         # the pass's autocast: does the mean of its reduction='none' losses (the pass's learn.loss_func) give back its
         # own mean? Not where that mean is not of its positions (CTC's (N,) losses, divided by length)
@@ -341,6 +345,9 @@ class _GatherPreds(Callback):
 
     def after_batch(self, learn: Learner) -> None:
         preds, yb = learn.preds, learn.yb
+        predicted, self._predicted = self._predicted, None
+        if predicted is not None and predicted[0] is preds and tensor_versions(preds) != predicted[1]:
+            raise preds_changed_error(self.who + "(with_loss=True)" * self.with_loss, learn.loss_func)
         if yb and isinstance(yb[0], torch.Tensor) and not yb[0].ndim:  # preds of n items, n targets of one each
             raise unbatched_error()
         if self.act is not None:
