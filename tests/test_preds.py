@@ -1293,3 +1293,24 @@ def test_metrics_refuse_a_loss_that_changes_the_preds_in_place():
     with pytest.raises(RuntimeError, match=r"MetricsCB.*in place.*_clamping_ce"):
         learn.fit(1, train=False)
 
+
+class _InPlaceReluFirst(nn.Module):
+    """Changes its input in place before the layers: the loader's batch after DeviceCB and transforms."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu, self.rest = nn.ReLU(inplace=True), image_model()
+
+    def forward(self, x):
+        return self.rest(self.relu(x))
+
+
+def test_get_preds_with_input_gives_the_inputs_the_model_was_given_not_what_it_made_of_them():
+    """A model whose first op changes its input in place (nn.ReLU(inplace=True)) made get_preds(with_input=True)
+    return the changed inputs; they are now taken before the predict step, after every transform."""
+    learn = TrainLearner(_InPlaceReluFirst(), image_dls(), F.cross_entropy, lr=0.1,
+                         cbs=[DeviceCB("cpu"), BatchTransformCB(lambda x: x * 2, on_val=True)])
+    expected = learn.dls.valid.x * 2
+    inputs, _, _ = learn.get_preds(with_input=True)
+    assert expected.min() < 0
+    assert torch.equal(inputs, expected)

@@ -320,6 +320,11 @@ class _GatherPreds(Callback):
         self.losses: list[torch.Tensor] = []
         self.sizes: list[int | None] = []  # each batch's item count: what a per-item sequence's length is
         self._predicted: tuple[Any, Any] | None = None  # (this batch's preds, their in-place counters)
+        self._inputs: Any = None  # (this batch's inputs, copied before the predict step)
+
+    def before_batch(self, learn: Learner) -> None:
+        if self.with_input:  # the inputs the model is given, after every transform (order 100): taken before its
+            self._inputs = _copy_to_cpu(learn.xb)  # forward, which may change them in place (nn.ReLU(inplace=True))
 
     def after_predict(self, learn: Learner) -> None:
         # (a loss that changes the preds in place, p.clamp_, would have them gathered as it left them: refused in
@@ -367,7 +372,8 @@ class _GatherPreds(Callback):
         self.sizes.append(n)
         self.targets.append(_copy_to_cpu(yb))
         if self.with_input:
-            self.inputs.append(_copy_to_cpu(learn.xb))
+            self.inputs.append(self._inputs)
+            self._inputs = None
         if self.with_loss:
             loss = learn.loss
             if not isinstance(loss, torch.Tensor) or loss.ndim == 0:
@@ -495,7 +501,8 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
               act: Callable | None = None, cbs: Sequence[Callback] = ()) -> tuple:
     """`(preds, targets)` over every batch of `dl` (default `learn.dls.valid`), through the learner's predict path.
 
-    Returns `(inputs, preds, targets)` `with_input`, and per-item losses last `with_loss` (`loss_func` called with
+    Returns `(inputs, preds, targets)` `with_input` (the inputs the model was given: after the transforms, copied
+    before its forward, which may change them in place), and per-item losses last `with_loss` (`loss_func` called with
     `reduction='none'`; losses with more dims are averaged over them, leaving out the positions whose target is the
     loss's `ignore_index`, -100 unless it says otherwise, or added up where its reduction, 'sum' or 'batchmean',
     adds them up).
