@@ -152,7 +152,7 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
 
     Tensors are (H,W), (C,H,W) or (N,C,H,W); ndarrays and PIL images (H,W), (H,W,C) or (N,H,W,C); with one
     channel, (N,H,W) is a batch (a tensor of N 3 or 4, maybe an RGB image, is refused); a list or tuple of items
-    is a batch. With `normalize` (`dls.normalize`) the
+    of one dtype is a batch. With `normalize` (`dls.normalize`) the
     items must be uint8 pixels, normalized as the loaders' were; without it, already-prepared float inputs, or,
     `transformed` (validation transforms of the learner prepare the loaders' batches), items as the loaders give
     them. `channels` (the model's, when `normalize` has no per-channel mean) is what PIL images are converted to.
@@ -167,6 +167,10 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
         shapes = {tuple(x.shape[1:]) for x, _ in parts}
         if len(shapes) > 1:
             raise ValueError(f"infer: the items of a batch need one shape; got {sorted(shapes)}")
+        dtypes = sorted({str(x.dtype) for x, _ in parts})
+        if len(dtypes) > 1:  # torch.cat would promote them: uint8 pixels among floats would go in as 0-255 floats
+            raise TypeError(f"infer: the items of a batch need one dtype; got {', '.join(dtypes)}: give them all "
+                            "as the loaders' items are (raw uint8 pixels, or floats prepared as the loaders' are)")
         x, batched = torch.cat([x for x, _ in parts]), True
     else:
         x, batched = _canonical(*_as_tensor(items, channels), channels)

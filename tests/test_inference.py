@@ -548,6 +548,17 @@ def test_infer_refuses_floats_where_the_loaders_give_a_validation_transform_raw_
         learn.infer(xu[:4].float() / 255)
 
 
+def test_infer_refuses_a_list_of_items_of_different_dtypes():
+    """infer([float_item, uint8_item]) on a learner of float inputs: torch.cat made the uint8 item 0-255 floats,
+    predicted without a word (the uint8 item alone is refused)."""
+    x = torch.rand(24, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    dls = DataLoaders(TensorLoader(x, torch.arange(24) % 3, bs=8), TensorLoader(x, torch.arange(24) % 3, bs=8))
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), dls, F.cross_entropy, lr=0.1)
+    raw = (x[1] * 255).round().to(torch.uint8)
+    with pytest.raises(TypeError, match=r"one dtype.*torch.float32.*torch.uint8"):
+        learn.infer([x[0], raw])
+
+
 def test_export_to_a_directory_says_to_give_a_file_name(tmp_path):
     """It failed with IsADirectoryError naming a temporary file beside the directory."""
     learn = tiny_learner()
