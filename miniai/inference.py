@@ -186,12 +186,17 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
     if not x.is_floating_point() and not transformed:
         raise TypeError(f"this learner's data carries no normalization (dls.normalize is None), and nothing that "
                         f"prepares its batches takes raw pixels (no validation transform, BatchTransformCB(on_val="
-                        f"True), or loaders whose items are not uint8), so infer passes inputs to the model as they "
+                        f"True), or loaders whose items are not integer pixels), so infer passes inputs to the model as they "
                         f"are and can't scale {x.dtype} pixels: give float inputs prepared as the "
                         "loaders' items are. DataLoaders(..., normalize=(mean, std)) (get_dls does this) lets infer "
                         "take raw pixels, but only if the loaders' items were normalized with that mean and std "
                         "(otherwise the model would see them normalized in a way it never was)")
     return x, batched
+
+
+def _integer(dtype: Any) -> bool:
+    """Whether `dtype` (the loaders' item dtype, maybe None) is an integer one: raw pixels."""
+    return isinstance(dtype, torch.dtype) and not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
@@ -200,7 +205,7 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     Items are read by `to_batch` (uint8 pixels, normalized with `learn.dls.normalize` when the loaders carry
     it; otherwise already-normalized float tensors, or, where a validation transform (`BatchTransformCB(on_val=
     True)`) or a callback of yours with `inference = True` prepares the batches, items as the loaders give
-    them), then run through the learner's predict path in batches of `bs` (`get_preds`), which leaves the
+    them: integer pixels, cast to the loaders' integer dtype, where those are), then run through the learner's predict path in batches of `bs` (`get_preds`), which leaves the
     learner as it was. For a single-input classifier; for anything else use `learn.get_preds(dl=[(xb,)])`.
     """
     if learn.n_inp != 1:
@@ -216,25 +221,36 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     # (the course's BatchTransformCB, from miniai._course_defs, takes part only with on_val: as a user's callback)
     prepared = any(cb.on_val if isinstance(cb, BatchTransformCB) else type(cb).__module__ == "miniai._course_defs"
                    or not type(cb).__module__.startswith("miniai.") for cb in participants(learn))
+    # any integer dtype is raw pixels: uint8, or int64 as a HF uint8 column read with_format('torch') gives them
+    pixels = _integer(dtype)
+    name = str(dtype).removeprefix("torch.")
     normalize = getattr(dls, "normalize", None)
-    if normalize is not None and dtype == torch.uint8:  # infer would normalize, then what prepares the batches too
-        raise ValueError("dls.normalize says how raw pixels become the loaders' items, but the loaders give uint8 "
+    if normalize is not None and pixels:  # infer would normalize, then what prepares the batches too
+        raise ValueError(f"dls.normalize says how raw pixels become the loaders' items, but the loaders give {name} "
                          "items (raw pixels) themselves: infer would normalize new items and the learner's callbacks "
                          "would prepare them again, twice. If a callback (BatchTransformCB(on_val=True)) prepares the "
                          "batches, build the DataLoaders with normalize=None; if the model takes raw pixels, too")
     x, batched = to_batch(items, normalize, channels=expected[0] if expected is not None and len(expected) == 3
-                          else None, transformed=prepared and dtype in (None, torch.uint8))
+                          else None, transformed=prepared and (dtype is None or pixels))
     if prepared and dtype is None and normalize is None and not x.is_floating_point():
         raise TypeError(f"infer got {x.dtype} pixels for a learner whose callbacks prepare the batches, and can't "
                         "tell whether the loaders' items are raw pixels like these or already floats (their dtype "
                         "is unknown): a transform written for 0-1 floats would get 0-255 values. If the loaders' "
                         "items are raw pixels, say so, learn.dls = DataLoaders(train, valid, item_dtype=torch.uint8);"
                         " otherwise pass float items prepared as the loaders' are")
-    if prepared and normalize is None and dtype == torch.uint8 and x.is_floating_point():
-        raise TypeError(f"the loaders give uint8 items (0-255 pixels) to this learner's validation transforms, and "
+    if prepared and normalize is None and pixels and x.is_floating_point():
+        raise TypeError(f"the loaders give {name} items (0-255 pixels) to this learner's validation transforms, and "
                         f"infer got {x.dtype}: a transform written for pixels would misread them. Convert 0-1 "
                         "floats with (x * 255).round().to(torch.uint8), 0-255 values stored as floats with "
                         "x.round().to(torch.uint8)")
+    if prepared and normalize is None and pixels and x.dtype != dtype:  # (uint8 for int64 items, say): the
+        # transform gets the loaders' dtype, as it always did; a value the dtype can't hold would wrap around
+        info = torch.iinfo(dtype)
+        if x.numel() and (x.min() < info.min or x.max() > info.max):
+            raise ValueError(f"infer: the loaders give {name} items to this learner's validation transforms, and "
+                             f"these {x.dtype} values ({x.min().item()} to {x.max().item()}) don't fit in {name}: "
+                             "give pixels as the loaders' items are")
+        x = x.to(dtype)
     if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
         raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
                          "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")

@@ -548,6 +548,29 @@ def test_infer_refuses_floats_where_the_loaders_give_a_validation_transform_raw_
         learn.infer(xu[:4].float() / 255)
 
 
+def _pixels_to_floats(xb: torch.Tensor) -> torch.Tensor:
+    """Raw pixels of any integer dtype, (N,C,H,W) or (N,H,W), as normalized (N,C,H,W) floats."""
+    x = (xb.float() / 255 - 0.3) / 0.35
+    return x if x.ndim == 4 else x[:, None]
+
+
+def test_infer_takes_raw_pixels_where_the_loaders_items_are_int64_pixels():
+    """Loaders of int64 pixels (a HF uint8 column read with_format('torch')) scaled by a validation transform:
+    infer refused uint8 and int64 images, saying nothing prepared the batches, and its advice (floats) had them
+    divided by 255 a second time. Any integer item dtype is raw pixels now; floats are refused as for uint8."""
+    xu = torch.randint(0, 256, (24, 1, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    y = torch.arange(24) % 3
+    dls = DataLoaders(TensorLoader(xu.long(), y, bs=8), TensorLoader(xu.long(), y, bs=8))
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), dls, F.cross_entropy, lr=0.1,
+                         cbs=[BatchTransformCB(_pixels_to_floats, on_train=True, on_val=True)])
+    assert dls.item_dtype == torch.int64
+    probs, _ = learn.get_preds(act=torch.softmax)
+    assert torch.equal(learn.infer(xu[:4]).probs, probs[:4])
+    assert torch.equal(learn.infer(xu[:4].long()).probs, probs[:4])
+    with pytest.raises(TypeError, match=r"loaders give int64 items.*got torch.float32"):
+        learn.infer(xu[:4].float() / 255)
+
+
 def test_infer_refuses_a_list_of_items_of_different_dtypes():
     """infer([float_item, uint8_item]) on a learner of float inputs: torch.cat made the uint8 item 0-255 floats,
     predicted without a word (the uint8 item alone is refused)."""
