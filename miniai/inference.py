@@ -146,8 +146,18 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
                      if channels else "") + f"; give {layout}" + (", or (N,H,W)" if channels == 1 else ""))
 
 
+def _flat(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(N, H, W), and whether `t` was a batch, for loaders whose items are (H,W) images: no channel dim to add."""
+    if t.ndim in (2, 3):
+        return (t[None], False) if t.ndim == 2 else (t, True)
+    raise ValueError(f"infer: the loaders' items are (H,W) images without a channel dim (dls.item_shape has 2 dims), "
+                     f"so infer takes one (H,W) image or an (N,H,W) batch; got shape {tuple(t.shape)}"
+                     + (": drop the channel dim, x[:, 0]" if t.ndim == 4 and t.shape[1] == 1 else ""))
+
+
 def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             channels: int | None = None, transformed: bool = False) -> tuple[torch.Tensor, bool]:
+             channels: int | None = None, transformed: bool = False,
+             flat: bool = False) -> tuple[torch.Tensor, bool]:
     """One item or a batch of raw images as one model-input batch (N, C, H, W), and whether `items` was a batch.
 
     Tensors are (H,W), (C,H,W) or (N,C,H,W); ndarrays and PIL images (H,W), (H,W,C) or (N,H,W,C); with one
@@ -156,12 +166,17 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
     items must be uint8 pixels, normalized as the loaders' were; without it, already-prepared float inputs, or,
     `transformed` (validation transforms of the learner prepare the loaders' batches), items as the loaders give
     them. `channels` (the model's, when `normalize` has no per-channel mean) is what PIL images are converted to.
+    `flat`: the loaders' items are (H,W) images without a channel dim (`dls.item_shape` of 2 dims), and so is the
+    batch, (N, H, W): (H,W) is one item, (N,H,W) a batch, a PIL image is read as grayscale.
     """
     channels = _channels(normalize) or channels
+
+    def read(item: Any) -> tuple[torch.Tensor, bool]:
+        return _flat(_as_tensor(item, 1)[0]) if flat else _canonical(*_as_tensor(item, channels), channels)
     if isinstance(items, (list, tuple)):
         if not items:
             raise ValueError("infer got an empty list: pass one item or a batch of items")
-        parts = [_canonical(*_as_tensor(item, channels), channels) for item in items]
+        parts = [read(item) for item in items]
         if any(batched for _, batched in parts):
             raise ValueError("infer takes a list of single items; a list item here is itself a batch")
         shapes = {tuple(x.shape[1:]) for x, _ in parts}
@@ -173,7 +188,7 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
                             "as the loaders' items are (raw uint8 pixels, or floats prepared as the loaders' are)")
         x, batched = torch.cat([x for x, _ in parts]), True
     else:
-        x, batched = _canonical(*_as_tensor(items, channels), channels)
+        x, batched = read(items)
     x = x.contiguous()  # the layout the loaders' batches have, so the numbers are the same
     if normalize is not None:
         if x.dtype != torch.uint8:
@@ -231,7 +246,8 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                          "would prepare them again, twice. If a callback (BatchTransformCB(on_val=True)) prepares the "
                          "batches, build the DataLoaders with normalize=None; if the model takes raw pixels, too")
     x, batched = to_batch(items, normalize, channels=expected[0] if expected is not None and len(expected) == 3
-                          else None, transformed=prepared and (dtype is None or pixels))
+                          else None, transformed=prepared and (dtype is None or pixels),
+                          flat=expected is not None and len(expected) == 2)
     if prepared and dtype is None and normalize is None and not x.is_floating_point():
         raise TypeError(f"infer got {x.dtype} pixels for a learner whose callbacks prepare the batches, and can't "
                         "tell whether the loaders' items are raw pixels like these or already floats (their dtype "

@@ -571,6 +571,26 @@ def test_infer_takes_raw_pixels_where_the_loaders_items_are_int64_pixels():
         learn.infer(xu[:4].float() / 255)
 
 
+def test_infer_reads_images_of_loaders_whose_items_have_no_channel_dim():
+    """Loaders of (H,W) uint8 items and a validation transform adding the channel: infer read an (H,W) image as
+    (1,H,W) and refused it, telling to resize it, and an (N,H,W) batch as one N-channel item."""
+    from PIL import Image
+    xu = torch.randint(0, 256, (24, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    y = torch.arange(24) % 3
+    dls = DataLoaders(TensorLoader(xu, y, bs=8), TensorLoader(xu, y, bs=8))
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), dls, F.cross_entropy, lr=0.1,
+                         cbs=[BatchTransformCB(_pixels_to_floats, on_train=True, on_val=True)])
+    assert dls.item_shape == (6, 6)
+    probs, _ = learn.get_preds(act=torch.softmax)
+    one = learn.infer(xu[0])
+    assert not isinstance(one.index, torch.Tensor) and torch.equal(one.probs, probs[0])
+    assert torch.equal(learn.infer(xu[:5]).probs, probs[:5])
+    assert torch.equal(learn.infer([xu[0], xu[1]]).probs, probs[:2])
+    assert torch.equal(learn.infer(Image.fromarray(xu[0].numpy())).probs, probs[0])
+    with pytest.raises(ValueError, match=r"\(H,W\) images.*\(2, 1, 6, 6\).*x\[:, 0\]"):
+        learn.infer(xu[:2, None])
+
+
 def test_infer_refuses_a_list_of_items_of_different_dtypes():
     """infer([float_item, uint8_item]) on a learner of float inputs: torch.cat made the uint8 item 0-255 floats,
     predicted without a word (the uint8 item alone is refused)."""
