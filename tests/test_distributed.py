@@ -698,3 +698,22 @@ def test_failure_on_one_rank_under_the_deferred_nan_guard_shows_the_error(tmp_pa
     out = run.stdout + run.stderr
     assert run.returncode != 0 and "boom on rank 1" in out, out[-3000:]
     assert "collective mismatch" not in out and "doesn't match expected size" not in out, out[-3000:]
+
+
+@pytest.mark.parametrize("call", ["get_preds", "tta", "interpretation"])
+def test_predictions_on_a_presharded_validation_loader_are_refused_under_ddp(monkeypatch, call):
+    """After a DDP fit with DDPCB(presharded=('valid',)), dls.valid holds this process's part: learn.get_preds(),
+    tta and Interpretation.from_learner covered it alone, without a word. A whole loader given as dl= is taken."""
+    from miniai.interpret import Interpretation
+    monkeypatch.setenv("RANK", "0")  # no process group: world_size() reads torchrun's variables
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    learn = tiny([DDPCB(presharded=("valid",)), DeviceCB("cpu")])
+    run = {"get_preds": lambda **kw: learn.get_preds(**kw), "tta": lambda **kw: learn.tta(tfms=lambda x: x, **kw),
+           "interpretation": lambda **kw: Interpretation.from_learner(learn, **kw)}[call]
+    for dl in (None, learn.dls.valid):
+        with pytest.raises(RuntimeError, match=r"presharded.*this process's part.*dl="):
+            run(dl=dl)
+    whole = TensorLoader(learn.dls.valid.x, learn.dls.valid.y, 8)
+    run(dl=whole)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    run()  # one process: its part is the whole

@@ -29,10 +29,12 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
 from ..augment import Compose, RandomFlip
 from ..checks import check_count, drops_last, preds_changed_error, unbatched_error
 from ..data import TensorLoader
+from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
 from ..utils import loss_setting, map_tensors, tensor_versions, to_cpu
 from .augment import BatchTransformCB
+from .ddp import DDPCB
 from ..weighting import ignored_target, loss_mask, mean_loss
 from .state import kept
 
@@ -437,6 +439,14 @@ def _loader(learn: Learner, dl: Any) -> Any:
             dl is d for d in sharded)):  # DDPCB has sharded the fit's loaders: this process would see its part only
         raise RuntimeError("under DDP, during a fit, each process's loaders hold only its shard, so predictions "
                            "made now would cover part of the data: call get_preds or tta after the fit")
+    # a loader sharded by the script (DDPCB(presharded=...)) holds this process's part after the fit too
+    name = "valid" if dl is None else next((n for n, d in zip(("train", "valid"), sharded) if dl is d), None)
+    presharded = {n for cb in learn.cbs if isinstance(cb, DDPCB) for n in cb.presharded}
+    if name in presharded and world_size() > 1:
+        raise RuntimeError(f"dls.{name} is named in DDPCB(presharded=...): it holds this process's part of the data "
+                           f"(1 of {world_size()}), so predictions on it would cover that part alone. Pass a loader "
+                           "over the whole data as dl= (learn.get_preds(dl=loader), learn.tta(dl=loader), "
+                           "Interpretation.from_learner(learn, dl=loader))")
     if dl is None:
         dl = sharded[1]
         if dl is None:
