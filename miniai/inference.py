@@ -201,8 +201,8 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
     if not x.is_floating_point() and not transformed:
         raise TypeError(f"this learner's data carries no normalization (dls.normalize is None), and nothing that "
                         f"prepares its batches takes raw pixels (no validation transform, BatchTransformCB(on_val="
-                        f"True), or loaders whose items are not integer pixels), so infer passes inputs to the model as they "
-                        f"are and can't scale {x.dtype} pixels: give float inputs prepared as the "
+                        f"True), or loaders whose items are not integer pixels), so infer passes inputs to the model "
+                        f"as they are and can't scale {x.dtype} pixels: give float inputs prepared as the "
                         "loaders' items are. DataLoaders(..., normalize=(mean, std)) (get_dls does this) lets infer "
                         "take raw pixels, but only if the loaders' items were normalized with that mean and std "
                         "(otherwise the model would see them normalized in a way it never was)")
@@ -220,8 +220,8 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     Items are read by `to_batch` (uint8 pixels, normalized with `learn.dls.normalize` when the loaders carry
     it; otherwise already-normalized float tensors, or, where a validation transform (`BatchTransformCB(on_val=
     True)`) or a callback of yours with `inference = True` prepares the batches, items as the loaders give
-    them: integer pixels, cast to the loaders' integer dtype, where those are), then run through the learner's predict path in batches of `bs` (`get_preds`), which leaves the
-    learner as it was. For a single-input classifier; for anything else use `learn.get_preds(dl=[(xb,)])`.
+    them: integer pixels, cast to the loaders' integer dtype, where those are), then run through the learner's
+    predict path in batches of `bs` (`get_preds`), which leaves the learner as it was. For a single-input classifier; for anything else use `learn.get_preds(dl=[(xb,)])`.
     """
     if learn.n_inp != 1:
         raise ValueError(f"infer takes one input per item, but this learner's batches have n_inp={learn.n_inp}; "
