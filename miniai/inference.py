@@ -221,7 +221,8 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     it; otherwise already-normalized float tensors, or, where a validation transform (`BatchTransformCB(on_val=
     True)`) or a callback of yours with `inference = True` prepares the batches, items as the loaders give
     them: integer pixels, cast to the loaders' integer dtype, where those are), then run through the learner's
-    predict path in batches of `bs` (`get_preds`), which leaves the learner as it was. For a single-input classifier; for anything else use `learn.get_preds(dl=[(xb,)])`.
+    predict path in batches of `bs` (`get_preds`), which leaves the learner as it was. For a single-input
+    classifier; for anything else use `learn.get_preds(dl=[(xb,)])`.
     """
     if learn.n_inp != 1:
         raise ValueError(f"infer takes one input per item, but this learner's batches have n_inp={learn.n_inp}; "
