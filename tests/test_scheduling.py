@@ -1002,3 +1002,18 @@ def test_fit_one_cycle_of_one_optimizer_step_is_refused(swa):
     learn = make_learner([SWACB(swa_start=0, swa_lr=0.01)] if swa else [], n_train=BS)
     with pytest.raises(ValueError, match="fit_one_cycle.*needs at least 2 optimizer steps"):
         learn.fit_one_cycle(1 if not swa else 2, max_lr=0.1)
+
+
+@pytest.mark.parametrize("factory", [partial(ls.OneCycleLR, max_lr=0.1, total_steps=BATCHES),
+                                     partial(CosineOneCycle, max_lr=0.1, total_steps=BATCHES),
+                                     partial(ls.CyclicLR, base_lr=0.01, max_lr=0.1, step_size_up=2)])
+def test_an_lr_given_to_fit_beside_a_schedule_of_its_own_peak_is_refused_not_ignored(factory):
+    """fit(lr=0.5) with a OneCycleLR(max_lr=0.1) trained at the schedule's lrs, lr=0.5 ignored without a word."""
+    learn = make_learner([], opt_func=SGD_MOM)
+    before = copy.deepcopy(learn.model.state_dict())
+    with pytest.raises(ValueError, match=r"fit\(lr=0.5\).*sets the lr from its own"):
+        learn.fit(1, lr=0.5, cbs=[BatchSchedCB(factory)])
+    assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
+    learn.fit(1, cbs=[BatchSchedCB(factory)])  # the learner's lr beside it: the schedule's peak is the lr, as always
+    learn.fit(1, lr=0.1, cbs=[BatchSchedCB(factory)])  # the lr the schedule peaks at: nothing ignored
+    learn.fit_one_cycle(1, max_lr=0.05)  # (fit_one_cycle gives fit its peak as the lr)

@@ -76,6 +76,33 @@ def steps_per_epoch(learn: Learner) -> int | None:
     return n
 
 
+def _own_peaks(scheduler: Any) -> tuple[Any, list[float]] | None:
+    """(scheduler or its part, its peak lrs) for one that takes its lrs from its own arguments (OneCycleLR's and
+    CosineOneCycle's max_lr, CyclicLR's base_lr and max_lr), not from the lrs the optimizer was made with."""
+    if isinstance(scheduler, (OneCycleLR, CosineOneCycle)):
+        return scheduler, [group["max_lr"] for group in scheduler.optimizer.param_groups]
+    if isinstance(scheduler, CyclicLR):
+        return scheduler, list(scheduler.max_lrs)
+    return next(filter(None, map(_own_peaks, getattr(scheduler, "_schedulers", []))), None)
+
+
+def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], who: str) -> None:
+    """Refuse `fit(lr=x)` (an lr not the learner's) beside a schedule that peaks at lrs of its own: x would be
+    ignored without a word (the learner's own lr beside one is the usual way, and fit_one_cycle peaks at x)."""
+    from .resume import ResumeCB  # (imported here: resume.py imports this module; a resume checks its lr itself)
+    given, own = python_number(learn.fit_lr), python_number(learn.lr)
+    if given is None or (own is not None and math.isclose(given, own)) or any(
+            isinstance(cb, ResumeCB) for cb in learn.cbs) or (found := _own_peaks(scheduler)) is None:
+        return
+    part, peaks = found
+    if all(math.isclose(p, m, rel_tol=1e-6) for p, m in zip(peaks, made)):  # it peaks at the lr given
+        return
+    raise ValueError(f"fit(lr={given}) with {who}'s {type(part).__name__}, which sets the lr from its own "
+                     f"arguments (peak {', '.join(f'{p:g}' for p in peaks)}) at every step: lr={given} would be "
+                     "ignored. Leave lr= out (the schedule's peak is the lr), or give the schedule the peak you "
+                     f"want (learn.fit_one_cycle(n, max_lr={given}) peaks at the lr it is given)")
+
+
 def _sets_outright(scheduler: Any) -> bool:
     """Whether `scheduler`, or a part of it, sets the lr outright at each step (_OUTRIGHT)."""
     return isinstance(scheduler, _OUTRIGHT) or any(_sets_outright(p) for p in getattr(scheduler, "_schedulers", []))
@@ -133,6 +160,7 @@ class BaseSchedCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         if "train" not in learn.passes:  # an evaluation steps nothing: the last training fit's scheduler stays
             return
+        made = [group["lr"] for group in learn.opt.param_groups]  # (as opt_func made them of the fit's lr)
         try:
             scheduler = self.factory(learn.opt)
         except TypeError as e:  # a scheduler class given bare, its own arguments missing: say how to pass them
@@ -169,6 +197,7 @@ class BaseSchedCB(Callback):
             raise ValueError(f"two scheduling callbacks set the lr in this fit ({names}), and one sets it outright at "
                              "every step, discarding the other's change (fit_one_cycle adds one of its own): keep one "
                              "(learn.rm_cb(...)), or run them one after another in a SequentialLR")
+        _check_fit_lr_used(learn, scheduler, made, type(self).__name__)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
