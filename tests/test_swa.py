@@ -522,3 +522,18 @@ def test_early_stopping_leaves_swacbs_pass_of_the_average_out_of_its_count():
     losses = [row["loss"] for row in metrics.history if row["train"] == "valid" and row["epoch"] != "swa"]
     assert len(losses) == 4 and stop.best == min(losses)
     assert stop.wait == 3 - losses.index(min(losses)) and not learn.stop_requested
+
+
+def test_one_swa_lr_keeps_each_param_groups_ratio_to_the_fits_lr():
+    """SWACB(swa_lr=x) moved every param group to x: a body opt_func held at lr 0 began to train at swa_start."""
+    def groups(params, lr):  # the first Linear frozen at lr 0, the rest at the fit's lr
+        params = list(params)
+        return optim.SGD([{"params": params[:2], "lr": 0.0}, {"params": params[2:]}], lr=lr)
+    snaps = Snapshots()
+    learn = bn_learner([SWACB(1, 0.05), snaps])
+    learn.opt_func = groups
+    body = {k: v.clone() for k, v in learn.model.state_dict().items() if k.startswith("0.")}
+    learn.fit(3)
+    assert [g["swa_lr"] for g in learn.opt.param_groups] == [0.0, 0.05]
+    for params in snaps.params:  # the body never moved, before swa_start or after
+        assert torch.equal(params["0.weight"], body["0.weight"]) and torch.equal(params["0.bias"], body["0.bias"])

@@ -21,6 +21,7 @@ from ..checks import check_count, check_number
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted
 from .preds import prediction_pass
+from .scheduling import lr_ratios
 from .state import kept
 
 __all__ = ["SWACB"]
@@ -35,7 +36,8 @@ class SWACB(Callback):
             So a schedule runs for epochs
             0..swa_start-1: a one-cycle for those epochs is `partial(OneCycleLR, total_steps=swa_start *
             len(dls.train))`, which `fit_one_cycle` builds itself: its cycle ends at `swa_start`.
-        swa_lr: the lr SWALR anneals to (a float, or one per param group).
+        swa_lr: the lr SWALR anneals to: one per param group, or one float, the fit's lr's counterpart (each
+            group at the ratio to it that `opt_func` gives it: a body at a tenth anneals to a tenth).
         anneal_epochs: epochs the anneal takes. Epoch `swa_start` trains with the lr the schedule before left
             (a schedule that ends there, a one-cycle, leaves the last lr it trained with, not the one past its end),
             epoch `swa_start + k` with SWALR's k-th value; from `swa_start + anneal_epochs` on it is `swa_lr`.
@@ -74,6 +76,7 @@ class SWACB(Callback):
         self.raw_model: nn.Module | None = None
         self.metrics: dict[str, float] = {}
         self._opt: torch.optim.Optimizer | None = None
+        self._lrs: list[float] = []  # each param group's swa_lr in this fit (set at before_fit)
         self._on = False  # whether this fit trains (an evaluation leaves the average and the records alone)
 
     def before_fit(self, learn: Learner) -> None:
@@ -92,6 +95,9 @@ class SWACB(Callback):
             raise ValueError(f"SWACB has {len(self.swa_lr)} swa_lr values, the optimizer {len(learn.opt.param_groups)} "
                              "param group(s): give one swa_lr, or one per param group")
         self.raw_model, self.swa_scheduler, self.metrics, self._opt = learn.model, None, {}, learn.opt
+        # one swa_lr is of the fit's lr: each group at the ratio opt_func gives it (a body at 0 stays at 0)
+        self._lrs = list(self.swa_lr) if isinstance(self.swa_lr, (list, tuple)) else [
+            self.swa_lr * ratio for ratio in lr_ratios(learn, learn.fit_lr)]
         self.swa_model = AveragedModel(learn.model)
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
@@ -155,7 +161,7 @@ class SWACB(Callback):
             self.swa_scheduler.load_state_dict(state["swa_scheduler"])
 
     def _swalr(self, opt: torch.optim.Optimizer) -> SWALR:
-        return SWALR(opt, self.swa_lr, anneal_epochs=self.anneal_epochs, anneal_strategy=self.anneal_strategy)
+        return SWALR(opt, self._lrs, anneal_epochs=self.anneal_epochs, anneal_strategy=self.anneal_strategy)
 
     def _refresh_bn(self, learn: Learner) -> None:
         """torch's update_bn for the averaged model, on the training inputs as a prediction pass sees them: through
@@ -202,8 +208,7 @@ class SWACB(Callback):
 
     def _settings(self) -> dict[str, Any]:
         """What the average and SWALR's state depend on, as plain numbers (0.05, [0.05] and 5e-2 alike)."""
-        lrs = self.swa_lr if isinstance(self.swa_lr, (list, tuple)) else [self.swa_lr] * len(self._opt.param_groups)
-        return {"swa_start": int(self.swa_start), "swa_lr": [float(lr) for lr in lrs],
+        return {"swa_start": int(self.swa_start), "swa_lr": [float(lr) for lr in self._lrs],
                 "anneal_epochs": int(self.anneal_epochs), "anneal_strategy": self.anneal_strategy}
 
     def __repr__(self) -> str:
