@@ -537,3 +537,12 @@ def test_one_swa_lr_keeps_each_param_groups_ratio_to_the_fits_lr():
     assert [g["swa_lr"] for g in learn.opt.param_groups] == [0.0, 0.05]
     for params in snaps.params:  # the body never moved, before swa_start or after
         assert torch.equal(params["0.weight"], body["0.weight"]) and torch.equal(params["0.bias"], body["0.bias"])
+
+
+def test_swa_on_a_model_with_dropout_gives_no_warning_about_monte_carlo_predictions():
+    """SWACB's BatchNorm refresh runs dropout as torch's update_bn does; it warned of repeated Monte Carlo draws."""
+    learn = bn_learner([SWACB(1, 0.05)])
+    learn.model.insert(3, nn.Dropout(0.2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(2)

@@ -59,14 +59,14 @@ def _warn_left_out(learn: Learner, taking_part: list[Callback], who: str = "get_
 
 
 def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] = (), with_loss: bool = False,
-                    who: str = "get_preds") -> None:
+                    who: str = "get_preds", warn_draws: bool = True) -> None:
     """Run the learner's predict path over `dl` once, with `cbs` added for the pass; call it inside `kept`.
 
     The events are those of `fit(1, train=False)` for `participants(learn) + cbs`; `get_loss` and after_loss
     only `with_loss` (without it `learn.loss` is None for the pass). The cancel table of `Learner` holds for batches
     (a cancelled batch is left out, with its targets); a cancel of the pass itself (CancelEpochException,
     CancelFitException) is an error, as its results would miss the rest. Cleanups always run. `who` names the
-    caller in the warning about callbacks left out.
+    caller in the warnings about callbacks left out and (unless not `warn_draws`) a model that draws random numbers.
     """
     # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
     # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
@@ -91,7 +91,7 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     def one_batch() -> None:
         nonlocal drew
         # (until the first draw: two copies of a few KB a batch; a lazy layer's first forward draws its init)
-        watch = not drew and not (lazy and learn.iter == 0)
+        watch = warn_draws and not drew and not (lazy and learn.iter == 0)
         before = _rng_states() if watch else []
         learn._do("predict")
         drew = drew or watch and any(not torch.equal(a, b) for a, b in zip(before, _rng_states()))

@@ -179,7 +179,8 @@ class SWACB(Callback):
         try:
             with kept(learn, [dl]):
                 learn.model = model
-                prediction_pass(learn, dl, [_TrainMode()], who="SWACB's BatchNorm refresh")
+                prediction_pass(learn, dl, [_TrainMode()], who="SWACB's BatchNorm refresh",
+                                warn_draws=False)  # (dropout runs in train mode, as in torch's update_bn)
         finally:
             for bn, momentum in zip(bns, momenta):
                 bn.momentum = momentum
