@@ -279,7 +279,7 @@ def test_a_loss_that_never_moves_warns_that_the_suggestions_mean_nothing():
     x = torch.randn(64, 1)
     dl = DataLoader(TensorDataset(x, torch.full((64, 1), 2.0)), batch_size=8)
     learn = TrainLearner(Frozen(), DataLoaders(dl, dl), F.mse_loss, lr=0.1)
-    with pytest.warns(UserWarning, match=r"neither fell .* nor diverged over 40 batches.*train at all"):
+    with pytest.warns(UserWarning, match=r"neither fell .* nor diverged over 40 optimizer steps.*train at all"):
         res = learn.lr_find(max_epochs=5, plot=False)
     assert res.valley == res.steepest == 1e-5
 
@@ -366,7 +366,16 @@ def test_lr_find_from_a_small_lr_does_not_warn(recwarn):
 
 def test_lr_find_warns_when_the_data_ran_out_before_the_curve_said_anything():
     learn, _ = quadratic_problem(scale=1.0, n_batches=5)
-    with pytest.warns(UserWarning, match=r"only 5 batches before the data ran out \(max_epochs=1\)"):
+    with pytest.warns(UserWarning, match=r"only 5 optimizer steps before the data ran out \(max_epochs=1\)"):
+        learn.lr_find(max_epochs=1, plot=False)
+
+
+def test_lr_finds_warnings_count_optimizer_steps_under_gradient_accumulation():
+    """Under GradAccumCB(2) lr_find said "only 4 batches" where 8 batches made 4 steps."""
+    from miniai.callbacks import GradAccumCB
+    learn, _ = quadratic_problem(scale=1.0, n_batches=8)
+    learn.add_cb(GradAccumCB(2))
+    with pytest.warns(UserWarning, match=r"only 4 optimizer steps \(8 batches\) before the data ran out"):
         learn.lr_find(max_epochs=1, plot=False)
 
 

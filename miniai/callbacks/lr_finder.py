@@ -54,12 +54,13 @@ class LRFinderCB(Callback):
         self.gamma, self.max_mult = gamma, max_mult
         self.lrs: list[float] = []
         self.losses: list[float] = []
+        self.batches = 0  # training batches the last search ran: its steps' count, or more under accumulation
         self.diverged = False
         self._sum_loss = False  # a loss of reduction='sum': recorded per item, as MetricsCB and ProgressCB show it
         self._group_read = 0  # the param group whose lr is recorded
 
     def before_fit(self, learn: Learner) -> None:
-        self.lrs, self.losses, self.min = [], [], math.inf
+        self.lrs, self.losses, self.min, self.batches = [], [], math.inf, 0  # (batches: the steps' under accumulation)
         self._grow, self._group, self._lr0, self.diverged = False, [], None, False
         # per item (a sum's short last batch would read as a dip)
         self._sum_loss = loss_reduction(getattr(learn, "loss_func", None)) == "sum"
@@ -88,6 +89,7 @@ class LRFinderCB(Callback):
             raise CancelEpochException()  # the finder only looks at training batches
 
     def after_batch(self, learn: Learner) -> None:
+        self.batches += 1
         loss = float(learn.loss.detach().float().item())  # sync point, on purpose (see above)
         self._group.append(loss / n_items(learn.yb[0]) if self._sum_loss else loss)
         if not learn.stepped and math.isfinite(self._group[-1]):
@@ -257,18 +259,20 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     finite_lrs, finite = _finite(finder.lrs, finder.losses)
     smooth = smooth_losses(finite)
     diverged = finder.diverged
+    steps = f"{len(finite)} optimizer steps" + (f" ({finder.batches} batches)" if finder.batches != len(finder.losses)
+                                                else "")  # (gradient accumulation: several batches a step)
     if diverged and _argmin(smooth) < 3:  # no descent to read a suggestion from
-        warnings.warn(f"lr_find: the loss rose from the start ({len(finite)} batches, lowest within the first 3): "
+        warnings.warn(f"lr_find: the loss rose from the start ({steps}, lowest within the first 3): "
                       f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
                       f"Try lr_find(start_lr={start_lr / 1000:g}).", stacklevel=2)
     elif not diverged and len(finite) >= 10 and smooth[0] - min(smooth) <= 0.01 * abs(smooth[0]):
         # (a flat curve's suggestions are start_lr, or wherever its noise dips: either would look like an answer)
         warnings.warn(f"lr_find: the loss neither fell (by 1% at most, from {smooth[0]:.4g}) nor diverged over "
-                      f"{len(finite)} batches, lr {finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}: the suggestions mean "
+                      f"{steps}, lr {finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}: the suggestions mean "
                       "nothing. Does the model train at all? (parameters frozen or missing from the optimizer, a "
                       "loss that does not depend on the output, targets that cannot be learned)", stacklevel=2)
     elif not diverged and len(finite) < 10:
-        warnings.warn(f"lr_find: only {len(finite)} batches before the data ran out (max_epochs={max_epochs}), "
+        warnings.warn(f"lr_find: only {steps} before the data ran out (max_epochs={max_epochs}), "
                       "too few for the suggestions to mean much: raise max_epochs or use more data.", stacklevel=2)
     if plot:
         result.plot()
