@@ -1017,3 +1017,18 @@ def test_an_lr_given_to_fit_beside_a_schedule_of_its_own_peak_is_refused_not_ign
     learn.fit(1, cbs=[BatchSchedCB(factory)])  # the learner's lr beside it: the schedule's peak is the lr, as always
     learn.fit(1, lr=0.1, cbs=[BatchSchedCB(factory)])  # the lr the schedule peaks at: nothing ignored
     learn.fit_one_cycle(1, max_lr=0.05)  # (fit_one_cycle gives fit its peak as the lr)
+
+
+@pytest.mark.parametrize("learner, opt_func, cycle, why", [
+    ("MomentumLearner", optim.SGD, None, "MomentumLearner carries its own momentum"),
+    ("TrainLearner", optim.Adagrad, None, "Adagrad has no momentum or betas"),
+    ("TrainLearner", SGD_MOM, False, "cycle_momentum=False")])
+def test_one_cycle_momentum_bounds_that_would_not_be_used_are_refused(learner, opt_func, cycle, why):
+    """fit_one_cycle(base_momentum=0.5, max_momentum=0.6) on a MomentumLearner or Adagrad cycled nothing, no word."""
+    from miniai.supervised import MomentumLearner
+    cls = MomentumLearner if learner == "MomentumLearner" else TrainLearner
+    torch.manual_seed(0)
+    learn = cls(nn.Linear(1, 1), linear_dls(n_train=N_TRAIN, bs=BS), F.mse_loss, lr=0.01, opt_func=opt_func)
+    with pytest.raises(ValueError, match=f"base_momentum=0.5, max_momentum=0.6.*{why}"):
+        learn.fit_one_cycle(2, max_lr=0.01, base_momentum=0.5, max_momentum=0.6, cycle_momentum=cycle)
+    learn.fit_one_cycle(1, max_lr=0.01, cycle_momentum=cycle)  # the defaults: nothing asked, nothing refused

@@ -624,7 +624,7 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
     gradient accumulation), so the cycle ends exactly on the fit's last step. `cycle_momentum=None` cycles
     momentum (SGD) or beta1 (Adam family), between `max_momentum` and `base_momentum`, as torch's OneCycleLR does:
     plain SGD (momentum 0) then trains with momentum too, except on a `MomentumLearner`, which carries its own;
-    `cycle_momentum=False` leaves it as it is. Other keyword
+    `cycle_momentum=False` leaves it as it is (bounds given then, or where nothing cycles, are refused). Other keyword
     arguments go to `fit` (`resume=path` continues a saved one-cycle run: the checkpoint then brings the lr).
     """
     if "lr" in fit_kwargs:  # fit's lr would clash with the one fit_one_cycle passes
@@ -648,6 +648,13 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         own = set(getattr(opt, "defaults", {}))  # (an optimizer of one's own may have no defaults)
         cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & own) \
             and not (isinstance(learn, MomentumLearner) and "momentum" in own)
+        if not cycle and (base_momentum, max_momentum) != (0.85, 0.95):  # bounds asked for, and nothing cycled
+            why = ("cycle_momentum=False" if cycle_momentum is False else
+                   f"a MomentumLearner carries its own momentum (mom={learn.mom}) in the gradients, so the optimizer's "
+                   "is not cycled: set learn.mom, or use TrainLearner with SGD(momentum=...)"
+                   if isinstance(learn, MomentumLearner) else f"{type(opt).__name__} has no momentum or betas to cycle")
+            raise ValueError(f"fit_one_cycle(base_momentum={base_momentum}, max_momentum={max_momentum}) would not be "
+                             f"used: {why}. Leave them out, or (cycle_momentum=True) cycle an optimizer's own")
         if max_lr is not None:  # (on resume as in the saved run, so the peaks compare with the checkpoint's)
             peaks = [max_lr * ratio for ratio in lr_ratios(learn, max_lr)]
         elif resuming:  # a learner built without an lr: the saved run's peaks (the checkpoint brings them anyway),
