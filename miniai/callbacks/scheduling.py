@@ -197,7 +197,8 @@ class BaseSchedCB(Callback):
             raise ValueError(f"two scheduling callbacks set the lr in this fit ({names}), and one sets it outright at "
                              "every step, discarding the other's change (fit_one_cycle adds one of its own): keep one "
                              "(learn.rm_cb(...)), or run them one after another in a SequentialLR")
-        _check_fit_lr_used(learn, scheduler, made, type(self).__name__)
+        if not getattr(self.factory, "peaks_at_fit_lr", False):  # (fit_one_cycle's: the fit's lr is its max_lr)
+            _check_fit_lr_used(learn, scheduler, made, type(self).__name__)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
@@ -671,6 +672,7 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
                               cycle_momentum=cycle, base_momentum=base_momentum, max_momentum=max_momentum)
         except ZeroDivisionError as e:  # (it steps once when built)
             raise ValueError(_ONE_CYCLE_PHASE) from e
+    one_cycle.peaks_at_fit_lr = True  # type: ignore[attr-defined]  # (fit's lr is max_lr: not one it ignores)
     resuming = fit_kwargs.get("resume") is not None
     settings = dict(pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
                     base_momentum=base_momentum, max_momentum=max_momentum, cycle_momentum=cycle_momentum)
