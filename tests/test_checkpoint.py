@@ -1332,3 +1332,37 @@ def test_a_path_given_with_a_tilde_is_the_home_directory_not_a_folder_named_tild
     rec = next(cb for cb in learn.cbs if type(cb).__name__ == "RecorderCB")
     rec.plot("~/lr.png")  # (matplotlib's savefig leaves ~ as it is)
     assert (home / "lr.png").is_file() and list(cwd.iterdir()) == []
+
+
+def _body_head(body_lr=0.1, body_momentum=None, betas=None):
+    """opt_func of two groups: the first Linear (body) at body_lr × the lr, with its own momentum or betas."""
+    def opt_func(params, lr):
+        params = list(params)
+        body = {"params": params[:2], "lr": lr * body_lr}
+        body.update({"momentum": body_momentum} if body_momentum is not None else {})
+        body.update({"betas": betas} if betas is not None else {})
+        cls = optim.AdamW if betas is not None else partial(optim.SGD, momentum=0.9)
+        return cls([body, {"params": params[2:]}], lr=lr)
+    return opt_func
+
+
+@pytest.mark.parametrize("saved, given, changed", [
+    (_body_head(body_momentum=0.5), _body_head(body_momentum=0.8), r"param group 0 momentum: 0.5 saved, 0.8 here"),
+    (_body_head(betas=(0.9, 0.9)), _body_head(betas=(0.9, 0.99)),
+     r"param group 0 betas: \(0.9, 0.9\) saved, \(0.9, 0.99\) here"),
+    (_body_head(body_lr=0.1), _body_head(body_lr=0.5), r"param group 0 lr ratio: 0.1 saved, 0.5 here")])
+def test_a_param_groups_own_momentum_betas_or_lr_ratio_changed_on_resume_is_refused(tmp_path, saved, given, changed):
+    """Group momentum and betas were left out of the comparison (schedules move them), and a group's lr ratio was
+    compared only where a schedule wrote its keys: the saved values came back without a word."""
+    make_learner(tmp_path, opt_func=saved)[0].fit(1)
+    with pytest.raises(CheckpointMismatchError, match=changed + r".*same opt_func"):
+        make_learner(None, opt_func=given)[0].fit(2, resume=tmp_path)
+    make_learner(None, opt_func=saved)[0].fit(2, resume=tmp_path)  # as saved: resumes
+
+
+def test_a_param_groups_momentum_cycled_by_fit_one_cycle_resumes_as_saved(tmp_path):
+    """The comparison reads the groups as opt_func makes them, not as the cycle left them at the checkpoint."""
+    learn = make_learner(tmp_path, opt_func=_body_head(body_momentum=0.5))[0]
+    learn.fit_one_cycle(2, max_lr=0.05)
+    first = sorted(tmp_path.glob("*.pt"))[0]  # (epoch 1 of 2: mid-cycle)
+    make_learner(None, opt_func=_body_head(body_momentum=0.5))[0].fit_one_cycle(2, max_lr=0.05, resume=first)

@@ -225,9 +225,10 @@ def param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[list[str]]
 _SPEED_ONLY = ("foreach", "fused", "capturable", "differentiable")  # how torch computes the step, not what it is
 
 
-def optimizer_settings(opt: torch.optim.Optimizer) -> dict[str, Any]:
+def optimizer_settings(opt: torch.optim.Optimizer, learn: Learner | None = None) -> dict[str, Any]:
     """What the optimizer was built with (`opt.defaults`), but the lr (fit's own) and the choice of implementation:
-    weight decay, betas, momentum..., compared on resume, where torch's load_state_dict would put the saved back."""
+    weight decay, betas, momentum..., compared on resume, where torch's load_state_dict would put the saved back;
+    with `learn`, also its groups' own momentum, betas and lr ratio as opt_func makes them (`made_settings`)."""
     defaults = getattr(opt, "defaults", {})  # (an optimizer of one's own may have none)
     settings = {k: v for k, v in sorted(defaults.items()) if k not in ("lr", "initial_lr", *_SPEED_ONLY)
                 and isinstance(v, (bool, int, float, str, tuple, type(None)))}
@@ -235,7 +236,22 @@ def optimizer_settings(opt: torch.optim.Optimizer) -> dict[str, Any]:
     # moves as it runs (OneCycleLR cycles momentum and betas)
     groups = {f"param group {i} {k}": group[k] for i, group in enumerate(getattr(opt, "param_groups", ()))
               for k in settings if k in group and k not in ("momentum", "betas")}
-    return {**settings, **groups}
+    return {**settings, **groups, **(made_settings(learn) if learn is not None else {})}
+
+
+def made_settings(learn: Learner) -> dict[str, Any]:
+    """Each param group's momentum and betas, and (of several groups) its lr over the fit's, as `opt_func` makes them
+    for the fit's lr: read from a fresh optimizer, since schedules move them in the running one (OneCycleLR)."""
+    fit_lr, opt_func = getattr(learn, "fit_lr", None), getattr(learn, "opt_func", None)
+    if not fit_lr or opt_func is None:
+        return {}
+    groups = opt_func(list(unwrap(learn.model).parameters()), fit_lr).param_groups
+    made = {f"param group {i} {k}": tuple(group[k]) if k == "betas" else group[k]
+            for i, group in enumerate(groups) for k in ("momentum", "betas") if k in group}
+    if len(groups) > 1:  # (a body at a tenth of the fit's lr; load_state_dict would put the saved lrs back)
+        made.update({f"param group {i} lr ratio": round(float(group["lr"]) / float(fit_lr), 9)
+                     for i, group in enumerate(groups)})
+    return made
 
 
 def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
@@ -254,7 +270,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         # the learner's class and MomentumLearner's mom: what the carried grads above are made with
         "learner": {"class": type(learn).__name__, "mom": getattr(learn, "mom", None)},
         "optimizer": learn.opt.state_dict(), "optimizer_class": type(learn.opt).__name__,
-        "optimizer_settings": optimizer_settings(learn.opt),
+        "optimizer_settings": optimizer_settings(learn.opt, learn),
         "param_names": param_names(model, learn.opt),
         "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(learn).items()},
         "generators": {key: [generator_state(g) for g in gens] for key, gens in callback_generators(learn).items()},

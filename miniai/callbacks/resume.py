@@ -99,7 +99,7 @@ class ResumeCB(Callback):
         model = unwrap(learn.model)
         # --- checks: nothing is changed until all of them pass
         _check_model(model, state["model"], file, warn=False)  # again: a callback may have changed the model
-        opt_state = _optimizer_state(learn.opt, model, state, file)
+        opt_state = _optimizer_state(learn, model, state, file, ratios=self.lr is None)
         saved_learner = state.get("learner")  # (older files: none)
         here = {"class": type(learn).__name__, "mom": getattr(learn, "mom", None)}
         if saved_learner is not None and saved_learner != here:  # the saved grads are mom x grads of that learner's
@@ -273,10 +273,11 @@ def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path, w
         + "\nBuild the same model as the run that saved it (same architecture and arguments); nothing was changed.")
 
 
-def _optimizer_state(opt: torch.optim.Optimizer, model: nn.Module, state: dict[str, Any], file: Path
+def _optimizer_state(learn: Learner, model: nn.Module, state: dict[str, Any], file: Path, ratios: bool = True
                      ) -> dict[str, Any]:
-    """The saved optimizer state, its parameters put in this optimizer's order by name; raise if they don't fit."""
-    saved = state["optimizer"]
+    """The saved optimizer state, its parameters put in this optimizer's order by name; raise if they don't fit
+    (`ratios`: the groups' lr ratios too, unless fit was given an lr, which the resumed groups get at theirs)."""
+    opt, saved = learn.opt, state["optimizer"]
     saved_groups = [len(g["params"]) for g in saved["param_groups"]]
     own_groups = [len(g["params"]) for g in opt.param_groups]
     if state["optimizer_class"] != type(opt).__name__ or saved_groups != own_groups:
@@ -284,7 +285,8 @@ def _optimizer_state(opt: torch.optim.Optimizer, model: nn.Module, state: dict[s
             f"checkpoint {file} was saved with {state['optimizer_class']} over param groups of sizes {saved_groups}; "
             f"this fit made {type(opt).__name__} with {own_groups}: pass the same opt_func (and param groups) as "
             "the run that saved it; nothing was changed.")
-    saved_settings, own_settings = state.get("optimizer_settings") or {}, optimizer_settings(opt)  # (older: none)
+    saved_settings = state.get("optimizer_settings") or {}  # (older files: none; or without the groups' own)
+    own_settings = {k: v for k, v in optimizer_settings(opt, learn).items() if ratios or not k.endswith("lr ratio")}
     # the settings both have (a newer torch adds some, which load_state_dict fills with their defaults)
     def follows_default(settings: dict[str, Any], key: str) -> bool:  # a group's value that is its default's
         return key.startswith("param group ") and settings[key] == settings.get(key.split(" ", 3)[-1])
