@@ -28,6 +28,7 @@ from miniai.learner import TrainLearner
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VALID, BS, SEED, EPOCHS, LR = 70, 31, 8, 7, 2, 0.3  # 70 = 4 global batches of 2×8 and one of 6
+SUM_LR = 0.01  # a loss of reduction='sum' steps by its summed gradients: bs × larger
 
 # Runs on each rank: argv = out dir. Writes rank{r}.json/.pt, resumed{r}.pt, torchdl{r}.json/.pt, unseeded{r}.json
 # and failed{r}.json for the tests.
@@ -215,6 +216,12 @@ if r == 0:
 record("own", learn, accuracy=own.last["valid_accuracy"], truth=truth, alone=alone)
 dist.barrier()
 
+# K: a loss of reduction='sum': DDP averaged the ranks' summed gradients, half one process's with the global batch
+learn = learner([DDPCB(), DeviceCB("cpu")])
+learn.loss_func = nn.CrossEntropyLoss(reduction="sum")
+learn.fit(setup["epochs"], lr=setup["sum_lr"])
+torch.save(learn.model.state_dict(), f"{out}/sum{r}.pt")
+
 # E: rank 1 fails in the middle of an epoch
 learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
 try:
@@ -232,7 +239,7 @@ def make_setup(out: Path) -> dict:
     torch.manual_seed(0)
     init = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).state_dict()
     setup = dict(xt=xt, yt=(xt @ w).argmax(1), xv=xv, yv=(xv @ w).argmax(1), init=init, bs=BS, seed=SEED,
-                 epochs=EPOCHS, lr=LR)
+                 epochs=EPOCHS, lr=LR, sum_lr=SUM_LR)
     torch.save(setup, out / "setup.pt")
     return setup
 
@@ -301,8 +308,12 @@ def launch(tmp_path_factory):
     single = single_process_learner(setup, 2 * BS, [metrics, recorder, CheckpointCB(out / "single")])
     single.fit_one_cycle(EPOCHS, LR)
     (out / "worker.py").write_text(textwrap.dedent(WORKER))
+    summed = single_process_learner(setup, 2 * BS)  # the reference of the workers' reduction='sum' fit
+    summed.loss_func = nn.CrossEntropyLoss(reduction="sum")
+    summed.fit(EPOCHS, lr=SUM_LR)
     run = run_with_timeout([*TORCHRUN, str(out / "worker.py"), str(out)], timeout=90)
-    return SimpleNamespace(out=out, run=run, setup=setup, single=single.model.state_dict(), lrs=recorder.recs["lr"])
+    return SimpleNamespace(out=out, run=run, setup=setup, single=single.model.state_dict(), lrs=recorder.recs["lr"],
+                           summed=summed.model.state_dict())
 
 
 def test_two_processes_train_like_one_with_twice_the_batch(launch):
@@ -344,6 +355,16 @@ def test_two_processes_train_like_one_with_twice_the_batch(launch):
         resumed = torch.load(out / f"resumed{r}.pt")
         for k, v in launch.single.items():
             torch.testing.assert_close(resumed[k], v, atol=1e-5, rtol=0)
+
+
+def test_a_sum_loss_trains_like_one_process_with_the_global_batch(launch):
+    """DDP averages the ranks' gradients: with reduction='sum' each rank's is a sum over its part, so 2 ranks trained
+    with half the gradient of one process with the global batch (its sum over all), silently."""
+    assert (launch.out / "sum1.pt").exists(), launch.run.stdout + launch.run.stderr
+    for r in range(2):
+        params = torch.load(launch.out / f"sum{r}.pt")
+        for k, v in launch.summed.items():
+            torch.testing.assert_close(params[k], v, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("r", [0, 1])

@@ -32,7 +32,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
 from ..data import TensorLoader
 from ..distributed import is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
-from ..utils import model_device
+from ..utils import loss_reduction, model_device
 from .basic import DeviceCB
 
 __all__ = ["DDPCB"]
@@ -52,7 +52,8 @@ class DDPCB(Callback):
 
     Sharding: every rank walks its part of each global batch of `bs × world_size` items of the same seeded order
     (TensorLoader.shard), so the training pass has as many batches on every rank, and N ranks with batch size
-    bs train like one process with batch size N × bs. The seed is rank 0's: a shuffled TensorLoader without one
+    bs train like one process with batch size N × bs (a loss of reduction='sum' too: DDPCB then makes DDP sum the
+    ranks' gradients instead of averaging them). The seed is rank 0's: a shuffled TensorLoader without one
     gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and None back at
     cleanup_fit. The validation loader is split without dropping an item. Torch DataLoaders get a
     DistributedSampler for training and a contiguous split for validation. A loader DDPCB can't shard (over an
@@ -106,6 +107,8 @@ class DDPCB(Callback):
         # DDP broadcasts rank 0's parameters and buffers here, so all ranks start from the same model
         self._ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None, **self.ddp_kwargs)
+        if loss_reduction(learn.loss_func) == "sum":  # DDP averages the ranks' gradients: right for a mean loss
+            self._ddp.register_comm_hook(None, _sum_gradients)  # only; a sum over the global batch needs their sum
         learn.model = self._ddp
         self._shard(learn)
 
@@ -225,6 +228,13 @@ def _join_group(backend: str, device: torch.device) -> None:
                            f"{', '.join(_TORCHRUN_VARS)} and LOCAL_RANK, or set them yourself")
     dist.init_process_group(backend, **({"device_id": device} if backend == "nccl" else {}))
     atexit.register(_leave_group)
+
+
+def _sum_gradients(group, bucket):
+    """A DDP comm hook: all-reduce a bucket of gradients as their sum over the ranks (DDP's own hook divides it by
+    the world size), so a loss of reduction='sum' gets the gradient of its sum over the global batch."""
+    # (no annotations: DDP checks them against dist.GradBucket and Future, and this module's are strings)
+    return dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
 def _leave_group() -> None:
