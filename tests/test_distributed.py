@@ -222,6 +222,20 @@ learn.loss_func = nn.CrossEntropyLoss(reduction="sum")
 learn.fit(setup["epochs"], lr=setup["sum_lr"])
 torch.save(learn.model.state_dict(), f"{out}/sum{r}.pt")
 
+# L: a CancelStepException on rank 1 alone skips a step there: the replicas part, and the fit must say so
+from miniai.learner import CancelStepException
+class SkipOnRank1(Callback):
+    def after_backward(self, learn):
+        if rank() == 1 and learn.epoch == 0 and learn.iter == 2:
+            raise CancelStepException()
+learn = learner([DDPCB(), DeviceCB("cpu"), SkipOnRank1()])
+try:
+    learn.fit(1)
+    parted = "no error"
+except RuntimeError as e:
+    parted = str(e)
+record("parted", learn, error=parted)
+
 # E: rank 1 fails in the middle of an epoch
 learn = learner([DDPCB(), DeviceCB("cpu"), FailOnRank1()])
 try:
@@ -365,6 +379,14 @@ def test_a_sum_loss_trains_like_one_process_with_the_global_batch(launch):
         params = torch.load(launch.out / f"sum{r}.pt")
         for k, v in launch.summed.items():
             torch.testing.assert_close(params[k], v, atol=1e-5, rtol=0)
+
+
+def test_a_step_skipped_on_one_rank_only_is_an_error_at_the_end_of_the_fit(launch):
+    """A CancelStepException on rank 1 alone left the replicas with different weights, and the fit ended without a
+    word (rank 0's weights checkpointed, metrics merged from two models)."""
+    for r in range(2):
+        error = json.loads((launch.out / f"parted{r}.json").read_text())["error"]
+        assert "the ranks' models differ" in error and "every rank" in error, error
 
 
 @pytest.mark.parametrize("r", [0, 1])

@@ -30,7 +30,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler)
 
 from ..data import TensorLoader
-from ..distributed import is_dist, local_rank, rank, world_size
+from ..distributed import all_reduce_sum, is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
 from ..utils import loss_reduction, model_device
 from .basic import DeviceCB
@@ -61,6 +61,9 @@ class DDPCB(Callback):
     name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation loader must give each
     item to one rank (the metrics are summed over ranks); a training one, as many batches to every rank (DDP's
     backward waits for all of them).
+
+    At after_fit DDPCB checks that every rank ended with the same weights (one all_reduce of per-parameter sums)
+    and raises if not: a step was skipped on some ranks only (a CancelStepException raised on one rank alone).
     """
     order = -30  # before DeviceCB (-20), which moves model and batches to the device DDPCB picked
 
@@ -116,6 +119,11 @@ class DDPCB(Callback):
         if learn.training:
             for sampler in self._samplers:
                 sampler.set_epoch(learn.epoch_offset + learn.epoch)  # a new order each epoch, alike on every rank
+
+    def after_fit(self, learn: Learner) -> None:
+        # the fit ended normally on every rank, so all of them get here: one all_reduce can't leave one waiting
+        if self.active and self._plain is not None:
+            _check_replicas_agree(self._plain)
 
     def cleanup_fit(self, learn: Learner) -> None:
         if not self.active:
@@ -228,6 +236,27 @@ def _join_group(backend: str, device: torch.device) -> None:
                            f"{', '.join(_TORCHRUN_VARS)} and LOCAL_RANK, or set them yourself")
     dist.init_process_group(backend, **({"device_id": device} if backend == "nccl" else {}))
     atexit.register(_leave_group)
+
+
+def _check_replicas_agree(model: nn.Module) -> None:
+    """Raise unless every rank's `model` has the same parameters (one all_reduce of per-parameter sums and norms):
+    DDP keeps the replicas alike only while every rank takes every optimizer step."""
+    params = [p.detach() for p in model.parameters()]
+    sums = torch.stack([s for p in params for s in (p.sum(dtype=torch.float64),
+                                                    torch.linalg.vector_norm(p, dtype=torch.float64))]).cpu()
+    rows = torch.zeros(world_size(), len(sums), dtype=torch.float64)
+    rows[rank()] = sums
+    all_reduce_sum(rows)
+    # (a tolerance, not equality: other GPU models may sum the same weights in another order)
+    differ = [r for r in range(1, len(rows)) if not torch.allclose(rows[r], rows[0], rtol=1e-9, atol=0,
+                                                                   equal_nan=True)]
+    if differ:
+        raise RuntimeError(
+            f"DDPCB: the ranks' models differ at the end of the fit (rank {differ[0]}'s weights are not rank 0's): "
+            "a step was skipped on some ranks only, e.g. a CancelStepException (or CancelBatchException after the "
+            "backward) raised on some ranks alone. DDP keeps the replicas alike only if every rank steps alike: "
+            "raise cancels on every rank at the same batch (the built-in callbacks do). Each rank keeps its own "
+            "weights, CheckpointCB saved rank 0's, and this fit's metrics, merged over the ranks, mixed their models.")
 
 
 def _sum_gradients(group, bucket):
