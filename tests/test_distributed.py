@@ -530,6 +530,26 @@ def test_an_unshuffled_training_loader_that_leaves_the_same_items_out_every_epoc
             warn_same_left_out(dl, "train", 2)
 
 
+def test_a_presharded_validation_loader_whose_distributed_sampler_pads_is_refused(monkeypatch):
+    """DistributedSampler(drop_last=False) pads 17 items to 18 on 2 ranks, and the metrics summed over the ranks
+    counted item 0 twice (6/18 for 5/17), silently; DDPCB's refusal of such a loader advised presharded."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    monkeypatch.setenv("RANK", "0")  # no process group: presharded loaders and refusals need no collective
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    train = TensorLoader(torch.randn(20, 2), torch.randn(20, 1), 4)  # unshuffled: no seed to broadcast
+
+    def shard(cb: DDPCB, n_valid: int) -> None:
+        ds = TensorDataset(torch.randn(n_valid, 2), torch.randn(n_valid, 1))
+        valid = DataLoader(ds, 4, sampler=DistributedSampler(ds, 2, 0, shuffle=False))
+        cb._shard(SimpleNamespace(dls=SimpleNamespace(train=train, valid=valid)))
+    with pytest.raises(ValueError, match=r"pads its 17 items to 18.*DDPCB splits it over the ranks without padding"):
+        shard(DDPCB(presharded=("valid",)), 17)
+    shard(DDPCB(presharded=("valid",)), 18)  # no padding: each item on one rank
+    with pytest.raises(TypeError, match=r"DistributedSampler.*without padding") as refused:
+        shard(DDPCB(), 17)
+    assert "presharded" not in str(refused.value)  # (it led users into the padding above)
+
+
 def test_helpers_read_the_torchrun_environment_without_a_process_group(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -59,8 +59,8 @@ class DDPCB(Callback):
     DistributedSampler for training and a contiguous split for validation. A loader DDPCB can't shard (over an
     IterableDataset, or with a batch sampler of its own) you shard yourself, by `rank()` and `world_size()`, and
     name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation loader must give each
-    item to one rank (the metrics are summed over ranks); a training one, as many batches to every rank (DDP's
-    backward waits for all of them).
+    item to one rank (the metrics are summed over ranks: one with a DistributedSampler that pads is refused); a
+    training one, as many batches to every rank (DDP's backward waits for all of them).
 
     At after_fit DDPCB checks that every rank ended with the same weights (one all_reduce of per-parameter sums)
     and raises if not: a step was skipped on some ranks only (a CancelStepException raised on one rank alone).
@@ -161,6 +161,8 @@ class DDPCB(Callback):
                              "(once to drop nothing, once evenly): give each pass its own loader")
         for name in ("train", "valid"):
             dl = getattr(learn.dls, name, None)
+            if name == "valid" and name in self.presharded:
+                _check_each_item_once(dl)
             if dl is None or name in self.presharded:
                 continue
             # DDP's backward is a collective: every rank must train as many batches. Validation has none,
@@ -192,6 +194,12 @@ class DDPCB(Callback):
             raise TypeError(f"DDPCB can't shard dls.{name}: a DataLoader over an IterableDataset or with a batch "
                             f"sampler of its own (or none: batch_size=None) decides its own items; shard it yourself "
                             f"by rank() and world_size() and say so, DDPCB(presharded=('{name}',))")
+        if isinstance(dl.sampler, DistributedSampler):
+            raise TypeError(f"DDPCB can't shard dls.{name}: it has a DistributedSampler already, and DDPCB shards "
+                            "loaders itself: give it the loader without one (shuffle=True for training, False for "
+                            "validation). DDPCB splits a validation loader over the ranks without padding (a "
+                            "DistributedSampler repeats items to even out the ranks, and the metrics summed over "
+                            "the ranks would count them twice)")
         if type(dl.sampler) not in (SequentialSampler, RandomSampler) or isinstance(dl.sampler, RandomSampler) and (
                 dl.sampler.replacement or dl.sampler.num_samples != len(dl.dataset)):
             raise TypeError(f"DDPCB can't shard dls.{name}: its {type(dl.sampler).__name__} picks its own items, and "
@@ -236,6 +244,20 @@ def _join_group(backend: str, device: torch.device) -> None:
                            f"{', '.join(_TORCHRUN_VARS)} and LOCAL_RANK, or set them yourself")
     dist.init_process_group(backend, **({"device_id": device} if backend == "nccl" else {}))
     atexit.register(_leave_group)
+
+
+def _check_each_item_once(dl: Any) -> None:
+    """Refuse a presharded validation loader whose DistributedSampler pads (or drops) items: the metrics summed
+    over the ranks would count some items twice (or leave them out)."""
+    sampler = getattr(dl, "sampler", None)
+    if isinstance(sampler, DistributedSampler) and sampler.total_size != len(sampler.dataset):
+        n = len(sampler.dataset)
+        how = f"pads its {n} items to {sampler.total_size}, repeating some" if sampler.total_size > n else \
+            f"drops {n - sampler.total_size} of its {n} items (drop_last=True)"
+        raise ValueError(f"dls.valid is named in DDPCB(presharded=...) but its DistributedSampler over "
+                         f"{sampler.num_replicas} ranks {how}, so the metrics summed over the ranks would not be "
+                         "those of the validation set: give DDPCB the plain loader (without the DistributedSampler) and "
+                         "leave 'valid' out of presharded: DDPCB splits it over the ranks without padding")
 
 
 def _check_replicas_agree(model: nn.Module) -> None:
