@@ -550,6 +550,31 @@ def test_a_presharded_validation_loader_whose_distributed_sampler_pads_is_refuse
     assert "presharded" not in str(refused.value)  # (it led users into the padding above)
 
 
+def test_a_sharded_loader_counts_its_batches_alike_on_every_rank_for_a_resume_to_compare():
+    """17 validation items, bs 8, 2 ranks: rank 0's shard gives 1 batch, rank 1's 2. The checkpoint saved rank 0's
+    count and rank 1 warned, resuming the same run with the same loaders, that its loader gave another."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from miniai.callbacks.checkpoint import loader_size
+    x, y = torch.randn(17, 2), torch.randn(17)
+    one = loader_size(TensorLoader(x, y, 16))  # one process with the global batch
+    assert one == {"batches": 2, "items": 17}
+    assert [loader_size(TensorLoader(x, y, 8).shard(r, 2, even=False)) for r in range(2)] == [one, one]
+    x, y = torch.randn(70, 2), torch.randn(70)  # training: 4 global batches of 2×8 and one of 6
+    assert [loader_size(TensorLoader(x, y, 8, shuffle=True, seed=0).shard(r, 2)) for r in range(2)] == [
+        loader_size(TensorLoader(x, y, 16))] * 2
+    # DDPCB's contiguous split of a validation DataLoader: the ranks' counts differ, so none is saved or compared
+    dl = DataLoader(TensorDataset(torch.randn(17, 2), torch.randn(17)), 8)
+    assert [loader_size(DDPCB()._shard_torch_loader(dl, "valid", r, 2, even=False)) for r in range(2)] == [
+        {"batches": None, "items": 17}] * 2
+
+
+def test_resuming_with_another_batch_size_still_warns_of_the_loaders_size(tmp_path):
+    """(The check DDPCB's shards no longer trip: still there for a loader that really differs.)"""
+    tiny([CheckpointCB(tmp_path)]).fit(1)
+    with pytest.warns(UserWarning, match=r"dls.train gives 5 batches of 20 items an epoch, the saved run's 3 of 20"):
+        tiny([CheckpointCB(tmp_path)], bs=4).fit(2, resume=tmp_path)
+
+
 def test_helpers_read_the_torchrun_environment_without_a_process_group(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import (byte_sums, checksums_match, claim_dir, keeps_workers, len_or_none, map_tensors, tensors_in,
@@ -198,8 +199,19 @@ def _loader_state(dl: Any) -> dict[str, Any] | None:
 
 def loader_size(dl: Any) -> dict[str, int | None]:
     """The batches and items a loader gives an epoch (None: unknown): on loaders of another size (another batch
-    size, other data) a resumed run trains on, but can't end as the saved run would have."""
-    return {"batches": len_or_none(dl), "items": len_or_none(getattr(dl, "dataset", getattr(dl, "x", None)))}
+    size, other data) a resumed run trains on, but can't end as the saved run would have.
+
+    A TensorLoader sharded over ranks counts the batches of the one process with the global batch (bs × world size)
+    that the ranks walk together: the same on every rank, and in a run on another number of processes that trains
+    alike (a rank's own count differs by rank for a validation shard). DDPCB's contiguous split of a validation
+    DataLoader (a `range` sampler) counts None batches, for the same reason."""
+    if isinstance(dl, TensorLoader):
+        w = dl.world_size
+        n = len(dl.x) // w * w if dl.even else len(dl.x)  # (an even shard drops the remainder, as it walks)
+        batches: int | None = n // (dl.bs * w) if dl.drop_last else -(-n // (dl.bs * w))
+    else:
+        batches = None if isinstance(getattr(dl, "sampler", None), range) else len_or_none(dl)
+    return {"batches": batches, "items": len_or_none(getattr(dl, "dataset", getattr(dl, "x", None)))}
 
 
 def rng_state() -> dict[str, Any]:

@@ -159,9 +159,12 @@ class ResumeCB(Callback):
         for name, dl in loaders.items():
             _check_loader(dl, state["loaders"][name], name)
             size, now = state.get("loader_sizes", {}).get(name), loader_size(dl)  # (older files: none saved)
-            if size is not None and size != now:
-                warnings.warn(f"resuming from {file}: dls.{name} gives {now['batches']} batches of {now['items']} "
-                              f"items an epoch, the saved run's {size['batches']} of {size['items']} (another batch "
+            if size is not None and any(size[k] != now[k] for k in now if size.get(k) is not None and
+                                        now[k] is not None):  # (None: a count not known, or not alike on every rank)
+                known = {k: "?" if v is None else v for k, v in now.items()}  # (printed, not "None")
+                was = {k: "?" if v is None else v for k, v in size.items()}
+                warnings.warn(f"resuming from {file}: dls.{name} gives {known['batches']} batches of {known['items']} "
+                              f"items an epoch, the saved run's {was['batches']} of {was['items']} (another batch "
                               "size, or other data): the run trains on, but won't end as the saved run would have. "
                               "Resume with the saved run's loaders to continue it exactly.", stacklevel=2)
         # schedulers check their saved state against this fit as they load it (length, steps per epoch); an
