@@ -62,8 +62,13 @@ class DDPCB(Callback):
     item to one rank (the metrics are summed over ranks: one with a DistributedSampler that pads is refused); a
     training one, as many batches to every rank (DDP's backward waits for all of them).
 
-    At after_fit DDPCB checks that every rank ended with the same weights (one all_reduce of per-parameter sums)
-    and raises if not: a step was skipped on some ranks only (a CancelStepException raised on one rank alone).
+    Cancels: DDP's collectives need every rank to run the same batches and steps, so a cancel must be raised on
+    every rank at the same batch, as the built-in callbacks' are (EarlyStoppingCB decides on metrics merged over
+    the ranks). A CancelFit/Epoch/BatchException raised on one rank alone leaves the others waiting in their next
+    collective: a hang, or, once that rank's process exits, a gloo error that names no cause (nothing can tell it
+    from a cancel raised on every rank without a collective of its own per batch). A CancelStepException raised
+    on one rank alone leaves the replicas apart: at after_fit DDPCB checks that every rank ended with the same
+    weights (one all_reduce of per-parameter sums) and raises if not.
     """
     order = -30  # before DeviceCB (-20), which moves model and batches to the device DDPCB picked
 
