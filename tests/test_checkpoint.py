@@ -1366,3 +1366,16 @@ def test_a_param_groups_momentum_cycled_by_fit_one_cycle_resumes_as_saved(tmp_pa
     learn.fit_one_cycle(2, max_lr=0.05)
     first = sorted(tmp_path.glob("*.pt"))[0]  # (epoch 1 of 2: mid-cycle)
     make_learner(None, opt_func=_body_head(body_momentum=0.5))[0].fit_one_cycle(2, max_lr=0.05, resume=first)
+
+
+def test_a_single_param_groups_lr_scaled_by_opt_func_and_changed_on_resume_is_refused(tmp_path):
+    """opt_func=lambda p, lr: SGD(p, lr=lr * 0.1) saved, resumed with lr * 0.5: the saved lr came back, no word."""
+    def scaled(ratio):
+        return lambda params, lr: optim.SGD(params, lr=lr * ratio, momentum=0.9)
+    make_learner(tmp_path, opt_func=scaled(0.1))[0].fit(1)
+    with pytest.raises(CheckpointMismatchError, match=r"param group 0 lr ratio: 0.1 saved, 0.5 here"):
+        make_learner(None, opt_func=scaled(0.5))[0].fit(2, resume=tmp_path)
+    learn = make_learner(None, opt_func=scaled(0.5))[0]
+    learn.fit(2, lr=0.02, resume=tmp_path)  # an lr given to fit on resume: the groups get opt_func's, as asked
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    make_learner(None, opt_func=scaled(0.1))[0].fit(2, resume=tmp_path)  # as saved: resumes
