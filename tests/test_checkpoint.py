@@ -1379,3 +1379,15 @@ def test_a_single_param_groups_lr_scaled_by_opt_func_and_changed_on_resume_is_re
     learn.fit(2, lr=0.02, resume=tmp_path)  # an lr given to fit on resume: the groups get opt_func's, as asked
     assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.01)
     make_learner(None, opt_func=scaled(0.1))[0].fit(2, resume=tmp_path)  # as saved: resumes
+
+
+def test_an_opt_func_giving_the_same_optimizer_each_fit_resumes_a_one_cycle_run(tmp_path):
+    """Its groups can't be read as opt_func makes them (it gives the running one, as the cycle left it): the resume of
+    its own run was refused for momentum and lr ratio 'changed' by the schedule."""
+    learn = make_learner(tmp_path)[0]
+    opt = optim.SGD(learn.model.parameters(), lr=0.05, momentum=0.9)
+    learn.opt_func = lambda params, lr: opt
+    learn.fit_one_cycle(2, max_lr=0.05)
+    first = sorted(tmp_path.glob("*.pt"))[0]  # (epoch 1 of 2: mid-cycle)
+    learn.fit_one_cycle(2, max_lr=0.05, resume=first)
+    assert learn.opt is opt and opt.param_groups[0]["lr"] < 0.05 / 25  # trained on to the cycle's end

@@ -253,11 +253,14 @@ def optimizer_settings(opt: torch.optim.Optimizer, learn: Learner | None = None)
 
 def made_settings(learn: Learner) -> dict[str, Any]:
     """Each param group's momentum, betas and lr over the fit's, as `opt_func` makes them for the fit's lr: read
-    from a fresh optimizer, since schedules move them in the running one (OneCycleLR)."""
+    from a fresh optimizer, since schedules move them in the running one (OneCycleLR); none if it gives that one."""
     fit_lr, opt_func = getattr(learn, "fit_lr", None), getattr(learn, "opt_func", None)
     if not fit_lr or opt_func is None:
         return {}
-    groups = opt_func(list(unwrap(learn.model).parameters()), fit_lr).param_groups
+    made_opt = opt_func(list(unwrap(learn.model).parameters()), fit_lr)
+    if made_opt is learn.opt:  # an opt_func giving the same optimizer each fit: its groups are as schedules left them
+        return {}
+    groups = made_opt.param_groups
     made = {f"param group {i} {k}": tuple(group[k]) if k == "betas" else group[k]
             for i, group in enumerate(groups) for k in ("momentum", "betas") if k in group}
     # a body at a tenth of the fit's lr, or one group's scaled (SGD(p, lr=lr * 0.1)): load_state_dict would put the
