@@ -650,12 +650,16 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         cycle = cycle_momentum if cycle_momentum is not None else bool({"momentum", "betas"} & own) \
             and not (isinstance(learn, MomentumLearner) and "momentum" in own)
         if not cycle and (base_momentum, max_momentum) != (0.85, 0.95):  # bounds asked for, and nothing cycled
+            fix = "Leave them out, or (cycle_momentum=True) cycle an optimizer's own"
             why = ("cycle_momentum=False" if cycle_momentum is False else
                    f"a MomentumLearner carries its own momentum (mom={learn.mom}) in the gradients, so the optimizer's "
                    "is not cycled: set learn.mom, or use TrainLearner with SGD(momentum=...)"
-                   if isinstance(learn, MomentumLearner) else f"{type(opt).__name__} has no momentum or betas to cycle")
+                   if isinstance(learn, MomentumLearner) and "momentum" in own else
+                   f"{type(opt).__name__} has no momentum or betas to cycle")
+            if not {"momentum", "betas"} & own:  # (torch's OneCycleLR refuses cycle_momentum=True for it)
+                fix = "Leave them out, or use an optimizer with momentum or betas (SGD(momentum=...), Adam)"
             raise ValueError(f"fit_one_cycle(base_momentum={base_momentum}, max_momentum={max_momentum}) would not be "
-                             f"used: {why}. Leave them out, or (cycle_momentum=True) cycle an optimizer's own")
+                             f"used: {why}. {fix}")
         if max_lr is not None:  # (on resume as in the saved run, so the peaks compare with the checkpoint's)
             peaks = [max_lr * ratio for ratio in lr_ratios(learn, max_lr)]
         elif resuming:  # a learner built without an lr: the saved run's peaks (the checkpoint brings them anyway),
