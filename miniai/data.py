@@ -296,7 +296,7 @@ class DataLoaders:
         """Course adapter: torch DataLoaders over a HF DatasetDict (train shuffled; valid with 2x batch_size).
 
         Splits are picked by name, never by position: `train`, and for validation the first of `validation`,
-        `valid`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last` and `sampler`: training
+        `valid`, `val`, `test`, `dev`. Other `kwargs` go to both DataLoaders, except `drop_last` and `sampler`: training
         only (`shuffle`, default True, too). With `as_tuple`, dict batches become tuples of the dataset's feature
         columns in `features` order (columns a transform added are left out), as `collate_dict` and the course's
         `from_dd` do; when a transform renamed them (no longer all there), or a split has no `features`, the

@@ -33,7 +33,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's `dataset-fashion-mnist` puts the IDX files; module-level so tests can point it elsewhere."""
-VALID_SPLITS = ("validation", "valid", "test", "dev")
+VALID_SPLITS = ("validation", "valid", "val", "test", "dev")
 """A DatasetDict's validation split is the first of these it has (by name, never by position)."""
 
 

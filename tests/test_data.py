@@ -638,9 +638,11 @@ def test_from_dd_course_adapter():
 
 
 @pytest.mark.parametrize("splits, valid", [(("dev", "train"), "dev"), (("train", "test", "validation"), "validation"),
-                                           (("valid", "train", "extra"), "valid")])
+                                           (("valid", "train", "extra"), "valid"),
+                                           (("train", "val", "test"), "val")])
 def test_from_dd_picks_splits_by_name(splits, valid):
-    """Split order means nothing: train is 'train', validation the first of validation, valid, test, dev."""
+    """Split order means nothing: train is 'train', validation the first of validation, valid, val, test, dev
+    (train/val/test was validated on test, the user's val split ignored)."""
     from datasets import Dataset, DatasetDict
     sizes = {name: 4 + i for i, name in enumerate(splits)}  # each split's size tells which one a loader walks
     dd = DatasetDict({name: Dataset.from_dict({"x": [[0.0]] * n, "label": [0] * n}) for name, n in sizes.items()})
@@ -694,7 +696,7 @@ def test_from_dd_without_train_or_validation_split_is_an_error(splits, missing):
     from datasets import Dataset, DatasetDict
     dd = DatasetDict({name: Dataset.from_dict({"x": [[0.0]] * 3, "label": [0] * 3}) for name in splits})
     found = re.escape(f"found {list(splits)}")
-    with pytest.raises(ValueError, match=rf"{missing}.*{found}.*'validation', 'valid', 'test', 'dev'"):
+    with pytest.raises(ValueError, match=rf"{missing}.*{found}.*'validation', 'valid', 'val', 'test', 'dev'"):
         DataLoaders.from_dd(dd, 2)
 
 
