@@ -276,7 +276,8 @@ class DataLoaders:
         """The first input of a torch DataLoader's dataset's first item, or None: one item is cheap, and the
         collate_fn is not run (it may draw random numbers)."""
         try:
-            item = self.train.dataset[0]
+            with rngs_kept():  # (a transform may draw: reading a property must not move the RNGs)
+                item = self.train.dataset[0]
             if isinstance(item, dict) and isinstance(self.train.collate_fn, _DictToTuple):  # from_dd's
                 item = [item[k] for k in self.train.collate_fn.columns(item)]
             return item[0]

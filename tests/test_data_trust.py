@@ -422,3 +422,22 @@ def test_editing_the_normalization_handed_out_changes_no_later_get_dls(tmp_path)
     norm = Normalize(mean, torch.tensor([0.25]))
     mean += 0.25
     assert norm.mean.tolist() == [0.5]
+
+
+def test_reading_the_loaders_item_shape_leaves_the_random_state_as_it_was():
+    """dls.item_shape read the training set's first item, whose random transform moved torch's RNG: a seeded run
+    with learn.export (or infer) in between trained on another order."""
+    from torch.utils.data import DataLoader, Dataset
+    from miniai.data import DataLoaders
+
+    class Noisy(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.rand(1, 2, 2), 0  # draws, as an augmenting transform does
+    dls = DataLoaders(DataLoader(Noisy(), 4), DataLoader(Noisy(), 4))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert dls.item_shape == (1, 2, 2) and dls.item_dtype == torch.float32
+    assert torch.equal(torch.get_rng_state(), state)
