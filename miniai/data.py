@@ -19,7 +19,7 @@ from torch.utils.data import (DataLoader, IterableDataset, TensorDataset, defaul
 from .cache import load_normalized, load_tensors, normalized_split
 from .checks import check_count
 from .sources import VALID_SPLITS, check_split_classes
-from .utils import rngs_kept
+from .utils import check_seed, rngs_kept
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
 
@@ -57,6 +57,8 @@ class TensorLoader:
                             "first (torch.as_tensor(x), torch.as_tensor(y))")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None:
+            check_seed(seed)  # (2**32 would walk seed 0's orders)
         if len(x) != len(y):
             raise ValueError(f"x and y need the same length, got {len(x)} and {len(y)}")
         bs = int(check_count("bs", bs, what=" (items per batch)"))
@@ -361,6 +363,7 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
                              f"or None; got {n!r}")
     if valid_bs is not None:
         check_count("valid_bs", valid_bs, what=" (or None: the training bs)")
+    check_seed(holdout_seed, "holdout_seed")  # (before anything is read: 2**32 would hold out seed 0's images)
     if holdout:
         raw = load_tensors(name, path)
         if not 0 < holdout < len(raw.train_x):

@@ -22,7 +22,7 @@ import torch
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
-           "check_device", "class_loss", "counted", "tensor_versions"]
+           "check_device", "class_loss", "counted", "tensor_versions", "check_seed"]
 
 
 def _pick_device() -> str:
@@ -110,6 +110,17 @@ def to_cpu(x: Any) -> Any:
     return map_tensors(x, lambda t: t.detach().cpu())
 
 
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """`seed` as an int in 0..2**32-1, or an error naming `name`: torch's CPU generator and NumPy's read 32 bits of a
+    seed, so seeds 2**32 apart (or -1 and 2**32-1) would draw the same numbers."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int in 0..2**32-1, got {seed!r}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"{name} must be an integer in 0..2**32-1, got {seed!r}: torch's CPU generator and NumPy's "
+                         "read 32 bits of a seed, so seeds 2**32 apart (or -1 and 2**32-1) would draw the same numbers")
+    return int(seed)  # (a NumPy integer: Python's random.seed takes no other kind)
+
+
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seed Python's `random`, NumPy and torch (CPU and every CUDA device); optionally force deterministic kernels.
 
@@ -117,10 +128,10 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     autotuning is turned off. With `deterministic=False` the deterministic-algorithms switch is turned off
     again (as in the course), so each call states the mode you run in.
     """
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-        raise ValueError(f"set_seed takes an integer in 0..2**32-1, got {seed!r}: torch's CPU generator and NumPy's "
-                         "read 32 bits of a seed, so seeds 2**32 apart (or -1 and 2**32-1) would give the same run")
-    seed = int(seed)  # (a NumPy integer: Python's random.seed takes no other kind)
+    try:
+        seed = check_seed(seed, "set_seed's seed")
+    except TypeError as e:  # (a ValueError, as set_seed always raised)
+        raise ValueError(str(e)) from None
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds the CPU generator and every CUDA/MPS device generator

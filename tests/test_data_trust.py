@@ -441,3 +441,23 @@ def test_reading_the_loaders_item_shape_leaves_the_random_state_as_it_was():
     state = torch.get_rng_state()
     assert dls.item_shape == (1, 2, 2) and dls.item_dtype == torch.float32
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("seed", [2**32, -1, 2**40 + 7])
+def test_a_loader_seed_outside_torchs_32_bits_is_refused(seed):
+    """torch's generator keeps 32 bits of a seed: TensorLoader(seed=2**32) walked seed 0's orders, and
+    get_dls(holdout_seed=2**32) held out seed 0's images, without a word (set_seed already refused them)."""
+    from miniai.data import TensorLoader, get_dls
+    x = torch.zeros(4, 1)
+    with pytest.raises(ValueError, match=r"seed.*0\.\.2\*\*32-1"):
+        TensorLoader(x, x, 2, shuffle=True, seed=seed)
+    with pytest.raises(ValueError, match=r"holdout_seed.*0\.\.2\*\*32-1"):
+        get_dls(holdout=10, holdout_seed=seed)
+
+
+@pytest.mark.parametrize("holdout_seed", [True, 1.0, None])
+def test_get_dls_names_a_holdout_seed_that_is_no_int(holdout_seed):
+    """holdout_seed=None or 1.0 got torch's 'manual_seed expected a long', naming no parameter."""
+    from miniai.data import get_dls
+    with pytest.raises(TypeError, match=r"holdout_seed must be an int"):
+        get_dls(holdout=10, holdout_seed=holdout_seed)
