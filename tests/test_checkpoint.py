@@ -1391,3 +1391,12 @@ def test_an_opt_func_giving_the_same_optimizer_each_fit_resumes_a_one_cycle_run(
     first = sorted(tmp_path.glob("*.pt"))[0]  # (epoch 1 of 2: mid-cycle)
     learn.fit_one_cycle(2, max_lr=0.05, resume=first)
     assert learn.opt is opt and opt.param_groups[0]["lr"] < 0.05 / 25  # trained on to the cycle's end
+
+
+@pytest.mark.parametrize("kwargs, match", [({"keep": 2.5}, r"keep must be a whole number >= 1 .*2\.5"),
+                                           ({"every": 1.5}, r"every must be a whole number >= 1 .*1\.5"),
+                                           ({"keep": True}, r"keep must be a whole number")])
+def test_checkpointcb_refuses_counts_that_are_no_whole_numbers(tmp_path, kwargs, match):
+    """keep=2.5 crashed after an epoch had trained (slice indices); every=1.5 saved after epochs 3, 6, ..."""
+    with pytest.raises(ValueError, match=match):
+        CheckpointCB(tmp_path, **kwargs)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import check_count
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -480,10 +481,9 @@ class CheckpointCB(Callback):
 
     def __init__(self, path: str | os.PathLike, every: int = 1, keep: int | None = 3, monitor: str | None = None,
                  mode: str | None = None, overwrite: bool = False) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1 (save after every N epochs), got {every}")
-        if keep is not None and keep < 1:
-            raise ValueError(f"keep must be >= 1 or None (keep all), got {keep}")
+        check_count("every", every, what=" (save after every N epochs)")
+        if keep is not None:
+            check_count("keep", keep, what=" or None (keep all)")
         mode = monitor_mode(monitor, mode, "CheckpointCB")
         self.path, self.every, self.keep, self.monitor, self.mode = Path(path).expanduser(), every, keep, monitor, mode
         self.overwrite = overwrite
