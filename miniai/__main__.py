@@ -401,8 +401,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 class _PipeSafe:
-    """stdout that goes on when its reader has gone (`miniai train | head`): the run keeps training and saving, its
-    printing goes to /dev/null, where a BrokenPipeError would end it and lose it."""
+    """stdout that goes on when its reader has gone (`miniai train | head`) or it can't be written (a full disk): the
+    run keeps training and saving, its printing goes to /dev/null, where the OSError would end it and lose it."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -414,14 +414,14 @@ class _PipeSafe:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
+        except OSError:  # a gone reader (BrokenPipeError), a full disk
             self._quiet()
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
+        except OSError:  # a gone reader (BrokenPipeError), a full disk
             self._quiet()
 
     def __getattr__(self, name: str) -> Any:
@@ -443,7 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.train_parser.error(str(e))
         from .callbacks.guards import NonFiniteLossError
         stdout = sys.stdout
-        if stdout is not None and not isinstance(stdout, _PipeSafe):
+        if stdout is None:  # closed (`>&-`): the printing goes nowhere, the run trains and saves
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- (closed with the run, below)
+        elif not isinstance(stdout, _PipeSafe):
             sys.stdout = _PipeSafe(stdout)
         try:
             with _sigterm_as_interrupt(), claimed(args.out):
@@ -480,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + f"; run it again{again} to train from the start", file=sys.stderr)
             return code  # what a shell reports for a command stopped by Ctrl-C (130) or SIGTERM (143)
         finally:
+            if stdout is None:
+                sys.stdout.close()
             sys.stdout = stdout
     return 0
 

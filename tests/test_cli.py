@@ -533,3 +533,23 @@ def test_a_reader_that_goes_away_does_not_lose_the_run(tmp_path):
     assert proc.wait(timeout=300) == 0, err
     assert (tmp_path / "model.pt").is_file() and "Traceback" not in err
 
+
+
+def test_a_run_with_stdout_closed_trains_and_saves(tmp_path, monkeypatch):
+    """`miniai train ... >&-` (sys.stdout is None) ended before training: ProgressCB called sys.stdout.isatty()."""
+    from miniai.__main__ import main
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "model.pt").is_file()
+
+
+def test_a_run_whose_stdout_fails_to_write_trains_and_saves(tmp_path):
+    """stdout on a full device (/dev/full) ended the run with an OSError traceback; a gone reader already did not."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "miniai", "train", *SMALL, "--out", str(tmp_path)], cwd=ROOT,
+                              env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "model.pt").is_file() and "Traceback" not in proc.stderr

@@ -174,7 +174,7 @@ class ProgressCB(Callback):
                              "keep one, e.g. learn.rm_cb() the learner's, or set its plot/mode instead of adding "
                              "another")
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
-        self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if sys.stdout.isatty() else "plain")
+        self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if sys.stdout is not None and sys.stdout.isatty() else "plain")  # (None: closed)
         self._main = is_main_process()
         if not self._main:  # under DDP only rank 0 draws bars and prints rows (all ranks log the same rows)
             self._mode = "plain"
