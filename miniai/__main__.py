@@ -184,7 +184,8 @@ def train(args: argparse.Namespace) -> float:
     if folders:  # --overwrite replaces files; it would stop at this one, the files before it already deleted
         raise _UsageError(f"--out {args.out}: {folders[0]} is a directory, not a file of an earlier run: move it "
                           "away, or choose another --out")
-    stale = sorted(Path(args.out).glob(".miniai-overwritten.*")) if args.out else []
+    # (rank 0's alone: under torchrun it may have moved the earlier run's files aside already, a moment ago)
+    stale = sorted(Path(args.out).glob(".miniai-overwritten.*")) if args.out and is_main_process() else []
     for folder in stale:  # a killed --overwrite run (SIGKILL, or a power cut) could not put them back
         with contextlib.suppress(OSError):
             folder.rmdir()  # (empty, once they were moved back: nothing left to say)

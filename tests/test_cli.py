@@ -553,3 +553,19 @@ def test_a_run_whose_stdout_fails_to_write_trains_and_saves(tmp_path):
                               env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "model.pt").is_file() and "Traceback" not in proc.stderr
+
+
+def test_an_overwrite_run_under_torchrun_leaves_rank_0s_moved_aside_files_to_it(tmp_path, monkeypatch):
+    """Rank 1 took the folder rank 0 had just moved the earlier run's files into for a killed run's leftovers, and
+    refused (exit 2), telling the user to move them back while rank 0 ran: 2 runs in 5 failed under torchrun."""
+    import miniai.distributed as distributed
+    from miniai.__main__ import main
+    (tmp_path / "model.pt").write_bytes(b"earlier")
+    aside = tmp_path / ".miniai-overwritten.abc"
+    aside.mkdir()
+    (aside / "log.csv").write_text("rank 0's, moved aside a moment ago\n")
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(Exception):  # (not SystemExit, the refusal: past the checks, a lone rank 1 fails later)
+        main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"])
+    assert (aside / "log.csv").is_file()
