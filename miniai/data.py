@@ -460,6 +460,15 @@ def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any
         return a == b or a in _LABELS and b in _LABELS
 
     if len(train_cols) == len(valid_cols) and all(alike(a, b) for a, b in zip(train_cols, valid_cols)):
+        target, other = train_cols[-1], valid_cols[-1]
+        names = [getattr((getattr(ds, "features", None) or {}).get(col), "names", None)
+                 for ds, col in ((train, target), (valid, other))]
+        if target != other and names[0] != names[1]:  # (check_split_classes compares same-named columns alone)
+            raise ValueError(f"DataLoaders.from_dd: split 'train''s target {target!r} names its classes "
+                             f"{names[0] or 'nowhere (plain ints)'}, split {valid_name!r}'s {other!r} "
+                             f"{names[1] or 'nowhere (plain ints)'}: a label would mean different classes in each. "
+                             f"Give the target one name, dd[{valid_name!r}] = dd[{valid_name!r}].rename_column("
+                             f"{other!r}, {target!r}), and from_dd says how to give both the same classes")
         return
     target, other = train_cols[-1], valid_cols[-1]
     if not alike(target, other) and target not in valid_cols:  # no targets, or an extra column

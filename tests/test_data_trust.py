@@ -461,3 +461,21 @@ def test_get_dls_names_a_holdout_seed_that_is_no_int(holdout_seed):
     from miniai.data import get_dls
     with pytest.raises(TypeError, match=r"holdout_seed must be an int"):
         get_dls(holdout=10, holdout_seed=holdout_seed)
+
+
+@pytest.mark.parametrize("valid_names", [["cat", "dog", "bird"], None])
+def test_from_dd_compares_the_classes_of_one_target_under_two_label_names(valid_names):
+    """Train's target 'label' (bird, cat, dog) and validation's 'labels' (cat, dog, bird) were taken as one target
+    and never compared: 'cat' was 1 in training and 0 in validation, scored without a word."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+    from miniai.data import DataLoaders
+
+    def split(col, names):
+        label = ClassLabel(names=names) if names else Value("int64")
+        feats = Features({"x": Sequence(Value("float32")), col: label})
+        return Dataset.from_dict({"x": [[0.0]] * 3, col: [0, 1, 2]}, features=feats)
+    dd = DatasetDict({"train": split("label", ["bird", "cat", "dog"]), "validation": split("labels", valid_names)})
+    with pytest.raises(ValueError, match=r"'label'.*'labels'.*rename_column\('labels', 'label'\)"):
+        DataLoaders.from_dd(dd.with_format("torch"), 2)
+    same = DatasetDict({"train": dd["train"], "validation": split("labels", ["bird", "cat", "dog"])})
+    DataLoaders.from_dd(same.with_format("torch"), 2)  # the same classes under either name: fine
