@@ -1400,3 +1400,13 @@ def test_checkpointcb_refuses_counts_that_are_no_whole_numbers(tmp_path, kwargs,
     """keep=2.5 crashed after an epoch had trained (slice indices); every=1.5 saved after epochs 3, 6, ..."""
     with pytest.raises(ValueError, match=match):
         CheckpointCB(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, first", [({"every": 3}, "3 epochs are done"), ({}, "1 epoch is done"),
+                                           ({"every": 3, "monitor": "valid_loss"}, "1 epoch is done")])
+def test_the_ctrl_c_note_says_when_the_first_checkpoint_will_be_saved(tmp_path, kwargs, first):
+    """With every=3 and no file yet, the note said the first is saved after the first epoch."""
+    learn, _ = make_learner(tmp_path, **kwargs)
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit(4, cbs=[StopBeforeEpoch(0 if first.startswith("1") else 1)])
+    assert f"the first is saved once {first}" in "".join(getattr(info.value, "__notes__", []))

@@ -31,8 +31,8 @@ from ..checks import check_count
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import (byte_sums, checksums_match, claim_dir, keeps_workers, len_or_none, map_tensors, tensors_in,
-                     nonfinite_weight)
+from ..utils import (byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none, map_tensors,
+                     tensors_in, nonfinite_weight)
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .monitor import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -813,8 +813,11 @@ def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> s
         given = [type(cb).__name__ for cb in temporary or [] if type(cb).__name__ not in own]
         # callbacks given to the interrupted call only: without them the run goes on without (its CheckpointCB, say)
         note += f", giving it the same cbs=[...] as the interrupted call ({', '.join(given)})." if given else "."
-    elif saving:
-        note += " No checkpoint was written yet (the first is saved after the first epoch)."
+    elif saving:  # (saved every `every` epochs and after the last; with a monitor, after the first: its best)
+        cb = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+        first = 1 if cb.monitor is not None else min(cb.every, getattr(learn, "n_epochs", None) or cb.every)
+        note += (f" No checkpoint was written yet (the first is saved once {counted(first, 'epoch')} "
+                 f"{'is' if first == 1 else 'are'} done).")
     else:
         note += " To be able to resume, train with CheckpointCB(path) in the callbacks."
     return note
