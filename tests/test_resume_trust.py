@@ -607,3 +607,18 @@ def test_a_fit_refused_because_nothing_can_train_keeps_the_learners_optimizer():
     with pytest.raises(RuntimeError):
         learn.fit(1, lr=0.5)
     assert learn.opt is opt and learn.fit_lr == fit_lr
+
+
+def test_resuming_on_other_data_of_the_same_size_warns(tmp_path):
+    """Only the loaders' sizes were compared: a run resumed on other images of the same count (MNIST for
+    Fashion-MNIST, another holdout split) trained on without a word."""
+    from miniai.data import DataLoaders, TensorLoader
+    make_learner(tmp_path)[0].fit(1)
+    learn, _ = make_learner(None)
+    dl = learn.dls.train
+    learn.dls = DataLoaders(TensorLoader(dl.x.flip(0), dl.y.flip(0), dl.bs, shuffle=True, seed=3), learn.dls.valid)
+    with pytest.warns(UserWarning, match=r"dls.train holds other data than the saved run's"):
+        learn.fit(2, resume=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_learner(None)[0].fit(2, resume=tmp_path)  # the same data: nothing to say

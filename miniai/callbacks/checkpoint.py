@@ -294,6 +294,9 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,
         "loaders": {name: _loader_state(getattr(learn.dls, name, None)) for name in ("train", "valid")},
         "loader_sizes": {name: loader_size(getattr(learn.dls, name, None)) for name in ("train", "valid")},
+        # the data a TensorLoader holds (~12 ms per 50 MB): other data of the same size is said on resume too
+        "loader_data": {name: byte_sums([dl.x, dl.y]) for name in ("train", "valid")
+                        if isinstance(dl := getattr(learn.dls, name, None), TensorLoader)},
         "rng": rng_state(), "rng_ranks": rng_ranks,
     }
 

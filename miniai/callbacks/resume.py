@@ -21,7 +21,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
-from ..utils import counted
+from ..data import TensorLoader
+from ..utils import checksums_match, counted
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint, load_checkpoint,
                          loader_generators, loader_size, optimizer_settings, param_names, set_generator_state,
                          stateful_callbacks, unwrap)
@@ -167,6 +168,13 @@ class ResumeCB(Callback):
                               f"items an epoch, the saved run's {was['batches']} of {was['items']} (another batch "
                               "size, or other data): the run trains on, but won't end as the saved run would have. "
                               "Resume with the saved run's loaders to continue it exactly.", stacklevel=2)
+            data = state.get("loader_data", {}).get(name)  # (older files, other loaders: none saved)
+            if data is not None and isinstance(dl, TensorLoader) and not checksums_match(data, [dl.x, dl.y]):
+                warnings.warn(f"resuming from {file}: dls.{name} holds other data than the saved run's (the checksums "
+                              "of its inputs and targets differ): the run trains on, but not as it "
+                              "began. Resume with the saved run's data to continue it exactly (another dataset, or "
+                              "another holdout split, is a new run: start it from the checkpoint's weights).",
+                              stacklevel=2)
         # schedulers check their saved state against this fit as they load it (length, steps per epoch); an
         # evaluation (fit(train=False)) builds and steps none, and the saved lr comes with the optimizer state
         given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
