@@ -233,3 +233,26 @@ def test_small_feature_maps_are_not_taken_for_channels_last_and_reflect_padding_
     with pytest.raises(ValueError, match=r"RandomCrop padding=3 with mode='reflect' needs images larger than it "
                                          r"\(3, 3\): lower padding or use mode='constant'"):
         RandomCrop(3, padding=3, mode="reflect")(torch.rand(2, 1, 3, 3))
+
+
+def test_a_geometric_augmentation_beside_per_pixel_targets_is_warned_of():
+    """RandomFlip flipped a segmentation model's images and not their masks: a quarter of the pixels still matched
+    their target, trained on without a word."""
+    import warnings
+    import torch.nn.functional as F
+    from torch import nn
+    from miniai.augment import RandomFlip, batch_tfms
+    from miniai.callbacks import BatchTransformCB
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.learner import TrainLearner
+    x = torch.randn(8, 1, 8, 8)
+
+    def fit(y):
+        dls = DataLoaders(TensorLoader(x, y, 4), TensorLoader(x[:4].clone(), y[:4].clone(), 4))
+        model = nn.Conv2d(1, 2, 3, padding=1) if y.ndim == 3 else nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+        TrainLearner(model, dls, F.cross_entropy, lr=0.1, cbs=[BatchTransformCB(batch_tfms(RandomFlip()))]).fit(1)
+    with pytest.warns(UserWarning, match=r"RandomFlip moves the inputs' pixels.*\(4, 8, 8\).*line up"):
+        fit(torch.randint(0, 2, (8, 8, 8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(torch.randint(0, 2, (8,)))  # one label per image: nothing to move

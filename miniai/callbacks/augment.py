@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..augment import RandomCrop, RandomFlip
 from ..learner import Callback, Learner
 from ..utils import tensor_versions
 
@@ -56,6 +57,7 @@ class BatchTransformCB(Callback):
                              "transforms, BatchTransformCB(tfm, inputs='first') or inputs='all' (each one)")
         self._n = learn.n_inp if self.inputs == "all" else 1
         self._look = self._check_val
+        self._look_targets = True  # (at the fit's first training batch: per-pixel targets a geometric tfm leaves)
 
     def applies(self, training: bool) -> bool:
         """Whether the transform runs in a training (`training=True`) or a validation pass."""
@@ -68,6 +70,9 @@ class BatchTransformCB(Callback):
             if raw is not None:
                 self._look = False
                 _warn_if_rescaled(raw, learn.batch[0])
+            if learn.training and self._look_targets:
+                self._look_targets = False
+                _warn_if_targets_stay(self.tfm, learn.batch, self._n)
 
     def transform_batch(self, batch: tuple | list, n: int = 1) -> tuple | list:
         """The batch with its first `n` items transformed and every other item as it was (a new tuple or list)."""
@@ -94,6 +99,23 @@ class BatchTransformCB(Callback):
                                "rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
                                "x.mul_(2); or clone first).")
         return out
+
+
+def _warn_if_targets_stay(tfm: Any, batch: Any, n: int) -> None:
+    """Warn of a geometric transform (RandomCrop, RandomFlip) beside targets of the inputs' height and width (a
+    mask per pixel): the inputs' pixels move, the targets' stay, and the two no longer line up."""
+    moving = [t for t in getattr(tfm, "tfms", [tfm]) if isinstance(t, (RandomCrop, RandomFlip))]
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else None
+    if not moving or not isinstance(x, torch.Tensor) or x.ndim < 3:
+        return
+    for y in batch[n:]:
+        if isinstance(y, torch.Tensor) and y.ndim >= 2 and y.shape[-2:] == x.shape[-2:]:
+            warnings.warn(f"BatchTransformCB's {type(moving[0]).__name__} moves the inputs' pixels, and the targets "
+                          f"{tuple(y.shape)} have the inputs' height and width (a mask per pixel?): it leaves them "
+                          "where they were, so inputs and targets no longer line up. Transform both with one draw "
+                          "in a callback of your own (learn.batch = ... at before_batch), or leave geometric "
+                          "transforms out", stacklevel=4)
+            return
 
 
 def _warn_if_rescaled(raw: Any, out: Any) -> None:
