@@ -261,8 +261,8 @@ def _check_each_item_once(dl: Any) -> None:
             f"drops {n - sampler.total_size} of its {n} items (drop_last=True)"
         raise ValueError(f"dls.valid is named in DDPCB(presharded=...) but its DistributedSampler over "
                          f"{sampler.num_replicas} ranks {how}, so the metrics summed over the ranks would not be "
-                         "those of the validation set: give DDPCB the plain loader (without the DistributedSampler) and "
-                         "leave 'valid' out of presharded: DDPCB splits it over the ranks without padding")
+                         "those of the validation set: give DDPCB the plain loader (without the DistributedSampler) "
+                         "and leave 'valid' out of presharded: DDPCB splits it over the ranks without padding")
 
 
 def _check_replicas_agree(model: nn.Module) -> None:

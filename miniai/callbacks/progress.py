@@ -174,7 +174,8 @@ class ProgressCB(Callback):
                              "keep one, e.g. learn.rm_cb() the learner's, or set its plot/mode instead of adding "
                              "another")
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
-        self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if sys.stdout is not None and sys.stdout.isatty() else "plain")  # (None: closed)
+        tty = sys.stdout is not None and sys.stdout.isatty()  # (None: stdout closed)
+        self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if tty else "plain")
         self._main = is_main_process()
         if not self._main:  # under DDP only rank 0 draws bars and prints rows (all ranks log the same rows)
             self._mode = "plain"
