@@ -271,7 +271,16 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
         raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
                          "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")
-    probs, _ = get_preds(learn, dl=[(x[i:i + bs],) for i in range(0, len(x), bs)], act=torch.softmax)
+    preds, _ = get_preds(learn, dl=[(x[i:i + bs],) for i in range(0, len(x), bs)])
+    if isinstance(preds, torch.Tensor) and (preds.ndim == 1 or preds.ndim == 2 and preds.shape[1] == 1):
+        raise ValueError(f"infer gives class probabilities, a softmax over one output per class, and this model gives "
+                         f"one output per item {tuple(preds.shape)} (a softmax of it is 1.0): a binary model? Its "
+                         "probability of the positive class for prepared inputs x is "
+                         "torch.sigmoid(learn.get_preds(dl=[(x,)])[0])")
+    if not isinstance(preds, torch.Tensor):  # ((logits, aux), a dict: which part are the class scores?)
+        raise ValueError(f"infer is for classifiers with one output per class, and this model returns a "
+                         f"{type(preds).__name__}: use learn.get_preds(dl=[(x,)], act=...) picking the logits out")
+    probs = torch.softmax(preds.float() if preds.dtype in (torch.float16, torch.bfloat16) else preds, dim=1)
     classes = getattr(dls, "classes", None)
     if probs.ndim != 2 or (classes and probs.shape[1] != len(classes)):
         raise ValueError(f"infer is for classifiers with one output per class: the model gives outputs of shape "

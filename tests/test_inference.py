@@ -720,3 +720,13 @@ def test_an_export_holding_a_class_of_the_running_script_says_where_it_will_load
     learn.loss_func = partial(my_loss, w=2.0)
     with pytest.warns(UserWarning, match=r"export: my_loss, scale are defined in the running script"):
         learn.export(tmp_path / "m2.pkl")
+
+
+def test_infer_on_a_binary_model_says_what_to_use_for_the_images_given():
+    """infer on a model of one output per item failed in softmax, advising learn.infer(act=torch.sigmoid), which
+    infer doesn't take (get_preds' advice, which would predict on dls.valid, not on the images given)."""
+    learn = image_learner()
+    learn.model = nn.Sequential(learn.model, nn.Linear(3, 1))
+    with pytest.raises(ValueError, match=r"infer.*one output per item \(1, 1\).*binary.*torch\.sigmoid\(learn\.get_preds"
+                                         r"\(dl=\[\(x,\)\]\)"):
+        learn.infer(PIXELS[0])
