@@ -727,6 +727,6 @@ def test_infer_on_a_binary_model_says_what_to_use_for_the_images_given():
     infer doesn't take (get_preds' advice, which would predict on dls.valid, not on the images given)."""
     learn = image_learner()
     learn.model = nn.Sequential(learn.model, nn.Linear(3, 1))
-    with pytest.raises(ValueError, match=r"infer.*one output per item \(1, 1\).*binary.*torch\.sigmoid\(learn\.get_preds"
-                                         r"\(dl=\[\(x,\)\]\)"):
+    with pytest.raises(ValueError, match=r"infer.*one output per item \(1, 1\).*binary.*"
+                                         r"torch\.sigmoid\(learn\.get_preds\(dl=\[\(x,\)\]\)"):
         learn.infer(PIXELS[0])
