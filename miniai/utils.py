@@ -110,11 +110,12 @@ def to_cpu(x: Any) -> Any:
     return map_tensors(x, lambda t: t.detach().cpu())
 
 
-def check_seed(seed: Any, name: str = "seed") -> int:
-    """`seed` as an int in 0..2**32-1, or an error naming `name`: torch's CPU generator and NumPy's read 32 bits of a
-    seed, so seeds 2**32 apart (or -1 and 2**32-1) would draw the same numbers."""
+def check_seed(seed: Any, name: str = "seed", type_error: type[Exception] = TypeError) -> int:
+    """`seed` as an int in 0..2**32-1, or an error naming `name` (`type_error` for one that is no int): torch's CPU
+    generator and NumPy's read 32 bits of a seed, so seeds 2**32 apart (or -1 and 2**32-1) would draw the same
+    numbers."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{name} must be an int in 0..2**32-1, got {seed!r}")
+        raise type_error(f"{name} must be an int in 0..2**32-1, got {seed!r}")
     if not 0 <= seed < 2**32:
         raise ValueError(f"{name} must be an integer in 0..2**32-1, got {seed!r}: torch's CPU generator and NumPy's "
                          "read 32 bits of a seed, so seeds 2**32 apart (or -1 and 2**32-1) would draw the same numbers")
@@ -128,10 +129,7 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     autotuning is turned off. With `deterministic=False` the deterministic-algorithms switch is turned off
     again (as in the course), so each call states the mode you run in.
     """
-    try:
-        seed = check_seed(seed, "set_seed's seed")
-    except TypeError as e:  # (a ValueError, as set_seed always raised)
-        raise ValueError(str(e)) from None
+    seed = check_seed(seed, "set_seed's seed", type_error=ValueError)  # (a ValueError, as set_seed always raised)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds the CPU generator and every CUDA/MPS device generator

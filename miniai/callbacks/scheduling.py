@@ -78,7 +78,8 @@ def steps_per_epoch(learn: Learner) -> int | None:
 
 def _own_peaks(scheduler: Any) -> tuple[Any, list[float]] | None:
     """(scheduler or its part, its peak lrs) for one that takes its lrs from its own arguments (OneCycleLR's and
-    CosineOneCycle's max_lr, CyclicLR's base_lr and max_lr), not from the lrs the optimizer was made with."""
+    CosineOneCycle's max_lr, CyclicLR's base_lr and max_lr: its max_lrs are the peaks), not from the lrs the
+    optimizer was made with."""
     if isinstance(scheduler, (OneCycleLR, CosineOneCycle)):
         return scheduler, [group["max_lr"] for group in scheduler.optimizer.param_groups]
     if isinstance(scheduler, CyclicLR):
