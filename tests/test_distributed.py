@@ -550,6 +550,24 @@ def test_a_presharded_validation_loader_whose_distributed_sampler_pads_is_refuse
     assert "presharded" not in str(refused.value)  # (it led users into the padding above)
 
 
+def test_a_presharded_training_loaders_distributed_sampler_walks_a_new_order_each_epoch(monkeypatch):
+    """A training DataLoader the script sharded with DistributedSampler(shuffle=True), named in presharded: nothing
+    called its set_epoch, so every epoch walked the same order, without a word (torch's own pitfall)."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    monkeypatch.setenv("RANK", "0")  # no process group: presharded loaders need no collective
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ds = TensorDataset(torch.randn(40, 2), torch.randn(40, 1))
+    train = DataLoader(ds, 4, sampler=DistributedSampler(ds, 2, 0, shuffle=True, seed=0))
+    cb = DDPCB(presharded=("train",))
+    cb._shard(SimpleNamespace(dls=SimpleNamespace(train=train, valid=None)))
+    orders = []
+    for epoch in range(3):
+        cb.before_epoch(SimpleNamespace(training=True, epoch_offset=0, epoch=epoch))
+        orders.append(list(train.sampler))
+    assert orders[0] != orders[1] != orders[2], orders
+    assert train.sampler.epoch == 2  # the learner's epoch: a resumed run walks the orders it would have
+
+
 def test_a_sharded_loader_counts_its_batches_alike_on_every_rank_for_a_resume_to_compare():
     """17 validation items, bs 8, 2 ranks: rank 0's shard gives 1 batch, rank 1's 2. The checkpoint saved rank 0's
     count and rank 1 warned, resuming the same run with the same loaders, that its loader gave another."""

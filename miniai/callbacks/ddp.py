@@ -60,7 +60,8 @@ class DDPCB(Callback):
     IterableDataset, or with a batch sampler of its own) you shard yourself, by `rank()` and `world_size()`, and
     name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation loader must give each
     item to one rank (the metrics are summed over ranks: one with a DistributedSampler that pads is refused); a
-    training one, as many batches to every rank (DDP's backward waits for all of them).
+    training one, as many batches to every rank (DDP's backward waits for all of them); its sampler's `set_epoch`,
+    if it has one (DistributedSampler), is called before each training pass, as for DDPCB's own samplers.
 
     Cancels: DDP's collectives need every rank to run the same batches and steps, so a cancel must be raised on
     every rank at the same batch, as the built-in callbacks' are (EarlyStoppingCB decides on metrics merged over
@@ -86,7 +87,7 @@ class DDPCB(Callback):
         self._ddp: DistributedDataParallel | None = None
         self._batchnorms: dict[str, nn.Module] = {}
         self._undo: list[Callable[[], Any]] = []  # what puts each loader back, in the order the changes were made
-        self._samplers: list[DistributedSampler] = []
+        self._samplers: list[Any] = []  # (what before_epoch calls set_epoch on)
 
     def before_fit(self, learn: Learner) -> None:
         self.active = is_dist() or world_size() > 1
@@ -168,6 +169,8 @@ class DDPCB(Callback):
             dl = getattr(learn.dls, name, None)
             if name == "valid" and name in self.presharded:
                 _check_each_item_once(dl)
+            if name == "train" and name in self.presharded and hasattr(getattr(dl, "sampler", None), "set_epoch"):
+                self._samplers.append(dl.sampler)  # the script's DistributedSampler: a new order each epoch too
             if dl is None or name in self.presharded:
                 continue
             # DDP's backward is a collective: every rank must train as many batches. Validation has none,
