@@ -158,6 +158,9 @@ class PredsNow(Callback):
     def after_epoch(self, learn):
         learn.get_preds()
 refusal("preds_in_fit", lambda: learner([DDPCB(), DeviceCB("cpu"), PredsNow()]).fit(1))
+learn = learner([DDPCB(), DeviceCB("cpu")])
+learn.dls.valid.y = learn.dls.valid.y.roll(r)  # rank 1 read its labels apart (another split, another file)
+refusal("other_data", lambda: learn.fit(1))
 first = learner([DDPCB(), DeviceCB("cpu"), quiet, CheckpointCB(f"{out}/G")])
 first.fit(2)
 last_checkpoint = str(first.last_checkpoint)
@@ -440,11 +443,14 @@ def test_what_ddp_cannot_do_is_refused_on_every_rank_and_a_resume_right_after_a_
     """Each of these was silent or hung: lr_find (each rank stopped on its own loss: a hang); SWACB (the average
     stayed wrapped, each rank refreshed BatchNorm on its own shard); a DataLoader's own sampler (replaced by a
     DistributedSampler over the whole dataset); one loader for both passes (sharded twice: a crash in gloo);
-    get_preds during the fit (this rank's shard only); and a resume right after a fit, where rank 1 could read
-    the directory before rank 0 had written its last file (ranks resumed from different epochs)."""
+    get_preds during the fit (this rank's shard only); ranks holding other data (each trained and scored its part
+    of its own data); and a resume right after a fit, where rank 1 could read the directory before rank 0 had
+    written its last file (ranks resumed from different epochs)."""
     for r in (0, 1):
         result = json.loads((launch.out / f"G{r}.json").read_text())
-        assert set(result["refused"]) == {"lr_find", "swa", "sampler", "same_loader", "preds_in_fit"}, result
+        assert set(result["refused"]) == {"lr_find", "swa", "sampler", "same_loader", "preds_in_fit", "other_data"}, \
+            result
+        assert "dls.valid" in result["refused"]["other_data"] and "rank 1" in result["refused"]["other_data"]
         assert "one process" in result["refused"]["lr_find"] and "SubsetRandomSampler" in result["refused"]["sampler"]
         assert result["last_checkpoint"].endswith("epoch_0002.pt")  # rank 1 knows it too (NaN and Ctrl-C notes)
     ranks = [torch.load(launch.out / f"G{r}.pt") for r in (0, 1)]

@@ -27,12 +27,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
-                              SequentialSampler)
+                              SequentialSampler, TensorDataset)
 
 from ..data import TensorLoader
 from ..distributed import all_reduce_sum, is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
-from ..utils import loss_reduction, model_device
+from ..utils import byte_sums, len_or_none, loss_reduction, model_device
 from .basic import DeviceCB
 
 __all__ = ["DDPCB"]
@@ -55,7 +55,8 @@ class DDPCB(Callback):
     bs train like one process with batch size N × bs (a loss of reduction='sum' too: DDPCB then makes DDP sum the
     ranks' gradients instead of averaging them). The seed is rank 0's: a shuffled TensorLoader without one
     gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and None back at
-    cleanup_fit. The validation loader is split without dropping an item. Torch DataLoaders get a
+    cleanup_fit. The validation loader is split without dropping an item. Every rank must hold the same data: at
+    before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse to differ. Torch DataLoaders get a
     DistributedSampler for training and a contiguous split for validation. A loader DDPCB can't shard (over an
     IterableDataset, or with a batch sampler of its own) you shard yourself, by `rank()` and `world_size()`, and
     name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation loader must give each
@@ -103,6 +104,7 @@ class DDPCB(Callback):
                              "use DDPCB(sync_bn=False): each rank then normalizes with its own batch statistics")
         if not is_dist():
             _join_group(backend, self.device)
+        _check_same_data(learn.dls, self.presharded)
         for cb in device_cbs:
             cb.device = self.device
         model = learn.model.to(self.device)
@@ -266,6 +268,34 @@ def _check_each_item_once(dl: Any) -> None:
                          f"{sampler.num_replicas} ranks {how}, so the metrics summed over the ranks would not be "
                          "those of the validation set: give DDPCB the plain loader (without the DistributedSampler) "
                          "and leave 'valid' out of presharded: DDPCB splits it over the ranks without padding")
+
+
+def _check_same_data(dls: Any, presharded: tuple[str, ...]) -> None:
+    """Refuse loaders that hold other data on some ranks (one all_gather of sizes and checksums): DDPCB gives each
+    rank its part of one dataset, so ranks that read theirs apart would train twice on some items, never on others,
+    and score a mix of validation sets."""
+    mine = {name: _data_sums(getattr(dls, name, None)) for name in ("train", "valid") if name not in presharded}
+    ranks: list[Any] = [None] * world_size()
+    dist.all_gather_object(ranks, mine)
+    for r, theirs in enumerate(ranks):
+        for name, sums in theirs.items():
+            first = ranks[0][name]
+            if sums != first:
+                how = f"{sums['items']} items, rank 0's {first['items']}" if sums["items"] != first["items"] else \
+                    f"the checksums of its {sums['items']} items differ"
+                raise ValueError(f"DDPCB: dls.{name} holds other data on rank {r} than on rank 0 ({how}), and "
+                                 "DDPCB gives each rank its part of one dataset: build the loaders alike on every "
+                                 "rank (the same files, a split with a fixed seed such as get_dls(holdout_seed=...)), "
+                                 f"or shard them yourself and say so, DDPCB(presharded=('{name}',))")
+
+
+def _data_sums(dl: Any) -> dict[str, Any]:
+    """A loader's item count, and its tensors' checksums where it holds them (a TensorLoader, a TensorDataset)."""
+    if isinstance(dl, TensorLoader):
+        return {"items": len(dl.x), "sums": byte_sums([dl.x, dl.y])}
+    dataset = getattr(dl, "dataset", None)
+    tensors = dataset.tensors if isinstance(dataset, TensorDataset) else None
+    return {"items": len_or_none(dataset), "sums": None if tensors is None else byte_sums(tensors)}
 
 
 def _check_replicas_agree(model: nn.Module) -> None:
