@@ -8,6 +8,7 @@ an error the model raises says what it was given.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import inspect
@@ -29,7 +30,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 __all__ = ["add_note", "check_count", "check_number", "python_number", "call_model", "describe", "check_new_callback",
            "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
            "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error",
-           "misplaced_cancel_note", "fit_note"]
+           "misplaced_cancel_note", "fit_note", "fit_optimizer", "follows_lr"]
 
 
 def add_note(error: BaseException, note: str) -> None:
@@ -486,6 +487,35 @@ def _reads_whole(dl: Any) -> bool:
     if batches is not None and not isinstance(batches, BatchSampler):
         return False
     return isinstance(sampler, (SequentialSampler, RandomSampler, WeightedRandomSampler, DistributedSampler))
+
+
+def fit_optimizer(learn: Any, lr: Any, given: bool) -> Any:
+    """The optimizer a fit trains with: `learn.opt_func`'s for `lr`. One opt_func hands back again (the last fit's)
+    starts from the settings it was first made with, as a new one would (a schedule left its lr at 0; its state
+    stays); when opt_func ignores the lr it is given, an lr `given` to fit still sets it: the highest group's, the
+    others in proportion (as fit_one_cycle's max_lr and lr_find's lrs do), never left unused without a word."""
+    opt = learn.opt_func(learn.model.parameters(), lr)
+    groups = getattr(opt, "param_groups", None)  # (an optimizer of one's own, the course's SGD, may have none)
+    made = getattr(learn, "_made_settings", None)
+    if groups is not None and opt is learn.opt and made is not None and made[0] is opt:
+        del groups[len(made[1]):]  # (groups a callback added, as a new optimizer has none)
+        for group, settings in zip(groups, made[1]):  # (also drops what a schedule wrote: initial_lr, max_lr, ...)
+            for key in set(group) - set(settings) - {"params"}:
+                del group[key]
+            group.update(copy.deepcopy(settings))
+    elif groups is not None:
+        learn._made_settings = opt, copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in groups])
+    made_lrs = [float(group["lr"]) for group in groups or ()]
+    if given and lr and made_lrs and not follows_lr(learn.opt_func, list(learn.model.parameters()), lr, made_lrs):
+        top = max(made_lrs)
+        for group in groups:
+            group["lr"] = float(lr) * float(group["lr"]) / top if top > 0 else float(lr)
+    return opt
+
+
+def follows_lr(opt_func: Any, params: list, lr: float, made: list[float]) -> bool:
+    """Whether opt_func takes its lrs from the lr: it makes other ones for 2 × `lr` than `made` (for `lr`)."""
+    return made != [float(group["lr"]) for group in opt_func(params, 2 * float(lr)).param_groups]
 
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miniai.callbacks import SingleBatchCB, TrainCB
+from miniai.callbacks import BatchSchedCB, SingleBatchCB, TrainCB
+from miniai.schedulers import CosineAnnealing
 from miniai.learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                             CancelStepException, MomentumLearner, TrainLearner, build_handlers)
 from tests.synth import EventLog, linear_dls, tiny_learner
@@ -199,6 +200,35 @@ def test_fit_makes_optimizer_with_opt_func_and_lr():
     assert len(learn.opt.state) == 2  # weight and bias have Adam state
     learn.fit(1, lr=0.01)
     assert learn.opt.param_groups[0]["lr"] == 0.01
+
+
+def test_an_lr_given_to_fit_is_taken_when_opt_func_ignores_the_lr_it_is_given():
+    """fit(lr=0.5) with opt_func=lambda ps, lr: SGD(ps, lr=0.01) trained at 0.01, without a word."""
+    own = lambda ps, lr: torch.optim.SGD(ps, lr=0.01)
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, opt_func=own)
+    learn.fit(1)
+    assert learn.opt.param_groups[0]["lr"] == 0.01  # the learner's lr (not given to fit): opt_func's own
+    learn.fit(1, lr=0.5)
+    assert learn.opt.param_groups[0]["lr"] == 0.5
+    def two(ps, lr):
+        ps = list(ps)
+        return torch.optim.SGD([{"params": [ps[0]], "lr": 0.01}, {"params": [ps[1]], "lr": 0.001}])
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, opt_func=two)
+    learn.fit(1, lr=0.5)
+    assert [g["lr"] for g in learn.opt.param_groups] == pytest.approx([0.5, 0.05])  # the highest at lr, in proportion
+
+
+def test_an_opt_func_handing_back_one_optimizer_starts_each_fit_as_a_new_one_would():
+    """After a cosine schedule the next fit trained at the lr it left, 0, with its stale initial_lr."""
+    from functools import partial
+    model = nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    learn = TrainLearner(model, linear_dls(), F.mse_loss, opt_func=lambda ps, lr: opt)
+    learn.fit(1, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=len(learn.dls.train)))])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12) and "initial_lr" in opt.param_groups[0]
+    learn.fit(1)
+    assert learn.opt is opt and opt.param_groups[0]["lr"] == 0.1 and "initial_lr" not in opt.param_groups[0]
+    assert opt.state  # its state (momentum buffers) stays: it is the same optimizer
 
 
 def test_no_lr_anywhere_is_a_clear_error():

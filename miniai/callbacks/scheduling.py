@@ -38,7 +38,7 @@ from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, Cosin
                                       LambdaLR, LinearLR, MultiplicativeLR, OneCycleLR, PolynomialLR,
                                       ReduceLROnPlateau, SequentialLR)
 
-from ..checks import add_note, python_number
+from ..checks import add_note, follows_lr, python_number
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
@@ -607,7 +607,7 @@ def lr_ratios(learn: Learner, lr: float) -> list[float]:
     top = max(made, default=0.0)
     if not lr or top <= 0:
         return [1.0] * len(made) + added
-    follows = made != [float(group["lr"]) for group in learn.opt_func(params, 2 * lr).param_groups]
+    follows = follows_lr(learn.opt_func, params, lr, made)
     return [made_lr / (lr if follows else top) for made_lr in made] + added
 
 
