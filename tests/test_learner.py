@@ -591,6 +591,17 @@ def test_bfloat16_autocast_trains_with_an_optimizer_of_ones_own():
         learn.fit(1)
 
 
+def test_mixed_precision_on_a_float64_model_is_warned_of():
+    """Autocast lowers float32 ops only: a float64 model trained in float64 under MixedPrecisionCB, without a word."""
+    from miniai.callbacks.mixed_precision import MixedPrecisionCB
+    x = torch.randn(32, 1, dtype=torch.float64)
+    dls = SimpleNamespace(train=[(x, 2 * x)], valid=[(x, 2 * x)])
+    learn = TrainLearner(nn.Linear(1, 1).double(), dls, F.mse_loss, cbs=[MixedPrecisionCB(torch.bfloat16)])
+    with pytest.warns(UserWarning, match=r"weights are float64.*runs in float64.*model.float\(\)"):
+        learn.fit(1)
+    assert learn.preds.dtype == torch.float64  # (it is so: the warning is true)
+
+
 def test_a_float16_forward_overflow_is_named_in_the_nan_message():
     """A float16 autocast overflow (an input finite in float32) got only "try a lower lr" advice."""
     from miniai.callbacks.guards import NonFiniteLossError
