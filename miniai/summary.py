@@ -155,7 +155,8 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
     through the learner's predict path (`get_preds`). Rows are the leaf modules, and any other module with
     parameters of its own, in `named_modules()` order. MACs are counted for Linear and Conv layers (closed form,
     `layer_macs`); layers without weights, norms and embeddings count 0, their work being small beside them;
-    other layers with weights of their own (attention, recurrent) are not counted: '?', and the footer names them.
+    other layers with weights of their own (attention, recurrent), and ones the batch never called (a parent may use
+    their weights: MultiheadAttention's out_proj) are not counted: '?', and the footer names them.
     The model is left as it was: modes, placement, no gradients, the hooks removed, the loader's state and the RNGs
     untouched.
     """
@@ -171,7 +172,7 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
             batches = [(*xb,) if isinstance(xb, (tuple, list)) else (xb,)]
         inputs = get_preds(learn, dl=batches, with_input=True)[0]
     rows = [SummaryRow(name, type(m).__name__, getattr(h, "shape", None),
-                       sum(p.numel() for p in _own_params(m)), getattr(h, "macs", 0))
+                       sum(p.numel() for p in _own_params(m)), getattr(h, "macs", None if _own_params(m) else 0))
             for (name, m), h in zip(mods, hooks)]
     params = list(model.parameters())  # each shared parameter once
     return ModelSummary(rows, _shape(inputs), sum(p.numel() for p in params),

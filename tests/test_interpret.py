@@ -169,7 +169,11 @@ def test_summary_says_which_layers_it_counts_no_macs_for():
     summary = learn.summary(xb=torch.zeros(2, 5, 8))
     macs = {r.name: r.macs for r in summary.rows}
     assert macs["attn"] is None and macs["lstm"] is None and macs["norm"] == 0
-    assert "MACs for the batch: at least 0 (0 per item) (not counted: MultiheadAttention, LSTM)" in str(summary)
+    # out_proj is never called (attention uses its weight): its row said 0 MACs, not "?"
+    assert macs["attn.out_proj"] is None and "| attn.out_proj | NonDynamicallyQuantizableLinear | - | 72 | ? |" in (
+        summary._repr_markdown_())
+    assert ("MACs for the batch: at least 0 (0 per item) (not counted: MultiheadAttention, "
+            "NonDynamicallyQuantizableLinear, LSTM)") in str(summary)
     assert "| attn | MultiheadAttention | ((2, 5, 8), (2, 5, 5)) | 216 | ? |" in summary._repr_markdown_()
 
 
