@@ -66,6 +66,11 @@ def _is_row(name: str, module: nn.Module) -> bool:
     return not children or bool(_own_params(module))
 
 
+def _layer_name(module: nn.Module) -> str:
+    """A row's layer type: its class, or the class a scripted layer was made from."""
+    return f"scripted {module.original_name}" if isinstance(module, torch.jit.ScriptModule) else type(module).__name__
+
+
 class SummaryRow(NamedTuple):
     """One layer: its path in the model, class, output shape (None if not called), own parameters, MACs."""
     name: str
@@ -156,13 +161,15 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
     parameters of its own, in `named_modules()` order. MACs are counted for Linear and Conv layers (closed form,
     `layer_macs`); layers without weights, norms and embeddings count 0, their work being small beside them;
     other layers with weights of their own (attention, recurrent), and ones the batch never called (a parent may use
-    their weights: MultiheadAttention's out_proj) are not counted: '?', and the footer names them.
+    their weights: MultiheadAttention's out_proj) or can't hook (a scripted one: no output shape) are not counted:
+    '?', and the footer names them.
     The model is left as it was: modes, placement, no gradients, the hooks removed, the loader's state and the RNGs
     untouched.
     """
     model = learn.model
     mods = [(name, m) for name, m in model.named_modules() if _is_row(name, m)]
-    with Hooks([m for _, m in mods], _record) as hooks, kept(learn, [getattr(learn.dls, "valid", None)]):
+    hooked = [m for _, m in mods if not isinstance(m, torch.jit.ScriptModule)]  # (torch can't hook those)
+    with Hooks(hooked, _record) as hooks, kept(learn, [getattr(learn.dls, "valid", None)]):
         if xb is None:
             dl = getattr(learn.dls, "valid", None)
             if dl is None:
@@ -171,9 +178,11 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
         else:
             batches = [(*xb,) if isinstance(xb, (tuple, list)) else (xb,)]
         inputs = get_preds(learn, dl=batches, with_input=True)[0]
-    rows = [SummaryRow(name, type(m).__name__, getattr(h, "shape", None),
-                       sum(p.numel() for p in _own_params(m)), getattr(h, "macs", None if _own_params(m) else 0))
-            for (name, m), h in zip(mods, hooks)]
+    hook_of = {id(m): h for m, h in zip(hooked, hooks)}
+    rows = [SummaryRow(name, _layer_name(m), getattr(hook_of.get(id(m)), "shape", None),
+                       sum(p.numel() for p in _own_params(m)),
+                       getattr(hook_of.get(id(m)), "macs", None if _own_params(m) else 0))
+            for name, m in mods]
     params = list(model.parameters())  # each shared parameter once
     return ModelSummary(rows, _shape(inputs), sum(p.numel() for p in params),
                         sum(p.numel() for p in params if p.requires_grad))

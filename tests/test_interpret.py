@@ -177,6 +177,18 @@ def test_summary_says_which_layers_it_counts_no_macs_for():
     assert "| attn | MultiheadAttention | ((2, 5, 8), (2, 5, 5)) | 216 | ? |" in summary._repr_markdown_()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_summary_of_a_model_with_a_scripted_part_shows_the_rest():
+    """torch can't hook a ScriptModule: summary failed, with advice about mod_filter and mods=[...], which it has not."""
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
+    learn = TrainLearner(nn.Sequential(nn.Linear(4, 8), scripted, nn.Linear(8, 2)), DataLoaders(None, None), F.mse_loss)
+    summary = learn.summary(xb=torch.zeros(3, 4))
+    rows = {r.name: r for r in summary.rows}
+    assert rows["0"].output_shape == (3, 8) and rows["0"].macs == 3 * 8 * 4 and rows["2"].macs == 3 * 2 * 8
+    assert rows["1.0"] == ("1.0", "scripted Linear", None, 72, None) and rows["1.1"].macs == 0
+    assert "(not counted: scripted Linear)" in str(summary)
+
+
 def test_summary_shows_as_aligned_text_and_as_a_table_in_a_notebook():
     summary = image_learner().summary()
     text = str(summary)
