@@ -201,8 +201,9 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
     if not x.is_floating_point() and not transformed:
         raise TypeError(f"this learner's data carries no normalization (dls.normalize is None), and nothing that "
                         f"prepares its batches takes raw pixels (no validation transform, BatchTransformCB(on_val="
-                        f"True), or loaders whose items are not integer pixels), so infer passes inputs to the model "
-                        f"as they are and can't scale {x.dtype} pixels: give float inputs prepared as the "
+                        f"True)), nor are the loaders' items integer pixels (their dtype is float, or unknown), so "
+                        f"infer passes inputs to the model as they are and can't scale {x.dtype} pixels: give float "
+                        "inputs prepared as the "
                         "loaders' items are. DataLoaders(..., normalize=(mean, std)) (get_dls does this) lets infer "
                         "take raw pixels, but only if the loaders' items were normalized with that mean and std "
                         "(otherwise the model would see them normalized in a way it never was)")
@@ -218,9 +219,9 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     """Class index, class name and probabilities (softmax) for one raw image, or per item of a batch of them.
 
     Items are read by `to_batch` (uint8 pixels, normalized with `learn.dls.normalize` when the loaders carry
-    it; otherwise already-normalized float tensors, or, where a validation transform (`BatchTransformCB(on_val=
-    True)`) or a callback of yours with `inference = True` prepares the batches, items as the loaders give
-    them: integer pixels, cast to the loaders' integer dtype, where those are), then run through the learner's
+    it; otherwise items as the loaders give them: integer pixels, cast to the loaders' integer dtype, where those
+    are (a validation transform, `BatchTransformCB(on_val=True)`, a callback of yours with `inference = True`, or
+    the model prepares them), else already-normalized float tensors), then run through the learner's
     predict path in batches of `bs` (`get_preds`), which leaves the learner as it was. For a single-input
     classifier; for anything else use `learn.get_preds(dl=[(xb,)])`.
     """
@@ -247,7 +248,7 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                          "would prepare them again, twice. If a callback (BatchTransformCB(on_val=True)) prepares the "
                          "batches, build the DataLoaders with normalize=None; if the model takes raw pixels, too")
     x, batched = to_batch(items, normalize, channels=expected[0] if expected is not None and len(expected) == 3
-                          else None, transformed=prepared and (dtype is None or pixels),
+                          else None, transformed=pixels or prepared and dtype is None,
                           flat=expected is not None and len(expected) == 2)
     if prepared and dtype is None and normalize is None and not x.is_floating_point():
         raise TypeError(f"infer got {x.dtype} pixels for a learner whose callbacks prepare the batches, and can't "
@@ -255,16 +256,18 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                         "is unknown): a transform written for 0-1 floats would get 0-255 values. If the loaders' "
                         "items are raw pixels, say so, learn.dls = DataLoaders(train, valid, item_dtype=torch.uint8);"
                         " otherwise pass float items prepared as the loaders' are")
-    if prepared and normalize is None and pixels and x.is_floating_point():
-        raise TypeError(f"the loaders give {name} items (0-255 pixels) to this learner's validation transforms, and "
-                        f"infer got {x.dtype}: a transform written for pixels would misread them. Convert 0-1 "
+    # the loaders' items are raw pixels, and the learner takes them so: its validation transforms, or the model
+    if normalize is None and pixels and x.is_floating_point():
+        raise TypeError(f"the loaders give {name} items (0-255 pixels) to this learner, and infer got {x.dtype}: "
+                        "what takes the loaders' pixels (a validation transform, or the model) would misread them. "
+                        "Convert 0-1 "
                         "floats with (x * 255).round().to(torch.uint8), 0-255 values stored as floats with "
                         "x.round().to(torch.uint8)")
-    if prepared and normalize is None and pixels and x.dtype != dtype:  # (uint8 for int64 items, say): the
-        # transform gets the loaders' dtype, as it always did; a value the dtype can't hold would wrap around
+    if normalize is None and pixels and x.dtype != dtype:  # (uint8 for int64 items, say): the transform or
+        # model gets the loaders' dtype, as it always did; a value the dtype can't hold would wrap around
         info = torch.iinfo(dtype)
         if x.numel() and (x.min() < info.min or x.max() > info.max):
-            raise ValueError(f"infer: the loaders give {name} items to this learner's validation transforms, and "
+            raise ValueError(f"infer: the loaders give {name} items to this learner, and "
                              f"these {x.dtype} values ({x.min().item()} to {x.max().item()}) don't fit in {name}: "
                              "give pixels as the loaders' items are")
         x = x.to(dtype)

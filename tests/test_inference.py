@@ -392,10 +392,10 @@ def test_infer_takes_the_uint8_items_the_loaders_give_when_a_validation_transfor
     learn = TrainLearner(image_model(), DataLoaders(dl, dl), F.cross_entropy, cbs=[norm])
     probs, _ = learn.get_preds(act=torch.softmax)
     assert torch.equal(learn.infer(PIXELS).probs, probs)
-    learn.rm_cb(norm)  # nothing normalizes: the message says so and does not advise normalizing loaders' data twice
-    with pytest.raises(TypeError, match=r"no normalization.*no validation transform.*float inputs.*only if the "
-                                        r"loaders' items were normalized"):
-        learn.infer(PIXELS)
+    learn.rm_cb(norm)  # nothing prepares them: the model gets them as the loaders give them, and fails on them as
+    for call in (learn.get_preds, lambda: learn.infer(PIXELS)):  # on the loaders' own (no advice to normalize twice)
+        with pytest.raises(RuntimeError, match=r"(?s)Input type \(unsigned char\).*the model was called on.*uint8"):
+            call()
 
 
 def test_infer_takes_uint8_items_that_the_courses_batch_transform_normalizes():
@@ -425,6 +425,33 @@ def test_infer_refuses_raw_pixels_when_the_validation_transform_was_written_for_
         learn.infer(pix[:4])
     ref, _ = learn.get_preds(dl=[(x[:4],)], act=torch.softmax)
     assert torch.equal(learn.infer(x[:4]).probs, ref)  # the loaders' own items go in as they are
+
+
+class _ScalesItself(nn.Module):
+    """A model that takes raw pixels: it scales them itself."""
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.flatten(1).float() / 255)
+
+
+def test_infer_takes_raw_pixels_to_a_model_that_scales_them_itself_and_refuses_floats(tmp_path):
+    """Loaders of uint8 items, normalize=None, no transform: the model scales them. infer refused the pixels, with
+    advice pointing in circles ("loaders whose items are not integer pixels"), and took 0-1 floats, which the model
+    divided by 255 again: predictions on inputs 255 times too small, without a word."""
+    torch.manual_seed(0)
+    pix = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 2, (32,))
+    dls = DataLoaders(TensorLoader(pix, y, 16), TensorLoader(pix, y, 16), normalize=None)
+    learn = TrainLearner(_ScalesItself(), dls, F.cross_entropy, lr=0.1)
+    ref, _ = learn.get_preds(dl=[(pix[:4],)], act=torch.softmax)
+    assert torch.equal(learn.infer(pix[:4]).probs, ref)
+    with pytest.raises(TypeError, match=r"give uint8 items \(0-255 pixels\).*got torch.float32.*\(x \* 255\)"):
+        learn.infer(pix[:4].float() / 255)
+    learn.export(tmp_path / "m.pkl")  # (the export keeps the loaders' item dtype)
+    assert torch.equal(load_learner(tmp_path / "m.pkl").infer(pix[:4]).probs, ref)
 
 
 def test_an_exported_learner_on_raw_pixels_with_a_validation_transform_still_infers_them(tmp_path):
