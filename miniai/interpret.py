@@ -7,6 +7,7 @@ The drawing lives in `miniai.plotting`, imported only when a plot is asked for; 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,14 +32,14 @@ def _images(inputs: Any, what: str) -> torch.Tensor:
     return inputs
 
 
-def _class_probs(preds: Any) -> torch.Tensor:
-    """Softmax probabilities of a classifier's (N, C) logits; an error naming what Interpretation takes otherwise
-    (get_preds' own would advise an `act=` that from_learner does not take)."""
+def _class_probs(preds: Any, what: str = "Interpretation") -> torch.Tensor:
+    """Softmax probabilities of a classifier's (N, C) logits; otherwise an error naming `what` (the call made) and
+    what it takes (get_preds' own would advise an `act=` that from_learner and show_results do not take)."""
     if not isinstance(preds, torch.Tensor) or preds.ndim != 2 or preds.shape[1] < 2:
         got = tuple(preds.shape) if isinstance(preds, torch.Tensor) else type(preds).__name__
-        raise ValueError(f"Interpretation is for classifiers with one output per class, (N, C) logits with C >= 2; "
+        raise ValueError(f"{what} is for classifiers with one output per class, (N, C) logits with C >= 2; "
                          f"this model gives {got} per batch. For one score per item (a binary model) or other "
-                         "outputs, use learn.get_preds(with_loss=True) and read them yourself")
+                         "outputs, use learn.get_preds(with_input=True, with_loss=True) and read them yourself")
     return torch.softmax(preds.float(), dim=1)
 
 
@@ -149,7 +150,9 @@ def show_results(learn: Learner, n: int = 9, dl: Iterable[Any] | None = None, **
     if dl is None:
         raise ValueError("show_results needs a loader: learn.dls has no valid loader, so pass dl=...")
     with kept(learn, [dl]):  # reading the first batches moves the loader on: put it back too
-        inputs, probs, targets = get_preds(learn, _head(dl, n), with_input=True, act=torch.softmax)
+        # the probabilities from_learner makes, and its error for a model that gives none (one score: binary)
+        act = partial(_class_probs, what="show_results")
+        inputs, probs, targets = get_preds(learn, _head(dl, n), with_input=True, act=act)
     dls = getattr(learn, "dls", None)
     interp = Interpretation(inputs, probs, targets, torch.zeros(len(targets)), getattr(dls, "classes", None),
                             getattr(dls, "normalize", None))

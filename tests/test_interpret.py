@@ -269,6 +269,20 @@ def test_from_learner_errors_name_what_from_learner_takes(model, shape):
         Interpretation.from_learner(learn)
 
 
+def test_show_results_on_a_binary_model_says_what_it_shows_as_from_learner_does():
+    """learn.show_results on a binary model (one logit per item, binary_cross_entropy_with_logits) advised
+    get_preds(act=torch.sigmoid), which show_results does not take, and which would give no classes to show."""
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 2, (16, 1)).float()
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), dls, F.binary_cross_entropy_with_logits)
+    calls = {"show_results": learn.show_results, "Interpretation": lambda: Interpretation.from_learner(learn)}
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{what} is for classifiers with one output per class.*\(8, 1\)"
+                                             r".*binary model.*learn\.get_preds\((?!.*act=)"):
+            call()
+    assert learn.get_preds(with_input=True, with_loss=True)[1].shape == (16, 1)  # the call advised works
+
+
 def test_shown_images_are_pixels_on_one_scale_not_normalized_values():
     """Normalized images were drawn as they were, each stretched to its own range: a flat 0.2 image and a flat 0.9
     one looked the same, and colours shifted per channel (means 0.48/0.10/0.29 drawn as 0.48/0.51/0.57)."""
