@@ -26,9 +26,17 @@ def _names(classes: Sequence[str] | None, indices: torch.Tensor) -> list[str]:
 
 def _images(inputs: Any, what: str) -> torch.Tensor:
     if not isinstance(inputs, torch.Tensor) or inputs.ndim not in (3, 4):
-        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        if isinstance(inputs, torch.Tensor):
+            shape = tuple(inputs.shape)
+        elif isinstance(inputs, (tuple, list)):  # a learner's n_inp inputs
+            shape = f"a {type(inputs).__name__} of {len(inputs)} inputs"
+        else:
+            shape = type(inputs).__name__
+        # the tables are Interpretation's methods, not the learner's: name the calls that reach them
         raise ValueError(f"{what} draws the inputs as images, (N,C,H,W) or (N,H,W); these are {shape}. The tables "
-                         "(confusion_matrix, most_confused, top_losses) work for any classifier.")
+                         "and the confusion matrix plot work for any classifier: "
+                         "interp = Interpretation.from_learner(learn), then interp.confusion_matrix(), "
+                         "interp.most_confused(), interp.top_losses() or interp.plot_confusion_matrix()")
     return inputs
 
 

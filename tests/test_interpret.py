@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from miniai.callbacks.augment import BatchTransformCB
 from miniai.data import DataLoaders, TensorLoader
 from miniai.interpret import Interpretation
 from miniai.learner import TrainLearner
 from miniai.summary import ModelSummary, layer_macs
+from tests.synth import SumOfInputs
 from tests.test_preds import assert_same, image_learner, snapshot
 
 matplotlib.use("Agg")
@@ -82,6 +84,23 @@ def test_plots_of_inputs_need_images_and_interpretation_needs_class_targets():
     with pytest.raises(ValueError, match="for classifiers"):
         Interpretation(x, torch.randn(8, 2), torch.randn(8), torch.zeros(8))
 
+
+
+def test_show_results_on_two_inputs_names_table_calls_that_exist():
+    """On a learner with n_inp=2, show_results advised the tables as if they were learner methods
+    (learn.confusion_matrix() does not exist) and called the inputs just 'tuple'."""
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    dl = DataLoader(TensorDataset(x, x, y), 4)
+    learn = TrainLearner(SumOfInputs(nn.Linear(4, 3)), DataLoaders(dl, dl), F.cross_entropy, lr=0.1, n_inp=2)
+    with pytest.raises(ValueError, match=r"draws the inputs as images.*a tuple of 2 inputs") as err:
+        learn.show_results(4)
+    message = str(err.value)
+    assert "interp = Interpretation.from_learner(learn)" in message and "learn.confusion_matrix" not in message
+    named = re.findall(r"interp\.(\w+)\(\)", message)
+    assert {"confusion_matrix", "most_confused", "top_losses", "plot_confusion_matrix"} <= set(named)
+    interp = Interpretation.from_learner(learn)
+    for name in named:  # every call the advice names works on this learner
+        assert getattr(interp, name)() is not None
 
 
 def test_interpretation_refuses_targets_or_names_that_do_not_fit_the_outputs():
