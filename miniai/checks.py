@@ -30,7 +30,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 __all__ = ["add_note", "check_count", "check_number", "python_number", "call_model", "describe", "check_new_callback",
            "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
            "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error",
-           "misplaced_cancel_note", "fit_note", "fit_optimizer", "follows_lr"]
+           "misplaced_cancel_note", "fit_note", "fit_optimizer", "mark_fit_end", "follows_lr"]
 
 
 def add_note(error: BaseException, note: str) -> None:
@@ -489,33 +489,55 @@ def _reads_whole(dl: Any) -> bool:
     return isinstance(sampler, (SequentialSampler, RandomSampler, WeightedRandomSampler, DistributedSampler))
 
 
-def fit_optimizer(learn: Any, lr: Any, given: bool) -> Any:
-    """The optimizer a fit trains with: `learn.opt_func`'s for `lr`. One opt_func hands back again (the last fit's)
-    starts from the settings it was first made with, as a new one would (a schedule left its lr at 0; its state
-    stays); when opt_func ignores the lr it is given, an lr `given` to fit still sets it: the highest group's, the
-    others in proportion (as fit_one_cycle's max_lr and lr_find's lrs do), never left unused without a word."""
-    opt = learn.opt_func(learn.model.parameters(), lr)
-    groups = getattr(opt, "param_groups", None)  # (an optimizer of one's own, the course's SGD, may have none)
-    made = getattr(learn, "_made_settings", None)
-    if groups is not None and opt is learn.opt and made is not None and made[0] is opt:
-        del groups[len(made[1]):]  # (groups a callback added, as a new optimizer has none)
-        for group, settings in zip(groups, made[1]):  # (also drops what a schedule wrote: initial_lr, max_lr, ...)
-            for key in set(group) - set(settings) - {"params"}:
-                del group[key]
-            group.update(copy.deepcopy(settings))
-    elif groups is not None:
-        learn._made_settings = opt, copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in groups])
-    made_lrs = [float(group["lr"]) for group in groups or ()]
-    if given and lr and made_lrs and not follows_lr(learn.opt_func, list(learn.model.parameters()), lr, made_lrs):
-        top = max(made_lrs)
-        for group in groups:
-            group["lr"] = float(lr) * float(group["lr"]) / top if top > 0 else float(lr)
+def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
+    """The optimizer a fit trains with: `learn.opt_func`'s for `lr`. Refused: an lr `given` to fit that opt_func does
+    not use (it makes the same lrs for 2 × lr), unless a callback of this fit peaks at it (fit_one_cycle, lr_find);
+    and an optimizer opt_func hands back again as an earlier fit left it, its lr or momentum changed by that fit's
+    schedule (a cosine leaves the lr at 0), which this fit would start from without a word (unless it is resumed,
+    or a callback of this fit sets them afresh: fit_one_cycle, lr_find)."""
+    params = list(learn.model.parameters())
+    peaks = any(getattr(cb, "peaks_at_fit_lr", False) for cb in learn.cbs)
+    doubled = _lrs(learn.opt_func(params, 2 * float(lr))) if given and lr and not peaks else None  # (first: the
+    opt = learn.opt_func(params, lr)  # optimizer fit keeps is opt_func's last, for one that keeps a handle on it)
+    if doubled is not None and doubled == _lrs(opt):
+        raise ValueError(f"fit(lr={float(lr):g}): opt_func does not use the lr it is given (it makes lr "
+                         f"{', '.join(f'{x:g}' for x in doubled)} for {float(lr):g} and for {2 * float(lr):g}), so "
+                         "this lr would not be used: let opt_func pass it on, e.g. opt_func=lambda ps, lr: "
+                         "optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
+    fitted = getattr(opt, "_miniai_fit", None)  # (its settings when an earlier fit began, and when it ended)
+    if fitted is not None and not (resuming or peaks) and _settings(opt) == fitted[1] != fitted[0]:
+        raise ValueError(f"opt_func handed back the optimizer an earlier fit trained (opt_func=lambda ps, lr: opt), "
+                         f"as that fit's schedule (or lr_find's search) left it (lr, momentum by group: {fitted[1]}; "
+                         f"the fit began at {fitted[0]}): this fit would start from there. Let opt_func build a new "
+                         "optimizer each fit (lambda ps, lr: optim.SGD(ps, lr=lr)), or set the settings you want in "
+                         "it first (opt.param_groups[0]['lr'] = ...)")
+    for group in getattr(opt, "param_groups", ()):  # an earlier schedule's record: a new scheduler would start
+        group.pop("initial_lr", None)  # from it, not from the lr the group has now (torch's setdefault)
+    if hasattr(opt, "param_groups"):
+        opt._miniai_fit = (_settings(opt), None)
     return opt
+
+
+def mark_fit_end(opt: Any) -> None:
+    """Note on `opt` its settings as the fit that trained it left them (for fit_optimizer's check of the next)."""
+    if getattr(opt, "_miniai_fit", None) is not None:
+        opt._miniai_fit = (opt._miniai_fit[0], _settings(opt))
+
+
+def _lrs(opt: Any) -> list[float] | None:
+    return [float(group["lr"]) for group in opt.param_groups] if hasattr(opt, "param_groups") else None
+
+
+def _settings(opt: Any) -> list[tuple]:
+    """Each param group's lr and momentum (or betas), as numbers: what schedules change."""
+    moms = [g.get("momentum", g.get("betas")) for g in opt.param_groups]  # (betas may be tensors too)
+    return [(round(float(g["lr"]), 12), None if m is None else round(float(m), 12) if not isinstance(m, Sequence)
+             else tuple(round(float(b), 12) for b in m)) for g, m in zip(opt.param_groups, moms)]
 
 
 def follows_lr(opt_func: Any, params: list, lr: float, made: list[float]) -> bool:
     """Whether opt_func takes its lrs from the lr: it makes other ones for 2 × `lr` than `made` (for `lr`)."""
-    return made != [float(group["lr"]) for group in opt_func(params, 2 * float(lr)).param_groups]
+    return made != _lrs(opt_func(params, 2 * float(lr)))
 
 
 def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:

@@ -165,8 +165,7 @@ class Learner(Conveniences):
             cbs: Iterable[Callback] | None = None, lr: float | None = None,
             resume: str | os.PathLike | None = None) -> None:
         """Train for `n_epochs` (0: nothing runs); `cbs` are added for this call only (removed afterwards, even if
-        fit raises); `lr`, if given, replaces the learner's (and a resumed checkpoint's; where opt_func ignores it,
-        the highest param group takes it, as in fit_one_cycle).
+        fit raises); `lr`, if given, replaces the learner's (and a resumed checkpoint's).
 
         `resume`: a checkpoint file, or a `CheckpointCB` directory (its newest file): the run continues from the
         checkpoint's epoch up to `n_epochs` in total, with model, optimizer, schedulers, data order and RNG
@@ -202,7 +201,7 @@ class Learner(Conveniences):
             if train or self.opt is None or resume is not None:  # an evaluation keeps the optimizer, and its state
                 opt_lr = 0.0 if opt_lr is None else opt_lr  # (a tensor: check_fit_args' copy, the groups' own)
                 self.fit_lr = float(opt_lr) if isinstance(opt_lr, torch.Tensor) else opt_lr
-                self.opt = checks.fit_optimizer(self, opt_lr, given=lr is not None)  # (an lr given: taken)
+                self.opt = checks.fit_optimizer(self, opt_lr, lr is not None, resume is not None)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
             for p in self.model.parameters() if train else ():  # as a hand loop's first zero_grad: no gradients of a
                 if not (self.keeps_grads and self._epochs_trained and p.requires_grad):  # batch that raised or was
@@ -216,6 +215,7 @@ class Learner(Conveniences):
             if not self._set_up:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
                 self.opt, self.fit_lr = kept  # nothing ran, and the learner keeps its optimizer
             self._in_fit, self._temporary = False, []
+            checks.mark_fit_end(self.opt)  # (a fit that hands this optimizer back again is checked against it)
             for cb in temporary:
                 self.rm_cb(cb)
             from .utils import drop_graph  # (imported here: this module imports only its checks)

@@ -202,32 +202,41 @@ def test_fit_makes_optimizer_with_opt_func_and_lr():
     assert learn.opt.param_groups[0]["lr"] == 0.01
 
 
-def test_an_lr_given_to_fit_is_taken_when_opt_func_ignores_the_lr_it_is_given():
+def test_an_lr_given_to_fit_that_opt_func_does_not_use_is_refused():
     """fit(lr=0.5) with opt_func=lambda ps, lr: SGD(ps, lr=0.01) trained at 0.01, without a word."""
-    own = lambda ps, lr: torch.optim.SGD(ps, lr=0.01)
-    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, opt_func=own)
+    own = lambda ps, lr: torch.optim.SGD(ps, lr=min(lr, 0.01))  # noqa: E731  # (a cap: not the lr given either)
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1, opt_func=own)
     learn.fit(1)
     assert learn.opt.param_groups[0]["lr"] == 0.01  # the learner's lr (not given to fit): opt_func's own
-    learn.fit(1, lr=0.5)
-    assert learn.opt.param_groups[0]["lr"] == 0.5
-    def two(ps, lr):
-        ps = list(ps)
-        return torch.optim.SGD([{"params": [ps[0]], "lr": 0.01}, {"params": [ps[1]], "lr": 0.001}])
-    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, opt_func=two)
-    learn.fit(1, lr=0.5)
-    assert [g["lr"] for g in learn.opt.param_groups] == pytest.approx([0.5, 0.05])  # the highest at lr, in proportion
+    kept = learn.opt
+    with pytest.raises(ValueError, match=r"fit\(lr=0.5\): opt_func does not use the lr it is given \(it makes lr "
+                                         r"0.01 for 0.5 and for 1\).*lambda ps, lr: optim.SGD\(ps, lr=lr\)"):
+        learn.fit(1, lr=0.5)
+    assert learn.opt is kept
+    learn.fit(1, lr=0.005)  # (one it uses)
+    assert learn.opt.param_groups[0]["lr"] == 0.005
+    made = []
+    learn.opt_func = lambda ps, lr: made.append(torch.optim.SGD(ps, lr=lr)) or made[-1]
+    learn.fit(1, lr=0.05)
+    assert made[-1] is learn.opt  # (the check's optimizer is made first: a handle on the last made is fit's)
 
 
-def test_an_opt_func_handing_back_one_optimizer_starts_each_fit_as_a_new_one_would():
+def test_an_optimizer_handed_back_as_a_schedule_left_it_is_refused():
     """After a cosine schedule the next fit trained at the lr it left, 0, with its stale initial_lr."""
     from functools import partial
     model = nn.Linear(1, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     learn = TrainLearner(model, linear_dls(), F.mse_loss, opt_func=lambda ps, lr: opt)
+    learn.fit(1)
+    learn.fit(1)  # (no schedule: it goes on as it was, state and all)
     learn.fit(1, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=len(learn.dls.train)))])
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12) and "initial_lr" in opt.param_groups[0]
+    with pytest.raises(ValueError, match=r"handed back the optimizer an earlier fit trained.*schedule .*left it.*"
+                                         r"the fit began at \[\(0.1, 0.9\)\]"):
+        learn.fit(1)
+    opt.param_groups[0]["lr"] = 0.05  # set as the message says: taken, and the old schedule's record is dropped
     learn.fit(1)
-    assert learn.opt is opt and opt.param_groups[0]["lr"] == 0.1 and "initial_lr" not in opt.param_groups[0]
+    assert learn.opt is opt and opt.param_groups[0]["lr"] == 0.05 and "initial_lr" not in opt.param_groups[0]
     assert opt.state  # its state (momentum buffers) stays: it is the same optimizer
 
 

@@ -46,6 +46,7 @@ class LRFinderCB(Callback):
     """
     order = 20  # with the schedulers, after MetricsCB
     handles_nonfinite_loss = True  # TerminateOnNaNCB stands aside: the finder stops on a NaN/inf loss itself
+    peaks_at_fit_lr = True  # its lrs grow from the lr fit is given, also where opt_func takes none (lr_ratios)
 
     def __init__(self, gamma: float = 1.3, max_mult: float = 3.0) -> None:
         if gamma <= 1 or max_mult <= 1:

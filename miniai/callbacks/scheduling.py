@@ -158,6 +158,11 @@ class BaseSchedCB(Callback):
         """The course's name for `scheduler`."""
         return self.scheduler
 
+    @property
+    def peaks_at_fit_lr(self) -> bool:
+        """Whether the schedule peaks at the lr fit is given (fit_one_cycle's), where opt_func takes none."""
+        return getattr(self.factory, "peaks_at_fit_lr", False)
+
     def before_fit(self, learn: Learner) -> None:
         if "train" not in learn.passes:  # an evaluation steps nothing: the last training fit's scheduler stays
             return
@@ -198,7 +203,7 @@ class BaseSchedCB(Callback):
             raise ValueError(f"two scheduling callbacks set the lr in this fit ({names}), and one sets it outright at "
                              "every step, discarding the other's change (fit_one_cycle adds one of its own): keep one "
                              "(learn.rm_cb(...)), or run them one after another in a SequentialLR")
-        if not getattr(self.factory, "peaks_at_fit_lr", False):  # (fit_one_cycle's: the fit's lr is its max_lr)
+        if not self.peaks_at_fit_lr:  # (fit_one_cycle's: the fit's lr is its max_lr)
             _check_fit_lr_used(learn, scheduler, made, type(self).__name__)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
