@@ -8,7 +8,6 @@ an error the model raises says what it was given.
 """
 from __future__ import annotations
 
-import copy
 import difflib
 import functools
 import inspect
