@@ -3,6 +3,7 @@ interrupted and resumed from a checkpoint logs what the run never stopped logs."
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,23 @@ def test_overwrite_starts_the_file_anew_and_append_keeps_it(tmp_path):
     with pytest.raises(ValueError, match="has the columns .* drop append=True"):
         other.fit(1)
     assert len(read_rows(tmp_path / "log.csv")) == 4  # refused before anything was written
+
+
+def test_a_csv_path_that_is_a_directory_is_refused_naming_a_file_in_it(tmp_path):
+    """A directory for path was taken for an earlier run's log (FileExistsError telling to pass append=True), and
+    with append=True or overwrite=True the fit failed at its first pass, naming a temporary file next to it."""
+    told = f"CSVLoggerCB writes one file; {tmp_path} is a directory: give a file in it, e.g. {tmp_path / 'log.csv'}"
+    with pytest.raises(IsADirectoryError, match=re.escape(told)):
+        CSVLoggerCB(tmp_path)
+    loggers = [CSVLoggerCB(tmp_path / "logs", **kwargs) for kwargs in ({}, {"append": True}, {"overwrite": True})]
+    (tmp_path / "logs").mkdir()  # made there after the callbacks: refused at the fit
+    for logger in loggers:
+        learn = tiny_learner([quiet_metrics(), logger])
+        weights = [p.detach().clone() for p in learn.model.parameters()]
+        with pytest.raises(IsADirectoryError, match=r"logs is a directory: give a file in it, e.g. .*logs/log.csv"):
+            learn.fit(1)
+        assert all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))  # refused before training
+    assert [p.name for p in tmp_path.iterdir()] == ["logs"] and not any((tmp_path / "logs").iterdir())
 
 
 def test_csv_needs_a_metrics_callback(tmp_path):

@@ -68,6 +68,7 @@ class CSVLoggerCB(Callback):
             raise ValueError("CSVLoggerCB(append=True, overwrite=True): append keeps the file's rows, overwrite "
                              "throws them away; pass one")
         self.path, self.append, self.overwrite = Path(path).expanduser(), append, overwrite
+        _refuse_a_directory(self.path)
         self.columns: list[str] = []
         self._metrics: Any = None
         self._active = False  # this fit writes (rank 0, not lr_find)
@@ -82,6 +83,7 @@ class CSVLoggerCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self._close()
+        _refuse_a_directory(self.path)  # again: one may have been made there since __init__
         self._metrics, self._lr = _this_fits_metrics(learn), None
         if self._metrics is None:
             raise ValueError("CSVLoggerCB writes the rows MetricsCB logs, and this fit has no MetricsCB: add "
@@ -134,6 +136,13 @@ class CSVLoggerCB(Callback):
         if self._file is not None:
             self._file.close()
         self._file = self._writer = None
+
+
+def _refuse_a_directory(path: Path) -> None:
+    """Raise if `path` is a directory (taken for an earlier log, it failed late, naming a temporary file)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"CSVLoggerCB writes one file; {path} is a directory: give a file in it, e.g. "
+                                f"{path / 'log.csv'}")
 
 
 def _replaceable(path: Path) -> bool:
