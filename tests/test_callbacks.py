@@ -200,6 +200,30 @@ def test_progress_plot_losses_returns_figure():
     assert len(fig.axes[0].lines) == 2
 
 
+def test_progress_plot_losses_needs_a_loss_recorded_and_still_draws_valid_losses_alone():
+    """plot_losses() drew empty axes before any fit and after fits that recorded no loss."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from miniai.learner import CancelEpochException
+
+    class SkipTraining(Callback):
+        def before_epoch(self, learn) -> None:
+            if learn.training:
+                raise CancelEpochException()
+    progress = ProgressCB(mode="plain")
+    with pytest.raises(ValueError, match=r"ProgressCB: nothing recorded yet: .*cbs=\[progress\]\)\), then plot"):
+        progress.plot_losses()
+    for cbs, fit_kwargs in (([MetricsCB()], {"train": False}), ([SkipTraining()], {})):  # no MetricsCB: no valid
+        with redirect_stdout(io.StringIO()):
+            tiny_learner(cbs=[*cbs, progress]).fit(2, **fit_kwargs)
+        with pytest.raises(ValueError, match=r"ProgressCB: its fits recorded no batch: .*fit\(train=False\)"):
+            progress.plot_losses()
+    with redirect_stdout(io.StringIO()):  # training cancelled, validation logged: the valid losses are drawn
+        tiny_learner(cbs=[MetricsCB(), SkipTraining(), progress]).fit(2)
+    train, valid = progress.plot_losses().axes[0].lines
+    assert len(train.get_xdata()) == 0 and list(valid.get_ydata()) == progress.valid_losses != []
+
+
 def test_the_terminal_bar_counts_epochs_from_the_start_of_a_resumed_run(tmp_path, capsys):
     """fit(5, resume=<epoch 2>) showed 'epoch 3/3', 'epoch 5/3': the epochs left, not the run's."""
     from miniai.callbacks import CheckpointCB

@@ -534,6 +534,20 @@ def test_recorder_records_each_training_batch_and_plots_one_panel_per_quantity(t
     assert (tmp_path / "rec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_recorder_that_recorded_nothing_refuses_to_plot_saying_why(tmp_path):
+    """plot() drew (and saved) an empty figure before any fit, after a fit that trained no batch, and for a
+    RecorderCB() given no quantity to record."""
+    rec = RecorderCB(lr=_lr)
+    with pytest.raises(ValueError, match=r"RecorderCB: nothing recorded yet: .*fit\(1, cbs=\[rec\]\)\), then plot"):
+        rec.plot(tmp_path / "rec.png")
+    make_learner([rec]).fit(1, train=False)
+    with pytest.raises(ValueError, match=r"RecorderCB: its fits recorded no batch: .*fit\(train=False\)"):
+        rec.plot(tmp_path / "rec.png")
+    with pytest.raises(ValueError, match=r"RecorderCB\(\) records no quantity, .*give it .*RecorderCB\(lr=_lr"):
+        RecorderCB().plot(tmp_path / "rec.png")
+    assert not (tmp_path / "rec.png").exists()
+
+
 def test_mom_reads_beta1_or_momentum_and_says_when_there_is_neither():
     rec = RecorderCB()
     rec.learn = SimpleNamespace(opt=SimpleNamespace(param_groups=[{"lr": 0.1, "betas": (0.8, 0.99)}]))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..checks import check_count
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from .records import keep_records, restore_if_refused
+from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["Hook", "Hooks", "append_stats", "get_hist", "get_min", "HooksCallback", "ActivationStats"]
 
@@ -416,15 +416,12 @@ class ActivationStats(HooksCallback):
         """`stats`, for a plot: an error when nothing was recorded (an empty figure would say nothing of why)."""
         if any(len(means) for means, _, _ in self.stats):
             return self.stats
-        if not self._fitted:
-            raise ValueError("ActivationStats: nothing recorded yet: fit with it in the learner's callbacks "
-                             "(learn.fit(1, cbs=[stats])), then plot")
-        raise ValueError("ActivationStats: its fits recorded no batch: it records the batches of training passes "
-                         f"(on_train={self.on_train}: training batches) and validation passes (on_valid="
-                         f"{self.on_valid}) made with the model in the pass's mode (model.train() for training): an "
-                         "evaluation fit(train=False) of a training recorder, a fit cancelled before its first "
-                         "batch, or a model kept in eval mode while training (freeze only the BatchNorm layers) "
-                         "records nothing")
+        raise nothing_recorded("ActivationStats", self._fitted, "learn.fit(1, cbs=[stats])",
+                               f"it records the batches of training passes (on_train={self.on_train}: training "
+                               f"batches) and validation passes (on_valid={self.on_valid}) made with the model in the "
+                               "pass's mode (model.train() for training): an evaluation fit(train=False) of a training "
+                               "recorder, a fit cancelled before its first batch, or a model kept in eval mode while "
+                               "training (freeze only the BatchNorm layers) records nothing")
 
     @property
     def labels(self) -> list[str]:

@@ -13,7 +13,7 @@ from ..learner import Callback, Learner
 from ..utils import len_or_none, loss_reduction
 from ..weighting import n_items
 from .metrics import format_row, format_value
-from .records import keep_records, restore_if_refused
+from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["ProgressCB", "ConsoleBar", "in_notebook"]
 
@@ -145,6 +145,7 @@ class ProgressCB(Callback):
     reading each loss as it comes costs more than the rest of this callback.
     """
     order = 30  # after MetricsCB, whose rows it shows
+    _fitted = True  # (a ProgressCB pickled before there was _fitted has none of its own: taken for one fitted)
 
     def __init__(self, plot: bool = False, mode: str | None = None, graph_every: float = 1.0) -> None:
         if mode not in (None, "notebook", "terminal", "plain"):
@@ -154,6 +155,7 @@ class ProgressCB(Callback):
         self.valid_losses: list[float] = []
         self.valid_at: list[int] = []  # the training batches seen before each valid loss: its x in the plots
         self._start = 0  # the run's batch index of this fit's first batch (resumed fits start later)
+        self._fitted = False  # whether it has been in a fit (a plot with no losses says why)
         # every attribute is set here, so cleanup_fit works whatever failed before it (another before_fit, say)
         self._train_losses = _HostScalars()
         self._curves = True  # whether this fit draws the loss curves (not an evaluation, fit(train=False))
@@ -174,6 +176,7 @@ class ProgressCB(Callback):
                              "keep one, e.g. learn.rm_cb() the learner's, or set its plot/mode instead of adding "
                              "another")
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
+        self._fitted = True
         tty = sys.stdout is not None and sys.stdout.isatty()  # (None: stdout closed)
         self._mode = self.mode or ("notebook" if in_notebook() else "terminal" if tty else "plain")
         self._main = is_main_process()
@@ -295,5 +298,12 @@ class ProgressCB(Callback):
 
     def plot_losses(self, ax: Any = None) -> Any:
         """Train loss per batch and valid loss per epoch against the batch index; returns the Figure."""
+        if not (self.losses or self.valid_losses):  # (valid losses alone are drawn: training passes cancelled)
+            raise nothing_recorded("ProgressCB", self._fitted, "learn.fit(1, cbs=[progress])",
+                                   "it records the train loss of each training batch and the valid loss MetricsCB "
+                                   "logs each epoch: an evaluation fit(train=False) (which keeps the last training "
+                                   "fit's losses), or a fit whose training passes were cancelled before a batch ended "
+                                   "and that has no MetricsCB, records none. Plot after a fit that trains "
+                                   "(learn.fit(1))")
         from ..plotting import plot_losses  # plotting imports matplotlib: only when asked for
         return plot_losses(self.losses, self.valid_losses, self.valid_at, ax=ax, start=self._start)

@@ -5,13 +5,14 @@ callback's before_fit, before_epoch or first before_batch may still refuse the f
 checkpoint that doesn't fit): nothing ran, so the last fit's records must stay. Each notes its records before
 starting them anew (new objects, so the old ones are intact) and puts them back at cleanup_fit if the fit ended
 before its first forward pass (`learn.began`), unless a checkpoint was loaded (`forget_records`): the records are
-then the resumed run's, with its weights.
+then the resumed run's, with its weights. A plot of such a callback with nothing recorded raises
+`nothing_recorded`'s error.
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["keep_records", "restore_if_refused", "forget_records"]
+__all__ = ["keep_records", "restore_if_refused", "forget_records", "nothing_recorded"]
 
 
 def keep_records(cb: Any, *names: str) -> None:
@@ -30,3 +31,12 @@ def forget_records(cbs: list[Any]) -> None:
     """Drop what `keep_records` noted: a checkpoint was loaded, and the last fit's records don't go with it."""
     for cb in cbs:
         vars(cb).pop("_records_before_fit", None)
+
+
+def nothing_recorded(who: str, fitted: bool, fit_call: str, why: str) -> ValueError:
+    """The error for a plot of `who`'s records when there are none (an empty figure would say nothing of why):
+    `fit_call` fits with it, `why` says what its fits record, and so why they recorded nothing."""
+    if not fitted:
+        return ValueError(f"{who}: nothing recorded yet: fit with it in the learner's callbacks ({fit_call}), "
+                          "then plot")
+    return ValueError(f"{who}: its fits recorded no batch: {why}")

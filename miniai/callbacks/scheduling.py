@@ -45,7 +45,7 @@ from ..supervised import MomentumLearner
 from ..utils import counted, without_graph
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .monitor import check_monitor, monitor_mode
-from .records import keep_records, restore_if_refused
+from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
            "check_one_cycle_room",
@@ -758,6 +758,15 @@ class RecorderCB(Callback):
 
     def plot(self, path: str | None = None) -> Any:
         """One panel per recorded quantity against the batch index; saved as an image when `path` is given."""
+        if not self.fns:
+            raise ValueError("RecorderCB() records no quantity, so there is nothing to plot: give it name=function "
+                             "pairs, e.g. RecorderCB(lr=_lr, mom=_mom)")
+        if not any(self.recs.values()):
+            raise nothing_recorded("RecorderCB", self.learn is not None, "learn.fit(1, cbs=[rec])",
+                                   "it records each training batch, as the batch ends: an evaluation fit(train=False) "
+                                   "(which keeps the last training fit's records), or a fit whose training passes were "
+                                   "cancelled before a batch ended, records nothing. Plot after a fit that trains "
+                                   "(learn.fit(1, cbs=[rec]))")
         from ..plotting import plot_recorder  # here: matplotlib is slow to import and only plots need it
         fig = plot_recorder(self.recs)
         if path is not None and is_main_process():  # under DDP every rank records the same values; rank 0 writes
