@@ -606,9 +606,13 @@ def test_mixed_precision_on_a_float64_model_is_warned_of():
     x = torch.randn(32, 1, dtype=torch.float64)
     dls = SimpleNamespace(train=[(x, 2 * x)], valid=[(x, 2 * x)])
     learn = TrainLearner(nn.Linear(1, 1).double(), dls, F.mse_loss, cbs=[MixedPrecisionCB(torch.bfloat16)])
-    with pytest.warns(UserWarning, match=r"weights are float64.*runs in float64.*model.float\(\)"):
+    with pytest.warns(UserWarning, match=r"2 of the model's weights are float64 \(weight, bias\).*run in float64.*"
+                                         r"model.float\(\)"):
         learn.fit(1)
     assert learn.preds.dtype == torch.float64  # (it is so: the warning is true)
+    learn.model.register_parameter("temperature", nn.Parameter(torch.ones(())))  # (one float32 weight: still so)
+    with pytest.warns(UserWarning, match=r"2 of the model's weights are float64"):
+        learn.fit(1)
 
 
 def test_a_float16_forward_overflow_is_named_in_the_nan_message():

@@ -66,12 +66,12 @@ class MixedPrecisionCB(Callback):
         if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise ValueError("this GPU does not support bfloat16: use MixedPrecisionCB() (float16 with a scaler)")
         self._autocast = torch.autocast(device_type, dtype=dtype)
-        floats = {p.dtype for p in learn.model.parameters() if p.is_floating_point()}
-        if floats == {torch.float64}:  # autocast lowers float32 ops only: a float64 model runs as it is
-            warnings.warn("MixedPrecisionCB: the model's weights are float64, which autocast leaves as they are (it "
-                          "lowers float32 ops only), so this fit runs in float64, not in mixed precision: make the "
-                          "model float32 first (model.float(), and float32 inputs), or leave MixedPrecisionCB out",
-                          stacklevel=2)
+        wide = [name for name, p in learn.model.named_parameters() if p.dtype == torch.float64]
+        if wide and not learn._predicting:  # autocast lowers float32 ops only: float64 layers run as they are
+            warnings.warn(f"MixedPrecisionCB: {len(wide)} of the model's weights are float64 ({', '.join(wide[:3])}"
+                          f"{', ...' * (len(wide) > 3)}), which autocast leaves as they are (it lowers float32 ops "
+                          "only), so their layers run in float64, not in mixed precision: make the model float32 "
+                          "first (model.float(), and float32 inputs), or leave MixedPrecisionCB out", stacklevel=2)
         if dtype == torch.float16 and isinstance(learn, MomentumLearner):
             raise TypeError(f"{type(learn).__name__} keeps mom × the gradients of the last step, unscaled, and a float16 "
                             "GradScaler would add scaled ones and divide both by its scale (the momentum would "
