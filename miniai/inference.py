@@ -203,9 +203,10 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
                         f"prepares its batches takes raw pixels (no validation transform, BatchTransformCB(on_val="
                         f"True)), nor are the loaders' items integer pixels (their dtype is float, or unknown), so "
                         f"infer passes inputs to the model as they are and can't scale {x.dtype} pixels: give float "
-                        "inputs prepared as the "
-                        "loaders' items are. DataLoaders(..., normalize=(mean, std)) (get_dls does this) lets infer "
-                        "take raw pixels, but only if the loaders' items were normalized with that mean and std "
+                        "inputs prepared as the loaders' items are. If the loaders' items are raw pixels like these "
+                        "(their dtype unknown: a collate of one's own), say so: learn.dls = DataLoaders(train, valid, "
+                        "item_dtype=torch.uint8). DataLoaders(..., normalize=(mean, std)) (get_dls does this) lets "
+                        "infer take raw pixels, but only if the loaders' items were normalized with that mean and std "
                         "(otherwise the model would see them normalized in a way it never was)")
     return x, batched
 

@@ -454,6 +454,21 @@ def test_infer_takes_raw_pixels_to_a_model_that_scales_them_itself_and_refuses_f
     assert torch.equal(load_learner(tmp_path / "m.pkl").infer(pix[:4]).probs, ref)
 
 
+def test_infer_on_loaders_of_unknown_item_dtype_names_item_dtype_as_the_way_to_take_pixels():
+    """A collate of one's own hides the items' dtype: infer(uint8) was refused, advising normalize= and floats, but
+    never the fix, DataLoaders(..., item_dtype=torch.uint8)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    pix = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    dl = DataLoader(TensorDataset(pix, torch.randint(0, 2, (16,))), 8,
+                    collate_fn=lambda b: (torch.stack([i[0] for i in b]), torch.stack([i[1] for i in b])))
+    learn = TrainLearner(_ScalesItself(), DataLoaders(dl, dl, normalize=None), F.cross_entropy, lr=0.1)
+    with pytest.raises(TypeError, match=r"say so: learn.dls = DataLoaders\(train, valid, item_dtype=torch.uint8\)"):
+        learn.infer(pix[:2])
+    learn.dls = DataLoaders(dl, dl, normalize=None, item_dtype=torch.uint8)
+    ref, _ = learn.get_preds(dl=[(pix[:2],)], act=torch.softmax)
+    assert torch.equal(learn.infer(pix[:2]).probs, ref)
+
+
 def test_an_exported_learner_on_raw_pixels_with_a_validation_transform_still_infers_them(tmp_path):
     """The check that the loaders' items are raw pixels read dls.train.x, which an exported learner (and a torch
     DataLoader) has not: load_learner(...).infer(pixels) was refused, though the export's transform takes them."""
