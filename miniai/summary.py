@@ -67,8 +67,9 @@ def _is_row(name: str, module: nn.Module) -> bool:
 
 
 def _layer_name(module: nn.Module) -> str:
-    """A row's layer type: its class, or the class a scripted layer was made from."""
-    return f"scripted {module.original_name}" if isinstance(module, torch.jit.ScriptModule) else type(module).__name__
+    """A row's layer type: its class, or the class a TorchScript layer (scripted, traced) was made from."""
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    return f"TorchScript {module.original_name}" if scripted else type(module).__name__
 
 
 class SummaryRow(NamedTuple):

@@ -204,8 +204,8 @@ def test_summary_of_a_model_with_a_scripted_part_shows_the_rest():
     summary = learn.summary(xb=torch.zeros(3, 4))
     rows = {r.name: r for r in summary.rows}
     assert rows["0"].output_shape == (3, 8) and rows["0"].macs == 3 * 8 * 4 and rows["2"].macs == 3 * 2 * 8
-    assert rows["1.0"] == ("1.0", "scripted Linear", None, 72, None) and rows["1.1"].macs == 0
-    assert "(not counted: scripted Linear)" in str(summary)
+    assert rows["1.0"] == ("1.0", "TorchScript Linear", None, 72, None) and rows["1.1"].macs == 0
+    assert "(not counted: TorchScript Linear)" in str(summary)
 
 
 def test_summary_shows_as_aligned_text_and_as_a_table_in_a_notebook():
