@@ -198,7 +198,8 @@ def test_summary_says_which_layers_it_counts_no_macs_for():
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_summary_of_a_model_with_a_scripted_part_shows_the_rest():
-    """torch can't hook a ScriptModule: summary failed, with advice about mod_filter and mods=[...], which it has not."""
+    """torch can't hook a ScriptModule: summary failed, with advice about mod_filter and mods=[...], which it has
+    not."""
     scripted = torch.jit.script(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
     learn = TrainLearner(nn.Sequential(nn.Linear(4, 8), scripted, nn.Linear(8, 2)), DataLoaders(None, None), F.mse_loss)
     summary = learn.summary(xb=torch.zeros(3, 4))

@@ -56,13 +56,14 @@ class DDPCB(Callback):
     ranks' gradients instead of averaging them). The seed is rank 0's: a shuffled TensorLoader without one
     gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and None back at
     cleanup_fit. The validation loader is split without dropping an item. Every rank must hold the same data: at
-    before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse to differ. Torch DataLoaders get a
-    DistributedSampler for training and a contiguous split for validation. A loader DDPCB can't shard (over an
-    IterableDataset, or with a batch sampler of its own) you shard yourself, by `rank()` and `world_size()`, and
-    name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation loader must give each
-    item to one rank (the metrics are summed over ranks: one with a DistributedSampler that pads is refused); a
-    training one, as many batches to every rank (DDP's backward waits for all of them); its sampler's `set_epoch`,
-    if it has one (DistributedSampler), is called before each training pass, as for DDPCB's own samplers.
+    before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse to differ.
+    Torch DataLoaders get a DistributedSampler for training and a contiguous split for validation. A loader DDPCB
+    can't shard (over an IterableDataset, or with a batch sampler of its own) you shard yourself, by `rank()` and
+    `world_size()`, and name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation
+    loader must give each item to one rank (the metrics are summed over ranks: one with a DistributedSampler that
+    pads is refused); a training one, as many batches to every rank (DDP's backward waits for all of them); its
+    sampler's `set_epoch`, if it has one (DistributedSampler), is called before each training pass, as for DDPCB's
+    own samplers.
 
     Cancels: DDP's collectives need every rank to run the same batches and steps, so a cancel must be raised on
     every rank at the same batch, as the built-in callbacks' are (EarlyStoppingCB decides on metrics merged over
