@@ -8,6 +8,7 @@ an error the model raises says what it was given.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
@@ -29,7 +30,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 __all__ = ["add_note", "check_count", "check_number", "python_number", "call_model", "describe", "check_new_callback",
            "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
            "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error",
-           "misplaced_cancel_note", "fit_note", "fit_optimizer", "mark_fit_end", "follows_lr"]
+           "misplaced_cancel_note", "fit_note", "fit_optimizer", "mark_trained", "follows_lr"]
 
 
 def add_note(error: BaseException, note: str) -> None:
@@ -489,49 +490,44 @@ def _reads_whole(dl: Any) -> bool:
 
 
 def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
-    """The optimizer a fit trains with: `learn.opt_func`'s for `lr`. Refused: an lr `given` to fit that opt_func does
-    not use (it makes the same lrs for 2 × lr), unless a callback of this fit peaks at it (fit_one_cycle, lr_find);
-    and an optimizer opt_func hands back again as an earlier fit left it, its lr or momentum changed by that fit's
-    schedule (a cosine leaves the lr at 0), which this fit would start from without a word (unless it is resumed,
-    or a callback of this fit sets them afresh: fit_one_cycle, lr_find)."""
+    """The optimizer a fit trains with: `learn.opt_func`'s for `lr`, a new one each fit. Refused: one an earlier fit
+    trained, handed back again (`opt_func=lambda ps, lr: opt`), which would start from its state and from where that
+    fit's schedule left its lr (a cosine: 0), unless this fit resumes (the checkpoint brings all of it); and an lr
+    `given` to fit that opt_func does not use (the same lrs for 2 × lr, none of them lr), unless a callback of this
+    fit sets the lrs from it (fit_one_cycle, lr_find)."""
     params = list(learn.model.parameters())
-    peaks = any(getattr(cb, "peaks_at_fit_lr", False) for cb in learn.cbs)
-    doubled = _lrs(learn.opt_func(params, 2 * float(lr))) if given and lr and not peaks else None  # (first: the
+    takes_lr = any(getattr(cb, "peaks_at_fit_lr", False) for cb in learn.cbs)
+    doubled = _lrs(learn.opt_func(params, 2 * float(lr))) if given and lr and not takes_lr else None  # (first: the
     opt = learn.opt_func(params, lr)  # optimizer fit keeps is opt_func's last, for one that keeps a handle on it)
-    if doubled is not None and doubled == _lrs(opt):
+    if getattr(opt, "_miniai_trained", False) and not resuming:
+        raise ValueError("opt_func handed back an optimizer an earlier fit trained (opt_func=lambda ps, lr: opt): "
+                         "each fit (lr_find's too) makes a new one, so that it starts at the lr it is given, with no "
+                         "state of another run; that one would start where the last fit's schedule left its lr (0 "
+                         "after a cosine) and its momentum. Let opt_func build one from what it is given, e.g. "
+                         "opt_func=lambda ps, lr: optim.SGD(ps, lr=lr, momentum=0.9); to go on from where a run "
+                         "stopped, save it with CheckpointCB and fit(n, resume=...)")
+    made = _lrs(opt)
+    if doubled is not None and doubled == made and all(x is None or not math.isclose(x, lr) for x in made):
         raise ValueError(f"fit(lr={float(lr):g}): opt_func does not use the lr it is given (it makes lr "
-                         f"{', '.join(f'{x:g}' for x in doubled)} for {float(lr):g} and for {2 * float(lr):g}), so "
+                         f"{', '.join(f'{x:g}' for x in made)} for {float(lr):g} and for {2 * float(lr):g}), so "
                          "this lr would not be used: let opt_func pass it on, e.g. opt_func=lambda ps, lr: "
                          "optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
-    fitted = getattr(opt, "_miniai_fit", None)  # (its settings when an earlier fit began, and when it ended)
-    if fitted is not None and not (resuming or peaks) and _settings(opt) == fitted[1] != fitted[0]:
-        raise ValueError(f"opt_func handed back the optimizer an earlier fit trained (opt_func=lambda ps, lr: opt), "
-                         f"as that fit's schedule (or lr_find's search) left it (lr, momentum by group: {fitted[1]}; "
-                         f"the fit began at {fitted[0]}): this fit would start from there. Let opt_func build a new "
-                         "optimizer each fit (lambda ps, lr: optim.SGD(ps, lr=lr)), or set the settings you want in "
-                         "it first (opt.param_groups[0]['lr'] = ...)")
-    for group in getattr(opt, "param_groups", ()):  # an earlier schedule's record: a new scheduler would start
-        group.pop("initial_lr", None)  # from it, not from the lr the group has now (torch's setdefault)
-    if hasattr(opt, "param_groups"):
-        opt._miniai_fit = (_settings(opt), None)
     return opt
 
 
-def mark_fit_end(opt: Any) -> None:
-    """Note on `opt` its settings as the fit that trained it left them (for fit_optimizer's check of the next)."""
-    if getattr(opt, "_miniai_fit", None) is not None:
-        opt._miniai_fit = (opt._miniai_fit[0], _settings(opt))
+def mark_trained(learn: Any) -> None:
+    """Note on the optimizer of a fit that trained (not one refused at its start, nor an evaluation) that it was
+    trained: fit_optimizer refuses it if opt_func hands it back again."""
+    if learn._set_up and "train" in learn.passes and learn.opt is not None:
+        with contextlib.suppress(AttributeError):  # (an optimizer of one's own with __slots__: not noted)
+            learn.opt._miniai_trained = True
 
 
-def _lrs(opt: Any) -> list[float] | None:
-    return [float(group["lr"]) for group in opt.param_groups] if hasattr(opt, "param_groups") else None
-
-
-def _settings(opt: Any) -> list[tuple]:
-    """Each param group's lr and momentum (or betas), as numbers: what schedules change."""
-    moms = [g.get("momentum", g.get("betas")) for g in opt.param_groups]  # (betas may be tensors too)
-    return [(round(float(g["lr"]), 12), None if m is None else round(float(m), 12) if not isinstance(m, Sequence)
-             else tuple(round(float(b), 12) for b in m)) for g, m in zip(opt.param_groups, moms)]
+def _lrs(opt: Any) -> list[float | None] | None:
+    """Each param group's lr as a number (None where a group has none: Adafactor's relative steps)."""
+    if not hasattr(opt, "param_groups"):
+        return None
+    return [None if group.get("lr") is None else float(group["lr"]) for group in opt.param_groups]
 
 
 def follows_lr(opt_func: Any, params: list, lr: float, made: list[float]) -> bool:

@@ -215,7 +215,7 @@ class Learner(Conveniences):
             if not self._set_up:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
                 self.opt, self.fit_lr = kept  # nothing ran, and the learner keeps its optimizer
             self._in_fit, self._temporary = False, []
-            checks.mark_fit_end(self.opt)  # (a fit that hands this optimizer back again is checked against it)
+            checks.mark_trained(self)  # (its optimizer, if it trained: opt_func must not hand that one back)
             for cb in temporary:
                 self.rm_cb(cb)
             from .utils import drop_graph  # (imported here: this module imports only its checks)

@@ -221,23 +221,29 @@ def test_an_lr_given_to_fit_that_opt_func_does_not_use_is_refused():
     assert made[-1] is learn.opt  # (the check's optimizer is made first: a handle on the last made is fit's)
 
 
-def test_an_optimizer_handed_back_as_a_schedule_left_it_is_refused():
+def test_an_optimizer_an_earlier_fit_trained_is_refused_when_opt_func_hands_it_back():
     """After a cosine schedule the next fit trained at the lr it left, 0, with its stale initial_lr."""
     from functools import partial
     model = nn.Linear(1, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     learn = TrainLearner(model, linear_dls(), F.mse_loss, opt_func=lambda ps, lr: opt)
-    learn.fit(1)
-    learn.fit(1)  # (no schedule: it goes on as it was, state and all)
+    with pytest.raises(RuntimeError, match="refused"):  # (a fit refused at its start trains nothing: no mark)
+        learn.fit(1, cbs=[_RefusesAtStart()])
+    learn.fit(1, train=False)  # (an evaluation trains nothing either)
     learn.fit(1, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=len(learn.dls.train)))])
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12) and "initial_lr" in opt.param_groups[0]
-    with pytest.raises(ValueError, match=r"handed back the optimizer an earlier fit trained.*schedule .*left it.*"
-                                         r"the fit began at \[\(0.1, 0.9\)\]"):
-        learn.fit(1)
-    opt.param_groups[0]["lr"] = 0.05  # set as the message says: taken, and the old schedule's record is dropped
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    for call in (learn.fit, learn.fit_one_cycle):
+        with pytest.raises(ValueError, match=r"handed back an optimizer an earlier fit trained.*where the last fit's "
+                                             r"schedule left its lr.*lambda ps, lr: optim.SGD\(ps, lr=lr"):
+            call(1)
+    learn.opt_func = lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9)  # as the message says
     learn.fit(1)
-    assert learn.opt is opt and opt.param_groups[0]["lr"] == 0.05 and "initial_lr" not in opt.param_groups[0]
-    assert opt.state  # its state (momentum buffers) stays: it is the same optimizer
+    assert learn.opt is not opt and learn.opt.param_groups[0]["lr"] == 0.1
+
+
+class _RefusesAtStart(Callback):
+    def before_fit(self, learn):
+        raise RuntimeError("refused")
 
 
 def test_no_lr_anywhere_is_a_clear_error():

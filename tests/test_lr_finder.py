@@ -836,7 +836,7 @@ def test_the_search_starts_at_start_lr_when_opt_func_ignores_the_lr_it_is_given(
     assert math.isclose(res.lrs[0], 1e-6) and math.isclose(res.lrs[1], 1.3e-6)
 
 
-def test_lr_find_leaves_an_optimizer_opt_func_hands_back_as_it_was():
+def test_lr_find_refuses_an_optimizer_opt_func_hands_back_and_leaves_it_as_it_was():
     """With `opt_func=lambda ps, lr: opt`, the finder trained the learner's own optimizer: its lr was left at the
     search's last and its momentum buffers changed, though lr_find is a look, not a training run."""
     learn = bn_learner()
@@ -844,10 +844,10 @@ def test_lr_find_leaves_an_optimizer_opt_func_hands_back_as_it_was():
     learn.opt_func = lambda params, lr: opt
     learn.fit(1)
     buffers = [opt.state[p]["momentum_buffer"].clone() for p in learn.model.parameters()]
-    learn.lr_find(plot=False)
+    with pytest.raises(ValueError, match=r"opt_func handed back an optimizer an earlier fit trained.*lr_find's too"):
+        learn.lr_find(plot=False)
     assert learn.opt is opt and opt.param_groups[0]["lr"] == 0.01
     assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in zip(learn.model.parameters(), buffers))
-    learn.fit(1)  # (as the last fit left it: not refused as a schedule's leftover)
 
 
 def test_smooth_losses_averages_window_points_an_even_window_as_the_next_odd_one():

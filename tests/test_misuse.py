@@ -789,12 +789,15 @@ def test_a_fit_ended_at_its_first_before_batch_leaves_the_last_fits_records():
 
 
 def test_a_momentum_learner_hooks_its_optimizer_once_and_loads_from_an_older_pickle():
-    """An opt_func giving the same optimizer each fit got one more frozen-gradient hook per fit; a MomentumLearner
-    pickled before opt became a property lost its optimizer (learn.opt None, the AdamW hidden in __dict__)."""
+    """An opt_func giving the same optimizer each fit got one more frozen-gradient hook per fit (such an opt_func is
+    refused since, at its second fit); a MomentumLearner pickled before opt became a property lost its optimizer
+    (learn.opt None, the AdamW hidden in __dict__)."""
     model = nn.Linear(8, 3)
     same = optim.SGD(model.parameters(), lr=0.1)
     learn = MomentumLearner(model, class_dls(), F.cross_entropy, lr=0.1, opt_func=lambda params, lr: same)
-    for _ in range(3):
+    learn.fit(1)
+    learn.fit(1, train=False)  # (an evaluation keeps it)
+    with pytest.raises(ValueError, match="handed back an optimizer an earlier fit trained"):
         learn.fit(1)
     assert len(same._optimizer_step_pre_hooks) == 1
     state = learn.__getstate__()

@@ -5,7 +5,6 @@ puts everything back as it was; the suggestion functions are pure functions of t
 """
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Sequence
@@ -246,17 +245,13 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
         warnings.warn("lr_find draws batches from dls.train's persistent workers, whose random state it can't put "
                       "back: the random transforms of the next fit will differ from a fit without lr_find (build the "
                       "loaders with persistent_workers=False, or again after lr_find)", stacklevel=2)
-    finder, keeper = LRFinderCB(gamma, max_mult), _KeepsOptimizer(learn.opt)
+    finder = LRFinderCB(gamma, max_mult)
     with kept(learn, weights=True):
         # left out (and put back by kept): the finder's run is never saved, and has no validation pass to watch
         for cb in [cb for cb in learn.cbs if isinstance(cb, _REAL_FIT_ONLY)
                    or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
-        try:
-            learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable(), keeper], lr=start_lr)
-        finally:
-            if keeper.state is not None:
-                keeper.opt.load_state_dict(keeper.state)
+        learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
     if finder.losses and not math.isfinite(finder.losses[0]):  # before any step: no lr can have caused it
         raise ValueError(f"lr_find: the first loss, computed before any optimizer step, is {finder.losses[0]}: the lr "
                          "is not the cause, and no start_lr helps. Check the data (NaN or inf in a batch's inputs or "
@@ -283,18 +278,6 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     if plot:
         result.plot()
     return result
-
-
-class _KeepsOptimizer(Callback):
-    """Copies the learner's optimizer's state when the finder's fit trains that very optimizer (an opt_func that
-    hands back one, `lambda ps, lr: opt`), for lr_find to put back: a fresh optimizer, the usual case, costs none."""
-
-    def __init__(self, opt: Any) -> None:
-        self.opt, self.state = opt, None
-
-    def before_fit(self, learn: Learner) -> None:
-        if learn.opt is not None and learn.opt is self.opt:
-            self.state = copy.deepcopy(learn.opt.state_dict())
 
 
 class _NoTable(Callback):
