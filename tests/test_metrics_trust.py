@@ -189,6 +189,46 @@ def test_accuracy_left_at_its_default_leaves_out_what_the_loss_leaves_out(loss_f
                               cbs=[MetricsCB(acc=Accuracy(ignore_index=0))]))
 
 
+def test_a_torcheval_metric_is_given_the_targets_the_loss_counts():
+    """With 8 of 20 targets at -100, torcheval's MulticlassAccuracy beside F.cross_entropy counted them as wrong
+    (0.35 for 0.58), and MulticlassF1Score(average='macro') failed on them with an index error; miniai's
+    Accuracy left them out. Targets of other shapes holding them are refused, naming the fix."""
+    from torcheval.metrics import MulticlassAccuracy, MulticlassF1Score
+    x, y = classifier_data(20, c=3)
+    y[::5], y[1::5] = -100, -100
+    model = nn.Linear(5, 3)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    real = y != -100
+    truth = (pred[real] == y[real]).float().mean().item()
+    dls = DataLoaders(TensorLoader(x, y, 6), TensorLoader(x, y, 6))
+    m = MetricsCB(acc=Accuracy(), tacc=MulticlassAccuracy(), f1=MulticlassF1Score(num_classes=3, average="macro"))
+    evaluate(TrainLearner(model, dls, F.cross_entropy, cbs=[m]))
+    assert m.last["valid_acc"] == m.last["valid_tacc"] == pytest.approx(truth)
+    expected = MulticlassF1Score(num_classes=3, average="macro").update(pred[real], y[real]).compute().item()
+    assert m.last["valid_f1"] == pytest.approx(expected)
+    x3 = torch.randn(20, 5, 4)
+    dls = DataLoaders(TensorLoader(x3, y[:, None].expand(20, 4).clone(), 6), TensorLoader(x3, y[:, None].expand(
+        20, 4).clone(), 6))
+    with pytest.raises(ValueError, match=r"targets hold -100.*'tacc' would count them.*use Accuracy\(\)"):
+        evaluate(TrainLearner(nn.Conv1d(5, 3, 1), dls, F.cross_entropy, cbs=[MetricsCB(tacc=MulticlassAccuracy())]))
+
+
+def test_a_torcheval_threshold_of_one_half_beside_a_loss_of_logits_is_warned_of():
+    """BinaryAccuracy() thresholds at 0.5, which on logits is no 0.5 probability: 0.61 logged for 0.665."""
+    from torcheval.metrics import BinaryAccuracy
+    x = torch.randn(40, 5)
+    dls = DataLoaders(TensorLoader(x, (x[:, 0] > 0).float(), 8), TensorLoader(x, (x[:, 0] > 0).float(), 8))
+    model = nn.Sequential(nn.Linear(5, 1), nn.Flatten(0))
+    with pytest.warns(UserWarning, match=r"'acc' \(BinaryAccuracy\) counts a prediction as 1 from 0.5.*logits.*"
+                                         r"BinaryAccuracy\(threshold=0.0\)"):
+        evaluate(TrainLearner(model, dls, F.binary_cross_entropy_with_logits, cbs=[MetricsCB(acc=BinaryAccuracy())]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(TrainLearner(model, dls, F.binary_cross_entropy_with_logits,
+                              cbs=[MetricsCB(acc=BinaryAccuracy(threshold=0.0))]))
+
+
 # ---------------------------------------------------------------- validation loaders that drop items
 
 def test_a_validation_loader_whose_batch_sampler_drops_items_is_refused():

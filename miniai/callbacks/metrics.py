@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accuracy import Accuracy
@@ -64,7 +66,10 @@ class MetricsCB(Callback):
     counts for nothing, where fastai and Keras, weighting by items, log NaN), else its items (a function of one's
     own on targets of -100 is warned of once a fit: it may leave them out, as F.cross_entropy inside it does); a
     loss of `reduction='sum'` is logged per item. Per-item losses (`reduction='none'`) are averaged over the batch
-    leaving out targets of the loss's `ignore_index`, as 'mean' does. A pass that computes no loss
+    leaving out targets of the loss's `ignore_index`, as 'mean' does; so are the metrics (Accuracy by itself, a
+    torcheval metric of (N, C) scores or (N,) labels against (N,) targets given the counted items alone; of other
+    shapes, refused), and a torcheval binary or multilabel metric at threshold 0.5 beside a loss of logits is
+    warned of (0 is the logits' 0.5). A pass that computes no loss
     (`get_preds(cbs=[MetricsCB(...)])` without `with_loss=True`) logs none. Dict batches (with a predict and
     get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
@@ -129,6 +134,7 @@ class MetricsCB(Callback):
                                                                else ""))
         _check_unshared(self, learn)
         _warn_other_ignore(self.metrics, learn.loss_func)
+        _warn_threshold_on_logits(self.metrics, learn.loss_func)
         learn.metrics = self
         keep_records(self, "history", "last")  # (a fit refused before its first batch puts them back)
         self.history, self.last = [], {}
@@ -250,7 +256,7 @@ class MetricsCB(Callback):
                 batches = list(zip(preds, targets))
             _update(self._bulk, batches)
         if self._each:
-            _update(self._each, list(zip(preds, targets)))
+            _update(self._each, self._counted(list(zip(preds, targets))))
         # The pass's loss is sum(batch mean × batch weight) / sum(batch weights): a batch's weight is what its mean
         # divides by, so that for torch's cross-entropy the pass's loss is the whole set's (weighted by items, a
         # batch of ignored targets alone made it NaN, and it moved with the batch size)
@@ -266,6 +272,24 @@ class MetricsCB(Callback):
         totals = torch.where(weights > 0, stacked * weights, 0.0)  # (a batch of no counted target: its NaN × 0)
         self._loss_sum += totals.sum()
         self._loss_weight += weights.sum()
+
+    def _counted(self, batches: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        """The batches without the items whose target the loss leaves out (its ignore_index, -100 by default), as
+        Accuracy leaves them out: a torcheval metric would count them (as wrong), or fail on them. One host read
+        per flush, to see whether there are any."""
+        masks = [target_mask(t, self._ignore) if isinstance(t, torch.Tensor) and not t.is_floating_point() else None
+                 for _, t in batches]
+        if any(m is None for m in masks) or bool(torch.cat([m.reshape(-1) for m in masks]).all()):
+            return batches
+        for p, t in batches:
+            if not (isinstance(p, torch.Tensor) and t.ndim == 1 and p.ndim in (1, 2) and len(p) == len(t)):
+                names = ", ".join(repr(name) for name in self._each)
+                raise ValueError(f"MetricsCB: targets hold {self._ignore}, the loss's ignore_index (items it leaves "
+                                 f"out), and the metrics {names} would count them; with preds of shape "
+                                 f"{tuple(getattr(p, 'shape', ()))} and targets of {tuple(t.shape)} MetricsCB can't "
+                                 "take those items out for them: use Accuracy() (it leaves them out), or a metric of "
+                                 f"your own that leaves out targets of {self._ignore}")
+        return [(p[m], t[m]) for (p, t), m in zip(batches, masks)]
 
     def _batch_weights(self, targets: tuple[Any, ...], sizes: tuple[int, ...]) -> Any:
         """What each kept batch's mean loss divides by: for torch's cross-entropy or NLL loss (reduction 'mean') of
@@ -403,6 +427,19 @@ def _shares_memory(t: torch.Tensor, batch: Any) -> bool:
         return False
     ptr = t.untyped_storage().data_ptr()
     return any(b.layout == torch.strided and ptr == b.untyped_storage().data_ptr() for b in tensors_in(batch))
+
+
+def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> None:
+    """Warn of a metric thresholding at 0.5 (torcheval's binary and multilabel ones) beside a loss of logits."""
+    fn = getattr(loss_func, "func", loss_func)
+    if fn is not F.binary_cross_entropy_with_logits and not isinstance(loss_func, nn.BCEWithLogitsLoss):
+        return
+    for name, metric in metrics.items():
+        if getattr(metric, "threshold", None) == 0.5:
+            warnings.warn(f"MetricsCB metric {name!r} ({type(metric).__name__}) counts a prediction as 1 from 0.5, "
+                          "and the loss takes logits (binary_cross_entropy_with_logits), whose 0.5 probability is "
+                          f"logit 0: give it threshold=0, {type(metric).__name__}(threshold=0.0), or apply a sigmoid "
+                          "in a metric of your own", stacklevel=4)
 
 
 def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
