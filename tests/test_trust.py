@@ -52,6 +52,10 @@ def test_a_batch_with_an_extra_item_is_refused_not_scored_on_the_wrong_target():
     learn.loss_func = lambda preds, y, ids: F.cross_entropy(preds, y)  # the loss is told: the metric still refuses
     with pytest.raises(ValueError, match=r"MetricsCB compares the predictions with one target, but this batch has 2"):
         learn.fit(1)
+    learn.loss_func = lambda preds, y, w: (F.cross_entropy(preds, y, reduction="none") * w).sum() / w.sum()
+    with pytest.raises(ValueError, match=r"If they are the loss's \(loss_func\(preds, target, weights\): sample "
+                                         r"weights\).*a callback of your own"):  # (it advised n_inp or collate_fn)
+        learn.fit(1)
 
 
 class TwoInputs(nn.Module):

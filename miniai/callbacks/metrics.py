@@ -240,7 +240,10 @@ class MetricsCB(Callback):
                          f"{len(batch) - n_inp} items after its n_inp={n_inp} inputs. Batches are (*inputs, "
                          "*targets): give the loader (inputs, target) batches (leave other items, ids say, out "
                          "in its collate_fn), or, if the extra items are inputs of the model, set the learner's "
-                         "n_inp to their number.")
+                         "n_inp to their number. If they are the loss's (loss_func(preds, target, weights): sample "
+                         "weights), MetricsCB can't tell which one its metrics should take: keep MetricsCB() for the "
+                         "loss alone and compute the metrics in a callback of your own (after_batch: learn.preds, "
+                         "learn.yb[0])")
 
     def _flush(self) -> None:
         """Update the metrics and the loss sum with the kept batches: concatenated for additive metrics (the same
