@@ -507,7 +507,7 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
                          "opt_func=lambda ps, lr: optim.SGD(ps, lr=lr, momentum=0.9); to go on from where a run "
                          "stopped, save it with CheckpointCB and fit(n, resume=...)")
     made = _lrs(opt)
-    if doubled is not None and doubled == made and all(x is None or not math.isclose(x, lr) for x in made):
+    if doubled is not None and doubled == made and all(x is None or not math.isclose(x, float(lr)) for x in made):
         raise ValueError(f"fit(lr={float(lr):g}): opt_func does not use the lr it is given (it makes lr "
                          f"{', '.join(f'{x:g}' for x in made)} for {float(lr):g} and for {2 * float(lr):g}), so "
                          "this lr would not be used: let opt_func pass it on, e.g. opt_func=lambda ps, lr: "

@@ -261,9 +261,8 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     if normalize is None and pixels and x.is_floating_point():
         raise TypeError(f"the loaders give {name} items (0-255 pixels) to this learner, and infer got {x.dtype}: "
                         "what takes the loaders' pixels (a validation transform, or the model) would misread them. "
-                        "Convert 0-1 "
-                        "floats with (x * 255).round().to(torch.uint8), 0-255 values stored as floats with "
-                        "x.round().to(torch.uint8)")
+                        "Convert 0-1 floats with (x * 255).round().to(torch.uint8), 0-255 values stored as floats "
+                        "with x.round().to(torch.uint8)")
     if normalize is None and pixels and x.dtype != dtype:  # (uint8 for int64 items, say): the transform or
         # model gets the loaders' dtype, as it always did; a value the dtype can't hold would wrap around
         info = torch.iinfo(dtype)
