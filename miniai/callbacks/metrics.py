@@ -117,7 +117,6 @@ class MetricsCB(Callback):
         self._sync = False  # (set each fit: merge the ranks' sums, in a DDP fit)
         self._in_pass = False  # between a pass's before_epoch and after_epoch
         self._predicted: tuple[Any, Any] | None = None  # (this batch's preds, their in-place counters)
-        self._mean_checked = self._warned_items = False  # (see _check_item_mean)
 
     @property
     def names(self) -> list[str]:
@@ -176,7 +175,6 @@ class MetricsCB(Callback):
         self._lossless = False  # set by a pass that computes no loss (get_preds without with_loss): none is logged
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (preds, target, loss, n)
         self._pending_numel = 0
-        self._mean_checked = False  # (whether the loss's mean over items was checked this pass: _check_item_mean)
         self._start = time.perf_counter()
         self._in_pass = True  # (until after_epoch: its metrics hold this pass's counts, see _check_unshared)
 
@@ -222,10 +220,8 @@ class MetricsCB(Callback):
             loss = loss.item() if loss.is_cpu else loss.detach()
             if self._sum_loss and n:  # logged per item, as a mean loss is (weighted by n again below), as
                 loss = loss / n  # ProgressCB's curve and lr_find's show it
-        if not self._mean_checked:  # a pass's first batch (while no warning was given this fit)
-            self._mean_checked = True
-            if not (self._warned_items or self._by_targets or self._sums or self._lossless):
-                self._check_item_mean(learn)
+        if not self._pending and not self._warned_items and not (self._by_targets or self._sums or self._lossless):
+            self._check_item_mean(learn)  # (a pass's first batch, while no warning was given this fit)
         self._pending.append((preds, target, loss, n))
         self._pending_numel += numel
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
