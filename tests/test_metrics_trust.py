@@ -567,27 +567,6 @@ def test_a_function_of_ones_own_on_targets_with_ignored_ones_is_warned_of_once_p
             assert "loss_func=F.cross_entropy" in said[0] and "partial(F.cross_entropy" in said[0]
 
 
-def test_a_loss_of_ones_own_that_is_no_mean_over_items_is_warned_of():
-    """Class weights inside a def, or sample weights in (x, y, w) batches: valid_loss read 1.263 at bs 4 and 1.247 at
-    bs 7 for the set's 1.503, without a word (only targets of -100 were warned of)."""
-    x, y = classifier_data(30, c=3)
-    w = torch.tensor([1.0, 5.0, 0.2])
-    weighted = lambda p, t: F.cross_entropy(p, t, weight=w)  # noqa: E731
-    by_sample = lambda p, t, sw: (F.cross_entropy(p, t, reduction="none") * sw).sum() / sw.sum()  # noqa: E731
-    sw = torch.rand(30) + 0.1
-    for loss_func, items, warns in [(weighted, (x, y), True), (by_sample, (x, y, sw), True),
-                                    (lambda p, t: F.cross_entropy(p, t), (x, y), False),
-                                    (partial(F.cross_entropy, weight=w), (x, y), False)]:
-        dls = DataLoaders(DataLoader(TensorDataset(*items), 7), DataLoader(TensorDataset(*items), 7))
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("always")
-            TrainLearner(nn.Linear(5, 3), dls, loss_func, lr=0.1, cbs=[MetricsCB()]).fit(2)
-        said = [str(c.message) for c in caught if "is not the mean of its items'" in str(c.message)]
-        assert len(said) == warns, (items, said)  # once a fit
-        if warns:
-            assert "changes with the batch size" in said[0] and "partial(F.cross_entropy, weight=w" in said[0]
-
-
 def test_an_accuracy_used_alone_after_a_fit_leaves_out_minus_100_again_and_takes_numpy_indices():
     """After a fit with nn.CrossEntropyLoss(ignore_index=0), the same Accuracy used by hand still left out class 0
     (its docstring: -100 alone); Accuracy(ignore_index=np.int64(0)) was refused, and a loss's NumPy ignore_index was

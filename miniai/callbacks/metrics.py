@@ -64,8 +64,7 @@ class MetricsCB(Callback):
     weighted by what its mean divides by: for torch's cross-entropy and NLL losses its targets' class weights,
     leaving out `ignore_index` (the whole set's loss at any batch size; a batch whose targets are all ignored
     counts for nothing, where fastai and Keras, weighting by items, log NaN), else its items (a function of one's
-    own on targets of -100 is warned of once a fit: it may leave them out, as F.cross_entropy inside it does; so is
-    one whose loss of a pass's first batch is not its halves' mean: class or sample weights inside it); a
+    own on targets of -100 is warned of once a fit: it may leave them out, as F.cross_entropy inside it does); a
     loss of `reduction='sum'` is logged per item. Per-item losses (`reduction='none'`) are averaged over the batch
     leaving out targets of the loss's `ignore_index`, as 'mean' does; so are the metrics (Accuracy by itself, a
     torcheval metric of (N, C) scores or (N,) labels against (N,) targets given the counted items alone; of other
@@ -220,46 +219,10 @@ class MetricsCB(Callback):
             loss = loss.item() if loss.is_cpu else loss.detach()
             if self._sum_loss and n:  # logged per item, as a mean loss is (weighted by n again below), as
                 loss = loss / n  # ProgressCB's curve and lr_find's show it
-        if not self._pending and not self._warned_items and not (self._by_targets or self._sums or self._lossless):
-            self._check_item_mean(learn)  # (a pass's first batch, while no warning was given this fit)
         self._pending.append((preds, target, loss, n))
         self._pending_numel += numel
         if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
             self._flush()
-
-    def _check_item_mean(self, learn: Learner) -> None:
-        """Warn (once a fit) when the loss of a batch is not the mean of its items' (the loss of its two halves,
-        weighted by their items, differs): it weighs items in a way MetricsCB can't see (class weights or an
-        ignore_index inside a function of one's own, sample weights), so the pass's loss, a mean of batch means
-        weighted by items, is not the whole set's and changes with the batch size."""
-        preds, yb, n = learn.preds, learn.yb, len(learn.yb[0]) if learn.yb else 0
-        if not (type(preds) is torch.Tensor and n >= 2 and len(preds) == n and learn.loss.ndim == 0
-                and all(type(y) is torch.Tensor and len(y) == n for y in yb)):
-            return
-        counted = target_mask(yb[0], self._ignore) if not yb[0].is_floating_point() else None
-        if counted is not None and not bool(counted.all()):  # targets the loss may leave out: after_epoch warns
-            return
-        h = n // 2
-        try:
-            with torch.no_grad():
-                halves = (learn.loss_func(preds[:h], *(y[:h] for y in yb)) * h
-                          + learn.loss_func(preds[h:], *(y[h:] for y in yb)) * (n - h)) / n
-        except Exception:  # a loss that takes whole batches only: nothing to compare
-            return
-        if not (isinstance(halves, torch.Tensor) and halves.ndim == 0):
-            return
-        rtol = 1e-2 if preds.dtype in (torch.float16, torch.bfloat16) else 1e-4
-        if torch.isfinite(halves) and not torch.isclose(halves.float(), learn.loss.detach().float(), rtol=rtol,
-                                                        atol=1e-6):
-            self._warned_items = True
-            name = getattr(learn.loss_func, "__name__", type(learn.loss_func).__name__)
-            warnings.warn(f"the loss {name} of a batch ({learn.loss.item():.6g}) is not the mean of its items' "
-                          f"(its halves give {halves.item():.6g}): it weighs items in a way MetricsCB can't see "
-                          "(class weights, an ignore_index, sample weights inside it), and MetricsCB weights each "
-                          "batch's mean by its items, so the logged loss is not the whole set's and changes with the "
-                          "batch size. Give torch's loss its settings as keywords, partial(F.cross_entropy, weight=w, "
-                          "ignore_index=0), whose mean MetricsCB weights right; a loss that is a mean over items is "
-                          "logged right as it is", stacklevel=2)
 
     def _odd_target(self, batch: Any, n_inp: int) -> Any:
         """The target of a batch that is not (*inputs, target): for the loss alone, whatever counts its items (a
