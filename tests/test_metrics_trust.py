@@ -210,8 +210,25 @@ def test_a_torcheval_metric_is_given_the_targets_the_loss_counts():
     x3 = torch.randn(20, 5, 4)
     dls = DataLoaders(TensorLoader(x3, y[:, None].expand(20, 4).clone(), 6), TensorLoader(x3, y[:, None].expand(
         20, 4).clone(), 6))
-    with pytest.raises(ValueError, match=r"targets hold -100.*'tacc' would count them.*use Accuracy\(\)"):
+    with pytest.raises(ValueError, match=r"targets hold -100.*metrics 'tacc' would count them.*a metric of your own"):
         evaluate(TrainLearner(nn.Conv1d(5, 3, 1), dls, F.cross_entropy, cbs=[MetricsCB(tacc=MulticlassAccuracy())]))
+    own = _OwnTokenAccuracy()  # (as the message says: one's own gets the targets as they are, and leaves them out)
+    evaluate(TrainLearner(nn.Conv1d(5, 3, 1), dls, F.cross_entropy, cbs=[MetricsCB(tok=own)]))
+    assert own.n == int((y != -100).sum()) * 4
+
+
+class _OwnTokenAccuracy:
+    """A metric of one's own over (N, C, T) scores that leaves out targets of -100 itself."""
+    def reset(self):
+        self.hits = self.n = 0
+
+    def update(self, preds, targets):
+        kept = targets != -100
+        self.hits += int((preds.argmax(1)[kept] == targets[kept]).sum())
+        self.n += int(kept.sum())
+
+    def compute(self):
+        return self.hits / max(self.n, 1)
 
 
 def test_a_torcheval_threshold_of_one_half_beside_a_loss_of_logits_is_warned_of():

@@ -68,8 +68,8 @@ class MetricsCB(Callback):
     loss of `reduction='sum'` is logged per item. Per-item losses (`reduction='none'`) are averaged over the batch
     leaving out targets of the loss's `ignore_index`, as 'mean' does; so are the metrics (Accuracy by itself, a
     torcheval metric of (N, C) scores or (N,) labels against (N,) targets given the counted items alone; of other
-    shapes, refused), and a torcheval binary or multilabel metric at threshold 0.5 beside a loss of logits is
-    warned of (0 is the logits' 0.5). A pass that computes no loss
+    shapes, refused; a metric of your own gets the targets as they are), and a torcheval metric at threshold 0.5
+    beside a loss of logits is warned of (0 is the logits' 0.5). A pass that computes no loss
     (`get_preds(cbs=[MetricsCB(...)])` without `with_loss=True`) logs none. Dict batches (with a predict and
     get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
@@ -258,8 +258,13 @@ class MetricsCB(Callback):
             except (RuntimeError, TypeError):  # shapes differ past the batch dimension, or tuples: batch by batch
                 batches = list(zip(preds, targets))
             _update(self._bulk, batches)
-        if self._each:
-            _update(self._each, self._counted(list(zip(preds, targets))))
+        if self._each:  # torcheval's get the items the loss counts; a metric of one's own, the targets as they are
+            batches = list(zip(preds, targets))
+            theirs = {name: m for name, m in self._each.items() if _torcheval(m)}
+            if theirs:
+                _update(theirs, self._counted(batches, theirs))
+            if len(theirs) < len(self._each):
+                _update({name: m for name, m in self._each.items() if name not in theirs}, batches)
         # The pass's loss is sum(batch mean × batch weight) / sum(batch weights): a batch's weight is what its mean
         # divides by, so that for torch's cross-entropy the pass's loss is the whole set's (weighted by items, a
         # batch of ignored targets alone made it NaN, and it moved with the batch size)
@@ -276,9 +281,9 @@ class MetricsCB(Callback):
         self._loss_sum += totals.sum()
         self._loss_weight += weights.sum()
 
-    def _counted(self, batches: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    def _counted(self, batches: list[tuple[Any, Any]], metrics: dict[str, Any]) -> list[tuple[Any, Any]]:
         """The batches without the items whose target the loss leaves out (its ignore_index, -100 by default), as
-        Accuracy leaves them out: a torcheval metric would count them (as wrong), or fail on them. One host read
+        Accuracy leaves them out: torcheval's `metrics` would count them (as wrong), or fail on them. One host read
         per flush, to see whether there are any."""
         masks = [target_mask(t, self._ignore) if isinstance(t, torch.Tensor) and not t.is_floating_point() else None
                  for _, t in batches]
@@ -286,12 +291,13 @@ class MetricsCB(Callback):
             return batches
         for p, t in batches:
             if not (isinstance(p, torch.Tensor) and t.ndim == 1 and p.ndim in (1, 2) and len(p) == len(t)):
-                names = ", ".join(repr(name) for name in self._each)
+                names = ", ".join(repr(name) for name in metrics)
+                shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
                 raise ValueError(f"MetricsCB: targets hold {self._ignore}, the loss's ignore_index (items it leaves "
-                                 f"out), and the metrics {names} would count them; with preds of shape "
-                                 f"{tuple(getattr(p, 'shape', ()))} and targets of {tuple(t.shape)} MetricsCB can't "
-                                 "take those items out for them: use Accuracy() (it leaves them out), or a metric of "
-                                 f"your own that leaves out targets of {self._ignore}")
+                                 f"out), and the torcheval metrics {names} would count them; with preds {shape} and "
+                                 f"targets {tuple(t.shape)} MetricsCB can't take those items out for them: use a "
+                                 f"metric of your own that leaves out targets of {self._ignore} (MetricsCB gives it "
+                                 "the targets as they are), or Accuracy() for class indices")
         return [(p[m], t[m]) for (p, t), m in zip(batches, masks)]
 
     def _batch_weights(self, targets: tuple[Any, ...], sizes: tuple[int, ...]) -> Any:
@@ -437,12 +443,18 @@ def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> None:
     fn = getattr(loss_func, "func", loss_func)
     if fn is not F.binary_cross_entropy_with_logits and not isinstance(loss_func, nn.BCEWithLogitsLoss):
         return
-    for name, metric in metrics.items():
-        if getattr(metric, "threshold", None) == 0.5:
+    for name, metric in metrics.items():  # (torcheval's: a threshold of one's own may be a sigmoid's; a binned
+        threshold = getattr(metric, "threshold", None)  # metric's, a tensor of bin edges)
+        if _torcheval(metric) and isinstance(threshold, float) and threshold == 0.5:
             warnings.warn(f"MetricsCB metric {name!r} ({type(metric).__name__}) counts a prediction as 1 from 0.5, "
                           "and the loss takes logits (binary_cross_entropy_with_logits), whose 0.5 probability is "
                           f"logit 0: give it threshold=0, {type(metric).__name__}(threshold=0.0), or apply a sigmoid "
                           "in a metric of your own", stacklevel=4)
+
+
+def _torcheval(metric: Any) -> bool:
+    """Whether `metric` is one of torcheval's (MetricsCB adapts its input to what the loss counts)."""
+    return type(metric).__module__.split(".")[0] == "torcheval"
 
 
 def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
