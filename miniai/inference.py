@@ -222,7 +222,8 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     Items are read by `to_batch` (uint8 pixels, normalized with `learn.dls.normalize` when the loaders carry
     it; otherwise items as the loaders give them: integer pixels, cast to the loaders' integer dtype, where those
     are (a validation transform, `BatchTransformCB(on_val=True)`, a callback of yours with `inference = True`, or
-    the model prepares them), else already-normalized float tensors), then run through the learner's
+    the model prepares them; a model given wider ones than uint8 takes only their dtype, whose scale infer can't
+    tell), else already-normalized float tensors), then run through the learner's
     predict path in batches of `bs` (`get_preds`), which leaves the learner as it was. For a single-input
     classifier; for anything else use `learn.get_preds(dl=[(xb,)])`.
     """
@@ -263,6 +264,11 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                         "what takes the loaders' pixels (a validation transform, or the model) would misread them. "
                         "Convert 0-1 floats with (x * 255).round().to(torch.uint8), 0-255 values stored as floats "
                         "with x.round().to(torch.uint8)")
+    if normalize is None and pixels and not prepared and x.dtype == torch.uint8 and dtype != torch.uint8:
+        # the model takes the loaders' items as they are: wider ones may be on another scale (16-bit, 0-65535)
+        raise TypeError(f"the loaders give {name} items, which the model takes as they are, and infer got uint8: "
+                        f"it can't tell whether the loaders' values are 0-255 pixels too (or 16-bit ones, 0-65535): "
+                        f"give items as the loaders' are, on their scale, e.g. x.to(torch.{name}) for 0-255 ones")
     if normalize is None and pixels and x.dtype != dtype:  # (uint8 for int64 items, say): the transform or
         # model gets the loaders' dtype, as it always did; a value the dtype can't hold would wrap around
         info = torch.iinfo(dtype)

@@ -452,6 +452,11 @@ def test_infer_takes_raw_pixels_to_a_model_that_scales_them_itself_and_refuses_f
         learn.infer(pix[:4].float() / 255)
     learn.export(tmp_path / "m.pkl")  # (the export keeps the loaders' item dtype)
     assert torch.equal(load_learner(tmp_path / "m.pkl").infer(pix[:4]).probs, ref)
+    wide = DataLoaders(TensorLoader(pix.int(), y, 16), TensorLoader(pix.int(), y, 16), normalize=None)
+    learn = TrainLearner(_ScalesItself(), wide, F.cross_entropy, lr=0.1)  # int32 items: 16-bit ones, say
+    with pytest.raises(TypeError, match=r"give int32 items.*got uint8.*16-bit.*x.to\(torch.int32\)"):
+        learn.infer(pix[:4])  # (cast as it was, an 8-bit image read on a 16-bit scale)
+    assert torch.equal(learn.infer(pix[:4].int()).probs, learn.get_preds(dl=[(pix[:4].int(),)], act=torch.softmax)[0])
 
 
 def test_infer_on_loaders_of_unknown_item_dtype_names_item_dtype_as_the_way_to_take_pixels():
