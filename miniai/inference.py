@@ -258,25 +258,26 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                         "is unknown): a transform written for 0-1 floats would get 0-255 values. If the loaders' "
                         "items are raw pixels, say so, learn.dls = DataLoaders(train, valid, item_dtype=torch.uint8);"
                         " otherwise pass float items prepared as the loaders' are")
-    # the loaders' items are raw pixels, and the learner takes them so: its validation transforms, or the model
-    if normalize is None and pixels and x.is_floating_point():
-        raise TypeError(f"the loaders give {name} items (0-255 pixels) to this learner, and infer got {x.dtype}: "
-                        "what takes the loaders' pixels (a validation transform, or the model) would misread them. "
-                        "Convert 0-1 floats with (x * 255).round().to(torch.uint8), 0-255 values stored as floats "
-                        "with x.round().to(torch.uint8)")
-    if normalize is None and pixels and not prepared and x.dtype == torch.uint8 and dtype != torch.uint8:
-        # the model takes the loaders' items as they are: wider ones may be on another scale (16-bit, 0-65535)
-        raise TypeError(f"the loaders give {name} items, which the model takes as they are, and infer got uint8: "
-                        f"it can't tell whether the loaders' values are 0-255 pixels too (or 16-bit ones, 0-65535): "
-                        f"give items as the loaders' are, on their scale, e.g. x.to(torch.{name}) for 0-255 ones")
-    if normalize is None and pixels and x.dtype != dtype:  # (uint8 for int64 items, say): the transform or
-        # model gets the loaders' dtype, as it always did; a value the dtype can't hold would wrap around
-        info = torch.iinfo(dtype)
-        if x.numel() and (x.min() < info.min or x.max() > info.max):
-            raise ValueError(f"infer: the loaders give {name} items to this learner, and "
-                             f"these {x.dtype} values ({x.min().item()} to {x.max().item()}) don't fit in {name}: "
-                             "give pixels as the loaders' items are")
-        x = x.to(dtype)
+    if pixels:  # the loaders' items are raw pixels (normalize is None: refused above), and the learner takes them
+        # so: its validation transforms, or the model
+        if x.is_floating_point():
+            raise TypeError(f"the loaders give {name} items (0-255 pixels) to this learner, and infer got {x.dtype}: "
+                            "what takes the loaders' pixels (a validation transform, or the model) would misread "
+                            "them. Convert 0-1 floats with (x * 255).round().to(torch.uint8), 0-255 values stored as "
+                            "floats with x.round().to(torch.uint8)")
+        if x.dtype != dtype:  # (uint8 for int64 items, say): the transform or model gets the loaders' dtype
+            if not prepared and x.dtype == torch.uint8:  # the model takes the loaders' items as they are: wider
+                # ones may be on another scale (16-bit, 0-65535)
+                raise TypeError(f"the loaders give {name} items, which the model takes as they are, and infer got "
+                                "uint8: it can't tell whether the loaders' values are 0-255 pixels too (or 16-bit "
+                                f"ones, 0-65535): give items as the loaders' are, on their scale, e.g. "
+                                f"x.to(torch.{name}) for 0-255 ones")
+            info = torch.iinfo(dtype)  # (a value the dtype can't hold would wrap around)
+            if x.numel() and (x.min() < info.min or x.max() > info.max):
+                raise ValueError(f"infer: the loaders give {name} items to this learner, and these {x.dtype} values "
+                                 f"({x.min().item()} to {x.max().item()}) don't fit in {name}: give pixels as the "
+                                 "loaders' items are")
+            x = x.to(dtype)
     if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
         raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
                          "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")
