@@ -152,9 +152,13 @@ class MetricsCB(Callback):
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"  # a batch's loss is its items' sum, not mean
         # metrics that say their state is the same after one update over concatenated batches as after one per
         # batch (`additive = True`: Accuracy) get the batches concatenated, one call's fixed cost instead of up
-        # to 256; any other (a windowed metric, a per-batch statistic) gets one update per batch
+        # to 256; any other (a windowed metric, a per-batch statistic) gets one update per batch, torcheval's of the
+        # items the loss counts (_counted), one's own of the targets as they are
         self._bulk = {name: m for name, m in self.metrics.items() if getattr(m, "additive", False) is True}
-        self._each = {name: m for name, m in self.metrics.items() if name not in self._bulk}
+        self._torcheval_metrics = {name: m for name, m in self.metrics.items()
+                                   if name not in self._bulk and _torcheval(m)}
+        self._each = {name: m for name, m in self.metrics.items()
+                      if name not in self._bulk and name not in self._torcheval_metrics}
         for metric in self.metrics.values():
             if callable(getattr(metric, "to", None)):  # torcheval's and ours keep their state on the device
                 metric.to(self._device)
@@ -258,13 +262,11 @@ class MetricsCB(Callback):
             except (RuntimeError, TypeError):  # shapes differ past the batch dimension, or tuples: batch by batch
                 batches = list(zip(preds, targets))
             _update(self._bulk, batches)
-        if self._each:  # torcheval's get the items the loss counts; a metric of one's own, the targets as they are
-            batches = list(zip(preds, targets))
-            theirs = {name: m for name, m in self._each.items() if _torcheval(m)}
-            if theirs:
-                _update(theirs, self._counted(batches, theirs))
-            if len(theirs) < len(self._each):
-                _update({name: m for name, m in self._each.items() if name not in theirs}, batches)
+        one_by_one = list(zip(preds, targets))
+        if self._torcheval_metrics:  # they get the items the loss counts; one's own, the targets as they are
+            _update(self._torcheval_metrics, self._counted(one_by_one, self._torcheval_metrics))
+        if self._each:
+            _update(self._each, one_by_one)
         # The pass's loss is sum(batch mean × batch weight) / sum(batch weights): a batch's weight is what its mean
         # divides by, so that for torch's cross-entropy the pass's loss is the whole set's (weighted by items, a
         # batch of ignored targets alone made it NaN, and it moved with the batch size)
