@@ -81,6 +81,14 @@ class SummaryRow(NamedTuple):
     macs: int | None  # None: not counted (see layer_macs)
 
 
+def _row(name: str, module: nn.Module, hook: Hook | None) -> SummaryRow:
+    """The row of `module`, from what its hook recorded (None: a TorchScript one, not hooked); a layer with weights
+    the batch never called has no MACs it could count ('?': a parent may use its weights)."""
+    own = _own_params(module)
+    return SummaryRow(name, _layer_name(module), getattr(hook, "shape", None), sum(p.numel() for p in own),
+                      getattr(hook, "macs", None if own else 0))
+
+
 def _shape(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return tuple(x.shape)
@@ -180,10 +188,7 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
             batches = [(*xb,) if isinstance(xb, (tuple, list)) else (xb,)]
         inputs = get_preds(learn, dl=batches, with_input=True)[0]
     hook_of = {id(m): h for m, h in zip(hooked, hooks)}
-    rows = [SummaryRow(name, _layer_name(m), getattr(hook_of.get(id(m)), "shape", None),
-                       sum(p.numel() for p in _own_params(m)),
-                       getattr(hook_of.get(id(m)), "macs", None if _own_params(m) else 0))
-            for name, m in mods]
+    rows = [_row(name, m, hook_of.get(id(m))) for name, m in mods]
     params = list(model.parameters())  # each shared parameter once
     return ModelSummary(rows, _shape(inputs), sum(p.numel() for p in params),
                         sum(p.numel() for p in params if p.requires_grad))
