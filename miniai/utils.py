@@ -347,8 +347,9 @@ def class_loss(loss_func: Any) -> bool:
     """Whether `loss_func` is torch's cross-entropy or NLL loss (a function, a partial of one, an nn loss): class
     scores (N, C, ...) against class indices."""
     fn = getattr(loss_func, "func", loss_func)  # (a partial's function)
-    return fn in (torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss) or isinstance(
-        loss_func, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
+    # (a subclass with a forward of its own, a focal loss say, reduces as it likes: not torch's weighted mean)
+    return fn in (torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss) or getattr(
+        type(loss_func), "forward", None) in (torch.nn.CrossEntropyLoss.forward, torch.nn.NLLLoss.forward)
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:
