@@ -217,6 +217,34 @@ def test_a_torcheval_metric_is_given_the_targets_the_loss_counts():
     assert own.n == int((y != -100).sum()) * 4
 
 
+def test_a_subclass_of_a_torcheval_metric_is_given_the_targets_the_loss_counts_too():
+    """MetricsCB took a subclass of MulticlassAccuracy defined in one's own code for a metric of one's own, gave it
+    the -100 targets, and torcheval's update counted them as wrong: 0.24 logged for 0.36. What decides is whose
+    `update` it is: a subclass with its own update still gets the targets as they are."""
+    from torcheval.metrics import MulticlassAccuracy
+
+    class Top1(MulticlassAccuracy):  # its settings fixed: update and compute are torcheval's
+        def __init__(self) -> None:
+            super().__init__(num_classes=3)
+
+    class OwnUpdate(MulticlassAccuracy):  # an update of its own, which leaves out -100 itself
+        def update(self, preds, targets):
+            kept = targets != -100
+            return super().update(preds[kept], targets[kept])
+
+    x, y = classifier_data(60, c=3)
+    y[::3] = -100
+    model = nn.Linear(5, 3)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    real = y != -100
+    truth = (pred[real] == y[real]).float().mean().item()
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
+    m = MetricsCB(acc=Accuracy(), sub=Top1(), own=OwnUpdate(num_classes=3))
+    evaluate(TrainLearner(model, dls, F.cross_entropy, cbs=[m]))
+    assert m.last["valid_sub"] == m.last["valid_acc"] == m.last["valid_own"] == pytest.approx(truth)
+
+
 class _OwnTokenAccuracy:
     """A metric of one's own over (N, C, T) scores that leaves out targets of -100 itself."""
     def reset(self):
@@ -415,6 +443,28 @@ def test_a_loss_other_than_cross_entropy_is_weighted_by_items(loss_func):
         scored = MetricsCB()
         learn.get_preds(with_loss=True, cbs=[scored])
         assert scored.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+class _FocalLoss(nn.CrossEntropyLoss):
+    """A focal loss reusing nn.CrossEntropyLoss's settings; its forward is its own, a mean over the batch's items."""
+    def forward(self, input, target):
+        ce = F.cross_entropy(input, target, weight=self.weight, reduction="none")
+        return ((1 - torch.exp(-F.cross_entropy(input, target, reduction="none"))) ** 2 * ce).mean()
+
+
+@pytest.mark.parametrize("bs", [7, 50])
+def test_a_subclass_of_cross_entropy_with_a_forward_of_its_own_is_weighted_by_items(bs):
+    """A focal loss subclassing nn.CrossEntropyLoss (for its weight) was taken for torch's own: MetricsCB weighted
+    each batch by its targets' class weights and logged 1.406 at bs 7, 1.2297 at bs 50, for the set's 1.2305."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 6, generator=g), torch.randint(0, 4, (200,), generator=g)
+    model, loss_func = nn.Linear(6, 4), _FocalLoss(weight=torch.tensor([0.1, 1.0, 5.0, 0.5]))
+    metrics = MetricsCB()
+    evaluate(TrainLearner(model, DataLoaders(TensorLoader(x, y, bs), TensorLoader(x, y, bs)), loss_func,
+                          cbs=[metrics]))
+    with torch.no_grad():
+        expected = loss_func(model(x), y).item()
+    assert metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_accuracys_multi_label_advice_gives_the_threshold_logits_need():

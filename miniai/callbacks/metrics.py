@@ -455,8 +455,9 @@ def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> None:
 
 
 def _torcheval(metric: Any) -> bool:
-    """Whether `metric` is one of torcheval's (MetricsCB adapts its input to what the loss counts)."""
-    return type(metric).__module__.split(".")[0] == "torcheval"
+    """Whether `metric` is one of torcheval's (MetricsCB adapts its input to what the loss counts): its `update` is
+    torcheval's, so a subclass that only fixes settings is one too, and one with an update of its own is not."""
+    return getattr(getattr(type(metric), "update", None), "__module__", "").split(".")[0] == "torcheval"
 
 
 def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
