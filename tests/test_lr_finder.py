@@ -854,3 +854,18 @@ def test_smooth_losses_averages_window_points_an_even_window_as_the_next_odd_one
     """The docstring said `window` points; an even window averaged window + 1 (centred): it says so now."""
     assert smooth_losses([0, 0, 0, 10, 0, 0, 0, 0], 4) == smooth_losses([0, 0, 0, 10, 0, 0, 0, 0], 5)
     assert "window + 1" in smooth_losses.__doc__
+
+
+def test_lr_find_grows_a_tensor_lr_once_per_step_in_every_group():
+    """torch's Adam takes its lr as a tensor, and fit does; the finder multiplied that tensor in place, which both
+    groups (given torch's default, one shared tensor) and its own last-lr reference saw: at the second step it
+    blamed a scheduler there was not ("LRFinderCB set lr=1.69e-05 but the batch ran with 1.3e-05")."""
+    def two_groups(params, lr):
+        params = list(params)
+        return optim.Adam([{"params": params[:2]}, {"params": params[2:]}], lr=torch.tensor(lr))
+    learn = bn_learner(opt_func=two_groups)
+    learn.fit(1)
+    res = learn.lr_find(start_lr=1e-5, gamma=2.0, max_epochs=1, plot=False)
+    assert all(type(lr) is float for lr in res.lrs)
+    assert len(res.lrs) > 3 and res.lrs == pytest.approx([1e-5 * 2.0 ** i for i in range(len(res.lrs))])
+    assert isinstance(learn.opt.param_groups[0]["lr"], torch.Tensor)  # the learner's optimizer as it was

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..checks import check_not_in_fit
 from ..distributed import world_size
 from ..utils import keeps_workers, loss_reduction
@@ -83,7 +85,7 @@ class LRFinderCB(Callback):
         self._scale = 1.0 / ratio if ratio > 0 else 1.0
         if ratio > 0 and not math.isclose(groups[self._group_read]["lr"], fit_lr * ratio, rel_tol=1e-6):
             for group, group_ratio in zip(groups, ratios):  # opt_func ignores the lr it is given: the search
-                group["lr"] = fit_lr * group_ratio  # starts at start_lr all the same, each group at its share
+                _set_lr(group, fit_lr * group_ratio)  # starts at start_lr all the same, each group at its share
 
     def before_epoch(self, learn: Learner) -> None:
         if not learn.training:
@@ -97,7 +99,7 @@ class LRFinderCB(Callback):
             return  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
         # (a non-finite loss ends the finder at once: an fp16 scaler skips that step, so none would come)
         loss, self._group = sum(self._group) / len(self._group), []
-        lr = learn.opt.param_groups[self._group_read]["lr"]
+        lr = float(learn.opt.param_groups[self._group_read]["lr"])  # (a tensor lr: its value, not the tensor)
         if self._lr0 is not None and not math.isclose(lr, self._lr0 * self.gamma, rel_tol=1e-6):
             raise RuntimeError(f"LRFinderCB set lr={self._lr0 * self.gamma:.3g} but the batch ran with {lr:.3g}: "
                                "another callback (a scheduler such as BatchSchedCB?) overwrote it. Remove it from "
@@ -116,8 +118,14 @@ class LRFinderCB(Callback):
     def cleanup_batch(self, learn: Learner) -> None:
         if self._grow:
             for param_group in learn.opt.param_groups:
-                param_group["lr"] *= self.gamma
+                _set_lr(param_group, float(param_group["lr"]) * self.gamma)
         self._grow = False
+
+
+def _set_lr(group: dict[str, Any], lr: float) -> None:
+    """Set a param group's lr; a tensor lr (torch's Adam takes one) stays a tensor, a new one: in place, `*=` would
+    also grow the other groups sharing it (torch gives them all its default's) and whoever kept it."""
+    group["lr"] = torch.full_like(group["lr"], lr) if isinstance(group["lr"], torch.Tensor) else lr
 
 
 # ------------------------------------------------------------------------------------------------ suggestions
