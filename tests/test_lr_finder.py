@@ -869,3 +869,23 @@ def test_lr_find_grows_a_tensor_lr_once_per_step_in_every_group():
     assert all(type(lr) is float for lr in res.lrs)
     assert len(res.lrs) > 3 and res.lrs == pytest.approx([1e-5 * 2.0 ** i for i in range(len(res.lrs))])
     assert isinstance(learn.opt.param_groups[0]["lr"], torch.Tensor)  # the learner's optimizer as it was
+
+
+def test_lr_find_ended_by_a_callback_of_the_learners_names_it_not_the_data():
+    """With SingleBatchCB in learn.cbs the search ran one step, and lr_find warned "only 1 optimizer steps before the
+    data ran out ... use more data" of a loader of 4 batches an epoch for 10 epochs; one cancelling at before_fit
+    ended in "no finite loss recorded: is the training loader empty". Both now name the callback."""
+    from miniai.callbacks import SingleBatchCB
+
+    class StopAtOnce(Callback):
+        def before_fit(self, learn):
+            raise CancelFitException()
+    learn = bn_learner()
+    learn.add_cb(SingleBatchCB())
+    with pytest.warns(UserWarning, match=r"SingleBatchCB ended the search.*after 1 optimizer step: remove it") as rec:
+        learn.lr_find(plot=False)
+    assert not [w for w in rec if "ran out" in str(w.message)]
+    learn = bn_learner()
+    learn.add_cb(StopAtOnce())
+    with pytest.raises(RuntimeError, match=r"StopAtOnce ended the search.*after 0 optimizer steps"):
+        learn.lr_find(plot=False)

@@ -15,7 +15,7 @@ import torch
 
 from ..checks import check_not_in_fit
 from ..distributed import world_size
-from ..utils import keeps_workers, loss_reduction
+from ..utils import counted, keeps_workers, loss_reduction
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
@@ -260,6 +260,14 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
                    or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
         learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
+        stopper = getattr(learn.stopped_by, "raised_by", finder)  # (read before kept puts the learner back)
+    if stopper is not finder and not finder.diverged:  # a callback of the learner's ended the finder's fit
+        cut = (f"lr_find: {type(stopper).__name__} ended the search (a CancelFitException) after "
+               f"{counted(len(finder.losses), 'optimizer step')}: remove it from learn.cbs while finding the lr")
+        if len(finder.losses) < 10:  # (not the data: the warning below would blame it)
+            if not finder.losses:
+                raise RuntimeError(cut)
+            warnings.warn(cut + ", the suggestions mean little", stacklevel=2)
     if finder.losses and not math.isfinite(finder.losses[0]):  # before any step: no lr can have caused it
         raise ValueError(f"lr_find: the first loss, computed before any optimizer step, is {finder.losses[0]}: the lr "
                          "is not the cause, and no start_lr helps. Check the data (NaN or inf in a batch's inputs or "
@@ -280,7 +288,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
                       f"{steps}, lr {finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}: the suggestions mean "
                       "nothing. Does the model train at all? (parameters frozen or missing from the optimizer, a "
                       "loss that does not depend on the output, targets that cannot be learned)", stacklevel=2)
-    elif not diverged and len(finite) < 10:
+    elif not diverged and len(finite) < 10 and stopper is finder:
         warnings.warn(f"lr_find: only {steps} before the data ran out (max_epochs={max_epochs}), "
                       "too few for the suggestions to mean much: raise max_epochs or use more data.", stacklevel=2)
     if plot:
