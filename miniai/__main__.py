@@ -222,6 +222,10 @@ def train(args: argparse.Namespace) -> float:
                           "of its shape")
     if world_size() > 1:  # started by torchrun with several processes: train data-parallel
         dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)
+    if [stop - start for start, stop in dls.train._spans()][-1:] == [1]:  # else BatchNorm's error after an epoch
+        raise _UsageError(f"the {len(dls.train.x)} training images in batches of {bs} leave a last batch of 1 image "
+                          "(on each process), on which the model's BatchNorm layers can't train: change --bs or "
+                          "--n-train")
     metrics, progress, recorder = MetricsCB(accuracy=Accuracy()), ProgressCB(), RecorderCB(lr=_lr, mom=_mom)
     cbs = [metrics, progress, recorder] + ([DDPCB()] if world_size() > 1 else [])
     if args.out:

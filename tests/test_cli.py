@@ -76,6 +76,9 @@ def test_bad_argument_gives_usage_reason_and_status_2(runs, case):
     (["--seed", "-1"], "argument --seed: must be an integer in 0..2**32-1"),  # 2**32 - 1's run
     (["--bs", "64", "--sched", "onecycle"], "schedule 'onecycle' needs at least 2 optimizer steps, and this fit "
                                             "has 1"),  # a traceback: T_max must be a whole number >= 2
+    (["--bs", "63"], "the 64 training images in batches of 63 leave a last batch of 1 image (on each process), on "
+                     "which the model's BatchNorm layers can't train"),  # BatchNorm's error after the first epoch
+    (["--recipe", "five", "--bs", "21"], "the 64 training images in batches of 21 leave a last batch of 1 image"),
 ])
 def test_more_bad_numbers_in_process(capsys, argv, reason):
     """The same parser in this process (milliseconds): the rest of the number checks, each with train's usage (the
