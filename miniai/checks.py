@@ -493,10 +493,13 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
     """The optimizer a fit trains with: `learn.opt_func`'s for `lr`, a new one each fit. Refused: one an earlier fit
     trained, handed back again (`opt_func=lambda ps, lr: opt`), which would start from its state and from where that
     fit's schedule left its lr (a cosine: 0), unless this fit resumes (the checkpoint brings all of it); and an lr
-    `given` to fit that opt_func does not use (the same lrs for 2 × lr, none of them lr), unless a callback of this
-    fit sets the lrs from it (fit_one_cycle, lr_find)."""
+    `given` to fit, or to the Learner for a fit that trains, that opt_func does not use (the same lrs for 2 × lr,
+    none of them lr), unless a callback of this fit sets the lrs from it (fit_one_cycle, lr_find)."""
     params = list(learn.model.parameters())
     takes_lr = any(getattr(cb, "peaks_at_fit_lr", False) for cb in learn.cbs)
+    # (0.1 is the Learner's default, which can't be told from one given: only another lr is the user's)
+    by_learner = not given and not resuming and "train" in learn.passes and learn.lr is not None and learn.lr != 0.1
+    given = given or by_learner
     doubled = _lrs(learn.opt_func(params, 2 * float(lr))) if given and lr and not takes_lr else None  # (first: the
     opt = learn.opt_func(params, lr)  # optimizer fit keeps is opt_func's last, for one that keeps a handle on it)
     if getattr(opt, "_miniai_trained", False) and not resuming:
@@ -508,10 +511,10 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
                          "stopped, save it with CheckpointCB and fit(n, resume=...)")
     made = _lrs(opt)
     if doubled is not None and doubled == made and all(x is None or not math.isclose(x, float(lr)) for x in made):
-        raise ValueError(f"fit(lr={float(lr):g}): opt_func does not use the lr it is given (it makes lr "
-                         f"{', '.join(f'{x:g}' for x in made)} for {float(lr):g} and for {2 * float(lr):g}), so "
-                         "this lr would not be used: let opt_func pass it on, e.g. opt_func=lambda ps, lr: "
-                         "optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
+        raise ValueError(f"{type(learn).__name__ if by_learner else 'fit'}(lr={float(lr):g}): opt_func does not use "
+                         f"the lr it is given (it makes lr {', '.join(f'{x:g}' for x in made)} for {float(lr):g} and "
+                         f"for {2 * float(lr):g}), so this lr would not be used: let opt_func pass it on, e.g. "
+                         "opt_func=lambda ps, lr: optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
     return opt
 
 

@@ -221,6 +221,21 @@ def test_an_lr_given_to_fit_that_opt_func_does_not_use_is_refused():
     assert made[-1] is learn.opt  # (the check's optimizer is made first: a handle on the last made is fit's)
 
 
+def test_a_learners_own_lr_that_opt_func_does_not_use_is_refused_when_it_trains():
+    """TrainLearner(lr=0.02, opt_func=lambda ps, lr: AdamW(ps)) trained at AdamW's 0.001, without a word. Refused
+    when a fit trains; an evaluation, the default lr (0.1, which can't be told from one given) and an lr opt_func
+    makes too (3e-3 twice over) are not."""
+    own = lambda ps, lr: torch.optim.AdamW(ps)  # noqa: E731
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.02, opt_func=own)
+    learn.fit(1, train=False)
+    with pytest.raises(ValueError, match=r"TrainLearner\(lr=0.02\): opt_func does not use the lr it is given \(it "
+                                         r"makes lr 0.001 for 0.02 and for 0.04\)"):
+        learn.fit(1)
+    TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, opt_func=own).fit(1)
+    same = lambda ps, lr: torch.optim.AdamW(ps, lr=3e-3)  # noqa: E731
+    TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=3e-3, opt_func=same).fit(1)
+
+
 def test_an_optimizer_an_earlier_fit_trained_is_refused_when_opt_func_hands_it_back():
     """After a cosine schedule the next fit trained at the lr it left, 0, with its stale initial_lr."""
     from functools import partial
