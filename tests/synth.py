@@ -47,6 +47,25 @@ def tiny_learner(cbs=(), lr: float = 0.1, learner_cls: type[Learner] = TrainLear
     return learner_cls(nn.Linear(1, 1), linear_dls(**kwargs), F.mse_loss, lr=lr, cbs=list(cbs))
 
 
+class DictLearner(TrainLearner):
+    """Dict batches {'x', 'y'}, read by the learner's own predict and get_loss (no targets by position)."""
+    def predict(self) -> None:
+        self.preds = self.model(self.batch["x"])
+
+    def get_loss(self) -> None:
+        self.loss = self.loss_func(self.preds, self.batch["y"])
+
+
+def dict_dls(nan_at: int | None = None) -> SimpleNamespace:
+    """64 training items in dict batches of 16 (y = the sum of x's 4 features), 16 to validate; item `nan_at` NaN."""
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    y = x.sum(1, keepdim=True)
+    if nan_at is not None:
+        x[nan_at] = float("nan")
+    return SimpleNamespace(train=[{"x": x[i:i + 16], "y": y[i:i + 16]} for i in range(0, 64, 16)],
+                           valid=[{"x": x[:16], "y": y[:16]}])
+
+
 def rows_metrics() -> Any:
     """A MetricsCB subclass that keeps its rows in `rows` by overriding `_log`, as the course's WandBCB did."""
     from miniai.callbacks import MetricsCB

@@ -21,7 +21,7 @@ from miniai.idx import IDXError, write_idx
 from miniai.sources import DataNotFoundError
 from miniai.callbacks.basic import LossInputError, _broadcast_shape
 from miniai.learner import Callback, Learner, MomentumLearner, TrainLearner
-from tests.synth import linear_dls, tiny_learner
+from tests.synth import DictLearner, dict_dls, linear_dls, tiny_learner
 
 
 class Steps(Callback):
@@ -67,6 +67,14 @@ def test_nan_loss_at_batch_5_stops_there_with_epoch_batch_and_lr():
     assert steps.steps == [5]  # batches 0-4 stepped; batch 5 stopped before its backward
     assert all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))  # and left the weights alone
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+def test_a_nan_loss_of_dict_batches_read_by_the_learners_own_steps_is_reported_as_one():
+    """The guard's message read learn.yb, which a dict batch has not: a TypeError telling to restructure the batches
+    (or own predict and get_loss, as this learner does) replaced the NonFiniteLossError."""
+    DictLearner(nn.Linear(4, 1), dict_dls(), F.mse_loss, lr=0.01).fit(1)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 0, batch 2"):
+        DictLearner(nn.Linear(4, 1), dict_dls(nan_at=40), F.mse_loss, lr=0.01).fit(1)
 
 
 def test_infinite_loss_stops_too():

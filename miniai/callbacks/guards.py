@@ -161,7 +161,8 @@ class TerminateOnNaNCB(Callback):
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         where = f" on rank {bad_rank}" if bad_rank is not None else ""
         ignore = ignored_target(learn.loss_func)
-        targets = learn.yb[0] if batch == learn.iter and bad_rank in (None, rank()) and learn.yb else None
+        here = batch == learn.iter and bad_rank in (None, rank()) and isinstance(learn.batch, (tuple, list))
+        targets = learn.yb[0] if here and learn.yb else None  # (a dict batch, read by one's own steps: none)
         by_targets = isinstance(targets, torch.Tensor) and not targets.is_floating_point() and targets.numel() \
             and averages_over_targets(learn.loss_func)
         mask = target_mask(targets, ignore) if by_targets else None
