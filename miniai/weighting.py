@@ -10,7 +10,7 @@ import torch
 from .utils import class_loss, loss_reduction, loss_setting
 
 __all__ = ["averages_over_targets", "ignored_target", "stated_ignore", "as_integer", "target_mask", "loss_mask",
-           "mean_loss", "n_items", "sum_dtype"]
+           "mean_loss", "n_items", "batch_n_items", "sum_dtype"]
 
 
 def averages_over_targets(loss_func: Any) -> bool:
@@ -92,6 +92,12 @@ def n_items(target: Any) -> int:
         if len(sizes) == 1:  # heads over one batch (a per-item list of equal lengths would be stacked: a tensor)
             return sizes.pop()
     return len(target)
+
+
+def batch_n_items(learn: Any) -> int:
+    """How many items the learner's batch holds: its first target's count; a dict batch's (read by a predict and
+    get_loss of the user's, it has no targets by position), its first value's."""
+    return n_items(learn.yb[0] if isinstance(learn.batch, (tuple, list)) else learn.batch)
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:

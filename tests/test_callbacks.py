@@ -2,6 +2,7 @@
 import io
 import math
 from contextlib import redirect_stdout
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -707,3 +708,21 @@ def test_a_metricscb_subclass_overriding_log_gets_every_row_as_the_courses_did()
     metrics._log = seen.append  # (the course's ProgressCB did learn.metrics._log = self._log)
     tiny_learner([metrics]).fit(1)
     assert [r["train"] for r in seen] == ["train", "valid"]
+
+
+def test_a_sum_loss_of_dict_batches_is_shown_per_item_by_the_progress_bar_and_lr_find():
+    """ProgressCB and lr_find divide a 'sum' loss by the batch's items, which they counted from learn.yb: with dict
+    batches read by the learner's own steps both failed ('a batch is a tuple ...'). Their first batch's loss is its
+    sum over 16 items divided by 16."""
+    from tests.synth import DictLearner, dict_dls
+    dls, loss_func = dict_dls(), partial(F.mse_loss, reduction="sum")
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    with torch.no_grad():
+        first = loss_func(model(dls.train[0]["x"]), dls.train[0]["y"]).item() / 16
+    progress = ProgressCB()
+    learn = DictLearner(model, dls, loss_func, lr=0.001, cbs=[progress])
+    found = learn.lr_find(start_lr=1e-6, max_epochs=1, plot=False)
+    assert found.losses[0] == pytest.approx(first, rel=1e-5)
+    learn.fit(1)
+    assert progress.losses[0] == pytest.approx(first, rel=1e-5)

@@ -29,7 +29,7 @@ from ..learner import Callback, Learner
 from ..utils import loss_reduction, opt_lr
 from .activations import ActivationStats
 from .lr_finder import LRFinderCB
-from ..weighting import n_items
+from ..weighting import batch_n_items
 
 __all__ = ["CSVLoggerCB", "TensorBoardCB"]
 
@@ -347,7 +347,7 @@ class TensorBoardCB(Callback):
             return
         if not self.writers:  # opened at the first batch, not before: a fit refused before it (another callback's
             self._open(learn)  # before_epoch) hides none of the last fit's events
-        loss = learn.loss.detach() / n_items(learn.yb[0]) if self._sum_loss else learn.loss.detach()
+        loss = learn.loss.detach() / batch_n_items(learn) if self._sum_loss else learn.loss.detach()
         self._losses.append(loss)  # a reference: reading it now would make the CPU wait
         self._lrs.append(opt_lr(learn.opt))
         self._steps.append(learn.epoch * self._per_epoch + learn.iter if self._per_epoch else self._n_batches)

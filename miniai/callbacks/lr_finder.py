@@ -20,7 +20,7 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
 from .guards import EarlyStoppingCB
-from ..weighting import n_items
+from ..weighting import batch_n_items
 from .metrics import MetricsCB
 from .scheduling import BaseSchedCB, lr_ratios
 from .state import kept
@@ -94,7 +94,7 @@ class LRFinderCB(Callback):
     def after_batch(self, learn: Learner) -> None:
         self.batches += 1
         loss = float(learn.loss.detach().float().item())  # sync point, on purpose (see above)
-        self._group.append(loss / n_items(learn.yb[0]) if self._sum_loss else loss)
+        self._group.append(loss / batch_n_items(learn) if self._sum_loss else loss)
         if not learn.stepped and math.isfinite(self._group[-1]):
             return  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
         # (a non-finite loss ends the finder at once: an fp16 scaler skips that step, so none would come)

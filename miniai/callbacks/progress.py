@@ -11,7 +11,7 @@ import torch
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..utils import len_or_none, loss_reduction
-from ..weighting import n_items
+from ..weighting import batch_n_items
 from .metrics import format_row, format_value
 from .records import keep_records, nothing_recorded, restore_if_refused
 
@@ -245,7 +245,7 @@ class ProgressCB(Callback):
 
     def after_batch(self, learn: Learner) -> None:
         if learn.training:  # (a summed loss per item, as MetricsCB logs it and the valid points are)
-            self._train_losses.push(learn.loss / n_items(learn.yb[0]) if self._sum_loss else learn.loss)
+            self._train_losses.push(learn.loss / batch_n_items(learn) if self._sum_loss else learn.loss)
         now = time.perf_counter()
         if now - self._last_read < _READ_EVERY:  # the bar redraws a few times a second: read losses as often
             return
