@@ -232,6 +232,18 @@ def test_a_scheduler_built_with_other_settings_on_resume_is_named_in_a_warning(t
         same.fit(3, resume=tmp_path / "b")
 
 
+def test_a_sequential_lr_resumed_with_another_milestone_is_named_in_a_warning(tmp_path):
+    """SequentialLR's milestones live in its private _milestones, which the settings check skipped: a resume with
+    the milestone moved from step 8 to 14 switched at 8, as the saved run did, without a word."""
+    def sched(milestone):
+        return BatchSchedCB(lambda o: lr_scheduler.SequentialLR(
+            o, [lr_scheduler.ConstantLR(o, 0.1, total_iters=100), lr_scheduler.ExponentialLR(o, 0.9)],
+            milestones=[milestone]))
+    make_learner(tmp_path, [sched(8)])[0].fit(1)
+    with pytest.warns(UserWarning, match=r"_milestones \[8\] \(saved\) vs \[14\] \(here\).*saved ones are kept"):
+        make_learner(tmp_path, [sched(14)])[0].fit(2, resume=tmp_path)
+
+
 class _LateCounter(Callback):
     """A stateful callback ordered after every built-in one, which starts its count afresh at each before_fit."""
     order = 2000

@@ -418,7 +418,8 @@ _COUNTERS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "base_l
              "T_i", "T_cur"}
 # (what a scheduler counts as it steps, warm restarts' cycle and step in it too; base_lrs follow the lr given; a
 # length, total_steps, is checked on its own; lr_lambdas, functions torch does not save, by _check_lambdas)
-_PRIVATE_SETTINGS = {"_schedule_phases", "_anneal_func_type"}  # OneCycleLR's pct_start, three_phase, anneal_strategy
+# (OneCycleLR's pct_start, three_phase and anneal_strategy; SequentialLR's milestones)
+_PRIVATE_SETTINGS = {"_schedule_phases", "_anneal_func_type", "_milestones"}
 
 
 def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = "") -> list[str]:
