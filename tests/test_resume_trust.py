@@ -244,6 +244,21 @@ def test_a_sequential_lr_resumed_with_another_milestone_is_named_in_a_warning(tm
         make_learner(tmp_path, [sched(14)])[0].fit(2, resume=tmp_path)
 
 
+def test_a_plateau_resumed_watching_another_metric_looks_for_its_best_afresh(tmp_path):
+    """A ReduceLROnPlateau resumed watching valid_loss kept the saved run's best of train_loss, so it cut the lr
+    every epoch while valid_loss improved (5e-2 to 5e-5 in three epochs), without a word; EarlyStoppingCB and
+    CheckpointCB warn and look for their best afresh, and so does the plateau now (its mode too: this fit's)."""
+    def plateau(watch):
+        return EpochSchedCB(partial(lr_scheduler.ReduceLROnPlateau, patience=0), monitor=watch)
+    make_learner(tmp_path, [plateau("train_loss")])[0].fit(2)
+    sched = plateau("valid_loss")
+    with pytest.warns(UserWarning, match=r"watched 'train_loss' \(min\) in the run resumed from and watches "
+                                         r"'valid_loss' \(min\) now: its best value so far is not carried over"):
+        learn = make_learner(tmp_path, [sched])[0]
+        learn.fit(3, resume=tmp_path)
+    assert sched.scheduler.best == learn.metrics.history[-1]["loss"]  # (its valid row) its only epoch: the best seen
+
+
 class _LateCounter(Callback):
     """A stateful callback ordered after every built-in one, which starts its count afresh at each before_fit."""
     order = 2000

@@ -44,7 +44,7 @@ from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
 from ..utils import counted, without_graph
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
-from .monitor import check_monitor, monitor_mode
+from .monitor import check_monitor, monitor_mode, same_watch
 from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
@@ -583,6 +583,24 @@ class EpochSchedCB(BaseSchedCB):
             raise ValueError(f"ReduceLROnPlateau(mode={self.scheduler.mode!r}) watches {self.monitor!r}, which "
                              f"{'falls' if way == 'min' else 'rises'} as it improves: it would cut the lr while the "
                              f"model gets better. Pass mode={way!r} to ReduceLROnPlateau")
+
+    @property
+    def mode(self) -> str | None:
+        """Whether the metric watched improves as it falls ('min') or rises ('max'): its ReduceLROnPlateau's."""
+        return getattr(self.scheduler, "mode", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """BaseSchedCB's, with what a ReduceLROnPlateau watches: `monitor` and `mode`."""
+        return {**super().state_dict(), "monitor": self.monitor, "mode": self.mode}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """BaseSchedCB's; a plateau that watched another metric (or way) in the saved run looks for its best afresh,
+        with a warning, as EarlyStoppingCB and CheckpointCB do (its saved best is of another metric)."""
+        if self.monitor is None or same_watch(self, state, f"EpochSchedCB's {type(self.scheduler).__name__}"):
+            return super().load_state_dict(state)
+        fresh = self.scheduler.state_dict()
+        watch = {key: fresh[key] for key in ("mode", "mode_worse", "best", "num_bad_epochs")}
+        super().load_state_dict({**state, "scheduler": {**state["scheduler"], **watch}})
 
     def after_epoch(self, learn: Learner) -> None:
         if self._learn is None:  # an evaluation: the last training fit's scheduler is kept as it was
