@@ -1410,3 +1410,32 @@ def test_the_ctrl_c_note_says_when_the_first_checkpoint_will_be_saved(tmp_path, 
     with pytest.raises(KeyboardInterrupt) as info:
         learn.fit(4, cbs=[StopBeforeEpoch(0 if first.startswith("1") else 1)])
     assert f"the first is saved once {first}" in "".join(getattr(info.value, "__notes__", []))
+
+
+class _WorseFrom(Callback):
+    """Makes the logged valid_loss worse from epoch `epoch` on, so the best checkpoint is an older one."""
+    order = MetricsCB.order + 1
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_epoch(self, learn):
+        if not learn.training and learn.epoch >= self.epoch:
+            learn.metrics.last["valid_loss"] += 10.0
+
+
+def test_overwrite_on_resume_keeps_the_best_checkpoint_the_resumed_state_names(tmp_path):
+    """Resumed from a copy of a run's newest checkpoint into the run's own directory with overwrite=True, the first
+    save deleted every file there, the best one that the loaded state named too: the run ended with best_path a
+    deleted file, and with best's value kept, no later epoch was ever saved as a new best."""
+    import shutil
+    ck = tmp_path / "ck"
+    make_learner(ck, [_WorseFrom(2)], keep=1, monitor="valid_loss")[0].fit(4)
+    assert [f.name for _, f in list_checkpoints(ck)] == ["epoch_0002.pt", "epoch_0004.pt"]
+    (tmp_path / "backup").mkdir()
+    shutil.copy(ck / "epoch_0004.pt", tmp_path / "backup" / "epoch_0004.pt")
+    learn, _ = make_learner(ck, [_WorseFrom(2)], keep=1, monitor="valid_loss", overwrite=True)
+    learn.fit(6, resume=tmp_path / "backup" / "epoch_0004.pt")
+    saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+    assert saver.best_path == ck / "epoch_0002.pt" and saver.best_path.exists()
+    assert [f.name for _, f in list_checkpoints(ck)] == ["epoch_0002.pt", "epoch_0006.pt"]

@@ -634,8 +634,8 @@ class CheckpointCB(Callback):
             if self._superseded:
                 self._set_aside(learn.start_epoch)
             save_checkpoint(checkpoint_state(learn, done, rng_ranks), file)
-            for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own
-                if old != file:
+            for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own; not
+                if old not in (file, self.best_path):  # the best a resumed state names: this run's own (kept)
                     old.unlink(missing_ok=True)
             self._written = [f for f in self._written if f != file] + [file]
             if self.keep is not None:
