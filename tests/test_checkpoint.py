@@ -1439,3 +1439,15 @@ def test_overwrite_on_resume_keeps_the_best_checkpoint_the_resumed_state_names(t
     saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
     assert saver.best_path == ck / "epoch_0002.pt" and saver.best_path.exists()
     assert [f.name for _, f in list_checkpoints(ck)] == ["epoch_0002.pt", "epoch_0006.pt"]
+
+
+def test_an_export_file_given_as_a_checkpoint_is_named_as_one(tmp_path):
+    """fit(resume=export) and load_checkpoint(export) said the file held types the safe loader refuses and advised
+    add_safe_globals([...]) for the model's class; doing so only led to 'not a miniai checkpoint'."""
+    learn, _ = make_learner(None)
+    learn.fit(1)
+    learn.export(tmp_path / "model.pkl")
+    for call in (lambda: load_checkpoint(tmp_path / "model.pkl"), lambda: learn.fit(2, resume=tmp_path / "model.pkl")):
+        with pytest.raises(CheckpointMismatchError, match=r"is a learn.export file, not a checkpoint: it loads with "
+                                                          r"miniai.load_learner\(path\)"):
+            call()

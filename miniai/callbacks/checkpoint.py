@@ -370,6 +370,17 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return found[-1][1]
 
 
+def _is_export(file: Path) -> bool:
+    """Whether `file` is a `learn.export` bundle: its pickle holds the export's format tag (read, not unpickled)."""
+    from ..inference import _FORMAT as export_format  # (here: inference imports the callbacks)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            pickled = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+            return export_format.encode() in archive.read(pickled)
+    except (OSError, zipfile.BadZipFile, StopIteration):
+        return False
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint (a file, or the newest in a directory) onto the CPU, with torch's safe loader."""
     file = find_checkpoint(path)
@@ -380,6 +391,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any failure to read means the file can't be used; say which and why
+        if _is_export(file):  # (the safe loader refuses the model object it pickles: not a type to allow)
+            raise CheckpointMismatchError(f"{file} is a learn.export file, not a checkpoint: it loads with "
+                                          "miniai.load_learner(path); resume from a file CheckpointCB wrote") from e
         refused = refused_types(e, file)
         if refused:  # a sound file holding a type torch's safe loader does not know: say which, not "corrupt"
             raise CheckpointMismatchError(f"could not read checkpoint {file}, a sound file: "
