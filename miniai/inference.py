@@ -197,7 +197,8 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
                             "uint8), 16-bit pixels with (x // 257).to(torch.uint8), 8-bit values stored wider (a PIL "
                             "'I' image of 0-255) with x.to(torch.uint8); pass already-normalized inputs to "
                             "learn.get_preds(dl=[(x,)]) instead.")
-        return normalize(x), batched
+        # (flat items, (N, H, W): normalized as one channel each, not as N channels)
+        return (normalize(x[:, None])[:, 0] if flat else normalize(x)), batched
     if not x.is_floating_point() and not transformed:
         raise TypeError(f"this learner's data carries no normalization (dls.normalize is None), and nothing that "
                         f"prepares its batches takes raw pixels (no validation transform, BatchTransformCB(on_val="

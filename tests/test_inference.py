@@ -638,6 +638,19 @@ def test_infer_reads_images_of_loaders_whose_items_have_no_channel_dim():
         learn.infer(xu[:2, None])
 
 
+def test_infer_normalizes_a_batch_of_items_without_a_channel_dim_as_one_channel_each():
+    """Normalized loaders of (H,W) items: infer took one (H,W) image but refused an (N,H,W) batch, Normalize
+    reading its N as the channel count ("Normalize takes uint8 pixels (..., 1, H, W); got (5, 6, 5)")."""
+    raw = torch.randint(0, 256, (50, 6, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    norm = Normalize(0.4, 0.2)
+    x, y = norm(raw[:, None])[:, 0], torch.arange(50) % 4
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16), classes=list("abcd"), normalize=norm)
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(30, 4)), dls, F.cross_entropy, lr=0.1)
+    probs, _ = learn.get_preds(act=torch.softmax)
+    torch.testing.assert_close(learn.infer(raw[0]).probs, probs[0])  # (a batch of 1 rounds otherwise than 16)
+    torch.testing.assert_close(learn.infer(raw[:5]).probs, probs[:5])
+
+
 def test_infer_refuses_a_list_of_items_of_different_dtypes():
     """infer([float_item, uint8_item]) on a learner of float inputs: torch.cat made the uint8 item 0-255 floats,
     predicted without a word (the uint8 item alone is refused)."""
