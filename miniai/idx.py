@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .utils import link_target
+
 __all__ = ["IDXError", "read_idx", "write_idx"]
 
 # type byte of the magic number 0x0000TTNN -> big-endian numpy dtype (IDX stores data big-endian)
@@ -63,7 +65,7 @@ def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> None:
     code = _TORCH_TO_IDX[tensor.dtype]
     data = tensor.detach().cpu().numpy().astype(_IDX_TYPES[code]).tobytes()
     blob = bytes([0, 0, code, tensor.ndim]) + b"".join(d.to_bytes(4, "big") for d in tensor.shape) + data
-    path = Path(path)
+    path = link_target(Path(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(gzip.compress(blob, compresslevel=6) if path.name.endswith(".gz") else blob)
     os.replace(tmp, path)

@@ -28,7 +28,7 @@ from .data import DataLoaders
 from .distributed import is_main_process
 from .learner import Learner
 from .supervised import TrainLearner
-from .utils import check_device
+from .utils import check_device, link_target
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -342,7 +342,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
                       "or notebook (__main__): load_learner finds it only where __main__ defines it too (the same "
                       "script or notebook). To load it anywhere, move it into a module you import.", stacklevel=3)
     path = Path(path).expanduser()  # ('~/m.pkl': the home directory, as a shell reads it)
-    path = path.resolve() if path.is_symlink() else path  # a link: write to where it points
+    path = link_target(path)
     if path.is_dir():  # (os.replace would fail naming its temporary file)
         raise IsADirectoryError(f"export writes one file, and {path} is a directory: give a file name, e.g. "
                                 f"learn.export('{path / 'export.pkl'}')")

@@ -225,6 +225,12 @@ def _legacy_byte_sums(tensors: Any) -> list[int]:
     return sums
 
 
+def link_target(path: Path) -> Path:
+    """`path`, or the file it points to if it is a symbolic link: a write through a temporary file renamed over
+    `path` would replace the link itself, and the file it points to would never get the new contents."""
+    return path.resolve() if path.is_symlink() else path
+
+
 def compile_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
     """`model.compile(**kwargs)` in place (its `state_dict` keys stay clean), with dynamo watching module hooks.
 

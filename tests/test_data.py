@@ -1166,3 +1166,13 @@ def test_normalize_given_as_the_means_alone_gets_the_packages_own_message():
     with pytest.raises(TypeError, match=r"normalize must be a callable, \(mean, std\) or None.*3 items"):
         DataLoaders(TensorLoader(x, x, 2), TensorLoader(x, x, 2), normalize=[0.49, 0.48, 0.45])
     assert DataLoaders(TensorLoader(x, x, 2), None, normalize=([0.5] * 3, [0.25] * 3)).normalize is not None
+
+
+def test_write_idx_through_a_symlink_writes_where_the_link_points(tmp_path):
+    """write_idx on a link replaced the link with a new file, leaving the file it pointed to as it was."""
+    (tmp_path / "real").mkdir()
+    write_idx(tmp_path / "real" / "labels", torch.arange(10, dtype=torch.uint8))
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "labels")
+    write_idx(tmp_path / "link", torch.arange(10, dtype=torch.uint8) + 5)
+    assert (tmp_path / "link").is_symlink()
+    assert read_idx(tmp_path / "real" / "labels").tolist() == list(range(5, 15))

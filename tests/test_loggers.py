@@ -84,6 +84,21 @@ def test_csv_rows_equal_the_metrics_history_plus_the_lr_of_the_last_training_bat
     assert [r["lr"] for r in rows] == [lr for lr in last_lrs for _ in ("train", "valid")]
 
 
+def test_a_log_through_a_symlink_is_written_where_the_link_points(tmp_path):
+    """CSVLoggerCB(append=True) on a link to a shared log replaced the link with a plain file: the shared log never
+    got the rows; a link to a file not there yet was replaced too, and the file never made."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "run").mkdir()
+    learn = tiny_learner([quiet_metrics()])
+    learn.fit(1, cbs=[CSVLoggerCB(tmp_path / "shared" / "log.csv")])
+    (tmp_path / "run" / "log.csv").symlink_to(tmp_path / "shared" / "log.csv")
+    learn.fit(1, cbs=[CSVLoggerCB(tmp_path / "run" / "log.csv", append=True)])
+    assert (tmp_path / "run" / "log.csv").is_symlink() and len(read_rows(tmp_path / "shared" / "log.csv")) == 4
+    (tmp_path / "run" / "new.csv").symlink_to(tmp_path / "shared" / "new.csv")  # (dangling: made by the fit)
+    learn.fit(1, cbs=[CSVLoggerCB(tmp_path / "run" / "new.csv")])
+    assert (tmp_path / "run" / "new.csv").is_symlink() and len(read_rows(tmp_path / "shared" / "new.csv")) == 2
+
+
 def test_a_fresh_fit_refuses_an_earlier_log_unless_told_to_append_or_overwrite(tmp_path):
     """A fresh fit replaced the file without a word: a script run twice, or a learner's second fit, lost the first
     run's log."""
