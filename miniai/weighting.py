@@ -10,7 +10,7 @@ import torch
 from .utils import class_loss, loss_reduction, loss_setting
 
 __all__ = ["averages_over_targets", "ignored_target", "stated_ignore", "as_integer", "target_mask", "loss_mask",
-           "mean_loss", "n_items", "batch_n_items", "sum_dtype"]
+           "mean_loss", "n_items", "input_items", "batch_n_items", "sum_dtype"]
 
 
 def averages_over_targets(loss_func: Any) -> bool:
@@ -79,25 +79,42 @@ def mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     return loss.mean()
 
 
-def n_items(target: Any) -> int:
+def n_items(target: Any, inputs: int | None = None) -> int:
     """How many items a batch's targets are for: a tensor's first dimension; of a dict (one entry per key), its
-    first value's; of a tuple or list of tensors that share their first dimension, that (one target per head);
-    of any other tuple or list (one dict, string, number or tensor of its own length per item), its length."""
+    first value's; of a tuple or list of tensors that share their first dimension, that (one target per head),
+    unless `inputs` (the batch's count by its inputs: `input_items`) is the tuple's length instead (one tensor per
+    item, as a `tuple(zip(*batch))` collate gives them); of any other tuple or list (one dict, string, number or
+    tensor of its own length per item), its length."""
     if isinstance(target, torch.Tensor):
         return target.shape[0] if target.ndim else 1
     if isinstance(target, dict):
         return n_items(next(iter(target.values()))) if target else 0
     if isinstance(target, (tuple, list)) and target and all(isinstance(t, torch.Tensor) and t.ndim for t in target):
         sizes = {t.shape[0] for t in target}
-        if len(sizes) == 1:  # heads over one batch (a per-item list of equal lengths would be stacked: a tensor)
-            return sizes.pop()
+        if inputs in sizes:  # heads over the batch, as long as its inputs
+            return inputs
+        if len(sizes) == 1 and inputs != len(target):  # heads over one batch (a per-item list of equal lengths
+            return sizes.pop()  # would be stacked: a tensor)
     return len(target)
 
 
+def input_items(x: Any) -> int | None:
+    """How many items an input holds: a tensor's first dimension, a tuple or list's length (one image per item, as
+    torchvision's detection models take them), a dict's first value's; None when it can't say."""
+    if isinstance(x, torch.Tensor):
+        return x.shape[0] if x.ndim else None
+    if isinstance(x, dict):
+        return input_items(next(iter(x.values()))) if x else None
+    return len(x) if isinstance(x, (tuple, list)) else None
+
+
 def batch_n_items(learn: Any) -> int:
-    """How many items the learner's batch holds: its first target's count; a dict batch's (read by a predict and
-    get_loss of the user's, it has no targets by position), its first value's."""
-    return n_items(learn.yb[0] if isinstance(learn.batch, (tuple, list)) else learn.batch)
+    """How many items the learner's batch holds: its first target's count (told from its first input's where the
+    targets read two ways); a dict batch's (read by a predict and get_loss of the user's, it has no targets by
+    position), its first value's."""
+    if not isinstance(learn.batch, (tuple, list)):
+        return n_items(learn.batch)
+    return n_items(learn.yb[0], input_items(learn.xb[0]) if learn.xb else None)
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:

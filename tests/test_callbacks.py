@@ -670,6 +670,34 @@ def test_metricscb_counts_a_two_head_target_s_items_whatever_the_inputs_layout()
     assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-6)
 
 
+def test_metricscb_counts_a_tuple_of_per_item_targets_by_the_batchs_inputs():
+    """A `tuple(zip(*batch))` collate gives each item's 5 labels as its own tensor: a tuple of 4 tensors of 5 rows,
+    counted as heads over 5 items, weighted the 4-4-2 batches alike (0.82387 logged for the set's 0.82210). The
+    inputs, a tuple of 4 images, say the batch holds 4; real heads (y_a, y_b) still count their rows."""
+    from torch.utils.data import DataLoader
+    from miniai.weighting import n_items
+
+    class OfImages(nn.Module):  # takes a tuple of images, as torchvision's detection models do
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(16, 5)
+
+        def forward(self, xs):
+            return self.lin(torch.stack(list(xs)).flatten(1))
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 1, 4, 4), (torch.rand(10, 5) > 0.5).float()
+    dl = DataLoader(list(zip(x, y)), batch_size=4, collate_fn=lambda b: tuple(zip(*b)))  # 4, 4 and 2 items
+    metrics = MetricsCB()
+    metrics.log_fn = None
+    learn = TrainLearner(OfImages(), DataLoaders(dl, dl), lambda p, ys: F.binary_cross_entropy_with_logits(
+        p, torch.stack(ys)), lr=0.1, cbs=[metrics])
+    learn.fit(1, train=False)
+    with torch.no_grad():
+        truth = F.binary_cross_entropy_with_logits(learn.model(tuple(x)), y).item()
+    assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-6)
+    assert n_items((torch.zeros(4), torch.zeros(4)), inputs=4) == 4 and n_items((torch.zeros(4),) * 2, inputs=2) == 2
+
+
 def test_metricscb_counts_items_of_targets_given_one_per_item():
     """A list of per-item targets of their own lengths (OCR, CTC) was counted as the first one's length (a valid
     loss of 0.50 for a true 0.38); strings, numbers and NumPy arrays raised RecursionError, TypeError, ValueError."""

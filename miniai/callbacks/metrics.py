@@ -17,7 +17,8 @@ from ..checks import preds_changed_error, unbatched_error
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
 from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensor_versions, tensors_in
-from ..weighting import averages_over_targets, ignored_target, mean_loss, n_items, stated_ignore, sum_dtype, target_mask
+from ..weighting import (averages_over_targets, batch_n_items, ignored_target, mean_loss, stated_ignore, sum_dtype,
+                         target_mask)
 from .records import keep_records, restore_if_refused
 
 __all__ = ["MetricsCB", "Accuracy", "format_row", "format_value"]  # (Accuracy: where it was, for old imports)
@@ -211,7 +212,7 @@ class MetricsCB(Callback):
             # for a metric of the user's that takes them
             preds = map_tensors(preds, lambda t: t.detach().clone() if _shares_memory(t, batch) else t.detach())
             target = map_tensors(target, torch.Tensor.clone)
-            n = n_items(target)
+            n = batch_n_items(learn)  # (the target, counted as the loggers count it)
             numel = sum(t.numel() for t in tensors_in(preds))
         loss = learn.loss
         if loss is None:  # a prediction pass without a loss step (get_preds without with_loss): no loss to log

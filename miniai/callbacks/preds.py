@@ -35,7 +35,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
 from ..utils import loss_setting, map_tensors, tensor_versions, to_cpu
 from .augment import BatchTransformCB
 from .ddp import DDPCB
-from ..weighting import ignored_target, loss_mask, mean_loss
+from ..weighting import ignored_target, input_items, loss_mask, mean_loss
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -285,16 +285,6 @@ def _signature(x: Any) -> Any:
     return type(x)
 
 
-def _batch_size(x: Any) -> int | None:
-    """How many items an input holds: a tensor's first dimension, a tuple or list's length (one image per item, as
-    torchvision's detection models take them), a dict's first value's; None when it can't say."""
-    if isinstance(x, torch.Tensor):
-        return x.shape[0] if x.ndim else None
-    if isinstance(x, dict):
-        return _batch_size(next(iter(x.values()))) if x else None
-    return len(x) if isinstance(x, (tuple, list)) else None
-
-
 def _unpack(items: tuple) -> Any:
     """A batch's inputs or targets as returned: None for none, the tensor for one, else the tuple."""
     return None if not items else items[0] if len(items) == 1 else items
@@ -366,7 +356,7 @@ class _GatherPreds(Callback):
                 preds = _activate(self.act, preds, self.who)
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
-        n = _batch_size(learn.xb[0]) if learn.xb else None
+        n = input_items(learn.xb[0]) if learn.xb else None
         if isinstance(preds, torch.Tensor) and not preds.ndim and n not in (1, None):  # (one item: squeezed, stacked)
             raise ValueError(f"get_preds: the model gave one 0-dim output for batch {learn.iter} of {n} items, not "
                              "one per item: return an output with the batch dimension first")
