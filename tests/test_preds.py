@@ -1314,3 +1314,32 @@ def test_get_preds_with_input_gives_the_inputs_the_model_was_given_not_what_it_m
     inputs, _, _ = learn.get_preds(with_input=True)
     assert expected.min() < 0
     assert torch.equal(inputs, expected)
+
+
+class _OfImages(nn.Module):
+    """Takes a tuple of images, one per item, as torchvision's detection models do."""
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(48, 3)
+
+    def forward(self, xs):
+        return self.lin(torch.stack(list(xs)).flatten(1))
+
+
+@pytest.mark.parametrize("n, bs", [(10, 4), (8, 4), (9, 3)])
+def test_get_preds_joins_a_per_item_collates_tuples_one_entry_per_item_whatever_n_mod_bs(n, bs):
+    """With `collate_fn=lambda b: tuple(zip(*b))`, 8 items in batches of 4 came back with their 0-dim labels joined
+    as 4 'heads' ([[0, 1], [1, 2], ...]), and 9 RGB images in batches of 3 as three (9, 4, 4) tensors; 10 items in
+    batches of 4 (a short last batch) were right. The losses stayed in item order, no longer beside their targets."""
+    torch.manual_seed(0)
+    x, y = torch.randn(n, 3, 4, 4), torch.arange(n) % 3
+    dl = DataLoader(list(zip(x, y)), batch_size=bs, collate_fn=lambda b: tuple(zip(*b)))
+    learn = TrainLearner(_OfImages(), None, lambda p, ys, reduction="mean": F.cross_entropy(
+        p, torch.stack(ys), reduction=reduction), lr=0.1)
+    inputs, preds, targets, losses = learn.get_preds(dl=dl, with_input=True, with_loss=True)
+    assert isinstance(targets, tuple) and [int(t) for t in targets] == y.tolist()
+    assert len(inputs) == n and all(torch.equal(a, b) for a, b in zip(inputs, x))
+    with torch.no_grad():
+        torch.testing.assert_close(losses, F.cross_entropy(learn.model(tuple(x)), y, reduction="none"))
+    _, tta_targets = learn.tta(dl=dl, tfms=lambda xs: tuple(im.flip(-1) for im in xs))
+    assert [int(t) for t in tta_targets] == y.tolist()

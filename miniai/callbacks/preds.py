@@ -204,10 +204,10 @@ def _check_act(act: Callable, preds: Any) -> None:
                          "score per item (a binary model) use act=torch.sigmoid")
 
 
-def _cat(parts: list[Any], sizes: list[int] | None = None) -> Any:
+def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False) -> Any:
     """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors; a
     tuple or list of one entry per item of its batch (`sizes`: strings, dicts, tensors of their own lengths) is
-    joined as a sequence."""
+    joined as a sequence, and so, `by_item` (a collate of entries per item), is any of as many entries."""
     first = parts[0]
     numpy = type(first).__module__ == "numpy" and hasattr(first, "ndim")  # a collate's NumPy targets: joined too
     if isinstance(first, torch.Tensor) or numpy:
@@ -228,17 +228,23 @@ def _cat(parts: list[Any], sizes: list[int] | None = None) -> Any:
     if isinstance(first, dict):
         return {k: _cat([p[k] for p in parts], sizes) for k in first}
     if isinstance(first, (tuple, list)):
-        if not hasattr(first, "_fields") and _per_item_sequence(parts, sizes):
+        if _sequence(first) and (by_item and all(len(p) == n for p, n in zip(parts, sizes))
+                                 or _per_item_sequence(parts, sizes)):
             return type(first)(item for p in parts for item in p)
         return _cat_slots(parts, sizes)
     return parts
 
 
-def _cat_slots(parts: list[Any], sizes: list[int] | None = None) -> Any:
+def _cat_slots(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False) -> Any:
     """Concatenate per-batch tuples or lists slot by slot: (logits, aux), a batch's (target_a, target_b)."""
     first = parts[0]
-    items = [_cat([p[i] for p in parts], sizes) for i in range(len(first))]
+    items = [_cat([p[i] for p in parts], sizes, by_item) for i in range(len(first))]
     return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+
+
+def _sequence(x: Any) -> bool:
+    """Whether `x` is a tuple or list of entries (not a namedtuple, whose fields are its own)."""
+    return isinstance(x, (tuple, list)) and not hasattr(x, "_fields")
 
 
 def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None) -> bool:
@@ -311,6 +317,8 @@ class _GatherPreds(Callback):
         self.targets: list[Any] = []
         self.losses: list[torch.Tensor] = []
         self.sizes: list[int | None] = []  # each batch's item count: what a per-item sequence's length is
+        self.by_item = True  # every batch's first input is a tuple or list, one entry per item (what sizes count):
+        # a collate of entries per item (tuple(zip(*batch))), whose other tuples of as many entries are per item too
         self._predicted: tuple[Any, Any] | None = None  # (this batch's preds, their in-place counters)
         self._inputs: Any = None  # (this batch's inputs, copied before the predict step)
 
@@ -357,6 +365,7 @@ class _GatherPreds(Callback):
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         n = input_items(learn.xb[0]) if learn.xb else None
+        self.by_item = self.by_item and bool(learn.xb) and _sequence(learn.xb[0])
         if isinstance(preds, torch.Tensor) and not preds.ndim and n not in (1, None):  # (one item: squeezed, stacked)
             raise ValueError(f"get_preds: the model gave one 0-dim output for batch {learn.iter} of {n} items, not "
                              "one per item: return an output with the batch dimension first")
@@ -399,9 +408,10 @@ class _GatherPreds(Callback):
         """(inputs?, preds, targets, losses?), each concatenated over the batches."""
         # a batch's targets and inputs are its slots after and before n_inp: joined slot by slot, whatever they hold
         sizes = None if None in self.sizes else self.sizes
-        out = (_cat(self.preds, sizes), _unpack(_cat_slots(self.targets, sizes)))
+        by_item = self.by_item and sizes is not None  # (not the model's outputs: their heads are its own)
+        out = (_cat(self.preds, sizes), _unpack(_cat_slots(self.targets, sizes, by_item)))
         if self.with_input:
-            out = (_unpack(_cat_slots(self.inputs, sizes)), *out)
+            out = (_unpack(_cat_slots(self.inputs, sizes, by_item)), *out)
         return (*out, _cat(self.losses)) if self.with_loss else out
 
 
