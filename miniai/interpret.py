@@ -88,6 +88,11 @@ class Interpretation:
         # checked here, so the error names the call the user made (get_preds would name itself)
         unreduced(learn.loss_func, "Interpretation.from_learner (for top_losses)")
         inputs, probs, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True, act=_class_probs)
+        if targets is None:  # (get_preds' for dict batches: they have none by position)
+            raise TypeError("Interpretation compares predictions with targets, and these batches are dicts (read by a "
+                            "predict and get_loss of your own), which have none by position: give the loader (inputs, "
+                            "target) batches (DataLoaders.from_dd, collate_dict), or build Interpretation(inputs, "
+                            "probs, targets, losses, classes) from predictions of your own")
         dls = getattr(learn, "dls", None)
         return cls(inputs, probs, targets, losses, getattr(dls, "classes", None), getattr(dls, "normalize", None))
 

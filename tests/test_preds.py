@@ -1343,3 +1343,31 @@ def test_get_preds_joins_a_per_item_collates_tuples_one_entry_per_item_whatever_
         torch.testing.assert_close(losses, F.cross_entropy(learn.model(tuple(x)), y, reduction="none"))
     _, tta_targets = learn.tta(dl=dl, tfms=lambda xs: tuple(im.flip(-1) for im in xs))
     assert [int(t) for t in tta_targets] == y.tolist()
+
+
+def test_get_preds_on_dict_batches_read_by_ones_own_steps_gives_no_targets_rather_than_failing():
+    """With a callback owning predict and get_loss for dict batches, fit worked and get_preds failed on learn.yb,
+    telling to own predict and get_loss in a callback (as was done). A dict has no targets by position: None; the
+    inputs are the batches; the losses are per item. Interpretation, which needs targets, says so."""
+    from miniai.interpret import Interpretation
+    from miniai.learner import Callback
+
+    class DictSteps(Callback):
+        owns_steps = ("predict", "get_loss")
+
+        def predict(self, learn):
+            learn.preds = learn.model(learn.batch["x"])
+
+        def get_loss(self, learn):
+            learn.loss = learn.loss_func(learn.preds, learn.batch["label"])
+    x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    dl = DataLoader([{"x": x[i], "label": y[i]} for i in range(40)], 8)
+    learn = TrainLearner(nn.Linear(5, 3), None, F.cross_entropy, lr=0.1, cbs=[DictSteps()])
+    inputs, preds, targets, losses = learn.get_preds(dl=dl, with_input=True, with_loss=True)
+    assert targets is None and torch.equal(inputs["x"], x) and torch.equal(inputs["label"], y)
+    with torch.no_grad():
+        torch.testing.assert_close(preds, learn.model(x))
+        torch.testing.assert_close(losses, F.cross_entropy(learn.model(x), y, reduction="none"))
+    with pytest.raises(TypeError, match=r"Interpretation compares predictions with targets, and these batches are "
+                                        r"dicts"):
+        Interpretation.from_learner(learn, dl)

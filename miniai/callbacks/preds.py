@@ -324,7 +324,7 @@ class _GatherPreds(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if self.with_input:  # the inputs the model is given, after every transform (order 100): taken before its
-            self._inputs = _copy_to_cpu(learn.xb)  # forward, which may change them in place (nn.ReLU(inplace=True))
+            self._inputs = _copy_to_cpu(_batch_parts(learn)[0])  # forward, which may change them in place
 
     def after_predict(self, learn: Learner) -> None:
         # (a loss that changes the preds in place, p.clamp_, would have them gathered as it left them: refused in
@@ -349,7 +349,7 @@ class _GatherPreds(Callback):
         self._check_mean(learn, each, own)
 
     def after_batch(self, learn: Learner) -> None:
-        preds, yb = learn.preds, learn.yb
+        (xb, yb), preds = _batch_parts(learn), learn.preds
         predicted, self._predicted = self._predicted, None
         if predicted is not None and predicted[0] is preds and tensor_versions(preds) != predicted[1]:
             raise preds_changed_error(self.who + "(with_loss=True)" * self.with_loss, learn.loss_func)
@@ -364,8 +364,8 @@ class _GatherPreds(Callback):
                 preds = _activate(self.act, preds, self.who)
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
-        n = input_items(learn.xb[0]) if learn.xb else None
-        self.by_item = self.by_item and bool(learn.xb) and _sequence(learn.xb[0])
+        n = input_items(xb[0]) if xb else None
+        self.by_item = self.by_item and bool(xb) and _sequence(xb[0])
         if isinstance(preds, torch.Tensor) and not preds.ndim and n not in (1, None):  # (one item: squeezed, stacked)
             raise ValueError(f"get_preds: the model gave one 0-dim output for batch {learn.iter} of {n} items, not "
                              "one per item: return an output with the batch dimension first")
@@ -381,7 +381,7 @@ class _GatherPreds(Callback):
                 raise ValueError("get_preds(with_loss=True): the get_loss step returned one loss for the batch, not "
                                  "one per item. It must compute learn.loss_func(preds, *yb), which get_preds sets to "
                                  "reduction='none' for the pass.")
-            self.losses.append(to_cpu(_per_item(loss, learn.yb, ignored_target(learn.loss_func),
+            self.losses.append(to_cpu(_per_item(loss, yb or (), ignored_target(learn.loss_func),
                                                 getattr(learn.loss_func, "reduced_by_sum", False))))
 
     def _check_mean(self, learn: Learner, loss: torch.Tensor, own: Any) -> None:
@@ -409,10 +409,17 @@ class _GatherPreds(Callback):
         # a batch's targets and inputs are its slots after and before n_inp: joined slot by slot, whatever they hold
         sizes = None if None in self.sizes else self.sizes
         by_item = self.by_item and sizes is not None  # (not the model's outputs: their heads are its own)
-        out = (_cat(self.preds, sizes), _unpack(_cat_slots(self.targets, sizes, by_item)))
+        preds = _cat(self.preds, sizes)
+        out = (preds, None if None in self.targets else _unpack(_cat_slots(self.targets, sizes, by_item)))
         if self.with_input:
             out = (_unpack(_cat_slots(self.inputs, sizes, by_item)), *out)
         return (*out, _cat(self.losses)) if self.with_loss else out
+
+
+def _batch_parts(learn: Learner) -> tuple[tuple, tuple | None]:
+    """The batch's inputs and targets; a dict batch (read by a predict and get_loss of one's own) is its one input,
+    and has no targets: there are none by position (None, not a guess)."""
+    return (learn.xb, learn.yb) if isinstance(learn.batch, (tuple, list)) else ((learn.batch,), None)
 
 
 def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100, summed: bool = False) -> torch.Tensor:
@@ -519,7 +526,8 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     Everything is concatenated on the CPU. `preds` are the raw model outputs (in float32 when autocast made them
     half precision: the same values) unless `act` is given, applied per batch to float32 outputs (torch's softmax
     and log_softmax go over the class dim 1). Targets are `learn.yb`: the batch's items after its `n_inp` inputs
-    (one tensor for one item, a tuple for more, None for none). `cbs` join the pass. Eval mode, `no_grad`, and the
+    (one tensor for one item, a tuple for more, None for none; a dict batch, read by a predict and get_loss of one's
+    own, has none by position: None, and its inputs are the batch). `cbs` join the pass. Eval mode, `no_grad`, and the
     learner is left exactly as it was: no optimizer step, metric, log, checkpoint or RNG draw (see
     `prediction_pass`). A TensorLoader or DataLoader that shuffles or drops its last items (`dls.train`) is walked
     in its dataset's order, every item once; a loader of a class of its own is walked as it is, in its own order
