@@ -23,7 +23,7 @@ from miniai.callbacks.checkpoint import (CheckpointCB, CheckpointMismatchError, 
 from miniai.callbacks.augment import BatchTransformCB
 from miniai.callbacks.guards import EarlyStoppingCB
 from miniai.data import DataLoaders, TensorLoader
-from miniai.learner import Callback, MomentumLearner, TrainLearner
+from miniai.learner import Callback, CancelFitException, MomentumLearner, TrainLearner
 from miniai.schedulers import CosineAnnealing, CosineOneCycle
 from tests.synth import linear_dls
 
@@ -1451,3 +1451,26 @@ def test_an_export_file_given_as_a_checkpoint_is_named_as_one(tmp_path):
         with pytest.raises(CheckpointMismatchError, match=r"is a learn.export file, not a checkpoint: it loads with "
                                                           r"miniai.load_learner\(path\)"):
             call()
+
+
+@pytest.mark.parametrize("resume_from", ["best", "all"])
+def test_a_run_with_a_second_checkpointcb_resumes_into_both_its_directories(tmp_path, resume_from):
+    """CheckpointCB(all) and CheckpointCB(best, monitor=...): a resume took only the resumed file's directory for
+    the run's own and refused the other as another run's, each refusal pointing at the other directory; the only
+    way on, overwrite=True, deleted the run's best file. Both are the run's own now, and nothing is deleted."""
+    class StopAt(Callback):
+        def after_epoch(self, learn):
+            if not learn.training and learn.epoch == 2:
+                raise CancelFitException()
+
+    def savers():
+        return [CheckpointCB(tmp_path / "all", keep=2),
+                CheckpointCB(tmp_path / "best", keep=1, monitor="valid_loss")]
+    make_learner(None, [*savers(), _WorseFrom(2), StopAt()])[0].fit(5)
+    assert [f.name for _, f in list_checkpoints(tmp_path / "best")] == ["epoch_0002.pt"]
+    learn, _ = make_learner(None, [*savers(), _WorseFrom(2)])
+    learn.fit(5, resume=tmp_path / resume_from)
+    assert (tmp_path / "best" / "epoch_0002.pt").exists() and (tmp_path / "best" / "epoch_0005.pt").exists()
+    if resume_from == "best":  # (the file the all/ one holds of the best callback is of before its epoch 2 began)
+        best = [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)][1]
+        assert best.best_path == tmp_path / "best" / "epoch_0002.pt"

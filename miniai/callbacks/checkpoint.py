@@ -370,6 +370,15 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return found[-1][1]
 
 
+def _run_dirs(learn: Learner, resumed: Path) -> set[Path]:
+    """The directories of the run resumed: the checkpoint's own, and each its CheckpointCBs saved into (a run with a
+    second one, for its best, say)."""
+    from .resume import ResumeCB  # (here: resume.py imports this module)
+    saved = next((cb.state for cb in learn.cbs if isinstance(cb, ResumeCB)), {}).get("callbacks") or {}
+    return {Path(resumed).resolve().parent} | {Path(state["path"]) for key, state in saved.items()
+                                               if key.startswith("CheckpointCB") and "path" in state}
+
+
 def _is_export(file: Path) -> bool:
     """Whether `file` is a `learn.export` bundle: its pickle holds the export's format tag (read, not unpickled)."""
     from ..inference import _FORMAT as export_format  # (here: inference imports the callbacks)
@@ -518,10 +527,10 @@ class CheckpointCB(Callback):
         self._warned: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
-        """{'best': best monitored value so far, 'best_file': its file's path, 'monitor', 'mode'}, so a resumed
-        run keeps the best (unless it watches something else)."""
+        """{'best': best monitored value so far, 'best_file': its file's path, 'monitor', 'mode', 'path'}, so a
+        resumed run keeps the best (unless it watches something else) and knows its directories as its own."""
         return {"best": self.best, "best_file": str(self.best_path.resolve()) if self.best_path else None,
-                "monitor": self.monitor, "mode": self.mode}
+                "monitor": self.monitor, "mode": self.mode, "path": str(self.path.resolve())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`; the best file is the one saved as this best, beside the checkpoint resumed from (a
@@ -577,7 +586,7 @@ class CheckpointCB(Callback):
             stale.unlink(missing_ok=True)  # left by a process killed while saving
         existing = list_checkpoints(self.path)
         resumed = learn.resumed_from
-        if resumed is not None and Path(resumed).resolve().parent == self.path.resolve():  # this run's own directory
+        if resumed is not None and self.path.resolve() in _run_dirs(learn, resumed):  # this run's own directory
             # moved at this fit's first save: until then a later check may refuse the fit, which must change nothing
             self._superseded = [f for epochs, f in existing if epochs > learn.start_epoch]
         elif existing:
