@@ -19,7 +19,7 @@ import miniai.callbacks.checkpoint as checkpoint_module
 from miniai.augment import RandomFlip, batch_tfms
 from miniai.callbacks import BatchSchedCB, EpochSchedCB, MetricsCB, RecorderCB, _lr
 from miniai.callbacks.checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, is_main_process,
-                                         list_checkpoints, load_checkpoint)
+                                         list_checkpoints, load_checkpoint, save_checkpoint)
 from miniai.callbacks.augment import BatchTransformCB
 from miniai.callbacks.guards import EarlyStoppingCB
 from miniai.data import DataLoaders, TensorLoader
@@ -1428,14 +1428,16 @@ def test_overwrite_on_resume_keeps_the_best_checkpoint_the_resumed_state_names(t
     """Resumed from a copy of a run's newest checkpoint into the run's own directory with overwrite=True, the first
     save deleted every file there, the best one that the loaded state named too: the run ended with best_path a
     deleted file, and with best's value kept, no later epoch was ever saved as a new best."""
-    import shutil
     ck = tmp_path / "ck"
     make_learner(ck, [_WorseFrom(2)], keep=1, monitor="valid_loss")[0].fit(4)
     assert [f.name for _, f in list_checkpoints(ck)] == ["epoch_0002.pt", "epoch_0004.pt"]
     (tmp_path / "backup").mkdir()
-    shutil.copy(ck / "epoch_0004.pt", tmp_path / "backup" / "epoch_0004.pt")
+    backup = tmp_path / "backup" / "epoch_0004.pt"
+    state = load_checkpoint(ck / "epoch_0004.pt")
+    del state["callbacks"]["CheckpointCB_0"]["path"]  # as saved before CheckpointCB saved its directory: ck is not
+    save_checkpoint(state, backup)  # known as the run's own (the resumed file is not in it), and overwrite deletes
     learn, _ = make_learner(ck, [_WorseFrom(2)], keep=1, monitor="valid_loss", overwrite=True)
-    learn.fit(6, resume=tmp_path / "backup" / "epoch_0004.pt")
+    learn.fit(6, resume=backup)
     saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
     assert saver.best_path == ck / "epoch_0002.pt" and saver.best_path.exists()
     assert [f.name for _, f in list_checkpoints(ck)] == ["epoch_0002.pt", "epoch_0006.pt"]
@@ -1474,3 +1476,18 @@ def test_a_run_with_a_second_checkpointcb_resumes_into_both_its_directories(tmp_
     if resume_from == "best":  # (the file the all/ one holds of the best callback is of before its epoch 2 began)
         best = [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)][1]
         assert best.best_path == tmp_path / "best" / "epoch_0002.pt"
+
+
+def test_a_copy_of_a_runs_checkpoint_resumes_into_the_runs_own_directory(tmp_path):
+    """A backup copy of a run's newest checkpoint, resumed into the run's directory, was refused as another run's
+    there (the copy's directory was taken for the run's only one); only overwrite=True went on, deleting files."""
+    import shutil
+    ck = tmp_path / "ck"
+    make_learner(ck, [_WorseFrom(2)], keep=1, monitor="valid_loss")[0].fit(4)
+    (tmp_path / "backup").mkdir()
+    shutil.copy(ck / "epoch_0004.pt", tmp_path / "backup" / "epoch_0004.pt")
+    learn, _ = make_learner(ck, [_WorseFrom(2)], keep=1, monitor="valid_loss")
+    learn.fit(6, resume=tmp_path / "backup" / "epoch_0004.pt")
+    saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+    assert saver.best_path == ck / "epoch_0002.pt"
+    assert [f.name for _, f in list_checkpoints(ck)] == ["epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt"]
