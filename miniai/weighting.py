@@ -10,7 +10,7 @@ import torch
 from .utils import class_loss, loss_reduction, loss_setting
 
 __all__ = ["averages_over_targets", "ignored_target", "stated_ignore", "as_integer", "target_mask", "loss_mask",
-           "mean_loss", "n_items", "input_items", "batch_n_items", "sum_dtype"]
+           "mean_loss", "n_items", "input_items", "batch_parts", "batch_n_items", "sum_dtype"]
 
 
 def averages_over_targets(loss_func: Any) -> bool:
@@ -108,13 +108,17 @@ def input_items(x: Any) -> int | None:
     return len(x) if isinstance(x, (tuple, list)) else None
 
 
+def batch_parts(learn: Any) -> tuple[tuple, tuple | None]:
+    """The learner's batch as (inputs, targets); a dict batch (read by a predict and get_loss of one's own) is its
+    one input, and has no targets: there are none by position (None, not a guess)."""
+    return (learn.xb, learn.yb) if isinstance(learn.batch, (tuple, list)) else ((learn.batch,), None)
+
+
 def batch_n_items(learn: Any) -> int:
     """How many items the learner's batch holds: its first target's count (told from its first input's where the
-    targets read two ways); a dict batch's (read by a predict and get_loss of the user's, it has no targets by
-    position), its first value's."""
-    if not isinstance(learn.batch, (tuple, list)):
-        return n_items(learn.batch)
-    return n_items(learn.yb[0], input_items(learn.xb[0]) if learn.xb else None)
+    targets read two ways); a dict batch's, its first value's."""
+    xb, yb = batch_parts(learn)
+    return n_items(learn.batch) if yb is None else n_items(yb[0], input_items(xb[0]) if xb else None)
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:

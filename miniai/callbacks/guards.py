@@ -12,7 +12,7 @@ from ..checks import check_count, check_number
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
-from ..weighting import averages_over_targets, ignored_target, target_mask
+from ..weighting import averages_over_targets, batch_parts, ignored_target, target_mask
 from .monitor import check_monitor, improves, monitor_mode, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
@@ -161,8 +161,8 @@ class TerminateOnNaNCB(Callback):
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
         where = f" on rank {bad_rank}" if bad_rank is not None else ""
         ignore = ignored_target(learn.loss_func)
-        here = batch == learn.iter and bad_rank in (None, rank()) and isinstance(learn.batch, (tuple, list))
-        targets = learn.yb[0] if here and learn.yb else None  # (a dict batch, read by one's own steps: none)
+        yb = batch_parts(learn)[1] if batch == learn.iter and bad_rank in (None, rank()) else None
+        targets = yb[0] if yb else None  # (a dict batch, read by one's own steps, has none)
         by_targets = isinstance(targets, torch.Tensor) and not targets.is_floating_point() and targets.numel() \
             and averages_over_targets(learn.loss_func)
         mask = target_mask(targets, ignore) if by_targets else None

@@ -260,7 +260,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
                    or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
         learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
-        stopper = getattr(learn.stopped_by, "raised_by", finder)  # (read before kept puts the learner back)
+        stopper = getattr(learn.stopped_by, "raised_by", None) or finder  # (read before kept puts the learner back)
     if stopper is not finder and not finder.diverged:  # a callback of the learner's ended the finder's fit
         cut = (f"lr_find: {type(stopper).__name__} ended the search (a CancelFitException) after "
                f"{counted(len(finder.losses), 'optimizer step')}: remove it from learn.cbs while finding the lr")

@@ -35,7 +35,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
 from ..utils import loss_setting, map_tensors, tensor_versions, to_cpu
 from .augment import BatchTransformCB
 from .ddp import DDPCB
-from ..weighting import ignored_target, input_items, loss_mask, mean_loss
+from ..weighting import batch_parts, ignored_target, input_items, loss_mask, mean_loss
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -324,7 +324,7 @@ class _GatherPreds(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if self.with_input:  # the inputs the model is given, after every transform (order 100): taken before its
-            self._inputs = _copy_to_cpu(_batch_parts(learn)[0])  # forward, which may change them in place
+            self._inputs = _copy_to_cpu(batch_parts(learn)[0])  # forward, which may change them in place
 
     def after_predict(self, learn: Learner) -> None:
         # (a loss that changes the preds in place, p.clamp_, would have them gathered as it left them: refused in
@@ -349,7 +349,7 @@ class _GatherPreds(Callback):
         self._check_mean(learn, each, own)
 
     def after_batch(self, learn: Learner) -> None:
-        (xb, yb), preds = _batch_parts(learn), learn.preds
+        (xb, yb), preds = batch_parts(learn), learn.preds
         predicted, self._predicted = self._predicted, None
         if predicted is not None and predicted[0] is preds and tensor_versions(preds) != predicted[1]:
             raise preds_changed_error(self.who + "(with_loss=True)" * self.with_loss, learn.loss_func)
@@ -409,17 +409,11 @@ class _GatherPreds(Callback):
         # a batch's targets and inputs are its slots after and before n_inp: joined slot by slot, whatever they hold
         sizes = None if None in self.sizes else self.sizes
         by_item = self.by_item and sizes is not None  # (not the model's outputs: their heads are its own)
-        preds = _cat(self.preds, sizes)
+        preds = _cat(self.preds, sizes)  # (first: where both fail to join, the preds' error is the one to see)
         out = (preds, None if None in self.targets else _unpack(_cat_slots(self.targets, sizes, by_item)))
         if self.with_input:
             out = (_unpack(_cat_slots(self.inputs, sizes, by_item)), *out)
         return (*out, _cat(self.losses)) if self.with_loss else out
-
-
-def _batch_parts(learn: Learner) -> tuple[tuple, tuple | None]:
-    """The batch's inputs and targets; a dict batch (read by a predict and get_loss of one's own) is its one input,
-    and has no targets: there are none by position (None, not a guess)."""
-    return (learn.xb, learn.yb) if isinstance(learn.batch, (tuple, list)) else ((learn.batch,), None)
 
 
 def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100, summed: bool = False) -> torch.Tensor:
