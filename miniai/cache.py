@@ -3,7 +3,7 @@
 A source is decoded once (`miniai.sources`), saved as one torch file (with a hash of its tensors) keyed by the
 source files' sizes, mtimes, inodes and ctimes, and kept in memory with its training set's mean and std, so a warm
 `get_dls()` only normalizes a fresh float32 copy.
-Imports nothing from miniai but `sources`.
+Imports nothing from miniai but `sources` and `utils`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The IDX file format (LeCun's MNIST layout): read and write, with errors that name the file and what is wrong.
 
-Imports nothing from miniai, so any script can read an IDX file with it.
+Imports nothing from miniai but `utils` (itself standalone), so any script can read an IDX file with it.
 """
 from __future__ import annotations
 
@@ -66,6 +66,13 @@ def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> None:
     data = tensor.detach().cpu().numpy().astype(_IDX_TYPES[code]).tobytes()
     blob = bytes([0, 0, code, tensor.ndim]) + b"".join(d.to_bytes(4, "big") for d in tensor.shape) + data
     path = link_target(Path(path))
+    if path.is_dir():  # (os.replace would fail naming its temporary file, and leave it there)
+        raise IsADirectoryError(f"write_idx writes one file, and {path} is a directory: give a file name, e.g. "
+                                f"write_idx('{path / 'labels.idx'}', tensor)")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(gzip.compress(blob, compresslevel=6) if path.name.endswith(".gz") else blob)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(gzip.compress(blob, compresslevel=6) if path.name.endswith(".gz") else blob)
+        os.replace(tmp, path)
+    except BaseException:  # (a full disk, Ctrl-C): no temporary file left beside the data
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1176,3 +1176,21 @@ def test_write_idx_through_a_symlink_writes_where_the_link_points(tmp_path):
     write_idx(tmp_path / "link", torch.arange(10, dtype=torch.uint8) + 5)
     assert (tmp_path / "link").is_symlink()
     assert read_idx(tmp_path / "real" / "labels").tolist() == list(range(5, 15))
+
+
+def test_write_idx_to_a_directory_says_so_and_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """write_idx on a directory (or a link to one) failed naming its temporary file ('.d.123.tmp' -> 'd') and left
+    it beside the data, as any failed write did."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    for path in (tmp_path / "d", tmp_path / "link"):
+        with pytest.raises(IsADirectoryError, match=r"write_idx writes one file, and .*d is a directory: give a file "
+                                                    r"name, e.g. write_idx\('.*labels\.idx', tensor\)"):
+            write_idx(path, torch.arange(3, dtype=torch.uint8))
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_idx(tmp_path / "labels.gz", torch.arange(3, dtype=torch.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "link"]
