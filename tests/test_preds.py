@@ -1371,3 +1371,34 @@ def test_get_preds_on_dict_batches_read_by_ones_own_steps_gives_no_targets_rathe
     with pytest.raises(TypeError, match=r"Interpretation compares predictions with targets, and these batches are "
                                         r"dicts"):
         Interpretation.from_learner(learn, dl)
+
+
+def test_tta_on_dict_batches_takes_no_copies_and_its_error_names_a_way_that_works():
+    """tta(n>0) on dict batches read by one's own steps failed in BatchTransformCB, advising a callback of one's own,
+    which tta takes no part of. n=0 is get_preds(act=softmax); the error's way, get_preds with a callback of one's own
+    that transforms learn.batch, gives the average."""
+    from miniai.learner import Callback
+
+    class DictSteps(Callback):
+        owns_steps = ("predict", "get_loss")
+
+        def predict(self, learn):
+            learn.preds = learn.model(learn.batch["x"])
+
+        def get_loss(self, learn):
+            learn.loss = learn.loss_func(learn.preds, learn.batch["label"])
+
+    class Negate(Callback):
+        def before_batch(self, learn):
+            learn.batch = {**learn.batch, "x": -learn.batch["x"]}
+    x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    dl = DataLoader([{"x": x[i], "label": y[i]} for i in range(40)], 8)
+    learn = TrainLearner(nn.Linear(5, 3), None, F.cross_entropy, lr=0.1, cbs=[DictSteps()])
+    probs, targets = learn.tta(dl=dl, n=0)
+    assert targets is None and torch.equal(probs, learn.get_preds(dl=dl, act=torch.softmax)[0])
+    with pytest.raises(TypeError, match=r"this loader's batches are dicts .* tta\(n=0\) gives the plain probabilities; "
+                                        r"for copies, .*learn\.get_preds\(act=torch\.softmax, cbs=\[YourTfmCB\(\)\]\)"):
+        learn.tta(dl=dl, tfms=lambda t: -t)
+    copies = learn.get_preds(dl=dl, act=torch.softmax, cbs=[Negate()])[0]
+    with torch.no_grad():
+        torch.testing.assert_close((probs + copies) / 2, (learn.model(x).softmax(1) + learn.model(-x).softmax(1)) / 2)

@@ -582,7 +582,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     multi-label model's scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a
     prediction pass, so `dl` must give its items in the same order every pass (a shuffled one is walked in order, as
     by `get_preds`). A learner whose batches have several inputs needs `inputs='first'` or `'all'`: the inputs the
-    transforms take (as `BatchTransformCB`'s).
+    transforms take (as `BatchTransformCB`'s); dict batches have none by position, and take `n=0` only.
     """
     if learn.n_inp != 1 and inputs is None:
         raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which the augmented copies "
@@ -604,6 +604,14 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         probs, targets = plain.result()
         if n == 0:
             return probs, targets
+        if not isinstance(learn.batch, (tuple, list)):  # (the plain pass's last batch) BatchTransformCB's advice, a
+            # callback of one's own, is no way into tta
+            raise TypeError(f"tta transforms the inputs of (inputs, targets, ...) batches for its augmented copies, "
+                            f"and this loader's batches are {type(learn.batch).__name__}s (read by a predict and "
+                            "get_loss of your own), with no inputs by position: tta(n=0) gives the plain "
+                            "probabilities; for copies, transform learn.batch at before_batch in a callback of your "
+                            "own and average learn.get_preds(act=torch.softmax, cbs=[YourTfmCB()])[0] with them, or "
+                            "give the loader tuple batches (collate_dict, DataLoaders.from_dd)")
         if not (isinstance(probs, torch.Tensor) and probs.is_floating_point()):  # an average of labels is no label
             raise TypeError(f"tta averages act's outputs over the copies, and act gave "
                             f"{getattr(probs, 'dtype', type(probs).__name__)}: give it an act of float scores "
