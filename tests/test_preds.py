@@ -1402,3 +1402,43 @@ def test_tta_on_dict_batches_takes_no_copies_and_its_error_names_a_way_that_work
     copies = learn.get_preds(dl=dl, act=torch.softmax, cbs=[Negate()])[0]
     with torch.no_grad():
         torch.testing.assert_close((probs + copies) / 2, (learn.model(x).softmax(1) + learn.model(-x).softmax(1)) / 2)
+
+
+@pytest.mark.parametrize("n, bs", [(10, 4), (8, 4), (9, 3)])
+def test_get_preds_joins_a_tuple_of_per_item_labels_beside_stacked_inputs_one_per_item(n, bs):
+    """A collate stacking the images but keeping the labels a tuple of 0-dim tensors, (torch.stack(xs), ys): 8 items
+    at bs 4 came back as 4 'heads' ([[0, 1], [1, 2], ...]), 9 at bs 3 as 3; a short last batch (10 at bs 4) was
+    right. All 0-dim, one per item, is per item; the losses stayed in item order, no longer beside their targets."""
+    torch.manual_seed(0)
+    x, y = torch.randn(n, 48), torch.arange(n) % 3
+    dl = DataLoader(list(zip(x, y)), batch_size=bs, collate_fn=lambda b: (torch.stack([a for a, _ in b]),
+                                                                          tuple(t for _, t in b)))
+    learn = TrainLearner(nn.Linear(48, 3), None, lambda p, ys, reduction="mean": F.cross_entropy(
+        p, torch.stack(ys), reduction=reduction), lr=0.1)
+    _, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+    assert isinstance(targets, tuple) and [int(t) for t in targets] == y.tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(losses, F.cross_entropy(learn.model(x), y, reduction="none"))
+    _, tta_targets = learn.tta(dl=dl, tfms=lambda xb: xb.flip(-1))
+    assert [int(t) for t in tta_targets] == y.tolist()
+
+
+def test_a_batchs_tuple_of_per_item_tensors_whose_length_is_the_batch_size_is_warned_of():
+    """A collate's tuple of one (5,) label vector per item at bs 5, every batch full, reads as 5 heads of 5 items
+    too: a list was warned of, a tuple joined head by head silently (t[1] mixing items 1 and 6). A model's tuple of
+    alike heads ((h_n, c_n)) stays heads without a word."""
+    x, y = torch.randn(10, 48), torch.arange(50.0).view(10, 5)
+    dl = DataLoader(list(zip(x, y)), batch_size=5, collate_fn=lambda b: (torch.stack([a for a, _ in b]),
+                                                                         tuple(t for _, t in b)))
+    learn = TrainLearner(nn.Linear(48, 5), None, lambda p, ys: F.mse_loss(p, torch.stack(ys)))
+    with pytest.warns(UserWarning, match=r"every batch holds a tuple of 5 tensors of 5 rows.*joined as 5 heads.*one "
+                                         r"per item.*batch size other than 5"):
+        learn.get_preds(dl=dl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, targets = learn.get_preds(dl=DataLoader(list(zip(x, y)), batch_size=4, collate_fn=dl.collate_fn))
+        assert len(targets) == 10 and all(torch.equal(t, r) for t, r in zip(targets, y))  # a short last batch
+        learn.model = nn.Linear(48, 4)
+        learn.model.forward = lambda xb: (xb[:, :5], xb[:, 5:10])  # (h_n, c_n) at bs 5: heads, as before
+        preds, _ = learn.get_preds(dl=DataLoader(TensorDataset(x, y), batch_size=5))
+        assert [tuple(p.shape) for p in preds] == [(10, 5), (10, 5)]

@@ -204,10 +204,11 @@ def _check_act(act: Callable, preds: Any) -> None:
                          "score per item (a binary model) use act=torch.sigmoid")
 
 
-def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False) -> Any:
+def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False, of_batch: bool = False) -> Any:
     """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors; a
     tuple or list of one entry per item of its batch (`sizes`: strings, dicts, tensors of their own lengths) is
-    joined as a sequence, and so, `by_item` (a collate of entries per item), is any of as many entries."""
+    joined as a sequence, and so, `by_item` (a collate of entries per item), is any of as many entries. `of_batch`:
+    the batch's own targets or inputs, not a model's outputs (whose tuples of alike heads are its own)."""
     first = parts[0]
     numpy = type(first).__module__ == "numpy" and hasattr(first, "ndim")  # a collate's NumPy targets: joined too
     if isinstance(first, torch.Tensor) or numpy:
@@ -226,19 +227,20 @@ def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False
             return np.concatenate(parts) if first.ndim else np.stack(parts)
         return torch.cat(parts) if first.ndim else torch.stack(parts)
     if isinstance(first, dict):
-        return {k: _cat([p[k] for p in parts], sizes) for k in first}
+        return {k: _cat([p[k] for p in parts], sizes, of_batch=of_batch) for k in first}
     if isinstance(first, (tuple, list)):
         if _sequence(first) and (by_item and all(len(p) == n for p, n in zip(parts, sizes))
-                                 or _per_item_sequence(parts, sizes)):
+                                 or _per_item_sequence(parts, sizes, of_batch)):
             return type(first)(item for p in parts for item in p)
-        return _cat_slots(parts, sizes)
+        return _cat_slots(parts, sizes, of_batch=of_batch)
     return parts
 
 
-def _cat_slots(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False) -> Any:
+def _cat_slots(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False,
+               of_batch: bool = False) -> Any:
     """Concatenate per-batch tuples or lists slot by slot: (logits, aux), a batch's (target_a, target_b)."""
     first = parts[0]
-    items = [_cat([p[i] for p in parts], sizes, by_item) for i in range(len(first))]
+    items = [_cat([p[i] for p in parts], sizes, by_item, of_batch) for i in range(len(first))]
     return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
 
 
@@ -247,26 +249,29 @@ def _sequence(x: Any) -> bool:
     return isinstance(x, (tuple, list)) and not hasattr(x, "_fields")
 
 
-def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None) -> bool:
+def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None, of_batch: bool = False) -> bool:
     """Whether per-batch tuples or lists hold one entry per item (strings default_collate gives, one dict or one
     box tensor per item) rather than one per head ((logits, aux), an RNN's (output, h_n)): decided over all batches,
-    from their lengths, whether they hold tensors, and, for tensors, the batches' item counts (`sizes`)."""
+    from their lengths, whether they hold tensors, and, for tensors, the batches' item counts (`sizes`); `of_batch`
+    (the batch's targets or inputs): a tuple that reads both ways is warned of, as a list is."""
     if any(len(p) != len(parts[0]) for p in parts) or not any(isinstance(t, torch.Tensor) for t in parts[0]):
         return True  # a length that changes with the batch, or no tensor in it (strings, dicts)
     if sizes is None or any(n is None or len(p) != n for p, n in zip(parts, sizes)):
         return False  # not one entry per item: heads
-    if any(isinstance(t, torch.Tensor) and t.ndim == 0 for p in parts for t in p):
-        return False  # a per-batch scalar beside the logits: heads
+    scalars = [isinstance(t, torch.Tensor) and t.ndim == 0 for p in parts for t in p]
+    if any(scalars):  # all 0-dim: one label per item (a collate's tuple(y for _, y in batch)); some: a per-batch
+        return all(scalars)  # scalar beside the logits, a head (whose logits are not 0-dim)
     # as many entries as items in every batch: heads that happen to number the items ((logits, aux) at bs 2; an
     # RNN's (logits, h_n), or (embeddings, prototypes), one of them not batch-first), or one entry per item (boxes)
     if all(isinstance(t, torch.Tensor) and len(t) == n for p, n in zip(parts, sizes) for t in p):
         shapes = {_signature(t) for p in parts for t in p}
-        # n alike tensors of n rows: heads, or one per item of length n; a model's tuple is heads ((h_n, c_n) at bs 2)
-        if len(parts) > 1 and len(shapes) == 1 and isinstance(parts[0], list):
-            n, shape = sizes[0], next(iter(shapes))[0]
-            warnings.warn(f"get_preds: every batch holds a list of {n} tensors of {n} rows {shape} beside its {n} "
+        # n alike tensors of n rows: heads, or one per item of length n; a model's tuple is heads ((h_n, c_n) at bs 2),
+        # a batch's own (a collate's) is warned of
+        if len(parts) > 1 and len(shapes) == 1 and (of_batch or isinstance(parts[0], list)):
+            n, shape, kind = sizes[0], next(iter(shapes))[0], type(parts[0]).__name__
+            warnings.warn(f"get_preds: every batch holds a {kind} of {n} tensors of {n} rows {shape} beside its {n} "
                           f"items, which reads two ways: joined as {n} heads (logits, aux, ...), each over all the "
-                          "batches, or kept as one per item (a collate's list of per-item targets). They were "
+                          "batches, or kept as one per item (a collate's per-item targets). They were "
                           f"joined as {n} heads; if they are one per item, use a batch size other than {n}.",
                           stacklevel=5)
         return False  # every entry numbers the batch's items: heads
@@ -410,9 +415,9 @@ class _GatherPreds(Callback):
         sizes = None if None in self.sizes else self.sizes
         by_item = self.by_item and sizes is not None  # (not the model's outputs: their heads are its own)
         preds = _cat(self.preds, sizes)  # (first: where both fail to join, the preds' error is the one to see)
-        out = (preds, None if None in self.targets else _unpack(_cat_slots(self.targets, sizes, by_item)))
+        out = (preds, None if None in self.targets else _unpack(_cat_slots(self.targets, sizes, by_item, True)))
         if self.with_input:
-            out = (_unpack(_cat_slots(self.inputs, sizes, by_item)), *out)
+            out = (_unpack(_cat_slots(self.inputs, sizes, by_item, True)), *out)
         return (*out, _cat(self.losses)) if self.with_loss else out
 
 
