@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB, RecorderCB, _lr
+from miniai.callbacks import DeviceCB, GradAccumCB, MetricsCB, ProgressCB, RecorderCB, _lr
 from miniai.callbacks.checkpoint import CheckpointCB, load_checkpoint
 from miniai.callbacks.ddp import DDPCB
 from miniai.data import DataLoaders, TensorLoader
 from miniai.distributed import all_reduce_sum, is_dist, is_main_process, rank, world_size
-from miniai.learner import TrainLearner
+from miniai.learner import MomentumLearner, TrainLearner
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VALID, BS, SEED, EPOCHS, LR = 70, 31, 8, 7, 2, 0.3  # 70 = 4 global batches of 2×8 and one of 6
@@ -224,6 +224,19 @@ learn = learner([DDPCB(), DeviceCB("cpu")])
 learn.loss_func = nn.CrossEntropyLoss(reduction="sum")
 learn.fit(setup["epochs"], lr=setup["sum_lr"])
 torch.save(learn.model.state_dict(), f"{out}/sum{r}.pt")
+# K2: and with what .grad carries from batch to batch (GradAccumCB, MomentumLearner): summing the ranks' .grad summed
+# the carried part too, once per rank
+from miniai.callbacks import GradAccumCB
+from miniai.learner import MomentumLearner
+learn = learner([DDPCB(), DeviceCB("cpu"), GradAccumCB(2)])
+learn.loss_func = nn.CrossEntropyLoss(reduction="sum")
+learn.fit(setup["epochs"], lr=setup["sum_lr"])
+torch.save(learn.model.state_dict(), f"{out}/sumaccum{r}.pt")
+learn = learner([DDPCB(), DeviceCB("cpu")])
+learn = MomentumLearner(learn.model, learn.dls, nn.CrossEntropyLoss(reduction="sum"), lr=setup["sum_lr"],
+                        cbs=learn.cbs, mom=0.9)
+learn.fit(setup["epochs"])
+torch.save(learn.model.state_dict(), f"{out}/summom{r}.pt")
 
 # L: a CancelStepException on rank 1 alone skips a step there: the replicas part, and the fit must say so
 from miniai.learner import CancelStepException
@@ -328,9 +341,17 @@ def launch(tmp_path_factory):
     summed = single_process_learner(setup, 2 * BS)  # the reference of the workers' reduction='sum' fit
     summed.loss_func = nn.CrossEntropyLoss(reduction="sum")
     summed.fit(EPOCHS, lr=SUM_LR)
+    accum = single_process_learner(setup, 2 * BS, [GradAccumCB(2)])
+    accum.loss_func = nn.CrossEntropyLoss(reduction="sum")
+    accum.fit(EPOCHS, lr=SUM_LR)
+    plain = single_process_learner(setup, 2 * BS)
+    mom = MomentumLearner(plain.model, plain.dls, nn.CrossEntropyLoss(reduction="sum"), lr=SUM_LR, cbs=plain.cbs,
+                          mom=0.9)
+    mom.fit(EPOCHS)
     run = run_with_timeout([*TORCHRUN, str(out / "worker.py"), str(out)], timeout=90)
     return SimpleNamespace(out=out, run=run, setup=setup, single=single.model.state_dict(), lrs=recorder.recs["lr"],
-                           summed=summed.model.state_dict())
+                           summed=summed.model.state_dict(), sumaccum=accum.model.state_dict(),
+                           summom=mom.model.state_dict())
 
 
 def test_two_processes_train_like_one_with_twice_the_batch(launch):
@@ -374,13 +395,17 @@ def test_two_processes_train_like_one_with_twice_the_batch(launch):
             torch.testing.assert_close(resumed[k], v, atol=1e-5, rtol=0)
 
 
-def test_a_sum_loss_trains_like_one_process_with_the_global_batch(launch):
+@pytest.mark.parametrize("run", ["sum", "sumaccum", "summom"])
+def test_a_sum_loss_trains_like_one_process_with_the_global_batch(launch, run):
     """DDP averages the ranks' gradients: with reduction='sum' each rank's is a sum over its part, so 2 ranks trained
-    with half the gradient of one process with the global batch (its sum over all), silently."""
-    assert (launch.out / "sum1.pt").exists(), launch.run.stdout + launch.run.stderr
+    with half the gradient of one process with the global batch (its sum over all), silently. The comm hook that
+    summed them instead also summed what .grad carries, once per rank: under GradAccumCB(2) and a MomentumLearner
+    the weights parted from one process's by up to 0.04 and 0.18."""
+    assert (launch.out / f"{run}1.pt").exists(), launch.run.stdout + launch.run.stderr
+    reference = {"sum": launch.summed, "sumaccum": launch.sumaccum, "summom": launch.summom}[run]
     for r in range(2):
-        params = torch.load(launch.out / f"sum{r}.pt")
-        for k, v in launch.summed.items():
+        params = torch.load(launch.out / f"{run}{r}.pt")
+        for k, v in reference.items():
             torch.testing.assert_close(params[k], v, atol=1e-5, rtol=0)
 
 

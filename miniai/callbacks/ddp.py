@@ -52,8 +52,8 @@ class DDPCB(Callback):
 
     Sharding: every rank walks its part of each global batch of `bs × world_size` items of the same seeded order
     (TensorLoader.shard), so the training pass has as many batches on every rank, and N ranks with batch size
-    bs train like one process with batch size N × bs (a loss of reduction='sum' too: DDPCB then makes DDP sum the
-    ranks' gradients instead of averaging them). The seed is rank 0's: a shuffled TensorLoader without one
+    bs train like one process with batch size N × bs (a loss of reduction='sum' too: DDPCB then scales each batch's
+    gradient by N, which DDP's average makes the ranks' sum). The seed is rank 0's: a shuffled TensorLoader without one
     gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and None back at
     cleanup_fit. The validation loader is split without dropping an item. Every rank must hold the same data: at
     before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse to differ.
@@ -90,6 +90,7 @@ class DDPCB(Callback):
         self._batchnorms: dict[str, nn.Module] = {}
         self._undo: list[Callable[[], Any]] = []  # what puts each loader back, in the order the changes were made
         self._samplers: list[Any] = []  # (what before_epoch calls set_epoch on)
+        self._sum_loss = False  # whether the loss is a sum (after_loss scales its gradient by the world size)
 
     def before_fit(self, learn: Learner) -> None:
         self.active = is_dist() or world_size() > 1
@@ -119,10 +120,16 @@ class DDPCB(Callback):
         # DDP broadcasts rank 0's parameters and buffers here, so all ranks start from the same model
         self._ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None, **self.ddp_kwargs)
-        if loss_reduction(learn.loss_func) == "sum":  # DDP averages the ranks' gradients: right for a mean loss
-            self._ddp.register_comm_hook(None, _sum_gradients)  # only; a sum over the global batch needs their sum
+        self._sum_loss = loss_reduction(learn.loss_func) == "sum"
         learn.model = self._ddp
         self._shard(learn)
+
+    def after_loss(self, learn: Learner) -> None:
+        # DDP averages the ranks' gradients: right for a mean loss only; a sum over the global batch is their sum.
+        # This batch's gradient is scaled by the world size before DDP averages it (a comm hook that sums would also
+        # multiply what .grad carries from earlier batches: gradient accumulation, MomentumLearner's momentum)
+        if self._sum_loss and self.active and learn.training and learn.loss.requires_grad:
+            learn.loss.register_hook(partial(torch.mul, other=world_size()))
 
     def before_epoch(self, learn: Learner) -> None:
         if learn.training:
@@ -318,13 +325,6 @@ def _check_replicas_agree(model: nn.Module) -> None:
             "backward) raised on some ranks alone. DDP keeps the replicas alike only if every rank steps alike: "
             "raise cancels on every rank at the same batch (the built-in callbacks do). Each rank keeps its own "
             "weights, CheckpointCB saved rank 0's, and this fit's metrics, merged over the ranks, mixed their models.")
-
-
-def _sum_gradients(group, bucket):
-    """A DDP comm hook: all-reduce a bucket of gradients as their sum over the ranks (DDP's own hook divides it by
-    the world size), so a loss of reduction='sum' gets the gradient of its sum over the global batch."""
-    # (no annotations: DDP checks them against dist.GradBucket and Future, and this module's are strings)
-    return dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
 def _leave_group() -> None:
