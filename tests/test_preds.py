@@ -1345,24 +1345,25 @@ def test_get_preds_joins_a_per_item_collates_tuples_one_entry_per_item_whatever_
     assert [int(t) for t in tta_targets] == y.tolist()
 
 
+class _DictSteps(Callback):
+    """predict and get_loss of one's own for dict batches {'x', 'label'}."""
+    owns_steps = ("predict", "get_loss")
+
+    def predict(self, learn):
+        learn.preds = learn.model(learn.batch["x"])
+
+    def get_loss(self, learn):
+        learn.loss = learn.loss_func(learn.preds, learn.batch["label"])
+
+
 def test_get_preds_on_dict_batches_read_by_ones_own_steps_gives_no_targets_rather_than_failing():
     """With a callback owning predict and get_loss for dict batches, fit worked and get_preds failed on learn.yb,
     telling to own predict and get_loss in a callback (as was done). A dict has no targets by position: None; the
     inputs are the batches; the losses are per item. Interpretation, which needs targets, says so."""
     from miniai.interpret import Interpretation
-    from miniai.learner import Callback
-
-    class DictSteps(Callback):
-        owns_steps = ("predict", "get_loss")
-
-        def predict(self, learn):
-            learn.preds = learn.model(learn.batch["x"])
-
-        def get_loss(self, learn):
-            learn.loss = learn.loss_func(learn.preds, learn.batch["label"])
     x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
     dl = DataLoader([{"x": x[i], "label": y[i]} for i in range(40)], 8)
-    learn = TrainLearner(nn.Linear(5, 3), None, F.cross_entropy, lr=0.1, cbs=[DictSteps()])
+    learn = TrainLearner(nn.Linear(5, 3), None, F.cross_entropy, lr=0.1, cbs=[_DictSteps()])
     inputs, preds, targets, losses = learn.get_preds(dl=dl, with_input=True, with_loss=True)
     assert targets is None and torch.equal(inputs["x"], x) and torch.equal(inputs["label"], y)
     with torch.no_grad():
@@ -1377,23 +1378,12 @@ def test_tta_on_dict_batches_takes_no_copies_and_its_error_names_a_way_that_work
     """tta(n>0) on dict batches read by one's own steps failed in BatchTransformCB, advising a callback of one's own,
     which tta takes no part of. n=0 is get_preds(act=softmax); the error's way, get_preds with a callback of one's own
     that transforms learn.batch, gives the average."""
-    from miniai.learner import Callback
-
-    class DictSteps(Callback):
-        owns_steps = ("predict", "get_loss")
-
-        def predict(self, learn):
-            learn.preds = learn.model(learn.batch["x"])
-
-        def get_loss(self, learn):
-            learn.loss = learn.loss_func(learn.preds, learn.batch["label"])
-
     class Negate(Callback):
         def before_batch(self, learn):
             learn.batch = {**learn.batch, "x": -learn.batch["x"]}
     x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
     dl = DataLoader([{"x": x[i], "label": y[i]} for i in range(40)], 8)
-    learn = TrainLearner(nn.Linear(5, 3), None, F.cross_entropy, lr=0.1, cbs=[DictSteps()])
+    learn = TrainLearner(nn.Linear(5, 3), None, F.cross_entropy, lr=0.1, cbs=[_DictSteps()])
     probs, targets = learn.tta(dl=dl, n=0)
     assert targets is None and torch.equal(probs, learn.get_preds(dl=dl, act=torch.softmax)[0])
     with pytest.raises(TypeError, match=r"this loader's batches are dicts .* tta\(n=0\) gives the plain probabilities; "
