@@ -609,7 +609,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         probs, targets = plain.result()
         if n == 0:
             return probs, targets
-        if not isinstance(learn.batch, (tuple, list)):  # (the plain pass's last batch) BatchTransformCB's advice, a
+        if batch_parts(learn)[1] is None:  # (the plain pass's last batch, a dict) BatchTransformCB's advice, a
             # callback of one's own, is no way into tta
             raise TypeError(f"tta transforms the inputs of (inputs, targets, ...) batches for its augmented copies, "
                             f"and this loader's batches are {type(learn.batch).__name__}s (read by a predict and "
