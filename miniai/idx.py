@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .utils import link_target
+from .utils import link_target, replaced_atomically
 
 __all__ = ["IDXError", "read_idx", "write_idx"]
 
@@ -69,10 +69,5 @@ def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> None:
     if path.is_dir():  # (os.replace would fail naming its temporary file, and leave it there)
         raise IsADirectoryError(f"write_idx writes one file, and {path} is a directory: give a file name, e.g. "
                                 f"write_idx('{path / 'labels.idx'}', tensor)")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(gzip.compress(blob, compresslevel=6) if path.name.endswith(".gz") else blob)
-        os.replace(tmp, path)
-    except BaseException:  # (a full disk, Ctrl-C): no temporary file left beside the data
-        tmp.unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as f:  # (a full disk, Ctrl-C: no temporary file left beside the data)
+        f.write(gzip.compress(blob, compresslevel=6) if path.name.endswith(".gz") else blob)

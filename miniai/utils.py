@@ -231,6 +231,23 @@ def link_target(path: Path) -> Path:
     return path.resolve() if path.is_symlink() else path
 
 
+@contextlib.contextmanager
+def replaced_atomically(path: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[Any]:
+    """Open a temporary file beside `path` (the file it points to, if a link) to write, then fsync it and rename it
+    over that file, so a crash leaves the old file or the new one; on any failure (Ctrl-C too) it is removed."""
+    path = link_target(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def compile_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
     """`model.compile(**kwargs)` in place (its `state_dict` keys stay clean), with dynamo watching module hooks.
 

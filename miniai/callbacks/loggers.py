@@ -26,7 +26,7 @@ import torch
 
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
-from ..utils import link_target, loss_reduction, opt_lr
+from ..utils import link_target, loss_reduction, opt_lr, replaced_atomically
 from .activations import ActivationStats
 from .lr_finder import LRFinderCB
 from ..weighting import batch_n_items
@@ -215,18 +215,9 @@ def _runs_rows(file_rows: list[list[str]], logged: list[list[str]]) -> bool:
 
 def _write_atomically(path: Path, lines: list[list[Any]]) -> None:
     """Write a CSV file through a temporary file and a rename: a crash leaves the old file or the new one."""
-    path = link_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    link_target(path).parent.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(lines)
 
 
 # ---------------------------------------------------------------- TensorBoard
