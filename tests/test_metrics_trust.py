@@ -23,6 +23,19 @@ def classifier_data(n: int = 90, d: int = 5, c: int = 4, seed: int = 0) -> tuple
     return torch.randn(n, d, generator=g), torch.randint(0, c, (n,), generator=g)
 
 
+def with_ignored_targets(n: int, *ignored: slice) -> tuple:
+    """3-class data whose targets at `ignored` are -100, a linear model, its predicted classes, where the targets
+    count, and its accuracy over those: (x, y, model, pred, real, truth)."""
+    x, y = classifier_data(n, c=3)
+    for where in ignored:
+        y[where] = -100
+    model = nn.Linear(5, 3)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    real = y != -100
+    return x, y, model, pred, real, (pred[real] == y[real]).float().mean().item()
+
+
 def evaluate(learn: TrainLearner) -> None:
     """A validation-only fit, its printed rows swallowed."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -194,13 +207,7 @@ def test_a_torcheval_metric_is_given_the_targets_the_loss_counts():
     (0.35 for 0.58), and MulticlassF1Score(average='macro') failed on them with an index error; miniai's
     Accuracy left them out. Targets of other shapes holding them are refused, naming the fix."""
     from torcheval.metrics import MulticlassAccuracy, MulticlassF1Score
-    x, y = classifier_data(20, c=3)
-    y[::5], y[1::5] = -100, -100
-    model = nn.Linear(5, 3)
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    real = y != -100
-    truth = (pred[real] == y[real]).float().mean().item()
+    x, y, model, pred, real, truth = with_ignored_targets(20, slice(0, None, 5), slice(1, None, 5))
     dls = DataLoaders(TensorLoader(x, y, 6), TensorLoader(x, y, 6))
     m = MetricsCB(acc=Accuracy(), tacc=MulticlassAccuracy(), f1=MulticlassF1Score(num_classes=3, average="macro"))
     evaluate(TrainLearner(model, dls, F.cross_entropy, cbs=[m]))
@@ -232,13 +239,7 @@ def test_a_subclass_of_a_torcheval_metric_is_given_the_targets_the_loss_counts_t
             kept = targets != -100
             return super().update(preds[kept], targets[kept])
 
-    x, y = classifier_data(60, c=3)
-    y[::3] = -100
-    model = nn.Linear(5, 3)
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    real = y != -100
-    truth = (pred[real] == y[real]).float().mean().item()
+    x, y, model, _, _, truth = with_ignored_targets(60, slice(0, None, 3))
     dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
     m = MetricsCB(acc=Accuracy(), sub=Top1(), own=OwnUpdate(num_classes=3))
     evaluate(TrainLearner(model, dls, F.cross_entropy, cbs=[m]))
