@@ -16,6 +16,7 @@ from torch import nn, optim
 
 from .checks import call_model
 from .learner import Callback, Learner
+from .utils import all_params
 
 __all__ = ["TrainLearner", "MomentumLearner"]
 
@@ -88,7 +89,7 @@ class MomentumLearner(TrainLearner):
         # the momentum lives in the parameters' .grad, which a copy of a Parameter (deepcopy, pickle) leaves out;
         # kept with the parameters themselves, not by name: a copy reached through the model (a hook holding the
         # learner) is made while the model's copy is not built yet
-        momentum = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
+        momentum = [(p, p.grad) for p in all_params(self.model, self.opt) if p.grad is not None]
         return {**super().__getstate__(), "_momentum": momentum}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -108,7 +109,7 @@ class MomentumLearner(TrainLearner):
         if self.opt is not self._checked_opt:
             self._checked_opt = self.opt
             _warn_second_momentum(self)
-        for p in self.model.parameters():
+        for p in all_params(self.model, self.opt):  # (a tensor the optimizer trains beside the model too)
             if p.grad is not None:
                 if p.requires_grad:
                     p.grad *= self.mom

@@ -732,6 +732,35 @@ def test_a_momentum_learner_drops_the_gradients_of_a_batch_that_raised_it_never_
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
 
 
+@pytest.mark.parametrize("learner", ["train", "momentum"])
+def test_a_fit_that_raised_after_a_backward_leaves_no_gradient_of_a_tensor_trained_beside_the_model(learner):
+    """The gradients of a batch that raised after its backward were dropped only from the model's parameters: a
+    temperature the optimizer trains beside the model kept its own, and the next fit's first step added them."""
+    temperature = torch.ones((), requires_grad=True)
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(1, 1)
+
+        def forward(self, x):
+            return self.lin(x) * temperature
+
+    class FirstGrad(Callback):
+        def before_batch(self, learn):
+            if learn.training and learn.iter == 0:
+                self.seen = temperature.grad
+    cls = TrainLearner if learner == "train" else MomentumLearner
+    learn = cls(Scaled(), linear_dls(), F.mse_loss, lr=0.1,
+                opt_func=lambda params, lr: torch.optim.SGD(list(params) + [temperature], lr=lr))
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=[_FailsAfterBackward(RuntimeError("boom"), at=1)])
+    assert (temperature.grad is None) == (learner == "momentum")  # (a TrainLearner's stay to look at, as the model's)
+    first = FirstGrad()
+    learn.fit(1, cbs=[first])
+    assert first.seen is None
+
+
 @pytest.mark.parametrize("where", ["a validation batch", "a training batch before its backward"])
 def test_a_momentum_learner_keeps_its_momentum_when_a_fit_ends_before_a_batchs_backward(where):
     """Only a batch whose backward ran leaves gradients the momentum must not carry: after an error in a validation

@@ -123,6 +123,49 @@ def test_grad_accum_with_momentum_learner_keeps_the_momentum_as_it_is():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+class TimesTemperature(nn.Module):
+    """A model whose output a tensor outside it scales (a temperature the optimizer trains beside the model)."""
+
+    def __init__(self, temperature: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.temperature = nn.Linear(3, 1), [temperature]  # (a list: not registered as the model's)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.temperature[0]
+
+
+@pytest.mark.parametrize("learner", ["train", "momentum"])
+def test_a_tensor_the_optimizer_trains_outside_the_model_is_accumulated_and_kept_as_the_models_are(learner):
+    """GradAccumCB divided only the model's gradients, and MomentumLearner decayed only theirs: a temperature the
+    optimizer trains beside the model took the summed gradients of a group (1.2845 for 1.1097 after one epoch of
+    GradAccumCB(3)), or every gradient since the fit began (2.040 for 1.477), without a word."""
+    from miniai.learner import MomentumLearner
+    torch.manual_seed(0)
+    x, y = torch.randn(28, 3), torch.randn(28, 1) * 3
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 28, 4)]  # 7 batches: groups of 3, 3 and 1
+    ours_t, theirs_t = torch.ones((), requires_grad=True), torch.ones((), requires_grad=True)
+    ours, theirs = TimesTemperature(ours_t), TimesTemperature(theirs_t)
+    theirs.load_state_dict(ours.state_dict())
+    cls, kw = (TrainLearner, {}) if learner == "train" else (MomentumLearner, {"mom": 0.85})
+    learn = cls(ours, DataLoaders(batches, batches[:1]), F.mse_loss, lr=0.05, cbs=[GradAccumCB(3)],
+                opt_func=lambda params, lr: optim.SGD(list(params) + [ours_t], lr=lr), **kw)
+    learn.fit(2, valid=False)
+    opt = optim.SGD(list(theirs.parameters()) + [theirs_t], lr=0.05)
+    for _ in range(2):
+        for i, (xb, yb) in enumerate(batches):
+            (F.mse_loss(theirs(xb), yb) / (1 if i == 6 else 3)).backward()
+            if i in (2, 5, 6):
+                opt.step()
+                for param in opt.param_groups[0]["params"]:
+                    if learner == "train":
+                        param.grad = None
+                    else:
+                        param.grad *= 0.85
+    torch.testing.assert_close(ours_t, theirs_t, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_a_pass_cut_inside_a_group_drops_that_group_s_gradients_and_keeps_the_momentum():
     """A training pass ended mid-group (CancelEpochException) left a partial group; GradAccumCB dropped it at the
     next pass with opt.zero_grad(), wiping too the momentum MomentumLearner carries in .grad (a hand loop, and the

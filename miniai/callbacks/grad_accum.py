@@ -11,7 +11,7 @@ import torch
 
 from ..checks import check_count
 from ..learner import Callback, CancelBatchException, CancelStepException, Learner
-from ..utils import loss_reduction
+from ..utils import all_params, loss_reduction
 
 __all__ = ["GradAccumCB"]
 
@@ -35,7 +35,8 @@ class GradAccumCB(Callback):
     `optimizer_steps(n_batches)` = ceil(n_batches / n_steps) is what the scheduling callbacks and
     `fit_one_cycle` ask (through `miniai.callbacks.scheduling.steps_per_epoch`), so a one-cycle still ends
     exactly on the fit's last step. Gradients already in `.grad` when a group begins (MomentumLearner keeps mom ×
-    the old ones instead of zeroing) are kept as they are: only the group's own are averaged.
+    the old ones instead of zeroing) are kept as they are: only the group's own are averaged. Tensors the optimizer
+    trains beside the model (a temperature) are averaged with the model's parameters.
 
     Groups are counted by position in the pass: a batch dropped before its backward (`CancelBatchException` at
     after_loss) leaves its group a batch short; if it was the group's last, the group goes on into the next one,
@@ -107,21 +108,21 @@ class GradAccumCB(Callback):
     def _drop_group(self, learn: Learner) -> None:
         """Drop a partial group's gradients, keeping what was in .grad before it (MomentumLearner's momentum; for
         others nothing, as zero_grad), and start afresh."""
-        params = list((learn.model if self._model is None else self._model).parameters())
+        params = all_params(learn.model if self._model is None else self._model, learn.opt)
         if self._summed and any(p.grad is not None for p in params):  # (none: the learner dropped them, an error)
             for param, carried in zip(params, self._carried or itertools.repeat(None)):
                 param.grad = None if carried is None else carried.to(param.device)  # (a checkpoint's: on the CPU)
         self._summed, self._carried = 0, []
 
     def after_loss(self, learn: Learner) -> None:
-        if learn.training and self._summed and all(p.grad is None for p in learn.model.parameters()):
+        if learn.training and self._summed and all(p.grad is None for p in all_params(learn.model, learn.opt)):
             self._summed, self._carried = 0, []  # the learner dropped the group's gradients (a fit that ended inside
             # a batch after its backward): a group carried over from it starts afresh
         if learn.training and not self._summed:
             # a group starts: gradients already in .grad (MomentumLearner keeps mom x the old ones) are not this
             # group's, and must come through the division below as they are; usually there are none (zero_grad).
             # One entry per parameter (None: no gradient), so they pair up whatever gains a gradient meanwhile
-            grads = [p.grad for p in learn.model.parameters()]
+            grads = [p.grad for p in all_params(learn.model, learn.opt)]
             self._carried = [None if g is None else g.clone() for g in grads] if any(
                 g is not None for g in grads) else []
 
@@ -151,7 +152,7 @@ class GradAccumCB(Callback):
     def _average(self, learn: Learner) -> None:
         """Divide the group's summed gradients by the number of batches summed (carried ones stay as they are)."""
         if self._summed > 1 and self._divide:
-            params = list(learn.model.parameters())
+            params = all_params(learn.model, learn.opt)
             carried = self._carried or [None] * len(params)
             pairs = [(p.grad, c) for p, c in zip(params, carried) if p.grad is not None]
             plain = [g for g, c in pairs if c is None]

@@ -314,7 +314,8 @@ class EarlyStoppingCB(Callback):
 
 
 class GradClipCB(Callback):
-    """Clips the gradients' total norm to `max_norm` (`torch.nn.utils.clip_grad_norm_`) after each backward.
+    """Clips the model's gradients' total norm to `max_norm` after each backward, as a hand loop's
+    `clip_grad_norm_(model.parameters(), max_norm)` (a tensor the optimizer trains beside the model is not clipped).
 
     No host sync: the norm stays on the device (`last_norm`). With a grad scaler (fp16 on CUDA), gradients are
     scaled by the loss scale until unscaled, so clipping them as they are would clip at `max_norm × scale`.
