@@ -12,7 +12,8 @@ import torch
 from torch.optim import lr_scheduler
 
 from miniai.callbacks import BatchSchedCB, EpochSchedCB
-from miniai.callbacks.checkpoint import CheckpointMismatchError, list_checkpoints
+from miniai.callbacks.checkpoint import (CheckpointMismatchError, list_checkpoints, load_checkpoint,
+                                        save_checkpoint)
 from miniai.callbacks.guards import EarlyStoppingCB
 from miniai.learner import Callback, CancelFitException
 from tests.test_checkpoint import _CutPass, make_learner, same_params, without_time
@@ -649,3 +650,44 @@ def test_resuming_on_other_data_of_the_same_size_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_learner(None)[0].fit(2, resume=tmp_path)  # the same data: nothing to say
+
+
+class _Scaled(torch.nn.Module):
+    """make_learner's model times a temperature held outside it (not the model's parameter)."""
+
+    def __init__(self, temperature: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.temperature = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                                         torch.nn.Linear(8, 1)), [temperature]
+
+    def forward(self, x):
+        return self.net(x) * self.temperature[0]
+
+
+def _temperature_learner(path, cbs=(), shape=()):
+    temperature = torch.ones(shape, requires_grad=True)
+    torch.manual_seed(0)  # (the model is built before make_learner seeds)
+    learn, _ = make_learner(path, cbs, model=_Scaled(temperature),
+                            opt_func=lambda params, lr: torch.optim.AdamW(list(params) + [temperature], lr=lr))
+    return learn, temperature
+
+
+def test_a_tensor_the_optimizer_trains_beside_the_model_is_saved_and_resumed(tmp_path):
+    """A checkpoint kept the model and the optimizer's moments, but not a temperature the optimizer trains beside
+    the model: the resumed run went on from the fresh temperature (1.30 for 1.60), without a word."""
+    straight, t_straight = _temperature_learner(None)
+    straight.fit(4)
+    _temperature_learner(tmp_path, [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)])[0].fit(4)
+    other, t_other = _temperature_learner(tmp_path / "other", shape=(1,))
+    with pytest.raises(CheckpointMismatchError, match=r"tensor 0 the optimizer trains beside the model.*\(\) saved, "
+                                                      r"\(1,\) here"):
+        other.fit(4, resume=tmp_path)
+    assert torch.equal(t_other, torch.ones(1))  # nothing was changed
+    older = load_checkpoint(tmp_path / "epoch_0002.pt")
+    del older["beside_model"], older["checksum"]  # as a checkpoint saved before they were
+    save_checkpoint(older, tmp_path / "older.pt")
+    with pytest.warns(UserWarning, match="predates saving the tensors an optimizer trains beside the model"):
+        _temperature_learner(tmp_path / "older")[0].fit(3, resume=tmp_path / "older.pt")
+    resumed, t_resumed = _temperature_learner(tmp_path)
+    resumed.fit(4, resume=tmp_path)
+    assert torch.equal(t_resumed, t_straight) and same_params(straight, resumed)

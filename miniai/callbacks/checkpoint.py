@@ -3,7 +3,7 @@
 A checkpoint file holds everything the rest of a run depends on, so a run stopped after epoch k and resumed in
 a new process (`learn.fit(n, resume=...)`, in resume.py) ends with bitwise the same weights (on the CPU) as the
 run never stopped: model (weights and buffers) and any gradients it carries (MomentumLearner keeps them), the
-optimizer with the name of each parameter, `state_dict()` of every callback that has one (schedulers, grad
+optimizer with the name of each parameter (and the tensors it trains beside the model), `state_dict()` of every callback that has one (schedulers, grad
 scaler, early stopping, ...), the RNG states (python, numpy, torch, cuda), the loaders' shuffling state, the
 epochs done and MetricsCB's history. Files are written atomically (temporary file, fsync, rename): a crash or
 Ctrl-C while saving leaves the previous newest checkpoint as it was.
@@ -31,8 +31,8 @@ from ..checks import check_count
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import (byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none, map_tensors,
-                     tensors_in, nonfinite_weight)
+from ..utils import (all_params, byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
+                     map_tensors, tensors_in, nonfinite_weight)
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .monitor import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -235,6 +235,11 @@ def param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[list[str]]
     return [[names.get(id(p), f"<unnamed {i}>") for i, p in enumerate(group["params"])] for group in opt.param_groups]
 
 
+def beside_model(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors `opt` trains that are not `model`'s parameters (a temperature), in the optimizer's order."""
+    return all_params(model, opt)[len(list(model.parameters())):]
+
+
 _SPEED_ONLY = ("foreach", "fused", "capturable", "differentiable")  # how torch computes the step, not what it is
 
 
@@ -289,6 +294,8 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         "optimizer": learn.opt.state_dict(), "optimizer_class": type(learn.opt).__name__,
         "optimizer_settings": optimizer_settings(learn.opt, learn),
         "param_names": param_names(model, learn.opt),
+        # each tensor the optimizer trains beside the model (a temperature): its value and gradient
+        "beside_model": [(p.detach(), p.grad) for p in beside_model(model, learn.opt)],
         "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(learn).items()},
         "generators": {key: [generator_state(g) for g in gens] for key, gens in callback_generators(learn).items()},
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,

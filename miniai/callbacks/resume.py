@@ -23,9 +23,9 @@ from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
 from ..data import TensorLoader
 from ..utils import checksums_match, counted
-from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint, load_checkpoint,
-                         loader_generators, loader_size, optimizer_settings, param_names, set_generator_state,
-                         stateful_callbacks, unwrap)
+from .checkpoint import (CheckpointCB, CheckpointMismatchError, beside_model, callback_generators, find_checkpoint,
+                         load_checkpoint, loader_generators, loader_size, optimizer_settings, param_names,
+                         set_generator_state, stateful_callbacks, unwrap)
 from .guards import EarlyStoppingCB
 from .loggers import TensorBoardCB
 from .records import forget_records
@@ -101,6 +101,17 @@ class ResumeCB(Callback):
         # --- checks: nothing is changed until all of them pass
         _check_model(model, state["model"], file, warn=False)  # again: a callback may have changed the model
         opt_state = _optimizer_state(learn, model, state, file, ratios=self.lr is None)
+        beside = beside_model(model, learn.opt)  # tensors the optimizer trains beside the model (a temperature)
+        saved_beside = state.get("beside_model")  # (older files: none)
+        shapes = [f"tensor {i} the optimizer trains beside the model: {tuple(value.shape)} saved, {tuple(p.shape)} here"
+                  for i, (p, (value, _)) in enumerate(zip(beside, saved_beside or ())) if value.shape != p.shape]
+        if shapes:
+            raise CheckpointMismatchError(f"checkpoint {file}: {'; '.join(shapes)}: build them as the run that saved "
+                                          "it did; nothing was changed.")
+        if beside and saved_beside is None:
+            warnings.warn(f"{file} predates saving the tensors an optimizer trains beside the model ({len(beside)} "
+                          "here): they go on from their values now, so the run will not continue exactly",
+                          stacklevel=3)
         saved_learner = state.get("learner")  # (older files: none)
         here = {"class": type(learn).__name__, "mom": getattr(learn, "mom", None)}
         if saved_learner is not None and saved_learner != here:  # the saved grads are mom x grads of that learner's
@@ -188,6 +199,10 @@ class ResumeCB(Callback):
         for name, p in model.named_parameters():
             grad = state["grads"].get(name)
             p.grad = None if grad is None else grad.to(p.device, p.dtype)
+        with torch.no_grad():
+            for p, (value, grad) in zip(beside, saved_beside or ()):
+                p.copy_(value)
+                p.grad = None if grad is None else grad.to(p.device, p.dtype)
         _load_optimizer(learn.opt, opt_state)
         if self.lr is not None:  # each group's as opt_func made it from that lr (groups may have their own ratios)
             for group, lr in zip(learn.opt.param_groups, given):
