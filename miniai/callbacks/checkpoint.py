@@ -3,10 +3,10 @@
 A checkpoint file holds everything the rest of a run depends on, so a run stopped after epoch k and resumed in
 a new process (`learn.fit(n, resume=...)`, in resume.py) ends with bitwise the same weights (on the CPU) as the
 run never stopped: model (weights and buffers) and any gradients it carries (MomentumLearner keeps them), the
-optimizer with the name of each parameter (and the tensors it trains beside the model), `state_dict()` of every callback that has one (schedulers, grad
-scaler, early stopping, ...), the RNG states (python, numpy, torch, cuda), the loaders' shuffling state, the
-epochs done and MetricsCB's history. Files are written atomically (temporary file, fsync, rename): a crash or
-Ctrl-C while saving leaves the previous newest checkpoint as it was.
+optimizer with the name of each parameter (and the tensors it trains beside the model), `state_dict()` of every
+callback that has one (schedulers, grad scaler, early stopping, ...), the RNG states (python, numpy, torch, cuda),
+the loaders' shuffling state, the epochs done and MetricsCB's history. Files are written atomically (temporary
+file, fsync, rename): a crash or Ctrl-C while saving leaves the previous newest checkpoint as it was.
 """
 from __future__ import annotations
 
