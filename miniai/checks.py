@@ -4,7 +4,7 @@ Each check turns a mistake that would otherwise train on silently (a negative ep
 parameter no optimizer steps) into an error that says what was wrong and how to fix it. Kept apart from
 learner.py so the loop reads top to bottom; this module imports no other miniai module (check_steps imports
 TrainLearner when it runs, call_model the cancels when the model raised). `call_model` is the steps' forward:
-an error the model raises says what it was given.
+an error the model raises says what it was given; `all_params`, the tensors whose gradients a fit handles.
 """
 from __future__ import annotations
 
@@ -582,6 +582,19 @@ def misplaced_cancel_note(error: Exception, step: bool) -> str:
              "CancelBatchException skips the batch." if step else "")
     return (f"{type(error).__name__} was raised in {getattr(error, 'event', 'a step')}, outside the stage it "
             f"cancels: see the cancel table in miniai/learner.py for where each one may be raised.{where}")
+
+
+def all_params(model: torch.nn.Module, opt: Any = None) -> list[torch.Tensor]:
+    """The model's parameters, then the other tensors the optimizer trains (a temperature beside the model), each
+    once: whatever sums, scales or drops gradients in `.grad` must treat those as the model's."""
+    params = list(model.parameters())
+    seen = {id(p) for p in params}
+    for group in getattr(opt, "param_groups", ()):  # (an optimizer of one's own may have none)
+        for p in group["params"]:
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
 
 
 def batch_items(batch: Any, n_inp: int) -> tuple | list:

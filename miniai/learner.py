@@ -51,7 +51,6 @@ from torch import nn, optim
 
 from ._course import course_hooks, course_names
 from . import checks
-from .utils import all_params, drop_graph
 from .conveniences import Conveniences
 
 __all__ = ["EVENTS", "STEPS", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
@@ -204,9 +203,9 @@ class Learner(Conveniences):
                 self.fit_lr = float(opt_lr) if isinstance(opt_lr, torch.Tensor) else opt_lr
                 self.opt = checks.fit_optimizer(self, opt_lr, lr is not None, resume is not None)
                 self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
-            for p in all_params(self.model, self.opt) if train else ():  # as a hand loop's first zero_grad: none of a
-                if not (self.keeps_grads and self._epochs_trained and p.requires_grad):  # batch that raised or was
-                    p.grad = None  # cancelled, of left-out or frozen parameters (a MomentumLearner keeps its momentum)
+            for p in checks.all_params(self.model, self.opt) if train else ():  # as a hand loop's first zero_grad:
+                if not (self.keeps_grads and self._epochs_trained and p.requires_grad):  # none of a batch that raised
+                    p.grad = None  # or was cancelled, of left-out or frozen parameters (MomentumLearner keeps momentum)
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
         except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
@@ -219,6 +218,7 @@ class Learner(Conveniences):
             checks.mark_trained(self)  # (its optimizer, if it trained: opt_func must not hand that one back)
             for cb in temporary:
                 self.rm_cb(cb)
+            from .utils import drop_graph  # (imported here: this module imports only its checks)
             drop_graph(self)  # the last batch's graph: nothing needs it, and a copy of the learner fails on it
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
@@ -306,7 +306,7 @@ class Learner(Conveniences):
             pass
         except BaseException as e:  # the fit ends in this batch: its gradients stay to look at (the next fit starts
             if self.keeps_grads and not isinstance(e, (CancelBatchException, CancelEpochException)):  # without
-                for p in all_params(self.model, self.opt):  # them), but momentum carried in .grad must not carry them
+                for p in checks.all_params(self.model, self.opt):  # them), but momentum in .grad must not carry them
                     p.grad = None
             raise
 

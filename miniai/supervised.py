@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from .checks import call_model
+from .checks import all_params, call_model
 from .learner import Callback, Learner
-from .utils import all_params
 
 __all__ = ["TrainLearner", "MomentumLearner"]
 

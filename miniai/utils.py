@@ -22,7 +22,7 @@ import torch
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
-           "all_params", "check_device", "class_loss", "counted", "tensor_versions", "check_seed"]
+           "check_device", "class_loss", "counted", "tensor_versions", "check_seed"]
 
 
 def _pick_device() -> str:
@@ -294,19 +294,6 @@ def trained_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
     ones, which may hold -inf on purpose (an attention mask)."""
     return [p for p in model.parameters() if p.requires_grad and p.is_floating_point()
             and not isinstance(p, torch.nn.parameter.UninitializedParameter)]
-
-
-def all_params(model: torch.nn.Module, opt: Any = None) -> list[torch.Tensor]:
-    """The model's parameters, then the other tensors the optimizer trains (a temperature beside the model), each
-    once: whatever sums, scales or drops gradients in `.grad` must treat those as the model's."""
-    params = list(model.parameters())
-    seen = {id(p) for p in params}
-    for group in getattr(opt, "param_groups", ()):  # (an optimizer of one's own may have none)
-        for p in group["params"]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
 
 
 def nonfinite_weight(model: torch.nn.Module) -> str | None:

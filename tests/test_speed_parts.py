@@ -402,7 +402,7 @@ def test_mixed_precision_leaves_autocast_when_the_forward_raises():
 
 def test_mixed_precision_refuses_a_second_owner_of_the_steps():
     from miniai.callbacks.basic import TrainCB
-    with pytest.raises(TypeError, match="TrainCB and MixedPrecisionCB both own the 'backward' step"):
+    with pytest.raises(TypeError, match="MixedPrecisionCB and TrainCB both own the 'backward' step"):
         Learner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, lr=0.1, cbs=[TrainCB(), MixedPrecisionCB()])
 
 

@@ -717,6 +717,30 @@ def test_train_cb_n_inp_stays_on_the_learner_for_infer_and_export():
         learn.infer(x[:2])
 
 
+def test_train_cb_n_inp_is_the_learners_before_any_other_callbacks_before_fit():
+    """TrainCB(n_inp=2) set learn.n_inp at its before_fit (order 0), after BatchTransformCB (order -10) had read it:
+    the first fit transformed one input of two with inputs='all', and ran half-transformed with inputs=None instead
+    of being refused; the second fit was right."""
+    from miniai.callbacks.augment import BatchTransformCB
+    from miniai.callbacks.basic import TrainCB
+    from miniai.learner import Learner
+    x = torch.randn(16, 1)
+    dl = DataLoader(TensorDataset(x, x, 2 * x), 4)
+    seen = []
+
+    class Inputs(Callback):
+        def after_predict(self, learn):
+            seen.append(learn.xb)
+    learn = Learner(nn.Bilinear(1, 1, 1), DataLoaders(dl, dl), F.mse_loss, lr=0.1,
+                    cbs=[TrainCB(n_inp=2), BatchTransformCB(lambda x: x + 100, inputs="all"), Inputs()])
+    learn.fit(1, valid=False)
+    assert all(bool((inp >= 90).all()) for xb in seen for inp in xb)  # both inputs of every batch
+    bare = Learner(nn.Bilinear(1, 1, 1), DataLoaders(dl, dl), F.mse_loss, lr=0.1,
+                   cbs=[TrainCB(n_inp=2), BatchTransformCB(lambda x: x + 100)])
+    with pytest.raises(ValueError, match="n_inp=2 inputs: say which BatchTransformCB transforms"):
+        bare.fit(1)
+
+
 # ---------------------------------------------------------------- the advice in messages works
 
 def test_the_nan_message_with_a_schedule_does_not_advise_a_resume_with_lr(tmp_path):

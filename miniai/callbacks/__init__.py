@@ -4,6 +4,8 @@
 
 | order | callback            | why there                                                          |
 |-------|---------------------|--------------------------------------------------------------------|
+| -40   | TrainCB             | sets learn.n_inp (its `n_inp`) before anyone reads it; its steps   |
+|       |                     | are owned, so their order does not matter                          |
 | -30   | DDPCB               | joins the process group, gives DeviceCB this rank's GPU, wraps the |
 |       |                     | model in DDP and shards the loaders before anyone reads them       |
 | -20   | DeviceCB            | moves model and batch before anyone reads them                     |
@@ -13,7 +15,7 @@
 | -10   | BatchTransformCB    | augments the batch once it is on the device                        |
 |  -5   | MixedPrecisionCB    | enters autocast after the batch is moved and augmented in float32; |
 |       |                     | leaves it at after_loss before the other after_loss readers        |
-|   0   | TrainCB, (default)  |                                                                    |
+|   0   | (default)           |                                                                    |
 |   0   | HooksCallback,      | order does not matter: the hooks fire inside the model's forward;  |
 |       | ActivationStats     | they are registered at before_fit and removed at cleanup_fit       |
 |   5   | TerminateOnNaNCB    | at after_loss, before the backward; at after_epoch, before         |

@@ -239,11 +239,12 @@ def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple, ignore_index:
 class TrainCB(Callback):
     """The supervised training steps for a base `Learner` (the course's TrainCB): it owns all five steps.
 
-    `n_inp`, if given, sets `learn.n_inp` at before_fit, and it stays (infer and export read it after the fit; the
-    course passed it here); None keeps the learner's. A base `Learner` has no NaN guard of its own (TrainLearner
+    `n_inp`, if given, sets `learn.n_inp` at before_fit, before any other callback's before_fit reads it, and it
+    stays (infer and export read it after the fit; the course passed it here); None keeps the learner's. A base `Learner` has no NaN guard of its own (TrainLearner
     adds one): add `TerminateOnNaNCB()` to stop at a NaN or infinite loss.
     """
     owns_steps = STEPS
+    order = -40  # (before_fit, its one event: before DDPCB, DeviceCB, BatchTransformCB... read n_inp)
 
     def __init__(self, n_inp: int | None = None) -> None:
         self.n_inp = n_inp

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import check_count
+from ..checks import all_params, check_count
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import (all_params, byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
+from ..utils import (byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
                      map_tensors, tensors_in, nonfinite_weight)
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .monitor import check_monitor, improves, monitor_mode, same_watch

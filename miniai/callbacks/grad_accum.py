@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from ..checks import check_count
+from ..checks import all_params, check_count
 from ..learner import Callback, CancelBatchException, CancelStepException, Learner
-from ..utils import all_params, loss_reduction
+from ..utils import loss_reduction
 
 __all__ = ["GradAccumCB"]
 
