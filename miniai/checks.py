@@ -597,6 +597,11 @@ def all_params(model: torch.nn.Module, opt: Any = None) -> list[torch.Tensor]:
     return params
 
 
+def beside_model(model: nn.Module, opt: Any) -> list[torch.Tensor]:
+    """The tensors `opt` trains that are not `model`'s parameters (a temperature), in the optimizer's order."""
+    return all_params(model, opt)[len(list(model.parameters())):]
+
+
 def batch_items(batch: Any, n_inp: int) -> tuple | list:
     """The batch's items, (*inputs, *targets); a batch that is not a tuple is an error (slicing a tensor would give
     its rows as inputs and targets), and so is one of fewer items than `n_inp`, the inputs."""

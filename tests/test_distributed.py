@@ -854,3 +854,19 @@ def test_predictions_on_a_presharded_validation_loader_are_refused_under_ddp(mon
     run(dl=whole)
     monkeypatch.setenv("WORLD_SIZE", "1")
     run()  # one process: its part is the whole
+
+
+def test_a_tensor_the_optimizer_trains_beside_the_model_is_refused_under_ddp(monkeypatch):
+    """DDP averages the gradients of the model's parameters only: a temperature the optimizer trains beside the
+    model took each rank's own gradient, and the ranks' copies drifted apart, without a word."""
+    monkeypatch.setenv("RANK", "0")  # refused before the process group is joined: no collective
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    temperature = torch.ones((), requires_grad=True)
+    model = nn.Linear(2, 1)
+    learn = TrainLearner(model, DataLoaders(TensorLoader(torch.randn(8, 2), torch.randn(8, 1), 4),
+                                            TensorLoader(torch.randn(8, 2), torch.randn(8, 1), 4)),
+                         lambda p, y: F.mse_loss(p * temperature, y), lr=0.1,
+                         opt_func=lambda params, lr: torch.optim.SGD(list(params) + [temperature], lr=lr))
+    with pytest.raises(ValueError, match=r"1 tensor of shape \(\) beside the model.*register_parameter"):
+        learn.fit(1, cbs=[DDPCB()])
+    assert learn.model is model and not is_dist()

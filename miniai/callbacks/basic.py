@@ -240,8 +240,9 @@ class TrainCB(Callback):
     """The supervised training steps for a base `Learner` (the course's TrainCB): it owns all five steps.
 
     `n_inp`, if given, sets `learn.n_inp` at before_fit, before any other callback's before_fit reads it, and it
-    stays (infer and export read it after the fit; the course passed it here); None keeps the learner's. A base `Learner` has no NaN guard of its own (TrainLearner
-    adds one): add `TerminateOnNaNCB()` to stop at a NaN or infinite loss.
+    stays (infer and export read it after the fit; the course passed it here); None keeps the learner's. A base
+    `Learner` has no NaN guard of its own (TrainLearner adds one): add `TerminateOnNaNCB()` to stop at a NaN or
+    infinite loss.
     """
     owns_steps = STEPS
     order = -40  # (before_fit, its one event: before DDPCB, DeviceCB, BatchTransformCB... read n_inp)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import all_params, check_count
+from ..checks import beside_model, check_count
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -233,11 +233,6 @@ def param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[list[str]]
     """For each param group of `opt`, the names in `model` of its parameters, in the optimizer's order."""
     names = {id(p): name for name, p in model.named_parameters()}
     return [[names.get(id(p), f"<unnamed {i}>") for i, p in enumerate(group["params"])] for group in opt.param_groups]
-
-
-def beside_model(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The tensors `opt` trains that are not `model`'s parameters (a temperature), in the optimizer's order."""
-    return all_params(model, opt)[len(list(model.parameters())):]
 
 
 _SPEED_ONLY = ("foreach", "fused", "capturable", "differentiable")  # how torch computes the step, not what it is

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
                               SequentialSampler, TensorDataset)
 
+from ..checks import beside_model
 from ..data import TensorLoader
 from ..distributed import all_reduce_sum, is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
@@ -96,6 +97,13 @@ class DDPCB(Callback):
         self.active = is_dist() or world_size() > 1
         if not self.active:
             return
+        beside = beside_model(learn.model, learn.opt) if "train" in learn.passes else []
+        if beside:  # DDP averages the model's gradients only: each rank would train its own copy of these
+            raise ValueError(f"the optimizer trains {len(beside)} tensor{'s' * (len(beside) > 1)} of shape "
+                             f"{', '.join(str(tuple(p.shape)) for p in beside[:3])} beside the model (a temperature?), "
+                             "whose gradients DDP does not average: each rank's copy would drift apart. Make it a "
+                             "parameter of the model (model.register_parameter('temperature', nn.Parameter(t))), "
+                             "so DDP averages it and checkpoints save it by name")
         device_cbs = [cb for cb in learn.cbs if isinstance(cb, DeviceCB)]
         self.device = self._pick_device(device_cbs, learn.model)
         backend = self.backend or ("nccl" if self.device.type == "cuda" else "gloo")

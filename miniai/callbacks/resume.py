@@ -19,11 +19,12 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from ..checks import beside_model
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
 from ..data import TensorLoader
 from ..utils import checksums_match, counted
-from .checkpoint import (CheckpointCB, CheckpointMismatchError, beside_model, callback_generators, find_checkpoint,
+from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint,
                          load_checkpoint, loader_generators, loader_size, optimizer_settings, param_names,
                          set_generator_state, stateful_callbacks, unwrap)
 from .guards import EarlyStoppingCB
