@@ -691,3 +691,31 @@ def test_a_tensor_the_optimizer_trains_beside_the_model_is_saved_and_resumed(tmp
     resumed, t_resumed = _temperature_learner(tmp_path)
     resumed.fit(4, resume=tmp_path)
     assert torch.equal(t_resumed, t_straight) and same_params(straight, resumed)
+
+
+class _Unfreeze(Callback):
+    """Fine-tuning: the first layer frozen by before_fit, trained from epoch `at` on (the freeze-then-unfreeze way)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def before_fit(self, learn):
+        learn.model[0].requires_grad_(False)
+
+    def before_epoch(self, learn):
+        if learn.training and learn.epoch == self.at:
+            learn.model[0].requires_grad_(True)
+
+
+def test_a_run_resumed_after_a_callback_unfroze_layers_trains_them_as_the_saved_run_did(tmp_path):
+    """Which parameters were frozen was not saved: resumed after an unfreezing epoch, the fit's before_fit froze the
+    layer again and nothing unfroze it, so it never trained again (0.136 from the run never stopped), silently.
+    A checkpoint now saves the frozen ones; resume puts the saved run's back and says which it changed."""
+    straight, _ = make_learner(None, [_Unfreeze(2)])
+    straight.fit(4)
+    make_learner(tmp_path, [_Unfreeze(2), _CutPass(training=True, at=0, exc=CancelFitException, epoch=3)])[0].fit(4)
+    resumed, _ = make_learner(tmp_path, [_Unfreeze(2)])
+    with pytest.warns(UserWarning, match=r"frozen here, trainable in the saved run: \['0.weight', '0.bias'\]; "
+                                                   r"trainable here, frozen in the saved run: none"):
+        resumed.fit(4, resume=tmp_path)
+    assert same_params(straight, resumed) and resumed.model[0].weight.requires_grad

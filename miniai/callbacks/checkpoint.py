@@ -284,6 +284,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         "model": model.state_dict(),
         # TrainLearner sets grads to None every step; MomentumLearner carries mom × grads into the next batch
         "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+        "frozen": [n for n, p in model.named_parameters() if not p.requires_grad],  # (a callback may unfreeze later)
         # the learner's class and MomentumLearner's mom: what the carried grads above are made with
         "learner": {"class": type(learn).__name__, "mom": getattr(learn, "mom", None)},
         "optimizer": learn.opt.state_dict(), "optimizer_class": type(learn.opt).__name__,

@@ -113,6 +113,9 @@ class ResumeCB(Callback):
             warnings.warn(f"{file} predates saving the tensors an optimizer trains beside the model ({len(beside)} "
                           "here): they go on from their values now, so the run will not continue exactly",
                           stacklevel=3)
+        # which parameters train: a fit's before_fit may freeze what a callback unfroze at a later epoch of the run
+        frozen, params = state.get("frozen"), dict(model.named_parameters())  # (older files: none saved)
+        flipped = [] if frozen is None else [n for n, p in params.items() if p.requires_grad == (n in frozen)]
         saved_learner = state.get("learner")  # (older files: none)
         here = {"class": type(learn).__name__, "mom": getattr(learn, "mom", None)}
         if saved_learner is not None and saved_learner != here:  # the saved grads are mom x grads of that learner's
@@ -162,6 +165,13 @@ class ResumeCB(Callback):
             warnings.warn(f"resuming from {file}: the schedule was built with other settings than the saved run's "
                           f"({'; '.join(built)}): the saved ones are kept, so the run continues as it was. To train "
                           "with the new ones, start a new fit from the checkpoint's weights.", stacklevel=2)
+        if flipped:
+            here = [n for n in flipped if not params[n].requires_grad]
+            there = [n for n in flipped if n not in here]
+            warnings.warn(f"resuming from {file}: parameters frozen here, trainable in the saved run: "
+                          f"{here or 'none'}; trainable here, frozen in the saved run: {there or 'none'}. "
+                          "They are set as the saved run had them, so it continues exactly; to train with others "
+                          "frozen, start a new fit from the checkpoint's weights.", stacklevel=2)
         if lost or new:
             warnings.warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped"
                           f"{_without(learn, saved, lost, opt_state, self.lr)})"
@@ -200,6 +210,8 @@ class ResumeCB(Callback):
         for name, p in model.named_parameters():
             grad = state["grads"].get(name)
             p.grad = None if grad is None else grad.to(p.device, p.dtype)
+        for name in flipped:
+            params[name].requires_grad_(name not in frozen)
         with torch.no_grad():
             for p, (value, grad) in zip(beside, saved_beside or ()):
                 p.copy_(value)
