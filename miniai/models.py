@@ -178,7 +178,8 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         seen["out"], seen["calls"] = output.detach().float(), seen["calls"] + 1
 
-    saved = {k: v.clone() for k, v in model.state_dict().items()}  # (BatchNorm's running stats change too)
+    weights = [(p, p.detach().clone()) for p in model.parameters()]
+    buffers = [(b, b.clone()) for b in model.buffers()]  # BatchNorm's stats change too; non-persistent ones also
     handle = m.register_forward_hook(record)
     devices = [xb.device.index or 0] if xb.device.type == "cuda" else []
     try:
@@ -221,11 +222,15 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                 m_in.weight /= std
                 before = std
     except BaseException:
-        model.load_state_dict(saved)
+        _put_back(weights + buffers)
         raise
     finally:
         handle.remove()
-    with torch.no_grad():  # the tries' forwards updated norm layers' running stats: only m_in's weights change
-        for name, buf in model.named_buffers():
-            buf.copy_(saved[name])
+    _put_back(buffers)  # the tries' forwards updated norm layers' running stats: only m_in's weights change
     return mean, std
+
+
+@torch.no_grad()
+def _put_back(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for tensor, value in saved:
+        tensor.copy_(value)

@@ -158,3 +158,32 @@ def test_lsuv_init_refuses_a_measured_module_called_more_than_once_and_leaves_th
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match=r"ReLU is not called in model\(xb\)"):
         lsuv_init(model, nn.ReLU(), c1, xb)
+
+
+class _Counter(nn.Module):
+    """Counts its calls in a non-persistent buffer (state_dict leaves it out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()), persistent=False)
+
+    def forward(self, x):
+        self.calls += 1
+        return x
+
+
+def test_lsuv_init_puts_back_buffers_state_dict_leaves_out_and_the_norm_stats_after_them():
+    """The buffers were put back from state_dict(), which leaves out non-persistent ones: a model with one failed
+    with KeyError after m_in had been rescaled, and the BatchNorm after it kept the tries' statistics. Also when it
+    raises, the model (such buffers included) is as it was."""
+    torch.manual_seed(0)
+    lin, act, bn = nn.Linear(20, 30), GeneralRelu(leak=0.1, sub=0.4), nn.BatchNorm1d(2)
+    model = nn.Sequential(_Counter(), lin, act, nn.Linear(30, 2), bn)
+    xb = torch.randn(64, 20)
+    mean, std = lsuv_init(model, act, lin, xb)
+    assert abs(mean) <= 1e-3 and abs(std - 1) <= 1e-3
+    assert model[0].calls.item() == 0 and bn.num_batches_tracked.item() == 0 and not bn.running_mean.any()
+    before = [t.clone() for t in [*model.parameters(), *model.buffers()]]
+    with pytest.raises(ValueError, match="never negative"):  # (after one forward: the counter counted it)
+        lsuv_init(model, model[0], lin, xb.abs() + 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, [*model.parameters(), *model.buffers()]))
