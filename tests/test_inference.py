@@ -102,8 +102,18 @@ def test_infer_never_clips_a_pil_image_whose_pixels_are_not_8_bit(mode):
     for pixels in (PIXELS[0, 0].numpy().astype(np.uint16) * 257, PIXELS[0, 0].numpy().astype(np.uint16)):
         wide = Image.fromarray(pixels).convert(mode)
         assert wide.mode == mode
-        with pytest.raises(TypeError, match=r"raw uint8 pixels.*16-bit pixels with \(x // 257\)"):
+        with pytest.raises(TypeError, match=r"raw uint8 pixels.*16-bit pixels with \(x.int\(\) // 257\)"):
             learn.infer(wide)
+
+
+def test_infers_advice_for_16_bit_pixels_works_when_followed():
+    """The advice for a uint16 tensor (a 16-bit PNG read with np.array) was (x // 257).to(torch.uint8), which torch
+    refuses on uint16 ("div_floor_cpu" not implemented for 'UInt16')."""
+    learn = image_learner()
+    x = torch.from_numpy(PIXELS[0, 0].numpy().astype(np.uint16) * 257)
+    with pytest.raises(TypeError, match=r"16-bit pixels with \(x.int\(\) // 257\).to\(torch.uint8\)"):
+        learn.infer(x)
+    assert torch.equal(learn.infer((x.int() // 257).to(torch.uint8)).probs, learn.infer(PIXELS[0, 0]).probs)
 
 
 def test_infer_takes_a_float_pil_image_where_the_learner_has_no_normalization():
