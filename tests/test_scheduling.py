@@ -1025,12 +1025,25 @@ def test_an_lr_given_to_fit_beside_a_schedule_of_its_own_peak_is_refused_not_ign
     """fit(lr=0.5) with a OneCycleLR(max_lr=0.1) trained at the schedule's lrs, lr=0.5 ignored without a word."""
     learn = make_learner([], opt_func=SGD_MOM)
     before = copy.deepcopy(learn.model.state_dict())
-    with pytest.raises(ValueError, match=r"fit\(lr=0.5\).*sets the lr from its own"):
+    with pytest.raises(ValueError, match=r"lr=0.5 \(fit\(lr=\).*sets the lr from its own.*learn.fit_one_cycle\(n, "
+                                         r"max_lr=0.5\) peaks"):
         learn.fit(1, lr=0.5, cbs=[BatchSchedCB(factory)])
     assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
     learn.fit(1, cbs=[BatchSchedCB(factory)])  # the learner's lr beside it: the schedule's peak is the lr, as always
     learn.fit(1, lr=0.1, cbs=[BatchSchedCB(factory)])  # the lr the schedule peaks at: nothing ignored
     learn.fit_one_cycle(1, max_lr=0.05)  # (fit_one_cycle gives fit its peak as the lr)
+
+
+def test_the_advice_for_an_lr_beside_the_learners_own_schedule_works_when_followed():
+    """Beside a one-cycle in learn.cbs, fit(lr=0.001) was refused with the advice learn.fit_one_cycle(n,
+    max_lr=0.001), which was refused the same way (the learner's own schedule still there)."""
+    sched = BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=BATCHES))
+    learn = make_learner([sched], opt_func=SGD_MOM)
+    with pytest.raises(ValueError, match=r"learner's own \(in learn.cbs\), so remove it first, learn.rm_cb\(...\), "
+                                         r"then e.g. learn.fit_one_cycle\(n, max_lr=0.001\)"):
+        learn.fit(1, lr=1e-3)
+    learn.rm_cb(sched)
+    learn.fit_one_cycle(1, max_lr=1e-3)
 
 
 @pytest.mark.parametrize("learner, opt_func, cycle, why", [

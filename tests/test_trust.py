@@ -754,8 +754,12 @@ def test_the_nan_message_with_a_schedule_does_not_advise_a_resume_with_lr(tmp_pa
     sched = BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2))
     learn = tiny_learner(cbs=[sched, Poison(), CheckpointCB(tmp_path)])
     with pytest.raises(NonFiniteLossError, match=r"a schedule sets the lr, so start a new fit from its weights.*"
-                                                  r"load_checkpoint\("):
-        learn.fit(3)
+                                                  r"load_checkpoint\(.*learn.rm_cb\(...\) of the learner's own "
+                                                  r"BatchSchedCB, and learn.fit_one_cycle"):
+        learn.fit(3)  # (fit_one_cycle beside the learner's own schedule would be refused: the advice says so)
+    learn = tiny_learner(cbs=[Poison(), CheckpointCB(tmp_path / "b")])
+    with pytest.raises(NonFiniteLossError, match=r"\['model'\]\), then e.g. learn.fit_one_cycle"):
+        learn.fit(3, cbs=[BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2))])  # (this fit's only)
 
 
 def test_the_ctrl_c_note_names_the_callbacks_given_to_the_interrupted_call(tmp_path):

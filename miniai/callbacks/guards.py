@@ -227,10 +227,13 @@ def lower_lr_advice(learn: Learner, good: Any) -> str:
     """How to go on from checkpoint `good` with a lower lr: a resume takes a new lr unless a schedule sets it."""
     from .scheduling import BaseSchedCB  # here: scheduling imports this module's neighbours
     from .swa import SWACB
-    if any(isinstance(cb, (BaseSchedCB, SWACB)) for cb in learn.cbs):  # resume refuses lr= with a schedule
+    schedules = [cb for cb in learn.cbs if isinstance(cb, (BaseSchedCB, SWACB))]
+    if schedules:  # resume refuses lr= with a schedule
+        own = [type(cb).__name__ for cb in schedules if cb not in learn._temporary]  # (it would refuse the next too)
         return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "
                 f"learn.model.load_state_dict(load_checkpoint('{good}')['model']), then e.g. "
-                "learn.fit_one_cycle(n, max_lr=lower).")
+                + (f"learn.rm_cb(...) of the learner's own {', '.join(own)}, and " if own else "")
+                + "learn.fit_one_cycle(n, max_lr=lower).")
     return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{pass_args(learn)}, lr=..., resume='{good}') "
             "(the lr given replaces the checkpoint's).")
 

@@ -87,7 +87,7 @@ def _own_peaks(scheduler: Any) -> tuple[Any, list[float]] | None:
     return next(filter(None, map(_own_peaks, getattr(scheduler, "_schedulers", []))), None)
 
 
-def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], who: str) -> None:
+def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Callback) -> None:
     """Refuse `fit(lr=x)` (an lr not the learner's) beside a schedule that peaks at lrs of its own: x would be
     ignored without a word (the learner's own lr beside one is the usual way, and fit_one_cycle peaks at x)."""
     from .resume import ResumeCB  # (imported here: resume.py imports this module; a resume checks its lr itself)
@@ -98,10 +98,14 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], who: s
     part, peaks = found
     if all(math.isclose(p, m, rel_tol=1e-6) for p, m in zip(peaks, made)):  # it peaks at the lr given
         return
-    raise ValueError(f"fit(lr={given}) with {who}'s {type(part).__name__}, which sets the lr from its own "
-                     f"arguments (peak {', '.join(f'{p:g}' for p in peaks)}) at every step: lr={given} would be "
-                     "ignored. Leave lr= out (the schedule's peak is the lr), or give the schedule the peak you "
-                     f"want (learn.fit_one_cycle(n, max_lr={given}) peaks at the lr it is given)")
+    who = type(cb).__name__
+    fix = (f"learn.fit_one_cycle(n, max_lr={given}) peaks at the lr it is given" if cb in learn._temporary else
+           f"the {who} is the learner's own (in learn.cbs), so remove it first, learn.rm_cb(...), then e.g. "
+           f"learn.fit_one_cycle(n, max_lr={given})")
+    raise ValueError(f"this fit's lr={given} (fit(lr=), or fit_one_cycle's max_lr) with {who}'s "
+                     f"{type(part).__name__}, which sets the lr from its own arguments (peak "
+                     f"{', '.join(f'{p:g}' for p in peaks)}) at every step: lr={given} would be ignored. Leave lr= "
+                     f"out (the schedule's peak is the lr), or give the schedule the peak you want ({fix})")
 
 
 def _sets_outright(scheduler: Any) -> bool:
@@ -204,7 +208,7 @@ class BaseSchedCB(Callback):
                              "every step, discarding the other's change (fit_one_cycle adds one of its own): keep one "
                              "(learn.rm_cb(...)), or run them one after another in a SequentialLR")
         if not self.peaks_at_fit_lr:  # (fit_one_cycle's: the fit's lr is its max_lr)
-            _check_fit_lr_used(learn, scheduler, made, type(self).__name__)
+            _check_fit_lr_used(learn, scheduler, made, self)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._check(learn)
         self._check_length(learn)
