@@ -163,6 +163,16 @@ def test_progress_without_metrics_and_restores_metrics_logger():
     assert metrics.log_fn is original
 
 
+def test_log_fn_is_an_argument_of_metricscb_not_a_metric():
+    """MetricsCB(log_fn=None), as its docstring reads, took log_fn for a metric and advised log_fn=Accuracy()."""
+    rows = []
+    with redirect_stdout(io.StringIO()) as out:
+        tiny_learner(cbs=[MetricsCB(log_fn=rows.append)]).fit(1)
+        tiny_learner(cbs=[MetricsCB(log_fn=None)]).fit(1)
+    assert [r["train"] for r in rows] == ["train", "valid"] and out.getvalue() == ""
+    assert "log_fn" not in MetricsCB(log_fn=print).metrics
+
+
 def test_a_log_fn_of_yours_gets_every_row_beside_a_progress_bar():
     """ProgressCB put its table printer in MetricsCB's log_fn for the fit: a logger of the user's there (README: rows
     reach `log_fn`) got none of the 4 rows, without a word. It gets them; MetricsCB's own printer gives way."""

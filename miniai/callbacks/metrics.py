@@ -74,15 +74,16 @@ class MetricsCB(Callback):
     (`get_preds(cbs=[MetricsCB(...)])` without `with_loss=True`) logs none. Dict batches (with a predict and
     get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
-    `monitor`), `history` one dict per pass, and `log_fn(row)` is called with the formatted row (the default prints
-    aligned lines; ProgressCB draws its table instead of them, and a `log_fn` of yours gets the rows still; None:
-    no rows).
+    `monitor`), `history` one dict per pass, and `log_fn(row)` (an argument, or set later) is called with the
+    formatted row (the default, "print", prints aligned lines; ProgressCB draws its table instead of them, and a
+    `log_fn` of yours gets the rows still; None: no rows).
     Under DDP the metric states and the loss sum are summed over all processes at the end of each pass, so every
     rank reports the same values, those of the whole validation (or training) set; only rank 0 prints them.
     """
     order = 10  # after callbacks that change preds or loss, before those that read the results
 
-    def __init__(self, *metrics: Any, **named_metrics: Any) -> None:
+    def __init__(self, *metrics: Any, log_fn: Callable[[dict[str, Any]], None] | str | None = "print",
+                 **named_metrics: Any) -> None:
         # a class passed by mistake is named after itself, not its metaclass ('type', 'ABCMeta')
         positional = [(metric.__name__ if isinstance(metric, type) else type(metric).__name__, metric)
                       for metric in metrics]
@@ -110,7 +111,7 @@ class MetricsCB(Callback):
             raise ValueError(f"{own!r} is a column MetricsCB logs itself; give your metric another name")
         self.metrics = {**dict(positional), **named_metrics}
         self._printer = _PrintRows()
-        self.log_fn: Callable[[dict[str, Any]], None] = self._printer
+        self.log_fn: Callable[[dict[str, Any]], None] | None = self._printer if log_fn == "print" else log_fn
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, float] = {}
         self._sum_loss = False  # (set each pass: the loss's reduction is 'sum')
