@@ -538,15 +538,23 @@ def follows_lr(opt_func: Any, params: list, lr: float, made: list[float]) -> boo
     return made != _lrs(opt_func(params, 2 * float(lr)))
 
 
-def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int]) -> None:
+def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int], raw: Any = None) -> None:
     """Refuse a training fit that would leave parameters a callback's before_fit added after the optimizer was made
     without a step, or that would change nothing: an optimizer of nothing trainable (an all-frozen model), or of
-    other parameters than the model's (an earlier model's). Tensors outside the model (an input perturbation) are
-    the optimizer's to train."""
+    other parameters than the model's (an earlier model's; `raw`: the one SWACB swapped out). Tensors outside the
+    model (an input perturbation) are the optimizer's to train."""
     if not hasattr(opt, "param_groups"):  # an optimizer of one's own (the course's SGD class): no groups to read
         return
     held = [p for group in opt.param_groups for p in group["params"]]
     in_opt = {id(p) for p in held}
+    if raw is not None and raw is not model:  # SWACB put its averaged copy in learn.model, the trained one in raw
+        own = {id(p) for p in model.parameters()}
+        if any(id(p) not in own for p in raw.parameters() if id(p) in in_opt):
+            raise RuntimeError("the optimizer holds parameters of learn.raw_model, the model SWACB trained before it "
+                               "put the averaged copy in learn.model, so this fit would train that one, not "
+                               "learn.model: build opt_func's param groups from the parameters fit passes it, "
+                               "opt_func(params, lr), or from learn.model's layers, not from lists made before (to "
+                               "train the raw model on: learn.model = learn.raw_model)")
     new = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_opt
            and id(p) not in params_at_opt]  # (opt_func may leave some out on purpose: those were there before)
     if new:

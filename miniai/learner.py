@@ -260,7 +260,7 @@ class Learner(Conveniences):
 
     def _all_epochs(self) -> None:
         if "train" in self.passes:
-            checks.check_new_params(self.model, self.opt, self._params_at_opt)
+            checks.check_new_params(self.model, self.opt, self._params_at_opt, getattr(self, "raw_model", None))
         self._set_up = True  # every before_fit ran (resume's loaded its checkpoint), and the fit can train
         for self.epoch in self.epochs:  # (read here, after before_fit: resume's callback or a progress bar may
             for name in self.passes:  # replace it)

@@ -546,3 +546,17 @@ def test_swa_on_a_model_with_dropout_gives_no_warning_about_monte_carlo_predicti
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.fit(2)
+
+
+@pytest.mark.parametrize("groups", ["all captured", "head captured"])
+def test_a_fit_after_swa_whose_optimizer_holds_the_raw_models_parameters_says_so(groups):
+    """After an SWACB fit learn.model is the averaged copy; an opt_func building its groups from lists made before
+    (a head at another lr) trained learn.raw_model: with every group so, the error blamed a notebook cell run again;
+    with the head alone so, the averaged model's head did not train, without a word."""
+    learn = bn_learner()
+    body, head = list(learn.model[:2].parameters()), list(learn.model[3].parameters())
+    learn.opt_func = lambda params, lr: optim.SGD(
+        [{"params": body if groups == "all captured" else list(params)[:4], "lr": lr / 10}, {"params": head}], lr=lr)
+    learn.fit(2, cbs=[SWACB(1, swa_lr=0.01)])
+    with pytest.raises(RuntimeError, match=r"parameters of learn.raw_model.*SWACB.*opt_func\(params, lr\)"):
+        learn.fit(1)
