@@ -194,8 +194,8 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
         if x.dtype != torch.uint8:
             raise TypeError(f"infer takes raw uint8 pixels (0-255), which it normalizes as the loaders did "
                             f"(dls.normalize); got {x.dtype}. Convert 0-1 floats with (x * 255).round().to(torch."
-                            "uint8), 16-bit pixels with (x.int() // 257).to(torch.uint8), 8-bit values stored wider (a PIL "
-                            "'I' image of 0-255) with x.to(torch.uint8); pass already-normalized inputs to "
+                            "uint8), 16-bit pixels with (x.int() // 257).to(torch.uint8), 8-bit values stored wider "
+                            "(a PIL 'I' image of 0-255) with x.to(torch.uint8); pass already-normalized inputs to "
                             "learn.get_preds(dl=[(x,)]) instead.")
         # (flat items, (N, H, W): normalized as one channel each, not as N channels)
         return (normalize(x[:, None])[:, 0] if flat else normalize(x)), batched

@@ -277,8 +277,8 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
         if wide:
             raise ValueError(f"column {x_col!r} holds images of mode {', '.join(wide)}, whose pixels are not 8-bit: "
                              f"converting them to {mode} would clip them (a 16-bit image turns white). Store them as "
-                             "8-bit images first: 16-bit pixels // 257 (as int32: torch has no uint16 //), 0-1 floats * "
-                             "255 rounded, as uint8")
+                             "8-bit images first: 16-bit pixels // 257 (as int32: torch has no uint16 //), 0-1 "
+                             "floats * 255 rounded, as uint8")
         # decoded as stored, a palette image gives its palette indices and an RGB one three channels
         ds = ds.cast_column(x_col, Image(mode=mode))
     # numpy formatting decodes every image (PIL, inside datasets) and stacks them into one array; this is the
