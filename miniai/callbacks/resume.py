@@ -166,10 +166,10 @@ class ResumeCB(Callback):
                           f"({'; '.join(built)}): the saved ones are kept, so the run continues as it was. To train "
                           "with the new ones, start a new fit from the checkpoint's weights.", stacklevel=2)
         if flipped:
-            here = [n for n in flipped if not params[n].requires_grad]
-            there = [n for n in flipped if n not in here]
+            froze = [n for n in flipped if not params[n].requires_grad]  # (here; trainable in the saved run)
+            thawed = [n for n in flipped if n not in froze]
             warnings.warn(f"resuming from {file}: parameters frozen here, trainable in the saved run: "
-                          f"{here or 'none'}; trainable here, frozen in the saved run: {there or 'none'}. "
+                          f"{froze or 'none'}; trainable here, frozen in the saved run: {thawed or 'none'}. "
                           "They are set as the saved run had them, so it continues exactly; to train with others "
                           "frozen, start a new fit from the checkpoint's weights.", stacklevel=2)
         if lost or new:
