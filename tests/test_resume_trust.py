@@ -719,3 +719,17 @@ def test_a_run_resumed_after_a_callback_unfroze_layers_trains_them_as_the_saved_
                                                    r"trainable here, frozen in the saved run: none"):
         resumed.fit(4, resume=tmp_path)
     assert same_params(straight, resumed) and resumed.model[0].weight.requires_grad
+
+
+def test_a_run_resumed_in_another_autocast_dtype_is_refused_naming_both(tmp_path):
+    """MixedPrecisionCB's dtype was not saved: a bfloat16 run resumed under float16 trained on (0.35 from the run
+    never stopped), without a word; the other way was refused as a scaler 'loaded outside a float16 fit'."""
+    from miniai.callbacks.mixed_precision import MixedPrecisionCB
+    make_learner(tmp_path, [MixedPrecisionCB(torch.bfloat16),
+                            _CutPass(training=True, at=0, exc=CancelFitException, epoch=2)])[0].fit(4)
+    resumed, _ = make_learner(tmp_path, [MixedPrecisionCB(torch.float16)])
+    with pytest.raises(ValueError, match=r"trained in torch.bfloat16 autocast, this fit in torch.float16: resume "
+                                         r"with MixedPrecisionCB\(torch.bfloat16\)"):
+        resumed.fit(4, resume=tmp_path)
+    same, _ = make_learner(tmp_path, [MixedPrecisionCB(torch.bfloat16)])
+    same.fit(4, resume=tmp_path)

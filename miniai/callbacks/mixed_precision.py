@@ -147,14 +147,19 @@ class MixedPrecisionCB(Callback):
         self._taken += 1
 
     def state_dict(self) -> dict[str, Any]:
-        """`scaler`: the GradScaler's `state_dict()` (scale, growth tracker, factors; {} without a scaler), and
-        `n_skipped`, so a resumed run's count goes on from the start of the run."""
-        return {"scaler": self.scaler.state_dict() if self.scaler is not None else {}, "n_skipped": self.n_skipped}
+        """`scaler`: the GradScaler's `state_dict()` (scale, growth tracker, factors; {} without a scaler),
+        `n_skipped`, so a resumed run's count goes on from the start of the run, and the `dtype` the fit ran in."""
+        return {"scaler": self.scaler.state_dict() if self.scaler is not None else {}, "n_skipped": self.n_skipped,
+                "dtype": None if self._autocast is None else str(self._autocast.fast_dtype)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (during a fit, once before_fit made the scaler: `fit(resume=...)` does)."""
         n_skipped, scaler = (state["n_skipped"], state["scaler"]) if "n_skipped" in state else (None, state)
         # (a checkpoint of before the count was saved holds the scaler's state alone)
+        saved, ours = state.get("dtype"), None if self._autocast is None else str(self._autocast.fast_dtype)
+        if saved is not None and ours is not None and saved != ours:  # (older files: none saved)
+            raise ValueError(f"the checkpoint's run trained in {saved} autocast, this fit in {ours}: resume with "
+                             f"MixedPrecisionCB({saved}), or start a new fit from the checkpoint's weights")
         if scaler and self.scaler is None:
             raise RuntimeError("MixedPrecisionCB makes its grad scaler at before_fit, and only for float16: load "
                                "its state during a float16 fit (learn.fit(n, resume=path) does)")
