@@ -733,3 +733,17 @@ def test_a_run_resumed_in_another_autocast_dtype_is_refused_naming_both(tmp_path
         resumed.fit(4, resume=tmp_path)
     same, _ = make_learner(tmp_path, [MixedPrecisionCB(torch.bfloat16)])
     same.fit(4, resume=tmp_path)
+
+
+def test_a_resume_with_other_gradient_clipping_or_none_says_so(tmp_path):
+    """GradClipCB had no state: a run resumed with another max_norm, or without it, trained on (0.27 and 0.51 from
+    the run never stopped) without a word."""
+    from miniai.callbacks.guards import GradClipCB
+    cases = [([GradClipCB(0.1)], r"clipped with GradClipCB\(\{'max_norm': 0.01"),
+             ([], r"GradClipCB_\w*'?\] has no callback here")]
+    for i, (now, warning) in enumerate(cases):
+        path = tmp_path / str(i)
+        make_learner(path, [GradClipCB(0.01), _CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]
+                     )[0].fit(4)
+        with pytest.warns(UserWarning, match=warning):
+            make_learner(path, now)[0].fit(4, resume=path)

@@ -336,6 +336,17 @@ class GradClipCB(Callback):
         self.max_norm, self.norm_type = max_norm, norm_type
         self.last_norm: torch.Tensor | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """Its settings: a checkpoint keeps them, so a resume with other ones (or without it) is told."""
+        return {"max_norm": self.max_norm, "norm_type": self.norm_type}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Warn when the saved run clipped otherwise; this fit's settings are kept."""
+        if state != self.state_dict():
+            warnings.warn(f"resuming: the saved run clipped with GradClipCB({state}), this fit with GradClipCB("
+                          f"{self.state_dict()}): the run goes on with this fit's, so it won't end as the saved run "
+                          "would have", stacklevel=3)
+
     def after_backward(self, learn: Learner) -> None:
         scaler = _find_scaler(learn)
         if scaler is not None:
