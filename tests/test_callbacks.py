@@ -392,6 +392,8 @@ def test_metricscb_refuses_two_metrics_under_one_name_or_a_name_of_its_own_colum
     for name in ("loss", "time", "epoch", "train"):
         with pytest.raises(ValueError, match=f"'{name}' is a column MetricsCB logs itself"):
             MetricsCB(**{name: Accuracy()})
+    with pytest.raises(ValueError, match="'lr' is a column CSVLoggerCB writes beside the row"):  # (two lr columns:
+        MetricsCB(lr=Accuracy())  # csv.DictReader read the optimizer's lr as the metric's)
     assert list(MetricsCB(Accuracy(), top=MulticlassAccuracy()).metrics) == ["Accuracy", "top"]
 
 

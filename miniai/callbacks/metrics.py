@@ -106,9 +106,10 @@ class MetricsCB(Callback):
         if twice:  # one would replace the other without a word
             raise ValueError(f"MetricsCB got two metrics named {twice!r} (a positional metric is named after its "
                              "class): name them yourself, MetricsCB(name=metric, other_name=metric2)")
-        own = next((name for name in names if name in ("loss", "epoch", "train", "time")), None)
-        if own:
-            raise ValueError(f"{own!r} is a column MetricsCB logs itself; give your metric another name")
+        own = next((name for name in names if name in ("loss", "epoch", "train", "time", "lr")), None)
+        if own:  # (a CSV reader would keep one of two columns of one name)
+            raise ValueError(f"{own!r} is a column " + ("CSVLoggerCB writes beside the row" if own == "lr" else
+                                                        "MetricsCB logs itself") + "; give your metric another name")
         self.metrics = {**dict(positional), **named_metrics}
         self._printer = _PrintRows()
         self.log_fn: Callable[[dict[str, Any]], None] | None = self._printer if log_fn == "print" else log_fn
