@@ -141,3 +141,14 @@ class NoLen:
 
     def __iter__(self):
         return iter(self.loader)
+
+
+class TimesTemperature(nn.Module):
+    """`net(x)` times a tensor held outside the model (a temperature the optimizer trains beside the model)."""
+
+    def __init__(self, net: nn.Module, temperature: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.temperature = net, [temperature]  # (a list: not registered as the model's parameter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.temperature[0]

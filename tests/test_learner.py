@@ -12,7 +12,7 @@ from miniai.callbacks import BatchSchedCB, SingleBatchCB, TrainCB
 from miniai.schedulers import CosineAnnealing
 from miniai.learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                             CancelStepException, MomentumLearner, TrainLearner, build_handlers)
-from tests.synth import EventLog, linear_dls, tiny_learner
+from tests.synth import EventLog, TimesTemperature, linear_dls, tiny_learner
 
 TRAIN_BATCH = ["before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch",
                "cleanup_batch"]
@@ -738,20 +738,12 @@ def test_a_fit_that_raised_after_a_backward_leaves_no_gradient_of_a_tensor_train
     temperature the optimizer trains beside the model kept its own, and the next fit's first step added them."""
     temperature = torch.ones((), requires_grad=True)
 
-    class Scaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(1, 1)
-
-        def forward(self, x):
-            return self.lin(x) * temperature
-
     class FirstGrad(Callback):
         def before_batch(self, learn):
             if learn.training and learn.iter == 0:
                 self.seen = temperature.grad
     cls = TrainLearner if learner == "train" else MomentumLearner
-    learn = cls(Scaled(), linear_dls(), F.mse_loss, lr=0.1,
+    learn = cls(TimesTemperature(nn.Linear(1, 1), temperature), linear_dls(), F.mse_loss, lr=0.1,
                 opt_func=lambda params, lr: torch.optim.SGD(list(params) + [temperature], lr=lr))
     with pytest.raises(RuntimeError, match="boom"):
         learn.fit(1, cbs=[_FailsAfterBackward(RuntimeError("boom"), at=1)])

@@ -16,6 +16,7 @@ from miniai.callbacks.checkpoint import (CheckpointMismatchError, list_checkpoin
                                         save_checkpoint)
 from miniai.callbacks.guards import EarlyStoppingCB
 from miniai.learner import Callback, CancelFitException
+from tests.synth import TimesTemperature
 from tests.test_checkpoint import _CutPass, make_learner, same_params, without_time
 
 
@@ -652,22 +653,11 @@ def test_resuming_on_other_data_of_the_same_size_warns(tmp_path):
         make_learner(None)[0].fit(2, resume=tmp_path)  # the same data: nothing to say
 
 
-class _Scaled(torch.nn.Module):
-    """make_learner's model times a temperature held outside it (not the model's parameter)."""
-
-    def __init__(self, temperature: torch.Tensor) -> None:
-        super().__init__()
-        self.net, self.temperature = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
-                                                         torch.nn.Linear(8, 1)), [temperature]
-
-    def forward(self, x):
-        return self.net(x) * self.temperature[0]
-
-
 def _temperature_learner(path, cbs=(), shape=()):
     temperature = torch.ones(shape, requires_grad=True)
     torch.manual_seed(0)  # (the model is built before make_learner seeds)
-    learn, _ = make_learner(path, cbs, model=_Scaled(temperature),
+    learn, _ = make_learner(path, cbs, model=TimesTemperature(torch.nn.Sequential(
+                                torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)), temperature),
                             opt_func=lambda params, lr: torch.optim.AdamW(list(params) + [temperature], lr=lr))
     return learn, temperature
 

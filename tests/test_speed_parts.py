@@ -25,7 +25,7 @@ from miniai.data import DataLoaders, TensorLoader
 from miniai.learner import Callback, CancelFitException, Learner, TrainLearner
 from miniai.models import GeneralRelu, get_model, init_weights
 from miniai.utils import set_seed
-from tests.synth import NoLen, tiny_learner
+from tests.synth import NoLen, TimesTemperature, tiny_learner
 
 
 def reference_model() -> nn.Module:
@@ -123,17 +123,6 @@ def test_grad_accum_with_momentum_learner_keeps_the_momentum_as_it_is():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-class TimesTemperature(nn.Module):
-    """A model whose output a tensor outside it scales (a temperature the optimizer trains beside the model)."""
-
-    def __init__(self, temperature: torch.Tensor) -> None:
-        super().__init__()
-        self.net, self.temperature = nn.Linear(3, 1), [temperature]  # (a list: not registered as the model's)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) * self.temperature[0]
-
-
 @pytest.mark.parametrize("learner", ["train", "momentum"])
 def test_a_tensor_the_optimizer_trains_outside_the_model_is_accumulated_and_kept_as_the_models_are(learner):
     """GradAccumCB divided only the model's gradients, and MomentumLearner decayed only theirs: a temperature the
@@ -144,7 +133,7 @@ def test_a_tensor_the_optimizer_trains_outside_the_model_is_accumulated_and_kept
     x, y = torch.randn(28, 3), torch.randn(28, 1) * 3
     batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 28, 4)]  # 7 batches: groups of 3, 3 and 1
     ours_t, theirs_t = torch.ones((), requires_grad=True), torch.ones((), requires_grad=True)
-    ours, theirs = TimesTemperature(ours_t), TimesTemperature(theirs_t)
+    ours, theirs = TimesTemperature(nn.Linear(3, 1), ours_t), TimesTemperature(nn.Linear(3, 1), theirs_t)
     theirs.load_state_dict(ours.state_dict())
     cls, kw = (TrainLearner, {}) if learner == "train" else (MomentumLearner, {"mom": 0.85})
     learn = cls(ours, DataLoaders(batches, batches[:1]), F.mse_loss, lr=0.05, cbs=[GradAccumCB(3)],
