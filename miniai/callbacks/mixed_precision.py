@@ -150,13 +150,17 @@ class MixedPrecisionCB(Callback):
         """`scaler`: the GradScaler's `state_dict()` (scale, growth tracker, factors; {} without a scaler),
         `n_skipped`, so a resumed run's count goes on from the start of the run, and the `dtype` the fit ran in."""
         return {"scaler": self.scaler.state_dict() if self.scaler is not None else {}, "n_skipped": self.n_skipped,
-                "dtype": None if self._autocast is None else str(self._autocast.fast_dtype)}
+                "dtype": self._fit_dtype()}
+
+    def _fit_dtype(self) -> str | None:
+        """The dtype this fit's autocast runs in, as checkpoints save it (None before the first before_fit)."""
+        return None if self._autocast is None else str(self._autocast.fast_dtype)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (during a fit, once before_fit made the scaler: `fit(resume=...)` does)."""
         n_skipped, scaler = (state["n_skipped"], state["scaler"]) if "n_skipped" in state else (None, state)
         # (a checkpoint of before the count was saved holds the scaler's state alone)
-        saved, ours = state.get("dtype"), None if self._autocast is None else str(self._autocast.fast_dtype)
+        saved, ours = state.get("dtype"), self._fit_dtype()
         if saved is not None and ours is not None and saved != ours:  # (older files: none saved)
             raise ValueError(f"the checkpoint's run trained in {saved} autocast, this fit in {ours}: resume with "
                              f"MixedPrecisionCB({saved}), or start a new fit from the checkpoint's weights")

@@ -112,7 +112,7 @@ class ResumeCB(Callback):
         if beside and saved_beside is None:
             warnings.warn(f"{file} predates saving the tensors an optimizer trains beside the model ({len(beside)} "
                           "here): they go on from their values now, so the run will not continue exactly",
-                          stacklevel=3)
+                          stacklevel=2)
         # which parameters train: a fit's before_fit may freeze what a callback unfroze at a later epoch of the run
         frozen, params = state.get("frozen"), dict(model.named_parameters())  # (older files: none saved)
         flipped = [] if frozen is None else [n for n, p in params.items() if p.requires_grad == (n in frozen)]
