@@ -298,7 +298,7 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                          f"{tuple(probs.shape[1:])} per item" + (f", {probs.shape[1]} outputs per item for "
                          f"{len(classes)} classes ({len(classes)} names in dls.classes)" if classes else "")
                          + "; use learn.get_preds(dl=[(x,)]) for other models")
-    index = probs.argmax(1)
+    index = preds.argmax(1)  # the model's class, as Accuracy counts it (float32's softmax can round a near tie)
     labels = [classes[i] if classes else str(i) for i in index.tolist()]
     return Prediction(index, labels, probs) if batched else Prediction(int(index[0]), labels[0], probs[0])
 

@@ -7,7 +7,6 @@ The drawing lives in `miniai.plotting`, imported only when a plot is asked for; 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import torch
@@ -44,9 +43,10 @@ def _class_probs(preds: Any, what: str = "Interpretation") -> torch.Tensor:
     """Softmax probabilities of a classifier's (N, C) logits; otherwise an error naming `what` (the call made) and
     what it takes (get_preds' own would advise an `act=` that from_learner and show_results do not take)."""
     if not isinstance(preds, torch.Tensor) or preds.ndim != 2 or preds.shape[1] < 2:
-        got = tuple(preds.shape) if isinstance(preds, torch.Tensor) else type(preds).__name__
+        got = f"outputs of shape {tuple(preds.shape[1:])} per item" if isinstance(preds, torch.Tensor) \
+            else f"a {type(preds).__name__}"
         raise ValueError(f"{what} is for classifiers with one output per class, (N, C) logits with C >= 2; "
-                         f"this model gives {got} per batch. For one score per item (a binary model) or other "
+                         f"this model gives {got}. For one score per item (a binary model) or other "
                          "outputs, use learn.get_preds(with_input=True, with_loss=True) and read them yourself")
     return torch.softmax(preds.float(), dim=1)
 
@@ -54,12 +54,14 @@ def _class_probs(preds: Any, what: str = "Interpretation") -> torch.Tensor:
 class Interpretation:
     """Inputs, probabilities, targets and per-item losses of a classifier over one loader; tables and plots of them.
 
-    `probs` are softmax probabilities (N, C); `targets` class indices (N,); `predicted` is `probs.argmax(1)`;
-    `classes` are the names (`dls.classes`), or None for numbers.
+    `probs` are softmax probabilities (N, C); `targets` class indices (N,); `predicted` the model's classes, the
+    argmax of its outputs as Accuracy takes it (default `probs.argmax(1)`, which float32's softmax can round to
+    the other class of a near tie); `classes` are the names (`dls.classes`), or None for numbers.
     """
 
     def __init__(self, inputs: Any, probs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor,
-                 classes: Sequence[str] | None = None, normalize: Any = None) -> None:
+                 classes: Sequence[str] | None = None, normalize: Any = None,
+                 predicted: torch.Tensor | None = None) -> None:
         if not isinstance(targets, torch.Tensor) or targets.ndim != 1 or targets.is_floating_point() \
                 or probs.ndim != 2 or len(targets) != len(probs):
             raise ValueError("Interpretation is for classifiers: one target of class indices (N,) per item and "
@@ -80,21 +82,23 @@ class Interpretation:
                              "the model's classes, in its output order (or classes=None for numbers)")
         self.inputs, self.probs, self.targets, self.losses, self.classes = inputs, probs, targets, losses, classes
         self.normalize = normalize  # the loaders' (dls.normalize): images are drawn as pixels, not normalized values
-        self.predicted = probs.argmax(1)
+        self.predicted = probs.argmax(1) if predicted is None else predicted
 
     @classmethod
     def from_learner(cls, learn: Learner, dl: Iterable[Any] | None = None) -> Interpretation:
         """Predict once over `dl` (default `learn.dls.valid`) with inputs and per-item losses (`learn.get_preds`)."""
         # checked here, so the error names the call the user made (get_preds would name itself)
         unreduced(learn.loss_func, "Interpretation.from_learner (for top_losses)")
-        inputs, probs, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True, act=_class_probs)
+        inputs, logits, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True)
+        probs = _class_probs(logits)
         if targets is None:  # (get_preds' for dict batches: they have none by position)
             raise TypeError("Interpretation compares predictions with targets, and these batches are dicts (read by a "
                             "predict and get_loss of your own), which have none by position: give the loader (inputs, "
                             "target) batches (DataLoaders.from_dd, collate_dict), or build Interpretation(inputs, "
                             "probs, targets, losses, classes) from predictions of your own")
         dls = getattr(learn, "dls", None)
-        return cls(inputs, probs, targets, losses, getattr(dls, "classes", None), getattr(dls, "normalize", None))
+        return cls(inputs, probs, targets, losses, getattr(dls, "classes", None), getattr(dls, "normalize", None),
+                   logits.argmax(1))
 
     def confusion_matrix(self) -> torch.Tensor:
         """(C, C) counts: row = actual class, column = predicted class."""
@@ -163,10 +167,10 @@ def show_results(learn: Learner, n: int = 9, dl: Iterable[Any] | None = None, **
     if dl is None:
         raise ValueError("show_results needs a loader: learn.dls has no valid loader, so pass dl=...")
     with kept(learn, [dl]):  # reading the first batches moves the loader on: put it back too
-        # the probabilities from_learner makes, and its error for a model that gives none (one score: binary)
-        act = partial(_class_probs, what="show_results")
-        inputs, probs, targets = get_preds(learn, _head(dl, n), with_input=True, act=act)
+        inputs, logits, targets = get_preds(learn, _head(dl, n), with_input=True)
+    # the probabilities from_learner makes, and its error for a model that gives none (one score: binary)
+    probs = _class_probs(logits, what="show_results")
     dls = getattr(learn, "dls", None)
     interp = Interpretation(inputs, probs, targets, torch.zeros(len(targets)), getattr(dls, "classes", None),
-                            getattr(dls, "normalize", None))
+                            getattr(dls, "normalize", None), logits.argmax(1))
     return interp.show_results(n, **kwargs)

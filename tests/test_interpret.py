@@ -12,11 +12,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from miniai.callbacks.augment import BatchTransformCB
+from miniai.callbacks.basic import DeviceCB
 from miniai.data import DataLoaders, TensorLoader
 from miniai.interpret import Interpretation
 from miniai.learner import TrainLearner
 from miniai.summary import ModelSummary, layer_macs
 from tests.synth import SumOfInputs
+from tests.test_inference import PIXELS
 from tests.test_preds import assert_same, image_learner, snapshot
 
 matplotlib.use("Agg")
@@ -275,9 +277,9 @@ def test_counts_of_items_to_show_must_be_whole_and_positive(k):
         image_learner().show_results(k)
 
 
-@pytest.mark.parametrize("model, shape", [(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), r"\(16, 1\)"),
+@pytest.mark.parametrize("model, shape", [(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), r"\(1,\) per item"),
                                           (nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Unflatten(1, (3, 1))),
-                                           r"\(16, 3, 1\)")])
+                                           r"\(3, 1\) per item")])
 def test_from_learner_errors_name_what_from_learner_takes(model, shape):
     """A binary model's one score per item got get_preds' advice, act=torch.sigmoid, which from_learner does not
     take."""
@@ -297,7 +299,7 @@ def test_show_results_on_a_binary_model_says_what_it_shows_as_from_learner_does(
     learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), dls, F.binary_cross_entropy_with_logits)
     calls = {"show_results": learn.show_results, "Interpretation": lambda: Interpretation.from_learner(learn)}
     for what, call in calls.items():
-        with pytest.raises(ValueError, match=rf"^{what} is for classifiers with one output per class.*\(8, 1\)"
+        with pytest.raises(ValueError, match=rf"^{what} is for classifiers with one output per class.*\(1,\) per item"
                                              r".*binary model.*learn\.get_preds\((?!.*act=)"):
             call()
     assert learn.get_preds(with_input=True, with_loss=True)[1].shape == (16, 1)  # the call advised works
@@ -316,3 +318,26 @@ def test_shown_images_are_pixels_on_one_scale_not_normalized_values():
     assert [float(im.get_array().mean()) for im in drawn] == pytest.approx([0.2, 0.9])
     assert all(im.get_clim() == (0.0, 1.0) for im in drawn)
 
+
+
+class NearTie(nn.Module):
+    """Logits (0, 1e-8, -1) for every item: class 1 by 1e-8, which float32's softmax rounds away (both 0.5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0.0, 1e-8, -1.0]).expand(len(x), 3) + self.w
+
+
+def test_the_predicted_class_is_the_models_argmax_that_accuracy_counts_even_on_a_near_tie():
+    """predicted was probs.argmax(1): the softmax rounded the tie to two equal probabilities, and the confusion
+    matrix put every item in class 0, while Accuracy, on the logits, counted class 1."""
+    learn = TrainLearner(NearTie(), image_learner().dls, F.cross_entropy, lr=0.1, cbs=[DeviceCB("cpu")])
+    logits, targets = learn.get_preds()
+    assert logits.argmax(1).eq(1).all() and torch.softmax(logits, 1).argmax(1).eq(0).all()  # the premise
+    interp = Interpretation.from_learner(learn)
+    assert interp.predicted.eq(1).all()
+    assert interp.confusion_matrix()[:, 1].sum() == len(targets)
+    assert learn.infer(PIXELS).index.eq(1).all() and learn.infer(PIXELS[0]).index == 1
