@@ -16,7 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
 from miniai.callbacks.activations import ActivationStats, Hook, Hooks, HooksCallback, append_stats  # noqa: E402
-from miniai.learner import Callback, CancelFitException, TrainLearner  # noqa: E402
+from miniai.learner import Callback, CancelBatchException, CancelFitException, TrainLearner  # noqa: E402
 from tests.synth import linear_dls  # noqa: E402
 
 
@@ -620,3 +620,46 @@ def test_a_plot_after_fits_that_recorded_nothing_says_why_whatever_the_fit():
     learner(mlp(), [stats]).fit(1, train=False)
     with pytest.raises(ValueError, match=r"its fits recorded no batch.*on_train=True.*training batches"):
         stats.plot_stats()
+
+
+class LayerDrop(nn.Module):
+    """A residual ReLU block skipped on every other training batch (LayerDrop, stochastic depth), and a layer the
+    forward never uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.relu, self.block, self.c = nn.Linear(1, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 8), nn.ReLU()), \
+            nn.Linear(8, 1)
+        self.unused, self.calls = nn.ReLU(), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        h = self.relu(self.a(x))
+        return self.c(h + self.block(h) if self.calls % 2 else h)
+
+
+@pytest.mark.parametrize("mod_filter", [lambda m: isinstance(m, nn.ReLU), lambda m: m.__class__ is nn.Sequential],
+                         ids=["beside a layer run every batch", "alone"])
+def test_a_layer_skipped_in_some_batches_is_refused_not_drawn_at_other_batches_places(mod_filter):
+    """Its records, one per batch it ran in, were plotted at x = 0, 1, ...: batch 2's statistics at batch 1's
+    place, and so on, beside layers that ran every batch, without a word."""
+    dls = linear_dls(n_train=64, n_valid=32, bs=16)  # 4 training batches: run, skipped, run, skipped
+    learn = TrainLearner(LayerDrop(), dls, F.mse_loss, lr=0.01, cbs=[ActivationStats(mod_filter)])
+    with pytest.raises(ValueError, match=r"layer (1 \(ReLU|0 \(Sequential)\) ran in 2 of the pass's 4 recorded "
+                                         r"batches.*LayerDrop.*mod_filter"):
+        learn.fit(1)
+
+
+def test_a_layer_never_run_and_batches_a_callback_skips_are_not_a_skipped_layer():
+    """What every layer misses (a batch cancelled before the forward), and a layer the forward never uses, leave
+    the records of the others in step: no error."""
+    class SkipBatch1(Callback):
+        def before_batch(self, learn):
+            if learn.iter == 1:
+                raise CancelBatchException()
+    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    model = LayerDrop()
+    model.forward = lambda x: model.c(model.relu(model.a(x)))  # the block never runs either
+    TrainLearner(model, linear_dls(n_train=64, n_valid=32, bs=16), F.mse_loss, lr=0.01,
+                 cbs=[stats, SkipBatch1()]).fit(1)
+    assert [len(means) for means, _, _ in stats.stats] == [3, 0, 0]

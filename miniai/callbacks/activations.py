@@ -319,8 +319,7 @@ class HooksCallback(Callback):
         # the pass's batches (a callback's at before_epoch or after_epoch), nor one in the other mode; the model's
         # mode, not the module's: a frozen layer kept in eval mode is still recorded
         learn = self._learn
-        if (self._active and not learn._predicting and learn.iter is not None and learn.iter != self._ended
-                and learn.iter % self.every == 0):
+        if self._in_recorded_batch(learn):
             if self._model.training == self._training:
                 if getattr(hook, "iter", None) == learn.iter:  # run again in this batch: shared, recomputed in
                     hook.repeats = getattr(hook, "repeats", 0) + 1  # backward, or a callback's second forward
@@ -328,6 +327,10 @@ class HooksCallback(Callback):
                 self.hookfunc(hook, module, inputs, output)
             else:
                 self.other_mode_calls += 1  # (ActivationStats says so when that was all the pass had)
+
+    def _in_recorded_batch(self, learn: Learner) -> bool:
+        return (self._active and not learn._predicting and learn.iter is not None and learn.iter != self._ended
+                and learn.iter % self.every == 0)
 
     def __iter__(self) -> Any:
         return iter(self.hooks)
@@ -351,6 +354,9 @@ class ActivationStats(HooksCallback):
     once, when first read after new batches (`stats`). Plots: `color_dim()` (log-histogram image per layer over
     batches, the "colorful dimension"), `dead_chart()` (share of activations in the lowest bin, i.e. near zero),
     `plot_stats()` (means and stds per layer). Each returns its Figure.
+
+    A hooked layer runs once in every batch, or in none (one used twice in a batch, or skipped in some, is refused
+    at the end of the pass: one record per batch, drawn at its batch's place, is what the plots show).
     """
 
     def __init__(self, mod_filter: Callable[[nn.Module], bool] = every_module, bins: int = 40,
@@ -364,10 +370,16 @@ class ActivationStats(HooksCallback):
                          every)
         self._cache: tuple[Hooks, tuple[int, ...], list[tuple[Tensor, Tensor, Tensor]]] | None = None
         self._recorded_before: list[int] = []
+        self._forwards = 0  # the pass's recorded batches whose forward ran: a hooked layer must record in each
 
     def before_epoch(self, learn: Learner) -> None:
         super().before_epoch(learn)
         self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
+        self._forwards = 0
+
+    def after_predict(self, learn: Learner) -> None:
+        if self._in_recorded_batch(learn) and learn.model.training == self._training:
+            self._forwards += 1
 
     def cleanup_epoch(self, learn: Learner) -> None:
         # here, not at after_epoch: a pass a cancel cut short (SingleBatchCB) is checked too; after an error, no
@@ -384,6 +396,13 @@ class ActivationStats(HooksCallback):
                           f"pass of {learn.iter + 1} batches: it records the forwards made in the pass's mode (model."
                           f"{'train' if learn.training else 'eval'}()), and the model was not in it. To freeze "
                           "BatchNorm while training, put only those layers in eval mode.", stacklevel=2)
+        for i, (hook, n) in enumerate(zip(self.hooks, recorded)):  # (a layer the forward never uses: no records)
+            if 0 < n < self._forwards:  # its plots, x = 0, 1, ..., would draw these at other batches' places
+                raise ValueError(f"ActivationStats: layer {i} ({type(hook.module).__name__}) ran in {n} of the pass's "
+                                 f"{self._forwards} recorded batches, skipped in the others (LayerDrop, stochastic "
+                                 "depth, a mixture of experts' routing), so its plots would draw its statistics at "
+                                 "other batches' places. Hook modules that run in every batch (mod_filter, or "
+                                 "mods=[...]).")
         for hook in self.hooks:  # (per batch: a module run twice in some batches and in none of others averages 1)
             if hook.repeats:  # its statistics would interleave the places it runs, one entry each per batch
                 raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran more than once in "
