@@ -737,3 +737,108 @@ def test_a_resume_with_other_gradient_clipping_or_none_says_so(tmp_path):
                      )[0].fit(4)
         with pytest.warns(UserWarning, match=warning):
             make_learner(path, now)[0].fit(4, resume=path)
+
+
+class _Counting(torch.nn.Module):
+    """Dropout whose forward counts its calls in a plain attribute and in a non-persistent buffer: state that no
+    state_dict holds."""
+
+    def __init__(self, p: float = 0.2) -> None:
+        super().__init__()
+        self.drop, self.calls = torch.nn.Dropout(p), 0
+        self.register_buffer("seen", torch.zeros(()), persistent=False)
+
+    def forward(self, x):
+        self.calls += 1
+        self.seen += len(x)
+        return self.drop(x) * (1 + 0.01 * (self.calls % 3))
+
+
+class _CountingLoss(torch.nn.Module):
+    """MSE whose weight grows with a counter buffer: a loss with state of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("n", torch.zeros(()))
+
+    def forward(self, preds, y):
+        self.n += 1
+        return torch.nn.functional.mse_loss(preds, y) * (1 + 0.01 * (self.n % 5))
+
+
+class _Jitter:
+    """A batch transform object whose noise follows a counter it keeps."""
+
+    def __init__(self, scale: float = 0.1) -> None:
+        self.scale, self.n = scale, 0
+
+    def __call__(self, x):
+        self.n += 1
+        return x + self.scale * ((self.n % 4) - 1.5)
+
+
+def _counting_learner(path, loss=None, tfm=None, p=0.2):
+    from miniai.callbacks.augment import BatchTransformCB
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), _Counting(p), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    learn, _ = make_learner(path, [BatchTransformCB(tfm or _Jitter())], model=model)
+    learn.loss_func = loss or _CountingLoss()
+    return learn
+
+
+def test_state_no_state_dict_holds_is_named_on_resume_where_it_differs_from_the_saved_runs(tmp_path):
+    """A model's plain attribute and non-persistent buffer, a loss module's buffer and a batch transform object's
+    counter were lost on resume: the run went on from their fresh values (0.07 to 0.38 off the run never stopped),
+    without a word."""
+    stopped = _counting_learner(tmp_path)
+    stopped.cbs.append(_CutPass(training=True, at=0, exc=CancelFitException, epoch=2))
+    stopped.fit(4)
+    with pytest.warns(UserWarning, match=r"outside every state_dict.*model\.1\.calls: 20 saved, 0 here; model\.1\.seen: "
+                                         r"tensor 160\.0 saved, tensor 0\.0 here; loss_func\.n: tensor 20\.0 saved.*"
+                                         r"BatchTransformCB_0\.tfm\.n: 16 saved, 0 here"):
+        _counting_learner(tmp_path).fit(4, resume=tmp_path)
+
+
+def test_settings_changed_between_save_and_resume_are_named(tmp_path):
+    """Dropout's p, the loss's settings, the batch transform and the sampler were taken as changed without a word."""
+    from torch.utils.data import DataLoader, TensorDataset
+    make = partial(_counting_learner, loss=torch.nn.HuberLoss(delta=1.0), tfm=torch.neg)
+    stopped = make(tmp_path)
+    stopped.cbs.append(_CutPass(training=True, at=0, exc=CancelFitException, epoch=2))
+    stopped.fit(4)
+    resumed = make(tmp_path, loss=torch.nn.HuberLoss(delta=2.0), tfm=torch.tanh, p=0.5)
+    with pytest.warns(UserWarning, match=r"model\.1\.drop\.p: 0\.2 saved, 0\.5 here.*loss_func\.delta: 1\.0 saved, "
+                                         r"2\.0 here.*BatchTransformCB_0\.tfm: torch\.neg saved, torch\.tanh here"):
+        resumed.fit(4, resume=tmp_path)
+    # a torch DataLoader shuffled in the saved run, in order here
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    path = tmp_path / "dl"
+    for i, shuffle in enumerate((True, False)):
+        learn, _ = make_learner(path, [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)] * (i == 0))
+        learn.dls.train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=shuffle)
+        if i == 0:
+            learn.fit(4)
+        else:
+            with pytest.warns(UserWarning, match=r"dls\.train\.sampler: RandomSampler saved, SequentialSampler here"):
+                learn.fit(4, resume=path)
+
+
+def test_a_resume_of_the_same_setup_says_nothing_of_settings(tmp_path):
+    """The comparison must not cry wolf: the same modules (conv, BatchNorm, a partial loss, a transform function)
+    give no warning, and the resumed run is the run never stopped."""
+    from miniai.callbacks.augment import BatchTransformCB
+
+    def make(path, extra=()):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 4)), torch.nn.Conv1d(1, 3, 3, padding=1),
+                                    torch.nn.BatchNorm1d(3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+        learn, _ = make_learner(path, [BatchTransformCB(partial(torch.mul, other=1.5)), *extra], model=model)
+        learn.loss_func = partial(torch.nn.functional.huber_loss, delta=0.5)
+        return learn
+    straight = make(tmp_path / "a")
+    straight.fit(4)
+    make(tmp_path / "b", [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
+    resumed = make(tmp_path / "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit(4, resume=tmp_path / "b")
+    assert same_params(straight, resumed)

@@ -33,6 +33,7 @@ from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import (byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
                      map_tensors, tensors_in, nonfinite_weight)
+from .augment import BatchTransformCB
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .monitor import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -271,6 +272,61 @@ def made_settings(learn: Learner) -> dict[str, Any]:
     return made
 
 
+def setup_of(learn: Learner) -> dict[str, Any]:
+    """What the run holds outside every state_dict, as plain values to compare on resume: each module's plain
+    attributes and non-persistent buffers (Dropout's p, a counter), the loss's and the batch transforms' (their
+    function, or their class, plain attributes and buffers), and the training loader's sampler class."""
+    found: dict[str, Any] = {}
+    for name, module in unwrap(learn.model).named_modules():  # (its persistent buffers are in the state_dict)
+        _plain_parts(found, f"model.{name}" if name else "model", module, module._non_persistent_buffers_set)
+    _plain_parts(found, "loss_func", learn.loss_func)
+    for key, cb in _keyed(learn).items():
+        if isinstance(cb, BatchTransformCB):
+            _plain_parts(found, f"{key}.tfm", cb.tfm)
+    sampler = getattr(getattr(learn.dls, "train", None), "sampler", None)  # (a torch DataLoader's: shuffle or not)
+    if sampler is not None:
+        found["dls.train.sampler"] = type(sampler).__name__
+    return found
+
+
+_MODULE_OWN = set(vars(nn.Module()))  # what torch keeps on every module: hooks, its dicts, the mode
+
+
+def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str] | None = None) -> None:
+    """`x`'s function name, or its class name and its plain attributes and buffers (`buffers`: which; default all
+    of a module's), into `found` under `name` and `name.<attribute>`; tensors as their shape and checksum."""
+    if isinstance(x, functools.partial):
+        found[name] = _named(x.func)
+        parts = {**dict(enumerate(x.args)), **x.keywords}
+    elif isinstance(x, (types.FunctionType, types.BuiltinFunctionType, type)):
+        found[name] = _named(x)
+        return
+    else:
+        found[name] = _named(type(x))
+        parts = {k: v for k, v in vars(x).items() if k not in _MODULE_OWN} if hasattr(x, "__dict__") else {}
+        if isinstance(x, nn.Module):
+            parts.update((b, x._buffers[b]) for b in (x._buffers if buffers is None else buffers)
+                         if x._buffers.get(b) is not None)
+    for key, value in parts.items():
+        if isinstance(value, torch.Tensor):
+            shown = str(value.tolist()) if value.numel() <= 8 else ""  # (as text: NaN equals NaN)
+            value = ("tensor", tuple(value.shape), *byte_sums([value])[1:], shown)
+        elif isinstance(value, (list, tuple)) and len(value) <= 16 and all(isinstance(v, _PLAIN) for v in value):
+            value = tuple(value)
+        elif not isinstance(value, _PLAIN):
+            continue
+        found[f"{name}.{key}"] = value
+
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _named(f: Any) -> str:
+    """A function's or class's dotted name ('torch.neg'), the same in every process."""
+    name = f.__name__ if isinstance(f, types.BuiltinFunctionType) else getattr(f, "__qualname__", type(f).__qualname__)
+    return f"{getattr(f, '__module__', None) or ''}.{name}".lstrip(".")
+
+
 def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
     """Everything `fit(resume=...)` needs to continue `learn` exactly after `epochs_done` epochs, as one dict
     (`rng_ranks`: under torch.distributed, every rank's `rng_state()`, so each resumes with its own)."""
@@ -301,6 +357,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         "loader_data": {name: byte_sums([dl.x, dl.y]) for name in ("train", "valid")
                         if isinstance(dl := getattr(learn.dls, name, None), TensorLoader)},
         "rng": rng_state(), "rng_ranks": rng_ranks,
+        "setup": setup_of(learn),
     }
 
 
