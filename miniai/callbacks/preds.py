@@ -35,6 +35,7 @@ from ..learner import (Callback, CancelBatchException, CancelEpochException, Can
 from ..utils import loss_setting, map_tensors, tensor_versions, to_cpu
 from .augment import BatchTransformCB
 from .ddp import DDPCB
+from .mixed_precision import MixedPrecisionCB
 from ..weighting import batch_parts, ignored_target, input_items, loss_mask, mean_loss
 from .state import kept
 
@@ -579,7 +580,8 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     `n` copies.
 
     `tfms` is a batch transform (x -> x, see `miniai.augment`) or a sequence of them, applied to the inputs after
-    the learner's own validation transforms (as a `BatchTransformCB(on_val=True)` added for each copy). The
+    the learner's own validation transforms and every other callback that prepares batches for prediction (as a
+    `BatchTransformCB(on_val=True)` added for each copy, ordered after them). The
     default is a horizontal flip of (N,C,H,W) images, `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs
     it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Their draws
     come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to
@@ -622,11 +624,15 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
                             f"{getattr(probs, 'dtype', type(probs).__name__)}: give it an act of float scores "
                             "(softmax, sigmoid) and take the argmax of tta's result")
         total = probs.clone()
+        copy_tfm = BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs)
+        # after every callback that prepares the batches (a BatchTransformCB, -10, or one of yours, 0 by default);
+        # autocast's entry is none: with BatchTransformCBs alone, the copy's transform runs before it, in float32
+        copy_tfm.order = max([copy_tfm.order, *(cb.order for cb in participants(learn) if callable(
+            getattr(cb, "before_batch", None)) and not isinstance(cb, MixedPrecisionCB))]) + 1
         for _ in range(n):
             aug, items = _GatherPreds(act=act, who="tta"), _ItemSums()
             try:
-                prediction_pass(learn, dl, [items, BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs),
-                                            aug], who="tta")
+                prediction_pass(learn, dl, [items, copy_tfm, aug], who="tta")
             except ValueError as e:
                 if tfms is None and "RandomFlip" in str(e):
                     raise ValueError(f"tta's default tfms, a horizontal flip, needs (N,C,H,W) image batches: {e} "
