@@ -102,6 +102,14 @@ def check_known_callback(cb: Any, cbs: Sequence[Any]) -> None:
                          "instance added, e.g. learn.rm_cb(learn.cbs[0])")
 
 
+def own_place(learn: Any, cb: Any) -> int | None:
+    """`cb`'s index in `learn.cbs` when it is the learner's own (not given to the running fit only), for advice:
+    a callback passed to the next fit would run beside it, not instead."""
+    if any(cb is c for c in learn._temporary):
+        return None
+    return next((i for i, c in enumerate(learn.cbs) if c is cb), None)
+
+
 def check_not_in_fit(learn: Any, call: str, why: str) -> None:
     """`learn.<call>` from a callback during a fit is an error: its changes would leak into the running fit."""
     if learn._in_fit or learn._predicting:  # (lr_find lifts _in_fit inside `kept`, which puts everything back)

@@ -1,5 +1,6 @@
 """CheckpointCB and resume: exact continuation (bitwise on the CPU), atomic writes, pruning, interrupts, errors."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -380,6 +381,22 @@ def test_fresh_fit_refuses_a_directory_with_checkpoints_unless_overwrite(tmp_pat
         make_learner(tmp_path)[0].fit(1)
     make_learner(tmp_path, overwrite=True)[0].fit(2)
     assert load_checkpoint(tmp_path)["epoch"] == 2
+
+
+def test_the_advice_for_a_learners_own_checkpointcb_whose_directory_holds_a_run_works_when_followed(tmp_path):
+    """A new fit of a learner whose own CheckpointCB had saved an earlier fit (as the NaN message and a one-cycle's
+    extension advise: "start a new fit from its weights") was told to pass CheckpointCB(..., overwrite=True), which
+    deletes the good checkpoint, or another path: passed to the fit, the learner's own refused the same."""
+    learn, _ = make_learner(tmp_path / "a")
+    learn.fit(1)
+    with pytest.raises(FileExistsError, match=r"learner's own.*learn\.rm_cb\(learn\.cbs\[\d\]\)") as e:
+        learn.fit(1)
+    call = re.search(r"learn\.rm_cb\(learn\.cbs\[\d\]\)\.add_cb\(CheckpointCB\('<another directory>'\)\)",
+                     str(e.value)).group(0)
+    exec(call.replace("<another directory>", str(tmp_path / "b")), {"learn": learn, "CheckpointCB": CheckpointCB})
+    learn.fit(1)
+    assert [f.name for _, f in list_checkpoints(tmp_path / "a")] == ["epoch_0001.pt"]
+    assert [f.name for _, f in list_checkpoints(tmp_path / "b")] == ["epoch_0001.pt"]
 
 
 def test_checkpoint_from_a_different_model_lists_the_keys_and_changes_nothing(tmp_path):

@@ -105,7 +105,7 @@ def test_a_fresh_fit_refuses_an_earlier_log_unless_told_to_append_or_overwrite(t
     learn = tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")])
     learn.fit(2)
     before = (tmp_path / "log.csv").read_bytes()
-    with pytest.raises(FileExistsError, match=r"log.csv is there already .*append=True.*overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"log.csv is there already .*append = True.*overwrite = True"):
         learn.fit(1)
     with pytest.raises(FileExistsError, match=r"log.csv is there already"):
         tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
@@ -565,3 +565,15 @@ def test_a_log_dir_that_cant_be_a_folder_is_refused_before_training(tmp_path):
     with pytest.raises(FileExistsError):
         learn.fit(1)
     assert all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))
+
+
+def test_the_advice_for_a_learners_own_logger_whose_file_is_there_works_when_followed(tmp_path):
+    """The advice was to pass CSVLoggerCB(path, append=True): given to the next fit, the learner's own logger still
+    refused the file, with the same error."""
+    learn = tiny_learner([quiet_metrics(), CSVLoggerCB(tmp_path / "log.csv")])
+    learn.fit(2)
+    with pytest.raises(FileExistsError, match=r"learner's own.*learn\.cbs\[\d\]\.append = True") as e:
+        learn.fit(1)
+    exec(re.search(r"learn\.cbs\[\d\]\.append = True", str(e.value)).group(0), {"learn": learn})
+    learn.fit(1)
+    assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 3 * 2

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import beside_model, check_count
+from ..checks import beside_model, check_count, own_place
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -652,10 +652,13 @@ class CheckpointCB(Callback):
         elif existing:
             if not self.overwrite:  # (a resumed run writing here would mix its files with another run's)
                 whose = "from an earlier run" if resumed is None else f"of another run than the one resumed ({resumed})"
+                i = own_place(learn, self)  # (another CheckpointCB passed to the fit would run beside this one)
+                over = ("pass CheckpointCB(..., overwrite=True) (deletes them) or another path" if i is None else
+                        f"this CheckpointCB is the learner's own: learn.rm_cb(learn.cbs[{i}]).add_cb(CheckpointCB("
+                        f"'<another directory>')) keeps them, learn.cbs[{i}].overwrite = True deletes them")
                 raise FileExistsError(
                     f"{self.path} already holds checkpoints ({', '.join(f.name for _, f in existing[-3:])}) {whose}. "
-                    f"To continue that run: learn.fit(n_epochs, resume='{self.path}'). To start over, pass "
-                    "CheckpointCB(..., overwrite=True) (deletes them) or another path.")
+                    f"To continue that run: learn.fit(n_epochs, resume='{self.path}'). To start a new one, {over}.")
             self._replaced = [f for _, f in existing]  # deleted once this run has written a checkpoint
 
     def cleanup_fit(self, learn: Learner) -> None:

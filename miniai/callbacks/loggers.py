@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..checks import own_place
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..utils import link_target, loss_reduction, opt_lr, replaced_atomically
@@ -93,9 +94,14 @@ class CSVLoggerCB(Callback):
         fresh = self._active and "train" in learn.passes and learn.resumed_from is None and not (
             self.append or self.overwrite)  # (an evaluation writes nothing)
         if fresh and self.path.exists() and not _replaceable(self.path):
+            i = own_place(learn, self)  # (another logger passed to the fit would run beside this one)
+            how = ("pass CSVLoggerCB(path, append=True) to add this fit's rows to it, overwrite=True to start it anew, "
+                   "or log to another path") if i is None else (
+                f"this CSVLoggerCB is the learner's own: learn.cbs[{i}].append = True adds this fit's rows to it, "
+                f"learn.cbs[{i}].overwrite = True starts it anew, or learn.rm_cb(learn.cbs[{i}]) and log to another "
+                "path")
             raise FileExistsError(f"{self.path} is there already (an earlier run's log, or an earlier fit's of this "
-                                  "learner), and a fresh fit would replace it: pass CSVLoggerCB(path, append=True) to "
-                                  "add this fit's rows to it, overwrite=True to start it anew, or log to another path")
+                                  f"learner), and a fresh fit would replace it: {how}")
 
     def before_epoch(self, learn: Learner) -> None:
         if self._active and self._file is None and learn.training:
