@@ -1238,8 +1238,14 @@ def test_a_param_groups_own_setting_changed_on_resume_is_refused(tmp_path, given
 
 def test_a_changed_default_is_named_once_not_again_for_each_group_following_it(tmp_path):
     make_learner(tmp_path, opt_func=partial(optim.AdamW, weight_decay=0.01))[0].fit(1)
-    with pytest.raises(CheckpointMismatchError, match=r"other settings \(weight_decay: 0.01 saved, 0.3 here\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"other settings \(weight_decay: 0.01 saved, 0.3 here\)") as e:
         make_learner(None, opt_func=partial(optim.AdamW, weight_decay=0.3))[0].fit(2, resume=tmp_path)
+    # the code it gives for a new run from the saved weights runs as it is (it named a variable `file`)
+    learn, _ = make_learner(None)
+    exec(re.search(r"learn\.model\.load_state_dict\(load_checkpoint\(.*?\)\['model'\]\)", str(e.value)).group(0),
+         {"learn": learn, "load_checkpoint": load_checkpoint})
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.state_dict().values(),
+                                                 load_checkpoint(tmp_path)["model"].values()))
 
 
 @pytest.mark.parametrize("change", ["shuffle", "drop_last"])

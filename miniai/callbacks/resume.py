@@ -355,7 +355,8 @@ def _optimizer_state(learn: Learner, model: nn.Module, state: dict[str, Any], fi
         raise CheckpointMismatchError(
             f"checkpoint {file} was saved by an optimizer with other settings ({'; '.join(changed)}): resuming would "
             "train with the saved ones. Pass the same opt_func as the run that saved it (or start a new run with "
-            "the new settings from the saved weights: learn.model.load_state_dict(load_checkpoint(file)['model'])); "
+            "the new settings from the saved weights: "
+            f"learn.model.load_state_dict(load_checkpoint('{file}')['model'])); "
             "nothing was changed.")
     saved_names, own_names = state.get("param_names"), param_names(model, opt)
     if saved_names is None:  # a version-1 checkpoint: no names saved
