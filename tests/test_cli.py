@@ -572,3 +572,14 @@ def test_an_overwrite_run_under_torchrun_leaves_rank_0s_moved_aside_files_to_it(
     with pytest.raises(Exception):  # (not SystemExit, the refusal: past the checks, a lone rank 1 fails later)
         main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"])
     assert (aside / "log.csv").is_file()
+
+
+def test_a_run_whose_norm_statistics_overflow_ends_with_words_for_the_command(capsys):
+    """--lr 1e3 for 2 epochs left a BatchNorm's running_var inf with finite weights: the message the command printed
+    pointed to "the advice below", which it had cut, and to Python code and checkpoint names it has none of."""
+    from miniai.__main__ import main
+    assert main(["train", "--epochs", "2", "--n-train", "512", "--n-valid", "256", "--bs", "128", "--device", "cpu",
+                 "--lr", "1e3"]) == 1
+    err = capsys.readouterr().err
+    assert "running statistic" in err and "a lower --lr" in err and "Traceback" not in err
+    assert "below" not in err and "learn." not in err and "checkpoint" not in err.replace("keeps no checkpoints", "")

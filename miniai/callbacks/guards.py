@@ -150,8 +150,8 @@ class TerminateOnNaNCB(Callback):
         bad = nonfinite_weight(learn.model)  # (once per fit: a sync per tensor is fine)
         if bad is None:
             return
-        when = (f"at the end of the fit, which ended in epoch {learn.epoch + 1} (counted from 1, as checkpoint names "
-                f"count epochs done) (lr={_lr(learn):.3g}), though every training loss was finite")
+        when = (f"at the end of the fit, which ended in epoch {learn.epoch + 1} (counted from 1) (lr={_lr(learn):.3g}), "
+                "though every training loss was finite")
         subject, cause = nonfinite_cause(learn.model, bad)
         raise NonFiniteLossError(f"{subject} {when}: {cause}." + self._advice(learn))
 
@@ -218,9 +218,9 @@ def nonfinite_cause(model: torch.nn.Module, bad: str) -> tuple[str, str]:
     # (no threshold on the weights tells the causes apart: a deep model overflows with weights of 1e4)
     return (f"the running statistic {bad} is not finite (NaN or inf)",
             f"every weight is finite (the largest |weight| is {big:.3g}), and training batches' statistics set it, "
-            "not steps directly, so one of three: steps that grew the weights until the activations overflowed (the "
-            "advice below), inputs that held NaN or inf, or a statistic not finite before this fit (once the cause is "
-            "fixed, reset it: learn.model.apply(lambda m: getattr(m, 'reset_running_stats', lambda: None)()))")
+            "not steps directly, so one of three: steps that grew the weights until the activations overflowed (too "
+            "high an lr), inputs that held NaN or inf, or a statistic not finite before this fit (once the cause is "
+            "fixed, reset it with each norm layer's reset_running_stats())")
 
 
 def lower_lr_advice(learn: Learner, good: Any) -> str:
