@@ -588,6 +588,32 @@ def test_unsaved_private_or_in_place_state_is_named_too(tmp_path):
     assert "Warmup._n, Warmup.state changed during the fit" in messages and "history" not in messages
 
 
+def test_unsaved_state_in_an_array_or_a_namespace_changed_in_place_is_named_too(tmp_path):
+    """A NumPy array changed in place kept its identity and size, and a SimpleNamespace or dataclass was summarized by
+    its identity: their state was lost on resume without a warning."""
+    import dataclasses
+    import types
+
+    @dataclasses.dataclass
+    class Stats:
+        n: int = 0
+
+    class Keeper(Callback):
+        def __init__(self):
+            self.counts, self.ns, self.stats = np.zeros(3), types.SimpleNamespace(n=0), Stats()
+            self.fixed, self.table = np.ones(3), types.SimpleNamespace(lr=0.1)
+
+        def after_batch(self, learn):
+            self.counts[learn.iter % 3] += 1
+            self.ns.n += 1
+            self.stats.n += 1
+    with pytest.warns(UserWarning) as record:
+        tiny_learner(cbs=[Keeper(), CheckpointCB(tmp_path)]).fit(1)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "Keeper.counts, Keeper.ns, Keeper.stats changed during the fit" in messages
+    assert "fixed" not in messages and "table" not in messages
+
+
 # ---------------------------------------------------------------- 3.1 cleanups run; the first error surfaces
 
 def test_a_before_fit_error_is_not_buried_by_progress_cleanup():

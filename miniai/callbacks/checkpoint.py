@@ -10,6 +10,7 @@ file, fsync, rename): a crash or Ctrl-C while saving leaves the previous newest 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -19,6 +20,7 @@ import re
 import types
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -864,12 +866,19 @@ def _fingerprints(cb: Callback) -> dict[str, Any]:
 
 
 def _summary(value: Any, depth: int = 2) -> Any:
-    """Plain values as they are; a tensor's identity and in-place version; the items of small containers (so an
-    in-place `d['n'] += 1` shows), down to `depth` levels; anything else its identity and size."""
+    """Plain values as they are; a tensor's identity and in-place version; a NumPy array's identity and checksum;
+    the items of small containers and the fields of a SimpleNamespace or dataclass (so an in-place `d['n'] += 1`
+    shows), down to `depth` levels; anything else its identity and size."""
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
     if isinstance(value, torch.Tensor):
         return id(value), value._version
+    if isinstance(value, np.ndarray):  # (no version count: its bytes; an array of objects by its identity)
+        return id(value), value.shape, None if value.dtype.hasobject else zlib.crc32(np.ascontiguousarray(value))
+    if isinstance(value, types.SimpleNamespace):  # (its fields: one level, as a dict's items)
+        return id(value), _summary(vars(value), depth)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return id(value), _summary({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, depth)
     if depth and isinstance(value, (dict, list, tuple)) and len(value) <= 100:
         items = value.items() if isinstance(value, dict) else enumerate(value)
         return id(value), tuple((k, _summary(v, depth - 1)) for k, v in items)
