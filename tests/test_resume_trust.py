@@ -538,10 +538,10 @@ def test_a_resume_that_leaves_out_the_saved_runs_schedule_says_what_the_fit_trai
             "SWACB": lambda learn: learn.fit(4, cbs=[SWACB(swa_start=1, swa_lr=0.01)])}[how]
     make(make_learner(tmp_path, [stop])[0])
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
-    said = {"fit_one_cycle": r"without BatchSchedCB_0's OneCycleLR this fit trains on at the lr it left off at, "
+    said = {"fit_one_cycle": r"without BatchSchedCB_0's OneCycleLR this fit trains on at the lr its schedule's last step set, "
                              r"0\.0\d+, unscheduled: a fit_one_cycle run continues with "
                              r"learn.fit_one_cycle\(n, max_lr, resume=",
-            "EpochSchedCB": r"EpochSchedCB_0's StepLR this fit trains on at the lr it left off at, 0\.0005, "
+            "EpochSchedCB": r"EpochSchedCB_0's StepLR this fit trains on at the lr its schedule's last step set, 0\.0005, "
                             r"unscheduled\)",
             "SWACB": r"without SWACB_0 its average so far is lost"}[how]
     learn, rec = make_learner(tmp_path / "new")
@@ -565,7 +565,7 @@ def test_the_left_out_schedule_warning_names_the_lr_the_fit_trains_at(tmp_path):
     stop = _CutPass(training=True, at=0, exc=CancelFitException, epoch=3)
     plateau = _plateau
     make_learner(tmp_path / "a", [plateau(), stop], opt_func=two_groups)[0].fit(5)
-    with pytest.warns(UserWarning, match=r"ReduceLROnPlateau this fit trains on at the lrs it left off at, "
+    with pytest.warns(UserWarning, match=r"ReduceLROnPlateau this fit trains on at the lrs its schedule's last step set, "
                                          r"0\.0\d+, 0\.\d+ \(by param group\), unscheduled\)"):
         make_learner(None, opt_func=two_groups)[0].fit(5, resume=tmp_path / "a")
     with pytest.warns(UserWarning, match=r"ReduceLROnPlateau this fit trains on at the lr given, unscheduled\)"):

@@ -288,8 +288,9 @@ def _without(learn: Learner, saved: dict[str, Any], lost: list[str], opt_state: 
     trains = "train" in learn.passes and learn.start_epoch < learn.n_epochs
     stopped = learn.schedule_stop is not None and learn.start_epoch >= learn.schedule_stop
     lrs = [float(group["lr"]) for group in opt_state["param_groups"]]
-    at = "the lr given" if lr is not None else f"the lr it left off at, {lrs[0]:.3g}" if len(lrs) == 1 else (
-        f"the lrs it left off at, {', '.join(f'{x:.3g}' for x in lrs)} (by param group)")
+    # (not the last batch's: a schedule's last step sets the next one's, past a one-cycle's end a bounce back up)
+    at = "the lr given" if lr is not None else f"the lr its schedule's last step set, {lrs[0]:.3g}" if len(lrs) == 1 \
+        else f"the lrs its schedule's last step set, {', '.join(f'{x:.3g}' for x in lrs)} (by param group)"
     said = []
     for key in lost if trains else ():
         state = saved[key] if isinstance(saved[key], dict) else {}
