@@ -310,6 +310,8 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
             parts.update((b, x._buffers[b]) for b in (x._buffers if buffers is None else buffers)
                          if x._buffers.get(b) is not None)
     for key, value in parts.items():
+        if isinstance(value, nn.Parameter):  # (a reference to a parameter: in the state_dict where it is registered)
+            continue
         if isinstance(value, torch.Tensor):
             shown = str(value.tolist()) if value.numel() <= 8 else ""  # (as text: NaN equals NaN)
             value = ("tensor", tuple(value.shape), *byte_sums([value])[1:], shown)

@@ -197,17 +197,6 @@ class ResumeCB(Callback):
                               "began. Resume with the saved run's data to continue it exactly (another dataset, or "
                               "another holdout split, is a new run: start it from the checkpoint's weights).",
                               stacklevel=2)
-        saved_setup, setup = state.get("setup"), setup_of(learn)  # (older files: none saved)
-        changed = [] if saved_setup is None or not training else \
-            [f"{k}: {_shown(saved_setup.get(k))} saved, {_shown(setup.get(k))} here"
-             for k in {**saved_setup, **setup} if saved_setup.get(k) != setup.get(k)]
-        if changed:
-            warnings.warn(f"resuming from {file}: what is kept outside every state_dict differs from the saved run's "
-                          f"({'; '.join(changed[:8])}{f'; and {len(changed) - 8} more' if len(changed) > 8 else ''})"
-                          ": the run goes on with the values here, so it will not continue as the saved run would have "
-                          "(unless a callback of yours sets them back). Set them up as the saved run had them, or keep "
-                          "such state in a persistent buffer of the model (register_buffer) or in a callback with "
-                          "state_dict() and load_state_dict().", stacklevel=2)
         # schedulers check their saved state against this fit as they load it (length, steps per epoch); an
         # evaluation (fit(train=False)) builds and steps none, and the saved lr comes with the optimizer state
         given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
@@ -256,6 +245,18 @@ class ResumeCB(Callback):
             warnings.warn(f"resuming from {file}, saved by {len(ranks)} processes whose torch random draws differ "
                           f"(dropout, augmentation), resumed by {now}: each process's draws go on from rank 0's, so "
                           "the run will not continue exactly", stacklevel=2)
+        # after the loads: a tensor attribute derived from the weights, or a module setting a callback's state sets
+        saved_setup, setup = state.get("setup"), setup_of(learn)  # (older files: none saved)
+        changed = [] if saved_setup is None or not training else \
+            [f"{k}: {_shown(saved_setup.get(k))} saved, {_shown(setup.get(k))} here"
+             for k in {**saved_setup, **setup} if saved_setup.get(k) != setup.get(k)]
+        if changed:
+            warnings.warn(f"resuming from {file}: what is kept outside every state_dict differs from the saved run's "
+                          f"({'; '.join(changed[:8])}{f'; and {len(changed) - 8} more' if len(changed) > 8 else ''})"
+                          ": the run goes on with the values here, so it will not continue as the saved run would have "
+                          "(unless a callback of yours sets them back). Set them up as the saved run had them, or keep "
+                          "such state in a persistent buffer of the model (register_buffer) or in a callback with "
+                          "state_dict() and load_state_dict().", stacklevel=2)
         _set_rng_state(own)  # last: nothing may draw random numbers between this and the first batch
         self.state = {}  # let the checkpoint's tensors be freed
 
