@@ -508,8 +508,19 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
     # (0.1 is the Learner's default, which can't be told from one given: only another lr is the user's)
     by_learner = not given and not resuming and "train" in learn.passes and learn.lr is not None and learn.lr != 0.1
     given = given or by_learner
-    doubled = _lrs(learn.opt_func(params, 2 * float(lr))) if given and lr and not takes_lr else None  # (first: the
-    opt = learn.opt_func(params, lr)  # optimizer fit keeps is opt_func's last, for one that keeps a handle on it)
+    probe = given and lr and not takes_lr
+    first = learn.opt_func(params, 2 * float(lr) if probe else lr)  # (first: the optimizer fit keeps is opt_func's
+    opt = learn.opt_func(params, lr)  # last, for one that keeps a handle on it)
+    groups = [getattr(o, "param_groups", ()) for o in (first, opt)]
+    if first is not opt and any(g is h for g in groups[0] for h in groups[1]):
+        raise ValueError("opt_func builds its optimizers from param groups made once, outside it (groups = [...]; "
+                         "opt_func=lambda ps, lr: optim.AdamW(groups, lr=lr)): torch keeps those dicts and writes into "
+                         "them (the lr, a schedule's initial_lr), so every optimizer after the first (lr_find's, the "
+                         "next fit's) would start at the lr the last one left, not at the lr it is given. Build the "
+                         "groups inside opt_func, e.g. def opt_func(ps, lr): return optim.AdamW([{'params': [p for p "
+                         "in ps if p.ndim > 1]}, {'params': [p for p in ps if p.ndim <= 1], 'weight_decay': 0.0}], "
+                         "lr=lr)")
+    doubled = _lrs(first) if probe else None
     if getattr(opt, "_miniai_trained", False) and not resuming:
         raise ValueError("opt_func handed back an optimizer an earlier fit trained (opt_func=lambda ps, lr: opt): "
                          "each fit (lr_find's too) makes a new one, so that it starts at the lr it is given, with no "

@@ -256,6 +256,32 @@ def test_an_optimizer_an_earlier_fit_trained_is_refused_when_opt_func_hands_it_b
     assert learn.opt is not opt and learn.opt.param_groups[0]["lr"] == 0.1
 
 
+def test_an_opt_func_of_param_groups_made_outside_it_is_refused_with_advice_that_works():
+    """torch keeps and writes into the group dicts an optimizer is given (lr, a schedule's initial_lr): with groups
+    made once outside opt_func, lr_find left the next fit starting at the finder's last lr (1.74 for 0.1), a second
+    fit after a cosine trained at lr 0, and fit's own lr check wrote 2 × lr into a group without an lr of its own."""
+    from functools import partial
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    groups = [{"params": [p for p in model.parameters() if p.ndim > 1]},
+              {"params": [p for p in model.parameters() if p.ndim == 1], "weight_decay": 0.0}]
+    learn = TrainLearner(model, linear_dls(), F.mse_loss, lr=0.01,
+                         opt_func=lambda ps, lr: torch.optim.AdamW(groups, lr=lr))
+    for call in (lambda: learn.fit(1), lambda: learn.lr_find(plot=False)):
+        with pytest.raises(ValueError, match=r"param groups made once, outside it.*Build the groups inside opt_func"):
+            call()
+
+    def opt_func(ps, lr):  # as the message says
+        return torch.optim.AdamW([{"params": [p for p in ps if p.ndim > 1]},
+                                  {"params": [p for p in ps if p.ndim <= 1], "weight_decay": 0.0}], lr=lr)
+    learn.opt_func = opt_func
+    learn.lr_find(plot=False)
+    cosine = BatchSchedCB(partial(CosineAnnealing, T_max=len(learn.dls.train)))
+    for _ in range(2):
+        learn.fit(1, cbs=[cosine])
+        assert [g["initial_lr"] for g in learn.opt.param_groups] == [0.01, 0.01]
+
+
 class _RefusesAtStart(Callback):
     def before_fit(self, learn):
         raise RuntimeError("refused")
