@@ -584,6 +584,46 @@ def test_metrics_of_a_loader_that_reuses_its_tensors_are_those_of_each_batch():
     assert torch.equal(t, y) and torch.equal(xs, x)
 
 
+class _OneBuffer(nn.Module):
+    """Writes every batch's logits into one buffer and returns it (as CUDA-graph and exported-runtime wrappers do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("out", torch.empty(8, 3), persistent=False)
+
+    def forward(self, x):
+        return self.out.copy_(self.lin(x))
+
+
+class _Centres(Callback):
+    """Centres the logits on their first class in place after MetricsCB has seen them (to look at them, say)."""
+    order = 50
+
+    def after_batch(self, learn):
+        learn.preds.sub_(learn.preds[:, :1]).abs_()
+
+
+@pytest.mark.parametrize("later", ["a model that returns one buffer", "preds changed in place after MetricsCB"])
+def test_metrics_are_of_each_batchs_preds_as_metricscb_saw_them(later):
+    """MetricsCB kept references to the preds until its update at the pass's end: a model returning the same buffer
+    every batch was scored on its last batch's logits (0.300 for 0.317), and a later callback's in-place change to
+    them counted (a binary model's sigmoid_: 0.5 for 0.5625), without a word; the loss was right."""
+    from torcheval.metrics import MulticlassAccuracy
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3), torch.arange(40) % 3
+    model = _OneBuffer() if later.startswith("a model") else nn.Linear(3, 3)
+    metrics = MetricsCB(acc=Accuracy(), tacc=MulticlassAccuracy(), log_fn=None)
+    cbs = [metrics] if later.startswith("a model") else [metrics, _Centres()]
+    learn = TrainLearner(model, DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), F.cross_entropy,
+                         lr=0.1, cbs=cbs)
+    learn.fit(1, train=False)
+    with torch.no_grad():
+        hand = torch.cat([model(x[i:i + 8]).clone() for i in range(0, 40, 8)]).argmax(1).eq(y).float().mean().item()
+    assert 0.0 < hand < 1.0 and metrics.last["valid_acc"] == pytest.approx(hand)
+    assert metrics.last["valid_tacc"] == pytest.approx(hand)
+
+
 def test_uint8_targets_of_a_class_weighted_loss_are_counted_by_their_classes():
     """Indexing the class weights with uint8 targets read them as a mask: IndexError at the first flush."""
     y = torch.randint(0, 4, (23,), generator=torch.Generator().manual_seed(0)).to(torch.uint8)

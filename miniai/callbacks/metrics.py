@@ -192,8 +192,9 @@ class MetricsCB(Callback):
     def after_batch(self, learn: Learner) -> None:
         # only keep the batch here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches.
-        # The target is kept as a copy (< 1 µs): a loader may refill the same tensors for its next batch
-        # (a prefetcher's buffers), and so are preds in the input's memory
+        # Target and preds are kept as copies (a few µs): a loader may refill the same tensors for its next batch
+        # (a prefetcher's buffers), a model its output buffer (a CUDA graph's), and a later callback may change
+        # learn.preds in place: the metrics are of the batch as it is now
         batch, n_inp = learn.batch, learn.n_inp
         if isinstance(batch, (tuple, list)) and len(batch) == n_inp + 1:  # (*inputs, target)
             target = batch[n_inp]
@@ -206,13 +207,10 @@ class MetricsCB(Callback):
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
                 raise unbatched_error()
-            # preds that share the loader's input's memory (x[:, -1], nn.Identity, an in-place ReLU) are refilled
-            # with it: copied; a model's own output is not
-            preds = preds.detach().clone() if _shares_memory(preds, batch) else preds.detach()
-            target, n, numel = target.clone(), target.shape[0], preds.numel()
+            preds, target, n, numel = preds.detach().clone(), target.clone(), target.shape[0], preds.numel()
         else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
             # for a metric of the user's that takes them
-            preds = map_tensors(preds, lambda t: t.detach().clone() if _shares_memory(t, batch) else t.detach())
+            preds = map_tensors(preds, lambda t: t.detach().clone())
             target = map_tensors(target, torch.Tensor.clone)
             n = batch_n_items(learn)  # (the target, counted as the loggers count it)
             numel = sum(t.numel() for t in tensors_in(preds))
@@ -433,14 +431,6 @@ def _per_batch_sums(each: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> to
     ends = torch.tensor([t.numel() for t in targets]).cumsum(0).to(each.device)
     sums = torch.cat([each.new_zeros(1), each.cumsum(0)])
     return sums[ends] - sums[torch.cat([ends.new_zeros(1), ends[:-1]])]
-
-
-def _shares_memory(t: torch.Tensor, batch: Any) -> bool:
-    """Whether `t` lies in the memory of one of the batch's tensors (the same storage; a sparse one has none)."""
-    if t.layout != torch.strided:
-        return False
-    ptr = t.untyped_storage().data_ptr()
-    return any(b.layout == torch.strided and ptr == b.untyped_storage().data_ptr() for b in tensors_in(batch))
 
 
 def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> None:
