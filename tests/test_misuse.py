@@ -537,7 +537,7 @@ def test_an_evaluation_resumed_from_a_checkpoint_that_validates_nothing_is_refus
         learn.fit(1, train=False, resume=tmp_path)
     assert torch.equal(before, learn.model.weight)
     learn.fit(3, train=False, resume=tmp_path)  # the checkpoint's weights, validated once
-    assert [row["epoch"] for row in learn.metrics.history] == [0, 0, 1, 1, 1]  # labelled as the run logged them
+    assert [row["epoch"] for row in learn.metrics.history] == [1]  # its own row, labelled as the run logged it
 
 
 def test_an_evaluation_resumed_from_a_checkpoint_validates_its_weights_once_and_no_more(tmp_path):
@@ -641,6 +641,20 @@ def test_an_evaluation_resumed_from_an_older_checkpoint_leaves_the_runs_best_alo
     kept = (ckpt.best, ckpt.best_path, stop.best, stop.wait)
     learn.fit(3, train=False, resume=tmp_path / "epoch_0002.pt")
     assert (ckpt.best, ckpt.best_path, stop.best, stop.wait) == kept
+
+
+def test_an_evaluation_resumed_from_a_checkpoint_logs_its_row_alone_as_an_evaluation_does(tmp_path):
+    """The run's rows came back from the checkpoint and the evaluation's was added: its epoch's validation row twice,
+    where an evaluation's history is its own row."""
+    from miniai.callbacks import CheckpointCB
+    metrics = MetricsCB(log_fn=None)
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1,
+                         cbs=[metrics, CheckpointCB(tmp_path, keep=None)])
+    learn.fit(3)
+    saved = [row for row in metrics.history if row["epoch"] == 1 and row["train"] == "valid"]
+    learn.fit(3, train=False, resume=tmp_path / "epoch_0002.pt")
+    assert [{k: v for k, v in row.items() if k != "time"} for row in metrics.history] == \
+        [{k: v for k, v in row.items() if k != "time"} for row in saved]
 
 
 def test_a_log_holding_only_a_header_is_no_earlier_run(tmp_path):

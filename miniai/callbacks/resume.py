@@ -221,7 +221,9 @@ class ResumeCB(Callback):
             for group, lr in zip(learn.opt.param_groups, given):
                 group["lr"] = lr
         metrics = getattr(learn, "metrics", None)
-        if state["metrics"] is not None and metrics is not None and not callable(getattr(metrics, "state_dict", None)):
+        # (an evaluation's history is its own row, as fit(train=False)'s: the run's would hold that epoch's twice)
+        if state["metrics"] is not None and metrics is not None and training \
+                and not callable(getattr(metrics, "state_dict", None)):
             metrics.history, metrics.last = list(state["metrics"]["history"]), dict(state["metrics"]["last"])
         forget_records(learn.cbs)  # a fit that ends before its first batch now leaves the run's, not the last fit's
         self._seedless = [dl for dl in loaders.values() if getattr(dl, "seed", 0) is None and not is_dist()]
