@@ -624,6 +624,42 @@ def test_metrics_are_of_each_batchs_preds_as_metricscb_saw_them(later):
     assert metrics.last["valid_tacc"] == pytest.approx(hand)
 
 
+class _Prior(nn.Module):
+    """A constant baseline: every item gets the class scores of one parameter (a view of it, as expand gives)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([0.3, 0.0, 0.2]))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), 3)
+
+
+class _SeenPreds(Callback):
+    order = -1  # (before MetricsCB)
+
+    def __init__(self) -> None:
+        self.preds, self.targets = [], []
+
+    def after_predict(self, learn):
+        if learn.training:
+            self.preds.append(learn.preds.detach().clone())
+            self.targets.append(learn.batch[1])
+
+
+def test_a_models_output_that_is_a_view_of_a_parameter_the_step_changes_is_scored_as_predicted():
+    """MetricsCB refused it, blaming the loss or a callback for changing the preds in place: it was the optimizer's
+    step, which changes the parameter they are a view of, and a hand loop scores what the model predicted."""
+    y = torch.tensor([0, 0, 2, 2, 1, 2, 0, 2] * 3)
+    metrics, seen = MetricsCB(acc=Accuracy(), log_fn=None), _SeenPreds()
+    learn = TrainLearner(_Prior(), DataLoaders(TensorLoader(torch.zeros(24, 1), y, 4),
+                                               TensorLoader(torch.zeros(8, 1), y[:8], 4)),
+                         F.cross_entropy, lr=0.5, cbs=[metrics, seen])
+    learn.fit(1)
+    hand = torch.cat(seen.preds).argmax(1).eq(torch.cat(seen.targets)).float().mean().item()
+    assert 0.0 < hand < 1.0 and metrics.last["train_acc"] == pytest.approx(hand)
+
+
 def test_uint8_targets_of_a_class_weighted_loss_are_counted_by_their_classes():
     """Indexing the class weights with uint8 targets read them as a mask: IndexError at the first flush."""
     y = torch.randint(0, 4, (23,), generator=torch.Generator().manual_seed(0)).to(torch.uint8)

@@ -13,10 +13,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accuracy import Accuracy
-from ..checks import preds_changed_error, unbatched_error
+from ..checks import unbatched_error
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
-from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensor_versions, tensors_in
+from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
 from ..weighting import (averages_over_targets, batch_n_items, ignored_target, mean_loss, stated_ignore, sum_dtype,
                          target_mask)
 from .records import keep_records, restore_if_refused
@@ -118,7 +118,7 @@ class MetricsCB(Callback):
         self._sum_loss = False  # (set each pass: the loss's reduction is 'sum')
         self._sync = False  # (set each fit: merge the ranks' sums, in a DDP fit)
         self._in_pass = False  # between a pass's before_epoch and after_epoch
-        self._predicted: tuple[Any, Any] | None = None  # (this batch's preds, their in-place counters)
+        self._preds: Any = None  # (a copy of this batch's preds, from after_predict to after_batch)
 
     @property
     def names(self) -> list[str]:
@@ -185,32 +185,28 @@ class MetricsCB(Callback):
         self._in_pass = True  # (until after_epoch: its metrics hold this pass's counts, see _check_unshared)
 
     def after_predict(self, learn: Learner) -> None:
-        # the preds' in-place counters (no copy, no sync): a loss that changes them in place (p.clamp_) would have
-        # the metrics read its values, not the model's (checked at after_batch)
-        self._predicted = (learn.preds, tensor_versions(learn.preds))
+        # a copy of what the model predicted (a few µs), kept until the update (_flush): a loss that changes the
+        # preds in place (p.clamp_), the optimizer's step on a parameter they are a view of, a later callback, or a
+        # model refilling one output buffer each batch (a CUDA graph's) would change them before it
+        self._preds = map_tensors(learn.preds, lambda t: t.detach().clone())
 
     def after_batch(self, learn: Learner) -> None:
         # only keep the batch here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches.
-        # Target and preds are kept as copies (a few µs): a loader may refill the same tensors for its next batch
-        # (a prefetcher's buffers), a model its output buffer (a CUDA graph's), and a later callback may change
-        # learn.preds in place: the metrics are of the batch as it is now
+        # The target is kept as a copy too (< 1 µs): a loader may refill the same tensors for its next batch
+        # (a prefetcher's buffers)
         batch, n_inp = learn.batch, learn.n_inp
         if isinstance(batch, (tuple, list)) and len(batch) == n_inp + 1:  # (*inputs, target)
             target = batch[n_inp]
         else:
             target = self._odd_target(batch, n_inp)
-        preds = learn.preds
-        predicted, self._predicted = self._predicted, None  # (no reference kept past the batch)
-        if predicted is not None and predicted[0] is preds and tensor_versions(preds) != predicted[1]:
-            raise preds_changed_error("MetricsCB", learn.loss_func)
+        preds, self._preds = self._preds, None  # (no copy kept past the batch)
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
                 raise unbatched_error()
-            preds, target, n, numel = preds.detach().clone(), target.clone(), target.shape[0], preds.numel()
-        else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
-            # for a metric of the user's that takes them
-            preds = map_tensors(preds, lambda t: t.detach().clone())
+            target, n, numel = target.clone(), target.shape[0], preds.numel()
+        else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are, for a metric
+            # of the user's that takes them
             target = map_tensors(target, torch.Tensor.clone)
             n = batch_n_items(learn)  # (the target, counted as the loggers count it)
             numel = sum(t.numel() for t in tensors_in(preds))
@@ -331,7 +327,7 @@ class MetricsCB(Callback):
 
     def cleanup_epoch(self, learn: Learner) -> None:
         self._in_pass = False  # (also after a cancelled pass, whose after_epoch did not run)
-        self._predicted = None  # (a cancelled batch's preds, whose after_batch did not run)
+        self._preds = None  # (a cancelled batch's, whose after_batch did not run)
 
     def after_epoch(self, learn: Learner) -> None:
         self._in_pass = False
