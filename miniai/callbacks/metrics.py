@@ -59,7 +59,9 @@ class MetricsCB(Callback):
 
     `MetricsCB(MulticlassAccuracy())` names the metric after its class; `MetricsCB(accuracy=MulticlassAccuracy())`
     names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
-    only at the end of each pass. Each metric's `update` gets each batch; a metric whose class says `additive =
+    only at the end of each pass. Each metric's `update` gets each batch: a copy of its preds as the model gave
+    them (at after_predict: what a loss, the step or a later callback does to them is not seen), and its target;
+    a metric whose class says `additive =
     True` (Accuracy: an update over concatenated batches counts what one per batch does) gets them up to 256 at a
     time (or 1M predictions), concatenated (one call's fixed cost instead of 256). The loss is each batch's
     weighted by what its mean divides by: for torch's cross-entropy and NLL losses its targets' class weights,
@@ -80,7 +82,7 @@ class MetricsCB(Callback):
     Under DDP the metric states and the loss sum are summed over all processes at the end of each pass, so every
     rank reports the same values, those of the whole validation (or training) set; only rank 0 prints them.
     """
-    order = 10  # after callbacks that change preds or loss, before those that read the results
+    order = 10  # after callbacks that change preds (at after_predict) or loss, before those that read the results
 
     def __init__(self, *metrics: Any, log_fn: Callable[[dict[str, Any]], None] | str | None = "print",
                  **named_metrics: Any) -> None:
