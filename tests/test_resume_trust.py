@@ -538,11 +538,11 @@ def test_a_resume_that_leaves_out_the_saved_runs_schedule_says_what_the_fit_trai
             "SWACB": lambda learn: learn.fit(4, cbs=[SWACB(swa_start=1, swa_lr=0.01)])}[how]
     make(make_learner(tmp_path, [stop])[0])
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
-    said = {"fit_one_cycle": r"without BatchSchedCB_0's OneCycleLR this fit trains on at the lr its schedule's last step set, "
-                             r"0\.0\d+, unscheduled: a fit_one_cycle run continues with "
+    said = {"fit_one_cycle": r"without BatchSchedCB_0's OneCycleLR this fit trains on at the lr its schedule's last "
+                             r"step set, 0\.0\d+, unscheduled: a fit_one_cycle run continues with "
                              r"learn.fit_one_cycle\(n, max_lr, resume=",
-            "EpochSchedCB": r"EpochSchedCB_0's StepLR this fit trains on at the lr its schedule's last step set, 0\.0005, "
-                            r"unscheduled\)",
+            "EpochSchedCB": r"EpochSchedCB_0's StepLR this fit trains on at the lr its schedule's last step set, "
+                            r"0\.0005, unscheduled\)",
             "SWACB": r"without SWACB_0 its average so far is lost"}[how]
     learn, rec = make_learner(tmp_path / "new")
     with pytest.warns(UserWarning, match=said):
@@ -565,8 +565,8 @@ def test_the_left_out_schedule_warning_names_the_lr_the_fit_trains_at(tmp_path):
     stop = _CutPass(training=True, at=0, exc=CancelFitException, epoch=3)
     plateau = _plateau
     make_learner(tmp_path / "a", [plateau(), stop], opt_func=two_groups)[0].fit(5)
-    with pytest.warns(UserWarning, match=r"ReduceLROnPlateau this fit trains on at the lrs its schedule's last step set, "
-                                         r"0\.0\d+, 0\.\d+ \(by param group\), unscheduled\)"):
+    with pytest.warns(UserWarning, match=r"ReduceLROnPlateau this fit trains on at the lrs its schedule's last step "
+                                         r"set, 0\.0\d+, 0\.\d+ \(by param group\), unscheduled\)"):
         make_learner(None, opt_func=two_groups)[0].fit(5, resume=tmp_path / "a")
     with pytest.warns(UserWarning, match=r"ReduceLROnPlateau this fit trains on at the lr given, unscheduled\)"):
         make_learner(None, opt_func=two_groups)[0].fit(5, resume=tmp_path / "a", lr=0.01)
@@ -792,8 +792,9 @@ def test_state_no_state_dict_holds_is_named_on_resume_where_it_differs_from_the_
     stopped = _counting_learner(tmp_path)
     stopped.cbs.append(_CutPass(training=True, at=0, exc=CancelFitException, epoch=2))
     stopped.fit(4)
-    with pytest.warns(UserWarning, match=r"outside every state_dict.*model\.1\.calls: 20 saved, 0 here; model\.1\.seen: "
-                                         r"tensor 160\.0 saved, tensor 0\.0 here; loss_func\.n: tensor 20\.0 saved.*"
+    with pytest.warns(UserWarning, match=r"outside every state_dict.*model\.1\.calls: 20 saved, 0 here; "
+                                         r"model\.1\.seen: tensor 160\.0 saved, tensor 0\.0 here; "
+                                         r"loss_func\.n: tensor 20\.0 saved.*"
                                          r"BatchTransformCB_0\.tfm\.n: 16 saved, 0 here"):
         _counting_learner(tmp_path).fit(4, resume=tmp_path)
 
@@ -829,8 +830,9 @@ def test_a_resume_of_the_same_setup_says_nothing_of_settings(tmp_path):
 
     def make(path, extra=()):
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 4)), torch.nn.Conv1d(1, 3, 3, padding=1),
-                                    torch.nn.BatchNorm1d(3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+        nn = torch.nn
+        model = nn.Sequential(nn.Unflatten(1, (1, 4)), nn.Conv1d(1, 3, 3, padding=1), nn.BatchNorm1d(3), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(12, 1))
         learn, _ = make_learner(path, [BatchTransformCB(partial(torch.mul, other=1.5)), *extra], model=model)
         learn.loss_func = partial(torch.nn.functional.huber_loss, delta=0.5)
         return learn
