@@ -296,7 +296,9 @@ _MODULE_OWN = set(vars(nn.Module()))  # what torch keeps on every module: hooks,
 
 def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str] | None = None) -> None:
     """`x`'s function name, or its class name and its plain attributes and buffers (`buffers`: which; default all
-    of a module's), into `found` under `name` and `name.<attribute>`; tensors as their shape and checksum."""
+    of a module's), into `found` under `name` and `name.<attribute>`; tensors as their shape and checksum. A
+    module's plain tensor attributes are left out: what torch keeps there is made from the parameters before each
+    forward (the weight of weight_norm, spectral_norm, prune)."""
     if isinstance(x, functools.partial):
         found[name] = _named(x.func)
         parts = {**dict(enumerate(x.args)), **x.keywords}
@@ -307,6 +309,7 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         found[name] = _named(type(x))
         parts = {k: v for k, v in vars(x).items() if k not in _MODULE_OWN} if hasattr(x, "__dict__") else {}
         if isinstance(x, nn.Module):
+            parts = {k: v for k, v in parts.items() if not isinstance(v, torch.Tensor)}
             parts.update((b, x._buffers[b]) for b in (x._buffers if buffers is None else buffers)
                          if x._buffers.get(b) is not None)
     for key, value in parts.items():
@@ -316,19 +319,28 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
             shown = str(value.tolist()) if value.numel() <= 8 else ""  # (as text: NaN equals NaN)
             value = ("tensor", tuple(value.shape), *byte_sums([value])[1:], shown)
         elif isinstance(value, (list, tuple)) and len(value) <= 16 and all(isinstance(v, _PLAIN) for v in value):
-            value = tuple(value)
-        elif not isinstance(value, _PLAIN):
+            value = tuple(map(_python, value))
+        elif isinstance(value, _PLAIN):
+            value = _python(value)
+        else:
             continue
         found[f"{name}.{key}"] = value
 
 
-_PLAIN = (int, float, str, bool, type(None))
+_PLAIN = (int, float, str, bool, type(None), np.number, np.bool_)
+
+
+def _python(value: Any) -> Any:
+    """A plain value as torch's safe loader reads it back and as it compares: NumPy's numbers as Python's (np.float64
+    is a float, and the safe loader refuses it), NaN as the text 'nan' (nan != nan)."""
+    value = value.item() if isinstance(value, (np.number, np.bool_)) else value
+    return "nan" if isinstance(value, float) and math.isnan(value) else value
 
 
 def _named(f: Any) -> str:
-    """A function's or class's dotted name ('torch.neg'), the same in every process."""
-    name = f.__name__ if isinstance(f, types.BuiltinFunctionType) else getattr(f, "__qualname__", type(f).__qualname__)
-    return f"{getattr(f, '__module__', None) or ''}.{name}".lstrip(".")
+    """A function's or class's name, the same in every process and whichever module ran it (a class defined in a
+    script run as __main__, then imported from it)."""
+    return f.__name__ if isinstance(f, types.BuiltinFunctionType) else getattr(f, "__qualname__", type(f).__qualname__)
 
 
 def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
