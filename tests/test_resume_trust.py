@@ -874,3 +874,49 @@ def test_a_resume_of_the_same_setup_with_settings_of_these_kinds_says_nothing(tm
         warnings.simplefilter("error")
         resumed.fit(4, resume=tmp_path / "b")
     assert same_params(straight, resumed)
+
+
+class _SmoothedCE(torch.nn.Module):
+    """A loss module wrapping torch's: its settings are its submodule's."""
+
+    def __init__(self, smoothing: float) -> None:
+        super().__init__()
+        self.ce = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
+
+    def forward(self, preds, y):
+        return self.ce(preds, y)
+
+
+class _Scaled:
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def loss(self, preds, y):
+        return torch.nn.functional.cross_entropy(preds * self.scale, y)
+
+
+def test_settings_inside_a_compose_a_loss_module_or_a_bound_methods_object_are_compared_too(tmp_path):
+    """batch_tfms(RandomFlip(p)) (a Compose holding a list of transforms), a loss module whose setting is its
+    submodule's, and a loss that is a bound method took other settings on resume without a word."""
+    from miniai.augment import RandomFlip, batch_tfms
+    from miniai.callbacks import CheckpointCB
+    from miniai.callbacks.augment import BatchTransformCB
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.learner import TrainLearner
+    cases = {"BatchTransformCB_0.tfm.tfms.0.p: 0.5 saved, 1.0 here":
+             lambda v: dict(cbs=[BatchTransformCB(batch_tfms(RandomFlip(p=v)))]),
+             "loss_func.ce.label_smoothing: 0.0 saved, 0.3 here": lambda v: dict(loss_func=_SmoothedCE(v)),
+             "loss_func.scale: 1.0 saved, 3.0 here": lambda v: dict(loss_func=_Scaled(v).loss)}
+    for i, (said, setup) in enumerate(cases.items()):
+        saved, here = (float(v) for v in re.findall(r"(\d\.\d) (?:saved|here)", said))
+
+        def make(value, extra=()):
+            torch.manual_seed(0)
+            x, y = torch.randn(32, 1, 2, 2), torch.arange(32) % 3
+            kw = {"loss_func": torch.nn.functional.cross_entropy, "cbs": [], **setup(value)}
+            return TrainLearner(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)),
+                                DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), kw["loss_func"], lr=0.1,
+                                cbs=[*kw["cbs"], CheckpointCB(tmp_path / str(i)), *extra])
+        make(saved, [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
+        with pytest.warns(UserWarning, match=re.escape(said)):
+            make(here).fit(4, resume=tmp_path / str(i))

@@ -280,7 +280,7 @@ def setup_of(learn: Learner) -> dict[str, Any]:
     function, or their class, plain attributes and buffers), and the training loader's sampler class."""
     found: dict[str, Any] = {}
     for name, module in unwrap(learn.model).named_modules():  # (its persistent buffers are in the state_dict)
-        _plain_parts(found, f"model.{name}" if name else "model", module, module._non_persistent_buffers_set)
+        _plain_parts(found, f"model.{name}" if name else "model", module, module._non_persistent_buffers_set, 0)
     _plain_parts(found, "loss_func", learn.loss_func)
     for key, cb in _keyed(learn).items():
         if isinstance(cb, BatchTransformCB):
@@ -294,11 +294,17 @@ def setup_of(learn: Learner) -> dict[str, Any]:
 _MODULE_OWN = set(vars(nn.Module()))  # what torch keeps on every module: hooks, its dicts, the mode
 
 
-def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str] | None = None) -> None:
+def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str] | None = None,
+                 depth: int = 2) -> None:
     """`x`'s function name, or its class name and its plain attributes and buffers (`buffers`: which; default all
-    of a module's), into `found` under `name` and `name.<attribute>`; tensors as their shape and checksum. A
-    module's plain tensor attributes are left out: what torch keeps there is made from the parameters before each
-    forward (the weight of weight_norm, spectral_norm, prune)."""
+    of a module's), into `found` under `name` and `name.<attribute>`; tensors as their shape and checksum. Down to
+    `depth` levels, the same of its submodules, of the objects in its short lists (a Compose's transforms) and of
+    a bound method's object. A module's plain tensor attributes are left out: what torch keeps there is made from
+    the parameters before each forward (the weight of weight_norm, spectral_norm, prune)."""
+    if isinstance(x, types.MethodType):  # (a loss that is a bound method: its object's settings are its own)
+        _plain_parts(found, name, x.__self__, depth=depth)
+        found[name] = _named(x.__func__)
+        return
     if isinstance(x, functools.partial):
         found[name] = _named(x.func)
         parts = {**dict(enumerate(x.args)), **x.keywords}
@@ -312,8 +318,17 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
             parts = {k: v for k, v in parts.items() if not isinstance(v, torch.Tensor)}
             parts.update((b, x._buffers[b]) for b in (x._buffers if buffers is None else buffers)
                          if x._buffers.get(b) is not None)
+            parts.update(x._modules if depth else {})
     for key, value in parts.items():
         if isinstance(value, nn.Parameter):  # (a reference to a parameter: in the state_dict where it is registered)
+            continue
+        if depth and isinstance(value, nn.Module):
+            _plain_parts(found, f"{name}.{key}", value, depth=depth - 1)
+            continue
+        if depth and isinstance(value, (list, tuple)) and 0 < len(value) <= 16 \
+                and not any(isinstance(v, (*_PLAIN, torch.Tensor)) for v in value):  # (objects: transforms)
+            for i, item in enumerate(value):
+                _plain_parts(found, f"{name}.{key}.{i}", item, depth=depth - 1)
             continue
         if isinstance(value, torch.Tensor):
             shown = str(value.tolist()) if value.numel() <= 8 else ""  # (as text: NaN equals NaN)
