@@ -645,8 +645,8 @@ def test_a_layer_skipped_in_some_batches_is_refused_not_drawn_at_other_batches_p
     place, and so on, beside layers that ran every batch, without a word."""
     dls = linear_dls(n_train=64, n_valid=32, bs=16)  # 4 training batches: run, skipped, run, skipped
     learn = TrainLearner(LayerDrop(), dls, F.mse_loss, lr=0.01, cbs=[ActivationStats(mod_filter)])
-    with pytest.raises(ValueError, match=r"layer (1 \(ReLU|0 \(Sequential)\) ran in 2 of the pass's 4 recorded "
-                                         r"batches.*LayerDrop.*mod_filter"):
+    with pytest.raises(ValueError, match=r"layer (1 \('block.1', ReLU|0 \('block', Sequential)\) did not run in "
+                                         r"batch 1 of this training pass.*LayerDrop.*mod_filter"):
         learn.fit(1)
 
 
@@ -663,3 +663,50 @@ def test_a_layer_never_run_and_batches_a_callback_skips_are_not_a_skipped_layer(
     TrainLearner(model, linear_dls(n_train=64, n_valid=32, bs=16), F.mse_loss, lr=0.01,
                  cbs=[stats, SkipBatch1()]).fit(1)
     assert [len(means) for means, _, _ in stats.stats] == [3, 0, 0]
+
+
+class _AuxHead(nn.Module):
+    """A head used in training mode only (deep supervision), and a block switched on from the second epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head, self.aux = nn.Sequential(nn.Linear(1, 8), nn.ReLU()), nn.Linear(8, 1), nn.Linear(8, 1)
+        self.extra, self.use_extra = nn.Sequential(nn.Linear(8, 8), nn.ReLU()), False
+
+    def forward(self, x):
+        h = self.body(x)
+        h = h + self.extra(h) if self.use_extra else h
+        return self.head(h) + 0.1 * self.aux(h) if self.training else self.head(h)
+
+
+class _SwitchOn(Callback):
+    def before_epoch(self, learn):
+        learn.model.use_extra = learn.epoch >= 1
+
+
+class _DropOddBatches(Callback):
+    order = -1  # (a guard that drops batches at after_predict, before ActivationStats sees them)
+
+    def after_predict(self, learn):
+        if learn.training and learn.iter % 2:
+            raise CancelBatchException()
+
+
+@pytest.mark.parametrize("case", ["a head used in training only", "a block switched on mid-fit",
+                                  "batches dropped at after_predict"])
+def test_a_layer_that_runs_in_some_passes_or_batches_only_is_refused_too(case):
+    """Counted per pass, a layer that ran in every training batch and in no validation batch (on_valid=True), one
+    switched on at the second epoch, or one skipped in batches a guard dropped before ActivationStats' after_predict
+    passed, its records drawn at other batches' places."""
+    model, cbs, kw = _AuxHead(), [], {"mod_filter": lambda m: isinstance(m, (nn.Linear, nn.ReLU))}
+    if case == "a head used in training only":
+        kw["on_valid"] = True
+    elif case == "a block switched on mid-fit":
+        cbs = [_SwitchOn()]
+    else:
+        model, cbs = LayerDrop(), [_DropOddBatches()]
+    learn = TrainLearner(model, linear_dls(n_train=64, n_valid=32, bs=16), F.mse_loss, lr=0.01,
+                         cbs=[ActivationStats(**kw), *cbs])
+    with pytest.raises(ValueError, match=r"ActivationStats: layer \d+ \('(aux|extra\.0|block\.0)', Linear\) (did not "
+                                         r"run|ran) in batch \d of this (training|validation) pass"):
+        learn.fit(2)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_count
-from ..learner import Callback, CancelEpochException, CancelFitException, Learner
+from ..learner import Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner
 from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["Hook", "Hooks", "append_stats", "get_hist", "get_min", "HooksCallback", "ActivationStats"]
@@ -355,8 +355,9 @@ class ActivationStats(HooksCallback):
     batches, the "colorful dimension"), `dead_chart()` (share of activations in the lowest bin, i.e. near zero),
     `plot_stats()` (means and stds per layer). Each returns its Figure.
 
-    A hooked layer runs once in every batch, or in none (one used twice in a batch, or skipped in some, is refused
-    at the end of the pass: one record per batch, drawn at its batch's place, is what the plots show).
+    A hooked layer runs once in every recorded batch, or in none (one used twice in a batch, skipped in some, or
+    run in some passes only is refused at that batch's end: one record per batch, drawn at its batch's place, is
+    what the plots show).
     """
 
     def __init__(self, mod_filter: Callable[[nn.Module], bool] = every_module, bins: int = 40,
@@ -370,43 +371,34 @@ class ActivationStats(HooksCallback):
                          every)
         self._cache: tuple[Hooks, tuple[int, ...], list[tuple[Tensor, Tensor, Tensor]]] | None = None
         self._recorded_before: list[int] = []
-        self._forwards = 0  # the pass's recorded batches whose forward ran: a hooked layer must record in each
+        self._ran: list[bool] | None = None  # which hooked layers ran in the fit's first batch that recorded any
+        self._predicted: int | None = None  # the last recorded batch whose predict step ran (after_predict)
+
+    def before_fit(self, learn: Learner) -> None:
+        super().before_fit(learn)
+        self._ran = self._predicted = None
+
+    def after_predict(self, learn: Learner) -> None:
+        if self._in_recorded_batch(learn) and learn.model.training == self._training:
+            self._predicted = learn.iter  # (a hooked layer alone that did not run: the forward still did)
 
     def before_epoch(self, learn: Learner) -> None:
         super().before_epoch(learn)
         self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
-        self._forwards = 0
 
-    def after_predict(self, learn: Learner) -> None:
-        if self._in_recorded_batch(learn) and learn.model.training == self._training:
-            self._forwards += 1
+    def cleanup_batch(self, learn: Learner) -> None:
+        stopped = learn.stopped_by  # (after an error, no check: that error is the one to see)
+        if stopped is None or isinstance(stopped, _CANCELS + (CancelBatchException,)):
+            self._check_batch(learn)
+        super().cleanup_batch(learn)
 
-    def cleanup_epoch(self, learn: Learner) -> None:
-        # here, not at after_epoch: a pass a cancel cut short (SingleBatchCB) is checked too; after an error, no
-        # check: that error is the one to see
-        stopped = learn.stopped_by
-        if self._active and learn.iter is not None and (stopped is None or isinstance(stopped, _CANCELS)):
-            self._check_runs_per_batch(learn)
-        super().cleanup_epoch(learn)
-
-    def _check_runs_per_batch(self, learn: Learner) -> None:
-        recorded = [getattr(hook, "n_recorded", 0) - before for hook, before in zip(self.hooks, self._recorded_before)]
-        if not any(recorded) and self.other_mode_calls:  # a callback put the model in eval mode to freeze BatchNorm?
-            warnings.warn(f"ActivationStats recorded nothing in this {'training' if learn.training else 'validation'} "
-                          f"pass of {learn.iter + 1} batches: it records the forwards made in the pass's mode (model."
-                          f"{'train' if learn.training else 'eval'}()), and the model was not in it. To freeze "
-                          "BatchNorm while training, put only those layers in eval mode.", stacklevel=2)
-        for i, (hook, n) in enumerate(zip(self.hooks, recorded)):  # (a layer the forward never uses: no records)
-            if 0 < n < self._forwards:  # its plots, x = 0, 1, ..., would draw these at other batches' places
-                raise ValueError(f"ActivationStats: layer {i} ({type(hook.module).__name__}) ran in {n} of the pass's "
-                                 f"{self._forwards} recorded batches, skipped in the others (LayerDrop, stochastic "
-                                 "depth, a mixture of experts' routing), so its plots would draw its statistics at "
-                                 "other batches' places. Hook modules that run in every batch (mod_filter, or "
-                                 "mods=[...]).")
-        for hook in self.hooks:  # (per batch: a module run twice in some batches and in none of others averages 1)
-            if hook.repeats:  # its statistics would interleave the places it runs, one entry each per batch
+    def _check_batch(self, learn: Learner) -> None:
+        """Refuse a hooked layer that ran more than once in this batch, or ran where it did not in the fit's first
+        recorded batch, or the other way: the plots draw a layer's records, one per batch, at x = 0, 1, ..."""
+        for hook in self.hooks:  # its statistics would interleave the places it runs, one entry each per batch
+            if hook.repeats:
                 raise ValueError(f"ActivationStats: {type(hook.module).__name__} ran more than once in "
-                                 f"one batch ({hook.repeats} extra runs in this pass): it is used in more than one "
+                                 f"one batch (batch {learn.iter}): it is used in more than one "
                                  "place in forward (as torchvision's shared self.relu), activation checkpointing "
                                  "(torch.utils.checkpoint) runs its forward again during backward, or a callback runs "
                                  "the model again in the batch (a second forward for a loss), "
@@ -414,6 +406,36 @@ class ActivationStats(HooksCallback):
                                  "each place its own module, choose modules outside the checkpointed parts with "
                                  "mod_filter), or make other forwards of your own through learn.get_preds or "
                                  "outside the fit.")
+        ran = [getattr(hook, "iter", None) == learn.iter for hook in self.hooks]
+        if not (any(ran) or self._predicted == learn.iter):  # (a batch not recorded, or cancelled before its forward)
+            return
+        if self._ran is None:
+            self._ran = ran
+        elif ran != self._ran:  # one skipped in some batches (or run in some only): its records at other batches' x
+            i = next(i for i, (now, first) in enumerate(zip(ran, self._ran)) if now != first)
+            module = self.hooks[i].module
+            name = next((n for n, m in learn.model.named_modules() if m is module), "?") or "the model"
+            raise ValueError(f"ActivationStats: layer {i} ({name!r}, {type(module).__name__}) "
+                             f"{'did not run' if self._ran[i] else 'ran'} in batch {learn.iter} of this "
+                             f"{'training' if learn.training else 'validation'} pass, where it "
+                             f"{'ran' if self._ran[i] else 'did not'} in the fit's first recorded batch: it is skipped "
+                             "in some batches (LayerDrop, stochastic depth, a mixture of experts' routing, a head used "
+                             "in training only, a block switched on mid-fit), so its plots would draw its statistics "
+                             "at other batches' places. Hook modules that run in every recorded batch (mod_filter, or "
+                             "mods=[...]).")
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        # here, not at after_epoch: a pass a cancel cut short (SingleBatchCB) is checked too; after an error, no
+        # check: that error is the one to see
+        stopped = learn.stopped_by
+        recorded = [getattr(hook, "n_recorded", 0) - before for hook, before in zip(self.hooks, self._recorded_before)]
+        if self._active and learn.iter is not None and (stopped is None or isinstance(stopped, _CANCELS)) \
+                and not any(recorded) and self.other_mode_calls:  # a callback put the model in eval mode (BatchNorm)?
+            warnings.warn(f"ActivationStats recorded nothing in this {'training' if learn.training else 'validation'} "
+                          f"pass of {learn.iter + 1} batches: it records the forwards made in the pass's mode (model."
+                          f"{'train' if learn.training else 'eval'}()), and the model was not in it. To freeze "
+                          "BatchNorm while training, put only those layers in eval mode.", stacklevel=2)
+        super().cleanup_epoch(learn)
 
     @property
     def stats(self) -> list[tuple[Tensor, Tensor, Tensor]]:
