@@ -920,3 +920,20 @@ def test_settings_inside_a_compose_a_loss_module_or_a_bound_methods_object_are_c
         make(saved, [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
         with pytest.warns(UserWarning, match=re.escape(said)):
             make(here).fit(4, resume=tmp_path / str(i))
+
+
+def test_a_model_with_lazy_layers_resumes_as_the_run_never_stopped(tmp_path):
+    """A fresh model's lazy layer has no shape before its first forward: resume failed reading it ("Can't access the
+    shape of an uninitialized parameter"), where torch's load_state_dict gives it the checkpoint's."""
+    def make(path, extra=()):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        return make_learner(path, list(extra), model=model)[0]
+    straight = make(tmp_path / "a")
+    straight.fit(4)
+    make(tmp_path / "b", [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
+    resumed = make(tmp_path / "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit(4, resume=tmp_path / "b")
+    assert same_params(straight, resumed)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..checks import beside_model, check_count, own_place
 from ..data import TensorLoader
@@ -280,7 +281,8 @@ def setup_of(learn: Learner) -> dict[str, Any]:
     function, or their class, plain attributes and buffers), and the training loader's sampler class."""
     found: dict[str, Any] = {}
     for name, module in unwrap(learn.model).named_modules():  # (its persistent buffers are in the state_dict)
-        _plain_parts(found, f"model.{name}" if name else "model", module, module._non_persistent_buffers_set, 0)
+        if not isinstance(module, LazyModuleMixin):  # (one not run yet: another class, no sizes, until its forward)
+            _plain_parts(found, f"model.{name}" if name else "model", module, module._non_persistent_buffers_set, 0)
     _plain_parts(found, "loss_func", learn.loss_func)
     for key, cb in _keyed(learn).items():
         if isinstance(cb, BatchTransformCB):

@@ -249,9 +249,11 @@ class ResumeCB(Callback):
                           "the run will not continue exactly", stacklevel=2)
         # after the loads: a tensor attribute derived from the weights, or a module setting a callback's state sets
         saved_setup, setup = state.get("setup"), setup_of(learn)  # (older files: none saved)
-        changed = [] if saved_setup is None or not training else \
-            [f"{k}: {_shown(saved_setup.get(k))} saved, {_shown(setup.get(k))} here"
-             for k in {**saved_setup, **setup} if saved_setup.get(k) != setup.get(k)]
+        # (a module one side lacks: the state_dict check above names those with weights; a lazy one not run yet)
+        keys = [k for k in {**saved_setup, **setup} if not k.startswith("model") or k in saved_setup and k in setup] \
+            if saved_setup is not None and training else []
+        changed = [f"{k}: {_shown(saved_setup.get(k))} saved, {_shown(setup.get(k))} here"
+                   for k in keys if saved_setup.get(k) != setup.get(k)]
         if changed:
             warnings.warn(f"resuming from {file}: what is kept outside every state_dict differs from the saved run's "
                           f"({'; '.join(changed[:8])}{f'; and {len(changed) - 8} more' if len(changed) > 8 else ''})"
@@ -311,11 +313,13 @@ def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path, w
     own = model.state_dict()
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
+    # (a lazy layer's parameters before its first forward have no shape: loading the checkpoint gives them its own)
+    lazy = {k for k, t in own.items() if isinstance(t, nn.parameter.UninitializedTensorMixin)}
     shapes = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in saved and saved[k].shape != own[k].shape]
+              for k in own if k in saved and k not in lazy and saved[k].shape != own[k].shape]
     if not (missing or unexpected or shapes):
         dtypes = [f"{k}: checkpoint {saved[k].dtype} vs model {own[k].dtype}"
-                  for k in own if saved[k].dtype != own[k].dtype]
+                  for k in own if k not in lazy and saved[k].dtype != own[k].dtype]
         if dtypes and warn:  # load_state_dict casts without a word: the resumed run computes in another precision
             warnings.warn(f"checkpoint {file} holds other dtypes than the model ({'; '.join(dtypes[:3])}"
                           + (f"; {len(dtypes) - 3} more" if len(dtypes) > 3 else "") + "): the weights are cast, and "
