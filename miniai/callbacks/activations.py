@@ -385,10 +385,11 @@ class ActivationStats(HooksCallback):
     def before_epoch(self, learn: Learner) -> None:
         super().before_epoch(learn)
         self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
+        self._predicted = None  # (a batch index of the last pass is not this one's)
 
     def cleanup_batch(self, learn: Learner) -> None:
         stopped = learn.stopped_by  # (after an error, no check: that error is the one to see)
-        if stopped is None or isinstance(stopped, _CANCELS + (CancelBatchException,)):
+        if self._active and (stopped is None or isinstance(stopped, _CANCELS + (CancelBatchException,))):
             self._check_batch(learn)
         super().cleanup_batch(learn)
 
