@@ -247,22 +247,28 @@ class ResumeCB(Callback):
             warnings.warn(f"resuming from {file}, saved by {len(ranks)} processes whose torch random draws differ "
                           f"(dropout, augmentation), resumed by {now}: each process's draws go on from rank 0's, so "
                           "the run will not continue exactly", stacklevel=2)
-        # after the loads: a tensor attribute derived from the weights, or a module setting a callback's state sets
-        saved_setup, setup = state.get("setup"), setup_of(learn)  # (older files: none saved)
-        # (a module one side lacks: the state_dict check above names those with weights; a lazy one not run yet)
-        keys = [k for k in {**saved_setup, **setup} if not k.startswith("model") or k in saved_setup and k in setup] \
-            if saved_setup is not None and training else []
-        changed = [f"{k}: {_shown(saved_setup.get(k))} saved, {_shown(setup.get(k))} here"
-                   for k in keys if saved_setup.get(k) != setup.get(k)]
-        if changed:
-            warnings.warn(f"resuming from {file}: what is kept outside every state_dict differs from the saved run's "
-                          f"({'; '.join(changed[:8])}{f'; and {len(changed) - 8} more' if len(changed) > 8 else ''})"
-                          ": the run goes on with the values here, so it will not continue as the saved run would have "
-                          "(unless a callback of yours sets them back). Set them up as the saved run had them, or keep "
-                          "such state in a persistent buffer of the model (register_buffer) or in a callback with "
-                          "state_dict() and load_state_dict().", stacklevel=2)
+        if training:  # after the loads: a tensor made from the weights, or a setting a callback's state sets back
+            _warn_setup_changes(learn, state.get("setup"), file)
         _set_rng_state(own)  # last: nothing may draw random numbers between this and the first batch
         self.state = {}  # let the checkpoint's tensors be freed
+
+
+def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, file: Path) -> None:
+    """Warn of each value of `setup_of` (what no state_dict holds) that differs from the saved run's `saved`."""
+    if saved is None:  # (older files: none saved)
+        return
+    here = setup_of(learn)
+    # (a module one side lacks: the model check names those with weights; a lazy one not run yet has no settings)
+    keys = [k for k in {**saved, **here} if not k.startswith("model") or k in saved and k in here]
+    changed = [f"{k}: {_shown(saved.get(k))} saved, {_shown(here.get(k))} here" for k in keys
+               if saved.get(k) != here.get(k)]
+    if changed:
+        warnings.warn(f"resuming from {file}: what is kept outside every state_dict differs from the saved run's "
+                      f"({'; '.join(changed[:8])}{f'; and {len(changed) - 8} more' if len(changed) > 8 else ''}): "
+                      "the run goes on with the values here, so it will not continue as the saved run would have "
+                      "(unless a callback of yours sets them back). Set them up as the saved run had them, or keep "
+                      "such state in a persistent buffer of the model (register_buffer) or in a callback with "
+                      "state_dict() and load_state_dict().", stacklevel=3)
 
 
 def _shown(value: Any) -> str:
