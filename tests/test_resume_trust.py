@@ -937,3 +937,24 @@ def test_a_model_with_lazy_layers_resumes_as_the_run_never_stopped(tmp_path):
         warnings.simplefilter("error")
         resumed.fit(4, resume=tmp_path / "b")
     assert same_params(straight, resumed)
+
+
+def test_a_validation_loader_of_another_batch_size_is_no_other_run_but_one_of_other_items_is(tmp_path):
+    """A resume whose validation loader had another batch size (a run on another number of processes, whose
+    validation batch is each rank's) was warned of as a run that "won't end as the saved run would have": the
+    validation batches train nothing, and the run ended exactly as the saved one."""
+    from miniai.data import TensorLoader
+    straight, _ = make_learner(tmp_path / "a")
+    straight.fit(4)
+    make_learner(tmp_path / "b", [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)])[0].fit(4)
+    resumed, _ = make_learner(tmp_path / "b")
+    valid = resumed.dls.valid
+    resumed.dls.valid = TensorLoader(valid.x, valid.y, bs=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit(4, resume=tmp_path / "b")
+    assert same_params(straight, resumed)
+    again, _ = make_learner(tmp_path / "b")
+    again.dls.valid = TensorLoader(valid.x[:12], valid.y[:12], bs=8)
+    with pytest.warns(UserWarning, match=r"dls.valid gives 2 batches of 12 items an epoch, the saved run's 2 of 16"):
+        again.fit(4, resume=tmp_path / "b" / "epoch_0002.pt")

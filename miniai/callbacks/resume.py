@@ -182,7 +182,10 @@ class ResumeCB(Callback):
         for name, dl in loaders.items():
             _check_loader(dl, state["loaders"][name], name)
             size, now = state.get("loader_sizes", {}).get(name), loader_size(dl)  # (older files: none saved)
-            if size is not None and any(size[k] != now[k] for k in now if size.get(k) is not None and
+            # (validation batches train nothing: another size of them, a run on another number of processes whose
+            # validation batch is each rank's, ends as the saved run would have)
+            counts = ("batches", "items") if name == "train" else ("items",)
+            if size is not None and any(size[k] != now[k] for k in counts if size.get(k) is not None and
                                         now[k] is not None):  # (None: a count not known, or not alike on every rank)
                 known = {k: "?" if v is None else v for k, v in now.items()}  # (printed, not "None")
                 was = {k: "?" if v is None else v for k, v in size.items()}
