@@ -142,7 +142,8 @@ class ProgressCB(Callback):
     per batch are kept in `losses` and valid losses per epoch in `valid_losses` (after `valid_at` training batches)
     for `plot_losses()`; `losses` is
     filled in bulk (a few times a second, and complete at the end of each validation pass and of the fit), since
-    reading each loss as it comes costs more than the rest of this callback.
+    reading each loss as it comes costs more than the rest of this callback. Under DDP, rank 0 alone shows and
+    keeps them: the per-batch losses are its own part of each global batch's; the rows are the whole set's.
     """
     order = 30  # after MetricsCB, whose rows it shows
     _fitted = True  # (a ProgressCB pickled before there was _fitted has none of its own: taken for one fitted)
