@@ -561,6 +561,17 @@ def test_an_unshuffled_training_loader_that_leaves_the_same_items_out_every_epoc
             warn_same_left_out(dl, "train", 2)
 
 
+def test_a_tensorloader_of_fewer_items_than_processes_is_refused_naming_it(monkeypatch):
+    """A validation TensorLoader of 1 item on 2 ranks was refused as "need 0 <= rank < world_size <= 1 items", which
+    named neither the loader nor what to do; a torch DataLoader's refusal named it."""
+    monkeypatch.setenv("RANK", "0")  # no process group: unshuffled TensorLoaders need no collective
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    train = TensorLoader(torch.randn(20, 2), torch.randn(20, 1), 4)
+    with pytest.raises(ValueError, match=r"dls.valid has 1 items for 2 processes: every process needs at least one"):
+        DDPCB()._shard(SimpleNamespace(dls=SimpleNamespace(train=train, valid=TensorLoader(torch.randn(1, 2),
+                                                                                             torch.randn(1, 1), 4))))
+
+
 def test_a_presharded_validation_loader_whose_distributed_sampler_pads_is_refused(monkeypatch):
     """DistributedSampler(drop_last=False) pads 17 items to 18 on 2 ranks, and the metrics summed over the ranks
     counted item 0 twice (6/18 for 5/17), silently; DDPCB's refusal of such a loader advised presharded."""

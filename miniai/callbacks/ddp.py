@@ -195,6 +195,9 @@ class DDPCB(Callback):
             # so it keeps every item and the summed metrics cover the whole validation set.
             even = name == "train"
             if isinstance(dl, TensorLoader):
+                if len(dl.x) < w:  # (every rank alike: refused before any collective)
+                    raise ValueError(f"dls.{name} has {len(dl.x)} items for {w} processes: every process needs at "
+                                     "least one")
                 self._undo.append(partial(dl.shard, dl.rank, dl.world_size, dl.even))
                 if dl.shuffle:
                     # rank 0's seed for all: the ranks' parts must come from one order. Without a seed, a loader
