@@ -846,10 +846,15 @@ def test_a_resume_of_the_same_setup_says_nothing_of_settings(tmp_path):
     assert same_params(straight, resumed)
 
 
-@pytest.mark.parametrize("case", ["numpy hyperparameters", "weight_norm", "spectral_norm", "prune", "nan sentinel"])
+class _Mode(str, __import__("enum").Enum):
+    TRAIN = "train"
+
+
+@pytest.mark.parametrize("case", ["numpy hyperparameters", "weight_norm", "spectral_norm", "prune", "nan sentinel",
+                                  "numpy strings and enums"])
 def test_a_resume_of_the_same_setup_with_settings_of_these_kinds_says_nothing(tmp_path, case):
-    """NumPy numbers as a Dropout's p or a loss's label_smoothing went into the checkpoint as they were, and torch's
-    safe loader refused the file on resume; the weight that torch.nn.utils.weight_norm, spectral_norm and prune keep
+    """NumPy numbers as a Dropout's p or a loss's label_smoothing, NumPy strings or an Enum as a model's attribute
+    went into the checkpoint as they were, and torch's safe loader refused the file on resume; the weight that torch.nn.utils.weight_norm, spectral_norm and prune keep
     as a plain attribute (recomputed from the parameters before each forward) and a NaN float attribute (nan !=
     nan) were warned of as changed on every resume, the run continuing exactly."""
     import torch.nn.utils.prune as prune
@@ -861,7 +866,9 @@ def test_a_resume_of_the_same_setup_with_settings_of_these_kinds_says_nothing(tm
         {"weight_norm": lambda: torch.nn.utils.weight_norm(model[0]),
          "spectral_norm": lambda: torch.nn.utils.spectral_norm(model[0]),
          "prune": lambda: prune.l1_unstructured(model[0], "weight", amount=0.3),
-         "nan sentinel": lambda: setattr(model[0], "clip", float("nan"))}.get(case, lambda: None)()
+         "nan sentinel": lambda: setattr(model[0], "clip", float("nan")),
+         "numpy strings and enums": lambda: (setattr(model, "classes", list(np.unique(np.array(["b", "a"])))),
+                                             setattr(model[0], "mode", _Mode.TRAIN))}.get(case, lambda: None)()
         learn, _ = make_learner(path, list(extra), model=model)
         if case.startswith("numpy"):
             learn.loss_func = partial(torch.nn.functional.huber_loss, delta=np.float64(0.5))

@@ -335,22 +335,26 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         if isinstance(value, torch.Tensor):
             shown = str(value.tolist()) if value.numel() <= 8 else ""  # (as text: NaN equals NaN)
             value = ("tensor", tuple(value.shape), *byte_sums([value])[1:], shown)
-        elif isinstance(value, (list, tuple)) and len(value) <= 16 and all(isinstance(v, _PLAIN) for v in value):
+        elif isinstance(value, (list, tuple)) and len(value) <= 16 and all(_python(v) is not _SKIP for v in value):
             value = tuple(map(_python, value))
-        elif isinstance(value, _PLAIN):
+        elif _python(value) is not _SKIP:
             value = _python(value)
         else:
             continue
         found[f"{name}.{key}"] = value
 
 
-_PLAIN = (int, float, str, bool, type(None), np.number, np.bool_)
+_PLAIN = (int, float, str, bool, type(None))
+_SKIP = object()  # (what _python leaves out)
 
 
 def _python(value: Any) -> Any:
-    """A plain value as torch's safe loader reads it back and as it compares: NumPy's numbers as Python's (np.float64
-    is a float, and the safe loader refuses it), NaN as the text 'nan' (nan != nan)."""
+    """A plain value as torch's safe loader reads it back and as it compares, or _SKIP: NumPy's numbers as Python's
+    (np.float64 is a float, and the safe loader refuses it), NaN as the text 'nan' (nan != nan); a value of another
+    type, even a str or int subclass (np.str_, an Enum), is left out: the safe loader would refuse the file."""
     value = value.item() if isinstance(value, (np.number, np.bool_)) else value
+    if type(value) not in _PLAIN:
+        return _SKIP
     return "nan" if isinstance(value, float) and math.isnan(value) else value
 
 
