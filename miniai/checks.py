@@ -318,9 +318,11 @@ def preds_changed_error(who: str, loss_func: Any) -> RuntimeError:
     callback: `who` reads it after them (MetricsCB, get_preds), so it would see the changed values, not the model's."""
     name = getattr(loss_func, "__name__", type(loss_func).__name__)
     return RuntimeError(f"{who} reads the model's output (learn.preds) at the batch's end, and it was changed in "
-                        f"place after the predict step, by the loss ({name}) or a callback: {who} would report the "
-                        "changed values, not the model's. Make the loss leave its input as it is: use the out-of-place "
-                        "op (p.clamp(-1, 1), not p.clamp_(-1, 1); or p = p.clone() first)")
+                        f"place after the predict step, by the loss ({name}), a callback, or the optimizer's step (an "
+                        f"output that is a view of a parameter: p.expand(n, -1)): {who} would report the changed "
+                        "values, not the model's. Make the loss leave its input as it is: use the out-of-place op "
+                        "(p.clamp(-1, 1), not p.clamp_(-1, 1); or p = p.clone() first), and let the model return a "
+                        "tensor of its own (p.expand(n, -1).clone())")
 
 
 def drops_last(dl: Any) -> bool:

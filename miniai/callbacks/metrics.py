@@ -13,10 +13,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accuracy import Accuracy
-from ..checks import unbatched_error
+from ..checks import preds_changed_error, unbatched_error
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
-from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensors_in
+from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensor_versions, tensors_in
 from ..weighting import (averages_over_targets, batch_n_items, ignored_target, mean_loss, stated_ignore, sum_dtype,
                          target_mask)
 from .records import keep_records, restore_if_refused
@@ -59,9 +59,7 @@ class MetricsCB(Callback):
 
     `MetricsCB(MulticlassAccuracy())` names the metric after its class; `MetricsCB(accuracy=MulticlassAccuracy())`
     names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
-    only at the end of each pass. Each metric's `update` gets each batch: a copy of its preds as the model gave
-    them (at after_predict: what a loss, the step or a later callback does to them is not seen), and its target;
-    a metric whose class says `additive =
+    only at the end of each pass. Each metric's `update` gets each batch; a metric whose class says `additive =
     True` (Accuracy: an update over concatenated batches counts what one per batch does) gets them up to 256 at a
     time (or 1M predictions), concatenated (one call's fixed cost instead of 256). The loss is each batch's
     weighted by what its mean divides by: for torch's cross-entropy and NLL losses its targets' class weights,
@@ -82,7 +80,7 @@ class MetricsCB(Callback):
     Under DDP the metric states and the loss sum are summed over all processes at the end of each pass, so every
     rank reports the same values, those of the whole validation (or training) set; only rank 0 prints them.
     """
-    order = 10  # after callbacks that change preds (at after_predict) or loss, before those that read the results
+    order = 10  # after callbacks that change preds or loss, before those that read the results
 
     def __init__(self, *metrics: Any, log_fn: Callable[[dict[str, Any]], None] | str | None = "print",
                  **named_metrics: Any) -> None:
@@ -120,7 +118,7 @@ class MetricsCB(Callback):
         self._sum_loss = False  # (set each pass: the loss's reduction is 'sum')
         self._sync = False  # (set each fit: merge the ranks' sums, in a DDP fit)
         self._in_pass = False  # between a pass's before_epoch and after_epoch
-        self._preds: Any = None  # (a copy of this batch's preds, from after_predict to after_batch)
+        self._predicted: tuple[Any, Any] | None = None  # (this batch's preds, their in-place counters)
 
     @property
     def names(self) -> list[str]:
@@ -187,28 +185,34 @@ class MetricsCB(Callback):
         self._in_pass = True  # (until after_epoch: its metrics hold this pass's counts, see _check_unshared)
 
     def after_predict(self, learn: Learner) -> None:
-        # a copy of what the model predicted (a few µs), kept until the update (_flush): a loss that changes the
-        # preds in place (p.clamp_), the optimizer's step on a parameter they are a view of, a later callback, or a
-        # model refilling one output buffer each batch (a CUDA graph's) would change them before it
-        self._preds = map_tensors(learn.preds, lambda t: t.detach().clone())
+        # the preds' in-place counters (no copy, no sync): a loss that changes them in place (p.clamp_) would have
+        # the metrics read its values, not the model's (checked at after_batch)
+        self._predicted = (learn.preds, tensor_versions(learn.preds))
 
     def after_batch(self, learn: Learner) -> None:
         # only keep the batch here: a metric update costs ~50 µs of Python and dispatch whatever the batch size
         # (the loop's largest per-batch cost at bs 64), so _flush updates once for up to _FLUSH_BATCHES batches.
-        # The target is kept as a copy too (< 1 µs): a loader may refill the same tensors for its next batch
-        # (a prefetcher's buffers)
+        # Target and preds are kept as copies (a few µs): a loader may refill the same tensors for its next batch
+        # (a prefetcher's buffers), a model its output buffer (a CUDA graph's), and a later callback may change
+        # learn.preds in place: the metrics are of the batch as it is now
         batch, n_inp = learn.batch, learn.n_inp
         if isinstance(batch, (tuple, list)) and len(batch) == n_inp + 1:  # (*inputs, target)
             target = batch[n_inp]
         else:
             target = self._odd_target(batch, n_inp)
-        preds, self._preds = self._preds, None  # (no copy kept past the batch)
+        preds = learn.preds
+        predicted, self._predicted = self._predicted, None  # (no reference kept past the batch)
+        if predicted is not None and predicted[0] is preds and tensor_versions(preds) != predicted[1]:
+            raise preds_changed_error("MetricsCB", learn.loss_func)
         if type(preds) is torch.Tensor and type(target) is torch.Tensor:  # the usual batch, without the walks below
             if not target.ndim:  # one item, unbatched: nothing to count items by (and metrics would misread it)
                 raise unbatched_error()
-            target, n, numel = target.clone(), target.shape[0], preds.numel()
-        else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are, for a metric
-            # of the user's that takes them
+            # (a MetricsCB of no metrics, for the loss alone, keeps no preds: a segmentation model's are large)
+            preds = preds.detach().clone() if self.metrics else None
+            target, n, numel = target.clone(), target.shape[0], 0 if preds is None else preds.numel()
+        else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
+            # for a metric of the user's that takes them
+            preds = map_tensors(preds, lambda t: t.detach().clone())
             target = map_tensors(target, torch.Tensor.clone)
             n = batch_n_items(learn)  # (the target, counted as the loggers count it)
             numel = sum(t.numel() for t in tensors_in(preds))
@@ -329,7 +333,7 @@ class MetricsCB(Callback):
 
     def cleanup_epoch(self, learn: Learner) -> None:
         self._in_pass = False  # (also after a cancelled pass, whose after_epoch did not run)
-        self._preds = None  # (a cancelled batch's, whose after_batch did not run)
+        self._predicted = None  # (a cancelled batch's preds, whose after_batch did not run)
 
     def after_epoch(self, learn: Learner) -> None:
         self._in_pass = False
