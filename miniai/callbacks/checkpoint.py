@@ -364,9 +364,16 @@ def _named(f: Any) -> str:
     return f.__name__ if isinstance(f, types.BuiltinFunctionType) else getattr(f, "__qualname__", type(f).__qualname__)
 
 
-def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
+def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None,
+                     setup_at_start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything `fit(resume=...)` needs to continue `learn` exactly after `epochs_done` epochs, as one dict
-    (`rng_ranks`: under torch.distributed, every rank's `rng_state()`, so each resumes with its own)."""
+    (`rng_ranks`: under torch.distributed, every rank's `rng_state()`, so each resumes with its own;
+    `setup_at_start`: `setup_of(learn)` at the fit's start, so that the model's values that changed since, a cache
+    or a counter its forward keeps or a setting a callback moves each epoch, are not compared on resume as
+    settings)."""
+    setup = setup_of(learn)
+    if setup_at_start is not None:
+        setup = {k: v for k, v in setup.items() if not k.startswith("model") or setup_at_start.get(k, _SKIP) == v}
     model = unwrap(learn.model)
     metrics = getattr(learn, "metrics", None)
     keep_metrics = metrics is not None and not callable(getattr(metrics, "state_dict", None))
@@ -394,7 +401,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         "loader_data": {name: byte_sums([dl.x, dl.y]) for name in ("train", "valid")
                         if isinstance(dl := getattr(learn.dls, name, None), TensorLoader)},
         "rng": rng_state(), "rng_ranks": rng_ranks,
-        "setup": setup_of(learn),
+        "setup": setup,
     }
 
 
@@ -665,6 +672,7 @@ class CheckpointCB(Callback):
         if self.monitor is not None:
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
+        self._setup_at_start = setup_of(learn)  # (what no state_dict holds: settings are what the fit left alone)
         self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
         self._replaced, self._superseded, self._release = [], [], None
         self._watch(learn)
@@ -756,7 +764,7 @@ class CheckpointCB(Callback):
         if is_main_process():
             if self._superseded:
                 self._set_aside(learn.start_epoch)
-            save_checkpoint(checkpoint_state(learn, done, rng_ranks), file)
+            save_checkpoint(checkpoint_state(learn, done, rng_ranks, self._setup_at_start), file)
             for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own; not
                 if old not in (file, self.best_path):  # the best a resumed state names: this run's own (kept)
                     old.unlink(missing_ok=True)
