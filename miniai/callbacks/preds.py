@@ -581,7 +581,8 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
 
     `tfms` is a batch transform (x -> x, see `miniai.augment`) or a sequence of them, applied to the inputs after
     the learner's own validation transforms and every other callback that prepares batches for prediction (as a
-    `BatchTransformCB(on_val=True)` added for each copy, ordered after them). The
+    `BatchTransformCB(on_val=True)` added for each copy, ordered after them: what such a callback adds that must
+    not be flipped, position channels say, belongs in the model). The
     default is a horizontal flip of (N,C,H,W) images, `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs
     it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Their draws
     come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to
