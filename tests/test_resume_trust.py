@@ -823,6 +823,19 @@ def test_settings_changed_between_save_and_resume_are_named(tmp_path):
                 learn.fit(4, resume=path)
 
 
+def _resumes_silently_as_never_stopped(make, tmp_path) -> None:
+    """`make(path, extra_cbs=())` builds a learner checkpointing into path: a run stopped after 2 of 4 epochs and
+    resumed warns of nothing and ends as the run never stopped."""
+    straight = make(tmp_path / "a")
+    straight.fit(4)
+    make(tmp_path / "b", [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
+    resumed = make(tmp_path / "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit(4, resume=tmp_path / "b")
+    assert same_params(straight, resumed)
+
+
 def test_a_resume_of_the_same_setup_says_nothing_of_settings(tmp_path):
     """The comparison must not cry wolf: the same modules (conv, BatchNorm, a partial loss, a transform function)
     give no warning, and the resumed run is the run never stopped."""
@@ -836,14 +849,7 @@ def test_a_resume_of_the_same_setup_says_nothing_of_settings(tmp_path):
         learn, _ = make_learner(path, [BatchTransformCB(partial(torch.mul, other=1.5)), *extra], model=model)
         learn.loss_func = partial(torch.nn.functional.huber_loss, delta=0.5)
         return learn
-    straight = make(tmp_path / "a")
-    straight.fit(4)
-    make(tmp_path / "b", [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
-    resumed = make(tmp_path / "b")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        resumed.fit(4, resume=tmp_path / "b")
-    assert same_params(straight, resumed)
+    _resumes_silently_as_never_stopped(make, tmp_path)
 
 
 class _Mode(str, __import__("enum").Enum):
@@ -873,10 +879,10 @@ class _DropoutSchedule(Callback):
                                   "numpy strings and enums", "a forward cache", "a setting a callback moves"])
 def test_a_resume_of_the_same_setup_with_settings_of_these_kinds_says_nothing(tmp_path, case):
     """NumPy numbers as a Dropout's p or a loss's label_smoothing, NumPy strings or an Enum as a model's attribute
-    went into the checkpoint as they were, and torch's safe loader refused the file on resume; the weight that torch.nn.utils.weight_norm, spectral_norm and prune keep
-    as a plain attribute (recomputed from the parameters before each forward), a NaN float attribute (nan != nan),
-    a value a forward caches and a setting a callback with no state moves each epoch were warned of as changed on
-    every resume, the run continuing exactly."""
+    went into the checkpoint as they were, and torch's safe loader refused the file on resume; the weight that
+    torch.nn.utils.weight_norm, spectral_norm and prune keep as a plain attribute (recomputed from the parameters
+    before each forward), a NaN float attribute (nan != nan), a value a forward caches and a setting a callback
+    with no state moves each epoch were warned of as changed on every resume, the run continuing exactly."""
     import torch.nn.utils.prune as prune
 
     def make(path, extra=()):
@@ -895,14 +901,7 @@ def test_a_resume_of_the_same_setup_with_settings_of_these_kinds_says_nothing(tm
         if case.startswith("numpy"):
             learn.loss_func = partial(torch.nn.functional.huber_loss, delta=np.float64(0.5))
         return learn
-    straight = make(tmp_path / "a")
-    straight.fit(4)
-    make(tmp_path / "b", [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
-    resumed = make(tmp_path / "b")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        resumed.fit(4, resume=tmp_path / "b")
-    assert same_params(straight, resumed)
+    _resumes_silently_as_never_stopped(make, tmp_path)
 
 
 class _SmoothedCE(torch.nn.Module):
@@ -958,14 +957,7 @@ def test_a_model_with_lazy_layers_resumes_as_the_run_never_stopped(tmp_path):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
         return make_learner(path, list(extra), model=model)[0]
-    straight = make(tmp_path / "a")
-    straight.fit(4)
-    make(tmp_path / "b", [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
-    resumed = make(tmp_path / "b")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        resumed.fit(4, resume=tmp_path / "b")
-    assert same_params(straight, resumed)
+    _resumes_silently_as_never_stopped(make, tmp_path)
 
 
 def test_a_validation_loader_of_another_batch_size_is_no_other_run_but_one_of_other_items_is(tmp_path):
