@@ -710,3 +710,12 @@ def test_a_layer_that_runs_in_some_passes_or_batches_only_is_refused_too(case):
     with pytest.raises(ValueError, match=r"ActivationStats: layer \d+ \('(aux|extra\.0|block\.0)', Linear\) (did not "
                                          r"run|ran) in batch \d of this (training|validation) pass"):
         learn.fit(2)
+
+
+def test_swas_pass_of_its_average_after_the_fit_is_not_checked_as_a_recorded_pass():
+    """SWACB validates its averaged model in after_fit; with on_valid=True that pass was taken for a recorded one
+    whose hooked layers did not run, and the whole fit was refused after its last epoch."""
+    from miniai.callbacks.swa import SWACB
+    stats = ActivationStats(lambda m: isinstance(m, nn.ReLU), on_valid=True)
+    learner(mlp(), [stats, SWACB(swa_start=1, swa_lr=1e-3)]).fit(2)
+    assert len(stats.stats[0][0]) == 2 * (3 + 2)

@@ -379,7 +379,7 @@ class ActivationStats(HooksCallback):
         self._ran = self._predicted = None
 
     def after_predict(self, learn: Learner) -> None:
-        if self._in_recorded_batch(learn) and learn.model.training == self._training:
+        if self._in_recorded_batch(learn) and learn.model is self._model and learn.model.training == self._training:
             self._predicted = learn.iter  # (a hooked layer alone that did not run: the forward still did)
 
     def before_epoch(self, learn: Learner) -> None:
@@ -389,7 +389,9 @@ class ActivationStats(HooksCallback):
 
     def cleanup_batch(self, learn: Learner) -> None:
         stopped = learn.stopped_by  # (after an error, no check: that error is the one to see)
-        if self._active and (stopped is None or isinstance(stopped, _CANCELS + (CancelBatchException,))):
+        # (not a pass of another model: SWACB's of its average, in after_fit, whose layers are not hooked)
+        if self._active and learn.model is self._model and (stopped is None or isinstance(stopped, _CANCELS + (
+                CancelBatchException,))):
             self._check_batch(learn)
         super().cleanup_batch(learn)
 
