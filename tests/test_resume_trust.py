@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 import re
 from functools import partial
@@ -785,20 +786,6 @@ def _counting_learner(path, loss=None, tfm=None, p=0.2):
     return learn
 
 
-def test_state_no_state_dict_holds_is_named_on_resume_where_it_differs_from_the_saved_runs(tmp_path):
-    """A loss module's buffer and a batch transform object's counter were lost on resume: the run went on from their
-    fresh values (0.14 and 0.38 off the run never stopped), without a word. (The model's own values that change
-    during a fit, a counter or a cache its forward keeps, are not compared: a cache, a rotary embedding's length
-    say, would warn on every resume of a run that continues exactly.)"""
-    stopped = _counting_learner(tmp_path)
-    stopped.cbs.append(_CutPass(training=True, at=0, exc=CancelFitException, epoch=2))
-    stopped.fit(4)
-    with pytest.warns(UserWarning, match=r"outside every state_dict differs from the saved run's \(loss_func\.n: "
-                                         r"tensor 20\.0 saved, tensor 0\.0 here; BatchTransformCB_0\.tfm\.n: 16 saved, "
-                                         r"0 here\)"):
-        _counting_learner(tmp_path).fit(4, resume=tmp_path)
-
-
 def test_settings_changed_between_save_and_resume_are_named(tmp_path):
     """Dropout's p, the loss's settings, the batch transform and the sampler were taken as changed without a word."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -875,8 +862,30 @@ class _DropoutSchedule(Callback):
         learn.model[1].p = 0.2 / (1 + learn.epoch)
 
 
+class _Stretch:
+    """A batch transform with one setting and no state."""
+
+    def __init__(self, k: float = 0.0) -> None:
+        self.k = k
+
+    def __call__(self, x):
+        return x * (1 + self.k)
+
+
+class _StretchRamp(Callback):
+    """Moves a batch transform's setting each epoch, holding no state (an augmentation's strength ramped up)."""
+
+    def __init__(self, tfm: _Stretch) -> None:
+        self.tfm = tfm
+
+    def before_epoch(self, learn):
+        self.tfm.k = 0.1 * learn.epoch
+
+
 @pytest.mark.parametrize("case", ["numpy hyperparameters", "weight_norm", "spectral_norm", "prune", "nan sentinel",
-                                  "numpy strings and enums", "a forward cache", "a setting a callback moves"])
+                                  "numpy strings and enums", "a forward cache", "a setting a callback moves",
+                                  "a cache filled before the fit", "the model's bound method as the loss",
+                                  "a transform's setting a callback moves"])
 def test_a_resume_of_the_same_setup_with_settings_of_these_kinds_says_nothing(tmp_path, case):
     """NumPy numbers as a Dropout's p or a loss's label_smoothing, NumPy strings or an Enum as a model's attribute
     went into the checkpoint as they were, and torch's safe loader refused the file on resume; the weight that
@@ -896,8 +905,18 @@ def test_a_resume_of_the_same_setup_with_settings_of_these_kinds_says_nothing(tm
          "numpy strings and enums": lambda: (setattr(model, "classes", list(np.unique(np.array(["b", "a"])))),
                                              setattr(model[0], "mode", _Mode.TRAIN)),
          "a forward cache": lambda: model.insert(0, _Cache())}.get(case, lambda: None)()
+        if case in ("a cache filled before the fit", "the model's bound method as the loss"):
+            model.insert(0, _Cache())
+            model(torch.zeros(2, 4)) if case == "a cache filled before the fit" and extra else None
         extra = [*extra, _DropoutSchedule()] if case == "a setting a callback moves" else extra
+        if case == "a transform's setting a callback moves":
+            from miniai.callbacks.augment import BatchTransformCB
+            stretch = _Stretch()
+            extra = [*extra, BatchTransformCB(stretch), _StretchRamp(stretch)]
         learn, _ = make_learner(path, list(extra), model=model)
+        if case == "the model's bound method as the loss":
+            model.loss = lambda preds, y: torch.nn.functional.mse_loss(preds, y)
+            learn.loss_func = types.MethodType(lambda self, preds, y: torch.nn.functional.mse_loss(preds, y), model)
         if case.startswith("numpy"):
             learn.loss_func = partial(torch.nn.functional.huber_loss, delta=np.float64(0.5))
         return learn

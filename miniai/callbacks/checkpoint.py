@@ -276,12 +276,15 @@ def made_settings(learn: Learner) -> dict[str, Any]:
 
 
 def setup_of(learn: Learner) -> dict[str, Any]:
-    """What the run holds outside every state_dict, as plain values to compare on resume: each module's plain
-    attributes and non-persistent buffers (Dropout's p, a counter), the loss's and the batch transforms' (their
-    function, or their class, plain attributes and buffers), and the training loader's sampler class."""
+    """What the run holds outside every state_dict, as plain values to compare on resume: the settings of torch's
+    and miniai's layers (Dropout's p, BatchNorm's momentum), the loss's and the batch transforms' (their function,
+    or their class, plain attributes and buffers), and the training loader's sampler class. A layer class of one's
+    own is left out: what its forward keeps (a rotary embedding's cache), maybe before the fit, looks like a
+    setting there."""
     found: dict[str, Any] = {}
     for name, module in unwrap(learn.model).named_modules():  # (its persistent buffers are in the state_dict)
-        if not isinstance(module, LazyModuleMixin):  # (one not run yet: another class, no sizes, until its forward)
+        ours = type(module).__module__.split(".")[0] in ("torch", "miniai")
+        if ours and not isinstance(module, LazyModuleMixin):  # (a lazy one not run yet: no sizes until its forward)
             _plain_parts(found, f"model.{name}" if name else "model", module, module._non_persistent_buffers_set, 0)
     _plain_parts(found, "loss_func", learn.loss_func)
     for key, cb in _keyed(learn).items():
@@ -303,8 +306,9 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
     `depth` levels, the same of its submodules, of the objects in its short lists (a Compose's transforms) and of
     a bound method's object. A module's plain tensor attributes are left out: what torch keeps there is made from
     the parameters before each forward (the weight of weight_norm, spectral_norm, prune)."""
-    if isinstance(x, types.MethodType):  # (a loss that is a bound method: its object's settings are its own)
-        _plain_parts(found, name, x.__self__, depth=depth)
+    if isinstance(x, types.MethodType):  # (a loss that is a bound method: its object's settings are its own, but
+        if not isinstance(x.__self__, nn.Module):  # a model's are compared as the model's, not what it caches)
+            _plain_parts(found, name, x.__self__, depth=depth)
         found[name] = _named(x.__func__)
         return
     if isinstance(x, functools.partial):
@@ -368,12 +372,10 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
                      setup_at_start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything `fit(resume=...)` needs to continue `learn` exactly after `epochs_done` epochs, as one dict
     (`rng_ranks`: under torch.distributed, every rank's `rng_state()`, so each resumes with its own;
-    `setup_at_start`: `setup_of(learn)` at the fit's start, so that the model's values that changed since, a cache
-    or a counter its forward keeps or a setting a callback moves each epoch, are not compared on resume as
-    settings)."""
+    `setup_at_start`: `setup_of(learn)` at the fit's start, so that values that changed since, a counter or a
+    cache or a setting a callback moves each epoch, are not compared on resume as settings)."""
     setup = setup_of(learn)
-    if setup_at_start is not None:
-        setup = {k: v for k, v in setup.items() if not k.startswith("model") or setup_at_start.get(k, _SKIP) == v}
+    moved = [k for k, v in setup.items() if setup_at_start is not None and setup_at_start.get(k, _SKIP) != v]
     model = unwrap(learn.model)
     metrics = getattr(learn, "metrics", None)
     keep_metrics = metrics is not None and not callable(getattr(metrics, "state_dict", None))
@@ -401,7 +403,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         "loader_data": {name: byte_sums([dl.x, dl.y]) for name in ("train", "valid")
                         if isinstance(dl := getattr(learn.dls, name, None), TensorLoader)},
         "rng": rng_state(), "rng_ranks": rng_ranks,
-        "setup": setup,
+        "setup": {k: v for k, v in setup.items() if k not in moved}, "setup_moved": moved,
     }
 
 

@@ -251,18 +251,19 @@ class ResumeCB(Callback):
                           f"(dropout, augmentation), resumed by {now}: each process's draws go on from rank 0's, so "
                           "the run will not continue exactly", stacklevel=2)
         if training:  # after the loads: a tensor made from the weights, or a setting a callback's state sets back
-            _warn_setup_changes(learn, state.get("setup"), file)
+            _warn_setup_changes(learn, state.get("setup"), state.get("setup_moved", []), file)
         _set_rng_state(own)  # last: nothing may draw random numbers between this and the first batch
         self.state = {}  # let the checkpoint's tensors be freed
 
 
-def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, file: Path) -> None:
-    """Warn of each value of `setup_of` (what no state_dict holds) that differs from the saved run's `saved`."""
+def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: list[str], file: Path) -> None:
+    """Warn of each value of `setup_of` (what no state_dict holds) that differs from the saved run's `saved`; those
+    the saved fit changed as it ran (`moved`: a counter, a setting a callback moves) are no settings to compare."""
     if saved is None:  # (older files: none saved)
         return
     here = setup_of(learn)
     # (a module one side lacks: the model check names those with weights; a lazy one not run yet has no settings)
-    keys = [k for k in {**saved, **here} if not k.startswith("model") or k in saved and k in here]
+    keys = [k for k in {**saved, **here} if k not in moved and (not k.startswith("model") or k in saved and k in here)]
     changed = [f"{k}: {_shown(saved.get(k))} saved, {_shown(here.get(k))} here" for k in keys
                if saved.get(k) != here.get(k)]
     if changed:
