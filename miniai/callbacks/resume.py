@@ -267,12 +267,11 @@ def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: lis
     changed = [f"{k}: {_shown(saved.get(k))} saved, {_shown(here.get(k))} here" for k in keys
                if saved.get(k) != here.get(k)]
     if changed:
-        warnings.warn(f"resuming from {file}: what is kept outside every state_dict differs from the saved run's "
+        warnings.warn(f"resuming from {file}: settings kept outside every state_dict differ from the saved run's "
                       f"({'; '.join(changed[:8])}{f'; and {len(changed) - 8} more' if len(changed) > 8 else ''}): "
                       "the run goes on with the values here, so it will not continue as the saved run would have "
-                      "(unless a callback of yours sets them back). Set them up as the saved run had them, or keep "
-                      "such state in a persistent buffer of the model (register_buffer) or in a callback with "
-                      "state_dict() and load_state_dict().", stacklevel=3)
+                      "(unless a callback of yours sets them back). Set them up as the saved run had them; to train "
+                      "with the new ones, start a new fit from the checkpoint's weights.", stacklevel=3)
 
 
 def _shown(value: Any) -> str:
