@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checks import check_count, check_number
+from ..checks import check_count, check_number, own_place
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
@@ -229,7 +229,7 @@ def lower_lr_advice(learn: Learner, good: Any) -> str:
     from .swa import SWACB
     schedules = [cb for cb in learn.cbs if isinstance(cb, (BaseSchedCB, SWACB))]
     if schedules:  # resume refuses lr= with a schedule
-        own = [type(cb).__name__ for cb in schedules if cb not in learn._temporary]  # (it would refuse the next too)
+        own = [type(cb).__name__ for cb in schedules if own_place(learn, cb) is not None]  # (it would refuse the next)
         return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "
                 f"learn.model.load_state_dict(load_checkpoint('{good}')['model']), then e.g. "
                 + (f"learn.rm_cb(...) of the learner's own {', '.join(own)}, and " if own else "")

@@ -38,7 +38,7 @@ from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, Cosin
                                       LambdaLR, LinearLR, MultiplicativeLR, OneCycleLR, PolynomialLR,
                                       ReduceLROnPlateau, SequentialLR)
 
-from ..checks import add_note, follows_lr, python_number
+from ..checks import add_note, follows_lr, own_place, python_number
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
@@ -99,7 +99,7 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Ca
     if all(math.isclose(p, m, rel_tol=1e-6) for p, m in zip(peaks, made)):  # it peaks at the lr given
         return
     who = type(cb).__name__
-    fix = (f"learn.fit_one_cycle(n, max_lr={given}) peaks at the lr it is given" if cb in learn._temporary else
+    fix = (f"learn.fit_one_cycle(n, max_lr={given}) peaks at the lr it is given" if own_place(learn, cb) is None else
            f"the {who} is the learner's own (in learn.cbs), so remove it first, learn.rm_cb(...), then e.g. "
            f"learn.fit_one_cycle(n, max_lr={given})")
     raise ValueError(f"this fit's lr={given} (fit(lr=), or fit_one_cycle's max_lr) with {who}'s "
