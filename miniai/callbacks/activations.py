@@ -379,8 +379,9 @@ class ActivationStats(HooksCallback):
         self._ran = self._predicted = None
 
     def after_predict(self, learn: Learner) -> None:
-        if self._in_recorded_batch(learn) and learn.model is self._model and learn.model.training == self._training:
-            self._predicted = learn.iter  # (a hooked layer alone that did not run: the forward still did)
+        # the forward ran, even where a hooked layer alone did not (cleanup_batch checks the hooked model's only)
+        if self._in_recorded_batch(learn) and learn.model.training == self._training:
+            self._predicted = learn.iter
 
     def before_epoch(self, learn: Learner) -> None:
         super().before_epoch(learn)

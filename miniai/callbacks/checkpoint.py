@@ -302,7 +302,7 @@ _MODULE_OWN = set(vars(nn.Module()))  # what torch keeps on every module: hooks,
 def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str] | None = None,
                  depth: int = 2) -> None:
     """`x`'s function name, or its class name and its plain attributes and buffers (`buffers`: which; default all
-    of a module's), into `found` under `name` and `name.<attribute>`; tensors as their shape and checksum. Down to
+    of a module's), into `found` under `name` and `name.<attribute>`; tensors as text with their checksum. Down to
     `depth` levels, the same of its submodules, of the objects in its short lists (a Compose's transforms) and of
     a bound method's object. A module's plain tensor attributes are left out: what torch keeps there is made from
     the parameters before each forward (the weight of weight_norm, spectral_norm, prune)."""
@@ -336,9 +336,10 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
             for i, item in enumerate(value):
                 _plain_parts(found, f"{name}.{key}.{i}", item, depth=depth - 1)
             continue
-        if isinstance(value, torch.Tensor):
-            shown = str(value.tolist()) if value.numel() <= 8 else ""  # (as text: NaN equals NaN)
-            value = ("tensor", tuple(value.shape), *byte_sums([value])[1:], shown)
+        if isinstance(value, torch.Tensor):  # as the text a message shows (NaN equals NaN), with its checksum
+            crc = byte_sums([value])[1]
+            value = f"tensor {value.tolist()} (checksum {crc})" if value.numel() <= 8 else \
+                f"a tensor of shape {tuple(value.shape)} (checksum {crc})"
         elif isinstance(value, (list, tuple)) and len(value) <= 16 and all(_python(v) is not _SKIP for v in value):
             value = tuple(map(_python, value))
         elif _python(value) is not _SKIP:
@@ -914,7 +915,7 @@ def _summary(value: Any, depth: int = 2) -> Any:
     """Plain values as they are; a tensor's identity and in-place version; a NumPy array's identity and checksum;
     the items of small containers and the fields of a SimpleNamespace or dataclass (so an in-place `d['n'] += 1`
     shows), down to `depth` levels; anything else its identity and size."""
-    if isinstance(value, (int, float, str, bool, type(None))):
+    if isinstance(value, _PLAIN):
         return value
     if isinstance(value, torch.Tensor):
         return id(value), value._version

@@ -210,7 +210,7 @@ class MetricsCB(Callback):
             # (a MetricsCB of no metrics, for the loss alone, keeps no preds: a segmentation model's are large)
             preds = preds.detach().clone() if self.metrics else None
             target, n, numel = target.clone(), target.shape[0], 0 if preds is None else preds.numel()
-        else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (detached),
+        else:  # preds of a model returning (logits, aux), a dict or a namedtuple are kept as they are (copies),
             # for a metric of the user's that takes them
             preds = map_tensors(preds, lambda t: t.detach().clone())
             target = map_tensors(target, torch.Tensor.clone)

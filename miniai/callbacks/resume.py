@@ -275,10 +275,8 @@ def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: lis
 
 
 def _shown(value: Any) -> str:
-    """A value of `setup_of`, for a message: a tensor by shape and checksum; 'none' for a missing one."""
-    if isinstance(value, tuple) and value[:1] == ("tensor",):
-        return f"tensor {value[3]}" if value[3] else f"a tensor of shape {value[1]} (checksum {value[2]})"
-    return "none" if value is None else repr(value) if not isinstance(value, str) else value
+    """A value of `setup_of`, for a message (a tensor's is its text already); 'none' for a missing one."""
+    return "none" if value is None else value if isinstance(value, str) else repr(value)
 
 
 def _plain_bytes(x: Any) -> Any:
