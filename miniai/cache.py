@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +17,7 @@ import torch
 
 from .sources import RawData, find_source, read_source
 from .utils import byte_sums
+from .checks import warn
 
 __all__ = ["CACHE_STATS", "Normalized", "clear_cache", "load_normalized", "load_tensors", "normalized_split",
            "valid_split"]
@@ -80,7 +80,7 @@ def _write_cache(file: Path, raw: RawData) -> bool:
             tmp.unlink(missing_ok=True)
         except OSError:  # the cache "dir" is a file, say: there is no temporary file to remove
             pass
-        warnings.warn(f"could not write the data cache {file} ({e}); set MINIAI_CACHE to a writable dir", stacklevel=4)
+        warn(f"could not write the data cache {file} ({e}); set MINIAI_CACHE to a writable dir")
         return False
 
 

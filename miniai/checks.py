@@ -15,6 +15,7 @@ import inspect
 import math
 import numbers
 import operator
+import os
 import re
 import sys
 import types
@@ -27,10 +28,22 @@ from torch import nn, optim
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
                               Subset, SubsetRandomSampler, WeightedRandomSampler)
 
-__all__ = ["add_note", "check_count", "check_number", "python_number", "call_model", "describe", "check_new_callback",
-           "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names", "check_fit_args",
-           "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error",
+__all__ = ["warn", "add_note", "check_count", "check_number", "python_number", "call_model", "describe",
+           "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names",
+           "check_fit_args", "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error",
            "misplaced_cancel_note", "fit_note", "fit_optimizer", "mark_trained", "follows_lr"]
+
+
+_OURS = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
+
+
+def warn(message: str) -> None:
+    """A UserWarning shown at the user's line: the first frame outside miniai (and torch, which runs our hooks), not
+    the loop's `handler(self)`, which says nothing of which call it is about, and shows a repeat of it never."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_OURS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 def add_note(error: BaseException, note: str) -> None:
@@ -282,8 +295,7 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
         raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
     if fit_lr is not None and not train:  # (the optimizer an evaluation keeps, or makes, steps nothing)
-        warnings.warn(f"fit(train=False, lr={fit_lr}): an evaluation trains nothing, so the lr is not used",
-                      stacklevel=3)
+        warn(f"fit(train=False, lr={fit_lr}): an evaluation trains nothing, so the lr is not used")
     if lr is None and train and resume is None:  # (an evaluation needs none; a checkpoint's optimizer brings its own)
         raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
                          "learn.lr_find() suggests one.")
@@ -298,10 +310,10 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     if isinstance(value, float) and not math.isfinite(value):  # nan or inf would train to NaN weights
         raise ValueError(f"lr must be a finite number, got {value}")
     if value == 0:
-        warnings.warn("lr=0: the optimizer will not change the weights (schedulers scale it too)", stacklevel=3)
+        warn("lr=0: the optimizer will not change the weights (schedulers scale it too)")
     elif isinstance(value, (int, float)) and abs(value) < torch.finfo(torch.float32).tiny:  # 1e-50: 0 in float32
-        warnings.warn(f"lr={value:g} is below float32's smallest normal number ({torch.finfo(torch.float32).tiny:.1e}): "
-                      f"the optimizer will not change float32 weights; did you mean another exponent?", stacklevel=3)
+        warn(f"lr={value:g} is below float32's smallest normal number ({torch.finfo(torch.float32).tiny:.1e}): "
+             f"the optimizer will not change float32 weights; did you mean another exponent?")
     # a tensor becomes the param groups' own lr, which torch's schedulers fill in place: never the caller's
     fit_lr, lr = (x.detach().clone() if isinstance(x, torch.Tensor) else x for x in (fit_lr, lr))
     return fit_lr, lr
@@ -335,15 +347,15 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
     """A missing or empty loader (of known length) is an error before any batch, not NaN metrics after."""
     train, valid = getattr(dls, "train", None), getattr(dls, "valid", None)
     if passes == ("train", "valid") and _same_data(train, valid):
-        warnings.warn("dls.valid gives the same data as dls.train (the same loader, dataset or tensors): validation "
-                      "measures the training data, so its loss and metrics say nothing of how the model does on "
-                      "unseen data. Give DataLoaders a loader of held-out data as valid (get_dls(holdout=n) holds "
-                      "out training images)", stacklevel=4)
+        warn("dls.valid gives the same data as dls.train (the same loader, dataset or tensors): validation "
+             "measures the training data, so its loss and metrics say nothing of how the model does on "
+             "unseen data. Give DataLoaders a loader of held-out data as valid (get_dls(holdout=n) holds "
+             "out training images)")
     elif passes == ("train", "valid") and (shared := _shared_items(train, valid)):
-        warnings.warn(f"dls.valid reads {shared[0]} of its {shared[1]} items from those dls.train trains on (one "
-                      "dataset, or one tensor, split in parts that overlap): its loss and metrics measure training "
-                      "data in part. Give the two loaders parts that don't overlap (get_dls(holdout=n) holds out "
-                      "training images)", stacklevel=4)
+        warn(f"dls.valid reads {shared[0]} of its {shared[1]} items from those dls.train trains on (one "
+             "dataset, or one tensor, split in parts that overlap): its loss and metrics measure training "
+             "data in part. Give the two loaders parts that don't overlap (get_dls(holdout=n) holds out "
+             "training images)")
     for name in passes:
         dl = getattr(dls, name, None)
         if dl is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch.utils.data import (DataLoader, IterableDataset, TensorDataset, defaul
                               get_worker_info)
 
 from .cache import load_normalized, load_tensors, normalized_split
-from .checks import check_count
+from .checks import check_count, warn
 from .sources import VALID_SPLITS, check_split_classes
 from .utils import check_seed, rngs_kept
 
@@ -142,9 +141,9 @@ class TensorLoader:
         self.seed = None if state["seed"] is None else int(state["seed"])
         self.epoch = int(state["epoch"])
         if self.seed is not None and state.get("orders") != _ORDERS:
-            warnings.warn("this loader state was saved by an older miniai, whose seeded loaders ordered epoch e by "
-                          "seed + e: the orders from here on are this version's, so a resumed run does not walk the "
-                          "data exactly as the saved run would have", stacklevel=2)
+            warn("this loader state was saved by an older miniai, whose seeded loaders ordered epoch e by "
+                 "seed + e: the orders from here on are this version's, so a resumed run does not walk the "
+                 "data exactly as the saved run would have")
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next `iter()` run epoch `epoch` (as DistributedSampler.set_epoch); with a seed, its order."""
@@ -419,10 +418,10 @@ class _DictToTuple:
         as a label and a ClassLabel is not last."""
         kept = [c for c in columns[:-1] if c in self.classlabels]
         if kept and not any(c in _LABELS for c in columns):
-            warnings.warn(f"{self.where}: no column is named as a label ({', '.join(_LABELS)}), so the batches are "
-                          f"({', '.join(columns)}): the last, {columns[-1]!r}, is the target, and the ClassLabel "
-                          f"{kept[0]!r} goes to the model. If {kept[0]!r} holds the labels, rename it: "
-                          f"ds = ds.rename_column({kept[0]!r}, 'label')", stacklevel=3)
+            warn(f"{self.where}: no column is named as a label ({', '.join(_LABELS)}), so the batches are "
+                 f"({', '.join(columns)}): the last, {columns[-1]!r}, is the target, and the ClassLabel "
+                 f"{kept[0]!r} goes to the model. If {kept[0]!r} holds the labels, rename it: "
+                 f"ds = ds.rename_column({kept[0]!r}, 'label')")
         self.classlabels = []
 
     def columns(self, batch: dict) -> list[str]:

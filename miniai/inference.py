@@ -10,7 +10,6 @@ import io
 import os
 import pickle
 import types
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,7 +22,7 @@ from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
 from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds, participants
-from .checks import check_count
+from .checks import check_count, warn
 from .data import DataLoaders
 from .distributed import is_main_process
 from .learner import Learner
@@ -326,8 +325,8 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     try:
         pickle.dumps(loss_func)
     except Exception as e:  # noqa: BLE001 -- a lambda, a local function, ...: the learner still exports
-        warnings.warn(f"export: loss_func can't be pickled ({e}); the loaded learner has none, so get_preds("
-                      "with_loss=True) won't work there. Use a module-level function or an nn loss.", stacklevel=3)
+        warn(f"export: loss_func can't be pickled ({e}); the loaded learner has none, so get_preds("
+             "with_loss=True) won't work there. Use a module-level function or an nn loss.")
         loss_func = None
     dls = getattr(learn, "dls", None)
     bundle = {"format": _FORMAT, "version": _VERSION, "torch": torch.__version__,
@@ -338,9 +337,9 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
     mains = _in_main(bundle)
     if mains:  # pickled by name: only a process whose __main__ defines them too can load them
-        warnings.warn(f"export: {', '.join(mains)} {'is' if len(mains) == 1 else 'are'} defined in the running script "
-                      "or notebook (__main__): load_learner finds it only where __main__ defines it too (the same "
-                      "script or notebook). To load it anywhere, move it into a module you import.", stacklevel=3)
+        warn(f"export: {', '.join(mains)} {'is' if len(mains) == 1 else 'are'} defined in the running script "
+             "or notebook (__main__): load_learner finds it only where __main__ defines it too (the same "
+             "script or notebook). To load it anywhere, move it into a module you import.")
     path = Path(path).expanduser()  # ('~/m.pkl': the home directory, as a shell reads it)
     path = link_target(path)
     if path.is_dir():  # (os.replace would fail naming its temporary file)

@@ -3,13 +3,13 @@ LSUV init."""
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .checks import warn
 
 __all__ = ["conv", "GeneralRelu", "get_model", "get_convnet", "init_weights", "ResBlock", "get_resnet", "act_gr",
            "lsuv_init"]
@@ -214,8 +214,8 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                 if abs(std - 1) <= tol and (m_in.bias is None or abs(mean) <= tol):
                     break
                 if tries == max_iters:
-                    warnings.warn(f"lsuv_init: after {max_iters} tries the output of {type(m).__name__} has mean "
-                                  f"{mean:.4f} and std {std:.4f}, not within {tol} of 0 and 1", stacklevel=2)
+                    warn(f"lsuv_init: after {max_iters} tries the output of {type(m).__name__} has mean "
+                         f"{mean:.4f} and std {std:.4f}, not within {tol} of 0 and 1")
                     break
                 if m_in.bias is not None:
                     m_in.bias -= mean

@@ -9,7 +9,6 @@ training set (`get_dls(holdout=10_000)`), never on the test set (nbs/05_best_rec
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -29,6 +28,7 @@ from .supervised import TrainLearner
 from .models import GeneralRelu, get_convnet, get_model, get_resnet, init_weights
 from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .utils import def_device
+from .checks import warn
 
 __all__ = ["SCHEDULES", "check_one_cycle_room", "make_sched_cb", "Recipe", "RECIPES", "recipe_learner"]
 
@@ -165,8 +165,8 @@ def recipe_learner(recipe: Recipe, dls: Any, cbs: list[Callback] | None = None, 
         else F.cross_entropy
     bs = getattr(dls.train, "bs", None) or getattr(dls.train, "batch_size", None)
     if bs is not None and bs != recipe.bs:
-        warnings.warn(f"recipe {_name(recipe)} was chosen at bs {recipe.bs}; these loaders have bs {bs}, so its lr and "
-                      "schedule may not suit them", stacklevel=2)
+        warn(f"recipe {_name(recipe)} was chosen at bs {recipe.bs}; these loaders have bs {bs}, so its lr and "
+             "schedule may not suit them")
     device = torch.device(def_device if device is None else device)
     # not on MPS: channels-last convolutions there gave wrong gradients in torch releases we allow (pytorch#140902)
     extra = [DeviceCB(device, channels_last=recipe.channels_last and device.type != "mps")]

@@ -6,7 +6,6 @@ learner its own `predict`, `get_loss`, `backward`, `step` and `zero_grad`, as th
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from .checks import all_params, call_model
+from .checks import all_params, call_model, warn
 from .learner import Callback, Learner
 
 __all__ = ["TrainLearner", "MomentumLearner"]
@@ -131,8 +130,8 @@ def _warn_second_momentum(learn: MomentumLearner) -> None:
         own = f"momentum={group['momentum']}" if group.get("momentum") else \
             f"betas[0]={group['betas'][0]}" if group.get("betas", (0,))[0] else None
         if own:
-            warnings.warn(f"MomentumLearner keeps mom={learn.mom} × the gradients as its momentum, and the optimizer "
-                          f"has {own} of its own: a second momentum on top, which makes steps several times larger. "
-                          "Use MomentumLearner with plain SGD (opt_func=optim.SGD), or TrainLearner with the "
-                          "optimizer's momentum", stacklevel=4)
+            warn(f"MomentumLearner keeps mom={learn.mom} × the gradients as its momentum, and the optimizer "
+                 f"has {own} of its own: a second momentum on top, which makes steps several times larger. "
+                 "Use MomentumLearner with plain SGD (opt_func=optim.SGD), or TrainLearner with the "
+                 "optimizer's momentum")
             return

@@ -10,7 +10,6 @@ import os
 import random
 import sys
 import threading
-import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from .checks import warn
 
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
@@ -136,10 +136,9 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         # cuBLAS needs a fixed workspace to be reproducible; it must be set before the first cuBLAS call.
         if "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.cuda.is_available() and torch.cuda.is_initialized():
-            warnings.warn("set_seed(deterministic=True) after CUDA was started: cuBLAS may already have read its "
-                          "workspace setting, so matrix products may not be reproducible. Call set_seed first, or "
-                          "set CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment before starting Python.",
-                          stacklevel=2)
+            warn("set_seed(deterministic=True) after CUDA was started: cuBLAS may already have read its "
+                 "workspace setting, so matrix products may not be reproducible. Call set_seed first, or "
+                 "set CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment before starting Python.")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = deterministic
@@ -278,8 +277,8 @@ def fix_malloc(force: bool = False) -> bool:
     if setting == "default":
         return False
     if setting:  # a misspelt opt-out must not fix the thresholds unseen (said once: they are fixed from now on)
-        warnings.warn(f"MINIAI_MALLOC={setting!r} is not a value miniai reads: 'default' keeps glibc's malloc "
-                      "thresholds; anything else fixes them, as now", stacklevel=2)
+        warn(f"MINIAI_MALLOC={setting!r} is not a value miniai reads: 'default' keeps glibc's malloc "
+             "thresholds; anything else fixes them, as now")
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h

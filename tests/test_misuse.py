@@ -978,3 +978,33 @@ def test_an_lr_given_to_an_evaluation_is_said_to_be_unused():
                                          r"used"):
         learn.fit(1, train=False, lr=0.5)
     assert learn.fit_lr == 0.1
+
+
+def _warned_by(run) -> list[warnings.WarningMessage]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return caught
+
+
+@pytest.mark.parametrize("case", ["callback's before_fit", "fit's own check", "a resume", "a plot after the fit",
+                                  "the learner's step"])
+def test_a_warning_points_at_the_users_line_not_at_a_line_inside_miniai(case, tmp_path):
+    # a warning shown at learner.py's `handler(self)` says nothing of which call of the user's it is about (and
+    # Python shows one per place: a second fit with the same mistake would say nothing)
+    from functools import partial
+    from miniai.callbacks import ActivationStats, BatchSchedCB, CheckpointCB
+    from miniai.schedulers import CosineAnnealing
+    learn, stats = tiny_learner(), ActivationStats(range=(0, 1e-3))
+    runs = {
+        "callback's before_fit": lambda: learn.fit(1, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=100))]),
+        "fit's own check": lambda: learn.fit(1, lr=0.1, train=False),
+        "a resume": lambda: (learn.fit(1, cbs=[CheckpointCB(tmp_path)]),
+                             learn.fit(2, cbs=[RecorderCB(lr=lambda cb: 1)], resume=tmp_path)),
+        "a plot after the fit": lambda: (learn.fit(1, cbs=[stats]), stats.dead_chart()),
+        "the learner's step": lambda: MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1,
+                                                      opt_func=partial(optim.SGD, momentum=0.9)).fit(1),
+    }
+    caught = _warned_by(runs[case])
+    assert caught, "the setup warns"
+    assert [w.filename for w in caught] == [__file__] * len(caught), [(w.filename, w.lineno) for w in caught]

@@ -7,7 +7,6 @@ layer and training batch, the activations' mean, std and a histogram of their ab
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_count
+from ..checks import check_count, warn
 from ..learner import Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner
 from .records import keep_records, nothing_recorded, restore_if_refused
 
@@ -435,10 +434,10 @@ class ActivationStats(HooksCallback):
         recorded = [getattr(hook, "n_recorded", 0) - before for hook, before in zip(self.hooks, self._recorded_before)]
         if self._active and learn.iter is not None and (stopped is None or isinstance(stopped, _CANCELS)) \
                 and not any(recorded) and self.other_mode_calls:  # a callback put the model in eval mode (BatchNorm)?
-            warnings.warn(f"ActivationStats recorded nothing in this {'training' if learn.training else 'validation'} "
-                          f"pass of {learn.iter + 1} batches: it records the forwards made in the pass's mode (model."
-                          f"{'train' if learn.training else 'eval'}()), and the model was not in it. To freeze "
-                          "BatchNorm while training, put only those layers in eval mode.", stacklevel=2)
+            warn(f"ActivationStats recorded nothing in this {'training' if learn.training else 'validation'} "
+                 f"pass of {learn.iter + 1} batches: it records the forwards made in the pass's mode (model."
+                 f"{'train' if learn.training else 'eval'}()), and the model was not in it. To freeze "
+                 "BatchNorm while training, put only those layers in eval mode.")
         super().cleanup_epoch(learn)
 
     @property
@@ -492,9 +491,9 @@ class ActivationStats(HooksCallback):
         for label, (_, _, hists), sizes in zip(self.labels, self._recorded(), self._sizes()):
             outside = float((1 - hists.sum(1) / sizes).max()) if len(sizes) else 0.0
             if outside > 0.1:
-                warnings.warn(f"{label}: up to {outside:.0%} of the activations fell outside range={self.range} "
-                              f"(or were NaN) and are not in its histograms: record with a wider range, "
-                              f"ActivationStats(range=(0, ...))", stacklevel=3)
+                warn(f"{label}: up to {outside:.0%} of the activations fell outside range={self.range} "
+                     f"(or were NaN) and are not in its histograms: record with a wider range, "
+                     f"ActivationStats(range=(0, ...))")
 
     def color_dim(self, figsize: tuple[float, float] | None = None) -> Any:
         """The log-histogram of |activations| per layer (bins up, batches right): the "colorful dimension"."""

@@ -6,7 +6,6 @@ callback only decides when they run. It runs after DeviceCB, so a GPU batch is a
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from ..augment import RandomCrop, RandomFlip
 from ..learner import Callback, Learner
 from ..utils import tensor_versions
+from ..checks import warn
 
 __all__ = ["BatchTransformCB"]
 
@@ -110,11 +110,11 @@ def _warn_if_targets_stay(tfm: Any, batch: Any, n: int) -> None:
         return
     for y in batch[n:]:
         if isinstance(y, torch.Tensor) and y.ndim >= 2 and y.shape[-2:] == x.shape[-2:]:
-            warnings.warn(f"BatchTransformCB's {type(moving[0]).__name__} moves the inputs' pixels, and the targets "
-                          f"{tuple(y.shape)} have the inputs' height and width (a mask per pixel?): it leaves them "
-                          "where they were, so inputs and targets no longer line up. Transform both with one draw "
-                          "in a callback of your own (learn.batch = ... at before_batch), or leave geometric "
-                          "transforms out", stacklevel=4)
+            warn(f"BatchTransformCB's {type(moving[0]).__name__} moves the inputs' pixels, and the targets "
+                 f"{tuple(y.shape)} have the inputs' height and width (a mask per pixel?): it leaves them "
+                 "where they were, so inputs and targets no longer line up. Transform both with one draw "
+                 "in a callback of your own (learn.batch = ... at before_batch), or leave geometric "
+                 "transforms out")
             return
 
 
@@ -138,7 +138,7 @@ def _warn_if_rescaled(raw: Any, out: Any) -> None:
         change = f"mean {m0:.3g} → {m1:.3g}, std {s0:.3g} → {s1:.3g}"
     else:
         return
-    warnings.warn(f"BatchTransformCB: its transform changed the training inputs' {change}, as preprocessing does (a "
-                  "normalization, a conversion), and on_val is left at False: validation and prediction batches are "
-                  "not transformed. If it is preprocessing, pass on_val=True; if it is an augmentation, pass "
-                  "on_val=False to say so.", stacklevel=2)
+    warn(f"BatchTransformCB: its transform changed the training inputs' {change}, as preprocessing does (a "
+         "normalization, a conversion), and on_val is left at False: validation and prediction batches are "
+         "not transformed. If it is preprocessing, pass on_val=True; if it is an augmentation, pass "
+         "on_val=False to say so.")

@@ -2,12 +2,11 @@
 after one batch."""
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
-from ..checks import add_note, call_model, describe
+from ..checks import add_note, call_model, describe, warn
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
 from ..utils import check_device, class_loss, def_device, fix_malloc, loss_setting, to_device
@@ -186,8 +185,8 @@ def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | No
             if torchs:
                 return fix
             # a loss of your own may reshape them itself (p[:, 0]): say it, once, and go on
-            warnings.warn(f"loss_func {name} gets preds {tuple(preds.shape)} and targets {tuple(yb[0].shape)}: "
-                          f"{fix} (If it reshapes them itself, as p[:, 0] does, all is well.)", stacklevel=5)
+            warn(f"loss_func {name} gets preds {tuple(preds.shape)} and targets {tuple(yb[0].shape)}: "
+                 f"{fix} (If it reshapes them itself, as p[:, 0] does, all is well.)")
     elif len(yb) != (n := _N_TARGETS.get(name, 1)) and torchs:
         return (f"{name} takes {n} target{'s' * (n > 1)}, but the batch has {len(yb)} items after its "
                 f"n_inp={n_inp} inputs (the loss would take the others as other arguments: weights, say). "
@@ -230,9 +229,9 @@ def _class_scores_wrong(name: str, preds: torch.Tensor, yb: tuple, ignore_index:
                     "logits themselves (log(p + eps) passes while C × eps <= 0.5)")
     if name in ("cross_entropy", "CrossEntropyLoss") and float(preds.min()) >= 0 and torch.allclose(
             preds.float().sum(1), torch.ones((), device=preds.device), atol=1e-2):  # (bfloat16's sums: 1 ± 4e-3)
-        warnings.warn(f"{name} takes logits, and these preds look like probabilities (each item's sum to 1): "
-                      "softmax would be applied twice, which trains slowly and reads confidences wrongly. Remove the "
-                      "model's final nn.Softmax (for probabilities: get_preds(act=torch.softmax))", stacklevel=6)
+        warn(f"{name} takes logits, and these preds look like probabilities (each item's sum to 1): "
+             "softmax would be applied twice, which trains slowly and reads confidences wrongly. Remove the "
+             "model's final nn.Softmax (for probabilities: get_preds(act=torch.softmax))")
     return None
 
 

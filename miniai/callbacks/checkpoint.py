@@ -18,7 +18,6 @@ import os
 import random
 import re
 import types
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from ..checks import beside_model, check_count, own_place
+from ..checks import beside_model, check_count, own_place, warn
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -658,9 +657,8 @@ class CheckpointCB(Callback):
                     break
                 why[place] = no
             if found is None:
-                warnings.warn("the best checkpoint of the resumed run is not found: " + "; ".join(
-                    f"{place}: {no}" for place, no in why.items()) + ". The best is looked for afresh from here on",
-                    stacklevel=2)
+                warn("the best checkpoint of the resumed run is not found: " + "; ".join(
+                    f"{place}: {no}" for place, no in why.items()) + ". The best is looked for afresh from here on")
             best = found
         self.best, self.best_path = (state["best"], best) if best is not None else (None, None)
 
@@ -791,9 +789,9 @@ class CheckpointCB(Callback):
         aside.mkdir()
         for f in later:
             f.rename(aside / f.name)
-        warnings.warn(f"resumed from epoch {resumed_epoch}: {self.path} held checkpoints of later epochs from a run "
-                      f"that went on from there ({', '.join(f.name for f in later)}); they were moved to {aside} "
-                      "rather than overwritten", stacklevel=2)
+        warn(f"resumed from epoch {resumed_epoch}: {self.path} held checkpoints of later epochs from a run "
+             f"that went on from there ({', '.join(f.name for f in later)}); they were moved to {aside} "
+             "rather than overwritten")
 
     def _monitored(self, learn: Learner, done: int) -> float | None:
         """This epoch's value of the monitored metric; None when a cancel cut short the pass that logs it (an older
@@ -812,9 +810,9 @@ class CheckpointCB(Callback):
         if "unranked" not in self._warned:
             self._warned.add("unranked")
             which = "training" if split == "train" else "validation"
-            warnings.warn(f"CheckpointCB: the {which} pass of epoch {done - 1} was cut short before it logged "
-                          f"{self.monitor!r}, so it is not ranked for the best checkpoint (nor will any such "
-                          "epoch be)", stacklevel=3)
+            warn(f"CheckpointCB: the {which} pass of epoch {done - 1} was cut short before it logged "
+                 f"{self.monitor!r}, so it is not ranked for the best checkpoint (nor will any such "
+                 "epoch be)")
         return None
 
     def _check_finite(self, learn: Learner, done: int) -> None:
@@ -846,9 +844,9 @@ class CheckpointCB(Callback):
         for name in ("train", "valid"):
             dl = getattr(learn.dls, name, None)
             if keeps_workers(dl):
-                warnings.warn(f"dls.{name} keeps persistent workers, whose random state a checkpoint can't save: a "
-                              "resumed run's random transforms in the workers will differ from the run never "
-                              "stopped (persistent_workers=False resumes exactly)", stacklevel=3)
+                warn(f"dls.{name} keeps persistent workers, whose random state a checkpoint can't save: a "
+                     "resumed run's random transforms in the workers will differ from the run never "
+                     "stopped (persistent_workers=False resumes exactly)")
         own = [cb for cb in learn.cbs if not type(cb).__module__.startswith("miniai.")
                and not callable(getattr(cb, "state_dict", None))]
         for cb in own:
@@ -860,9 +858,9 @@ class CheckpointCB(Callback):
             new = [f"{cls}.{k}" for k in changed if f"{cls}.{k}" not in self._warned]
             if new:
                 self._warned.update(new)
-                warnings.warn(f"{', '.join(new)} changed during the fit, but {cls} has no state_dict(), so the "
-                              "checkpoint can't save it and a resumed run starts it afresh: give the callback "
-                              "state_dict()/load_state_dict() to resume exactly", stacklevel=4)
+                warn(f"{', '.join(new)} changed during the fit, but {cls} has no state_dict(), so the "
+                     "checkpoint can't save it and a resumed run starts it afresh: give the callback "
+                     "state_dict()/load_state_dict() to resume exactly")
 
 
 def _check_states(learn: Learner) -> None:
@@ -902,8 +900,8 @@ def _check_states(learn: Learner) -> None:
             buffer.seek(0)
             refused = refused_types(e, buffer)
             if refused:
-                warnings.warn(f"CheckpointCB: {key}'s state can be saved, but a resume will be refused: "
-                              f"{safe_loader_advice(refused)}", stacklevel=4)
+                warn(f"CheckpointCB: {key}'s state can be saved, but a resume will be refused: "
+                     f"{safe_loader_advice(refused)}")
 
 
 def _fingerprints(cb: Callback) -> dict[str, Any]:

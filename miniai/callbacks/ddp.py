@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -29,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
                               SequentialSampler, TensorDataset)
 
-from ..checks import beside_model
+from ..checks import beside_model, warn
 from ..data import TensorLoader
 from ..distributed import all_reduce_sum, is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
@@ -353,7 +352,6 @@ def warn_same_left_out(dl: Any, name: str, world: int) -> None:
     else:
         return  # (a loader DDPCB refuses to shard)
     if not shuffled and n % world:
-        warnings.warn(f"DDPCB: dls.{name} is not shuffled and its items don't fill the last round of {world} "
-                      f"processes, so the same {n % world} of its {n} items (its last) are left out of every epoch, "
-                      f"never trained on. Build it with shuffle=True, or give it a multiple of {world} items.",
-                      stacklevel=3)
+        warn(f"DDPCB: dls.{name} is not shuffled and its items don't fill the last round of {world} "
+             f"processes, so the same {n % world} of its {n} items (its last) are left out of every epoch, "
+             f"never trained on. Build it with shuffle=True, or give it a multiple of {world} items.")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from typing import Any
 
 import torch
 
-from ..checks import all_params, check_count
+from ..checks import all_params, check_count, warn
 from ..learner import Callback, CancelBatchException, CancelStepException, Learner
 from ..utils import loss_reduction
 
@@ -100,9 +99,9 @@ class GradAccumCB(Callback):
     def cleanup_fit(self, learn: Learner) -> None:
         if self._summed and self._trained and self._n_batches is None and learn.stopped_by is None:  # (SingleBatchCB's:
             # an error's: no word) a loader without length: its last batch can't be told, its last group never stepped
-            warnings.warn(f"GradAccumCB: the fit ended with {self._summed} batch(es) summed in a group that took no "
-                          "optimizer step (the train loader has no length, so its last batch can't be told): their "
-                          "gradients are dropped, not carried into the next fit", stacklevel=2)
+            warn(f"GradAccumCB: the fit ended with {self._summed} batch(es) summed in a group that took no "
+                 "optimizer step (the train loader has no length, so its last batch can't be told): their "
+                 "gradients are dropped, not carried into the next fit")
         self._drop_group(learn)  # a group not stepped (SingleBatchCB, an error) must not reach the next fit's step
 
     def _drop_group(self, learn: Learner) -> None:
@@ -139,11 +138,10 @@ class GradAccumCB(Callback):
     def cleanup_batch(self, learn: Learner) -> None:
         if learn.training and self._summed and self._last_batch(learn) and \
                 isinstance(learn.stopped_by, CancelBatchException):  # it never reached after_backward, the step
-            warnings.warn(f"GradAccumCB: the last batch of training pass {learn.epoch} was dropped before its backward "
-                          f"(CancelBatchException), so the {self._summed} batch(es) summed before it in its group "
-                          "took no optimizer step: their gradients are dropped, as a hand loop skipping its stepping "
-                          "batch would. Drop batches before a group's last one to keep a pass's last step.",
-                          stacklevel=2)
+            warn(f"GradAccumCB: the last batch of training pass {learn.epoch} was dropped before its backward "
+                 f"(CancelBatchException), so the {self._summed} batch(es) summed before it in its group "
+                 "took no optimizer step: their gradients are dropped, as a hand loop skipping its stepping "
+                 "batch would. Drop batches before a group's last one to keep a pass's last step.")
             self._drop_group(learn)
 
     def _last_batch(self, learn: Learner) -> bool:

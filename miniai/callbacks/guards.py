@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checks import check_count, check_number, own_place
+from ..checks import check_count, check_number, own_place, warn
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
@@ -297,10 +296,10 @@ class EarlyStoppingCB(Callback):
     def before_batch(self, learn: Learner) -> None:
         if learn.training and self.stopped_epoch is not None:
             if learn.resumed_from is not None and learn.epoch == learn.start_epoch:  # a stopped run, resumed
-                warnings.warn(f"EarlyStoppingCB: the run resumed from {learn.resumed_from} had stopped early after "
-                              f"epoch {self.stopped_epoch} ({self.monitor} did not improve for {counted(self.wait, 'epoch')}), so "
-                              f"this fit trains nothing. To train on, resume with a patience above {self.wait} (the "
-                              "wait so far is kept), or without EarlyStoppingCB.", stacklevel=2)
+                warn(f"EarlyStoppingCB: the run resumed from {learn.resumed_from} had stopped early after epoch "
+                     f"{self.stopped_epoch} ({self.monitor} did not improve for {counted(self.wait, 'epoch')}), so "
+                     f"this fit trains nothing. To train on, resume with a patience above {self.wait} (the "
+                     "wait so far is kept), or without EarlyStoppingCB.")
             raise CancelFitException()
 
     def after_epoch(self, learn: Learner) -> None:
@@ -343,9 +342,9 @@ class GradClipCB(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Warn when the saved run clipped otherwise; this fit's settings are kept."""
         if state != self.state_dict():
-            warnings.warn(f"resuming: the saved run clipped with GradClipCB({state}), this fit with GradClipCB("
-                          f"{self.state_dict()}): the run goes on with this fit's, so it won't end as the saved run "
-                          "would have", stacklevel=3)
+            warn(f"resuming: the saved run clipped with GradClipCB({state}), this fit with GradClipCB("
+                 f"{self.state_dict()}): the run goes on with this fit's, so it won't end as the saved run "
+                 "would have")
 
     def after_backward(self, learn: Learner) -> None:
         scaler = _find_scaler(learn)

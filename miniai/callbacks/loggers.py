@@ -18,13 +18,12 @@ import os
 import re
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checks import own_place
+from ..checks import own_place, warn
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..utils import link_target, loss_reduction, opt_lr, replaced_atomically
@@ -313,8 +312,8 @@ class TensorBoardCB(Callback):
         except TypeError:  # a loader without a length: batches are counted as they come
             self._per_epoch = None
             if learn.resumed_from is not None:
-                warnings.warn("TensorBoardCB: dls.train has no length, so the batch steps of this resumed fit can't "
-                              "continue the run's: they start again at 0", stacklevel=2)
+                warn("TensorBoardCB: dls.train has no length, so the batch steps of this resumed fit can't "
+                     "continue the run's: they start again at 0")
         self._losses, self._lrs, self._steps, self._n_batches = [], [], [], 0
         self._active = _logs_this_fit(learn)
         training = self._active and "train" in learn.passes

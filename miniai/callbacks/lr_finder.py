@@ -6,14 +6,13 @@ puts everything back as it was; the suggestion functions are pure functions of t
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..checks import check_not_in_fit
+from ..checks import check_not_in_fit, warn
 from ..distributed import world_size
 from ..utils import counted, keeps_workers, loss_reduction
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -250,9 +249,9 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     if start_lr <= 0:
         raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
     if keeps_workers(getattr(learn.dls, "train", None)):
-        warnings.warn("lr_find draws batches from dls.train's persistent workers, whose random state it can't put "
-                      "back: the random transforms of the next fit will differ from a fit without lr_find (build the "
-                      "loaders with persistent_workers=False, or again after lr_find)", stacklevel=2)
+        warn("lr_find draws batches from dls.train's persistent workers, whose random state it can't put "
+             "back: the random transforms of the next fit will differ from a fit without lr_find (build the "
+             "loaders with persistent_workers=False, or again after lr_find)")
     finder = LRFinderCB(gamma, max_mult)
     with kept(learn, weights=True):
         # left out (and put back by kept): the finder's run is never saved, and has no validation pass to watch
@@ -267,7 +266,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
         if len(finder.losses) < 10:  # (not the data: the warning below would blame it)
             if not finder.losses:
                 raise RuntimeError(cut)
-            warnings.warn(cut + ", the suggestions mean little", stacklevel=2)
+            warn(cut + ", the suggestions mean little")
     if finder.losses and not math.isfinite(finder.losses[0]):  # before any step: no lr can have caused it
         raise ValueError(f"lr_find: the first loss, computed before any optimizer step, is {finder.losses[0]}: the lr "
                          "is not the cause, and no start_lr helps. Check the data (NaN or inf in a batch's inputs or "
@@ -279,18 +278,18 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     steps = f"{len(finite)} optimizer steps" + (f" ({finder.batches} batches)" if finder.batches != len(finder.losses)
                                                 else "")  # (gradient accumulation: several batches a step)
     if diverged and _argmin(smooth) < 3:  # no descent to read a suggestion from
-        warnings.warn(f"lr_find: the loss rose from the start ({steps}, lowest within the first 3): "
-                      f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
-                      f"Try lr_find(start_lr={start_lr / 1000:g}).", stacklevel=2)
+        warn(f"lr_find: the loss rose from the start ({steps}, lowest within the first 3): "
+             f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
+             f"Try lr_find(start_lr={start_lr / 1000:g}).")
     elif not diverged and len(finite) >= 10 and smooth[0] - min(smooth) <= 0.01 * abs(smooth[0]):
         # (a flat curve's suggestions are start_lr, or wherever its noise dips: either would look like an answer)
-        warnings.warn(f"lr_find: the loss neither fell (by 1% at most, from {smooth[0]:.4g}) nor diverged over "
-                      f"{steps}, lr {finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}: the suggestions mean "
-                      "nothing. Does the model train at all? (parameters frozen or missing from the optimizer, a "
-                      "loss that does not depend on the output, targets that cannot be learned)", stacklevel=2)
+        warn(f"lr_find: the loss neither fell (by 1% at most, from {smooth[0]:.4g}) nor diverged over "
+             f"{steps}, lr {finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}: the suggestions mean "
+             "nothing. Does the model train at all? (parameters frozen or missing from the optimizer, a "
+             "loss that does not depend on the output, targets that cannot be learned)")
     elif not diverged and len(finite) < 10 and stopper is finder:
-        warnings.warn(f"lr_find: only {steps} before the data ran out (max_epochs={max_epochs}), "
-                      "too few for the suggestions to mean much: raise max_epochs or use more data.", stacklevel=2)
+        warn(f"lr_find: only {steps} before the data ran out (max_epochs={max_epochs}), "
+             "too few for the suggestions to mean much: raise max_epochs or use more data.")
     if plot:
         result.plot()
     return result

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accuracy import Accuracy
-from ..checks import preds_changed_error, unbatched_error
+from ..checks import preds_changed_error, unbatched_error, warn
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
 from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensor_versions, tensors_in
@@ -358,13 +357,13 @@ class MetricsCB(Callback):
         each batch's mean weighted by its items: not the set's, if the loss leaves those targets out."""
         name = getattr(learn.loss_func, "__name__", type(learn.loss_func).__name__)
         what = "torch's default ignore_index" if self._ignore == -100 else f"{name}'s ignore_index"
-        warnings.warn(f"{uncounted} targets of {self._ignore} ({what}) in this {split} pass, and MetricsCB can't "
-                      f"tell how the loss {name} averages, so each batch's mean loss is weighted by its items: if "
-                      f"{name} leaves those targets out, the logged {split}_loss is not the whole set's and changes "
-                      "with the batch size. Pass torch's loss itself, loss_func=F.cross_entropy, "
-                      "nn.CrossEntropyLoss(...) or functools.partial(F.cross_entropy, ...), whose mean MetricsCB "
-                      "weights by its counted targets (a loss that averages over all items, these too, is logged "
-                      "right as it is)", stacklevel=2)
+        warn(f"{uncounted} targets of {self._ignore} ({what}) in this {split} pass, and MetricsCB can't "
+             f"tell how the loss {name} averages, so each batch's mean loss is weighted by its items: if "
+             f"{name} leaves those targets out, the logged {split}_loss is not the whole set's and changes "
+             "with the batch size. Pass torch's loss itself, loss_func=F.cross_entropy, "
+             "nn.CrossEntropyLoss(...) or functools.partial(F.cross_entropy, ...), whose mean MetricsCB "
+             "weights by its counted targets (a loss that averages over all items, these too, is logged "
+             "right as it is)")
 
     @property
     def all_metrics(self) -> Any:
@@ -443,10 +442,10 @@ def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> None:
     for name, metric in metrics.items():  # (torcheval's: a threshold of one's own may be a sigmoid's; a binned
         threshold = getattr(metric, "threshold", None)  # metric's, a tensor of bin edges)
         if _torcheval(metric) and isinstance(threshold, float) and threshold == 0.5:
-            warnings.warn(f"MetricsCB metric {name!r} ({type(metric).__name__}) counts a prediction as 1 from 0.5, "
-                          "and the loss takes logits (binary_cross_entropy_with_logits), whose 0.5 probability is "
-                          f"logit 0: give it threshold=0, {type(metric).__name__}(threshold=0.0), or apply a sigmoid "
-                          "in a metric of your own", stacklevel=4)
+            warn(f"MetricsCB metric {name!r} ({type(metric).__name__}) counts a prediction as 1 from 0.5, "
+                 "and the loss takes logits (binary_cross_entropy_with_logits), whose 0.5 probability is "
+                 f"logit 0: give it threshold=0, {type(metric).__name__}(threshold=0.0), or apply a sigmoid "
+                 "in a metric of your own")
 
 
 def _torcheval(metric: Any) -> bool:
@@ -463,11 +462,11 @@ def _warn_other_ignore(metrics: dict[str, Any], loss_func: Any) -> None:
     for name, metric in metrics.items():  # (None, every target counted, beside torch's default: nothing chosen)
         if isinstance(metric, Accuracy) and metric.ignore_index not in ("loss", stated) and not (
                 metric.ignore_index is None and stated == -100):
-            warnings.warn(f"MetricsCB metric {name!r} is an Accuracy(ignore_index={metric.ignore_index!r}), and the "
-                          f"loss leaves out targets of {stated}: the accuracy and the loss are over different "
-                          "targets (padding counted in one and not the other?). Leave ignore_index out "
-                          "(Accuracy() follows the loss's; on an older Accuracy set acc.ignore_index = 'loss'), or "
-                          "give both the same one", stacklevel=4)
+            warn(f"MetricsCB metric {name!r} is an Accuracy(ignore_index={metric.ignore_index!r}), and the "
+                 f"loss leaves out targets of {stated}: the accuracy and the loss are over different "
+                 "targets (padding counted in one and not the other?). Leave ignore_index out "
+                 "(Accuracy() follows the loss's; on an older Accuracy set acc.ignore_index = 'loss'), or "
+                 "give both the same one")
 
 
 

@@ -1,12 +1,11 @@
 """Mixed precision: forward pass and loss under `torch.autocast`; fp16 gradients kept in range by a GradScaler."""
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
-from ..checks import python_number
+from ..checks import python_number, warn
 from ..learner import Callback, CancelStepException, Learner
 from ..supervised import MomentumLearner
 from ..utils import model_device
@@ -68,10 +67,10 @@ class MixedPrecisionCB(Callback):
         self._autocast = torch.autocast(device_type, dtype=dtype)
         wide = [name for name, p in learn.model.named_parameters() if p.dtype == torch.float64]
         if wide and not learn._predicting:  # autocast lowers float32 ops only: float64 layers run as they are
-            warnings.warn(f"MixedPrecisionCB: {len(wide)} of the model's weights are float64 ({', '.join(wide[:3])}"
-                          f"{', ...' * (len(wide) > 3)}), which autocast leaves as they are (it lowers float32 ops "
-                          "only), so their layers run in float64, not in mixed precision: make the model float32 "
-                          "first (model.float(), and float32 inputs), or leave MixedPrecisionCB out", stacklevel=2)
+            warn(f"MixedPrecisionCB: {len(wide)} of the model's weights are float64 ({', '.join(wide[:3])}"
+                 f"{', ...' * (len(wide) > 3)}), which autocast leaves as they are (it lowers float32 ops "
+                 "only), so their layers run in float64, not in mixed precision: make the model float32 "
+                 "first (model.float(), and float32 inputs), or leave MixedPrecisionCB out")
         if dtype == torch.float16 and isinstance(learn, MomentumLearner):
             raise TypeError(f"{type(learn).__name__} keeps mom × the gradients of the last step, unscaled, and a float16 "
                             "GradScaler would add scaled ones and divide both by its scale (the momentum would "
@@ -94,10 +93,10 @@ class MixedPrecisionCB(Callback):
 
     def after_fit(self, learn: Learner) -> None:
         if self._tried and not self._taken and not learn._predicting:  # the weights never changed
-            warnings.warn(f"MixedPrecisionCB: float16 skipped all {self._tried} optimizer steps of this fit (their "
-                          "gradients had inf/NaN values), so the weights did not change. With a finite loss, the "
-                          f"GradScaler's scale ({self.scaler.get_scale():.3g} now) began too high for this fit to "
-                          "bring it down: pass a lower init_scale, or use bfloat16.", stacklevel=2)
+            warn(f"MixedPrecisionCB: float16 skipped all {self._tried} optimizer steps of this fit (their "
+                 "gradients had inf/NaN values), so the weights did not change. With a finite loss, the "
+                 f"GradScaler's scale ({self.scaler.get_scale():.3g} now) began too high for this fit to "
+                 "bring it down: pass a lower init_scale, or use bfloat16.")
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._exit_autocast()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from typing import TYPE_CHECKING, Any
+from ..checks import warn
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -73,7 +73,6 @@ def same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
     saved = (state.get("monitor", cb.monitor), state.get("mode", cb.mode))
     if saved == (cb.monitor, cb.mode) or saved[0] is None:  # (nothing watched, no best to carry over)
         return True
-    warnings.warn(f"{who} watched {saved[0]!r} ({saved[1]}) in the run resumed from and watches {cb.monitor!r} "
-                  f"({cb.mode}) now: its best value so far is not carried over, the best is looked for afresh",
-                  stacklevel=3)
+    warn(f"{who} watched {saved[0]!r} ({saved[1]}) in the run resumed from and watches {cb.monitor!r} "
+         f"({cb.mode}) now: its best value so far is not carried over, the best is looked for afresh")
     return False

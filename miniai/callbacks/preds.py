@@ -16,7 +16,6 @@ import contextlib
 import copy
 import functools
 import inspect
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
-from ..checks import check_count, drops_last, preds_changed_error, unbatched_error
+from ..checks import check_count, drops_last, preds_changed_error, unbatched_error, warn
 from ..data import TensorLoader
 from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
@@ -53,10 +52,10 @@ def _warn_left_out(learn: Learner, taking_part: list[Callback], who: str = "get_
     names = [type(cb).__name__ for cb in learn.cbs if all(cb is not p for p in taking_part) and not said(cb)
              and not type(cb).__module__.startswith("miniai.") and callable(getattr(cb, "before_batch", None))]
     if names:
-        warnings.warn(f"{who} leaves out {', '.join(names)}: callbacks take part in prediction passes only with "
-                      f"inference = True (DeviceCB, validation transforms and autocast do). If {names[0]} prepares "
-                      "the batches the model needs (normalizing, reshaping), set inference = True on it; if it only "
-                      "records, set inference = False on its class to say so.", stacklevel=5)
+        warn(f"{who} leaves out {', '.join(names)}: callbacks take part in prediction passes only with "
+             f"inference = True (DeviceCB, validation transforms and autocast do). If {names[0]} prepares "
+             "the batches the model needs (normalizing, reshaping), set inference = True on it; if it only "
+             "records, set inference = False on its class to say so.")
 
 
 def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] = (), with_loss: bool = False,
@@ -120,9 +119,9 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     with torch.no_grad():
         stage("fit", lambda: stage("epoch", all_batches, CancelEpochException), CancelFitException)
     if drew:  # Monte Carlo dropout by repeated calls: each would draw the same masks, a spread of 0
-        warnings.warn(f"the model drew random numbers in {who}'s pass (dropout in train mode?), and the RNGs are put "
-                      "back as it leaves everything as it was: another call repeats them, the same preds. For Monte "
-                      "Carlo dropout, seed each call differently (torch.manual_seed(i) before call i)", stacklevel=4)
+        warn(f"the model drew random numbers in {who}'s pass (dropout in train mode?), and the RNGs are put "
+             "back as it leaves everything as it was: another call repeats them, the same preds. For Monte "
+             "Carlo dropout, seed each call differently (torch.manual_seed(i) before call i)")
 
 
 def _rng_states() -> list[torch.Tensor]:
@@ -270,11 +269,10 @@ def _per_item_sequence(parts: list[Sequence], sizes: list[int | None] | None, of
         # a batch's own (a collate's) is warned of
         if len(parts) > 1 and len(shapes) == 1 and (of_batch or isinstance(parts[0], list)):
             n, shape, kind = sizes[0], next(iter(shapes))[0], type(parts[0]).__name__
-            warnings.warn(f"get_preds: every batch holds a {kind} of {n} tensors of {n} rows {shape} beside its {n} "
-                          f"items, which reads two ways: joined as {n} heads (logits, aux, ...), each over all the "
-                          "batches, or kept as one per item (a collate's per-item targets). They were "
-                          f"joined as {n} heads; if they are one per item, use a batch size other than {n}.",
-                          stacklevel=5)
+            warn(f"get_preds: every batch holds a {kind} of {n} tensors of {n} rows {shape} beside its {n} "
+                 f"items, which reads two ways: joined as {n} heads (logits, aux, ...), each over all the "
+                 "batches, or kept as one per item (a collate's per-item targets). They were "
+                 f"joined as {n} heads; if they are one per item, use a batch size other than {n}.")
         return False  # every entry numbers the batch's items: heads
     batch_first = [any(isinstance(t, torch.Tensor) and len(t) == n for t in p) for p, n in zip(parts, sizes)]
     if len(parts) > 1 and all(batch_first):
@@ -401,14 +399,13 @@ class _GatherPreds(Callback):
         if not torch.isclose(ours.float(), own.float(), rtol=rtol, atol=1e-6):
             name = getattr(self.loss_func, "__name__", type(self.loss_func).__name__)
             self.loss_func = None
-            warnings.warn(f"get_preds(with_loss=True): the per-position losses ({name} with reduction='none') "
-                          f"average to {ours.item():.4g} on batch {learn.iter}, where {name} itself gives "
-                          f"{own.item():.4g}: it leaves out or weighs positions in a way get_preds can't see (an "
-                          "ignore_index or class weights inside the function), so each item's loss, the mean over "
-                          "its positions, and a MetricsCB's loss of this pass are not its own. Say it: give torch's "
-                          "loss the setting as a keyword, partial(F.cross_entropy, ignore_index=255, weight=w), or "
-                          f"set an ignore_index on yours, {name}.ignore_index = 255 (the value it ignores).",
-                          stacklevel=2)
+            warn(f"get_preds(with_loss=True): the per-position losses ({name} with reduction='none') "
+                 f"average to {ours.item():.4g} on batch {learn.iter}, where {name} itself gives "
+                 f"{own.item():.4g}: it leaves out or weighs positions in a way get_preds can't see (an "
+                 "ignore_index or class weights inside the function), so each item's loss, the mean over "
+                 "its positions, and a MetricsCB's loss of this pass are not its own. Say it: give torch's "
+                 "loss the setting as a keyword, partial(F.cross_entropy, ignore_index=255, weight=w), or "
+                 f"set an ignore_index on yours, {name}.ignore_index = 255 (the value it ignores).")
 
     def result(self) -> tuple:
         """(inputs?, preds, targets, losses?), each concatenated over the batches."""

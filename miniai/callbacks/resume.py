@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ..checks import beside_model
+from ..checks import beside_model, warn
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
 from ..data import TensorLoader
@@ -59,7 +58,7 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
                          f"total: n_epochs counts from the start of the run, so pass n_epochs >= {done}")
     _check_model(unwrap(learn.model), state["model"], file)
     if done == n_epochs:
-        warnings.warn(f"checkpoint {file} already finished {done} epochs: nothing left to train", stacklevel=3)
+        warn(f"checkpoint {file} already finished {done} epochs: nothing left to train")
     learn.start_epoch, learn.resumed_from, learn.last_checkpoint = done, file, file
     # an evaluation's passes are labelled from the epoch whose weights they validate (done - 1, as the run logged
     # them): labelled `done`, a row said the next epoch, never trained, had the checkpoint's loss
@@ -100,7 +99,7 @@ class ResumeCB(Callback):
         state, file = self.state, self.file
         model = unwrap(learn.model)
         # --- checks: nothing is changed until all of them pass
-        _check_model(model, state["model"], file, warn=False)  # again: a callback may have changed the model
+        _check_model(model, state["model"], file, dtypes_too=False)  # again: a callback may have changed the model
         opt_state = _optimizer_state(learn, model, state, file, ratios=self.lr is None)
         beside = beside_model(model, learn.opt)  # tensors the optimizer trains beside the model (a temperature)
         saved_beside = state.get("beside_model")  # (older files: none)
@@ -110,9 +109,8 @@ class ResumeCB(Callback):
             raise CheckpointMismatchError(f"checkpoint {file}: {'; '.join(shapes)}: build them as the run that saved "
                                           "it did; nothing was changed.")
         if beside and saved_beside is None:
-            warnings.warn(f"{file} predates saving the tensors an optimizer trains beside the model ({len(beside)} "
-                          "here): they go on from their values now, so the run will not continue exactly",
-                          stacklevel=2)
+            warn(f"{file} predates saving the tensors an optimizer trains beside the model ({len(beside)} "
+                 "here): they go on from their values now, so the run will not continue exactly")
         # which parameters train: a fit's before_fit may freeze what a callback unfroze at a later epoch of the run
         frozen, params = state.get("frozen"), dict(model.named_parameters())  # (older files: none saved)
         flipped = [] if frozen is None else [n for n, p in params.items() if p.requires_grad == (n in frozen)]
@@ -162,22 +160,22 @@ class ResumeCB(Callback):
                  enumerate(zip(opt_state["param_groups"], learn.opt.param_groups)) for k in _SCHEDULE_KEYS
                  if k in old and k in now and old[k] != now[k]]
         if built and training:
-            warnings.warn(f"resuming from {file}: the schedule was built with other settings than the saved run's "
-                          f"({'; '.join(built)}): the saved ones are kept, so the run continues as it was. To train "
-                          "with the new ones, start a new fit from the checkpoint's weights.", stacklevel=2)
+            warn(f"resuming from {file}: the schedule was built with other settings than the saved run's "
+                 f"({'; '.join(built)}): the saved ones are kept, so the run continues as it was. To train "
+                 "with the new ones, start a new fit from the checkpoint's weights.")
         if flipped:
             froze = [n for n in flipped if not params[n].requires_grad]  # (here; trainable in the saved run)
             thawed = [n for n in flipped if n not in froze]
-            warnings.warn(f"resuming from {file}: parameters frozen here, trainable in the saved run: "
-                          f"{froze or 'none'}; trainable here, frozen in the saved run: {thawed or 'none'}. "
-                          "They are set as the saved run had them, so it continues exactly; to train with others "
-                          "frozen, start a new fit from the checkpoint's weights.", stacklevel=2)
+            warn(f"resuming from {file}: parameters frozen here, trainable in the saved run: "
+                 f"{froze or 'none'}; trainable here, frozen in the saved run: {thawed or 'none'}. "
+                 "They are set as the saved run had them, so it continues exactly; to train with others "
+                 "frozen, start a new fit from the checkpoint's weights.")
         if lost or new:
-            warnings.warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped"
-                          f"{_without(learn, saved, lost, opt_state, self.lr)})"
-                          if lost else "") + ("; " if lost and new else "") + (f"{new} start fresh (not in the "
-                          "checkpoint)" if new else "") + ". Pass the same callbacks as the saved run to continue "
-                          "it exactly.", stacklevel=2)
+            warn(f"resuming from {file}: " + (f"its state for {lost} has no callback here (dropped"
+                 f"{_without(learn, saved, lost, opt_state, self.lr)})"
+                 if lost else "") + ("; " if lost and new else "") + (f"{new} start fresh (not in the "
+                 "checkpoint)" if new else "") + ". Pass the same callbacks as the saved run to continue "
+                 "it exactly.")
         loaders = {name: getattr(learn.dls, name) for name in state["loaders"] if hasattr(learn.dls, name)}
         for name, dl in loaders.items():
             _check_loader(dl, state["loaders"][name], name)
@@ -189,17 +187,16 @@ class ResumeCB(Callback):
                                         now[k] is not None):  # (None: a count not known, or not alike on every rank)
                 known = {k: "?" if v is None else v for k, v in now.items()}  # (printed, not "None")
                 was = {k: "?" if v is None else v for k, v in size.items()}
-                warnings.warn(f"resuming from {file}: dls.{name} gives {known['batches']} batches of {known['items']} "
-                              f"items an epoch, the saved run's {was['batches']} of {was['items']} (another batch "
-                              "size, or other data): the run trains on, but won't end as the saved run would have. "
-                              "Resume with the saved run's loaders to continue it exactly.", stacklevel=2)
+                warn(f"resuming from {file}: dls.{name} gives {known['batches']} batches of {known['items']} "
+                     f"items an epoch, the saved run's {was['batches']} of {was['items']} (another batch "
+                     "size, or other data): the run trains on, but won't end as the saved run would have. "
+                     "Resume with the saved run's loaders to continue it exactly.")
             data = state.get("loader_data", {}).get(name)  # (older files, other loaders: none saved)
             if data is not None and isinstance(dl, TensorLoader) and not checksums_match(data, [dl.x, dl.y]):
-                warnings.warn(f"resuming from {file}: dls.{name} holds other data than the saved run's (the checksums "
-                              "of its inputs and targets differ): the run trains on, but not as it "
-                              "began. Resume with the saved run's data to continue it exactly (another dataset, or "
-                              "another holdout split, is a new run: start it from the checkpoint's weights).",
-                              stacklevel=2)
+                warn(f"resuming from {file}: dls.{name} holds other data than the saved run's (the checksums "
+                     "of its inputs and targets differ): the run trains on, but not as it "
+                     "began. Resume with the saved run's data to continue it exactly (another dataset, or "
+                     "another holdout split, is a new run: start it from the checkpoint's weights).")
         # schedulers check their saved state against this fit as they load it (length, steps per epoch); an
         # evaluation (fit(train=False)) builds and steps none, and the saved lr comes with the optimizer state
         given = [group["lr"] for group in learn.opt.param_groups]  # fit built the optimizer with the lr given
@@ -238,18 +235,18 @@ class ResumeCB(Callback):
                 for g, g_state in zip(gens, saved_gens[key]):
                     set_generator_state(g, g_state)
             else:
-                warnings.warn(f"resuming from {file}: {key} holds {len(gens)} random generators, the checkpoint has "
-                              f"{len(saved_gens.get(key, ()))} for it: they go on from where they are, so the run "
-                              "will not continue exactly", stacklevel=2)
+                warn(f"resuming from {file}: {key} holds {len(gens)} random generators, the checkpoint has "
+                     f"{len(saved_gens.get(key, ()))} for it: they go on from where they are, so the run "
+                     "will not continue exactly")
         ranks = state.get("rng_ranks")  # every rank's own, when it was saved under DDP with as many processes
         now = world_size() if is_dist() else 1
         own = ranks[rank()] if ranks and is_dist() and len(ranks) == world_size() else state["rng"]
         # torch's generators (dropout, augmentation; Python's and NumPy's differ in any unseeded script)
         torch_draws = {_plain_bytes({k: v for k, v in r.items() if k not in ("python", "numpy")}) for r in ranks or ()}
         if ranks and len(ranks) != now and training and len(torch_draws) > 1:
-            warnings.warn(f"resuming from {file}, saved by {len(ranks)} processes whose torch random draws differ "
-                          f"(dropout, augmentation), resumed by {now}: each process's draws go on from rank 0's, so "
-                          "the run will not continue exactly", stacklevel=2)
+            warn(f"resuming from {file}, saved by {len(ranks)} processes whose torch random draws differ "
+                 f"(dropout, augmentation), resumed by {now}: each process's draws go on from rank 0's, so "
+                 "the run will not continue exactly")
         if training:  # after the loads: a tensor made from the weights, or a setting a callback's state sets back
             _warn_setup_changes(learn, state.get("setup"), state.get("setup_moved", []), file)
         _set_rng_state(own)  # last: nothing may draw random numbers between this and the first batch
@@ -267,11 +264,11 @@ def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: lis
     changed = [f"{k}: {_shown(saved.get(k))} saved, {_shown(here.get(k))} here" for k in keys
                if saved.get(k) != here.get(k)]
     if changed:
-        warnings.warn(f"resuming from {file}: settings kept outside every state_dict differ from the saved run's "
-                      f"({'; '.join(changed[:8])}{f'; and {len(changed) - 8} more' if len(changed) > 8 else ''}): "
-                      "the run goes on with the values here, so it will not continue as the saved run would have "
-                      "(unless a callback of yours sets them back). Set them up as the saved run had them; to train "
-                      "with the new ones, start a new fit from the checkpoint's weights.", stacklevel=3)
+        warn(f"resuming from {file}: settings kept outside every state_dict differ from the saved run's "
+             f"({'; '.join(changed[:8])}{f'; and {len(changed) - 8} more' if len(changed) > 8 else ''}): "
+             "the run goes on with the values here, so it will not continue as the saved run would have "
+             "(unless a callback of yours sets them back). Set them up as the saved run had them; to train "
+             "with the new ones, start a new fit from the checkpoint's weights.")
 
 
 def _shown(value: Any) -> str:
@@ -315,7 +312,7 @@ def _without(learn: Learner, saved: dict[str, Any], lost: list[str], opt_state: 
     return "".join(f"; {s}" for s in said)
 
 
-def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path, warn: bool = True) -> None:
+def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path, dtypes_too: bool = True) -> None:
     """Raise CheckpointMismatchError naming every missing, unexpected and mis-shaped key; warn of other dtypes."""
     own = model.state_dict()
     missing = [k for k in own if k not in saved]
@@ -327,11 +324,11 @@ def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path, w
     if not (missing or unexpected or shapes):
         dtypes = [f"{k}: checkpoint {saved[k].dtype} vs model {own[k].dtype}"
                   for k in own if k not in lazy and saved[k].dtype != own[k].dtype]
-        if dtypes and warn:  # load_state_dict casts without a word: the resumed run computes in another precision
-            warnings.warn(f"checkpoint {file} holds other dtypes than the model ({'; '.join(dtypes[:3])}"
-                          + (f"; {len(dtypes) - 3} more" if len(dtypes) > 3 else "") + "): the weights are cast, and "
-                          "the resumed run differs from the saved one. Build the model in the saved dtype to "
-                          "continue it exactly.", stacklevel=4)
+        if dtypes and dtypes_too:  # load_state_dict casts without a word: the resumed run computes in another precision
+            warn(f"checkpoint {file} holds other dtypes than the model ({'; '.join(dtypes[:3])}"
+                 + (f"; {len(dtypes) - 3} more" if len(dtypes) > 3 else "") + "): the weights are cast, and "
+                 "the resumed run differs from the saved one. Build the model in the saved dtype to "
+                 "continue it exactly.")
         return
 
     def listing(what: str, items: list[str]) -> str:
@@ -375,9 +372,8 @@ def _optimizer_state(learn: Learner, model: nn.Module, state: dict[str, Any], fi
             "nothing was changed.")
     saved_names, own_names = state.get("param_names"), param_names(model, opt)
     if saved_names is None:  # a version-1 checkpoint: no names saved
-        warnings.warn(f"{file} predates parameter names in checkpoints: the optimizer state is matched to the "
-                      "parameters by position, which is right only if the model defines them in the same order",
-                      stacklevel=3)
+        warn(f"{file} predates parameter names in checkpoints: the optimizer state is matched to the "
+             "parameters by position, which is right only if the model defines them in the same order")
         return saved
     if saved_names == own_names:
         return saved
@@ -463,6 +459,5 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         if len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
         else:
-            warnings.warn(f"the checkpoint has RNG states for {len(state['cuda'])} CUDA devices, this machine "
-                          f"{torch.cuda.device_count()}; CUDA random numbers will differ from the saved run",
-                          stacklevel=3)
+            warn(f"the checkpoint has RNG states for {len(state['cuda'])} CUDA devices, this machine "
+                 f"{torch.cuda.device_count()}; CUDA random numbers will differ from the saved run")

@@ -28,7 +28,6 @@ import math
 import numbers
 import os
 import types
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,7 +37,7 @@ from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, Cosin
                                       LambdaLR, LinearLR, MultiplicativeLR, OneCycleLR, PolynomialLR,
                                       ReduceLROnPlateau, SequentialLR)
 
-from ..checks import add_note, follows_lr, own_place, python_number
+from ..checks import add_note, follows_lr, own_place, python_number, warn
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
@@ -228,10 +227,9 @@ class BaseSchedCB(Callback):
     def _check_length(self, learn: Learner) -> None:
         total = self._total_steps(learn)
         if total == 0 and learn.schedule_stop == 0 and "train" in learn.passes:  # (swa_start=0)
-            warnings.warn(f"{type(self.scheduler).__name__} never steps in this fit: SWACB drives the lr from epoch 0 "
-                          "(swa_start=0), and schedules run only before it, so it schedules nothing (its first lr is "
-                          "at most where SWALR anneals from). Leave the scheduling callback out, or start SWA later.",
-                          stacklevel=2)
+            warn(f"{type(self.scheduler).__name__} never steps in this fit: SWACB drives the lr from epoch 0 "
+                 "(swa_start=0), and schedules run only before it, so it schedules nothing (its first lr is "
+                 "at most where SWALR anneals from). Leave the scheduling callback out, or start SWA later.")
         if not total:  # unknown, or a fit of no epochs, which steps no schedule (torch builds none of length 0)
             return
         name, epochs = type(self.scheduler).__name__, _epochs_scheduled(learn)
@@ -242,12 +240,11 @@ class BaseSchedCB(Callback):
             if field is not None and capacity > runs:
                 # legitimate for a trial run, but usually a length counted wrong: the lr never comes down
                 where = "" if part is self.scheduler else f" (in {name}, running the last {runs} steps)"
-                warnings.warn(f"{type(part).__name__}{where} has {field}={capacity} but this fit takes {counted(total, 'step')} "
-                              f"({how}): the fit ends before the schedule does, with the lr it has at step {runs}, "
-                              f"not at its end. If that is not on purpose, build it with {field}={runs}"
-                              + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
-                                 "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".",
-                              stacklevel=2)
+                warn(f"{type(part).__name__}{where} has {field}={capacity} but this fit takes {counted(total, 'step')} "
+                     f"({how}): the fit ends before the schedule does, with the lr it has at step {runs}, "
+                     f"not at its end. If that is not on purpose, build it with {field}={runs}"
+                     + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
+                        "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".")
         if isinstance(self.scheduler, (SequentialLR, ChainedScheduler)):
             parts = self.scheduler._schedulers
             if isinstance(self.scheduler, SequentialLR):  # each part runs from its milestone to the next
@@ -376,9 +373,9 @@ class BaseSchedCB(Callback):
             raise
         changed = _settings_changed(state["scheduler"], fresh)
         if changed:  # torch's load_state_dict puts the saved settings back: say so, never silently
-            warnings.warn(f"resuming {type(self).__name__}: its {ours} was built with other settings than the saved "
-                          f"run's ({'; '.join(changed)}): the saved ones are kept, so the run continues as it was. "
-                          "To train with the new ones, start a new fit from the checkpoint's weights.", stacklevel=3)
+            warn(f"resuming {type(self).__name__}: its {ours} was built with other settings than the saved "
+                 f"run's ({'; '.join(changed)}): the saved ones are kept, so the run continues as it was. "
+                 "To train with the new ones, start a new fit from the checkpoint's weights.")
         self.n_steps = state["n_steps"]
         for group, saved in zip(groups, state["param_groups"]):
             group.update(saved)
@@ -535,13 +532,13 @@ class BatchSchedCB(BaseSchedCB):
         # the schedule steps with the optimizer: steps that did not happen leave it short of its end (1%: a few
         # float16 overflow skips at the start of a long run leave the lr at its end, near enough)
         if total - self.n_steps > max(1, total // 100):
-            warnings.warn(f"{type(self.scheduler).__name__} took {self.n_steps} of the {total} steps this fit planned "
-                          f"for it: {total - self.n_steps} optimizer steps did not happen (passes cut short or batches "
-                          "skipped by a callback, float16 overflows MixedPrecisionCB skipped, batches dropped before "
-                          "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
-                          "optimizer, so it ended short of its end: "
-                          + (f"the last batch trained at lr {self._trained_lr:.3g}." if self.n_steps else
-                             "it never stepped."), stacklevel=2)
+            warn(f"{type(self.scheduler).__name__} took {self.n_steps} of the {total} steps this fit planned "
+                 f"for it: {total - self.n_steps} optimizer steps did not happen (passes cut short or batches "
+                 "skipped by a callback, float16 overflows MixedPrecisionCB skipped, batches dropped before "
+                 "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
+                 "optimizer, so it ended short of its end: "
+                 + (f"the last batch trained at lr {self._trained_lr:.3g}." if self.n_steps else
+                    "it never stepped."))
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "

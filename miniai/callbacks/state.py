@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..utils import map_tensors, rngs_kept
 from .checkpoint import (callback_generators, generator_state, has_state, held_generators, loader_generators,
                          set_generator_state)
 from .metrics import MetricsCB
+from ..checks import warn
 
 __all__ = ["kept"]
 
@@ -145,9 +145,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                     t.copy_(value)
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
         if changed:
-            warnings.warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
-                          "its own, a quantization observer calibrating?): the model is not as it was before the call",
-                          stacklevel=4)
+            warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
+                 "its own, a quantization observer calibrating?): the model is not as it was before the call")
         for p, grad in grads:
             p.grad = grad
         for m, mode in modes:
@@ -162,5 +161,5 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
             try:
                 obj.load_state_dict(state)
             except Exception as e:
-                warnings.warn(f"could not put back all the state of {type(obj).__name__} ({type(e).__name__}: "
-                              f"{e}): some may be the finder's", stacklevel=4)
+                warn(f"could not put back all the state of {type(obj).__name__} ({type(e).__name__}: "
+                     f"{e}): some may be the finder's")

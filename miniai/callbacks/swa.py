@@ -8,7 +8,6 @@ more, and it becomes `learn.model`.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import SWALR, AveragedModel
 
-from ..checks import check_count, check_number
+from ..checks import check_count, check_number, warn
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted
 from .preds import prediction_pass
@@ -124,8 +123,8 @@ class SWACB(Callback):
         if not self._on:
             return
         if int(self.swa_model.n_averaged) == 0:
-            warnings.warn(f"SWACB: no epoch from swa_start={self.swa_start} on was trained in this fit, so nothing "
-                          "was averaged; learn.model is the raw model", stacklevel=2)
+            warn(f"SWACB: no epoch from swa_start={self.swa_start} on was trained in this fit, so nothing "
+                 "was averaged; learn.model is the raw model")
             return
         self._refresh_bn(learn)
         learn.model = self.swa_model.module
@@ -144,10 +143,9 @@ class SWACB(Callback):
         if not self._on:
             averaged = int(state["swa_model"].get("n_averaged", 0))
             if averaged:
-                warnings.warn(f"SWACB: this evaluation validates the checkpoint's raw weights, not the average of "
-                              f"{counted(averaged, 'epoch')} it also holds, which SWACB uses only in a fit that trains: "
-                              "learn.fit(n_epochs, resume=...) to finish the run (the average is learn.model then)",
-                              stacklevel=2)
+                warn(f"SWACB: this evaluation validates the checkpoint's raw weights, not the average of "
+                     f"{counted(averaged, 'epoch')} it also holds, which SWACB uses only in a fit that trains: "
+                     "learn.fit(n_epochs, resume=...) to finish the run (the average is learn.model then)")
             return
         saved = state.get("settings")  # (older checkpoints: none)
         began = self.began(state)
