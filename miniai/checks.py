@@ -278,10 +278,11 @@ def python_number(value: Any, tensors: bool = True) -> Any:
     return float(value) if numeric and not isinstance(value, (int, float)) else value
 
 
-def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: Any, resume: Any) -> tuple[Any, Any]:
+def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: Any,
+                   resume: Any) -> tuple[int, Any, Any]:
     """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode, and
-    the learner's arguments once more (a loss class assigned since). Returns (fit's lr, the lr the optimizer is
-    made with: fit's, else the learner's), NumPy numbers as Python ones."""
+    the learner's arguments once more (a loss class assigned since). Returns (the epoch count, fit's lr, the lr the
+    optimizer is made with: fit's, else the learner's), NumPy numbers as Python ones."""
     fit_lr = python_number(fit_lr, tensors=False)
     lr = python_number(learn.lr, tensors=False) if fit_lr is None else fit_lr
     if learn.model is None:
@@ -292,7 +293,7 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
                          "leave one of them True")
     if train and torch.is_inference_mode_enabled():  # its tensors can never take part in a backward pass
         raise RuntimeError("fit can't train under torch.inference_mode(): call it outside that block")
-    if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
+    if not isinstance(n_epochs, numbers.Integral) or isinstance(n_epochs, bool) or n_epochs < 0:
         raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
     if fit_lr is not None and not train:  # (the optimizer an evaluation keeps, or makes, steps nothing)
         warn(f"fit(train=False, lr={fit_lr}): an evaluation trains nothing, so the lr is not used")
@@ -316,7 +317,7 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
              f"the optimizer will not change float32 weights; did you mean another exponent?")
     # a tensor becomes the param groups' own lr, which torch's schedulers fill in place: never the caller's
     fit_lr, lr = (x.detach().clone() if isinstance(x, torch.Tensor) else x for x in (fit_lr, lr))
-    return fit_lr, lr
+    return int(n_epochs), fit_lr, lr
 
 
 def unbatched_error() -> ValueError:

@@ -497,6 +497,16 @@ def test_n_epochs_must_be_an_int_not_a_bool():
         tiny_learner().fit(True)
 
 
+def test_a_numpy_integer_epoch_count_trains_that_many_epochs_and_is_kept_as_an_int(tmp_path):
+    # (np.arange(1, 4) in a sweep) was refused as not "an int >= 0", while bs=np.int64(...) is taken
+    import numpy as np
+    from miniai.callbacks import CheckpointCB, load_checkpoint
+    learn = tiny_learner()
+    learn.fit(np.int64(2), cbs=[CheckpointCB(tmp_path)])
+    assert learn.n_epochs == 2 and type(learn.n_epochs) is int and learn._epochs_trained == 2
+    assert load_checkpoint(tmp_path / "epoch_0001.pt")["n_epochs"] == 2  # (torch's safe loader takes no NumPy number)
+
+
 def test_a_learner_with_a_default_activation_stats_pickles():
     """ActivationStats' default mod_filter was a lambda: torch.save(learn) failed with a PicklingError."""
     import pickle
