@@ -39,11 +39,12 @@ def_device: str = _pick_device()
 """The device miniai uses when none is given: 'cuda', else 'mps', else 'cpu' (a string, as in the course)."""
 
 
-def without_graph(x: Any) -> Any:
+def without_graph(x: Any, copy: bool = False) -> Any:
     """`x` with its tensors detached (a model's (logits, aux) too); an output of a type that can't be rebuilt (a
-    dataclass with an InitVar) as it is: only a copy of it would fail."""
+    dataclass with an InitVar) as it is: only a copy of it would fail. `copy`: copies, for a value kept while its
+    tensors change in place (a tensor lr the scheduler fills, a view of a weight the step moves)."""
     try:
-        return map_tensors(x, torch.Tensor.detach)
+        return map_tensors(x, (lambda t: t.detach().clone()) if copy else torch.Tensor.detach)
     except Exception:  # noqa: BLE001
         return x
 

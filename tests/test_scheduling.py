@@ -1059,3 +1059,53 @@ def test_one_cycle_momentum_bounds_that_would_not_be_used_are_refused(learner, o
     with pytest.raises(ValueError, match=f"base_momentum=0.5, max_momentum=0.6.*{why}"):
         learn.fit_one_cycle(2, max_lr=0.01, base_momentum=0.5, max_momentum=0.6, cycle_momentum=cycle)
     learn.fit_one_cycle(1, max_lr=0.01, cycle_momentum=cycle)  # the defaults: nothing asked, nothing refused
+
+
+def _tensor_lr_sgd(params, lr):
+    """An optimizer whose lr is a tensor, as torch allows (its schedulers then fill it in place)."""
+    return optim.SGD(params, lr=torch.tensor(lr))
+
+
+def _tensor_lr_learner(**kwargs) -> TrainLearner:
+    torch.manual_seed(0)
+    dls = SimpleNamespace(train=[(torch.randn(8, 2), torch.randn(8, 1)) for _ in range(4)],
+                          valid=[(torch.randn(8, 2), torch.randn(8, 1))])
+    return TrainLearner(nn.Linear(2, 1), dls, F.mse_loss, lr=0.1, opt_func=_tensor_lr_sgd, **kwargs)
+
+
+def test_the_recorder_keeps_each_batchs_value_of_a_tensor_changed_in_place_not_the_last_one():
+    # a tensor lr (filled in place by the scheduler) or a view of a weight (moved in place by the step) was kept by
+    # reference: every record, and the plot, showed the fit's last value
+    seen = {"lr": [], "w": []}
+
+    class Truth(Callback):
+        order = 26
+        def after_batch(self, learn):
+            seen["lr"].append(float(learn.opt.param_groups[0]["lr"]))
+            seen["w"].append(learn.model.weight[0, 0].item())
+    rec = RecorderCB(lr=lambda cb: cb.pg["lr"], w=lambda cb: cb.learn.model.weight[0, 0])
+    learn = _tensor_lr_learner(cbs=[rec, Truth()])
+    learn.fit(2, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=8))], valid=False)
+    assert [float(v) for v in rec.recs["lr"]] == pytest.approx(seen["lr"]) and len(set(seen["lr"])) == 8
+    assert [float(v) for v in rec.recs["w"]] == pytest.approx(seen["w"]) and len(set(seen["w"])) == 8
+
+
+def test_a_tensor_lr_is_read_as_the_batch_trained_with_it_before_the_schedule_moves_it():
+    # BatchSchedCB kept the tensor: its warning named the lr after the schedule's next step; and the lr opt_func
+    # made, read after the schedule was built (which fills it in place), refused a one-cycle peaking at fit's lr
+    class SkipOdd(Callback):
+        def after_backward(self, learn):
+            if learn.iter % 2:
+                learn.opt.zero_grad()
+                raise CancelStepException()
+    stepped = []
+
+    class Truth(Callback):
+        def after_step(self, learn):
+            stepped.append(float(learn.opt.param_groups[0]["lr"]))
+    with pytest.warns(UserWarning, match="took 4 of the 8 steps") as caught:
+        _tensor_lr_learner(cbs=[SkipOdd(), Truth()]).fit(
+            2, cbs=[BatchSchedCB(partial(ls.LinearLR, start_factor=1.0, end_factor=0.0, total_iters=8))])
+    assert f"the last batch trained at lr {stepped[-1]:.3g}." in str(caught[0].message)
+    learn = _tensor_lr_learner()
+    learn.fit(1, lr=0.01, cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.01, total_steps=4))])  # not refused

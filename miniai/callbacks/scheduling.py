@@ -169,7 +169,8 @@ class BaseSchedCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         if "train" not in learn.passes:  # an evaluation steps nothing: the last training fit's scheduler stays
             return
-        made = [group["lr"] for group in learn.opt.param_groups]  # (as opt_func made them of the fit's lr)
+        # the lrs opt_func made of the fit's lr, as numbers: the scheduler built below fills a tensor lr in place
+        made = [float(group["lr"]) for group in learn.opt.param_groups]
         try:
             scheduler = self.factory(learn.opt)
         except TypeError as e:  # a scheduler class given bare, its own arguments missing: say how to pass them
@@ -521,7 +522,8 @@ class BatchSchedCB(BaseSchedCB):
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
         # learn.stepped, not an after_step handler, which a callback before this one may cancel after the step
         if learn.stepped and self._learn is not None:
-            self._trained_lr = self._opt.param_groups[0]["lr"]  # (for after_fit's word: the step below moves it on)
+            # (for after_fit's word, as a number: the step below moves it on, a tensor lr in place)
+            self._trained_lr = float(self._opt.param_groups[0]["lr"])
             self._advance(learn)
 
     def after_fit(self, learn: Learner) -> None:
@@ -760,8 +762,9 @@ class RecorderCB(Callback):
                                 "it reads self.pg, the optimizer's first param group, and self.learn; _mom reads "
                                 "momentum or Adam's beta1, _beta1 only Adam's)")
                     raise
-                # (tensors of the batch, its loss say, would keep the batch's whole graph alive)
-                self.recs[name].append(without_graph(value))
+                # (tensors of the batch, its loss say, would keep the batch's whole graph alive; a tensor lr
+                # or a weight's view, kept as it is, would show the fit's last value at every batch)
+                self.recs[name].append(without_graph(value, copy=True))
 
     def state_dict(self) -> dict[str, Any]:
         """A copy of `recs`, so a resumed fit's recording continues the interrupted one's."""
