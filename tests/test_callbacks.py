@@ -750,6 +750,24 @@ def test_a_metricscb_subclass_overriding_log_gets_every_row_as_the_courses_did()
     assert [r["train"] for r in seen] == ["train", "valid"]
 
 
+def test_a_metricscb_subclass_overriding_log_beside_a_progress_bar_gives_both_their_rows():
+    """ProgressCB took MetricsCB's rows through log_fn, which a subclass's `_log` (the course's WandBCB) never calls:
+    no table, and no validation curve (valid_losses []), without a word. Both get every row now, on the instance's
+    own `_log` too; after the fit the metrics callback is as it was."""
+    rows, progress, out = rows_metrics(), ProgressCB(mode="plain"), io.StringIO()
+    with redirect_stdout(out):
+        tiny_learner([rows, progress]).fit(2)
+    assert [(r["epoch"], r["train"]) for r in rows.rows] == [(0, "train"), (0, "valid"), (1, "train"), (1, "valid")]
+    assert progress.valid_losses == [h["loss"] for h in rows.history if h["train"] == "valid"]
+    assert out.getvalue().count("valid") == 2 and "_log" not in vars(rows)
+    metrics, seen = MetricsCB(), []
+    metrics._log = seen.append
+    with redirect_stdout(io.StringIO()) as out:
+        tiny_learner([metrics, progress]).fit(1)
+    assert [r["train"] for r in seen] == ["train", "valid"] and out.getvalue().count("valid") == 1
+    assert metrics._log == seen.append and len(progress.valid_losses) == 1
+
+
 def test_a_sum_loss_of_dict_batches_is_shown_per_item_by_the_progress_bar_and_lr_find():
     """ProgressCB and lr_find divide a 'sum' loss by the batch's items, which they counted from learn.yb: with dict
     batches read by the learner's own steps both failed ('a batch is a tuple ...'). Their first batch's loss is its

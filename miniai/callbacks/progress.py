@@ -163,8 +163,8 @@ class ProgressCB(Callback):
         self._mode, self._main, self._header_done = "plain", True, False
         self._last_graph = self._last_read = 0.0
         self._metrics: Any = None
-        self._saved_log_fn: Any = None
-        self._swapped = False  # whether MetricsCB's log_fn is this callback's for the fit (_saved_log_fn: its own)
+        self._taken: tuple | None = None  # (MetricsCB's `_log` of its instance, if any, its log_fn): put back after
+        self._forward: Any = None  # the `_log` MetricsCB had: a subclass's (the course's WandBCB), or its own
         self.mbar: Any = None
         self.pbar: Any = None
         self._pass_length: int | None = None
@@ -172,7 +172,7 @@ class ProgressCB(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         bars = [cb for cb in learn.cbs if isinstance(cb, ProgressCB)]
-        if len(bars) > 1:  # each takes over MetricsCB's log_fn: rows would reach one bar, or one that was removed
+        if len(bars) > 1:  # each takes over MetricsCB's rows: they would reach one bar, or one that was removed
             raise ValueError(f"this fit has {len(bars)} ProgressCBs (the learner's, and one given to fit(cbs=...)?): "
                              "keep one, e.g. learn.rm_cb() the learner's, or set its plot/mode instead of adding "
                              "another")
@@ -195,11 +195,14 @@ class ProgressCB(Callback):
             # a resumed run's batches are counted from the start of the run, like RecorderCB's (a guess without len)
             self._start = learn.start_epoch * (len_or_none(getattr(learn.dls, "train", None)) or 0)
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
-        self._saved_log_fn, self._swapped = None, False
         metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
         self._metrics = metrics if any(cb is metrics for cb in learn.cbs) else None
-        if self._metrics is not None:
-            self._saved_log_fn, self._metrics.log_fn, self._swapped = self._metrics.log_fn, self._log, True
+        if self._metrics is not None:  # its rows come here first (as the course's ProgressCB took them), then go
+            # on to its `_log`: a subclass's, or log_fn's; MetricsCB's own printer gives way to this table
+            self._taken = vars(metrics).get("_log"), metrics.log_fn
+            self._forward, metrics._log = metrics._log, self._log
+            if metrics.log_fn is metrics._printer:
+                metrics.log_fn = None
         self.mbar = None
         if self._mode == "terminal":
             self.mbar = ConsoleBar(learn.n_epochs)  # counted from the start of the run, also when resumed
@@ -214,9 +217,7 @@ class ProgressCB(Callback):
             self.valid_losses.append(row["loss"])
             self.valid_at.append(self._start + self._train_losses.count)
         self._show(row)
-        # a logger of the user's gets the row too (None: none); MetricsCB's own printer gives way to the table
-        if self._saved_log_fn is not None and self._saved_log_fn is not getattr(self._metrics, "_printer", None):
-            self._saved_log_fn(row)
+        self._forward(row)
 
     def _show(self, row: dict[str, Any]) -> None:
         if not self._main:
@@ -281,8 +282,12 @@ class ProgressCB(Callback):
     def cleanup_fit(self, learn: Learner) -> None:
         self._train_losses.drain(wait=True)
         restore_if_refused(self, learn)  # (a fit refused before its first batch leaves the last one's curves)
-        if self._swapped:
-            self._metrics.log_fn, self._saved_log_fn, self._swapped = self._saved_log_fn, None, False
+        if self._taken is not None:
+            own_log, self._metrics.log_fn = self._taken
+            vars(self._metrics).pop("_log")
+            if own_log is not None:
+                self._metrics._log = own_log
+            self._taken = self._forward = None
         if isinstance(self.mbar, ConsoleBar):
             self.mbar.close()
         elif self.mbar is not None:
