@@ -549,10 +549,10 @@ def test_a_resume_that_leaves_out_the_saved_runs_schedule_says_what_the_fit_trai
     with pytest.warns(UserWarning, match=said):
         learn.fit(4, resume=tmp_path)
     assert len(set(rec.recs["lr"][-16:])) == 1  # (its last two epochs, 8 batches each, did train on at one lr)
-    with warnings.catch_warnings(record=True) as caught:  # an evaluation trains nothing: the plain warning
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:  # an evaluation trains nothing: without the schedule it is
+        warnings.simplefilter("always")  # the same; without SWA's average, the plain warning
         learn.fit(3, train=False, resume=tmp_path)
-    assert any("no callback here (dropped)." in str(w.message) for w in caught)
+    assert any("no callback here (dropped)." in str(w.message) for w in caught) == (how == "SWACB")
 
 
 def test_the_left_out_schedule_warning_names_the_lr_the_fit_trains_at(tmp_path):
@@ -998,3 +998,24 @@ def test_a_validation_loader_of_another_batch_size_is_no_other_run_but_one_of_ot
     again.dls.valid = TensorLoader(valid.x[:12], valid.y[:12], bs=8)
     with pytest.warns(UserWarning, match=r"dls.valid gives 2 batches of 12 items an epoch, the saved run's 2 of 16"):
         again.fit(4, resume=tmp_path / "b" / "epoch_0002.pt")
+
+
+def test_an_evaluation_of_a_checkpoint_without_the_runs_training_callbacks_says_nothing_of_them(tmp_path):
+    # README's way to evaluate a checkpoint, fit(n, train=False, resume=dir), warned that the fit_one_cycle's
+    # schedule (or the run's GradClipCB, EarlyStoppingCB) was "dropped": an evaluation trains nothing with them
+    from miniai.callbacks import GradAccumCB, GradClipCB
+
+    class Counter(Callback):  # a callback of the user's with a state: an evaluation may need it, so it is named
+        n = 0
+        def after_batch(self, learn): self.n += 1
+        def state_dict(self): return {"n": self.n}
+        def load_state_dict(self, state): self.n = state["n"]
+    trained, _ = make_learner(tmp_path, [GradClipCB(1.0), GradAccumCB(2), EarlyStoppingCB(patience=5), Counter()])
+    trained.fit_one_cycle(2, max_lr=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn, _ = make_learner(None, [Counter()])
+        learn.fit(3, train=False, resume=tmp_path)
+    assert learn.metrics.last["valid_loss"] == pytest.approx(trained.metrics.last["valid_loss"])
+    with pytest.warns(UserWarning, match=r"its state for \['Counter_0'\] has no callback here"):
+        make_learner(None)[0].fit(3, train=False, resume=tmp_path)

@@ -26,10 +26,11 @@ from ..utils import checksums_match, counted
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint,
                          load_checkpoint, loader_generators, loader_size, optimizer_settings, param_names,
                          set_generator_state, setup_of, stateful_callbacks, unwrap)
-from .guards import EarlyStoppingCB
+from .guards import EarlyStoppingCB, GradClipCB
 from .loggers import TensorBoardCB
 from .records import forget_records
-from .scheduling import BaseSchedCB, RecorderCB
+from .grad_accum import GradAccumCB
+from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB
 from .swa import SWACB
 
 __all__ = ["ResumeCB", "resume_cb"]
@@ -140,9 +141,10 @@ class ResumeCB(Callback):
                              f"had no SWACB): resume with the saved run's SWACB, or one of swa_start >= "
                              f"{learn.start_epoch}; nothing was changed.")
         # CheckpointCB's and TensorBoardCB's own states are bookkeeping (best so far, the log's run): resuming
-        # without one is normal
-        lost = [k for k in saved if k not in stateful and not k.startswith(("CheckpointCB_", "TensorBoardCB_"))]
-        new = [k for k in stateful if k not in saved and not isinstance(stateful[k], (CheckpointCB, TensorBoardCB))]
+        # without one is normal; so is an evaluation without what only trains (the run's schedule, clipping, ...)
+        skipped = (CheckpointCB, TensorBoardCB) + (() if training else _TRAINING_ONLY)
+        lost = [k for k in saved if k not in stateful and k.rpartition("_")[0] not in {c.__name__ for c in skipped}]
+        new = [k for k in stateful if k not in saved and not isinstance(stateful[k], skipped)]
         # a schedule counts its steps from the start of the run: begun mid-run it runs another shape (and torch's
         # keys it wrote into the param groups are replaced by the saved optimizer's)
         counted = [k for k in new if _schedules(stateful[k])]
@@ -287,6 +289,7 @@ def _plain_bytes(x: Any) -> Any:
 
 # ---------------------------------------------------------------- checks
 
+_TRAINING_ONLY = (BatchSchedCB, EpochSchedCB, GradAccumCB, GradClipCB, EarlyStoppingCB, RecorderCB)  # (not evaluating)
 _SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")  # a schedule's own, in groups
 
 
