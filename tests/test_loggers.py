@@ -140,9 +140,12 @@ def test_overwrite_starts_the_file_anew_and_append_keeps_it(tmp_path):
     assert len(read_rows(tmp_path / "log.csv")) == 4
     from torcheval.metrics import MeanSquaredError
     other = tiny_learner([quiet_metrics(mse=MeanSquaredError()), CSVLoggerCB(tmp_path / "log.csv", append=True)])
-    with pytest.raises(ValueError, match="has the columns .* drop append=True"):
+    with pytest.raises(ValueError, match=r"has the columns .* overwrite=True instead of append=True") as refused:
         other.fit(1)
     assert len(read_rows(tmp_path / "log.csv")) == 4  # refused before anything was written
+    assert "drop append=True" not in str(refused.value)  # (its advice was that, and a fresh fit refuses the file)
+    tiny_learner([quiet_metrics(mse=MeanSquaredError()), CSVLoggerCB(tmp_path / "log.csv", overwrite=True)]).fit(1)
+    assert len(read_rows(tmp_path / "log.csv")) == 2
 
 
 def test_a_csv_path_that_is_a_directory_is_refused_naming_a_file_in_it(tmp_path):
@@ -341,7 +344,7 @@ def test_overwrite_replaces_a_file_that_is_not_utf8_without_reading_it(tmp_path)
 def test_appending_to_a_file_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "log.csv"
     path.write_bytes("epoch,note\n0,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="log.csv is not a UTF-8 CSV file.*another path.*without it"):
+    with pytest.raises(ValueError, match="log.csv is not a UTF-8 CSV file.*another path.*overwrite=True instead of append=True"):
         tiny_learner([quiet_metrics(), CSVLoggerCB(path, append=True)]).fit(1)
 
 

@@ -115,7 +115,7 @@ class CSVLoggerCB(Callback):
             rows = _kept_rows(rows, header, learn.start_epoch, self.path, self._metrics.history)
         if rows and header != self.columns:
             fix = ("give the resumed fit the run's metrics, or log to another path" if resumed
-                   else "log to another path, or drop append=True to start the file anew")
+                   else "log to another path, or pass overwrite=True instead of append=True to start the file anew")
             raise ValueError(f"{self.path} has the columns {header}, this fit logs {self.columns}: {fix}")
         _write_atomically(self.path, [self.columns, *rows])
         self._file = open(self.path, "a", newline="", encoding="utf-8")
@@ -174,7 +174,7 @@ def _read_csv(path: Path) -> tuple[list[str] | None, list[list[str]]]:
             lines = list(csv.reader(f))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not a UTF-8 CSV file ({e}), so its rows can't be kept: log to another path "
-                         "(or, for append=True, start the file anew without it)") from None
+                         "(or start the file anew: overwrite=True instead of append=True)") from None
     if not lines:
         return None, []
     header = lines[0]
