@@ -298,8 +298,8 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     if fit_lr is not None and not train:  # (the optimizer an evaluation keeps, or makes, steps nothing)
         warn(f"fit(train=False, lr={fit_lr}): an evaluation trains nothing, so the lr is not used")
     if lr is None and train and resume is None:  # (an evaluation needs none; a checkpoint's optimizer brings its own)
-        raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2); "
-                         "learn.lr_find() suggests one.")
+        raise ValueError("No learning rate: pass lr= to the Learner or to fit(), e.g. learn.fit(3, lr=1e-2) (beside "
+                         "a schedule that sets the lr itself, OneCycleLR say, its peak); learn.lr_find() suggests one.")
     if isinstance(lr, (str, bytes, bool)) or hasattr(lr, "suggestions"):  # (a string read from a config file,
         # lr_find's result; other types: opt_func's call)
         take = " (lr_find's result: take one of its suggestions, res.valley or res.steepest)" * hasattr(lr, "valley")

@@ -1109,3 +1109,20 @@ def test_a_tensor_lr_is_read_as_the_batch_trained_with_it_before_the_schedule_mo
     assert f"the last batch trained at lr {stepped[-1]:.3g}." in str(caught[0].message)
     learn = _tensor_lr_learner()
     learn.fit(1, lr=0.01, cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.01, total_steps=4))])  # not refused
+
+
+def test_a_learner_without_an_lr_beside_a_one_cycle_is_told_an_lr_that_works():
+    # MomentumLearner's lr is None by default: "pass lr=, e.g. learn.fit(3, lr=1e-2)", followed, was refused as
+    # "lr=0.01 would be ignored. Leave lr= out", which brought the first error back (probe)
+    from miniai.supervised import MomentumLearner
+
+    def learner():
+        torch.manual_seed(0)
+        return MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss,
+                               cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.05, total_steps=6))])
+    with pytest.raises(ValueError, match=r"No learning rate.*a schedule that sets the lr itself.*its peak"):
+        learner().fit(2)
+    with pytest.raises(ValueError, match=r"lr=0.01 would be ignored.*fit the schedule's peak, lr=0.05") as refused:
+        learner().fit(2, lr=0.01)
+    assert "Leave lr= out" not in str(refused.value)
+    learner().fit(2, lr=0.05)  # the advice, followed

@@ -103,8 +103,10 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Ca
            f"learn.fit_one_cycle(n, max_lr={given})")
     raise ValueError(f"this fit's lr={given} (fit(lr=), or fit_one_cycle's max_lr) with {who}'s "
                      f"{type(part).__name__}, which sets the lr from its own arguments (peak "
-                     f"{', '.join(f'{p:g}' for p in peaks)}) at every step: lr={given} would be ignored. Leave lr= "
-                     f"out (the schedule's peak is the lr), or give the schedule the peak you want ({fix})")
+                     f"{', '.join(f'{p:g}' for p in peaks)}) at every step: lr={given} would be ignored. "
+                     + ("Leave lr= out (the schedule's peak is the lr)" if own is not None else  # (none to leave it to)
+                        f"Give fit the schedule's peak, lr={peaks[0]:g}")
+                     + f", or give the schedule the peak you want ({fix})")
 
 
 def _sets_outright(scheduler: Any) -> bool:
