@@ -580,3 +580,12 @@ def test_the_advice_for_a_learners_own_logger_whose_file_is_there_works_when_fol
     exec(re.search(r"learn\.cbs\[\d\]\.append = True", str(e.value)).group(0), {"learn": learn})
     learn.fit(1)
     assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 3 * 2
+
+
+def test_tensorboard_hist_takes_the_activationstats_that_records_training_batches(tmp_path):
+    # the first ActivationStats in cbs was taken: one recording validation batches only, listed before the one
+    # recording training batches, got the fit refused ("records no training batch") (probe)
+    on_valid, on_train = ActivationStats(on_train=False, on_valid=True), ActivationStats()
+    board = TensorBoardCB(tmp_path, hist=True)
+    tiny_learner([quiet_metrics(), on_valid, on_train, board]).fit(1)
+    assert board._stats is on_train

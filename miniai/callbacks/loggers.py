@@ -299,7 +299,8 @@ class TensorBoardCB(Callback):
         self._close()
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
         self._metrics = _this_fits_metrics(learn)
-        self._stats = next((cb for cb in learn.cbs if isinstance(cb, ActivationStats)), None)
+        stats = [cb for cb in learn.cbs if isinstance(cb, ActivationStats)]  # (one recording training batches)
+        self._stats = next((cb for cb in stats if cb.on_train), stats[0] if stats else None)
         if self.hist and self._stats is None:
             raise ValueError("TensorBoardCB(hist=True) writes the histograms an ActivationStats records, and this fit "
                              "has none: add ActivationStats(...) to cbs, or pass hist=False")
