@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 import warnings
 from functools import partial
 from pathlib import Path
@@ -1194,6 +1195,91 @@ def test_a_module_level_generator_a_transform_names_is_checkpointed(tmp_path):
         torch.manual_seed(0)
         _MODULE_GENERATOR.manual_seed(5)
         return make_learner(path, [BatchTransformCB(_global_noise)])[0]
+    assert same_params(*straight_and_resumed(make, tmp_path))
+
+
+_LEGACY = np.random.RandomState(3)
+_GENERATORS_BY_NAME = {"aug": torch.Generator().manual_seed(3)}
+_HOLDER = types.SimpleNamespace(g=torch.Generator().manual_seed(3))
+
+
+def _legacy_noise(x):
+    return x + 0.1 * torch.from_numpy(_LEGACY.standard_normal(x.shape).astype("float32"))
+
+
+def _helper_noise(x):
+    return _global_noise(x)  # (a helper of this module's that draws from _MODULE_GENERATOR)
+
+
+def _dict_noise(x):
+    return x + 0.1 * torch.randn(x.shape, generator=_GENERATORS_BY_NAME["aug"])
+
+
+def _holder_noise(x):
+    return x + 0.1 * torch.randn(x.shape, generator=_HOLDER.g)
+
+
+class _LegacyNoise:
+    def __init__(self):
+        self.rs = np.random.RandomState(3)
+
+    def __call__(self, x):
+        return x + 0.1 * torch.from_numpy(self.rs.standard_normal(x.shape).astype("float32"))
+
+
+class _LegacyLossNoise(Callback):
+    def __init__(self):
+        self.rs = np.random.RandomState(3)
+
+    def after_loss(self, learn):
+        if learn.training:
+            learn.loss = learn.loss * float(1 + 0.1 * self.rs.rand())
+
+
+class _NoiseLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.g = torch.Generator().manual_seed(3)
+
+    def forward(self, x):
+        return x + 0.1 * torch.randn(x.shape, generator=self.g) if self.training else x
+
+
+class _NoisyItems(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y, self.g = x, y, torch.Generator().manual_seed(9)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn(self.x[i].shape, generator=self.g), self.y[i]
+
+
+@pytest.mark.parametrize("where", ["a module-level RandomState", "a RandomState attribute", "a callback's RandomState",
+                                   "a helper's module-level generator", "a module-level dict", "a module-level object",
+                                   "a layer of the model", "the training dataset"])
+def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
+    # (probe) each was neither saved nor warned of: the resumed run silently drew other numbers. NumPy's legacy
+    # RandomState was no generator to the search; a module-level name counted only when it was a generator itself
+    def make(path):
+        torch.manual_seed(0)
+        _LEGACY.seed(3), _MODULE_GENERATOR.manual_seed(5), _GENERATORS_BY_NAME["aug"].manual_seed(3)
+        _HOLDER.g.manual_seed(3)
+        cbs = {"a module-level RandomState": [BatchTransformCB(_legacy_noise)],
+               "a RandomState attribute": [BatchTransformCB(_LegacyNoise())],
+               "a callback's RandomState": [_LegacyLossNoise()],
+               "a helper's module-level generator": [BatchTransformCB(_helper_noise)],
+               "a module-level dict": [BatchTransformCB(_dict_noise)],
+               "a module-level object": [BatchTransformCB(_holder_noise)]}.get(where, [])
+        model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)) \
+            if where == "a layer of the model" else None
+        learn, _ = make_learner(path, cbs, model=model)
+        if where == "the training dataset":
+            train = learn.dls.train
+            learn.dls = DataLoaders(torch.utils.data.DataLoader(_NoisyItems(train.x, train.y), batch_size=8),
+                                    learn.dls.valid)
+        return learn
     assert same_params(*straight_and_resumed(make, tmp_path))
 
 

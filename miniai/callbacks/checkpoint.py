@@ -80,22 +80,23 @@ def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
     return {key: cb for key, cb in _keyed(learn).items() if has_state(cb)}
 
 
-_GENERATORS = (torch.Generator, np.random.Generator, random.Random)
+_GENERATORS = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
 # what held_generators does not look into: numbers and text, what is saved on its own (models, tensors, the
 # learner), and modules and classes (a callback holding `np` would have it search all of NumPy)
 _NOT_SEARCHED = (str, bytes, int, float, nn.Module, torch.Tensor, Learner, types.ModuleType, type)
 
 
-# the global generators (Python's, behind random.randint and the like; torch's CPU one) are saved as the RNG state
-_GLOBAL_GENERATORS = (random.random.__self__, torch.default_generator)
+# the global generators (Python's, behind random.randint and the like; NumPy's, behind np.random.rand; torch's CPU
+# one) are saved as the RNG state
+_GLOBAL_GENERATORS = (random.random.__self__, np.random.mtrand._rand, torch.default_generator)
 
 
-def held_generators(cb: Any, depth: int = 16) -> list[Any]:
-    """The random generators (torch's, NumPy's, Python's) a callback holds of its own: in its attributes, in lists,
-    tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g) in a Compose inside
-    BatchTransformCB), down to `depth` levels (composes nested a few deep: each takes two), each once, in a fixed
-    order. Models, tensors, the learner and long containers (recorded values, not settings) are not searched: what
-    they hold is saved on its own, or nothing."""
+def held_generators(*holders: Any, depth: int = 16) -> list[Any]:
+    """The random generators (torch's, NumPy's, Python's) callbacks (or other `holders`) hold of their own: in their
+    attributes, in lists, tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g)
+    in a Compose inside BatchTransformCB), down to `depth` levels (composes nested a few deep: each takes two), each
+    once, in a fixed order. Models, tensors, the learner and long containers (recorded values, not settings) are not
+    searched: what they hold is saved on its own (a model's layers: `run_generators`), or nothing."""
     found: list[Any] = []
     seen: set[int] = set()
 
@@ -109,14 +110,16 @@ def held_generators(cb: Any, depth: int = 16) -> list[Any]:
         elif level:
             for v in list(_held_by(x)):
                 walk(v, level - 1)
-    walk(cb, depth)
+    for holder in holders:
+        walk(holder, depth)
     return found
 
 
 def _held_by(x: Any) -> Iterable[Any]:
     """What `x` holds that may hold a generator: the items of a container; a partial's arguments; what a function
-    closes over, its default arguments (`BatchTransformCB(partial(noise, generator=g))`) and the module-level
-    generators it names (`G` in `def flip(x): ... generator=G`); else its attributes."""
+    closes over, its default arguments (`BatchTransformCB(partial(noise, generator=g))`), the module-level names it
+    uses (`G` in `def flip(x): ... generator=G`, or `GENS["flip"]`) and the functions of its own module among them
+    (a helper drawing from G); else its attributes."""
     if isinstance(x, dict):
         return x.values()
     if isinstance(x, (list, tuple)):
@@ -126,9 +129,10 @@ def _held_by(x: Any) -> Iterable[Any]:
     if isinstance(x, types.MethodType):
         return (x.__self__, x.__func__)
     if isinstance(x, types.FunctionType):
-        named = (x.__globals__.get(name) for name in x.__code__.co_names)  # (only generators: not all it calls)
+        named = (x.__globals__.get(name) for name in x.__code__.co_names)  # (of other modules' functions, none: not
+        # all of a library it calls)
         return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values(),
-                *(v for v in named if isinstance(v, _GENERATORS)))
+                *(v for v in named if not isinstance(v, types.FunctionType) or v.__globals__ is x.__globals__))
     return vars(x).values() if hasattr(x, "__dict__") else ()
 
 
@@ -144,6 +148,8 @@ def generator_state(g: Any) -> Any:
     it (MT19937's key, Philox's counter) as tensors, which torch's safe loader reads back."""
     if isinstance(g, torch.Generator):
         return g.get_state()
+    if isinstance(g, np.random.RandomState):
+        return _plain(g.get_state(legacy=False))
     return _plain(g.bit_generator.state) if isinstance(g, np.random.Generator) else g.getstate()
 
 
@@ -153,6 +159,8 @@ def set_generator_state(g: Any, state: Any) -> None:
         g.set_state(state)
     elif isinstance(g, np.random.Generator):
         g.bit_generator.state = _numpy(state)
+    elif isinstance(g, np.random.RandomState):
+        g.set_state(_numpy(state))
     else:
         g.setstate(state)
 
@@ -174,9 +182,17 @@ def _numpy(x: Any) -> Any:
     return {k: _numpy(v) for k, v in x.items()} if isinstance(x, dict) else x
 
 
+_LAYER_OWN = frozenset(vars(nn.Module()))  # what every layer has (its parameters, buffers, hooks): not searched
+
+
 def callback_generators(learn: Learner) -> dict[str, list[Any]]:
-    """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`."""
+    """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`, and
+    those the model's layers and the loaders' datasets hold (a noise layer's, a Dataset's drawing in __getitem__)."""
     gens = {key: held_generators(cb) for key, cb in _keyed(learn).items()}
+    gens["model"] = held_generators(*(v for m in learn.model.modules() for k, v in vars(m).items()
+                                      if k not in _LAYER_OWN))
+    for name in ("train", "valid"):  # (a loader's own generators are its state: loader_generators)
+        gens[f"dls.{name}.dataset"] = held_generators(getattr(getattr(learn.dls, name, None), "dataset", None))
     return {key: found for key, found in gens.items() if found}
 
 
