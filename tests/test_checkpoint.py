@@ -1600,3 +1600,14 @@ def test_a_copy_of_a_runs_checkpoint_resumes_into_the_runs_own_directory(tmp_pat
     saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
     assert saver.best_path == ck / "epoch_0002.pt"
     assert [f.name for _, f in list_checkpoints(ck)] == ["epoch_0002.pt", "epoch_0004.pt", "epoch_0006.pt"]
+
+
+def test_a_second_fit_into_the_first_fits_checkpoints_is_told_why_they_are_another_runs(tmp_path):
+    # "already holds checkpoints from an earlier run" read wrong of the file this learner wrote a call before (probe)
+    learn, _ = make_learner(tmp_path)
+    learn.fit(1)
+    with pytest.raises(FileExistsError, match=r"from an earlier run \(each fit starts a run of its own, also this "
+                                              r"learner's next\).*learn.fit\(n_epochs, resume="):
+        learn.fit(1)
+    learn.fit(2, resume=tmp_path)  # the advice, followed: epoch 2 of that run
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]

@@ -713,7 +713,8 @@ class CheckpointCB(Callback):
             self._superseded = [f for epochs, f in existing if epochs > learn.start_epoch]
         elif existing:
             if not self.overwrite:  # (a resumed run writing here would mix its files with another run's)
-                whose = "from an earlier run" if resumed is None else f"of another run than the one resumed ({resumed})"
+                whose = ("from an earlier run (each fit starts a run of its own, also this learner's next)"
+                         if resumed is None else f"of another run than the one resumed ({resumed})")
                 i = own_place(learn, self)  # (another CheckpointCB passed to the fit would run beside this one)
                 over = ("pass CheckpointCB(..., overwrite=True) (deletes them) or another path" if i is None else
                         f"this CheckpointCB is the learner's own: learn.rm_cb(learn.cbs[{i}]).add_cb(CheckpointCB("
