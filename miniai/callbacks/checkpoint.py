@@ -862,8 +862,9 @@ class CheckpointCB(Callback):
             dl = getattr(learn.dls, name, None)
             if keeps_workers(dl):
                 warn(f"dls.{name} keeps persistent workers, whose random state a checkpoint can't save: a "
-                     "resumed run's random transforms in the workers will differ from the run never "
-                     "stopped (persistent_workers=False resumes exactly)")
+                     "resumed run's random transforms in the workers will differ from the run never stopped, and "
+                     "so will everything drawn after (torch seeds such workers from the global RNG once, at the "
+                     "first pass: a resumed run draws it again). persistent_workers=False resumes exactly")
         own = [cb for cb in learn.cbs if not type(cb).__module__.startswith("miniai.")
                and not callable(getattr(cb, "state_dict", None))]
         for cb in own:
