@@ -88,10 +88,13 @@ def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
         fix = ("targets one-hot or probabilities: pass target.argmax(1), the class ids (for a multi-label model, "
                "use torcheval's MultilabelAccuracy(threshold=0) in MetricsCB for logits, its default 0.5 for "
                "probabilities)")
+    elif target.shape == preds.shape and preds.ndim == 2 and classes == 1:  # (BCE's usual shapes)
+        fix = ("a binary model's column of scores: in MetricsCB use torcheval's BinaryAccuracy(threshold=0) for "
+               "logits (0.5, its default, for probabilities), which takes (N,) scores and targets: end the model "
+               "with nn.Flatten(0) and give the targets as (N,) too (y.squeeze(1))")
     elif target.shape == preds.shape:
-        fix = ("preds are scores, not labels: for a binary or multi-label model pass (preds > 0.5).long() "
-               "(probabilities) or (preds > 0).long() (logits), or use torcheval's BinaryAccuracy(threshold=0) "
-               "(logits; 0.5 for probabilities) in MetricsCB")
+        fix = ("preds are scores, not labels: for a binary model (N,) use torcheval's BinaryAccuracy(threshold=0) "
+               "(logits; 0.5 for probabilities) in MetricsCB, for a multi-label one MultilabelAccuracy(threshold=0)")
     else:
         fix = "their shapes don't match"
     return (f"Accuracy needs class scores (N, C, ...) with class ids (N, ...), or integer labels of the targets' "

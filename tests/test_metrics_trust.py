@@ -836,3 +836,29 @@ def test_a_look_after_a_cancelled_pass_may_use_the_fits_metric_and_text_in_an_ar
     for text in (np.array(["0.5"]), np.array([b"0.5"])):
         with pytest.raises(TypeError, match="computed a"):
             _number("f1", text)
+
+
+def test_a_binary_models_column_of_logits_is_refused_at_the_first_batch_with_advice_that_works():
+    # (N, 1) logits and (N, 1) targets, BCE's usual shapes: refused only once a whole epoch had trained (Accuracy is
+    # updated for up to 256 batches at once), advising BinaryAccuracy(threshold=0), which fails on (N, 1), and
+    # (preds > 0).long(), which MetricsCB has no place for (probe)
+    from torcheval.metrics import BinaryAccuracy
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, :1] > 0).float()
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
+    batches = []
+
+    class Count(Callback):
+        def after_batch(self, learn): batches.append(learn.iter)
+    learn = TrainLearner(nn.Linear(8, 1), dls, F.binary_cross_entropy_with_logits, lr=0.1,
+                         cbs=[MetricsCB(acc=Accuracy(), log_fn=None), Count()])
+    with pytest.raises(ValueError, match=r"BinaryAccuracy\(threshold=0\).*nn.Flatten\(0\).*targets.*y.squeeze\(1\)"):
+        learn.fit(1)
+    assert batches == [0]  # refused at the first batch
+    model = nn.Sequential(nn.Linear(8, 1), nn.Flatten(0))  # the advice, followed
+    advised = MetricsCB(acc=BinaryAccuracy(threshold=0), log_fn=None)
+    flat = DataLoaders(TensorLoader(x, y.squeeze(1), 16), TensorLoader(x, y.squeeze(1), 16))
+    TrainLearner(model, flat, F.binary_cross_entropy_with_logits, lr=0.1, cbs=[advised]).fit(1)
+    with torch.no_grad():
+        assert advised.last["valid_acc"] == pytest.approx(((model(x) > 0).float() == y[:, 0]).float().mean().item())

@@ -227,7 +227,8 @@ class MetricsCB(Callback):
                 loss = loss / n  # ProgressCB's curve and lr_find's show it
         self._pending.append((preds, target, loss, n))
         self._pending_numel += numel
-        if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL:
+        # (and at a pass's first batch: a metric that refuses these preds says so now, not a whole epoch later)
+        if len(self._pending) >= _FLUSH_BATCHES or self._pending_numel >= _FLUSH_NUMEL or learn.iter == 0:
             self._flush()
 
     def _odd_target(self, batch: Any, n_inp: int) -> Any:
