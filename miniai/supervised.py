@@ -130,8 +130,13 @@ def _warn_second_momentum(learn: MomentumLearner) -> None:
         own = f"momentum={group['momentum']}" if group.get("momentum") else \
             f"betas[0]={group['betas'][0]}" if group.get("betas", (0,))[0] else None
         if own:
+            # plain SGD's momentum, set by a schedule that cycles it (torch's OneCycleLR, CyclicLR)
+            cycled = not getattr(learn.opt, "defaults", {}).get("momentum") and any(
+                getattr(getattr(cb, "scheduler", None), "cycle_momentum", False) for cb in learn.cbs)
+            fix = ("Build the schedule with cycle_momentum=False (torch's OneCycleLR and CyclicLR cycle the "
+                   "optimizer's momentum unless told not to)" if cycled else
+                   "Use MomentumLearner with plain SGD (opt_func=optim.SGD)")
             warn(f"MomentumLearner keeps mom={learn.mom} × the gradients as its momentum, and the optimizer "
                  f"has {own} of its own: a second momentum on top, which makes steps several times larger. "
-                 "Use MomentumLearner with plain SGD (opt_func=optim.SGD), or TrainLearner with the "
-                 "optimizer's momentum")
+                 f"{fix}, or TrainLearner with the optimizer's momentum")
             return

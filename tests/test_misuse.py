@@ -167,8 +167,29 @@ def test_a_second_momentum_in_any_param_group_is_warned_of():
     def head_momentum(params, lr):
         weight, bias = list(params)
         return optim.SGD([{"params": [weight]}, {"params": [bias], "momentum": 0.9}], lr=lr)
-    with pytest.warns(UserWarning, match=r"MomentumLearner.*momentum=0.9.*second"):
+    with pytest.warns(UserWarning, match=r"MomentumLearner.*momentum=0.9.*second.*plain SGD"):
         MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, opt_func=head_momentum).fit(1)
+
+def test_a_second_momentum_a_schedule_cycles_into_plain_sgd_is_warned_of_with_the_fix_that_works():
+    # torch's OneCycleLR cycles SGD's momentum by default: the warning's advice, "use plain SGD", was what the
+    # user had; cycle_momentum=False is what works (probe)
+    from functools import partial
+    from torch.optim.lr_scheduler import OneCycleLR
+    from miniai.callbacks import BatchSchedCB
+
+    def learner(**kwargs):
+        sched = BatchSchedCB(partial(OneCycleLR, max_lr=0.1, total_steps=4, **kwargs))
+        return MomentumLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1, opt_func=optim.SGD,
+                               cbs=[sched])
+    with pytest.warns(UserWarning, match=r"MomentumLearner.*second.*cycle_momentum=False") as caught:
+        learner().fit(1)
+    assert "opt_func=optim.SGD" not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn = learner(cycle_momentum=False)
+        learn.fit(1)
+    assert learn.opt.param_groups[0]["momentum"] == 0
+
 
 def test_momentum_learner_with_an_optimizers_own_momentum_is_warned_of():
     """The gradients' momentum and the optimizer's stack: 20 steps moved 5.3 against 0.97 for one momentum."""
