@@ -2,6 +2,7 @@
 error that the code before it produced, and checks the fix."""
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from functools import partial
@@ -1211,13 +1212,18 @@ def test_a_loader_seed_the_resume_would_replace_is_refused(tmp_path):
         learner(7).fit(3, resume=tmp_path / "c")
 
 
-def test_a_recorder_recording_one_more_name_resumes_with_it_empty(tmp_path):
-    """Refusing RecorderCBs swapped on resume must not refuse one that records a name more than the saved run."""
+def test_a_recorder_recording_one_more_name_resumes_with_it_at_the_batches_it_recorded(tmp_path):
+    """Refusing RecorderCBs swapped on resume must not refuse one that records a name more than the saved run. The
+    new name's values were drawn from batch 0, beside the other names' values of the saved run's first batches
+    (probe): it starts with NaN (not drawn) for those."""
     from miniai.callbacks.scheduling import RecorderCB, _lr, _mom
     tiny_learner(cbs=[RecorderCB(lr=_lr), CheckpointCB(tmp_path)]).fit(2)
     rec = RecorderCB(lr=_lr, mom=_mom)
     tiny_learner(cbs=[rec]).fit(3, resume=tmp_path)
-    assert len(rec.recs["lr"]) == 9 and len(rec.recs["mom"]) == 3
+    assert len(rec.recs["lr"]) == len(rec.recs["mom"]) == 9
+    assert all(math.isnan(v) for v in rec.recs["mom"][:6]) and rec.recs["mom"][6:] == [0.0] * 3
+    xs, ys = rec.plot().axes[1].get_lines()[0].get_data()
+    assert list(xs[~np.isnan(ys)]) == [6, 7, 8]
 
 
 def test_a_loss_class_an_optimizer_instance_or_a_string_lr_is_refused_with_the_fix():

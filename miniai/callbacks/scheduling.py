@@ -773,13 +773,15 @@ class RecorderCB(Callback):
         return {"recs": copy.deepcopy(self.recs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `recs` (during a fit: before_fit starts them afresh); a name new here starts empty; a state
-        recording none of this callback's names is refused."""
+        """Restore `recs` (during a fit: before_fit starts them afresh); a name new here starts with NaN (not drawn)
+        for each batch the saved run recorded, so its values stay at their batches; a state recording none of this
+        callback's names is refused."""
         if state["recs"] and self.fns and not set(state["recs"]) & set(self.fns):  # another RecorderCB's records
             raise ValueError(f"this RecorderCB records {', '.join(self.fns)}, and the state given to it recorded "
                              f"{', '.join(state['recs'])}: resuming, give the RecorderCBs in the order of the run "
                              "resumed from (checkpoints match callbacks of a class by their order)")
-        self.recs = {name: list(state["recs"].get(name, [])) for name in self.fns}
+        done = max(map(len, state["recs"].values()), default=0)
+        self.recs = {name: list(state["recs"].get(name, [math.nan] * done)) for name in self.fns}
 
     def plot(self, path: str | None = None) -> Any:
         """One panel per recorded quantity against the batch index; saved as an image when `path` is given."""
