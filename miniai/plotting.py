@@ -214,13 +214,27 @@ def plot_recorder(recs: Mapping[str, Sequence[float]], ax: Axes | Sequence[Axes]
         if len(axs) != len(names):
             raise ValueError(f"got {len(axs)} axes for {len(names)} quantities ({', '.join(names)}): pass one each")
     for name, a in zip(names, axs):
-        a.plot([float(v) for v in recs[name]], label=name)
+        values = _rows(name, recs[name])
+        a.plot(values, label=name if values.shape[1] == 1 else [f"{name}[{i}]" for i in range(values.shape[1])])
         a.set_xlabel("batch")
         a.set_title(name)
     if isinstance(ax, Axes) and names:
         ax.set_title(", ".join(names))  # one panel holds them all (each name's title replaced the one before)
         ax.legend()
     return axs[0].figure
+
+
+def _rows(name: str, values: Sequence[Any]) -> np.ndarray:
+    """A quantity's values as a (batches, k) array: one number a batch, or k of them (one per param group: a list,
+    a tensor), each drawn as a line; a NaN (a batch it was not recorded at) stands for k of them."""
+    rows = [np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=float).reshape(-1)
+            for v in values]
+    widths = sorted({len(r) for r in rows if not (len(r) == 1 and np.isnan(r[0]))} or {1})
+    if len(widths) > 1:
+        raise ValueError(f"{name!r} recorded values of {' and '.join(map(str, widths))} numbers: record one number "
+                         "per batch, or as many every batch (one per param group), to plot it")
+    return np.array([np.full(widths[0], np.nan) if len(r) == 1 and np.isnan(r[0]) else r for r in rows]
+                    ).reshape(len(rows), widths[0])
 
 
 def plot_lrs(scheduler: Callable[..., Any], opt: torch.optim.Optimizer, n_steps: int, ax: Axes | None = None,

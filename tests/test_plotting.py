@@ -199,3 +199,18 @@ def test_a_tensor_image_is_drawn_channels_first_whatever_its_width():
     assert fig.axes[0].images[0].get_array().shape == (4, 4, 3)
     plt.close(fig)
 
+
+
+def test_plot_recorder_draws_a_value_per_param_group_as_one_line_each():
+    # RecorderCB(lrs=lambda cb: [g["lr"] for g in cb.learn.opt.param_groups]) recorded fine, then plot() failed on
+    # float(list) (probe); the course's plt.plot(v) drew a line per group. A tensor of them is drawn so too
+    from miniai.plotting import plot_recorder
+    recs = {"lrs": [[0.1, 0.01], [0.2, 0.02], [0.3, 0.03]], "moms": [torch.tensor([0.9, 0.8])] * 3}
+    fig = plot_recorder(recs)
+    lines = fig.axes[0].get_lines()
+    assert [list(l.get_ydata()) for l in lines] == [[0.1, 0.2, 0.3], [0.01, 0.02, 0.03]]
+    assert [l.get_label() for l in lines] == ["lrs[0]", "lrs[1]"]
+    assert [list(map(float, l.get_ydata())) for l in fig.axes[1].get_lines()] == [pytest.approx([0.9] * 3),
+                                                                                  pytest.approx([0.8] * 3)]
+    with pytest.raises(ValueError, match=r"'lrs' recorded values of 2 and 3 numbers"):
+        plot_recorder({"lrs": [[0.1, 0.01], [0.2, 0.02, 0.3]]})
