@@ -127,10 +127,11 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dic
     ax.set_ylabel("loss")
     finite = losses[np.isfinite(losses)]
     if len(finite) > 1:
-        # the last point is the blow-up that stopped the finder: let it leave the chart rather than squash the rest
+        # the last points above 3x the minimum (the finder's rule, on a median of 5) are the blow-up that stopped
+        # it: let them leave the chart rather than squash the rest (the first losses, high too, stay in)
         low = finite.min()
-        # (unless it is not one: it stopped on a NaN after it, or the data ran out; 3x the minimum, the finder's rule)
-        high = max(finite[:-1].max(), finite[-1] if finite[-1] <= 3 * low else -np.inf)
+        within = np.flatnonzero(finite <= 3 * low) if low > 0 else [len(finite) - 1]  # (a loss of its own)
+        high = finite[:within[-1] + 1].max()
         pad = 0.05 * max(high - low, 1e-12)
         ax.set_ylim(low - pad, high + pad)
     for (name, lr), marker in zip((suggestions or {}).items(), "os^v<>"):

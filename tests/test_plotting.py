@@ -214,3 +214,16 @@ def test_plot_recorder_draws_a_value_per_param_group_as_one_line_each():
                                                                                   pytest.approx([0.8] * 3)]
     with pytest.raises(ValueError, match=r"'lrs' recorded values of 2 and 3 numbers"):
         plot_recorder({"lrs": [[0.1, 0.01], [0.2, 0.02, 0.3]]})
+
+
+def test_the_lr_find_plots_axis_leaves_out_the_whole_blow_up_that_stopped_the_finder():
+    # the finder stops on a median of 5 losses, so the last 2-3 are blow-ups: only the last was left out, and the
+    # curve before it filled 37% of the axis (probe). The losses before the blow-up, the first ones too, stay in
+    from miniai.plotting import plot_lr_find
+    lrs = [1e-4 * 2 ** i for i in range(8)]
+    top = plot_lr_find(lrs, [0.7, 0.5, 0.3, 0.35, 0.6, 1.2, 1.4, 2.5]).axes[0].get_ylim()[1]
+    assert 0.7 < top < 0.75
+    top = plot_lr_find(lrs, [2.0, 0.5, 0.3, 0.35, 0.6, 1.2, 1.4, 2.5]).axes[0].get_ylim()[1]
+    assert 2.0 < top < 2.2
+    top = plot_lr_find(lrs[:5], [0.7, 0.5, 0.3, 0.35, 0.6]).axes[0].get_ylim()[1]  # the data ran out: all in
+    assert 0.7 < top < 0.75
