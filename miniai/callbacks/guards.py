@@ -169,7 +169,8 @@ class TerminateOnNaNCB(Callback):
             raise NonFiniteLossError(
                 f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch}: every target of this batch "
                 f"is the loss's ignore_index ({ignore}), and a mean over no target is NaN. Leave items without a "
-                "label out of the data, or shuffle so that no batch holds only them.")
+                "label out of the data, or shuffle so that no batch holds only them (such a batch's gradients are "
+                "0: TrainLearner(..., nan_guard=False) trains on past it, without the guard).")
         if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
             sizes = [] if learn.pass_steps else [  # (no step of this fit has run: the weights it started from)
                 float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()]
