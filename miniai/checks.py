@@ -2,8 +2,9 @@
 
 Each check turns a mistake that would otherwise train on silently (a negative epoch count, an empty loader, a
 parameter no optimizer steps) into an error that says what was wrong and how to fix it. Kept apart from
-learner.py so the loop reads top to bottom; this module imports no other miniai module (check_steps imports
-TrainLearner when it runs, call_model the cancels when the model raised). `call_model` is the steps' forward:
+learner.py so the loop reads top to bottom; this module imports no other miniai module when it is imported (a few
+functions import what they need when they run: check_steps TrainLearner, call_model the cancels, fit_note the
+checkpoint module). `call_model` is the steps' forward:
 an error the model raises says what it was given; `all_params`, the tensors whose gradients a fit handles.
 """
 from __future__ import annotations

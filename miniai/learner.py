@@ -218,7 +218,7 @@ class Learner(Conveniences):
             checks.mark_trained(self)  # (its optimizer, if it trained: opt_func must not hand that one back)
             for cb in temporary:
                 self.rm_cb(cb)
-            from .utils import drop_graph  # (imported here: this module imports only its checks)
+            from .utils import drop_graph  # (imported here: the loop imports its checks and conveniences alone)
             drop_graph(self)  # the last batch's graph: nothing needs it, and a copy of the learner fails on it
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:

@@ -247,7 +247,9 @@ metrics = MetricsCB(accuracy=MulticlassAccuracy())
 cbs = [DeviceCB(), metrics, ProgressCB(), astats, rec]
 learn = TrainLearner(model, dls, F.cross_entropy, lr=2e-2, cbs=cbs, opt_func=optim.AdamW)
 total = epochs * len(dls.train)
-learn.fit(epochs, cbs=[BatchSchedCB(partial(CosineScheduler, total_steps=total))])
+sched = BatchSchedCB(partial(CosineScheduler, total_steps=total))
+learn.fit(epochs, cbs=[sched])
+assert sched.schedo is sched.scheduler  # (the course's name for it)
 
 assert len(astats) == 4 and all(get_hist(h).shape == (40, total) for h in astats)
 assert all(0 <= float(get_min(h).min()) and float(get_min(h).max()) <= 1 for h in astats)

@@ -15,8 +15,9 @@ scheduler.step()`, so every schedule gives each batch the lr torch documents:
   `learn.schedule_stop` on (set by SWACB, which drives the lr from there) they don't step.
 
 `steps_per_epoch(learn)` is `len(learn.dls.train)`, adjusted by every callback that defines
-`optimizer_steps(self, n_batches: int) -> int` (gradient accumulation: `math.ceil(n_batches / n)`); a one-cycle
-schedule must last as many steps as the fit takes, which is checked before the first batch, also on resume.
+`optimizer_steps(self, n_batches: int) -> int` (gradient accumulation: `math.ceil(n_batches / n)`); a schedule
+that ends (a one-cycle, a cosine, a LinearLR to 0) is checked against the steps the fit takes before the first
+batch, also on resume (a one-cycle too short for it is refused; a schedule longer than it is warned of).
 """
 from __future__ import annotations
 
