@@ -1350,7 +1350,7 @@ def _one_cycle(**kwargs):
 
 
 @pytest.mark.parametrize("kwargs, named", [({"max_lr": 1.0}, r"max_lr: 0.01 saved, 1.0 here"),
-                                           ({"pct_start": 0.9}, r"_schedule_phases"),
+                                           ({"pct_start": 0.9}, r"pct_start 0.3 \(saved\) vs 0.9 \(here\)"),
                                            ({"div_factor": 2.0}, r"initial_lr: 0.0004 saved, 0.005 here")])
 def test_a_one_cycle_built_with_other_settings_on_resume_is_named(tmp_path, kwargs, named):
     """OneCycleLR keeps max_lr, div_factor (in the param groups) and pct_start (in its private phases): resumed with
@@ -1372,6 +1372,20 @@ def test_fit_one_cycle_resumed_with_another_max_lr_is_named_and_with_its_own_is_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_learner(None)[0].fit_one_cycle(4, max_lr=0.01, resume=tmp_path)
+
+
+def test_a_fit_one_cycle_resumed_with_other_settings_is_told_so_once_in_its_arguments_words(tmp_path):
+    # max_lr and pct_start changed gave two warnings, the resume's (param group keys) and the schedule's (torch's
+    # private _schedule_phases dicts) (probe)
+    learn, _ = make_learner(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_one_cycle(4, max_lr=0.01, cbs=[StopBeforeEpoch(2)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_learner(None)[0].fit_one_cycle(4, max_lr=0.02, pct_start=0.5, resume=tmp_path)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and "max_lr: 0.01 saved, 0.02 here" in said[0], said
+    assert "pct_start 0.3 (saved) vs 0.5 (here)" in said[0] and "_schedule_phases" not in said[0]
 
 
 @pytest.mark.parametrize("cls, kwargs", [("MomentumLearner", {"mom": 0.5}), ("TrainLearner", {})])

@@ -243,7 +243,7 @@ def test_a_sequential_lr_resumed_with_another_milestone_is_named_in_a_warning(tm
             o, [lr_scheduler.ConstantLR(o, 0.1, total_iters=100), lr_scheduler.ExponentialLR(o, 0.9)],
             milestones=[milestone]))
     make_learner(tmp_path, [sched(8)])[0].fit(1)
-    with pytest.warns(UserWarning, match=r"_milestones \[8\] \(saved\) vs \[14\] \(here\).*saved ones are kept"):
+    with pytest.warns(UserWarning, match=r"milestones \[8\] \(saved\) vs \[14\] \(here\).*saved ones are kept"):
         make_learner(tmp_path, [sched(14)])[0].fit(2, resume=tmp_path)
 
 

@@ -156,15 +156,6 @@ class ResumeCB(Callback):
                 f"saved by fit_one_cycle), or start a new fit from the checkpoint's weights "
                 f"(learn.model.load_state_dict(load_checkpoint('{file}')['model']), then e.g. "
                 "learn.fit_one_cycle(n, max_lr)); nothing was changed.")
-        # what a schedule wrote into the param groups when built (OneCycleLR's max_lr, and its initial and final
-        # lr from div_factor): the saved optimizer's come back with its state
-        built = [f"param group {i} {k}: {old[k]} saved, {now[k]} here" for i, (old, now) in
-                 enumerate(zip(opt_state["param_groups"], learn.opt.param_groups)) for k in _SCHEDULE_KEYS
-                 if k in old and k in now and old[k] != now[k]]
-        if built and training:
-            warn(f"resuming from {file}: the schedule was built with other settings than the saved run's "
-                 f"({'; '.join(built)}): the saved ones are kept, so the run continues as it was. To train "
-                 "with the new ones, start a new fit from the checkpoint's weights.")
         if flipped:
             froze = [n for n in flipped if not params[n].requires_grad]  # (here; trainable in the saved run)
             thawed = [n for n in flipped if n not in froze]
@@ -290,7 +281,6 @@ def _plain_bytes(x: Any) -> Any:
 # ---------------------------------------------------------------- checks
 
 _TRAINING_ONLY = (BatchSchedCB, EpochSchedCB, GradAccumCB, GradClipCB, EarlyStoppingCB, RecorderCB)  # (not evaluating)
-_SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")  # a schedule's own, in groups
 
 
 def _without(learn: Learner, saved: dict[str, Any], lost: list[str], opt_state: dict[str, Any],

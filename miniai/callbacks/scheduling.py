@@ -333,8 +333,8 @@ class BaseSchedCB(Callback):
         if self.scheduler is None:
             raise RuntimeError(f"{type(self).__name__} builds its scheduler at before_fit; call state_dict() "
                                f"during or after a fit")
-        groups = [{key: group[key] for key in ("lr", "momentum", "betas") if key in group}
-                  for group in self._opt.param_groups]
+        groups = [{key: group[key] for key in ("lr", "momentum", "betas", *_SCHEDULE_KEYS) if key in group}
+                  for group in self._opt.param_groups]  # (the keys it wrote there: to name those changed on resume)
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
                               "steps_per_epoch": self._per_epoch, "param_groups": groups,
                               "scheduler_class": _structure(self.scheduler)})
@@ -375,7 +375,12 @@ class BaseSchedCB(Callback):
         except ValueError:
             self.scheduler.load_state_dict(fresh)
             raise
-        changed = _settings_changed(state["scheduler"], fresh)
+        # what the schedule wrote into the param groups when built (OneCycleLR's max_lr, its first and last lr from
+        # div_factor; older checkpoints kept none), then its own settings
+        changed = [f"param group {i} {k}: {old[k]} saved, {now[k]} here" for i, (old, now) in
+                   enumerate(zip(state["param_groups"], groups)) for k in _SCHEDULE_KEYS
+                   if k in old and k in now and old[k] != now[k]]
+        changed += _settings_changed(state["scheduler"], fresh)
         if changed:  # torch's load_state_dict puts the saved settings back: say so, never silently
             warn(f"resuming {type(self).__name__}: its {ours} was built with other settings than the saved "
                  f"run's ({'; '.join(changed)}): the saved ones are kept, so the run continues as it was. "
@@ -419,6 +424,7 @@ def _parts_reached(scheduler: Any, reached: int) -> Iterator[tuple[Any, int]]:
             yield from _parts_reached(part, reached)
 
 
+_SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")  # a schedule's own, in groups
 _COUNTERS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "base_lrs", "lr_lambdas", "total_steps",
              "T_i", "T_cur"}
 # (what a scheduler counts as it steps, warm restarts' cycle and step in it too; base_lrs follow the lr given; a
@@ -437,8 +443,18 @@ def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = 
                 changed += _settings_changed(old, new, f"{part}part {i}'s ")
         elif (not key.startswith("_") or key in _PRIVATE_SETTINGS) and key not in _COUNTERS and key in saved \
                 and saved[key] != value:
-            changed.append(f"{part}{key} {saved[key]!r} (saved) vs {value!r} (here)")
+            (name, old), (_, new) = _as_argument(key, saved), _as_argument(key, fresh)
+            changed.append(f"{part}{name} {old} (saved) vs {new} (here)")
     return changed
+
+
+def _as_argument(key: str, state: dict[str, Any]) -> tuple[str, str]:
+    """A scheduler's setting as the argument that set it: OneCycleLR's private phases as its pct_start."""
+    if key == "_schedule_phases":  # (torch's: the first phase ends at step pct_start x total_steps - 1)
+        phases = state[key]
+        return "pct_start", f"{(phases[0]['end_step'] + 1) / state['total_steps']:.4g}" + (
+            " (three_phase=True)" if len(phases) == 3 else "")
+    return {"_anneal_func_type": "anneal_strategy", "_milestones": "milestones"}.get(key, key), repr(state[key])
 
 
 def _check_lambdas(scheduler: Any, alone: bool) -> None:
