@@ -36,13 +36,14 @@ __all__ = ["warn", "add_note", "check_count", "check_number", "python_number", "
 
 
 _OURS = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
+_CLI = os.path.join(os.path.dirname(__file__), "__main__.py")  # (the command line's calls are its user's)
 
 
 def warn(message: str) -> None:
     """A UserWarning shown at the user's line: the first frame outside miniai (and torch, which runs our hooks), not
     the loop's `handler(self)`, which says nothing of which call it is about, and shows a repeat of it never."""
     frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_OURS):
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_OURS) and frame.f_code.co_filename != _CLI:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, stacklevel=level)
 

@@ -1029,3 +1029,15 @@ def test_a_warning_points_at_the_users_line_not_at_a_line_inside_miniai(case, tm
     caught = _warned_by(runs[case])
     assert caught, "the setup warns"
     assert [w.filename for w in caught] == [__file__] * len(caught), [(w.filename, w.lineno) for w in caught]
+
+
+def test_a_warning_of_a_command_line_run_points_at_the_command_lines_call_not_at_pythons_runpy():
+    # walking out of miniai's frames went past the CLI's own, to "<frozen runpy>", under `python -m miniai train`
+    import miniai.__main__ as cli
+    import miniai.callbacks.basic as library
+    from miniai.checks import warn
+    namespace = {"warn": warn}  # (functions as if written in __main__.py, and in a callback of the library's)
+    exec(compile("def run():\n    helper()\n", cli.__file__, "exec"), namespace)
+    exec(compile("def helper():\n    warn('a word')\n", library.__file__, "exec"), namespace)
+    (caught,) = _warned_by(namespace["run"])
+    assert caught.filename == cli.__file__ and caught.lineno == 2
