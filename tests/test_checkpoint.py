@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import weakref
 import warnings
 from functools import partial
 from pathlib import Path
@@ -1283,6 +1284,56 @@ def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
     assert same_params(*straight_and_resumed(make, tmp_path))
 
 
+class _Owner:
+    pass
+
+
+class _SlottedConfig:  # reads attributes from a dict: its __getattr__ is asked for '__dict__' too, and raises KeyError
+    __slots__ = ("_d",)
+
+    def __init__(self, **d):
+        self._d = d
+
+    def __getattr__(self, name):
+        return self._d[name]
+
+
+class _WeakBackReference(nn.Linear):
+    def __init__(self):
+        super().__init__(4, 1)
+        owner = _Owner()
+        self.owner = weakref.proxy(owner)  # its object freed once __init__ returns
+
+
+def test_the_generator_search_passes_objects_it_cant_look_into(tmp_path):
+    # (regression probe) a layer's dead weakref.proxy, or a dataset's attribute whose __getattr__ raises KeyError:
+    # every checkpoint save, get_preds and lr_find crashed in the search of layers and datasets
+    learn, _ = make_learner(tmp_path, model=nn.Sequential(_WeakBackReference()))
+    learn.dls.train.meta = _SlottedConfig(p=0.5)
+    learn.fit(1)
+    learn.get_preds()
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]
+
+
+def test_a_prediction_pass_leaves_a_layers_own_generator_as_it_moved_it(tmp_path):
+    # (regression probe) a model sampling from its own generator at inference (Monte Carlo predictions): the layers'
+    # generators searched for checkpoints were put back after get_preds too, so every call gave the same sample,
+    # without a word. A prediction pass leaves them moved, as before; lr_find, a look at training, puts them back
+    class Sampling(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g, self.lin = torch.Generator().manual_seed(0), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.lin(x) + torch.randn(x.shape[0], 1, generator=self.g)
+    learn, _ = make_learner(None, model=Sampling())
+    first, again = learn.get_preds()[0], learn.get_preds()[0]
+    assert not torch.equal(first, again)
+    state = learn.model.g.get_state()
+    learn.lr_find(plot=False)
+    assert torch.equal(learn.model.g.get_state(), state)
+
+
 def test_a_damaged_byte_outside_the_tensors_is_found_before_anything_changes(tmp_path):
     """The checksum covered the tensors only: one flipped bit of the lr in the pickled state loaded and trained with
     lr 0.1 for the run's 0.05 (torch's zip reader checks no CRCs)."""
@@ -1625,3 +1676,19 @@ def test_a_second_fit_into_the_first_fits_checkpoints_is_told_why_they_are_anoth
         learn.fit(1)
     learn.fit(2, resume=tmp_path)  # the advice, followed: epoch 2 of that run
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
+
+
+def test_an_evaluation_says_nothing_of_generators_the_checkpoint_lacks_but_a_resumed_fit_does(tmp_path):
+    # (regression probe) a checkpoint of before the datasets' generators were saved, evaluated: "dls.train.dataset
+    # holds 1 random generators, the checkpoint has 0: the run will not continue exactly", of a fit continuing none
+    def learner(path, items):
+        learn, _ = make_learner(path)
+        train = learn.dls.train
+        learn.dls = DataLoaders(torch.utils.data.DataLoader(items(train.x, train.y), batch_size=8), learn.dls.valid)
+        return learn
+    learner(tmp_path, torch.utils.data.TensorDataset).fit(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learner(None, _NoisyItems).fit(3, train=False, resume=tmp_path)
+    with pytest.warns(UserWarning, match=r"dls.train.dataset holds 1 random generators, the checkpoint has 0"):
+        learner(None, _NoisyItems).fit(3, resume=tmp_path)

@@ -101,15 +101,19 @@ def held_generators(*holders: Any, depth: int = 16) -> list[Any]:
     seen: set[int] = set()
 
     def walk(x: Any, level: int) -> None:
-        if id(x) in seen or isinstance(x, _NOT_SEARCHED) or isinstance(x, (list, tuple, dict)) and len(x) > 100 \
-                or any(x is g for g in _GLOBAL_GENERATORS):
+        try:
+            if id(x) in seen or isinstance(x, _NOT_SEARCHED) or isinstance(x, (list, tuple, dict)) and len(x) > 100 \
+                    or any(x is g for g in _GLOBAL_GENERATORS):
+                return
+            generator = isinstance(x, _GENERATORS) and not isinstance(x, random.SystemRandom)  # (the OS's: no state)
+            held = list(_held_by(x)) if level and not generator else []
+        except Exception:  # noqa: BLE001  (what can't be looked at holds nothing we could save: a freed weakref.proxy)
             return
         seen.add(id(x))
-        if isinstance(x, _GENERATORS) and not isinstance(x, random.SystemRandom):  # (the OS's: no state)
+        if generator:
             found.append(x)
-        elif level:
-            for v in list(_held_by(x)):
-                walk(v, level - 1)
+        for v in held:
+            walk(v, level - 1)
     for holder in holders:
         walk(holder, depth)
     return found
@@ -186,14 +190,21 @@ _LAYER_OWN = frozenset(vars(nn.Module()))  # what every layer has (its parameter
 
 
 def callback_generators(learn: Learner) -> dict[str, list[Any]]:
-    """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`, and
-    those the model's layers and the loaders' datasets hold (a noise layer's, a Dataset's drawing in __getitem__)."""
+    """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`."""
     gens = {key: held_generators(cb) for key, cb in _keyed(learn).items()}
-    gens["model"] = held_generators(*(v for m in learn.model.modules() for k, v in vars(m).items()
-                                      if k not in _LAYER_OWN))
-    for name in ("train", "valid"):  # (a loader's own generators are its state: loader_generators)
-        gens[f"dls.{name}.dataset"] = held_generators(getattr(getattr(learn.dls, name, None), "dataset", None))
     return {key: found for key, found in gens.items() if found}
+
+
+def run_generators(learn: Learner) -> dict[str, list[Any]]:
+    """`callback_generators`, and those the model's layers and the loaders' datasets hold (a noise layer's, a
+    Dataset's drawing in __getitem__), a level or two down (a tensor-sized index there is not searched each save):
+    what a checkpoint saves. A prediction pass leaves those two moved (Monte Carlo sampling by repeated calls)."""
+    gens = callback_generators(learn)
+    model = held_generators(*(v for m in learn.model.modules() for k, v in vars(m).items() if k not in _LAYER_OWN),
+                            depth=2)
+    data = {f"dls.{name}.dataset": held_generators(getattr(getattr(learn.dls, name, None), "dataset", None), depth=3)
+            for name in ("train", "valid")}  # (a loader's own generators are its state: loader_generators)
+    return {**gens, **{key: found for key, found in {"model": model, **data}.items() if found}}
 
 
 def loader_generators(dl: Any) -> list[torch.Generator]:
@@ -411,7 +422,7 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         # each tensor the optimizer trains beside the model (a temperature): its value and gradient
         "beside_model": [(p.detach(), p.grad) for p in beside_model(model, learn.opt)],
         "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(learn).items()},
-        "generators": {key: [generator_state(g) for g in gens] for key, gens in callback_generators(learn).items()},
+        "generators": {key: [generator_state(g) for g in gens] for key, gens in run_generators(learn).items()},
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,
         "loaders": {name: _loader_state(getattr(learn.dls, name, None)) for name in ("train", "valid")},
         "loader_sizes": {name: loader_size(getattr(learn.dls, name, None)) for name in ("train", "valid")},

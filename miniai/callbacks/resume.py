@@ -23,9 +23,9 @@ from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
 from ..data import TensorLoader
 from ..utils import checksums_match, counted
-from .checkpoint import (CheckpointCB, CheckpointMismatchError, callback_generators, find_checkpoint,
+from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint,
                          load_checkpoint, loader_generators, loader_size, optimizer_settings, param_names,
-                         set_generator_state, setup_of, stateful_callbacks, unwrap)
+                         run_generators, set_generator_state, setup_of, stateful_callbacks, unwrap)
 from .guards import EarlyStoppingCB, GradClipCB
 from .loggers import TensorBoardCB
 from .records import forget_records
@@ -223,11 +223,11 @@ class ResumeCB(Callback):
         for name, dl in loaders.items():
             _load_loader_state(dl, state["loaders"][name])
         saved_gens = state.get("generators", {})  # (older files: none)
-        for key, gens in callback_generators(learn).items():
+        for key, gens in run_generators(learn).items():
             if len(saved_gens.get(key, ())) == len(gens):
                 for g, g_state in zip(gens, saved_gens[key]):
                     set_generator_state(g, g_state)
-            else:
+            elif training:  # (an evaluation continues no run)
                 warn(f"resuming from {file}: {key} holds {len(gens)} random generators, the checkpoint has "
                      f"{len(saved_gens.get(key, ()))} for it: they go on from where they are, so the run "
                      "will not continue exactly")

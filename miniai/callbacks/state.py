@@ -18,7 +18,7 @@ from ..data import TensorLoader
 from ..learner import Learner
 from ..utils import map_tensors, rngs_kept
 from .checkpoint import (callback_generators, generator_state, has_state, held_generators, loader_generators,
-                         set_generator_state)
+                         run_generators, set_generator_state)
 from .metrics import MetricsCB
 from ..checks import warn
 
@@ -121,7 +121,10 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                and not type(cb).state_dict.__module__.startswith("miniai.")
                for state in [_user_state(cb)] if state is not None]
     generators = [(g, generator_state(g)) for dl in all_loaders for g in loader_generators(dl)]
-    generators += [(g, generator_state(g)) for gens in callback_generators(learn).values() for g in gens]
+    # (the model's and datasets' own after a look at training only: a prediction pass leaves them moved, Monte Carlo
+    # sampling by repeated calls)
+    held = run_generators(learn) if weights else callback_generators(learn)
+    generators += [(g, generator_state(g)) for gens in held.values() for g in gens]
     generators += [(g, generator_state(g)) for tfm in tfms for g in held_generators(tfm)]
     # a GradScaler (MixedPrecisionCB's) changes its scale in place: a diverging lr_find would leave it collapsed
     scalers = [(s, s.state_dict()) for obj in holders for s in vars(obj).values()
