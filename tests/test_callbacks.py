@@ -768,6 +768,18 @@ def test_a_metricscb_subclass_overriding_log_beside_a_progress_bar_gives_both_th
     assert metrics._log == seen.append and len(progress.valid_losses) == 1
 
 
+def test_a_metricscb_subclass_whose_log_calls_log_fn_runs_beside_a_progress_bar():
+    # (regression probe) ProgressCB set log_fn to None for the fit (its table replaces MetricsCB's printer): a
+    # subclass's _log calling self.log_fn(row) failed at the first row
+    class Tagged(MetricsCB):
+        def _log(self, row):
+            self.log_fn({**row, "tag": "x"})
+    metrics, out = Tagged(), io.StringIO()
+    with redirect_stdout(out):
+        tiny_learner([metrics, ProgressCB(mode="plain")]).fit(1)
+    assert out.getvalue().count("valid") == 1 and metrics.log_fn is metrics._printer
+
+
 def test_a_sum_loss_of_dict_batches_is_shown_per_item_by_the_progress_bar_and_lr_find():
     """ProgressCB and lr_find divide a 'sum' loss by the batch's items, which they counted from learn.yb: with dict
     batches read by the learner's own steps both failed ('a batch is a tuple ...'). Their first batch's loss is its

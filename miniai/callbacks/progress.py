@@ -202,7 +202,7 @@ class ProgressCB(Callback):
             self._taken = vars(metrics).get("_log"), metrics.log_fn
             self._forward, metrics._log = metrics._log, self._log
             if metrics.log_fn is metrics._printer:
-                metrics.log_fn = None
+                metrics.log_fn = _no_row  # (not None: a subclass's _log may call it)
         self.mbar = None
         if self._mode == "terminal":
             self.mbar = ConsoleBar(learn.n_epochs)  # counted from the start of the run, also when resumed
@@ -313,3 +313,7 @@ class ProgressCB(Callback):
                                    "(learn.fit(1))")
         from ..plotting import plot_losses  # plotting imports matplotlib: only when asked for
         return plot_losses(self.losses, self.valid_losses, self.valid_at, ax=ax, start=self._start)
+
+
+def _no_row(row: dict[str, Any]) -> None:
+    """MetricsCB's log_fn while ProgressCB's table shows its rows in place of its printer's: nothing."""
