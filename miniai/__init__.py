@@ -11,6 +11,7 @@ from ._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {name: f".{module}" for module, names in {
+    "checks": ["MiniaiWarning"],
     "learner": ["EVENTS", "STEPS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
                 "CancelStepException", "Learner"],
     "supervised": ["MomentumLearner", "TrainLearner"],

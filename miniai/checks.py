@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import importlib.util
 import inspect
 import math
 import numbers
@@ -29,23 +30,31 @@ from torch import nn, optim
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
                               Subset, SubsetRandomSampler, WeightedRandomSampler)
 
-__all__ = ["warn", "add_note", "check_count", "check_number", "python_number", "call_model", "describe",
+__all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "python_number", "call_model", "describe",
            "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps", "check_callback_names",
            "check_fit_args", "check_loaders", "drops_last", "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error",
            "misplaced_cancel_note", "fit_note", "fit_optimizer", "mark_trained", "follows_lr"]
 
 
-_OURS = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
+class MiniaiWarning(UserWarning):
+    """What miniai warns of; `warnings.filterwarnings("ignore", category=MiniaiWarning)` silences them all."""
+
+
+_progress = importlib.util.find_spec("fastprogress")  # (found, not imported: a quarter of a second)
+# frames that are not the user's: miniai's; what runs its code (torch: hooks; contextlib: a `with` of ours ending;
+# fastprogress: a progress bar drawing the batches)
+_OURS = tuple(os.path.dirname(path) + os.sep for path in (__file__, torch.__file__, _progress and _progress.origin)
+              if path) + (contextlib.__file__,)
 _CLI = os.path.join(os.path.dirname(__file__), "__main__.py")  # (the command line's calls are its user's)
 
 
 def warn(message: str) -> None:
-    """A UserWarning shown at the user's line: the first frame outside miniai (and torch, which runs our hooks), not
-    the loop's `handler(self)`, which says nothing of which call it is about, and shows a repeat of it never."""
+    """A MiniaiWarning shown at the user's line: the first frame outside miniai (and what runs its code), not the
+    loop's `handler(self)`, which says nothing of which call it is about, and shows a repeat of it never."""
     frame, level = sys._getframe(1), 2
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_OURS) and frame.f_code.co_filename != _CLI:
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, stacklevel=level)
+    warnings.warn(message, MiniaiWarning, stacklevel=level)
 
 
 def add_note(error: BaseException, note: str) -> None:

@@ -1041,3 +1041,31 @@ def test_a_warning_of_a_command_line_run_points_at_the_command_lines_call_not_at
     exec(compile("def helper():\n    warn('a word')\n", library.__file__, "exec"), namespace)
     (caught,) = _warned_by(namespace["run"])
     assert caught.filename == cli.__file__ and caught.lineno == 2
+
+
+def test_miniais_warnings_are_a_category_of_their_own_to_filter_and_a_context_managers_point_at_the_user():
+    # (regression probe) pointing at the user's line, warnings no longer matched filterwarnings(module="miniai"):
+    # they are MiniaiWarning (a UserWarning), to filter by category. And one raised as a context manager of
+    # miniai's exits (get_preds' kept()) was shown at contextlib's frame
+    from functools import partial
+    from miniai import MiniaiWarning
+    from miniai.callbacks import BatchSchedCB
+    from miniai.schedulers import CosineAnnealing
+    learn = tiny_learner()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=MiniaiWarning)
+        learn.fit(1, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=100))])
+    assert caught == [] and issubclass(MiniaiWarning, UserWarning)
+
+    class Counting(nn.Linear):
+        def __init__(self):
+            super().__init__(1, 1)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1  # a buffer changed in place by a prediction pass: warned of as the pass ends
+            return super().forward(x)
+    learn.model = Counting()
+    (warned,) = _warned_by(learn.get_preds)
+    assert "changed the buffer calls" in str(warned.message) and warned.filename == __file__
