@@ -1122,7 +1122,19 @@ def test_a_learner_without_an_lr_beside_a_one_cycle_is_told_an_lr_that_works():
                                cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.05, total_steps=6))])
     with pytest.raises(ValueError, match=r"No learning rate.*a schedule that sets the lr itself.*its peak"):
         learner().fit(2)
-    with pytest.raises(ValueError, match=r"lr=0.01 would be ignored.*fit the schedule's peak, lr=0.05") as refused:
+    with pytest.raises(ValueError, match=r"lr=0.01 would be ignored.*Set learn.lr = 0.05 and leave lr= out"):
         learner().fit(2, lr=0.01)
-    assert "Leave lr= out" not in str(refused.value)
-    learner().fit(2, lr=0.05)  # the advice, followed
+    learn = learner()
+    learn.lr = 0.05  # the advice, followed
+    learn.fit(2)
+    learner().fit(2, lr=0.05)  # (fit's lr at the schedule's peak is taken too)
+    # (probe) peaks of their own per param group: the advice "lr=0.05" was refused again; learn.lr works
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 1))
+    learn = MomentumLearner(model, linear_dls(), F.mse_loss, opt_func=lambda ps, lr: optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[1].parameters()}], lr=lr),
+        cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=[0.05, 0.01], total_steps=6, cycle_momentum=False))])
+    with pytest.raises(ValueError, match=r"Set learn.lr = 0.05 and leave lr= out"):
+        learn.fit(2, lr=0.05)
+    learn.lr = 0.05
+    learn.fit(2)

@@ -106,7 +106,7 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Ca
                      f"{type(part).__name__}, which sets the lr from its own arguments (peak "
                      f"{', '.join(f'{p:g}' for p in peaks)}) at every step: lr={given} would be ignored. "
                      + ("Leave lr= out (the schedule's peak is the lr)" if own is not None else  # (none to leave it to)
-                        f"Give fit the schedule's peak, lr={peaks[0]:g}")
+                        f"Set learn.lr = {peaks[0]:g} and leave lr= out (the schedule sets the lr from its own)")
                      + f", or give the schedule the peak you want ({fix})")
 
 
