@@ -541,8 +541,10 @@ class BatchSchedCB(BaseSchedCB):
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
         # learn.stepped, not an after_step handler, which a callback before this one may cancel after the step
         if learn.stepped and self._learn is not None:
-            # (for after_fit's word, as a number: the step below moves it on, a tensor lr in place)
-            self._trained_lr = float(self._opt.param_groups[0]["lr"])
+            # (for after_fit's word: the step below moves it on, a tensor lr in place; copied, not read, which on a
+            # GPU would wait for it every batch)
+            lr = self._opt.param_groups[0]["lr"]
+            self._trained_lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
             self._advance(learn)
 
     def after_fit(self, learn: Learner) -> None:
@@ -558,7 +560,7 @@ class BatchSchedCB(BaseSchedCB):
                  "skipped by a callback, float16 overflows MixedPrecisionCB skipped, batches dropped before "
                  "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
                  "optimizer, so it ended short of its end: "
-                 + (f"the last batch trained at lr {self._trained_lr:.3g}." if self.n_steps else
+                 + (f"the last batch trained at lr {float(self._trained_lr):.3g}." if self.n_steps else
                     "it never stepped."))
 
 
