@@ -780,6 +780,26 @@ def test_a_metricscb_subclass_whose_log_calls_log_fn_runs_beside_a_progress_bar(
     assert out.getvalue().count("valid") == 1 and metrics.log_fn is metrics._printer
 
 
+def test_a_learner_copied_during_a_fit_fits_again_with_its_progress_bar(tmp_path):
+    # (probe) a callback keeping the best epoch's learner (copy.deepcopy(learn)) copied ProgressCB's hold on
+    # MetricsCB's rows with it: the copy's next fit took its own hold as the rows' next stop, RecursionError
+    import copy
+
+    class KeepBest(Callback):
+        order = 50
+        def after_epoch(self, learn):
+            if not learn.training:
+                self.best = copy.deepcopy(learn)
+    keep = KeepBest()
+    with redirect_stdout(io.StringIO()):
+        tiny_learner(cbs=[MetricsCB(), ProgressCB(mode="plain")]).fit(1, cbs=[keep])
+    best, out = keep.best, io.StringIO()
+    with redirect_stdout(out):
+        best.fit(1)
+    assert out.getvalue().count("valid") == 1 and "_log" not in vars(best.metrics)
+    assert best.metrics.log_fn is best.metrics._printer
+
+
 def test_a_sum_loss_of_dict_batches_is_shown_per_item_by_the_progress_bar_and_lr_find():
     """ProgressCB and lr_find divide a 'sum' loss by the batch's items, which they counted from learn.yb: with dict
     batches read by the learner's own steps both failed ('a batch is a tuple ...'). Their first batch's loss is its

@@ -195,6 +195,7 @@ class ProgressCB(Callback):
             # a resumed run's batches are counted from the start of the run, like RecorderCB's (a guess without len)
             self._start = learn.start_epoch * (len_or_none(getattr(learn.dls, "train", None)) or 0)
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
+        self._give_back()  # (a copy of the learner made during a fit holds what that fit took)
         metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
         self._metrics = metrics if any(cb is metrics for cb in learn.cbs) else None
         if self._metrics is not None:  # its rows come here first (as the course's ProgressCB took them), then go
@@ -210,6 +211,15 @@ class ProgressCB(Callback):
             from fastprogress.fastprogress import NBMasterBar  # here: a quarter of a second to import
             self.mbar = NBMasterBar(learn.epochs)
             learn.epochs = self.mbar
+
+    def _give_back(self) -> None:
+        """Put back MetricsCB's `_log` and `log_fn` as they were before this fit took its rows."""
+        if self._taken is not None:
+            own_log, self._metrics.log_fn = self._taken
+            vars(self._metrics).pop("_log", None)
+            if own_log is not None:
+                self._metrics._log = own_log
+            self._taken = self._forward = None
 
     def _log(self, row: dict[str, Any]) -> None:
         if self._curves and row.get("train") == "valid" and "loss" in row and isinstance(row.get("epoch"), int):
@@ -282,12 +292,7 @@ class ProgressCB(Callback):
     def cleanup_fit(self, learn: Learner) -> None:
         self._train_losses.drain(wait=True)
         restore_if_refused(self, learn)  # (a fit refused before its first batch leaves the last one's curves)
-        if self._taken is not None:
-            own_log, self._metrics.log_fn = self._taken
-            vars(self._metrics).pop("_log")
-            if own_log is not None:
-                self._metrics._log = own_log
-            self._taken = self._forward = None
+        self._give_back()
         if isinstance(self.mbar, ConsoleBar):
             self.mbar.close()
         elif self.mbar is not None:
