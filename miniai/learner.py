@@ -174,7 +174,7 @@ class Learner(Conveniences):
         with a note saying how to resume.
         """
         checks.check_not_in_fit(self, "fit", "the outer fit would go on with this one's optimizer, lr and records")
-        n_epochs, lr, opt_lr = checks.check_fit_args(self, n_epochs, train, valid, lr, resume)  # (opt_lr: lr or self.lr)
+        n_epochs, lr, opt_lr = checks.check_fit_args(self, n_epochs, train, valid, lr, resume)  # opt_lr: lr or self.lr
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []

@@ -344,7 +344,8 @@ def test_overwrite_replaces_a_file_that_is_not_utf8_without_reading_it(tmp_path)
 def test_appending_to_a_file_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "log.csv"
     path.write_bytes("epoch,note\n0,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="log.csv is not a UTF-8 CSV file.*another path.*overwrite=True instead of append=True"):
+    with pytest.raises(ValueError, match="log.csv is not a UTF-8 CSV file.*another path.*overwrite=True instead of "
+                                         "append=True"):
         tiny_learner([quiet_metrics(), CSVLoggerCB(path, append=True)]).fit(1)
 
 
