@@ -1069,3 +1069,23 @@ def test_miniais_warnings_are_a_category_of_their_own_to_filter_and_a_context_ma
     learn.model = Counting()
     (warned,) = _warned_by(learn.get_preds)
     assert "changed the buffer calls" in str(warned.message) and warned.filename == __file__
+
+
+def test_a_warning_made_an_error_as_a_prediction_pass_ends_leaves_the_learner_put_back():
+    # (probe) under -W error, kept()'s warning of a buffer the pass changed raised before the modes, the learner's
+    # attributes and the generators were put back: the model left in eval mode, learn._predicting left True
+    class Counting(nn.Linear):
+        def __init__(self):
+            super().__init__(1, 1)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            return super().forward(x)
+    learn = tiny_learner()
+    learn.model = Counting().train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="changed the buffer calls"):
+            learn.get_preds()
+    assert learn.model.training and not learn._predicting

@@ -147,9 +147,6 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                 if value is not None and not torch.allclose(t, value, rtol=0, atol=0, equal_nan=True):
                     t.copy_(value)
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
-        if changed:
-            warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
-                 "its own, a quantization observer calibrating?): the model is not as it was before the call")
         for p, grad in grads:
             p.grad = grad
         for m, mode in modes:
@@ -160,9 +157,15 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
             set_generator_state(g, state)
         for scaler, state in scalers:
             scaler.load_state_dict(state)
+        refused = []
         for obj, state in states:  # last: a user's metric or callback refusing its own state must not stop the rest
             try:
                 obj.load_state_dict(state)
             except Exception as e:
-                warn(f"could not put back all the state of {type(obj).__name__} ({type(e).__name__}: "
-                     f"{e}): some may be the finder's")
+                refused.append(f"{type(obj).__name__} ({type(e).__name__}: {e})")
+        # the warnings after everything is put back: under -W error they raise
+        if refused:
+            warn(f"could not put back all the state of {refused[0]}: some may be the finder's")
+        if changed:
+            warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
+                 "its own, a quantization observer calibrating?): the model is not as it was before the call")
