@@ -130,7 +130,7 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dic
         # the last points above 3x the minimum (the finder's rule, on a median of 5) are the blow-up that stopped
         # it: let them leave the chart rather than squash the rest (the first losses, high too, stay in)
         low = finite.min()
-        within = np.flatnonzero(finite <= 3 * low) if low > 0 else [len(finite) - 1]  # (a loss of its own)
+        within = np.flatnonzero(finite <= (3 * low if low > 0 else low))  # (a loss of 0 or below: from its minimum)
         high = finite[:within[-1] + 1].max()
         pad = 0.05 * max(high - low, 1e-12)
         ax.set_ylim(low - pad, high + pad)

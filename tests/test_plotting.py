@@ -227,3 +227,5 @@ def test_the_lr_find_plots_axis_leaves_out_the_whole_blow_up_that_stopped_the_fi
     assert 2.0 < top < 2.2
     top = plot_lr_find(lrs[:5], [0.7, 0.5, 0.3, 0.35, 0.6]).axes[0].get_ylim()[1]  # the data ran out: all in
     assert 0.7 < top < 0.75
+    top = plot_lr_find(lrs, [0.7, 0.5, 0.2, 0.0, 0.6, 1.2, 1.4, 2.5]).axes[0].get_ylim()[1]  # a loss of exactly 0
+    assert 0.7 < top < 0.75  # (the blow-up was drawn on the axis: 3 x 0 took every point in)
