@@ -1220,6 +1220,27 @@ def _holder_noise(x):
     return x + 0.1 * torch.randn(x.shape, generator=_HOLDER.g)
 
 
+def _comprehension_noise(x):
+    return torch.stack([row + 0.1 * torch.randn(row.shape, generator=_MODULE_GENERATOR) for row in x])
+
+
+class _ClassNoise:
+    g = torch.Generator().manual_seed(3)  # one for every instance: a class attribute
+
+    def __call__(self, x):
+        return x + 0.1 * torch.randn(x.shape, generator=self.g)
+
+
+class _SlottedNoise:
+    __slots__ = ("g",)
+
+    def __init__(self):
+        self.g = torch.Generator().manual_seed(3)
+
+    def __call__(self, x):
+        return x + 0.1 * torch.randn(x.shape, generator=self.g)
+
+
 class _LegacyNoise:
     def __init__(self):
         self.rs = np.random.RandomState(3)
@@ -1259,20 +1280,24 @@ class _NoisyItems(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("where", ["a module-level RandomState", "a RandomState attribute", "a callback's RandomState",
                                    "a helper's module-level generator", "a module-level dict", "a module-level object",
-                                   "a layer of the model", "the training dataset"])
+                                   "a layer of the model", "the training dataset", "a comprehension's",
+                                   "a class attribute", "a slot"])
 def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
     # (probe) each was neither saved nor warned of: the resumed run silently drew other numbers. NumPy's legacy
     # RandomState was no generator to the search; a module-level name counted only when it was a generator itself
     def make(path):
         torch.manual_seed(0)
         _LEGACY.seed(3), _MODULE_GENERATOR.manual_seed(5), _GENERATORS_BY_NAME["aug"].manual_seed(3)
-        _HOLDER.g.manual_seed(3)
+        _HOLDER.g.manual_seed(3), _ClassNoise.g.manual_seed(3)
         cbs = {"a module-level RandomState": [BatchTransformCB(_legacy_noise)],
                "a RandomState attribute": [BatchTransformCB(_LegacyNoise())],
                "a callback's RandomState": [_LegacyLossNoise()],
                "a helper's module-level generator": [BatchTransformCB(_helper_noise)],
                "a module-level dict": [BatchTransformCB(_dict_noise)],
-               "a module-level object": [BatchTransformCB(_holder_noise)]}.get(where, [])
+               "a module-level object": [BatchTransformCB(_holder_noise)],
+               "a comprehension's": [BatchTransformCB(_comprehension_noise)],
+               "a class attribute": [BatchTransformCB(_ClassNoise())],
+               "a slot": [BatchTransformCB(_SlottedNoise())]}.get(where, [])
         model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)) \
             if where == "a layer of the model" else None
         learn, _ = make_learner(path, cbs, model=model)

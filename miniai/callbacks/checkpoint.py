@@ -10,6 +10,7 @@ file, fsync, rename): a crash or Ctrl-C while saving leaves the previous newest 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
@@ -20,7 +21,7 @@ import re
 import types
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ def held_generators(*holders: Any, depth: int = 16) -> list[Any]:
                 return
             generator = isinstance(x, _GENERATORS) and not isinstance(x, random.SystemRandom)  # (the OS's: no state)
             held = list(_held_by(x)) if level and not generator else []
+            named = list(_globals_used(x)) if level and isinstance(x, types.FunctionType) else []
         except Exception:  # noqa: BLE001  (what can't be looked at holds nothing we could save: a freed weakref.proxy)
             return
         seen.add(id(x))
@@ -114,6 +116,8 @@ def held_generators(*holders: Any, depth: int = 16) -> list[Any]:
             found.append(x)
         for v in held:
             walk(v, level - 1)
+        for v in named:  # (a module's objects a few levels down only: not a whole tree a function reads from)
+            walk(v, min(level - 1, 2))
     for holder in holders:
         walk(holder, depth)
     return found
@@ -126,18 +130,32 @@ def _held_by(x: Any) -> Iterable[Any]:
     (a helper drawing from G); else its attributes."""
     if isinstance(x, dict):
         return x.values()
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple, collections.deque)):
         return x
     if isinstance(x, functools.partial):
         return (x.func, *x.args, *x.keywords.values())
     if isinstance(x, types.MethodType):
         return (x.__self__, x.__func__)
-    if isinstance(x, types.FunctionType):
-        named = (x.__globals__.get(name) for name in x.__code__.co_names)  # (of other modules' functions, none: not
-        # all of a library it calls)
-        return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values(),
-                *(v for v in named if not isinstance(v, types.FunctionType) or v.__globals__ is x.__globals__))
-    return vars(x).values() if hasattr(x, "__dict__") else ()
+    if isinstance(x, types.FunctionType):  # (the module-level names it uses: _globals_used)
+        return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values())
+    classes = type(x).__mro__[:-1]  # (not object's)
+    slots = [vars(c).get("__slots__", ()) for c in classes]
+    slots = [name for names in slots for name in ([names] if isinstance(names, str) else names)]
+    return (*(vars(x).values() if hasattr(x, "__dict__") else ()),
+            *(getattr(x, name, None) for name in slots if name not in ("__dict__", "__weakref__")),
+            *(v for c in classes for v in vars(c).values() if isinstance(v, _GENERATORS)))  # (a class attribute)
+
+
+def _globals_used(f: types.FunctionType) -> Iterator[Any]:
+    """The module-level names a function uses (its comprehensions', lambdas' and inner functions' too), but other
+    modules' functions: not all of a library it calls."""
+    codes = [f.__code__]
+    for code in codes:
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        for name in code.co_names:
+            v = f.__globals__.get(name)
+            if not isinstance(v, types.FunctionType) or v.__globals__ is f.__globals__:
+                yield v
 
 
 def _contents(cell: types.CellType) -> Any:
