@@ -20,7 +20,7 @@ from .checkpoint import CheckpointCB
 from .ddp import DDPCB
 from .guards import EarlyStoppingCB
 from ..weighting import batch_n_items
-from .metrics import MetricsCB
+from .metrics import MetricsCB, no_row
 from .scheduling import BaseSchedCB, lr_ratios
 from .state import kept
 from .swa import SWACB
@@ -303,8 +303,4 @@ class _NoTable(Callback):
     def before_fit(self, learn: Learner) -> None:
         for cb in learn.cbs:
             if isinstance(cb, MetricsCB):
-                cb._log = _no_row  # (on the instance: also over a subclass's own _log, the course's WandBCB)
-
-
-def _no_row(row: dict) -> None:
-    """What MetricsCB logs a row with during lr_find: nothing."""
+                cb._log = no_row  # (on the instance: also over a subclass's own _log, the course's WandBCB)

@@ -20,7 +20,7 @@ from ..weighting import (averages_over_targets, batch_n_items, ignored_target, m
                          target_mask)
 from .records import keep_records, restore_if_refused
 
-__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value"]  # (Accuracy: where it was, for old imports)
+__all__ = ["MetricsCB", "Accuracy", "format_row", "format_value", "no_row"]  # (Accuracy: where it was, for old imports)
 
 
 def format_row(row: dict[str, Any], header: bool = False) -> str:
@@ -51,6 +51,10 @@ class _PrintRows:
             print(format_row(row, header=True), flush=True)
             self.header_done = True
         print(format_row(row), flush=True)
+
+
+def no_row(row: dict[str, Any]) -> None:
+    """Logs nothing: MetricsCB's row logger while a ProgressCB's table or lr_find stands in for it."""
 
 
 class MetricsCB(Callback):

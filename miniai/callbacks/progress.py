@@ -12,7 +12,7 @@ from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..utils import len_or_none, loss_reduction
 from ..weighting import batch_n_items
-from .metrics import format_row, format_value
+from .metrics import format_row, format_value, no_row
 from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["ProgressCB", "ConsoleBar", "in_notebook"]
@@ -203,7 +203,7 @@ class ProgressCB(Callback):
             self._taken = vars(metrics).get("_log"), metrics.log_fn
             self._forward, metrics._log = metrics._log, self._log
             if metrics.log_fn is metrics._printer:
-                metrics.log_fn = _no_row  # (not None: a subclass's _log may call it)
+                metrics.log_fn = no_row  # (not None: a subclass's _log may call it)
         self.mbar = None
         if self._mode == "terminal":
             self.mbar = ConsoleBar(learn.n_epochs)  # counted from the start of the run, also when resumed
@@ -318,7 +318,3 @@ class ProgressCB(Callback):
                                    "(learn.fit(1))")
         from ..plotting import plot_losses  # plotting imports matplotlib: only when asked for
         return plot_losses(self.losses, self.valid_losses, self.valid_at, ax=ax, start=self._start)
-
-
-def _no_row(row: dict[str, Any]) -> None:
-    """MetricsCB's log_fn while ProgressCB's table shows its rows in place of its printer's: nothing."""
