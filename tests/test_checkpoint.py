@@ -1340,6 +1340,42 @@ def test_the_generator_search_passes_objects_it_cant_look_into(tmp_path):
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]
 
 
+class _Noise:
+    def __init__(self, seed):
+        self.g = torch.Generator().manual_seed(seed)
+
+
+_PIPELINE = {"train": [_Noise(1)]}
+
+
+def _apply_all(x, augs):
+    assert len(augs) == len(_PIPELINE["train"])  # (names the module-level container that holds them)
+    return x
+
+
+class _Base:
+    __slots__ = ("scale",)
+
+
+class _ShadowedSlot(_Base):
+    def __init__(self):
+        self.g = torch.Generator().manual_seed(1)
+
+    @property
+    def scale(self):  # (over the base's slot: reading it raises)
+        raise RuntimeError("not configured")
+
+
+def test_the_generator_search_finds_a_generator_however_it_first_meets_its_holder():
+    # (regression probe) a function naming a module-level container met its holder first one level from the
+    # search's end, and marked it seen there: reached again by its real path it was skipped, and the generator not
+    # saved; an attribute that raised when read (a property over a slot) dropped the object's other attributes
+    from miniai.callbacks.checkpoint import held_generators
+    assert held_generators(partial(_apply_all, augs=_PIPELINE["train"])) == [_PIPELINE["train"][0].g]
+    shadowed = _ShadowedSlot()
+    assert held_generators(shadowed) == [shadowed.g]
+
+
 def test_a_prediction_pass_leaves_a_layers_own_generator_as_it_moved_it(tmp_path):
     # (regression probe) a model sampling from its own generator at inference (Monte Carlo predictions): the layers'
     # generators searched for checkpoints were put back after get_preds too, so every call gave the same sample,

@@ -11,6 +11,7 @@ file, fsync, rename): a crash or Ctrl-C while saving leaves the previous newest 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import io
@@ -99,25 +100,26 @@ def held_generators(*holders: Any, depth: int = 16) -> list[Any]:
     once, in a fixed order. Models, tensors, the learner and long containers (recorded values, not settings) are not
     searched: what they hold is saved on its own (a model's layers: `run_generators`), or nothing."""
     found: list[Any] = []
-    seen: set[int] = set()
+    seen: dict[int, int] = {}  # each object's id: the most levels left when it was looked into (met again with more,
+    # by another path, it is looked into again, deeper)
 
     def walk(x: Any, level: int) -> None:
         try:
-            if id(x) in seen or isinstance(x, _NOT_SEARCHED) or isinstance(x, (list, tuple, dict)) and len(x) > 100 \
-                    or any(x is g for g in _GLOBAL_GENERATORS):
+            if seen.get(id(x), -1) >= level or isinstance(x, _NOT_SEARCHED) \
+                    or isinstance(x, (list, tuple, dict)) and len(x) > 100 or any(x is g for g in _GLOBAL_GENERATORS):
                 return
             generator = isinstance(x, _GENERATORS) and not isinstance(x, random.SystemRandom)  # (the OS's: no state)
             held = list(_held_by(x)) if level and not generator else []
             named = list(_globals_used(x)) if level and isinstance(x, types.FunctionType) else []
         except Exception:  # noqa: BLE001  (what can't be looked at holds nothing we could save: a freed weakref.proxy)
             return
-        seen.add(id(x))
-        if generator:
+        if generator and id(x) not in seen:
             found.append(x)
+        seen[id(x)] = level
         for v in held:
             walk(v, level - 1)
-        for v in named:  # (a module's objects a few levels down only: not a whole tree a function reads from)
-            walk(v, min(level - 1, 2))
+        for v in named:  # (a module's objects one level down only: not a whole tree a function reads from)
+            walk(v, min(level - 1, 1))
     for holder in holders:
         walk(holder, depth)
     return found
@@ -138,12 +140,32 @@ def _held_by(x: Any) -> Iterable[Any]:
         return (x.__self__, x.__func__)
     if isinstance(x, types.FunctionType):  # (the module-level names it uses: _globals_used)
         return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values())
-    classes = type(x).__mro__[:-1]  # (not object's)
-    slots = [vars(c).get("__slots__", ()) for c in classes]
-    slots = [name for names in slots for name in ([names] if isinstance(names, str) else names)]
-    return (*(vars(x).values() if hasattr(x, "__dict__") else ()),
-            *(getattr(x, name, None) for name in slots if name not in ("__dict__", "__weakref__")),
-            *(v for c in classes for v in vars(c).values() if isinstance(v, _GENERATORS)))  # (a class attribute)
+    return _attributes(x)
+
+
+def _attributes(x: Any) -> list[Any]:
+    """The values of `x`'s attributes, its slots' too, and the generators its classes hold (a class attribute); each
+    that can be read (a property over a slot may raise, a __getattr__ may answer for __dict__)."""
+    found = []
+    with contextlib.suppress(Exception):
+        found += vars(x).values()
+    for name in _slots(type(x)):
+        with contextlib.suppress(Exception):
+            found.append(getattr(x, name))
+    return found + _class_generators(type(x))
+
+
+@functools.lru_cache(maxsize=256)
+def _slots(cls: type) -> tuple[str, ...]:
+    """The slots a class and its bases declare (`__slots__`, a name or several), but __dict__ and __weakref__."""
+    declared = [vars(c).get("__slots__", ()) for c in cls.__mro__]
+    return tuple(name for names in declared for name in ([names] if isinstance(names, str) else names)
+                 if name not in ("__dict__", "__weakref__"))
+
+
+def _class_generators(cls: type) -> list[Any]:
+    """The generators `cls` and its bases hold as class attributes."""
+    return [v for c in cls.__mro__[:-1] for v in vars(c).values() if isinstance(v, _GENERATORS)]
 
 
 def _globals_used(f: types.FunctionType) -> Iterator[Any]:
