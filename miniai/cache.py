@@ -15,9 +15,9 @@ from typing import NamedTuple
 
 import torch
 
+from .checks import warn
 from .sources import RawData, find_source, read_source
 from .utils import byte_sums
-from .checks import warn
 
 __all__ = ["CACHE_STATS", "Normalized", "clear_cache", "load_normalized", "load_tensors", "normalized_split",
            "valid_split"]

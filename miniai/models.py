@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .checks import warn
 
 __all__ = ["conv", "GeneralRelu", "get_model", "get_convnet", "init_weights", "ResBlock", "get_resnet", "act_gr",

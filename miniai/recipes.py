@@ -23,12 +23,12 @@ from .augment import RandomCrop, RandomErase, RandomFlip, batch_tfms
 from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
 from .callbacks.scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, check_one_cycle_room, steps_per_epoch
+from .checks import warn
 from .learner import Callback
 from .supervised import TrainLearner
 from .models import GeneralRelu, get_convnet, get_model, get_resnet, init_weights
 from .schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .utils import def_device
-from .checks import warn
 
 __all__ = ["SCHEDULES", "check_one_cycle_room", "make_sched_cb", "Recipe", "RECIPES", "recipe_learner"]
 

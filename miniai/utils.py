@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from .checks import warn
 
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",

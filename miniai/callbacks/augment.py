@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from ..augment import RandomCrop, RandomFlip
+from ..checks import warn
 from ..learner import Callback, Learner
 from ..utils import tensor_versions
-from ..checks import warn
 
 __all__ = ["BatchTransformCB"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from typing import TYPE_CHECKING, Any
+
 from ..checks import warn
 
 if TYPE_CHECKING:

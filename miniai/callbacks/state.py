@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import warn
 from ..data import TensorLoader
 from ..learner import Learner
 from ..utils import map_tensors, rngs_kept
 from .checkpoint import (callback_generators, generator_state, has_state, held_generators, loader_generators,
                          run_generators, set_generator_state)
 from .metrics import MetricsCB
-from ..checks import warn
 
 __all__ = ["kept"]
 
