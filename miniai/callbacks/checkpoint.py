@@ -226,7 +226,7 @@ def _numpy(x: Any) -> Any:
     return {k: _numpy(v) for k, v in x.items()} if isinstance(x, dict) else x
 
 
-_LAYER_OWN = frozenset(vars(nn.Module()))  # what every layer has (its parameters, buffers, hooks): not searched
+_MODULE_OWN = frozenset(vars(nn.Module()))  # what torch keeps on every module: hooks, its dicts, the mode
 
 
 def callback_generators(learn: Learner) -> dict[str, list[Any]]:
@@ -240,8 +240,8 @@ def run_generators(learn: Learner) -> dict[str, list[Any]]:
     Dataset's drawing in __getitem__), a level or two down (a tensor-sized index there is not searched each save):
     what a checkpoint saves. A prediction pass leaves those two moved (Monte Carlo sampling by repeated calls)."""
     gens = callback_generators(learn)
-    model = held_generators(*(v for m in learn.model.modules() for k, v in vars(m).items() if k not in _LAYER_OWN),
-                            depth=2)
+    layers = unwrap(learn.model).modules()  # (not a DDP wrapper's own attributes)
+    model = held_generators(*(v for m in layers for k, v in vars(m).items() if k not in _MODULE_OWN), depth=2)
     data = {f"dls.{name}.dataset": held_generators(getattr(getattr(learn.dls, name, None), "dataset", None), depth=3)
             for name in ("train", "valid")}  # (a loader's own generators are its state: loader_generators)
     return {**gens, **{key: found for key, found in {"model": model, **data}.items() if found}}
@@ -360,9 +360,6 @@ def setup_of(learn: Learner) -> dict[str, Any]:
     if sampler is not None:
         found["dls.train.sampler"] = type(sampler).__name__
     return found
-
-
-_MODULE_OWN = set(vars(nn.Module()))  # what torch keeps on every module: hooks, its dicts, the mode
 
 
 def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str] | None = None,

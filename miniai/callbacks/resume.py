@@ -143,7 +143,8 @@ class ResumeCB(Callback):
         # CheckpointCB's and TensorBoardCB's own states are bookkeeping (best so far, the log's run): resuming
         # without one is normal; so is an evaluation without what only trains (the run's schedule, clipping, ...)
         skipped = (CheckpointCB, TensorBoardCB) + (() if training else _TRAINING_ONLY)
-        lost = [k for k in saved if k not in stateful and k.rpartition("_")[0] not in {c.__name__ for c in skipped}]
+        names = {c.__name__ for c in skipped}  # (a saved state's key: '<class name>_<i>')
+        lost = [k for k in saved if k not in stateful and k.rpartition("_")[0] not in names]
         new = [k for k in stateful if k not in saved and not isinstance(stateful[k], skipped)]
         # a schedule counts its steps from the start of the run: begun mid-run it runs another shape (and torch's
         # keys it wrote into the param groups are replaced by the saved optimizer's)
