@@ -230,12 +230,13 @@ def _rows(name: str, values: Sequence[Any]) -> np.ndarray:
     a tensor), each drawn as a line; a NaN (a batch it was not recorded at) stands for k of them."""
     rows = [np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=float).reshape(-1)
             for v in values]
-    widths = sorted({len(r) for r in rows if not (len(r) == 1 and np.isnan(r[0]))} or {1})
+    gaps = [len(r) == 1 and bool(np.isnan(r[0])) for r in rows]
+    widths = sorted({len(r) for r, gap in zip(rows, gaps) if not gap} or {1})
     if len(widths) > 1:
         raise ValueError(f"{name!r} recorded values of {' and '.join(map(str, widths))} numbers: record one number "
                          "per batch, or as many every batch (one per param group), to plot it")
-    return np.array([np.full(widths[0], np.nan) if len(r) == 1 and np.isnan(r[0]) else r for r in rows]
-                    ).reshape(len(rows), widths[0])
+    return np.array([np.full(widths[0], np.nan) if gap else r for r, gap in zip(rows, gaps)]).reshape(len(rows),
+                                                                                                   widths[0])
 
 
 def plot_lrs(scheduler: Callable[..., Any], opt: torch.optim.Optimizer, n_steps: int, ax: Axes | None = None,
