@@ -1043,6 +1043,18 @@ def test_a_warning_of_a_command_line_run_points_at_the_command_lines_call_not_at
     assert caught.filename == cli.__file__ and caught.lineno == 2
 
 
+class _Counting(nn.Linear):
+    """Counts its forwards in a buffer: a buffer a prediction pass changes in place, warned of as the pass ends."""
+
+    def __init__(self):
+        super().__init__(1, 1)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
 def test_miniais_warnings_are_a_category_of_their_own_to_filter_and_a_context_managers_point_at_the_user():
     # (regression probe) pointing at the user's line, warnings no longer matched filterwarnings(module="miniai"):
     # they are MiniaiWarning (a UserWarning), to filter by category. And one raised as a context manager of
@@ -1058,15 +1070,7 @@ def test_miniais_warnings_are_a_category_of_their_own_to_filter_and_a_context_ma
         learn.fit(1, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=100))])
     assert caught == [] and issubclass(MiniaiWarning, UserWarning)
 
-    class Counting(nn.Linear):
-        def __init__(self):
-            super().__init__(1, 1)
-            self.register_buffer("calls", torch.zeros(()))
-
-        def forward(self, x):
-            self.calls += 1  # a buffer changed in place by a prediction pass: warned of as the pass ends
-            return super().forward(x)
-    learn.model = Counting()
+    learn.model = _Counting()
     (warned,) = _warned_by(learn.get_preds)
     assert "changed the buffer calls" in str(warned.message) and warned.filename == __file__
 
@@ -1074,16 +1078,8 @@ def test_miniais_warnings_are_a_category_of_their_own_to_filter_and_a_context_ma
 def test_a_warning_made_an_error_as_a_prediction_pass_ends_leaves_the_learner_put_back():
     # (probe) under -W error, kept()'s warning of a buffer the pass changed raised before the modes, the learner's
     # attributes and the generators were put back: the model left in eval mode, learn._predicting left True
-    class Counting(nn.Linear):
-        def __init__(self):
-            super().__init__(1, 1)
-            self.register_buffer("calls", torch.zeros(()))
-
-        def forward(self, x):
-            self.calls += 1
-            return super().forward(x)
     learn = tiny_learner()
-    learn.model = Counting().train()
+    learn.model = _Counting().train()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(UserWarning, match="changed the buffer calls"):
