@@ -560,3 +560,17 @@ def test_a_fit_after_swa_whose_optimizer_holds_the_raw_models_parameters_says_so
     learn.fit(2, cbs=[SWACB(1, swa_lr=0.01)])
     with pytest.raises(RuntimeError, match=r"parameters of learn.raw_model.*SWACB.*opt_func\(params, lr\)"):
         learn.fit(1)
+
+
+def test_a_one_cycle_nested_two_deep_hands_over_to_swa_at_its_last_lr_too():
+    """A OneCycleLR as a SequentialLR's last part, inside a ChainedScheduler: the hand-over looked one level down
+    only, so the last scheduled step went past the cycle's end (torch refuses that step)."""
+    from torch.optim.lr_scheduler import ChainedScheduler, ConstantLR, SequentialLR
+
+    def factory(opt):
+        parts = [ConstantLR(opt, factor=0.5, total_iters=2), OneCycleLR(opt, max_lr=0.1, total_steps=4)]
+        return ChainedScheduler([SequentialLR(opt, parts, milestones=[2])])
+    rec = RecorderCB(lr=_lr)
+    bn_learner([BatchSchedCB(factory), rec, SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=1)]).fit(4)
+    lrs = rec.recs["lr"]
+    assert lrs[6:9] == pytest.approx([lrs[5]] * 3) and lrs[5] > 0

@@ -317,14 +317,8 @@ class BaseSchedCB(Callback):
 
     def _last_step_ends(self, learn: Learner) -> bool:
         """Whether this is the last step of the scheduled epochs, of a schedule that ends there."""
-        sched, total = self.scheduler, self._total_steps(learn)
-        if total is None or self.n_steps + 1 < total:
-            return False
-        if isinstance(sched, SequentialLR):  # the part this step runs: at a milestone, the next part starts afresh
-            parts = [sched._schedulers[bisect.bisect_right(sched._milestones, total)]]
-        else:  # of a ChainedScheduler, any part
-            parts = getattr(sched, "_schedulers", [sched])
-        return any(_length(p)[0] for p in parts)
+        total = self._total_steps(learn)
+        return total is not None and self.n_steps + 1 >= total and _ends_at(self.scheduler, total)
 
     # --- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -516,6 +510,11 @@ def _ending_parts(scheduler: Any, steps: int) -> Iterator[tuple[Any, int]]:
             yield from _ending_parts(part, steps)
 
 
+def _ends_at(scheduler: Any, steps: int) -> bool:
+    """Whether a schedule that sets the lr after `steps` steps (see _ENDING) ends there."""
+    return any(_length(part)[0] for part, _ in _ending_parts(scheduler, steps))
+
+
 def _epochs_scheduled(learn: Learner) -> int:
     """How many of the fit's epochs schedules drive (all of them, unless SWACB takes over earlier)."""
     return learn.n_epochs if learn.schedule_stop is None else min(learn.n_epochs, learn.schedule_stop)
@@ -549,8 +548,7 @@ class BatchSchedCB(BaseSchedCB):
 
     def after_fit(self, learn: Learner) -> None:
         total = self._total_steps(learn)
-        if self._learn is None or total is None or not any(_length(p)[0] for p, _ in _ending_parts(self.scheduler,
-                                                                                                   total)):
+        if self._learn is None or total is None or not _ends_at(self.scheduler, total):
             return  # an evaluation, a loader without a length, or a schedule that never ends
         # the schedule steps with the optimizer: steps that did not happen leave it short of its end (1%: a few
         # float16 overflow skips at the start of a long run leave the lr at its end, near enough)
