@@ -5,6 +5,7 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
+import functools
 import numbers
 import os
 import random
@@ -23,7 +24,7 @@ from .checks import warn
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
-           "check_device", "class_loss", "counted", "tensor_versions", "check_seed"]
+           "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial"]
 
 
 def _pick_device() -> str:
@@ -324,10 +325,25 @@ def keeps_workers(dl: Any) -> bool:
     return bool(getattr(dl, "persistent_workers", False)) and getattr(dl, "num_workers", 0) > 0
 
 
+def unpartial(fn: Any) -> Any:
+    """The function under a `functools.partial`, or under a partial of a partial (`fn` itself if none)."""
+    while isinstance(fn, functools.partial):  # (python merges a partial of a partial into one, unless the inner
+        fn = fn.func  # one has attributes of its own)
+    return fn
+
+
 def loss_setting(loss_func: Any, name: str, default: Any) -> Any:
     """A setting of `loss_func` (`reduction`, `weight`, `ignore_index`): a partial's keyword (`partial(F.cross_entropy,
-    weight=w)`), an nn loss's attribute, else `default`."""
-    return getattr(loss_func, "keywords", {}).get(name, getattr(loss_func, name, default))
+    weight=w)`, the outermost of a partial of a partial), an nn loss's attribute, else `default`."""
+    while True:
+        keywords = getattr(loss_func, "keywords", None)
+        if isinstance(keywords, dict) and name in keywords:
+            return keywords[name]
+        if hasattr(loss_func, name):
+            return getattr(loss_func, name)
+        if not isinstance(loss_func, functools.partial):
+            return default
+        loss_func = loss_func.func  # (a partial of a partial: see unpartial)
 
 
 def loss_reduction(loss_func: Any) -> str:
@@ -370,7 +386,7 @@ def check_device(device: str | torch.device, who: str) -> None:
 def class_loss(loss_func: Any) -> bool:
     """Whether `loss_func` is torch's cross-entropy or NLL loss (a function, a partial of one, an nn loss): class
     scores (N, C, ...) against class indices."""
-    fn = getattr(loss_func, "func", loss_func)  # (a partial's function)
+    fn = unpartial(loss_func)
     # (a subclass with a forward of its own, a focal loss say, reduces as it likes: not torch's weighted mean)
     return fn in (torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss) or getattr(
         type(loss_func), "forward", None) in (torch.nn.CrossEntropyLoss.forward, torch.nn.NLLLoss.forward)

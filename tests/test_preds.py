@@ -265,6 +265,41 @@ def test_per_item_losses_for_functions_and_nn_losses_and_a_clear_error_otherwise
         learn.get_preds(with_loss=True)
 
 
+@pytest.mark.parametrize("own_attribute", [False, True])
+def test_a_partial_losss_settings_hold_on_every_call_not_the_first_alone(own_attribute):
+    """get_preds(with_loss=True) wrapped the user's partial with update_wrapper, which gave the partial an instance
+    dict, so the next call's partial(loss, reduction='none') was a partial of a partial: its ignore_index and weight
+    went unseen, and the second call's losses were half the first's. A partial given attributes of one's own (an
+    instance dict from the start) was read so from the first call."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 2, 4, 4), torch.randint(0, 3, (6, 4, 4))
+    y[:, :2] = 255
+    model = nn.Conv2d(2, 3, 1)
+    loss = partial(F.cross_entropy, ignore_index=255)
+    if own_attribute:
+        loss.note = "segmentation"
+    learn = TrainLearner(model, DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), loss)
+    with torch.no_grad():
+        per_pixel = F.cross_entropy(model(x), y, ignore_index=255, reduction="none")
+    kept = (y != 255).float()
+    expected = (per_pixel * kept).flatten(1).sum(1) / kept.flatten(1).sum(1)
+    for _ in range(2):
+        assert torch.allclose(learn.get_preds(with_loss=True)[-1], expected, atol=1e-6)
+    w = torch.tensor([1.0, 5.0, 0.2])
+    xs, ys = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    clf = nn.Linear(5, 3)
+    loss = partial(F.cross_entropy, weight=w)
+    if own_attribute:
+        loss.note = "weighted"
+    learn = TrainLearner(clf, DataLoaders(TensorLoader(xs, ys, 8), TensorLoader(xs, ys, 7)), loss)
+    with torch.no_grad():
+        expected = F.cross_entropy(clf(xs), ys, weight=w).item()
+    for _ in range(2):
+        metrics = MetricsCB(log_fn=None)
+        learn.get_preds(cbs=[metrics], with_loss=True)
+        assert metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_losses_of_several_values_per_item_are_averaged_to_one():
     x = torch.randn(12, 2)
     y = torch.randn(12, 2)

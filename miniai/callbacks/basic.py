@@ -9,7 +9,7 @@ import torch
 from ..checks import add_note, call_model, describe, warn
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
-from ..utils import check_device, class_loss, def_device, fix_malloc, loss_setting, to_device
+from ..utils import check_device, class_loss, def_device, fix_malloc, loss_setting, to_device, unpartial
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "SupervisedLoss", "supervised_loss"]
 
@@ -164,13 +164,13 @@ def supervised_loss(learn: Learner) -> torch.Tensor:
 
 
 def _name(loss_func: Any) -> str:
-    named = getattr(loss_func, "func", loss_func)  # a partial(F.gaussian_nll_loss, eps=...) is that loss
+    named = unpartial(loss_func)  # a partial(F.gaussian_nll_loss, eps=...) is that loss
     return getattr(named, "__name__", type(named).__name__)
 
 
 def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | None:
     """Why `loss_func(preds, *yb)` would compute a wrong loss without an error (what to do), or None."""
-    named, name = getattr(loss_func, "func", loss_func), _name(loss_func)
+    named, name = unpartial(loss_func), _name(loss_func)
     torchs = (getattr(named, "__module__", None) or type(loss_func).__module__).startswith("torch.nn")
     classes = torchs and name in _CLASS_LOSSES and isinstance(preds, torch.Tensor)  # preds (N, C, ...): shapes differ
     if classes and (fix := _class_scores_wrong(name, preds, yb, loss_setting(loss_func, "ignore_index", -100))):

@@ -149,7 +149,8 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
     except (TypeError, ValueError):  # no signature to read (some builtins)
         takes_reduction = False
     if takes_reduction:  # F.cross_entropy, F.mse_loss, partials of them
-        per_item = functools.update_wrapper(functools.partial(loss_func, reduction="none"), loss_func)
+        # (updated=(): reading a partial's __dict__ would give it one, and a partial of it then nests, unmerged)
+        per_item = functools.update_wrapper(functools.partial(loss_func, reduction="none"), loss_func, updated=())
         per_item.reduced_by_sum = summed
         return per_item
     name = getattr(loss_func, "__name__", type(loss_func).__name__)
