@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from miniai.augment import RandomCrop, RandomErase, RandomFlip, batch_tfms
 from miniai.callbacks import BatchTransformCB, DeviceCB
@@ -128,7 +129,7 @@ def test_with_several_inputs_the_transform_must_say_which_it_takes():
                              cbs=[BatchTransformCB(lambda t: t * 100, on_val=True, **kwargs), seen])
         learn.fit(1)
         return seen.means[0]
-    with pytest.raises(ValueError, match=r"n_inp=2.*BatchTransformCB\(tfm, inputs='first'\) or inputs='all'"):
+    with pytest.raises(ValueError, match=r"n_inp=2.*inputs='first'\), inputs='together'.*inputs='each'"):
         fit()
     first, second = fit(inputs="all")
     assert first > 90 and second > 90
@@ -187,3 +188,69 @@ def test_a_training_only_transform_that_scales_the_inputs_by_more_than_ten_is_wa
     for tfm in (lambda xb: xb * 11, lambda xb: xb / 11):
         with pytest.warns(UserWarning, match=r"changed the training inputs' mean .* → .*, std .* → .*, as "):
             image_learner([BatchTransformCB(tfm)], raw=True).fit(1)
+
+
+class Pairs(Callback):
+    """Counts the training items whose two inputs differ (they start equal: an image and its copy)."""
+
+    def __init__(self):
+        self.apart = self.seen = 0
+
+    def before_batch(self, learn):
+        if learn.training:
+            a, b = learn.batch[0], learn.batch[1]
+            self.apart += int((a != b).flatten(1).any(1).sum())
+            self.seen += len(a)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2 * 64, 2)
+
+    def forward(self, a, b):
+        return self.lin(torch.cat([a.flatten(1), b.flatten(1)], 1))
+
+
+def _fit_pairs(inputs, tfm):
+    x = torch.randn(64, 1, 8, 8)
+    y = torch.randint(0, 2, (64,))
+    pairs = Pairs()
+    data = TensorDataset(x, x.clone(), y)
+    learn = TrainLearner(TwoInputs(), DataLoaders(DataLoader(data, 16, shuffle=True), DataLoader(data, 16)),
+                         F.cross_entropy, lr=0.1, n_inp=2, cbs=[BatchTransformCB(tfm, inputs=inputs), pairs])
+    learn.fit(1)
+    return pairs
+
+
+def test_inputs_that_line_up_are_moved_with_one_draw_and_a_draw_each_is_warned_of_unless_asked_for(recwarn):
+    """inputs='all' drew a flip for each input on its own: an image and its depth map no longer lined up for about
+    half the items, without a word (a target of their height and width was warned of)."""
+    set_seed(0)
+    with pytest.warns(UserWarning, match=r"inputs='all'\) draws its RandomFlip for each input on its own.*"
+                                         r"inputs='together'.*inputs='each'"):
+        pairs = _fit_pairs("all", RandomFlip())
+    assert pairs.apart > 10  # (as before: views of their own)
+    recwarn.clear()
+    set_seed(0)
+    assert _fit_pairs("together", batch_tfms(RandomCrop(8, 2), RandomFlip())).apart == 0
+    set_seed(0)
+    assert _fit_pairs("each", RandomFlip()).apart > 10
+    assert not [w for w in recwarn if "BatchTransformCB" in str(w.message)]
+
+
+def test_inputs_together_refuses_inputs_it_cant_join_with_the_fix():
+    x = torch.randn(16, 1, 8, 8)
+    data = TensorDataset(x, x.long(), x[:, 0, 0, :2])
+    learn = TrainLearner(TwoInputs(), DataLoaders(DataLoader(data, 8), None),
+                         F.mse_loss, lr=0.1, n_inp=2, cbs=[BatchTransformCB(RandomFlip(), inputs="together")])
+    with pytest.raises(ValueError, match=r"one dtype and one shape but for dim 1; got shape \(8, 1, 8, 8\) float32, "
+                                         r"shape \(8, 1, 8, 8\) int64.*inputs='each'"):
+        learn.fit(1, valid=False)
+
+
+def test_an_input_left_alone_by_inputs_first_is_named_as_an_input_not_as_the_targets():
+    with pytest.warns(UserWarning, match=r"inputs='first'\)'s RandomFlip moves the first input's pixels, and input 1 "
+                                         r"\(16, 1, 8, 8\).*inputs='together'") as record:
+        _fit_pairs("first", RandomFlip())
+    assert not any("targets" in str(w.message) for w in record)

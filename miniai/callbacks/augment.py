@@ -6,13 +6,13 @@ callback only decides when they run. It runs after DeviceCB, so a GPU batch is a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from ..augment import RandomCrop, RandomFlip
-from ..checks import warn
+from ..checks import describe, warn
 from ..learner import Callback, Learner
 from ..utils import tensor_versions
 
@@ -22,8 +22,11 @@ __all__ = ["BatchTransformCB"]
 class BatchTransformCB(Callback):
     """Replace the batch inputs `batch[0]` with `tfm(batch[0])` at before_batch, in training and/or validation.
 
-    A learner whose batches have several inputs (`n_inp` > 1) needs `inputs='first'` (only `batch[0]`) or
-    `inputs='all'` (`tfm` on each input, separately): it is refused without, rather than half-transformed.
+    A learner whose batches have several inputs (`n_inp` > 1) needs `inputs=`: `'first'` (only `batch[0]`),
+    `'together'` (one draw for all: inputs that line up pixel for pixel, an image and its depth map, joined along
+    the channels, transformed as one batch and split again) or `'each'` (a draw of its own for each input: views of
+    their own, two augmented views of one image); `'all'` is `'each'`, warned of when a crop or flip moves inputs of
+    one height and width apart. It is refused without, rather than half-transformed.
 
     `on_train=True, on_val=False` (the default) is augmentation: `BatchTransformCB(batch_tfms(RandomCrop(28, 1),
     RandomFlip()))`. With both True it is preprocessing every pass needs (normalization, reshaping). Left to its
@@ -44,8 +47,8 @@ class BatchTransformCB(Callback):
                  on_val: bool | None = None, inputs: str | None = None) -> None:
         if not callable(tfm):
             raise TypeError(f"BatchTransformCB takes a callable x -> x (e.g. batch_tfms(RandomFlip())); got {tfm!r}")
-        if inputs not in (None, "first", "all"):
-            raise ValueError(f"inputs must be 'first', 'all' or None (one input); got {inputs!r}")
+        if inputs not in (None, "first", "together", "each", "all"):
+            raise ValueError(f"inputs must be 'first', 'together', 'each', 'all' or None (one input); got {inputs!r}")
         self.tfm, self.on_train, self.on_val, self.inputs = tfm, on_train, bool(on_val), inputs
         self._n = 1  # inputs transformed: the first n items of each batch
         self._check_val = on_train and on_val is None  # the default: is tfm really an augmentation? (each fit)
@@ -54,8 +57,9 @@ class BatchTransformCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         if learn.n_inp != 1 and self.inputs is None:
             raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which BatchTransformCB "
-                             "transforms, BatchTransformCB(tfm, inputs='first') or inputs='all' (each one)")
-        self._n = learn.n_inp if self.inputs == "all" else 1
+                             "transforms, BatchTransformCB(tfm, inputs='first'), inputs='together' (all, with one "
+                             "draw: inputs that line up) or inputs='each' (each with a draw of its own)")
+        self._n = 1 if self.inputs == "first" else learn.n_inp
         self._look = self._check_val
         self._look_targets = True  # (at the fit's first training batch: per-pixel targets a geometric tfm leaves)
 
@@ -72,14 +76,15 @@ class BatchTransformCB(Callback):
                 _warn_if_rescaled(raw, learn.batch[0])
             if learn.training and self._look_targets:
                 self._look_targets = False
-                _warn_if_targets_stay(self.tfm, learn.batch, self._n)
+                _warn_if_out_of_line(self.tfm, learn.batch, self._n, learn.n_inp, self.inputs)
 
     def transform_batch(self, batch: tuple | list, n: int = 1) -> tuple | list:
         """The batch with its first `n` items transformed and every other item as it was (a new tuple or list)."""
         if not isinstance(batch, (tuple, list)) or not batch:
             raise TypeError(f"BatchTransformCB expects a batch (inputs, targets, ...) as a tuple or list; got "
                             f"{type(batch).__name__}. Transform other batch shapes in a callback of your own.")
-        out = [self._apply(xb) for xb in batch[:n]]
+        out = _together(self._apply, batch[:n]) if self.inputs == "together" and n > 1 else \
+            [self._apply(xb) for xb in batch[:n]]
         if hasattr(batch, "_fields"):  # a namedtuple's constructor takes its fields one by one
             return type(batch)(*out, *batch[n:])
         return type(batch)((*out, *batch[n:]))
@@ -101,21 +106,48 @@ class BatchTransformCB(Callback):
         return out
 
 
-def _warn_if_targets_stay(tfm: Any, batch: Any, n: int) -> None:
-    """Warn of a geometric transform (RandomCrop, RandomFlip) beside targets of the inputs' height and width (a
-    mask per pixel): the inputs' pixels move, the targets' stay, and the two no longer line up."""
+def _together(apply: Callable[[torch.Tensor], torch.Tensor], inputs: Sequence[Any]) -> list[torch.Tensor]:
+    """The inputs transformed with one draw: joined along the channels (dim 1), transformed once, split again."""
+    first = inputs[0]
+    if not all(isinstance(x, torch.Tensor) and x.ndim >= 2 and x.dtype == first.dtype and x.shape[:1] + x.shape[2:]
+               == first.shape[:1] + first.shape[2:] for x in inputs):
+        raise ValueError("BatchTransformCB(inputs='together') transforms the inputs as one batch, joined along dim 1 "
+                         "(the channels), so they must be tensors of one dtype and one shape but for dim 1; got "
+                         f"{', '.join(describe(x) for x in inputs)}. Convert them alike first (a mask to float, say), "
+                         "or use inputs='each' for a draw of its own each")
+    out = apply(torch.cat(list(inputs), 1))
+    return list(out.split([x.shape[1] for x in inputs], 1))
+
+
+def _warn_if_out_of_line(tfm: Any, batch: Any, n: int, n_inp: int, inputs: str | None) -> None:
+    """Warn of a geometric transform (RandomCrop, RandomFlip) that moves the first input's pixels and leaves an item
+    of its height and width out of line: a target (a mask per pixel?) or an input it leaves alone (inputs='first')
+    stays where it was, and inputs='all' moves each input with a draw of its own."""
     moving = [t for t in getattr(tfm, "tfms", [tfm]) if isinstance(t, (RandomCrop, RandomFlip))]
     x = batch[0] if isinstance(batch, (tuple, list)) and batch else None
     if not moving or not isinstance(x, torch.Tensor) or x.ndim < 3:
         return
-    for y in batch[n:]:
-        if isinstance(y, torch.Tensor) and y.ndim >= 2 and y.shape[-2:] == x.shape[-2:]:
-            warn(f"BatchTransformCB's {type(moving[0]).__name__} moves the inputs' pixels, and the targets "
-                 f"{tuple(y.shape)} have the inputs' height and width (a mask per pixel?): it leaves them "
-                 "where they were, so inputs and targets no longer line up. Transform both with one draw "
-                 "in a callback of your own (learn.batch = ... at before_batch), or leave geometric "
-                 "transforms out")
-            return
+    name = type(moving[0]).__name__
+    for i, y in enumerate(batch[1:], 1):
+        if not (isinstance(y, torch.Tensor) and y.ndim >= 2 and y.shape[-2:] == x.shape[-2:]):
+            continue
+        if i >= n_inp:
+            warn(f"BatchTransformCB's {name} moves the inputs' pixels, and the targets {tuple(y.shape)} have the "
+                 "inputs' height and width (a mask per pixel?): it leaves them where they were, so inputs and "
+                 "targets no longer line up. Transform both with one draw in a callback of your own (learn.batch "
+                 "= ... at before_batch), or leave geometric transforms out")
+        elif i >= n:
+            warn(f"BatchTransformCB(inputs='first')'s {name} moves the first input's pixels, and input {i} "
+                 f"{tuple(y.shape)} has its height and width: it leaves that one where it was, so the two no longer "
+                 "line up. Pass inputs='together' to move them with one draw, or leave geometric transforms out")
+        elif inputs == "all":
+            warn(f"BatchTransformCB(inputs='all') draws its {name} for each input on its own, and input {i} "
+                 f"{tuple(y.shape)} has the first's height and width: inputs that line up pixel for pixel (an image "
+                 "and its depth map) no longer do. Pass inputs='together' for one draw for all, or inputs='each' "
+                 "if each input is a view of its own (two augmented views of one image)")
+        else:
+            continue
+        return
 
 
 def _warn_if_rescaled(raw: Any, out: Any) -> None:
