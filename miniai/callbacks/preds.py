@@ -587,8 +587,8 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     each batch's outputs as by `get_preds`: softmax over the class dim 1 by default, `torch.sigmoid` for a binary or
     multi-label model's scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a
     prediction pass, so `dl` must give its items in the same order every pass (a shuffled one is walked in order, as
-    by `get_preds`). A learner whose batches have several inputs needs `inputs=` ('first', 'together', 'each'): the inputs the
-    transforms take (as `BatchTransformCB`'s); dict batches have none by position, and take `n=0` only.
+    by `get_preds`). A learner whose batches have several inputs needs `inputs=` ('first', 'together', 'each'): the
+    inputs the transforms take (as `BatchTransformCB`'s); dict batches have none by position, and take `n=0` only.
     """
     if learn.n_inp != 1 and inputs is None:
         raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which the augmented copies "
