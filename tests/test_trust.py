@@ -932,6 +932,20 @@ def test_get_preds_refuses_a_callback_the_learner_already_has():
         learn.get_preds(cbs=[double])
 
 
+def test_get_preds_refuses_a_recording_callback_of_the_learners_whose_records_it_would_put_back():
+    """get_preds(cbs=[metrics]) with the learner's own MetricsCB logged the pass's row, then put the callback's
+    state back: metrics.last showed the fit's validation values again, without a word."""
+    metrics = MetricsCB(log_fn=None)
+    learn = tiny_learner(cbs=[metrics])
+    learn.fit(1)
+    with pytest.raises(ValueError, match=r"MetricsCB is one of the learner's callbacks.*get_preds puts their state "
+                                         r"back.*cbs=\[MetricsCB\(...\)\]"):
+        learn.get_preds(cbs=[metrics])
+    fresh = MetricsCB(log_fn=None)
+    learn.get_preds(cbs=[fresh], with_loss=True)
+    assert fresh.last["valid_loss"] == pytest.approx(metrics.last["valid_loss"])  # (the same weights and loader)
+
+
 def test_fit_trains_under_an_outer_no_grad_and_says_so_under_inference_mode():
     learn = tiny_learner()
     with torch.no_grad():

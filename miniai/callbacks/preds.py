@@ -75,6 +75,11 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     if twice is not None:  # it would run twice per batch (a transform applied twice)
         raise ValueError(f"this {type(twice).__name__} takes part in prediction passes already (inference = True): "
                          "leave it out of cbs")
+    own = next((cb for cb in cbs if any(cb is c for c in learn.cbs)), None)
+    if own is not None:  # kept() puts its records back after the pass: its .last would be the fit's again
+        raise ValueError(f"this {type(own).__name__} is one of the learner's callbacks, and {who} puts their state "
+                         "back after its pass, so it would keep the fit's records, not this pass's: pass a new one, "
+                         f"e.g. cbs=[{type(own).__name__}(...)], and read it afterwards")
     _warn_left_out(learn, taking_part, who)
     learn._handlers = build_handlers([*taking_part, *cbs])
     learn._predicting = True  # (kept() puts it back) the fit's own hooks leave this pass's forwards alone
