@@ -392,8 +392,9 @@ _LABELS = ("label", "labels", "target", "targets", "y")  # what a batch of (*inp
 class _DictToTuple:
     """`collate_fn`, then a dict batch as the tuple of its `names` columns, the learner's (*inputs, *targets).
 
-    A label column (`_LABELS`) goes last, wherever it was declared (features {'label', 'image'}, a CSV's order,
-    would feed the labels to the model). When a transform renamed columns (the Hugging Face docs' image ->
+    The label column (the first of `_LABELS` there is) goes last, wherever it was declared (features {'label',
+    'image'}, a CSV's order, would feed the labels to the model); the others keep their order, inputs named `y` or
+    `target` beside a `label` too. When a transform renamed columns (the Hugging Face docs' image ->
     pixel_values), or there are no `names` (a split with no `features`: a torch Subset), the batch's own columns
     are used, in their order. A class, not a closure: loader workers started by spawn (macOS, Windows) pickle it."""
 
@@ -427,7 +428,8 @@ class _DictToTuple:
     def columns(self, batch: dict) -> list[str]:
         """The keys of a dict batch (or item) in the order of the tuple it becomes."""
         names = self.names if self.names and (self.strict or all(k in batch for k in self.names)) else list(batch)
-        return sorted(names, key=lambda k: k in _LABELS)  # (a stable sort)
+        label = next((k for k in _LABELS if k in names), None)  # one: inputs named y or target keep their place
+        return [k for k in names if k != label] + [label] * (label is not None)
 
 
 def collate_dict(ds: Any) -> Callable[[list], tuple]:

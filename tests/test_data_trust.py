@@ -375,6 +375,17 @@ def test_from_dd_puts_a_label_column_declared_first_last():
     assert torch.equal(yb, torch.tensor([1, 2])) and xb.shape == (2, 2)
 
 
+def test_from_dd_moves_the_label_column_alone_and_inputs_named_like_labels_keep_their_order():
+    """Features {'y', 'x', 'label'} (coordinates named y and x) gave (x, y, label) batches: every column named like
+    a label went last, so a two-input model got its inputs swapped, without a word."""
+    from datasets import Dataset, DatasetDict, Features, Value
+    feats = Features({"y": Value("float32"), "x": Value("float32"), "label": Value("int64")})
+    ds = Dataset.from_dict({"y": [1.0] * 4, "x": [2.0] * 4, "label": [0] * 4}, features=feats)
+    dd = DatasetDict({"train": ds, "test": ds}).with_format("torch")
+    first, second, label = next(iter(DataLoaders.from_dd(dd, 2, shuffle=False).train))
+    assert first.tolist() == [1.0, 1.0] and second.tolist() == [2.0, 2.0] and label.tolist() == [0, 0]
+
+
 def test_a_folder_with_both_idx_files_and_a_saved_datasetdict_is_refused(tmp_path):
     """The DatasetDict was read without a word, as if the four IDX files beside it were not there."""
     raw = fake_fashion(n_train=8, n_valid=4)
