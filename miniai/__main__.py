@@ -179,7 +179,11 @@ def train(args: argparse.Namespace) -> float:
     if args.overwrite and not args.out:  # the user meant to keep this run, and nothing would be saved
         raise _UsageError("--overwrite replaces the files of an earlier run in --out, and there is no --out: add "
                           "--out DIR to save this run")
-    earlier = [name for name in _OUTPUTS if args.out and (Path(args.out) / name).exists()]
+    earlier = [name for name in _OUTPUTS if args.out and os.path.lexists(Path(args.out) / name)]
+    broken = [Path(args.out) / name for name in earlier if not (Path(args.out) / name).exists()]
+    if broken:  # (a link to nowhere) writing through it fails after training, the outputs after it not saved
+        raise _UsageError(f"--out {args.out}: {broken[0].name} is a link to {os.readlink(broken[0])}, which does not "
+                          "exist: remove the link, or choose another --out")
     folders = [name for name in earlier if not (Path(args.out) / name).is_file()]
     if folders:  # --overwrite replaces files; it would stop at this one, the files before it already deleted
         raise _UsageError(f"--out {args.out}: {folders[0]} is a directory, not a file of an earlier run: move it "
@@ -310,8 +314,8 @@ def _move_aside(out: Path, names: list[str]) -> Path:
             (out / name).rename(aside / name)
             moved.append(name)
     except OSError as e:
-        for name in moved:
-            (aside / name).rename(out / name)
+        for back in moved:
+            (aside / back).rename(out / back)
         aside.rmdir()
         raise _UsageError(f"--overwrite can't remove {out / name} ({e.strerror or e}), so it removed nothing: make "
                           "the earlier run's files removable, or choose another --out") from e

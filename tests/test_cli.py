@@ -286,6 +286,21 @@ def test_overwrite_deletes_nothing_when_an_earlier_output_name_is_a_directory(tm
     assert (tmp_path / "model.pt").read_bytes() == b"the first run's"
 
 
+def test_a_broken_link_named_like_an_output_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """A dangling result.json link in --out passed the check (exists() is False for it); after training, writing
+    through it raised FileNotFoundError, a traceback, and model.pt, written after it, was never saved."""
+    from miniai.__main__ import main
+    from miniai.learner import Learner
+    (tmp_path / "result.json").symlink_to(tmp_path / "nowhere" / "zzz")
+    monkeypatch.setattr(Learner, "fit", lambda self, *a, **k: pytest.fail("trained before refusing --out"))
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit) as info:
+            main(["train", *SMALL, "--out", str(tmp_path), *extra])
+        assert info.value.code == 2
+        assert "result.json is a link to " in capsys.readouterr().err
+    assert (tmp_path / "result.json").is_symlink()
+
+
 def test_a_diverging_run_ends_with_advice_for_the_command(capsys):
     """--lr 1e8 ended in a NonFiniteLossError traceback advising learn.lr_find(), GradClipCB and CheckpointCB(path),
     none of which a command-line user can give."""
@@ -360,7 +375,7 @@ def test_overwrite_removes_nothing_when_one_earlier_file_cannot_be_removed(tmp_p
     with pytest.raises(SystemExit) as info:
         main(["train", *SMALL, "--out", str(tmp_path), "--overwrite"])
     assert info.value.code == 2
-    assert "--overwrite can't remove" in capsys.readouterr().err
+    assert f"--overwrite can't remove {tmp_path / 'schedule.png'} (Operation not permitted)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "loss.png", "model.pt", "result.json", "schedule.png"]
     assert all((tmp_path / n).read_bytes() == b"the first run's" for n in ("model.pt", "result.json", "loss.png"))
