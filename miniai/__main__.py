@@ -355,7 +355,8 @@ def claimed(out: str | None) -> Iterator[None]:
     except DirInUseError as e:
         raise _UsageError(str(e)) from None
     except OSError as e:
-        raise _UsageError(f"--out {out}: can't make the directory ({e.strerror or e})") from e
+        what = "write in the directory" if Path(out).is_dir() else "make the directory"  # (read-only: its lock file)
+        raise _UsageError(f"--out {out}: can't {what} ({e.strerror or e})") from e
     try:
         yield
     except _UsageError:

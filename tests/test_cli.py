@@ -301,6 +301,22 @@ def test_a_broken_link_named_like_an_output_is_refused_before_training(tmp_path,
     assert (tmp_path / "result.json").is_symlink()
 
 
+def test_an_existing_out_that_cant_be_written_in_is_not_called_unmade(tmp_path, monkeypatch, capsys):
+    """A read-only --out that exists was refused with "can't make the directory": what failed was its lock file."""
+    import errno
+
+    import miniai.utils
+    from miniai.__main__ import main
+
+    def read_only(path, what):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(miniai.utils, "claim_dir", read_only)
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert f"--out {tmp_path}: can't write in the directory (Read-only file system)" in capsys.readouterr().err
+
+
 def test_a_diverging_run_ends_with_advice_for_the_command(capsys):
     """--lr 1e8 ended in a NonFiniteLossError traceback advising learn.lr_find(), GradClipCB and CheckpointCB(path),
     none of which a command-line user can give."""
