@@ -300,6 +300,17 @@ def test_a_partial_losss_settings_hold_on_every_call_not_the_first_alone(own_att
         assert metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_an_act_that_reduces_the_batch_is_named_not_the_model():
+    """get_preds(act=torch.argmax) said the model gave one 0-dim output and must put the batch dimension first."""
+    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    learn = TrainLearner(nn.Linear(5, 3), DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), F.cross_entropy)
+    for act in (torch.argmax, torch.sum):
+        with pytest.raises(ValueError, match=r"act '(argmax|sum)' turned the model's output \(4, 3\) for batch 0 into "
+                                             r"one 0-dim value.*act=lambda p: p.argmax\(dim=1\)"):
+            learn.get_preds(act=act)
+    assert learn.get_preds(act=lambda p: p.argmax(dim=1))[0].shape == (10,)
+
+
 def test_losses_of_several_values_per_item_are_averaged_to_one():
     x = torch.randn(12, 2)
     y = torch.randn(12, 2)

@@ -377,6 +377,10 @@ class _GatherPreds(Callback):
         n = input_items(xb[0]) if xb else None
         self.by_item = self.by_item and bool(xb) and _sequence(xb[0])
         if isinstance(preds, torch.Tensor) and not preds.ndim and n not in (1, None):  # (one item: squeezed, stacked)
+            if self.act is not None and getattr(learn.preds, "ndim", 0):  # the model gave one per item; act reduced them
+                raise ValueError(f"{self.who}'s act {getattr(self.act, '__name__', self.act)!r} turned the model's "
+                                 f"output {tuple(learn.preds.shape)} for batch {learn.iter} into one 0-dim value: act "
+                                 "must keep one result per item, e.g. act=lambda p: p.argmax(dim=1)")
             raise ValueError(f"get_preds: the model gave one 0-dim output for batch {learn.iter} of {n} items, not "
                              "one per item: return an output with the batch dimension first")
         self.preds.append(_copy_to_cpu(preds))  # (a model's output may be a view of the loader's input: x[:, -1])
