@@ -92,10 +92,7 @@ class Interpretation:
         inputs, logits, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True)
         probs = _class_probs(logits)
         if targets is None:  # (get_preds' for dict batches: they have none by position)
-            raise TypeError("Interpretation compares predictions with targets, and these batches are dicts (read by a "
-                            "predict and get_loss of your own), which have none by position: give the loader (inputs, "
-                            "target) batches (DataLoaders.from_dd, collate_dict), or build Interpretation(inputs, "
-                            "probs, targets, losses, classes) from predictions of your own")
+            raise _dict_batches_error("Interpretation")
         dls = getattr(learn, "dls", None)
         return cls(inputs, probs, targets, losses, getattr(dls, "classes", None), getattr(dls, "normalize", None),
                    logits.argmax(1))
@@ -149,10 +146,20 @@ class Interpretation:
                                 _names(self.classes, self.predicted[idx]), notes, **kwargs)
 
 
+def _dict_batches_error(who: str) -> TypeError:
+    """The error for batches with no targets by position: dicts, read by steps of one's own."""
+    return TypeError(f"{who} compares predictions with targets, and these batches are dicts (read by a predict and "
+                     "get_loss of your own), which have none by position: give the loader (inputs, target) batches "
+                     "(DataLoaders.from_dd, collate_dict), or build Interpretation(inputs, probs, targets, losses, "
+                     "classes) from predictions of your own")
+
+
 def _head(dl: Iterable[Any], n: int) -> Iterator[Any]:
     """The first batches of `dl` that hold `n` items."""
     seen = 0
     for batch in dl:
+        if isinstance(batch, dict):
+            raise _dict_batches_error("show_results")
         yield batch
         seen += len(batch[0])
         if seen >= n:
