@@ -34,7 +34,9 @@ def _check_batch(x: torch.Tensor, who: str) -> None:
     if x.shape[-1] in (1, 3, 4) and x.shape[1] > 4 and x.shape[2] > 4:  # (an image 1, 3 or 4 pixels wide with 5+
         # channels, 5+ high: hardly; a small feature map (N,16,4,4) is square)
         raise ValueError(f"{who} expects (N,C,H,W) batches; {tuple(x.shape)} looks like channels last (N,H,W,C), "
-                         "whose last dim it would take for the width: pass x.permute(0, 3, 1, 2)")
+                         "whose last dim it would take for the width: pass x.permute(0, 3, 1, 2). If it is (N,C,H,W) "
+                         f"{x.shape[-1]} pixel{'s' * (x.shape[-1] > 1)} wide on purpose (a signal (N,C,L,1)), give it "
+                         "the long side last, x.transpose(2, 3)")
 
 
 def _rand(shape: Sequence[int], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -79,8 +81,9 @@ class RandomCrop:
         n, c = x.shape[:2]
         p = self.padding
         if p and self.mode == "constant":
-            if not x.is_floating_point() and not (float(self.fill).is_integer() and torch.iinfo(x.dtype).min
-                                                  <= self.fill <= torch.iinfo(x.dtype).max):
+            low, high = (0, 1) if x.dtype == torch.bool else (torch.iinfo(x.dtype).min, torch.iinfo(x.dtype).max) \
+                if not x.is_floating_point() else (None, None)  # (a mask of bools: torch.iinfo has none)
+            if low is not None and not (float(self.fill).is_integer() and low <= self.fill <= high):
                 raise ValueError(f"RandomCrop fill={self.fill} can't be a {x.dtype} pixel (it would be cut to an "
                                  f"integer, or overflow): pass a whole number in the dtype's range")
             x = F.pad(x, (p, p, p, p), value=self.fill)

@@ -181,6 +181,23 @@ def test_channels_last_batches_are_refused_with_the_permute():
             tfm(x)
 
 
+def test_a_batch_taken_for_channels_last_is_told_a_way_through_that_works():
+    """A 1-D signal (N, C=64, L=100, 1) was refused as channels last, with no way to say it is (N,C,H,W)."""
+    x = torch.randn(4, 64, 100, 1)
+    with pytest.raises(ValueError, match=r"1 pixel wide on purpose \(a signal \(N,C,L,1\)\).*x.transpose\(2, 3\)"):
+        RandomFlip(p=1.0)(x)
+    assert torch.equal(RandomFlip(p=1.0)(x.transpose(2, 3)), x.transpose(2, 3).flip(-1))
+
+
+def test_randomcrop_pads_a_bool_mask_and_refuses_a_fill_no_bool_holds():
+    """RandomCrop(8, 2) on a bool batch raised torch.iinfo's TypeError (bool is not supported)."""
+    x = torch.ones(2, 1, 8, 8, dtype=torch.bool)
+    out = RandomCrop(8, 2)(x)
+    assert out.dtype == torch.bool and out.shape == x.shape
+    with pytest.raises(ValueError, match=r"fill=2 can't be a torch.bool pixel"):
+        RandomCrop(8, 2, fill=2)(x)
+
+
 @pytest.mark.parametrize("size", [0, -2, (3, 3, 3), (4, 0), 2.5])
 def test_randomcrop_sizes_that_are_not_two_positive_ints_are_refused(size):
     """Size 0 gave empty images, (3, 3, 3) was cut to (3, 3), -2 failed in torch.arange."""
