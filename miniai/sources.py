@@ -266,10 +266,14 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
     """A HF `Dataset` with an image column and int labels -> (uint8 [N,C,H,W], int64 [N]); an `Image()` column is
     decoded in PIL `mode` ("L", "RGB") when given, as `infer` converts images."""
     if x_col not in ds.column_names or y_col not in ds.column_names:
-        have = [c for c in ds.column_names if c not in (x_col, y_col)]
-        raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}"
-                       + (f": rename yours as those, e.g. ds = ds.rename_column({have[0]!r}, "
-                          f"{y_col if x_col in ds.column_names else x_col!r})" if have else ""))
+        missing = x_col if x_col not in ds.column_names else y_col
+        kinds = ("Image", "Array2D", "Array3D", "Sequence", "List") if missing == x_col else ("ClassLabel", "Value")
+        like = [c for c in ds.column_names if c not in (x_col, y_col) and type(ds.features[c]).__name__ in kinds
+                and (missing == x_col or "int" in str(getattr(ds.features[c], "dtype", "int")))]
+        # (a hint only where one column is of the missing one's kind: an 'id' beside 'pixels' is no image)
+        raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}: rename yours as "
+                       + (f"those, e.g. ds = ds.rename_column({like[0]!r}, {missing!r})" if len(like) == 1 else
+                          "those, ds = ds.rename_column(old, new)"))
     feature = ds.features[x_col]
     if mode is not None and type(feature).__name__ == "Image":
         from datasets import Image  # (datasets is imported by whoever built `ds`)
