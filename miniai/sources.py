@@ -306,7 +306,9 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
             # (Dataset.from_dict of Python lists stores int64: declared uint8, they are read as 8-bit pixels)
             cast = (f": if they are 8-bit pixels, say so: ds = ds.cast_column({x_col!r}, datasets.Array{x.ndim - 1}D("
                     f"{tuple(x.shape[1:])}, 'uint8'))")
-        raise ValueError(f"column {x_col!r} must hold same-sized 8-bit images, got array {x.dtype} {x.shape}{cast}")
+        declared = _declared_dtype(feature)  # (numpy formatting widens int16 to int64: say the column's own)
+        dtype = declared if x.dtype.kind in "iu" and isinstance(declared, str) and declared[:1] in "iu" else x.dtype
+        raise ValueError(f"column {x_col!r} must hold same-sized 8-bit images, got array {dtype} {x.shape}{cast}")
     x = torch.from_numpy(x)
     if x.ndim == 3:
         x = x.unsqueeze(1)

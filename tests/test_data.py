@@ -1150,6 +1150,11 @@ def test_images_stored_as_python_lists_or_as_encoded_files_without_metadata_get_
     with pytest.raises(ValueError, match=r"int64 .*ds = ds.cast_column\('image', datasets.Array2D\(\(4, 5\), "
                                          r"'uint8'\)\)"):
         sources.hf_to_tensors(lists)
+    wide = datasets.Dataset.from_dict({"image": list(images.astype(np.int16) * 100), "label": [0, 1, 2]},
+                                      features=datasets.Features({"image": datasets.Array2D((4, 5), "int16"),
+                                                                  "label": datasets.Value("int64")}))
+    with pytest.raises(ValueError, match=r"8-bit images, got array int16 \(3, 4, 5\)$"):  # (it said int64)
+        sources.hf_to_tensors(wide)
     x, _ = sources.hf_to_tensors(lists.cast_column("image", datasets.Array2D((4, 5), "uint8")))
     assert torch.equal(x, torch.from_numpy(images)[:, None])
 
