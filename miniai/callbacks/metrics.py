@@ -78,7 +78,8 @@ class MetricsCB(Callback):
     get_loss of your own) are logged with their loss alone: metrics need (*inputs, target) tuples.
     After each pass: `last` holds `train_<name>`/`valid_<name>` floats (the names schedulers and early stopping
     `monitor`), `history` one dict per pass, and `log_fn(row)` (an argument, or set later) is called with the
-    formatted row (the default, "print", prints aligned lines; ProgressCB draws its table instead of them, and a
+    row: each metric and the loss as a number, `epoch`, `train` ('train' or 'valid') and `time` as mm:ss (the
+    default, "print", prints them as aligned lines; ProgressCB draws its table instead of them, and a
     `log_fn` of yours gets the rows still; None: no rows).
     Under DDP the metric states and the loss sum are summed over all processes at the end of each pass, so every
     rank reports the same values, those of the whole validation (or training) set; only rank 0 prints them.
@@ -384,7 +385,7 @@ class MetricsCB(Callback):
         vars(self)["all_metrics"] = value
 
     def _log(self, row: dict[str, Any]) -> None:
-        """Send a formatted row to `log_fn`. The course's MetricsCB called this: a subclass may override it (its
+        """Send the pass's row (numbers; see the class docstring) to `log_fn`. The course's MetricsCB called this: a subclass may override it (its
         WandBCB did), and code may replace it on the instance (its ProgressCB did); `log_fn = None` logs nothing."""
         if self.log_fn is not None:
             self.log_fn(row)
