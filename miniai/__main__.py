@@ -179,11 +179,13 @@ def train(args: argparse.Namespace) -> float:
     if args.overwrite and not args.out:  # the user meant to keep this run, and nothing would be saved
         raise _UsageError("--overwrite replaces the files of an earlier run in --out, and there is no --out: add "
                           "--out DIR to save this run")
-    earlier = [name for name in _OUTPUTS if args.out and os.path.lexists(Path(args.out) / name)]
-    broken = [Path(args.out) / name for name in earlier if not (Path(args.out) / name).exists()]
-    if broken:  # (a link to nowhere) writing through it fails after training, the outputs after it not saved
-        raise _UsageError(f"--out {args.out}: {broken[0].name} is a link to {os.readlink(broken[0])}, which does not "
-                          "exist: remove the link, or choose another --out")
+    earlier = [name for name in _OUTPUTS if args.out and (Path(args.out) / name).exists()]
+    links = [Path(args.out) / name for name in _OUTPUTS if args.out and (Path(args.out) / name).is_symlink()]
+    broken = [link for link in links if not Path(os.path.realpath(link)).parent.is_dir()]
+    if broken:  # a link into a folder that is not there: writing through it fails after training, the outputs
+        # after it not saved (a link to a file not there yet, in a folder that is, is written through)
+        raise _UsageError(f"--out {args.out}: {broken[0].name} is a link to {os.readlink(broken[0])}, whose folder "
+                          "does not exist: make that folder, remove the link, or choose another --out")
     folders = [name for name in earlier if not (Path(args.out) / name).is_file()]
     if folders:  # --overwrite replaces files; it would stop at this one, the files before it already deleted
         raise _UsageError(f"--out {args.out}: {folders[0]} is a directory, not a file of an earlier run: move it "

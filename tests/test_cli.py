@@ -299,6 +299,18 @@ def test_a_broken_link_named_like_an_output_is_refused_before_training(tmp_path,
         assert info.value.code == 2
         assert "result.json is a link to " in capsys.readouterr().err
     assert (tmp_path / "result.json").is_symlink()
+    (tmp_path / "result.json").unlink()  # a link to a file not there yet, in a folder that is: written through
+    (tmp_path / "store").mkdir()
+    (tmp_path / "result.json").symlink_to(tmp_path / "store" / "result.json")
+
+    class Reached(Exception):
+        pass
+
+    def reached(self, *a, **k):
+        raise Reached
+    monkeypatch.setattr(Learner, "fit", reached)
+    with pytest.raises(Reached):
+        main(["train", *SMALL, "--out", str(tmp_path)])
 
 
 def test_an_existing_out_that_cant_be_written_in_is_not_called_unmade(tmp_path, monkeypatch, capsys):
