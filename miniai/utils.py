@@ -326,7 +326,9 @@ def keeps_workers(dl: Any) -> bool:
 
 
 def unpartial(fn: Any) -> Any:
-    """The function under a `functools.partial`, or under a partial of a partial (`fn` itself if none)."""
+    """The function under a `functools.partial` (a partial of a partial too) or a loss wrapper holding it as `.func`
+    (fastai's BaseLoss), else `fn` itself."""
+    fn = getattr(fn, "func", fn)
     while isinstance(fn, functools.partial):  # (python merges a partial of a partial into one, unless the inner
         fn = fn.func  # one has attributes of its own)
     return fn
