@@ -300,18 +300,54 @@ def test_a_partial_losss_settings_hold_on_every_call_not_the_first_alone(own_att
         assert metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+class Pair(nn.Module):
+    """A model's (logits, aux) output."""
+
+    def forward(self, x):
+        return x, x.detach()
+
+
 def test_an_act_that_reduces_the_batch_is_named_not_the_model():
     """get_preds(act=torch.argmax) said the model gave one 0-dim output and must put the batch dimension first."""
     x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
     learn = TrainLearner(nn.Linear(5, 3), DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4)), F.cross_entropy)
     for act in (torch.argmax, torch.sum):
-        with pytest.raises(ValueError, match=r"act '(argmax|sum)' turned the model's output \(4, 3\) for batch 0 into "
-                                             r"one 0-dim value.*act=lambda p: p.argmax\(dim=1\)"):
+        with pytest.raises(ValueError, match=r"act '(argmax|sum)' turned the model's output \(shape \(4, 3\) float32\) "
+                                             r"for batch 0 of 4 items into one 0-dim value.*act=lambda p: p.argmax"):
             learn.get_preds(act=act)
+    with pytest.raises(ValueError, match=r"act 'argmax' turned the model's output"):  # (not partial(<built-in ...>))
+        learn.get_preds(act=partial(torch.argmax))
+    two = TrainLearner(nn.Sequential(nn.Linear(5, 3), Pair()), learn.dls, lambda p, y: F.cross_entropy(p[0], y))
+    with pytest.raises(ValueError, match=r"act '<lambda>' turned the model's output \(tuple\)"):  # (a tuple: act too)
+        two.get_preds(act=lambda p: p[0].sum())
     assert learn.get_preds(act=lambda p: p.argmax(dim=1))[0].shape == (10,)
 
 
-def test_losses_of_several_values_per_item_are_averaged_to_one():
+class Flat:
+    """A loss wrapper holding torch's loss as `.func` (as fastai's BaseLoss does), flattening before calling it."""
+
+    def __init__(self, func):
+        self.func = func
+
+    def __call__(self, preds, targets, **kwargs):
+        return self.func(preds.flatten(0, -2), targets.flatten(), **kwargs)
+
+
+def test_a_loss_wrapper_holding_cross_entropy_as_func_is_averaged_over_the_targets_it_counts():
+    """A regression caught before it landed: read through partials alone, such a wrapper was no class loss, and
+    MetricsCB averaged its batches by items, not by the targets cross-entropy counts (1.89 for 1.52)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    y[:7] = -100  # the first batch: 7 of its 8 targets ignored
+    model = nn.Linear(4, 3)
+    dl = DataLoader(TensorDataset(x, y), 8)
+    learn = TrainLearner(model, DataLoaders(dl, dl), Flat(F.cross_entropy), lr=0.0, cbs=[MetricsCB(log_fn=None)])
+    learn.fit(1, train=False)
+    with torch.no_grad():
+        assert learn.metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
+
+
+
     x = torch.randn(12, 2)
     y = torch.randn(12, 2)
     dls = DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4))

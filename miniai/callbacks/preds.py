@@ -26,12 +26,12 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
-from ..checks import check_count, drops_last, preds_changed_error, unbatched_error, warn
+from ..checks import check_count, describe, drops_last, preds_changed_error, unbatched_error, warn
 from ..data import TensorLoader
 from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import loss_setting, map_tensors, tensor_versions, to_cpu
+from ..utils import loss_setting, map_tensors, tensor_versions, to_cpu, unpartial
 from .augment import BatchTransformCB
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
@@ -78,8 +78,8 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     own = next((cb for cb in cbs if any(cb is c for c in learn.cbs)), None)
     if own is not None:  # kept() puts its records back after the pass: its .last would be the fit's again
         raise ValueError(f"this {type(own).__name__} is one of the learner's callbacks, and {who} puts their state "
-                         "back after its pass, so it would keep the fit's records, not this pass's: pass a new one, "
-                         f"e.g. cbs=[{type(own).__name__}(...)], and read it afterwards")
+                         "back after its pass (a MetricsCB's rows would be the fit's again, not this pass's): pass a "
+                         f"new one, e.g. cbs=[{type(own).__name__}(...)], and read it afterwards")
     _warn_left_out(learn, taking_part, who)
     learn._handlers = build_handlers([*taking_part, *cbs])
     learn._predicting = True  # (kept() puts it back) the fit's own hooks leave this pass's forwards alone
@@ -163,6 +163,12 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
                     f"{name} takes no reduction argument. Use a loss that does (F.cross_entropy, "
                     "nn.CrossEntropyLoss(), F.mse_loss, ...), give yours a `reduction` parameter, or compute the "
                     "losses yourself from the preds and targets of learn.get_preds().")
+
+
+def _name_of(fn: Callable) -> str:
+    """A callable's name for messages: a partial's function's (`partial(torch.argmax)` is 'argmax')."""
+    fn = unpartial(fn)
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 _CLASS_DIM_ACTS = (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax)
@@ -377,10 +383,11 @@ class _GatherPreds(Callback):
         n = input_items(xb[0]) if xb else None
         self.by_item = self.by_item and bool(xb) and _sequence(xb[0])
         if isinstance(preds, torch.Tensor) and not preds.ndim and n not in (1, None):  # (one item: squeezed, stacked)
-            if self.act is not None and getattr(learn.preds, "ndim", 0):  # the model gave one per item; act reduced them
-                raise ValueError(f"{self.who}'s act {getattr(self.act, '__name__', self.act)!r} turned the model's "
-                                 f"output {tuple(learn.preds.shape)} for batch {learn.iter} into one 0-dim value: act "
-                                 "must keep one result per item, e.g. act=lambda p: p.argmax(dim=1)")
+            if self.act is not None and getattr(learn.preds, "ndim", None) != 0:  # act reduced the model's output
+                out = describe(learn.preds) if isinstance(learn.preds, torch.Tensor) else type(learn.preds).__name__
+                raise ValueError(f"{self.who}'s act {_name_of(self.act)!r} turned the model's output ({out}) for "
+                                 f"batch {learn.iter} of {n} items into one 0-dim value: act must keep one result per "
+                                 "item, e.g. act=lambda p: p.argmax(dim=1)")
             raise ValueError(f"get_preds: the model gave one 0-dim output for batch {learn.iter} of {n} items, not "
                              "one per item: return an output with the batch dimension first")
         self.preds.append(_copy_to_cpu(preds))  # (a model's output may be a view of the loader's input: x[:, -1])
