@@ -6,7 +6,7 @@ The drawing lives in `miniai.plotting`, imported only when a plot is asked for; 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -158,7 +158,7 @@ def _head(dl: Iterable[Any], n: int) -> Iterator[Any]:
     """The first batches of `dl` that hold `n` items."""
     seen = 0
     for batch in dl:
-        if isinstance(batch, dict):
+        if isinstance(batch, Mapping):  # (a dict, a UserDict: Hugging Face's BatchEncoding)
             raise _dict_batches_error("show_results")
         yield batch
         seen += len(batch[0])

@@ -362,3 +362,7 @@ def test_show_results_on_dict_batches_says_why_as_from_learner_does():
     for call in (learn.show_results, lambda: Interpretation.from_learner(learn)):
         with pytest.raises(TypeError, match=r"compares predictions with targets, and these batches are dicts"):
             call()
+    from collections import UserDict  # (Hugging Face's BatchEncoding is one)
+    learn.dls = DataLoaders([UserDict(b) for b in dl], [UserDict(b) for b in dl])
+    with pytest.raises(TypeError, match=r"these batches are dicts"):
+        learn.show_results()
