@@ -267,10 +267,10 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
     decoded in PIL `mode` ("L", "RGB") when given, as `infer` converts images."""
     if x_col not in ds.column_names or y_col not in ds.column_names:
         missing = x_col if x_col not in ds.column_names else y_col
-        kinds = ("Image", "Array2D", "Array3D", "Sequence", "List") if missing == x_col else ("ClassLabel", "Value")
-        like = [c for c in ds.column_names if c not in (x_col, y_col) and type(ds.features[c]).__name__ in kinds
-                and (missing == x_col or "int" in str(getattr(ds.features[c], "dtype", "int")))]
-        # (a hint only where one column is of the missing one's kind: an 'id' beside 'pixels' is no image)
+        kinds = ("Image", "Array2D", "Array3D", "Sequence", "List") if missing == x_col else ("ClassLabel",)
+        like = [c for c in ds.column_names if c not in (x_col, y_col) and (type(ds.features[c]).__name__ in kinds
+                or missing == y_col and c in ("labels", "target", "targets", "y"))]  # (from_dd's label names)
+        # (a hint only where one column is of the missing one's kind: an 'id' of ints is no image, nor a label)
         raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}: rename yours as "
                        + (f"those, e.g. ds = ds.rename_column({like[0]!r}, {missing!r})" if len(like) == 1 else
                           "those, ds = ds.rename_column(old, new)"))

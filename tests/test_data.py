@@ -1129,9 +1129,10 @@ def test_a_saved_dataset_whose_label_column_is_named_labels_says_how_to_rename_i
     ds = Dataset.from_dict({"id": [7], "pixels": [np.zeros((2, 2), np.uint8)], "label": [0]})
     with pytest.raises(KeyError, match=r"e.g. ds = ds.rename_column\('pixels', 'image'\)"):  # (it said 'id')
         sources.hf_to_tensors(ds)
-    ds = Dataset.from_dict({"image": [np.zeros((2, 2), np.uint8)], "id": [7], "y": [0]})  # two ints: no guess
-    with pytest.raises(KeyError, match=r"rename yours as those, ds = ds.rename_column\(old, new\)"):
-        sources.hf_to_tensors(ds)
+    for ints in ({"id": [7], "num": [0]}, {"idx": [7]}):  # ints, neither a ClassLabel nor named as a label: no guess
+        ds = Dataset.from_dict({"image": [np.zeros((2, 2), np.uint8)], **ints})
+        with pytest.raises(KeyError, match=r"rename yours as those, ds = ds.rename_column\(old, new\)"):
+            sources.hf_to_tensors(ds)
 
 
 def test_images_stored_as_python_lists_or_as_encoded_files_without_metadata_get_the_cast_that_reads_them(tmp_path):
