@@ -402,6 +402,13 @@ class _DictToTuple:
                  classlabels: list[str] | None = None, where: str = "") -> None:
         self.names, self.collate_fn, self.strict, self.where = names, collate_fn, strict, where
         self.classlabels = classlabels or []  # the dataset's ClassLabel columns, until the first batch is checked
+        named = [k for k in names if k in _LABELS]
+        if len(named) > 1:  # which is the target can't be told: say what was taken
+            columns = self.columns(dict.fromkeys(names))
+            warn(f"{where}: columns {', '.join(map(repr, named))} are all named like a label, and the batches are "
+                 f"({', '.join(columns)}): the last, {columns[-1]!r}, is the first of {', '.join(_LABELS)} there is; "
+                 f"the others keep their place. If that is not the order you mean, remove or rename columns first "
+                 f"(ds = ds.remove_columns([...]), ds.rename_column(old, new))")
 
     def __call__(self, items: list) -> Any:
         batch = self.collate_fn(items)

@@ -382,7 +382,9 @@ def test_from_dd_moves_the_label_column_alone_and_inputs_named_like_labels_keep_
     feats = Features({"y": Value("float32"), "x": Value("float32"), "label": Value("int64")})
     ds = Dataset.from_dict({"y": [1.0] * 4, "x": [2.0] * 4, "label": [0] * 4}, features=feats)
     dd = DatasetDict({"train": ds, "test": ds}).with_format("torch")
-    first, second, label = next(iter(DataLoaders.from_dd(dd, 2, shuffle=False).train))
+    with pytest.warns(UserWarning, match=r"DataLoaders.from_dd: columns 'y', 'label' are all named like a label, and "
+                                         r"the batches are \(y, x, label\): the last, 'label', is"):
+        first, second, label = next(iter(DataLoaders.from_dd(dd, 2, shuffle=False).train))
     assert first.tolist() == [1.0, 1.0] and second.tolist() == [2.0, 2.0] and label.tolist() == [0, 0]
 
 
