@@ -254,3 +254,37 @@ def test_an_input_left_alone_by_inputs_first_is_named_as_an_input_not_as_the_tar
                                          r"\(16, 1, 8, 8\).*inputs='together'") as record:
         _fit_pairs("first", RandomFlip())
     assert not any("targets" in str(w.message) for w in record)
+    with pytest.warns(UserWarning, match=r"inputs='first'\)'s RandomCrop moves"):  # (a crop to a smaller size too)
+        TrainLearner(FlatCat(), _pair_loaders(), F.cross_entropy, lr=0.1, n_inp=2,
+                     cbs=[BatchTransformCB(RandomCrop(6), inputs="first")]).fit(1, valid=False)
+
+
+class FlatCat(nn.Module):
+    """A model of any number of inputs of any sizes: flattened, joined, one linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.LazyLinear(2)
+
+    def forward(self, *xs):
+        return self.lin(torch.cat([x.flatten(1) for x in xs], 1))
+
+
+def _pair_loaders():
+    x = torch.randn(16, 1, 8, 8)
+    data = TensorDataset(x, x.clone(), torch.randint(0, 2, (16,)))
+    return DataLoaders(DataLoader(data, 8), DataLoader(data, 8))
+
+
+@pytest.mark.parametrize("tfm", [lambda x: (x - torch.zeros(3, 1, 1)) / torch.ones(3, 1, 1),
+                                 lambda x: x.mean(1, keepdim=True)], ids=["per-channel", "to-gray"])
+def test_inputs_together_names_the_joining_when_a_transform_reads_or_changes_the_channels(tfm):
+    """A per-channel normalization or a conversion to gray on the joined batch ended in torch's own errors (size of
+    tensor a (4) must match..., split_with_sizes ...), which said nothing of the joining."""
+    x = torch.randn(8, 3, 4, 4)
+    data = TensorDataset(x, x[:, :1].clone(), torch.zeros(8, dtype=torch.long))
+    learn = TrainLearner(FlatCat(), DataLoaders(DataLoader(data, 8), None), F.cross_entropy, lr=0.1, n_inp=2,
+                         cbs=[BatchTransformCB(tfm, inputs="together")])
+    with pytest.raises(ValueError, match=r"inputs='together'\) joins the inputs along dim 1 \(the channels: 3 \+ 1 = "
+                                         r"4\).*BatchTransformCB of its own with inputs='each' or 'first'"):
+        learn.fit(1, valid=False)

@@ -69,14 +69,14 @@ class BatchTransformCB(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         if self.applies(learn.training):
-            raw = learn.batch[0] if self._look and learn.training and isinstance(learn.batch, (tuple, list)) else None
+            before = learn.batch  # (transform_batch makes a new tuple: this one keeps the untransformed items)
             learn.batch = self.transform_batch(learn.batch, self._n)
-            if raw is not None:
+            if self._look and learn.training and isinstance(before, (tuple, list)):
                 self._look = False
-                _warn_if_rescaled(raw, learn.batch[0])
+                _warn_if_rescaled(before[0], learn.batch[0])
             if learn.training and self._look_targets:
-                self._look_targets = False
-                _warn_if_out_of_line(self.tfm, learn.batch, self._n, learn.n_inp, self.inputs)
+                self._look_targets = False  # (sizes before the transform: a crop to a smaller size changes them)
+                _warn_if_out_of_line(self.tfm, before, self._n, learn.n_inp, self.inputs)
 
     def transform_batch(self, batch: tuple | list, n: int = 1) -> tuple | list:
         """The batch with its first `n` items transformed and every other item as it was (a new tuple or list)."""
@@ -115,7 +115,19 @@ def _together(apply: Callable[[torch.Tensor], torch.Tensor], inputs: Sequence[An
                          "(the channels), so they must be tensors of one dtype and one shape but for dim 1; got "
                          f"{', '.join(describe(x) for x in inputs)}. Convert them alike first (a mask to float, say), "
                          "or use inputs='each' for a draw of its own each")
-    out = apply(torch.cat(list(inputs), 1))
+    joined = torch.cat(list(inputs), 1)
+    why = (f"BatchTransformCB(inputs='together') joins the inputs along dim 1 (the channels: "
+           f"{' + '.join(str(x.shape[1]) for x in inputs)} = {joined.shape[1]}) and transforms them as one batch")
+    try:
+        out = apply(joined)
+    except RuntimeError as e:
+        raise ValueError(f"{why}, and the transform failed on it ({e}): one that reads or changes the channels (a "
+                         "per-channel normalization, a conversion to gray) is for each input on its own: give it a "
+                         "BatchTransformCB of its own with inputs='each' or 'first'") from e
+    if not isinstance(out, torch.Tensor) or out.ndim != joined.ndim or out.shape[1] != joined.shape[1]:
+        raise ValueError(f"{why}, and the transform gave back {describe(out)}: it must keep the channels to split "
+                         "them again. A transform that changes them is for each input on its own: give it a "
+                         "BatchTransformCB of its own with inputs='each' or 'first'")
     return list(out.split([x.shape[1] for x in inputs], 1))
 
 
