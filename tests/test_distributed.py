@@ -75,7 +75,8 @@ learn = learner([DDPCB(), DeviceCB("cpu"), metrics, ProgressCB(mode="plain"), re
 learn.fit_one_cycle(setup["epochs"], setup["lr"])
 torch.save(learn.model.state_dict(), f"{out}/rank{r}.pt")
 recorder.plot(f"{out}/lr_rank{r}.png")
-record("rank", learn, last=metrics.last, lrs=recorder.recs["lr"], keys=list(learn.model.state_dict()))
+record("rank", learn, last=metrics.last, lrs=recorder.recs["lr"], keys=list(learn.model.state_dict()),
+       checkpoint=str(learn.last_checkpoint))
 
 # B: the other way round: resume a single-process checkpoint in this 2-process run (MetricsCB prints itself)
 learn = learner([DDPCB(), DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy()), RecorderCB(lr=_lr)])
@@ -384,6 +385,8 @@ def test_two_processes_train_like_one_with_twice_the_batch(launch):
     assert run.stdout.count("accuracy") == 2 and run.stdout.count("valid") == EPOCHS + 1, run.stdout
     assert (out / "lr_rank0.png").exists() and not (out / "lr_rank1.png").exists()
     assert not (out / "ckpt_rank1").exists()
+    # a path of each rank's: every rank's last_checkpoint is the file rank 0 wrote (rank 1's named one never written)
+    assert res[0]["checkpoint"] == res[1]["checkpoint"] == str(out / "ckpt_rank0" / f"epoch_{EPOCHS:04d}.pt")
     state = load_checkpoint(out / "ckpt_rank0" / f"epoch_{EPOCHS:04d}.pt")
     fresh = single_process_learner(setup, 2 * BS)
     fresh.model.load_state_dict(state["model"])  # DDP checkpoint -> single-process learner

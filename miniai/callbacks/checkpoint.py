@@ -826,7 +826,9 @@ class CheckpointCB(Callback):
         if better:
             self.best, self.best_path = value, file
         self._warn_unsaved(learn)
-        rng_ranks = all_gather(rng_state()) if is_dist() else None  # ranks may draw differently (own seeds)
+        # ranks may draw differently (own seeds); rank 0's file is the one written, also for a path of each rank's
+        gathered = all_gather((rng_state(), str(file))) if is_dist() else None
+        rng_ranks = [rng for rng, _ in gathered] if gathered else None
         if is_main_process():
             if self._superseded:
                 self._set_aside(learn.start_epoch)
@@ -842,6 +844,7 @@ class CheckpointCB(Callback):
                         self._written.remove(old)
         # every rank knows the file (a NaN or Ctrl-C note on any of them names it), and none goes on before it
         # exists: a script resuming right after the fit must not find an older newest checkpoint on another rank
+        file = Path(gathered[0][1]) if gathered else file
         self.last_path, self._replaced = file, []
         learn.last_checkpoint = file
         barrier()
