@@ -162,6 +162,9 @@ refusal("preds_in_fit", lambda: learner([DDPCB(), DeviceCB("cpu"), PredsNow()]).
 learn = learner([DDPCB(), DeviceCB("cpu")])
 learn.dls.valid.y = learn.dls.valid.y.roll(r)  # rank 1 read its labels apart (another split, another file)
 refusal("other_data", lambda: learn.fit(1))
+learn = learner([DDPCB(presharded=("train",)), DeviceCB("cpu")])
+learn.dls.train = TensorLoader(setup["xt"][:32 + 8 * r], setup["yt"][:32 + 8 * r], setup["bs"])  # 4 and 5 batches
+refusal("uneven_shards", lambda: learn.fit(1))  # (it ended in gloo's "collective mismatch" and a SIGABRT)
 first = learner([DDPCB(), DeviceCB("cpu"), quiet, CheckpointCB(f"{out}/G")])
 first.fit(2)
 last_checkpoint = str(first.last_checkpoint)
@@ -476,9 +479,11 @@ def test_what_ddp_cannot_do_is_refused_on_every_rank_and_a_resume_right_after_a_
     written its last file (ranks resumed from different epochs)."""
     for r in (0, 1):
         result = json.loads((launch.out / f"G{r}.json").read_text())
-        assert set(result["refused"]) == {"lr_find", "swa", "sampler", "same_loader", "preds_in_fit", "other_data"}, \
+        assert set(result["refused"]) == {"lr_find", "swa", "sampler", "same_loader", "preds_in_fit", "other_data",
+                                          "uneven_shards"}, \
             result
         assert "dls.valid" in result["refused"]["other_data"] and "rank 1" in result["refused"]["other_data"]
+        assert "presharded dls.train gives 5 batches on rank 1 and 4 on rank 0" in result["refused"]["uneven_shards"]
         assert "one process" in result["refused"]["lr_find"] and "SubsetRandomSampler" in result["refused"]["sampler"]
         assert result["last_checkpoint"].endswith("epoch_0002.pt")  # rank 1 knows it too (NaN and Ctrl-C notes)
     ranks = [torch.load(launch.out / f"G{r}.pt") for r in (0, 1)]

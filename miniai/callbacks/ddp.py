@@ -293,11 +293,19 @@ def _check_same_data(dls: Any, presharded: tuple[str, ...]) -> None:
     rank its part of one dataset, so ranks that read theirs apart would train twice on some items, never on others,
     and score a mix of validation sets."""
     mine = {name: _data_sums(getattr(dls, name, None)) for name in ("train", "valid") if name not in presharded}
+    # a training shard of one's own: as many batches on every rank (DDP averages the gradients at each one)
+    steps = len_or_none(getattr(dls, "train", None)) if "train" in presharded else None
     ranks: list[Any] = [None] * world_size()
-    dist.all_gather_object(ranks, mine)
-    for r, theirs in enumerate(ranks):
+    dist.all_gather_object(ranks, (mine, steps))
+    for r, (_, theirs) in enumerate(ranks):
+        if theirs != ranks[0][1]:
+            raise ValueError(f"DDPCB: the presharded dls.train gives {theirs} batches on rank {r} and {ranks[0][1]} "
+                             "on rank 0, and DDP averages the ranks' gradients at every batch, so a rank with more "
+                             "would wait for the others at its extra ones: give every rank's shard the same number "
+                             "of batches (as many items, and drop_last=True)")
+    for r, (theirs, _) in enumerate(ranks):
         for name, sums in theirs.items():
-            first = ranks[0][name]
+            first = ranks[0][0][name]
             if sums != first:
                 how = f"{sums['items']} items, rank 0's {first['items']}" if sums["items"] != first["items"] else \
                     f"the checksums of its {sums['items']} items differ"
