@@ -1138,3 +1138,21 @@ def test_a_learner_without_an_lr_beside_a_one_cycle_is_told_an_lr_that_works():
         learn.fit(2, lr=0.05)
     learn.lr = 0.05
     learn.fit(2)
+
+
+def test_a_milestone_or_step_no_batch_of_the_fit_reaches_is_warned_of():
+    """MultiStepLR(milestones=[nb, 2 * nb]) with nb read as another count of batches (len(dls.train) before a DDP
+    fit: every process's) dropped the lr once where two were planned, or never, without a word; a schedule that ends
+    counted so is warned of."""
+    from torch.optim.lr_scheduler import MultiStepLR, StepLR
+    learn = make_learner([])
+    steps = 2 * len(learn.dls.train)
+    with pytest.warns(UserWarning, match=rf"MultiStepLR's milestone {2 * steps} lies at or past this fit's {steps} "
+                                         r"steps .*no batch trains with the lr it sets there"):
+        learn.fit(2, cbs=[BatchSchedCB(partial(MultiStepLR, milestones=[steps // 2, 2 * steps]))])
+    with pytest.warns(UserWarning, match=r"StepLR's step_size=2 lies at or past this fit's 2 steps"):
+        learn.fit(2, cbs=[EpochSchedCB(partial(StepLR, step_size=2))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(2, cbs=[BatchSchedCB(partial(MultiStepLR, milestones=[steps // 2, steps - 1]))])
+        learn.fit(2, cbs=[EpochSchedCB(partial(StepLR, step_size=1))])

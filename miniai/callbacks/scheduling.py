@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
-                                      LambdaLR, LinearLR, MultiplicativeLR, OneCycleLR, PolynomialLR,
-                                      ReduceLROnPlateau, SequentialLR)
+                                      LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR, OneCycleLR, PolynomialLR,
+                                      ReduceLROnPlateau, SequentialLR, StepLR)
 
 from ..checks import add_note, follows_lr, own_place, python_number, warn
 from ..distributed import is_main_process, world_size
@@ -249,6 +249,12 @@ class BaseSchedCB(Callback):
                      f"not at its end. If that is not on purpose, build it with {field}={runs}"
                      + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
                         "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".")
+        late = _steps_past(self.scheduler, total)
+        if late:  # (a schedule that never ends, counted in other steps: len(dls.train) under DDP, or per batch)
+            warn(f"{name}'s {late} this fit's {counted(total, 'step')} ({how}): no batch trains with the lr it "
+                 "sets there. If that is not on purpose, count it in this fit's steps"
+                 + (" (under DDP, len(dls.train) read before the fit counts every process's batches)"
+                    if world_size() > 1 else "") + ".")
         if isinstance(self.scheduler, (SequentialLR, ChainedScheduler)):
             parts = self.scheduler._schedulers
             if isinstance(self.scheduler, SequentialLR):  # each part runs from its milestone to the next
@@ -494,6 +500,17 @@ def _length(scheduler: Any) -> tuple[str | None, int]:
         return None, 0
     field = next((f for cls, f in _ENDING if isinstance(scheduler, cls)), None)
     return (field, getattr(scheduler, field)) if field else (None, 0)
+
+
+def _steps_past(scheduler: Any, total: int) -> str | None:
+    """A MultiStepLR's milestones, or a StepLR's step_size, at or past the fit's `total` steps, as words: the lr
+    changes there after the fit's last batch trained (None if none)."""
+    if isinstance(scheduler, MultiStepLR) and max(scheduler.milestones, default=0) >= total:
+        late = sorted(m for m in scheduler.milestones if m >= total)
+        return f"milestone{'s' * (len(late) > 1)} {', '.join(map(str, late))} lie{'s' * (len(late) == 1)} at or past"
+    if isinstance(scheduler, StepLR) and scheduler.step_size >= total:
+        return f"step_size={scheduler.step_size} lies at or past"
+    return None
 
 
 def _ending_parts(scheduler: Any, steps: int) -> Iterator[tuple[Any, int]]:
