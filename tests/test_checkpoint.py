@@ -1753,3 +1753,21 @@ def test_an_evaluation_says_nothing_of_generators_the_checkpoint_lacks_but_a_res
         learner(None, _NoisyItems).fit(3, train=False, resume=tmp_path)
     with pytest.warns(UserWarning, match=r"dls.train.dataset holds 1 random generators, the checkpoint has 0"):
         learner(None, _NoisyItems).fit(3, resume=tmp_path)
+
+
+def test_a_renamed_checkpoint_or_one_of_a_newer_miniai_is_refused_not_loaded_as_another_epoch(tmp_path):
+    """epoch_0002.pt renamed epoch_0009.pt was taken by resume=dir as the newest: the run went on from epoch 2, and
+    epochs 3-4 were set aside; a checkpoint of a newer format version resumed without a word."""
+    from miniai.callbacks.checkpoint import CheckpointMismatchError, load_checkpoint
+    make_learner(tmp_path / "ck")[0].fit(4)
+    (tmp_path / "ck" / "epoch_0002.pt").rename(tmp_path / "ck" / "epoch_0009.pt")
+    before = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    with pytest.raises(CheckpointMismatchError, match=r"epoch_0009.pt holds the weights after epoch 2, and its name "
+                                                      r"says 9: a renamed file\?.*name it epoch_0002.pt again"):
+        make_learner(tmp_path / "ck")[0].fit(10, resume=tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before  # (nothing set aside)
+    state = load_checkpoint(tmp_path / "ck" / "epoch_0004.pt")
+    state["version"] = 99
+    torch.save(state, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointMismatchError, match=r"written by a newer miniai \(checkpoint version 99"):
+        load_checkpoint(tmp_path / "newer.pt")

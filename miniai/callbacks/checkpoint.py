@@ -585,6 +585,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointMismatchError(f"{file} is not a miniai checkpoint (no format tag {_FORMAT!r}); "
                                       "pass a file written by CheckpointCB")
+    if int(state.get("version", 0)) > _VERSION:  # (its keys may mean more than this one reads: some left out)
+        raise CheckpointMismatchError(f"checkpoint {file} was written by a newer miniai (checkpoint version "
+                                      f"{state['version']}; this one reads up to {_VERSION}): upgrade miniai")
+    named = _NAME.match(file.name)
+    if named and "epoch" in state and int(named.group(1)) != int(state["epoch"]):  # resume=dir picks by the name
+        raise CheckpointMismatchError(f"checkpoint {file} holds the weights after epoch {int(state['epoch'])}, and "
+                                      f"its name says {int(named.group(1))}: a renamed file? CheckpointCB names each "
+                                      "by its epoch, and resume=dir takes the newest by name: name it "
+                                      f"epoch_{int(state['epoch']):04d}.pt again")
     # (files before checksums have none; files of the older checksum still verify with it)
     if "checksum" in state and not checksums_match(state["checksum"], _tensors(state)):
         raise CheckpointMismatchError(f"checkpoint {file} is damaged: its tensors are not the bytes that were saved "
