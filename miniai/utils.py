@@ -24,7 +24,8 @@ from .checks import warn
 __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
-           "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial"]
+           "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial",
+           "base_loss"]
 
 
 def _pick_device() -> str:
@@ -326,11 +327,19 @@ def keeps_workers(dl: Any) -> bool:
 
 
 def unpartial(fn: Any) -> Any:
-    """The function under a `functools.partial` (a partial of a partial too) or a loss wrapper holding it as `.func`
-    (fastai's BaseLoss), else `fn` itself."""
-    fn = getattr(fn, "func", fn)
+    """The function under a `functools.partial`, a partial of a partial too (`fn` itself if none): the one that gets
+    the arguments as they were given."""
     while isinstance(fn, functools.partial):  # (python merges a partial of a partial into one, unless the inner
         fn = fn.func  # one has attributes of its own)
+    return fn
+
+
+def base_loss(loss_func: Any) -> Any:
+    """The loss under partials and loss wrappers holding it as `.func` (fastai's BaseLoss, which may reshape the
+    inputs but reduces as that loss does): what decides how the loss averages."""
+    fn = unpartial(loss_func)
+    while callable(getattr(fn, "func", None)) and fn.func is not fn:
+        fn = unpartial(fn.func)
     return fn
 
 
@@ -388,10 +397,10 @@ def check_device(device: str | torch.device, who: str) -> None:
 def class_loss(loss_func: Any) -> bool:
     """Whether `loss_func` is torch's cross-entropy or NLL loss (a function, a partial of one, an nn loss): class
     scores (N, C, ...) against class indices."""
-    fn = unpartial(loss_func)
+    fn = base_loss(loss_func)
     # (a subclass with a forward of its own, a focal loss say, reduces as it likes: not torch's weighted mean)
     return fn in (torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss) or getattr(
-        type(loss_func), "forward", None) in (torch.nn.CrossEntropyLoss.forward, torch.nn.NLLLoss.forward)
+        type(fn), "forward", None) in (torch.nn.CrossEntropyLoss.forward, torch.nn.NLLLoss.forward)
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

@@ -347,7 +347,24 @@ def test_a_loss_wrapper_holding_cross_entropy_as_func_is_averaged_over_the_targe
         assert learn.metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
 
 
+def test_a_loss_wrapper_that_reshapes_is_not_checked_as_the_loss_it_wraps_and_averages_as_it():
+    """FlatLoss(nn.NLLLoss()) on (N, T, C) log-probabilities was refused before training: its inputs were checked as
+    NLLLoss's own, before the wrapper flattens them (an older bug, found beside a regression probe's case)."""
+    from miniai.utils import base_loss, class_loss
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5, 4), torch.randint(0, 3, (16, 5))
+    model = nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(-1))
+    dl = DataLoader(TensorDataset(x, y), 8)
+    learn = TrainLearner(model, DataLoaders(dl, dl), Flat(nn.NLLLoss()), lr=0.1, cbs=[MetricsCB(log_fn=None)])
+    learn.fit(1)
+    assert class_loss(partial(Flat(F.cross_entropy))) and base_loss(partial(Flat(F.cross_entropy))) is F.cross_entropy
+    assert class_loss(Flat(nn.NLLLoss())) and class_loss(partial(nn.CrossEntropyLoss(), reduction="sum"))
+    with torch.no_grad():
+        expected = F.nll_loss(model(x).flatten(0, 1), y.flatten()).item()
+    assert learn.metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
+
+def test_losses_of_several_values_per_item_are_averaged_to_one():
     x = torch.randn(12, 2)
     y = torch.randn(12, 2)
     dls = DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4))

@@ -164,12 +164,13 @@ def supervised_loss(learn: Learner) -> torch.Tensor:
 
 
 def _name(loss_func: Any) -> str:
-    named = unpartial(loss_func)  # a partial(F.gaussian_nll_loss, eps=...) is that loss
+    named = unpartial(loss_func)  # a partial(F.gaussian_nll_loss, eps=...) is that loss (a wrapper is its own)
     return getattr(named, "__name__", type(named).__name__)
 
 
 def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | None:
     """Why `loss_func(preds, *yb)` would compute a wrong loss without an error (what to do), or None."""
+    # (a wrapper holding a loss as .func, fastai's BaseLoss, may reshape what it is given: its inputs are its own)
     named, name = unpartial(loss_func), _name(loss_func)
     torchs = (getattr(named, "__module__", None) or type(loss_func).__module__).startswith("torch.nn")
     classes = torchs and name in _CLASS_LOSSES and isinstance(preds, torch.Tensor)  # preds (N, C, ...): shapes differ

@@ -15,7 +15,7 @@ from ..accuracy import Accuracy
 from ..checks import preds_changed_error, unbatched_error, warn
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
-from ..utils import loss_reduction, loss_setting, map_tensors, model_device, tensor_versions, tensors_in, unpartial
+from ..utils import base_loss, loss_reduction, loss_setting, map_tensors, model_device, tensor_versions, tensors_in
 from ..weighting import (averages_over_targets, batch_n_items, ignored_target, mean_loss, stated_ignore, sum_dtype,
                          target_mask)
 from .records import keep_records, restore_if_refused
@@ -442,7 +442,7 @@ def _per_batch_sums(each: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> to
 
 def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> None:
     """Warn of a metric thresholding at 0.5 (torcheval's binary and multilabel ones) beside a loss of logits."""
-    fn = unpartial(loss_func)
+    fn = base_loss(loss_func)
     if fn is not F.binary_cross_entropy_with_logits and not isinstance(loss_func, nn.BCEWithLogitsLoss):
         return
     for name, metric in metrics.items():  # (torcheval's: a threshold of one's own may be a sigmoid's; a binned
