@@ -165,6 +165,7 @@ refusal("other_data", lambda: learn.fit(1))
 learn = learner([DDPCB(presharded=("train",)), DeviceCB("cpu")])
 learn.dls.train = TensorLoader(setup["xt"][:32 + 8 * r], setup["yt"][:32 + 8 * r], setup["bs"])  # 4 and 5 batches
 refusal("uneven_shards", lambda: learn.fit(1))  # (it ended in gloo's "collective mismatch" and a SIGABRT)
+learn.fit(1, train=False)  # an evaluation takes no training step: not refused
 first = learner([DDPCB(), DeviceCB("cpu"), quiet, CheckpointCB(f"{out}/G")])
 first.fit(2)
 last_checkpoint = str(first.last_checkpoint)

@@ -113,7 +113,7 @@ class DDPCB(Callback):
                              "use DDPCB(sync_bn=False): each rank then normalizes with its own batch statistics")
         if not is_dist():
             _join_group(backend, self.device)
-        _check_same_data(learn.dls, self.presharded)
+        _check_same_data(learn.dls, self.presharded, "train" in learn.passes)
         for cb in device_cbs:
             cb.device = self.device
         model = learn.model.to(self.device)
@@ -288,17 +288,19 @@ def _check_each_item_once(dl: Any) -> None:
                          "and leave 'valid' out of presharded: DDPCB splits it over the ranks without padding")
 
 
-def _check_same_data(dls: Any, presharded: tuple[str, ...]) -> None:
+def _check_same_data(dls: Any, presharded: tuple[str, ...], training: bool = True) -> None:
     """Refuse loaders that hold other data on some ranks (one all_gather of sizes and checksums): DDPCB gives each
     rank its part of one dataset, so ranks that read theirs apart would train twice on some items, never on others,
     and score a mix of validation sets."""
     mine = {name: _data_sums(getattr(dls, name, None)) for name in ("train", "valid") if name not in presharded}
-    # a training shard of one's own: as many batches on every rank (DDP averages the gradients at each one)
-    steps = len_or_none(getattr(dls, "train", None)) if "train" in presharded else None
+    # a training shard of one's own: as many batches on every rank (DDP averages the gradients at each one), where
+    # every rank knows its count (an IterableDataset's shard has none)
+    steps = len_or_none(getattr(dls, "train", None)) if "train" in presharded and training else None
     ranks: list[Any] = [None] * world_size()
     dist.all_gather_object(ranks, (mine, steps))
+    known = [n for _, n in ranks if n is not None]
     for r, (_, theirs) in enumerate(ranks):
-        if theirs != ranks[0][1]:
+        if len(known) == len(ranks) and theirs != ranks[0][1]:
             raise ValueError(f"DDPCB: the presharded dls.train gives {theirs} batches on rank {r} and {ranks[0][1]} "
                              "on rank 0, and DDP averages the ranks' gradients at every batch, so a rank with more "
                              "would wait for the others at its extra ones: give every rank's shard the same number "
