@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..augment import RandomCrop, RandomFlip
-from ..checks import describe, warn
+from ..checks import add_note, describe, warn
 from ..learner import Callback, Learner
 from ..utils import tensor_versions
 
@@ -120,10 +120,12 @@ def _together(apply: Callable[[torch.Tensor], torch.Tensor], inputs: Sequence[An
            f"{' + '.join(str(x.shape[1]) for x in inputs)} = {joined.shape[1]}) and transforms them as one batch")
     try:
         out = apply(joined)
-    except RuntimeError as e:
-        raise ValueError(f"{why}, and the transform failed on it ({e}): one that reads or changes the channels (a "
-                         "per-channel normalization, a conversion to gray) is for each input on its own: give it a "
-                         "BatchTransformCB of its own with inputs='each' or 'first'") from e
+    except RuntimeError as e:  # (its own type kept, an out-of-memory error's too: a note says what it was given)
+        if not isinstance(e, torch.cuda.OutOfMemoryError):
+            add_note(e, f"({why}: if it reads or changes the channels, a per-channel normalization or a conversion "
+                        "to gray, it is for each input on its own: give it a BatchTransformCB of its own with "
+                        "inputs='each' or 'first')")
+        raise
     if not isinstance(out, torch.Tensor) or out.ndim != joined.ndim or out.shape[1] != joined.shape[1]:
         raise ValueError(f"{why}, and the transform gave back {describe(out)}: it must keep the channels to split "
                          "them again. A transform that changes them is for each input on its own: give it a "
