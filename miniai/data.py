@@ -325,7 +325,7 @@ class DataLoaders:
                                classlabels=_classlabels(train)) if as_tuple else collate_fn
         if as_tuple:
             _check_split_columns(collate, collate_fn, train, valid, valid_name)
-        if as_tuple and collate.classlabels and kwargs.get("num_workers") and collate_fn is default_collate:
+        if as_tuple and kwargs.get("num_workers") and collate_fn is default_collate:
             item = _first_item(train)  # (workers collate: asked here, of the first item, whose columns it keeps; of
             collate.check_columns(collate.columns(item if isinstance(item, dict) else dict.fromkeys(features)))
             # the features' order for a dataset that has no item 0, a streaming one)
@@ -401,14 +401,8 @@ class _DictToTuple:
     def __init__(self, names: list[str], collate_fn: Callable = default_collate, strict: bool = False,
                  classlabels: list[str] | None = None, where: str = "") -> None:
         self.names, self.collate_fn, self.strict, self.where = names, collate_fn, strict, where
-        self.classlabels = classlabels or []  # the dataset's ClassLabel columns, until the first batch is checked
-        named = [k for k in names if k in _LABELS]
-        if len(named) > 1:  # which is the target can't be told: say what was taken
-            columns = self.columns(dict.fromkeys(names))
-            warn(f"{where}: columns {', '.join(map(repr, named))} are all named like a label, and the batches are "
-                 f"({', '.join(columns)}): the last, {columns[-1]!r}, is the first of {', '.join(_LABELS)} there is; "
-                 f"the others keep their place. If that is not the order you mean, remove or rename columns first "
-                 f"(ds = ds.remove_columns([...]), ds.rename_column(old, new))")
+        self.classlabels = classlabels or []  # the dataset's ClassLabel columns
+        self.unchecked = True  # until the first batch's columns are checked (check_columns)
 
     def __call__(self, items: list) -> Any:
         batch = self.collate_fn(items)
@@ -417,20 +411,25 @@ class _DictToTuple:
         columns = self.columns(batch)
         # the first dict batch: does a ClassLabel column go to the model? (asked in the main process only: a loader
         # worker's warning can't be caught there, and each worker would give its own each pass; see from_dd)
-        if self.classlabels and get_worker_info() is None:
+        if self.unchecked and get_worker_info() is None:
             self.check_columns(columns)
         return tuple(batch[k] for k in columns)
 
     def check_columns(self, columns: list[str]) -> None:
-        """Warn, once, if `columns` (a batch's, in order) would feed a ClassLabel column to the model: none is named
-        as a label and a ClassLabel is not last."""
+        """Warn, once, if `columns` (a batch's, in order) would feed labels to the model: none is named as a label
+        and a ClassLabel is not last, or a `labels` or `targets` column is kept in place beside the label taken."""
         kept = [c for c in columns[:-1] if c in self.classlabels]
         if kept and not any(c in _LABELS for c in columns):
             warn(f"{self.where}: no column is named as a label ({', '.join(_LABELS)}), so the batches are "
                  f"({', '.join(columns)}): the last, {columns[-1]!r}, is the target, and the ClassLabel "
                  f"{kept[0]!r} goes to the model. If {kept[0]!r} holds the labels, rename it: "
                  f"ds = ds.rename_column({kept[0]!r}, 'label')")
-        self.classlabels = []
+        plural = [c for c in columns[:-1] if c in ("labels", "targets")]  # (a y or a target may be an input)
+        if plural:
+            warn(f"{self.where}: the batches are ({', '.join(columns)}): the target is {columns[-1]!r} (the first of "
+                 f"{', '.join(_LABELS)} there is), and {plural[0]!r}, named like labels too, keeps its place before "
+                 f"it. If it holds labels, remove or rename it first: ds = ds.remove_columns([{plural[0]!r}])")
+        self.unchecked = False
 
     def columns(self, batch: dict) -> list[str]:
         """The keys of a dict batch (or item) in the order of the tuple it becomes."""

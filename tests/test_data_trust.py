@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -382,10 +383,19 @@ def test_from_dd_moves_the_label_column_alone_and_inputs_named_like_labels_keep_
     feats = Features({"y": Value("float32"), "x": Value("float32"), "label": Value("int64")})
     ds = Dataset.from_dict({"y": [1.0] * 4, "x": [2.0] * 4, "label": [0] * 4}, features=feats)
     dd = DatasetDict({"train": ds, "test": ds}).with_format("torch")
-    with pytest.warns(UserWarning, match=r"DataLoaders.from_dd: columns 'y', 'label' are all named like a label, and "
-                                         r"the batches are \(y, x, label\): the last, 'label', is"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (documented: a y beside a label is an input)
         first, second, label = next(iter(DataLoaders.from_dd(dd, 2, shuffle=False).train))
     assert first.tolist() == [1.0, 1.0] and second.tolist() == [2.0, 2.0] and label.tolist() == [0, 0]
+    # a 'labels' column kept in place beside 'label' (before d1991c4 it went last with it) is warned of, with the
+    # batch's own order (a transform may rename columns: the features are not the batch)
+    feats = Features({"labels": Value("int64"), "image": Value("float32"), "label": Value("int64")})
+    ds = Dataset.from_dict({"labels": [1] * 4, "image": [2.0] * 4, "label": [0] * 4}, features=feats)
+    dd = DatasetDict({"train": ds, "test": ds}).with_format("torch")
+    for workers in (0, 1):
+        with pytest.warns(UserWarning, match=r"the batches are \(labels, image, label\): the target is 'label'.*"
+                                             r"'labels', named like labels too, keeps its place"):
+            next(iter(DataLoaders.from_dd(dd, 2, shuffle=False, num_workers=workers).train))
 
 
 def test_a_folder_with_both_idx_files_and_a_saved_datasetdict_is_refused(tmp_path):
