@@ -574,3 +574,13 @@ def test_a_one_cycle_nested_two_deep_hands_over_to_swa_at_its_last_lr_too():
     bn_learner([BatchSchedCB(factory), rec, SWACB(swa_start=2, swa_lr=0.01, anneal_epochs=1)]).fit(4)
     lrs = rec.recs["lr"]
     assert lrs[6:9] == pytest.approx([lrs[5]] * 3) and lrs[5] > 0
+
+
+def test_a_milestone_at_the_swa_start_is_not_warned_of_swalr_starts_from_its_lr():
+    """A regression probe's case: MultiStepLR(milestones=[1, 2]) beside SWACB(swa_start=2) was warned of as a
+    milestone no batch trains with; SWALR anneals from the lr it sets."""
+    from torch.optim.lr_scheduler import MultiStepLR
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bn_learner([EpochSchedCB(partial(MultiStepLR, milestones=[1, 2], gamma=0.1)),
+                    SWACB(swa_start=2, swa_lr=0.01)]).fit(4)
