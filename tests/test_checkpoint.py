@@ -1771,3 +1771,27 @@ def test_a_renamed_checkpoint_or_one_of_a_newer_miniai_is_refused_not_loaded_as_
     torch.save(state, tmp_path / "newer.pt")
     with pytest.raises(CheckpointMismatchError, match=r"written by a newer miniai \(checkpoint version 99"):
         load_checkpoint(tmp_path / "newer.pt")
+
+
+def test_a_checkpoint_the_disk_has_no_room_for_names_the_last_good_one_and_keeps_the_best_as_it_was(tmp_path,
+                                                                                                   monkeypatch):
+    """A full disk: the bare OSError had no note of the newest checkpoint and how to continue (Ctrl-C's and a NaN's
+    have), and a monitored improvement set best_path to the file that was never written."""
+    import errno
+    learn, _ = make_learner(tmp_path / "ck", monitor="valid_loss")
+    learn.fit(2)
+    calls = []
+
+    def full(state, f):
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint_module, "_write", full)
+    resumed, _ = make_learner(tmp_path / "ck", monitor="valid_loss")
+    with pytest.raises(OSError) as info:
+        resumed.fit(4, resume=tmp_path / "ck")
+    note = " ".join(getattr(info.value, "__notes__", []))
+    assert calls and "could not write" in note and "epoch_0003.pt; nothing was removed" in note
+    assert f"The newest checkpoint of this run is {tmp_path / 'ck' / 'epoch_0002.pt'}" in note
+    assert "continue the run with learn.fit(4, resume=" in note
+    cb = next(c for c in resumed.cbs if isinstance(c, CheckpointCB))
+    assert cb.best_path is None or cb.best_path.exists()  # (never the file the disk had no room for)

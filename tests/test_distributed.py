@@ -71,12 +71,13 @@ def record(name, learn, **extra):
 # A: train with the usual callbacks
 metrics, recorder = MetricsCB(accuracy=MulticlassAccuracy()), RecorderCB(lr=_lr)
 learn = learner([DDPCB(), DeviceCB("cpu"), metrics, ProgressCB(mode="plain"), recorder,
-                 CheckpointCB(f"{out}/ckpt_rank{r}")])
+                 CheckpointCB(f"{out}/ckpt_rank{r}", monitor="valid_loss")])
 learn.fit_one_cycle(setup["epochs"], setup["lr"])
 torch.save(learn.model.state_dict(), f"{out}/rank{r}.pt")
 recorder.plot(f"{out}/lr_rank{r}.png")
 record("rank", learn, last=metrics.last, lrs=recorder.recs["lr"], keys=list(learn.model.state_dict()),
-       checkpoint=str(learn.last_checkpoint))
+       checkpoint=str(learn.last_checkpoint),
+       best=str(next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path))
 
 # B: the other way round: resume a single-process checkpoint in this 2-process run (MetricsCB prints itself)
 learn = learner([DDPCB(), DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy()), RecorderCB(lr=_lr)])
@@ -391,6 +392,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(launch):
     assert not (out / "ckpt_rank1").exists()
     # a path of each rank's: every rank's last_checkpoint is the file rank 0 wrote (rank 1's named one never written)
     assert res[0]["checkpoint"] == res[1]["checkpoint"] == str(out / "ckpt_rank0" / f"epoch_{EPOCHS:04d}.pt")
+    assert res[0]["best"] == res[1]["best"] and Path(res[1]["best"]).exists()  # (rank 1's named its own, unwritten)
     state = load_checkpoint(out / "ckpt_rank0" / f"epoch_{EPOCHS:04d}.pt")
     fresh = single_process_learner(setup, 2 * BS)
     fresh.model.load_state_dict(state["model"])  # DDP checkpoint -> single-process learner

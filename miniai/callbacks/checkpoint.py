@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from ..checks import beside_model, check_count, own_place, warn
+from ..checks import add_note, beside_model, check_count, own_place, warn
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -832,7 +832,8 @@ class CheckpointCB(Callback):
             return
         self._check_finite(learn, done)
         file = self.path / f"epoch_{done:04d}.pt"
-        if better:
+        kept = self.best, self.best_path  # (put back if the file can't be written)
+        if better:  # (before the state is taken: the checkpoint names itself the best)
             self.best, self.best_path = value, file
         self._warn_unsaved(learn)
         # ranks may draw differently (own seeds); rank 0's file is the one written, also for a path of each rank's
@@ -841,7 +842,15 @@ class CheckpointCB(Callback):
         if is_main_process():
             if self._superseded:
                 self._set_aside(learn.start_epoch)
-            save_checkpoint(checkpoint_state(learn, done, rng_ranks, self._setup_at_start), file)
+            try:
+                save_checkpoint(checkpoint_state(learn, done, rng_ranks, self._setup_at_start), file)
+            except Exception as e:  # a full disk, say: the half-written file is gone, and nothing was pruned
+                self.best, self.best_path = kept
+                add_note(e, f"(CheckpointCB could not write {file}; nothing was removed. "
+                            + (f"The newest checkpoint of this run is {learn.last_checkpoint}; once there is room, "
+                               f"continue the run with {resume_call(learn, learn.last_checkpoint)}.)"
+                               if learn.last_checkpoint is not None else "No checkpoint of this run was written.)"))
+                raise
             for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own; not
                 if old not in (file, self.best_path):  # the best a resumed state names: this run's own (kept)
                     old.unlink(missing_ok=True)
@@ -854,6 +863,8 @@ class CheckpointCB(Callback):
         # every rank knows the file (a NaN or Ctrl-C note on any of them names it), and none goes on before it
         # exists: a script resuming right after the fit must not find an older newest checkpoint on another rank
         file = Path(gathered[0][1]) if gathered else file
+        if better:  # (rank 0's file, the one written: a rank's own path names none)
+            self.best_path = file
         self.last_path, self._replaced = file, []
         learn.last_checkpoint = file
         barrier()
@@ -1009,6 +1020,12 @@ def _summary(value: Any, depth: int = 2) -> Any:
 
 # ---------------------------------------------------------------- Ctrl-C
 
+def resume_call(learn: Learner, newest: Any) -> str:
+    """The call that continues the fitting run from its checkpoint `newest` (fit_one_cycle's own, or fit's)."""
+    call = getattr(learn, "_resume_call", None) or f"learn.fit({learn.n_epochs}{{passes}}, resume={{path!r}})"
+    return call.format(path=str(newest), passes=pass_args(learn))
+
+
 def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> str:
     """What Ctrl-C stopped (epoch, pass, batch) and the call that continues the run; `fit` attaches it."""
     if any(type(cb).__name__ == "LRFinderCB" for cb in temporary or []):  # (lr_finder imports this module)
@@ -1026,9 +1043,7 @@ def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> s
     newest = getattr(learn, "last_checkpoint", None)
     saving = any(isinstance(cb, CheckpointCB) for cb in learn.cbs)
     if newest is not None:
-        call = getattr(learn, "_resume_call", None) or f"learn.fit({learn.n_epochs}{{passes}}, resume={{path!r}})"
-        note += (f" The newest checkpoint of this run is {newest}; continue the run with "
-                 f"{call.format(path=str(newest), passes=pass_args(learn))}")
+        note += f" The newest checkpoint of this run is {newest}; continue the run with {resume_call(learn, newest)}"
         own = ("ResumeCB", "BatchSchedCB") if getattr(learn, "_resume_call", None) else ("ResumeCB",)  # re-made
         given = [type(cb).__name__ for cb in temporary or [] if type(cb).__name__ not in own]
         # callbacks given to the interrupted call only: without them the run goes on without (its CheckpointCB, say)
