@@ -7,9 +7,11 @@ Imports nothing from miniai but `sources` and `utils`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,18 +72,30 @@ def _read_cache(file: Path) -> RawData | None:
 def _write_cache(file: Path, raw: RawData) -> bool:
     """Save atomically (temp file + os.replace) so a crash never leaves a half-written cache; failures only warn."""
     tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+    _remove_stale_temporaries(file)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         torch.save({**raw._asdict(), "classes": list(raw.classes), "digest": _digest(raw)}, tmp)
         os.replace(tmp, file)
         return True
-    except OSError as e:
-        try:
+    except BaseException as e:  # a full disk (torch's writer says "enforce fail at inline_container"), Ctrl-C
+        with contextlib.suppress(OSError):  # (the cache "dir" is a file, say: no temporary file to remove)
             tmp.unlink(missing_ok=True)
-        except OSError:  # the cache "dir" is a file, say: there is no temporary file to remove
-            pass
-        warn(f"could not write the data cache {file} ({e}); set MINIAI_CACHE to a writable dir")
+        if not isinstance(e, Exception):
+            raise
+        warn(f"could not write the data cache {file} ({type(e).__name__}: {str(e)[:200]}); the data are read "
+             "without it. Free some space, or set MINIAI_CACHE to a writable dir with room")
         return False
+
+
+def _remove_stale_temporaries(file: Path, age_s: float = 3600.0) -> None:
+    """Remove the temporary files of writers of `file` killed while writing (55 MB each for Fashion-MNIST): those
+    over an hour old. (A writer of now, another process or a machine sharing the dir, has a fresh one.)"""
+    now = time.time()
+    for stale in file.parent.glob(f".{file.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - stale.stat().st_mtime > age_s:
+                stale.unlink()
 
 
 def _remove_older_versions(name: str, file: Path) -> None:
