@@ -420,23 +420,24 @@ class DirInUseError(RuntimeError):
     """A directory a run writes into is held by another running process, or another thread (`claim_dir`)."""
 
 
-def claim_dir(path: Path, what: str) -> Callable[[], None]:
+def claim_dir(path: Path, what: str, lock: str = ".miniai-run") -> Callable[[], None]:
     """Hold the directory `path` for this process until the function returned is called: an exclusive lock on
     `path/.miniai-run` (holding the pid, for the message), which the system drops when the process ends, however it
     ends. Raise DirInUseError, naming `what`, while another process holds it: two runs started together would both
     find the directory free of earlier files and write into it. This thread may claim it again (the CLI's --out
     and a CheckpointCB there): it lets go at the last release; another thread is refused. (No claim on Windows, which has no flock, nor on a
-    filesystem without locks.)"""
+    filesystem without locks.) `lock` names the lock file: a file of the directory's held alone (a log) has one of
+    its own."""
     try:
         import fcntl
     except ImportError:
         return lambda: None
-    claim = path / ".miniai-run"
+    claim, noun = path / lock, "directory" if lock == ".miniai-run" else "file"
     key = os.path.realpath(claim)
     if key in _CLAIMS:  # (a second lock of our own would be refused: flock locks are per open file)
         if _CLAIMS[key][2] != threading.get_ident():  # another thread's run: as another process's
             raise DirInUseError(f"{what} is in use by another run of this process (another thread): wait for it "
-                                "to end, or choose another directory")
+                                f"to end, or choose another {noun}")
         _CLAIMS[key][1] += 1
         return _releaser(key, claim)
     while True:
@@ -447,7 +448,7 @@ def claim_dir(path: Path, what: str) -> Callable[[], None]:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             raise DirInUseError(f"{what} is in use by another run" + (f" (process {holder})" if holder else "")
-                                + ": wait for it to end, or choose another directory") from None
+                                + f": wait for it to end, or choose another {noun}") from None
         except OSError:  # a filesystem without locks (some network ones): no claim, as on Windows
             os.close(fd)
             claim.unlink(missing_ok=True)

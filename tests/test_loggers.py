@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import warnings
 from functools import partial
 from pathlib import Path
@@ -590,3 +591,40 @@ def test_tensorboard_hist_takes_the_activationstats_that_records_training_batche
     board = TensorBoardCB(tmp_path, hist=True)
     tiny_learner([quiet_metrics(), on_valid, on_train, board]).fit(1)
     assert board._stats is on_train
+
+
+def test_a_second_run_logging_to_the_file_a_running_fit_logs_to_is_refused(tmp_path):
+    """Run B started while run A's log held its header alone: B's check took the file for a replaceable header, B
+    wrote it anew, A went on appending to the old, unlinked file, and A's rows were lost without a word."""
+    from miniai.utils import DirInUseError
+    log = tmp_path / "log.csv"
+    code = textwrap.dedent(f"""
+        import sys
+        from miniai.callbacks.loggers import CSVLoggerCB
+        from miniai.callbacks.metrics import MetricsCB
+        from miniai.learner import Callback
+        from tests.synth import tiny_learner
+
+        class Wait(Callback):
+            def after_epoch(self, learn):
+                if not learn.training and learn.epoch == 0:
+                    print("logging", flush=True)
+                    sys.stdin.readline()
+        metrics = MetricsCB()
+        metrics.log_fn = None
+        tiny_learner([metrics, CSVLoggerCB({str(log)!r}), Wait()]).fit(2)
+    """)
+    a = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).parent.parent)
+    try:
+        assert a.stdout.readline().strip() == "logging"
+        metrics = MetricsCB()
+        metrics.log_fn = None
+        with pytest.raises(DirInUseError, match=rf"CSVLoggerCB's file {re.escape(str(log))} is in use by another run "
+                                                rf"\(process {a.pid}\): wait for it to end, or choose another file"):
+            tiny_learner([metrics, CSVLoggerCB(log, overwrite=True)]).fit(2)
+    finally:
+        a.communicate("\n", timeout=120)
+    assert a.returncode == 0
+    assert [row[:2] for row in csv.reader(open(log))][1:] == [["0", "train"], ["0", "valid"], ["1", "train"],
+                                                              ["1", "valid"]]

@@ -26,7 +26,7 @@ import torch
 from ..checks import own_place, warn
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
-from ..utils import link_target, loss_reduction, opt_lr, replaced_atomically
+from ..utils import claim_dir, link_target, loss_reduction, opt_lr, replaced_atomically
 from .activations import ActivationStats
 from .lr_finder import LRFinderCB
 from ..weighting import batch_n_items
@@ -76,10 +76,11 @@ class CSVLoggerCB(Callback):
         self._writer: Any = None
         self._lr: Any = None
         self._rows_before = 0  # len(metrics.history) when this pass began: a row is written only if one was added
+        self._release: Any = None  # lets go of the file this fit logs to (claim_dir)
 
     def __getstate__(self) -> dict[str, Any]:
         # a copy (a learner copied mid-fit) has no open file: its own fit opens one
-        return {**vars(self), "_file": None, "_writer": None}
+        return {**vars(self), "_file": None, "_writer": None, "_release": None}
 
     def before_fit(self, learn: Learner) -> None:
         self._close()
@@ -90,6 +91,9 @@ class CSVLoggerCB(Callback):
                              "MetricsCB() (it logs train_loss and valid_loss) to cbs")
         self.columns = ["epoch", "train", *self._metrics.metrics, "loss", "time", "lr"]
         self._active = _logs_this_fit(learn)
+        if self._active and "train" in learn.passes:  # held while it logs: another run's fit into the same file
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # would find it free and write over this one's rows
+            self._release = claim_dir(self.path.parent, f"CSVLoggerCB's file {self.path}", f".{self.path.name}.lock")
         fresh = self._active and "train" in learn.passes and learn.resumed_from is None and not (
             self.append or self.overwrite)  # (an evaluation writes nothing)
         if fresh and self.path.exists() and not _replaceable(self.path):
@@ -140,7 +144,9 @@ class CSVLoggerCB(Callback):
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
-        self._file = self._writer = None
+        if self._release is not None:
+            self._release()
+        self._file = self._writer = self._release = None
 
 
 def _refuse_a_directory(path: Path) -> None:
