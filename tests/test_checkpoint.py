@@ -1795,3 +1795,22 @@ def test_a_checkpoint_the_disk_has_no_room_for_names_the_last_good_one_and_keeps
     assert "continue the run with learn.fit(4, resume=" in note
     cb = next(c for c in resumed.cbs if isinstance(c, CheckpointCB))
     assert cb.best_path is None or cb.best_path.exists()  # (never the file the disk had no room for)
+
+
+def test_resuming_into_the_runs_old_directory_that_now_holds_another_run_is_refused(tmp_path):
+    """Run A moved away (mv ck ck_A), run B trained into ck, then A resumed with its usual CheckpointCB('ck'): ck
+    counted as A's own directory (by the path A saved), so B's later files were set aside as 'a run that went on'
+    and B's earlier ones stayed beside A's new ones: resume='ck' could then load B's weights as A's."""
+    make_learner(tmp_path / "ck")[0].fit(5)
+    (tmp_path / "ck").rename(tmp_path / "ck_A")
+    make_learner(tmp_path / "ck")[0].fit(3)
+    before = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    with pytest.raises(FileExistsError, match=r"already holds checkpoints .* of another run than the one resumed"):
+        make_learner(tmp_path / "ck")[0].fit(5, resume=tmp_path / "ck_A" / "epoch_0004.pt")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before
+    # a run resumed from a copy of its own checkpoint, with its files still in ck, goes on as before
+    shutil.copy(tmp_path / "ck" / "epoch_0002.pt", tmp_path / "copy.pt")
+    with pytest.warns(UserWarning, match=r"held checkpoints of later epochs from a run that went on from there"):
+        make_learner(tmp_path / "ck")[0].fit(4, resume=tmp_path / "copy.pt")
+    assert (tmp_path / "ck" / "epoch_0004.pt").exists()
+    assert (tmp_path / "ck" / "superseded_1" / "epoch_0003.pt").exists()

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import types
+import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -549,6 +550,24 @@ def _run_dirs(learn: Learner, resumed: Path) -> set[Path]:
                                                if key.startswith("CheckpointCB") and "path" in state}
 
 
+def _holds_the_run(learn: Learner, existing: list[tuple[int, Path]]) -> bool:
+    """Whether the newest of the directory's checkpoints the resumed run keeps (its epoch or earlier) is of that run,
+    by the run id its CheckpointCBs saved: a directory the run once wrote may hold another run since (moved away,
+    and a new run started there). True where either has no id (checkpoints from before run ids)."""
+    from .resume import ResumeCB  # (here: resume.py imports this module)
+    saved = next((cb.state for cb in learn.cbs if isinstance(cb, ResumeCB)), {}).get("callbacks") or {}
+    ours = {state.get("run") for key, state in saved.items() if key.startswith("CheckpointCB")} - {None}
+    kept = [f for epochs, f in existing if epochs <= learn.start_epoch]
+    if not ours or not kept:
+        return True
+    try:  # (mmap: the ids alone are read, not the weights)
+        theirs = torch.load(kept[-1], map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
+    except Exception:  # noqa: BLE001 -- a file that can't be read is no other run's either: pruning decides
+        return True
+    ids = {state.get("run") for key, state in theirs.items() if key.startswith("CheckpointCB")} - {None}
+    return not ids or bool(ids & ours)
+
+
 def _is_export(file: Path) -> bool:
     """Whether `file` is a `learn.export` bundle: its pickle holds the export's format tag (read, not unpickled)."""
     from ..inference import _FORMAT as export_format  # (here: inference imports the callbacks)
@@ -704,17 +723,21 @@ class CheckpointCB(Callback):
         self._resumed_from: Path | None = None
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
         self._warned: set[str] = set()
+        self._run: str | None = None  # the run's id, in each of its checkpoints: tells a directory's runs apart
 
     def state_dict(self) -> dict[str, Any]:
         """{'best': best monitored value so far, 'best_file': its file's path, 'monitor', 'mode', 'path'}, so a
         resumed run keeps the best (unless it watches something else) and knows its directories as its own."""
+        if getattr(self, "_run", None) is None:  # (made at the run's first save; one pickled before has none)
+            self._run = uuid.uuid4().hex
         return {"best": self.best, "best_file": str(self.best_path.resolve()) if self.best_path else None,
-                "monitor": self.monitor, "mode": self.mode, "path": str(self.path.resolve())}
+                "monitor": self.monitor, "mode": self.mode, "path": str(self.path.resolve()), "run": self._run}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`; the best file is the one saved as this best, beside the checkpoint resumed from (a
         run moved or copied with its files) or where it was saved, never another run's file of that name; if
         neither is, the best is forgotten with its value (a warning says why), so the resumed run finds a new best."""
+        self._run = state.get("run")  # (a checkpoint from before run ids has none: a new one)
         if not same_watch(self, state, "CheckpointCB"):
             self.best, self.best_path = None, None
             return
@@ -748,7 +771,7 @@ class CheckpointCB(Callback):
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
         self._setup_at_start = setup_of(learn)  # (what no state_dict holds: settings are what the fit left alone)
         self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
-        self._replaced, self._superseded, self._release = [], [], None
+        self._replaced, self._superseded, self._release, self._run = [], [], None, None
         self._watch(learn)
         if "train" in learn.passes and learn.n_epochs > learn.start_epoch:
             _check_states(learn)  # on every rank: one refusing alone would leave the others waiting
@@ -765,7 +788,8 @@ class CheckpointCB(Callback):
             stale.unlink(missing_ok=True)  # left by a process killed while saving
         existing = list_checkpoints(self.path)
         resumed = learn.resumed_from
-        if resumed is not None and self.path.resolve() in _run_dirs(learn, resumed):  # this run's own directory
+        own = resumed is not None and self.path.resolve() in _run_dirs(learn, resumed)
+        if own and _holds_the_run(learn, existing):  # this run's own directory
             # moved at this fit's first save: until then a later check may refuse the fit, which must change nothing
             self._superseded = [f for epochs, f in existing if epochs > learn.start_epoch]
         elif existing:
