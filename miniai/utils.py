@@ -337,8 +337,9 @@ def unpartial(fn: Any) -> Any:
 def base_loss(loss_func: Any) -> Any:
     """The loss under partials and loss wrappers holding it as `.func` (fastai's BaseLoss, which may reshape the
     inputs but reduces as that loss does): what decides how the loss averages."""
-    fn = unpartial(loss_func)
-    while callable(getattr(fn, "func", None)) and fn.func is not fn:
+    fn, seen = unpartial(loss_func), set()
+    while callable(getattr(fn, "func", None)) and id(fn) not in seen:  # (objects whose .func leads back: no loop)
+        seen.add(id(fn))
         fn = unpartial(fn.func)
     return fn
 

@@ -359,6 +359,9 @@ def test_a_loss_wrapper_that_reshapes_is_not_checked_as_the_loss_it_wraps_and_av
     learn.fit(1)
     assert class_loss(partial(Flat(F.cross_entropy))) and base_loss(partial(Flat(F.cross_entropy))) is F.cross_entropy
     assert class_loss(Flat(nn.NLLLoss())) and class_loss(partial(nn.CrossEntropyLoss(), reduction="sum"))
+    a, b = Flat(None), Flat(None)
+    a.func, b.func = b, a  # (wrappers whose .func lead back to each other: an answer, not an endless loop)
+    assert base_loss(a) in (a, b) and not class_loss(a)
     with torch.no_grad():
         expected = F.nll_loss(model(x).flatten(0, 1), y.flatten()).item()
     assert learn.metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
