@@ -345,20 +345,11 @@ def test_the_predicted_class_is_the_models_argmax_that_accuracy_counts_even_on_a
 
 def test_show_results_on_dict_batches_says_why_as_from_learner_does():
     """learn.show_results() on dict batches ended in a bare KeyError: 0."""
-    from miniai.learner import Callback
-
-    class DictSteps(Callback):
-        owns_steps = ("predict", "get_loss")
-
-        def predict(self, learn):
-            learn.preds = learn.model(learn.batch["img"])
-
-        def get_loss(self, learn):
-            learn.loss = learn.loss_func(learn.preds, learn.batch["label"])
+    from tests.test_preds import _DictSteps
     x, y = torch.randn(6, 1, 4, 4), torch.randint(0, 3, (6,))
-    dl = [{"img": x[:3], "label": y[:3]}, {"img": x[3:], "label": y[3:]}]
+    dl = [{"x": x[:3], "label": y[:3]}, {"x": x[3:], "label": y[3:]}]
     learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), DataLoaders(dl, dl), F.cross_entropy,
-                         cbs=[DictSteps()])
+                         cbs=[_DictSteps()])
     for call in (learn.show_results, lambda: Interpretation.from_learner(learn)):
         with pytest.raises(TypeError, match=r"compares predictions with targets, and these batches are dicts"):
             call()
