@@ -541,11 +541,16 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return found[-1][1]
 
 
+def _saved_callbacks(learn: Learner) -> dict[str, Any]:
+    """The callbacks' states in the checkpoint this fit resumes from ({} when it resumes from none)."""
+    from .resume import ResumeCB  # (here: resume.py imports this module)
+    return next((cb.state for cb in learn.cbs if isinstance(cb, ResumeCB)), {}).get("callbacks") or {}
+
+
 def _run_dirs(learn: Learner, resumed: Path) -> set[Path]:
     """The directories of the run resumed: the checkpoint's own, and each its CheckpointCBs saved into (a run with a
     second one, for its best, say)."""
-    from .resume import ResumeCB  # (here: resume.py imports this module)
-    saved = next((cb.state for cb in learn.cbs if isinstance(cb, ResumeCB)), {}).get("callbacks") or {}
+    saved = _saved_callbacks(learn)
     return {Path(resumed).resolve().parent} | {Path(state["path"]) for key, state in saved.items()
                                                if key.startswith("CheckpointCB") and "path" in state}
 
@@ -554,8 +559,7 @@ def _holds_the_run(learn: Learner, existing: list[tuple[int, Path]]) -> bool:
     """Whether the newest of the directory's checkpoints the resumed run keeps (its epoch or earlier) is of that run,
     by the run id its CheckpointCBs saved: a directory the run once wrote may hold another run since (moved away,
     and a new run started there). True where either has no id (checkpoints from before run ids)."""
-    from .resume import ResumeCB  # (here: resume.py imports this module)
-    saved = next((cb.state for cb in learn.cbs if isinstance(cb, ResumeCB)), {}).get("callbacks") or {}
+    saved = _saved_callbacks(learn)
     ours = {state.get("run") for key, state in saved.items() if key.startswith("CheckpointCB")} - {None}
     kept = [f for epochs, f in existing if epochs <= learn.start_epoch]
     if not ours or not kept:
@@ -726,8 +730,9 @@ class CheckpointCB(Callback):
         self._run: str | None = None  # the run's id, in each of its checkpoints: tells a directory's runs apart
 
     def state_dict(self) -> dict[str, Any]:
-        """{'best': best monitored value so far, 'best_file': its file's path, 'monitor', 'mode', 'path'}, so a
-        resumed run keeps the best (unless it watches something else) and knows its directories as its own."""
+        """{'best': best monitored value so far, 'best_file': its file's path, 'monitor', 'mode', 'path', 'run': the
+        run's id}, so a resumed run keeps the best (unless it watches something else) and knows its directories, and
+        its files in them, as its own."""
         if getattr(self, "_run", None) is None:  # (made at the run's first save; one pickled before has none)
             self._run = uuid.uuid4().hex
         return {"best": self.best, "best_file": str(self.best_path.resolve()) if self.best_path else None,

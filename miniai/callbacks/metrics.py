@@ -385,8 +385,9 @@ class MetricsCB(Callback):
         vars(self)["all_metrics"] = value
 
     def _log(self, row: dict[str, Any]) -> None:
-        """Send the pass's row (numbers; see the class docstring) to `log_fn`. The course's MetricsCB called this: a subclass may override it (its
-        WandBCB did), and code may replace it on the instance (its ProgressCB did); `log_fn = None` logs nothing."""
+        """Send the pass's row (numbers; see the class docstring) to `log_fn`. The course's MetricsCB called this: a
+        subclass may override it (its WandBCB did), and code may replace it on the instance (its ProgressCB did);
+        `log_fn = None` logs nothing."""
         if self.log_fn is not None:
             self.log_fn(row)
 
