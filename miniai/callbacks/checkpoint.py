@@ -733,10 +733,9 @@ class CheckpointCB(Callback):
         """{'best': best monitored value so far, 'best_file': its file's path, 'monitor', 'mode', 'path', 'run': the
         run's id}, so a resumed run keeps the best (unless it watches something else) and knows its directories, and
         its files in them, as its own."""
-        if getattr(self, "_run", None) is None:  # (made at the run's first save; one pickled before has none)
-            self._run = uuid.uuid4().hex
         return {"best": self.best, "best_file": str(self.best_path.resolve()) if self.best_path else None,
-                "monitor": self.monitor, "mode": self.mode, "path": str(self.path.resolve()), "run": self._run}
+                "monitor": self.monitor, "mode": self.mode, "path": str(self.path.resolve()),
+                "run": getattr(self, "_run", None)}  # (a CheckpointCB pickled before run ids has none)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`; the best file is the one saved as this best, beside the checkpoint resumed from (a
@@ -776,7 +775,8 @@ class CheckpointCB(Callback):
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
         self._setup_at_start = setup_of(learn)  # (what no state_dict holds: settings are what the fit left alone)
         self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
-        self._replaced, self._superseded, self._release, self._run = [], [], None, None
+        self._replaced, self._superseded, self._release = [], [], None
+        self._run = uuid.uuid4().hex  # a new run's (a resumed fit's load_state_dict, which runs after, sets its own)
         self._watch(learn)
         if "train" in learn.passes and learn.n_epochs > learn.start_epoch:
             _check_states(learn)  # on every rank: one refusing alone would leave the others waiting
