@@ -25,7 +25,7 @@ __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_i
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
            "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial",
-           "base_loss"]
+           "base_loss", "name_of"]
 
 
 def _pick_device() -> str:
@@ -332,6 +332,13 @@ def unpartial(fn: Any) -> Any:
     while isinstance(fn, functools.partial):  # (python merges a partial of a partial into one, unless the inner
         fn = fn.func  # one has attributes of its own)
     return fn
+
+
+def name_of(fn: Any) -> str:
+    """A callable's name for messages: a partial's function's (`partial(F.gaussian_nll_loss, eps=...)` is that
+    loss's); a wrapper's own (it may reshape what it is given)."""
+    fn = unpartial(fn)
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def base_loss(loss_func: Any) -> Any:

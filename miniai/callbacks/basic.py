@@ -9,7 +9,7 @@ import torch
 from ..checks import add_note, call_model, describe, warn
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
-from ..utils import check_device, class_loss, def_device, fix_malloc, loss_setting, to_device, unpartial
+from ..utils import check_device, class_loss, def_device, fix_malloc, loss_setting, name_of, to_device, unpartial
 
 __all__ = ["DeviceCB", "TrainCB", "SingleBatchCB", "LossInputError", "SupervisedLoss", "supervised_loss"]
 
@@ -138,7 +138,7 @@ class SupervisedLoss:
                 fix = (f"it gives a loss of shape {tuple(loss.shape)}, not one number, and training steps on one "
                        "(backward): use reduction='mean' (or 'sum'); per-item losses are for evaluation")
         raise LossInputError(
-            f"loss_func {_name(loss_func)} failed on the model output (preds, {describe(preds)}) and the targets "
+            f"loss_func {name_of(loss_func)} failed on the model output (preds, {describe(preds)}) and the targets "
             f"({', '.join(describe(t) for t in yb)}): {fix}\nMake the model's output match what the loss expects: "
             "e.g. F.cross_entropy takes logits (N, C) and int64 class indices (N,), F.mse_loss and "
             "F.binary_cross_entropy_with_logits take preds and targets of the same shape and float dtype.") from error
@@ -163,15 +163,10 @@ def supervised_loss(learn: Learner) -> torch.Tensor:
     return SupervisedLoss()(learn)
 
 
-def _name(loss_func: Any) -> str:
-    named = unpartial(loss_func)  # a partial(F.gaussian_nll_loss, eps=...) is that loss (a wrapper is its own)
-    return getattr(named, "__name__", type(named).__name__)
-
-
 def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | None:
     """Why `loss_func(preds, *yb)` would compute a wrong loss without an error (what to do), or None."""
     # (a wrapper holding a loss as .func, fastai's BaseLoss, may reshape what it is given: its inputs are its own)
-    named, name = unpartial(loss_func), _name(loss_func)
+    named, name = unpartial(loss_func), name_of(loss_func)
     torchs = (getattr(named, "__module__", None) or type(loss_func).__module__).startswith("torch.nn")
     classes = torchs and name in _CLASS_LOSSES and isinstance(preds, torch.Tensor)  # preds (N, C, ...): shapes differ
     if classes and (fix := _class_scores_wrong(name, preds, yb, loss_setting(loss_func, "ignore_index", -100))):

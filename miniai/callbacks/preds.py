@@ -31,7 +31,7 @@ from ..data import TensorLoader
 from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import loss_setting, map_tensors, tensor_versions, to_cpu, unpartial
+from ..utils import loss_setting, map_tensors, name_of, tensor_versions, to_cpu
 from .augment import BatchTransformCB
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
@@ -163,12 +163,6 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
                     f"{name} takes no reduction argument. Use a loss that does (F.cross_entropy, "
                     "nn.CrossEntropyLoss(), F.mse_loss, ...), give yours a `reduction` parameter, or compute the "
                     "losses yourself from the preds and targets of learn.get_preds().")
-
-
-def _name_of(fn: Callable) -> str:
-    """A callable's name for messages: a partial's function's (`partial(torch.argmax)` is 'argmax')."""
-    fn = unpartial(fn)
-    return getattr(fn, "__name__", type(fn).__name__)
 
 
 _CLASS_DIM_ACTS = (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax)
@@ -385,7 +379,7 @@ class _GatherPreds(Callback):
         if isinstance(preds, torch.Tensor) and not preds.ndim and n not in (1, None):  # (one item: squeezed, stacked)
             if self.act is not None and getattr(learn.preds, "ndim", None) != 0:  # act reduced the model's output
                 out = describe(learn.preds) if isinstance(learn.preds, torch.Tensor) else type(learn.preds).__name__
-                raise ValueError(f"{self.who}'s act {_name_of(self.act)!r} turned the model's output ({out}) for "
+                raise ValueError(f"{self.who}'s act {name_of(self.act)!r} turned the model's output ({out}) for "
                                  f"batch {learn.iter} of {n} items into one 0-dim value: act must keep one result per "
                                  "item, e.g. act=lambda p: p.argmax(dim=1)")
             raise ValueError(f"get_preds: the model gave one 0-dim output for batch {learn.iter} of {n} items, not "
