@@ -362,8 +362,37 @@ def test_a_loss_wrapper_that_reshapes_is_not_checked_as_the_loss_it_wraps_and_av
     a, b = Flat(None), Flat(None)
     a.func, b.func = b, a  # (wrappers whose .func lead back to each other: an answer, not an endless loop)
     assert base_loss(a) in (a, b) and not class_loss(a)
+    from unittest import mock
+    assert not class_loss(mock.MagicMock())  # (a new .func at every level)
     with torch.no_grad():
         expected = F.nll_loss(model(x).flatten(0, 1), y.flatten()).item()
+    assert learn.metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+class _Focal(nn.Module):
+    """A loss of one's own holding torch's cross-entropy as .func, and averaging over every item itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.func = nn.CrossEntropyLoss(reduction="none")
+
+    def forward(self, preds, targets):
+        return self.func(preds, targets).mean()
+
+
+def test_an_nn_module_loss_holding_a_loss_as_func_averages_as_its_own_forward_does():
+    """A regression probe's case: once .func was read through any object, a focal-style module holding
+    nn.CrossEntropyLoss as .func was taken for torch's cross-entropy, and MetricsCB weighted its batches by the
+    targets not ignored (0.86 for the true 0.59 over the set)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    y[:7] = -100
+    model, loss = nn.Linear(4, 3), _Focal()
+    dl = DataLoader(TensorDataset(x, y), 8)
+    learn = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.0, cbs=[MetricsCB(log_fn=None)])
+    learn.fit(1, train=False)
+    with torch.no_grad():
+        expected = torch.cat([loss.func(model(x[i:i + 8]), y[i:i + 8]) for i in (0, 8)]).mean().item()
     assert learn.metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 
