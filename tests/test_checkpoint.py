@@ -1814,3 +1814,28 @@ def test_resuming_into_the_runs_old_directory_that_now_holds_another_run_is_refu
         make_learner(tmp_path / "ck")[0].fit(4, resume=tmp_path / "copy.pt")
     assert (tmp_path / "ck" / "epoch_0004.pt").exists()
     assert (tmp_path / "ck" / "superseded_1" / "epoch_0003.pt").exists()
+    # another run there whose files are all of later epochs (keep=2 left 4 and 5): told apart as well
+    shutil.rmtree(tmp_path / "ck")
+    make_learner(tmp_path / "ck", keep=2)[0].fit(5)
+    with pytest.raises(FileExistsError, match=r"of another run than the one resumed"):
+        make_learner(tmp_path / "ck")[0].fit(5, resume=tmp_path / "ck_A" / "epoch_0003.pt")
+
+
+class CheckpointCBStats(Callback):
+    """A callback of the user's whose name starts like CheckpointCB's, with a state that is a list."""
+
+    def __init__(self):
+        self.seen = []
+
+    def state_dict(self):
+        return list(self.seen)
+
+    def load_state_dict(self, state):
+        self.seen = list(state)
+
+
+def test_a_callback_named_like_checkpointcb_with_a_state_of_its_own_kind_resumes(tmp_path):
+    """A regression probe's case: the run-id check read every state keyed 'CheckpointCB...' as a dict, and a
+    resume with a user's CheckpointCBStats (its state a list) failed with AttributeError."""
+    make_learner(tmp_path / "ck", cbs=[CheckpointCBStats()])[0].fit(2)
+    make_learner(tmp_path / "ck", cbs=[CheckpointCBStats()])[0].fit(3, resume=tmp_path / "ck" / "epoch_0001.pt")

@@ -551,24 +551,30 @@ def _run_dirs(learn: Learner, resumed: Path) -> set[Path]:
     """The directories of the run resumed: the checkpoint's own, and each its CheckpointCBs saved into (a run with a
     second one, for its best, say)."""
     saved = _saved_callbacks(learn)
-    return {Path(resumed).resolve().parent} | {Path(state["path"]) for key, state in saved.items()
-                                               if key.startswith("CheckpointCB") and "path" in state}
+    return {Path(resumed).resolve().parent} | {Path(state["path"]) for state in _checkpointcb_states(saved)
+                                               if "path" in state}
+
+
+def _checkpointcb_states(saved: dict[str, Any]) -> list[dict[str, Any]]:
+    """The states of a checkpoint's CheckpointCBs among its callbacks' (keyed by class name, `_keyed`)."""
+    return [state for key, state in saved.items() if re.fullmatch(r"CheckpointCB(_\d+)?", key)
+            and isinstance(state, dict)]
 
 
 def _holds_the_run(learn: Learner, existing: list[tuple[int, Path]]) -> bool:
-    """Whether the newest of the directory's checkpoints the resumed run keeps (its epoch or earlier) is of that run,
-    by the run id its CheckpointCBs saved: a directory the run once wrote may hold another run since (moved away,
-    and a new run started there). True where either has no id (checkpoints from before run ids)."""
-    saved = _saved_callbacks(learn)
-    ours = {state.get("run") for key, state in saved.items() if key.startswith("CheckpointCB")} - {None}
+    """Whether the directory's checkpoints are of the resumed run, by the run id its CheckpointCBs saved (read from
+    the newest the run keeps, its epoch or earlier, else the oldest): a directory the run once wrote may hold another
+    run since (moved away, and a new run started there). True where either has no id (from before run ids)."""
+    ours = {state.get("run") for state in _checkpointcb_states(_saved_callbacks(learn))} - {None}
     kept = [f for epochs, f in existing if epochs <= learn.start_epoch]
-    if not ours or not kept:
+    if not ours or not existing:
         return True
     try:  # (mmap: the ids alone are read, not the weights)
-        theirs = torch.load(kept[-1], map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
+        file = kept[-1] if kept else existing[0][1]
+        theirs = torch.load(file, map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
     except Exception:  # noqa: BLE001 -- a file that can't be read is no other run's either: pruning decides
         return True
-    ids = {state.get("run") for key, state in theirs.items() if key.startswith("CheckpointCB")} - {None}
+    ids = {state.get("run") for state in _checkpointcb_states(theirs)} - {None}
     return not ids or bool(ids & ours)
 
 
