@@ -431,14 +431,14 @@ class DirInUseError(RuntimeError):
     """A directory a run writes into is held by another running process, or another thread (`claim_dir`)."""
 
 
-def claim_dir(path: Path, what: str, lock: str = ".miniai-run") -> Callable[[], None]:
+def claim_dir(path: Path, what: str, lock: str = ".miniai-run", again: bool = True) -> Callable[[], None]:
     """Hold the directory `path` for this process until the function returned is called: an exclusive lock on
     `path/.miniai-run` (holding the pid, for the message), which the system drops when the process ends, however it
     ends. Raise DirInUseError, naming `what`, while another process holds it: two runs started together would both
     find the directory free of earlier files and write into it. This thread may claim it again (the CLI's --out
     and a CheckpointCB there): it lets go at the last release; another thread is refused. (No claim on Windows, which has no flock, nor on a
     filesystem without locks.) `lock` names the lock file: a file of the directory's held alone (a log) has one of
-    its own."""
+    its own. `again=False`: this thread's second claim is refused too (two loggers of one file, a fit in a fit)."""
     try:
         import fcntl
     except ImportError:
@@ -446,6 +446,9 @@ def claim_dir(path: Path, what: str, lock: str = ".miniai-run") -> Callable[[], 
     claim, noun = path / lock, "directory" if lock == ".miniai-run" else "file"
     key = os.path.realpath(claim)
     if key in _CLAIMS:  # (a second lock of our own would be refused: flock locks are per open file)
+        if not again:
+            raise DirInUseError(f"{what} is in use by another fit of this process: wait for it to end, or choose "
+                                f"another {noun}")
         if _CLAIMS[key][2] != threading.get_ident():  # another thread's run: as another process's
             raise DirInUseError(f"{what} is in use by another run of this process (another thread): wait for it "
                                 f"to end, or choose another {noun}")

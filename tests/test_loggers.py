@@ -628,3 +628,25 @@ def test_a_second_run_logging_to_the_file_a_running_fit_logs_to_is_refused(tmp_p
     assert a.returncode == 0
     assert [row[:2] for row in csv.reader(open(log))][1:] == [["0", "train"], ["0", "valid"], ["1", "train"],
                                                               ["1", "valid"]]
+
+
+def test_two_fits_of_one_process_logging_to_one_file_at_once_are_refused(tmp_path):
+    """Two CSVLoggerCBs of one file in a fit, or another learner's fit run from a callback into the same file: the
+    lock let this thread claim it again (as the CLI's --out and a CheckpointCB there share a directory), and the
+    outer fit's rows were lost."""
+    from miniai.utils import DirInUseError
+
+    def logged():
+        metrics = MetricsCB()
+        metrics.log_fn = None
+        return metrics
+    with pytest.raises(DirInUseError, match=r"log.csv is in use by another fit of this process"):
+        tiny_learner([logged(), CSVLoggerCB(tmp_path / "log.csv"), CSVLoggerCB(tmp_path / "log.csv")]).fit(1)
+
+    class Inner(Callback):
+        def after_epoch(self, learn):
+            if not learn.training:
+                tiny_learner([logged(), CSVLoggerCB(tmp_path / "log2.csv", overwrite=True)]).fit(1)
+    with pytest.raises(DirInUseError, match=r"log2.csv is in use by another fit of this process"):
+        tiny_learner([logged(), CSVLoggerCB(tmp_path / "log2.csv"), Inner()]).fit(1)
+    tiny_learner([logged(), CSVLoggerCB(tmp_path / "log2.csv", overwrite=True)]).fit(1)  # (let go after each)
