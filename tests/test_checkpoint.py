@@ -1839,3 +1839,20 @@ def test_a_callback_named_like_checkpointcb_with_a_state_of_its_own_kind_resumes
     resume with a user's CheckpointCBStats (its state a list) failed with AttributeError."""
     make_learner(tmp_path / "ck", cbs=[CheckpointCBStats()])[0].fit(2)
     make_learner(tmp_path / "ck", cbs=[CheckpointCBStats()])[0].fit(3, resume=tmp_path / "ck" / "epoch_0001.pt")
+
+
+def test_ctrl_c_during_a_save_leaves_the_best_as_it_was(tmp_path, monkeypatch):
+    """Ctrl-C while a monitored improvement was written left best_path naming the file never written (the put-back
+    caught errors alone, not KeyboardInterrupt)."""
+    learn, _ = make_learner(tmp_path / "ck", monitor="valid_loss")
+    cb = next(c for c in learn.cbs if isinstance(c, CheckpointCB))
+    real_write = checkpoint_module._write
+
+    def interrupted(state, f):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_write(state, f)
+    monkeypatch.setattr(checkpoint_module, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(3)
+    assert cb.best_path is not None and cb.best_path.exists() and cb.best_path.name == "epoch_0001.pt"

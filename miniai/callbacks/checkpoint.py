@@ -879,8 +879,10 @@ class CheckpointCB(Callback):
                 self._set_aside(learn.start_epoch)
             try:
                 save_checkpoint(checkpoint_state(learn, done, rng_ranks, self._setup_at_start), file)
-            except Exception as e:  # a full disk, say: the half-written file is gone, and nothing was pruned
+            except BaseException as e:  # a full disk, say, or Ctrl-C: the half-written file is gone, nothing pruned
                 self.best, self.best_path = kept
+                if not isinstance(e, Exception):  # (Ctrl-C: fit's own note says how to continue)
+                    raise
                 add_note(e, f"(CheckpointCB could not write {file}; nothing was removed. "
                             + (f"The newest checkpoint of this run is {learn.last_checkpoint}; once there is room, "
                                f"continue the run with {resume_call(learn, learn.last_checkpoint)}.)"
