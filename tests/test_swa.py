@@ -584,3 +584,11 @@ def test_a_milestone_at_the_swa_start_is_not_warned_of_swalr_starts_from_its_lr(
         warnings.simplefilter("error")
         bn_learner([EpochSchedCB(partial(MultiStepLR, milestones=[1, 2], gamma=0.1)),
                     SWACB(swa_start=2, swa_lr=0.01)]).fit(4)
+
+
+def test_a_milestone_at_the_swa_start_is_warned_of_when_swalr_does_not_anneal_from_it():
+    """With anneal_epochs=0 SWALR sets swa_lr at once: the lr a milestone at swa_start sets trains no batch."""
+    from torch.optim.lr_scheduler import MultiStepLR
+    with pytest.warns(UserWarning, match=r"MultiStepLR's milestone 2 lies at or past"):
+        bn_learner([EpochSchedCB(partial(MultiStepLR, milestones=[2], gamma=0.1)),
+                    SWACB(swa_start=2, swa_lr=0.05, anneal_epochs=0)]).fit(4)

@@ -249,8 +249,11 @@ class BaseSchedCB(Callback):
                      f"not at its end. If that is not on purpose, build it with {field}={runs}"
                      + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
                         "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".")
-        # (the lr set at the last scheduled step is SWALR's start, when SWACB takes over: one at it is used)
-        late = _steps_past(self.scheduler, total + (learn.schedule_stop is not None))
+        # (the lr set at the last scheduled step is where SWALR anneals from, when SWACB takes over: one there is
+        # used; with anneal_epochs=0 SWALR sets swa_lr at once)
+        from .swa import SWACB  # (here: swa.py's users import this module first)
+        anneals = any(isinstance(cb, SWACB) and cb.anneal_epochs for cb in learn.cbs)
+        late = _steps_past(self.scheduler, total + (learn.schedule_stop is not None and anneals))
         if late:  # (a schedule that never ends, counted in other steps: len(dls.train) under DDP, or per batch)
             warn(f"{name}'s {late} this fit's {counted(total, 'step')} ({how}): no batch trains with the lr it "
                  "sets there. If that is not on purpose, count it in this fit's steps"
