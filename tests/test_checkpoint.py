@@ -1766,6 +1766,7 @@ def test_a_renamed_checkpoint_or_one_of_a_newer_miniai_is_refused_not_loaded_as_
                                                       r"says 9: a renamed file\?.*name it epoch_0002.pt again"):
         make_learner(tmp_path / "ck")[0].fit(10, resume=tmp_path / "ck")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before  # (nothing set aside)
+    assert load_checkpoint(tmp_path / "ck" / "epoch_0009.pt")["epoch"] == 2  # (a file given is the one meant)
     state = load_checkpoint(tmp_path / "ck" / "epoch_0004.pt")
     state["version"] = 99
     torch.save(state, tmp_path / "newer.pt")

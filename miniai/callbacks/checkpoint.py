@@ -617,7 +617,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if int(state.get("version", 0)) > _VERSION:  # (its keys may mean more than this one reads: some left out)
         raise CheckpointMismatchError(f"checkpoint {file} was written by a newer miniai (checkpoint version "
                                       f"{state['version']}; this one reads up to {_VERSION}): upgrade miniai")
-    named = _NAME.match(file.name)
+    named = _NAME.match(file.name) if Path(path).expanduser().is_dir() else None  # (a file given is the one meant)
     if named and "epoch" in state and int(named.group(1)) != int(state["epoch"]):  # resume=dir picks by the name
         raise CheckpointMismatchError(f"checkpoint {file} holds the weights after epoch {int(state['epoch'])}, and "
                                       f"its name says {int(named.group(1))}: a renamed file? CheckpointCB names each "

@@ -43,7 +43,7 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     at once and changes nothing. `lr` is the lr given to that fit, which replaces the checkpoint's.
     """
     file = find_checkpoint(path)
-    state = load_checkpoint(file)
+    state = load_checkpoint(path if Path(path).expanduser().is_dir() else file)  # (a directory's: its name checked)
     done, n_epochs = int(state["epoch"]), learn.n_epochs
     evaluation = "train" not in learn.passes
     if evaluation and n_epochs != done + 1:  # fewer: nothing to run; more: the same weights again, in rows
