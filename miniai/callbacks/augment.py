@@ -121,7 +121,7 @@ def _together(apply: Callable[[torch.Tensor], torch.Tensor], inputs: Sequence[An
     try:
         out = apply(joined)
     except RuntimeError as e:  # (its own type kept, an out-of-memory error's too: a note says what it was given)
-        if not isinstance(e, torch.cuda.OutOfMemoryError):
+        if not isinstance(e, torch.cuda.OutOfMemoryError) and not str(e).startswith("BatchTransformCB"):  # (ours)
             add_note(e, f"({why}: if it reads or changes the channels, a per-channel normalization or a conversion "
                         "to gray, it is for each input on its own: give it a BatchTransformCB of its own with "
                         "inputs='each' or 'first')")
