@@ -342,13 +342,13 @@ def name_of(fn: Any) -> str:
 
 
 def base_loss(loss_func: Any) -> Any:
-    """The loss under partials and plain loss wrappers holding it as `.func` (fastai's BaseLoss, which may reshape
-    the inputs but reduces as that loss does): what decides how the loss averages. An nn.Module is a loss of its
-    own, whatever it holds (a focal loss's `self.func = nn.CrossEntropyLoss(reduction='none')`, its own mean)."""
+    """The loss under partials and loss wrappers holding it as `.func` (fastai's BaseLoss, which may reshape the
+    inputs but reduces as that loss does): what decides how the loss averages. A wrapper whose `.func` reduces
+    nothing (a focal loss's `self.func = nn.CrossEntropyLoss(reduction='none')`) averages itself: it is its own."""
     fn = unpartial(loss_func)
     for _ in range(8):  # (bounded: a .func that leads back, or makes a new object each time, a mock's)
         inner = getattr(fn, "func", None)
-        if isinstance(fn, torch.nn.Module) or not callable(inner):
+        if not callable(inner) or loss_setting(inner, "reduction", "mean") == "none":
             break
         fn = unpartial(inner)
     return fn

@@ -396,6 +396,24 @@ def test_an_nn_module_loss_holding_a_loss_as_func_averages_as_its_own_forward_do
     assert learn.metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+class _ModuleWrap(nn.Module):
+    """An nn.Module wrapper holding F.cross_entropy as .func, returning its mean (as fastai's BaseLoss would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.func = F.cross_entropy
+
+    def forward(self, preds, targets):
+        return self.func(preds.reshape(-1, preds.shape[-1]), targets.reshape(-1))
+
+
+def test_an_nn_module_wrapper_of_a_reducing_loss_averages_as_that_loss():
+    """A regression probe's case: with every nn.Module taken for a loss of its own, a module wrapping F.cross_entropy
+    was averaged per batch, not per counted target (1.5835 for the true 1.5912)."""
+    from miniai.utils import class_loss
+    assert class_loss(_ModuleWrap()) and not class_loss(_Focal())
+
+
 def test_losses_of_several_values_per_item_are_averaged_to_one():
     x = torch.randn(12, 2)
     y = torch.randn(12, 2)
