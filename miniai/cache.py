@@ -8,7 +8,6 @@ Imports nothing from miniai but `sources` and `utils`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import threading
@@ -84,17 +83,16 @@ def _write_cache(file: Path, raw: RawData) -> bool:
             tmp.unlink(missing_ok=True)
         if not isinstance(e, Exception):
             raise
-        full = isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ENOSPC  # (torch's: "enforce fail")
         warn(f"could not write the data cache {file} ({type(e).__name__}: {str(e)[:200]}); the data are read "
-             f"without it. {'Free some space, or s' if full else 'S'}et MINIAI_CACHE to a writable dir"
-             + (" with room" if full else ""))
+             "without it. If the disk is full, free some space; else set MINIAI_CACHE to a writable dir")
         return False
 
 
 def _remove_stale_temporaries(file: Path, age_s: float = 3600.0) -> None:
     """Remove the temporary files of writers of `file` killed while writing (55 MB each for Fashion-MNIST): those
     over an hour old. (A writer of now, another process or a machine sharing the dir, has a fresh one.)"""
-    now, ours = time.time(), re.compile(rf"\.{re.escape(file.name)}\.\d+\.\d+\.tmp")  # (.<name>.<pid>.<thread>.tmp)
+    ours = re.compile(rf"\.{re.escape(file.name)}\.\d+(\.\d+)?\.tmp")  # (.<name>.<pid>[.<thread>].tmp)
+    now = time.time()
     for stale in (f for f in file.parent.glob(f".{file.name}.*.tmp") if ours.fullmatch(f.name)):
         with contextlib.suppress(OSError):
             if now - stale.stat().st_mtime > age_s:

@@ -469,7 +469,7 @@ def test_a_cache_dir_that_is_a_file_only_warns(tmp_path, monkeypatch):
     d = write_fashion_dir(tmp_path / "fm", fake_fashion())
     with pytest.warns(UserWarning, match="could not write the data cache") as record:
         assert len(get_dls(path=d, bs=8).train.x) == 40
-    assert not any("Free some space" in str(w.message) for w in record)  # (no disk is full)
+    assert any("If the disk is full, free some space; else set MINIAI_CACHE" in str(w.message) for w in record)
 
 
 def test_a_full_disk_while_the_cache_is_written_only_warns_and_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -501,14 +501,15 @@ def test_a_full_disk_while_the_cache_is_written_only_warns_and_leaves_no_tempora
     written = next((tmp_path / "cache").glob("*.pt"))
     old, fresh = (written.with_name(f".{written.name}.{pid}.1.tmp") for pid in (111, 222))
     notes = written.with_name(f".{written.name}.notes.tmp")  # (not a writer's: left alone)
-    for f, text in ((old, b"killed writer"), (fresh, b"a writer of now"), (notes, b"mine")):
+    older = written.with_name(f".{written.name}.333.tmp")  # (an older miniai's writer: no thread in the name)
+    for f, text in ((old, b"killed writer"), (fresh, b"a writer of now"), (notes, b"mine"), (older, b"killed")):
         f.write_bytes(text)
-    for f in (old, notes):
+    for f in (old, notes, older):
         os.utime(f, (time.time() - 7200, time.time() - 7200))
     written.unlink()
     cache.clear_cache()
     get_dls(path=d, bs=8)
-    assert not old.exists() and fresh.exists() and notes.exists()
+    assert not old.exists() and not older.exists() and fresh.exists() and notes.exists()
 
 
 def test_changed_source_file_invalidates_cache(tmp_path):
