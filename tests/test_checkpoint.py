@@ -1822,6 +1822,21 @@ def test_resuming_into_the_runs_old_directory_that_now_holds_another_run_is_refu
         make_learner(tmp_path / "ck")[0].fit(5, resume=tmp_path / "ck_A" / "epoch_0003.pt")
 
 
+def test_a_run_resumed_from_a_checkpoint_without_a_run_id_gets_one(tmp_path):
+    """A checkpoint from before run ids resumed into files with no id: the run could never be told apart again."""
+    from miniai.callbacks.checkpoint import load_checkpoint, save_checkpoint
+    make_learner(tmp_path / "ck")[0].fit(2)
+    for f in (tmp_path / "ck").glob("epoch_*.pt"):
+        state = load_checkpoint(f)
+        for cb_state in state["callbacks"].values():
+            if isinstance(cb_state, dict):
+                cb_state.pop("run", None)
+        state.pop("checksum", None)
+        save_checkpoint(state, f)
+    make_learner(tmp_path / "ck")[0].fit(3, resume=tmp_path / "ck")
+    assert load_checkpoint(tmp_path / "ck" / "epoch_0003.pt")["callbacks"]["CheckpointCB_0"]["run"]
+
+
 class CheckpointCBStats(Callback):
     """A callback of the user's whose name starts like CheckpointCB's, with a state that is a list."""
 

@@ -747,7 +747,7 @@ class CheckpointCB(Callback):
         """Restore `state_dict()`; the best file is the one saved as this best, beside the checkpoint resumed from (a
         run moved or copied with its files) or where it was saved, never another run's file of that name; if
         neither is, the best is forgotten with its value (a warning says why), so the resumed run finds a new best."""
-        self._run = state.get("run")  # (a checkpoint from before run ids has none: a new one)
+        self._run = state.get("run") or self._run  # (a checkpoint from before run ids has none: this fit's new one)
         if not same_watch(self, state, "CheckpointCB"):
             self.best, self.best_path = None, None
             return
