@@ -288,7 +288,7 @@ def _check_each_item_once(dl: Any) -> None:
                          "and leave 'valid' out of presharded: DDPCB splits it over the ranks without padding")
 
 
-def _check_same_data(dls: Any, presharded: tuple[str, ...], training: bool = True) -> None:
+def _check_same_data(dls: Any, presharded: tuple[str, ...], training: bool) -> None:
     """Refuse loaders that hold other data on some ranks (one all_gather of sizes and checksums): DDPCB gives each
     rank its part of one dataset, so ranks that read theirs apart would train twice on some items, never on others,
     and score a mix of validation sets."""

@@ -71,11 +71,10 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
     # The learner's own stage machinery (so the cancel table and cleanup guarantees are the loop's), with a
     # dispatch table for this pass only; kept() puts back the learner's table and every attribute set here.
     taking_part = participants(learn)
-    twice = next((cb for cb in cbs if any(cb is own for own in taking_part)), None)
-    if twice is not None:  # it would run twice per batch (a transform applied twice)
-        raise ValueError(f"this {type(twice).__name__} takes part in prediction passes already (inference = True): "
-                         "leave it out of cbs")
     own = next((cb for cb in cbs if any(cb is c for c in learn.cbs)), None)
+    if own is not None and any(own is cb for cb in taking_part):  # it would run twice per batch (a transform twice)
+        raise ValueError(f"this {type(own).__name__} takes part in prediction passes already (inference = True): "
+                         "leave it out of cbs")
     if own is not None:  # kept() puts its records back after the pass: its .last would be the fit's again
         raise ValueError(f"this {type(own).__name__} is one of the learner's callbacks, and {who} puts their state "
                          "back after its pass (a MetricsCB's rows would be the fit's again, not this pass's): pass a "
