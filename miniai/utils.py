@@ -329,9 +329,16 @@ def keeps_workers(dl: Any) -> bool:
 def unpartial(fn: Any) -> Any:
     """The function under a `functools.partial`, a partial of a partial too (`fn` itself if none): the one that gets
     the arguments as they were given."""
-    while isinstance(fn, functools.partial):  # (python merges a partial of a partial into one, unless the inner
-        fn = fn.func  # one has attributes of its own)
-    return fn
+    return _partials(fn)[-1]
+
+
+def _partials(fn: Any) -> list:
+    """`fn`, and while it is a partial, the function under it (python merges a partial of a partial into one, unless
+    the inner one has attributes of its own)."""
+    layers = [fn]
+    while isinstance(layers[-1], functools.partial):  # (partials can't lead back: their func is fixed)
+        layers.append(layers[-1].func)
+    return layers
 
 
 def name_of(fn: Any) -> str:
@@ -341,31 +348,39 @@ def name_of(fn: Any) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-def base_loss(loss_func: Any) -> Any:
-    """The loss under partials and loss wrappers holding it as `.func` (fastai's BaseLoss, which may reshape the
-    inputs but reduces as that loss does): what decides how the loss averages. A wrapper whose `.func` reduces
-    nothing (a focal loss's `self.func = nn.CrossEntropyLoss(reduction='none')`) averages itself: it is its own."""
-    fn = unpartial(loss_func)
+def _loss_layers(loss_func: Any) -> list:
+    """`loss_func`, then each loss under it, outermost first: a partial's function, and a loss wrapper's `.func`
+    (fastai's BaseLoss, which may reshape the inputs but reduces as that loss does) unless that `.func` reduces
+    nothing (a focal loss's `self.func = nn.CrossEntropyLoss(reduction='none')`: the wrapper averages itself)."""
+    layers = _partials(loss_func)
     for _ in range(8):  # (bounded: a .func that leads back, or makes a new object each time, a mock's)
-        inner = getattr(fn, "func", None)
-        if not callable(inner) or loss_setting(inner, "reduction", "mean") == "none":
+        inner = getattr(layers[-1], "func", None)
+        if not callable(inner) or _setting(_partials(inner), "reduction", "mean") == "none":
             break
-        fn = unpartial(inner)
-    return fn
+        layers += _partials(inner)
+    return layers
+
+
+def _setting(layers: list, name: str, default: Any) -> Any:
+    """The first of `layers` to set `name`: a partial's keyword, or an attribute; else `default`."""
+    for layer in layers:
+        keywords = getattr(layer, "keywords", None)
+        if isinstance(keywords, dict) and name in keywords:
+            return keywords[name]
+        if hasattr(layer, name):
+            return getattr(layer, name)
+    return default
+
+
+def base_loss(loss_func: Any) -> Any:
+    """The loss under partials and loss wrappers holding it as `.func`: what decides how the loss averages."""
+    return _loss_layers(loss_func)[-1]
 
 
 def loss_setting(loss_func: Any, name: str, default: Any) -> Any:
     """A setting of `loss_func` (`reduction`, `weight`, `ignore_index`): a partial's keyword (`partial(F.cross_entropy,
-    weight=w)`, the outermost of a partial of a partial), an nn loss's attribute, else `default`."""
-    while True:
-        keywords = getattr(loss_func, "keywords", None)
-        if isinstance(keywords, dict) and name in keywords:
-            return keywords[name]
-        if hasattr(loss_func, name):
-            return getattr(loss_func, name)
-        if not isinstance(loss_func, functools.partial):
-            return default
-        loss_func = loss_func.func  # (a partial of a partial: see unpartial)
+    weight=w)`), an nn loss's attribute, the outermost first, through wrappers to `base_loss`; else `default`."""
+    return _setting(_loss_layers(loss_func), name, default)
 
 
 def loss_reduction(loss_func: Any) -> str:

@@ -14,6 +14,8 @@ from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
 from miniai.accuracy import Accuracy
+from miniai.weighting import mean_loss
+from miniai.callbacks.preds import unreduced
 from miniai.augment import RandomCrop, RandomFlip, batch_tfms
 from miniai.callbacks.augment import BatchTransformCB
 from miniai.callbacks.basic import DeviceCB
@@ -367,6 +369,25 @@ def test_a_loss_wrapper_that_reshapes_is_not_checked_as_the_loss_it_wraps_and_av
     with torch.no_grad():
         expected = F.nll_loss(model(x).flatten(0, 1), y.flatten()).item()
     assert learn.metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+
+@pytest.mark.parametrize("inner", [partial(F.cross_entropy, ignore_index=0), nn.CrossEntropyLoss(ignore_index=0),
+                                   partial(F.cross_entropy, weight=torch.tensor([1.0, 5.0, 0.5]))],
+                         ids=["partial ignore_index", "module ignore_index", "partial weight"])
+def test_a_loss_wrappers_inner_settings_decide_how_its_batches_average(inner):
+    """A wrapper holding `partial(F.cross_entropy, ignore_index=0)` as .func was averaged as a cross-entropy, but with
+    torch's default ignore_index (-100) and no class weights: the batches were weighted by the wrong counts."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    y[:7] = 0  # the first batch: 7 of its 8 targets class 0
+    model = nn.Linear(4, 3)
+    dl = DataLoader(TensorDataset(x, y), 8)
+    learn = TrainLearner(model, DataLoaders(dl, dl), Flat(inner), lr=0.0, cbs=[MetricsCB(log_fn=None)])
+    learn.fit(1, train=False)
+    with torch.no_grad():
+        expected = inner(model(x), y).item()
+        losses = unreduced(inner)(model(x), y)  # (as get_preds' losses are averaged: with the wrapper's settings)
+    assert learn.metrics.last["valid_loss"] == pytest.approx(expected, rel=1e-5)
+    assert mean_loss(losses, y, learn.loss_func).item() == pytest.approx(expected, rel=1e-5)
 
 
 class _Focal(nn.Module):
