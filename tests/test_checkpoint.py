@@ -1690,8 +1690,9 @@ def test_an_export_file_given_as_a_checkpoint_is_named_as_one(tmp_path):
             call()
 
 
+@pytest.mark.parametrize("best_keep", [1, 3])
 @pytest.mark.parametrize("resume_from", ["best", "all"])
-def test_a_run_with_a_second_checkpointcb_resumes_into_both_its_directories(tmp_path, resume_from):
+def test_a_run_with_a_second_checkpointcb_resumes_into_both_its_directories(tmp_path, resume_from, best_keep):
     """CheckpointCB(all) and CheckpointCB(best, monitor=...): a resume took only the resumed file's directory for
     the run's own and refused the other as another run's, each refusal pointing at the other directory; the only
     way on, overwrite=True, deleted the run's best file. Both are the run's own now, and nothing is deleted."""
@@ -1702,15 +1703,19 @@ def test_a_run_with_a_second_checkpointcb_resumes_into_both_its_directories(tmp_
 
     def savers():
         return [CheckpointCB(tmp_path / "all", keep=2),
-                CheckpointCB(tmp_path / "best", keep=1, monitor="valid_loss")]
+                CheckpointCB(tmp_path / "best", keep=best_keep, monitor="valid_loss")]
     make_learner(None, [*savers(), _WorseFrom(2), StopAt()])[0].fit(5)
-    assert [f.name for _, f in list_checkpoints(tmp_path / "best")] == ["epoch_0002.pt"]
+    assert [f.name for _, f in list_checkpoints(tmp_path / "best")][-1] == "epoch_0002.pt"
     learn, _ = make_learner(None, [*savers(), _WorseFrom(2)])
-    learn.fit(5, resume=tmp_path / resume_from)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="the best checkpoint of the resumed run is not found")
+        learn.fit(5, resume=tmp_path / resume_from)
     assert (tmp_path / "best" / "epoch_0002.pt").exists() and (tmp_path / "best" / "epoch_0005.pt").exists()
-    if resume_from == "best":  # (the file the all/ one holds of the best callback is of before its epoch 2 began)
-        best = [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)][1]
-        assert best.best_path == tmp_path / "best" / "epoch_0002.pt"
+    # resumed from all/: its file holds the best callback's state of before that callback saved epoch 2, its best
+    # (both save at the epoch's end, all/ first): the best was forgotten with a false warning (keep=1), or the epoch
+    # before, still there, was taken for the best, silently (keep=3). Its own file of that epoch is read instead.
+    best = [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)][1]
+    assert best.best_path == tmp_path / "best" / "epoch_0002.pt"
 
 
 def test_a_copy_of_a_runs_checkpoint_resumes_into_the_runs_own_directory(tmp_path):

@@ -731,6 +731,7 @@ class CheckpointCB(Callback):
         self._superseded: list[Path] = []  # later epochs' files of the resumed run, moved aside at the first save
         self._release: Callable[[], None] | None = None  # lets go of path while this fit writes there (claim_dir)
         self._resumed_from: Path | None = None
+        self._resumed_epoch = 0
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
         self._warned: set[str] = set()
         self._run: str | None = None  # the run's id, in each of its checkpoints: tells a directory's runs apart
@@ -747,6 +748,7 @@ class CheckpointCB(Callback):
         """Restore `state_dict()`; the best file is the one saved as this best, beside the checkpoint resumed from (a
         run moved or copied with its files) or where it was saved, never another run's file of that name; if
         neither is, the best is forgotten with its value (a warning says why), so the resumed run finds a new best."""
+        state = self._own_record(state)
         self._run = state.get("run") or self._run  # (a checkpoint from before run ids has none: this fit's new one)
         if not same_watch(self, state, "CheckpointCB"):
             self.best, self.best_path = None, None
@@ -768,19 +770,35 @@ class CheckpointCB(Callback):
             best = found
         self.best, self.best_path = (state["best"], best) if best is not None else (None, None)
 
+    def _own_record(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This callback's state as its own checkpoint of the epoch resumed from holds it, when the resumed file is
+        another CheckpointCB's: both save as the epoch ends, and the other, saving first, took this one's state
+        before it ranked that epoch (its best may be that epoch's file). Its own file has none if it saved none."""
+        own, resumed = self.path / f"epoch_{self._resumed_epoch:04d}.pt", self._resumed_from
+        if resumed is None or self.monitor is None or state.get("run") is None or own.resolve() == resumed.resolve() \
+                or not own.is_file():
+            return state
+        try:  # (mmap: the states alone are read, not the weights)
+            saved = torch.load(own, map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
+        except Exception:  # noqa: BLE001 -- a file that can't be read: the resumed file's record stands
+            return state
+        return next((mine for mine in _checkpointcb_states(saved)
+                     if all(mine.get(k) == state.get(k) for k in ("run", "path", "monitor", "mode"))), state)
+
     def before_fit(self, learn: Learner) -> None:
         if any(cb is not self and isinstance(cb, CheckpointCB) and cb.path.resolve() == self.path.resolve()
                for cb in learn.cbs):  # each would delete the other's files as it keeps its own newest
             raise ValueError(f"two CheckpointCBs write into {self.path}: give each its own directory (one "
                              "CheckpointCB(path, keep=n, monitor=...) keeps the newest n and the best)")
+        # (for load_state_dict, which runs after: the best file is looked for beside the resumed one)
+        self._resumed_from, self._resumed_epoch = learn.resumed_from, learn.start_epoch
         if "train" not in learn.passes:  # an evaluation saves nothing: the run's best and newest stay as they were
-            self._pending, self._resumed_from = None, learn.resumed_from
+            self._pending = None
             return
         if self.monitor is not None:
             check_monitor(learn, self.monitor, "CheckpointCB")
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
         self._setup_at_start = setup_of(learn)  # (what no state_dict holds: settings are what the fit left alone)
-        self._resumed_from = learn.resumed_from  # load_state_dict, which runs after, looks for the best file there
         self._replaced, self._superseded, self._release = [], [], None
         self._run = uuid.uuid4().hex  # a new run's (a resumed fit's load_state_dict, which runs after, sets its own)
         self._watch(learn)
