@@ -1140,6 +1140,29 @@ def test_a_learner_without_an_lr_beside_a_one_cycle_is_told_an_lr_that_works():
     learn.fit(2)
 
 
+def test_a_milestone_no_batch_reaches_is_warned_of_in_a_sequential_or_chained_schedule_too():
+    """A MultiStepLR or StepLR inside SequentialLR or ChainedScheduler, or a SequentialLR's own milestone (the next
+    part never runs), past the steps it runs: the lr change planned there never came, without a word."""
+    from torch.optim.lr_scheduler import ChainedScheduler, ConstantLR, MultiStepLR, SequentialLR, StepLR
+    learn = make_learner([])
+    steps = 2 * len(learn.dls.train)
+
+    def seq(milestone, part):
+        return lambda opt: SequentialLR(opt, [ConstantLR(opt, factor=0.5, total_iters=milestone), part(opt)],
+                                        milestones=[milestone])
+    with pytest.warns(UserWarning, match=rf"MultiStepLR's milestone {steps} \(in SequentialLR, from step 2\) lies "
+                                         rf"at or past its {steps - 2} steps, of this fit's {steps}"):
+        learn.fit(2, cbs=[BatchSchedCB(seq(2, lambda opt: MultiStepLR(opt, milestones=[steps])))])
+    with pytest.warns(UserWarning, match=rf"SequentialLR's milestone {steps + 5} lies at or past this fit's {steps}"):
+        learn.fit(2, cbs=[BatchSchedCB(seq(steps + 5, lambda opt: ConstantLR(opt, total_iters=1)))])
+    with pytest.warns(UserWarning, match=r"StepLR's step_size=3 \(in ChainedScheduler\) lies at or past its 2 steps"):
+        learn.fit(2, cbs=[EpochSchedCB(lambda opt: ChainedScheduler([StepLR(opt, step_size=3),
+                                                                    ConstantLR(opt, total_iters=1)]))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(2, cbs=[BatchSchedCB(seq(2, lambda opt: MultiStepLR(opt, milestones=[steps - 3])))])
+
+
 def test_a_milestone_or_step_no_batch_of_the_fit_reaches_is_warned_of():
     """MultiStepLR(milestones=[nb, 2 * nb]) with nb read as another count of batches (len(dls.train) before a DDP
     fit: every process's) dropped the lr once where two were planned, or never, without a word; a schedule that ends

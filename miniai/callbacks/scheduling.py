@@ -253,20 +253,14 @@ class BaseSchedCB(Callback):
         # used; with anneal_epochs=0 SWALR sets swa_lr at once)
         from .swa import SWACB  # (here: swa.py's users import this module first)
         anneals = any(isinstance(cb, SWACB) and cb.anneal_epochs for cb in learn.cbs)
-        late = _steps_past(self.scheduler, total + (learn.schedule_stop is not None and anneals))
-        if late:  # (a schedule that never ends, counted in other steps: len(dls.train) under DDP, or per batch)
-            warn(f"{name}'s {late} this fit's {counted(total, 'step')} ({how}): no batch trains with the lr it "
+        # (a schedule that never ends, counted in other steps: len(dls.train) under DDP, or per batch)
+        for late in _steps_past(self.scheduler, total + (learn.schedule_stop is not None and anneals)):
+            warn(f"{late}this fit's {counted(total, 'step')} ({how}): no batch trains with the lr it "
                  "sets there. If that is not on purpose, count it in this fit's steps"
                  + (" (under DDP, len(dls.train) read before the fit counts every process's batches)"
                     if world_size() > 1 else "") + ".")
         if isinstance(self.scheduler, (SequentialLR, ChainedScheduler)):
-            parts = self.scheduler._schedulers
-            if isinstance(self.scheduler, SequentialLR):  # each part runs from its milestone to the next
-                bounds = [0, *(min(m, total) for m in self.scheduler._milestones), total]  # one may lie past it
-                spans = zip(parts, bounds, bounds[1:])
-            else:  # every part runs all the fit
-                spans = ((part, 0, total) for part in parts)
-            for part, start, end in spans:
+            for part, start, end in _spans(self.scheduler, total):
                 field, capacity = _length(part)
                 if field and capacity < end - start:
                     raise ValueError(f"{type(part).__name__} (in {type(self.scheduler).__name__}, from step {start}) "
@@ -506,15 +500,32 @@ def _length(scheduler: Any) -> tuple[str | None, int]:
     return (field, getattr(scheduler, field)) if field else (None, 0)
 
 
-def _steps_past(scheduler: Any, total: int) -> str | None:
-    """A MultiStepLR's milestones, or a StepLR's step_size, at or past the fit's `total` steps, as words: the lr
-    changes there after the fit's last batch trained (None if none)."""
-    if isinstance(scheduler, MultiStepLR) and max(scheduler.milestones, default=0) >= total:
-        late = sorted(m for m in scheduler.milestones if m >= total)
-        return f"milestone{'s' * (len(late) > 1)} {', '.join(map(str, late))} lie{'s' * (len(late) == 1)} at or past"
+def _spans(scheduler: SequentialLR | ChainedScheduler, total: int) -> Iterator[tuple[Any, int, int]]:
+    """Each part of a SequentialLR or ChainedScheduler stepped `total` times, with the steps it runs from and to."""
+    if isinstance(scheduler, SequentialLR):  # each part runs from its milestone to the next (one may lie past them)
+        bounds = [0, *(min(m, total) for m in scheduler._milestones), total]
+        yield from zip(scheduler._schedulers, bounds, bounds[1:])
+    else:  # every part runs all the fit
+        yield from ((part, 0, total) for part in scheduler._schedulers)
+
+
+def _steps_past(scheduler: Any, total: int, within: str = "") -> Iterator[str]:
+    """Milestones of a MultiStepLR or SequentialLR, a StepLR's step_size, at or past the `total` steps it runs
+    (its parts' too, from where each starts), as words: the lr changes there after the fit's last batch trained."""
+    name = type(scheduler).__name__
+    milestones = scheduler.milestones if isinstance(scheduler, MultiStepLR) else scheduler._milestones if isinstance(
+        scheduler, SequentialLR) else ()
+    late = sorted(m for m in milestones if m >= total)
+    past = f"at or past its {total} steps, of " if within else "at or past "
+    if late:
+        yield f"{name}'s milestone{'s' * (len(late) > 1)} {', '.join(map(str, late))}{within} lie" \
+              f"{'s' * (len(late) == 1)} {past}"
     if isinstance(scheduler, StepLR) and scheduler.step_size >= total:
-        return f"step_size={scheduler.step_size} lies at or past"
-    return None
+        yield f"{name}'s step_size={scheduler.step_size}{within} lies {past}"
+    if isinstance(scheduler, (SequentialLR, ChainedScheduler)):
+        for part, start, end in _spans(scheduler, total):
+            if end > start:  # (a part that never runs: its SequentialLR's milestone is warned of)
+                yield from _steps_past(part, end - start, f" (in {name}{f', from step {start}' if start else ''})")
 
 
 def _ending_parts(scheduler: Any, steps: int) -> Iterator[tuple[Any, int]]:
