@@ -1140,6 +1140,24 @@ def test_a_learner_without_an_lr_beside_a_one_cycle_is_told_an_lr_that_works():
     learn.fit(2)
 
 
+@pytest.mark.parametrize("inner", ["SequentialLR", "ChainedScheduler"])
+def test_a_sequential_or_chained_schedule_a_sequentiallr_starts_at_a_milestone_is_refused_before_training(inner):
+    """torch starts a SequentialLR's later part with its get_lr(), which these have none of: the fit failed at that
+    milestone, an epoch in, with a bare NotImplementedError (probe S)."""
+    def part(opt):
+        if inner == "SequentialLR":
+            return ls.SequentialLR(opt, [ls.LinearLR(opt, 0.5, total_iters=2), ls.ExponentialLR(opt, 0.8)], [2])
+        return ls.ChainedScheduler([ls.ExponentialLR(opt, 0.8), ls.ConstantLR(opt, total_iters=1)])
+    learn = make_learner([])
+    before = copy.deepcopy(learn.model.state_dict())
+    sched = BatchSchedCB(lambda opt: ls.SequentialLR(opt, [ls.ExponentialLR(opt, 0.9), part(opt)], milestones=[8]))
+    with pytest.raises(ValueError, match=rf"SequentialLR starts {inner} at its milestone 8, which torch can't do.*"
+                                         "one SequentialLR"):
+        learn.fit(3, cbs=[sched])
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in before.items())
+    learn.fit(3, cbs=[BatchSchedCB(lambda opt: ls.SequentialLR(opt, [part(opt), ls.ExponentialLR(opt, 0.9)], [8]))])
+
+
 def test_a_milestone_no_batch_reaches_is_warned_of_in_a_sequential_or_chained_schedule_too():
     """A MultiStepLR or StepLR inside SequentialLR or ChainedScheduler, or a SequentialLR's own milestone (the next
     part never runs), past the steps it runs: the lr change planned there never came, without a word."""

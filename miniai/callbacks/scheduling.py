@@ -140,6 +140,18 @@ def _chained_outright(scheduler: Any, chained: bool = False) -> Any:
     return next((found for p in parts for found in [_chained_outright(p, chained)] if found is not None), None)
 
 
+def _started_at_a_milestone(scheduler: Any) -> tuple[Any, int] | None:
+    """A SequentialLR or ChainedScheduler that a SequentialLR starts at one of its milestones (a part after its
+    first), at any depth, with that milestone: torch starts such a part with its get_lr(), which these have none of."""
+    parts = getattr(scheduler, "_schedulers", [])
+    if isinstance(scheduler, SequentialLR):
+        late = next(((p, m) for p, m in zip(parts[1:], scheduler._milestones)
+                     if isinstance(p, (SequentialLR, ChainedScheduler))), None)
+        if late is not None:
+            return late
+    return next((found for p in parts for found in [_started_at_a_milestone(p)] if found is not None), None)
+
+
 class BaseSchedCB(Callback):
     """Builds `factory(learn.opt)` at before_fit; subclasses decide when it steps (see the module docstring).
 
@@ -203,6 +215,12 @@ class BaseSchedCB(Callback):
                              "chainable: it sets the lr outright from each group's initial lr at every step, so it "
                              "discards the other schedulers' changes. For a cosine use torch's CosineAnnealingLR, "
                              "which chains; or run schedules one after another with SequentialLR")
+        started = _started_at_a_milestone(scheduler)
+        if started is not None:  # (it fails there, mid-fit, with a bare NotImplementedError)
+            raise ValueError(f"{type(self).__name__}'s SequentialLR starts {type(started[0]).__name__} at its milestone "
+                             f"{started[1]}, which torch can't do (it starts a part there with get_lr(), which "
+                             f"{type(started[0]).__name__} has none of). Put the schedules one after another in one "
+                             "SequentialLR, each with its milestone, or nest it as the first part only")
         other = next((cb for cb in learn.cbs if isinstance(cb, BaseSchedCB) and cb is not self and cb._learn is learn),
                      None)  # (another scheduling callback of this fit, built before this one)
         if other is not None and (_sets_outright(scheduler) or _sets_outright(other.scheduler)):
