@@ -217,9 +217,10 @@ class BaseSchedCB(Callback):
                              "which chains; or run schedules one after another with SequentialLR")
         started = _started_at_a_milestone(scheduler)
         if started is not None:  # (it fails there, mid-fit, with a bare NotImplementedError)
-            raise ValueError(f"{type(self).__name__}'s SequentialLR starts {type(started[0]).__name__} at its milestone "
-                             f"{started[1]}, which torch can't do (it starts a part there with get_lr(), which "
-                             f"{type(started[0]).__name__} has none of). Put the schedules one after another in one "
+            part = type(started[0]).__name__
+            raise ValueError(f"{type(self).__name__}'s SequentialLR starts {part} at its milestone {started[1]}, "
+                             f"which torch can't do (it starts a part there with get_lr(), which {part} has none "
+                             "of). Put the schedules one after another in one "
                              "SequentialLR, each with its milestone, or nest it as the first part only")
         other = next((cb for cb in learn.cbs if isinstance(cb, BaseSchedCB) and cb is not self and cb._learn is learn),
                      None)  # (another scheduling callback of this fit, built before this one)
