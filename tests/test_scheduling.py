@@ -1111,6 +1111,25 @@ def test_a_tensor_lr_is_read_as_the_batch_trained_with_it_before_the_schedule_mo
     learn.fit(1, lr=0.01, cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.01, total_steps=4))])  # not refused
 
 
+def test_fit_lr_at_a_cyclic_schedules_peak_refused_for_the_groups_ratios_says_so():
+    """fit(lr=0.01) with CyclicLR(max_lr=0.01) and an opt_func giving a second group a tenth: refused, rightly (the
+    ratio would be lost), as 'peak 0.01, 0.01 ... lr=0.01 would be ignored', the lr given being that peak (probe S)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 4), nn.Linear(4, 1))
+
+    def opt_func(params, lr):
+        return optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": lr / 10}],
+                         lr=lr, momentum=0.9)
+    learn = TrainLearner(model, linear_dls(), F.mse_loss, lr=0.05, opt_func=opt_func, cbs=[BatchSchedCB(partial(
+        ls.CyclicLR, base_lr=0.001, max_lr=0.01, step_size_up=3))])
+    with pytest.raises(ValueError, match=r"peaks 0.01, 0.01 for the param groups\) at every step: the lrs opt_func "
+                                         r"made of lr=0.01 for them \(0.01, 0.001\) would be ignored \(to keep them, "
+                                         r"give the schedule a peak per group, max_lr=\[0.01, 0.001\]\)"):
+        learn.fit(2, lr=0.01)
+    learn.rm_cb(learn.cbs[0])  # the advice, followed
+    learn.fit(2, lr=0.01, cbs=[BatchSchedCB(partial(ls.CyclicLR, base_lr=0.001, max_lr=[0.01, 0.001], step_size_up=3))])
+
+
 def test_a_learner_without_an_lr_beside_a_one_cycle_is_told_an_lr_that_works():
     # MomentumLearner's lr is None by default: "pass lr=, e.g. learn.fit(3, lr=1e-2)", followed, was refused as
     # "lr=0.01 would be ignored. Leave lr= out", which brought the first error back (probe)

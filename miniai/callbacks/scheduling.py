@@ -102,9 +102,12 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Ca
     fix = (f"learn.fit_one_cycle(n, max_lr={given}) peaks at the lr it is given" if own_place(learn, cb) is None else
            f"the {who} is the learner's own (in learn.cbs), so remove it first, learn.rm_cb(...), then e.g. "
            f"learn.fit_one_cycle(n, max_lr={given})")
+    shown, lrs = ", ".join(f"{p:g}" for p in peaks), ", ".join(f"{m:g}" for m in made)
+    peak = (f"peak {shown}) at every step: lr={given} would be ignored" if len(peaks) == 1 else
+            f"peaks {shown} for the param groups) at every step: the lrs opt_func made of lr={given} for them "
+            f"({lrs}) would be ignored (to keep them, give the schedule a peak per group, max_lr=[{lrs}])")
     raise ValueError(f"this fit's lr={given} (fit(lr=), or fit_one_cycle's max_lr) with {who}'s "
-                     f"{type(part).__name__}, which sets the lr from its own arguments (peak "
-                     f"{', '.join(f'{p:g}' for p in peaks)}) at every step: lr={given} would be ignored. "
+                     f"{type(part).__name__}, which sets the lr from its own arguments ({peak}. "
                      + ("Leave lr= out (the schedule's peak is the lr)" if own is not None else  # (none to leave it to)
                         f"Set learn.lr = {peaks[0]:g} and leave lr= out (the schedule sets the lr from its own)")
                      + f", or give the schedule the peak you want ({fix})")
