@@ -343,11 +343,30 @@ def test_an_evaluation_resumed_from_a_checkpoint_leaves_the_recorders_curves(tmp
     assert rec.recs["lr"] == lrs and len(lrs) == 4 * 8
 
 
+@pytest.mark.parametrize("sched", ["ExponentialLR", "StepLR", "MultiStepLR in a SequentialLR"])
+def test_an_lr_given_on_resume_goes_on_under_a_schedule_that_only_scales_the_lr_it_finds(tmp_path, sched):
+    """fit(4, lr=0.005, resume=...) under an ExponentialLR (or StepLR, MultiStepLR) was refused as 'its schedule sets
+    the lr at every step, so the lr given would be overwritten': these scale the lr they find, as a plateau's does,
+    so the lr given is the lr from here on and the schedule goes on from it (what "lower the lr and resume" asks)."""
+    factories = {"ExponentialLR": partial(lr_scheduler.ExponentialLR, gamma=0.9),
+                 "StepLR": partial(lr_scheduler.StepLR, step_size=3, gamma=0.5),
+                 "MultiStepLR in a SequentialLR": lambda opt: lr_scheduler.SequentialLR(opt, [
+                     lr_scheduler.ExponentialLR(opt, gamma=0.9), lr_scheduler.MultiStepLR(opt, [5, 9], gamma=0.5)],
+                     milestones=[12])}
+    make_learner(tmp_path, [BatchSchedCB(factories[sched])])[0].fit(2)
+    straight, rec = make_learner(None, [BatchSchedCB(factories[sched])])
+    straight.fit(4)
+    learn, resumed = make_learner(None, [BatchSchedCB(factories[sched])])
+    learn.fit(4, lr=0.005, resume=tmp_path)
+    ratio = 0.005 / rec.recs["lr"][16]  # the lr given, where the run was at its epoch 2
+    assert resumed.recs["lr"][16:] == pytest.approx([lr * ratio for lr in rec.recs["lr"][16:]], rel=1e-6)
+
+
 def test_a_refused_resume_leaves_the_learners_records(tmp_path):
     """"nothing was changed", said a refused resume, but MetricsCB's history and RecorderCB's curves of the
     learner's last fit were gone: their before_fit had started them afresh before ResumeCB refused."""
     def sched():
-        return BatchSchedCB(partial(lr_scheduler.StepLR, step_size=4, gamma=0.5))
+        return BatchSchedCB(partial(lr_scheduler.CosineAnnealingLR, T_max=32))
     make_learner(tmp_path, [sched()])[0].fit(1)
     learn, rec = make_learner(None, [sched()])
     learn.fit(2)
