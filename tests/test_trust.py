@@ -258,7 +258,7 @@ def test_an_lr_given_on_resume_keeps_the_param_groups_ratios(tmp_path):
 
 
 def test_an_lr_given_on_resume_with_a_schedule_is_refused_with_what_to_do(tmp_path):
-    sched = partial(BatchSchedCB, partial(lr_scheduler.StepLR, step_size=2))
+    sched = partial(BatchSchedCB, partial(lr_scheduler.CosineAnnealingLR, T_max=30))  # (StepLR takes it: it scales)
     checkpointed(tmp_path, cbs=[sched()])
     learn = tiny_learner(cbs=[sched(), CheckpointCB(tmp_path)])
     w0 = learn.model.weight.detach().clone()
@@ -778,7 +778,7 @@ def test_the_nan_message_with_a_schedule_does_not_advise_a_resume_with_lr(tmp_pa
         def after_loss(self, learn):
             if learn.epoch == 1 and learn.iter == 1:
                 learn.loss = learn.loss * float("nan")
-    sched = BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2))
+    sched = BatchSchedCB(partial(lr_scheduler.CosineAnnealingLR, T_max=30))
     learn = tiny_learner(cbs=[sched, Poison(), CheckpointCB(tmp_path)])
     with pytest.raises(NonFiniteLossError, match=r"a schedule sets the lr, so start a new fit from its weights.*"
                                                   r"load_checkpoint\(.*learn.rm_cb\(...\) of the learner's own "
@@ -786,7 +786,14 @@ def test_the_nan_message_with_a_schedule_does_not_advise_a_resume_with_lr(tmp_pa
         learn.fit(3)  # (fit_one_cycle beside the learner's own schedule would be refused: the advice says so)
     learn = tiny_learner(cbs=[Poison(), CheckpointCB(tmp_path / "b")])
     with pytest.raises(NonFiniteLossError, match=r"\['model'\]\), then e.g. learn.fit_one_cycle"):
-        learn.fit(3, cbs=[BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2))])  # (this fit's only)
+        learn.fit(3, cbs=[BatchSchedCB(partial(lr_scheduler.CosineAnnealingLR, T_max=30))])  # (this fit's only)
+    # a schedule that scales the lr it finds goes on from an lr given on resume: the advice is that resume, and works
+    learn = tiny_learner(cbs=[BatchSchedCB(partial(lr_scheduler.StepLR, step_size=2)), Poison(),
+                              CheckpointCB(tmp_path / "c")])
+    with pytest.raises(NonFiniteLossError, match=r"continue from it with a lower lr, learn.fit\(3, lr=\.\.\., resume="):
+        learn.fit(3)
+    learn.rm_cb(next(cb for cb in learn.cbs if isinstance(cb, Poison)))
+    learn.fit(3, lr=0.01, resume=tmp_path / "c")
 
 
 def test_the_ctrl_c_note_names_the_callbacks_given_to_the_interrupted_call(tmp_path):

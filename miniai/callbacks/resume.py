@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import ExponentialLR, MultiplicativeLR, MultiStepLR, ReduceLROnPlateau, StepLR
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ..checks import beside_model, warn
 from ..distributed import is_dist, rank, world_size
@@ -30,7 +30,7 @@ from .guards import EarlyStoppingCB, GradClipCB
 from .loggers import TensorBoardCB
 from .records import forget_records
 from .grad_accum import GradAccumCB
-from .scheduling import BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB
+from .scheduling import SCALING, BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, scales_only
 from .swa import SWACB
 
 __all__ = ["ResumeCB", "resume_cb"]
@@ -71,18 +71,8 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
 
 def _schedules(cb: Callback) -> bool:
     """Whether `cb` sets the lr by a schedule counted from the run's start: a scheduling callback, but for a
-    plateau's, which only scales the lr it finds when the metric stalls (it takes an lr given at resume)."""
+    plateau's, which only scales the lr it finds when the metric stalls."""
     return isinstance(cb, BaseSchedCB) and not isinstance(cb.scheduler, ReduceLROnPlateau)
-
-
-_SCALING = (ReduceLROnPlateau, ExponentialLR, StepLR, MultiStepLR, MultiplicativeLR)
-
-
-def _scales_only(scheduler: Any) -> bool:
-    """Whether `scheduler` (every part of it) only scales the lr it finds at its steps (_SCALING): an lr given on
-    resume is the lr from there on, and the schedule goes on from it."""
-    parts = getattr(scheduler, "_schedulers", None)
-    return all(map(_scales_only, parts)) if parts else isinstance(scheduler, _SCALING)
 
 
 class ResumeCB(Callback):
@@ -135,13 +125,13 @@ class ResumeCB(Callback):
                 "learner the run was saved with, or start a new fit from the checkpoint's weights; nothing was changed.")
         stateful, saved, training = stateful_callbacks(learn), state["callbacks"], "train" in learn.passes
         # SWALR, once running (resumed past swa_start), sets the lr each epoch too
-        schedulers = [k for k, cb in stateful.items() if _schedules(cb) and not _scales_only(cb.scheduler)
+        schedulers = [k for k, cb in stateful.items() if _schedules(cb) and not scales_only(cb.scheduler)
                       or isinstance(cb, SWACB) and learn.start_epoch > cb.swa_start]
         if self.lr is not None and schedulers and training:
             raise ValueError(
                 f"fit(lr={self.lr}, resume=...) with {', '.join(schedulers)}: its schedule sets the lr at every step "
                 "from where the run began, so the lr given would be overwritten (a schedule that only scales the lr "
-                f"it finds, {', '.join(c.__name__ for c in _SCALING[1:])} or ReduceLROnPlateau, goes on from it). "
+                f"it finds, as {', '.join(c.__name__ for c in SCALING)} do, goes on from it). "
                 "Resume without lr= to continue the saved schedule, or start a new fit from the checkpoint's weights "
                 f"(learn.model.load_state_dict(load_checkpoint('{file}')['model']), then e.g. "
                 "learn.fit_one_cycle(n, max_lr=lower)).")

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
-                                      LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR, OneCycleLR, PolynomialLR,
-                                      ReduceLROnPlateau, SequentialLR, StepLR)
+                                      ExponentialLR, LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR, OneCycleLR,
+                                      PolynomialLR, ReduceLROnPlateau, SequentialLR, StepLR)
 
 from ..checks import add_note, follows_lr, own_place, python_number, warn
 from ..distributed import is_main_process, world_size
@@ -111,6 +111,16 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Ca
                      + ("Leave lr= out (the schedule's peak is the lr)" if own is not None else  # (none to leave it to)
                         f"Set learn.lr = {peaks[0]:g} and leave lr= out (the schedule sets the lr from its own)")
                      + f", or give the schedule the peak you want ({fix})")
+
+
+# these only scale the lr they find at their steps: an lr given on resume is the lr from there on, which they go on from
+SCALING = (ExponentialLR, StepLR, MultiStepLR, MultiplicativeLR, ReduceLROnPlateau)
+
+
+def scales_only(scheduler: Any) -> bool:
+    """Whether `scheduler` (every part of it) only scales the lr it finds at its steps (SCALING)."""
+    parts = getattr(scheduler, "_schedulers", None)
+    return all(map(scales_only, parts)) if parts else isinstance(scheduler, SCALING)
 
 
 def _sets_outright(scheduler: Any) -> bool:
