@@ -1777,6 +1777,12 @@ def test_a_renamed_checkpoint_or_one_of_a_newer_miniai_is_refused_not_loaded_as_
     torch.save(state, tmp_path / "newer.pt")
     with pytest.raises(CheckpointMismatchError, match=r"written by a newer miniai \(checkpoint version 99"):
         load_checkpoint(tmp_path / "newer.pt")
+    # resumed from by its path, it is set aside before its name is written again, and the warning says which it is
+    # (it called it a later epoch's file of a run that went on: probe Q)
+    with pytest.warns(UserWarning, match=r"\(epoch_0003.pt, epoch_0004.pt; and epoch_0009.pt, the file resumed "
+                                         r"from, which holds epoch 2\); they were moved to"):
+        make_learner(tmp_path / "ck")[0].fit(10, resume=tmp_path / "ck" / "epoch_0009.pt")
+    assert load_checkpoint(tmp_path / "ck" / "superseded_1" / "epoch_0009.pt")["epoch"] == 2
 
 
 def test_a_checkpoint_the_disk_has_no_room_for_names_the_last_good_one_and_keeps_the_best_as_it_was(tmp_path,

@@ -932,9 +932,12 @@ class CheckpointCB(Callback):
         aside.mkdir()
         for f in later:
             f.rename(aside / f.name)
+        # (the file resumed from, given by its path, may be one of them: a renamed file, its name a later epoch's)
+        own = [f for f in later if self._resumed_from is not None and f.resolve() == self._resumed_from.resolve()]
+        names = ", ".join(f.name for f in later if f not in own) + "".join(
+            f"; and {f.name}, the file resumed from, which holds epoch {resumed_epoch}" for f in own)
         warn(f"resumed from epoch {resumed_epoch}: {self.path} held checkpoints of later epochs from a run "
-             f"that went on from there ({', '.join(f.name for f in later)}); they were moved to {aside} "
-             "rather than overwritten")
+             f"that went on from there ({names}); they were moved to {aside} rather than overwritten")
 
     def _monitored(self, learn: Learner, done: int) -> float | None:
         """This epoch's value of the monitored metric; None when a cancel cut short the pass that logs it (an older
