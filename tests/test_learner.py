@@ -701,6 +701,22 @@ def test_a_model_that_fails_on_the_batch_is_told_what_it_was_given(owner):
     assert "shape (8, 1, 4, 4) float32" in notes
 
 
+def test_a_training_batch_of_one_item_batchnorm_refuses_is_told_the_way_out():
+    """9 items in batches of 4: the last training batch, of 1 item, failed in BatchNorm ('Expected more than 1 value
+    per channel when training') with no word of drop_last or the batch size (probe R)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from miniai.data import DataLoaders
+    x, y = torch.randn(9, 4), torch.randint(0, 3, (9,))
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    train, valid = DataLoader(TensorDataset(x, y), 4), DataLoader(TensorDataset(x[:4], y[:4]), 4)
+    learn = TrainLearner(model, DataLoaders(train, valid), F.cross_entropy)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel") as e:
+        learn.fit(1)
+    assert "batch 2 of this training pass holds 1 item, and batch normalization can't train on one: drop it " \
+           "(drop_last=True on the training loader) or choose a batch size that leaves no 1 over" in \
+           "\n".join(e.value.__notes__)
+
+
 def test_an_order_changed_after_add_cb_is_the_order_the_fit_runs_in():
     """The dispatch table was built at add_cb: a callback whose order was set afterwards (cb.order = 20, as the
     course's notebooks do between fits) still ran at its old place, without a word."""
