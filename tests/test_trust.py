@@ -319,6 +319,10 @@ def test_negative_epochs_are_an_error_and_lr_zero_a_warning():
         learn.fit(-1)
     with pytest.warns(UserWarning, match="lr=0: the optimizer will not change the weights"):
         learn.fit(1, lr=0)
+    learn.lr = 0.0  # an evaluation changes no weights whatever the lr: nothing to warn of (it did)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1, train=False)
 
 
 def test_an_lr_of_one_element_array_is_refused_and_a_fraction_taken():
