@@ -390,6 +390,31 @@ def test_a_loss_wrappers_inner_settings_decide_how_its_batches_average(inner):
     assert mean_loss(losses, y, learn.loss_func).item() == pytest.approx(expected, rel=1e-5)
 
 
+
+class _PerItemSum(nn.Module):
+    """A VAE's loss: summed over each item's outputs by its .func, divided by the items itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.func = nn.BCEWithLogitsLoss(reduction="sum")
+
+    def forward(self, preds, targets):
+        return self.func(preds, targets) / preds.shape[0]
+
+
+def test_a_wrapper_whose_func_sums_and_that_divides_by_the_items_itself_is_averaged_as_its_own_loss():
+    """A regression caught before it landed (probe T): read through .func, its reduction was the inner 'sum', and
+    MetricsCB divided each batch's loss by its items once more (valid_loss 0.55 for 3.64)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 4), (torch.rand(20, 5) > 0.5).float()
+    model = nn.Linear(4, 5)
+    dl = DataLoader(TensorDataset(x, y), 8)
+    learn = TrainLearner(model, DataLoaders(dl, dl), _PerItemSum(), lr=0.1, cbs=[MetricsCB(log_fn=None)])
+    learn.fit(1, train=False)
+    with torch.no_grad():
+        expected = sum(_PerItemSum()(model(x[i:i + 8]), y[i:i + 8]) * len(x[i:i + 8]) for i in (0, 8, 16)) / 20
+    assert learn.metrics.last["valid_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
 class _Focal(nn.Module):
     """A loss of one's own holding torch's cross-entropy as .func, and averaging over every item itself."""
 
