@@ -343,16 +343,15 @@ def test_an_evaluation_resumed_from_a_checkpoint_leaves_the_recorders_curves(tmp
     assert rec.recs["lr"] == lrs and len(lrs) == 4 * 8
 
 
-@pytest.mark.parametrize("sched", ["ExponentialLR", "StepLR", "MultiStepLR in a SequentialLR"])
+@pytest.mark.parametrize("sched", ["ExponentialLR", "StepLR", "MultiStepLR in a ChainedScheduler"])
 def test_an_lr_given_on_resume_goes_on_under_a_schedule_that_only_scales_the_lr_it_finds(tmp_path, sched):
     """fit(4, lr=0.005, resume=...) under an ExponentialLR (or StepLR, MultiStepLR) was refused as 'its schedule sets
     the lr at every step, so the lr given would be overwritten': these scale the lr they find, as a plateau's does,
     so the lr given is the lr from here on and the schedule goes on from it (what "lower the lr and resume" asks)."""
     factories = {"ExponentialLR": partial(lr_scheduler.ExponentialLR, gamma=0.9),
                  "StepLR": partial(lr_scheduler.StepLR, step_size=3, gamma=0.5),
-                 "MultiStepLR in a SequentialLR": lambda opt: lr_scheduler.SequentialLR(opt, [
-                     lr_scheduler.ExponentialLR(opt, gamma=0.9), lr_scheduler.MultiStepLR(opt, [5, 9], gamma=0.5)],
-                     milestones=[12])}
+                 "MultiStepLR in a ChainedScheduler": lambda opt: lr_scheduler.ChainedScheduler([
+                     lr_scheduler.ExponentialLR(opt, gamma=0.9), lr_scheduler.MultiStepLR(opt, [5, 20], gamma=0.5)])}
     make_learner(tmp_path, [BatchSchedCB(factories[sched])])[0].fit(2)
     straight, rec = make_learner(None, [BatchSchedCB(factories[sched])])
     straight.fit(4)
@@ -360,6 +359,17 @@ def test_an_lr_given_on_resume_goes_on_under_a_schedule_that_only_scales_the_lr_
     learn.fit(4, lr=0.005, resume=tmp_path)
     ratio = 0.005 / rec.recs["lr"][16]  # the lr given, where the run was at its epoch 2
     assert resumed.recs["lr"][16:] == pytest.approx([lr * ratio for lr in rec.recs["lr"][16:]], rel=1e-6)
+
+
+def test_an_lr_given_on_resume_under_a_sequentiallr_of_scaling_parts_is_refused(tmp_path):
+    """A regression caught before it landed (probe T): torch starts a SequentialLR's next part at its milestone from
+    the part's base_lrs, the saved run's, so the lr given was lost there (0.05 from step 20, for 0.027)."""
+    def sched():
+        return BatchSchedCB(lambda opt: lr_scheduler.SequentialLR(opt, [
+            lr_scheduler.ExponentialLR(opt, gamma=0.9), lr_scheduler.MultiStepLR(opt, [5], gamma=0.5)], [20]))
+    make_learner(tmp_path, [sched()])[0].fit(2)
+    with pytest.raises(ValueError, match=r"its schedule sets the lr at every step from where the run began"):
+        make_learner(None, [sched()])[0].fit(4, lr=0.005, resume=tmp_path)
 
 
 def test_a_refused_resume_leaves_the_learners_records(tmp_path):

@@ -118,9 +118,11 @@ SCALING = (ExponentialLR, StepLR, MultiStepLR, MultiplicativeLR, ReduceLROnPlate
 
 
 def scales_only(scheduler: Any) -> bool:
-    """Whether `scheduler` (every part of it) only scales the lr it finds at its steps (SCALING)."""
-    parts = getattr(scheduler, "_schedulers", None)
-    return all(map(scales_only, parts)) if parts else isinstance(scheduler, SCALING)
+    """Whether `scheduler` (every part of a ChainedScheduler) only scales the lr it finds at its steps (SCALING); a
+    SequentialLR does not: it starts its next part at a milestone from that part's base_lrs, the run's first."""
+    if isinstance(scheduler, ChainedScheduler):
+        return all(map(scales_only, scheduler._schedulers))
+    return isinstance(scheduler, SCALING)
 
 
 def _sets_outright(scheduler: Any) -> bool:
