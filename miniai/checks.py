@@ -95,7 +95,8 @@ def call_model(learn: Any) -> Any:
             add_note(e, f"(the model was called on the batch's first {learn.n_inp} item{'s' * (learn.n_inp > 1)} "
                         f"(n_inp={learn.n_inp}): [{', '.join(map(describe, items[:learn.n_inp]))}]; the batch's "
                         f"items are [{', '.join(map(describe, items))}])")
-            if learn.training and "Expected more than 1 value per channel" in str(e):  # BatchNorm's, on 1 item
+            if learn.training and "Expected more than 1 value per channel" in str(e) and (  # BatchNorm's, on a
+                    isinstance(items[0], torch.Tensor) and items[0].ndim and len(items[0]) == 1):  # batch of 1 item
                 add_note(e, f"(batch {learn.iter} of this training pass holds 1 item, and batch normalization can't "
                             "train on one: drop it (drop_last=True on the training loader) or choose a batch size "
                             "that leaves no 1 over)")

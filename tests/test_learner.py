@@ -716,6 +716,18 @@ def test_a_training_batch_of_one_item_batchnorm_refuses_is_told_the_way_out():
            "(drop_last=True on the training loader) or choose a batch size that leaves no 1 over" in \
            "\n".join(e.value.__notes__)
 
+    class OfTheSet(nn.Module):  # batch norm of one summary of the batch: the batch is not what is of one item
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.norm(x.mean(0, keepdim=True)).expand(len(x), 4)[:, :3]
+    learn = TrainLearner(OfTheSet(), DataLoaders(train, valid), F.cross_entropy)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel") as e:
+        learn.fit(1)
+    assert not any("holds 1 item" in note for note in e.value.__notes__)  # (a regression caught by probe T)
+
 
 def test_an_order_changed_after_add_cb_is_the_order_the_fit_runs_in():
     """The dispatch table was built at add_cb: a callback whose order was set afterwards (cb.order = 20, as the
