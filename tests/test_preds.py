@@ -415,6 +415,38 @@ def test_a_wrapper_whose_func_sums_and_that_divides_by_the_items_itself_is_avera
         expected = sum(_PerItemSum()(model(x[i:i + 8]), y[i:i + 8]) * len(x[i:i + 8]) for i in (0, 8, 16)) / 20
     assert learn.metrics.last["valid_loss"] == pytest.approx(expected.item(), rel=1e-5)
 
+
+class _FastaiLike:
+    """fastai's BaseLoss, trimmed: `reduction` a property that reads and writes its .func's."""
+
+    def __init__(self, func):
+        self.func = func
+
+    @property
+    def reduction(self):
+        return self.func.reduction
+
+    @reduction.setter
+    def reduction(self, value):
+        self.func.reduction = value
+
+    def __call__(self, preds, targets):
+        return self.func(preds, targets)
+
+
+def test_get_preds_with_loss_leaves_a_loss_whose_reduction_writes_into_its_func_as_it_was():
+    """The per-item copy was shallow: setting its reduction to 'none' set the learner's own .func's, and the next fit
+    trained on unreduced losses (an older bug, found by probe T)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    model, dl = nn.Linear(4, 3), DataLoader(TensorDataset(x, y), 8)
+    loss = _FastaiLike(nn.CrossEntropyLoss(weight=torch.tensor([1.0, 5.0, 0.5])))
+    learn = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1)
+    losses = learn.get_preds(with_loss=True)[-1]
+    with torch.no_grad():
+        assert torch.allclose(losses, F.cross_entropy(model(x), y, weight=loss.func.weight, reduction="none"))
+    assert loss.reduction == "mean" and learn.loss_func(model(x), y).ndim == 0
+
 class _Focal(nn.Module):
     """A loss of one's own holding torch's cross-entropy as .func, and averaging over every item itself."""
 

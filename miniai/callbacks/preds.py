@@ -143,9 +143,14 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
     # an item's losses at its positions (per class, per pixel) are added up, as the fit's loss adds them, under
     # reduction='sum' and KLDivLoss's 'batchmean' (each item's sum), else averaged (_per_item, MetricsCB)
     summed = loss_setting(loss_func, "reduction", "mean") in ("sum", "batchmean")
-    per_item = copy.copy(loss_func) if isinstance(getattr(loss_func, "reduction", None), str) else loss_func
+    was = getattr(loss_func, "reduction", None)
+    per_item = copy.copy(loss_func) if isinstance(was, str) else loss_func
     if per_item is not loss_func:  # nn.CrossEntropyLoss() and friends: a shallow copy, the learner's stays as it is
         per_item.reduction = "none"  # (a function copies as itself: it takes the argument below, if it takes one)
+        if loss_func.reduction != was:  # a property that sets it on a loss the copy shares (fastai's BaseLoss's
+            loss_func.reduction = was  # .func): put it back, and copy all of it
+            per_item = copy.deepcopy(loss_func)
+            per_item.reduction = "none"
         per_item.reduced_by_sum = summed
         return per_item
     try:
