@@ -1718,6 +1718,19 @@ def test_a_run_with_a_second_checkpointcb_resumes_into_both_its_directories(tmp_
     assert best.best_path == tmp_path / "best" / "epoch_0002.pt"
 
 
+def test_two_checkpointcbs_watching_one_metric_each_resume_with_its_own_best_file(tmp_path):
+    """Resumed from a/'s file, b/'s CheckpointCB took a/'s best file of that name for its own (the search beside the
+    file resumed from read a/'s record of the same value): b/'s best then lay in a/, under a/'s pruning (probe T)."""
+    def savers():
+        return [CheckpointCB(tmp_path / "a", keep=None, monitor="valid_loss"),
+                CheckpointCB(tmp_path / "b", keep=1, monitor="valid_loss")]
+    make_learner(None, [*savers(), _WorseFrom(2)])[0].fit(4)
+    learn, _ = make_learner(None, [*savers(), _WorseFrom(2)])
+    learn.fit(5, resume=tmp_path / "a" / "epoch_0003.pt")
+    a, b = [cb for cb in learn.cbs if isinstance(cb, CheckpointCB)]
+    assert a.best_path == tmp_path / "a" / "epoch_0002.pt" and b.best_path == tmp_path / "b" / "epoch_0002.pt"
+
+
 def test_a_copy_of_a_runs_checkpoint_resumes_into_the_runs_own_directory(tmp_path):
     """A backup copy of a run's newest checkpoint, resumed into the run's directory, was refused as another run's
     there (the copy's directory was taken for the run's only one); only overwrite=True went on, deleting files."""
