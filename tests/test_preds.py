@@ -447,6 +447,24 @@ def test_get_preds_with_loss_leaves_a_loss_whose_reduction_writes_into_its_func_
         assert torch.allclose(losses, F.cross_entropy(model(x), y, weight=loss.func.weight, reduction="none"))
     assert loss.reduction == "mean" and learn.loss_func(model(x), y).ndim == 0
 
+
+@pytest.mark.parametrize("weight", [None, torch.tensor([0.2, 1.0, 3.0])], ids=["unweighted", "class weights"])
+def test_per_pixel_losses_per_item_are_each_items_own_loss_and_nan_for_an_item_with_none_counted(weight):
+    """get_preds(with_loss=True) on a segmentation loss: an item whose pixels were all ignore_index got 0.0, a
+    perfect item's loss, and with class weights each item's losses were divided by its pixel count, not by its
+    pixels' weights, so an item's loss was not loss_func's of that item (1.40 for 1.86; probe W)."""
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(9, 2, 4, 4, generator=g), torch.randint(0, 3, (9, 4, 4), generator=g)
+    y[:, :2], y[5] = -100, -100
+    torch.manual_seed(0)
+    model, loss = nn.Conv2d(2, 3, 3, padding=1), nn.CrossEntropyLoss(weight=weight)
+    dl = DataLoader(TensorDataset(x, y), 4)
+    learn = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1)
+    losses = learn.get_preds(with_loss=True)[-1]
+    with torch.no_grad():
+        own = torch.stack([loss(model(x[i:i + 1]), y[i:i + 1]) for i in range(9)])
+    assert torch.isnan(own[5]) and torch.allclose(losses, own, equal_nan=True)
+
 class _Focal(nn.Module):
     """A loss of one's own holding torch's cross-entropy as .func, and averaging over every item itself."""
 

@@ -35,7 +35,7 @@ from ..utils import loss_setting, map_tensors, name_of, tensor_versions, to_cpu
 from .augment import BatchTransformCB
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
-from ..weighting import batch_parts, ignored_target, input_items, loss_mask, mean_loss
+from ..weighting import batch_parts, input_items, mean_loss, position_weights
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -400,8 +400,7 @@ class _GatherPreds(Callback):
                 raise ValueError("get_preds(with_loss=True): the get_loss step returned one loss for the batch, not "
                                  "one per item. It must compute learn.loss_func(preds, *yb), which get_preds sets to "
                                  "reduction='none' for the pass.")
-            self.losses.append(to_cpu(_per_item(loss, yb or (), ignored_target(learn.loss_func),
-                                                getattr(learn.loss_func, "reduced_by_sum", False))))
+            self.losses.append(to_cpu(_per_item(loss, yb or (), learn.loss_func)))
 
     def _check_mean(self, learn: Learner, loss: torch.Tensor, own: Any) -> None:
         """Warn (once) when a batch's per-position losses don't give back the loss's own mean: it leaves out or
@@ -434,21 +433,21 @@ class _GatherPreds(Callback):
         return (*out, _cat(self.losses)) if self.with_loss else out
 
 
-def _per_item(loss: torch.Tensor, yb: tuple, ignored: int = -100, summed: bool = False) -> torch.Tensor:
-    """One loss per item: a loss with more dims (per token, per pixel) averaged over them, leaving out the positions
-    whose target is `ignored` (padding: cross-entropy gives them 0, and counting them would rank items by
-    length); added up instead when `summed` (the loss's reduction was 'sum' or 'batchmean')."""
+def _per_item(loss: torch.Tensor, yb: tuple, loss_func: Any) -> torch.Tensor:
+    """One loss per item: a loss with more dims (per token, per pixel) reduced over them as the loss reduces its
+    batch: averaged over the positions that count (`position_weights`: not padding, which cross-entropy gives 0 and
+    would rank items by length; class weights too), NaN for an item with none; added up when the loss's reduction
+    was 'sum' or 'batchmean' (get_preds' copy says `reduced_by_sum`)."""
     if loss.ndim == 1:
         return loss
     flat = loss.reshape(len(loss), -1)
-    if summed:
+    if getattr(loss_func, "reduced_by_sum", False):
         return flat.sum(1)
-    target = yb[0] if len(yb) == 1 else None
-    counted = loss_mask(loss, target, ignored)  # (None also where the dtype can't hold `ignored`: uint8 -100)
-    if counted is not None:
-        counted = counted.reshape(len(loss), -1)
-        return (flat * counted).sum(1) / counted.sum(1).clamp(min=1)
-    return flat.mean(1)
+    weights = position_weights(loss, yb[0] if len(yb) == 1 else None, loss_func)
+    if weights is None:
+        return flat.mean(1)
+    weights = weights.reshape(len(loss), -1)
+    return flat.where(weights != 0, 0).sum(1) / weights.sum(1)
 
 
 def _loader(learn: Learner, dl: Any) -> Any:
