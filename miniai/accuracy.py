@@ -10,8 +10,8 @@ __all__ = ["Accuracy"]
 
 
 class Accuracy:
-    """The share of items whose predicted class (argmax over dim 1, or the preds themselves when they are labels)
-    is the target: `MetricsCB(accuracy=Accuracy())`.
+    """The share of items whose predicted class (argmax over the class dim, or the preds themselves when they are
+    labels) is the target: `MetricsCB(accuracy=Accuracy())`.
 
     It works like torcheval's `MulticlassAccuracy` (update/compute/reset/to) and gives the same value, without its
     costs: importing torcheval takes over a second, and its first `compute` compiles TorchScript. The two counts
@@ -22,21 +22,34 @@ class Accuracy:
     `nn.CrossEntropyLoss(ignore_index=0)`'s, a partial's, a function's `.ignore_index`), else -100 (torch's
     cross-entropy default: padding, unlabelled items); one given that differs from the loss's is warned of at the
     fit's start (`ignore_index=None`: none is left out; nor is one the targets' dtype can't hold, -100 in uint8).
+    `dim`: the class dim of the scores, 1 by default (as F.cross_entropy takes them); -1 for a sequence model's
+    (N, T, C). Scores that read both ways, (N, 6, 6) against (N, 6) targets, are refused unless `dim` is given.
     """
     additive = True  # an update over concatenated batches counts what one per batch would: MetricsCB batches them
 
-    def __init__(self, ignore_index: int | None | str = "loss") -> None:
+    def __init__(self, ignore_index: int | None | str = "loss", dim: int | None = None) -> None:
         if not (ignore_index is None or ignore_index == "loss" or as_integer(ignore_index) is not None):
             raise TypeError(f"Accuracy(ignore_index=...) is the target value to leave out (an int), None for none, "
                             f"or 'loss' (the default: the loss's); got {ignore_index!r}")
+        if dim is not None and as_integer(dim) is None:
+            raise TypeError(f"Accuracy's dim is the class dim of the scores (an int: 1, or -1 for (N, T, C)); "
+                            f"got {dim!r}")
+        self.dim = dim
         self.ignore_index = ignore_index if ignore_index in (None, "loss") else as_integer(ignore_index)
         self.loss_ignore_index = -100  # what 'loss' leaves out: torch's default until MetricsCB reads the loss's
         self.counts = torch.zeros(2, dtype=torch.int64)  # correct, total
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> Accuracy:
         """Count the batch's correct predictions and its items."""
-        labels = preds.argmax(1) if preds.ndim == target.ndim + 1 else preds
-        if labels.shape != target.shape or labels.is_floating_point() or labels is not preds and preds.shape[1] < 2:
+        scores = preds.ndim == target.ndim + 1
+        if scores and self.dim is None and preds.ndim >= 3 and preds.shape[1] == preds.shape[-1]:  # (N, C, L) or
+            raise ValueError(f"Accuracy: preds {tuple(preds.shape)} read two ways against targets "  # (N, T, C)?
+                             f"{tuple(target.shape)}: class scores on dim 1 (N, C, ..., as F.cross_entropy takes "
+                             "them) or last (a sequence model's (N, T, C)). Say which: Accuracy(dim=1) or "
+                             "Accuracy(dim=-1)")
+        dim = 1 if self.dim is None else self.dim
+        labels = preds.argmax(dim) if scores else preds
+        if labels.shape != target.shape or labels.is_floating_point() or scores and preds.shape[dim] < 2:
             # comparing them would broadcast, or compare scores with class ids: a wrong accuracy without a word
             raise ValueError(_accuracy_mismatch(preds, target))
         mask = target_mask(target, self.loss_ignore_index if self.ignore_index == "loss" else self.ignore_index)
@@ -95,6 +108,8 @@ def _accuracy_mismatch(preds: torch.Tensor, target: torch.Tensor) -> str:
     elif target.shape == preds.shape:
         fix = ("preds are scores, not labels: for a binary model (N,) use torcheval's BinaryAccuracy(threshold=0) "
                "(logits; 0.5 for probabilities) in MetricsCB, for a multi-label one MultilabelAccuracy(threshold=0)")
+    elif preds.ndim >= 3 and preds.shape[:-1] == target.shape:
+        fix = "the class scores last (a sequence model's (N, T, C)): Accuracy(dim=-1)"
     else:
         fix = "their shapes don't match"
     return (f"Accuracy needs class scores (N, C, ...) with class ids (N, ...), or integer labels of the targets' "
