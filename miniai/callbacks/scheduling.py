@@ -235,8 +235,8 @@ class BaseSchedCB(Callback):
             part = type(started[0]).__name__
             raise ValueError(f"{type(self).__name__}'s SequentialLR starts {part} at its milestone {started[1]}, "
                              f"which torch can't do (it starts a part there with get_lr(), which {part} has none "
-                             "of). Put the schedules one after another in one "
-                             "SequentialLR, each with its milestone, or nest it as the first part only")
+                             "of). Put the schedules one after another in one SequentialLR, each with its "
+                             "milestone, or nest it as the first part only")
         other = next((cb for cb in learn.cbs if isinstance(cb, BaseSchedCB) and cb is not self and cb._learn is learn),
                      None)  # (another scheduling callback of this fit, built before this one)
         if other is not None and (_sets_outright(scheduler) or _sets_outright(other.scheduler)):
