@@ -247,9 +247,16 @@ def test_tensorboard_hist_needs_activation_stats(tmp_path):
 
 
 def test_a_fresh_fit_starts_the_tensorboard_run_anew(tmp_path):
+    """...and says so: the earlier fit's curves were hidden without a word (CSVLoggerCB refuses an existing file;
+    probe U)."""
     learn = tiny_learner([quiet_metrics(), TensorBoardCB(tmp_path / "tb")])
-    learn.fit(2)
-    learn.fit(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learn.fit(2)
+    assert not any("TensorBoard" in str(w.message) for w in caught)
+    with pytest.warns(UserWarning, match=r"TensorBoardCB: .*tb holds the log of an earlier fit, which TensorBoard "
+                                         r"hides from now on.*its own log_dir"):
+        learn.fit(1)
     tb = read_tb(tmp_path / "tb")
     assert [step for step, _ in tb["epoch"]["train_loss"]] == [0]
     assert tb["epoch"]["train_loss"][0][1] == pytest.approx(learn.metrics.history[0]["loss"], rel=1e-6)

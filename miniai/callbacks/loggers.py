@@ -246,8 +246,8 @@ class TensorBoardCB(Callback):
     - `log_dir/batch`, step = batch number from the start of the run (epoch × len(dls.train) + batch index, so a
       resumed run continues the curve): `loss` (each training batch's, rank 0's under DDP) and `lr` (group 0).
     Losses are kept as device tensors and read in one transfer at the end of each training pass (no sync per batch).
-    A fresh fit starts both runs anew: TensorBoard hides what earlier fits wrote to `log_dir` (use one log_dir per
-    run to keep them). A resumed fit hides what was written at or after the resumed epoch (`purge_step`), and is
+    A fresh fit starts both runs anew: TensorBoard hides what earlier fits wrote to `log_dir`, with a warning (use
+    one log_dir per run to keep them). A resumed fit hides what was written at or after the resumed epoch (`purge_step`), and is
     refused before it loads the checkpoint if `log_dir` shows another run's epochs before that one (a fresh run
     logged there since, or another branch of the run): the curve would join them to this fit's. Each fit names its
     part of the log, and the log's parts are in the checkpoint (`state_dict`) and in `log_dir/miniai_run`.
@@ -338,9 +338,12 @@ class TensorBoardCB(Callback):
 
     def _open(self, learn: Learner) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: an optional extra, imported only to write
-        start = learn.start_epoch
+        start, marker = learn.start_epoch, self.log_dir / "miniai_run"
+        if learn.resumed_from is None and marker.is_file():  # (the files stay: TensorBoard reads past their events)
+            warn(f"TensorBoardCB: {self.log_dir} holds the log of an earlier fit, which TensorBoard hides from now "
+                 "on: this fit is a run of its own, drawn in its place. To see both, give each fit its own log_dir")
         self.parts = _before(self.parts, start) + [[uuid.uuid4().hex, start]]  # this fit's part, from its epoch
-        (self.log_dir / "miniai_run").write_text(json.dumps(self.parts) + "\n")
+        marker.write_text(json.dumps(self.parts) + "\n")
         for name, purge_step in (("epoch", start), ("batch", start * (self._per_epoch or 0))):
             directory = self.log_dir / name
             _wait_past_newest(directory)
