@@ -6,6 +6,8 @@ predict path (`miniai.callbacks.preds`); `export` writes what that path needs, a
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import io
 import os
 import pickle
@@ -333,7 +335,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "model": unwrap(learn.model), "classes": getattr(dls, "classes", None),
               "normalize": getattr(dls, "normalize", None), "item_shape": getattr(dls, "item_shape", None),
               "item_dtype": getattr(dls, "item_dtype", None),
-              "n_inp": learn.n_inp, "loss_func": loss_func,
+              "n_inp": learn.n_inp, "loss_func": loss_func, "code": _class_code(unwrap(learn.model)),
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
     mains = _in_main(bundle)
     if mains:  # pickled by name: only a process whose __main__ defines them too can load them
@@ -365,6 +367,20 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
         for m, ours in hooks:
             m._forward_hooks.update(ours)
     return path
+
+
+def _class_code(model: torch.nn.Module) -> dict[str, str]:
+    """A digest of the source of each class of the model's modules that is not torch's, by its importable name:
+    pickle stores the classes by name, so a class changed since the export would compute something else."""
+    code = {}
+    for cls in {type(m) for m in model.modules()}:
+        if not cls.__module__.startswith("torch."):
+            try:
+                source = inspect.getsource(cls)
+                code[f"{cls.__module__}.{cls.__qualname__}"] = hashlib.sha256(source.encode()).hexdigest()
+            except (OSError, TypeError):  # no source to read (a class made at run time, a notebook's): no check
+                pass
+    return code
 
 
 class _MainFinder(pickle.Pickler):
@@ -418,13 +434,28 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     """
     check_device(device, f"load_learner(device={str(torch.device(device))!r})")
     # on the CPU first: torch.load can't map storages to an indexed CPU device ('cpu:0'); .to() below can
-    bundle = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    try:
+        bundle = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    except (AttributeError, ImportError) as e:  # (pickle's "Can't get attribute 'Net' on <module ...>")
+        raise type(e)(f"{path} holds the model's class by name, and it can't be found here ({e}): load it where "
+                      "that class (and any custom loss or callback exported) is importable under the module path it "
+                      "had at the export, with the code it had then") from e
     if not isinstance(bundle, dict) or bundle.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a miniai export (learn.export(path) writes one); a checkpoint loads with "
                          "miniai.load_checkpoint, a state_dict with model.load_state_dict")
     if bundle["version"] > _VERSION:
         raise ValueError(f"{path} is an export of version {bundle['version']}, newer than this miniai reads "
                          f"({_VERSION}): upgrade miniai")
+    missing = [k for k in ("model", "classes", "normalize", "n_inp", "loss_func", "cbs") if k not in bundle]
+    if missing:
+        raise ValueError(f"{path} is an incomplete miniai export: it has no {', '.join(missing)}. Export the learner "
+                         "again (learn.export(path))")
+    now = _class_code(bundle["model"])
+    changed = sorted(name for name, digest in bundle.get("code", {}).items() if now.get(name, digest) != digest)
+    if changed:  # (exports before the digests have none)
+        warn(f"{', '.join(changed)} {'has' if len(changed) == 1 else 'have'} changed since {path} was exported (its "
+             "code differs from the code it had then): the exported weights are loaded into the new code, which may "
+             "compute something else. Load it with the code of the export, or export the learner again")
     model = bundle["model"].to(device).eval()
     dls = DataLoaders(None, None, classes=bundle["classes"], normalize=bundle["normalize"],
                       item_shape=bundle.get("item_shape"),  # exports before item_shape have none

@@ -306,6 +306,49 @@ def test_a_learner_with_its_own_predict_is_refused_and_other_files_too(tmp_path)
         load_learner(tmp_path / "weights.pt")
 
 
+def test_an_export_whose_model_class_changed_or_went_since_is_said_so_and_a_damaged_one_is_named(tmp_path):
+    """Pickle stores the model's class by name: a class whose code changed since the export gave other predictions
+    without a word (2x the logits), and a renamed one a bare unpickling error (probe Y); an export missing its model
+    was a KeyError."""
+    import importlib
+    source = textwrap.dedent("""
+        from torch import nn
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(64, 3)
+            def forward(self, x):
+                return self.lin(x.flatten(1).float()){}
+        """)
+    (tmp_path / "netmod_s19.py").write_text(source.format(""))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        mod = importlib.import_module("netmod_s19")
+        learn = image_learner()
+        learn.model = mod.Net()
+        path = learn.export(tmp_path / "m.pkl")
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_learner(path)  # unchanged: no word
+        (tmp_path / "netmod_s19.py").write_text(source.format(" * 2"))
+        importlib.reload(mod)
+        with pytest.warns(UserWarning, match=r"netmod_s19.Net has changed since .*m.pkl was exported.*its code "
+                                             r"differs"):
+            load_learner(path)
+        (tmp_path / "netmod_s19.py").write_text(source.replace("class Net", "class Net2").format(""))
+        importlib.reload(mod)
+        del mod.Net
+        with pytest.raises(AttributeError, match=r"m.pkl holds the model's class by name, and it can't be found here"):
+            load_learner(path)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("netmod_s19", None)
+    torch.save({"format": "miniai-export", "version": 1}, tmp_path / "bare.pkl")
+    with pytest.raises(ValueError, match=r"bare.pkl is an incomplete miniai export: it has no model"):
+        load_learner(tmp_path / "bare.pkl")
+
+
 # ---------------------------------------------------------------- the real thing
 
 @pytest.mark.slow
