@@ -60,29 +60,30 @@ def loss_mask(loss: torch.Tensor, target: Any, ignore_index: int | None) -> torc
     return None
 
 
-def position_weights(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor | None:
-    """What each position of unreduced losses counts for in the loss's mean: 0 where its integer target is the
-    loss's ignore_index, else its target's class weight (torch's cross-entropy and NLL with `weight`) or 1; None
-    when every position counts 1."""
+def position_weights(loss: torch.Tensor, target: Any, loss_func: Any
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(where, what) of unreduced losses in the loss's mean: `where` the positions count, not where their integer
+    target is the loss's ignore_index (None: everywhere); `what` each position counts for in the divisor: its
+    target's class weight (torch's cross-entropy and NLL with `weight`; a weight of 0 still adds label smoothing's
+    term to the sum), 1 without, 0 where ignored (None: every position counts 1)."""
     mask = loss_mask(loss, target, ignored_target(loss_func))
     # (class weights divide the mean of torch's cross-entropy and NLL only: MultiMarginLoss(weight=w) divides by N)
     weight = loss_setting(loss_func, "weight", None) if averages_over_targets(loss_func) else None
     if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \
             and target.shape == loss.shape:  # (soft targets: torch divides by the item count)
         counted = weight.to(loss.device, torch.float32)[target if mask is None else target.where(mask, 0)]
-        return counted if mask is None else counted * mask
-    return None if mask is None else mask.float()
+        return mask, counted if mask is None else counted * mask
+    return mask, None if mask is None else mask.float()
 
 
 def mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     """A batch's per-item (or per-position) losses as the batch's loss, as reduction='mean' takes it: their sum over
-    the positions that count, divided by what they count for (`position_weights`: the positions whose integer
-    target is not the loss's ignore_index, each its target's class weight); NaN where none counts, as torch's."""
+    the positions that count, divided by what they count for (`position_weights`); NaN where none counts, as torch's."""
     loss = loss.float()
     if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
         return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
-    weights = position_weights(loss, target, loss_func)
-    return loss.mean() if weights is None else loss.where(weights != 0, 0).sum() / weights.sum()
+    mask, weights = position_weights(loss, target, loss_func)
+    return loss.mean() if weights is None else (loss if mask is None else loss.where(mask, 0)).sum() / weights.sum()
 
 
 def n_items(target: Any, inputs: int | None = None) -> int:

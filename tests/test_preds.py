@@ -465,6 +465,27 @@ def test_per_pixel_losses_per_item_are_each_items_own_loss_and_nan_for_an_item_w
         own = torch.stack([loss(model(x[i:i + 1]), y[i:i + 1]) for i in range(9)])
     assert torch.isnan(own[5]) and torch.allclose(losses, own, equal_nan=True)
 
+
+def test_label_smoothing_beside_a_class_weight_of_zero_is_averaged_as_torch_does():
+    """A regression caught before it landed (probe T2): positions of a class weighted 0 were left out of the sum,
+    but label smoothing's term counts there in torch's mean (1.151 for 1.258, and a false warning blaming the loss)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 5), torch.randint(0, 3, (8, 5))
+    y[0, 0] = -100
+    model = nn.Conv1d(3, 3, 1)
+    loss = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.0]), label_smoothing=0.3)
+    dl = DataLoader(TensorDataset(x, y), 4)
+    learn = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1, cbs=[MetricsCB(log_fn=None)])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="get_preds")
+        learn.get_preds(with_loss=True)
+    learn.fit(1, train=False)
+    with torch.no_grad():
+        batches = [(loss(model(x[i:i + 4]), y[i:i + 4]), loss.weight[y[i:i + 4].clamp(min=0)][y[i:i + 4] >= 0].sum())
+                   for i in (0, 4)]
+    expected = sum(b * w for b, w in batches) / sum(w for _, w in batches)
+    assert learn.metrics.last["valid_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
 class _Focal(nn.Module):
     """A loss of one's own holding torch's cross-entropy as .func, and averaging over every item itself."""
 

@@ -443,11 +443,11 @@ def _per_item(loss: torch.Tensor, yb: tuple, loss_func: Any) -> torch.Tensor:
     flat = loss.reshape(len(loss), -1)
     if getattr(loss_func, "reduced_by_sum", False):
         return flat.sum(1)
-    weights = position_weights(loss, yb[0] if len(yb) == 1 else None, loss_func)
+    mask, weights = position_weights(loss, yb[0] if len(yb) == 1 else None, loss_func)
     if weights is None:
         return flat.mean(1)
-    weights = weights.reshape(len(loss), -1)
-    return flat.where(weights != 0, 0).sum(1) / weights.sum(1)
+    flat = flat if mask is None else flat.where(mask.reshape(len(loss), -1), 0)
+    return flat.sum(1) / weights.reshape(len(loss), -1).sum(1)
 
 
 def _loader(learn: Learner, dl: Any) -> Any:
