@@ -26,6 +26,8 @@ class Accuracy:
     (N, T, C). Scores that read both ways, (N, 6, 6) against (N, 6) targets, are refused unless `dim` is given.
     """
     additive = True  # an update over concatenated batches counts what one per batch would: MetricsCB batches them
+    dim: int | None = None
+    _on_dim_1 = False  # a batch that reads one way only has shown the classes on dim 1 (dim left None)
 
     def __init__(self, ignore_index: int | None | str = "loss", dim: int | None = None) -> None:
         if not (ignore_index is None or ignore_index == "loss" or as_integer(ignore_index) is not None):
@@ -34,6 +36,9 @@ class Accuracy:
         if dim is not None and as_integer(dim) is None:
             raise TypeError(f"Accuracy's dim is the class dim of the scores (an int: 1, or -1 for (N, T, C)); "
                             f"got {dim!r}")
+        if dim == 0:
+            raise ValueError("Accuracy(dim=0): dim 0 is the items; the class dim of the scores is 1 (N, C, ...) or "
+                             "-1 for a sequence model's (N, T, C)")
         self.dim = dim
         self.ignore_index = ignore_index if ignore_index in (None, "loss") else as_integer(ignore_index)
         self.loss_ignore_index = -100  # what 'loss' leaves out: torch's default until MetricsCB reads the loss's
@@ -42,11 +47,14 @@ class Accuracy:
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> Accuracy:
         """Count the batch's correct predictions and its items."""
         scores = preds.ndim == target.ndim + 1
-        if scores and self.dim is None and preds.ndim >= 3 and preds.shape[1] == preds.shape[-1]:  # (N, C, L) or
-            raise ValueError(f"Accuracy: preds {tuple(preds.shape)} read two ways against targets "  # (N, T, C)?
-                             f"{tuple(target.shape)}: class scores on dim 1 (N, C, ..., as F.cross_entropy takes "
-                             "them) or last (a sequence model's (N, T, C)). Say which: Accuracy(dim=1) or "
-                             "Accuracy(dim=-1)")
+        if scores and self.dim is None and preds.ndim >= 3:  # (N, C, L) or (N, T, C)?
+            first, last = preds.shape[:1] + preds.shape[2:] == target.shape, preds.shape[:-1] == target.shape
+            self._on_dim_1 = self._on_dim_1 or first and not last
+            if first and last and not self._on_dim_1:
+                raise ValueError(f"Accuracy: preds {tuple(preds.shape)} read two ways against targets "
+                                 f"{tuple(target.shape)}: class scores on dim 1 (N, C, ..., as F.cross_entropy takes "
+                                 "them) or last (a sequence model's (N, T, C)). Say which: Accuracy(dim=1) or "
+                                 "Accuracy(dim=-1)")
         dim = 1 if self.dim is None else self.dim
         labels = preds.argmax(dim) if scores else preds
         if labels.shape != target.shape or labels.is_floating_point() or scores and preds.shape[dim] < 2:

@@ -882,3 +882,19 @@ def test_accuracy_asks_which_dim_holds_the_classes_when_the_scores_read_both_way
     assert Accuracy(dim=-1).update(longer, target).compute() == (longer.argmax(-1) == target).float().mean()
     with pytest.raises(TypeError, match="Accuracy's dim"):
         Accuracy(dim=0.5)
+    with pytest.raises(ValueError, match="dim 0 is the items"):
+        Accuracy(dim=0)
+
+
+def test_accuracy_reads_scores_that_read_both_ways_on_dim_1_once_a_batch_said_so_and_refuses_none_that_read_one_way():
+    """A regression caught before it landed (probe T2): per-token (N, C, T) batches of varying T were refused at the
+    first batch where T == C, mid-fit, and (N, C, H, W) with C == W, which reads one way only, was refused too."""
+    g = torch.Generator().manual_seed(0)
+    acc, truth = Accuracy(), []
+    for t in (5, 3, 4):  # C = 3: the second batch reads both ways, the first said the classes are on dim 1
+        preds, target = torch.randn(8, 3, t, generator=g), torch.randint(0, 3, (8, t), generator=g)
+        acc.update(preds, target)
+        truth.append(preds.argmax(1) == target)
+    assert acc.compute() == torch.cat([t.flatten() for t in truth]).float().mean()
+    seg, mask = torch.randn(4, 3, 8, 3, generator=g), torch.randint(0, 3, (4, 8, 3), generator=g)
+    assert Accuracy().update(seg, mask).compute() == (seg.argmax(1) == mask).float().mean()
