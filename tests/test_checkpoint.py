@@ -1731,6 +1731,21 @@ def test_two_checkpointcbs_watching_one_metric_each_resume_with_its_own_best_fil
     assert a.best_path == tmp_path / "a" / "epoch_0002.pt" and b.best_path == tmp_path / "b" / "epoch_0002.pt"
 
 
+def test_a_moved_run_resumed_twice_keeps_its_best(tmp_path):
+    """A regression caught before it landed (probe T2): a best file's record names the directory it was saved in; the
+    second resume of a moved run found its best 'another run's file' by that path, and took a worse epoch for it."""
+    import shutil
+    make_learner(tmp_path / "old", [_WorseFrom(2)], keep=None, monitor="valid_loss")[0].fit(3)
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    for n in (4, 5):
+        learn, _ = make_learner(tmp_path / "new", [_WorseFrom(2)], keep=None, monitor="valid_loss")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="the best checkpoint of the resumed run is not found")
+            learn.fit(n, resume=tmp_path / "new" / f"epoch_{n - 1:04d}.pt")
+        saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+        assert saver.best_path == tmp_path / "new" / "epoch_0002.pt"
+
+
 def test_a_copy_of_a_runs_checkpoint_resumes_into_the_runs_own_directory(tmp_path):
     """A backup copy of a run's newest checkpoint, resumed into the run's directory, was refused as another run's
     there (the copy's directory was taken for the run's only one); only overwrite=True went on, deleting files."""

@@ -665,10 +665,9 @@ def safe_loader_advice(names: list[str]) -> str:
 
 # ---------------------------------------------------------------- the callback that writes them
 
-def _not_best(file: Path, value: float, path: str | None) -> str | None:
-    """Why the checkpoint `file` is not the one its run saved as its best, of `value`; None if it is (the state of
-    its CheckpointCB saving into `path` names the file itself as the best: another run's file of the same name, or
-    another CheckpointCB's, holds another)."""
+def _not_best(file: Path, value: float) -> str | None:
+    """Why the checkpoint `file` is not the one its run saved as its best, of `value`; None if it is (its
+    CheckpointCB state names the file itself as the best: another run's file of the same name holds another)."""
     if not file.is_file():
         return "not there"
     try:
@@ -679,7 +678,6 @@ def _not_best(file: Path, value: float, path: str | None) -> str | None:
     except Exception as e:  # noqa: BLE001 -- a file that can't be read is not the best to keep
         return f"can't be read ({type(e).__name__})"
     mine = any(isinstance(cb, dict) and cb.get("best") == value and Path(cb.get("best_file") or "").name == file.name
-               and (cb.get("path") == path or None in (path, cb.get("path")))  # (one saved before paths were)
                for cb in (state.get("callbacks") or {}).values())
     return None if mine else "another run's file"
 
@@ -747,21 +745,25 @@ class CheckpointCB(Callback):
                 "run": getattr(self, "_run", None)}  # (a CheckpointCB pickled before run ids has none)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`; the best file is the one saved as this best, beside the checkpoint resumed from (a
-        run moved or copied with its files) or where it was saved, never another run's file of that name; if
-        neither is, the best is forgotten with its value (a warning says why), so the resumed run finds a new best."""
+        """Restore `state_dict()`; the best file is the one saved as this best, in `path` or beside the checkpoint
+        resumed from (a run moved or copied with its files) or where it was saved, never another run's file of that
+        name; if none is, the best is forgotten with its value (a warning says why), so the resumed run finds a new
+        best."""
         state = self._own_record(state)
         self._run = state.get("run") or self._run  # (a checkpoint from before run ids has none: this fit's new one)
         if not same_watch(self, state, "CheckpointCB"):
             self.best, self.best_path = None, None
             return
         best = Path(state["best_file"]) if state["best_file"] else None
-        if best is not None:  # beside the checkpoint first: a copied run's own copy
-            places = ([self._resumed_from.parent / best.name] if self._resumed_from else []) + [best]
+        if best is not None:  # in its directory now first (a moved run's), then beside the checkpoint (a copied
+            # run's own copy), then where it was saved; not beside the checkpoint first: another CheckpointCB's
+            # directory may hold a best of its own of that name and value
+            places = [self.path / best.name] + ([self._resumed_from.parent / best.name] if self._resumed_from else [])
+            places += [best]
             why: dict[Path, str] = {}
             found = None
             for place in dict.fromkeys(places):  # (each read once, and none after the best is found)
-                no = _not_best(place, state["best"], state.get("path"))
+                no = _not_best(place, state["best"])
                 if no is None:
                     found = place
                     break
