@@ -350,13 +350,15 @@ def name_of(fn: Any) -> str:
 
 def _loss_layers(loss_func: Any) -> list:
     """`loss_func`, then each loss under it, outermost first: a partial's function, and a loss wrapper's `.func`
-    (fastai's BaseLoss, which may reshape the inputs but reduces as that loss does) if that `.func` averages: one
-    that reduces nothing (a focal loss's `self.func = nn.CrossEntropyLoss(reduction='none')`) or sums (a VAE's,
-    divided by the items) leaves the averaging to the wrapper, which is its own loss."""
+    (fastai's BaseLoss, which may reshape the inputs but reduces as that loss does) if that `.func` averages or the
+    wrapper's own `reduction` is the `.func`'s (BaseLoss passes its own on): one that reduces nothing (a focal
+    loss's `self.func = nn.CrossEntropyLoss(reduction='none')`) or sums (a VAE's, divided by the items) under a
+    wrapper saying nothing of it leaves the averaging to the wrapper, which is its own loss."""
     layers = _partials(loss_func)
     for _ in range(8):  # (bounded: a .func that leads back, or makes a new object each time, a mock's)
         inner = getattr(layers[-1], "func", None)
-        if not callable(inner) or _setting(_partials(inner), "reduction", "mean") != "mean":
+        reduction = _setting(_partials(inner), "reduction", "mean")
+        if not callable(inner) or reduction != "mean" and _setting(layers[-1:], "reduction", None) != reduction:
             break
         layers += _partials(inner)
     return layers

@@ -448,6 +448,25 @@ def test_get_preds_with_loss_leaves_a_loss_whose_reduction_writes_into_its_func_
     assert loss.reduction == "mean" and learn.loss_func(model(x), y).ndim == 0
 
 
+def test_a_loss_whose_reduction_is_its_funcs_is_read_through_in_get_preds_per_item_copy_too():
+    """(probe T2) get_preds' per-item copy of a fastai-like loss has its .func at reduction 'none', and was then taken
+    for a loss of its own: its class weights and ignore_index went unseen (an all-ignored item 0.0, a false warning)."""
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(6, 2, 4, 4, generator=g), torch.randint(0, 3, (6, 4, 4), generator=g)
+    y[:, :2], y[4] = 255, 255
+    torch.manual_seed(0)
+    model = nn.Conv2d(2, 3, 3, padding=1)
+    loss = _FastaiLike(nn.CrossEntropyLoss(weight=torch.tensor([0.2, 1.0, 3.0]), ignore_index=255))
+    dl = DataLoader(TensorDataset(x, y), 3)
+    learn = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="get_preds")
+        losses = learn.get_preds(with_loss=True)[-1]
+    with torch.no_grad():
+        own = torch.stack([loss(model(x[i:i + 1]), y[i:i + 1]) for i in range(6)])
+    assert torch.isnan(own[4]) and torch.allclose(losses, own, equal_nan=True)
+
+
 @pytest.mark.parametrize("weight", [None, torch.tensor([0.2, 1.0, 3.0])], ids=["unweighted", "class weights"])
 def test_per_pixel_losses_per_item_are_each_items_own_loss_and_nan_for_an_item_with_none_counted(weight):
     """get_preds(with_loss=True) on a segmentation loss: an item whose pixels were all ignore_index got 0.0, a
