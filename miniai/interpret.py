@@ -111,10 +111,13 @@ class Interpretation:
                 for n, a, p in sorted(pairs, key=lambda t: (-t[0], t[1], t[2]))]
 
     def top_losses(self, k: int | None = None, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The `k` highest per-item losses (all by default; lowest with largest=False) and the items' indices."""
+        """The `k` highest per-item losses (all by default; lowest with largest=False) and the items' indices; an
+        item without a loss (NaN: its class weighted 0) last either way."""
         if k is not None:
             check_count("top_losses: k", k, what=" (items)")
-        return self.losses.topk(len(self.losses) if k is None else min(k, len(self.losses)), largest=largest)
+        ranked = self.losses.nan_to_num(nan=-torch.inf if largest else torch.inf)  # (topk takes NaN for the largest)
+        idx = ranked.topk(len(self.losses) if k is None else min(k, len(self.losses)), largest=largest).indices
+        return self.losses[idx], idx
 
     def plot_confusion_matrix(self, normalize: bool = False, ax: Any = None, **kwargs: Any) -> Any:
         """The confusion matrix with its counts (row shares with `normalize`); returns the Figure."""

@@ -51,6 +51,16 @@ def test_top_losses_are_the_most_confidently_wrong_items():
     assert idx.tolist() == [4, 1, 5] and torch.allclose(losses, -torch.tensor([.1, .2, .4]).log())
 
 
+def test_top_losses_rank_an_item_without_a_loss_last_either_way():
+    """An item of a class weighted 0 has no loss of its own (NaN, as torch's loss of it): topk ranked NaN highest, so
+    it led the 'most confidently wrong' items."""
+    interp = known()
+    interp.losses[4] = float("nan")
+    assert known().top_losses(3)[1].tolist() == [4, 1, 5]
+    assert interp.top_losses(2)[1].tolist() == [1, 5] and interp.top_losses()[1].tolist()[-1] == 4
+    assert interp.top_losses(largest=False)[1].tolist()[-1] == 4
+
+
 def test_from_learner_computes_the_predictions_once_through_get_preds():
     learn = image_learner()
     learn.fit(1)

@@ -444,7 +444,7 @@ def test_get_preds_with_loss_leaves_a_loss_whose_reduction_writes_into_its_func_
     learn = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1)
     losses = learn.get_preds(with_loss=True)[-1]
     with torch.no_grad():
-        assert torch.allclose(losses, F.cross_entropy(model(x), y, weight=loss.func.weight, reduction="none"))
+        assert torch.allclose(losses, F.cross_entropy(model(x), y, reduction="none"))  # (each item's own: w cancels)
     assert loss.reduction == "mean" and learn.loss_func(model(x), y).ndim == 0
 
 
@@ -504,6 +504,20 @@ def test_label_smoothing_beside_a_class_weight_of_zero_is_averaged_as_torch_does
                    for i in (0, 4)]
     expected = sum(b * w for b, w in batches) / sum(w for _, w in batches)
     assert learn.metrics.last["valid_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_an_items_loss_is_loss_func_of_that_item_alone_for_one_target_per_item_too():
+    """(probe T2) With one class index per item, an item's loss was w[y] x its loss under class weights (2.59 for 1.29
+    alone), and an ignored item 0.0, while per-pixel items were the item's own loss, NaN when none counted."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    y[3] = -100
+    model, loss = nn.Linear(4, 3), nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0]))
+    dl = DataLoader(TensorDataset(x, y), 4)
+    losses = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1).get_preds(with_loss=True)[-1]
+    with torch.no_grad():
+        own = torch.stack([loss(model(x[i:i + 1]), y[i:i + 1]) for i in range(8)])
+    assert torch.isnan(own[3]) and torch.allclose(losses, own, equal_nan=True)
 
 class _Focal(nn.Module):
     """A loss of one's own holding torch's cross-entropy as .func, and averaging over every item itself."""

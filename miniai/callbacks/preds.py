@@ -434,12 +434,10 @@ class _GatherPreds(Callback):
 
 
 def _per_item(loss: torch.Tensor, yb: tuple, loss_func: Any) -> torch.Tensor:
-    """One loss per item: a loss with more dims (per token, per pixel) reduced over them as the loss reduces its
-    batch: averaged over the positions that count (`position_weights`: not padding, which cross-entropy gives 0 and
-    would rank items by length; class weights too), NaN for an item with none; added up when the loss's reduction
-    was 'sum' or 'batchmean' (get_preds' copy says `reduced_by_sum`)."""
-    if loss.ndim == 1:
-        return loss
+    """One loss per item, the loss of that item alone: its losses (per token, per pixel: more dims) reduced as the
+    loss reduces a batch, averaged over the positions that count (`position_weights`: not padding, which
+    cross-entropy gives 0 and would rank items by length; by class weights too), NaN for an item with none; added up
+    when the loss's reduction was 'sum' or 'batchmean' (get_preds' copy says `reduced_by_sum`)."""
     flat = loss.reshape(len(loss), -1)
     if getattr(loss_func, "reduced_by_sum", False):
         return flat.sum(1)
