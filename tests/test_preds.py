@@ -448,6 +448,34 @@ def test_get_preds_with_loss_leaves_a_loss_whose_reduction_writes_into_its_func_
     assert loss.reduction == "mean" and learn.loss_func(model(x), y).ndim == 0
 
 
+def test_get_preds_with_loss_puts_back_a_reduction_set_on_both_the_loss_and_its_func():
+    """(probe T2) A setter that writes its own attribute and its .func's: the check read the loss's own, unchanged on
+    the copy's side, and the learner's .func stayed at 'none' (the next fit failed)."""
+    class Both(_FastaiLike):
+        def __init__(self, func):
+            super().__init__(func)
+            self._reduction = func.reduction
+
+        @property
+        def reduction(self):
+            return self._reduction
+
+        @reduction.setter
+        def reduction(self, value):
+            self._reduction = self.func.reduction = value
+
+        def __call__(self, preds, targets):
+            return self.func(preds, targets)
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    model, dl = nn.Linear(4, 3), DataLoader(TensorDataset(x, y), 8)
+    loss = Both(nn.CrossEntropyLoss())
+    learn = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1)
+    learn.get_preds(with_loss=True)
+    assert loss.reduction == loss.func.reduction == "mean"
+    learn.fit(1)
+
+
 def test_a_loss_whose_reduction_is_its_funcs_is_read_through_in_get_preds_per_item_copy_too():
     """(probe T2) get_preds' per-item copy of a fastai-like loss has its .func at reduction 'none', and was then taken
     for a loss of its own: its class weights and ignore_index went unseen (an all-ignored item 0.0, a false warning)."""

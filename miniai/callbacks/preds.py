@@ -143,13 +143,24 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
     # an item's losses at its positions (per class, per pixel) are added up, as the fit's loss adds them, under
     # reduction='sum' and KLDivLoss's 'batchmean' (each item's sum), else averaged (_per_item, MetricsCB)
     summed = loss_setting(loss_func, "reduction", "mean") in ("sum", "batchmean")
-    was = getattr(loss_func, "reduction", None)
-    per_item = copy.copy(loss_func) if isinstance(was, str) else loss_func
+    layers = _func_chain(loss_func)
+    was = [getattr(layer, "reduction", None) for layer in layers]
+    per_item = copy.copy(loss_func) if isinstance(was[0], str) else loss_func
     if per_item is not loss_func:  # nn.CrossEntropyLoss() and friends: a shallow copy, the learner's stays as it is
         per_item.reduction = "none"  # (a function copies as itself: it takes the argument below, if it takes one)
-        if loss_func.reduction != was:  # a property that sets it on a loss the copy shares (fastai's BaseLoss's
-            loss_func.reduction = was  # .func): put it back, and copy all of it
-            per_item = copy.deepcopy(loss_func)
+        # a setter that set it on a loss the copy shares (fastai's BaseLoss's .func): put it back, innermost first,
+        # and copy all of it
+        if [getattr(layer, "reduction", None) for layer in layers] != was:
+            for layer, reduction in reversed(list(zip(layers, was))):
+                if getattr(layer, "reduction", None) != reduction:
+                    layer.reduction = reduction
+            try:
+                per_item = copy.deepcopy(loss_func)
+            except Exception as e:  # noqa: BLE001 -- a lock, a file: said with what to do instead
+                raise TypeError(f"{who} needs one loss per item: it sets reduction='none' on a copy of loss_func, and "
+                                f"{name_of(loss_func)} passes its reduction on to the loss it holds (.func), so only a "
+                                f"deep copy leaves the learner's as it is, and that failed ({e}). Compute the losses "
+                                "yourself from the preds and targets of learn.get_preds().") from e
             per_item.reduction = "none"
         per_item.reduced_by_sum = summed
         return per_item
@@ -167,6 +178,14 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
                     f"{name} takes no reduction argument. Use a loss that does (F.cross_entropy, "
                     "nn.CrossEntropyLoss(), F.mse_loss, ...), give yours a `reduction` parameter, or compute the "
                     "losses yourself from the preds and targets of learn.get_preds().")
+
+
+def _func_chain(loss_func: Any) -> list:
+    """`loss_func` and the losses it holds as `.func`, outermost first (at most 8: a `.func` may lead back)."""
+    layers = [loss_func]
+    while len(layers) < 8 and getattr(layers[-1], "func", None) is not None:
+        layers.append(layers[-1].func)
+    return layers
 
 
 _CLASS_DIM_ACTS = (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax)
