@@ -375,6 +375,15 @@ def _setting(layers: list, name: str, default: Any) -> Any:
     return default
 
 
+def unsaid_sum(loss_func: Any) -> bool:
+    """Whether `loss_func` is a wrapper holding a loss that sums as `.func` and says nothing of its own reduction: it
+    may return that sum, or divide it by the items (a VAE's); `_loss_layers` takes it for a loss of its own."""
+    layers = _partials(loss_func)
+    inner = getattr(layers[-1], "func", None)
+    return callable(inner) and _setting(layers, "reduction", None) is None and _setting(
+        _partials(inner), "reduction", "mean") == "sum"
+
+
 def base_loss(loss_func: Any) -> Any:
     """The loss under partials and loss wrappers holding it as `.func`: what decides how the loss averages."""
     return _loss_layers(loss_func)[-1]

@@ -402,6 +402,32 @@ class _PerItemSum(nn.Module):
         return self.func(preds, targets) / preds.shape[0]
 
 
+def test_a_wrapper_around_a_summing_loss_that_says_nothing_of_its_reduction_is_warned_of_and_taken_at_its_word():
+    """(probe T2) Flat(partial(F.cross_entropy, reduction='sum')) returns the sum, and was logged as a mean, without
+    a word (4.37 for 1.32; a wrapper dividing the sum by its items, a VAE's, reads the same from outside)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    model, dl = nn.Linear(4, 3), DataLoader(TensorDataset(x, y), 8)
+    loss = Flat(partial(F.cross_entropy, reduction="sum"))
+    learn = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1, cbs=[MetricsCB(log_fn=None)])
+    with pytest.warns(UserWarning, match=r"loss_func Flat holds a loss that sums .*no reduction of its own.*If it "
+                                         r"returns the sum, say so: learn.loss_func.reduction = 'sum'"):
+        learn.fit(1, train=False)
+    loss.reduction = "sum"  # the advice, followed
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="loss_func")
+        learn.fit(1, train=False)
+    with torch.no_grad():
+        assert learn.metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
+    vae = _PerItemSum()
+    vae.reduction = "mean"  # a wrapper dividing the sum itself, said so: no word
+    vae_dl = DataLoader(TensorDataset(x, (torch.rand(20, 5) > 0.5).float()), 8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="loss_func")
+        TrainLearner(nn.Linear(4, 5), DataLoaders(vae_dl, vae_dl), vae, lr=0.1, cbs=[MetricsCB(log_fn=None)]).fit(
+            1, train=False)
+
+
 def test_a_wrapper_whose_func_sums_and_that_divides_by_the_items_itself_is_averaged_as_its_own_loss():
     """A regression caught before it landed (probe T): read through .func, its reduction was the inner 'sum', and
     MetricsCB divided each batch's loss by its items once more (valid_loss 0.55 for 3.64)."""

@@ -15,7 +15,8 @@ from ..accuracy import Accuracy
 from ..checks import preds_changed_error, unbatched_error, warn
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
-from ..utils import base_loss, loss_reduction, loss_setting, map_tensors, model_device, tensor_versions, tensors_in
+from ..utils import (base_loss, loss_reduction, loss_setting, map_tensors, model_device, name_of, tensor_versions,
+                     tensors_in, unsaid_sum)
 from ..weighting import (averages_over_targets, batch_n_items, ignored_target, mean_loss, stated_ignore, sum_dtype,
                          target_mask)
 from .records import keep_records, restore_if_refused
@@ -141,6 +142,12 @@ class MetricsCB(Callback):
                                                                else ""))
         _check_unshared(self, learn)
         _warn_other_ignore(self.metrics, learn.loss_func)
+        if unsaid_sum(learn.loss_func):  # (averaged by items, as a loss dividing its sum by them)
+            name = name_of(learn.loss_func)
+            warn(f"loss_func {name} holds a loss that sums (its .func has reduction='sum') and has no reduction of "
+                 "its own: it is taken to divide that sum by the items, as a VAE's loss does, and its batches are "
+                 "averaged by items. If it returns the sum, say so: learn.loss_func.reduction = 'sum' (logged per "
+                 "item then); if it divides it, learn.loss_func.reduction = 'mean'")
         _warn_threshold_on_logits(self.metrics, learn.loss_func)
         learn.metrics = self
         keep_records(self, "history", "last")  # (a fit refused before its first batch puts them back)
