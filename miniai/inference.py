@@ -130,6 +130,9 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
             raise ValueError(f"infer: an array of shape {tuple(t.shape)} looks like one RGB image, and this is a "
                              "1-channel model: convert it to grayscale first" + (" (PIL: image.convert('L'))" if
                                                                                 t.dtype == torch.uint8 else ""))
+        if channels == 1 and not channels_last and t.shape[-1] == 1 and t.shape[0] > 1:  # not N images 1 pixel wide
+            raise ValueError(f"infer: a tensor of shape {tuple(t.shape)} looks like one image with its channel last "
+                             "(H,W,C), and tensors are read as (C,H,W): pass x.permute(2, 0, 1)")
         if channels == 1 and not channels_last and t.shape[0] in (3, 4):  # torchvision's read_image of an RGB PNG
             raise ValueError(f"infer: a tensor of shape {tuple(t.shape)} is one RGB image (C,H,W) or {t.shape[0]} "
                              "grayscale images (N,H,W), and this is a 1-channel model: pass images as x[:, None] "
@@ -190,6 +193,8 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
         x, batched = torch.cat([x for x, _ in parts]), True
     else:
         x, batched = read(items)
+    if not len(x):
+        raise ValueError(f"infer got a batch of no items (shape {tuple(x.shape)}): pass one item or a batch of some")
     x = x.contiguous()  # the layout the loaders' batches have, so the numbers are the same
     if normalize is not None:
         if x.dtype != torch.uint8:

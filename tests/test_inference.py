@@ -181,6 +181,17 @@ def test_infer_names_the_layout_of_a_batch_of_arrays_it_cannot_read():
     assert learn.infer(PIXELS).index.shape == (6,)
 
 
+def test_infer_names_a_channels_last_tensor_and_an_empty_batch_for_what_they_are():
+    """(probe Y) A (28, 28, 1) tensor was read as 28 images 1 pixel wide ('resize them'), and an empty batch was
+    blamed on a loader ('an empty dataset, or drop_last')."""
+    learn = image_learner()
+    with pytest.raises(ValueError, match=r"\(8, 8, 1\) looks like one image with its channel last.*"
+                                         r"x.permute\(2, 0, 1\)"):
+        learn.infer(torch.zeros(8, 8, 1, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"infer got a batch of no items"):
+        learn.infer(torch.zeros(0, 1, 8, 8, dtype=torch.uint8))
+
+
 def test_infer_refuses_a_batch_size_below_one():
     with pytest.raises(ValueError, match="infer: bs must be a whole number >= 1 .*, got 0"):
         image_learner().infer(PIXELS, bs=0)
