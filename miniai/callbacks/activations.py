@@ -242,7 +242,9 @@ class HooksCallback(Callback):
     The modules are `mods` if given, else every module of `learn.model` (model included, in `modules()` order)
     for which `mod_filter(module)` is true, chosen at before_fit. `hookfunc(hook, module, inputs, output)` is
     called for training batches when `on_train` and validation batches when `on_valid`, in every pass's batches
-    0, `every`, 2 × `every`, ... (counted from 0 in each pass: fewer records, less cost). The hooks are removed in
+    0, `every`, 2 × `every`, ... (counted from 0 in each pass: fewer records, less cost; a batch a callback
+    cancels after its forward, `CancelBatchException` at after_loss, is recorded: its activations were computed,
+    though RecorderCB and the loss curves leave it out). The hooks are removed in
     cleanup_fit, which runs after a normal end, a cancel or an error. After the fit, `hooks` keeps the Hook
     objects (and whatever `hookfunc` stored on them); the next fit with a pass it records registers fresh ones (one
     without, `fit(train=False)` for training records or `valid=False` for validation ones, leaves them: they are
