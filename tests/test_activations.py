@@ -262,6 +262,24 @@ def test_dead_chart_is_one_for_a_layer_that_outputs_zeros():
     assert list(lines[1].get_ydata()) == [1.0, 1.0, 1.0]
 
 
+def test_the_dead_chart_of_a_shifted_activation_says_it_counts_values_near_zero_not_dead_units():
+    """GeneralRelu(sub=0.4) puts an inactive unit at -0.4 or below: never in the lowest bin of |activation|, so a
+    layer of dead units charted 0.0, 'healthy' (notebook 01 read the chart as dead units; probe N)."""
+    import warnings
+    from miniai.models import GeneralRelu
+    model = nn.Sequential(nn.Linear(1, 8), GeneralRelu(leak=0.1, sub=0.4), nn.Linear(8, 1))
+    astats = ActivationStats(lambda m: isinstance(m, GeneralRelu))
+    learner(model, [astats]).fit(1)
+    with pytest.warns(UserWarning, match=r"0: GeneralRelu shifts its output by sub=0.4: an inactive unit gives -0.4 "
+                                         r"or below.*not dead units"):
+        astats.dead_chart()
+    relu = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+    learner(mlp(), [relu]).fit(1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*shifts its output")
+        relu.dead_chart()
+
+
 def test_figures_are_drawn_headless():
     astats = ActivationStats(lambda m: isinstance(m, (nn.ReLU, nn.Linear)))
     learner(mlp(), [astats]).fit(1)
