@@ -350,18 +350,22 @@ def name_of(fn: Any) -> str:
 
 def _loss_layers(loss_func: Any) -> list:
     """`loss_func`, then each loss under it, outermost first: a partial's function, and a loss wrapper's `.func`
-    (fastai's BaseLoss, which may reshape the inputs but reduces as that loss does) if that `.func` averages or the
-    wrapper's own `reduction` is the `.func`'s (BaseLoss passes its own on): one that reduces nothing (a focal
-    loss's `self.func = nn.CrossEntropyLoss(reduction='none')`) or sums (a VAE's, divided by the items) under a
-    wrapper saying nothing of it leaves the averaging to the wrapper, which is its own loss."""
-    layers = _partials(loss_func)
+    (fastai's BaseLoss, which may reshape the inputs but reduces as that loss does) if that `.func` averages: one
+    that reduces nothing (a focal loss's `self.func = nn.CrossEntropyLoss(reduction='none')`) or sums (a VAE's,
+    divided by the items) leaves the averaging to the wrapper, which is its own loss. get_preds' per-item copy of a
+    loss (`per_item_of`) reads as that loss: its reduction='none' may have reached its .func."""
+    layers = _partials(_per_item_of(loss_func) or loss_func)
     for _ in range(8):  # (bounded: a .func that leads back, or makes a new object each time, a mock's)
         inner = getattr(layers[-1], "func", None)
-        reduction = _setting(_partials(inner), "reduction", "mean")
-        if not callable(inner) or reduction != "mean" and _setting(layers[-1:], "reduction", None) != reduction:
+        if not callable(inner) or _setting(_partials(inner), "reduction", "mean") != "mean":
             break
         layers += _partials(inner)
     return layers
+
+
+def _per_item_of(loss_func: Any) -> Any:
+    """The loss that `loss_func` is get_preds' per-item copy of (`unreduced` sets it), else None."""
+    return getattr(loss_func, "__dict__", {}).get("per_item_of")
 
 
 def _setting(layers: list, name: str, default: Any) -> Any:
@@ -391,7 +395,10 @@ def base_loss(loss_func: Any) -> Any:
 
 def loss_setting(loss_func: Any, name: str, default: Any) -> Any:
     """A setting of `loss_func` (`reduction`, `weight`, `ignore_index`): a partial's keyword (`partial(F.cross_entropy,
-    weight=w)`), an nn loss's attribute, the outermost first, through wrappers to `base_loss`; else `default`."""
+    weight=w)`), an nn loss's attribute, the outermost first, through wrappers to `base_loss`; else `default`. (Of
+    get_preds' per-item copy, the loss's, but for its reduction: 'none'.)"""
+    if name == "reduction" and _per_item_of(loss_func) is not None:
+        return "none"
     return _setting(_loss_layers(loss_func), name, default)
 
 

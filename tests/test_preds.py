@@ -573,6 +573,34 @@ def test_an_items_loss_is_loss_func_of_that_item_alone_for_one_target_per_item_t
         own = torch.stack([loss(model(x[i:i + 1]), y[i:i + 1]) for i in range(8)])
     assert torch.isnan(own[3]) and torch.allclose(losses, own, equal_nan=True)
 
+
+class _OwnFocal(nn.Module):
+    """A focal loss with a reduction of its own, around a class-weighted cross-entropy that reduces nothing."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.func, self.reduction = nn.CrossEntropyLoss(weight=weight, reduction="none"), "mean"
+
+    def forward(self, preds, targets):
+        losses = (1 - torch.exp(-F.cross_entropy(preds, targets, reduction="none"))) ** 2 * self.func(preds, targets)
+        return losses.mean() if self.reduction == "mean" else losses
+
+
+def test_the_per_item_copy_of_a_loss_is_read_as_the_loss_itself():
+    """(probe T3) get_preds' per-item copy of a focal loss with a reduction of its own, at 'none' like its .func, was
+    read as passing it on, a weighted cross-entropy: each item's loss was divided by its class weight. And an item
+    whose class weight is 0 under label smoothing got inf, where torch's loss of it is NaN."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    model = nn.Linear(4, 3)
+    dl = DataLoader(TensorDataset(x, y), 4)
+    for loss in (_OwnFocal(torch.tensor([0.5, 2.0, 1.0])),
+                 nn.CrossEntropyLoss(weight=torch.tensor([0.5, 0.0, 1.0]), label_smoothing=0.2)):
+        losses = TrainLearner(model, DataLoaders(dl, dl), loss, lr=0.1).get_preds(with_loss=True)[-1]
+        with torch.no_grad():
+            own = torch.stack([loss(model(x[i:i + 1]), y[i:i + 1]) for i in range(8)])
+        assert torch.allclose(losses, own, equal_nan=True), type(loss).__name__
+
 class _Focal(nn.Module):
     """A loss of one's own holding torch's cross-entropy as .func, and averaging over every item itself."""
 

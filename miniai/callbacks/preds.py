@@ -163,6 +163,7 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
                                 "yourself from the preds and targets of learn.get_preds().") from e
             per_item.reduction = "none"
         per_item.reduced_by_sum = summed
+        object.__setattr__(per_item, "per_item_of", loss_func)  # read as the loss (utils; not as a submodule)
         return per_item
     try:
         takes_reduction = "reduction" in inspect.signature(loss_func).parameters
@@ -172,6 +173,7 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
         # (updated=(): reading a partial's __dict__ would give it one, and a partial of it then nests, unmerged)
         per_item = functools.update_wrapper(functools.partial(loss_func, reduction="none"), loss_func, updated=())
         per_item.reduced_by_sum = summed
+        object.__setattr__(per_item, "per_item_of", loss_func)  # read as the loss (utils; not as a submodule)
         return per_item
     name = getattr(loss_func, "__name__", type(loss_func).__name__)
     raise TypeError(f"{who} needs one loss per item, asked of loss_func with reduction='none'; "
@@ -463,8 +465,8 @@ def _per_item(loss: torch.Tensor, yb: tuple, loss_func: Any) -> torch.Tensor:
     mask, weights = position_weights(loss, yb[0] if len(yb) == 1 else None, loss_func)
     if weights is None:
         return flat.mean(1)
-    flat = flat if mask is None else flat.where(mask.reshape(len(loss), -1), 0)
-    return flat.sum(1) / weights.reshape(len(loss), -1).sum(1)
+    flat, counted = flat if mask is None else flat.where(mask.reshape(len(loss), -1), 0), weights.reshape(len(loss), -1)
+    return (flat.sum(1) / counted.sum(1)).where(counted.sum(1) > 0, torch.nan)  # (none counted: NaN, as torch's)
 
 
 def _loader(learn: Learner, dl: Any) -> Any:
