@@ -83,7 +83,10 @@ def mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
         return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
     mask, weights = position_weights(loss, target, loss_func)
-    return loss.mean() if weights is None else (loss if mask is None else loss.where(mask, 0)).sum() / weights.sum()
+    if weights is None:
+        return loss.mean()
+    total = weights.sum()  # (0: NaN, as torch's, also where label smoothing adds to the sum)
+    return ((loss if mask is None else loss.where(mask, 0)).sum() / total).where(total > 0, torch.nan)
 
 
 def n_items(target: Any, inputs: int | None = None) -> int:

@@ -898,3 +898,13 @@ def test_accuracy_reads_scores_that_read_both_ways_on_dim_1_once_a_batch_said_so
     assert acc.compute() == torch.cat([t.flatten() for t in truth]).float().mean()
     seg, mask = torch.randn(4, 3, 8, 3, generator=g), torch.randint(0, 3, (4, 8, 3), generator=g)
     assert Accuracy().update(seg, mask).compute() == (seg.argmax(1) == mask).float().mean()
+
+
+def test_a_batch_whose_targets_all_weigh_zero_has_torchs_nan_loss_not_inf():
+    """Under label smoothing a batch of targets all of a class weighted 0 sums to more than 0 over weights of 0:
+    mean_loss gave inf, where torch's loss is NaN (probe T3)."""
+    from miniai.weighting import mean_loss
+    preds, target = torch.randn(4, 3), torch.zeros(4, dtype=torch.long)
+    loss = nn.CrossEntropyLoss(weight=torch.tensor([0.0, 1.0, 1.0]), label_smoothing=0.2)
+    unreduced = F.cross_entropy(preds, target, weight=loss.weight, label_smoothing=0.2, reduction="none")
+    assert torch.isnan(loss(preds, target)) and torch.isnan(mean_loss(unreduced, target, loss))
