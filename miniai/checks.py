@@ -329,7 +329,7 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
         raise ValueError(f"lr must be a finite number, got {value}")
     if value == 0 and train:  # (an evaluation changes no weights whatever its lr)
         warn("lr=0: the optimizer will not change the weights (schedulers scale it too)")
-    elif train and isinstance(value, (int, float)) and abs(value) < torch.finfo(torch.float32).tiny:  # 1e-50: 0 in float32
+    elif train and isinstance(value, (int, float)) and abs(value) < torch.finfo(torch.float32).tiny:  # (1e-50: 0)
         warn(f"lr={value:g} is below float32's smallest normal number ({torch.finfo(torch.float32).tiny:.1e}): "
              f"the optimizer will not change float32 weights; did you mean another exponent?")
     # a tensor becomes the param groups' own lr, which torch's schedulers fill in place: never the caller's
