@@ -78,12 +78,14 @@ class Accuracy:
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """{'counts': [correct, total]} (as torcheval's metrics give theirs; lr_find puts it back after its look)."""
-        return {"counts": self.counts}
+        """{'counts': [correct, total], 'on_dim_1': whether a batch showed the classes on dim 1} (as torcheval's
+        metrics give theirs; lr_find puts it back after its look, a resumed run reads scores as the run did)."""
+        return {"counts": self.counts, "on_dim_1": torch.tensor(self._on_dim_1)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore `state_dict()` (on the device the counts are on now)."""
         self.counts = state["counts"].to(self.counts.device)
+        self._on_dim_1 = bool(state.get("on_dim_1", self._on_dim_1))  # (a state saved before it: as it is)
 
     def to(self, device: str | torch.device) -> Accuracy:
         """Keep the counts on `device` (the model's)."""

@@ -908,3 +908,14 @@ def test_a_batch_whose_targets_all_weigh_zero_has_torchs_nan_loss_not_inf():
     loss = nn.CrossEntropyLoss(weight=torch.tensor([0.0, 1.0, 1.0]), label_smoothing=0.2)
     unreduced = F.cross_entropy(preds, target, weight=loss.weight, label_smoothing=0.2, reduction="none")
     assert torch.isnan(loss(preds, target)) and torch.isnan(mean_loss(unreduced, target, loss))
+
+
+def test_accuracys_reading_of_the_class_dim_is_kept_by_its_state_so_a_resumed_run_reads_as_the_run_did():
+    """(probe T3) What a one-way batch showed (classes on dim 1) was not in state_dict: a resumed run refused a
+    T == C batch that the run never stopped took."""
+    g = torch.Generator().manual_seed(0)
+    acc = Accuracy().update(torch.randn(4, 3, 5, generator=g), torch.randint(0, 3, (4, 5), generator=g))
+    again = Accuracy()
+    again.load_state_dict(acc.state_dict())
+    again.update(torch.randn(4, 3, 3, generator=g), torch.randint(0, 3, (4, 3), generator=g))
+    again.load_state_dict({"counts": torch.zeros(2, dtype=torch.int64)})  # (a checkpoint from before: as it was)
