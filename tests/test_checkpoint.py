@@ -1746,6 +1746,23 @@ def test_a_moved_run_resumed_twice_keeps_its_best(tmp_path):
         assert saver.best_path == tmp_path / "new" / "epoch_0002.pt"
 
 
+def test_a_run_resumed_into_another_runs_directory_never_takes_its_best_file_for_its_own(tmp_path):
+    """(probe T3) Runs X and Y with the same monitored value at the same epoch (a discrete metric): X resumed into
+    Y's directory with overwrite=True took Y's best file, Y's weights, for its own best, by value and name."""
+    class Fixed(Callback):
+        order = MetricsCB.order + 1
+
+        def after_epoch(self, learn):
+            if not learn.training:
+                learn.metrics.last["valid_loss"] = [3.0, 1.0, 2.0, 2.0][learn.epoch]
+    make_learner(tmp_path / "X", [Fixed()], keep=None, monitor="valid_loss")[0].fit(3)
+    make_learner(tmp_path / "Y", [Fixed()], keep=None, monitor="valid_loss")[0].fit(3)
+    learn, _ = make_learner(tmp_path / "Y", [Fixed()], keep=None, monitor="valid_loss", overwrite=True)
+    learn.fit(4, resume=tmp_path / "X" / "epoch_0003.pt")
+    saver = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+    assert saver.best_path == tmp_path / "X" / "epoch_0002.pt"
+
+
 def test_a_copy_of_a_runs_checkpoint_resumes_into_the_runs_own_directory(tmp_path):
     """A backup copy of a run's newest checkpoint, resumed into the run's directory, was refused as another run's
     there (the copy's directory was taken for the run's only one); only overwrite=True went on, deleting files."""

@@ -665,9 +665,9 @@ def safe_loader_advice(names: list[str]) -> str:
 
 # ---------------------------------------------------------------- the callback that writes them
 
-def _not_best(file: Path, value: float) -> str | None:
-    """Why the checkpoint `file` is not the one its run saved as its best, of `value`; None if it is (its
-    CheckpointCB state names the file itself as the best: another run's file of the same name holds another)."""
+def _not_best(file: Path, value: float, run: str | None) -> str | None:
+    """Why the checkpoint `file` is not the one its run (`run`, its id) saved as its best, of `value`; None if it is
+    (its CheckpointCB state names the file itself as the best: another run's file of the same name holds another)."""
     if not file.is_file():
         return "not there"
     try:
@@ -678,6 +678,7 @@ def _not_best(file: Path, value: float) -> str | None:
     except Exception as e:  # noqa: BLE001 -- a file that can't be read is not the best to keep
         return f"can't be read ({type(e).__name__})"
     mine = any(isinstance(cb, dict) and cb.get("best") == value and Path(cb.get("best_file") or "").name == file.name
+               and (run is None or cb.get("run") in (None, run))  # (a record from before run ids: value and name)
                for cb in (state.get("callbacks") or {}).values())
     return None if mine else "another run's file"
 
@@ -763,7 +764,7 @@ class CheckpointCB(Callback):
             why: dict[Path, str] = {}
             found = None
             for place in dict.fromkeys(places):  # (each read once, and none after the best is found)
-                no = _not_best(place, state["best"])
+                no = _not_best(place, state["best"], state.get("run"))
                 if no is None:
                     found = place
                     break
