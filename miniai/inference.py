@@ -375,11 +375,12 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
 
 
 def _class_code(model: torch.nn.Module) -> dict[str, str]:
-    """A digest of the source of each class of the model's modules that is not torch's, by its importable name:
-    pickle stores the classes by name, so a class changed since the export would compute something else."""
+    """A digest of the source of each class of the model's modules, and of their base classes, that is not torch's,
+    by its importable name: pickle stores the classes by name, so one changed since the export would compute
+    something else (a function of one's own that forward calls is not seen)."""
     code = {}
-    for cls in {type(m) for m in model.modules()}:
-        if not cls.__module__.startswith("torch."):
+    for cls in {c for m in model.modules() for c in type(m).__mro__}:
+        if cls.__module__.split(".")[0] not in ("torch", "builtins"):
             try:
                 source = inspect.getsource(cls)
                 code[f"{cls.__module__}.{cls.__qualname__}"] = hashlib.sha256(source.encode()).hexdigest()

@@ -360,6 +360,43 @@ def test_an_export_whose_model_class_changed_or_went_since_is_said_so_and_a_dama
         load_learner(tmp_path / "bare.pkl")
 
 
+def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
+    """(probe T3) Only each module's own class was digested: a base class's method that forward calls, changed
+    since the export, gave other predictions without a word."""
+    import importlib
+    import warnings
+    source = textwrap.dedent("""
+        import torch
+        from torch import nn
+        class Base(nn.Module):
+            def act(self, x):
+                return torch.{}(x)
+        class Net(Base):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(64, 3)
+            def forward(self, x):
+                return self.act(self.lin(x.flatten(1).float()))
+        """)
+    (tmp_path / "basemod_s19.py").write_text(source.format("relu"))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        mod = importlib.import_module("basemod_s19")
+        learn = image_learner()
+        learn.model = mod.Net()
+        path = learn.export(tmp_path / "m.pkl")
+        (tmp_path / "basemod_s19.py").write_text(source.format("sigmoid"))
+        importlib.reload(mod)
+        with pytest.warns(UserWarning, match=r"basemod_s19.Base has changed since"):
+            load_learner(path)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("basemod_s19", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_learner(image_learner().export(tmp_path / "plain.pkl"))  # (miniai's and torch's own classes: no word)
+
+
 # ---------------------------------------------------------------- the real thing
 
 @pytest.mark.slow
