@@ -417,6 +417,9 @@ def test_a_wrapper_around_a_summing_loss_that_says_nothing_of_its_reduction_is_w
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="loss_func")
         learn.fit(1, train=False)
+    with pytest.raises(ValueError, match=r"Flat has a reduction of its own that does not reach the loss it holds "
+                                         r"\(\.func\)"):  # (probe T3: it said only 'one loss for the batch')
+        learn.get_preds(with_loss=True)
     with torch.no_grad():
         assert learn.metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
     vae = _PerItemSum()

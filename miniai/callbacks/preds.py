@@ -418,9 +418,14 @@ class _GatherPreds(Callback):
         if self.with_loss:
             loss = learn.loss
             if not isinstance(loss, torch.Tensor) or loss.ndim == 0:
+                held = _func_chain(getattr(learn.loss_func, "__dict__", {}).get("per_item_of", learn.loss_func))
+                why = (f" {name_of(held[0])} has a reduction of its own that does not reach the loss it holds (.func), "
+                       "which still reduces: pass it on (as fastai's BaseLoss does, a reduction property setting "
+                       "self.func.reduction), or compute the losses from get_preds' preds and targets."
+                       if len(held) > 1 and hasattr(held[0], "reduction") else "")
                 raise ValueError("get_preds(with_loss=True): the get_loss step returned one loss for the batch, not "
                                  "one per item. It must compute learn.loss_func(preds, *yb), which get_preds sets to "
-                                 "reduction='none' for the pass.")
+                                 "reduction='none' for the pass." + why)
             self.losses.append(to_cpu(_per_item(loss, yb or (), learn.loss_func)))
 
     def _check_mean(self, learn: Learner, loss: torch.Tensor, own: Any) -> None:
