@@ -317,6 +317,16 @@ def test_a_learner_with_its_own_predict_is_refused_and_other_files_too(tmp_path)
         load_learner(tmp_path / "weights.pt")
 
 
+def _exported_from_module(folder: Path, name: str, source: str):
+    """The module `name` written into `folder` (on sys.path) and imported, and an export of a learner of its Net."""
+    import importlib
+    (folder / f"{name}.py").write_text(source)
+    mod = importlib.import_module(name)
+    learn = image_learner()
+    learn.model = mod.Net()
+    return mod, learn.export(folder / "m.pkl")
+
+
 def test_an_export_whose_model_class_changed_or_went_since_is_said_so_and_a_damaged_one_is_named(tmp_path):
     """Pickle stores the model's class by name: a class whose code changed since the export gave other predictions
     without a word (2x the logits), and a renamed one a bare unpickling error (probe Y); an export missing its model
@@ -331,13 +341,9 @@ def test_an_export_whose_model_class_changed_or_went_since_is_said_so_and_a_dama
             def forward(self, x):
                 return self.lin(x.flatten(1).float()){}
         """)
-    (tmp_path / "netmod_s19.py").write_text(source.format(""))
     sys.path.insert(0, str(tmp_path))
     try:
-        mod = importlib.import_module("netmod_s19")
-        learn = image_learner()
-        learn.model = mod.Net()
-        path = learn.export(tmp_path / "m.pkl")
+        mod, path = _exported_from_module(tmp_path, "netmod_s19", source.format(""))
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -378,13 +384,9 @@ def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
             def forward(self, x):
                 return self.act(self.lin(x.flatten(1).float()))
         """)
-    (tmp_path / "basemod_s19.py").write_text(source.format("relu"))
     sys.path.insert(0, str(tmp_path))
     try:
-        mod = importlib.import_module("basemod_s19")
-        learn = image_learner()
-        learn.model = mod.Net()
-        path = learn.export(tmp_path / "m.pkl")
+        mod, path = _exported_from_module(tmp_path, "basemod_s19", source.format("relu"))
         (tmp_path / "basemod_s19.py").write_text(source.format("sigmoid"))
         importlib.reload(mod)
         with pytest.warns(UserWarning, match=r"basemod_s19.Base has changed since"):
