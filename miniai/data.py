@@ -17,7 +17,7 @@ from torch.utils.data import (DataLoader, IterableDataset, TensorDataset, defaul
 
 from .cache import load_normalized, load_tensors, normalized_split
 from .checks import check_count, warn
-from .sources import VALID_SPLITS, check_split_classes
+from .sources import LABEL_COLUMNS, VALID_SPLITS, check_split_classes
 from .utils import check_seed, rngs_kept
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
@@ -386,7 +386,7 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
     return dls.to(device) if device is not None else dls
 
 
-_LABELS = ("label", "labels", "target", "targets", "y")  # what a batch of (*inputs, *targets) ends with
+_LABELS = LABEL_COLUMNS  # what a batch of (*inputs, *targets) ends with
 
 
 class _DictToTuple:

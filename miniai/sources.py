@@ -35,6 +35,8 @@ SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's `dataset-fashion-mnist` puts the IDX files; module-level so tests can point it elsewhere."""
 VALID_SPLITS = ("validation", "valid", "val", "test", "dev")
 """A DatasetDict's validation split is the first of these it has (by name, never by position)."""
+LABEL_COLUMNS = ("label", "labels", "target", "targets", "y")
+"""A dataset's label column is the first of these it has (from_dd puts it last; get_dls' rename hint names them)."""
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -269,7 +271,7 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
         missing = x_col if x_col not in ds.column_names else y_col
         kinds = ("Image", "Array2D", "Array3D", "Sequence", "List") if missing == x_col else ("ClassLabel",)
         like = [c for c in ds.column_names if c not in (x_col, y_col) and (type(ds.features[c]).__name__ in kinds
-                or missing == y_col and c in ("labels", "target", "targets", "y"))]  # (from_dd's label names)
+                or missing == y_col and c in LABEL_COLUMNS)]
         # (a hint only where one column is of the missing one's kind: an 'id' of ints is no image, nor a label)
         raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}: rename yours as "
                        + (f"those, e.g. ds = ds.rename_column({like[0]!r}, {missing!r})" if len(like) == 1 else
