@@ -10,7 +10,8 @@ import torch
 from .utils import class_loss, loss_reduction, loss_setting
 
 __all__ = ["averages_over_targets", "ignored_target", "stated_ignore", "as_integer", "target_mask", "loss_mask",
-           "position_weights", "mean_loss", "n_items", "input_items", "batch_parts", "batch_n_items", "sum_dtype"]
+           "position_weights", "mean_loss", "counted_mean", "n_items", "input_items", "batch_parts", "batch_n_items",
+           "sum_dtype"]
 
 
 def averages_over_targets(loss_func: Any) -> bool:
@@ -82,11 +83,18 @@ def mean_loss(loss: torch.Tensor, target: Any, loss_func: Any) -> torch.Tensor:
     loss = loss.float()
     if getattr(loss_func, "reduced_by_sum", False) and loss.ndim:  # get_preds' copy of a 'sum' or 'batchmean'
         return loss.sum() / len(loss)  # loss: as the fit logs it, per item (weights and ignored positions included)
+    return counted_mean(loss, target, loss_func)
+
+
+def counted_mean(loss: torch.Tensor, target: Any, loss_func: Any, dim: int | None = None) -> torch.Tensor:
+    """Unreduced losses' sum over the positions that count, divided by what they count for (`position_weights`),
+    over `dim` (all of them if None); NaN where none counts, as torch's, also where label smoothing adds to the sum."""
     mask, weights = position_weights(loss, target, loss_func)
     if weights is None:
-        return loss.mean()
-    total = weights.sum()  # (0: NaN, as torch's, also where label smoothing adds to the sum)
-    return ((loss if mask is None else loss.where(mask, 0)).sum() / total).where(total > 0, torch.nan)
+        return loss.mean(dim) if dim is not None else loss.mean()
+    kept = loss if mask is None else loss.where(mask, 0)
+    total, summed = (weights.sum(dim), kept.sum(dim)) if dim is not None else (weights.sum(), kept.sum())
+    return (summed / total).where(total > 0, torch.nan)
 
 
 def n_items(target: Any, inputs: int | None = None) -> int:

@@ -35,7 +35,7 @@ from ..utils import loss_setting, map_tensors, name_of, tensor_versions, to_cpu
 from .augment import BatchTransformCB
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
-from ..weighting import batch_parts, input_items, mean_loss, position_weights
+from ..weighting import batch_parts, counted_mean, input_items, mean_loss
 from .state import kept
 
 __all__ = ["participants", "prediction_pass", "unreduced", "get_preds", "capture_preds", "tta"]
@@ -467,11 +467,10 @@ def _per_item(loss: torch.Tensor, yb: tuple, loss_func: Any) -> torch.Tensor:
     flat = loss.reshape(len(loss), -1)
     if getattr(loss_func, "reduced_by_sum", False):
         return flat.sum(1)
-    mask, weights = position_weights(loss, yb[0] if len(yb) == 1 else None, loss_func)
-    if weights is None:
-        return flat.mean(1)
-    flat, counted = flat if mask is None else flat.where(mask.reshape(len(loss), -1), 0), weights.reshape(len(loss), -1)
-    return (flat.sum(1) / counted.sum(1)).where(counted.sum(1) > 0, torch.nan)  # (none counted: NaN, as torch's)
+    target = yb[0] if len(yb) == 1 else None
+    if isinstance(target, torch.Tensor) and target.shape == loss.shape:  # (one target per position: flattened alike)
+        target = target.reshape(len(loss), -1)
+    return counted_mean(flat, target, loss_func, dim=1)
 
 
 def _loader(learn: Learner, dl: Any) -> Any:
