@@ -354,7 +354,7 @@ def _loss_layers(loss_func: Any) -> list:
     that reduces nothing (a focal loss's `self.func = nn.CrossEntropyLoss(reduction='none')`) or sums (a VAE's,
     divided by the items) leaves the averaging to the wrapper, which is its own loss. get_preds' per-item copy of a
     loss (`per_item_of`) reads as that loss: its reduction='none' may have reached its .func."""
-    layers = _partials(_per_item_of(loss_func) or loss_func)
+    layers = _partials(original_loss(loss_func))
     for _ in range(8):  # (bounded: a .func that leads back, or makes a new object each time, a mock's)
         inner = getattr(layers[-1], "func", None)
         if not callable(inner) or _setting(_partials(inner), "reduction", "mean") != "mean":
@@ -363,9 +363,17 @@ def _loss_layers(loss_func: Any) -> list:
     return layers
 
 
-def _per_item_of(loss_func: Any) -> Any:
-    """The loss that `loss_func` is get_preds' per-item copy of (`unreduced` sets it), else None."""
-    return getattr(loss_func, "__dict__", {}).get("per_item_of")
+def original_loss(loss_func: Any) -> Any:
+    """The loss that `loss_func` is get_preds' per-item copy of (`mark_per_item`), else `loss_func` itself."""
+    return getattr(loss_func, "__dict__", {}).get("per_item_of", loss_func)
+
+
+def mark_per_item(per_item: Any, loss_func: Any, summed: bool) -> Any:
+    """Mark `per_item` as get_preds' per-item copy of `loss_func` (`summed`: its reduction was 'sum' or
+    'batchmean'), so it reads as that loss (`loss_setting`), but for its reduction, 'none'; returns it."""
+    per_item.reduced_by_sum = summed
+    object.__setattr__(per_item, "per_item_of", loss_func)  # (an nn loss: not as a submodule)
+    return per_item
 
 
 def _setting(layers: list, name: str, default: Any) -> Any:
@@ -397,7 +405,7 @@ def loss_setting(loss_func: Any, name: str, default: Any) -> Any:
     """A setting of `loss_func` (`reduction`, `weight`, `ignore_index`): a partial's keyword (`partial(F.cross_entropy,
     weight=w)`), an nn loss's attribute, the outermost first, through wrappers to `base_loss`; else `default`. (Of
     get_preds' per-item copy, the loss's, but for its reduction: 'none'.)"""
-    if name == "reduction" and _per_item_of(loss_func) is not None:
+    if name == "reduction" and original_loss(loss_func) is not loss_func:
         return "none"
     return _setting(_loss_layers(loss_func), name, default)
 

@@ -31,7 +31,7 @@ from ..data import TensorLoader
 from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import loss_setting, map_tensors, name_of, tensor_versions, to_cpu
+from ..utils import loss_setting, map_tensors, mark_per_item, name_of, original_loss, tensor_versions, to_cpu
 from .augment import BatchTransformCB
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
@@ -162,9 +162,7 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
                                 f"deep copy leaves the learner's as it is, and that failed ({e}). Compute the losses "
                                 "yourself from the preds and targets of learn.get_preds().") from e
             per_item.reduction = "none"
-        per_item.reduced_by_sum = summed
-        object.__setattr__(per_item, "per_item_of", loss_func)  # read as the loss (utils; not as a submodule)
-        return per_item
+        return mark_per_item(per_item, loss_func, summed)
     try:
         takes_reduction = "reduction" in inspect.signature(loss_func).parameters
     except (TypeError, ValueError):  # no signature to read (some builtins)
@@ -172,9 +170,7 @@ def unreduced(loss_func: Callable, who: str = "get_preds(with_loss=True)") -> Ca
     if takes_reduction:  # F.cross_entropy, F.mse_loss, partials of them
         # (updated=(): reading a partial's __dict__ would give it one, and a partial of it then nests, unmerged)
         per_item = functools.update_wrapper(functools.partial(loss_func, reduction="none"), loss_func, updated=())
-        per_item.reduced_by_sum = summed
-        object.__setattr__(per_item, "per_item_of", loss_func)  # read as the loss (utils; not as a submodule)
-        return per_item
+        return mark_per_item(per_item, loss_func, summed)
     name = getattr(loss_func, "__name__", type(loss_func).__name__)
     raise TypeError(f"{who} needs one loss per item, asked of loss_func with reduction='none'; "
                     f"{name} takes no reduction argument. Use a loss that does (F.cross_entropy, "
@@ -418,7 +414,7 @@ class _GatherPreds(Callback):
         if self.with_loss:
             loss = learn.loss
             if not isinstance(loss, torch.Tensor) or loss.ndim == 0:
-                held = _func_chain(getattr(learn.loss_func, "__dict__", {}).get("per_item_of", learn.loss_func))
+                held = _func_chain(original_loss(learn.loss_func))
                 why = (f" {name_of(held[0])} has a reduction of its own that does not reach the loss it holds (.func), "
                        "which still reduces: pass it on (as fastai's BaseLoss does, a reduction property setting "
                        "self.func.reduction), or compute the losses from get_preds' preds and targets."
