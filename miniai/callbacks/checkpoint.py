@@ -561,6 +561,16 @@ def _checkpointcb_states(saved: dict[str, Any]) -> list[dict[str, Any]]:
             and isinstance(state, dict)]
 
 
+def _callback_states(file: Path) -> dict[str, Any]:
+    """The callbacks' states a checkpoint file holds, read without its tensors (mmap; a file in torch's legacy
+    format, which can't be mapped, is read whole); raises what torch.load raises."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    return state.get("callbacks") or {}
+
+
 def _holds_the_run(learn: Learner, existing: list[tuple[int, Path]]) -> bool:
     """Whether the directory's checkpoints are of the resumed run, by the run id its CheckpointCBs saved (read from
     the newest the run keeps, its epoch or earlier, else the oldest): a directory the run once wrote may hold another
@@ -569,9 +579,8 @@ def _holds_the_run(learn: Learner, existing: list[tuple[int, Path]]) -> bool:
     kept = [f for epochs, f in existing if epochs <= learn.start_epoch]
     if not ours or not existing:
         return True
-    try:  # (mmap: the ids alone are read, not the weights)
-        file = kept[-1] if kept else existing[0][1]
-        theirs = torch.load(file, map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
+    try:
+        theirs = _callback_states(kept[-1] if kept else existing[0][1])
     except Exception:  # noqa: BLE001 -- a file that can't be read is no other run's either: pruning decides
         return True
     ids = {state.get("run") for state in _checkpointcb_states(theirs)} - {None}
@@ -671,15 +680,12 @@ def _not_best(file: Path, value: float, run: str | None) -> str | None:
     if not file.is_file():
         return "not there"
     try:
-        try:  # (mmap: the tensors are not read)
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # (a file in torch's legacy format, which can't be mapped)
-            state = torch.load(file, map_location="cpu", weights_only=True)
+        saved = _callback_states(file)
     except Exception as e:  # noqa: BLE001 -- a file that can't be read is not the best to keep
         return f"can't be read ({type(e).__name__})"
     mine = any(isinstance(cb, dict) and cb.get("best") == value and Path(cb.get("best_file") or "").name == file.name
                and (run is None or cb.get("run") in (None, run))  # (a record from before run ids: value and name)
-               for cb in (state.get("callbacks") or {}).values())
+               for cb in saved.values())
     return None if mine else "another run's file"
 
 
@@ -783,8 +789,8 @@ class CheckpointCB(Callback):
         if resumed is None or self.monitor is None or state.get("run") is None or own.resolve() == resumed.resolve() \
                 or not own.is_file():
             return state
-        try:  # (mmap: the states alone are read, not the weights)
-            saved = torch.load(own, map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
+        try:
+            saved = _callback_states(own)
         except Exception:  # noqa: BLE001 -- a file that can't be read: the resumed file's record stands
             return state
         return next((mine for mine in _checkpointcb_states(saved)
