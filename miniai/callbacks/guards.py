@@ -225,10 +225,9 @@ def nonfinite_cause(model: torch.nn.Module, bad: str) -> tuple[str, str]:
 
 def lower_lr_advice(learn: Learner, good: Any) -> str:
     """How to go on from checkpoint `good` with a lower lr: a resume takes a new lr unless a schedule sets it."""
-    from .scheduling import BaseSchedCB, scales_only  # here: scheduling imports this module's neighbours
+    from .scheduling import sets_lr_from_start  # here: scheduling imports this module's neighbours
     from .swa import SWACB
-    schedules = [cb for cb in learn.cbs if isinstance(cb, SWACB) or isinstance(cb, BaseSchedCB) and not scales_only(
-        getattr(cb, "scheduler", None))]
+    schedules = [cb for cb in learn.cbs if isinstance(cb, SWACB) or sets_lr_from_start(cb)]
     if schedules:  # resume refuses lr= with a schedule that sets the lr from the run's start
         own = [type(cb).__name__ for cb in schedules if own_place(learn, cb) is not None]  # (it would refuse the next)
         return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "

@@ -30,7 +30,7 @@ from .guards import EarlyStoppingCB, GradClipCB
 from .loggers import TensorBoardCB
 from .records import forget_records
 from .grad_accum import GradAccumCB
-from .scheduling import SCALING, BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, scales_only
+from .scheduling import SCALING, BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, sets_lr_from_start
 from .swa import SWACB
 
 __all__ = ["ResumeCB", "resume_cb"]
@@ -125,7 +125,7 @@ class ResumeCB(Callback):
                 "learner the run was saved with, or start a new fit from the checkpoint's weights; nothing was changed.")
         stateful, saved, training = stateful_callbacks(learn), state["callbacks"], "train" in learn.passes
         # SWALR, once running (resumed past swa_start), sets the lr each epoch too
-        schedulers = [k for k, cb in stateful.items() if _schedules(cb) and not scales_only(cb.scheduler)
+        schedulers = [k for k, cb in stateful.items() if sets_lr_from_start(cb)
                       or isinstance(cb, SWACB) and learn.start_epoch > cb.swa_start]
         if self.lr is not None and schedulers and training:
             raise ValueError(

@@ -125,6 +125,12 @@ def scales_only(scheduler: Any) -> bool:
     return isinstance(scheduler, SCALING)
 
 
+def sets_lr_from_start(cb: Callback) -> bool:
+    """Whether `cb` is a scheduling callback whose schedule sets the lr from where the run began (not one that only
+    scales the lr it finds): an lr given on resume would be overwritten."""
+    return isinstance(cb, BaseSchedCB) and not scales_only(getattr(cb, "scheduler", None))
+
+
 def _sets_outright(scheduler: Any) -> bool:
     """Whether `scheduler`, or a part of it, sets the lr outright at each step (_OUTRIGHT)."""
     return isinstance(scheduler, _OUTRIGHT) or any(_sets_outright(p) for p in getattr(scheduler, "_schedulers", []))
