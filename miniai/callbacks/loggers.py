@@ -249,8 +249,9 @@ class TensorBoardCB(Callback):
     A fresh fit starts both runs anew: TensorBoard hides what earlier fits wrote to `log_dir`, with a warning (use
     one log_dir per run to keep them). A resumed fit hides what was written at or after the resumed epoch
     (`purge_step`), and is refused before it loads the checkpoint if `log_dir` shows another run's epochs before that
-    one (a fresh run logged there since, or another branch of the run): the curve would join them to this fit's. Each fit names its
-    part of the log, and the log's parts are in the checkpoint (`state_dict`) and in `log_dir/miniai_run`.
+    one (a fresh run logged there since, or another branch of the run): the curve would join them to this fit's.
+    Each fit names its part of the log, and the log's parts are in the checkpoint (`state_dict`) and in
+    `log_dir/miniai_run`.
     Needs the tensorboard package: `pip install tensorboard` (miniai's extra: `pip install -e '.[tensorboard]'`).
     """
     order = 35  # after MetricsCB (10), whose row it writes at after_epoch
