@@ -270,14 +270,29 @@ def test_the_dead_chart_of_a_shifted_activation_says_it_counts_values_near_zero_
     model = nn.Sequential(nn.Linear(1, 8), GeneralRelu(leak=0.1, sub=0.4), nn.Linear(8, 1))
     astats = ActivationStats(lambda m: isinstance(m, GeneralRelu))
     learner(model, [astats]).fit(1)
-    with pytest.warns(UserWarning, match=r"0: GeneralRelu shifts its output by sub=0.4: an inactive unit gives -0.4 "
-                                         r"or below.*not dead units"):
+    with pytest.warns(UserWarning, match=r"0: GeneralRelu \(sub=0.4\) shifts its output down by sub: an inactive unit "
+                                         r"gives -sub or below.*not dead units"):
         astats.dead_chart()
     relu = ActivationStats(lambda m: isinstance(m, nn.ReLU))
     learner(mlp(), [relu]).fit(1)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*shifts its output")
         relu.dead_chart()
+
+
+def test_the_dead_chart_warns_once_naming_every_shifted_layer():
+    """Notebook 01's four GeneralRelu layers gave four near-identical warnings, one per layer: one says it."""
+    from miniai.models import GeneralRelu
+    model = nn.Sequential(nn.Linear(1, 8), GeneralRelu(leak=0.1, sub=0.4), nn.Linear(8, 8), GeneralRelu(sub=0.4),
+                          nn.Linear(8, 8), GeneralRelu(sub=0.2), nn.Linear(8, 1))
+    astats = ActivationStats(lambda m: isinstance(m, GeneralRelu))
+    learner(model, [astats]).fit(1)
+    with pytest.warns(UserWarning) as record:
+        astats.dead_chart()
+    said = [str(w.message) for w in record if "shift" in str(w.message)]
+    assert len(said) == 1, said
+    assert said[0].startswith("0: GeneralRelu, 1: GeneralRelu (sub=0.4) and 2: GeneralRelu (sub=0.2) shift their "
+                              "output"), said[0]
 
 
 def test_figures_are_drawn_headless():

@@ -511,10 +511,14 @@ class ActivationStats(HooksCallback):
         self._warn_out_of_range()
         shifted = [(label, hook.module.sub) for label, hook in zip(self.labels, self.hooks)
                    if isinstance(getattr(hook.module, "sub", None), (int, float)) and hook.module.sub > 0]
-        for label, sub in shifted:  # (GeneralRelu's: its dead units sit at -sub, in no bin near 0)
-            warn(f"{label} shifts its output by sub={sub:g}: an inactive unit gives -{sub:g} or below, not 0, so "
-                 "the lowest bin counts activations near 0 (units at their kink), not dead units; its dead units "
-                 "show in color_dim at |activation| >= sub instead")
+        if shifted:  # (GeneralRelu's: its dead units sit at -sub, in no bin near 0) one warning names them all
+            subs = sorted({sub for _, sub in shifted}, reverse=True)
+            groups = [", ".join(label for label, s in shifted if s == sub) + f" (sub={sub:g})" for sub in subs]
+            names = groups[0] if len(groups) == 1 else ", ".join(groups[:-1]) + " and " + groups[-1]
+            verb = "shifts its" if len(shifted) == 1 else "shift their"
+            warn(f"{names} {verb} output down by sub: an inactive unit gives -sub or below, not 0, so the lowest "
+                 "bin counts activations near 0 (units at their kink), not dead units; dead units show in color_dim "
+                 "at |activation| >= sub instead")
         return plot_dead_chart(self.dead_fractions(), self.labels, ax=ax, figsize=figsize)
 
     def plot_stats(self, figsize: tuple[float, float] = (10, 4)) -> Any:
