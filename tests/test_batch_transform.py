@@ -300,3 +300,31 @@ def test_inputs_together_keeps_the_type_of_an_error_that_is_not_the_joinings():
     with pytest.raises(RuntimeError, match="modified the batch in place") as info:
         learn.fit(1, valid=False)
     assert not any("inputs='each'" in note for note in getattr(info.value, "__notes__", []))  # (it would fail alike)
+
+
+def _mask_loaders():
+    x = torch.randn(16, 1, 8, 8)
+    data = TensorDataset(x, (x[:, 0] > 0).long())  # a mask per pixel: the inputs' height and width
+    return DataLoaders(DataLoader(data, 8), DataLoader(data, 8))
+
+
+@pytest.mark.parametrize("tfm", [RandomFlip(), batch_tfms(RandomCrop(8, 1), RandomFlip()),
+                                 batch_tfms(batch_tfms(RandomFlip())), batch_tfms(RandomErase(), batch_tfms(
+                                     batch_tfms(RandomCrop(8, 1))))], ids=["flip", "compose", "nested", "deeper"])
+def test_a_geometric_transform_beside_masks_is_warned_of_in_composes_nested_at_any_depth(tfm):
+    """batch_tfms(batch_tfms(RandomFlip())) flipped the images and left the masks without a word: the warning
+    looked one compose deep (probe A)."""
+    with pytest.warns(UserWarning, match=r"moves the inputs' pixels, and the targets \(8, 8, 8\) have the inputs' "
+                                         r"height and width"):
+        TrainLearner(nn.Sequential(nn.Conv2d(1, 2, 1)), _mask_loaders(), F.cross_entropy, lr=0.1,
+                     cbs=[BatchTransformCB(tfm)]).fit(1, valid=False)
+
+
+def test_a_batchtransformcb_that_runs_in_no_pass_is_refused_with_the_fix():
+    """BatchTransformCB(tfm, on_train=False), meant for validation, left on_val at its default and ran nowhere:
+    not in training, validation, get_preds or tta, without a word (probe A)."""
+    for on_val in (None, False):
+        with pytest.raises(ValueError, match=r"on_train=False and on_val=(None|False) transform no pass: "
+                                             r"on_val=True for validation and prediction"):
+            BatchTransformCB(lambda x: x + 100, on_train=False, on_val=on_val)
+    BatchTransformCB(lambda x: x + 100, on_train=False, on_val=True)

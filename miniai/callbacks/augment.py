@@ -49,6 +49,10 @@ class BatchTransformCB(Callback):
             raise TypeError(f"BatchTransformCB takes a callable x -> x (e.g. batch_tfms(RandomFlip())); got {tfm!r}")
         if inputs not in (None, "first", "together", "each", "all"):
             raise ValueError(f"inputs must be 'first', 'together', 'each', 'all' or None (one input); got {inputs!r}")
+        if not on_train and not on_val:
+            raise ValueError(f"BatchTransformCB(on_train={on_train}, on_val={on_val}): on_train=False and "
+                             f"on_val={on_val} transform no pass: on_val=True for validation and prediction "
+                             "(preprocessing), on_train=True for training (augmentation), or both")
         self.tfm, self.on_train, self.on_val, self.inputs = tfm, on_train, bool(on_val), inputs
         self._n = 1  # inputs transformed: the first n items of each batch
         self._check_val = on_train and on_val is None  # the default: is tfm really an augmentation? (each fit)
@@ -133,11 +137,18 @@ def _together(apply: Callable[[torch.Tensor], torch.Tensor], inputs: Sequence[An
     return list(out.split([x.shape[1] for x in inputs], 1))
 
 
+def geometric(tfm: Any) -> list[Any]:
+    """The transforms in `tfm` that move pixels (RandomCrop, RandomFlip), in composes nested to any depth."""
+    if isinstance(tfm, (RandomCrop, RandomFlip)):
+        return [tfm]
+    return [t for inner in getattr(tfm, "tfms", ()) for t in geometric(inner)]
+
+
 def _warn_if_out_of_line(tfm: Any, batch: Any, n: int, n_inp: int, inputs: str | None) -> None:
     """Warn of a geometric transform (RandomCrop, RandomFlip) that moves the first input's pixels and leaves an item
     of its height and width out of line: a target (a mask per pixel?) or an input it leaves alone (inputs='first')
     stays where it was, and inputs='all' moves each input with a draw of its own."""
-    moving = [t for t in getattr(tfm, "tfms", [tfm]) if isinstance(t, (RandomCrop, RandomFlip))]
+    moving = geometric(tfm)
     x = batch[0] if isinstance(batch, (tuple, list)) and batch else None
     if not moving or not isinstance(x, torch.Tensor) or x.ndim < 3:
         return

@@ -32,7 +32,7 @@ from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
 from ..utils import loss_setting, map_tensors, mark_per_item, name_of, original_loss, tensor_versions, to_cpu
-from .augment import BatchTransformCB
+from .augment import BatchTransformCB, geometric
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
 from ..weighting import batch_parts, counted_mean, input_items, mean_loss
@@ -614,7 +614,9 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     `BatchTransformCB(on_val=True)` added for each copy, ordered after them: what such a callback adds that must
     not be flipped, position channels say, belongs in the model). The
     default is a horizontal flip of (N,C,H,W) images, `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs
-    it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Their draws
+    it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs per
+    pixel (a segmentation model's, of the inputs' height and width) are averaged pixel by pixel: the default flip's
+    copies are flipped back first, and tfms with a RandomCrop or RandomFlip are refused (tta can't put them back). Their draws
     come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to
     each batch's outputs as by `get_preds`: softmax over the class dim 1 by default, `torch.sigmoid` for a binary or
     multi-label model's scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a
@@ -655,6 +657,16 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
             raise TypeError(f"tta averages act's outputs over the copies, and act gave "
                             f"{getattr(probs, 'dtype', type(probs).__name__)}: give it an act of float scores "
                             "(softmax, sigmoid) and take the argmax of tta's result")
+        xb = batch_parts(learn)[0]  # (the plain pass's last batch) outputs of the first input's height and width
+        x = xb[0] if xb else None  # are per pixel: a copy whose pixels moved must be put back before it is averaged,
+        # which tta can do for its own flip
+        per_pixel = isinstance(x, torch.Tensor) and x.ndim >= 3 and probs.ndim >= 3 and probs.shape[-2:] == x.shape[-2:]
+        if per_pixel and geometric(tfm) and tfms is not None:
+            raise ValueError(f"tta averages each item's outputs over its copies, and this model's are per pixel "
+                             f"({tuple(probs.shape[1:])} for inputs {tuple(x.shape[1:])}), so a copy whose pixels "
+                             f"{type(geometric(tfm)[0]).__name__} moved would be averaged with pixels from elsewhere: "
+                             "tta() with the default flip flips each copy's outputs back; for other transforms, "
+                             "transform and undo them yourself around learn.get_preds(act=torch.softmax, cbs=...)")
         total = probs.clone()
         copy_tfm = BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs)
         # after every callback that prepares the batches (a BatchTransformCB, -10, or one of yours, 0 by default);
@@ -671,6 +683,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
                                      "For other inputs pass tfms=... (a callable x -> x).") from e
                 raise
             p, t = aug.result()
+            p = p.flip(-1) if per_pixel and tfms is None else p  # (the default flip's copy, put back in place)
             if not (_same(t, targets) and _same(items.result(), plain_items.result())):
                 raise ValueError("the loader gave its items in another order for an augmented copy than for the "
                                  "plain pass, or other items: tta needs the same items in the same order every pass "
