@@ -1420,6 +1420,30 @@ def test_per_item_tensors_whose_length_is_the_batch_size_are_warned_of_as_read_a
         assert [tuple(p.shape) for p in preds] == [(8, 2), (8, 2)]
 
 
+class _FlipsAtRandom(torch.utils.data.Dataset):
+    """A dataset whose __getitem__ mirrors an item at random: tta's passes get other items."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return (self.x[i].flip(-1) if torch.rand(()) < 0.5 else self.x[i]), self.y[i]
+
+
+def test_tta_refuses_a_dataset_that_flips_its_items_at_random_even_with_exact_pixels():
+    """tta told passes apart by each item's pixel sum, which a flip keeps exactly on pixels k/256 (raw uint8
+    images): a random flip in __getitem__, which its error says it refuses, was averaged in silently (probe A)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (32, 1, 8, 8), generator=g).float() / 256, torch.randint(0, 3, (32,), generator=g)
+    dls = DataLoaders(DataLoader(_FlipsAtRandom(x, y), 8), DataLoader(_FlipsAtRandom(x[:16], y[:16]), 8))
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), dls, F.cross_entropy, lr=0.1)
+    with pytest.raises(ValueError, match=r"other items: tta needs the same items in the same order every pass"):
+        learn.tta(n=2)
+
+
 class _Reshuffled(torch.utils.data.IterableDataset):
     """A stream in another order each pass (a shuffle buffer): nothing on the loader says it shuffles."""
 

@@ -694,9 +694,9 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
 
 
 class _ItemSums(Callback):
-    """Per-item sums of each batch's first input as the loader gave it (before DeviceCB and any transform): tta
-    compares them between its passes, to know they walked the items in one order (targets alone may be missing,
-    or all equal)."""
+    """Per-item sums, plain and weighted by position, of each batch's first input as the loader gave it (before
+    DeviceCB and any transform): tta compares them between its passes, to know they walked the same items in one
+    order (targets alone may be missing, or all equal)."""
     order = -100
 
     def __init__(self) -> None:
@@ -705,7 +705,9 @@ class _ItemSums(Callback):
     def before_batch(self, learn: Learner) -> None:
         x = learn.batch[0] if isinstance(learn.batch, (tuple, list)) and learn.batch else None
         if isinstance(x, torch.Tensor) and x.ndim:
-            self.sums.append(x.detach().reshape(len(x), -1).float().sum(1))
+            flat = x.detach().reshape(len(x), -1).float()
+            at = torch.arange(1, flat.shape[1] + 1, dtype=flat.dtype, device=flat.device)  # (a flipped or shifted
+            self.sums.append(torch.stack([flat.sum(1), flat @ at], 1))  # item keeps its sum, not its weighted one)
 
     def result(self) -> torch.Tensor | None:
         return torch.cat(self.sums) if self.sums else None
