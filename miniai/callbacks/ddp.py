@@ -33,6 +33,7 @@ from ..data import TensorLoader
 from ..distributed import all_reduce_sum, is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
 from ..utils import byte_sums, len_or_none, loss_reduction, model_device
+from ..weighting import averages_over_targets, batch_parts, position_weights
 from .basic import DeviceCB
 
 __all__ = ["DDPCB"]
@@ -53,7 +54,8 @@ class DDPCB(Callback):
     Sharding: every rank walks its part of each global batch of `bs × world_size` items of the same seeded order
     (TensorLoader.shard), so the training pass has as many batches on every rank, and N ranks with batch size
     bs train like one process with batch size N × bs (a loss of reduction='sum' too: DDPCB then scales each batch's
-    gradient by N, which DDP's average makes the ranks' sum). The seed is rank 0's: a shuffled TensorLoader without one
+    gradient by N, which DDP's average makes the ranks' sum; and a cross-entropy over class-weighted targets, or with
+    some ignored: it scales each rank's by its share of the global batch's weights, one all_reduce a batch). The seed is rank 0's: a shuffled TensorLoader without one
     gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and None back at
     cleanup_fit. The validation loader is split without dropping an item. Every rank must hold the same data: at
     before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse to differ.
@@ -91,6 +93,7 @@ class DDPCB(Callback):
         self._undo: list[Callable[[], Any]] = []  # what puts each loader back, in the order the changes were made
         self._samplers: list[Any] = []  # (what before_epoch calls set_epoch on)
         self._sum_loss = False  # whether the loss is a sum (after_loss scales its gradient by the world size)
+        self._weighted_mean = False  # whether it divides by its kept targets' weights (after_loss rescales it)
 
     def before_fit(self, learn: Learner) -> None:
         self.active = is_dist() or world_size() > 1
@@ -128,6 +131,7 @@ class DDPCB(Callback):
         self._ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None, **self.ddp_kwargs)
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
+        self._weighted_mean = averages_over_targets(learn.loss_func)  # (torch's cross-entropy and NLL, 'mean')
         learn.model = self._ddp
         self._shard(learn)
 
@@ -135,8 +139,12 @@ class DDPCB(Callback):
         # DDP averages the ranks' gradients: right for a mean loss only; a sum over the global batch is their sum.
         # This batch's gradient is scaled by the world size before DDP averages it (a comm hook that sums would also
         # multiply what .grad carries from earlier batches: gradient accumulation, MomentumLearner's momentum)
-        if self._sum_loss and self.active and learn.training and learn.loss.requires_grad:
+        if not (self.active and learn.training and learn.loss.requires_grad):
+            return
+        if self._sum_loss:
             learn.loss.register_hook(partial(torch.mul, other=world_size()))
+        elif self._weighted_mean:  # each rank divided by its own part's weights: see _share
+            learn.loss.register_hook(partial(torch.mul, other=_share(learn)))
 
     def before_epoch(self, learn: Learner) -> None:
         if learn.training:
@@ -324,6 +332,21 @@ def _data_sums(dl: Any) -> dict[str, Any]:
     dataset = getattr(dl, "dataset", None)
     tensors = dataset.tensors if isinstance(dataset, TensorDataset) else None
     return {"items": len_or_none(dataset), "sums": None if tensors is None else byte_sums(tensors)}
+
+
+def _share(learn: Learner) -> torch.Tensor | float:
+    """World size × this rank's share of what the global batch's loss divides by: a cross-entropy over class-weighted
+    targets, or with some ignored, divides each rank's loss by its own part's weights (or kept targets), so DDP's
+    average of the ranks' gradients is the global batch's weighted mean only once each is scaled by this."""
+    targets = batch_parts(learn)[1]
+    target = targets[0] if targets else None
+    mask, weights = position_weights(target, target, learn.loss_func) if isinstance(target, torch.Tensor) else (
+        None, None)
+    if mask is None and weights is None:  # (soft targets: divided by the item count, alike on every rank)
+        return 1.0
+    own = (weights if weights is not None else mask).sum(dtype=torch.float64).reshape(1)
+    total = all_reduce_sum(own.clone())
+    return (own * world_size() / total).where(total > 0, 1.0).to(learn.loss.dtype)[0]
 
 
 def _check_replicas_agree(model: nn.Module) -> None:
