@@ -361,6 +361,20 @@ def drops_last(dl: Any) -> bool:
     return bool(getattr(dl, "drop_last", False) or getattr(getattr(dl, "batch_sampler", None), "drop_last", False))
 
 
+def check_world(learn: Any) -> None:
+    """A process torchrun's variables make rank > 0, in no process group and with no DDPCB to join one, would train
+    alone and write nothing (files are rank 0's): an error, not a run whose checkpoints never appear."""
+    from .distributed import is_dist, rank, world_size
+    if is_dist() or rank() == 0:
+        return
+    from .callbacks.ddp import DDPCB  # (here: the callbacks import learner.py, which imports this)
+    if not any(isinstance(cb, DDPCB) for cb in learn.cbs):
+        raise RuntimeError(f"this process is rank {rank()} of {world_size()} ($RANK, $WORLD_SIZE) with no process "
+                           "group and no DDPCB to join one: it would train alone and write no file (only rank 0 "
+                           "writes). Under torchrun, add DDPCB() to cbs to train together; outside torchrun, unset "
+                           "RANK and WORLD_SIZE")
+
+
 def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
     """A missing or empty loader (of known length) is an error before any batch, not NaN metrics after."""
     train, valid = getattr(dls, "train", None), getattr(dls, "valid", None)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
+from miniai import checks
 from miniai.callbacks import DeviceCB, GradAccumCB, MetricsCB, ProgressCB, RecorderCB, _lr
 from miniai.callbacks.checkpoint import CheckpointCB, load_checkpoint
 from miniai.callbacks.ddp import DDPCB
@@ -677,6 +678,22 @@ def test_a_stray_rank_without_a_world_is_an_error(monkeypatch, tmp_path):
         tiny([CheckpointCB(tmp_path)]).fit(1)
 
 
+def test_a_lone_process_told_it_is_rank_1_of_2_without_ddpcb_is_an_error_not_a_run_that_writes_nothing(
+        monkeypatch, tmp_path):
+    """$RANK=1 and $WORLD_SIZE=2 (stray, or torchrun without DDPCB in cbs): a plain fit trained, printed nothing and
+    wrote no checkpoint, while learn.last_checkpoint named one (probe C)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    learn = tiny([CheckpointCB(tmp_path)])
+    with pytest.raises(RuntimeError, match=r"rank 1 of 2 \(\$RANK, \$WORLD_SIZE\) with no process group and no "
+                                           r"DDPCB.*add DDPCB\(\) to cbs.*unset RANK and WORLD_SIZE"):
+        learn.fit(1)
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv("RANK", "0")  # rank 0 of such a launch writes as a lone process would: nothing is lost
+    learn.fit(1)
+    assert list(tmp_path.iterdir())
+
+
 def tiny(cbs, bs=8):
     torch.manual_seed(0)
     x = torch.randn(20, 6)
@@ -696,6 +713,8 @@ def test_ddpcb_does_nothing_outside_torchrun(monkeypatch):
 def test_non_zero_rank_prints_nothing(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")  # no process group: the helpers read torchrun's variables
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(checks, "check_world", lambda learn: None)  # (rank 1 of a DDPCB run, whose group
+    # this test has not: only what the callbacks print and write is looked at)
     tiny([DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy())]).fit(1)
     tiny([DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(mode="terminal")]).fit(1)
     assert capsys.readouterr().out == ""
