@@ -84,6 +84,15 @@ record("rank", learn, last=metrics.last, lrs=recorder.recs["lr"], keys=list(lear
 learn = learner([DDPCB(), DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy()), RecorderCB(lr=_lr)])
 learn.fit_one_cycle(setup["epochs"], setup["lr"], resume=f"{out}/single/epoch_0001.pt")
 torch.save(learn.model.state_dict(), f"{out}/resumed{r}.pt")
+# B2: a one-process run whose loader had no seed (its orders from torch's RNG), resumed here: DDPCB seeds the ranks'
+# one order, so the orders differ from the saved run's
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    learn = learner([DDPCB(), DeviceCB("cpu")])
+    learn.dls.train.seed = None
+    learn.fit(2, resume=f"{out}/unseeded_single/epoch_0001.pt")
+record("unseeded_resume", learn, warnings=[str(w.message) for w in caught])
 
 # C: torch DataLoaders (a DistributedSampler for training, a contiguous split for validation)
 from torch.utils.data import DataLoader, TensorDataset
@@ -361,6 +370,9 @@ def launch(tmp_path_factory):
     mom = MomentumLearner(plain.model, plain.dls, nn.CrossEntropyLoss(reduction="sum"), lr=SUM_LR, cbs=plain.cbs,
                           mom=0.9)
     mom.fit(EPOCHS)
+    unseeded = single_process_learner(setup, 2 * BS, [CheckpointCB(out / "unseeded_single")])
+    unseeded.dls.train.seed = None
+    unseeded.fit(1)
     weighted = single_process_learner(setup, 2 * BS)
     weighted.loss_func = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 5.0, 0.2]), ignore_index=1)
     weighted.fit(EPOCHS)
@@ -412,6 +424,14 @@ def test_two_processes_train_like_one_with_twice_the_batch(launch):
         resumed = torch.load(out / f"resumed{r}.pt")
         for k, v in launch.single.items():
             torch.testing.assert_close(resumed[k], v, atol=1e-5, rtol=0)
+
+
+def test_a_one_process_run_without_a_loader_seed_resumed_under_ddp_says_its_order_is_not_the_saved_runs(launch):
+    """The saved run drew each epoch's order from torch's RNG; DDPCB seeds the ranks' one order: the resumed run
+    walked other orders than the run never stopped, without a word (probe C: weights 0.04 apart)."""
+    res = [json.loads((launch.out / f"unseeded_resume{r}.json").read_text()) for r in range(2)]
+    for r in res:
+        assert any("drew its orders from torch's RNG" in w and "not an exact resume" in w for w in r["warnings"]), r
 
 
 @pytest.mark.parametrize("run", ["sum", "sumaccum", "summom", "weighted"])

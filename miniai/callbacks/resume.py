@@ -434,6 +434,10 @@ def _load_loader_state(dl: Any, state: dict[str, Any] | None) -> None:
         saved = state["state_dict"]  # miniai.data.TensorLoader: {seed, epoch}
         if "seed" in saved and saved["seed"] is None and getattr(dl, "seed", None) is not None:
             saved = {**saved, "seed": dl.seed}  # a run without a seed resumed under DDP keeps the seed DDPCB shared
+            warn(f"the saved run's loader had no seed and drew its orders from torch's RNG, and under DDPCB the "
+                 f"ranks walk one order, of seed={dl.seed}: the data order from here on is not the saved run's, so "
+                 "this is not an exact resume (give the loader a seed, TensorLoader(..., seed=0), for runs that "
+                 "move between one process and several)")
         dl.load_state_dict(saved)
         return
     for g, saved in zip(loader_generators(dl), state["generators"]):
