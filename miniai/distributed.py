@@ -26,7 +26,7 @@ def rank() -> int:
     """This process's global rank: the process group's, else $RANK (set by torchrun), else 0."""
     if is_dist():
         return dist.get_rank()
-    env_rank = int(os.environ.get("RANK", 0))
+    env_rank = _env_int("RANK", 0)
     if not 0 <= env_rank < world_size():  # a stray $RANK: as a rank > 0 this process would silently write nothing
         raise ValueError(f"$RANK is {env_rank} but $WORLD_SIZE is {os.environ.get('WORLD_SIZE', '(unset: 1)')}: "
                          "torchrun sets both, with RANK < WORLD_SIZE; outside torchrun unset RANK")
@@ -35,12 +35,22 @@ def rank() -> int:
 
 def local_rank() -> int:
     """This process's rank on its machine ($LOCAL_RANK, set by torchrun), else 0: the GPU index it should use."""
-    return int(os.environ.get("LOCAL_RANK", 0))
+    return _env_int("LOCAL_RANK", 0)
 
 
 def world_size() -> int:
     """How many processes train together: the process group's size, else $WORLD_SIZE (set by torchrun), else 1."""
-    return dist.get_world_size() if is_dist() else int(os.environ.get("WORLD_SIZE", 1))
+    return dist.get_world_size() if is_dist() else _env_int("WORLD_SIZE", 1)
+
+
+def _env_int(name: str, default: int) -> int:
+    """The whole number in $name (torchrun's), else `default`; anything else is an error that names the variable."""
+    value = os.environ.get(name)
+    try:
+        return default if value is None else int(value)
+    except ValueError:
+        raise ValueError(f"${name} is {value!r}, not a whole number: torchrun sets it; outside torchrun unset "
+                         f"{name}") from None
 
 
 def is_main_process() -> bool:

@@ -24,7 +24,7 @@ from miniai.callbacks import DeviceCB, GradAccumCB, MetricsCB, ProgressCB, Recor
 from miniai.callbacks.checkpoint import CheckpointCB, load_checkpoint
 from miniai.callbacks.ddp import DDPCB
 from miniai.data import DataLoaders, TensorLoader
-from miniai.distributed import all_reduce_sum, is_dist, is_main_process, rank, world_size
+from miniai.distributed import all_reduce_sum, is_dist, is_main_process, local_rank, rank, world_size
 from miniai.learner import MomentumLearner, TrainLearner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -712,6 +712,14 @@ def test_a_lone_process_told_it_is_rank_1_of_2_without_ddpcb_is_an_error_not_a_r
     monkeypatch.setenv("RANK", "0")  # rank 0 of such a launch writes as a lone process would: nothing is lost
     learn.fit(1)
     assert list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["WORLD_SIZE", "RANK", "LOCAL_RANK"])
+def test_a_torchrun_variable_that_is_no_number_is_named(monkeypatch, name):
+    """WORLD_SIZE=two failed with int()'s "invalid literal for int() with base 10: 'two'", naming no variable."""
+    monkeypatch.setenv(name, "two")
+    with pytest.raises(ValueError, match=rf"\${name} is 'two', not a whole number"):
+        {"WORLD_SIZE": world_size, "RANK": rank, "LOCAL_RANK": local_rank}[name]()
 
 
 def tiny(cbs, bs=8):
