@@ -58,8 +58,8 @@ class DDPCB(Callback):
     ranks' sum) and a cross-entropy over class-weighted targets, or with some ignored (it scales each rank's by its
     share of the global batch's weights: one all_reduce a batch). The seed is rank 0's: a shuffled TensorLoader
     without one gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and
-    None back at cleanup_fit. The validation loader is split without dropping an item. Every rank must hold the same data: at
-    before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse to differ.
+    None back at cleanup_fit. The validation loader is split without dropping an item. Every rank must hold the
+    same data: at before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse to differ.
     Torch DataLoaders get a DistributedSampler for training and a contiguous split for validation. A loader DDPCB
     can't shard (over an IterableDataset, or with a batch sampler of its own) you shard yourself, by `rank()` and
     `world_size()`, and name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation
