@@ -53,20 +53,20 @@ class DDPCB(Callback):
 
     Sharding: every rank walks its part of each global batch of `bs × world_size` items of the same seeded order
     (TensorLoader.shard), so the training pass has as many batches on every rank, and N ranks with batch size bs
-    train like one process with batch size N × bs, but for the last len % N items of each epoch's order, dropped.
-    So does a loss of reduction='sum' (DDPCB then scales each batch's gradient by N, which DDP's average makes the
+    train like one process with batch size N × bs, but for the last len % N items of each epoch's order, dropped. So
+    does a loss of reduction='sum' (DDPCB then scales each batch's gradient by N, which DDP's average makes the
     ranks' sum) and a cross-entropy over class-weighted targets, or with some ignored (it scales each rank's by its
     share of the global batch's weights: one all_reduce a batch). The seed is rank 0's: a shuffled TensorLoader
     without one gets one drawn from rank 0's global RNG for the fit (so `set_seed` still reproduces the run) and
-    None back at cleanup_fit. The validation loader is split without dropping an item. Every rank must hold the
-    same data: at before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse to differ.
-    Torch DataLoaders get a DistributedSampler for training and a contiguous split for validation. A loader DDPCB
-    can't shard (over an IterableDataset, or with a batch sampler of its own) you shard yourself, by `rank()` and
-    `world_size()`, and name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded validation
-    loader must give each item to one rank (the metrics are summed over ranks: one with a DistributedSampler that
-    pads is refused); a training one, as many batches to every rank (DDP's backward waits for all of them); its
-    sampler's `set_epoch`, if it has one (DistributedSampler), is called before each training pass, as for DDPCB's
-    own samplers.
+    None back at cleanup_fit. The validation loader is split without dropping an item. Every rank must hold the same
+    data: at before_fit the ranks compare their loaders' sizes and checksums (~30 ms for Fashion-MNIST) and refuse
+    to differ. Torch DataLoaders get a DistributedSampler for training and a contiguous split for validation. A
+    loader DDPCB can't shard (over an IterableDataset, or with a batch sampler of its own) you shard yourself, by
+    `rank()` and `world_size()`, and name in `presharded=("valid",)`: DDPCB then leaves it as it is. A presharded
+    validation loader must give each item to one rank (the metrics are summed over ranks: one with a
+    DistributedSampler that pads is refused); a training one, as many batches to every rank (DDP's backward waits
+    for all of them); its sampler's `set_epoch`, if it has one (DistributedSampler), is called before each training
+    pass, as for DDPCB's own samplers.
 
     Cancels: DDP's collectives need every rank to run the same batches and steps, so a cancel must be raised on
     every rank at the same batch, as the built-in callbacks' are (EarlyStoppingCB decides on metrics merged over

@@ -611,18 +611,18 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
 
     `tfms` is a batch transform (x -> x, see `miniai.augment`) or a sequence of them, applied to the inputs after
     the learner's own validation transforms and every other callback that prepares batches for prediction (as a
-    `BatchTransformCB(on_val=True)` added for each copy, ordered after them: what such a callback adds that must
-    not be flipped, position channels say, belongs in the model). The
-    default is a horizontal flip of (N,C,H,W) images, `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs
-    it more; for varied copies pass random ones, e.g. `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs per
-    pixel (a segmentation model's, of the inputs' height and width) are averaged pixel by pixel: the default flip's
-    copies are flipped back first, and tfms with a RandomCrop or RandomFlip are refused (tta can't put them back). Their draws
-    come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to
-    each batch's outputs as by `get_preds`: softmax over the class dim 1 by default, `torch.sigmoid` for a binary or
-    multi-label model's scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a
-    prediction pass, so `dl` must give its items in the same order every pass (a shuffled one is walked in order, as
-    by `get_preds`). A learner whose batches have several inputs needs `inputs=` ('first', 'together', 'each'): the
-    inputs the transforms take (as `BatchTransformCB`'s); dict batches have none by position, and take `n=0` only.
+    `BatchTransformCB(on_val=True)` added for each copy, ordered after them: what such a callback adds that must not
+    be flipped, position channels say, belongs in the model). The default is a horizontal flip of (N,C,H,W) images,
+    `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs it more; for varied copies pass random ones, e.g.
+    `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs per pixel (a segmentation model's, of the inputs' height
+    and width) are averaged pixel by pixel: the default flip's copies are flipped back first, and tfms with a
+    RandomCrop or RandomFlip are refused (tta can't put them back). Their draws come from torch's global RNG inside
+    a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to each batch's outputs as by
+    `get_preds`: softmax over the class dim 1 by default, `torch.sigmoid` for a binary or multi-label model's
+    scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a prediction pass, so `dl`
+    must give its items in the same order every pass (a shuffled one is walked in order, as by `get_preds`). A
+    learner whose batches have several inputs needs `inputs=` ('first', 'together', 'each'): the inputs the
+    transforms take (as `BatchTransformCB`'s); dict batches have none by position, and take `n=0` only.
     """
     if learn.n_inp != 1 and inputs is None:
         raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which the augmented copies "
@@ -660,7 +660,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         xb = batch_parts(learn)[0]  # (the plain pass's last batch) outputs of the first input's height and width
         x = xb[0] if xb else None  # are per pixel: a copy whose pixels moved must be put back before it is averaged,
         # which tta can do for its own flip
-        per_pixel = isinstance(x, torch.Tensor) and x.ndim >= 3 and probs.ndim >= 3 and probs.shape[-2:] == x.shape[-2:]
+        per_pixel = isinstance(x, torch.Tensor) and min(x.ndim, probs.ndim) >= 3 and probs.shape[-2:] == x.shape[-2:]
         if per_pixel and geometric(tfm) and tfms is not None:
             raise ValueError(f"tta averages each item's outputs over its copies, and this model's are per pixel "
                              f"({tuple(probs.shape[1:])} for inputs {tuple(x.shape[1:])}), so a copy whose pixels "
