@@ -490,8 +490,11 @@ def test_a_fit_whose_last_step_diverges_does_not_end_silently_with_non_finite_we
     last optimizer step was not (the validation loss was NaN, which the guard does not read)."""
     learn = tiny_learner(cbs=[guard, DivergeAt(at=2, epoch=1)],
                          learner_cls=lambda *a, **k: TrainLearner(*a, **k, nan_guard=False))  # 3 batches a pass
-    with pytest.raises(NonFiniteLossError, match=r"the weights are not finite .* ended in epoch 2 .*every training "
-                                                 r"loss was finite.* Try a lower lr"):
+    # (epochs counted from 0, as the guard's other messages and the metrics table count them: it said "epoch 2
+    # (counted from 1)", where they say "epoch 1" of the same epoch; probe B)
+    with pytest.raises(NonFiniteLossError, match=r"the weights are not finite .* ended in epoch 1 \(counted from 0, "
+                                                 r"as in the metrics table; lr=.*every training loss was finite.* Try "
+                                                 r"a lower lr"):
         learn.fit(2, **fit_kwargs)
 
 

@@ -149,8 +149,8 @@ class TerminateOnNaNCB(Callback):
         bad = nonfinite_weight(learn.model)  # (once per fit: a sync per tensor is fine)
         if bad is None:
             return
-        when = (f"at the end of the fit, which ended in epoch {learn.epoch + 1} (counted from 1) "
-                f"(lr={_lr(learn):.3g}), though every training loss was finite")
+        when = (f"at the end of the fit, which ended in epoch {learn.epoch} (counted from 0, as in the metrics "
+                f"table; lr={_lr(learn):.3g}), though every training loss was finite")
         subject, cause = nonfinite_cause(learn.model, bad)
         raise NonFiniteLossError(f"{subject} {when}: {cause}." + self._advice(learn))
 
