@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=out_dir, default=None,
                    help="directory for the run's files: the weights (model.pt), the result (result.json), the "
                         "metrics of each training and validation pass (log.csv), the loss curve (loss.png) and the "
-                        "lr/momentum curves (schedule.png)")
+                        "lr/momentum curves (schedule.png); a leading ~ is your home directory, even quoted")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier run in --out (without it, such a directory is refused)")
     t.add_argument("--n-train", type=positive_int, default=None, help="train on the first N images only (quick runs)")
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    # argparse %-formats help strings: escape the recipes' own percent signs
                    help="lr schedule: " + "; ".join(f"{n}: {what}" for n, what in SCHEDULES.items()).replace("%", "%%")
                    + " (default none; not with --recipe, which has its own; with --out, its lr and momentum/beta1 "
-                   "curves go to schedule.png)")
+                   "curves go to schedule.png; a per-batch curve is read once a step, so a fit of a few steps "
+                   "skips over its peak and its warmup)")
     parser.train_parser = t  # (main shows train's own usage with the errors train() finds)
     return parser
 
