@@ -371,12 +371,14 @@ def check_fit(learn: Any, steps: Sequence[str]) -> None:
 
 def check_world(learn: Any) -> None:
     """A process torchrun's variables make rank > 0, in no process group and with no DDPCB to join one, would train
-    alone and write nothing (files are rank 0's): an error, not a run whose checkpoints never appear."""
+    alone and write nothing (files are rank 0's): an error, not a run whose checkpoints never appear. An evaluation
+    and lr_find (a look, on each process of its own) train nothing to keep."""
     from .distributed import is_dist, rank, world_size
-    if is_dist() or rank() == 0:
+    if is_dist() or rank() == 0 or "train" not in learn.passes:
         return
     from .callbacks.ddp import DDPCB  # (here: the callbacks import learner.py, which imports this)
-    if not any(isinstance(cb, DDPCB) for cb in learn.cbs):
+    from .callbacks.lr_finder import LRFinderCB
+    if not any(isinstance(cb, (DDPCB, LRFinderCB)) for cb in learn.cbs):
         raise RuntimeError(f"this process is rank {rank()} of {world_size()} ($RANK, $WORLD_SIZE) with no process "
                            "group and no DDPCB to join one: it would train alone and write no file (only rank 0 "
                            "writes). Under torchrun, add DDPCB() to cbs to train together; outside torchrun, unset "

@@ -709,6 +709,8 @@ def test_a_lone_process_told_it_is_rank_1_of_2_without_ddpcb_is_an_error_not_a_r
                                            r"DDPCB.*add DDPCB\(\) to cbs.*unset RANK and WORLD_SIZE"):
         learn.fit(1)
     assert not list(tmp_path.iterdir())
+    learn.fit(1, train=False)  # an evaluation trains nothing alone; lr_find writes nothing (probe T: refused)
+    learn.lr_find(plot=False, max_epochs=1)
     monkeypatch.setenv("RANK", "0")  # rank 0 of such a launch writes as a lone process would: nothing is lost
     learn.fit(1)
     assert list(tmp_path.iterdir())
