@@ -293,6 +293,15 @@ def test_the_dead_chart_warns_once_naming_every_shifted_layer():
     assert len(said) == 1, said
     assert said[0].startswith("0: GeneralRelu, 1: GeneralRelu (sub=0.4) and 2: GeneralRelu (sub=0.2) shift their "
                               "output"), said[0]
+    # subs equal to the digit shown are one group, in the layers' order; a tensor or NumPy sub is one too (probe T)
+    import numpy as np
+    for layer, sub in zip(model[1::2], (0.1 + 0.2, torch.tensor(0.3), np.float32(0.5))):
+        layer.sub = sub
+    with pytest.warns(UserWarning) as record:
+        astats.dead_chart()
+    said = [str(w.message) for w in record if "shift" in str(w.message)]
+    assert said[0].startswith("0: GeneralRelu, 1: GeneralRelu (sub=0.3) and 2: GeneralRelu (sub=0.5) shift their "
+                              "output"), said[0]
 
 
 def test_figures_are_drawn_headless():

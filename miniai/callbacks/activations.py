@@ -7,6 +7,7 @@ layer and training batch, the activations' mean, std and a histogram of their ab
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -144,6 +145,14 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
     hook.sizes.append(flat.numel())  # the share of dead units is of all of them, not of those inside the range
     for entries, view in zip(hook.stats, (record[n, 0], record[n, 1], record[n, 2:])):
         entries.append(view)
+
+
+def _shift(module: nn.Module) -> float | None:
+    """How far down a module shifts its output, its `sub` (GeneralRelu's), when that is a number above 0."""
+    sub = getattr(module, "sub", None)
+    if isinstance(sub, Tensor) and sub.numel() == 1:
+        sub = sub.item()
+    return float(sub) if isinstance(sub, numbers.Real) and not isinstance(sub, bool) and sub > 0 else None
 
 
 def _std(flat: Tensor, mean: Tensor) -> Tensor:
@@ -509,13 +518,15 @@ class ActivationStats(HooksCallback):
         count too."""
         from ..plotting import plot_dead_chart
         self._warn_out_of_range()
-        shifted = [(label, hook.module.sub) for label, hook in zip(self.labels, self.hooks)
-                   if isinstance(getattr(hook.module, "sub", None), (int, float)) and hook.module.sub > 0]
+        shifted: dict[str, list[str]] = {}  # each sub as shown -> the labels of the layers shifting by it, in order
+        for label, hook in zip(self.labels, self.hooks):
+            sub = _shift(hook.module)
+            if sub is not None:
+                shifted.setdefault(f"{sub:g}", []).append(label)
         if shifted:  # (GeneralRelu's: its dead units sit at -sub, in no bin near 0) one warning names them all
-            subs = sorted({sub for _, sub in shifted}, reverse=True)
-            groups = [", ".join(label for label, s in shifted if s == sub) + f" (sub={sub:g})" for sub in subs]
+            groups = [f"{', '.join(labels)} (sub={sub})" for sub, labels in shifted.items()]
             names = groups[0] if len(groups) == 1 else ", ".join(groups[:-1]) + " and " + groups[-1]
-            verb = "shifts its" if len(shifted) == 1 else "shift their"
+            verb = "shifts its" if sum(map(len, shifted.values())) == 1 else "shift their"
             warn(f"{names} {verb} output down by sub: an inactive unit gives -sub or below, not 0, so the lowest "
                  "bin counts activations near 0 (units at their kink), not dead units; dead units show in color_dim "
                  "at |activation| >= sub instead")
