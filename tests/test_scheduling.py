@@ -1216,3 +1216,18 @@ def test_a_milestone_or_step_no_batch_of_the_fit_reaches_is_warned_of():
         warnings.simplefilter("error")
         learn.fit(2, cbs=[BatchSchedCB(partial(MultiStepLR, milestones=[steps // 2, steps - 1]))])
         learn.fit(2, cbs=[EpochSchedCB(partial(StepLR, step_size=1))])
+
+
+def test_a_too_short_triangle_or_warmup_cosine_that_holds_its_min_lr_is_told_how_to_do_so_on_purpose():
+    """OneCycle's docstring says its triangle repeats and WarmupCosine's that it holds min_lr past total_steps, but
+    the refusal of either, too short for the fit, pointed to fit_one_cycle (another schedule) or to a longer one
+    only (probe G)."""
+    learn = make_learner([], n_train=48)  # 3 batches an epoch
+    with pytest.raises(ValueError, match=r"OneCycle has T_max=3 but this fit takes 9 steps .*build it with T_max=9, "
+                                         r"or call learn.fit_one_cycle.*\(torch's policy\), or for repeated "
+                                         r"triangles on purpose CyclicLR"):
+        learn.fit(3, cbs=[BatchSchedCB(partial(OneCycle, T_max=3))])
+    with pytest.raises(ValueError, match=r"WarmupCosine has total_steps=6 but this fit takes 9 steps .*build it with "
+                                         r"total_steps=9, or to hold min_lr past it on purpose, follow it with "
+                                         r"ConstantLR\(factor=min_lr / lr\) in a SequentialLR"):
+        learn.fit(3, cbs=[BatchSchedCB(partial(WarmupCosine, warmup_steps=2, total_steps=6, min_lr=0.01))])
