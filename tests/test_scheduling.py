@@ -1231,3 +1231,22 @@ def test_a_too_short_triangle_or_warmup_cosine_that_holds_its_min_lr_is_told_how
                                          r"total_steps=9, or to hold min_lr past it on purpose, follow it with "
                                          r"ConstantLR\(factor=min_lr / lr\) in a SequentialLR"):
         learn.fit(3, cbs=[BatchSchedCB(partial(WarmupCosine, warmup_steps=2, total_steps=6, min_lr=0.01))])
+
+
+class _AddGroupAtEpoch1(Callback):
+    """Progressive unfreezing: a param group added to the optimizer at epoch 1, after the schedule was built."""
+
+    def before_epoch(self, learn):
+        if learn.training and learn.epoch == 1:
+            learn.opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": 0.05})
+
+
+@pytest.mark.parametrize("go", [lambda learn: learn.fit_one_cycle(3, 0.1),
+                                lambda learn: learn.fit(3, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=18))])],
+                         ids=["fit_one_cycle", "closed form"])
+def test_a_param_group_added_after_the_schedule_was_built_is_named_with_the_fix(go):
+    """torch's own KeyError: 'max_lr' or zip()'s ValueError, naming neither the schedule nor the group (probe G)."""
+    learn = make_learner([_AddGroupAtEpoch1()])
+    with pytest.raises(ValueError, match=r"the optimizer has 2 param groups and its schedule \(\w+\), built at the "
+                                         r"fit's start, 1: .*Add param groups before the fit"):
+        go(learn)

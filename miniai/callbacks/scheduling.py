@@ -352,6 +352,13 @@ class BaseSchedCB(Callback):
             return
         if stop is not None and self._last_step_ends(learn):
             return  # the next epochs (SWA's) train with the lr this step sets: one past a cycle's end, even < 0
+        known = getattr(self.scheduler, "base_lrs", None) or getattr(self.scheduler, "min_lrs", None)
+        if known is not None and len(known) != len(learn.opt.param_groups):  # torch's own KeyError or zip() error
+            raise ValueError(f"the optimizer has {len(learn.opt.param_groups)} param groups and its schedule "
+                             f"({type(self.scheduler).__name__}), built at the fit's start, {len(known)}: a group "
+                             "added during the fit has no lr in it. Add param groups before the fit (in a "
+                             f"callback's before_fit, one of order < {type(self).order}), or start a new fit after "
+                             "adding one")
         try:
             self.scheduler.step(*metric)
         except ZeroDivisionError as e:  # a OneCycleLR's empty last phase, unseen before the fit without len(dls)
