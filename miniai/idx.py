@@ -43,6 +43,8 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
         raise IDXError(f"{path}: not an IDX file: expected magic 0x0000TTNN with type TT in "
                        f"{{08,09,0B,0C,0D,0E}} and NN >= 1 dims, got 0x{raw[:4].hex()}")
     ndim, dtype = raw[3], np.dtype(_IDX_TYPES[raw[2]])
+    if ndim > 64:  # (numpy's own limit, whose error would name no file)
+        raise IDXError(f"{path}: {ndim} dims, more than the 64 an array can have: the file is corrupt or no IDX file")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise IDXError(f"{path}: truncated header: {ndim} dims need {header} bytes, file has {len(raw)}")

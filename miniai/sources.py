@@ -440,8 +440,8 @@ def _decode_idx(source: Source) -> RawData:
             raise IDXError(f"{f}: images of {x.shape[1]}x{x.shape[2]} pixels; an image has at least one row and "
                            "one column. The file is damaged or was written wrong: fetch it again")
         if len(x) == 0:
-            raise ValueError(f"{f} holds no images: the {split} split is empty. Put images in it (or, with no test "
-                             "images, get_dls(holdout=N) validates on N held-out training images)")
+            raise ValueError(f"{f} holds no images: the {split} split is empty. Put the "
+                             f"{'training' if split == 'training' else 'test'} images in it (miniai.idx.write_idx)")
     classes = _SPECS[source.name].classes
     for f, y in ((source.files[1], train_y), (source.files[3], valid_y)):
         _check_labels(y, classes, str(f), _IDX_BAD_LABELS)

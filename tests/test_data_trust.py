@@ -502,3 +502,36 @@ def test_from_dd_compares_the_classes_of_one_target_under_two_label_names(valid_
         DataLoaders.from_dd(dd.with_format("torch"), 2)
     same = DatasetDict({"train": dd["train"], "validation": split("labels", ["bird", "cat", "dog"])})
     DataLoaders.from_dd(same.with_format("torch"), 2)  # the same classes under either name: fine
+
+
+def test_an_empty_test_split_is_refused_with_advice_that_works(tmp_path):
+    """Its message advised get_dls(holdout=N), which failed with the same message: the four files are read (and the
+    test images checked) before holdout is looked at (probe E)."""
+    train_x, train_y, _, _ = fake_fashion()
+    d = write_fashion_dir(tmp_path / "fm", (train_x, train_y, torch.zeros(0, 28, 28, dtype=torch.uint8),
+                                            torch.zeros(0, dtype=torch.uint8)))
+    for kwargs in ({}, {"holdout": 10}):
+        with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz holds no images: the validation split is "
+                                             r"empty\. Put the test images in it \(miniai\.idx\.write_idx\)") as e:
+            get_dls(path=d, **kwargs)
+        assert "holdout" not in str(e.value)
+
+
+@pytest.mark.parametrize("arg", ["name", "path"])
+def test_a_datasetdict_given_to_get_dls_is_pointed_to_from_dd(tmp_path, arg):
+    """get_dls(dd) failed with "unhashable type: 'DatasetDict'", get_dls(path=dd) with os.fspath's TypeError,
+    neither naming the calls that take one (probe E)."""
+    from datasets import Dataset, DatasetDict
+    dd = DatasetDict(train=Dataset.from_dict({"image": [[[0]]], "label": [0]}))
+    with pytest.raises(TypeError, match=r"get_dls takes a dataset's name and a directory, not a DatasetDict: "
+                                        r"DataLoaders\.from_dd\(dd, bs\) loads one, or dd\.save_to_disk\(DIR\) then "
+                                        r"get_dls\(path=DIR\)"):
+        get_dls(**{arg: dd})
+
+
+def test_an_idx_header_of_more_dims_than_numpy_holds_names_the_file(tmp_path):
+    """A header of 70 dims (of size 1) whose data length matched raised numpy's ValueError, naming no file."""
+    f = tmp_path / "deep-idx"
+    f.write_bytes(b"\0\0\x08" + bytes([70]) + (1).to_bytes(4, "big") * 70 + b"\x07")
+    with pytest.raises(IDXError, match=r"deep-idx: 70 dims, more than the 64 an array can have"):
+        read_idx(f)
