@@ -32,7 +32,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 
 __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "python_number", "call_model",
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
-           "check_callback_names", "check_fit_args", "check_fit", "check_loaders", "check_world", "drops_last",
+           "check_callback_names", "check_fit_args", "check_fit", "check_loaders", "drops_last",
            "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note", "fit_note",
            "fit_optimizer", "mark_trained", "follows_lr"]
 
@@ -363,26 +363,9 @@ def drops_last(dl: Any) -> bool:
 
 def check_fit(learn: Any, steps: Sequence[str]) -> None:
     """What a fit checks once its callbacks are in place, before anything runs: each step done by the learner or by
-    one callback (`check_steps`), loaders that hold data (`check_loaders`), a rank that writes (`check_world`)."""
+    one callback (`check_steps`), and loaders that hold data (`check_loaders`)."""
     check_steps(learn, steps, learn._handlers)
     check_loaders(learn.dls, learn.passes)
-    check_world(learn)
-
-
-def check_world(learn: Any) -> None:
-    """A process torchrun's variables make rank > 0, in no process group and with no DDPCB to join one, would train
-    alone and write nothing (files are rank 0's): an error, not a run whose checkpoints never appear. An evaluation
-    and lr_find (a look, on each process of its own) train nothing to keep."""
-    from .distributed import is_dist, rank, world_size
-    if is_dist() or rank() == 0 or "train" not in learn.passes:
-        return
-    from .callbacks.ddp import DDPCB  # (here: the callbacks import learner.py, which imports this)
-    from .callbacks.lr_finder import LRFinderCB
-    if not any(isinstance(cb, (DDPCB, LRFinderCB)) for cb in learn.cbs):
-        raise RuntimeError(f"this process is rank {rank()} of {world_size()} ($RANK, $WORLD_SIZE) with no process "
-                           "group and no DDPCB to join one: it would train alone and write no file (only rank 0 "
-                           "writes). Under torchrun, add DDPCB() to cbs to train together; outside torchrun, unset "
-                           "RANK and WORLD_SIZE")
 
 
 def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:

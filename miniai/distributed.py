@@ -30,6 +30,11 @@ def rank() -> int:
     if not 0 <= env_rank < world_size():  # a stray $RANK: as a rank > 0 this process would silently write nothing
         raise ValueError(f"$RANK is {env_rank} but $WORLD_SIZE is {os.environ.get('WORLD_SIZE', '(unset: 1)')}: "
                          "torchrun sets both, with RANK < WORLD_SIZE; outside torchrun unset RANK")
+    if env_rank and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):  # (stray too: no launch
+        # this process could join, so it would print and write nothing, alone)
+        raise ValueError(f"$RANK is {env_rank} but $MASTER_ADDR and $MASTER_PORT are not both set: no torchrun launch "
+                         f"this process could join, and as rank {env_rank} it would print and write nothing. Outside "
+                         "torchrun unset RANK and WORLD_SIZE")
     return env_rank
 
 

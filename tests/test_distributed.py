@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from miniai import checks
-from miniai.callbacks import DeviceCB, GradAccumCB, MetricsCB, ProgressCB, RecorderCB, _lr
+from miniai.callbacks import DeviceCB, GradAccumCB, MetricsCB, ProgressCB, RecorderCB, SingleBatchCB, _lr
 from miniai.callbacks.checkpoint import CheckpointCB, load_checkpoint
 from miniai.callbacks.ddp import DDPCB
 from miniai.data import DataLoaders, TensorLoader
@@ -679,9 +678,14 @@ def test_resuming_with_another_batch_size_still_warns_of_the_loaders_size(tmp_pa
         tiny([CheckpointCB(tmp_path)], bs=4).fit(2, resume=tmp_path)
 
 
+def _torchrun_env(monkeypatch, rank: int, world: int = 2) -> None:
+    """The variables torchrun gives rank `rank` of `world` processes, without a process group."""
+    for name, value in {"RANK": rank, "WORLD_SIZE": world, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29500}.items():
+        monkeypatch.setenv(name, str(value))
+
+
 def test_helpers_read_the_torchrun_environment_without_a_process_group(monkeypatch):
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    _torchrun_env(monkeypatch, 1)
     assert not is_dist() and (rank(), world_size(), is_main_process()) == (1, 2, False)
     t = torch.ones(2)
     assert all_reduce_sum(t) is t and t.tolist() == [1, 1]  # no group: nothing to sum over
@@ -698,22 +702,24 @@ def test_a_stray_rank_without_a_world_is_an_error(monkeypatch, tmp_path):
         tiny([CheckpointCB(tmp_path)]).fit(1)
 
 
-def test_a_lone_process_told_it_is_rank_1_of_2_without_ddpcb_is_an_error_not_a_run_that_writes_nothing(
+def test_a_stray_rank_without_a_launch_to_join_is_an_error_not_a_run_that_prints_and_writes_nothing(
         monkeypatch, tmp_path):
-    """$RANK=1 and $WORLD_SIZE=2 (stray, or torchrun without DDPCB in cbs): a plain fit trained, printed nothing and
-    wrote no checkpoint, while learn.last_checkpoint named one (probe C)."""
+    """$RANK=1 and $WORLD_SIZE=2 left in the environment, no torchrun: a fit trained, printed nothing and wrote no
+    checkpoint, while learn.last_checkpoint named one (probe C). Under torchrun (MASTER_ADDR and MASTER_PORT set)
+    a rank 1 fits as before, DDPCB or not (a one-batch check, lr_find: probe T2)."""
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     learn = tiny([CheckpointCB(tmp_path)])
-    with pytest.raises(RuntimeError, match=r"rank 1 of 2 \(\$RANK, \$WORLD_SIZE\) with no process group and no "
-                                           r"DDPCB.*add DDPCB\(\) to cbs.*unset RANK and WORLD_SIZE"):
-        learn.fit(1)
+    for run in (lambda: learn.fit(1), lambda: learn.fit(1, train=False, cbs=[MetricsCB()])):  # (would print nothing)
+        with pytest.raises(ValueError, match=r"\$RANK is 1 but \$MASTER_ADDR and \$MASTER_PORT are not both set: no "
+                                             r"torchrun launch this process could join.*unset RANK and WORLD_SIZE"):
+            run()
     assert not list(tmp_path.iterdir())
-    learn.fit(1, train=False)  # an evaluation trains nothing alone; lr_find writes nothing (probe T: refused)
-    learn.lr_find(plot=False, max_epochs=1)
-    monkeypatch.setenv("RANK", "0")  # rank 0 of such a launch writes as a lone process would: nothing is lost
-    learn.fit(1)
-    assert list(tmp_path.iterdir())
+    _torchrun_env(monkeypatch, 1)
+    learn.fit(1, cbs=[SingleBatchCB()])
+    assert not list(tmp_path.iterdir())  # (rank 1 of a launch: rank 0 writes)
 
 
 @pytest.mark.parametrize("name", ["WORLD_SIZE", "RANK", "LOCAL_RANK"])
@@ -741,10 +747,7 @@ def test_ddpcb_does_nothing_outside_torchrun(monkeypatch):
 
 
 def test_non_zero_rank_prints_nothing(monkeypatch, capsys):
-    monkeypatch.setenv("RANK", "1")  # no process group: the helpers read torchrun's variables
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(checks, "check_world", lambda learn: None)  # (rank 1 of a DDPCB run, whose group
-    # this test has not: only what the callbacks print and write is looked at)
+    _torchrun_env(monkeypatch, 1)  # no process group: the helpers read torchrun's variables
     tiny([DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy())]).fit(1)
     tiny([DeviceCB("cpu"), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(mode="terminal")]).fit(1)
     assert capsys.readouterr().out == ""
