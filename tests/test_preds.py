@@ -725,9 +725,10 @@ def test_tta_flips_a_per_pixel_models_outputs_back_and_refuses_transforms_that_m
         learn.model, learn.dls.valid, lambda m, x: soft(m, x.flip(-1)).flip(-1))
     assert torch.equal(probs, (plain + flipped) / 2)
     assert torch.equal(learn.tta(tfms=RandomFlip(p=1.0))[0], probs)  # (the default: flipped back too)
+    assert torch.equal(learn.tta(tfms=[RandomFlip(p=1.0)])[0], probs)  # (in a compose too: probe T2)
     for tfms in ([RandomCrop(6, 1)], batch_tfms(batch_tfms(RandomFlip()))):
-        with pytest.raises(ValueError, match=r"are maps over the pixels, whose pixels Random(Crop|Flip) moves: .*give "
-                                             r"\(N,K,H,W\) outputs \(tta flips the default flip's copies back\)"):
+        with pytest.raises(ValueError, match=r"outputs \(2, 6, 10\) may be maps over the pixels, which "
+                                             r"Random(Crop|Flip) moves: .*tta flips back the default flip's copies"):
             learn.tta(tfms=tfms)
     noisy = lambda x: x + 0.01  # noqa: E731  (moves no pixel: averaged in place)
     probs, _ = learn.tta(tfms=noisy)
@@ -746,24 +747,22 @@ class _Heads(nn.Module):
         return self.lin(x.flatten(1)).view(-1, 8, 8)
 
 
-@pytest.mark.parametrize("model, size", [(nn.Conv2d(1, 3, 2, stride=2), 8), (nn.ConvTranspose2d(1, 3, 2, stride=2), 8),
-                                         (nn.Sequential(nn.Conv2d(1, 3, 1), nn.Flatten(2), nn.Unflatten(2, (8, 8))), 8)],
-                         ids=["downsampled", "upsampled", "same size"])
-def test_tta_flips_back_maps_over_the_pixels_at_any_resolution_and_refuses_outputs_it_cant_tell(model, size):
-    """tta flipped back outputs whose last two dims were the inputs' by chance (classes over heads: probabilities
-    permuted, 0.2 off) and left a downsampled or upsampled map unflipped (0.4 off), without a word (probe T)."""
-    x = torch.randn(12, 1, size, size, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("model", [nn.Conv2d(1, 3, 2, stride=2), nn.ConvTranspose2d(1, 3, 2, stride=2),
+                                   nn.Conv2d(1, 2, 4), _Heads()], ids=["downsampled", "upsampled", "not a map", "heads"])
+def test_tta_refuses_a_flip_for_outputs_that_may_be_maps_it_cant_put_back_and_leaves_classifiers_alone(model):
+    """Told apart by shape, outputs whose last two dims matched the inputs' by chance (classes over heads) were
+    flipped back, their probabilities permuted, and so were (N,2,5,5) outputs of the inputs' aspect, while a
+    downsampled or upsampled map was averaged mirrored, all without a word (probes T, T2). tta can't tell: it
+    refuses, unless the outputs are maps of the inputs' size, or no map at all ((N,K,1,1), (N,K))."""
+    x = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     dl = TensorLoader(x, torch.zeros(12, dtype=torch.long), 4)
     learn = TrainLearner(model, DataLoaders(dl, dl), F.cross_entropy)
-    soft = lambda m, x: F.softmax(m(x), dim=1)  # noqa: E731
-    plain, flipped = hand_loop(model, dl, soft), hand_loop(model, dl, lambda m, x: soft(m, x.flip(-1)).flip(-1))
-    assert torch.allclose(learn.tta(dl=dl)[0], (plain + flipped) / 2, atol=1e-6)
-    heads = TrainLearner(_Heads(), DataLoaders(dl, dl), F.cross_entropy)
-    with pytest.raises(ValueError, match=r"outputs \(8, 8\) for inputs \(1, 8, 8\) may be maps over the pixels "
-                                         r"\(a mask's logits\) or not"):
-        heads.tta(dl=dl, act=partial(torch.softmax, dim=-1))
-    expected = (hand_loop(heads.model, dl, lambda m, x: m(x)) + hand_loop(heads.model, dl, lambda m, x: m(x + 1))) / 2
-    assert torch.allclose(heads.tta(dl=dl, act=None, tfms=lambda x: x + 1)[0], expected, atol=1e-6)  # moves no pixel
+    with pytest.raises(ValueError, match=r"may be maps over the pixels, which RandomFlip moves"):
+        learn.tta(dl=dl, act=None)
+    for head in (nn.Sequential(nn.Conv2d(1, 3, 8)), nn.Sequential(nn.Flatten(), nn.Linear(64, 3))):  # (N,3,1,1), (N,3)
+        learn = TrainLearner(head, DataLoaders(dl, dl), F.cross_entropy)
+        expected = (hand_loop(head, dl) + hand_loop(head, dl, lambda m, x: m(x.flip(-1)))) / 2
+        assert torch.allclose(learn.tta(dl=dl, act=None)[0], expected, atol=1e-6)
 
 
 def test_tta_transforms_after_a_callback_of_yours_that_prepares_batches_as_after_batchtransformcb():

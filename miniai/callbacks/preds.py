@@ -614,10 +614,10 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     `BatchTransformCB(on_val=True)` added for each copy, ordered after them: what such a callback adds that must not
     be flipped, position channels say, belongs in the model). The default is a horizontal flip of (N,C,H,W) images,
     `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs it more; for varied copies pass random ones, e.g.
-    `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs that are maps over the pixels (a segmentation model's
-    (N,K,h,w)) are averaged pixel by pixel: the default flip's copies are flipped back first, and tfms with another
-    RandomCrop or RandomFlip are refused (tta can't put them back), as is any RandomCrop or RandomFlip for (N,H,W)
-    outputs, which may or may not be per pixel; a transform of your own that moves pixels is yours to undo. Their draws come from torch's global RNG inside
+    `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs that are maps of the inputs' size (a segmentation
+    model's (N,K,H,W)) are averaged pixel by pixel, the default flip's copies flipped back first; with any other
+    RandomCrop or RandomFlip, outputs that may be maps (3 dims or more, the last two above 1) are refused (tta can't
+    put them back); a transform of your own that moves pixels is yours to undo. Their draws come from torch's global RNG inside
     a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to each batch's outputs as by
     `get_preds`: softmax over the class dim 1 by default, `torch.sigmoid` for a binary or multi-label model's
     scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a prediction pass, so `dl`
@@ -658,17 +658,17 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
             raise TypeError(f"tta averages act's outputs over the copies, and act gave "
                             f"{getattr(probs, 'dtype', type(probs).__name__)}: give it an act of float scores "
                             "(softmax, sigmoid) and take the argmax of tta's result")
-        xb = batch_parts(learn)[0]  # (the plain pass's last batch) a copy whose pixels moved has maps over them
-        per_pixel = _maps(probs, xb[0] if xb else None)  # moved too: put back before they are averaged, or refused
-        flip = tfms is None or type(tfm) is RandomFlip and tfm.p == 1.0  # (the one transform tta knows to undo)
-        if geometric(tfm) and (per_pixel is None or per_pixel and not flip):
-            maps = "are maps over the pixels" if per_pixel else "may be maps over the pixels (a mask's logits) or not"
+        moving = geometric(tfm)  # a copy's pixels move: outputs that may be maps over them move too
+        xb = batch_parts(learn)[0]  # (the plain pass's last batch)
+        undo = _flip_back(probs, xb[0] if xb else None, moving)  # (the one move tta can put back: see there)
+        if moving and not undo and probs.ndim >= 3 and min(probs.shape[-2:]) > 1:
             raise ValueError(f"tta averages each item's outputs over its copies, and this model's outputs "
-                             f"{tuple(probs.shape[1:])} for inputs {tuple(xb[0].shape[1:])} {maps}, whose pixels "
-                             f"{type(geometric(tfm)[0]).__name__} moves: a copy would be averaged with pixels from "
-                             "elsewhere. For a segmentation model give (N,K,H,W) outputs (tta flips the default "
-                             "flip's copies back); otherwise transform and undo the copies yourself around "
-                             "learn.get_preds(act=torch.softmax, cbs=[...])")
+                             f"{tuple(probs.shape[1:])} may be maps over the pixels, which "
+                             f"{type(moving[0]).__name__} moves: a copy would be averaged with pixels from elsewhere. "
+                             "tta flips back the default flip's copies of maps of the inputs' height and width "
+                             "(N,K,H,W); for others, transform and undo the copies yourself around "
+                             "learn.get_preds(act=torch.softmax, cbs=[BatchTransformCB(tfm, on_train=False, "
+                             "on_val=True)])")
         total = probs.clone()
         copy_tfm = BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs)
         # after every callback that prepares the batches (a BatchTransformCB, -10, or one of yours, 0 by default);
@@ -685,7 +685,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
                                      "For other inputs pass tfms=... (a callable x -> x).") from e
                 raise
             p, t = aug.result()
-            p = p.flip(-1) if per_pixel and flip else p  # (the flip's copy, put back in place)
+            p = p.flip(-1) if undo else p  # (the flip's copy, put back in place)
             if not (_same(t, targets) and _same(items.result(), plain_items.result())):
                 raise ValueError("the loader gave its items in another order for an augmented copy than for the "
                                  "plain pass, or other items: tta needs the same items in the same order every pass "
@@ -695,15 +695,11 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     return total / (n + 1), targets
 
 
-def _maps(out: Any, x: Any) -> bool | None:
-    """Whether a model's outputs are maps over its (N,C,H,W) inputs' pixels: True for (N,K,h,w) of their aspect (a
-    segmentation model's, at any resolution), None for (N,H,W), which may be a mask's logits or classes over heads,
-    False for anything else."""
-    if not (isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor) and x.ndim == 4 and out.ndim in (3, 4)):
-        return False
-    if out.ndim == 4:
-        return out.shape[-2] * x.shape[-1] == out.shape[-1] * x.shape[-2]
-    return None if out.shape[-2:] == x.shape[-2:] else False
+def _flip_back(out: torch.Tensor, x: Any, moving: list) -> bool:
+    """Whether tta puts each copy's outputs back by flipping them: a horizontal flip of every image (RandomFlip(p=1),
+    the default) is the transform's only move, and the outputs are maps (N,K,H,W) of the (N,C,H,W) inputs' size."""
+    return len(moving) == 1 and type(moving[0]) is RandomFlip and moving[0].p == 1.0 and isinstance(
+        x, torch.Tensor) and x.ndim == out.ndim == 4 and out.shape[-2:] == x.shape[-2:]
 
 
 class _ItemSums(Callback):
