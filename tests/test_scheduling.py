@@ -1221,16 +1221,25 @@ def test_a_milestone_or_step_no_batch_of_the_fit_reaches_is_warned_of():
 def test_a_too_short_triangle_or_warmup_cosine_that_holds_its_min_lr_is_told_how_to_do_so_on_purpose():
     """OneCycle's docstring says its triangle repeats and WarmupCosine's that it holds min_lr past total_steps, but
     the refusal of either, too short for the fit, pointed to fit_one_cycle (another schedule) or to a longer one
-    only (probe G)."""
+    only (probe G). The advice followed gives what it says: no momentum cycled, min_lr to the end (probe T2)."""
     learn = make_learner([], n_train=48)  # 3 batches an epoch
     with pytest.raises(ValueError, match=r"OneCycle has T_max=3 but this fit takes 9 steps .*build it with T_max=9, "
                                          r"or call learn.fit_one_cycle.*\(torch's policy\), or for repeated "
-                                         r"triangles on purpose CyclicLR"):
+                                         r"triangles on purpose CyclicLR\(\.\.\., cycle_momentum=False\)"):
         learn.fit(3, cbs=[BatchSchedCB(partial(OneCycle, T_max=3))])
     with pytest.raises(ValueError, match=r"WarmupCosine has total_steps=6 but this fit takes 9 steps .*build it with "
                                          r"total_steps=9, or to hold min_lr past it on purpose, follow it with "
-                                         r"ConstantLR\(factor=min_lr / lr\) in a SequentialLR"):
+                                         r"ConstantLR\(factor=min_lr / lr, total_iters=3\) in a SequentialLR"):
         learn.fit(3, cbs=[BatchSchedCB(partial(WarmupCosine, warmup_steps=2, total_steps=6, min_lr=0.01))])
+    rec = RecorderCB(lr=_lr, mom=_mom)
+    learn.fit(3, cbs=[rec, BatchSchedCB(lambda opt: ls.SequentialLR(opt, [
+        WarmupCosine(opt, warmup_steps=2, total_steps=6, min_lr=0.01), ls.ConstantLR(opt, factor=0.01 / 0.1,
+                                                                                    total_iters=3)], milestones=[6]))])
+    assert rec.recs["lr"][6:] == pytest.approx([0.01] * 3)  # (past total_steps=6: min_lr, not back to 0.1)
+    rec = RecorderCB(lr=_lr, mom=_mom)
+    learn.fit(3, cbs=[rec, BatchSchedCB(partial(ls.CyclicLR, base_lr=0.0, max_lr=0.1, step_size_up=1,
+                                                cycle_momentum=False))])
+    assert set(rec.recs["mom"]) == {0.0}  # (plain SGD: no momentum, as OneCycle left it)
 
 
 class _AddGroupAtEpoch1(Callback):
@@ -1250,3 +1259,12 @@ def test_a_param_group_added_after_the_schedule_was_built_is_named_with_the_fix(
     with pytest.raises(ValueError, match=r"the optimizer has 2 param groups and its schedule \(\w+\), built at the "
                                          r"fit's start, 1: .*Add param groups before the fit"):
         go(learn)
+
+
+def test_a_param_group_added_during_the_fit_under_a_schedule_that_scales_each_groups_lr_is_scheduled_too():
+    """The refusal above was met by schedules that handle the group, scaling every group's lr: StepLR and its kind
+    schedule the new group from its own lr on (probe T2: gradual unfreezing refused)."""
+    rec = RecorderCB(lrs=lambda cb: [g["lr"] for g in cb.learn.opt.param_groups])
+    learn = make_learner([_AddGroupAtEpoch1(), rec])
+    learn.fit(3, cbs=[EpochSchedCB(partial(ls.StepLR, step_size=1, gamma=0.5))])
+    assert rec.recs["lrs"][-1] == [0.025, 0.025]  # 0.1 halved twice; the added group's 0.05 halved once

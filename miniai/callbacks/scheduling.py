@@ -317,11 +317,13 @@ class BaseSchedCB(Callback):
                              f"({how}): a schedule that ends can't be extended. Resume with the saved run's length "
                              "to finish it, then start a new fit (e.g. learn.fit_one_cycle(n, max_lr)) for more.")
         hint = (", or call learn.fit_one_cycle(n_epochs, max_lr), which computes it" + (
-                    " (torch's policy), or for repeated triangles on purpose CyclicLR" * isinstance(
+                    " (torch's policy), or for repeated triangles on purpose CyclicLR(..., cycle_momentum=False)"
+                    * isinstance(
                         self.scheduler, OneCycle)) if isinstance(self.scheduler, _ONE_CYCLES) else
                 ", or for restarts on purpose CosineAnnealingWarmRestarts" if isinstance(self.scheduler, _COSINES) else
-                ", or to hold min_lr past it on purpose, follow it with ConstantLR(factor=min_lr / lr) in a "
-                "SequentialLR" if isinstance(self.scheduler, WarmupCosine) and self.scheduler.min_lr > 0 else "")
+                ", or to hold min_lr past it on purpose, follow it with ConstantLR(factor=min_lr / lr, total_iters="
+                f"{total - capacity}) in a SequentialLR" if isinstance(self.scheduler, WarmupCosine) and
+                self.scheduler.min_lr > 0 else "")
         raise ValueError(f"{name} has {field}={capacity} but this fit takes {total} steps ({how}): build it "
                          f"with {field}={total}{hint}.")
 
@@ -352,11 +354,12 @@ class BaseSchedCB(Callback):
             return
         if stop is not None and self._last_step_ends(learn):
             return  # the next epochs (SWA's) train with the lr this step sets: one past a cycle's end, even < 0
-        known = getattr(self.scheduler, "base_lrs", None) or getattr(self.scheduler, "min_lrs", None)
-        if known is not None and len(known) != len(learn.opt.param_groups):  # torch's own KeyError or zip() error
+        known = getattr(self.scheduler, "base_lrs", None)  # (those setting each group's lr from it: a group added
+        # since gets torch's own KeyError or zip() error; the others scale the lr each group has, the new one's too)
+        if isinstance(self.scheduler, _OUTRIGHT) and len(known or ()) != len(learn.opt.param_groups):
             raise ValueError(f"the optimizer has {len(learn.opt.param_groups)} param groups and its schedule "
-                             f"({type(self.scheduler).__name__}), built at the fit's start, {len(known)}: a group "
-                             "added during the fit has no lr in it. Add param groups before the fit (in a "
+                             f"({type(self.scheduler).__name__}), built at the fit's start, {len(known or ())}: a "
+                             "group added during the fit has no lr in it. Add param groups before the fit (in a "
                              f"callback's before_fit, one of order < {type(self).order}), or start a new fit after "
                              "adding one")
         try:
