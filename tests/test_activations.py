@@ -295,7 +295,7 @@ def test_the_dead_chart_warns_once_naming_every_shifted_layer():
                               "output"), said[0]
     # subs equal to the digit shown are one group, in the layers' order; a tensor or NumPy sub is one too (probe T)
     import numpy as np
-    for layer, sub in zip(model[1::2], (0.1 + 0.2, torch.tensor(0.3), np.float32(0.5))):
+    for layer, sub in zip(model[1::2], (0.1 + 0.2, torch.tensor(0.3), np.array(0.5))):
         layer.sub = sub
     with pytest.warns(UserWarning) as record:
         astats.dead_chart()

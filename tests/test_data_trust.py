@@ -523,10 +523,12 @@ def test_a_datasetdict_given_to_get_dls_is_pointed_to_from_dd(tmp_path, arg):
     neither naming the calls that take one (probe E)."""
     from datasets import Dataset, DatasetDict
     dd = DatasetDict(train=Dataset.from_dict({"image": [[[0]]], "label": [0]}))
-    with pytest.raises(TypeError, match=r"get_dls takes a dataset's name and a directory, not a DatasetDict: "
-                                        r"DataLoaders\.from_dd\(dd, bs\) loads one, or dd\.save_to_disk\(DIR\) then "
-                                        r"get_dls\(path=DIR\)"):
+    with pytest.raises(TypeError, match=r"get_dls takes a dataset's name and a directory \(str or Path\), not a "
+                                        r"DatasetDict: DataLoaders\.from_dd\(dd, bs\) loads a DatasetDict, or "
+                                        r"dd\.save_to_disk\(DIR\) then get_dls\(path=DIR\)"):
         get_dls(**{arg: dd})
+    with pytest.raises(TypeError, match=r"\(str or Path\), not a bytes$"):  # (no DatasetDict advice: probe T2)
+        get_dls(**{arg: b"/data"})
 
 
 def test_an_idx_header_of_more_dims_than_numpy_holds_names_the_file(tmp_path):

@@ -150,8 +150,11 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
 def _shift(module: nn.Module) -> float | None:
     """How far down a module shifts its output, its `sub` (GeneralRelu's), when that is a number above 0."""
     sub = getattr(module, "sub", None)
-    if isinstance(sub, Tensor) and sub.numel() == 1:
-        sub = sub.item()
+    if not isinstance(sub, numbers.Real) and callable(getattr(sub, "item", None)):  # a tensor's, a NumPy array's
+        try:
+            sub = sub.item()
+        except (ValueError, RuntimeError):  # (of more than one value: not a shift this warning can name)
+            return None
     return float(sub) if isinstance(sub, numbers.Real) and not isinstance(sub, bool) and sub > 0 else None
 
 
