@@ -33,8 +33,8 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "python_number", "call_model",
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
            "check_callback_names", "check_fit_args", "check_fit", "check_loaders", "drops_last",
-           "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note", "fit_note",
-           "fit_optimizer", "mark_trained", "follows_lr"]
+           "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note",
+           "fit_note", "fit_optimizer", "mark_trained", "follows_lr"]
 
 
 class MiniaiWarning(UserWarning):

@@ -748,7 +748,8 @@ class _Heads(nn.Module):
 
 
 @pytest.mark.parametrize("model", [nn.Conv2d(1, 3, 2, stride=2), nn.ConvTranspose2d(1, 3, 2, stride=2),
-                                   nn.Conv2d(1, 2, 4), _Heads()], ids=["downsampled", "upsampled", "not a map", "heads"])
+                                   nn.Conv2d(1, 2, 4), _Heads()],
+                         ids=["downsampled", "upsampled", "not a map", "heads"])
 def test_tta_refuses_a_flip_for_outputs_that_may_be_maps_it_cant_put_back_and_leaves_classifiers_alone(model):
     """Told apart by shape, outputs whose last two dims matched the inputs' by chance (classes over heads) were
     flipped back, their probabilities permuted, and so were (N,2,5,5) outputs of the inputs' aspect, while a

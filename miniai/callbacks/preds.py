@@ -614,11 +614,11 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     `BatchTransformCB(on_val=True)` added for each copy, ordered after them: what such a callback adds that must not
     be flipped, position channels say, belongs in the model). The default is a horizontal flip of (N,C,H,W) images,
     `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs it more; for varied copies pass random ones, e.g.
-    `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs that are maps of the inputs' size (a segmentation
-    model's (N,K,H,W)) are averaged pixel by pixel, the default flip's copies flipped back first; with any other
-    RandomCrop or RandomFlip, outputs that may be maps (3 dims or more, the last two above 1) are refused (tta can't
-    put them back); a transform of your own that moves pixels is yours to undo. Their draws come from torch's global RNG inside
-    a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to each batch's outputs as by
+    `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs that are maps of the inputs' size (a segmentation model's
+    (N,K,H,W)) are averaged pixel by pixel, the default flip's copies flipped back first; with any other RandomCrop
+    or RandomFlip, outputs that may be maps (3 dims or more, the last two above 1) are refused (tta can't put them
+    back); a transform of your own that moves pixels is yours to undo. Their draws come from torch's global RNG
+    inside a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to each batch's outputs as by
     `get_preds`: softmax over the class dim 1 by default, `torch.sigmoid` for a binary or multi-label model's
     scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a prediction pass, so `dl`
     must give its items in the same order every pass (a shuffled one is walked in order, as by `get_preds`). A
