@@ -32,9 +32,9 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 
 __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "python_number", "call_model",
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
-           "check_callback_names", "check_fit_args", "check_fit", "check_loaders", "drops_last",
-           "check_new_params", "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note",
-           "fit_note", "fit_optimizer", "mark_trained", "follows_lr"]
+           "check_callback_names", "check_fit_args", "check_loaders", "drops_last", "check_new_params",
+           "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note", "fit_note",
+           "fit_optimizer", "mark_trained", "follows_lr"]
 
 
 class MiniaiWarning(UserWarning):
@@ -359,13 +359,6 @@ def drops_last(dl: Any) -> bool:
     """Whether a loader drops its last items: its own drop_last, or, for a DataLoader given batch_sampler=
     BatchSampler(..., drop_last=True) (whose dl.drop_last is False), its batch sampler's."""
     return bool(getattr(dl, "drop_last", False) or getattr(getattr(dl, "batch_sampler", None), "drop_last", False))
-
-
-def check_fit(learn: Any, steps: Sequence[str]) -> None:
-    """What a fit checks once its callbacks are in place, before anything runs: each step done by the learner or by
-    one callback (`check_steps`), and loaders that hold data (`check_loaders`)."""
-    check_steps(learn, steps, learn._handlers)
-    check_loaders(learn.dls, learn.passes)
 
 
 def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:

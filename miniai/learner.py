@@ -191,7 +191,8 @@ class Learner(Conveniences):
             self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # (set by callbacks)
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
                 self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
-            checks.check_fit(self, STEPS)  # each step done by the learner or one callback, loaders with data
+            checks.check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
+            checks.check_loaders(self.dls, self.passes)
             if resume is not None:
                 from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
                 temporary.append(resume_cb(self, resume, lr))

@@ -316,14 +316,16 @@ class BaseSchedCB(Callback):
             raise ValueError(f"resuming a {name} of {field}={capacity} into a fit that takes {total} steps "
                              f"({how}): a schedule that ends can't be extended. Resume with the saved run's length "
                              "to finish it, then start a new fit (e.g. learn.fit_one_cycle(n, max_lr)) for more.")
-        hint = (", or call learn.fit_one_cycle(n_epochs, max_lr), which computes it" + (
-                    " (torch's policy), or for repeated triangles on purpose CyclicLR(..., cycle_momentum=False)"
-                    * isinstance(
-                        self.scheduler, OneCycle)) if isinstance(self.scheduler, _ONE_CYCLES) else
-                ", or for restarts on purpose CosineAnnealingWarmRestarts" if isinstance(self.scheduler, _COSINES) else
-                ", or to hold min_lr past it on purpose, follow it with ConstantLR(factor=min_lr / lr, total_iters="
-                f"{total - capacity}) in a SequentialLR" if isinstance(self.scheduler, WarmupCosine) and
-                self.scheduler.min_lr > 0 else "")
+        hint = ""  # what the schedule may have been meant for, and the way to it
+        if isinstance(self.scheduler, _ONE_CYCLES):
+            hint = ", or call learn.fit_one_cycle(n_epochs, max_lr), which computes it"
+            if isinstance(self.scheduler, OneCycle):  # (ours is a triangle, which repeats past T_max)
+                hint += " (torch's policy), or for repeated triangles on purpose CyclicLR(..., cycle_momentum=False)"
+        elif isinstance(self.scheduler, _COSINES):
+            hint = ", or for restarts on purpose CosineAnnealingWarmRestarts"
+        elif isinstance(self.scheduler, WarmupCosine) and self.scheduler.min_lr > 0:  # (it holds min_lr past its end)
+            hint = (", or to hold min_lr past it on purpose, follow it with ConstantLR(factor=min_lr / lr, "
+                    f"total_iters={total - capacity}) in a SequentialLR")
         raise ValueError(f"{name} has {field}={capacity} but this fit takes {total} steps ({how}): build it "
                          f"with {field}={total}{hint}.")
 
