@@ -187,6 +187,7 @@ class BaseSchedCB(Callback):
                             f"partial(lr_scheduler.StepLR, step_size=2); got {factory!r}")
         self.factory = factory
         self.scheduler: Any = None
+        self._groups = 0  # the optimizer's param groups when the schedule was built
         self.n_steps = 0
         self._opt: Optimizer | None = None  # the optimizer it was built on (not every scheduler exposes it)
         self._per_epoch: int | None = None  # optimizer steps per training pass in this fit
@@ -253,6 +254,7 @@ class BaseSchedCB(Callback):
         if not self.peaks_at_fit_lr:  # (fit_one_cycle's: the fit's lr is its max_lr)
             _check_fit_lr_used(learn, scheduler, made, self)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
+        self._groups = len(learn.opt.param_groups)  # (a group added since fails some schedules' step: _advance)
         self._check(learn)
         self._check_length(learn)
         self._check_last_phase(learn)
@@ -356,14 +358,6 @@ class BaseSchedCB(Callback):
             return
         if stop is not None and self._last_step_ends(learn):
             return  # the next epochs (SWA's) train with the lr this step sets: one past a cycle's end, even < 0
-        known = getattr(self.scheduler, "base_lrs", None)  # (those setting each group's lr from it: a group added
-        # since gets torch's own KeyError or zip() error; the others scale the lr each group has, the new one's too)
-        if isinstance(self.scheduler, _OUTRIGHT) and len(known or ()) != len(learn.opt.param_groups):
-            raise ValueError(f"the optimizer has {len(learn.opt.param_groups)} param groups and its schedule "
-                             f"({type(self.scheduler).__name__}), built at the fit's start, {len(known or ())}: a "
-                             "group added during the fit has no lr in it. Add param groups before the fit (in a "
-                             f"callback's before_fit, one of order < {type(self).order}), or start a new fit after "
-                             "adding one")
         try:
             self.scheduler.step(*metric)
         except ZeroDivisionError as e:  # a OneCycleLR's empty last phase, unseen before the fit without len(dls)
@@ -371,6 +365,13 @@ class BaseSchedCB(Callback):
                 raise
             raise ValueError(f"{type(self).__name__}'s OneCycleLR failed at step {self.n_steps + 1}: "
                              f"{_ONE_CYCLE_PHASE}") from e
+        except (KeyError, ValueError, IndexError) as e:  # (torch's own, naming neither the schedule nor the group;
+            if len(learn.opt.param_groups) == self._groups:  # schedules that scale each group's lr take a new one)
+                raise
+            raise ValueError(f"the optimizer has {len(learn.opt.param_groups)} param groups, its schedule "
+                             f"({type(self.scheduler).__name__}) was built for {self._groups}, and a group added "
+                             "since has no lr in it. Add param groups before the schedule is built (in a callback's "
+                             f"before_fit, one of order < {type(self).order})") from e
         self.n_steps += 1
 
     def _last_step_ends(self, learn: Learner) -> bool:
