@@ -727,8 +727,9 @@ def test_tta_flips_a_per_pixel_models_outputs_back_and_refuses_transforms_that_m
     assert torch.equal(learn.tta(tfms=RandomFlip(p=1.0))[0], probs)  # (the default: flipped back too)
     assert torch.equal(learn.tta(tfms=[RandomFlip(p=1.0)])[0], probs)  # (in a compose too: probe T2)
     for tfms in ([RandomCrop(6, 1)], batch_tfms(batch_tfms(RandomFlip()))):
-        with pytest.raises(ValueError, match=r"outputs \(2, 6, 10\) may be maps over the pixels, which "
-                                             r"Random(Crop|Flip) moves: .*tta flips back the default flip's copies"):
+        with pytest.raises(ValueError, match=r"outputs \(2, 6, 10\) have the inputs' height and width: maps over the "
+                                             r"pixels .*which Random(Crop|Flip) moves.*tta flips back the default "
+                                             r"flip's copies of \(N,K,H,W\) maps"):
             learn.tta(tfms=tfms)
     noisy = lambda x: x + 0.01  # noqa: E731  (moves no pixel: averaged in place)
     probs, _ = learn.tta(tfms=noisy)
@@ -747,22 +748,22 @@ class _Heads(nn.Module):
         return self.lin(x.flatten(1)).view(-1, 8, 8)
 
 
-@pytest.mark.parametrize("model", [nn.Conv2d(1, 3, 2, stride=2), nn.ConvTranspose2d(1, 3, 2, stride=2),
-                                   nn.Conv2d(1, 2, 4), _Heads()],
-                         ids=["downsampled", "upsampled", "not a map", "heads"])
-def test_tta_refuses_a_flip_for_outputs_that_may_be_maps_it_cant_put_back_and_leaves_classifiers_alone(model):
-    """Told apart by shape, outputs whose last two dims matched the inputs' by chance (classes over heads) were
-    flipped back, their probabilities permuted, and so were (N,2,5,5) outputs of the inputs' aspect, while a
-    downsampled or upsampled map was averaged mirrored, all without a word (probes T, T2). tta can't tell: it
-    refuses, unless the outputs are maps of the inputs' size, or no map at all ((N,K,1,1), (N,K))."""
+def test_tta_refuses_a_flip_of_outputs_of_the_inputs_size_it_cant_put_back_and_leaves_other_outputs_alone():
+    """Outputs of the inputs' height and width (N,H,W) may be a mask's logits or classes over heads: a flip is
+    refused (tta can't tell). Told apart by shape alone, rank-4 outputs of the inputs' aspect were flipped back
+    (probe T2) and a later rule refused multi-head classifiers (N,3,10) (probe T3): other outputs are averaged as
+    they come, as before, maps at another resolution included (documented: yours to undo)."""
     x = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     dl = TensorLoader(x, torch.zeros(12, dtype=torch.long), 4)
-    learn = TrainLearner(model, DataLoaders(dl, dl), F.cross_entropy)
-    with pytest.raises(ValueError, match=r"may be maps over the pixels, which RandomFlip moves"):
-        learn.tta(dl=dl, act=None)
-    for head in (nn.Sequential(nn.Conv2d(1, 3, 8)), nn.Sequential(nn.Flatten(), nn.Linear(64, 3))):  # (N,3,1,1), (N,3)
-        learn = TrainLearner(head, DataLoaders(dl, dl), F.cross_entropy)
-        expected = (hand_loop(head, dl) + hand_loop(head, dl, lambda m, x: m(x.flip(-1)))) / 2
+    heads = TrainLearner(_Heads(), DataLoaders(dl, dl), F.cross_entropy)
+    with pytest.raises(ValueError, match=r"outputs \(8, 8\) have the inputs' height and width: maps over the pixels "
+                                         r"\(or, 3-dim, may be\), which RandomFlip moves"):
+        heads.tta(dl=dl, act=None)
+    for model in (nn.Conv2d(1, 2, 4), nn.Conv2d(1, 3, 2, stride=2), nn.Sequential(nn.Conv2d(1, 3, 8)),
+                  nn.Sequential(nn.Flatten(), nn.Linear(64, 30), nn.Unflatten(1, (3, 10))),
+                  nn.Sequential(nn.Flatten(), nn.Linear(64, 3))):  # (2,5,5), (3,4,4), (3,1,1), (3,10), (3,)
+        learn = TrainLearner(model, DataLoaders(dl, dl), F.cross_entropy)
+        expected = (hand_loop(model, dl) + hand_loop(model, dl, lambda m, x: m(x.flip(-1)))) / 2
         assert torch.allclose(learn.tta(dl=dl, act=None)[0], expected, atol=1e-6)
 
 

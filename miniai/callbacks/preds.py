@@ -614,16 +614,17 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     `BatchTransformCB(on_val=True)` added for each copy, ordered after them: what such a callback adds that must not
     be flipped, position channels say, belongs in the model). The default is a horizontal flip of (N,C,H,W) images,
     `RandomFlip(p=1.0)`: deterministic, so n > 1 only weighs it more; for varied copies pass random ones, e.g.
-    `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs that are maps of the inputs' size (a segmentation model's
-    (N,K,H,W)) are averaged pixel by pixel, the default flip's copies flipped back first; with any other RandomCrop
-    or RandomFlip, outputs that may be maps (3 dims or more, the last two above 1) are refused (tta can't put them
-    back); a transform of your own that moves pixels is yours to undo. Their draws come from torch's global RNG
-    inside a fork: tta repeats exactly and leaves the RNG as it was. `act` is applied to each batch's outputs as by
-    `get_preds`: softmax over the class dim 1 by default, `torch.sigmoid` for a binary or multi-label model's
-    scores, None to average the raw outputs. `n=0` is `get_preds(act=act)`. Each copy is a prediction pass, so `dl`
-    must give its items in the same order every pass (a shuffled one is walked in order, as by `get_preds`). A
-    learner whose batches have several inputs needs `inputs=` ('first', 'together', 'each'): the inputs the
-    transforms take (as `BatchTransformCB`'s); dict batches have none by position, and take `n=0` only.
+    `batch_tfms(RandomCrop(28, 2), RandomFlip())`. Outputs of the inputs' height and width are maps over the pixels
+    (a segmentation model's (N,K,H,W), or (N,H,W), which may be one): the default flip's copies of (N,K,H,W) maps
+    are flipped back before they are averaged, and any other RandomCrop or RandomFlip of such outputs is refused
+    (tta can't put them back); maps at another resolution, and a transform of your own that moves pixels, are yours
+    to undo. Their draws come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it
+    was. `act` is applied to each batch's outputs as by `get_preds`: softmax over the class dim 1 by default,
+    `torch.sigmoid` for a binary or multi-label model's scores, None to average the raw outputs. `n=0` is
+    `get_preds(act=act)`. Each copy is a prediction pass, so `dl` must give its items in the same order every pass
+    (a shuffled one is walked in order, as by `get_preds`). A learner whose batches have several inputs needs
+    `inputs=` ('first', 'together', 'each'): the inputs the transforms take (as `BatchTransformCB`'s); dict batches
+    have none by position, and take `n=0` only.
     """
     if learn.n_inp != 1 and inputs is None:
         raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which the augmented copies "
@@ -658,17 +659,20 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
             raise TypeError(f"tta averages act's outputs over the copies, and act gave "
                             f"{getattr(probs, 'dtype', type(probs).__name__)}: give it an act of float scores "
                             "(softmax, sigmoid) and take the argmax of tta's result")
-        moving = geometric(tfm)  # a copy's pixels move: outputs that may be maps over them move too
+        moving = geometric(tfm)  # a copy's pixels move: outputs that are maps over them move too
         xb = batch_parts(learn)[0]  # (the plain pass's last batch)
-        undo = _flip_back(probs, xb[0] if xb else None, moving)  # (the one move tta can put back: see there)
-        if moving and not undo and probs.ndim >= 3 and min(probs.shape[-2:]) > 1:
+        x = xb[0] if xb else None
+        full_size = isinstance(x, torch.Tensor) and x.ndim == 4 and probs.ndim in (3, 4) and \
+            probs.shape[-2:] == x.shape[-2:]  # (N,K,H,W) maps of the inputs' size, or (N,H,W): a mask's or not
+        undo = full_size and probs.ndim == 4 and len(moving) == 1 and type(moving[0]) is RandomFlip and \
+            moving[0].p == 1.0  # (the one move tta puts back: a flip of every image, the default)
+        if moving and full_size and not undo:
             raise ValueError(f"tta averages each item's outputs over its copies, and this model's outputs "
-                             f"{tuple(probs.shape[1:])} may be maps over the pixels, which "
-                             f"{type(moving[0]).__name__} moves: a copy would be averaged with pixels from elsewhere. "
-                             "tta flips back the default flip's copies of maps of the inputs' height and width "
-                             "(N,K,H,W); for others, transform and undo the copies yourself around "
-                             "learn.get_preds(act=torch.softmax, cbs=[BatchTransformCB(tfm, on_train=False, "
-                             "on_val=True)])")
+                             f"{tuple(probs.shape[1:])} have the inputs' height and width: maps over the pixels (or, "
+                             f"3-dim, may be), which {type(moving[0]).__name__} moves, so a copy would be averaged "
+                             "with pixels from elsewhere. tta flips back the default flip's copies of (N,K,H,W) "
+                             "maps; for a flip of (N,H,W) ones, average learn.get_preds(act=...)[0] with the "
+                             "get_preds of flipped inputs, flipped back; random crops and flips can't be undone")
         total = probs.clone()
         copy_tfm = BatchTransformCB(tfm, on_train=False, on_val=True, inputs=inputs)
         # after every callback that prepares the batches (a BatchTransformCB, -10, or one of yours, 0 by default);
@@ -693,13 +697,6 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
                                  "them to tta as tfms)")
             total += p
     return total / (n + 1), targets
-
-
-def _flip_back(out: torch.Tensor, x: Any, moving: list) -> bool:
-    """Whether tta puts each copy's outputs back by flipping them: a horizontal flip of every image (RandomFlip(p=1),
-    the default) is the transform's only move, and the outputs are maps (N,K,H,W) of the (N,C,H,W) inputs' size."""
-    return len(moving) == 1 and type(moving[0]) is RandomFlip and moving[0].p == 1.0 and isinstance(
-        x, torch.Tensor) and x.ndim == out.ndim == 4 and out.shape[-2:] == x.shape[-2:]
 
 
 class _ItemSums(Callback):
