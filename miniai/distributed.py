@@ -10,6 +10,7 @@ Imports nothing from miniai, so a plain torch loop can use it.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -30,12 +31,20 @@ def rank() -> int:
     if not 0 <= env_rank < world_size():  # a stray $RANK: as a rank > 0 this process would silently write nothing
         raise ValueError(f"$RANK is {env_rank} but $WORLD_SIZE is {os.environ.get('WORLD_SIZE', '(unset: 1)')}: "
                          "torchrun sets both, with RANK < WORLD_SIZE; outside torchrun unset RANK")
-    if env_rank and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):  # (stray too: no launch
-        # this process could join, so it would print and write nothing, alone)
-        raise ValueError(f"$RANK is {env_rank} but $MASTER_ADDR and $MASTER_PORT are not both set: no torchrun launch "
-                         f"this process could join, and as rank {env_rank} it would print and write nothing. Outside "
-                         "torchrun unset RANK and WORLD_SIZE")
+    if env_rank and "MASTER_ADDR" not in os.environ and not _said_stray:  # (a launch sets it: torchrun, SLURM
+        _warn_stray(env_rank)  # scripts; one that joins by tcp:// or file:// may not, before it joins: so a warning)
     return env_rank
+
+
+_said_stray = False  # whether _warn_stray said it already (once a process)
+
+
+def _warn_stray(env_rank: int) -> None:
+    global _said_stray
+    _said_stray = True
+    warnings.warn(f"$RANK is {env_rank}, with no process group and no $MASTER_ADDR: if no distributed launch started "
+                  f"this process (RANK left in the shell), it is rank {env_rank} alone, and prints and writes nothing "
+                  "(only rank 0 does). Outside a launch unset RANK and WORLD_SIZE", stacklevel=3)
 
 
 def local_rank() -> int:
