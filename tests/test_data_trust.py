@@ -524,11 +524,13 @@ def test_a_datasetdict_given_to_get_dls_is_pointed_to_from_dd(tmp_path, arg):
     from datasets import Dataset, DatasetDict
     dd = DatasetDict(train=Dataset.from_dict({"image": [[[0]]], "label": [0]}))
     with pytest.raises(TypeError, match=r"get_dls takes a dataset's name and a directory \(str or Path\), not a "
-                                        r"DatasetDict: DataLoaders\.from_dd\(dd, bs\) loads a DatasetDict, or "
-                                        r"dd\.save_to_disk\(DIR\) then get_dls\(path=DIR\)"):
+                                        r"DatasetDict: dd\.save_to_disk\(DIR\) then get_dls\(path=DIR\) reads a "
+                                        r"DatasetDict as get_dls does, and DataLoaders\.from_dd\(dd, bs\) takes one "
+                                        r"whose columns are tensors"):
         get_dls(**{arg: dd})
-    with pytest.raises(TypeError, match=r"\(str or Path\), not a bytes$"):  # (no DatasetDict advice: probe T2)
-        get_dls(**{arg: b"/data"})
+    for other in (b"/data", {"train": None}):  # (no DatasetDict advice: probes T2, T3)
+        with pytest.raises(TypeError, match=r"\(str or Path\), not a (bytes|dict)$"):
+            get_dls(**{arg: other})
 
 
 def test_an_idx_header_of_more_dims_than_numpy_holds_names_the_file(tmp_path):
