@@ -1272,3 +1272,19 @@ def test_a_param_group_added_during_the_fit_under_a_schedule_that_scales_each_gr
     learn = make_learner([_AddGroupAtEpoch1(), rec])
     learn.fit(3, cbs=[EpochSchedCB(partial(ls.StepLR, step_size=1, gamma=0.5))])
     assert rec.recs["lrs"][-1] == [0.025, 0.025]  # 0.1 halved twice; the added group's 0.05 halved once
+
+
+class _TableLR(ls.LRScheduler):
+    """A schedule of one's own: every group's lr from a table of 12, so it takes groups added mid-fit."""
+
+    def get_lr(self):
+        return [[0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01, 0.005, 0.001][self.last_epoch]
+                for _ in self.optimizer.param_groups]
+
+
+def test_an_error_of_a_schedule_of_ones_own_is_its_own_even_after_a_group_was_added():
+    """Once a group was added, any KeyError, ValueError or IndexError of the step was relabelled as the group's:
+    a schedule of one's own running off its table got the wrong cause and another type (probe T4)."""
+    learn = make_learner([_AddGroupAtEpoch1()])
+    with pytest.raises(IndexError, match="list index out of range"):
+        learn.fit(3, cbs=[BatchSchedCB(_TableLR)])  # (18 steps, 12 in the table)

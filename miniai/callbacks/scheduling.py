@@ -43,6 +43,7 @@ from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
 from ..utils import counted, without_graph
+from .. import schedulers as _schedulers
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .monitor import check_monitor, monitor_mode, same_watch
 from .records import keep_records, nothing_recorded, restore_if_refused
@@ -366,7 +367,8 @@ class BaseSchedCB(Callback):
             raise ValueError(f"{type(self).__name__}'s OneCycleLR failed at step {self.n_steps + 1}: "
                              f"{_ONE_CYCLE_PHASE}") from e
         except (KeyError, ValueError, IndexError) as e:  # (torch's own, naming neither the schedule nor the group;
-            if len(learn.opt.param_groups) == self._groups:  # schedules that scale each group's lr take a new one)
+            # schedules that scale each group's lr take a new one, and a schedule of one's own raises its own errors)
+            if len(learn.opt.param_groups) <= self._groups or not _raised_in_library_schedule(e):
                 raise
             raise ValueError(f"the optimizer has {len(learn.opt.param_groups)} param groups, its schedule "
                              f"({type(self.scheduler).__name__}) was built for {self._groups}, and a group added "
@@ -447,6 +449,15 @@ _ONE_CYCLE_PHASE = ("OneCycleLR has a phase of no steps (pct_start=1.0, or pct_s
                     "three_phase 2 × pct_start × total_steps = total_steps + 1): torch divides by each phase's "
                     "length, so it fails with ZeroDivisionError when a step lands there. Use a pct_start with "
                     "pct_start × total_steps > 1 and pct_start < 1 (fit_one_cycle's default is 0.3), or more steps")
+
+
+def _raised_in_library_schedule(error: BaseException) -> bool:
+    """Whether `error` was raised in torch's lr_scheduler module or in miniai.schedulers (its innermost frame)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return where in (torch.optim.lr_scheduler.__file__, _schedulers.__file__)
 
 
 def _raised_in(error: BaseException, cls: type) -> bool:
