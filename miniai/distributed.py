@@ -5,12 +5,11 @@ torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE), and a plain `python script.py` is 
 the environment as a fallback matters before the first fit: DDPCB joins the process group only then (and keeps
 it until the interpreter exits), and code that runs earlier (sharding a loader, printing) must already know its
 rank.
-Imports nothing from miniai, so a plain torch loop can use it.
+Imports nothing from miniai when imported (a warning imports miniai's `warn`), so a plain torch loop can use it.
 """
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -42,9 +41,10 @@ _said_stray = False  # whether _warn_stray said it already (once a process)
 def _warn_stray(env_rank: int) -> None:
     global _said_stray
     _said_stray = True
-    warnings.warn(f"$RANK is {env_rank}, with no process group and no $MASTER_ADDR: if no distributed launch started "
-                  f"this process (RANK left in the shell), it is rank {env_rank} alone, and prints and writes nothing "
-                  "(only rank 0 does). Outside a launch unset RANK and WORLD_SIZE", stacklevel=3)
+    from .checks import warn  # (here: a MiniaiWarning at the user's line, and this module imports no miniai at import)
+    warn(f"$RANK is {env_rank}, with no process group and no $MASTER_ADDR: if no distributed launch started this "
+         f"process (RANK left in the shell), it is rank {env_rank} alone, and prints and writes nothing (only rank 0 "
+         "does). Outside a launch unset RANK and WORLD_SIZE")
 
 
 def local_rank() -> int:
