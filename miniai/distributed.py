@@ -39,6 +39,7 @@ _said_stray = False  # whether _warn_stray said it already (once a process)
 
 
 def _warn_stray(env_rank: int) -> None:
+    """Say, once a process, that a RANK above 0 outside any launch makes this process a rank that prints nothing."""
     global _said_stray
     _said_stray = True
     from .checks import warn  # (here: a MiniaiWarning at the user's line, and this module imports no miniai at import)
