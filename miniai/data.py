@@ -358,10 +358,12 @@ def get_dls(name: str = "fashion_mnist", bs: int = 1024, path: str | os.PathLike
     """
     for given in (name, path):  # (a DatasetDict: the course's data, which get_dls's cache can't key)
         if not (given is None or isinstance(given, (str, os.PathLike))):
+            saves = callable(getattr(given, "save_to_disk", None))  # (`datasets`' DatasetDict, a dict; or a Dataset)
             advice = (": dd.save_to_disk(DIR) then get_dls(path=DIR) reads a DatasetDict of gray images as get_dls "
                       "does (get_dls('cifar10', path=DIR) RGB ones), and DataLoaders.from_dd(dd, bs) takes one whose "
                       "columns are float tensors (dd.with_transform(...) converting them, as the course did)"
-                      if callable(getattr(given, "save_to_disk", None)) else "")
+                      if saves and isinstance(given, dict) else ": a Dataset is one split; DatasetDict(train=..., "
+                      "test=...) holds the splits get_dls and DataLoaders.from_dd read" if saves else "")
             raise TypeError(f"get_dls takes a dataset's name and a directory (str or Path); got "
                             f"{type(given).__name__}{advice}")
     for what, n in (("holdout", holdout), ("n_train", n_train), ("n_valid", n_valid), ("valid_bs", valid_bs)):

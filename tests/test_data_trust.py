@@ -528,6 +528,9 @@ def test_a_datasetdict_given_to_get_dls_is_pointed_to_from_dd(tmp_path, arg):
                                         r"DatasetDict of gray images .*DataLoaders\.from_dd\(dd, bs\) takes one "
                                         r"whose columns are float tensors"):
         get_dls(**{arg: dd})
+    with pytest.raises(TypeError, match=r"got Dataset: a Dataset is one split; DatasetDict\(train=\.\.\., "
+                                        r"test=\.\.\.\) holds the splits"):  # (not the DatasetDict's advice: probe T5)
+        get_dls(**{arg: dd["train"]})
     for other in (b"/data", {"train": None}):  # (no DatasetDict advice: probes T2, T3)
         with pytest.raises(TypeError, match=r"\(str or Path\); got (bytes|dict)$"):
             get_dls(**{arg: other})
