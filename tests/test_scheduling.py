@@ -1284,7 +1284,13 @@ class _TableLR(ls.LRScheduler):
 
 def test_an_error_of_a_schedule_of_ones_own_is_its_own_even_after_a_group_was_added():
     """Once a group was added, any KeyError, ValueError or IndexError of the step was relabelled as the group's:
-    a schedule of one's own running off its table got the wrong cause and another type (probe T4)."""
+    a schedule of one's own running off its table got the wrong cause and another type (probe T4), and so did a
+    LambdaLR's lambda whose call into miniai's cosine_lr raised (probe T5)."""
+    from miniai.schedulers import cosine_lr
     learn = make_learner([_AddGroupAtEpoch1()])
     with pytest.raises(IndexError, match="list index out of range"):
         learn.fit(3, cbs=[BatchSchedCB(_TableLR)])  # (18 steps, 12 in the table)
+    learn = make_learner([_AddGroupAtEpoch1()])
+    with pytest.raises(ValueError, match="math domain error"):
+        learn.fit(3, cbs=[BatchSchedCB(partial(ls.LambdaLR, lr_lambda=lambda step: cosine_lr(  # (cos(inf) raises)
+            step if step < 7 else math.inf, 10, 1.0)))])

@@ -452,12 +452,14 @@ _ONE_CYCLE_PHASE = ("OneCycleLR has a phase of no steps (pct_start=1.0, or pct_s
 
 
 def _raised_in_library_schedule(error: BaseException) -> bool:
-    """Whether `error` was raised in torch's lr_scheduler module or in miniai.schedulers (its innermost frame)."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    """Whether `error` was raised in torch's lr_scheduler module or in miniai.schedulers, with no code of one's own
+    between the step and it (a LambdaLR's lambda that calls `cosine_lr` raises its own errors)."""
+    library, files, tb = (torch.optim.lr_scheduler.__file__, _schedulers.__file__), [], error.__traceback__
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
         tb = tb.tb_next
-    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
-    return where in (torch.optim.lr_scheduler.__file__, _schedulers.__file__)
+    inside = [f in library for f in files]
+    return True in inside and all(inside[inside.index(True):])
 
 
 def _raised_in(error: BaseException, cls: type) -> bool:
