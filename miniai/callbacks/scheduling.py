@@ -451,25 +451,25 @@ _ONE_CYCLE_PHASE = ("OneCycleLR has a phase of no steps (pct_start=1.0, or pct_s
                     "pct_start × total_steps > 1 and pct_start < 1 (fit_one_cycle's default is 0.3), or more steps")
 
 
+def _frames(error: BaseException) -> Iterator[types.FrameType]:
+    """The frames of `error`'s traceback, outermost first."""
+    tb = error.__traceback__
+    while tb is not None:
+        yield tb.tb_frame
+        tb = tb.tb_next
+
+
 def _raised_in_library_schedule(error: BaseException) -> bool:
     """Whether `error` was raised in torch's lr_scheduler module or in miniai.schedulers, with no code of one's own
     between the step and it (a LambdaLR's lambda that calls `cosine_lr` raises its own errors)."""
-    library, files, tb = (torch.optim.lr_scheduler.__file__, _schedulers.__file__), [], error.__traceback__
-    while tb is not None:
-        files.append(tb.tb_frame.f_code.co_filename)
-        tb = tb.tb_next
-    inside = [f in library for f in files]
+    library = (torch.optim.lr_scheduler.__file__, _schedulers.__file__)
+    inside = [frame.f_code.co_filename in library for frame in _frames(error)]
     return True in inside and all(inside[inside.index(True):])
 
 
 def _raised_in(error: BaseException, cls: type) -> bool:
     """Whether `error` was raised inside a method of a `cls` object (a frame of its traceback has such a `self`)."""
-    tb = error.__traceback__
-    while tb is not None:
-        if isinstance(tb.tb_frame.f_locals.get("self"), cls):
-            return True
-        tb = tb.tb_next
-    return False
+    return any(isinstance(frame.f_locals.get("self"), cls) for frame in _frames(error))
 
 
 def _parts_reached(scheduler: Any, reached: int) -> Iterator[tuple[Any, int]]:
