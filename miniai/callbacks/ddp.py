@@ -341,8 +341,10 @@ def _share(learn: Learner) -> torch.Tensor | float:
     average of the ranks' gradients is the global batch's weighted mean only once each is scaled by this."""
     targets = batch_parts(learn)[1]
     target = targets[0] if targets else None
-    mask, weights = position_weights(target, target, learn.loss_func) if isinstance(target, torch.Tensor) else (
-        None, None)
+    if not isinstance(target, torch.Tensor):
+        return 1.0
+    # (the targets stand in for the unreduced losses, whose shape position_weights reads: one loss per target)
+    mask, weights = position_weights(target, target, learn.loss_func)
     if mask is None and weights is None:  # (soft targets: divided by the item count, alike on every rank)
         return 1.0
     own = (weights if weights is not None else mask).sum(dtype=torch.float64).reshape(1)
