@@ -297,6 +297,37 @@ def test_grad_accum_under_an_fp16_scaler_steps_once_per_group_on_the_mean_gradie
         torch.testing.assert_close(ours, theirs, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("k", [2, 4])
+def test_grad_accum_under_a_default_fp16_scaler_skips_the_steps_torchs_recipe_skips(k):
+    """(probe P3) Torch's AMP recipe for accumulation backwards scale × loss / k; miniai backwards each batch's whole
+    loss and divides the summed gradients at the step, so its float16 gradients were k× larger: about log2(k) more
+    overflowed, skipped steps at the start of every run than the recipe's, and other weights. The scaler now starts
+    at a k× lower scale: the same float16 values, the same skips, the same weights."""
+    def run_by_hand() -> tuple[nn.Module, int]:
+        learn, dls = linear_problem(bs=4)  # 16 batches: groups of k
+        model, skipped = learn.model, 0
+        opt, scaler = optim.SGD(model.parameters(), lr=0.05), torch.amp.GradScaler("cpu")
+        batches = list(dls.train)
+        for start in range(0, len(batches), k):
+            for xb, yb in batches[start:start + k]:
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = F.mse_loss(model(xb), yb)
+                scaler.scale(loss / k).backward()
+            before = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            skipped += scaler.get_scale() < before
+            opt.zero_grad()
+        return model, skipped
+    hand, skipped = run_by_hand()
+    learn, _ = linear_problem(bs=4)
+    mp = MixedPrecisionCB(torch.float16)
+    learn.fit(1, valid=False, lr=0.05, cbs=[mp, GradAccumCB(k)])
+    assert skipped > 0 and mp.n_skipped == skipped
+    for ours, theirs in zip(learn.model.parameters(), hand.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
 def test_scaler_state_round_trips_through_state_dict():
     learn = tiny_learner(lr=0.05)
     mp = MixedPrecisionCB(torch.float16, init_scale=1024.0)

@@ -26,9 +26,10 @@ class GradAccumCB(Callback):
 
     Between steps it raises `CancelStepException` from after_backward: the gradients add up in `.grad`, and
     schedulers, `after_step` readers and `zero_grad` wait for the real step. At a step it divides the summed
-    gradients by the number of batches summed, k. Gradients are linear in the loss, so this is exactly scaling
-    each batch's loss by 1/k, but `learn.loss` stays each batch's true loss for MetricsCB and progress bars,
-    and nothing has to change between the loss and the backward. The last group of a training pass also steps,
+    gradients by the number of batches summed, k. Gradients are linear in the loss, so this is scaling each batch's
+    loss by 1/k (exactly for k a power of 2; to float rounding otherwise; under float16 MixedPrecisionCB's scaler
+    starts k× lower, so its gradients overflow as the recipe's do), but `learn.loss` stays each batch's true loss
+    for MetricsCB and progress bars, and nothing has to change between the loss and the backward. The last group of a training pass also steps,
     even when it has fewer than `n_steps` batches (it is then their mean), so every epoch ends on a step.
 
     `optimizer_steps(n_batches)` = ceil(n_batches / n_steps) is what the scheduling callbacks and

@@ -8,6 +8,7 @@ import torch
 from ..checks import python_number, warn
 from ..learner import Callback, CancelStepException, Learner
 from ..supervised import MomentumLearner
+from .grad_accum import GradAccumCB
 from ..utils import model_device
 
 __all__ = ["MixedPrecisionCB"]
@@ -22,7 +23,9 @@ class MixedPrecisionCB(Callback):
     `dtype=None` picks float16 with a `torch.amp.GradScaler` on CUDA, and bfloat16 without one elsewhere (the
     CPU). bfloat16 has float32's exponent range, so its gradients need no scaling; float16 ones underflow without
     it. Pass `dtype=torch.bfloat16` on a GPU that supports it to drop the scaler. `scaler_kwargs` go to the
-    GradScaler (`init_scale`, `growth_interval`, ...).
+    GradScaler (`init_scale`, `growth_interval`, ...). Under `GradAccumCB(k)` the default `init_scale` is torch's
+    2**16 / k: the float16 gradients, and the steps skipped for overflow, are those of torch's recipe for
+    accumulation, `scaler.scale(loss / k).backward()` (GradAccumCB divides the summed gradients instead).
 
     This callback owns the learner's `backward` (of the scaled loss) and `step` (`scaler.step(opt)`, then
     `scaler.update()`; plain ones without a scaler), so it can't be combined with another callback owning them. When the
@@ -79,7 +82,11 @@ class MixedPrecisionCB(Callback):
         if dtype == torch.float16:
             # kept across fits (its scale is learned); a new one only if the device changed
             if self.scaler is None or self._scaler_device != device_type:
-                self.scaler = torch.amp.GradScaler(device_type, **self.scaler_kwargs)
+                # GradAccumCB divides the k summed gradients at the step, where torch's recipe backwards
+                # scale × loss / k: starting k× lower, the float16 values (and so the overflows) are the recipe's
+                k = max([cb.n_steps for cb in learn.cbs if isinstance(cb, GradAccumCB)], default=1)
+                kwargs = {"init_scale": 2.0 ** 16 / k} | self.scaler_kwargs  # (2 ** 16: GradScaler's default)
+                self.scaler = torch.amp.GradScaler(device_type, **kwargs)
                 self._scaler_device = device_type
         else:
             self.scaler = None
