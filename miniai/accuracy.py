@@ -73,7 +73,8 @@ class Accuracy:
         return self.counts[0] / self.counts[1]
 
     def reset(self) -> Accuracy:
-        """Start counting afresh."""
+        """Start counting afresh (the class dim a batch showed stays known: it is the model's; give another model,
+        whose scores may lie otherwise, an Accuracy of its own)."""
         self.counts.zero_()
         return self
 
