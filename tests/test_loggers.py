@@ -541,6 +541,26 @@ def test_a_fit_refused_at_its_first_pass_leaves_the_last_fits_records_optimizer_
     assert read_tb(tmp_path / "tb") == tb
 
 
+@pytest.mark.parametrize("broken", ["model", "loss"])
+def test_a_fit_whose_first_batch_fails_in_the_model_or_the_loss_leaves_the_last_fits_records(broken):
+    """(probe P1) Data the model can't take (or a loss that can't take its output) failed the new fit's very first
+    forward: nothing trained, but MetricsCB's history, RecorderCB's and ProgressCB's curves and ActivationStats'
+    were gone, and their plots blamed an evaluation fit or cancelled passes."""
+    from miniai.callbacks import ProgressCB
+    metrics, recorder, progress = quiet_metrics(), RecorderCB(lr=_lr), ProgressCB(mode="plain")
+    stats = ActivationStats(lambda m: isinstance(m, nn.Linear))
+    learn = tiny_learner([metrics, recorder, progress, stats])
+    learn.fit(2)
+    before = (list(metrics.history), list(recorder.recs["lr"]), list(progress.losses), stats.stats)
+    if broken == "model":
+        learn.model = nn.Sequential(nn.Linear(2, 1))  # the data has 1 feature
+    else:
+        learn.loss_func = lambda preds, target: preds[:, 5].mean()  # the model's output has 1 column
+    with pytest.raises((RuntimeError, IndexError)):
+        learn.fit(1)
+    assert (metrics.history, recorder.recs["lr"], progress.losses, stats.stats) == before
+
+
 def test_a_resume_into_a_log_dir_another_run_wrote_to_since_is_refused_untouched(tmp_path):
     """Run A checkpointed, a fresh run B logged to the same log_dir, then A resumed from epoch 2: TensorBoard drew
     B's epochs 0-1 and A's epochs 2-3 as one curve, without a word (the CSV logger refuses such a file). So did a
