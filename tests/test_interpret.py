@@ -221,6 +221,25 @@ def test_summary_of_a_model_with_a_scripted_part_shows_the_rest():
     assert "(not counted: TorchScript Linear)" in str(summary)
 
 
+def test_summary_takes_as_many_inputs_in_xb_as_the_learner_has_and_says_so_otherwise():
+    """(probe P1) With n_inp=2, summary(xb=x) blamed the learner's n_inp, and summary(xb=(a, b, c)) dropped c as a
+    target without a word: the model's layer for a third input showed as never called."""
+    class TwoOrThree(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(2, 3), nn.Linear(5, 3)
+
+        def forward(self, x, z, w=None):
+            return self.a(x) + self.b(z) + (0 if w is None else self.c(w))
+    learn = TrainLearner(TwoOrThree(), DataLoaders(None, None), F.mse_loss, n_inp=2)
+    with pytest.raises(ValueError, match=r"summary\(xb=\.\.\.\) takes the learner's 2 inputs \(n_inp=2\).*got 1"):
+        learn.summary(xb=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"takes the learner's 2 inputs \(n_inp=2\).*got 3"):
+        learn.summary(xb=(torch.zeros(3, 4), torch.zeros(3, 2), torch.zeros(3, 5)))
+    rows = {r.name: r for r in learn.summary(xb=(torch.zeros(3, 4), torch.zeros(3, 2))).rows}
+    assert rows["a"].output_shape == rows["b"].output_shape == (3, 3) and rows["c"].output_shape is None
+
+
 def test_summary_shows_as_aligned_text_and_as_a_table_in_a_notebook():
     summary = image_learner().summary()
     text = str(summary)
