@@ -127,9 +127,12 @@ class ModelSummary:
             first = first[0]  # several inputs: the batch size is the first one's
         n = first[0] if isinstance(first, tuple) and first and isinstance(first[0], int) else None
         per_item = f" ({self.total_macs // n:,} per item)" if n else ""
+        in_rows = sum(row.params for row in self.rows)  # (tied weights: each row counts its own)
+        shared = f"; the rows add up to {in_rows:,}: layers that share parameters count them in each row" * (
+            in_rows > self.total_params)
         return [f"Input: {self.input_shape}",
                 f"Total params: {self.total_params:,} (trainable {self.trainable_params:,}, "
-                f"non-trainable {self.total_params - self.trainable_params:,})",
+                f"non-trainable {self.total_params - self.trainable_params:,}){shared}",
                 f"MACs for the batch: {self._at_least()}{self.total_macs:,}{per_item}{self._not_counted()}"]
 
     def _at_least(self) -> str:

@@ -240,6 +240,22 @@ def test_summary_takes_as_many_inputs_in_xb_as_the_learner_has_and_says_so_other
     assert rows["a"].output_shape == rows["b"].output_shape == (3, 3) and rows["c"].output_shape is None
 
 
+def test_summary_says_when_layers_share_parameters_that_each_of_their_rows_counts():
+    """(probe P1) With tied weights (out.weight = emb.weight) the rows added up to more than the total, unsaid."""
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.out = nn.Embedding(8, 2), nn.Linear(2, 8, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.out(self.emb(x))
+    summary = TrainLearner(Tied(), DataLoaders(None, None), F.cross_entropy).summary(xb=torch.zeros(3, dtype=torch.long))
+    assert [r.params for r in summary.rows] == [16, 16] and summary.total_params == 16
+    assert "the rows add up to 32: layers that share parameters count them in each row" in str(summary)
+    assert "add up" not in str(TrainLearner(nn.Linear(2, 2), DataLoaders(None, None)).summary(xb=torch.zeros(1, 2)))
+
+
 def test_summary_shows_as_aligned_text_and_as_a_table_in_a_notebook():
     summary = image_learner().summary()
     text = str(summary)
