@@ -347,7 +347,9 @@ def test_an_evaluation_resumed_from_a_checkpoint_leaves_the_recorders_curves(tmp
 def test_an_lr_given_on_resume_goes_on_under_a_schedule_that_only_scales_the_lr_it_finds(tmp_path, sched):
     """fit(4, lr=0.005, resume=...) under an ExponentialLR (or StepLR, MultiStepLR) was refused as 'its schedule sets
     the lr at every step, so the lr given would be overwritten': these scale the lr they find, as a plateau's does,
-    so the lr given is the lr from here on and the schedule goes on from it (what "lower the lr and resume" asks)."""
+    so the lr given is the lr from here on and the schedule goes on from it (what "lower the lr and resume" asks).
+    (probe P4) It did, but warned that the schedule's initial_lr had changed and the saved one was kept, "so the
+    run continues as it was": the opposite of what it did, and no word was due."""
     factories = {"ExponentialLR": partial(lr_scheduler.ExponentialLR, gamma=0.9),
                  "StepLR": partial(lr_scheduler.StepLR, step_size=3, gamma=0.5),
                  "MultiStepLR in a ChainedScheduler": lambda opt: lr_scheduler.ChainedScheduler([
@@ -356,7 +358,9 @@ def test_an_lr_given_on_resume_goes_on_under_a_schedule_that_only_scales_the_lr_
     straight, rec = make_learner(None, [BatchSchedCB(factories[sched])])
     straight.fit(4)
     learn, resumed = make_learner(None, [BatchSchedCB(factories[sched])])
-    learn.fit(4, lr=0.005, resume=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(4, lr=0.005, resume=tmp_path)
     ratio = 0.005 / rec.recs["lr"][16]  # the lr given, where the run was at its epoch 2
     assert resumed.recs["lr"][16:] == pytest.approx([lr * ratio for lr in rec.recs["lr"][16:]], rel=1e-6)
 

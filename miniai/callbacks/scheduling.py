@@ -432,8 +432,11 @@ class BaseSchedCB(Callback):
             raise
         # what the schedule wrote into the param groups when built (OneCycleLR's max_lr, its first and last lr from
         # div_factor; older checkpoints kept none), then its own settings
+        # (a schedule that only scales the lr it finds goes on from the lr it finds, a resume's lr= too: the lr it
+        # was built from, initial_lr, is no setting of its shape)
+        keys = [k for k in _SCHEDULE_KEYS if k != "initial_lr" or not scales_only(self.scheduler)]
         changed = [f"param group {i} {k}: {old[k]} saved, {now[k]} here" for i, (old, now) in
-                   enumerate(zip(state["param_groups"], groups)) for k in _SCHEDULE_KEYS
+                   enumerate(zip(state["param_groups"], groups)) for k in keys
                    if k in old and k in now and old[k] != now[k]]
         changed += _settings_changed(state["scheduler"], fresh)
         if changed:  # torch's load_state_dict puts the saved settings back: say so, never silently
