@@ -250,7 +250,8 @@ def test_summary_says_when_layers_share_parameters_that_each_of_their_rows_count
 
         def forward(self, x):
             return self.out(self.emb(x))
-    summary = TrainLearner(Tied(), DataLoaders(None, None), F.cross_entropy).summary(xb=torch.zeros(3, dtype=torch.long))
+    learn = TrainLearner(Tied(), DataLoaders(None, None), F.cross_entropy)
+    summary = learn.summary(xb=torch.zeros(3, dtype=torch.long))
     assert [r.params for r in summary.rows] == [16, 16] and summary.total_params == 16
     assert "the rows add up to 32: layers that share parameters count them in each row" in str(summary)
     assert "add up" not in str(TrainLearner(nn.Linear(2, 2), DataLoaders(None, None)).summary(xb=torch.zeros(1, 2)))

@@ -29,8 +29,9 @@ class GradAccumCB(Callback):
     gradients by the number of batches summed, k. Gradients are linear in the loss, so this is scaling each batch's
     loss by 1/k (exactly for k a power of 2; to float rounding otherwise; under float16 MixedPrecisionCB's scaler
     starts k× lower, so its gradients overflow as the recipe's do), but `learn.loss` stays each batch's true loss
-    for MetricsCB and progress bars, and nothing has to change between the loss and the backward. The last group of a training pass also steps,
-    even when it has fewer than `n_steps` batches (it is then their mean), so every epoch ends on a step.
+    for MetricsCB and progress bars, and nothing has to change between the loss and the backward. The last group
+    of a training pass also steps, even when it has fewer than `n_steps` batches (it is then their mean), so every
+    epoch ends on a step.
 
     `optimizer_steps(n_batches)` = ceil(n_batches / n_steps) is what the scheduling callbacks and
     `fit_one_cycle` ask (through `miniai.callbacks.scheduling.steps_per_epoch`), so a one-cycle still ends
