@@ -1183,6 +1183,20 @@ def test_nan_batchnorm_statistics_are_not_checkpointed(tmp_path):
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt"]
 
 
+def test_a_nan_validation_loss_with_finite_weights_points_at_the_validation_data_not_at_the_lr(tmp_path):
+    """(probe P7) One NaN in the validation inputs: the refusal to checkpoint advised a lower lr and gradient
+    clipping, which can never help: the weights are finite, so the validation data or the loss made the NaN."""
+    from miniai.callbacks.guards import NonFiniteLossError
+    learn, _ = make_learner(tmp_path)
+    learn.dls.valid.x[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError) as info:
+        learn.fit(2)
+    message = str(info.value)
+    assert "the validation loss is nan" in message and "the weights are finite" in message
+    assert "validation data" in message and "lower lr" not in message and "GradClipCB" not in message
+    assert list_checkpoints(tmp_path) == []
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

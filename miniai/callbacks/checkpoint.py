@@ -980,8 +980,15 @@ class CheckpointCB(Callback):
         loss = metrics.last.get("valid_loss") if metrics is not None else None
         if bad is None and (loss is None or math.isfinite(loss)):
             return
-        subject, cause = nonfinite_cause(model, bad) if bad is not None else (f"the validation loss is {loss}", "")
         good = learn.last_checkpoint
+        if bad is None:  # training left finite weights: a lower lr can't help
+            raise NonFiniteLossError(
+                f"after epoch {done} the validation loss is {loss}, and the weights are finite, so the validation "
+                "data or the loss made it: look for non-finite values in dls.valid's inputs and targets, or a loss "
+                "that divides by zero (a batch whose targets are all ignore_index). No checkpoint was written for "
+                "it" + (f"; the last good one is {good}." if good is not None else
+                        ", nor for an earlier epoch of this run."))
+        subject, cause = nonfinite_cause(model, bad)
         raise NonFiniteLossError(
             f"after epoch {done} {subject}, so no checkpoint was written for it" + (f": {cause}." if cause else ".")
             + (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None
