@@ -1197,6 +1197,15 @@ def test_a_nan_validation_loss_with_finite_weights_points_at_the_validation_data
     assert list_checkpoints(tmp_path) == []
 
 
+def test_a_fit_removes_only_the_temporary_files_a_killed_save_of_its_own_left(tmp_path):
+    """(probe P7) Every fit deleted any `.epoch_*.tmp` in its directory, a user's `.epoch_summary.tmp` too."""
+    (tmp_path / ".epoch_summary.tmp").write_text("mine")
+    (tmp_path / ".epoch_0003.pt.4242.tmp").write_bytes(b"half a checkpoint")  # a save killed midway
+    make_learner(tmp_path)[0].fit(1)
+    assert (tmp_path / ".epoch_summary.tmp").read_text() == "mine"
+    assert not (tmp_path / ".epoch_0003.pt.4242.tmp").exists()
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

@@ -48,6 +48,7 @@ __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_
 
 _FORMAT, _VERSION = "miniai-checkpoint", 2  # version 2 adds the parameters' names to match optimizer state by
 _NAME = re.compile(r"^epoch_(\d+)\.pt$")  # "after N epochs"; tmp files start with a dot, so never match
+_TEMPORARY = re.compile(r"^\.epoch_\d+\.pt\.\d+\.tmp$")  # save_checkpoint's: .<file name>.<pid>.tmp
 
 
 class CheckpointMismatchError(ValueError):
@@ -824,8 +825,9 @@ class CheckpointCB(Callback):
                           "where a directory can be made") from e
         # held for the fit: a run started into it meanwhile would also find it free and write over this one's epochs
         self._release = claim_dir(self.path, f"CheckpointCB's directory {self.path}")
-        for stale in self.path.glob(".epoch_*.tmp"):
-            stale.unlink(missing_ok=True)  # left by a process killed while saving
+        for stale in self.path.glob(".epoch_*.pt.*.tmp"):
+            if _TEMPORARY.match(stale.name):  # (save_checkpoint's own: none of the user's files)
+                stale.unlink(missing_ok=True)  # left by a process killed while saving
         existing = list_checkpoints(self.path)
         resumed = learn.resumed_from
         own = resumed is not None and self.path.resolve() in _run_dirs(learn, resumed)
