@@ -1206,6 +1206,24 @@ def test_a_fit_removes_only_the_temporary_files_a_killed_save_of_its_own_left(tm
     assert not (tmp_path / ".epoch_0003.pt.4242.tmp").exists()
 
 
+def test_a_checkpoint_directory_that_cant_be_written_in_is_named_before_training(tmp_path, monkeypatch):
+    """(probe P7) A read-only directory failed with a bare OSError about its lock file, `.miniai-run`; a directory
+    that can't be made was already named with what to do."""
+    import errno
+
+    import miniai.callbacks.checkpoint
+
+    def read_only(path, what):
+        raise OSError(errno.EROFS, "Read-only file system", str(path / ".miniai-run"))
+    monkeypatch.setattr(miniai.callbacks.checkpoint, "claim_dir", read_only)
+    learn, _ = make_learner(tmp_path)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(OSError, match=rf"CheckpointCB can't write in its directory {tmp_path} \(Read-only file "
+                                      r"system\): give it a directory it can write in"):
+        learn.fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

@@ -824,7 +824,11 @@ class CheckpointCB(Callback):
             raise type(e)(f"CheckpointCB can't make its directory {self.path} ({e.strerror or e}): give it a path "
                           "where a directory can be made") from e
         # held for the fit: a run started into it meanwhile would also find it free and write over this one's epochs
-        self._release = claim_dir(self.path, f"CheckpointCB's directory {self.path}")
+        try:
+            self._release = claim_dir(self.path, f"CheckpointCB's directory {self.path}")
+        except OSError as e:  # (its lock file: a read-only directory)
+            raise type(e)(f"CheckpointCB can't write in its directory {self.path} ({e.strerror or e}): give it a "
+                          "directory it can write in") from e
         for stale in self.path.glob(".epoch_*.pt.*.tmp"):
             if _TEMPORARY.match(stale.name):  # (save_checkpoint's own: none of the user's files)
                 stale.unlink(missing_ok=True)  # left by a process killed while saving
