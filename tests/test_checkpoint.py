@@ -1,4 +1,5 @@
 """CheckpointCB and resume: exact continuation (bitwise on the CPU), atomic writes, pruning, interrupts, errors."""
+import ast
 import os
 import re
 import shutil
@@ -1222,6 +1223,17 @@ def test_a_checkpoint_directory_that_cant_be_written_in_is_named_before_training
                                       r"system\): give it a directory it can write in"):
         learn.fit(1)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def test_the_calls_messages_suggest_stay_python_for_a_path_with_a_quote(tmp_path):
+    """(probe P7) A directory named "bob's runs": the refusal suggested learn.fit(n_epochs, resume='.../bob's
+    runs'), a SyntaxError when pasted."""
+    path = tmp_path / "bob's runs"
+    make_learner(path)[0].fit(1)
+    with pytest.raises(FileExistsError) as info:
+        make_learner(path)[0].fit(1)
+    call = re.search(r"learn\.fit\(n_epochs, resume=.*?\)\. To start", str(info.value)).group(0)[:-len(". To start")]
+    assert ast.literal_eval(ast.parse(call).body[0].value.keywords[0].value) == str(path)
 
 
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)

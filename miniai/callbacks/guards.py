@@ -231,10 +231,10 @@ def lower_lr_advice(learn: Learner, good: Any) -> str:
     if schedules:  # resume refuses lr= with a schedule that sets the lr from the run's start
         own = [type(cb).__name__ for cb in schedules if own_place(learn, cb) is not None]  # (it would refuse the next)
         return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "
-                f"learn.model.load_state_dict(load_checkpoint('{good}')['model']), then e.g. "
+                f"learn.model.load_state_dict(load_checkpoint({str(good)!r})['model']), then e.g. "
                 + (f"learn.rm_cb(...) of the learner's own {', '.join(own)}, and " if own else "")
                 + "learn.fit_one_cycle(n, max_lr=lower).")
-    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{pass_args(learn)}, lr=..., resume='{good}') "
+    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{pass_args(learn)}, lr=..., resume={str(good)!r}) "
             "(the lr given replaces the checkpoint's).")
 
 
