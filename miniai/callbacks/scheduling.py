@@ -193,7 +193,6 @@ class BaseSchedCB(Callback):
         self._opt: Optimizer | None = None  # the optimizer it was built on (not every scheduler exposes it)
         self._per_epoch: int | None = None  # optimizer steps per training pass in this fit
         self._learn: Learner | None = None  # the learner of the running fit (None outside a fit)
-        self._plans: dict[str, torch.Tensor] = {}  # function_plans of the schedule
 
     @property
     def schedo(self) -> Any:
@@ -257,7 +256,6 @@ class BaseSchedCB(Callback):
             _check_fit_lr_used(learn, scheduler, made, self)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._groups = len(learn.opt.param_groups)  # (a group added since fails some schedules' step: _advance)
-        self._plans = function_plans(scheduler, self._total_steps(learn))  # (for checkpoints: a resume compares)
         self._check(learn)
         self._check_length(learn)
         self._check_last_phase(learn)
@@ -393,7 +391,7 @@ class BaseSchedCB(Callback):
         groups = [{key: group[key] for key in ("lr", "momentum", "betas", *_SCHEDULE_KEYS) if key in group}
                   for group in self._opt.param_groups]  # (the keys it wrote there: to name those changed on resume)
         return copy.deepcopy({"scheduler": self.scheduler.state_dict(), "n_steps": self.n_steps,
-                              "steps_per_epoch": self._per_epoch, "param_groups": groups, "plans": self._plans,
+                              "steps_per_epoch": self._per_epoch, "param_groups": groups,
                               "scheduler_class": _structure(self.scheduler)})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -426,7 +424,9 @@ class BaseSchedCB(Callback):
         self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
         try:
             self._check_length(learn)
-            _check_plans(self.scheduler, state.get("plans", {}), self._plans)  # (older files: none saved)
+            # (SWACB's SWALR sets the lr only after this schedule's last step, whose lr _last_lr holds)
+            alone = not any(isinstance(cb, BaseSchedCB) and cb is not self for cb in learn.cbs)
+            _check_lambdas(self.scheduler, alone)
         except ValueError:
             self.scheduler.load_state_dict(fresh)
             raise
@@ -497,7 +497,7 @@ _SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_moment
 _COUNTERS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "base_lrs", "lr_lambdas", "total_steps",
              "T_i", "T_cur"}
 # (what a scheduler counts as it steps, warm restarts' cycle and step in it too; base_lrs follow the lr given; a
-# length, total_steps, is checked on its own; lr_lambdas, functions torch does not save, by _check_plans)
+# length, total_steps, is checked on its own; lr_lambdas, functions torch does not save, by _check_lambdas)
 # (OneCycleLR's pct_start, three_phase and anneal_strategy; SequentialLR's milestones)
 _PRIVATE_SETTINGS = {"_schedule_phases", "_anneal_func_type", "_milestones"}
 
@@ -526,69 +526,34 @@ def _as_argument(key: str, state: dict[str, Any]) -> tuple[str, str]:
     return {"_anneal_func_type": "anneal_strategy", "_milestones": "milestones"}.get(key, key), repr(state[key])
 
 
-_PLAIN = (types.FunctionType, types.MethodType, functools.partial)  # what torch saves nothing of (it restores a
-# callable object's attributes itself)
-
-
-def _unsaved_functions(part: Any) -> list[tuple[str, Callable, Callable[[int], Any]]]:
-    """(name, function, its argument at step k) for each of `part`'s functions torch saves nothing of: a LambdaLR's
-    or MultiplicativeLR's lr_lambdas, a CyclicLR's scale_fn (of the cycle, or of the step)."""
-    if isinstance(part, (LambdaLR, MultiplicativeLR)):
-        return [(f"param group {i}'s lr_lambda", fn, int) for i, fn in enumerate(part.lr_lambdas)
-                if isinstance(fn, _PLAIN)]
-    if isinstance(part, CyclicLR) and isinstance(part._scale_fn_custom, _PLAIN):
-        size = part.total_size
-        return [("scale_fn", part._scale_fn_custom,
-                 (lambda k: math.floor(1 + k / size)) if part.scale_mode == "cycle" else int)]
-    return []
-
-
-def _parts(scheduler: Any) -> Iterator[Any]:
-    """The scheduler, then its parts' (SequentialLR, ChainedScheduler), depth first."""
-    yield scheduler
-    for part in getattr(scheduler, "_schedulers", []):
-        yield from _parts(part)
-
-
-def function_plans(scheduler: Any, total: int | None) -> dict[str, torch.Tensor]:
-    """The values the scheduler's functions that torch saves nothing of (`_unsaved_functions`) give at each step
-    their part reaches in a run of `total` steps (up to one that raises), by '<part's place>: <name>'. Checkpoints
-    keep them, so a resume can tell whether this fit's functions follow the saved run's (`_check_plans`)."""
-    if total is None:  # (a loader without length: the run's steps are unknown)
-        return {}
-    reached, plans = {id(part): n for part, n in _parts_reached(scheduler, total)}, {}
-    for place, part in enumerate(_parts(scheduler)):
-        for name, fn, argument in _unsaved_functions(part):
-            values = []
-            for k in range(reached.get(id(part), -1) + 1):
-                try:
-                    values.append(float(fn(argument(k))))
-                except Exception:  # noqa: BLE001 -- (it fails at that step then, with its own error)
-                    break
-            plans[f"{place}: {name}"] = torch.tensor(values, dtype=torch.float64)
-    return plans
-
-
-def _check_plans(scheduler: Any, saved: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> None:
-    """Raise if a function torch saves nothing of gives, at a step from the loaded one on, another value than the
-    saved run's did there (`function_plans`): the resumed run would follow another schedule (a closure over
-    another run length)."""
-    for place, part in enumerate(_parts(scheduler)):
-        for name, _, _ in _unsaved_functions(part):
-            key = f"{place}: {name}"
-            if key not in saved or key not in ours:
+def _check_lambdas(scheduler: Any, alone: bool) -> None:
+    """Raise if a LambdaLR's or MultiplicativeLR's function (a function, a method, a partial: torch saves none of
+    them, where it restores a callable object's attributes) gives, at the loaded step, another lr than the saved
+    run's gave (`_last_lr`, in the saved state): the resumed run would follow another schedule (a closure over
+    another run length). A LambdaLR anywhere in the schedule (a part a SequentialLR has not started yet aside); a
+    MultiplicativeLR, which scales the lr it finds, only when it is the fit's one schedule (`alone`): another one's
+    steps are in the lr too. Saving calls nothing."""
+    for part in [scheduler, *getattr(scheduler, "_schedulers", [])]:
+        multiplies = isinstance(part, MultiplicativeLR)
+        if not isinstance(part, LambdaLR) and not (multiplies and alone and part is scheduler) or part.last_epoch < 0:
+            continue
+        step = part.last_epoch
+        for i, (fn, base, saved) in enumerate(zip(part.lr_lambdas, part.base_lrs, part._last_lr)):
+            if not isinstance(fn, (types.FunctionType, types.MethodType, functools.partial)):
                 continue
-            old, new = saved[key], ours[key]
-            n = min(len(old), len(new))
-            start = min(max(part.last_epoch, 0), n)  # (a SequentialLR's part not begun yet: from its start)
-            differ = [k for k in range(start, n) if not math.isclose(old[k], new[k], rel_tol=1e-6, abs_tol=1e-12)]
-            if differ:
-                k = differ[0]
-                raise ValueError(f"the saved run's {type(part).__name__}'s {name} gave {float(old[k]):.6g} at its "
-                                 f"step {k}, and this fit's gives {float(new[k]):.6g} there: torch saves no "
+            try:  # torch's own arithmetic: base × f(step), or base × f(1) × ... × f(step)
+                lr = base * fn(step) if not multiplies else base
+                for k in range(1, step + 1) if multiplies else ():
+                    lr = lr * fn(k)
+                lr = float(lr)
+            except Exception:  # noqa: BLE001 -- (it fails at the next step then, with its own error)
+                continue
+            if not math.isclose(lr, float(saved), rel_tol=1e-6, abs_tol=1e-12):
+                raise ValueError(f"the saved run's {type(part).__name__} set param group {i}'s lr to {saved:.6g} at "
+                                 f"its step {step}, and this fit's lr_lambda gives {lr:.6g} there: torch saves no "
                                  "function, so the resumed run would follow another schedule. Resume with the saved "
-                                 f"run's {name.rpartition(' ')[2]} (built for the same run length), or start a new "
-                                 "fit from the checkpoint's weights.")
+                                 "run's lr_lambda (built for the same run length), or start a new fit from the "
+                                 "checkpoint's weights.")
 
 
 def _structure(scheduler: Any) -> str:
