@@ -36,7 +36,7 @@ What callbacks may read on the learner, from which event on (each keeps its valu
 | `pass_steps`                 | `before_epoch` | `step`s this pass so far, a step owner's skipped ones too (fp16 overflows)|
 | `iter, batch, xb, yb`        | `before_batch` | the batch's index in this pass; the batch; its inputs; its targets        |
 | `stepped`                    | `before_batch` | True once this batch's `step` returned (even if a cancel cut `after_step`)|
-| `began`                      | `before_fit`   | False until the fit's first loss: a fit that failed before was refused    |
+| `began`                      | `before_fit`   | False until its first loss passed after_loss: a fit ended before, refused |
 | `preds`, `loss`              | `after_predict`| the model's output; `loss_func(preds, *yb)` (from `after_loss`)           |
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ class Learner(Conveniences):
     keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
     stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
-    began = False  # whether the running fit got a loss (one that failed before keeps callbacks' records)
+    began = False  # whether the running fit got a loss past after_loss (one ended before keeps callbacks' records)
     _set_up = False  # whether it got past before_fit (a fit refused there keeps the learner's opt)
 
     def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
@@ -291,8 +291,8 @@ class Learner(Conveniences):
         self._do("predict")
         self._emit("after_predict")
         self._do("get_loss")
-        self.began = True
         self._emit("after_loss")
+        self.began = True
         if not self.training:
             return
         try:

@@ -541,12 +541,13 @@ def test_a_fit_refused_at_its_first_pass_leaves_the_last_fits_records_optimizer_
     assert read_tb(tmp_path / "tb") == tb
 
 
-@pytest.mark.parametrize("broken", ["model", "loss"])
+@pytest.mark.parametrize("broken", ["model", "loss", "nan"])
 def test_a_fit_whose_first_batch_fails_in_the_model_or_the_loss_leaves_the_last_fits_records(broken):
     """(probe P1) Data the model can't take (or a loss that can't take its output) failed the new fit's very first
     forward: nothing trained, but MetricsCB's history, RecorderCB's and ProgressCB's curves and ActivationStats'
-    were gone, and their plots blamed an evaluation fit or cancelled passes."""
+    were gone, and their plots blamed an evaluation fit or cancelled passes. So with a first loss that is NaN."""
     from miniai.callbacks import ProgressCB
+    from miniai.callbacks.guards import NonFiniteLossError
     metrics, recorder, progress = quiet_metrics(), RecorderCB(lr=_lr), ProgressCB(mode="plain")
     stats = ActivationStats(lambda m: isinstance(m, nn.Linear))
     learn = tiny_learner([metrics, recorder, progress, stats])
@@ -554,9 +555,11 @@ def test_a_fit_whose_first_batch_fails_in_the_model_or_the_loss_leaves_the_last_
     before = (list(metrics.history), list(recorder.recs["lr"]), list(progress.losses), stats.stats)
     if broken == "model":
         learn.model = nn.Sequential(nn.Linear(2, 1))  # the data has 1 feature
-    else:
+    elif broken == "loss":
         learn.loss_func = lambda preds, target: preds[:, 5].mean()  # the model's output has 1 column
-    with pytest.raises((RuntimeError, IndexError)):
+    else:  # (regression round T1) the NaN guard stops the fit at its first loss, before any step
+        learn.loss_func = lambda preds, target: preds.mean() * float("nan")
+    with pytest.raises((RuntimeError, IndexError, NonFiniteLossError)):
         learn.fit(1)
     assert (metrics.history, recorder.recs["lr"], progress.losses, stats.stats) == before
 

@@ -2,11 +2,11 @@
 
 MetricsCB, RecorderCB, ProgressCB and ActivationStats start their records afresh at before_fit, and a later
 callback's before_fit, before_epoch or first before_batch may still refuse the fit (a CSV log already there, a
-checkpoint that doesn't fit), or its first batch fail in the model or the loss (data the model can't take):
-nothing trained, so the last fit's records must stay. Each notes its records before
-starting them anew (new objects, so the old ones are intact) and puts them back at cleanup_fit if the fit ended
-before its first loss (`learn.began`), unless a checkpoint was loaded (`forget_records`): the records are
-then the resumed run's, with its weights. A plot of such a callback with nothing recorded raises
+checkpoint that doesn't fit), or its first batch fail in the model or the loss (data the model can't take, a NaN
+loss the guard stops at after_loss): nothing trained, so the last fit's records must stay. Each notes its records
+before starting them anew (new objects, so the old ones are intact) and puts them back at cleanup_fit if the fit
+ended before its first loss passed after_loss (`learn.began`), unless a checkpoint was loaded (`forget_records`):
+the records are then the resumed run's, with its weights. A plot of such a callback with nothing recorded raises
 `nothing_recorded`'s error.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ def keep_records(cb: Any, *names: str) -> None:
 
 
 def restore_if_refused(cb: Any, learn: Any) -> None:
-    """Put back what `keep_records` noted if the fit ended (an error, a cancel) before its first loss."""
+    """Put back what `keep_records` noted if the fit ended (an error, a cancel) before its first loss passed
+    after_loss."""
     kept = vars(cb).pop("_records_before_fit", None)
     if kept is not None and not learn.began and learn.stopped_by is not None:
         vars(cb).update(kept)
