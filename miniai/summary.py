@@ -190,8 +190,11 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
         else:
             batches = [(*xb,) if isinstance(xb, (tuple, list)) else (xb,)]
             if len(batches[0]) != learn.n_inp:  # (an item more would go in as a target, without a word)
-                raise ValueError(f"summary(xb=...) takes the learner's {learn.n_inp} inputs (n_inp={learn.n_inp}"
-                                 f"): a tensor for one, a tuple of {learn.n_inp} for more; got {len(batches[0])}")
+                n = learn.n_inp
+                raise ValueError(f"summary(xb=...) takes the learner's {n} input{'s' * (n > 1)} (n_inp={n}): a "
+                                 f"tensor for one, a tuple of {n} for more; got {len(batches[0])}. For a batch of "
+                                 f"the loaders, pass xb=batch[:{n}]; for a model that takes a list or tuple as "
+                                 "one input, xb=((a, b),)")
         inputs = get_preds(learn, dl=batches, with_input=True)[0]
     hook_of = {id(m): h for m, h in zip(hooked, hooks)}
     rows = [_row(name, m, hook_of.get(id(m))) for name, m in mods]

@@ -232,7 +232,8 @@ def test_summary_takes_as_many_inputs_in_xb_as_the_learner_has_and_says_so_other
         def forward(self, x, z, w=None):
             return self.a(x) + self.b(z) + (0 if w is None else self.c(w))
     learn = TrainLearner(TwoOrThree(), DataLoaders(None, None), F.mse_loss, n_inp=2)
-    with pytest.raises(ValueError, match=r"summary\(xb=\.\.\.\) takes the learner's 2 inputs \(n_inp=2\).*got 1"):
+    with pytest.raises(ValueError, match=r"summary\(xb=\.\.\.\) takes the learner's 2 inputs \(n_inp=2\).*got 1\. "
+                                         r"For a batch of the loaders, pass xb=batch\[:2\]"):
         learn.summary(xb=torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"takes the learner's 2 inputs \(n_inp=2\).*got 3"):
         learn.summary(xb=(torch.zeros(3, 4), torch.zeros(3, 2), torch.zeros(3, 5)))
