@@ -29,7 +29,7 @@ from .data import DataLoaders
 from .distributed import is_main_process
 from .learner import Learner
 from .supervised import TrainLearner
-from .utils import check_device, link_target
+from .utils import byte_sums, check_device, checksums_match, link_target
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -360,6 +360,8 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     # spectral norm's own hooks are, as part of the model)
     hooks = [(m, {i: m._forward_hooks.pop(i) for i in list(m._forward_hooks) if i in HOOK_IDS})
              for m in bundle["model"].modules()]
+    # torch's zip reader checks no CRC: a weight a bad copy changed would load without a word
+    bundle["checksum"] = byte_sums(bundle["model"].state_dict().values())
     try:
         torch.save(bundle, tmp)
         os.replace(tmp, path)  # never a half-written export under the real name
@@ -446,6 +448,12 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise type(e)(f"{path} holds the model's class by name, and it can't be found here ({e}): load it where "
                       "that class (and any custom loss or callback exported) is importable under the module path it "
                       "had at the export, with the code it had then") from e
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as e:  # (cut short, or no pickle)
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} can't be read as a miniai export ({cause}): it is damaged (cut short, changed) "
+                         "or no export; learn.export(path) writes one") from e
     if not isinstance(bundle, dict) or bundle.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a miniai export (learn.export(path) writes one); a checkpoint loads with "
                          "miniai.load_checkpoint, a state_dict with model.load_state_dict")
@@ -456,6 +464,10 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if missing:
         raise ValueError(f"{path} is an incomplete miniai export: it has no {', '.join(missing)}. Export the learner "
                          "again (learn.export(path))")
+    saved = bundle.get("checksum")  # (exports before it have none)
+    if saved is not None and not checksums_match(saved, bundle["model"].state_dict().values()):
+        raise ValueError(f"{path} is damaged: its weights' checksums differ from those its export wrote (a bad "
+                         "copy, disk or download): copy it again, or export it again")
     now = _class_code(bundle["model"])
     changed = sorted(name for name, digest in bundle.get("code", {}).items() if now.get(name, digest) != digest)
     if changed:  # (exports before the digests have none)

@@ -366,6 +366,27 @@ def test_an_export_whose_model_class_changed_or_went_since_is_said_so_and_a_dama
         load_learner(tmp_path / "bare.pkl")
 
 
+def test_a_damaged_export_is_refused_naming_the_file(tmp_path):
+    """(probe P9) A flipped bit in an exported weight loaded without a word (probabilities 0.5 off), where a
+    checkpoint's CRC-32s refuse one; a cut or foreign file gave a bare OSError or UnpicklingError."""
+    import zipfile
+
+    from tests.synth import zip_record_start
+    path = trained().export(tmp_path / "m.pkl")
+    raw = bytearray(path.read_bytes())
+    biggest = max((i for i in zipfile.ZipFile(path).infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw[zip_record_start(path, lambda i: i.filename == biggest.filename) + 3] ^= 0x40  # one bit of a weight
+    (tmp_path / "flipped.pkl").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"flipped.pkl is damaged: its weights' checksums .*export it again"):
+        load_learner(tmp_path / "flipped.pkl")
+    (tmp_path / "cut.pkl").write_bytes(path.read_bytes()[:len(raw) // 2])
+    (tmp_path / "text.pkl").write_text("not an export at all\n" * 20)
+    for name in ("cut.pkl", "text.pkl"):
+        with pytest.raises(ValueError, match=rf"{name} can't be read as a miniai export \(.*\): it is damaged \(cut "
+                                             r"short, changed\) or no export"):
+            load_learner(tmp_path / name)
+
+
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
     """(probe T3) Only each module's own class was digested: a base class's method that forward calls, changed
     since the export, gave other predictions without a word."""
