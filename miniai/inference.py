@@ -360,6 +360,12 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     # spectral norm's own hooks are, as part of the model)
     hooks = [(m, {i: m._forward_hooks.pop(i) for i in list(m._forward_hooks) if i in HOOK_IDS})
              for m in bundle["model"].modules()]
+    lazy = [name for name, t in [*bundle["model"].named_parameters(), *bundle["model"].named_buffers()]
+            if torch.nn.parameter.is_lazy(t)]
+    if lazy:  # (exported so, each load would make new random weights)
+        raise ValueError(f"export: the model's {', '.join(lazy[:4])}{', ...' * (len(lazy) > 4)} "
+                         f"{'is' if len(lazy) == 1 else 'are'} not made yet: a lazy layer makes its weights at its "
+                         "first forward. Train it first, or run one batch through it: learn.summary(xb=...)")
     # torch's zip reader checks no CRC: a weight a bad copy changed would load without a word
     bundle["checksum"] = byte_sums(bundle["model"].state_dict().values())
     try:

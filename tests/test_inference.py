@@ -387,6 +387,18 @@ def test_a_damaged_export_is_refused_naming_the_file(tmp_path):
             load_learner(tmp_path / name)
 
 
+def test_a_model_whose_lazy_layer_never_ran_is_not_exported(tmp_path):
+    """(probe P9) A LazyLinear that never saw a batch was exported without weights, without a word: every load
+    made new random ones (two processes predicted [0.08, 0.82, 0.10] and [0.08, 0.18, 0.75])."""
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.LazyLinear(3)), DataLoaders(None, None), F.cross_entropy)
+    with pytest.raises(ValueError, match=r"export: the model's 1.weight, 1.bias are not made yet: a lazy.*first "
+                                         r"forward.*learn.summary\(xb=\.\.\.\)"):
+        learn.export(tmp_path / "m.pkl")
+    assert not (tmp_path / "m.pkl").exists()
+    learn.summary(xb=torch.zeros(2, 4))
+    load_learner(learn.export(tmp_path / "m.pkl"))
+
+
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
     """(probe T3) Only each module's own class was digested: a base class's method that forward calls, changed
     since the export, gave other predictions without a word."""
