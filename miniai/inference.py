@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import types
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -352,6 +353,9 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     if path.is_dir():  # (os.replace would fail naming its temporary file)
         raise IsADirectoryError(f"export writes one file, and {path} is a directory: give a file name, e.g. "
                                 f"learn.export('{path / 'export.pkl'}')")
+    if path.exists() and not _is_export(path):  # (an earlier export is replaced: a run's checkpoint never)
+        raise FileExistsError(f"{path} already exists and is no miniai export: export to another path, or remove "
+                              "it first")
     if not is_main_process():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)  # as save_checkpoint does
@@ -380,6 +384,16 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
         for m, ours in hooks:
             m._forward_hooks.update(ours)
     return path
+
+
+def _is_export(path: Path) -> bool:
+    """Whether `path` is a file `export` wrote: its pickle names the format (read as bytes: unpickling runs code)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") and _FORMAT.encode() in archive.read(name)
+                       for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _class_code(model: torch.nn.Module) -> dict[str, str]:

@@ -399,6 +399,26 @@ def test_a_model_whose_lazy_layer_never_ran_is_not_exported(tmp_path):
     load_learner(learn.export(tmp_path / "m.pkl"))
 
 
+def test_export_replaces_an_earlier_export_but_no_other_file(tmp_path):
+    """(probe P9) export wrote over whatever was at its path: a run's checkpoint (whose resume then failed), a
+    file of the user's; CheckpointCB, CSVLoggerCB and --out refuse to."""
+    from miniai.callbacks.checkpoint import save_checkpoint
+    learn = trained()
+    save_checkpoint({"format": "miniai-checkpoint", "epoch": 1}, tmp_path / "epoch_0001.pt")
+    (tmp_path / "notes.txt").write_text("mine")
+    for name in ("epoch_0001.pt", "notes.txt"):
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(FileExistsError, match=rf"{name} already exists and is no miniai export: export to "
+                                                  r"another path, or remove it first"):
+            learn.export(tmp_path / name)
+        assert (tmp_path / name).read_bytes() == before
+    path = learn.export(tmp_path / "m.pkl")
+    weight = next(learn.model.parameters())
+    weight.data.add_(1.0)  # trained on: its export again replaces the first
+    learn.export(path)
+    assert torch.equal(next(load_learner(path).model.parameters()), weight)
+
+
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
     """(probe T3) Only each module's own class was digested: a base class's method that forward calls, changed
     since the export, gave other predictions without a word."""
@@ -810,11 +830,13 @@ def test_export_to_a_symlink_writes_through_it(tmp_path):
     """learn.export('latest.pkl'), a link to runs/a.pkl, replaced the link by a file and left runs/a.pkl stale."""
     learn = tiny_learner()
     (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "a.pkl").write_bytes(b"an older export")
+    older = tiny_learner()
+    older.model.weight.data.fill_(7.0)
+    older.export(tmp_path / "runs" / "a.pkl")
     (tmp_path / "latest.pkl").symlink_to(tmp_path / "runs" / "a.pkl")
     learn.export(tmp_path / "latest.pkl")
-    assert (tmp_path / "latest.pkl").is_symlink() and (tmp_path / "runs" / "a.pkl").read_bytes() != b"an older export"
-    assert load_learner(tmp_path / "latest.pkl").n_inp == learn.n_inp
+    assert (tmp_path / "latest.pkl").is_symlink()
+    assert torch.equal(load_learner(tmp_path / "runs" / "a.pkl").model.weight, learn.model.weight)
 
 
 def test_infer_refuses_to_normalize_pixels_the_loaders_give_as_uint8():
