@@ -318,7 +318,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     The file pickles: the model module itself (class and weights, unwrapped from DDP/compile), `dls.classes`,
     `dls.normalize`, `n_inp`, `loss_func` (if it pickles; else None, with a warning) and the callbacks of the
     predict path (`Callback.inference`, predict/get_loss owners) except DeviceCB; no optimizer, data, training
-    callbacks or history. Pickle stores classes and functions by name, so the model's class (and any custom
+    callbacks or history (one of those callbacks holding the learner, its optimizer or data is refused). Pickle stores classes and functions by name, so the model's class (and any custom
     normalize, loss or callback) must be importable under the same module path where the file is loaded
     (defined in a module, not a notebook cell or lambda); and loading unpickles code: load only files you trust.
     Under DDP every rank holds the same model and rank 0 alone writes.
@@ -343,6 +343,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "item_dtype": getattr(dls, "item_dtype", None),
               "n_inp": learn.n_inp, "loss_func": loss_func, "code": _class_code(unwrap(learn.model)),
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
+    _check_kept_out(learn, bundle["cbs"])
     mains = _in_main(bundle)
     if mains:  # pickled by name: only a process whose __main__ defines them too can load them
         warn(f"export: {', '.join(mains)} {'is' if len(mains) == 1 else 'are'} defined in the running script "
@@ -412,12 +413,14 @@ def _class_code(model: torch.nn.Module) -> dict[str, str]:
 
 
 class _MainFinder(pickle.Pickler):
-    """Pickles to nowhere, noting the classes and functions it would store by a name in `__main__`; tensors are
-    skipped (their data is no name, and copying it would cost the export's size again)."""
+    """Pickles to nowhere, noting the classes and functions it would store by a name in `__main__`, and whether it
+    meets one of the objects `kept_out` (the learner, its optimizer and data); tensors are skipped (their data is no
+    name, and copying it would cost the export's size again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept_out: tuple[Any, ...] = ()) -> None:
         super().__init__(io.BytesIO())
         self.found: set[str] = set()
+        self.kept_out, self.met = {id(o) for o in kept_out if o is not None}, False
 
     def persistent_id(self, obj: Any) -> Any:
         return id(obj) if isinstance(obj, (torch.Tensor, torch.UntypedStorage)) else None
@@ -425,6 +428,7 @@ class _MainFinder(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
             self.found.add(obj.__qualname__)
+        self.met = self.met or id(obj) in self.kept_out
         return NotImplemented  # pickled as usual
 
 
@@ -436,6 +440,20 @@ def _in_main(bundle: dict[str, Any]) -> list[str]:
     except Exception:  # noqa: BLE001 -- torch.save then names what fails to pickle
         pass
     return sorted(finder.found)
+
+
+def _check_kept_out(learn: Learner, cbs: list[Any]) -> None:
+    """Raise if an exported callback holds the learner, its optimizer or its data: they would be exported too."""
+    for cb in cbs:
+        finder = _MainFinder((learn, learn.opt, getattr(learn, "dls", None)))
+        try:
+            finder.dump(cb)
+        except Exception:  # noqa: BLE001 -- torch.save then names what fails to pickle
+            continue
+        if finder.met:
+            raise TypeError(f"export: the callback {type(cb).__name__} holds the learner (or its optimizer or data), "
+                            "so its optimizer, data and history would be exported with it: callbacks get the learner "
+                            "as an argument; drop what it keeps (del cb.learn), or remove the callback")
 
 
 def _culprit(bundle: dict[str, Any]) -> str:

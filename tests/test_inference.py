@@ -21,7 +21,7 @@ from miniai.callbacks.metrics import MetricsCB
 from miniai.callbacks.mixed_precision import MixedPrecisionCB
 from miniai.data import DataLoaders, Normalize, TensorLoader
 from miniai.inference import Prediction, load_learner
-from miniai.learner import Learner, TrainLearner
+from miniai.learner import Callback, Learner, TrainLearner
 from tests.synth import tiny_learner
 from tests.test_preds import image_dls, image_learner, image_model
 
@@ -417,6 +417,26 @@ def test_export_replaces_an_earlier_export_but_no_other_file(tmp_path):
     weight.data.add_(1.0)  # trained on: its export again replaces the first
     learn.export(path)
     assert torch.equal(next(load_learner(path).model.parameters()), weight)
+
+
+class KeepsLearner(Callback):
+    """An inference callback that keeps the learner, as fastai's callbacks do."""
+    inference = True
+
+    def before_fit(self, learn):
+        self.learn = learn
+
+
+def test_export_refuses_a_callback_that_holds_the_learner_its_data_or_optimizer(tmp_path):
+    """(probe P9) An inference callback keeping `self.learn` (fastai's way) exported the whole learner with it:
+    optimizer, 5 MB of training data and the metrics history, where export says it writes none of them."""
+    learn = trained([KeepsLearner()])
+    with pytest.raises(TypeError, match=r"export: the callback KeepsLearner holds the learner .*its optimizer, data "
+                                        r"and history.*del cb.learn"):
+        learn.export(tmp_path / "m.pkl")
+    assert not (tmp_path / "m.pkl").exists()
+    del next(cb for cb in learn.cbs if isinstance(cb, KeepsLearner)).learn
+    load_learner(learn.export(tmp_path / "m.pkl"))
 
 
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
