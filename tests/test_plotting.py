@@ -39,6 +39,21 @@ def test_show_images_rgb_and_uneven_grid():
     assert arr.shape == (8, 8, 3) and arr.min() >= 0 and arr.max() <= 1  # rescaled for display, not clipped
 
 
+def test_a_grey_uint8_image_is_drawn_on_the_pixels_scale_not_stretched_to_its_own_range():
+    """(probe P9) imshow stretches one channel to its own min and max: an all-white uint8 image was drawn black,
+    a dark one of pixels 10 and 40 as pure black and white; colour uint8 images were drawn as they are."""
+    white = torch.full((1, 8, 8), 255, dtype=torch.uint8)
+    dark = torch.tensor([[10, 40], [40, 10]], dtype=torch.uint8)
+    for image in (white, dark, dark.numpy()):
+        fig = show_image(image)
+        norm = fig.axes[0].images[0].norm
+        assert (norm.vmin, norm.vmax) == (0, 255)
+        plt.close(fig)
+    fig = show_image(dark, vmin=10, vmax=40)  # asked for: as asked
+    assert (fig.axes[0].images[0].norm.vmin, fig.axes[0].images[0].norm.vmax) == (10, 40)
+    plt.close(fig)
+
+
 def test_show_image_on_given_ax_returns_its_figure():
     fig, ax = plt.subplots()
     assert show_image(torch.rand(28, 28), ax=ax, title="t") is fig and ax.get_title() == "t"
