@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import math
 import os
 import pickle
 import types
@@ -196,7 +197,10 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
         x, batched = read(items)
     if not len(x):
         raise ValueError(f"infer got a batch of no items (shape {tuple(x.shape)}): pass one item or a batch of some")
-    x = x.contiguous()  # the layout the loaders' batches have, so the numbers are the same
+    # the layout the loaders' batches have, so the numbers are the same (contiguous() keeps the strides of a
+    # permuted channel of 1, which counts as contiguous)
+    standard = tuple(math.prod(x.shape[i + 1:]) for i in range(x.ndim))
+    x = x if x.stride() == standard else x.clone(memory_format=torch.contiguous_format)
     if normalize is not None:
         if x.dtype != torch.uint8:
             raise TypeError(f"infer takes raw uint8 pixels (0-255), which it normalizes as the loaders did "

@@ -439,6 +439,17 @@ def test_export_refuses_a_callback_that_holds_the_learner_its_data_or_optimizer(
     load_learner(learn.export(tmp_path / "m.pkl"))
 
 
+def test_a_channels_last_ndarray_batch_reaches_the_model_in_the_loaders_layout():
+    """(probe P9) (N,H,W,1) pixels permuted to (N,1,H,W) count as contiguous (a channel of 1), so contiguous() kept
+    their strides, and the model ran another kernel than for the same pixels as a tensor: 1 ulp off."""
+    from miniai.inference import to_batch
+    pixels = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    norm = Normalize([0.4], [0.3])
+    as_tensor, _ = to_batch(pixels, norm)
+    as_array, _ = to_batch(pixels.permute(0, 2, 3, 1).numpy(), norm)
+    assert torch.equal(as_tensor, as_array) and as_array.stride() == as_tensor.stride() == (64, 64, 8, 1)
+
+
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
     """(probe T3) Only each module's own class was digested: a base class's method that forward calls, changed
     since the export, gave other predictions without a word."""
