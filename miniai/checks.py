@@ -379,6 +379,11 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
         if dl is None:
             raise ValueError(f"dls has no {name} loader: give the learner DataLoaders(train_dl, valid_dl) "
                              "(miniai.data), or pass " + _skip_pass(name))
+        if isinstance(dl, torch.utils.data.Dataset) and not isinstance(dl, torch.utils.data.IterableDataset):
+            # (iterated, it gives its items one by one: a model and a loss that take one item train on them)
+            raise TypeError(f"dls.{name} is a {type(dl).__name__}, which gives one item at a time, not batches: "
+                            "wrap it in a loader, DataLoader(dataset, batch_size=64, shuffle=True) for training "
+                            "(miniai.data's TensorLoader for tensors)")
         if name == "valid" and drops_last(dl):  # metrics over part of the set, without a word
             raise ValueError("dls.valid drops its last items (drop_last=True): the validation metrics would leave "
                              "them out. Build the validation loader without drop_last (it only matters for training)")

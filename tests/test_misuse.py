@@ -207,6 +207,21 @@ def test_recorder_keeps_no_graph_of_a_tensor_it_records():
     rec.state_dict()  # (deepcopy refused a non-leaf tensor)
 
 
+def test_a_dataset_given_where_a_loader_belongs_is_refused_before_it_trains_item_by_item():
+    """(probe P8) DataLoaders(TensorDataset(x, y), TensorDataset(xv, yv)): without MetricsCB the fit trained 250
+    optimizer steps on single items of shape (10,), unshuffled, without a word (a Linear takes one item, and
+    cross_entropy an unbatched one)."""
+    from torch.utils.data import TensorDataset
+    x, y = torch.randn(20, 10), torch.randint(0, 3, (20,))
+    learn = TrainLearner(nn.Linear(10, 3), DataLoaders(TensorDataset(x, y), TensorDataset(x, y)), F.cross_entropy)
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(TypeError, match=r"dls.train is a TensorDataset, which gives one item at a time, not "
+                                        r"batches: wrap it in a loader, DataLoader\(dataset, batch_size=64, "
+                                        r"shuffle=True\)"):
+        learn.fit(1)
+    assert torch.equal(learn.model.weight, before)
+
+
 def test_the_same_loader_for_training_and_validation_is_warned_of():
     dls = class_dls()
     with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train.*measures the training data"):
