@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn, optim
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
@@ -300,6 +301,11 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     """Refuse what fit can't do well: a bad epoch count, no or a non-finite lr, training under inference_mode, and
     the learner's arguments once more (a loss class assigned since). Returns (the epoch count, fit's lr, the lr the
     optimizer is made with: fit's, else the learner's), NumPy numbers as Python ones."""
+    for name, value in (("train", train), ("valid", valid)):  # (fastai's fit(n, lr) gives the lr as train)
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"fit's second argument is train (True or False: whether to train); got {value!r}: "
+                            "give an lr by name, fit(n_epochs, lr=...)" if name == "train" else
+                            f"fit's valid is True or False (whether to validate); got {value!r}")
     fit_lr = python_number(fit_lr, tensors=False)
     lr = python_number(learn.lr, tensors=False) if fit_lr is None else fit_lr
     if learn.model is None:

@@ -222,6 +222,20 @@ def test_a_dataset_given_where_a_loader_belongs_is_refused_before_it_trains_item
     assert torch.equal(learn.model.weight, before)
 
 
+@pytest.mark.parametrize("args", [(1, 1), (1, 0), (2, 3e-3), (1, slice(1e-4, 1e-2))])
+def test_an_lr_given_in_fits_place_of_train_is_refused_with_how_to_give_one(args):
+    """(probe P8) fastai's learn.fit(n, lr): fit(1, 1) trained at the learner's 0.1, fit(1, 0) only validated,
+    fit(2, 3e-3) failed in the loop with "can't multiply sequence by non-int of type 'float'"."""
+    learn = tiny_learner()
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(TypeError, match=r"fit.s second argument is train \(True or False: whether to train\).*"
+                                        r"fit\(n_epochs, lr=\.\.\.\)"):
+        learn.fit(*args)
+    assert torch.equal(learn.model.weight, before)
+    with pytest.raises(TypeError, match=r"fit's valid is True or False"):
+        learn.fit(1, valid=None)
+
+
 def test_the_same_loader_for_training_and_validation_is_warned_of():
     dls = class_dls()
     with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train.*measures the training data"):
