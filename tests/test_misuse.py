@@ -68,6 +68,17 @@ def test_cross_entropy_of_probabilities_is_warned_of():
                     TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy, lr=0.1))
 
 
+@pytest.mark.parametrize("loss_func", [F.binary_cross_entropy_with_logits, nn.BCEWithLogitsLoss()])
+def test_binary_cross_entropy_with_logits_of_probabilities_is_warned_of(loss_func):
+    """(probe P8) A model ending in a sigmoid under BCE-with-logits applies the sigmoid twice: it trained, and
+    logged 0.647 where the probabilities' own BCE was 0.363, without a word (softmax into cross_entropy warns)."""
+    dls = class_dls(2, float_targets=True)
+    def learner(*head):
+        return TrainLearner(nn.Sequential(nn.Linear(8, 1), nn.Flatten(0), *head), dls, loss_func, lr=0.1)
+    warns_and_quiet(r"takes logits.*these preds all lie in \[0, 1\].*sigmoid would be applied twice.*Remove the "
+                    r"model's final sigmoid", learner(nn.Sigmoid()), learner())
+
+
 def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
     """opt_func built on an earlier model's parameters (a re-run notebook cell): three epochs trained nothing."""
     old = nn.Linear(8, 3)
