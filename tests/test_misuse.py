@@ -79,6 +79,34 @@ def test_binary_cross_entropy_with_logits_of_probabilities_is_warned_of(loss_fun
                     r"model's final sigmoid", learner(nn.Sigmoid()), learner())
 
 
+def test_an_optimizer_set_by_hand_before_a_fit_is_said_to_be_replaced():
+    """(probe P8) learn.opt = Adam(..., lr=1e-3), PyTorch's habit: the fit made its own SGD at 0.1 from opt_func and
+    trained with that, without a word."""
+    learn = tiny_learner()
+    learn.opt = optim.Adam(learn.model.parameters(), lr=1e-3)
+    with pytest.warns(UserWarning, match=r"learn.opt was set by hand.*each fit makes its optimizer with opt_func.*"
+                                         r"opt_func=partial\(optim.Adam"):
+        learn.fit(1)
+    assert isinstance(learn.opt, optim.SGD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1)  # its own, made by the last fit: no word
+        learn.fit(1, train=False)
+
+
+def test_an_optimizer_a_callback_swaps_in_during_a_scheduled_fit_is_refused():
+    """(probe P8) A callback setting learn.opt = Adam(...) at epoch 1 of fit_one_cycle(2): the schedule went on
+    stepping the first optimizer, and epoch 1 trained at the new one's flat 1e-3, without a word."""
+    class SwapOpt(Callback):
+        def before_epoch(self, learn):
+            if learn.training and learn.epoch == 1:
+                learn.opt = optim.Adam(learn.model.parameters(), lr=1e-3)
+    learn = tiny_learner([SwapOpt()])
+    with pytest.raises(RuntimeError, match=r"learn.opt was replaced during the fit.*OneCycleLR steps the optimizer "
+                                           r"it was built on"):
+        learn.fit_one_cycle(2, max_lr=0.1)
+
+
 def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
     """opt_func built on an earlier model's parameters (a re-run notebook cell): three epochs trained nothing."""
     old = nn.Linear(8, 3)

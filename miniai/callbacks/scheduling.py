@@ -354,6 +354,11 @@ class BaseSchedCB(Callback):
             self._advance(learn)
 
     def _advance(self, learn: Learner, *metric: float) -> None:
+        if learn.opt is not self._opt:  # (each fit makes one: a callback replaced it during this one)
+            raise RuntimeError(f"learn.opt was replaced during the fit, and {type(self).__name__}'s "
+                               f"{type(self.scheduler).__name__} steps the optimizer it was built on: the new one's lr "
+                               "would stay as it was made. Change the optimizer between fits (learn.opt_func = ...), "
+                               "not during one")
         stop = learn.schedule_stop
         if stop is not None and not (isinstance(learn.epoch, int) and learn.epoch < stop):
             return
