@@ -173,6 +173,9 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
         raise TypeError(f"{cls}.owns_steps is the string {cb.owns_steps!r}: make it a tuple of step names, "
                         f"owns_steps = ({cb.owns_steps!r},) (the comma makes the tuple)")
     for name in dir(type(cb)):
+        if name in _FASTAI_EVENTS:  # (close to an event of miniai's by spelling, not by what it means)
+            raise TypeError(f"{cls}.{name} is fastai's name: here it is {_FASTAI_EVENTS[name]} (the events: "
+                            f"{', '.join(events)}; a validation pass's are the same, with learn.training False).")
         if name.startswith(("before_", "after_", "cleanup_")) and name not in events:
             guess = difflib.get_close_matches(name, events, n=1)
             raise TypeError(f"{cls}.{name} is not an event"
@@ -196,6 +199,18 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls} and {owners[name][0].__self__.__class__.__name__} both own the {name!r} step; "
                             "only one callback may do it (TrainCB owns all five: with a callback that owns some, "
                             "use TrainLearner, whose own steps do the rest)")
+
+
+# fastai's events that a miniai event's spelling is close to, but means otherwise here
+_FASTAI_EVENTS = {
+    "before_train": "before_epoch, when learn.training", "after_train": "after_epoch, when learn.training",
+    "before_validate": "before_epoch, when not learn.training",
+    "after_validate": "after_epoch, when not learn.training", "after_pred": "after_predict",
+    "before_backward": "after_loss", "before_step": "after_backward", "before_zero_grad": "after_step",
+    **{f"after_cancel_{stage}": f"cleanup_{where}, where learn.stopped_by says what stopped it" for stage, where in
+       (("batch", "batch"), ("pred", "batch"), ("loss", "batch"), ("backward", "batch"), ("step", "batch"),
+        ("train", "epoch"), ("validate", "epoch"), ("epoch", "epoch"), ("fit", "fit"))},
+}
 
 
 def _foreign(name: str) -> bool:

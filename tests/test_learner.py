@@ -1,6 +1,7 @@
 """The loop: event order, cancel semantics, callback order, temporary callbacks, steps and typo errors."""
 import contextlib
 import copy
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -140,6 +141,22 @@ def test_another_frameworks_event_name_is_an_error_when_added_not_a_method_never
     Ported = type("Ported", (Callback,), {name: lambda self, *args: None})
     with pytest.raises(TypeError, match=rf"Ported.{name} is not a miniai event \(another framework's name\): "
                                         rf"did you mean '{guess}'"):
+        tiny_learner(cbs=[Ported()])
+
+
+@pytest.mark.parametrize("name, meant", [("before_train", "before_epoch, when learn.training"),
+                                         ("after_train", "after_epoch, when learn.training"),
+                                         ("before_validate", "before_epoch, when not learn.training"),
+                                         ("after_validate", "after_epoch, when not learn.training"),
+                                         ("after_cancel_batch", "cleanup_batch"), ("after_cancel_fit", "cleanup_fit"),
+                                         ("after_cancel_train", "cleanup_epoch"), ("before_step", "after_backward"),
+                                         ("after_pred", "after_predict"), ("before_backward", "after_loss")])
+def test_fastais_event_names_are_refused_with_the_event_they_mean_here(name, meant):
+    """(probe P8) fastai's before_train was answered "did you mean 'before_fit'?" (which runs once a fit, not once a
+    training pass), after_cancel_batch 'after_batch' (which a cancel skips), before_step 'before_epoch': following
+    the advice changed what the callback did, without a word."""
+    Ported = type("Ported", (Callback,), {name: lambda self, *args: None})
+    with pytest.raises(TypeError, match=rf"Ported.{name} is fastai's name: here it is {re.escape(meant)}\b"):
         tiny_learner(cbs=[Ported()])
 
 
