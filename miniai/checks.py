@@ -287,6 +287,9 @@ def check_learner_args(loss_func: Any, opt_func: Any, n_inp: Any, model: Any = N
     if isinstance(loss_func, type):
         raise TypeError(f"loss_func is the class {loss_func.__name__}: pass an instance, {loss_func.__name__}(), or a "
                         "function such as F.cross_entropy")
+    if loss_func is not None and not callable(loss_func):  # (None: an inference learner's, load_learner's)
+        raise TypeError(f"loss_func must be a function or an nn loss (F.cross_entropy, nn.CrossEntropyLoss()); got "
+                        f"{loss_func!r}")
     if isinstance(getattr(loss_func, "func", None), type):  # partial(nn.CrossEntropyLoss, label_smoothing=0.1)
         cls, kw = loss_func.func.__name__, ", ".join(f"{k}={v!r}" for k, v in loss_func.keywords.items())
         raise TypeError(f"loss_func is a partial of the class {cls}: pass an instance, {cls}({kw})")

@@ -107,6 +107,19 @@ def test_an_optimizer_a_callback_swaps_in_during_a_scheduled_fit_is_refused():
         learn.fit_one_cycle(2, max_lr=0.1)
 
 
+def test_a_loss_func_that_is_no_function_is_named_at_the_learner_or_before_the_first_loss():
+    """(probe P8) loss_func="cross_entropy" was accepted and failed at the first batch with "'str' object is not
+    callable" under advice about output shapes; None (load_learner's when the loss didn't pickle) the same."""
+    with pytest.raises(TypeError, match=r"loss_func must be a function or an nn loss .*got 'cross_entropy'"):
+        TrainLearner(nn.Linear(8, 3), class_dls(), "cross_entropy")
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), None, lr=0.1)  # (an inference learner may have none)
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(TypeError, match=r"the learner has no loss_func \(None.*learn.loss_func = F.cross_entropy"):
+        learn.fit(1)
+    assert torch.equal(learn.model.weight, before)
+    learn.get_preds()  # predictions need no loss
+
+
 def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
     """opt_func built on an earlier model's parameters (a re-run notebook cell): three epochs trained nothing."""
     old = nn.Linear(8, 3)
