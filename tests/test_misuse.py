@@ -120,6 +120,15 @@ def test_a_loss_func_that_is_no_function_is_named_at_the_learner_or_before_the_f
     learn.get_preds()  # predictions need no loss
 
 
+def test_fastais_learn_predict_of_an_item_points_at_infer_and_get_preds():
+    """(probe P8) learn.predict(x), fastai's call for one item: "TrainLearner.predict() takes 1 positional argument
+    but 2 were given"; predict is the loop's step here."""
+    learn = TrainLearner(nn.Linear(8, 3), class_dls(), F.cross_entropy)
+    with pytest.raises(TypeError, match=r"learn.predict is the loop's step .*takes no arguments.*learn.infer\(x\).*"
+                                        r"learn.get_preds\(dl=\[\(x,\)\]\)"):
+        learn.predict(torch.zeros(8))
+
+
 def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
     """opt_func built on an earlier model's parameters (a re-run notebook cell): three epochs trained nothing."""
     old = nn.Linear(8, 3)
