@@ -1236,6 +1236,25 @@ def test_the_calls_messages_suggest_stay_python_for_a_path_with_a_quote(tmp_path
     assert ast.literal_eval(ast.parse(call).body[0].value.keywords[0].value) == str(path)
 
 
+def test_a_fit_inside_another_fit_into_the_same_checkpoint_directory_is_refused(tmp_path):
+    """(probe P7) Learner B fitting from a callback of learner A, both CheckpointCBs on one directory: the claim let
+    this thread in twice, and A wrote its epochs over B's (B's resume then failed on A's model)."""
+    from miniai.utils import DirInUseError
+    inner, _ = make_learner(tmp_path, keep=None)
+
+    class FitsInner(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 0 and learn.training:
+                inner.fit(2)
+    outer, _ = make_learner(tmp_path, [FitsInner()], keep=None)
+    with pytest.raises(DirInUseError, match=rf"CheckpointCB's directory {tmp_path} is in use by another fit of this "
+                                            r"process"):
+        outer.fit(2)
+    assert list_checkpoints(tmp_path) == []
+    inner.fit(2)  # each on its own, later: as usual
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 
