@@ -712,6 +712,6 @@ def fit_note(learn: Any, error: BaseException, temporary: list) -> str:
     raised (outside the stage it cancels)."""
     if isinstance(error, KeyboardInterrupt):
         from .callbacks.checkpoint import interrupt_note  # (here: the callbacks import learner.py, which imports this)
-        return interrupt_note(learn, temporary)
+        return interrupt_note(learn, temporary, error)
     from .learner import CancelStepException  # (here: learner.py imports this module)
     return misplaced_cancel_note(error, step=isinstance(error, CancelStepException))

@@ -1255,6 +1255,23 @@ def test_a_fit_inside_another_fit_into_the_same_checkpoint_directory_is_refused(
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
 
 
+@pytest.mark.parametrize("event", ["after_epoch", "cleanup_epoch"])
+def test_ctrl_c_after_a_passs_last_batch_is_said_to_come_after_its_batches(tmp_path, event):
+    """(probe P7) Ctrl-C at the training pass's after_epoch said "at batch 7 (from 0) of 8", though all 8 ran."""
+    class StopAfterPass(Callback):
+        def __init__(self):
+            setattr(self, event, self.stop)
+
+        def stop(self, learn):
+            if learn.training and learn.epoch == 1:
+                raise KeyboardInterrupt
+    learn, _ = make_learner(tmp_path)
+    with pytest.raises(KeyboardInterrupt) as info:
+        learn.fit(3, cbs=[StopAfterPass()])
+    assert "interrupted in epoch 1 (from 0), training pass, after its last batch (7, from 0, of 8)." in \
+        info.value.__notes__[0]
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

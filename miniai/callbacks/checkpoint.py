@@ -1120,8 +1120,9 @@ def resume_call(learn: Learner, newest: Any) -> str:
     return call.format(path=str(newest), passes=pass_args(learn))
 
 
-def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> str:
-    """What Ctrl-C stopped (epoch, pass, batch) and the call that continues the run; `fit` attaches it."""
+def interrupt_note(learn: Learner, temporary: list[Callback] | None = None,
+                   error: BaseException | None = None) -> str:
+    """What Ctrl-C (`error`) stopped (epoch, pass, batch) and the call that continues the run; `fit` attaches it."""
     if any(type(cb).__name__ == "LRFinderCB" for cb in temporary or []):  # (lr_finder imports this module)
         return "lr_find was interrupted; it puts back everything it changed, so the learner is as it was before."
     epoch = getattr(learn, "epoch", None)
@@ -1129,8 +1130,12 @@ def interrupt_note(learn: Learner, temporary: list[Callback] | None = None) -> s
         where = "before the first epoch started"
     else:
         n_batches = len_or_none(learn.dl)
+        tb, in_loop = getattr(error, "__traceback__", None), error is None  # (raised in the loop over the batches,
+        while tb is not None and not in_loop:  # or after it: the pass's after_epoch or cleanup_epoch)
+            in_loop, tb = tb.tb_frame.f_code is Learner._all_batches.__code__, tb.tb_next
         at = "before its first batch" if learn.iter is None else \
-            f"at batch {learn.iter} (from 0) of {'?' if n_batches is None else n_batches}"
+            f"at batch {learn.iter} (from 0) of {'?' if n_batches is None else n_batches}" if in_loop else \
+            f"after its last batch ({learn.iter}, from 0, of {'?' if n_batches is None else n_batches})"
         where = f"in epoch {epoch} (from 0), {'training' if learn.training else 'validation'} pass, {at}"
     note = (f"Training interrupted {where}. Every cleanup ran; the learner holds the weights of that moment and "
             "can fit again.")
