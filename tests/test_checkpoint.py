@@ -1272,6 +1272,20 @@ def test_ctrl_c_after_a_passs_last_batch_is_said_to_come_after_its_batches(tmp_p
         info.value.__notes__[0]
 
 
+def test_a_shorter_one_cycle_resumed_names_its_length_not_a_pct_start_that_reads_the_same(tmp_path):
+    """(probe P7) fit_one_cycle(4) resumed with fit_one_cycle(3): beside the right warning of the length, one of
+    "other settings ... (pct_start 0.3 (saved) vs 0.3 (here))", a difference between equal numbers (the phases'
+    end steps, which follow the length)."""
+    make_learner(tmp_path, keep=None)[0].fit_one_cycle(4, 0.05)
+    learn, _ = make_learner(None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        learn.fit_one_cycle(3, 0.05, resume=tmp_path / "epoch_0002.pt")
+    messages = [str(w.message) for w in seen]
+    assert any("24" in m and "32" in m for m in messages)
+    assert not any("pct_start" in m for m in messages), messages
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

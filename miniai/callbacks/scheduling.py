@@ -518,7 +518,8 @@ def _settings_changed(saved: dict[str, Any], fresh: dict[str, Any], part: str = 
         elif (not key.startswith("_") or key in _PRIVATE_SETTINGS) and key not in _COUNTERS and key in saved \
                 and saved[key] != value:
             (name, old), (_, new) = _as_argument(key, saved), _as_argument(key, fresh)
-            changed.append(f"{part}{name} {old} (saved) vs {new} (here)")
+            if old != new:  # (a OneCycleLR's phases follow its length, which is named on its own: pct_start alike)
+                changed.append(f"{part}{name} {old} (saved) vs {new} (here)")
     return changed
 
 
