@@ -336,6 +336,20 @@ def test_plots_are_drawn_headless():
     fig.savefig(__import__("io").BytesIO(), format="png")
 
 
+def test_lr_find_puts_back_a_tensor_the_optimizer_trains_beside_the_model():
+    """(probe P17) A temperature trained through opt_func beside the model (GradAccumCB's docs name the setup) came
+    out of lr_find at 67.8 instead of 1.0, without a word: lr_find put back the model's parameters only."""
+    temperature = torch.ones(1, requires_grad=True)
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), lambda preds, y: F.mse_loss(preds * temperature, y),
+                         lr=0.1, opt_func=lambda params, lr: optim.SGD([*params, temperature], lr=lr))
+    learn.lr_find(plot=False)
+    assert temperature.item() == 1.0 and temperature.grad is None
+    learn.fit(1)
+    trained = temperature.detach().clone()
+    learn.lr_find(plot=False)
+    assert torch.equal(temperature, trained)
+
+
 def test_what_callbacks_recorded_during_lr_find_is_put_back():
     """lr_find is a look: MetricsCB's history and the recorder are as they were before it."""
     from miniai.callbacks import MetricsCB, RecorderCB, _lr

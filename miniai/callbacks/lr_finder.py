@@ -60,6 +60,7 @@ class LRFinderCB(Callback):
         self.diverged = False
         self._sum_loss = False  # a loss of reduction='sum': recorded per item, as MetricsCB and ProgressCB show it
         self._group_read = 0  # the param group whose lr is recorded
+        self.beside: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tensor, its value at before_fit)
 
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min, self.batches = [], [], math.inf, 0  # (batches: the steps' under accumulation)
@@ -69,6 +70,11 @@ class LRFinderCB(Callback):
         if not hasattr(learn.opt, "param_groups"):
             raise TypeError(f"LRFinderCB sets the lr in opt.param_groups, which {type(learn.opt).__name__} (opt_func) "
                             "has none: find the lr with a torch.optim optimizer (or one with param_groups)")
+        # tensors the optimizer trains beside the model (a temperature), as they are now: lr_find puts them back
+        model = getattr(learn, "model", None)  # (a stand-in learner of one's own may have none)
+        ours = {id(p) for p in model.parameters()} if model is not None else set()
+        self.beside = [(p, p.detach().clone()) for group in learn.opt.param_groups for p in group.get("params", ())
+                       if id(p) not in ours]
         # the lr read is of the first group that grows (one held at lr 0, a frozen body, never does), recorded as
         # the lr fit made the optimizer with (learn.fit_lr), of which that group may run a multiple: as fit and
         # fit_one_cycle take an lr (lr_ratios)
@@ -258,7 +264,13 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
         for cb in [cb for cb in learn.cbs if isinstance(cb, _REAL_FIT_ONLY)
                    or str(getattr(cb, "monitor", None)).startswith("valid_")]:
             learn.rm_cb(cb)
-        learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
+        try:
+            learn.fit(max_epochs, train=True, valid=False, cbs=[finder, _NoTable()], lr=start_lr)
+        finally:  # (kept puts back the model's parameters; these are the optimizer's alone)
+            with torch.no_grad():
+                for p, value in finder.beside:
+                    p.copy_(value)
+                    p.grad = None
         stopper = getattr(learn.stopped_by, "raised_by", None) or finder  # (read before kept puts the learner back)
     if stopper is not finder and not finder.diverged:  # a callback of the learner's ended the finder's fit
         cut = (f"lr_find: {type(stopper).__name__} ended the search (a CancelFitException) after "
