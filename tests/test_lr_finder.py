@@ -263,6 +263,48 @@ def test_bad_arguments_say_what_to_do():
 
 
 
+def test_arguments_that_would_switch_the_stopping_rule_off_or_blame_something_else_are_refused():
+    """(probe P17) gamma=nan was blamed on "another callback (a scheduler?)", max_mult=nan switched the stopping rule
+    off, gamma=inf ran at lr inf, max_epochs=0 blamed an empty loader or start_lr, gamma="1.3" a bare TypeError."""
+    for gamma in (math.nan, math.inf, "1.3"):
+        with pytest.raises(ValueError, match=r"LRFinderCB needs gamma > 1 .* finite numbers"):
+            LRFinderCB(gamma=gamma)
+    for max_mult in (math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"max_mult > 1 .* finite numbers"):
+            LRFinderCB(max_mult=max_mult)
+    with pytest.raises(ValueError, match=r"lr_find: max_epochs .* got 0"):
+        bn_learner().lr_find(max_epochs=0, plot=False)
+
+
+def test_a_negative_loss_is_refused_where_the_stopping_rule_would_stop_at_once():
+    """(probe P17) F.cross_entropy(out, y) - 10: the rule "median > 3 × min" held at once, and lr_find stopped after
+    5 steps suggesting 2.2e-5, where the same gradients gave 1.34."""
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), lambda preds, y: F.mse_loss(preds, y) - 100.0, lr=0.1)
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"lr_find's stopping rule .* needs a loss >= 0.*-\d"):
+        learn.lr_find(plot=False)
+    assert torch.equal(learn.model.weight, before)
+
+
+def test_a_search_the_data_or_a_callback_cut_in_mid_descent_says_its_suggestions_are_of_a_cut_curve():
+    """(probe P17) max_epochs ran out with the loss still falling (its lowest at the last step): valley 0.0665 where
+    the whole search gave 1.55, without a word; so after a callback's CancelFitException at 15 steps."""
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(n_train=192), F.mse_loss, lr=0.1)  # 12 batches an epoch
+    with pytest.warns(UserWarning, match=r"lr_find: the loss was still falling when the search ended \(12 optimizer "
+                                         r"steps, max_epochs=1\).*raise max_epochs"):
+        learn.lr_find(start_lr=1e-4, max_epochs=1, plot=False)
+
+    class StopAt15(Callback):
+        def after_batch(self, learn):
+            if learn.epoch == 1 and learn.iter == 2:
+                raise CancelFitException()
+    learn.add_cb(StopAt15())
+    with pytest.warns(UserWarning, match=r"lr_find: StopAt15 ended the search .*after 14 optimizer steps.*cut "
+                                         r"short"):
+        learn.lr_find(start_lr=1e-4, max_epochs=3, plot=False)
+
+
+
 class Frozen(nn.Module):
     """Its output does not depend on its one parameter: the loss is the same at every lr."""
 

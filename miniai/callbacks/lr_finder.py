@@ -6,13 +6,14 @@ puts everything back as it was; the suggestion functions are pure functions of t
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..checks import check_not_in_fit, warn
+from ..checks import check_count, check_not_in_fit, warn
 from ..distributed import world_size
 from ..utils import counted, keeps_workers, loss_reduction
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -50,9 +51,9 @@ class LRFinderCB(Callback):
     peaks_at_fit_lr = True  # its lrs grow from the lr fit is given, also where opt_func takes none (lr_ratios)
 
     def __init__(self, gamma: float = 1.3, max_mult: float = 3.0) -> None:
-        if gamma <= 1 or max_mult <= 1:
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v) and v > 1 for v in (gamma, max_mult)):
             raise ValueError(f"LRFinderCB needs gamma > 1 (lr growth per batch) and max_mult > 1 (stop when loss > "
-                             f"max_mult × min); got gamma={gamma}, max_mult={max_mult}")
+                             f"max_mult × min), both finite numbers; got gamma={gamma!r}, max_mult={max_mult!r}")
         self.gamma, self.max_mult = gamma, max_mult
         self.lrs: list[float] = []
         self.losses: list[float] = []
@@ -104,6 +105,10 @@ class LRFinderCB(Callback):
             return  # gradient accumulation: the lr grows per optimizer step, on the group's mean loss
         # (a non-finite loss ends the finder at once: an fp16 scaler skips that step, so none would come)
         loss, self._group = sum(self._group) / len(self._group), []
+        if loss < 0:  # (max_mult × a negative minimum: every median above it, the search would stop at once)
+            raise ValueError(f"lr_find's stopping rule (the loss's median passes max_mult × its lowest) needs a loss "
+                             f">= 0, and this one is {loss:.4g}: shift it up (a constant changes no gradient), or "
+                             "find the lr with a loss >= 0")
         lr = float(learn.opt.param_groups[self._group_read]["lr"])  # (a tensor lr: its value, not the tensor)
         if self._lr0 is not None and not math.isclose(lr, self._lr0 * self.gamma, rel_tol=1e-6):
             raise RuntimeError(f"LRFinderCB set lr={self._lr0 * self.gamma:.3g} but the batch ran with {lr:.3g}: "
@@ -254,6 +259,7 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
                            "then train with the lr it suggests under torchrun")
     if start_lr <= 0:
         raise ValueError(f"start_lr must be > 0 (the lr grows by multiplication), got {start_lr}")
+    check_count("lr_find: max_epochs", max_epochs, what=" (passes over dls.train the search may take)")
     if keeps_workers(getattr(learn.dls, "train", None)):
         warn("lr_find draws batches from dls.train's persistent workers, whose random state it can't put "
              "back: the random transforms of the next fit will differ from a fit without lr_find (build the "
@@ -275,10 +281,9 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     if stopper is not finder and not finder.diverged:  # a callback of the learner's ended the finder's fit
         cut = (f"lr_find: {type(stopper).__name__} ended the search (a CancelFitException) after "
                f"{counted(len(finder.losses), 'optimizer step')}: remove it from learn.cbs while finding the lr")
-        if len(finder.losses) < 10:  # (not the data: the warning below would blame it)
-            if not finder.losses:
-                raise RuntimeError(cut)
-            warn(cut + ", the suggestions mean little")
+        if not finder.losses:
+            raise RuntimeError(cut)
+        warn(cut + ", the suggestions are read from a curve it cut short")  # (the warnings below: not its)
     if finder.losses and not math.isfinite(finder.losses[0]):  # before any step: no lr can have caused it
         raise ValueError(f"lr_find: the first loss, computed before any optimizer step, is {finder.losses[0]}: the lr "
                          "is not the cause, and no start_lr helps. Check the data (NaN or inf in a batch's inputs or "
@@ -302,6 +307,9 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     elif not diverged and len(finite) < 10 and stopper is finder:
         warn(f"lr_find: only {steps} before the data ran out (max_epochs={max_epochs}), "
              "too few for the suggestions to mean much: raise max_epochs or use more data.")
+    elif not diverged and stopper is finder and _argmin(smooth) >= len(smooth) - 3:  # (its lowest at its end)
+        warn(f"lr_find: the loss was still falling when the search ended ({steps}, max_epochs={max_epochs}), so "
+             "the suggestions are read from the start of a curve: raise max_epochs (or start_lr) to see it turn")
     if plot:
         result.plot()
     return result
