@@ -305,6 +305,19 @@ def test_a_search_the_data_or_a_callback_cut_in_mid_descent_says_its_suggestions
 
 
 
+def test_a_nan_in_a_later_batchs_data_is_named_beside_start_lr():
+    """(probe P17) A NaN in the 4th batch's inputs: "the loss rose from the start ... start_lr is probably already
+    too large", though the losses fell (1.10, 0.97) and went from a finite 1.32 straight to NaN: the data's."""
+    x, y = torch.randn(64, 1, generator=torch.Generator().manual_seed(0)), torch.zeros(64, 1)
+    x[50, 0] = float("nan")  # batch 3 of 16 items
+    learn = TrainLearner(nn.Linear(1, 1), DataLoaders(*[DataLoader(TensorDataset(x, y), batch_size=16)] * 2),
+                         F.mse_loss, lr=0.1)
+    with pytest.warns(UserWarning, match=r"rose from the start.*It ended on a nan loss straight after .*: a NaN or "
+                                         r"inf in that batch's inputs or targets"):
+        learn.lr_find(plot=False)
+
+
+
 class Frozen(nn.Module):
     """Its output does not depend on its one parameter: the loss is the same at every lr."""
 

@@ -295,9 +295,12 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     steps = f"{len(finite)} optimizer steps" + (f" ({finder.batches} batches)" if finder.batches != len(finder.losses)
                                                 else "")  # (gradient accumulation: several batches a step)
     if diverged and _argmin(smooth) < 3:  # no descent to read a suggestion from
+        jump = not math.isfinite(finder.losses[-1]) and finite  # (a finite loss, then a NaN: the data's, maybe)
         warn(f"lr_find: the loss rose from the start ({steps}, lowest within the first 3): "
              f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
-             f"Try lr_find(start_lr={start_lr / 1000:g}).")
+             f"Try lr_find(start_lr={start_lr / 1000:g})." + (
+                 f" (It ended on a {finder.losses[-1]} loss straight after {finite[-1]:.4g}: a NaN or inf in that "
+                 "batch's inputs or targets would do that too.)" if jump else ""))
     elif not diverged and len(finite) >= 10 and smooth[0] - min(smooth) <= 0.01 * abs(smooth[0]):
         # (a flat curve's suggestions are start_lr, or wherever its noise dips: either would look like an answer)
         warn(f"lr_find: the loss neither fell (by 1% at most, from {smooth[0]:.4g}) nor diverged over "
