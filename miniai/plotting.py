@@ -53,10 +53,10 @@ def show_image(im: Any, ax: Axes | None = None, figsize: tuple[float, float] | N
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     im = _to_hwc(im)
-    if im.ndim == 2 and plt.rcParams["image.cmap"] == matplotlib.rcParamsDefault["image.cmap"]:
-        kwargs.setdefault("cmap", "gray")  # one channel in grey, unless you chose a colour map (rcParams or cmap=)
-    if im.ndim == 2 and im.dtype == np.uint8 and "norm" not in kwargs:  # (imshow stretches one channel to its own
-        kwargs = {"vmin": 0, "vmax": 255, **kwargs}  # range: an all-white image would be black) pixels as pixels
+    if im.ndim == 2 and "cmap" not in kwargs and plt.rcParams["image.cmap"] == matplotlib.rcParamsDefault["image.cmap"]:
+        kwargs["cmap"] = "gray"  # one channel in grey, unless you chose a colour map (rcParams or cmap=)
+        if im.dtype == np.uint8 and "norm" not in kwargs:  # grey pixels on their scale (imshow stretches one
+            kwargs = {"vmin": 0, "vmax": 255, **kwargs}  # channel to its own range: all white would be black)
     ax.imshow(im, **kwargs)
     if title is not None:
         ax.set_title(title)
