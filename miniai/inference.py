@@ -31,7 +31,7 @@ from .data import DataLoaders
 from .distributed import is_main_process
 from .learner import Learner
 from .supervised import TrainLearner
-from .utils import byte_sums, check_device, checksums_match, link_target
+from .utils import byte_sums, check_device, checksums_match, link_target, tensors_in
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -376,7 +376,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
                          f"{'is' if len(lazy) == 1 else 'are'} not made yet: a lazy layer makes its weights at its "
                          "first forward. Train it first, or run one batch through it: learn.summary(xb=...)")
     # torch's zip reader checks no CRC: a weight a bad copy changed would load without a word
-    bundle["checksum"] = byte_sums(bundle["model"].state_dict().values())
+    bundle["checksum"] = byte_sums(_guarded(bundle))
     try:
         torch.save(bundle, tmp)
         os.replace(tmp, path)  # never a half-written export under the real name
@@ -389,6 +389,14 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
         for m, ours in hooks:
             m._forward_hooks.update(ours)
     return path
+
+
+def _guarded(bundle: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors an export's checksums cover: the model's state (weights, buffers, extra state's tensors) and the
+    normalization's (its mean and std)."""
+    normalize = bundle.get("normalize")
+    return [*tensors_in(bundle["model"].state_dict()),
+            *(v for v in getattr(normalize, "__dict__", {}).values() if isinstance(v, torch.Tensor))]
 
 
 def _is_export(path: Path) -> bool:
@@ -507,7 +515,7 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise ValueError(f"{path} is an incomplete miniai export: it has no {', '.join(missing)}. Export the learner "
                          "again (learn.export(path))")
     saved = bundle.get("checksum")  # (exports before it have none)
-    if saved is not None and not checksums_match(saved, bundle["model"].state_dict().values()):
+    if saved is not None and not checksums_match(saved, _guarded(bundle)):
         raise ValueError(f"{path} is damaged: its weights' checksums differ from those its export wrote (a bad "
                          "copy, disk or download): copy it again, or export it again")
     now = _class_code(bundle["model"])
