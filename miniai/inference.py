@@ -391,6 +391,16 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     return path
 
 
+def _in_reading(error: BaseException) -> bool:
+    """Whether `error` came from reading the file (torch's zip reader, the unpickler), not from code it unpickles."""
+    if isinstance(error, (pickle.UnpicklingError, EOFError)):
+        return True
+    tb, last = error.__traceback__, None
+    while tb is not None:
+        last, tb = tb.tb_frame, tb.tb_next
+    return last is not None and last.f_code.co_filename == torch.serialization.__file__
+
+
 def _guarded(bundle: dict[str, Any]) -> list[torch.Tensor]:
     """The tensors an export's checksums cover: the model's state (weights, buffers, extra state's tensors) and the
     normalization's (its mean and std)."""
@@ -501,6 +511,8 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as e:  # (cut short, or no pickle)
+        if not _in_reading(e):  # raised by code the file unpickles (a model's __setstate__): its own error
+            raise
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} can't be read as a miniai export ({cause}): it is damaged (cut short, changed) "
                          "or no export; learn.export(path) writes one") from e

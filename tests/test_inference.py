@@ -483,6 +483,34 @@ def test_the_exports_checksums_cover_the_normalization_and_take_a_state_of_more_
         load_learner(tmp_path / "damaged.pkl")
 
 
+class NeedsVocab(nn.Module):
+    """A model whose unpickling needs a file of its own (FAIL_UNPICKLING: it is missing)."""
+    FAIL_UNPICKLING = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1).float())
+
+    def __setstate__(self, state):
+        if NeedsVocab.FAIL_UNPICKLING:
+            raise RuntimeError("NeedsVocab: vocab.txt is missing; set VOCAB_DIR")
+        super().__setstate__(state)
+
+
+def test_an_error_the_models_own_unpickling_raises_is_not_called_a_damaged_file(tmp_path, monkeypatch):
+    """(regression round T2) A model's __setstate__ raising ("vocab.txt is missing") came out as "can't be read
+    as a miniai export: it is damaged (cut short, changed) or no export": a ValueError blaming a sound file."""
+    dls = DataLoaders(TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2),
+                      TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2))
+    path = TrainLearner(NeedsVocab(), dls, F.cross_entropy).export(tmp_path / "m.pkl")
+    monkeypatch.setattr(NeedsVocab, "FAIL_UNPICKLING", True)
+    with pytest.raises(RuntimeError, match=r"^NeedsVocab: vocab.txt is missing"):
+        load_learner(path)
+
+
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
     """(probe T3) Only each module's own class was digested: a base class's method that forward calls, changed
     since the export, gave other predictions without a word."""
