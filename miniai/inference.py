@@ -465,17 +465,19 @@ def _in_main(bundle: dict[str, Any]) -> list[str]:
 
 
 def _check_kept_out(learn: Learner, cbs: list[Any]) -> None:
-    """Raise if an exported callback holds the learner, its optimizer or its data: they would be exported too."""
+    """Raise if an exported callback holds the learner, its optimizer, data or a loader: they would be exported."""
+    dls = getattr(learn, "dls", None)
+    kept_out = (learn, learn.opt, dls, getattr(dls, "train", None), getattr(dls, "valid", None))
     for cb in cbs:
-        finder = _MainFinder((learn, learn.opt, getattr(learn, "dls", None)))
+        finder = _MainFinder(kept_out)
         try:
             finder.dump(cb)
         except Exception:  # noqa: BLE001 -- torch.save then names what fails to pickle
             continue
         if finder.met:
-            raise TypeError(f"export: the callback {type(cb).__name__} holds the learner (or its optimizer or data), "
-                            "so its optimizer, data and history would be exported with it: callbacks get the learner "
-                            "as an argument; drop what it keeps (del cb.learn), or remove the callback")
+            raise TypeError(f"export: the callback {type(cb).__name__} holds the learner (or its optimizer, data or a "
+                            "loader), so its optimizer, data and history would be exported with it: callbacks get "
+                            "the learner as an argument; drop what it keeps (del cb.learn), or remove the callback")
 
 
 def _culprit(bundle: dict[str, Any]) -> str:

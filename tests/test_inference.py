@@ -435,7 +435,11 @@ def test_export_refuses_a_callback_that_holds_the_learner_its_data_or_optimizer(
                                         r"and history.*del cb.learn"):
         learn.export(tmp_path / "m.pkl")
     assert not (tmp_path / "m.pkl").exists()
-    del next(cb for cb in learn.cbs if isinstance(cb, KeepsLearner)).learn
+    keeper = next(cb for cb in learn.cbs if isinstance(cb, KeepsLearner))
+    keeper.learn = learn.dls.valid  # (regression round T2) a loader of the learner's: its data too
+    with pytest.raises(TypeError, match=r"export: the callback KeepsLearner holds the learner"):
+        learn.export(tmp_path / "m.pkl")
+    del keeper.learn
     load_learner(learn.export(tmp_path / "m.pkl"))
 
 
