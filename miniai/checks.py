@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn, optim
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler,
@@ -320,7 +319,7 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
     the learner's arguments once more (a loss class assigned since). Returns (the epoch count, fit's lr, the lr the
     optimizer is made with: fit's, else the learner's), NumPy numbers as Python ones."""
     for name, value in (("train", train), ("valid", valid)):  # (fastai's fit(n, lr) gives the lr as train)
-        if not isinstance(value, (bool, np.bool_)):
+        if not isinstance(value, bool):  # (a NumPy bool too: the loop repeats ("train",) train times)
             raise TypeError(f"fit's second argument is train (True or False: whether to train); got {value!r}: "
                             "give an lr by name, fit(n_epochs, lr=...)" if name == "train" else
                             f"fit's valid is True or False (whether to validate); got {value!r}")
@@ -407,7 +406,8 @@ def check_loaders(dls: Any, passes: tuple[str, ...]) -> None:
             # (iterated, it gives its items one by one: a model and a loss that take one item train on them)
             raise TypeError(f"dls.{name} is a {type(dl).__name__}, which gives one item at a time, not batches: "
                             "wrap it in a loader, DataLoader(dataset, batch_size=64, shuffle=True) for training "
-                            "(miniai.data's TensorLoader for tensors)")
+                            "(miniai.data's TensorLoader for tensors); one whose items are whole batches already, "
+                            "DataLoader(dataset, batch_size=None)")
         if name == "valid" and drops_last(dl):  # metrics over part of the set, without a word
             raise ValueError("dls.valid drops its last items (drop_last=True): the validation metrics would leave "
                              "them out. Build the validation loader without drop_last (it only matters for training)")

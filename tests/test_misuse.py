@@ -278,7 +278,8 @@ def test_a_dataset_given_where_a_loader_belongs_is_refused_before_it_trains_item
     before = learn.model.weight.detach().clone()
     with pytest.raises(TypeError, match=r"dls.train is a TensorDataset, which gives one item at a time, not "
                                         r"batches: wrap it in a loader, DataLoader\(dataset, batch_size=64, "
-                                        r"shuffle=True\)"):
+                                        r"shuffle=True\).*items are whole batches already, DataLoader\(dataset, "
+                                        r"batch_size=None\)"):
         learn.fit(1)
     assert torch.equal(learn.model.weight, before)
 
@@ -295,6 +296,8 @@ def test_an_lr_given_in_fits_place_of_train_is_refused_with_how_to_give_one(args
     assert torch.equal(learn.model.weight, before)
     with pytest.raises(TypeError, match=r"fit's valid is True or False"):
         learn.fit(1, valid=None)
+    with pytest.raises(TypeError, match=r"fit's second argument is train"):  # (regression round T2) it crashed in
+        learn.fit(1, np.True_)  # the loop, ("train",) * np.True_
 
 
 def test_the_same_loader_for_training_and_validation_is_warned_of():
