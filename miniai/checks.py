@@ -564,7 +564,9 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
     fit's schedule left its lr (a cosine: 0), unless this fit resumes (the checkpoint brings all of it); and an lr
     `given` to fit, or to the Learner for a fit that trains, that opt_func does not use (the same lrs for 2 × lr,
     none of them lr), unless a callback of this fit sets the lrs from it (fit_one_cycle, lr_find)."""
-    if learn.opt is not None and learn.opt is not getattr(learn, "_fit_opt", None):  # (what the last fit left)
+    # (what the last fit left; a learner pickled before this record that trained: its optimizer is a fit's)
+    last = getattr(learn, "_fit_opt", learn.opt if learn._epochs_trained else None)
+    if learn.opt is not None and learn.opt is not last:
         warn(f"learn.opt was set by hand ({type(learn.opt).__name__}), and each fit makes its optimizer with opt_func "
              "(its own state, its lr from the fit), so this fit trains with a new one, not yours. Give the learner "
              "the optimizer's kind instead: opt_func=partial(optim.Adam, weight_decay=...) (learn.opt_func = ...)")

@@ -97,6 +97,8 @@ def test_an_optimizer_set_by_hand_before_a_fit_is_said_to_be_replaced():
         warnings.simplefilter("error")
         learn.fit(1)  # its own, made by the last fit: no word
         learn.fit(1, train=False)
+        del learn._fit_opt  # (regression round T2) a learner pickled by a miniai that kept no such record
+        learn.fit(1)
 
 
 def test_an_optimizer_a_callback_swaps_in_during_a_scheduled_fit_is_refused():
