@@ -70,6 +70,6 @@ def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> None:
     path = link_target(Path(path))
     if path.is_dir():  # (os.replace would fail naming its temporary file, and leave it there)
         raise IsADirectoryError(f"write_idx writes one file, and {path} is a directory: give a file name, e.g. "
-                                f"write_idx('{path / 'labels.idx'}', tensor)")
+                                f"write_idx({str(path / 'labels.idx')!r}, tensor)")
     with replaced_atomically(path) as f:  # (a full disk, Ctrl-C: no temporary file left beside the data)
         f.write(gzip.compress(blob, compresslevel=6) if path.name.endswith(".gz") else blob)

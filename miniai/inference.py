@@ -357,7 +357,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     path = link_target(path)
     if path.is_dir():  # (os.replace would fail naming its temporary file)
         raise IsADirectoryError(f"export writes one file, and {path} is a directory: give a file name, e.g. "
-                                f"learn.export('{path / 'export.pkl'}')")
+                                f"learn.export({str(path / 'export.pkl')!r})")
     if path.exists() and not _is_export(path):  # (an earlier export is replaced: a run's checkpoint never)
         raise FileExistsError(f"{path} already exists and is no miniai export: export to another path, or remove "
                               "it first")
