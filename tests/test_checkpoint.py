@@ -1193,9 +1193,9 @@ def test_a_nan_validation_loss_with_finite_weights_points_at_the_validation_data
     with pytest.raises(NonFiniteLossError) as info:
         learn.fit(2)
     message = str(info.value)
-    assert "the validation loss is nan" in message and "the weights are finite" in message
-    assert "validation data" in message and "lower lr" not in message and "GradClipCB" not in message
-    assert list_checkpoints(tmp_path) == []
+    assert "the validation loss is nan, and the weights are finite (the largest " in message
+    assert message.index("validation data") < message.index("lower lr")  # (regression round T2) weights trained
+    assert list_checkpoints(tmp_path) == []  # to 1e20, finite, overflow a validation loss too: both causes named
 
 
 def test_a_fit_removes_only_the_temporary_files_a_killed_save_of_its_own_left(tmp_path):

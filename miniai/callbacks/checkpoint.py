@@ -999,13 +999,15 @@ class CheckpointCB(Callback):
         if bad is None and (loss is None or math.isfinite(loss)):
             return
         good = learn.last_checkpoint
-        if bad is None:  # training left finite weights: a lower lr can't help
+        if bad is None:  # finite weights: the validation data, or weights trained too far (huge, yet finite)
+            largest = max((float(p.detach().abs().max()) for p in model.parameters() if p.numel()), default=0.0)
             raise NonFiniteLossError(
-                f"after epoch {done} the validation loss is {loss}, and the weights are finite, so the validation "
-                "data or the loss made it: look for non-finite values in dls.valid's inputs and targets, or a loss "
-                "that divides by zero (a batch whose targets are all ignore_index). No checkpoint was written for "
-                "it" + (f"; the last good one is {good}." if good is not None else
-                        ", nor for an earlier epoch of this run."))
+                f"after epoch {done} the validation loss is {loss}, and the weights are finite (the largest "
+                f"{largest:.3g}): either the validation data or the loss made it (look for non-finite values in "
+                "dls.valid's inputs and targets, or a loss that divides by zero: a batch whose targets are all "
+                "ignore_index), or training pushed the weights too far (then a lower lr or GradClipCB helps). No "
+                "checkpoint was written for it" + (f"; the last good one is {good}." if good is not None else
+                                                   ", nor for an earlier epoch of this run."))
         subject, cause = nonfinite_cause(model, bad)
         raise NonFiniteLossError(
             f"after epoch {done} {subject}, so no checkpoint was written for it" + (f": {cause}." if cause else ".")
