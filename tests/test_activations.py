@@ -280,6 +280,17 @@ def test_the_dead_chart_of_a_shifted_activation_says_it_counts_values_near_zero_
         relu.dead_chart()
 
 
+def test_the_dead_chart_of_conv_blocks_ending_in_a_shifted_activation_says_so_too():
+    """(probe P18) get_model's blocks, Sequential(conv, GeneralRelu(sub=0.4)), hooked whole (the course hooks
+    them): every unit dead, charted 0.0, and no word: the warning read `sub` off the hooked module only."""
+    from miniai.models import GeneralRelu
+    model = nn.Sequential(nn.Sequential(nn.Linear(1, 8), GeneralRelu(sub=0.4)), nn.Linear(8, 1))
+    astats = ActivationStats(lambda m: isinstance(m, nn.Sequential) and m is not model)
+    learner(model, [astats]).fit(1)
+    with pytest.warns(UserWarning, match=r"0: Sequential \(sub=0.4\) shifts its output down by sub"):
+        astats.dead_chart()
+
+
 def test_the_dead_chart_warns_once_naming_every_shifted_layer():
     """Notebook 01's four GeneralRelu layers gave four near-identical warnings, one per layer: one says it."""
     from miniai.models import GeneralRelu

@@ -148,7 +148,10 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
 
 
 def _shift(module: nn.Module) -> float | None:
-    """How far down a module shifts its output, its `sub` (GeneralRelu's), when that is a number above 0."""
+    """How far down a module shifts its output, its `sub` (GeneralRelu's), when that is a number above 0; a block
+    (nn.Sequential) by its last layer's, whose output is the block's (get_model's conv blocks end in their act)."""
+    while isinstance(module, nn.Sequential) and len(module) and getattr(module, "sub", None) is None:
+        module = module[-1]
     sub = getattr(module, "sub", None)
     if not isinstance(sub, numbers.Real) and callable(getattr(sub, "item", None)):  # a tensor's, a NumPy array's
         try:
