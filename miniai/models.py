@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import warn
+from .checks import check_count, warn
 
 __all__ = ["conv", "GeneralRelu", "get_model", "get_convnet", "init_weights", "ResBlock", "get_resnet", "act_gr",
            "lsuv_init"]
@@ -168,12 +168,20 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     `m_in` is the layer with the weights and `m` the module whose output is measured, usually the activation after
     it; go through the layers first to last, `for m, m_in in zip(acts, convs): lsuv_init(model, m, m_in, xb)`, so
     each one sees inputs its predecessors already normalized. Without a bias (a conv before BatchNorm) only the
-    std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops.
+    std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops,
+    or, when the output is still far off (0.1 or more), raises and puts the model back.
     When it can't work (a dead layer; an output never negative, a plain ReLU's, which can't have mean 0: measure
     the layer itself, or use a shifted activation; a norm layer between `m_in` and `m`, which undoes any rescaling)
     it raises, and the model is left as it was. Only `m_in`'s weight and bias change: norm layers' running stats
     and the RNG (a Dropout draws in train mode, whose outputs are the ones measured) are put back.
     """
+    check_count("lsuv_init: max_iters", max_iters, least=0, what=" (tries)")
+    if not isinstance(getattr(m_in, "weight", None), torch.Tensor):
+        raise TypeError(f"lsuv_init: m_in is the layer whose weight it scales (a Conv or Linear), and "
+                        f"{type(m_in).__name__} has none: pass the layer before m")
+    if all(m_in.weight is not p for p in model.parameters()):
+        raise ValueError(f"lsuv_init: m_in ({type(m_in).__name__}) is not a layer of the model: pass one of "
+                         "model's layers, the one before m")
     seen: dict[str, Any] = {}
 
     def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -215,6 +223,12 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                 if abs(std - 1) <= tol and (m_in.bias is None or abs(mean) <= tol):
                     break
                 if tries == max_iters:
+                    if abs(std - 1) > 0.1 or m_in.bias is not None and abs(mean) > 0.1:  # (the tries drifted)
+                        raise ValueError(
+                            f"lsuv_init: after {max_iters} tries the output of {type(m).__name__} has mean "
+                            f"{mean:.4g} and std {std:.4g}, far from 0 and 1: the tries don't converge (an activation "
+                            "whose mean 0 needs units pushed dead, GeneralRelu with a small sub and no leak, say; "
+                            "give it a leak, or a larger sub, or measure m_in itself). The model is as it was.")
                     warn(f"lsuv_init: after {max_iters} tries the output of {type(m).__name__} has mean "
                          f"{mean:.4f} and std {std:.4f}, not within {tol} of 0 and 1")
                     break

@@ -160,6 +160,33 @@ def test_lsuv_init_refuses_a_measured_module_called_more_than_once_and_leaves_th
         lsuv_init(model, nn.ReLU(), c1, xb)
 
 
+def test_lsuv_init_that_cant_converge_puts_the_model_back_and_says_why():
+    """(probe P18) GeneralRelu(sub=0.2) without a leak: a mean of 0 needs units pushed dead, and 100 tries left the
+    conv's weight x5.9e7 (the output's mean 6e6) with only a warning; the model was not put back."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3), GeneralRelu(sub=0.2)).apply(init_weights)
+    before = [t.clone() for t in model.parameters()]
+    with pytest.raises(ValueError, match=r"lsuv_init: after 100 tries the output of GeneralRelu has mean .* far from "
+                                         r"0 and 1.*The model is as it was"):
+        lsuv_init(model, model[1], model[0], torch.randn(256, 1, 16, 16))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_lsuv_init_refuses_layers_it_cant_scale_and_puts_back_an_m_in_outside_the_model():
+    """(probe P18) An m_in outside the model was rescaled x2.5 and left so ("the model is as it was"); an m_in
+    without weights, an m whose output is a tuple, max_iters=-1 failed with bare Python errors."""
+    torch.manual_seed(0)
+    lin, act = nn.Linear(4, 8), GeneralRelu(leak=0.1, sub=0.4)
+    model, xb = nn.Sequential(lin, act), torch.randn(32, 4)
+    with pytest.raises(ValueError, match=r"lsuv_init: m_in \(Linear\) is not a layer of the model"):
+        lsuv_init(model, act, nn.Linear(4, 8), xb)
+    with pytest.raises(TypeError, match=r"lsuv_init: m_in is the layer whose weight it scales .* GeneralRelu has "
+                                        r"none"):
+        lsuv_init(model, act, act, xb)
+    with pytest.raises(ValueError, match=r"max_iters must be a whole number >= 0"):
+        lsuv_init(model, act, lin, xb, max_iters=-1)
+
+
 class _Counter(nn.Module):
     """Counts its calls in a non-persistent buffer (state_dict leaves it out)."""
 
