@@ -75,8 +75,8 @@ def get_model(act: ActFactory | None = nn.ReLU, nfs: Sequence[int] = (8, 16, 32,
 
     The first conv is 5×5 (1→nfs[0]); one 3×3 conv per consecutive pair of `nfs`; a last 3×3 conv to 10
     channels with bias and no norm or activation. With the default four `nfs` the map reaches 1×1 for inputs of
-    up to 32 pixels a side; larger ones, or other lengths of `nfs`, leave a larger map and Flatten gives more than
-    10 features.
+    up to 32 pixels a side; larger ones, or fewer `nfs`, leave a larger map and Flatten gives more than 10
+    features.
     """
     layers = _stride2_convs(act, nfs, norm)
     layers += [conv(nfs[-1], 10, act=None, norm=None, bias=True), nn.Flatten()]
@@ -167,7 +167,8 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
 
     `m_in` is the layer with the weights and `m` the module whose output is measured, usually the activation after
     it; go through the layers first to last, `for m, m_in in zip(acts, convs): lsuv_init(model, m, m_in, xb)`, so
-    each one sees inputs its predecessors already normalized. Without a bias (a conv before BatchNorm) only the
+    each one sees inputs its predecessors already normalized (that zip pairs them in a plain CNN, get_model's; a
+    ResNet's 1×1 shortcut convs break it: pair each activation with the conv before it yourself). Without a bias (a conv before BatchNorm) only the
     std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops,
     or, when the output is still far off (0.1 or more), raises and puts the model back.
     When it can't work (a dead layer; an output never negative, a plain ReLU's, which can't have mean 0: measure
