@@ -95,6 +95,11 @@ def call_model(learn: Any) -> Any:
             add_note(e, f"(the model was called on the batch's first {learn.n_inp} item{'s' * (learn.n_inp > 1)} "
                         f"(n_inp={learn.n_inp}): [{', '.join(map(describe, items[:learn.n_inp]))}]; the batch's "
                         f"items are [{', '.join(map(describe, items))}])")
+            params = next(iter(learn.model.parameters()), None)
+            devices = sorted({str(x.device) for x in items[:learn.n_inp] if isinstance(x, torch.Tensor)})
+            if "device" in str(e) and params is not None and devices and devices != [str(params.device)]:
+                add_note(e, f"(the model's parameters are on {params.device}, the inputs on {', '.join(devices)}: "
+                            "add DeviceCB() to the learner's callbacks, which moves each batch to the model's device)")
             if learn.training and "Expected more than 1 value per channel" in str(e) and (  # BatchNorm's, on a
                     isinstance(items[0], torch.Tensor) and items[0].ndim and len(items[0]) == 1):  # batch of 1 item
                 add_note(e, f"(batch {learn.iter} of this training pass holds 1 item, and batch normalization can't "

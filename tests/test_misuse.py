@@ -136,6 +136,16 @@ def test_fastais_learn_predict_of_an_item_points_at_infer_and_get_preds():
         learn.predict(torch.zeros(8))
 
 
+def test_a_model_on_another_device_than_its_inputs_is_named_with_devicecb():
+    """(probe P8) A model on the GPU fed CPU batches (DeviceCB forgotten; the meta device stands in for the GPU):
+    torch's device error got a note of the inputs' shapes and dtypes, not of the devices, and no word of DeviceCB."""
+    learn = TrainLearner(nn.Linear(8, 3, device="meta"), class_dls(), F.cross_entropy)
+    with pytest.raises(RuntimeError) as info:
+        learn.fit(1)
+    assert any("the model's parameters are on meta, the inputs on cpu: add DeviceCB() to the learner's callbacks"
+               in note for note in info.value.__notes__)
+
+
 def test_an_optimizer_holding_none_of_the_models_parameters_is_refused():
     """opt_func built on an earlier model's parameters (a re-run notebook cell): three epochs trained nothing."""
     old = nn.Linear(8, 3)
