@@ -168,9 +168,9 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     `m_in` is the layer with the weights and `m` the module whose output is measured, usually the activation after
     it; go through the layers first to last, `for m, m_in in zip(acts, convs): lsuv_init(model, m, m_in, xb)`, so
     each one sees inputs its predecessors already normalized (that zip pairs them in a plain CNN, get_model's; a
-    ResNet's 1×1 shortcut convs break it: pair each activation with the conv before it yourself). Without a bias (a conv before BatchNorm) only the
-    std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops,
-    or, when the output is still far off (0.1 or more), raises and puts the model back.
+    ResNet's 1×1 shortcut convs break it: pair each activation with the conv before it yourself). Without a bias (a
+    conv before BatchNorm) only the std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops,
+    or, when the output is further off than before the first try, raises and puts the model back.
     When it can't work (a dead layer; an output never negative, a plain ReLU's, which can't have mean 0: measure
     the layer itself, or use a shifted activation; a norm layer between `m_in` and `m`, which undoes any rescaling)
     it raises, and the model is left as it was. Only `m_in`'s weight and bias change: norm layers' running stats
@@ -223,13 +223,16 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                                      "one), or the activation saturates. The model is as it was.")
                 if abs(std - 1) <= tol and (m_in.bias is None or abs(mean) <= tol):
                     break
+                off = abs(std - 1) + (abs(mean) if m_in.bias is not None else 0.0)  # from where it should be
+                first = off if tries == 0 else first
                 if tries == max_iters:
-                    if abs(std - 1) > 0.1 or m_in.bias is not None and abs(mean) > 0.1:  # (the tries drifted)
+                    if off > max(first, 0.1):  # (further off than before the first try: the tries drifted away)
                         raise ValueError(
                             f"lsuv_init: after {max_iters} tries the output of {type(m).__name__} has mean "
-                            f"{mean:.4g} and std {std:.4g}, far from 0 and 1: the tries don't converge (an activation "
-                            "whose mean 0 needs units pushed dead, GeneralRelu with a small sub and no leak, say; "
-                            "give it a leak, or a larger sub, or measure m_in itself). The model is as it was.")
+                            f"{mean:.4g} and std {std:.4g}, further from 0 and 1 than before them: the tries "
+                            "diverge (an activation whose mean 0 needs units pushed dead, GeneralRelu with a small "
+                            "sub and no leak, say; give it a leak, or a larger sub, or measure m_in itself). The "
+                            "model is as it was.")
                     warn(f"lsuv_init: after {max_iters} tries the output of {type(m).__name__} has mean "
                          f"{mean:.4f} and std {std:.4f}, not within {tol} of 0 and 1")
                     break

@@ -166,8 +166,8 @@ def test_lsuv_init_that_cant_converge_puts_the_model_back_and_says_why():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(1, 16, 3), GeneralRelu(sub=0.2)).apply(init_weights)
     before = [t.clone() for t in model.parameters()]
-    with pytest.raises(ValueError, match=r"lsuv_init: after 100 tries the output of GeneralRelu has mean .* far from "
-                                         r"0 and 1.*The model is as it was"):
+    with pytest.raises(ValueError, match=r"lsuv_init: after 100 tries the output of GeneralRelu has mean .* further "
+                                         r"from 0 and 1 than before them.*The model is as it was"):
         lsuv_init(model, model[1], model[0], torch.randn(256, 1, 16, 16))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
