@@ -195,6 +195,12 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls}.{name} is named like the learner's {name!r} step, which a callback may take "
                             f"over only on purpose: rename the method (e.g. '_{name}' or 'update') or, if {cls} is "
                             f"meant to do the learner's {name}, declare owns_steps = ('{name}',).")
+    own = [k for k in type(cb).__mro__ if k.__module__ != "miniai.learner" and k is not object]  # (not Callback)
+    for name in (*events, *cb.owns_steps):
+        if any(name in vars(k) for k in own) or name in getattr(cb, "__dict__", {}):
+            if callable(getattr(cb, name)) and not _takes_one(getattr(cb, name)):
+                raise TypeError(f"{cls}.{name} can't take the learner: events call it as {name}(learn), so define it "
+                                f"def {name}(self, learn)")
     for name in cb.owns_steps:
         if name not in steps or not callable(getattr(cb, name, None)):
             raise TypeError(f"{cls}.owns_steps lists {name!r}: steps are {', '.join(steps)}, and each one listed "
@@ -215,6 +221,17 @@ _FASTAI_EVENTS = {
        (("batch", "batch"), ("pred", "batch"), ("loss", "batch"), ("backward", "batch"), ("step", "batch"),
         ("train", "epoch"), ("validate", "epoch"), ("epoch", "epoch"), ("fit", "fit"))},
 }
+
+
+def _takes_one(method: Any) -> bool:
+    """Whether `method` (bound) can be called with one positional argument, the learner (or can't be read)."""
+    try:
+        inspect.signature(method).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # (a builtin without a signature: it gets its call)
+        return True
+    return True
 
 
 def _foreign(name: str) -> bool:

@@ -160,6 +160,18 @@ def test_fastais_event_names_are_refused_with_the_event_they_mean_here(name, mea
         tiny_learner(cbs=[Ported()])
 
 
+def test_an_event_method_that_cant_take_the_learner_is_refused_when_added():
+    """(probe P8) `def after_batch(self)`, the learner left out: Python's "takes 1 positional argument but 2 were
+    given" at the first batch, from inside the loop."""
+    NoLearn = type("NoLearn", (Callback,), {"after_batch": lambda self: None})
+    with pytest.raises(TypeError, match=r"NoLearn.after_batch can't take the learner: events call it as "
+                                        r"after_batch\(learn\), so define it def after_batch\(self, learn\)"):
+        tiny_learner(cbs=[NoLearn()])
+    Either = type("Either", (Callback,), {"after_batch": lambda self, learn=None, *rest: None,
+                                          "before_fit": staticmethod(lambda learn: None)})
+    tiny_learner(cbs=[Either()]).fit(1)
+
+
 @pytest.mark.parametrize("name", ["on_substep_end", "on_init_end", "on_evaluate", "on_log", "on_loader_start",
                                   "on_experiment_end", "on_optimizer_step", "on_pre_optimizer_step"])
 def test_more_ported_event_names_are_refused_without_a_guess(name):
