@@ -8,10 +8,12 @@ Imports nothing from miniai but `sources` and `utils`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,10 +51,11 @@ def _cache_file(name: str, key: str) -> Path:
 
 
 def _digest(raw: RawData) -> list:
-    """Checksums of the four tensors' bytes (`byte_sums`): a damaged cache file is decoded again, not used, and so
-    is one of an older miniai's checksum, which missed swapped bytes (cached data can be rebuilt; a checkpoint,
-    which can't, still verifies with its older checksum)."""
-    return byte_sums(raw[:4])
+    """Checksums of the four tensors' bytes (`byte_sums`) and of the class names, source and split names: a damaged
+    cache file is decoded again, not used, and so is one of an older miniai's checksum, which missed swapped bytes
+    (cached data can be rebuilt; a checkpoint, which can't, still verifies with its older checksum)."""
+    names = json.dumps([list(raw.classes), raw.source, raw.valid_split]).encode()
+    return [*byte_sums(raw[:4]), zlib.crc32(names)]
 
 
 def _read_cache(file: Path) -> RawData | None:

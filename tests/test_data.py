@@ -441,6 +441,21 @@ def test_a_corrupted_byte_in_the_disk_cache_is_caught_and_decoded_again(tmp_path
     assert CACHE_STATS["decodes"] == decodes + 1 and torch.equal(served.train_x[:, 0], raw[0])
 
 
+def test_a_damaged_class_name_in_the_disk_cache_is_caught_and_decoded_again(tmp_path):
+    """(probe P19) The checksum covered the four tensors only: "Trouser" changed to "Trousfr" in the cache file was
+    served as the loaders' classes (what infer and export name predictions with)."""
+    raw = fake_fashion()
+    d = write_fashion_dir(tmp_path / "fm", raw)
+    classes = get_dls(path=d).classes
+    [cache_file] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
+    state = torch.load(cache_file, weights_only=True)
+    state["classes"][1] = "Trousfr"  # its digest kept, as a flipped byte would keep it
+    torch.save(state, cache_file)
+    cache.clear_cache()
+    decodes = CACHE_STATS["decodes"]
+    assert get_dls(path=d).classes == classes and CACHE_STATS["decodes"] == decodes + 1
+
+
 def test_a_source_file_replaced_with_the_same_size_and_mtime_is_read_again(tmp_path):
     """cp -p, rsync -a or tar x keep the mtime: the cache, keyed by size and mtime, served the old labels."""
     d = write_fashion_dir(tmp_path / "fm", fake_fashion(), gz=False)
