@@ -273,6 +273,10 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
         like = [c for c in ds.column_names if c not in (x_col, y_col) and (type(ds.features[c]).__name__ in kinds
                 or missing == y_col and c in LABEL_COLUMNS)]
         # (a hint only where one column is of the missing one's kind: an 'id' of ints is no image, nor a label)
+        if missing == y_col and ds.column_names == [x_col]:  # (nothing to rename: images alone)
+            raise KeyError(f"dataset has no {y_col!r} column (it has {ds.column_names}): images without labels can't "
+                           "be trained or validated on; give them labels, or split some off the labelled training "
+                           "set: dd.update(dd['train'].train_test_split(test_size=0.1))")
         raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}: rename yours as "
                        + (f"those, e.g. ds = ds.rename_column({like[0]!r}, {missing!r})" if len(like) == 1 else
                           "those, ds = ds.rename_column(old, new)"))
@@ -466,8 +470,8 @@ def _decode_dd(source: Source) -> RawData:
     for split in ("train", valid_split):
         try:
             tensors[split] = hf_to_tensors(dd[split], spec.x_col, mode=spec.mode)
-        except ValueError as e:  # hf_to_tensors knows the column, not the split
-            raise ValueError(f"{source.where}: split {split!r}: {e}") from e
+        except (ValueError, KeyError) as e:  # hf_to_tensors knows the column, not the split
+            raise type(e)(f"{source.where}: split {split!r}: {e.args[0] if e.args else e}") from e
         _check_labels(tensors[split][1], classes, f"{source.where}: split {split!r}", _HF_NO_LABEL)
     _check_same_shape(tensors["train"][0], tensors[valid_split][0], "split 'train'",
                       f"{source.where}: split {valid_split!r}")

@@ -657,6 +657,23 @@ def test_a_saved_datasetdict_of_other_colour_modes_gives_the_gray_levels_infer_s
     assert torch.equal(x[:, 0], torch.stack([torch.from_numpy(np.array(im.convert("L"))) for im in imgs]))
 
 
+def test_a_saved_validation_split_without_labels_is_named_with_its_folder_and_split(tmp_path):
+    """(probe P19) A validation split of images alone: a bare KeyError "dataset needs columns 'image' and 'label'
+    ... rename yours as those", naming neither the folder nor the split, and advising a rename of nothing."""
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    imgs = [PIL.Image.fromarray(x.numpy()) for x in fake_fashion(n_train=4, n_valid=1)[0]]
+    labelled = Features({"image": Image(), "label": ClassLabel(names=list(FASHION_CLASSES))})
+    DatasetDict({"train": Dataset.from_dict({"image": imgs, "label": [0, 1, 2, 3]}, features=labelled),
+                 "validation": Dataset.from_dict({"image": imgs}, features=Features({"image": Image()}))}
+                ).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(KeyError) as info:
+        get_dls(path=tmp_path / "dd")
+    message = str(info.value)
+    assert f"{tmp_path / 'dd'}: split 'validation'" in message and "has no 'label' column" in message
+    assert "rename" not in message and "train_test_split" in message
+
+
 def test_a_saved_datasetdict_whose_splits_name_the_classes_differently_is_refused(tmp_path):
     """Class names came from the train split alone: a validation split listing them in another order had every
     label read as the wrong class."""
