@@ -388,7 +388,7 @@ def _declared_dtype(feature: Any) -> str | None:
 # ---------------------------------------------------------------- decoding
 
 _HF_NO_LABEL = ("-1 is the datasets library's 'no label'. Keep only items with a class label (e.g. "
-                "ds.filter(lambda item: item['label'] >= 0)), or fix the labels")
+                "ds.filter(lambda item: 0 <= item['label'] < {n})), or fix the labels")
 _IDX_BAD_LABELS = "The file is damaged or holds another dataset's labels: fetch it again, or fix the labels"
 
 
@@ -399,7 +399,7 @@ def _check_labels(y: torch.Tensor, classes: tuple[str, ...], what: str, fix: str
     bad = y[(y < 0) | (y >= len(classes))] if len(y) else y
     if len(bad):
         raise ValueError(f"{what} holds labels {sorted(set(bad.tolist()))[:5]} outside 0..{len(classes) - 1}, the "
-                         f"{len(classes)} classes ({', '.join(classes[:3])}, ...). {fix}")
+                         f"{len(classes)} classes ({', '.join(classes[:3])}, ...). {fix.format(n=len(classes))}")
 
 
 def _check_same_shape(train_x: torch.Tensor, valid_x: torch.Tensor, train_what: str, valid_what: str) -> None:

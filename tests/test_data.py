@@ -847,6 +847,12 @@ def test_datasetdict_labels_outside_the_classes_are_refused_naming_the_split(tmp
                 "image", FASHION_CLASSES)
     with pytest.raises(ValueError, match=r"split 'train' .*holds labels \[-1\] outside 0..9"):
         load_tensors(path=d)
+    # (probe P19) a label of 10 was told to keep items with item['label'] >= 0, which keeps it
+    from datasets import Dataset, DatasetDict
+    ds = Dataset.from_dict({"image": [np.zeros((2, 2), np.uint8)] * 2, "label": [3, 10]})
+    DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "ints"))
+    with pytest.raises(ValueError, match=r"holds labels \[10\] outside 0..9.*item\['label'\] < 10"):
+        load_tensors(path=tmp_path / "ints")
 
 
 @pytest.mark.parametrize("mode", ["I;16", "F"])
