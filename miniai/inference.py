@@ -13,7 +13,6 @@ import math
 import os
 import pickle
 import types
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,7 +30,7 @@ from .data import DataLoaders
 from .distributed import is_main_process
 from .learner import Learner
 from .supervised import TrainLearner
-from .utils import byte_sums, check_device, checksums_match, link_target, tensors_in
+from .utils import byte_sums, check_device, checksums_match, link_target, tagged, tensors_in
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -358,7 +357,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     if path.is_dir():  # (os.replace would fail naming its temporary file)
         raise IsADirectoryError(f"export writes one file, and {path} is a directory: give a file name, e.g. "
                                 f"learn.export({str(path / 'export.pkl')!r})")
-    if path.exists() and not _is_export(path):  # (an earlier export is replaced: a run's checkpoint never)
+    if path.exists() and not tagged(path, _FORMAT):  # (an earlier export is replaced: a run's checkpoint never)
         raise FileExistsError(f"{path} already exists and is no miniai export: export to another path, or remove "
                               "it first")
     if not is_main_process():
@@ -407,16 +406,6 @@ def _guarded(bundle: dict[str, Any]) -> list[torch.Tensor]:
     normalize = bundle.get("normalize")
     return [*tensors_in(bundle["model"].state_dict()),
             *(v for v in getattr(normalize, "__dict__", {}).values() if isinstance(v, torch.Tensor))]
-
-
-def _is_export(path: Path) -> bool:
-    """Whether `path` is a file `export` wrote: its pickle names the format (read as bytes: unpickling runs code)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/data.pkl") and _FORMAT.encode() in archive.read(name)
-                       for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _class_code(model: torch.nn.Module) -> dict[str, str]:

@@ -11,6 +11,7 @@ import os
 import random
 import sys
 import threading
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_i
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
            "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial",
-           "base_loss", "name_of"]
+           "base_loss", "name_of", "tagged"]
 
 
 def _pick_device() -> str:
@@ -467,6 +468,16 @@ def len_or_none(obj: Any) -> int | None:
         return len(obj)
     except TypeError:
         return None
+
+
+def tagged(path: Path, tag: str) -> bool:
+    """Whether `path` is a torch file whose pickle holds `tag` (miniai's checkpoints and exports name their format):
+    read as bytes, since unpickling runs code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") and tag.encode() in archive.read(name) for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 class DirInUseError(RuntimeError):

@@ -1286,6 +1286,17 @@ def test_a_shorter_one_cycle_resumed_names_its_length_not_a_pct_start_that_reads
     assert not any("pct_start" in m for m in messages), messages
 
 
+def test_a_file_of_the_users_named_like_a_checkpoint_is_never_taken_for_one_nor_deleted(tmp_path):
+    """(probe P7) A user's torch.save({...}) named epoch_1.pt: the refusal called it a checkpoint of an earlier run
+    and advised resuming from it (which failed: no miniai checkpoint), and overwrite=True deleted it."""
+    torch.save({"my_embeddings": torch.ones(3)}, tmp_path / "epoch_1.pt")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"holds files named like checkpoints that are no miniai checkpoints "
+                                                  r"\(epoch_1.pt\).*move them, or give CheckpointCB another directory"):
+            make_learner(tmp_path, overwrite=overwrite)[0].fit(1)
+    assert torch.load(tmp_path / "epoch_1.pt")["my_embeddings"].sum() == 3
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

@@ -37,7 +37,7 @@ from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import (DirInUseError, byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
-                     map_tensors, tensors_in, nonfinite_weight)
+                     map_tensors, tagged, tensors_in, nonfinite_weight)
 from .augment import BatchTransformCB
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .monitor import check_monitor, improves, monitor_mode, same_watch
@@ -851,6 +851,12 @@ class CheckpointCB(Callback):
             # moved at this fit's first save: until then a later check may refuse the fit, which must change nothing
             self._superseded = [f for epochs, f in existing if epochs > learn.start_epoch]
         elif existing:
+            foreign = [f.name for _, f in existing if not tagged(f, _FORMAT)]
+            if foreign:  # (a file of the user's: never resumed from, nor deleted by overwrite=True)
+                raise FileExistsError(f"{self.path} holds files named like checkpoints that are no miniai checkpoints "
+                                      f"({', '.join(foreign[:3])}{', ...' * (len(foreign) > 3)}): CheckpointCB would "
+                                      "take them for its own. Keep yours apart: move them, or give CheckpointCB "
+                                      "another directory")
             if not self.overwrite:  # (a resumed run writing here would mix its files with another run's)
                 whose = ("from an earlier run (each fit starts a run of its own, also this learner's next)"
                          if resumed is None else f"of another run than the one resumed ({resumed})")
