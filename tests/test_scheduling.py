@@ -403,6 +403,16 @@ def test_accumulation_steps_the_schedule_per_optimizer_step_and_ends_on_its_fina
     assert rec.recs["lr"][-1] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)
 
 
+@pytest.mark.parametrize("kwargs, said", [
+    ({"lr_max": 0.1}, r"the cycle's peak as max_lr: fit_one_cycle\(2, max_lr=0.1\)"),
+    ({"wd": 0.01}, r"weight decay is the optimizer's: opt_func=partial\(optim.AdamW, weight_decay=0.01\)")])
+def test_fastais_fit_one_cycle_arguments_say_what_they_are_here(kwargs, said):
+    """(probe P8) fastai's fit_one_cycle(n, lr_max=...) or wd=...: "Learner.fit() got an unexpected keyword
+    argument", naming neither max_lr nor where weight decay goes."""
+    with pytest.raises(TypeError, match=said):
+        make_learner([]).fit_one_cycle(2, **kwargs)
+
+
 def test_fit_one_cycle_counts_optimizer_steps_and_cycles_beta1():
     rec = RecorderCB(lr=_lr, beta1=_beta1)
     learn = make_learner([rec], opt_func=optim.AdamW)

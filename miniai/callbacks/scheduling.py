@@ -784,9 +784,13 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
     `cycle_momentum=False` leaves it as it is (bounds given then, or where nothing cycles, are refused). Other keyword
     arguments go to `fit` (`resume=path` continues a saved one-cycle run: the checkpoint then brings the lr).
     """
-    if "lr" in fit_kwargs:  # fit's lr would clash with the one fit_one_cycle passes
-        raise TypeError(f"fit_one_cycle takes the cycle's peak as max_lr: fit_one_cycle({n_epochs}, "
-                        f"max_lr={fit_kwargs['lr']!r})")
+    for name in ("lr", "lr_max"):  # fit's lr would clash with the one fit_one_cycle passes; lr_max is fastai's
+        if name in fit_kwargs:
+            raise TypeError(f"fit_one_cycle takes the cycle's peak as max_lr: fit_one_cycle({n_epochs}, "
+                            f"max_lr={fit_kwargs[name]!r})")
+    if "wd" in fit_kwargs:  # (fastai's)
+        raise TypeError(f"fit_one_cycle has no wd: weight decay is the optimizer's: opt_func=partial(optim.AdamW, "
+                        f"weight_decay={fit_kwargs['wd']!r}) for the learner")
     max_lr = learn.lr if max_lr is None else max_lr
     if isinstance(max_lr, torch.Tensor) and max_lr.numel() == 1:  # (fit takes one as its number)
         max_lr = max_lr.item()
