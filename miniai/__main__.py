@@ -198,7 +198,8 @@ def train(args: argparse.Namespace) -> float:
             folder.rmdir()  # (empty, once they were moved back: nothing left to say)
         if folder.exists():  # nothing else knows of them
             raise _UsageError(f"--out {args.out} holds {folder.name}, the files of an earlier run that an --overwrite "
-                              f"run moved aside and, killed, could not put back: move them back (mv {shlex.quote(str(folder))}/* "
+                              "run moved aside and, killed, could not put back: move them back "
+                              f"(mv {shlex.quote(str(folder))}/* "
                               f"{shlex.quote(str(args.out))}/) or delete that folder, then run again")
     if earlier and not args.overwrite:  # else a second run with the same --out silently replaces the first one's
         raise _UsageError(f"--out {args.out} already holds a run ({', '.join(earlier)}): choose another directory, "

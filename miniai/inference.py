@@ -321,9 +321,10 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     The file pickles: the model module itself (class and weights, unwrapped from DDP/compile), `dls.classes`,
     `dls.normalize`, `n_inp`, `loss_func` (if it pickles; else None, with a warning) and the callbacks of the
     predict path (`Callback.inference`, predict/get_loss owners) except DeviceCB; no optimizer, data, training
-    callbacks or history (one of those callbacks holding the learner, its optimizer or data is refused). Pickle stores classes and functions by name, so the model's class (and any custom
-    normalize, loss or callback) must be importable under the same module path where the file is loaded
-    (defined in a module, not a notebook cell or lambda); and loading unpickles code: load only files you trust.
+    callbacks or history (one of those callbacks holding the learner, its optimizer, data or a loader is refused).
+    Pickle stores classes and functions by name, so the model's class (and any custom normalize, loss or callback)
+    must be importable under the same module path where the file is loaded (defined in a module, not a notebook
+    cell or lambda); and loading unpickles code: load only files you trust.
     Under DDP every rank holds the same model and rank 0 alone writes.
     """
     for step in ("predict", "get_loss"):

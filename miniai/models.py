@@ -169,8 +169,9 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     it; go through the layers first to last, `for m, m_in in zip(acts, convs): lsuv_init(model, m, m_in, xb)`, so
     each one sees inputs its predecessors already normalized (that zip pairs them in a plain CNN, get_model's; a
     ResNet's 1×1 shortcut convs break it: pair each activation with the conv before it yourself). Without a bias (a
-    conv before BatchNorm) only the std is fixed. Each try is a forward pass of `xb` (on the model's device); after `max_iters` it warns and stops,
-    or, when the output is further off than before the first try, raises and puts the model back.
+    conv before BatchNorm) only the std is fixed. Each try is a forward pass of `xb` (on the model's device); after
+    `max_iters` it warns and stops, or, when the output is further off than before the first try, raises and puts
+    the model back.
     When it can't work (a dead layer; an output never negative, a plain ReLU's, which can't have mean 0: measure
     the layer itself, or use a shifted activation; a norm layer between `m_in` and `m`, which undoes any rescaling)
     it raises, and the model is left as it was. Only `m_in`'s weight and bias change: norm layers' running stats
@@ -194,7 +195,7 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     devices = [xb.device.index or 0] if xb.device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):  # (the tries' dropout draws: put back)
-            before = None
+            before = first = None
             for tries in range(max_iters + 1):
                 seen["calls"] = 0
                 model(xb)
@@ -224,7 +225,7 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                 if abs(std - 1) <= tol and (m_in.bias is None or abs(mean) <= tol):
                     break
                 off = abs(std - 1) + (abs(mean) if m_in.bias is not None else 0.0)  # from where it should be
-                first = off if tries == 0 else first
+                first = off if first is None else first
                 if tries == max_iters:
                     if off > max(first, 0.1):  # (further off than before the first try: the tries drifted away)
                         raise ValueError(

@@ -40,8 +40,8 @@ class TrainLearner(Learner):
     def predict(self, *items: Any) -> None:
         """`preds = model(*xb)`."""
         if items:  # (fastai's learn.predict(item))
-            raise TypeError("learn.predict is the loop's step (preds = model(*xb), for the batch in the loop) and takes "
-                            "no arguments: to predict items, use learn.infer(x) (raw images: class, name, "
+            raise TypeError("learn.predict is the loop's step (preds = model(*xb), for the batch in the loop) and "
+                            "takes no arguments: to predict items, use learn.infer(x) (raw images: class, name, "
                             "probabilities) or learn.get_preds(dl=[(x,)]) (a batch of prepared inputs)")
         self.preds = call_model(self)  # (an error gets a note of the inputs it was given)
 

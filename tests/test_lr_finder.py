@@ -286,13 +286,11 @@ def test_a_negative_loss_is_refused_where_the_stopping_rule_would_stop_at_once()
     assert torch.equal(learn.model.weight, before)
 
 
-def test_a_search_the_data_or_a_callback_cut_in_mid_descent_says_its_suggestions_are_of_a_cut_curve():
-    """(probe P17) max_epochs ran out with the loss still falling (its lowest at the last step): valley 0.0665 where
-    the whole search gave 1.55, without a word; so after a callback's CancelFitException at 15 steps."""
+def test_a_search_a_callback_cut_says_its_suggestions_are_of_a_cut_curve():
+    """(probe P17) A callback's CancelFitException after 14 steps, the loss still falling: valley 0.000179 where the
+    whole search gave 1.03, without a word (it said so below 10 steps only). (A search max_epochs ends is the
+    user's own limit, as in fastai: a warning when the curve's lowest is at its end fired on flat, noisy ends.)"""
     learn = TrainLearner(nn.Linear(1, 1), linear_dls(n_train=192), F.mse_loss, lr=0.1)  # 12 batches an epoch
-    with pytest.warns(UserWarning, match=r"lr_find: the loss was still falling when the search ended \(12 optimizer "
-                                         r"steps, max_epochs=1\).*raise max_epochs"):
-        learn.lr_find(start_lr=1e-4, max_epochs=1, plot=False)
 
     class StopAt15(Callback):
         def after_batch(self, learn):

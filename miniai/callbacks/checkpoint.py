@@ -866,7 +866,8 @@ class CheckpointCB(Callback):
                         f"'<another directory>')) keeps them, learn.cbs[{i}].overwrite = True deletes them")
                 raise FileExistsError(
                     f"{self.path} already holds checkpoints ({', '.join(f.name for _, f in existing[-3:])}) {whose}. "
-                    f"To continue that run: learn.fit(n_epochs, resume={str(self.path)!r}). To start a new one, {over}.")
+                    f"To continue that run: learn.fit(n_epochs, resume={str(self.path)!r}). To start a new one, "
+                    f"{over}.")
             self._replaced = [f for _, f in existing]  # deleted once this run has written a checkpoint
 
     def cleanup_fit(self, learn: Learner) -> None:

@@ -234,7 +234,8 @@ def lower_lr_advice(learn: Learner, good: Any) -> str:
                 f"learn.model.load_state_dict(load_checkpoint({str(good)!r})['model']), then e.g. "
                 + (f"learn.rm_cb(...) of the learner's own {', '.join(own)}, and " if own else "")
                 + "learn.fit_one_cycle(n, max_lr=lower).")
-    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{pass_args(learn)}, lr=..., resume={str(good)!r}) "
+    return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{pass_args(learn)}, lr=..., "
+            f"resume={str(good)!r}) "
             "(the lr given replaces the checkpoint's).")
 
 

@@ -310,9 +310,6 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     elif not diverged and len(finite) < 10 and stopper is finder:
         warn(f"lr_find: only {steps} before the data ran out (max_epochs={max_epochs}), "
              "too few for the suggestions to mean much: raise max_epochs or use more data.")
-    elif not diverged and stopper is finder and _argmin(smooth) >= len(smooth) - 3:  # (its lowest at its end)
-        warn(f"lr_find: the loss was still falling when the search ended ({steps}, max_epochs={max_epochs}), so "
-             "the suggestions are read from the start of a curve: raise max_epochs (or start_lr) to see it turn")
     if plot:
         result.plot()
     return result
