@@ -274,6 +274,7 @@ def test_arguments_that_would_switch_the_stopping_rule_off_or_blame_something_el
             LRFinderCB(max_mult=max_mult)
     with pytest.raises(ValueError, match=r"lr_find: max_epochs .* got 0"):
         bn_learner().lr_find(max_epochs=0, plot=False)
+    assert LRFinderCB(gamma=torch.tensor(1.3)).gamma == pytest.approx(1.3)  # (regression round T3: refused)
 
 
 def test_a_negative_loss_is_refused_where_the_stopping_rule_would_stop_at_once():

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_count, check_not_in_fit, warn
+from ..checks import check_count, check_not_in_fit, python_number, warn
 from ..distributed import world_size
 from ..utils import counted, keeps_workers, loss_reduction
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -51,6 +51,7 @@ class LRFinderCB(Callback):
     peaks_at_fit_lr = True  # its lrs grow from the lr fit is given, also where opt_func takes none (lr_ratios)
 
     def __init__(self, gamma: float = 1.3, max_mult: float = 3.0) -> None:
+        gamma, max_mult = python_number(gamma), python_number(max_mult)  # (a one-number tensor, a NumPy number)
         if not all(isinstance(v, numbers.Real) and math.isfinite(v) and v > 1 for v in (gamma, max_mult)):
             raise ValueError(f"LRFinderCB needs gamma > 1 (lr growth per batch) and max_mult > 1 (stop when loss > "
                              f"max_mult × min), both finite numbers; got gamma={gamma!r}, max_mult={max_mult!r}")
