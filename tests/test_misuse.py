@@ -75,13 +75,17 @@ def test_binary_cross_entropy_with_logits_of_probabilities_is_warned_of(loss_fun
     dls = class_dls(2, float_targets=True)
     def learner(*head):
         return TrainLearner(nn.Sequential(nn.Linear(8, 1), nn.Flatten(0), *head), dls, loss_func, lr=0.1)
-    warns_and_quiet(r"takes logits.*these preds all lie in \(0, 1\).*sigmoid would be applied twice.*Remove the "
+    warns_and_quiet(r"takes logits.*these preds all lie in \[0, 1\].*sigmoid would be applied twice.*Remove the "
                     r"model's final sigmoid", learner(nn.Sigmoid()), learner())
     zeros = learner()  # (regression round T2) a head initialized to zeros gives logits of 0: no sigmoid there
     nn.init.zeros_(zeros.model[0].weight), nn.init.zeros_(zeros.model[0].bias)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         zeros.fit(1)
+    saturated = learner(nn.Sigmoid())  # (regression round T3) a sigmoid gives exactly 1.0 past logits of ~17
+    saturated.model[0].weight.data.mul_(100)
+    with pytest.warns(UserWarning, match=r"sigmoid would be applied twice"):
+        saturated.fit(1)
 
 
 def test_an_optimizer_set_by_hand_before_a_fit_is_said_to_be_replaced():

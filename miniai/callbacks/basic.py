@@ -175,8 +175,9 @@ def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | No
     if classes and (fix := _class_scores_wrong(name, preds, yb, loss_setting(loss_func, "ignore_index", -100))):
         return fix
     if torchs and name in _LOGIT_LOSSES and isinstance(preds, torch.Tensor) and preds.is_floating_point() \
-            and preds.numel() >= 16 and 0 < float(preds.min()) < float(preds.max()) < 1:  # (read once a shape)
-        warn(f"{name} takes logits, and these preds all lie in (0, 1), as probabilities do: sigmoid would be "
+            and preds.numel() >= 16 and 0 <= float(preds.min()) < float(preds.max()) <= 1 \
+            and float((preds == 0).float().mean()) < 0.5:  # (read once a shape)
+        warn(f"{name} takes logits, and these preds all lie in [0, 1], as probabilities do: sigmoid would be "
              "applied twice, which trains slowly and logs a wrong loss. Remove the model's final sigmoid (for "
              "probabilities: get_preds(act=torch.sigmoid)), or use F.binary_cross_entropy on probabilities")
     if not classes and len(yb) == 1 and isinstance(preds, torch.Tensor) and isinstance(yb[0], torch.Tensor) \
@@ -200,8 +201,9 @@ def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | No
 
 
 _CLASS_LOSSES = ("cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss")  # preds (N, C, ...): scores per class
-_LOGIT_LOSSES = ("binary_cross_entropy_with_logits", "BCEWithLogitsLoss")  # (16 logits or more, all in (0, 1)
-# and not all equal: probabilities, almost surely; a head of zeros, or a ReLU's, gives some exactly 0)
+_LOGIT_LOSSES = ("binary_cross_entropy_with_logits", "BCEWithLogitsLoss")  # (16 logits or more, all in [0, 1],
+# not all equal, most not 0: probabilities, almost surely, a saturated sigmoid's 1.0s too; a head of zeros, or a
+# ReLU's, gives many exactly 0)
 _BINARY = ("For two classes, output 2 logits (nn.Linear(..., 2)) with int64 class indices (N,) as targets, or one "
            "logit per item with F.binary_cross_entropy_with_logits and float 0/1 targets of its shape.")
 
