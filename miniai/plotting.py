@@ -46,6 +46,10 @@ def _to_hwc(im: Any) -> np.ndarray:
     return im
 
 
+_GREYS = ("gray", "gray_r", "Greys", "Greys_r", "binary", "binary_r", "gist_gray", "gist_yarg")  # grey maps:
+# a uint8 image in one is pixels (0-255); in another (a label mask's tab10) its values are what the map spreads
+
+
 def show_image(im: Any, ax: Axes | None = None, figsize: tuple[float, float] | None = None, title: str | None = None,
                noframe: bool = True, **kwargs: Any) -> Figure:
     """Draw one image ([C,H,W] or [H,W] tensor/array; one channel in grey unless `rcParams['image.cmap']` or
@@ -53,10 +57,12 @@ def show_image(im: Any, ax: Axes | None = None, figsize: tuple[float, float] | N
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     im = _to_hwc(im)
-    if im.ndim == 2 and "cmap" not in kwargs and plt.rcParams["image.cmap"] == matplotlib.rcParamsDefault["image.cmap"]:
-        kwargs["cmap"] = "gray"  # one channel in grey, unless you chose a colour map (rcParams or cmap=)
-        if im.dtype == np.uint8 and "norm" not in kwargs:  # grey pixels on their scale (imshow stretches one
-            kwargs = {"vmin": 0, "vmax": 255, **kwargs}  # channel to its own range: all white would be black)
+    if im.ndim == 2 and plt.rcParams["image.cmap"] == matplotlib.rcParamsDefault["image.cmap"]:
+        kwargs.setdefault("cmap", "gray")  # one channel in grey, unless you chose a colour map (rcParams or cmap=)
+    cmap = kwargs.get("cmap", plt.rcParams["image.cmap"])
+    cmap = getattr(cmap, "name", cmap)  # (a Colormap, or its name)
+    if im.ndim == 2 and im.dtype == np.uint8 and cmap in _GREYS and "norm" not in kwargs:  # grey pixels on their
+        kwargs = {"vmin": 0, "vmax": 255, **kwargs}  # scale (imshow stretches one channel: all white drawn black)
     ax.imshow(im, **kwargs)
     if title is not None:
         ax.set_title(title)

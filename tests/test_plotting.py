@@ -52,6 +52,9 @@ def test_a_grey_uint8_image_is_drawn_on_the_pixels_scale_not_stretched_to_its_ow
     fig = show_image(dark, vmin=10, vmax=40)  # asked for: as asked
     assert (fig.axes[0].images[0].norm.vmin, fig.axes[0].images[0].norm.vmax) == (10, 40)
     plt.close(fig)
+    for fig in (show_image(dark, cmap="gray"), show_images([dark], cmap="Greys")):  # (regression round T3) grey
+        assert (fig.axes[0].images[0].norm.vmin, fig.axes[0].images[0].norm.vmax) == (0, 255)  # asked by name
+        plt.close(fig)
     # (regression round T2) a uint8 label mask in a colour map of one's own: classes 0..4 all got one colour
     mask = torch.arange(5, dtype=torch.uint8).repeat(4, 1)
     for fig in (show_image(mask, cmap="tab10"), show_images([mask], cmap="viridis")):
