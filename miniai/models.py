@@ -181,7 +181,7 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     if not isinstance(getattr(m_in, "weight", None), torch.Tensor):
         raise TypeError(f"lsuv_init: m_in is the layer whose weight it scales (a Conv or Linear), and "
                         f"{type(m_in).__name__} has none: pass the layer before m")
-    if all(m_in.weight is not p for p in model.parameters()):
+    if all(m_in is not module for module in model.modules()):  # (a parametrized weight is no parameter itself)
         raise ValueError(f"lsuv_init: m_in ({type(m_in).__name__}) is not a layer of the model: pass one of "
                          "model's layers, the one before m")
     seen: dict[str, Any] = {}

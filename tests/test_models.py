@@ -185,6 +185,9 @@ def test_lsuv_init_refuses_layers_it_cant_scale_and_puts_back_an_m_in_outside_th
         lsuv_init(model, act, act, xb)
     with pytest.raises(ValueError, match=r"max_iters must be a whole number >= 0"):
         lsuv_init(model, act, lin, xb, max_iters=-1)
+    normed = nn.utils.parametrizations.weight_norm(nn.Linear(4, 8))  # (regression round T3: "not a layer of the
+    mean, std = lsuv_init(nn.Sequential(normed, act), act, normed, xb)  # model", its weight no parameter itself)
+    assert abs(mean) <= 1e-3 and abs(std - 1) <= 1e-3
 
 
 class _Counter(nn.Module):
