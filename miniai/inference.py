@@ -26,7 +26,7 @@ from .callbacks.basic import DeviceCB
 from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds, participants
 from .checks import check_count, warn
-from .data import DataLoaders
+from .data import DataLoaders, Normalize
 from .distributed import is_main_process
 from .learner import Learner
 from .supervised import TrainLearner
@@ -376,7 +376,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
                          f"{'is' if len(lazy) == 1 else 'are'} not made yet: a lazy layer makes its weights at its "
                          "first forward. Train it first, or run one batch through it: learn.summary(xb=...)")
     # torch's zip reader checks no CRC: a weight a bad copy changed would load without a word
-    bundle["checksum"] = byte_sums(_guarded(bundle))
+    bundle["checksum"], bundle["normalize_checksum"] = (byte_sums(part) for part in _guarded(bundle))
     try:
         torch.save(bundle, tmp)
         os.replace(tmp, path)  # never a half-written export under the real name
@@ -401,12 +401,12 @@ def _in_reading(error: BaseException) -> bool:
     return last is not None and last.f_code.co_filename == torch.serialization.__file__
 
 
-def _guarded(bundle: dict[str, Any]) -> list[torch.Tensor]:
-    """The tensors an export's checksums cover: the model's state (weights, buffers, extra state's tensors) and the
-    normalization's (its mean and std)."""
+def _guarded(bundle: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The tensors an export's checksums cover: the model's state (weights, buffers, extra state's tensors), and
+    miniai's Normalize's mean and std (what another normalization pickles of itself is its own: not covered)."""
     normalize = bundle.get("normalize")
-    return [*tensors_in(bundle["model"].state_dict()),
-            *(v for v in getattr(normalize, "__dict__", {}).values() if isinstance(v, torch.Tensor))]
+    return (list(tensors_in(bundle["model"].state_dict())),
+            [normalize.mean, normalize.std] if type(normalize) is Normalize else [])
 
 
 def _class_code(model: torch.nn.Module) -> dict[str, str]:
@@ -518,8 +518,8 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if missing:
         raise ValueError(f"{path} is an incomplete miniai export: it has no {', '.join(missing)}. Export the learner "
                          "again (learn.export(path))")
-    saved = bundle.get("checksum")  # (exports before it have none)
-    if saved is not None and not checksums_match(saved, _guarded(bundle)):
+    saved = (bundle.get("checksum"), bundle.get("normalize_checksum"))  # (exports before them have none)
+    if any(sums is not None and not checksums_match(sums, part) for sums, part in zip(saved, _guarded(bundle))):
         raise ValueError(f"{path} is damaged: its weights' checksums differ from those its export wrote (a bad "
                          "copy, disk or download): copy it again, or export it again")
     now = _class_code(bundle["model"])

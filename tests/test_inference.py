@@ -515,6 +515,28 @@ def test_an_error_the_models_own_unpickling_raises_is_not_called_a_damaged_file(
         load_learner(path)
 
 
+class CachedNorm:
+    """A normalization of one's own that pickles without a tensor it caches (rebuilt on use)."""
+
+    def __init__(self) -> None:
+        self.mean, self.cache = torch.tensor([0.4]), torch.zeros(3)
+
+    def __getstate__(self):
+        return {"mean": self.mean}
+
+    def __call__(self, x):
+        return x.float() / 255 - self.mean
+
+
+def test_a_normalization_of_ones_own_that_pickles_otherwise_than_it_holds_is_no_damage(tmp_path):
+    """(regression round T3) The checksum covered every tensor a normalize object held, as it held them: one whose
+    pickle leaves a cache out was refused at every load as damaged ("copy it again"), which no copy fixes."""
+    dls = DataLoaders(TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2),
+                      TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2), normalize=CachedNorm())
+    learn = TrainLearner(WithExtraState(), dls, F.cross_entropy)
+    assert isinstance(load_learner(learn.export(tmp_path / "m.pkl")).dls.normalize, CachedNorm)
+
+
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
     """(probe T3) Only each module's own class was digested: a base class's method that forward calls, changed
     since the export, gave other predictions without a word."""
