@@ -532,7 +532,8 @@ def test_a_normalization_of_ones_own_that_pickles_otherwise_than_it_holds_is_no_
     """(regression round T3) The checksum covered every tensor a normalize object held, as it held them: one whose
     pickle leaves a cache out was refused at every load as damaged ("copy it again"), which no copy fixes."""
     dls = DataLoaders(TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2),
-                      TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2), normalize=CachedNorm())
+                      TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2),
+                      normalize=CachedNorm())
     learn = TrainLearner(WithExtraState(), dls, F.cross_entropy)
     assert isinstance(load_learner(learn.export(tmp_path / "m.pkl")).dls.normalize, CachedNorm)
 
