@@ -392,13 +392,16 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
 
 
 def _in_reading(error: BaseException) -> bool:
-    """Whether `error` came from reading the file (torch's zip reader, the unpickler), not from code it unpickles."""
+    """Whether `error` came from reading the file (torch, the unpickler), not from code it unpickles (a frame of
+    none of those: a model's __setstate__)."""
     if isinstance(error, (pickle.UnpicklingError, EOFError)):
         return True
-    tb, last = error.__traceback__, None
+    readers, tb = (os.path.dirname(torch.__file__), os.path.dirname(__file__), pickle.__file__), error.__traceback__
     while tb is not None:
-        last, tb = tb.tb_frame, tb.tb_next
-    return last is not None and last.f_code.co_filename == torch.serialization.__file__
+        if not tb.tb_frame.f_code.co_filename.startswith(readers):
+            return False
+        tb = tb.tb_next
+    return True
 
 
 def _guarded(bundle: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -538,6 +538,28 @@ def test_a_normalization_of_ones_own_that_pickles_otherwise_than_it_holds_is_no_
     assert isinstance(load_learner(learn.export(tmp_path / "m.pkl")).dls.normalize, CachedNorm)
 
 
+def test_an_error_raised_anywhere_in_torch_while_reading_an_export_is_named_as_damage():
+    """(regression round T3) A flipped byte in data.pkl: torch raised "Trying to resize storage that is not
+    resizable" from torch/_utils.py, which was let through bare, as if the model's own code had raised it."""
+    import torch._utils
+
+    from miniai.inference import _in_reading
+    scope: dict = {}
+    exec(compile("def fail():\n    raise RuntimeError('Trying to resize storage that is not resizable')\n",
+                 torch._utils.__file__, "exec"), scope)  # (code as if of torch/_utils.py)
+    try:
+        scope["fail"]()
+    except RuntimeError as e:  # (as load_learner sees it: from torch.load down, this test's frame left out)
+        assert _in_reading(e.with_traceback(e.__traceback__.tb_next))
+    try:
+        NeedsVocab.FAIL_UNPICKLING = True
+        NeedsVocab().__setstate__({})
+    except RuntimeError as e:
+        assert not _in_reading(e.with_traceback(e.__traceback__.tb_next))
+    finally:
+        NeedsVocab.FAIL_UNPICKLING = False
+
+
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
     """(probe T3) Only each module's own class was digested: a base class's method that forward calls, changed
     since the export, gave other predictions without a word."""
