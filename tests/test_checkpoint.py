@@ -1297,6 +1297,25 @@ def test_a_file_of_the_users_named_like_a_checkpoint_is_never_taken_for_one_nor_
     assert torch.load(tmp_path / "epoch_1.pt")["my_embeddings"].sum() == 3
 
 
+def test_one_checkpointcb_in_a_fit_inside_its_own_fit_is_refused_and_its_claim_let_go(tmp_path):
+    """(regression round T3) The outer fit's CheckpointCB object given to a fit run from its callbacks: the inner
+    before_fit dropped the outer fit's claim before it was refused, so every later fit into that directory in this
+    process was refused as 'in use by another fit'."""
+    shared = CheckpointCB(tmp_path, keep=None)
+    inner, _ = make_learner(None)
+
+    class FitsInner(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 0 and learn.training:
+                inner.fit(1, cbs=[shared])
+    outer, _ = make_learner(None, [FitsInner(), shared])
+    with pytest.raises(RuntimeError, match=r"this CheckpointCB is writing for a running fit"):
+        outer.fit(2)
+    outer.rm_cb(next(cb for cb in outer.cbs if isinstance(cb, FitsInner)))
+    outer.fit(2)  # the directory is free again
+    assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

@@ -739,6 +739,7 @@ class CheckpointCB(Callback):
         self._replaced: list[Path] = []  # an earlier run's files that overwrite=True deletes at the first save
         self._superseded: list[Path] = []  # later epochs' files of the resumed run, moved aside at the first save
         self._release: Callable[[], None] | None = None  # lets go of path while this fit writes there (claim_dir)
+        self._claimer: Learner | None = None  # the learner whose fit holds it
         self._resumed_from: Path | None = None
         self._resumed_epoch = 0
         self._watched: dict[str, tuple[Callback, dict[str, Any]]] = {}  # own callbacks without state_dict
@@ -799,6 +800,9 @@ class CheckpointCB(Callback):
                      if all(mine.get(k) == state.get(k) for k in ("run", "path", "monitor", "mode"))), state)
 
     def before_fit(self, learn: Learner) -> None:
+        if getattr(self, "_release", None) is not None:  # (held from a running fit's before_fit to its cleanup)
+            raise RuntimeError("this CheckpointCB is writing for a running fit, from whose callbacks this fit runs: "
+                               "give the inner fit a CheckpointCB of its own, in another directory")
         if any(cb is not self and isinstance(cb, CheckpointCB) and cb.path.resolve() == self.path.resolve()
                for cb in learn.cbs):  # each would delete the other's files as it keeps its own newest
             raise ValueError(f"two CheckpointCBs write into {self.path}: give each its own directory (one "
@@ -840,7 +844,7 @@ class CheckpointCB(Callback):
         def let_go() -> None:
             _WRITING.discard(key)
             release()
-        self._release = let_go
+        self._release, self._claimer = let_go, learn  # (only that fit's cleanup lets go)
         for stale in self.path.glob(".epoch_*.pt.*.tmp"):
             if _TEMPORARY.match(stale.name):  # (save_checkpoint's own: none of the user's files)
                 stale.unlink(missing_ok=True)  # left by a process killed while saving
@@ -871,9 +875,10 @@ class CheckpointCB(Callback):
             self._replaced = [f for _, f in existing]  # deleted once this run has written a checkpoint
 
     def cleanup_fit(self, learn: Learner) -> None:
-        if getattr(self, "_release", None) is not None:  # (a CheckpointCB pickled by an older miniai has none)
+        # (a CheckpointCB pickled by an older miniai has no _release; a fit refused above claimed nothing)
+        if getattr(self, "_release", None) is not None and getattr(self, "_claimer", None) is learn:
             self._release()
-            self._release = None
+            self._release = self._claimer = None
 
     def cleanup_epoch(self, learn: Learner) -> None:
         # Saved as its last pass's cleanups end (once every epoch scheduler has stepped, before the next epoch's
