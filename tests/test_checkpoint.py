@@ -1316,6 +1316,16 @@ def test_one_checkpointcb_in_a_fit_inside_its_own_fit_is_refused_and_its_claim_l
     assert [f.name for _, f in list_checkpoints(tmp_path)] == ["epoch_0001.pt", "epoch_0002.pt"]
 
 
+def test_a_small_real_change_of_a_one_cycles_pct_start_is_still_named_on_resume():
+    """(regression round T3) Settings that read the same are no longer listed, and pct_start was read to 4 digits:
+    0.3 against 0.30004 over 100000 steps (the peak 4 steps later) read the same, and went unsaid."""
+    from miniai.callbacks.scheduling import _settings_changed
+    opt = optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    states = [lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=100_000, pct_start=p).state_dict()
+              for p in (0.3, 0.30004)]
+    assert any("pct_start 0.3 (saved) vs 0.30004 (here)" in c for c in _settings_changed(*states))
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

@@ -114,8 +114,9 @@ class SupervisedLoss:
     def __call__(self, learn: Learner) -> torch.Tensor:
         loss_func, preds, yb = learn.loss_func, learn.preds, learn.yb
         if loss_func is None:
-            raise TypeError("the learner has no loss_func (None: load_learner's, when the exported loss could not be "
-                            "pickled), so no loss can be computed: set one first, learn.loss_func = F.cross_entropy")
+            raise TypeError("the learner has no loss_func (None; load_learner gives None when the exported loss could "
+                            "not be pickled), so no loss can be computed: set one first, learn.loss_func = "
+                            "F.cross_entropy")
         first = yb[0] if yb else None
         key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first),
                getattr(first, "shape", None), getattr(learn, "epoch", None))

@@ -527,7 +527,7 @@ def _as_argument(key: str, state: dict[str, Any]) -> tuple[str, str]:
     """A scheduler's setting as the argument that set it: OneCycleLR's private phases as its pct_start."""
     if key == "_schedule_phases":  # (torch's: the first phase ends at step pct_start x total_steps - 1)
         phases = state[key]
-        return "pct_start", f"{(phases[0]['end_step'] + 1) / state['total_steps']:.4g}" + (
+        return "pct_start", f"{(phases[0]['end_step'] + 1) / state['total_steps']:.6g}" + (
             " (three_phase=True)" if len(phases) == 3 else "")
     return {"_anneal_func_type": "anneal_strategy", "_milestones": "milestones"}.get(key, key), repr(state[key])
 
