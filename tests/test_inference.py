@@ -1,6 +1,7 @@
 """infer on raw images, export and load_learner: a new process predicts what the exporting one did."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -558,6 +559,42 @@ def test_an_error_raised_anywhere_in_torch_while_reading_an_export_is_named_as_d
         assert not _in_reading(e.with_traceback(e.__traceback__.tb_next))
     finally:
         NeedsVocab.FAIL_UNPICKLING = False
+
+
+def test_an_export_of_the_one_checksum_over_weights_and_normalization_still_loads(tmp_path):
+    """(regression round T4) For a while one checksum covered the model and the Normalize together; the split into
+    two called every such export (all get_dls ones) damaged."""
+    from miniai.inference import _guarded
+    from miniai.utils import byte_sums
+    dls = DataLoaders(TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2),
+                      TensorLoader(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 2),
+                      normalize=Normalize([0.4], [0.3]))
+    path = TrainLearner(WithExtraState(), dls, F.cross_entropy).export(tmp_path / "m.pkl")
+    bundle = torch.load(path, weights_only=False)
+    model, normalize = _guarded(bundle)
+    bundle["checksum"] = byte_sums(model + normalize)
+    del bundle["normalize_checksum"]
+    torch.save(bundle, tmp_path / "between.pkl")
+    load_learner(tmp_path / "between.pkl")
+    bundle["normalize"].mean.add_(0.01)  # (and a damaged one of them is still refused)
+    torch.save(bundle, tmp_path / "damaged.pkl")
+    with pytest.raises(ValueError, match="is damaged"):
+        load_learner(tmp_path / "damaged.pkl")
+
+
+def test_a_folder_whose_name_starts_like_torchs_or_miniais_holds_no_reader_code():
+    """(regression round T4) A model in /.../miniai_user/ (or torchvision's) raising in its own __setstate__ was
+    named a damaged export: the folder's path began with miniai's own."""
+    import miniai
+    from miniai.inference import _in_reading
+    for folder in (os.path.dirname(miniai.__file__) + "_user", os.path.dirname(torch.__file__) + "vision"):
+        scope: dict = {}
+        exec(compile("def fail():\n    raise ValueError('vocab missing')\n", os.path.join(folder, "m.py"), "exec"),
+             scope)
+        try:
+            scope["fail"]()
+        except ValueError as e:
+            assert not _in_reading(e.with_traceback(e.__traceback__.tb_next))
 
 
 def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
