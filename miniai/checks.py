@@ -198,7 +198,8 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
     own = [k for k in type(cb).__mro__ if k.__module__ != "miniai.learner" and k is not object]  # (not Callback)
     for name in (*events, *cb.owns_steps):
         if any(name in vars(k) for k in own) or name in getattr(cb, "__dict__", {}):
-            if callable(getattr(cb, name)) and not _takes_one(getattr(cb, name)):
+            method = getattr(cb, name, None)  # (a property that raises: not called, as before)
+            if callable(method) and not _takes_one(method):
                 raise TypeError(f"{cls}.{name} can't take the learner: events call it as {name}(learn), so define it "
                                 f"def {name}(self, learn)")
     for name in cb.owns_steps:
@@ -226,7 +227,7 @@ _FASTAI_EVENTS = {
 def _takes_one(method: Any) -> bool:
     """Whether `method` (bound) can be called with one positional argument, the learner (or can't be read)."""
     try:
-        inspect.signature(method).bind(None)
+        inspect.signature(method, follow_wrapped=False).bind(None)  # (the wrapper is what the event calls)
     except TypeError:
         return False
     except ValueError:  # (a builtin without a signature: it gets its call)

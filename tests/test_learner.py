@@ -1,6 +1,7 @@
 """The loop: event order, cancel semantics, callback order, temporary callbacks, steps and typo errors."""
 import contextlib
 import copy
+import functools
 import re
 from types import SimpleNamespace
 
@@ -170,6 +171,28 @@ def test_an_event_method_that_cant_take_the_learner_is_refused_when_added():
     Either = type("Either", (Callback,), {"after_batch": lambda self, learn=None, *rest: None,
                                           "before_fit": staticmethod(lambda learn: None)})
     tiny_learner(cbs=[Either()]).fit(1)
+
+    def losses(f):  # (regression round T4) a decorator whose wrapper takes the learner: the wrapper is called
+        @functools.wraps(f)
+        def wrapper(self, learn):
+            return f(self, learn.loss, learn.epoch)
+        return wrapper
+
+    class Wrapped(Callback):
+        @losses
+        def after_batch(self, loss, epoch):
+            self.seen = (float(loss), epoch)
+
+        @functools.singledispatchmethod
+        def after_epoch(self, learn):
+            self.dispatched = True
+
+        @property
+        def before_epoch(self):  # (a property that raises is not read, as before)
+            raise AttributeError("not an event here")
+    cb = Wrapped()
+    tiny_learner(cbs=[cb]).fit(1)
+    assert cb.seen[1] == 0 and cb.dispatched
 
 
 @pytest.mark.parametrize("name", ["on_substep_end", "on_init_end", "on_evaluate", "on_log", "on_loader_start",
