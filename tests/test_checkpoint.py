@@ -1326,6 +1326,29 @@ def test_a_small_real_change_of_a_one_cycles_pct_start_is_still_named_on_resume(
     assert any("pct_start 0.3 (saved) vs 0.30004 (here)" in c for c in _settings_changed(*states))
 
 
+def test_a_copy_of_a_learner_taken_mid_fit_holds_no_claim_of_its_checkpoint_directory(tmp_path):
+    """(regression round T4) copy.deepcopy(learn) in a callback copied CheckpointCB's claim: the copy's refused fit
+    let the outer fit's claim go (a third fit into the directory then passed), and a copy fitted after the outer fit
+    ended was refused as 'writing for a running fit'."""
+    import copy
+
+    from miniai.utils import DirInUseError
+    copies = []
+
+    class Copies(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 0 and learn.training:
+                copies.append(copy.deepcopy(learn))
+                with pytest.raises(DirInUseError, match="in use by another fit of this process"):
+                    copies[0].fit(1)
+                with pytest.raises(DirInUseError, match="in use by another fit of this process"):
+                    make_learner(tmp_path, overwrite=True)[0].fit(1)
+    outer, _ = make_learner(tmp_path, [Copies()], keep=None)
+    outer.fit(2)
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        copies[0].rm_cb(next(cb for cb in copies[0].cbs if isinstance(cb, Copies))).fit(1)
+
+
 _MODULE_GENERATOR = torch.Generator().manual_seed(5)
 
 

@@ -746,6 +746,10 @@ class CheckpointCB(Callback):
         self._warned: set[str] = set()
         self._run: str | None = None  # the run's id, in each of its checkpoints: tells a directory's runs apart
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy (deepcopy, pickle) holds: no claim of the directory, which the fit that made it lets go."""
+        return {**vars(self), "_release": None, "_claimer": None}
+
     def state_dict(self) -> dict[str, Any]:
         """{'best': best monitored value so far, 'best_file': its file's path, 'monitor', 'mode', 'path', 'run': the
         run's id}, so a resumed run keeps the best (unless it watches something else) and knows its directories, and
