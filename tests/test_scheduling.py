@@ -405,7 +405,7 @@ def test_accumulation_steps_the_schedule_per_optimizer_step_and_ends_on_its_fina
 
 @pytest.mark.parametrize("kwargs, said", [
     ({"lr_max": 0.1}, r"the cycle's peak as max_lr: fit_one_cycle\(2, max_lr=0.1\)"),
-    ({"wd": 0.01}, r"weight decay is the optimizer's: opt_func=partial\(optim.AdamW, weight_decay=0.01\)")])
+    ({"wd": 0.01}, r"weight decay is the optimizer's: opt_func=partial\(optim.SGD, weight_decay=0.01\)")])
 def test_fastais_fit_one_cycle_arguments_say_what_they_are_here(kwargs, said):
     """(probe P8) fastai's fit_one_cycle(n, lr_max=...) or wd=...: "Learner.fit() got an unexpected keyword
     argument", naming neither max_lr nor where weight decay goes."""

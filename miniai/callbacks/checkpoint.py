@@ -862,9 +862,9 @@ class CheckpointCB(Callback):
             foreign = [f.name for _, f in existing if not tagged(f, _FORMAT)]
             if foreign:  # (a file of the user's: never resumed from, nor deleted by overwrite=True)
                 raise FileExistsError(f"{self.path} holds files named like checkpoints that are no miniai checkpoints "
-                                      f"({', '.join(foreign[:3])}{', ...' * (len(foreign) > 3)}): CheckpointCB would "
-                                      "take them for its own. Keep yours apart: move them, or give CheckpointCB "
-                                      "another directory")
+                                      f"({', '.join(foreign[:3])}{', ...' * (len(foreign) > 3)}; or damaged ones): "
+                                      "CheckpointCB would take them for its own. Keep yours apart: move them, or give "
+                                      "CheckpointCB another directory")
             if not self.overwrite:  # (a resumed run writing here would mix its files with another run's)
                 whose = ("from an earlier run (each fit starts a run of its own, also this learner's next)"
                          if resumed is None else f"of another run than the one resumed ({resumed})")

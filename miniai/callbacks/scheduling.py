@@ -789,8 +789,10 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
             raise TypeError(f"fit_one_cycle takes the cycle's peak as max_lr: fit_one_cycle({n_epochs}, "
                             f"max_lr={fit_kwargs[name]!r})")
     if "wd" in fit_kwargs:  # (fastai's)
-        raise TypeError(f"fit_one_cycle has no wd: weight decay is the optimizer's: opt_func=partial(optim.AdamW, "
-                        f"weight_decay={fit_kwargs['wd']!r}) for the learner")
+        kind = getattr(learn.opt_func, "__name__", "optim.AdamW")
+        raise TypeError(f"fit_one_cycle has no wd: weight decay is the optimizer's: opt_func=partial("
+                        f"{'optim.' * (kind in vars(torch.optim))}{kind}, weight_decay={fit_kwargs['wd']!r}) for the "
+                        "learner")
     max_lr = learn.lr if max_lr is None else max_lr
     if isinstance(max_lr, torch.Tensor) and max_lr.numel() == 1:  # (fit takes one as its number)
         max_lr = max_lr.item()
