@@ -1292,7 +1292,8 @@ def test_a_file_of_the_users_named_like_a_checkpoint_is_never_taken_for_one_nor_
     torch.save({"my_embeddings": torch.ones(3)}, tmp_path / "epoch_1.pt")
     for overwrite in (False, True):
         with pytest.raises(FileExistsError, match=r"holds files named like checkpoints that are no miniai checkpoints "
-                                                  r"\(epoch_1.pt\).*move them, or give CheckpointCB another directory"):
+                                                  r"\(epoch_1.pt; or damaged ones\).*move them, or give CheckpointCB "
+                                                  r"another directory"):
             make_learner(tmp_path, overwrite=overwrite)[0].fit(1)
     assert torch.load(tmp_path / "epoch_1.pt")["my_embeddings"].sum() == 3
 
