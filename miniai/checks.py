@@ -170,8 +170,10 @@ def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> No
 
 
 def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:
-    """A misspelt event, a method named like a step the callback does not declare, or a step that another callback
-    (its handler already in `owners[step]`) owns is an error when the callback is added, not a silent change."""
+    """A misspelt event (or another framework's, fastai's by what it means here), a method named like a step the
+    callback does not declare, a step that another callback (its handler already in `owners[step]`) owns, or an
+    event or step method that can't take the learner is an error when the callback is added, not a silent change
+    (or a TypeError from inside the loop)."""
     cls = type(cb).__name__
     if isinstance(cb.owns_steps, str):  # ("backward") is a string: the letters would be checked as step names
         raise TypeError(f"{cls}.owns_steps is the string {cb.owns_steps!r}: make it a tuple of step names, "
