@@ -36,7 +36,8 @@ class LRFinderCB(Callback):
     """Multiplies every param group's lr by `gamma` after each optimizer step; stops the fit once the typical loss
     (the median of the last `_WINDOW`) exceeds `max_mult` × its minimum so far, or a loss is NaN/inf (then
     `diverged` is True). Records `lrs` (the lr `fit` was given, as it grows: with param groups of their own lrs,
-    the one `fit(lr=...)` takes) and `losses` (with gradient accumulation, the mean loss of each step's batches).
+    the one `fit(lr=...)` takes) and `losses` (with gradient accumulation, the mean loss of each step's batches;
+    a step a float16 scaler skipped for overflow is no step: its batch's loss joins the next step's mean).
 
     The stopping rule assumes a non-negative loss. It reads a median, not each loss: one noisy batch (a trained
     model's losses near 0 vary by far more than `max_mult`) must not end the search at its start, while a
