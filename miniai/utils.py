@@ -26,7 +26,7 @@ __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_i
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
            "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial",
-           "base_loss", "name_of", "tagged"]
+           "base_loss", "name_of", "tagged", "lazy_tensors"]
 
 
 def _pick_device() -> str:
@@ -468,6 +468,13 @@ def len_or_none(obj: Any) -> int | None:
         return len(obj)
     except TypeError:
         return None
+
+
+def lazy_tensors(model: torch.nn.Module) -> list[str]:
+    """The names of the model's parameters and buffers a lazy layer has not made yet (it makes them at its first
+    forward)."""
+    return [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+            if isinstance(t, torch.nn.parameter.UninitializedTensorMixin)]
 
 
 def tagged(path: Path, tag: str) -> bool:

@@ -17,7 +17,7 @@ from torch import nn
 from ..checks import warn
 from ..data import TensorLoader
 from ..learner import Learner
-from ..utils import map_tensors, rngs_kept
+from ..utils import lazy_tensors, map_tensors, rngs_kept
 from .checkpoint import (callback_generators, generator_state, has_state, held_generators, loader_generators,
                          run_generators, set_generator_state)
 from .metrics import MetricsCB
@@ -89,8 +89,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     `no_grad` leave the weights alone, and no metric runs), so a prediction pass costs next to nothing here.
     """
     model = learn.model
-    lazy = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
-            if isinstance(t, nn.parameter.UninitializedTensorMixin)] if weights else []  # before a first forward
+    lazy = lazy_tensors(model) if weights else []  # (before a first forward)
     if lazy:  # (a prediction pass initializes them, for good: a forward is what they wait for)
         raise ValueError(f"the model has lazy layers not initialized yet ({', '.join(lazy[:3])}): this call would "
                          "initialize them and can't put that back. Initialize them first with one forward pass, "
