@@ -30,7 +30,7 @@ from .data import DataLoaders, Normalize
 from .distributed import is_main_process
 from .learner import Learner
 from .supervised import TrainLearner
-from .utils import byte_sums, check_device, checksums_match, link_target, tagged, tensors_in
+from .utils import byte_sums, check_device, checksums_match, lazy_tensors, link_target, tagged, tensors_in
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -347,6 +347,11 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "item_dtype": getattr(dls, "item_dtype", None),
               "n_inp": learn.n_inp, "loss_func": loss_func, "code": _class_code(unwrap(learn.model)),
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
+    lazy = lazy_tensors(bundle["model"])
+    if lazy:  # (exported so, each load would make new random weights)
+        raise ValueError(f"export: the model's {', '.join(lazy[:4])}{', ...' * (len(lazy) > 4)} "
+                         f"{'is' if len(lazy) == 1 else 'are'} not made yet: a lazy layer makes its weights at its "
+                         "first forward. Train it first, or run one batch through it: learn.summary(xb=...)")
     _check_kept_out(learn, bundle["cbs"])
     mains = _in_main(bundle)
     if mains:  # pickled by name: only a process whose __main__ defines them too can load them
@@ -365,18 +370,12 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)  # as save_checkpoint does
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # torch's zip reader checks no CRC: a weight a bad copy changed would load without a word
+    bundle["checksum"], bundle["normalize_checksum"] = (byte_sums(part) for part in _guarded(bundle))
     # hooks a fit registered (ActivationStats) are the fit's, not the model's: not exported (a pruning mask's or
     # spectral norm's own hooks are, as part of the model)
     hooks = [(m, {i: m._forward_hooks.pop(i) for i in list(m._forward_hooks) if i in HOOK_IDS})
              for m in bundle["model"].modules()]
-    lazy = [name for name, t in [*bundle["model"].named_parameters(), *bundle["model"].named_buffers()]
-            if torch.nn.parameter.is_lazy(t)]
-    if lazy:  # (exported so, each load would make new random weights)
-        raise ValueError(f"export: the model's {', '.join(lazy[:4])}{', ...' * (len(lazy) > 4)} "
-                         f"{'is' if len(lazy) == 1 else 'are'} not made yet: a lazy layer makes its weights at its "
-                         "first forward. Train it first, or run one batch through it: learn.summary(xb=...)")
-    # torch's zip reader checks no CRC: a weight a bad copy changed would load without a word
-    bundle["checksum"], bundle["normalize_checksum"] = (byte_sums(part) for part in _guarded(bundle))
     try:
         torch.save(bundle, tmp)
         os.replace(tmp, path)  # never a half-written export under the real name

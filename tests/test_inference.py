@@ -396,6 +396,12 @@ def test_a_model_whose_lazy_layer_never_ran_is_not_exported(tmp_path):
                                          r"forward.*learn.summary\(xb=\.\.\.\)"):
         learn.export(tmp_path / "m.pkl")
     assert not (tmp_path / "m.pkl").exists()
+    from miniai.callbacks.activations import Hook
+    hook = Hook(learn.model[0], lambda *args: None)  # (a fit's hook: left on the model by the refusal)
+    with pytest.raises(ValueError, match="not made yet"):
+        learn.export(tmp_path / "m.pkl")
+    assert hook.handle.id in learn.model[0]._forward_hooks
+    hook.remove()
     learn.summary(xb=torch.zeros(2, 4))
     load_learner(learn.export(tmp_path / "m.pkl"))
 
