@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_count, check_not_in_fit, python_number, warn
+from ..checks import beside_model, check_count, check_not_in_fit, python_number, warn
 from ..distributed import world_size
 from ..utils import counted, keeps_workers, loss_reduction
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
@@ -75,9 +75,7 @@ class LRFinderCB(Callback):
                             "has none: find the lr with a torch.optim optimizer (or one with param_groups)")
         # tensors the optimizer trains beside the model (a temperature), as they are now: lr_find puts them back
         model = getattr(learn, "model", None)  # (a stand-in learner of one's own may have none)
-        ours = {id(p) for p in model.parameters()} if model is not None else set()
-        self.beside = [(p, p.detach().clone()) for group in learn.opt.param_groups for p in group.get("params", ())
-                       if id(p) not in ours]
+        self.beside = [] if model is None else [(p, p.detach().clone()) for p in beside_model(model, learn.opt)]
         # the lr read is of the first group that grows (one held at lr 0, a frozen body, never does), recorded as
         # the lr fit made the optimizer with (learn.fit_lr), of which that group may run a multiple: as fit and
         # fit_one_cycle take an lr (lr_ratios)
