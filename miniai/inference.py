@@ -30,7 +30,8 @@ from .data import DataLoaders, Normalize
 from .distributed import is_main_process
 from .learner import Learner
 from .supervised import TrainLearner
-from .utils import byte_sums, check_device, checksums_match, lazy_tensors, link_target, tagged, tensors_in
+from .utils import (byte_sums, check_device, checksums_match, frames, lazy_tensors, link_target, tagged,
+                    tensors_in)
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -396,12 +397,7 @@ def _in_reading(error: BaseException) -> bool:
     if isinstance(error, (pickle.UnpicklingError, EOFError)):
         return True
     readers = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep, pickle.__file__)
-    tb = error.__traceback__
-    while tb is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(readers):
-            return False
-        tb = tb.tb_next
-    return True
+    return all(frame.f_code.co_filename.startswith(readers) for frame in frames(error))
 
 
 def _guarded(bundle: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

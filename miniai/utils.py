@@ -26,7 +26,7 @@ __all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_i
            "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
            "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial",
-           "base_loss", "name_of", "tagged", "lazy_tensors"]
+           "base_loss", "name_of", "tagged", "lazy_tensors", "frames"]
 
 
 def _pick_device() -> str:
@@ -468,6 +468,14 @@ def len_or_none(obj: Any) -> int | None:
         return len(obj)
     except TypeError:
         return None
+
+
+def frames(error: BaseException) -> Iterator[Any]:
+    """The frames of `error`'s traceback, outermost first (where it was caught, down to where it was raised)."""
+    tb = error.__traceback__
+    while tb is not None:
+        yield tb.tb_frame
+        tb = tb.tb_next
 
 
 def lazy_tensors(model: torch.nn.Module) -> list[str]:

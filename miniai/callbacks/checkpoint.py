@@ -37,7 +37,7 @@ from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import (DirInUseError, byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
-                     map_tensors, tagged, tensors_in, nonfinite_weight)
+                     frames, map_tensors, tagged, tensors_in, nonfinite_weight)
 from .augment import BatchTransformCB
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .monitor import check_monitor, improves, monitor_mode, same_watch
@@ -1148,9 +1148,8 @@ def interrupt_note(learn: Learner, temporary: list[Callback] | None = None,
         where = "before the first epoch started"
     else:
         n_batches = len_or_none(learn.dl)
-        tb, in_loop = getattr(error, "__traceback__", None), error is None  # (raised in the loop over the batches,
-        while tb is not None and not in_loop:  # or after it: the pass's after_epoch or cleanup_epoch)
-            in_loop, tb = tb.tb_frame.f_code is Learner._all_batches.__code__, tb.tb_next
+        # raised in the loop over the batches, or after it (the pass's after_epoch or cleanup_epoch)?
+        in_loop = error is None or any(f.f_code is Learner._all_batches.__code__ for f in frames(error))
         at = "before its first batch" if learn.iter is None else \
             f"at batch {learn.iter} (from 0) of {'?' if n_batches is None else n_batches}" if in_loop else \
             f"after its last batch ({learn.iter}, from 0, of {'?' if n_batches is None else n_batches})"

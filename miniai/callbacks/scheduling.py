@@ -42,7 +42,7 @@ from ..checks import add_note, follows_lr, own_place, python_number, warn
 from ..distributed import is_main_process, world_size
 from ..learner import Callback, Learner
 from ..supervised import MomentumLearner
-from ..utils import counted, without_graph
+from ..utils import counted, frames, without_graph
 from .. import schedulers as _schedulers
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
 from .monitor import check_monitor, monitor_mode, same_watch
@@ -459,25 +459,17 @@ _ONE_CYCLE_PHASE = ("OneCycleLR has a phase of no steps (pct_start=1.0, or pct_s
                     "pct_start × total_steps > 1 and pct_start < 1 (fit_one_cycle's default is 0.3), or more steps")
 
 
-def _frames(error: BaseException) -> Iterator[types.FrameType]:
-    """The frames of `error`'s traceback, outermost first."""
-    tb = error.__traceback__
-    while tb is not None:
-        yield tb.tb_frame
-        tb = tb.tb_next
-
-
 def _raised_in_library_schedule(error: BaseException) -> bool:
     """Whether `error` was raised in torch's lr_scheduler module or in miniai.schedulers, with no code of one's own
     between the step and it (a LambdaLR's lambda that calls `cosine_lr` raises its own errors)."""
     library = (torch.optim.lr_scheduler.__file__, _schedulers.__file__)
-    inside = [frame.f_code.co_filename in library for frame in _frames(error)]
+    inside = [frame.f_code.co_filename in library for frame in frames(error)]
     return True in inside and all(inside[inside.index(True):])
 
 
 def _raised_in(error: BaseException, cls: type) -> bool:
     """Whether `error` was raised inside a method of a `cls` object (a frame of its traceback has such a `self`)."""
-    return any(isinstance(frame.f_locals.get("self"), cls) for frame in _frames(error))
+    return any(isinstance(frame.f_locals.get("self"), cls) for frame in frames(error))
 
 
 def _parts_reached(scheduler: Any, reached: int) -> Iterator[tuple[Any, int]]:
