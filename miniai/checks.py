@@ -629,9 +629,12 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
     return opt
 
 
-def mark_trained(learn: Any) -> None:
-    """Note on the optimizer of a fit that trained (not one refused at its start, nor an evaluation) that it was
-    trained: fit_optimizer refuses it if opt_func hands it back again."""
+def mark_trained(learn: Any, kept: Any) -> None:
+    """Note the optimizer a fit made (`kept`: the one it found): the next fit warns of one set by hand since; and
+    on one that trained (not refused at its start, nor an evaluation) that it was, which fit_optimizer refuses if
+    opt_func hands it back again."""
+    if learn.opt is not kept:  # (an evaluation keeps the one it found, which may be one set by hand: not the fit's)
+        learn._fit_opt = learn.opt
     if learn._set_up and "train" in learn.passes and learn.opt is not None:
         with contextlib.suppress(AttributeError):  # (an optimizer of one's own with __slots__: not noted)
             learn.opt._miniai_trained = True

@@ -214,8 +214,8 @@ class Learner(Conveniences):
         finally:
             if not self._set_up:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
                 self.opt, self.fit_lr = kept  # nothing ran, and the learner keeps its optimizer
-            self._in_fit, self._temporary, self._fit_opt = False, [], self.opt  # (fit_optimizer: one set by hand?)
-            checks.mark_trained(self)  # (its optimizer, if it trained: opt_func must not hand that one back)
+            self._in_fit, self._temporary = False, []
+            checks.mark_trained(self, kept[0])  # the optimizer it made: the next fit's checks (one set by hand?)
             for cb in temporary:
                 self.rm_cb(cb)
             from .utils import drop_graph  # (imported here: the loop imports its checks and conveniences alone)

@@ -105,6 +105,18 @@ def test_an_optimizer_set_by_hand_before_a_fit_is_said_to_be_replaced():
         learn.fit(1)
 
 
+def test_an_optimizer_set_by_hand_before_an_evaluation_fit_is_still_said_to_be_replaced_at_the_next_training():
+    """(probe P8, left from session 21) learn.opt = Adam(...), then fit(1, train=False): the evaluation kept it (it
+    trains nothing) and was taken for the fit that made it, so the training fit after replaced it without a word."""
+    learn = tiny_learner()
+    learn.opt = optim.Adam(learn.model.parameters(), lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1, train=False)  # it keeps the optimizer, and trains nothing: no word yet
+    with pytest.warns(UserWarning, match=r"learn.opt was set by hand \(Adam\)"):
+        learn.fit(1)
+
+
 def test_an_optimizer_a_callback_swaps_in_during_a_scheduled_fit_is_refused():
     """(probe P8) A callback setting learn.opt = Adam(...) at epoch 1 of fit_one_cycle(2): the schedule went on
     stepping the first optimizer, and epoch 1 trained at the new one's flat 1e-3, without a word."""
