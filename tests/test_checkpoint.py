@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 from torch.optim import lr_scheduler
+from torcheval.metrics import MeanSquaredError
 
 import miniai.callbacks.checkpoint as checkpoint_module
 from miniai.augment import RandomFlip, batch_tfms
@@ -43,7 +44,9 @@ def make_learner(path, cbs=(), model=None, opt_func=optim.AdamW, learner_cls=Tra
     dls = DataLoaders(TensorLoader(x, y, bs=8, shuffle=True, seed=3),
                       TensorLoader(x[:16].clone(), y[:16].clone(), bs=8))
     model = model or nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 1))
-    rec, metrics = RecorderCB(lr=_lr), MetricsCB()
+    # valid_score: valid_loss again, a name that says no direction (mode="max": the best is an early epoch)
+    metrics = MetricsCB(score=MeanSquaredError()) if kwargs.get("monitor") == "valid_score" else MetricsCB()
+    rec = RecorderCB(lr=_lr)
     metrics.log_fn = lambda row: None  # quiet
     cbs = [metrics, *cbs, rec] + ([CheckpointCB(path, **kwargs)] if path is not None else [])
     return learner_cls(model, dls, F.mse_loss, lr=0.05, opt_func=opt_func, cbs=cbs), rec
@@ -310,9 +313,9 @@ def test_checkpoint_holds_model_optimizer_callbacks_loaders_rng_and_metrics(tmp_
 
 
 def test_keeps_the_newest_and_the_best(tmp_path):
-    learn, _ = make_learner(tmp_path, keep=2, monitor="valid_loss", mode="max")  # max: the best is an early one
+    learn, _ = make_learner(tmp_path, keep=2, monitor="valid_score", mode="max")  # max: the best is an early one
     learn.fit(5)
-    valid = [h["loss"] for h in learn.metrics.history if h["train"] == "valid"]
+    valid = [h["score"] for h in learn.metrics.history if h["train"] == "valid"]
     best = valid.index(max(valid)) + 1
     names = sorted(f.name for f in tmp_path.iterdir())
     assert names == sorted({f"epoch_{best:04d}.pt", "epoch_0004.pt", "epoch_0005.pt"})
@@ -331,9 +334,9 @@ def test_the_best_checkpoint_by_accuracy_is_the_highest(tmp_path):
 def test_with_a_monitor_an_epoch_that_improves_it_is_saved_whatever_every_says(tmp_path):
     """With every=3 only epochs 3 and 6 were ranked: `best` was the better of those two, not the best epoch's
     value, and the best epoch's weights were never written."""
-    learn, _ = make_learner(tmp_path, every=3, keep=None, monitor="valid_loss", mode="max")  # the best: an early one
+    learn, _ = make_learner(tmp_path, every=3, keep=None, monitor="valid_score", mode="max")  # the best: an early one
     learn.fit(6)
-    valid = [h["loss"] for h in learn.metrics.history if h["train"] == "valid"]
+    valid = [h["score"] for h in learn.metrics.history if h["train"] == "valid"]
     best = valid.index(max(valid)) + 1
     assert best not in (3, 6)
     cb = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
@@ -611,12 +614,12 @@ def test_overwrite_deletes_the_earlier_run_only_once_this_one_has_saved(tmp_path
 def test_the_best_path_after_a_resume_is_where_the_best_was_saved(tmp_path):
     """The best file's name was joined to the new callback's directory: a missing file, or another run's."""
     old, new = tmp_path / "old", tmp_path / "new"
-    first, _ = make_learner(old, monitor="valid_loss", mode="max", keep=None)  # max: the best is an early epoch
+    first, _ = make_learner(old, monitor="valid_score", mode="max", keep=None)  # max: the best is an early epoch
     first.fit(2)
     best = next(cb for cb in first.cbs if isinstance(cb, CheckpointCB)).best_path
     make_learner(new)[0].fit(2)  # another run's files, under the same names, where the resumed run writes
     # (which it may only with overwrite=True: test_a_resumed_fit_does_not_write_into_another_runs_directory)
-    learn, _ = make_learner(new, monitor="valid_loss", mode="max", keep=None, overwrite=True)
+    learn, _ = make_learner(new, monitor="valid_score", mode="max", keep=None, overwrite=True)
     learn.fit(3, resume=old / "epoch_0002.pt")
     cb = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
     assert cb.best_path in (best, new / "epoch_0003.pt") and cb.best_path.exists()
@@ -666,11 +669,11 @@ def test_a_checkpoint_of_another_dtype_is_named_in_a_warning(tmp_path):
 
 def test_a_run_directory_moved_with_its_files_keeps_its_best(tmp_path):
     """The best file was saved as an absolute path: after `mv runs/a runs/b` the resumed run forgot its best."""
-    learn, _ = make_learner(tmp_path / "a", monitor="valid_loss", mode="max", keep=None)
+    learn, _ = make_learner(tmp_path / "a", monitor="valid_score", mode="max", keep=None)
     learn.fit(2)
     best = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path.name
     (tmp_path / "a").rename(tmp_path / "b")
-    again, _ = make_learner(tmp_path / "b", monitor="valid_loss", mode="max", keep=None)
+    again, _ = make_learner(tmp_path / "b", monitor="valid_score", mode="max", keep=None)
     again.fit(3, resume=tmp_path / "b")
     cb = next(cb for cb in again.cbs if isinstance(cb, CheckpointCB))
     assert cb.best_path in (tmp_path / "b" / best, tmp_path / "b" / "epoch_0003.pt")
@@ -679,12 +682,12 @@ def test_a_run_directory_moved_with_its_files_keeps_its_best(tmp_path):
 def test_a_run_moved_aside_keeps_its_own_best_not_the_file_of_the_run_now_at_its_old_place(tmp_path):
     """`mv exp exp_old`, a new run in `exp`, then a resume of exp_old: its best_path was the recorded absolute
     path, where the new run's file of that name now was: the best's value was the old run's, its file the new one's."""
-    learn, _ = make_learner(tmp_path / "exp", monitor="valid_loss", mode="max", keep=None)
+    learn, _ = make_learner(tmp_path / "exp", monitor="valid_score", mode="max", keep=None)
     learn.fit(2)
     best = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path.name
     (tmp_path / "exp").rename(tmp_path / "exp_old")
     make_learner(tmp_path / "exp", keep=None)[0].fit(3)  # another run, its files under the same names
-    again, _ = make_learner(tmp_path / "exp_old", monitor="valid_loss", mode="max", keep=None)
+    again, _ = make_learner(tmp_path / "exp_old", monitor="valid_score", mode="max", keep=None)
     again.fit(3, resume=tmp_path / "exp_old")
     cb = next(cb for cb in again.cbs if isinstance(cb, CheckpointCB))
     assert cb.best_path in (tmp_path / "exp_old" / best, tmp_path / "exp_old" / "epoch_0003.pt")
@@ -693,12 +696,12 @@ def test_a_run_moved_aside_keeps_its_own_best_not_the_file_of_the_run_now_at_its
 def test_a_checkpoint_copied_beside_another_runs_files_keeps_its_own_best(tmp_path):
     """The other way round: a run's newest file copied into a directory of another run's files, and resumed from
     there, took that run's file of the best's name as its best (the best's own file was still where it was saved)."""
-    learn, _ = make_learner(tmp_path / "exp", monitor="valid_loss", mode="max", keep=None)
+    learn, _ = make_learner(tmp_path / "exp", monitor="valid_score", mode="max", keep=None)
     learn.fit(3)
     best = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path
     make_learner(tmp_path / "shared", keep=None)[0].fit(2)  # another run: shared/epoch_0001.pt, epoch_0002.pt
     shutil.copy(tmp_path / "exp" / "epoch_0003.pt", tmp_path / "shared" / "epoch_0003.pt")
-    again, _ = make_learner(tmp_path / "again", monitor="valid_loss", mode="max", keep=None)
+    again, _ = make_learner(tmp_path / "again", monitor="valid_score", mode="max", keep=None)
     again.fit(4, resume=tmp_path / "shared" / "epoch_0003.pt")
     cb = next(cb for cb in again.cbs if isinstance(cb, CheckpointCB))
     assert cb.best_path in (best, tmp_path / "again" / "epoch_0004.pt")
@@ -707,10 +710,10 @@ def test_a_checkpoint_copied_beside_another_runs_files_keeps_its_own_best(tmp_pa
 def test_a_copied_run_keeps_its_best_in_its_own_directory(tmp_path):
     """`cp -r a b` and a resume of b: its best stayed a's file (the recorded path, which still held it), so b's
     later checkpoints named a's, and removing a lost b's best."""
-    learn, _ = make_learner(tmp_path / "a", monitor="valid_loss", mode="max", keep=None)
+    learn, _ = make_learner(tmp_path / "a", monitor="valid_score", mode="max", keep=None)
     learn.fit(3)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    again, _ = make_learner(tmp_path / "b", monitor="valid_loss", mode="max", keep=None)
+    again, _ = make_learner(tmp_path / "b", monitor="valid_score", mode="max", keep=None)
     again.fit(4, resume=tmp_path / "b")
     assert next(cb for cb in again.cbs if isinstance(cb, CheckpointCB)).best_path.parent == tmp_path / "b"
 
@@ -718,7 +721,7 @@ def test_a_copied_run_keeps_its_best_in_its_own_directory(tmp_path):
 def test_a_best_that_is_another_runs_file_is_said_to_be_one(tmp_path):
     """The warning said the best "is not there any more" when a file was there, another run's; a best file saved in
     torch's legacy format (not memory-mappable) was taken for missing."""
-    learn, _ = make_learner(tmp_path / "exp", monitor="valid_loss", mode="max", keep=None)
+    learn, _ = make_learner(tmp_path / "exp", monitor="valid_score", mode="max", keep=None)
     learn.fit(3)
     best = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB)).best_path
     (tmp_path / "lone").mkdir()
@@ -727,11 +730,11 @@ def test_a_best_that_is_another_runs_file_is_said_to_be_one(tmp_path):
     shutil.copytree(tmp_path / "exp", legacy)
     torch.save(torch.load(legacy / best.name, weights_only=True), legacy / best.name,
                _use_new_zipfile_serialization=False)
-    again, _ = make_learner(tmp_path / "c", monitor="valid_loss", mode="max", keep=None)
+    again, _ = make_learner(tmp_path / "c", monitor="valid_score", mode="max", keep=None)
     again.fit(4, resume=legacy / "epoch_0003.pt")
     assert next(cb for cb in again.cbs if isinstance(cb, CheckpointCB)).best_path == legacy / best.name
     make_learner(tmp_path / "exp", keep=None, overwrite=True)[0].fit(3)  # another run, in the best's place
-    again, _ = make_learner(tmp_path / "d", monitor="valid_loss", mode="max", keep=None)
+    again, _ = make_learner(tmp_path / "d", monitor="valid_score", mode="max", keep=None)
     with pytest.warns(UserWarning, match=rf"best checkpoint of the resumed run is not found: .*lone/{best.name}: not "
                                          rf"there; .*exp/{best.name}: another run's file"):
         again.fit(4, resume=tmp_path / "lone" / "epoch_0003.pt")

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import miniai.sources as sources_module
 from miniai.callbacks import MetricsCB, TrainCB
+from miniai.callbacks.checkpoint import CheckpointCB
 from miniai.callbacks.guards import EarlyStoppingCB, GradClipCB, NonFiniteLossError, TerminateOnNaNCB
 from miniai.callbacks.scheduling import EpochSchedCB
 from miniai.data import DataLoaders, TensorLoader, get_dls
@@ -142,12 +143,12 @@ class FakeMetrics(Callback):
 @pytest.mark.parametrize("values, kwargs, epochs_run", [
     ([5, 4, 4.5, 4.2, 4.1, 3, 2, 1], dict(patience=3), 5),                      # no new best in epochs 2, 3, 4
     ([5, 4, 3.9, 3.8, 3.7, 3.6, 3, 2], dict(patience=2, min_delta=0.5), 4),     # improvements < 0.5 don't count
-    ([1, 2, 3, 2, 2, 2, 9, 9], dict(patience=2, mode="max"), 5),
+    ([1, 2, 3, 2, 2, 2, 9, 9], dict(monitor="valid_accuracy", patience=2), 5),  # (read as 'max' from its name)
     ([5, 4, 3, 2, 1, 0, -1, -2], dict(patience=1), 8),                          # always improving: runs to the end
 ])
 def test_early_stopping_stops_after_patience_epochs_without_improvement(values, kwargs, epochs_run):
     steps, early = Steps(), EarlyStoppingCB(**kwargs)
-    tiny_learner(cbs=[steps, FakeMetrics(values), early]).fit(8)
+    tiny_learner(cbs=[steps, FakeAccuracy(values) if "monitor" in kwargs else FakeMetrics(values), early]).fit(8)
     assert len([s for s in steps.steps if s]) == epochs_run  # the next epoch is cancelled at its start
     assert early.stopped_epoch == (epochs_run - 1 if epochs_run < 8 else None)
 
@@ -368,9 +369,39 @@ def test_the_direction_of_a_score_is_read_only_where_the_name_tells_it():
     kept falling, keeping the worst value as the best."""
     assert EarlyStoppingCB("valid_brier_score").mode == "min" and EarlyStoppingCB("valid_fid_score").mode == "min"
     assert EarlyStoppingCB("valid_MulticlassF1Score").mode == "max" and EarlyStoppingCB("valid_r2_score").mode == "max"
-    assert EarlyStoppingCB("valid_neg_mean_squared_error").mode == "max"  # scikit-learn's negated errors
     with pytest.raises(ValueError, match="can't tell from the name"):
         EarlyStoppingCB("valid_score")
+
+
+@pytest.mark.parametrize("name", ["valid_neg_recall", "valid_neg_precision", "valid_neg_class_accuracy",
+                                  "valid_neg_class_loss", "valid_neg_mean_squared_error", "valid_false_accept_rate",
+                                  "valid_accuracy_gap", "valid_one_minus_accuracy", "valid_inverse_loss"])
+def test_a_name_whose_last_word_or_a_negation_leaves_the_direction_open_asks_for_mode(name):
+    """(probe P11, session 22) 'neg' flipped every name (valid_neg_recall, a specificity, rising: read 'min', so
+    EarlyStoppingCB stopped at epoch 3 of 10 while it improved), and words were matched anywhere in the name and by
+    their start (false_accept_rate: 'acc', max; accuracy_gap: max). The last word says the direction, and 'neg',
+    which may negate the metric (scikit-learn's) or name the negative class, leaves it to mode."""
+    with pytest.raises(ValueError, match="can't tell from the name"):
+        EarlyStoppingCB(name)
+    assert EarlyStoppingCB(name, mode="max").mode == "max"
+
+
+@pytest.mark.parametrize("name, mode", [("valid_DiceBCELoss", "min"), ("valid_error_rate", "min"),
+                                        ("valid_acc5", "max"), ("valid_BalancedAccuracy", "max"),
+                                        ("train_loss", "min"), ("valid_jaccard", "max")])
+def test_the_last_word_of_the_name_says_the_direction(name, mode):
+    """(probe P11) DiceBCELoss read as 'dice' (max) for a loss: the name's last word is what it measures."""
+    assert EarlyStoppingCB(name).mode == mode
+
+
+@pytest.mark.parametrize("make", [lambda: EarlyStoppingCB("valid_accuracy", mode="min"),
+                                  lambda: CheckpointCB("unused_dir", monitor="valid_loss", mode="max")])
+def test_a_mode_the_name_contradicts_is_refused_as_reducelronplateaus_is(make, tmp_path, monkeypatch):
+    """(probe P11) EarlyStoppingCB('valid_accuracy', mode='min') stopped a run at its first rising accuracy; the
+    plateau scheduler refused the same contradiction, the other two took it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"mode='(min|max)'\): .* improves as it (rises|falls), so mode='\1' would take its worst"):
+        make()
 
 
 @settings(max_examples=300, deadline=None)
@@ -412,7 +443,7 @@ def test_torch_losses_that_take_several_targets_get_them():
     ("valid_answer_exact_match", None), ("valid_fidelity", None), ("valid_confidence", None),
     ("valid_evidence_lower_bound", None), ("valid_power", None),  # 'wer', 'fid' inside other words: ask
     ("valid_wer", "min"), ("valid_fid", "min"), ("valid_top5_accuracy", "max"), ("validMeanAbsError", "min"),
-    ("valid_BinaryAUROC", "max"), ("neg_mean_squared_error", "max"), ("valid_r2_score", "max")])
+    ("valid_BinaryAUROC", "max"), ("valid_r2_score", "max")])
 def test_the_direction_is_read_from_whole_parts_of_the_name(name, mode):
     """'wer' and 'fid' were looked for anywhere in the name: exact_match (ans-wer), lower_bound (lo-wer) and
     fidelity fell to 'min', so EarlyStoppingCB stopped a rising metric and CheckpointCB kept the worst file."""

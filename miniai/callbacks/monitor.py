@@ -11,19 +11,34 @@ from ..checks import warn
 if TYPE_CHECKING:
     from ..learner import Learner
 
-__all__ = ["improves", "monitor_mode", "check_monitor", "same_watch"]
+__all__ = ["improves", "name_mode", "monitor_mode", "check_monitor", "same_watch"]
 
 
-# words of a metric's name that say which way it improves; 'score' alone says nothing (a Brier or FID score falls)
-# words a part of the name starts with (acc: accuracy), and acronyms a part must be: 'fid' in 'fidelity' or 'wer' in
-# 'answer' says nothing
-_LOWER_IS_BETTER = (("loss", "error", "perplexity", "brier"), ("mse", "rmse", "mae", "fid", "nll", "wer", "cer"))
-_HIGHER_IS_BETTER = (("acc", "precision", "recall", "dice", "bleu"), ("f1", "auc", "auroc", "auprc", "iou", "r2"))
+# the last word of a metric's name (what it measures: DiceBCELoss is a loss) says which way it improves, read as a
+# whole word ('acc' in 'false_accept_rate' says nothing); 'score' alone says nothing (a Brier or FID score falls)
+_LOWER_IS_BETTER = {"loss", "error", "error_rate", "perplexity", "brier", "mse", "rmse", "mae", "fid", "nll", "wer",
+                    "cer"}
+_HIGHER_IS_BETTER = {"acc", "accuracy", "precision", "recall", "dice", "jaccard", "bleu", "f1", "auc", "auroc",
+                     "auprc", "iou", "r2"}
+# words that may turn the direction round: scikit-learn's neg_mean_squared_error rises, a neg_recall (of the
+# negative class) rises too, as does a one_minus_error: the name can't say
+_NEGATIONS = {"neg", "negative", "minus", "inv", "inverse"}
 
 
-def _says(parts: list[str], words: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
-    starts, acronyms = words
-    return any(part.startswith(starts) or part in acronyms for part in parts)
+def name_mode(monitor: str) -> str | None:
+    """'min' or 'max' as `monitor`'s last word says (valid_top5_accuracy: max; validMeanAbsError: min); None when
+    it says neither, or a word in the name may turn it round (neg, minus, inverse)."""
+    # the name's words: valid_DiceBCELoss -> valid, dice, bce, loss; valid_acc5 -> valid, acc
+    name = re.sub(r"([a-z0-9])([A-Z])|([A-Z])([A-Z][a-z])", r"\1\3_\2\4", monitor).lower()
+    words = _LOWER_IS_BETTER | _HIGHER_IS_BETTER
+    parts = [part if part in words else re.sub(r"(?<=[a-z])\d+$", "", part) for part in re.split(r"[_\-./ ]+", name)
+             if part]
+    while len(parts) > 1 and parts[-1] == "score":  # brier_score, r2_score, F1Score: the word before says
+        parts.pop()
+    if not parts or _NEGATIONS.intersection(parts):
+        return None
+    last = "_".join(parts[-2:]) if parts[-2:] == ["error", "rate"] else parts[-1]
+    return "min" if last in _LOWER_IS_BETTER else "max" if last in _HIGHER_IS_BETTER else None
 
 
 def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -36,21 +51,21 @@ def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0
 
 def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
     """`mode` ('min' or 'max') if given, else the way `monitor` improves, read from its name (as fastai and Keras
-    do: a loss or error falls, an accuracy rises); a name that says neither needs `mode`. No monitor: `mode`."""
-    if mode is not None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max' (or None: read from the monitor's name), got {mode!r}")
+    do: a loss or error falls, an accuracy rises; `name_mode`); a name that says neither needs `mode`, and a mode
+    the name contradicts is refused. No monitor: `mode`."""
+    if mode is not None and mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max' (or None: read from the monitor's name), got {mode!r}")
+    way = None if monitor is None else name_mode(monitor)
+    if mode is not None and way is not None and mode != way:
+        raise ValueError(f"{who}(monitor={monitor!r}, mode={mode!r}): {monitor!r} improves as it "
+                         f"{'falls' if way == 'min' else 'rises'}, so mode={mode!r} would take its worst values for "
+                         f"its best. Pass mode={way!r}, or leave mode out")
+    if mode is not None or monitor is None:
         return mode
-    if monitor is None:
-        return None
-    # the name's parts: valid_top5_accuracy -> valid, top5, accuracy; validMeanAbsError -> valid, mean, abs, error
-    parts = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", monitor).lower().replace("-", "_").split("_")
-    lower, higher = _says(parts, _LOWER_IS_BETTER), _says(parts, _HIGHER_IS_BETTER)
-    if lower != higher:
-        negated = "neg" in parts  # scikit-learn's neg_mean_squared_error: the error, negated, rises
-        return "min" if lower != negated else "max"
-    raise ValueError(f"{who}(monitor={monitor!r}) can't tell from the name whether a higher value is better: "
-                     "pass mode='min' or mode='max'")
+    if way is None:
+        raise ValueError(f"{who}(monitor={monitor!r}) can't tell from the name whether a higher value is better: "
+                         "pass mode='min' or mode='max'")
+    return way
 
 
 def check_monitor(learn: Learner, monitor: str, who: str) -> None:

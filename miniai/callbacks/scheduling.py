@@ -45,7 +45,7 @@ from ..supervised import MomentumLearner
 from ..utils import counted, frames, without_graph
 from .. import schedulers as _schedulers
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
-from .monitor import check_monitor, monitor_mode, same_watch
+from .monitor import check_monitor, name_mode, same_watch
 from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
@@ -693,14 +693,13 @@ class EpochSchedCB(BaseSchedCB):
             raise TypeError(f"monitor={self.monitor!r} is for ReduceLROnPlateau, but the factory built a "
                             f"{type(self.scheduler).__name__}, whose step() takes no metric: drop monitor=")
         check_monitor(learn, self.monitor, type(self).__name__)
-        try:
-            way = monitor_mode(self.monitor, None, type(self).__name__)
-        except ValueError:  # the name says neither way: the scheduler's mode stands, if it was chosen
+        way = name_mode(self.monitor)
+        if way is None:  # the name says neither way: the scheduler's mode stands, if it was chosen
             chosen = "mode" in getattr(self.factory, "keywords", {}) or self.scheduler.mode != "min"
             if not chosen:  # torch's default 'min' would cut the lr while a score that rises improves
                 raise ValueError(f"ReduceLROnPlateau watches {self.monitor!r}, whose name doesn't say whether it "
                                  "falls or rises as the model improves, and no mode was given (torch's default is "
-                                 "'min'): pass mode='min' or mode='max', partial(ReduceLROnPlateau, mode=...)") from None
+                                 "'min'): pass mode='min' or mode='max', partial(ReduceLROnPlateau, mode=...)")
             return
         if self.scheduler.mode != way:  # torch's default is 'min', whatever is watched
             raise ValueError(f"ReduceLROnPlateau(mode={self.scheduler.mode!r}) watches {self.monitor!r}, which "
