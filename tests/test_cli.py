@@ -628,10 +628,13 @@ def test_a_run_whose_norm_statistics_overflow_ends_with_words_for_the_command(ca
     assert "below" not in err and "learn." not in err and "checkpoint" not in err.replace("keeps no checkpoints", "")
 
 
-def test_a_step_schedule_over_one_epoch_is_a_usage_error(capsys):
+def test_a_step_or_plateau_schedule_over_one_epoch_is_a_usage_error(capsys):
     """--sched step --epochs 1: StepLR(step_size=1) drops the lr after the one epoch, when no batch trains with it
     (the schedule check warned of it, which a CLI user can't act on)."""
     from miniai.__main__ import main
     with pytest.raises(SystemExit) as info:
         main(["train", *SMALL, "--epochs", "1", "--sched", "step"])
     assert info.value.code == 2 and "schedule 'step' lowers the lr" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # (session 22: the new check warned of plateau's the same way)
+        main(["train", *SMALL, "--epochs", "1", "--sched", "plateau"])
+    assert info.value.code == 2 and "schedule 'plateau' lowers the lr" in capsys.readouterr().err

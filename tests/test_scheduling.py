@@ -1304,3 +1304,27 @@ def test_an_error_of_a_schedule_of_ones_own_is_its_own_even_after_a_group_was_ad
     with pytest.raises(ValueError, match="math domain error"):
         learn.fit(3, cbs=[BatchSchedCB(partial(ls.LambdaLR, lr_lambda=lambda step: cosine_lr(  # (cos(inf) raises)
             step if step < 7 else math.inf, 10, 1.0)))])
+
+
+@pytest.mark.parametrize("factory", [partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5),
+                                     partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda e: 0.5 ** e),
+                                     partial(torch.optim.lr_scheduler.StepLR, step_size=1)])
+def test_an_epoch_schedule_in_a_fit_of_one_epoch_is_said_to_set_no_lr_a_batch_trains_with(factory, tmp_path):
+    """(probe P6, session 22) EpochSchedCB(ExponentialLR) kept in learn.cbs through `for _ in range(3): learn.fit(1)`
+    trained every epoch at 0.1 (fit(3): 0.1, 0.05, 0.025) without a word, where StepLR(step_size=1) was warned of."""
+    from miniai.callbacks.checkpoint import CheckpointCB as checkpoint_cb
+    learn = make_learner([EpochSchedCB(factory)])
+    for _ in range(2):
+        with pytest.warns(UserWarning, match=r"EpochSchedCB steps \w+ after each epoch, and this fit trains one: "
+                                             r"every batch trains with the lr the schedule starts at.*fit\(1\) three "
+                                             r"times is not fit\(3\)") as record:
+            learn.fit(1)
+        assert len([w for w in record if "after each epoch" in str(w.message)]) == 1  # (not StepLR's twice)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(2)
+        learn.fit(1, train=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        learn.fit(1, cbs=[checkpoint_cb(tmp_path)])  # (its checkpoint keeps the lr the step sets: a resume goes on)
+    assert not [w for w in record if "after each epoch" in str(w.message)]

@@ -296,8 +296,17 @@ class BaseSchedCB(Callback):
         # used; with anneal_epochs=0 SWALR sets swa_lr at once)
         from .swa import SWACB  # (here: swa.py's users import this module first)
         anneals = any(isinstance(cb, SWACB) and cb.anneal_epochs for cb in learn.cbs)
+        used = total + (learn.schedule_stop is not None and anneals)  # steps whose lr a batch (or SWALR) takes up
+        from .checkpoint import CheckpointCB  # (here: checkpoint.py imports this module)
+        # its one step comes after every batch (a checkpoint keeps the lr it sets, for a resume to go on with)
+        one_epoch = used == 1 and isinstance(self, EpochSchedCB) and not any(isinstance(cb, CheckpointCB)
+                                                                              for cb in learn.cbs)
+        if one_epoch:
+            warn(f"EpochSchedCB steps {name} after each epoch, and this fit trains one: every batch trains with the "
+                 "lr the schedule starts at, and none with an lr a step sets. Each fit builds its schedule anew, so "
+                 "fit(1) three times is not fit(3): fit for more epochs, or step it per batch with BatchSchedCB.")
         # (a schedule that never ends, counted in other steps: len(dls.train) under DDP, or per batch)
-        for late in _steps_past(self.scheduler, total + (learn.schedule_stop is not None and anneals)):
+        for late in () if one_epoch else _steps_past(self.scheduler, used):
             warn(f"{late}this fit's {counted(total, 'step')} ({how}): no batch trains with the lr it "
                  "sets there. If that is not on purpose, count it in this fit's steps"
                  + (" (under DDP, len(dls.train) read before the fit counts every process's batches)"
