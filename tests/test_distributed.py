@@ -172,6 +172,11 @@ refusal("preds_in_fit", lambda: learner([DDPCB(), DeviceCB("cpu"), PredsNow()]).
 learn = learner([DDPCB(), DeviceCB("cpu")])
 learn.dls.valid.y = learn.dls.valid.y.roll(r)  # rank 1 read its labels apart (another split, another file)
 refusal("other_data", lambda: learn.fit(1))
+from torch.utils.data import random_split
+parts = random_split(TensorDataset(setup["xt"], setup["yt"]), [46, 24], generator=torch.Generator().manual_seed(r))
+learn = learner([DDPCB(), DeviceCB("cpu")])  # each rank split the data with its own RNG
+learn.dls = DataLoaders(DataLoader(parts[0], setup["bs"], shuffle=True), DataLoader(parts[1], setup["bs"]))
+refusal("own_split", lambda: learn.fit(1))
 learn = learner([DDPCB(presharded=("train",)), DeviceCB("cpu")])
 learn.dls.train = TensorLoader(setup["xt"][:32 + 8 * r], setup["yt"][:32 + 8 * r], setup["bs"])  # 4 and 5 batches
 refusal("uneven_shards", lambda: learn.fit(1))  # (it ended in gloo's "collective mismatch" and a SIGABRT)
@@ -515,8 +520,10 @@ def test_what_ddp_cannot_do_is_refused_on_every_rank_and_a_resume_right_after_a_
     for r in (0, 1):
         result = json.loads((launch.out / f"G{r}.json").read_text())
         assert set(result["refused"]) == {"lr_find", "swa", "sampler", "same_loader", "preds_in_fit", "other_data",
-                                          "uneven_shards"}, \
+                                          "own_split", "uneven_shards"}, \
             result
+        assert "dls.train holds other data on rank 1 than on rank 0 (the checksums of its 46 items differ)" in \
+            result["refused"]["own_split"]
         assert "dls.valid" in result["refused"]["other_data"] and "rank 1" in result["refused"]["other_data"]
         assert "presharded dls.train gives 5 batches on rank 1 and 4 on rank 0" in result["refused"]["uneven_shards"]
         assert "one process" in result["refused"]["lr_find"] and "SubsetRandomSampler" in result["refused"]["sampler"]
@@ -633,6 +640,37 @@ def test_a_presharded_validation_loader_whose_distributed_sampler_pads_is_refuse
     with pytest.raises(TypeError, match=r"DistributedSampler.*without padding") as refused:
         shard(DDPCB(), 17)
     assert "presharded" not in str(refused.value)  # (it led users into the padding above)
+
+
+def test_a_presharded_validation_tensorloader_sharded_to_drop_items_is_refused(monkeypatch):
+    """(probe P10, session 22) TensorLoader(xv, yv, 3).shard(rank(), world_size()), named in presharded: shard's
+    default even=True left out 23 % 2 items, and the metrics covered 22 of the 23, without a word."""
+    monkeypatch.setenv("RANK", "0")  # no process group: presharded loaders and refusals need no collective
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    train = TensorLoader(torch.randn(20, 2), torch.randn(20, 1), 4)
+
+    def shard(n_valid: int, even: bool) -> None:
+        valid = TensorLoader(torch.randn(n_valid, 2), torch.randn(n_valid, 1), 3).shard(0, 2, even=even)
+        DDPCB(presharded=("valid",))._shard(SimpleNamespace(dls=SimpleNamespace(train=train, valid=valid)))
+    with pytest.raises(ValueError, match=r"shard\(rank, 2\) and its default even=True, which leaves out 1 of its 23 "
+                                         r"items.*shard it with even=False"):
+        shard(23, even=True)
+    shard(23, even=False)
+    shard(22, even=True)  # (nothing left out)
+
+
+def test_the_data_checksums_tell_subsets_of_other_indices_apart():
+    """(probe P10, session 22) Each rank split its data with random_split under its own RNG: only the subsets' sizes
+    were compared (a Subset had no checksum), and the fit trained on overlapping parts and scored a mix of two
+    validation sets, without a word."""
+    from torch.utils.data import DataLoader, TensorDataset, random_split
+    from miniai.callbacks.ddp import _data_sums
+    ds = TensorDataset(torch.randn(69, 2), torch.randn(69, 1))
+    splits = [random_split(ds, [46, 23], generator=torch.Generator().manual_seed(s)) for s in (0, 1, 0)]
+    sums = [_data_sums(DataLoader(split[1], 4)) for split in splits]
+    assert sums[0]["items"] == sums[1]["items"] == 23 and sums[0] != sums[1] and sums[0] == sums[2]
+    other = TensorDataset(ds.tensors[0] + 1, ds.tensors[1])  # the same indices of other data
+    assert _data_sums(DataLoader(torch.utils.data.Subset(other, splits[0][1].indices), 4)) != sums[0]
 
 
 def test_a_presharded_training_loaders_distributed_sampler_walks_a_new_order_each_epoch(monkeypatch):

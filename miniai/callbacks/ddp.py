@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
-                              SequentialSampler, TensorDataset)
+                              SequentialSampler, Subset, TensorDataset)
 
 from ..checks import beside_model, warn
 from ..data import TensorLoader
@@ -284,8 +284,15 @@ def _join_group(backend: str, device: torch.device) -> None:
 
 
 def _check_each_item_once(dl: Any) -> None:
-    """Refuse a presharded validation loader whose DistributedSampler pads (or drops) items: the metrics summed
-    over the ranks would count some items twice (or leave them out)."""
+    """Refuse a presharded validation loader whose DistributedSampler pads (or drops) items, or a TensorLoader
+    sharded to drop some (even=True): the metrics summed over the ranks would count some items twice (or leave them
+    out)."""
+    if isinstance(dl, TensorLoader) and dl.world_size > 1 and dl.even and len(dl.x) % dl.world_size:
+        raise ValueError(f"dls.valid is named in DDPCB(presharded=...) but was sharded with shard(rank, "
+                         f"{dl.world_size}) and its default even=True, which leaves out {len(dl.x) % dl.world_size} "
+                         f"of its {len(dl.x)} items, so the metrics summed over the ranks would not be those of the "
+                         "validation set: shard it with even=False, or give DDPCB the whole loader and leave 'valid' "
+                         "out of presharded")
     sampler = getattr(dl, "sampler", None)
     if isinstance(sampler, DistributedSampler) and sampler.total_size != len(sampler.dataset):
         n = len(sampler.dataset)
@@ -327,12 +334,22 @@ def _check_same_data(dls: Any, presharded: tuple[str, ...], training: bool) -> N
 
 
 def _data_sums(dl: Any) -> dict[str, Any]:
-    """A loader's item count, and its tensors' checksums where it holds them (a TensorLoader, a TensorDataset)."""
+    """A loader's item count, and checksums of what it holds where they can be taken (a TensorLoader, a
+    TensorDataset, a Subset's indices and what they index)."""
     if isinstance(dl, TensorLoader):
         return {"items": len(dl.x), "sums": byte_sums([dl.x, dl.y])}
     dataset = getattr(dl, "dataset", None)
-    tensors = dataset.tensors if isinstance(dataset, TensorDataset) else None
-    return {"items": len_or_none(dataset), "sums": None if tensors is None else byte_sums(tensors)}
+    return {"items": len_or_none(dataset), "sums": _dataset_sums(dataset)}
+
+
+def _dataset_sums(dataset: Any) -> list | None:
+    """Checksums of a TensorDataset's tensors; of a Subset's indices (random_split's, drawn from each rank's own
+    RNG, differ) and of its dataset's where known; else None."""
+    if isinstance(dataset, TensorDataset):
+        return byte_sums(dataset.tensors)
+    if isinstance(dataset, Subset):
+        return [byte_sums([torch.as_tensor(dataset.indices, dtype=torch.int64)]), _dataset_sums(dataset.dataset)]
+    return None
 
 
 def _share(learn: Learner) -> torch.Tensor | float:
