@@ -326,7 +326,8 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     Pickle stores classes and functions by name, so the model's class (and any custom normalize, loss or callback)
     must be importable under the same module path where the file is loaded (defined in a module, not a notebook
     cell or lambda); and loading unpickles code: load only files you trust.
-    Under DDP every rank holds the same model and rank 0 alone writes.
+    Under DDP every rank holds the same model and rank 0 alone writes; the others return at once, before the file
+    is written (no collective, so rank 0 may export alone): `barrier()` on every rank before loading it on them.
     """
     for step in ("predict", "get_loss"):
         own = getattr(type(learn), step, None)  # the base Learner has none; TrainLearner's is what load_learner has
