@@ -459,6 +459,19 @@ def test_resume_errors_name_the_problem(tmp_path):
         learn.fit(3, resume=tmp_path / "run" / "epoch_2.pt")  # (a guess at the name: it gets the names there)
 
 
+def test_a_missing_checkpoint_under_ddp_says_rank_0_alone_writes(tmp_path, monkeypatch):
+    """(probe P10, session 22) CheckpointCB(f"ck_rank{rank()}") then resume=f"ck_rank{rank()}": rank 1 was told
+    only that there was no checkpoint at ck_rank1, not that under DDP rank 0 alone writes, into its own path."""
+    monkeypatch.setenv("WORLD_SIZE", "2")  # (torchrun's: no process group is needed to look for the file)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*ck_rank1: .*Under DDP rank 0 alone writes "
+                                                r"checkpoints.*one for all ranks, not one per rank"):
+        find_checkpoint(tmp_path / "ck_rank1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(FileNotFoundError) as alone:
+        find_checkpoint(tmp_path / "ck_rank1")
+    assert "DDP" not in str(alone.value)
+
+
 def test_monitor_must_be_a_logged_metric(tmp_path):
     learn, _ = make_learner(tmp_path, monitor="valid_acc")
     with pytest.raises(ValueError, match=r"monitor='valid_acc'\): MetricsCB does not log that name.*valid_loss"):

@@ -34,7 +34,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..checks import add_note, beside_model, check_count, own_place, warn
 from ..data import TensorLoader
-from ..distributed import all_gather, barrier, is_dist, is_main_process
+from ..distributed import all_gather, barrier, is_dist, is_main_process, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import (DirInUseError, byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
                      frames, map_tensors, tagged, tensors_in, nonfinite_weight)
@@ -536,7 +536,10 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         near = [f.name for _, f in list_checkpoints(path.parent)]  # a file name guessed wrong: the ones there
         near = near if len(near) <= 8 else near[:3] + [f"... ({len(near) - 6} more)"] + near[-3:]
         raise FileNotFoundError(f"no checkpoint at {path}: pass a checkpoint file or the directory given to "
-                                "CheckpointCB(path)" + (f" ({path.parent} holds {', '.join(near)})" if near else ""))
+                                "CheckpointCB(path)" + (f" ({path.parent} holds {', '.join(near)})" if near else "")
+                                + (f". Under DDP rank 0 alone writes checkpoints, into the path its CheckpointCB was "
+                                   "given: resume every rank from that path (one for all ranks, not one per rank)"
+                                   if world_size() > 1 else ""))
     found = list_checkpoints(path)
     if not found:
         raise FileNotFoundError(f"{path} holds no checkpoint (files named epoch_NNNN.pt, written by CheckpointCB)")
