@@ -283,12 +283,15 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
     feature = ds.features[x_col]
     if mode is not None and type(feature).__name__ == "Image":
         from datasets import Image  # (datasets is imported by whoever built `ds`)
-        wide = sorted(m for m in _image_modes(ds, x_col) if wide_pixels(m))
+        modes = _image_modes(ds, x_col)
+        wide = sorted(m for m in modes if wide_pixels(m))
         if wide:
             raise ValueError(f"column {x_col!r} holds images of mode {', '.join(wide)}, whose pixels are not 8-bit: "
                              f"converting them to {mode} would clip them (a 16-bit image turns white). Store them as "
                              "8-bit images first: 16-bit pixels // 257 (as int32: torch has no uint16 //), 0-1 "
                              "floats * 255 rounded, as uint8")
+        if mode == "L" and modes - {"1", "L", "LA", "I", "F"}:  # (stored in colour modes: gray in them is fine)
+            _check_no_colour(ds, x_col)
         # decoded as stored, a palette image gives its palette indices and an RGB one three channels
         ds = ds.cast_column(x_col, Image(mode=mode))
     # numpy formatting decodes every image (PIL, inside datasets) and stacks them into one array; this is the
@@ -359,6 +362,21 @@ def _class_indices(y: np.ndarray, y_col: str) -> np.ndarray:
                          f"own order): dd = dd.cast_column({y_col!r}, datasets.ClassLabel(names=sorted(set("
                          f"dd['train'][{y_col!r}]))))")
     return y.astype(np.int64)
+
+
+def _check_no_colour(ds: Any, x_col: str) -> None:
+    """Refuse images whose colour channels differ, which a gray data set's decoding (mode "L") would turn gray;
+    gray images stored as RGB or palette images (R = G = B) pass."""
+    from datasets import Image
+    images = (image for batch in ds.select_columns([x_col]).cast_column(x_col, Image(mode="RGB")).iter(1024)
+              for image in batch[x_col])  # (a batch at a time: the whole column decoded at once may not fit)
+    for row, image in enumerate(images):
+        pixels = np.asarray(image)
+        if (pixels[..., 1:] != pixels[..., :1]).any():
+            raise ValueError(f"column {x_col!r} holds colour images (row {row}: its red, green and blue differ), and "
+                             "this data set is read as gray (Fashion-MNIST's one channel), which would drop their "
+                             "colour without a word. If gray is what you want, convert them first: dd = dd.map("
+                             f"lambda b: {{{x_col!r}: [im.convert('L') for im in b[{x_col!r}]]}}, batched=True)")
 
 
 def _image_modes(ds: Any, x_col: str) -> set[str]:

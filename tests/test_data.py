@@ -657,6 +657,23 @@ def test_a_saved_datasetdict_of_other_colour_modes_gives_the_gray_levels_infer_s
     assert torch.equal(x[:, 0], torch.stack([torch.from_numpy(np.array(im.convert("L"))) for im in imgs]))
 
 
+def test_a_saved_datasetdict_of_colour_images_is_refused_not_turned_gray(tmp_path):
+    """(probe P5, session 22) A DatasetDict of RGB images (their channels differ) was decoded as gray and trained on
+    with exit status 0, where the README said data of more than one channel stops `python -m miniai train`."""
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    gray = fake_fashion(n_train=6, n_valid=1)[0]
+    imgs = [PIL.Image.fromarray(x.numpy()).convert("RGB") for x in gray]  # gray in RGB: R = G = B
+    imgs[4] = PIL.Image.merge("RGB", (imgs[4].getchannel(0), imgs[4].getchannel(0).point(lambda v: 255 - v),
+                                      imgs[4].getchannel(0)))
+    features = Features({"image": Image(), "label": ClassLabel(names=list(FASHION_CLASSES))})
+    DatasetDict({k: Dataset.from_dict({"image": imgs, "label": [0] * 6}, features=features)
+                 for k in ("train", "test")}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=r"split 'train': column 'image' holds colour images \(row 4: its red, green "
+                                         r"and blue differ\).*read as gray.*im.convert\('L'\)"):
+        load_tensors(path=tmp_path / "dd")
+
+
 def test_a_saved_validation_split_without_labels_is_named_with_its_folder_and_split(tmp_path):
     """(probe P19) A validation split of images alone: a bare KeyError "dataset needs columns 'image' and 'label'
     ... rename yours as those", naming neither the folder nor the split, and advising a rename of nothing."""
