@@ -289,10 +289,9 @@ def train(args: argparse.Namespace) -> float:
         import torch
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        args.saved = []  # (for the Ctrl-C message: what is on disk, complete)
-        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-        args.saved.append("result.json")
-        # on the CPU, so the file loads on a machine without the GPU it was trained on
+        args.saved = []  # (for the Ctrl-C and disk-full messages: what is on disk, complete)
+        # on the CPU, so the file loads on a machine without the GPU it was trained on; the model first: a
+        # result.json never reports a run whose model.pt is not there
         part = out / ".model.pt.part"  # written whole, then renamed: never a truncated model.pt (Ctrl-C)
         try:
             torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, part)
@@ -300,6 +299,8 @@ def train(args: argparse.Namespace) -> float:
         finally:
             part.unlink(missing_ok=True)
         args.saved.append("model.pt")
+        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        args.saved.append("result.json")
         progress.plot_losses().savefig(out / "loss.png", dpi=100)
         args.saved.append("loss.png")
         print(f"saved {out / 'model.pt'} and {out / 'loss.png'}", flush=True)
@@ -478,6 +479,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{parser.train_parser.prog}: error: {what} Run the command again{_again(args)} with a lower --lr "
                   f"(it keeps no checkpoints, so it starts over).{kept}", file=sys.stderr)
             return 1
+        except OSError as e:
+            if getattr(args, "saved", None) is None:  # not while saving: an error of the run, with its traceback
+                raise
+            kept = (f"--out {args.out} holds the earlier run's files again" if getattr(args, "restored_earlier", False)
+                    else _saved_note(args))
+            print(f"{parser.train_parser.prog}: error while saving the outputs: {e}. The training was over: {kept}",
+                  file=sys.stderr)
+            return 1
         except KeyboardInterrupt as e:  # the fit's own note tells a script how to resume, which a command can't
             how, code = ("stopped (SIGTERM)", 143) if isinstance(e, _Terminated) else ("interrupted", 130)
             if getattr(args, "restored_earlier", False):
@@ -485,10 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "files again (the command keeps no checkpoints: run it again to train from the start)",
                       file=sys.stderr)
                 return code
-            if getattr(args, "saved", None):  # the training was over: say what is on disk
-                missing = [n for n in _OUTPUTS if n not in args.saved and n != "log.csv"]  # (log.csv: rows so far)
-                print(f"\n{how} while saving the outputs: {', '.join(args.saved)} in --out {args.out} are this "
-                      f"run's, complete; {', '.join(missing)} not written", file=sys.stderr)
+            if getattr(args, "saved", None) is not None:  # the training was over: say what is on disk
+                print(f"\n{how} while saving the outputs: {_saved_note(args)}", file=sys.stderr)
                 return code
             again = _again(args)
             print(f"\n{how}: the command keeps no checkpoints, so nothing of this run was saved"
@@ -500,6 +507,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.close()
             sys.stdout = stdout
     return 0
+
+
+def _saved_note(args: argparse.Namespace) -> str:
+    """Which outputs a run stopped while saving them wrote whole (log.csv, written during the fit: its rows)."""
+    missing = [n for n in _OUTPUTS if n not in args.saved and n != "log.csv"]
+    if not args.saved:
+        return f"none of this run's outputs is complete ({', '.join(missing)} not written)"
+    return (f"{', '.join(args.saved)} in --out {args.out} are this run's, complete"
+            + (f"; {', '.join(missing)} not written" if missing else ""))
 
 
 def cli() -> int:

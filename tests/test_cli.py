@@ -419,8 +419,33 @@ def test_ctrl_c_while_the_plots_are_drawn_names_what_was_saved(tmp_path, monkeyp
     monkeypatch.setattr(RecorderCB, "plot", interrupted)
     assert main(["train", *SMALL, "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err
-    assert "interrupted while saving" in err and "result.json, model.pt" in err and "schedule.png" in err
+    assert "interrupted while saving" in err and "model.pt, result.json" in err and "schedule.png" in err
     assert "nothing of this run was saved" not in err and (tmp_path / "model.pt").is_file()
+
+
+def test_a_full_disk_while_saving_writes_the_model_first_and_names_what_was_saved(tmp_path, monkeypatch, capsys):
+    """(probe P5, session 22) torch.save failing (ENOSPC) left result.json, written first, reporting a finished run
+    with no model.pt beside it, under a raw OSError traceback."""
+    import errno
+
+    import torch
+
+    from miniai.__main__ import main
+    from miniai.callbacks.scheduling import RecorderCB
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    assert main(["train", *SMALL, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "error while saving the outputs: [Errno 28] No space left on device" in err and "Traceback" not in err
+    assert "none of this run's outputs is complete" in err and not (tmp_path / "a" / "result.json").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(RecorderCB, "plot", full)  # model.pt and result.json written, then the disk is full
+    assert main(["train", *SMALL, "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "model.pt, result.json, loss.png in --out" in err and "complete; schedule.png not written" in err
+    assert (tmp_path / "b" / "model.pt").is_file()
 
 
 def test_a_run_whose_validation_loss_is_nan_writes_nothing_and_exits_1(tmp_path, capsys):
