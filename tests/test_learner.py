@@ -492,6 +492,12 @@ def test_a_learners_own_step_that_a_callback_would_bypass_is_an_error():
         def zero_grad(self): self.opt.zero_grad()
     tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)], learner_cls=CourseLearner).fit(1)
 
+    class L1Learner(Learner):  # (probe P12, session 22) its loss, and TrainCB for the other steps: TrainCB's mse
+        def get_loss(self): self.loss = F.l1_loss(self.preds, self.batch[1])  # loss trained, without a word
+    with pytest.raises(TypeError, match=r"L1Learner\.get_loss would never run: TrainCB owns the 'get_loss' step.*"
+                                        r"subclass TrainLearner, which does the steps L1Learner leaves out"):
+        tiny_learner(cbs=[TrainCB()], learner_cls=L1Learner).fit(1)
+
 
 def test_a_cancel_step_before_the_backward_says_where_it_may_be_raised():
     """CancelStepException in after_loss ended the fit with a note pointing at the cancel table, which did not say
