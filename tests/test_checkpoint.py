@@ -1461,10 +1461,20 @@ class _NoisyItems(torch.utils.data.Dataset):
         return self.x[i] + 0.1 * torch.randn(self.x[i].shape, generator=self.g), self.y[i]
 
 
+class _ModuleNoise(nn.Module):  # a transform written as a module, as torchvision's v2 and kornia's are
+    def __init__(self):
+        super().__init__()
+        self.g = torch.Generator().manual_seed(4)
+
+    def forward(self, xb):
+        return xb + 0.1 * torch.rand(xb.shape, generator=self.g)
+
+
 @pytest.mark.parametrize("where", ["a module-level RandomState", "a RandomState attribute", "a callback's RandomState",
                                    "a helper's module-level generator", "a module-level dict", "a module-level object",
                                    "a layer of the model", "the training dataset", "a comprehension's",
-                                   "a class attribute", "a slot"])
+                                   "a class attribute", "a slot", "an nn.Module transform",
+                                   "an nn.Module transform in nn.Sequential"])
 def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
     # (probe) each was neither saved nor warned of: the resumed run silently drew other numbers. NumPy's legacy
     # RandomState was no generator to the search; a module-level name counted only when it was a generator itself
@@ -1480,7 +1490,13 @@ def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
                "a module-level object": [BatchTransformCB(_holder_noise)],
                "a comprehension's": [BatchTransformCB(_comprehension_noise)],
                "a class attribute": [BatchTransformCB(_ClassNoise())],
-               "a slot": [BatchTransformCB(_SlottedNoise())]}.get(where, [])
+               "a slot": [BatchTransformCB(_SlottedNoise())],
+               # (session 22, probe P14: an nn.Module was not searched, and resume, get_preds, tta and lr_find all
+               # left its generator moved, without a word)
+               "an nn.Module transform": [BatchTransformCB(_ModuleNoise())],
+               "an nn.Module transform in nn.Sequential": [BatchTransformCB(nn.Sequential(nn.Identity(),
+                                                                                          _ModuleNoise()))]
+               }.get(where, [])
         model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)) \
             if where == "a layer of the model" else None
         learn, _ = make_learner(path, cbs, model=model)

@@ -833,6 +833,29 @@ def test_tta_with_transforms_of_their_own_generator_repeats_and_leaves_it_alone(
     assert torch.equal(first, learn.tta(tfms=tfms, n=3)[0])
 
 
+class _ModuleNoise(nn.Module):  # a transform written as a module, as torchvision's v2 and kornia's are
+    def __init__(self):
+        super().__init__()
+        self.g = torch.Generator().manual_seed(4)
+
+    def forward(self, xb):
+        return xb + torch.rand(xb.shape, generator=self.g)
+
+
+def test_a_transform_written_as_a_module_is_drawn_on_and_put_back_by_tta_and_get_preds():
+    """(probe P14, session 22) An nn.Module transform's own generator was not searched: tta and get_preds left it
+    advanced (a second call gave other numbers), without a word."""
+    from miniai.callbacks.augment import BatchTransformCB
+    learn = image_learner()
+    tfm = _ModuleNoise()
+    state = tfm.g.get_state()
+    first, _ = learn.tta(tfms=tfm, n=2)
+    assert torch.equal(tfm.g.get_state(), state) and torch.equal(first, learn.tta(tfms=tfm, n=2)[0])
+    learn.add_cb(BatchTransformCB(tfm, on_val=True))
+    preds, _ = learn.get_preds()
+    assert torch.equal(tfm.g.get_state(), state) and torch.equal(preds, learn.get_preds()[0])
+
+
 def test_a_lazy_layer_a_prediction_pass_initialized_stays_initialized_and_lr_find_refuses_one():
     """get_preds on a LazyLinear put the materialized weight's data back to the empty placeholder: the next fit
     failed with 'mat2 must be a matrix'; lr_find failed on copying the uninitialized parameter."""

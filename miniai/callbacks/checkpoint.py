@@ -86,9 +86,10 @@ def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
 
 
 _GENERATORS = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
-# what held_generators does not look into: numbers and text, what is saved on its own (models, tensors, the
-# learner), and modules and classes (a callback holding `np` would have it search all of NumPy)
-_NOT_SEARCHED = (str, bytes, int, float, nn.Module, torch.Tensor, Learner, types.ModuleType, type)
+# what held_generators does not look into: numbers and text, what is saved on its own (tensors, the learner, whose
+# model's layers run_generators searches), and modules and classes (a callback holding `np` would have it search
+# all of NumPy); an nn.Module a callback holds is searched (a transform written as one: torchvision's, kornia's)
+_NOT_SEARCHED = (str, bytes, int, float, torch.Tensor, Learner, types.ModuleType, type)
 
 
 # the global generators (Python's, behind random.randint and the like; NumPy's, behind np.random.rand; torch's CPU
@@ -96,15 +97,17 @@ _NOT_SEARCHED = (str, bytes, int, float, nn.Module, torch.Tensor, Learner, types
 _GLOBAL_GENERATORS = (random.random.__self__, np.random.mtrand._rand, torch.default_generator)
 
 
-def held_generators(*holders: Any, depth: int = 16) -> list[Any]:
+def held_generators(*holders: Any, depth: int = 16, skip: Iterable[Any] = ()) -> list[Any]:
     """The random generators (torch's, NumPy's, Python's) callbacks (or other `holders`) hold of their own: in their
     attributes, in lists, tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g)
     in a Compose inside BatchTransformCB), down to `depth` levels (composes nested a few deep: each takes two), each
-    once, in a fixed order. Models, tensors, the learner and long containers (recorded values, not settings) are not
-    searched: what they hold is saved on its own (a model's layers: `run_generators`), or nothing."""
+    once, in a fixed order. Tensors, the learner, what is in `skip` (the model's layers, which `run_generators`
+    searches) and long containers (recorded values, not settings) are not searched: what they hold is saved on its
+    own, or nothing."""
     found: list[Any] = []
-    seen: dict[int, int] = {}  # each object's id: the most levels left when it was looked into (met again with more,
-    # by another path, it is looked into again, deeper)
+    # each object's id: the most levels left when it was looked into (met again with more, by another path, it is
+    # looked into again, deeper); what is skipped, as if looked into at every level
+    seen: dict[int, int] = {id(x): depth for x in skip}
 
     def walk(x: Any, level: int) -> None:
         try:
@@ -143,6 +146,8 @@ def _held_by(x: Any) -> Iterable[Any]:
         return (x.__self__, x.__func__)
     if isinstance(x, types.FunctionType):  # (the module-level names it uses: _globals_used)
         return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values())
+    if isinstance(x, nn.Module):  # its own attributes and its layers, not torch's hooks, parameters and buffers
+        return [v for k, v in vars(x).items() if k not in _MODULE_OWN] + list(x._modules.values())
     return _attributes(x)
 
 
@@ -234,7 +239,9 @@ _MODULE_OWN = frozenset(vars(nn.Module()))  # what torch keeps on every module: 
 
 def callback_generators(learn: Learner) -> dict[str, list[Any]]:
     """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`."""
-    gens = {key: held_generators(cb) for key, cb in _keyed(learn).items()}
+    model = getattr(learn, "model", None)  # (and a DDP or compile wrapper of it)
+    layers = [model, *unwrap(model).modules()] if isinstance(model, nn.Module) else []
+    gens = {key: held_generators(cb, skip=layers) for key, cb in _keyed(learn).items()}
     return {key: found for key, found in gens.items() if found}
 
 
