@@ -811,10 +811,10 @@ class _Jitter:
         return x + self.scale * ((self.n % 4) - 1.5)
 
 
-def _counting_learner(path, loss=None, tfm=None, p=0.2):
+def _counting_learner(path, loss=None, tfm=None, p=0.2, on_val=None):
     from miniai.callbacks.augment import BatchTransformCB
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), _Counting(p), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-    learn, _ = make_learner(path, [BatchTransformCB(tfm or _Jitter())], model=model)
+    learn, _ = make_learner(path, [BatchTransformCB(tfm or _Jitter(), on_val=on_val)], model=model)
     learn.loss_func = loss or _CountingLoss()
     return learn
 
@@ -826,10 +826,22 @@ def test_settings_changed_between_save_and_resume_are_named(tmp_path):
     stopped = make(tmp_path)
     stopped.cbs.append(_CutPass(training=True, at=0, exc=CancelFitException, epoch=2))
     stopped.fit(4)
-    resumed = make(tmp_path, loss=torch.nn.HuberLoss(delta=2.0), tfm=torch.tanh, p=0.5)
+    resumed = make(tmp_path, loss=torch.nn.HuberLoss(delta=2.0), tfm=torch.tanh, p=0.5, on_val=True)
+    # (probe P14, session 22: the passes a BatchTransformCB runs in, on_val, were not compared)
     with pytest.warns(UserWarning, match=r"model\.1\.drop\.p: 0\.2 saved, 0\.5 here.*loss_func\.delta: 1\.0 saved, "
-                                         r"2\.0 here.*BatchTransformCB_0\.tfm: neg saved, tanh here"):
+                                         r"2\.0 here.*BatchTransformCB_0\.tfm: neg saved, tanh here.*"
+                                         r"BatchTransformCB_0\.on_val: False saved, True here"):
         resumed.fit(4, resume=tmp_path)
+    # a file written before the transform's passes were compared resumes without a word of them
+    file = tmp_path / "epoch_0002.pt"
+    state = torch.load(file, weights_only=False)
+    state["setup"] = {k: v for k, v in state["setup"].items() if not k.endswith((".on_train", ".on_val", ".inputs"))}
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "epoch_0002.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make(tmp_path / "old", loss=torch.nn.HuberLoss(delta=1.0), tfm=torch.neg).fit(4, resume=tmp_path / "old")
+    assert not [w for w in caught if "outside every state_dict" in str(w.message)], [str(w.message) for w in caught]
     # a torch DataLoader shuffled in the saved run, in order here
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     path = tmp_path / "dl"

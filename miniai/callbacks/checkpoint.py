@@ -354,7 +354,8 @@ def made_settings(learn: Learner) -> dict[str, Any]:
 def setup_of(learn: Learner) -> dict[str, Any]:
     """What the run holds outside every state_dict, as plain values to compare on resume: the settings of torch's
     and miniai's layers (Dropout's p, BatchNorm's momentum), the loss's and the batch transforms' (their function,
-    or their class, plain attributes and buffers), and the training loader's sampler class. A layer class of one's
+    or their class, plain attributes and buffers, and the passes and inputs they transform), and the training
+    loader's sampler class. A layer class of one's
     own is left out: what its forward keeps (a rotary embedding's cache), maybe before the fit, looks like a
     setting there."""
     found: dict[str, Any] = {}
@@ -364,8 +365,9 @@ def setup_of(learn: Learner) -> dict[str, Any]:
             _plain_parts(found, f"model.{name}" if name else "model", module, module._non_persistent_buffers_set, 0)
     _plain_parts(found, "loss_func", learn.loss_func)
     for key, cb in _keyed(learn).items():
-        if isinstance(cb, BatchTransformCB):
+        if isinstance(cb, BatchTransformCB):  # (and which passes and inputs it transforms)
             _plain_parts(found, f"{key}.tfm", cb.tfm)
+            found.update({f"{key}.{k}": getattr(cb, k) for k in ("on_train", "on_val", "inputs")})
     sampler = getattr(getattr(learn.dls, "train", None), "sampler", None)  # (a torch DataLoader's: shuffle or not)
     if sampler is not None:
         found["dls.train.sampler"] = type(sampler).__name__

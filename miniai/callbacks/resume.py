@@ -249,6 +249,10 @@ class ResumeCB(Callback):
         self.state = {}  # let the checkpoint's tensors be freed
 
 
+# a BatchTransformCB's passes and inputs, which files written before they were compared don't hold
+_TRANSFORM_PASSES = (".on_train", ".on_val", ".inputs")
+
+
 def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: list[str], file: Path) -> None:
     """Warn of each value of `setup_of` (what no state_dict holds) that differs from the saved run's `saved`; those
     the saved fit changed as it ran (`moved`: a counter, a setting a callback moves) are no settings to compare."""
@@ -256,7 +260,8 @@ def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: lis
         return
     here = setup_of(learn)
     # (a module one side lacks: the model check names those with weights; a lazy one not run yet has no settings)
-    keys = [k for k in {**saved, **here} if k not in moved and (not k.startswith("model") or k in saved and k in here)]
+    keys = [k for k in {**saved, **here} if k not in moved and (not k.startswith("model") or k in saved and k in here)
+            and not (k not in saved and k.endswith(_TRANSFORM_PASSES) and k.rsplit(".", 1)[0] + ".tfm" in saved)]
     changed = [f"{k}: {_shown(saved.get(k))} saved, {_shown(here.get(k))} here" for k in keys
                if saved.get(k) != here.get(k)]
     if changed:
