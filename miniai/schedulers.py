@@ -97,8 +97,14 @@ def cosine_one_cycle(step: int, total_steps: int, max_lr: float, pct_start: floa
 # Attributes are set before super().__init__ because torch's constructor already takes the first step.
 
 def _per_group(name: str, value: float | Sequence[float], optimizer: Optimizer) -> list[float]:
-    """One value per param group: a single float is shared, a sequence must match the groups."""
+    """One value per param group: a single float is shared, a sequence (a NumPy array or tensor of one dim too)
+    must match the groups."""
     n_groups = len(optimizer.param_groups)
+    if getattr(value, "ndim", 0) > 1:
+        raise ValueError(f"{name} is an array of shape {tuple(value.shape)}: give one value per param group, or a "
+                         "single float for all")
+    if getattr(value, "ndim", 0) == 1:  # (one lr each: an array in every group's lr would fail inside the optimizer)
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         if len(value) != n_groups:
             raise ValueError(f"{name} has {len(value)} values but the optimizer has {n_groups} param groups; "

@@ -308,3 +308,20 @@ def test_lengths_are_ints_and_a_one_cycle_has_room_for_its_peak():
         with pytest.raises(ValueError, match="T_max must be"):
             make()
     assert OneCycle(opt, T_max=2).get_last_lr() == [0.0]
+
+
+@pytest.mark.parametrize("kind", ["ndarray", "tensor"])
+def test_a_one_dim_array_of_max_lrs_gives_one_to_each_group(kind):
+    """(probe P6, session 22) CosineOneCycle(max_lr=np.array([0.01, 0.1])) put the whole array into every group's
+    lr, and the fit failed inside torch's SGD ("alpha must be Number, not numpy.ndarray"), naming no max_lr."""
+    import numpy as np
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(2)]
+    made = {"ndarray": np.array, "tensor": torch.tensor}[kind]
+    listed = CosineOneCycle(torch.optim.SGD(groups, lr=1.0), max_lr=made([0.01, 0.1]).tolist(), total_steps=10)
+    opt = torch.optim.SGD([{"params": g["params"]} for g in groups], lr=1.0)
+    CosineOneCycle(opt, max_lr=made([0.01, 0.1]), total_steps=10)
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in listed.optimizer.param_groups]
+    assert all(type(g["lr"]) is float for g in opt.param_groups)
+    with pytest.raises(ValueError, match=r"max_lr is an array of shape \(1, 2\): give one value per param group"):
+        CosineOneCycle(torch.optim.SGD([{"params": g["params"]} for g in groups]), max_lr=made([[0.01, 0.1]]),
+                       total_steps=10)
