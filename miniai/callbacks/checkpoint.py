@@ -355,9 +355,8 @@ def setup_of(learn: Learner) -> dict[str, Any]:
     """What the run holds outside every state_dict, as plain values to compare on resume: the settings of torch's
     and miniai's layers (Dropout's p, BatchNorm's momentum), the loss's and the batch transforms' (their function,
     or their class, plain attributes and buffers, and the passes and inputs they transform), and the training
-    loader's sampler class. A layer class of one's
-    own is left out: what its forward keeps (a rotary embedding's cache), maybe before the fit, looks like a
-    setting there."""
+    loader's sampler class. A layer class of one's own is left out: what its forward keeps (a rotary embedding's
+    cache), maybe before the fit, looks like a setting there."""
     found: dict[str, Any] = {}
     for name, module in unwrap(learn.model).named_modules():  # (its persistent buffers are in the state_dict)
         ours = type(module).__module__.split(".")[0] in ("torch", "miniai")
