@@ -34,7 +34,7 @@ __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
            "check_callback_names", "check_fit_args", "check_loaders", "drops_last", "check_new_params",
            "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note", "fit_note",
-           "fit_optimizer", "mark_trained", "follows_lr"]
+           "fit_optimizer", "mark_trained", "follows_lr", "loss_backward"]
 
 
 class MiniaiWarning(UserWarning):
@@ -56,6 +56,19 @@ def warn(message: str) -> None:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_OURS) and frame.f_code.co_filename != _CLI:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, MiniaiWarning, stacklevel=level)
+
+
+def loss_backward(learn: Any, loss: Any = None) -> None:
+    """`loss.backward()` (default: `learn.loss`); a loss without an autograd graph gets a note of where it was cut."""
+    try:
+        (learn.loss if loss is None else loss).backward()
+    except RuntimeError as e:
+        if isinstance(learn.loss, torch.Tensor) and not learn.loss.requires_grad:
+            add_note(e, "(learn.loss has no autograd graph at backward: it, or learn.preds it was computed from, was "
+                        "cut from the model on the way, e.g. by a callback setting learn.loss = learn.loss.detach() "
+                        "(or .item()) at after_loss, or a detached learn.preds at after_predict. A callback that "
+                        "changes them must keep the graph: learn.loss = learn.loss + penalty)")
+        raise
 
 
 def add_note(error: BaseException, note: str) -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from .checks import all_params, call_model, warn
+from .checks import all_params, call_model, loss_backward, warn
 from .learner import Callback, Learner
 
 __all__ = ["TrainLearner", "MomentumLearner"]
@@ -51,7 +51,7 @@ class TrainLearner(Learner):
 
     def backward(self) -> None:
         """Gradients of the loss."""
-        self.loss.backward()
+        loss_backward(self)
 
     def step(self) -> None:
         """The optimizer step."""

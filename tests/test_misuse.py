@@ -117,6 +117,28 @@ def test_an_optimizer_set_by_hand_before_an_evaluation_fit_is_still_said_to_be_r
         learn.fit(1)
 
 
+@pytest.mark.parametrize("how", ["detached loss", "detached preds", "TrainCB", "MixedPrecisionCB"])
+def test_a_loss_a_callback_cut_from_its_graph_is_named_at_the_backward(how):
+    """(probe P12, session 22) learn.loss = learn.loss.detach() in after_loss (or preds detached in after_predict)
+    ended in torch's bare "element 0 of tensors does not require grad", naming neither the loss nor the callback."""
+    from miniai.callbacks import MixedPrecisionCB, TrainCB
+    from miniai.learner import Learner
+
+    class Cut(Callback):
+        def after_predict(self, learn):
+            if how == "detached preds":
+                learn.preds = learn.preds.detach()
+
+        def after_loss(self, learn):
+            if how != "detached preds":
+                learn.loss = learn.loss.detach()
+    cbs = [Cut()] + {"TrainCB": [TrainCB()], "MixedPrecisionCB": [MixedPrecisionCB(dtype=torch.bfloat16)]}.get(how, [])
+    learn = tiny_learner(cbs, learner_cls=Learner if how == "TrainCB" else TrainLearner)
+    with pytest.raises(RuntimeError, match="does not require grad") as info:
+        learn.fit(1)
+    assert "learn.loss has no autograd graph at backward" in "".join(getattr(info.value, "__notes__", []))
+
+
 def test_an_optimizer_a_callback_swaps_in_during_a_scheduled_fit_is_refused():
     """(probe P8) A callback setting learn.opt = Adam(...) at epoch 1 of fit_one_cycle(2): the schedule went on
     stepping the first optimizer, and epoch 1 trained at the new one's flat 1e-3, without a word."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..checks import add_note, call_model, describe, warn
+from ..checks import add_note, call_model, describe, loss_backward, warn
 from ..data import TensorLoader
 from ..learner import STEPS, Callback, CancelFitException, Learner
 from ..utils import check_device, class_loss, def_device, fix_malloc, loss_setting, name_of, to_device, unpartial
@@ -274,7 +274,7 @@ class TrainCB(Callback):
         learn.loss = self._loss(learn)
 
     def backward(self, learn: Learner) -> None:
-        learn.loss.backward()
+        loss_backward(learn)
 
     def step(self, learn: Learner) -> None:
         learn.opt.step()

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from ..checks import python_number, warn
+from ..checks import loss_backward, python_number, warn
 from ..learner import Callback, CancelStepException, Learner
 from ..supervised import MomentumLearner
 from .grad_accum import GradAccumCB
@@ -131,7 +131,7 @@ class MixedPrecisionCB(Callback):
 
     def backward(self, learn: Learner) -> None:
         """Backward of the loss, scaled by the scaler's current scale (plain backward without a scaler)."""
-        (learn.loss if self.scaler is None else self.scaler.scale(learn.loss)).backward()
+        loss_backward(learn, None if self.scaler is None else self.scaler.scale(learn.loss))
 
     def step(self, learn: Learner) -> None:
         """`scaler.step(opt)` and `scaler.update()`; a skipped step zeroes the grads and cancels the step."""
