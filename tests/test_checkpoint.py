@@ -1508,6 +1508,24 @@ def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
     assert same_params(*straight_and_resumed(make, tmp_path))
 
 
+def test_a_copy_of_the_model_a_callback_holds_is_no_holder_of_generators_of_its_own():
+    """(regression round T2, session 22) Once modules were searched, SWACB's AveragedModel (a deep copy of a model
+    with a noise layer) counted as holding the copy's generator, and resuming an older checkpoint warned the run
+    would not continue exactly, where it did. A module with parameters is a model; one without, a transform."""
+    import copy
+
+    from miniai.callbacks.checkpoint import callback_generators
+
+    class Holder(Callback):
+        def __init__(self, held):
+            self.held = held
+    model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 1))
+    learn, _ = make_learner(None, [Holder(copy.deepcopy(model))], model=model)
+    assert callback_generators(learn) == {}
+    learn, _ = make_learner(None, [Holder(nn.Sequential(nn.Identity(), _ModuleNoise()))])
+    assert [len(found) for found in callback_generators(learn).values()] == [1]
+
+
 class _Owner:
     pass
 

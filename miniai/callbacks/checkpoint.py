@@ -88,7 +88,8 @@ def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
 _GENERATORS = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
 # what held_generators does not look into: numbers and text, what is saved on its own (tensors, the learner, whose
 # model's layers run_generators searches), and modules and classes (a callback holding `np` would have it search
-# all of NumPy); an nn.Module a callback holds is searched (a transform written as one: torchvision's, kornia's)
+# all of NumPy); an nn.Module without parameters a callback holds is searched (a transform written as one:
+# torchvision's, kornia's)
 _NOT_SEARCHED = (str, bytes, int, float, torch.Tensor, Learner, types.ModuleType, type)
 
 
@@ -146,7 +147,9 @@ def _held_by(x: Any) -> Iterable[Any]:
         return (x.__self__, x.__func__)
     if isinstance(x, types.FunctionType):  # (the module-level names it uses: _globals_used)
         return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values())
-    if isinstance(x, nn.Module):  # its own attributes and its layers, not torch's hooks, parameters and buffers
+    if isinstance(x, nn.Module):  # a transform: its own attributes and its layers, not torch's hooks and buffers;
+        if next(x.parameters(), None) is not None:  # a model (SWACB's average, an EMA's copy): what its layers hold
+            return []  # is the model's, not drawn from by the copy
         return [v for k, v in vars(x).items() if k not in _MODULE_OWN] + list(x._modules.values())
     return _attributes(x)
 
