@@ -513,7 +513,8 @@ def _saved_note(args: argparse.Namespace) -> str:
     """Which outputs a run stopped while saving them wrote whole (log.csv, written during the fit: its rows)."""
     missing = [n for n in _OUTPUTS if n not in args.saved and n != "log.csv"]
     if not args.saved:
-        return f"none of this run's outputs is complete ({', '.join(missing)} not written)"
+        return (f"none of this run's outputs is complete ({', '.join(missing)} not written); run it again"
+                f"{_again(args)} to train from the start")
     return (f"{', '.join(args.saved)} in --out {args.out} are this run's, complete"
             + (f"; {', '.join(missing)} not written" if missing else ""))
 

@@ -440,6 +440,7 @@ def test_a_full_disk_while_saving_writes_the_model_first_and_names_what_was_save
     err = capsys.readouterr().err
     assert "error while saving the outputs: [Errno 28] No space left on device" in err and "Traceback" not in err
     assert "none of this run's outputs is complete" in err and not (tmp_path / "a" / "result.json").exists()
+    assert "run it again with --overwrite (--out" in err  # (its log.csv is there: T2)
     monkeypatch.undo()
     monkeypatch.setattr(RecorderCB, "plot", full)  # model.pt and result.json written, then the disk is full
     assert main(["train", *SMALL, "--out", str(tmp_path / "b")]) == 1
