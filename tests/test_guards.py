@@ -400,7 +400,8 @@ def test_a_mode_the_name_contradicts_is_refused_as_reducelronplateaus_is(make, t
     """(probe P11) EarlyStoppingCB('valid_accuracy', mode='min') stopped a run at its first rising accuracy; the
     plateau scheduler refused the same contradiction, the other two took it."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"mode='(min|max)'\): .* improves as it (rises|falls), so mode='\1' would take its worst"):
+    with pytest.raises(ValueError, match=r"mode='(min|max)'\): .* improves as it (rises|falls), so mode='\1' would "
+                                         r"take its worst"):
         make()
 
 

@@ -548,7 +548,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         near = near if len(near) <= 8 else near[:3] + [f"... ({len(near) - 6} more)"] + near[-3:]
         raise FileNotFoundError(f"no checkpoint at {path}: pass a checkpoint file or the directory given to "
                                 "CheckpointCB(path)" + (f" ({path.parent} holds {', '.join(near)})" if near else "")
-                                + (f". Under DDP rank 0 alone writes checkpoints, into the path its CheckpointCB was "
+                                + (". Under DDP rank 0 alone writes checkpoints, into the path its CheckpointCB was "
                                    "given: resume every rank from that path (one for all ranks, not one per rank)"
                                    if world_size() > 1 else ""))
     found = list_checkpoints(path)
