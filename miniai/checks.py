@@ -168,26 +168,22 @@ def check_not_in_fit(learn: Any, call: str, why: str) -> None:
 
 def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> None:
     """Each step is done by a callback that owns it or by the learner's own method, or fit can't run; and a step
-    method a TrainLearner subclass overrides, or a Learner subclass defines beside a callback doing its other steps,
-    a callback owning it, would never run."""
+    method a Learner subclass defines (of a TrainLearner subclass: overrides), a callback owning it, would never
+    run."""
     missing = [s for s in steps if not owners[s] and not hasattr(learn, s)]
     if missing:
         raise TypeError(f"{type(learn).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                         "or use TrainLearner, which defines the steps itself.")
     from .supervised import TrainLearner  # (imported here: it imports the learner, which imports this module)
-    # TrainLearner's own steps are the defaults a callback may replace; so are the five of a Learner subclass that
-    # defines them all (the course's TrainLearner, under MixedPrecisionCB); one that defines some and leaves the rest
-    # to a callback (TrainCB) has its own replaced by that callback's
-    complete = not isinstance(learn, TrainLearner) and all(hasattr(type(learn), s) for s in steps)
-    for s in steps:
+    for s in steps:  # (miniai's TrainLearner's own steps are the defaults a callback may replace)
         default = getattr(TrainLearner, s) if isinstance(learn, TrainLearner) else None
-        if owners[s] and not complete and getattr(type(learn), s, None) not in (None, default):
+        if owners[s] and getattr(type(learn), s, None) not in (None, default):
             owner, name = owners[s][0].__self__.__class__.__name__, type(learn).__name__
             raise TypeError(f"{name}.{s} would never run: {owner} owns the {s!r} step, and a step a callback owns "
                             f"replaces the learner's. Do what {name}.{s} adds in a callback event instead "
                             f"(after_backward, after_step...), or leave {owner} out"
-                            + ("" if isinstance(learn, TrainLearner) else f" (subclass TrainLearner, which does the "
-                               f"steps {name} leaves out, rather than adding TrainCB)") + ".")
+                            + ("" if isinstance(learn, TrainLearner) else " (for the plain steps, the course's "
+                               "TrainLearner's, use miniai's TrainLearner, whose steps callbacks may replace)") + ".")
 
 
 def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:

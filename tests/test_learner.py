@@ -484,18 +484,29 @@ def test_a_learners_own_step_that_a_callback_would_bypass_is_an_error():
         tiny_learner(cbs=[TrainCB()], learner_cls=MomentumLearner).fit(1)
     tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)]).fit(1)  # TrainLearner's own steps: replaced on purpose
 
-    class CourseLearner(Learner):  # the lesson's own TrainLearner: its steps, chosen against an owner, as before
+    class CourseLearner(Learner):  # the lesson's own TrainLearner, and its MomentumLearner
         def predict(self): self.preds = self.model(self.batch[0])
         def get_loss(self): self.loss = self.loss_func(self.preds, self.batch[1])
         def backward(self): self.loss.backward()
         def step(self): self.opt.step()
         def zero_grad(self): self.opt.zero_grad()
-    tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)], learner_cls=CourseLearner).fit(1)
+
+    class CourseMomentum(CourseLearner):
+        def zero_grad(self):
+            for p in self.model.parameters():
+                p.grad *= 0.85
+    # (regression round T1, session 22) their steps were replaced by an owner without a word: the course's
+    # MomentumLearner under a TrainCB subclass (the course's MixedPrecision(TrainCB)) trained without momentum
+    with pytest.raises(TypeError, match=r"CourseMomentum\.predict would never run: TrainCB owns the 'predict' step.*"
+                                        r"use miniai's TrainLearner, whose steps callbacks may replace"):
+        tiny_learner(cbs=[TrainCB()], learner_cls=CourseMomentum).fit(1)
+    with pytest.raises(TypeError, match=r"CourseLearner\.backward would never run: MixedPrecisionCB owns"):
+        tiny_learner(cbs=[MixedPrecisionCB(dtype=torch.bfloat16)], learner_cls=CourseLearner).fit(1)
+    tiny_learner(learner_cls=CourseMomentum).fit(1)  # (no owner: its own steps)
 
     class L1Learner(Learner):  # (probe P12, session 22) its loss, and TrainCB for the other steps: TrainCB's mse
         def get_loss(self): self.loss = F.l1_loss(self.preds, self.batch[1])  # loss trained, without a word
-    with pytest.raises(TypeError, match=r"L1Learner\.get_loss would never run: TrainCB owns the 'get_loss' step.*"
-                                        r"subclass TrainLearner, which does the steps L1Learner leaves out"):
+    with pytest.raises(TypeError, match=r"L1Learner\.get_loss would never run: TrainCB owns the 'get_loss' step"):
         tiny_learner(cbs=[TrainCB()], learner_cls=L1Learner).fit(1)
 
 
