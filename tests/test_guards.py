@@ -388,7 +388,16 @@ def test_a_name_whose_last_word_or_a_negation_leaves_the_direction_open_asks_for
 
 @pytest.mark.parametrize("name, mode", [("valid_DiceBCELoss", "min"), ("valid_error_rate", "min"),
                                         ("valid_acc5", "max"), ("valid_BalancedAccuracy", "max"),
-                                        ("train_loss", "min"), ("valid_jaccard", "max")])
+                                        ("train_loss", "min"), ("valid_jaccard", "max"),
+                                        # (regression round T1: names the first fix refused, the words that qualify
+                                        # the last one or a number after it)
+                                        ("valid_accuracy_multi", "max"), ("valid_RocAucBinary", "max"),
+                                        ("valid_CorpusBLEUMetric", "max"), ("valid_LossMetric", "min"),
+                                        ("valid_f1_macro", "max"), ("valid_auc_roc", "max"), ("valid_dice_coef", "max"),
+                                        ("valid_accuracy_top5", "max"), ("valid_acc@1", "max"),
+                                        ("valid_recall_at_5", "max"), ("valid_precision_at_k", "max"),
+                                        ("valid_error_rate_top5", "min"), ("valid_loss_2", "min"),
+                                        ("valid_NegativeLogLikelihoodLoss", "min")])
 def test_the_last_word_of_the_name_says_the_direction(name, mode):
     """(probe P11) DiceBCELoss read as 'dice' (max) for a loss: the name's last word is what it measures."""
     assert EarlyStoppingCB(name).mode == mode

@@ -15,25 +15,29 @@ __all__ = ["improves", "name_mode", "monitor_mode", "check_monitor", "same_watch
 
 
 # the last word of a metric's name (what it measures: DiceBCELoss is a loss) says which way it improves, read as a
-# whole word ('acc' in 'false_accept_rate' says nothing); 'score' alone says nothing (a Brier or FID score falls)
+# whole word ('acc' in 'false_accept_rate' says nothing), after the words that qualify it (f1_macro, auc_roc,
+# recall_at_5, accuracy_top5, loss_2); 'score' alone says nothing (a Brier or FID score falls)
 _LOWER_IS_BETTER = {"loss", "error", "error_rate", "perplexity", "brier", "mse", "rmse", "mae", "fid", "nll", "wer",
                     "cer"}
 _HIGHER_IS_BETTER = {"acc", "accuracy", "precision", "recall", "dice", "jaccard", "bleu", "f1", "auc", "auroc",
                      "auprc", "iou", "r2"}
+_QUALIFIERS = {"score", "metric", "coef", "macro", "micro", "weighted", "multi", "binary", "roc", "pr", "top", "at",
+               "k", "avg", "mean"}
 # words that may turn the direction round: scikit-learn's neg_mean_squared_error rises, a neg_recall (of the
 # negative class) rises too, as does a one_minus_error: the name can't say
 _NEGATIONS = {"neg", "negative", "minus", "inv", "inverse"}
 
 
 def name_mode(monitor: str) -> str | None:
-    """'min' or 'max' as `monitor`'s last word says (valid_top5_accuracy: max; validMeanAbsError: min); None when
-    it says neither, or a word in the name may turn it round (neg, minus, inverse)."""
+    """'min' or 'max' as `monitor`'s last word says, after the words that qualify it (valid_f1_macro: max;
+    validMeanAbsError: min); None when it says neither, or a word in the name may turn it round (neg, minus)."""
     # the name's words: valid_DiceBCELoss -> valid, dice, bce, loss; valid_acc5 -> valid, acc
     name = re.sub(r"([a-z0-9])([A-Z])|([A-Z])([A-Z][a-z])", r"\1\3_\2\4", monitor).lower()
+    name = name.replace("negative_log_likelihood", "nll")
     words = _LOWER_IS_BETTER | _HIGHER_IS_BETTER
-    parts = [part if part in words else re.sub(r"(?<=[a-z])\d+$", "", part) for part in re.split(r"[_\-./ ]+", name)
-             if part]
-    while len(parts) > 1 and parts[-1] == "score":  # brier_score, r2_score, F1Score: the word before says
+    parts = [part if part in words else re.sub(r"(?<=[a-z])\d+$", "", part) for part in re.split(r"[\W_]+", name)]
+    parts = [part for part in parts if part and not part.isdigit()]  # (acc@1, loss_2: the number says nothing)
+    while len(parts) > 1 and parts[-1] in _QUALIFIERS:
         parts.pop()
     if not parts or _NEGATIONS.intersection(parts):
         return None
