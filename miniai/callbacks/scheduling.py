@@ -299,8 +299,9 @@ class BaseSchedCB(Callback):
         used = total + (learn.schedule_stop is not None and anneals)  # steps whose lr a batch (or SWALR) takes up
         from .checkpoint import CheckpointCB  # (here: checkpoint.py imports this module)
         # its one step comes after every batch (a checkpoint keeps the lr it sets, for a resume to go on with)
-        one_epoch = used == 1 and isinstance(self, EpochSchedCB) and not any(isinstance(cb, CheckpointCB)
-                                                                              for cb in learn.cbs)
+        # (under SWACB, which takes over after a first epoch, one step is all the schedule has: not a one-epoch fit)
+        one_epoch = used == 1 and learn.schedule_stop is None and isinstance(self, EpochSchedCB) and not any(
+            isinstance(cb, CheckpointCB) for cb in learn.cbs)
         if one_epoch:
             warn(f"EpochSchedCB steps {name} after each epoch, and this fit trains one: every batch trains with the "
                  "lr the schedule starts at, and none with an lr a step sets. Each fit builds its schedule anew, so "
