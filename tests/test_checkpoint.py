@@ -1522,7 +1522,15 @@ def test_a_copy_of_the_model_a_callback_holds_is_no_holder_of_generators_of_its_
     model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 1))
     learn, _ = make_learner(None, [Holder(copy.deepcopy(model))], model=model)
     assert callback_generators(learn) == {}
+    learn, _ = make_learner(None, [Holder(torch.optim.swa_utils.AveragedModel(model))], model=model)
+    assert callback_generators(learn) == {}
     learn, _ = make_learner(None, [Holder(nn.Sequential(nn.Identity(), _ModuleNoise()))])
+    assert [len(found) for found in callback_generators(learn).values()] == [1]
+    # (regression round T3) a transform module with a (frozen) parameter of its own, a fixed blur's or a
+    # normalization's, is no copy of the model: its generator was left out of checkpoints, without a word
+    transform = _ModuleNoise()
+    transform.w = nn.Parameter(torch.ones(4), requires_grad=False)
+    learn, _ = make_learner(None, [Holder(transform)], model=model)
     assert [len(found) for found in callback_generators(learn).values()] == [1]
 
 

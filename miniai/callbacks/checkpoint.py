@@ -88,8 +88,8 @@ def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
 _GENERATORS = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
 # what held_generators does not look into: numbers and text, what is saved on its own (tensors, the learner, whose
 # model's layers run_generators searches), and modules and classes (a callback holding `np` would have it search
-# all of NumPy); an nn.Module without parameters a callback holds is searched (a transform written as one:
-# torchvision's, kornia's)
+# all of NumPy); an nn.Module a callback holds is searched (a transform written as one: torchvision's, kornia's),
+# unless it is the model or a copy of it (`skip`)
 _NOT_SEARCHED = (str, bytes, int, float, torch.Tensor, Learner, types.ModuleType, type)
 
 
@@ -98,21 +98,21 @@ _NOT_SEARCHED = (str, bytes, int, float, torch.Tensor, Learner, types.ModuleType
 _GLOBAL_GENERATORS = (random.random.__self__, np.random.mtrand._rand, torch.default_generator)
 
 
-def held_generators(*holders: Any, depth: int = 16, skip: Iterable[Any] = ()) -> list[Any]:
+def held_generators(*holders: Any, depth: int = 16, skip: Callable[[Any], bool] | None = None) -> list[Any]:
     """The random generators (torch's, NumPy's, Python's) callbacks (or other `holders`) hold of their own: in their
     attributes, in lists, tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g)
     in a Compose inside BatchTransformCB), down to `depth` levels (composes nested a few deep: each takes two), each
-    once, in a fixed order. Tensors, the learner, what is in `skip` (the model's layers, which `run_generators`
-    searches) and long containers (recorded values, not settings) are not searched: what they hold is saved on its
-    own, or nothing."""
+    once, in a fixed order. Tensors, the learner, modules `skip` says (the model's layers, which `run_generators`
+    searches, and copies of the model) and long containers (recorded values, not settings) are not searched: what
+    they hold is saved on its own, or nothing."""
     found: list[Any] = []
-    # each object's id: the most levels left when it was looked into (met again with more, by another path, it is
-    # looked into again, deeper); what is skipped, as if looked into at every level
-    seen: dict[int, int] = {id(x): depth for x in skip}
+    seen: dict[int, int] = {}  # each object's id: the most levels left when it was looked into (met again with more,
+    # by another path, it is looked into again, deeper)
 
     def walk(x: Any, level: int) -> None:
         try:
             if seen.get(id(x), -1) >= level or isinstance(x, _NOT_SEARCHED) \
+                    or skip is not None and isinstance(x, nn.Module) and skip(x) \
                     or isinstance(x, (list, tuple, dict)) and len(x) > 100 or any(x is g for g in _GLOBAL_GENERATORS):
                 return
             generator = isinstance(x, _GENERATORS) and not isinstance(x, random.SystemRandom)  # (the OS's: no state)
@@ -147,9 +147,7 @@ def _held_by(x: Any) -> Iterable[Any]:
         return (x.__self__, x.__func__)
     if isinstance(x, types.FunctionType):  # (the module-level names it uses: _globals_used)
         return (*map(_contents, x.__closure__ or ()), *(x.__defaults__ or ()), *(x.__kwdefaults__ or {}).values())
-    if isinstance(x, nn.Module):  # a transform: its own attributes and its layers, not torch's hooks and buffers;
-        if next(x.parameters(), None) is not None:  # a model (SWACB's average, an EMA's copy): what its layers hold
-            return []  # is the model's, not drawn from by the copy
+    if isinstance(x, nn.Module):  # its own attributes and its layers, not torch's hooks, parameters and buffers
         return [v for k, v in vars(x).items() if k not in _MODULE_OWN] + list(x._modules.values())
     return _attributes(x)
 
@@ -242,10 +240,21 @@ _MODULE_OWN = frozenset(vars(nn.Module()))  # what torch keeps on every module: 
 
 def callback_generators(learn: Learner) -> dict[str, list[Any]]:
     """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`."""
-    model = getattr(learn, "model", None)  # (and a DDP or compile wrapper of it)
-    layers = [model, *unwrap(model).modules()] if isinstance(model, nn.Module) else []
-    gens = {key: held_generators(cb, skip=layers) for key, cb in _keyed(learn).items()}
+    gens = {key: held_generators(cb, skip=_model_or_copy(learn)) for key, cb in _keyed(learn).items()}
     return {key: found for key, found in gens.items() if found}
+
+
+def _model_or_copy(learn: Learner) -> Callable[[nn.Module], bool]:
+    """Whether a module is the learner's model (a DDP or compile wrapper of it too), one of its layers, or a copy of
+    it (of its class, with its parameters' names: SWACB's average, an EMA's deepcopy), whose generators are the
+    model's, searched by `run_generators` (a copy never draws from its own in the fit)."""
+    wrapped = getattr(learn, "model", None)
+    if not isinstance(wrapped, nn.Module):
+        return lambda module: False
+    model = unwrap(wrapped)
+    layers, names = {id(wrapped), *map(id, model.modules())}, [name for name, _ in model.named_parameters()]
+    return lambda module: id(module) in layers or bool(names) and type(module) is type(model) and [
+        name for name, _ in module.named_parameters()] == names
 
 
 def run_generators(learn: Learner) -> dict[str, list[Any]]:
