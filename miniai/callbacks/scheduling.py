@@ -299,13 +299,16 @@ class BaseSchedCB(Callback):
         used = total + (learn.schedule_stop is not None and anneals)  # steps whose lr a batch (or SWALR) takes up
         from .checkpoint import CheckpointCB  # (here: checkpoint.py imports this module)
         # its one step comes after every batch (a checkpoint keeps the lr it sets, for a resume to go on with)
-        # (under SWACB, which takes over after a first epoch, one step is all the schedule has: not a one-epoch fit)
-        one_epoch = used == 1 and learn.schedule_stop is None and isinstance(self, EpochSchedCB) and not any(
-            isinstance(cb, CheckpointCB) for cb in learn.cbs)
+        one_epoch = used == 1 and isinstance(self, EpochSchedCB) and not any(isinstance(cb, CheckpointCB)
+                                                                              for cb in learn.cbs)
         if one_epoch:
-            warn(f"EpochSchedCB steps {name} after each epoch, and this fit trains one: every batch trains with the "
-                 "lr the schedule starts at, and none with an lr a step sets. Each fit builds its schedule anew, so "
-                 "fit(1) three times is not fit(3): fit for more epochs, or step it per batch with BatchSchedCB.")
+            swa = learn.schedule_stop is not None  # (SWACB takes over after the first epoch)
+            warn(f"EpochSchedCB steps {name} after each epoch, and this fit schedules one ("
+                 + ("SWACB takes over after it" if swa else "it trains one") + "): every batch trains with the lr "
+                 "the schedule starts at, and none with an lr a step sets. "
+                 + ("Start SWA later, or step it per batch with BatchSchedCB." if swa else "Each fit builds its "
+                    "schedule anew, so fit(1) three times is not fit(3): fit for more epochs, or step it per batch "
+                    "with BatchSchedCB."))
         # (a schedule that never ends, counted in other steps: len(dls.train) under DDP, or per batch)
         for late in () if one_epoch else _steps_past(self.scheduler, used):
             warn(f"{late}this fit's {counted(total, 'step')} ({how}): no batch trains with the lr it "
