@@ -41,7 +41,7 @@ SCHEDULES = {
     "warmup-cosine": "linear warmup over the first 10% of the steps, then cosine to 0, per batch (ours)",
     "step": "StepLR: lr × 0.1 every n_epochs // 3 epochs (every epoch below 6), per epoch",
     "plateau": "ReduceLROnPlateau on valid_loss: lr × 0.1 after 2 epochs in a row without improvement (patience 1; "
-               "needs MetricsCB)",
+               "needs MetricsCB, and 4 epochs or more)",
 }
 
 
