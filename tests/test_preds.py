@@ -856,6 +856,23 @@ def test_a_transform_written_as_a_module_is_drawn_on_and_put_back_by_tta_and_get
     assert torch.equal(tfm.g.get_state(), state) and torch.equal(preds, learn.get_preds()[0])
 
 
+def test_a_prediction_pass_that_starts_persistent_workers_says_the_next_fit_will_differ():
+    """(probe P15, session 22) get_preds (tta, summary) on a dls.valid with persistent workers started them, and
+    torch's one draw to seed them then came from the pass, not from the next fit's first validation: fit(2) after a
+    get_preds ended 2.5e-3 away from fit(2) without it, without a word."""
+    from torch.utils.data import DataLoader, TensorDataset
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    valid = DataLoader(TensorDataset(x, y), batch_size=8, num_workers=1, persistent_workers=True)
+    learn = TrainLearner(nn.Linear(4, 1), DataLoaders(TensorLoader(x, y, 8), valid), F.mse_loss, lr=0.01)
+    with pytest.warns(UserWarning, match=r"this call started the persistent workers of dls\.valid.*next fit.*will "
+                                         r"differ.*persistent_workers=False, or make this call after a fit"):
+        learn.get_preds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.get_preds()  # (started already: this pass takes no draw)
+        learn.summary()
+
+
 def test_a_lazy_layer_a_prediction_pass_initialized_stays_initialized_and_lr_find_refuses_one():
     """get_preds on a LazyLinear put the materialized weight's data back to the empty placeholder: the next fit
     failed with 'mat2 must be a matrix'; lr_find failed on copying the uninitialized parameter."""

@@ -17,7 +17,7 @@ from torch import nn
 from ..checks import warn
 from ..data import TensorLoader
 from ..learner import Learner
-from ..utils import lazy_tensors, map_tensors, rngs_kept
+from ..utils import keeps_workers, lazy_tensors, map_tensors, rngs_kept
 from .checkpoint import (callback_generators, generator_state, has_state, held_generators, loader_generators,
                          run_generators, set_generator_state)
 from .metrics import MetricsCB
@@ -69,6 +69,12 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
         else:
             container.clear()
             container.update(content)
+
+
+def _loader_name(learn: Learner, dl: Any) -> str:
+    """'dls.train', 'dls.valid', or 'the loader given' for another."""
+    return next((f"dls.{name}" for name in ("train", "valid") if getattr(learn.dls, name, None) is dl),
+                "the loader given")
 
 
 @contextlib.contextmanager
@@ -130,6 +136,10 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                if isinstance(s, torch.amp.GradScaler) and s.is_enabled()]
     # CUDA's generators once CUDA is in use or about to be (a DeviceCB moving the model there: lr_find before any fit)
     to_cuda = any(getattr(getattr(cb, "device", None), "type", None) == "cuda" for cb in learn.cbs)
+    # torch seeds a loader's persistent workers once, with a draw from its RNG, when they start: a pass that starts
+    # them takes that draw from the next fit, which put back RNGs can't undo (lr_find warns of dls.train's itself)
+    idle = [dl for dl in {id(dl): dl for dl in all_loaders}.values()
+            if keeps_workers(dl) and getattr(dl, "_iterator", False) is None and not weights]
     learn._in_fit = False  # the learner's own calls work in here (put back on exit): everything they change is kept
     try:
         with rngs_kept(cuda=to_cuda):
@@ -168,3 +178,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
         if changed:
             warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
                  "its own, a quantization observer calibrating?): the model is not as it was before the call")
+        started = [_loader_name(learn, dl) for dl in idle if getattr(dl, "_iterator", None) is not None]
+        if started:
+            warn(f"this call started the persistent workers of {started[0]}, and torch seeds them with a draw from "
+                 "its random state that the next fit's first pass over that loader would have taken: the random "
+                 "draws of the next fit (shuffling, dropout, augmentation) will differ from a fit without this call. "
+                 "Build the loader with persistent_workers=False, or make this call after a fit")
