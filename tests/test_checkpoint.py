@@ -1450,6 +1450,19 @@ class _NoiseLayer(nn.Module):
         return x + 0.1 * torch.randn(x.shape, generator=self.g) if self.training else x
 
 
+class _BucketSampler(torch.utils.data.Sampler):  # a sampler of one's own, drawing from a generator of its own
+    def __init__(self, n, numpy):
+        self.n, self.rng = n, np.random.default_rng(4) if numpy else torch.Generator().manual_seed(4)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        order = self.rng.permutation(self.n) if isinstance(self.rng, np.random.Generator) else torch.randperm(
+            self.n, generator=self.rng)
+        return iter(order.tolist())
+
+
 class _NoisyItems(torch.utils.data.Dataset):
     def __init__(self, x, y):
         self.x, self.y, self.g = x, y, torch.Generator().manual_seed(9)
@@ -1474,7 +1487,8 @@ class _ModuleNoise(nn.Module):  # a transform written as a module, as torchvisio
                                    "a helper's module-level generator", "a module-level dict", "a module-level object",
                                    "a layer of the model", "the training dataset", "a comprehension's",
                                    "a class attribute", "a slot", "an nn.Module transform",
-                                   "an nn.Module transform in nn.Sequential"])
+                                   "an nn.Module transform in nn.Sequential", "a sampler's NumPy generator",
+                                   "a sampler's torch generator"])
 def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
     # (probe) each was neither saved nor warned of: the resumed run silently drew other numbers. NumPy's legacy
     # RandomState was no generator to the search; a module-level name counted only when it was a generator itself
@@ -1504,6 +1518,11 @@ def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
             train = learn.dls.train
             learn.dls = DataLoaders(torch.utils.data.DataLoader(_NoisyItems(train.x, train.y), batch_size=8),
                                     learn.dls.valid)
+        if where.startswith("a sampler's"):  # (probe P15, session 22: neither saved nor warned of)
+            train = learn.dls.train
+            sampler = _BucketSampler(len(train.x), numpy="NumPy" in where)
+            learn.dls = DataLoaders(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train.x, train.y),
+                                                                batch_size=8, sampler=sampler), learn.dls.valid)
         return learn
     assert same_params(*straight_and_resumed(make, tmp_path))
 

@@ -266,6 +266,11 @@ def run_generators(learn: Learner) -> dict[str, list[Any]]:
     model = held_generators(*(v for m in layers for k, v in vars(m).items() if k not in _MODULE_OWN), depth=2)
     data = {f"dls.{name}.dataset": held_generators(getattr(getattr(learn.dls, name, None), "dataset", None), depth=3)
             for name in ("train", "valid")}  # (a loader's own generators are its state: loader_generators)
+    for name in ("train", "valid"):  # a sampler of one's own drawing from a generator under another name than
+        dl = getattr(learn.dls, name, None)  # `generator` (a bucketing sampler's NumPy one): not its dataset's again
+        known = {id(g) for found in data.values() for g in found} | {id(g) for g in loader_generators(dl)}
+        data[f"dls.{name}.sampler"] = [g for g in held_generators(
+            getattr(dl, "sampler", None), getattr(dl, "batch_sampler", None), depth=2) if id(g) not in known]
     return {**gens, **{key: found for key, found in {"model": model, **data}.items() if found}}
 
 
