@@ -79,10 +79,10 @@ def make_sched_cb(name: str, n_epochs: int, steps_per_epoch: int) -> BaseSchedCB
     if name == "step" and n_epochs < 2:  # (its lr would drop after the one epoch, when no batch trains with it)
         raise ValueError("schedule 'step' lowers the lr × 0.1 every n_epochs // 3 epochs (every epoch below 6), so "
                          "one epoch trains at the lr it starts with: train 2 epochs or more, or choose 'none'")
-    if name == "plateau" and n_epochs < 4:  # (patience 1: the first lower lr comes after 2 epochs without a better
+    if name == "plateau" and n_epochs < 4:  # (patience 1: 2 epochs no better than the first, then a lower lr)
         raise ValueError("schedule 'plateau' lowers the lr × 0.1 once valid_loss has not improved for 2 epochs "
                          "(patience 1), so the first epoch that can train at a lower lr is the 4th: train 4 epochs "
-                         "or more, or choose 'none'")  # valid_loss than the first's)
+                         "or more, or choose 'none'")
     return recipes[name]()
 
 
