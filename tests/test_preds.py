@@ -871,6 +871,11 @@ def test_a_prediction_pass_that_starts_persistent_workers_says_the_next_fit_will
         warnings.simplefilter("error")
         learn.get_preds()  # (started already: this pass takes no draw)
         learn.summary()
+        # (regression round T4) a loader the fit never walks: a shuffled dls.train's in-order copy, another loader
+        shuffled = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, num_workers=1, persistent_workers=True)
+        learn.dls = DataLoaders(shuffled, valid)
+        learn.get_preds(dl=learn.dls.train)
+        learn.get_preds(dl=DataLoader(TensorDataset(x, y), batch_size=8, num_workers=1, persistent_workers=True))
 
 
 def test_a_lazy_layer_a_prediction_pass_initialized_stays_initialized_and_lr_find_refuses_one():

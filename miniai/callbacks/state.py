@@ -71,12 +71,6 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
             container.update(content)
 
 
-def _loader_name(learn: Learner, dl: Any) -> str:
-    """'dls.train', 'dls.valid', or 'the loader given' for another."""
-    return next((f"dls.{name}" for name in ("train", "valid") if getattr(learn.dls, name, None) is dl),
-                "the loader given")
-
-
 @contextlib.contextmanager
 def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
          tfms: Iterable[Any] = ()) -> Iterator[None]:
@@ -137,8 +131,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     # CUDA's generators once CUDA is in use or about to be (a DeviceCB moving the model there: lr_find before any fit)
     to_cuda = any(getattr(getattr(cb, "device", None), "type", None) == "cuda" for cb in learn.cbs)
     # torch seeds a loader's persistent workers once, with a draw from its RNG, when they start: a pass that starts
-    # them takes that draw from the next fit, which put back RNGs can't undo (lr_find warns of dls.train's itself)
-    idle = [dl for dl in {id(dl): dl for dl in all_loaders}.values()
+    # the fit's own loaders' takes that draw from the next fit, which put back RNGs can't undo (lr_find warns of
+    # dls.train's itself; a copy of a loader, walked in order, or a loader of the call's own, the fit never walks)
+    idle = [f"dls.{name}" for name in ("train", "valid") for dl in [getattr(dls, name, None)]
             if keeps_workers(dl) and getattr(dl, "_iterator", False) is None and not weights]
     learn._in_fit = False  # the learner's own calls work in here (put back on exit): everything they change is kept
     try:
@@ -178,7 +173,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
         if changed:
             warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
                  "its own, a quantization observer calibrating?): the model is not as it was before the call")
-        started = [_loader_name(learn, dl) for dl in idle if getattr(dl, "_iterator", None) is not None]
+        started = [name for name in idle if getattr(getattr(dls, name[4:]), "_iterator", None) is not None]
         if started:
             warn(f"this call started the persistent workers of {started[0]}, and torch seeds them with a draw from "
                  "its random state that the next fit's first pass over that loader would have taken: the random "
