@@ -1,5 +1,6 @@
 """CheckpointCB and resume: exact continuation (bitwise on the CPU), atomic writes, pruning, interrupts, errors."""
 import ast
+import copy
 import os
 import re
 import shutil
@@ -1527,30 +1528,53 @@ def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
     assert same_params(*straight_and_resumed(make, tmp_path))
 
 
-def test_a_copy_of_the_model_a_callback_holds_is_no_holder_of_generators_of_its_own():
-    """(regression round T2, session 22) Once modules were searched, SWACB's AveragedModel (a deep copy of a model
-    with a noise layer) counted as holding the copy's generator, and resuming an older checkpoint warned the run
-    would not continue exactly, where it did. A module with parameters is a model; one without, a transform."""
-    import copy
+class _MeanTeacher(Callback):
+    """Holds a copy of the model, run in train mode (its noise layer draws) for a consistency loss."""
+    def before_fit(self, learn):
+        if not hasattr(self, "teacher"):
+            self.teacher = copy.deepcopy(learn.model)
 
+    def after_loss(self, learn):
+        if learn.training:
+            with torch.no_grad():
+                target = self.teacher(learn.batch[0])
+            learn.loss = learn.loss + 0.1 * F.mse_loss(learn.preds, target)
+
+
+def test_the_generators_of_a_copy_of_the_model_a_callback_holds_are_its_own_and_saved(tmp_path):
+    """(regression rounds T2-T4, session 22) A Mean Teacher's copy of the model, run in train mode, draws from its
+    noise layer's own generator: left out as 'a copy that never draws', the resumed run differed, without a word.
+    A module of the model's own is searched as the model's, not again as a callback's."""
+    def make(path):
+        torch.manual_seed(0)
+        model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        return make_learner(path, [_MeanTeacher()], model=model)[0]
+    assert same_params(*straight_and_resumed(make, tmp_path))
     from miniai.callbacks.checkpoint import callback_generators
 
     class Holder(Callback):
         def __init__(self, held):
             self.held = held
-    model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 1))
-    learn, _ = make_learner(None, [Holder(copy.deepcopy(model))], model=model)
-    assert callback_generators(learn) == {}
-    learn, _ = make_learner(None, [Holder(torch.optim.swa_utils.AveragedModel(model))], model=model)
-    assert callback_generators(learn) == {}
-    learn, _ = make_learner(None, [Holder(nn.Sequential(nn.Identity(), _ModuleNoise()))])
-    assert [len(found) for found in callback_generators(learn).values()] == [1]
-    # (regression round T3) a transform module with a (frozen) parameter of its own, a fixed blur's or a
-    # normalization's, is no copy of the model: its generator was left out of checkpoints, without a word
-    transform = _ModuleNoise()
+    learn = make(None)
+    learn.cbs.append(Holder(learn.model[0]))  # (the model's own layer: the model's key)
+    transform = _ModuleNoise()  # (regression round T3) a transform module with a frozen parameter of its own
     transform.w = nn.Parameter(torch.ones(4), requires_grad=False)
-    learn, _ = make_learner(None, [Holder(transform)], model=model)
+    learn.cbs.append(Holder(transform))
     assert [len(found) for found in callback_generators(learn).values()] == [1]
+
+
+def test_a_generator_a_sampler_shares_with_the_model_is_saved_once():
+    """(regression round T4) a sampler drawing from a noise layer's generator: counted again under the sampler, so
+    a checkpoint of before samplers were searched warned the run would not continue exactly, where it did."""
+    from miniai.callbacks.checkpoint import run_generators
+    model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 1))
+    learn, _ = make_learner(None, model=model)
+    train = learn.dls.train
+    sampler = _BucketSampler(len(train.x), numpy=False)
+    sampler.rng = model[0].g
+    learn.dls = DataLoaders(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train.x, train.y),
+                                                        batch_size=8, sampler=sampler), learn.dls.valid)
+    assert {key: len(found) for key, found in run_generators(learn).items()} == {"model": 1}
 
 
 class _Owner:
@@ -2045,7 +2069,9 @@ def test_an_evaluation_says_nothing_of_generators_the_checkpoint_lacks_but_a_res
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learner(None, _NoisyItems).fit(3, train=False, resume=tmp_path)
-    with pytest.warns(UserWarning, match=r"dls.train.dataset holds 1 random generators, the checkpoint has 0"):
+    with pytest.warns(UserWarning, match=r"dls.train.dataset holds 1 random generators the checkpoint has none for "
+                                         r"\(it held none when saved, or an older miniai did not look for them there\)"
+                                         r".*if they draw during the fit, the run will not continue exactly"):
         learner(None, _NoisyItems).fit(3, resume=tmp_path)
 
 

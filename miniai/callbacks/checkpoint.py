@@ -88,8 +88,8 @@ def stateful_callbacks(learn: Learner) -> dict[str, Callback]:
 _GENERATORS = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
 # what held_generators does not look into: numbers and text, what is saved on its own (tensors, the learner, whose
 # model's layers run_generators searches), and modules and classes (a callback holding `np` would have it search
-# all of NumPy); an nn.Module a callback holds is searched (a transform written as one: torchvision's, kornia's),
-# unless it is the model or a copy of it (`skip`)
+# all of NumPy); an nn.Module a callback holds is searched (a transform written as one: torchvision's, kornia's; a
+# copy of the model, a Mean Teacher's), unless it is the model (`skip`)
 _NOT_SEARCHED = (str, bytes, int, float, torch.Tensor, Learner, types.ModuleType, type)
 
 
@@ -103,8 +103,8 @@ def held_generators(*holders: Any, depth: int = 16, skip: Callable[[Any], bool] 
     attributes, in lists, tuples and dicts there and in the attributes of what they hold (a RandomFlip(generator=g)
     in a Compose inside BatchTransformCB), down to `depth` levels (composes nested a few deep: each takes two), each
     once, in a fixed order. Tensors, the learner, modules `skip` says (the model's layers, which `run_generators`
-    searches, and copies of the model) and long containers (recorded values, not settings) are not searched: what
-    they hold is saved on its own, or nothing."""
+    searches) and long containers (recorded values, not settings) are not searched: what they hold is saved on its
+    own, or nothing."""
     found: list[Any] = []
     seen: dict[int, int] = {}  # each object's id: the most levels left when it was looked into (met again with more,
     # by another path, it is looked into again, deeper)
@@ -240,21 +240,17 @@ _MODULE_OWN = frozenset(vars(nn.Module()))  # what torch keeps on every module: 
 
 def callback_generators(learn: Learner) -> dict[str, list[Any]]:
     """The generators every callback holds (`held_generators`), keyed '<class name>_<i>' as `stateful_callbacks`."""
-    gens = {key: held_generators(cb, skip=_model_or_copy(learn)) for key, cb in _keyed(learn).items()}
+    gens = {key: held_generators(cb, skip=_the_model(learn)) for key, cb in _keyed(learn).items()}
     return {key: found for key, found in gens.items() if found}
 
 
-def _model_or_copy(learn: Learner) -> Callable[[nn.Module], bool]:
-    """Whether a module is the learner's model (a DDP or compile wrapper of it too), one of its layers, or a copy of
-    it (of its class, with its parameters' names: SWACB's average, an EMA's deepcopy), whose generators are the
-    model's, searched by `run_generators` (a copy never draws from its own in the fit)."""
+def _the_model(learn: Learner) -> Callable[[nn.Module], bool]:
+    """Whether a module is the learner's model (a DDP or compile wrapper of it too) or one of its layers, whose
+    generators `run_generators` searches as the model's (a copy of it is searched as its holder's: a Mean Teacher's
+    draws in train mode)."""
     wrapped = getattr(learn, "model", None)
-    if not isinstance(wrapped, nn.Module):
-        return lambda module: False
-    model = unwrap(wrapped)
-    layers, names = {id(wrapped), *map(id, model.modules())}, [name for name, _ in model.named_parameters()]
-    return lambda module: id(module) in layers or bool(names) and type(module) is type(model) and [
-        name for name, _ in module.named_parameters()] == names
+    layers = {id(wrapped), *map(id, unwrap(wrapped).modules())} if isinstance(wrapped, nn.Module) else set()
+    return lambda module: id(module) in layers
 
 
 def run_generators(learn: Learner) -> dict[str, list[Any]]:
@@ -268,9 +264,9 @@ def run_generators(learn: Learner) -> dict[str, list[Any]]:
             for name in ("train", "valid")}  # (a loader's own generators are its state: loader_generators)
     for name in ("train", "valid"):  # a sampler of one's own drawing from a generator under another name than
         dl = getattr(learn.dls, name, None)  # `generator` (a bucketing sampler's NumPy one): not its dataset's again
-        known = {id(g) for found in data.values() for g in found} | {id(g) for g in loader_generators(dl)}
+        known = {id(g) for found in [*gens.values(), model, *data.values(), loader_generators(dl)] for g in found}
         data[f"dls.{name}.sampler"] = [g for g in held_generators(
-            getattr(dl, "sampler", None), getattr(dl, "batch_sampler", None), depth=2) if id(g) not in known]
+            getattr(dl, "sampler", None), getattr(dl, "batch_sampler", None), depth=3) if id(g) not in known]
     return {**gens, **{key: found for key, found in {"model": model, **data}.items() if found}}
 
 

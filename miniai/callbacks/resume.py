@@ -230,10 +230,14 @@ class ResumeCB(Callback):
             if len(saved_gens.get(key, ())) == len(gens):
                 for g, g_state in zip(gens, saved_gens[key]):
                     set_generator_state(g, g_state)
-            elif training:  # (an evaluation continues no run)
+            elif training and key not in saved_gens:  # (an evaluation continues no run)
+                warn(f"resuming from {file}: {key} holds {len(gens)} random generators the checkpoint has none for "
+                     "(it held none when saved, or an older miniai did not look for them there): they go on from "
+                     "where they are, so if they draw during the fit, the run will not continue exactly")
+            elif training:
                 warn(f"resuming from {file}: {key} holds {len(gens)} random generators, the checkpoint has "
-                     f"{len(saved_gens.get(key, ()))} for it: they go on from where they are, so the run "
-                     "will not continue exactly")
+                     f"{len(saved_gens[key])} for it: they go on from where they are, so the run will not continue "
+                     "exactly")
         ranks = state.get("rng_ranks")  # every rank's own, when it was saved under DDP with as many processes
         now = world_size() if is_dist() else 1
         own = ranks[rank()] if ranks and is_dist() and len(ranks) == world_size() else state["rng"]
