@@ -1464,6 +1464,16 @@ class _BucketSampler(torch.utils.data.Sampler):  # a sampler of one's own, drawi
         return iter(order.tolist())
 
 
+class _AugmentingLayer(nn.Module):  # a layer applying miniai's batch_tfms of a flip with its own generator
+    def __init__(self):
+        super().__init__()
+        from miniai.augment import RandomFlip, batch_tfms
+        self.aug = batch_tfms(RandomFlip(generator=torch.Generator().manual_seed(3)))
+
+    def forward(self, x):
+        return self.aug(x.view(-1, 1, 1, 4)).view(-1, 4) if self.training else x
+
+
 class _NoisyItems(torch.utils.data.Dataset):
     def __init__(self, x, y):
         self.x, self.y, self.g = x, y, torch.Generator().manual_seed(9)
@@ -1489,7 +1499,7 @@ class _ModuleNoise(nn.Module):  # a transform written as a module, as torchvisio
                                    "a layer of the model", "the training dataset", "a comprehension's",
                                    "a class attribute", "a slot", "an nn.Module transform",
                                    "an nn.Module transform in nn.Sequential", "a sampler's NumPy generator",
-                                   "a sampler's torch generator"])
+                                   "a sampler's torch generator", "a Compose a layer of the model applies"])
 def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
     # (probe) each was neither saved nor warned of: the resumed run silently drew other numbers. NumPy's legacy
     # RandomState was no generator to the search; a module-level name counted only when it was a generator itself
@@ -1514,6 +1524,8 @@ def test_generators_reached_other_ways_are_checkpointed_too(tmp_path, where):
                }.get(where, [])
         model = nn.Sequential(_NoiseLayer(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)) \
             if where == "a layer of the model" else None
+        if where == "a Compose a layer of the model applies":  # (regression round T5: 2 deep, not searched)
+            model = nn.Sequential(_AugmentingLayer(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
         learn, _ = make_learner(path, cbs, model=model)
         if where == "the training dataset":
             train = learn.dls.train

@@ -254,12 +254,13 @@ def _the_model(learn: Learner) -> Callable[[nn.Module], bool]:
 
 
 def run_generators(learn: Learner) -> dict[str, list[Any]]:
-    """`callback_generators`, and those the model's layers and the loaders' datasets hold (a noise layer's, a
-    Dataset's drawing in __getitem__), a level or two down (a tensor-sized index there is not searched each save):
-    what a checkpoint saves. A prediction pass leaves those two moved (Monte Carlo sampling by repeated calls)."""
+    """`callback_generators`, and those the model's layers (4 levels down: a Compose a layer applies), the
+    loaders' datasets (3) and samplers (3) hold (a noise layer's, a Dataset's drawing in __getitem__; a
+    tensor-sized index there is not searched each save): what a checkpoint saves. A prediction pass leaves the
+    model's and the datasets' moved (Monte Carlo sampling by repeated calls)."""
     gens = callback_generators(learn)
     layers = unwrap(learn.model).modules()  # (not a DDP wrapper's own attributes)
-    model = held_generators(*(v for m in layers for k, v in vars(m).items() if k not in _MODULE_OWN), depth=2)
+    model = held_generators(*(v for m in layers for k, v in vars(m).items() if k not in _MODULE_OWN), depth=4)
     data = {f"dls.{name}.dataset": held_generators(getattr(getattr(learn.dls, name, None), "dataset", None), depth=3)
             for name in ("train", "valid")}  # (a loader's own generators are its state: loader_generators)
     for name in ("train", "valid"):  # a sampler of one's own drawing from a generator under another name than
