@@ -499,14 +499,15 @@ class DirInUseError(RuntimeError):
     """A directory a run writes into is held by another running process, or another thread (`claim_dir`)."""
 
 
-def claim_dir(path: Path, what: str, lock: str = ".miniai-run", again: bool = True) -> Callable[[], None]:
+def claim_dir(path: Path, what: str, lock: str = ".miniai-run", kind: str | None = None) -> Callable[[], None]:
     """Hold the directory `path` for this process until the function returned is called: an exclusive lock on
     `path/.miniai-run` (holding the pid, for the message), which the system drops when the process ends, however it
     ends. Raise DirInUseError, naming `what`, while another process holds it: two runs started together would both
     find the directory free of earlier files and write into it. This thread may claim it again (the CLI's --out
     and a CheckpointCB there): it lets go at the last release; another thread is refused. (No claim on Windows, which has no flock, nor on a
     filesystem without locks.) `lock` names the lock file: a file of the directory's held alone (a log) has one of
-    its own. `again=False`: this thread's second claim is refused too (two loggers of one file, a fit in a fit)."""
+    its own. `kind` names what claims it (CheckpointCB, CSVLoggerCB): this thread's second claim of one kind is
+    refused too (two writers of one directory or file, a fit run from a fit's callbacks)."""
     try:
         import fcntl
     except ImportError:
@@ -514,14 +515,15 @@ def claim_dir(path: Path, what: str, lock: str = ".miniai-run", again: bool = Tr
     claim, noun = path / lock, "directory" if lock == ".miniai-run" else "file"
     key = os.path.realpath(claim)
     if key in _CLAIMS:  # (a second lock of our own would be refused: flock locks are per open file)
-        if not again:
-            raise DirInUseError(f"{what} is in use by another fit of this process: wait for it to end, or choose "
-                                f"another {noun}")
         if _CLAIMS[key][2] != threading.get_ident():  # another thread's run: as another process's
             raise DirInUseError(f"{what} is in use by another run of this process (another thread): wait for it "
                                 f"to end, or choose another {noun}")
+        if kind is not None and kind in _CLAIMS[key][3]:
+            raise DirInUseError(f"{what} is in use by another fit of this process (a fit run from the callbacks of "
+                                f"one writing there, or one still running): choose another {noun}")
         _CLAIMS[key][1] += 1
-        return _releaser(key, claim)
+        _CLAIMS[key][3].append(kind)
+        return _releaser(key, claim, kind)
     while True:
         fd = os.open(claim, os.O_CREAT | os.O_RDWR)
         try:
@@ -548,18 +550,19 @@ def claim_dir(path: Path, what: str, lock: str = ".miniai-run", again: bool = Tr
         claim.unlink(missing_ok=True)
         os.close(fd)
         raise
-    _CLAIMS[key] = [fd, 1, threading.get_ident()]
-    return _releaser(key, claim)
+    _CLAIMS[key] = [fd, 1, threading.get_ident(), [kind]]
+    return _releaser(key, claim, kind)
 
 
-# this process's claims: claim file -> [its locked fd, claims not released, the claiming thread]; a forked child
-# holds none of them (its own claim of the parent's directory is refused by the parent's lock)
-_CLAIMS: dict[str, list[int]] = {}
+# this process's claims: claim file -> [its locked fd, claims not released, the claiming thread, the kinds of the
+# claims held]; a forked child holds none of them (its own claim of the parent's directory is refused by the
+# parent's lock)
+_CLAIMS: dict[str, list[Any]] = {}
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_CLAIMS.clear)
 
 
-def _releaser(key: str, claim: Path) -> Callable[[], None]:
+def _releaser(key: str, claim: Path, kind: str | None) -> Callable[[], None]:
     released = []
 
     def release() -> None:  # (once: a second call does nothing)
@@ -567,6 +570,7 @@ def _releaser(key: str, claim: Path) -> Callable[[], None]:
             return
         released.append(True)
         _CLAIMS[key][1] -= 1
+        _CLAIMS[key][3].remove(kind)
         if _CLAIMS[key][1] == 0:
             fd = _CLAIMS.pop(key)[0]
             claim.unlink(missing_ok=True)  # while still locked: a run opening it meanwhile claims a new file

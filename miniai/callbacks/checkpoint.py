@@ -36,7 +36,7 @@ from ..checks import add_note, beside_model, check_count, own_place, warn
 from ..data import TensorLoader
 from ..distributed import all_gather, barrier, is_dist, is_main_process, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import (DirInUseError, byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
+from ..utils import (byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
                      frames, map_tensors, tagged, tensors_in, nonfinite_weight)
 from .augment import BatchTransformCB
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
@@ -48,7 +48,6 @@ __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_
 
 _FORMAT, _VERSION = "miniai-checkpoint", 2  # version 2 adds the parameters' names to match optimizer state by
 _NAME = re.compile(r"^epoch_(\d+)\.pt$")  # "after N epochs"; tmp files start with a dot, so never match
-_WRITING: set[str] = set()  # the directories CheckpointCBs of this process's running fits write into
 _TEMPORARY = re.compile(r"^\.epoch_\d+\.pt\.\d+\.tmp$")  # save_checkpoint's: .<file name>.<pid>.tmp
 
 
@@ -858,22 +857,12 @@ class CheckpointCB(Callback):
             raise type(e)(f"CheckpointCB can't make its directory {self.path} ({e.strerror or e}): give it a path "
                           "where a directory can be made") from e
         # held for the fit: a run started into it meanwhile would also find it free and write over this one's epochs
-        try:
-            release = claim_dir(self.path, f"CheckpointCB's directory {self.path}")
+        try:  # (the CLI's --out claim of it lets it in; another CheckpointCB's, of a fit this one runs in, not)
+            self._release = claim_dir(self.path, f"CheckpointCB's directory {self.path}", kind="CheckpointCB")
         except OSError as e:  # (its lock file: a read-only directory)
             raise type(e)(f"CheckpointCB can't write in its directory {self.path} ({e.strerror or e}): give it a "
                           "directory it can write in") from e
-        key = os.path.realpath(self.path)  # (this thread's claim lets a fit inside this one's callbacks in)
-        if key in _WRITING:
-            release()
-            raise DirInUseError(f"CheckpointCB's directory {self.path} is in use by another fit of this process (a "
-                                "fit run from the callbacks of one writing there): give each its own directory")
-        _WRITING.add(key)
-
-        def let_go() -> None:
-            _WRITING.discard(key)
-            release()
-        self._release, self._claimer = let_go, learn  # (only that fit's cleanup lets go)
+        self._claimer = learn  # (only that fit's cleanup lets go)
         for stale in self.path.glob(".epoch_*.pt.*.tmp"):
             if _TEMPORARY.match(stale.name):  # (save_checkpoint's own: none of the user's files)
                 stale.unlink(missing_ok=True)  # left by a process killed while saving

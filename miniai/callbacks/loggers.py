@@ -94,7 +94,7 @@ class CSVLoggerCB(Callback):
         if self._active and "train" in learn.passes:  # held while it logs: another run's fit into the same file
             self.path.parent.mkdir(parents=True, exist_ok=True)  # would find it free and write over this one's rows
             self._release = claim_dir(self.path.parent, f"CSVLoggerCB's file {self.path}", f".{self.path.name}.lock",
-                                      again=False)
+                                      kind="CSVLoggerCB")
         fresh = self._active and "train" in learn.passes and learn.resumed_from is None and not (
             self.append or self.overwrite)  # (an evaluation writes nothing)
         if fresh and self.path.exists() and not _replaceable(self.path):
