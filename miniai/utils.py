@@ -515,14 +515,13 @@ def claim_dir(path: Path, what: str, lock: str = ".miniai-run", kind: str | None
     claim, noun = path / lock, "directory" if lock == ".miniai-run" else "file"
     key = os.path.realpath(claim)
     if key in _CLAIMS:  # (a second lock of our own would be refused: flock locks are per open file)
-        if _CLAIMS[key][2] != threading.get_ident():  # another thread's run: as another process's
+        if _CLAIMS[key][1] != threading.get_ident():  # another thread's run: as another process's
             raise DirInUseError(f"{what} is in use by another run of this process (another thread): wait for it "
                                 f"to end, or choose another {noun}")
-        if kind is not None and kind in _CLAIMS[key][3]:
+        if kind is not None and kind in _CLAIMS[key][2]:
             raise DirInUseError(f"{what} is in use by another fit of this process (a fit run from the callbacks of "
                                 f"one writing there, or one still running): choose another {noun}")
-        _CLAIMS[key][1] += 1
-        _CLAIMS[key][3].append(kind)
+        _CLAIMS[key][2].append(kind)
         return _releaser(key, claim, kind)
     while True:
         fd = os.open(claim, os.O_CREAT | os.O_RDWR)
@@ -550,12 +549,12 @@ def claim_dir(path: Path, what: str, lock: str = ".miniai-run", kind: str | None
         claim.unlink(missing_ok=True)
         os.close(fd)
         raise
-    _CLAIMS[key] = [fd, 1, threading.get_ident(), [kind]]
+    _CLAIMS[key] = [fd, threading.get_ident(), [kind]]
     return _releaser(key, claim, kind)
 
 
-# this process's claims: claim file -> [its locked fd, claims not released, the claiming thread, the kinds of the
-# claims held]; a forked child holds none of them (its own claim of the parent's directory is refused by the
+# this process's claims: claim file -> [its locked fd, the claiming thread, the kind of each claim not released
+# (None: no kind)]; a forked child holds none of them (its own claim of the parent's directory is refused by the
 # parent's lock)
 _CLAIMS: dict[str, list[Any]] = {}
 if hasattr(os, "register_at_fork"):
@@ -569,9 +568,8 @@ def _releaser(key: str, claim: Path, kind: str | None) -> Callable[[], None]:
         if released or key not in _CLAIMS:
             return
         released.append(True)
-        _CLAIMS[key][1] -= 1
-        _CLAIMS[key][3].remove(kind)
-        if _CLAIMS[key][1] == 0:
+        _CLAIMS[key][2].remove(kind)
+        if not _CLAIMS[key][2]:
             fd = _CLAIMS.pop(key)[0]
             claim.unlink(missing_ok=True)  # while still locked: a run opening it meanwhile claims a new file
             os.close(fd)
