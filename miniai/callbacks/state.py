@@ -133,8 +133,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     # torch seeds a loader's persistent workers once, with a draw from its RNG, when they start: a pass that starts
     # the fit's own loaders' takes that draw from the next fit, which put back RNGs can't undo (lr_find warns of
     # dls.train's itself; a copy of a loader, walked in order, or a loader of the call's own, the fit never walks)
-    idle = [f"dls.{name}" for name in ("train", "valid") for dl in [getattr(dls, name, None)]
-            if keeps_workers(dl) and getattr(dl, "_iterator", False) is None and not weights]
+    idle = {name: dl for name in ("train", "valid") for dl in [getattr(dls, name, None)]
+            if keeps_workers(dl) and getattr(dl, "_iterator", False) is None and not weights}
     learn._in_fit = False  # the learner's own calls work in here (put back on exit): everything they change is kept
     try:
         with rngs_kept(cuda=to_cuda):
@@ -173,9 +173,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
         if changed:
             warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
                  "its own, a quantization observer calibrating?): the model is not as it was before the call")
-        started = [name for name in idle if getattr(getattr(dls, name[4:]), "_iterator", None) is not None]
+        started = [name for name, dl in idle.items() if dl._iterator is not None]
         if started:
-            warn(f"this call started the persistent workers of {started[0]}, and torch seeds them with a draw from "
+            warn(f"this call started the persistent workers of dls.{started[0]}, and torch seeds them with a draw from "
                  "its random state that the next fit's first pass over that loader would have taken: the random "
                  "draws of the next fit (shuffling, dropout, augmentation) will differ from a fit without this call. "
                  "Build the loader with persistent_workers=False, or make this call after a fit")
