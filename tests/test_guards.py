@@ -403,6 +403,18 @@ def test_the_last_word_of_the_name_says_the_direction(name, mode):
     assert EarlyStoppingCB(name).mode == mode
 
 
+def test_one_minus_a_metric_asks_for_mode_and_what_is_measured_comes_before_at():
+    """(session 22's T3, left then) `valid_1-acc` (an error rate, falling) read as 'acc': max, and
+    `valid_loss_at_best_acc` (a loss) read as its last word, 'acc': max. "1-" negates what follows it; what comes
+    after "at" is when the value was taken (recall_at_5: still max), not what it measures."""
+    for name in ("valid_1-acc", "valid_1 - accuracy", "1-error"):
+        with pytest.raises(ValueError, match="can't tell from the name"):
+            EarlyStoppingCB(name)
+    assert EarlyStoppingCB("valid_loss_at_best_acc").mode == "min"
+    assert EarlyStoppingCB("valid_recall_at_precision_90").mode == "max"
+    assert EarlyStoppingCB("valid_top1-acc").mode == "max" and EarlyStoppingCB("valid_acc_top1-5").mode == "max"
+
+
 @pytest.mark.parametrize("make", [lambda: EarlyStoppingCB("valid_accuracy", mode="min"),
                                   lambda: CheckpointCB("unused_dir", monitor="valid_loss", mode="max")])
 def test_a_mode_the_name_contradicts_is_refused_as_reducelronplateaus_is(make, tmp_path, monkeypatch):

@@ -16,15 +16,16 @@ __all__ = ["improves", "name_mode", "monitor_mode", "check_monitor", "same_watch
 
 # the last word of a metric's name (what it measures: DiceBCELoss is a loss) says which way it improves, read as a
 # whole word ('acc' in 'false_accept_rate' says nothing), after the words that qualify it (f1_macro, auc_roc,
-# recall_at_5, accuracy_top5, loss_2); 'score' alone says nothing (a Brier or FID score falls)
+# accuracy_top5, loss_2) and before "at", which says when it was taken (recall_at_5, loss_at_best_acc); 'score'
+# alone says nothing (a Brier or FID score falls)
 _LOWER_IS_BETTER = {"loss", "error", "error_rate", "perplexity", "brier", "mse", "rmse", "mae", "fid", "nll", "wer",
                     "cer"}
 _HIGHER_IS_BETTER = {"acc", "accuracy", "precision", "recall", "dice", "jaccard", "bleu", "f1", "auc", "auroc",
                      "auprc", "iou", "r2"}
-_QUALIFIERS = {"score", "metric", "coef", "macro", "micro", "weighted", "multi", "binary", "roc", "pr", "top", "at",
-               "k", "avg", "mean"}
+_QUALIFIERS = {"score", "metric", "coef", "macro", "micro", "weighted", "multi", "binary", "roc", "pr", "top", "k",
+               "avg", "mean"}
 # words that may turn the direction round: scikit-learn's neg_mean_squared_error rises, a neg_recall (of the
-# negative class) rises too, as does a one_minus_error: the name can't say
+# negative class) rises too, as does a one_minus_error or a 1-acc: the name can't say
 _NEGATIONS = {"neg", "negative", "minus", "inv", "inverse"}
 
 
@@ -37,9 +38,11 @@ def name_mode(monitor: str) -> str | None:
     words = _LOWER_IS_BETTER | _HIGHER_IS_BETTER
     parts = [part if part in words else re.sub(r"(?<=[a-z])\d+$", "", part) for part in re.split(r"[\W_]+", name)]
     parts = [part for part in parts if part and not part.isdigit()]  # (acc@1, loss_2: the number says nothing)
+    if "at" in parts:
+        parts = parts[:parts.index("at")]
     while len(parts) > 1 and parts[-1] in _QUALIFIERS:
         parts.pop()
-    if not parts or _NEGATIONS.intersection(parts):
+    if not parts or _NEGATIONS.intersection(parts) or re.search(r"(^|[\W_])1\s*-\s*[a-z]", name):
         return None
     last = "_".join(parts[-2:]) if parts[-2:] == ["error", "rate"] else parts[-1]
     return "min" if last in _LOWER_IS_BETTER else "max" if last in _HIGHER_IS_BETTER else None
