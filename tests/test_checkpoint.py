@@ -598,6 +598,20 @@ def test_a_resumed_early_stopped_run_says_it_trains_nothing_and_a_larger_patienc
     assert len(rec.recs["lr"]) == len(straight_rec.recs["lr"]) == 4 * N_BATCHES
 
 
+def test_a_run_resumed_with_a_smaller_patience_stops_where_that_patience_would_have(tmp_path):
+    """(session 22's P11, left then) Saved after one epoch without improvement under patience 3, and resumed with
+    patience 1, the run trained one more epoch before stopping: with patience 1 throughout it had stopped there."""
+    learn, _ = make_learner(tmp_path, [EarlyStoppingCB(patience=3, min_delta=100.0)])  # no epoch improves by 100
+    learn.fit(2)  # epoch 0 sets the best, epoch 1 waits once
+    shorter, rec = make_learner(tmp_path / "shorter", [EarlyStoppingCB(patience=1, min_delta=100.0)])
+    with pytest.warns(UserWarning, match=r"did not improve for 1 epoch up to epoch 1, which patience=1 counts as a "
+                                         r"stop.*trains nothing.*patience above 1"):
+        shorter.fit(5, resume=tmp_path)
+    straight, straight_rec = make_learner(None, [EarlyStoppingCB(patience=1, min_delta=100.0)])
+    straight.fit(5)
+    assert len(rec.recs["lr"]) == len(straight_rec.recs["lr"]) == 2 * N_BATCHES
+
+
 def test_early_stopping_in_a_fit_without_validation_still_saves_its_last_epoch(tmp_path):
     learn, rec = make_learner(tmp_path, [EarlyStoppingCB("train_loss", patience=1, min_delta=100.0)], keep=None)
     learn.fit(5, valid=False)
