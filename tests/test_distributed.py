@@ -121,13 +121,20 @@ for _ in range(2):
     walks.append(walked.items)
 record("unseeded", learn, walks=walks, seed_after=learn.dls.train.seed)
 
-# F: ranks seeded apart, Dropout and a shuffled torch DataLoader: a run resumed in this process (whose RNG has moved
-# on since) ends as the one never stopped. Each rank's RNG and the DistributedSampler's seed come from the checkpoint.
+# F: ranks seeded apart, Dropout, a layer with a generator of its own seeded per rank, and a shuffled torch
+# DataLoader: a run resumed in this process (whose RNG has moved on since) ends as the one never stopped. Each rank's
+# RNG, its layer's generator and the DistributedSampler's seed come from the checkpoint.
 import torch.distributed as dist
 from miniai.utils import set_seed
+class Noise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.g = torch.Generator().manual_seed(200 + r)
+    def forward(self, x):
+        return x + torch.randn(x.shape, generator=self.g) if self.training else x
 def dropout_learner(path):
     set_seed(100 + r)
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3), Noise())
     model.load_state_dict({k.replace("2.", "3."): v for k, v in setup["init"].items()})
     dls = DataLoaders(DataLoader(TensorDataset(setup["xt"], setup["yt"]), setup["bs"], shuffle=True),
                       DataLoader(TensorDataset(setup["xv"], setup["yv"]), setup["bs"]))
@@ -466,7 +473,8 @@ def test_a_step_skipped_on_one_rank_only_is_an_error_at_the_end_of_the_fit(launc
 @pytest.mark.parametrize("r", [0, 1])
 def test_ranks_seeded_apart_with_a_torch_dataloader_resume_exactly(launch, r):
     """The checkpoint held rank 0's RNG only, and DDPCB drew the DistributedSampler's seed before the resume
-    restored the RNG: a resumed run differed from the straight one, without a word."""
+    restored the RNG: a resumed run differed from the straight one, without a word. (Session 22's T5) A layer's
+    own generator, seeded per rank, was saved from rank 0 only: rank 1 resumed drawing rank 0's noise."""
     runs = torch.load(launch.out / f"F{r}.pt")
     for k, v in runs["straight"].items():
         assert torch.equal(v, runs["resumed"][k]), k

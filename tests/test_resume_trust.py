@@ -626,12 +626,18 @@ def test_a_ddp_checkpoint_resumed_by_another_number_of_processes_says_each_ranks
     save_checkpoint(state, tmp_path / "ranks_apart.pt")
     state["rng_ranks"] = [first, {**first, "python": rng_state()["python"], "numpy": None}]  # only Python's and
     save_checkpoint(state, tmp_path / "ranks_alike.pt")  # NumPy's differ (any unseeded script's): torch draws alike
-    with pytest.warns(UserWarning, match=r"saved by 2 processes whose torch random draws differ \(dropout, "
-                                         r"augmentation\), resumed by 1: .* not continue exactly"):
+    with pytest.warns(UserWarning, match=r"saved by 2 processes whose random draws differ \(torch's: dropout, "
+                                         r"augmentation; .*\), resumed by 1: .* not continue exactly"):
         make_learner(None)[0].fit(3, resume=tmp_path / "ranks_apart.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_learner(None)[0].fit(3, resume=tmp_path / "ranks_alike.pt")
+    # (session 23) a generator of the model's own, seeded by rank: the ranks' torch draws alike, their own apart
+    state["generator_ranks"] = [{"model": [torch.Generator().manual_seed(r).get_state()]} for r in range(2)]
+    save_checkpoint(state, tmp_path / "own_apart.pt")
+    with pytest.warns(UserWarning, match=r"saved by 2 processes whose random draws differ .*or generators of their "
+                                         r"own\), resumed by 1"):
+        make_learner(None)[0].fit(3, resume=tmp_path / "own_apart.pt")
 
 
 def test_a_resume_that_trains_nothing_and_ends_in_a_cancel_keeps_what_it_loaded(tmp_path):

@@ -456,10 +456,16 @@ def _named(f: Any) -> str:
     return f.__name__ if isinstance(f, types.BuiltinFunctionType) else getattr(f, "__qualname__", type(f).__qualname__)
 
 
-def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | None = None,
+def generator_states(learn: Learner) -> dict[str, list[Any]]:
+    """The states of the generators `run_generators` finds, keyed as it keys them."""
+    return {key: [generator_state(g) for g in gens] for key, gens in run_generators(learn).items()}
+
+
+def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[tuple[Any, Any]] | None = None,
                      setup_at_start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything `fit(resume=...)` needs to continue `learn` exactly after `epochs_done` epochs, as one dict
-    (`rng_ranks`: under torch.distributed, every rank's `rng_state()`, so each resumes with its own;
+    (`rng_ranks`: under torch.distributed, every rank's `rng_state()` and `generator_states`, so each resumes with
+    its own;
     `setup_at_start`: `setup_of(learn)` at the fit's start, so that values that changed since, a counter or a
     cache or a setting a callback moves each epoch, are not compared on resume as settings)."""
     setup = setup_of(learn)
@@ -483,14 +489,15 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[Any] | No
         # each tensor the optimizer trains beside the model (a temperature): its value and gradient
         "beside_model": [(p.detach(), p.grad) for p in beside_model(model, learn.opt)],
         "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(learn).items()},
-        "generators": {key: [generator_state(g) for g in gens] for key, gens in run_generators(learn).items()},
+        "generators": rng_ranks[0][1] if rng_ranks else generator_states(learn),
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,
         "loaders": {name: _loader_state(getattr(learn.dls, name, None)) for name in ("train", "valid")},
         "loader_sizes": {name: loader_size(getattr(learn.dls, name, None)) for name in ("train", "valid")},
         # the data a TensorLoader holds (~12 ms per 50 MB): other data of the same size is said on resume too
         "loader_data": {name: byte_sums([dl.x, dl.y]) for name in ("train", "valid")
                         if isinstance(dl := getattr(learn.dls, name, None), TensorLoader)},
-        "rng": rng_state(), "rng_ranks": rng_ranks,
+        "rng": rng_state(), "rng_ranks": [rng for rng, _ in rng_ranks] if rng_ranks else None,
+        "generator_ranks": [gens for _, gens in rng_ranks] if rng_ranks else None,
         "setup": {k: v for k, v in setup.items() if k not in moved}, "setup_moved": moved,
     }
 
@@ -948,9 +955,10 @@ class CheckpointCB(Callback):
         if better:  # (before the state is taken: the checkpoint names itself the best)
             self.best, self.best_path = value, file
         self._warn_unsaved(learn)
-        # ranks may draw differently (own seeds); rank 0's file is the one written, also for a path of each rank's
-        gathered = all_gather((rng_state(), str(file))) if is_dist() else None
-        rng_ranks = [rng for rng, _ in gathered] if gathered else None
+        # ranks may draw differently (own seeds, a layer's generator seeded by rank): every rank's draws are saved;
+        # rank 0's file is the one written, also for a path of each rank's
+        gathered = all_gather((rng_state(), generator_states(learn), str(file))) if is_dist() else None
+        rng_ranks = [(rng, gens) for rng, gens, _ in gathered] if gathered else None
         if is_main_process():
             if self._superseded:
                 self._set_aside(learn.start_epoch)
@@ -976,7 +984,7 @@ class CheckpointCB(Callback):
                         self._written.remove(old)
         # every rank knows the file (a NaN or Ctrl-C note on any of them names it), and none goes on before it
         # exists: a script resuming right after the fit must not find an older newest checkpoint on another rank
-        file = Path(gathered[0][1]) if gathered else file
+        file = Path(gathered[0][2]) if gathered else file
         if better:  # (rank 0's file, the one written: a rank's own path names none)
             self.best_path = file
         self.last_path, self._replaced = file, []

@@ -225,7 +225,10 @@ class ResumeCB(Callback):
         self._seedless = [dl for dl in loaders.values() if getattr(dl, "seed", 0) is None and not is_dist()]
         for name, dl in loaders.items():
             _load_loader_state(dl, state["loaders"][name])
-        saved_gens = state.get("generators", {})  # (older files: none)
+        ranks, gen_ranks = state.get("rng_ranks"), state.get("generator_ranks")  # every rank's own, saved under DDP
+        now = world_size() if is_dist() else 1  # (older files: no generator_ranks, or no generators at all)
+        mine = rank() if ranks and is_dist() and len(ranks) == now else None  # resumed by as many processes
+        saved_gens = gen_ranks[mine] if mine is not None and gen_ranks else state.get("generators", {})
         for key, gens in run_generators(learn).items():
             if len(saved_gens.get(key, ())) == len(gens):
                 for g, g_state in zip(gens, saved_gens[key]):
@@ -238,14 +241,15 @@ class ResumeCB(Callback):
                 warn(f"resuming from {file}: {key} holds {len(gens)} random generators, the checkpoint has "
                      f"{len(saved_gens[key])} for it: they go on from where they are, so the run will not continue "
                      "exactly")
-        ranks = state.get("rng_ranks")  # every rank's own, when it was saved under DDP with as many processes
-        now = world_size() if is_dist() else 1
-        own = ranks[rank()] if ranks and is_dist() and len(ranks) == world_size() else state["rng"]
-        # torch's generators (dropout, augmentation; Python's and NumPy's differ in any unseeded script)
-        torch_draws = {_plain_bytes({k: v for k, v in r.items() if k not in ("python", "numpy")}) for r in ranks or ()}
+        own = ranks[mine] if mine is not None else state["rng"]
+        # torch's generators (dropout, augmentation; Python's and NumPy's differ in any unseeded script), and those
+        # callbacks, layers and data hold
+        torch_draws = {_plain_bytes(({k: v for k, v in r.items() if k not in ("python", "numpy")},
+                                     gen_ranks[i] if gen_ranks else None)) for i, r in enumerate(ranks or ())}
         if ranks and len(ranks) != now and training and len(torch_draws) > 1:
-            warn(f"resuming from {file}, saved by {len(ranks)} processes whose torch random draws differ "
-                 f"(dropout, augmentation), resumed by {now}: each process's draws go on from rank 0's, so "
+            warn(f"resuming from {file}, saved by {len(ranks)} processes whose random draws differ (torch's: "
+                 f"dropout, augmentation; or generators of their own), resumed by {now}: each process's draws go "
+                 f"on from rank 0's, so "
                  "the run will not continue exactly")
         if training:  # after the loads: a tensor made from the weights, or a setting a callback's state sets back
             _warn_setup_changes(learn, state.get("setup"), state.get("setup_moved", []), file)
