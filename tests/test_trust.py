@@ -619,6 +619,27 @@ def test_unsaved_state_in_an_array_or_a_namespace_changed_in_place_is_named_too(
     assert "fixed" not in messages and "table" not in messages
 
 
+def test_unsaved_weights_of_a_module_a_callback_keeps_are_named_but_not_the_models_own(tmp_path):
+    """(session 22's T5, left then) An EMA callback without state_dict, whose copy of the model changed in place each
+    step, was summarized by the module's identity and length: a resume started its average afresh, silently. A
+    callback that keeps the learner's model itself (saved by the checkpoint) must not be named."""
+    import copy
+
+    class EMA(Callback):
+        def before_fit(self, learn):
+            self.ema, self.frozen, self.model = copy.deepcopy(learn.model), copy.deepcopy(learn.model), learn.model
+            self.layers = [learn.model]
+
+        def after_step(self, learn):
+            with torch.no_grad():
+                for e, p in zip(self.ema.parameters(), learn.model.parameters()):
+                    e.mul_(0.9).add_(p, alpha=0.1)
+    with pytest.warns(UserWarning) as record:
+        tiny_learner(cbs=[EMA(), CheckpointCB(tmp_path)]).fit(1)
+    said = [str(w.message) for w in record if "changed during the fit" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("EMA.ema changed during the fit"), said
+
+
 # ---------------------------------------------------------------- 3.1 cleanups run; the first error surfaces
 
 def test_a_before_fit_error_is_not_buried_by_progress_cleanup():

@@ -1073,11 +1073,12 @@ class CheckpointCB(Callback):
         own = [cb for cb in learn.cbs if not type(cb).__module__.startswith("miniai.")
                and not callable(getattr(cb, "state_dict", None))]
         for cb in own:
-            self._watched[type(cb).__name__] = (cb, _fingerprints(cb))
+            self._watched[type(cb).__name__] = (cb, _fingerprints(cb, _the_model(learn)))
 
     def _warn_unsaved(self, learn: Learner) -> None:
         for cls, (cb, before) in self._watched.items():
-            changed = [k for k, v in _fingerprints(cb).items() if before.get(k, v) != v or k not in before]
+            now = _fingerprints(cb, _the_model(learn))
+            changed = [k for k, v in now.items() if before.get(k, v) != v or k not in before]
             new = [f"{cls}.{k}" for k in changed if f"{cls}.{k}" not in self._warned]
             if new:
                 self._warned.update(new)
@@ -1127,28 +1128,32 @@ def _check_states(learn: Learner) -> None:
                      f"{safe_loader_advice(refused)}")
 
 
-def _fingerprints(cb: Callback) -> dict[str, Any]:
-    """A cheap summary of each attribute (private ones too), that changes when the attribute does."""
-    return {k: _summary(v) for k, v in vars(cb).items()}
+def _fingerprints(cb: Callback, model: Callable[[nn.Module], bool]) -> dict[str, Any]:
+    """A cheap summary of each attribute (private ones too), that changes when the attribute does; the `model`'s
+    modules (the checkpoint saves them) by their identity alone."""
+    return {k: _summary(v, model) for k, v in vars(cb).items()}
 
 
-def _summary(value: Any, depth: int = 2) -> Any:
-    """Plain values as they are; a tensor's identity and in-place version; a NumPy array's identity and checksum;
-    the items of small containers and the fields of a SimpleNamespace or dataclass (so an in-place `d['n'] += 1`
-    shows), down to `depth` levels; anything else its identity and size."""
+def _summary(value: Any, model: Callable[[nn.Module], bool], depth: int = 2) -> Any:
+    """Plain values as they are; a tensor's identity and in-place version, and a module's of its weights and
+    buffers (an EMA's copy of the model); a NumPy array's identity and checksum; the items of small containers and
+    the fields of a SimpleNamespace or dataclass (so an in-place `d['n'] += 1` shows), down to `depth` levels;
+    anything else its identity and size."""
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, torch.Tensor):
         return id(value), value._version
+    if isinstance(value, nn.Module):
+        return id(value), () if model(value) else tuple(t._version for t in (*value.parameters(), *value.buffers()))
     if isinstance(value, np.ndarray):  # (no version count: its bytes; an array of objects by its identity)
         return id(value), value.shape, None if value.dtype.hasobject else zlib.crc32(np.ascontiguousarray(value))
     if isinstance(value, types.SimpleNamespace):  # (its fields: one level, as a dict's items)
-        return id(value), _summary(vars(value), depth)
+        return id(value), _summary(vars(value), model, depth)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return id(value), _summary({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, depth)
+        return id(value), _summary({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, model, depth)
     if depth and isinstance(value, (dict, list, tuple)) and len(value) <= 100:
         items = value.items() if isinstance(value, dict) else enumerate(value)
-        return id(value), tuple((k, _summary(v, depth - 1)) for k, v in items)
+        return id(value), tuple((k, _summary(v, model, depth - 1)) for k, v in items)
     return id(value), len_or_none(value)
 
 
