@@ -72,7 +72,8 @@ def position_weights(loss: torch.Tensor, target: Any, loss_func: Any
     weight = loss_setting(loss_func, "weight", None) if averages_over_targets(loss_func) else None
     if isinstance(weight, torch.Tensor) and isinstance(target, torch.Tensor) and not target.is_floating_point() \
             and target.shape == loss.shape:  # (soft targets: torch divides by the item count)
-        counted = weight.to(loss.device, torch.float32)[target if mask is None else target.where(mask, 0)]
+        # (.long(): uint8 targets, which torch's losses take, would index as a mask)
+        counted = weight.to(loss.device, torch.float32)[(target if mask is None else target.where(mask, 0)).long()]
         return mask, counted if mask is None else counted * mask
     return mask, None if mask is None else mask.float()
 

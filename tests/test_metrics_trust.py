@@ -919,3 +919,29 @@ def test_accuracys_reading_of_the_class_dim_is_kept_by_its_state_so_a_resumed_ru
     again.load_state_dict(acc.state_dict())
     again.update(torch.randn(4, 3, 3, generator=g), torch.randint(0, 3, (4, 3), generator=g))
     again.load_state_dict({"counts": torch.zeros(2, dtype=torch.int64)})  # (a checkpoint from before: as it was)
+
+
+@pytest.mark.parametrize("bs", [3, 4, 5])
+def test_class_weights_of_uint8_targets_are_looked_up_by_class_not_used_as_a_mask(bs):
+    """(probe P21, session 23) torch's cross-entropy takes uint8 targets; the per-item weights indexed the class
+    weights with them, which torch reads as a mask: an evaluation with reduction='none' logged 1.926 for 2.054 where
+    the batch held as many items as classes, and an IndexError elsewhere; Interpretation and
+    get_preds(with_loss=True) failed on any class-weighted cross-entropy."""
+    from miniai.interpret import Interpretation
+    g = torch.Generator().manual_seed(5)
+    x, y, w = torch.randn(12, 3, generator=g) * 2, torch.randint(0, 3, (12,), generator=g), torch.tensor([1.0, 3, 0.5])
+    model = nn.Linear(3, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3))
+        model.bias.zero_()
+    dl = TensorLoader(x, y.to(torch.uint8), bs)
+    metrics = MetricsCB(log_fn=None)
+    learn = TrainLearner(model, DataLoaders(dl, dl), nn.CrossEntropyLoss(weight=w, reduction="none"), cbs=[metrics])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "indexing with dtype torch.uint8")  # (torch's own, in its loss)
+        learn.fit(1, train=False)
+        assert metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(x, y, weight=w).item(), abs=1e-5)
+        learn.loss_func = nn.CrossEntropyLoss(weight=w)
+        per_item = F.cross_entropy(x, y, weight=w, reduction="none") / w[y]  # each item's own mean: its loss
+        losses = Interpretation.from_learner(learn).losses
+    torch.testing.assert_close(losses, per_item)
