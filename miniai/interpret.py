@@ -40,21 +40,26 @@ def _images(inputs: Any, what: str) -> torch.Tensor:
 
 
 def _class_probs(preds: Any, what: str = "Interpretation") -> torch.Tensor:
-    """Softmax probabilities of a classifier's (N, C) logits; otherwise an error naming `what` (the call made) and
-    what it takes (get_preds' own would advise an `act=` that from_learner and show_results do not take)."""
+    """Softmax probabilities of a classifier's (N, C) logits, or the outputs as they are when every row already is
+    probabilities (a model that ends in softmax: a second one would flatten them); otherwise an error naming `what`
+    (the call made) and what it takes (get_preds' own would advise an `act=` that from_learner and show_results do
+    not take)."""
     if not isinstance(preds, torch.Tensor) or preds.ndim != 2 or preds.shape[1] < 2:
         got = f"outputs of shape {tuple(preds.shape[1:])} per item" if isinstance(preds, torch.Tensor) \
             else f"a {type(preds).__name__}"
         raise ValueError(f"{what} is for classifiers with one output per class, (N, C) logits with C >= 2; "
                          f"this model gives {got}. For one score per item (a binary model) or other "
                          "outputs, use learn.get_preds(with_input=True, with_loss=True) and read them yourself")
-    return torch.softmax(preds.float(), dim=1)
+    preds = preds.float()
+    if len(preds) and bool(((preds >= 0) & (preds <= 1)).all() and (preds.sum(1) - 1).abs().max() < 1e-3):
+        return preds
+    return torch.softmax(preds, dim=1)
 
 
 class Interpretation:
     """Inputs, probabilities, targets and per-item losses of a classifier over one loader; tables and plots of them.
 
-    `probs` are softmax probabilities (N, C); `targets` class indices (N,); `predicted` the model's classes, the
+    `probs` are softmax probabilities (N, C) (a model's own, when it ends in softmax); `targets` class indices (N,); `predicted` the model's classes, the
     argmax of its outputs as Accuracy takes it (default `probs.argmax(1)`, which float32's softmax can round to
     the other class of a near tie); `classes` are the names (`dls.classes`), or None for numbers.
     """
@@ -67,7 +72,11 @@ class Interpretation:
             raise ValueError("Interpretation is for classifiers: one target of class indices (N,) per item and "
                              f"(N, C) outputs; got targets {getattr(targets, 'shape', type(targets).__name__)}, "
                              f"outputs {tuple(probs.shape)}")
-        n_out = probs.shape[1]
+        n_out, n = probs.shape[1], len(targets)
+        if len(losses) != n or isinstance(inputs, torch.Tensor) and len(inputs) != n:
+            got = f"{len(losses)} losses" if len(losses) != n else f"{len(inputs)} inputs"
+            raise ValueError(f"Interpretation: {got} for {n} items: one loss per item, reduced over any positions "
+                             "within it (e.g. losses.view(n, -1).mean(1)), and one input each")
         # each read once; with no targets there is nothing to check
         low, high = (int(targets.min()), int(targets.max())) if len(targets) else (0, -1)
         if low < 0:  # -100, the loss's default ignore_index: items a loss leaves out, which have no class to show
@@ -112,7 +121,9 @@ class Interpretation:
 
     def top_losses(self, k: int | None = None, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The `k` highest per-item losses (all by default; lowest with largest=False) and the items' indices; an
-        item without a loss (NaN: its class weighted 0) last either way."""
+        item without a loss (NaN: its class weighted 0) last either way. The indices are positions in `inputs`,
+        `targets` and `probs`: the loader's dataset's indices, unless the loader walks its items in an order of its
+        own (a sampler or batch sampler of its own, a loader class of one's own), which `get_preds` keeps."""
         if k is not None:
             check_count("top_losses: k", k, what=" (items)")
         ranked = self.losses.nan_to_num(nan=-torch.inf if largest else torch.inf)  # (topk takes NaN for the largest)

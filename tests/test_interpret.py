@@ -125,6 +125,39 @@ def test_interpretation_refuses_targets_or_names_that_do_not_fit_the_outputs():
         Interpretation(None, probs, torch.tensor([0, 1, 2, 2]), losses, ["a", "b", "c", "d"])
 
 
+
+def test_interpretation_refuses_losses_or_inputs_of_another_number_of_items():
+    """(probe P21, session 23) Per-position losses (N·T,) for 4 items were taken: top_losses(2) gave items 19 and
+    18, and plot_top_losses then failed with a bare IndexError."""
+    probs, targets = torch.full((4, 3), 1 / 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"20 losses for 4 items: one loss per item"):
+        Interpretation(torch.zeros(4, 1, 2, 2), probs, targets, torch.arange(20.0))
+    with pytest.raises(ValueError, match=r"5 inputs for 4 items"):
+        Interpretation(torch.zeros(5, 1, 2, 2), probs, targets, torch.zeros(4))
+
+
+def test_a_model_that_ends_in_softmax_has_its_probabilities_taken_as_they_are():
+    """(probe P21) A model ending in nn.Softmax had a second softmax taken of its probabilities: plot_top_losses
+    said p 0.42 where the model gave 0.59."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, generator=g), torch.randint(0, 3, (16,), generator=g)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Softmax(1))
+    dl = TensorLoader(x, y, 4)
+
+    def nll_of_probs(p, t, reduction="mean"):
+        return F.nll_loss(p.log(), t, reduction=reduction)
+    learn = TrainLearner(model, DataLoaders(dl, dl), nll_of_probs)
+    interp = Interpretation.from_learner(learn, dl)
+    with torch.no_grad():
+        torch.testing.assert_close(interp.probs, model(x))
+    logits = TrainLearner(nn.Linear(3, 3), DataLoaders(dl, dl), F.cross_entropy)
+    with torch.no_grad():
+        logits.model.weight.copy_(torch.eye(3) * 0.1)
+        logits.model.bias.copy_(torch.tensor([0.2, 0.3, 0.5]))
+    torch.testing.assert_close(Interpretation.from_learner(logits, dl).probs, torch.softmax(logits.model(x), 1),
+                               msg="logits are still softmaxed, even where they look like probabilities somewhere")
+
+
 # ---------------------------------------------------------------- summary
 
 def test_summary_counts_every_parameter_and_closed_form_macs():
