@@ -551,6 +551,42 @@ def test_a_fit_whose_last_step_diverges_does_not_end_silently_with_non_finite_we
         learn.fit(2, **fit_kwargs)
 
 
+def test_a_tensor_trained_beside_the_model_that_diverged_at_the_last_step_is_named_too():
+    """(probe P23, session 23) The end-of-fit check read the model's parameters only: a temperature the optimizer
+    trains beside the model, made -inf by the fit's last step (every loss finite), ended the fit without a word."""
+    extra = nn.Parameter(torch.tensor(0.0))
+
+    def opt_func(params, lr):
+        return torch.optim.SGD(list(params) + [extra], lr=lr)
+
+    class Diverge(Callback):
+        def after_step(self, learn):
+            if learn.iter == 2:  # the pass's last batch
+                with torch.no_grad():
+                    extra.fill_(float("-inf"))
+    learn = tiny_learner(cbs=[Diverge()])
+    learn.loss_func, learn.opt_func = (lambda p, t: F.mse_loss(p, t) + extra), opt_func
+    with pytest.raises(NonFiniteLossError, match=r"not finite \(NaN or inf: tensor 0 the optimizer trains beside the "
+                                                 r"model, of shape \(\), first\)"):
+        learn.fit(1, valid=False)
+
+
+def test_a_nan_before_any_step_says_so_under_gradient_accumulation_and_after_a_deferred_check_that_steps_ran():
+    """(probe P23) Under GradAccumCB(4), a NaN at batch 2 came before any step, and the message advised a lower lr;
+    with the deferred check, a NaN at the first batch found at the end of the pass said "before any optimizer step"
+    and left out that the pass's steps ran on NaN gradients since (the weights were NaN)."""
+    from miniai.callbacks import GradAccumCB
+    learn = tiny_learner(cbs=[PoisonLoss(at=2), GradAccumCB(4)], n_train=160)
+    with pytest.raises(NonFiniteLossError, match=r"batch 2, before any optimizer step of this fit: the lr is not "
+                                                 r"the cause(?!.*lower lr)"):
+        learn.fit(1)
+    learn = tiny_learner(cbs=[PoisonLoss(at=0), TerminateOnNaNCB(immediate=False)], n_train=160,
+                         learner_cls=lambda *a, **k: TrainLearner(*a, **k, nan_guard=False))
+    with pytest.raises(NonFiniteLossError, match=r"batch 0, the fit's first batch, before any optimizer step: the lr "
+                                                 r"is not the cause.*detected at batch 9.*probably NaN now"):
+        learn.fit(1)
+
+
 def test_a_non_finite_running_statistic_is_named_not_blamed_on_a_diverged_step():
     """A BatchNorm running_var that was NaN before the fit (training uses batch statistics, so every loss stays
     finite) ended the fit with "the weights are not finite ... an optimizer step after the last loss checked

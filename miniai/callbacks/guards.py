@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checks import check_count, check_number, own_place, warn
+from ..checks import beside_model, check_count, check_number, own_place, warn
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
@@ -62,7 +62,7 @@ class TerminateOnNaNCB(Callback):
         self.every = every
         self.immediate = immediate  # None: check each loss at once on the CPU, deferred elsewhere
         self._losses: list[torch.Tensor] = []
-        self._where: list[tuple[int, float]] = []  # (batch index, lr) of each kept loss
+        self._where: list[tuple[int, float, int]] = []  # (batch index, lr, steps of the pass before) of each loss
         self._checked = 0
         self._active = True
         self._world = 1  # processes that agree on each check (DDPCB, order -30, has joined their group by before_fit)
@@ -87,10 +87,10 @@ class TerminateOnNaNCB(Callback):
             if self._world > 1:
                 bad = self._agree(bad)
             if bad is not None:
-                self._fail(learn, bad, _lr(learn), delayed=False)
+                self._fail(learn, bad, _lr(learn), learn.pass_steps, delayed=False)
             return
         self._losses.append(loss.detach())
-        self._where.append((learn.iter, _lr(learn)))  # python numbers: free to read; the lr this batch runs with
+        self._where.append((learn.iter, _lr(learn), learn.pass_steps))  # python numbers: free to read
         if self.every is not None and len(self._losses) - self._checked >= self.every:
             self._check(learn)
 
@@ -122,9 +122,9 @@ class TerminateOnNaNCB(Callback):
         if self._world > 1:
             bad = self._agree(bad)
         if bad is not None:
-            # the lr that batch ran with (the ranks run the same batches with the same lrs)
-            lr = next((lr for batch, lr in self._where if batch == bad[1]), _lr(learn))
-            self._fail(learn, bad, lr, delayed=True)
+            # the lr that batch ran with and the steps before it (the ranks run the same batches with the same lrs)
+            lr, steps = next(((lr, steps) for batch, lr, steps in self._where if batch == bad[1]), (_lr(learn), 1))
+            self._fail(learn, bad, lr, steps, delayed=True)
 
     def _agree(self, bad: _Bad | None) -> _Bad | None:
         """One all_reduce: (rank, batch, loss) of the first non-finite loss any rank found (the earliest batch, then
@@ -147,6 +147,9 @@ class TerminateOnNaNCB(Callback):
         # after SWACB's after_fit and DDPCB's cleanup: the model the user gets, the same on every rank (no
         # all_reduce); what training changes, not an attention mask of -inf (utils.nonfinite_weight)
         bad = nonfinite_weight(learn.model)  # (once per fit: a sync per tensor is fine)
+        beside = beside_model(learn.model, learn.opt)  # (a temperature: what the optimizer trains beside the model)
+        bad = bad or next((f"tensor {i} the optimizer trains beside the model, of shape {tuple(p.shape)}," for i, p
+                           in enumerate(beside) if not bool(p.isfinite().all())), None)
         if bad is None:
             return
         when = (f"at the end of the fit, which ended in epoch {learn.epoch} (counted from 0, as in the metrics "
@@ -154,7 +157,7 @@ class TerminateOnNaNCB(Callback):
         subject, cause = nonfinite_cause(learn.model, bad)
         raise NonFiniteLossError(f"{subject} {when}: {cause}." + self._advice(learn))
 
-    def _fail(self, learn: Learner, bad: _Bad, lr: float, delayed: bool) -> None:
+    def _fail(self, learn: Learner, bad: _Bad, lr: float, steps_before: int, delayed: bool) -> None:
         bad_rank, batch, value = bad
         after = (f" It was detected at batch {learn.iter}: the steps in between used non-finite gradients, so the "
                  "weights are probably NaN now." if delayed and batch != learn.iter else "")
@@ -171,7 +174,8 @@ class TerminateOnNaNCB(Callback):
                 f"is the loss's ignore_index ({ignore}), and a mean over no target is NaN. Leave items without a "
                 "label out of the data, or shuffle so that no batch holds only them (such a batch's gradients are "
                 "0: TrainLearner(..., nan_guard=False) trains on past it, without the guard).")
-        if learn.epoch == 0 and batch == 0:  # the fit's first loss: no step of this fit has run, whatever its lr
+        if learn.epoch == learn.start_epoch and not steps_before:  # no step of this fit ran before this loss (the
+            # first batch, or gradient accumulation's first group): whatever the lr, it is not the cause
             sizes = [] if learn.pass_steps else [  # (no step of this fit has run: the weights it started from)
                 float(p.detach().abs().max()) for p in trained_parameters(learn.model) if p.numel()]
             largest = math.nan if any(map(math.isnan, sizes)) else max(sizes, default=0.0)  # (max() skips a NaN)
@@ -179,16 +183,18 @@ class TerminateOnNaNCB(Callback):
                        "load_checkpoint(path)['model'])), then train with a lower lr (learn.lr_find()).")
             if not math.isfinite(largest):  # an earlier fit diverged: its weights, not the data, are to blame
                 raise NonFiniteLossError(
-                    f"training loss is {value}{where} at the fit's first batch, and the model's weights reach "
+                    f"training loss is {value}{where} before the fit's first step, and the model's weights reach "
                     f"{largest:.3g}: an earlier fit diverged and left them so (or they were loaded so). {rebuild}"
                     + self._advice(learn, first=True))
             large = (f" The model's weights reach {largest:.3g}: if an earlier fit diverged and left them so, "
                      f"{rebuild[0].lower()}{rebuild[1:]}" if largest >= 1e6 else
                      " Or the weights, if an earlier fit diverged.")  # (large on purpose, maybe: both are said)
+            when = "the fit's first batch, before any optimizer step" if batch == 0 else \
+                "before any optimizer step of this fit"
             raise NonFiniteLossError(
-                f"training loss is {value}{where} at epoch 0, batch 0, the fit's first batch, before any optimizer "
-                "step: the lr is not the cause. Check the data (NaN or inf in the batch's inputs or targets) and the "
-                f"loss function.{large}" + self._advice(learn, data=True, first=True))
+                f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch}, {when}: the lr is not the "
+                "cause. Check the data (NaN or inf in the batch's inputs or targets) and the loss function."
+                f"{large}{after}" + self._advice(learn, data=True, first=True))
         raise NonFiniteLossError(f"training loss is {value}{where} at epoch {learn.epoch}, batch {batch} "
                                  f"(lr={lr:.3g}).{after}" + self._advice(learn, data=True))
 
