@@ -1332,3 +1332,26 @@ def test_an_epoch_schedule_in_a_fit_of_one_epoch_is_said_to_set_no_lr_a_batch_tr
     from miniai.callbacks import SWACB  # (regression rounds T1, T3: under SWACB from epoch 1 of 3 the schedule is as
     with pytest.warns(UserWarning, match=r"this fit schedules one \(SWACB takes over after it\).*Start SWA later"):
         learn.fit(3, cbs=[SWACB(swa_start=1, swa_lr=0.01, anneal_epochs=0)])  # idle, said as 'this fit trains one')
+
+
+def test_a_train_loader_shorter_than_its_len_is_named_where_gradient_accumulation_loses_its_last_group():
+    """(probe P23, session 23) An IterableDataset whose __len__ overstates it (80 items said, 72 given): GradAccumCB
+    waited for batch 10 to step, and each pass's last group of one batch was dropped without a word."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from miniai.callbacks import GradAccumCB
+    from miniai.data import DataLoaders, TensorLoader
+    x, y = torch.randn(72, 5), torch.randint(0, 3, (72,))
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+        def __len__(self):
+            return 80  # an estimate: 10 batches of 8, where 9 come
+
+    dls = DataLoaders(DataLoader(Stream(), batch_size=8), TensorLoader(x[:8], y[:8], bs=8))
+    learn = TrainLearner(nn.Linear(5, 3), dls, F.cross_entropy, lr=0.1, cbs=[GradAccumCB(4)])
+    with pytest.warns(UserWarning, match=r"GradAccumCB: training pass 0 gave 9 batches, and the train loader's "
+                                         r"len\(\) says 10: the last group's 1 batch\(es\) took no optimizer step"):
+        learn.fit(1)

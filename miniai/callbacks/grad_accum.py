@@ -41,11 +41,12 @@ class GradAccumCB(Callback):
 
     Groups are counted by position in the pass: a batch dropped before its backward (`CancelBatchException` at
     after_loss) leaves its group a batch short; if it was the group's last, the group goes on into the next one,
-    one optimizer step fewer (BatchSchedCB says so at the end of the fit when that leaves a schedule short of its
-    end); if it was the pass's last batch, the group's gradients are dropped, with a warning. A group a pass cut
+    one optimizer step fewer (BatchSchedCB says so at the end of the fit when the steps missing leave a schedule
+    short of its end by more than one step and 1% of them); if it was the pass's last batch, the group's gradients are dropped, with a warning. A group a pass cut
     short (`CancelEpochException`) left is dropped. With a train loader that has no length the last batch can't be
     told apart: groups then run across passes (a cut one too), `n_steps` backwards each, and one not stepped when
-    the fit ends is dropped with a warning. So is, silently, a group a fit broken off left (SingleBatchCB, an
+    the fit ends is dropped with a warning, as is a pass's last group when the loader gives fewer batches than its
+    len() says. So is, silently, a group a fit broken off left (SingleBatchCB, an
     error): the next fit's first step never adds its gradients. One GradAccumCB per learner.
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
@@ -97,6 +98,14 @@ class GradAccumCB(Callback):
             self._n_batches = None
             return
         self._drop_group(learn)  # a pass cut short (CancelEpochException) left a partial group
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.training and self._summed and self._n_batches is not None:  # the pass's last batch never came
+            warn(f"GradAccumCB: training pass {learn.epoch} gave {learn.iter + 1} batches, and the train loader's "
+                 f"len() says {self._n_batches}: the last group's {self._summed} batch(es) took no optimizer step, "
+                 "their gradients are dropped. Give the loader its true length (an IterableDataset's __len__), "
+                 "or none")
+            self._drop_group(learn)
 
     def cleanup_fit(self, learn: Learner) -> None:
         if self._summed and self._trained and self._n_batches is None and learn.stopped_by is None:  # (SingleBatchCB's:
