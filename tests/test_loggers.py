@@ -149,6 +149,24 @@ def test_overwrite_starts_the_file_anew_and_append_keeps_it(tmp_path):
     assert len(read_rows(tmp_path / "log.csv")) == 2
 
 
+def test_a_log_saved_again_with_a_byte_order_mark_is_appended_to_and_resumed(tmp_path):
+    """(probe P22, session 23) A log re-saved as UTF-8 with a BOM (Excel's "CSV UTF-8", pandas' 'utf-8-sig') was
+    refused: append=True said its columns ['\\ufeffepoch', ...] differ and advised overwrite=True, and a resume said
+    it has no 'epoch' column."""
+    log = tmp_path / "log.csv"
+
+    def learner(ck="ck", **kwargs):
+        return tiny_learner([quiet_metrics(), CSVLoggerCB(log, **kwargs), CheckpointCB(tmp_path / ck, keep=None)])
+    learner().fit(2)
+    log.write_text(log.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    learner().fit(2, resume=tmp_path / "ck" / "epoch_0001.pt")
+    assert [(r["epoch"], r["train"]) for r in read_rows(log)] == [(e, t) for e in (0, 1) for t in ("train", "valid")]
+    log.write_text(log.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    learner("ck2", append=True).fit(1)
+    with open(log, newline="", encoding="utf-8-sig") as f:
+        assert len(list(csv.DictReader(f))) == 6
+
+
 def test_a_csv_path_that_is_a_directory_is_refused_naming_a_file_in_it(tmp_path):
     """A directory for path was taken for an earlier run's log (FileExistsError telling to pass append=True), and
     with append=True or overwrite=True the fit failed at its first pass, naming a temporary file next to it."""

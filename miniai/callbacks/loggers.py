@@ -177,7 +177,7 @@ def _read_csv(path: Path) -> tuple[list[str] | None, list[list[str]]]:
     if not path.is_file():
         return None, []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # (as _replaceable: a BOM, as Excel saves)
             lines = list(csv.reader(f))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not a UTF-8 CSV file ({e}), so its rows can't be kept: log to another path "
