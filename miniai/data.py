@@ -169,7 +169,8 @@ class TensorLoader:
 
 
 class Normalize:
-    """uint8 pixels (..., C, H, W) → float32 (x/255 - mean)/std per channel: what `get_dls` did to its images.
+    """uint8 pixels (..., C, H, W) → float32 (x/255 - mean)/std per channel: what `get_dls` did to its images (one
+    mean and std serve every channel, as torchvision's Normalize broadcasts them).
 
     The arithmetic is the one the loaders' data went through (`miniai.cache`), so new images normalized here are
     bitwise what they would be in a loader. `infer` applies it to raw items; it pickles with `learn.export`.
@@ -199,7 +200,7 @@ class Normalize:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c = len(self.mean)
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim < 3 or x.shape[-3] != c:
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim < 3 or x.shape[-3] != c != 1:
             got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"Normalize takes uint8 pixels (..., {c}, H, W); got {got}")
         scale = (1 / (255 * self.std)).view(c, 1, 1).to(x.device)

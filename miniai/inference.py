@@ -30,8 +30,8 @@ from .data import DataLoaders, Normalize
 from .distributed import is_main_process
 from .learner import Learner
 from .supervised import TrainLearner
-from .utils import (byte_sums, check_device, checksums_match, frames, lazy_tensors, link_target, tagged,
-                    tensors_in)
+from .utils import (byte_sums, check_device, checksums_match, frames, lazy_tensors, link_target, nonfinite_weight,
+                    tagged, tensors_in)
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -175,7 +175,7 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
     `flat`: the loaders' items are (H,W) images without a channel dim (`dls.item_shape` of 2 dims), and so is the
     batch, (N, H, W): (H,W) is one item, (N,H,W) a batch, a PIL image is read as grayscale.
     """
-    channels = _channels(normalize) or channels
+    channels = channels or _channels(normalize)  # (the items' own: one mean may serve every channel, broadcast)
 
     def read(item: Any) -> tuple[torch.Tensor, bool]:
         return _flat(_as_tensor(item, 1)[0]) if flat else _canonical(*_as_tensor(item, channels), channels)
@@ -303,7 +303,14 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
         raise ValueError(f"infer is for classifiers with one output per class, and this model returns a "
                          f"{type(preds).__name__}: use learn.get_preds(dl=[(x,)], act=...) picking the logits out")
     probs = torch.softmax(preds.float() if preds.dtype in (torch.float16, torch.bfloat16) else preds, dim=1)
+    bad = int((~probs.isfinite()).flatten(1).any(1).sum()) if probs.ndim == 2 else 0
+    if bad:  # argmax puts NaN on top: a label would read as an answer
+        weight = nonfinite_weight(unwrap(learn.model))
+        raise ValueError(f"infer: the model's outputs are not finite (NaN or inf) for {bad} of {len(probs)} items: "
+                         + (f"its weights are not ({weight} first): load good ones (a checkpoint's)" if weight else
+                            "its weights are finite, so the inputs are not (NaN or inf), or too large"))
     classes = getattr(dls, "classes", None)
+    classes = None if classes is None or not len(classes) else list(classes)  # (an array's truth is ambiguous)
     if probs.ndim != 2 or (classes and probs.shape[1] != len(classes)):
         raise ValueError(f"infer is for classifiers with one output per class: the model gives outputs of shape "
                          f"{tuple(probs.shape[1:])} per item" + (f", {probs.shape[1]} outputs per item for "
@@ -360,6 +367,14 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
         warn(f"export: {', '.join(mains)} {'is' if len(mains) == 1 else 'are'} defined in the running script "
              "or notebook (__main__): load_learner finds it only where __main__ defines it too (the same "
              "script or notebook). To load it anywhere, move it into a module you import.")
+    if str(path).endswith(("/", os.sep)):  # (Path would drop the separator and write a file of the directory's name)
+        raise IsADirectoryError(f"export writes one file, and {str(path)!r} ends in a separator, a directory: give a "
+                                f"file name, e.g. learn.export({str(Path(path) / 'export.pkl')!r})")
+    bad = nonfinite_weight(unwrap(learn.model))
+    if bad is not None:
+        raise ValueError(f"export: the model's weights are not finite (NaN or inf: {bad} first), so every "
+                         "prediction of the loaded learner would be NaN: export a model trained to finite weights "
+                         "(load a good checkpoint's: learn.model.load_state_dict(load_checkpoint(path)['model']))")
     path = Path(path).expanduser()  # ('~/m.pkl': the home directory, as a shell reads it)
     path = link_target(path)
     if path.is_dir():  # (os.replace would fail naming its temporary file)
@@ -381,6 +396,15 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     try:
         torch.save(bundle, tmp)
         os.replace(tmp, path)  # never a half-written export under the real name
+    except RuntimeError as e:
+        if "parametrized modules" not in str(e):
+            raise
+        raise TypeError(f"learn.export: {e}. The model has parametrized layers (torch.nn.utils.parametrizations' "
+                        "weight_norm, spectral_norm, orthogonal), which torch saves through state_dict() only: "
+                        "export a copy with them folded into plain weights, m = copy.deepcopy(learn.model), then "
+                        "torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight') for each such layer of "
+                        "m, and learn.model = m; or save learn.model.state_dict() and rebuild the model to load it"
+                        ) from e
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(f"learn.export could not pickle {_culprit(bundle)}: {e}. Everything exported must be "
                         "importable by name where it is loaded: use module-level functions and classes instead of "

@@ -1132,3 +1132,56 @@ def test_infer_on_a_binary_model_says_what_to_use_for_the_images_given():
     with pytest.raises(ValueError, match=r"infer.*one output per item \(1, 1\).*binary.*"
                                          r"torch\.sigmoid\(learn\.get_preds\(dl=\[\(x,\)\]\)"):
         learn.infer(PIXELS[0])
+
+
+# ---------------------------------------------------------------- probe P24 (session 23)
+
+def test_infer_refuses_to_name_a_class_for_outputs_that_are_nan_and_export_refuses_nan_weights(tmp_path):
+    """A model with a NaN weight gave Prediction(index=2, label='c', probs=[nan, nan, nan]): argmax puts NaN on top,
+    and the label read as an answer; export wrote the NaN weights without a word."""
+    learn = image_learner()
+    with torch.no_grad():
+        next(learn.model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=r"infer: the model's outputs are not finite \(NaN or inf\) for 2 of 2 items: "
+                                         r"its weights are not \(.*first\)"):
+        learn.infer(PIXELS[:2])
+    with pytest.raises(ValueError, match=r"export: the model's weights are not finite \(NaN or inf: .* first\)"):
+        learn.export(tmp_path / "m.pkl")
+    assert not (tmp_path / "m.pkl").exists()
+
+
+def test_infer_on_colour_loaders_normalized_with_one_value_for_every_channel():
+    """normalize=([0.5], [0.5]) over RGB items (torchvision's Normalize broadcasts it): infer took the channel count
+    from the normalization, refused every RGB image as for a 1-channel model, and its advice led to a resize error."""
+    raw = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x, y = (raw.float() / 255 - 0.5) / 0.5, torch.arange(20) % 3
+    dls = DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x[:8], y[:8], bs=8), classes=list("abc"),
+                      normalize=([0.5], [0.5]))
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), dls, F.cross_entropy)
+    expected = probs_of(learn, x[:2])
+    torch.testing.assert_close(learn.infer(raw[:2]).probs, expected)
+    torch.testing.assert_close(learn.infer(raw[0].permute(1, 2, 0).numpy()).probs, expected[0])
+
+
+def test_class_names_given_as_an_array_name_the_predictions():
+    """classes=np.array([...]) (np.unique, LabelEncoder.classes_) failed with numpy's "truth value of an array ...
+    is ambiguous"."""
+    x, y = torch.randn(20, 1, 4, 4), torch.arange(20) % 3
+    dls = DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x[:8], y[:8], bs=8), classes=np.array(["cat", "dog", "eel"]))
+    learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), dls, F.cross_entropy)
+    got = learn.infer(x[:2])
+    assert got.label == [["cat", "dog", "eel"][i] for i in got.index.tolist()]
+
+
+def test_export_to_a_path_ending_in_a_slash_is_refused_and_a_parametrized_model_says_how_to_export(tmp_path):
+    """export('out/') wrote a file named out; a model under torch's parametrizations.weight_norm ended in torch's
+    bare "Serialization of parametrized modules is only supported through state_dict()"."""
+    learn = image_learner()
+    with pytest.raises(IsADirectoryError, match=r"ends in a separator, a directory.*export\('.*out/export.pkl'\)"):
+        learn.export(f"{tmp_path}/out/")
+    assert not (tmp_path / "out").exists()
+    nn.utils.parametrizations.weight_norm(next(m for m in learn.model.modules() if isinstance(m, (nn.Linear,
+                                                                                                  nn.Conv2d))))
+    with pytest.raises(TypeError, match=r"parametrized.*remove_parametrizations"):
+        learn.export(tmp_path / "m.pkl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
