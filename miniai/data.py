@@ -218,6 +218,30 @@ class Normalize:
 
 
 
+def _check_normalized(x: Any, normalize: Normalize) -> None:
+    """Refuse float items (a TensorLoader's, its first 10,000) whose mean and std are those `normalize` says their
+    pixels had, and not those normalized items have: left on the 0-1 scale, the model would train on them and
+    `infer` would feed it normalized ones."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or not len(x):
+        return
+    c = len(normalize.mean)
+    per_channel = x.ndim == 4 and x.shape[1] == c
+    if not per_channel and c != 1:
+        return
+    items = x[:10_000].float()
+    values = items.transpose(0, 1).flatten(1) if per_channel else items.reshape(1, -1)
+    mean, std = values.mean(1).cpu(), values.std(1).cpu()
+    m, s = normalize.mean, normalize.std
+    def like(mu: torch.Tensor, sigma: torch.Tensor) -> bool:  # within a quarter of the std, a quarter of it
+        return bool(((mean - mu).abs() <= 0.25 * sigma).all() and ((std / sigma - 1).abs() <= 0.25).all())
+    if like(m, s) and not like(torch.zeros_like(m), torch.ones_like(s)):
+        shown = lambda t: ", ".join(f"{v:.3g}" for v in t.tolist())  # noqa: E731
+        raise ValueError(f"the training items' mean is {shown(mean)} and std {shown(std)}: those of pixels on the "
+                         f"0-1 scale that normalize={normalize} describes, not of normalized ones (mean 0, std 1). "
+                         "normalize says how raw pixels became the loaders' items: normalize them first, "
+                         "(x - mean) / std, or leave normalize out (infer then takes items prepared as these are)")
+
+
 class DataLoaders:
     """A train and a valid loader, plus the class names and the inputs' normalization when known.
 
@@ -236,6 +260,8 @@ class DataLoaders:
             raise TypeError(f"normalize must be a callable, (mean, std) or None; got {normalize!r}"
                             + (f", {len(normalize)} items (per-channel means? give (means, stds))" if pair else ""))
         self.normalize = Normalize(*normalize) if pair else normalize
+        if isinstance(self.normalize, Normalize):
+            _check_normalized(getattr(train, "x", None), self.normalize)
         self._item_shape = None if item_shape is None else tuple(item_shape)
         self._item_dtype = item_dtype
 

@@ -1302,3 +1302,17 @@ def test_write_idx_to_a_directory_says_so_and_a_failed_write_leaves_no_temporary
     with pytest.raises(OSError, match="No space left"):
         write_idx(tmp_path / "labels.gz", torch.arange(3, dtype=torch.uint8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "link"]
+
+
+def test_a_normalization_the_loaders_items_have_not_had_is_refused():
+    """(probe P24, session 23) normalize=(mean, std) says how raw pixels became the loaders' items; over items left
+    at 0-1 whose statistics are those very mean and std, the fit trained on 0-1 inputs and infer fed normalized
+    ones: its predictions agreed with get_preds' on 60% of the same images, without a word."""
+    raw = torch.randint(0, 256, (200, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x01, y = raw.float() / 255, torch.zeros(200, dtype=torch.long)
+    mean, std = x01.mean().item(), x01.std().item()
+    with pytest.raises(ValueError, match=r"the training items. mean is 0.4\d+ and std 0.2\d+: those of pixels on the 0-1 "
+                                         r"scale that normalize=.* describes, not of normalized ones"):
+        DataLoaders(TensorLoader(x01, y, bs=32), TensorLoader(x01, y, bs=32), normalize=([mean], [std]))
+    normalized = (x01 - mean) / std  # what normalize says they are: taken
+    DataLoaders(TensorLoader(normalized, y, bs=32), TensorLoader(normalized, y, bs=32), normalize=([mean], [std]))
