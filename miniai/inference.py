@@ -245,6 +245,10 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     check_count("infer: bs", bs, what=" (items per batch)")
     dls = getattr(learn, "dls", None)
     expected = getattr(dls, "item_shape", None)
+    if expected is not None and len(expected) not in (2, 3):
+        raise ValueError(f"infer is for images, (C,H,W) or (H,W) items, and the loaders' items are of shape "
+                         f"{expected}: for other inputs use learn.get_preds(dl=[(x,)]) with x prepared as the loaders' "
+                         "items are (its act= turns the outputs into probabilities)")
     # the items go through the learner's inference callbacks (get_preds): a validation transform, or a callback of
     # the user's, prepares raw pixels as it prepares the loaders' batches, if those are raw pixels too (the loaders'
     # item dtype, which export keeps); one written for float items would get pixels it never saw

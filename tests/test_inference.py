@@ -1185,3 +1185,14 @@ def test_export_to_a_path_ending_in_a_slash_is_refused_and_a_parametrized_model_
     with pytest.raises(TypeError, match=r"parametrized.*remove_parametrizations"):
         learn.export(tmp_path / "m.pkl")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_infer_on_loaders_of_items_that_are_no_images_points_to_get_preds():
+    """(probe P24) A tabular classifier (items of shape (4,)): every input was refused as an image, with the advice
+    to resize it."""
+    x, y = torch.randn(20, 4), torch.arange(20) % 3
+    learn = TrainLearner(nn.Linear(4, 3), DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x[:8], y[:8], bs=8)),
+                         F.cross_entropy)
+    for items in (x[:2], x[0]):
+        with pytest.raises(ValueError, match=r"infer is for images.*items are of shape \(4,\).*learn.get_preds\(dl="):
+            learn.infer(items)
