@@ -27,6 +27,9 @@ class Conveniences:
         from .learner import build_handlers
         from .utils import without_graph
         state = {k: v for k, v in vars(self).items() if k not in ("_in_fit", "_predicting", "_temporary")}
+        if self._in_fit and "train" in self.passes:  # the fit made its optimizer: the copy's own, not one set by
+            # hand (as the fit's end notes it; an evaluation keeps the one it found, maybe set by hand)
+            state["_fit_opt"] = self.opt
         state.update({k: without_graph(state[k]) for k in ("loss", "preds") if k in state})
         if self._temporary:
             state["cbs"] = [cb for cb in self.cbs if all(cb is not t for t in self._temporary)]
