@@ -133,7 +133,8 @@ class RandomErase:
 
     Each rectangle side is 1 to `max_frac` of the image side, placed uniformly inside the image.
     `fill='noise'` (the course's choice) fills with normal noise matching the batch's mean and std,
-    clamped to the batch's range, so the erased patch does not stand out in the statistics;
+    clamped to the batch's range, each channel's own (an RGB image's, or an image's and its depth map's joined by
+    `BatchTransformCB(inputs='together')`), so the erased patch does not stand out in the statistics;
     `fill='zero'` fills with zeros. All channels of a pixel are erased together.
     """
 
@@ -169,8 +170,10 @@ class RandomErase:
         # Stats stay tensors (no .item()), so no host-device sync; integer images get float noise, rounded back.
         work = x.dtype if x.is_floating_point() else torch.float32
         xf = x.to(work)
-        noise = _randn(x.shape, x, work, self.generator) * xf.std().nan_to_num(0.0) + xf.mean()  # (1 value: no std)
-        noise = torch.minimum(torch.maximum(noise, xf.min()), xf.max())
+        # (one channel: the batch's, as the course's RandErase; one value has no std)
+        dims = {"dim": (0, 2, 3), "keepdim": True} if c > 1 else {}
+        noise = _randn(x.shape, x, work, self.generator) * xf.std(**dims).nan_to_num(0.0) + xf.mean(**dims)
+        noise = torch.minimum(torch.maximum(noise, xf.amin(**dims)), xf.amax(**dims))
         if not x.is_floating_point():
             noise = noise.round()
         return torch.where(mask, noise.to(x.dtype), x)

@@ -273,3 +273,16 @@ def test_a_geometric_augmentation_beside_per_pixel_targets_is_warned_of():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit(torch.randint(0, 2, (8,)))  # one label per image: nothing to move
+
+
+def test_random_erase_noise_follows_each_channels_statistics():
+    """(probe P29, session 23) The noise matched the whole batch's mean and std: under BatchTransformCB(inputs=
+    'together'), which joins an image (mean 0, std 1) and its depth map (50-100) along the channels, the image's
+    erased patches got values up to 100 (mean 40), against the docstring's "does not stand out"."""
+    g = torch.Generator().manual_seed(0)
+    img, depth = torch.randn(256, 1, 16, 16, generator=g), torch.rand(256, 1, 16, 16, generator=g) * 50 + 50
+    out = RandomErase(1.0, 0.5, generator=g)(torch.cat([img, depth], 1))
+    for c, x in enumerate((img, depth)):
+        patch = out[:, c][out[:, c] != x[:, 0]]
+        assert x.min() <= patch.min() and patch.max() <= x.max()
+        assert abs(patch.mean() - x.mean()) < 0.1 * x.std() and abs(patch.std() / x.std() - 1) < 0.1
