@@ -216,12 +216,19 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                                      "its mean 0 (each try would push the layer towards dead): measure the layer "
                                      f"itself (m={type(m_in).__name__}), or use an activation shifted below 0, "
                                      "GeneralRelu(sub=0.4) as the course does. The model is as it was.")
-                # rescaled by 1/before, 5% or more, and the std did not move: something undoes the scaling
-                if before is not None and abs(before - 1) > 0.05 and abs(std - before) <= 1e-4 * before:
+                undone = before is not None and abs(before - 1) > 0.05 and abs(std - before) <= 1e-4 * before
+                if undone and std < 1e-4:  # (not undone: the tries pushed the output to a near-constant, dead)
+                    raise ValueError(
+                        f"lsuv_init: the tries drove the std of {type(m).__name__}'s output to {std:.4g}, where "
+                        "rescaling no longer moves it: the tries diverge (an activation whose mean 0 needs units pushed dead, "
+                        "GeneralRelu with a small sub and no leak, say; give it a leak, or a larger sub, or measure "
+                        "m_in itself). The model is as it was.")
+                if undone:  # rescaled by 1/before, 5% or more, and the std did not move: something undoes it
                     raise ValueError(f"lsuv_init: dividing {type(m_in).__name__}'s weight by {before:.4g} left the "
                                      f"std of {type(m).__name__}'s output at {std:.4g}: something between them undoes "
-                                     "the rescaling (a normalization layer, BatchNorm say: LSUV is for models without "
-                                     "one), or the activation saturates. The model is as it was.")
+                                     "the rescaling (a normalization layer, BatchNorm say, or one of the weight "
+                                     "itself, weight_norm or spectral_norm: LSUV is for models without them), or the "
+                                     "activation saturates. The model is as it was.")
                 if abs(std - 1) <= tol and (m_in.bias is None or abs(mean) <= tol):
                     break
                 off = abs(std - 1) + (abs(mean) if m_in.bias is not None else 0.0)  # from where it should be

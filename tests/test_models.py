@@ -172,6 +172,20 @@ def test_lsuv_init_that_cant_converge_puts_the_model_back_and_says_why():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_lsuv_init_whose_tries_push_the_layer_dead_says_they_diverge_not_that_a_norm_layer_undoes_them():
+    """(probe P29, session 23) GeneralRelu(sub=0.05) without a leak, the docstring's own example of diverging tries:
+    the tries drove the output's std to 4e-9, and the error blamed a normalization layer the model does not have.
+    A weight normalized by the layer itself (weight_norm) undoes the scaling too: said so, not a BatchNorm."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), GeneralRelu(None, 0.05))
+    with pytest.raises(ValueError, match=r"the tries diverge.*The model is as it was"):
+        lsuv_init(model, model[1], model[0], torch.randn(64, 1, 12, 12))
+    model = nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(nn.Conv2d(1, 8, 3)), GeneralRelu(0.1, 0.4))
+    with pytest.raises(ValueError, match=r"undoes the rescaling \(a normalization layer, BatchNorm say, or one of "
+                                         r"the weight itself, weight_norm or spectral_norm"):
+        lsuv_init(model, model[1], model[0], torch.randn(64, 1, 12, 12))
+
+
 def test_lsuv_init_refuses_layers_it_cant_scale_and_puts_back_an_m_in_outside_the_model():
     """(probe P18) An m_in outside the model was rescaled x2.5 and left so ("the model is as it was"); an m_in
     without weights, an m whose output is a tuple, max_iters=-1 failed with bare Python errors."""
