@@ -413,6 +413,10 @@ def test_one_minus_a_metric_asks_for_mode_and_what_is_measured_comes_before_at()
     assert EarlyStoppingCB("valid_loss_at_best_acc").mode == "min"
     assert EarlyStoppingCB("valid_recall_at_precision_90").mode == "max"
     assert EarlyStoppingCB("valid_top1-acc").mode == "max" and EarlyStoppingCB("valid_acc_top1-5").mode == "max"
+    # (regression round T1: "1-" before a word that is no metric, or after a dash, is no negation)
+    for name, mode in [("valid_top-1-acc", "max"), ("top-1-accuracy", "max"), ("valid_top-1-error", "min"),
+                       ("valid_1-shot-acc", "max"), ("valid_5-way-1-shot-acc", "max")]:
+        assert EarlyStoppingCB(name).mode == mode, name
 
 
 @pytest.mark.parametrize("make", [lambda: EarlyStoppingCB("valid_accuracy", mode="min"),

@@ -42,7 +42,8 @@ def name_mode(monitor: str) -> str | None:
         parts = parts[:parts.index("at")]
     while len(parts) > 1 and parts[-1] in _QUALIFIERS:
         parts.pop()
-    if not parts or _NEGATIONS.intersection(parts) or re.search(r"(^|[\W_])1\s*-\s*[a-z]", name):
+    one_minus = re.search(r"(?:^|[_\s])1\s*-\s*([a-z]+)", name)  # 1-acc, 1 - error (not top-1-acc, 1-shot)
+    if not parts or _NEGATIONS.intersection(parts) or one_minus and one_minus.group(1) in words:
         return None
     last = "_".join(parts[-2:]) if parts[-2:] == ["error", "rate"] else parts[-1]
     return "min" if last in _LOWER_IS_BETTER else "max" if last in _HIGHER_IS_BETTER else None
