@@ -591,6 +591,17 @@ def test_a_nan_before_any_step_says_so_under_gradient_accumulation_and_after_a_d
         learn.fit(1)
 
 
+def test_a_nan_at_a_resumed_fits_first_batch_names_the_checkpoint_without_advising_a_lower_lr(tmp_path):
+    """(regression round T1) "before any optimizer step: the lr is not the cause", then "The last good checkpoint
+    is ...: continue from it with a lower lr": the advice contradicted the diagnosis."""
+    tiny_learner(cbs=[CheckpointCB(tmp_path)]).fit(1)
+    learn = tiny_learner(cbs=[PoisonLoss(at=0, epoch=1), CheckpointCB(tmp_path)])
+    with pytest.raises(NonFiniteLossError, match=r"before any optimizer step: the lr is not the cause.*The last good "
+                                                 r"checkpoint is .*epoch_0001.pt\.$") as error:
+        learn.fit(2, resume=tmp_path)
+    assert "lower lr" not in str(error.value)
+
+
 def test_a_non_finite_running_statistic_is_named_not_blamed_on_a_diverged_step():
     """A BatchNorm running_var that was NaN before the fit (training uses batch statistics, so every loss stays
     finite) ended the fit with "the weights are not finite ... an optimizer step after the last loss checked

@@ -200,8 +200,9 @@ class TerminateOnNaNCB(Callback):
 
     @staticmethod
     def _advice(learn: Learner, data: bool = False, first: bool = False) -> str:
-        good = learn.last_checkpoint
-        resume = (f" The last good checkpoint is {good}: {lower_lr_advice(learn, good)}" if good is not None else
+        good = learn.last_checkpoint  # (before any step, the lr is not the cause: no lower lr advised)
+        resume = (f" The last good checkpoint is {good}" + ("." if first else f": {lower_lr_advice(learn, good)}")
+                  if good is not None else
                   " There is no checkpoint of this run to resume from (CheckpointCB(path) saves one after each epoch).")
         half = any(getattr(getattr(cb, "scaler", None), "is_enabled", lambda: False)() for cb in learn.cbs)
         fp16 = (" Under float16 autocast (MixedPrecisionCB) a forward that overflows (a value past 65504: large "
