@@ -629,6 +629,9 @@ def test_unsaved_weights_of_a_module_a_callback_keeps_are_named_but_not_the_mode
         def before_fit(self, learn):
             self.ema, self.frozen, self.model = copy.deepcopy(learn.model), copy.deepcopy(learn.model), learn.model
             self.layers = [learn.model]
+            # (regression round T1) new modules of the model's own weights: its body, a wrapper
+            self.body, self.wrapped = nn.Sequential(*list(learn.model.children())), nn.Sequential(learn.model)
+            self.weight = next(learn.model.parameters())
 
         def after_step(self, learn):
             with torch.no_grad():

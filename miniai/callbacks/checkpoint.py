@@ -1073,11 +1073,11 @@ class CheckpointCB(Callback):
         own = [cb for cb in learn.cbs if not type(cb).__module__.startswith("miniai.")
                and not callable(getattr(cb, "state_dict", None))]
         for cb in own:
-            self._watched[type(cb).__name__] = (cb, _fingerprints(cb, _the_model(learn)))
+            self._watched[type(cb).__name__] = (cb, _fingerprints(cb, _model_tensors(learn)))
 
     def _warn_unsaved(self, learn: Learner) -> None:
         for cls, (cb, before) in self._watched.items():
-            now = _fingerprints(cb, _the_model(learn))
+            now = _fingerprints(cb, _model_tensors(learn))
             changed = [k for k, v in now.items() if before.get(k, v) != v or k not in before]
             new = [f"{cls}.{k}" for k in changed if f"{cls}.{k}" not in self._warned]
             if new:
@@ -1128,23 +1128,29 @@ def _check_states(learn: Learner) -> None:
                      f"{safe_loader_advice(refused)}")
 
 
-def _fingerprints(cb: Callback, model: Callable[[nn.Module], bool]) -> dict[str, Any]:
-    """A cheap summary of each attribute (private ones too), that changes when the attribute does; the `model`'s
-    modules (the checkpoint saves them) by their identity alone."""
+def _model_tensors(learn: Learner) -> set[int]:
+    """The identities of the model's parameters and buffers, which the checkpoint saves."""
+    model = unwrap(learn.model)
+    return {id(t) for t in (*model.parameters(), *model.buffers())} if isinstance(model, nn.Module) else set()
+
+
+def _fingerprints(cb: Callback, model: set[int]) -> dict[str, Any]:
+    """A cheap summary of each attribute (private ones too), that changes when the attribute does; of a module,
+    the tensors that are not the `model`'s (`_model_tensors`: the checkpoint saves those)."""
     return {k: _summary(v, model) for k, v in vars(cb).items()}
 
 
-def _summary(value: Any, model: Callable[[nn.Module], bool], depth: int = 2) -> Any:
+def _summary(value: Any, model: set[int], depth: int = 2) -> Any:
     """Plain values as they are; a tensor's identity and in-place version, and a module's of its weights and
-    buffers (an EMA's copy of the model); a NumPy array's identity and checksum; the items of small containers and
-    the fields of a SimpleNamespace or dataclass (so an in-place `d['n'] += 1` shows), down to `depth` levels;
-    anything else its identity and size."""
+    buffers, those that are not the `model`'s (an EMA's copy of the model; not a wrapper or body of the model); a
+    NumPy array's identity and checksum; the items of small containers and the fields of a SimpleNamespace or
+    dataclass (so an in-place `d['n'] += 1` shows), down to `depth` levels; anything else its identity and size."""
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, torch.Tensor):
-        return id(value), value._version
+        return id(value), None if id(value) in model else value._version
     if isinstance(value, nn.Module):
-        return id(value), () if model(value) else tuple(t._version for t in (*value.parameters(), *value.buffers()))
+        return id(value), tuple(t._version for t in (*value.parameters(), *value.buffers()) if id(t) not in model)
     if isinstance(value, np.ndarray):  # (no version count: its bytes; an array of objects by its identity)
         return id(value), value.shape, None if value.dtype.hasobject else zlib.crc32(np.ascontiguousarray(value))
     if isinstance(value, types.SimpleNamespace):  # (its fields: one level, as a dict's items)
