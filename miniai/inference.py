@@ -28,6 +28,7 @@ from .callbacks.preds import get_preds, participants
 from .checks import check_count, warn
 from .data import DataLoaders, Normalize
 from .distributed import is_main_process
+from .interpret import class_probs
 from .learner import Learner
 from .supervised import TrainLearner
 from .utils import (byte_sums, check_device, checksums_match, frames, lazy_tensors, link_target, nonfinite_weight,
@@ -306,7 +307,7 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     if not isinstance(preds, torch.Tensor):  # ((logits, aux), a dict: which part are the class scores?)
         raise ValueError(f"infer is for classifiers with one output per class, and this model returns a "
                          f"{type(preds).__name__}: use learn.get_preds(dl=[(x,)], act=...) picking the logits out")
-    probs = torch.softmax(preds.float() if preds.dtype in (torch.float16, torch.bfloat16) else preds, dim=1)
+    probs = class_probs(preds) if preds.ndim == 2 else torch.softmax(preds.float(), dim=1)  # (a model's own: as they are)
     bad = int((~probs.isfinite()).flatten(1).any(1).sum()) if probs.ndim == 2 else 0
     if bad:  # argmax puts NaN on top: a label would read as an answer
         weight = nonfinite_weight(unwrap(learn.model))

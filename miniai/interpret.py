@@ -16,7 +16,7 @@ from .callbacks.state import kept
 from .checks import check_count
 from .learner import Learner
 
-__all__ = ["Interpretation", "show_results"]
+__all__ = ["Interpretation", "show_results", "class_probs"]
 
 
 def _names(classes: Sequence[str] | None, indices: torch.Tensor) -> list[str]:
@@ -39,21 +39,26 @@ def _images(inputs: Any, what: str) -> torch.Tensor:
     return inputs
 
 
+def class_probs(outputs: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (float32) of a classifier's (N, C) outputs, or the outputs as they are when every row
+    already is probabilities (a model that ends in softmax: a second one would flatten them; rows in [0, 1] that sum
+    to 1 within 1e-2, a bfloat16 softmax's rounding, which get_preds' float32 outputs no longer show)."""
+    probs = outputs.float()
+    if len(probs) and bool(((probs >= 0) & (probs <= 1)).all() and (probs.sum(1) - 1).abs().max() < 1e-2):
+        return probs
+    return torch.softmax(probs, dim=1)
+
+
 def _class_probs(preds: Any, what: str = "Interpretation") -> torch.Tensor:
-    """Softmax probabilities of a classifier's (N, C) logits, or the outputs as they are when every row already is
-    probabilities (a model that ends in softmax: a second one would flatten them); otherwise an error naming `what`
-    (the call made) and what it takes (get_preds' own would advise an `act=` that from_learner and show_results do
-    not take)."""
+    """`class_probs` of a classifier's (N, C) outputs; otherwise an error naming `what` (the call made) and what it
+    takes (get_preds' own would advise an `act=` that from_learner and show_results do not take)."""
     if not isinstance(preds, torch.Tensor) or preds.ndim != 2 or preds.shape[1] < 2:
         got = f"outputs of shape {tuple(preds.shape[1:])} per item" if isinstance(preds, torch.Tensor) \
             else f"a {type(preds).__name__}"
         raise ValueError(f"{what} is for classifiers with one output per class, (N, C) logits with C >= 2; "
                          f"this model gives {got}. For one score per item (a binary model) or other "
                          "outputs, use learn.get_preds(with_input=True, with_loss=True) and read them yourself")
-    preds = preds.float()
-    if len(preds) and bool(((preds >= 0) & (preds <= 1)).all() and (preds.sum(1) - 1).abs().max() < 1e-3):
-        return preds
-    return torch.softmax(preds, dim=1)
+    return class_probs(preds)
 
 
 class Interpretation:

@@ -1196,3 +1196,14 @@ def test_infer_on_loaders_of_items_that_are_no_images_points_to_get_preds():
     for items in (x[:2], x[0]):
         with pytest.raises(ValueError, match=r"infer is for images.*items are of shape \(4,\).*learn.get_preds\(dl="):
             learn.infer(items)
+
+
+def test_infer_takes_the_probabilities_of_a_model_that_ends_in_softmax_as_they_are():
+    """(regression round T1) Interpretation took a softmax model's outputs as its probabilities; infer softmaxed them
+    again: [0.18, 0.46, 0.18, 0.18] for the model's [0.004, 0.966, 0.0001, 0.029]."""
+    x, y = torch.randn(20, 1, 4, 4), torch.arange(20) % 4
+    dls = DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x[:8], y[:8], bs=8))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Softmax(1))
+    learn = TrainLearner(model, dls, F.cross_entropy)
+    with torch.no_grad():
+        torch.testing.assert_close(learn.infer(x[:3]).probs, model(x[:3]))
