@@ -1316,3 +1316,13 @@ def test_a_normalization_the_loaders_items_have_not_had_is_refused():
         DataLoaders(TensorLoader(x01, y, bs=32), TensorLoader(x01, y, bs=32), normalize=([mean], [std]))
     normalized = (x01 - mean) / std  # what normalize says they are: taken
     DataLoaders(TensorLoader(normalized, y, bs=32), TensorLoader(normalized, y, bs=32), normalize=([mean], [std]))
+    # (probe P25) items on the 0-255 scale, or in [-1, 1], can't be pixels normalized so: refused too
+    for wrong, stats in ((raw.float(), ([mean], [std])), (x01 * 2 - 1, ([0.286], [0.353]))):
+        with pytest.raises(ValueError, match=r"the training items range from .* to .*: normalize=.* makes pixels "
+                                             r"\(0-1\) into values from -\d.\d+ to \d.\d+, so these are no pixels"):
+            DataLoaders(TensorLoader(wrong, y, bs=32), TensorLoader(wrong, y, bs=32), normalize=stats)
+    # (regression round T1) bright RGB photos normalized with torchvision's habit (0.5, 0.5) have items whose mean
+    # and std are 0.5 too: taken, as they are no 0-1 pixels (some are below 0)
+    g = torch.Generator().manual_seed(0)
+    photos = ((0.75 + 0.25 * torch.randn(64, 3, 8, 8, generator=g)).clamp(0, 1) - 0.5) / 0.5
+    DataLoaders(TensorLoader(photos, y[:64], 16), TensorLoader(photos, y[:64], 16), normalize=((0.5,) * 3, (0.5,) * 3))
