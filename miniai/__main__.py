@@ -256,6 +256,9 @@ def train(args: argparse.Namespace) -> float:
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
     if earlier and is_main_process():  # --overwrite: moved aside now (no mix of two runs), deleted once this run has
         args.aside = _move_aside(Path(args.out), earlier)  # saved its outputs, put back if it fails or is stopped
+    # named now, while the data is there (get_dls cached it): after the fit, before model.pt, a --data folder moved
+    # meanwhile would cost the trained model
+    split = valid_split("fashion_mnist", args.data)  # (a DatasetDict's may be 'validation')
     fit_start = time.perf_counter()
     learn.fit(epochs)
     fit_s = time.perf_counter() - fit_start
@@ -264,7 +267,6 @@ def train(args: argparse.Namespace) -> float:
         raise NonFiniteLossError(f"the validation loss is {metrics.last['valid_loss']} after epoch {epochs - 1}: the "
                                  "weights blew up (the training loss was still finite), so no model is saved.")
     n_valid = len(dls.valid.y)  # what was validated on: --n-valid cuts the test set or the held-out images
-    split = valid_split("fashion_mnist", args.data)  # (cached by get_dls: a DatasetDict's may be 'validation')
     images = "test images" if split == "test" else f"images of split {split!r}"
     valid_on = (f"{n_valid} held-out training images" if args.holdout else f"the first {n_valid} {images}"
                 if args.n_valid is not None else "the test set" if split == "test" else f"split {split!r}")

@@ -666,3 +666,24 @@ def test_a_step_or_plateau_schedule_over_one_epoch_is_a_usage_error(capsys):
             main(["train", *SMALL, "--epochs", epochs, "--sched", "plateau"])
         assert info.value.code == 2 and "the first epoch that can train at a lower lr is the 4th" in \
             capsys.readouterr().err
+
+
+def test_data_removed_while_training_does_not_cost_the_trained_model(tmp_path, monkeypatch, capsys):
+    """(probe P25, session 23) After the fit, the command read the data directory again to name the validation
+    split, before writing model.pt: a --data folder moved or cleaned up meanwhile ended the run in DataNotFoundError
+    (saying "given as path="), and the trained model was lost."""
+    import shutil
+
+    from miniai.__main__ import main
+    from miniai.learner import Learner
+    from miniai.sources import find_source
+    data = tmp_path / "data"
+    shutil.copytree(find_source("fashion_mnist").where, data)
+    fit = Learner.fit
+
+    def fit_then_remove(self, *args, **kwargs):
+        fit(self, *args, **kwargs)
+        shutil.rmtree(data)
+    monkeypatch.setattr(Learner, "fit", fit_then_remove)
+    assert main(["train", *SMALL, "--data", str(data), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "result.json").is_file()
