@@ -85,7 +85,12 @@ class Source:
         stats = [(str(f), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
                  for f, st in ((f, f.stat()) for f in self.files)]
         place = hashlib.sha1(repr((2, self.name, self.kind, self.where)).encode()).hexdigest()[:8]
-        return f"{place}-{hashlib.sha1(repr(stats).encode()).hexdigest()[:12]}"
+        return f"{place}-{hashlib.sha1(repr((DECODING, stats)).encode()).hexdigest()[:12]}"
+
+
+# the version of what decoding makes of the same files (a cache holds it): bump it with any change to that, a new
+# refusal included, so a cache an older miniai wrote is decoded again rather than served
+DECODING = 3
 
 
 def _spec(name: str) -> _Spec:

@@ -398,6 +398,21 @@ def test_second_get_dls_hits_memory_then_disk_cache(tmp_path, monkeypatch):
     assert CACHE_STATS["disk_hits"] == before["disk_hits"] + 1 and torch.equal(c.valid.x, a.valid.x)
 
 
+def test_a_disk_cache_written_by_another_decoding_is_decoded_again_and_replaced(tmp_path, monkeypatch):
+    """(probe P25, session 23) The cache key held the files' stats alone: a cache an older miniai wrote (colour images
+    turned gray, which this one refuses) was served by this one, skipping its checks. The key now holds the version
+    of the decoding, which a change in what a cache would hold bumps."""
+    write_fashion_dir(tmp_path / "fm", fake_fashion())
+    get_dls(path=tmp_path / "fm")
+    [old] = (tmp_path / "cache").glob("fashion_mnist_*.pt")
+    cache.clear_cache()
+    monkeypatch.setattr(sources, "DECODING", sources.DECODING + 1)
+    decodes = CACHE_STATS["decodes"]
+    get_dls(path=tmp_path / "fm")
+    assert CACHE_STATS["decodes"] == decodes + 1
+    assert len([f for f in (tmp_path / "cache").glob("fashion_mnist_*.pt") if f != old]) == 1  # written anew
+
+
 def test_corrupt_disk_cache_is_rebuilt(tmp_path):
     write_fashion_dir(tmp_path / "fm", fake_fashion())
     get_dls(path=tmp_path / "fm")
