@@ -476,10 +476,13 @@ def _same_data(train: Any, valid: Any) -> bool:
     if dataset is not None and dataset is other:
         return items is not None and items == other_items
     a, b = _tensors(train), _tensors(valid)
+    # the same tensors, or copies (a test split that is a copy of the training files): compared only where every
+    # pair has one shape and dtype, which held-out data seldom has
     return bool(a) and len(a) == len(b) and all(
         isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and t.numel() > 0
         and t.layout == u.layout == torch.strided  # (a sparse tensor has no data pointer)
-        and (t.data_ptr(), t.shape, t.stride()) == (u.data_ptr(), u.shape, u.stride()) for t, u in zip(a, b))
+        and (t.shape, t.dtype, t.device) == (u.shape, u.dtype, u.device) for t, u in zip(a, b)) and all(
+        (t.data_ptr(), t.stride()) == (u.data_ptr(), u.stride()) or torch.equal(t, u) for t, u in zip(a, b))
 
 
 def _items(dl: Any) -> str | set[int] | None:

@@ -387,6 +387,11 @@ def test_two_loaders_of_the_same_data_are_warned_of_too():
                          (DataLoader(ds, 16, sampler=WeightedRandomSampler(torch.ones(64), 64)), DataLoader(ds))]:
         with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train"):
             TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
+    # (probe P25, session 23) copies of the same data: a test split that is a copy of the training files
+    for train, valid in [(TensorLoader(x, y, 16), TensorLoader(x.clone(), y.clone(), 32)),
+                         (DataLoader(TensorDataset(x, y), 16), DataLoader(TensorDataset(x.clone(), y.clone()), 32))]:
+        with pytest.warns(UserWarning, match=r"dls.valid gives the same data as dls.train"):
+            TrainLearner(nn.Linear(8, 3), DataLoaders(train, valid), F.cross_entropy, lr=0.1).fit(1)
     from torch.utils.data import SubsetRandomSampler
     held_out = [  # held-out data, also one dataset split by samplers, or the same inputs with other targets
         (TensorLoader(x[:48], y[:48], 16), TensorLoader(x[48:], y[48:], 16)),
