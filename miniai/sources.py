@@ -280,8 +280,9 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
         # (a hint only where one column is of the missing one's kind: an 'id' of ints is no image, nor a label)
         if missing == y_col and ds.column_names == [x_col]:  # (nothing to rename: images alone)
             raise KeyError(f"dataset has no {y_col!r} column (it has {ds.column_names}): images without labels can't "
-                           "be trained or validated on; give them labels, or split some off the labelled training "
-                           "set: dd.update(dd['train'].train_test_split(test_size=0.1))")
+                           "be trained or validated on; give them labels, or split a validation set off the labelled "
+                           "training set: parts = dd['train'].train_test_split(test_size=0.1); dd['train'], "
+                           "dd['validation'] = parts['train'], parts['test']")
         raise KeyError(f"dataset needs columns {x_col!r} and {y_col!r}, has {ds.column_names}: rename yours as "
                        + (f"those, e.g. ds = ds.rename_column({like[0]!r}, {missing!r})" if len(like) == 1 else
                           "those, ds = ds.rename_column(old, new)"))
@@ -312,8 +313,9 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
         if isinstance(feature, dict) and "bytes" in feature:  # (a parquet file written without datasets' metadata)
             raise ValueError(f"column {x_col!r} holds {{bytes, path}} records, encoded image files that datasets "
                              f"was not told are images: ds = ds.cast_column({x_col!r}, datasets.Image())")
-        raise ValueError(f"column {x_col!r} holds images that differ in size or number of channels (gray and RGB, "
-                         "say): pass mode='L' or mode='RGB' to convert them all to one, and give them one size")
+        raise ValueError(f"column {x_col!r} holds images that differ in size" + (
+            f" (each decoded in mode {mode!r}): give them one size" if mode is not None else " or number of channels "
+            "(gray and RGB, say): pass mode='L' or mode='RGB' to convert them all to one, and give them one size"))
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
         cast = ""
         if x.dtype.kind in "iu" and x.ndim in (3, 4) and x.size and 0 <= x.min() and x.max() <= 255:
@@ -486,7 +488,8 @@ def _decode_dd(source: Source) -> RawData:
     for split in ("train", valid_split):
         if len(dd[split]) == 0:
             raise ValueError(f"{source.where}: split {split!r} holds no images: give it some (or, for validation, "
-                             "split some off the training set: dd.update(dd['train'].train_test_split(test_size=0.1)))")
+                             "split some off the training set: parts = dd['train'].train_test_split(test_size=0.1); "
+                             "dd['train'], dd['validation'] = parts['train'], parts['test'])")
     check_split_classes(dd, valid_split, source.where)
     classes = tuple(getattr(dd["train"].features.get("label"), "names", None) or spec.classes)
     tensors = {}

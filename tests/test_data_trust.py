@@ -542,3 +542,25 @@ def test_an_idx_header_of_more_dims_than_numpy_holds_names_the_file(tmp_path):
     f.write_bytes(b"\0\0\x08" + bytes([70]) + (1).to_bytes(4, "big") * 70 + b"\x07")
     with pytest.raises(IDXError, match=r"deep-idx: 70 dims, more than the 64 an array can have"):
         read_idx(f)
+
+
+def test_the_advice_for_a_validation_split_without_labels_works_when_followed(tmp_path):
+    """(probe P25, session 23) The advice, dd.update(dd['train'].train_test_split(test_size=0.1)), added a 'test'
+    split; 'validation' was still the one picked, and the same error came back. Mixed image sizes under get_dls,
+    which decodes in a mode of its own, were told to "pass mode='L'", which get_dls takes no more than it needs."""
+    from datasets import Array2D, ClassLabel, Dataset, DatasetDict, Features
+    g = np.random.default_rng(0)
+    train = Dataset.from_dict({"image": g.integers(0, 256, (40, 6, 6), dtype=np.uint8), "label": g.integers(0, 10, 40)},
+                              features=Features({"image": Array2D((6, 6), "uint8"),
+                                                 "label": ClassLabel(names=list(FASHION_CLASSES))}))
+    unlabelled = Dataset.from_dict({"image": g.integers(0, 256, (10, 6, 6), dtype=np.uint8)},
+                                   features=Features({"image": Array2D((6, 6), "uint8")}))
+    dd = DatasetDict(train=train, validation=unlabelled)
+    dd.save_to_disk(str(tmp_path / "a"))
+    with pytest.raises(KeyError, match=r"parts = dd\['train'\].train_test_split\(test_size=0.1\); dd\['train'\], "
+                                       r"dd\['validation'\] = parts\['train'\], parts\['test'\]"):
+        get_dls(path=tmp_path / "a")
+    parts = dd["train"].train_test_split(test_size=0.1)
+    dd["train"], dd["validation"] = parts["train"], parts["test"]
+    dd.save_to_disk(str(tmp_path / "b"))
+    assert len(get_dls(path=tmp_path / "b").valid.x) == 4
