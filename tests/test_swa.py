@@ -592,3 +592,27 @@ def test_a_milestone_at_the_swa_start_is_warned_of_when_swalr_does_not_anneal_fr
     with pytest.warns(UserWarning, match=r"MultiStepLR's milestone 2 lies at or past"):
         bn_learner([EpochSchedCB(partial(MultiStepLR, milestones=[2], gamma=0.1)),
                     SWACB(swa_start=2, swa_lr=0.05, anneal_epochs=0)]).fit(4)
+
+
+def test_a_lazy_layer_not_made_yet_is_refused_before_any_epoch_trains():
+    """(probe P28, session 23) SWACB copied the model at before_fit with a LazyLinear not made yet: epochs 0..swa_start
+    trained, then the first averaging failed with torch's "Attempted to use an uninitialized parameter"."""
+    snaps = Snapshots()
+    learn = bn_learner([snaps, SWACB(swa_start=2, swa_lr=0.05)])
+    learn.model[0] = nn.LazyLinear(4)
+    with pytest.raises(ValueError, match=r"SWACB copies the model.*0.weight.*not made yet.*learn.summary\(\)"):
+        learn.fit(4)
+    assert snaps.params == []
+
+
+def test_a_fit_stopped_after_averaging_says_the_average_is_not_the_model():
+    """(probe P28) EarlyStoppingCB stopping the fit during SWA left the raw model as learn.model, as documented, but
+    without a word: the average the user asked for was silently not used."""
+    from miniai.callbacks import EarlyStoppingCB
+    swa = SWACB(swa_start=1, swa_lr=0.05, anneal_epochs=0)
+    learn = bn_learner([MetricsCB(), EarlyStoppingCB(patience=1, min_delta=100.0), swa])
+    learn.cbs[0].log_fn = lambda row: None
+    with pytest.warns(UserWarning, match=r"SWACB: the fit was stopped .*after 1 epoch averaged.*learn.model is the "
+                                         r"raw model.*swa_model"):
+        learn.fit(5)
+    assert learn.model is swa.raw_model and int(swa.swa_model.n_averaged) == 1

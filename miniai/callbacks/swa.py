@@ -18,7 +18,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 
 from ..checks import check_count, check_number, warn
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
-from ..utils import counted
+from ..utils import counted, lazy_tensors
 from .preds import prediction_pass
 from .scheduling import lr_ratios
 from .state import kept
@@ -49,8 +49,10 @@ class SWACB(Callback):
     the training inputs as a prediction pass sees them, through the callbacks that take part in one (DeviceCB,
     the validation transforms `BatchTransformCB(on_val=True)`, autocast, your own `inference = True` ones: e.g. a
     normalization), not the train-only augmentations. A fit stopped by CancelFitException (EarlyStoppingCB) skips
-    after_fit and keeps the raw model. Checkpoints hold the average so far and SWALR's state (`state_dict`), so
-    a fit resumed past `swa_start` goes on as if never stopped. In a fit without validation (`fit(valid=False)`)
+    after_fit and keeps the raw model (with a warning once an epoch was averaged). Checkpoints hold the average so
+    far and SWALR's state (`state_dict`), so a fit resumed past `swa_start` goes on as if never stopped; their
+    weights, and CheckpointCB's best file, are epochs' raw weights: the average with its BatchNorm refreshed is
+    `learn.model` after the fit (`learn.export(...)` keeps it). In a fit without validation (`fit(valid=False)`)
     the average is not validated either.
     """
     # before_fit: after DeviceCB (-20) moved the model, before HooksCallback (0) hooks it (the copy must not carry
@@ -93,6 +95,11 @@ class SWACB(Callback):
         if isinstance(self.swa_lr, (list, tuple)) and len(self.swa_lr) != len(learn.opt.param_groups):
             raise ValueError(f"SWACB has {len(self.swa_lr)} swa_lr values, the optimizer {len(learn.opt.param_groups)} "
                              "param group(s): give one swa_lr, or one per param group")
+        lazy = lazy_tensors(learn.model)
+        if lazy:  # (the copy would never make them: only the model runs forward)
+            raise ValueError(f"SWACB copies the model at the fit's start to average it, and its {', '.join(lazy[:4])} "
+                             "is not made yet (a lazy layer makes its weights at its first forward): run one batch "
+                             "through the model first, learn.summary() or learn.model(xb)")
         self.raw_model, self.swa_scheduler, self.metrics, self._opt = learn.model, None, {}, learn.opt
         # one swa_lr is of the fit's lr: each group at the ratio opt_func gives it (a body at 0 stays at 0)
         self._lrs = list(self.swa_lr) if isinstance(self.swa_lr, (list, tuple)) else [
@@ -131,6 +138,14 @@ class SWACB(Callback):
         learn.raw_model = self.raw_model
         if "valid" in learn.passes:  # fit(valid=False): no validation of it either
             self._validate(learn)
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        averaged = int(self.swa_model.n_averaged) if self._on and self.swa_model is not None else 0
+        if averaged and isinstance(learn.stopped_by, CancelFitException) and learn.model is self.raw_model:
+            warn(f"SWACB: the fit was stopped ({type(getattr(learn.stopped_by, 'raised_by', None)).__name__}'s "
+                 f"CancelFitException) after {counted(averaged, 'epoch')} averaged, so the average was not made "
+                 "the model: learn.model is the raw model. The average so far, its BatchNorm statistics not "
+                 "refreshed, is this callback's swa_model.module")
 
     def state_dict(self) -> dict[str, Any]:
         """The average so far (`swa_model`'s state, with `n_averaged`) and SWALR's state once it runs."""
