@@ -64,9 +64,10 @@ def _class_probs(preds: Any, what: str = "Interpretation") -> torch.Tensor:
 class Interpretation:
     """Inputs, probabilities, targets and per-item losses of a classifier over one loader; tables and plots of them.
 
-    `probs` are softmax probabilities (N, C) (a model's own, when it ends in softmax); `targets` class indices (N,); `predicted` the model's classes, the
-    argmax of its outputs as Accuracy takes it (default `probs.argmax(1)`, which float32's softmax can round to
-    the other class of a near tie); `classes` are the names (`dls.classes`), or None for numbers.
+    `probs` are softmax probabilities (N, C) (a model's own, when it ends in softmax); `targets` class indices
+    (N,); `predicted` the model's classes, the argmax of its outputs as Accuracy takes it (default
+    `probs.argmax(1)`, which float32's softmax can round to the other class of a near tie); `classes` are the
+    names (`dls.classes`), or None for numbers.
     """
 
     def __init__(self, inputs: Any, probs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor,

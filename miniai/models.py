@@ -220,9 +220,9 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                 if undone and std < 1e-4:  # (not undone: the tries pushed the output to a near-constant, dead)
                     raise ValueError(
                         f"lsuv_init: the tries drove the std of {type(m).__name__}'s output to {std:.4g}, where "
-                        "rescaling no longer moves it: the tries diverge (an activation whose mean 0 needs units pushed dead, "
-                        "GeneralRelu with a small sub and no leak, say; give it a leak, or a larger sub, or measure "
-                        "m_in itself). The model is as it was.")
+                        "rescaling no longer moves it: the tries diverge (an activation whose mean 0 needs units "
+                        "pushed dead, GeneralRelu with a small sub and no leak, say; give it a leak, or a larger sub, "
+                        "or measure m_in itself). The model is as it was.")
                 if undone:  # rescaled by 1/before, 5% or more, and the std did not move: something undoes it
                     raise ValueError(f"lsuv_init: dividing {type(m_in).__name__}'s weight by {before:.4g} left the "
                                      f"std of {type(m).__name__}'s output at {std:.4g}: something between them undoes "

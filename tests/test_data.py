@@ -1326,7 +1326,8 @@ def test_a_normalization_the_loaders_items_have_not_had_is_refused():
     raw = torch.randint(0, 256, (200, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     x01, y = raw.float() / 255, torch.zeros(200, dtype=torch.long)
     mean, std = x01.mean().item(), x01.std().item()
-    with pytest.raises(ValueError, match=r"the training items. mean is 0.4\d+ and std 0.2\d+: those of pixels on the 0-1 "
+    with pytest.raises(ValueError, match=r"the training items. mean is 0.4\d+ and std 0.2\d+: those of pixels on "
+                                         r"the 0-1 "
                                          r"scale that normalize=.* describes, not of normalized ones"):
         DataLoaders(TensorLoader(x01, y, bs=32), TensorLoader(x01, y, bs=32), normalize=([mean], [std]))
     normalized = (x01 - mean) / std  # what normalize says they are: taken

@@ -1167,7 +1167,8 @@ def test_class_names_given_as_an_array_name_the_predictions():
     """classes=np.array([...]) (np.unique, LabelEncoder.classes_) failed with numpy's "truth value of an array ...
     is ambiguous"."""
     x, y = torch.randn(20, 1, 4, 4), torch.arange(20) % 3
-    dls = DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x[:8], y[:8], bs=8), classes=np.array(["cat", "dog", "eel"]))
+    dls = DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x[:8], y[:8], bs=8),
+                      classes=np.array(["cat", "dog", "eel"]))
     learn = TrainLearner(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), dls, F.cross_entropy)
     got = learn.infer(x[:2])
     assert got.label == [["cat", "dog", "eel"][i] for i in got.index.tolist()]

@@ -42,12 +42,12 @@ class GradAccumCB(Callback):
     Groups are counted by position in the pass: a batch dropped before its backward (`CancelBatchException` at
     after_loss) leaves its group a batch short; if it was the group's last, the group goes on into the next one,
     one optimizer step fewer (BatchSchedCB says so at the end of the fit when the steps missing leave a schedule
-    short of its end by more than one step and 1% of them); if it was the pass's last batch, the group's gradients are dropped, with a warning. A group a pass cut
-    short (`CancelEpochException`) left is dropped. With a train loader that has no length the last batch can't be
-    told apart: groups then run across passes (a cut one too), `n_steps` backwards each, and one not stepped when
-    the fit ends is dropped with a warning, as is a pass's last group when the loader gives fewer batches than its
-    len() says. So is, silently, a group a fit broken off left (SingleBatchCB, an
-    error): the next fit's first step never adds its gradients. One GradAccumCB per learner.
+    short of its end by more than one step and 1% of them); if it was the pass's last batch, the group's gradients
+    are dropped, with a warning. A group a pass cut short (`CancelEpochException`) left is dropped. With a train
+    loader that has no length the last batch can't be told apart: groups then run across passes (a cut one too),
+    `n_steps` backwards each, and one not stepped when the fit ends is dropped with a warning, as is a pass's last
+    group when the loader gives fewer batches than its len() says. So is, silently, a group a fit broken off left
+    (SingleBatchCB, an error): the next fit's first step never adds its gradients. One GradAccumCB per learner.
     """
     order = 15  # at after_backward, before GradClipCB (25): only the summed gradients of real steps get clipped
     _model: Any = None  # the fit's model, set at before_fit
