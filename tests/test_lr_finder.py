@@ -957,3 +957,29 @@ def test_lr_find_ended_by_a_callback_of_the_learners_names_it_not_the_data():
     learn.add_cb(StopAtOnce())
     with pytest.raises(RuntimeError, match=r"StopAtOnce ended the search.*after 0 optimizer steps"):
         learn.lr_find(plot=False)
+
+
+def _regression_learner(x: torch.Tensor, n: int | None = None) -> TrainLearner:
+    y = x @ torch.tensor([[1.0], [2.0], [-1.0], [0.5]])
+    torch.manual_seed(0)
+    dls = SimpleNamespace(train=DataLoader(TensorDataset(x[:n], y[:n]), 16), valid=[])
+    return TrainLearner(nn.Linear(4, 1), dls, F.mse_loss, lr=1e-2, opt_func=optim.SGD)
+
+
+def test_a_search_ended_by_a_nan_before_the_loss_rose_says_the_data_may_be_the_cause():
+    """(probe P32, session 23) One NaN in batch 20's inputs ended the search there, while the loss had not risen:
+    the suggestions came out 18 times too low, without a word (fastai stops so too)."""
+    x = torch.randn(64 * 16, 4, generator=torch.Generator().manual_seed(0))
+    x[16 * 20 + 3, 1] = float("nan")
+    with pytest.warns(UserWarning, match=r"lr_find: the search ended on a nan loss at step 21, straight after "
+                                         r"[\d.]+, before the loss had risen.*NaN or inf in that batch's inputs"):
+        _regression_learner(x).lr_find(start_lr=1e-4, plot=False)
+
+
+def test_a_search_whose_data_ran_out_while_the_loss_still_fell_says_the_suggestions_may_be_low():
+    """(probe P32) 48 items, 30 steps of 10 epochs: the loss still fell at the end (its lowest at step 28 of 30),
+    and the suggestions, 6 times below those of the same problem with enough data, came without a word."""
+    x = torch.randn(64 * 16, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"lr_find: the loss still fell when the data ran out \(max_epochs=10;.*"
+                                         r"suggestions may be too low"):
+        _regression_learner(x, 48).lr_find(start_lr=1e-5, plot=False)

@@ -301,6 +301,12 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
              f"Try lr_find(start_lr={start_lr / 1000:g})." + (
                  f" (It ended on a {finder.losses[-1]} loss straight after {finite[-1]:.4g}: a NaN or inf in that "
                  "batch's inputs or targets would do that too.)" if jump else ""))
+    elif diverged and not math.isfinite(finder.losses[-1]) and finite and finite[-1] < 10 * min(finite):
+        # (a diverging lr blows the loss up first; a NaN in the data ends a curve that had not risen)
+        warn(f"lr_find: the search ended on a {finder.losses[-1]} loss at step {len(finder.losses)}, straight after "
+             f"{finite[-1]:.4g}, before the loss had risen (10x its lowest, {min(finite):.4g}): a NaN or inf in that "
+             "batch's inputs or targets would do that, and the suggestions are read from the curve before it. "
+             "Check the data, or run lr_find again on other batches.")
     elif not diverged and len(finite) >= 10 and smooth[0] - min(smooth) <= 0.01 * abs(smooth[0]):
         # (a flat curve's suggestions are start_lr, or wherever its noise dips: either would look like an answer)
         warn(f"lr_find: the loss neither fell (by 1% at most, from {smooth[0]:.4g}) nor diverged over "
@@ -310,6 +316,10 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     elif not diverged and len(finite) < 10 and stopper is finder:
         warn(f"lr_find: only {steps} before the data ran out (max_epochs={max_epochs}), "
              "too few for the suggestions to mean much: raise max_epochs or use more data.")
+    elif not diverged and stopper is finder and _argmin(smooth) >= len(smooth) - 3:
+        warn(f"lr_find: the loss still fell when the data ran out (max_epochs={max_epochs}; {steps}, lr "
+             f"{finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}): the search never reached the lrs where it rises, so "
+             "the suggestions may be too low. Raise max_epochs or use more data (or a larger gamma).")
     if plot:
         result.plot()
     return result
