@@ -455,3 +455,26 @@ def test_the_courses_batch_transform_takes_batches_without_targets_and_a_subclas
             super().__init__()
             self.all_metrics = dict(self.metrics)
     assert Mine().all_metrics == {}
+
+
+def test_a_course_style_traincb_subclass_reads_the_learners_number_of_inputs():
+    """(probe P31, session 23) The course's TrainCB defaults n_inp=1, ours None (the learner's): a subclass with the
+    course's own predict, learn.model(*learn.batch[:self.n_inp]) (consistency.ipynb's), gave the model the whole
+    batch; a model with an optional second input took the labels, and validated at accuracy 1.0 on noise labels."""
+    from miniai.callbacks import TrainCB
+    from miniai.learner import Learner
+
+    class MyTrainCB(TrainCB):
+        def predict(self, learn):
+            learn.preds = learn.model(*learn.batch[:self.n_inp])
+    seen = []
+
+    class TwoArgs(nn.Linear):
+        def forward(self, x, cond=None):
+            seen.append(cond)
+            return super().forward(x)
+    learn = tiny_learner()
+    Learner(TwoArgs(1, 1), learn.dls, learn.loss_func, lr=0.1, cbs=[MyTrainCB()]).fit(1)
+    assert seen and all(cond is None for cond in seen)
+    cb = MyTrainCB(n_inp=2)
+    assert cb.n_inp == 2 and MyTrainCB().n_inp is None  # (given, or the learner's once a fit began)

@@ -248,24 +248,40 @@ class TrainCB(Callback):
     """The supervised training steps for a base `Learner` (the course's TrainCB): it owns all five steps.
 
     `n_inp`, if given, sets `learn.n_inp` at before_fit, before any other callback's before_fit reads it, and it
-    stays (infer and export read it after the fit; the course passed it here); None keeps the learner's. A base
+    stays (infer and export read it after the fit; the course passed it here); None keeps the learner's, which
+    `self.n_inp` then reads from the fit's start on (a course subclass's own `learn.batch[:self.n_inp]`). A base
     `Learner` has no NaN guard of its own (TrainLearner adds one): add `TerminateOnNaNCB()` to stop at a NaN or
     infinite loss.
     """
     owns_steps = STEPS
     order = -40  # (before_fit, its one event: before DDPCB, DeviceCB, BatchTransformCB... read n_inp)
+    _learners_n_inp: int | None = None  # the learner's, read at before_fit
 
     def __init__(self, n_inp: int | None = None) -> None:
         self.n_inp = n_inp
         self._loss = SupervisedLoss()
 
+    @property
+    def n_inp(self) -> int | None:
+        """The inputs per batch: the one given, else the learner's (None before a fit)."""
+        return self._n_inp if self._n_inp is not None else self._learners_n_inp
+
+    @n_inp.setter
+    def n_inp(self, n_inp: int | None) -> None:
+        self._n_inp = n_inp
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # one pickled before TrainCB kept its loss check (an older export) gets one now
-        self.__dict__.update({"_loss": SupervisedLoss(), **state})
+        # one pickled before TrainCB kept its loss check (an older export) gets one now; one pickled before n_inp
+        # was a property held it as n_inp
+        state = {"_loss": SupervisedLoss(), **state}
+        if "n_inp" in state:
+            state["_n_inp"] = state.pop("n_inp")
+        self.__dict__.update(state)
 
     def before_fit(self, learn: Learner) -> None:
-        if self.n_inp is not None:
-            learn.n_inp = self.n_inp
+        if self._n_inp is not None:
+            learn.n_inp = self._n_inp
+        self._learners_n_inp = learn.n_inp
 
     def predict(self, learn: Learner) -> None:
         learn.preds = call_model(learn)  # (an error gets a note of the inputs it was given)
