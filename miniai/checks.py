@@ -476,9 +476,11 @@ def _same_data(train: Any, valid: Any) -> bool:
     if dataset is not None and dataset is other:
         return items is not None and items == other_items
     a, b = _tensors(train), _tensors(valid)
-    # the same tensors, or copies (a test split that is a copy of the training files): compared only where every
-    # pair has one shape and dtype, which held-out data seldom has
-    return bool(a) and len(a) == len(b) and all(
+    # the same tensors, or copies (a test split that is a copy of the training files), read alike (all of them, or
+    # the same indices: not a k-fold's parts of each); compared only where every pair has one shape and dtype,
+    # which held-out data seldom has
+    parts = ["all" if isinstance(getattr(dl, "x", None), torch.Tensor) else _items(dl) for dl in (train, valid)]
+    return bool(a) and len(a) == len(b) and parts[0] is not None and parts[0] == parts[1] and all(
         isinstance(t, torch.Tensor) and isinstance(u, torch.Tensor) and t.numel() > 0
         and t.layout == u.layout == torch.strided  # (a sparse tensor has no data pointer)
         and (t.shape, t.dtype, t.device) == (u.shape, u.dtype, u.device) for t, u in zip(a, b)) and all(

@@ -398,7 +398,12 @@ def test_two_loaders_of_the_same_data_are_warned_of_too():
         (DataLoader(ds, 16, sampler=SubsetRandomSampler(range(48))), DataLoader(ds, 16, sampler=range(48, 64))),
         (DataLoader(TensorDataset(x, y), 16), DataLoader(TensorDataset(x, (y + 1) % 3), 16)),
         (DataLoader(ds, 16, sampler=np.arange(48)), DataLoader(ds, 16, sampler=torch.arange(48, 64))),
-        (DataLoader(ds, 16, sampler=_Indices(range(48))), DataLoader(ds, 16, sampler=_Indices(range(48, 64))))]
+        (DataLoader(ds, 16, sampler=_Indices(range(48))), DataLoader(ds, 16, sampler=_Indices(range(48, 64)))),
+        # (regression round T2) k-fold: a copy of one dataset per loader, split by samplers; and the same tensors so
+        (DataLoader(TensorDataset(x.clone(), y.clone()), 16, sampler=SubsetRandomSampler(range(48))),
+         DataLoader(TensorDataset(x.clone(), y.clone()), 16, sampler=SubsetRandomSampler(range(48, 64)))),
+        (DataLoader(TensorDataset(x, y), 16, sampler=SubsetRandomSampler(range(48))),
+         DataLoader(TensorDataset(x, y), 16, sampler=SubsetRandomSampler(range(48, 64))))]
     for train, valid in held_out:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
