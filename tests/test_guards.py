@@ -417,6 +417,11 @@ def test_one_minus_a_metric_asks_for_mode_and_what_is_measured_comes_before_at()
     for name, mode in [("valid_top-1-acc", "max"), ("top-1-accuracy", "max"), ("valid_top-1-error", "min"),
                        ("valid_1-shot-acc", "max"), ("valid_5-way-1-shot-acc", "max")]:
         assert EarlyStoppingCB(name).mode == mode, name
+    # (regression round T2) metric words with digits, and other separators before the 1, negate too
+    for name in ("valid_1-f1", "valid_1-r2", "valid_1-f1_macro", "valid_1 - f1", "valid_1-F1", "valid/1-acc",
+                 "valid.1-acc", "valid_1-acc5"):
+        with pytest.raises(ValueError, match="can't tell from the name"):
+            EarlyStoppingCB(name)
 
 
 @pytest.mark.parametrize("make", [lambda: EarlyStoppingCB("valid_accuracy", mode="min"),

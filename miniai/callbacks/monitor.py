@@ -42,8 +42,11 @@ def name_mode(monitor: str) -> str | None:
         parts = parts[:parts.index("at")]
     while len(parts) > 1 and parts[-1] in _QUALIFIERS:
         parts.pop()
-    one_minus = re.search(r"(?:^|[_\s])1\s*-\s*([a-z]+)", name)  # 1-acc, 1 - error (not top-1-acc, 1-shot)
-    if not parts or _NEGATIONS.intersection(parts) or one_minus and one_minus.group(1) in words:
+    # 1-acc, 1 - f1, 1-acc5 (not top-1-acc, top1-acc, 1-shot): a 1 that starts a part, a metric's word after it
+    one_minus = re.search(r"(?<![a-z0-9-])1\s*-\s*([a-z0-9]+)", name)
+    negated = one_minus is not None and (one_minus.group(1) in words or
+                                         re.sub(r"(?<=[a-z])\d+$", "", one_minus.group(1)) in words)
+    if not parts or _NEGATIONS.intersection(parts) or negated:
         return None
     last = "_".join(parts[-2:]) if parts[-2:] == ["error", "rate"] else parts[-1]
     return "min" if last in _LOWER_IS_BETTER else "max" if last in _HIGHER_IS_BETTER else None
