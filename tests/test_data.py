@@ -1333,10 +1333,20 @@ def test_a_normalization_the_loaders_items_have_not_had_is_refused():
     normalized = (x01 - mean) / std  # what normalize says they are: taken
     DataLoaders(TensorLoader(normalized, y, bs=32), TensorLoader(normalized, y, bs=32), normalize=([mean], [std]))
     # (probe P25) items on the 0-255 scale, or in [-1, 1], can't be pixels normalized so: refused too
-    for wrong, stats in ((raw.float(), ([mean], [std])), (x01 * 2 - 1, ([0.286], [0.353]))):
-        with pytest.raises(ValueError, match=r"the training items range from .* to .*: normalize=.* makes pixels "
-                                             r"\(0-1\) into values from -\d.\d+ to \d.\d+, so these are no pixels"):
-            DataLoaders(TensorLoader(wrong, y, bs=32), TensorLoader(wrong, y, bs=32), normalize=stats)
+    with pytest.raises(ValueError, match=r"the training items range from .* to .*: normalize=.* makes pixels "
+                                         r"\(0-1\) into values from -\d.\d+ to \d.\d+, so these are no pixels"):
+        DataLoaders(TensorLoader(raw.float(), y, bs=32), TensorLoader(raw.float(), y, bs=32), normalize=([mean], [std]))
+    # (regression round T2) normalized items with a little noise, or upsampled, reach a bit past that range: taken
+    g = torch.Generator().manual_seed(0)
+    for near in (normalized + 0.02 * torch.randn(normalized.shape, generator=g),
+                 torch.nn.functional.interpolate(normalized, size=8, mode="bicubic")):
+        DataLoaders(TensorLoader(near, y, bs=32), TensorLoader(near, y, bs=32), normalize=([mean], [std]))
+    # and unnormalized 0-1 colour items with statistics close to normalize's, ImageNet's, are refused
+    cifar = (torch.randn(300, 3, 8, 8, generator=g) * torch.tensor([0.247, 0.243, 0.261]).view(1, 3, 1, 1)
+             + torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)).clamp(0, 1)
+    with pytest.raises(ValueError, match=r"those of pixels on the 0-1 scale"):
+        DataLoaders(TensorLoader(cifar, y[:1].expand(300), bs=32), TensorLoader(cifar, y[:1].expand(300), bs=32),
+                    normalize=([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
     # (regression round T1) bright RGB photos normalized with torchvision's habit (0.5, 0.5) have items whose mean
     # and std are 0.5 too: taken, as they are no 0-1 pixels (some are below 0)
     g = torch.Generator().manual_seed(0)
