@@ -195,7 +195,7 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
     devices = [xb.device.index or 0] if xb.device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):  # (the tries' dropout draws: put back)
-            before = first = None
+            before = first = start = None
             for tries in range(max_iters + 1):
                 seen["calls"] = 0
                 model(xb)
@@ -207,6 +207,7 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                                         "not called in model(xb): pass a module of this model.")
                                      + " The model is as it was.")
                 mean, std = float(seen["out"].mean()), float(seen["out"].std())
+                start = std if start is None else start
                 if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
                     raise ValueError(f"lsuv_init: the output of {type(m).__name__} has mean {mean} and std {std} on "
                                      "this batch, which no rescaling fixes (a dead layer, or non-finite values): check "
@@ -217,7 +218,7 @@ def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor,
                                      f"itself (m={type(m_in).__name__}), or use an activation shifted below 0, "
                                      "GeneralRelu(sub=0.4) as the course does. The model is as it was.")
                 undone = before is not None and abs(before - 1) > 0.05 and abs(std - before) <= 1e-4 * before
-                if undone and std < 1e-4:  # (not undone: the tries pushed the output to a near-constant, dead)
+                if undone and std < 1e-4 <= start:  # (not undone: the tries pushed the output to a near-constant)
                     raise ValueError(
                         f"lsuv_init: the tries drove the std of {type(m).__name__}'s output to {std:.4g}, where "
                         "rescaling no longer moves it: the tries diverge (an activation whose mean 0 needs units "

@@ -180,6 +180,13 @@ def test_lsuv_init_whose_tries_push_the_layer_dead_says_they_diverge_not_that_a_
     model = nn.Sequential(nn.Conv2d(1, 8, 3), GeneralRelu(None, 0.05))
     with pytest.raises(ValueError, match=r"the tries diverge.*The model is as it was"):
         lsuv_init(model, model[1], model[0], torch.randn(64, 1, 12, 12))
+    # (regression round T2) a BatchNorm whose weight is near 0 gives a tiny std from the start: that is no
+    # divergence of the tries, and the norm layer is named
+    conv, bn = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.weight.fill_(1e-5)
+    with pytest.raises(ValueError, match=r"undoes the rescaling \(a normalization layer, BatchNorm say"):
+        lsuv_init(nn.Sequential(conv, bn), bn, conv, torch.randn(16, 1, 8, 8))
     model = nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(nn.Conv2d(1, 8, 3)), GeneralRelu(0.1, 0.4))
     with pytest.raises(ValueError, match=r"undoes the rescaling \(a normalization layer, BatchNorm say, or one of "
                                          r"the weight itself, weight_norm or spectral_norm"):
