@@ -605,6 +605,27 @@ def test_a_lazy_layer_not_made_yet_is_refused_before_any_epoch_trains():
     assert snaps.params == []
 
 
+def test_a_lazy_model_resumed_from_a_swa_checkpoint_is_made_by_the_checkpoint_and_resumes_exactly(tmp_path):
+    """(regression round T2) The refusal above came at before_fit, before the resume loaded the checkpoint's weights
+    into the model and SWACB's copy: a fresh lazy model resumed exactly before it, and was refused."""
+    from miniai.callbacks.checkpoint import CheckpointCB
+
+    def learner(path=None):
+        learn = bn_learner([SWACB(swa_start=1, swa_lr=0.05)] + ([CheckpointCB(path)] if path else []))
+        learn.model[0] = nn.LazyLinear(4)
+        return learn
+    straight = learner()
+    straight.model(torch.zeros(2, 1))
+    straight.fit(3)
+    stopped = learner(tmp_path)
+    stopped.model(torch.zeros(2, 1))
+    stopped.fit(3)
+    resumed = learner()
+    resumed.fit(3, resume=tmp_path / "epoch_0002.pt")
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                 resumed.model.state_dict().values()))
+
+
 def test_a_fit_stopped_after_averaging_says_the_average_is_not_the_model():
     """(probe P28) EarlyStoppingCB stopping the fit during SWA left the raw model as learn.model, as documented, but
     without a word: the average the user asked for was silently not used."""

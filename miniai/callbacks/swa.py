@@ -95,11 +95,6 @@ class SWACB(Callback):
         if isinstance(self.swa_lr, (list, tuple)) and len(self.swa_lr) != len(learn.opt.param_groups):
             raise ValueError(f"SWACB has {len(self.swa_lr)} swa_lr values, the optimizer {len(learn.opt.param_groups)} "
                              "param group(s): give one swa_lr, or one per param group")
-        lazy = lazy_tensors(learn.model)
-        if lazy:  # (the copy would never make them: only the model runs forward)
-            raise ValueError(f"SWACB copies the model at the fit's start to average it, and its {', '.join(lazy[:4])} "
-                             "is not made yet (a lazy layer makes its weights at its first forward): run one batch "
-                             "through the model first, learn.summary() or learn.model(xb)")
         self.raw_model, self.swa_scheduler, self.metrics, self._opt = learn.model, None, {}, learn.opt
         # one swa_lr is of the fit's lr: each group at the ratio opt_func gives it (a body at 0 stays at 0)
         self._lrs = list(self.swa_lr) if isinstance(self.swa_lr, (list, tuple)) else [
@@ -108,6 +103,11 @@ class SWACB(Callback):
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
     def before_epoch(self, learn: Learner) -> None:
+        lazy = lazy_tensors(self.swa_model.module) if learn.training and learn.epoch == learn.start_epoch else []
+        if lazy:  # (the copy never makes them: only the model runs forward; a resume has loaded them by now)
+            raise ValueError(f"SWACB copies the model at the fit's start to average it, and its {', '.join(lazy[:4])} "
+                             "is not made yet (a lazy layer makes its weights at its first forward): run one batch "
+                             "through the model first, learn.summary() or learn.model(xb)")
         if learn.training and learn.epoch == self.swa_start:
             # built now, on the lr the schedule left: SWALR anneals from the lr it finds to swa_lr
             self.swa_scheduler = self._swalr(learn.opt)
