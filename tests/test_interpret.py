@@ -156,6 +156,10 @@ def test_a_model_that_ends_in_softmax_has_its_probabilities_taken_as_they_are():
         logits.model.bias.copy_(torch.tensor([0.2, 0.3, 0.5]))
     torch.testing.assert_close(Interpretation.from_learner(logits, dl).probs, torch.softmax(logits.model(x), 1),
                                msg="logits are still softmaxed, even where they look like probabilities somewhere")
+    # (regression round T2) float32 logits of one item that fall in [0, 1] and sum to 1.005 are logits
+    from miniai.interpret import class_probs
+    logits = torch.tensor([[0.30, 0.705]])
+    torch.testing.assert_close(class_probs(logits), torch.softmax(logits, 1))
     # (regression round T1) a bfloat16 softmax's rows sum to 1 within 2.4e-3 only: they were softmaxed again
     learn.model = nn.Sequential(nn.Linear(3, 3), nn.Softmax(1)).to(torch.bfloat16)
     learn.dls = DataLoaders(TensorLoader(x.bfloat16(), y, 4), TensorLoader(x.bfloat16(), y, 4))
