@@ -349,6 +349,10 @@ class HooksCallback(Callback):
                 and learn.iter % self.every == 0)
 
     def __iter__(self) -> Any:
+        if not self._fitted:  # (fastcore's L(astats) of one callback iterates it: an empty list, the callback lost)
+            raise TypeError(f"{type(self).__name__} has no hooks before its first fit (they are made at its start): "
+                            "iterate it after a fit; to pass it alone where a list of callbacks goes, put it in one, "
+                            "[astats] (fastcore's L(astats) iterates it)")
         return iter(self.hooks)
 
     def __len__(self) -> int:
