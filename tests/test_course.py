@@ -482,3 +482,24 @@ def test_a_course_style_traincb_subclass_reads_the_learners_number_of_inputs():
     assert seen and all(cond is None for cond in seen)
     cb = MyTrainCB(n_inp=2)
     assert cb.n_inp == 2 and MyTrainCB().n_inp is None  # (given, or the learner's once a fit began)
+
+
+def test_a_course_style_schedule_subclass_builds_its_own_scheduler_with_the_course_names():
+    """(probe P31) A BaseSchedCB subclass written as the course's (before_fit: self.schedo = self.sched(learn.opt);
+    after_batch: self._step(learn)) failed with a bare AttributeError: 'sched' (ours: factory), and schedo was
+    read-only."""
+    from functools import partial
+
+    from torch.optim import lr_scheduler
+
+    from miniai.callbacks.scheduling import BaseSchedCB
+
+    class WarmSched(BaseSchedCB):
+        def before_fit(self, learn):
+            self.schedo = self.sched(learn.opt)
+
+        def after_batch(self, learn):
+            self._step(learn)
+    learn = tiny_learner([WarmSched(partial(lr_scheduler.StepLR, step_size=1, gamma=0.5))], lr=0.1)
+    learn.fit(1)  # 3 batches: three halvings
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.1 / 8)

@@ -177,8 +177,8 @@ def _started_at_a_milestone(scheduler: Any) -> tuple[Any, int] | None:
 class BaseSchedCB(Callback):
     """Builds `factory(learn.opt)` at before_fit; subclasses decide when it steps (see the module docstring).
 
-    Attributes: `scheduler` (built at before_fit, kept after the fit; the course calls it `schedo`, which still
-    works), `n_steps` (how often it stepped, counting from the start of the run when resumed).
+    Attributes: `scheduler` (built at before_fit, kept after the fit; the course calls it `schedo`, and `factory`
+    `sched`: both still work, for a subclass's own before_fit too), `n_steps` (how often it stepped, counting from the start of the run when resumed).
     """
     order = 20  # after MetricsCB (10): ReduceLROnPlateau reads the metric it just logged
 
@@ -196,8 +196,17 @@ class BaseSchedCB(Callback):
 
     @property
     def schedo(self) -> Any:
-        """The course's name for `scheduler`."""
+        """The course's name for `scheduler` (a course-style subclass's own before_fit sets it)."""
         return self.scheduler
+
+    @schedo.setter
+    def schedo(self, scheduler: Any) -> None:
+        self.scheduler, self._opt = scheduler, getattr(scheduler, "optimizer", None)
+
+    @property
+    def sched(self) -> SchedulerFactory:
+        """The course's name for `factory`."""
+        return self.factory
 
     @property
     def peaks_at_fit_lr(self) -> bool:
