@@ -503,3 +503,14 @@ def test_a_course_style_schedule_subclass_builds_its_own_scheduler_with_the_cour
     learn = tiny_learner([WarmSched(partial(lr_scheduler.StepLR, step_size=1, gamma=0.5))], lr=0.1)
     learn.fit(1)  # 3 batches: three halvings
     assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.1 / 8)
+
+
+def test_the_course_attributes_metricscb_and_recordercb_lack_say_where_their_values_are():
+    """(probe P31) learn.metrics.loss (the course's Mean of the loss) and RecorderCB.d (its functions) raised bare
+    AttributeErrors; all_metrics had a message."""
+    from miniai.callbacks import MetricsCB
+    from miniai.callbacks.scheduling import RecorderCB, _lr
+    with pytest.raises(AttributeError, match=r"MetricsCB has no loss \(the course's Mean of the loss\): read "
+                                             r"learn.metrics.last\['train_loss'\]"):
+        MetricsCB().loss
+    assert RecorderCB(lr=_lr).d == {"lr": _lr}

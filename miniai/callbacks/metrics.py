@@ -391,6 +391,19 @@ class MetricsCB(Callback):
     def all_metrics(self, value: Any) -> None:
         vars(self)["all_metrics"] = value
 
+    @property
+    def loss(self) -> Any:
+        """The course's Mean of the loss: not kept here, unless a subclass sets its own."""
+        if "loss" in vars(self):
+            return vars(self)["loss"]
+        raise AttributeError("MetricsCB has no loss (the course's Mean of the loss): read "
+                             "learn.metrics.last['train_loss'] or ['valid_loss'] (this pass's), or "
+                             "learn.metrics.history (every pass's rows)")
+
+    @loss.setter
+    def loss(self, value: Any) -> None:
+        vars(self)["loss"] = value
+
     def _log(self, row: dict[str, Any]) -> None:
         """Send the pass's row (numbers; see the class docstring) to `log_fn`. The course's MetricsCB called this: a
         subclass may override it (its WandBCB did), and code may replace it on the instance (its ProgressCB did);

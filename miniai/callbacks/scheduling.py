@@ -886,6 +886,11 @@ class RecorderCB(Callback):
         self.learn: Learner | None = None
 
     @property
+    def d(self) -> dict[str, Callable[[RecorderCB], Any]]:
+        """The course's name for `fns`."""
+        return self.fns
+
+    @property
     def pg(self) -> dict[str, Any]:
         """The optimizer's first param group, looked up on each read (loading an optimizer state replaces it)."""
         return self.learn.opt.param_groups[0]
