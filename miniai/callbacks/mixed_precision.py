@@ -25,7 +25,8 @@ class MixedPrecisionCB(Callback):
     it. Pass `dtype=torch.bfloat16` on a GPU that supports it to drop the scaler. `scaler_kwargs` go to the
     GradScaler (`init_scale`, `growth_interval`, ...). Under `GradAccumCB(k)` the default `init_scale` is torch's
     2**16 / k: the float16 gradients, and the steps skipped for overflow, are those of torch's recipe for
-    accumulation, `scaler.scale(loss / k).backward()` (GradAccumCB divides the summed gradients instead).
+    accumulation, `scaler.scale(loss / k).backward()` (GradAccumCB divides the summed gradients instead). An
+    `init_scale` you pass is taken as given: for the recipe's S, pass S / k.
 
     This callback owns the learner's `backward` (of the scaled loss) and `step` (`scaler.step(opt)`, then
     `scaler.update()`; plain ones without a scaler), so it can't be combined with another callback owning them. When the
