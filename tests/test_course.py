@@ -501,6 +501,18 @@ def test_a_course_style_schedule_subclass_builds_its_own_scheduler_with_the_cour
         def after_batch(self, learn):
             self._step(learn)
     learn = tiny_learner([WarmSched(partial(lr_scheduler.StepLR, step_size=1, gamma=0.5))], lr=0.1)
+    # (regression round T3) setting schedo bypassed every check of the base before_fit: beside fit_one_cycle,
+    # its StepLR halved the one-cycle's lr silently. BaseSchedCB builds the scheduler itself: said so
+    with pytest.raises(TypeError, match=r"WarmSched sets schedo.*call super\(\).before_fit\(learn\)"):
+        learn.fit(1)
+
+    class Subclassed(BaseSchedCB):
+        def before_fit(self, learn):
+            super().before_fit(learn)
+
+        def after_batch(self, learn):
+            self._step(learn)
+    learn = tiny_learner([Subclassed(partial(lr_scheduler.StepLR, step_size=1, gamma=0.5))], lr=0.1)
     learn.fit(1)  # 3 batches: three halvings
     assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.1 / 8)
 
@@ -514,3 +526,9 @@ def test_the_course_attributes_metricscb_and_recordercb_lack_say_where_their_val
                                              r"learn.metrics.last\['train_loss'\]"):
         MetricsCB().loss
     assert RecorderCB(lr=_lr).d == {"lr": _lr}
+
+    class CourseRec(RecorderCB):  # (regression round T3) the course's own __init__ sets self.d
+        def __init__(self, **d):
+            super().__init__(**d)
+            self.d = d
+    assert CourseRec(lr=_lr).fns == {"lr": _lr}

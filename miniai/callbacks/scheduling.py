@@ -178,7 +178,7 @@ class BaseSchedCB(Callback):
     """Builds `factory(learn.opt)` at before_fit; subclasses decide when it steps (see the module docstring).
 
     Attributes: `scheduler` (built at before_fit, kept after the fit; the course calls it `schedo`, and `factory`
-    `sched`: both still work, for a subclass's own before_fit too), `n_steps` (how often it stepped, counting from the start of the run when resumed).
+    `sched`: both read alike; a subclass's own before_fit calls super's, which builds it), `n_steps` (how often it stepped, counting from the start of the run when resumed).
     """
     order = 20  # after MetricsCB (10): ReduceLROnPlateau reads the metric it just logged
 
@@ -200,8 +200,11 @@ class BaseSchedCB(Callback):
         return self.scheduler
 
     @schedo.setter
-    def schedo(self, scheduler: Any) -> None:
-        self.scheduler, self._opt = scheduler, getattr(scheduler, "optimizer", None)
+    def schedo(self, scheduler: Any) -> None:  # (the course's subclasses built it in their own before_fit)
+        raise TypeError(f"{type(self).__name__} sets schedo (the course's BaseSchedCB way), and BaseSchedCB builds "
+                        "its scheduler itself at before_fit, from factory (the course's sched), with the checks "
+                        "that keep two schedules from fighting: in your before_fit, call super().before_fit(learn) "
+                        "instead; a subclass chooses when it steps (after_batch or after_epoch: self._step(learn))")
 
     @property
     def sched(self) -> SchedulerFactory:
@@ -889,6 +892,10 @@ class RecorderCB(Callback):
     def d(self) -> dict[str, Callable[[RecorderCB], Any]]:
         """The course's name for `fns`."""
         return self.fns
+
+    @d.setter
+    def d(self, fns: dict[str, Callable[[RecorderCB], Any]]) -> None:
+        self.fns = fns
 
     @property
     def pg(self) -> dict[str, Any]:
