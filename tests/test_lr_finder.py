@@ -1,6 +1,7 @@
 """LRFinderCB, the suggestion functions and learn.lr_find(): a look that leaves everything exactly as it was."""
 import math
 from types import SimpleNamespace
+import warnings
 
 import matplotlib
 
@@ -971,9 +972,17 @@ def test_a_search_ended_by_a_nan_before_the_loss_rose_says_the_data_may_be_the_c
     the suggestions came out 18 times too low, without a word (fastai stops so too)."""
     x = torch.randn(64 * 16, 4, generator=torch.Generator().manual_seed(0))
     x[16 * 20 + 3, 1] = float("nan")
-    with pytest.warns(UserWarning, match=r"lr_find: the search ended on a nan loss at step 21, straight after "
-                                         r"[\d.]+, before the loss had risen.*NaN or inf in that batch's inputs"):
+    with pytest.warns(UserWarning, match=r"lr_find: the search ended on a nan loss at step 21, whose batch holds "
+                                         r"NaN or inf in its inputs or targets: the data ended it"):
         _regression_learner(x).lr_find(start_lr=1e-4, plot=False)
+    # (regression round T3) a loss that overflows as the lr grows (the course's log_softmax of exp) ends the search
+    # on an inf too, clean data: not blamed on it
+    learn = _regression_learner(torch.randn(64 * 16, 4, generator=torch.Generator().manual_seed(0)))
+    learn.loss_func = lambda p, t: (p.exp() - t).pow(2).mean()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = learn.lr_find(start_lr=1e-4, plot=False)
+    assert not math.isfinite(result.losses[-1]) and not [w for w in caught if "data ended it" in str(w.message)]
 
 
 def test_a_search_whose_data_ran_out_while_the_loss_still_fell_says_the_suggestions_may_be_low():

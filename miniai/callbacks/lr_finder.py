@@ -61,13 +61,14 @@ class LRFinderCB(Callback):
         self.losses: list[float] = []
         self.batches = 0  # training batches the last search ran: its steps' count, or more under accumulation
         self.diverged = False
+        self.bad_batch = False  # whether the batch of a non-finite loss held NaN or inf (the data ended it)
         self._sum_loss = False  # a loss of reduction='sum': recorded per item, as MetricsCB and ProgressCB show it
         self._group_read = 0  # the param group whose lr is recorded
         self.beside: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tensor, its value at before_fit)
 
     def before_fit(self, learn: Learner) -> None:
         self.lrs, self.losses, self.min, self.batches = [], [], math.inf, 0  # (batches: the steps' under accumulation)
-        self._grow, self._group, self._lr0, self.diverged = False, [], None, False
+        self._grow, self._group, self._lr0, self.diverged, self.bad_batch = False, [], None, False, False
         # per item (a sum's short last batch would read as a dip)
         self._sum_loss = loss_reduction(getattr(learn, "loss_func", None)) == "sum"
         if not hasattr(learn.opt, "param_groups"):
@@ -122,6 +123,7 @@ class LRFinderCB(Callback):
             self.min = min(self.min, typical)
         if not math.isfinite(loss) or self.min < math.inf and typical > self.max_mult * self.min:
             self.diverged = True
+            self.bad_batch = not math.isfinite(loss) and _holds_nonfinite(getattr(learn, "batch", None))
             raise CancelFitException()
         self._grow = True  # only after a recorded batch, so lrs[i + 1] == lrs[i] * gamma
 
@@ -130,6 +132,12 @@ class LRFinderCB(Callback):
             for param_group in learn.opt.param_groups:
                 _set_lr(param_group, float(param_group["lr"]) * self.gamma)
         self._grow = False
+
+
+def _holds_nonfinite(batch: Any) -> bool:
+    """Whether a batch's float tensors (of a tuple, list or dict) hold a NaN or inf."""
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else [batch]
+    return any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(t.isfinite().all()) for t in items)
 
 
 def _set_lr(group: dict[str, Any], lr: float) -> None:
@@ -301,12 +309,10 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
              f"Try lr_find(start_lr={start_lr / 1000:g})." + (
                  f" (It ended on a {finder.losses[-1]} loss straight after {finite[-1]:.4g}: a NaN or inf in that "
                  "batch's inputs or targets would do that too.)" if jump else ""))
-    elif diverged and not math.isfinite(finder.losses[-1]) and finite and finite[-1] < 10 * min(finite):
-        # (a diverging lr blows the loss up first; a NaN in the data ends a curve that had not risen)
-        warn(f"lr_find: the search ended on a {finder.losses[-1]} loss at step {len(finder.losses)}, straight after "
-             f"{finite[-1]:.4g}, before the loss had risen (10x its lowest, {min(finite):.4g}): a NaN or inf in that "
-             "batch's inputs or targets would do that, and the suggestions are read from the curve before it. "
-             "Check the data, or run lr_find again on other batches.")
+    elif finder.bad_batch:  # (a diverging lr ends the search too: only a batch that holds NaN or inf is the data's)
+        warn(f"lr_find: the search ended on a {finder.losses[-1]} loss at step {len(finder.losses)}, whose batch "
+             "holds NaN or inf in its inputs or targets: the data ended it, not the lr, and the suggestions are "
+             "read from the curve before it. Check the data, or run lr_find again on other batches.")
     elif not diverged and len(finite) >= 10 and smooth[0] - min(smooth) <= 0.01 * abs(smooth[0]):
         # (a flat curve's suggestions are start_lr, or wherever its noise dips: either would look like an answer)
         warn(f"lr_find: the loss neither fell (by 1% at most, from {smooth[0]:.4g}) nor diverged over "
