@@ -43,10 +43,9 @@ def class_probs(outputs: torch.Tensor) -> torch.Tensor:
     """Softmax probabilities (float32) of a classifier's (N, C) outputs, or the outputs as they are when every row
     already is probabilities (a model that ends in softmax: a second one would flatten them): rows in [0, 1] that
     sum to 1 within the rounding of the dtype their values are on (get_preds gives float32: a bfloat16 softmax's
-    values, on bfloat16's grid, sum to 1 within 2.4e-3 only)."""
+    values, on bfloat16's grid, sum to 1 within 2.4e-3 only; an average of them, off that grid, within 2e-3)."""
     probs = outputs.float()
-    tol = 1e-2 if torch.equal(probs.bfloat16().float(), probs) else \
-        2e-3 if torch.equal(probs.half().float(), probs) else 1e-4
+    tol = 1e-2 if torch.equal(probs.bfloat16().float(), probs) else 3e-3
     if len(probs) and bool(((probs >= 0) & (probs <= 1)).all() and (probs.sum(1) - 1).abs().max() < tol):
         return probs
     return torch.softmax(probs, dim=1)

@@ -160,6 +160,11 @@ def test_a_model_that_ends_in_softmax_has_its_probabilities_taken_as_they_are():
     from miniai.interpret import class_probs
     logits = torch.tensor([[0.30, 0.705]])
     torch.testing.assert_close(class_probs(logits), torch.softmax(logits, 1))
+    # (regression round T3) an ensemble's average of bfloat16 softmaxes, in float32, sums to 1 within 2e-3 only
+    members = torch.softmax(torch.randn(3, 8, 10, generator=torch.Generator().manual_seed(0)) * 5, -1).bfloat16()
+    average = members.float().mean(0)
+    assert (average.sum(1) - 1).abs().max() > 1e-4
+    torch.testing.assert_close(class_probs(average), average)
     # (regression round T1) a bfloat16 softmax's rows sum to 1 within 2.4e-3 only: they were softmaxed again
     learn.model = nn.Sequential(nn.Linear(3, 3), nn.Softmax(1)).to(torch.bfloat16)
     learn.dls = DataLoaders(TensorLoader(x.bfloat16(), y, 4), TensorLoader(x.bfloat16(), y, 4))
