@@ -235,7 +235,7 @@ def _check_normalized(x: Any, normalize: Normalize) -> None:
     shown = lambda t: ", ".join(f"{v:.3g}" for v in t.tolist())  # noqa: E731
     low, high = values.amin(1).cpu(), values.amax(1).cpu()
     lowest, highest = -m / s, (1 - m) / s
-    slack = 0.25 * (highest - lowest)  # (items normalized, then noised or resized a little, reach a bit past it)
+    slack = highest - lowest  # (noised or resized items reach past it; 0-255 values reach 100 times further)
     if bool(((low < lowest - slack) | (high > highest + slack)).any()):
         raise ValueError(f"the training items range from {shown(low)} to {shown(high)}: normalize={normalize} makes "
                          f"pixels (0-1) into values from {shown(lowest)} to {shown(highest)}, so these are no pixels "
