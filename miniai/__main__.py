@@ -230,10 +230,6 @@ def train(args: argparse.Namespace) -> float:
                           "of its shape")
     if world_size() > 1:  # started by torchrun with several processes: train data-parallel
         dls.train.shard(rank(), world_size())  # now, so the schedule counts this rank's batches (DDPCB keeps it)
-    if [stop - start for start, stop in dls.train._spans()][-1:] == [1]:  # else BatchNorm's error after an epoch
-        raise _UsageError(f"the {len(dls.train.x)} training images in batches of {bs} leave a last batch of 1 image "
-                          "(on each process), on which the model's BatchNorm layers can't train: change --bs or "
-                          "--n-train")
     metrics, progress, recorder = MetricsCB(accuracy=Accuracy()), ProgressCB(), RecorderCB(lr=_lr, mom=_mom)
     cbs = [metrics, progress, recorder] + ([DDPCB()] if world_size() > 1 else [])
     if args.out:
@@ -254,6 +250,11 @@ def train(args: argparse.Namespace) -> float:
             raise _UsageError(str(e)) from e
         cbs += [DeviceCB(device)] + ([sched_cb] if sched_cb else [])
         learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW)
+    one = [stop - start for start, stop in dls.train._spans()][-1:] == [1]  # a last batch of one image
+    if one and not _trains_on_one(learn.model, shape):  # else BatchNorm's error after an epoch
+        raise _UsageError(f"the {len(dls.train.x)} training images in batches of {bs} leave a last batch of 1 image "
+                          "(on each process), on which the model's BatchNorm layers can't train: change --bs or "
+                          "--n-train")
     if earlier and is_main_process():  # --overwrite: moved aside now (no mix of two runs), deleted once this run has
         args.aside = _move_aside(Path(args.out), earlier)  # saved its outputs, put back if it fails or is stopped
     # named now, while the data is there (get_dls cached it): after the fit, before model.pt, a --data folder moved
@@ -309,6 +310,23 @@ def train(args: argparse.Namespace) -> float:
         recorder.plot(out / "schedule.png")
         print(f"saved {out / 'schedule.png'} (lr and momentum/beta1 against batch)", flush=True)
     return result["accuracy"]
+
+
+def _trains_on_one(model: Any, shape: tuple[int, ...]) -> bool:
+    """Whether `model` trains on a batch of one item of `shape`: a BatchNorm of one value per channel (a
+    BatchNorm1d of the logits) can't. Tried on a copy, on the CPU, the RNGs put back."""
+    import copy
+
+    import torch
+    probe = copy.deepcopy(model).cpu().train()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            probe(torch.zeros(1, *shape))
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        return False
+    return True
 
 
 def _move_aside(out: Path, names: list[str]) -> Path:
