@@ -135,9 +135,11 @@ class LRFinderCB(Callback):
 
 
 def _holds_nonfinite(batch: Any) -> bool:
-    """Whether a batch's float tensors (of a tuple, list or dict) hold a NaN or inf."""
-    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else [batch]
-    return any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(t.isfinite().all()) for t in items)
+    """Whether a batch's float tensors (in tuples, lists and dicts, nested too) hold a NaN or inf."""
+    if isinstance(batch, torch.Tensor):
+        return batch.is_floating_point() and not bool(batch.isfinite().all())
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else ()
+    return any(_holds_nonfinite(item) for item in items)
 
 
 def _set_lr(group: dict[str, Any], lr: float) -> None:
@@ -302,17 +304,15 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
     diverged = finder.diverged
     steps = f"{len(finite)} optimizer steps" + (f" ({finder.batches} batches)" if finder.batches != len(finder.losses)
                                                 else "")  # (gradient accumulation: several batches a step)
-    if diverged and _argmin(smooth) < 3:  # no descent to read a suggestion from
-        jump = not math.isfinite(finder.losses[-1]) and finite  # (a finite loss, then a NaN: the data's, maybe)
+    if finder.bad_batch:  # (a diverging lr ends the search too: only a batch that holds NaN or inf is the data's)
+        after = f", straight after {finite[-1]:.4g}," if finite else ""
+        warn(f"lr_find: the search ended on a {finder.losses[-1]} loss at step {len(finder.losses)}{after} and that "
+             "batch holds NaN or inf in its inputs or targets: the data ended it, not the lr, and the suggestions "
+             "are read from the curve before it. Check the data, or run lr_find again on other batches.")
+    elif diverged and _argmin(smooth) < 3:  # no descent to read a suggestion from
         warn(f"lr_find: the loss rose from the start ({steps}, lowest within the first 3): "
              f"start_lr={start_lr:g} is probably already too large, and the suggestions mean little. "
-             f"Try lr_find(start_lr={start_lr / 1000:g})." + (
-                 f" (It ended on a {finder.losses[-1]} loss straight after {finite[-1]:.4g}: a NaN or inf in that "
-                 "batch's inputs or targets would do that too.)" if jump else ""))
-    elif finder.bad_batch:  # (a diverging lr ends the search too: only a batch that holds NaN or inf is the data's)
-        warn(f"lr_find: the search ended on a {finder.losses[-1]} loss at step {len(finder.losses)}, whose batch "
-             "holds NaN or inf in its inputs or targets: the data ended it, not the lr, and the suggestions are "
-             "read from the curve before it. Check the data, or run lr_find again on other batches.")
+             f"Try lr_find(start_lr={start_lr / 1000:g}).")
     elif not diverged and len(finite) >= 10 and smooth[0] - min(smooth) <= 0.01 * abs(smooth[0]):
         # (a flat curve's suggestions are start_lr, or wherever its noise dips: either would look like an answer)
         warn(f"lr_find: the loss neither fell (by 1% at most, from {smooth[0]:.4g}) nor diverged over "
