@@ -10,7 +10,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
+from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds, unreduced
 from .callbacks.state import kept
 from .checks import check_count
@@ -39,19 +41,29 @@ def _images(inputs: Any, what: str) -> torch.Tensor:
     return inputs
 
 
-def class_probs(outputs: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities (float32) of a classifier's (N, C) outputs, or the outputs as they are when every row
-    already is probabilities (a model that ends in softmax: a second one would flatten them): rows in [0, 1] that
-    sum to 1 within the rounding of the dtype their values are on (get_preds gives float32: a bfloat16 softmax's
-    values, on bfloat16's grid, sum to 1 within 2.4e-3 only; an average of them, off that grid, within 2e-3)."""
+def class_probs(outputs: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """Softmax probabilities (float32) of a classifier's (N, C) outputs, or the outputs as they are when they already
+    are probabilities (a second softmax would flatten them): the `model` ends in `nn.Softmax` (a Sequential's last
+    layer), or two rows or more all lie in [0, 1] and sum to 1 within their rounding (get_preds gives float32: a
+    bfloat16 softmax's values, on bfloat16's grid, sum to 1 within 2.4e-3 only; an average of them within 2e-3). One
+    row alone is taken for logits: a row of small logits may look so."""
     probs = outputs.float()
+    if _ends_in_softmax(model):
+        return probs
     tol = 1e-2 if torch.equal(probs.bfloat16().float(), probs) else 3e-3
-    if len(probs) and bool(((probs >= 0) & (probs <= 1)).all() and (probs.sum(1) - 1).abs().max() < tol):
+    if len(probs) >= 2 and bool(((probs >= 0) & (probs <= 1)).all() and (probs.sum(1) - 1).abs().max() < tol):
         return probs
     return torch.softmax(probs, dim=1)
 
 
-def _class_probs(preds: Any, what: str = "Interpretation") -> torch.Tensor:
+def _ends_in_softmax(model: nn.Module | None) -> bool:
+    layer = unwrap(model) if isinstance(model, nn.Module) else None
+    while isinstance(layer, nn.Sequential) and len(layer):
+        layer = layer[-1]
+    return isinstance(layer, nn.Softmax)
+
+
+def _class_probs(preds: Any, model: nn.Module | None, what: str = "Interpretation") -> torch.Tensor:
     """`class_probs` of a classifier's (N, C) outputs; otherwise an error naming `what` (the call made) and what it
     takes (get_preds' own would advise an `act=` that from_learner and show_results do not take)."""
     if not isinstance(preds, torch.Tensor) or preds.ndim != 2 or preds.shape[1] < 2:
@@ -60,7 +72,7 @@ def _class_probs(preds: Any, what: str = "Interpretation") -> torch.Tensor:
         raise ValueError(f"{what} is for classifiers with one output per class, (N, C) logits with C >= 2; "
                          f"this model gives {got}. For one score per item (a binary model) or other "
                          "outputs, use learn.get_preds(with_input=True, with_loss=True) and read them yourself")
-    return class_probs(preds)
+    return class_probs(preds, model)
 
 
 class Interpretation:
@@ -107,7 +119,7 @@ class Interpretation:
         # checked here, so the error names the call the user made (get_preds would name itself)
         unreduced(learn.loss_func, "Interpretation.from_learner (for top_losses)")
         inputs, logits, targets, losses = get_preds(learn, dl, with_input=True, with_loss=True)
-        probs = _class_probs(logits)
+        probs = _class_probs(logits, learn.model)
         if targets is None:  # (get_preds' for dict batches: they have none by position)
             raise _dict_batches_error("Interpretation")
         dls = getattr(learn, "dls", None)
@@ -198,7 +210,7 @@ def show_results(learn: Learner, n: int = 9, dl: Iterable[Any] | None = None, **
     with kept(learn, [dl]):  # reading the first batches moves the loader on: put it back too
         inputs, logits, targets = get_preds(learn, _head(dl, n), with_input=True)
     # the probabilities from_learner makes, and its error for a model that gives none (one score: binary)
-    probs = _class_probs(logits, what="show_results")
+    probs = _class_probs(logits, learn.model, what="show_results")
     dls = getattr(learn, "dls", None)
     interp = Interpretation(inputs, probs, targets, torch.zeros(len(targets)), getattr(dls, "classes", None),
                             getattr(dls, "normalize", None), logits.argmax(1))
