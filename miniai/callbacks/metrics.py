@@ -59,7 +59,9 @@ def no_row(row: dict[str, Any]) -> None:
 
 
 class MetricsCB(Callback):
-    """Computes torcheval metrics and the loss of each pass, over its whole set, and logs one row.
+    """Computes torcheval metrics and the loss of each pass, over its whole set, and logs one row. A training pass's
+    (`train_*`) are of each batch's predictions as it trained (before its step, in train mode: dropout on), a
+    running account of a model that changes, as in a hand loop; the validation pass's are of one model.
 
     `MetricsCB(MulticlassAccuracy())` names the metric after its class; `MetricsCB(accuracy=MulticlassAccuracy())`
     names it yourself. Metrics and the loss sum stay on the training device; they are read (one host sync)
