@@ -235,7 +235,8 @@ def _check_normalized(x: Any, normalize: Normalize) -> None:
     shown = lambda t: ", ".join(f"{v:.3g}" for v in t.tolist())  # noqa: E731
     low, high = values.amin(1).cpu(), values.amax(1).cpu()
     lowest, highest = -m / s, (1 - m) / s
-    slack = highest - lowest  # (noised or resized items reach past it; 0-255 values reach 100 times further)
+    # (noised or resized items reach a little past it; 0-255 values 100 times further, items normalized twice a width)
+    slack = 0.5 * (highest - lowest)
     if bool(((low < lowest - slack) | (high > highest + slack)).any()):
         raise ValueError(f"the training items range from {shown(low)} to {shown(high)}: normalize={normalize} makes "
                          f"pixels (0-1) into values from {shown(lowest)} to {shown(highest)}, so these are no pixels "

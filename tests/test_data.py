@@ -1336,11 +1336,14 @@ def test_a_normalization_the_loaders_items_have_not_had_is_refused():
     with pytest.raises(ValueError, match=r"the training items range from .* to .*: normalize=.* makes pixels "
                                          r"\(0-1\) into values from -\d.\d+ to \d.\d+, so these are no pixels"):
         DataLoaders(TensorLoader(raw.float(), y, bs=32), TensorLoader(raw.float(), y, bs=32), normalize=([mean], [std]))
+    twice = ((x01 - 0.5) / 0.5 - 0.5) / 0.5  # (regression round T4) normalized twice: -3 to 1, where once is -1 to 1
+    with pytest.raises(ValueError, match=r"so these are no pixels it normalized"):
+        DataLoaders(TensorLoader(twice, y, bs=32), TensorLoader(twice, y, bs=32), normalize=([0.5], [0.5]))
     # (regression rounds T2, T3) normalized items with a little noise, or upsampled, or pixels noised before they
     # were normalized, reach past that range: taken
     g = torch.Generator().manual_seed(0)
     for near in (normalized + 0.02 * torch.randn(normalized.shape, generator=g),
-                 (x01 + 0.25 * torch.randn(x01.shape, generator=g) - mean) / std,
+                 (x01 + 0.1 * torch.randn(x01.shape, generator=g) - mean) / std,
                  torch.nn.functional.interpolate(normalized, size=8, mode="bicubic")):
         DataLoaders(TensorLoader(near, y, bs=32), TensorLoader(near, y, bs=32), normalize=([mean], [std]))
     # and unnormalized 0-1 colour items with statistics close to normalize's, ImageNet's, are refused
