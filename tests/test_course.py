@@ -521,7 +521,7 @@ def test_the_course_attributes_metricscb_and_recordercb_lack_say_where_their_val
     """(probe P31) learn.metrics.loss (the course's Mean of the loss) and RecorderCB.d (its functions) raised bare
     AttributeErrors; all_metrics had a message."""
     from miniai.callbacks import MetricsCB
-    from miniai.callbacks.scheduling import RecorderCB, _lr
+    from miniai.callbacks.scheduling import BaseSchedCB, RecorderCB, _lr
     with pytest.raises(AttributeError, match=r"MetricsCB has no loss \(the course's Mean of the loss\): read "
                                              r"learn.metrics.last\['train_loss'\]"):
         MetricsCB().loss
@@ -532,3 +532,18 @@ def test_the_course_attributes_metricscb_and_recordercb_lack_say_where_their_val
             super().__init__(**d)
             self.d = d
     assert CourseRec(lr=_lr).fns == {"lr": _lr}
+
+    class CourseSched(BaseSchedCB):  # (regression round T4) the course's own __init__ and RecorderCB.before_fit
+        def __init__(self, sched):
+            super().__init__(sched)
+            self.sched = sched
+
+    class PgRec(RecorderCB):
+        def before_fit(self, learn):
+            self.pg = learn.opt.param_groups[0]
+            super().before_fit(learn)
+    assert CourseSched(_lr).factory is _lr
+    rec = PgRec(lr=_lr)
+    learn = tiny_learner([rec])
+    learn.fit(1)
+    assert rec.recs["lr"] == [0.1] * 3

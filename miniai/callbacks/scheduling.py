@@ -211,6 +211,10 @@ class BaseSchedCB(Callback):
         """The course's name for `factory`."""
         return self.factory
 
+    @sched.setter
+    def sched(self, factory: SchedulerFactory) -> None:
+        self.factory = factory
+
     @property
     def peaks_at_fit_lr(self) -> bool:
         """Whether the schedule peaks at the lr fit is given (fit_one_cycle's), where opt_func takes none."""
@@ -901,6 +905,10 @@ class RecorderCB(Callback):
     def pg(self) -> dict[str, Any]:
         """The optimizer's first param group, looked up on each read (loading an optimizer state replaces it)."""
         return self.learn.opt.param_groups[0]
+
+    @pg.setter
+    def pg(self, group: dict[str, Any]) -> None:  # (the course's before_fit sets it: it is looked up each read)
+        pass
 
     def before_fit(self, learn: Learner) -> None:
         self.learn = learn
