@@ -221,8 +221,8 @@ class Normalize:
 def _check_normalized(x: Any, normalize: Normalize) -> None:
     """Refuse float items (a TensorLoader's, its first 10,000) that can't be pixels `normalize` made: values far
     outside what it makes of 0-1 pixels (items on the 0-255 scale), or items within [0, 1] whose mean and std are
-    near those `normalize` gives (0-1 pixels left unnormalized; normalized ones have values below 0). The model would train on them as they
-    are, and `infer` would feed it normalized pixels."""
+    near those `normalize` gives (0-1 pixels left unnormalized; normalized ones have values below 0). The model
+    would train on them as they are, and `infer` would feed it normalized pixels."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or not len(x):
         return
     c = len(normalize.mean)

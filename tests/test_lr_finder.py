@@ -973,8 +973,9 @@ def test_a_search_ended_by_a_nan_before_the_loss_rose_says_the_data_may_be_the_c
     the suggestions came out 18 times too low, without a word (fastai stops so too)."""
     x = torch.randn(64 * 16, 4, generator=torch.Generator().manual_seed(0))
     x[16 * 20 + 3, 1] = float("nan")
-    with pytest.warns(UserWarning, match=r"lr_find: the search ended on a nan loss at step 21, straight after [\d.]+, "
-                                         r"and that batch holds NaN or inf in its inputs or targets: the data ended it"):
+    with pytest.warns(UserWarning, match=r"lr_find: the search ended on a nan loss at step 21, straight after "
+                                         r"[\d.]+, and that batch holds NaN or inf in its inputs or targets: the "
+                                         r"data ended it"):
         _regression_learner(x).lr_find(start_lr=1e-4, plot=False)
     # (regression round T4) also in a batch of nested inputs, ((x1, x2), y)
     x2 = torch.randn(64 * 16, 4, generator=torch.Generator().manual_seed(0))

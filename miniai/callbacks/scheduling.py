@@ -178,7 +178,8 @@ class BaseSchedCB(Callback):
     """Builds `factory(learn.opt)` at before_fit; subclasses decide when it steps (see the module docstring).
 
     Attributes: `scheduler` (built at before_fit, kept after the fit; the course calls it `schedo`, and `factory`
-    `sched`: both read alike; a subclass's own before_fit calls super's, which builds it), `n_steps` (how often it stepped, counting from the start of the run when resumed).
+    `sched`: both read alike; a subclass's own before_fit calls super's, which builds it), `n_steps` (how often it
+    stepped, counting from the start of the run when resumed).
     """
     order = 20  # after MetricsCB (10): ReduceLROnPlateau reads the metric it just logged
 
