@@ -58,6 +58,19 @@ def no_row(row: dict[str, Any]) -> None:
     """Logs nothing: MetricsCB's row logger while a ProgressCB's table or lr_find stands in for it."""
 
 
+def _course_attribute(name: str, where: str) -> property:
+    """A course attribute MetricsCB does not keep: read, an AttributeError saying `where` its values are, unless a
+    subclass set its own."""
+    def get(self: Any) -> Any:
+        if name in vars(self):
+            return vars(self)[name]
+        raise AttributeError(f"MetricsCB has no {name} ({where}")
+
+    def set_(self: Any, value: Any) -> None:
+        vars(self)[name] = value
+    return property(get, set_, doc=f"The course's {name}: not kept here, unless a subclass sets its own.")
+
+
 class MetricsCB(Callback):
     """Computes torcheval metrics and the loss of each pass, over its whole set, and logs one row. A training pass's
     (`train_*`) are of each batch's predictions as it trained (before its step, in train mode: dropout on), a
@@ -380,31 +393,12 @@ class MetricsCB(Callback):
              "weights by its counted targets (a loss that averages over all items, these too, is logged "
              "right as it is)")
 
-    @property
-    def all_metrics(self) -> Any:
-        """The course's dict of torcheval metrics with the loss: not kept here, unless a subclass sets its own."""
-        if "all_metrics" in vars(self):
-            return vars(self)["all_metrics"]
-        raise AttributeError("MetricsCB has no all_metrics (the course's metrics plus the loss as a Mean): read "
-                             "learn.metrics.last['valid_loss'] (this pass's values by name), learn.metrics.history "
-                             "(every pass's rows) or the metric objects in learn.metrics.metrics")
-
-    @all_metrics.setter
-    def all_metrics(self, value: Any) -> None:
-        vars(self)["all_metrics"] = value
-
-    @property
-    def loss(self) -> Any:
-        """The course's Mean of the loss: not kept here, unless a subclass sets its own."""
-        if "loss" in vars(self):
-            return vars(self)["loss"]
-        raise AttributeError("MetricsCB has no loss (the course's Mean of the loss): read "
-                             "learn.metrics.last['train_loss'] or ['valid_loss'] (this pass's), or "
-                             "learn.metrics.history (every pass's rows)")
-
-    @loss.setter
-    def loss(self, value: Any) -> None:
-        vars(self)["loss"] = value
+    # the course's attributes MetricsCB does not keep: read, each says where its values are (a subclass may set its own)
+    all_metrics = _course_attribute("all_metrics", "the course's metrics plus the loss as a Mean): read "
+                                    "learn.metrics.last['valid_loss'] (this pass's values by name), learn.metrics."
+                                    "history (every pass's rows) or the metric objects in learn.metrics.metrics")
+    loss = _course_attribute("loss", "the course's Mean of the loss): read learn.metrics.last['train_loss'] or "
+                             "['valid_loss'] (this pass's), or learn.metrics.history (every pass's rows)")
 
     def _log(self, row: dict[str, Any]) -> None:
         """Send the pass's row (numbers; see the class docstring) to `log_fn`. The course's MetricsCB called this: a
