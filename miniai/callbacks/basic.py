@@ -256,6 +256,7 @@ class TrainCB(Callback):
     owns_steps = STEPS
     order = -40  # (before_fit, its one event: before DDPCB, DeviceCB, BatchTransformCB... read n_inp)
     _learners_n_inp: int | None = None  # the learner's, read at before_fit
+    _n_inp: int | None = None  # the one given (a subclass that shadows n_inp with a class attribute sets none)
 
     def __init__(self, n_inp: int | None = None) -> None:
         self.n_inp = n_inp
