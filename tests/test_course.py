@@ -483,6 +483,10 @@ def test_a_course_style_traincb_subclass_reads_the_learners_number_of_inputs():
     cb = MyTrainCB(n_inp=2)
     assert cb.n_inp == 2 and MyTrainCB().n_inp is None  # (given, or the learner's once a fit began)
 
+    class Shadowing(TrainCB):  # (regression round T3) n_inp as a class attribute: a bare AttributeError, _n_inp
+        n_inp = 1
+    Learner(nn.Linear(1, 1), learn.dls, learn.loss_func, lr=0.1, cbs=[Shadowing()]).fit(1)
+
 
 def test_a_course_style_schedule_subclass_builds_its_own_scheduler_with_the_course_names():
     """(probe P31) A BaseSchedCB subclass written as the course's (before_fit: self.schedo = self.sched(learn.opt);
