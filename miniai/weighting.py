@@ -2,12 +2,13 @@
 the way the loss reduces them. MetricsCB, get_preds and the NaN guard share these, so they agree on one rule."""
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any
 
 import torch
 
-from .utils import class_loss, loss_reduction, loss_setting
+from .utils import base_loss, class_loss, loss_reduction, loss_setting
 
 __all__ = ["averages_over_targets", "ignored_target", "stated_ignore", "as_integer", "target_mask", "loss_mask",
            "position_weights", "mean_loss", "counted_mean", "n_items", "input_items", "batch_parts", "batch_n_items",
@@ -23,11 +24,27 @@ def averages_over_targets(loss_func: Any) -> bool:
     return class_loss(loss_func)
 
 
-def ignored_target(loss_func: Any) -> int:
+def ignored_target(loss_func: Any) -> int | None:
     """The target value the loss leaves out: its own `ignore_index` (nn.CrossEntropyLoss(ignore_index=0), or one
-    given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None)."""
+    given to a partial of F.cross_entropy), else torch's default, -100 (also for an ignore_index of None); None for
+    a torch loss that leaves out none (F.mse_loss, nn.L1Loss: whole-number targets of -100 are values)."""
+    if _torch_loss_without_ignore(base_loss(loss_func)):
+        return None
     value = as_integer(loss_setting(loss_func, "ignore_index", -100))
     return value if value is not None else -100
+
+
+def _torch_loss_without_ignore(fn: Any) -> bool:
+    """Whether `fn` is one of torch's losses (a function of torch.nn.functional, an nn loss of torch's) that takes
+    no ignore_index."""
+    if isinstance(fn, torch.nn.Module):
+        return type(fn).__module__.startswith("torch.nn") and not hasattr(fn, "ignore_index")
+    if getattr(fn, "__module__", None) != "torch.nn.functional":
+        return False
+    try:
+        return "ignore_index" not in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # (no signature to read: leave it to the default)
+        return False
 
 
 def stated_ignore(loss_func: Any) -> int | None:

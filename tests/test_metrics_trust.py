@@ -945,3 +945,32 @@ def test_class_weights_of_uint8_targets_are_looked_up_by_class_not_used_as_a_mas
         per_item = F.cross_entropy(x, y, weight=w, reduction="none") / w[y]  # each item's own mean: its loss
         losses = Interpretation.from_learner(learn).losses
     torch.testing.assert_close(losses, per_item)
+
+
+@pytest.mark.parametrize("bs", [1, 8])
+def test_integer_regression_targets_of_minus_100_count_for_a_torch_loss_that_ignores_none(bs):
+    """(probe P34, session 23) Targets equal to -100 were left out of the metrics (and, at batch size 1, of the
+    loss) for any loss, F.mse_loss too, which has no ignore_index: whole-number regression targets read
+    valid_mse 139.42 for 128.96."""
+    from torcheval.metrics import MeanSquaredError
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=g), torch.randint(-120, -80, (40,), generator=g)
+    assert (y == -100).any()
+
+    class Reg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(5, 1)
+
+        def forward(self, x):
+            return self.l(x).squeeze(-1) - 100
+    model, dl = Reg(), DataLoader(TensorDataset(x, y), batch_size=bs)
+    metrics = MetricsCB(log_fn=None, mse=MeanSquaredError())
+    learn = TrainLearner(model, DataLoaders(dl, dl), F.mse_loss, lr=0.0, cbs=[metrics])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "dls.valid gives the same data")
+        learn.fit(1, train=False)
+    with torch.no_grad():
+        truth = F.mse_loss(model(x), y.float()).item()
+    assert metrics.last["valid_mse"] == pytest.approx(truth, rel=1e-5)
+    assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-5)
