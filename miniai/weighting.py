@@ -2,6 +2,7 @@
 the way the loss reduces them. MetricsCB, get_preds and the NaN guard share these, so they agree on one rule."""
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 from typing import Any
@@ -39,12 +40,16 @@ def _torch_loss_without_ignore(fn: Any) -> bool:
     no ignore_index."""
     if isinstance(fn, torch.nn.Module):
         return type(fn).__module__.startswith("torch.nn") and not hasattr(fn, "ignore_index")
-    if getattr(fn, "__module__", None) != "torch.nn.functional":
-        return False
+    return getattr(fn, "__module__", None) == "torch.nn.functional" and not _takes_ignore_index(fn)
+
+
+@functools.lru_cache(maxsize=None)  # (read per batch, under DDP and in get_preds: a signature costs ~15 µs; torch's
+def _takes_ignore_index(fn: Any) -> bool:  # functions are few)
+    """Whether a function of torch.nn.functional takes an ignore_index (one without a signature to read: taken so)."""
     try:
-        return "ignore_index" not in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # (no signature to read: leave it to the default)
-        return False
+        return "ignore_index" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
 
 
 def stated_ignore(loss_func: Any) -> int | None:
