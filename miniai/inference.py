@@ -309,7 +309,7 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
                          f"{type(preds).__name__}: use learn.get_preds(dl=[(x,)], act=...) picking the logits out")
     # (a softmax model's own probabilities: as they are)
     probs = class_probs(preds, learn.model) if preds.ndim == 2 else torch.softmax(preds.float(), dim=1)
-    bad = int((~probs.isfinite()).flatten(1).any(1).sum()) if probs.ndim == 2 else 0
+    bad = int((~probs.isfinite()).any(1).sum()) if probs.ndim == 2 else 0
     if bad:  # argmax puts NaN on top: a label would read as an answer
         weight = nonfinite_weight(unwrap(learn.model))
         raise ValueError(f"infer: the model's outputs are not finite (NaN or inf) for {bad} of {len(probs)} items: "

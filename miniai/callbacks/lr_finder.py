@@ -15,7 +15,7 @@ import torch
 
 from ..checks import beside_model, check_count, check_not_in_fit, python_number, warn
 from ..distributed import world_size
-from ..utils import counted, keeps_workers, loss_reduction
+from ..utils import counted, keeps_workers, loss_reduction, tensors_in
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from .checkpoint import CheckpointCB
 from .ddp import DDPCB
@@ -123,7 +123,9 @@ class LRFinderCB(Callback):
             self.min = min(self.min, typical)
         if not math.isfinite(loss) or self.min < math.inf and typical > self.max_mult * self.min:
             self.diverged = True
-            self.bad_batch = not math.isfinite(loss) and _holds_nonfinite(getattr(learn, "batch", None))
+            batch = tensors_in(getattr(learn, "batch", None))  # (nested batches too: ((x1, x2), y))
+            self.bad_batch = not math.isfinite(loss) and any(
+                t.is_floating_point() and not bool(t.isfinite().all()) for t in batch)
             raise CancelFitException()
         self._grow = True  # only after a recorded batch, so lrs[i + 1] == lrs[i] * gamma
 
@@ -132,14 +134,6 @@ class LRFinderCB(Callback):
             for param_group in learn.opt.param_groups:
                 _set_lr(param_group, float(param_group["lr"]) * self.gamma)
         self._grow = False
-
-
-def _holds_nonfinite(batch: Any) -> bool:
-    """Whether a batch's float tensors (in tuples, lists and dicts, nested too) hold a NaN or inf."""
-    if isinstance(batch, torch.Tensor):
-        return batch.is_floating_point() and not bool(batch.isfinite().all())
-    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else ()
-    return any(_holds_nonfinite(item) for item in items)
 
 
 def _set_lr(group: dict[str, Any], lr: float) -> None:
