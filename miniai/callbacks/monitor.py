@@ -36,7 +36,10 @@ def name_mode(monitor: str) -> str | None:
     name = re.sub(r"([a-z0-9])([A-Z])|([A-Z])([A-Z][a-z])", r"\1\3_\2\4", monitor).lower()
     name = name.replace("negative_log_likelihood", "nll")
     words = _LOWER_IS_BETTER | _HIGHER_IS_BETTER
-    parts = [part if part in words else re.sub(r"(?<=[a-z])\d+$", "", part) for part in re.split(r"[\W_]+", name)]
+
+    def word(part: str) -> str:  # (acc5 -> acc; f1, r2 are words)
+        return part if part in words else re.sub(r"(?<=[a-z])\d+$", "", part)
+    parts = [word(part) for part in re.split(r"[\W_]+", name)]
     parts = [part for part in parts if part and not part.isdigit()]  # (acc@1, loss_2: the number says nothing)
     if "at" in parts:
         parts = parts[:parts.index("at")]
@@ -44,8 +47,7 @@ def name_mode(monitor: str) -> str | None:
         parts.pop()
     # 1-acc, 1 - f1, 1-acc5 (not top-1-acc, top1-acc, 1-shot): a 1 that starts a part, a metric's word after it
     one_minus = re.search(r"(?<![a-z0-9-])1\s*-\s*([a-z0-9]+)", name)
-    negated = one_minus is not None and (one_minus.group(1) in words or
-                                         re.sub(r"(?<=[a-z])\d+$", "", one_minus.group(1)) in words)
+    negated = one_minus is not None and word(one_minus.group(1)) in words
     if not parts or _NEGATIONS.intersection(parts) or negated:
         return None
     last = "_".join(parts[-2:]) if parts[-2:] == ["error", "rate"] else parts[-1]
