@@ -306,17 +306,17 @@ class EarlyStoppingCB(Callback):
         if not learn.training:
             return
         resumed = learn.resumed_from is not None and learn.epoch == learn.start_epoch
-        if resumed and self.stopped_epoch is None and self.wait >= max(self.patience, 1):  # a smaller patience than
-            self.stopped_epoch = learn.epoch - 1  # the saved run's: it stops where it would have stopped that run
-            warn(f"EarlyStoppingCB: in the run resumed from {learn.resumed_from}, {self.monitor} did not improve for "
-                 f"{counted(self.wait, 'epoch')} up to epoch {self.stopped_epoch}, which patience={self.patience} "
-                 f"counts as a stop, so this fit trains nothing. To train on, resume with a patience above "
+        if resumed and (self.stopped_epoch is not None or self.wait >= max(self.patience, 1)):
+            waited = counted(self.wait, "epoch")
+            if self.stopped_epoch is not None:  # a stopped run, resumed
+                why = (f"the run resumed from {learn.resumed_from} had stopped early after epoch {self.stopped_epoch} "
+                       f"({self.monitor} did not improve for {waited})")
+            else:  # a smaller patience than the saved run's: it stops where it would have stopped that run
+                self.stopped_epoch = learn.epoch - 1
+                why = (f"in the run resumed from {learn.resumed_from}, {self.monitor} did not improve for {waited} up "
+                       f"to epoch {self.stopped_epoch}, which patience={self.patience} counts as a stop")
+            warn(f"EarlyStoppingCB: {why}, so this fit trains nothing. To train on, resume with a patience above "
                  f"{self.wait} (the wait so far is kept), or without EarlyStoppingCB.")
-        elif resumed and self.stopped_epoch is not None:  # a stopped run, resumed
-            warn(f"EarlyStoppingCB: the run resumed from {learn.resumed_from} had stopped early after epoch "
-                 f"{self.stopped_epoch} ({self.monitor} did not improve for {counted(self.wait, 'epoch')}), so "
-                 f"this fit trains nothing. To train on, resume with a patience above {self.wait} (the "
-                 "wait so far is kept), or without EarlyStoppingCB.")
         if self.stopped_epoch is not None:
             raise CancelFitException()
 
