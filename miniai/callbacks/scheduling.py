@@ -174,6 +174,12 @@ def _started_at_a_milestone(scheduler: Any) -> tuple[Any, int] | None:
     return next((found for p in parts for found in [_started_at_a_milestone(p)] if found is not None), None)
 
 
+def _course_name(attribute: str) -> property:
+    """The course's name for `attribute`, read and set as it."""
+    return property(lambda self: getattr(self, attribute), lambda self, value: setattr(self, attribute, value),
+                    doc=f"The course's name for `{attribute}`.")
+
+
 class BaseSchedCB(Callback):
     """Builds `factory(learn.opt)` at before_fit; subclasses decide when it steps (see the module docstring).
 
@@ -197,7 +203,7 @@ class BaseSchedCB(Callback):
 
     @property
     def schedo(self) -> Any:
-        """The course's name for `scheduler` (a course-style subclass's own before_fit sets it)."""
+        """The course's name for `scheduler`, which before_fit builds (set, it says to call that instead)."""
         return self.scheduler
 
     @schedo.setter
@@ -207,14 +213,7 @@ class BaseSchedCB(Callback):
                         "that keep two schedules from fighting: in your before_fit, call super().before_fit(learn) "
                         "instead; a subclass chooses when it steps (after_batch or after_epoch: self._step(learn))")
 
-    @property
-    def sched(self) -> SchedulerFactory:
-        """The course's name for `factory`."""
-        return self.factory
-
-    @sched.setter
-    def sched(self, factory: SchedulerFactory) -> None:
-        self.factory = factory
+    sched = _course_name("factory")
 
     @property
     def peaks_at_fit_lr(self) -> bool:
@@ -893,14 +892,7 @@ class RecorderCB(Callback):
         self.recs: dict[str, list[Any]] = {name: [] for name in fns}
         self.learn: Learner | None = None
 
-    @property
-    def d(self) -> dict[str, Callable[[RecorderCB], Any]]:
-        """The course's name for `fns`."""
-        return self.fns
-
-    @d.setter
-    def d(self, fns: dict[str, Callable[[RecorderCB], Any]]) -> None:
-        self.fns = fns
+    d = _course_name("fns")
 
     @property
     def pg(self) -> dict[str, Any]:
