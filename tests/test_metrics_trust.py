@@ -974,3 +974,29 @@ def test_integer_regression_targets_of_minus_100_count_for_a_torch_loss_that_ign
         truth = F.mse_loss(model(x), y.float()).item()
     assert metrics.last["valid_mse"] == pytest.approx(truth, rel=1e-5)
     assert metrics.last["valid_loss"] == pytest.approx(truth, rel=1e-5)
+
+
+@pytest.mark.parametrize("column", [True, False])
+def test_a_torcheval_multiclass_metric_given_a_binary_models_scores_is_refused(column):
+    """MulticlassAccuracy over a binary model's one score per item: as a column (N, 1) its argmax is class 0 for
+    every item (0.344 logged, the share of class 0); as (N,) scores it compares them with the labels (0.000)."""
+    from torcheval.metrics import MulticlassAccuracy, MulticlassF1Score
+    x = torch.randn(64, 5)
+    y = (x[:, 0] > 0).long()
+    dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16))
+    model = nn.Sequential(nn.Linear(5, 1), *([] if column else [nn.Flatten(0)]))
+    loss = (lambda p, t: F.binary_cross_entropy_with_logits(p.reshape(-1), t.float()))
+    for metric in (MulticlassAccuracy(), MulticlassF1Score()):
+        with pytest.raises(ValueError, match=rf"'m' \({type(metric).__name__}\) takes class scores \(N, C\).*"
+                                             r"binary model.*BinaryAccuracy\(threshold=0"):
+            evaluate(TrainLearner(model, dls, loss, cbs=[MetricsCB(m=metric)]))
+    # class labels as floats (whole numbers), and two class scores, are taken
+    labels = nn.Sequential(nn.Linear(5, 2), nn.Flatten(), _ArgmaxFloat())
+    evaluate(TrainLearner(labels, dls, lambda p, t: (p - t).abs().mean(),
+                          cbs=[MetricsCB(m=MulticlassAccuracy())]))
+    evaluate(TrainLearner(nn.Linear(5, 2), dls, F.cross_entropy, cbs=[MetricsCB(m=MulticlassAccuracy())]))
+
+
+class _ArgmaxFloat(nn.Module):
+    def forward(self, x):
+        return x.argmax(1).float()

@@ -169,6 +169,7 @@ class MetricsCB(Callback):
         self.history, self.last = [], {}
         self._printer.header_done = False  # each fit's table starts with its header
         self._warned_items = False  # (once per fit: a loss whose batches are weighted by items, see after_epoch)
+        self._scores_checked = False  # (once per fit: a binary model's scores given to a multiclass metric)
 
     def cleanup_fit(self, learn: Learner) -> None:
         restore_if_refused(self, learn)
@@ -294,6 +295,9 @@ class MetricsCB(Callback):
             _update(self._bulk, batches)
         one_by_one = list(zip(preds, targets))
         if self._torcheval_metrics:  # they get the items the loss counts; one's own, the targets as they are
+            if not self._scores_checked:  # (once a fit: one host read)
+                self._scores_checked = True
+                _refuse_binary_scores(self._torcheval_metrics, preds[0])
             _update(self._torcheval_metrics, self._counted(one_by_one, self._torcheval_metrics))
         if self._each:
             _update(self._each, one_by_one)
@@ -447,6 +451,27 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
                                 f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
                                 "it a metric of your own whose update(preds, targets) picks the logits out "
                                 "(e.g. calls the metric on preds[0])") from e
+
+
+def _refuse_binary_scores(metrics: dict[str, Any], preds: Any) -> None:
+    """Refuse a binary model's one score per item given to torcheval's multiclass metrics, which score it silently
+    wrong: a column (N, 1)'s argmax is class 0 for every item; (N,) scores are compared with the labels as labels."""
+    if not (isinstance(preds, torch.Tensor) and preds.is_floating_point() and preds.ndim):
+        return
+    column = preds.ndim >= 2 and preds.shape[1] == 1
+    if not column and (preds.ndim > 1 or bool((preds == preds.round()).all())):  # (N,) whole numbers: labels
+        return
+    for name, metric in metrics.items():
+        # (torcheval's own class: its BinaryAccuracy subclasses MulticlassAccuracy; a user's subclass fixes settings)
+        own = next((c for c in type(metric).__mro__ if c.__module__.startswith("torcheval")), type(metric))
+        if own.__name__.startswith("Multiclass"):
+            what = "one score column, whose argmax is class 0 for every item" if column else \
+                "scores, not class labels, which it would compare with the labels as labels"
+            raise ValueError(f"MetricsCB metric {name!r} ({type(metric).__name__}) takes class scores (N, C) of C >= "
+                             f"2 classes, or class labels (N,), and these preds {tuple(preds.shape)} are a binary "
+                             f"model's {what}: use torcheval's BinaryAccuracy(threshold=0) for logits (0.5, its "
+                             "default, for probabilities), or the Binary metric of the same name, on (N,) scores "
+                             "(end the model with nn.Flatten(0))")
 
 
 def _per_batch_sums(each: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> torch.Tensor:
