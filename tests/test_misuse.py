@@ -2,6 +2,8 @@
 Each test fails on the code before its fix."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -1243,3 +1245,15 @@ def test_a_warning_made_an_error_as_a_prediction_pass_ends_leaves_the_learner_pu
         with pytest.raises(UserWarning, match="changed the buffer calls"):
             learn.get_preds()
     assert learn.model.training and not learn._predicting
+
+
+def test_a_fit_of_binary_logits_shows_no_warning_of_torchs_in_a_fresh_process():
+    """The logits check read float(preds.min()) of preds that require grad: torch 2.14 warns once a process
+    ("Converting a tensor with requires_grad=True to a scalar"), a warning of ours in the user's log."""
+    code = ("import torch, torch.nn.functional as F; from torch import nn; from miniai import *; "
+            "from miniai.data import TensorLoader; x = torch.randn(64, 5); y = (x[:, 0] > 0).float(); "
+            "dls = DataLoaders(TensorLoader(x, y, 16), TensorLoader(torch.randn(32, 5), y[:32], 16)); "
+            "TrainLearner(nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)), dls, F.binary_cross_entropy_with_logits, "
+            "cbs=[MetricsCB(log_fn=None)]).fit(1)")
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -176,8 +176,8 @@ def _wrong_inputs(loss_func: Any, preds: Any, yb: tuple, n_inp: int) -> str | No
     if classes and (fix := _class_scores_wrong(name, preds, yb, loss_setting(loss_func, "ignore_index", -100))):
         return fix
     if torchs and name in _LOGIT_LOSSES and isinstance(preds, torch.Tensor) and preds.is_floating_point() \
-            and preds.numel() >= 16 and 0 <= float(preds.min()) < float(preds.max()) <= 1 \
-            and float((preds == 0).float().mean()) < 0.5:  # (read once a shape)
+            and preds.numel() >= 16 and 0 <= float(preds.detach().min()) < float(preds.detach().max()) <= 1 \
+            and float((preds == 0).float().mean()) < 0.5:  # (read once a shape; detached: torch warns otherwise)
         warn(f"{name} takes logits, and these preds all lie in [0, 1], as probabilities do: sigmoid would be "
              "applied twice, which trains slowly and logs a wrong loss. Remove the model's final sigmoid (for "
              "probabilities: get_preds(act=torch.sigmoid)), or use F.binary_cross_entropy on probabilities")
