@@ -1000,3 +1000,22 @@ def test_a_torcheval_multiclass_metric_given_a_binary_models_scores_is_refused(c
 class _ArgmaxFloat(nn.Module):
     def forward(self, x):
         return x.argmax(1).float()
+
+
+def test_a_cancelled_pass_leaves_no_values_of_an_earlier_pass_in_last():
+    """A last validation pass cancelled by CancelEpochException left epoch 0's valid values in learn.metrics.last,
+    read after the fit as the last epoch's."""
+    from miniai.learner import CancelEpochException
+    x, y = torch.randn(16, 4), torch.tensor([0, 1, 2, 3] * 4)
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x[:8], y[:8], 8))
+
+    class CutLastValid(Callback):
+        def before_batch(self, learn):
+            if not learn.training and learn.epoch == 1:
+                raise CancelEpochException()
+    learn = TrainLearner(nn.Linear(4, 4), dls, F.cross_entropy, cbs=[MetricsCB(acc=Accuracy(), log_fn=None),
+                                                                      CutLastValid()])
+    learn.fit(2)
+    assert [(row["epoch"], row["train"]) for row in learn.metrics.history] == [(0, "train"), (0, "valid"),
+                                                                                 (1, "train")]
+    assert set(learn.metrics.last) == {"train_acc", "train_loss"}

@@ -363,7 +363,11 @@ class MetricsCB(Callback):
         return _per_batch_sums(each, targets)
 
     def cleanup_epoch(self, learn: Learner) -> None:
-        self._in_pass = False  # (also after a cancelled pass, whose after_epoch did not run)
+        if self._in_pass:  # a cancelled pass (its after_epoch did not run): no earlier pass's values read as its own
+            split = "train_" if learn.training else "valid_"
+            for name in [name for name in self.last if name.startswith(split)]:
+                del self.last[name]  # (in place: a reader may hold the dict)
+        self._in_pass = False
         self._predicted = None  # (a cancelled batch's preds, whose after_batch did not run)
 
     def after_epoch(self, learn: Learner) -> None:
