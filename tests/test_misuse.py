@@ -591,6 +591,21 @@ def test_nll_loss_of_log_sigmoid_scores_is_refused_once_they_drift(n_classes):
     with pytest.raises(LossInputError, match=r"log-probabilities.*log_sigmoid"):
         TrainLearner(model, class_dls(n_classes, n=256), F.nll_loss, lr=0.5).fit(10)
 
+
+def test_nll_loss_of_log_sigmoid_scores_is_refused_once_they_drift_in_fits_of_one_epoch():
+    """(probe P43) fit(3) refused at epoch 1; fit(1) three times, the course's way, trained to the end (exps summing
+    to 1.12..1.86): each fit's epoch 0 hit the first fit's cached check."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    dls = DataLoaders(TensorLoader(x, y, 32), TensorLoader(x[:64] + 0.1, y[:64], 32))
+    model = nn.Sequential(nn.Linear(4, 2), nn.LogSigmoid())
+    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)  # log(0.5) twice: passes at the start
+    learn = TrainLearner(model, dls, F.nll_loss, lr=1.0)
+    with pytest.raises(LossInputError, match=r"log-probabilities.*log_sigmoid"):
+        for _ in range(3):
+            learn.fit(1)
+
 def test_cross_entropy_of_bfloat16_probabilities_is_warned_of_too():
     from miniai.callbacks import MixedPrecisionCB
     learn = TrainLearner(nn.Sequential(nn.Linear(8, 3), nn.Softmax(1)), class_dls(), F.cross_entropy, lr=0.1,

@@ -1007,6 +1007,12 @@ def test_a_callback_of_yours_left_out_of_the_predict_path_is_named():
         doubled = learn.get_preds()[0]
     assert torch.equal(doubled, hand_loop(learn.model, learn.dls.valid, lambda m, x: m(x * 2)))
 
+    class Denorm(Callback):  # (probe P43) its predictions rescaled: get_preds gave the raw output without a word
+        def after_predict(self, learn):
+            learn.preds = learn.preds * 10 + 3
+    with pytest.warns(UserWarning, match=r"get_preds leaves out Denorm.*changes the predictions.*inference = True"):
+        image_learner([Denorm()]).get_preds()
+
     class Counter(Callback):
         inference = False  # records only: said so, so nothing is said
 

@@ -100,9 +100,9 @@ _N_TARGETS = {"gaussian_nll_loss": 2, "GaussianNLLLoss": 2, "ctc_loss": 3, "CTCL
 class SupervisedLoss:
     """`learn.loss_func(learn.preds, *learn.yb)`, refusing inputs that would silently compute the wrong loss.
 
-    The checks run again only when the loss or the shapes change, and at each epoch's start (the values drift: a
-    log_sigmoid's look like log-probabilities at first): checking every batch cost 8 µs, half the loss's own time at
-    bs 64. One per learner (TrainLearner) or TrainCB.
+    The checks run again only when the loss or the shapes change, and at each epoch's start, each fit's too (the
+    values drift: a log_sigmoid's look like log-probabilities at first): checking every batch cost 8 µs, half the
+    loss's own time at bs 64. One per learner (TrainLearner) or TrainCB.
     """
 
     def __init__(self) -> None:
@@ -119,7 +119,7 @@ class SupervisedLoss:
                             "F.cross_entropy")
         first = yb[0] if yb else None
         key = (loss_func, len(yb), type(preds), getattr(preds, "shape", None), type(first),
-               getattr(first, "shape", None), getattr(learn, "epoch", None))
+               getattr(first, "shape", None), getattr(learn, "epoch_offset", 0), getattr(learn, "epoch", None))
         fix = None if key == self._passed else _wrong_inputs(loss_func, preds, yb, learn.n_inp)
         error = None
         if fix is None:
