@@ -81,8 +81,8 @@ class Callback:
     `Learner` has no steps: a callback owns all five (`TrainCB`).
 
     During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
-    `lr_find`, `add_cb` or `rm_cb` (give it a flag it checks). `inference = True`: the callback shapes how the model
-    sees data (DeviceCB, autocast), so `get_preds`, `tta` and `infer` run it too; False for what records or saves.
+    `lr_find`, `add_cb` or `rm_cb` (give it a flag it checks). `inference = True`: the callback shapes what the model
+    sees or predicts (DeviceCB, autocast), so `get_preds`, `tta` and `infer` run it too; False: it records or saves.
     """
     order: int = 0
     owns_steps: tuple[str, ...] = ()
