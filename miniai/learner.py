@@ -239,8 +239,11 @@ class Learner(Conveniences):
                 pass
             except BaseException as e:  # the first error is the one raised; later ones become its notes, except
                 _tag(e, f"cleanup_{name}")  # that a cancel on its way up to its stage (no error) yields to an
-                if error is None or isinstance(error, _OUTER_CANCELS[name]) and (  # error, or to a CancelFitException
-                        not isinstance(e, _CANCELS) or isinstance(e, CancelFitException)):
+                ctrl_c = isinstance(e, KeyboardInterrupt) and isinstance(error, Exception)  # error, or to a Cancel-
+                if error is None or ctrl_c or isinstance(error, _OUTER_CANCELS[name]) and (  # FitException; Ctrl-C
+                        not isinstance(e, _CANCELS) or isinstance(e, CancelFitException)):  # stops the fit even
+                    if ctrl_c:  # after an error (which `except Exception` catches): printed above it, as Python does
+                        e.__context__ = error
                     error = e
                     if not isinstance(e, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup
                         self.stopped_by = e  # found broken

@@ -104,10 +104,12 @@ class Model:
         for e in self.event(f"cleanup_{name}", where, cleanup=True):
             if isinstance(e, CANCELS[name]):
                 continue  # its own cancel there ends only this stage
-            if out is None or isinstance(out, OUTER_CANCELS[name]) and ends_more(e, out):
+            ctrl_c = isinstance(e, KeyboardInterrupt) and isinstance(out, Exception)  # (an error on its way up)
+            if out is None or ctrl_c or isinstance(out, OUTER_CANCELS[name]) and ends_more(e, out):
                 # the first other exception raised by a cleanup goes on up, even after its own cancel; a cancel on
                 # its way up to its stage is no error: a real one raised meanwhile replaces it, and so does the
-                # cancel of a stage further out, whether the first came from the body or from an earlier cleanup
+                # cancel of a stage further out, whether the first came from the body or from an earlier cleanup;
+                # Ctrl-C in a cleanup stops the fit even after an error (which `except Exception` would catch)
                 out = e
         return out
 
@@ -285,3 +287,14 @@ def test_a_fit_cancel_from_a_cleanup_while_an_inner_cancel_is_on_its_way_up_ends
     assert recorder.trace == model.trace
     assert recorder.trace[-3:] == [("cleanup_batch", 0, True, 0), ("cleanup_epoch", 0, True, None),
                                    ("cleanup_fit", None, None, None)]
+
+
+def test_ctrl_c_in_a_cleanup_after_an_error_is_raised_with_the_error_in_a_note():
+    """(probe P43) Ctrl-C pressed while a cleanup ran after an error became a note on that error: a sweep catching
+    Exception went on to its next run, the interrupt lost."""
+    error = Spec(0, "after_loss", 0, True, 0, ZeroDivisionError, 0, False)
+    ctrl_c = Spec(1, "cleanup_fit", None, None, None, KeyboardInterrupt, 0, False)
+    assert isinstance(Model([error, ctrl_c]).fit(), KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt, match="raiser 1") as info:
+        learner([raiser(error), raiser(ctrl_c)]).fit(1)
+    assert isinstance(info.value.__context__, ZeroDivisionError) and str(info.value.__context__) == "raiser 0"
