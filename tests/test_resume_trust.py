@@ -1070,3 +1070,36 @@ def test_an_evaluation_of_a_checkpoint_without_the_runs_training_callbacks_says_
     assert learn.metrics.last["valid_loss"] == pytest.approx(trained.metrics.last["valid_loss"])
     with pytest.warns(UserWarning, match=r"its state for \['Counter_0'\] has no callback here"):
         make_learner(None)[0].fit(3, train=False, resume=tmp_path)
+
+
+class _LateHalving(Callback):
+    """Halves the lr at each epoch's end, in cleanup_epoch, ordered after CheckpointCB (80) by the user."""
+    order = 90
+
+    def __init__(self):
+        self.n = 0
+
+    def cleanup_epoch(self, learn):
+        if not learn.training:
+            self.n += 1
+            for g in learn.opt.param_groups:
+                g["lr"] = 0.01 / 2 ** self.n
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def test_a_callback_whose_cleanup_epoch_runs_after_the_checkpoint_is_saved_is_warned_of(tmp_path):
+    """(probe P42) A callback of order 90 halving the lr in cleanup_epoch changed its state after CheckpointCB (80)
+    had saved the epoch: the resumed run trained an epoch at the previous lr (valid loss 4.70 for 4.73), silently."""
+    with pytest.warns(UserWarning, match=r"_LateHalving \(order 90\) has a cleanup_epoch, which runs after "
+                                         r"CheckpointCB \(order 80\) has saved.*after_epoch.*order below 80"):
+        make_learner(tmp_path, [_LateHalving()])[0].fit(1)
+    early = _LateHalving()
+    early.order = 50  # before the save: nothing is said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_learner(tmp_path / "early", [early])[0].fit(1)

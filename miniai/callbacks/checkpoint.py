@@ -1070,10 +1070,16 @@ class CheckpointCB(Callback):
                      "resumed run's random transforms in the workers will differ from the run never stopped, and "
                      "so will everything drawn after (torch seeds such workers from the global RNG once, at the "
                      "first pass: a resumed run draws it again). persistent_workers=False resumes exactly")
-        own = [cb for cb in learn.cbs if not type(cb).__module__.startswith("miniai.")
-               and not callable(getattr(cb, "state_dict", None))]
+        own = [cb for cb in learn.cbs if not type(cb).__module__.startswith("miniai.")]
         for cb in own:
-            self._watched[type(cb).__name__] = (cb, _fingerprints(cb, _model_tensors(learn)))
+            if not callable(getattr(cb, "state_dict", None)):
+                self._watched[type(cb).__name__] = (cb, _fingerprints(cb, _model_tensors(learn)))
+            if cb.order > self.order and callable(getattr(cb, "cleanup_epoch", None)):  # (saved at this one's)
+                warn(f"{type(cb).__name__} (order {cb.order}) has a cleanup_epoch, which runs after CheckpointCB "
+                     f"(order {self.order}) has saved the epoch: what it changes there, or draws from a random "
+                     "generator, is not in the checkpoint, and a resumed run would differ from the run never stopped. "
+                     f"Do that work at after_epoch (which runs before any cleanup_epoch), or give the callback an "
+                     f"order below {self.order}")
 
     def _warn_unsaved(self, learn: Learner) -> None:
         for cls, (cb, before) in self._watched.items():
