@@ -90,7 +90,7 @@ class Source:
 
 # the version of what decoding makes of the same files (a cache holds it): bump it with any change to that, a new
 # refusal included, so a cache an older miniai wrote is decoded again rather than served
-DECODING = 3
+DECODING = 4
 
 
 def _spec(name: str) -> _Spec:
@@ -491,13 +491,20 @@ def _decode_dd(source: Source) -> RawData:
                              "split some off the training set: parts = dd['train'].train_test_split(test_size=0.1); "
                              "dd['train'], dd['validation'] = parts['train'], parts['test'])")
     check_split_classes(dd, valid_split, source.where)
-    classes = tuple(getattr(dd["train"].features.get("label"), "names", None) or spec.classes)
     tensors = {}
     for split in ("train", valid_split):
         try:
             tensors[split] = hf_to_tensors(dd[split], spec.x_col, mode=spec.mode)
         except (ValueError, KeyError) as e:  # hf_to_tensors knows the column, not the split
             raise type(e)(f"{source.where}: split {split!r}: {e.args[0] if e.args else e}") from e
+    # the label column's class names; a saved DatasetDict of plain integer labels (from a CSV, parquet) is no
+    # Fashion-MNIST: its classes are named by their numbers, up to the largest label
+    classes = tuple(getattr(dd["train"].features.get("label"), "names", None) or ())
+    if not classes and source.kind == "hub":
+        classes = spec.classes
+    elif not classes:
+        classes = tuple(str(i) for i in range(max(int(t[1].max()) for t in tensors.values()) + 1))
+    for split in ("train", valid_split):
         _check_labels(tensors[split][1], classes, f"{source.where}: split {split!r}", _HF_NO_LABEL)
     _check_same_shape(tensors["train"][0], tensors[valid_split][0], "split 'train'",
                       f"{source.where}: split {valid_split!r}")

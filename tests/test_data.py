@@ -879,12 +879,21 @@ def test_datasetdict_labels_outside_the_classes_are_refused_naming_the_split(tmp
                 "image", FASHION_CLASSES)
     with pytest.raises(ValueError, match=r"split 'train' .*holds labels \[-1\] outside 0..9"):
         load_tensors(path=d)
-    # (probe P19) a label of 10 was told to keep items with item['label'] >= 0, which keeps it
+    # (probe P19) the advice keeps only labels of a class: item['label'] >= 0 alone would keep a label too high
     from datasets import Dataset, DatasetDict
-    ds = Dataset.from_dict({"image": [np.zeros((2, 2), np.uint8)] * 2, "label": [3, 10]})
+    ds = Dataset.from_dict({"image": [np.zeros((2, 2), np.uint8)] * 3, "label": [3, 10, -1]})
     DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "ints"))
-    with pytest.raises(ValueError, match=r"holds labels \[10\] outside 0..9.*item\['label'\] < 10"):
+    with pytest.raises(ValueError, match=r"holds labels \[-1\] outside 0..10.*0 <= item\['label'\] < 11"):
         load_tensors(path=tmp_path / "ints")
+
+
+def test_a_saved_datasetdict_of_plain_integer_labels_names_its_classes_by_number(tmp_path):
+    """(probe P44) Labels of plain ints (from a CSV or parquet, no ClassLabel) were named as Fashion-MNIST's ten
+    classes: a 3-class digits set's dls.classes said 'T-shirt/top', ..., which infer and export use."""
+    from datasets import Dataset, DatasetDict
+    ds = Dataset.from_dict({"image": [np.full((4, 4), i * 40, np.uint8) for i in range(6)], "label": [0, 1, 2] * 2})
+    DatasetDict({"train": ds, "test": ds.select(range(3))}).save_to_disk(str(tmp_path / "digits"))
+    assert get_dls(path=tmp_path / "digits", bs=2).classes == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize("mode", ["I;16", "F"])
