@@ -17,7 +17,7 @@ from torch.utils.data import (DataLoader, IterableDataset, TensorDataset, defaul
 
 from .cache import load_normalized, load_tensors, normalized_split
 from .checks import check_count, warn
-from .sources import LABEL_COLUMNS, VALID_SPLITS, check_split_classes
+from .sources import HF_NO_LABEL, LABEL_COLUMNS, VALID_SPLITS, check_labels, check_split_classes
 from .utils import check_seed, rngs_kept
 
 __all__ = ["TensorLoader", "Normalize", "DataLoaders", "get_dls", "collate_dict"]
@@ -374,6 +374,11 @@ class DataLoaders:
         # the target's ClassLabel names the classes: a label-named column's, else, as tuples, the last column's
         target = next((c for c in _LABELS if c in features), list(features)[-1] if features and as_tuple else None)
         names = getattr(features[target], "names", None) if target is not None else None
+        for name, split in (("train", train), (valid_name, valid)):  # labels of no class (-1: datasets' 'no
+            if names is not None and target in (getattr(split, "features", None) or {}) \
+                    and callable(getattr(split, "with_format", None)):  # label') would end the fit late
+                labels = torch.as_tensor(split.with_format("numpy", columns=[target])[target])  # (Arrow: no image read)
+                check_labels(labels, names, f"DataLoaders.from_dd: split {name!r}", HF_NO_LABEL)
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),
                    classes=None if names is None else list(names))

@@ -25,8 +25,8 @@ import torch
 from .idx import IDXError, read_idx
 
 __all__ = ["DataNotFoundError", "FASHION_CLASSES", "CIFAR10_CLASSES", "SYSTEM_DATA_DIR", "RawData", "Source",
-           "VALID_SPLITS", "check_data_dir", "check_split_classes", "find_source", "read_source", "load_hub_dataset",
-           "hf_to_tensors"]
+           "VALID_SPLITS", "HF_NO_LABEL", "check_data_dir", "check_labels", "check_split_classes", "find_source",
+           "read_source", "load_hub_dataset", "hf_to_tensors"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -412,12 +412,12 @@ def _declared_dtype(feature: Any) -> str | None:
 
 # ---------------------------------------------------------------- decoding
 
-_HF_NO_LABEL = ("-1 is the datasets library's 'no label'. Keep only items with a class label (e.g. "
+HF_NO_LABEL = ("-1 is the datasets library's 'no label'. Keep only items with a class label (e.g. "
                 "ds.filter(lambda item: 0 <= item['label'] < {n})), or fix the labels")
 _IDX_BAD_LABELS = "The file is damaged or holds another dataset's labels: fetch it again, or fix the labels"
 
 
-def _check_labels(y: torch.Tensor, classes: tuple[str, ...], what: str, fix: str) -> None:
+def check_labels(y: torch.Tensor, classes: tuple[str, ...], what: str, fix: str) -> None:
     """Refuse labels that name no class: the loss would fail at the first batch holding one (on a GPU, a device-side
     assert), far from the file, or a metric would count it as a class. `fix` says what to do, for this kind of
     source."""
@@ -473,7 +473,7 @@ def _decode_idx(source: Source) -> RawData:
                              f"{'training' if split == 'training' else 'test'} images in it (miniai.idx.write_idx)")
     classes = _SPECS[source.name].classes
     for f, y in ((source.files[1], train_y), (source.files[3], valid_y)):
-        _check_labels(y, classes, str(f), _IDX_BAD_LABELS)
+        check_labels(y, classes, str(f), _IDX_BAD_LABELS)
     _check_same_shape(train_x.unsqueeze(1), valid_x.unsqueeze(1), str(source.files[0]), str(source.files[2]))
     return RawData(train_x.unsqueeze(1), train_y.long(), valid_x.unsqueeze(1), valid_y.long(), classes,
                    f"IDX files in {source.where}")
@@ -505,7 +505,7 @@ def _decode_dd(source: Source) -> RawData:
     elif not classes:
         classes = tuple(str(i) for i in range(max(int(t[1].max()) for t in tensors.values()) + 1))
     for split in ("train", valid_split):
-        _check_labels(tensors[split][1], classes, f"{source.where}: split {split!r}", _HF_NO_LABEL)
+        check_labels(tensors[split][1], classes, f"{source.where}: split {split!r}", HF_NO_LABEL)
     _check_same_shape(tensors["train"][0], tensors[valid_split][0], "split 'train'",
                       f"{source.where}: split {valid_split!r}")
     return RawData(*tensors["train"], *tensors[valid_split], classes,

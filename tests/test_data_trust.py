@@ -94,6 +94,17 @@ def test_from_dd_refuses_splits_that_name_their_classes_in_other_orders():
         DataLoaders.from_dd(dd, 2)
 
 
+def test_from_dd_refuses_a_split_of_labels_minus_one_before_training():
+    """(probe P44) A test split labelled -1 throughout (datasets' 'no label', the hub's unlabelled test splits) was
+    taken: the fit trained a whole epoch, then failed at the first validation batch advising to change the model."""
+    from datasets import ClassLabel
+    dd = dd_of({"train": [0, 1, 2, 0], "test": [-1, -1]}, ClassLabel(names=["a", "b", "c"]))
+    with pytest.raises(ValueError, match=r"DataLoaders.from_dd: split 'test'.*labels \[-1\] outside 0..2.*'no label'.*"
+                                         r"filter"):
+        DataLoaders.from_dd(dd.with_transform(lambda b: b), 2)
+    DataLoaders.from_dd(dd_of({"train": [0, 1, 2, 0], "test": [2, 1]}, ClassLabel(names=["a", "b", "c"])), 2)
+
+
 @pytest.mark.parametrize("valid_feature", ["plain ints", "other order"])
 def test_the_fix_the_class_names_error_suggests_runs_and_is_accepted(tmp_path, valid_feature):
     """The message suggested align_labels_with_mapping, which fails (datasets 5.2) on a split of plain ints."""
