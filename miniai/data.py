@@ -503,7 +503,7 @@ def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any
     """Refuse splits whose batches would become tuples of other columns (each pass its own inputs or target), read
     from each split's item 0 through the collate, transforms applied; a split without one (a stream), or a collate
     of one's own that makes its own tuples, can't be checked here. A target 'label' here and 'labels' there is one."""
-    cols = []
+    cols, items = [], []
     for ds in (train, valid):
         item = _first_item(ds)
         if item is not None and collate_fn is not default_collate:  # (a padding collator's dict: its own columns)
@@ -515,6 +515,7 @@ def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any
         if not isinstance(item, dict):
             return
         cols.append(collate.columns(item))
+        items.append(item)
     train_cols, valid_cols = cols
 
     def alike(a: str, b: str) -> bool:
@@ -530,6 +531,13 @@ def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any
                              f"{names[1] or 'nowhere (plain ints)'}: a label would mean different classes in each. "
                              f"Give the target one name, dd[{valid_name!r}] = dd[{valid_name!r}].rename_column("
                              f"{other!r}, {target!r}), and from_dd says how to give both the same classes")
+        for a, b in zip(train_cols, valid_cols):  # (a transform given to one split alone: PIL images in the other)
+            kinds = [_kind(item[col]) for item, col in zip(items, (a, b))]
+            if kinds[0] != kinds[1]:
+                raise ValueError(f"DataLoaders.from_dd: split 'train''s column {a!r} holds {kinds[0]}, split "
+                                 f"{valid_name!r}'s {kinds[1]}: the model would be fed other inputs in each pass (or "
+                                 "the collate fail there). A transform given to one split alone? dd = "
+                                 "dd.with_transform(f) gives it to every split")
         return
     target, other = train_cols[-1], valid_cols[-1]
     if not alike(target, other) and target not in valid_cols:  # no targets, or an extra column
@@ -549,6 +557,15 @@ def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any
         fix = "give both splits the same columns (and the same transforms)" + (": " + "; ".join(ways) if ways else "")
     raise ValueError(f"DataLoaders.from_dd: split 'train' gives batches of {tuple(train_cols)} and split "
                      f"{valid_name!r} of {tuple(valid_cols)}: other inputs or another target in each pass; {fix}")
+
+
+def _kind(value: Any) -> str:
+    """What a column's value is, as far as collating tells them apart: 'a number', 'float32 values' (a tensor's or
+    an array's: both collate to tensors), 'a PngImageFile'."""
+    if isinstance(value, numbers.Number):  # (NumPy's scalars too)
+        return "a number"
+    dtype = getattr(value, "dtype", None)
+    return f"{str(dtype).removeprefix('torch.')} values" if dtype is not None else f"a {type(value).__name__}"
 
 
 def _first_item(ds: Any) -> Any:

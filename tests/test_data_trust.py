@@ -105,6 +105,23 @@ def test_from_dd_refuses_a_split_of_labels_minus_one_before_training():
     DataLoaders.from_dd(dd_of({"train": [0, 1, 2, 0], "test": [2, 1]}, ClassLabel(names=["a", "b", "c"])), 2)
 
 
+def test_from_dd_refuses_splits_whose_columns_hold_values_of_other_kinds():
+    """(probe P44) A transform given to the train split alone: from_dd took it, and the fit failed after a whole
+    epoch in torch's collate ('found PIL.PngImagePlugin.PngImageFile'), naming neither split nor transform."""
+    from datasets import ClassLabel
+    dd = dd_of({"train": [0, 1, 2, 0], "test": [2, 1]}, ClassLabel(names=["a", "b", "c"]))
+
+    def to_tensor(batch):
+        batch["image"] = [torch.tensor(np.array(im), dtype=torch.float32)[None] / 255 for im in batch["image"]]
+        return batch
+    dd["train"] = dd["train"].with_transform(to_tensor)
+    with pytest.raises(ValueError, match=r"split 'train''s column 'image' holds float32 values, split 'test''s a "
+                                         r"PngImageFile.*dd = dd.with_transform"):
+        DataLoaders.from_dd(dd, 2)
+    DataLoaders.from_dd(dd_of({"train": [0, 1], "test": [2, 1]}, ClassLabel(names=list("abc"))).with_transform(
+        to_tensor), 2)
+
+
 @pytest.mark.parametrize("valid_feature", ["plain ints", "other order"])
 def test_the_fix_the_class_names_error_suggests_runs_and_is_accepted(tmp_path, valid_feature):
     """The message suggested align_labels_with_mapping, which fails (datasets 5.2) on a split of plain ints."""
