@@ -292,10 +292,15 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
         modes = _image_modes(ds, x_col)
         wide = sorted(m for m in modes if wide_pixels(m))
         if wide:
+            sample = [np.asarray(im) for im in ds.select(range(min(len(ds), 256)))[x_col]]  # (for the advice alone)
+            small = all(a.min() >= 0 and a.max() <= 255 and np.array_equal(a, a.round()) for a in sample) \
+                and max(a.max() for a in sample) > 1  # (0-1 floats: scaled, not cast)
+            fix = ("their pixels all lie in 0..255 (8-bit values kept as int64, which datasets stores as 32-bit "
+                   "images): store them as uint8, np.asarray(a, dtype=np.uint8)" if small else
+                   "16-bit pixels // 257 (as int32: torch has no uint16 //), 0-1 floats * 255 rounded, as uint8")
             raise ValueError(f"column {x_col!r} holds images of mode {', '.join(wide)}, whose pixels are not 8-bit: "
                              f"converting them to {mode} would clip them (a 16-bit image turns white). Store them as "
-                             "8-bit images first: 16-bit pixels // 257 (as int32: torch has no uint16 //), 0-1 "
-                             "floats * 255 rounded, as uint8")
+                             f"8-bit images first: {fix}")
         if mode == "L" and modes - {"1", "L", "LA", "I", "F"}:  # (stored in colour modes: gray in them is fine)
             _check_no_colour(ds, x_col)
         # decoded as stored, a palette image gives its palette indices and an RGB one three channels

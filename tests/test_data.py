@@ -911,6 +911,18 @@ def test_hf_images_wider_than_8_bits_are_refused_not_clipped(mode):
         sources.hf_to_tensors(ds, mode="L")
 
 
+def test_hf_32_bit_images_of_8_bit_pixels_are_told_to_be_cast_not_divided():
+    """(probe P44) int64 arrays of 0-255 given to an Image() column are stored as 32-bit images (mode I): the
+    refusal advised 16-bit pixels // 257, which makes every image black."""
+    from datasets import Dataset, Features, Image, Value
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 6, 6))
+    ds = Dataset.from_dict({"image": list(pixels), "label": [0, 1, 2, 3]},
+                           features=Features({"image": Image(), "label": Value("int64")}))
+    with pytest.raises(ValueError, match=r"mode I.*pixels all lie in 0..255.*np.asarray\(a, dtype=np.uint8\)") as e:
+        sources.hf_to_tensors(ds, mode="L")
+    assert "// 257" not in str(e.value)
+
+
 @pytest.mark.parametrize("kind", ["Array2D", "Sequence"])
 def test_hf_uint8_array_columns_are_read_as_the_pixels_they_declare(kind):
     """datasets' numpy formatting widens uint8 arrays to int64, and the column was refused as 'array int64' though
