@@ -152,11 +152,12 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dic
 
 
 def plot_color_dim(hists: Sequence[Any], value_range: tuple[float, float] = (0.0, 10.0),
-                   labels: Sequence[str] | None = None, figsize: tuple[float, float] | None = None) -> Figure:
+                   labels: Sequence[str] | None = None, figsize: tuple[float, float] | None = None,
+                   xlabel: str = "recorded batch") -> Figure:
     """One image per layer of log(1 + histogram counts): |activation| bins upwards, batches to the right.
 
     `hists[i]` is a [n_batches, bins] tensor or array: the course's "colorful dimension" plot. The x axis counts
-    the recorded batches (ActivationStats's `every` skips some; with `on_valid` validation batches are among them).
+    the recorded batches (ActivationStats's `every` skips some; it draws one pass's: `split`).
     """
     n = max(len(hists), 1)  # (matplotlib's default size, as before get_grid took the course's imsize)
     fig, axs = get_grid(n, figsize=figsize or ((6.4, 4.8) if n > 1 else (4.0, 3.0)))
@@ -165,14 +166,14 @@ def plot_color_dim(hists: Sequence[Any], value_range: tuple[float, float] = (0.0
         extent = (-0.5, image.shape[1] - 0.5, *value_range) if image.size else None
         ax.imshow(image, origin="lower", aspect="auto", extent=extent)
         ax.set_title(labels[i] if labels else f"layer {i}")
-        ax.set_xlabel("recorded batch")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("|activation|")
     fig.tight_layout()
     return fig
 
 
 def plot_dead_chart(fractions: Sequence[Any], labels: Sequence[str] | None = None, ax: Axes | None = None,
-                    figsize: tuple[float, float] = (6, 4)) -> Figure:
+                    figsize: tuple[float, float] = (6, 4), xlabel: str = "recorded batch") -> Figure:
     """Per layer, the share of activations in the lowest histogram bin over the recorded batches (1.0: all near
     zero)."""
     if ax is None:
@@ -180,7 +181,7 @@ def plot_dead_chart(fractions: Sequence[Any], labels: Sequence[str] | None = Non
     for i, frac in enumerate(fractions):
         ax.plot(np.asarray(torch.as_tensor(frac, dtype=torch.float32)), label=labels[i] if labels else f"layer {i}")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("recorded batch")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("share in lowest bin")
     if len(fractions):
         ax.legend()
@@ -188,7 +189,7 @@ def plot_dead_chart(fractions: Sequence[Any], labels: Sequence[str] | None = Non
 
 
 def plot_act_stats(means: Sequence[Any], stds: Sequence[Any], labels: Sequence[str] | None = None,
-                   figsize: tuple[float, float] = (10, 4)) -> Figure:
+                   figsize: tuple[float, float] = (10, 4), xlabel: str = "recorded batch") -> Figure:
     """Activation means (left) and standard deviations (right) per layer over the recorded batches; returns the
     Figure."""
     fig, axs = plt.subplots(1, 2, figsize=figsize)
@@ -198,7 +199,7 @@ def plot_act_stats(means: Sequence[Any], stds: Sequence[Any], labels: Sequence[s
         axs[1].plot(np.asarray(torch.as_tensor(std, dtype=torch.float32)), label=label)
     for ax, name in zip(axs, ("mean", "std")):
         ax.set_title(f"activation {name}")
-        ax.set_xlabel("recorded batch")
+        ax.set_xlabel(xlabel)
     if len(means):
         axs[0].legend()
     return fig

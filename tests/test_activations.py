@@ -537,6 +537,29 @@ def test_an_evaluation_keeps_the_last_training_fits_records_when_validation_is_r
     assert [len(s[0]) for s in only_valid.stats] == [2] * 3
 
 
+def test_plots_of_both_passes_records_draw_one_pass_and_say_which():
+    """(probe P45) With on_valid=True the plots drew training and validation batches as one line over 'recorded
+    batch': a BatchNorm's std seemed to jump from 1.0 to 2.0 and back each epoch (the eval-mode batches)."""
+    cb = ActivationStats(lambda m: isinstance(m, nn.Linear), on_valid=True)
+    learn = learner(mlp(), [cb])
+    learn.fit(2)
+    n_train, n_valid = len(learn.dls.train), len(learn.dls.valid)
+    assert [len(m) for m, _, _ in cb.stats] == [2 * (n_train + n_valid)] * 3
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        assert [len(m) for m, _, _ in cb.stats_of(split)] == [2 * n] * 3
+    rows = torch.cat([torch.arange(n_train), n_train + n_valid + torch.arange(n_train)])  # the training rows
+    assert torch.equal(cb.stats_of("train")[0][0], cb.stats[0][0][rows])
+    for fig, split, label in ((cb.plot_stats(), "train", "recorded training batch"),
+                              (cb.plot_stats(split="valid"), "valid", "recorded validation batch")):
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == label
+        assert torch.equal(torch.as_tensor(ax.lines[0].get_ydata()), cb.stats_of(split)[0][0])
+    assert cb.dead_chart(split="valid").axes[0].lines[0].get_ydata().shape == (2 * n_valid,)
+    assert cb.color_dim().axes[0].get_images()[0].get_array().shape[1] == 2 * n_train
+    with pytest.raises(ValueError, match=r"split is 'train' or 'valid'"):
+        cb.plot_stats(split="validation")
+
+
 def test_hooks_that_fail_to_register_leave_none_behind_and_name_the_module():
     """A ScriptModule in the model: Hooks registered the modules before it, then torch refused it; those hooks
     stayed on the model for good (neither `with` nor cleanup_fit could reach them), in summary and ActivationStats."""

@@ -116,7 +116,8 @@ def test_the_lr_finder_chart_keeps_a_last_point_that_is_no_blow_up():
 
 def test_activation_plots_say_their_x_axis_counts_recorded_batches():
     """They said 'batch', but with every=k (batches 0, k, 2k... of each pass) and on_valid=True (validation batches
-    in between) the x axis is the index of the recorded batch, not the batch number."""
+    in between) the x axis is the index of the recorded batch, not the batch number; each plot draws one pass's
+    (probe P45), and says which."""
     from torch import nn
 
     from miniai.callbacks.activations import ActivationStats
@@ -126,7 +127,7 @@ def test_activation_plots_say_their_x_axis_counts_recorded_batches():
     figures = {"color_dim": stats.color_dim(), "dead_chart": stats.dead_chart(), "plot_stats": stats.plot_stats()}
     for name, fig in figures.items():
         labels = {ax.get_xlabel() for ax in fig.axes if ax.lines or ax.images}
-        assert labels == {"recorded batch"}, (name, labels)
+        assert labels == {"recorded training batch"}, (name, labels)
 
 
 def _cut_off(fig: Figure) -> list[str]:

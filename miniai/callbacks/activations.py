@@ -365,7 +365,8 @@ class HooksCallback(Callback):
 
 
 class ActivationStats(HooksCallback):
-    """Per chosen layer and training batch: mean, std and histogram of |activations| (`bins` over `range`).
+    """Per chosen layer and training batch (validation batches too with `on_valid`): mean, std and histogram of
+    |activations| (`bins` over `range`). `stats` holds every record in the order run, `stats_of(split)` one pass's.
 
     `every=k` records batches 0, k, 2k, ... of each pass only: on the CPU the histogram costs about as much as
     a layer's forward (bs 64: ~1.25-1.35× the epoch with every batch recorded); `every=4` costs a quarter of that.
@@ -459,6 +460,8 @@ class ActivationStats(HooksCallback):
                  f"pass of {learn.iter + 1} batches: it records the forwards made in the pass's mode (model."
                  f"{'train' if learn.training else 'eval'}()), and the model was not in it. To freeze "
                  "BatchNorm while training, put only those layers in eval mode.")
+        for hook, n in zip(self.hooks, recorded):  # which pass each record is of (the plots draw one pass)
+            hook.passes = getattr(hook, "passes", []) + ["train" if learn.training else "valid"] * n
         super().cleanup_epoch(learn)
 
     @property
@@ -470,6 +473,26 @@ class ActivationStats(HooksCallback):
             self._cache = (self.hooks, counts, [self._layer_stats(h) for h in self.hooks])
         return self._cache[2]
 
+    def stats_of(self, split: str) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """`stats` of one pass's batches, `split` 'train' or 'valid' (with `on_valid`, `stats` holds both, in the
+        order they ran)."""
+        if split not in ("train", "valid"):
+            raise ValueError(f"split is 'train' or 'valid', got {split!r}")
+        return [(m[rows], s[rows], h[rows]) for (m, s, h), rows in zip(self.stats, self._rows(split))]
+
+    def _rows(self, split: str) -> list[Tensor]:
+        """Per layer, which records are of `split`'s batches (those of a pass still running: of its split)."""
+        now = "train" if self._training else "valid"
+        return [torch.tensor([p == split for p in passes + [now] * (n - len(passes))], dtype=torch.bool)
+                for passes, n in ((getattr(h, "passes", []), getattr(h, "n_recorded", 0)) for h in self.hooks)]
+
+    def _split(self, split: str | None) -> str:
+        """The pass a plot draws: `split`, else the training batches when any were recorded."""
+        if split is None:
+            return "train" if any(bool(rows.any()) for rows in self._rows("train")) or not self.on_valid else "valid"
+        self.stats_of(split)  # (checks it)
+        return split
+
     def _layer_stats(self, hook: Hook) -> tuple[Tensor, Tensor, Tensor]:
         n = getattr(hook, "n_recorded", 0)
         if not n:
@@ -477,10 +500,12 @@ class ActivationStats(HooksCallback):
         rows = hook.record[:n].cpu()  # the one copy to the host
         return rows[:, 0], rows[:, 1], rows[:, 2:]
 
-    def _recorded(self) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """`stats`, for a plot: an error when nothing was recorded (an empty figure would say nothing of why)."""
-        if any(len(means) for means, _, _ in self.stats):
-            return self.stats
+    def _recorded(self, split: str | None = None) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """`stats` (of `split`'s batches, if given), for a plot: an error when nothing was recorded (an empty figure
+        would say nothing of why)."""
+        stats = self.stats if split is None else self.stats_of(split)
+        if any(len(means) for means, _, _ in stats):
+            return stats
         raise nothing_recorded("ActivationStats", self._fitted, "learn.fit(1, cbs=[stats])",
                                f"it records the batches of training passes (on_train={self.on_train}: training "
                                f"batches) and validation passes (on_valid={self.on_valid}) made with the model in the "
@@ -493,41 +518,48 @@ class ActivationStats(HooksCallback):
         """One name per hooked layer, for legends and titles: its index and class."""
         return [f"{i}: {type(h.module).__name__}" for i, h in enumerate(self.hooks)]
 
-    def dead_fractions(self) -> list[Tensor]:
-        """Per layer, per batch: share of all its activations in the lowest histogram bin (|x| near 0)."""
+    def dead_fractions(self, split: str | None = None) -> list[Tensor]:
+        """Per layer, per batch (of `split`'s batches, if given): share of all its activations in the lowest histogram
+        bin (|x| near 0)."""
         if self.range[0] != 0:  # zeros are not in the lowest bin: a dead layer would show NaN (or 0.0), not 1.0
             raise ValueError(f"dead units are the activations at 0, which are counted in the lowest bin only when the "
                              f"histogram starts at 0, and this one starts at {self.range[0]:g} (range={self.range}): "
                              f"record with range=(0, {self.range[1]:g})")
-        return [hists[:, 0] / sizes for (_, _, hists), sizes in zip(self._recorded(), self._sizes())]
+        return [hists[:, 0] / sizes for (_, _, hists), sizes in zip(self._recorded(split), self._sizes(split))]
 
-    def _sizes(self) -> list[Tensor]:
+    def _sizes(self, split: str | None = None) -> list[Tensor]:
         """Per layer, the number of activations in each recorded batch (the histograms count those in range)."""
-        return [torch.tensor(getattr(h, "sizes", [])[:getattr(h, "n_recorded", 0)], dtype=torch.float32)
-                for h in self.hooks]
+        sizes = [torch.tensor(getattr(h, "sizes", [])[:getattr(h, "n_recorded", 0)], dtype=torch.float32)
+                 for h in self.hooks]
+        return sizes if split is None else [n[rows] for n, rows in zip(sizes, self._rows(split))]
 
-    def _warn_out_of_range(self) -> None:
+    def _warn_out_of_range(self, split: str) -> None:
         """Warn about the layers whose histograms miss much: values beyond the range (or NaN) are not counted, so
         an exploded layer shows an empty image, and its few small values look like all of it."""
-        for label, (_, _, hists), sizes in zip(self.labels, self._recorded(), self._sizes()):
+        for label, (_, _, hists), sizes in zip(self.labels, self._recorded(split), self._sizes(split)):
             outside = float((1 - hists.sum(1) / sizes).max()) if len(sizes) else 0.0
             if outside > 0.1:
                 warn(f"{label}: up to {outside:.0%} of the activations fell outside range={self.range} "
                      f"(or were NaN) and are not in its histograms: record with a wider range, "
                      f"ActivationStats(range=(0, ...))")
 
-    def color_dim(self, figsize: tuple[float, float] | None = None) -> Any:
+    # Each plot draws one pass's batches, `split`: the training ones, unless only validation ones were recorded
+    # (with on_valid, split='valid'): an eval-mode batch beside the training ones would look like a jump.
+    def color_dim(self, figsize: tuple[float, float] | None = None, split: str | None = None) -> Any:
         """The log-histogram of |activations| per layer (bins up, batches right): the "colorful dimension"."""
         from ..plotting import plot_color_dim  # matplotlib is imported only when a plot is asked for
-        self._warn_out_of_range()
-        return plot_color_dim([h for _, _, h in self._recorded()], self.range, self.labels, figsize=figsize)
+        split = self._split(split)
+        self._warn_out_of_range(split)
+        return plot_color_dim([h for _, _, h in self._recorded(split)], self.range, self.labels, figsize=figsize,
+                              xlabel=_XLABELS[split])
 
-    def dead_chart(self, ax: Any = None, figsize: tuple[float, float] = (6, 4)) -> Any:
+    def dead_chart(self, ax: Any = None, figsize: tuple[float, float] = (6, 4), split: str | None = None) -> Any:
         """Share of activations in the lowest bin (|x| below its upper edge: 0.25 with the default range and bins) per
         layer over batches, the course's chart: after a ReLU 1.0 means every unit is dead; a tanh's small values
         count too."""
         from ..plotting import plot_dead_chart
-        self._warn_out_of_range()
+        split = self._split(split)
+        self._warn_out_of_range(split)
         shifted: dict[str, list[str]] = {}  # each sub as shown -> the labels of the layers shifting by it, in order
         for label, hook in zip(self.labels, self.hooks):
             sub = _shift(hook.module)
@@ -540,11 +572,15 @@ class ActivationStats(HooksCallback):
             warn(f"{names} {verb} output down by sub: an inactive unit gives -sub or below, not 0, so the lowest "
                  "bin counts activations near 0 (units at their kink), not dead units; dead units show in color_dim "
                  "at |activation| >= sub instead")
-        return plot_dead_chart(self.dead_fractions(), self.labels, ax=ax, figsize=figsize)
+        return plot_dead_chart(self.dead_fractions(split), self.labels, ax=ax, figsize=figsize, xlabel=_XLABELS[split])
 
-    def plot_stats(self, figsize: tuple[float, float] = (10, 4)) -> Any:
+    def plot_stats(self, figsize: tuple[float, float] = (10, 4), split: str | None = None) -> Any:
         """Means (left) and stds (right) of the activations per layer over batches."""
         from ..plotting import plot_act_stats
-        stats = self._recorded()
+        split = self._split(split)
+        stats = self._recorded(split)
         return plot_act_stats([m for m, _, _ in stats], [s for _, s, _ in stats], self.labels,
-                              figsize=figsize)
+                              figsize=figsize, xlabel=_XLABELS[split])
+
+
+_XLABELS = {"train": "recorded training batch", "valid": "recorded validation batch"}
