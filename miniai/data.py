@@ -452,9 +452,9 @@ class _DictToTuple:
     pixel_values), or there are no `names` (a split with no `features`: a torch Subset), the batch's own columns
     are used, in their order. A class, not a closure: loader workers started by spawn (macOS, Windows) pickle it."""
 
-    def __init__(self, names: list[str], collate_fn: Callable = default_collate, strict: bool = False,
+    def __init__(self, names: list[str], collate_fn: Callable = default_collate,
                  classlabels: list[str] | None = None, where: str = "") -> None:
-        self.names, self.collate_fn, self.strict, self.where = names, collate_fn, strict, where
+        self.names, self.collate_fn, self.where = names, collate_fn, where
         self.classlabels = classlabels or []  # the dataset's ClassLabel columns
         self.unchecked = True  # until the first batch's columns are checked (check_columns)
 
@@ -487,15 +487,16 @@ class _DictToTuple:
 
     def columns(self, batch: dict) -> list[str]:
         """The keys of a dict batch (or item) in the order of the tuple it becomes."""
-        names = self.names if self.names and (self.strict or all(k in batch for k in self.names)) else list(batch)
+        names = self.names if self.names and all(k in batch for k in self.names) else list(batch)
         label = next((k for k in _LABELS if k in names), None)  # one: inputs named y or target keep their place
         return [k for k in names if k != label] + [label] * (label is not None)
 
 
 def collate_dict(ds: Any) -> Callable[[list], tuple]:
     """The course's collate for a HF dataset of dict items: `default_collate`, then a tuple of the columns in
-    `ds.features` order, a label column last (`(images, labels)`), what a Learner's batch is (as `from_dd`'s)."""
-    return _DictToTuple(list(ds.features), strict=True, classlabels=_classlabels(ds), where="collate_dict")
+    `ds.features` order (the batch's own, when a transform renamed them), a label column last (`(images, labels)`),
+    what a Learner's batch is (as `from_dd`'s)."""
+    return _DictToTuple(list(ds.features), classlabels=_classlabels(ds), where="collate_dict")
 
 
 def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any, valid: Any,

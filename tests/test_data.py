@@ -1378,3 +1378,17 @@ def test_a_normalization_the_loaders_items_have_not_had_is_refused():
     g = torch.Generator().manual_seed(0)
     photos = ((0.75 + 0.25 * torch.randn(64, 3, 8, 8, generator=g)).clamp(0, 1) - 0.5) / 0.5
     DataLoaders(TensorLoader(photos, y[:64], 16), TensorLoader(photos, y[:64], 16), normalize=((0.5,) * 3, (0.5,) * 3))
+
+
+def test_collate_dict_after_a_transform_that_renames_columns_takes_the_batchs_own_as_from_dd_does():
+    """(probe P44) The Hugging Face docs' set_transform (image -> pixel_values): collate_dict(ds) failed with a bare
+    KeyError: 'image', where from_dd took the batch's own columns."""
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, Features, Image
+    images = [PIL.Image.fromarray(np.full((5, 5), 30 * i, np.uint8)) for i in range(4)]
+    ds = Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]},
+                           features=Features({"image": Image(), "label": ClassLabel(names=["a", "b"])}))
+    ds.set_transform(lambda b: {"pixel_values": [torch.tensor(np.array(o), dtype=torch.float32) for o in b["image"]],
+                                "label": b["label"]})
+    xb, yb = collate_dict(ds)([ds[0], ds[1]])
+    assert xb.shape == (2, 5, 5) and yb.tolist() == [0, 1]
