@@ -970,7 +970,8 @@ class CheckpointCB(Callback):
                     raise
                 add_note(e, f"(CheckpointCB could not write {file}; nothing was removed. "
                             + (f"The newest checkpoint of this run is {learn.last_checkpoint}; once the cause is "
-                               f"mended (room on the disk, a writable folder), continue the run with {resume_call(learn, learn.last_checkpoint)}.)"
+                               "mended (room on the disk, a writable folder), continue the run with "
+                               f"{resume_call(learn, learn.last_checkpoint)}.)"
                                if learn.last_checkpoint is not None else "No checkpoint of this run was written.)"))
                 raise
             for old in self._replaced:  # the earlier run's, now that this one has a checkpoint of its own; not
