@@ -386,6 +386,11 @@ def check_fit_args(learn: Any, n_epochs: Any, train: bool, valid: bool, fit_lr: 
         # lr_find's result; other types: opt_func's call)
         take = " (lr_find's result: take one of its suggestions, res.valley or res.steepest)" * hasattr(lr, "valley")
         raise TypeError(f"lr must be a number, got {lr!r} ({type(lr).__name__}){take}")
+    if isinstance(lr, (list, tuple, slice)):  # (fastai's lr=slice(low, high), or one per group)
+        raise TypeError(f"lr must be one number, got {lr!r}: for lrs per group, give opt_func param groups of their "
+                        "own 'lr', opt_func=lambda ps, lr: AdamW([{'params': model[0].parameters(), 'lr': lr / 10}, "
+                        "{'params': model[1].parameters()}], lr=lr): fit and the schedules keep each group's ratio to "
+                        "the one lr")
     several = isinstance(lr, torch.Tensor) and lr.numel() != 1  # (a one-element tensor: torch's Adam takes it)
     if several or type(lr).__module__ == "numpy" and getattr(lr, "shape", ()) != ():  # (np.array([0.05]): torch's
         raise TypeError(f"lr must be one number, got an array of shape {tuple(lr.shape)}: pass float(lr[0])")  # step)

@@ -1272,3 +1272,11 @@ def test_a_fit_of_binary_logits_shows_no_warning_of_torchs_in_a_fresh_process():
             "cbs=[MetricsCB(log_fn=None)]).fit(1)")
     done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("lr", [[1e-3, 1e-2], (1e-3, 1e-2), slice(1e-4, 1e-2)])
+def test_an_lr_per_group_given_to_fit_says_where_per_group_lrs_go(lr):
+    """(probe P51) fastai's lr=slice(...) or a list per group: a bare "float() argument must be a string or a real
+    number, not 'list'" from inside fit."""
+    with pytest.raises(TypeError, match=r"lr must be one number.*opt_func.*param groups"):
+        tiny_learner().fit(1, lr=lr)

@@ -405,7 +405,12 @@ def test_accumulation_steps_the_schedule_per_optimizer_step_and_ends_on_its_fina
 
 @pytest.mark.parametrize("kwargs, said", [
     ({"lr_max": 0.1}, r"the cycle's peak as max_lr: fit_one_cycle\(2, max_lr=0.1\)"),
-    ({"wd": 0.01}, r"weight decay is the optimizer's: opt_func=partial\(optim.SGD, weight_decay=0.01\)")])
+    ({"wd": 0.01}, r"weight decay is the optimizer's: opt_func=partial\(optim.SGD, weight_decay=0.01\)"),
+    # (probe P51) these were "Learner.fit() got an unexpected keyword argument 'div'", a call the user never made
+    ({"div": 10.0}, r"fit_one_cycle\(2, div_factor=10.0\)"),
+    ({"div_final": 1e5}, r"final_div_factor=4000.0\): the final lr, max_lr / div_final.*max_lr / \(div_factor × "),
+    ({"moms": (0.95, 0.85, 0.95)}, r"max_momentum=0.95, base_momentum=0.85"),
+    ({"reset_opt": True}, r"fit_one_cycle\(\) got an unexpected keyword argument 'reset_opt'.*pct_start")])
 def test_fastais_fit_one_cycle_arguments_say_what_they_are_here(kwargs, said):
     """(probe P8) fastai's fit_one_cycle(n, lr_max=...) or wd=...: "Learner.fit() got an unexpected keyword
     argument", naming neither max_lr nor where weight decay goes."""

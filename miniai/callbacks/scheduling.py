@@ -813,6 +813,22 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         raise TypeError(f"fit_one_cycle has no wd: weight decay is the optimizer's: opt_func=partial("
                         f"{'optim.' * (kind in vars(torch.optim))}{kind}, weight_decay={fit_kwargs['wd']!r}) for the "
                         "learner")
+    div = fit_kwargs.get("div", div_factor)
+    fastais = {  # (fastai's names for torch's)
+        "div": (f"div_factor={div!r}", ""),
+        "div_final": (f"final_div_factor={fit_kwargs.get('div_final', 1) / div!r}", ": the final lr, max_lr / "
+                      "div_final in fastai, is max_lr / (div_factor × final_div_factor) in torch's OneCycleLR"),
+        "moms": ("max_momentum={!r}, base_momentum={!r}".format(*tuple(fit_kwargs.get("moms") or (0.95, 0.85))[:2]),
+                 "")}
+    for name, (meant, why) in fastais.items():
+        if name in fit_kwargs:
+            raise TypeError(f"fit_one_cycle has no {name} (fastai's): fit_one_cycle({n_epochs}, {meant}){why}")
+    fit_names = inspect.signature(learn.fit).parameters
+    unknown = next((name for name in fit_kwargs if name not in fit_names), None)
+    if unknown is not None:  # (named as fit_one_cycle's, not as fit's, a call the user did not make)
+        raise TypeError(f"fit_one_cycle() got an unexpected keyword argument {unknown!r}: it takes max_lr, "
+                        "pct_start, div_factor, final_div_factor, base_momentum, max_momentum, cycle_momentum, cbs "
+                        f"and fit's {', '.join(n for n in fit_names if n not in ('n_epochs', 'cbs', 'lr'))}")
     max_lr = learn.lr if max_lr is None else max_lr
     if isinstance(max_lr, torch.Tensor) and max_lr.numel() == 1:  # (fit takes one as its number)
         max_lr = max_lr.item()
