@@ -936,3 +936,21 @@ def test_a_momentum_learners_first_fit_starts_without_gradients_it_did_not_make(
     assert all(p.grad is not None for p in first.model.parameters())
     expected = momentum_fit(start)
     assert all(torch.equal(a, b) for a, b in zip(momentum_fit(first.model), expected))
+
+
+def test_mixed_precision_keywords_that_are_no_scalers_are_refused_and_unused_ones_warned_of():
+    """(probe P51) MixedPrecisionCB(enabled=False), torch's habit, still trained under bfloat16 autocast (with
+    float16: autocast on, the scaler off, the underflow its docstring warns of); Lightning's precision='16-mixed' was
+    taken and dropped; init_scale beside bfloat16, which has no scaler, was dropped without a word."""
+    from miniai.callbacks.mixed_precision import MixedPrecisionCB
+    with pytest.raises(ValueError, match=r"enabled=False.*leave MixedPrecisionCB out"):
+        MixedPrecisionCB(torch.float16, enabled=False)
+    with pytest.raises(ValueError, match=r"precision='16-mixed'.*MixedPrecisionCB\(torch.float16\)"):
+        MixedPrecisionCB(precision="16-mixed")
+    with pytest.raises(TypeError, match=r"growth_intervall.*GradScaler.*init_scale, growth_factor"):
+        MixedPrecisionCB(growth_intervall=10)
+    with pytest.raises(ValueError, match=r"bfloat16 trains without a GradScaler.*init_scale"):
+        MixedPrecisionCB(torch.bfloat16, init_scale=1024.0)
+    with pytest.warns(UserWarning, match=r"bfloat16.*no GradScaler.*init_scale.*unused"):
+        tiny_learner(cbs=[MixedPrecisionCB(init_scale=1024.0)]).fit(1)  # (the CPU: dtype None picks bfloat16)
+    MixedPrecisionCB(torch.float16, init_scale=1024.0, growth_interval=10)

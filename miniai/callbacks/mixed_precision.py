@@ -47,6 +47,7 @@ class MixedPrecisionCB(Callback):
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"MixedPrecisionCB dtype must be torch.float16, torch.bfloat16 or None (pick by "
                              f"device), got {dtype!r}")
+        _check_scaler_kwargs(dtype, scaler_kwargs)
         # a NumPy or one-number tensor setting as a Python number: checkpoints hold the scaler's settings, and the
         # safe loader a resume reads them with refuses NumPy scalars
         self.dtype = dtype
@@ -91,6 +92,9 @@ class MixedPrecisionCB(Callback):
                 self._scaler_device = device_type
         else:
             self.scaler = None
+            if self.scaler_kwargs and not learn._predicting:
+                warn(f"MixedPrecisionCB trains in bfloat16 here ({device_type}), which uses no GradScaler: "
+                     f"{', '.join(self.scaler_kwargs)} unused (MixedPrecisionCB(torch.float16, ...) scales)")
         if self.scaler is not None and learn.opt is not None:  # (get_preds: no optimizer before the first fit)
             if not isinstance(learn.opt, torch.optim.Optimizer):  # the scaler unscales and steps through its API
                 raise TypeError(f"MixedPrecisionCB in float16 steps through a GradScaler, which needs a torch.optim."
@@ -185,3 +189,26 @@ class MixedPrecisionCB(Callback):
             self.scaler.load_state_dict(scaler)
         if n_skipped is not None:
             self.n_skipped = n_skipped
+
+
+_SCALER_KWARGS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")  # (GradScaler's settings)
+
+
+def _check_scaler_kwargs(dtype: torch.dtype | None, kwargs: dict[str, Any]) -> None:
+    """Refuse keywords that are no GradScaler setting (torch's `enabled=False`, Lightning's `precision`), and
+    settings of a scaler that bfloat16 does not use."""
+    if "enabled" in kwargs:  # (a scaler's enabled=False would keep float16 autocast, with unscaled gradients)
+        raise ValueError("MixedPrecisionCB(enabled=False): to train in float32 leave MixedPrecisionCB out of the "
+                         "callbacks (learn.rm_cb(cb))")
+    if "precision" in kwargs:  # (Lightning's)
+        meant = {"16-mixed": "MixedPrecisionCB(torch.float16)", "bf16-mixed": "MixedPrecisionCB(torch.bfloat16)"}
+        raise ValueError(f"MixedPrecisionCB has no precision={kwargs['precision']!r}: "
+                         + meant.get(str(kwargs["precision"]), "MixedPrecisionCB(torch.float16) or "
+                                     "MixedPrecisionCB(torch.bfloat16); leave it out to train in float32"))
+    unknown = [k for k in kwargs if k not in _SCALER_KWARGS]
+    if unknown:
+        raise TypeError(f"MixedPrecisionCB got {', '.join(unknown)}: its keywords go to torch's GradScaler, which "
+                        f"takes {', '.join(_SCALER_KWARGS)}")
+    if kwargs and dtype == torch.bfloat16:
+        raise ValueError(f"bfloat16 trains without a GradScaler (its exponent range is float32's): "
+                         f"{', '.join(kwargs)} would be unused. Leave them out, or use MixedPrecisionCB(torch.float16)")
