@@ -188,6 +188,13 @@ learn = learner([DDPCB(presharded=("train",)), DeviceCB("cpu")])
 learn.dls.train = TensorLoader(setup["xt"][:32 + 8 * r], setup["yt"][:32 + 8 * r], setup["bs"])  # 4 and 5 batches
 refusal("uneven_shards", lambda: learn.fit(1))  # (it ended in gloo's "collective mismatch" and a SIGABRT)
 learn.fit(1, train=False)  # an evaluation takes no training step: not refused
+# (probe P50) a shuffled shard of one's own seeded per rank (set_seed(42 + rank) then a drawn seed): the ranks' parts
+# of two orders overlapped, 13 of 64 items never trained on; and shard(0, 2) on every rank
+learn.dls.train = TensorLoader(setup["xt"][:64], setup["yt"][:64], setup["bs"], shuffle=True, seed=r).shard(r, 2)
+refusal("shard_seeds", lambda: learn.fit(1))
+learn.dls.train = TensorLoader(setup["xt"][:64], setup["yt"][:64], setup["bs"], shuffle=True, seed=0).shard(0, 2)
+refusal("shard_ranks", lambda: learn.fit(1))
+learn.fit(1, train=False)  # (nor the shards it does not train on)
 first = learner([DDPCB(), DeviceCB("cpu"), quiet, CheckpointCB(f"{out}/G")])
 first.fit(2)
 last_checkpoint = str(first.last_checkpoint)
@@ -528,12 +535,14 @@ def test_what_ddp_cannot_do_is_refused_on_every_rank_and_a_resume_right_after_a_
     for r in (0, 1):
         result = json.loads((launch.out / f"G{r}.json").read_text())
         assert set(result["refused"]) == {"lr_find", "swa", "sampler", "same_loader", "preds_in_fit", "other_data",
-                                          "own_split", "uneven_shards"}, \
+                                          "own_split", "uneven_shards", "shard_seeds", "shard_ranks"}, \
             result
         assert "dls.train holds other data on rank 1 than on rank 0 (the checksums of its 46 items differ)" in \
             result["refused"]["own_split"]
         assert "dls.valid" in result["refused"]["other_data"] and "rank 1" in result["refused"]["other_data"]
         assert "presharded dls.train gives 5 batches on rank 1 and 4 on rank 0" in result["refused"]["uneven_shards"]
+        assert "seed 1 on rank 1 and 0 on rank 0" in result["refused"]["shard_seeds"]
+        assert "shard(0, 2) on rank 1" in result["refused"]["shard_ranks"]
         assert "one process" in result["refused"]["lr_find"] and "SubsetRandomSampler" in result["refused"]["sampler"]
         assert result["last_checkpoint"].endswith("epoch_0002.pt")  # rank 1 knows it too (NaN and Ctrl-C notes)
     ranks = [torch.load(launch.out / f"G{r}.pt") for r in (0, 1)]

@@ -312,8 +312,11 @@ def _check_same_data(dls: Any, presharded: tuple[str, ...], training: bool) -> N
     # a training shard of one's own: as many batches on every rank (DDP averages the gradients at each one), where
     # every rank knows its count (an IterableDataset's shard has none)
     steps = len_or_none(getattr(dls, "train", None)) if "train" in presharded and training else None
+    shards = {name: _shard_of(getattr(dls, name, None)) for name in presharded if name != "train" or training}
     ranks: list[Any] = [None] * world_size()
-    dist.all_gather_object(ranks, (mine, steps))
+    dist.all_gather_object(ranks, (mine, steps, shards))
+    _check_shards([theirs for *_, theirs in ranks])
+    ranks = [(mine, steps) for mine, steps, _ in ranks]
     known = [n for _, n in ranks if n is not None]
     for r, (_, theirs) in enumerate(ranks):
         if len(known) == len(ranks) and theirs != ranks[0][1]:
@@ -331,6 +334,39 @@ def _check_same_data(dls: Any, presharded: tuple[str, ...], training: bool) -> N
                                  "DDPCB gives each rank its part of one dataset: build the loaders alike on every "
                                  "rank (the same files, a split with a fixed seed such as get_dls(holdout_seed=...)), "
                                  f"or shard them yourself and say so, DDPCB(presharded=('{name}',))")
+
+
+def _shard_of(dl: Any) -> tuple | None:
+    """A TensorLoader's shard (rank, world size, seed if shuffled, its whole data's size and checksums), or None."""
+    if not isinstance(dl, TensorLoader) or dl.world_size == 1:
+        return None
+    return dl.rank, dl.world_size, dl.seed if dl.shuffle else None, len(dl.x), byte_sums([dl.x, dl.y])
+
+
+def _check_shards(ranks: list[dict[str, tuple | None]]) -> None:
+    """Refuse TensorLoaders sharded with shard(rank, world_size) whose parts are not of one order of one dataset:
+    shards of other seeds (each rank's part of another order: some items twice, others never), of the same rank,
+    of another world size, or of other data."""
+    for name in ranks[0]:
+        shards = [theirs[name] for theirs in ranks]
+        if any(shard is None for shard in shards):
+            continue
+        for r, (rank, size, seed, n, sums) in enumerate(shards):
+            first = shards[0]
+            if (rank, size) != (r, len(ranks)):
+                why = f"shard({rank}, {size}) on rank {r}"
+            elif seed != first[2]:
+                why = (f"seed {seed} on rank {r} and {first[2]} on rank 0: each rank walks its part of another order, "
+                       "so some items train twice an epoch and others never. Give every rank one seed (a number, not "
+                       "one drawn after set_seed(seed + rank))")
+            elif (n, sums) != first[3:]:
+                why = f"other data on rank {r} than on rank 0"
+            else:
+                continue
+            raise ValueError(f"DDPCB: the presharded dls.{name}, a TensorLoader sharded with shard(rank, world_size), "
+                             f"has {why}; each rank takes its part of one order of one dataset: "
+                             f"TensorLoader(x, y, bs, shuffle=True, seed=s).shard(rank(), world_size()), with the same "
+                             "x, y and s on every rank")
 
 
 def _data_sums(dl: Any) -> dict[str, Any]:
