@@ -375,10 +375,9 @@ class DataLoaders:
         target = next((c for c in _LABELS if c in features), list(features)[-1] if features and as_tuple else None)
         names = getattr(features[target], "names", None) if target is not None else None
         for name, split in (("train", train), (valid_name, valid)):  # labels of no class (-1: datasets' 'no
-            if names is not None and target in (getattr(split, "features", None) or {}) \
-                    and callable(getattr(split, "with_format", None)):  # label') would end the fit late
-                labels = torch.as_tensor(split.with_format("numpy", columns=[target])[target])  # (Arrow: no image read)
-                check_labels(labels, names, f"DataLoaders.from_dd: split {name!r}", HF_NO_LABEL)
+            if names is not None and not isinstance(split, IterableDataset) and target in (  # label') would end the
+                    getattr(split, "features", None) or {}):  # fit late; a stream can't be read ahead
+                _check_labels_read(split, target, names, f"DataLoaders.from_dd: split {name!r}")
         return cls(DataLoader(train, batch_size, shuffle=shuffle, collate_fn=collate, **kwargs),
                    DataLoader(valid, batch_size * 2, shuffle=False, collate_fn=collate, **valid_kwargs),
                    classes=None if names is None else list(names))
@@ -558,6 +557,21 @@ def _check_split_columns(collate: _DictToTuple, collate_fn: Callable, train: Any
         fix = "give both splits the same columns (and the same transforms)" + (": " + "; ".join(ways) if ways else "")
     raise ValueError(f"DataLoaders.from_dd: split 'train' gives batches of {tuple(train_cols)} and split "
                      f"{valid_name!r} of {tuple(valid_cols)}: other inputs or another target in each pass; {fix}")
+
+
+def _check_labels_read(split: Any, target: str, names: list[str], what: str) -> None:
+    """Refuse labels of no class (`check_labels`) in a split's ClassLabel column, read at once from its Arrow table
+    (no image decoded), unless the split's transform makes something else of them (-1 into -100, the loss's
+    ignore_index): the first such item is read as the loader will read it."""
+    if not callable(getattr(getattr(split, "data", None), "column", None)):  # (no Arrow table: no datasets Dataset)
+        return
+    labels = torch.as_tensor(split.with_format("numpy", columns=[target])[:][target])
+    bad = ((labels < 0) | (labels >= len(names))).nonzero()
+    if len(bad):
+        item = split[int(bad[0])]  # (through its transform, if any)
+        if isinstance(item, dict) and torch.as_tensor(item.get(target, labels[bad[0]])).reshape(-1)[:1].tolist() \
+                == labels[bad[0]].tolist():
+            check_labels(labels, names, what, HF_NO_LABEL)
 
 
 def _kind(value: Any) -> str:

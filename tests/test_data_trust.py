@@ -103,6 +103,26 @@ def test_from_dd_refuses_a_split_of_labels_minus_one_before_training():
                                          r"filter"):
         DataLoaders.from_dd(dd.with_transform(lambda b: b), 2)
     DataLoaders.from_dd(dd_of({"train": [0, 1, 2, 0], "test": [2, 1]}, ClassLabel(names=["a", "b", "c"])), 2)
+    # (regression round T1) a transform that maps -1 to -100, torch's ignore_index (semi-supervised items), is taken
+
+    def unlabelled_ignored(batch):
+        batch["label"] = [-100 if label == -1 else label for label in batch["label"]]
+        return batch
+    semi = dd_of({"train": [0, -1, 2, 0], "test": [2, 1]}, ClassLabel(names=["a", "b", "c"]))
+    DataLoaders.from_dd(semi.with_transform(unlabelled_ignored), 2)
+
+
+def test_from_dd_leaves_the_labels_of_streams_alone():
+    """(regression round T1) The -1 check failed on a streaming split (IterableDataset.with_format takes no
+    columns): from_dd refused every stream with a features table."""
+    from datasets import ClassLabel, Dataset, Features, IterableDatasetDict, Value
+    features = Features({"x": Value("float32"), "label": ClassLabel(names=["a", "b"])})
+
+    def rows():
+        yield from ({"x": float(i), "label": i % 2} for i in range(4))
+    stream = IterableDatasetDict({k: Dataset.from_generator(rows, features=features).to_iterable_dataset()
+                                  for k in ("train", "test")})
+    DataLoaders.from_dd(stream, 2)
 
 
 def test_from_dd_refuses_splits_whose_columns_hold_values_of_other_kinds():
