@@ -575,9 +575,9 @@ def _check_labels_read(split: Any, target: str, names: list[str], what: str) -> 
 
 
 def _kind(value: Any) -> str:
-    """What a column's value is, as far as collating tells them apart: 'a number', 'float32 values' (a tensor's or
-    an array's: both collate to tensors), 'a PngImageFile'."""
-    if isinstance(value, numbers.Number):  # (NumPy's scalars too)
+    """What a column's value is, as far as collating tells them apart: 'a number' (a 0-dim tensor's too), 'float32
+    values' (a tensor's or an array's: both collate to tensors), 'a PngImageFile'."""
+    if isinstance(value, numbers.Number) or getattr(value, "ndim", None) == 0:  # (NumPy's scalars, 0-dim tensors)
         return "a number"
     dtype = getattr(value, "dtype", None)
     return f"{str(dtype).removeprefix('torch.')} values" if dtype is not None else f"a {type(value).__name__}"

@@ -140,6 +140,13 @@ def test_from_dd_refuses_splits_whose_columns_hold_values_of_other_kinds():
         DataLoaders.from_dd(dd, 2)
     DataLoaders.from_dd(dd_of({"train": [0, 1], "test": [2, 1]}, ClassLabel(names=list("abc"))).with_transform(
         to_tensor), 2)
+    # (regression round T1) a label as a 0-dim tensor in one split and an int in the other collate alike: taken
+    both = dd_of({"train": [0, 1, 2, 0], "test": [2, 1]}, ClassLabel(names=["a", "b", "c"])).with_transform(to_tensor)
+
+    def labels_as_tensors(batch):
+        return {**to_tensor(batch), "label": [torch.tensor(label) for label in batch["label"]]}
+    both["train"] = both["train"].with_transform(labels_as_tensors)
+    DataLoaders.from_dd(both, 2)
 
 
 @pytest.mark.parametrize("valid_feature", ["plain ints", "other order"])
