@@ -1013,6 +1013,13 @@ def test_a_callback_of_yours_left_out_of_the_predict_path_is_named():
     with pytest.warns(UserWarning, match=r"get_preds leaves out Denorm.*changes the predictions.*inference = True"):
         image_learner([Denorm()]).get_preds()
 
+    class WandBCB(MetricsCB):  # (regression round T1) the course's logger: MetricsCB's after_predict, not its own
+        def _log(self, row):
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image_learner([WandBCB()]).get_preds()
+
     class Counter(Callback):
         inference = False  # records only: said so, so nothing is said
 

@@ -51,13 +51,19 @@ def _warn_left_out(learn: Learner, taking_part: list[Callback], who: str = "get_
     have not said they don't."""
     said = lambda cb: any("inference" in vars(k) for k in type(cb).__mro__ if k is not Callback)  # noqa: E731
     names = [type(cb).__name__ for cb in learn.cbs if all(cb is not p for p in taking_part) and not said(cb)
-             and not type(cb).__module__.startswith("miniai.")
-             and any(callable(getattr(cb, event, None)) for event in ("before_batch", "after_predict"))]
+             and any(_users(cb, event) for event in ("before_batch", "after_predict"))]
     if names:
         warn(f"{who} leaves out {', '.join(names)}: callbacks take part in prediction passes only with "
              f"inference = True (DeviceCB, validation transforms and autocast do). If {names[0]} prepares "
              "the batches the model needs (normalizing, reshaping) or changes the predictions (after_predict), set "
              "inference = True on it; if it only records, set inference = False on its class to say so.")
+
+
+def _users(cb: Callback, event: str) -> bool:
+    """Whether `cb`'s handler of `event` is the user's own: a subclass of MetricsCB (the course's WandBCB) has
+    MetricsCB's after_predict, which records."""
+    owner = next((k for k in type(cb).__mro__ if callable(vars(k).get(event))), None)
+    return owner is not None and not owner.__module__.startswith("miniai.")
 
 
 def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] = (), with_loss: bool = False,
