@@ -292,9 +292,9 @@ def hf_to_tensors(ds: Any, x_col: str = "image", y_col: str = "label", mode: str
         modes = _image_modes(ds, x_col)
         wide = sorted(m for m in modes if wide_pixels(m))
         if wide:
-            sample = [np.asarray(im) for im in ds.select(range(min(len(ds), 256)))[x_col]]  # (for the advice alone)
-            small = all(a.min() >= 0 and a.max() <= 255 and np.array_equal(a, a.round()) for a in sample) \
-                and max(a.max() for a in sample) > 1  # (0-1 floats: scaled, not cast)
+            pixels = [np.asarray(im) for im in ds[x_col]]  # (every image, for the advice: this is the refusal's path)
+            small = all(a.min() >= 0 and a.max() <= 255 and np.array_equal(a, a.round()) for a in pixels) \
+                and max(a.max() for a in pixels) > 1  # (0-1 floats: scaled, not cast)
             fix = ("their pixels all lie in 0..255 (8-bit values kept as int64, which datasets stores as 32-bit "
                    "images): store them as uint8, np.asarray(a, dtype=np.uint8)" if small else
                    "16-bit pixels // 257 (as int32: torch has no uint16 //), 0-1 floats * 255 rounded, as uint8")
