@@ -477,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except DataNotFoundError as e:
                 parser.train_parser.error(str(e))
         from .callbacks.guards import NonFiniteLossError
+        from .learner import CancelBatchException, CancelEpochException, CancelFitException, CancelStepException
+        cancels = (CancelBatchException, CancelEpochException, CancelFitException, CancelStepException)
         stdout = sys.stdout
         if stdout is None:  # closed (`>&-`): the printing goes nowhere, the run trains and saves
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- (closed with the run, below)
@@ -493,11 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except _UsageError as e:
             parser.train_parser.error(str(e))
         except NonFiniteLossError as e:  # its advice is for scripts (lr_find, GradClipCB, a checkpoint to resume)
-            what = str(e).split(" Try a lower lr")[0].split(" The last good checkpoint")[0]
-            kept = (f" --out {args.out} holds the earlier run's files again."
-                    if getattr(args, "restored_earlier", False) else "")
-            print(f"{parser.train_parser.prog}: error: {what} Run the command again{_again(args)} with a lower --lr "
-                  f"(it keeps no checkpoints, so it starts over).{kept}", file=sys.stderr)
+            print(_diverged(parser, args, e), file=sys.stderr)
             return 1
         except OSError as e:
             if getattr(args, "saved", None) is None:  # not while saving: an error of the run, with its traceback
@@ -509,6 +507,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         except KeyboardInterrupt as e:  # the fit's own note tells a script how to resume, which a command can't
             how, code = ("stopped (SIGTERM)", 143) if isinstance(e, _Terminated) else ("interrupted", 130)
+            failed = e.__context__  # (Ctrl-C in a cleanup after the run failed: the learner's context, the cause)
+            if isinstance(failed, NonFiniteLossError):
+                print(_diverged(parser, args, failed), file=sys.stderr)
+            elif isinstance(failed, Exception) and not isinstance(failed, cancels):
+                print(f"{parser.train_parser.prog}: error: {type(failed).__name__}: {failed}", file=sys.stderr)
             if getattr(args, "restored_earlier", False):
                 print(f"\n{how}: nothing of this run was kept, and --out {args.out} holds the earlier run's "
                       "files again (the command keeps no checkpoints: run it again to train from the start)",
@@ -527,6 +530,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.close()
             sys.stdout = stdout
     return 0
+
+
+def _diverged(parser: Any, args: argparse.Namespace, e: Exception) -> str:
+    """The command's message for a run whose loss went NaN: the guard's advice is for scripts (lr_find, GradClipCB, a
+    checkpoint to resume), a command's is a lower --lr."""
+    what = str(e).split(" Try a lower lr")[0].split(" The last good checkpoint")[0]
+    kept = f" --out {args.out} holds the earlier run's files again." if getattr(args, "restored_earlier", False) else ""
+    return (f"{parser.train_parser.prog}: error: {what} Run the command again{_again(args)} with a lower --lr (it "
+            f"keeps no checkpoints, so it starts over).{kept}")
 
 
 def _saved_note(args: argparse.Namespace) -> str:

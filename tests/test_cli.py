@@ -338,6 +338,23 @@ def test_a_diverging_run_ends_with_advice_for_the_command(capsys):
     assert "lr_find" not in err and "GradClipCB" not in err
 
 
+def test_ctrl_c_while_cleaning_up_after_a_diverged_run_still_says_why_it_failed(monkeypatch, capsys):
+    """(regression round T1) Ctrl-C pressed in a cleanup after the loss went NaN: the command said only
+    'interrupted ... run it again', and the same --lr fails the same way."""
+    from miniai.__main__ import main
+    from miniai.callbacks import progress
+    cleanup = progress.ProgressCB.cleanup_epoch
+
+    def slow_cleanup(self, learn):
+        cleanup(self, learn)
+        if isinstance(learn.stopped_by, Exception) and not type(learn.stopped_by).__name__.startswith("Cancel"):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(progress.ProgressCB, "cleanup_epoch", slow_cleanup)
+    assert main(["train", *SMALL, "--bs", "16", "--lr", "1e8"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "training loss is nan" in err and "a lower --lr" in err
+
+
 def test_a_second_run_into_an_out_in_use_is_refused_and_a_dead_runs_claim_is_taken_over(tmp_path, capsys):
     """Two runs started together with one --out both passed the check for an earlier run (nothing was written
     yet) and wrote into the same directory: log.csv of one, result.json and model.pt of the other."""
