@@ -174,6 +174,7 @@ def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> No
     if missing:
         raise TypeError(f"{type(learn).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                         "or use TrainLearner, which defines the steps itself.")
+    _check_learner_names(learn, [e for e in owners if e not in steps])
     from .supervised import TrainLearner  # (imported here: it imports the learner, which imports this module)
     for s in steps:  # (miniai's TrainLearner's own steps are the defaults a callback may replace)
         default = getattr(TrainLearner, s) if isinstance(learn, TrainLearner) else None
@@ -186,12 +187,49 @@ def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> No
                                "TrainLearner's, use miniai's TrainLearner, whose steps callbacks may replace)") + ".")
 
 
+# Other frameworks' training methods, which a Learner subclass ported with them would define and never have called
+_FOREIGN_LEARNER = {
+    "training_step": "PyTorch Lightning's: the loss is loss_func(preds, *targets), the learner's get_loss step: pass "
+                     "loss_func (or override get_loss)",
+    "validation_step": "PyTorch Lightning's: validation runs the same predict and get_loss steps with learn.training "
+                       "False, and MetricsCB logs it",
+    "configure_optimizers": "PyTorch Lightning's: each fit makes the optimizer with opt_func(params, lr): pass opt_func",
+    "train_step": "Keras': a training step is the learner's predict, get_loss, backward, step and zero_grad: "
+                  "override those, or own them in a callback (owns_steps)",
+    "compute_loss": "Keras': the loss is loss_func(preds, *targets): pass loss_func (or override get_loss)"}
+
+
+def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
+    """Refuse a Learner subclass's method that the loop never calls: an event's name (events are callbacks'
+    methods), or another framework's event or training method (training_step, configure_optimizers, ...)."""
+    for k in type(learn).__mro__:
+        if k.__module__.startswith("miniai.") or k is object:
+            continue
+        for name in vars(k):
+            if name in events:
+                why = f"events are callbacks' methods: move it into a callback's method, def {name}(self, learn)"
+            elif _foreign(name):
+                meant = _FOREIGN_EVENTS.get(name)
+                why = ("another framework's event; " + (f"here it is {meant}, " if meant else "") +
+                       f"a callback's method: move it into a callback, def {meant or 'after_batch'}(self, learn)")
+            elif name in _FOREIGN_LEARNER:
+                why = _FOREIGN_LEARNER[name]
+            else:
+                continue
+            raise TypeError(f"{type(learn).__name__}.{name} is never called: {why}")
+
+
 def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:
     """A misspelt event (or another framework's, fastai's by what it means here), a method named like a step the
     callback does not declare, a step that another callback (its handler already in `owners[step]`) owns, or an
     event or step method that can't take the learner is an error when the callback is added, not a silent change
     (or a TypeError from inside the loop)."""
     cls = type(cb).__name__
+    for name in ("run_valid", "run_train"):  # (fastai's switches: here a callback's events run in both passes)
+        if hasattr(cb, name):
+            raise TypeError(f"{cls}.{name} is fastai's; miniai runs a callback's events in both passes: return early "
+                            "in them from the pass that is not its own (if not learn.training: return, for training "
+                            "only), or, for a batch transform, BatchTransformCB(tfm, on_train=..., on_val=...)")
     if isinstance(cb.owns_steps, str):  # ("backward") is a string: the letters would be checked as step names
         raise TypeError(f"{cls}.owns_steps is the string {cb.owns_steps!r}: make it a tuple of step names, "
                         f"owns_steps = ({cb.owns_steps!r},) (the comma makes the tuple)")

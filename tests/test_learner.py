@@ -954,3 +954,25 @@ def test_mixed_precision_keywords_that_are_no_scalers_are_refused_and_unused_one
     with pytest.warns(UserWarning, match=r"bfloat16.*no GradScaler.*init_scale.*unused"):
         tiny_learner(cbs=[MixedPrecisionCB(init_scale=1024.0)]).fit(1)  # (the CPU: dtype None picks bfloat16)
     MixedPrecisionCB(torch.float16, init_scale=1024.0, growth_interval=10)
+
+
+@pytest.mark.parametrize("attr", ["run_valid", "run_train"])
+def test_fastais_run_valid_and_run_train_on_a_callback_are_refused_with_the_way_here(attr):
+    """(probe P51) A training augmentation with fastai's run_valid = False ran in validation too (valid loss 4.75e8
+    for 2.63), without a word."""
+    Aug = type("Aug", (Callback,), {attr: False, "before_batch": lambda self, learn: None})
+    with pytest.raises(TypeError, match=rf"Aug.{attr} is fastai's.*both passes.*learn.training.*"
+                                        r"BatchTransformCB\(tfm, on_train=.*on_val="):
+        tiny_learner(cbs=[Aug()])
+
+
+@pytest.mark.parametrize("name, said", [("training_step", "loss_func"), ("configure_optimizers", "opt_func"),
+                                        ("train_step", "a callback"), ("on_train_epoch_end", "after_epoch"),
+                                        ("after_batch", "a callback's method")])
+def test_other_frameworks_training_methods_on_a_learner_subclass_are_refused(name, said):
+    """(probe P51) A TrainLearner subclass with Lightning's training_step and configure_optimizers (or Keras'
+    train_step, or miniai's own after_batch) trained with loss_func and opt_func instead, never calling them."""
+    Ported = type("Ported", (TrainLearner,), {name: lambda self, *args: None})
+    learn = Ported(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss)
+    with pytest.raises(TypeError, match=rf"Ported.{name} is never called.*{re.escape(said)}"):
+        learn.fit(1)
