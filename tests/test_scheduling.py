@@ -1360,3 +1360,18 @@ def test_a_train_loader_shorter_than_its_len_is_named_where_gradient_accumulatio
     with pytest.warns(UserWarning, match=r"GradAccumCB: training pass 0 gave 9 batches, and the train loader's "
                                          r"len\(\) says 10: the last group's 1 batch\(es\) took no optimizer step"):
         learn.fit(1)
+
+
+@pytest.mark.parametrize("factory", [partial(ls.StepLR, step_size=2, gamma=0.1),
+                                     partial(ls.MultiStepLR, milestones=[1, 2, 3, 4, 5, 6, 7], gamma=0.1),
+                                     partial(ls.ExponentialLR, gamma=0.1)])
+def test_a_decay_counted_in_epochs_but_stepped_per_batch_is_warned_of(factory):
+    """(probe P51) StepLR(step_size=2, gamma=0.1) meant per epoch, in BatchSchedCB: the lr fell to 1e-19 of its
+    start by the fit's end without a word (a cosine's T_max in epochs is refused)."""
+    with pytest.warns(UserWarning, match=r"takes the lr down to .*e-\d+ × its start by this fit's last batch.*"
+                                         r"EpochSchedCB"):
+        make_learner([BatchSchedCB(factory)]).fit(3)
+    with warnings.catch_warnings():  # (a decay counted in steps: a tenth over the fit)
+        warnings.simplefilter("error")
+        make_learner([BatchSchedCB(partial(ls.StepLR, step_size=BATCHES, gamma=0.5))]).fit(3)
+        make_learner([EpochSchedCB(partial(ls.ExponentialLR, gamma=0.1))]).fit(3)

@@ -308,6 +308,12 @@ class BaseSchedCB(Callback):
                      f"not at its end. If that is not on purpose, build it with {field}={runs}"
                      + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
                         "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".")
+        if isinstance(self, BatchSchedCB):  # (a step_size or gamma meant per epoch: the lr gone to nothing)
+            decay = _decay(self.scheduler, total)
+            if decay is not None and decay < 1e-6:
+                warn(f"{name} takes the lr down to {decay:.1e} × its start by this fit's last batch ({how}): a "
+                     f"step_size, milestones or gamma meant per epoch? Step it once per epoch with EpochSchedCB, or "
+                     f"count them in optimizer steps ({self._per_epoch} an epoch)")
         # (the lr set at the last scheduled step is where SWALR anneals from, when SWACB takes over: one there is
         # used; with anneal_epochs=0 SWALR sets swa_lr at once)
         from .swa import SWACB  # (here: swa.py's users import this module first)
@@ -624,6 +630,18 @@ def _steps_past(scheduler: Any, total: int, within: str = "") -> Iterator[str]:
         for part, start, end in _spans(scheduler, total):
             if end > start:  # (a part that never runs: its SequentialLR's milestone is warned of)
                 yield from _steps_past(part, end - start, f" (in {name}{f', from step {start}' if start else ''})")
+
+
+def _decay(scheduler: Any, total: int) -> float | None:
+    """The factor a StepLR, MultiStepLR or ExponentialLR stepped `total` times has multiplied the lr by when the
+    last batch trains (after `total - 1` steps), or None for another schedule."""
+    if isinstance(scheduler, StepLR):
+        return scheduler.gamma ** ((total - 1) // scheduler.step_size)
+    if isinstance(scheduler, MultiStepLR):
+        return scheduler.gamma ** sum(n for m, n in scheduler.milestones.items() if m <= total - 1)
+    if isinstance(scheduler, ExponentialLR):
+        return scheduler.gamma ** (total - 1)
+    return None
 
 
 def _ending_parts(scheduler: Any, steps: int) -> Iterator[tuple[Any, int]]:
