@@ -1371,7 +1371,7 @@ def test_a_model_returning_logits_and_a_hidden_state_keeps_them_apart():
     x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
     learn = TrainLearner(WithHidden(), DataLoaders(None, None), lambda p, t: F.cross_entropy(p[0], t))
     (logits, hidden), _ = learn.get_preds(dl=[(x[:6], y[:6]), (x[6:], y[6:])])
-    assert logits.shape == (12, 3) and hidden.shape == (4, 6, 4)
+    assert logits.shape == (12, 3) and hidden.shape == (2, 12, 4)  # (probe P61: along the items' dim, not (4, 6, 4))
 
 
 def test_per_item_tensors_of_equal_lengths_in_one_batch_are_still_per_item():
@@ -1442,7 +1442,7 @@ def test_heads_as_many_as_the_items_of_every_batch_stay_heads():
         learn = TrainLearner(model, DataLoaders(None, DataLoader(TensorDataset(x, y), bs)), None)
         (logits, h), _ = learn.get_preds()
         with torch.no_grad():
-            assert torch.allclose(logits, model(x)[0], atol=1e-6) and h.shape == (8 // bs, bs, 5)
+            assert torch.allclose(logits, model(x)[0], atol=1e-6) and torch.allclose(h, model(x)[1], atol=1e-6)
         learn = TrainLearner(Prototypes(), DataLoaders(None, DataLoader(TensorDataset(x, y), bs)), None)
         (emb, protos), _ = learn.get_preds()
         assert emb.shape == (8, 8) and protos.shape == (20 if bs == 2 else 10, 8)
@@ -1985,3 +1985,62 @@ def test_a_batchs_tuple_of_per_item_tensors_whose_length_is_the_batch_size_is_wa
         learn.model.forward = lambda xb: (xb[:, :5], xb[:, 5:10])  # (h_n, c_n) at bs 5: heads, as before
         preds, _ = learn.get_preds(dl=DataLoader(TensorDataset(x, y), batch_size=5))
         assert [tuple(p.shape) for p in preds] == [(10, 5), (10, 5)]
+
+
+class _GRUHead(nn.Module):
+    """Logits (N, 3) and an RNN's h_n (layers, N, H): not batch-first."""
+    def __init__(self):
+        super().__init__()
+        self.gru, self.head = nn.GRU(4, 6, num_layers=2, batch_first=True), nn.Linear(6, 3)
+
+    def forward(self, x):
+        out, h_n = self.gru(x)
+        return self.head(out[:, -1]), h_n
+
+
+@pytest.mark.parametrize("n", [48, 40])
+def test_a_model_output_whose_items_are_not_on_its_first_dim_is_joined_along_theirs(n):
+    """(probe P61) (logits, h_n): the batches' (2, 16, 6) h_n were joined along dim 0 as six 'layers' of 16 items,
+    without a word; with a short last batch, the error blamed padding. Joined along the items' dim, h_n is the
+    model's over the whole set; where no one dim holds the items, an error says so."""
+    x, y = torch.randn(n, 5, 4), torch.randint(0, 3, (n,))
+    dls = DataLoaders(DataLoader(TensorDataset(x, y), 16), DataLoader(TensorDataset(x, y), 16))
+    model = _GRUHead()
+    (logits, h_n), _ = TrainLearner(model, dls, lambda p, t: F.cross_entropy(p[0], t)).get_preds()
+    with torch.no_grad():
+        whole = model(x)
+    assert torch.allclose(logits, whole[0], atol=1e-6) and torch.allclose(h_n, whole[1], atol=1e-6)
+
+    class Square(nn.Module):  # (items, items): which dim is the batch's? no one dim in every batch
+        def forward(self, x):
+            return torch.zeros(2, len(x), len(x))
+    with pytest.raises(ValueError, match=r"output of shape \(2, 16, 16\) in a batch of 16 items has them on no one "
+                                         r"dim.*batch-first"):
+        TrainLearner(Square(), dls, None).get_preds()
+
+
+def test_a_model_returning_a_dataclass_gets_one_dataclass_of_joined_fields():
+    """(probe P61) get_preds gave a list of one dataclass per batch (preds.logits: AttributeError), where tuples,
+    dicts and namedtuples are joined over the batches."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+        aux: torch.Tensor
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 3), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return Out(self.a(x), self.b(x))
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    model = M()
+    learn = TrainLearner(model, DataLoaders(TensorLoader(x, y, 16), TensorLoader(x, y, 16)),
+                         lambda p, t: F.cross_entropy(p.logits, t))
+    preds, targets = learn.get_preds()
+    with torch.no_grad():
+        whole = model(x)
+    assert isinstance(preds, Out) and torch.allclose(preds.logits, whole.logits) and torch.allclose(preds.aux, whole.aux)

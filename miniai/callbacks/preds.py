@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -239,7 +240,8 @@ def _check_act(act: Callable, preds: Any) -> None:
                          "score per item (a binary model) use act=torch.sigmoid")
 
 
-def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False, of_batch: bool = False) -> Any:
+def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False, of_batch: bool = False,
+         path: tuple[str, ...] = ()) -> Any:
     """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors; a
     tuple or list of one entry per item of its batch (`sizes`: strings, dicts, tensors of their own lengths) is
     joined as a sequence, and so, `by_item` (a collate of entries per item), is any of as many entries. `of_batch`:
@@ -247,6 +249,9 @@ def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False
     first = parts[0]
     numpy = type(first).__module__ == "numpy" and hasattr(first, "ndim")  # a collate's NumPy targets: joined too
     if isinstance(first, torch.Tensor) or numpy:
+        if not of_batch and sizes is not None and any(p.ndim and len(p) != n and n in p.shape[1:]
+                                                      for p, n in zip(parts, sizes)):
+            return _cat_items_elsewhere(parts, sizes, path)
         if any(p.ndim != first.ndim for p in parts):  # 0-dim and not: torch.cat's error names neither
             raise ValueError("get_preds: the batches' outputs (or targets) are 0-dim for some batches and not for "
                              "others (a .squeeze() in forward or the collate squeezes a one-item batch's dim too): "
@@ -262,20 +267,46 @@ def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False
             return np.concatenate(parts) if first.ndim else np.stack(parts)
         return torch.cat(parts) if first.ndim else torch.stack(parts)
     if isinstance(first, dict):
-        return {k: _cat([p[k] for p in parts], sizes, of_batch=of_batch) for k in first}
+        return {k: _cat([p[k] for p in parts], sizes, of_batch=of_batch, path=(*path, repr(k))) for k in first}
     if isinstance(first, (tuple, list)):
         if _sequence(first) and (by_item and all(len(p) == n for p, n in zip(parts, sizes))
                                  or _per_item_sequence(parts, sizes, of_batch)):
             return type(first)(item for p in parts for item in p)
-        return _cat_slots(parts, sizes, of_batch=of_batch)
+        return _cat_slots(parts, sizes, of_batch=of_batch, path=path)
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):  # (a model's output, field by field)
+        return dataclasses.replace(first, **{f.name: _cat([getattr(p, f.name) for p in parts], sizes,
+                                                          of_batch=of_batch, path=(*path, f.name))
+                                             for f in dataclasses.fields(first) if f.init})
     return parts
 
 
+def _cat_items_elsewhere(parts: list[torch.Tensor], sizes: list[int], path: tuple[str, ...]) -> torch.Tensor:
+    """Join a model's output whose items are not on its first dim (an RNN's h_n (layers, N, H), CTC's (T, N, C))
+    along the one dim that holds each batch's item count: joined along dim 0, the batches' layers or time steps
+    would be stacked as more of them. Where no dim, or more than one, holds it in every batch: an error."""
+    dims = set.intersection(*({d for d in range(1, p.ndim) if p.shape[d] == n} for p, n in zip(parts, sizes)))
+    if len(dims) == 1:
+        d = dims.pop()
+        rest = {p.shape[:d] + p.shape[d + 1:] for p in parts}
+        if len(rest) == 1:
+            return torch.cat(parts, dim=d)
+    p, n = next((p, n) for p, n in zip(parts, sizes) if len(p) != n)
+    raise ValueError(f"get_preds joins each of the model's outputs along the dim of the batch's items, and "
+                     f"{_where(path)}of shape {tuple(p.shape)} in a batch of {n} items has them on no one dim in "
+                     "every batch: return it batch-first (h_n.transpose(0, 1)), leave it out of forward's return, or "
+                     "predict batch by batch (learn.get_preds(dl=[b]))")
+
+
+def _where(path: tuple[str, ...]) -> str:
+    """Which part of a model's output `path` leads to, for a message: 'output 1 ', 'output 'h' ', or ''."""
+    return f"output {'.'.join(path)} " if path else "the output "
+
+
 def _cat_slots(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False,
-               of_batch: bool = False) -> Any:
+               of_batch: bool = False, path: tuple[str, ...] = ()) -> Any:
     """Concatenate per-batch tuples or lists slot by slot: (logits, aux), a batch's (target_a, target_b)."""
     first = parts[0]
-    items = [_cat([p[i] for p in parts], sizes, by_item, of_batch) for i in range(len(first))]
+    items = [_cat([p[i] for p in parts], sizes, by_item, of_batch, (*path, str(i))) for i in range(len(first))]
     return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
 
 
