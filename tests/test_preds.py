@@ -2044,3 +2044,18 @@ def test_a_model_returning_a_dataclass_gets_one_dataclass_of_joined_fields():
     with torch.no_grad():
         whole = model(x)
     assert isinstance(preds, Out) and torch.allclose(preds.logits, whole.logits) and torch.allclose(preds.aux, whole.aux)
+
+
+def test_softmax_over_dim_1_of_a_sequence_models_classes_last_is_refused_with_the_dim_to_give():
+    """(probe P61) A tagger's (N, T, C) output, its loss transposing for cross_entropy: get_preds(act=F.softmax) and
+    tta's default softmax took it over the T steps (each token's 'probabilities' summed to 0.70), without a word."""
+    x, y = torch.randint(0, 10, (24, 7)), torch.randint(0, 5, (24, 7))
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 5))
+    learn = TrainLearner(model, DataLoaders(None, DataLoader(TensorDataset(x, y), 8)),
+                         lambda p, t: F.cross_entropy(p.transpose(1, 2), t))
+    for call in (lambda: learn.get_preds(act=F.softmax), lambda: learn.tta(tfms=[lambda xb: xb], n=0)):
+        with pytest.raises(ValueError, match=r"softmax over dim 1.*\(8, 7, 5\).*targets \(8, 7\).*classes last.*"
+                                             r"act=partial\(torch.softmax, dim=-1\)"):
+            call()
+    probs, _ = learn.get_preds(act=partial(torch.softmax, dim=-1))
+    assert torch.allclose(probs.sum(-1), torch.ones(24, 7))

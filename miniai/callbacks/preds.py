@@ -32,7 +32,7 @@ from ..data import TensorLoader
 from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import loss_setting, map_tensors, mark_per_item, name_of, original_loss, tensor_versions, to_cpu
+from ..utils import class_loss, loss_setting, map_tensors, mark_per_item, name_of, original_loss, tensor_versions, to_cpu
 from .augment import BatchTransformCB, geometric
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
@@ -240,6 +240,20 @@ def _check_act(act: Callable, preds: Any) -> None:
                          "score per item (a binary model) use act=torch.sigmoid")
 
 
+def _check_class_dim(act: Callable, preds: Any, yb: tuple, loss_func: Any, who: str) -> None:
+    """Refuse torch's softmax (taken over dim 1, the class dim of torch's cross-entropy) of outputs whose classes
+    are last by their targets' shape: a sequence model's (N, T, C) against (N, T) targets, its loss a function of
+    one's own (torch's cross-entropy itself takes them on dim 1)."""
+    target = yb[0] if yb else None
+    if not (any(act is f for f in _CLASS_DIM_ACTS) and isinstance(preds, torch.Tensor) and preds.ndim >= 3
+            and isinstance(target, torch.Tensor)) or class_loss(loss_func):
+        return
+    if target.shape == preds.shape[:-1] and target.shape != preds.shape[:1] + preds.shape[2:]:
+        raise ValueError(f"{who} takes torch's softmax over dim 1, the class dim of torch's cross-entropy, and these "
+                         f"preds {tuple(preds.shape)} with targets {tuple(target.shape)} hold the classes last (a "
+                         f"sequence model's (N, T, C)): pass act=partial(torch.softmax, dim=-1)")
+
+
 def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False, of_batch: bool = False,
          path: tuple[str, ...] = ()) -> Any:
     """Concatenate per-batch results along the batch dimension, keeping tuples, lists and dicts of tensors; a
@@ -428,6 +442,7 @@ class _GatherPreds(Callback):
         if self.act is not None:
             if not self._act_checked:  # (once: the act, not the batch, is what is checked)
                 _check_act(self.act, preds)
+                _check_class_dim(self.act, preds, yb, learn.loss_func, self.who)
                 self._act_checked = True
             device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
             with _no_autocast(device):  # act sees the model's output, not a recast of it
