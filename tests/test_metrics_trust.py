@@ -1019,3 +1019,16 @@ def test_a_cancelled_pass_leaves_no_values_of_an_earlier_pass_in_last():
     assert [(row["epoch"], row["train"]) for row in learn.metrics.history] == [(0, "train"), (0, "valid"),
                                                                                  (1, "train")]
     assert set(learn.metrics.last) == {"train_acc", "train_loss"}
+
+
+def test_a_torcheval_metrics_own_shape_error_names_the_metric_and_the_way():
+    """(probe P61) MulticlassAccuracy on a segmentation's (N, C, H, W) scores: torcheval's bare 'target should be a
+    one-dimensional tensor', naming neither MetricsCB, the metric, nor miniai's Accuracy, which takes them."""
+    from torcheval.metrics import MulticlassAccuracy
+    x, y = torch.randn(16, 3, 6, 6), torch.randint(0, 3, (16, 6, 6))
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
+    learn = TrainLearner(nn.Conv2d(3, 3, 1), dls, F.cross_entropy, cbs=[MetricsCB(acc=MulticlassAccuracy())])
+    with pytest.raises(ValueError, match="one-dimensional") as e:
+        evaluate(learn)
+    assert any("'acc' (MulticlassAccuracy)" in note and "(8, 3, 6, 6)" in note and "Accuracy()" in note
+               for note in e.value.__notes__)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..accuracy import Accuracy
-from ..checks import preds_changed_error, unbatched_error, warn
+from ..checks import add_note, preds_changed_error, unbatched_error, warn
 from ..distributed import all_reduce_sum, is_main_process
 from ..learner import Callback, Learner
 from ..utils import (base_loss, loss_reduction, loss_setting, map_tensors, model_device, name_of, tensor_versions,
@@ -448,6 +448,14 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
         for name, metric in metrics.items():
             try:
                 metric.update(p, t)
+            except ValueError as e:  # (torcheval's shape errors name neither the metric nor a way)
+                if _torcheval(metric) and isinstance(p, torch.Tensor) and isinstance(t, torch.Tensor):
+                    add_note(e, f"(MetricsCB's metric {name!r} ({type(metric).__name__}) was given preds "
+                                f"{tuple(p.shape)} and targets {tuple(t.shape)}: torcheval's classification metrics "
+                                "take (N, C) scores or (N,) labels against (N,) targets. For scores of more dims (a "
+                                "segmentation's (N, C, H, W)) use miniai's Accuracy(), or a metric of your own that "
+                                "flattens them: preds.movedim(1, -1).flatten(0, -2), targets.flatten())")
+                raise
             except (TypeError, AttributeError) as e:
                 if isinstance(p, torch.Tensor):
                     raise
