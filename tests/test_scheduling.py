@@ -1375,3 +1375,16 @@ def test_a_decay_counted_in_epochs_but_stepped_per_batch_is_warned_of(factory):
         warnings.simplefilter("error")
         make_learner([BatchSchedCB(partial(ls.StepLR, step_size=BATCHES, gamma=0.5))]).fit(3)
         make_learner([EpochSchedCB(partial(ls.ExponentialLR, gamma=0.1))]).fit(3)
+
+
+def test_a_linear_decay_shorter_than_the_fit_is_warned_of():
+    """(probe P56) LinearLR(1 -> 0.01, total_iters=5) meant in epochs, stepped per batch: 10 of the 15 steps trained
+    at a hundredth of the lr without a word (a decay to 0, or a PolynomialLR, of that length is refused)."""
+    decay = partial(ls.LinearLR, start_factor=1.0, end_factor=0.01, total_iters=3)
+    with pytest.warns(UserWarning, match=r"LinearLR decays the lr to 0.01 × over total_iters=3 steps.*this fit takes "
+                                         rf"{3 * BATCHES} steps.*total_iters={3 * BATCHES}"):
+        make_learner([BatchSchedCB(decay)]).fit(3)
+    with warnings.catch_warnings():  # a warmup, held at its end on purpose; a decay of the fit's length
+        warnings.simplefilter("error")
+        make_learner([BatchSchedCB(partial(ls.LinearLR, start_factor=0.1, total_iters=3))]).fit(3)
+        make_learner([BatchSchedCB(partial(ls.LinearLR, end_factor=0.01, total_iters=3 * BATCHES))]).fit(3)

@@ -308,6 +308,11 @@ class BaseSchedCB(Callback):
                      f"not at its end. If that is not on purpose, build it with {field}={runs}"
                      + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
                         "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".")
+        linear = self.scheduler
+        if isinstance(linear, LinearLR) and 0 < linear.end_factor < linear.start_factor and linear.total_iters < total:
+            warn(f"LinearLR decays the lr to {linear.end_factor:g} × over total_iters={linear.total_iters} steps, and "
+                 f"this fit takes {counted(total, 'step')} ({how}): the rest train at that end lr. If that is not on "
+                 f"purpose, build it with total_iters={total}")
         if isinstance(self, BatchSchedCB):  # (a step_size or gamma meant per epoch: the lr gone to nothing)
             decay = _decay(self.scheduler, total)
             if decay is not None and decay < 1e-6:
