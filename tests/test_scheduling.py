@@ -1388,3 +1388,15 @@ def test_a_linear_decay_shorter_than_the_fit_is_warned_of():
         warnings.simplefilter("error")
         make_learner([BatchSchedCB(partial(ls.LinearLR, start_factor=0.1, total_iters=3))]).fit(3)
         make_learner([BatchSchedCB(partial(ls.LinearLR, end_factor=0.01, total_iters=3 * BATCHES))]).fit(3)
+
+
+def test_a_cyclic_lr_whose_first_rise_outlasts_the_fit_is_warned_of():
+    """(probe P56) CyclicLR sized in batches given to EpochSchedCB: its lr rose for 4 × len(dls.train) steps of a fit
+    of 5, peaking at 0.04 of max_lr 0.1, without a word (a OneCycleLR so sized is warned of)."""
+    cyclic = partial(ls.CyclicLR, base_lr=0.01, max_lr=0.1, step_size_up=4 * BATCHES)
+    with pytest.warns(UserWarning, match=rf"CyclicLR rises for step_size_up={4 * BATCHES} steps.*this fit takes 3 "
+                                         r"steps.*never reaches max_lr"):
+        make_learner([EpochSchedCB(cyclic)]).fit(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_learner([BatchSchedCB(partial(ls.CyclicLR, base_lr=0.01, max_lr=0.1, step_size_up=BATCHES))]).fit(3)

@@ -313,6 +313,10 @@ class BaseSchedCB(Callback):
             warn(f"LinearLR decays the lr to {linear.end_factor:g} × over total_iters={linear.total_iters} steps, and "
                  f"this fit takes {counted(total, 'step')} ({how}): the rest train at that end lr. If that is not on "
                  f"purpose, build it with total_iters={total}")
+        if isinstance(linear, CyclicLR) and round(linear.total_size * linear.step_ratio) >= total:
+            warn(f"CyclicLR rises for step_size_up={round(linear.total_size * linear.step_ratio)} steps, and this fit "
+                 f"takes {counted(total, 'step')} ({how}): its lr never reaches max_lr. If that is not on purpose, "
+                 "count step_size_up in this fit's steps (CyclicLR is stepped per batch: BatchSchedCB)")
         if isinstance(self, BatchSchedCB):  # (a step_size or gamma meant per epoch: the lr gone to nothing)
             decay = _decay(self.scheduler, total)
             if decay is not None and decay < 1e-6:
