@@ -193,7 +193,8 @@ _FOREIGN_LEARNER = {
                      "loss_func (or override get_loss)",
     "validation_step": "PyTorch Lightning's: validation runs the same predict and get_loss steps with learn.training "
                        "False, and MetricsCB logs it",
-    "configure_optimizers": "PyTorch Lightning's: each fit makes the optimizer with opt_func(params, lr): pass opt_func",
+    "configure_optimizers": "PyTorch Lightning's: each fit makes the optimizer with opt_func(params, lr): pass "
+                            "opt_func",
     "train_step": "Keras': a training step is the learner's predict, get_loss, backward, step and zero_grad: "
                   "override those, or own them in a callback (owns_steps)",
     "compute_loss": "Keras': the loss is loss_func(preds, *targets): pass loss_func (or override get_loss)"}

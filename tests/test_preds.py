@@ -2043,7 +2043,8 @@ def test_a_model_returning_a_dataclass_gets_one_dataclass_of_joined_fields():
     preds, targets = learn.get_preds()
     with torch.no_grad():
         whole = model(x)
-    assert isinstance(preds, Out) and torch.allclose(preds.logits, whole.logits) and torch.allclose(preds.aux, whole.aux)
+    assert isinstance(preds, Out) and torch.allclose(preds.logits, whole.logits)
+    assert torch.allclose(preds.aux, whole.aux)
 
 
 def test_softmax_over_dim_1_of_a_sequence_models_classes_last_is_refused_with_the_dim_to_give():

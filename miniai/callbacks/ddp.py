@@ -351,10 +351,10 @@ def _check_shards(ranks: list[dict[str, tuple | None]]) -> None:
         shards = [theirs[name] for theirs in ranks]
         if any(shard is None for shard in shards):
             continue
-        for r, (rank, size, seed, n, sums) in enumerate(shards):
+        for r, (part, size, seed, n, sums) in enumerate(shards):
             first = shards[0]
-            if (rank, size) != (r, len(ranks)):
-                why = f"shard({rank}, {size}) on rank {r}"
+            if (part, size) != (r, len(ranks)):
+                why = f"shard({part}, {size}) on rank {r}"
             elif seed != first[2]:
                 why = (f"seed {seed} on rank {r} and {first[2]} on rank 0: each rank walks its part of another order, "
                        "so some items train twice an epoch and others never. Give every rank one seed (a number, not "

@@ -32,7 +32,8 @@ from ..data import TensorLoader
 from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import class_loss, loss_setting, map_tensors, mark_per_item, name_of, original_loss, tensor_versions, to_cpu
+from ..utils import (class_loss, loss_setting, map_tensors, mark_per_item, name_of, original_loss, tensor_versions,
+                     to_cpu)
 from .augment import BatchTransformCB, geometric
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
