@@ -2018,6 +2018,15 @@ def test_a_model_output_whose_items_are_not_on_its_first_dim_is_joined_along_the
                                          r"dim.*batch-first"):
         TrainLearner(Square(), dls, None).get_preds()
 
+    # (regression round T2) a tagger's tokens flattened, (N × 5, C), C == bs by chance: joined along dim 0 as ever
+    class Flat(nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x) * 5, 16) + torch.arange(len(x) * 5.0)[:, None]
+    for size in (48, 40):
+        flat = TrainLearner(Flat(), DataLoaders(None, DataLoader(TensorDataset(torch.randn(size, 4)), 16)), None)
+        assert torch.equal(flat.get_preds()[0][:, 0], torch.cat([torch.arange(min(16, size - i) * 5.0)
+                                                                 for i in range(0, size, 16)]))
+
 
 def test_a_model_returning_a_dataclass_gets_one_dataclass_of_joined_fields():
     """(probe P61) get_preds gave a list of one dataclass per batch (preds.logits: AttributeError), where tuples,

@@ -264,8 +264,8 @@ def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False
     first = parts[0]
     numpy = type(first).__module__ == "numpy" and hasattr(first, "ndim")  # a collate's NumPy targets: joined too
     if isinstance(first, torch.Tensor) or numpy:
-        if not of_batch and sizes is not None and any(p.ndim and len(p) != n and n in p.shape[1:]
-                                                      for p, n in zip(parts, sizes)):
+        if not of_batch and sizes is not None and any(p.ndim and len(p) % n and n in p.shape[1:]
+                                                      for p, n in zip(parts, sizes)):  # (a flattened (N × T, C): dim 0)
             return _cat_items_elsewhere(parts, sizes, path)
         if any(p.ndim != first.ndim for p in parts):  # 0-dim and not: torch.cat's error names neither
             raise ValueError("get_preds: the batches' outputs (or targets) are 0-dim for some batches and not for "
