@@ -16,7 +16,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
 from miniai.callbacks.activations import ActivationStats, Hook, Hooks, HooksCallback, append_stats  # noqa: E402
-from miniai.learner import Callback, CancelBatchException, CancelFitException, TrainLearner  # noqa: E402
+from miniai.learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException,  # noqa: E402
+                            TrainLearner)
 from tests.synth import linear_dls  # noqa: E402
 
 
@@ -558,6 +559,19 @@ def test_plots_of_both_passes_records_draw_one_pass_and_say_which():
     assert cb.color_dim().axes[0].get_images()[0].get_array().shape[1] == 2 * n_train
     with pytest.raises(ValueError, match=r"split is 'train' or 'valid'"):
         cb.plot_stats(split="validation")
+
+    class ValidEveryOther(Callback):  # (regression round T2) a pass cancelled at before_epoch, before ActivationStats'
+        order = -1
+
+        def before_epoch(self, learn):
+            if not learn.training and learn.epoch % 2:
+                raise CancelEpochException()
+    cb = ActivationStats(lambda m: isinstance(m, nn.Linear), on_valid=True)
+    learn = learner(mlp(), [cb, ValidEveryOther()])
+    learn.fit(4)
+    assert [len(m) for m, _, _ in cb.stats_of("train")] == [4 * n_train] * 3
+    assert [len(m) for m, _, _ in cb.stats_of("valid")] == [2 * n_valid] * 3
+    cb.plot_stats()
 
 
 def test_hooks_that_fail_to_register_leave_none_behind_and_name_the_module():

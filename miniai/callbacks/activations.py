@@ -398,6 +398,7 @@ class ActivationStats(HooksCallback):
     def before_fit(self, learn: Learner) -> None:
         super().before_fit(learn)
         self._ran = self._predicted = None
+        self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
 
     def after_predict(self, learn: Learner) -> None:
         # the forward ran, even where a hooked layer alone did not (cleanup_batch checks the hooked model's only)
@@ -462,6 +463,8 @@ class ActivationStats(HooksCallback):
                  "BatchNorm while training, put only those layers in eval mode.")
         for hook, n in zip(self.hooks, recorded):  # which pass each record is of (the plots draw one pass)
             hook.passes = getattr(hook, "passes", []) + ["train" if learn.training else "valid"] * n
+        # (counted from here: a pass cancelled before this callback's before_epoch records nothing)
+        self._recorded_before = [getattr(h, "n_recorded", 0) for h in self.hooks]
         super().cleanup_epoch(learn)
 
     @property
