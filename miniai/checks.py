@@ -203,10 +203,13 @@ _FOREIGN_LEARNER = {
 def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
     """Refuse a Learner subclass's method that the loop never calls: an event's name (events are callbacks'
     methods), or another framework's event or training method (training_step, configure_optimizers, ...)."""
-    for k in type(learn).__mro__:
-        if k.__module__.startswith("miniai.") or k is object:
-            continue
+    own = [k for k in type(learn).__mro__ if not k.__module__.startswith("miniai.") and k is not object]
+    called = {name for k in own for f in vars(k).values() for name in getattr(getattr(f, "__code__", None),
+                                                                             "co_names", ())}
+    for k in own:
         for name in vars(k):
+            if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
+                continue
             if name in events:
                 why = f"events are callbacks' methods: move it into a callback's method, def {name}(self, learn)"
             elif _foreign(name):

@@ -951,8 +951,13 @@ def test_mixed_precision_keywords_that_are_no_scalers_are_refused_and_unused_one
         MixedPrecisionCB(growth_intervall=10)
     with pytest.raises(ValueError, match=r"bfloat16 trains without a GradScaler.*init_scale"):
         MixedPrecisionCB(torch.bfloat16, init_scale=1024.0)
+    learn = tiny_learner(cbs=[MixedPrecisionCB(init_scale=1024.0)])
     with pytest.warns(UserWarning, match=r"bfloat16.*no GradScaler.*init_scale.*unused"):
-        tiny_learner(cbs=[MixedPrecisionCB(init_scale=1024.0)]).fit(1)  # (the CPU: dtype None picks bfloat16)
+        learn.fit(1)  # (the CPU: dtype None picks bfloat16)
+    with warnings.catch_warnings():  # (regression round T2) once, and not in an evaluation
+        warnings.simplefilter("error")
+        learn.fit(1)
+        tiny_learner(cbs=[MixedPrecisionCB(init_scale=1024.0)]).fit(1, train=False)
     MixedPrecisionCB(torch.float16, init_scale=1024.0, growth_interval=10)
 
 
@@ -976,3 +981,14 @@ def test_other_frameworks_training_methods_on_a_learner_subclass_are_refused(nam
     learn = Ported(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss)
     with pytest.raises(TypeError, match=rf"Ported.{name} is never called.*{re.escape(said)}"):
         learn.fit(1)
+
+
+def test_a_learner_subclasss_helper_its_own_steps_call_is_no_foreign_method():
+    """(regression round T2) compute_loss called by the subclass's own get_loss was refused as Keras' method."""
+    class RegLearner(TrainLearner):
+        def compute_loss(self, preds, y):
+            return F.mse_loss(preds, y) + 1e-4 * sum(p.pow(2).sum() for p in self.model.parameters())
+
+        def get_loss(self):
+            self.loss = self.compute_loss(self.preds, *self.yb)
+    RegLearner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)

@@ -55,6 +55,7 @@ class MixedPrecisionCB(Callback):
         self.scaler: torch.amp.GradScaler | None = None
         self._scaler_device = ""
         self.n_skipped = 0
+        self._said_unused = False  # whether unused scaler settings were warned of
         self._tried = self._taken = 0  # this fit's scaled optimizer steps: tried, and taken
         self._autocast: torch.autocast | None = None
         self._in_autocast = False
@@ -92,7 +93,9 @@ class MixedPrecisionCB(Callback):
                 self._scaler_device = device_type
         else:
             self.scaler = None
-            if self.scaler_kwargs and not learn._predicting:
+            if self.scaler_kwargs and not learn._predicting and "train" in learn.passes \
+                    and not getattr(self, "_said_unused", False):  # (one pickled before it has none)
+                self._said_unused = True  # (once)
                 warn(f"MixedPrecisionCB trains in bfloat16 here ({device_type}), which uses no GradScaler: "
                      f"{', '.join(self.scaler_kwargs)} unused (MixedPrecisionCB(torch.float16, ...) scales)")
         if self.scaler is not None and learn.opt is not None:  # (get_preds: no optimizer before the first fit)
