@@ -418,6 +418,16 @@ def test_fastais_fit_one_cycle_arguments_say_what_they_are_here(kwargs, said):
         make_learner([]).fit_one_cycle(2, **kwargs)
 
 
+def test_fit_one_cycle_passes_fits_keywords_to_a_subclasss_fit_of_args_and_kwargs():
+    """(regression round T2) A subclass wrapping fit(*args, **kwargs): valid=False was refused as unknown."""
+    class Logged(TrainLearner):
+        def fit(self, *args, **kwargs):
+            return super().fit(*args, **kwargs)
+    torch.manual_seed(0)
+    learn = Logged(nn.Linear(1, 1), linear_dls(n_train=N_TRAIN, bs=BS), F.mse_loss, lr=0.1)
+    learn.fit_one_cycle(1, valid=False)
+
+
 def test_fit_one_cycle_counts_optimizer_steps_and_cycles_beta1():
     rec = RecorderCB(lr=_lr, beta1=_beta1)
     learn = make_learner([rec], opt_func=optim.AdamW)

@@ -851,7 +851,8 @@ def fit_one_cycle(learn: Learner, n_epochs: int, max_lr: float | None = None, *,
         if name in fit_kwargs:
             raise TypeError(f"fit_one_cycle has no {name} (fastai's): fit_one_cycle({n_epochs}, {meant}){why}")
     fit_names = inspect.signature(learn.fit).parameters
-    unknown = next((name for name in fit_kwargs if name not in fit_names), None)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in fit_names.values())  # (a subclass's wrapper)
+    unknown = next((name for name in fit_kwargs if name not in fit_names and not takes_any), None)
     if unknown is not None:  # (named as fit_one_cycle's, not as fit's, a call the user did not make)
         raise TypeError(f"fit_one_cycle() got an unexpected keyword argument {unknown!r}: it takes max_lr, "
                         "pct_start, div_factor, final_div_factor, base_momentum, max_momentum, cycle_momentum, cbs "
