@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torcheval.metrics import MulticlassAccuracy
 
 from miniai.callbacks.activations import ActivationStats
-from miniai.callbacks.basic import DeviceCB
+from miniai.callbacks.basic import DeviceCB, SingleBatchCB
 from miniai.callbacks.grad_accum import GradAccumCB
 from miniai.callbacks.guards import GradClipCB
 from miniai.callbacks.metrics import MetricsCB
@@ -326,6 +326,13 @@ def test_grad_accum_under_a_default_fp16_scaler_skips_the_steps_torchs_recipe_sk
     assert skipped > 0 and mp.n_skipped == skipped
     for ours, theirs in zip(learn.model.parameters(), hand.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    # (probe P65) a loss of reduction='sum', which GradAccumCB does not divide: the recipe is scaler.scale(loss),
+    # at GradScaler's own 2**16 (it started k× lower, skipping fewer steps than the recipe)
+    summed, _ = linear_problem(bs=4)
+    summed.loss_func = partial(F.mse_loss, reduction="sum")
+    mp = MixedPrecisionCB(torch.float16)
+    summed.fit(1, valid=False, lr=1e-4, cbs=[mp, GradAccumCB(k), SingleBatchCB()])
+    assert mp.scaler.get_scale() == 2.0 ** 16
 
 
 def test_scaler_state_round_trips_through_state_dict():

@@ -9,7 +9,7 @@ from ..checks import loss_backward, python_number, warn
 from ..learner import Callback, CancelStepException, Learner
 from ..supervised import MomentumLearner
 from .grad_accum import GradAccumCB
-from ..utils import model_device
+from ..utils import loss_reduction, model_device
 
 __all__ = ["MixedPrecisionCB"]
 
@@ -25,7 +25,8 @@ class MixedPrecisionCB(Callback):
     it. Pass `dtype=torch.bfloat16` on a GPU that supports it to drop the scaler. `scaler_kwargs` go to the
     GradScaler (`init_scale`, `growth_interval`, ...). Under `GradAccumCB(k)` the default `init_scale` is torch's
     2**16 / k: the float16 gradients, and the steps skipped for overflow, are those of torch's recipe for
-    accumulation, `scaler.scale(loss / k).backward()` (GradAccumCB divides the summed gradients instead). An
+    accumulation, `scaler.scale(loss / k).backward()` (GradAccumCB divides the summed gradients instead; a loss of
+    reduction='sum', which it does not divide, starts at 2**16, the recipe's `scaler.scale(loss)`). An
     `init_scale` you pass is taken as given: for the recipe's S, pass S / k.
 
     This callback owns the learner's `backward` (of the scaled loss) and `step` (`scaler.step(opt)`, then
@@ -87,7 +88,9 @@ class MixedPrecisionCB(Callback):
             if self.scaler is None or self._scaler_device != device_type:
                 # GradAccumCB divides the k summed gradients at the step, where torch's recipe backwards
                 # scale × loss / k: starting k× lower, the float16 values (and so the overflows) are the recipe's
-                k = max([cb.n_steps for cb in learn.cbs if isinstance(cb, GradAccumCB)], default=1)
+                # (a loss of reduction='sum', which it does not divide: the recipe's scale × loss, at 2 ** 16)
+                k = max([cb.n_steps for cb in learn.cbs if isinstance(cb, GradAccumCB)], default=1) \
+                    if loss_reduction(learn.loss_func) != "sum" else 1
                 kwargs = {"init_scale": 2.0 ** 16 / k} | self.scaler_kwargs  # (2 ** 16: GradScaler's default)
                 self.scaler = torch.amp.GradScaler(device_type, **kwargs)
                 self._scaler_device = device_type
