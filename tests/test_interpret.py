@@ -163,6 +163,11 @@ def test_a_model_that_ends_in_softmax_has_its_probabilities_taken_as_they_are():
         torch.testing.assert_close(class_probs(logits), torch.softmax(logits, 1))
     one = model(x[:1]).detach()
     torch.testing.assert_close(class_probs(one, model), one)
+    # (probe P66) one item of a model whose softmax is no Sequential's last layer (an attribute of a module of one's
+    # own, or F.softmax in forward): infer of one image softmaxed it again (top probability 0.70 -> 0.18). A float32
+    # row that sums to 1 within 1e-5 is taken as probabilities; those logits above don't
+    for row in (torch.softmax(torch.randn(1, 10, generator=g) * 3, 1), torch.softmax(torch.randn(1, 1000), 1)):
+        torch.testing.assert_close(class_probs(row), row)
     # (regression round T3) an ensemble's average of bfloat16 softmaxes, in float32, sums to 1 within 2e-3 only
     members = torch.softmax(torch.randn(3, 8, 10, generator=torch.Generator().manual_seed(0)) * 5, -1).bfloat16()
     average = members.float().mean(0)
