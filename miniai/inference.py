@@ -136,6 +136,10 @@ def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tu
         if channels == 1 and not channels_last and t.shape[-1] == 1 and t.shape[0] > 1:  # not N images 1 pixel wide
             raise ValueError(f"infer: a tensor of shape {tuple(t.shape)} looks like one image with its channel last "
                              "(H,W,C), and tensors are read as (C,H,W): pass x.permute(2, 0, 1)")
+        if channels == 1 and channels_last and t.shape[0] in (3, 4):  # (the same, as a NumPy array)
+            raise ValueError(f"infer: an array of shape {tuple(t.shape)} is one RGB image (C,H,W) or {t.shape[0]} "
+                             "grayscale images (N,H,W), and this is a 1-channel model: pass images as a list, "
+                             "list(x); convert an RGB image to grayscale first")
         if channels == 1 and not channels_last and t.shape[0] in (3, 4):  # torchvision's read_image of an RGB PNG
             raise ValueError(f"infer: a tensor of shape {tuple(t.shape)} is one RGB image (C,H,W) or {t.shape[0]} "
                              "grayscale images (N,H,W), and this is a 1-channel model: pass images as x[:, None] "

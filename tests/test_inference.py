@@ -1085,6 +1085,11 @@ def test_infer_refuses_a_tensor_that_may_be_one_rgb_image_for_a_grayscale_model(
         learn.infer(rgb)
     assert learn.infer(PIXELS[:3]).index.shape == (3,)  # (N,1,H,W): a batch
     assert learn.infer(PIXELS[:, 0]).index.shape == (6,)  # (N,H,W) with N not 3 or 4
+    # (probe P66) the same as a NumPy array (read_image(...).numpy()) came back as three gray predictions
+    with pytest.raises(ValueError, match=r"array of shape \(3, 8, 8\) is one RGB image \(C,H,W\) or 3 grayscale "
+                                         r"images.*list\(x\)"):
+        learn.infer(rgb.numpy())
+    assert len(learn.infer(list(rgb.numpy())).index) == 3
 
 
 def test_an_export_holding_a_class_of_the_running_script_says_where_it_will_load(tmp_path, monkeypatch):
