@@ -117,6 +117,25 @@ def _count(n: int) -> str:
     return f"{n} channel{'s' * (n != 1)}"
 
 
+def _to_pixels(x: torch.Tensor) -> str:
+    """How to make uint8 pixels of `x`: of floats, the one conversion their range fits (0-255 values taken for 0-1
+    ones were changed in a third of the pixels, without an error); of integers, each way (a dark 16-bit image's
+    values all lie below 256 too)."""
+    if x.is_floating_point() and x.numel():
+        low, high = float(x.min()), float(x.max())
+        if 0 <= low and high <= 1:
+            return "These run 0 to 1: convert them with (x * 255).round().to(torch.uint8)"
+        if 0 <= low and high <= 255:
+            return (f"These run {low:g} to {high:g}: convert 0-255 values stored as floats with x.round().to("
+                    "torch.uint8), 16-bit pixels (a dark image's lie below 256 too) with (x.int() // 257).to("
+                    "torch.uint8)")
+        if 0 <= low and high <= 65535:
+            return f"These run {low:g} to {high:g}: convert 16-bit pixels with (x.int() // 257).to(torch.uint8)"
+        return f"These run {low:g} to {high:g}, beyond 16-bit pixels: scale them to 0-255 first"
+    return ("Convert 16-bit pixels with (x.int() // 257).to(torch.uint8), 8-bit values stored wider (a PIL 'I' image "
+            "of 0-255) with x.to(torch.uint8)")
+
+
 def _canonical(t: torch.Tensor, channels_last: bool, channels: int | None) -> tuple[torch.Tensor, bool]:
     """(N, C, H, W), and whether `t` was a batch. (H,W) and (C,H,W) are one item; (N,H,W) is a batch when C is 1
     (and N is not 3 or 4, which may be an RGB image's channels: refused)."""
@@ -209,9 +228,7 @@ def to_batch(items: Any, normalize: Callable[[torch.Tensor], torch.Tensor] | Non
     if normalize is not None:
         if x.dtype != torch.uint8:
             raise TypeError(f"infer takes raw uint8 pixels (0-255), which it normalizes as the loaders did "
-                            f"(dls.normalize); got {x.dtype}. Convert 0-1 floats with (x * 255).round().to(torch."
-                            "uint8), 16-bit pixels with (x.int() // 257).to(torch.uint8), 8-bit values stored wider "
-                            "(a PIL 'I' image of 0-255) with x.to(torch.uint8); pass already-normalized inputs to "
+                            f"(dls.normalize); got {x.dtype}. {_to_pixels(x)}; pass already-normalized inputs to "
                             "learn.get_preds(dl=[(x,)]) instead.")
         # (flat items, (N, H, W): normalized as one channel each, not as N channels)
         return (normalize(x[:, None])[:, 0] if flat else normalize(x)), batched

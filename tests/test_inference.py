@@ -107,6 +107,20 @@ def test_infer_never_clips_a_pil_image_whose_pixels_are_not_8_bit(mode):
             learn.infer(wide)
 
 
+def test_infers_advice_for_float_pixels_is_the_conversion_their_range_fits():
+    """(probe P66) 0-255 values as floats were first told to convert with (x * 255).round(), for 0-1 floats: done,
+    it changed a third of the pixels, without an error."""
+    learn = image_learner()
+    x = PIXELS[0].float()
+    with pytest.raises(TypeError, match=r"These run 0 to \d+: convert 0-255 values stored as floats with "
+                                        r"x.round\(\).to\(torch.uint8\)") as e:
+        learn.infer(x)
+    assert "x * 255" not in str(e.value)
+    with pytest.raises(TypeError, match=r"These run 0 to 1: convert them with \(x \* 255\)"):
+        learn.infer(x / 255)
+    assert torch.equal(learn.infer(x.round().to(torch.uint8)).probs, learn.infer(PIXELS[0]).probs)
+
+
 def test_infers_advice_for_16_bit_pixels_works_when_followed():
     """The advice for a uint16 tensor (a 16-bit PNG read with np.array) was (x // 257).to(torch.uint8), which torch
     refuses on uint16 ("div_floor_cpu" not implemented for 'UInt16')."""
