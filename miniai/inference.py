@@ -127,8 +127,8 @@ def _to_pixels(x: torch.Tensor) -> str:
             return "These run 0 to 1: convert them with (x * 255).round().to(torch.uint8)"
         if 0 <= low and high <= 255:
             return (f"These run {low:g} to {high:g}: convert 0-255 values stored as floats with x.round().to("
-                    "torch.uint8), 16-bit pixels (a dark image's lie below 256 too) with (x.int() // 257).to("
-                    "torch.uint8)")
+                    "torch.uint8), 16-bit pixels with (x.int() // 257).to(torch.uint8) (a dark 16-bit image's lie "
+                    "below 256 too)")
         if 0 <= low and high <= 65535:
             return f"These run {low:g} to {high:g}: convert 16-bit pixels with (x.int() // 257).to(torch.uint8)"
         return f"These run {low:g} to {high:g}, beyond 16-bit pixels: scale them to 0-255 first"
