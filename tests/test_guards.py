@@ -739,3 +739,14 @@ def test_a_training_batch_of_ignored_targets_alone_is_named_not_blamed_on_nan_da
     with pytest.raises(NonFiniteLossError, match="Check the data") as info:
         l1.fit(1)
     assert "ignore_index" not in str(info.value)
+
+
+def test_grad_clipping_on_a_learner_that_keeps_its_momentum_in_the_gradients_is_refused():
+    """(probe P65) MomentumLearner keeps mom × the earlier gradients in .grad: GradClipCB clipped that momentum,
+    not the batch's gradient (loss 5.48 where SGD(momentum=0.9) with clipping reached 0.136), without a word."""
+    from miniai.learner import MomentumLearner
+    from tests.synth import linear_dls
+    learn = MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[GradClipCB(0.5)])
+    with pytest.raises(TypeError, match=r"GradClipCB.*MomentumLearner keeps its momentum in \.grad.*clip the "
+                                        r"momentum.*TrainLearner.*momentum=0.85"):
+        learn.fit(1)

@@ -364,6 +364,14 @@ class GradClipCB(Callback):
                  f"{self.state_dict()}): the run goes on with this fit's, so it won't end as the saved run "
                  "would have")
 
+    def before_fit(self, learn: Learner) -> None:
+        if learn.keeps_grads and "train" in learn.passes:  # (MomentumLearner: .grad holds mom × the earlier ones too)
+            raise TypeError(f"GradClipCB clips .grad, and {type(learn).__name__} keeps its momentum in .grad "
+                            "(mom × the earlier gradients, plus this batch's): it would clip the momentum, not the "
+                            "gradient, which no hand loop with clipping does. Use TrainLearner with the optimizer's "
+                            f"momentum, opt_func=partial(optim.SGD, momentum={getattr(learn, 'mom', 0.9)}), beside "
+                            "GradClipCB")
+
     def after_backward(self, learn: Learner) -> None:
         scaler = _find_scaler(learn)
         if scaler is not None:
