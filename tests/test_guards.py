@@ -750,3 +750,15 @@ def test_grad_clipping_on_a_learner_that_keeps_its_momentum_in_the_gradients_is_
     with pytest.raises(TypeError, match=r"GradClipCB.*MomentumLearner keeps its momentum in \.grad.*clip the "
                                         r"momentum.*TrainLearner.*momentum=0.85"):
         learn.fit(1)
+
+
+def test_weight_decay_beside_a_learner_that_keeps_its_momentum_in_the_gradients_is_warned_of():
+    """(probe P65) MomentumLearner with opt_func=partial(SGD, weight_decay=0.5): SGD adds the decay to a copy of the
+    gradient, so it never entered the momentum in .grad: about (1 - mom) × torch's SGD momentum's decay, silently."""
+    from miniai.learner import MomentumLearner
+    from tests.synth import linear_dls
+    learn = MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.02, mom=0.9,
+                            opt_func=partial(torch.optim.SGD, weight_decay=0.5))
+    with pytest.warns(UserWarning, match=r"weight_decay=0.5.*stays out of the momentum.*TrainLearner.*"
+                                         r"weight_decay=0.5"):
+        learn.fit(1)
