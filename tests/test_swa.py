@@ -637,3 +637,29 @@ def test_a_fit_stopped_after_averaging_says_the_average_is_not_the_model():
                                          r"raw model.*swa_model"):
         learn.fit(5)
     assert learn.model is swa.raw_model and int(swa.swa_model.n_averaged) == 1
+
+
+def test_an_average_whose_validation_pass_was_cancelled_has_no_metrics_of_the_raw_models():
+    """(probe P68) A validation budget cancelling the 'swa' pass before MetricsCB's before_epoch: swa.metrics held
+    the raw model's last validation loss (0.000283 for the average's 0.00065), and no word said the average was not
+    validated."""
+    import warnings
+
+    from miniai.callbacks import MetricsCB, SWACB
+    from miniai.learner import Callback, CancelEpochException
+    from tests.synth import tiny_learner
+
+    class ValidBudget(Callback):
+        def __init__(self, n):
+            self.n, self.done = n, 0
+
+        def before_epoch(self, learn):
+            if not learn.training:
+                if self.done >= self.n:
+                    raise CancelEpochException()
+                self.done += 1
+    swa = SWACB(swa_start=2, swa_lr=0.05)
+    learn = tiny_learner(cbs=[ValidBudget(4), MetricsCB(log_fn=None), swa], lr=0.1)
+    with pytest.warns(UserWarning, match=r"the average's validation pass.*was cut short.*not validated"):
+        learn.fit(4)
+    assert swa.metrics == {} and "valid_loss" not in learn.metrics.last

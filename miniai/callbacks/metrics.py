@@ -138,6 +138,7 @@ class MetricsCB(Callback):
         self._sum_loss = False  # (set each pass: the loss's reduction is 'sum')
         self._sync = False  # (set each fit: merge the ranks' sums, in a DDP fit)
         self._in_pass = False  # between a pass's before_epoch and after_epoch
+        self._logged = False  # whether this pass logged its row (after_epoch ran)
         self._predicted: tuple[Any, Any] | None = None  # (this batch's preds, their in-place counters)
 
     @property
@@ -169,6 +170,7 @@ class MetricsCB(Callback):
         self.history, self.last = [], {}
         self._printer.header_done = False  # each fit's table starts with its header
         self._warned_items = False  # (once per fit: a loss whose batches are weighted by items, see after_epoch)
+        self._logged = False  # (a MetricsCB pickled before it had none)
         self._scores_checked = False  # (once per fit: a binary model's scores given to a multiclass metric)
 
     def cleanup_fit(self, learn: Learner) -> None:
@@ -363,15 +365,17 @@ class MetricsCB(Callback):
         return _per_batch_sums(each, targets)
 
     def cleanup_epoch(self, learn: Learner) -> None:
-        if self._in_pass:  # a cancelled pass (its after_epoch did not run): no earlier pass's values read as its own
+        if not self._logged:  # a cut pass (its after_epoch did not run; maybe not its before_epoch either, a cancel
+            # of a callback before this one): no earlier pass's values read as its own
             split = "train_" if learn.training else "valid_"
             for name in [name for name in self.last if name.startswith(split)]:
                 del self.last[name]  # (in place: a reader may hold the dict)
-        self._in_pass = False
+        self._in_pass = self._logged = False
         self._predicted = None  # (a cancelled batch's preds, whose after_batch did not run)
 
     def after_epoch(self, learn: Learner) -> None:
         self._in_pass = False
+        self._logged = True  # (this pass's row: see cleanup_epoch)
         self._flush()
         split = "train" if learn.training else "valid"
         values = {name: _number(name, value) for name, value in _compute(self.metrics, self._sync).items()}

@@ -212,6 +212,9 @@ class SWACB(Callback):
         metrics = getattr(learn, "metrics", None)
         if metrics is not None:
             self.metrics = {k: v for k, v in metrics.last.items() if k.startswith("valid_")}
+            if not self.metrics:  # (a callback cut the pass: a validation budget, say)
+                warn("SWACB: the average's validation pass (epoch 'swa') was cut short, so it logged no row: the "
+                     "average was not validated (swa.metrics is empty); the model is the average all the same")
 
     @staticmethod
     def began(state: dict[str, Any] | None) -> bool:
