@@ -2011,12 +2011,31 @@ def test_a_model_output_whose_items_are_not_on_its_first_dim_is_joined_along_the
         whole = model(x)
     assert torch.allclose(logits, whole[0], atol=1e-6) and torch.allclose(h_n, whole[1], atol=1e-6)
 
-    class Square(nn.Module):  # (items, items): which dim is the batch's? no one dim in every batch
+    class Square(nn.Module):  # (items, items): which dim is the batch's? no one: joined along dim 0, warned of
         def forward(self, x):
             return torch.zeros(2, len(x), len(x))
-    with pytest.raises(ValueError, match=r"output of shape \(2, 16, 16\) in a batch of 16 items has them on no one "
-                                         r"dim.*batch-first"):
-        TrainLearner(Square(), dls, None).get_preds()
+    if n == 48:  # (batches of one size: their outputs join)
+        with pytest.warns(UserWarning, match=r"joined the output of shape \(2, 16, 16\) .*along dim 0.*batch-first"):
+            TrainLearner(Square(), dls, None).get_preds()
+
+    # (regression round T3) h_n of layers a whole number of batch sizes (bs 1 too), and CTC's (T, N, C) with T so:
+    # dim 0 or the items' dim? joined along dim 0, as ever, with a warning that says how to tell
+    for layers, bs in ((4, 2), (2, 1)):
+        gru = _GRUHead()
+        gru.gru = nn.GRU(4, 6, num_layers=layers, batch_first=True)
+        learn = TrainLearner(gru, DataLoaders(None, DataLoader(TensorDataset(x[:8], y[:8]), bs)), None)
+        with pytest.warns(UserWarning, match=r"output 1 of shape .* along dim 0.*dim 1 .*batch's item count.*"
+                                             r"batch-first"):
+            learn.get_preds()
+
+    # (regression round T3) a packed sequence's (tokens, C) with C == bs and 11 tokens a batch: dim 0, silently
+    class Packed(nn.Module):
+        def forward(self, x):
+            return torch.arange(11 * 4.0).view(11, 4)
+    packed = TrainLearner(Packed(), DataLoaders(None, DataLoader(TensorDataset(x[:8]), 4)), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert packed.get_preds()[0].shape == (22, 4)
 
     # (regression round T2) a tagger's tokens flattened, (N × 5, C), C == bs by chance: joined along dim 0 as ever
     class Flat(nn.Module):

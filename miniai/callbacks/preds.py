@@ -264,9 +264,10 @@ def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False
     first = parts[0]
     numpy = type(first).__module__ == "numpy" and hasattr(first, "ndim")  # a collate's NumPy targets: joined too
     if isinstance(first, torch.Tensor) or numpy:
-        if not of_batch and sizes is not None and any(p.ndim and len(p) % n and n in p.shape[1:]
-                                                      for p, n in zip(parts, sizes)):  # (a flattened (N × T, C): dim 0)
-            return _cat_items_elsewhere(parts, sizes, path)
+        if not of_batch and sizes is not None and any(p.ndim >= 3 and len(p) != n for p, n in zip(parts, sizes)):
+            joined = _cat_items_elsewhere(parts, sizes, path)  # (an RNN's h_n, CTC's (T, N, C); 2-dim outputs,
+            if joined is not None:  # flattened (N × T, C) or packed, are joined along dim 0)
+                return joined
         if any(p.ndim != first.ndim for p in parts):  # 0-dim and not: torch.cat's error names neither
             raise ValueError("get_preds: the batches' outputs (or targets) are 0-dim for some batches and not for "
                              "others (a .squeeze() in forward or the collate squeezes a one-item batch's dim too): "
@@ -295,21 +296,24 @@ def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False
     return parts
 
 
-def _cat_items_elsewhere(parts: list[torch.Tensor], sizes: list[int], path: tuple[str, ...]) -> torch.Tensor:
-    """Join a model's output whose items are not on its first dim (an RNN's h_n (layers, N, H), CTC's (T, N, C))
-    along the one dim that holds each batch's item count: joined along dim 0, the batches' layers or time steps
-    would be stacked as more of them. Where no dim, or more than one, holds it in every batch: an error."""
+def _cat_items_elsewhere(parts: list[torch.Tensor], sizes: list[int], path: tuple[str, ...]) -> torch.Tensor | None:
+    """A model's output whose items are not on its first dim (an RNN's h_n (layers, N, H), CTC's (T, N, C)) joined
+    along the one dim that holds each batch's item count, where dim 0 can't hold them (no whole number of items in
+    some batch): joined along dim 0, the batches' layers or time steps would be stacked as more of them. Where dim 0
+    might (as many whole items in every batch) or no one dim does: None, joined along dim 0, with a warning."""
     dims = set.intersection(*({d for d in range(1, p.ndim) if p.shape[d] == n} for p, n in zip(parts, sizes)))
-    if len(dims) == 1:
-        d = dims.pop()
-        rest = {p.shape[:d] + p.shape[d + 1:] for p in parts}
-        if len(rest) == 1:
-            return torch.cat(parts, dim=d)
-    p, n = next((p, n) for p, n in zip(parts, sizes) if len(p) != n)
-    raise ValueError(f"get_preds joins each of the model's outputs along the dim of the batch's items, and "
-                     f"{_where(path)}of shape {tuple(p.shape)} in a batch of {n} items has them on no one dim in "
-                     "every batch: return it batch-first (h_n.transpose(0, 1)), leave it out of forward's return, or "
-                     "predict batch by batch (learn.get_preds(dl=[b]))")
+    rest = {p.shape[:d] + p.shape[d + 1:] for d in dims for p in parts} if len(dims) == 1 else set()
+    # dim 0 can't hold the items where it holds no whole number of them, or another number per item in another batch
+    ratios = {len(p) / n for p, n in zip(parts, sizes)}
+    if len(rest) == 1 and (len(ratios) > 1 or any(len(p) % n for p, n in zip(parts, sizes))):
+        return torch.cat(parts, dim=dims.pop())
+    if dims:
+        p, n = next((p, n) for p, n in zip(parts, sizes) if len(p) != n)
+        warn(f"get_preds joined {_where(path)}of shape {tuple(p.shape)} (in a batch of {n} items) along dim 0, and "
+             f"its dim {min(dims)} holds the batch's item count too: if the items are there (an RNN's h_n, CTC's "
+             "(T, N, C)), the batches' pieces are stacked as more of dim 0. Return it batch-first "
+             "(h_n.transpose(0, 1)), or leave it out of forward's return")
+    return None
 
 
 def _where(path: tuple[str, ...]) -> str:
