@@ -46,14 +46,15 @@ def class_probs(outputs: torch.Tensor, model: nn.Module | None = None) -> torch.
     are probabilities (a second softmax would flatten them): the `model` ends in `nn.Softmax` (a Sequential's last
     layer), or two rows or more all lie in [0, 1] and sum to 1 within their rounding (get_preds gives float32: a
     bfloat16 softmax's values, on bfloat16's grid, sum to 1 within 2.4e-3 only; an average of them within 2e-3). One
-    row alone (infer of one image) must sum to 1 within 1e-5, a float32 softmax's rounding: a row of small logits
-    may fall in [0, 1] and sum to about 1."""
+    row alone (infer of one image) must sum to 1 within its own rounding, a float32 softmax's 1e-5 (3e-3 on
+    bfloat16's grid, 1e-3 on float16's): a row of small logits may fall in [0, 1] and sum to about 1."""
     probs = outputs.float()
     if _ends_in_softmax(model):
         return probs
-    tol = 1e-2 if torch.equal(probs.bfloat16().float(), probs) else 3e-3
+    bf16, fp16 = (torch.equal(probs.to(t).float(), probs) for t in (torch.bfloat16, torch.float16))
+    tol = (1e-2 if bf16 else 3e-3) if len(probs) >= 2 else 3e-3 if bf16 else 1e-3 if fp16 else 1e-5
     off = float((probs.sum(1) - 1).abs().max()) if probs.numel() else 1.0
-    if (off < tol if len(probs) >= 2 else off < 1e-5) and bool(((probs >= 0) & (probs <= 1)).all()):
+    if off < tol and bool(((probs >= 0) & (probs <= 1)).all()):
         return probs
     return torch.softmax(probs, dim=1)
 

@@ -168,6 +168,10 @@ def test_a_model_that_ends_in_softmax_has_its_probabilities_taken_as_they_are():
     # row that sums to 1 within 1e-5 is taken as probabilities; those logits above don't
     for row in (torch.softmax(torch.randn(1, 10, generator=g) * 3, 1), torch.softmax(torch.randn(1, 1000), 1)):
         torch.testing.assert_close(class_probs(row), row)
+    # (regression round T3) one bfloat16 or float16 softmax row sums to 1 within its grid's rounding only
+    for dtype in (torch.bfloat16, torch.float16):
+        row = torch.softmax(torch.randn(1, 10, generator=g) * 3, 1).to(dtype).float()
+        torch.testing.assert_close(class_probs(row), row)
     # (regression round T3) an ensemble's average of bfloat16 softmaxes, in float32, sums to 1 within 2e-3 only
     members = torch.softmax(torch.randn(3, 8, 10, generator=torch.Generator().manual_seed(0)) * 5, -1).bfloat16()
     average = members.float().mean(0)
