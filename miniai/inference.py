@@ -122,9 +122,15 @@ def _to_pixels(x: torch.Tensor) -> str:
     ones were changed in a third of the pixels, without an error); of integers, each way (a dark 16-bit image's
     values all lie below 256 too)."""
     if x.is_floating_point() and x.numel():
+        if bool(x.isnan().any()):
+            return "These hold NaN: give images of pixel values"
         low, high = float(x.min()), float(x.max())
-        if 0 <= low and high <= 1:
-            return "These run 0 to 1: convert them with (x * 255).round().to(torch.uint8)"
+        if -0.5 <= low and high <= 1.5:  # (a resized 0-1 image overshoots a little: bicubic, antialiasing)
+            return (f"These run {low:g} to {high:g}, about 0 to 1: convert them with (x.clamp(0, 1) * 255).round().to("
+                    "torch.uint8)")
+        if low < 0:
+            return (f"These run {low:g} to {high:g}, below 0: already normalized? Those go to learn.get_preds(dl=[(x,)])"
+                    "; pixels are 0-255 (uint8)")
         if 0 <= low and high <= 255:
             return (f"These run {low:g} to {high:g}: convert 0-255 values stored as floats with x.round().to("
                     "torch.uint8), 16-bit pixels with (x.int() // 257).to(torch.uint8) (a dark 16-bit image's lie "

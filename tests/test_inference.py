@@ -116,9 +116,18 @@ def test_infers_advice_for_float_pixels_is_the_conversion_their_range_fits():
                                         r"x.round\(\).to\(torch.uint8\)") as e:
         learn.infer(x)
     assert "x * 255" not in str(e.value)
-    with pytest.raises(TypeError, match=r"These run 0 to 1: convert them with \(x \* 255\)"):
+    with pytest.raises(TypeError, match=r"These run 0 to 0.99\d*, about 0 to 1: convert them with \(x.clamp\(0, 1\)"):
         learn.infer(x / 255)
     assert torch.equal(learn.infer(x.round().to(torch.uint8)).probs, learn.infer(PIXELS[0]).probs)
+    # (regression round T3) a resized 0-1 image overshoots a little (bicubic): 0-1 still, clamped; values well below 0
+    # are normalized ones; NaN is named
+    with pytest.raises(TypeError, match=r"These run -0.2 to 1.15, about 0 to 1: convert them with "
+                                        r"\(x.clamp\(0, 1\) \* 255\)"):
+        learn.infer(torch.tensor([-0.2, 1.15]).repeat(32).view(1, 8, 8))
+    with pytest.raises(TypeError, match=r"These run -2 to 3, below 0: already normalized\?"):
+        learn.infer(torch.tensor([-2.0, 3.0]).repeat(32).view(1, 8, 8))
+    with pytest.raises(TypeError, match=r"These hold NaN"):
+        learn.infer(torch.full((1, 8, 8), float("nan")))
 
 
 def test_infers_advice_for_16_bit_pixels_works_when_followed():
