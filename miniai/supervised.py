@@ -132,11 +132,11 @@ def _warn_second_momentum(learn: MomentumLearner) -> None:
     """MomentumLearner's momentum is in .grad: one in the optimizer too (in any param group) stacks a second; and
     SGD's weight decay, added to a copy of the gradient, never enters it."""
     decay = next((g["weight_decay"] for g in getattr(learn.opt, "param_groups", []) if g.get("weight_decay")), 0)
-    if decay and isinstance(learn.opt, optim.SGD):
+    if decay and learn.mom and isinstance(learn.opt, optim.SGD):  # (mom 0: no momentum to leave it out of)
         warn(f"MomentumLearner keeps its momentum in .grad, and SGD adds weight_decay={decay} to a copy of each "
              "gradient, not to .grad: the decay stays out of the momentum, about (1 - mom) × the decay of torch's "
-             f"SGD(momentum={learn.mom}, weight_decay={decay}). For torch's, use TrainLearner with opt_func="
-             f"partial(optim.SGD, momentum={learn.mom}, weight_decay={decay})")
+             f"SGD(momentum={learn.mom}) with it. For torch's, use TrainLearner with an opt_func of SGD with "
+             f"momentum={learn.mom} and the same weight_decay (per param group, as yours has it)")
     for group in getattr(learn.opt, "param_groups", []):
         own = f"momentum={group['momentum']}" if group.get("momentum") else \
             f"betas[0]={group['betas'][0]}" if group.get("betas", (0,))[0] else None

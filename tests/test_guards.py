@@ -760,5 +760,12 @@ def test_weight_decay_beside_a_learner_that_keeps_its_momentum_in_the_gradients_
     learn = MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.02, mom=0.9,
                             opt_func=partial(torch.optim.SGD, weight_decay=0.5))
     with pytest.warns(UserWarning, match=r"weight_decay=0.5.*stays out of the momentum.*TrainLearner.*"
-                                         r"weight_decay=0.5"):
+                                         r"momentum=0.9 and the same weight_decay"):
         learn.fit(1)
+    # (regression round T3) with mom 0 .grad holds the gradient alone: nothing said, nothing refused
+    import warnings
+    plain = MomentumLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.02, mom=0.0,
+                            opt_func=partial(torch.optim.SGD, weight_decay=0.5), cbs=[GradClipCB(1.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.fit(1)

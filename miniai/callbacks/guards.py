@@ -365,7 +365,8 @@ class GradClipCB(Callback):
                  "would have")
 
     def before_fit(self, learn: Learner) -> None:
-        if learn.keeps_grads and "train" in learn.passes:  # (MomentumLearner: .grad holds mom × the earlier ones too)
+        if learn.keeps_grads and getattr(learn, "mom", None) != 0 and "train" in learn.passes:  # (MomentumLearner:
+            # .grad holds mom × the earlier ones too; with mom 0, the gradient alone)
             raise TypeError(f"GradClipCB clips .grad, and {type(learn).__name__} keeps its momentum in .grad "
                             "(mom × the earlier gradients, plus this batch's): it would clip the momentum, not the "
                             "gradient, which no hand loop with clipping does. Use TrainLearner with the optimizer's "
