@@ -204,8 +204,7 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
     """Refuse a Learner subclass's method that the loop never calls: an event's name (events are callbacks'
     methods), or another framework's event or training method (training_step, configure_optimizers, ...)."""
     own = [k for k in type(learn).__mro__ if not k.__module__.startswith("miniai.") and k is not object]
-    called = {name for k in own for f in vars(k).values() for name in getattr(getattr(f, "__code__", None),
-                                                                             "co_names", ())}
+    called = {name for k in own for attr in vars(k).values() for name in _names_used(attr)}
     for k in own:
         for name in vars(k):
             if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
@@ -221,6 +220,19 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
             else:
                 continue
             raise TypeError(f"{type(learn).__name__}.{name} is never called: {why}")
+
+
+def _names_used(attr: Any) -> set[str]:
+    """The attribute names a class attribute's code reads (a method's, a property's or staticmethod's function's),
+    with those of the code inside it (lambdas, nested functions, comprehensions)."""
+    funcs = [getattr(attr, name, None) for name in ("fget", "fset", "fdel", "__func__")] + [attr]
+    codes = [f.__code__ for f in funcs if hasattr(f, "__code__")]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return names
 
 
 def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:

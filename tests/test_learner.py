@@ -992,3 +992,19 @@ def test_a_learner_subclasss_helper_its_own_steps_call_is_no_foreign_method():
         def get_loss(self):
             self.loss = self.compute_loss(self.preds, *self.yb)
     RegLearner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)
+
+    class Nested(TrainLearner):  # (regression round T3) called from a comprehension, a lambda, a property
+        def compute_loss(self, preds, y):
+            return F.mse_loss(preds, y)
+
+        @property
+        def loss_fn(self):
+            return lambda p, y: self.compute_loss(p, y)
+
+        def train_step(self):
+            pass
+
+        def get_loss(self):
+            self.loss = [self.loss_fn(p, y) for p, y in [(self.preds, *self.yb)]][0]
+            [self.train_step() for _ in ()]
+    Nested(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)
