@@ -172,7 +172,7 @@ def train(args: argparse.Namespace) -> float:
     from .supervised import TrainLearner
     from .models import GeneralRelu, get_model, init_weights
     from .recipes import RECIPES, check_one_cycle_room, make_sched_cb, recipe_learner
-    from .utils import def_device, fix_malloc, set_seed
+    from .utils import def_device, fix_malloc, model_device, set_seed
 
     if args.recipe and args.sched:  # else the recipe's one-cycle would silently replace the schedule asked for
         raise _UsageError(f"--sched {args.sched} does not combine with --recipe {args.recipe}, which has its own "
@@ -260,6 +260,7 @@ def train(args: argparse.Namespace) -> float:
     # named now, while the data is there (get_dls cached it): after the fit, before model.pt, a --data folder moved
     # meanwhile would cost the trained model
     split = valid_split("fashion_mnist", args.data)  # (a DatasetDict's may be 'validation')
+    record = _run_record(args, recipe, lr if recipe is None else recipe.max_lr, model_device(learn.model).type)
     fit_start = time.perf_counter()
     learn.fit(epochs)
     fit_s = time.perf_counter() - fit_start
@@ -274,7 +275,8 @@ def train(args: argparse.Namespace) -> float:
     result = {"command": getattr(args, "command", None),
               "recipe": args.recipe, "seed": args.seed, "epochs": epochs, "bs": bs,
               "world_size": world_size(),  # bs is per process: under torchrun the global batch is bs × world_size
-              "accuracy": metrics.last["valid_accuracy"], "accuracy_tta": None, "valid_on": valid_on}
+              "accuracy": metrics.last["valid_accuracy"], "accuracy_tta": None, "valid_on": valid_on,
+              **record}
     what = f"held-out ({n_valid} training images)" if args.holdout else "validation"
     on = f" (on {valid_on})" if not args.holdout and valid_on != "the test set" else ""
     if is_main_process():  # every rank has the same (all-reduced) metrics; one prints and writes
@@ -539,6 +541,25 @@ def _diverged(parser: Any, args: argparse.Namespace, e: Exception) -> str:
     kept = f" --out {args.out} holds the earlier run's files again." if getattr(args, "restored_earlier", False) else ""
     return (f"{parser.train_parser.prog}: error: {what} Run the command again{_again(args)} with a lower --lr (it "
             f"keeps no checkpoints, so it starts over).{kept}")
+
+
+def _run_record(args: argparse.Namespace, recipe: Any, lr: float, device: str) -> dict[str, Any]:
+    """What result.json needs beside the command to tell the run apart: the data read (a $MINIAI_DATA folder is in
+    no command), the lr and schedule in effect, the cuts of the data, the device and the versions."""
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .sources import find_source
+    source = find_source("fashion_mnist", args.data)
+    where = source.where if source.kind == "hub" else str(Path(source.where).resolve())
+    data = {"idx": "IDX files in", "saved": "saved DatasetDict", "hub": "hub dataset"}[source.kind] + f" {where}"
+    sched = "the recipe's one-cycle" if recipe is not None else args.sched or "none"
+    return {"data": data + (" ($MINIAI_DATA)" if args.data is None and os.environ.get("MINIAI_DATA") else ""),
+            "lr": lr, "sched": sched, "n_train": args.n_train, "n_valid": args.n_valid, "holdout": args.holdout,
+            "device": device, "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                           "miniai": __version__}}
 
 
 def _saved_note(args: argparse.Namespace) -> str:

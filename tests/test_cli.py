@@ -712,3 +712,23 @@ def test_a_last_batch_of_one_image_trains_a_model_whose_batchnorm_can(argv, caps
     train on one image. Only a model that can't (the ResNet recipes' BatchNorm1d of the logits) is refused."""
     from miniai.__main__ import main
     assert main(["train", *SMALL, *argv]) == 0
+
+
+def test_result_json_records_the_data_settings_device_and_versions_a_run_used(tmp_path, monkeypatch):
+    """(probe P67) With $MINIAI_DATA set, result.json said 'the test set' and its command had no --data: run again,
+    the command trained on other data (0.838 for 0.700), and nothing recorded the data, lr, schedule, device or
+    versions."""
+    import platform
+
+    import torch
+
+    from miniai.__main__ import main
+    from miniai.sources import SYSTEM_DATA_DIR
+    monkeypatch.setenv("MINIAI_DATA", str(SYSTEM_DATA_DIR))
+    assert main(["train", *SMALL, "--out", str(tmp_path / "a")]) == 0
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["data"] == f"IDX files in {SYSTEM_DATA_DIR} ($MINIAI_DATA)"
+    assert (result["lr"], result["sched"], result["device"]) == (2e-2, "none", "cpu")
+    assert (result["n_train"], result["n_valid"], result["holdout"]) == (64, 32, None)
+    assert result["versions"] == {"python": platform.python_version(), "torch": torch.__version__,
+                                  "miniai": __import__("miniai").__version__}
