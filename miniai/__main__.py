@@ -438,7 +438,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 class _PipeSafe:
-    """stdout that goes on when its reader has gone (`miniai train | head`) or it can't be written (a full disk): the
+    """stdout (or stderr) that goes on when its reader has gone (`miniai train | head`) or it can't be written (a full disk): the
     run keeps training and saving, its printing goes to /dev/null, where the OSError would end it and lose it."""
 
     def __init__(self, stream: Any) -> None:
@@ -486,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- (closed with the run, below)
         elif not isinstance(stdout, _PipeSafe):
             sys.stdout = _PipeSafe(stdout)
+        stderr = sys.stderr  # (its reader gone too, `2>&1 | head`: a stop's message must not change the exit status)
+        if stderr is not None and not isinstance(stderr, _PipeSafe):
+            sys.stderr = _PipeSafe(stderr)
         try:
             with _sigterm_as_interrupt(), claimed(args.out):
                 try:
@@ -530,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if stdout is None:
                 sys.stdout.close()
-            sys.stdout = stdout
+            sys.stdout, sys.stderr = stdout, stderr
     return 0
 
 

@@ -732,3 +732,26 @@ def test_result_json_records_the_data_settings_device_and_versions_a_run_used(tm
     assert (result["n_train"], result["n_valid"], result["holdout"]) == (64, 32, None)
     assert result["versions"] == {"python": platform.python_version(), "torch": torch.__version__,
                                   "miniai": __import__("miniai").__version__}
+
+
+def test_a_stopped_run_whose_stderr_reader_has_gone_still_exits_130(tmp_path, monkeypatch):
+    """(probe P67) `miniai train ... 2>&1 | head -1`, then Ctrl-C: the stop message's print raised BrokenPipeError,
+    and the command exited 1, not 130, misread by the script driving it."""
+    from miniai.__main__ import main
+    from miniai.callbacks.scheduling import RecorderCB
+
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise OSError("no file")
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(RecorderCB, "plot", interrupted)
+    monkeypatch.setattr(sys, "stderr", Gone())
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 130
