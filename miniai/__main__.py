@@ -297,21 +297,28 @@ def train(args: argparse.Namespace) -> float:
         args.saved = []  # (for the Ctrl-C and disk-full messages: what is on disk, complete)
         # on the CPU, so the file loads on a machine without the GPU it was trained on; the model first: a
         # result.json never reports a run whose model.pt is not there
-        part = out / ".model.pt.part"  # written whole, then renamed: never a truncated model.pt (Ctrl-C)
-        try:
-            torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, part)
-            part.replace(out / "model.pt")
-        finally:
-            part.unlink(missing_ok=True)
+        weights = {k: v.cpu() for k, v in learn.model.state_dict().items()}
+        _write_whole(out / "model.pt", lambda part: torch.save(weights, part))
         args.saved.append("model.pt")
-        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        _write_whole(out / "result.json", lambda part: part.write_text(json.dumps(result, indent=1) + "\n"))
         args.saved.append("result.json")
-        progress.plot_losses().savefig(out / "loss.png", dpi=100)
+        _write_whole(out / "loss.png", lambda part: progress.plot_losses().savefig(part, dpi=100, format="png"))
         args.saved.append("loss.png")
         print(f"saved {out / 'model.pt'} and {out / 'loss.png'}", flush=True)
-        recorder.plot(out / "schedule.png")
+        _write_whole(out / "schedule.png", lambda part: recorder.plot().savefig(part, dpi=100, format="png"))
         print(f"saved {out / 'schedule.png'} (lr and momentum/beta1 against batch)", flush=True)
     return result["accuracy"]
+
+
+def _write_whole(path: Path, write: Any) -> None:
+    """`write(part)` a part file beside `path`, renamed to it once complete: a full disk or Ctrl-C never leaves a
+    truncated output (a loss.png cut at 12 KB was said 'not written')."""
+    part = path.with_name(f".{path.name}.part")
+    try:
+        write(part)
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _trains_on_one(model: Any, shape: tuple[int, ...]) -> bool:
@@ -438,7 +445,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 class _PipeSafe:
-    """stdout (or stderr) that goes on when its reader has gone (`miniai train | head`) or it can't be written (a full disk): the
+    """stdout (or stderr) that goes on when its reader has gone (`miniai train | head`) or it can't be written (a
+    full disk): the
     run keeps training and saving, its printing goes to /dev/null, where the OSError would end it and lose it."""
 
     def __init__(self, stream: Any) -> None:

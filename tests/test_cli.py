@@ -755,3 +755,24 @@ def test_a_stopped_run_whose_stderr_reader_has_gone_still_exits_130(tmp_path, mo
     monkeypatch.setattr(RecorderCB, "plot", interrupted)
     monkeypatch.setattr(sys, "stderr", Gone())
     assert main(["train", *SMALL, "--out", str(tmp_path)]) == 130
+
+
+def test_a_full_disk_while_drawing_a_plot_leaves_no_truncated_file(tmp_path, monkeypatch, capsys):
+    """(probe P67) loss.png was written in place: a full disk left a truncated 12 KB image that the message called
+    'not written'. Every output goes through a part file, renamed once complete."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from miniai.__main__ import main
+
+    def full(self, fname, *args, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Figure, "savefig", full)
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 1
+    assert "loss.png, schedule.png not written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["log.csv", "model.pt",
+                                                                                        "result.json"]
+    assert not list(tmp_path.glob(".*.part"))
