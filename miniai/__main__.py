@@ -446,8 +446,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 class _PipeSafe:
     """stdout (or stderr) that goes on when its reader has gone (`miniai train | head`) or it can't be written (a
-    full disk): the
-    run keeps training and saving, its printing goes to /dev/null, where the OSError would end it and lose it."""
+    full disk): the run keeps training and saving, its printing goes to /dev/null, where the OSError would end it
+    and lose it."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
