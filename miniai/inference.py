@@ -129,8 +129,8 @@ def _to_pixels(x: torch.Tensor) -> str:
             return (f"These run {low:g} to {high:g}, about 0 to 1: convert them with (x.clamp(0, 1) * 255).round().to("
                     "torch.uint8)")
         if low < 0:
-            return (f"These run {low:g} to {high:g}, below 0: already normalized? Those go to learn.get_preds(dl=[(x,)])"
-                    "; pixels are 0-255 (uint8)")
+            return (f"These run {low:g} to {high:g}, below 0: already normalized? Those go to "
+                    "learn.get_preds(dl=[(x,)]); pixels are 0-255 (uint8)")
         if 0 <= low and high <= 255:
             return (f"These run {low:g} to {high:g}: convert 0-255 values stored as floats with x.round().to("
                     "torch.uint8), 16-bit pixels with (x.int() // 257).to(torch.uint8) (a dark 16-bit image's lie "

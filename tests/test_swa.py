@@ -643,8 +643,6 @@ def test_an_average_whose_validation_pass_was_cancelled_has_no_metrics_of_the_ra
     """(probe P68) A validation budget cancelling the 'swa' pass before MetricsCB's before_epoch: swa.metrics held
     the raw model's last validation loss (0.000283 for the average's 0.00065), and no word said the average was not
     validated."""
-    import warnings
-
     from miniai.callbacks import MetricsCB, SWACB
     from miniai.learner import Callback, CancelEpochException
     from tests.synth import tiny_learner
