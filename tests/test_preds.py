@@ -2028,14 +2028,22 @@ def test_a_model_output_whose_items_are_not_on_its_first_dim_is_joined_along_the
                                              r"batch-first"):
             learn.get_preds()
 
-    # (regression round T3) a packed sequence's (tokens, C) with C == bs and 11 tokens a batch: dim 0, silently
+    # (regression round T3) a packed sequence's (tokens, C) with C == bs and 11 tokens a batch: dim 0, with the
+    # warning (it can't be told from a time-first (T, N) of batches of one size)
     class Packed(nn.Module):
         def forward(self, x):
             return torch.arange(11 * 4.0).view(11, 4)
     packed = TrainLearner(Packed(), DataLoaders(None, DataLoader(TensorDataset(x[:8]), 4)), None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with pytest.warns(UserWarning, match=r"along dim 0.*its dim 1 holds the batch's item count"):
         assert packed.get_preds()[0].shape == (22, 4)
+
+    # (regression round T4) a time-first LSTM's (T, N) output: along dim 1 where a short batch shows it
+    class TimeFirst(nn.Module):
+        def forward(self, xb):
+            return xb[:, 0].unsqueeze(0).expand(50, -1)
+    items = torch.arange(100.0)[:, None]
+    preds = TrainLearner(TimeFirst(), DataLoaders(None, DataLoader(TensorDataset(items), 32)), None).get_preds()[0]
+    assert torch.equal(preds, items[:, 0].expand(50, -1))
 
     # (regression round T2) a tagger's tokens flattened, (N × 5, C), C == bs by chance: joined along dim 0 as ever
     class Flat(nn.Module):

@@ -264,9 +264,9 @@ def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False
     first = parts[0]
     numpy = type(first).__module__ == "numpy" and hasattr(first, "ndim")  # a collate's NumPy targets: joined too
     if isinstance(first, torch.Tensor) or numpy:
-        if not of_batch and sizes is not None and any(p.ndim >= 3 and len(p) != n for p, n in zip(parts, sizes)):
-            joined = _cat_items_elsewhere(parts, sizes, path)  # (an RNN's h_n, CTC's (T, N, C); 2-dim outputs,
-            if joined is not None:  # flattened (N × T, C) or packed, are joined along dim 0)
+        if not of_batch and sizes is not None and any(p.ndim >= 2 and len(p) != n for p, n in zip(parts, sizes)):
+            joined = _cat_items_elsewhere(parts, sizes, path)  # (an RNN's h_n, CTC's (T, N, C), a time-first (T, N))
+            if joined is not None:
                 return joined
         if any(p.ndim != first.ndim for p in parts):  # 0-dim and not: torch.cat's error names neither
             raise ValueError("get_preds: the batches' outputs (or targets) are 0-dim for some batches and not for "
@@ -298,14 +298,18 @@ def _cat(parts: list[Any], sizes: list[int] | None = None, by_item: bool = False
 
 def _cat_items_elsewhere(parts: list[torch.Tensor], sizes: list[int], path: tuple[str, ...]) -> torch.Tensor | None:
     """A model's output whose items are not on its first dim (an RNN's h_n (layers, N, H), CTC's (T, N, C)) joined
-    along the one dim that holds each batch's item count, where dim 0 can't hold them (no whole number of items in
-    some batch): joined along dim 0, the batches' layers or time steps would be stacked as more of them. Where dim 0
-    might (as many whole items in every batch) or no one dim does: None, joined along dim 0, with a warning."""
+    along the one dim that holds each batch's item count, where dim 0 can't hold them: joined along dim 0, the
+    batches' layers or time steps would be stacked as more of them. Where dim 0 might, or no one dim does: None,
+    joined along dim 0, with a warning."""
     dims = set.intersection(*({d for d in range(1, p.ndim) if p.shape[d] == n} for p, n in zip(parts, sizes)))
     rest = {p.shape[:d] + p.shape[d + 1:] for d in dims for p in parts} if len(dims) == 1 else set()
-    # dim 0 can't hold the items where it holds no whole number of them, or another number per item in another batch
+    # dim 0 can't hold the items where, over batches of other sizes, it holds another number per item (a flattened
+    # (N × T, C) holds T each); over batches of one size, where it holds no whole number of them in an output of 3
+    # dims or more (a packed (tokens, C) may hold any number: 2-dim outputs are left to dim 0, with the warning)
     ratios = {len(p) / n for p, n in zip(parts, sizes)}
-    if len(rest) == 1 and (len(ratios) > 1 or any(len(p) % n for p, n in zip(parts, sizes))):
+    vary = len(set(sizes)) > 1
+    if len(rest) == 1 and (len(ratios) > 1 if vary else parts[0].ndim >= 3 and any(len(p) % n for p, n in
+                                                                                     zip(parts, sizes))):
         return torch.cat(parts, dim=dims.pop())
     if dims:
         p, n = next((p, n) for p, n in zip(parts, sizes) if len(p) != n)
