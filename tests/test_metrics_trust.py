@@ -1032,3 +1032,28 @@ def test_a_torcheval_metrics_own_shape_error_names_the_metric_and_the_way():
         evaluate(learn)
     assert any("'acc' (MulticlassAccuracy)" in note and "(8, 3, 6, 6)" in note and "Accuracy()" in note
                for note in e.value.__notes__)
+
+
+def test_a_pass_whose_metric_fails_to_compute_leaves_no_earlier_values_in_last():
+    """(regression round T4) A metric's compute() raising in epoch 1's validation: last kept epoch 0's values."""
+    class FailsLater:
+        def __init__(self):
+            self.calls = 0
+
+        def update(self, preds, targets):
+            pass
+
+        def compute(self):
+            self.calls += 1
+            if self.calls == 4:  # epoch 1's validation pass
+                raise RuntimeError("compute failed")
+            return 1.0
+
+        def reset(self):
+            pass
+    x, y = torch.randn(16, 4), torch.tensor([0, 1, 2, 3] * 4)
+    learn = TrainLearner(nn.Linear(4, 4), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), F.cross_entropy,
+                         cbs=[MetricsCB(m=FailsLater(), log_fn=None)])
+    with pytest.raises(RuntimeError, match="compute failed"):
+        learn.fit(2)
+    assert not any(name.startswith("valid_") for name in learn.metrics.last)

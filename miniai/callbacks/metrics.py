@@ -375,7 +375,6 @@ class MetricsCB(Callback):
 
     def after_epoch(self, learn: Learner) -> None:
         self._in_pass = False
-        self._logged = True  # (this pass's row: see cleanup_epoch)
         self._flush()
         split = "train" if learn.training else "valid"
         values = {name: _number(name, value) for name, value in _compute(self.metrics, self._sync).items()}
@@ -388,6 +387,7 @@ class MetricsCB(Callback):
                 self._warn_weighted_by_items(learn, split, int(uncounted))
         for name, value in values.items():
             self.last[f"{split}_{name}"] = value
+        self._logged = True  # (this pass's values are in last: see cleanup_epoch)
         record = {**values, "epoch": learn.epoch, "train": split, "time": time.perf_counter() - self._start}
         self.history.append(record)
         self._log({**values, "epoch": learn.epoch, "train": split, "time": _format_time(record["time"])})
