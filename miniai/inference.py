@@ -125,7 +125,8 @@ def _to_pixels(x: torch.Tensor) -> str:
         if bool(x.isnan().any()):
             return "These hold NaN: give images of pixel values"
         low, high = float(x.min()), float(x.max())
-        if -0.5 <= low and high <= 1.5:  # (a resized 0-1 image overshoots a little: bicubic, antialiasing)
+        outside = float(((x < 0) | (x > 1)).float().mean())  # (a resized 0-1 image overshoots in a few pixels:
+        if -0.5 <= low and high <= 1.5 and outside <= 0.05:  # bicubic, antialiasing; centred ones, in many)
             return (f"These run {low:g} to {high:g}, about 0 to 1: convert them with (x.clamp(0, 1) * 255).round().to("
                     "torch.uint8)")
         if low < 0:

@@ -121,11 +121,16 @@ def test_infers_advice_for_float_pixels_is_the_conversion_their_range_fits():
     assert torch.equal(learn.infer(x.round().to(torch.uint8)).probs, learn.infer(PIXELS[0]).probs)
     # (regression round T3) a resized 0-1 image overshoots a little (bicubic): 0-1 still, clamped; values well below 0
     # are normalized ones; NaN is named
+    overshot = torch.linspace(0, 1, 64).view(1, 8, 8)
+    overshot[0, 0, :2] = torch.tensor([-0.2, 1.15])  # (two pixels of 64)
     with pytest.raises(TypeError, match=r"These run -0.2 to 1.15, about 0 to 1: convert them with "
                                         r"\(x.clamp\(0, 1\) \* 255\)"):
-        learn.infer(torch.tensor([-0.2, 1.15]).repeat(32).view(1, 8, 8))
+        learn.infer(overshot)
     with pytest.raises(TypeError, match=r"These run -2 to 3, below 0: already normalized\?"):
         learn.infer(torch.tensor([-2.0, 3.0]).repeat(32).view(1, 8, 8))
+    # (regression round T4) centred inputs, x - 0.5, are no overshoot: many pixels below 0
+    with pytest.raises(TypeError, match=r"below 0: already normalized\?"):
+        learn.infer(PIXELS[0].float() / 255 - 0.5)
     with pytest.raises(TypeError, match=r"These hold NaN"):
         learn.infer(torch.full((1, 8, 8), float("nan")))
 
