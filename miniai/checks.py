@@ -225,7 +225,11 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
 def _names_used(attr: Any) -> set[str]:
     """The attribute names a class attribute's code reads (a method's, a property's or staticmethod's function's),
     with those of the code inside it (lambdas, nested functions, comprehensions)."""
-    funcs = [getattr(attr, name, None) for name in ("fget", "fset", "fdel", "__func__")] + [attr]
+    funcs = [getattr(attr, name, None) for name in ("fget", "fset", "fdel", "__func__", "func")] + [attr]
+    for f in list(funcs):  # (a decorated method's function, functools.wraps's __wrapped__, and what it wraps)
+        while hasattr(f, "__wrapped__") and len(funcs) < 64:
+            f = f.__wrapped__
+            funcs.append(f)
     codes = [f.__code__ for f in funcs if hasattr(f, "__code__")]
     names: set[str] = set()
     while codes:
