@@ -769,3 +769,24 @@ def test_weight_decay_beside_a_learner_that_keeps_its_momentum_in_the_gradients_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plain.fit(1)
+
+
+def test_watchers_say_when_a_cut_pass_left_them_nothing_to_read():
+    """(probe P68) A callback cutting every validation pass (a limit on validation batches): EarlyStoppingCB and a
+    plateau never read valid_loss, never acted, and said nothing, while the loss exploded."""
+    from miniai.callbacks.scheduling import EpochSchedCB
+    from miniai.learner import CancelEpochException
+    from tests.synth import tiny_learner
+
+    class FirstValidBatchOnly(Callback):
+        def after_batch(self, learn):
+            if not learn.training:
+                raise CancelEpochException()
+    plateau = EpochSchedCB(partial(ReduceLROnPlateau, patience=0), monitor="valid_loss")
+    learn = tiny_learner(cbs=[MetricsCB(log_fn=None), EarlyStoppingCB("valid_loss", patience=1), plateau,
+                              FirstValidBatchOnly()])
+    with pytest.warns(UserWarning) as record:
+        learn.fit(3)
+    said = [str(w.message) for w in record if "was cut short" in str(w.message)]
+    assert len(said) == 2 and any(s.startswith("EarlyStoppingCB watches 'valid_loss'") for s in said) \
+        and any(s.startswith("EpochSchedCB's ReduceLROnPlateau watches 'valid_loss'") for s in said), said

@@ -12,7 +12,7 @@ from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
 from ..weighting import averages_over_targets, batch_parts, ignored_target, target_mask
-from .monitor import check_monitor, improves, monitor_mode, same_watch
+from .monitor import check_monitor, improves, monitor_mode, note_cut_pass, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
            "lower_lr_advice", "pass_args"]
@@ -301,6 +301,7 @@ class EarlyStoppingCB(Callback):
         if self._on:
             check_monitor(learn, self.monitor, "EarlyStoppingCB")
             self.best, self.wait, self.stopped_epoch = None, 0, None
+        self._read = self._cut_said = False  # (a pass cut before its value was read: said once a fit)
 
     def before_batch(self, learn: Learner) -> None:
         if not learn.training:
@@ -323,7 +324,7 @@ class EarlyStoppingCB(Callback):
     def after_epoch(self, learn: Learner) -> None:
         if not self._on or learn.training != self.monitor.startswith("train_") or not isinstance(learn.epoch, int):
             return  # an evaluation, not the pass that logs the monitored value, or SWACB's of the average ('swa')
-        value = learn.metrics.last[self.monitor]
+        value, self._read = learn.metrics.last[self.monitor], True
         if improves(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
             return
@@ -331,6 +332,10 @@ class EarlyStoppingCB(Callback):
         if self.wait >= self.patience:
             self.stopped_epoch = learn.epoch
             learn.stop_requested = True  # CheckpointCB saves this epoch, whatever its `every`
+
+    def cleanup_epoch(self, learn: Learner) -> None:
+        if self._on:
+            note_cut_pass(self, learn, "EarlyStoppingCB")
 
 
 class GradClipCB(Callback):

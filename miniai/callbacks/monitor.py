@@ -11,7 +11,7 @@ from ..checks import warn
 if TYPE_CHECKING:
     from ..learner import Learner
 
-__all__ = ["improves", "name_mode", "monitor_mode", "check_monitor", "same_watch"]
+__all__ = ["improves", "name_mode", "monitor_mode", "check_monitor", "same_watch", "note_cut_pass"]
 
 
 # the last word of a metric's name (what it measures: DiceBCELoss is a loss) says which way it improves, read as a
@@ -105,3 +105,19 @@ def same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
     warn(f"{who} watched {saved[0]!r} ({saved[1]}) in the run resumed from and watches {cb.monitor!r} "
          f"({cb.mode}) now: its best value so far is not carried over, the best is looked for afresh")
     return False
+
+
+def note_cut_pass(cb: Any, learn: Learner, who: str) -> None:
+    """At a pass's cleanup: warn, once a fit, when a cancel cut the pass `cb.monitor` comes from before `cb` read
+    its value (`cb._read`, set where it reads): a callback cutting every such pass leaves `cb` nothing to act on."""
+    if learn.training != cb.monitor.startswith("train_") or not isinstance(learn.epoch, int):
+        return  # (not the watched pass, or SWACB's of the average)
+    from ..learner import CancelEpochException  # (here: the learner imports the callbacks' modules' users)
+    if not getattr(cb, "_read", False) and isinstance(learn.stopped_by, CancelEpochException) \
+            and not getattr(cb, "_cut_said", False):
+        cb._cut_said = True
+        split = "training" if learn.training else "validation"
+        warn(f"{who} watches {cb.monitor!r}, and this {split} pass (epoch {learn.epoch}) was cut short "
+             f"(CancelEpochException) before MetricsCB logged it: the epoch did not count. A callback that cuts "
+             f"every {split} pass leaves {who} nothing to act on")
+    cb._read = False

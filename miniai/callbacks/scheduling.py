@@ -45,7 +45,7 @@ from ..supervised import MomentumLearner
 from ..utils import counted, frames, without_graph
 from .. import schedulers as _schedulers
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
-from .monitor import check_monitor, name_mode, same_watch
+from .monitor import check_monitor, name_mode, note_cut_pass, same_watch
 from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
@@ -223,6 +223,7 @@ class BaseSchedCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         if "train" not in learn.passes:  # an evaluation steps nothing: the last training fit's scheduler stays
             return
+        self._read = self._cut_said = False  # (a watched pass cut before its value was read: said once a fit)
         # the lrs opt_func made of the fit's lr, as numbers: the scheduler built below fills a tensor lr in place
         made = [float(group["lr"]) for group in learn.opt.param_groups]
         try:
@@ -784,6 +785,7 @@ class EpochSchedCB(BaseSchedCB):
         if self._learn is None:  # an evaluation: the last training fit's scheduler is kept as it was
             return
         if self.monitor is not None and learn.training == self.monitor.startswith("train_"):
+            self._read = True
             self._advance(learn, learn.metrics.last[self.monitor])
 
     def cleanup_epoch(self, learn: Learner) -> None:
@@ -791,6 +793,8 @@ class EpochSchedCB(BaseSchedCB):
         # trained (a fit ended at its first batch, EarlyStoppingCB's way, took no step: nor does the schedule)
         if self.monitor is None and learn.training and learn.pass_steps:
             self._advance(learn)
+        elif self.monitor is not None and self._learn is not None:
+            note_cut_pass(self, learn, f"EpochSchedCB's {type(self.scheduler).__name__}")
 
 
 _PLATEAU_NO_MONITOR = ("ReduceLROnPlateau needs the metric it watches: pass monitor=, a name MetricsCB logs, e.g. "
