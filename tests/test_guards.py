@@ -790,3 +790,16 @@ def test_watchers_say_when_a_cut_pass_left_them_nothing_to_read():
     said = [str(w.message) for w in record if "was cut short" in str(w.message)]
     assert len(said) == 2 and any(s.startswith("EarlyStoppingCB watches 'valid_loss'") for s in said) \
         and any(s.startswith("EpochSchedCB's ReduceLROnPlateau watches 'valid_loss'") for s in said), said
+
+
+def test_a_metricscb_ordered_after_its_watcher_is_named_with_both_orders():
+    """(probe P68) A MetricsCB of order 75: EarlyStoppingCB said 'this learner has no MetricsCB', then, a fit later,
+    a bare KeyError 'valid_loss'."""
+    from tests.synth import tiny_learner
+
+    class LateMetrics(MetricsCB):
+        order = 75
+    learn = tiny_learner(cbs=[LateMetrics(log_fn=None), EarlyStoppingCB("valid_loss")])
+    with pytest.raises(ValueError, match=r"LateMetrics \(order 75\) runs after EarlyStoppingCB \(order 70\).*"
+                                         r"previous epoch's"):
+        learn.fit(1)

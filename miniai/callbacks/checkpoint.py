@@ -848,7 +848,7 @@ class CheckpointCB(Callback):
             self._pending = None
             return
         if self.monitor is not None:
-            check_monitor(learn, self.monitor, "CheckpointCB")
+            check_monitor(learn, self.monitor, "CheckpointCB", self.order)
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
         self._setup_at_start = setup_of(learn)  # (what no state_dict holds: settings are what the fit left alone)
         self._replaced, self._superseded, self._release = [], [], None

@@ -299,7 +299,7 @@ class EarlyStoppingCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self._on = "train" in learn.passes  # an evaluation stops nothing: the run's count and best stay
         if self._on:
-            check_monitor(learn, self.monitor, "EarlyStoppingCB")
+            check_monitor(learn, self.monitor, "EarlyStoppingCB", self.order)
             self.best, self.wait, self.stopped_epoch = None, 0, None
         self._read = self._cut_said = False  # (a pass cut before its value was read: said once a fit)
 

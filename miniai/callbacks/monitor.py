@@ -81,8 +81,16 @@ def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
     return way
 
 
-def check_monitor(learn: Learner, monitor: str, who: str) -> None:
-    """Raise if `monitor` is not a name the learner's MetricsCB logs; `who` names the callback asking."""
+def check_monitor(learn: Learner, monitor: str, who: str, order: float = math.inf) -> None:
+    """Raise if `monitor` is not a name the learner's MetricsCB logs, or that MetricsCB runs after `who` (of
+    `order`), which would read the previous epoch's value."""
+    from .metrics import MetricsCB  # (here: metrics.py's users import this module first)
+    late = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB) and cb.order >= order), None)
+    if late is not None:
+        raise ValueError(f"{who}(monitor={monitor!r}) reads what MetricsCB logs at each pass's end, and "
+                         f"{type(late).__name__} (order {late.order}) runs after {who} (order {order}): {who} would "
+                         f"read the previous epoch's value. Give {type(late).__name__} an order below {order} "
+                         "(MetricsCB's own is 10)")
     metrics = getattr(learn, "metrics", None)
     if metrics is None or all(cb is not metrics for cb in learn.cbs):
         raise ValueError(f"{who}(monitor={monitor!r}) reads the metric MetricsCB logs, and this learner has no "

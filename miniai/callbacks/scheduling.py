@@ -749,7 +749,7 @@ class EpochSchedCB(BaseSchedCB):
         if not plateau:
             raise TypeError(f"monitor={self.monitor!r} is for ReduceLROnPlateau, but the factory built a "
                             f"{type(self.scheduler).__name__}, whose step() takes no metric: drop monitor=")
-        check_monitor(learn, self.monitor, type(self).__name__)
+        check_monitor(learn, self.monitor, type(self).__name__, self.order)
         way = name_mode(self.monitor)
         if way is None:  # the name says neither way: the scheduler's mode stands, if it was chosen
             chosen = "mode" in getattr(self.factory, "keywords", {}) or self.scheduler.mode != "min"
