@@ -285,7 +285,8 @@ def train(args: argparse.Namespace) -> float:
             probs, targets = learn.tta()
             result["accuracy_tta"] = (probs.argmax(1) == targets).float().mean().item()
             print(f"{what} accuracy with TTA (the flip averaged in): {result['accuracy_tta']:.4f}{on}", flush=True)
-        result.update(wall_s=process_seconds(), fit_s=fit_s, s_per_epoch=fit_s / epochs)
+        result.update(wall_s=process_seconds(), run_s=time.perf_counter() - getattr(args, "started", fit_start),
+                      fit_s=fit_s, s_per_epoch=fit_s / epochs)
         print(f"wall time: {result['wall_s']:.1f} s since the process started (imports and data included); "
               f"{result['s_per_epoch']:.1f} s an epoch", flush=True)
     if args.out and is_main_process():
@@ -479,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prog = "miniai" if argv is None and Path(sys.argv[0]).name == "miniai" else "python -m miniai"  # (the script)
     args.command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else argv)  # pasted into a shell: the same
+    args.started = time.perf_counter()  # (this run's own time: a script may call main several times)
     if args.job == "train":
         if args.data is None:  # --data was checked as it was parsed; $MINIAI_DATA names a directory just as firmly
             from .sources import DataNotFoundError, find_source

@@ -776,3 +776,13 @@ def test_a_full_disk_while_drawing_a_plot_leaves_no_truncated_file(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["log.csv", "model.pt",
                                                                                         "result.json"]
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_result_json_holds_this_runs_own_time_beside_the_processs(tmp_path):
+    """(probe P67) A script calling main() three times got wall_s counted from the process start: 5.3 s recorded for
+    a run of 0.6 s. run_s is the run's own."""
+    from miniai.__main__ import main
+    for name in ("a", "b"):
+        assert main(["train", *SMALL, "--out", str(tmp_path / name)]) == 0
+    first, second = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("a", "b"))
+    assert second["wall_s"] >= first["run_s"] + second["run_s"] and second["run_s"] >= second["fit_s"]
