@@ -2096,3 +2096,15 @@ def test_softmax_over_dim_1_of_a_sequence_models_classes_last_is_refused_with_th
             call()
     probs, _ = learn.get_preds(act=partial(torch.softmax, dim=-1))
     assert torch.allclose(probs.sum(-1), torch.ones(24, 7))
+
+
+def test_flattened_tokens_whose_classes_number_the_batch_are_joined_without_a_word():
+    """(regression round T5) A tagger's logits.view(-1, C) with C == bs, every batch full: joined right, and warned of
+    as a possible time-first output."""
+    class Flat(nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x) * 3, 8)
+    learn = TrainLearner(Flat(), DataLoaders(None, DataLoader(TensorDataset(torch.randn(32, 4)), 8)), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert learn.get_preds()[0].shape == (96, 8)

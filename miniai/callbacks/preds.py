@@ -300,7 +300,7 @@ def _cat_items_elsewhere(parts: list[torch.Tensor], sizes: list[int], path: tupl
     """A model's output whose items are not on its first dim (an RNN's h_n (layers, N, H), CTC's (T, N, C)) joined
     along the one dim that holds each batch's item count, where dim 0 can't hold them: joined along dim 0, the
     batches' layers or time steps would be stacked as more of them. Where dim 0 might, or no one dim does: None,
-    joined along dim 0, with a warning."""
+    joined along dim 0, with a warning (not for a 2-dim output holding a whole number per item: flattened tokens)."""
     dims = set.intersection(*({d for d in range(1, p.ndim) if p.shape[d] == n} for p, n in zip(parts, sizes)))
     rest = {p.shape[:d] + p.shape[d + 1:] for d in dims for p in parts} if len(dims) == 1 else set()
     # dim 0 can't hold the items where, over batches of other sizes, it holds another number per item (a flattened
@@ -311,12 +311,14 @@ def _cat_items_elsewhere(parts: list[torch.Tensor], sizes: list[int], path: tupl
     if len(rest) == 1 and (len(ratios) > 1 if vary else parts[0].ndim >= 3 and any(len(p) % n for p, n in
                                                                                      zip(parts, sizes))):
         return torch.cat(parts, dim=dims.pop())
-    if dims:
+    flat = parts[0].ndim == 2 and not any(len(p) % n for p, n in zip(parts, sizes))  # (N × T, C): as ever, unsaid
+    if dims and not flat:
         p, n = next((p, n) for p, n in zip(parts, sizes) if len(p) != n)
         warn(f"get_preds joined {_where(path)}of shape {tuple(p.shape)} (in a batch of {n} items) along dim 0, and "
-             f"its dim {min(dims)} holds the batch's item count too: if the items are there (an RNN's h_n, CTC's "
-             "(T, N, C)), the batches' pieces are stacked as more of dim 0. Return it batch-first "
-             "(h_n.transpose(0, 1)), or leave it out of forward's return")
+             f"its dim {min(dims)} holds the batch's item count too: if the items are there (an RNN's h_n, a "
+             "time-first (T, N), CTC's (T, N, C)), the batches' pieces are stacked as more of dim 0; if dim 0 holds "
+             "them (packed or flattened tokens), the join is right. Return such outputs batch-first "
+             "(h_n.transpose(0, 1)), or leave them out of forward's return")
     return None
 
 
