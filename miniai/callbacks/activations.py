@@ -479,8 +479,7 @@ class ActivationStats(HooksCallback):
     def stats_of(self, split: str) -> list[tuple[Tensor, Tensor, Tensor]]:
         """`stats` of one pass's batches, `split` 'train' or 'valid' (with `on_valid`, `stats` holds both, in the
         order they ran)."""
-        if split not in ("train", "valid"):
-            raise ValueError(f"split is 'train' or 'valid', got {split!r}")
+        _check_split(split)
         return [(m[rows], s[rows], h[rows]) for (m, s, h), rows in zip(self.stats, self._rows(split))]
 
     def _rows(self, split: str) -> list[Tensor]:
@@ -493,7 +492,7 @@ class ActivationStats(HooksCallback):
         """The pass a plot draws: `split`, else the training batches when any were recorded."""
         if split is None:
             return "train" if any(bool(rows.any()) for rows in self._rows("train")) or not self.on_valid else "valid"
-        self.stats_of(split)  # (checks it)
+        _check_split(split)
         return split
 
     def _layer_stats(self, hook: Hook) -> tuple[Tensor, Tensor, Tensor]:
@@ -587,3 +586,8 @@ class ActivationStats(HooksCallback):
 
 
 _XLABELS = {"train": "recorded training batch", "valid": "recorded validation batch"}
+
+
+def _check_split(split: str) -> None:
+    if split not in _XLABELS:
+        raise ValueError(f"split is 'train' or 'valid', got {split!r}")
