@@ -307,12 +307,10 @@ def _cat_items_elsewhere(parts: list[torch.Tensor], sizes: list[int], path: tupl
     # (N × T, C) holds T each); over batches of one size, where it holds no whole number of them in an output of 3
     # dims or more (a packed (tokens, C) may hold any number: 2-dim outputs are left to dim 0, with the warning)
     ratios = {len(p) / n for p, n in zip(parts, sizes)}
-    vary = len(set(sizes)) > 1
-    if len(rest) == 1 and (len(ratios) > 1 if vary else parts[0].ndim >= 3 and any(len(p) % n for p, n in
-                                                                                     zip(parts, sizes))):
+    whole = not any(len(p) % n for p, n in zip(parts, sizes))  # (dim 0 holds a whole number per item in each batch)
+    if len(rest) == 1 and (len(ratios) > 1 if len(set(sizes)) > 1 else parts[0].ndim >= 3 and not whole):
         return torch.cat(parts, dim=dims.pop())
-    flat = parts[0].ndim == 2 and not any(len(p) % n for p, n in zip(parts, sizes))  # (N × T, C): as ever, unsaid
-    if dims and not flat:
+    if dims and not (parts[0].ndim == 2 and whole):  # (flattened tokens, (N × T, C): as ever, unsaid)
         p, n = next((p, n) for p, n in zip(parts, sizes) if len(p) != n)
         warn(f"get_preds joined {_where(path)}of shape {tuple(p.shape)} (in a batch of {n} items) along dim 0, and "
              f"its dim {min(dims)} holds the batch's item count too: if the items are there (an RNN's h_n, a "
