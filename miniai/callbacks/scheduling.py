@@ -309,17 +309,18 @@ class BaseSchedCB(Callback):
                      f"not at its end. If that is not on purpose, build it with {field}={runs}"
                      + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
                         "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".")
-        linear = self.scheduler
-        if isinstance(linear, LinearLR) and 0 < linear.end_factor < linear.start_factor and linear.total_iters < total:
-            warn(f"LinearLR decays the lr to {linear.end_factor:g} × over total_iters={linear.total_iters} steps, and "
+        sched = self.scheduler
+        if isinstance(sched, LinearLR) and 0 < sched.end_factor < sched.start_factor and sched.total_iters < total:
+            warn(f"LinearLR decays the lr to {sched.end_factor:g} × over total_iters={sched.total_iters} steps, and "
                  f"this fit takes {counted(total, 'step')} ({how}): the rest train at that end lr. If that is not on "
                  f"purpose, build it with total_iters={total}")
-        if isinstance(linear, CyclicLR) and round(linear.total_size * linear.step_ratio) >= total:
-            warn(f"CyclicLR rises for step_size_up={round(linear.total_size * linear.step_ratio)} steps, and this fit "
-                 f"takes {counted(total, 'step')} ({how}): its lr never reaches max_lr. If that is not on purpose, "
-                 "count step_size_up in this fit's steps (CyclicLR is stepped per batch: BatchSchedCB)")
+        rise = round(sched.total_size * sched.step_ratio) if isinstance(sched, CyclicLR) else 0
+        if rise >= total:
+            warn(f"CyclicLR rises for step_size_up={rise} steps, and this fit takes {counted(total, 'step')} ({how}): "
+                 "its lr never reaches max_lr. If that is not on purpose, count step_size_up in this fit's steps "
+                 "(CyclicLR is stepped per batch: BatchSchedCB)")
         if isinstance(self, BatchSchedCB):  # (a step_size or gamma meant per epoch: the lr gone to nothing)
-            decay = _decay(self.scheduler, total)
+            decay = _decay(sched, total)
             if decay is not None and decay < 1e-6:
                 warn(f"{name} takes the lr down to {decay:.1e} × its start by this fit's last batch ({how}): a "
                      f"step_size, milestones or gamma meant per epoch? Step it once per epoch with EpochSchedCB, or "
