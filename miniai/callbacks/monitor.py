@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..checks import warn
-
-if TYPE_CHECKING:
-    from ..learner import Learner
+from ..learner import CancelEpochException, Learner
+from .metrics import MetricsCB
 
 __all__ = ["improves", "name_mode", "monitor_mode", "check_monitor", "same_watch", "note_cut_pass"]
 
@@ -84,7 +83,6 @@ def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
 def check_monitor(learn: Learner, monitor: str, who: str, order: float = math.inf) -> None:
     """Raise if `monitor` is not a name the learner's MetricsCB logs, or that MetricsCB runs after `who` (of
     `order`), which would read the previous epoch's value."""
-    from .metrics import MetricsCB  # (here: metrics.py's users import this module first)
     late = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB) and cb.order >= order), None)
     if late is not None:
         raise ValueError(f"{who}(monitor={monitor!r}) reads what MetricsCB logs at each pass's end, and "
@@ -120,7 +118,6 @@ def note_cut_pass(cb: Any, learn: Learner, who: str) -> None:
     its value (`cb._read`, set where it reads): a callback cutting every such pass leaves `cb` nothing to act on."""
     if learn.training != cb.monitor.startswith("train_") or not isinstance(learn.epoch, int):
         return  # (not the watched pass, or SWACB's of the average)
-    from ..learner import CancelEpochException  # (here: the learner imports the callbacks' modules' users)
     if not getattr(cb, "_read", False) and isinstance(learn.stopped_by, CancelEpochException) \
             and not getattr(cb, "_cut_said", False):
         cb._cut_said = True
