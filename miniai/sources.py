@@ -418,7 +418,7 @@ def _declared_dtype(feature: Any) -> str | None:
 # ---------------------------------------------------------------- decoding
 
 HF_NO_LABEL = ("-1 is the datasets library's 'no label'. Keep only items with a class label (e.g. "
-                "ds.filter(lambda item: 0 <= item['label'] < {n})), or fix the labels")
+               "ds.filter(lambda item: 0 <= item['label'] < {n})), or fix the labels")
 _IDX_BAD_LABELS = "The file is damaged or holds another dataset's labels: fetch it again, or fix the labels"
 
 

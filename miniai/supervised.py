@@ -110,7 +110,7 @@ class MomentumLearner(TrainLearner):
         would move it). After each fit's first step: a warning if the optimizer has momentum of its own."""
         if self.opt is not self._checked_opt:
             self._checked_opt = self.opt
-            _warn_second_momentum(self)
+            _warn_optimizer_clashes(self)
         for p in all_params(self.model, self.opt):  # (a tensor the optimizer trains beside the model too)
             if p.grad is not None:
                 if p.requires_grad:
@@ -128,7 +128,7 @@ def _drop_frozen_grads(opt: optim.Optimizer, args: Any, kwargs: Any) -> None:
                 p.grad = None
 
 
-def _warn_second_momentum(learn: MomentumLearner) -> None:
+def _warn_optimizer_clashes(learn: MomentumLearner) -> None:
     """MomentumLearner's momentum is in .grad: one in the optimizer too (in any param group) stacks a second; and
     SGD's weight decay, added to a copy of the gradient, never enters it."""
     decay = next((g["weight_decay"] for g in getattr(learn.opt, "param_groups", []) if g.get("weight_decay")), 0)
