@@ -33,8 +33,9 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's `dataset-fashion-mnist` puts the IDX files; module-level so tests can point it elsewhere."""
-VALID_SPLITS = ("validation", "valid", "val", "test", "dev")
-"""A DatasetDict's validation split is the first of these it has (by name, never by position)."""
+VALID_SPLITS = ("validation", "valid", "val", "dev", "test")
+"""A DatasetDict's validation split is the first of these it has (by name, never by position; a dev split before a
+test split, which is kept for the end)."""
 LABEL_COLUMNS = ("label", "labels", "target", "targets", "y")
 """A dataset's label column is the first of these it has (from_dd puts it last; get_dls' rename hint names them)."""
 

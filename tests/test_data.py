@@ -744,10 +744,11 @@ def test_from_dd_course_adapter():
 
 @pytest.mark.parametrize("splits, valid", [(("dev", "train"), "dev"), (("train", "test", "validation"), "validation"),
                                            (("valid", "train", "extra"), "valid"),
-                                           (("train", "val", "test"), "val")])
+                                           (("train", "val", "test"), "val"), (("train", "dev", "test"), "dev"),
+                                           (("test", "train", "dev"), "dev")])
 def test_from_dd_picks_splits_by_name(splits, valid):
-    """Split order means nothing: train is 'train', validation the first of validation, valid, val, test, dev
-    (train/val/test was validated on test, the user's val split ignored)."""
+    """Split order means nothing: train is 'train', validation the first of validation, valid, val, dev, test
+    (train/val/test was validated on test, the user's val split ignored; so was train/dev/test, its dev split)."""
     from datasets import Dataset, DatasetDict
     sizes = {name: 4 + i for i, name in enumerate(splits)}  # each split's size tells which one a loader walks
     dd = DatasetDict({name: Dataset.from_dict({"x": [[0.0]] * n, "label": [0] * n}) for name, n in sizes.items()})
@@ -762,6 +763,9 @@ def test_get_dls_on_a_saved_datasetdict_validates_on_its_validation_split_as_fro
               "test": (raw[2][5:, None], raw[3][5:])}
     d = save_dd(tmp_path / "dd", splits, "image", FASHION_CLASSES)
     assert torch.equal(get_dls(path=d, bs=4).valid.y, raw[3][:5].long())
+    splits["dev"] = splits.pop("validation")  # a dev split is the validation split too, never the test split
+    assert torch.equal(get_dls(path=save_dd(tmp_path / "dev", splits, "image", FASHION_CLASSES), bs=4).valid.y,
+                       raw[3][:5].long())
 
 
 def test_from_dd_drop_last_drops_only_training_items():
@@ -801,7 +805,7 @@ def test_from_dd_without_train_or_validation_split_is_an_error(splits, missing):
     from datasets import Dataset, DatasetDict
     dd = DatasetDict({name: Dataset.from_dict({"x": [[0.0]] * 3, "label": [0] * 3}) for name in splits})
     found = re.escape(f"found {list(splits)}")
-    with pytest.raises(ValueError, match=rf"{missing}.*{found}.*'validation', 'valid', 'val', 'test', 'dev'"):
+    with pytest.raises(ValueError, match=rf"{missing}.*{found}.*'validation', 'valid', 'val', 'dev', 'test'"):
         DataLoaders.from_dd(dd, 2)
 
 
