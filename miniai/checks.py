@@ -22,6 +22,7 @@ import re
 import sys
 import types
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -711,7 +712,37 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
                          f"the lr it is given (it makes lr {', '.join(f'{x:g}' for x in made)} for {float(lr):g} and "
                          f"for {2 * float(lr):g}), so this lr would not be used: let opt_func pass it on, e.g. "
                          "opt_func=lambda ps, lr: optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
+    _one_step_a_batch(learn, opt)
     return opt
+
+
+def _one_step_a_batch(learn: Any, opt: Any) -> None:
+    """Refuse a second `opt.step()` in one training batch before it is applied: a callback stepping learn.opt
+    beside the learner's own step (Lightning's manual optimization) took two steps a batch without a word."""
+    if not hasattr(opt, "register_step_pre_hook"):
+        return  # (an optimizer of one's own, not torch's: no hooks)
+    old = getattr(opt, "_miniai_one_step", None)
+    if old is not None:
+        old.remove()  # (a fit resuming with the optimizer of an earlier one: this fit's count starts afresh)
+    learner, last = weakref.ref(learn), [None]  # (a weak one: the optimizer must not keep its learner alive)
+
+    def once(opt: Any, args: Any, kwargs: Any) -> None:
+        learn = learner()
+        if learn is None or not (learn._in_fit and learn.training):
+            return  # outside a fit's training pass: by hand, not the loop's business
+        if last[0] == (learn.epoch, learn.iter):
+            owner = learn._handlers["step"]
+            owner = type(owner[0].__self__).__name__ if owner else type(learn).__name__
+            raise RuntimeError(
+                f"learn.opt.step() ran twice in training batch {learn.iter} of epoch {learn.epoch}; the second was "
+                f"refused before it changed the weights. The step of each batch is {owner}'s, and something else "
+                "stepped the optimizer too (a callback calling learn.opt.step(), or scaler.step(learn.opt)): every "
+                "batch would take two steps (twice the lr in SGD, Adam's moments updated twice). To do the step in a "
+                "callback of yours, declare it: owns_steps = ('step',) with a method step(self, learn), which "
+                "replaces the learner's; to step more than once a batch on purpose, step an optimizer of your own")
+        last[0] = (learn.epoch, learn.iter)
+    with contextlib.suppress(AttributeError):  # (an optimizer with __slots__: not watched)
+        opt._miniai_one_step = opt.register_step_pre_hook(once)
 
 
 def mark_trained(learn: Any, kept: Any) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miniai.callbacks import BatchSchedCB, SingleBatchCB, TrainCB
+from miniai.callbacks import BatchSchedCB, MixedPrecisionCB, SingleBatchCB, TrainCB
 from miniai.schedulers import CosineAnnealing
 from miniai.learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                             CancelStepException, MomentumLearner, TrainLearner, build_handlers)
@@ -509,6 +509,34 @@ def test_a_learners_own_step_that_a_callback_would_bypass_is_an_error():
         def get_loss(self): self.loss = F.l1_loss(self.preds, self.batch[1])  # loss trained, without a word
     with pytest.raises(TypeError, match=r"L1Learner\.get_loss would never run: TrainCB owns the 'get_loss' step"):
         tiny_learner(cbs=[TrainCB()], learner_cls=L1Learner).fit(1)
+
+
+@pytest.mark.parametrize("event", ["after_backward", "after_step", "before_batch"])
+@pytest.mark.parametrize("owner", ["learner", "TrainCB", "MixedPrecisionCB"])
+def test_an_optimizer_step_taken_by_a_callback_besides_the_learners_is_refused_before_it_is_applied(event, owner):
+    """A callback of the user's calling learn.opt.step() (a Lightning habit: manual optimization) beside the
+    learner's own step stepped twice a batch, without a word: twice the lr in SGD, Adam's moments updated twice."""
+    class StepsToo(Callback):
+        pass
+    setattr(StepsToo, event, lambda self, learn: learn.opt.step() if learn.training else None)
+    cbs = {"learner": [], "TrainCB": [TrainCB()], "MixedPrecisionCB": [MixedPrecisionCB(torch.bfloat16)]}[owner]
+    learn = tiny_learner(cbs=cbs + [StepsToo()], learner_cls=Learner if owner == "TrainCB" else TrainLearner)
+    with pytest.raises(RuntimeError, match=r"learn\.opt\.step\(\) ran twice in training batch 0 of epoch 0.*"
+                                           r"owns_steps = \('step',\)"):
+        learn.fit(1)
+    assert (learn.epoch, learn.iter) == (0, 0)  # refused at the first batch, before the second step changed anything
+    learn.rm_cb(next(cb for cb in learn.cbs if isinstance(cb, StepsToo))).fit(2)  # without it: one step a batch, and no error
+    assert learn.epoch == 1
+
+    class OwnsStep(Callback):  # the way the message gives: the callback does the step, the learner's is not taken
+        owns_steps = ("step",)
+
+        def step(self, learn):
+            learn.opt.step()
+    learn = tiny_learner(cbs=[OwnsStep()])
+    learn.fit(1)
+    learn.opt.step()  # after the fit, by hand: not the loop's business
+    learn.fit(1)  # a new fit, a new count (steps of the same epoch and batch numbers)
 
 
 def test_a_cancel_step_before_the_backward_says_where_it_may_be_raised():
@@ -1023,3 +1051,4 @@ def test_a_learner_subclasss_helper_its_own_steps_call_is_no_foreign_method():
         def get_loss(self):
             self.loss = self.compute_loss(self.preds, *self.yb)
     Decorated(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)
+
