@@ -205,7 +205,8 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
     """Refuse a Learner subclass's method that the loop never calls: an event's name (events are callbacks'
     methods), or another framework's event or training method (training_step, configure_optimizers, ...)."""
     own = [k for k in type(learn).__mro__ if not k.__module__.startswith("miniai.") and k is not object]
-    called = {name for k in own for attr in vars(k).values() for name in _names_used(attr)}
+    readers = own + [k for cb in learn.cbs for k in type(cb).__mro__ if not k.__module__.startswith("miniai.")]
+    called = {name for k in readers for attr in vars(k).values() for name in _names_used(attr)}
     for k in own:
         for name in vars(k):
             if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
@@ -220,12 +221,18 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
                 why = _FOREIGN_LEARNER[name]
             else:
                 continue
-            raise TypeError(f"{type(learn).__name__}.{name} is never called: {why}")
+            cls = type(learn).__name__
+            raise TypeError(f"{cls}.{name}: the loop never calls it, nor does the code of {cls} or of its callbacks: "
+                            f"{why}. (if code of yours calls it, rename it: a method of this name left uncalled would "
+                            "be ignored without a word)")
 
 
 def _names_used(attr: Any) -> set[str]:
     """The attribute names a class attribute's code reads (a method's, a property's or staticmethod's function's),
-    with those of the code inside it (lambdas, nested functions, comprehensions)."""
+    with those of the code inside it (lambdas, nested functions, comprehensions) and the strings it holds
+    (`getattr(self, "train_step")`); the names of the functions a dict, list or tuple of methods holds."""
+    if isinstance(attr, (dict, list, tuple)):
+        return {getattr(f, "__name__", None) for f in (attr.values() if isinstance(attr, dict) else attr)} - {None}
     funcs = [getattr(attr, name, None) for name in ("fget", "fset", "fdel", "__func__", "func")] + [attr]
     for f in list(funcs):  # (a decorated method's function, functools.wraps's __wrapped__, and what it wraps)
         while hasattr(f, "__wrapped__") and len(funcs) < 64:
@@ -236,6 +243,7 @@ def _names_used(attr: Any) -> set[str]:
     while codes:
         code = codes.pop()
         names.update(code.co_names)
+        names.update(c for c in code.co_consts if isinstance(c, str))
         codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
     return names
 

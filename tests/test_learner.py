@@ -1007,7 +1007,7 @@ def test_other_frameworks_training_methods_on_a_learner_subclass_are_refused(nam
     train_step, or miniai's own after_batch) trained with loss_func and opt_func instead, never calling them."""
     Ported = type("Ported", (TrainLearner,), {name: lambda self, *args: None})
     learn = Ported(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss)
-    with pytest.raises(TypeError, match=rf"Ported.{name} is never called.*{re.escape(said)}"):
+    with pytest.raises(TypeError, match=rf"Ported.{name}: the loop never calls it.*{re.escape(said)}"):
         learn.fit(1)
 
 
@@ -1052,3 +1052,43 @@ def test_a_learner_subclasss_helper_its_own_steps_call_is_no_foreign_method():
             self.loss = self.compute_loss(self.preds, *self.yb)
     Decorated(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)
 
+    class Helpers(TrainLearner):  # (regression round T6) called by a callback, from a dict of methods, by getattr
+        def compute_loss(self, preds, y):
+            return F.mse_loss(preds, y)
+
+        def on_epoch_end(self):
+            self.ends = getattr(self, "ends", 0) + 1
+
+        def training_step(self):
+            self.loss = self.loss_func(self.preds, *self.yb)
+        steps = {"train": training_step}
+
+        def train_step(self):
+            pass
+
+        def get_loss(self):
+            self.steps["train"](self)
+            getattr(self, "train_step")()
+
+    class UsesThem(Callback):
+        def after_batch(self, learn):
+            learn.extra = learn.compute_loss(learn.preds.detach(), *learn.yb)
+
+        def after_epoch(self, learn):
+            learn.on_epoch_end()
+    learn = Helpers(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[UsesThem()])
+    learn.fit(1)
+    assert learn.ends == 2
+
+    def helper(learn):  # what no check can see (a function of the module's): the message says how to keep it
+        return learn.compute_loss()
+
+    class Unseen(TrainLearner):
+        def compute_loss(self):
+            return self.loss_func(self.preds, *self.yb)
+
+        def get_loss(self):
+            self.loss = helper(self)
+    with pytest.raises(TypeError, match=r"Unseen.compute_loss: the loop never calls it, nor does the code of "
+                                        r"Unseen or of its callbacks.*if code of yours calls it, rename it"):
+        Unseen(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)
