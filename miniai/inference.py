@@ -125,8 +125,11 @@ def _to_pixels(x: torch.Tensor) -> str:
         if bool(x.isnan().any()):
             return "These hold NaN: give images of pixel values"
         low, high = float(x.min()), float(x.max())
-        outside = float(((x < 0) | (x > 1)).float().mean())  # (a resized 0-1 image overshoots in a few pixels:
-        if -0.5 <= low and high <= 1.5 and outside <= 0.05:  # bicubic, antialiasing; centred ones, in many)
+        # a resized 0-1 image overshoots (bicubic, antialiasing) in a few pixels, or a little in many (the ringing
+        # around an object on black); centred ones, x - 0.5, lie far below 0 in many and never above 0.5
+        outside = float(((x < 0) | (x > 1)).float().mean())
+        far = float(((x < -0.25) | (x > 1.25)).float().mean())
+        if -0.5 <= low and high <= 1.5 and (outside <= 0.05 or high > 0.75 and far <= 0.05):
             return (f"These run {low:g} to {high:g}, about 0 to 1: convert them with (x.clamp(0, 1) * 255).round().to("
                     "torch.uint8)")
         if low < 0:

@@ -128,6 +128,13 @@ def test_infers_advice_for_float_pixels_is_the_conversion_their_range_fits():
         learn.infer(overshot)
     with pytest.raises(TypeError, match=r"These run -2 to 3, below 0: already normalized\?"):
         learn.infer(torch.tensor([-2.0, 3.0]).repeat(32).view(1, 8, 8))
+    # (regression round T6) a bicubic upscale of a 0-1 object on black rings below 0 in many pixels (12-20% of a
+    # Fashion-MNIST image's), a little: 0-1 still (it was told 'already normalized?', and given unnormalized)
+    small = torch.zeros(1, 1, 4, 4)
+    small[..., 1:3, 1:3] = torch.tensor([[0.9, 1.0], [0.8, 0.95]])
+    rung = torch.nn.functional.interpolate(small, size=8, mode="bicubic")[0]  # (-0.12 to 1.25, 44% outside 0-1)
+    with pytest.raises(TypeError, match=r"These run -0.11\d* to 1.25\d*, about 0 to 1: convert them with"):
+        learn.infer(rung)
     # (regression round T4) centred inputs, x - 0.5, are no overshoot: many pixels below 0
     with pytest.raises(TypeError, match=r"below 0: already normalized\?"):
         learn.infer(PIXELS[0].float() / 255 - 0.5)
