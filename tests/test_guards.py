@@ -787,9 +787,22 @@ def test_watchers_say_when_a_cut_pass_left_them_nothing_to_read():
                               FirstValidBatchOnly()])
     with pytest.warns(UserWarning) as record:
         learn.fit(3)
-    said = [str(w.message) for w in record if "was cut short" in str(w.message)]
+    said = [str(w.message) for w in record if "cut short" in str(w.message)]
     assert len(said) == 2 and any(s.startswith("EarlyStoppingCB watches 'valid_loss'") for s in said) \
         and any(s.startswith("EpochSchedCB's ReduceLROnPlateau watches 'valid_loss'") for s in said), said
+    assert all("all 3 validation passes of this fit were cut short" in s for s in said), said
+
+    class ValidateEvery2(Callback):  # (regression round T6) Lightning's check_val_every_n_epoch: warned of at once
+        def before_epoch(self, learn):
+            if not learn.training and learn.epoch % 2 == 0:
+                raise CancelEpochException()
+    plateau = EpochSchedCB(partial(ReduceLROnPlateau, patience=0), monitor="valid_loss")
+    learn = tiny_learner(cbs=[MetricsCB(log_fn=None), EarlyStoppingCB("valid_loss", patience=2), plateau,
+                              ValidateEvery2()])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(4)
 
 
 def test_a_metricscb_ordered_after_its_watcher_is_named_with_both_orders():

@@ -12,7 +12,7 @@ from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
 from ..weighting import averages_over_targets, batch_parts, ignored_target, target_mask
-from .monitor import check_monitor, improves, monitor_mode, note_cut_pass, same_watch
+from .monitor import check_monitor, improves, monitor_mode, note_cut_pass, note_unread, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
            "lower_lr_advice", "pass_args"]
@@ -301,7 +301,7 @@ class EarlyStoppingCB(Callback):
         if self._on:
             check_monitor(learn, self.monitor, "EarlyStoppingCB", self.order)
             self.best, self.wait, self.stopped_epoch = None, 0, None
-        self._read = self._cut_said = False  # (a pass cut before its value was read: said once a fit)
+        self._read, self._read_any, self._cut = False, False, []  # (passes cut before a value was read: note_unread)
 
     def before_batch(self, learn: Learner) -> None:
         if not learn.training:
@@ -335,7 +335,11 @@ class EarlyStoppingCB(Callback):
 
     def cleanup_epoch(self, learn: Learner) -> None:
         if self._on:
-            note_cut_pass(self, learn, "EarlyStoppingCB")
+            note_cut_pass(self, learn)
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        if self._on:
+            note_unread(self, learn, "EarlyStoppingCB")
 
 
 class GradClipCB(Callback):

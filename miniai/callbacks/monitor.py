@@ -7,10 +7,10 @@ import re
 from typing import Any
 
 from ..checks import warn
-from ..learner import CancelEpochException, Learner
+from ..learner import CancelEpochException, CancelFitException, Learner
 from .metrics import MetricsCB
 
-__all__ = ["improves", "name_mode", "monitor_mode", "check_monitor", "same_watch", "note_cut_pass"]
+__all__ = ["improves", "name_mode", "monitor_mode", "check_monitor", "same_watch", "note_cut_pass", "note_unread"]
 
 
 # the last word of a metric's name (what it measures: DiceBCELoss is a loss) says which way it improves, read as a
@@ -113,16 +113,25 @@ def same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
     return False
 
 
-def note_cut_pass(cb: Any, learn: Learner, who: str) -> None:
-    """At a pass's cleanup: warn, once a fit, when a cancel cut the pass `cb.monitor` comes from before `cb` read
-    its value (`cb._read`, set where it reads): a callback cutting every such pass leaves `cb` nothing to act on."""
+def note_cut_pass(cb: Any, learn: Learner) -> None:
+    """At a pass's cleanup: note whether `cb` read the value of the pass `cb.monitor` comes from (`cb._read`, set
+    where it reads), or a cancel cut the pass before (`cb._cut`: the epochs), for `note_unread` at the fit's end."""
     if learn.training != cb.monitor.startswith("train_") or not isinstance(learn.epoch, int):
         return  # (not the watched pass, or SWACB's of the average)
-    if not getattr(cb, "_read", False) and isinstance(learn.stopped_by, CancelEpochException) \
-            and not getattr(cb, "_cut_said", False):
-        cb._cut_said = True
-        split = "training" if learn.training else "validation"
-        warn(f"{who} watches {cb.monitor!r}, and this {split} pass (epoch {learn.epoch}) was cut short "
-             f"(CancelEpochException) before MetricsCB logged it: the epoch did not count. A callback that cuts "
-             f"every {split} pass leaves {who} nothing to act on")
+    if getattr(cb, "_read", False):
+        cb._read_any = True
+    elif isinstance(learn.stopped_by, CancelEpochException):
+        cb._cut = [*getattr(cb, "_cut", []), learn.epoch]
     cb._read = False
+
+
+def note_unread(cb: Any, learn: Learner, who: str) -> None:
+    """At cleanup_fit: warn when cancels cut every watched pass of the fit before `cb` read one, which left it
+    nothing to act on (a callback cutting every validation pass, while the loss exploded); validating every k
+    epochs, cutting the others, gives it values."""
+    cut = getattr(cb, "_cut", [])
+    if cut and not getattr(cb, "_read_any", False) and isinstance(learn.stopped_by, (type(None), CancelFitException)):
+        split = "training" if cb.monitor.startswith("train_") else "validation"
+        warn(f"{who} watches {cb.monitor!r}, and all {len(cut)} {split} passes of this fit were cut short "
+             f"(CancelEpochException, the first at epoch {cut[0]}) before MetricsCB logged them: it read no value and "
+             f"acted on none. A callback that cuts every {split} pass leaves {who} nothing to act on")

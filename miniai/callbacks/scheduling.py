@@ -45,7 +45,7 @@ from ..supervised import MomentumLearner
 from ..utils import counted, frames, without_graph
 from .. import schedulers as _schedulers
 from ..schedulers import CosineAnnealing, CosineOneCycle, OneCycle, WarmupCosine
-from .monitor import check_monitor, name_mode, note_cut_pass, same_watch
+from .monitor import check_monitor, name_mode, note_cut_pass, note_unread, same_watch
 from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["BaseSchedCB", "BatchSchedCB", "EpochSchedCB", "RecorderCB", "steps_per_epoch", "fit_one_cycle",
@@ -223,7 +223,7 @@ class BaseSchedCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         if "train" not in learn.passes:  # an evaluation steps nothing: the last training fit's scheduler stays
             return
-        self._read = self._cut_said = False  # (a watched pass cut before its value was read: said once a fit)
+        self._read, self._read_any, self._cut = False, False, []  # (passes cut before a value was read: note_unread)
         # the lrs opt_func made of the fit's lr, as numbers: the scheduler built below fills a tensor lr in place
         made = [float(group["lr"]) for group in learn.opt.param_groups]
         try:
@@ -795,7 +795,12 @@ class EpochSchedCB(BaseSchedCB):
         if self.monitor is None and learn.training and learn.pass_steps:
             self._advance(learn)
         elif self.monitor is not None and self._learn is not None:
-            note_cut_pass(self, learn, f"EpochSchedCB's {type(self.scheduler).__name__}")
+            note_cut_pass(self, learn)
+
+    def cleanup_fit(self, learn: Learner) -> None:
+        if self.monitor is not None and self._learn is not None:
+            note_unread(self, learn, f"EpochSchedCB's {type(self.scheduler).__name__}")
+        super().cleanup_fit(learn)
 
 
 _PLATEAU_NO_MONITOR = ("ReduceLROnPlateau needs the metric it watches: pass monitor=, a name MetricsCB logs, e.g. "
