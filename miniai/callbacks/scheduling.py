@@ -310,10 +310,11 @@ class BaseSchedCB(Callback):
                      + (" (under DDP, len(dls.train) read before the fit counts every process's batches: "
                         "fit_one_cycle counts this process's)" if world_size() > 1 else "") + ".")
         sched = self.scheduler
-        if isinstance(sched, LinearLR) and 0 < sched.end_factor < sched.start_factor and sched.total_iters < total:
+        # (the last batch trains after total - 1 steps: a decay of that length ends at it)
+        if isinstance(sched, LinearLR) and 0 < sched.end_factor < sched.start_factor and sched.total_iters < total - 1:
             warn(f"LinearLR decays the lr to {sched.end_factor:g} × over total_iters={sched.total_iters} steps, and "
                  f"this fit takes {counted(total, 'step')} ({how}): the rest train at that end lr. If that is not on "
-                 f"purpose, build it with total_iters={total}")
+                 f"purpose, build it with total_iters={total - 1} (the last batch then trains at the end lr)")
         rise = round(sched.total_size * sched.step_ratio) if isinstance(sched, CyclicLR) else 0
         if rise >= total:
             warn(f"CyclicLR rises for step_size_up={rise} steps, and this fit takes {counted(total, 'step')} ({how}): "
