@@ -973,6 +973,7 @@ def test_mixed_precision_keywords_that_are_no_scalers_are_refused_and_unused_one
     from miniai.callbacks.mixed_precision import MixedPrecisionCB
     with pytest.raises(ValueError, match=r"enabled=False.*leave MixedPrecisionCB out"):
         MixedPrecisionCB(torch.float16, enabled=False)
+    assert MixedPrecisionCB(torch.float16, enabled=True).scaler_kwargs == {}  # (regression round T6) the default
     with pytest.raises(ValueError, match=r"precision='16-mixed'.*MixedPrecisionCB\(torch.float16\)"):
         MixedPrecisionCB(precision="16-mixed")
     with pytest.raises(TypeError, match=r"growth_intervall.*GradScaler.*init_scale, growth_factor"):

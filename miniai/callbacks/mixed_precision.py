@@ -48,6 +48,8 @@ class MixedPrecisionCB(Callback):
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"MixedPrecisionCB dtype must be torch.float16, torch.bfloat16 or None (pick by "
                              f"device), got {dtype!r}")
+        if scaler_kwargs.get("enabled") is True:  # (torch's default, taken as it is)
+            del scaler_kwargs["enabled"]
         _check_scaler_kwargs(dtype, scaler_kwargs)
         # a NumPy or one-number tensor setting as a Python number: checkpoints hold the scaler's settings, and the
         # safe loader a resume reads them with refuses NumPy scalars
