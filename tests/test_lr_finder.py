@@ -142,6 +142,50 @@ def test_fit_after_lr_find_is_the_same_as_fit_alone():
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
+def test_lr_find_and_get_preds_put_back_a_stateful_loss_and_a_samplers_counter():
+    """(probe S25 sharing) A loss module keeping a running mean of past losses in a buffer (loss balancing), and a
+    sampler counting its epochs itself (epoch e's order seeded with seed + e): lr_find moved both, and the next fit
+    differed from a fit without it (the ema 1.0 -> 2.94, the sampler 9 epochs on), without a word."""
+    from torch.utils.data import Sampler
+
+    class EMANormLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("ema", torch.tensor(1.0))
+            self.calls = 0
+
+        def forward(self, preds, y):
+            loss, self.calls = F.mse_loss(preds, y), self.calls + 1
+            if torch.is_grad_enabled():
+                self.ema.mul_(0.9).add_(0.1 * loss.detach())
+            return loss / self.ema
+
+    class CountingSampler(Sampler):
+        def __init__(self, n):
+            self.n, self.epoch = n, 0
+
+        def __len__(self):
+            return self.n
+
+        def __iter__(self):
+            g, self.epoch = torch.Generator().manual_seed(self.epoch), self.epoch + 1
+            return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def fitted(look):
+        torch.manual_seed(0)
+        x = torch.randn(48, 1)
+        train = DataLoader(TensorDataset(x, 2 * x + 3), 16, sampler=CountingSampler(48))
+        loss = EMANormLoss()
+        learn = TrainLearner(nn.Linear(1, 1), DataLoaders(train, linear_dls().valid), loss, lr=0.05)
+        look(learn)
+        assert (float(loss.ema), loss.calls, train.sampler.epoch) == (1.0, 0, 0)
+        learn.fit(2)
+        return learn.model.weight.detach().clone()
+    alone = fitted(lambda learn: None)
+    assert torch.equal(alone, fitted(lambda learn: learn.lr_find(plot=False)))
+    assert torch.equal(alone, fitted(lambda learn: learn.get_preds(learn.dls.train)))
+
+
 def test_lr_find_undoes_a_model_move_made_by_a_callback():
     """DeviceCB's model.to(device) swaps the data of parameters and replaces buffers; a dtype move does the same on
     a CPU-only machine. Afterwards the very same tensor objects are back, with their dtype and values."""

@@ -244,8 +244,9 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
             max_epochs: int = 10, plot: bool = True) -> LRFinderResult:
     """Train from `start_lr`, ×`gamma` per optimizer step, until the loss (a median of 5 batches: `LRFinderCB`)
     exceeds `max_mult` × its minimum (or is NaN, or `max_epochs` end); return the curve and suggestions. The model,
-    optimizer, learner, data loaders' epoch counters, the generators they draw from and the RNGs (torch's, Python's,
-    NumPy's) are left exactly as they were: lr_find is a look, not a training run. The arguments come in the
+    optimizer, learner, loss (a module's buffers, an object's attributes), data loaders' epoch counters (their
+    samplers' own too), the generators they draw from and the RNGs (torch's, Python's, NumPy's) are left exactly as
+    they were: lr_find is a look, not a training run. The arguments come in the
     course's order (`lr_find(1.2)` is gamma).
 
     The learner's own callbacks run as in any fit (DeviceCB must; MetricsCB shows no table), and what they record

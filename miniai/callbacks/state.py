@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import types
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -71,15 +73,18 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
             container.update(content)
 
 
+_NO_STATE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial, type)
+
+
 @contextlib.contextmanager
 def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
          tfms: Iterable[Any] = ()) -> Iterator[None]:
     """On exit, also after an error, put back everything a prediction pass (or, `weights=True`, a fit) may change.
 
     That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
-    and train/eval modes; the attributes of the learner and of each of its callbacks (what they recorded too); the
-    attributes of the in-memory loaders (`TensorLoader`: epoch counter, data moved by DeviceCB) in `learn.dls` and
-    `loaders`, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
+    and train/eval modes (a loss module's too); the attributes of the learner and of each of its callbacks (what
+    they recorded too), of a loss that is an object, of the in-memory loaders (`TensorLoader`: epoch counter, data
+    moved by DeviceCB) in `learn.dls` and `loaders` and of the samplers of the others, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
     MPS's, Python's, NumPy's), and the generators the transforms `tfms` hold (tta's). Lazy layers a pass
     initializes stay initialized; `weights=True` refuses a model with lazy layers not initialized yet.
     Normalization layers' statistics (which a callback's train mode would change) are copied and put back too;
@@ -98,18 +103,32 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     # normalization statistics always (a callback may put BatchNorm in train mode for the pass); other buffers are
     # watched, not copied (causal masks, tables: a copy per call would cost more than the pass): one the pass
     # changes in place (a quantization observer calibrating) is warned of
-    params = {id(p) for p in model.parameters()}
+    # a loss module's tensors as the model's: one keeping a running mean of past losses (loss balancing) must not
+    # start the next fit moved
+    loss = getattr(learn, "loss_func", None)
+    loss = getattr(loss, "func", loss)  # (a partial's function)
+    modules = [*model.modules(), *(loss.modules() if isinstance(loss, nn.Module) and loss is not model else ())]
+    params = {id(p) for m in modules for p in m.parameters(recurse=False)}
     slots = [(m, name, t, t.data, clones.setdefault(id(t), t.detach().clone())
               if weights or isinstance(m, nn.modules.batchnorm._NormBase) else None)
-             for m in model.modules()
+             for m in modules
              for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
              if not isinstance(t, nn.parameter.UninitializedTensorMixin)]
     watched = [(m, name, t, t._version) for m, name, t, _, value in slots if value is None and id(t) not in params]
-    grads = [(p, p.grad if p.grad is None or not weights else p.grad.detach().clone()) for p in model.parameters()]
-    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.grad if p.grad is None or not weights else p.grad.detach().clone())
+             for p in {id(p): p for m in modules for p in m.parameters(recurse=False)}.values()]
+    modes = [(m, m.training) for m in modules]
     dls = getattr(learn, "dls", None)
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
-    holders = [learn, *learn.cbs, *{id(dl): dl for dl in all_loaders if isinstance(dl, TensorLoader)}.values()]
+    # the attributes of: the learner, its callbacks, in-memory loaders, a loss that is an object of the user's (a
+    # count of its calls), and the samplers of torch's loaders (one counting its own epochs to seed its order)
+    objects = [dl for dl in all_loaders if isinstance(dl, TensorLoader)] + [loss]
+    for dl in all_loaders:
+        if dl is not None and not isinstance(dl, TensorLoader):
+            batches = getattr(dl, "batch_sampler", None)
+            objects += [getattr(dl, "sampler", None), batches, getattr(batches, "sampler", None)]
+    holders = [learn, *learn.cbs, *{id(obj): obj for obj in objects
+                                    if hasattr(obj, "__dict__") and not isinstance(obj, _NO_STATE)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
     # a fit's metrics reset and update their counts in place, and a callback of the user's may change tensors or
     # nested containers in place (an average of the weights): copies of the states of those that say what it is
