@@ -1203,6 +1203,24 @@ def test_a_sequential_or_chained_schedule_a_sequentiallr_starts_at_a_milestone_i
     learn.fit(3, cbs=[BatchSchedCB(lambda opt: ls.SequentialLR(opt, [part(opt), ls.ExponentialLR(opt, 0.9)], [8]))])
 
 
+def test_a_learners_own_lr_that_a_schedule_of_its_own_peak_ignores_is_warned_of():
+    """(probe S25 sharing) A sweep over Learner(lr=...) beside BatchSchedCB(OneCycleLR(max_lr=0.05)) ran the same fit
+    each time (valid_loss 0.625879 for lr 1e-4, 1e-2 and 1.0), without a word; fit(lr=) so given is refused."""
+    def fitted(lr):
+        torch.manual_seed(0)
+        learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=lr,
+                             cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.05, total_steps=6))])
+        learn.fit(2)
+        return learn
+    with pytest.warns(UserWarning, match=r"TrainLearner\(lr=1\) is not used: BatchSchedCB's OneCycleLR sets the lr "
+                                         r"from its own arguments \(peak 0.05\).*the same fit.*max_lr"):
+        fitted(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted(0.05)  # at the peak, the course's way (Learner(lr=lr) beside OneCycleLR(max_lr=lr))
+        fitted(0.1)  # (the default, which can't be told from one given)
+
+
 def test_a_milestone_no_batch_reaches_is_warned_of_in_a_sequential_or_chained_schedule_too():
     """A MultiStepLR or StepLR inside SequentialLR or ChainedScheduler, or a SequentialLR's own milestone (the next
     part never runs), past the steps it runs: the lr change planned there never came, without a word."""

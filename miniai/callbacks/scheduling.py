@@ -88,18 +88,26 @@ def _own_peaks(scheduler: Any) -> tuple[Any, list[float]] | None:
     return next(filter(None, map(_own_peaks, getattr(scheduler, "_schedulers", []))), None)
 
 
-def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Callback) -> None:
+def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Callback) -> str | None:
     """Refuse `fit(lr=x)` (an lr not the learner's) beside a schedule that peaks at lrs of its own: x would be
-    ignored without a word (the learner's own lr beside one is the usual way, and fit_one_cycle peaks at x)."""
+    ignored without a word (fit_one_cycle peaks at x); the warning for the learner's own lr (the usual way, at the
+    peak) when it is none of the schedule's lrs (a sweep over Learner(lr=...) would run one fit)."""
     from .resume import ResumeCB  # (imported here: resume.py imports this module; a resume checks its lr itself)
     given, own = python_number(learn.fit_lr), python_number(learn.lr)
-    if given is None or (own is not None and math.isclose(given, own)) or any(
-            isinstance(cb, ResumeCB) for cb in learn.cbs) or (found := _own_peaks(scheduler)) is None:
-        return
+    if given is None or any(isinstance(cb, ResumeCB) for cb in learn.cbs) or (found := _own_peaks(scheduler)) is None:
+        return None
     part, peaks = found
     if all(math.isclose(p, m, rel_tol=1e-6) for p, m in zip(peaks, made)):  # it peaks at the lr given
-        return
+        return None
     who = type(cb).__name__
+    if own is not None and math.isclose(given, own):  # the learner's own: warned of, not refused (the course gives
+        # one beside a schedule, at its peak, or at a group's); 0.1 is the default, which can't be told from one given
+        if own == 0.1 or any(math.isclose(given, p, rel_tol=1e-6) for p in [*peaks, *part.base_lrs]):
+            return None
+        return (f"{type(learn).__name__}(lr={given:g}) is not used: {who}'s {type(part).__name__} sets the lr from its "
+                f"own arguments (peak {', '.join(f'{p:g}' for p in peaks)}) at every step, so a sweep over the "
+                "learner's lr would run the same fit each time. Give the schedule the peak you mean (its max_lr), or "
+                "use learn.fit_one_cycle(n, max_lr=...), which peaks at the lr it is given")
     fix = (f"learn.fit_one_cycle(n, max_lr={given}) peaks at the lr it is given" if own_place(learn, cb) is None else
            f"the {who} is the learner's own (in learn.cbs), so remove it first, learn.rm_cb(...), then e.g. "
            f"learn.fit_one_cycle(n, max_lr={given})")
@@ -269,14 +277,16 @@ class BaseSchedCB(Callback):
             raise ValueError(f"two scheduling callbacks set the lr in this fit ({names}), and one sets it outright at "
                              "every step, discarding the other's change (fit_one_cycle adds one of its own): keep one "
                              "(learn.rm_cb(...)), or run them one after another in a SequentialLR")
-        if not self.peaks_at_fit_lr:  # (fit_one_cycle's: the fit's lr is its max_lr)
-            _check_fit_lr_used(learn, scheduler, made, self)
+        # (fit_one_cycle's peaks at the fit's lr; the warning comes after the checks: a fit refused says one thing)
+        unused = None if self.peaks_at_fit_lr else _check_fit_lr_used(learn, scheduler, made, self)
         self.scheduler, self._opt, self.n_steps, self._per_epoch = scheduler, learn.opt, 0, steps_per_epoch(learn)
         self._groups = len(learn.opt.param_groups)  # (a group added since fails some schedules' step: _advance)
         self._check(learn)
         self._check_length(learn)
         self._check_last_phase(learn)
         self._learn = learn
+        if unused:
+            warn(unused)
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._learn = None
