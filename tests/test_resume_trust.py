@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 from torch.optim import lr_scheduler
+from torcheval.metrics import MulticlassAccuracy
 
-from miniai.callbacks import BatchSchedCB, EpochSchedCB
+from miniai.callbacks import BatchSchedCB, EpochSchedCB, MetricsCB
 from miniai.callbacks.checkpoint import (CheckpointMismatchError, list_checkpoints, load_checkpoint,
                                         save_checkpoint)
 from miniai.callbacks.guards import EarlyStoppingCB
@@ -993,6 +994,18 @@ class _Scaled:
         return torch.nn.functional.cross_entropy(preds * self.scale, y)
 
 
+def _smoothed(smoothing: float):
+    """A loss made by a factory: its setting is a closure's."""
+    def loss(preds, y):
+        return torch.nn.functional.cross_entropy(preds, y, label_smoothing=smoothing)
+    return loss
+
+
+def _scaled_by_default(scale: float):
+    """A loss whose setting is an argument's default (lambda preds, y, scale=2.0: ...)."""
+    return lambda preds, y, scale=scale: torch.nn.functional.cross_entropy(preds * scale, y)
+
+
 def test_settings_inside_a_compose_a_loss_module_or_a_bound_methods_object_are_compared_too(tmp_path):
     """batch_tfms(RandomFlip(p)) (a Compose holding a list of transforms), a loss module whose setting is its
     submodule's, and a loss that is a bound method took other settings on resume without a word."""
@@ -1004,7 +1017,14 @@ def test_settings_inside_a_compose_a_loss_module_or_a_bound_methods_object_are_c
     cases = {"BatchTransformCB_0.tfm.tfms.0.p: 0.5 saved, 1.0 here":
              lambda v: dict(cbs=[BatchTransformCB(batch_tfms(RandomFlip(p=v)))]),
              "loss_func.ce.label_smoothing: 0.0 saved, 0.3 here": lambda v: dict(loss_func=_SmoothedCE(v)),
-             "loss_func.scale: 1.0 saved, 3.0 here": lambda v: dict(loss_func=_Scaled(v).loss)}
+             "loss_func.scale: 1.0 saved, 3.0 here": lambda v: dict(loss_func=_Scaled(v).loss),
+             # (probe S25 ckptmix) a loss made by a factory, or with a default: resumed with another, without a word
+             "loss_func.smoothing: 0.0 saved, 0.5 here": lambda v: dict(loss_func=_smoothed(v)),
+             "loss_func.scale: 2.0 saved, 1.0 here": lambda v: dict(loss_func=_scaled_by_default(v)),
+             # and a metric computing something else under its name (top-2 accuracy resumed as top-1): the run's
+             # history, its best checkpoint and its early stopping mixed the two
+             "MetricsCB_0.acc.k: 2.0 saved, 1.0 here": lambda v: dict(cbs=[MetricsCB(acc=MulticlassAccuracy(
+                 k=int(v)))])}
     for i, (said, setup) in enumerate(cases.items()):
         saved, here = (float(v) for v in re.findall(r"(\d\.\d) (?:saved|here)", said))
 
@@ -1016,8 +1036,17 @@ def test_settings_inside_a_compose_a_loss_module_or_a_bound_methods_object_are_c
                                 DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), kw["loss_func"], lr=0.1,
                                 cbs=[*kw["cbs"], CheckpointCB(tmp_path / str(i)), *extra])
         make(saved, [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
-        with pytest.warns(UserWarning, match=re.escape(said)):
+        with pytest.warns(UserWarning, match=re.escape(said.replace("2.0 saved, 1.0 here", "2 saved, 1 here")
+                                                       if "MetricsCB" in said else said)):
             make(here).fit(4, resume=tmp_path / str(i))
+        if i < 3:
+            continue
+        i += 100  # the same settings again: nothing to say
+        make(saved, [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make(saved).fit(4, resume=tmp_path / str(i))
+        assert not [w for w in caught if "kept outside" in str(w.message)], said
 
 
 def test_a_model_with_lazy_layers_resumes_as_the_run_never_stopped(tmp_path):

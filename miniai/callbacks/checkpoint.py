@@ -39,6 +39,7 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from ..utils import (byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
                      frames, map_tensors, tagged, tensors_in, nonfinite_weight)
 from .augment import BatchTransformCB
+from .metrics import MetricsCB
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .monitor import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
@@ -380,6 +381,10 @@ def setup_of(learn: Learner) -> dict[str, Any]:
         if isinstance(cb, BatchTransformCB):  # (and which passes and inputs it transforms)
             _plain_parts(found, f"{key}.tfm", cb.tfm)
             found.update({f"{key}.{k}": getattr(cb, k) for k in ("on_train", "on_val", "inputs")})
+        if isinstance(cb, MetricsCB):  # what each metric computes (top-2 accuracy resumed as top-1 under one name)
+            for name, metric in cb.metrics.items():
+                _metric_parts(found, f"{key}.{name}", metric)
+    found["setup version"] = 2  # (files before it compared fewer values: one only here is no change for them)
     sampler = getattr(getattr(learn.dls, "train", None), "sampler", None)  # (a torch DataLoader's: shuffle or not)
     if sampler is not None:
         found["dls.train.sampler"] = type(sampler).__name__
@@ -401,7 +406,15 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
     if isinstance(x, functools.partial):
         found[name] = _named(x.func)
         parts = {**dict(enumerate(x.args)), **x.keywords}
-    elif isinstance(x, (types.FunctionType, types.BuiltinFunctionType, type)):
+    elif isinstance(x, types.FunctionType):  # and what it reads of its maker's (a factory's loss) or its defaults
+        found[name] = _named(x)
+        code, defaults = x.__code__, x.__defaults__ or ()
+        parts = {**dict(zip(code.co_varnames[code.co_argcount - len(defaults):code.co_argcount], defaults)),
+                 **(x.__kwdefaults__ or {})}
+        for var, cell in zip(code.co_freevars, x.__closure__ or ()):
+            with contextlib.suppress(ValueError):  # (a cell not filled yet)
+                parts[var] = cell.cell_contents
+    elif isinstance(x, (types.BuiltinFunctionType, type)):
         found[name] = _named(x)
         return
     else:
@@ -434,6 +447,19 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         else:
             continue
         found[f"{name}.{key}"] = value
+
+
+def _metric_parts(found: dict[str, Any], name: str, metric: Any) -> None:
+    """A metric's class (or function) and its public plain settings (torcheval's k, average, num_classes), not its
+    running state (its counts, which each pass resets), into `found` under `name`."""
+    if isinstance(metric, (types.FunctionType, types.MethodType, functools.partial)):
+        _plain_parts(found, name, metric)
+        return
+    found[name] = _named(type(metric))
+    states = getattr(metric, "_state_name_to_default", {})
+    for key, value in (vars(metric) if hasattr(metric, "__dict__") else {}).items():
+        if not key.startswith("_") and key not in states and _python(value) is not _SKIP:
+            found[f"{name}.{key}"] = _python(value)
 
 
 _PLAIN = (int, float, str, bool, type(None))
