@@ -1132,3 +1132,19 @@ def test_a_callback_whose_cleanup_epoch_runs_after_the_checkpoint_is_saved_is_wa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_learner(tmp_path / "early", [early])[0].fit(1)
+
+
+@pytest.mark.parametrize("key", ["callbacks", "grads", "rng"])
+def test_a_checkpoint_lacking_what_a_resume_reads_is_refused_before_anything_is_loaded(tmp_path, key):
+    """(probe S25 ckptmix) A tagged file trimmed by hand failed with a bare KeyError, after the weights (and for
+    'rng', the optimizer and callbacks) were loaded into the learner the refused resume should leave alone."""
+    make_learner(tmp_path / "run")[0].fit(2)
+    state = load_checkpoint(tmp_path / "run")
+    trimmed = tmp_path / "trimmed" / "epoch_0002.pt"
+    trimmed.parent.mkdir()
+    torch.save({k: v for k, v in state.items() if k not in (key, "checksum")}, trimmed)
+    learn = make_learner(tmp_path / "other")[0]
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=rf"lacks '{key}'.*load_state_dict\(load_checkpoint"):
+        learn.fit(3, resume=trimmed)
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in before.items())

@@ -36,6 +36,10 @@ from .swa import SWACB
 __all__ = ["ResumeCB", "resume_cb"]
 
 
+# what a resume reads of every checkpoint (files of every version hold them)
+_RESUMED = ("epoch", "model", "optimizer", "optimizer_class", "callbacks", "loaders", "grads", "rng", "metrics")
+
+
 def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) -> ResumeCB:
     """Read a checkpoint, check it against the model, set `learn.epochs`; return the callback that loads it.
 
@@ -44,6 +48,12 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     """
     file = find_checkpoint(path)
     state = load_checkpoint(path if Path(path).expanduser().is_dir() else file)  # (a directory's: its name checked)
+    missing = [key for key in _RESUMED if key not in state]
+    if missing:  # (a file trimmed or made by hand: a KeyError met halfway through the loads left the weights loaded)
+        raise CheckpointMismatchError(f"checkpoint {file} lacks {', '.join(map(repr, missing))}, which every file "
+                                      "CheckpointCB writes holds: a resume needs all of them. Trimmed by hand? To go on "
+                                      "from its weights alone, load them into a new fit: learn.model.load_state_dict("
+                                      f"load_checkpoint({str(file)!r})['model'])")
     done, n_epochs = int(state["epoch"]), learn.n_epochs
     evaluation = "train" not in learn.passes
     if evaluation and n_epochs != done + 1:  # fewer: nothing to run; more: the same weights again, in rows
