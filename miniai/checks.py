@@ -726,7 +726,8 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
 
 def _one_step_a_batch(learn: Any, opt: Any) -> None:
     """Refuse a second `opt.step()` in one training batch before it is applied: a callback stepping learn.opt
-    beside the learner's own step (Lightning's manual optimization) took two steps a batch without a word."""
+    beside the learner's own step (Lightning's manual optimization) took two steps a batch without a word; and a
+    fit's first step with no gradient at all (cleared at after_backward: it trained nothing)."""
     if not hasattr(opt, "register_step_pre_hook"):
         return  # (an optimizer of one's own, not torch's: no hooks)
     old = getattr(opt, "_miniai_one_step", None)
@@ -748,6 +749,14 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
                 "batch would take two steps (twice the lr in SGD, Adam's moments updated twice). To do the step in a "
                 "callback of yours, declare it: owns_steps = ('step',) with a method step(self, learn), which "
                 "replaces the learner's; to step more than once a batch on purpose, step an optimizer of your own")
+        if last[0] is None and all(p.grad is None for group in opt.param_groups for p in group["params"]):
+            raise RuntimeError(  # (at the fit's first step only: a loop over the parameters)
+                f"learn.opt.step() found no gradient in any parameter it trains at the fit's first step (training "
+                f"batch {learn.iter} of epoch {learn.epoch}), so it would change nothing, and every step after it "
+                "the same: a step before the backward (a callback stepping learn.opt at before_batch?), or gradients "
+                "cleared between the backward and the step (learn.opt.zero_grad() or model.zero_grad() in a "
+                "callback's after_backward?). Clear gradients after the step (after_step), as the learner's own "
+                "zero_grad does; to do the step in a callback, own it: owns_steps = ('step',)")
         last[0] = (learn.epoch, learn.iter)
     with contextlib.suppress(AttributeError):  # (an optimizer with __slots__: not watched)
         opt._miniai_one_step = opt.register_step_pre_hook(once)

@@ -521,7 +521,8 @@ def test_an_optimizer_step_taken_by_a_callback_besides_the_learners_is_refused_b
     setattr(StepsToo, event, lambda self, learn: learn.opt.step() if learn.training else None)
     cbs = {"learner": [], "TrainCB": [TrainCB()], "MixedPrecisionCB": [MixedPrecisionCB(torch.bfloat16)]}[owner]
     learn = tiny_learner(cbs=cbs + [StepsToo()], learner_cls=Learner if owner == "TrainCB" else TrainLearner)
-    with pytest.raises(RuntimeError, match=r"learn\.opt\.step\(\) ran twice in training batch 0 of epoch 0.*"
+    said = "found no gradient" if event == "before_batch" else "ran twice"  # (before the backward: none yet)
+    with pytest.raises(RuntimeError, match=rf"learn\.opt\.step\(\) {said} in .*training batch 0 of epoch 0.*"
                                            r"owns_steps = \('step',\)"):
         learn.fit(1)
     assert (learn.epoch, learn.iter) == (0, 0)  # refused at the first batch, before the second step changed anything
@@ -537,6 +538,25 @@ def test_an_optimizer_step_taken_by_a_callback_besides_the_learners_is_refused_b
     learn.fit(1)
     learn.opt.step()  # after the fit, by hand: not the loop's business
     learn.fit(1)  # a new fit, a new count (steps of the same epoch and batch numbers)
+
+
+def test_gradients_cleared_between_the_backward_and_the_first_step_are_refused():
+    """A callback calling learn.opt.zero_grad() at after_backward (meaning 'after the step') left the optimizer no
+    gradient to step with: torch skips such parameters, and the fit trained nothing, without a word."""
+    class ZerosTooEarly(Callback):
+        def after_backward(self, learn):
+            learn.opt.zero_grad()
+    learn = tiny_learner(cbs=[ZerosTooEarly()])
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r"learn.opt.step\(\) found no gradient in any parameter it trains.*"
+                                           r"zero_grad\(\).*after_backward"):
+        learn.fit(1)
+    assert torch.equal(before, learn.model.weight)
+
+    class ZerosAfterTheStep(Callback):  # at after_step: as the learner's own zero_grad, no harm
+        def after_step(self, learn):
+            learn.opt.zero_grad()
+    tiny_learner(cbs=[ZerosAfterTheStep()]).fit(1)
 
 
 def test_a_cancel_step_before_the_backward_says_where_it_may_be_raised():
