@@ -526,7 +526,7 @@ def test_an_optimizer_step_taken_by_a_callback_besides_the_learners_is_refused_b
                                            r"owns_steps = \('step',\)"):
         learn.fit(1)
     assert (learn.epoch, learn.iter) == (0, 0)  # refused at the first batch, before the second step changed anything
-    learn.rm_cb(next(cb for cb in learn.cbs if isinstance(cb, StepsToo))).fit(2)  # without it: one step a batch, and no error
+    learn.rm_cb(next(cb for cb in learn.cbs if isinstance(cb, StepsToo))).fit(2)  # without it: one step a batch
     assert learn.epoch == 1
 
     class OwnsStep(Callback):  # the way the message gives: the callback does the step, the learner's is not taken

@@ -39,8 +39,8 @@ from ..learner import Callback, CancelEpochException, CancelFitException, Learne
 from ..utils import (byte_sums, checksums_match, claim_dir, counted, keeps_workers, len_or_none,
                      frames, map_tensors, tagged, tensors_in, nonfinite_weight)
 from .augment import BatchTransformCB
-from .metrics import MetricsCB
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
+from .metrics import MetricsCB
 from .monitor import check_monitor, improves, monitor_mode, same_watch
 from .scheduling import BaseSchedCB
 

@@ -51,9 +51,9 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
     missing = [key for key in _RESUMED if key not in state]
     if missing:  # (a file trimmed or made by hand: a KeyError met halfway through the loads left the weights loaded)
         raise CheckpointMismatchError(f"checkpoint {file} lacks {', '.join(map(repr, missing))}, which every file "
-                                      "CheckpointCB writes holds: a resume needs all of them. Trimmed by hand? To go on "
-                                      "from its weights alone, load them into a new fit: learn.model.load_state_dict("
-                                      f"load_checkpoint({str(file)!r})['model'])")
+                                      "CheckpointCB writes holds: a resume needs all of them. Trimmed by hand? To go "
+                                      "on from its weights alone, load them into a new fit: learn.model."
+                                      f"load_state_dict(load_checkpoint({str(file)!r})['model'])")
     done, n_epochs = int(state["epoch"]), learn.n_epochs
     evaluation = "train" not in learn.passes
     if evaluation and n_epochs != done + 1:  # fewer: nothing to run; more: the same weights again, in rows

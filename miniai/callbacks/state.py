@@ -84,8 +84,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     That is: the model's parameter and buffer objects, where their data lives (DeviceCB may move it), gradients
     and train/eval modes (a loss module's too); the attributes of the learner and of each of its callbacks (what
     they recorded too), of a loss that is an object, of the in-memory loaders (`TensorLoader`: epoch counter, data
-    moved by DeviceCB) in `learn.dls` and `loaders` and of the samplers of the others, the generators of torch DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and
-    MPS's, Python's, NumPy's), and the generators the transforms `tfms` hold (tta's). Lazy layers a pass
+    moved by DeviceCB) in `learn.dls` and `loaders` and of the samplers of the others; the generators of torch
+    DataLoaders, the callbacks' GradScalers; and the RNGs (torch's, CUDA's and MPS's, Python's, NumPy's), and the
+    generators the transforms `tfms` hold (tta's). Lazy layers a pass
     initializes stay initialized; `weights=True` refuses a model with lazy layers not initialized yet.
     Normalization layers' statistics (which a callback's train mode would change) are copied and put back too;
     other buffers are watched, and one the pass changes in place is warned of. Other values, and the states of
@@ -108,15 +109,14 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     loss = getattr(learn, "loss_func", None)
     loss = getattr(loss, "func", loss)  # (a partial's function)
     modules = [*model.modules(), *(loss.modules() if isinstance(loss, nn.Module) and loss is not model else ())]
-    params = {id(p) for m in modules for p in m.parameters(recurse=False)}
+    trained = {id(p): p for m in modules for p in m.parameters(recurse=False)}
     slots = [(m, name, t, t.data, clones.setdefault(id(t), t.detach().clone())
               if weights or isinstance(m, nn.modules.batchnorm._NormBase) else None)
              for m in modules
              for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
              if not isinstance(t, nn.parameter.UninitializedTensorMixin)]
-    watched = [(m, name, t, t._version) for m, name, t, _, value in slots if value is None and id(t) not in params]
-    grads = [(p, p.grad if p.grad is None or not weights else p.grad.detach().clone())
-             for p in {id(p): p for m in modules for p in m.parameters(recurse=False)}.values()]
+    watched = [(m, name, t, t._version) for m, name, t, _, value in slots if value is None and id(t) not in trained]
+    grads = [(p, p.grad if p.grad is None or not weights else p.grad.detach().clone()) for p in trained.values()]
     modes = [(m, m.training) for m in modules]
     dls = getattr(learn, "dls", None)
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
