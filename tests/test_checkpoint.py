@@ -2224,3 +2224,26 @@ def test_ctrl_c_during_a_save_leaves_the_best_as_it_was(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         learn.fit(3)
     assert cb.best_path is not None and cb.best_path.exists() and cb.best_path.name == "epoch_0001.pt"
+
+
+def test_a_fit_refused_at_its_start_leaves_the_best_and_newest_checkpoint_as_they_were(tmp_path):
+    """(probe S25 parity2) fit(1) refused because the directory holds the last fit's checkpoints set ck.best,
+    best_path and last_path to None: `torch.load(ck.best_path)` after it failed; the files were there."""
+    learn, _ = make_learner(tmp_path, monitor="valid_loss")
+    learn.fit(2)
+    ck = next(cb for cb in learn.cbs if isinstance(cb, CheckpointCB))
+    before = (ck.best, ck.best_path, ck.last_path)
+    assert before[1] is not None and before[2] is not None
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        learn.fit(1)
+    assert (ck.best, ck.best_path, ck.last_path) == before
+
+    class FailsAtItsStart(Callback):  # refused by a later callback: the same
+        order = 90
+
+        def before_fit(self, learn):
+            raise ValueError("not today")
+    ck.overwrite = True
+    with pytest.raises(ValueError, match="not today"):
+        learn.fit(1, cbs=[FailsAtItsStart()])
+    assert (ck.best, ck.best_path, ck.last_path) == before and ck.best_path.exists()

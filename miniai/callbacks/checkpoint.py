@@ -42,6 +42,7 @@ from .augment import BatchTransformCB
 from .guards import NonFiniteLossError, lower_lr_advice, nonfinite_cause, pass_args
 from .metrics import MetricsCB
 from .monitor import check_monitor, improves, monitor_mode, same_watch
+from .records import keep_records, restore_if_refused
 from .scheduling import BaseSchedCB
 
 __all__ = ["CheckpointCB", "CheckpointMismatchError", "checkpoint_state", "save_checkpoint", "list_checkpoints",
@@ -875,6 +876,7 @@ class CheckpointCB(Callback):
             return
         if self.monitor is not None:
             check_monitor(learn, self.monitor, "CheckpointCB", self.order)
+        keep_records(self, "best", "best_path", "last_path", "_run")  # (a fit refused at its start puts them back)
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
         self._setup_at_start = setup_of(learn)  # (what no state_dict holds: settings are what the fit left alone)
         self._replaced, self._superseded, self._release = [], [], None
@@ -926,6 +928,7 @@ class CheckpointCB(Callback):
             self._replaced = [f for _, f in existing]  # deleted once this run has written a checkpoint
 
     def cleanup_fit(self, learn: Learner) -> None:
+        restore_if_refused(self, learn)
         # (a CheckpointCB pickled by an older miniai has no _release; a fit refused above claimed nothing)
         if getattr(self, "_release", None) is not None and getattr(self, "_claimer", None) is learn:
             self._release()
