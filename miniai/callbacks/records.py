@@ -18,7 +18,7 @@ __all__ = ["keep_records", "restore_if_refused", "forget_records", "nothing_reco
 
 def keep_records(cb: Any, *names: str) -> None:
     """Note `cb`'s attributes `names` as they are, before this fit replaces them."""
-    cb._records_before_fit = {name: getattr(cb, name) for name in names}
+    cb._records_before_fit = {name: getattr(cb, name, None) for name in names}  # (None: one pickled before it had it)
 
 
 def restore_if_refused(cb: Any, learn: Any) -> None:
