@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from types import SimpleNamespace
 import io
+import re
 import warnings
 from functools import partial
 
@@ -1057,3 +1058,23 @@ def test_a_pass_whose_metric_fails_to_compute_leaves_no_earlier_values_in_last()
     with pytest.raises(RuntimeError, match="compute failed"):
         learn.fit(2)
     assert not any(name.startswith("valid_") for name in learn.metrics.last)
+
+
+@pytest.mark.parametrize("output, pick", [("dict", "preds['logits']"), ("tuple", "preds[0]")])
+def test_a_metric_given_a_models_dict_or_tuple_is_told_how_to_pick_the_scores_out_of_it(output, pick):
+    """(probe S25 parity2) The refusal for a model returning {'logits', 'aux'} said 'calls the metric on preds[0]',
+    which on a dict raises KeyError 0."""
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls, self.aux = nn.Linear(4, 3), nn.Linear(4, 1)
+
+        def forward(self, x):
+            out = {"logits": self.cls(x), "aux": self.aux(x)}
+            return out if output == "dict" else tuple(out.values())
+    x, y = torch.randn(16, 4), torch.arange(16) % 3
+    loss = (lambda o, y: F.cross_entropy(o["logits"] if output == "dict" else o[0], y))
+    learn = TrainLearner(TwoOutputs(), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x[:8], y[:8], 8)), loss,
+                         cbs=[MetricsCB(log_fn=None, accuracy=Accuracy())])
+    with pytest.raises(TypeError, match=rf"returned a {output}.*calls the metric on {re.escape(pick)}\)"):
+        learn.fit(1)
