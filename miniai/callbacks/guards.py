@@ -265,7 +265,9 @@ class EarlyStoppingCB(Callback):
     error falls, an accuracy, F1 or AUC rises), and must be given for a name that says neither. The decision is
     made at after_epoch, but the fit is cancelled only at the next epoch's first training batch: by then
     CheckpointCB has saved the last epoch (with this callback's counters), also in a fit without validation, where
-    it saves when the next epoch begins.
+    it saves when the next epoch begins. Each fit that trains starts its count afresh, as Keras' and fastai's do
+    (the next fit may be another phase: unfrozen, another lr): `for _ in range(10): learn.fit(1)` never stops;
+    fit(10) does. A resumed fit goes on with the saved run's count.
     """
     order = 70  # after MetricsCB (10), which fills learn.metrics.last; before CheckpointCB (80) saves its state
 
