@@ -615,7 +615,8 @@ def get_preds(learn: Learner, dl: Iterable[Any] | None = None, with_input: bool 
     before its forward, which may change them in place), and per-item losses last `with_loss` (`loss_func` called with
     `reduction='none'`; losses with more dims are averaged over them, leaving out the positions whose target is the
     loss's `ignore_index`, -100 unless it says otherwise, or added up where its reduction, 'sum' or 'batchmean',
-    adds them up).
+    adds them up; each item's is its own mean, in which a class weight cancels: weighted losses differ from torch's
+    reduction='none' values there, which are weighted).
     Everything is concatenated on the CPU. `preds` are the raw model outputs (in float32 when autocast made them
     half precision: the same values) unless `act` is given, applied per batch to float32 outputs (torch's softmax
     and log_softmax go over the class dim 1). Targets are `learn.yb`: the batch's items after its `n_inp` inputs
