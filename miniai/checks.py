@@ -205,8 +205,14 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
     """Refuse a Learner subclass's method that the loop never calls: an event's name (events are callbacks'
     methods), or another framework's event or training method (training_step, configure_optimizers, ...)."""
     own = [k for k in type(learn).__mro__ if not k.__module__.startswith("miniai.") and k is not object]
-    readers = own + [k for cb in learn.cbs for k in type(cb).__mro__ if not k.__module__.startswith("miniai.")]
-    called = {name for k in readers for attr in vars(k).values() for name in _names_used(attr)}
+    if not any(name in events or name in _FOREIGN_LEARNER or _foreign(name) for k in own for name in vars(k)):
+        return
+    called = {name for k in own for attr in vars(k).values() for name in _names_used(attr, strings=True)}
+    for cb in learn.cbs:  # and what callbacks of the user's call on it: not their own methods (super().after_batch)
+        mro = type(cb).__mro__  # nor events, nor their strings (a row's 'training_step' key)
+        theirs = {name for k in mro for name in vars(k)}
+        called |= {name for k in mro if not k.__module__.startswith("miniai.") for attr in vars(k).values()
+                   for name in _names_used(attr)} - theirs - set(events)
     for k in own:
         for name in vars(k):
             if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
@@ -227,25 +233,33 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
                             "be ignored without a word)")
 
 
-def _names_used(attr: Any) -> set[str]:
+def _names_used(attr: Any, strings: bool = False) -> set[str]:
     """The attribute names a class attribute's code reads (a method's, a property's or staticmethod's function's),
-    with those of the code inside it (lambdas, nested functions, comprehensions) and the strings it holds
-    (`getattr(self, "train_step")`); the names of the functions a dict, list or tuple of methods holds."""
+    with those of the code inside it (lambdas, nested functions, comprehensions), and, `strings`, the strings it
+    holds (`getattr(self, "train_step")`); the names of the functions a dict, list or tuple of methods holds."""
     if isinstance(attr, (dict, list, tuple)):
         return {getattr(f, "__name__", None) for f in (attr.values() if isinstance(attr, dict) else attr)} - {None}
-    funcs = [getattr(attr, name, None) for name in ("fget", "fset", "fdel", "__func__", "func")] + [attr]
+    funcs = [attr] + [_attribute(attr, name) for name in ("fget", "fset", "fdel", "__func__", "func")]
     for f in list(funcs):  # (a decorated method's function, functools.wraps's __wrapped__, and what it wraps)
-        while hasattr(f, "__wrapped__") and len(funcs) < 64:
+        while _attribute(f, "__wrapped__") is not None and len(funcs) < 64:
             f = f.__wrapped__
             funcs.append(f)
-    codes = [f.__code__ for f in funcs if hasattr(f, "__code__")]
+    codes = [code for f in funcs if (code := _attribute(f, "__code__")) is not None]
     names: set[str] = set()
     while codes:
         code = codes.pop()
         names.update(code.co_names)
-        names.update(c for c in code.co_consts if isinstance(c, str))
+        names.update(c for c in code.co_consts if strings and isinstance(c, str))
         codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
     return names
+
+
+def _attribute(obj: Any, name: str) -> Any:
+    """`obj.name`, or None: also for an object whose __getattr__ raises another error (a config's KeyError)."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001 -- no such attribute, then
+        return None
 
 
 def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miniai.callbacks import BatchSchedCB, MixedPrecisionCB, SingleBatchCB, TrainCB
+from miniai.callbacks import BatchSchedCB, MetricsCB, MixedPrecisionCB, SingleBatchCB, TrainCB
 from miniai.schedulers import CosineAnnealing
 from miniai.learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                             CancelStepException, MomentumLearner, TrainLearner, build_handlers)
@@ -1113,3 +1113,43 @@ def test_a_learner_subclasss_helper_its_own_steps_call_is_no_foreign_method():
     with pytest.raises(TypeError, match=r"Unseen.compute_loss: the loop never calls it, nor does the code of "
                                         r"Unseen or of its callbacks.*if code of yours calls it, rename it"):
         Unseen(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)
+
+
+def test_a_callbacks_own_events_and_strings_do_not_make_a_learners_uncalled_method_called():
+    """(regression round T7) A MetricsCB subclass calling super().after_batch, or a logger with a 'training_step'
+    key, let a learner's own after_batch or training_step (never called by the loop) through without a word."""
+    class LoggingLearner(TrainLearner):
+        def after_batch(self):
+            print("logged")
+
+    class MyMetrics(MetricsCB):
+        def after_batch(self, learn):
+            super().after_batch(learn)
+
+    class LightningHabit(TrainLearner):
+        def training_step(self, batch):
+            return F.l1_loss(self.model(batch[0]), batch[1])
+
+    class StepLogger(Callback):
+        def after_batch(self, learn):
+            self.row = {"training_step": learn.iter}
+    for cls, cb, name in [(LoggingLearner, MyMetrics(log_fn=None), "after_batch"),
+                          (LightningHabit, StepLogger(), "training_step")]:
+        with pytest.raises(TypeError, match=rf"{cls.__name__}.{name}: the loop never calls it"):
+            cls(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[cb]).fit(1)
+
+    class Settings:  # a config object whose __getattr__ raises KeyError: a crash in the check, on a plain learner
+        def __init__(self, **table):
+            self.__dict__["_table"] = table
+
+        def __getattr__(self, name):
+            return self._table[name]
+
+    class LogEvery(Callback):
+        cfg = Settings(every=2)
+    tiny_learner(cbs=[LogEvery()]).fit(1)
+    Helper = type("Helper", (TrainLearner,), {"train_step": lambda self: None})
+    Helper(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[LogEvery()])  # (refused at fit: read past cfg)
+    with pytest.raises(TypeError, match=r"Helper.train_step: the loop never calls it"):
+        Helper(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[LogEvery()]).fit(1)
+
