@@ -753,7 +753,7 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
         learn = learner()
         if learn is None or not (learn._in_fit and learn.training):
             return  # outside a fit's training pass: by hand, not the loop's business
-        if last[0] == (learn.epoch, learn.iter):
+        if last[0] == (learn.epoch, learn.iter) and _in_batch(learn):  # (between batches: experience replay's)
             owner = learn._handlers["step"]
             owner = type(owner[0].__self__).__name__ if owner else type(learn).__name__
             raise RuntimeError(
@@ -763,7 +763,9 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
                 "batch would take two steps (twice the lr in SGD, Adam's moments updated twice). To do the step in a "
                 "callback of yours, declare it: owns_steps = ('step',) with a method step(self, learn), which "
                 "replaces the learner's; to step more than once a batch on purpose, step an optimizer of your own")
-        if last[0] is None and all(p.grad is None for group in opt.param_groups for p in group["params"]):
+        # (torch's args: the optimizer, then step's own; LBFGS's closure makes the gradients inside its step)
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if last[0] is None and closure is None and all(p.grad is None for g in opt.param_groups for p in g["params"]):
             raise RuntimeError(  # (at the fit's first step only: a loop over the parameters)
                 f"learn.opt.step() found no gradient in any parameter it trains at the fit's first step (training "
                 f"batch {learn.iter} of epoch {learn.epoch}), so it would change nothing, and every step after it "
@@ -774,6 +776,16 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
         last[0] = (learn.epoch, learn.iter)
     with contextlib.suppress(AttributeError):  # (an optimizer with __slots__: not watched)
         opt._miniai_one_step = opt.register_step_pre_hook(once)
+
+
+def _in_batch(learn: Any) -> bool:
+    """Whether a batch of `learn`'s runs: its `_one_batch` is on the stack (looked up only for a second step)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_one_batch" and frame.f_locals.get("self") is learn:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def mark_trained(learn: Any, kept: Any) -> None:

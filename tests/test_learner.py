@@ -1153,3 +1153,32 @@ def test_a_callbacks_own_events_and_strings_do_not_make_a_learners_uncalled_meth
     with pytest.raises(TypeError, match=r"Helper.train_step: the loop never calls it"):
         Helper(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[LogEvery()]).fit(1)
 
+
+def test_optimizer_steps_outside_the_batches_and_closure_optimizers_are_not_refused():
+    """(regression round T7) Experience replay, a callback stepping learn.opt at the training pass's after_epoch, was
+    refused as a second step 'in training batch 7'; torch's LBFGS, whose closure makes the gradients inside its
+    step, as 'no gradient'."""
+    class Replay(Callback):
+        def after_epoch(self, learn):
+            if learn.training:
+                for _ in range(2):
+                    learn.opt.zero_grad()
+                    F.mse_loss(learn.model(torch.ones(4, 1)), torch.full((4, 1), 5.0)).backward()
+                    learn.opt.step()
+    tiny_learner(cbs=[Replay()]).fit(2)
+    tiny_learner(cbs=[Replay()]).fit(2, valid=False)  # (after_fit and after_epoch with learn.training still True)
+
+    class LBFGSLearner(TrainLearner):
+        def backward(self):
+            pass
+
+        def step(self):
+            def closure():
+                self.opt.zero_grad()
+                loss = self.loss_func(self.model(*self.xb), *self.yb)
+                loss.backward()
+                return loss
+            self.opt.step(closure)
+    learn = tiny_learner(learner_cls=LBFGSLearner)
+    learn.opt_func = functools.partial(torch.optim.LBFGS, max_iter=5)
+    learn.fit(2)
