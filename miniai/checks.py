@@ -779,10 +779,12 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
 
 
 def _in_batch(learn: Any) -> bool:
-    """Whether a batch of `learn`'s runs: its `_one_batch` is on the stack (looked up only for a second step)."""
+    """Whether a batch stage of `learn`'s runs (its events or steps): the loop's `_stage('batch', ...)` is on the
+    stack (looked up only for a second step)."""
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_name == "_one_batch" and frame.f_locals.get("self") is learn:
+        if frame.f_code.co_name == "_stage" and frame.f_locals.get("self") is learn \
+                and frame.f_locals.get("name") == "batch":
             return True
         frame = frame.f_back
     return False

@@ -511,7 +511,7 @@ def test_a_learners_own_step_that_a_callback_would_bypass_is_an_error():
         tiny_learner(cbs=[TrainCB()], learner_cls=L1Learner).fit(1)
 
 
-@pytest.mark.parametrize("event", ["after_backward", "after_step", "before_batch"])
+@pytest.mark.parametrize("event", ["after_backward", "after_step", "before_batch", "after_batch"])
 @pytest.mark.parametrize("owner", ["learner", "TrainCB", "MixedPrecisionCB"])
 def test_an_optimizer_step_taken_by_a_callback_besides_the_learners_is_refused_before_it_is_applied(event, owner):
     """A callback of the user's calling learn.opt.step() (a Lightning habit: manual optimization) beside the
