@@ -1148,3 +1148,41 @@ def test_a_checkpoint_lacking_what_a_resume_reads_is_refused_before_anything_is_
     with pytest.raises(CheckpointMismatchError, match=rf"lacks '{key}'.*load_state_dict\(load_checkpoint"):
         learn.fit(3, resume=trimmed)
     assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_metric_of_ones_own_with_counts_as_attributes_is_no_setting_on_resume(tmp_path):
+    """(regression round T7) A metric keeping `correct` and `total` as public ints: a resume warned 'MetricsCB_0.acc.
+    total: 32 saved, 0 here', a count the pass resets, no setting (its constructor's arguments are)."""
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.learner import TrainLearner
+    from miniai.callbacks import CheckpointCB
+
+    class MyAcc:
+        def __init__(self, k: int = 1):
+            self.k = k
+            self.reset()
+
+        def reset(self):
+            self.correct, self.total = 0, 0
+
+        def update(self, preds, y):
+            self.correct += int((preds.argmax(1) == y).sum())
+            self.total += len(y)
+
+        def compute(self):
+            return torch.tensor(self.correct / max(self.total, 1))
+
+    def make(k=1):
+        torch.manual_seed(0)
+        x, y = torch.randn(32, 4), torch.arange(32) % 3
+        return TrainLearner(torch.nn.Linear(4, 3), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x[:16], y[:16], 8)),
+                            torch.nn.functional.cross_entropy, lr=0.1, cbs=[MetricsCB(log_fn=None, acc=MyAcc(k))])
+    learn = make()
+    learn.fit(1)
+    learn.fit(4, cbs=[CheckpointCB(tmp_path), _CutPass(training=True, at=0, exc=CancelFitException, epoch=2)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make().fit(4, resume=tmp_path)
+    assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]
+    with pytest.warns(UserWarning, match=r"MetricsCB_0.acc.k: 1 saved, 2 here"):
+        make(2).fit(4, resume=tmp_path / "epoch_0002.pt", cbs=[CheckpointCB(tmp_path / "other")])

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import inspect
 import io
 import math
 import os
@@ -451,16 +452,21 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
 
 
 def _metric_parts(found: dict[str, Any], name: str, metric: Any) -> None:
-    """A metric's class (or function) and its public plain settings (torcheval's k, average, num_classes), not its
-    running state (its counts, which each pass resets), into `found` under `name`."""
+    """A metric's class (or function) and its settings, the plain values of the attributes named as its
+    constructor's arguments (torcheval's k, average, num_classes), not its running state (counts as attributes,
+    which each pass resets), into `found` under `name`."""
     if isinstance(metric, (types.FunctionType, types.MethodType, functools.partial)):
         _plain_parts(found, name, metric)
         return
     found[name] = _named(type(metric))
-    states = getattr(metric, "_state_name_to_default", {})
-    for key, value in (vars(metric) if hasattr(metric, "__dict__") else {}).items():
-        if not key.startswith("_") and key not in states and _python(value) is not _SKIP:
-            found[f"{name}.{key}"] = _python(value)
+    try:
+        arguments = inspect.signature(type(metric).__init__).parameters
+    except (TypeError, ValueError):  # (a constructor in C: no settings to read)
+        arguments = {}
+    for key in arguments:
+        value = _python(vars(metric).get(key, _SKIP)) if hasattr(metric, "__dict__") else _SKIP
+        if key != "self" and value is not _SKIP:
+            found[f"{name}.{key}"] = value
 
 
 _PLAIN = (int, float, str, bool, type(None))
