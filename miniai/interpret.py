@@ -92,12 +92,21 @@ class Interpretation:
 
     def __init__(self, inputs: Any, probs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor,
                  classes: Sequence[str] | None = None, normalize: Any = None,
-                 predicted: torch.Tensor | None = None) -> None:
+                 predicted: torch.Tensor | None = None, what: str = "Interpretation") -> None:
         if not isinstance(targets, torch.Tensor) or targets.ndim != 1 or targets.is_floating_point() \
                 or probs.ndim != 2 or len(targets) != len(probs):
-            raise ValueError("Interpretation is for classifiers: one target of class indices (N,) per item and "
+            multilabel = isinstance(targets, torch.Tensor) and targets.shape == probs.shape and probs.ndim == 2
+            raise ValueError(f"{what} is for classifiers: one target of class indices (N,) per item and "
                              f"(N, C) outputs; got targets {getattr(targets, 'shape', type(targets).__name__)}, "
-                             f"outputs {tuple(probs.shape)}")
+                             f"outputs {tuple(probs.shape)}"
+                             + (": a multilabel model's, whose classes are not one per item; read its "
+                                "probabilities with learn.get_preds(act=torch.sigmoid)" if multilabel else ""))
+        bad = ~torch.isfinite(probs).all(1)
+        if bool(bad.any()):  # (argmax would count each as class 0: a wrong matrix, most_confused, and titles)
+            raise ValueError(f"{what}: the model's outputs are not finite (NaN or inf) for {int(bad.sum())} of "
+                             f"{len(probs)} items (the first: item {int(bad.nonzero()[0, 0])}), which have no class. "
+                             "NaN inputs (learn.get_preds(with_input=True) shows them), or weights the fit left "
+                             "non-finite? Leave those items out, or mend the model")
         n_out, n = probs.shape[1], len(targets)
         if len(losses) != n or isinstance(inputs, torch.Tensor) and len(inputs) != n:
             got = f"{len(losses)} losses" if len(losses) != n else f"{len(inputs)} inputs"
@@ -219,5 +228,5 @@ def show_results(learn: Learner, n: int = 9, dl: Iterable[Any] | None = None, **
     probs = _class_probs(logits, learn.model, what="show_results")
     dls = getattr(learn, "dls", None)
     interp = Interpretation(inputs, probs, targets, torch.zeros(len(targets)), getattr(dls, "classes", None),
-                            getattr(dls, "normalize", None), logits.argmax(1))
+                            getattr(dls, "normalize", None), logits.argmax(1), what="show_results")
     return interp.show_results(n, **kwargs)

@@ -463,3 +463,29 @@ def test_show_results_on_dict_batches_says_why_as_from_learner_does():
     learn.dls = DataLoaders([UserDict(b) for b in dl], [UserDict(b) for b in dl])
     with pytest.raises(TypeError, match=r"these batches are dicts"):
         learn.show_results()
+
+
+def test_outputs_that_are_not_finite_are_no_class_in_the_tables_and_plots():
+    """(probe S25 interp) Items whose outputs were NaN (NaN inputs) were counted as class 0 by argmax: the
+    confusion matrix said 1 of 12 right (1 of 9 finite), most_confused led with a pair of them, show_results drew
+    them 'b / a'; infer refuses them."""
+    x, y = torch.randn(12, 5), torch.arange(12) % 3
+    x[[1, 4, 7]] = float("nan")
+    learn = TrainLearner(nn.Linear(5, 3), DataLoaders(None, TensorLoader(x, y, 4)), F.cross_entropy)
+    with pytest.raises(ValueError, match=r"Interpretation: the model's outputs are not finite \(NaN or inf\) for 3 "
+                                         r"of 12 items \(the first: item 1\)"):
+        Interpretation.from_learner(learn)
+    learn.dls.valid = TensorLoader(x[:6], y[:6], 4)
+    with pytest.raises(ValueError, match=r"show_results: the model's outputs are not finite .* for 2 of 6 items"):
+        learn.show_results(6)
+
+
+def test_a_multilabel_model_is_told_interpretation_is_for_one_class_per_item():
+    """(probe S25 interp) show_results of a multilabel model (float (N, C) targets) said 'Interpretation is for
+    classifiers', naming neither the call made nor the way."""
+    x, y = torch.randn(8, 5), (torch.rand(8, 3) > 0.5).float()
+    learn = TrainLearner(nn.Linear(5, 3), DataLoaders(None, TensorLoader(x, y, 4)), F.binary_cross_entropy_with_logits)
+    for call, name in [(lambda: learn.show_results(4), "show_results"),
+                       (lambda: Interpretation.from_learner(learn), "Interpretation")]:
+        with pytest.raises(ValueError, match=rf"{name} is for classifiers.*multilabel.*get_preds\(act=torch.sigmoid\)"):
+            call()
