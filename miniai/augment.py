@@ -91,7 +91,9 @@ class RandomCrop:
             if p >= min(x.shape[-2:]):  # (torch reflects inside the image only)
                 raise ValueError(f"RandomCrop padding={p} with mode='reflect' needs images larger than it "
                                  f"{tuple(x.shape[-2:])}: lower padding or use mode='constant'")
-            x = F.pad(x, (p, p, p, p), mode="reflect")
+            # (torch reflects no bools: a mask is padded as bytes)
+            x = F.pad(x.byte(), (p, p, p, p), mode="reflect").bool() if x.dtype == torch.bool else \
+                F.pad(x, (p, p, p, p), mode="reflect")
         ph, pw = x.shape[-2:]
         sh, sw = self.size
         if sh > ph or sw > pw:

@@ -328,3 +328,63 @@ def test_a_batchtransformcb_that_runs_in_no_pass_is_refused_with_the_fix():
                                              r"on_val=True for validation and prediction"):
             BatchTransformCB(lambda x: x + 100, on_train=False, on_val=on_val)
     BatchTransformCB(lambda x: x + 100, on_train=False, on_val=True)
+
+
+def test_a_training_only_transform_given_to_a_pass_that_trains_nothing_is_refused_with_the_way():
+    """(probe S25 aug) The course's manual TTA, learn.capture_preds(cbs=[BatchTransformCB(RandomFlip(p=1.0))]), or
+    fit(train=False, cbs=[...]): on_val defaults to False here (the course's to True), and the flip never ran,
+    without a word (the 'TTA' average was the plain predictions)."""
+    learn = image_learner([])
+    for call in (lambda cb: learn.get_preds(cbs=[cb]), lambda cb: learn.capture_preds(cbs=[cb]),
+                 lambda cb: learn.fit(1, train=False, cbs=[cb])):
+        with pytest.raises(ValueError, match=r"BatchTransformCB\(on_val=False\).*never runs.*on_val=True"):
+            call(BatchTransformCB(RandomFlip(p=1.0)))
+    flipped = learn.get_preds(cbs=[BatchTransformCB(RandomFlip(p=1.0), on_val=True)])[0]
+    x = learn.dls.valid.x
+    assert torch.allclose(flipped, learn.model(x.flip(-1)), atol=1e-6)
+    image_learner([BatchTransformCB(RandomFlip())]).get_preds()  # the learner's own augmentation: left out, rightly
+
+
+def test_a_transform_editing_list_inputs_in_place_is_refused_as_a_tensors_is():
+    """(probe S25 aug) Inputs given as a list of tensors (images of several sizes) were edited in place by t.add_(1)
+    every epoch, the dataset's mean going 0.065 -> 3.065, without a word; a tensor so edited is refused."""
+    x, y = torch.randn(16, 4), torch.arange(16) % 3
+    original = x.clone()
+    batches = [(list(x[i:i + 8]), y[i:i + 8]) for i in (0, 8)]
+
+    class ListModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, xs):
+            return self.lin(torch.stack(xs))
+    learn = TrainLearner(ListModel(), DataLoaders(batches, batches), F.cross_entropy,
+                         cbs=[BatchTransformCB(lambda xs: [t.add_(1.0) for t in xs])])
+    with pytest.raises(RuntimeError, match=r"modified the batch in place"):
+        learn.fit(1)
+    assert torch.equal(x[8:], original[8:])  # refused at the first batch: the others are untouched
+
+
+@pytest.mark.parametrize("tfm", [RandomFlip, RandomCrop, RandomErase])
+def test_a_transform_class_given_for_an_instance_is_refused_at_once(tfm):
+    """(probe S25 aug) BatchTransformCB(RandomFlip) took the class, and the first batch became its p: 'Boolean value
+    of Tensor with more than one value is ambiguous'; tta(tfms=RandomErase) the same; tta(tfms=a BatchTransformCB)
+    a TypeError from inside Compose."""
+    with pytest.raises(TypeError, match=rf"the class {tfm.__name__}: pass an instance, {tfm.__name__}\("):
+        BatchTransformCB(tfm)
+    learn = image_learner([])
+    with pytest.raises(TypeError, match=rf"the class {tfm.__name__}: pass an instance"):
+        learn.tta(tfms=tfm)
+    with pytest.raises(TypeError, match=r"tta takes transforms.*a BatchTransformCB.*its transform, cb.tfm"):
+        learn.tta(tfms=BatchTransformCB(RandomFlip(p=1.0)))
+
+
+def test_reflect_padding_of_a_mask_of_bools_crops_as_constant_padding_does():
+    """(probe S25 aug) RandomCrop(mode='reflect') of a bool mask raised torch's bare NotImplementedError
+    ("reflection_pad2d" not implemented for 'Bool'); every other mode and transform takes bools."""
+    mask = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0)) > 0.5
+    g = torch.Generator().manual_seed(1)
+    out = RandomCrop(6, 2, mode="reflect", generator=g)(mask)
+    ref = RandomCrop(6, 2, mode="reflect", generator=torch.Generator().manual_seed(1))(mask.to(torch.uint8))
+    assert out.dtype == torch.bool and torch.equal(out, ref.bool())

@@ -16,7 +16,7 @@ from ..checks import add_note, describe, warn
 from ..learner import Callback, Learner
 from ..utils import tensor_versions
 
-__all__ = ["BatchTransformCB"]
+__all__ = ["BatchTransformCB", "check_transform"]
 
 
 class BatchTransformCB(Callback):
@@ -47,6 +47,7 @@ class BatchTransformCB(Callback):
                  on_val: bool | None = None, inputs: str | None = None) -> None:
         if not callable(tfm):
             raise TypeError(f"BatchTransformCB takes a callable x -> x (e.g. batch_tfms(RandomFlip())); got {tfm!r}")
+        check_transform(tfm, "BatchTransformCB")
         if inputs not in (None, "first", "together", "each", "all"):
             raise ValueError(f"inputs must be 'first', 'together', 'each', 'all' or None (one input); got {inputs!r}")
         if not on_train and not on_val:
@@ -63,6 +64,12 @@ class BatchTransformCB(Callback):
             raise ValueError(f"this learner's batches have n_inp={learn.n_inp} inputs: say which BatchTransformCB "
                              "transforms, BatchTransformCB(tfm, inputs='first'), inputs='together' (all, with one "
                              "draw: inputs that line up) or inputs='each' (each with a draw of its own)")
+        given = all(cb is not self for cb in learn.cbs) or any(cb is self for cb in learn._temporary)
+        if given and not self.on_val and "train" not in learn.passes:  # (the course's manual TTA: its on_val=True)
+            raise ValueError("BatchTransformCB(on_val=False), the default, transforms training batches only, and "
+                             "it was given to a pass that trains nothing (get_preds, capture_preds, fit(train="
+                             "False)), where it never runs: pass BatchTransformCB(tfm, on_val=True) to transform "
+                             "this pass's batches, or use learn.tta(tfms=...) for test-time augmentation")
         self._n = 1 if self.inputs == "first" else learn.n_inp
         self._look = self._check_val
         self._look_targets = True  # (at the fit's first training batch: per-pixel targets a geometric tfm leaves)
@@ -94,7 +101,7 @@ class BatchTransformCB(Callback):
         return type(batch)((*out, *batch[n:]))
 
     def _apply(self, xb: torch.Tensor) -> torch.Tensor:
-        before = tensor_versions(xb) if isinstance(xb, torch.Tensor) else None
+        before = tensor_versions(xb)  # (a tensor's, or those of the tensors in a list of them: images of many sizes)
         out = self.tfm(xb)
         if isinstance(xb, torch.Tensor) and isinstance(out, (tuple, list)):
             raise TypeError(f"BatchTransformCB's tfm returned a {type(out).__name__} for a tensor: it passes tfm the "
@@ -102,12 +109,20 @@ class BatchTransformCB(Callback):
                             "whole batch, (x, y), and by default also to validation batches): write it as "
                             "BatchTransformCB(lambda xb: (xb - mean) / std, on_val=True) for a normalization, which "
                             "validation needs as well (the default, on_val=False, is for augmentations)")
-        if before is not None and tensor_versions(xb) != before:
+        if before not in (None, ()) and tensor_versions(xb) != before:
             raise RuntimeError(f"BatchTransformCB's transform {self.tfm!r} modified the batch in place; batches "
                                "may be views of the loader's dataset, which would then change too (if yours are, "
                                "rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
                                "x.mul_(2); or clone first).")
         return out
+
+
+def check_transform(tfm: Any, who: str) -> None:
+    """Refuse a transform's class given for an instance (BatchTransformCB(RandomFlip)): the batch would be its first
+    argument, p or size, and fail at the first batch with a bare torch error."""
+    if isinstance(tfm, type):
+        raise TypeError(f"{who} was given the class {tfm.__name__}: pass an instance, {tfm.__name__}(...) (e.g. "
+                        "RandomFlip(), RandomCrop(28, 1)), which it calls on each batch's inputs")
 
 
 def _together(apply: Callable[[torch.Tensor], torch.Tensor], inputs: Sequence[Any]) -> list[torch.Tensor]:

@@ -27,6 +27,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 from ..augment import Compose, RandomFlip
+from .augment import check_transform
 from ..checks import check_count, describe, drops_last, preds_changed_error, unbatched_error, warn
 from ..data import TensorLoader
 from ..distributed import world_size
@@ -704,6 +705,11 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     if n and _shuffled(dl):
         raise ValueError("tta averages each item's probabilities over several passes, so the loader must give the "
                          "items in the same order each time: pass an unshuffled one (shuffle=False), e.g. dls.valid")
+    for t in [tfms] if tfms is None or callable(tfms) or isinstance(tfms, Callback) else tfms:
+        if isinstance(t, Callback):  # (its before_batch would be called on the inputs)
+            raise TypeError(f"tta takes transforms of the inputs (x -> x), and was given a {type(t).__name__}: "
+                            "pass its transform, cb.tfm")
+        check_transform(t, "tta")
     tfm = RandomFlip(p=1.0) if tfms is None else tfms if callable(tfms) else Compose(*tfms)
     with kept(learn, [dl], tfms=[tfm]):  # (a transform's own generator too: tta repeats)
         plain, plain_items = _GatherPreds(act=act, who="tta"), _ItemSums()
