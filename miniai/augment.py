@@ -107,10 +107,17 @@ class RandomCrop:
         cols = ox[:, None] + torch.arange(sw, device=x.device)  # (N, sw)
         # Flat index of every kept pixel, shared across channels: one gather cuts all N crops at once.
         idx = (rows[:, :, None] * pw + cols[:, None, :]).view(n, 1, sh * sw).expand(n, c, sh * sw)
-        return x.flatten(2).gather(2, idx).view(n, c, sh, sw)
+        return _layout_of(x, x.flatten(2).gather(2, idx).view(n, c, sh, sw))
 
     def __repr__(self) -> str:
         return f"RandomCrop(size={self.size}, padding={self.padding}, mode={self.mode!r})"
+
+
+def _layout_of(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out` in `x`'s memory format: a channels-last batch (DeviceCB(channels_last=True)) stays one."""
+    last = x.ndim == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()
+    return out.contiguous(memory_format=torch.channels_last) if last else out
 
 
 class RandomFlip:
@@ -178,7 +185,7 @@ class RandomErase:
         noise = torch.minimum(torch.maximum(noise, xf.amin(**dims)), xf.amax(**dims))
         if not x.is_floating_point():
             noise = noise.round()
-        return torch.where(mask, noise.to(x.dtype), x)
+        return _layout_of(x, torch.where(mask, noise.to(x.dtype), x))
 
     def __repr__(self) -> str:
         return f"RandomErase(p={self.p}, max_frac={self.max_frac}, fill={self.fill!r})"

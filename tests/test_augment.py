@@ -286,3 +286,14 @@ def test_random_erase_noise_follows_each_channels_statistics():
         patch = out[:, c][out[:, c] != x[:, 0]]
         assert x.min() <= patch.min() and patch.max() <= x.max()
         assert abs(patch.mean() - x.mean()) < 0.1 * x.std() and abs(patch.std() / x.std() - 1) < 0.1
+
+
+@pytest.mark.parametrize("tfm", [lambda: RandomCrop(6, 1), lambda: RandomErase(p=1.0, fill="noise"),
+                                  lambda: RandomErase(p=1.0), lambda: RandomFlip(p=1.0)])
+def test_a_channels_last_batch_stays_channels_last(tfm):
+    """(probe S25 aug) DeviceCB(channels_last=True) puts inputs in channels-last; RandomCrop's gather and
+    RandomErase's noise gave them back channels-first, without a word (a layout copy in every convolution)."""
+    x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    out = tfm()(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert tfm()(torch.randn(4, 3, 6, 6)).is_contiguous()  # (channels-first stays so)
