@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import dis
 import functools
 import importlib.util
 import inspect
@@ -208,11 +209,10 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
     if not any(name in events or name in _FOREIGN_LEARNER or _foreign(name) for k in own for name in vars(k)):
         return
     called = {name for k in own for attr in vars(k).values() for name in _names_used(attr, strings=True)}
-    for cb in learn.cbs:  # and what callbacks of the user's call on it: not their own methods (super().after_batch)
-        mro = type(cb).__mro__  # nor events, nor their strings (a row's 'training_step' key)
-        theirs = {name for k in mro for name in vars(k)}
-        called |= {name for k in mro if not k.__module__.startswith("miniai.") for attr in vars(k).values()
-                   for name in _names_used(attr)} - theirs - set(events)
+    for cb in learn.cbs:  # and what callbacks of the user's read off the learner (not super().after_batch, nor a
+        for k in type(cb).__mro__:  # row's 'training_step' key)
+            if not k.__module__.startswith("miniai."):
+                called |= {name for attr in vars(k).values() for name in _read_off_learner(attr)}
     for k in own:
         for name in vars(k):
             if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
@@ -251,6 +251,29 @@ def _names_used(attr: Any, strings: bool = False) -> set[str]:
         names.update(code.co_names)
         names.update(c for c in code.co_consts if strings and isinstance(c, str))
         codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return names
+
+
+def _read_off_learner(attr: Any) -> set[str]:
+    """The names a callback's method reads off its learner: `learn.x`, `self.learn.x` (the course's), or
+    `getattr(learn, 'x')`, in its code and the code inside it (lambdas, comprehensions)."""
+    func = _attribute(attr, "__func__") or attr  # (a staticmethod's or classmethod's function)
+    code = _attribute(func, "__code__")
+    if code is None or code.co_argcount < 2:
+        return set()
+    learner = code.co_varnames[1]  # (self, learn)
+    names, codes = set(), [code]
+    while codes:
+        code = codes.pop()
+        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+        previous = None
+        for ins in dis.get_instructions(code):
+            if previous is not None and (previous.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE") and
+                                         previous.argval == learner or previous.opname in ("LOAD_ATTR", "LOAD_METHOD")
+                                         and previous.argval == "learn") \
+                    and ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "LOAD_CONST") and isinstance(ins.argval, str):
+                names.add(ins.argval)
+            previous = ins
     return names
 
 

@@ -1182,3 +1182,39 @@ def test_optimizer_steps_outside_the_batches_and_closure_optimizers_are_not_refu
     learn = tiny_learner(learner_cls=LBFGSLearner)
     learn.opt_func = functools.partial(torch.optim.LBFGS, max_iter=5)
     learn.fit(2)
+
+
+def test_a_learners_method_a_callback_reads_off_the_learner_is_called():
+    """(regression round T8) A callback forwarding its after_batch to the learner's (learn.after_batch()), or a
+    Lightning bridge reading getattr(learn, 'training_step'), was refused as never called; names a callback reads
+    off anything else (its own super().after_batch, a row's 'training_step' key) still are no calls."""
+    class HookedLearner(TrainLearner):
+        def after_batch(self):
+            self.hooked = getattr(self, "hooked", 0) + 1
+
+    class ForwardCB(Callback):
+        def after_batch(self, learn):
+            learn.after_batch()
+
+    class LitLearner(TrainLearner):
+        def training_step(self):
+            return self.loss_func(self.preds, *self.yb)
+
+    class BridgeCB(Callback):
+        owns_steps = ("get_loss",)
+
+        def get_loss(self, learn):
+            learn.loss = getattr(learn, "training_step")()
+
+    class CourseStyle(Callback):  # (the course's callbacks keep the learner: self.learn.after_batch())
+        def before_fit(self, learn):
+            self.learn = learn
+
+        def after_batch(self, learn):
+            (lambda: self.learn.after_batch())()
+    learn = HookedLearner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[ForwardCB()])
+    learn.fit(1)
+    assert learn.hooked == 5
+    LitLearner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[BridgeCB()]).fit(1)
+    HookedLearner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[CourseStyle()]).fit(1)
+
