@@ -767,15 +767,16 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
     fit's first step with no gradient at all (cleared at after_backward: it trained nothing)."""
     if not hasattr(opt, "register_step_pre_hook"):
         return  # (an optimizer of one's own, not torch's: no hooks)
-    old = getattr(opt, "_miniai_one_step", None)
-    if old is not None:
-        old.remove()  # (a fit resuming with the optimizer of an earlier one: this fit's count starts afresh)
-    learner, last = weakref.ref(learn), [None]  # (a weak one: the optimizer must not keep its learner alive)
+    for old in (getattr(opt, "_miniai_one_step", None), getattr(opt, "_miniai_one_step_done", None)):
+        if old is not None:
+            old.remove()  # (a fit resuming with the optimizer of an earlier one: this fit's count starts afresh)
+    learner, last, running = weakref.ref(learn), [None], [False]  # (a weak one: the optimizer must not keep its
+    # learner alive)
 
     def once(opt: Any, args: Any, kwargs: Any) -> None:
         learn = learner()
-        if learn is None or not (learn._in_fit and learn.training):
-            return  # outside a fit's training pass: by hand, not the loop's business
+        if learn is None or not (learn._in_fit and learn.training) or running[0]:
+            return  # outside a fit's training pass: by hand, not the loop's business; or a step's super().step()
         if last[0] == (learn.epoch, learn.iter) and _in_batch(learn):  # (between batches: experience replay's)
             owner = learn._handlers["step"]
             owner = type(owner[0].__self__).__name__ if owner else type(learn).__name__
@@ -797,19 +798,25 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
                 "callback's after_backward?). Clear gradients after the step (after_step), as the learner's own "
                 "zero_grad does; to do the step in a callback, own it: owns_steps = ('step',)")
         last[0] = (learn.epoch, learn.iter)
+        running[0] = True  # (until the step returns: torch runs the hooks again for a subclass's super().step())
+
+    def done(opt: Any, args: Any, kwargs: Any) -> None:
+        running[0] = False
+
     with contextlib.suppress(AttributeError):  # (an optimizer with __slots__: not watched)
         opt._miniai_one_step = opt.register_step_pre_hook(once)
+        opt._miniai_one_step_done = opt.register_step_post_hook(done)
 
 
 def _in_batch(learn: Any) -> bool:
     """Whether a batch stage of `learn`'s runs (its events or steps): the loop's `_stage('batch', ...)` is on the
-    stack (looked up only for a second step)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "_stage" and frame.f_locals.get("self") is learn \
-                and frame.f_locals.get("name") == "batch":
-            return True
-        frame = frame.f_back
+    stack of a thread (a callback may step on a thread of its own; looked up only for a second step)."""
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code.co_name == "_stage" and frame.f_locals.get("self") is learn \
+                    and frame.f_locals.get("name") == "batch":
+                return True
+            frame = frame.f_back
     return False
 
 

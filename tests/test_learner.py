@@ -1218,3 +1218,32 @@ def test_a_learners_method_a_callback_reads_off_the_learner_is_called():
     LitLearner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[BridgeCB()]).fit(1)
     HookedLearner(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[CourseStyle()]).fit(1)
 
+
+def test_an_optimizer_whose_step_calls_its_parents_and_a_step_on_another_thread_are_told_apart():
+    """(regression round T8) An SGD subclass whose step clips then calls super().step() ran the pre-hooks twice
+    (torch wraps both steps), refused as 'ran twice' once any plain SGD had been made; a second step a callback
+    took on a thread of its own went through (the batch's stage was looked for on that thread's stack)."""
+    import threading
+    torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)  # (a plain SGD made first: torch then wraps SGD.step)
+
+    class ClippedSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"]], 1.0)
+            return super().step(closure)
+    learn = tiny_learner()
+    learn.opt_func = lambda params, lr: ClippedSGD(params, lr=lr)
+    learn.fit(1)
+    errors = []
+
+    class StepsOnAThread(Callback):
+        def after_step(self, learn):
+            def step():
+                try:
+                    learn.opt.step()
+                except RuntimeError as e:
+                    errors.append(e)
+            thread = threading.Thread(target=step)
+            thread.start()
+            thread.join()
+    tiny_learner(cbs=[StepsOnAThread()]).fit(1)
+    assert len(errors) == 3 and all("ran twice" in str(e) for e in errors)
