@@ -95,12 +95,17 @@ class Interpretation:
                  predicted: torch.Tensor | None = None, what: str = "Interpretation") -> None:
         if not isinstance(targets, torch.Tensor) or targets.ndim != 1 or targets.is_floating_point() \
                 or probs.ndim != 2 or len(targets) != len(probs):
-            multilabel = isinstance(targets, torch.Tensor) and targets.shape == probs.shape and probs.ndim == 2
+            per_class = isinstance(targets, torch.Tensor) and targets.shape == probs.shape and probs.ndim == 2 \
+                and targets.is_floating_point()
+            # (rows summing to 1: one-hot or soft labels of a softmax classifier, which cross_entropy takes)
+            spread = per_class and bool(torch.allclose(targets.sum(1), torch.ones(len(targets)), atol=1e-3))
             raise ValueError(f"{what} is for classifiers: one target of class indices (N,) per item and "
                              f"(N, C) outputs; got targets {getattr(targets, 'shape', type(targets).__name__)}, "
                              f"outputs {tuple(probs.shape)}"
-                             + (": a multilabel model's, whose classes are not one per item; read its "
-                                "probabilities with learn.get_preds(act=torch.sigmoid)" if multilabel else ""))
+                             + (": class probabilities (one-hot or soft labels); give the loader class indices, "
+                                "targets.argmax(1), for this look" if spread else
+                                ": a multilabel model's, whose classes are not one per item; read its "
+                                "probabilities with learn.get_preds(act=torch.sigmoid)" if per_class else ""))
         bad = ~torch.isfinite(probs).all(1)
         if bool(bad.any()):  # (argmax would count each as class 0: a wrong matrix, most_confused, and titles)
             raise ValueError(f"{what}: the model's outputs are not finite (NaN or inf) for {int(bad.sum())} of "

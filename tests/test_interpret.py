@@ -489,3 +489,13 @@ def test_a_multilabel_model_is_told_interpretation_is_for_one_class_per_item():
                        (lambda: Interpretation.from_learner(learn), "Interpretation")]:
         with pytest.raises(ValueError, match=rf"{name} is for classifiers.*multilabel.*get_preds\(act=torch.sigmoid\)"):
             call()
+
+
+def test_one_hot_or_soft_targets_are_told_to_be_class_indices_not_multilabel():
+    """(regression round T8) A softmax classifier trained on one-hot (or mixup's soft) float targets, which
+    cross_entropy takes, was called multilabel and told to read sigmoid probabilities."""
+    x, y = torch.randn(8, 5), F.one_hot(torch.arange(8) % 3, 3).float()
+    learn = TrainLearner(nn.Linear(5, 3), DataLoaders(None, TensorLoader(x, y, 4)), F.cross_entropy)
+    with pytest.raises(ValueError, match=r"class probabilities \(one-hot or soft labels\).*argmax\(1\)") as e:
+        Interpretation.from_learner(learn)
+    assert "sigmoid" not in str(e.value)

@@ -1078,3 +1078,20 @@ def test_a_metric_given_a_models_dict_or_tuple_is_told_how_to_pick_the_scores_ou
                          cbs=[MetricsCB(log_fn=None, accuracy=Accuracy())])
     with pytest.raises(TypeError, match=rf"returned a {output}.*calls the metric on {re.escape(pick)}\)"):
         learn.fit(1)
+
+
+def test_a_metric_given_a_dict_of_no_tensors_is_told_its_first_key():
+    """(regression round T8) A model returning {'heads': [logits, ...]} was told 'calls the metric on preds[None]'."""
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return {"heads": [self.lin(x), self.lin(x) * 0.5]}
+    x, y = torch.randn(16, 4), torch.arange(16) % 3
+    learn = TrainLearner(Heads(), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x[:8], y[:8], 8)),
+                         lambda o, y: F.cross_entropy(o["heads"][0], y),
+                         cbs=[MetricsCB(log_fn=None, accuracy=Accuracy())])
+    with pytest.raises(TypeError, match=r"calls the metric on preds\['heads'\]"):
+        learn.fit(1)

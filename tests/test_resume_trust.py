@@ -1006,6 +1006,11 @@ def _scaled_by_default(scale: float):
     return lambda preds, y, scale=scale: torch.nn.functional.cross_entropy(preds * scale, y)
 
 
+class _TopK(MulticlassAccuracy):
+    def __init__(self, topk: int = 1) -> None:
+        super().__init__(k=topk)
+
+
 def test_settings_inside_a_compose_a_loss_module_or_a_bound_methods_object_are_compared_too(tmp_path):
     """batch_tfms(RandomFlip(p)) (a Compose holding a list of transforms), a loss module whose setting is its
     submodule's, and a loss that is a bound method took other settings on resume without a word."""
@@ -1024,7 +1029,9 @@ def test_settings_inside_a_compose_a_loss_module_or_a_bound_methods_object_are_c
              # and a metric computing something else under its name (top-2 accuracy resumed as top-1): the run's
              # history, its best checkpoint and its early stopping mixed the two
              "MetricsCB_0.acc.k: 2.0 saved, 1.0 here": lambda v: dict(cbs=[MetricsCB(acc=MulticlassAccuracy(
-                 k=int(v)))])}
+                 k=int(v)))]),
+             # (regression round T8) a subclass storing its argument under its parent's name (topk -> k)
+             "MetricsCB_0.top.k: 3.0 saved, 1.0 here": lambda v: dict(cbs=[MetricsCB(top=_TopK(int(v)))])}
     for i, (said, setup) in enumerate(cases.items()):
         saved, here = (float(v) for v in re.findall(r"(\d\.\d) (?:saved|here)", said))
 
@@ -1036,8 +1043,8 @@ def test_settings_inside_a_compose_a_loss_module_or_a_bound_methods_object_are_c
                                 DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8)), kw["loss_func"], lr=0.1,
                                 cbs=[*kw["cbs"], CheckpointCB(tmp_path / str(i)), *extra])
         make(saved, [_CutPass(training=True, at=0, exc=CancelFitException, epoch=2)]).fit(4)
-        with pytest.warns(UserWarning, match=re.escape(said.replace("2.0 saved, 1.0 here", "2 saved, 1 here")
-                                                       if "MetricsCB" in said else said)):
+        with pytest.warns(UserWarning, match=re.escape(re.sub(r"(\d)\.0 saved, (\d)\.0 here", r"\1 saved, \2 here",
+                                                              said) if "MetricsCB" in said else said)):
             make(here).fit(4, resume=tmp_path / str(i))
         if i < 3:
             continue

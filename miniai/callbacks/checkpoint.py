@@ -452,18 +452,18 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
 
 
 def _metric_parts(found: dict[str, Any], name: str, metric: Any) -> None:
-    """A metric's class (or function) and its settings, the plain values of the attributes named as its
-    constructor's arguments (torcheval's k, average, num_classes), not its running state (counts as attributes,
-    which each pass resets), into `found` under `name`."""
+    """A metric's class (or function) and its settings, the plain values of the attributes named as its or its
+    parents' constructors' arguments (torcheval's k, average, num_classes), not its running state (counts as
+    attributes, which each pass resets), into `found` under `name`."""
     if isinstance(metric, (types.FunctionType, types.MethodType, functools.partial)):
         _plain_parts(found, name, metric)
         return
     found[name] = _named(type(metric))
-    try:
-        arguments = inspect.signature(type(metric).__init__).parameters
-    except (TypeError, ValueError):  # (a constructor in C: no settings to read)
-        arguments = {}
-    for key in arguments:
+    arguments = set()
+    for k in type(metric).__mro__:  # (and its parents': a subclass passing topk on as its parent's k)
+        with contextlib.suppress(TypeError, ValueError):  # (a constructor in C: no settings to read)
+            arguments.update(inspect.signature(k.__init__).parameters)
+    for key in sorted(arguments):
         value = _python(vars(metric).get(key, _SKIP)) if hasattr(metric, "__dict__") else _SKIP
         if key != "self" and value is not _SKIP:
             found[f"{name}.{key}"] = value

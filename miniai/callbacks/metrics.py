@@ -463,8 +463,8 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
             except (TypeError, AttributeError) as e:
                 if isinstance(p, torch.Tensor):
                     raise
-                key = next((k for k, v in p.items() if isinstance(v, torch.Tensor)), None) if isinstance(
-                    p, dict) else 0  # (a dict's first tensor: preds[0] raises KeyError there)
+                key = next((k for k, v in p.items() if isinstance(v, torch.Tensor)), next(iter(p), 0)) if isinstance(
+                    p, dict) else 0  # (a dict's first tensor, else its first key: preds[0] raises KeyError there)
                 raise TypeError(f"MetricsCB's metric {name!r} takes a tensor of predictions, but the model "
                                 f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
                                 "it a metric of your own whose update(preds, targets) picks the logits out "
