@@ -175,7 +175,7 @@ class RandomErase:
         in_cols = (xs >= left[:, None]) & (xs < (left + ew)[:, None])  # (N, W)
         mask = (in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None])[:, None]  # (N, 1, H, W)
         if self.fill == "zero":
-            return x.masked_fill(mask, 0)
+            return _layout_of(x, x.masked_fill(mask, 0))
         # Stats stay tensors (no .item()), so no host-device sync; integer images get float noise, rounded back.
         work = x.dtype if x.is_floating_point() else torch.float32
         xf = x.to(work)

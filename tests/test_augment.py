@@ -289,7 +289,8 @@ def test_random_erase_noise_follows_each_channels_statistics():
 
 
 @pytest.mark.parametrize("tfm", [lambda: RandomCrop(6, 1), lambda: RandomErase(p=1.0, fill="noise"),
-                                  lambda: RandomErase(p=1.0), lambda: RandomFlip(p=1.0)])
+                                  lambda: RandomErase(p=1.0), lambda: RandomErase(p=1.0, fill="zero"),
+                                  lambda: RandomFlip(p=1.0)])
 def test_a_channels_last_batch_stays_channels_last(tfm):
     """(probe S25 aug) DeviceCB(channels_last=True) puts inputs in channels-last; RandomCrop's gather and
     RandomErase's noise gave them back channels-first, without a word (a layout copy in every convolution)."""

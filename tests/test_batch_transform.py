@@ -388,3 +388,40 @@ def test_reflect_padding_of_a_mask_of_bools_crops_as_constant_padding_does():
     out = RandomCrop(6, 2, mode="reflect", generator=g)(mask)
     ref = RandomCrop(6, 2, mode="reflect", generator=torch.Generator().manual_seed(1))(mask.to(torch.uint8))
     assert out.dtype == torch.bool and torch.equal(out, ref.bool())
+
+
+def test_tta_takes_transforms_given_by_a_generator_and_a_partial_of_a_class_is_refused():
+    """(regression round T9) tta(tfms=(t for t in [flip])): the check of the transforms used the generator up, and
+    the copies were not transformed (tta gave the plain probabilities); BatchTransformCB(partial(RandomCrop, 8))
+    failed at the first batch, printing it as the padding."""
+    import functools
+    learn = image_learner([])
+    flip = RandomFlip(p=1.0)
+    assert torch.equal(learn.tta(tfms=(t for t in [flip]))[0], learn.tta(tfms=[flip])[0])
+    with pytest.raises(TypeError, match=r"the class RandomCrop: pass an instance"):
+        BatchTransformCB(functools.partial(RandomCrop, 8))
+
+
+def test_a_list_transform_that_replaces_its_items_with_new_tensors_is_no_in_place_edit():
+    """(regression round T9) xs[i] = x.flip(-1) rebuilds the list, writing nothing: refused as an in-place edit when
+    the data's version counter was not 0 (a tensor once filled in place), as the list's new items were compared."""
+    data = torch.empty(16, 4).normal_()
+    y = torch.arange(16) % 3
+    batches = [(list(data[i:i + 8]), y[i:i + 8]) for i in (0, 8)]
+
+    class ListModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, xs):
+            return self.lin(torch.stack(xs))
+
+    def flip_each(xs):
+        for i, x in enumerate(xs):
+            xs[i] = x.flip(-1)
+        return xs
+    before = data.clone()
+    TrainLearner(ListModel(), DataLoaders(batches, batches), F.cross_entropy,
+                 cbs=[BatchTransformCB(flip_each)]).fit(1)
+    assert torch.equal(data, before)

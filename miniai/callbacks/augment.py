@@ -5,6 +5,7 @@ callback only decides when they run. It runs after DeviceCB, so a GPU batch is a
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from ..augment import RandomCrop, RandomFlip
 from ..checks import add_note, describe, warn
 from ..learner import Callback, Learner
-from ..utils import tensor_versions
+from ..utils import tensor_versions, tensors_in
 
 __all__ = ["BatchTransformCB", "check_transform"]
 
@@ -101,7 +102,10 @@ class BatchTransformCB(Callback):
         return type(batch)((*out, *batch[n:]))
 
     def _apply(self, xb: torch.Tensor) -> torch.Tensor:
-        before = tensor_versions(xb)  # (a tensor's, or those of the tensors in a list of them: images of many sizes)
+        # (a tensor's, or those of the tensors in a list of them: images of many sizes; the list's own tensors, as a
+        # transform may put new ones in it)
+        held = [xb] if isinstance(xb, torch.Tensor) else list(tensors_in(xb))
+        before = [tensor_versions(t) for t in held]
         out = self.tfm(xb)
         if isinstance(xb, torch.Tensor) and isinstance(out, (tuple, list)):
             raise TypeError(f"BatchTransformCB's tfm returned a {type(out).__name__} for a tensor: it passes tfm the "
@@ -109,7 +113,7 @@ class BatchTransformCB(Callback):
                             "whole batch, (x, y), and by default also to validation batches): write it as "
                             "BatchTransformCB(lambda xb: (xb - mean) / std, on_val=True) for a normalization, which "
                             "validation needs as well (the default, on_val=False, is for augmentations)")
-        if before not in (None, ()) and tensor_versions(xb) != before:
+        if any(v is not None for v in before) and [tensor_versions(t) for t in held] != before:
             raise RuntimeError(f"BatchTransformCB's transform {self.tfm!r} modified the batch in place; batches "
                                "may be views of the loader's dataset, which would then change too (if yours are, "
                                "rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
@@ -120,8 +124,9 @@ class BatchTransformCB(Callback):
 def check_transform(tfm: Any, who: str) -> None:
     """Refuse a transform's class given for an instance (BatchTransformCB(RandomFlip)): the batch would be its first
     argument, p or size, and fail at the first batch with a bare torch error."""
-    if isinstance(tfm, type):
-        raise TypeError(f"{who} was given the class {tfm.__name__}: pass an instance, {tfm.__name__}(...) (e.g. "
+    cls = tfm.func if isinstance(tfm, functools.partial) else tfm  # (partial(RandomCrop, 8): a class still)
+    if isinstance(cls, type):
+        raise TypeError(f"{who} was given the class {cls.__name__}: pass an instance, {cls.__name__}(...) (e.g. "
                         "RandomFlip(), RandomCrop(28, 1)), which it calls on each batch's inputs")
 
 

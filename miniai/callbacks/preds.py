@@ -705,6 +705,8 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     if n and _shuffled(dl):
         raise ValueError("tta averages each item's probabilities over several passes, so the loader must give the "
                          "items in the same order each time: pass an unshuffled one (shuffle=False), e.g. dls.valid")
+    if not (tfms is None or callable(tfms) or isinstance(tfms, Callback)):
+        tfms = list(tfms)  # (once: a generator checked below would be used up before Compose took it)
     for t in [tfms] if tfms is None or callable(tfms) or isinstance(tfms, Callback) else tfms:
         if isinstance(t, Callback):  # (its before_batch would be called on the inputs)
             raise TypeError(f"tta takes transforms of the inputs (x -> x), and was given a {type(t).__name__}: "
