@@ -345,6 +345,17 @@ def test_a_training_only_transform_given_to_a_pass_that_trains_nothing_is_refuse
     image_learner([BatchTransformCB(RandomFlip())]).get_preds()  # the learner's own augmentation: left out, rightly
 
 
+class ListModel(nn.Module):
+    """A model whose input is a list of (4,) tensors (as images of several sizes come), stacked."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, xs):
+        return self.lin(torch.stack(xs))
+
+
 def test_a_transform_editing_list_inputs_in_place_is_refused_as_a_tensors_is():
     """(probe S25 aug) Inputs given as a list of tensors (images of several sizes) were edited in place by t.add_(1)
     every epoch, the dataset's mean going 0.065 -> 3.065, without a word; a tensor so edited is refused."""
@@ -352,13 +363,6 @@ def test_a_transform_editing_list_inputs_in_place_is_refused_as_a_tensors_is():
     original = x.clone()
     batches = [(list(x[i:i + 8]), y[i:i + 8]) for i in (0, 8)]
 
-    class ListModel(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(4, 3)
-
-        def forward(self, xs):
-            return self.lin(torch.stack(xs))
     learn = TrainLearner(ListModel(), DataLoaders(batches, batches), F.cross_entropy,
                          cbs=[BatchTransformCB(lambda xs: [t.add_(1.0) for t in xs])])
     with pytest.raises(RuntimeError, match=r"modified the batch in place"):
@@ -409,13 +413,6 @@ def test_a_list_transform_that_replaces_its_items_with_new_tensors_is_no_in_plac
     y = torch.arange(16) % 3
     batches = [(list(data[i:i + 8]), y[i:i + 8]) for i in (0, 8)]
 
-    class ListModel(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(4, 3)
-
-        def forward(self, xs):
-            return self.lin(torch.stack(xs))
 
     def flip_each(xs):
         for i, x in enumerate(xs):
