@@ -209,10 +209,10 @@ def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
     if not any(name in events or name in _FOREIGN_LEARNER or _foreign(name) for k in own for name in vars(k)):
         return
     called = {name for k in own for attr in vars(k).values() for name in _names_used(attr, strings=True)}
-    for cb in learn.cbs:  # and what callbacks of the user's read off the learner (not super().after_batch, nor a
-        for k in type(cb).__mro__:  # row's 'training_step' key)
+    for cb in learn.cbs:  # and what callbacks of the user's read off other objects than themselves (not
+        for k in type(cb).__mro__:  # super().after_batch, nor a row's 'training_step' key)
             if not k.__module__.startswith("miniai."):
-                called |= {name for attr in vars(k).values() for name in _read_off_learner(attr)}
+                called |= {name for attr in vars(k).values() for name in _read_off_others(attr)}
     for k in own:
         for name in vars(k):
             if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
@@ -239,42 +239,45 @@ def _names_used(attr: Any, strings: bool = False) -> set[str]:
     holds (`getattr(self, "train_step")`); the names of the functions a dict, list or tuple of methods holds."""
     if isinstance(attr, (dict, list, tuple)):
         return {getattr(f, "__name__", None) for f in (attr.values() if isinstance(attr, dict) else attr)} - {None}
+    names: set[str] = set()
+    for code in _codes(attr):
+        names.update(code.co_names)
+        names.update(c for c in code.co_consts if strings and isinstance(c, str))
+    return names
+
+
+def _read_off_others(attr: Any) -> set[str]:
+    """The names a callback's code reads off other objects than itself (`learn.x`, `self.learn.x`, an alias's;
+    not `self.x` nor `super().x`), and the strings it gives getattr or hasattr (`getattr(learn, 'x')`)."""
+    names: set[str] = set()
+    for code in _codes(attr):
+        ops = list(dis.get_instructions(code))
+        for i, op in enumerate(ops):
+            before = ops[max(0, i - 4):i]
+            if op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                own = (before and before[-1].opname == "LOAD_FAST" and before[-1].argval == "self") or any(
+                    b.opname == "LOAD_GLOBAL" and b.argval == "super" for b in before)
+                if not own:
+                    names.add(op.argval)
+            elif op.opname == "LOAD_CONST" and isinstance(op.argval, str) and any(
+                    b.opname in ("LOAD_GLOBAL", "LOAD_NAME") and b.argval in ("getattr", "hasattr") for b in before):
+                names.add(op.argval)
+    return names
+
+
+def _codes(attr: Any) -> Iterator[types.CodeType]:
+    """The code of a class attribute (a method's, a property's or staticmethod's function's, through decorators'
+    functools.wraps) and the code inside it (lambdas, nested functions, comprehensions)."""
     funcs = [attr] + [_attribute(attr, name) for name in ("fget", "fset", "fdel", "__func__", "func")]
     for f in list(funcs):  # (a decorated method's function, functools.wraps's __wrapped__, and what it wraps)
         while _attribute(f, "__wrapped__") is not None and len(funcs) < 64:
             f = f.__wrapped__
             funcs.append(f)
     codes = [code for f in funcs if (code := _attribute(f, "__code__")) is not None]
-    names: set[str] = set()
-    while codes:
-        code = codes.pop()
-        names.update(code.co_names)
-        names.update(c for c in code.co_consts if strings and isinstance(c, str))
-        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
-    return names
-
-
-def _read_off_learner(attr: Any) -> set[str]:
-    """The names a callback's method reads off its learner: `learn.x`, `self.learn.x` (the course's), or
-    `getattr(learn, 'x')`, in its code and the code inside it (lambdas, comprehensions)."""
-    func = _attribute(attr, "__func__") or attr  # (a staticmethod's or classmethod's function)
-    code = _attribute(func, "__code__")
-    if code is None or code.co_argcount < 2:
-        return set()
-    learner = code.co_varnames[1]  # (self, learn)
-    names, codes = set(), [code]
     while codes:
         code = codes.pop()
         codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
-        previous = None
-        for ins in dis.get_instructions(code):
-            if previous is not None and (previous.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE") and
-                                         previous.argval == learner or previous.opname in ("LOAD_ATTR", "LOAD_METHOD")
-                                         and previous.argval == "learn") \
-                    and ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "LOAD_CONST") and isinstance(ins.argval, str):
-                names.add(ins.argval)
-            previous = ins
-    return names
+        yield code
 
 
 def _attribute(obj: Any, name: str) -> Any:
@@ -770,13 +773,16 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
     for old in (getattr(opt, "_miniai_one_step", None), getattr(opt, "_miniai_one_step_done", None)):
         if old is not None:
             old.remove()  # (a fit resuming with the optimizer of an earlier one: this fit's count starts afresh)
-    learner, last, running = weakref.ref(learn), [None], [False]  # (a weak one: the optimizer must not keep its
-    # learner alive)
+    # (a weak one: the optimizer must not keep its learner alive; depth: steps running inside this batch's step)
+    learner, last, depth = weakref.ref(learn), [None], [0]
 
     def once(opt: Any, args: Any, kwargs: Any) -> None:
         learn = learner()
-        if learn is None or not (learn._in_fit and learn.training) or running[0]:
-            return  # outside a fit's training pass: by hand, not the loop's business; or a step's super().step()
+        if learn is None or not (learn._in_fit and learn.training):
+            return  # outside a fit's training pass: by hand, not the loop's business
+        if depth[0] and last[0] == (learn.epoch, learn.iter):  # a step's own super().step(): torch runs the hooks
+            depth[0] += 1  # again (a step that raised left depth up: the next batch's key differs)
+            return
         if last[0] == (learn.epoch, learn.iter) and _in_batch(learn):  # (between batches: experience replay's)
             owner = learn._handlers["step"]
             owner = type(owner[0].__self__).__name__ if owner else type(learn).__name__
@@ -797,11 +803,10 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
                 "cleared between the backward and the step (learn.opt.zero_grad() or model.zero_grad() in a "
                 "callback's after_backward?). Clear gradients after the step (after_step), as the learner's own "
                 "zero_grad does; to do the step in a callback, own it: owns_steps = ('step',)")
-        last[0] = (learn.epoch, learn.iter)
-        running[0] = True  # (until the step returns: torch runs the hooks again for a subclass's super().step())
+        last[0], depth[0] = (learn.epoch, learn.iter), 1
 
     def done(opt: Any, args: Any, kwargs: Any) -> None:
-        running[0] = False
+        depth[0] = max(depth[0] - 1, 0)
 
     with contextlib.suppress(AttributeError):  # (an optimizer with __slots__: not watched)
         opt._miniai_one_step = opt.register_step_pre_hook(once)

@@ -98,7 +98,8 @@ class Interpretation:
             per_class = isinstance(targets, torch.Tensor) and targets.shape == probs.shape and probs.ndim == 2 \
                 and targets.is_floating_point()
             # (rows summing to 1: one-hot or soft labels of a softmax classifier, which cross_entropy takes)
-            spread = per_class and bool(torch.allclose(targets.sum(1), torch.ones(len(targets)), atol=1e-3))
+            spread = per_class and bool(torch.allclose(targets.sum(1).float(), torch.ones(
+                len(targets), device=targets.device), atol=1e-3))
             raise ValueError(f"{what} is for classifiers: one target of class indices (N,) per item and "
                              f"(N, C) outputs; got targets {getattr(targets, 'shape', type(targets).__name__)}, "
                              f"outputs {tuple(probs.shape)}"

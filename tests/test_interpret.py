@@ -499,3 +499,12 @@ def test_one_hot_or_soft_targets_are_told_to_be_class_indices_not_multilabel():
     with pytest.raises(ValueError, match=r"class probabilities \(one-hot or soft labels\).*argmax\(1\)") as e:
         Interpretation.from_learner(learn)
     assert "sigmoid" not in str(e.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_one_hot_targets_of_any_float_dtype_get_the_advice(dtype):
+    """(regression round T10) float64 one-hot targets (numpy's np.eye) failed with 'Double did not match Float'."""
+    probs = torch.softmax(torch.randn(6, 3), 1)
+    targets = F.one_hot(torch.arange(6) % 3, 3).to(dtype)
+    with pytest.raises(ValueError, match=r"class probabilities \(one-hot or soft labels\)"):
+        Interpretation(None, probs, targets, torch.zeros(6))

@@ -1247,3 +1247,85 @@ def test_an_optimizer_whose_step_calls_its_parents_and_a_step_on_another_thread_
             thread.join()
     tiny_learner(cbs=[StepsOnAThread()]).fit(1)
     assert len(errors) == 3 and all("ran twice" in str(e) for e in errors)
+
+
+def test_what_callbacks_read_off_other_objects_than_themselves_counts_wherever_they_read_it():
+    """(regression round T10) The learner-argument scan took any method's second parameter for the learner (a
+    logger's `row["training_step"] = i`, a config's getattr(cfg, 'training_step', 1) let an uncalled training_step
+    through), and missed calls made through an alias, a helper, a static method, a nested function, *args or a
+    decorated method (refused though training_step ran)."""
+    class L(TrainLearner):
+        def training_step(self):
+            self.hits = getattr(self, "hits", 0) + 1
+
+    class StepLogger(Callback):
+        def after_batch(self, learn):
+            self._log({}, learn.iter)
+
+        def _log(self, row, i):
+            row["training_step"] = i
+    with pytest.raises(TypeError, match=r"L.training_step: the loop never calls it"):
+        tiny_learner([StepLogger()], learner_cls=L).fit(1)
+
+    class Decorated(Callback):
+        @torch.no_grad()
+        def after_batch(self, learn):
+            learn.training_step()
+
+    class Alias(Callback):
+        def after_batch(self, learn):
+            alias = learn
+            alias.training_step()
+
+    class Helper(Callback):
+        def after_batch(self, learn):
+            self.learn = learn
+            self._forward()
+
+        def _forward(self):
+            self.learn.training_step()
+
+    class Static(Callback):
+        def after_batch(self, learn):
+            self.forward(learn)
+
+        @staticmethod
+        def forward(learn):
+            learn.training_step()
+
+    class Star(Callback):
+        def after_batch(self, *args):
+            args[0].training_step()
+    for cb in (Decorated(), Alias(), Helper(), Static(), Star()):
+        learn = tiny_learner([cb], learner_cls=L)
+        learn.fit(1)
+        assert learn.hits == 5, type(cb).__name__
+
+
+def test_a_step_that_raised_or_steps_its_parent_twice_leaves_the_one_step_check_armed():
+    """(regression round T10) A step whose closure raised left the check's 'running' flag set: the next batch's
+    second step went through; an SGD subclass calling super().step() twice was refused only once a plain SGD had
+    been made (torch then runs the hooks for each super().step())."""
+    torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+
+    class TwiceSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            super().step(closure)
+            return super().step(closure)
+    learn = tiny_learner()
+    learn.opt_func = lambda params, lr: TwiceSGD(params, lr=lr)
+    learn.fit(1)  # (its own two updates a batch: the step is its business)
+
+    class ClosureLearner(TrainLearner):  # its step's closure cancels batch 0 from inside the step
+        def step(self):
+            def closure():
+                if self.iter == 0:
+                    raise CancelBatchException()
+                return self.loss
+            self.opt.step(closure)
+
+    class StepsAgain(Callback):
+        def after_step(self, learn):
+            learn.opt.step()
+    with pytest.raises(RuntimeError, match=r"ran twice in training batch 1 of epoch 0"):
+        tiny_learner(cbs=[StepsAgain()], learner_cls=ClosureLearner).fit(1)

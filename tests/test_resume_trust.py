@@ -1193,3 +1193,31 @@ def test_a_metric_of_ones_own_with_counts_as_attributes_is_no_setting_on_resume(
     assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]
     with pytest.warns(UserWarning, match=r"MetricsCB_0.acc.k: 1 saved, 2 here"):
         make(2).fit(4, resume=tmp_path / "epoch_0002.pt", cbs=[CheckpointCB(tmp_path / "other")])
+
+
+@pytest.mark.parametrize("version", [None, 2])
+def test_a_checkpoint_of_an_older_setup_compares_only_the_settings_it_holds(tmp_path, version):
+    """(regression round T10) A file written before metrics' settings were compared (or before their parents'
+    were: setup version 2) was told 'MetricsCB_0.acc.k: none saved, 1 here' on an unchanged resume."""
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.learner import TrainLearner
+    from miniai.callbacks import CheckpointCB
+
+    def make():
+        torch.manual_seed(0)
+        x, y = torch.randn(32, 4), torch.arange(32) % 3
+        return TrainLearner(torch.nn.Linear(4, 3), DataLoaders(TensorLoader(x, y, 8), TensorLoader(x[:16], y[:16], 8)),
+                            torch.nn.functional.cross_entropy, lr=0.1,
+                            cbs=[MetricsCB(log_fn=None, acc=MulticlassAccuracy())])
+    make().fit(2, cbs=[CheckpointCB(tmp_path / "run")])
+    state = load_checkpoint(tmp_path / "run")
+    setup = {k: v for k, v in state["setup"].items() if not k.startswith("MetricsCB") and k != "setup version"}
+    if version is not None:
+        setup["setup version"] = version
+    older = tmp_path / "older" / "epoch_0002.pt"
+    older.parent.mkdir()
+    torch.save({**{k: v for k, v in state.items() if k != "checksum"}, "setup": setup}, older)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make().fit(3, resume=older)
+    assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]
