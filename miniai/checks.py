@@ -176,7 +176,7 @@ def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> No
     if missing:
         raise TypeError(f"{type(learn).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                         "or use TrainLearner, which defines the steps itself.")
-    _check_learner_names(learn, [e for e in owners if e not in steps])
+    _check_learner_names(learn, [e for e in owners if e not in steps], list(owners))
     from .supervised import TrainLearner  # (imported here: it imports the learner, which imports this module)
     for s in steps:  # (miniai's TrainLearner's own steps are the defaults a callback may replace)
         default = getattr(TrainLearner, s) if isinstance(learn, TrainLearner) else None
@@ -202,17 +202,19 @@ _FOREIGN_LEARNER = {
     "compute_loss": "Keras': the loss is loss_func(preds, *targets): pass loss_func (or override get_loss)"}
 
 
-def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
+def _check_learner_names(learn: Any, events: Sequence[str], handlers: Sequence[str] = ()) -> None:
     """Refuse a Learner subclass's method that the loop never calls: an event's name (events are callbacks'
-    methods), or another framework's event or training method (training_step, configure_optimizers, ...)."""
+    methods), or another framework's event or training method (training_step, configure_optimizers, ...), unless
+    its own code or a callback's calls it (`handlers`: the callbacks' methods the learner is passed to)."""
     own = [k for k in type(learn).__mro__ if not k.__module__.startswith("miniai.") and k is not object]
     if not any(name in events or name in _FOREIGN_LEARNER or _foreign(name) for k in own for name in vars(k)):
         return
     called = {name for k in own for attr in vars(k).values() for name in _names_used(attr, strings=True)}
-    for cb in learn.cbs:  # and what callbacks of the user's read off other objects than themselves (not
-        for k in type(cb).__mro__:  # super().after_batch, nor a row's 'training_step' key)
+    for cb in learn.cbs:  # and what callbacks of the user's read off the learner (not super().after_batch, a
+        for k in type(cb).__mro__:  # row's 'training_step' key, a wrapped Lightning module's training_step)
             if not k.__module__.startswith("miniai."):
-                called |= {name for attr in vars(k).values() for name in _read_off_others(attr)}
+                called |= {read for name, attr in vars(k).items()
+                           for read in _read_off_learner(attr, name in handlers)}
     for k in own:
         for name in vars(k):
             if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
@@ -246,21 +248,24 @@ def _names_used(attr: Any, strings: bool = False) -> set[str]:
     return names
 
 
-def _read_off_others(attr: Any) -> set[str]:
-    """The names a callback's code reads off other objects than itself (`learn.x`, `self.learn.x`, an alias's;
-    not `self.x` nor `super().x`), and the strings it gives getattr or hasattr (`getattr(learn, 'x')`)."""
+def _read_off_learner(attr: Any, handler: bool) -> set[str]:
+    """The names a callback's method reads off its learner, and the strings it gives getattr or hasattr with it:
+    off `learn` (a `handler`'s second parameter, or any variable of that name, and what is assigned from it), or off
+    `self.learn` (the course's); not off anything else (a wrapped module's training_step, a child callback's
+    after_batch, its own self.x or super().x)."""
     names: set[str] = set()
     for code in _codes(attr):
+        learners = {"learn"} | ({code.co_varnames[1]} if handler and code.co_argcount > 1 else set())
         ops = list(dis.get_instructions(code))
         for i, op in enumerate(ops):
-            before = ops[max(0, i - 4):i]
-            if op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
-                own = (before and before[-1].opname == "LOAD_FAST" and before[-1].argval == "self") or any(
-                    b.opname == "LOAD_GLOBAL" and b.argval == "super" for b in before)
-                if not own:
-                    names.add(op.argval)
-            elif op.opname == "LOAD_CONST" and isinstance(op.argval, str) and any(
-                    b.opname in ("LOAD_GLOBAL", "LOAD_NAME") and b.argval in ("getattr", "hasattr") for b in before):
+            off = i > 0 and (ops[i - 1].opname in ("LOAD_FAST", "LOAD_DEREF") and ops[i - 1].argval in learners
+                             or ops[i - 1].opname in ("LOAD_ATTR", "LOAD_METHOD") and ops[i - 1].argval == "learn")
+            if off and op.opname in ("STORE_FAST", "STORE_DEREF"):  # (alias = learn)
+                learners.add(op.argval)
+            elif off and op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                names.add(op.argval)
+            elif off and op.opname == "LOAD_CONST" and isinstance(op.argval, str) and any(
+                    b.opname == "LOAD_GLOBAL" and b.argval in ("getattr", "hasattr") for b in ops[max(0, i - 3):i - 1]):
                 names.add(op.argval)
     return names
 

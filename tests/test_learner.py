@@ -1293,10 +1293,7 @@ def test_what_callbacks_read_off_other_objects_than_themselves_counts_wherever_t
         def forward(learn):
             learn.training_step()
 
-    class Star(Callback):
-        def after_batch(self, *args):
-            args[0].training_step()
-    for cb in (Decorated(), Alias(), Helper(), Static(), Star()):
+    for cb in (Decorated(), Alias(), Helper(), Static()):
         learn = tiny_learner([cb], learner_cls=L)
         learn.fit(1)
         assert learn.hits == 5, type(cb).__name__
@@ -1329,3 +1326,48 @@ def test_a_step_that_raised_or_steps_its_parent_twice_leaves_the_one_step_check_
             learn.opt.step()
     with pytest.raises(RuntimeError, match=r"ran twice in training batch 1 of epoch 0"):
         tiny_learner(cbs=[StepsAgain()], learner_cls=ClosureLearner).fit(1)
+
+
+def test_a_method_of_the_same_name_read_off_another_object_is_no_call_of_the_learners():
+    """(regression round T11) Reading the name off anything but the learner let a learner's uncalled method
+    through: a callback wrapping a Lightning module (self.module.training_step), one forwarding events to child
+    callbacks (c.after_batch(learn)), getattr(self, 'training_step'), a getattr default 'after_batch', a lambda
+    calling self.training_step()."""
+    class L(TrainLearner):
+        def training_step(self):
+            return self.loss * 100
+
+        def after_batch(self):
+            pass
+
+    class Module:
+        def training_step(self, batch, i):
+            return 0
+
+    class WrapsLit(Callback):
+        module = Module()
+
+        def after_batch(self, learn):
+            self.module.training_step(learn.batch, learn.iter)
+
+    class ForwardsToChildren(Callback):
+        children = []
+
+        def after_batch(self, learn):
+            for c in self.children:
+                c.after_batch(learn)
+
+    class OwnGetattr(Callback):
+        def after_batch(self, learn):
+            getattr(self, "training_step", None)
+            getattr(learn, "event", "after_batch")
+
+    class SelfInLambda(Callback):
+        def training_step(self):
+            pass
+
+        def after_batch(self, learn):
+            (lambda: self.training_step())()
+    for cb in (WrapsLit(), ForwardsToChildren(), OwnGetattr(), SelfInLambda()):
+        with pytest.raises(TypeError, match=r"L\.(training_step|after_batch): the loop never calls it"):
+            L(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[cb]).fit(1)
