@@ -209,12 +209,14 @@ def _check_learner_names(learn: Any, events: Sequence[str], handlers: Sequence[s
     own = [k for k in type(learn).__mro__ if not k.__module__.startswith("miniai.") and k is not object]
     if not any(name in events or name in _FOREIGN_LEARNER or _foreign(name) for k in own for name in vars(k)):
         return
-    called = {name for k in own for attr in vars(k).values() for name in _names_used(attr, strings=True)}
-    for cb in learn.cbs:  # and what callbacks of the user's read off the learner (not super().after_batch, a
-        for k in type(cb).__mro__:  # row's 'training_step' key, a wrapped Lightning module's training_step)
+    # what its own code reads off self, and callbacks of the user's off the learner (not super().after_batch, a
+    # row's 'training_step' key, a wrapped Lightning module's training_step)
+    called = {name for k in own for attr in vars(k).values() for name in _read_off(attr, {"self"})}
+    for cb in learn.cbs:
+        for k in type(cb).__mro__:
             if not k.__module__.startswith("miniai."):
                 called |= {read for name, attr in vars(k).items()
-                           for read in _read_off_learner(attr, name in handlers)}
+                           for read in _read_off(attr, {"learn"}, name in handlers, "learn")}
     for k in own:
         for name in vars(k):
             if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
@@ -235,54 +237,62 @@ def _check_learner_names(learn: Any, events: Sequence[str], handlers: Sequence[s
                             "be ignored without a word)")
 
 
-def _names_used(attr: Any, strings: bool = False) -> set[str]:
-    """The attribute names a class attribute's code reads (a method's, a property's or staticmethod's function's),
-    with those of the code inside it (lambdas, nested functions, comprehensions), and, `strings`, the strings it
-    holds (`getattr(self, "train_step")`); the names of the functions a dict, list or tuple of methods holds."""
+def _read_off(attr: Any, holders: set[str], handler: bool = False, attribute: str | None = None) -> set[str]:
+    """The names a class attribute's code reads off an object it holds in one of the variables `holders` (or in one
+    assigned from them, also by `:=`; in a lambda, comprehension or nested function through the enclosing code's),
+    and the strings it gives getattr or hasattr with it. `handler`: a callback's event or step, whose learner
+    parameter (the second; a staticmethod's first) holds it too; `attribute`: `self.learn` holds it (the course's
+    callbacks). A dict, list or tuple of methods: their names."""
     if isinstance(attr, (dict, list, tuple)):
         return {getattr(f, "__name__", None) for f in (attr.values() if isinstance(attr, dict) else attr)} - {None}
+    first = 0 if isinstance(attr, staticmethod) else 1
     names: set[str] = set()
-    for code in _codes(attr):
-        names.update(code.co_names)
-        names.update(c for c in code.co_consts if strings and isinstance(c, str))
+    for f in _functions(attr):
+        code = f.__code__
+        param = {code.co_varnames[first]} if handler and code.co_argcount > first else set()
+        names |= _code_reads(code, holders | param, holders, attribute)
     return names
 
 
-def _read_off_learner(attr: Any, handler: bool) -> set[str]:
-    """The names a callback's method reads off its learner, and the strings it gives getattr or hasattr with it:
-    off `learn` (a `handler`'s second parameter, or any variable of that name, and what is assigned from it), or off
-    `self.learn` (the course's); not off anything else (a wrapped module's training_step, a child callback's
-    after_batch, its own self.x or super().x)."""
-    names: set[str] = set()
-    for code in _codes(attr):
-        learners = {"learn"} | ({code.co_varnames[1]} if handler and code.co_argcount > 1 else set())
-        ops = list(dis.get_instructions(code))
-        for i, op in enumerate(ops):
-            off = i > 0 and (ops[i - 1].opname in ("LOAD_FAST", "LOAD_DEREF") and ops[i - 1].argval in learners
-                             or ops[i - 1].opname in ("LOAD_ATTR", "LOAD_METHOD") and ops[i - 1].argval == "learn")
-            if off and op.opname in ("STORE_FAST", "STORE_DEREF"):  # (alias = learn)
-                learners.add(op.argval)
-            elif off and op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+def _code_reads(code: types.CodeType, held: set[str], base: set[str], attribute: str | None) -> set[str]:
+    """`_read_off` for one code object and the code inside it."""
+    names, held = set(), set(held)
+    ops = list(dis.get_instructions(code))
+    on_top, copies = False, 0  # whether the value on top of the stack is the object held (and copies of it)
+    for i, op in enumerate(ops):
+        if op.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE") and op.argval in held:
+            on_top, copies = True, 0
+        elif on_top and op.opname in ("COPY", "DUP_TOP"):  # (alias := learn)
+            copies += 1
+        elif on_top and op.opname in ("STORE_FAST", "STORE_DEREF"):  # (alias = learn)
+            held.add(op.argval)
+            on_top, copies = copies > 0, max(copies - 1, 0)
+        elif op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+            if on_top:
                 names.add(op.argval)
-            elif off and op.opname == "LOAD_CONST" and isinstance(op.argval, str) and any(
+            on_top, copies = attribute is not None and op.argval == attribute, 0
+        else:
+            if on_top and op.opname == "LOAD_CONST" and isinstance(op.argval, str) and any(
                     b.opname == "LOAD_GLOBAL" and b.argval in ("getattr", "hasattr") for b in ops[max(0, i - 3):i - 1]):
                 names.add(op.argval)
+            on_top, copies = False, 0
+    for inner in (c for c in code.co_consts if hasattr(c, "co_names")):  # (what it encloses sees what it holds)
+        names |= _code_reads(inner, base | (held & set(inner.co_freevars)), base, attribute)
     return names
 
 
-def _codes(attr: Any) -> Iterator[types.CodeType]:
-    """The code of a class attribute (a method's, a property's or staticmethod's function's, through decorators'
-    functools.wraps) and the code inside it (lambdas, nested functions, comprehensions)."""
+def _functions(attr: Any) -> list[types.FunctionType]:
+    """The functions of a class attribute: a method's, a property's, a staticmethod's or classmethod's, and those a
+    decorator wraps (functools.wraps' __wrapped__, or a function its wrapper holds in its closure)."""
     funcs = [attr] + [_attribute(attr, name) for name in ("fget", "fset", "fdel", "__func__", "func")]
-    for f in list(funcs):  # (a decorated method's function, functools.wraps's __wrapped__, and what it wraps)
+    for f in list(funcs):
         while _attribute(f, "__wrapped__") is not None and len(funcs) < 64:
             f = f.__wrapped__
             funcs.append(f)
-    codes = [code for f in funcs if (code := _attribute(f, "__code__")) is not None]
-    while codes:
-        code = codes.pop()
-        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
-        yield code
+    for f in list(funcs):
+        funcs += [inner for cell in _attribute(f, "__closure__") or ()
+                  if isinstance(inner := _attribute(cell, "cell_contents"), types.FunctionType)]
+    return [f for f in funcs if isinstance(f, types.FunctionType)]
 
 
 def _attribute(obj: Any, name: str) -> Any:

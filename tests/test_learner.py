@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import functools
+import types
 import re
 import warnings
 from types import SimpleNamespace
@@ -1371,3 +1372,79 @@ def test_a_method_of_the_same_name_read_off_another_object_is_no_call_of_the_lea
     for cb in (WrapsLit(), ForwardsToChildren(), OwnGetattr(), SelfInLambda()):
         with pytest.raises(TypeError, match=r"L\.(training_step|after_batch): the loop never calls it"):
             L(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[cb]).fit(1)
+
+
+def test_calls_of_a_learners_method_are_what_is_read_off_the_learner_in_every_enclosed_function():
+    """(regression round T12) A nested helper's or lambda's own second parameter was taken for the learner (a
+    wrapped module's training_step let the learner's, never called, through), and so was anything the subclass's
+    own code read (self.module.training_step, a dict key 'train_step'); calls through :=, a closure or
+    comprehension over the event's parameter, a staticmethod event, or a decorator without functools.wraps were
+    refused though they ran."""
+    class L(TrainLearner):
+        def training_step(self):
+            self.hits = getattr(self, "hits", 0) + 1
+
+    class NestedHelper(Callback):
+        module = types.SimpleNamespace(training_step=lambda batch: 0)
+
+        def after_batch(self, learn):
+            def go(batch, mod):
+                mod.training_step(batch)
+            go(learn.batch, self.module)
+            (lambda b, m: m.training_step(b))(learn.batch, self.module)
+    with pytest.raises(TypeError, match=r"L.training_step: the loop never calls it"):
+        L(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[NestedHelper()]).fit(1)
+
+    class Own(TrainLearner):
+        module = types.SimpleNamespace(training_step=lambda batch: 0)
+
+        def training_step(self):
+            pass
+
+        def get_loss(self):
+            self.module.training_step(self.batch)
+            super().get_loss()
+
+    class Key(TrainLearner):
+        def train_step(self):
+            pass
+
+        def row(self):
+            return {"train_step": self.iter}
+    for cls, name in ((Own, "training_step"), (Key, "train_step")):
+        with pytest.raises(TypeError, match=rf"{cls.__name__}.{name}: the loop never calls it"):
+            cls(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)
+
+    def plain(f):  # (a decorator without functools.wraps)
+        def wrapper(*args):
+            return f(*args)
+        return wrapper
+
+    class Walrus(Callback):
+        def after_batch(self, learn):
+            (alias := learn).training_step()
+            assert alias is learn
+
+    class Closure(Callback):
+        def after_batch(self, lrn):
+            def call():
+                lrn.training_step()
+            call()
+
+    class Comprehension(Callback):
+        def after_batch(self, lrn):
+            [lrn.training_step() for _ in range(1)]
+
+    class StaticEvent(Callback):
+        @staticmethod
+        def after_batch(lrn):
+            lrn.training_step()
+
+    class Decorated(Callback):
+        @plain
+        def after_batch(self, lrn):
+            lrn.training_step()
+    for cb in (Walrus(), Closure(), Comprehension(), StaticEvent(), Decorated()):
+        learn = L(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[cb])
+        learn.fit(1)
+        assert learn.hits == 5, type(cb).__name__
