@@ -199,7 +199,11 @@ _FOREIGN_LEARNER = {
                             "opt_func",
     "train_step": "Keras': a training step is the learner's predict, get_loss, backward, step and zero_grad: "
                   "override those, or own them in a callback (owns_steps)",
-    "compute_loss": "Keras': the loss is loss_func(preds, *targets): pass loss_func (or override get_loss)"}
+    "compute_loss": "Keras': the loss is loss_func(preds, *targets): pass loss_func (or override get_loss)",
+    "test_step": "Lightning's or Keras': evaluation is fit(n, train=False) or learn.get_preds(dl), through the same "
+                 "predict and get_loss steps",
+    "predict_step": "Lightning's or Keras': predictions come from learn.get_preds(dl), through the learner's predict "
+                    "step"}
 
 
 def _check_learner_names(learn: Any, events: Sequence[str], handlers: Sequence[str] = ()) -> None:
@@ -209,14 +213,20 @@ def _check_learner_names(learn: Any, events: Sequence[str], handlers: Sequence[s
     own = [k for k in type(learn).__mro__ if not k.__module__.startswith("miniai.") and k is not object]
     if not any(name in events or name in _FOREIGN_LEARNER or _foreign(name) for k in own for name in vars(k)):
         return
-    # what its own code reads off self, and callbacks of the user's off the learner (not super().after_batch, a
-    # row's 'training_step' key, a wrapped Lightning module's training_step)
-    called = {name for k in own for attr in vars(k).values() for name in _read_off(attr, {"self"})}
-    for cb in learn.cbs:
-        for k in type(cb).__mro__:
-            if not k.__module__.startswith("miniai."):
-                called |= {read for name, attr in vars(k).items()
-                           for read in _read_off(attr, {"learn"}, name in handlers, "learn")}
+    # what callbacks of the user's read off the learner (not super().after_batch, a row's 'training_step' key, a
+    # wrapped Lightning module's training_step), and what its own methods that may run read off self (its first
+    # parameter), super() or its classes: a method the loop never calls calls nothing (test_step -> training_step)
+    called = {read for cb in learn.cbs for k in type(cb).__mro__ if not k.__module__.startswith("miniai.")
+              for name, attr in vars(k).items() for read in _read_off(attr, {"learn"}, 1 if name in handlers else None,
+                                                                       "learn")}
+    holders = {"self", *(k.__name__ for k in own)}
+    reads = {name: _read_off(attr, holders, 0, supers=True) for k in own for name, attr in vars(k).items()}
+    running = {name for name in reads if not (name in events or name in _FOREIGN_LEARNER or _foreign(name))}
+    reached: set[str] = set()
+    while running:  # (until no method is newly reached)
+        reached |= running
+        called |= set().union(*(reads[name] for name in running))
+        running = {name for name in reads if name in called} - reached
     for k in own:
         for name in vars(k):
             if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
@@ -237,31 +247,37 @@ def _check_learner_names(learn: Any, events: Sequence[str], handlers: Sequence[s
                             "be ignored without a word)")
 
 
-def _read_off(attr: Any, holders: set[str], handler: bool = False, attribute: str | None = None) -> set[str]:
+def _read_off(attr: Any, holders: set[str], param: int | None = None, attribute: str | None = None,
+              supers: bool = False) -> set[str]:
     """The names a class attribute's code reads off an object it holds in one of the variables `holders` (or in one
     assigned from them, also by `:=`; in a lambda, comprehension or nested function through the enclosing code's),
-    and the strings it gives getattr or hasattr with it. `handler`: a callback's event or step, whose learner
-    parameter (the second; a staticmethod's first) holds it too; `attribute`: `self.learn` holds it (the course's
-    callbacks). A dict, list or tuple of methods: their names."""
+    and the strings it gives getattr or hasattr with it. `param`: the index of a method's parameter that holds it
+    too (a staticmethod's one less); `attribute`: `self.learn` holds it (the course's callbacks); `supers`: and what
+    it reads off `super()`. A dict, list or tuple of methods: their names."""
     if isinstance(attr, (dict, list, tuple)):
         return {getattr(f, "__name__", None) for f in (attr.values() if isinstance(attr, dict) else attr)} - {None}
-    first = 0 if isinstance(attr, staticmethod) else 1
+    index = None if param is None else param - isinstance(attr, staticmethod)
     names: set[str] = set()
     for f in _functions(attr):
         code = f.__code__
-        param = {code.co_varnames[first]} if handler and code.co_argcount > first else set()
-        names |= _code_reads(code, holders | param, holders, attribute)
+        own = {code.co_varnames[index]} if index is not None and 0 <= index < code.co_argcount else set()
+        names |= _code_reads(code, holders | own, holders, attribute, supers)
     return names
 
 
-def _code_reads(code: types.CodeType, held: set[str], base: set[str], attribute: str | None) -> set[str]:
+def _code_reads(code: types.CodeType, held: set[str], base: set[str], attribute: str | None,
+                supers: bool) -> set[str]:
     """`_read_off` for one code object and the code inside it."""
     names, held = set(), set(held)
     ops = list(dis.get_instructions(code))
     on_top, copies = False, 0  # whether the value on top of the stack is the object held (and copies of it)
     for i, op in enumerate(ops):
-        if op.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE") and op.argval in held:
+        if op.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_GLOBAL") and op.argval in held:
             on_top, copies = True, 0
+        elif supers and (op.opname == "LOAD_SUPER_ATTR" or op.opname in ("LOAD_ATTR", "LOAD_METHOD") and any(
+                b.opname == "LOAD_GLOBAL" and b.argval == "super" for b in ops[max(0, i - 3):i])):
+            names.add(op.argval)  # (super().compute_loss(...))
+            on_top, copies = False, 0
         elif on_top and op.opname in ("COPY", "DUP_TOP"):  # (alias := learn)
             copies += 1
         elif on_top and op.opname in ("STORE_FAST", "STORE_DEREF"):  # (alias = learn)
@@ -277,21 +293,22 @@ def _code_reads(code: types.CodeType, held: set[str], base: set[str], attribute:
                 names.add(op.argval)
             on_top, copies = False, 0
     for inner in (c for c in code.co_consts if hasattr(c, "co_names")):  # (what it encloses sees what it holds)
-        names |= _code_reads(inner, base | (held & set(inner.co_freevars)), base, attribute)
+        names |= _code_reads(inner, base | (held & set(inner.co_freevars)), base, attribute, supers)
     return names
 
 
 def _functions(attr: Any) -> list[types.FunctionType]:
     """The functions of a class attribute: a method's, a property's, a staticmethod's or classmethod's, and those a
-    decorator wraps (functools.wraps' __wrapped__, or a function its wrapper holds in its closure)."""
+    decorator wraps (functools.wraps' __wrapped__, or a function its wrapper of *args holds in its closure)."""
     funcs = [attr] + [_attribute(attr, name) for name in ("fget", "fset", "fdel", "__func__", "func")]
     for f in list(funcs):
         while _attribute(f, "__wrapped__") is not None and len(funcs) < 64:
             f = f.__wrapped__
             funcs.append(f)
-    for f in list(funcs):
-        funcs += [inner for cell in _attribute(f, "__closure__") or ()
-                  if isinstance(inner := _attribute(cell, "cell_contents"), types.FunctionType)]
+    for f in list(funcs):  # (a wrapper of *args: a decorator's; a method's closure holds other functions)
+        if isinstance(f, types.FunctionType) and f.__code__.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+            funcs += [inner for cell in f.__closure__ or ()
+                      if isinstance(inner := _attribute(cell, "cell_contents"), types.FunctionType)]
     return [f for f in funcs if isinstance(f, types.FunctionType)]
 
 

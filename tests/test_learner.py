@@ -1448,3 +1448,37 @@ def test_calls_of_a_learners_method_are_what_is_read_off_the_learner_in_every_en
         learn = L(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss, cbs=[cb])
         learn.fit(1)
         assert learn.hits == 5, type(cb).__name__
+
+
+def test_a_method_only_uncalled_methods_call_is_uncalled_and_a_parents_called_through_super_is_called():
+    """(regression round T13) A Lightning port's test_step -> validation_step -> training_step chain passed though
+    none of them ever ran (a method the loop never calls calls nothing); super().compute_loss() and
+    A.compute_loss(self, ...) in a subclass's get_loss were refused though they ran."""
+    class Lit(TrainLearner):
+        def training_step(self, batch, i):
+            return F.mse_loss(self.model(batch[0]), batch[1])
+
+        def validation_step(self, batch, i):
+            return self.training_step(batch, i)
+
+        def test_step(self, batch, i):
+            return self.validation_step(batch, i)
+    with pytest.raises(TypeError, match=r"Lit\.(training_step|validation_step|test_step): the loop never calls it"):
+        Lit(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss).fit(1)
+
+    class A(TrainLearner):
+        def compute_loss(self, preds, y):
+            self.used = True
+            return F.mse_loss(preds, y)
+
+    class B(A):
+        def get_loss(self):
+            self.loss = super().compute_loss(self.preds, *self.yb)
+
+    class C(A):
+        def get_loss(this):
+            this.loss = A.compute_loss(this, this.preds, *this.yb)
+    for cls in (B, C):
+        learn = cls(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss)
+        learn.fit(1)
+        assert learn.used
