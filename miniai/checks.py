@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import dis
 import functools
 import importlib.util
 import inspect
@@ -176,7 +175,7 @@ def check_steps(learn: Any, steps: Sequence[str], owners: dict[str, list]) -> No
     if missing:
         raise TypeError(f"{type(learn).__name__} has no way to {', '.join(missing)}: add TrainCB() to cbs, "
                         "or use TrainLearner, which defines the steps itself.")
-    _check_learner_names(learn, [e for e in owners if e not in steps], list(owners))
+    _check_learner_names(learn, [e for e in owners if e not in steps])
     from .supervised import TrainLearner  # (imported here: it imports the learner, which imports this module)
     for s in steps:  # (miniai's TrainLearner's own steps are the defaults a callback may replace)
         default = getattr(TrainLearner, s) if isinstance(learn, TrainLearner) else None
@@ -206,30 +205,15 @@ _FOREIGN_LEARNER = {
                     "step"}
 
 
-def _check_learner_names(learn: Any, events: Sequence[str], handlers: Sequence[str] = ()) -> None:
-    """Refuse a Learner subclass's method that the loop never calls: an event's name (events are callbacks'
-    methods), or another framework's event or training method (training_step, configure_optimizers, ...), unless
-    its own code or a callback's calls it (`handlers`: the callbacks' methods the learner is passed to)."""
+def _check_learner_names(learn: Any, events: Sequence[str]) -> None:
+    """Refuse a Learner subclass's method named like an event (events are callbacks' methods) or like another
+    framework's event or training method (training_step, configure_optimizers, ...): the loop never calls a method
+    of that name, so a port's would be ignored without a word. One plain rule, as for callbacks: a helper of yours
+    of such a name is refused too, and renaming it keeps it."""
     own = [k for k in type(learn).__mro__ if not k.__module__.startswith("miniai.") and k is not object]
-    if not any(name in events or name in _FOREIGN_LEARNER or _foreign(name) for k in own for name in vars(k)):
-        return
-    # what callbacks of the user's read off the learner (not super().after_batch, a row's 'training_step' key, a
-    # wrapped Lightning module's training_step), and what its own methods that may run read off self (its first
-    # parameter), super() or its classes: a method the loop never calls calls nothing (test_step -> training_step)
-    called = {read for cb in learn.cbs for k in type(cb).__mro__ if not k.__module__.startswith("miniai.")
-              for name, attr in vars(k).items() for read in _read_off(attr, {"learn"}, 1 if name in handlers else None,
-                                                                       "learn")}
-    holders = {"self", *(k.__name__ for k in own)}
-    reads = {name: _read_off(attr, holders, 0, supers=True) for k in own for name, attr in vars(k).items()}
-    running = {name for name in reads if not (name in events or name in _FOREIGN_LEARNER or _foreign(name))}
-    reached: set[str] = set()
-    while running:  # (until no method is newly reached)
-        reached |= running
-        called |= set().union(*(reads[name] for name in running))
-        running = {name for name in reads if name in called} - reached
     for k in own:
-        for name in vars(k):
-            if name in called:  # (a helper of its own steps: compute_loss called by its get_loss)
+        for name, attr in vars(k).items():
+            if not _is_method(attr):  # (a class attribute of data, a property: nothing the loop would call)
                 continue
             if name in events:
                 why = f"events are callbacks' methods: move it into a callback's method, def {name}(self, learn)"
@@ -242,82 +226,9 @@ def _check_learner_names(learn: Any, events: Sequence[str], handlers: Sequence[s
             else:
                 continue
             cls = type(learn).__name__
-            raise TypeError(f"{cls}.{name}: the loop never calls it, nor does the code of {cls} or of its callbacks: "
-                            f"{why}. (if code of yours calls it, rename it: a method of this name left uncalled would "
-                            "be ignored without a word)")
-
-
-def _read_off(attr: Any, holders: set[str], param: int | None = None, attribute: str | None = None,
-              supers: bool = False) -> set[str]:
-    """The names a class attribute's code reads off an object it holds in one of the variables `holders` (or in one
-    assigned from them, also by `:=`; in a lambda, comprehension or nested function through the enclosing code's),
-    and the strings it gives getattr or hasattr with it. `param`: the index of a method's parameter that holds it
-    too (a staticmethod's one less); `attribute`: `self.learn` holds it (the course's callbacks); `supers`: and what
-    it reads off `super()`. A dict, list or tuple of methods: their names."""
-    if isinstance(attr, (dict, list, tuple)):
-        return {getattr(f, "__name__", None) for f in (attr.values() if isinstance(attr, dict) else attr)} - {None}
-    index = None if param is None else param - isinstance(attr, staticmethod)
-    names: set[str] = set()
-    for f in _functions(attr):
-        code = f.__code__
-        own = {code.co_varnames[index]} if index is not None and 0 <= index < code.co_argcount else set()
-        names |= _code_reads(code, holders | own, holders, attribute, supers)
-    return names
-
-
-def _code_reads(code: types.CodeType, held: set[str], base: set[str], attribute: str | None,
-                supers: bool) -> set[str]:
-    """`_read_off` for one code object and the code inside it."""
-    names, held = set(), set(held)
-    ops = list(dis.get_instructions(code))
-    on_top, copies = False, 0  # whether the value on top of the stack is the object held (and copies of it)
-    for i, op in enumerate(ops):
-        if op.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_GLOBAL") and op.argval in held:
-            on_top, copies = True, 0
-        elif supers and (op.opname == "LOAD_SUPER_ATTR" or op.opname in ("LOAD_ATTR", "LOAD_METHOD") and any(
-                b.opname == "LOAD_GLOBAL" and b.argval == "super" for b in ops[max(0, i - 3):i])):
-            names.add(op.argval)  # (super().compute_loss(...))
-            on_top, copies = False, 0
-        elif on_top and op.opname in ("COPY", "DUP_TOP"):  # (alias := learn)
-            copies += 1
-        elif on_top and op.opname in ("STORE_FAST", "STORE_DEREF"):  # (alias = learn)
-            held.add(op.argval)
-            on_top, copies = copies > 0, max(copies - 1, 0)
-        elif op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
-            if on_top:
-                names.add(op.argval)
-            on_top, copies = attribute is not None and op.argval == attribute, 0
-        else:
-            if on_top and op.opname == "LOAD_CONST" and isinstance(op.argval, str) and any(
-                    b.opname == "LOAD_GLOBAL" and b.argval in ("getattr", "hasattr") for b in ops[max(0, i - 3):i - 1]):
-                names.add(op.argval)
-            on_top, copies = False, 0
-    for inner in (c for c in code.co_consts if hasattr(c, "co_names")):  # (what it encloses sees what it holds)
-        names |= _code_reads(inner, base | (held & set(inner.co_freevars)), base, attribute, supers)
-    return names
-
-
-def _functions(attr: Any) -> list[types.FunctionType]:
-    """The functions of a class attribute: a method's, a property's, a staticmethod's or classmethod's, and those a
-    decorator wraps (functools.wraps' __wrapped__, or a function its wrapper of *args holds in its closure)."""
-    funcs = [attr] + [_attribute(attr, name) for name in ("fget", "fset", "fdel", "__func__", "func")]
-    for f in list(funcs):
-        while _attribute(f, "__wrapped__") is not None and len(funcs) < 64:
-            f = f.__wrapped__
-            funcs.append(f)
-    for f in list(funcs):  # (a wrapper of *args: a decorator's; a method's closure holds other functions)
-        if isinstance(f, types.FunctionType) and f.__code__.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
-            funcs += [inner for cell in f.__closure__ or ()
-                      if isinstance(inner := _attribute(cell, "cell_contents"), types.FunctionType)]
-    return [f for f in funcs if isinstance(f, types.FunctionType)]
-
-
-def _attribute(obj: Any, name: str) -> Any:
-    """`obj.name`, or None: also for an object whose __getattr__ raises another error (a config's KeyError)."""
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # noqa: BLE001 -- no such attribute, then
-        return None
+            raise TypeError(f"{cls}.{name}: the loop never calls a method of this name: {why}. If it is a helper "
+                            f"your own code calls, rename it (e.g. _{name}): names like this are kept off Learner "
+                            "subclasses so that a ported one is never ignored without a word.")
 
 
 def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], owners: dict[str, list]) -> None:
