@@ -708,64 +708,84 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
 
 
 def _one_step_a_batch(learn: Any, opt: Any) -> None:
-    """Refuse a second `opt.step()` in one training batch before it is applied: a callback stepping learn.opt
-    beside the learner's own step (Lightning's manual optimization) took two steps a batch without a word; and a
-    fit's first step with no gradient at all (cleared at after_backward: it trained nothing)."""
+    """In a training batch, learn.opt is stepped by the batch's step alone (its owner's method, or the learner's,
+    as often as it means to): a step from a callback's event (Lightning's manual optimization beside the learner's
+    step: two steps a batch) is refused before it is applied; and so is a fit's first step with no gradient at all
+    (cleared at after_backward: it trained nothing). Steps between batches are the user's (experience replay)."""
     if not hasattr(opt, "register_step_pre_hook"):
         return  # (an optimizer of one's own, not torch's: no hooks)
-    for old in (getattr(opt, "_miniai_one_step", None), getattr(opt, "_miniai_one_step_done", None)):
-        if old is not None:
-            old.remove()  # (a fit resuming with the optimizer of an earlier one: this fit's count starts afresh)
-    # (a weak one: the optimizer must not keep its learner alive; depth: steps running inside this batch's step)
-    learner, last, depth = weakref.ref(learn), [None], [0]
+    old = getattr(opt, "_miniai_one_step", None)
+    if old is not None:
+        old.remove()  # (a fit resuming with the optimizer of an earlier one: this fit's check replaces that one's)
+    learner, first = weakref.ref(learn), [True]  # (a weak one: the optimizer must not keep its learner alive)
 
-    def once(opt: Any, args: Any, kwargs: Any) -> None:
+    def check(opt: Any, args: Any, kwargs: Any) -> None:
         learn = learner()
         if learn is None or not (learn._in_fit and learn.training):
             return  # outside a fit's training pass: by hand, not the loop's business
-        if depth[0] and last[0] == (learn.epoch, learn.iter):  # a step's own super().step(): torch runs the hooks
-            depth[0] += 1  # again (a step that raised left depth up: the next batch's key differs)
-            return
-        if last[0] == (learn.epoch, learn.iter) and _in_batch(learn):  # (between batches: experience replay's)
+        where = _loop_position(learn)
+        if where not in (None, "step"):
             owner = learn._handlers["step"]
             owner = type(owner[0].__self__).__name__ if owner else type(learn).__name__
             raise RuntimeError(
-                f"learn.opt.step() ran twice in training batch {learn.iter} of epoch {learn.epoch}; the second was "
-                f"refused before it changed the weights. The step of each batch is {owner}'s, and something else "
-                "stepped the optimizer too (a callback calling learn.opt.step(), or scaler.step(learn.opt)): every "
-                "batch would take two steps (twice the lr in SGD, Adam's moments updated twice). To do the step in a "
-                "callback of yours, declare it: owns_steps = ('step',) with a method step(self, learn), which "
-                "replaces the learner's; to step more than once a batch on purpose, step an optimizer of your own")
+                f"learn.opt.step() was called from {where} in training batch {learn.iter} of epoch {learn.epoch}, "
+                f"and refused before it changed the weights: in a batch the optimizer is stepped by the batch's step "
+                f"alone ({owner}'s), and a step besides it would make every batch take two (twice the lr in SGD, "
+                "Adam's moments updated twice). To do the step in a callback of yours, declare it: owns_steps = "
+                "('step',) with a method step(self, learn), which replaces the learner's and may step as often as "
+                "it means to; steps between batches (after_epoch) are allowed")
         # (torch's args: the optimizer, then step's own; LBFGS's closure makes the gradients inside its step)
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
-        if last[0] is None and closure is None and all(p.grad is None for g in opt.param_groups for p in g["params"]):
+        if where == "step" and first[0] and closure is None and all(
+                p.grad is None for g in opt.param_groups for p in g["params"]):
             raise RuntimeError(  # (at the fit's first step only: a loop over the parameters)
                 f"learn.opt.step() found no gradient in any parameter it trains at the fit's first step (training "
                 f"batch {learn.iter} of epoch {learn.epoch}), so it would change nothing, and every step after it "
-                "the same: a step before the backward (a callback stepping learn.opt at before_batch?), or gradients "
-                "cleared between the backward and the step (learn.opt.zero_grad() or model.zero_grad() in a "
-                "callback's after_backward?). Clear gradients after the step (after_step), as the learner's own "
-                "zero_grad does; to do the step in a callback, own it: owns_steps = ('step',)")
-        last[0], depth[0] = (learn.epoch, learn.iter), 1
-
-    def done(opt: Any, args: Any, kwargs: Any) -> None:
-        depth[0] = max(depth[0] - 1, 0)
+                "the same: gradients cleared between the backward and the step (learn.opt.zero_grad() or "
+                "model.zero_grad() in a callback's after_backward?). Clear gradients after the step (after_step), "
+                "as the learner's own zero_grad does")
+        first[0] = first[0] and where != "step"
 
     with contextlib.suppress(AttributeError):  # (an optimizer with __slots__: not watched)
-        opt._miniai_one_step = opt.register_step_pre_hook(once)
-        opt._miniai_one_step_done = opt.register_step_post_hook(done)
+        opt._miniai_one_step = opt.register_step_pre_hook(check)
 
 
-def _in_batch(learn: Any) -> bool:
-    """Whether a batch stage of `learn`'s runs (its events or steps): the loop's `_stage('batch', ...)` is on the
-    stack of a thread (a callback may step on a thread of its own; looked up only for a second step)."""
-    for frame in sys._current_frames().values():
-        while frame is not None:
-            if frame.f_code.co_name == "_stage" and frame.f_locals.get("self") is learn \
-                    and frame.f_locals.get("name") == "batch":
-                return True
-            frame = frame.f_back
-    return False
+def _loop_position(learn: Any) -> str | None:
+    """Which part of a training batch of `learn`'s runs the code calling this: 'step' (the batch's step, or a
+    Learner subclass's own _one_batch), another step's or a callback event's name, or None: no batch (between
+    batches, before or after the fit). Read off this thread's stack, else off the thread running the loop (a
+    callback may step on a thread of its own)."""
+    here = _position(sys._getframe(2), learn)
+    if here != "":
+        return here
+    found = [_position(frame, learn) for frame in sys._current_frames().values()]
+    return next((where for where in found if where not in ("", None, "step")), None)
+
+
+def _position(frame: Any, learn: Any) -> str | None:
+    """`_loop_position` for one stack: '' when none of the loop's frames is on it."""
+    while frame is not None:
+        name = frame.f_code.co_name
+        if name in ("_do", "_emit", "_stage") and frame.f_locals.get("self") is learn:
+            local = frame.f_locals
+            if name == "_do":
+                return "step" if local["step"] == "step" else f"the learner's {local['step']!r} step"
+            handler = local.get("handler")
+            if name == "_emit":
+                return _handler_name(handler, local["event"]) if local["event"] in _BATCH_EVENTS else None
+            if local["name"] != "batch":
+                return None
+            return "step" if handler is None else _handler_name(handler, "cleanup_batch")
+        frame = frame.f_back
+    return ""
+
+
+def _handler_name(handler: Any, event: str) -> str:
+    """'StepsToo.after_step': the callback class of an event's handler (a bound method), and the event."""
+    return f"{type(getattr(handler, '__self__', handler)).__name__}.{event}"
+
+
+_BATCH_EVENTS = ("before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch")
 
 
 def mark_trained(learn: Any, kept: Any) -> None:
