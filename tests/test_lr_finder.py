@@ -186,6 +186,50 @@ def test_lr_find_and_get_preds_put_back_a_stateful_loss_and_a_samplers_counter()
     assert torch.equal(alone, fitted(lambda learn: learn.get_preds(learn.dls.train)))
 
 
+def test_lr_find_puts_back_a_losss_state_behind_a_lambda_a_bound_method_or_a_plain_tensor():
+    """(regression round T15) The same running mean kept behind a lambda around the loss module, as a plain tensor
+    attribute updated in place, or a count on the object of a bound-method loss: lr_find left each moved, and the
+    next fit differed from a fit without it (weight 0.1301 -> 0.1082, 0.8087 -> 0.5992), without a word."""
+    class BufLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("ema", torch.ones(()))
+
+        def forward(self, p, y):
+            loss = F.mse_loss(p, y)
+            self.ema.mul_(0.5).add_(0.5 * loss.detach())
+            return loss / self.ema
+
+    class PlainLoss(BufLoss):
+        def __init__(self):
+            nn.Module.__init__(self)
+            self.ema = torch.ones(())
+
+    class Balancer:
+        def __init__(self):
+            self.n = 0
+
+        def loss(self, p, y):
+            self.n += 1
+            return (0.5 + 1 / self.n) * F.mse_loss(p, y)
+
+    def around():
+        crit = BufLoss()
+        return lambda p, y: crit(p, y)
+
+    def fitted(make, look):
+        torch.manual_seed(0)
+        learn = TrainLearner(nn.Linear(1, 1), linear_dls(), make(), lr=0.05)
+        if look:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (lr_find's: few steps)
+                learn.lr_find(plot=False, max_epochs=2)
+        learn.fit(2)
+        return learn.model.weight.item()
+    for make in (around, PlainLoss, lambda: Balancer().loss):
+        assert fitted(make, True) == fitted(make, False)
+
+
 def test_lr_find_undoes_a_model_move_made_by_a_callback():
     """DeviceCB's model.to(device) swaps the data of parameters and replaces buffers; a dtype move does the same on
     a CPU-only machine. Afterwards the very same tensor objects are back, with their dtype and values."""

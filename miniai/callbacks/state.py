@@ -76,6 +76,20 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
 _NO_STATE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial, type)
 
 
+def _loss_objects(loss: Any) -> list[Any]:
+    """The objects a loss may keep state in: itself, a partial's function, a bound method's object, or the objects
+    a function's closure holds (a lambda around a loss module)."""
+    loss = getattr(loss, "func", loss)  # (a partial's function)
+    loss = getattr(loss, "__self__", loss) if isinstance(loss, types.MethodType) else loss
+    if not isinstance(loss, types.FunctionType):
+        return [loss]
+    held = []
+    for cell in loss.__closure__ or ():
+        with contextlib.suppress(ValueError):  # (a cell not filled yet)
+            held.append(cell.cell_contents)
+    return [x for x in held if hasattr(x, "__dict__") and not isinstance(x, _NO_STATE)]
+
+
 @contextlib.contextmanager
 def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
          tfms: Iterable[Any] = ()) -> Iterator[None]:
@@ -106,9 +120,10 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     # changes in place (a quantization observer calibrating) is warned of
     # a loss module's tensors as the model's: one keeping a running mean of past losses (loss balancing) must not
     # start the next fit moved
-    loss = getattr(learn, "loss_func", None)
-    loss = getattr(loss, "func", loss)  # (a partial's function)
-    modules = [*model.modules(), *(loss.modules() if isinstance(loss, nn.Module) and loss is not model else ())]
+    losses = _loss_objects(getattr(learn, "loss_func", None))
+    in_model = {id(m) for m in model.modules()}
+    modules = [*model.modules(), *{id(m): m for loss in losses if isinstance(loss, nn.Module)
+                                   for m in loss.modules() if id(m) not in in_model}.values()]
     trained = {id(p): p for m in modules for p in m.parameters(recurse=False)}
     slots = [(m, name, t, t.data, clones.setdefault(id(t), t.detach().clone())
               if weights or isinstance(m, nn.modules.batchnorm._NormBase) else None)
@@ -122,7 +137,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
     # the attributes of: the learner, its callbacks, in-memory loaders, a loss that is an object of the user's (a
     # count of its calls), and the samplers of torch's loaders (one counting its own epochs to seed its order)
-    objects = [dl for dl in all_loaders if isinstance(dl, TensorLoader)] + [loss]
+    objects = [dl for dl in all_loaders if isinstance(dl, TensorLoader)] + losses
     for dl in all_loaders:
         if dl is not None and not isinstance(dl, TensorLoader):
             batches = getattr(dl, "batch_sampler", None)
@@ -130,6 +145,10 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     holders = [learn, *learn.cbs, *{id(obj): obj for obj in objects
                                     if hasattr(obj, "__dict__") and not isinstance(obj, _NO_STATE)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
+    # tensors kept as plain attributes, which a fit may change in place (a loss's running mean, self.mean.mul_(0.9)):
+    # copied for a fit, and written back when their version moved
+    plain = [(t, t._version, t.detach().clone()) for obj in holders if weights for t in vars(obj).values()
+             if type(t) is torch.Tensor and not t.is_inference()]
     # a fit's metrics reset and update their counts in place, and a callback of the user's may change tensors or
     # nested containers in place (an average of the weights): copies of the states of those that say what it is
     # (the others keep the finder's counts: see lr_find); miniai's own callbacks are put back by their attributes
@@ -168,6 +187,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                 # the values the pass changed in place, only (NaN equal to NaN: a NaN running statistic left alone):
                 # an unchanged one written back would fail the backward of a fit's batch that called this
                 if value is not None and not torch.allclose(t, value, rtol=0, atol=0, equal_nan=True):
+                    t.copy_(value)
+            for t, version, value in plain:
+                if t._version != version:
                     t.copy_(value)
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
         for p, grad in grads:
