@@ -1221,3 +1221,69 @@ def test_a_checkpoint_of_an_older_setup_compares_only_the_settings_it_holds(tmp_
         warnings.simplefilter("always")
         make().fit(3, resume=older)
     assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]
+
+
+_SCALE = 1.0  # a module-level setting a lambda loss reads (the test below changes it, and puts it back)
+
+
+class _WeightedMSE(torch.nn.Module):
+    """A loss module keeping its weight as a plain tensor attribute (not a buffer), and a running mean likewise."""
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w, self.mean = w, torch.ones(())
+
+    def forward(self, p, y):
+        loss = (self.w * (p - y) ** 2).mean()
+        self.mean.mul_(0.5).add_(0.5 * loss.detach())
+        return loss
+
+
+class _WeightedMAE:
+    """A metric of one's own given a tensor argument."""
+    def __init__(self, weights: torch.Tensor):
+        self.weights = weights
+        self.reset()
+
+    def reset(self):
+        self.s, self.n = 0.0, 0
+        return self
+
+    def update(self, p, y):
+        self.s, self.n = self.s + float((self.weights * (p - y).abs()).sum()), self.n + len(p)
+        return self
+
+    def compute(self):
+        return torch.tensor(self.s / max(self.n, 1))
+
+
+def test_a_loss_modules_tensor_a_metrics_tensor_argument_and_a_global_a_lambda_loss_reads_are_compared(tmp_path):
+    """(regression round T15) A loss module's weight kept as a plain tensor attribute, a metric's tensor argument
+    (class weights) and a module-level number a lambda loss reads each took another value on resume without a
+    word (a partial's or a factory closure's were warned of); a running mean kept as a plain tensor is no setting."""
+    global _SCALE
+    from miniai.callbacks import CheckpointCB
+    from tests.synth import linear_dls
+    from miniai.learner import TrainLearner
+    cases = {"loss_func.w: tensor 1.0": lambda v: (_WeightedMSE(torch.tensor(v)), []),
+             "MetricsCB_0.m.weights: tensor 1.0": lambda v: (torch.nn.functional.mse_loss,
+                                                             [MetricsCB(m=_WeightedMAE(torch.tensor(v)), log_fn=None)]),
+             "loss_func.global _SCALE: 1.0 saved, 10.0 here": lambda v: (
+                 lambda p, y: _SCALE * torch.nn.functional.mse_loss(p, y), [])}
+    try:
+        for i, (said, setup) in enumerate(cases.items()):
+            for value, warned in ((1.0, False), (10.0, True)):
+                def make(v):
+                    global _SCALE
+                    torch.manual_seed(0)
+                    _SCALE = v
+                    loss, cbs = setup(v)
+                    return TrainLearner(torch.nn.Linear(1, 1), linear_dls(), loss, lr=0.05,
+                                        cbs=[*cbs, CheckpointCB(tmp_path / f"{i}{warned}")])
+                make(1.0).fit(1)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    make(value).fit(2, resume=tmp_path / f"{i}{warned}")
+                told = [str(w.message) for w in caught if "kept outside" in str(w.message)]
+                assert bool(told) == warned and (not warned or said in told[0]), (said, told)
+    finally:
+        _SCALE = 1.0

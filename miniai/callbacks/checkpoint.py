@@ -386,7 +386,7 @@ def setup_of(learn: Learner) -> dict[str, Any]:
         if isinstance(cb, MetricsCB):  # what each metric computes (top-2 accuracy resumed as top-1 under one name)
             for name, metric in cb.metrics.items():
                 _metric_parts(found, f"{key}.{name}", metric)
-    found["setup version"] = 3  # (files before it compared fewer values: one only here is no change for them)
+    found["setup version"] = 4  # (files before it compared fewer values: one only here is no change for them)
     sampler = getattr(getattr(learn.dls, "train", None), "sampler", None)  # (a torch DataLoader's: shuffle or not)
     if sampler is not None:
         found["dls.train.sampler"] = type(sampler).__name__
@@ -398,8 +398,9 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
     """`x`'s function name, or its class name and its plain attributes and buffers (`buffers`: which; default all
     of a module's), into `found` under `name` and `name.<attribute>`; tensors as text with their checksum. Down to
     `depth` levels, the same of its submodules, of the objects in its short lists (a Compose's transforms) and of
-    a bound method's object. A module's plain tensor attributes are left out: what torch keeps there is made from
-    the parameters before each forward (the weight of weight_norm, spectral_norm, prune)."""
+    a bound method's object; a function's defaults, closure and the numbers and tensors it reads off its module's
+    globals. The plain tensor attributes of a module with parameters of its own are left out: what torch keeps
+    there is made from them before each forward (the weight of weight_norm, spectral_norm, prune)."""
     if isinstance(x, types.MethodType):  # (a loss that is a bound method: its object's settings are its own, but
         if not isinstance(x.__self__, nn.Module):  # a model's are compared as the model's, not what it caches)
             _plain_parts(found, name, x.__self__, depth=depth)
@@ -416,14 +417,17 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         for var, cell in zip(code.co_freevars, x.__closure__ or ()):
             with contextlib.suppress(ValueError):  # (a cell not filled yet)
                 parts[var] = cell.cell_contents
+        parts.update((f"global {n}", v) for n in code.co_names for v in [x.__globals__.get(n)]  # (a SCALE it reads)
+                     if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool))
     elif isinstance(x, (types.BuiltinFunctionType, type)):
         found[name] = _named(x)
         return
     else:
         found[name] = _named(type(x))
         parts = {k: v for k, v in vars(x).items() if k not in _MODULE_OWN} if hasattr(x, "__dict__") else {}
-        if isinstance(x, nn.Module):
+        if isinstance(x, nn.Module) and x._parameters:
             parts = {k: v for k, v in parts.items() if not isinstance(v, torch.Tensor)}
+        if isinstance(x, nn.Module):
             parts.update((b, x._buffers[b]) for b in (x._buffers if buffers is None else buffers)
                          if x._buffers.get(b) is not None)
             parts.update(x._modules if depth else {})
@@ -438,10 +442,8 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
             for i, item in enumerate(value):
                 _plain_parts(found, f"{name}.{key}.{i}", item, depth=depth - 1)
             continue
-        if isinstance(value, torch.Tensor):  # as the text a message shows (NaN equals NaN), with its checksum
-            crc = byte_sums([value])[1]
-            value = f"tensor {value.tolist()} (checksum {crc})" if value.numel() <= 8 else \
-                f"a tensor of shape {tuple(value.shape)} (checksum {crc})"
+        if isinstance(value, torch.Tensor):
+            value = _tensor_text(value)
         elif isinstance(value, (list, tuple)) and len(value) <= 16 and all(_python(v) is not _SKIP for v in value):
             value = tuple(map(_python, value))
         elif _python(value) is not _SKIP:
@@ -464,9 +466,17 @@ def _metric_parts(found: dict[str, Any], name: str, metric: Any) -> None:
         with contextlib.suppress(TypeError, ValueError):  # (a constructor in C: no settings to read)
             arguments.update(inspect.signature(k.__init__).parameters)
     for key in sorted(arguments):
-        value = _python(vars(metric).get(key, _SKIP)) if hasattr(metric, "__dict__") else _SKIP
+        value = vars(metric).get(key, _SKIP) if hasattr(metric, "__dict__") else _SKIP
+        value = _tensor_text(value) if isinstance(value, torch.Tensor) else _python(value)  # (class weights)
         if key != "self" and value is not _SKIP:
             found[f"{name}.{key}"] = value
+
+
+def _tensor_text(value: torch.Tensor) -> str:
+    """A tensor setting as the text a message shows (NaN equals NaN), with its checksum."""
+    crc = byte_sums([value])[1]
+    return f"tensor {value.tolist()} (checksum {crc})" if value.numel() <= 8 else \
+        f"a tensor of shape {tuple(value.shape)} (checksum {crc})"
 
 
 _PLAIN = (int, float, str, bool, type(None))
