@@ -769,11 +769,11 @@ def _position(frame: Any, learn: Any) -> str | None:
         if name in ("_do", "_emit", "_stage") and frame.f_locals.get("self") is learn:
             local = frame.f_locals
             if name == "_do":
-                return "step" if local["step"] == "step" else f"the learner's {local['step']!r} step"
+                return "step" if local.get("step") == "step" else f"the learner's {local.get('step')!r} step"
             handler = local.get("handler")
             if name == "_emit":
-                return _handler_name(handler, local["event"]) if local["event"] in _BATCH_EVENTS else None
-            if local["name"] != "batch":
+                return _handler_name(handler, local["event"]) if local.get("event") in _BATCH_EVENTS else None
+            if local.get("name") != "batch":
                 return None
             return "step" if handler is None else _handler_name(handler, "cleanup_batch")
         frame = frame.f_back
