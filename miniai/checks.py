@@ -710,13 +710,16 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
 def _one_step_a_batch(learn: Any, opt: Any) -> None:
     """In a training batch, learn.opt is stepped by the batch's step alone (its owner's method, or the learner's,
     as often as it means to): a step from a callback's event (Lightning's manual optimization beside the learner's
-    step: two steps a batch) is refused before it is applied; and so is a fit's first step with no gradient at all
-    (cleared at after_backward: it trained nothing). Steps between batches are the user's (experience replay)."""
+    step: two steps a batch) is refused before it is applied, unless the batch's step did not run (after a
+    CancelStepException: gradient accumulation in after_batch); and so is a fit's first step with no gradient at
+    all (cleared at after_backward: it trained nothing). Steps between batches are the user's (experience replay)."""
     if not hasattr(opt, "register_step_pre_hook"):
         return  # (an optimizer of one's own, not torch's: no hooks)
-    old = getattr(opt, "_miniai_one_step", None)
-    if old is not None:
-        old.remove()  # (a fit resuming with the optimizer of an earlier one: this fit's check replaces that one's)
+    hooks = getattr(opt, "_miniai_one_step", {})  # one per learner (a learner fitting inside another's fit)
+    for key, (ref, handle) in list(hooks.items()):
+        if ref() is None or ref() is learn:  # (this learner's last fit, resumed with its optimizer: replaced)
+            handle.remove()
+            del hooks[key]
     learner, first = weakref.ref(learn), [True]  # (a weak one: the optimizer must not keep its learner alive)
 
     def check(opt: Any, args: Any, kwargs: Any) -> None:
@@ -733,7 +736,8 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
                 f"alone ({owner}'s), and a step besides it would make every batch take two (twice the lr in SGD, "
                 "Adam's moments updated twice). To do the step in a callback of yours, declare it: owns_steps = "
                 "('step',) with a method step(self, learn), which replaces the learner's and may step as often as "
-                "it means to; steps between batches (after_epoch) are allowed")
+                "it means to; steps between batches (after_epoch), and in after_batch when a CancelStepException "
+                "skipped the batch's step (gradient accumulation), are allowed")
         # (torch's args: the optimizer, then step's own; LBFGS's closure makes the gradients inside its step)
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
         if where == "step" and first[0] and closure is None and all(
@@ -747,14 +751,15 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
         first[0] = first[0] and where != "step"
 
     with contextlib.suppress(AttributeError):  # (an optimizer with __slots__: not watched)
-        opt._miniai_one_step = opt.register_step_pre_hook(check)
+        hooks[id(learn)] = learner, opt.register_step_pre_hook(check)
+        opt._miniai_one_step = hooks
 
 
 def _loop_position(learn: Any) -> str | None:
     """Which part of a training batch of `learn`'s runs the code calling this: 'step' (the batch's step, or a
-    Learner subclass's own _one_batch), another step's or a callback event's name, or None: no batch (between
-    batches, before or after the fit). Read off this thread's stack, else off the thread running the loop (a
-    callback may step on a thread of its own)."""
+    Learner subclass's own _one_batch), a callback event's or another step's name, or None: no batch (between
+    batches, before or after the fit, or after_batch once a cancel skipped its step). Read off this thread's
+    stack, else off the thread running the loop (a callback may step on a thread of its own)."""
     here = _position(sys._getframe(2), learn)
     if here != "":
         return here
@@ -763,21 +768,36 @@ def _loop_position(learn: Any) -> str | None:
 
 
 def _position(frame: Any, learn: Any) -> str | None:
-    """`_loop_position` for one stack: '' when none of the loop's frames is on it."""
+    """`_loop_position` for one stack: '' when none of the loop's frames (miniai's own, in learner.py) is on it."""
+    start = frame
     while frame is not None:
-        name = frame.f_code.co_name
-        if name in ("_do", "_emit", "_stage") and frame.f_locals.get("self") is learn:
+        code = frame.f_code
+        if code.co_name in ("_do", "_emit", "_stage") and code.co_filename == _LOOP_FILE \
+                and frame.f_locals.get("self") is learn:
             local = frame.f_locals
-            if name == "_do":
-                return "step" if local.get("step") == "step" else f"the learner's {local.get('step')!r} step"
-            handler = local.get("handler")
-            if name == "_emit":
-                return _handler_name(handler, local["event"]) if local.get("event") in _BATCH_EVENTS else None
-            if local.get("name") != "batch":
+            if code.co_name == "_do":
+                return "step" if local["step"] == "step" else f"the learner's {local['step']!r} step"
+            event = local["event"] if code.co_name == "_emit" else "cleanup_batch" if "handler" in local else None
+            if code.co_name == "_stage" and local["name"] != "batch" or event is not None and (
+                    event not in _BATCH_EVENTS or event in ("after_batch", "cleanup_batch") and not learn.stepped):
                 return None
-            return "step" if handler is None else _handler_name(handler, "cleanup_batch")
+            if event is not None:
+                return _handler_name(local["handler"], event)
+            # the batch's body: a Learner subclass's own _one_batch stepping, unless a callback of its called it
+            caller = _callback_on(start, frame, learn)
+            return "step" if caller is None else f"{type(caller).__name__} (called by {type(learn).__name__}'s batch)"
         frame = frame.f_back
     return ""
+
+
+def _callback_on(frame: Any, stop: Any, learn: Any) -> Any:
+    """The first of `learn`'s callbacks that a frame between `frame` and `stop` runs a method of, or None."""
+    cbs = {id(cb) for cb in learn.cbs}
+    while frame is not None and frame is not stop:
+        if id(frame.f_locals.get("self")) in cbs:
+            return frame.f_locals["self"]
+        frame = frame.f_back
+    return None
 
 
 def _handler_name(handler: Any, event: str) -> str:
@@ -785,7 +805,9 @@ def _handler_name(handler: Any, event: str) -> str:
     return f"{type(getattr(handler, '__self__', handler)).__name__}.{event}"
 
 
-_BATCH_EVENTS = ("before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch")
+_LOOP_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "learner.py")
+_BATCH_EVENTS = ("before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch",
+                 "cleanup_batch")
 
 
 def mark_trained(learn: Any, kept: Any) -> None:

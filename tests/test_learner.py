@@ -1205,6 +1205,67 @@ def test_the_batchs_step_may_step_as_often_as_it_means_to_and_nothing_else_in_th
     learn.fit(1, cbs=[Warmup()])
 
 
+def test_the_step_rule_holds_in_learners_running_their_own_batch_and_lets_a_cancelled_steps_batch_step():
+    """(regression round T16) A subclass's own _one_batch firing events through a helper (the course's
+    self.callback(...)) let a callback's extra step a batch through; a _do(self, name) override crashed with a
+    KeyError; gradient accumulation by hand (CancelStepException at after_backward, a step in after_batch every 2nd
+    batch, as the cancel table says) was refused; a learner fitting inside another's fit with its optimizer took
+    the outer fit's check away (3 extra steps in the next epoch, without a word)."""
+    class CourseStyle(TrainLearner):
+        def _one_batch(self):
+            self.predict()
+            self.get_loss()
+            if self.training:
+                self.backward()
+                self.step()
+                self.callback("after_step")
+                self.zero_grad()
+
+        def callback(self, event):
+            for handler in self._handlers[event]:
+                handler(self)
+
+    class Steps(Callback):
+        def after_step(self, learn):
+            learn.opt.step()
+    with pytest.raises(RuntimeError, match=r"called from Steps \(called by CourseStyle's batch\) in training batch 0"):
+        tiny_learner([Steps()], learner_cls=CourseStyle).fit(1)
+    tiny_learner(learner_cls=CourseStyle).fit(1)  # (its own step: the batch's)
+
+    class Timed(TrainLearner):
+        def _do(self, name):
+            super()._do(name)
+    tiny_learner(learner_cls=Timed).fit(1)
+    with pytest.raises(RuntimeError, match=r"called from Steps.after_step"):
+        tiny_learner([Steps()], learner_cls=Timed).fit(1)
+
+    class HandAccum(Callback):
+        steps = 0
+
+        def after_backward(self, learn):
+            raise CancelStepException()
+
+        def after_batch(self, learn):
+            if learn.training and learn.iter % 2 == 1:
+                learn.opt.step()
+                learn.opt.zero_grad()
+                HandAccum.steps += 1
+    tiny_learner([HandAccum()]).fit(2)
+    assert HandAccum.steps == 2  # (3 batches an epoch: batch 1 steps)
+
+    class Finetune(Callback):
+        def after_epoch(self, learn):
+            if learn.training and learn.epoch == 0:
+                TrainLearner(learn.model, tiny_learner().dls, F.mse_loss, opt_func=lambda ps, lr: learn.opt).fit(1)
+
+    class Late(Callback):
+        def after_batch(self, learn):
+            if learn.training and learn.epoch == 1:
+                learn.opt.step()
+    with pytest.raises(RuntimeError, match=r"called from Late.after_batch in training batch 0 of epoch 1"):
+        tiny_learner([Finetune(), Late()]).fit(2)
+
+
 def test_a_step_that_raised_or_steps_its_parent_twice_leaves_the_one_step_check_armed():
     """(regression round T10) A step whose closure raised left the check's 'running' flag set: the next batch's
     second step went through; an SGD subclass calling super().step() twice was refused only once a plain SGD had

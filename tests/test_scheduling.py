@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from contextlib import redirect_stdout
 import io
 import math
@@ -1455,3 +1456,24 @@ def test_a_schedule_on_an_optimizer_without_param_groups_says_what_to_use(cb_cls
                                         r"param_groups.*learn.opt \(CourseSGD\) has none.*opt_func=optim.SGD"):
         learn.fit(1)
     TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, opt_func=CourseSGD).fit(1)  # (alone: it trains)
+
+    class Wrapper(optim.Optimizer):  # (regression round T16) param_groups a tuple: refused as having none
+        def __init__(self, params, lr):
+            self.inner = optim.SGD(params, lr=lr)
+            self.defaults, self.state = self.inner.defaults, self.inner.state
+            self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = OrderedDict(), OrderedDict()
+
+        @property
+        def param_groups(self):
+            return tuple(self.inner.param_groups)
+
+        def step(self, closure=None):
+            return self.inner.step(closure)
+
+        def zero_grad(self, set_to_none=True):
+            self.inner.zero_grad(set_to_none)
+
+        def state_dict(self):
+            return self.inner.state_dict()
+    TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, opt_func=Wrapper,
+                 cbs=[cb_cls(partial(ls.OneCycleLR, max_lr=0.1, total_steps=20))]).fit(1)

@@ -232,7 +232,7 @@ class BaseSchedCB(Callback):
         if "train" not in learn.passes:  # an evaluation steps nothing: the last training fit's scheduler stays
             return
         self._read, self._read_any, self._cut = False, False, []  # (passes cut before a value was read: note_unread)
-        if not isinstance(getattr(learn.opt, "param_groups", None), list):  # (the course's own SGD class)
+        if not hasattr(learn.opt, "param_groups"):  # (the course's own SGD class)
             raise TypeError(f"{type(self).__name__} steps an lr schedule through the optimizer's param_groups, as "
                             f"torch's schedulers do, and learn.opt ({type(learn.opt).__name__}) has none: make it "
                             "with one of torch.optim's (opt_func=optim.SGD), or a subclass of torch.optim.Optimizer; "
