@@ -35,7 +35,7 @@ __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
            "check_callback_names", "check_fit_args", "check_loaders", "drops_last", "check_new_params",
            "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note", "fit_note",
-           "fit_optimizer", "mark_trained", "follows_lr", "loss_backward"]
+           "fit_optimizer", "fit_done", "follows_lr", "loss_backward"]
 
 
 class MiniaiWarning(UserWarning):
@@ -704,6 +704,7 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
                          f"for {2 * float(lr):g}), so this lr would not be used: let opt_func pass it on, e.g. "
                          "opt_func=lambda ps, lr: optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
     _one_step_a_batch(learn, opt)
+    learn._fit_opt = opt  # (what the next fit compares learn.opt with: set by hand since?)
     return opt
 
 
@@ -810,15 +811,17 @@ _BATCH_EVENTS = ("before_batch", "after_predict", "after_loss", "after_backward"
                  "cleanup_batch")
 
 
-def mark_trained(learn: Any, kept: Any) -> None:
-    """Note the optimizer a fit made (`kept`: the one it found): the next fit warns of one set by hand since; and
-    on one that trained (not refused at its start, nor an evaluation) that it was, which fit_optimizer refuses if
-    opt_func hands it back again."""
-    if learn.opt is not kept:  # (an evaluation keeps the one it found, which may be one set by hand: not the fit's)
-        learn._fit_opt = learn.opt
+def fit_done(learn: Any) -> None:
+    """What a fit leaves for the next: on one that trained (not refused at its start, nor an evaluation) that its
+    optimizer was, which fit_optimizer refuses if opt_func hands it back again; and no traceback on a cancel it
+    caught (`stopped_by`), which would keep its frames, and its callers' with all their locals, alive."""
+    learn._kept = None
     if learn._set_up and "train" in learn.passes and learn.opt is not None:
         with contextlib.suppress(AttributeError):  # (an optimizer of one's own with __slots__: not noted)
             learn.opt._miniai_trained = True
+    stopped = learn.stopped_by
+    if stopped is not None and stopped is not sys.exc_info()[1]:  # (the error on its way up: the user's to see)
+        stopped.__traceback__ = None
 
 
 def _lrs(opt: Any) -> list[float | None] | None:

@@ -178,7 +178,7 @@ class Learner(Conveniences):
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []
-        kept = self.opt, getattr(self, "fit_lr", None)  # (put back if the fit is refused at its start: below)
+        self._kept = self.opt, getattr(self, "fit_lr", None), getattr(self, "_fit_opt", None)  # (if refused: below)
         try:
             self._handlers = build_handlers(self.cbs)  # again: an order set since add_cb is the order the fit runs in
             for cb in _listed(cbs):
@@ -186,7 +186,7 @@ class Learner(Conveniences):
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
             self.passes, self.stepped = ("train",) * train + ("valid",) * valid, False
-            self.began = self._set_up = False
+            self.began, self._set_up, self.stopped_by = False, False, None  # (refused at its start, below)
             self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # (resume's, if any)
             self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # (set by callbacks)
             if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
@@ -213,9 +213,9 @@ class Learner(Conveniences):
             raise
         finally:
             if not self._set_up:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
-                self.opt, self.fit_lr = kept  # nothing ran, and the learner keeps its optimizer
+                self.opt, self.fit_lr, self._fit_opt = self._kept  # nothing ran; the learner keeps its optimizer
             self._in_fit, self._temporary = False, []
-            checks.mark_trained(self, kept[0])  # the optimizer it made: the next fit's checks (one set by hand?)
+            checks.fit_done(self)  # what the next fit checks (its optimizer handed back?); no cancel's traceback
             for cb in temporary:
                 self.rm_cb(cb)
             from .utils import drop_graph  # (imported here: the loop imports its checks and conveniences alone)
@@ -264,9 +264,9 @@ class Learner(Conveniences):
     def _all_epochs(self) -> None:
         if "train" in self.passes:
             checks.check_new_params(self.model, self.opt, self._params_at_opt, getattr(self, "raw_model", None))
-        self._set_up = True  # every before_fit ran (resume's loaded its checkpoint), and the fit can train
-        for self.epoch in self.epochs:  # (read here, after before_fit: resume's callback or a progress bar may
-            for name in self.passes:  # replace it)
+        self._set_up, self._kept = True, None  # every before_fit ran (resume's loaded its checkpoint), and the fit
+        for self.epoch in self.epochs:  # can train; the last fit's optimizer need not live through it. (epochs: read
+            for name in self.passes:  # here, after before_fit: resume's callback or a progress bar may replace it)
                 self._one_epoch(name == "train")
 
     def _one_epoch(self, training: bool) -> None:

@@ -1295,3 +1295,45 @@ def test_a_step_that_raised_or_steps_its_parent_twice_leaves_the_one_step_check_
         tiny_learner(cbs=[StepsAgain()], learner_cls=ClosureLearner).fit(1)
 
 
+
+
+def test_a_fit_keeps_neither_the_last_fits_optimizer_nor_a_caught_cancels_frames_alive():
+    """(probe S26 leaks) From the second fit on, the last fit's optimizer and its state (Adam's: twice the weights)
+    lived through the whole fit (+50% peak memory); a cancel the fit caught (EarlyStoppingCB's) kept, through
+    learn.stopped_by's traceback, the fit's frames and its caller's, with all their locals, alive; an error's stayed
+    through the next fit's first batch (a retry after an out-of-memory error)."""
+    import gc
+    import weakref
+    learn = tiny_learner()
+    learn.opt_func = torch.optim.Adam
+    learn.fit(1)
+    last, seen = weakref.ref(learn.opt), []
+
+    class Look(Callback):
+        def before_batch(self, learn):
+            gc.collect()
+            seen.append(last() is None)
+    learn.fit(1, cbs=[Look()])
+    assert seen[0]
+
+    class Stop(Callback):
+        def after_epoch(self, learn):
+            raise CancelFitException()
+
+    def train_once():
+        scratch = torch.ones(3)  # a local of the caller's
+        learn.fit(2, cbs=[Stop()])
+        return weakref.ref(scratch)
+    scratch = train_once()
+    gc.collect()
+    assert scratch() is None and isinstance(learn.stopped_by, CancelFitException)
+    assert learn.stopped_by.__traceback__ is None
+
+    class Boom(Callback):
+        def after_predict(self, learn):
+            raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom") as info:
+        learn.fit(1, cbs=[Boom()])
+    assert learn.stopped_by is info.value and info.value.__traceback__ is not None  # (the user's to read)
+    learn.fit(1, cbs=[Look()])
+    assert learn.stopped_by is None
