@@ -215,6 +215,7 @@ class LRFinderResult:
     losses: list[float]
     valley: float = field(default=math.nan)
     steepest: float = field(default=math.nan)
+    figure: Any = field(default=None, repr=False, compare=False)  # lr_find's plot (plot=True), to save or close
 
     @classmethod
     def from_curve(cls, lrs: Sequence[float], losses: Sequence[float]) -> LRFinderResult:
@@ -322,7 +323,11 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
              f"{finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}): the search never reached the lrs where it rises, so "
              "the suggestions may be too low. Raise max_epochs or use more data (or a larger gamma).")
     if plot:
-        result.plot()
+        result.figure = result.plot()
+        import matplotlib  # (imported by the plot)
+        if matplotlib.get_backend().lower() == "agg":  # a script's: nothing shows it, and pyplot would keep every
+            import matplotlib.pyplot as plt  # call's figure open (result.figure.savefig still works)
+            plt.close(result.figure)
     return result
 
 
