@@ -1256,6 +1256,24 @@ class _WeightedMAE:
         return torch.tensor(self.s / max(self.n, 1))
 
 
+def _scaled_mse(p, y, power=2):
+    return _SCALE * ((p - y).abs() ** power).mean()
+
+
+def _calls_scaled_mse(p, y):
+    return _scaled_mse(p, y)
+
+
+class _ScaledLoss:
+    def loss(self, p, y):
+        return _SCALE * torch.nn.functional.mse_loss(p, y)
+
+
+class _ScaledModule(torch.nn.Module):
+    def forward(self, p, y):
+        return _SCALE * torch.nn.functional.mse_loss(p, y)
+
+
 def test_a_loss_modules_tensor_a_metrics_tensor_argument_and_a_global_a_lambda_loss_reads_are_compared(tmp_path):
     """(regression round T15) A loss module's weight kept as a plain tensor attribute, a metric's tensor argument
     (class weights) and a module-level number a lambda loss reads each took another value on resume without a
@@ -1264,13 +1282,19 @@ def test_a_loss_modules_tensor_a_metrics_tensor_argument_and_a_global_a_lambda_l
     from miniai.callbacks import CheckpointCB
     from tests.synth import linear_dls
     from miniai.learner import TrainLearner
-    cases = {"loss_func.w: tensor 1.0": lambda v: (_WeightedMSE(torch.tensor(v)), []),
-             "MetricsCB_0.m.weights: tensor 1.0": lambda v: (torch.nn.functional.mse_loss,
-                                                             [MetricsCB(m=_WeightedMAE(torch.tensor(v)), log_fn=None)]),
-             "loss_func.global _SCALE: 1.0 saved, 10.0 here": lambda v: (
-                 lambda p, y: _SCALE * torch.nn.functional.mse_loss(p, y), [])}
+    scale = "loss_func.global _SCALE: 1.0 saved, 10.0 here"
+    cases = [("loss_func.w: tensor 1.0", lambda v: (_WeightedMSE(torch.tensor(v)), [])),
+             ("MetricsCB_0.m.weights: tensor 1.0", lambda v: (torch.nn.functional.mse_loss,
+                                                              [MetricsCB(m=_WeightedMAE(torch.tensor(v)), log_fn=None)])),
+             (scale, lambda v: (lambda p, y: _SCALE * torch.nn.functional.mse_loss(p, y), [])),
+             # (regression round T16) the same global read by a partial's function, a bound method, a loss module's
+             # forward, or a helper the loss calls
+             (scale, lambda v: (partial(_scaled_mse, power=2), [])),
+             (scale, lambda v: (_ScaledLoss().loss, [])),
+             (scale, lambda v: (_ScaledModule(), [])),
+             (scale, lambda v: (_calls_scaled_mse, []))]
     try:
-        for i, (said, setup) in enumerate(cases.items()):
+        for i, (said, setup) in enumerate(cases):
             for value, warned in ((1.0, False), (10.0, True)):
                 def make(v):
                     global _SCALE

@@ -405,10 +405,10 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         if not isinstance(x.__self__, nn.Module):  # a model's are compared as the model's, not what it caches)
             _plain_parts(found, name, x.__self__, depth=depth)
         found[name] = _named(x.__func__)
-        return
-    if isinstance(x, functools.partial):
+        parts = _global_numbers(x.__func__)
+    elif isinstance(x, functools.partial):
         found[name] = _named(x.func)
-        parts = {**dict(enumerate(x.args)), **x.keywords}
+        parts = {**dict(enumerate(x.args)), **x.keywords, **_global_numbers(x.func)}
     elif isinstance(x, types.FunctionType):  # and what it reads of its maker's (a factory's loss) or its defaults
         found[name] = _named(x)
         code, defaults = x.__code__, x.__defaults__ or ()
@@ -417,8 +417,7 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         for var, cell in zip(code.co_freevars, x.__closure__ or ()):
             with contextlib.suppress(ValueError):  # (a cell not filled yet)
                 parts[var] = cell.cell_contents
-        parts.update((f"global {n}", v) for n in code.co_names for v in [x.__globals__.get(n)]  # (a SCALE it reads)
-                     if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool))
+        parts.update(_global_numbers(x))
     elif isinstance(x, (types.BuiltinFunctionType, type)):
         found[name] = _named(x)
         return
@@ -428,6 +427,7 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         if isinstance(x, nn.Module) and x._parameters:
             parts = {k: v for k, v in parts.items() if not isinstance(v, torch.Tensor)}
         if isinstance(x, nn.Module):
+            parts.update(_global_numbers(type(x).forward) if _own_class(type(x)) else {})
             parts.update((b, x._buffers[b]) for b in (x._buffers if buffers is None else buffers)
                          if x._buffers.get(b) is not None)
             parts.update(x._modules if depth else {})
@@ -451,6 +451,28 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         else:
             continue
         found[f"{name}.{key}"] = value
+
+
+def _global_numbers(f: Any, depth: int = 1) -> dict[str, Any]:
+    """The numbers and tensors a function of one's own reads off its module's globals (a SCALE), by 'global NAME',
+    and those the functions of its module it calls read (`depth` calls down)."""
+    if not isinstance(f, types.FunctionType) or not _own_class(f):
+        return {}
+    found, codes = {}, [f.__code__]
+    for code in codes:  # (and its lambdas', comprehensions' and inner functions')
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        for n in code.co_names:
+            v = f.__globals__.get(n)
+            if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool):
+                found[f"global {n}"] = v
+            elif depth and isinstance(v, types.FunctionType) and v.__globals__ is f.__globals__ and v is not f:
+                found.update(_global_numbers(v, depth - 1))
+    return found
+
+
+def _own_class(x: Any) -> bool:
+    """Whether a class or function is the user's, not torch's or miniai's (whose globals are no settings)."""
+    return (getattr(x, "__module__", None) or "").split(".")[0] not in ("torch", "miniai", "torchvision", "torcheval")
 
 
 def _metric_parts(found: dict[str, Any], name: str, metric: Any) -> None:
