@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .callbacks.activations import Hook, Hooks
+from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds
 from .callbacks.state import kept
 from .learner import Learner
@@ -178,10 +179,13 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
     The model is left as it was: modes, placement, no gradients, the hooks removed, the loader's state and the RNGs
     untouched.
     """
-    model = learn.model
+    # a torch.compile(model) wrapper's code, compiled before the hooks, would run without them (no shapes, no MACs):
+    # the batch runs through the module inside it, as do the rows' names (no '_orig_mod.')
+    model = unwrap(learn.model)
     mods = [(name, m) for name, m in model.named_modules() if _is_row(name, m)]
     hooked = [m for _, m in mods if not isinstance(m, torch.jit.ScriptModule)]  # (torch can't hook those)
     with Hooks(hooked, _record) as hooks, kept(learn, [getattr(learn.dls, "valid", None)]):
+        learn.model = model  # (kept puts the learner's back)
         if xb is None:
             dl = getattr(learn.dls, "valid", None)
             if dl is None:

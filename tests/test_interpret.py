@@ -508,3 +508,16 @@ def test_one_hot_targets_of_any_float_dtype_get_the_advice(dtype):
     targets = F.one_hot(torch.arange(6) % 3, 3).to(dtype)
     with pytest.raises(ValueError, match=r"class probabilities \(one-hot or soft labels\)"):
         Interpretation(None, probs, targets, torch.zeros(6))
+
+
+def test_summary_of_a_model_the_user_compiled_shows_its_layers_shapes_and_macs():
+    """(probe S26 compile) summary() of torch.compile(model), once its code was compiled (a fit), showed no output
+    shapes and 'MACs for the batch: at least 0' (the compiled code ran without the hooks), rows named '_orig_mod.0'."""
+    from tests.synth import linear_dls
+    model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    learn = TrainLearner(torch.compile(model, backend="eager"), linear_dls(), F.mse_loss, lr=0.1)
+    learn.fit(1)
+    compiled = learn.summary()
+    assert str(compiled) == str(TrainLearner(model, linear_dls(), F.mse_loss).summary())
+    assert "(16, 4)" in str(compiled) and "MACs for the batch: 128" in str(compiled)
+    assert learn.model._orig_mod is model  # (the learner's model put back)
