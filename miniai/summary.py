@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .callbacks.activations import Hook, Hooks
+from .callbacks.activations import Hook, Hooks, check_hooks_run
 from .callbacks.checkpoint import unwrap
 from .callbacks.preds import get_preds
 from .callbacks.state import kept
@@ -182,6 +182,7 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
     # a torch.compile(model) wrapper's code, compiled before the hooks, would run without them (no shapes, no MACs):
     # the batch runs through the module inside it, as do the rows' names (no '_orig_mod.')
     model = unwrap(learn.model)
+    check_hooks_run(model, "summary")  # (compiled in place, model.compile(): its code has no hooks either)
     mods = [(name, m) for name, m in model.named_modules() if _is_row(name, m)]
     hooked = [m for _, m in mods if not isinstance(m, torch.jit.ScriptModule)]  # (torch can't hook those)
     with Hooks(hooked, _record) as hooks, kept(learn, [getattr(learn.dls, "valid", None)]):

@@ -809,3 +809,34 @@ def test_swas_pass_of_its_average_after_the_fit_is_not_checked_as_a_recorded_pas
     stats = ActivationStats(lambda m: isinstance(m, nn.ReLU), on_valid=True)
     learner(mlp(), [stats, SWACB(swa_start=1, swa_lr=1e-3)]).fit(2)
     assert len(stats.stats[0][0]) == 2 * (3 + 2)
+
+
+def test_hooks_on_a_model_compiled_without_hook_guards_are_refused_with_the_way():
+    """(probe S26 compile) ActivationStats on torch.compile(model), its code compiled by an earlier fit, recorded
+    nothing, without a word (torch's compiled code does not look for hooks added later, by default); so did
+    summary() of a model compiled in place (model.compile())."""
+    import torch._dynamo as dynamo
+    from miniai.learner import TrainLearner
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    with dynamo.config.patch(skip_nnmodule_hook_guards=True):  # torch's default (learn.compile() sets it False)
+        learn = TrainLearner(torch.compile(model(), backend="eager"), linear_dls(), F.mse_loss, lr=0.1)
+        learn.fit(1)
+        with pytest.raises(RuntimeError, match=r"ActivationStats: learn.model is compiled \(torch.compile\(model\)\)"
+                                               r".*learn.compile\(\)"):
+            learn.fit(1, cbs=[ActivationStats(lambda m: isinstance(m, nn.ReLU))])
+        in_place = model()
+        in_place.compile(backend="eager")
+        with pytest.raises(RuntimeError, match=r"summary: learn.model is compiled \(in place\).*skip_nnmodule_hook"):
+            TrainLearner(in_place, linear_dls(), F.mse_loss).summary()
+    with dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        dynamo.reset()  # (as in a new process: the code compiled above, unwatched, is shared by the class's forward)
+        learn = TrainLearner(model(), linear_dls(), F.mse_loss, lr=0.1)
+        learn.compile(backend="eager")  # the way the message gives: hooks watched
+        learn.fit(1)
+        astats = ActivationStats(lambda m: isinstance(m, nn.ReLU))
+        learn.fit(1, cbs=[astats])
+        assert len(astats.hooks[0].stats[0]) == 3  # (3 training batches)
+    dynamo.reset()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -246,6 +247,21 @@ def _abs_histc_scatter(flat: Tensor, bins: int, low: float, high: float) -> Tens
     return counts[:bins].to(flat.dtype)
 
 
+def check_hooks_run(model: nn.Module, who: str) -> None:
+    """Refuse hooks on a compiled model whose compiled code would run without them (empty records, no word): a
+    torch.compile(model) wrapper, or a model compiled in place with torch's default of not watching module hooks."""
+    dynamo = sys.modules.get("torch._dynamo")  # (imported by any compile; not imported here: a second)
+    wrapped = isinstance(getattr(model, "_orig_mod", None), nn.Module)
+    in_place = any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    if wrapped or in_place and dynamo is not None and dynamo.config.skip_nnmodule_hook_guards:
+        raise RuntimeError(f"{who}: learn.model is compiled ({'torch.compile(model)' if wrapped else 'in place'}), "
+                           "and its compiled code would not run hooks added after it was traced: the records "
+                           "would be empty, without a word. Compile through the learner instead: give it the model "
+                           "itself, then learn.compile(), which compiles it in place and makes a change of hooks "
+                           "recompile" + ("" if wrapped else " (or set torch._dynamo.config."
+                                                             "skip_nnmodule_hook_guards = False before compiling)"))
+
+
 def every_module(module: nn.Module) -> bool:
     """The default `mod_filter`: every module (a function, not a lambda, so a learner holding it pickles)."""
     return True
@@ -308,6 +324,7 @@ class HooksCallback(Callback):
         if not mods:
             raise ValueError(f"{type(self).__name__}: mod_filter matched no module of {type(learn.model).__name__}; "
                              "check the filter (e.g. fastcore's risinstance(nn.ReLU)) or pass mods=[...].")
+        check_hooks_run(learn.model, type(self).__name__)
         keep_records(self, "hooks")  # (removed, they keep their stats: a fit refused before its first batch puts
         self.hooks = Hooks(mods, self._hookfunc)  # them back)
         self._model, self._learn = learn.model, learn
