@@ -721,13 +721,16 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
         if ref() is None or ref() is learn:  # (this learner's last fit, resumed with its optimizer: replaced)
             handle.remove()
             del hooks[key]
-    learner, first = weakref.ref(learn), [True]  # (a weak one: the optimizer must not keep its learner alive)
+    # (a weak one: the optimizer must not keep its learner alive; stepped: the batch whose own step stepped last)
+    learner, first, stepped = weakref.ref(learn), [True], [None]
 
     def check(opt: Any, args: Any, kwargs: Any) -> None:
         learn = learner()
         if learn is None or not (learn._in_fit and learn.training):
             return  # outside a fit's training pass: by hand, not the loop's business
         where = _loop_position(learn)
+        if isinstance(where, tuple):  # (after_batch, cleanup_batch: allowed where the batch's step stepped nothing)
+            where = None if stepped[0] != (learn.epoch, learn.iter) and not learn.stepped else where[0]
         if where not in (None, "step"):
             owner = learn._handlers["step"]
             owner = type(owner[0].__self__).__name__ if owner else type(learn).__name__
@@ -750,17 +753,18 @@ def _one_step_a_batch(learn: Any, opt: Any) -> None:
                 "model.zero_grad() in a callback's after_backward?). Clear gradients after the step (after_step), "
                 "as the learner's own zero_grad does")
         first[0] = first[0] and where != "step"
+        stepped[0] = (learn.epoch, learn.iter) if where == "step" else stepped[0]
 
     with contextlib.suppress(AttributeError):  # (an optimizer with __slots__: not watched)
         hooks[id(learn)] = learner, opt.register_step_pre_hook(check)
         opt._miniai_one_step = hooks
 
 
-def _loop_position(learn: Any) -> str | None:
+def _loop_position(learn: Any) -> str | tuple[str] | None:
     """Which part of a training batch of `learn`'s runs the code calling this: 'step' (the batch's step, or a
-    Learner subclass's own _one_batch), a callback event's or another step's name, or None: no batch (between
-    batches, before or after the fit, or after_batch once a cancel skipped its step). Read off this thread's
-    stack, else off the thread running the loop (a callback may step on a thread of its own)."""
+    Learner subclass's own _one_batch), a callback event's or another step's name ((name,) for after_batch and
+    cleanup_batch), or None: no batch (between batches, before or after the fit). Read off this thread's stack,
+    else off the thread running the loop (a callback may step on a thread of its own)."""
     here = _position(sys._getframe(2), learn)
     if here != "":
         return here
@@ -768,22 +772,29 @@ def _loop_position(learn: Any) -> str | None:
     return next((where for where in found if where not in ("", None, "step")), None)
 
 
-def _position(frame: Any, learn: Any) -> str | None:
-    """`_loop_position` for one stack: '' when none of the loop's frames (miniai's own, in learner.py) is on it."""
-    start = frame
+@functools.cache
+def _loop_codes() -> dict[Any, str]:
+    """The code of the loop's own methods (not a subclass's override) that say where in a batch it is."""
+    from .learner import Learner  # (imported here: it imports this module)
+    return {Learner._do.__code__: "_do", Learner._emit.__code__: "_emit", Learner._stage.__code__: "_stage"}
+
+
+def _position(frame: Any, learn: Any) -> str | tuple[str] | None:
+    """`_loop_position` for one stack: '' when none of the loop's own frames is on it; (name,) for a step from
+    after_batch or cleanup_batch, which the batch's step may have left undone."""
+    start, codes = frame, _loop_codes()
     while frame is not None:
-        code = frame.f_code
-        if code.co_name in ("_do", "_emit", "_stage") and code.co_filename == _LOOP_FILE \
-                and frame.f_locals.get("self") is learn:
+        method = codes.get(frame.f_code)
+        if method is not None and frame.f_locals.get("self") is learn:
             local = frame.f_locals
-            if code.co_name == "_do":
+            if method == "_do":
                 return "step" if local["step"] == "step" else f"the learner's {local['step']!r} step"
-            event = local["event"] if code.co_name == "_emit" else "cleanup_batch" if "handler" in local else None
-            if code.co_name == "_stage" and local["name"] != "batch" or event is not None and (
-                    event not in _BATCH_EVENTS or event in ("after_batch", "cleanup_batch") and not learn.stepped):
+            event = local["event"] if method == "_emit" else "cleanup_batch" if "handler" in local else None
+            if method == "_stage" and local["name"] != "batch" or event is not None and event not in _BATCH_EVENTS:
                 return None
             if event is not None:
-                return _handler_name(local["handler"], event)
+                name = _handler_name(local["handler"], event)
+                return (name,) if event in ("after_batch", "cleanup_batch") else name
             # the batch's body: a Learner subclass's own _one_batch stepping, unless a callback of its called it
             caller = _callback_on(start, frame, learn)
             return "step" if caller is None else f"{type(caller).__name__} (called by {type(learn).__name__}'s batch)"
@@ -792,10 +803,11 @@ def _position(frame: Any, learn: Any) -> str | None:
 
 
 def _callback_on(frame: Any, stop: Any, learn: Any) -> Any:
-    """The first of `learn`'s callbacks that a frame between `frame` and `stop` runs a method of, or None."""
+    """The first of `learn`'s callbacks that a frame between `frame` and `stop` runs an event method of, or None
+    (a helper of a callback's that the subclass's own batch calls is its business)."""
     cbs = {id(cb) for cb in learn.cbs}
     while frame is not None and frame is not stop:
-        if id(frame.f_locals.get("self")) in cbs:
+        if frame.f_code.co_name in _BATCH_EVENTS and id(frame.f_locals.get("self")) in cbs:
             return frame.f_locals["self"]
         frame = frame.f_back
     return None
@@ -805,8 +817,6 @@ def _handler_name(handler: Any, event: str) -> str:
     """'StepsToo.after_step': the callback class of an event's handler (a bound method), and the event."""
     return f"{type(getattr(handler, '__self__', handler)).__name__}.{event}"
 
-
-_LOOP_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "learner.py")
 _BATCH_EVENTS = ("before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch",
                  "cleanup_batch")
 
@@ -817,6 +827,7 @@ def fit_done(learn: Any) -> None:
     caught (`stopped_by`), which would keep its frames, and its callers' with all their locals, alive."""
     learn._kept = None
     if learn._set_up and "train" in learn.passes and learn.opt is not None:
+        learn._fit_opt = learn.opt  # (the one it ended with: a callback may have wrapped it at before_fit, SAM's)
         with contextlib.suppress(AttributeError):  # (an optimizer of one's own with __slots__: not noted)
             learn.opt._miniai_trained = True
     stopped = learn.stopped_by

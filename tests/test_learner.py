@@ -1,6 +1,7 @@
 """The loop: event order, cancel semantics, callback order, temporary callbacks, steps and typo errors."""
 import contextlib
 import copy
+import os
 import functools
 import re
 import warnings
@@ -1337,3 +1338,60 @@ def test_a_fit_keeps_neither_the_last_fits_optimizer_nor_a_caught_cancels_frames
     assert learn.stopped_by is info.value and info.value.__traceback__ is not None  # (the user's to read)
     learn.fit(1, cbs=[Look()])
     assert learn.stopped_by is None
+
+
+def test_the_step_rule_after_regression_round_t17():
+    """(regression round T17) The batch's own step that stepped and then cancelled (CancelStepException,
+    CancelBatchException) let a callback's second step through in after_batch or cleanup_batch; a subclass's own
+    _one_batch calling a callback's helper (SAM's halves) was refused; a callback wrapping learn.opt at before_fit
+    was warned of as 'set by hand' at the next fit; with miniai imported through a path holding '..' (a notebook's
+    sys.path.insert(0, '..')) the whole check was off."""
+    class StepsThenCancels(TrainLearner):
+        def step(self):
+            self.opt.step()
+            raise CancelStepException()
+
+    class StepAfterBatch(Callback):
+        def after_batch(self, learn):
+            if learn.training:
+                learn.opt.step()
+    with pytest.raises(RuntimeError, match=r"called from StepAfterBatch.after_batch in training batch 0"):
+        tiny_learner([StepAfterBatch()], learner_cls=StepsThenCancels).fit(1)
+
+    class SAM(Callback):
+        def second_half(self, learn):
+            learn.opt.step()
+    sam = SAM()
+
+    class SAMLearner(TrainLearner):
+        def _one_batch(self):
+            self.predict()
+            self.get_loss()
+            if self.training:
+                self.backward()
+                sam.second_half(self)
+                self.zero_grad()
+    tiny_learner([sam], learner_cls=SAMLearner).fit(1)
+
+    class WrapOpt(Callback):
+        def before_fit(self, learn):
+            if "train" in learn.passes:
+                learn.opt = torch.optim.SGD(learn.model.parameters(), lr=0.1)
+    learn = tiny_learner([WrapOpt()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1)
+        learn.fit(1)
+
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    script = (f"import sys; sys.path.insert(0, {str(root / 'tests')!r} + '/..'); import torch\n"
+              "from tests.synth import tiny_learner\nfrom miniai.learner import Callback\nimport miniai.learner\n"
+              "assert '..' in miniai.learner.__file__, miniai.learner.__file__\n"
+              "class Again(Callback):\n    def after_step(self, learn): learn.opt.step()\n"
+              "try:\n    tiny_learner([Again()]).fit(1)\nexcept RuntimeError as e:\n    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root / "tests",
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=120)
+    assert "refused: learn.opt.step() was called from Again.after_step" in out.stdout, out.stdout + out.stderr
