@@ -322,12 +322,8 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
         warn(f"lr_find: the loss still fell when the data ran out (max_epochs={max_epochs}; {steps}, lr "
              f"{finite_lrs[0]:.3g} to {finite_lrs[-1]:.3g}): the search never reached the lrs where it rises, so "
              "the suggestions may be too low. Raise max_epochs or use more data (or a larger gamma).")
-    if plot:
+    if plot:  # (pyplot's current figure, as any plot's: plt.savefig after it saves it; plt.close it in a sweep)
         result.figure = result.plot()
-        import matplotlib  # (imported by the plot)
-        if matplotlib.get_backend().lower() == "agg":  # a script's: nothing shows it, and pyplot would keep every
-            import matplotlib.pyplot as plt  # call's figure open (result.figure.savefig still works)
-            plt.close(result.figure)
     return result
 
 

@@ -145,11 +145,11 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     holders = [learn, *learn.cbs, *{id(obj): obj for obj in objects
                                     if hasattr(obj, "__dict__") and not isinstance(obj, _NO_STATE)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    # tensors kept as plain attributes, which a fit may change in place (a loss's running mean, self.mean.mul_(0.9)):
-    # copied for a fit, and written back when their version moved
-    # (the callbacks' and the loss's: not the learner's, whose batch a fit replaces, nor the loaders' data)
-    plain = [(t, t._version, t.detach().clone()) for obj in [*learn.cbs, *losses] if weights
-             for t in getattr(obj, "__dict__", {}).values() if type(t) is torch.Tensor and not t.is_inference()]
+    # a loss's tensors kept as plain attributes, which a fit may change in place (a running mean, self.mean.mul_(0.9)):
+    # copied for a fit, and written back when their version moved (not views: their data is their base's)
+    plain = [(t, t._version, t.detach().clone()) for obj in losses if weights
+             for t in getattr(obj, "__dict__", {}).values()
+             if type(t) is torch.Tensor and not t.is_inference() and t._base is None]
     # a fit's metrics reset and update their counts in place, and a callback of the user's may change tensors or
     # nested containers in place (an average of the weights): copies of the states of those that say what it is
     # (the others keep the finder's counts: see lr_find); miniai's own callbacks are put back by their attributes
