@@ -23,7 +23,7 @@ import torch
 from .callbacks.activations import HOOK_IDS
 from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
-from .callbacks.checkpoint import unwrap
+from .callbacks.checkpoint import unwrap, weights_call
 from .callbacks.preds import get_preds, participants
 from .checks import check_count, warn
 from .data import DataLoaders, Normalize
@@ -411,7 +411,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     if bad is not None:
         raise ValueError(f"export: the model's weights are not finite (NaN or inf: {bad} first), so every "
                          "prediction of the loaded learner would be NaN: export a model trained to finite weights "
-                         "(load a good checkpoint's: learn.model.load_state_dict(load_checkpoint(path)['model']))")
+                         "(load a good checkpoint's: " + weights_call(learn, "path").replace("'path'", "path") + ")")
     path = Path(path).expanduser()  # ('~/m.pkl': the home directory, as a shell reads it)
     path = link_target(path)
     if path.is_dir():  # (os.replace would fail naming its temporary file)

@@ -1269,6 +1269,11 @@ class _ScaledLoss:
         return _SCALE * torch.nn.functional.mse_loss(p, y)
 
 
+class _ScaledCall:
+    def __call__(self, p, y):
+        return _SCALE * torch.nn.functional.mse_loss(p, y)
+
+
 class _ScaledModule(torch.nn.Module):
     def forward(self, p, y):
         return _SCALE * torch.nn.functional.mse_loss(p, y)
@@ -1292,7 +1297,8 @@ def test_a_loss_modules_tensor_a_metrics_tensor_argument_and_a_global_a_lambda_l
              (scale, lambda v: (partial(_scaled_mse, power=2), [])),
              (scale, lambda v: (_ScaledLoss().loss, [])),
              (scale, lambda v: (_ScaledModule(), [])),
-             (scale, lambda v: (_calls_scaled_mse, []))]
+             (scale, lambda v: (_calls_scaled_mse, [])),
+             (scale, lambda v: (_ScaledCall(), []))]  # (regression round T17) a callable object's __call__
     try:
         for i, (said, setup) in enumerate(cases):
             for value, warned in ((1.0, False), (10.0, True)):
@@ -1311,3 +1317,51 @@ def test_a_loss_modules_tensor_a_metrics_tensor_argument_and_a_global_a_lambda_l
                 assert bool(told) == warned and (not warned or said in told[0]), (said, told)
     finally:
         _SCALE = 1.0
+
+
+size = 28  # a script's image size, which a loss's preds.size(...) is no read of
+
+
+def test_an_attributes_name_a_loss_reads_is_no_global_of_that_name(tmp_path):
+    """(regression round T17) F.mse_loss(preds.view(preds.size(0), -1), y) was told 'loss_func.global size: 28
+    saved, 64 here' on resume when the script's image size changed (progressive resizing): co_names holds the
+    attributes' names too."""
+    global size
+    from miniai.callbacks import CheckpointCB
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    def loss(preds, y):
+        return torch.nn.functional.mse_loss(preds.view(preds.size(0), -1), y)
+    try:
+        TrainLearner(torch.nn.Linear(1, 1), linear_dls(), loss, cbs=[CheckpointCB(tmp_path)]).fit(1)
+        size = 64
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            TrainLearner(torch.nn.Linear(1, 1), linear_dls(), loss).fit(2, resume=tmp_path)
+        assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]
+    finally:
+        size = 28
+
+
+def test_the_advice_to_load_a_checkpoints_weights_works_for_a_compiled_model(tmp_path):
+    """(probe S26 compile) The refusals' 'learn.model.load_state_dict(load_checkpoint(f)['model'])' failed for a
+    torch.compile(model) learner (missing '_orig_mod.' keys): a checkpoint's keys are the module's own."""
+    import re as _re
+    from miniai.callbacks import CheckpointCB
+    from miniai.callbacks.checkpoint import unwrap  # noqa: F401 -- the advice's own names
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    def make(momentum):
+        return TrainLearner(torch.compile(torch.nn.Linear(1, 1), backend="eager"), linear_dls(),
+                            torch.nn.functional.mse_loss, lr=0.1,
+                            opt_func=partial(torch.optim.SGD, momentum=momentum))
+    make(0.0).fit(1, cbs=[CheckpointCB(tmp_path)])
+    learn = make(0.9)
+    with pytest.raises(CheckpointMismatchError, match=r"unwrap\(learn.model\).load_state_dict") as info:
+        learn.fit(2, resume=tmp_path)
+    call = _re.search(r"(unwrap\(learn.model\).load_state_dict\(load_checkpoint\('[^']+'\)\['model'\]\))",
+                      str(info.value)).group(1)
+    eval(call)  # the advice, as given
+    assert torch.equal(learn.model.weight, load_checkpoint(tmp_path / "epoch_0001.pt")["model"]["weight"])

@@ -661,3 +661,23 @@ def test_an_average_whose_validation_pass_was_cancelled_has_no_metrics_of_the_ra
     with pytest.warns(UserWarning, match=r"the average's validation pass.*was cut short.*not validated"):
         learn.fit(4)
     assert swa.metrics == {} and "valid_loss" not in learn.metrics.last
+
+
+def test_swa_of_a_compiled_model_averages_the_module_inside_and_says_the_average_is_not_compiled(tmp_path):
+    """(probe S26 compile) SWACB averaged the torch.compile wrapper: its checkpoint's average had
+    'module._orig_mod.' keys, and a resume without the wrapper (or with it, of a plain run) failed with torch's bare
+    missing/unexpected keys; the average, learn.model after the fit, ran eagerly, without a word."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.callbacks.checkpoint import load_checkpoint
+    from tests.synth import linear_dls
+
+    def make(wrap):
+        torch.manual_seed(0)
+        return TrainLearner(wrap(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))), linear_dls(),
+                            F.mse_loss, lr=0.05)
+    with pytest.warns(UserWarning, match=r"SWACB: the model was compiled, and its average.*learn.compile\(\)"):
+        make(lambda m: torch.compile(m, backend="eager")).fit(4, cbs=[CheckpointCB(tmp_path), SWACB(1, 0.01)])
+    assert list(load_checkpoint(tmp_path / "epoch_0002.pt")["callbacks"]["SWACB_0"]["swa_model"])[1] == \
+        "module.0.weight"
+    plain = make(lambda m: m)
+    plain.fit(4, resume=tmp_path / "epoch_0002.pt", cbs=[SWACB(1, 0.01)])  # (refused with torch's keys error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dis
 import dataclasses
 import functools
 import inspect
@@ -67,6 +68,14 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def weights_call(learn: Learner, file: Any) -> str:
+    """The call, for a message's advice, that loads a checkpoint's weights into the learner's model: through
+    `unwrap` for a wrapped one (torch.compile's, DDP's), whose keys a checkpoint's (the module's own) are not."""
+    model = "learn.model" if unwrap(learn.model) is learn.model else "unwrap(learn.model)"
+    return (f"{model}.load_state_dict(load_checkpoint({str(file)!r})['model'])"
+            + ("" if model == "learn.model" else " (unwrap and load_checkpoint: miniai.callbacks.checkpoint)"))
 
 
 # ---------------------------------------------------------------- what goes in a checkpoint
@@ -426,8 +435,9 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         parts = {k: v for k, v in vars(x).items() if k not in _MODULE_OWN} if hasattr(x, "__dict__") else {}
         if isinstance(x, nn.Module) and x._parameters:
             parts = {k: v for k, v in parts.items() if not isinstance(v, torch.Tensor)}
+        if _own_class(type(x)):  # (what its forward or __call__ reads off its module's globals)
+            parts.update(_global_numbers(getattr(type(x), "forward" if isinstance(x, nn.Module) else "__call__", None)))
         if isinstance(x, nn.Module):
-            parts.update(_global_numbers(type(x).forward) if _own_class(type(x)) else {})
             parts.update((b, x._buffers[b]) for b in (x._buffers if buffers is None else buffers)
                          if x._buffers.get(b) is not None)
             parts.update(x._modules if depth else {})
@@ -461,8 +471,8 @@ def _global_numbers(f: Any, depth: int = 1) -> dict[str, Any]:
     found, codes = {}, [f.__code__]
     for code in codes:  # (and its lambdas', comprehensions' and inner functions')
         codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-        for n in code.co_names:
-            v = f.__globals__.get(n)
+        for n in {op.argval for op in dis.get_instructions(code) if op.opname in ("LOAD_GLOBAL", "LOAD_NAME")}:
+            v = f.__globals__.get(n)  # (not co_names: an attribute's name, preds.size, is no global size)
             if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool):
                 found[f"global {n}"] = v
             elif depth and isinstance(v, types.FunctionType) and v.__globals__ is f.__globals__ and v is not f:

@@ -237,8 +237,9 @@ def lower_lr_advice(learn: Learner, good: Any) -> str:
     schedules = [cb for cb in learn.cbs if isinstance(cb, SWACB) or sets_lr_from_start(cb)]
     if schedules:  # resume refuses lr= with a schedule that sets the lr from the run's start
         own = [type(cb).__name__ for cb in schedules if own_place(learn, cb) is not None]  # (it would refuse the next)
+        from .checkpoint import weights_call  # (imported here: it imports this module)
         return (f"a schedule sets the lr, so start a new fit from its weights with a lower peak: "
-                f"learn.model.load_state_dict(load_checkpoint({str(good)!r})['model']), then e.g. "
+                f"{weights_call(learn, good)}, then e.g. "
                 + (f"learn.rm_cb(...) of the learner's own {', '.join(own)}, and " if own else "")
                 + "learn.fit_one_cycle(n, max_lr=lower).")
     return (f"continue from it with a lower lr, learn.fit({learn.n_epochs}{pass_args(learn)}, lr=..., "

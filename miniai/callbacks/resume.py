@@ -25,7 +25,7 @@ from ..data import TensorLoader
 from ..utils import checksums_match, counted
 from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint,
                          load_checkpoint, loader_generators, loader_size, optimizer_settings, param_names,
-                         run_generators, set_generator_state, setup_of, stateful_callbacks, unwrap)
+                         run_generators, set_generator_state, setup_of, stateful_callbacks, unwrap, weights_call)
 from .guards import EarlyStoppingCB, GradClipCB
 from .loggers import TensorBoardCB
 from .records import forget_records
@@ -143,8 +143,7 @@ class ResumeCB(Callback):
                 "from where the run began, so the lr given would be overwritten (a schedule that only scales the lr "
                 f"it finds, as {', '.join(c.__name__ for c in SCALING)} do, goes on from it). "
                 "Resume without lr= to continue the saved schedule, or start a new fit from the checkpoint's weights "
-                f"(learn.model.load_state_dict(load_checkpoint({str(file)!r})['model']), then e.g. "
-                "learn.fit_one_cycle(n, max_lr=lower)).")
+                f"({weights_call(learn, file)}, then e.g. learn.fit_one_cycle(n, max_lr=lower)).")
         late = [k for k, cb in stateful.items() if isinstance(cb, SWACB) and training
                 and learn.start_epoch > cb.swa_start and not SWACB.began(saved.get(k))]
         if late:  # SWALR is built at epoch swa_start, which this fit starts past: it would average nothing
@@ -167,8 +166,7 @@ class ResumeCB(Callback):
                 f"saved in {file} had no such schedule: a schedule counts from the start of a run and can't begin "
                 "mid-run. Resume with the same callbacks as the run that saved it (fit_one_cycle only for a run "
                 f"saved by fit_one_cycle), or start a new fit from the checkpoint's weights "
-                f"(learn.model.load_state_dict(load_checkpoint({str(file)!r})['model']), then e.g. "
-                "learn.fit_one_cycle(n, max_lr)); nothing was changed.")
+                f"({weights_call(learn, file)}, then e.g. learn.fit_one_cycle(n, max_lr)); nothing was changed.")
         if flipped:
             froze = [n for n in flipped if not params[n].requires_grad]  # (here; trainable in the saved run)
             thawed = [n for n in flipped if n not in froze]
@@ -389,7 +387,7 @@ def _optimizer_state(learn: Learner, model: nn.Module, state: dict[str, Any], fi
             f"checkpoint {file} was saved by an optimizer with other settings ({'; '.join(changed)}): resuming would "
             "train with the saved ones. Pass the same opt_func as the run that saved it (or start a new run with "
             "the new settings from the saved weights: "
-            f"learn.model.load_state_dict(load_checkpoint({str(file)!r})['model'])); "
+            f"{weights_call(learn, file)}); "
             "nothing was changed.")
     saved_names, own_names = state.get("param_names"), param_names(model, opt)
     if saved_names is None:  # a version-1 checkpoint: no names saved

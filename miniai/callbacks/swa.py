@@ -19,6 +19,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 from ..checks import check_count, check_number, warn
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, lazy_tensors
+from .checkpoint import unwrap
 from .preds import prediction_pass
 from .scheduling import lr_ratios
 from .state import kept
@@ -99,7 +100,9 @@ class SWACB(Callback):
         # one swa_lr is of the fit's lr: each group at the ratio opt_func gives it (a body at 0 stays at 0)
         self._lrs = list(self.swa_lr) if isinstance(self.swa_lr, (list, tuple)) else [
             self.swa_lr * ratio for ratio in lr_ratios(learn, learn.fit_lr)]
-        self.swa_model = AveragedModel(learn.model)
+        # the module inside a torch.compile wrapper: the average's keys are the model's own (no '_orig_mod.'),
+        # so a run resumes with or without the wrapper
+        self.swa_model = AveragedModel(unwrap(learn.model))
         learn.schedule_stop = self.swa_start  # the schedulers (order 20) stop stepping there
 
     def before_epoch(self, learn: Learner) -> None:
@@ -119,7 +122,7 @@ class SWACB(Callback):
         if not (learn.training and learn.pass_steps and self._averaging(learn)):
             return
         if learn.stopped_by is None or isinstance(learn.stopped_by, (CancelEpochException, CancelFitException)):
-            self.swa_model.update_parameters(learn.model)  # (an error may have left the weights half-stepped)
+            self.swa_model.update_parameters(unwrap(learn.model))  # (not after an error: half-stepped weights)
         # also after the fit's last epoch: a checkpoint of it then holds the lr the next epoch trains with
         self.swa_scheduler.step()
 
@@ -136,6 +139,10 @@ class SWACB(Callback):
         self._refresh_bn(learn)
         learn.model = self.swa_model.module
         learn.raw_model = self.raw_model
+        if self.raw_model is not unwrap(self.raw_model) or getattr(unwrap(self.raw_model), "_compiled_call_impl",
+                                                                   None) is not None:
+            warn("SWACB: the model was compiled, and its average, learn.model now, is not (AveragedModel's copy "
+                 "runs eagerly): call learn.compile() again for fits and predictions as fast")
         if "valid" in learn.passes:  # fit(valid=False): no validation of it either
             self._validate(learn)
 
