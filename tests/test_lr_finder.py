@@ -1121,3 +1121,36 @@ def test_lr_find_with_a_callback_holding_an_expanded_view_of_a_parameter_puts_ev
         warnings.simplefilter("ignore")  # (lr_find's own: few steps)
         learn.lr_find(plot=False)
     assert learn.opt is opt and torch.equal(learn.model.weight, weight)
+
+
+def test_lr_find_puts_back_a_callbacks_plain_tensor_and_a_losss_view_and_says_which_it_could_not():
+    """(regression round T18) An EMA callback without state_dict keeping self.avg (lerp_ in place), and a loss's
+    running mean kept as a view (torch.ones(2).reshape(1, 2)), came back moved from lr_find, without a word; one too
+    large to copy is warned of."""
+    class EMA(Callback):
+        def __init__(self, size=1):
+            self.avg = torch.zeros(size)
+
+        def after_step(self, learn):
+            self.avg.lerp_(learn.model.weight.detach().flatten()[:1].expand_as(self.avg), 0.5)
+
+    class Balanced:
+        def __init__(self):
+            self.mean = torch.ones(2).reshape(1, 2)
+
+        def __call__(self, p, y):
+            loss = F.mse_loss(p, y)
+            self.mean.mul_(0.5).add_(0.5 * loss.detach())
+            return loss / self.mean.mean()
+    ema, loss = EMA(), Balanced()
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), loss, lr=0.05, cbs=[ema])
+    learn.fit(2)
+    avg, mean = ema.avg.clone(), loss.mean.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (lr_find's own: few steps)
+        learn.lr_find(plot=False)
+    assert torch.equal(ema.avg, avg) and torch.equal(loss.mean, mean)
+    big = EMA(2**20 + 1)
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[big])
+    with pytest.warns(UserWarning, match=r"lr_find changed EMA.avg in place and could not put it back.*state_dict"):
+        learn.lr_find(plot=False)

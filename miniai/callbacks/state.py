@@ -145,11 +145,13 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     holders = [learn, *learn.cbs, *{id(obj): obj for obj in objects
                                     if hasattr(obj, "__dict__") and not isinstance(obj, _NO_STATE)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    # a loss's tensors kept as plain attributes, which a fit may change in place (a running mean, self.mean.mul_(0.9)):
-    # copied for a fit, and written back when their version moved (not views: their data is their base's)
-    plain = [(t, t._version, t.detach().clone()) for obj in losses if weights
-             for t in getattr(obj, "__dict__", {}).values()
-             if type(t) is torch.Tensor and not t.is_inference() and t._base is None]
+    # the tensors callbacks and the loss keep as plain attributes, which a fit may change in place (a running mean,
+    # self.avg.lerp_(...)): copied for a fit, up to 2**20 elements (a larger one is watched), and written back when
+    # their version moved; not views of the model's tensors, which are put back with them
+    model_tensors = {id(slot[2]) for slot in slots}
+    plain = [(f"{type(obj).__name__}.{name}", t, t._version, t.detach().clone() if t.numel() <= 2**20 else None)
+             for obj in [*learn.cbs, *losses] if weights for name, t in getattr(obj, "__dict__", {}).items()
+             if type(t) is torch.Tensor and not t.is_inference() and id(t._base) not in model_tensors]
     # a fit's metrics reset and update their counts in place, and a callback of the user's may change tensors or
     # nested containers in place (an average of the weights): copies of the states of those that say what it is
     # (the others keep the finder's counts: see lr_find); miniai's own callbacks are put back by their attributes
@@ -189,10 +191,13 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                 # an unchanged one written back would fail the backward of a fit's batch that called this
                 if value is not None and not torch.allclose(t, value, rtol=0, atol=0, equal_nan=True):
                     t.copy_(value)
-            for t, version, value in plain:
-                if t._version != version:
-                    t.copy_(value)
+            moved = [(name, t, value) for name, t, version, value in plain if t._version != version]
+            for name, t, value in moved:
+                with contextlib.suppress(RuntimeError):  # (a view that can't be written: warned of, below)
+                    t.copy_(value) if value is not None else None
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
+        unrestored = [name for name, t, value in moved
+                      if value is None or not torch.allclose(t, value, rtol=0, atol=0, equal_nan=True)]
         for p, grad in grads:
             p.grad = grad
         for m, mode in modes:
@@ -212,6 +217,10 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
         # the warnings after everything is put back: under -W error they raise
         if refused:
             warn(f"could not put back all the state of {refused[0]}: some may be the finder's")
+        if unrestored:
+            warn(f"lr_find changed {unrestored[0]} in place and could not put it back (a tensor of over 2**20 elements "
+                 "is not copied, a broadcast view can't be written): give its callback state_dict and "
+                 "load_state_dict, which lr_find uses to put it back")
         if changed:
             warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
                  "its own, a quantization observer calibrating?): the model is not as it was before the call")
