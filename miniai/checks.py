@@ -847,11 +847,16 @@ def follows_lr(opt_func: Any, params: list, lr: float, made: list[float]) -> boo
     return made != _lrs(opt_func(params, 2 * float(lr)))
 
 
-def check_new_params(model: nn.Module, opt: optim.Optimizer, params_at_opt: set[int], raw: Any = None) -> None:
+def check_new_params(learn: Any) -> None:
     """Refuse a training fit that would leave parameters a callback's before_fit added after the optimizer was made
     without a step, or that would change nothing: an optimizer of nothing trainable (an all-frozen model), or of
     other parameters than the model's (an earlier model's; `raw`: the one SWACB swapped out). Tensors outside the
-    model (an input perturbation) are the optimizer's to train."""
+    model (an input perturbation) are the optimizer's to train. An optimizer a callback's before_fit put in
+    learn.opt gets the one-step rule too."""
+    model, opt, params_at_opt, raw = learn.model, learn.opt, learn._params_at_opt, getattr(learn, "raw_model", None)
+    watched = getattr(opt, "_miniai_one_step", {}).get(id(learn))
+    if watched is None or watched[0]() is not learn:
+        _one_step_a_batch(learn, opt)
     if not hasattr(opt, "param_groups"):  # an optimizer of one's own (the course's SGD class): no groups to read
         return
     held = [p for group in opt.param_groups for p in group["params"]]

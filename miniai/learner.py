@@ -263,7 +263,7 @@ class Learner(Conveniences):
 
     def _all_epochs(self) -> None:
         if "train" in self.passes:
-            checks.check_new_params(self.model, self.opt, self._params_at_opt, getattr(self, "raw_model", None))
+            checks.check_new_params(self)  # (and the one-step rule on an optimizer a before_fit brought)
         self._set_up, self._kept = True, None  # every before_fit ran (resume's loaded its checkpoint), and the fit
         for self.epoch in self.epochs:  # can train; the last fit's optimizer need not live through it. (epochs: read
             for name in self.passes:  # here, after before_fit: resume's callback or a progress bar may replace it)

@@ -1395,3 +1395,19 @@ def test_the_step_rule_after_regression_round_t17():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root / "tests",
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=120)
     assert "refused: learn.opt.step() was called from Again.after_step" in out.stdout, out.stdout + out.stderr
+
+
+def test_an_optimizer_a_callback_brings_at_before_fit_gets_the_one_step_rule():
+    """(regression round T18) A callback setting learn.opt to an optimizer of its own at before_fit turned the rule
+    off: a stray second step a batch went through (6 steps in 3 batches)."""
+    class OwnOpt(Callback):
+        def before_fit(self, learn):
+            if "train" in learn.passes:
+                learn.opt = torch.optim.SGD(learn.model.parameters(), lr=0.1)
+
+    class Stray(Callback):
+        def after_step(self, learn):
+            learn.opt.step()
+    with pytest.raises(RuntimeError, match=r"called from Stray.after_step in training batch 0"):
+        tiny_learner([OwnOpt(), Stray()]).fit(1)
+    tiny_learner([OwnOpt()]).fit(2)
