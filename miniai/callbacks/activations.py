@@ -249,12 +249,14 @@ def _abs_histc_scatter(flat: Tensor, bins: int, low: float, high: float) -> Tens
 
 def check_hooks_run(model: nn.Module, who: str) -> None:
     """Refuse hooks on a compiled model whose compiled code would run without them (empty records, no word): a
-    torch.compile(model) wrapper, or a model compiled in place with torch's default of not watching module hooks."""
+    torch.compile(model) wrapper (the model's, or a part's: torch.compile(body)), or a model compiled in place with
+    torch's default of not watching module hooks."""
     dynamo = sys.modules.get("torch._dynamo")  # (imported by any compile; not imported here: a second)
-    wrapped = isinstance(getattr(model, "_orig_mod", None), nn.Module)
+    wrapped = any(isinstance(getattr(m, "_orig_mod", None), nn.Module) for m in model.modules())
     in_place = any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
     if wrapped or in_place and dynamo is not None and dynamo.config.skip_nnmodule_hook_guards:
-        raise RuntimeError(f"{who}: learn.model is compiled ({'torch.compile(model)' if wrapped else 'in place'}), "
+        how = "torch.compile of it or of a part" if wrapped else "in place"
+        raise RuntimeError(f"{who}: learn.model is compiled ({how}), "
                            "and its compiled code would not run hooks added after it was traced: the records "
                            "would be empty, without a word. Compile through the learner instead: give it the model "
                            "itself, then learn.compile(), which compiles it in place and makes a change of hooks "
