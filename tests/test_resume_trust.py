@@ -1365,3 +1365,22 @@ def test_the_advice_to_load_a_checkpoints_weights_works_for_a_compiled_model(tmp
                       str(info.value)).group(1)
     eval(call)  # the advice, as given
     assert torch.equal(learn.model.weight, load_checkpoint(tmp_path / "epoch_0001.pt")["model"]["weight"])
+
+
+def test_a_version_4_checkpoints_loss_globals_are_not_compared(tmp_path):
+    """(regression round T18) Files of setup version 4 read a loss's globals otherwise (attributes' names taken
+    for globals, no __call__'s): an unchanged resume was told 'loss_func.global size: 3 saved, none here'."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+    TrainLearner(torch.nn.Linear(1, 1), linear_dls(), _ScaledCall()).fit(2, cbs=[CheckpointCB(tmp_path / "run")])
+    state = load_checkpoint(tmp_path / "run")
+    setup = {k: v for k, v in state["setup"].items() if ".global " not in k}
+    setup.update({"setup version": 4, "loss_func.global size": 3})
+    older = tmp_path / "older" / "epoch_0002.pt"
+    older.parent.mkdir()
+    torch.save({**{k: v for k, v in state.items() if k != "checksum"}, "setup": setup}, older)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TrainLearner(torch.nn.Linear(1, 1), linear_dls(), _ScaledCall()).fit(3, resume=older)
+    assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]

@@ -681,3 +681,26 @@ def test_swa_of_a_compiled_model_averages_the_module_inside_and_says_the_average
         "module.0.weight"
     plain = make(lambda m: m)
     plain.fit(4, resume=tmp_path / "epoch_0002.pt", cbs=[SWACB(1, 0.01)])  # (refused with torch's keys error)
+
+
+def test_a_checkpoint_whose_average_has_the_compile_wrappers_keys_still_resumes(tmp_path):
+    """(regression round T18) Checkpoints written before SWACB averaged the module inside a torch.compile wrapper
+    hold 'module._orig_mod.' keys: their resume failed with torch's bare key error."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.callbacks.checkpoint import load_checkpoint
+    from tests.synth import linear_dls
+
+    def make():
+        torch.manual_seed(0)
+        return TrainLearner(torch.compile(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)),
+                                          backend="eager"), linear_dls(), F.mse_loss, lr=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the average is not compiled: said)
+        make().fit(2, cbs=[CheckpointCB(tmp_path / "run"), SWACB(1, 0.01)])
+        state = load_checkpoint(tmp_path / "run" / "epoch_0002.pt")
+        swa = state["callbacks"]["SWACB_0"]
+        swa["swa_model"] = {k.replace("module.", "module._orig_mod.", 1): v for k, v in swa["swa_model"].items()}
+        older = tmp_path / "older" / "epoch_0002.pt"
+        older.parent.mkdir()
+        torch.save({k: v for k, v in state.items() if k != "checksum"}, older)
+        make().fit(3, resume=older, cbs=[SWACB(1, 0.01)])

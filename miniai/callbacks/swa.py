@@ -175,7 +175,10 @@ class SWACB(Callback):
             raise ValueError(f"the checkpoint's run averaged with SWACB({_described(saved)}), this fit's is {self!r}: "
                              "its average so far and SWALR's state are the saved settings'. To continue it, resume "
                              "with that SWACB; for the new settings start a new fit from the checkpoint's weights")
-        self.swa_model.load_state_dict(state["swa_model"])
+        # (files written before the average was of the module inside a torch.compile wrapper: its keys were the
+        # wrapper's)
+        self.swa_model.load_state_dict({k.replace("module._orig_mod.", "module.", 1): v
+                                        for k, v in state["swa_model"].items()})
         if state["swa_scheduler"] is not None:  # resumed past swa_start: SWALR goes on where it was
             self.swa_scheduler = self._swalr(self._opt)
             self.swa_scheduler.load_state_dict(state["swa_scheduler"])
