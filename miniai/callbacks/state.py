@@ -76,6 +76,14 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
 _NO_STATE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial, type)
 
 
+def _storage(t: torch.Tensor) -> int | None:
+    """Where a tensor's data lives (its storage's address), or None for one without a plain storage (sparse)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def _loss_objects(loss: Any) -> list[Any]:
     """The objects a loss may keep state in: itself, a partial's function, a bound method's object, or the objects
     a function's closure holds (a lambda around a loss module)."""
@@ -103,7 +111,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     generators the transforms `tfms` hold (tta's). Lazy layers a pass
     initializes stay initialized; `weights=True` refuses a model with lazy layers not initialized yet.
     Normalization layers' statistics (which a callback's train mode would change) are copied and put back too;
-    other buffers are watched, and one the pass changes in place is warned of. Other values, and the states of
+    other buffers are watched, and one the pass changes in place is warned of; with `weights=True`, so are the
+    tensors the user's callbacks without a `state_dict` and the loss (found through a partial, a bound method or a
+    closure) keep as attributes (not copied: large ones are common). Other values, and the states of
     MetricsCB's metrics and of the user's callbacks that have a `state_dict` (whatever they change in place: the
     attribute copies are one level deep), are copied only with `weights=True` (lr_find trains: eval mode and
     `no_grad` leave the weights alone, and no metric runs), so a prediction pass costs next to nothing here.
@@ -145,13 +155,14 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     holders = [learn, *learn.cbs, *{id(obj): obj for obj in objects
                                     if hasattr(obj, "__dict__") and not isinstance(obj, _NO_STATE)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    # the tensors callbacks and the loss keep as plain attributes, which a fit may change in place (a running mean,
-    # self.avg.lerp_(...)): copied for a fit, up to 2**20 elements (a larger one is watched), and written back when
-    # their version moved; not views of the model's tensors, which are put back with them
-    model_tensors = {id(slot[2]) for slot in slots}
-    plain = [(f"{type(obj).__name__}.{name}", t, t._version, t.detach().clone() if t.numel() <= 2**20 else None)
-             for obj in [*learn.cbs, *losses] if weights for name, t in getattr(obj, "__dict__", {}).items()
-             if type(t) is torch.Tensor and not t.is_inference() and id(t._base) not in model_tensors]
+    # tensors the user's callbacks (those without a state_dict) and the loss keep as plain attributes, which a fit
+    # may change in place (a running mean, self.avg.lerp_(...)): watched, not copied, and one that moved is warned
+    # of (not the model's own, through an alias or a view: those are put back with the model)
+    model_data = {_storage(t) for _, _, t, _, _ in slots}
+    plain = [(f"{type(obj).__name__}.{name}", t, t._version) for obj in [*learn.cbs, *losses] if weights
+             and not (obj in learn.cbs and (has_state(obj) or type(obj).__module__.startswith("miniai.")))
+             for name, t in getattr(obj, "__dict__", {}).items() if isinstance(t, torch.Tensor)
+             and not t.is_inference() and _storage(t) not in model_data]
     # a fit's metrics reset and update their counts in place, and a callback of the user's may change tensors or
     # nested containers in place (an average of the weights): copies of the states of those that say what it is
     # (the others keep the finder's counts: see lr_find); miniai's own callbacks are put back by their attributes
@@ -191,13 +202,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                 # an unchanged one written back would fail the backward of a fit's batch that called this
                 if value is not None and not torch.allclose(t, value, rtol=0, atol=0, equal_nan=True):
                     t.copy_(value)
-            moved = [(name, t, value) for name, t, version, value in plain if t._version != version]
-            for name, t, value in moved:
-                with contextlib.suppress(RuntimeError):  # (a view that can't be written: warned of, below)
-                    t.copy_(value) if value is not None else None
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
-        unrestored = [name for name, t, value in moved
-                      if value is None or not torch.allclose(t, value, rtol=0, atol=0, equal_nan=True)]
+        moved = [name for name, t, version in plain if t._version != version]
         for p, grad in grads:
             p.grad = grad
         for m, mode in modes:
@@ -217,10 +223,10 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
         # the warnings after everything is put back: under -W error they raise
         if refused:
             warn(f"could not put back all the state of {refused[0]}: some may be the finder's")
-        if unrestored:
-            warn(f"lr_find changed {unrestored[0]} in place and could not put it back (a tensor of over 2**20 elements "
-                 "is not copied, a broadcast view can't be written): give its callback state_dict and "
-                 "load_state_dict, which lr_find uses to put it back")
+        if moved:
+            warn(f"lr_find changed {moved[0]} in place, and the next fit starts from that: lr_find puts back a "
+                 "callback's state through its state_dict and load_state_dict (give it those), and a loss module's "
+                 "through its buffers (self.register_buffer)")
         if changed:
             warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
                  "its own, a quantization observer calibrating?): the model is not as it was before the call")
