@@ -182,9 +182,9 @@ def summary(learn: Learner, xb: Any = None) -> ModelSummary:
     # a torch.compile(model) wrapper's code, compiled before the hooks, would run without them (no shapes, no MACs):
     # the batch runs through the module inside it, as do the rows' names (no '_orig_mod.')
     model = unwrap(learn.model)
-    check_hooks_run(model, "summary")  # (compiled in place, model.compile(): its code has no hooks either)
     mods = [(name, m) for name, m in model.named_modules() if _is_row(name, m)]
     hooked = [m for _, m in mods if not isinstance(m, torch.jit.ScriptModule)]  # (torch can't hook those)
+    check_hooks_run(model, "summary", hooked)  # (a compiled part, or a model compiled in place: no hooks either)
     with Hooks(hooked, _record) as hooks, kept(learn, [getattr(learn.dls, "valid", None)]):
         learn.model = model  # (kept puts the learner's back)
         if xb is None:

@@ -824,18 +824,22 @@ def test_hooks_on_a_model_compiled_without_hook_guards_are_refused_with_the_way(
     with dynamo.config.patch(skip_nnmodule_hook_guards=True):  # torch's default (learn.compile() sets it False)
         learn = TrainLearner(torch.compile(model(), backend="eager"), linear_dls(), F.mse_loss, lr=0.1)
         learn.fit(1)
-        with pytest.raises(RuntimeError, match=r"ActivationStats: learn.model is compiled \(torch.compile of it"
-                                               r".*learn.compile\(\)"):
+        with pytest.raises(RuntimeError, match=r"ActivationStats: the compiled code of learn.model would not run "
+                                               r"hooks.*model._orig_mod\), and compile it with learn.compile\(\)"):
             learn.fit(1, cbs=[ActivationStats(lambda m: isinstance(m, nn.ReLU))])
         body = TrainLearner(nn.Sequential(torch.compile(model(), backend="eager"), nn.Linear(1, 1)), linear_dls(),
                             F.mse_loss, lr=0.1)  # (regression round T18) a compiled part, the body
         body.fit(1)
         for call in (lambda: body.fit(1, cbs=[ActivationStats(lambda m: isinstance(m, nn.ReLU))]), body.summary):
-            with pytest.raises(RuntimeError, match=r"learn.model is compiled \(torch.compile of it or of a part\)"):
+            with pytest.raises(RuntimeError, match=r"the compiled code of its part '0'.*part._orig_mod"):
                 call()
+        head = ActivationStats(lambda m: m is body.model[1])  # (regression round T19) hooks outside the part: run
+        body.fit(1, cbs=[head])
+        assert len(head.hooks[0].stats[0]) == 3
         in_place = model()
         in_place.compile(backend="eager")
-        with pytest.raises(RuntimeError, match=r"summary: learn.model is compiled \(in place\).*skip_nnmodule_hook"):
+        with pytest.raises(RuntimeError, match=r"summary: the compiled code of learn.model.*compiled in place.*"
+                                               r"skip_nnmodule_hook"):
             TrainLearner(in_place, linear_dls(), F.mse_loss).summary()
     with dynamo.config.patch(skip_nnmodule_hook_guards=False):
         dynamo.reset()  # (as in a new process: the code compiled above, unwatched, is shared by the class's forward)

@@ -247,21 +247,27 @@ def _abs_histc_scatter(flat: Tensor, bins: int, low: float, high: float) -> Tens
     return counts[:bins].to(flat.dtype)
 
 
-def check_hooks_run(model: nn.Module, who: str) -> None:
-    """Refuse hooks on a compiled model whose compiled code would run without them (empty records, no word): a
-    torch.compile(model) wrapper (the model's, or a part's: torch.compile(body)), or a model compiled in place with
+def check_hooks_run(model: nn.Module, who: str, hooked: Iterable[nn.Module]) -> None:
+    """Refuse hooks on modules whose compiled code would run without them (empty records, no word): inside a
+    torch.compile wrapper (the model's, or a part's: torch.compile(body)), or a module compiled in place with
     torch's default of not watching module hooks."""
     dynamo = sys.modules.get("torch._dynamo")  # (imported by any compile; not imported here: a second)
-    wrapped = any(isinstance(getattr(m, "_orig_mod", None), nn.Module) for m in model.modules())
-    in_place = any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
-    if wrapped or in_place and dynamo is not None and dynamo.config.skip_nnmodule_hook_guards:
-        how = "torch.compile of it or of a part" if wrapped else "in place"
-        raise RuntimeError(f"{who}: learn.model is compiled ({how}), "
-                           "and its compiled code would not run hooks added after it was traced: the records "
-                           "would be empty, without a word. Compile through the learner instead: give it the model "
-                           "itself, then learn.compile(), which compiles it in place and makes a change of hooks "
-                           "recompile" + ("" if wrapped else " (or set torch._dynamo.config."
-                                                             "skip_nnmodule_hook_guards = False before compiling)"))
+    unwatched = dynamo is not None and dynamo.config.skip_nnmodule_hook_guards
+    hooked = {id(m) for m in hooked}
+    for name, m in model.named_modules():
+        wrapper = isinstance(getattr(m, "_orig_mod", None), nn.Module)
+        if not (wrapper or unwatched and getattr(m, "_compiled_call_impl", None) is not None):
+            continue
+        if not any(id(inner) in hooked for inner in m.modules()):
+            continue  # (the hooks are on layers outside it)
+        part = "learn.model" if m is model else f"its part {name!r}"
+        how = ((f"{part} is a torch.compile wrapper: give the learner the model uncompiled (model._orig_mod)"
+                if m is model else f"{part} is a torch.compile wrapper: build the model with that part uncompiled "
+                "(part._orig_mod)") + ", and compile it with learn.compile()" if wrapper else f"{part} was compiled in place: compile with learn.compile(), or set torch._dynamo."
+               "config.skip_nnmodule_hook_guards = False before compiling")
+        raise RuntimeError(f"{who}: the compiled code of {part} would not run hooks added after it was traced: the "
+                           f"records would be empty, without a word. {how[0].upper() + how[1:]} (which makes a "
+                           "change of hooks recompile)")
 
 
 def every_module(module: nn.Module) -> bool:
@@ -326,7 +332,7 @@ class HooksCallback(Callback):
         if not mods:
             raise ValueError(f"{type(self).__name__}: mod_filter matched no module of {type(learn.model).__name__}; "
                              "check the filter (e.g. fastcore's risinstance(nn.ReLU)) or pass mods=[...].")
-        check_hooks_run(learn.model, type(self).__name__)
+        check_hooks_run(learn.model, type(self).__name__, mods)
         keep_records(self, "hooks")  # (removed, they keep their stats: a fit refused before its first batch puts
         self.hooks = Hooks(mods, self._hookfunc)  # them back)
         self._model, self._learn = learn.model, learn
