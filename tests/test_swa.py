@@ -704,3 +704,26 @@ def test_a_checkpoint_whose_average_has_the_compile_wrappers_keys_still_resumes(
         older.parent.mkdir()
         torch.save({k: v for k, v in state.items() if k != "checksum"}, older)
         make().fit(3, resume=older, cbs=[SWACB(1, 0.01)])
+
+
+class _HoldsACompiledPart(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.module = torch.compile(nn.Sequential(nn.Linear(1, 8), nn.ReLU()), backend="eager")
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.module(x))
+
+
+def test_a_models_own_compiled_part_named_module_resumes_in_swa(tmp_path):
+    """(regression round T19) The key rename for old averages took a model's own 'module._orig_mod.' (a compiled
+    part held as self.module) for the wrapper's: its SWA checkpoint could not be resumed, torch's bare key error."""
+    from miniai.callbacks import CheckpointCB
+    from tests.synth import linear_dls
+
+    def make():
+        torch.manual_seed(0)
+        return TrainLearner(_HoldsACompiledPart(), linear_dls(), F.mse_loss, lr=0.05)
+    make().fit(2, cbs=[CheckpointCB(tmp_path), SWACB(1, 0.01)])
+    make().fit(3, resume=tmp_path, cbs=[SWACB(1, 0.01)])

@@ -177,7 +177,8 @@ class SWACB(Callback):
                              "with that SWACB; for the new settings start a new fit from the checkpoint's weights")
         # (files written before the average was of the module inside a torch.compile wrapper: its keys were the
         # wrapper's)
-        self.swa_model.load_state_dict({k.replace("module._orig_mod.", "module.", 1): v
+        own, old = self.swa_model.state_dict(), "module._orig_mod."
+        self.swa_model.load_state_dict({"module." + k[len(old):] if k.startswith(old) and k not in own else k: v
                                         for k, v in state["swa_model"].items()})
         if state["swa_scheduler"] is not None:  # resumed past swa_start: SWALR goes on where it was
             self.swa_scheduler = self._swalr(self._opt)
