@@ -1028,7 +1028,8 @@ def test_other_frameworks_training_methods_on_a_learner_subclass_are_refused(nam
     train_step, or miniai's own after_batch) trained with loss_func and opt_func instead, never calling them."""
     Ported = type("Ported", (TrainLearner,), {name: lambda self, *args: None})
     learn = Ported(nn.Linear(1, 1), tiny_learner().dls, F.mse_loss)
-    with pytest.raises(TypeError, match=rf"Ported.{name}: the loop never calls a method of this name.*{re.escape(said)}"):
+    with pytest.raises(TypeError, match=rf"Ported.{name}: the loop never calls a method of this name.*"
+                                        rf"{re.escape(said)}"):
         learn.fit(1)
 
 

@@ -1289,8 +1289,8 @@ def test_a_loss_modules_tensor_a_metrics_tensor_argument_and_a_global_a_lambda_l
     from miniai.learner import TrainLearner
     scale = "loss_func.global _SCALE: 1.0 saved, 10.0 here"
     cases = [("loss_func.w: tensor 1.0", lambda v: (_WeightedMSE(torch.tensor(v)), [])),
-             ("MetricsCB_0.m.weights: tensor 1.0", lambda v: (torch.nn.functional.mse_loss,
-                                                              [MetricsCB(m=_WeightedMAE(torch.tensor(v)), log_fn=None)])),
+             ("MetricsCB_0.m.weights: tensor 1.0", lambda v: (
+                 torch.nn.functional.mse_loss, [MetricsCB(m=_WeightedMAE(torch.tensor(v)), log_fn=None)])),
              (scale, lambda v: (lambda p, y: _SCALE * torch.nn.functional.mse_loss(p, y), [])),
              # (regression round T16) the same global read by a partial's function, a bound method, a loss module's
              # forward, or a helper the loss calls

@@ -1438,22 +1438,11 @@ def test_a_cyclic_lr_whose_first_rise_outlasts_the_fit_is_warned_of():
 def test_a_schedule_on_an_optimizer_without_param_groups_says_what_to_use(cb_cls):
     """(probe S26 course) The course's own SGD class (12_accel_sgd: no param_groups) under BatchSchedCB raised a bare
     AttributeError from inside the callback, saying nothing of what to change."""
-    class CourseSGD:  # the course's, in short
-        def __init__(self, params, lr, wd=0.0):
-            self.params, self.lr, self.wd, self.i = list(params), lr, wd, 0
-
-        def step(self):
-            with torch.no_grad():
-                for p in self.params:
-                    p -= p.grad * self.lr
-
-        def zero_grad(self):
-            for p in self.params:
-                p.grad.data.zero_()
+    from tests.test_course import _CourseSGD as CourseSGD  # (the course's)
     learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, opt_func=CourseSGD,
                          cbs=[cb_cls(partial(ls.OneCycleLR, max_lr=0.1, total_steps=20))])
     with pytest.raises(TypeError, match=rf"{cb_cls.__name__} steps an lr schedule through the optimizer's "
-                                        r"param_groups.*learn.opt \(CourseSGD\) has none.*opt_func=optim.SGD"):
+                                        r"param_groups.*learn.opt \(_CourseSGD\) has none.*opt_func=optim.SGD"):
         learn.fit(1)
     TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, opt_func=CourseSGD).fit(1)  # (alone: it trains)
 

@@ -261,12 +261,15 @@ def check_hooks_run(model: nn.Module, who: str, hooked: Iterable[nn.Module]) -> 
         if not any(id(inner) in hooked for inner in m.modules()):
             continue  # (the hooks are on layers outside it)
         part = "learn.model" if m is model else f"its part {name!r}"
-        how = ((f"{part} is a torch.compile wrapper: give the learner the model uncompiled (model._orig_mod)"
-                if m is model else f"{part} is a torch.compile wrapper: build the model with that part uncompiled "
-                "(part._orig_mod)") + ", and compile it with learn.compile()" if wrapper else f"{part} was compiled in place: compile with learn.compile(), or set torch._dynamo."
-               "config.skip_nnmodule_hook_guards = False before compiling")
-        raise RuntimeError(f"{who}: the compiled code of {part} would not run hooks added after it was traced: the "
-                           f"records would be empty, without a word. {how[0].upper() + how[1:]} (which makes a "
+        if not wrapper:
+            how = "compile with learn.compile(), or set torch._dynamo.config.skip_nnmodule_hook_guards = False first"
+        elif m is model:
+            how = "give the learner the model uncompiled (model._orig_mod), and compile it with learn.compile()"
+        else:
+            how = "build the model with that part uncompiled (part._orig_mod), and compile it with learn.compile()"
+        kind = "a torch.compile wrapper" if wrapper else "compiled in place"
+        raise RuntimeError(f"{who}: the compiled code of {part} ({kind}) would not run hooks added after it was "
+                           f"traced: the records would be empty, without a word. To record, {how} (which makes a "
                            "change of hooks recompile)")
 
 
