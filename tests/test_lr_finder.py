@@ -230,7 +230,7 @@ def test_lr_find_puts_back_a_losss_state_behind_a_lambda_a_bound_method_or_a_pla
         return learn.model.weight.item()
     for make in (around, lambda: Balancer().loss):
         assert fitted(make, True) == fitted(make, False)
-    with pytest.warns(UserWarning, match=r"lr_find changed PlainLoss.ema in place.*self.register_buffer"):
+    with pytest.warns(UserWarning, match=r"lr_find changed loss_func PlainLoss.ema in place.*self.register_buffer"):
         TrainLearner(nn.Linear(1, 1), linear_dls(), PlainLoss(), lr=0.05).lr_find(plot=False, max_epochs=2)
 
 
@@ -1158,7 +1158,7 @@ def test_lr_find_says_which_tensor_of_a_callback_or_loss_it_changed_in_place():
             loss = F.mse_loss(p, y)
             self.mean.mul_(0.5).add_(0.5 * loss.detach())
             return loss / self.mean.mean()
-    for cbs, loss, said in (([EMA()], F.mse_loss, "EMA.avg"), ([], Balanced(), "Balanced.mean")):
+    for cbs, loss, said in (([EMA()], F.mse_loss, "EMA.avg"), ([], Balanced(), "loss_func Balanced.mean")):
         with pytest.warns(UserWarning, match=rf"lr_find changed {said} in place.*state_dict and load_state_dict"):
             TrainLearner(nn.Linear(1, 1), linear_dls(), loss, lr=0.05, cbs=cbs).lr_find(plot=False)
     saved, alias = SavedEMA(), Alias()
@@ -1170,3 +1170,75 @@ def test_lr_find_says_which_tensor_of_a_callback_or_loss_it_changed_in_place():
         warnings.filterwarnings("ignore", message=r"lr_find: (only|the loss)")  # (its own, of a short curve)
         learn.lr_find(plot=False)
     assert torch.equal(saved.avg, avg) and torch.equal(alias.w, learn.model.weight)
+
+
+_COUNT = torch.zeros(1)  # a module-level tensor a loss of the test below writes into
+
+
+def test_lr_find_warns_of_every_held_tensor_whose_value_it_moved_and_of_none_it_left_as_it_was():
+    """(regression round T20) Tensors in a callback's list, dict or nested object, an EMA model a callback keeps, a
+    partial's keyword tensor and a module-level tensor the loss writes came back moved without a word; a tensor
+    written with the same value at before_fit, or put back by another callback's load_state_dict, was warned of
+    as changed."""
+    import collections
+    import functools
+    from types import SimpleNamespace
+
+    class Holds(Callback):
+        def __init__(self):
+            self.stats, self.d = [torch.zeros(1)], {"m": torch.zeros(1)}
+            self.q, self.s = collections.deque([torch.zeros(1)]), SimpleNamespace(mean=torch.zeros(1))
+            self.ema = nn.Linear(1, 1)
+
+        def after_step(self, learn):
+            for t in (self.stats[0], self.d["m"], self.q[0], self.s.mean):
+                t.add_(1)
+            with torch.no_grad():
+                self.ema.weight.lerp_(learn.model.weight, 0.5)
+
+    def counting(p, y, acc):
+        acc.add_(1)
+        return F.mse_loss(p, y)
+
+    def global_count(p, y):
+        _COUNT.add_(1)
+        return F.mse_loss(p, y)
+    cases = [([Holds()], F.mse_loss, r"Holds.(stats\[0\]|d\['m'\]|q\[0\]|s.mean|ema.weight)"),
+             ([], functools.partial(counting, acc=torch.zeros(1)), r"loss_func counting"),
+             ([], global_count, r"loss_func global_count: global _COUNT")]
+    for cbs, loss, said in cases:
+        learn = TrainLearner(nn.Linear(1, 1), linear_dls(), loss, lr=0.05, cbs=cbs)
+        with pytest.warns(UserWarning, match=rf"lr_find changed {said} in place"):
+            learn.lr_find(plot=False)
+
+    class Mask(Callback):  # the same value written at every before_fit
+        mask = torch.ones(3)
+
+        def before_fit(self, learn):
+            self.mask[:] = 1.0
+
+    shared = torch.full((2,), 5.0)
+
+    class Saves(Callback):
+        def __init__(self):
+            self.t = shared
+
+        def after_step(self, learn):
+            self.t.add_(1)
+
+        def state_dict(self):
+            return {"t": self.t.clone()}
+
+        def load_state_dict(self, state):
+            self.t.copy_(state["t"])
+
+    class Reads(Callback):
+        def __init__(self):
+            self.t = shared
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[Mask(), Saves(), Reads()])
+    learn.fit(1)
+    before = shared.clone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learn.lr_find(plot=False)
+    assert not [w for w in caught if "lr_find changed" in str(w.message)] and torch.equal(shared, before)

@@ -414,10 +414,10 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         if not isinstance(x.__self__, nn.Module):  # a model's are compared as the model's, not what it caches)
             _plain_parts(found, name, x.__self__, depth=depth)
         found[name] = _named(x.__func__)
-        parts = _global_numbers(x.__func__)
+        parts = global_numbers(x.__func__)
     elif isinstance(x, functools.partial):
         found[name] = _named(x.func)
-        parts = {**dict(enumerate(x.args)), **x.keywords, **_global_numbers(x.func)}
+        parts = {**dict(enumerate(x.args)), **x.keywords, **global_numbers(x.func)}
     elif isinstance(x, types.FunctionType):  # and what it reads of its maker's (a factory's loss) or its defaults
         found[name] = _named(x)
         code, defaults = x.__code__, x.__defaults__ or ()
@@ -426,7 +426,7 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         for var, cell in zip(code.co_freevars, x.__closure__ or ()):
             with contextlib.suppress(ValueError):  # (a cell not filled yet)
                 parts[var] = cell.cell_contents
-        parts.update(_global_numbers(x))
+        parts.update(global_numbers(x))
     elif isinstance(x, (types.BuiltinFunctionType, type)):
         found[name] = _named(x)
         return
@@ -436,7 +436,7 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         if isinstance(x, nn.Module) and x._parameters:
             parts = {k: v for k, v in parts.items() if not isinstance(v, torch.Tensor)}
         if _own_class(type(x)):  # (what its forward or __call__ reads off its module's globals)
-            parts.update(_global_numbers(getattr(type(x), "forward" if isinstance(x, nn.Module) else "__call__", None)))
+            parts.update(global_numbers(getattr(type(x), "forward" if isinstance(x, nn.Module) else "__call__", None)))
         if isinstance(x, nn.Module):
             parts.update((b, x._buffers[b]) for b in (x._buffers if buffers is None else buffers)
                          if x._buffers.get(b) is not None)
@@ -463,7 +463,7 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
         found[f"{name}.{key}"] = value
 
 
-def _global_numbers(f: Any, depth: int = 1) -> dict[str, Any]:
+def global_numbers(f: Any, depth: int = 1) -> dict[str, Any]:
     """The numbers and tensors a function of one's own reads off its module's globals (a SCALE), by 'global NAME',
     and those the functions of its module it calls read (`depth` calls down)."""
     if not isinstance(f, types.FunctionType) or not _own_class(f):
@@ -476,7 +476,7 @@ def _global_numbers(f: Any, depth: int = 1) -> dict[str, Any]:
             if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool):
                 found[f"global {n}"] = v
             elif depth and isinstance(v, types.FunctionType) and v.__globals__ is f.__globals__ and v is not f:
-                found.update(_global_numbers(v, depth - 1))
+                found.update(global_numbers(v, depth - 1))
     return found
 
 

@@ -5,6 +5,7 @@ the RNGs; `kept` snapshots all of it cheaply and restores it on exit, also after
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
@@ -19,9 +20,9 @@ from torch import nn
 from ..checks import warn
 from ..data import TensorLoader
 from ..learner import Learner
-from ..utils import keeps_workers, lazy_tensors, map_tensors, rngs_kept
-from .checkpoint import (callback_generators, generator_state, has_state, held_generators, loader_generators,
-                         run_generators, set_generator_state)
+from ..utils import byte_sums, keeps_workers, lazy_tensors, map_tensors, rngs_kept
+from .checkpoint import (callback_generators, generator_state, global_numbers, has_state, held_generators,
+                         loader_generators, run_generators, set_generator_state)
 from .metrics import MetricsCB
 
 __all__ = ["kept"]
@@ -76,6 +77,48 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
 _NO_STATE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial, type)
 
 
+def _held_tensors(cbs: list[Any], loss: Any) -> list[tuple[str, torch.Tensor]]:
+    """The tensors `cbs` and the loss hold, named: as attributes, in their lists, tuples, dicts and deques, in the
+    modules and plain objects they hold (two levels down); a loss's through a partial's arguments, a bound method's
+    object and a closure's cells too."""
+    found: dict[int, tuple[str, torch.Tensor]] = {}
+
+    def add(name: str, x: Any, depth: int) -> None:
+        if isinstance(x, torch.Tensor):
+            found.setdefault(id(x), (name, x))
+        elif not depth or isinstance(x, (Learner, type, *_NO_STATE)):
+            return  # (the learner's and the model's own are put back as such)
+        elif isinstance(x, nn.Module):  # (its parameters, buffers and plain tensors)
+            for key, t in [*x.named_parameters(), *x.named_buffers(), *vars(x).items()]:
+                add(f"{name}.{key}", t, 0)
+        elif isinstance(x, (list, tuple, collections.deque)):
+            for i, v in enumerate(x):
+                add(f"{name}[{i}]", v, depth - 1)
+        elif isinstance(x, dict):
+            for key, v in x.items():
+                add(f"{name}[{key!r}]", v, depth - 1)
+        elif hasattr(x, "__dict__"):
+            for key, v in vars(x).items():
+                add(f"{name}.{key}", v, depth - 1)
+    for cb in cbs:
+        add(type(cb).__name__, cb, 3)
+    name = getattr(getattr(loss, "func", loss), "__name__", type(loss).__name__)  # (a partial's: its function's)
+    given = [*loss.args, *loss.keywords.values()] if isinstance(loss, functools.partial) else []
+    for part in (*given, *_loss_objects(loss)):
+        add(f"loss_func {name}", part, 3)
+    for key, value in global_numbers(getattr(loss, "func", loss)).items():  # (a module-level tensor it reads)
+        add(f"loss_func {name}: {key}", value, 0)
+    return list(found.values())
+
+
+def _fingerprint(t: torch.Tensor) -> int | None:
+    """A checksum of a tensor's bytes (its shape and dtype too), or None for one whose bytes can't be read."""
+    try:
+        return hash((t.shape, t.dtype, byte_sums([t])[1]))
+    except Exception:  # noqa: BLE001 -- sparse, quantized, ...: watched by its version alone
+        return None
+
+
 def _storage(t: torch.Tensor) -> int | None:
     """Where a tensor's data lives (its storage's address), or None for one without a plain storage (sparse)."""
     try:
@@ -85,8 +128,8 @@ def _storage(t: torch.Tensor) -> int | None:
 
 
 def _loss_objects(loss: Any) -> list[Any]:
-    """The objects a loss may keep state in: itself, a partial's function, a bound method's object, or the objects
-    a function's closure holds (a lambda around a loss module)."""
+    """The objects a loss may keep state in: itself, a partial's function, a bound method's object, or what a
+    function's closure holds (a lambda around a loss module, a tensor)."""
     loss = getattr(loss, "func", loss)  # (a partial's function)
     loss = getattr(loss, "__self__", loss) if isinstance(loss, types.MethodType) else loss
     if not isinstance(loss, types.FunctionType):
@@ -95,7 +138,7 @@ def _loss_objects(loss: Any) -> list[Any]:
     for cell in loss.__closure__ or ():
         with contextlib.suppress(ValueError):  # (a cell not filled yet)
             held.append(cell.cell_contents)
-    return [x for x in held if hasattr(x, "__dict__") and not isinstance(x, _NO_STATE)]
+    return [x for x in held if isinstance(x, torch.Tensor) or hasattr(x, "__dict__") and not isinstance(x, _NO_STATE)]
 
 
 @contextlib.contextmanager
@@ -112,8 +155,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     initializes stay initialized; `weights=True` refuses a model with lazy layers not initialized yet.
     Normalization layers' statistics (which a callback's train mode would change) are copied and put back too;
     other buffers are watched, and one the pass changes in place is warned of; with `weights=True`, so are the
-    tensors the user's callbacks without a `state_dict` and the loss (found through a partial, a bound method or a
-    closure) keep as attributes (not copied: large ones are common). Other values, and the states of
+    tensors the user's callbacks without a `state_dict` and the loss hold (`_held_tensors`; by version and
+    checksum, not copied: large ones are common). Other values, and the states of
     MetricsCB's metrics and of the user's callbacks that have a `state_dict` (whatever they change in place: the
     attribute copies are one level deep), are copied only with `weights=True` (lr_find trains: eval mode and
     `no_grad` leave the weights alone, and no metric runs), so a prediction pass costs next to nothing here.
@@ -147,7 +190,8 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     all_loaders = [getattr(dls, "train", None), getattr(dls, "valid", None), *loaders]
     # the attributes of: the learner, its callbacks, in-memory loaders, a loss that is an object of the user's (a
     # count of its calls), and the samplers of torch's loaders (one counting its own epochs to seed its order)
-    objects = [dl for dl in all_loaders if isinstance(dl, TensorLoader)] + losses
+    objects = [dl for dl in all_loaders if isinstance(dl, TensorLoader)] + [x for x in losses
+                                                                            if not isinstance(x, torch.Tensor)]
     for dl in all_loaders:
         if dl is not None and not isinstance(dl, TensorLoader):
             batches = getattr(dl, "batch_sampler", None)
@@ -155,14 +199,14 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     holders = [learn, *learn.cbs, *{id(obj): obj for obj in objects
                                     if hasattr(obj, "__dict__") and not isinstance(obj, _NO_STATE)}.values()]
     saved = [(obj, _shallow(obj)) for obj in holders]
-    # tensors the user's callbacks (those without a state_dict) and the loss keep as plain attributes, which a fit
-    # may change in place (a running mean, self.avg.lerp_(...)): watched, not copied, and one that moved is warned
-    # of (not the model's own, through an alias or a view: those are put back with the model)
+    # tensors the user's callbacks (those without a state_dict) and the loss hold, which a fit may change in place
+    # (a running mean, self.avg.lerp_(...), an EMA model's weights): watched, not copied (by version and checksum),
+    # and one whose value moved is warned of (not the model's own, through an alias or a view: put back with it)
     model_data = {_storage(t) for _, _, t, _, _ in slots}
-    plain = [(f"{type(obj).__name__}.{name}", t, t._version) for obj in [*learn.cbs, *losses] if weights
-             and not (obj in learn.cbs and (has_state(obj) or type(obj).__module__.startswith("miniai.")))
-             for name, t in getattr(obj, "__dict__", {}).items() if isinstance(t, torch.Tensor)
-             and not t.is_inference() and _storage(t) not in model_data]
+    users = [cb for cb in learn.cbs if not (has_state(cb) or type(cb).__module__.startswith("miniai."))]
+    held = _held_tensors(users, getattr(learn, "loss_func", None)) if weights else []
+    plain = [(name, t, t._version, _fingerprint(t)) for name, t in held
+             if not t.is_inference() and _storage(t) not in model_data]
     # a fit's metrics reset and update their counts in place, and a callback of the user's may change tensors or
     # nested containers in place (an average of the weights): copies of the states of those that say what it is
     # (the others keep the finder's counts: see lr_find); miniai's own callbacks are put back by their attributes
@@ -203,7 +247,6 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                 if value is not None and not torch.allclose(t, value, rtol=0, atol=0, equal_nan=True):
                     t.copy_(value)
         changed = [f"{name} of {type(m).__name__}" for m, name, t, version in watched if t._version != version]
-        moved = [name for name, t, version in plain if t._version != version]
         for p, grad in grads:
             p.grad = grad
         for m, mode in modes:
@@ -220,6 +263,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
                 obj.load_state_dict(state)
             except Exception as e:
                 refused.append(f"{type(obj).__name__} ({type(e).__name__}: {e})")
+        # (after the states: a tensor a callback's load_state_dict wrote back, or one written with the same value)
+        moved = [name for name, t, version, crc in plain if t._version != version and (
+            crc is None or _fingerprint(t) != crc)]
         # the warnings after everything is put back: under -W error they raise
         if refused:
             warn(f"could not put back all the state of {refused[0]}: some may be the finder's")
