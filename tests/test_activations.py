@@ -850,3 +850,30 @@ def test_hooks_on_a_model_compiled_without_hook_guards_are_refused_with_the_way(
         learn.fit(1, cbs=[astats])
         assert len(astats.hooks[0].stats[0]) == 3  # (3 training batches)
     dynamo.reset()
+
+
+def test_hooks_on_a_compiled_wrapper_itself_run_and_a_part_whose_forward_is_compiled_is_refused():
+    """(regression round T20) Hooks on a torch.compile wrapper part itself (which runs them) were refused; a part
+    whose forward was compiled (torch.compile(part.forward), or a decorated forward) took hooks on its layers and
+    recorded nothing, without a word."""
+    import torch._dynamo as dynamo
+    from miniai.learner import TrainLearner
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Sequential(nn.Linear(1, 4), nn.ReLU()), nn.Linear(4, 1))
+    with dynamo.config.patch(skip_nnmodule_hook_guards=True):
+        model = make()
+        model[0] = torch.compile(model[0], backend="eager")
+        learn = TrainLearner(model, linear_dls(), F.mse_loss, lr=0.1)
+        learn.fit(1)
+        on_wrapper = HooksCallback(append_stats, mods=[model[0]])
+        learn.fit(1, cbs=[on_wrapper])
+        assert len(on_wrapper.hooks[0].stats[0]) == 3
+        model = make()
+        model[0].forward = torch.compile(model[0].forward, backend="eager")
+        learn = TrainLearner(model, linear_dls(), F.mse_loss, lr=0.1)
+        learn.fit(1)
+        with pytest.raises(RuntimeError, match=r"the compiled code of its part '0' \(compiled in place\)"):
+            learn.fit(1, cbs=[ActivationStats(lambda m: isinstance(m, nn.ReLU))])
+    dynamo.reset()

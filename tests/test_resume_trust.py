@@ -1384,3 +1384,21 @@ def test_a_version_4_checkpoints_loss_globals_are_not_compared(tmp_path):
         warnings.simplefilter("always")
         TrainLearner(torch.nn.Linear(1, 1), linear_dls(), _ScaledCall()).fit(3, resume=older)
     assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_a_checkpoint_differing_only_by_a_compiled_parts_keys_says_so(tmp_path):
+    """(regression round T20) A part compiled in the saved run and not in the resumed one (as the hook refusal
+    advises) was refused as 'a different model: build the same model', which it is."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    def make(compiled):
+        torch.manual_seed(0)
+        body = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.ReLU())
+        return TrainLearner(torch.nn.Sequential(torch.compile(body, backend="eager") if compiled else body,
+                                                torch.nn.Linear(4, 1)), linear_dls(), torch.nn.functional.mse_loss)
+    make(True).fit(1, cbs=[CheckpointCB(tmp_path)])
+    with pytest.raises(CheckpointMismatchError, match=r"differ only by torch.compile's '_orig_mod.'.*compile the "
+                                                      r"same parts as the run that saved it"):
+        make(False).fit(2, resume=tmp_path)

@@ -256,10 +256,13 @@ def check_hooks_run(model: nn.Module, who: str, hooked: Iterable[nn.Module]) -> 
     hooked = {id(m) for m in hooked}
     for name, m in model.named_modules():
         wrapper = isinstance(getattr(m, "_orig_mod", None), nn.Module)
-        if not (wrapper or unwatched and getattr(m, "_compiled_call_impl", None) is not None):
+        # (compiled in place: model.compile(), or its forward compiled, torch.compile(m.forward) or a decorator)
+        in_place = (getattr(m, "_compiled_call_impl", None) is not None
+                    or hasattr(m.forward, "_torchdynamo_orig_callable"))
+        if not (wrapper or unwatched and in_place):
             continue
-        if not any(id(inner) in hooked for inner in m.modules()):
-            continue  # (the hooks are on layers outside it)
+        if not any(id(inner) in hooked for inner in (m._orig_mod.modules() if wrapper else m.modules())):
+            continue  # (the hooks are on layers outside it, or on the wrapper itself, which runs them)
         part = "learn.model" if m is model else f"its part {name!r}"
         if not wrapper:
             how = "compile with learn.compile(), or set torch._dynamo.config.skip_nnmodule_hook_guards = False first"

@@ -359,7 +359,12 @@ def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], file: Path, d
         + (listing("missing from the checkpoint", missing) if missing else "")
         + (listing("unexpected in the checkpoint", unexpected) if unexpected else "")
         + (listing("shape mismatch", shapes) if shapes else "")
-        + "\nBuild the same model as the run that saved it (same architecture and arguments); nothing was changed.")
+        + ("\nThey differ only by torch.compile's '_orig_mod.' (a part compiled in one run and not in the other): "
+           "compile the same parts as the run that saved it (or load its weights by hand, renaming the keys)"
+           if sorted(k.replace("_orig_mod.", "") for k in missing) == sorted(k.replace("_orig_mod.", "")
+                                                                            for k in unexpected) and missing
+           else "\nBuild the same model as the run that saved it (same architecture and arguments)")
+        + "; nothing was changed.")
 
 
 def _optimizer_state(learn: Learner, model: nn.Module, state: dict[str, Any], file: Path, ratios: bool = True
