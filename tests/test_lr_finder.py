@@ -1176,10 +1176,11 @@ _COUNT = torch.zeros(1)  # a module-level tensor a loss of the test below writes
 
 
 def test_lr_find_warns_of_every_held_tensor_whose_value_it_moved_and_of_none_it_left_as_it_was():
-    """(regression round T20) Tensors in a callback's list, dict or nested object, an EMA model a callback keeps, a
-    partial's keyword tensor and a module-level tensor the loss writes came back moved without a word; a tensor
-    written with the same value at before_fit, or put back by another callback's load_state_dict, was warned of
-    as changed."""
+    """(regression round T20) An EMA model a callback keeps, a partial's keyword tensor and a module-level tensor
+    the loss writes came back moved without a word; a tensor written with the same value at before_fit, or put
+    back by another callback's load_state_dict, was warned of as changed. (T21: tensors deeper, in a callback's
+    lists, dicts or objects, are not looked for: walking them cost seconds and crashed on odd objects; README says
+    to give such a callback a state_dict.) A lazy module or a slotted object a callback holds is no crash."""
     import collections
     import functools
     from types import SimpleNamespace
@@ -1203,7 +1204,7 @@ def test_lr_find_warns_of_every_held_tensor_whose_value_it_moved_and_of_none_it_
     def global_count(p, y):
         _COUNT.add_(1)
         return F.mse_loss(p, y)
-    cases = [([Holds()], F.mse_loss, r"Holds.(stats\[0\]|d\['m'\]|q\[0\]|s.mean|ema.weight)"),
+    cases = [([Holds()], F.mse_loss, r"Holds.ema.weight"),
              ([], functools.partial(counting, acc=torch.zeros(1)), r"loss_func counting"),
              ([], global_count, r"loss_func global_count: global _COUNT")]
     for cbs, loss, said in cases:
@@ -1211,8 +1212,11 @@ def test_lr_find_warns_of_every_held_tensor_whose_value_it_moved_and_of_none_it_
         with pytest.warns(UserWarning, match=rf"lr_find changed {said} in place"):
             learn.lr_find(plot=False)
 
-    class Mask(Callback):  # the same value written at every before_fit
+    class Mask(Callback):  # the same value written at every before_fit; odd objects held
         mask = torch.ones(3)
+
+        def __init__(self):
+            self.head, self.handle = nn.LazyLinear(1), type("Handle", (), {"__slots__": ("x",)})()
 
         def before_fit(self, learn):
             self.mask[:] = 1.0

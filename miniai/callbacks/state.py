@@ -5,7 +5,6 @@ the RNGs; `kept` snapshots all of it cheaply and restores it on exit, also after
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 import functools
@@ -78,37 +77,43 @@ _NO_STATE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, fu
 
 
 def _held_tensors(cbs: list[Any], loss: Any) -> list[tuple[str, torch.Tensor]]:
-    """The tensors `cbs` and the loss hold, named: as attributes, in their lists, tuples, dicts and deques, in the
-    modules and plain objects they hold (two levels down); a loss's through a partial's arguments, a bound method's
-    object and a closure's cells too."""
+    """The tensors `cbs` and the loss hold directly, named: their tensor attributes, and the parameters, buffers
+    and tensor attributes of the modules they hold as attributes (an EMA model); a loss's through a partial's
+    arguments, a bound method's object, a closure's cells and the module-level tensors it reads too. (Not deeper,
+    in lists, dicts or other objects: a callback keeping state there gives it a state_dict.)"""
     found: dict[int, tuple[str, torch.Tensor]] = {}
 
-    def add(name: str, x: Any, depth: int) -> None:
+    def add(name: str, x: Any, module: bool = True) -> None:  # (module: one held directly is looked into)
+        if isinstance(x, nn.parameter.UninitializedTensorMixin):
+            return  # (a lazy layer's, not made yet: nothing to change)
         if isinstance(x, torch.Tensor):
             found.setdefault(id(x), (name, x))
-        elif not depth or isinstance(x, (Learner, type, *_NO_STATE)):
-            return  # (the learner's and the model's own are put back as such)
-        elif isinstance(x, nn.Module):  # (its parameters, buffers and plain tensors)
-            for key, t in [*x.named_parameters(), *x.named_buffers(), *vars(x).items()]:
-                add(f"{name}.{key}", t, 0)
-        elif isinstance(x, (list, tuple, collections.deque)):
-            for i, v in enumerate(x):
-                add(f"{name}[{i}]", v, depth - 1)
-        elif isinstance(x, dict):
-            for key, v in x.items():
-                add(f"{name}[{key!r}]", v, depth - 1)
-        elif hasattr(x, "__dict__"):
-            for key, v in vars(x).items():
-                add(f"{name}.{key}", v, depth - 1)
+        elif module and isinstance(x, nn.Module):
+            for key, t in [*x.named_parameters(), *x.named_buffers(), *_attributes(x)]:
+                add(f"{name}.{key}", t, module=False)
+
+    def holder(name: str, x: Any) -> None:  # a callback or a loss object: what it holds as attributes
+        add(name, x)
+        if not isinstance(x, (torch.Tensor, nn.Module, Learner, type, *_NO_STATE)):
+            for key, v in _attributes(x):
+                add(f"{name}.{key}", v)
     for cb in cbs:
-        add(type(cb).__name__, cb, 3)
+        holder(type(cb).__name__, cb)
     name = getattr(getattr(loss, "func", loss), "__name__", type(loss).__name__)  # (a partial's: its function's)
     given = [*loss.args, *loss.keywords.values()] if isinstance(loss, functools.partial) else []
     for part in (*given, *_loss_objects(loss)):
-        add(f"loss_func {name}", part, 3)
+        holder(f"loss_func {name}", part)
     for key, value in global_numbers(getattr(loss, "func", loss)).items():  # (a module-level tensor it reads)
-        add(f"loss_func {name}: {key}", value, 0)
+        add(f"loss_func {name}: {key}", value)
     return list(found.values())
+
+
+def _attributes(x: Any) -> list[tuple[str, Any]]:
+    """`vars(x)`'s items, or none (an object with __slots__, or whose __getattr__ raises)."""
+    try:
+        return list(vars(x).items())
+    except Exception:  # noqa: BLE001 -- no __dict__ to read: not watched
+        return []
 
 
 def _fingerprint(t: torch.Tensor) -> int | None:
@@ -270,9 +275,9 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
         if refused:
             warn(f"could not put back all the state of {refused[0]}: some may be the finder's")
         if moved:
-            warn(f"lr_find changed {moved[0]} in place, and the next fit starts from that: lr_find puts back a "
-                 "callback's state through its state_dict and load_state_dict (give it those), and a loss module's "
-                 "through its buffers (self.register_buffer)")
+            warn(f"lr_find changed {moved[0]} in place, and the next fit starts from that unless your code resets "
+                 "it: lr_find puts back a callback's state through its state_dict and load_state_dict (give it "
+                 "those), and a loss module's through its buffers (self.register_buffer)")
         if changed:
             warn(f"the prediction pass changed the buffer {changed[0]} in place (a running statistic of "
                  "its own, a quantization observer calibrating?): the model is not as it was before the call")
