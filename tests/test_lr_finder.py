@@ -1246,3 +1246,25 @@ def test_lr_find_warns_of_every_held_tensor_whose_value_it_moved_and_of_none_it_
         warnings.simplefilter("always")
         learn.lr_find(plot=False)
     assert not [w for w in caught if "lr_find changed" in str(w.message)] and torch.equal(shared, before)
+
+
+def test_lr_find_puts_back_a_callbacks_deque_as_its_lists():
+    """(regression round T21) A callback's deque of recent losses kept lr_find's last entries ([9.05, 6.98, 3.99])
+    where a list would have come back as it was."""
+    import collections
+
+    class Recent(Callback):
+        def __init__(self):
+            self.last, self.seen = collections.deque(maxlen=3), []
+
+        def after_batch(self, learn):
+            self.last.append(float(learn.loss))
+            self.seen.append(float(learn.loss))
+    recent = Recent()
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[recent])
+    learn.fit(1)
+    last, seen = list(recent.last), list(recent.seen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (lr_find's own: a short curve)
+        learn.lr_find(plot=False)
+    assert list(recent.last) == last and recent.seen == seen and recent.last.maxlen == 3

@@ -5,6 +5,7 @@ the RNGs; `kept` snapshots all of it cheaply and restores it on exit, also after
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
@@ -28,9 +29,10 @@ __all__ = ["kept"]
 
 
 def _shallow(obj: Any) -> tuple[dict, list]:
-    """A copy of `vars(obj)`, and of the contents of the lists and dicts in it (appended to in place)."""
+    """A copy of `vars(obj)`, and of the contents of the lists, deques and dicts in it (appended to in place)."""
     saved = dict(vars(obj))
-    return saved, [(v, list(v) if isinstance(v, list) else dict(v)) for v in saved.values() if type(v) in (list, dict)]
+    return saved, [(v, dict(v) if type(v) is dict else list(v)) for v in saved.values()
+                   if type(v) in (list, dict, collections.deque)]
 
 
 def _clone(obj: Any) -> Any:
@@ -66,11 +68,11 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
     obj.__dict__.clear()
     obj.__dict__.update(saved)
     for container, content in contents:
-        if isinstance(container, list):
-            container[:] = content
-        else:
-            container.clear()
+        container.clear()
+        if isinstance(container, dict):
             container.update(content)
+        else:
+            container.extend(content)
 
 
 _NO_STATE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial, type)
