@@ -1268,3 +1268,31 @@ def test_lr_find_puts_back_a_callbacks_deque_as_its_lists():
         warnings.simplefilter("ignore")  # (lr_find's own: a short curve)
         learn.lr_find(plot=False)
     assert list(recent.last) == last and recent.seen == seen and recent.last.maxlen == 3
+
+
+def test_lr_find_puts_back_subclasses_of_lists_and_dicts_and_warns_of_a_sparse_tensor():
+    """(regression round T22) A callback's OrderedDict, defaultdict, Counter or list subclass kept lr_find's entries;
+    a sparse tensor it changed in place was not warned of (its checksum read no bytes)."""
+    import collections
+
+    class Keeps(Callback):
+        def __init__(self):
+            self.od, self.cnt = collections.OrderedDict(), collections.Counter()
+            self.dd, self.ml = collections.defaultdict(list), type("MyList", (list,), {})()
+            self.sparse = torch.eye(3).to_sparse()
+
+        def after_batch(self, learn):
+            self.od[len(self.od)] = 1
+            self.cnt["b"] += 1
+            self.dd[len(self.dd)].append(1)  # (a new key each batch: one level deep, as for any dict)
+            self.ml.append(1)
+
+        def after_step(self, learn):
+            self.sparse.mul_(2)
+    keeps = Keeps()
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[keeps])
+    learn.fit(1)
+    before = (dict(keeps.od), dict(keeps.cnt), dict(keeps.dd), list(keeps.ml))
+    with pytest.warns(UserWarning, match=r"lr_find changed Keeps.sparse in place"):
+        learn.lr_find(plot=False)
+    assert (dict(keeps.od), dict(keeps.cnt), dict(keeps.dd), list(keeps.ml)) == before

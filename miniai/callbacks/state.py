@@ -31,8 +31,8 @@ __all__ = ["kept"]
 def _shallow(obj: Any) -> tuple[dict, list]:
     """A copy of `vars(obj)`, and of the contents of the lists, deques and dicts in it (appended to in place)."""
     saved = dict(vars(obj))
-    return saved, [(v, dict(v) if type(v) is dict else list(v)) for v in saved.values()
-                   if type(v) in (list, dict, collections.deque)]
+    return saved, [(v, dict(v) if isinstance(v, dict) else list(v)) for v in saved.values()
+                   if isinstance(v, (list, dict, collections.deque))]  # (OrderedDict, defaultdict, Counter too)
 
 
 def _clone(obj: Any) -> Any:
@@ -120,6 +120,8 @@ def _attributes(x: Any) -> list[tuple[str, Any]]:
 
 def _fingerprint(t: torch.Tensor) -> int | None:
     """A checksum of a tensor's bytes (its shape and dtype too), or None for one whose bytes can't be read."""
+    if t.layout != torch.strided or t.is_nested:
+        return None  # (sparse: byte_sums reads no bytes of it; watched by its version alone)
     try:
         return hash((t.shape, t.dtype, byte_sums([t])[1]))
     except Exception:  # noqa: BLE001 -- sparse, quantized, ...: watched by its version alone
