@@ -29,10 +29,13 @@ __all__ = ["kept"]
 
 
 def _shallow(obj: Any) -> tuple[dict, list]:
-    """A copy of `vars(obj)`, and of the contents of the lists, deques and dicts in it (appended to in place)."""
+    """A copy of `vars(obj)`, and of the contents of the lists, deques and dicts in it (appended to in place):
+    Python's own, not a subclass of one's own (Hooks, whose items are registered hooks, means more than a list)."""
     saved = dict(vars(obj))
-    return saved, [(v, dict(v) if isinstance(v, dict) else list(v)) for v in saved.values()
-                   if isinstance(v, (list, dict, collections.deque))]  # (OrderedDict, defaultdict, Counter too)
+    return saved, [(v, dict(v) if isinstance(v, dict) else list(v)) for v in saved.values() if type(v) in _PLAIN]
+
+
+_PLAIN = (list, dict, collections.deque, collections.OrderedDict, collections.defaultdict, collections.Counter)
 
 
 def _clone(obj: Any) -> Any:
