@@ -727,3 +727,15 @@ def test_a_models_own_compiled_part_named_module_resumes_in_swa(tmp_path):
         return TrainLearner(_HoldsACompiledPart(), linear_dls(), F.mse_loss, lr=0.05)
     make().fit(2, cbs=[CheckpointCB(tmp_path), SWACB(1, 0.01)])
     make().fit(3, resume=tmp_path, cbs=[SWACB(1, 0.01)])
+
+
+def test_swa_of_a_dataparallel_model_is_not_told_it_was_compiled():
+    """(review) The compiled-average warning looked for any wrapper, so nn.DataParallel's was taken for
+    torch.compile's: 'SWACB: the model was compiled', which it was not."""
+    from tests.synth import linear_dls
+    learn = TrainLearner(nn.DataParallel(nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))), linear_dls(),
+                         F.mse_loss, lr=0.05)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learn.fit(3, cbs=[SWACB(1, 0.01)])
+    assert not [w for w in caught if "compiled" in str(w.message)], [str(w.message) for w in caught]

@@ -139,8 +139,8 @@ class SWACB(Callback):
         self._refresh_bn(learn)
         learn.model = self.swa_model.module
         learn.raw_model = self.raw_model
-        if self.raw_model is not unwrap(self.raw_model) or getattr(unwrap(self.raw_model), "_compiled_call_impl",
-                                                                   None) is not None:
+        if any(isinstance(getattr(m, "_orig_mod", None), nn.Module) or getattr(m, "_compiled_call_impl", None)
+               is not None for m in (self.raw_model, unwrap(self.raw_model))):  # (not DataParallel's wrapper)
             warn("SWACB: the model was compiled, and its average, learn.model now, is not (AveragedModel's copy "
                  "runs eagerly): call learn.compile() again for fits and predictions as fast")
         if "valid" in learn.passes:  # fit(valid=False): no validation of it either
