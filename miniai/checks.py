@@ -703,8 +703,8 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
                          f"the lr it is given (it makes lr {', '.join(f'{x:g}' for x in made)} for {float(lr):g} and "
                          f"for {2 * float(lr):g}), so this lr would not be used: let opt_func pass it on, e.g. "
                          "opt_func=lambda ps, lr: optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
-    _one_step_a_batch(learn, opt)
-    learn._fit_opt = opt  # (what the next fit compares learn.opt with: set by hand since?)
+    _one_step_a_batch(learn, opt)  # (and again at set-up, on whatever learn.opt is then: check_new_params)
+    learn._fit_opt = opt  # (now, not at the fit's end: the last fit's must not live through this one)
     return opt
 
 
@@ -817,6 +817,7 @@ def _handler_name(handler: Any, event: str) -> str:
     """'StepsToo.after_step': the callback class of an event's handler (a bound method), and the event."""
     return f"{type(getattr(handler, '__self__', handler)).__name__}.{event}"
 
+
 _BATCH_EVENTS = ("before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch",
                  "cleanup_batch")
 
@@ -851,12 +852,10 @@ def check_new_params(learn: Any) -> None:
     """Refuse a training fit that would leave parameters a callback's before_fit added after the optimizer was made
     without a step, or that would change nothing: an optimizer of nothing trainable (an all-frozen model), or of
     other parameters than the model's (an earlier model's; `raw`: the one SWACB swapped out). Tensors outside the
-    model (an input perturbation) are the optimizer's to train. An optimizer a callback's before_fit put in
-    learn.opt gets the one-step rule too."""
+    model (an input perturbation) are the optimizer's to train. Whatever learn.opt holds now (a callback's
+    before_fit may have put its own there) gets the one-step rule."""
     model, opt, params_at_opt, raw = learn.model, learn.opt, learn._params_at_opt, getattr(learn, "raw_model", None)
-    watched = getattr(opt, "_miniai_one_step", {}).get(id(learn))
-    if watched is None or watched[0]() is not learn:
-        _one_step_a_batch(learn, opt)
+    _one_step_a_batch(learn, opt)  # (the fit's own, again: its hook replaced by a fresh one)
     if not hasattr(opt, "param_groups"):  # an optimizer of one's own (the course's SGD class): no groups to read
         return
     held = [p for group in opt.param_groups for p in group["params"]]

@@ -81,10 +81,10 @@ def _put_back(obj: Any, state: tuple[dict, list]) -> None:
 _NO_STATE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial, type)
 
 
-def _held_tensors(cbs: list[Any], loss: Any) -> list[tuple[str, torch.Tensor]]:
+def _held_tensors(cbs: list[Any], loss: Any, losses: list[Any]) -> list[tuple[str, torch.Tensor]]:
     """The tensors `cbs` and the loss hold directly, named: their tensor attributes, and the parameters, buffers
     and tensor attributes of the modules they hold as attributes (an EMA model); a loss's through a partial's
-    arguments, a bound method's object, a closure's cells and the module-level tensors it reads too. (Not deeper,
+    arguments, its objects (`losses`: `_loss_objects(loss)`) and the module-level tensors it reads too. (Not deeper,
     in lists, dicts or other objects: a callback keeping state there gives it a state_dict.)"""
     found: dict[int, tuple[str, torch.Tensor]] = {}
 
@@ -106,7 +106,7 @@ def _held_tensors(cbs: list[Any], loss: Any) -> list[tuple[str, torch.Tensor]]:
         holder(type(cb).__name__, cb)
     name = getattr(getattr(loss, "func", loss), "__name__", type(loss).__name__)  # (a partial's: its function's)
     given = [*loss.args, *loss.keywords.values()] if isinstance(loss, functools.partial) else []
-    for part in (*given, *_loss_objects(loss)):
+    for part in (*given, *losses):
         holder(f"loss_func {name}", part)
     for key, value in global_numbers(getattr(loss, "func", loss)).items():  # (a module-level tensor it reads)
         add(f"loss_func {name}: {key}", value)
@@ -216,7 +216,7 @@ def kept(learn: Learner, loaders: Iterable[Any] = (), weights: bool = False,
     # and one whose value moved is warned of (not the model's own, through an alias or a view: put back with it)
     model_data = {_storage(t) for _, _, t, _, _ in slots}
     users = [cb for cb in learn.cbs if not (has_state(cb) or type(cb).__module__.startswith("miniai."))]
-    held = _held_tensors(users, getattr(learn, "loss_func", None)) if weights else []
+    held = _held_tensors(users, getattr(learn, "loss_func", None), losses) if weights else []
     plain = [(name, t, t._version, _fingerprint(t)) for name, t in held
              if not t.is_inference() and _storage(t) not in model_data]
     # a fit's metrics reset and update their counts in place, and a callback of the user's may change tensors or
