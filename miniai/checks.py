@@ -35,7 +35,7 @@ __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
            "check_callback_names", "check_fit_args", "check_loaders", "drops_last", "check_new_params",
            "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note", "fit_note",
-           "fit_optimizer", "fit_done", "follows_lr", "loss_backward"]
+           "fit_optimizer", "fit_done", "batch_raised", "cleanup_error", "follows_lr", "loss_backward"]
 
 
 class MiniaiWarning(UserWarning):
@@ -661,11 +661,14 @@ def _reads_whole(dl: Any) -> bool:
 
 
 def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
-    """The optimizer a fit trains with: `learn.opt_func`'s for `lr`, a new one each fit. Refused: one an earlier fit
+    """Make `learn.opt`, the optimizer a fit trains with (`learn.fit_lr`: its lr), and clear the gradients as a hand
+    loop's first zero_grad would. It is `learn.opt_func`'s for `lr`, a new one each fit. Refused: one an earlier fit
     trained, handed back again (`opt_func=lambda ps, lr: opt`), which would start from its state and from where that
     fit's schedule left its lr (a cosine: 0), unless this fit resumes (the checkpoint brings all of it); and an lr
     `given` to fit, or to the Learner for a fit that trains, that opt_func does not use (the same lrs for 2 × lr,
     none of them lr), unless a callback of this fit sets the lrs from it (fit_one_cycle, lr_find)."""
+    lr = 0.0 if lr is None else lr  # (a tensor: check_fit_args' copy, the groups' own)
+    learn.fit_lr = float(lr) if isinstance(lr, torch.Tensor) else lr
     # (what the last fit left; a learner pickled before this record that trained: its optimizer is a fit's)
     last = getattr(learn, "_fit_opt", learn.opt if learn._epochs_trained else None)
     if learn.opt is not None and learn.opt is not last:
@@ -704,7 +707,11 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
                          f"for {2 * float(lr):g}), so this lr would not be used: let opt_func pass it on, e.g. "
                          "opt_func=lambda ps, lr: optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
     _one_step_a_batch(learn, opt)  # (and again at set-up, on whatever learn.opt is then: check_new_params)
-    learn._fit_opt = opt  # (now, not at the fit's end: the last fit's must not live through this one)
+    learn.opt = learn._fit_opt = opt  # (_fit_opt now, not at the fit's end: the last fit's must not live through this)
+    learn._params_at_opt = {id(p) for p in learn.model.parameters()}  # (opt_func may leave some out on purpose)
+    for p in all_params(learn.model, opt) if "train" in learn.passes else ():  # none of a batch that raised or was
+        if not (learn.keeps_grads and learn._epochs_trained and p.requires_grad):  # cancelled, of left-out or frozen
+            p.grad = None  # parameters (MomentumLearner keeps its momentum in .grad)
     return opt
 
 
@@ -822,10 +829,14 @@ _BATCH_EVENTS = ("before_batch", "after_predict", "after_loss", "after_backward"
                  "cleanup_batch")
 
 
-def fit_done(learn: Any) -> None:
-    """What a fit leaves for the next: on one that trained (not refused at its start, nor an evaluation) that its
-    optimizer was, which fit_optimizer refuses if opt_func hands it back again; and no traceback on a cancel it
-    caught (`stopped_by`), which would keep its frames, and its callers' with all their locals, alive."""
+def fit_done(learn: Any, temporary: list) -> None:
+    """Hand the learner back as the next fit wants it: without the `temporary` callbacks of this call or the last
+    batch's graph (nothing needs it, and a copy of the learner fails on it); refused at its start (an error or a
+    cancel at before_fit, nothing to train), with its optimizer of before; after one that trained, with a note that
+    its optimizer was, which fit_optimizer refuses if opt_func hands it back again; and with no traceback on a
+    cancel it caught (`stopped_by`), which would keep its frames, and its callers' with all their locals, alive."""
+    if not learn._set_up:
+        learn.opt, learn.fit_lr, learn._fit_opt = learn._kept
     learn._kept = None
     if learn._set_up and "train" in learn.passes and learn.opt is not None:
         learn._fit_opt = learn.opt  # (the one it ended with: a callback may have wrapped it at before_fit, SAM's)
@@ -834,6 +845,39 @@ def fit_done(learn: Any) -> None:
     stopped = learn.stopped_by
     if stopped is not None and stopped is not sys.exc_info()[1]:  # (the error on its way up: the user's to see)
         stopped.__traceback__ = None
+    for cb in temporary:
+        learn.rm_cb(cb)
+    from .utils import drop_graph  # (imported here: the loop imports its checks and conveniences alone)
+    drop_graph(learn)
+
+
+def batch_raised(learn: Any, error: BaseException) -> None:
+    """A training batch raised after its loss: unless it only skips to the next batch or pass, a learner that
+    `keeps_grads` (momentum in .grad, MomentumLearner) drops them, or the next fit would start from this batch's."""
+    from .learner import CancelBatchException, CancelEpochException  # (here: learner.py imports this module)
+    if learn.keeps_grads and not isinstance(error, (CancelBatchException, CancelEpochException)):
+        for p in all_params(learn.model, learn.opt):
+            p.grad = None
+
+
+def cleanup_error(learn: Any, error: BaseException | None, new: BaseException, stage: str, handler: Any) -> Any:
+    """Which of the stage's `error` (None: it ran out, or a cancel it caught) and a cleanup's `new` one goes on up:
+    the first, with the later one in a note; but a cancel on its way up to an outer stage yields to a cleanup's error
+    or CancelFitException, and Ctrl-C stops the fit even after an error (printed above it, as Python does)."""
+    from .learner import _CANCELS, CancelEpochException, CancelFitException  # (here: learner.py imports this module)
+    outer = {"batch": (CancelEpochException, CancelFitException), "epoch": (CancelFitException,), "fit": ()}[stage]
+    if isinstance(new, _CANCELS) and not hasattr(new, "event"):
+        new.event, new.raised_by = f"cleanup_{stage}", None  # (fit's note says where it was raised)
+    ctrl_c = isinstance(new, KeyboardInterrupt) and isinstance(error, Exception)
+    if error is None or ctrl_c or isinstance(error, outer) and (
+            not isinstance(new, _CANCELS) or isinstance(new, CancelFitException)):
+        if ctrl_c:
+            new.__context__ = error
+        if not isinstance(new, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup found broken
+            learn.stopped_by = new
+        return new
+    add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(new).__name__}: {new})")
+    return error
 
 
 def _lrs(opt: Any) -> list[float | None] | None:

@@ -2,8 +2,8 @@
 
 Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs `before_<stage>`, its
 body, `after_<stage>`, and then every `cleanup_<stage>`, even after a cancel, an error, Ctrl-C or a cleanup's error;
-the user sees the first error raised, later ones become its notes. (fit's checks: checks.py; `TrainLearner`:
-supervised.py; `lr_find`, `get_preds`, ...: conveniences.py.)
+the user sees the first error raised, later ones become its notes. (fit's checks, and the details of its set-up
+and tear-down: checks.py; `TrainLearner`: supervised.py; `lr_find`, `get_preds`, ...: conveniences.py.)
 
 Cancelling (raise from any callback; raised in a stage's cleanup, a cancel only ends that stage, which is over):
 
@@ -68,7 +68,6 @@ class CancelStepException(Exception): """Skip this batch's `step`, `after_step` 
 
 
 _CANCELS = (CancelFitException, CancelEpochException, CancelBatchException, CancelStepException)
-_OUTER_CANCELS = {"batch": (CancelEpochException, CancelFitException), "epoch": (CancelFitException,), "fit": ()}
 
 
 class Callback:
@@ -101,12 +100,6 @@ def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
             if callable(getattr(cb, name, None)):
                 table[name].append(getattr(cb, name))
     return table
-
-
-def _tag(error: BaseException, event: str, handler: Handler | None = None) -> None:
-    """Note on a cancel its first event and the callback that raised it (for fit's note, and for CheckpointCB)."""
-    if isinstance(error, _CANCELS) and not hasattr(error, "event"):
-        error.event, error.raised_by = event, getattr(handler, "__self__", None)
 
 
 def _listed(cbs: Callback | Iterable[Callback] | None) -> list[Callback]:
@@ -165,20 +158,18 @@ class Learner(Conveniences):
             cbs: Iterable[Callback] | None = None, lr: float | None = None,
             resume: str | os.PathLike | None = None) -> None:
         """Train for `n_epochs` (0: nothing runs); `cbs` are added for this call only (removed afterwards, even if
-        fit raises); `lr`, if given, replaces the learner's (and a resumed checkpoint's).
-
-        `resume`: a checkpoint file, or a `CheckpointCB` directory (its newest file): the run continues from the
-        checkpoint's epoch up to `n_epochs` in total, with model, optimizer, schedulers, data order and RNG
-        restored, so it ends as the run never stopped would (`train=False`: validates the checkpoint's weights,
-        labelled with the epoch the run logged them as). Ctrl-C runs every cleanup and re-raises KeyboardInterrupt
-        with a note saying how to resume.
+        fit raises); `lr`, if given, replaces the learner's (and a resumed checkpoint's). `resume`: a checkpoint
+        file, or a `CheckpointCB` directory (its newest file): the run continues from the checkpoint's epoch up to
+        `n_epochs` in total, with model, optimizer, schedulers, data order and RNG restored, so it ends as the run
+        never stopped would (`train=False`: validates the checkpoint's weights, labelled with the epoch the run
+        logged them as). Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
         """
         checks.check_not_in_fit(self, "fit", "the outer fit would go on with this one's optimizer, lr and records")
         n_epochs, lr, opt_lr = checks.check_fit_args(self, n_epochs, train, valid, lr, resume)  # opt_lr: lr or self.lr
         if n_epochs == 0 and resume is None:
             return  # nothing to run: no callback resets what it recorded of the last fit
         self._temporary = temporary = []
-        self._kept = self.opt, getattr(self, "fit_lr", None), getattr(self, "_fit_opt", None)  # (if refused: below)
+        self._kept = self.opt, getattr(self, "fit_lr", None), getattr(self, "_fit_opt", None)  # (if refused: fit_done)
         try:
             self._handlers = build_handlers(self.cbs)  # again: an order set since add_cb is the order the fit runs in
             for cb in _listed(cbs):
@@ -199,57 +190,32 @@ class Learner(Conveniences):
                 self.add_cb(temporary[-1])
                 opt_lr = temporary[-1].fit_lr or opt_lr  # no lr given: the saved run's
             if train or self.opt is None or resume is not None:  # an evaluation keeps the optimizer, and its state
-                opt_lr = 0.0 if opt_lr is None else opt_lr  # (a tensor: check_fit_args' copy, the groups' own)
-                self.fit_lr = float(opt_lr) if isinstance(opt_lr, torch.Tensor) else opt_lr
-                self.opt = checks.fit_optimizer(self, opt_lr, lr is not None, resume is not None)
-                self._params_at_opt = {id(p) for p in self.model.parameters()}  # opt_func may leave some out
-            for p in checks.all_params(self.model, self.opt) if train else ():  # as a hand loop's first zero_grad:
-                if not (self.keeps_grads and self._epochs_trained and p.requires_grad):  # none of a batch that raised
-                    p.grad = None  # or was cancelled, of left-out or frozen parameters (MomentumLearner keeps momentum)
+                checks.fit_optimizer(self, opt_lr, lr is not None, resume is not None)  # opt, fit_lr; grads cleared
             self._in_fit = True
             self._stage("fit", self._all_epochs, CancelFitException)
         except (KeyboardInterrupt, *_CANCELS) as e:  # Ctrl-C: say how to resume; a cancel its stage did not catch:
             checks.add_note(e, checks.fit_note(self, e, temporary))  # it was raised outside that stage
             raise
         finally:
-            if not self._set_up:  # refused at its start (an error or a cancel at before_fit, or nothing to train):
-                self.opt, self.fit_lr, self._fit_opt = self._kept  # nothing ran; the learner keeps its optimizer
             self._in_fit, self._temporary = False, []
-            checks.fit_done(self)  # what the next fit checks (its optimizer handed back?); no cancel's traceback
-            for cb in temporary:
-                self.rm_cb(cb)
-            from .utils import drop_graph  # (imported here: the loop imports its checks and conveniences alone)
-            drop_graph(self)  # the last batch's graph: nothing needs it, and a copy of the learner fails on it
+            checks.fit_done(self, temporary)  # this call's callbacks removed; refused at its start: the old optimizer
 
     def _stage(self, name: str, body: Callable[[], None], cancel: type[Exception]) -> None:
-        error = stopped = None
         try:
             self._emit(f"before_{name}")
             body()
             self._emit(f"after_{name}")
-        except cancel as e:
-            stopped = e
-        except BaseException as e:  # also Ctrl-C: the cleanups below run, then it goes on up
-            error = stopped = e
-        self.stopped_by = stopped  # for the cleanups: did the stage run to its end, and if not, what stopped it
+            self.stopped_by = None  # for the cleanups: the stage ran to its end, or (below) what stopped it
+        except BaseException as e:  # also Ctrl-C: the cleanups below run, then it goes on up, unless it is this
+            self.stopped_by = e  # stage's own cancel, which ends here
+        error = None if isinstance(self.stopped_by, cancel) else self.stopped_by
         for handler in self._handlers[f"cleanup_{name}"]:  # every cleanup runs, even if one raises
             try:
                 handler(self)
             except cancel:  # a cleanup cancelled this stage, which is over anyway
                 pass
-            except BaseException as e:  # the first error is the one raised; later ones become its notes, except
-                _tag(e, f"cleanup_{name}")  # that a cancel on its way up to its stage (no error) yields to an
-                ctrl_c = isinstance(e, KeyboardInterrupt) and isinstance(error, Exception)  # error, or to a Cancel-
-                if error is None or ctrl_c or isinstance(error, _OUTER_CANCELS[name]) and (  # FitException; Ctrl-C
-                        not isinstance(e, _CANCELS) or isinstance(e, CancelFitException)):  # stops the fit even
-                    if ctrl_c:  # after an error (which `except Exception` catches): printed above it, as Python does
-                        e.__context__ = error
-                    error = e
-                    if not isinstance(e, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup
-                        self.stopped_by = e  # found broken
-                else:
-                    checks.add_note(error, f"(while cleaning up, {handler.__qualname__} also raised "
-                                           f"{type(e).__name__}: {e})")
+            except BaseException as e:  # the first error is the one raised, later ones its notes (but see there)
+                error = checks.cleanup_error(self, error, e, name, handler)
         if error is not None:
             raise error
 
@@ -257,8 +223,9 @@ class Learner(Conveniences):
         try:  # (a try costs nothing until something is raised)
             for handler in self._handlers[event]:
                 handler(self)
-        except _CANCELS as e:
-            _tag(e, event, handler)  # (the handler that raised: the loop stopped at it)
+        except _CANCELS as e:  # noted on it: its first event, the callback that raised it (fit's note, CheckpointCB)
+            if not hasattr(e, "event"):
+                e.event, e.raised_by = event, getattr(handler, "__self__", None)  # (the loop stopped at it)
             raise
 
     def _all_epochs(self) -> None:
@@ -307,10 +274,8 @@ class Learner(Conveniences):
             self._do("zero_grad")
         except CancelStepException:
             pass
-        except BaseException as e:  # the fit ends in this batch: its gradients stay to look at (the next fit starts
-            if self.keeps_grads and not isinstance(e, (CancelBatchException, CancelEpochException)):  # without
-                for p in checks.all_params(self.model, self.opt):  # them), but momentum in .grad must not carry them
-                    p.grad = None
+        except BaseException as e:  # its gradients stay to look at (the next fit starts without them)
+            checks.batch_raised(self, e)  # but a learner that keeps_grads (momentum in .grad) must not carry them
             raise
 
     def _do(self, step: str) -> None:  # the callback that owns the step, else the learner's own method
@@ -318,7 +283,6 @@ class Learner(Conveniences):
         owner[0](self) if owner else getattr(self, step)()
 
 
-# The course's learner module also had TrainLearner, MetricsCB, lr_find, ...; they live in supervised.py, callbacks/
-# and utils.py, each imported on first use (PEP 562; the table is in miniai/_course.py).
+# The course's learner module also had TrainLearner, MetricsCB, ...: imported on first use (table: miniai/_course.py)
 __all__ += list(course_names("learner"))
 __getattr__, __dir__ = course_hooks(__name__)
