@@ -1052,13 +1052,31 @@ def test_an_lr_given_to_fit_beside_a_schedule_of_its_own_peak_is_refused_not_ign
     """fit(lr=0.5) with a OneCycleLR(max_lr=0.1) trained at the schedule's lrs, lr=0.5 ignored without a word."""
     learn = make_learner([], opt_func=SGD_MOM)
     before = copy.deepcopy(learn.model.state_dict())
-    with pytest.raises(ValueError, match=r"lr=0.5 \(fit\(lr=\).*sets the lr from its own.*learn.fit_one_cycle\(n, "
-                                         r"max_lr=0.5\) peaks"):
+    fix = (r"give the CyclicLR the lrs it cycles between \(base_lr=, max_lr=\)" if factory.func is ls.CyclicLR else
+           r"learn.fit_one_cycle\(n, max_lr=0.5\) peaks")  # (a cyclic schedule is not told to become a one-cycle)
+    with pytest.raises(ValueError, match=r"lr=0.5 \(fit\(lr=\).*sets the lr from its own.*" + fix):
         learn.fit(1, lr=0.5, cbs=[BatchSchedCB(factory)])
     assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
     learn.fit(1, cbs=[BatchSchedCB(factory)])  # the learner's lr beside it: the schedule's peak is the lr, as always
     learn.fit(1, lr=0.1, cbs=[BatchSchedCB(factory)])  # the lr the schedule peaks at: nothing ignored
     learn.fit_one_cycle(1, max_lr=0.05)  # (fit_one_cycle gives fit its peak as the lr)
+
+
+def test_an_lr_given_to_fit_at_a_cyclic_schedules_base_lr_is_taken_as_the_learners_is():
+    """fit(lr=0.001) beside CyclicLR(base_lr=0.001, max_lr=0.1) was refused as 'lr=0.001 would be ignored. Leave lr=
+    out (the schedule's peak is the lr)' with fit_one_cycle as the way, while Learner(lr=0.001) ran: the schedule
+    starts at and cycles back to that lr, nothing is ignored (probe sched, s27)."""
+    sched = partial(ls.CyclicLR, base_lr=0.001, max_lr=0.1, step_size_up=3, cycle_momentum=False)
+    learn = make_learner([], lr=0.1)
+    learn.fit(2, lr=0.001, cbs=[BatchSchedCB(sched)])
+    opt = optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.001)
+    hand = sched(opt)
+    for _ in range(2 * BATCHES):  # (torch's own, by hand: the lr the fit ended at)
+        opt.step()
+        hand.step()
+    assert math.isclose(learn.opt.param_groups[0]["lr"], opt.param_groups[0]["lr"])
+    with pytest.raises(ValueError, match=r"lr=0.002 .*give the CyclicLR the lrs it cycles between"):
+        learn.fit(2, lr=0.002, cbs=[BatchSchedCB(sched)])  # (neither its base nor its peak: still refused)
 
 
 def test_the_advice_for_an_lr_beside_the_learners_own_schedule_works_when_followed():

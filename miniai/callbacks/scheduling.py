@@ -97,8 +97,9 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Ca
     if given is None or any(isinstance(cb, ResumeCB) for cb in learn.cbs) or (found := _own_peaks(scheduler)) is None:
         return None
     part, peaks = found
-    if all(math.isclose(p, m, rel_tol=1e-6) for p, m in zip(peaks, made)):  # it peaks at the lr given
-        return None
+    for lrs in peaks, part.base_lrs:  # it peaks at the lr given, or starts at it (CyclicLR cycles back to its base)
+        if all(math.isclose(x, m, rel_tol=1e-6) for x, m in zip(lrs, made)):
+            return None
     who = type(cb).__name__
     if own is not None and math.isclose(given, own):  # the learner's own: warned of, not refused (the course gives
         # one beside a schedule, at its peak, or at a group's); 0.1 is the default, which can't be told from one given
@@ -111,13 +112,15 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Ca
     fix = (f"learn.fit_one_cycle(n, max_lr={given}) peaks at the lr it is given" if own_place(learn, cb) is None else
            f"the {who} is the learner's own (in learn.cbs), so remove it first, learn.rm_cb(...), then e.g. "
            f"learn.fit_one_cycle(n, max_lr={given})")
+    if isinstance(part, CyclicLR):  # (not a one-cycle: its own lrs are the way)
+        fix = "give the CyclicLR the lrs it cycles between (base_lr=, max_lr=)"
     shown, lrs = ", ".join(f"{p:g}" for p in peaks), ", ".join(f"{m:g}" for m in made)
     peak = (f"peak {shown}) at every step: lr={given} would be ignored" if len(peaks) == 1 else
             f"peaks {shown} for the param groups) at every step: the lrs opt_func made of lr={given} for them "
             f"({lrs}) would be ignored (to keep them, give the schedule a peak per group, max_lr=[{lrs}])")
     raise ValueError(f"this fit's lr={given} (fit(lr=), or fit_one_cycle's max_lr) with {who}'s "
                      f"{type(part).__name__}, which sets the lr from its own arguments ({peak}. "
-                     + ("Leave lr= out (the schedule's peak is the lr)" if own is not None else  # (none to leave it to)
+                     + ("Leave lr= out (the schedule sets the lr)" if own is not None else  # (none to leave it to)
                         f"Set learn.lr = {peaks[0]:g} and leave lr= out (the schedule sets the lr from its own)")
                      + f", or give the schedule the peak you want ({fix})")
 
