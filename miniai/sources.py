@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from .checks import warn
 from .idx import IDXError, read_idx
 
 __all__ = ["DataNotFoundError", "FASHION_CLASSES", "CIFAR10_CLASSES", "SYSTEM_DATA_DIR", "RawData", "Source",
@@ -360,8 +361,23 @@ def _no_image(x_col: str, row: int) -> ValueError:
                       f"(ds.filter(lambda item: item[{x_col!r}] is not None)) or give them their image")
 
 
+MOST_CLASSES = 100_000  # a label this large is no class index (ImageNet-21k has 21,841): a stray one, or no labels
+
+
 def _class_indices(y: np.ndarray, y_col: str) -> np.ndarray:
-    """Labels as int64 class indices: ints (and bools) as they are, floats only when whole numbers, never strings."""
+    """Labels as int64 class indices: ints (and bools) as they are, floats only when whole numbers, never strings,
+    one per item, each below MOST_CLASSES (classes named by their numbers up to the largest would not fit)."""
+    if y.ndim != 1:  # (a list per item: (N, k) labels, which the loss would refuse at the first batch, blaming the model)
+        raise ValueError(f"column {y_col!r} holds {np.prod(y.shape[1:], dtype=int)} value per item as a list (labels "
+                         f"of shape {tuple(y.shape)}), where one class index per image belongs: flatten it, e.g. "
+                         f"dd = dd.map(lambda item: {{{y_col!r}: item[{y_col!r}][0]}}) for one value per item")
+    if y.dtype.kind in "biuf" and len(y) and (y >= MOST_CLASSES).any():  # (before the cast: 1e20 would overflow)
+        row = int(np.argmax(y >= MOST_CLASSES))
+        value = y[row].item() if y.dtype.kind != "f" else f"{y[row]:g}"
+        raise ValueError(f"column {y_col!r} holds a label too large to be a class index, {value} in row {row} "
+                         f"(the classes of plain number labels are named by their numbers, 0 up to the largest): fix "
+                         f"or drop that label; for classes numbered so high, give the column a ClassLabel naming "
+                         f"them: dd = dd.cast_column({y_col!r}, datasets.ClassLabel(names=[...]))")
     if y.dtype.kind == "f":
         bad = y[~(np.isfinite(y) & (y == np.round(y)))]  # truncating 0.9 or 2.99 would pick a class at random
         if len(bad):
@@ -509,13 +525,26 @@ def _decode_dd(source: Source) -> RawData:
     if not classes and source.kind == "hub":
         classes = spec.classes
     elif not classes:
-        classes = tuple(str(i) for i in range(max(int(t[1].max()) for t in tensors.values()) + 1))
+        classes = _numbered_classes([t[1] for t in tensors.values()], source.where)
     for split in ("train", valid_split):
         check_labels(tensors[split][1], classes, f"{source.where}: split {split!r}", HF_NO_LABEL)
     _check_same_shape(tensors["train"][0], tensors[valid_split][0], "split 'train'",
                       f"{source.where}: split {valid_split!r}")
     return RawData(*tensors["train"], *tensors[valid_split], classes,
                    f"{'hub dataset' if source.kind == 'hub' else 'saved DatasetDict'} {source.where}", valid_split)
+
+
+def _numbered_classes(labels: list[torch.Tensor], where: str) -> tuple[str, ...]:
+    """The classes of plain number labels, named by their numbers up to the largest; warned of when most numbers
+    below it occur nowhere (a stray label, 30000 in a set of two classes: 30,001 classes)."""
+    top = max(int(y.max()) for y in labels)
+    used = len(set().union(*(y.unique().tolist() for y in labels)))
+    if top >= 10 and 2 * used < top + 1:
+        warn(f"{where}: labels are numbers (no ClassLabel), so the classes are named by them, 0 to {top}: {top + 1} "
+             f"classes, and only {used} of them occur in the data. Is there a stray label? Fix it, or give the "
+             "label column a ClassLabel naming the classes (dd = dd.cast_column('label', datasets.ClassLabel(names="
+             "[...]))) to say they are meant")
+    return tuple(str(i) for i in range(top + 1))
 
 
 def read_source(source: Source) -> RawData:

@@ -65,6 +65,48 @@ def test_whole_number_float_labels_are_read_as_those_classes(tmp_path):
     assert raw.train_y.tolist() == [0, 1, 9] and raw.valid_y.tolist() == [2, 3]
 
 
+@pytest.mark.parametrize("stray", [10**7, 2**40])
+def test_a_label_too_large_to_be_a_class_index_is_refused_naming_its_split_row_and_value(tmp_path, stray):
+    """One stray label of 2**40 among 0s and 1s: get_dls named the classes by their numbers, '0' to '1099511627776',
+    a tuple that grew until memory ran out, without a word (probe data, s27; 10**7: 10 million names, taken)."""
+    from datasets import Value
+    dd_of({"train": [1, 0, stray, 1], "test": [0, 1]}, Value("int64")).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=rf"split 'train'.*column 'label'.*too large.*{stray} in row 2.*ClassLabel"):
+        load_tensors(path=tmp_path / "dd")
+
+
+def test_a_float_label_beyond_int64_is_refused_as_itself_not_as_the_cast_made_it(tmp_path):
+    """A float label of 1e20 was cast first, then refused as '-9223372036854775808 ... -1 is the datasets
+    library's no label', with numpy's cast warning (probe data, s27)."""
+    from datasets import Value
+    dd_of({"train": [1.0, 0.0, 1e20, 1.0], "test": [0.0, 1.0]}, Value("float64")).save_to_disk(str(tmp_path / "dd"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # (numpy's 'invalid value encountered in cast')
+        with pytest.raises(ValueError, match=r"split 'train'.*column 'label'.*too large.*1e\+20 in row 2") as e:
+            load_tensors(path=tmp_path / "dd")
+    assert "no label" not in str(e.value) and "-9223372036854775808" not in str(e.value)
+
+
+def test_a_stray_label_far_above_the_others_is_warned_of(tmp_path):
+    """A label of 30000 in a two-class set gave 30,001 classes named by their numbers, without a word (probe)."""
+    from datasets import Value
+    from miniai.checks import MiniaiWarning
+    dd_of({"train": [1, 0, 30000, 1], "test": [0, 1]}, Value("int64")).save_to_disk(str(tmp_path / "dd"))
+    with pytest.warns(MiniaiWarning, match=r"30001 classes.*3 of them occur.*a stray label\?.*ClassLabel"):
+        raw = load_tensors(path=tmp_path / "dd")
+    assert len(raw.classes) == 30001
+
+
+def test_labels_of_several_values_per_item_are_refused_when_read(tmp_path):
+    """A label column of lists ([3], or [a, b] per item) was read as labels of shape (N, 1) or (N, 2); the error
+    came at the first batch and blamed the model's output (probe data, s27)."""
+    from datasets import Sequence, Value
+    dd_of({"train": [[1], [0], [1]], "test": [[0], [1]]}, Sequence(Value("int64"))).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=r"split 'train'.*column 'label' holds 1 value per item as a list.*shape "
+                                         r"\(3, 1\).*one class index"):
+        load_tensors(path=tmp_path / "dd")
+
+
 def test_class_name_labels_are_refused_with_a_fix_that_works(tmp_path):
     """String labels gave `ValueError: invalid literal for int()`; the message's fix gives every split one
     ClassLabel (DatasetDict.class_encode_column would encode each split on its own, in different orders)."""
