@@ -876,7 +876,8 @@ def cleanup_error(learn: Any, error: BaseException | None, new: BaseException, s
         if not isinstance(new, _CANCELS):  # later cleanups see it: CheckpointCB saves no epoch a cleanup found broken
             learn.stopped_by = new
         return new
-    add_note(error, f"(while cleaning up, {handler.__qualname__} also raised {type(new).__name__}: {new})")
+    name = getattr(handler, "__qualname__", None) or repr(handler)  # (a handler may be any callable: a partial)
+    add_note(error, f"(while cleaning up, {name} also raised {type(new).__name__}: {new})")
     return error
 
 

@@ -2,6 +2,7 @@
 error that the code before it produced, and checks the fix."""
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -683,6 +684,23 @@ def test_a_failing_cleanup_does_not_skip_the_others_nor_replace_the_error():
     assert any("BadCleanup.cleanup_fit also raised RuntimeError: a cleanup that fails" in n
                for n in info.value.__notes__)
     assert not learn.model._forward_hooks  # ActivationStats' cleanup still ran
+
+
+def test_a_cleanup_handler_without_a_qualname_that_raises_second_leaves_the_first_error_on_top():
+    """A cleanup given as a functools.partial (any callable attribute is a handler) that raised after another's
+    error buried that first error under AttributeError: 'functools.partial' object has no attribute '__qualname__'
+    (regression round 24, an older bug)."""
+    def cleanup(error, learn):
+        raise error
+
+    first, second = Callback(), Callback()
+    first.cleanup_fit = functools.partial(cleanup, ZeroDivisionError("the first error"))
+    second.cleanup_fit = functools.partial(cleanup, IndexError("a second error"))
+    learn = tiny_learner(cbs=[first, second])
+    with pytest.raises(ZeroDivisionError, match="the first error") as info:
+        learn.fit(1)
+    assert any("functools.partial" in n and "also raised IndexError: a second error" in n
+               for n in info.value.__notes__)
 
 
 def test_a_failing_cleanup_alone_is_raised_after_the_other_cleanups():
