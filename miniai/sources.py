@@ -367,10 +367,10 @@ MOST_CLASSES = 100_000  # a label this large is no class index (ImageNet-21k has
 def _class_indices(y: np.ndarray, y_col: str) -> np.ndarray:
     """Labels as int64 class indices: ints (and bools) as they are, floats only when whole numbers, never strings,
     one per item, each below MOST_CLASSES (classes named by their numbers up to the largest would not fit)."""
-    if y.ndim != 1:  # (a list per item: (N, k) labels, which the loss would refuse at the first batch, blaming the model)
-        raise ValueError(f"column {y_col!r} holds {np.prod(y.shape[1:], dtype=int)} value per item as a list (labels "
-                         f"of shape {tuple(y.shape)}), where one class index per image belongs: flatten it, e.g. "
-                         f"dd = dd.map(lambda item: {{{y_col!r}: item[{y_col!r}][0]}}) for one value per item")
+    if y.ndim != 1:  # (a list per item: (N, k) labels, which the loss would refuse at the first batch, as the model's)
+        raise ValueError(f"column {y_col!r} holds a list per item (labels of shape {tuple(y.shape)}), where one "
+                         f"class index per image belongs: for one value per item, flatten it, e.g. "
+                         f"dd = dd.map(lambda item: {{{y_col!r}: item[{y_col!r}][0]}})")
     if y.dtype.kind in "biuf" and len(y) and (y >= MOST_CLASSES).any():  # (before the cast: 1e20 would overflow)
         row = int(np.argmax(y >= MOST_CLASSES))
         value = y[row].item() if y.dtype.kind != "f" else f"{y[row]:g}"

@@ -102,8 +102,8 @@ def test_labels_of_several_values_per_item_are_refused_when_read(tmp_path):
     came at the first batch and blamed the model's output (probe data, s27)."""
     from datasets import Sequence, Value
     dd_of({"train": [[1], [0], [1]], "test": [[0], [1]]}, Sequence(Value("int64"))).save_to_disk(str(tmp_path / "dd"))
-    with pytest.raises(ValueError, match=r"split 'train'.*column 'label' holds 1 value per item as a list.*shape "
-                                         r"\(3, 1\).*one class index"):
+    with pytest.raises(ValueError, match=r"split 'train'.*column 'label' holds a list per item \(labels of shape "
+                                         r"\(3, 1\)\).*one class index"):
         load_tensors(path=tmp_path / "dd")
 
 
