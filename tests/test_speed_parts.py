@@ -389,6 +389,55 @@ def test_momentum_learner_under_an_fp16_scaler_is_refused():
     MomentumLearner(nn.Linear(4, 1), dls, F.mse_loss, lr=1e-3, cbs=[MixedPrecisionCB(torch.bfloat16)]).fit(1)
 
 
+def test_an_optimizer_a_callbacks_before_fit_brings_after_float16s_is_the_one_its_skips_are_read_from():
+    """A callback (order 0) that set learn.opt at before_fit, after MixedPrecisionCB's (-5) hooked the fit's own:
+    every real step was counted as skipped (CancelStepException), so after_step and the one-cycle never ran (lr left
+    at its start for the whole fit) and both warnings said float16 skipped all steps (probe amp, s27)."""
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    class OwnOpt(Callback):
+        def before_fit(self, learn):
+            learn.opt = optim.SGD(learn.model.parameters(), lr=learn.fit_lr)
+
+    def run(cbs):
+        torch.manual_seed(0)
+        mp, steps = MixedPrecisionCB(torch.float16, init_scale=2.0**8), []  # (a scale no step overflows at)
+
+        class Steps(Callback):
+            order = 50
+
+            def after_step(self, learn):
+                steps.append(learn.opt.param_groups[0]["lr"])
+        learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[mp, *cbs, Steps()])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            learn.fit_one_cycle(2, 0.05)
+        return mp.n_skipped, steps, [p.detach().clone() for p in learn.model.parameters()]
+    skipped, steps, weights = run([OwnOpt()])
+    assert skipped == 0 and (skipped, steps) == run([])[:2]  # every step taken and scheduled, as without it
+    assert all(torch.equal(a, b) for a, b in zip(weights, run([])[2]))
+
+
+def test_a_float16_model_under_float16_mixed_precision_is_refused_and_a_bfloat16_one_warned_of():
+    """A model already in float16 under MixedPrecisionCB(float16) ended at the first step in torch's bare
+    'Attempting to unscale FP16 gradients.' (its scaler can't); one in bfloat16 trained in pure bfloat16, its
+    updates below bfloat16's resolution, without a word, where float64 weights are warned of (probe amp, s27)."""
+    from miniai.checks import MiniaiWarning
+    torch.manual_seed(0)
+    learn = tiny_learner(cbs=[MixedPrecisionCB(torch.float16)])
+    learn.model.half()
+    with pytest.raises(TypeError, match=r"weights are float16.*GradScaler.*can't unscale.*keep the model float32"
+                                        r".*model.float\(\)"):
+        learn.fit(1)
+    learn.model.float()  # the advice, followed
+    learn.fit(1)
+    learn = tiny_learner(cbs=[MixedPrecisionCB(torch.bfloat16)])
+    learn.model.bfloat16()
+    with pytest.warns(MiniaiWarning, match=r"weights are bfloat16.*run in bfloat16 alone.*model.float\(\)"):
+        learn.fit(1)
+
+
 def test_grad_clip_unscales_before_clipping_under_a_scaler():
     learn = tiny_learner(lr=0.0)
     mp, clip, grads = MixedPrecisionCB(torch.float16, init_scale=2.0**12), GradClipCB(max_norm=1e9), GradsBeforeStep()

@@ -41,6 +41,7 @@ class MixedPrecisionCB(Callback):
     """
     owns_steps = ("backward", "step")
     inference = True  # predictions are made under the same autocast as validation
+    _hooked: Any = None  # the optimizer whose steps it watches (a class default: one pickled before it has none)
     order = -5  # enter autocast after DeviceCB (-20) and batch transforms (-10) ran in float32; leave it at
     # after_loss before the other after_loss callbacks read the loss, so their work is not autocast
 
@@ -74,12 +75,21 @@ class MixedPrecisionCB(Callback):
         if device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise ValueError("this GPU does not support bfloat16: use MixedPrecisionCB() (float16 with a scaler)")
         self._autocast = torch.autocast(device_type, dtype=dtype)
-        wide = [name for name, p in learn.model.named_parameters() if p.dtype == torch.float64]
-        if wide and not learn._predicting:  # autocast lowers float32 ops only: float64 layers run as they are
-            warn(f"MixedPrecisionCB: {len(wide)} of the model's weights are float64 ({', '.join(wide[:3])}"
-                 f"{', ...' * (len(wide) > 3)}), which autocast leaves as they are (it lowers float32 ops "
-                 "only), so their layers run in float64, not in mixed precision: make the model float32 "
-                 "first (model.float(), and float32 inputs), or leave MixedPrecisionCB out")
+        for kind in (torch.float64, torch.float16, torch.bfloat16):  # autocast lowers float32 ops only: layers of
+            other = [name for name, p in learn.model.named_parameters() if p.dtype == kind]  # other ones run as
+            if not other or learn._predicting:  # they are, not in mixed precision (float32 weights, low compute)
+                continue
+            weights = (f"{len(other)} of the model's weights are {str(kind)[6:]} ({', '.join(other[:3])}"
+                       f"{', ...' * (len(other) > 3)})")
+            if kind == torch.float16 and dtype == torch.float16:  # torch: "Attempting to unscale FP16 gradients."
+                raise TypeError(f"MixedPrecisionCB: {weights}, whose gradients float16's GradScaler can't unscale: "
+                                "keep the model float32 (autocast runs its layers in float16 and keeps float32 "
+                                "weights for the updates): model.float()")
+            warn(f"MixedPrecisionCB: {weights}, which autocast leaves as they are (it lowers float32 ops only), "
+                 f"so their layers run in {str(kind)[6:]} alone, not in mixed precision"
+                 + (" (updates below its resolution are lost)" if kind != torch.float64 else "")
+                 + ": make the model float32 first (model.float(), and float32 inputs), or leave MixedPrecisionCB "
+                 "out")
         if dtype == torch.float16 and isinstance(learn, MomentumLearner):
             raise TypeError(f"{type(learn).__name__} keeps mom × the gradients of the last step, unscaled, and a float16 "
                             "GradScaler would add scaled ones and divide both by its scale (the momentum would "
@@ -104,12 +114,17 @@ class MixedPrecisionCB(Callback):
                 warn(f"MixedPrecisionCB trains in bfloat16 here ({device_type}), which uses no GradScaler: "
                      f"{', '.join(self.scaler_kwargs)} unused (MixedPrecisionCB(torch.float16, ...) scales)")
         if self.scaler is not None and learn.opt is not None:  # (get_preds: no optimizer before the first fit)
-            if not isinstance(learn.opt, torch.optim.Optimizer):  # the scaler unscales and steps through its API
-                raise TypeError(f"MixedPrecisionCB in float16 steps through a GradScaler, which needs a torch.optim."
-                                f"Optimizer; opt_func made a {type(learn.opt).__name__}: subclass torch.optim."
-                                "Optimizer, or use MixedPrecisionCB(torch.bfloat16), which needs no scaler")
-            # an optimizer post-step hook says whether scaler.step really stepped: public API, no extra sync
-            self._hook = learn.opt.register_step_post_hook(self._mark_stepped)
+            self._hook_step(learn.opt)
+
+    def _hook_step(self, opt: Any) -> None:
+        """Hook `opt`: an optimizer post-step hook says whether scaler.step really stepped (public API, no sync)."""
+        if not isinstance(opt, torch.optim.Optimizer):  # the scaler unscales and steps through its API
+            raise TypeError(f"MixedPrecisionCB in float16 steps through a GradScaler, which needs a torch.optim."
+                            f"Optimizer; learn.opt is a {type(opt).__name__}: subclass torch.optim.Optimizer, or use "
+                            "MixedPrecisionCB(torch.bfloat16), which needs no scaler")
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook, self._hooked = opt.register_step_post_hook(self._mark_stepped), opt
 
     def after_fit(self, learn: Learner) -> None:
         if self._tried and not self._taken and not learn._predicting:  # the weights never changed
@@ -122,7 +137,7 @@ class MixedPrecisionCB(Callback):
         self._exit_autocast()
         if self._hook is not None:
             self._hook.remove()
-            self._hook = None
+            self._hook = self._hooked = None
 
     def before_batch(self, learn: Learner) -> None:
         self._autocast.__enter__()
@@ -151,6 +166,8 @@ class MixedPrecisionCB(Callback):
         if self.scaler is None:
             learn.opt.step()
             return
+        if learn.opt is not self._hooked:  # a callback's before_fit, after this one's, set its own optimizer
+            self._hook_step(learn.opt)
         self._stepped = False
         fused = getattr(learn.opt, "_step_supports_amp_scaling", False)
         # fused optimizers skip on the device and are always "called": the scale dropping is then the only sign
