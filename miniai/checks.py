@@ -78,12 +78,12 @@ def add_note(error: BaseException, note: str) -> None:
 
 
 def check_count(name: str, value: Any, least: int = 1, what: str = "", error: type[Exception] = ValueError) -> int:
-    """Return `value` if it is a whole number >= `least` (an int or a NumPy integer, never a bool, which Python
-    counts as an int: `bs=True` would be a batch of 1); else raise `error` naming `name`, the bound and `what` it
-    counts (e.g. " (images per batch)")."""
+    """Return `value` as an int if it is a whole number >= `least` (an int or a NumPy integer, never a bool, which
+    Python counts as an int: `bs=True` would be a batch of 1); else raise `error` naming `name`, the bound and
+    `what` it counts (e.g. " (images per batch)"). (A Python int: checkpoints' safe loader refuses NumPy's.)"""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         raise error(f"{name} must be a whole number >= {least}{what}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_number(name: str, value: Any, least: float = 0.0, strict: bool = False, what: str = "") -> float:

@@ -13,7 +13,7 @@ import torch
 from torch.optim import lr_scheduler
 from torcheval.metrics import MulticlassAccuracy
 
-from miniai.callbacks import BatchSchedCB, EpochSchedCB, MetricsCB
+from miniai.callbacks import BatchSchedCB, EpochSchedCB, GradAccumCB, GradClipCB, MetricsCB
 from miniai.callbacks.checkpoint import (CheckpointMismatchError, list_checkpoints, load_checkpoint,
                                         save_checkpoint)
 from miniai.callbacks.guards import EarlyStoppingCB
@@ -1402,3 +1402,31 @@ def test_a_checkpoint_differing_only_by_a_compiled_parts_keys_says_so(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"differ only by torch.compile's '_orig_mod.'.*compile the "
                                                       r"same parts as the run that saved it"):
         make(False).fit(2, resume=tmp_path)
+
+
+@pytest.mark.parametrize("make", [lambda: GradAccumCB(np.arange(1, 5)[1]), lambda: GradClipCB(np.logspace(-1, 1, 3)[0]),
+                                  lambda: GradClipCB(1.0, norm_type=np.float32(2.0))])
+def test_numpy_numbers_given_to_grad_accumulation_or_clipping_resume(tmp_path, make):
+    """GradAccumCB(np.int64(2)) and GradClipCB(np.float64(0.1)), as a sweep over np.arange gives them, were saved as
+    numpy numbers, which the safe loader refuses: every checkpoint of the run failed to resume, blaming 'a numpy
+    number in an lr_lambda' (probe amp, s27)."""
+    import torch.nn.functional as F
+    from torch import nn
+    from miniai.callbacks import CheckpointCB
+    from miniai.supervised import TrainLearner
+    from tests.synth import linear_dls
+
+    class Interrupt(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 1:
+                raise KeyboardInterrupt
+
+    def learner(*cbs):
+        torch.manual_seed(0)
+        return TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[make(), *cbs])
+    with pytest.raises(KeyboardInterrupt):
+        learner(CheckpointCB(tmp_path)).fit(3, cbs=[Interrupt()])
+    resumed, straight = learner(CheckpointCB(tmp_path)), learner()
+    resumed.fit(3, resume=tmp_path)
+    straight.fit(3)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), straight.model.parameters()))

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checks import beside_model, check_count, check_number, own_place, warn
+from ..checks import beside_model, check_count, check_number, own_place, python_number, warn
 from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
@@ -362,7 +362,8 @@ class GradClipCB(Callback):
         check_number("max_norm", max_norm, strict=True, what=" (the gradients' largest total norm)")
         if norm_type != "inf":  # (torch takes the string too)
             check_number("norm_type", norm_type, strict=True, what=" (the p of the p-norm; float('inf'): the max)")
-        self.max_norm, self.norm_type = max_norm, norm_type
+        # (NumPy numbers as Python's, which checkpoints' safe loader reads: a sweep's np.logspace values)
+        self.max_norm, self.norm_type = python_number(max_norm, tensors=False), python_number(norm_type, tensors=False)
         self.last_norm: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:
