@@ -663,12 +663,15 @@ def test_cli_sched_saves_the_recorder_plot(tmp_path):
 
 
 @pytest.mark.parametrize("factory", [partial(ls.OneCycleLR, max_lr=0.1, total_steps=9),
-                                     partial(ls.CosineAnnealingLR, T_max=9)])
+                                     partial(ls.CosineAnnealingLR, T_max=9),
+                                     partial(ls.LinearLR, start_factor=1.0, end_factor=0.01, total_iters=9)])
 def test_a_schedule_longer_than_the_fit_is_named_in_a_warning(factory):
     """Never flagged: a one-cycle sized for 3 epochs in a 1-epoch fit (or under DDP, sized with the unsharded
-    len(dls.train)) ended with the lr still high, without a word."""
+    len(dls.train)) ended with the lr still high, without a word; a LinearLR decay to a floor (not 0) too, under
+    GradAccumCB counted in batches (probe amp, s27)."""
     learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.1)  # 3 batches an epoch
-    with pytest.warns(UserWarning, match=r"=9 but this fit takes 3 steps .* build it with (total_steps|T_max)=3"):
+    with pytest.warns(UserWarning, match=r"=9 but this fit takes 3 steps .* build it with (total_steps|T_max|"
+                                         r"total_iters)=3"):
         learn.fit(1, cbs=[BatchSchedCB(factory)])
 
 

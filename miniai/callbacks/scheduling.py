@@ -319,6 +319,8 @@ class BaseSchedCB(Callback):
                else f"{counted(epochs, 'epoch')} × {self._per_epoch} optimizer steps per epoch")
         for part, runs in _ending_parts(self.scheduler, total):  # (of a SequentialLR the last part, of a chain all)
             field, capacity = _length(part)
+            if field is None and isinstance(part, LinearLR) and part.end_factor != part.start_factor:
+                field, capacity = "total_iters", part.total_iters  # (to a floor, not 0: _length leaves it out)
             if field is not None and capacity > runs:
                 # legitimate for a trial run, but usually a length counted wrong: the lr never comes down
                 where = "" if part is self.scheduler else f" (in {name}, running the last {runs} steps)"
