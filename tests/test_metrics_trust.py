@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from types import SimpleNamespace
 import io
 import re
@@ -1095,3 +1096,44 @@ def test_a_metric_given_a_dict_of_no_tensors_is_told_its_first_key():
                          cbs=[MetricsCB(log_fn=None, accuracy=Accuracy())])
     with pytest.raises(TypeError, match=r"calls the metric on preds\['heads'\]"):
         learn.fit(1)
+
+
+@pytest.mark.parametrize("torcheval_too", [False, True])
+def test_float_class_indices_holding_minus_100_beside_class_scores_are_refused_with_the_way(torcheval_too):
+    """Labels read as floats (a CSV column, -100 for the unlabelled) with a loss of one's own that casts them: Accuracy
+    left the -100 items out, torcheval's MulticlassAccuracy counted them as wrong (0.0667 vs 0.0435), and a batch
+    of -100 alone made the pass's loss NaN, without a word (probe metrics, s27)."""
+    from torcheval.metrics import MulticlassAccuracy
+    torch.manual_seed(0)
+    x, y = torch.randn(23, 5), torch.randint(0, 4, (23,))
+    y[:8] = -100
+
+    def my_loss(preds, target):
+        return F.cross_entropy(preds, target.long())
+    metrics = {"acc": Accuracy()} | ({"macc": MulticlassAccuracy()} if torcheval_too else {})
+
+    def learner(target):
+        dls = SimpleNamespace(train=DataLoader(TensorDataset(x, target), 5), valid=DataLoader(TensorDataset(x, target), 5))
+        return TrainLearner(nn.Linear(5, 4), dls, my_loss, lr=0.0, cbs=[MetricsCB(**metrics, log_fn=None)])
+    with pytest.raises(ValueError, match=r"targets are floats holding -100.*class scores.*preds \(5, 4\).*targets "
+                                         r"\(5,\).*y.long\(\)"):
+        learner(y.float()).fit(1, train=False)
+    learn = learner(y)  # the advice, followed: int64 class indices
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (a loss of one's own: -100 taken as its ignore_index, warned of)
+        learn.fit(1, train=False)
+    kept = y != -100
+    hand = (learn.model(x)[kept].argmax(1) == y[kept]).float().mean().item()
+    assert learn.metrics.last["valid_acc"] == pytest.approx(hand) and math.isfinite(learn.metrics.last["valid_loss"])
+    if torcheval_too:
+        assert learn.metrics.last["valid_macc"] == pytest.approx(hand)
+
+
+def test_float_regression_targets_of_minus_100_are_values():
+    """(the refusal above is for class scores beside the targets: regression outputs of the targets' shape, -100
+    included, are values, as for F.mse_loss)"""
+    x, y = torch.randn(8, 1), torch.full((8, 1), -100.0)
+    dls = SimpleNamespace(train=DataLoader(TensorDataset(x, y), 4), valid=DataLoader(TensorDataset(x, y), 4))
+    learn = TrainLearner(nn.Linear(1, 1), dls, lambda p, t: F.mse_loss(p, t), lr=0.0, cbs=[MetricsCB(log_fn=None)])
+    learn.fit(1, train=False)
+    assert learn.metrics.last["valid_loss"] == pytest.approx(F.mse_loss(learn.model(x), y).item(), rel=1e-5)

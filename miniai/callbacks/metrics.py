@@ -289,6 +289,7 @@ class MetricsCB(Callback):
             return
         preds, targets, losses, sizes = zip(*self._pending)
         self._pending, self._pending_numel = [], 0
+        self._refuse_float_ignored(preds, targets)
         if self._bulk:
             try:
                 batches = [(torch.cat(preds), torch.cat(targets))]
@@ -318,6 +319,21 @@ class MetricsCB(Callback):
         totals = torch.where(weights > 0, stacked * weights, 0.0)  # (a batch of no counted target: its NaN × 0)
         self._loss_sum += totals.sum()
         self._loss_weight += weights.sum()
+
+    def _refuse_float_ignored(self, preds: tuple[Any, ...], targets: tuple[Any, ...]) -> None:
+        """Refuse float targets holding the loss's ignore_index beside class scores (preds of one more dim): class
+        indices read as floats, cast by a loss of one's own. Accuracy would leave those items out, torcheval's
+        metrics count them as a class, and a batch of them alone would make the pass's loss NaN (MetricsCB weighs
+        float targets by items). One host read per flush, of float targets beside class scores only."""
+        for p, t in zip(preds, targets):
+            if (self._ignore is not None and isinstance(t, torch.Tensor) and t.is_floating_point()
+                    and isinstance(p, torch.Tensor) and p.ndim == t.ndim + 1 and bool((t == self._ignore).any())):
+                raise ValueError(f"MetricsCB: the targets are floats holding {self._ignore} (the loss's ignore_index: "
+                                 f"items it leaves out) beside class scores (preds {tuple(p.shape)}, targets "
+                                 f"{tuple(t.shape)}): class indices read as floats? The metrics and the loss can't "
+                                 "agree on which items count (torcheval's count them as a class, Accuracy leaves them "
+                                 "out, a batch of them alone has a NaN loss). Give class indices as int64 in the "
+                                 "data: y.long() (TensorDataset(x, y.long()))")
 
     def _counted(self, batches: list[tuple[Any, Any]], metrics: dict[str, Any]) -> list[tuple[Any, Any]]:
         """The batches without the items whose target the loss leaves out (its ignore_index, -100 by default), as
