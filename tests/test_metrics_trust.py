@@ -1137,3 +1137,27 @@ def test_float_regression_targets_of_minus_100_are_values():
     learn = TrainLearner(nn.Linear(1, 1), dls, lambda p, t: F.mse_loss(p, t), lr=0.0, cbs=[MetricsCB(log_fn=None)])
     learn.fit(1, train=False)
     assert learn.metrics.last["valid_loss"] == pytest.approx(F.mse_loss(learn.model(x), y).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("legacy, reduction", [({"size_average": False}, "sum"), ({"reduce": False}, "none"),
+                                               ({"size_average": True, "reduction": "sum"}, "mean")])
+def test_torchs_legacy_size_average_and_reduce_in_a_partial_are_read_as_torch_reads_them(legacy, reduction):
+    """partial(F.cross_entropy, size_average=False) sums, as torch's deprecated pair says (and overrides reduction=),
+    but was read as reduction='mean': the logged loss was the batches' sums averaged, 8.21 at bs 5 and 39.2 at bs 23
+    for 1.704 per item (nn.CrossEntropyLoss(size_average=False) was right: its constructor turns the pair into a
+    reduction) (probe metrics, s27)."""
+    from miniai.utils import loss_reduction
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's deprecation warning)
+        loss_func = partial(F.cross_entropy, **legacy)
+        assert loss_reduction(loss_func) == reduction == nn.CrossEntropyLoss(**legacy).reduction
+        if reduction == "none":
+            return  # (refused while training, as reduction='none' is)
+        torch.manual_seed(0)
+        x, y = torch.randn(23, 5), torch.randint(0, 4, (23,))
+        model = nn.Linear(5, 4)
+        for bs in (5, 23):
+            dls = SimpleNamespace(train=DataLoader(TensorDataset(x, y), bs), valid=DataLoader(TensorDataset(x, y), bs))
+            learn = TrainLearner(model, dls, loss_func, lr=0.0, cbs=[MetricsCB(log_fn=None)])
+            learn.fit(1, train=False)
+            assert learn.metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
