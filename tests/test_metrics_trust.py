@@ -1161,3 +1161,35 @@ def test_torchs_legacy_size_average_and_reduce_in_a_partial_are_read_as_torch_re
             learn = TrainLearner(model, dls, loss_func, lr=0.0, cbs=[MetricsCB(log_fn=None)])
             learn.fit(1, train=False)
             assert learn.metrics.last["valid_loss"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
+
+
+def test_a_binary_metric_at_threshold_half_beside_preds_that_are_not_probabilities_is_warned_of_whatever_the_loss():
+    """BinaryAccuracy() beside binary_cross_entropy_with_logits inside a def of one's own (a cast, a pos_weight)
+    thresholded the logits at 0.5 (probability 0.62) without a word: 0.935 for 1.0 (probe metrics, s27); warned of
+    only for torch's own loss given as itself. Preds of the first batch outside [0, 1] say they are no probabilities."""
+    from torcheval.metrics import BinaryAccuracy
+    from miniai.checks import MiniaiWarning
+    torch.manual_seed(0)
+    x = torch.randn(40, 5)
+    y = (x[:, 0] + 0.3 > 0).float()
+
+    def my_loss(preds, target):
+        return F.binary_cross_entropy_with_logits(preds, target.float())
+
+    def fit(model, threshold=0.5):
+        dls = SimpleNamespace(train=DataLoader(TensorDataset(x, y), 10), valid=DataLoader(TensorDataset(x, y), 10))
+        learn = TrainLearner(model, dls, my_loss, lr=0.0, cbs=[MetricsCB(acc=BinaryAccuracy(threshold=threshold),
+                                                                         log_fn=None)])
+        learn.fit(1, train=False)
+        return learn
+    logits = nn.Sequential(nn.Linear(5, 1), nn.Flatten(0))
+    with torch.no_grad():
+        logits[0].weight.zero_()
+        logits[0].weight[0, 0], logits[0].bias[0] = 4.0, 1.2
+    with pytest.warns(MiniaiWarning, match=r"'acc' \(BinaryAccuracy\) counts a prediction as 1 from 0.5.*preds range "
+                                           r"from -.* to .*: not probabilities.*threshold=0"):
+        fit(logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MiniaiWarning)
+        assert fit(logits, threshold=0.0).metrics.last["valid_acc"] == 1.0  # the advice, followed
+        fit(nn.Sequential(logits, nn.Sigmoid()))  # probabilities: nothing to say

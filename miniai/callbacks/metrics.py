@@ -101,6 +101,7 @@ class MetricsCB(Callback):
     rank reports the same values, those of the whole validation (or training) set; only rank 0 prints them.
     """
     order = 10  # after callbacks that change preds or loss, before those that read the results
+    _logits_loss = False  # whether the loss is torch's BCE with logits (set at before_fit)
 
     def __init__(self, *metrics: Any, log_fn: Callable[[dict[str, Any]], None] | str | None = "print",
                  **named_metrics: Any) -> None:
@@ -164,7 +165,7 @@ class MetricsCB(Callback):
                  "its own: it is taken to divide that sum by the items, as a VAE's loss does, and its batches are "
                  "averaged by items. If it returns the sum, say so: learn.loss_func.reduction = 'sum' (logged per "
                  "item then); if it divides it, learn.loss_func.reduction = 'mean'")
-        _warn_threshold_on_logits(self.metrics, learn.loss_func)
+        self._logits_loss = _warn_threshold_on_logits(self.metrics, learn.loss_func)
         learn.metrics = self
         keep_records(self, "history", "last")  # (a fit refused before its first batch puts them back)
         self.history, self.last = [], {}
@@ -301,6 +302,8 @@ class MetricsCB(Callback):
             if not self._scores_checked:  # (once a fit: one host read)
                 self._scores_checked = True
                 _refuse_binary_scores(self._torcheval_metrics, preds[0])
+                if not self._logits_loss:  # (torch's own was warned of at before_fit)
+                    _warn_threshold_on_scores(self._torcheval_metrics, preds[0])
             _update(self._torcheval_metrics, self._counted(one_by_one, self._torcheval_metrics))
         if self._each:
             _update(self._each, one_by_one)
@@ -516,11 +519,12 @@ def _per_batch_sums(each: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> to
     return sums[ends] - sums[torch.cat([ends.new_zeros(1), ends[:-1]])]
 
 
-def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> None:
-    """Warn of a metric thresholding at 0.5 (torcheval's binary and multilabel ones) beside a loss of logits."""
+def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> bool:
+    """Warn of a metric thresholding at 0.5 (torcheval's binary and multilabel ones) beside a loss of logits
+    (torch's own); return whether the loss is that."""
     fn = base_loss(loss_func)
     if fn is not F.binary_cross_entropy_with_logits and not isinstance(loss_func, nn.BCEWithLogitsLoss):
-        return
+        return False
     for name, metric in metrics.items():  # (torcheval's: a threshold of one's own may be a sigmoid's; a binned
         threshold = getattr(metric, "threshold", None)  # metric's, a tensor of bin edges)
         if _torcheval(metric) and isinstance(threshold, float) and threshold == 0.5:
@@ -528,6 +532,22 @@ def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> None:
                  "and the loss takes logits (binary_cross_entropy_with_logits), whose 0.5 probability is "
                  f"logit 0: give it threshold=0, {type(metric).__name__}(threshold=0.0), or apply a sigmoid "
                  "in a metric of your own")
+    return True
+
+
+def _warn_threshold_on_scores(metrics: dict[str, Any], preds: Any) -> None:
+    """Warn of a metric thresholding at 0.5 beside preds (the first batch's) outside [0, 1], which are no
+    probabilities (logits, from a loss of one's own)."""
+    if not (isinstance(preds, torch.Tensor) and preds.is_floating_point() and preds.numel()):
+        return
+    halves = [(name, metric) for name, metric in metrics.items()  # (a binned metric's: a tensor of bin edges)
+              if isinstance(getattr(metric, "threshold", None), float) and metric.threshold == 0.5]
+    low, high = preds.detach().aminmax() if halves else (0, 1)  # (one host read, once a fit, where one thresholds)
+    for name, metric in halves if low < 0 or high > 1 else ():
+        warn(f"MetricsCB metric {name!r} ({type(metric).__name__}) counts a prediction as 1 from 0.5, and the first "
+             f"batch's preds range from {float(low):.3g} to {float(high):.3g}: not probabilities (logits, whose 0.5 "
+             f"probability is logit 0?). For logits give it threshold=0, {type(metric).__name__}(threshold=0.0), or "
+             "end the model with a sigmoid for probabilities")
 
 
 def _torcheval(metric: Any) -> bool:
