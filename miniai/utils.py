@@ -381,8 +381,10 @@ def _setting(layers: list, name: str, default: Any) -> Any:
     """The first of `layers` to set `name`: a partial's keyword, or an attribute; else `default`."""
     for layer in layers:
         keywords = getattr(layer, "keywords", None)
-        if name == "reduction" and isinstance(keywords, dict) and keywords.keys() & {"size_average", "reduce"}:
-            # torch's deprecated pair, which its losses turn into a reduction, over any reduction= (legacy_get_string)
+        if name == "reduction" and isinstance(keywords, dict) and any(
+                keywords.get(k) is not None for k in ("size_average", "reduce")):
+            # torch's deprecated pair, which its losses turn into a reduction (legacy_get_string) over any reduction=
+            # when one of them is not None
             size_average, reduce = (keywords.get(k) is None or bool(keywords[k]) for k in ("size_average", "reduce"))
             return "none" if not reduce else "mean" if size_average else "sum"
         if isinstance(keywords, dict) and name in keywords:

@@ -1140,12 +1140,15 @@ def test_float_regression_targets_of_minus_100_are_values():
 
 
 @pytest.mark.parametrize("legacy, reduction", [({"size_average": False}, "sum"), ({"reduce": False}, "none"),
-                                               ({"size_average": True, "reduction": "sum"}, "mean")])
+                                               ({"size_average": True, "reduction": "sum"}, "mean"),
+                                               ({"size_average": None, "reduction": "sum"}, "sum"),
+                                               ({"reduce": None, "size_average": None}, "mean")])
 def test_torchs_legacy_size_average_and_reduce_in_a_partial_are_read_as_torch_reads_them(legacy, reduction):
     """partial(F.cross_entropy, size_average=False) sums, as torch's deprecated pair says (and overrides reduction=),
     but was read as reduction='mean': the logged loss was the batches' sums averaged, 8.21 at bs 5 and 39.2 at bs 23
     for 1.704 per item (nn.CrossEntropyLoss(size_average=False) was right: its constructor turns the pair into a
-    reduction) (probe metrics, s27)."""
+    reduction) (probe metrics, s27). None for both, as torch's own signatures pass them, leaves reduction= to say
+    (regression round 25: reduction='sum' with size_average=None was read as a mean, 9.767 logged for 1.221)."""
     from miniai.utils import loss_reduction
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (torch's deprecation warning)
