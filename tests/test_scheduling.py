@@ -1080,6 +1080,8 @@ def test_an_lr_given_to_fit_at_a_cyclic_schedules_base_lr_is_taken_as_the_learne
     assert math.isclose(learn.opt.param_groups[0]["lr"], opt.param_groups[0]["lr"])
     with pytest.raises(ValueError, match=r"lr=0.002 .*give the CyclicLR the lrs it cycles between"):
         learn.fit(2, lr=0.002, cbs=[BatchSchedCB(sched)])  # (neither its base nor its peak: still refused)
+    with pytest.raises(ValueError, match=r"lr=0.004 .*would be ignored"):  # (a one-cycle's start, max_lr / 25, is
+        learn.fit(1, lr=0.004, cbs=[BatchSchedCB(partial(ls.OneCycleLR, max_lr=0.1, total_steps=BATCHES))])  # none)
 
 
 def test_the_advice_for_an_lr_beside_the_learners_own_schedule_works_when_followed():

@@ -97,9 +97,9 @@ def _check_fit_lr_used(learn: Learner, scheduler: Any, made: list[float], cb: Ca
     if given is None or any(isinstance(cb, ResumeCB) for cb in learn.cbs) or (found := _own_peaks(scheduler)) is None:
         return None
     part, peaks = found
-    for lrs in peaks, part.base_lrs:  # it peaks at the lr given, or starts at it (CyclicLR cycles back to its base)
-        if all(math.isclose(x, m, rel_tol=1e-6) for x, m in zip(lrs, made)):
-            return None
+    for lrs in (peaks, part.base_lrs) if isinstance(part, CyclicLR) else (peaks,):  # it peaks at the lr given, or
+        if all(math.isclose(x, m, rel_tol=1e-6) for x, m in zip(lrs, made)):  # cycles from it (CyclicLR's base_lr;
+            return None  # a one-cycle's start, max_lr / div_factor, is no lr of the user's)
     who = type(cb).__name__
     if own is not None and math.isclose(given, own):  # the learner's own: warned of, not refused (the course gives
         # one beside a schedule, at its peak, or at a group's); 0.1 is the default, which can't be told from one given
