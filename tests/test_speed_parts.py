@@ -419,6 +419,81 @@ def test_an_optimizer_a_callbacks_before_fit_brings_after_float16s_is_the_one_it
     assert all(torch.equal(a, b) for a, b in zip(weights, run([])[2]))
 
 
+@pytest.mark.parametrize("subclass", [True, False])
+def test_a_lookahead_wrapper_a_later_callback_sets_trains_under_float16(subclass):
+    """Lookahead (the widespread recipe: an Optimizer subclass that never calls Optimizer.__init__ and shares its base's
+    param_groups, or a plain class) set at before_fit by a callback after MixedPrecisionCB's: trained before the
+    re-hooking of an optimizer set so; then a bare AttributeError '_optimizer_step_post_hooks', or a TypeError whose
+    advice led to it (regression round 25). It steps the base, whose hook says the step was taken."""
+    from collections import defaultdict
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    class Lookahead(*((torch.optim.Optimizer,) if subclass else ())):
+        def __init__(self, base, alpha=0.5, k=2):
+            self.base, self.alpha, self.k, self.n = base, alpha, k, 0
+            self.param_groups, self.defaults, self.state = base.param_groups, base.defaults, defaultdict(dict)
+            self.slow = [[p.detach().clone() for p in g["params"]] for g in self.param_groups]
+
+        def zero_grad(self, set_to_none=True):
+            self.base.zero_grad(set_to_none)
+
+        def step(self, closure=None):
+            loss = self.base.step(closure)
+            self.n += 1
+            if self.n % self.k == 0:
+                with torch.no_grad():
+                    for g, slows in zip(self.param_groups, self.slow):
+                        for p, slow in zip(g["params"], slows):
+                            slow += self.alpha * (p - slow)
+                            p.copy_(slow)
+            return loss
+
+    class LookaheadCB(Callback):
+        def before_fit(self, learn):
+            learn.opt = Lookahead(learn.opt)
+
+    steps = []
+
+    class Steps(Callback):
+        order = 50
+
+        def after_step(self, learn):
+            steps.append(learn.iter)
+    torch.manual_seed(0)
+    mp = MixedPrecisionCB(torch.float16, init_scale=2.0**8)
+    learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[mp, LookaheadCB(), Steps()])
+    before = learn.model.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(2)
+    assert mp.n_skipped == 0 and len(steps) == 2 * len(learn.dls.train) and not torch.equal(before, learn.model.weight)
+
+
+def test_frozen_float16_weights_under_float16_mixed_precision_train_without_a_word():
+    """A frozen float16 backbone (kept half for memory) and a float32 head: refused since the float16-weights check,
+    which counted frozen weights, whose gradients the scaler never sees (regression round 25)."""
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Linear(1, 4).half().requires_grad_(False)
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.backbone(x.half()).float())
+    torch.manual_seed(0)
+    learn = TrainLearner(Net(), linear_dls(), F.mse_loss, lr=0.05,
+                         cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8)])  # (no overflow in 3 steps)
+    before = learn.model.head.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1)
+    assert not torch.equal(before, learn.model.head.weight)
+
+
 def test_a_float16_model_under_float16_mixed_precision_is_refused_and_a_bfloat16_one_warned_of():
     """A model already in float16 under MixedPrecisionCB(float16) ended at the first step in torch's bare
     'Attempting to unscale FP16 gradients.' (its scaler can't); one in bfloat16 trained in pure bfloat16, its

@@ -76,8 +76,9 @@ class MixedPrecisionCB(Callback):
             raise ValueError("this GPU does not support bfloat16: use MixedPrecisionCB() (float16 with a scaler)")
         self._autocast = torch.autocast(device_type, dtype=dtype)
         for kind in (torch.float64, torch.float16, torch.bfloat16):  # autocast lowers float32 ops only: layers of
-            other = [name for name, p in learn.model.named_parameters() if p.dtype == kind]  # other ones run as
-            if not other or learn._predicting:  # they are, not in mixed precision (float32 weights, low compute)
+            other = [name for name, p in learn.model.named_parameters()  # other ones run as they are, not in mixed
+                     if p.dtype == kind and (p.requires_grad or kind == torch.float64)]  # precision (frozen low ones:
+            if not other or learn._predicting:  # kept so on purpose, and the scaler never sees their gradients)
                 continue
             weights = (f"{len(other)} of the model's weights are {str(kind)[6:]} ({', '.join(other[:3])}"
                        f"{', ...' * (len(other) > 3)})")
@@ -166,16 +167,17 @@ class MixedPrecisionCB(Callback):
         if self.scaler is None:
             learn.opt.step()
             return
-        if learn.opt is not self._hooked:  # a callback's before_fit, after this one's, set its own optimizer
-            self._hook_step(learn.opt)
+        if learn.opt is not self._hooked and hasattr(learn.opt, "_optimizer_step_post_hooks"):  # a callback's
+            self._hook_step(learn.opt)  # before_fit, after this one's, set its own optimizer
         self._stepped = False
-        fused = getattr(learn.opt, "_step_supports_amp_scaling", False)
-        # fused optimizers skip on the device and are always "called": the scale dropping is then the only sign
-        before = self.scaler.get_scale() if fused else 0.0
+        # fused optimizers skip on the device and are always "called", and a wrapper torch can't hook (Lookahead's,
+        # set by a later before_fit) may step what is hooked or not: the scale dropping is then the sign of a skip
+        by_scale = getattr(learn.opt, "_step_supports_amp_scaling", False) or learn.opt is not self._hooked
+        before = self.scaler.get_scale() if by_scale else 0.0
         self.scaler.step(learn.opt)  # unscales (unless GradClipCB did), then steps unless a grad is inf/NaN
         self.scaler.update()
         self._tried += 1
-        if not self._stepped or (fused and self.scaler.get_scale() < before):
+        if self.scaler.get_scale() < before if by_scale else not self._stepped:
             self.n_skipped += 1
             learn.opt.zero_grad()  # the inf/NaN grads must not leak into the next step
             learn.pass_steps += 1  # a step of the epoch still (a hand loop's): an epoch of only skips trained too
