@@ -1129,14 +1129,34 @@ def test_float_class_indices_holding_minus_100_beside_class_scores_are_refused_w
         assert learn.metrics.last["valid_macc"] == pytest.approx(hand)
 
 
-def test_float_regression_targets_of_minus_100_are_values():
-    """(the refusal above is for class scores beside the targets: regression outputs of the targets' shape, -100
-    included, are values, as for F.mse_loss)"""
-    x, y = torch.randn(8, 1), torch.full((8, 1), -100.0)
+@pytest.mark.parametrize("outputs, target", [(1, (8, 1)), (1, (8,)), (2, (8,))])
+def test_float_regression_targets_of_minus_100_are_values(outputs, target):
+    """(the refusal above is for class indices beside class scores: regression targets, -100 included, are values,
+    as for F.mse_loss: of the outputs' shape, or (N,) beside one output column (a dB floor), or beside a mean and a
+    log-variance (regression round 25: refused, with advice y.long() that would have truncated them))"""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1), torch.randn(target) * 30
+    y[:4] = -100.0  # (a first batch of -100 alone)
+
+    def loss(preds, t):
+        return F.mse_loss(preds[:, 0], t.reshape(-1))
+
+    class MAE:
+        def reset(self):
+            self.total, self.n = 0.0, 0
+
+        def update(self, preds, t):
+            self.total += (preds[:, 0] - t.reshape(-1)).abs().sum().item()
+            self.n += len(t)
+
+        def compute(self):
+            return self.total / self.n
     dls = SimpleNamespace(train=DataLoader(TensorDataset(x, y), 4), valid=DataLoader(TensorDataset(x, y), 4))
-    learn = TrainLearner(nn.Linear(1, 1), dls, lambda p, t: F.mse_loss(p, t), lr=0.0, cbs=[MetricsCB(log_fn=None)])
+    learn = TrainLearner(nn.Linear(1, outputs), dls, loss, lr=0.0, cbs=[MetricsCB(mae=MAE(), log_fn=None)])
     learn.fit(1, train=False)
-    assert learn.metrics.last["valid_loss"] == pytest.approx(F.mse_loss(learn.model(x), y).item(), rel=1e-5)
+    preds = learn.model(x)
+    assert learn.metrics.last["valid_loss"] == pytest.approx(loss(preds, y).item(), rel=1e-5)
+    assert learn.metrics.last["valid_mae"] == pytest.approx((preds[:, 0] - y.reshape(-1)).abs().mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("legacy, reduction", [({"size_average": False}, "sum"), ({"reduce": False}, "none"),

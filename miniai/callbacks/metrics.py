@@ -327,16 +327,24 @@ class MetricsCB(Callback):
         """Refuse float targets holding the loss's ignore_index beside class scores (preds of one more dim): class
         indices read as floats, cast by a loss of one's own. Accuracy would leave those items out, torcheval's
         metrics count them as a class, and a batch of them alone would make the pass's loss NaN (MetricsCB weighs
-        float targets by items). One host read per flush, of float targets beside class scores only."""
-        for p, t in zip(preds, targets):
-            if (self._ignore is not None and isinstance(t, torch.Tensor) and t.is_floating_point()
-                    and isinstance(p, torch.Tensor) and p.ndim == t.ndim + 1 and bool((t == self._ignore).any())):
-                raise ValueError(f"MetricsCB: the targets are floats holding {self._ignore} (the loss's ignore_index: "
-                                 f"items it leaves out) beside class scores (preds {tuple(p.shape)}, targets "
-                                 f"{tuple(t.shape)}): class indices read as floats? The metrics and the loss can't "
-                                 "agree on which items count (torcheval's count them as a class, Accuracy leaves them "
-                                 "out, a batch of them alone has a NaN loss). Give class indices as int64 in the "
-                                 "data: y.long() (TensorDataset(x, y.long()))")
+        float targets by items). Host reads per flush, of float targets beside class scores only."""
+        pairs = [(p, t) for p, t in zip(preds, targets) if self._ignore is not None and isinstance(t, torch.Tensor)
+                 and t.is_floating_point() and isinstance(p, torch.Tensor) and p.ndim == t.ndim + 1]
+        if not pairs:
+            return
+        p, t = pairs[0]
+        classes = p.shape[1] if p.shape[2:] == t.shape[1:] else p.shape[-1]  # (N, C, ...) or (N, T, C)
+        flat = torch.cat([t.reshape(-1) for _, t in pairs])
+        ignored = flat == self._ignore
+        kept = flat[~ignored]  # class indices: whole numbers 0..C-1 (a regression's values, -100 dB say, are not)
+        if classes > 1 and len(kept) and bool(ignored.any()) and bool(
+                ((kept == kept.round()) & (kept >= 0) & (kept < classes)).all()):
+            raise ValueError(f"MetricsCB: the targets are floats holding {self._ignore} (the loss's ignore_index: "
+                             f"items it leaves out) beside class scores (preds {tuple(p.shape)}, targets "
+                             f"{tuple(t.shape)}): class indices read as floats? The metrics and the loss can't "
+                             "agree on which items count (torcheval's count them as a class, Accuracy leaves them "
+                             "out, a batch of them alone has a NaN loss). Give class indices as int64 in the "
+                             "data: y.long() (TensorDataset(x, y.long()))")
 
     def _counted(self, batches: list[tuple[Any, Any]], metrics: dict[str, Any]) -> list[tuple[Any, Any]]:
         """The batches without the items whose target the loss leaves out (its ignore_index, -100 by default), as
