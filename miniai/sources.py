@@ -371,13 +371,15 @@ def _class_indices(y: np.ndarray, y_col: str) -> np.ndarray:
         raise ValueError(f"column {y_col!r} holds a list per item (labels of shape {tuple(y.shape)}), where one "
                          f"class index per image belongs: for one value per item, flatten it, e.g. "
                          f"dd = dd.map(lambda item: {{{y_col!r}: item[{y_col!r}][0]}})")
-    if y.dtype.kind in "biuf" and len(y) and (y >= MOST_CLASSES).any():  # (before the cast: 1e20 would overflow)
-        row = int(np.argmax(y >= MOST_CLASSES))
+    wide = y.astype(np.float64) if y.dtype.kind == "f" else y  # (float16 can't hold the bound)
+    far = (wide >= MOST_CLASSES) | (wide <= -MOST_CLASSES) if y.dtype.kind in "iuf" and len(y) else None
+    if far is not None and far.any():  # (before the cast: 1e20 would overflow)
+        row = int(np.argmax(far))
         value = y[row].item() if y.dtype.kind != "f" else f"{y[row]:g}"
-        raise ValueError(f"column {y_col!r} holds a label too large to be a class index, {value} in row {row} "
-                         f"(the classes of plain number labels are named by their numbers, 0 up to the largest): fix "
-                         f"or drop that label; for classes numbered so high, give the column a ClassLabel naming "
-                         f"them: dd = dd.cast_column({y_col!r}, datasets.ClassLabel(names=[...]))")
+        raise ValueError(f"column {y_col!r} holds a label that is no class index, {value} in row {row} (the classes "
+                         f"of plain number labels are named by their numbers, 0 up to the largest, below "
+                         f"{MOST_CLASSES:,}): fix or drop that label; for classes numbered so high, give the column "
+                         f"a ClassLabel naming them: dd = dd.cast_column({y_col!r}, datasets.ClassLabel(names=[...]))")
     if y.dtype.kind == "f":
         bad = y[~(np.isfinite(y) & (y == np.round(y)))]  # truncating 0.9 or 2.99 would pick a class at random
         if len(bad):

@@ -71,18 +71,21 @@ def test_a_label_too_large_to_be_a_class_index_is_refused_naming_its_split_row_a
     a tuple that grew until memory ran out, without a word (probe data, s27; 10**7: 10 million names, taken)."""
     from datasets import Value
     dd_of({"train": [1, 0, stray, 1], "test": [0, 1]}, Value("int64")).save_to_disk(str(tmp_path / "dd"))
-    with pytest.raises(ValueError, match=rf"split 'train'.*column 'label'.*too large.*{stray} in row 2.*ClassLabel"):
+    with pytest.raises(ValueError, match=rf"split 'train'.*column 'label'.*no class index.*{stray} in row 2.*ClassLabel"):
         load_tensors(path=tmp_path / "dd")
 
 
-def test_a_float_label_beyond_int64_is_refused_as_itself_not_as_the_cast_made_it(tmp_path):
+@pytest.mark.parametrize("stray, shown, dtype", [(1e20, r"1e\+20", "float64"), (-1e20, r"-1e\+20", "float64"),
+                                                (-2**40, "-1099511627776", "int64")])
+def test_a_float_label_beyond_int64_is_refused_as_itself_not_as_the_cast_made_it(tmp_path, stray, shown, dtype):
     """A float label of 1e20 was cast first, then refused as '-9223372036854775808 ... -1 is the datasets
-    library's no label', with numpy's cast warning (probe data, s27)."""
+    library's no label', with numpy's cast warning (probe data, s27); -1e20 too after the fix for +1e20, and -2**40
+    was told of datasets' -1 (regression round 25)."""
     from datasets import Value
-    dd_of({"train": [1.0, 0.0, 1e20, 1.0], "test": [0.0, 1.0]}, Value("float64")).save_to_disk(str(tmp_path / "dd"))
+    dd_of({"train": [1, 0, stray, 1], "test": [0, 1]}, Value(dtype)).save_to_disk(str(tmp_path / "dd"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # (numpy's 'invalid value encountered in cast')
-        with pytest.raises(ValueError, match=r"split 'train'.*column 'label'.*too large.*1e\+20 in row 2") as e:
+        with pytest.raises(ValueError, match=rf"split 'train'.*column 'label'.*no class index.*{shown} in row 2") as e:
             load_tensors(path=tmp_path / "dd")
     assert "no label" not in str(e.value) and "-9223372036854775808" not in str(e.value)
 
