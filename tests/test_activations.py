@@ -103,6 +103,17 @@ def test_append_stats_std_of_huge_tiny_single_and_empty_activations_is_torchs(sc
     assert torch.allclose(hook.stats[1][0], expected, rtol=1e-4, atol=0, equal_nan=True)
 
 
+def test_append_stats_of_float64_activations_far_from_0_keeps_their_spread():
+    """float64 outputs were summarized in float32, whose spacing near 1e6 (0.0625) rounded a std of 0.006 to 0: the
+    plot showed the layer's std flat at 0 (probe diag, s27). float64 is summarized in float64, stored in float32."""
+    x = 1e6 + 0.01 * torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ident = nn.Identity()
+    with Hook(ident, append_stats) as hook:
+        ident(x)
+    assert torch.allclose(hook.stats[1][0].double(), x.std(), rtol=1e-4)
+    assert hook.stats[0][0] == x.mean().float()
+
+
 # values on and around bin edges, beyond the range, below a positive low, inf and NaN: histc's rules at each
 _EDGY = st.one_of(st.sampled_from([0.0, 0.25, 2.5, 9.75, 10.0, 10.25, 1e30, float("inf"), float("nan")]),
                   st.integers(-44, 44).map(lambda k: k / 4), st.floats(-12, 12, width=32))

@@ -129,10 +129,12 @@ def append_stats(hook: Hook, module: nn.Module, inputs: tuple, output: Any,
         raise TypeError(f"append_stats needs a module whose output is a tensor; {type(module).__name__} returned "
                         f"{type(output).__name__}. Choose other modules (mod_filter) or write your own hook fn.")
     flat = output.detach().reshape(-1)
-    if flat.dtype != torch.float32:  # half, bfloat16 (and float64) outputs are summarized in float32
-        flat = flat.float()
+    if flat.dtype not in (torch.float32, torch.float64):  # half and bfloat16 outputs are summarized in float32,
+        flat = flat.float()  # float64 ones in float64 (a spread far from 0 that float32's spacing would round away)
     mean = flat.mean()
     std = _std(flat, mean)
+    if flat.dtype == torch.float64:
+        mean, std = mean.float(), std.float()  # (the record is float32)
     record, n = getattr(hook, "record", None), getattr(hook, "n_recorded", 0)
     if record is None or n == len(record) or record.device != flat.device or record.shape[1] != bins + 2:
         grown = torch.empty(max(64, 2 * n), bins + 2, device=flat.device)
