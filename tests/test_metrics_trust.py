@@ -1118,6 +1118,10 @@ def test_float_class_indices_holding_minus_100_beside_class_scores_are_refused_w
     with pytest.raises(ValueError, match=r"targets are floats holding -100.*class scores.*preds \(5, 4\).*targets "
                                          r"\(5,\).*y.long\(\)"):
         learner(y.float()).fit(1, train=False)
+    first_only = torch.randint(0, 4, (23,))
+    first_only[:5] = -100  # (a first batch of -100 alone, flushed alone, and none after: regression round 26)
+    with pytest.raises(ValueError, match=r"targets are floats holding -100"):
+        learner(first_only.float()).fit(1, train=False)
     learn = learner(y)  # the advice, followed: int64 class indices
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (a loss of one's own: -100 taken as its ignore_index, warned of)

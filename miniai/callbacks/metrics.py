@@ -102,6 +102,7 @@ class MetricsCB(Callback):
     """
     order = 10  # after callbacks that change preds or loss, before those that read the results
     _logits_loss = False  # whether the loss is torch's BCE with logits (set at before_fit)
+    _float_unsure = False  # float targets of the ignore_index alone so far in this pass (_refuse_float_ignored)
 
     def __init__(self, *metrics: Any, log_fn: Callable[[dict[str, Any]], None] | str | None = "print",
                  **named_metrics: Any) -> None:
@@ -324,27 +325,34 @@ class MetricsCB(Callback):
         self._loss_weight += weights.sum()
 
     def _refuse_float_ignored(self, preds: tuple[Any, ...], targets: tuple[Any, ...]) -> None:
-        """Refuse float targets holding the loss's ignore_index beside class scores (preds of one more dim): class
-        indices read as floats, cast by a loss of one's own. Accuracy would leave those items out, torcheval's
-        metrics count them as a class, and a batch of them alone would make the pass's loss NaN (MetricsCB weighs
-        float targets by items). Host reads per flush, of float targets beside class scores only."""
+        """Refuse float targets holding the loss's ignore_index beside class scores (preds of one more dim) when the
+        others are class indices (whole numbers 0..C-1): class indices read as floats, cast by a loss of one's own.
+        Accuracy would leave those items out, torcheval's metrics count them as a class, and a batch of them alone
+        would make the pass's loss NaN (MetricsCB weighs float targets by items). A flush of them alone leaves it to
+        the pass's next (the first batch is flushed alone), or to its end. Host reads per flush, of such targets."""
         pairs = [(p, t) for p, t in zip(preds, targets) if self._ignore is not None and isinstance(t, torch.Tensor)
                  and t.is_floating_point() and isinstance(p, torch.Tensor) and p.ndim == t.ndim + 1]
         if not pairs:
             return
         p, t = pairs[0]
+        self._float_shapes = tuple(p.shape), tuple(t.shape)  # (for the message: no tensors kept)
         classes = p.shape[1] if p.shape[2:] == t.shape[1:] else p.shape[-1]  # (N, C, ...) or (N, T, C)
         flat = torch.cat([t.reshape(-1) for _, t in pairs])
         ignored = flat == self._ignore
+        if classes < 2 or not (self._float_unsure or bool(ignored.any())):
+            return
         kept = flat[~ignored]  # class indices: whole numbers 0..C-1 (a regression's values, -100 dB say, are not)
-        if classes > 1 and len(kept) and bool(ignored.any()) and bool(
-                ((kept == kept.round()) & (kept >= 0) & (kept < classes)).all()):
-            raise ValueError(f"MetricsCB: the targets are floats holding {self._ignore} (the loss's ignore_index: "
-                             f"items it leaves out) beside class scores (preds {tuple(p.shape)}, targets "
-                             f"{tuple(t.shape)}): class indices read as floats? The metrics and the loss can't "
-                             "agree on which items count (torcheval's count them as a class, Accuracy leaves them "
-                             "out, a batch of them alone has a NaN loss). Give class indices as int64 in the "
-                             "data: y.long() (TensorDataset(x, y.long()))")
+        self._float_unsure = not len(kept)
+        if len(kept) and bool(((kept == kept.round()) & (kept >= 0) & (kept < classes)).all()):
+            self._float_refusal()
+
+    def _float_refusal(self) -> None:
+        preds, targets = self._float_shapes
+        raise ValueError(f"MetricsCB: the targets are floats holding {self._ignore} (the loss's ignore_index: items "
+                         f"it leaves out) beside class scores (preds {preds}, targets {targets}): "
+                         "class indices read as floats? The metrics and the loss can't agree on which items count "
+                         "(torcheval's count them as a class, Accuracy leaves them out, a batch of them alone has a "
+                         "NaN loss). Give class indices as int64 in the data: y.long() (TensorDataset(x, y.long()))")
 
     def _counted(self, batches: list[tuple[Any, Any]], metrics: dict[str, Any]) -> list[tuple[Any, Any]]:
         """The batches without the items whose target the loss leaves out (its ignore_index, -100 by default), as
@@ -397,12 +405,14 @@ class MetricsCB(Callback):
             split = "train_" if learn.training else "valid_"
             for name in [name for name in self.last if name.startswith(split)]:
                 del self.last[name]  # (in place: a reader may hold the dict)
-        self._in_pass = self._logged = False
+        self._in_pass = self._logged = self._float_unsure = False
         self._predicted = None  # (a cancelled batch's preds, whose after_batch did not run)
 
     def after_epoch(self, learn: Learner) -> None:
         self._in_pass = False
         self._flush()
+        if self._float_unsure:  # a pass of float targets of the ignore_index alone, beside class scores
+            self._float_refusal()
         split = "train" if learn.training else "valid"
         values = {name: _number(name, value) for name, value in _compute(self.metrics, self._sync).items()}
         totals = torch.stack([self._loss_sum, self._loss_weight, self._uncounted])  # (one collective, one read)
