@@ -468,6 +468,8 @@ def test_a_lookahead_wrapper_a_later_callback_sets_trains_under_float16(subclass
         warnings.simplefilter("error")
         learn.fit(2)
     assert mp.n_skipped == 0 and len(steps) == 2 * len(learn.dls.train) and not torch.equal(before, learn.model.weight)
+    learn.get_preds()  # (regression round 26: the wrapper learn.opt kept, hooked at before_fit, a bare error)
+    learn.fit(1, train=False)
 
 
 def test_frozen_float16_weights_under_float16_mixed_precision_train_without_a_word():
@@ -492,6 +494,32 @@ def test_frozen_float16_weights_under_float16_mixed_precision_train_without_a_wo
         warnings.simplefilter("error")
         learn.fit(1)
     assert not torch.equal(before, learn.model.head.weight)
+
+
+def test_frozen_float16_weights_unfrozen_during_a_fit_are_refused_with_the_way_at_the_step():
+    """A frozen float16 backbone unfrozen at epoch 1's before_epoch (a fine-tune) ended in torch's bare 'Attempting
+    to unscale FP16 gradients.' after a whole epoch (regression round 26): the step says what and how."""
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Linear(1, 4).half().requires_grad_(False)
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.backbone(x.half()).float())
+
+    class Unfreeze(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 1:
+                learn.model.backbone.requires_grad_(True)
+    learn = TrainLearner(Net(), linear_dls(), F.mse_loss, lr=0.05,
+                         cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8), Unfreeze()])
+    with pytest.raises(TypeError, match=r"backbone.weight, backbone.bias.*float16.*GradScaler can't unscale.*"
+                                        r"model.float\(\)"):
+        learn.fit(2)
 
 
 def test_a_float16_model_under_float16_mixed_precision_is_refused_and_a_bfloat16_one_warned_of():

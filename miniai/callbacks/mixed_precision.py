@@ -80,12 +80,10 @@ class MixedPrecisionCB(Callback):
                      if p.dtype == kind and (p.requires_grad or kind == torch.float64)]  # precision (frozen low ones:
             if not other or learn._predicting:  # kept so on purpose, and the scaler never sees their gradients)
                 continue
+            if kind == torch.float16 and dtype == torch.float16:  # torch: "Attempting to unscale FP16 gradients."
+                raise TypeError(f"MixedPrecisionCB: {_half_weights(other)}")
             weights = (f"{len(other)} of the model's weights are {str(kind)[6:]} ({', '.join(other[:3])}"
                        f"{', ...' * (len(other) > 3)})")
-            if kind == torch.float16 and dtype == torch.float16:  # torch: "Attempting to unscale FP16 gradients."
-                raise TypeError(f"MixedPrecisionCB: {weights}, whose gradients float16's GradScaler can't unscale: "
-                                "keep the model float32 (autocast runs its layers in float16 and keeps float32 "
-                                "weights for the updates): model.float()")
             warn(f"MixedPrecisionCB: {weights}, which autocast leaves as they are (it lowers float32 ops only), "
                  f"so their layers run in {str(kind)[6:]} alone, not in mixed precision"
                  + (" (updates below its resolution are lost)" if kind != torch.float64 else "")
@@ -114,7 +112,7 @@ class MixedPrecisionCB(Callback):
                 self._said_unused = True  # (once)
                 warn(f"MixedPrecisionCB trains in bfloat16 here ({device_type}), which uses no GradScaler: "
                      f"{', '.join(self.scaler_kwargs)} unused (MixedPrecisionCB(torch.float16, ...) scales)")
-        if self.scaler is not None and learn.opt is not None:  # (get_preds: no optimizer before the first fit)
+        if self.scaler is not None and "train" in learn.passes and not learn._predicting:  # (only steps to watch)
             self._hook_step(learn.opt)
 
     def _hook_step(self, opt: Any) -> None:
@@ -125,7 +123,9 @@ class MixedPrecisionCB(Callback):
                             "MixedPrecisionCB(torch.bfloat16), which needs no scaler")
         if self._hook is not None:
             self._hook.remove()
-        self._hook, self._hooked = opt.register_step_post_hook(self._mark_stepped), opt
+            self._hook = self._hooked = None
+        if hasattr(opt, "_optimizer_step_post_hooks"):  # (a subclass that never ran Optimizer.__init__: the scale says)
+            self._hook, self._hooked = opt.register_step_post_hook(self._mark_stepped), opt
 
     def after_fit(self, learn: Learner) -> None:
         if self._tried and not self._taken and not learn._predicting:  # the weights never changed
@@ -174,7 +174,13 @@ class MixedPrecisionCB(Callback):
         # set by a later before_fit) may step what is hooked or not: the scale dropping is then the sign of a skip
         by_scale = getattr(learn.opt, "_step_supports_amp_scaling", False) or learn.opt is not self._hooked
         before = self.scaler.get_scale() if by_scale else 0.0
-        self.scaler.step(learn.opt)  # unscales (unless GradClipCB did), then steps unless a grad is inf/NaN
+        try:
+            self.scaler.step(learn.opt)  # unscales (unless GradClipCB did), then steps unless a grad is inf/NaN
+        except ValueError as e:  # torch's "Attempting to unscale FP16 gradients." (weights unfrozen in the fit)
+            half = [n for n, p in learn.model.named_parameters() if p.grad is not None and p.grad.dtype == torch.float16]
+            if not half:
+                raise
+            raise TypeError(f"MixedPrecisionCB: {_half_weights(half)}") from e
         self.scaler.update()
         self._tried += 1
         if self.scaler.get_scale() < before if by_scale else not self._stepped:
@@ -239,3 +245,10 @@ def _check_scaler_kwargs(dtype: torch.dtype | None, kwargs: dict[str, Any]) -> N
     if kwargs and dtype == torch.bfloat16:
         raise ValueError(f"bfloat16 trains without a GradScaler (its exponent range is float32's): "
                          f"{', '.join(kwargs)} would be unused. Leave them out, or use MixedPrecisionCB(torch.float16)")
+
+
+def _half_weights(names: list[str]) -> str:
+    """What is wrong with trainable float16 weights under float16's scaler, and the way."""
+    return (f"{len(names)} of the model's weights are float16 ({', '.join(names[:3])}{', ...' * (len(names) > 3)}), "
+            "whose gradients float16's GradScaler can't unscale: keep the model float32 (autocast runs its layers in "
+            "float16 and keeps float32 weights for the updates): model.float()")
