@@ -378,8 +378,9 @@ def _class_indices(y: np.ndarray, y_col: str) -> np.ndarray:
         value = y[row].item() if y.dtype.kind != "f" else f"{y[row]:g}"
         raise ValueError(f"column {y_col!r} holds a label that is no class index, {value} in row {row} (the classes "
                          f"of plain number labels are named by their numbers, 0 up to the largest, below "
-                         f"{MOST_CLASSES:,}): fix or drop that label; for classes numbered so high, give the column "
-                         f"a ClassLabel naming them: dd = dd.cast_column({y_col!r}, datasets.ClassLabel(names=[...]))")
+                         f"{MOST_CLASSES:,}): fix or drop that label" + (
+                             "; for classes numbered so high, give the column a ClassLabel naming them: dd = "
+                             f"dd.cast_column({y_col!r}, datasets.ClassLabel(names=[...]))" if wide[row] > 0 else ""))
     if y.dtype.kind == "f":
         bad = y[~(np.isfinite(y) & (y == np.round(y)))]  # truncating 0.9 or 2.99 would pick a class at random
         if len(bad):

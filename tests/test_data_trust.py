@@ -88,6 +88,7 @@ def test_a_float_label_beyond_int64_is_refused_as_itself_not_as_the_cast_made_it
         with pytest.raises(ValueError, match=rf"split 'train'.*column 'label'.*no class index.*{shown} in row 2") as e:
             load_tensors(path=tmp_path / "dd")
     assert "no label" not in str(e.value) and "-9223372036854775808" not in str(e.value)
+    assert ("ClassLabel" in str(e.value)) == (stray > 0)  # (a class numbered so high may be meant; below 0, none)
 
 
 def test_a_stray_label_far_above_the_others_is_warned_of(tmp_path):
