@@ -32,9 +32,10 @@ from ..checks import beside_model, warn
 from ..data import TensorLoader
 from ..distributed import all_reduce_sum, is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
+from ..supervised import TrainLearner
 from ..utils import byte_sums, len_or_none, loss_reduction, model_device
 from ..weighting import averages_over_targets, batch_parts, position_weights
-from .basic import DeviceCB
+from .basic import DeviceCB, TrainCB
 
 __all__ = ["DDPCB"]
 
@@ -133,6 +134,9 @@ class DDPCB(Callback):
                                             else None, **self.ddp_kwargs)
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
         self._weighted_mean = averages_over_targets(learn.loss_func)  # (torch's cross-entropy and NLL, 'mean')
+        self._said_share = False
+        if self._weighted_mean and "train" in learn.passes and not _scores_its_targets(learn):
+            self._warn_share("the loss is scored by a get_loss of your own, whose targets it can't tell")
         learn.model = self._ddp
         self._shard(learn)
 
@@ -145,7 +149,21 @@ class DDPCB(Callback):
         if self._sum_loss:
             learn.loss.register_hook(partial(torch.mul, other=world_size()))
         elif self._weighted_mean:  # each rank divided by its own part's weights: see _share
-            learn.loss.register_hook(partial(torch.mul, other=_share(learn)))
+            share = _share(learn)
+            if share is None:  # (a dict batch: no targets by position)
+                self._warn_share("its batches are dicts, whose targets it can't tell")
+            elif not isinstance(share, float):
+                learn.loss.register_hook(partial(torch.mul, other=share))
+
+    def _warn_share(self, why: str) -> None:
+        """Warn (once a fit) that the ranks' gradients are each rank's own weighted mean, averaged."""
+        if not self._said_share:
+            self._said_share = True
+            warn("DDPCB: the loss is a mean over class-weighted targets, or with some ignored (each rank divides by "
+                 f"its own part's weights), and {why}, so it can't weigh the ranks as one process with the global "
+                 "batch would: DDP averages each rank's own mean, which differs from that where the ranks' parts "
+                 "weigh differently. To train as one process would, give tuple batches (x, y) scored by "
+                 "loss_func(preds, *yb) (TrainLearner's get_loss)")
 
     def before_epoch(self, learn: Learner) -> None:
         if learn.training:
@@ -388,11 +406,22 @@ def _dataset_sums(dataset: Any) -> list | None:
     return None
 
 
-def _share(learn: Learner) -> torch.Tensor | float:
+def _scores_its_targets(learn: Learner) -> bool:
+    """Whether the fit's get_loss is miniai's own, loss_func(preds, *yb) (TrainLearner's, TrainCB's): then the targets
+    _share weighs the ranks by are those the loss scores."""
+    owner = learn._handlers["get_loss"]
+    get_loss = getattr(owner[0], "__func__", None) if owner else getattr(type(learn), "get_loss", None)
+    return get_loss in (TrainLearner.get_loss, TrainCB.get_loss)
+
+
+def _share(learn: Learner) -> torch.Tensor | float | None:
     """World size × this rank's share of what the global batch's loss divides by: a cross-entropy over class-weighted
     targets, or with some ignored, divides each rank's loss by its own part's weights (or kept targets), so DDP's
-    average of the ranks' gradients is the global batch's weighted mean only once each is scaled by this."""
+    average of the ranks' gradients is the global batch's weighted mean only once each is scaled by this. None:
+    a dict batch, no targets by position."""
     targets = batch_parts(learn)[1]
+    if targets is None:
+        return None
     target = targets[0] if targets else None
     if not isinstance(target, torch.Tensor):
         return 1.0
