@@ -12,6 +12,7 @@ import io
 import math
 import os
 import pickle
+import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from .callbacks.activations import HOOK_IDS
 from .callbacks.augment import BatchTransformCB
 from .callbacks.basic import DeviceCB
 from .callbacks.checkpoint import unwrap, weights_call
-from .callbacks.preds import get_preds, participants
+from .callbacks.preds import get_preds, left_out, participants
 from .checks import check_count, warn
 from .data import DataLoaders, Normalize
 from .distributed import is_main_process
@@ -379,6 +380,9 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
             raise TypeError(f"{type(learn).__name__} defines its own {step}, which load_learner (it builds a "
                             f"TrainLearner) would not have: move it into a callback with owns_steps=('{step}',), "
                             "which export saves")
+    unsaid = left_out(learn, participants(learn), "export")
+    if unsaid:  # (the loaded learner, in another process, could not say so: its predictions would differ unsaid)
+        raise ValueError(unsaid)
     loss_func = learn.loss_func
     try:
         pickle.dumps(loss_func)
@@ -391,8 +395,9 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
               "model": unwrap(learn.model), "classes": getattr(dls, "classes", None),
               "normalize": getattr(dls, "normalize", None), "item_shape": getattr(dls, "item_shape", None),
               "item_dtype": getattr(dls, "item_dtype", None),
-              "n_inp": learn.n_inp, "loss_func": loss_func, "code": _class_code(unwrap(learn.model)),
+              "n_inp": learn.n_inp, "loss_func": loss_func,
               "cbs": [cb for cb in participants(learn) if not isinstance(cb, DeviceCB)]}
+    bundle["code"] = _class_code(bundle["model"], [*bundle["cbs"], bundle["normalize"], loss_func])
     lazy = lazy_tensors(bundle["model"])
     if lazy:  # (exported so, each load would make new random weights)
         raise ValueError(f"export: the model's {', '.join(lazy[:4])}{', ...' * (len(lazy) > 4)} "
@@ -470,13 +475,16 @@ def _guarded(bundle: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Ten
             [normalize.mean, normalize.std] if type(normalize) is Normalize else [])
 
 
-def _class_code(model: torch.nn.Module) -> dict[str, str]:
-    """A digest of the source of each class of the model's modules, and of their base classes, that is not torch's,
-    by its importable name: pickle stores the classes by name, so one changed since the export would compute
-    something else (a function of one's own that forward calls is not seen)."""
+def _class_code(model: torch.nn.Module, others: list[Any] = ()) -> dict[str, str]:
+    """A digest of the source of each class of the model's modules and of `others` (the callbacks, normalization
+    and loss exported beside it), and of their base classes, that is not torch's or Python's, by its importable
+    name: pickle stores the classes by name, so one changed since the export would compute something else (a
+    function of one's own that forward calls is not seen)."""
     code = {}
-    for cls in {c for m in model.modules() for c in type(m).__mro__}:
-        if cls.__module__.split(".")[0] not in ("torch", "builtins"):
+    objects = [*model.modules(), *(o for o in others if o is not None)]
+    for cls in {c for o in objects for c in type(o).__mro__}:
+        top = cls.__module__.split(".")[0]
+        if top not in ("torch", "builtins") and top not in sys.stdlib_module_names:
             try:
                 source = inspect.getsource(cls)
                 code[f"{cls.__module__}.{cls.__qualname__}"] = hashlib.sha256(source.encode()).hexdigest()
@@ -585,7 +593,7 @@ def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if any(sums is not None and not checksums_match(sums, part) for sums, part in zip(saved, parts)):
         raise ValueError(f"{path} is damaged: its weights' checksums differ from those its export wrote (a bad "
                          "copy, disk or download): copy it again, or export it again")
-    now = _class_code(bundle["model"])
+    now = _class_code(bundle["model"], [*bundle["cbs"], bundle["normalize"], bundle["loss_func"]])
     changed = sorted(name for name, digest in bundle.get("code", {}).items() if now.get(name, digest) != digest)
     if changed:  # (exports before the digests have none)
         warn(f"{', '.join(changed)} {'has' if len(changed) == 1 else 'have'} changed since {path} was exported (its "

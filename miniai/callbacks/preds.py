@@ -49,17 +49,25 @@ def participants(learn: Learner) -> list[Callback]:
     return [cb for cb in learn.cbs if cb.inference or {"predict", "get_loss"} & set(cb.owns_steps)]
 
 
-def _warn_left_out(learn: Learner, taking_part: list[Callback], who: str = "get_preds") -> None:
-    """Name callbacks of the user's left out of the pass that may prepare batches or change the predictions and
-    have not said they don't."""
+def left_out(learn: Learner, taking_part: list[Callback], who: str = "get_preds") -> str | None:
+    """What to say of the user's callbacks left out of a prediction pass (or an export) that may prepare batches or
+    change the predictions and have not said they don't; None if there are none."""
     said = lambda cb: any("inference" in vars(k) for k in type(cb).__mro__ if k is not Callback)  # noqa: E731
     names = [type(cb).__name__ for cb in learn.cbs if all(cb is not p for p in taking_part) and not said(cb)
              and any(_users(cb, event) for event in ("before_batch", "after_predict"))]
-    if names:
-        warn(f"{who} leaves out {', '.join(names)}: callbacks take part in prediction passes only with "
-             f"inference = True (DeviceCB, validation transforms and autocast do). If {names[0]} prepares "
-             "the batches the model needs (normalizing, reshaping) or changes the predictions (after_predict), set "
-             "inference = True on it; if it only records, set inference = False on its class to say so.")
+    if not names:
+        return None
+    return (f"{who} leaves out {', '.join(names)}: callbacks take part in prediction passes only with "
+            f"inference = True (DeviceCB, validation transforms and autocast do). If {names[0]} prepares "
+            "the batches the model needs (normalizing, reshaping) or changes the predictions (after_predict), set "
+            "inference = True on it; if it only records, set inference = False on its class to say so.")
+
+
+def _warn_left_out(learn: Learner, taking_part: list[Callback], who: str = "get_preds") -> None:
+    """Warn of callbacks of the user's left out of the pass (see `left_out`)."""
+    said = left_out(learn, taking_part, who)
+    if said:
+        warn(said)
 
 
 def _users(cb: Callback, event: str) -> bool:
