@@ -522,6 +522,63 @@ def test_frozen_float16_weights_unfrozen_during_a_fit_are_refused_with_the_way_a
         learn.fit(2)
 
 
+def test_a_look_at_predictions_during_a_float16_fit_leaves_its_steps_watched():
+    """A callback's get_preds at each validation after_epoch (which README allows) removed the training fit's step
+    hook in the prediction pass's cleanup: every later step was counted as a float16 skip, the one-cycle froze at
+    0.0449 and the weights ended at 2.98 for 1.996, with a warning blaming overflows (regression round 27)."""
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    class Look(Callback):
+        def after_epoch(self, learn):
+            if not learn.training:
+                learn.get_preds(dl=[(torch.ones(2, 1),)])
+                learn.summary(xb=(torch.ones(2, 1),))
+
+    def run(look):
+        torch.manual_seed(0)
+        mp = MixedPrecisionCB(torch.float16, init_scale=2.0**8)
+        learn = TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, cbs=[mp, *([Look()] if look else [])])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (summary's printout aside)
+            learn.fit_one_cycle(3, 0.05)
+        return mp.n_skipped, learn.model.weight.item()
+    assert run(True) == run(False) and run(True)[0] == 0
+
+
+def test_float16_weights_the_optimizer_leaves_out_pass_and_those_it_trains_are_named_under_grad_clipping_too():
+    """A trainable float16 part that opt_func leaves out was refused (torch's recipe steps it fine); unfrozen float16
+    weights under GradClipCB, which unscales first, and a float16 tensor trained beside the model ended in torch's
+    bare 'Attempting to unscale FP16 gradients.' (regression round 27)."""
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Linear(1, 4).half()
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.backbone(x.half()).float())
+
+    def learner(opt_func, cbs=()):
+        torch.manual_seed(0)
+        return TrainLearner(Net(), linear_dls(), F.mse_loss, lr=0.05, opt_func=opt_func,
+                            cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8), *cbs])
+    learner(lambda ps, lr: optim.SGD([p for p in ps if p.dtype == torch.float32], lr=lr)).fit(1)
+    with pytest.raises(TypeError, match=r"weights are float16 \(backbone.weight, backbone.bias\).*model.float"):
+        learner(optim.SGD).fit(1)
+
+    class Unfreeze(Callback):
+        def before_epoch(self, learn):
+            learn.model.backbone.requires_grad_(learn.epoch == 1)
+    learn = learner(optim.SGD, [Unfreeze(), GradClipCB(1.0)])
+    learn.model.backbone.requires_grad_(False)
+    with pytest.raises(TypeError, match=r"weights are float16 \(backbone.weight, backbone.bias\).*model.float"):
+        learn.fit(2)
+
+
 def test_a_float16_model_under_float16_mixed_precision_is_refused_and_a_bfloat16_one_warned_of():
     """A model already in float16 under MixedPrecisionCB(float16) ended at the first step in torch's bare
     'Attempting to unscale FP16 gradients.' (its scaler can't); one in bfloat16 trained in pure bfloat16, its

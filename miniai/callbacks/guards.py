@@ -12,6 +12,7 @@ from ..distributed import all_reduce_sum, rank, world_size
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, nonfinite_weight, opt_lr, trained_parameters
 from ..weighting import averages_over_targets, batch_parts, ignored_target, target_mask
+from .mixed_precision import half_grads_named
 from .monitor import check_monitor, improves, monitor_mode, note_cut_pass, note_unread, same_watch
 
 __all__ = ["NonFiniteLossError", "TerminateOnNaNCB", "add_nan_guard", "EarlyStoppingCB", "GradClipCB",
@@ -389,7 +390,8 @@ class GradClipCB(Callback):
     def after_backward(self, learn: Learner) -> None:
         scaler = _find_scaler(learn)
         if scaler is not None:
-            scaler.unscale_(learn.opt)
+            with half_grads_named(learn):  # (float16 weights unfrozen during the fit: named, with the way)
+                scaler.unscale_(learn.opt)
         self.last_norm = torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)
 
 

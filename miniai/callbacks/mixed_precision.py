@@ -1,6 +1,9 @@
 """Mixed precision: forward pass and loss under `torch.autocast`; fp16 gradients kept in range by a GradScaler."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from typing import Any
 
 import torch
@@ -81,7 +84,10 @@ class MixedPrecisionCB(Callback):
             if not other or learn._predicting:  # kept so on purpose, and the scaler never sees their gradients)
                 continue
             if kind == torch.float16 and dtype == torch.float16:  # torch: "Attempting to unscale FP16 gradients."
-                raise TypeError(f"MixedPrecisionCB: {_half_weights(other)}")
+                trained = half_trained(learn) if "train" in learn.passes else []  # (the scaler unscales only those)
+                if trained:
+                    raise TypeError(f"MixedPrecisionCB: {_half_weights(trained)}")
+                continue
             weights = (f"{len(other)} of the model's weights are {str(kind)[6:]} ({', '.join(other[:3])}"
                        f"{', ...' * (len(other) > 3)})")
             warn(f"MixedPrecisionCB: {weights}, which autocast leaves as they are (it lowers float32 ops only), "
@@ -136,7 +142,7 @@ class MixedPrecisionCB(Callback):
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._exit_autocast()
-        if self._hook is not None:
+        if self._hook is not None and not learn._predicting:  # (a look during a fit: the fit's hook stays)
             self._hook.remove()
             self._hook = self._hooked = None
 
@@ -174,13 +180,8 @@ class MixedPrecisionCB(Callback):
         # set by a later before_fit) may step what is hooked or not: the scale dropping is then the sign of a skip
         by_scale = getattr(learn.opt, "_step_supports_amp_scaling", False) or learn.opt is not self._hooked
         before = self.scaler.get_scale() if by_scale else 0.0
-        try:
+        with half_grads_named(learn):  # (float16 weights unfrozen during the fit)
             self.scaler.step(learn.opt)  # unscales (unless GradClipCB did), then steps unless a grad is inf/NaN
-        except ValueError as e:  # torch's "Attempting to unscale FP16 gradients." (weights unfrozen in the fit)
-            half = [n for n, p in learn.model.named_parameters() if p.grad is not None and p.grad.dtype == torch.float16]
-            if not half:
-                raise
-            raise TypeError(f"MixedPrecisionCB: {_half_weights(half)}") from e
         self.scaler.update()
         self._tried += 1
         if self.scaler.get_scale() < before if by_scale else not self._stepped:
@@ -245,6 +246,27 @@ def _check_scaler_kwargs(dtype: torch.dtype | None, kwargs: dict[str, Any]) -> N
     if kwargs and dtype == torch.bfloat16:
         raise ValueError(f"bfloat16 trains without a GradScaler (its exponent range is float32's): "
                          f"{', '.join(kwargs)} would be unused. Leave them out, or use MixedPrecisionCB(torch.float16)")
+
+
+def half_trained(learn: Learner) -> list[str]:
+    """The float16 tensors learn.opt trains (their gradients float16's scaler can't unscale), by name."""
+    names = {id(p): name for name, p in learn.model.named_parameters()}
+    return [names.get(id(p), f"a {tuple(p.shape)} tensor beside the model") for group in
+            getattr(learn.opt, "param_groups", ()) for p in group["params"]
+            if p.requires_grad and p.dtype == torch.float16]
+
+
+@contextlib.contextmanager
+def half_grads_named(learn: Learner) -> Iterator[None]:
+    """Turn torch's "Attempting to unscale FP16 gradients." (a scaler's step or unscale_) into the error that names
+    the float16 tensors the optimizer trains, and the way."""
+    try:
+        yield
+    except ValueError as e:
+        trained = half_trained(learn)
+        if not trained:
+            raise
+        raise TypeError(f"MixedPrecisionCB: {_half_weights(trained)}") from e
 
 
 def _half_weights(names: list[str]) -> str:
