@@ -380,7 +380,8 @@ def _class_indices(y: np.ndarray, y_col: str) -> np.ndarray:
                          f"of plain number labels are named by their numbers, 0 up to the largest, below "
                          f"{MOST_CLASSES:,}): fix or drop that label" + (
                              "; for classes numbered so high, give the column a ClassLabel naming them: dd = "
-                             f"dd.cast_column({y_col!r}, datasets.ClassLabel(names=[...]))" if wide[row] > 0 else ""))
+                             f"dd.cast_column({y_col!r}, datasets.ClassLabel(names=[...]))"
+                             if 0 < wide[row] < np.inf else ""))
     if y.dtype.kind == "f":
         bad = y[~(np.isfinite(y) & (y == np.round(y)))]  # truncating 0.9 or 2.99 would pick a class at random
         if len(bad):

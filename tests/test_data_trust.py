@@ -1,6 +1,7 @@
 """Data that loaded without a word but meant something else: labels, splits, layouts, the caches (synthetic data)."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -76,7 +77,7 @@ def test_a_label_too_large_to_be_a_class_index_is_refused_naming_its_split_row_a
 
 
 @pytest.mark.parametrize("stray, shown, dtype", [(1e20, r"1e\+20", "float64"), (-1e20, r"-1e\+20", "float64"),
-                                                (-2**40, "-1099511627776", "int64")])
+                                                (-2**40, "-1099511627776", "int64"), (float("inf"), "inf", "float64")])
 def test_a_float_label_beyond_int64_is_refused_as_itself_not_as_the_cast_made_it(tmp_path, stray, shown, dtype):
     """A float label of 1e20 was cast first, then refused as '-9223372036854775808 ... -1 is the datasets
     library's no label', with numpy's cast warning (probe data, s27); -1e20 too after the fix for +1e20, and -2**40
@@ -88,7 +89,8 @@ def test_a_float_label_beyond_int64_is_refused_as_itself_not_as_the_cast_made_it
         with pytest.raises(ValueError, match=rf"split 'train'.*column 'label'.*no class index.*{shown} in row 2") as e:
             load_tensors(path=tmp_path / "dd")
     assert "no label" not in str(e.value) and "-9223372036854775808" not in str(e.value)
-    assert ("ClassLabel" in str(e.value)) == (stray > 0)  # (a class numbered so high may be meant; below 0, none)
+    assert ("ClassLabel" in str(e.value)) == (0 < stray < math.inf)  # (a class numbered high may be meant; not
+    # one below 0, nor infinity: regression round 27)
 
 
 def test_a_stray_label_far_above_the_others_is_warned_of(tmp_path):

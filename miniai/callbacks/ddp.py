@@ -32,10 +32,9 @@ from ..checks import beside_model, warn
 from ..data import TensorLoader
 from ..distributed import all_reduce_sum, is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
-from ..supervised import TrainLearner
-from ..utils import byte_sums, len_or_none, loss_reduction, model_device
+from ..utils import byte_sums, len_or_none, loss_reduction, loss_setting, model_device
 from ..weighting import averages_over_targets, batch_parts, position_weights
-from .basic import DeviceCB, TrainCB
+from .basic import DeviceCB
 
 __all__ = ["DDPCB"]
 
@@ -135,8 +134,6 @@ class DDPCB(Callback):
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
         self._weighted_mean = averages_over_targets(learn.loss_func)  # (torch's cross-entropy and NLL, 'mean')
         self._said_share = False
-        if self._weighted_mean and "train" in learn.passes and not _scores_its_targets(learn):
-            self._warn_share("the loss is scored by a get_loss of your own, whose targets it can't tell")
         learn.model = self._ddp
         self._shard(learn)
 
@@ -151,19 +148,18 @@ class DDPCB(Callback):
         elif self._weighted_mean:  # each rank divided by its own part's weights: see _share
             share = _share(learn)
             if share is None:  # (a dict batch: no targets by position)
-                self._warn_share("its batches are dicts, whose targets it can't tell")
+                self._warn_dict_share(learn)
             elif not isinstance(share, float):
                 learn.loss.register_hook(partial(torch.mul, other=share))
 
-    def _warn_share(self, why: str) -> None:
-        """Warn (once a fit) that the ranks' gradients are each rank's own weighted mean, averaged."""
-        if not self._said_share:
+    def _warn_dict_share(self, learn: Learner) -> None:
+        """Warn (once a fit) that a class-weighted loss of dict batches is each rank's own weighted mean, averaged."""
+        if not self._said_share and loss_setting(learn.loss_func, "weight", None) is not None:
             self._said_share = True
-            warn("DDPCB: the loss is a mean over class-weighted targets, or with some ignored (each rank divides by "
-                 f"its own part's weights), and {why}, so it can't weigh the ranks as one process with the global "
-                 "batch would: DDP averages each rank's own mean, which differs from that where the ranks' parts "
-                 "weigh differently. To train as one process would, give tuple batches (x, y) scored by "
-                 "loss_func(preds, *yb) (TrainLearner's get_loss)")
+            warn("DDPCB: the loss weighs its targets by class (each rank divides by its own part's weights), and the "
+                 "batches are dicts, whose targets DDPCB can't read to weigh the ranks as one process with the "
+                 "global batch would: DDP averages each rank's own weighted mean, which differs from that where "
+                 "the ranks' parts weigh differently. To train as one process would, give tuple batches (x, y)")
 
     def before_epoch(self, learn: Learner) -> None:
         if learn.training:
@@ -404,14 +400,6 @@ def _dataset_sums(dataset: Any) -> list | None:
     if isinstance(dataset, Subset):
         return [byte_sums([torch.as_tensor(dataset.indices, dtype=torch.int64)]), _dataset_sums(dataset.dataset)]
     return None
-
-
-def _scores_its_targets(learn: Learner) -> bool:
-    """Whether the fit's get_loss is miniai's own, loss_func(preds, *yb) (TrainLearner's, TrainCB's): then the targets
-    _share weighs the ranks by are those the loss scores."""
-    owner = learn._handlers["get_loss"]
-    get_loss = getattr(owner[0], "__func__", None) if owner else getattr(type(learn), "get_loss", None)
-    return get_loss in (TrainLearner.get_loss, TrainCB.get_loss)
 
 
 def _share(learn: Learner) -> torch.Tensor | float | None:
