@@ -49,7 +49,7 @@ def class_probs(outputs: torch.Tensor, model: nn.Module | None = None) -> torch.
     row alone (infer of one image) must sum to 1 within its own rounding, a float32 softmax's 1e-5 (3e-3 on
     bfloat16's grid, 1e-3 on float16's): a row of small logits may fall in [0, 1] and sum to about 1."""
     probs = outputs.float()
-    if _ends_in_softmax(model):
+    if ends_in_softmax(model):
         return probs
     bf16 = torch.equal(probs.bfloat16().float(), probs)
     if len(probs) >= 2:
@@ -62,7 +62,9 @@ def class_probs(outputs: torch.Tensor, model: nn.Module | None = None) -> torch.
     return torch.softmax(probs, dim=1)
 
 
-def _ends_in_softmax(model: nn.Module | None) -> bool:
+def ends_in_softmax(model: nn.Module | None) -> bool:
+    """Whether `model` (unwrapped; a Sequential's last layer, nested) is an `nn.Softmax`: its outputs are
+    probabilities."""
     layer = unwrap(model) if isinstance(model, nn.Module) else None
     while isinstance(layer, nn.Sequential) and len(layer):
         layer = layer[-1]

@@ -2108,3 +2108,19 @@ def test_flattened_tokens_whose_classes_number_the_batch_are_joined_without_a_wo
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert learn.get_preds()[0].shape == (96, 8)
+
+
+def test_tta_of_a_model_that_ends_in_softmax_averages_its_own_probabilities():
+    """tta's default act=torch.softmax was applied to a model ending in nn.Softmax: its probabilities flattened
+    towards uniform (a top probability of 0.98 shown as 0.33), where infer and Interpretation keep them (probe
+    export, s27)."""
+    torch.manual_seed(0)
+    learn = image_learner()
+    learn.model = nn.Sequential(image_model(), nn.Softmax(dim=1))
+    with torch.no_grad():
+        learn.model[0][-1].weight.mul_(50)  # (confident: a second softmax would show)
+    probs, _ = learn.tta(n=0)
+    plain, _ = learn.get_preds(act=None)
+    torch.testing.assert_close(probs, plain)
+    flipped, _ = learn.tta(n=1)
+    assert torch.allclose(flipped.sum(1), torch.ones(len(flipped))) and flipped.max() > 0.9

@@ -692,7 +692,8 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     are flipped back before they are averaged, and any other RandomCrop or RandomFlip of such outputs is refused
     (tta can't put them back); maps at another resolution, and a transform of your own that moves pixels, are yours
     to undo. Their draws come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it
-    was. `act` is applied to each batch's outputs as by `get_preds`: softmax over the class dim 1 by default,
+    was. `act` is applied to each batch's outputs as by `get_preds`: softmax over the class dim 1 by default (none
+    for a model that ends in `nn.Softmax`, whose outputs are probabilities already),
     `torch.sigmoid` for a binary or multi-label model's scores, None to average the raw outputs. `n=0` is
     `get_preds(act=act)`. Each copy is a prediction pass, so `dl` must give its items in the same order every pass
     (a shuffled one is walked in order, as by `get_preds`). A learner whose batches have several inputs needs
@@ -706,6 +707,9 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     check_count("tta: n", n, least=0, what=" (augmented copies)")
     if act is not None and not callable(act):
         raise TypeError(f"tta's act must be a callable applied to each batch's preds (e.g. torch.sigmoid); got {act!r}")
+    from ..interpret import ends_in_softmax  # (here: interpret.py imports this module)
+    if act is torch.softmax and ends_in_softmax(learn.model):  # its outputs are probabilities: a second softmax
+        act = None  # would flatten them (as infer and Interpretation keep them)
     dl = _loader(learn, dl)
     if n and isinstance(dl, Iterator):  # (a generator, iter(dl), map(...)): the plain pass would use it up
         raise ValueError(f"tta walks the loader {n + 1} times (the plain pass and {n} augmented), and a one-shot "
