@@ -330,6 +330,9 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
         raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
                          "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")
+    weight = next((p.dtype for p in learn.model.parameters() if p.is_floating_point()), None)
+    if x.is_floating_point() and weight is not None and x.dtype != weight:  # a model halved (or doubled) to ship:
+        x = x.to(weight)  # its own dtype, as the loaders' floats would have been cast for it
     preds, _ = get_preds(learn, dl=[(x[i:i + bs],) for i in range(0, len(x), bs)])
     if isinstance(preds, torch.Tensor) and (preds.ndim == 1 or preds.ndim == 2 and preds.shape[1] == 1):
         raise ValueError(f"infer gives class probabilities, a softmax over one output per class, and this model gives "

@@ -1297,3 +1297,14 @@ def test_infer_takes_the_probabilities_of_a_model_that_ends_in_softmax_as_they_a
     learn = TrainLearner(model, dls, F.cross_entropy)
     with torch.no_grad():
         torch.testing.assert_close(learn.infer(x[:3]).probs, model(x[:3]))
+
+
+def test_infer_on_a_model_of_another_float_dtype_gives_it_its_dtype(tmp_path):
+    """A model halved (or doubled) before export: infer gave it float32 inputs, torch's bare 'Input type
+    (torch.FloatTensor) and weight type ... should be the same' (probe export, s27)."""
+    learn = image_learner()
+    raw = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    expected = learn.infer(raw).probs
+    learn.model.double()
+    loaded = load_learner(learn.export(tmp_path / "m.pkl"))
+    torch.testing.assert_close(loaded.infer(raw).probs.float(), expected.float(), atol=1e-5, rtol=0)

@@ -2124,3 +2124,14 @@ def test_tta_of_a_model_that_ends_in_softmax_averages_its_own_probabilities():
     torch.testing.assert_close(probs, plain)
     flipped, _ = learn.tta(n=1)
     assert torch.allclose(flipped.sum(1), torch.ones(len(flipped))) and flipped.max() > 0.9
+
+
+def test_raw_pixels_given_to_get_preds_are_named_in_torchs_error():
+    """Raw uint8 images given to get_preds (or tta, Interpretation) of a learner whose loaders normalized theirs: torch's
+    bare 'expected scalar type Byte but found Float' (probe export, s27): a note says what and how."""
+    learn = image_learner()
+    raw = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    with pytest.raises(RuntimeError) as e:
+        learn.get_preds(dl=[(raw, torch.zeros(4, dtype=torch.long))])
+    assert any("raw uint8 pixels" in n and "learn.dls.normalize(x)" in n for n in e.value.__notes__)
+    learn.get_preds(dl=[(learn.dls.normalize(raw), torch.zeros(4, dtype=torch.long))])  # the advice, followed

@@ -28,7 +28,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
 
 from ..augment import Compose, RandomFlip
 from .augment import check_transform
-from ..checks import check_count, describe, drops_last, preds_changed_error, unbatched_error, warn
+from ..checks import add_note, check_count, describe, drops_last, preds_changed_error, unbatched_error, warn
 from ..data import TensorLoader
 from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
@@ -116,7 +116,11 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
         # (until the first draw: two copies of a few KB a batch; a lazy layer's first forward draws its init)
         watch = warn_draws and not drew and not (lazy and learn.iter == 0)
         before = _rng_states() if watch else []
-        learn._do("predict")
+        try:
+            learn._do("predict")
+        except RuntimeError as e:  # (torch's dtype error, for raw pixels given where the model takes normalized ones)
+            _note_raw_pixels(learn, e)
+            raise
         drew = drew or watch and any(not torch.equal(a, b) for a, b in zip(before, _rng_states()))
         learn._emit("after_predict")
         if with_loss:
@@ -145,6 +149,15 @@ def prediction_pass(learn: Learner, dl: Iterable[Any], cbs: Sequence[Callback] =
         warn(f"the model drew random numbers in {who}'s pass (dropout in train mode?), and the RNGs are put "
              "back as it leaves everything as it was: another call repeats them, the same preds. For Monte "
              "Carlo dropout, seed each call differently (torch.manual_seed(i) before call i)")
+
+
+def _note_raw_pixels(learn: Learner, error: Exception) -> None:
+    """Say, on torch's error, that the batch's inputs are raw uint8 pixels where the loaders gave normalized ones."""
+    x = learn.batch[0] if isinstance(learn.batch, (tuple, list)) and learn.batch else None
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and getattr(learn.dls, "normalize", None) is not None:
+        add_note(error, "(the batch's inputs are raw uint8 pixels, and this learner's loaders normalized theirs: "
+                        "give prepared inputs, e.g. dl=[(learn.dls.normalize(x), y)], or learn.infer(x), which "
+                        "takes raw images)")
 
 
 def _rng_states() -> list[torch.Tensor]:
