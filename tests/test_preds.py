@@ -2127,8 +2127,8 @@ def test_tta_of_a_model_that_ends_in_softmax_averages_its_own_probabilities():
 
 
 def test_raw_pixels_given_to_get_preds_are_named_in_torchs_error():
-    """Raw uint8 images given to get_preds (or tta, Interpretation) of a learner whose loaders normalized theirs: torch's
-    bare 'expected scalar type Byte but found Float' (probe export, s27): a note says what and how."""
+    """Raw uint8 images given to get_preds (or tta, Interpretation) of a learner whose loaders normalized theirs:
+    torch's bare 'expected scalar type Byte but found Float' (probe export, s27): a note says what and how."""
     learn = image_learner()
     raw = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
     with pytest.raises(RuntimeError) as e:
