@@ -389,6 +389,17 @@ def test_momentum_learner_under_an_fp16_scaler_is_refused():
     MomentumLearner(nn.Linear(4, 1), dls, F.mse_loss, lr=1e-3, cbs=[MixedPrecisionCB(torch.bfloat16)]).fit(1)
 
 
+class HalfBackbone(nn.Module):
+    """A float16 backbone (kept half for memory; `frozen`: no grad) and a float32 head: (N, 1) -> (N, 1)."""
+    def __init__(self, frozen: bool = False):
+        super().__init__()
+        self.backbone = nn.Linear(1, 4).half().requires_grad_(not frozen)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(self.backbone(x.half()).float())
+
+
 def test_an_optimizer_a_callbacks_before_fit_brings_after_float16s_is_the_one_its_skips_are_read_from():
     """A callback (order 0) that set learn.opt at before_fit, after MixedPrecisionCB's (-5) hooked the fit's own:
     every real step was counted as skipped (CancelStepException), so after_step and the one-cycle never ran (lr left
@@ -478,16 +489,8 @@ def test_frozen_float16_weights_under_float16_mixed_precision_train_without_a_wo
     from miniai.learner import TrainLearner
     from tests.synth import linear_dls
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = nn.Linear(1, 4).half().requires_grad_(False)
-            self.head = nn.Linear(4, 1)
-
-        def forward(self, x):
-            return self.head(self.backbone(x.half()).float())
     torch.manual_seed(0)
-    learn = TrainLearner(Net(), linear_dls(), F.mse_loss, lr=0.05,
+    learn = TrainLearner(HalfBackbone(frozen=True), linear_dls(), F.mse_loss, lr=0.05,
                          cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8)])  # (no overflow in 3 steps)
     before = learn.model.head.weight.detach().clone()
     with warnings.catch_warnings():
@@ -502,20 +505,11 @@ def test_frozen_float16_weights_unfrozen_during_a_fit_are_refused_with_the_way_a
     from miniai.learner import TrainLearner
     from tests.synth import linear_dls
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = nn.Linear(1, 4).half().requires_grad_(False)
-            self.head = nn.Linear(4, 1)
-
-        def forward(self, x):
-            return self.head(self.backbone(x.half()).float())
-
     class Unfreeze(Callback):
         def before_epoch(self, learn):
             if learn.epoch == 1:
                 learn.model.backbone.requires_grad_(True)
-    learn = TrainLearner(Net(), linear_dls(), F.mse_loss, lr=0.05,
+    learn = TrainLearner(HalfBackbone(frozen=True), linear_dls(), F.mse_loss, lr=0.05,
                          cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8), Unfreeze()])
     with pytest.raises(TypeError, match=r"backbone.weight, backbone.bias.*float16.*GradScaler can't unscale.*"
                                         r"model.float\(\)"):
@@ -553,18 +547,9 @@ def test_float16_weights_the_optimizer_leaves_out_pass_and_those_it_trains_are_n
     from miniai.learner import TrainLearner
     from tests.synth import linear_dls
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = nn.Linear(1, 4).half()
-            self.head = nn.Linear(4, 1)
-
-        def forward(self, x):
-            return self.head(self.backbone(x.half()).float())
-
     def learner(opt_func, cbs=()):
         torch.manual_seed(0)
-        return TrainLearner(Net(), linear_dls(), F.mse_loss, lr=0.05, opt_func=opt_func,
+        return TrainLearner(HalfBackbone(), linear_dls(), F.mse_loss, lr=0.05, opt_func=opt_func,
                             cbs=[MixedPrecisionCB(torch.float16, init_scale=2.0**8), *cbs])
     learner(lambda ps, lr: optim.SGD([p for p in ps if p.dtype == torch.float32], lr=lr)).fit(1)
     with pytest.raises(TypeError, match=r"weights are float16 \(backbone.weight, backbone.bias\).*model.float"):
