@@ -2110,15 +2110,26 @@ def test_flattened_tokens_whose_classes_number_the_batch_are_joined_without_a_wo
         assert learn.get_preds()[0].shape == (96, 8)
 
 
-def test_tta_of_a_model_that_ends_in_softmax_averages_its_own_probabilities():
+class _SoftmaxNet(nn.Module):
+    """A model whose forward ends in its softmax, not a Sequential (ends_in_softmax can't see it)."""
+    def __init__(self):
+        super().__init__()
+        self.body, self.softmax = image_model(), nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.softmax(self.body(x))
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_tta_of_a_model_that_ends_in_softmax_averages_its_own_probabilities(sequential):
     """tta's default act=torch.softmax was applied to a model ending in nn.Softmax: its probabilities flattened
     towards uniform (a top probability of 0.98 shown as 0.33), where infer and Interpretation keep them (probe
     export, s27)."""
     torch.manual_seed(0)
     learn = image_learner()
-    learn.model = nn.Sequential(image_model(), nn.Softmax(dim=1))
-    with torch.no_grad():
-        learn.model[0][-1].weight.mul_(50)  # (confident: a second softmax would show)
+    learn.model = nn.Sequential(image_model(), nn.Softmax(dim=1)) if sequential else _SoftmaxNet()
+    with torch.no_grad():  # (confident: a second softmax would show; a Net's: regression round 28)
+        (learn.model[0] if sequential else learn.model.body)[-1].weight.mul_(50)
     probs, _ = learn.tta(n=0)
     plain, _ = learn.get_preds(act=None)
     torch.testing.assert_close(probs, plain)

@@ -422,8 +422,9 @@ class _GatherPreds(Callback):
     inference = True
 
     def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None,
-                 loss_func: Callable | None = None, who: str = "get_preds") -> None:
+                 loss_func: Callable | None = None, who: str = "get_preds", kept_probs: Callable | None = None) -> None:
         self.with_input, self.with_loss, self.act, self.who = with_input, with_loss, act, who  # (who: for act's advice)
+        self.kept_probs = kept_probs  # (tta's softmax: a batch of outputs this says are probabilities is kept as is)
         self.loss_func = loss_func  # the learner's own (reduced), checked on its per-position losses until it warns
         self._checks_left = 8  # batches to check it on
         self._act_checked = False
@@ -470,7 +471,8 @@ class _GatherPreds(Callback):
             raise preds_changed_error(self.who + "(with_loss=True)" * self.with_loss, learn.loss_func)
         if yb and isinstance(yb[0], torch.Tensor) and not yb[0].ndim:  # preds of n items, n targets of one each
             raise unbatched_error()
-        if self.act is not None:
+        if self.act is not None and not (self.kept_probs is not None and isinstance(preds, torch.Tensor)
+                                         and preds.ndim >= 2 and self.kept_probs(preds.detach())):
             if not self._act_checked:  # (once: the act, not the batch, is what is checked)
                 _check_act(self.act, preds)
                 _check_class_dim(self.act, preds, yb, learn.loss_func, self.who)
@@ -720,9 +722,10 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     check_count("tta: n", n, least=0, what=" (augmented copies)")
     if act is not None and not callable(act):
         raise TypeError(f"tta's act must be a callable applied to each batch's preds (e.g. torch.sigmoid); got {act!r}")
-    from ..interpret import ends_in_softmax  # (here: interpret.py imports this module)
-    if act is torch.softmax and ends_in_softmax(learn.model):  # its outputs are probabilities: a second softmax
-        act = None  # would flatten them (as infer and Interpretation keep them)
+    from ..interpret import are_probs  # (here: interpret.py imports this module)
+    # outputs that are probabilities already (a model ending in a softmax) are kept as they are, as infer and
+    # Interpretation keep them: a second softmax would flatten them
+    kept_probs = functools.partial(are_probs, model=learn.model) if act is torch.softmax else None
     dl = _loader(learn, dl)
     if n and isinstance(dl, Iterator):  # (a generator, iter(dl), map(...)): the plain pass would use it up
         raise ValueError(f"tta walks the loader {n + 1} times (the plain pass and {n} augmented), and a one-shot "
@@ -739,7 +742,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         check_transform(t, "tta")
     tfm = RandomFlip(p=1.0) if tfms is None else tfms if callable(tfms) else Compose(*tfms)
     with kept(learn, [dl], tfms=[tfm]):  # (a transform's own generator too: tta repeats)
-        plain, plain_items = _GatherPreds(act=act, who="tta"), _ItemSums()
+        plain, plain_items = _GatherPreds(act=act, who="tta", kept_probs=kept_probs), _ItemSums()
         prediction_pass(learn, dl, [plain_items, plain], who="tta")
         probs, targets = plain.result()
         if n == 0:
@@ -777,7 +780,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         copy_tfm.order = max([copy_tfm.order, *(cb.order for cb in participants(learn) if callable(
             getattr(cb, "before_batch", None)) and not isinstance(cb, MixedPrecisionCB))]) + 1
         for _ in range(n):
-            aug, items = _GatherPreds(act=act, who="tta"), _ItemSums()
+            aug, items = _GatherPreds(act=act, who="tta", kept_probs=kept_probs), _ItemSums()
             try:
                 prediction_pass(learn, dl, [items, copy_tfm, aug], who="tta")
             except ValueError as e:
