@@ -710,6 +710,25 @@ def test_export_refuses_a_callback_that_may_prepare_batches_and_would_be_left_ou
     assert any(isinstance(cb, SaidNormCB) for cb in loaded.cbs)
 
 
+def test_export_takes_a_callbacks_inference_said_on_the_instance(tmp_path):
+    """A course-style batch transform setting self.inference = on_val (False: train-only augmentation) was refused
+    at export as unsaid (regression round 28): said on the instance, it is left out."""
+    learn = image_learner(cbs=[OnValTfm(on_val=False)])
+    loaded = load_learner(learn.export(tmp_path / "m.pkl"))
+    assert not any(isinstance(cb, OnValTfm) for cb in loaded.cbs)
+    assert any(isinstance(cb, OnValTfm) for cb in load_learner(image_learner(cbs=[OnValTfm(on_val=True)]).export(
+        tmp_path / "v.pkl")).cbs)
+
+
+class OnValTfm(Callback):
+    """The course's BatchTransformCB's shape: whether it takes part in predictions is set per instance."""
+    def __init__(self, on_val: bool):
+        self.inference = on_val
+
+    def before_batch(self, learn):
+        learn.batch = (learn.batch[0] + 0.0, *learn.batch[1:])
+
+
 class NormCB(Callback):
     """A course-style normalizing callback that has not said whether it takes part in predictions."""
     def before_batch(self, learn):

@@ -2146,3 +2146,8 @@ def test_raw_pixels_given_to_get_preds_are_named_in_torchs_error():
         learn.get_preds(dl=[(raw, torch.zeros(4, dtype=torch.long))])
     assert any("raw uint8 pixels" in n and "learn.dls.normalize(x)" in n for n in e.value.__notes__)
     learn.get_preds(dl=[(learn.dls.normalize(raw), torch.zeros(4, dtype=torch.long))])  # the advice, followed
+    learn.model.double()  # (a model of another dtype: the advice casts, regression round 28)
+    with pytest.raises(RuntimeError) as e:
+        learn.get_preds(dl=[(raw, torch.zeros(4, dtype=torch.long))])
+    assert any("learn.dls.normalize(x).to(torch.float64)" in n for n in e.value.__notes__)
+    learn.get_preds(dl=[(learn.dls.normalize(raw).to(torch.float64), torch.zeros(4, dtype=torch.long))])

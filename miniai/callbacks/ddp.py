@@ -32,7 +32,7 @@ from ..checks import beside_model, warn
 from ..data import TensorLoader
 from ..distributed import all_reduce_sum, is_dist, local_rank, rank, world_size
 from ..learner import Callback, Learner
-from ..utils import byte_sums, len_or_none, loss_reduction, loss_setting, model_device
+from ..utils import byte_sums, len_or_none, loss_reduction, model_device
 from ..weighting import averages_over_targets, batch_parts, position_weights
 from .basic import DeviceCB
 
@@ -153,13 +153,14 @@ class DDPCB(Callback):
                 learn.loss.register_hook(partial(torch.mul, other=share))
 
     def _warn_dict_share(self, learn: Learner) -> None:
-        """Warn (once a fit) that a class-weighted loss of dict batches is each rank's own weighted mean, averaged."""
-        if not self._said_share and loss_setting(learn.loss_func, "weight", None) is not None:
+        """Warn (once a fit) that a cross-entropy of dict batches is each rank's own (weighted) mean, averaged."""
+        if not self._said_share:
             self._said_share = True
-            warn("DDPCB: the loss weighs its targets by class (each rank divides by its own part's weights), and the "
-                 "batches are dicts, whose targets DDPCB can't read to weigh the ranks as one process with the "
-                 "global batch would: DDP averages each rank's own weighted mean, which differs from that where "
-                 "the ranks' parts weigh differently. To train as one process would, give tuple batches (x, y)")
+            warn("DDPCB: the loss is a cross-entropy, which divides each rank's loss by its own part's class weights "
+                 "or kept targets (those not ignored, -100 by default), and the batches are dicts, whose targets "
+                 "DDPCB can't read to weigh the ranks as one process with the global batch would: DDP averages each "
+                 "rank's own mean, which differs from that where the ranks' parts weigh differently (class weights, "
+                 "padding). To train as one process would, give tuple batches (x, y)")
 
     def before_epoch(self, learn: Learner) -> None:
         if learn.training:

@@ -52,7 +52,8 @@ def participants(learn: Learner) -> list[Callback]:
 def left_out(learn: Learner, taking_part: list[Callback], who: str = "get_preds") -> str | None:
     """What to say of the user's callbacks left out of a prediction pass (or an export) that may prepare batches or
     change the predictions and have not said they don't; None if there are none."""
-    said = lambda cb: any("inference" in vars(k) for k in type(cb).__mro__ if k is not Callback)  # noqa: E731
+    said = lambda cb: "inference" in vars(cb) or any(  # noqa: E731 -- (on the instance: the course's on_val)
+        "inference" in vars(k) for k in type(cb).__mro__ if k is not Callback)
     names = [type(cb).__name__ for cb in learn.cbs if all(cb is not p for p in taking_part) and not said(cb)
              and any(_users(cb, event) for event in ("before_batch", "after_predict"))]
     if not names:
@@ -155,9 +156,11 @@ def _note_raw_pixels(learn: Learner, error: Exception) -> None:
     """Say, on torch's error, that the batch's inputs are raw uint8 pixels where the loaders gave normalized ones."""
     x = learn.batch[0] if isinstance(learn.batch, (tuple, list)) and learn.batch else None
     if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and getattr(learn.dls, "normalize", None) is not None:
+        weight = next((p.dtype for p in learn.model.parameters() if p.is_floating_point()), torch.float32)
+        cast = "" if weight == torch.float32 else f".to({weight})"  # (a model halved to ship)
         add_note(error, "(the batch's inputs are raw uint8 pixels, and this learner's loaders normalized theirs: "
-                        "give prepared inputs, e.g. dl=[(learn.dls.normalize(x), y)], or learn.infer(x), which "
-                        "takes raw images)")
+                        f"give prepared inputs, e.g. dl=[(learn.dls.normalize(x){cast}, y)], or learn.infer(x), "
+                        "which takes raw images)")
 
 
 def _rng_states() -> list[torch.Tensor]:
