@@ -718,6 +718,8 @@ def test_export_takes_a_callbacks_inference_said_on_the_instance(tmp_path):
     assert not any(isinstance(cb, OnValTfm) for cb in loaded.cbs)
     assert any(isinstance(cb, OnValTfm) for cb in load_learner(image_learner(cbs=[OnValTfm(on_val=True)]).export(
         tmp_path / "v.pkl")).cbs)
+    with pytest.raises(ValueError, match="export leaves out OnValTfm"):  # (None says nothing: regression round 29)
+        image_learner(cbs=[OnValTfm(on_val=None)]).export(tmp_path / "n.pkl")
 
 
 class OnValTfm(Callback):

@@ -2151,3 +2151,24 @@ def test_raw_pixels_given_to_get_preds_are_named_in_torchs_error():
         learn.get_preds(dl=[(raw, torch.zeros(4, dtype=torch.long))])
     assert any("learn.dls.normalize(x).to(torch.float64)" in n for n in e.value.__notes__)
     learn.get_preds(dl=[(learn.dls.normalize(raw).to(torch.float64), torch.zeros(4, dtype=torch.long))])
+
+
+def test_tta_decides_once_for_the_whole_pass_whether_the_outputs_are_probabilities():
+    """tta kept a batch raw where its logits happened to look like probabilities (a least-squares one-hot classifier,
+    whose outputs sum to 1) and softmaxed the others: two scales in one result, 0.296 from get_preds(act=softmax)
+    (regression round 29). act=F.softmax on a softmax model was applied twice."""
+    torch.manual_seed(0)
+    learn = image_learner()
+    x = torch.cat([xb for xb, _ in learn.dls.valid])
+    y = torch.cat([yb for _, yb in learn.dls.valid])
+    flat = torch.cat([x.flatten(1), torch.ones(len(x), 1)], 1)
+    w = torch.linalg.lstsq(flat, F.one_hot(y, 3).float()).solution  # (outputs summing to 1, some rows in [0, 1])
+    linear = nn.Linear(64, 3)
+    with torch.no_grad():
+        linear.weight.copy_(w[:-1].T)
+        linear.bias.copy_(w[-1])
+    learn.model = nn.Sequential(nn.Flatten(), linear)
+    torch.testing.assert_close(learn.tta(n=0)[0], learn.get_preds(act=torch.softmax)[0])
+    learn.model = _SoftmaxNet()
+    own, _ = learn.get_preds(act=None)
+    torch.testing.assert_close(learn.tta(n=0, act=F.softmax)[0], own)

@@ -160,7 +160,8 @@ class DDPCB(Callback):
                  "or kept targets (those not ignored, -100 by default), and the batches are dicts, whose targets "
                  "DDPCB can't read to weigh the ranks as one process with the global batch would: DDP averages each "
                  "rank's own mean, which differs from that where the ranks' parts weigh differently (class weights, "
-                 "padding). To train as one process would, give tuple batches (x, y)")
+                 "padding; probability targets divide by their items, alike on every rank, and are not concerned). "
+                 "To train as one process would, give tuple batches (x, y)")
 
     def before_epoch(self, learn: Learner) -> None:
         if learn.training:

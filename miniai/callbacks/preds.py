@@ -52,8 +52,8 @@ def participants(learn: Learner) -> list[Callback]:
 def left_out(learn: Learner, taking_part: list[Callback], who: str = "get_preds") -> str | None:
     """What to say of the user's callbacks left out of a prediction pass (or an export) that may prepare batches or
     change the predictions and have not said they don't; None if there are none."""
-    said = lambda cb: "inference" in vars(cb) or any(  # noqa: E731 -- (on the instance: the course's on_val)
-        "inference" in vars(k) for k in type(cb).__mro__ if k is not Callback)
+    said = lambda cb: isinstance(vars(cb).get("inference"), bool) or any(  # noqa: E731 -- (True or False on the
+        "inference" in vars(k) for k in type(cb).__mro__ if k is not Callback)  # instance: the course's on_val)
     names = [type(cb).__name__ for cb in learn.cbs if all(cb is not p for p in taking_part) and not said(cb)
              and any(_users(cb, event) for event in ("before_batch", "after_predict"))]
     if not names:
@@ -427,7 +427,8 @@ class _GatherPreds(Callback):
     def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None,
                  loss_func: Callable | None = None, who: str = "get_preds", kept_probs: Callable | None = None) -> None:
         self.with_input, self.with_loss, self.act, self.who = with_input, with_loss, act, who  # (who: for act's advice)
-        self.kept_probs = kept_probs  # (tta's softmax: a batch of outputs this says are probabilities is kept as is)
+        self.kept_probs = kept_probs  # (tta's softmax: outputs this says are probabilities, all of them, kept as is)
+        self.kept = False  # (whether they were: result)
         self.loss_func = loss_func  # the learner's own (reduced), checked on its per-position losses until it warns
         self._checks_left = 8  # batches to check it on
         self._act_checked = False
@@ -474,15 +475,15 @@ class _GatherPreds(Callback):
             raise preds_changed_error(self.who + "(with_loss=True)" * self.with_loss, learn.loss_func)
         if yb and isinstance(yb[0], torch.Tensor) and not yb[0].ndim:  # preds of n items, n targets of one each
             raise unbatched_error()
-        if self.act is not None and not (self.kept_probs is not None and isinstance(preds, torch.Tensor)
-                                         and preds.ndim >= 2 and self.kept_probs(preds.detach())):
+        if self.act is not None:
             if not self._act_checked:  # (once: the act, not the batch, is what is checked)
                 _check_act(self.act, preds)
                 _check_class_dim(self.act, preds, yb, learn.loss_func, self.who)
                 self._act_checked = True
             device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
-            with _no_autocast(device):  # act sees the model's output, not a recast of it
-                preds = _activate(self.act, preds, self.who)
+            if self.kept_probs is None:  # (else at the pass's end, on all of it: result)
+                with _no_autocast(device):  # act sees the model's output, not a recast of it
+                    preds = _activate(self.act, preds, self.who)
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         n = input_items(xb[0]) if xb else None
@@ -539,6 +540,9 @@ class _GatherPreds(Callback):
         sizes = None if None in self.sizes else self.sizes
         by_item = self.by_item and sizes is not None  # (not the model's outputs: their heads are its own)
         preds = _cat(self.preds, sizes)  # (first: where both fail to join, the preds' error is the one to see)
+        if self.kept_probs is not None and self.act is not None:  # tta's softmax, decided once for the whole pass:
+            self.kept = isinstance(preds, torch.Tensor) and preds.ndim >= 2 and self.kept_probs(preds)  # outputs that
+            preds = preds if self.kept else _activate(self.act, preds, self.who)  # are probabilities already: kept
         out = (preds, None if None in self.targets else _unpack(_cat_slots(self.targets, sizes, by_item, True)))
         if self.with_input:
             out = (_unpack(_cat_slots(self.inputs, sizes, by_item, True)), *out)
@@ -728,7 +732,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     from ..interpret import are_probs  # (here: interpret.py imports this module)
     # outputs that are probabilities already (a model ending in a softmax) are kept as they are, as infer and
     # Interpretation keep them: a second softmax would flatten them
-    kept_probs = functools.partial(are_probs, model=learn.model) if act is torch.softmax else None
+    kept_probs = functools.partial(are_probs, model=learn.model) if act in (torch.softmax, F.softmax) else None
     dl = _loader(learn, dl)
     if n and isinstance(dl, Iterator):  # (a generator, iter(dl), map(...)): the plain pass would use it up
         raise ValueError(f"tta walks the loader {n + 1} times (the plain pass and {n} augmented), and a one-shot "
@@ -783,7 +787,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         copy_tfm.order = max([copy_tfm.order, *(cb.order for cb in participants(learn) if callable(
             getattr(cb, "before_batch", None)) and not isinstance(cb, MixedPrecisionCB))]) + 1
         for _ in range(n):
-            aug, items = _GatherPreds(act=act, who="tta", kept_probs=kept_probs), _ItemSums()
+            aug, items = _GatherPreds(act=None if plain.kept else act, who="tta"), _ItemSums()  # (as the plain's)
             try:
                 prediction_pass(learn, dl, [items, copy_tfm, aug], who="tta")
             except ValueError as e:
