@@ -2130,10 +2130,11 @@ def test_tta_of_a_model_that_ends_in_softmax_averages_its_own_probabilities(sequ
     learn.model = nn.Sequential(image_model(), nn.Softmax(dim=1)) if sequential else _SoftmaxNet()
     with torch.no_grad():  # (confident: a second softmax would show; a Net's: regression round 28)
         (learn.model[0] if sequential else learn.model.body)[-1].weight.mul_(50)
-    probs, _ = learn.tta(n=0)
-    plain, _ = learn.get_preds(act=None)
+    act = {} if sequential else {"act": None}  # (a forward's own softmax can't be seen: act=None, as documented;
+    probs, _ = learn.tta(n=0, **act)  # a test of the outputs' values decided per batch, then per pass, regression
+    plain, _ = learn.get_preds(act=None)  # rounds 29 and 30 found wrong)
     torch.testing.assert_close(probs, plain)
-    flipped, _ = learn.tta(n=1)
+    flipped, _ = learn.tta(n=1, **act)
     assert torch.allclose(flipped.sum(1), torch.ones(len(flipped))) and flipped.max() > 0.9
 
 
@@ -2153,10 +2154,10 @@ def test_raw_pixels_given_to_get_preds_are_named_in_torchs_error():
     learn.get_preds(dl=[(learn.dls.normalize(raw).to(torch.float64), torch.zeros(4, dtype=torch.long))])
 
 
-def test_tta_decides_once_for_the_whole_pass_whether_the_outputs_are_probabilities():
+def test_tta_softmaxes_logits_that_look_like_probabilities_as_get_preds_does():
     """tta kept a batch raw where its logits happened to look like probabilities (a least-squares one-hot classifier,
     whose outputs sum to 1) and softmaxed the others: two scales in one result, 0.296 from get_preds(act=softmax)
-    (regression round 29). act=F.softmax on a softmax model was applied twice."""
+    (regression round 29). act=F.softmax on a model ending in nn.Softmax was applied twice."""
     torch.manual_seed(0)
     learn = image_learner()
     x = torch.cat([xb for xb, _ in learn.dls.valid])
@@ -2169,6 +2170,6 @@ def test_tta_decides_once_for_the_whole_pass_whether_the_outputs_are_probabiliti
         linear.bias.copy_(w[-1])
     learn.model = nn.Sequential(nn.Flatten(), linear)
     torch.testing.assert_close(learn.tta(n=0)[0], learn.get_preds(act=torch.softmax)[0])
-    learn.model = _SoftmaxNet()
+    learn.model = nn.Sequential(image_model(), nn.Softmax(dim=1))
     own, _ = learn.get_preds(act=None)
     torch.testing.assert_close(learn.tta(n=0, act=F.softmax)[0], own)

@@ -425,10 +425,8 @@ class _GatherPreds(Callback):
     inference = True
 
     def __init__(self, with_input: bool = False, with_loss: bool = False, act: Callable | None = None,
-                 loss_func: Callable | None = None, who: str = "get_preds", kept_probs: Callable | None = None) -> None:
+                 loss_func: Callable | None = None, who: str = "get_preds") -> None:
         self.with_input, self.with_loss, self.act, self.who = with_input, with_loss, act, who  # (who: for act's advice)
-        self.kept_probs = kept_probs  # (tta's softmax: outputs this says are probabilities, all of them, kept as is)
-        self.kept = False  # (whether they were: result)
         self.loss_func = loss_func  # the learner's own (reduced), checked on its per-position losses until it warns
         self._checks_left = 8  # batches to check it on
         self._act_checked = False
@@ -481,9 +479,8 @@ class _GatherPreds(Callback):
                 _check_class_dim(self.act, preds, yb, learn.loss_func, self.who)
                 self._act_checked = True
             device = preds.device.type if isinstance(preds, torch.Tensor) else "cpu"
-            if self.kept_probs is None:  # (else at the pass's end, on all of it: result)
-                with _no_autocast(device):  # act sees the model's output, not a recast of it
-                    preds = _activate(self.act, preds, self.who)
+            with _no_autocast(device):  # act sees the model's output, not a recast of it
+                preds = _activate(self.act, preds, self.who)
         if isinstance(preds, torch.Tensor) and preds.dtype in (torch.float16, torch.bfloat16):
             preds = preds.float()  # autocast's half-precision outputs, exactly, in float32 (as the course's to_cpu)
         n = input_items(xb[0]) if xb else None
@@ -540,9 +537,6 @@ class _GatherPreds(Callback):
         sizes = None if None in self.sizes else self.sizes
         by_item = self.by_item and sizes is not None  # (not the model's outputs: their heads are its own)
         preds = _cat(self.preds, sizes)  # (first: where both fail to join, the preds' error is the one to see)
-        if self.kept_probs is not None and self.act is not None:  # tta's softmax, decided once for the whole pass:
-            self.kept = isinstance(preds, torch.Tensor) and preds.ndim >= 2 and self.kept_probs(preds)  # outputs that
-            preds = preds if self.kept else _activate(self.act, preds, self.who)  # are probabilities already: kept
         out = (preds, None if None in self.targets else _unpack(_cat_slots(self.targets, sizes, by_item, True)))
         if self.with_input:
             out = (_unpack(_cat_slots(self.inputs, sizes, by_item, True)), *out)
@@ -715,7 +709,8 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     (tta can't put them back); maps at another resolution, and a transform of your own that moves pixels, are yours
     to undo. Their draws come from torch's global RNG inside a fork: tta repeats exactly and leaves the RNG as it
     was. `act` is applied to each batch's outputs as by `get_preds`: softmax over the class dim 1 by default (none
-    for a model that ends in `nn.Softmax`, whose outputs are probabilities already),
+    for a model that ends in `nn.Softmax`, whose outputs are probabilities already; act=None for a model whose
+    forward applies its own softmax otherwise),
     `torch.sigmoid` for a binary or multi-label model's scores, None to average the raw outputs. `n=0` is
     `get_preds(act=act)`. Each copy is a prediction pass, so `dl` must give its items in the same order every pass
     (a shuffled one is walked in order, as by `get_preds`). A learner whose batches have several inputs needs
@@ -729,10 +724,9 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
     check_count("tta: n", n, least=0, what=" (augmented copies)")
     if act is not None and not callable(act):
         raise TypeError(f"tta's act must be a callable applied to each batch's preds (e.g. torch.sigmoid); got {act!r}")
-    from ..interpret import are_probs  # (here: interpret.py imports this module)
-    # outputs that are probabilities already (a model ending in a softmax) are kept as they are, as infer and
-    # Interpretation keep them: a second softmax would flatten them
-    kept_probs = functools.partial(are_probs, model=learn.model) if act in (torch.softmax, F.softmax) else None
+    from ..interpret import ends_in_softmax  # (here: interpret.py imports this module)
+    if act in (torch.softmax, F.softmax) and ends_in_softmax(learn.model):  # its outputs are probabilities: a second
+        act = None  # softmax would flatten them (infer and Interpretation keep them too)
     dl = _loader(learn, dl)
     if n and isinstance(dl, Iterator):  # (a generator, iter(dl), map(...)): the plain pass would use it up
         raise ValueError(f"tta walks the loader {n + 1} times (the plain pass and {n} augmented), and a one-shot "
@@ -749,7 +743,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         check_transform(t, "tta")
     tfm = RandomFlip(p=1.0) if tfms is None else tfms if callable(tfms) else Compose(*tfms)
     with kept(learn, [dl], tfms=[tfm]):  # (a transform's own generator too: tta repeats)
-        plain, plain_items = _GatherPreds(act=act, who="tta", kept_probs=kept_probs), _ItemSums()
+        plain, plain_items = _GatherPreds(act=act, who="tta"), _ItemSums()
         prediction_pass(learn, dl, [plain_items, plain], who="tta")
         probs, targets = plain.result()
         if n == 0:
@@ -787,7 +781,7 @@ def tta(learn: Learner, dl: Iterable[Any] | None = None,
         copy_tfm.order = max([copy_tfm.order, *(cb.order for cb in participants(learn) if callable(
             getattr(cb, "before_batch", None)) and not isinstance(cb, MixedPrecisionCB))]) + 1
         for _ in range(n):
-            aug, items = _GatherPreds(act=None if plain.kept else act, who="tta"), _ItemSums()  # (as the plain's)
+            aug, items = _GatherPreds(act=act, who="tta"), _ItemSums()
             try:
                 prediction_pass(learn, dl, [items, copy_tfm, aug], who="tta")
             except ValueError as e:
