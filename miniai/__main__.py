@@ -84,6 +84,9 @@ def out_dir(text: str) -> str:
     text = os.path.expanduser(text)  # (--out=~/runs, which the shell leaves as it is: the home directory's)
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; --out names a directory for the run's files")
+    if Path(text).is_symlink() and not Path(text).exists():  # (mkdir would say "File exists" of it)
+        raise argparse.ArgumentTypeError(f"{text} is a link to {os.readlink(text)}, which does not exist (a disk not "
+                                         "mounted?): make that folder, remove the link, or choose another --out")
     return text
 
 

@@ -285,6 +285,18 @@ def test_overwrite_deletes_nothing_when_an_earlier_output_name_is_a_directory(tm
     assert (tmp_path / "model.pt").read_bytes() == b"the first run's"
 
 
+def test_an_out_dir_that_is_a_broken_link_is_refused_naming_the_link(tmp_path, capsys):
+    """--out a link to a folder that is gone (a scratch disk not mounted) was refused as "can't make the directory
+    (File exists)", though ls says it does not exist, and the link was not named (probe cli, s27)."""
+    from miniai.__main__ import main
+    (tmp_path / "run").symlink_to(tmp_path / "scratch" / "run")
+    with pytest.raises(SystemExit) as info:
+        main(["train", *SMALL, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "is a link to" in err and "scratch" in err and "File exists" not in err
+    assert (tmp_path / "run").is_symlink() and not (tmp_path / "scratch").exists()
+
+
 def test_a_broken_link_named_like_an_output_is_refused_before_training(tmp_path, monkeypatch, capsys):
     """A dangling result.json link in --out passed the check (exists() is False for it); after training, writing
     through it raised FileNotFoundError, a traceback, and model.pt, written after it, was never saved."""
