@@ -72,7 +72,8 @@ def test_a_label_too_large_to_be_a_class_index_is_refused_naming_its_split_row_a
     a tuple that grew until memory ran out, without a word (probe data, s27; 10**7: 10 million names, taken)."""
     from datasets import Value
     dd_of({"train": [1, 0, stray, 1], "test": [0, 1]}, Value("int64")).save_to_disk(str(tmp_path / "dd"))
-    with pytest.raises(ValueError, match=rf"split 'train'.*column 'label'.*no class index.*{stray} in row 2.*ClassLabel"):
+    with pytest.raises(ValueError,
+                       match=rf"split 'train'.*column 'label'.*no class index.*{stray} in row 2.*ClassLabel"):
         load_tensors(path=tmp_path / "dd")
 
 

@@ -1113,7 +1113,8 @@ def test_float_class_indices_holding_minus_100_beside_class_scores_are_refused_w
     metrics = {"acc": Accuracy()} | ({"macc": MulticlassAccuracy()} if torcheval_too else {})
 
     def learner(target):
-        dls = SimpleNamespace(train=DataLoader(TensorDataset(x, target), 5), valid=DataLoader(TensorDataset(x, target), 5))
+        data = TensorDataset(x, target)
+        dls = SimpleNamespace(train=DataLoader(data, 5), valid=DataLoader(data, 5))
         return TrainLearner(nn.Linear(5, 4), dls, my_loss, lr=0.0, cbs=[MetricsCB(**metrics, log_fn=None)])
     with pytest.raises(ValueError, match=r"targets are floats holding -100.*class scores.*preds \(5, 4\).*targets "
                                          r"\(5,\).*y.long\(\)"):
