@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-
 from typing import Any
 
 import torch
@@ -263,7 +262,7 @@ def half_grads_named(learn: Learner) -> Iterator[None]:
     try:
         yield
     except ValueError as e:
-        trained = half_trained(learn)
+        trained = half_trained(learn) if "FP16 gradients" in str(e) else []  # (another ValueError: as it is)
         if not trained:
             raise
         raise TypeError(f"MixedPrecisionCB: {_half_weights(trained)}") from e
