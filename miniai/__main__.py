@@ -84,9 +84,11 @@ def out_dir(text: str) -> str:
     text = os.path.expanduser(text)  # (--out=~/runs, which the shell leaves as it is: the home directory's)
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; --out names a directory for the run's files")
-    if Path(text).is_symlink() and not Path(text).exists():  # (mkdir would say "File exists" of it)
-        raise argparse.ArgumentTypeError(f"{text} is a link to {os.readlink(text)}, which does not exist (a disk not "
-                                         "mounted?): make that folder, remove the link, or choose another --out")
+    for path in (Path(text), *Path(text).parents):  # (mkdir would say "File exists" of a dangling link on the way)
+        if path.is_symlink() and not path.exists():
+            raise argparse.ArgumentTypeError(f"{path} is a link to {os.path.realpath(path)}, which does not exist (a "
+                                             "disk not mounted?): make that folder, remove the link, or choose "
+                                             "another --out")
     return text
 
 

@@ -66,13 +66,20 @@ def are_probs(outputs: torch.Tensor, model: nn.Module | None = None) -> bool:
     return off < tol and bool(((probs >= 0) & (probs <= 1)).all())
 
 
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)  # (in eval mode)
+
+
 def ends_in_softmax(model: nn.Module | None) -> bool:
-    """Whether `model` (unwrapped; a Sequential's last layer, nested) is an `nn.Softmax`: its outputs are
-    probabilities."""
-    layer = unwrap(model) if isinstance(model, nn.Module) else None
-    while isinstance(layer, nn.Sequential) and len(layer):
-        layer = layer[-1]
-    return isinstance(layer, nn.Softmax)
+    """Whether `model` (unwrapped; a Sequential's last layer, nested, past layers that pass their input on in eval
+    mode: Identity, Dropout) is an `nn.Softmax` or `nn.Softmax2d`: its outputs are probabilities."""
+    layers = [unwrap(model)] if isinstance(model, nn.Module) else []
+    while layers:
+        layer = layers.pop()
+        if isinstance(layer, nn.Sequential):
+            layers.extend(layer)  # (its last layer is looked at first; an empty one passes its input on)
+        elif not isinstance(layer, _PASS_THROUGH):
+            return isinstance(layer, (nn.Softmax, nn.Softmax2d))
+    return False
 
 
 def _class_probs(preds: Any, model: nn.Module | None, what: str = "Interpretation") -> torch.Tensor:

@@ -295,6 +295,12 @@ def test_an_out_dir_that_is_a_broken_link_is_refused_naming_the_link(tmp_path, c
     err = capsys.readouterr().err
     assert info.value.code == 2 and "is a link to" in err and "scratch" in err and "File exists" not in err
     assert (tmp_path / "run").is_symlink() and not (tmp_path / "scratch").exists()
+    (tmp_path / "hop").symlink_to(tmp_path / "run")  # (a folder under the link, and a chain: regression round 31)
+    for out in (tmp_path / "run" / "exp1", tmp_path / "hop"):
+        with pytest.raises(SystemExit) as info:
+            main(["train", *SMALL, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "File exists" not in err and str(tmp_path / "scratch" / "run") in err, err
 
 
 def test_a_broken_link_named_like_an_output_is_refused_before_training(tmp_path, monkeypatch, capsys):

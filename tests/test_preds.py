@@ -2173,3 +2173,16 @@ def test_tta_softmaxes_logits_that_look_like_probabilities_as_get_preds_does():
     learn.model = nn.Sequential(image_model(), nn.Softmax(dim=1))
     own, _ = learn.get_preds(act=None)
     torch.testing.assert_close(learn.tta(n=0, act=F.softmax)[0], own)
+
+
+@pytest.mark.parametrize("tail", [nn.Identity(), nn.Dropout(0.1), nn.Sequential()])
+def test_tta_keeps_the_probabilities_of_a_softmax_followed_by_layers_that_pass_them_on(tail):
+    """A Sequential ending in Softmax then Identity or Dropout (a head replaced by Identity), or in Softmax2d, was
+    softmaxed again by tta (0.728 shown as 0.473), while Interpretation kept its probabilities (regression round
+    31)."""
+    from miniai.interpret import ends_in_softmax
+    learn = image_learner()
+    learn.model = nn.Sequential(image_model(), nn.Softmax(dim=1), tail)
+    torch.testing.assert_close(learn.tta(n=0)[0], learn.get_preds(act=None)[0])
+    assert ends_in_softmax(nn.Sequential(nn.Conv2d(1, 3, 1), nn.Softmax2d()))  # (a segmentation model's)
+    assert not ends_in_softmax(nn.Sequential(nn.Softmax(dim=1), nn.Linear(3, 3)))
