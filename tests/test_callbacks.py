@@ -634,7 +634,7 @@ def test_metricscb_sums_losses_kept_on_a_device_as_it_sums_cpu_ones():
     torch.manual_seed(0)
     sizes = [16, 16, 16, 5, 16, 3]
     losses = torch.rand(len(sizes), dtype=torch.float32)
-    learn = SimpleNamespace(model=nn.Linear(1, 1), loss_func=F.mse_loss)
+    learn = SimpleNamespace(model=nn.Linear(1, 1), loss_func=F.mse_loss, training=False)
     results = []
     for as_tensor in (False, True):
         cb = MetricsCB()

@@ -705,7 +705,8 @@ def test_uint8_targets_of_a_class_weighted_loss_are_counted_by_their_classes():
     y = torch.randint(0, 4, (23,), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     weight = torch.tensor([1.0, 2.0, 3.0, 4.0])
     metrics = MetricsCB()
-    metrics.before_epoch(SimpleNamespace(model=nn.Linear(3, 4), loss_func=partial(F.cross_entropy, weight=weight)))
+    metrics.before_epoch(SimpleNamespace(model=nn.Linear(3, 4), loss_func=partial(F.cross_entropy, weight=weight),
+                                         training=False))
     assert metrics._batch_weights((y[:9], y[9:]), (9, 14)).tolist() == [float(weight[y[:9].long()].sum()),
                                                                         float(weight[y[9:].long()].sum())]
 
@@ -1221,3 +1222,27 @@ def test_a_binary_metric_at_threshold_half_beside_preds_that_are_not_probabiliti
         warnings.simplefilter("error", MiniaiWarning)
         assert fit(logits, threshold=0.0).metrics.last["valid_acc"] == 1.0  # the advice, followed
         fit(nn.Sequential(logits, nn.Sigmoid()))  # probabilities: nothing to say
+
+
+def test_a_callback_of_ones_own_at_the_default_order_never_reads_the_last_passs_values_as_this_ones():
+    """A hand-written early stop reading learn.metrics.last in after_epoch at order 0 (before MetricsCB's 10, which
+    logs there) got the previous epoch's valid_accuracy every epoch (None, 0.4375, 0.546875 for 0.4375, 0.546875,
+    0.703125), without a word (probe newcomer, s27): this pass's entries are gone until MetricsCB logs them, so it
+    reads None; at an order above MetricsCB's it reads this pass's."""
+    seen = {}
+
+    def watcher(order):
+        class Watch(Callback):
+            def after_epoch(self, learn):
+                if not learn.training:
+                    seen.setdefault(order, []).append(learn.metrics.last.get("valid_acc"))
+        Watch.order = order
+        return Watch()
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    dls = DataLoaders(TensorLoader(x, y, 8), TensorLoader(x, y, 8))
+    metrics = MetricsCB(acc=Accuracy(), log_fn=None)
+    learn = TrainLearner(nn.Linear(4, 3), dls, F.cross_entropy, lr=0.3, cbs=[metrics, watcher(0), watcher(11)])
+    learn.fit(3)
+    logged = [row["acc"] for row in metrics.history if row["train"] == "valid"]
+    assert seen[11] == logged and seen[0] == [None, None, None], (seen, logged)

@@ -182,6 +182,7 @@ class MetricsCB(Callback):
                 metric.loss_ignore_index = -100
 
     def before_epoch(self, learn: Learner) -> None:
+        self._drop_pass(learn)  # until after_epoch logs this pass: a callback before this one reads None, not the last
         self._device = model_device(learn.model)
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"  # a batch's loss is its items' sum, not mean
         # metrics that say their state is the same after one update over concatenated batches as after one per
@@ -401,12 +402,15 @@ class MetricsCB(Callback):
 
     def cleanup_epoch(self, learn: Learner) -> None:
         if not self._logged:  # a cut pass (its after_epoch did not run; maybe not its before_epoch either, a cancel
-            # of a callback before this one): no earlier pass's values read as its own
-            split = "train_" if learn.training else "valid_"
-            for name in [name for name in self.last if name.startswith(split)]:
-                del self.last[name]  # (in place: a reader may hold the dict)
+            self._drop_pass(learn)  # of a callback before this one): no earlier pass's values read as its own
         self._in_pass = self._logged = self._float_unsure = False
         self._predicted = None  # (a cancelled batch's preds, whose after_batch did not run)
+
+    def _drop_pass(self, learn: Learner) -> None:
+        """Drop this pass's split's entries (train_ or valid_) from `last`, in place (a reader may hold the dict)."""
+        split = "train_" if learn.training else "valid_"
+        for name in [name for name in self.last if name.startswith(split)]:
+            del self.last[name]
 
     def after_epoch(self, learn: Learner) -> None:
         self._in_pass = False
