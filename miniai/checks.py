@@ -245,6 +245,7 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
     if isinstance(cb.owns_steps, str):  # ("backward") is a string: the letters would be checked as step names
         raise TypeError(f"{cls}.owns_steps is the string {cb.owns_steps!r}: make it a tuple of step names, "
                         f"owns_steps = ({cb.owns_steps!r},) (the comma makes the tuple)")
+    plain = {event.replace("_", ""): event for event in events}  # (afterepoch, After_epoch, afterEpoch: misspelt)
     for name in dir(type(cb)):
         if name in _FASTAI_EVENTS:  # (close to an event of miniai's by spelling, not by what it means)
             raise TypeError(f"{cls}.{name} is fastai's name: here it is {_FASTAI_EVENTS[name]} (the events: "
@@ -254,6 +255,9 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls}.{name} is not an event"
                             + (f" (did you mean {guess[0]!r}?)" if guess else f"; events are {', '.join(events)}")
                             + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
+        if name not in events and name.lower().replace("_", "") in plain and _is_method(getattr(type(cb), name)):
+            raise TypeError(f"{cls}.{name} is not an event, and would never be called: did you mean "
+                            f"{plain[name.lower().replace('_', '')]!r}? (the events: {', '.join(events)})")
         if _foreign(name) and _is_method(inspect.getattr_static(cb, name)):  # (a property is not run)
             guess = _FOREIGN_EVENTS.get(name)
             raise TypeError(f"{cls}.{name} is not a miniai event (another framework's name)"

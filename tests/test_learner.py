@@ -125,6 +125,15 @@ def test_typo_in_event_name_is_an_error_when_added():
         tiny_learner().fit(1, cbs=[Typo()])
 
 
+@pytest.mark.parametrize("name", ["afterepoch", "After_epoch", "afterEpoch", "beforefit", "Cleanup_Batch"])
+def test_an_event_name_misspelt_without_its_underscore_or_in_capitals_is_an_error_when_added(name):
+    """afterepoch, After_epoch, afterEpoch: never called, without a word, where after_epcoh was refused with a guess
+    (probe newcomer, s27)."""
+    typo = type("Typo", (Callback,), {name: lambda self, learn: None})
+    with pytest.raises(TypeError, match=rf"Typo.{name} is not an event, and would never be called: did you mean"):
+        tiny_learner(cbs=[typo()])
+
+
 @pytest.mark.parametrize("name, guess", [("on_epoch_end", "after_epoch"), ("on_train_batch_end", "after_batch"),
                                          ("on_train_begin", "before_fit"), ("on_fit_start", "before_fit"),
                                          ("on_validation_epoch_end", "after_epoch"),
