@@ -685,10 +685,15 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
     by_learner = not given and not resuming and "train" in learn.passes and learn.lr is not None and learn.lr != 0.1
     given = given or by_learner
     probe = given and lr and not takes_lr
-    first = learn.opt_func(params, 2 * float(lr) if probe else lr)  # (first: the optimizer fit keeps is opt_func's
-    opt = learn.opt_func(params, lr)  # last, for one that keeps a handle on it)
+    try:
+        first = learn.opt_func(params, 2 * float(lr) if probe else lr)  # (first: the optimizer fit keeps is
+    except Exception:  # noqa: BLE001 -- opt_func's last, for one that keeps a handle on it)
+        if not probe:
+            raise
+        first = probe = None  # (it refused 2 × lr, our check's: an error of lr's own comes next, with lr's number)
+    opt = learn.opt_func(params, lr)
     groups = [getattr(o, "param_groups", ()) for o in (first, opt)]
-    if first is not opt and any(g is h for g in groups[0] for h in groups[1]):
+    if first is not None and first is not opt and any(g is h for g in groups[0] for h in groups[1]):
         raise ValueError("opt_func builds its optimizers from param groups made once, outside it (groups = [...]; "
                          "opt_func=lambda ps, lr: optim.AdamW(groups, lr=lr)): torch keeps those dicts and writes into "
                          "them (the lr, a schedule's initial_lr), so every optimizer after the first (lr_find's, the "

@@ -116,6 +116,23 @@ def test_cleanup_runs_when_a_callback_raises():
     assert "after_fit" not in names(log)
 
 
+def test_an_lr_opt_func_refuses_is_named_as_given_and_one_it_takes_alone_is_not_refused():
+    """fit(lr=-0.1) ended in torch's "Invalid learning rate: -0.2", the number of miniai's probe at 2 × lr, not the
+    user's; an opt_func that takes lr but not 2 × lr (an upper bound) was refused the same way (probe newcomer)."""
+    learn = tiny_learner()
+    with pytest.raises(ValueError, match=r"Invalid learning rate: -0.1$"):
+        learn.fit(1, lr=-0.1)
+
+    def bounded(params, lr):
+        if lr > 0.15:
+            raise ValueError(f"lr {lr} above 0.15")
+        return torch.optim.SGD(params, lr=lr)
+    learn = tiny_learner()
+    learn.opt_func = bounded
+    learn.fit(1, lr=0.1)
+    assert learn.opt.param_groups[0]["lr"] == 0.1
+
+
 def test_typo_in_event_name_is_an_error_when_added():
     class Typo(Callback):
         def after_btach(self, learn): pass
