@@ -255,7 +255,8 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls}.{name} is not an event"
                             + (f" (did you mean {guess[0]!r}?)" if guess else f"; events are {', '.join(events)}")
                             + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
-        if name not in events and name.lower().replace("_", "") in plain and _is_method(getattr(type(cb), name)):
+        if not name.startswith("_") and name not in events and name.lower().replace("_", "") in plain and \
+                inspect.isfunction(getattr(type(cb), name)):  # (a helper _after_epoch, a class AfterEpoch: not)
             raise TypeError(f"{cls}.{name} is not an event, and would never be called: did you mean "
                             f"{plain[name.lower().replace('_', '')]!r}? (the events: {', '.join(events)})")
         if _foreign(name) and _is_method(inspect.getattr_static(cb, name)):  # (a property is not run)
@@ -685,12 +686,15 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
     by_learner = not given and not resuming and "train" in learn.passes and learn.lr is not None and learn.lr != 0.1
     given = given or by_learner
     probe = given and lr and not takes_lr
-    try:
-        first = learn.opt_func(params, 2 * float(lr) if probe else lr)  # (first: the optimizer fit keeps is
-    except Exception:  # noqa: BLE001 -- opt_func's last, for one that keeps a handle on it)
-        if not probe:
-            raise
-        first = probe = None  # (it refused 2 × lr, our check's: an error of lr's own comes next, with lr's number)
+    first = other = None  # (first: the optimizer fit keeps is opt_func's last, for one that keeps a handle on it)
+    for other in (2 * float(lr), float(lr) / 2) if probe else (lr,):  # (another lr: does opt_func use lr?)
+        try:
+            first = learn.opt_func(params, other)
+            break
+        except Exception:  # noqa: BLE001 -- it refused our probe's lr (a bound): the other; its own error comes
+            if not probe:  # next, with lr's number
+                raise
+    probe = probe and first is not None
     opt = learn.opt_func(params, lr)
     groups = [getattr(o, "param_groups", ()) for o in (first, opt)]
     if first is not None and first is not opt and any(g is h for g in groups[0] for h in groups[1]):
@@ -713,7 +717,7 @@ def fit_optimizer(learn: Any, lr: Any, given: bool, resuming: bool) -> Any:
     if doubled is not None and doubled == made and all(x is None or not math.isclose(x, float(lr)) for x in made):
         raise ValueError(f"{type(learn).__name__ if by_learner else 'fit'}(lr={float(lr):g}): opt_func does not use "
                          f"the lr it is given (it makes lr {', '.join(f'{x:g}' for x in made)} for {float(lr):g} and "
-                         f"for {2 * float(lr):g}), so this lr would not be used: let opt_func pass it on, e.g. "
+                         f"for {other:g}), so this lr would not be used: let opt_func pass it on, e.g. "
                          "opt_func=lambda ps, lr: optim.SGD(ps, lr=lr), or leave lr= out to train at opt_func's lr")
     _one_step_a_batch(learn, opt)  # (and again at set-up, on whatever learn.opt is then: check_new_params)
     learn.opt = learn._fit_opt = opt  # (_fit_opt now, not at the fit's end: the last fit's must not live through this)

@@ -132,6 +132,14 @@ def test_an_lr_opt_func_refuses_is_named_as_given_and_one_it_takes_alone_is_not_
     learn.fit(1, lr=0.1)
     assert learn.opt.param_groups[0]["lr"] == 0.1
 
+    def capped_unused(params, lr):  # (refuses 2 x lr and ignores lr: still refused, by the probe at lr / 2:
+        if lr > 1:  # regression round 32)
+            raise ValueError("lr must be <= 1")
+        return torch.optim.SGD(params, lr=0.01)
+    learn.opt_func = capped_unused
+    with pytest.raises(ValueError, match=r"fit\(lr=0.8\): opt_func does not use the lr it is given.*for 0.4\)"):
+        learn.fit(1, lr=0.8)
+
 
 def test_typo_in_event_name_is_an_error_when_added():
     class Typo(Callback):
@@ -149,6 +157,10 @@ def test_an_event_name_misspelt_without_its_underscore_or_in_capitals_is_an_erro
     typo = type("Typo", (Callback,), {name: lambda self, learn: None})
     with pytest.raises(TypeError, match=rf"Typo.{name} is not an event, and would never be called: did you mean"):
         tiny_learner(cbs=[typo()])
+    helpers = type("Helpers", (Callback,), {"after_epoch": lambda self, learn: self._after_epoch(learn),  # (not:
+                                            "_after_epoch": lambda self, learn: None, "AfterEpoch": type(  # regression
+                                                "AfterEpoch", (), {}), "afterfit": nn.Identity()})  # round 32)
+    tiny_learner(cbs=[helpers()]).fit(1)
 
 
 @pytest.mark.parametrize("name, guess", [("on_epoch_end", "after_epoch"), ("on_train_batch_end", "after_batch"),
