@@ -43,27 +43,23 @@ def _images(inputs: Any, what: str) -> torch.Tensor:
 
 def class_probs(outputs: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
     """Softmax probabilities (float32) of a classifier's (N, C) outputs, or the outputs as they are when they already
-    are probabilities (`are_probs`: a second softmax would flatten them)."""
+    are probabilities (a second softmax would flatten them): the `model` ends in a softmax (`ends_in_softmax`), or
+    two rows or more all lie in [0, 1] and sum to 1 within their rounding (get_preds gives float32: a bfloat16
+    softmax's values, on bfloat16's grid, sum to 1 within 2.4e-3 only; an average of them within 2e-3). One row
+    alone (infer of one image) must sum to 1 within its own rounding, a float32 softmax's 1e-5 (3e-3 on bfloat16's
+    grid, 1e-3 on float16's): a row of small logits may fall in [0, 1] and sum to about 1."""
     probs = outputs.float()
-    return probs if are_probs(probs, model) else torch.softmax(probs, dim=1)
-
-
-def are_probs(outputs: torch.Tensor, model: nn.Module | None = None) -> bool:
-    """Whether a classifier's (N, C, ...) outputs are probabilities already: the `model` ends in `nn.Softmax` (a
-    Sequential's last layer), or two rows or more all lie in [0, 1] and sum to 1 within their rounding (get_preds
-    gives float32: a bfloat16 softmax's values, on bfloat16's grid, sum to 1 within 2.4e-3 only; an average of them
-    within 2e-3). One row alone (infer of one image) must sum to 1 within its own rounding, a float32 softmax's 1e-5
-    (3e-3 on bfloat16's grid, 1e-3 on float16's): a row of small logits may fall in [0, 1] and sum to about 1."""
     if ends_in_softmax(model):
-        return True
-    probs = outputs.float()
+        return probs
     bf16 = torch.equal(probs.bfloat16().float(), probs)
     if len(probs) >= 2:
         tol = 1e-2 if bf16 else 3e-3
     else:  # (one row: float16's grid is looked at here only, a whole set's outputs would cost a copy for nothing)
         tol = 3e-3 if bf16 else 1e-3 if torch.equal(probs.half().float(), probs) else 1e-5
     off = float((probs.sum(1) - 1).abs().max()) if probs.numel() else 1.0
-    return off < tol and bool(((probs >= 0) & (probs <= 1)).all())
+    if off < tol and bool(((probs >= 0) & (probs <= 1)).all()):
+        return probs
+    return torch.softmax(probs, dim=1)
 
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)  # (in eval mode)
