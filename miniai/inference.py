@@ -32,8 +32,8 @@ from .distributed import is_main_process
 from .interpret import class_probs
 from .learner import Learner
 from .supervised import TrainLearner
-from .utils import (byte_sums, check_device, checksums_match, frames, lazy_tensors, link_target, nonfinite_weight,
-                    tagged, tensors_in)
+from .utils import (byte_sums, check_device, checksums_match, frames, lazy_tensors, link_target, model_dtype,
+                    nonfinite_weight, tagged, tensors_in)
 from .sources import wide_pixels
 
 __all__ = ["Prediction", "to_batch", "infer", "export", "load_learner"]
@@ -330,7 +330,7 @@ def infer(learn: Learner, items: Any, bs: int = 256) -> Prediction:
     if expected is not None and tuple(x.shape[1:]) != expected:  # a model that pools would predict anyway
         raise ValueError(f"infer: the model was trained on items of shape {expected}; got {tuple(x.shape[1:])}: "
                          "resize them as the training images were (e.g. torchvision.transforms.functional.resize)")
-    weight = next((p.dtype for p in learn.model.parameters() if p.is_floating_point()), None)
+    weight = model_dtype(learn.model)
     if x.is_floating_point() and weight is not None and x.dtype != weight:  # a model halved (or doubled) to ship:
         x = x.to(weight)  # its own dtype, as the loaders' floats would have been cast for it
     preds, _ = get_preds(learn, dl=[(x[i:i + bs],) for i in range(0, len(x), bs)])
@@ -419,7 +419,7 @@ def export(learn: Learner, path: str | os.PathLike = "export.pkl") -> Path:
     if bad is not None:
         raise ValueError(f"export: the model's weights are not finite (NaN or inf: {bad} first), so every "
                          "prediction of the loaded learner would be NaN: export a model trained to finite weights "
-                         "(load a good checkpoint's: " + weights_call(learn, "path").replace("'path'", "path") + ")")
+                         f"(load a good checkpoint's: {weights_call(learn, 'path', quoted=False)})")
     path = Path(path).expanduser()  # ('~/m.pkl': the home directory, as a shell reads it)
     path = link_target(path)
     if path.is_dir():  # (os.replace would fail naming its temporary file)

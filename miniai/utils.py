@@ -22,8 +22,8 @@ import torch
 
 from .checks import warn
 
-__all__ = ["def_device", "model_device", "drop_graph", "map_tensors", "tensors_in", "to_device", "to_cpu", "set_seed",
-           "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
+__all__ = ["def_device", "model_device", "model_dtype", "drop_graph", "map_tensors", "tensors_in", "to_device",
+           "to_cpu", "set_seed", "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
            "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial",
            "base_loss", "name_of", "tagged", "lazy_tensors", "frames"]
@@ -99,6 +99,11 @@ def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter; the CPU for a model without parameters."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter (float32, or a model halved to ship); None without one."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 def to_device(x: Any, device: str | torch.device = def_device) -> Any:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..checks import check_count, warn
 from ..learner import Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner
+from .checkpoint import compile_wrapper
 from .records import keep_records, nothing_recorded, restore_if_refused
 
 __all__ = ["Hook", "Hooks", "append_stats", "get_hist", "get_min", "HooksCallback", "ActivationStats"]
@@ -257,7 +258,7 @@ def check_hooks_run(model: nn.Module, who: str, hooked: Iterable[nn.Module]) -> 
     unwatched = dynamo is not None and dynamo.config.skip_nnmodule_hook_guards
     hooked = {id(m) for m in hooked}
     for name, m in model.named_modules():
-        wrapper = isinstance(getattr(m, "_orig_mod", None), nn.Module)
+        wrapper = compile_wrapper(m)
         # (compiled in place: model.compile(), or its forward compiled, torch.compile(m.forward) or a decorator)
         in_place = (getattr(m, "_compiled_call_impl", None) is not None
                     or hasattr(m.forward, "_torchdynamo_orig_callable"))

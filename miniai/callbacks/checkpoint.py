@@ -64,17 +64,23 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        elif compile_wrapper(model):
             model = model._orig_mod
         else:
             return model
 
 
-def weights_call(learn: Learner, file: Any) -> str:
+def compile_wrapper(module: nn.Module) -> bool:
+    """Whether `module` is torch.compile's wrapper of a module (the module is its `._orig_mod`)."""
+    return isinstance(getattr(module, "_orig_mod", None), nn.Module)
+
+
+def weights_call(learn: Learner, file: Any, quoted: bool = True) -> str:
     """The call, for a message's advice, that loads a checkpoint's weights into the learner's model: through
-    `unwrap` for a wrapped one (torch.compile's, DDP's), whose keys a checkpoint's (the module's own) are not."""
+    `unwrap` for a wrapped one (torch.compile's, DDP's), whose keys a checkpoint's (the module's own) are not.
+    `quoted=False`: `file` is a name in the call (`path`), not a file's."""
     model = "learn.model" if unwrap(learn.model) is learn.model else "unwrap(learn.model)"
-    return (f"{model}.load_state_dict(load_checkpoint({str(file)!r})['model'])"
+    return (f"{model}.load_state_dict(load_checkpoint({repr(str(file)) if quoted else file})['model'])"
             + ("" if model == "learn.model" else " (unwrap and load_checkpoint: miniai.callbacks.checkpoint)"))
 
 

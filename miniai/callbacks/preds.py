@@ -33,8 +33,8 @@ from ..data import TensorLoader
 from ..distributed import world_size
 from ..learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner,
                        build_handlers)
-from ..utils import (class_loss, loss_setting, map_tensors, mark_per_item, name_of, original_loss, tensor_versions,
-                     to_cpu)
+from ..utils import (class_loss, loss_setting, map_tensors, mark_per_item, model_dtype, name_of, original_loss,
+                     tensor_versions, to_cpu)
 from .augment import BatchTransformCB, geometric
 from .ddp import DDPCB
 from .mixed_precision import MixedPrecisionCB
@@ -156,8 +156,8 @@ def _note_raw_pixels(learn: Learner, error: Exception) -> None:
     """Say, on torch's error, that the batch's inputs are raw uint8 pixels where the loaders gave normalized ones."""
     x = learn.batch[0] if isinstance(learn.batch, (tuple, list)) and learn.batch else None
     if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and getattr(learn.dls, "normalize", None) is not None:
-        weight = next((p.dtype for p in learn.model.parameters() if p.is_floating_point()), torch.float32)
-        cast = "" if weight == torch.float32 else f".to({weight})"  # (a model halved to ship)
+        weight = model_dtype(learn.model)
+        cast = "" if weight in (None, torch.float32) else f".to({weight})"  # (a model halved to ship)
         add_note(error, "(the batch's inputs are raw uint8 pixels, and this learner's loaders normalized theirs: "
                         f"give prepared inputs, e.g. dl=[(learn.dls.normalize(x){cast}, y)], or learn.infer(x), "
                         "which takes raw images)")

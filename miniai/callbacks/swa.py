@@ -19,7 +19,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 from ..checks import check_count, check_number, warn
 from ..learner import Callback, CancelEpochException, CancelFitException, Learner
 from ..utils import counted, lazy_tensors
-from .checkpoint import unwrap
+from .checkpoint import compile_wrapper, unwrap
 from .preds import prediction_pass
 from .scheduling import lr_ratios
 from .state import kept
@@ -139,8 +139,8 @@ class SWACB(Callback):
         self._refresh_bn(learn)
         learn.model = self.swa_model.module
         learn.raw_model = self.raw_model
-        if any(isinstance(getattr(m, "_orig_mod", None), nn.Module) or getattr(m, "_compiled_call_impl", None)
-               is not None for m in (self.raw_model, unwrap(self.raw_model))):  # (not DataParallel's wrapper)
+        if any(compile_wrapper(m) or getattr(m, "_compiled_call_impl", None) is not None
+               for m in (self.raw_model, unwrap(self.raw_model))):  # (not DataParallel's wrapper)
             warn("SWACB: the model was compiled, and its average, learn.model now, is not (AveragedModel's copy "
                  "runs eagerly): call learn.compile() again for fits and predictions as fast")
         if "valid" in learn.passes:  # fit(valid=False): no validation of it either
