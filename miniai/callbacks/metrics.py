@@ -547,13 +547,11 @@ def _warn_threshold_on_logits(metrics: dict[str, Any], loss_func: Any) -> bool:
     fn = base_loss(loss_func)
     if fn is not F.binary_cross_entropy_with_logits and not isinstance(loss_func, nn.BCEWithLogitsLoss):
         return False
-    for name, metric in metrics.items():  # (torcheval's: a threshold of one's own may be a sigmoid's; a binned
-        threshold = getattr(metric, "threshold", None)  # metric's, a tensor of bin edges)
-        if _torcheval(metric) and isinstance(threshold, float) and threshold == 0.5:
-            warn(f"MetricsCB metric {name!r} ({type(metric).__name__}) counts a prediction as 1 from 0.5, "
-                 "and the loss takes logits (binary_cross_entropy_with_logits), whose 0.5 probability is "
-                 f"logit 0: give it threshold=0, {type(metric).__name__}(threshold=0.0), or apply a sigmoid "
-                 "in a metric of your own")
+    for name, metric in _at_half(metrics):
+        warn(f"MetricsCB metric {name!r} ({type(metric).__name__}) counts a prediction as 1 from 0.5, "
+             "and the loss takes logits (binary_cross_entropy_with_logits), whose 0.5 probability is "
+             f"logit 0: give it threshold=0, {type(metric).__name__}(threshold=0.0), or apply a sigmoid "
+             "in a metric of your own")
     return True
 
 
@@ -562,14 +560,20 @@ def _warn_threshold_on_scores(metrics: dict[str, Any], preds: Any) -> None:
     probabilities (logits, from a loss of one's own)."""
     if not (isinstance(preds, torch.Tensor) and preds.is_floating_point() and preds.numel()):
         return
-    halves = [(name, metric) for name, metric in metrics.items()  # (a binned metric's: a tensor of bin edges)
-              if isinstance(getattr(metric, "threshold", None), float) and metric.threshold == 0.5]
+    halves = _at_half(metrics)
     low, high = preds.detach().aminmax() if halves else (0, 1)  # (one host read, once a fit, where one thresholds)
     for name, metric in halves if low < 0 or high > 1 else ():
         warn(f"MetricsCB metric {name!r} ({type(metric).__name__}) counts a prediction as 1 from 0.5, and the first "
              f"batch's preds range from {float(low):.3g} to {float(high):.3g}: not probabilities (logits, whose 0.5 "
              f"probability is logit 0?). For logits give it threshold=0, {type(metric).__name__}(threshold=0.0), or "
              "end the model with a sigmoid for probabilities")
+
+
+def _at_half(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The torcheval metrics that count a prediction as 1 from 0.5, their default (a threshold of one's own may be a
+    sigmoid's; a binned metric's is a tensor of bin edges), by name."""
+    return [(name, metric) for name, metric in metrics.items() if _torcheval(metric)
+            and isinstance(getattr(metric, "threshold", None), float) and metric.threshold == 0.5]
 
 
 def _torcheval(metric: Any) -> bool:
