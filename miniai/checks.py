@@ -35,7 +35,7 @@ __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
            "check_callback_names", "check_fit_args", "check_loaders", "drops_last", "check_new_params",
            "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note", "fit_note",
-           "fit_optimizer", "fit_done", "batch_raised", "cleanup_error", "follows_lr", "loss_backward"]
+           "fit_optimizer", "fit_done", "batch_raised", "tag_cancel", "cleanup_error", "follows_lr", "loss_backward"]
 
 
 class MiniaiWarning(UserWarning):
@@ -255,10 +255,10 @@ def check_callback_names(cb: Any, events: Sequence[str], steps: Sequence[str], o
             raise TypeError(f"{cls}.{name} is not an event"
                             + (f" (did you mean {guess[0]!r}?)" if guess else f"; events are {', '.join(events)}")
                             + ". Methods starting with before_/after_/cleanup_ are reserved for events.")
-        if not name.startswith("_") and name not in events and name.lower().replace("_", "") in plain and \
-                inspect.isfunction(getattr(type(cb), name)):  # (a helper _after_epoch, a class AfterEpoch: not)
-            raise TypeError(f"{cls}.{name} is not an event, and would never be called: did you mean "
-                            f"{plain[name.lower().replace('_', '')]!r}? (the events: {', '.join(events)})")
+        meant = plain.get(name.lower().replace("_", ""))
+        if meant and name != meant and not name.startswith("_") and inspect.isfunction(getattr(type(cb), name)):
+            raise TypeError(f"{cls}.{name} is not an event, and would never be called: did you mean {meant!r}? "
+                            f"(the events: {', '.join(events)})")  # (a helper _after_epoch, a class AfterEpoch: not)
         if _foreign(name) and _is_method(inspect.getattr_static(cb, name)):  # (a property is not run)
             guess = _FOREIGN_EVENTS.get(name)
             raise TypeError(f"{cls}.{name} is not a miniai event (another framework's name)"
@@ -873,14 +873,21 @@ def batch_raised(learn: Any, error: BaseException) -> None:
             p.grad = None
 
 
+def tag_cancel(error: BaseException, event: str, raised_by: Any = None) -> None:
+    """Note on a cancel the first event it was raised in and the callback that raised it (fit's note, CheckpointCB);
+    a cancel raised again keeps its first."""
+    if not hasattr(error, "event"):
+        error.event, error.raised_by = event, raised_by
+
+
 def cleanup_error(learn: Any, error: BaseException | None, new: BaseException, stage: str, handler: Any) -> Any:
     """Which of the stage's `error` (None: it ran out, or a cancel it caught) and a cleanup's `new` one goes on up:
     the first, with the later one in a note; but a cancel on its way up to an outer stage yields to a cleanup's error
     or CancelFitException, and Ctrl-C stops the fit even after an error (printed above it, as Python does)."""
     from .learner import _CANCELS, CancelEpochException, CancelFitException  # (here: learner.py imports this module)
     outer = {"batch": (CancelEpochException, CancelFitException), "epoch": (CancelFitException,), "fit": ()}[stage]
-    if isinstance(new, _CANCELS) and not hasattr(new, "event"):
-        new.event, new.raised_by = f"cleanup_{stage}", None  # (fit's note says where it was raised)
+    if isinstance(new, _CANCELS):
+        tag_cancel(new, f"cleanup_{stage}")  # (fit's note says where it was raised)
     ctrl_c = isinstance(new, KeyboardInterrupt) and isinstance(error, Exception)
     if error is None or ctrl_c or isinstance(error, outer) and (
             not isinstance(new, _CANCELS) or isinstance(new, CancelFitException)):

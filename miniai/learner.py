@@ -224,8 +224,7 @@ class Learner(Conveniences):
             for handler in self._handlers[event]:
                 handler(self)
         except _CANCELS as e:  # noted on it: its first event, the callback that raised it (fit's note, CheckpointCB)
-            if not hasattr(e, "event"):
-                e.event, e.raised_by = event, getattr(handler, "__self__", None)  # (the loop stopped at it)
+            checks.tag_cancel(e, event, getattr(handler, "__self__", None))  # (the handler the loop stopped at)
             raise
 
     def _all_epochs(self) -> None:
