@@ -1,6 +1,7 @@
 """infer on raw images, export and load_learner: a new process predicts what the exporting one did."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -353,6 +354,17 @@ def test_a_learner_with_its_own_predict_is_refused_and_other_files_too(tmp_path)
         load_learner(tmp_path / "weights.pt")
 
 
+@contextlib.contextmanager
+def _importable(folder: Path, name: str):
+    """`folder` on sys.path for the modules a test writes there; afterwards neither it nor the module `name`."""
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(name, None)
+
+
 def _exported_from_module(folder: Path, name: str, source: str):
     """The module `name` written into `folder` (on sys.path) and imported, and an export of a learner of its Net."""
     import importlib
@@ -377,8 +389,7 @@ def test_an_export_whose_model_class_changed_or_went_since_is_said_so_and_a_dama
             def forward(self, x):
                 return self.lin(x.flatten(1).float()){}
         """)
-    sys.path.insert(0, str(tmp_path))
-    try:
+    with _importable(tmp_path, "netmod_s19"):
         mod, path = _exported_from_module(tmp_path, "netmod_s19", source.format(""))
         import warnings
         with warnings.catch_warnings():
@@ -394,9 +405,6 @@ def test_an_export_whose_model_class_changed_or_went_since_is_said_so_and_a_dama
         del mod.Net
         with pytest.raises(AttributeError, match=r"m.pkl holds the model's class by name, and it can't be found here"):
             load_learner(path)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("netmod_s19", None)
     torch.save({"format": "miniai-export", "version": 1}, tmp_path / "bare.pkl")
     with pytest.raises(ValueError, match=r"bare.pkl is an incomplete miniai export: it has no model"):
         load_learner(tmp_path / "bare.pkl")
@@ -656,16 +664,12 @@ def test_an_export_whose_models_base_class_changed_since_is_said_so(tmp_path):
             def forward(self, x):
                 return self.act(self.lin(x.flatten(1).float()))
         """)
-    sys.path.insert(0, str(tmp_path))
-    try:
+    with _importable(tmp_path, "basemod_s19"):
         mod, path = _exported_from_module(tmp_path, "basemod_s19", source.format("relu"))
         (tmp_path / "basemod_s19.py").write_text(source.format("sigmoid"))
         importlib.reload(mod)
         with pytest.warns(UserWarning, match=r"basemod_s19.Base has changed since"):
             load_learner(path)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("basemod_s19", None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_learner(image_learner().export(tmp_path / "plain.pkl"))  # (miniai's and torch's own classes: no word)
@@ -683,8 +687,7 @@ def test_an_export_whose_callback_class_changed_since_is_said_so(tmp_path):
             def before_batch(self, learn):
                 learn.batch = (learn.batch[0] * {}, *learn.batch[1:])
         """)
-    sys.path.insert(0, str(tmp_path))
-    try:
+    with _importable(tmp_path, "cbmod_s27"):
         (tmp_path / "cbmod_s27.py").write_text(source.format(1))
         mod = importlib.import_module("cbmod_s27")
         path = image_learner(cbs=[mod.Scale()]).export(tmp_path / "m.pkl")
@@ -692,9 +695,6 @@ def test_an_export_whose_callback_class_changed_since_is_said_so(tmp_path):
         importlib.reload(mod)
         with pytest.warns(UserWarning, match=r"cbmod_s27.Scale has changed since"):
             load_learner(path)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("cbmod_s27", None)
 
 
 def test_export_refuses_a_callback_that_may_prepare_batches_and_would_be_left_out(tmp_path):
