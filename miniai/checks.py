@@ -34,7 +34,8 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "python_number", "call_model",
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
            "check_callback_names", "check_fit_args", "check_loaders", "drops_last", "check_new_params",
-           "empty_pass_error", "batch_items", "preds_changed_error", "misplaced_cancel_note", "fit_note",
+           "check_not_empty", "listed", "batch_inputs", "batch_targets", "metrics_kept", "batch_items",
+           "preds_changed_error", "misplaced_cancel_note", "fit_note",
            "fit_optimizer", "fit_done", "batch_raised", "tag_cancel", "cleanup_error", "follows_lr", "loss_backward"]
 
 
@@ -918,7 +919,9 @@ def check_new_params(learn: Any) -> None:
     without a step, or that would change nothing: an optimizer of nothing trainable (an all-frozen model), or of
     other parameters than the model's (an earlier model's; `raw`: the one SWACB swapped out). Tensors outside the
     model (an input perturbation) are the optimizer's to train. Whatever learn.opt holds now (a callback's
-    before_fit may have put its own there) gets the one-step rule."""
+    before_fit may have put its own there) gets the one-step rule. An evaluation: nothing to check."""
+    if "train" not in learn.passes:
+        return
     model, opt, params_at_opt, raw = learn.model, learn.opt, learn._params_at_opt, getattr(learn, "raw_model", None)
     _one_step_a_batch(learn, opt)  # (the fit's own, again: its hook replaced by a fresh one)
     if not hasattr(opt, "param_groups"):  # an optimizer of one's own (the course's SGD class): no groups to read
@@ -952,13 +955,15 @@ def check_new_params(learn: Any) -> None:
                            "freeze the model first: model.requires_grad_(False)")
 
 
-def empty_pass_error(training: bool, epoch: Any, dl: Any) -> ValueError:
-    """The error for a pass that yielded no batches (it would log NaN metrics and feed them to schedulers)."""
-    name = "train" if training else "valid"
+def check_not_empty(learn: Any) -> None:
+    """Refuse a pass that yielded no batches (it would log NaN metrics and feed them to schedulers)."""
+    if learn.iter is not None:
+        return
+    name = "train" if learn.training else "valid"
     once = (" It is an iterator (a generator?), which can be walked only once: give a list of batches or a "
-            "DataLoader." if isinstance(dl, Iterator) else "")
-    return ValueError(f"dls.{name} yielded no batches in epoch {epoch}.{once} Check how it was built, or pass "
-                      + _skip_pass(name))
+            "DataLoader." if isinstance(learn.dl, Iterator) else "")
+    raise ValueError(f"dls.{name} yielded no batches in epoch {learn.epoch}.{once} Check how it was built, or pass "
+                     + _skip_pass(name))
 
 
 def misplaced_cancel_note(error: Exception, step: bool) -> str:
@@ -986,6 +991,28 @@ def all_params(model: torch.nn.Module, opt: Any = None) -> list[torch.Tensor]:
 def beside_model(model: nn.Module, opt: Any) -> list[torch.Tensor]:
     """The tensors `opt` trains that are not `model`'s parameters (a temperature), in the optimizer's order."""
     return all_params(model, opt)[len(list(model.parameters())):]
+
+
+def listed(cbs: Any, base: type) -> list:
+    """`cbs` as a list: one callback alone (an instance of `base`; the course's `cbs=DeviceCB()`) is a list of one."""
+    return [cbs] if isinstance(cbs, base) else list(cbs or [])
+
+
+def batch_inputs(learn: Any) -> tuple:
+    """The batch's inputs: its first `n_inp` items (`learn.xb`)."""
+    return tuple(batch_items(learn.batch, learn.n_inp)[:learn.n_inp])
+
+
+def batch_targets(learn: Any) -> tuple:
+    """The batch's targets: every item after the inputs (`learn.yb`)."""
+    return tuple(batch_items(learn.batch, learn.n_inp)[learn.n_inp:])
+
+
+def metrics_kept(learn: Any) -> Any:
+    """`learn.metrics` for a new fit: the MetricsCB that set it if it is still one of the learner's callbacks, else
+    None (an earlier fit's, gone: none of its values are this fit's)."""
+    metrics = getattr(learn, "metrics", None)
+    return metrics if any(cb is metrics for cb in learn.cbs) else None
 
 
 def batch_items(batch: Any, n_inp: int) -> tuple | list:

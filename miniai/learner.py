@@ -1,9 +1,9 @@
 """The training loop: a `Learner` that fires named events, and `Callback`s that do everything else.
 
 Read top to bottom: `fit` → `_one_epoch` → `_all_batches` → `_one_batch`. Every stage runs `before_<stage>`, its
-body, `after_<stage>`, and then every `cleanup_<stage>`, even after a cancel, an error, Ctrl-C or a cleanup's error;
-the user sees the first error raised, later ones become its notes. (fit's checks, and the details of its set-up
-and tear-down: checks.py; `TrainLearner`: supervised.py; `lr_find`, `get_preds`, ...: conveniences.py.)
+body, `after_<stage>`, then every `cleanup_<stage>`, even after a cancel, an error, Ctrl-C or a cleanup's error (the
+user sees the first error; later ones are its notes). fit's checks, set-up and tear-down: checks.py; `TrainLearner`:
+supervised.py; `lr_find`, `get_preds`, ...: conveniences.py.
 
 Cancelling (raise from any callback; raised in a stage's cleanup, a cancel only ends that stage, which is over):
 
@@ -46,7 +46,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn, optim
 
 from ._course import course_hooks, course_names
@@ -65,46 +64,34 @@ class CancelFitException(Exception): """Stop training now; every stage's `cleanu
 class CancelEpochException(Exception): """Skip the rest of this pass (train or valid) and its `after_epoch`."""
 class CancelBatchException(Exception): """Skip the rest of this batch, `after_batch` included."""
 class CancelStepException(Exception): """Skip this batch's `step`, `after_step` and `zero_grad` (gradients stay)."""
-
-
 _CANCELS = (CancelFitException, CancelEpochException, CancelBatchException, CancelStepException)
 
 
 class Callback:
-    """Base class for callbacks: methods named after events (`before_fit(self, learn)`, `after_batch`, ...) run,
-    sorted by `order` (lower first; built-in values: `miniai.callbacks`); a `before_`/`after_`/`cleanup_` method
-    must be an event, and other frameworks' event names (Keras' `on_epoch_end`, ...) are refused. The `STEPS` are
-    the learner's own methods unless a callback declares it does one, `owns_steps = ("backward",)` with a method
-    `backward(self, learn)`; a method named like a step but not declared, or a step owned twice, is an error when
-    the callback is added (a helper called `step` must never silently replace the optimizer step). The base
-    `Learner` has no steps: a callback owns all five (`TrainCB`).
+    """Base class for callbacks: methods named after events (`before_fit(self, learn)`, ...) run, sorted by `order`
+    (lower first; built-in values: `miniai.callbacks`); a `before_`/`after_`/`cleanup_` method must be an event
+    (Keras' `on_epoch_end` and the like are refused). The `STEPS` are the learner's own methods unless a callback
+    declares it does one, `owns_steps = ("backward",)` with a method `backward(self, learn)`; a method named like a
+    step but not declared, or a step owned twice, is an error when the callback is added (a helper called `step`
+    must never silently replace the optimizer step). The base `Learner` has no steps: `TrainCB` owns all five.
 
-    During a fit a callback may look (`get_preds`, `tta`, `summary` put everything back) but not call `fit`,
-    `lr_find`, `add_cb` or `rm_cb` (give it a flag it checks). `inference = True`: the callback shapes what the model
-    sees or predicts (DeviceCB, autocast), so `get_preds`, `tta` and `infer` run it too; False: it records or saves.
-    """
+    During a fit a callback may look (`get_preds`, `tta`, `summary`) but not call `fit`, `lr_find`, `add_cb` or
+    `rm_cb` (give it a flag it checks). `inference = True`: it shapes what the model sees or predicts (DeviceCB,
+    autocast), so `get_preds`, `tta` and `infer` run it too; False: it records or saves."""
     order: int = 0
     owns_steps: tuple[str, ...] = ()
     inference: bool = False
 
 
-Handler = Callable[["Learner"], None]
-
-
-def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Handler]]:
+def build_handlers(cbs: Iterable[Callback]) -> dict[str, list[Callable[[Learner], None]]]:
     """Map each event (and each owned step) to the bound methods that handle it, in callback order."""
-    table: dict[str, list[Handler]] = {name: [] for name in EVENTS + STEPS}
+    table: dict[str, list] = {name: [] for name in EVENTS + STEPS}
     for cb in sorted(cbs, key=lambda cb: cb.order):
         checks.check_callback_names(cb, EVENTS, STEPS, table)  # a misspelt event, an undeclared or twice-owned step
         for name in EVENTS + cb.owns_steps:
             if callable(getattr(cb, name, None)):
                 table[name].append(getattr(cb, name))
     return table
-
-
-def _listed(cbs: Callback | Iterable[Callback] | None) -> list[Callback]:
-    """`cbs` as a list: one callback alone (the course's `cbs=DeviceCB()`) is a list of one."""
-    return [cbs] if isinstance(cbs, Callback) else list(cbs or [])
 
 
 class Learner(Conveniences):
@@ -114,17 +101,15 @@ class Learner(Conveniences):
     _temporary: list = []  # the running fit's callbacks for this call only (fit(cbs=...), resume's)
     keeps_grads = False  # True: a training fit starts from the gradients the last left (MomentumLearner's momentum)
     _epochs_trained = 0  # by this learner's fits so far: the next fit's epoch_offset
-    stopped_by: BaseException | None = None  # set by each stage for its cleanups (the table above)
-    began = False  # whether the running fit got a loss past after_loss (one ended before keeps callbacks' records)
-    _set_up = False  # whether it got past before_fit (a fit refused there keeps the learner's opt)
+    stopped_by, began, _set_up = None, False, False  # (the table's; _set_up: past before_fit, else its opt is put back)
 
-    def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
-                 cbs: Iterable[Callback] | None = None, opt_func: Callable[..., optim.Optimizer] = optim.SGD,
-                 n_inp: int = 1) -> None:
+    def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable = nn.functional.mse_loss,
+                 lr: float | None = 0.1, cbs: Iterable[Callback] | None = None,
+                 opt_func: Callable[..., optim.Optimizer] = optim.SGD, n_inp: int = 1) -> None:
         checks.check_learner_args(loss_func, opt_func, n_inp, model)
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
         self.n_inp, self.opt, self.training, self.cbs, self._handlers = n_inp, None, False, [], build_handlers([])
-        for cb in _listed(cbs):
+        for cb in checks.listed(cbs, Callback):  # (one callback alone, the course's `cbs=DeviceCB()`: a list of one)
             self.add_cb(cb)
 
     def add_cb(self, cb: Callback) -> Learner:
@@ -143,27 +128,17 @@ class Learner(Conveniences):
         self._handlers = build_handlers(self.cbs)
         return self
 
-    @property
-    def xb(self) -> tuple:
-        """The batch's inputs: its first `n_inp` items."""
-        return tuple(checks.batch_items(self.batch, self.n_inp)[:self.n_inp])
-
-    @property
-    def yb(self) -> tuple:
-        """The batch's targets: every item after the inputs."""
-        return tuple(checks.batch_items(self.batch, self.n_inp)[self.n_inp:])
+    xb = property(checks.batch_inputs, doc="The batch's inputs: its first `n_inp` items (a tuple).")
+    yb = property(checks.batch_targets, doc="The batch's targets: every item after the inputs (a tuple).")
 
     # --- the loop --------------------------------------------------------------------------------------------
-    def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
-            cbs: Iterable[Callback] | None = None, lr: float | None = None,
-            resume: str | os.PathLike | None = None) -> None:
+    def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True, cbs: Iterable[Callback] | None = None,
+            lr: float | None = None, resume: str | os.PathLike | None = None) -> None:
         """Train for `n_epochs` (0: nothing runs); `cbs` are added for this call only (removed afterwards, even if
-        fit raises); `lr`, if given, replaces the learner's (and a resumed checkpoint's). `resume`: a checkpoint
-        file, or a `CheckpointCB` directory (its newest file): the run continues from the checkpoint's epoch up to
-        `n_epochs` in total, with model, optimizer, schedulers, data order and RNG restored, so it ends as the run
-        never stopped would (`train=False`: validates the checkpoint's weights, labelled with the epoch the run
-        logged them as). Ctrl-C runs every cleanup and re-raises KeyboardInterrupt with a note saying how to resume.
-        """
+        fit raises); `lr`, if given, replaces the learner's (and a resumed checkpoint's). `resume`: a checkpoint file,
+        or a `CheckpointCB` directory (its newest file): the run goes on from its epoch to `n_epochs` in total, with
+        model, optimizer, schedulers, data order and RNG restored, ending as the run never stopped would
+        (`train=False`: validates its weights). Ctrl-C runs every cleanup, then re-raises with how to resume."""
         checks.check_not_in_fit(self, "fit", "the outer fit would go on with this one's optimizer, lr and records")
         n_epochs, lr, opt_lr = checks.check_fit_args(self, n_epochs, train, valid, lr, resume)  # opt_lr: lr or self.lr
         if n_epochs == 0 and resume is None:
@@ -172,7 +147,7 @@ class Learner(Conveniences):
         self._kept = self.opt, getattr(self, "fit_lr", None), getattr(self, "_fit_opt", None)  # (if refused: fit_done)
         try:
             self._handlers = build_handlers(self.cbs)  # again: an order set since add_cb is the order the fit runs in
-            for cb in _listed(cbs):
+            for cb in checks.listed(cbs, Callback):
                 self.add_cb(cb)
                 temporary.append(cb)
             self.n_epochs, self.epochs, self.epoch, self.iter = n_epochs, range(n_epochs), None, None
@@ -180,15 +155,12 @@ class Learner(Conveniences):
             self.began, self._set_up, self.stopped_by = False, False, None  # (refused at its start, below)
             self.start_epoch, self.resumed_from, self.epoch_offset = 0, None, self._epochs_trained  # (resume's, if any)
             self.last_checkpoint, self.schedule_stop, self.stop_requested = None, None, False  # (set by callbacks)
-            if all(cb is not getattr(self, "metrics", None) for cb in self.cbs):
-                self.metrics = None  # an earlier fit's MetricsCB, gone: none of its values are this fit's
+            self.metrics = checks.metrics_kept(self)  # (an earlier fit's MetricsCB, gone: None, none of its values)
             checks.check_steps(self, STEPS, self._handlers)  # each done by the learner or by a callback
             checks.check_loaders(self.dls, self.passes)
-            if resume is not None:
-                from .callbacks.resume import resume_cb  # imported here: the callbacks import this module
-                temporary.append(resume_cb(self, resume, lr))
-                self.add_cb(temporary[-1])
-                opt_lr = temporary[-1].fit_lr or opt_lr  # no lr given: the saved run's
+            if resume is not None:  # a callback that loads the checkpoint at before_fit, for this call only
+                from .callbacks.resume import add_resume  # imported here: the callbacks import this module
+                opt_lr = add_resume(self, resume, lr, temporary) or opt_lr  # no lr given: the saved run's
             if train or self.opt is None or resume is not None:  # an evaluation keeps the optimizer, and its state
                 checks.fit_optimizer(self, opt_lr, lr is not None, resume is not None)  # opt, fit_lr; grads cleared
             self._in_fit = True
@@ -228,8 +200,7 @@ class Learner(Conveniences):
             raise
 
     def _all_epochs(self) -> None:
-        if "train" in self.passes:
-            checks.check_new_params(self)  # (and the one-step rule on an optimizer a before_fit brought)
+        checks.check_new_params(self)  # (a training fit's; and the one-step rule on an opt a before_fit brought)
         self._set_up, self._kept = True, None  # every before_fit ran (resume's loaded its checkpoint), and the fit
         for self.epoch in self.epochs:  # can train; the last fit's optimizer need not live through it. (epochs: read
             for name in self.passes:  # here, after before_fit: resume's callback or a progress bar may replace it)
@@ -253,8 +224,7 @@ class Learner(Conveniences):
         for self.iter, self.batch in enumerate(self.dl):
             self.stepped = False
             self._stage("batch", self._one_batch, CancelBatchException)
-        if self.iter is None:  # an empty pass would log NaN metrics and feed them to schedulers and early stopping
-            raise checks.empty_pass_error(self.training, self.epoch, self.dl)
+        checks.check_not_empty(self)  # an empty pass would log NaN metrics and feed them to schedulers, early stopping
 
     def _one_batch(self) -> None:
         self._do("predict")

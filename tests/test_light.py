@@ -129,4 +129,4 @@ def test_the_loop_stays_one_short_file():
     so a change that makes it longer has to raise this number on purpose, where a reviewer sees it."""
     from pathlib import Path
     lines = len(Path(miniai.__file__).with_name("learner.py").read_text().splitlines())
-    assert lines <= 287, f"miniai/learner.py has {lines} lines (budget 287): move what is not the loop out of it"
+    assert lines <= 257, f"miniai/learner.py has {lines} lines (budget 257): move what is not the loop out of it"

@@ -33,11 +33,20 @@ from .grad_accum import GradAccumCB
 from .scheduling import SCALING, BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, sets_lr_from_start
 from .swa import SWACB
 
-__all__ = ["ResumeCB", "resume_cb"]
+__all__ = ["ResumeCB", "resume_cb", "add_resume"]
 
 
 # what a resume reads of every checkpoint (files of every version hold them)
 _RESUMED = ("epoch", "model", "optimizer", "optimizer_class", "callbacks", "loaders", "grads", "rng", "metrics")
+
+
+def add_resume(learn: Learner, path: str | os.PathLike, lr: float | None, temporary: list) -> float | None:
+    """`fit(resume=path)`'s set-up: read and check the checkpoint (`resume_cb`), add the callback that loads it at
+    before_fit for this call only (listed in `temporary`, which fit removes), and return the saved run's lr."""
+    cb = resume_cb(learn, path, lr)
+    temporary.append(cb)
+    learn.add_cb(cb)
+    return cb.fit_lr
 
 
 def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) -> ResumeCB:
@@ -88,7 +97,7 @@ def _schedules(cb: Callback) -> bool:
 class ResumeCB(Callback):
     """Loads a checkpoint into the learner after every other `before_fit`: model, optimizer, callbacks, loaders, RNG.
 
-    Made by `learn.fit(n, resume=path)` through `resume_cb`. Running last at before_fit is what makes it work:
+    Made by `learn.fit(n, resume=path)` through `add_resume`. Running last at before_fit is what makes it work:
     schedulers build their scheduler there, DeviceCB moves the model there (and DDP or compile may wrap it), and
     only now is the optimizer final. An `lr` given to that fit replaces the checkpoint's (refused when a
     scheduling callback would overwrite it at its next step).
