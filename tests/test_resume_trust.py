@@ -1430,3 +1430,44 @@ def test_numpy_numbers_given_to_grad_accumulation_or_clipping_resume(tmp_path, m
     resumed.fit(3, resume=tmp_path)
     straight.fit(3)
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), straight.model.parameters()))
+
+
+def _resume_warnings(tmp_path, saved_loss, resumed_loss) -> list[str]:
+    """The 'kept outside' warnings a resume with `resumed_loss` gets from a run saved with `saved_loss`."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.learner import TrainLearner
+    from torch.utils.data import DataLoader, TensorDataset
+    from types import SimpleNamespace
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
+    dls = SimpleNamespace(train=DataLoader(data, 8), valid=DataLoader(data, 8))
+    torch.manual_seed(0)
+    TrainLearner(torch.nn.Linear(4, 3), dls, saved_loss).fit(1, cbs=[CheckpointCB(tmp_path / "run")])
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TrainLearner(torch.nn.Linear(4, 3), dls, resumed_loss).fit(2, resume=tmp_path / "run")
+    return [str(w.message) for w in caught if "kept outside" in str(w.message)]
+
+
+def test_a_loss_wrapped_in_partial_is_compared_with_its_functions_defaults(tmp_path):
+    """(probe ckpt) partial(F.cross_entropy) against F.cross_entropy was told that ignore_index and reduction
+    differed ('mean saved, none here', which reads as reduction='none'): a partial's settings were its keywords
+    alone, a function's its defaults. The same call is no change; a changed keyword is named alone."""
+    import torch.nn.functional as F
+    assert _resume_warnings(tmp_path / "a", F.cross_entropy, partial(F.cross_entropy)) == []
+    assert _resume_warnings(tmp_path / "b", partial(F.cross_entropy, reduction="mean"), F.cross_entropy) == []
+    [told] = _resume_warnings(tmp_path / "c", F.cross_entropy, partial(F.cross_entropy, label_smoothing=0.3))
+    assert "loss_func.label_smoothing: 0.0 saved, 0.3 here" in told
+    assert "ignore_index" not in told and "reduction" not in told, told
+
+
+def test_a_setting_only_one_side_has_is_said_to_be_not_set_there_not_none(tmp_path):
+    """(probe ckpt) A setting missing on one side was shown as 'none', which reads as a value (reduction='none')."""
+    class Scaled(torch.nn.Module):
+        def forward(self, p, y):
+            return torch.nn.functional.cross_entropy(p, y) * getattr(self, "scale", 1.0)
+    extra = Scaled()
+    extra.scale = 2.0
+    [told] = _resume_warnings(tmp_path, Scaled(), extra)
+    assert "loss_func.scale: (not set) saved, 2.0 here" in told, told

@@ -401,11 +401,20 @@ def setup_of(learn: Learner) -> dict[str, Any]:
         if isinstance(cb, MetricsCB):  # what each metric computes (top-2 accuracy resumed as top-1 under one name)
             for name, metric in cb.metrics.items():
                 _metric_parts(found, f"{key}.{name}", metric)
-    found["setup version"] = 5  # (files before it compared fewer values: one only here is no change for them)
+    found["setup version"] = 6  # (files before it compared fewer values: one only here is no change for them)
     sampler = getattr(getattr(learn.dls, "train", None), "sampler", None)  # (a torch DataLoader's: shuffle or not)
     if sampler is not None:
         found["dls.train.sampler"] = type(sampler).__name__
     return found
+
+
+def _defaults(f: Any) -> dict[str, Any]:
+    """A Python function's parameters that have defaults, with them (none for anything else)."""
+    if not isinstance(f, types.FunctionType):
+        return {}
+    code, defaults = f.__code__, f.__defaults__ or ()
+    return {**dict(zip(code.co_varnames[code.co_argcount - len(defaults):code.co_argcount], defaults)),
+            **(f.__kwdefaults__ or {})}
 
 
 def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str] | None = None,
@@ -421,15 +430,13 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
             _plain_parts(found, name, x.__self__, depth=depth)
         found[name] = _named(x.__func__)
         parts = global_numbers(x.__func__)
-    elif isinstance(x, functools.partial):
+    elif isinstance(x, functools.partial):  # (over its function's defaults: partial(f) is f, the same settings)
         found[name] = _named(x.func)
-        parts = {**dict(enumerate(x.args)), **x.keywords, **global_numbers(x.func)}
+        parts = {**_defaults(x.func), **dict(enumerate(x.args)), **x.keywords, **global_numbers(x.func)}
     elif isinstance(x, types.FunctionType):  # and what it reads of its maker's (a factory's loss) or its defaults
         found[name] = _named(x)
-        code, defaults = x.__code__, x.__defaults__ or ()
-        parts = {**dict(zip(code.co_varnames[code.co_argcount - len(defaults):code.co_argcount], defaults)),
-                 **(x.__kwdefaults__ or {})}
-        for var, cell in zip(code.co_freevars, x.__closure__ or ()):
+        parts = _defaults(x)
+        for var, cell in zip(x.__code__.co_freevars, x.__closure__ or ()):
             with contextlib.suppress(ValueError):  # (a cell not filled yet)
                 parts[var] = cell.cell_contents
         parts.update(global_numbers(x))

@@ -287,10 +287,12 @@ def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: lis
     # (a module one side lacks: the model check names those with weights; a lazy one not run yet has no settings)
     keys = [k for k in {**saved, **here} if k not in moved and (not k.startswith("model") or k in saved and k in here)
             and not (k not in saved and k.endswith(_TRANSFORM_PASSES) and k.rsplit(".", 1)[0] + ".tfm" in saved)
-            and (k in saved or saved.get("setup version", 0) >= 4) and k != "setup version"
+            and (k in saved or saved.get("setup version", 0) >= (6 if k.startswith("loss_func.") else 4))
+            and k != "setup version"
             and (".global " not in k or saved.get("setup version", 0) >= 5)]  # (older files compared fewer:
-    # metrics, closures, a key only here is no change for them; version 4 read a loss's globals otherwise)
-    changed = [f"{k}: {_shown(saved.get(k))} saved, {_shown(here.get(k))} here" for k in keys
+    # metrics, closures, a key only here is no change for them; version 4 read a loss's globals otherwise; before 6
+    # a partial's function's defaults were not read)
+    changed = [f"{k}: {_shown(saved, k)} saved, {_shown(here, k)} here" for k in keys
                if saved.get(k) != here.get(k)]
     if changed:
         warn(f"resuming from {file}: settings kept outside every state_dict differ from the saved run's "
@@ -300,9 +302,14 @@ def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: lis
              "with the new ones, start a new fit from the checkpoint's weights.")
 
 
-def _shown(value: Any) -> str:
-    """A value of `setup_of`, for a message (a tensor's is its text already); 'none' for a missing one."""
-    return "none" if value is None else value if isinstance(value, str) else repr(value)
+_NOT_SET = object()
+
+
+def _shown(setup: dict[str, Any], key: str) -> str:
+    """`setup[key]` (a value of `setup_of`) for a message (a tensor's is its text already); '(not set)' for a key
+    it lacks (not 'none', which reads as a value: reduction='none')."""
+    value = setup.get(key, _NOT_SET)
+    return "(not set)" if value is _NOT_SET else value if isinstance(value, str) else repr(value)
 
 
 def _plain_bytes(x: Any) -> Any:
