@@ -203,7 +203,7 @@ class Learner(Conveniences):
         checks.check_new_params(self)  # (a training fit's; and the one-step rule on an opt a before_fit brought)
         self._set_up, self._kept = True, None  # every before_fit ran (resume's loaded its checkpoint), and the fit
         for self.epoch in self.epochs:  # can train; the last fit's optimizer need not live through it. (epochs: read
-            for name in self.passes:  # here, after before_fit: resume's callback or a progress bar may replace it)
+            for name in self.passes:  # here, after before_fit: a callback's may replace it, the course's ProgressCB)
                 self._one_epoch(name == "train")
 
     def _one_epoch(self, training: bool) -> None:

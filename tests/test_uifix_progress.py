@@ -71,3 +71,49 @@ def test_a_kernel_whose_shell_subclasses_jupyters_counts_as_a_notebook(monkeypat
     assert not progress_module.in_notebook()
     monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=type("TerminalInteractiveShell", (), {})))
     assert not progress_module.in_notebook()
+
+
+def test_in_a_notebook_callbacks_read_the_loader_and_the_epochs_as_in_a_script(fake_kernel):
+    """(probe plots) In a notebook ProgressCB put its fastprogress bars in learn.dl and learn.epochs: a callback
+    after it found no len(learn.dl) (a bare TypeError in Jupyter only), and the Ctrl-C note counted batches 'of ?'.
+    The bars are moved by hand now, as the terminal bar is."""
+    from miniai.learner import Callback
+    seen = []
+
+    class Reads(Callback):
+        order = 40  # after ProgressCB (30)
+
+        def before_epoch(self, learn):
+            seen.append((learn.dl is (learn.dls.train if learn.training else learn.dls.valid), len(learn.dl),
+                         learn.epochs))
+
+    learn = tiny_learner([MetricsCB(), ProgressCB(mode="notebook"), Reads()])
+    learn.fit(2)
+    assert [same for same, _, _ in seen] == [True] * 4
+    assert [n for _, n, _ in seen] == [len(learn.dls.train), len(learn.dls.valid)] * 2
+    assert all(epochs == range(2) for _, _, epochs in seen)
+    html = " ".join(str(obj) for obj in fake_kernel)  # the bars still move: the train pass's to its end
+    assert f'<progress max="{len(learn.dls.train)}" value="{len(learn.dls.train)}"' in html
+
+
+def _graph_lines(shown: list[Any]) -> list[Any]:
+    import matplotlib.figure
+    figures = [obj for obj in shown if isinstance(obj, matplotlib.figure.Figure)]
+    return figures[-1].axes[0].lines if figures else []
+
+
+def test_the_live_graph_ends_with_every_training_loss_of_a_fit_without_validation(fake_kernel):
+    """(probe plots) fit(2, valid=False) drew its graph at the first batch only (the graph was redrawn at a
+    validation pass's end): 1 of the fit's losses was left in the notebook, a single point, which draws nothing."""
+    progress = ProgressCB(mode="notebook", plot=True)
+    tiny_learner([MetricsCB(), progress]).fit(2, valid=False)
+    train = _graph_lines(fake_kernel)[0]
+    assert len(train.get_xdata()) == len(progress.losses) > 2
+
+
+def test_lr_find_draws_no_live_training_graph(fake_kernel):
+    """(probe plots) lr_find with a learner's ProgressCB(plot=True) left a live 'training loss' graph of the
+    finder's first few losses in the notebook beside lr_find's own plot."""
+    learn = tiny_learner([MetricsCB(), ProgressCB(mode="notebook", plot=True)])
+    learn.lr_find(plot=False, max_epochs=2)
+    assert _graph_lines(fake_kernel) == []

@@ -22,6 +22,7 @@ from .ddp import DDPCB
 from .guards import EarlyStoppingCB
 from ..weighting import batch_n_items
 from .metrics import MetricsCB, no_row
+from .progress import ProgressCB
 from .scheduling import BaseSchedCB, lr_ratios
 from .state import kept
 from .swa import SWACB
@@ -328,11 +329,14 @@ def lr_find(learn: Learner, gamma: float = 1.3, max_mult: float = 3.0, start_lr:
 
 
 class _NoTable(Callback):
-    """Keeps MetricsCB's tables of the finder's passes off the screen: their rows, labelled epochs 0, 1, ..., read as
-    epochs of training (`kept` puts the loggers back)."""
+    """Keeps MetricsCB's tables and ProgressCB's live loss graph of the finder's passes off the screen: their rows,
+    labelled epochs 0, 1, ..., read as epochs of training, its graph as a training run (`kept` puts the loggers
+    back; ProgressCB decides again at each fit's before_fit)."""
     order = 31  # after ProgressCB (30) has put its own logger in place
 
     def before_fit(self, learn: Learner) -> None:
         for cb in learn.cbs:
+            if isinstance(cb, ProgressCB):
+                cb._graphs = False
             if isinstance(cb, MetricsCB):
                 cb._log = no_row  # (on the instance: also over a subclass's own _log, the course's WandBCB)

@@ -169,6 +169,8 @@ class ProgressCB(Callback):
         self.pbar: Any = None
         self._pass_length: int | None = None
         self._sum_loss = False  # (set each fit: the loss's reduction is 'sum', its curve drawn per item)
+        self._graphs = False  # (set each fit: whether it draws the live graph)
+        self._epochs_begun: list = []  # this fit's epochs whose first pass began (the notebook's epochs bar)
 
     def before_fit(self, learn: Learner) -> None:
         bars = [cb for cb in learn.cbs if isinstance(cb, ProgressCB)]
@@ -207,10 +209,11 @@ class ProgressCB(Callback):
         self.mbar = None
         if self._mode == "terminal":
             self.mbar = ConsoleBar(learn.n_epochs)  # counted from the start of the run, also when resumed
-        elif self._mode == "notebook":
+        elif self._mode == "notebook":  # (its bars are moved by hand, as the terminal's: learn.epochs and learn.dl
+            # stay what learner.py's table says, not bars wrapping them, which have no len)
             from fastprogress.fastprogress import NBMasterBar  # here: a quarter of a second to import
             self.mbar = NBMasterBar(learn.epochs)
-            learn.epochs = self.mbar
+        self._graphs, self._epochs_begun = self.plot and self._mode == "notebook", []  # (lr_find: no graph)
 
     def _give_back(self) -> None:
         """Put back MetricsCB's `_log` and `log_fn` as they were before this fit took its rows."""
@@ -250,19 +253,25 @@ class ProgressCB(Callback):
             self._pass_length = len_or_none(learn.dl)
             self.mbar.start()
             self.mbar.show(learn.epoch, "train" if learn.training else "valid", 0, self._pass_length)
-        elif self.mbar is not None and len_or_none(learn.dl) is not None:  # a bar needs the length; else no bar
-            from fastprogress.fastprogress import progress_bar
-            self.pbar = progress_bar(learn.dl, leave=False, parent=self.mbar)
-            learn.dl = self.pbar
+        elif self.mbar is not None:
+            if learn.epoch in learn.epochs and learn.epoch not in self._epochs_begun:  # (not SWACB's 'swa')
+                self.mbar.update(len(self._epochs_begun))  # epochs begun before: the first shows the bars
+                self._epochs_begun.append(learn.epoch)
+            if len_or_none(learn.dl) is not None:  # a bar needs the length; else no bar
+                from fastprogress.fastprogress import NBProgressBar
+                self.pbar = NBProgressBar(range(len(learn.dl)), leave=False, parent=self.mbar)
+                self.pbar.update(0)
 
     def after_batch(self, learn: Learner) -> None:
+        if self.pbar is not None:  # (fastprogress redraws a few times a second)
+            self.pbar.update(learn.iter + 1)
         if learn.training:  # (a summed loss per item, as MetricsCB logs it and the valid points are)
             self._train_losses.push(learn.loss / batch_n_items(learn) if self._sum_loss else learn.loss)
         now = time.perf_counter()
         if now - self._last_read < _READ_EVERY:  # the bar redraws a few times a second: read losses as often
             return
         self._last_read = now
-        if not learn.training:  # the terminal bar of a validation pass moves too (notebook bars wrap the loader)
+        if not learn.training:  # the terminal bar of a validation pass moves too (the notebook bar moved above)
             if self._mode == "terminal" and self.mbar is not None:
                 self.mbar.show(learn.epoch, "valid", learn.iter + 1, self._pass_length)
             return
@@ -275,7 +284,7 @@ class ProgressCB(Callback):
             self.mbar.show(learn.epoch, "train", learn.iter + 1, self._pass_length, comment)
         elif values and self.pbar is not None:
             self.pbar.comment = comment
-        if self.plot and self._mode == "notebook" and now - self._last_graph > self.graph_every:
+        if self._graphs and now - self._last_graph > self.graph_every:
             self._update_graph(learn)
 
     def after_epoch(self, learn: Learner) -> None:
@@ -283,7 +292,7 @@ class ProgressCB(Callback):
             self._train_losses.flush()  # starts the copy; the validation pass runs while it lands
         else:
             self._train_losses.drain(wait=True)
-            if self.plot and self._mode == "notebook":
+            if self._graphs:
                 self._update_graph(learn)
 
     def cleanup_epoch(self, learn: Learner) -> None:
@@ -291,6 +300,8 @@ class ProgressCB(Callback):
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._train_losses.drain(wait=True)
+        if self._graphs and self._last_graph:  # the graph ends with every loss (none redrawn it since: valid=False)
+            self._update_graph(learn)
         restore_if_refused(self, learn)  # (a fit refused before its first batch leaves the last one's curves)
         self._give_back()
         if isinstance(self.mbar, ConsoleBar):
