@@ -551,3 +551,48 @@ def test_the_course_attributes_metricscb_and_recordercb_lack_say_where_their_val
     learn = tiny_learner([rec])
     learn.fit(1)
     assert rec.recs["lr"] == [0.1] * 3
+
+
+def test_a_traincb_subclass_whose_before_fit_skips_traincbs_is_told_to_call_it():
+    """(probe course) The course's MixedPrecision(TrainCB) has a before_fit of its own, without super(): the n_inp
+    given to it never reached the learner (TrainCB's before_fit sets it), so a model with an optional second input
+    ran on the first alone, and a loss then blamed n_inp=1; with a course-style predict (self.n_inp: None) the
+    model took the whole batch. Now refused before the first batch, with the fix."""
+    from miniai.callbacks import TrainCB
+    from miniai.learner import Learner
+    seen = []
+
+    class TwoArgs(nn.Linear):
+        def forward(self, x, cond=None):
+            seen.append(cond)
+            return super().forward(x)
+
+    class OwnBeforeFit(TrainCB):
+        def before_fit(self, learn):
+            self.scaler = "set up"
+    learn = tiny_learner()
+    for cb in (OwnBeforeFit(n_inp=1), OwnBeforeFit()):
+        with pytest.raises(TypeError, match=r"OwnBeforeFit.before_fit .*super\(\).before_fit\(learn\)"):
+            Learner(TwoArgs(1, 1), learn.dls, learn.loss_func, lr=0.1, cbs=[cb]).fit(1)
+    assert seen == []
+
+    class CallsSuper(OwnBeforeFit):
+        def before_fit(self, learn):
+            super(OwnBeforeFit, self).before_fit(learn)
+    Learner(TwoArgs(1, 1), learn.dls, learn.loss_func, lr=0.1, cbs=[CallsSuper()]).fit(1)
+    assert seen and all(cond is None for cond in seen)
+
+
+def test_a_traincb_subclass_that_skips_traincbs_init_trains():
+    """(probe course) The course's TrainCB.__init__ only set n_inp: a subclass setting it itself, without
+    super().__init__(), trained there; here it was a bare AttributeError: '_loss'."""
+    from miniai.callbacks import TrainCB
+    from miniai.learner import Learner
+
+    class NoSuperInit(TrainCB):
+        def __init__(self, n_inp=1):
+            self.n_inp = n_inp
+    learn = tiny_learner()
+    before = learn.model.weight.detach().clone()
+    Learner(learn.model, learn.dls, learn.loss_func, lr=0.1, cbs=[NoSuperInit()]).fit(1)
+    assert not torch.equal(before, learn.model.weight)

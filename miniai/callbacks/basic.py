@@ -257,10 +257,10 @@ class TrainCB(Callback):
     order = -40  # (before_fit, its one event: before DDPCB, DeviceCB, BatchTransformCB... read n_inp)
     _learners_n_inp: int | None = None  # the learner's, read at before_fit
     _n_inp: int | None = None  # the one given (a subclass that shadows n_inp with a class attribute sets none)
+    _loss: SupervisedLoss | None = None  # made at the first loss (a course subclass may skip __init__)
 
     def __init__(self, n_inp: int | None = None) -> None:
         self.n_inp = n_inp
-        self._loss = SupervisedLoss()
 
     @property
     def n_inp(self) -> int | None:
@@ -272,9 +272,7 @@ class TrainCB(Callback):
         self._n_inp = n_inp
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # one pickled before TrainCB kept its loss check (an older export) gets one now; one pickled before n_inp
-        # was a property held it as n_inp
-        state = {"_loss": SupervisedLoss(), **state}
+        # one pickled before n_inp was a property held it as n_inp
         if "n_inp" in state:
             state["_n_inp"] = state.pop("n_inp")
         self.__dict__.update(state)
@@ -284,10 +282,19 @@ class TrainCB(Callback):
             learn.n_inp = self._n_inp
         self._learners_n_inp = learn.n_inp
 
+    def before_epoch(self, learn: Learner) -> None:
+        if self._learners_n_inp is None:  # (the course's MixedPrecision(TrainCB) has its own before_fit)
+            raise TypeError(f"{type(self).__name__}.before_fit replaces TrainCB's without calling "
+                            "super().before_fit(learn), which gives the learner the n_inp this callback was given "
+                            "and reads the learner's into self.n_inp: without it the model may get the wrong "
+                            "inputs. Call super().before_fit(learn) first in yours")
+
     def predict(self, learn: Learner) -> None:
         learn.preds = call_model(learn)  # (an error gets a note of the inputs it was given)
 
     def get_loss(self, learn: Learner) -> None:
+        if self._loss is None:
+            self._loss = SupervisedLoss()
         learn.loss = self._loss(learn)
 
     def backward(self, learn: Learner) -> None:
