@@ -1450,3 +1450,49 @@ def test_an_optimizer_a_callback_brings_at_before_fit_gets_the_one_step_rule():
     with pytest.raises(RuntimeError, match=r"called from Stray.after_step in training batch 0"):
         tiny_learner([OwnOpt(), Stray()]).fit(1)
     tiny_learner([OwnOpt()]).fit(2)
+
+
+class _SwapsLoader(Callback):
+    """A curriculum callback of one's own: trains on another loader than dls.train, set at `event`."""
+
+    def __init__(self, loader, event="before_epoch") -> None:
+        self.loader = loader
+        setattr(self, event, self._swap)
+
+    def _swap(self, learn) -> None:
+        if learn.training:
+            learn.dl = self.loader
+
+
+@pytest.mark.parametrize("planner", ["accumulation", "cosine", "one-cycle"])
+def test_a_training_loader_of_another_length_than_the_fit_planned_for_is_refused_before_its_first_batch(planner):
+    """(probe author) A callback set learn.dl to a loader of 8 batches where dls.train had 4: GradAccumCB(2) stepped
+    on single batches from the 3rd on (weights 1.569 for 1.294), a cosine over 2 epochs climbed back to its peak
+    lr, and a one-cycle trained an epoch, then raised torch's 'Tried to step 9 times'."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from miniai.callbacks import GradAccumCB
+    from miniai.callbacks.scheduling import fit_one_cycle
+    x = torch.randn(128, 1)
+    longer = DataLoader(TensorDataset(x, 2 * x + 3), 16)
+    cbs = [_SwapsLoader(longer)]
+    if planner == "accumulation":
+        cbs.append(GradAccumCB(2))
+    if planner == "cosine":
+        cbs.append(BatchSchedCB(functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=8)))
+    learn = tiny_learner(cbs, n_train=64)
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"learn.dl has 8 batches.*4 when.*began.*between fits"):
+        fit_one_cycle(learn, 2) if planner == "one-cycle" else learn.fit(2)
+    assert torch.equal(before, learn.model.weight)  # refused before any batch trained
+
+
+def test_a_loader_of_the_same_length_set_at_before_epoch_trains_and_one_set_mid_pass_is_refused():
+    """A wrapper of the same length (the course's progress bar) is the loop's to walk; one set at before_batch was
+    ignored (the loop walks the loader it began with) while later readers of learn.dl saw the new one."""
+    from torch.utils.data import DataLoader, TensorDataset
+    learn = tiny_learner(n_train=64)
+    x = torch.randn(64, 1)
+    same = DataLoader(TensorDataset(x, 2 * x + 3), 16)
+    learn.fit(1, cbs=[_SwapsLoader(same)])
+    with pytest.raises(ValueError, match=r"learn.dl was replaced during the pass.*before_epoch"):
+        learn.fit(1, cbs=[_SwapsLoader(same, "before_batch")])
