@@ -1489,3 +1489,35 @@ def test_a_schedule_on_an_optimizer_without_param_groups_says_what_to_use(cb_cls
             return self.inner.state_dict()
     TrainLearner(nn.Linear(1, 1), linear_dls(), F.mse_loss, lr=0.05, opt_func=Wrapper,
                  cbs=[cb_cls(partial(ls.OneCycleLR, max_lr=0.1, total_steps=20))]).fit(1)
+
+
+def test_a_schedule_short_of_its_end_by_a_callbacks_skipped_steps_says_how_to_plan_for_them():
+    """(probe author) Gradient accumulation of one's own by CancelStepException (the cancel table's recipe) left a
+    one-cycle near its peak (lr 0.0994 at the end); the warning said so but not what to do: optimizer_steps."""
+    import math
+    from miniai.callbacks.scheduling import fit_one_cycle
+    from miniai.learner import Callback, CancelStepException
+    from tests.synth import tiny_learner
+
+    class Accum(Callback):
+        def __init__(self, n):
+            self.n, self.k = n, 0
+
+        def after_backward(self, learn):
+            self.k += 1
+            if self.k % self.n:
+                raise CancelStepException()
+    with pytest.warns(UserWarning, match=r"optimizer_steps\(self, n_batches\)"):
+        fit_one_cycle(tiny_learner([Accum(3)], n_train=96), 2, max_lr=0.1)
+
+    class Planned(Accum):
+        def optimizer_steps(self, n_batches):
+            return math.ceil(n_batches / self.n)
+
+        def after_step(self, learn):
+            self.trained_at = learn.opt.param_groups[0]["lr"]  # (before the schedule moves it: order 0 < 20)
+    planned = Planned(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # planned for: no warning, the schedule reaches its end
+        fit_one_cycle(tiny_learner([planned], n_train=96), 2, max_lr=0.1)
+    assert planned.trained_at < 1e-5

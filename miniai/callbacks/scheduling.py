@@ -739,7 +739,9 @@ class BatchSchedCB(BaseSchedCB):
                  "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
                  "optimizer, so it ended short of its end: "
                  + (f"the last batch trained at lr {float(self._trained_lr):.3g}." if self.n_steps else
-                    "it never stepped."))
+                    "it never stepped.") + " A callback of yours that skips steps on purpose (accumulating "
+                 "gradients by CancelStepException): give it optimizer_steps(self, n_batches), the steps a pass of "
+                 "n_batches takes, and schedules plan for those.")
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
