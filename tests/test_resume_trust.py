@@ -1471,3 +1471,27 @@ def test_a_setting_only_one_side_has_is_said_to_be_not_set_there_not_none(tmp_pa
     extra.scale = 2.0
     [told] = _resume_warnings(tmp_path, Scaled(), extra)
     assert "loss_func.scale: (not set) saved, 2.0 here" in told, told
+
+
+def test_a_torch_loader_over_a_tensor_dataset_holding_other_data_of_the_same_size_is_said_so_on_resume(tmp_path):
+    """(probe ckpt) Resumed on a DataLoader(TensorDataset) of other values (another split seed, another
+    preprocessing), the same size: nothing was said, and the weights ended 0.27 from the run never stopped. A
+    TensorLoader's tensors were checksummed; a TensorDataset's are too now."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from types import SimpleNamespace
+    from miniai.callbacks import CheckpointCB
+    from miniai.learner import TrainLearner
+
+    def learner(seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(48, 2, generator=g)
+        train, valid = TensorDataset(x[:32], x[:32].sum(1, keepdim=True)), TensorDataset(x[32:], x[32:].sum(1, keepdim=True))
+        torch.manual_seed(0)
+        return TrainLearner(torch.nn.Linear(2, 1), SimpleNamespace(train=DataLoader(train, 8), valid=DataLoader(valid, 8)),
+                            torch.nn.functional.mse_loss)
+    learner(0).fit(1, cbs=[CheckpointCB(tmp_path / "run")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same data: nothing to say
+        learner(0).fit(2, resume=tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"dls.train holds other data than the saved run's"):
+        learner(1).fit(3, resume=tmp_path / "run" / "epoch_0001.pt")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.utils.data import DataLoader, TensorDataset
 
 from ..checks import add_note, beside_model, check_count, own_place, warn
 from ..data import TensorLoader
@@ -417,6 +418,15 @@ def _defaults(f: Any) -> dict[str, Any]:
             **(f.__kwdefaults__ or {})}
 
 
+def held_tensors(dl: Any) -> list[torch.Tensor] | None:
+    """The tensors a loader's data is (a TensorLoader's x and y, a torch DataLoader's TensorDataset's), to checksum;
+    None for other loaders (what their datasets read is not looked at)."""
+    if isinstance(dl, TensorLoader):
+        return [dl.x, dl.y]
+    dataset = getattr(dl, "dataset", None)
+    return list(dataset.tensors) if isinstance(dl, DataLoader) and isinstance(dataset, TensorDataset) else None
+
+
 def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str] | None = None,
                  depth: int = 2) -> None:
     """`x`'s function name, or its class name and its plain attributes and buffers (`buffers`: which; default all
@@ -581,9 +591,9 @@ def checkpoint_state(learn: Learner, epochs_done: int, rng_ranks: list[tuple[Any
         "metrics": {"history": metrics.history, "last": metrics.last} if keep_metrics else None,
         "loaders": {name: _loader_state(getattr(learn.dls, name, None)) for name in ("train", "valid")},
         "loader_sizes": {name: loader_size(getattr(learn.dls, name, None)) for name in ("train", "valid")},
-        # the data a TensorLoader holds (~12 ms per 50 MB): other data of the same size is said on resume too
-        "loader_data": {name: byte_sums([dl.x, dl.y]) for name in ("train", "valid")
-                        if isinstance(dl := getattr(learn.dls, name, None), TensorLoader)},
+        # the tensors a loader holds (~12 ms per 50 MB): other data of the same size is said on resume too
+        "loader_data": {name: byte_sums(held) for name in ("train", "valid")
+                        if (held := held_tensors(getattr(learn.dls, name, None))) is not None},
         "rng": rng_state(), "rng_ranks": [rng for rng, _ in rng_ranks] if rng_ranks else None,
         "generator_ranks": [gens for _, gens in rng_ranks] if rng_ranks else None,
         "setup": {k: v for k, v in setup.items() if k not in moved}, "setup_moved": moved,

@@ -21,9 +21,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ..checks import beside_model, warn
 from ..distributed import is_dist, rank, world_size
 from ..learner import Callback, Learner
-from ..data import TensorLoader
 from ..utils import checksums_match, counted
-from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint,
+from .checkpoint import (CheckpointCB, CheckpointMismatchError, find_checkpoint, held_tensors,
                          load_checkpoint, loader_generators, loader_size, optimizer_settings, param_names,
                          run_generators, set_generator_state, setup_of, stateful_callbacks, unwrap, weights_call)
 from .guards import EarlyStoppingCB, GradClipCB
@@ -205,7 +204,7 @@ class ResumeCB(Callback):
                      "size, or other data): the run trains on, but won't end as the saved run would have. "
                      "Resume with the saved run's loaders to continue it exactly.")
             data = state.get("loader_data", {}).get(name)  # (older files, other loaders: none saved)
-            if data is not None and isinstance(dl, TensorLoader) and not checksums_match(data, [dl.x, dl.y]):
+            if data is not None and (held := held_tensors(dl)) is not None and not checksums_match(data, held):
                 warn(f"resuming from {file}: dls.{name} holds other data than the saved run's (the checksums "
                      "of its inputs and targets differ): the run trains on, but not as it "
                      "began. Resume with the saved run's data to continue it exactly (another dataset, or "
