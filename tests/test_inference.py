@@ -312,7 +312,7 @@ def test_the_loaded_learner_has_the_predict_path_and_nothing_of_training(tmp_pat
     learn = trained([MixedPrecisionCB()])
     loaded = load_learner(learn.export(tmp_path / "m.pkl"))
     # (and the NaN guard, which acts only if it trains on: inference passes don't run it)
-    assert [type(cb) for cb in loaded.cbs] == [DeviceCB, BatchTransformCB, MixedPrecisionCB, TerminateOnNaNCB]
+    assert [type(cb) for cb in loaded.cbs] == [DeviceCB, MixedPrecisionCB, TerminateOnNaNCB]  # (RandomFlip: training only)
     assert loaded.dls.classes == ["a", "b", "c"] and isinstance(loaded.dls.normalize, Normalize)
     assert loaded.dls.train is None and loaded.opt is None and not loaded.model.training
     assert loaded.loss_func is F.cross_entropy
@@ -1329,3 +1329,18 @@ def test_infer_on_a_model_of_another_float_dtype_gives_it_its_dtype(tmp_path):
     learn.model.double()
     loaded = load_learner(learn.export(tmp_path / "m.pkl"))
     torch.testing.assert_close(loaded.infer(raw).probs.float(), expected.float(), atol=1e-5, rtol=0)
+
+
+def test_export_leaves_out_a_training_only_batch_transform_and_keeps_a_validation_one(tmp_path):
+    """(probe augment) BatchTransformCB(on_val=False), an augmentation that never runs in a prediction pass, went
+    into the exported file (inference = True on the class): one of a lambda made export refuse, one of a class
+    of a training-only module became an import load_learner needed."""
+    from miniai.callbacks import BatchTransformCB
+    augment = BatchTransformCB(lambda x: x + 0.05 * torch.randn_like(x))
+    loaded = load_learner(image_learner(cbs=[augment]).export(tmp_path / "m.pkl"))
+    assert not any(isinstance(cb, BatchTransformCB) for cb in loaded.cbs)
+    normalize = BatchTransformCB(partial(torch.mul, other=2.0), on_val=True)
+    loaded = load_learner(image_learner(cbs=[normalize]).export(tmp_path / "v.pkl"))
+    assert any(isinstance(cb, BatchTransformCB) for cb in loaded.cbs)
+    augment.on_val = True  # what takes part follows on_val as it is now
+    assert augment.inference

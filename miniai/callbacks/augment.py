@@ -42,7 +42,11 @@ class BatchTransformCB(Callback):
     its input.
     """
     order = -10  # after DeviceCB (-20): transform the batch where it now lives; before everyone who reads it
-    inference = True  # prediction passes are validation passes: only the on_val transforms run there
+
+    @property
+    def inference(self) -> bool:
+        """Whether prediction passes run it (and export keeps it): they are validation passes, so an on_val one."""
+        return self.on_val
 
     def __init__(self, tfm: Callable[[torch.Tensor], torch.Tensor], on_train: bool = True,
                  on_val: bool | None = None, inputs: str | None = None) -> None:
