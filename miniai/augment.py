@@ -9,13 +9,15 @@ on the batch's device to avoid the copy.
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .checks import check_count
+from .checks import check_count, check_number
 
 # the course's miniai.augment had these two: they live elsewhere here, and __getattr__ (at the end) imports them
 _COURSE_NAMES = ("summary", "capture_preds")
@@ -71,6 +73,8 @@ class RandomCrop:
         if mode not in ("constant", "reflect"):
             raise ValueError(f"RandomCrop mode must be 'constant' or 'reflect'; got {mode!r}")
         check_count("RandomCrop padding", padding, least=0, what=" (pixels added on each side)")
+        check_number("RandomCrop fill", fill, least=-math.inf, what=" (the one value every channel is padded with; a "
+                     "per-channel fill, torchvision's fill=(r, g, b), is not taken: pad with mode='reflect')")
         if mode == "reflect" and fill != 0:  # (it would be dropped without a word)
             raise ValueError(f"RandomCrop fill={fill!r} is the value mode='constant' pads with; mode='reflect' pads "
                              "with the image's own pixels: leave fill out, or use mode='constant'")
@@ -124,7 +128,7 @@ class RandomFlip:
     """Flip each image left-right with probability `p`: (N,C,H,W) → (N,C,H,W)."""
 
     def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        if not 0.0 <= p <= 1.0:
+        if not 0.0 <= check_number("RandomFlip p", p, what=" (a probability in [0, 1])") <= 1.0:
             raise ValueError(f"RandomFlip p must be a probability in [0, 1]; got {p}")
         self.p, self.generator = p, generator
 
@@ -149,9 +153,10 @@ class RandomErase:
 
     def __init__(self, p: float = 0.5, max_frac: float = 0.3, fill: str = "noise",
                  generator: torch.Generator | None = None) -> None:
-        if not 0.0 <= p <= 1.0:
+        if not 0.0 <= check_number("RandomErase p", p, what=" (a probability in [0, 1])") <= 1.0:
             raise ValueError(f"RandomErase p must be a probability in [0, 1]; got {p}")
-        if not 0.0 < max_frac <= 1.0:
+        frac = check_number("RandomErase max_frac", max_frac, what=" (a fraction of each image side, in (0, 1])")
+        if not 0.0 < frac <= 1.0:
             raise ValueError(f"RandomErase max_frac is a fraction of each image side, in (0, 1]; got {max_frac}")
         if fill not in ("noise", "zero"):
             raise ValueError(f"RandomErase fill must be 'noise' or 'zero'; got {fill!r}")
@@ -195,6 +200,14 @@ class Compose:
     """Apply batch transforms in order: Compose(RandomCrop(28, 1), RandomFlip())(x)."""
 
     def __init__(self, *tfms: BatchTransform) -> None:
+        for tfm in tfms:  # (a class for an instance: the batch would be its p or size, torch's error at the 1st batch)
+            made = tfm.func if isinstance(tfm, functools.partial) else tfm
+            if isinstance(made, type):
+                raise TypeError(f"batch_tfms was given the class {made.__name__}: pass an instance, "
+                                f"{made.__name__}(...) (e.g. RandomFlip(), RandomCrop(28, 1)), which it calls on each "
+                                "batch's inputs")
+            if not callable(tfm):
+                raise TypeError(f"batch_tfms takes callables x -> x (e.g. RandomFlip()); got {tfm!r}")
         self.tfms: list[BatchTransform] = list(tfms)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,6 @@
 """Batch augmentations: shape/dtype/device kept, random per batch, repeatable under set_seed, and correct."""
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -298,3 +300,25 @@ def test_a_channels_last_batch_stays_channels_last(tfm):
     out = tfm()(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert tfm()(torch.randn(4, 3, 6, 6)).is_contiguous()  # (channels-first stays so)
+
+
+def test_a_transform_class_or_a_non_callable_in_a_compose_is_refused_where_it_is_made():
+    """(probe augment) BatchTransformCB(batch_tfms(RandomCrop(28, 1), RandomFlip)), a missing (), was accepted
+    and the fit died at its first batch with torch's 'Boolean value of Tensor ... is ambiguous' (the batch became
+    RandomFlip's p); Compose(1) failed there with "'int' object is not callable"."""
+    with pytest.raises(TypeError, match=r"class RandomFlip: pass an instance, RandomFlip\(\.\.\.\)"):
+        batch_tfms(RandomCrop(28, 1), RandomFlip)
+    with pytest.raises(TypeError, match=r"class RandomCrop"):
+        Compose(partial(RandomCrop, 8))
+    with pytest.raises(TypeError, match=r"takes callables.*got 1"):
+        Compose(1)
+
+
+@pytest.mark.parametrize("make", [lambda: RandomCrop(32, 4, fill=(0.1, 0.2, 0.3)), lambda: RandomCrop(32, 4, fill=[0.0]),
+                                  lambda: RandomCrop(32, 4, fill="mean"), lambda: RandomFlip(p=None),
+                                  lambda: RandomErase(max_frac="0.3"), lambda: RandomErase(p=True)])
+def test_augmentation_settings_that_are_not_numbers_are_refused_where_they_are_made(make):
+    """(probe augment) torchvision's per-channel fill=(r, g, b) failed at the first batch in F.pad; p=None and
+    max_frac='0.3' were bare comparison TypeErrors."""
+    with pytest.raises(ValueError, match=r"must be a number"):
+        make()
