@@ -30,7 +30,7 @@ What callbacks may read on the learner, from which event on (each keeps its valu
 | `epoch_offset`               | `before_fit`   | epochs earlier fits trained: `fit(1); fit(1)` sees what `fit(2)` sees     |
 | `last_checkpoint`            | `before_fit`   | the newest good checkpoint of this run (CheckpointCB sets it), or None    |
 | `schedule_stop`              | `before_fit`   | the epoch from which scheduling callbacks stop stepping (SWACB sets it)   |
-| `stop_requested`             | `before_fit`   | True once a callback will end the fit after this epoch (EarlyStoppingCB)  |
+| `stop_requested`             | `before_fit`   | EarlyStoppingCB's note that it ends the fit after this epoch (no stop)    |
 | `stopped_by`                 | `cleanup_*`    | what ended the stage early, or an earlier cleanup's error; None: ran out  |
 | `epoch, training, dl`        | `before_epoch` | the epoch index ('swa' in SWACB's pass); True when training; the loader   |
 | `pass_steps`                 | `before_epoch` | `step`s this pass so far, a step owner's skipped ones too (fp16 overflows)|
