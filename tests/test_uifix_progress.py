@@ -117,3 +117,13 @@ def test_lr_find_draws_no_live_training_graph(fake_kernel):
     learn = tiny_learner([MetricsCB(), ProgressCB(mode="notebook", plot=True)])
     learn.lr_find(plot=False, max_epochs=2)
     assert _graph_lines(fake_kernel) == []
+
+
+def test_a_fit_refused_at_its_progress_bars_before_fit_after_one_that_drew_a_graph_raises_its_own_error(fake_kernel):
+    """The graph's redraw at cleanup_fit must not run on the last fit's state (no bar: a second AttributeError)."""
+    progress = ProgressCB(mode="notebook", plot=True)
+    learn = tiny_learner([MetricsCB(), progress])
+    learn.fit(1)
+    with pytest.raises(ValueError, match="ProgressCBs") as info:
+        learn.fit(1, cbs=[ProgressCB()])
+    assert not getattr(info.value, "__notes__", None)

@@ -300,7 +300,8 @@ class ProgressCB(Callback):
 
     def cleanup_fit(self, learn: Learner) -> None:
         self._train_losses.drain(wait=True)
-        if self._graphs and self._last_graph:  # the graph ends with every loss (none redrawn it since: valid=False)
+        if self._graphs and self._last_graph and self.mbar is not None:  # the graph ends with every loss (valid=False
+            # redraws it nowhere else); no bar: this fit was refused before it made one
             self._update_graph(learn)
         restore_if_refused(self, learn)  # (a fit refused before its first batch leaves the last one's curves)
         self._give_back()
