@@ -736,12 +736,11 @@ class BatchSchedCB(BaseSchedCB):
             warn(f"{type(self.scheduler).__name__} took {self.n_steps} of the {total} steps this fit planned "
                  f"for it: {total - self.n_steps} optimizer steps did not happen (passes cut short or batches "
                  "skipped by a callback, float16 overflows MixedPrecisionCB skipped, batches dropped before "
-                 "their step under GradAccumCB, a CancelStepException), and the schedule steps with the "
-                 "optimizer, so it ended short of its end: "
+                 "their step under GradAccumCB, a CancelStepException: a callback of yours that skips steps on "
+                 "purpose gives schedules the steps a pass takes with optimizer_steps(self, n_batches)), and the "
+                 "schedule steps with the optimizer, so it ended short of its end: "
                  + (f"the last batch trained at lr {float(self._trained_lr):.3g}." if self.n_steps else
-                    "it never stepped.") + " A callback of yours that skips steps on purpose (accumulating "
-                 "gradients by CancelStepException): give it optimizer_steps(self, n_batches), the steps a pass of "
-                 "n_batches takes, and schedules plan for those.")
+                    "it never stepped."))
 
 
 _PLATEAU_PER_BATCH = ("ReduceLROnPlateau steps once per epoch with a metric, not per batch: use "
@@ -752,8 +751,10 @@ class EpochSchedCB(BaseSchedCB):
     """Step the scheduler once per epoch, after the training pass; `ReduceLROnPlateau` needs `monitor=`.
 
     `monitor` is a name MetricsCB logs (`valid_loss`, `valid_accuracy`, `train_loss`, ...): the scheduler is then
-    stepped with `learn.metrics.last[monitor]` after the pass that logs it.
+    stepped with `learn.metrics.last[monitor]` after the pass that logs it (the MetricsCB's that logs it, when a fit
+    has two).
     """
+    _metrics: Any = None  # the MetricsCB that logs `monitor` (check_monitor finds it each fit)
 
     def __init__(self, factory: SchedulerFactory, monitor: str | None = None) -> None:
         if _is_plateau(factory) and monitor is None:
@@ -773,7 +774,7 @@ class EpochSchedCB(BaseSchedCB):
         if not plateau:
             raise TypeError(f"monitor={self.monitor!r} is for ReduceLROnPlateau, but the factory built a "
                             f"{type(self.scheduler).__name__}, whose step() takes no metric: drop monitor=")
-        check_monitor(learn, self.monitor, type(self).__name__, self.order)
+        self._metrics = check_monitor(learn, self.monitor, type(self).__name__, self.order)
         way = name_mode(self.monitor)
         if way is None:  # the name says neither way: the scheduler's mode stands, if it was chosen
             chosen = "mode" in getattr(self.factory, "keywords", {}) or self.scheduler.mode != "min"
@@ -810,7 +811,7 @@ class EpochSchedCB(BaseSchedCB):
             return
         if self.monitor is not None and learn.training == self.monitor.startswith("train_"):
             self._read = True
-            self._advance(learn, learn.metrics.last[self.monitor])
+            self._advance(learn, self._metrics.last[self.monitor])
 
     def cleanup_epoch(self, learn: Learner) -> None:
         # cleanup, not after_epoch: a training pass cut short (CancelEpochException) is still an epoch, if it
