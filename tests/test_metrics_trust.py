@@ -1246,3 +1246,37 @@ def test_a_callback_of_ones_own_at_the_default_order_never_reads_the_last_passs_
     learn.fit(3)
     logged = [row["acc"] for row in metrics.history if row["train"] == "valid"]
     assert seen[11] == logged and seen[0] == [None, None, None], (seen, logged)
+
+
+def test_monitors_read_the_metricscb_that_logs_their_name_when_a_fit_has_two(tmp_path):
+    """(probe metrics2) A MetricsCB given to fit(cbs=...) beside the learner's took learn.metrics, and
+    EarlyStoppingCB(monitor='valid_acc'), a name the learner's own logs, was refused: 'MetricsCB does not log that
+    name'. Each watcher reads the MetricsCB that logs its name; a name neither logs is refused naming both's."""
+    from miniai.callbacks import CheckpointCB, EarlyStoppingCB, EpochSchedCB
+    from miniai.callbacks.metrics import MetricsCB
+    from tests.synth import tiny_learner
+
+    class Negated:
+        """A metric of one's own: minus the mean absolute error (rises as the model improves)."""
+        def __init__(self):
+            self.reset()
+
+        def reset(self):
+            self.total, self.n = 0.0, 0
+
+        def update(self, p, y):
+            self.total, self.n = self.total + float((p - y).abs().sum()), self.n + len(y)
+
+        def compute(self):
+            return torch.tensor(-self.total / self.n)
+
+    own = MetricsCB(acc=Negated())
+    learn = tiny_learner([own])
+    stop = EarlyStoppingCB(monitor="valid_acc", mode="max", patience=5)
+    plateau = EpochSchedCB(partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max"),
+                           monitor="valid_acc")
+    learn.fit(2, cbs=[MetricsCB(other=Negated()), stop, plateau, CheckpointCB(tmp_path, monitor="valid_acc",
+                                                                             mode="max")])
+    assert stop.best == max(row["acc"] for row in own.history if row["train"] == "valid")
+    with pytest.raises(ValueError, match=r"none of this fit's MetricsCBs logs that name; they log .*valid_acc.*valid_other"):
+        learn.fit(1, cbs=[MetricsCB(other=Negated()), EarlyStoppingCB(monitor="valid_f1", mode="max")])

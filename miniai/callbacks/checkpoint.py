@@ -850,6 +850,7 @@ class CheckpointCB(Callback):
     callbacks of your own whose attributes change during the fit but that have no `state_dict`.
     """
     order = 80  # its cleanup_epoch after MetricsCB's and the epoch schedulers' (EarlyStoppingCB, 70, has asked to stop)
+    _metrics: Any = None  # the MetricsCB that logs `monitor` (check_monitor finds it each fit)
 
     def __init__(self, path: str | os.PathLike, every: int = 1, keep: int | None = 3, monitor: str | None = None,
                  mode: str | None = None, overwrite: bool = False) -> None:
@@ -946,7 +947,7 @@ class CheckpointCB(Callback):
             self._pending = None
             return
         if self.monitor is not None:
-            check_monitor(learn, self.monitor, "CheckpointCB", self.order)
+            self._metrics = check_monitor(learn, self.monitor, "CheckpointCB", self.order)
         keep_records(self, "best", "best_path", "last_path", "_run")  # (a fit refused at its start puts them back)
         self.best, self.best_path, self.last_path, self._pending, self._written = None, None, None, None, []
         self._setup_at_start = setup_of(learn)  # (what no state_dict holds: settings are what the fit left alone)
@@ -1111,7 +1112,7 @@ class CheckpointCB(Callback):
         """This epoch's value of the monitored metric; None when a cancel cut short the pass that logs it (an older
         epoch's value must not rank this file)."""
         split = "train" if self.monitor.startswith("train_") else "valid"
-        metrics = learn.metrics
+        metrics = self._metrics  # (the MetricsCB that logs it: check_monitor's)
         logged = metrics is not None and self.monitor in metrics.last and any(
             row.get("epoch") == learn.epoch and row.get("train") == split for row in metrics.history[-2:])
         if logged:

@@ -263,7 +263,7 @@ class EarlyStoppingCB(Callback):
     """Stops the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs.
 
     `monitor` is any name MetricsCB logs (`learn.metrics.names`, e.g. 'valid_loss', 'valid_accuracy'), read from
-    `learn.metrics.last` after its pass; `mode` ('min' or 'max') defaults to the way its name improves (a loss or
+    its `last` after its pass (of the MetricsCB that logs it, when the fit has two); `mode` ('min' or 'max') defaults to the way its name improves (a loss or
     error falls, an accuracy, F1 or AUC rises), and must be given for a name that says neither. The decision is
     made at after_epoch, but the fit is cancelled only at the next epoch's first training batch: by then
     CheckpointCB has saved the last epoch (with this callback's counters), also in a fit without validation, where
@@ -272,6 +272,7 @@ class EarlyStoppingCB(Callback):
     fit(10) does. A resumed fit goes on with the saved run's count.
     """
     order = 70  # after MetricsCB (10), which fills learn.metrics.last; before CheckpointCB (80) saves its state
+    _metrics: Any = None  # the MetricsCB that logs `monitor` (check_monitor finds it each fit)
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0,
                  mode: str | None = None) -> None:
@@ -303,7 +304,7 @@ class EarlyStoppingCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self._on = "train" in learn.passes  # an evaluation stops nothing: the run's count and best stay
         if self._on:
-            check_monitor(learn, self.monitor, "EarlyStoppingCB", self.order)
+            self._metrics = check_monitor(learn, self.monitor, "EarlyStoppingCB", self.order)
             self.best, self.wait, self.stopped_epoch = None, 0, None
         self._read, self._read_any, self._cut = False, False, []  # (passes cut before a value was read: note_unread)
 
@@ -328,7 +329,7 @@ class EarlyStoppingCB(Callback):
     def after_epoch(self, learn: Learner) -> None:
         if not self._on or learn.training != self.monitor.startswith("train_") or not isinstance(learn.epoch, int):
             return  # an evaluation, not the pass that logs the monitored value, or SWACB's of the average ('swa')
-        value, self._read = learn.metrics.last[self.monitor], True
+        value, self._read = self._metrics.last[self.monitor], True
         if improves(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
             return

@@ -80,26 +80,31 @@ def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
     return way
 
 
-def check_monitor(learn: Learner, monitor: str, who: str, order: float = math.inf) -> None:
-    """Raise if `monitor` is not a name the learner's MetricsCB logs, or that MetricsCB runs after `who` (of
-    `order`), which would read the previous epoch's value."""
+def check_monitor(learn: Learner, monitor: str, who: str, order: float = math.inf) -> MetricsCB:
+    """The MetricsCB of this fit that logs `monitor`, for `who` to read it from (a fit may have two: the learner's
+    and one given to fit); raise if none does, or a MetricsCB runs after `who` (of `order`), which would read the
+    previous epoch's value."""
     late = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB) and cb.order >= order), None)
     if late is not None:
         raise ValueError(f"{who}(monitor={monitor!r}) reads what MetricsCB logs at each pass's end, and "
                          f"{type(late).__name__} (order {late.order}) runs after {who} (order {order}): {who} would "
                          f"read the previous epoch's value. Give {type(late).__name__} an order below {order} "
                          "(MetricsCB's own is 10)")
-    metrics = getattr(learn, "metrics", None)
-    if metrics is None or all(cb is not metrics for cb in learn.cbs):
+    metrics = getattr(learn, "metrics", None)  # (one of the learner's: a stand-in of one's own counts too)
+    running = [cb for cb in learn.cbs if isinstance(cb, MetricsCB) or cb is metrics]
+    if not running:
         raise ValueError(f"{who}(monitor={monitor!r}) reads the metric MetricsCB logs, and this learner has no "
                          "MetricsCB: add MetricsCB() (it logs train_loss and valid_loss) to cbs")
-    if monitor not in metrics.names:
-        raise ValueError(f"{who}(monitor={monitor!r}): MetricsCB does not log that name; it logs "
-                         f"{', '.join(metrics.names)}")
+    logs = [cb for cb in running if monitor in cb.names]
+    if not logs:
+        raise ValueError(f"{who}(monitor={monitor!r}): " + ("MetricsCB does not log that name; it logs " if len(
+            running) == 1 else "none of this fit's MetricsCBs logs that name; they log ") + ", ".join(
+            dict.fromkeys(name for cb in running for name in cb.names)))
     split = monitor.split("_")[0]
     if split not in getattr(learn, "passes", (split,)):  # it would never get a value, and never act
         raise ValueError(f"{who}(monitor={monitor!r}) watches the {split} pass, and this fit runs none (fit(..., "
                          f"{split}=False)): watch a metric of a pass it runs, or run the {split} pass")
+    return next((cb for cb in logs if cb is metrics), logs[0])  # (two logging it, the loss: learn.metrics)
 
 
 def same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
