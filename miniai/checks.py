@@ -34,7 +34,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 __all__ = ["MiniaiWarning", "warn", "add_note", "check_count", "check_number", "python_number", "call_model",
            "describe", "check_new_callback", "check_known_callback", "check_not_in_fit", "check_steps",
            "check_callback_names", "check_fit_args", "check_loaders", "drops_last", "check_new_params",
-           "check_set_up", "pass_loader", "check_pass_end", "listed", "batch_inputs", "batch_targets", "metrics_kept", "batch_items",
+           "pass_loader", "check_pass_end", "listed", "batch_inputs", "batch_targets", "metrics_kept", "batch_items",
            "preds_changed_error", "misplaced_cancel_note", "fit_note",
            "fit_optimizer", "fit_done", "batch_raised", "tag_cancel", "cleanup_error", "follows_lr", "loss_backward"]
 
@@ -955,30 +955,8 @@ def check_new_params(learn: Any) -> None:
                            "freeze the model first: model.requires_grad_(False)")
 
 
-def _length(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:  # (a loader without a length: nothing to compare)
-        return None
-
-
-def check_set_up(learn: Any) -> None:
-    """After every before_fit: note the training loader's length, which schedules and GradAccumCB planned their
-    steps for (each training pass is held to it: `pass_loader`), and check a training fit's parameters."""
-    learn._planned_batches = _length(getattr(learn.dls, "train", None)) if "train" in learn.passes else None
-    check_new_params(learn)
-
-
 def pass_loader(learn: Any) -> Any:
-    """The loader the pass walks, `learn.dl` as before_epoch left it. A training one of another length than the fit
-    began with is refused: schedules and GradAccumCB planned their steps for that length (a cosine would climb back
-    up, accumulation step on single batches), without a word."""
-    n, planned = _length(learn.dl), learn._planned_batches
-    if learn.training and n is not None and planned is not None and n != planned:
-        raise ValueError(f"learn.dl has {n} batches, but this fit's training loader had {planned} when its epochs "
-                         "began, and schedules and gradient accumulation planned their steps for that: a callback "
-                         "that sets learn.dl (or learn.dls.train) at before_epoch must keep its length. To train on "
-                         "other data, change learn.dls between fits (learn.fit(1) per stage: the epochs carry on)")
+    """The loader the pass walks: `learn.dl` as before_epoch left it (noted, for `check_pass_end`)."""
     learn._pass_dl = learn.dl
     return learn.dl
 

@@ -200,7 +200,7 @@ class Learner(Conveniences):
             raise
 
     def _all_epochs(self) -> None:
-        checks.check_set_up(self)  # (the train loader's length, each pass's; a training fit's new parameters)
+        checks.check_new_params(self)  # (a training fit's; and the one-step rule on an opt a before_fit brought)
         self._set_up, self._kept = True, None  # every before_fit ran (resume's loaded its checkpoint), and the fit
         for self.epoch in self.epochs:  # can train; the last fit's optimizer need not live through it. (epochs: read
             for name in self.passes:  # here, after before_fit: a callback's may replace it, the course's ProgressCB)
@@ -221,7 +221,7 @@ class Learner(Conveniences):
                 self._epochs_trained = self.epoch_offset + self.epoch + 1
 
     def _all_batches(self) -> None:
-        for self.iter, self.batch in enumerate(checks.pass_loader(self)):  # learn.dl (its length: the planned one)
+        for self.iter, self.batch in enumerate(checks.pass_loader(self)):  # learn.dl, as before_epoch left it
             self.stepped = False
             self._stage("batch", self._one_batch, CancelBatchException)
         checks.check_pass_end(self)  # an empty pass would log NaN metrics, feed them to schedulers, early stopping

@@ -1460,30 +1460,66 @@ class _SwapsLoader(Callback):
         setattr(self, event, self._swap)
 
     def _swap(self, learn) -> None:
-        if learn.training:
-            learn.dl = self.loader
+        if learn.training:  # (a function: a new loader each pass, a generator)
+            learn.dl = self.loader() if callable(self.loader) else self.loader
 
 
 @pytest.mark.parametrize("planner", ["accumulation", "cosine", "one-cycle"])
-def test_a_training_loader_of_another_length_than_the_fit_planned_for_is_refused_before_its_first_batch(planner):
+@pytest.mark.parametrize("lengthless", [False, True])
+def test_a_training_pass_longer_than_its_schedule_or_accumulation_was_planned_for_is_refused(planner, lengthless):
     """(probe author) A callback set learn.dl to a loader of 8 batches where dls.train had 4: GradAccumCB(2) stepped
     on single batches from the 3rd on (weights 1.569 for 1.294), a cosine over 2 epochs climbed back to its peak
-    lr, and a one-cycle trained an epoch, then raised torch's 'Tried to step 9 times'."""
+    lr, and a one-cycle trained an epoch, then raised torch's 'Tried to step 9 times'; (regression round 33) the
+    same through a generator, which has no length to compare before the pass. Each planner refuses the batch past
+    its plan."""
     from torch.utils.data import DataLoader, TensorDataset
     from miniai.callbacks import GradAccumCB
     from miniai.callbacks.scheduling import fit_one_cycle
     x = torch.randn(128, 1)
     longer = DataLoader(TensorDataset(x, 2 * x + 3), 16)
-    cbs = [_SwapsLoader(longer)]
+    cbs = [_SwapsLoader((lambda: (batch for batch in longer)) if lengthless else longer)]
     if planner == "accumulation":
         cbs.append(GradAccumCB(2))
     if planner == "cosine":
         cbs.append(BatchSchedCB(functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=8)))
     learn = tiny_learner(cbs, n_train=64)
-    before = learn.model.weight.detach().clone()
-    with pytest.raises(ValueError, match=r"learn.dl has 8 batches.*4 when.*began.*between fits"):
-        fit_one_cycle(learn, 2) if planner == "one-cycle" else learn.fit(2)
-    assert torch.equal(before, learn.model.weight)  # refused before any batch trained
+    lrs = []
+    with pytest.raises(ValueError, match=r"GradAccumCB: training pass 0 gave a batch past the 4 |"
+                                         r"was planned for 8 optimizer steps \(4 a training pass"):
+        fit_one_cycle(learn, 2, cbs=[_Lrs(lrs)]) if planner == "one-cycle" else learn.fit(2, cbs=[_Lrs(lrs)])
+    if planner == "cosine":  # it never trained at an lr past the cosine's end
+        assert lrs == sorted(lrs, reverse=True)
+
+
+class _Lrs(Callback):
+    def __init__(self, lrs) -> None:
+        self.lrs = lrs
+
+    def after_step(self, learn) -> None:
+        self.lrs.append(learn.opt.param_groups[0]["lr"])
+
+
+def test_a_loader_whose_length_changes_by_epoch_trains_without_a_plan_of_its_length():
+    """(regression round 33) A batch sampler of 3, 2, 3 batches by epoch, no schedule, no accumulation, was refused
+    ('a callback that sets learn.dl ... must keep its length'): nothing planned by its length, and no callback set it."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Alternating:
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def __iter__(self):
+            n = 3 if self.epoch % 2 == 0 else 2
+            self.epoch += 1
+            return iter([list(range(i * 16, i * 16 + 16)) for i in range(n)])
+
+        def __len__(self) -> int:
+            return 3 if self.epoch % 2 == 0 else 2
+    learn = tiny_learner()
+    x = torch.randn(48, 1)
+    learn.dls.train = DataLoader(TensorDataset(x, 2 * x + 3), batch_sampler=Alternating())
+    learn.fit(3, valid=False)
+    assert learn.iter == 2
 
 
 def test_a_loader_of_the_same_length_set_at_before_epoch_trains_and_one_set_mid_pass_is_refused():

@@ -137,6 +137,11 @@ class GradAccumCB(Callback):
                 g is not None for g in grads) else []
 
     def after_backward(self, learn: Learner) -> None:
+        if self._n_batches is not None and learn.iter >= self._n_batches:  # (every batch past it would step alone)
+            raise ValueError(f"GradAccumCB: training pass {learn.epoch} gave a batch past the {self._n_batches} the "
+                             "train loader's len() says, which its groups were planned for (a callback's learn.dl of "
+                             "another length, a loader whose length changed): keep the training loader's length "
+                             "through the fit, or give the loader its true length")
         self._summed += 1
         self._trained = True
         # groups of n_steps from each pass's start; without a length (no last batch to step on) they run across
