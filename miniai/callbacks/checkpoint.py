@@ -440,9 +440,13 @@ def _plain_parts(found: dict[str, Any], name: str, x: Any, buffers: Iterable[str
             _plain_parts(found, name, x.__self__, depth=depth)
         found[name] = _named(x.__func__)
         parts = global_numbers(x.__func__)
-    elif isinstance(x, functools.partial):  # (over its function's defaults: partial(f) is f, the same settings)
-        found[name] = _named(x.func)
-        parts = {**_defaults(x.func), **dict(enumerate(x.args)), **x.keywords, **global_numbers(x.func)}
+    elif isinstance(x, functools.partial):  # (over what it wraps: partial(f) is f, the same settings)
+        if isinstance(x.func, types.FunctionType):
+            found[name] = _named(x.func)
+            parts = {**_defaults(x.func), **dict(enumerate(x.args)), **x.keywords, **global_numbers(x.func)}
+        else:  # a module's or an object's: its own settings
+            _plain_parts(found, name, x.func, buffers, depth)
+            parts = {**dict(enumerate(x.args)), **x.keywords}
     elif isinstance(x, types.FunctionType):  # and what it reads of its maker's (a factory's loss) or its defaults
         found[name] = _named(x)
         parts = _defaults(x)
