@@ -1495,3 +1495,14 @@ def test_a_torch_loader_over_a_tensor_dataset_holding_other_data_of_the_same_siz
         learner(0).fit(2, resume=tmp_path / "run")
     with pytest.warns(UserWarning, match=r"dls.train holds other data than the saved run's"):
         learner(1).fit(3, resume=tmp_path / "run" / "epoch_0001.pt")
+
+
+def test_a_partial_over_a_loss_module_is_compared_by_the_modules_settings(tmp_path):
+    """(regression round 33) partial(nn.CrossEntropyLoss(label_smoothing=0.1)) resumed as partial(nn.CrossEntropyLoss())
+    was not warned of (a partial's settings were its function's defaults, and a module has none), and
+    nn.CrossEntropyLoss() resumed as partial(nn.CrossEntropyLoss()) was told three settings differed."""
+    from torch import nn
+    [told] = _resume_warnings(tmp_path / "a", partial(nn.CrossEntropyLoss(label_smoothing=0.1)),
+                              partial(nn.CrossEntropyLoss()))
+    assert "label_smoothing: 0.1 saved, 0.0 here" in told, told
+    assert _resume_warnings(tmp_path / "b", nn.CrossEntropyLoss(), partial(nn.CrossEntropyLoss())) == []
