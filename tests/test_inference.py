@@ -1344,3 +1344,23 @@ def test_export_leaves_out_a_training_only_batch_transform_and_keeps_a_validatio
     assert any(isinstance(cb, BatchTransformCB) for cb in loaded.cbs)
     augment.on_val = True  # what takes part follows on_val as it is now
     assert augment.inference
+
+
+def test_a_batch_transforms_inference_can_still_be_said_on_it():
+    """(regression round 33) BatchTransformCB.inference became a read-only property (on_val): setting it, as the
+    Callback docstring and get_preds' advice say to, was an AttributeError, and a subclass setting it in __init__
+    could not be built. What it is set to stands; unset, it follows on_val."""
+    import pickle
+    from miniai.callbacks import BatchTransformCB
+
+    class Quiet(BatchTransformCB):
+        def __init__(self):
+            super().__init__(partial(torch.mul, other=2.0), on_val=True)
+            self.inference = False
+    assert not Quiet().inference
+    cb = BatchTransformCB(partial(torch.mul, other=2.0), on_val=True)
+    cb.inference = False
+    assert not cb.inference and not pickle.loads(pickle.dumps(cb)).inference
+    older = BatchTransformCB(partial(torch.mul, other=2.0))
+    older.__dict__["inference"] = True  # (one pickled while inference was a plain attribute, set on it)
+    assert pickle.loads(pickle.dumps(older)).inference

@@ -45,8 +45,18 @@ class BatchTransformCB(Callback):
 
     @property
     def inference(self) -> bool:
-        """Whether prediction passes run it (and export keeps it): they are validation passes, so an on_val one."""
-        return self.on_val
+        """Whether prediction passes run it (and export keeps it): what was set on it, else on_val (they are
+        validation passes)."""
+        return self.__dict__.get("_inference", self.on_val)
+
+    @inference.setter
+    def inference(self, value: bool) -> None:
+        self._inference = value
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "inference" in state:  # (one pickled while inference was a plain attribute, set on it)
+            state["_inference"] = state.pop("inference")
+        self.__dict__.update(state)
 
     def __init__(self, tfm: Callable[[torch.Tensor], torch.Tensor], on_train: bool = True,
                  on_val: bool | None = None, inputs: str | None = None) -> None:
