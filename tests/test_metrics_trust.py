@@ -1280,3 +1280,49 @@ def test_monitors_read_the_metricscb_that_logs_their_name_when_a_fit_has_two(tmp
     assert stop.best == max(row["acc"] for row in own.history if row["train"] == "valid")
     with pytest.raises(ValueError, match=r"none of this fit's MetricsCBs logs that name; they log .*valid_acc.*valid_other"):
         learn.fit(1, cbs=[MetricsCB(other=Negated()), EarlyStoppingCB(monitor="valid_f1", mode="max")])
+
+
+def _binary_column_learner(metric):
+    """A binary model's usual (N, 1) logits and BCEWithLogitsLoss's (N, 1) targets, validated with `metric`."""
+    from types import SimpleNamespace
+    from torch.utils.data import DataLoader, TensorDataset
+    from miniai.callbacks.metrics import MetricsCB
+    from miniai.learner import TrainLearner
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(29, 3, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(29, generator=g) > 0).float()[:, None]
+    torch.manual_seed(0)
+    cb = MetricsCB(log_fn=None, m=metric)
+    return TrainLearner(torch.nn.Linear(3, 1), SimpleNamespace(train=[], valid=DataLoader(TensorDataset(x, y), 5)),
+                        torch.nn.BCEWithLogitsLoss(), cbs=[cb])
+
+
+def test_a_binary_metric_given_one_score_column_is_refused_with_the_way():
+    """(probe metrics2) BinaryBinnedAUPRC on (N, 1) logits logged -0.0 (0.1519 on (N,)): torcheval's own slip, which
+    MetricsCB passed on; the other Binary metrics failed with torcheval's shape error, naming no way."""
+    from torcheval.metrics import BinaryAccuracy, BinaryBinnedAUPRC
+    for metric in (BinaryBinnedAUPRC(), BinaryAccuracy(threshold=0)):
+        with pytest.raises(ValueError, match=r"one score column \(N, 1\).*nn.Flatten\(0\)"):
+            _binary_column_learner(metric).fit(1, train=False)
+
+
+def test_torchevals_shape_errors_get_advice_for_the_kind_of_metric():
+    """(probe metrics2) Every torcheval ValueError got the classification note ('(N, C) scores ... use miniai's
+    Accuracy()'), a regression metric's and Perplexity's too; a one-input metric (Mean) was a bare TypeError."""
+    from torcheval.metrics import Mean, MeanSquaredError
+    from miniai.callbacks.metrics import MetricsCB
+    from tests.synth import tiny_learner
+
+    class Squeezed(torch.nn.Module):  # a loss of one's own that squeezes (N, 1) preds to the targets' (N,)
+        def forward(self, p, y):
+            return torch.nn.functional.mse_loss(p.squeeze(1), y)
+    learn = tiny_learner([MetricsCB(mse=MeanSquaredError())])
+    learn.loss_func = Squeezed()
+    learn.dls.valid = [(torch.randn(4, 1), torch.randn(4))]
+    with pytest.raises(ValueError) as info:
+        learn.fit(1, train=False)
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "the same shape" in notes and "Accuracy()" not in notes, notes
+    with pytest.raises(TypeError) as info:
+        tiny_learner([MetricsCB(mean=Mean())]).fit(1, train=False)
+    assert "update(preds, targets)" in " ".join(getattr(info.value, "__notes__", []))

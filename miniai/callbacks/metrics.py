@@ -496,13 +496,15 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
             except ValueError as e:  # (torcheval's shape errors name neither the metric nor a way)
                 if _torcheval(metric) and isinstance(p, torch.Tensor) and isinstance(t, torch.Tensor):
                     add_note(e, f"(MetricsCB's metric {name!r} ({type(metric).__name__}) was given preds "
-                                f"{tuple(p.shape)} and targets {tuple(t.shape)}: torcheval's classification metrics "
-                                "take (N, C) scores or (N,) labels against (N,) targets. For scores of more dims (a "
-                                "segmentation's (N, C, H, W)) use miniai's Accuracy(), or a metric of your own that "
-                                "flattens them: preds.movedim(1, -1).flatten(0, -2), targets.flatten())")
+                                f"{tuple(p.shape)} and targets {tuple(t.shape)}: {_takes(metric)})")
                 raise
             except (TypeError, AttributeError) as e:
                 if isinstance(p, torch.Tensor):
+                    if isinstance(e, TypeError) and _torcheval(metric):
+                        add_note(e, f"(MetricsCB calls each metric's update(preds, targets); {type(metric).__name__} "
+                                    "takes other arguments (torcheval's Mean, Sum, Max take one tensor): give "
+                                    "MetricsCB a metric of your own whose update(preds, targets) calls it as it "
+                                    "takes them)")
                     raise
                 key = next((k for k, v in p.items() if isinstance(v, torch.Tensor)), next(iter(p), 0)) if isinstance(
                     p, dict) else 0  # (a dict's first tensor, else its first key: preds[0] raises KeyError there)
@@ -510,6 +512,24 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
                                 f"returned a {type(p).__name__}: keep MetricsCB() for the loss alone, or give "
                                 "it a metric of your own whose update(preds, targets) picks the logits out "
                                 f"(e.g. calls the metric on preds[{key!r}])") from e
+
+
+def _takes(metric: Any) -> str:
+    """What shapes a torcheval metric takes, and the way there, by its kind (for a note on torcheval's error)."""
+    kind = next((c for c in type(metric).__mro__ if c.__module__.startswith("torcheval")), type(metric)).__name__
+    if kind.startswith("Binary"):
+        return ("torcheval's Binary metrics take one score per item, (N,), against (N,) targets: flatten both "
+                "(preds.flatten(), targets.flatten(), a segmentation's masks too) in a metric of your own, or end the "
+                "model with nn.Flatten(0)")
+    if kind.startswith(("Multiclass", "Multilabel", "TopK")):
+        return ("torcheval's classification metrics take (N, C) scores or (N,) labels against (N,) targets. For "
+                "scores of more dims (a segmentation's (N, C, H, W)) use miniai's Accuracy(), or a metric of your "
+                "own that flattens them: preds.movedim(1, -1).flatten(0, -2), targets.flatten()")
+    if kind == "Perplexity":
+        return ("Perplexity takes (N, T, V) logits against (N, T) targets: move the vocabulary dim last, "
+                "preds.movedim(1, -1), in a metric of your own")
+    return (f"{kind} takes preds and targets of the same shape (a regression's (N,) against (N,), or (N, K) against "
+            "(N, K)): a model's (N, 1) beside (N,) targets, flatten them, or end the model with nn.Flatten(0)")
 
 
 def _refuse_binary_scores(metrics: dict[str, Any], preds: Any) -> None:
@@ -523,6 +543,11 @@ def _refuse_binary_scores(metrics: dict[str, Any], preds: Any) -> None:
     for name, metric in metrics.items():
         # (torcheval's own class: its BinaryAccuracy subclasses MulticlassAccuracy; a user's subclass fixes settings)
         own = next((c for c in type(metric).__mro__ if c.__module__.startswith("torcheval")), type(metric))
+        if column and own.__name__.startswith("Binary"):  # (torcheval's binned AUPRC scores a column -0.0)
+            raise ValueError(f"MetricsCB metric {name!r} ({type(metric).__name__}) takes one score per item, (N,), "
+                             f"and these preds {tuple(preds.shape)} are one score column (N, 1): end the model with "
+                             "nn.Flatten(0) (and give BCE targets of shape (N,)), or give MetricsCB a metric of your "
+                             "own that flattens both")
         if own.__name__.startswith("Multiclass"):
             what = "one score column, whose argmax is class 0 for every item" if column else \
                 "scores, not class labels, which it would compare with the labels as labels"
