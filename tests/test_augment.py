@@ -314,7 +314,8 @@ def test_a_transform_class_or_a_non_callable_in_a_compose_is_refused_where_it_is
         Compose(1)
 
 
-@pytest.mark.parametrize("make", [lambda: RandomCrop(32, 4, fill=(0.1, 0.2, 0.3)), lambda: RandomCrop(32, 4, fill=[0.0]),
+@pytest.mark.parametrize("make", [lambda: RandomCrop(32, 4, fill=(0.1, 0.2, 0.3)),
+                                  lambda: RandomCrop(32, 4, fill=[0.0]),
                                   lambda: RandomCrop(32, 4, fill="mean"), lambda: RandomFlip(p=None),
                                   lambda: RandomErase(max_frac="0.3"), lambda: RandomErase(p=True)])
 def test_augmentation_settings_that_are_not_numbers_are_refused_where_they_are_made(make):

@@ -1501,7 +1501,8 @@ class _Lrs(Callback):
 
 def test_a_loader_whose_length_changes_by_epoch_trains_without_a_plan_of_its_length():
     """(regression round 33) A batch sampler of 3, 2, 3 batches by epoch, no schedule, no accumulation, was refused
-    ('a callback that sets learn.dl ... must keep its length'): nothing planned by its length, and no callback set it."""
+    ('a callback that sets learn.dl ... must keep its length'): nothing planned by its length, and no callback
+    set it."""
     from torch.utils.data import DataLoader, TensorDataset
 
     class Alternating:

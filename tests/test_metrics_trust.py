@@ -1278,7 +1278,8 @@ def test_monitors_read_the_metricscb_that_logs_their_name_when_a_fit_has_two(tmp
     learn.fit(2, cbs=[MetricsCB(other=Negated()), stop, plateau, CheckpointCB(tmp_path, monitor="valid_acc",
                                                                              mode="max")])
     assert stop.best == max(row["acc"] for row in own.history if row["train"] == "valid")
-    with pytest.raises(ValueError, match=r"none of this fit's MetricsCBs logs that name; they log .*valid_acc.*valid_other"):
+    with pytest.raises(ValueError, match=r"none of this fit's MetricsCBs logs that name; they log .*valid_acc.*"
+                                         r"valid_other"):
         learn.fit(1, cbs=[MetricsCB(other=Negated()), EarlyStoppingCB(monitor="valid_f1", mode="max")])
 
 

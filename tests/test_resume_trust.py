@@ -1485,10 +1485,10 @@ def test_a_torch_loader_over_a_tensor_dataset_holding_other_data_of_the_same_siz
     def learner(seed):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(48, 2, generator=g)
-        train, valid = TensorDataset(x[:32], x[:32].sum(1, keepdim=True)), TensorDataset(x[32:], x[32:].sum(1, keepdim=True))
+        train, valid = (TensorDataset(part, part.sum(1, keepdim=True)) for part in (x[:32], x[32:]))
         torch.manual_seed(0)
-        return TrainLearner(torch.nn.Linear(2, 1), SimpleNamespace(train=DataLoader(train, 8), valid=DataLoader(valid, 8)),
-                            torch.nn.functional.mse_loss)
+        dls = SimpleNamespace(train=DataLoader(train, 8), valid=DataLoader(valid, 8))
+        return TrainLearner(torch.nn.Linear(2, 1), dls, torch.nn.functional.mse_loss)
     learner(0).fit(1, cbs=[CheckpointCB(tmp_path / "run")])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same data: nothing to say

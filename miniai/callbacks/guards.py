@@ -263,7 +263,8 @@ class EarlyStoppingCB(Callback):
     """Stops the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs.
 
     `monitor` is any name MetricsCB logs (`learn.metrics.names`, e.g. 'valid_loss', 'valid_accuracy'), read from
-    its `last` after its pass (of the MetricsCB that logs it, when the fit has two); `mode` ('min' or 'max') defaults to the way its name improves (a loss or
+    its `last` after its pass (of the MetricsCB that logs it, when the fit has two); `mode` ('min' or 'max')
+    defaults to the way its name improves (a loss or
     error falls, an accuracy, F1 or AUC rises), and must be given for a name that says neither. The decision is
     made at after_epoch, but the fit is cancelled only at the next epoch's first training batch: by then
     CheckpointCB has saved the last epoch (with this callback's counters), also in a fit without validation, where
