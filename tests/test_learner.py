@@ -1464,7 +1464,7 @@ class _SwapsLoader(Callback):
             learn.dl = self.loader() if callable(self.loader) else self.loader
 
 
-@pytest.mark.parametrize("planner", ["accumulation", "cosine", "one-cycle"])
+@pytest.mark.parametrize("planner", ["accumulation", "cosine", "one-cycle", "lambda"])
 @pytest.mark.parametrize("lengthless", [False, True])
 def test_a_training_pass_longer_than_its_schedule_or_accumulation_was_planned_for_is_refused(planner, lengthless):
     """(probe author) A callback set learn.dl to a loader of 8 batches where dls.train had 4: GradAccumCB(2) stepped
@@ -1482,13 +1482,15 @@ def test_a_training_pass_longer_than_its_schedule_or_accumulation_was_planned_fo
         cbs.append(GradAccumCB(2))
     if planner == "cosine":
         cbs.append(BatchSchedCB(functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=8)))
+    if planner == "lambda":  # (regression round 34: a schedule that does not end went on to negative lrs)
+        cbs.append(BatchSchedCB(functools.partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda s: 1 - s / 8)))
     learn = tiny_learner(cbs, n_train=64)
     lrs = []
     with pytest.raises(ValueError, match=r"GradAccumCB: training pass 0 gave a batch past the 4 |"
                                          r"was planned for 8 optimizer steps \(4 a training pass"):
         fit_one_cycle(learn, 2, cbs=[_Lrs(lrs)]) if planner == "one-cycle" else learn.fit(2, cbs=[_Lrs(lrs)])
-    if planner == "cosine":  # it never trained at an lr past the cosine's end
-        assert lrs == sorted(lrs, reverse=True)
+    if planner in ("cosine", "lambda"):  # it never trained at an lr past the schedule's end
+        assert lrs == sorted(lrs, reverse=True) and min(lrs) >= 0
 
 
 class _Lrs(Callback):

@@ -708,7 +708,7 @@ class BatchSchedCB(BaseSchedCB):
             raise TypeError(_PLATEAU_PER_BATCH)
         super().__init__(factory)
         self._trained_lr = math.nan  # the lr of the fit's last optimizer step
-        self._end: int | None = None  # the steps the schedule was planned for, if it ends there (each fit)
+        self._end: int | None = None  # the steps the schedule was planned for (each fit)
 
     def _total_steps(self, learn: Learner) -> int | None:
         return None if self._per_epoch is None else _epochs_scheduled(learn) * self._per_epoch
@@ -716,8 +716,7 @@ class BatchSchedCB(BaseSchedCB):
     def _check(self, learn: Learner) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
             raise TypeError(_PLATEAU_PER_BATCH)
-        total = self._total_steps(learn)  # (past its steps a schedule that ends runs off it: cleanup_batch)
-        self._end = total if total is not None and _ends_at(self.scheduler, total) else None
+        self._end = self._total_steps(learn)  # (the steps it was planned for: cleanup_batch refuses one past them)
 
     def cleanup_batch(self, learn: Learner) -> None:
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
@@ -727,9 +726,9 @@ class BatchSchedCB(BaseSchedCB):
                 raise ValueError(f"{type(self.scheduler).__name__} was planned for {self._end} optimizer steps "
                                  f"({self._per_epoch} a training pass, from len(dls.train) when the fit began), and "
                                  "this fit's training passes gave more batches (a callback's learn.dl of another "
-                                 "length, a loader whose length changed): the schedule would run off its end (a "
-                                 "cosine climbs back, a one-cycle fails). Keep the training loader's length through "
-                                 "the fit, or change the data between fits")
+                                 "length, a loader whose length changed): the schedule would run past its plan (a "
+                                 "cosine climbs back, a one-cycle fails, a lambda of the step goes on). Keep the "
+                                 "training loader's length through the fit, or change the data between fits")
             # (for after_fit's word: the step below moves it on, a tensor lr in place; copied, not read, which on a
             # GPU would wait for it every batch)
             lr = self._opt.param_groups[0]["lr"]
