@@ -1506,3 +1506,24 @@ def test_a_partial_over_a_loss_module_is_compared_by_the_modules_settings(tmp_pa
                               partial(nn.CrossEntropyLoss()))
     assert "label_smoothing: 0.1 saved, 0.0 here" in told, told
     assert _resume_warnings(tmp_path / "b", nn.CrossEntropyLoss(), partial(nn.CrossEntropyLoss())) == []
+
+
+def test_a_version_6_checkpoint_of_a_partial_over_a_loss_module_resumes_without_a_false_alarm(tmp_path):
+    """(regression round 34) Files of setup version 6 recorded no settings of a partial over a module: an unchanged
+    resume was told reduction, ignore_index and label_smoothing were '(not set) saved'."""
+    from torch import nn
+    from miniai.callbacks import CheckpointCB
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+    loss = partial(nn.MSELoss(reduction="mean"))
+    TrainLearner(torch.nn.Linear(1, 1), linear_dls(), loss).fit(1, cbs=[CheckpointCB(tmp_path / "run")])
+    state = load_checkpoint(tmp_path / "run")
+    setup = {k: v for k, v in state["setup"].items() if not k.startswith("loss_func.")}
+    setup["setup version"] = 6
+    older = tmp_path / "older" / "epoch_0001.pt"
+    older.parent.mkdir()
+    torch.save({**{k: v for k, v in state.items() if k != "checksum"}, "setup": setup}, older)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TrainLearner(torch.nn.Linear(1, 1), linear_dls(), loss).fit(2, resume=older)
+    assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]

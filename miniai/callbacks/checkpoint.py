@@ -402,7 +402,7 @@ def setup_of(learn: Learner) -> dict[str, Any]:
         if isinstance(cb, MetricsCB):  # what each metric computes (top-2 accuracy resumed as top-1 under one name)
             for name, metric in cb.metrics.items():
                 _metric_parts(found, f"{key}.{name}", metric)
-    found["setup version"] = 6  # (files before it compared fewer values: one only here is no change for them)
+    found["setup version"] = 7  # (files before it compared fewer values: one only here is no change for them)
     sampler = getattr(getattr(learn.dls, "train", None), "sampler", None)  # (a torch DataLoader's: shuffle or not)
     if sampler is not None:
         found["dls.train.sampler"] = type(sampler).__name__
