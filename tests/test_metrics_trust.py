@@ -1327,3 +1327,35 @@ def test_torchevals_shape_errors_get_advice_for_the_kind_of_metric():
     with pytest.raises(TypeError) as info:
         tiny_learner([MetricsCB(mean=Mean())]).fit(1, train=False)
     assert "update(preds, targets)" in " ".join(getattr(info.value, "__notes__", []))
+
+
+def test_a_binary_segmentations_masks_reach_torchevals_error_with_the_binary_note():
+    """(regression round 34) (N, 1, H, W) logits were refused as 'one score column (N, 1)' with advice for one score
+    per item (Flatten(0), targets (N,)); a segmentation's are torcheval's to refuse, with the note to flatten both."""
+    from types import SimpleNamespace
+    from torcheval.metrics import BinaryAccuracy
+    from miniai.callbacks.metrics import MetricsCB
+    from miniai.learner import TrainLearner
+    x, y = torch.randn(4, 3, 5, 5), (torch.rand(4, 1, 5, 5) > 0.5).float()
+    learn = TrainLearner(torch.nn.Conv2d(3, 1, 1), SimpleNamespace(train=[], valid=[(x, y)]),
+                         torch.nn.BCEWithLogitsLoss(), cbs=[MetricsCB(log_fn=None, acc=BinaryAccuracy(threshold=0.))])
+    with pytest.raises(ValueError) as info:
+        learn.fit(1, train=False)
+    assert "one score column" not in str(info.value)
+    assert "a segmentation's masks too" in " ".join(getattr(info.value, "__notes__", []))
+
+
+def test_a_monitor_reads_the_metricscb_before_it_beside_a_later_one():
+    """(regression round 34) A MetricsCB subclass of order 90 (a second table) beside the learner's made
+    EarlyStoppingCB refuse ('runs after EarlyStoppingCB'), though it reads the learner's, which runs before it."""
+    from miniai.callbacks import EarlyStoppingCB
+    from miniai.callbacks.metrics import MetricsCB
+    from tests.synth import tiny_learner
+
+    class LateTable(MetricsCB):
+        order = 90
+    stop = EarlyStoppingCB(patience=5)
+    tiny_learner([MetricsCB(), stop]).fit(2, cbs=[LateTable()])
+    assert stop.best is not None
+    with pytest.raises(ValueError, match=r"LateTable \(order 90\) runs after EarlyStoppingCB"):
+        tiny_learner([LateTable(), EarlyStoppingCB()]).fit(1)

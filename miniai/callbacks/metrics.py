@@ -537,7 +537,7 @@ def _refuse_binary_scores(metrics: dict[str, Any], preds: Any) -> None:
     wrong: a column (N, 1)'s argmax is class 0 for every item; (N,) scores are compared with the labels as labels."""
     if not (isinstance(preds, torch.Tensor) and preds.is_floating_point() and preds.ndim):
         return
-    column = preds.ndim >= 2 and preds.shape[1] == 1
+    column = preds.ndim == 2 and preds.shape[1] == 1  # ((N, 1, H, W): a segmentation's, for torcheval's note)
     if not column and (preds.ndim > 1 or bool((preds == preds.round()).all())):  # (N,) whole numbers: labels
         return
     for name, metric in metrics.items():

@@ -82,14 +82,8 @@ def monitor_mode(monitor: str | None, mode: str | None, who: str) -> str | None:
 
 def check_monitor(learn: Learner, monitor: str, who: str, order: float = math.inf) -> MetricsCB:
     """The MetricsCB of this fit that logs `monitor`, for `who` to read it from (a fit may have two: the learner's
-    and one given to fit); raise if none does, or a MetricsCB runs after `who` (of `order`), which would read the
+    and one given to fit); raise if none does, or those that do run after `who` (of `order`), which would read the
     previous epoch's value."""
-    late = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB) and cb.order >= order), None)
-    if late is not None:
-        raise ValueError(f"{who}(monitor={monitor!r}) reads what MetricsCB logs at each pass's end, and "
-                         f"{type(late).__name__} (order {late.order}) runs after {who} (order {order}): {who} would "
-                         f"read the previous epoch's value. Give {type(late).__name__} an order below {order} "
-                         "(MetricsCB's own is 10)")
     metrics = getattr(learn, "metrics", None)  # (one of the learner's: a stand-in of one's own counts too)
     running = [cb for cb in learn.cbs if isinstance(cb, MetricsCB) or cb is metrics]
     if not running:
@@ -104,7 +98,14 @@ def check_monitor(learn: Learner, monitor: str, who: str, order: float = math.in
     if split not in getattr(learn, "passes", (split,)):  # it would never get a value, and never act
         raise ValueError(f"{who}(monitor={monitor!r}) watches the {split} pass, and this fit runs none (fit(..., "
                          f"{split}=False)): watch a metric of a pass it runs, or run the {split} pass")
-    return next((cb for cb in logs if cb is metrics), logs[0])  # (two logging it, the loss: learn.metrics)
+    early = [cb for cb in logs if cb.order < order]
+    if not early:
+        late = logs[0]
+        raise ValueError(f"{who}(monitor={monitor!r}) reads what MetricsCB logs at each pass's end, and "
+                         f"{type(late).__name__} (order {late.order}) runs after {who} (order {order}): {who} would "
+                         f"read the previous epoch's value. Give {type(late).__name__} an order below {order} "
+                         "(MetricsCB's own is 10)")
+    return next((cb for cb in early if cb is metrics), early[0])  # (two logging it, the loss: learn.metrics)
 
 
 def same_watch(cb: Any, state: dict[str, Any], who: str) -> bool:
