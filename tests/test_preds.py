@@ -2186,3 +2186,17 @@ def test_tta_keeps_the_probabilities_of_a_softmax_followed_by_layers_that_pass_t
     torch.testing.assert_close(learn.tta(n=0)[0], learn.get_preds(act=None)[0])
     assert ends_in_softmax(nn.Sequential(nn.Conv2d(1, 3, 1), nn.Softmax2d()))  # (a segmentation model's)
     assert not ends_in_softmax(nn.Sequential(nn.Softmax(dim=1), nn.Linear(3, 3)))
+
+
+def test_predictions_walk_a_loader_of_workers_in_order_whatever_its_in_order():
+    """(probe workers) DataLoader(..., num_workers=2, in_order=False) gives batches as its workers finish them:
+    get_preds and tta walked it as it was, so predictions came back shifted against the dataset (top_losses'
+    index 13 scored item 29), unsaid. They walk a copy in order, as for a shuffled loader."""
+    from miniai.callbacks.preds import _in_order
+    x, y = torch.randn(32, 2), torch.randint(0, 2, (32,))
+    dl = DataLoader(TensorDataset(x, y), batch_size=8, num_workers=2, in_order=False)
+    walked = _in_order(dl)
+    assert walked.in_order and walked.dataset is dl.dataset and walked.num_workers == 2
+    own_batches = DataLoader(TensorDataset(x, y), batch_sampler=[[0, 1], [2, 3]], num_workers=2, in_order=False)
+    with pytest.raises(ValueError, match=r"in_order=False.*in_order=True"):
+        _in_order(own_batches)

@@ -582,7 +582,8 @@ def _loader(learn: Learner, dl: Any) -> Any:
 
 
 def _in_order(dl: Any) -> Any:
-    """`dl`, or, when it shuffles or drops its last items, a copy that walks every item once in the dataset's order
+    """`dl`, or, when it shuffles, drops its last items or gives its workers' batches as they finish (in_order=False),
+    a copy that walks every item once in the dataset's order
     (predictions line up with `dl.dataset`, as fastai's get_preds does): of a TensorLoader, or of a torch
     DataLoader with torch's plain random sampler. A loader of a class of its own (whose `__iter__` may do work a
     copy would skip) is walked as it is, in its own order, unless it drops items; a sampler that draws over part
@@ -597,11 +598,17 @@ def _in_order(dl: Any) -> Any:
     sampler = getattr(getattr(dl, "batch_sampler", None), "sampler", getattr(dl, "sampler", None))
     if isinstance(sampler, DistributedSampler) and sampler.num_replicas > 1:  # one process's part, padded
         return _refuse_order(dl)
+    # (workers that give their batches as they finish them: another order each pass)
+    unordered = isinstance(dl, DataLoader) and dl.num_workers > 0 and getattr(dl, "in_order", True) is False
     if type(dl) is not DataLoader or isinstance(dl.dataset, IterableDataset) or _own_batches(dl) or not (
-            _shuffled(dl) or drops):  # (a batch sampler of its own: walked as it is too, preds and targets together)
+            _shuffled(dl) or drops or unordered):  # (a batch sampler of its own: walked as it is too)
         if drops:  # the last items would be missing from the predictions, without a word
             raise ValueError(f"this {type(dl).__name__} drops its last items (drop_last=True), so predictions would "
                              "miss them: pass a loader without drop_last over the items to predict, e.g. dls.valid")
+        if unordered:
+            raise ValueError("this DataLoader gives its batches in the order its workers finish them (in_order="
+                             "False), so predictions would not line up with its dataset: pass one with in_order=True "
+                             "(torch's default) over the items to predict")
         return dl
     # the items' sampler and batch size: the loader's own, or those of torch's BatchSampler it was given
     sampler = getattr(dl.batch_sampler, "sampler", dl.sampler)
