@@ -26,6 +26,13 @@ class Conveniences:
         (not this fit's temporary ones, resume's among them), and no batch's graph."""
         from .learner import build_handlers
         from .utils import without_graph
+        loaders = {f"dls.{k}": getattr(self.dls, k, None) for k in ("train", "valid")}
+        loaders["dl"] = getattr(self, "dl", None)
+        for name, dl in loaders.items():  # (torch's own error names neither loader nor a way)
+            if type(getattr(dl, "_iterator", None)).__name__ == "_MultiProcessingDataLoaderIter":
+                raise TypeError(f"learn.{name} keeps its worker processes between passes (persistent_workers=True), "
+                                "and those can't be copied or pickled with the learner: build the loaders with "
+                                "persistent_workers=False to copy it, or give the learner such loaders first")
         state = {k: v for k, v in vars(self).items() if k not in ("_in_fit", "_predicting", "_temporary")}
         if self._in_fit and "train" in self.passes:  # the fit made its optimizer: the copy's own, not one set by
             # hand (as the fit's end notes it; an evaluation keeps the one it found, maybe set by hand)

@@ -1535,3 +1535,17 @@ def test_a_loader_of_the_same_length_set_at_before_epoch_trains_and_one_set_mid_
     learn.fit(1, cbs=[_SwapsLoader(same)])
     with pytest.raises(ValueError, match=r"learn.dl was replaced during the pass.*before_epoch"):
         learn.fit(1, cbs=[_SwapsLoader(same, "before_batch")])
+
+
+def test_a_copy_of_a_learner_whose_loader_keeps_its_workers_is_refused_with_the_way():
+    """(probe workers) copy.deepcopy or pickle of a learner whose loader has persistent workers failed with torch's
+    bare NotImplementedError ('_MultiProcessingDataLoaderIter cannot be pickled'), naming neither loader nor way."""
+    import pickle
+    from torch.utils.data import DataLoader, TensorDataset
+    learn = tiny_learner()
+    x = torch.randn(16, 1)
+    learn.dls.valid = DataLoader(TensorDataset(x, 2 * x + 3), 8, num_workers=1, persistent_workers=True)
+    learn.fit(1)
+    for copier in (copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match=r"learn.dls.valid keeps its worker processes.*persistent_workers=False"):
+            copier(learn)
