@@ -101,7 +101,8 @@ learn.dls = DataLoaders(DataLoader(TensorDataset(setup["xt"], setup["yt"]), setu
                         DataLoader(TensorDataset(setup["xv"], setup["yv"]), setup["bs"]))
 learn.fit(2)
 torch.save(learn.model.state_dict(), f"{out}/torchdl{r}.pt")
-record("torchdl", learn, last=metrics.last, sampler=type(learn.dls.train.sampler).__name__)
+record("torchdl", learn, last=metrics.last, sampler=type(learn.dls.train.sampler).__name__,
+       dl_given_back=learn.dl is learn.dls.valid)
 
 # D: a loader without a seed on ranks whose RNGs differ, twice: one order for both ranks, the same both times
 class Walked(Callback):
@@ -560,6 +561,8 @@ def test_torch_dataloaders_are_sharded_and_given_back(launch):
         accuracy = (model(setup["xv"]).argmax(1) == setup["yv"]).float().mean().item()
     assert res[0]["last"] == res[1]["last"] and res[0]["last"]["valid_accuracy"] == pytest.approx(accuracy)
     assert [(r["sampler"], r["train_len"], r["model"]) for r in res] == [("RandomSampler", 9, "Sequential")] * 2
+    # (probe workers) learn.dl stayed the last pass's sharded copy, with its workers if they persist
+    assert [r["dl_given_back"] for r in res] == [True, True]
 
 
 def test_what_ddp_cannot_do_is_refused_on_every_rank_and_a_resume_right_after_a_fit_agrees(launch):

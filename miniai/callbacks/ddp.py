@@ -181,8 +181,11 @@ class DDPCB(Callback):
                 plain = self._undo_sync_bn(self._plain) if self._batchnorms else self._plain
                 if self._ddp is None or learn.model is self._ddp:
                     learn.model = plain
+            shards = [getattr(learn.dls, name, None) for name in ("train", "valid")]
             for undo in reversed(self._undo):
                 undo()
+            if any(learn.dl is shard for shard in shards if shard is not None):  # (a copy of the user's: its
+                learn.dl = getattr(learn.dls, "train" if learn.training else "valid", None)  # workers would live on)
         finally:
             self._ddp = self._plain = None
             self._undo, self._samplers, self._batchnorms = [], [], {}
