@@ -1549,3 +1549,30 @@ def test_a_copy_of_a_learner_whose_loader_keeps_its_workers_is_refused_with_the_
     for copier in (copy.deepcopy, pickle.dumps):
         with pytest.raises(TypeError, match=r"learn.dls.valid keeps its worker processes.*persistent_workers=False"):
             copier(learn)
+
+
+class _Shared(torch.utils.data.IterableDataset):
+    """torch's documented pattern: each worker yields its own share of 10 items; len() is right, and a loader of
+    bs 4 over 2 workers gives 4 batches (4, 4, 1, 1) where its len() says 3, torch's estimate."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        ids = range(10) if info is None else range(info.id, 10, info.num_workers)
+        for i in ids:
+            x = torch.tensor([float(i)])
+            yield x, 2 * x + 3
+
+
+@pytest.mark.parametrize("factory", [functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2),
+                                     functools.partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.9)])
+def test_a_schedule_that_does_not_end_trains_over_a_loader_whose_len_is_an_estimate(factory):
+    """(regression round 35) Over an IterableDataset read by 2 workers, StepLR and ExponentialLR were refused in the
+    fit's last epoch as 'planned for 9 steps': they have no end to run past (torch's len() is an estimate there)."""
+    from torch.utils.data import DataLoader
+    learn = tiny_learner([BatchSchedCB(factory)])
+    learn.dls.train = DataLoader(_Shared(), 4, num_workers=2)
+    learn.fit(3, valid=False)
+    assert learn.epoch == 2

@@ -140,8 +140,9 @@ class GradAccumCB(Callback):
         if self._n_batches is not None and learn.iter >= self._n_batches:  # (every batch past it would step alone)
             raise ValueError(f"GradAccumCB: training pass {learn.epoch} gave a batch past the {self._n_batches} the "
                              "train loader's len() says, which its groups were planned for (a callback's learn.dl of "
-                             "another length, a loader whose length changed): keep the training loader's length "
-                             "through the fit, or give the loader its true length")
+                             "another length, a loader whose length changed or is an estimate: an IterableDataset read "
+                             "by workers): keep the training loader's length through the fit, or give the loader its "
+                             "true length (or none)")
         self._summed += 1
         self._trained = True
         # groups of n_steps from each pass's start; without a length (no last batch to step on) they run across

@@ -716,7 +716,13 @@ class BatchSchedCB(BaseSchedCB):
     def _check(self, learn: Learner) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
             raise TypeError(_PLATEAU_PER_BATCH)
-        self._end = self._total_steps(learn)  # (the steps it was planned for: cleanup_batch refuses one past them)
+        # the steps it was planned for, if it ends there or is a function of the step (LambdaLR's lambda may end
+        # there): cleanup_batch refuses one past them. One that never ends goes on (StepLR, ExponentialLR: over an
+        # IterableDataset read by workers, whose len() is torch's estimate, a pass may run longer)
+        total = self._total_steps(learn)
+        ends = total is not None and (_ends_at(self.scheduler, total) or isinstance(self.scheduler, (
+            LambdaLR, MultiplicativeLR)))
+        self._end = total if ends else None
 
     def cleanup_batch(self, learn: Learner) -> None:
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
@@ -726,7 +732,8 @@ class BatchSchedCB(BaseSchedCB):
                 raise ValueError(f"{type(self.scheduler).__name__} was planned for {self._end} optimizer steps "
                                  f"({self._per_epoch} a training pass, from len(dls.train) when the fit began), and "
                                  "this fit's training passes gave more batches (a callback's learn.dl of another "
-                                 "length, a loader whose length changed): the schedule would run past its plan (a "
+                                 "length, a loader whose length changed or is an estimate: an IterableDataset read "
+                                 "by workers): the schedule would run past its plan (a "
                                  "cosine climbs back, a one-cycle fails, a lambda of the step goes on). Keep the "
                                  "training loader's length through the fit, or change the data between fits")
             # (for after_fit's word: the step below moves it on, a tensor lr in place; copied, not read, which on a
