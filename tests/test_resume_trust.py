@@ -1527,3 +1527,23 @@ def test_a_version_6_checkpoint_of_a_partial_over_a_loss_module_resumes_without_
         warnings.simplefilter("always")
         TrainLearner(torch.nn.Linear(1, 1), linear_dls(), loss).fit(2, resume=older)
     assert not [w for w in caught if "kept outside" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_an_older_checkpoint_resumed_with_an_added_transform_is_still_said(tmp_path):
+    """(regression round 35) Setup version 7 made a key only here no change for every older file: a version-6 run
+    resumed with a BatchTransformCB added trained on changed inputs unsaid (version 6 had said it). Only the keys
+    version 7 added (a loss's and a transform's settings) are left out for older files."""
+    from miniai.callbacks import BatchTransformCB, CheckpointCB
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+    TrainLearner(torch.nn.Linear(1, 1), linear_dls(), torch.nn.functional.mse_loss).fit(
+        1, cbs=[CheckpointCB(tmp_path / "run")])
+    state = load_checkpoint(tmp_path / "run")
+    older = tmp_path / "older" / "epoch_0001.pt"
+    older.parent.mkdir()
+    torch.save({**{k: v for k, v in state.items() if k != "checksum"}, "setup": {**state["setup"],
+                                                                                 "setup version": 6}}, older)
+    learn = TrainLearner(torch.nn.Linear(1, 1), linear_dls(), torch.nn.functional.mse_loss,
+                         cbs=[BatchTransformCB(partial(torch.add, other=0.5))])
+    with pytest.warns(UserWarning, match=r"kept outside.*BatchTransformCB_0"):
+        learn.fit(2, resume=older)
