@@ -1464,7 +1464,7 @@ class _SwapsLoader(Callback):
             learn.dl = self.loader() if callable(self.loader) else self.loader
 
 
-@pytest.mark.parametrize("planner", ["accumulation", "cosine", "one-cycle", "lambda"])
+@pytest.mark.parametrize("planner", ["accumulation", "cosine", "one-cycle", "lambda", "sequential"])
 @pytest.mark.parametrize("lengthless", [False, True])
 def test_a_training_pass_longer_than_its_schedule_or_accumulation_was_planned_for_is_refused(planner, lengthless):
     """(probe author) A callback set learn.dl to a loader of 8 batches where dls.train had 4: GradAccumCB(2) stepped
@@ -1484,12 +1484,18 @@ def test_a_training_pass_longer_than_its_schedule_or_accumulation_was_planned_fo
         cbs.append(BatchSchedCB(functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=8)))
     if planner == "lambda":  # (regression round 34: a schedule that does not end went on to negative lrs)
         cbs.append(BatchSchedCB(functools.partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda s: 1 - s / 8)))
+    if planner == "sequential":  # (regression round 36: a LambdaLR part of a SequentialLR did too)
+        def sequential(opt):
+            return torch.optim.lr_scheduler.SequentialLR(opt, [
+                torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=2),
+                torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / 6)], milestones=[2])
+        cbs.append(BatchSchedCB(sequential))
     learn = tiny_learner(cbs, n_train=64)
     lrs = []
     with pytest.raises(ValueError, match=r"GradAccumCB: training pass 0 gave a batch past the 4 |"
                                          r"was planned for 8 optimizer steps \(4 a training pass"):
         fit_one_cycle(learn, 2, cbs=[_Lrs(lrs)]) if planner == "one-cycle" else learn.fit(2, cbs=[_Lrs(lrs)])
-    if planner in ("cosine", "lambda"):  # it never trained at an lr past the schedule's end
+    if planner in ("cosine", "lambda", "sequential"):  # it never trained at an lr past the schedule's end
         assert lrs == sorted(lrs, reverse=True) and min(lrs) >= 0
 
 

@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import (ChainedScheduler, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
-                                      ExponentialLR, LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR, OneCycleLR,
+from torch.optim.lr_scheduler import (ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,
+                                      CyclicLR, ExponentialLR, LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR, OneCycleLR,
                                       PolynomialLR, ReduceLROnPlateau, SequentialLR, StepLR)
 
 from ..checks import add_note, follows_lr, own_place, python_number, warn
@@ -60,6 +60,7 @@ _COSINES = (CosineAnnealingLR, CosineAnnealing)  # (a too-short one may have wan
 _CLOSED_FORM = (CosineAnnealing, OneCycle, WarmupCosine, CosineOneCycle)  # ours: set the lr outright, don't chain
 # (and torch's that set it outright from the initial lrs, not from the lr the last step left: not chainable either)
 _OUTRIGHT = (*_CLOSED_FORM, OneCycleLR, CyclicLR, LambdaLR, CosineAnnealingWarmRestarts)
+_GOES_ON = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, CyclicLR, CosineAnnealingWarmRestarts)  # no end
 _ENDING = ((OneCycleLR, "total_steps"), (CosineOneCycle, "total_steps"), (WarmupCosine, "total_steps"),
            (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"),
            (PolynomialLR, "total_iters"), (LinearLR, "total_iters"))
@@ -716,13 +717,13 @@ class BatchSchedCB(BaseSchedCB):
     def _check(self, learn: Learner) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
             raise TypeError(_PLATEAU_PER_BATCH)
-        # the steps it was planned for, if it ends there or is a function of the step (LambdaLR's lambda may end
-        # there): cleanup_batch refuses one past them. One that never ends goes on (StepLR, ExponentialLR: over an
-        # IterableDataset read by workers, whose len() is torch's estimate, a pass may run longer)
+        # the steps it was planned for: cleanup_batch refuses one past them, unless torch's schedules that go on
+        # without an end run there (StepLR, ExponentialLR: over an IterableDataset read by workers, whose len() is
+        # torch's estimate, a pass may run longer); a lambda of the step or a schedule of one's own may end there
         total = self._total_steps(learn)
-        ends = total is not None and (_ends_at(self.scheduler, total) or isinstance(self.scheduler, (
-            LambdaLR, MultiplicativeLR)))
-        self._end = total if ends else None
+        goes_on = total is not None and not _ends_at(self.scheduler, total) and all(
+            isinstance(part, _GOES_ON) for part, _ in _ending_parts(self.scheduler, total))
+        self._end = None if goes_on else total
 
     def cleanup_batch(self, learn: Learner) -> None:
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
