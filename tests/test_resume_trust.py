@@ -1547,3 +1547,23 @@ def test_an_older_checkpoint_resumed_with_an_added_transform_is_still_said(tmp_p
                          cbs=[BatchTransformCB(partial(torch.add, other=0.5))])
     with pytest.warns(UserWarning, match=r"kept outside.*BatchTransformCB_0"):
         learn.fit(2, resume=older)
+
+
+def test_an_older_checkpoint_resumed_with_a_transform_setting_added_is_still_said(tmp_path):
+    """(regression round 36) Version 7's threshold for transform keys silenced a setting added to a transform on
+    resume of a version-6 file (x + 1.5 for x + 0.5, unsaid), which version 6 recorded and said."""
+    from miniai.callbacks import BatchTransformCB, CheckpointCB
+    from miniai.learner import TrainLearner
+    from tests.synth import linear_dls
+
+    def learner(tfm):
+        return TrainLearner(torch.nn.Linear(1, 1), linear_dls(), torch.nn.functional.mse_loss,
+                            cbs=[BatchTransformCB(tfm)])
+    learner(partial(torch.add, other=0.5)).fit(1, cbs=[CheckpointCB(tmp_path / "run")])
+    state = load_checkpoint(tmp_path / "run")
+    older = tmp_path / "older" / "epoch_0001.pt"
+    older.parent.mkdir()
+    torch.save({**{k: v for k, v in state.items() if k != "checksum"}, "setup": {**state["setup"],
+                                                                                 "setup version": 6}}, older)
+    with pytest.warns(UserWarning, match=r"kept outside.*BatchTransformCB_0.tfm.alpha"):
+        learner(partial(torch.add, other=0.5, alpha=3.0)).fit(2, resume=older)

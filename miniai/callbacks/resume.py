@@ -283,14 +283,16 @@ def _warn_setup_changes(learn: Learner, saved: dict[str, Any] | None, moved: lis
     if saved is None:  # (older files: none saved)
         return
     here = setup_of(learn)
+    # (before version 7 a partial over a loss module recorded none of the module's settings)
+    unread_loss = saved.get("setup version", 0) < 7 and not any(k.startswith("loss_func.") for k in saved)
     # (a module one side lacks: the model check names those with weights; a lazy one not run yet has no settings)
     keys = [k for k in {**saved, **here} if k not in moved and (not k.startswith("model") or k in saved and k in here)
             and not (k not in saved and k.endswith(_TRANSFORM_PASSES) and k.rsplit(".", 1)[0] + ".tfm" in saved)
-            and (k in saved or saved.get("setup version", 0) >= (7 if k.startswith("loss_func.") or ".tfm." in k
-                                                                  else 4)) and k != "setup version"
+            and (k in saved or saved.get("setup version", 0) >= (6 if k.startswith("loss_func.") else 4))
+            and not (k.startswith("loss_func.") and k not in saved and unread_loss) and k != "setup version"
             and (".global " not in k or saved.get("setup version", 0) >= 5)]  # (older files recorded fewer values:
-    # metrics and closures before 4, a partial's function's defaults or module's settings, a loss's or a transform's,
-    # before 7; a key only here is no change for them; version 4 read a loss's globals otherwise)
+    # metrics and closures before 4, a partial's function's defaults before 6; a key only here is no change for
+    # them; version 4 read a loss's globals otherwise)
     changed = [f"{k}: {_shown(saved, k)} saved, {_shown(here, k)} here" for k in keys
                if saved.get(k) != here.get(k)]
     if changed:
