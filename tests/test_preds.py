@@ -2200,3 +2200,15 @@ def test_predictions_walk_a_loader_of_workers_in_order_whatever_its_in_order():
     own_batches = DataLoader(TensorDataset(x, y), batch_sampler=[[0, 1], [2, 3]], num_workers=2, in_order=False)
     with pytest.raises(ValueError, match=r"in_order=False.*in_order=True"):
         _in_order(own_batches)
+
+
+def test_predictions_walk_a_one_worker_loader_as_it_is_whatever_its_in_order():
+    """(regression round 36) One worker gives its batches in order whatever in_order says: an IterableDataset's
+    loader with num_workers=1, in_order=False was refused."""
+    from miniai.callbacks.preds import _in_order
+
+    class Items(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(torch.zeros(2), 0)] * 8)
+    dl = DataLoader(Items(), 4, num_workers=1, in_order=False)
+    assert _in_order(dl) is dl

@@ -599,7 +599,7 @@ def _in_order(dl: Any) -> Any:
     if isinstance(sampler, DistributedSampler) and sampler.num_replicas > 1:  # one process's part, padded
         return _refuse_order(dl)
     # (workers that give their batches as they finish them: another order each pass)
-    unordered = isinstance(dl, DataLoader) and dl.num_workers > 0 and getattr(dl, "in_order", True) is False
+    unordered = isinstance(dl, DataLoader) and dl.num_workers > 1 and getattr(dl, "in_order", True) is False
     if type(dl) is not DataLoader or isinstance(dl.dataset, IterableDataset) or _own_batches(dl) or not (
             _shuffled(dl) or drops or unordered):  # (a batch sampler of its own: walked as it is too)
         if drops:  # the last items would be missing from the predictions, without a word
