@@ -739,3 +739,34 @@ def test_swa_of_a_dataparallel_model_is_not_told_it_was_compiled():
         warnings.simplefilter("always")
         learn.fit(3, cbs=[SWACB(1, 0.01)])
     assert not [w for w in caught if "compiled" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_a_scheduled_resume_that_drops_the_saved_runs_swacb_is_refused_with_its_settings(tmp_path):
+    """(probe swa) A fit_one_cycle + SWACB run resumed without SWACB was refused as 'a OneCycleLR of total_steps=12
+    into a fit that takes 24 steps ... resume with the saved run's length' (it had: SWACB had ended the cycle at
+    swa_start), the cause only in a warning beside it. SWACB stopped the schedule: a schedule resumed without it is
+    refused naming it (left out beside no schedule, it is warned of: test_resume_trust)."""
+    one_cycle = True
+    from miniai.callbacks import CheckpointCB
+    from miniai.data import DataLoaders, TensorLoader
+    from miniai.learner import Callback, TrainLearner
+    g = torch.Generator().manual_seed(0)
+    x, xv = torch.randn(64, 3, generator=g), torch.randn(32, 3, generator=g)
+
+    def learner(cbs):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+        dls = DataLoaders(TensorLoader(x, x.sum(1, keepdim=True), 16, shuffle=True, seed=0),
+                          TensorLoader(xv, xv.sum(1, keepdim=True), 16))
+        return TrainLearner(model, dls, F.mse_loss, lr=0.05, cbs=[CheckpointCB(tmp_path, keep=None), *cbs])
+
+    class Stop(Callback):
+        def before_epoch(self, learn):
+            if learn.training and learn.epoch == 4:
+                raise KeyboardInterrupt
+    run = (lambda learn, **kw: learn.fit_one_cycle(6, 0.05, **kw)) if one_cycle else \
+        (lambda learn, **kw: learn.fit(6, **kw))
+    with pytest.raises(KeyboardInterrupt):
+        run(learner([SWACB(swa_start=3, swa_lr=0.005)]), cbs=[Stop()])
+    with pytest.raises(ValueError, match=r"had SWACB.*SWACB\(swa_start=3, swa_lr=0.005"):
+        run(learner([]), resume=tmp_path)
