@@ -1582,3 +1582,52 @@ def test_a_schedule_that_does_not_end_trains_over_a_loader_whose_len_is_an_estim
     learn.dls.train = DataLoader(_Shared(), 4, num_workers=2)
     learn.fit(3, valid=False)
     assert learn.epoch == 2
+
+
+class _Overrun(torch.utils.data.IterableDataset):
+    """len() says 3 batches of 4; it gives 4 (torch's estimate over workers, made plain and in one process)."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(0)
+        for _ in range(16):
+            x = torch.randn(1, generator=g)
+            yield x, 2 * x + 3
+
+
+def _overrun_learner(factory, cbs=()):
+    from torch.utils.data import DataLoader
+    learn = tiny_learner([BatchSchedCB(factory), *cbs])
+    learn.dls.train = DataLoader(_Overrun(), 4)
+    return learn
+
+
+def test_a_lambda_schedule_past_its_plan_is_refused_beside_swacb_too():
+    """(regression round 37) SWACB sets schedule_stop, which turned the refusal off: a LambdaLR past its plan went on
+    to negative lrs in the last scheduled epoch and the first SWA epoch, unsaid."""
+    from miniai.callbacks import SWACB
+    learn = _overrun_learner(functools.partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda s: 1 - s / 6),
+                             [SWACB(swa_start=2, swa_lr=0.05)])
+    with pytest.raises(ValueError, match="LambdaLR was planned for 6 optimizer steps"):
+        learn.fit(3)
+
+
+def test_a_sequential_schedule_whose_later_part_lies_past_the_plan_is_held_to_it():
+    """(regression round 37) SequentialLR([StepLR, LambdaLR], milestones=[10]) planned for 9 steps: only the part
+    running at step 9 was read (StepLR, which goes on), so a longer pass entered the LambdaLR part, unsaid."""
+    def sequential(opt):
+        return torch.optim.lr_scheduler.SequentialLR(opt, [
+            torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5),
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / 2)], milestones=[10])
+    with pytest.raises(ValueError, match="SequentialLR was planned for 9 optimizer steps"):
+        _overrun_learner(sequential).fit(3, valid=False)
+
+
+def test_swalr_under_batchschedcb_goes_on_past_the_plan():
+    """(regression round 37) torch's SWALR anneals once and holds swa_lr: it was refused past its plan."""
+    from torch.optim.swa_utils import SWALR
+    learn = _overrun_learner(functools.partial(SWALR, swa_lr=0.05, anneal_epochs=3))
+    learn.fit(3, valid=False)
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.05)

@@ -37,6 +37,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,
                                       CyclicLR, ExponentialLR, LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR, OneCycleLR,
                                       PolynomialLR, ReduceLROnPlateau, SequentialLR, StepLR)
+from torch.optim.swa_utils import SWALR
 
 from ..checks import add_note, follows_lr, own_place, python_number, warn
 from ..distributed import is_main_process, world_size
@@ -60,7 +61,8 @@ _COSINES = (CosineAnnealingLR, CosineAnnealing)  # (a too-short one may have wan
 _CLOSED_FORM = (CosineAnnealing, OneCycle, WarmupCosine, CosineOneCycle)  # ours: set the lr outright, don't chain
 # (and torch's that set it outright from the initial lrs, not from the lr the last step left: not chainable either)
 _OUTRIGHT = (*_CLOSED_FORM, OneCycleLR, CyclicLR, LambdaLR, CosineAnnealingWarmRestarts)
-_GOES_ON = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, CyclicLR, CosineAnnealingWarmRestarts)  # no end
+_GOES_ON = (StepLR, MultiStepLR, ExponentialLR, ConstantLR, LinearLR, CyclicLR, CosineAnnealingWarmRestarts,
+            SWALR)  # (torch's schedules that go on without an end: not held to a fit's plan)
 _ENDING = ((OneCycleLR, "total_steps"), (CosineOneCycle, "total_steps"), (WarmupCosine, "total_steps"),
            (OneCycle, "T_max"), (CosineAnnealing, "T_max"), (CosineAnnealingLR, "T_max"),
            (PolynomialLR, "total_iters"), (LinearLR, "total_iters"))
@@ -691,6 +693,18 @@ def _ending_parts(scheduler: Any, steps: int) -> Iterator[tuple[Any, int]]:
             yield from _ending_parts(part, steps)
 
 
+def _parts_from(scheduler: Any, steps: int) -> Iterator[Any]:
+    """The schedules that may set the lr once `scheduler` has stepped `steps` times: of a SequentialLR, the part
+    running then and every later one; of a ChainedScheduler, every part."""
+    parts = getattr(scheduler, "_schedulers", None)
+    if not parts:
+        yield scheduler
+        return
+    first = bisect.bisect_right(scheduler._milestones, steps) if isinstance(scheduler, SequentialLR) else 0
+    for part in parts[first:]:
+        yield from _parts_from(part, steps)
+
+
 def _ends_at(scheduler: Any, steps: int) -> bool:
     """Whether a schedule that sets the lr after `steps` steps (see _ENDING) ends there."""
     return any(_length(part)[0] for part, _ in _ending_parts(scheduler, steps))
@@ -722,14 +736,16 @@ class BatchSchedCB(BaseSchedCB):
         # torch's estimate, a pass may run longer); a lambda of the step or a schedule of one's own may end there
         total = self._total_steps(learn)
         goes_on = total is not None and not _ends_at(self.scheduler, total) and all(
-            isinstance(part, _GOES_ON) for part, _ in _ending_parts(self.scheduler, total))
+            isinstance(part, _GOES_ON) for part in _parts_from(self.scheduler, total))
         self._end = None if goes_on else total
 
     def cleanup_batch(self, learn: Learner) -> None:
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
         # learn.stepped, not an after_step handler, which a callback before this one may cancel after the step
         if learn.stepped and self._learn is not None:
-            if self._end is not None and self.n_steps >= self._end and learn.schedule_stop is None:
+            stop = learn.schedule_stop  # (past it SWACB's SWALR drives the lr, and schedules stand down)
+            if self._end is not None and self.n_steps >= self._end and (stop is None or (
+                    isinstance(learn.epoch, int) and learn.epoch < stop)):
                 raise ValueError(f"{type(self.scheduler).__name__} was planned for {self._end} optimizer steps "
                                  f"({self._per_epoch} a training pass, from len(dls.train) when the fit began), and "
                                  "this fit's training passes gave more batches (a callback's learn.dl of another "
