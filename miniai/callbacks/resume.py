@@ -76,21 +76,6 @@ def resume_cb(learn: Learner, path: str | os.PathLike, lr: float | None = None) 
         raise ValueError(f"checkpoint {file} is after epoch {done}, but fit asks for {counted(n_epochs, 'epoch')} in "
                          f"total: n_epochs counts from the start of the run, so pass n_epochs >= {done}")
     _check_model(unwrap(learn.model), state["model"], file)
-    # a saved SWACB stopped the run's schedule at swa_start: a schedule resumed without it would run past there (a
-    # one-cycle sized to end there refused for its length, the cause unsaid). Left out beside no schedule: warned
-    swa = [state["callbacks"][k] for k in state["callbacks"] if k.rpartition("_")[0] == "SWACB"]
-    scheduled = [k for k, cb in stateful_callbacks(learn).items() if isinstance(cb, BaseSchedCB) and k in
-                 state["callbacks"]]
-    if swa and scheduled and not evaluation and done < n_epochs and not any(isinstance(cb, SWACB) for cb in learn.cbs):
-        kept = {**swa[0].get("settings", {})}
-        if len(kept.get("swa_lr", ())) == 1:
-            kept["swa_lr"] = kept["swa_lr"][0]
-        call = "SWACB(" + ", ".join(f"{k}={v!r}" for k, v in kept.items()) + ")"
-        raise ValueError(f"the run saved in {file} had SWACB, which stopped its schedule ({scheduled[0]}) at "
-                         "swa_start and holds its average so far: resumed without it, the schedule would run past "
-                         f"where the saved run's stopped. Resume with {call} as the saved run had it, or start a "
-                         "new fit from the checkpoint's weights "
-                         f"({weights_call(learn, file)}); nothing was changed.")
     if done == n_epochs:
         warn(f"checkpoint {file} already finished {done} epochs: nothing left to train")
     learn.start_epoch, learn.resumed_from, learn.last_checkpoint = done, file, file

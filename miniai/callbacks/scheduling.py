@@ -388,7 +388,9 @@ class BaseSchedCB(Callback):
         if learn.resumed_from is not None:
             raise ValueError(f"resuming a {name} of {field}={capacity} into a fit that takes {total} steps "
                              f"({how}): a schedule that ends can't be extended. Resume with the saved run's length "
-                             "to finish it, then start a new fit (e.g. learn.fit_one_cycle(n, max_lr)) for more.")
+                             "to finish it, then start a new fit (e.g. learn.fit_one_cycle(n, max_lr)) for more. (A "
+                             "run with SWACB scheduled only its epochs before swa_start: resume it with the same "
+                             "SWACB, which the checkpoint's warning names if it is left out.)")
         hint = ""  # what the schedule may have been meant for, and the way to it
         if isinstance(self.scheduler, _ONE_CYCLES):
             hint = ", or call learn.fit_one_cycle(n_epochs, max_lr), which computes it"
@@ -693,18 +695,6 @@ def _ending_parts(scheduler: Any, steps: int) -> Iterator[tuple[Any, int]]:
             yield from _ending_parts(part, steps)
 
 
-def _parts_from(scheduler: Any, steps: int) -> Iterator[Any]:
-    """The schedules that may set the lr once `scheduler` has stepped `steps` times: of a SequentialLR, the part
-    running then and every later one; of a ChainedScheduler, every part."""
-    parts = getattr(scheduler, "_schedulers", None)
-    if not parts:
-        yield scheduler
-        return
-    first = bisect.bisect_right(scheduler._milestones, steps) if isinstance(scheduler, SequentialLR) else 0
-    for part in parts[first:]:
-        yield from _parts_from(part, steps)
-
-
 def _ends_at(scheduler: Any, steps: int) -> bool:
     """Whether a schedule that sets the lr after `steps` steps (see _ENDING) ends there."""
     return any(_length(part)[0] for part, _ in _ending_parts(scheduler, steps))
@@ -723,7 +713,6 @@ class BatchSchedCB(BaseSchedCB):
             raise TypeError(_PLATEAU_PER_BATCH)
         super().__init__(factory)
         self._trained_lr = math.nan  # the lr of the fit's last optimizer step
-        self._end: int | None = None  # the steps the schedule was planned for (each fit)
 
     def _total_steps(self, learn: Learner) -> int | None:
         return None if self._per_epoch is None else _epochs_scheduled(learn) * self._per_epoch
@@ -731,33 +720,37 @@ class BatchSchedCB(BaseSchedCB):
     def _check(self, learn: Learner) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
             raise TypeError(_PLATEAU_PER_BATCH)
-        # the steps it was planned for: cleanup_batch refuses one past them, unless torch's schedules that go on
-        # without an end run there (StepLR, ExponentialLR: over an IterableDataset read by workers, whose len() is
-        # torch's estimate, a pass may run longer); a lambda of the step or a schedule of one's own may end there
-        total = self._total_steps(learn)
-        goes_on = total is not None and not _ends_at(self.scheduler, total) and all(
-            isinstance(part, _GOES_ON) for part in _parts_from(self.scheduler, total))
-        self._end = None if goes_on else total
 
     def cleanup_batch(self, learn: Learner) -> None:
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
         # learn.stepped, not an after_step handler, which a callback before this one may cancel after the step
         if learn.stepped and self._learn is not None:
-            stop = learn.schedule_stop  # (past it SWACB's SWALR drives the lr, and schedules stand down)
-            if self._end is not None and self.n_steps >= self._end and (stop is None or (
-                    isinstance(learn.epoch, int) and learn.epoch < stop)):
-                raise ValueError(f"{type(self.scheduler).__name__} was planned for {self._end} optimizer steps "
-                                 f"({self._per_epoch} a training pass, from len(dls.train) when the fit began), and "
-                                 "this fit's training passes gave more batches (a callback's learn.dl of another "
-                                 "length, a loader whose length changed or is an estimate: an IterableDataset read "
-                                 "by workers): the schedule would run past its plan (a "
-                                 "cosine climbs back, a one-cycle fails, a lambda of the step goes on). Keep the "
-                                 "training loader's length through the fit, or change the data between fits")
+            if self._per_epoch is not None and learn.pass_steps > self._per_epoch:  # a pass longer than planned
+                self._check_past_plan(learn)
             # (for after_fit's word: the step below moves it on, a tensor lr in place; copied, not read, which on a
             # GPU would wait for it every batch)
             lr = self._opt.param_groups[0]["lr"]
             self._trained_lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
             self._advance(learn)
+
+    def _check_past_plan(self, learn: Learner) -> None:
+        """A training pass took more steps than the schedule was planned for: refused, unless the part that runs the
+        next step is one of torch's that go on without an end (StepLR: over an IterableDataset read by workers,
+        whose len() is torch's estimate, a pass may run longer), not at its own end; a schedule that ends or a
+        function of the step (a lambda, a class of one's own) would run off its plan (a cosine climbs back)."""
+        stop = learn.schedule_stop  # (past it SWACB's SWALR drives the lr, and schedules stand down)
+        if stop is not None and not (isinstance(learn.epoch, int) and learn.epoch < stop):
+            return
+        steps = self.n_steps + 1
+        if not _ends_at(self.scheduler, steps) and all(
+                isinstance(part, _GOES_ON) for part, _ in _ending_parts(self.scheduler, steps)):
+            return
+        raise ValueError(f"{type(self.scheduler).__name__} was planned for {self._per_epoch} optimizer steps a "
+                         "training pass (from len(dls.train) when the fit began), and this pass took more (a "
+                         "callback's learn.dl of another length, a loader whose length changed or is an estimate: an "
+                         "IterableDataset read by workers): the schedule would run off its plan (a cosine climbs back, "
+                         "a one-cycle fails, a lambda of the step goes on). Keep the training loader's length through "
+                         "the fit, or change the data between fits")
 
     def after_fit(self, learn: Learner) -> None:
         total = self._total_steps(learn)
