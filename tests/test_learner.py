@@ -1493,7 +1493,7 @@ def test_a_training_pass_longer_than_its_schedule_or_accumulation_was_planned_fo
     learn = tiny_learner(cbs, n_train=64)
     lrs = []
     with pytest.raises(ValueError, match=r"GradAccumCB: training pass 0 gave a batch past the 4 |"
-                                         r"was planned for 4 optimizer steps a training pass"):
+                                         r"was planned for 8 optimizer steps \(4 a training pass"):
         fit_one_cycle(learn, 2, cbs=[_Lrs(lrs)]) if planner == "one-cycle" else learn.fit(2, cbs=[_Lrs(lrs)])
     if planner in ("cosine", "lambda", "sequential"):  # it never trained at an lr past the schedule's end
         assert lrs == sorted(lrs, reverse=True) and min(lrs) >= 0
@@ -1610,7 +1610,7 @@ def test_a_lambda_schedule_past_its_plan_is_refused_beside_swacb_too():
     from miniai.callbacks import SWACB
     learn = _overrun_learner(functools.partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda s: 1 - s / 6),
                              [SWACB(swa_start=2, swa_lr=0.05)])
-    with pytest.raises(ValueError, match="LambdaLR was planned for 3 optimizer steps a training pass"):
+    with pytest.raises(ValueError, match=r"LambdaLR was planned for 6 optimizer steps \(3 a training pass"):
         learn.fit(3)
 
 
@@ -1621,7 +1621,7 @@ def test_a_sequential_schedule_whose_later_part_lies_past_the_plan_is_held_to_it
         return torch.optim.lr_scheduler.SequentialLR(opt, [
             torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5),
             torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / 2)], milestones=[10])
-    with pytest.raises(ValueError, match="SequentialLR was planned for 3 optimizer steps a training pass"):
+    with pytest.raises(ValueError, match=r"SequentialLR was planned for 9 optimizer steps \(3 a training pass"):
         _overrun_learner(sequential).fit(3, valid=False)
 
     def far(opt):  # (regression round 38) a later part far past the fit never runs: no refusal for it
@@ -1640,8 +1640,48 @@ def test_a_one_cycle_held_at_its_end_beside_swacb_is_refused_past_its_plan():
     from miniai.callbacks.scheduling import fit_one_cycle
     learn = _overrun_learner(functools.partial(torch.optim.lr_scheduler.StepLR, step_size=100))
     learn.rm_cb(next(cb for cb in learn.cbs if isinstance(cb, BatchSchedCB)))
-    with pytest.raises(ValueError, match="OneCycleLR was planned for 3 optimizer steps a training pass"):
+    with pytest.raises(ValueError, match=r"OneCycleLR was planned for 6 optimizer steps \(3 a training pass"):
         fit_one_cycle(learn, 3, cbs=[SWACB(swa_start=2, swa_lr=0.05)])
+
+
+class _Uneven(torch.utils.data.IterableDataset):
+    """len() says 4 batches of 4; pass k gives `sizes[k]` batches."""
+
+    def __init__(self, sizes) -> None:
+        self.sizes, self.passes = sizes, 0
+
+    def __len__(self) -> int:
+        return 16
+
+    def __iter__(self):
+        n = self.sizes[min(self.passes, len(self.sizes) - 1)]
+        self.passes += 1
+        g = torch.Generator().manual_seed(self.passes)
+        for _ in range(4 * n):
+            x = torch.randn(1, generator=g)
+            yield x, 2 * x + 3
+
+
+def test_a_schedule_is_held_to_the_fits_plan_not_to_each_passs():
+    """(regression round 39) Checked per pass, a loader of 3 then 5 batches (len() 4) was refused at the fit's last
+    batch with its one-cycle exactly at its end (the epoch's validation and final checkpoint lost); and one long
+    first pass under a warm-up let a SequentialLR's cosine part run past its end, unsaid (the warm-up goes on)."""
+    from torch.utils.data import DataLoader
+    from torch.optim import lr_scheduler
+
+    def learner(sizes, factory):
+        learn = tiny_learner([BatchSchedCB(factory)])
+        learn.dls.train = DataLoader(_Uneven(sizes), 4)
+        return learn
+    learn = learner([3, 5], functools.partial(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=8))
+    learn.fit(2)
+    assert learn.epoch == 1 and not learn.training  # trained to its end, its last validation pass ran
+
+    def warm_cosine(opt):
+        return lr_scheduler.SequentialLR(opt, [lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=8),
+                                               lr_scheduler.CosineAnnealingLR(opt, T_max=8)], milestones=[8])
+    with pytest.raises(ValueError, match=r"SequentialLR was planned for 16 optimizer steps"):
+        learner([6, 4, 4, 4], warm_cosine).fit(4, valid=False)
 
 
 def test_swalr_under_batchschedcb_goes_on_past_the_plan():

@@ -768,5 +768,6 @@ def test_a_one_cycle_resumed_without_the_saved_runs_swacb_says_swacb_sized_it(tm
         (lambda learn, **kw: learn.fit(6, **kw))
     with pytest.raises(KeyboardInterrupt):
         run(learner([SWACB(swa_start=3, swa_lr=0.005)]), cbs=[Stop()])
-    with pytest.raises(ValueError, match=r"resume it with the same SWACB"):
+    with pytest.raises(ValueError, match=r"resume it with the same SWACB"), \
+            pytest.warns(UserWarning, match=r"resume with SWACB\(swa_start=3, swa_lr=0.005"):  # (regression round 39)
         run(learner([]), resume=tmp_path)

@@ -344,8 +344,14 @@ def _without(learn: Learner, saved: dict[str, Any], lost: list[str], opt_state: 
             said.append(f"without {key}'s {state['scheduler_class']} this fit trains on at {at}, unscheduled" + (
                 ": a fit_one_cycle run continues with learn.fit_one_cycle(n, max_lr, resume=...)"
                 if state["scheduler_class"] == "OneCycleLR" else ""))
-        elif "swa_model" in state and SWACB.began(state):
-            said.append(f"without {key} its average so far is lost")
+        elif "swa_model" in state:  # (it stopped the schedule at swa_start, SWALR set the lr from there)
+            kept = {**state.get("settings", {})}
+            if len(kept.get("swa_lr", ())) == 1:
+                kept["swa_lr"] = kept["swa_lr"][0]
+            call = "SWACB(" + ", ".join(f"{k}={v!r}" for k, v in kept.items()) + ")"
+            said.append(f"without {key} " + ("its average so far is lost, and " if SWACB.began(state) else "") +
+                        f"a schedule goes on from {at} (SWA's, past swa_start): resume with {call} to continue "
+                        "the run")
     return "".join(f"; {s}" for s in said)
 
 

@@ -435,6 +435,7 @@ class BaseSchedCB(Callback):
         if stop is not None and not (isinstance(learn.epoch, int) and learn.epoch < stop):
             return
         if stop is not None and self._last_step_ends(learn):
+            self._held = True  # (a later step of the scheduled epochs is one past the plan: cleanup_batch)
             return  # the next epochs (SWA's) train with the lr this step sets: one past a cycle's end, even < 0
         try:
             self.scheduler.step(*metric)
@@ -713,6 +714,8 @@ class BatchSchedCB(BaseSchedCB):
             raise TypeError(_PLATEAU_PER_BATCH)
         super().__init__(factory)
         self._trained_lr = math.nan  # the lr of the fit's last optimizer step
+        self._total: int | None = None  # the steps it was planned for (each fit)
+        self._held = False  # whether SWACB's stop held its last planned step (each fit)
 
     def _total_steps(self, learn: Learner) -> int | None:
         return None if self._per_epoch is None else _epochs_scheduled(learn) * self._per_epoch
@@ -720,12 +723,13 @@ class BatchSchedCB(BaseSchedCB):
     def _check(self, learn: Learner) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
             raise TypeError(_PLATEAU_PER_BATCH)
+        self._total, self._held = self._total_steps(learn), False  # (the plan, and whether its last step is held)
 
     def cleanup_batch(self, learn: Learner) -> None:
         # here rather than at after_step, so every after_batch reader sees the lr this batch trained with; and
         # learn.stepped, not an after_step handler, which a callback before this one may cancel after the step
         if learn.stepped and self._learn is not None:
-            if self._per_epoch is not None and learn.pass_steps > self._per_epoch:  # a pass longer than planned
+            if self._total is not None and (self.n_steps >= self._total or self._held):  # a step past the plan
                 self._check_past_plan(learn)
             # (for after_fit's word: the step below moves it on, a tensor lr in place; copied, not read, which on a
             # GPU would wait for it every batch)
@@ -734,10 +738,11 @@ class BatchSchedCB(BaseSchedCB):
             self._advance(learn)
 
     def _check_past_plan(self, learn: Learner) -> None:
-        """A training pass took more steps than the schedule was planned for: refused, unless the part that runs the
-        next step is one of torch's that go on without an end (StepLR: over an IterableDataset read by workers,
-        whose len() is torch's estimate, a pass may run longer), not at its own end; a schedule that ends or a
-        function of the step (a lambda, a class of one's own) would run off its plan (a cosine climbs back)."""
+        """The fit's scheduled epochs took more steps than the schedule was planned for (passes of other lengths
+        than len(dls.train) may sum to it: no matter): refused, unless the part that runs the next step is one of
+        torch's that go on without an end (StepLR: over an IterableDataset read by workers, whose len() is torch's
+        estimate, a pass may run longer), not at its own end; a schedule that ends or a function of the step (a
+        lambda, a class of one's own) would run off its plan (a cosine climbs back)."""
         stop = learn.schedule_stop  # (past it SWACB's SWALR drives the lr, and schedules stand down)
         if stop is not None and not (isinstance(learn.epoch, int) and learn.epoch < stop):
             return
@@ -745,12 +750,12 @@ class BatchSchedCB(BaseSchedCB):
         if not _ends_at(self.scheduler, steps) and all(
                 isinstance(part, _GOES_ON) for part, _ in _ending_parts(self.scheduler, steps)):
             return
-        raise ValueError(f"{type(self.scheduler).__name__} was planned for {self._per_epoch} optimizer steps a "
-                         "training pass (from len(dls.train) when the fit began), and this pass took more (a "
-                         "callback's learn.dl of another length, a loader whose length changed or is an estimate: an "
-                         "IterableDataset read by workers): the schedule would run off its plan (a cosine climbs back, "
-                         "a one-cycle fails, a lambda of the step goes on). Keep the training loader's length through "
-                         "the fit, or change the data between fits")
+        raise ValueError(f"{type(self.scheduler).__name__} was planned for {self._total} optimizer steps "
+                         f"({self._per_epoch} a training pass, from len(dls.train) when the fit began), and this fit's "
+                         "training passes took more (a callback's learn.dl of another length, a loader whose length "
+                         "changed or is an estimate: an IterableDataset read by workers): the schedule would run off "
+                         "its plan (a cosine climbs back, a one-cycle fails, a lambda of the step goes on). Keep the "
+                         "training loader's length through the fit, or change the data between fits")
 
     def after_fit(self, learn: Learner) -> None:
         total = self._total_steps(learn)
