@@ -771,3 +771,30 @@ def test_a_one_cycle_resumed_without_the_saved_runs_swacb_says_swacb_sized_it(tm
     with pytest.raises(ValueError, match=r"resume it with the same SWACB"), \
             pytest.warns(UserWarning, match=r"resume with SWACB\(swa_start=3, swa_lr=0.005"):  # (regression round 39)
         run(learner([]), resume=tmp_path)
+
+
+def test_the_warning_for_a_swacb_left_out_on_resume_says_what_the_fit_does_instead(tmp_path):
+    """(regression round 40) Resumed before swa_start without SWACB, the warning called the StepLR's lr 'SWA's, past
+    swa_start' and said nothing of the epochs that then train under the schedule with no average made."""
+    from miniai.callbacks import CheckpointCB
+    from miniai.learner import Callback
+
+    class Stop(Callback):
+        def before_epoch(self, learn):
+            if learn.training and learn.epoch == 1:
+                raise KeyboardInterrupt
+    step = partial(StepLR, step_size=2, gamma=0.5)
+    x = torch.randn(48, 3)
+    dls = DataLoaders(TensorLoader(x, x.sum(1, keepdim=True), 16, shuffle=True, seed=0),
+                      TensorLoader(x[:16], x[:16].sum(1, keepdim=True), 16))
+
+    def make(cbs):
+        torch.manual_seed(0)
+        from miniai.learner import TrainLearner
+        return TrainLearner(nn.Linear(3, 1), dls, F.mse_loss, lr=0.05,
+                            cbs=[CheckpointCB(tmp_path, keep=None), BatchSchedCB(step), *cbs])
+    with pytest.raises(KeyboardInterrupt):
+        make([SWACB(swa_start=2, swa_lr=0.01)]).fit(4, cbs=[Stop()])
+    with pytest.warns(UserWarning, match=r"its epochs from swa_start=2 on train under this fit's schedule instead of "
+                                         r"SWA's anneal to swa_lr, and no average is made: resume with SWACB\("):
+        make([]).fit(4, resume=tmp_path)

@@ -346,12 +346,18 @@ def _without(learn: Learner, saved: dict[str, Any], lost: list[str], opt_state: 
                 if state["scheduler_class"] == "OneCycleLR" else ""))
         elif "swa_model" in state:  # (it stopped the schedule at swa_start, SWALR set the lr from there)
             kept = {**state.get("settings", {})}
-            if len(kept.get("swa_lr", ())) == 1:
+            if len(set(kept.get("swa_lr", ()))) == 1:
                 kept["swa_lr"] = kept["swa_lr"][0]
             call = "SWACB(" + ", ".join(f"{k}={v!r}" for k, v in kept.items()) + ")"
-            said.append(f"without {key} " + ("its average so far is lost, and " if SWACB.began(state) else "") +
-                        f"a schedule goes on from {at} (SWA's, past swa_start): resume with {call} to continue "
-                        "the run")
+            scheduled = any(isinstance(cb, BaseSchedCB) for cb in learn.cbs)
+            if learn.start_epoch < kept.get("swa_start", 0):  # (SWA had not begun: what it would have done is gone)
+                what = (f"its epochs from swa_start={kept['swa_start']} on train " + (
+                    "under this fit's schedule" if scheduled else "on at the lr they find") +
+                    " instead of SWA's anneal to swa_lr, and no average is made")
+            else:
+                what = ("its average so far is lost, and " if SWACB.began(state) else "") + (
+                    "the schedule goes on" if scheduled else "the fit trains on") + f" from {at} (SWA's)"
+            said.append(f"without {key} {what}: resume with {call} to continue the run")
     return "".join(f"; {s}" for s in said)
 
 
