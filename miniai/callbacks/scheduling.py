@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,
-                                      CyclicLR, ExponentialLR, LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR, OneCycleLR,
-                                      PolynomialLR, ReduceLROnPlateau, SequentialLR, StepLR)
+                                      CyclicLR, ExponentialLR, LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR,
+                                      OneCycleLR, PolynomialLR, ReduceLROnPlateau, SequentialLR, StepLR)
 from torch.optim.swa_utils import SWALR
 
 from ..checks import add_note, follows_lr, own_place, python_number, warn
