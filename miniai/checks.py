@@ -1020,8 +1020,8 @@ def batch_targets(learn: Any) -> tuple:
 
 
 def metrics_kept(learn: Any) -> Any:
-    """`learn.metrics` for a new fit: the MetricsCB that set it if it is still one of the learner's callbacks, else
-    None (an earlier fit's, gone: none of its values are this fit's)."""
+    """`learn.metrics` if the MetricsCB that set it is still one of the learner's callbacks (this fit's), else None
+    (an earlier fit's, gone: none of its values are this fit's)."""
     metrics = getattr(learn, "metrics", None)
     return metrics if any(cb is metrics for cb in learn.cbs) else None
 

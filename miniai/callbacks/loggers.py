@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..checks import own_place, warn
+from ..checks import metrics_kept, own_place, warn
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..utils import claim_dir, link_target, loss_reduction, opt_lr, replaced_atomically
@@ -37,12 +37,6 @@ __all__ = ["CSVLoggerCB", "TensorBoardCB"]
 def _logs_this_fit(learn: Learner) -> bool:
     """False on ranks other than 0 (every rank has the same rows) and in lr_find's fit."""
     return is_main_process() and not any(isinstance(cb, LRFinderCB) for cb in learn.cbs)
-
-
-def _this_fits_metrics(learn: Learner) -> Any:
-    """The MetricsCB of this fit, or None (`learn.metrics` may be left over from an earlier fit)."""
-    metrics = getattr(learn, "metrics", None)
-    return metrics if any(cb is metrics for cb in learn.cbs) else None
 
 
 # ---------------------------------------------------------------- CSV
@@ -85,7 +79,7 @@ class CSVLoggerCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self._close()
         _refuse_a_directory(self.path)  # again: one may have been made there since __init__
-        self._metrics, self._lr = _this_fits_metrics(learn), None
+        self._metrics, self._lr = metrics_kept(learn), None
         if self._metrics is None:
             raise ValueError("CSVLoggerCB writes the rows MetricsCB logs, and this fit has no MetricsCB: add "
                              "MetricsCB() (it logs train_loss and valid_loss) to cbs")
@@ -306,7 +300,7 @@ class TensorBoardCB(Callback):
     def before_fit(self, learn: Learner) -> None:
         self._close()
         self._sum_loss = loss_reduction(learn.loss_func) == "sum"
-        self._metrics = _this_fits_metrics(learn)
+        self._metrics = metrics_kept(learn)
         stats = [cb for cb in learn.cbs if isinstance(cb, ActivationStats)]  # (one recording training batches)
         self._stats = next((cb for cb in stats if cb.on_train), stats[0] if stats else None)
         if self.hist and self._stats is None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..checks import metrics_kept
 from ..distributed import is_main_process
 from ..learner import Callback, Learner
 from ..utils import len_or_none, loss_reduction
@@ -198,8 +199,7 @@ class ProgressCB(Callback):
             self._start = learn.start_epoch * (len_or_none(getattr(learn.dls, "train", None)) or 0)
         self._header_done, self._last_graph, self._last_read = False, 0.0, 0.0
         self._give_back()  # (a copy of the learner made during a fit holds what that fit took)
-        metrics = getattr(learn, "metrics", None)  # set by this fit's MetricsCB (order 10), or left by an old one
-        self._metrics = metrics if any(cb is metrics for cb in learn.cbs) else None
+        self._metrics = metrics = metrics_kept(learn)  # (set by this fit's MetricsCB, order 10; not an old one)
         if self._metrics is not None:  # its rows come here first (as the course's ProgressCB took them), then go
             # on to its `_log`: a subclass's, or log_fn's; MetricsCB's own printer gives way to this table
             self._taken = vars(metrics).get("_log"), metrics.log_fn
