@@ -30,7 +30,7 @@ from .loggers import TensorBoardCB
 from .records import forget_records
 from .grad_accum import GradAccumCB
 from .scheduling import SCALING, BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, sets_lr_from_start
-from .swa import SWACB
+from .swa import SWACB, _described
 
 __all__ = ["ResumeCB", "resume_cb", "add_resume"]
 
@@ -345,13 +345,11 @@ def _without(learn: Learner, saved: dict[str, Any], lost: list[str], opt_state: 
                 ": a fit_one_cycle run continues with learn.fit_one_cycle(n, max_lr, resume=...)"
                 if state["scheduler_class"] == "OneCycleLR" else ""))
         elif "swa_model" in state:  # (it stopped the schedule at swa_start, SWALR set the lr from there)
-            kept = {**state.get("settings", {})}
-            if len(set(kept.get("swa_lr", ()))) == 1:
-                kept["swa_lr"] = kept["swa_lr"][0]
-            call = "SWACB(" + ", ".join(f"{k}={v!r}" for k, v in kept.items()) + ")"
+            settings = state.get("settings")  # (older files: none saved)
+            call = f"SWACB({_described(settings) if settings else '...'})"
             scheduled = any(isinstance(cb, BaseSchedCB) for cb in learn.cbs)
-            if learn.start_epoch < kept.get("swa_start", 0):  # (SWA had not begun: what it would have done is gone)
-                what = (f"its epochs from swa_start={kept['swa_start']} on train " + (
+            if settings and learn.start_epoch < settings["swa_start"]:  # (SWA had not begun: what it would do is gone)
+                what = (f"its epochs from swa_start={settings['swa_start']} on train " + (
                     "under this fit's schedule" if scheduled else "on at the lr they find") +
                     " instead of SWA's anneal to swa_lr, and no average is made")
             else:
