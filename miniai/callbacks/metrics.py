@@ -516,7 +516,7 @@ def _update(metrics: dict[str, Any], batches: list[tuple[Any, Any]]) -> None:
 
 def _takes(metric: Any) -> str:
     """What shapes a torcheval metric takes, and the way there, by its kind (for a note on torcheval's error)."""
-    kind = next((c for c in type(metric).__mro__ if c.__module__.startswith("torcheval")), type(metric)).__name__
+    kind = _torcheval_class(metric).__name__
     if kind.startswith("Binary"):
         return ("torcheval's Binary metrics take one score per item, (N,), against (N,) targets: flatten both "
                 "(preds.flatten(), targets.flatten(), a segmentation's masks too) in a metric of your own, or end the "
@@ -541,8 +541,7 @@ def _refuse_binary_scores(metrics: dict[str, Any], preds: Any) -> None:
     if not column and (preds.ndim > 1 or bool((preds == preds.round()).all())):  # (N,) whole numbers: labels
         return
     for name, metric in metrics.items():
-        # (torcheval's own class: its BinaryAccuracy subclasses MulticlassAccuracy; a user's subclass fixes settings)
-        own = next((c for c in type(metric).__mro__ if c.__module__.startswith("torcheval")), type(metric))
+        own = _torcheval_class(metric)
         if column and own.__name__.startswith("Binary"):  # (torcheval's binned AUPRC scores a column -0.0)
             raise ValueError(f"MetricsCB metric {name!r} ({type(metric).__name__}) takes one score per item, (N,), "
                              f"and these preds {tuple(preds.shape)} are one score column (N, 1): end the model with "
@@ -599,6 +598,12 @@ def _at_half(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     sigmoid's; a binned metric's is a tensor of bin edges), by name."""
     return [(name, metric) for name, metric in metrics.items() if _torcheval(metric)
             and isinstance(getattr(metric, "threshold", None), float) and metric.threshold == 0.5]
+
+
+def _torcheval_class(metric: Any) -> type:
+    """The metric's own torcheval class, which says its kind (torcheval's BinaryAccuracy subclasses
+    MulticlassAccuracy; a user's subclass only fixes settings), else its class."""
+    return next((c for c in type(metric).__mro__ if c.__module__.startswith("torcheval")), type(metric))
 
 
 def _torcheval(metric: Any) -> bool:
