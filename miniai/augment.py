@@ -196,16 +196,21 @@ class RandomErase:
         return f"RandomErase(p={self.p}, max_frac={self.max_frac}, fill={self.fill!r})"
 
 
+def check_transform(tfm: Any, who: str) -> None:
+    """Refuse a transform's class given for an instance (BatchTransformCB(RandomFlip)): the batch would be its first
+    argument, p or size, and fail at the first batch with a bare torch error."""
+    cls = tfm.func if isinstance(tfm, functools.partial) else tfm  # (partial(RandomCrop, 8): a class still)
+    if isinstance(cls, type):
+        raise TypeError(f"{who} was given the class {cls.__name__}: pass an instance, {cls.__name__}(...) (e.g. "
+                        "RandomFlip(), RandomCrop(28, 1)), which it calls on each batch's inputs")
+
+
 class Compose:
     """Apply batch transforms in order: Compose(RandomCrop(28, 1), RandomFlip())(x)."""
 
     def __init__(self, *tfms: BatchTransform) -> None:
-        for tfm in tfms:  # (a class for an instance: the batch would be its p or size, torch's error at the 1st batch)
-            made = tfm.func if isinstance(tfm, functools.partial) else tfm
-            if isinstance(made, type):
-                raise TypeError(f"batch_tfms was given the class {made.__name__}: pass an instance, "
-                                f"{made.__name__}(...) (e.g. RandomFlip(), RandomCrop(28, 1)), which it calls on each "
-                                "batch's inputs")
+        for tfm in tfms:
+            check_transform(tfm, "batch_tfms")
             if not callable(tfm):
                 raise TypeError(f"batch_tfms takes callables x -> x (e.g. RandomFlip()); got {tfm!r}")
         self.tfms: list[BatchTransform] = list(tfms)

@@ -5,14 +5,13 @@ callback only decides when they run. It runs after DeviceCB, so a GPU batch is a
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from ..augment import RandomCrop, RandomFlip
+from ..augment import RandomCrop, RandomFlip, check_transform
 from ..checks import add_note, describe, warn
 from ..learner import Callback, Learner
 from ..utils import tensor_versions, tensors_in
@@ -133,15 +132,6 @@ class BatchTransformCB(Callback):
                                "rebuild the DataLoaders). Make the transform return a new tensor (x.mul(2), not "
                                "x.mul_(2); or clone first).")
         return out
-
-
-def check_transform(tfm: Any, who: str) -> None:
-    """Refuse a transform's class given for an instance (BatchTransformCB(RandomFlip)): the batch would be its first
-    argument, p or size, and fail at the first batch with a bare torch error."""
-    cls = tfm.func if isinstance(tfm, functools.partial) else tfm  # (partial(RandomCrop, 8): a class still)
-    if isinstance(cls, type):
-        raise TypeError(f"{who} was given the class {cls.__name__}: pass an instance, {cls.__name__}(...) (e.g. "
-                        "RandomFlip(), RandomCrop(28, 1)), which it calls on each batch's inputs")
 
 
 def _together(apply: Callable[[torch.Tensor], torch.Tensor], inputs: Sequence[Any]) -> list[torch.Tensor]:
