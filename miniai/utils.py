@@ -23,7 +23,8 @@ import torch
 from .checks import warn
 
 __all__ = ["def_device", "model_device", "model_dtype", "drop_graph", "map_tensors", "tensors_in", "to_device",
-           "to_cpu", "set_seed", "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none", "claim_dir", "DirInUseError",
+           "to_cpu", "set_seed", "fix_malloc", "compile_model", "byte_sums", "checksums_match", "len_or_none",
+           "claim_dir", "DirInUseError",
            "loss_setting", "loss_reduction", "without_graph", "trained_parameters", "nonfinite_weight", "rngs_kept",
            "check_device", "class_loss", "counted", "tensor_versions", "check_seed", "unpartial",
            "base_loss", "name_of", "tagged", "lazy_tensors", "frames"]
